@@ -1,0 +1,213 @@
+"""The kernel-space problem: everything the solver needs, validated and sorted.
+
+Layout (fixed, so the mathematics stays readable; see STYLE.md):
+
+* samples are **sample-major, outputs last**; a *row* is one sample (traced
+  kernel, ``Theta_scalar (x) I_K``) or one ``(sample, output)`` pair (full
+  kernel, row index ``i K + k``);
+* samples are **sorted by agent** once, so agent ``q`` owns the contiguous
+  rows ``offsets[q] * rps : offsets[q+1] * rps`` (``rps`` = rows per sample);
+* the residual at initialisation ``f_0(X) - Y`` is stored in the same row
+  layout with ``C0`` columns (``K`` traced, ``1`` full).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import graphs
+from .validation import as_float_array, check_shape
+
+
+@dataclass(frozen=True)
+class KernelProblem:
+    """A validated prediction problem in kernel space (samples sorted by agent).
+
+    Attributes
+    ----------
+    kernel : (R, R) float64
+        Training NTK, rows/columns sorted by agent.
+    residual0 : (R, C0) float64
+        ``f_0(X) - Y`` in row layout.
+    y_train, f0_train : (N, K)
+        Targets and initial outputs (sorted by agent).
+    labels_train : (N,) int
+        ``argmax`` of the targets.
+    offsets : tuple of Q + 1 ints
+        Sample offsets of the agents.
+    mixing : (Q, Q) float64
+    traced : bool
+        ``True`` for ``Theta_scalar (x) I_K`` (rows = samples).
+    kernel_test, y_test, f0_test, labels_test :
+        Test-train kernel ``(R_test, R)`` and test targets, or ``None``.
+    order : (N,) int
+        ``order[i]`` is the caller's index of sorted sample ``i``.
+    """
+
+    kernel: np.ndarray
+    residual0: np.ndarray
+    y_train: np.ndarray
+    f0_train: np.ndarray
+    labels_train: np.ndarray
+    offsets: tuple[int, ...]
+    mixing: np.ndarray
+    traced: bool
+    kernel_test: np.ndarray | None
+    y_test: np.ndarray | None
+    f0_test: np.ndarray | None
+    labels_test: np.ndarray | None
+    order: np.ndarray
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_train(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.y_train.shape[1])
+
+    @property
+    def rows_per_sample(self) -> int:
+        return 1 if self.traced else self.num_outputs
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(np.asarray(self.offsets))
+
+    @property
+    def has_test(self) -> bool:
+        return self.kernel_test is not None
+
+    def agent_block(self, q: int) -> np.ndarray:
+        """Agent ``q``'s diagonal kernel block ``Theta_qq`` (its rows and columns)."""
+        r = self.rows_per_sample
+        s, e = self.offsets[q] * r, self.offsets[q + 1] * r
+        return self.kernel[s:e, s:e]
+
+
+def _asymmetry(kernel: np.ndarray, block: int = 1024) -> tuple[float, float]:
+    """``max |K - K^T|`` and ``max |K|``, computed in row blocks (no full copy)."""
+    asym, scale = 0.0, 1e-300
+    for s in range(0, kernel.shape[0], block):
+        rows = kernel[s : s + block]
+        asym = max(asym, float(np.max(np.abs(rows - kernel[:, s : s + block].T))))
+        scale = max(scale, float(np.max(np.abs(rows))))
+    return asym, scale
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    return np.argmax(y, axis=1).astype(np.int64)
+
+
+def make_problem(
+    kernel_train,
+    y_train,
+    agent,
+    mixing,
+    *,
+    f0_train=None,
+    kernel_test_train=None,
+    y_test=None,
+    f0_test=None,
+) -> KernelProblem:
+    """Validate the arrays of :func:`ntkdyn.predict_from_kernels` and sort by agent.
+
+    Raises ``ValueError`` naming the offending argument for: wrong shapes,
+    non-finite values, a non-stochastic or disconnected ``mixing``, an agent
+    index out of range or an agent without samples, a non-symmetric kernel.
+    """
+    y_train = as_float_array("y_train", y_train, ndim=2)
+    n, k = y_train.shape
+    if n == 0:
+        raise ValueError("y_train: expected at least one training sample, got 0")
+    kernel = as_float_array("kernel_train", kernel_train, ndim=2)
+    if kernel.shape == (n, n):
+        traced = True
+    elif kernel.shape == (n * k, n * k):
+        traced = False
+    else:
+        raise ValueError(
+            f"kernel_train: expected shape ({n}, {n}) (traced, Theta (x) I_K) or "
+            f"({n * k}, {n * k}) (full, sample-major with K={k} outputs) for N={n} training "
+            f"samples, got {kernel.shape}"
+        )
+    asym, scale = _asymmetry(kernel)
+    if asym > 1e-8 * scale:
+        raise ValueError(
+            f"kernel_train: expected a symmetric matrix, max |K - K^T| = {asym:.3g} "
+            f"(relative {asym / scale:.3g})"
+        )
+    agent = np.asarray(agent)
+    check_shape("agent", agent, (n,), "one agent index per training sample")
+    if not np.issubdtype(agent.dtype, np.integer):
+        if not np.all(np.mod(agent, 1) == 0):
+            raise ValueError("agent: expected integer agent indices")
+        agent = agent.astype(np.int64)
+    mixing = graphs.check_mixing(mixing, name="mixing")
+    q_count = mixing.shape[0]
+    if agent.min() < 0 or agent.max() >= q_count:
+        raise ValueError(
+            f"agent: expected indices in [0, {q_count}) for a {q_count}x{q_count} mixing "
+            f"matrix, found {int(agent.min())}..{int(agent.max())}"
+        )
+    counts = np.bincount(agent, minlength=q_count)
+    if np.any(counts == 0):
+        q = int(np.argmin(counts))
+        raise ValueError(f"agent: agent {q} has an empty shard (no training samples)")
+
+    f0_train = (
+        np.zeros_like(y_train) if f0_train is None else as_float_array("f0_train", f0_train, 2)
+    )
+    check_shape("f0_train", f0_train, (n, k), "same as y_train")
+
+    order = np.argsort(agent, kind="stable")
+    identity = bool(np.all(order == np.arange(n)))
+    rps = 1 if traced else k
+    if not identity:
+        rows = (order[:, None] * rps + np.arange(rps)[None, :]).ravel()
+        kernel = kernel[np.ix_(rows, rows)]
+        y_train, f0_train = y_train[order], f0_train[order]
+    residual0 = (f0_train - y_train).reshape(n * rps, k // rps)
+    offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(counts)]))
+
+    kt = yt = ft = lt = None
+    if kernel_test_train is not None or y_test is not None:
+        if kernel_test_train is None or y_test is None:
+            raise ValueError(
+                "kernel_test_train / y_test: give both (test kernel and test targets) or neither"
+            )
+        yt = as_float_array("y_test", y_test, ndim=2)
+        m = yt.shape[0]
+        check_shape("y_test", yt, (None, k), f"K={k} outputs like y_train")
+        kt = as_float_array("kernel_test_train", kernel_test_train, ndim=2)
+        check_shape("kernel_test_train", kt, (m * rps, n * rps),
+                    "rows: test samples (x outputs for a full kernel); columns: training")
+        if not identity:
+            kt = kt[:, (order[:, None] * rps + np.arange(rps)[None, :]).ravel()]
+        ft = np.zeros_like(yt) if f0_test is None else as_float_array("f0_test", f0_test, 2)
+        check_shape("f0_test", ft, (m, k), "same as y_test")
+        lt = _labels(yt)
+    elif f0_test is not None:
+        raise ValueError("f0_test: given without kernel_test_train and y_test")
+
+    return KernelProblem(
+        kernel=np.ascontiguousarray(kernel),
+        residual0=np.ascontiguousarray(residual0),
+        y_train=y_train,
+        f0_train=f0_train,
+        labels_train=_labels(y_train),
+        offsets=offsets,
+        mixing=mixing,
+        traced=traced,
+        kernel_test=None if kt is None else np.ascontiguousarray(kt),
+        y_test=yt,
+        f0_test=ft,
+        labels_test=lt,
+        order=order,
+    )

@@ -1,0 +1,366 @@
+r"""Kernel-space evolution of peer-to-peer training of a linearised network.
+
+Mathematics (derivation in ``theory/kernel_space.md``).  With the linearised
+network ``f(x; theta) = f_0(x) + J(x)(theta - theta_0)`` and the squared
+loss, every parameter deviation stays in the row span of the training
+Jacobian ``J``: ``theta_q - theta_0 = J^T alpha_q``.  The two primitives act
+on ``alpha`` as
+
+* combine: ``alpha_q <- sum_p W_qp alpha_p``;
+* local gradient: ``grad_q = (1/N_q) E_q r_q``, with the residual on agent
+  ``q``'s own rows ``r_q = (f_0 - Y)[S_q] + Theta[S_q, :] alpha_q``,
+
+so one iteration costs one pass over the kernel: agent ``q`` multiplies its
+own rows ``Theta[S_q, :]`` (contiguous after sorting by agent) by its state.
+The centralised reference is carried as an extra slot ``Q`` of the state:
+the same algorithm with ``W = [[1]]`` on the global objective
+``L = (1/Q) sum_q L_q`` (gradient ``(1/(Q N_q)) E_q r_q`` summed over agents),
+computed from the *same* kernel reads (its columns ride along in each agent's
+product).
+
+Recorded quantities are quadratic forms in ``alpha`` (see
+:mod:`ntkdyn.trajectory` for the conventions): outputs
+``f_0 + Theta alpha_q``, ``||theta_q - theta_0||^2 = alpha_q^T Theta alpha_q``
+and ``||theta_q - theta_p||^2 = (alpha_q - alpha_p)^T Theta (alpha_q - alpha_p)``.
+
+State layout: ``x`` has shape ``(A, R, C)``: ``A = Q + 1`` slots (agents then
+the centralised reference), ``R`` rows (samples, or sample-output pairs for
+a full kernel), ``C = n_rates * C0`` columns (``C0 = K`` for a traced kernel,
+``1`` for a full one).  Several learning rates share every kernel read.
+
+Continuous time (gradient flow): ``dx/dt = step(x) - x`` (time in steps), with
+state-transition matrix ``Phi(t, t0) = exp((A - I)(t - t0))``.  It is applied
+exactly (to round-off) by a truncated Taylor series of the matrix exponential
+on sub-intervals ``h`` with ``h ||A - I||_2 <= 3`` and 30 terms (truncation
+error below ``3^31/31! < 1e-19``), using only operator applications.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .algorithms import Algorithm, Operators
+from .problem import KernelProblem
+
+TAYLOR_THETA = 3.0
+TAYLOR_TERMS = 30
+DIVERGENCE_FACTOR = 1e8
+
+
+# --------------------------------------------------------------------------- operators
+def kernel_operators(
+    kernel: jax.Array,
+    residual: jax.Array,
+    mixing: jax.Array,
+    lr_cols: jax.Array,
+    *,
+    offsets: tuple[int, ...],
+    rows_per_sample: int,
+    central: bool,
+) -> Operators:
+    """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
+
+    ``residual`` is ``(f_0 - Y)`` in row layout tiled over the columns
+    (``(R, C)``; zero for the purely linear part), ``lr_cols`` the learning
+    rate of every slot and column (``(A, 1, C)``).
+    """
+    q_count = len(offsets) - 1
+    rps = rows_per_sample
+    rows = offsets[-1] * rps
+
+    def mix(x):
+        agents = jnp.tensordot(mixing, x[:q_count], axes=1)
+        return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
+
+    def grad(x):
+        c = x.shape[-1]
+        g_agents, g_central = [], []
+        for q in range(q_count):
+            s, e = offsets[q] * rps, offsets[q + 1] * rps
+            n_q = offsets[q + 1] - offsets[q]
+            rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if central else x[q]
+            prod = kernel[s:e] @ rhs
+            r_q = residual[s:e] + prod[:, :c]
+            g_agents.append(jnp.pad(r_q / n_q, ((s, rows - e), (0, 0))))
+            if central:
+                g_central.append((residual[s:e] + prod[:, c:]) / (q_count * n_q))
+        if central:
+            g_agents.append(jnp.concatenate(g_central, axis=0))
+        return jnp.stack(g_agents)
+
+    def scale(g):
+        return lr_cols * g
+
+    return Operators(mix=mix, grad=grad, scale=scale)
+
+
+def lr_columns(lrs: np.ndarray, c0: int, central: bool) -> np.ndarray:
+    """``(A, 1, C)`` learning rate per slot and column from ``(n_rates, Q)`` rates."""
+    lrs = np.atleast_2d(np.asarray(lrs, dtype=np.float64))
+    slots = lrs.T  # (Q, n_rates)
+    if central:
+        slots = np.concatenate([slots, lrs.mean(axis=1)[None, :]], axis=0)
+    return np.repeat(slots, c0, axis=1)[:, None, :]
+
+
+# --------------------------------------------------------------------------- recording
+def _to_samples(u, n, k, n_rates, traced):
+    """Row layout ``(R, A, C)`` -> ``(A, n_rates, N, K)``."""
+    a = u.shape[1]
+    if traced:
+        return u.reshape(n, a, n_rates, k).transpose(1, 2, 0, 3)
+    return u.reshape(n, k, a, n_rates).transpose(2, 3, 0, 1)
+
+
+def _loss_acc(out, y, labels):
+    """``out`` (A, n_rates, M, K) -> per-sample half squared error and accuracy."""
+    sq = 0.5 * jnp.sum((out - y) ** 2, axis=-1)
+    acc = jnp.mean(jnp.argmax(out, axis=-1) == labels, axis=-1)
+    return sq, acc
+
+
+def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs):
+    kernel, f0, y, labels, shard_w = data["kernel"], data["f0"], data["y"], data["labels"], \
+        data["shard_weights"]
+    a, rows, c = x.shape
+    n, k = y.shape
+    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows, a * c)
+    u = (kernel @ flat).reshape(rows, a, c)
+    xs = _to_samples(x.transpose(1, 0, 2), n, k, n_rates, traced)
+    us = _to_samples(u, n, k, n_rates, traced)
+    out = f0 + us
+    sq, acc = _loss_acc(out, y, labels)
+    local = sq @ shard_w  # (A, n_rates, Q)
+    xa, ua = xs[:q_count], us[:q_count]
+    xm, um = xa.mean(axis=0), ua.mean(axis=0)
+    xc, uc = xs[q_count], us[q_count]
+
+    def quad(dx, du):
+        return jnp.sqrt(jnp.maximum(jnp.sum(dx * du, axis=(-2, -1)), 0.0))
+
+    out_mean = out[:q_count].mean(axis=0, keepdims=True)
+    sq_m, acc_m = _loss_acc(out_mean, y, labels)
+    rec = {
+        "train_loss": sq.mean(axis=-1),
+        "objective": local.mean(axis=-1),
+        "local_loss": jnp.stack([local[q, :, q] for q in range(q_count)]),
+        "train_acc": acc,
+        "param_dist": quad(xs, us),
+        "consensus_dist": quad(xa - xm, ua - um),
+        "central_dist": quad(xa - xc, ua - uc),
+        "mean_model_train_loss": sq_m.mean(axis=-1)[0],
+        "mean_model_train_acc": acc_m[0],
+    }
+    if record_outputs:
+        rec["train_outputs"] = out
+    if has_test:
+        kt, f0t, yt, lt = data["kernel_test"], data["f0_test"], data["y_test"], data["labels_test"]
+        ut = _to_samples((kt @ flat).reshape(-1, a, c), yt.shape[0], k, n_rates, traced)
+        out_t = f0t + ut
+        sqt, acct = _loss_acc(out_t, yt, lt)
+        sqt_m, acct_m = _loss_acc(out_t[:q_count].mean(axis=0, keepdims=True), yt, lt)
+        rec.update(test_loss=sqt.mean(axis=-1), test_acc=acct,
+                   mean_model_test_loss=sqt_m.mean(axis=-1)[0], mean_model_test_acc=acct_m[0])
+        if record_outputs:
+            rec["test_outputs"] = out_t
+    return rec
+
+
+# --------------------------------------------------------------------------- evolution
+def _divergence_check(x, diverged, div_at, step_no, limit_per_step, c0):
+    """Flag rates whose state left ``limit_per_step * (step + 1)`` or became non-finite."""
+    mag = jnp.max(jnp.abs(x), axis=(0, 1)).reshape(-1, c0).max(axis=1)
+    bad = ~jnp.isfinite(mag) | (mag > limit_per_step * (step_no + 1.0))
+    div_at = jnp.where(bad & ~diverged, step_no, div_at)
+    return diverged | bad, div_at
+
+
+@partial(jax.jit, static_argnames=("step_fn", "offsets", "traced", "n_rates", "continuous",
+                                   "has_test", "record_outputs"))
+def _run_chunk(carry, schedule, data, *, step_fn, offsets, traced, n_rates, continuous,
+               has_test, record_outputs):
+    """Advance through a chunk of records; returns the new carry and the records."""
+    q_count = len(offsets) - 1
+    y = data["y"]
+    k = y.shape[1]
+    rps = 1 if traced else k
+    c0 = k if traced else 1
+    common = dict(offsets=offsets, rows_per_sample=rps, central=True)
+    ops = kernel_operators(data["kernel"], data["residual"], data["mixing"], data["lr_cols"],
+                           **common)
+    ops_lin = kernel_operators(data["kernel"], jnp.zeros_like(data["residual"]),
+                               data["mixing"], data["lr_cols"], **common)
+    cols_rate = jnp.arange(n_rates * c0) // c0
+    limit = data["limit_per_step"]
+
+    def guarded(x, new, diverged):
+        return jnp.where(diverged[cols_rate], x, new)
+
+    def advance(state, n_sub, h):
+        def body(i, st):
+            x, t, diverged, div_at = st
+            if continuous:
+                term = h * (step_fn(x, ops) - x)
+                acc = x + term
+                for j in range(2, TAYLOR_TERMS + 1):
+                    term = (h / j) * (step_fn(term, ops_lin) - term)
+                    acc = acc + term
+                new, t_new = acc, t + h
+            else:
+                new, t_new = step_fn(x, ops), t + 1.0
+            diverged, div_at = _divergence_check(new, diverged, div_at, t_new, limit, c0)
+            return guarded(x, new, diverged), t_new, diverged, div_at
+
+        return jax.lax.fori_loop(0, n_sub, body, state)
+
+    def per_record(state, sched):
+        n_sub, h = sched
+        state = advance(state, n_sub, h)
+        x, t, diverged, div_at = state
+        rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
+                      has_test=has_test, record_outputs=record_outputs)
+        rec["diverged"] = diverged
+        return state, rec
+
+    return jax.lax.scan(per_record, carry, schedule)
+
+
+def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
+                           iterations: int = 40, seed: int = 0) -> float:
+    """Estimate ``||A - I||_2`` of the linear part of one step (power iteration on ``M^T M``)."""
+    data = _device_data(problem, lrs, for_records=False)
+    k = problem.num_outputs
+    c0 = k if problem.traced else 1
+    ops = kernel_operators(data["kernel"], jnp.zeros_like(data["residual"]), data["mixing"],
+                           data["lr_cols"], offsets=problem.offsets,
+                           rows_per_sample=problem.rows_per_sample, central=True)
+    shape = (problem.num_agents + 1, problem.kernel.shape[0], lrs.shape[0] * c0)
+
+    def m(v):
+        return step_fn(v, ops) - v
+
+    v0 = jax.random.normal(jax.random.PRNGKey(seed), shape)
+    mt = jax.linear_transpose(m, v0)
+
+    @jax.jit
+    def power(v):
+        def body(_, v):
+            w = mt(m(v))[0]
+            return w / jnp.linalg.norm(w)
+        v = jax.lax.fori_loop(0, iterations, body, v / jnp.linalg.norm(v))
+        return jnp.linalg.norm(m(v))
+
+    return float(power(v0))
+
+
+def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True) -> dict:
+    n_rates = lrs.shape[0]
+    k = problem.num_outputs
+    c0 = k if problem.traced else 1
+    residual = np.tile(problem.residual0, (1, n_rates))
+    counts = problem.counts
+    q_count = problem.num_agents
+    shard_w = np.zeros((problem.num_train, q_count))
+    for q in range(q_count):
+        shard_w[problem.offsets[q]:problem.offsets[q + 1], q] = 1.0 / counts[q]
+    lr_max = lrs.max(axis=1)
+    res_max = max(float(np.max(np.abs(problem.residual0))), 1e-300)
+    data = {
+        "kernel": jnp.asarray(problem.kernel),
+        "residual": jnp.asarray(residual),
+        "mixing": jnp.asarray(problem.mixing),
+        "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=True)),
+        "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_max * res_max / counts.min()),
+    }
+    if for_records:
+        data.update(f0=jnp.asarray(problem.f0_train), y=jnp.asarray(problem.y_train),
+                    labels=jnp.asarray(problem.labels_train), shard_weights=jnp.asarray(shard_w))
+        if problem.has_test:
+            data.update(kernel_test=jnp.asarray(problem.kernel_test),
+                        f0_test=jnp.asarray(problem.f0_test), y_test=jnp.asarray(problem.y_test),
+                        labels_test=jnp.asarray(problem.labels_test))
+    return data
+
+
+def evolve(
+    problem: KernelProblem,
+    algorithm: Algorithm,
+    lrs: np.ndarray,
+    steps: np.ndarray,
+    *,
+    continuous: bool = False,
+    record_outputs: bool = False,
+    chunk: int = 25,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run the kernel-space recursion (or flow) and record at ``steps``.
+
+    Parameters
+    ----------
+    problem : KernelProblem
+    algorithm : Algorithm
+    lrs : (n_rates, Q) array
+        One row of per-agent learning rates per prediction sharing the kernel.
+    steps : (T,) non-decreasing
+        Iteration numbers (discrete) or times in steps (``continuous=True``).
+
+    Returns
+    -------
+    dict
+        Arrays of shape ``(T, n_rates, A)`` (``A = Q + 1`` slots; the last is
+        the centralised reference) or ``(T, n_rates)`` for ``mean_model_*``;
+        ``diverged`` ``(T, n_rates)`` flags and ``diverged_at`` ``(n_rates,)``
+        (``-1`` when the run stayed bounded).
+    """
+    lrs = np.atleast_2d(np.asarray(lrs, dtype=np.float64))
+    n_rates = lrs.shape[0]
+    k = problem.num_outputs
+    c0 = k if problem.traced else 1
+    data = _device_data(problem, lrs)
+    steps = np.asarray(steps)
+    deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
+    if continuous:
+        beta = operator_norm_estimate(problem, algorithm.step, lrs) * 1.25 + 1e-12
+        n_sub = np.maximum(1, np.ceil(beta * deltas / TAYLOR_THETA)).astype(np.int64)
+        n_sub[deltas == 0] = 0
+        h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
+    else:
+        n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
+    shape = (problem.num_agents + 1, problem.kernel.shape[0], n_rates * c0)
+    carry = (jnp.zeros(shape), jnp.asarray(0.0), jnp.zeros(n_rates, bool),
+             jnp.full(n_rates, -1.0))
+    static = dict(step_fn=algorithm.step, offsets=problem.offsets, traced=problem.traced,
+                  n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
+                  record_outputs=record_outputs)
+    total = len(steps)
+    chunk = max(1, min(chunk, total))
+    pieces = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=int(np.sum(deltas)), unit="step" if not continuous else "t",
+                   desc=f"predict {algorithm.name}")
+    for start in range(0, total, chunk):
+        sl = slice(start, start + chunk)
+        ns, hs = n_sub[sl], h[sl]
+        pad = chunk - len(ns)
+        if pad:
+            ns, hs = np.concatenate([ns, np.zeros(pad, np.int64)]), np.concatenate(
+                [hs, np.zeros(pad)])
+        carry, recs = _run_chunk(carry, (jnp.asarray(ns), jnp.asarray(hs)), data, **static)
+        recs = jax.tree.map(np.asarray, recs)
+        pieces.append(jax.tree.map(lambda a, p=pad: a[: len(a) - p] if p else a, recs))
+        if bar is not None:
+            bar.update(int(np.sum(deltas[sl])))
+        if bool(np.all(np.asarray(carry[2]))):
+            break  # every rate diverged: nothing left to compute
+    if bar is not None:
+        bar.close()
+    out = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+    out["diverged_at"] = np.asarray(carry[3])
+    return out
+

@@ -1,0 +1,93 @@
+"""Input checks shared by the public entry points.
+
+Convention (as in scipy/numpy): a bad argument raises ``ValueError`` whose
+message starts with the argument's name and says what was expected and what
+was found.  Checks run at the boundary (config, graph, data, kernels); the
+numerical core trusts its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def as_float_array(name: str, value, ndim: int | Sequence[int] | None = None) -> np.ndarray:
+    """Convert ``value`` to a float64 ndarray, checking dimensionality and finiteness."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected a numeric array, got {type(value).__name__}") from exc
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{name}: expected a {want} array, got shape {arr.shape}")
+    check_finite(name, arr)
+    return arr
+
+
+def check_finite(name: str, arr: np.ndarray) -> None:
+    """Raise ``ValueError`` naming ``name`` and the first non-finite entry."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name}: expected finite values, found {arr[idx]} at index {idx} "
+            f"({int(bad.sum())} non-finite entries in all)"
+        )
+
+
+def check_shape(name: str, arr: np.ndarray, expected: tuple, hint: str = "") -> None:
+    """Raise unless ``arr.shape == expected`` (``None`` in ``expected`` matches anything)."""
+    ok = len(arr.shape) == len(expected) and all(
+        e is None or e == s for e, s in zip(expected, arr.shape, strict=True)
+    )
+    if not ok:
+        shown = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+        extra = f" ({hint})" if hint else ""
+        raise ValueError(f"{name}: expected shape {shown}{extra}, got {arr.shape}")
+
+
+def learning_rates(lr, num_agents: int, name: str = "lr") -> np.ndarray:
+    """Return per-agent learning rates as a ``(Q,)`` float64 array.
+
+    ``lr`` is a positive number (the same rate for every agent) or a ``(Q,)``
+    array of positive numbers.
+    """
+    arr = np.asarray(lr, dtype=np.float64) if not isinstance(lr, np.ndarray) else lr.astype(float)
+    if arr.ndim == 0:
+        arr = np.full(num_agents, float(arr))
+    if arr.ndim != 1 or arr.shape[0] != num_agents:
+        raise ValueError(
+            f"{name}: expected a positive number or an array of {num_agents} per-agent rates, "
+            f"got shape {np.shape(lr)}"
+        )
+    check_finite(name, arr)
+    if np.any(arr <= 0):
+        q = int(np.argmax(arr <= 0))
+        raise ValueError(f"{name}: learning rates must be > 0, got {arr[q]!r} (agent {q})")
+    return arr
+
+
+def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
+    """Validate recorded steps (or times): non-empty, non-negative, non-decreasing."""
+    if isinstance(steps, int | np.integer):
+        steps = range(0, int(steps) + 1)
+    arr = np.asarray(list(steps) if isinstance(steps, range) else steps)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 1-D sequence, got shape {arr.shape}")
+    if integer:
+        if not np.issubdtype(arr.dtype, np.integer):
+            if not np.all(np.equal(np.mod(arr, 1), 0)):
+                raise ValueError(f"{name}: expected integer step numbers, got {arr[:5]}...")
+            arr = arr.astype(np.int64)
+    else:
+        arr = arr.astype(np.float64)
+        check_finite(name, arr)
+    if np.any(arr < 0):
+        raise ValueError(f"{name}: expected values >= 0, got {arr.min()}")
+    if np.any(np.diff(arr) < 0):
+        raise ValueError(f"{name}: expected a non-decreasing sequence")
+    return arr
