@@ -119,7 +119,7 @@ def _to_samples(u, n, k, n_rates, traced):
 def _loss_acc(out, y, labels):
     """``out`` (A, n_rates, M, K) -> per-sample half squared error and accuracy."""
     sq = 0.5 * jnp.sum((out - y) ** 2, axis=-1)
-    acc = jnp.mean(jnp.argmax(out, axis=-1) == labels, axis=-1)
+    acc = jnp.mean((jnp.argmax(out, axis=-1) == labels).astype(out.dtype), axis=-1)
     return sq, acc
 
 
@@ -204,12 +204,14 @@ def _run_chunk(carry, schedule, data, *, step_fn, offsets, traced, n_rates, cont
         def body(i, st):
             x, t, diverged, div_at = st
             if continuous:
-                term = h * (step_fn(x, ops) - x)
-                acc = x + term
-                for j in range(2, TAYLOR_TERMS + 1):
+                def taylor(j, ta):
+                    term, acc = ta
                     term = (h / j) * (step_fn(term, ops_lin) - term)
-                    acc = acc + term
-                new, t_new = acc, t + h
+                    return term, acc + term
+
+                term = h * (step_fn(x, ops) - x)
+                _, new = jax.lax.fori_loop(2, TAYLOR_TERMS + 1, taylor, (term, x + term))
+                t_new = t + h
             else:
                 new, t_new = step_fn(x, ops), t + 1.0
             diverged, div_at = _divergence_check(new, diverged, div_at, t_new, limit, c0)

@@ -1,0 +1,123 @@
+r"""Steady state of the linearised peer-to-peer dynamics.
+
+With a constant step, ``alpha <- A alpha + c`` converges (when
+``rho(A) < 1``) to the unique fixed point ``alpha* = (I - A)^{-1} c``.  For
+DGD this point is *not* consensual: the agents disagree by
+``O(eta / (1 - lambda_2(W)))`` (Yuan, Ling & Yin 2016).  The centralised
+solution, the limit of centralised gradient descent from ``alpha = 0`` on
+the global objective, is the minimum-norm interpolant
+``alpha_c = Theta^+ (Y - f_0)``.  Derivation: ``theory/fixed_point.md``.
+
+The linear system has ``Q R`` unknowns per output column; it is solved
+densely when small and by GMRES with operator applications otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg as spla
+
+from . import solver
+from .algorithms import get_algorithm
+from .problem import KernelProblem
+from .stability import DENSE_MAX, StepOperator
+from .validation import learning_rates
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """The steady state (meaningful when the dynamics are stable).
+
+    Per-agent arrays are ``(Q,)``; ``central_*`` scalars describe the
+    centralised solution; ``consensus_gap`` is the root-mean-square over
+    agents of ``||theta_q* - mean_p theta_p*||`` and ``central_gap`` that of
+    ``||theta_q* - theta_c*||``.
+    """
+
+    algorithm: str
+    lr: np.ndarray
+    train_loss: np.ndarray
+    train_acc: np.ndarray
+    param_dist: np.ndarray
+    consensus_dist: np.ndarray
+    central_dist: np.ndarray
+    consensus_gap: float
+    central_gap: float
+    central_train_loss: float
+    central_param_dist: float
+    test_loss: np.ndarray | None
+    test_acc: np.ndarray | None
+    central_test_loss: float | None
+    train_outputs: np.ndarray
+    test_outputs: np.ndarray | None
+
+
+def _solve(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
+    if dense_matrix is not None:
+        try:
+            sol = scipy.linalg.solve(dense_matrix, rhs)
+            if np.all(np.isfinite(sol)):
+                return sol
+        except (scipy.linalg.LinAlgError, ValueError):
+            pass
+        return scipy.linalg.lstsq(dense_matrix, rhs)[0]
+    op = spla.LinearOperator((dim, dim), matvec=matrix_free, dtype=np.float64)
+    cols = []
+    for j in range(rhs.shape[1]):
+        sol, info = spla.gmres(op, rhs[:, j], rtol=1e-12, atol=0.0, restart=100, maxiter=200)
+        if info != 0:
+            raise RuntimeError(f"fixed_point: GMRES did not converge (info={info})")
+        cols.append(sol)
+    return np.stack(cols, axis=1)
+
+
+def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
+    """Steady state of ``algorithm`` at learning rate(s) ``lr``, and the centralised solution."""
+    algo = get_algorithm(algorithm)
+    lrs = learning_rates(lr, problem.num_agents)
+    s = float(lrs.max())
+    op = StepOperator(problem, algo, lrs / s)
+    q, r = problem.num_agents, problem.kernel.shape[0]
+    dim = q * r
+    c0 = problem.residual0.shape[1]
+    # affine part: one full step from alpha = 0 (central slot dropped)
+    data = solver._device_data(problem, lrs[None, :], for_records=False)
+    ops = solver.kernel_operators(data["kernel"], data["residual"], data["mixing"],
+                                  data["lr_cols"][:q], offsets=problem.offsets,
+                                  rows_per_sample=problem.rows_per_sample, central=False)
+    c = np.asarray(algo.step(jnp.zeros((q, r, c0)), ops)).reshape(dim, c0)
+    dense = np.eye(dim) - op.dense(s) if dim <= DENSE_MAX * 4 else None
+    alpha = _solve(lambda v: v - op.matvec(v, s), dense, c, dim).reshape(q, r, c0)
+    try:
+        central = scipy.linalg.solve(problem.kernel, -problem.residual0, assume_a="pos")
+    except (scipy.linalg.LinAlgError, ValueError):
+        central = scipy.linalg.lstsq(problem.kernel, -problem.residual0)[0]
+    x = np.concatenate([alpha, central[None]], axis=0)
+    rec_data = solver._device_data(problem, lrs[None, :])
+    rec = solver._record(jnp.asarray(x), rec_data, q_count=q, n_rates=1,
+                         traced=problem.traced, has_test=problem.has_test, record_outputs=True)
+    rec = {k: np.asarray(v) for k, v in rec.items()}
+    inverse = np.argsort(problem.order)
+    cons, cen = rec["consensus_dist"][:, 0], rec["central_dist"][:, 0]
+    return FixedPoint(
+        algorithm=algo.name,
+        lr=lrs,
+        train_loss=rec["train_loss"][:q, 0],
+        train_acc=rec["train_acc"][:q, 0],
+        param_dist=rec["param_dist"][:q, 0],
+        consensus_dist=cons,
+        central_dist=cen,
+        consensus_gap=float(np.sqrt(np.mean(cons**2))),
+        central_gap=float(np.sqrt(np.mean(cen**2))),
+        central_train_loss=float(rec["train_loss"][q, 0]),
+        central_param_dist=float(rec["param_dist"][q, 0]),
+        test_loss=rec["test_loss"][:q, 0] if problem.has_test else None,
+        test_acc=rec["test_acc"][:q, 0] if problem.has_test else None,
+        central_test_loss=float(rec["test_loss"][q, 0]) if problem.has_test else None,
+        train_outputs=rec["train_outputs"][:q, 0][:, inverse],
+        test_outputs=rec["test_outputs"][:q, 0] if problem.has_test else None,
+    )

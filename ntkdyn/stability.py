@@ -1,0 +1,236 @@
+r"""Stability of the linearised peer-to-peer dynamics, and their fixed point.
+
+One step of any algorithm is affine in the kernel-space state,
+``alpha <- A(s) alpha + c``, where the learning rates are ``s * profile``
+(``profile = lr / max(lr)``; ``s`` is the largest per-agent rate).  The
+iteration converges iff the spectral radius ``rho(A(s)) < 1`` on the
+directions the kernel sees (eigenvalues of modulus exactly 1 that belong to
+the null space of ``Theta`` change no output and are ignored: the test is
+``rho > 1 + RHO_TOL``).  Derivations: ``theory/stability.md``.
+
+* **Exact boundary** ``lr*``: the largest ``s`` with ``rho(A(s)) <= 1``.
+  For DGD with symmetric ``W`` and one rate for all agents the operator is
+  similar to the symmetric ``W (x) I - s H`` (``H = blockdiag(Theta^{1/2}
+  P_q Theta^{1/2} / N_q)``), its eigenvalues are real and the boundary is
+  where the smallest reaches ``-1``: ``1/lr* = lambda_max((I + W)^{-1} (x) I . H)``
+  (one extreme eigenvalue of an operator similar to a PSD one).  Otherwise it
+  is found by root-bracketing (Brent) on ``rho(A(s)) - 1``, ``rho`` computed
+  densely for small operators and by ARPACK for large ones.
+* **Sufficient bounds** (DESIGN.md): DGD, symmetric doubly stochastic ``W``:
+  ``lr max_q lambda_max(Theta_qq)/N_q < 1 + lambda_min(W)``; ATC and CTA:
+  ``lr max_q lambda_max(Theta_qq)/N_q < 2`` whatever the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse.linalg as spla
+
+from . import graphs
+from .algorithms import Algorithm, get_algorithm
+from .problem import KernelProblem
+from .solver import kernel_operators
+
+RHO_TOL = 1e-9
+DENSE_MAX = 1500
+
+
+@dataclass(frozen=True)
+class StabilityReport:
+    """Stability of one algorithm at one learning rate (all in linearised dynamics).
+
+    ``lr`` and ``lr_star`` are the largest per-agent rate (``max_q lr_q``);
+    with per-agent rates the ratios between agents are kept fixed.
+    ``margin = 1 - lr / lr_star`` (> 0: stable).  ``lr_bound`` is the
+    sufficient bound of DESIGN.md (``nan`` where no such bound applies).
+    """
+
+    algorithm: str
+    lr: float
+    spectral_radius: float
+    lr_star: float
+    lr_bound: float
+    stable: bool
+    margin: float
+    method: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        word = "converge" if self.stable else "diverge"
+        return (f"{self.algorithm.upper()} at lr={self.lr:.4g}: linearised dynamics {word} "
+                f"(spectral radius {self.spectral_radius:.6f}); exact largest stable rate "
+                f"lr*={self.lr_star:.6g}, sufficient bound {self.lr_bound:.6g}, margin "
+                f"{self.margin:+.1%}")
+
+
+# --------------------------------------------------------------------------- operators
+def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarray):
+    """``(x, s) -> A(s) x`` on states ``(Q, R, C)`` (jitted, no affine part)."""
+    kernel = jnp.asarray(problem.kernel)
+    mixing = jnp.asarray(problem.mixing)
+    zeros = jnp.zeros((problem.kernel.shape[0], 1))
+    prof = jnp.asarray(profile)[:, None, None]
+
+    @jax.jit
+    def apply(x, s):
+        ops = kernel_operators(kernel, zeros, mixing, s * prof, offsets=problem.offsets,
+                               rows_per_sample=problem.rows_per_sample, central=False)
+        return algorithm.step(x, ops)
+
+    return apply
+
+
+class StepOperator:
+    """The linear part ``A(s)`` of one step, jitted once, applied many times."""
+
+    def __init__(self, problem: KernelProblem, algorithm, profile=None):
+        self.algorithm = get_algorithm(algorithm)
+        self.q, self.r = problem.num_agents, problem.kernel.shape[0]
+        self.dim = self.q * self.r
+        profile = np.ones(self.q) if profile is None else np.asarray(profile, float)
+        self._apply = _linear_step(problem, self.algorithm, profile)
+
+    def dense(self, s: float) -> np.ndarray:
+        """The ``(Q R) x (Q R)`` matrix at rate ``s``."""
+        eye = jnp.eye(self.dim).reshape(self.q, self.r, self.dim)
+        return np.asarray(self._apply(eye, s)).reshape(self.dim, self.dim)
+
+    def matvec(self, v: np.ndarray, s: float) -> np.ndarray:
+        x = jnp.asarray(v.reshape(self.q, self.r, -1))
+        return np.asarray(self._apply(x, s)).reshape(v.shape)
+
+    def spectral_radius(self, s: float, method: str = "auto") -> float:
+        if method == "dense" or (method == "auto" and self.dim <= DENSE_MAX):
+            return float(np.max(np.abs(np.linalg.eigvals(self.dense(s)))))
+        op = spla.LinearOperator((self.dim, self.dim), matvec=lambda v: self.matvec(v, s),
+                                 dtype=np.float64)
+        v0 = np.random.default_rng(0).standard_normal(self.dim)
+        try:
+            vals = spla.eigs(op, k=6, which="LM", tol=1e-10, v0=v0,
+                             ncv=min(self.dim - 1, 48), maxiter=5000,
+                             return_eigenvectors=False)
+        except spla.ArpackNoConvergence as exc:  # use what converged
+            vals = exc.eigenvalues
+            if len(vals) == 0:
+                raise RuntimeError(
+                    "spectral_radius: ARPACK did not converge; use method='dense'") from exc
+        return float(np.max(np.abs(vals)))
+
+
+def dense_operator(problem: KernelProblem, algorithm, s: float, profile=None) -> np.ndarray:
+    """The ``(Q R) x (Q R)`` matrix of one step's linear part at rate ``s``."""
+    return StepOperator(problem, algorithm, profile).dense(s)
+
+
+def spectral_radius(problem: KernelProblem, algorithm, s: float, profile=None,
+                    method: str = "auto") -> float:
+    """Spectral radius of one step's linear part at largest rate ``s``."""
+    return StepOperator(problem, algorithm, profile).spectral_radius(s, method)
+
+
+def agent_curvatures(problem: KernelProblem) -> np.ndarray:
+    """``lambda_max(Theta_qq) / N_q`` for every agent (the local step's curvature)."""
+    out = np.empty(problem.num_agents)
+    for q in range(problem.num_agents):
+        block = problem.agent_block(q)
+        if block.shape[0] <= 3000:
+            lam = scipy.linalg.eigvalsh(block, subset_by_index=[block.shape[0] - 1] * 2)[0]
+        else:
+            lam = spla.eigsh(block, k=1, which="LA", return_eigenvectors=False)[0]
+        out[q] = lam / problem.counts[q]
+    return out
+
+
+def sufficient_bound(problem: KernelProblem, algorithm, profile=None) -> float:
+    """Sufficient bound on the largest rate (``nan`` if none applies)."""
+    algo = get_algorithm(algorithm)
+    profile = np.ones(problem.num_agents) if profile is None else np.asarray(profile, float)
+    curv = float(np.max(profile * agent_curvatures(problem)))
+    w = problem.mixing
+    symmetric = graphs.is_symmetric(w) and graphs.is_doubly_stochastic(w)
+    if algo.name == "dgd" and symmetric:
+        return (1.0 + graphs.lambda_min(w)) / curv
+    if algo.name in ("atc", "cta") and symmetric:
+        return 2.0 / curv
+    if algo.name == "gd" or problem.num_agents == 1:
+        return 2.0 / curv
+    return float("nan")
+
+
+def _dgd_symmetric_lr_star(problem: KernelProblem) -> float:
+    """``1 / lambda_max((I + W)^{-1} (x) I . H)`` for DGD, symmetric W, one rate."""
+    q, r = problem.num_agents, problem.kernel.shape[0]
+    inv = np.linalg.inv(np.eye(q) + problem.mixing)
+    apply = _linear_step(problem, get_algorithm("gd"), np.ones(q))
+
+    def h(x):  # H x = (x - A_gd(1) x): the local gradient part at unit rate
+        return x - apply(x, 1.0)
+
+    dim = q * r
+    if dim <= DENSE_MAX:
+        hx = np.asarray(h(jnp.eye(dim).reshape(q, r, dim))).reshape(q, r * dim)
+        mat = (inv @ hx).reshape(dim, dim)
+        lam = float(np.max(np.linalg.eigvals(mat).real))
+    else:
+        def matvec(v):
+            hv = np.asarray(h(jnp.asarray(v.reshape(q, r, 1)))).reshape(q, r)
+            return (inv @ hv).ravel()
+        op = spla.LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
+        lam = float(spla.eigs(op, k=1, which="LR", tol=1e-12, return_eigenvectors=False,
+                              v0=np.random.default_rng(0).standard_normal(dim))[0].real)
+    return 1.0 / lam if lam > 0 else float("inf")
+
+
+def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e-9) -> tuple:
+    """Exact largest stable (max per-agent) learning rate, and the method used."""
+    algo = get_algorithm(algorithm)
+    q = problem.num_agents
+    profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
+    w = problem.mixing
+    uniform = np.allclose(profile, 1.0)
+    if (algo.name == "dgd" and uniform and graphs.is_symmetric(w)
+            and graphs.lambda_min(w) > -1 + 1e-10):
+        return _dgd_symmetric_lr_star(problem), "generalized-eigenvalue"
+
+    op = StepOperator(problem, algo, profile)
+
+    def f(s):
+        return op.spectral_radius(s) - (1.0 + RHO_TOL)
+
+    lo = sufficient_bound(problem, algo, profile)
+    if not np.isfinite(lo) or f(lo) > 0:
+        lo = 1.0 / np.max(profile * agent_curvatures(problem))
+        while f(lo) > 0 and lo > 1e-12:
+            lo /= 2.0
+    hi = lo * 2.0
+    while f(hi) <= 0:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e12:
+            return float("inf"), "bisection"
+    s_star = scipy.optimize.brentq(f, lo, hi, rtol=rtol, xtol=1e-14 * hi)
+    kind = "dense" if op.dim <= DENSE_MAX else "arpack"
+    return float(s_star), f"brent-{kind}"
+
+
+def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
+    """Full stability report for ``algorithm`` at learning rate(s) ``lr``."""
+    from .validation import learning_rates
+
+    algo = get_algorithm(algorithm)
+    lrs = learning_rates(lr, problem.num_agents)
+    s = float(np.max(lrs))
+    profile = lrs / s
+    lr_star, method = max_stable_lr(problem, algo, profile)
+    rho = spectral_radius(problem, algo, s, profile)
+    return StabilityReport(
+        algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star,
+        lr_bound=sufficient_bound(problem, algo, profile), stable=bool(rho <= 1 + RHO_TOL),
+        margin=1.0 - s / lr_star, method=method)

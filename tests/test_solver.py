@@ -1,0 +1,153 @@
+"""Kernel-space solver against brute-force training of the linearised network."""
+
+import numpy as np
+import pytest
+from conftest import brute_force, make_linearised_net, rel_err
+
+import ntkdyn as nd
+from ntkdyn import graphs
+from ntkdyn.predict import predict_from_kernels, sweep_from_kernels
+
+TOL = 1e-8  # the issue's bound; observed agreement is ~1e-14
+
+
+def _predict(net, w, lr, algorithm, steps, **kw):
+    return predict_from_kernels(
+        net.kernel_full, net.y, net.agent, w, lr, range(steps + 1), algorithm=algorithm,
+        f0_train=net.f0, kernel_test_train=net.kernel_test_full, y_test=net.y_test,
+        f0_test=net.f0_test, record_outputs=True, **kw)
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta"])
+@pytest.mark.parametrize("topology", ["ring", "star"])
+def test_kernel_space_equals_parameter_space(net, algorithm, topology):
+    w = graphs.mixing(graphs.topology(topology, 4), "metropolis")
+    steps, lr = 25, 0.3
+    ref = brute_force(net, w, lr, algorithm, steps)
+    traj = _predict(net, w, lr, algorithm, steps)
+    assert traj.status == "ok"
+    assert rel_err(traj.train_outputs, ref["out"]) < TOL
+    assert rel_err(traj.test_outputs, ref["out_test"]) < TOL
+    assert rel_err(traj.train_loss, ref["train_loss"]) < TOL
+    assert rel_err(traj.test_loss, ref["test_loss"]) < TOL
+    assert rel_err(traj.param_dist, ref["param"]) < TOL
+    assert rel_err(traj.consensus_dist, ref["cons"]) < TOL
+    assert rel_err(traj.central_dist, ref["central"]) < TOL
+    ref_acc = (ref["out"].argmax(-1) == net.y.argmax(-1)).mean(-1)
+    np.testing.assert_array_equal(traj.train_acc, ref_acc)
+
+
+def test_per_agent_learning_rates(net):
+    w = graphs.mixing(graphs.topology("ring", 4), "metropolis")
+    lr = np.array([0.1, 0.4, 0.25, 0.3])
+    ref = brute_force(net, w, lr, "dgd", 20)
+    traj = _predict(net, w, lr, "dgd", 20)
+    assert rel_err(traj.train_outputs, ref["out"]) < TOL
+    assert rel_err(traj.central_dist, ref["central"]) < TOL
+
+
+def test_traced_kernel_equals_full_kernel_with_identity_blocks(net):
+    """A traced kernel Theta_s stands for Theta_s (x) I_K: both layouts agree."""
+    rng = np.random.default_rng(3)
+    n, k = net.y.shape
+    a = rng.normal(size=(n, 2 * n))
+    ks = a @ a.T / n
+    kts = rng.normal(size=(net.y_test.shape[0], 2 * n)) @ a.T / n
+    w = graphs.mixing(graphs.topology("ring", 4))
+    common = dict(f0_train=net.f0, y_test=net.y_test, f0_test=net.f0_test, record_outputs=True)
+    t1 = predict_from_kernels(ks, net.y, net.agent, w, 0.5, range(0, 31, 3), "atc",
+                              kernel_test_train=kts, **common)
+    t2 = predict_from_kernels(np.kron(ks, np.eye(k)), net.y, net.agent, w, 0.5,
+                              range(0, 31, 3), "atc", kernel_test_train=np.kron(kts, np.eye(k)),
+                              **common)
+    for name in ("train_outputs", "test_outputs", "param_dist", "consensus_dist", "objective"):
+        assert rel_err(getattr(t1, name), getattr(t2, name)) < 1e-12, name
+
+
+def test_recorded_steps_subset_matches_every_step(net):
+    w = graphs.mixing(graphs.topology("ring", 4))
+    every = _predict(net, w, 0.3, "dgd", 40)
+    some = predict_from_kernels(net.kernel_full, net.y, net.agent, w, 0.3, [0, 7, 7, 19, 40],
+                                f0_train=net.f0, record_outputs=True)
+    assert rel_err(some.train_outputs, every.train_outputs[[0, 7, 7, 19, 40]]) < 1e-13
+
+
+def test_sweep_equals_separate_predictions(net):
+    w = graphs.mixing(graphs.topology("ring", 4))
+    lrs = [0.05, 0.2, np.array([0.1, 0.2, 0.3, 0.4])]
+    sweep = sweep_from_kernels(net.kernel_full, net.y, net.agent, w, lrs, range(0, 51, 5),
+                               "cta", f0_train=net.f0, kernel_test_train=net.kernel_test_full,
+                               y_test=net.y_test, f0_test=net.f0_test)
+    for lr, traj in zip(lrs, sweep, strict=True):
+        one = predict_from_kernels(net.kernel_full, net.y, net.agent, w, lr, range(0, 51, 5),
+                                   "cta", f0_train=net.f0, kernel_test_train=net.kernel_test_full,
+                                   y_test=net.y_test, f0_test=net.f0_test)
+        assert rel_err(traj.test_loss, one.test_loss) < 1e-13
+        assert rel_err(traj.consensus_dist, one.consensus_dist) < 1e-10
+
+
+def test_single_agent_is_centralised_gradient_descent(net):
+    """Q = 1: every algorithm is GD on the linearised model, r_t = (I - eta Theta/N)^t r_0."""
+    n, k = net.y.shape
+    kern = net.kernel_full
+    lr, steps = 0.4, 30
+    evals, evecs = np.linalg.eigh(kern)
+    r0 = (net.f0 - net.y).ravel()
+    for algorithm in ("dgd", "atc", "cta"):
+        traj = predict_from_kernels(kern, net.y, np.zeros(n, int), np.ones((1, 1)), lr,
+                                    range(steps + 1), algorithm, f0_train=net.f0,
+                                    record_outputs=True)
+        closed = np.stack([net.y.ravel() + evecs @ ((1 - lr * evals / n) ** t * (evecs.T @ r0))
+                           for t in range(steps + 1)]).reshape(steps + 1, n, k)
+        assert rel_err(traj.train_outputs[:, 0], closed) < 1e-10
+        assert rel_err(traj.train_loss[:, 0], traj.central_train_loss) < 1e-12
+
+
+def test_atc_on_complete_graph_is_centralised(net):
+    """W = 11^T/Q, common start: ATC is exactly centralised GD; CTA's average follows it."""
+    q = 4
+    w = np.full((q, q), 1 / q)
+    atc = _predict(net, w, 0.3, "atc", 30)
+    ref = brute_force(net, w, 0.3, "atc", 30)
+    for qq in range(q):
+        assert rel_err(atc.train_outputs[:, qq], ref["central_out"]) < 1e-10
+    assert np.max(atc.central_dist) < 1e-10 * max(np.max(atc.param_dist), 1)
+    cta = _predict(net, w, 0.3, "cta", 30)
+    assert rel_err(cta.train_outputs.mean(axis=1), ref["central_out"]) < 1e-10
+    assert rel_err(cta.mean_model_train_loss, cta.central_train_loss) < 1e-10
+
+
+def test_divergent_run_is_reported_not_nan(net):
+    w = graphs.mixing(graphs.topology("ring", 4))
+    traj = _predict(net, w, 50.0, "dgd", 300)
+    assert traj.status == "diverged" and traj.diverged
+    assert traj.diverged_at is not None and 0 < traj.diverged_at <= 300
+    assert len(traj.steps) <= traj.diverged_at
+    assert np.all(traj.steps < traj.diverged_at)
+    for name in ("train_loss", "test_loss", "param_dist", "consensus_dist", "train_outputs"):
+        assert np.all(np.isfinite(getattr(traj, name))), name
+    assert "diverged at step" in traj.summary()
+
+
+def test_save_load_roundtrip(net, tmp_path):
+    w = graphs.mixing(graphs.topology("ring", 4))
+    traj = _predict(net, w, 0.3, "dgd", 10)
+    path = traj.save(tmp_path / "traj.npz")
+    back = nd.Trajectory.load(path)
+    np.testing.assert_array_equal(back.test_loss, traj.test_loss)
+    np.testing.assert_array_equal(back.train_outputs, traj.train_outputs)
+    assert back.metadata["algorithm"] == "dgd"
+    assert back.metadata["versions"]["jax"]
+    assert back.status == "ok" and not list(tmp_path.glob("*.partial*"))
+
+
+def test_unsorted_agents_give_outputs_in_caller_order():
+    net = make_linearised_net(seed=5)
+    w = graphs.mixing(graphs.topology("path", 4))
+    perm = np.random.default_rng(0).permutation(len(net.agent))
+    rows = (perm[:, None] * 3 + np.arange(3)).ravel()
+    t1 = _predict(net, w, 0.2, "dgd", 8)
+    t2 = predict_from_kernels(net.kernel_full[np.ix_(rows, rows)], net.y[perm], net.agent[perm],
+                              w, 0.2, range(9), "dgd", f0_train=net.f0[perm],
+                              record_outputs=True)
+    assert rel_err(t2.train_outputs, t1.train_outputs[:, :, perm]) < 1e-12
