@@ -14,6 +14,7 @@ densely when small and by GMRES with operator applications otherwise.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -58,12 +59,12 @@ class FixedPoint:
 
 def _solve(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
     if dense_matrix is not None:
-        try:
-            sol = scipy.linalg.solve(dense_matrix, rhs)
-            if np.all(np.isfinite(sol)):
-                return sol
-        except (scipy.linalg.LinAlgError, ValueError):
-            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+            try:
+                return scipy.linalg.solve(dense_matrix, rhs)
+            except (scipy.linalg.LinAlgError, scipy.linalg.LinAlgWarning, ValueError):
+                pass
         return scipy.linalg.lstsq(dense_matrix, rhs)[0]
     op = spla.LinearOperator((dim, dim), matvec=matrix_free, dtype=np.float64)
     cols = []
@@ -75,27 +76,57 @@ def _solve(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+def _range_basis(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvectors ``V_r`` and eigenvalues ``lambda_r > 0`` spanning ``range(Theta)``."""
+    lam, vec = scipy.linalg.eigh(kernel)
+    keep = lam > lam[-1] * kernel.shape[0] * np.finfo(float).eps
+    return vec[:, keep], lam[keep]
+
+
 def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
-    """Steady state of ``algorithm`` at learning rate(s) ``lr``, and the centralised solution."""
+    """Steady state of ``algorithm`` at learning rate(s) ``lr``, and the centralised solution.
+
+    The system is solved in the coordinates ``u_q = Lambda_r^{1/2} V_r^T alpha_q`` of
+    ``range(Theta)`` (the parameter-space coordinates of ``theta_q - theta_0``), where
+    it is well posed even when ``Theta`` is singular: directions of ``alpha`` in the null
+    space of ``Theta`` change no output and are dropped.
+    """
     algo = get_algorithm(algorithm)
     lrs = learning_rates(lr, problem.num_agents)
     s = float(lrs.max())
     op = StepOperator(problem, algo, lrs / s)
     q, r = problem.num_agents, problem.kernel.shape[0]
-    dim = q * r
     c0 = problem.residual0.shape[1]
+    vr, lam = _range_basis(problem.kernel)
+    rank = len(lam)
+    to_alpha = vr / np.sqrt(lam)  # (R, r): u -> alpha
+    to_u = vr.T * np.sqrt(lam)[:, None]  # (r, R): alpha -> u
     # affine part: one full step from alpha = 0 (central slot dropped)
     data = solver._device_data(problem, lrs[None, :], for_records=False)
     ops = solver.kernel_operators(data["kernel"], data["residual"], data["mixing"],
                                   data["lr_cols"][:q], offsets=problem.offsets,
                                   rows_per_sample=problem.rows_per_sample, central=False)
-    c = np.asarray(algo.step(jnp.zeros((q, r, c0)), ops)).reshape(dim, c0)
-    dense = np.eye(dim) - op.dense(s) if dim <= DENSE_MAX * 4 else None
-    alpha = _solve(lambda v: v - op.matvec(v, s), dense, c, dim).reshape(q, r, c0)
-    try:
-        central = scipy.linalg.solve(problem.kernel, -problem.residual0, assume_a="pos")
-    except (scipy.linalg.LinAlgError, ValueError):
-        central = scipy.linalg.lstsq(problem.kernel, -problem.residual0)[0]
+    c = np.asarray(algo.step(jnp.zeros((q, r, c0)), ops))  # (Q, R, C0)
+    c_u = np.einsum("ir,qrc->qic", to_u, c).reshape(q * rank, c0)
+
+    def a_u(u):  # (Q r, m) -> (Q r, m)
+        m = u.shape[1]
+        alpha = np.einsum("Ri,qim->qRm", to_alpha, u.reshape(q, rank, m))
+        out = op.matvec(alpha.reshape(q * r, m), s).reshape(q, r, m)
+        return np.einsum("iR,qRm->qim", to_u, out).reshape(q * rank, m)
+
+    dim = q * rank
+    if dim <= DENSE_MAX * 4:
+        u = _solve(None, np.eye(dim) - a_u(np.eye(dim)), c_u, dim)
+    else:
+        u = _solve(lambda v: v - a_u(v[:, None])[:, 0], None, c_u, dim)
+    alpha = np.einsum("Ri,qic->qRc", to_alpha, u.reshape(q, rank, c0))
+    # centralised solution: weighted least squares on the global objective, min-norm in u
+    row_w = np.repeat(1.0 / (q * problem.counts), problem.counts * problem.rows_per_sample)
+    sw = np.sqrt(row_w)[:, None]
+    basis = vr * np.sqrt(lam)  # outputs = basis @ u
+    u_c = scipy.linalg.lstsq(sw * basis, -sw * problem.residual0)[0]
+    central = to_alpha @ u_c
     x = np.concatenate([alpha, central[None]], axis=0)
     rec_data = solver._device_data(problem, lrs[None, :])
     rec = solver._record(jnp.asarray(x), rec_data, q_count=q, n_rates=1,

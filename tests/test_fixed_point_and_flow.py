@@ -1,0 +1,163 @@
+"""Fixed point (steady state) and gradient flow (continuous time)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+from ntkdyn import graphs
+from ntkdyn.fixed_point import fixed_point
+from ntkdyn.predict import predict_from_kernels
+from ntkdyn.problem import make_problem
+
+GOLDEN = Path(__file__).parent / "data" / "nt_golden.npz"
+
+
+def _data(n=24, d=5, seed=2, ridge=0.0, linear=False):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    if linear:  # rank d < n: the agents' losses share no common minimiser
+        kern = x @ x.T / d
+    else:
+        kern = x @ x.T / d + np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / 4) + ridge * np.eye(n)
+    return kern, np.eye(3)[rng.integers(0, 3, n)] - 1 / 3
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta"])
+def test_fixed_point_is_the_limit_of_the_iteration(algorithm):
+    kern, y = _data(ridge=1.0)  # well conditioned: the iteration converges quickly
+    q = 4
+    agent = np.arange(len(y)) % q
+    w = graphs.mixing(graphs.topology("ring", q))
+    prob = make_problem(kern, y, agent, w)
+    fp = fixed_point(prob, algorithm, 0.5)
+    traj = predict_from_kernels(kern, y, agent, w, 0.5, [0, 3000], algorithm,
+                                record_outputs=True)
+    assert rel_err(traj.train_outputs[-1], fp.train_outputs) < 1e-9
+    assert rel_err(traj.param_dist[-1], fp.param_dist) < 1e-9
+    assert np.max(np.abs(traj.consensus_dist[-1] - fp.consensus_dist)) < 1e-9
+
+
+def test_dgd_consensus_gap_is_order_eta_without_common_minimiser():
+    kern, y = _data(linear=True)
+    q = 4
+    agent = np.arange(len(y)) % q
+    w = graphs.mixing(graphs.topology("ring", q))
+    prob = make_problem(kern, y, agent, w)
+    gaps = [fixed_point(prob, "dgd", lr).consensus_gap for lr in (0.2, 0.1, 0.05)]
+    assert gaps[0] > 1e-3
+    # O(eta): halving the step roughly halves the gap
+    for a, b in zip(gaps, gaps[1:], strict=False):
+        assert 1.6 < a / b < 2.4
+    traj = predict_from_kernels(kern, y, agent, w, 0.2, [0, 20000], "dgd")
+    assert traj.consensus_dist[-1] == pytest.approx(
+        fixed_point(prob, "dgd", 0.2).consensus_dist, rel=1e-6)
+
+
+def test_dgd_fixed_point_is_consensual_when_the_kernel_interpolates():
+    kern, y = _data(ridge=0.5)
+    agent = np.arange(len(y)) % 4
+    prob = make_problem(kern, y, agent, graphs.mixing(graphs.topology("ring", 4)))
+    fp = fixed_point(prob, "dgd", 0.3)
+    assert fp.consensus_gap < 1e-10 * fp.param_dist.max()
+    assert fp.central_gap < 1e-10 * fp.param_dist.max()
+    assert fp.central_train_loss < 1e-20
+
+
+def test_flow_single_agent_matches_lee_et_al_closed_form():
+    """Q = 1: f_t = f0 + (I - exp(-eta Theta t / N)) (Y - f0); test via Theta_* Theta^-1."""
+    kern, y = _data(n=20, ridge=0.1)
+    rng = np.random.default_rng(0)
+    kt = rng.normal(size=(6, 20)) @ kern / 20
+    f0, f0t = 0.1 * rng.normal(size=y.shape), 0.1 * rng.normal(size=(6, 3))
+    yt = np.eye(3)[rng.integers(0, 3, 6)]
+    eta, n = 0.7, 20
+    times = np.array([0.0, 0.5, 3.0, 10.0, 50.0])
+    traj = predict_from_kernels(kern, y, np.zeros(n, int), np.ones((1, 1)), eta, times,
+                                f0_train=f0, kernel_test_train=kt, y_test=yt, f0_test=f0t,
+                                continuous=True, record_outputs=True)
+    lam, v = np.linalg.eigh(kern)
+    for i, t in enumerate(times):
+        decay = v @ np.diag(1 - np.exp(-eta * lam * t / n)) @ v.T
+        ft = f0 + decay @ (y - f0)
+        ftt = f0t + kt @ np.linalg.solve(kern, decay @ (y - f0))
+        assert rel_err(traj.train_outputs[i, 0], ft) < 1e-10
+        assert rel_err(traj.test_outputs[i, 0], ftt) < 1e-9
+
+
+def test_flow_matches_neural_tangents_gradient_descent_mse():
+    """Golden values from neural-tangents 0.6.5 predict.gradient_descent_mse.
+
+    NT minimises 0.5 * sum/size, i.e. d f/dt = -(lr / y_train.size) K (f - y); ours is
+    -(eta / N) K (f - y), hence eta = lr / K.
+    """
+    g = np.load(GOLDEN)
+    y = g["gd_mse/y_train"]
+    n, k = y.shape
+    traj = predict_from_kernels(
+        g["gd_mse/k_train_train"], y, np.zeros(n, int), np.ones((1, 1)),
+        float(g["gd_mse/learning_rate"]) / k, g["gd_mse/t"], f0_train=g["gd_mse/fx_train_0"],
+        kernel_test_train=g["gd_mse/k_test_train"], y_test=np.zeros_like(g["gd_mse/fx_test_0"]),
+        f0_test=g["gd_mse/fx_test_0"], continuous=True, record_outputs=True)
+    assert rel_err(traj.train_outputs[:, 0], g["gd_mse/fx_train_t"]) < 1e-8
+    assert rel_err(traj.test_outputs[:, 0], g["gd_mse/fx_test_t"]) < 1e-8
+
+
+def _euler_errors(kern, y, agent, w, eta, horizon, algorithm, make_discrete):
+    flow = predict_from_kernels(kern, y, agent, w, eta, np.arange(0, horizon + 1, 5.0),
+                                algorithm, continuous=True, record_outputs=True)
+    errs = []
+    for m in (4, 8, 16, 32):
+        wm, lr, algo = make_discrete(m)
+        disc = predict_from_kernels(kern, y, agent, wm, lr, np.arange(0, horizon * m + 1, 5 * m),
+                                    algo, record_outputs=True)
+        errs.append(np.max(np.abs(disc.train_outputs - flow.train_outputs)))
+    return np.array(errs)
+
+
+def test_dgd_flow_is_the_limit_of_small_steps():
+    """DGD is the unit-step Euler discretisation of its flow: DGD with lazy mixing
+    I + (W - I)/m and rate eta/m, run m times longer, converges at first order."""
+    kern, y = _data()
+    q = 4
+    w = graphs.mixing(graphs.topology("ring", q))
+    errs = _euler_errors(kern, y, np.arange(len(y)) % q, w, 0.5, 20, "dgd",
+                         lambda m: (np.eye(q) + (w - np.eye(q)) / m, 0.5 / m, "dgd"))
+    ratios = errs[:-1] / errs[1:]
+    assert np.all((ratios > 1.7) & (ratios < 2.3)), ratios
+    assert errs[-1] < 0.05
+
+
+@pytest.mark.parametrize("base", ["atc", "cta"])
+def test_flow_is_the_limit_of_relaxed_iterations(base):
+    """Any schedule: x+ = x + (step(x) - x)/m is Euler on the flow with step 1/m.
+
+    (ATC with lazy mixing and rate eta/m is *not* a discretisation of ATC's flow, whose
+    generator is W(I - eta H) - I; the relaxed iteration is.)"""
+    from ntkdyn.algorithms import Algorithm, get_algorithm
+
+    kern, y = _data()
+    q = 4
+    w = graphs.mixing(graphs.topology("ring", q))
+    step = get_algorithm(base).step
+
+    def relaxed(m):
+        def schedule(x, ops):
+            return x + (step(x, ops) - x) / m
+        return w, 0.5, Algorithm(f"relaxed-{base}-{m}", schedule)
+
+    errs = _euler_errors(kern, y, np.arange(len(y)) % q, w, 0.5, 20, base, relaxed)
+    ratios = errs[:-1] / errs[1:]
+    assert np.all((ratios > 1.7) & (ratios < 2.3)), ratios
+
+
+def test_flow_records_times_as_given():
+    kern, y = _data()
+    w = graphs.mixing(graphs.topology("ring", 4))
+    traj = predict_from_kernels(kern, y, np.arange(len(y)) % 4, w, 0.3, [0.0, 0.25, 1.5],
+                                continuous=True)
+    np.testing.assert_array_equal(traj.steps, [0.0, 0.25, 1.5])
+    assert traj.continuous
+    json.dumps(traj.metadata)
