@@ -1,10 +1,33 @@
-"""ntkdyn: closed-form predictions of peer-to-peer learning dynamics of wide networks."""
+"""ntkdyn: closed-form predictions of peer-to-peer learning dynamics of wide networks.
 
-from . import (
-    _config,  # noqa: F401  (enables float64 in JAX)
-    algorithms,
-    data,
-    graphs,
-)
+Importing ntkdyn enables float64 in JAX (``jax_enable_x64``): the solver must
+agree with brute-force training of the linearised network to round-off.
+
+Main entry points
+-----------------
+predict, predict_sweep          architecture + partitioned data + mixing -> Trajectory
+predict_from_kernels, sweep_from_kernels
+                                your own kernels (arrays) -> Trajectory
+build_problem, make_problem     the kernel-space problem, for stability / fixed_point
+stability, fixed_point          exact lr*, sufficient bound, spectral radius; steady state
+Trajectory                      per-agent metrics, save / load (.npz)
+"""
+
+from . import _config  # noqa: F401  (enables float64 in JAX)
+from . import activations, algorithms, data, graphs, kernels, models
+from .algorithms import Algorithm
+from .steady_state import FixedPoint
+from .pipeline import build_problem, fixed_point, init_params, predict, predict_sweep, stability
 from .predict import predict_from_kernels, sweep_from_kernels
+from .problem import KernelProblem, make_problem
+from .spectrum import StabilityReport
 from .trajectory import Trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm", "FixedPoint", "KernelProblem", "StabilityReport", "Trajectory",
+    "activations", "algorithms", "build_problem", "data", "fixed_point", "graphs",
+    "init_params", "kernels", "make_problem", "models", "predict", "predict_from_kernels",
+    "predict_sweep", "stability", "sweep_from_kernels",
+]

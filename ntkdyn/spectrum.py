@@ -13,8 +13,9 @@ the null space of ``Theta`` change no output and are ignored: the test is
   similar to the symmetric ``W (x) I - s H`` (``H = blockdiag(Theta^{1/2}
   P_q Theta^{1/2} / N_q)``), its eigenvalues are real and the boundary is
   where the smallest reaches ``-1``: ``1/lr* = lambda_max((I + W)^{-1} (x) I . H)``
-  (one extreme eigenvalue of an operator similar to a PSD one).  Otherwise it
-  is found by root-bracketing (Brent) on ``rho(A(s)) - 1``, ``rho`` computed
+  (one extreme eigenvalue of an operator similar to a PSD one); ATC and CTA
+  likewise with ``(I + W)^{-1} W`` (exact for ``W >= 0``, verified otherwise).
+  Other cases are bracketed (Brent) on ``rho(A(s)) - 1``, ``rho`` computed
   densely for small operators and by ARPACK for large ones.
 * **Sufficient bounds** (DESIGN.md): DGD, symmetric doubly stochastic ``W``:
   ``lr max_q lambda_max(Theta_qq)/N_q < 1 + lambda_min(W)``; ATC and CTA:
@@ -112,17 +113,23 @@ class StepOperator:
             return float(np.max(np.abs(np.linalg.eigvals(self.dense(s)))))
         op = spla.LinearOperator((self.dim, self.dim), matvec=lambda v: self.matvec(v, s),
                                  dtype=np.float64)
-        v0 = np.random.default_rng(0).standard_normal(self.dim)
-        try:
-            vals = spla.eigs(op, k=6, which="LM", tol=1e-10, v0=v0,
-                             ncv=min(self.dim - 1, 48), maxiter=5000,
-                             return_eigenvectors=False)
-        except spla.ArpackNoConvergence as exc:  # use what converged
-            vals = exc.eigenvalues
-            if len(vals) == 0:
-                raise RuntimeError(
-                    "spectral_radius: ARPACK did not converge; use method='dense'") from exc
-        return float(np.max(np.abs(vals)))
+        # The modes the kernel barely sees cluster just inside +1, so 'LM' alone converges
+        # slowly to them; an unstable mode usually leaves through -1, which 'SR' (the
+        # leftmost eigenvalues) finds in a few hundred products. Take the larger.
+        found = [_arpack(op, "SR", 4, self.dim), _arpack(op, "LM", 6, self.dim)]
+        return float(max(np.max(np.abs(v)) for v in found))
+
+
+def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
+    v0 = np.random.default_rng(0).standard_normal(dim)
+    try:
+        return spla.eigs(op, k=min(k, dim - 2), which=which, tol=1e-10, v0=v0,
+                         ncv=min(dim - 1, 48), maxiter=5000, return_eigenvectors=False)
+    except spla.ArpackNoConvergence as exc:  # use what converged
+        if len(exc.eigenvalues) == 0:
+            raise RuntimeError(
+                "spectral_radius: ARPACK did not converge; use method='dense'") from exc
+        return exc.eigenvalues
 
 
 def dense_operator(problem: KernelProblem, algorithm, s: float, profile=None) -> np.ndarray:
@@ -165,24 +172,36 @@ def sufficient_bound(problem: KernelProblem, algorithm, profile=None) -> float:
     return float("nan")
 
 
-def _dgd_symmetric_lr_star(problem: KernelProblem) -> float:
-    """``1 / lambda_max((I + W)^{-1} (x) I . H)`` for DGD, symmetric W, one rate."""
-    q, r = problem.num_agents, problem.kernel.shape[0]
-    inv = np.linalg.inv(np.eye(q) + problem.mixing)
-    apply = _linear_step(problem, get_algorithm("gd"), np.ones(q))
+def _minus_one_crossing(problem: KernelProblem, algorithm: Algorithm, profile) -> float:
+    """First rate at which an eigenvalue of ``A(s)`` reaches ``-1`` (symmetric ``W``).
 
-    def h(x):  # H x = (x - A_gd(1) x): the local gradient part at unit rate
+    DGD: ``A = W - s D H`` has eigenvalue ``-1`` iff ``(I + W) z = s D H z``, i.e.
+    ``1/s`` is an eigenvalue of ``(I + W)^{-1} D H``; ATC/CTA: ``A = W (I - s D H)`` (or
+    ``(I - s D H) W``, same spectrum) has ``-1`` iff ``1/s`` is an eigenvalue of
+    ``(I + W)^{-1} W D H``.  Both are similar to symmetric matrices (``D H`` is block
+    diagonal PSD in the coordinates ``Theta^{1/2} alpha``; ``(I + W)^{-1}`` and
+    ``(I + W)^{-1} W`` are symmetric), so their spectra are real and the largest
+    eigenvalue gives the crossing.
+    """
+    q, r = problem.num_agents, problem.kernel.shape[0]
+    w = problem.mixing
+    g = np.linalg.inv(np.eye(q) + w)
+    if algorithm.name in ("atc", "cta"):
+        g = g @ w
+    elif algorithm.name == "gd":
+        g = np.eye(q) / 2.0
+    apply = _linear_step(problem, get_algorithm("gd"), profile)
+
+    def dh(x):  # D H x: the local-gradient part at unit rate
         return x - apply(x, 1.0)
 
     dim = q * r
     if dim <= DENSE_MAX:
-        hx = np.asarray(h(jnp.eye(dim).reshape(q, r, dim))).reshape(q, r * dim)
-        mat = (inv @ hx).reshape(dim, dim)
-        lam = float(np.max(np.linalg.eigvals(mat).real))
+        hx = np.asarray(dh(jnp.eye(dim).reshape(q, r, dim))).reshape(q, r * dim)
+        lam = float(np.max(np.linalg.eigvals((g @ hx).reshape(dim, dim)).real))
     else:
         def matvec(v):
-            hv = np.asarray(h(jnp.asarray(v.reshape(q, r, 1)))).reshape(q, r)
-            return (inv @ hv).ravel()
+            return (g @ np.asarray(dh(jnp.asarray(v.reshape(q, r, 1)))).reshape(q, r)).ravel()
         op = spla.LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
         lam = float(spla.eigs(op, k=1, which="LR", tol=1e-12, return_eigenvectors=False,
                               v0=np.random.default_rng(0).standard_normal(dim))[0].real)
@@ -190,17 +209,31 @@ def _dgd_symmetric_lr_star(problem: KernelProblem) -> float:
 
 
 def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e-9) -> tuple:
-    """Exact largest stable (max per-agent) learning rate, and the method used."""
+    """Exact largest stable (max per-agent) learning rate, and the method used.
+
+    With symmetric ``W`` and DGD, ATC, CTA or GD the boundary is the ``-1`` crossing of
+    :func:`_minus_one_crossing` -- a theorem for DGD with one rate for all agents and
+    for ATC/CTA with ``W`` positive semi-definite; otherwise (complex eigenvalues may leave
+    the unit disc first) the crossing is verified by the spectral radius just below it,
+    and if that fails, or for any other algorithm or graph, the boundary is bracketed
+    (Brent) on ``rho(A(s)) - 1``.
+    """
     algo = get_algorithm(algorithm)
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
     w = problem.mixing
-    uniform = np.allclose(profile, 1.0)
-    if (algo.name == "dgd" and uniform and graphs.is_symmetric(w)
-            and graphs.lambda_min(w) > -1 + 1e-10):
-        return _dgd_symmetric_lr_star(problem), "generalized-eigenvalue"
-
     op = StepOperator(problem, algo, profile)
+    uniform = np.allclose(profile, 1.0)
+    hi = None
+    if (algo.name in ("dgd", "atc", "cta", "gd") and graphs.is_symmetric(w)
+            and graphs.lambda_min(w) > -1 + 1e-10):
+        s_c = _minus_one_crossing(problem, algo, profile)
+        proven = uniform and (algo.name in ("dgd", "gd") or graphs.lambda_min(w) >= -1e-12)
+        if proven:
+            return s_c, "minus-one-crossing (exact)"
+        if op.spectral_radius(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
+            return s_c, "minus-one-crossing (verified)"
+        hi = s_c
 
     def f(s):
         return op.spectral_radius(s) - (1.0 + RHO_TOL)
@@ -210,11 +243,12 @@ def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float =
         lo = 1.0 / np.max(profile * agent_curvatures(problem))
         while f(lo) > 0 and lo > 1e-12:
             lo /= 2.0
-    hi = lo * 2.0
-    while f(hi) <= 0:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e12:
-            return float("inf"), "bisection"
+    if hi is None:
+        hi = lo * 2.0
+        while f(hi) <= 0:
+            lo, hi = hi, hi * 2.0
+            if hi > 1e12:
+                return float("inf"), "bisection"
     s_star = scipy.optimize.brentq(f, lo, hi, rtol=rtol, xtol=1e-14 * hi)
     kind = "dense" if op.dim <= DENSE_MAX else "arpack"
     return float(s_star), f"brent-{kind}"

@@ -8,7 +8,7 @@ import pytest
 from conftest import rel_err
 
 from ntkdyn import graphs
-from ntkdyn.fixed_point import fixed_point
+from ntkdyn.steady_state import fixed_point
 from ntkdyn.predict import predict_from_kernels
 from ntkdyn.problem import make_problem
 

@@ -25,7 +25,7 @@ import scipy.sparse.linalg as spla
 from . import solver
 from .algorithms import get_algorithm
 from .problem import KernelProblem
-from .stability import DENSE_MAX, StepOperator
+from .spectrum import DENSE_MAX, StepOperator
 from .validation import learning_rates
 
 

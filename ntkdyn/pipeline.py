@@ -1,0 +1,225 @@
+"""High-level entry points: architecture + partitioned data + mixing -> prediction.
+
+:func:`build_problem` computes the kernels (analytic infinite-width NTK, or
+the empirical NTK of the finite network at its initialisation) and returns a
+:class:`~ntkdyn.problem.KernelProblem`; :func:`predict` and
+:func:`predict_sweep` run it; :func:`stability` and :func:`fixed_point`
+analyse it.  Sizes are checked against the memory available *before* any
+kernel is computed.
+
+Architectures: :class:`ntkdyn.models.MLP`, or a neural-tangents ``stax``
+triple ``(init_fn, apply_fn, kernel_fn)`` (optional backend: neural-tangents is
+never imported by ntkdyn itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import memory
+from .algorithms import Algorithm
+from .data import Partition
+from .steady_state import FixedPoint
+from .steady_state import fixed_point as _fixed_point
+from .kernels.empirical import empirical_ntk, mlp_empirical_ntk
+from .models import MLP
+from .predict import run_problem
+from .problem import KernelProblem, make_problem
+from .spectrum import StabilityReport
+from .spectrum import stability as _stability
+from .trajectory import Trajectory
+
+KERNELS = ("analytic", "empirical")
+
+
+def _is_stax_triple(arch: Any) -> bool:
+    return isinstance(arch, tuple) and len(arch) == 3 and all(callable(f) for f in arch)
+
+
+def _describe(arch: Any) -> dict:
+    if isinstance(arch, MLP):
+        return {"type": "MLP", "hidden": list(arch.hidden), "out": arch.out,
+                "activation": arch.activation, "W_std": arch.W_std, "b_std": arch.b_std}
+    return {"type": "neural-tangents stax"}
+
+
+def init_params(arch: Any, in_dim: int, seed: int = 0):
+    """Parameters of ``arch`` at initialisation, drawn with ``jax.random.PRNGKey(seed)``."""
+    key = jax.random.PRNGKey(seed)
+    if isinstance(arch, MLP):
+        return arch.init(key, in_dim, dtype=np.float64)
+    if _is_stax_triple(arch):
+        return arch[0](key, (-1, in_dim))[1]
+    raise ValueError(
+        "arch: expected an ntkdyn.models.MLP or a neural-tangents (init_fn, apply_fn, "
+        f"kernel_fn) triple, got {type(arch).__name__}")
+
+
+def _apply(arch: Any, params, x: np.ndarray) -> np.ndarray:
+    params64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    fn = arch.apply if isinstance(arch, MLP) else arch[1]
+    return np.asarray(fn(params64, np.asarray(x, np.float64)), np.float64)
+
+
+def _kernels(arch, kernel: str, params, x: np.ndarray, xt: np.ndarray, traced: bool):
+    if kernel == "analytic":
+        if isinstance(arch, MLP):
+            return arch.kernel(x), (arch.kernel(xt, x) if len(xt) else None)
+        kfn = arch[2]
+        return (np.asarray(kfn(x, None, "ntk"), np.float64),
+                np.asarray(kfn(xt, x, "ntk"), np.float64) if len(xt) else None)
+    if isinstance(arch, MLP):
+        def fn(a, b=None):
+            return mlp_empirical_ntk(arch, params, a, b, traced=traced)
+    else:
+        def fn(a, b=None):
+            return empirical_ntk(arch[1], params, a, b, traced=traced)
+    return fn(x), (fn(xt, x) if len(xt) else None)
+
+
+def build_problem(
+    arch: Any,
+    parts: Partition,
+    mixing,
+    *,
+    kernel: str = "analytic",
+    seed: int = 0,
+    params: Any = None,
+    f0: str | None = None,
+    traced: bool = True,
+    rates: int = 1,
+) -> KernelProblem:
+    """Compute the kernels of ``arch`` on ``parts`` and assemble the problem.
+
+    Parameters
+    ----------
+    arch : MLP or neural-tangents stax triple
+    parts : Partition
+        Training data split across agents (from :func:`ntkdyn.data.partition`).
+    mixing : (Q, Q) array
+        Mixing matrix (e.g. ``graphs.mixing(graphs.topology("ring", Q))``).
+    kernel : "analytic" or "empirical"
+        Infinite-width NTK, or ``J J^T`` of the finite network at ``params``
+        (default: initialised with ``seed``).
+    f0 : "zero" or "network", optional
+        Outputs at initialisation. Default: ``"zero"`` for the analytic kernel
+        (the mean prediction over random initialisations, no forward pass) and
+        ``"network"`` for the empirical one (the exact linearisation).
+    traced : bool
+        Empirical kernel layout: traced (``Theta_s (x) I_K``, default) or full.
+    rates : int
+        Learning rates that will share the kernel (for the memory estimate).
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    if not isinstance(parts, Partition):
+        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    f0 = f0 or ("zero" if kernel == "analytic" else "network")
+    if f0 not in ("zero", "network"):
+        raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
+    data = parts.dataset
+    n, k = data.y_train.shape
+    mixing = np.asarray(mixing, dtype=float)
+    if mixing.ndim != 2 or mixing.shape[0] != parts.num_agents:
+        raise ValueError(
+            f"mixing: expected a ({parts.num_agents}, {parts.num_agents}) matrix for "
+            f"{parts.num_agents} agents, got shape {mixing.shape}")
+    if isinstance(arch, MLP) and arch.out != k:
+        raise ValueError(f"arch.out: the data have K={k} outputs (classes), the MLP has "
+                         f"out={arch.out}")
+    layout_traced = traced or kernel == "analytic"
+    need = memory.prediction_bytes(n, data.num_test, k, parts.num_agents,
+                                   traced=layout_traced, rates=rates)
+    memory.ensure_fits(
+        need, f"a prediction with N={n} training and {data.num_test} test samples, "
+        f"{parts.num_agents} agents" + ("" if layout_traced else " and a full kernel"),
+        "use fewer training samples (n_train), a traced kernel, or fewer rates per sweep")
+    if params is None and (kernel == "empirical" or f0 == "network"):
+        params = init_params(arch, data.dim, seed)
+    kt, ktt = _kernels(arch, kernel, params, data.x_train, data.x_test, layout_traced)
+    f0_train = f0_test = None
+    if f0 == "network":
+        f0_train = _apply(arch, params, data.x_train)
+        f0_test = _apply(arch, params, data.x_test) if data.num_test else None
+    has_test = data.num_test > 0
+    return make_problem(
+        kt, data.y_train, parts.agent, mixing, f0_train=f0_train,
+        kernel_test_train=ktt if has_test else None, y_test=data.y_test if has_test else None,
+        f0_test=f0_test if has_test else None)
+
+
+def predict(
+    arch: Any,
+    parts: Partition,
+    mixing,
+    lr,
+    algorithm: str | Algorithm = "dgd",
+    steps=range(0, 1001, 10),
+    *,
+    kernel: str = "analytic",
+    seed: int = 0,
+    params: Any = None,
+    f0: str | None = None,
+    traced: bool = True,
+    continuous: bool = False,
+    record_outputs: bool = False,
+    progress: bool = False,
+) -> Trajectory:
+    """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
+
+    See :func:`build_problem` for ``kernel``, ``seed``, ``params``, ``f0``,
+    ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest.
+
+    Examples
+    --------
+    >>> import ntkdyn as nd
+    >>> data = nd.data.digits(n_train=200, n_test=100, seed=0)
+    >>> parts = nd.data.partition(data, agents=4, scheme="iid", seed=0)
+    >>> W = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    >>> arch = nd.models.MLP(hidden=(512, 512), out=10)
+    >>> traj = nd.predict(arch, parts, W, lr=0.5, steps=range(0, 201, 50))
+    >>> traj.test_loss.shape
+    (5, 4)
+    """
+    problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
+                            f0=f0, traced=traced)
+    meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
+            "data": parts.dataset.name, "partition": parts.scheme}
+    return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
+                       record_outputs=record_outputs, progress=progress, metadata=meta)[0]
+
+
+def predict_sweep(
+    arch: Any,
+    parts: Partition,
+    mixing,
+    lrs: Sequence,
+    algorithm: str | Algorithm = "dgd",
+    steps=range(0, 1001, 10),
+    *,
+    kernel: str = "analytic",
+    seed: int = 0,
+    params: Any = None,
+    f0: str | None = None,
+    progress: bool = False,
+) -> list[Trajectory]:
+    """:func:`predict` for several learning rates sharing every pass over the kernel."""
+    problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
+                            f0=f0, rates=len(lrs))
+    meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
+            "data": parts.dataset.name, "partition": parts.scheme}
+    return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta)
+
+
+def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:
+    """Stability report (spectral radius, exact lr*, sufficient bound, margin)."""
+    return _stability(problem, algorithm, lr)
+
+
+def fixed_point(problem: KernelProblem, algorithm: str | Algorithm, lr) -> FixedPoint:
+    """Steady state and consensus gap (see :mod:`ntkdyn.fixed_point`)."""
+    return _fixed_point(problem, algorithm, lr)
