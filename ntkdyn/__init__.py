@@ -13,14 +13,21 @@ stability, fixed_point          exact lr*, sufficient bound, spectral radius; st
 Trajectory                      per-agent metrics, save / load (.npz)
 """
 
-from . import _config  # noqa: F401  (enables float64 in JAX)
-from . import activations, algorithms, data, graphs, kernels, models
+from . import (
+    _config,  # noqa: F401  (enables float64 in JAX)
+    activations,
+    algorithms,
+    data,
+    graphs,
+    kernels,
+    models,
+)
 from .algorithms import Algorithm
-from .steady_state import FixedPoint
 from .pipeline import build_problem, fixed_point, init_params, predict, predict_sweep, stability
 from .predict import predict_from_kernels, sweep_from_kernels
 from .problem import KernelProblem, make_problem
 from .spectrum import StabilityReport
+from .steady_state import FixedPoint
 from .trajectory import Trajectory
 
 __version__ = "0.1.0"

@@ -23,14 +23,14 @@ import numpy as np
 from . import memory
 from .algorithms import Algorithm
 from .data import Partition
-from .steady_state import FixedPoint
-from .steady_state import fixed_point as _fixed_point
 from .kernels.empirical import empirical_ntk, mlp_empirical_ntk
 from .models import MLP
 from .predict import run_problem
 from .problem import KernelProblem, make_problem
 from .spectrum import StabilityReport
 from .spectrum import stability as _stability
+from .steady_state import FixedPoint
+from .steady_state import fixed_point as _fixed_point
 from .trajectory import Trajectory
 
 KERNELS = ("analytic", "empirical")

@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from importlib import metadata as _importlib_metadata
 
 import jax
 import numpy as np
 
-from . import memory, solver
+from . import memory, solver, spectrum
 from .algorithms import Algorithm, get_algorithm
 from .problem import KernelProblem, make_problem
 from .trajectory import Trajectory
@@ -56,8 +57,16 @@ def run_problem(
     record_outputs: bool = False,
     progress: bool = False,
     metadata: dict | None = None,
+    check_stability: bool | None = None,
 ) -> list[Trajectory]:
-    """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates)."""
+    """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
+
+    ``check_stability``: ``None`` (default) computes the exact stability report
+    (:func:`ntkdyn.spectrum.stability`) only for rates above the cheap sufficient bound;
+    ``True`` always; ``False`` never.  A rate whose linearised dynamics are unstable
+    gets ``status = "unstable"`` (or ``"diverged"`` once its state left every bound)
+    and the report in ``metadata["stability"]``.
+    """
     algo = get_algorithm(algorithm)
     q_count = problem.num_agents
     rate_rows = np.stack([learning_rates(lr, q_count) for lr in lrs])
@@ -75,10 +84,22 @@ def run_problem(
         "versions": versions(),
         **(metadata or {}),
     }
-    return [
-        _trajectory(raw, r, problem, steps, rate_rows[r], continuous, base_meta)
-        for r in range(len(rate_rows))
-    ]
+    trajs = [_trajectory(raw, r, problem, steps, rate_rows[r], continuous, base_meta)
+             for r in range(len(rate_rows))]
+    if check_stability is False:
+        return trajs
+    bound = spectrum.sufficient_bound(problem, algo) if check_stability is None else 0.0
+    out = []
+    for traj, lr in zip(trajs, rate_rows, strict=True):
+        if check_stability or traj.diverged or not np.isfinite(bound) or lr.max() >= bound:
+            report = spectrum.stability(problem, algo, lr)
+            status = traj.status if (report.stable or traj.diverged) else "unstable"
+            meta = dict(traj.metadata, stability=report.to_dict())
+            if not report.stable:
+                meta["divergence"] = report.describe()
+            traj = dataclasses.replace(traj, status=status, metadata=meta)
+        out.append(traj)
+    return out
 
 
 def _trajectory(raw, r, problem, steps, lr, continuous, meta) -> Trajectory:
@@ -106,11 +127,6 @@ def _trajectory(raw, r, problem, steps, lr, continuous, meta) -> Trajectory:
         return arr[:, :, inverse] if unsort else arr
 
     meta = dict(meta, lr=lr.tolist())
-    if status == "diverged":
-        meta["divergence"] = (
-            f"the linearised dynamics left every bound at step {div_at}; the learning rate is "
-            "above the largest stable one for this algorithm and graph (see ntkdyn.stability)"
-        )
     return Trajectory(
         steps=np.asarray(steps)[:keep],
         train_loss=agents("train_loss"),

@@ -22,7 +22,10 @@ training harness):
 
 A divergent run is reported, not returned as NaNs: ``status`` is
 ``"diverged"``, ``diverged_at`` the first step at which the state left every
-reasonable bound, and the arrays end at the last record before it.
+reasonable bound, and the arrays end at the last record before it.  A run
+whose linearised dynamics are unstable but had not blown up by the horizon has
+``status = "unstable"``; both carry the stability report (spectral radius,
+exact largest stable rate ``lr_star``, margin) in ``metadata["stability"]``.
 """
 
 from __future__ import annotations
@@ -108,9 +111,9 @@ class Trajectory:
         unit = "time" if self.continuous else "step"
         lines = [f"{self.num_agents} agents, last record at {unit} {t:g}, status: {self.status}"]
         if self.diverged:
-            lines.append(f"diverged at step {self.diverged_at}"
-                         + (f" ({self.metadata['divergence']})" if "divergence" in self.metadata
-                            else ""))
+            lines.append(f"diverged at step {self.diverged_at}")
+        if "divergence" in self.metadata:
+            lines.append(self.metadata["divergence"])
         lines.append(f"train loss (mean over agents) {self.train_loss[-1].mean():.6g}, "
                      f"centralised {self.central_train_loss[-1]:.6g}")
         if self.test_loss is not None:

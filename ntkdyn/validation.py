@@ -45,7 +45,8 @@ def check_shape(name: str, arr: np.ndarray, expected: tuple, hint: str = "") -> 
         e is None or e == s for e, s in zip(expected, arr.shape, strict=True)
     )
     if not ok:
-        shown = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+        items = ["?" if e is None else str(e) for e in expected]
+        shown = f"({items[0]},)" if len(items) == 1 else "(" + ", ".join(items) + ")"
         extra = f" ({hint})" if hint else ""
         raise ValueError(f"{name}: expected shape {shown}{extra}, got {arr.shape}")
 

@@ -8,9 +8,9 @@ import pytest
 from conftest import rel_err
 
 from ntkdyn import graphs
-from ntkdyn.steady_state import fixed_point
 from ntkdyn.predict import predict_from_kernels
 from ntkdyn.problem import make_problem
+from ntkdyn.steady_state import fixed_point
 
 GOLDEN = Path(__file__).parent / "data" / "nt_golden.npz"
 

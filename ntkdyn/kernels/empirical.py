@@ -13,8 +13,8 @@ Two layouts (sample-major, outputs last):
   converges to the analytic traced kernel as width grows.
 
 :func:`empirical_ntk` works for any ``apply(params, x) -> (B, K)`` with pytree
-params: Jacobians of one batch of samples at a time (``jax.jacrev``),
-contracted leaf by leaf; at most two Jacobian batches exist at once.
+params: per-sample Jacobians (``jax.jacrev``, vmapped) of one batch of samples
+at a time, contracted leaf by leaf; at most two Jacobian batches exist at once.
 
 :func:`mlp_empirical_ntk` uses the structure of :class:`ntkdyn.models.MLP`
 (DESIGN.md section 5; Novak et al. 2022, "Fast finite width neural tangent
@@ -128,8 +128,16 @@ def empirical_ntk(
 
 
 def _jacobian_leaves_impl(apply_fn, params, xb):
-    """Per-leaf Jacobians of a batch, each reshaped to (B, K, leaf size)."""
-    jac = jax.jacrev(apply_fn)(params, xb)  # leaves (B, K, *leaf.shape)
+    """Per-leaf Jacobians of a batch, each reshaped to (B, K, leaf size).
+
+    ``jax.jacrev`` of one sample at a time, vmapped over the batch: K reverse
+    passes per sample (a jacrev of the whole batch would cost B times more).
+    """
+
+    def one_sample(x):
+        return jax.jacrev(lambda p: apply_fn(p, x[None])[0])(params)  # leaves (K, *leaf.shape)
+
+    jac = jax.vmap(one_sample)(xb)  # leaves (B, K, *leaf.shape)
     return [leaf.reshape(leaf.shape[0], leaf.shape[1], -1) for leaf in jax.tree.leaves(jac)]
 
 

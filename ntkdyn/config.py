@@ -1,0 +1,246 @@
+"""Typed, validated configuration (TOML), shared by ``predict``, ``validate`` and ``check``.
+
+Every section is a frozen dataclass; :func:`load_config` reads a TOML file
+(``tomllib``) and :func:`config_from_dict` builds the dataclasses, rejecting
+unknown keys and wrong types with an error that names the key path and the
+expected type (``ConfigError``, a ``ValueError``).  The documented example is
+``examples/default.toml``.
+
+Sections: ``seed``; ``[data]``; ``[partition]``; ``[topology]``;
+``[architecture]``; ``[training]``; ``[prediction]``; ``[validation]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the key path and what was expected."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"  # digits | synthetic | mnist | fashion_mnist | cifar10
+    path: str = ""  # directory with the files, for mnist / fashion_mnist / cifar10
+    classes: list[int] = field(default_factory=lambda: list(range(10)))
+    n_train: int = 800
+    n_test: int = 400
+    standardise: bool = True
+    centre_targets: bool = False
+    dim: int = 16  # synthetic only
+    separation: float = 2.0  # synthetic only
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    scheme: str = "iid"  # iid | shards | dirichlet
+    agents: int = 8
+    alpha: float = 1.0  # dirichlet concentration
+    shards_per_agent: int = 2
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    name: str = "ring"  # a name of ntkdyn.graphs.TOPOLOGIES, or "file"
+    adjacency_file: str = ""  # with name = "file": a 0/1 adjacency matrix (.txt/.csv/.npy)
+    mixing_file: str = ""  # optional: a mixing matrix used as given (checked)
+    rule: str = "metropolis"  # metropolis | max_degree | uniform
+    lazy: bool = False
+    params: dict[str, float] = field(default_factory=dict)  # e.g. {p = 0.3}
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    depth: int = 2  # hidden layers
+    width: int = 1024
+    activation: str = "relu"
+    W_std: float = 1.4
+    b_std: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    algorithm: str = "dgd"  # dgd | atc | cta | gd
+    lr: float = 0.5
+    steps: int = 2000
+    record_every: int = 20
+    continuous: bool = False
+
+
+@dataclass(frozen=True)
+class PredictionConfig:
+    kernel: str = "analytic"  # analytic | empirical
+    target_loss: float = 0.05  # test loss target for `check` (steps-to-target)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    widths: list[int] = field(default_factory=list)  # width sweep (empty: architecture.width)
+    dtype: str = "float32"  # float32 | float64 for real-network training
+    batch_size: int = 0  # 0: full batch; > 0: mini-batch SGD
+    independent_init: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Recorded steps ``0, record_every, ..., steps`` (the last always included)."""
+        t = self.training
+        out = np.arange(0, t.steps + 1, t.record_every)
+        return out if out[-1] == t.steps else np.append(out, t.steps)
+
+
+CHOICES = {
+    "data.source": ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10"),
+    "partition.scheme": ("iid", "shards", "dirichlet"),
+    "topology.rule": ("metropolis", "max_degree", "uniform"),
+    "training.algorithm": ("dgd", "atc", "cta", "gd"),
+    "prediction.kernel": ("analytic", "empirical"),
+    "validation.dtype": ("float32", "float64"),
+}
+POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
+            "architecture.depth", "architecture.width", "architecture.W_std", "training.lr",
+            "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
+            "data.dim")
+NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed")
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_value(path: str, value, hint):
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"config: {path}: expected a list of {_TYPE_NAMES[item][2:]}s, "
+                              f"got {type(value).__name__} {value!r}")
+        return [_check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {path}: expected a table, got {type(value).__name__}")
+        return {k: _check_value(f"{path}.{k}", v, item) for k, v in value.items()}
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"config: {path}: expected {_TYPE_NAMES.get(hint, hint)}, got "
+                          f"{type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {prefix or 'top level'}: expected a table, got "
+                          f"{type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"config: unknown key {path!r}; expected one of "
+                              f"{', '.join(prefix + n for n in names)}")
+        hint = hints[key]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{path}.")
+        else:
+            if isinstance(hint, types.UnionType):  # pragma: no cover - not used yet
+                hint = typing.get_args(hint)[0]
+            kwargs[key] = _check_value(path, value, hint)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    flat = {}
+    for section in dataclasses.fields(cfg):
+        val = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(val):
+            for f in dataclasses.fields(val):
+                flat[f"{section.name}.{f.name}"] = getattr(val, f.name)
+        else:
+            flat[section.name] = val
+    for path, choices in CHOICES.items():
+        if flat[path] not in choices:
+            raise ConfigError(f"config: {path}: expected one of {list(choices)}, got "
+                              f"{flat[path]!r}")
+    for path in POSITIVE:
+        if not flat[path] > 0:
+            raise ConfigError(f"config: {path}: expected a value > 0, got {flat[path]!r}")
+    for path in NON_NEGATIVE:
+        if flat[path] < 0:
+            raise ConfigError(f"config: {path}: expected a value >= 0, got {flat[path]!r}")
+    if cfg.data.source in ("mnist", "fashion_mnist", "cifar10") and not cfg.data.path:
+        raise ConfigError(f"config: data.path: required for data.source = "
+                          f"{cfg.data.source!r} (a local directory with the data files)")
+    if cfg.topology.name == "file" and not cfg.topology.adjacency_file:
+        raise ConfigError("config: topology.adjacency_file: required when topology.name = "
+                          "'file'")
+    if any(w <= 0 for w in cfg.validation.widths):
+        raise ConfigError("config: validation.widths: expected positive integers")
+
+
+def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> Config:
+    """Build and validate a :class:`Config` from a (TOML-like) dict.
+
+    Relative file paths are resolved against ``base_dir`` (the config's folder).
+    """
+    cfg = _build(Config, raw, "")
+    _validate(cfg)
+    if base_dir is not None:
+        base = Path(base_dir)
+
+        def resolve(p: str) -> str:
+            return str(base / p) if p and not Path(p).is_absolute() else p
+
+        cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(cfg.data, path=resolve(cfg.data.path)),
+            topology=dataclasses.replace(
+                cfg.topology, adjacency_file=resolve(cfg.topology.adjacency_file),
+                mixing_file=resolve(cfg.topology.mixing_file)))
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML configuration file (see ``examples/default.toml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
+    return config_from_dict(raw, base_dir=path.parent)

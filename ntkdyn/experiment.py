@@ -1,0 +1,97 @@
+"""Turn a :class:`~ntkdyn.config.Config` into data, partition, graph, mixing and model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from . import data as data_mod
+from . import graphs
+from .config import Config, ConfigError
+from .models import MLP
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything a configuration describes, built and checked."""
+
+    config: Config
+    parts: data_mod.Partition
+    graph: nx.Graph | None
+    mixing: np.ndarray
+    arch: MLP
+
+    def with_topology(self, name: str) -> Experiment:
+        """The same experiment on another named topology (same size and mixing rule)."""
+        import dataclasses
+
+        topo = dataclasses.replace(self.config.topology, name=name, adjacency_file="",
+                                   mixing_file="", params={})
+        cfg = dataclasses.replace(self.config, topology=topo)
+        graph, w = build_mixing(cfg)
+        return Experiment(cfg, self.parts, graph, w, self.arch)
+
+
+def build_data(cfg: Config) -> data_mod.Dataset:
+    d = cfg.data
+    common = dict(standardise=d.standardise, centre_targets=d.centre_targets)
+    if d.source == "digits":
+        return data_mod.digits(classes=d.classes, n_train=d.n_train, n_test=d.n_test,
+                               seed=cfg.seed, **common)
+    if d.source == "synthetic":
+        return data_mod.synthetic(n_train=d.n_train, n_test=d.n_test, dim=d.dim,
+                                  classes=len(d.classes), separation=d.separation, seed=cfg.seed,
+                                  **common)
+    loader = {"mnist": data_mod.load_mnist, "fashion_mnist": data_mod.load_fashion_mnist,
+              "cifar10": data_mod.load_cifar10}[d.source]
+    return loader(d.path, n_train=d.n_train, n_test=d.n_test, classes=d.classes, seed=cfg.seed,
+                  **common)
+
+
+def build_mixing(cfg: Config) -> tuple[nx.Graph | None, np.ndarray]:
+    t = cfg.topology
+    q = cfg.partition.agents
+    if t.mixing_file:
+        path = Path(t.mixing_file)
+        if not path.is_file():
+            raise ConfigError(f"config: topology.mixing_file: file not found: {path}")
+        w = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=None
+                                                                    if path.suffix != ".csv"
+                                                                    else ",")
+        w = graphs.check_mixing(np.atleast_2d(w), name="topology.mixing_file")
+        if w.shape[0] != q:
+            raise ConfigError(f"config: topology.mixing_file: a {w.shape[0]}x{w.shape[0]} "
+                              f"matrix for partition.agents = {q}")
+        return None, w
+    if t.name == "file":
+        graph = graphs.load_adjacency(t.adjacency_file)
+        if graph.number_of_nodes() != q:
+            raise ConfigError(f"config: topology.adjacency_file: {graph.number_of_nodes()} "
+                              f"nodes for partition.agents = {q}")
+    else:
+        try:
+            graph = graphs.topology(t.name, q, seed=cfg.seed, **t.params)
+        except ValueError as exc:
+            raise ConfigError(f"config: topology: {exc}") from exc
+    w = graphs.mixing(graph, t.rule, lazy=t.lazy)
+    graphs.check_mixing(w, name="topology")
+    return graph, w
+
+
+def build_arch(cfg: Config, num_classes: int, width: int | None = None) -> MLP:
+    a = cfg.architecture
+    return MLP(hidden=(width or a.width,) * a.depth, out=num_classes, activation=a.activation,
+               W_std=a.W_std, b_std=a.b_std)
+
+
+def from_config(cfg: Config) -> Experiment:
+    """Build (and validate) the data, partition, graph, mixing matrix and model."""
+    dataset = build_data(cfg)
+    p = cfg.partition
+    parts = data_mod.partition(dataset, p.agents, p.scheme, alpha=p.alpha,
+                               shards_per_agent=p.shards_per_agent, seed=cfg.seed)
+    graph, w = build_mixing(cfg)
+    return Experiment(cfg, parts, graph, w, build_arch(cfg, dataset.num_classes))

@@ -1,0 +1,90 @@
+"""Configuration parsing and the command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ntkdyn import Trajectory
+from ntkdyn.cli import main
+from ntkdyn.config import ConfigError, config_from_dict, load_config
+
+TINY = """
+seed = 1
+[data]
+source = "digits"
+classes = [0, 1, 2]
+n_train = 60
+n_test = 30
+[partition]
+agents = 3
+[topology]
+name = "ring"
+[architecture]
+depth = 1
+width = 64
+[training]
+lr = 0.3
+steps = 40
+record_every = 10
+"""
+
+
+def test_default_example_parses():
+    cfg = load_config("examples/default.toml")
+    assert cfg.training.algorithm == "dgd" and cfg.partition.agents == 8
+    assert cfg.steps[0] == 0 and cfg.steps[-1] == cfg.training.steps
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"training": {"lrr": 0.1}}, "unknown key 'training.lrr'"),
+    ({"trainin": {}}, "unknown key 'trainin'"),
+    ({"training": {"lr": "fast"}}, "training.lr: expected a number, got str 'fast'"),
+    ({"training": {"steps": 1.5}}, "training.steps: expected an integer"),
+    ({"data": {"classes": [0, "a"]}}, "data.classes[1]: expected an integer"),
+    ({"training": {"lr": -0.1}}, "training.lr: expected a value > 0"),
+    ({"training": {"algorithm": "sgd"}}, "training.algorithm: expected one of"),
+    ({"data": {"source": "mnist"}}, "data.path: required"),
+    ({"data": {"standardise": 1}}, "data.standardise: expected true or false"),
+])
+def test_bad_config_names_the_key(raw, needle):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert needle in str(err.value)
+
+
+def test_predict_command_writes_outputs(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert traj.train_loss.shape == (5, 3)
+    assert np.all(np.diff(traj.network_mean("train_loss")) < 0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["config"]["seed"] == 1
+    assert (out / "trajectory.png").stat().st_size > 10_000
+    assert traj.metadata["config"]["training"]["lr"] == 0.3
+
+
+def test_predict_command_bad_input_exit_2_and_nothing_written(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.replace("lr = 0.3", "lr = 0.0"))
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 2
+    assert "training.lr" in capsys.readouterr().err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.partial*"))
+
+
+def test_mixing_file_must_be_stochastic_and_connected(tmp_path, capsys):
+    bad = tmp_path / "W.txt"
+    np.savetxt(bad, np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1.0]]))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.replace('name = "ring"', 'name = "ring"\nmixing_file = "W.txt"'))
+    assert main(["predict", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "topology.mixing_file" in err and "connected" in err
+    np.savetxt(bad, np.array([[0.5, 0.6, 0], [0.5, 0.5, 0], [0, 0.5, 0.5]]))
+    assert main(["predict", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "row" in capsys.readouterr().err

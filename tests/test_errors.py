@@ -1,0 +1,138 @@
+"""Every bad input gets a clear, specific error (one test each)."""
+
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn.memory import ProblemTooLargeError
+
+
+def _args(n=12, q=3, k=2):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4))
+    return dict(kernel_train=x @ x.T + np.eye(n), y_train=np.eye(k)[np.arange(n) % k],
+                agent=np.arange(n) % q,
+                mixing=nd.graphs.mixing(nd.graphs.topology("ring", q)), lr=0.1,
+                steps=range(5))
+
+
+def _raises(exc, needle, **override):
+    args = {**_args(), **override}
+    with pytest.raises(exc) as err:
+        nd.predict_from_kernels(**args)
+    assert needle in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def test_non_stochastic_mixing():
+    w = np.array([[0.5, 0.5, 0.1], [0.5, 0.5, 0], [0, 0.5, 0.5]])
+    _raises(ValueError, "mixing", mixing=w)
+
+
+def test_disconnected_mixing():
+    w = np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1.0]])
+    msg = _raises(ValueError, "mixing", mixing=w)
+    assert "connected" in msg
+
+
+def test_negative_mixing_entry():
+    w = np.array([[1.2, -0.2, 0], [0, 0.5, 0.5], [0.5, 0, 0.5]])
+    _raises(ValueError, "mixing", mixing=w)
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.5, [0.1, 0.0, 0.2]])
+def test_non_positive_learning_rate(lr):
+    _raises(ValueError, "lr: learning rates must be > 0", lr=lr)
+
+
+def test_learning_rate_wrong_length():
+    _raises(ValueError, "lr: expected a positive number or an array of 3", lr=[0.1, 0.2])
+
+
+def test_empty_agent_shard():
+    _raises(ValueError, "agent 2 has an empty shard", agent=np.arange(12) % 2)
+
+
+def test_agent_index_out_of_range():
+    _raises(ValueError, "agent: expected indices in [0, 3)", agent=np.arange(12) % 4)
+
+
+def test_nan_in_targets():
+    y = np.eye(2)[np.arange(12) % 2]
+    y[3, 1] = np.nan
+    _raises(ValueError, "y_train: expected finite values", y_train=y)
+
+
+def test_nan_in_kernel():
+    k = _args()["kernel_train"].copy()
+    k[2, 5] = np.nan
+    _raises(ValueError, "kernel_train: expected finite values", kernel_train=k)
+
+
+def test_nan_in_data_set():
+    x = np.random.default_rng(0).normal(size=(10, 3))
+    x[4, 0] = np.nan
+    with pytest.raises(ValueError, match="x_train"):
+        nd.data.from_arrays(x, np.arange(10) % 2, x[:3] * 0, np.arange(3) % 2)
+
+
+def test_kernel_shape_mismatch():
+    _raises(ValueError, "kernel_train: expected shape (12, 12)", kernel_train=np.eye(11))
+
+
+def test_agent_shape_mismatch():
+    _raises(ValueError, "agent: expected shape (12,)", agent=np.zeros(5, int))
+
+
+def test_test_kernel_shape_mismatch():
+    _raises(ValueError, "kernel_test_train: expected shape", kernel_test_train=np.ones((4, 11)),
+            y_test=np.eye(2)[[0, 1, 0, 1]])
+
+
+def test_non_symmetric_kernel():
+    k = _args()["kernel_train"].copy()
+    k[0, 1] += 1.0
+    _raises(ValueError, "kernel_train: expected a symmetric matrix", kernel_train=k)
+
+
+def test_bad_steps():
+    _raises(ValueError, "steps: expected a non-decreasing sequence", steps=[0, 5, 3])
+    _raises(ValueError, "steps: expected values >= 0", steps=[-1, 2])
+
+
+def test_unknown_algorithm():
+    _raises(ValueError, "algorithm: unknown algorithm 'gossip'", algorithm="gossip")
+
+
+def test_problem_too_large_is_refused_before_allocating(monkeypatch):
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "1MB")
+    data = nd.data.digits(n_train=600, n_test=200, seed=0)
+    parts = nd.data.partition(data, agents=4, seed=0)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    arch = nd.models.MLP(hidden=(64,), out=10)
+    with pytest.raises(ProblemTooLargeError) as err:
+        nd.build_problem(arch, parts, w)
+    msg = str(err.value)
+    assert "needs about" in msg and "available" in msg and "fewer training samples" in msg
+
+
+def test_more_agents_than_samples():
+    data = nd.data.digits(classes=[0, 1], n_train=5, n_test=4, seed=0)
+    with pytest.raises(ValueError, match="agents"):
+        nd.data.partition(data, agents=8)
+
+
+def test_mixing_size_does_not_match_partition():
+    data = nd.data.digits(n_train=100, n_test=20, seed=0)
+    parts = nd.data.partition(data, agents=4, seed=0)
+    with pytest.raises(ValueError, match=r"mixing: expected a \(4, 4\) matrix"):
+        nd.build_problem(nd.models.MLP(hidden=(32,), out=10), parts,
+                         nd.graphs.mixing(nd.graphs.topology("ring", 5)))
+
+
+def test_architecture_outputs_do_not_match_classes():
+    data = nd.data.digits(classes=[0, 1, 2], n_train=60, n_test=20, seed=0)
+    parts = nd.data.partition(data, agents=3, seed=0)
+    with pytest.raises(ValueError, match="arch.out"):
+        nd.build_problem(nd.models.MLP(hidden=(32,), out=10), parts,
+                         nd.graphs.mixing(nd.graphs.topology("ring", 3)))
