@@ -147,10 +147,18 @@ _jacobian_leaves = jax.jit(_jacobian_leaves_impl, static_argnums=0)
 @partial(jax.jit, static_argnames=("traced", "k_out"))
 def _contract_jacobians(ja, jb, *, traced: bool, k_out: int):
     """sum over leaves of J_a J_b^T: traced (mean over k) or full (B_a K, B_b K)."""
+    return sum(_gram(a, b, traced) for a, b in zip(ja, jb, strict=True)) / (k_out if traced else 1)
+
+
+def _gram(a: jax.Array, b: jax.Array, traced: bool) -> jax.Array:
+    """Contract (A, K, n) with (B, K, n) as one matrix product.
+
+    traced: ``sum_{k, p} a[i, k, p] b[j, k, p]`` -> (A, B);
+    full: ``sum_p a[i, k, p] b[j, l, p]`` -> (A K, B K), row ``i K + k``.
+    """
     if traced:
-        return sum(jnp.einsum("akp,bkp->ab", a, b) for a, b in zip(ja, jb, strict=True)) / k_out
-    total = sum(jnp.einsum("akp,blp->akbl", a, b) for a, b in zip(ja, jb, strict=True))
-    return total.reshape(total.shape[0] * k_out, total.shape[2] * k_out)
+        return a.reshape(a.shape[0], -1) @ b.reshape(b.shape[0], -1).T
+    return a.reshape(-1, a.shape[-1]) @ b.reshape(-1, b.shape[-1]).T
 
 
 # ------------------------------------------------------------------------ MLP
@@ -236,13 +244,12 @@ def _mlp_contract(fa, fb, *, model: MLP, traced: bool):
     if traced:
         total = grams[-1]
         for g, a, b in zip(grams[:-1], da, db, strict=True):
-            total = total + g * jnp.einsum("akn,bkn->ab", a, b) / k_out
+            total = total + g * _gram(a, b, traced=True) / k_out
         return total
-    eye = jnp.eye(k_out)
-    total = grams[-1][:, None, :, None] * eye[None, :, None, :]
+    total = jnp.kron(grams[-1], jnp.eye(k_out))  # readout: delta_k . delta_k' = [k = k']
     for g, a, b in zip(grams[:-1], da, db, strict=True):
-        total = total + g[:, None, :, None] * jnp.einsum("akn,bln->akbl", a, b)
-    return total.reshape(total.shape[0] * k_out, total.shape[2] * k_out)
+        total = total + jnp.repeat(jnp.repeat(g, k_out, axis=0), k_out, axis=1) * _gram(a, b, False)
+    return total
 
 
 # -------------------------------------------------------------------- helpers

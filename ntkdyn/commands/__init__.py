@@ -1,0 +1,1 @@
+"""Subcommands of the ``ntkdyn`` command line (one module each)."""

@@ -1,0 +1,63 @@
+"""``ntkdyn predict CONFIG --out DIR``: trajectory, summary and plot for a configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..cli import staged_output
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict trajectories for a TOML configuration")
+    p.add_argument("config", help="TOML configuration (see examples/default.toml)")
+    p.add_argument("--out", default="out/predict", help="output folder (default out/predict)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import pipeline
+    from ..config import load_config
+    from ..experiment import from_config
+    from ..plotting import plot_trajectory
+
+    cfg = load_config(args.config)
+    exp = from_config(cfg)
+    t = cfg.training
+    traj = pipeline.predict(exp.arch, exp.parts, exp.mixing, t.lr, t.algorithm,
+                            cfg.steps.astype(float) if t.continuous else cfg.steps,
+                            kernel=cfg.prediction.kernel, seed=cfg.seed,
+                            continuous=t.continuous, progress=not args.quiet)
+    traj = _with_config(traj, cfg)
+    with staged_output(args.out) as tmp:
+        traj.save(tmp / "trajectory.npz")
+        summary = {
+            "status": traj.status,
+            "diverged_at": traj.diverged_at,
+            "final_step": float(traj.steps[-1]) if len(traj.steps) else None,
+            "final_train_loss_mean": _last_mean(traj.train_loss),
+            "final_test_loss_mean": _last_mean(traj.test_loss),
+            "final_test_acc_mean": _last_mean(traj.test_acc),
+            "final_consensus_dist_mean": _last_mean(traj.consensus_dist),
+            "stability": traj.metadata.get("stability"),
+            "config": cfg.to_dict(),
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "summary.txt").write_text(traj.summary() + "\n")
+        title = (f"{t.algorithm.upper()} on {cfg.topology.name} ({cfg.partition.agents} agents, "
+                 f"{cfg.partition.scheme}), {cfg.prediction.kernel} NTK, lr={t.lr:g}")
+        plot_trajectory(traj, tmp / "trajectory.png", title=title)
+    print(traj.summary())
+    print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
+          "trajectory.png")
+    return 0
+
+
+def _last_mean(arr):
+    return None if arr is None or len(arr) == 0 else float(arr[-1].mean())
+
+
+def _with_config(traj, cfg):
+    return dataclasses.replace(traj, metadata=dict(traj.metadata, config=cfg.to_dict()))
