@@ -80,10 +80,12 @@ class MLP:
                 f"activation: unknown activation {self.activation!r}; "
                 f"expected one of {ACTIVATION_NAMES}"
             )
-        if not (np.isfinite(self.W_std) and self.W_std > 0):
+        if not (_is_real(self.W_std) and np.isfinite(self.W_std) and self.W_std > 0):
             raise ValueError(f"W_std: expected a finite value > 0, got {self.W_std!r}")
-        if not (np.isfinite(self.b_std) and self.b_std >= 0):
+        if not (_is_real(self.b_std) and np.isfinite(self.b_std) and self.b_std >= 0):
             raise ValueError(f"b_std: expected a finite value >= 0, got {self.b_std!r}")
+        object.__setattr__(self, "W_std", float(self.W_std))
+        object.__setattr__(self, "b_std", float(self.b_std))
         params = self.activation_params
         if params is None:
             params = ()
@@ -221,6 +223,10 @@ class MLP:
                 raise ValueError(f"nt_params: layer {layer} fan_in {W.shape[0]} does not chain")
             out.append((W, b.reshape(fan_out)))
         return tuple(out)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _is_positive_int(n) -> bool:

@@ -25,6 +25,7 @@ the null space of ``Theta`` change no output and are ignored: the test is
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -73,18 +74,24 @@ class StabilityReport:
 
 
 # --------------------------------------------------------------------------- operators
+@partial(jax.jit, static_argnames=("step_fn", "offsets", "rps"))
+def _apply_linear(x, s, kernel, mixing, profile, *, step_fn, offsets, rps):
+    """``A(s) x`` for states ``(Q, R, C)``: one step without its affine part."""
+    zeros = jnp.zeros((kernel.shape[0], 1), kernel.dtype)
+    ops = kernel_operators(kernel, zeros, mixing, s * profile[:, None, None], offsets=offsets,
+                           rows_per_sample=rps, central=False)
+    return step_fn(x, ops)
+
+
 def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarray):
-    """``(x, s) -> A(s) x`` on states ``(Q, R, C)`` (jitted, no affine part)."""
+    """``(x, s) -> A(s) x`` on states ``(Q, R, C)`` (compiled once per shape and algorithm)."""
     kernel = jnp.asarray(problem.kernel)
     mixing = jnp.asarray(problem.mixing)
-    zeros = jnp.zeros((problem.kernel.shape[0], 1))
-    prof = jnp.asarray(profile)[:, None, None]
+    prof = jnp.asarray(profile, dtype=jnp.float64)
+    static = dict(step_fn=algorithm.step, offsets=problem.offsets, rps=problem.rows_per_sample)
 
-    @jax.jit
     def apply(x, s):
-        ops = kernel_operators(kernel, zeros, mixing, s * prof, offsets=problem.offsets,
-                               rows_per_sample=problem.rows_per_sample, central=False)
-        return algorithm.step(x, ops)
+        return _apply_linear(x, s, kernel, mixing, prof, **static)
 
     return apply
 

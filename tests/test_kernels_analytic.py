@@ -117,9 +117,7 @@ def test_shortcuts():
     x = _inputs()
     nngp, ntk = analytic_kernels(x, x[:3], hidden_layers=2, activation="gelu")
     np.testing.assert_array_equal(analytic_ntk(x, x[:3], hidden_layers=2, activation="gelu"), ntk)
-    np.testing.assert_array_equal(
-        analytic_nngp(x, x[:3], hidden_layers=2, activation="gelu"), nngp
-    )
+    np.testing.assert_array_equal(analytic_nngp(x, x[:3], hidden_layers=2, activation="gelu"), nngp)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +133,7 @@ def test_shortcuts():
         ({"activation": 3}, "activation"),
         ({"W_std": 0.0}, "W_std"),
         ({"b_std": -0.1}, "b_std"),
+        ({"W_std": None}, "W_std"),
         ({"block_size": 0}, "block_size"),
     ],
 )

@@ -166,8 +166,10 @@ def test_output_larger_than_memory_is_refused(monkeypatch):
         (lambda m, p: empirical_ntk(m.apply, p, np.ones((2, 5)), np.ones((2, 6))), "x2"),
         (lambda m, p: empirical_ntk("apply", p, np.ones((2, 5))), "apply_fn"),
         (lambda m, p: mlp_empirical_ntk("mlp", p, np.ones((2, 5))), "model"),
-        (lambda m, p: empirical_ntk(lambda q, x: m.apply(q, x)[:, 0], p, np.ones((2, 5))),
-         "apply_fn"),
+        (
+            lambda m, p: empirical_ntk(lambda q, x: m.apply(q, x)[:, 0], p, np.ones((2, 5))),
+            "apply_fn",
+        ),
     ],
 )
 def test_bad_arguments_name_the_argument(call, argname):

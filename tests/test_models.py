@@ -103,6 +103,7 @@ def test_kernel_and_nngp_are_the_analytic_kernels():
         ({"W_std": 0.0}, "W_std"),
         ({"W_std": float("inf")}, "W_std"),
         ({"b_std": -1.0}, "b_std"),
+        ({"b_std": "0.1"}, "b_std"),
         ({"activation_params": {"slope": 0.1}}, "activation_params"),  # relu takes none
         ({"activation_params": 3}, "activation_params"),
     ],

@@ -1,7 +1,36 @@
-"""``ntkdyn check CONFIG``: sanity-check hyperparameters (issue 8)."""
+"""``ntkdyn check CONFIG``: sanity-check hyperparameters before deployment.
+
+Exit status: 0 when the chosen rate is inside the NTK regime and the target
+is reached, 1 when it is outside or the target is missed, 2 for invalid input.
+"""
 
 from __future__ import annotations
 
+import sys
 
-def register(sub) -> None:  # placeholder until the command lands
-    return None
+
+def register(sub) -> None:
+    p = sub.add_parser("check", help="check learning rate, topology and width before deploying")
+    p.add_argument("config", help="TOML configuration (see examples/default.toml)")
+    p.add_argument("--json", action="store_true",
+                   help="print the machine-readable report (ntkdyn/schemas/check.schema.json)")
+    p.add_argument("--topologies", default="",
+                   help="comma-separated topologies to compare, e.g. ring,torus,complete")
+    p.add_argument("--measure-edge", action="store_true",
+                   help="train the real network briefly above lr* to find where it stops "
+                        "converging")
+    p.add_argument("--edge-steps", type=int, default=300, help="steps per edge trial")
+    p.add_argument("--cache", default=".cache/ntkdyn-edge", help="cache folder for edge trials")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..check import check
+
+    topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    report = check(args.config, topologies=topologies, measure_edge=args.measure_edge,
+                   edge_steps=args.edge_steps, cache_dir=args.cache,
+                   progress=not (args.quiet or args.json))
+    sys.stdout.write((report.to_json() if args.json else report.text()) + "\n")
+    return report.exit_code

@@ -98,17 +98,15 @@ def analytic_kernels(
     x1 = _check_inputs(x1, "x1")
     x2s = x1 if x2 is None else _check_inputs(x2, "x2")
     if x2s.shape[1] != x1.shape[1]:
-        raise ValueError(
-            f"x2: feature dimension {x2s.shape[1]} differs from x1's {x1.shape[1]}"
-        )
+        raise ValueError(f"x2: feature dimension {x2s.shape[1]} differs from x1's {x1.shape[1]}")
     if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, (int, np.integer)):
         raise ValueError(f"hidden_layers: expected an int, got {hidden_layers!r}")
     if hidden_layers < 0:
         raise ValueError(f"hidden_layers: expected >= 0, got {hidden_layers}")
-    if not (math.isfinite(W_std) and W_std > 0):
-        raise ValueError(f"W_std: expected a finite value > 0, got {W_std}")
-    if not (math.isfinite(b_std) and b_std >= 0):
-        raise ValueError(f"b_std: expected a finite value >= 0, got {b_std}")
+    if not (_is_real(W_std) and math.isfinite(W_std) and W_std > 0):
+        raise ValueError(f"W_std: expected a finite value > 0, got {W_std!r}")
+    if not (_is_real(b_std) and math.isfinite(b_std) and b_std >= 0):
+        raise ValueError(f"b_std: expected a finite value >= 0, got {b_std!r}")
     act = _resolve_activation(activation)
     n1, n2 = x1.shape[0], x2s.shape[0]
     if block_size is None:
@@ -195,6 +193,10 @@ def _resolve_activation(activation: str | Activation) -> Activation:
         except ValueError as err:
             raise ValueError(f"activation: {err}") from None
     raise ValueError(f"activation: expected a name or an Activation, got {activation!r}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _check_inputs(x, name: str) -> np.ndarray:

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..memory import ensure_fits, format_bytes
+from ..memory import ensure_fits
 from ..validation import as_float_array
 
 if TYPE_CHECKING:  # runtime import would be circular (models imports kernels)
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # runtime import would be circular (models imports kernels)
 __all__ = ["empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes"]
 
 #: Bytes allowed for one batch of Jacobians / per-layer features.
-BATCH_BUDGET_BYTES = 128 * 2**20
+BATCH_BUDGET_BYTES = 256 * 2**20
 
 
 def ntk_memory_bytes(n1: int, n2: int, out: int, traced: bool, dtype=np.float64) -> int:
@@ -270,17 +270,18 @@ def _assemble(
     the jitted functions compile once; padded rows are discarded.
     """
     n1, n2, r = x1.shape[0], x2.shape[0], rows_per_sample
-    needed = n1 * n2 * r * r * 8
-    ensure_fits(needed, f"the ({n1 * r}, {n2 * r}) empirical NTK ({format_bytes(needed)})")
+    needed = ntk_memory_bytes(n1, n2, r, traced=r == 1)
+    ensure_fits(needed, f"the ({n1 * r}, {n2 * r}) float64 empirical NTK")
     result = np.empty((n1 * r, n2 * r))
-    starts1 = range(0, n1, batch)
-    for s1 in starts1:
+    for s1 in range(0, n1, batch):
         e1 = min(s1 + batch, n1)
         fa = features(_padded(x1, s1, e1, batch))
         for s2 in range(s1 if symmetric else 0, n2, batch):
             e2 = min(s2 + batch, n2)
             fb = fa if symmetric and s2 == s1 else features(_padded(x2, s2, e2, batch))
             block = np.asarray(contract(fa, fb))[: (e1 - s1) * r, : (e2 - s2) * r]
+            if symmetric and s2 == s1:
+                block = (block + block.T) / 2  # exact symmetry despite round-off
             result[s1 * r : e1 * r, s2 * r : e2 * r] = block
             if symmetric and s2 != s1:
                 result[s2 * r : e2 * r, s1 * r : e1 * r] = block.T
@@ -297,7 +298,8 @@ def _padded(x: np.ndarray, start: int, stop: int, batch: int) -> jax.Array:
 
 def _batch_size(batch_size, per_sample: int, n_max: int, k_out: int, traced: bool) -> int:
     if batch_size is not None:
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        valid = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+        if not valid or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         return int(min(batch_size, n_max))
     b = BATCH_BUDGET_BYTES // per_sample
@@ -316,9 +318,7 @@ def _check_pair(x1, x2, ndim: int | None) -> tuple[np.ndarray, np.ndarray, bool]
     if x2.ndim < 1 or x2.shape[0] == 0:
         raise ValueError(f"x2: expected at least one sample, got shape {x2.shape}")
     if x2.shape[1:] != x1.shape[1:]:
-        raise ValueError(
-            f"x2: per-sample shape {x2.shape[1:]} differs from x1's {x1.shape[1:]}"
-        )
+        raise ValueError(f"x2: per-sample shape {x2.shape[1:]} differs from x1's {x1.shape[1:]}")
     return x1, x2, False
 
 

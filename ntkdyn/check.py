@@ -1,0 +1,326 @@
+"""Sanity-check hyperparameters before deployment, naming the regime of each statement.
+
+The stability theory and the predictions are exact for the *linearised*
+network (the NTK or "lazy" regime).  Below the exact largest stable rate
+``lr*`` of the linearised dynamics the predictions apply (their agreement with
+real networks shrinks like ``width^{-1/2}``); above it the linearised dynamics
+diverge and the report withholds predictions: it never claims that the *real*
+network diverges, which wide networks often do not (they shrink their kernel
+and "catapult", Lewkowycz et al. 2020), unless ``measure_edge`` trained the
+real network and observed it.
+
+``check`` returns a :class:`CheckReport` (``.text()``, ``.to_json()``; the
+JSON schema is ``ntkdyn/schemas/check.schema.json``).  All learning rates of
+the sweep share every pass over the kernel (one batched prediction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import graphs, spectrum
+from .config import Config, load_config
+from .experiment import Experiment, from_config
+from .pipeline import build_problem
+from .predict import run_problem, versions
+from .steady_state import fixed_point
+
+ALGORITHMS = ("dgd", "atc", "cta")
+SAFETY = 0.9  # recommended rates stay below SAFETY * lr*
+SWEEP_FRACTIONS = np.linspace(0.1, 0.95, 10)
+#: Measured agreement between predicted and observed test loss (max relative gap over
+#: time, network mean; DESIGN.md section 6 and README "Validation"): width -> gap.
+MEASURED_AGREEMENT = {64: 0.15, 128: 0.07, 512: 0.04, 2048: 0.01}
+
+
+@dataclass(frozen=True)
+class AlgorithmVerdict:
+    algorithm: str
+    lr: float
+    spectral_radius: float
+    lr_star: float
+    lr_bound: float
+    margin: float
+    inside: bool
+    method: str
+    verdict: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Everything ``ntkdyn check`` says, as data."""
+
+    config: dict
+    kernel: str
+    width: int
+    topology: str
+    algorithm: str
+    lr: float
+    target_loss: float
+    horizon: int
+    stability: list[AlgorithmVerdict]
+    inside: bool
+    prediction: dict | None
+    sweep: list[dict]
+    recommended: dict | None
+    topologies: list[dict] = field(default_factory=list)
+    edge: dict | None = None
+    caveat: str = ""
+    timings: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def target_reached(self) -> bool:
+        return bool(self.prediction and self.prediction["steps_to_target"] is not None)
+
+    @property
+    def exit_code(self) -> int:
+        """0: inside the NTK regime and target reached; 1 otherwise."""
+        return 0 if self.inside and self.target_reached else 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"exit_code": self.exit_code,
+                                           "target_reached": self.target_reached}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+
+    def text(self) -> str:
+        return _render(self)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def _verdict(report: spectrum.StabilityReport, topology: str) -> str:
+    a = report.algorithm.upper()
+    if report.stable:
+        return (f"{a} at lr={report.lr:.4g} on this {topology} is inside the NTK regime: the "
+                f"linearised dynamics converge (lr*={report.lr_star:.4g}, margin "
+                f"{report.margin:.0%}); the predictions apply.")
+    return (f"{a} at lr={report.lr:.4g} on this {topology} is outside the NTK regime: the "
+            f"linearised dynamics diverge above lr*={report.lr_star:.4g}, so the predictions "
+            "do not apply; real networks may still train (they can shrink their kernel and "
+            "'catapult'): run `ntkdyn validate` or `ntkdyn check --measure-edge` to see.")
+
+
+def _steps_to_target(traj, target: float) -> int | None:
+    hit = np.flatnonzero(traj.network_mean("test_loss") <= target)
+    return int(traj.steps[hit[0]]) if hit.size else None
+
+
+def _summarise(traj, target: float) -> dict:
+    return {
+        "lr": float(np.max(traj.lr)),
+        "status": traj.status,
+        "final_train_loss": float(traj.network_mean("train_loss")[-1]),
+        "final_test_loss": float(traj.network_mean("test_loss")[-1]),
+        "final_train_acc": float(traj.network_mean("train_acc")[-1]),
+        "final_test_acc": float(traj.network_mean("test_acc")[-1]),
+        "final_consensus_dist": float(traj.network_mean("consensus_dist")[-1]),
+        "steps_to_target": _steps_to_target(traj, target),
+    }
+
+
+def _analyse(exp: Experiment, problem, cfg: Config) -> tuple[list[AlgorithmVerdict], dict]:
+    """Stability of DGD, ATC, CTA at the chosen rate (ATC and CTA share a spectrum)."""
+    name = exp.config.topology.name
+    out, cache = [], {}
+    for algo in ALGORITHMS:
+        key = "atc" if algo == "cta" else algo  # W(I - eta H) and (I - eta H)W: same spectrum
+        if key not in cache:
+            cache[key] = spectrum.stability(problem, key, cfg.training.lr)
+        rep = dataclasses.replace(cache[key], algorithm=algo)
+        out.append(AlgorithmVerdict(algo, rep.lr, rep.spectral_radius, rep.lr_star,
+                                    rep.lr_bound, rep.margin, rep.stable, rep.method,
+                                    _verdict(rep, name)))
+    return out, cache
+
+
+def _recommend(sweep: list[dict], lr_star: float) -> dict | None:
+    safe = [s for s in sweep if s["lr"] <= SAFETY * lr_star and s["status"] == "ok"]
+    if not safe:
+        return None
+    reached = [s for s in safe if s["steps_to_target"] is not None]
+    if reached:
+        best = min(reached, key=lambda s: (s["steps_to_target"], -s["lr"]))
+        why = f"fastest to the target loss among rates <= {SAFETY:.0%} of lr*"
+    else:
+        best = min(safe, key=lambda s: s["final_test_loss"])
+        why = (f"lowest predicted final test loss among rates <= {SAFETY:.0%} of lr* "
+               "(none reaches the target)")
+    return {"lr": best["lr"], "reason": why, "steps_to_target": best["steps_to_target"],
+            "final_test_loss": best["final_test_loss"]}
+
+
+def _caveat(kernel: str, width: int) -> str:
+    widths = np.array(sorted(MEASURED_AGREEMENT))
+    nearest = int(widths[np.argmin(np.abs(np.log(widths) - np.log(width)))])
+    gap = MEASURED_AGREEMENT[nearest]
+    what = ("the analytic (infinite-width) NTK: no forward pass over the data beyond the "
+            "kernel" if kernel == "analytic" else "the empirical NTK of the network at its "
+            "initialisation")
+    return (f"Predictions use {what}. Measured agreement with real networks (max relative "
+            f"gap in test loss over time): about {gap:.0%} at width {nearest}, shrinking like "
+            f"width^-1/2; this configuration's width is {width}. Run `ntkdyn validate` to "
+            "measure it for this configuration.")
+
+
+def check(config: Config | str | Path, *, topologies: list[str] | None = None,
+          measure_edge: bool = False, edge_steps: int = 300, edge_bisections: int = 4,
+          cache_dir: str | Path | None = None, progress: bool = False) -> CheckReport:
+    """Check a configuration's rate, topology and width before deployment.
+
+    Parameters
+    ----------
+    config : Config or path to a TOML file
+    topologies : list of topology names to compare (same size, mixing rule), optional
+    measure_edge : bool
+        Train the real network briefly (``edge_steps`` steps) at rates above ``lr*``
+        (doubling, then ``edge_bisections`` bisections) to find where real training
+        stops converging; results are cached in ``cache_dir``.
+    """
+    t0 = time.perf_counter()
+    cfg = load_config(config) if not isinstance(config, Config) else config
+    exp = from_config(cfg)
+    problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,
+                            seed=cfg.seed, rates=len(SWEEP_FRACTIONS) + 1)
+    t_kernel = time.perf_counter()
+    verdicts, cache = _analyse(exp, problem, cfg)
+    chosen = next(v for v in verdicts if v.algorithm == cfg.training.algorithm) \
+        if cfg.training.algorithm in ALGORITHMS else None
+    if chosen is None:  # "gd": no communication
+        rep = spectrum.stability(problem, cfg.training.algorithm, cfg.training.lr)
+        chosen = AlgorithmVerdict(rep.algorithm, rep.lr, rep.spectral_radius, rep.lr_star,
+                                  rep.lr_bound, rep.margin, rep.stable, rep.method,
+                                  _verdict(rep, cfg.topology.name))
+        verdicts.append(chosen)
+    t_stab = time.perf_counter()
+    target = cfg.prediction.target_loss
+    rates = [float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
+    if chosen.inside:
+        rates.append(cfg.training.lr)
+    trajs = run_problem(problem, cfg.training.algorithm, rates, cfg.steps, progress=progress,
+                        check_stability=False)
+    sweep = [_summarise(t, target) for t in trajs[: len(SWEEP_FRACTIONS)]]
+    prediction = None
+    if chosen.inside:
+        prediction = _summarise(trajs[-1], target)
+        fp = fixed_point(problem, cfg.training.algorithm, cfg.training.lr)
+        prediction.update(steady_state_consensus_gap=fp.consensus_gap,
+                          steady_state_distance_to_centralised=fp.central_gap,
+                          steady_state_test_loss=float(np.mean(fp.test_loss))
+                          if fp.test_loss is not None else None)
+    t_pred = time.perf_counter()
+    comparison = [_topology_row(exp, name, cfg) for name in (topologies or [])]
+    edge = None
+    if measure_edge:
+        from .edge import measure_edge as _measure_edge
+
+        edge = _measure_edge(exp, chosen.lr_star, steps=edge_steps, bisections=edge_bisections,
+                             cache_dir=cache_dir, progress=progress)
+    t_end = time.perf_counter()
+    return CheckReport(
+        config=cfg.to_dict(), kernel=cfg.prediction.kernel, width=cfg.architecture.width,
+        topology=cfg.topology.name, algorithm=cfg.training.algorithm, lr=cfg.training.lr,
+        target_loss=target, horizon=int(cfg.training.steps), stability=verdicts,
+        inside=chosen.inside, prediction=prediction, sweep=sweep,
+        recommended=_recommend(sweep, chosen.lr_star), topologies=comparison, edge=edge,
+        caveat=_caveat(cfg.prediction.kernel, cfg.architecture.width),
+        timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
+                 "prediction_s": t_pred - t_stab, "topologies_and_edge_s": t_end - t_pred,
+                 "total_s": t_end - t0},
+        versions=versions())
+
+
+def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
+    other = exp.with_topology(name)
+    problem = build_problem(other.arch, other.parts, other.mixing,
+                            kernel=cfg.prediction.kernel, seed=cfg.seed)
+    row = {"topology": name, "lambda_min": graphs.lambda_min(other.mixing)
+           if graphs.is_symmetric(other.mixing) else None,
+           "spectral_gap": graphs.spectral_gap(other.mixing)}
+    rep = spectrum.stability(problem, cfg.training.algorithm, cfg.training.lr)
+    row.update(lr_star=rep.lr_star, lr_bound=rep.lr_bound, inside=rep.stable)
+    if rep.stable:
+        traj = run_problem(problem, cfg.training.algorithm, [cfg.training.lr], cfg.steps,
+                           check_stability=False)[0]
+        s = _summarise(traj, cfg.prediction.target_loss)
+        row.update(final_test_loss=s["final_test_loss"], final_test_acc=s["final_test_acc"],
+                   steps_to_target=s["steps_to_target"])
+    else:
+        row.update(final_test_loss=None, final_test_acc=None, steps_to_target=None)
+    return row
+
+
+def _fmt(x, spec=".4g"):
+    return "-" if x is None else format(x, spec)
+
+
+def _render(r: CheckReport) -> str:
+    lines = [f"ntkdyn check: {r.algorithm.upper()} at lr={r.lr:g} on a {r.topology} of "
+             f"{r.config['partition']['agents']} agents, width {r.width}, {r.kernel} NTK, "
+             f"{r.horizon} steps", ""]
+    lines.append("Stability of the linearised dynamics (NTK regime):")
+    lines.append("  algo  spectral radius   lr* (exact)   sufficient bound   margin   regime")
+    for v in r.stability:
+        lines.append(f"  {v.algorithm:<5} {v.spectral_radius:>15.6f} {v.lr_star:>13.5g} "
+                     f"{v.lr_bound:>18.5g} {v.margin:>+8.0%}   "
+                     f"{'inside' if v.inside else 'OUTSIDE'}")
+    lines.append("")
+    for v in r.stability:
+        lines.append("  " + v.verdict)
+    lines.append("")
+    if r.prediction is not None:
+        p = r.prediction
+        reached = (f"reached at step {p['steps_to_target']}" if p["steps_to_target"] is not None
+                   else "not reached")
+        lines += [f"Prediction at step {r.horizon} (network mean, linearised dynamics):",
+                  f"  train loss {p['final_train_loss']:.4g}, test loss {p['final_test_loss']:.4g}"
+                  f", train acc {p['final_train_acc']:.3f}, test acc {p['final_test_acc']:.3f}",
+                  f"  target test loss {r.target_loss:g}: {reached}",
+                  f"  steady state: consensus gap {p['steady_state_consensus_gap']:.3g}, "
+                  f"distance to the centralised solution "
+                  f"{p['steady_state_distance_to_centralised']:.3g}"]
+    else:
+        lines.append(f"Predictions withheld: {r.algorithm.upper()} at lr={r.lr:g} is outside the "
+                     "NTK regime (see above).")
+    lines += ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, one batched "
+              "prediction):", "  lr          final test loss   test acc   steps to target"]
+    for s in r.sweep:
+        lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} {s['final_test_acc']:>10.3f}"
+                     f"   {_fmt(s['steps_to_target'], 'd') if s['steps_to_target'] is not None else 'not reached'}")
+    if r.recommended:
+        lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']})")
+    if r.topologies:
+        lines += ["", "Topology comparison (same agents, mixing rule and rate):",
+                  "  topology      lambda_min   gap      lr*        regime    test loss   "
+                  "steps to target"]
+        for t in r.topologies:
+            lines.append(f"  {t['topology']:<12} {_fmt(t['lambda_min'], '.3f'):>10} "
+                         f"{t['spectral_gap']:>6.3f} {t['lr_star']:>9.4g}   "
+                         f"{'inside' if t['inside'] else 'OUTSIDE':<8} "
+                         f"{_fmt(t['final_test_loss']):>10}   "
+                         f"{_fmt(t['steps_to_target'], 'd') if t['steps_to_target'] else '-'}")
+    if r.edge is not None:
+        e = r.edge
+        lines += ["", "Observed edge of real training (--measure-edge, real network, "
+                  f"{e['steps']} steps):",
+                  f"  converged at lr={_fmt(e['converged_lr'])}, did not converge at "
+                  f"lr={_fmt(e['diverged_lr'])} (lr* of the linearised dynamics: "
+                  f"{e['lr_star']:.4g}); rates tried: "
+                  + ", ".join(f"{t['lr']:.4g} ({'ok' if t['converged'] else 'diverged'})"
+                              for t in e["trials"])]
+    lines += ["", r.caveat, f"(total {r.timings['total_s']:.1f} s)"]
+    return "\n".join(lines)

@@ -1,0 +1,537 @@
+r"""Real peer-to-peer training of Q networks, simulated in one process (validation).
+
+The harness trains what :mod:`ntkdyn.solver` predicts, with the *same*
+update rules: one iteration is ``get_algorithm(name).step(x, ops)`` where
+``ops = Operators(mix, grad, scale)`` acts on parameter pytrees stacked on a
+leading *slot* axis.  Nothing here re-implements DGD, ATC or CTA.
+
+Slots: ``A = Q + 1``.  Slots ``0..Q-1`` are the agents; slot ``Q`` is the
+centralised reference, exactly as in the solver: the mixing matrix is
+extended by a 1 on the diagonal, ``W_ext = blockdiag(W, 1)``, the slot's
+gradient is that of the global objective ``L = (1/Q) sum_q L_q`` and its
+learning rate the mean of the agents'.
+
+* **mix**: ``x <- W_ext x``, one contraction (``tensordot``) per leaf;
+* **grad**: ``jax.vmap`` of one agent's gradient over the agent axis (and one
+  more call for the centralised slot);
+* **scale**: multiply slot ``a``'s block by its rate.
+
+Loss (the core's convention, :mod:`ntkdyn.trajectory`):
+``L_q(theta) = sum_i w_qi * 1/2 ||f(x_i; theta) - y_i||^2`` over agent ``q``'s
+shard padded to the largest shard, with ``w_qi = 1/N_q`` on its samples and 0
+on the padding.  Mini-batch SGD (``batch_size = B > 0``): each step every agent
+draws ``min(B, N_q)`` of its samples without replacement (weights ``1/B``), an
+unbiased estimate of ``grad L_q``; the centralised slot uses the agents'
+batches with weights divided by ``Q``.  A prediction is then one of the mean.
+
+Models: ``"nonlinear"``, ``f(x; theta) = apply(theta, x)``; ``"linearised"``,
+``f(x; theta) = f(x; theta_0) + d/de f(x; theta_0 + e (theta - theta_0))|_{e=0}``
+(``jax.jvp`` at ``theta_0``), the model the closed forms are exact for.
+
+The whole step is jitted; records are taken inside ``lax.scan`` chunks of
+``chunk`` records.  Distances are norms of the flattened parameters,
+accumulated in float64 whatever the training dtype.
+
+Divergence: after every step, a slot whose parameters are non-finite or
+farther than ``DIVERGENCE_FACTOR * max(||theta_0||, 1)`` from their start, or a
+record with a non-finite loss, stops the run; the trajectory then has
+``status = "diverged"``, ``diverged_at`` (the step) and ends at the last
+record before it, as the solver's does (no NaNs are returned).
+
+Checkpoints: with ``checkpoint=path`` the state and the records so far are
+written (atomically) after a chunk at most every ``checkpoint_interval``
+seconds and at the end; a later call with the same arguments and path resumes
+from it and gives the same result bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import graphs
+from .algorithms import Algorithm, Operators, get_algorithm
+from .data import Partition
+from .models import MLP
+from .pipeline import _describe, init_params
+from .trajectory import Trajectory
+from .validation import learning_rates, steps_array
+
+MODELS = ("nonlinear", "linearised")
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+DIVERGENCE_FACTOR = 1e3
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Static (hashable) description of the jitted computation."""
+
+    apply: Any
+    step: Any
+    q: int
+    linearised: bool
+    batch: int
+    independent: bool
+    has_test: bool
+    record_outputs: bool
+
+
+# --------------------------------------------------------------------------- model and loss
+def _model_out(setup: _Setup, theta, theta0, x):
+    if not setup.linearised:
+        return setup.apply(theta, x)
+    tangent = jax.tree.map(jnp.subtract, theta, theta0)
+    f0, df = jax.jvp(lambda p: setup.apply(p, x), (theta0,), (tangent,))
+    return f0 + df
+
+
+def _weighted_loss(setup: _Setup, theta, theta0, x, y, w):
+    f = _model_out(setup, theta, theta0, x)
+    return 0.5 * jnp.sum(w * jnp.sum((f - y) ** 2, axis=-1))
+
+
+def _slots(tree, sl):
+    return jax.tree.map(lambda leaf: leaf[sl], tree)
+
+
+def _init_of(setup: _Setup, data: dict, sl):
+    """Initial parameters of slots ``sl`` (stacked) or the common init (unstacked)."""
+    return _slots(data["theta0"], sl) if setup.independent else data["theta0"]
+
+
+def _operators(setup: _Setup, data: dict, weights) -> Operators:
+    q = setup.q
+    axis0 = 0 if setup.independent else None
+    grad_fn = jax.grad(partial(_weighted_loss, setup))
+    x_all = data["x_pad"].reshape(-1, data["x_pad"].shape[-1])
+    y_all = data["y_pad"].reshape(-1, data["y_pad"].shape[-1])
+
+    def mix(x):
+        return jax.tree.map(lambda leaf: jnp.tensordot(data["mixing"], leaf, axes=1), x)
+
+    def grad(x):
+        g = jax.vmap(grad_fn, in_axes=(0, axis0, 0, 0, 0))(
+            _slots(x, slice(0, q)), _init_of(setup, data, slice(0, q)),
+            data["x_pad"], data["y_pad"], weights)
+        gc = grad_fn(_slots(x, q), _init_of(setup, data, q), x_all, y_all,
+                     weights.reshape(-1) / q)
+        return jax.tree.map(lambda a, c: jnp.concatenate([a, c[None]]), g, gc)
+
+    def scale(g):
+        return jax.tree.map(lambda leaf: data["lr"].reshape((-1,) + (1,) * (leaf.ndim - 1))
+                            * leaf, g)
+
+    return Operators(mix=mix, grad=grad, scale=scale)
+
+
+def _batch_weights(data: dict, t, batch: int):
+    """Per-agent weights ``1/B`` on ``min(B, N_q)`` samples drawn without replacement."""
+    valid = data["valid"]
+    scores = jax.random.uniform(jax.random.fold_in(data["sgd_key"], t), valid.shape)
+    _, idx = jax.lax.top_k(jnp.where(valid, scores, -1.0), batch)
+    chosen = jnp.zeros(valid.shape, data["w_pad"].dtype)
+    chosen = chosen.at[jnp.arange(valid.shape[0])[:, None], idx].set(1.0) * valid
+    return chosen / jnp.sum(chosen, axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- records
+def _sq_norms(tree) -> jax.Array:
+    """``sum`` of squares over all but the leading axis of every leaf, in float64."""
+    return sum(jnp.sum(jnp.square(leaf.astype(jnp.float64)),
+                       axis=tuple(range(1, leaf.ndim))) for leaf in jax.tree.leaves(tree))
+
+
+def _deviation(setup: _Setup, data: dict, x):
+    theta0 = data["theta0"]
+    if setup.independent:
+        return jax.tree.map(lambda a, b: a.astype(jnp.float64) - b.astype(jnp.float64), x,
+                            theta0)
+    return jax.tree.map(lambda a, b: a.astype(jnp.float64) - b.astype(jnp.float64)[None], x,
+                        theta0)
+
+
+def _record(setup: _Setup, data: dict, x) -> dict:
+    q = setup.q
+    axis0 = 0 if setup.independent else None
+    mean = jax.tree.map(lambda leaf: leaf[:q].mean(axis=0), x)
+    theta0_mean = (jax.tree.map(lambda leaf: leaf[:q].mean(axis=0), data["theta0"])
+                   if setup.independent else data["theta0"])
+    outputs = jax.vmap(partial(_model_out, setup), in_axes=(0, axis0, None))
+
+    def evaluate(xs, y, labels):
+        f = outputs(x, data["theta0"], xs)  # (A, M, K)
+        fm = _model_out(setup, mean, theta0_mean, xs)
+        sq = 0.5 * jnp.sum((f - y) ** 2, axis=-1)
+        acc = jnp.mean(jnp.argmax(f, axis=-1) == labels, axis=-1)
+        sq_m = 0.5 * jnp.mean(jnp.sum((fm - y) ** 2, axis=-1))
+        acc_m = jnp.mean(jnp.argmax(fm, axis=-1) == labels)
+        return f, sq, acc, sq_m, acc_m
+
+    f, sq, acc, sq_m, acc_m = evaluate(data["x_train"], data["y_train"], data["labels_train"])
+    local = sq @ data["shard_w"]  # (A, Q)
+    dev = _deviation(setup, data, x)
+    rec = {
+        "train_loss": sq.mean(axis=-1),
+        "objective": local.mean(axis=-1),
+        "local_loss": jnp.diagonal(local[:q]),
+        "train_acc": acc,
+        "param_dist": jnp.sqrt(_sq_norms(dev)),
+        "consensus_dist": jnp.sqrt(_sq_norms(jax.tree.map(
+            lambda a, m: a[:q].astype(jnp.float64) - m.astype(jnp.float64)[None], x, mean))),
+        "central_dist": jnp.sqrt(_sq_norms(jax.tree.map(
+            lambda a: a[:q].astype(jnp.float64) - a[q].astype(jnp.float64)[None], x))),
+        "mean_model_train_loss": sq_m,
+        "mean_model_train_acc": acc_m,
+    }
+    if setup.record_outputs:
+        rec["train_outputs"] = f
+    if setup.has_test:
+        ft, sqt, acct, sqt_m, acct_m = evaluate(data["x_test"], data["y_test"],
+                                                data["labels_test"])
+        rec.update(test_loss=sqt.mean(axis=-1), test_acc=acct, mean_model_test_loss=sqt_m,
+                   mean_model_test_acc=acct_m)
+        if setup.record_outputs:
+            rec["test_outputs"] = ft
+    return {k: v.astype(jnp.float64) for k, v in rec.items()}
+
+
+# --------------------------------------------------------------------------- evolution
+@partial(jax.jit, static_argnames=("setup",), donate_argnums=(0,))
+def _run_chunk(carry, n_steps, data, *, setup: _Setup):
+    """Advance through ``len(n_steps)`` records (``n_steps[r]`` iterations before each)."""
+
+    def advance(x, t):
+        w = data["w_pad"] if setup.batch == 0 else _batch_weights(data, t, setup.batch)
+        new = setup.step(x, _operators(setup, data, w))
+        dev2 = _sq_norms(_deviation(setup, data, new))
+        bad = jnp.any(~jnp.isfinite(dev2) | (dev2 > data["limit2"]))
+        return jax.tree.map(lambda a, b: jnp.where(bad, a, b), x, new), bad
+
+    def body(_, state):
+        x, t, diverged, div_at = state
+        x, bad = jax.lax.cond(diverged, lambda x, t: (x, jnp.asarray(False)), advance, x, t)
+        div_at = jnp.where(bad & ~diverged, t + 1, div_at)
+        return x, t + 1, diverged | bad, div_at
+
+    def per_record(state, n):
+        x, t, diverged, div_at = jax.lax.fori_loop(0, n, body, state)
+        rec = _record(setup, data, x)
+        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in rec.values()]))
+        div_at = jnp.where(bad & ~diverged, t, div_at)
+        diverged = diverged | bad
+        rec["diverged"] = diverged
+        return (x, t, diverged, div_at), rec
+
+    return jax.lax.scan(per_record, carry, n_steps)
+
+
+def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed) -> dict:
+    ds = parts.dataset
+    q, offsets, counts = parts.num_agents, parts.offsets, parts.counts
+    n_max = int(counts.max())
+    d, k = ds.dim, ds.num_classes
+    x_pad, y_pad = np.zeros((q, n_max, d)), np.zeros((q, n_max, k))
+    w_pad, shard_w = np.zeros((q, n_max)), np.zeros((ds.num_train, q))
+    for a in range(q):
+        s, e = offsets[a], offsets[a + 1]
+        x_pad[a, : e - s], y_pad[a, : e - s] = ds.x_train[s:e], ds.y_train[s:e]
+        w_pad[a, : e - s] = 1.0 / counts[a]
+        shard_w[s:e, a] = 1.0 / counts[a]
+    w_ext = np.zeros((q + 1, q + 1))
+    w_ext[:q, :q], w_ext[q, q] = mixing, 1.0
+    if independent:
+        init_sq = np.asarray(_sq_norms(theta0))
+    else:
+        init_sq = np.full(q + 1, float(_sq_norms(jax.tree.map(lambda a: a[None], theta0))[0]))
+    cast = partial(jnp.asarray, dtype=dtype)
+    return {
+        "x_pad": cast(x_pad), "y_pad": cast(y_pad), "w_pad": cast(w_pad),
+        "valid": jnp.asarray(w_pad > 0), "mixing": cast(w_ext),
+        "lr": cast(np.append(lrs, lrs.mean())),
+        "x_train": cast(ds.x_train), "y_train": cast(ds.y_train),
+        "labels_train": jnp.asarray(ds.labels_train), "shard_w": cast(shard_w),
+        "x_test": cast(ds.x_test), "y_test": cast(ds.y_test),
+        "labels_test": jnp.asarray(ds.labels_test),
+        "limit2": jnp.asarray(DIVERGENCE_FACTOR**2 * np.maximum(init_sq, 1.0)),
+        "sgd_key": jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED),
+        "theta0": theta0,
+    }
+
+
+def _initial_params(arch, dim, params0, seed, dtype, q, independent):
+    """``theta_0`` (common, unstacked) or ``(A, ...)`` stacked per slot (independent)."""
+    base = params0 if params0 is not None else init_params(arch, dim, seed)
+    base = jax.tree.map(lambda a: jnp.asarray(a, dtype), base)
+    if not independent:
+        return base
+    # agent 0 (and the centralised slot) start from theta_0; agent q from seed + q
+    draws = [base] + [jax.tree.map(lambda a: jnp.asarray(a, dtype),
+                                   init_params(arch, dim, seed + a)) for a in range(1, q)]
+    draws.append(base)
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *draws)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _fingerprint(description: dict, parts: Partition, theta0) -> str:
+    h = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
+    ds = parts.dataset
+    for arr in (ds.x_train, ds.y_train, ds.x_test, ds.y_test, parts.agent,
+                *jax.tree.leaves(theta0)):
+        h.update(np.ascontiguousarray(np.asarray(arr)).tobytes())
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: Path, fingerprint: str, carry, pieces: list[dict], done: int,
+                     steps_done: int) -> None:
+    x, t, diverged, div_at = carry
+    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(x))}
+    arrays.update(t=np.asarray(t), diverged=np.asarray(diverged), div_at=np.asarray(div_at),
+                  records_done=np.asarray(done), steps_done=np.asarray(steps_done),
+                  fingerprint=np.asarray(fingerprint),
+                  version=np.asarray(CHECKPOINT_VERSION))
+    if pieces:
+        for key in pieces[0]:
+            arrays[f"rec_{key}"] = np.concatenate([p[key] for p in pieces])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, fingerprint: str, x_template):
+    with np.load(path, allow_pickle=False) as ck:
+        if int(ck["version"]) != CHECKPOINT_VERSION or str(ck["fingerprint"]) != fingerprint:
+            raise ValueError(
+                f"checkpoint: {path} was written by a different run (other configuration, "
+                "data, initialisation or version); delete it or choose another path")
+        treedef = jax.tree.structure(x_template)
+        leaves = [jnp.asarray(ck[f"state_{i}"]) for i in range(treedef.num_leaves)]
+        carry = (jax.tree.unflatten(treedef, leaves), jnp.asarray(ck["t"]),
+                 jnp.asarray(ck["diverged"]), jnp.asarray(ck["div_at"]))
+        records = {k[4:]: ck[k] for k in ck.files if k.startswith("rec_")}
+        return carry, records, int(ck["records_done"]), int(ck["steps_done"])
+
+
+# --------------------------------------------------------------------------- entry point
+def train(
+    arch: Any,
+    parts: Partition,
+    mixing,
+    lr,
+    algorithm: str | Algorithm = "dgd",
+    steps=range(0, 1001, 10),
+    *,
+    params0: Any = None,
+    seed: int = 0,
+    model: str = "nonlinear",
+    dtype: str = "float32",
+    batch_size: int = 0,
+    independent_init: bool = False,
+    record_outputs: bool = False,
+    chunk: int = 10,
+    progress: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_interval: float = 30.0,
+) -> Trajectory:
+    """Train ``Q`` copies of ``arch`` peer to peer and record what the prediction records.
+
+    Parameters
+    ----------
+    arch : MLP or neural-tangents stax triple
+        The network (its ``apply``; parameters from ``params0`` or drawn with
+        ``seed`` as :func:`ntkdyn.init_params` draws them, then cast to ``dtype``).
+    parts : Partition
+        Training data split across the ``Q`` agents (test data, if any, is evaluated).
+    mixing : (Q, Q) array
+        Row-stochastic mixing matrix.
+    lr : float or (Q,)
+        Learning rate(s); the centralised reference uses their mean.
+    algorithm : "dgd", "atc", "cta", "gd" or an :class:`~ntkdyn.algorithms.Algorithm`
+    steps : int or non-decreasing sequence of iteration numbers to record
+    model : "nonlinear" or "linearised"
+    dtype : "float32" (default) or "float64"
+    batch_size : 0 for full batch (default), ``B > 0`` for mini-batch SGD
+    independent_init : bool
+        Agent ``q > 0`` starts from its own draw (seed ``seed + q``): outside the
+        theory, which assumes a common ``theta_0``.
+    record_outputs : also return every agent's outputs at every record
+    chunk : records per jitted ``lax.scan`` call
+    progress : show a tqdm bar (steps per second)
+    checkpoint : path of an ``.npz`` checkpoint: resumed from when it exists (it
+        must come from the same arguments), written as chunks finish
+    checkpoint_interval : seconds between checkpoint writes (0: after every chunk)
+
+    Returns
+    -------
+    Trajectory
+        Same fields and conventions as the prediction's
+        (:mod:`ntkdyn.trajectory`); ``metadata["training"]`` holds the settings,
+        wall time and steps per second.
+
+    Examples
+    --------
+    >>> import ntkdyn as nd
+    >>> from ntkdyn.train import train
+    >>> data = nd.data.digits(classes=range(3), n_train=60, n_test=30)
+    >>> parts = nd.data.partition(data, agents=3)
+    >>> W = nd.graphs.mixing(nd.graphs.topology("ring", 3))
+    >>> arch = nd.models.MLP(hidden=(256,), out=3)
+    >>> obs = train(arch, parts, W, lr=0.5, algorithm="atc", steps=range(0, 101, 10))
+    >>> obs.test_loss.shape
+    (11, 3)
+    """
+    if not isinstance(parts, Partition):
+        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+            or batch_size < 0:
+        raise ValueError(f"batch_size: expected an integer >= 0, got {batch_size!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+        raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
+    if isinstance(arch, MLP):
+        apply = arch.apply
+        if arch.out != parts.dataset.num_classes:
+            raise ValueError(f"arch.out: the data have K={parts.dataset.num_classes} outputs, "
+                             f"the MLP has out={arch.out}")
+    elif isinstance(arch, tuple) and len(arch) == 3 and all(callable(f) for f in arch):
+        apply = arch[1]
+    else:
+        raise ValueError("arch: expected an ntkdyn.models.MLP or a neural-tangents (init_fn, "
+                         f"apply_fn, kernel_fn) triple, got {type(arch).__name__}")
+    algo = get_algorithm(algorithm)
+    q = parts.num_agents
+    mixing = graphs.check_mixing(mixing, name="mixing")
+    if mixing.shape[0] != q:
+        raise ValueError(f"mixing: expected a ({q}, {q}) matrix for {q} agents, got shape "
+                         f"{mixing.shape}")
+    lrs = learning_rates(lr, q)
+    steps = steps_array(steps)
+    jdtype = DTYPES[dtype]
+    theta0 = _initial_params(arch, parts.dataset.dim, params0, seed, jdtype, q,
+                             independent_init)
+    batch = int(min(batch_size, parts.counts.max())) if batch_size else 0
+    setup = _Setup(apply=apply, step=algo.step, q=q, linearised=model == "linearised",
+                   batch=batch, independent=bool(independent_init),
+                   has_test=parts.dataset.num_test > 0, record_outputs=record_outputs)
+    data = _device_data(parts, mixing, lrs, theta0, setup.independent, jdtype, seed)
+
+    settings = {"model": model, "dtype": dtype, "batch_size": int(batch_size),
+                "independent_init": bool(independent_init), "chunk": int(chunk), "seed": seed}
+    description = {"algorithm": algo.name, "architecture": _describe(arch), "lr": lrs.tolist(),
+                   "mixing": mixing.tolist(), "steps": steps.tolist(), **settings,
+                   "record_outputs": record_outputs}
+    x0 = jax.tree.map(jnp.copy, theta0) if independent_init else jax.tree.map(
+        lambda a: jnp.repeat(a[None], q + 1, axis=0), theta0)
+    carry = (x0, jnp.asarray(0, jnp.int64), jnp.asarray(False), jnp.asarray(-1, jnp.int64))
+    pieces: list[dict] = []
+    done = steps_done = 0
+    ck_path = None if checkpoint is None else Path(checkpoint)
+    fingerprint = _fingerprint(description, parts, theta0) if ck_path is not None else ""
+    resumed_from = None
+    if ck_path is not None and ck_path.is_file():
+        carry, records, done, steps_done = _load_checkpoint(ck_path, fingerprint, x0)
+        pieces = [records] if records else []
+        resumed_from = steps_done
+
+    deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
+    total = len(steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=int(steps[-1]), initial=steps_done, unit="step",
+                   desc=f"train {model} {algo.name}")
+    start = time.perf_counter()
+    last_write = start
+    warm_time = warm_steps = 0.0
+    first = True
+    while done < total and not bool(carry[2]):
+        t_chunk = time.perf_counter()
+        ns = deltas[done:done + chunk]
+        pad = chunk - len(ns)
+        n_run = np.concatenate([ns, np.zeros(pad, np.int64)]) if pad else ns
+        carry, recs = _run_chunk(carry, jnp.asarray(n_run), data, setup=setup)
+        recs = {k: np.asarray(v)[: len(ns)] for k, v in recs.items()}
+        pieces.append(recs)
+        done += len(ns)
+        steps_done += int(ns.sum())
+        elapsed = time.perf_counter() - t_chunk
+        if not first:  # the first chunk includes compilation
+            warm_time += elapsed
+            warm_steps += float(ns.sum())
+        first = False
+        if bar is not None:
+            bar.update(int(ns.sum()))
+        now = time.perf_counter()
+        finished = done >= total or bool(carry[2])
+        if ck_path is not None and (finished or now - last_write >= checkpoint_interval):
+            _save_checkpoint(ck_path, fingerprint, carry, pieces, done, steps_done)
+            pieces = [{k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}]
+            last_write = now
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - start
+    raw = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    diverged_at = int(carry[3]) if bool(carry[2]) else None
+    settings.update(wall_time_s=wall, resumed_from_step=resumed_from,
+                    steps_per_second=(warm_steps / warm_time if warm_time > 0 else None))
+    notes = []
+    if independent_init:
+        notes.append("independent initialisations: outside the theory (it assumes a common "
+                     "theta_0)")
+    if batch:
+        notes.append(f"mini-batch SGD (batch {batch}): a prediction is of the mean trajectory")
+    meta = {"algorithm": algo.name, "num_agents": q, "num_train": parts.dataset.num_train,
+            "num_outputs": parts.dataset.num_classes, "mixing": mixing.tolist(),
+            "architecture": _describe(arch), "training": settings, "notes": notes,
+            "data": parts.dataset.name, "partition": parts.scheme, "kernel": "none (trained)",
+            "source": f"trained ({model})"}
+    return _trajectory(raw, steps, lrs, q, diverged_at, meta)
+
+
+def _trajectory(raw: dict, steps, lrs, q: int, diverged_at, meta: dict) -> Trajectory:
+    flags = raw.pop("diverged")
+    keep = int(np.argmax(flags)) if flags.any() else len(flags)
+    status = "diverged" if diverged_at is not None else "ok"
+    if status == "diverged":
+        meta = dict(meta, divergence=f"diverged at step {diverged_at} (training stopped; "
+                                     "records end at the last finite state before it)")
+
+    def cut(key, sl=None):
+        if key not in raw:
+            return None
+        arr = raw[key][:keep]
+        return arr if sl is None else arr[:, sl]
+
+    return Trajectory(
+        steps=np.asarray(steps)[:keep], train_loss=cut("train_loss", slice(0, q)),
+        local_loss=cut("local_loss"), objective=cut("objective", slice(0, q)),
+        train_acc=cut("train_acc", slice(0, q)), param_dist=cut("param_dist", slice(0, q)),
+        consensus_dist=cut("consensus_dist"), central_dist=cut("central_dist"),
+        central_train_loss=cut("train_loss", q), central_objective=cut("objective", q),
+        central_train_acc=cut("train_acc", q), central_param_dist=cut("param_dist", q),
+        mean_model_train_loss=cut("mean_model_train_loss"),
+        mean_model_train_acc=cut("mean_model_train_acc"),
+        test_loss=cut("test_loss", slice(0, q)), test_acc=cut("test_acc", slice(0, q)),
+        central_test_loss=cut("test_loss", q), central_test_acc=cut("test_acc", q),
+        mean_model_test_loss=cut("mean_model_test_loss"),
+        mean_model_test_acc=cut("mean_model_test_acc"),
+        train_outputs=cut("train_outputs", slice(0, q)),
+        test_outputs=cut("test_outputs", slice(0, q)),
+        status=status, diverged_at=diverged_at, lr=np.asarray(lrs), metadata=meta)
+
+
+__all__ = ["train", "MODELS", "DTYPES"]

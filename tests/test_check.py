@@ -1,0 +1,156 @@
+"""`ntkdyn check`: regime wording follows lr*, JSON schema, exit codes, bad input."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+import ntkdyn
+from ntkdyn.check import check
+from ntkdyn.cli import main
+from ntkdyn.config import config_from_dict
+
+SCHEMA = json.loads((Path(ntkdyn.__file__).parent / "schemas" / "check.schema.json").read_text())
+
+BASE = {
+    "seed": 0,
+    "data": {"source": "digits", "classes": [0, 1, 2], "n_train": 48, "n_test": 24},
+    "partition": {"agents": 4},
+    "topology": {"name": "ring"},
+    "architecture": {"depth": 1, "width": 256},
+    "training": {"algorithm": "dgd", "lr": 0.1, "steps": 200, "record_every": 20},
+    "prediction": {"target_loss": 0.2},
+}
+
+
+def _cfg(**sections):
+    raw = json.loads(json.dumps(BASE))
+    for sec, vals in sections.items():
+        raw[sec].update(vals)
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def lr_stars():
+    rep = check(_cfg())
+    return {v.algorithm: v.lr_star for v in rep.stability}
+
+
+def test_inside_the_regime_shows_predictions(lr_stars):
+    lr = 0.5 * lr_stars["dgd"]
+    rep = check(_cfg(training={"lr": lr}))
+    assert rep.inside and rep.prediction is not None
+    assert "inside the NTK regime" in rep.stability[0].verdict
+    text = rep.text()
+    assert "Prediction at step 200" in text and "Predictions withheld" not in text
+    assert rep.prediction["steps_to_target"] is not None and rep.exit_code == 0
+    assert rep.stability[0].lr_bound <= rep.stability[0].lr_star
+    # the sweep stays below lr* and the recommendation below the safety margin
+    assert all(s["lr"] < lr_stars["dgd"] for s in rep.sweep)
+    assert rep.recommended["lr"] <= 0.9 * lr_stars["dgd"]
+
+
+def test_outside_the_regime_withholds_predictions_and_says_linearised(lr_stars):
+    """Between DGD's and ATC's lr*: DGD outside, ATC/CTA inside."""
+    lr = 0.5 * (lr_stars["dgd"] + lr_stars["atc"])
+    assert lr_stars["dgd"] < lr < lr_stars["atc"]
+    rep = check(_cfg(training={"lr": lr}))
+    assert not rep.inside and rep.prediction is None and rep.exit_code == 1
+    dgd, atc, cta = rep.stability
+    assert "outside the NTK regime" in dgd.verdict
+    assert "linearised dynamics diverge" in dgd.verdict
+    assert "real networks may still train" in dgd.verdict
+    assert atc.inside and cta.inside
+    text = rep.text()
+    assert "Predictions withheld" in text
+    # never a claim that the real network diverges without --measure-edge
+    lowered = text.lower()
+    assert "real network diverges" not in lowered and "network will diverge" not in lowered
+    assert rep.edge is None
+
+
+def test_target_missed_exit_1(lr_stars):
+    rep = check(_cfg(training={"lr": 0.5 * lr_stars["dgd"]}, prediction={"target_loss": 1e-6}))
+    assert rep.inside and not rep.target_reached and rep.exit_code == 1
+    assert "not reached" in rep.text()
+
+
+def test_json_output_validates_against_schema(lr_stars, tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    lr = 0.5 * lr_stars["dgd"]
+    path.write_text(_toml(training={"lr": lr}))
+    code = main(["check", str(path), "--json", "--topologies", "ring,complete"])
+    out = json.loads(capsys.readouterr().out)
+    jsonschema.validate(out, SCHEMA)
+    assert code == out["exit_code"] == 0
+    assert [t["topology"] for t in out["topologies"]] == ["ring", "complete"]
+    complete = out["topologies"][1]
+    assert complete["spectral_gap"] == pytest.approx(1.0)
+
+
+def test_sweep_shares_the_kernel_passes(lr_stars):
+    rep = check(_cfg(training={"lr": 0.5 * lr_stars["dgd"]}))
+    assert len(rep.sweep) == 10
+    losses = [s["final_test_loss"] for s in rep.sweep]
+    assert np.all(np.isfinite(losses))
+
+
+def _toml(**sections) -> str:
+    raw = json.loads(json.dumps(BASE))
+    for sec, vals in sections.items():
+        raw[sec].update(vals)
+    lines = [f"seed = {raw.pop('seed')}"]
+    for sec, vals in raw.items():
+        lines.append(f"[{sec}]")
+        for k, v in vals.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"training": {"lrr": 0.1}}, "unknown key 'training.lrr'"),
+    ({"training": {"lr": "high"}}, "training.lr: expected a number"),
+    ({"training": {"lr": -1.0}}, "training.lr: expected a value > 0"),
+    ({"partition": {"agents": 100}}, "agents"),
+])
+def test_invalid_input_exit_2(edit, needle, tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(**edit))
+    assert main(["check", str(path)]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_mixing_file_not_stochastic_exit_2(tmp_path, capsys):
+    np.savetxt(tmp_path / "W.txt", np.full((4, 4), 0.3))
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(topology={"mixing_file": "W.txt"}))
+    assert main(["check", str(path)]) == 2
+    assert "topology.mixing_file" in capsys.readouterr().err
+
+
+def test_mixing_file_disconnected_exit_2(tmp_path, capsys):
+    w = np.kron(np.eye(2), np.full((2, 2), 0.5))
+    np.savetxt(tmp_path / "W.txt", w)
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(topology={"mixing_file": "W.txt"}))
+    assert main(["check", str(path)]) == 2
+    assert "connected" in capsys.readouterr().err
+
+
+def test_empty_shard_exit_2(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(partition={"scheme": "dirichlet", "alpha": 1e-4, "agents": 4},
+                          data={"n_train": 12}))
+    assert main(["check", str(path)]) == 2
+    assert "agent" in capsys.readouterr().err
+
+
+def test_memory_estimate_beyond_machine_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "64KB")
+    path = tmp_path / "c.toml"
+    path.write_text(_toml())
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "needs about" in err and "fewer training samples" in err
