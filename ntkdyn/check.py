@@ -299,8 +299,9 @@ def _render(r: CheckReport) -> str:
     lines += ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, one batched "
               "prediction):", "  lr          final test loss   test acc   steps to target"]
     for s in r.sweep:
-        lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} {s['final_test_acc']:>10.3f}"
-                     f"   {_fmt(s['steps_to_target'], 'd') if s['steps_to_target'] is not None else 'not reached'}")
+        hit = s["steps_to_target"]
+        lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "
+                     f"{s['final_test_acc']:>10.3f}   {'not reached' if hit is None else hit}")
     if r.recommended:
         lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']})")
     if r.topologies:
