@@ -1,0 +1,99 @@
+"""High-level API: architecture + partition + mixing -> trajectory."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import rel_err
+
+import ntkdyn as nd
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = nd.data.digits(classes=[0, 1, 2, 3], n_train=80, n_test=40, seed=0)
+    parts = nd.data.partition(data, agents=4, scheme="dirichlet", alpha=1.0, seed=0)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    arch = nd.models.MLP(hidden=(128, 128), out=4)
+    return data, parts, w, arch
+
+
+def _fake_stax(arch):
+    """A neural-tangents-like (init_fn, apply_fn, kernel_fn) triple built from an MLP."""
+    def init_fn(key, input_shape):
+        return (input_shape[0], arch.out), arch.init(key, input_shape[-1], dtype=np.float64)
+
+    def kernel_fn(x1, x2=None, get="ntk"):
+        return arch.kernel(x1, x2) if get == "ntk" else arch.nngp(x1, x2)
+
+    return init_fn, arch.apply, kernel_fn
+
+
+def test_stax_triple_backend_matches_mlp(setup):
+    _, parts, w, arch = setup
+    steps = range(0, 101, 20)
+    for kernel in ("analytic", "empirical"):
+        a = nd.predict(arch, parts, w, 0.3, "atc", steps, kernel=kernel)
+        b = nd.predict(_fake_stax(arch), parts, w, 0.3, "atc", steps, kernel=kernel)
+        assert rel_err(b.test_loss, a.test_loss) < 1e-10, kernel
+        assert rel_err(b.param_dist, a.param_dist) < 1e-10, kernel
+
+
+def test_empirical_prediction_starts_at_the_network_outputs(setup):
+    _, parts, w, arch = setup
+    traj = nd.predict(arch, parts, w, 0.3, "dgd", [0, 10], kernel="empirical", seed=3,
+                      record_outputs=True)
+    params = nd.init_params(arch, parts.dataset.dim, seed=3)
+    f0 = np.asarray(arch.apply(params, parts.dataset.x_train))
+    for q in range(4):
+        assert rel_err(traj.train_outputs[0, q], f0) < 1e-12
+    assert traj.metadata["kernel"] == "empirical"
+
+
+def test_analytic_prediction_defaults_to_zero_initial_outputs(setup):
+    _, parts, w, arch = setup
+    traj = nd.predict(arch, parts, w, 0.3, "dgd", [0, 10], record_outputs=True)
+    assert np.all(traj.train_outputs[0] == 0.0)
+    k = parts.dataset.num_classes
+    assert traj.train_loss[0, 0] == pytest.approx(0.5 * 1.0)  # ||0 - onehot||^2 / 2
+    assert k == 4
+
+
+def test_sweep_equals_individual_predictions(setup):
+    _, parts, w, arch = setup
+    rates = [0.1, 0.3]
+    sweep = nd.predict_sweep(arch, parts, w, rates, "cta", range(0, 51, 10))
+    for lr, traj in zip(rates, sweep, strict=True):
+        one = nd.predict(arch, parts, w, lr, "cta", range(0, 51, 10))
+        assert rel_err(traj.test_loss, one.test_loss) < 1e-12
+
+
+def test_unstable_rate_is_reported_with_the_margin(setup):
+    _, parts, w, arch = setup
+    problem = nd.build_problem(arch, parts, w)
+    lr_star = nd.stability(problem, "dgd", 0.1).lr_star
+    traj = nd.predict(arch, parts, w, 1.2 * lr_star, "dgd", range(0, 201, 50))
+    assert traj.status in ("unstable", "diverged")
+    rep = traj.metadata["stability"]
+    assert rep["lr_star"] == pytest.approx(lr_star, rel=1e-8)
+    assert rep["margin"] == pytest.approx(1 - 1.2, abs=1e-9)
+    assert not rep["stable"]
+    for name in ("train_loss", "test_loss", "consensus_dist"):
+        assert np.all(np.isfinite(getattr(traj, name)))
+    assert "diverge" in traj.summary()
+
+
+def test_continuous_prediction_through_high_level_api(setup):
+    _, parts, w, arch = setup
+    traj = nd.predict(arch, parts, w, 0.3, "dgd", np.array([0.0, 5.0, 10.0]), continuous=True)
+    disc = nd.predict(arch, parts, w, 0.3, "dgd", [0, 5, 10])
+    assert traj.continuous
+    # flow and iteration are close but not equal (first-order difference)
+    assert 0 < np.max(np.abs(traj.train_loss - disc.train_loss)) < 0.05
+
+
+def test_jax_prng_seed_changes_empirical_kernel(setup):
+    _, parts, w, arch = setup
+    a = nd.predict(arch, parts, w, 0.3, "dgd", [0, 20], kernel="empirical", seed=0)
+    b = nd.predict(arch, parts, w, 0.3, "dgd", [0, 20], kernel="empirical", seed=1)
+    assert np.max(np.abs(a.test_loss - b.test_loss)) > 1e-6
+    assert jax.config.jax_enable_x64
