@@ -154,3 +154,23 @@ def test_memory_estimate_beyond_machine_exit_2(tmp_path, capsys, monkeypatch):
     assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err
     assert "needs about" in err and "fewer training samples" in err
+
+
+def test_measure_edge_bracket_is_confirmed_by_rerun(lr_stars, tmp_path):
+    """--measure-edge: a converged and a non-converged rate; re-running both agrees."""
+    from ntkdyn.edge import trial
+    from ntkdyn.experiment import from_config
+
+    cfg = _cfg(training={"lr": 0.5 * (lr_stars["dgd"] + lr_stars["atc"])})
+    rep = check(cfg, measure_edge=True, edge_steps=150, edge_bisections=2,
+                cache_dir=tmp_path / "cache")
+    edge = rep.edge
+    assert edge["converged_lr"] is not None and edge["diverged_lr"] is not None
+    assert edge["converged_lr"] < edge["diverged_lr"]
+    assert edge["converged_lr"] >= edge["lr_star"]  # real training goes beyond lr* here
+    exp = from_config(cfg)
+    assert trial(exp, edge["converged_lr"], 150)["converged"]  # no cache: trained again
+    assert not trial(exp, edge["diverged_lr"], 150)["converged"]
+    text = rep.text()
+    assert "Observed edge of real training" in text and "did not converge" in text
+    assert len(list((tmp_path / "cache").glob("*.json"))) == len(edge["trials"])
