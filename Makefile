@@ -23,6 +23,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ntkdyn tests benchmarks validate figures paper_repro
 
+figures: $(STAMP)
+	$(PY) figures/make_figures.py
+
+figures-fast: $(STAMP)
+	$(PY) figures/make_figures.py --fast
+
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py
 

@@ -1,0 +1,382 @@
+"""Regenerate every paper-style figure from ``paper_repro/*.toml``.
+
+    python figures/make_figures.py            # full settings (make figures)
+    python figures/make_figures.py --fast     # tiny settings (make figures-fast, CI)
+
+Each experiment file holds an ``[experiment]`` table (kind, title, figure
+name, its own parameters) on top of ``paper_repro/base.toml``.  Every run (one
+prediction or one training) is cached in ``figures/cache/`` under a hash of
+everything it depends on, so unchanged configurations are not recomputed.
+Figures are written as PNG and PDF into ``figures/`` (``figures/fast/`` with
+``--fast``) and a ``summary.json`` with the agreement figures measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ntkdyn as nd  # noqa: E402
+from ntkdyn import agreement, graphs, spectrum  # noqa: E402
+from ntkdyn.config import config_from_dict  # noqa: E402
+from ntkdyn.edge import measure_edge  # noqa: E402
+from ntkdyn.experiment import from_config  # noqa: E402
+from ntkdyn.train import train  # noqa: E402
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+FAST = {"data": {"n_train": 48, "n_test": 24, "classes": [0, 1, 2]},
+        "partition": {"agents": 4}, "architecture": {"width": 64, "depth": 1},
+        "training": {"steps": 40, "record_every": 10}}
+FAST_EXPERIMENT = {"widths": [64, 256], "edge_steps": 40, "edge_bisections": 1,
+                   "topologies": ["ring", "complete"], "alphas": [0.1, 100.0]}
+
+PRED, NONLIN, LIN = "predicted", "nonlinear", "linearised"
+STYLE = {PRED: dict(ls="--", color="black", lw=1.8), NONLIN: dict(ls="-", color="tab:blue", lw=1.6),
+         LIN: dict(ls="-", color="tab:orange", lw=1.0, alpha=0.8)}
+LABEL = {PRED: "predicted (kernel space)", NONLIN: "observed: real network",
+         LIN: "observed: linearised network"}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class Runner:
+    """Runs predictions / trainings with an on-disk cache keyed by their inputs."""
+
+    def __init__(self, cache: Path, fast: bool):
+        self.cache = cache
+        self.fast = fast
+        cache.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+
+    def _path(self, kind: str, raw: dict, extra: dict) -> Path:
+        blob = json.dumps({"kind": kind, "raw": raw, "extra": extra, "v": nd.__version__},
+                          sort_keys=True, default=str)
+        return self.cache / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npz"
+
+    def trajectory(self, kind: str, raw: dict, **extra) -> nd.Trajectory:
+        path = self._path(kind, raw, extra)
+        if path.is_file():
+            self.hits += 1
+            return nd.Trajectory.load(path)
+        self.misses += 1
+        cfg = config_from_dict(raw)
+        exp = from_config(cfg)
+        t = cfg.training
+        lr = extra.get("lr", t.lr)
+        if kind == PRED:
+            traj = nd.predict(exp.arch, exp.parts, exp.mixing, lr, t.algorithm, cfg.steps,
+                              kernel=extra.get("kernel", "empirical"), seed=cfg.seed,
+                              f0="network")
+        else:
+            traj = train(exp.arch, exp.parts, exp.mixing, lr, t.algorithm, cfg.steps,
+                         seed=cfg.seed, model="linearised" if kind == LIN else "nonlinear",
+                         dtype="float64" if kind == LIN else "float32")
+        traj.save(path)
+        return traj
+
+    def json(self, kind: str, raw: dict, compute, **extra) -> dict:
+        path = self._path(kind, raw, extra).with_suffix(".json")
+        if path.is_file():
+            self.hits += 1
+            return json.loads(path.read_text())
+        self.misses += 1
+        out = compute()
+        path.write_text(json.dumps(out, default=float))
+        return out
+
+
+def lr_star_of(raw: dict, algorithm: str = "dgd") -> float:
+    cfg = config_from_dict(raw)
+    exp = from_config(cfg)
+    problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel="empirical",
+                               seed=cfg.seed, f0="network")
+    return spectrum.max_stable_lr(problem, algorithm)[0]
+
+
+def _with(raw: dict, **sections) -> dict:
+    return _merge(raw, sections)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7})
+    return plt
+
+
+def _save(fig, out: Path, name: str) -> list[str]:
+    paths = []
+    for ext in ("png", "pdf"):
+        p = out / f"{name}.{ext}"
+        fig.savefig(p, dpi=150)
+        paths.append(str(p.relative_to(ROOT)))
+    _pyplot().close(fig)
+    return paths
+
+
+# ------------------------------------------------------------------------------ experiments
+def run_dynamics(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    plt = _pyplot()
+    tops, metrics = spec["topologies"], spec["metrics"]
+    ylabel = {"param_dist": r"$\|\theta_q-\theta_0\|$", "consensus_dist":
+              r"$\|\theta_q-\bar\theta\|$", "train_loss": "train loss", "test_loss": "test loss",
+              "test_acc": "test accuracy"}
+    fig, axes = plt.subplots(len(metrics), len(tops), figsize=(max(1.45 * len(tops) + 1.2, 6.0),
+                             1.5 * len(metrics) + 0.9), squeeze=False, sharex=True)
+    summary = {}
+    for j, top in enumerate(tops):
+        r = _with(raw, topology={"name": top})
+        lr = spec["lr_fraction"] * runner.json("lrstar", r, lambda r=r: {"v": lr_star_of(r)})["v"]
+        runs = {k: runner.trajectory(k, r, lr=lr) for k in (PRED, NONLIN, LIN)}
+        summary[top] = {"lr": lr, **{m: agreement.relative_error(
+            runs[PRED].network_mean(m), runs[NONLIN].network_mean(m)) for m in metrics}}
+        for i, m in enumerate(metrics):
+            ax = axes[i, j]
+            colours = plt.get_cmap("tab10")
+            for kind in (NONLIN, LIN, PRED):
+                tr = runs[kind]
+                arr = getattr(tr, m)
+                if m in ("train_loss", "test_loss", "test_acc") and kind != LIN:
+                    for q in range(arr.shape[1]):
+                        ax.plot(tr.steps, arr[:, q], ls=STYLE[kind]["ls"], color=colours(q),
+                                lw=0.6, alpha=0.6)
+                ax.plot(tr.steps, arr.mean(axis=1), **STYLE[kind],
+                        label=LABEL[kind] + " (mean)")
+            if m in ("train_loss", "test_loss", "consensus_dist"):
+                ax.set_yscale("log")
+            if i == 0:
+                ax.set_title(f"{top}")
+            if j == 0:
+                ax.set_ylabel(ylabel[m])
+            if i == len(metrics) - 1:
+                ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if len(metrics) and metrics[0] in ("train_loss", "test_loss", "test_acc"):
+        handles.append(plt.Line2D([], [], color="tab:red", lw=0.6))
+        labels.append("thin: individual agents (dashed predicted, solid observed)")
+    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
+    fig.suptitle(spec["title"] + " - width {}, {} agents".format(
+        raw["architecture"]["width"], raw["partition"]["agents"]))
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    return {"files": _save(fig, out, spec["figure"]), "max_relative_gap": summary}
+
+
+def run_algorithms(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    plt = _pyplot()
+    r = _with(raw, topology={"name": spec["topology"]})
+    stars = {a: runner.json("lrstar", r, lambda a=a: {"v": lr_star_of(r, a)}, algorithm=a)["v"]
+             for a in spec["algorithms"]}
+    safe = 0.5 * stars["dgd"]
+    between = float(np.sqrt(stars["dgd"] * stars["atc"]))
+    fig, axes = plt.subplots(2, 3, figsize=(7.2, 4.2), sharex=True)
+    summary = {"lr_star": stars, "rates": {"safe": safe, "between": between}, "status": {}}
+    for i, (tag, lr) in enumerate((("safe", safe), ("between", between))):
+        for j, algo in enumerate(spec["algorithms"]):
+            ra = _with(r, training={"algorithm": algo})
+            ax = axes[i, j]
+            for kind in (NONLIN, LIN, PRED):
+                tr = runner.trajectory(kind, ra, lr=lr)
+                summary["status"][f"{tag}/{algo}/{kind}"] = tr.status
+                y = tr.network_mean("test_loss")
+                ax.plot(tr.steps, y, **STYLE[kind], label=LABEL[kind])
+                if tr.status != "ok":
+                    ax.annotate(f"{kind}: {tr.status}" + (f" at step {tr.diverged_at}"
+                                                        if tr.diverged_at else ""),
+                                xy=(0.02, 0.04 + 0.1 * (kind == LIN)), xycoords="axes fraction",
+                                fontsize=6, color=STYLE[kind]["color"])
+            ax.set_yscale("log")
+            ax.set_title(f"{algo.upper()}, lr={lr:.3g} ({lr / stars[algo]:.2f} lr*)")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("test loss (network mean)")
+            if i == 1:
+                ax.set_xlabel("step")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(spec["title"] + f" of {raw['partition']['agents']}: lr* DGD={stars['dgd']:.3g}, "
+                 f"ATC={stars['atc']:.3g}, CTA={stars['cta']:.3g} (linearised dynamics)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return {"files": _save(fig, out, spec["figure"]), **summary}
+
+
+def run_stability_map(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    plt = _pyplot()
+    rows = []
+    for top in spec["topologies"]:
+        r = _with(raw, topology={"name": top})
+
+        def compute(r=r, top=top):
+            cfg = config_from_dict(r)
+            exp = from_config(cfg)
+            problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel="empirical",
+                                       seed=cfg.seed, f0="network")
+            dgd, atc = spectrum.max_stable_lr(problem, "dgd")[0], \
+                spectrum.max_stable_lr(problem, "atc")[0]
+            edge = measure_edge(exp, dgd, steps=spec["edge_steps"],
+                                bisections=spec["edge_bisections"])
+            return {"topology": top, "lambda_min": graphs.lambda_min(exp.mixing),
+                    "dgd_lr_star": dgd, "dgd_bound": spectrum.sufficient_bound(problem, "dgd"),
+                    "atc_lr_star": atc, "atc_bound": spectrum.sufficient_bound(problem, "atc"),
+                    "edge_converged": edge["converged_lr"], "edge_diverged": edge["diverged_lr"]}
+
+        rows.append(runner.json("stability", r, compute, steps=spec["edge_steps"]))
+    rows.sort(key=lambda x: x["lambda_min"])
+    lam = np.array([x["lambda_min"] for x in rows])
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    ax.plot(lam, [x["dgd_lr_star"] for x in rows], "o-", color="tab:blue",
+            label="DGD lr* (exact, linearised)")
+    ax.plot(lam, [x["dgd_bound"] for x in rows], "v:", color="tab:blue",
+            label="DGD sufficient bound")
+    ax.plot(lam, [x["atc_lr_star"] for x in rows], "s-", color="tab:green",
+            label="ATC/CTA lr* (exact, linearised)")
+    conv = np.array([np.nan if x["edge_converged"] is None else x["edge_converged"] for x in rows])
+    div = np.array([np.nan if x["edge_diverged"] is None else x["edge_diverged"] for x in rows])
+    ax.vlines(lam, conv, div, color="tab:red", lw=3, alpha=0.6)
+    ax.plot(lam, conv, "^", color="tab:red", ms=4,
+            label="DGD real network: converged (bottom) / failed (top)")
+    ax.plot(lam, div, "x", color="tab:red", ms=5)
+    for x in rows:
+        ax.annotate(x["topology"], (x["lambda_min"], x["dgd_lr_star"]), fontsize=6,
+                    textcoords="offset points", xytext=(2, -8))
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$\lambda_{\min}(W)$ (Metropolis weights)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(spec["title"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    return {"files": _save(fig, out, spec["figure"]), "rows": rows}
+
+
+def run_width(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    plt = _pyplot()
+    widths = spec["widths"]
+    r0 = _with(raw, architecture={"width": widths[-1]})
+    lr = spec["lr_fraction"] * runner.json("lrstar", r0, lambda: {"v": lr_star_of(r0)})["v"]
+    errs = {(k, m): [] for k in ("empirical", "analytic") for m in ("test_loss", "param_dist")}
+    for w in widths:
+        r = _with(raw, architecture={"width": w})
+        obs = runner.trajectory(NONLIN, r, lr=lr)
+        for k in ("empirical", "analytic"):
+            pred = runner.trajectory(PRED, r, lr=lr, kernel=k)
+            for m in ("test_loss", "param_dist"):
+                errs[(k, m)].append(agreement.relative_error(pred.network_mean(m),
+                                                             obs.network_mean(m)))
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0))
+    slopes = {}
+    for ax, m in zip(axes, ("test_loss", "param_dist"), strict=True):
+        for k, style in (("empirical", "o-"), ("analytic", "s--")):
+            e = np.array(errs[(k, m)])
+            slope, _ = agreement.fit_slope(widths, e)
+            slopes[f"{k}/{m}"] = slope
+            ax.loglog(widths, e, style, label=f"{k} NTK (slope {slope:.2f})")
+        ref = np.array(errs[("empirical", m)])[0] * (np.array(widths) / widths[0]) ** -0.5
+        ax.loglog(widths, ref, ":", color="0.5", label=r"$\propto$ width$^{-1/2}$")
+        ax.set_xlabel("width")
+        ax.set_ylabel("max relative error over time")
+        ax.set_title("network-mean " + ("test loss" if m == "test_loss" else
+                                        r"$\|\theta-\theta_0\|$"))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    fig.suptitle(spec["title"] + f", lr={lr:.3g}")
+    fig.tight_layout()
+    table = {f"{k}/{m}": dict(zip(map(str, widths), map(float, v), strict=True))
+             for (k, m), v in errs.items()}
+    return {"files": _save(fig, out, spec["figure"]), "slopes": slopes, "errors": table}
+
+
+def run_noniid(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    plt = _pyplot()
+    alphas = spec["alphas"]
+    fig, axes = plt.subplots(1, len(alphas), figsize=(2.4 * len(alphas), 2.8), sharey=True)
+    summary = {}
+    for ax, alpha in zip(np.atleast_1d(axes), alphas, strict=True):
+        r = _with(raw, partition={"scheme": "dirichlet", "alpha": alpha})
+        lr = spec["lr_fraction"] * runner.json("lrstar", r, lambda r=r: {"v": lr_star_of(r)})["v"]
+        pred, obs = runner.trajectory(PRED, r, lr=lr), runner.trajectory(NONLIN, r, lr=lr)
+        colours = plt.get_cmap("tab10")
+        for q in range(pred.num_agents):
+            ax.plot(obs.steps, 1 - obs.test_acc[:, q], "-", color=colours(q), lw=0.9)
+            ax.plot(pred.steps, 1 - pred.test_acc[:, q], "--", color=colours(q), lw=0.9)
+        summary[str(alpha)] = {"final_test_error_predicted": (1 - pred.test_acc[-1]).tolist(),
+                               "final_test_error_observed": (1 - obs.test_acc[-1]).tolist()}
+        ax.set_title(rf"Dirichlet $\alpha$={alpha:g}")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("test error (per agent)")
+    handles = [plt.Line2D([], [], color="k", ls="-"), plt.Line2D([], [], color="k", ls="--")]
+    fig.legend(handles, ["observed (real network)", "predicted"], loc="lower center", ncol=2,
+               frameon=False)
+    fig.suptitle(spec["title"] + " - one colour per agent")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.93))
+    return {"files": _save(fig, out, spec["figure"]), **summary}
+
+
+KINDS = {"dynamics": run_dynamics, "algorithms": run_algorithms,
+         "stability_map": run_stability_map, "width": run_width, "noniid": run_noniid}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fast", action="store_true", help="tiny settings (CI)")
+    ap.add_argument("--only", default="", help="comma-separated experiment file prefixes")
+    ap.add_argument("--out", default=None, help="output folder")
+    args = ap.parse_args(argv)
+    out = Path(args.out) if args.out else ROOT / "figures" / ("fast" if args.fast else "")
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(ROOT / "figures" / "cache" / ("fast" if args.fast else "full"), args.fast)
+    base = tomllib.loads((ROOT / "paper_repro" / "base.toml").read_text())
+    if args.fast:
+        base = _merge(base, FAST)
+    results = {}
+    t0 = time.perf_counter()
+    for path in sorted((ROOT / "paper_repro").glob("[0-9]*.toml")):
+        if args.only and not any(path.name.startswith(p) for p in args.only.split(",")):
+            continue
+        spec = tomllib.loads(path.read_text())
+        exp = spec.pop("experiment")
+        raw = _merge(base, spec)
+        if args.fast:
+            exp.update({k: v for k, v in FAST_EXPERIMENT.items() if k in exp})
+        t = time.perf_counter()
+        results[path.stem] = KINDS[exp["kind"]](runner, raw, exp, out)
+        results[path.stem]["seconds"] = time.perf_counter() - t
+        print(f"{path.stem}: {results[path.stem]['seconds']:.1f} s -> "
+              f"{', '.join(results[path.stem]['files'])}", flush=True)
+    results["total_seconds"] = time.perf_counter() - t0
+    results["cache"] = {"hits": runner.hits, "misses": runner.misses}
+    (out / "summary.json").write_text(json.dumps(results, indent=2, default=float))
+    print(f"total {results['total_seconds']:.1f} s (cache hits {runner.hits}, "
+          f"misses {runner.misses})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
