@@ -86,7 +86,9 @@ def run_problem(
     }
     trajs = [_trajectory(raw, r, problem, steps, rate_rows[r], continuous, base_meta)
              for r in range(len(rate_rows))]
-    if check_stability is False:
+    if check_stability is False or (continuous and check_stability is None):
+        # the discrete-time spectrum says nothing about the flow (e.g. DGD's flow converges
+        # at every rate); a flow that blew up is still reported as "diverged"
         return trajs
     bound = spectrum.sufficient_bound(problem, algo) if check_stability is None else 0.0
     out = []

@@ -52,8 +52,30 @@ DIVERGENCE_FACTOR = 1e8
 
 
 # --------------------------------------------------------------------------- operators
+def row_blocks(kernel: np.ndarray, offsets: tuple[int, ...], rows_per_sample: int):
+    """Agents' row blocks ``Theta[S_q, :]``, split once (slicing inside a jitted loop copies).
+
+    Equal shards give one ``(Q, n, R)`` array (one batched product per step);
+    unequal shards a tuple of ``(n_q, R)`` arrays.
+    """
+    counts = np.diff(offsets)
+    bounds = [(offsets[q] * rows_per_sample, offsets[q + 1] * rows_per_sample)
+              for q in range(len(counts))]
+    if np.all(counts == counts[0]):
+        n = counts[0] * rows_per_sample
+        return jnp.asarray(np.asarray(kernel).reshape(len(counts), n, kernel.shape[1]))
+    return tuple(jnp.asarray(kernel[s:e]) for s, e in bounds)
+
+
+def kernel_times(blocks, flat):
+    """``Theta @ flat`` from the agents' row blocks."""
+    if isinstance(blocks, tuple):
+        return jnp.concatenate([b @ flat for b in blocks], axis=0)
+    return jnp.einsum("qnr,rm->qnm", blocks, flat).reshape(-1, flat.shape[1])
+
+
 def kernel_operators(
-    kernel: jax.Array,
+    blocks,
     residual: jax.Array,
     mixing: jax.Array,
     lr_cols: jax.Array,
@@ -64,30 +86,47 @@ def kernel_operators(
 ) -> Operators:
     """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
 
-    ``residual`` is ``(f_0 - Y)`` in row layout tiled over the columns
-    (``(R, C)``; zero for the purely linear part), ``lr_cols`` the learning
-    rate of every slot and column (``(A, 1, C)``).
+    ``blocks`` are the agents' kernel rows (:func:`row_blocks`), ``residual``
+    is ``(f_0 - Y)`` in row layout tiled over the columns (``(R, C)``; zero for
+    the purely linear part), ``lr_cols`` the learning rate of every slot and
+    column (``(A, 1, C)``).
     """
     q_count = len(offsets) - 1
     rps = rows_per_sample
     rows = offsets[-1] * rps
+    counts = np.diff(offsets)
 
     def mix(x):
         agents = jnp.tensordot(mixing, x[:q_count], axes=1)
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
-    def grad(x):
+    def grad_stacked(x):
+        c = x.shape[-1]
+        n = counts[0] * rps
+        rhs = x[:q_count]
+        if central:
+            rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
+        prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs)  # (Q, n, C or 2C)
+        res = jnp.broadcast_to(residual, (rows, c)).reshape(q_count, n, c)
+        r_agents = (res + prod[..., :c]) / counts[0]
+        eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
+        g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
+        if not central:
+            return g
+        g_c = ((res + prod[..., c:]) / (q_count * counts[0])).reshape(1, rows, c)
+        return jnp.concatenate([g, g_c], axis=0)
+
+    def grad_blocks(x):
         c = x.shape[-1]
         g_agents, g_central = [], []
         for q in range(q_count):
             s, e = offsets[q] * rps, offsets[q + 1] * rps
-            n_q = offsets[q + 1] - offsets[q]
             rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if central else x[q]
-            prod = kernel[s:e] @ rhs
+            prod = blocks[q] @ rhs
             r_q = residual[s:e] + prod[:, :c]
-            g_agents.append(jnp.pad(r_q / n_q, ((s, rows - e), (0, 0))))
+            g_agents.append(jnp.pad(r_q / counts[q], ((s, rows - e), (0, 0))))
             if central:
-                g_central.append((residual[s:e] + prod[:, c:]) / (q_count * n_q))
+                g_central.append((residual[s:e] + prod[:, c:]) / (q_count * counts[q]))
         if central:
             g_agents.append(jnp.concatenate(g_central, axis=0))
         return jnp.stack(g_agents)
@@ -95,6 +134,7 @@ def kernel_operators(
     def scale(g):
         return lr_cols * g
 
+    grad = grad_blocks if isinstance(blocks, tuple) else grad_stacked
     return Operators(mix=mix, grad=grad, scale=scale)
 
 
@@ -124,12 +164,11 @@ def _loss_acc(out, y, labels):
 
 
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs):
-    kernel, f0, y, labels, shard_w = data["kernel"], data["f0"], data["y"], data["labels"], \
-        data["shard_weights"]
+    f0, y, labels, shard_w = data["f0"], data["y"], data["labels"], data["shard_weights"]
     a, rows, c = x.shape
     n, k = y.shape
     flat = jnp.transpose(x, (1, 0, 2)).reshape(rows, a * c)
-    u = (kernel @ flat).reshape(rows, a, c)
+    u = kernel_times(data["blocks"], flat).reshape(rows, a, c)
     xs = _to_samples(x.transpose(1, 0, 2), n, k, n_rates, traced)
     us = _to_samples(u, n, k, n_rates, traced)
     out = f0 + us
@@ -190,9 +229,9 @@ def _run_chunk(carry, schedule, data, *, step_fn, offsets, traced, n_rates, cont
     rps = 1 if traced else k
     c0 = k if traced else 1
     common = dict(offsets=offsets, rows_per_sample=rps, central=True)
-    ops = kernel_operators(data["kernel"], data["residual"], data["mixing"], data["lr_cols"],
+    ops = kernel_operators(data["blocks"], data["residual"], data["mixing"], data["lr_cols"],
                            **common)
-    ops_lin = kernel_operators(data["kernel"], jnp.zeros_like(data["residual"]),
+    ops_lin = kernel_operators(data["blocks"], jnp.zeros_like(data["residual"]),
                                data["mixing"], data["lr_cols"], **common)
     cols_rate = jnp.arange(n_rates * c0) // c0
     limit = data["limit_per_step"]
@@ -237,7 +276,7 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
     data = _device_data(problem, lrs, for_records=False)
     k = problem.num_outputs
     c0 = k if problem.traced else 1
-    ops = kernel_operators(data["kernel"], jnp.zeros_like(data["residual"]), data["mixing"],
+    ops = kernel_operators(data["blocks"], jnp.zeros_like(data["residual"]), data["mixing"],
                            data["lr_cols"], offsets=problem.offsets,
                            rows_per_sample=problem.rows_per_sample, central=True)
     shape = (problem.num_agents + 1, problem.kernel.shape[0], lrs.shape[0] * c0)
@@ -272,7 +311,7 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
     lr_max = lrs.max(axis=1)
     res_max = max(float(np.max(np.abs(problem.residual0))), 1e-300)
     data = {
-        "kernel": jnp.asarray(problem.kernel),
+        "blocks": row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample),
         "residual": jnp.asarray(residual),
         "mixing": jnp.asarray(problem.mixing),
         "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=True)),

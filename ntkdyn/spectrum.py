@@ -37,7 +37,7 @@ import scipy.sparse.linalg as spla
 from . import graphs
 from .algorithms import Algorithm, get_algorithm
 from .problem import KernelProblem
-from .solver import kernel_operators
+from .solver import kernel_operators, row_blocks
 
 RHO_TOL = 1e-9
 DENSE_MAX = 1500
@@ -75,23 +75,23 @@ class StabilityReport:
 
 # --------------------------------------------------------------------------- operators
 @partial(jax.jit, static_argnames=("step_fn", "offsets", "rps"))
-def _apply_linear(x, s, kernel, mixing, profile, *, step_fn, offsets, rps):
+def _apply_linear(x, s, blocks, mixing, profile, *, step_fn, offsets, rps):
     """``A(s) x`` for states ``(Q, R, C)``: one step without its affine part."""
-    zeros = jnp.zeros((kernel.shape[0], 1), kernel.dtype)
-    ops = kernel_operators(kernel, zeros, mixing, s * profile[:, None, None], offsets=offsets,
+    zeros = jnp.zeros((offsets[-1] * rps, 1), x.dtype)
+    ops = kernel_operators(blocks, zeros, mixing, s * profile[:, None, None], offsets=offsets,
                            rows_per_sample=rps, central=False)
     return step_fn(x, ops)
 
 
 def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarray):
     """``(x, s) -> A(s) x`` on states ``(Q, R, C)`` (compiled once per shape and algorithm)."""
-    kernel = jnp.asarray(problem.kernel)
+    blocks = row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample)
     mixing = jnp.asarray(problem.mixing)
     prof = jnp.asarray(profile, dtype=jnp.float64)
     static = dict(step_fn=algorithm.step, offsets=problem.offsets, rps=problem.rows_per_sample)
 
     def apply(x, s):
-        return _apply_linear(x, s, kernel, mixing, prof, **static)
+        return _apply_linear(x, s, blocks, mixing, prof, **static)
 
     return apply
 
@@ -231,16 +231,15 @@ def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float =
     w = problem.mixing
     op = StepOperator(problem, algo, profile)
     uniform = np.allclose(profile, 1.0)
-    hi = None
     if (algo.name in ("dgd", "atc", "cta", "gd") and graphs.is_symmetric(w)
             and graphs.lambda_min(w) > -1 + 1e-10):
         s_c = _minus_one_crossing(problem, algo, profile)
         proven = uniform and (algo.name in ("dgd", "gd") or graphs.lambda_min(w) >= -1e-12)
-        if proven:
+        if proven and np.isfinite(s_c):
             return s_c, "minus-one-crossing (exact)"
-        if op.spectral_radius(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
+        if np.isfinite(s_c) and op.spectral_radius(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
             return s_c, "minus-one-crossing (verified)"
-        hi = s_c
+        # otherwise a complex pair leaves the unit disc first: bracket it
 
     def f(s):
         return op.spectral_radius(s) - (1.0 + RHO_TOL)
@@ -250,13 +249,13 @@ def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float =
         lo = 1.0 / np.max(profile * agent_curvatures(problem))
         while f(lo) > 0 and lo > 1e-12:
             lo /= 2.0
-    if hi is None:
-        hi = lo * 2.0
-        while f(hi) <= 0:
-            lo, hi = hi, hi * 2.0
-            if hi > 1e12:
-                return float("inf"), "bisection"
-    s_star = scipy.optimize.brentq(f, lo, hi, rtol=rtol, xtol=1e-14 * hi)
+    # scan upwards in steps of 25% so that the *first* crossing is bracketed
+    hi = lo * 1.25
+    while f(hi) <= 0:
+        lo, hi = hi, hi * 1.25
+        if hi > 1e6 * lo:
+            return float("inf"), "scan"
+    s_star = scipy.optimize.brentq(f, lo, hi, rtol=rtol, xtol=1e-12 * lo)
     kind = "dense" if op.dim <= DENSE_MAX else "arpack"
     return float(s_star), f"brent-{kind}"
 

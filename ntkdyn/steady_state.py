@@ -3,10 +3,14 @@ r"""Steady state of the linearised peer-to-peer dynamics.
 With a constant step, ``alpha <- A alpha + c`` converges (when
 ``rho(A) < 1``) to the unique fixed point ``alpha* = (I - A)^{-1} c``.  For
 DGD this point is *not* consensual: the agents disagree by
-``O(eta / (1 - lambda_2(W)))`` (Yuan, Ling & Yin 2016).  The centralised
+``O(eta / (1 - lambda_2(W)))`` (Yuan, Ling & Yin 2016) -- when the local
+losses share no common minimiser; with a positive definite kernel (the
+interpolation regime) the fixed point is consensual.  The centralised
 solution, the limit of centralised gradient descent from ``alpha = 0`` on
-the global objective, is the minimum-norm interpolant
-``alpha_c = Theta^+ (Y - f_0)``.  Derivation: ``theory/fixed_point.md``.
+the global objective, is the weighted least-squares solution (sample weights
+``1/(Q N_q)``) of minimum norm in ``range(Theta)``; it interpolates
+(``Theta alpha_c = Y - f_0``) when ``Theta`` is positive definite.
+Derivation: ``theory/fixed_point.md``.
 
 The linear system has ``Q R`` unknowns per output column; it is solved
 densely when small and by GMRES with operator applications otherwise.
@@ -103,7 +107,7 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     to_u = vr.T * np.sqrt(lam)[:, None]  # (r, R): alpha -> u
     # affine part: one full step from alpha = 0 (central slot dropped)
     data = solver._device_data(problem, lrs[None, :], for_records=False)
-    ops = solver.kernel_operators(data["kernel"], data["residual"], data["mixing"],
+    ops = solver.kernel_operators(data["blocks"], data["residual"], data["mixing"],
                                   data["lr_cols"][:q], offsets=problem.offsets,
                                   rows_per_sample=problem.rows_per_sample, central=False)
     c = np.asarray(algo.step(jnp.zeros((q, r, c0)), ops))  # (Q, R, C0)

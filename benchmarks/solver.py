@@ -1,0 +1,290 @@
+"""Benchmark of the kernel-space solver (DESIGN.md section 4, "Where the time goes").
+
+Usage::
+
+    python benchmarks/solver.py [--sizes S,M,L] [--json out.json]
+
+For every size: synthetic Gaussian-mixture data (dim 64, 10 classes), an iid
+partition over ``Q`` agents, a ring with Metropolis weights, the analytic NTK
+of ``MLP(hidden=(1024, 1024), out=10)``, DGD at half the sufficient stability
+bound, ``steps = linspace(0, T, 101)`` (100 recorded intervals), ``N/4`` test
+samples.  Measured:
+
+* kernel s: ``ntkdyn.build_problem`` (analytic kernels, train and test);
+* first-call s / warm s: ``ntkdyn.predict.run_problem`` (the first call in a
+  fresh process includes JIT compilation; the second is warm);
+* peak RSS: ``VmHWM`` of the process (each size runs in its own subprocess, so
+  the figure is that size's own peak, taken before the dense reference);
+* GB/s achieved: ``T * N^2 * 8 bytes / warm s`` (one read of the training
+  kernel per step; the records add ~1%), compared with this machine's read
+  bandwidth measured by ``np.sum`` over a 1 GiB array (best of 1 thread and one
+  thread per core);
+* sweep ratio: a 10-rate sweep (warm; compiled beforehand by a 25-step call)
+  over one warm prediction;
+* dense ratio (size S only): a plain numpy reference that builds the stacked
+  ``(Q N) x (Q N)`` DGD operator explicitly and iterates it, over one warm
+  prediction; its recorded train losses are checked against the solver's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+SIZES = {  # Q agents, N training samples, K outputs, T steps
+    "S": dict(q=8, n=512, k=10, steps=2_000),
+    "M": dict(q=16, n=2_048, k=10, steps=5_000),
+    "L": dict(q=32, n=8_192, k=10, steps=10_000),
+}
+RECORDS = 100
+SWEEP_RATES = 10
+AGREEMENT_TOL = 1e-8
+
+
+# --------------------------------------------------------------------------- machine
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    import jax
+
+    return {"cpu": _cpu_model(), "cores": cores, "ram_gb": round(mem_gb, 1),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "jax_backend": jax.default_backend(), "numpy": np.__version__}
+
+
+def memory_bandwidth(gib: float = 1.0, repeats: int = 3) -> dict:
+    """Read bandwidth (``np.sum`` of a ``gib`` GiB array) and copy bandwidth, in GB/s."""
+    a = np.ones(int(gib * 2**30) // 8)
+    a.sum()
+    out = {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    for threads in sorted({1, cores}):
+        parts = np.array_split(a, threads)
+        with ThreadPoolExecutor(threads) as ex:
+            best = min(_timed(lambda ex=ex, parts=parts: list(ex.map(np.sum, parts)))
+                       for _ in range(repeats))
+        out[f"read_{threads}thread_gbs"] = a.nbytes / best / 1e9
+    b = np.empty_like(a)
+    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
+    out["copy_gbs"] = 2 * a.nbytes / best / 1e9  # read + write (write-allocate not counted)
+    out["reference_gbs"] = max(v for k, v in out.items() if k.startswith("read_"))
+    return out
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- dense reference
+def dense_reference(theta, y, f0, agent, w, lr, steps) -> np.ndarray:
+    """Train losses ``(len(steps), Q)`` of DGD from the explicit stacked operator.
+
+    State ``x`` is ``(Q N, K)``, agent ``q``'s block ``alpha_q`` (``theta_q -
+    theta_0 = J^T alpha_q``).  One step ``x <- A x + c`` with
+    ``A = kron(W, I_N) - lr blockdiag_q(E_q Theta[S_q, :] / N_q)`` and
+    ``c_q = -lr E_q (f0 - Y)[S_q] / N_q``; outputs ``f0 + Theta alpha_q``; loss
+    ``1/(2N) sum_i ||f_i - y_i||^2`` over the pooled training set.
+    """
+    n, k = y.shape
+    q_count = w.shape[0]
+    a = np.kron(w, np.eye(n))
+    c = np.zeros((q_count * n, k))
+    for q in range(q_count):
+        s_q = np.flatnonzero(agent == q)
+        rows = q * n + s_q
+        a[rows, q * n:(q + 1) * n] -= lr * theta[s_q, :] / len(s_q)
+        c[rows] = -lr * (f0 - y)[s_q] / len(s_q)
+    x = np.zeros((q_count * n, k))
+    wanted = set(int(s) for s in steps)
+    losses = {}
+    for t in range(int(steps[-1]) + 1):
+        if t in wanted:
+            out = f0[None] + np.einsum("ij,qjk->qik", theta, x.reshape(q_count, n, k))
+            losses[t] = 0.5 * np.sum((out - y[None]) ** 2, axis=(1, 2)) / n
+        if t < steps[-1]:
+            x = a @ x + c
+    return np.stack([losses[int(s)] for s in steps])
+
+
+# --------------------------------------------------------------------------- one size
+def run_size(name: str) -> dict:
+    import ntkdyn
+    from ntkdyn.predict import run_problem
+    from ntkdyn.spectrum import sufficient_bound
+
+    cfg = SIZES[name]
+    q, n, k, t_max = cfg["q"], cfg["n"], cfg["k"], cfg["steps"]
+    res = {"size": name, "Q": q, "N": n, "K": k, "steps": t_max, "n_test": n // 4,
+           "records": RECORDS, "load_start": os.getloadavg()[0]}
+    data = ntkdyn.data.synthetic(n_train=n, n_test=n // 4, dim=64, classes=k, seed=0)
+    parts = ntkdyn.data.partition(data, agents=q, scheme="iid", seed=0)
+    w = ntkdyn.graphs.mixing(ntkdyn.graphs.topology("ring", q))
+    arch = ntkdyn.models.MLP(hidden=(1024, 1024), out=k)
+
+    t = time.perf_counter()
+    problem = ntkdyn.build_problem(arch, parts, w)
+    res["kernel_s"] = time.perf_counter() - t
+    _log(f"{name}: kernel {res['kernel_s']:.2f} s")
+
+    bound = sufficient_bound(problem, "dgd")
+    lr = 0.5 * bound
+    res["lr_bound"], res["lr"] = bound, lr
+    steps = np.linspace(0, t_max, RECORDS + 1).astype(int)
+
+    t = time.perf_counter()
+    run_problem(problem, "dgd", [lr], steps)
+    res["first_s"] = time.perf_counter() - t
+    _log(f"{name}: first call {res['first_s']:.2f} s")
+    t, c = time.perf_counter(), time.process_time()
+    traj = run_problem(problem, "dgd", [lr], steps)[0]
+    res["warm_s"] = time.perf_counter() - t
+    res["warm_cpu_s"] = time.process_time() - c
+    _log(f"{name}: warm call {res['warm_s']:.2f} s (process CPU {res['warm_cpu_s']:.2f} s, "
+         f"load average {os.getloadavg()[0]:.1f})")
+    res["status"] = traj.status
+
+    rates = list(bound * np.linspace(0.05, 0.95, SWEEP_RATES))
+    run_problem(problem, "dgd", rates, np.arange(25))  # compile the 10-rate chunk
+    t = time.perf_counter()
+    run_problem(problem, "dgd", rates, steps)
+    res["sweep_s"] = time.perf_counter() - t
+    res["sweep_ratio"] = res["sweep_s"] / res["warm_s"]
+    res["load_end"] = os.getloadavg()[0]
+    _log(f"{name}: 10-rate sweep {res['sweep_s']:.2f} s")
+
+    res["peak_rss_gb"] = _proc_status_kb("VmHWM") * 1024 / 1e9
+    res["kernel_bytes"] = problem.kernel.nbytes
+    res["achieved_gbs"] = t_max * problem.kernel.nbytes / res["warm_s"] / 1e9
+
+    if name == "S":
+        theta = np.asarray(arch.kernel(parts.dataset.x_train))  # recomputed, unsorted path
+        y = parts.dataset.y_train
+        t = time.perf_counter()
+        ref = dense_reference(theta, y, np.zeros_like(y), parts.agent, w, lr, steps)
+        res["dense_s"] = time.perf_counter() - t
+        res["dense_ratio"] = res["dense_s"] / res["warm_s"]
+        res["dense_agreement"] = float(np.max(np.abs(traj.train_loss - ref))
+                                       / np.max(np.abs(ref)))
+        res["dense_agrees"] = res["dense_agreement"] < AGREEMENT_TOL
+        _log(f"{name}: dense reference {res['dense_s']:.2f} s, train-loss agreement "
+             f"{res['dense_agreement']:.2e} (relative)")
+    return res
+
+
+# --------------------------------------------------------------------------- report
+def table(results: list[dict], bw: dict) -> str:
+    head = ("| size | Q | N | K | steps | kernel s | first-call s | warm s | peak RSS GB "
+            "| GB/s achieved | % of measured bandwidth | sweep ratio | dense ratio |")
+    lines = [head, "|" + "---|" * 13]
+    for r in results:
+        dense = f"{r['dense_ratio']:.1f}" if "dense_ratio" in r else "-"
+        lines.append(
+            f"| {r['size']} | {r['Q']} | {r['N']:,} | {r['K']} | {r['steps']:,} "
+            f"| {r['kernel_s']:.2f} | {r['first_s']:.2f} | {r['warm_s']:.2f} "
+            f"| {r['peak_rss_gb']:.2f} | {r['achieved_gbs']:.1f} "
+            f"| {100 * r['achieved_gbs'] / bw['reference_gbs']:.0f}% "
+            f"| {r['sweep_ratio']:.2f} | {dense} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="S,M", help="comma-separated subset of S,M,L")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # one size in a fresh process
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        res = run_size(args.worker)
+        with open(args.worker_out, "w") as fh:
+            json.dump(res, fh)
+        return 0
+
+    sizes = [s.strip().upper() for s in args.sizes.split(",") if s.strip()]
+    bad = [s for s in sizes if s not in SIZES]
+    if bad:
+        ap.error(f"--sizes: unknown size(s) {bad}; expected a subset of {sorted(SIZES)}")
+    info = machine()
+    bw = memory_bandwidth()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram_gb']} GB RAM; "
+          f"jax {info['jax']} ({info['jax_backend']}), numpy {info['numpy']}, "
+          f"python {info['python']}")
+    reads = ", ".join(f"{k.split('_')[1]} {v:.1f} GB/s" for k, v in bw.items()
+                      if k.startswith("read_"))
+    print(f"measured memory bandwidth (1 GiB, best of 3): read {reads}; copy "
+          f"{bw['copy_gbs']:.1f} GB/s; reference = {bw['reference_gbs']:.1f} GB/s (best read)",
+          flush=True)
+
+    results = []
+    for name in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "res.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
+                   "--worker-out", out]
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0:
+                print(f"size {name}: worker failed (exit {proc.returncode})", file=sys.stderr)
+                return proc.returncode
+            with open(out) as fh:
+                results.append(json.load(fh))
+
+    print()
+    print(table(results, bw))
+    print()
+    for r in results:
+        print(f"size {r['size']}: warm call used {r['warm_cpu_s']:.2f} s of process CPU time "
+              f"for {r['warm_s']:.2f} s wall; 1-min load average {r['load_start']:.1f} at start, "
+              f"{r['load_end']:.1f} after the sweep (> {info['cores']} means other processes "
+              "shared the cores and the wall times are inflated)")
+    print("kernel s: build_problem (analytic train + test kernels); first-call includes JIT "
+          "compile; warm = second call; peak RSS = VmHWM of a fresh process per size; GB/s "
+          "achieved = steps * N^2 * 8 B / warm s; sweep ratio = warm 10-rate sweep / warm "
+          "single prediction; dense ratio = explicit (QN)x(QN) numpy DGD / warm solver.")
+    for r in results:
+        if "dense_agreement" in r:
+            verdict = "OK" if r["dense_agrees"] else "FAILED"
+            print(f"size {r['size']}: dense reference train losses agree with the solver to "
+                  f"{r['dense_agreement']:.2e} relative (tolerance {AGREEMENT_TOL:g}): {verdict}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "bandwidth": bw, "results": results}, fh, indent=2)
+    return 0 if all(r.get("dense_agrees", True) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
