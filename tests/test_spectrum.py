@@ -115,3 +115,16 @@ def test_arpack_path_agrees_with_dense():
     dense = stab.spectral_radius(prob, "atc", s, method="dense")
     arpack = stab.spectral_radius(prob, "atc", s, method="arpack")
     assert arpack == pytest.approx(dense, rel=1e-8)
+
+
+def test_complex_pair_leaving_the_disc_is_bracketed():
+    """Indefinite W: no -1 crossing for ATC; a complex pair leaves the unit disc at 4.5."""
+    w = np.array([[0.1, 0.9], [0.9, 0.1]])
+    prob = make_problem(np.eye(4), np.eye(2)[[0, 1, 0, 1]], np.array([0, 0, 1, 1]), w)
+    for algorithm in ("atc", "cta"):
+        lr_star, method = stab.max_stable_lr(prob, algorithm)
+        assert method == "brent-dense"
+        assert lr_star == pytest.approx(4.5, rel=1e-8)
+        eig = np.linalg.eigvals(stab.dense_operator(prob, algorithm, 1.01 * lr_star))
+        leaving = eig[np.abs(eig) > 1]
+        assert leaving.size and np.all(np.abs(leaving.imag) > 0.1)  # complex, not -1
