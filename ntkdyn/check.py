@@ -212,7 +212,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     if chosen.inside:
         rates.append(cfg.training.lr)
     trajs = run_problem(problem, cfg.training.algorithm, rates, cfg.steps, progress=progress,
-                        check_stability=False)
+                        check_stability=False, reference=False)
     sweep = [_summarise(t, target) for t in trajs[: len(SWEEP_FRACTIONS)]]
     prediction = None
     if chosen.inside:
@@ -255,7 +255,7 @@ def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     row.update(lr_star=rep.lr_star, lr_bound=rep.lr_bound, inside=rep.stable)
     if rep.stable:
         traj = run_problem(problem, cfg.training.algorithm, [cfg.training.lr], cfg.steps,
-                           check_stability=False)[0]
+                           check_stability=False, reference=False)[0]
         s = _summarise(traj, cfg.prediction.target_loss)
         row.update(final_test_loss=s["final_test_loss"], final_test_acc=s["final_test_acc"],
                    steps_to_target=s["steps_to_target"])

@@ -168,11 +168,13 @@ def predict(
     continuous: bool = False,
     record_outputs: bool = False,
     progress: bool = False,
+    reference: bool = True,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
     See :func:`build_problem` for ``kernel``, ``seed``, ``params``, ``f0``,
-    ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest.
+    ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest (``reference``:
+    also run the centralised reference).
 
     Examples
     --------
@@ -190,7 +192,8 @@ def predict(
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
-                       record_outputs=record_outputs, progress=progress, metadata=meta)[0]
+                       record_outputs=record_outputs, progress=progress, metadata=meta,
+                       reference=reference)[0]
 
 
 def predict_sweep(
@@ -206,13 +209,15 @@ def predict_sweep(
     params: Any = None,
     f0: str | None = None,
     progress: bool = False,
+    reference: bool = True,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel."""
     problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
                             f0=f0, rates=len(lrs))
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
-    return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta)
+    return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
+                       reference=reference)
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:

@@ -163,7 +163,7 @@ def _loss_acc(out, y, labels):
     return sq, acc
 
 
-def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs):
+def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True):
     f0, y, labels, shard_w = data["f0"], data["y"], data["labels"], data["shard_weights"]
     a, rows, c = x.shape
     n, k = y.shape
@@ -176,7 +176,6 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs):
     local = sq @ shard_w  # (A, n_rates, Q)
     xa, ua = xs[:q_count], us[:q_count]
     xm, um = xa.mean(axis=0), ua.mean(axis=0)
-    xc, uc = xs[q_count], us[q_count]
 
     def quad(dx, du):
         return jnp.sqrt(jnp.maximum(jnp.sum(dx * du, axis=(-2, -1)), 0.0))
@@ -190,10 +189,11 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs):
         "train_acc": acc,
         "param_dist": quad(xs, us),
         "consensus_dist": quad(xa - xm, ua - um),
-        "central_dist": quad(xa - xc, ua - uc),
         "mean_model_train_loss": sq_m.mean(axis=-1)[0],
         "mean_model_train_acc": acc_m[0],
     }
+    if central:
+        rec["central_dist"] = quad(xa - xs[q_count], ua - us[q_count])
     if record_outputs:
         rec["train_outputs"] = out
     if has_test:
@@ -219,16 +219,16 @@ def _divergence_check(x, diverged, div_at, step_no, limit_per_step, c0):
 
 
 @partial(jax.jit, static_argnames=("step_fn", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs"))
+                                   "has_test", "record_outputs", "central"))
 def _run_chunk(carry, schedule, data, *, step_fn, offsets, traced, n_rates, continuous,
-               has_test, record_outputs):
+               has_test, record_outputs, central):
     """Advance through a chunk of records; returns the new carry and the records."""
     q_count = len(offsets) - 1
     y = data["y"]
     k = y.shape[1]
     rps = 1 if traced else k
     c0 = k if traced else 1
-    common = dict(offsets=offsets, rows_per_sample=rps, central=True)
+    common = dict(offsets=offsets, rows_per_sample=rps, central=central)
     ops = kernel_operators(data["blocks"], data["residual"], data["mixing"], data["lr_cols"],
                            **common)
     ops_lin = kernel_operators(data["blocks"], jnp.zeros_like(data["residual"]),
@@ -263,7 +263,7 @@ def _run_chunk(carry, schedule, data, *, step_fn, offsets, traced, n_rates, cont
         state = advance(state, n_sub, h)
         x, t, diverged, div_at = state
         rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
-                      has_test=has_test, record_outputs=record_outputs)
+                      has_test=has_test, record_outputs=record_outputs, central=central)
         rec["diverged"] = diverged
         return state, rec
 
@@ -298,7 +298,8 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
     return float(power(v0))
 
 
-def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True) -> dict:
+def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
+                 central: bool = True) -> dict:
     n_rates = lrs.shape[0]
     k = problem.num_outputs
     c0 = k if problem.traced else 1
@@ -314,7 +315,7 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
         "blocks": row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample),
         "residual": jnp.asarray(residual),
         "mixing": jnp.asarray(problem.mixing),
-        "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=True)),
+        "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=central)),
         "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_max * res_max / counts.min()),
     }
     if for_records:
@@ -337,6 +338,7 @@ def evolve(
     record_outputs: bool = False,
     chunk: int = 25,
     progress: bool = False,
+    central: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -348,12 +350,16 @@ def evolve(
         One row of per-agent learning rates per prediction sharing the kernel.
     steps : (T,) non-decreasing
         Iteration numbers (discrete) or times in steps (``continuous=True``).
+    central : bool
+        Carry the centralised reference (one more slot: the per-step product has
+        twice the columns, so about 1.6x the time where the solver is compute bound).
 
     Returns
     -------
     dict
-        Arrays of shape ``(T, n_rates, A)`` (``A = Q + 1`` slots; the last is
-        the centralised reference) or ``(T, n_rates)`` for ``mean_model_*``;
+        Arrays of shape ``(T, A, n_rates)`` (``A = Q + 1`` slots, the last being
+        the centralised reference, or ``Q`` without it) or ``(T, n_rates)`` for
+        ``mean_model_*``;
         ``diverged`` ``(T, n_rates)`` flags and ``diverged_at`` ``(n_rates,)``
         (``-1`` when the run stayed bounded).
     """
@@ -361,7 +367,7 @@ def evolve(
     n_rates = lrs.shape[0]
     k = problem.num_outputs
     c0 = k if problem.traced else 1
-    data = _device_data(problem, lrs)
+    data = _device_data(problem, lrs, central=central)
     steps = np.asarray(steps)
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
     if continuous:
@@ -371,12 +377,12 @@ def evolve(
         h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
     else:
         n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
-    shape = (problem.num_agents + 1, problem.kernel.shape[0], n_rates * c0)
+    shape = (problem.num_agents + int(central), problem.kernel.shape[0], n_rates * c0)
     carry = (jnp.zeros(shape), jnp.asarray(0.0), jnp.zeros(n_rates, bool),
              jnp.full(n_rates, -1.0))
     static = dict(step_fn=algorithm.step, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
-                  record_outputs=record_outputs)
+                  record_outputs=record_outputs, central=central)
     total = len(steps)
     chunk = max(1, min(chunk, total))
     pieces = []

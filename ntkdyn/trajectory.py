@@ -14,7 +14,7 @@ training harness):
   ``consensus_dist = ||theta_q - mean_p theta_p||``,
   ``central_dist = ||theta_q - theta_c||`` where ``theta_c`` follows the same
   algorithm run centrally (one agent holding all the data, learning rate the
-  mean of the agents', same steps);
+  mean of the agents', same steps; ``None`` when run with ``reference=False``);
 * ``central_*`` arrays (``(T,)``) describe that centralised reference and
   ``mean_model_*`` the network-averaged model ``mean_q theta_q``;
 * time is counted in steps (iterations); for a gradient-flow prediction
@@ -62,13 +62,13 @@ class Trajectory:
     train_acc: np.ndarray
     param_dist: np.ndarray
     consensus_dist: np.ndarray
-    central_dist: np.ndarray
-    central_train_loss: np.ndarray
-    central_objective: np.ndarray
-    central_train_acc: np.ndarray
-    central_param_dist: np.ndarray
     mean_model_train_loss: np.ndarray
     mean_model_train_acc: np.ndarray
+    central_dist: np.ndarray | None = None
+    central_train_loss: np.ndarray | None = None
+    central_objective: np.ndarray | None = None
+    central_train_acc: np.ndarray | None = None
+    central_param_dist: np.ndarray | None = None
     test_loss: np.ndarray | None = None
     test_acc: np.ndarray | None = None
     central_test_loss: np.ndarray | None = None
@@ -114,8 +114,11 @@ class Trajectory:
             lines.append(f"diverged at step {self.diverged_at}")
         if "divergence" in self.metadata:
             lines.append(self.metadata["divergence"])
-        lines.append(f"train loss (mean over agents) {self.train_loss[-1].mean():.6g}, "
-                     f"centralised {self.central_train_loss[-1]:.6g}")
+        if not len(self.steps):
+            return "\n".join(lines + ["no record before divergence"])
+        central = ("" if self.central_train_loss is None
+                   else f", centralised {self.central_train_loss[-1]:.6g}")
+        lines.append(f"train loss (mean over agents) {self.train_loss[-1].mean():.6g}{central}")
         if self.test_loss is not None:
             lines.append(f"test loss {self.test_loss[-1].mean():.6g}, test accuracy "
                          f"{self.test_acc[-1].mean():.4f}")

@@ -151,3 +151,14 @@ def test_unsorted_agents_give_outputs_in_caller_order():
                               w, 0.2, range(9), "dgd", f0_train=net.f0[perm],
                               record_outputs=True)
     assert rel_err(t2.train_outputs, t1.train_outputs[:, :, perm]) < 1e-12
+
+
+def test_without_reference_agents_are_unchanged(net):
+    w = graphs.mixing(graphs.topology("ring", 4))
+    full = _predict(net, w, 0.3, "atc", 15)
+    lean = _predict(net, w, 0.3, "atc", 15, reference=False)
+    for name in ("train_outputs", "test_loss", "param_dist", "consensus_dist", "objective"):
+        assert rel_err(getattr(lean, name), getattr(full, name)) < 1e-13, name
+    assert lean.central_dist is None and lean.central_train_loss is None
+    assert full.central_dist is not None
+    assert "centralised" not in lean.summary()
