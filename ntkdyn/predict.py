@@ -59,6 +59,7 @@ def run_problem(
     metadata: dict | None = None,
     check_stability: bool | None = None,
     reference: bool = True,
+    kernel_dtype: str = "float64",
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
@@ -68,6 +69,8 @@ def run_problem(
     gets ``status = "unstable"`` (or ``"diverged"`` once its state left every bound)
     and the report in ``metadata["stability"]``.  ``reference=False`` drops the
     centralised reference (``central_*`` fields ``None``), about 1.6x faster.
+    ``kernel_dtype="float32"`` stores the kernels in float32 (half the memory and
+    bandwidth; the state stays float64; see the README for the error this costs).
     """
     algo = get_algorithm(algorithm)
     q_count = problem.num_agents
@@ -75,13 +78,15 @@ def run_problem(
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     _check_memory(problem, len(rate_rows), len(steps), record_outputs)
     raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,
-                        record_outputs=record_outputs, progress=progress, central=reference)
+                        record_outputs=record_outputs, progress=progress, central=reference,
+                        kernel_dtype=kernel_dtype)
     base_meta = {
         "algorithm": algo.name,
         "num_agents": q_count,
         "num_train": problem.num_train,
         "num_outputs": problem.num_outputs,
         "kernel_layout": "traced" if problem.traced else "full",
+        "kernel_dtype": kernel_dtype,
         "mixing": problem.mixing.tolist(),
         "versions": versions(),
         **(metadata or {}),
@@ -181,6 +186,7 @@ def predict_from_kernels(
     record_outputs: bool = False,
     progress: bool = False,
     reference: bool = True,
+    kernel_dtype: str = "float64",
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -220,6 +226,8 @@ def predict_from_kernels(
     reference : bool
         Also run the centralised reference (``central_*`` fields); ``False`` is
         about 1.6x faster where the solver is compute bound.
+    kernel_dtype : "float64" (default) or "float32"
+        Kernel storage; float32 halves memory and bandwidth, the state stays float64.
 
     Returns
     -------
@@ -240,7 +248,8 @@ def predict_from_kernels(
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
-                       metadata={"kernel": "user"}, reference=reference)[0]
+                       metadata={"kernel": "user"}, reference=reference,
+                       kernel_dtype=kernel_dtype)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,

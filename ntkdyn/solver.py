@@ -52,26 +52,38 @@ DIVERGENCE_FACTOR = 1e8
 
 
 # --------------------------------------------------------------------------- operators
-def row_blocks(kernel: np.ndarray, offsets: tuple[int, ...], rows_per_sample: int):
+def row_blocks(kernel: np.ndarray, offsets: tuple[int, ...], rows_per_sample: int,
+               dtype=jnp.float64):
     """Agents' row blocks ``Theta[S_q, :]``, split once (slicing inside a jitted loop copies).
 
     Equal shards give one ``(Q, n, R)`` array (one batched product per step);
-    unequal shards a tuple of ``(n_q, R)`` arrays.
+    unequal shards a tuple of ``(n_q, R)`` arrays.  ``dtype=float32`` halves the
+    memory and the bytes read per step; products are then formed in float32 and
+    added to the float64 state.
     """
     counts = np.diff(offsets)
     bounds = [(offsets[q] * rows_per_sample, offsets[q + 1] * rows_per_sample)
               for q in range(len(counts))]
     if np.all(counts == counts[0]):
         n = counts[0] * rows_per_sample
-        return jnp.asarray(np.asarray(kernel).reshape(len(counts), n, kernel.shape[1]))
-    return tuple(jnp.asarray(kernel[s:e]) for s, e in bounds)
+        return jnp.asarray(np.asarray(kernel).reshape(len(counts), n, kernel.shape[1]),
+                           dtype=dtype)
+    return tuple(jnp.asarray(kernel[s:e], dtype=dtype) for s, e in bounds)
 
 
 def kernel_times(blocks, flat):
-    """``Theta @ flat`` from the agents' row blocks."""
+    """``Theta @ flat`` from the agents' row blocks (result in ``flat``'s dtype)."""
+    low = _blocks_dtype(blocks)
+    f = flat.astype(low)
     if isinstance(blocks, tuple):
-        return jnp.concatenate([b @ flat for b in blocks], axis=0)
-    return jnp.einsum("qnr,rm->qnm", blocks, flat).reshape(-1, flat.shape[1])
+        out = jnp.concatenate([b @ f for b in blocks], axis=0)
+    else:
+        out = jnp.einsum("qnr,rm->qnm", blocks, f).reshape(-1, flat.shape[1])
+    return out.astype(flat.dtype)
+
+
+def _blocks_dtype(blocks):
+    return (blocks[0] if isinstance(blocks, tuple) else blocks).dtype
 
 
 def kernel_operators(
@@ -106,7 +118,7 @@ def kernel_operators(
         rhs = x[:q_count]
         if central:
             rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
-        prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs)  # (Q, n, C or 2C)
+        prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs.astype(blocks.dtype)).astype(x.dtype)
         res = jnp.broadcast_to(residual, (rows, c)).reshape(q_count, n, c)
         r_agents = (res + prod[..., :c]) / counts[0]
         eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
@@ -122,7 +134,7 @@ def kernel_operators(
         for q in range(q_count):
             s, e = offsets[q] * rps, offsets[q + 1] * rps
             rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if central else x[q]
-            prod = blocks[q] @ rhs
+            prod = (blocks[q] @ rhs.astype(blocks[q].dtype)).astype(x.dtype)
             r_q = residual[s:e] + prod[:, :c]
             g_agents.append(jnp.pad(r_q / counts[q], ((s, rows - e), (0, 0))))
             if central:
@@ -198,7 +210,8 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
         rec["train_outputs"] = out
     if has_test:
         kt, f0t, yt, lt = data["kernel_test"], data["f0_test"], data["y_test"], data["labels_test"]
-        ut = _to_samples((kt @ flat).reshape(-1, a, c), yt.shape[0], k, n_rates, traced)
+        prod_t = (kt @ flat.astype(kt.dtype)).astype(flat.dtype)
+        ut = _to_samples(prod_t.reshape(-1, a, c), yt.shape[0], k, n_rates, traced)
         out_t = f0t + ut
         sqt, acct = _loss_acc(out_t, yt, lt)
         sqt_m, acct_m = _loss_acc(out_t[:q_count].mean(axis=0, keepdims=True), yt, lt)
@@ -299,7 +312,7 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
 
 
 def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
-                 central: bool = True) -> dict:
+                 central: bool = True, kernel_dtype: str = "float64") -> dict:
     n_rates = lrs.shape[0]
     k = problem.num_outputs
     c0 = k if problem.traced else 1
@@ -312,7 +325,8 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
     lr_max = lrs.max(axis=1)
     res_max = max(float(np.max(np.abs(problem.residual0))), 1e-300)
     data = {
-        "blocks": row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample),
+        "blocks": row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample,
+                             dtype=jnp.dtype(kernel_dtype)),
         "residual": jnp.asarray(residual),
         "mixing": jnp.asarray(problem.mixing),
         "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=central)),
@@ -322,7 +336,7 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
         data.update(f0=jnp.asarray(problem.f0_train), y=jnp.asarray(problem.y_train),
                     labels=jnp.asarray(problem.labels_train), shard_weights=jnp.asarray(shard_w))
         if problem.has_test:
-            data.update(kernel_test=jnp.asarray(problem.kernel_test),
+            data.update(kernel_test=jnp.asarray(problem.kernel_test, dtype=kernel_dtype),
                         f0_test=jnp.asarray(problem.f0_test), y_test=jnp.asarray(problem.y_test),
                         labels_test=jnp.asarray(problem.labels_test))
     return data
@@ -339,6 +353,7 @@ def evolve(
     chunk: int = 25,
     progress: bool = False,
     central: bool = True,
+    kernel_dtype: str = "float64",
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -353,6 +368,9 @@ def evolve(
     central : bool
         Carry the centralised reference (one more slot: the per-step product has
         twice the columns, so about 1.6x the time where the solver is compute bound).
+    kernel_dtype : "float64" or "float32"
+        Storage of the kernels; float32 halves memory and bandwidth (the state and
+        its accumulation stay float64; the products are formed in float32).
 
     Returns
     -------
@@ -367,7 +385,9 @@ def evolve(
     n_rates = lrs.shape[0]
     k = problem.num_outputs
     c0 = k if problem.traced else 1
-    data = _device_data(problem, lrs, central=central)
+    if kernel_dtype not in ("float64", "float32"):
+        raise ValueError(f"kernel_dtype: expected 'float64' or 'float32', got {kernel_dtype!r}")
+    data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype)
     steps = np.asarray(steps)
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
     if continuous:

@@ -162,3 +162,14 @@ def test_without_reference_agents_are_unchanged(net):
     assert lean.central_dist is None and lean.central_train_loss is None
     assert full.central_dist is not None
     assert "centralised" not in lean.summary()
+
+
+def test_float32_kernel_stays_close_to_float64(net):
+    """kernel_dtype='float32': products in float32, state in float64 (README states ~1e-6)."""
+    w = graphs.mixing(graphs.topology("ring", 4))
+    f64 = _predict(net, w, 0.3, "dgd", 30)
+    f32 = _predict(net, w, 0.3, "dgd", 30, kernel_dtype="float32")
+    assert rel_err(f32.train_outputs, f64.train_outputs) < 1e-5
+    assert rel_err(f32.param_dist, f64.param_dist) < 1e-5
+    assert 0 < rel_err(f32.train_loss, f64.train_loss) < 1e-5  # not silently float64
+    assert f32.metadata["kernel_dtype"] == "float32"
