@@ -11,6 +11,8 @@ predict_from_kernels, sweep_from_kernels
 build_problem, make_problem     the kernel-space problem, for stability / fixed_point
 stability, fixed_point          exact lr*, sufficient bound, spectral radius; steady state
 Trajectory                      per-agent metrics, save / load (.npz)
+train.train                     real peer-to-peer training (vmapped agents, jitted steps)
+validate                        trained vs predicted trajectories, agreement, overlay figures
 """
 
 from . import (
@@ -21,8 +23,10 @@ from . import (
     graphs,
     kernels,
     models,
+    train,  # the module: ntkdyn.train.train
 )
 from .algorithms import Algorithm
+from .harness import ValidationResult, validate
 from .pipeline import build_problem, fixed_point, init_params, predict, predict_sweep, stability
 from .predict import predict_from_kernels, sweep_from_kernels
 from .problem import KernelProblem, make_problem
@@ -36,5 +40,5 @@ __all__ = [
     "Algorithm", "FixedPoint", "KernelProblem", "StabilityReport", "Trajectory",
     "activations", "algorithms", "build_problem", "data", "fixed_point", "graphs",
     "init_params", "kernels", "make_problem", "models", "predict", "predict_from_kernels",
-    "predict_sweep", "stability", "sweep_from_kernels",
+    "predict_sweep", "stability", "sweep_from_kernels", "train", "validate", "ValidationResult",
 ]

@@ -46,9 +46,6 @@ from it and gives the same result bit for bit.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -61,6 +58,9 @@ import numpy as np
 
 from . import graphs
 from .algorithms import Algorithm, Operators, get_algorithm
+from .checkpoint import fingerprint as _fingerprint
+from .checkpoint import load as _load_checkpoint
+from .checkpoint import save as _save_checkpoint
 from .data import Partition
 from .models import MLP
 from .pipeline import _describe, init_params
@@ -70,7 +70,6 @@ from .validation import learning_rates, steps_array
 MODELS = ("nonlinear", "linearised")
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 DIVERGENCE_FACTOR = 1e3
-CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -161,11 +160,30 @@ def _deviation(setup: _Setup, data: dict, x):
                         theta0)
 
 
+def _agent_deviations(tree, q: int):
+    """``(x_a - x_0, mean_a (x_a - x_0), x_0)`` per leaf in float64: the consensus error
+    without the round-off of a mean (zero for equal agents), summed slice by slice (XLA's CPU
+    reduction over a leading axis is slow)."""
+    base = jax.tree.map(lambda leaf: leaf[0].astype(jnp.float64), tree)
+    dev = jax.tree.map(lambda leaf, b: leaf[:q].astype(jnp.float64) - b[None], tree, base)
+    mean_dev = jax.tree.map(lambda d: sum(d[a] for a in range(1, q)) / q if q > 1
+                            else jnp.zeros_like(d[0]), dev)
+    return dev, mean_dev, base
+
+
+def _agent_mean(tree, q: int):
+    """``mean_q tree[q]`` in float64."""
+    _, mean_dev, base = _agent_deviations(tree, q)
+    return jax.tree.map(jnp.add, base, mean_dev)
+
+
 def _record(setup: _Setup, data: dict, x) -> dict:
     q = setup.q
     axis0 = 0 if setup.independent else None
-    mean = jax.tree.map(lambda leaf: leaf[:q].mean(axis=0), x)
-    theta0_mean = (jax.tree.map(lambda leaf: leaf[:q].mean(axis=0), data["theta0"])
+    mean64 = _agent_mean(x, q)
+    mean = jax.tree.map(lambda m, leaf: m.astype(leaf.dtype), mean64, x)
+    theta0_mean = (jax.tree.map(lambda m, leaf: m.astype(leaf.dtype),
+                                _agent_mean(data["theta0"], q), data["theta0"])
                    if setup.independent else data["theta0"])
     outputs = jax.vmap(partial(_model_out, setup), in_axes=(0, axis0, None))
 
@@ -173,9 +191,9 @@ def _record(setup: _Setup, data: dict, x) -> dict:
         f = outputs(x, data["theta0"], xs)  # (A, M, K)
         fm = _model_out(setup, mean, theta0_mean, xs)
         sq = 0.5 * jnp.sum((f - y) ** 2, axis=-1)
-        acc = jnp.mean(jnp.argmax(f, axis=-1) == labels, axis=-1)
+        acc = jnp.mean(jnp.argmax(f, axis=-1) == labels, axis=-1, dtype=jnp.float64)
         sq_m = 0.5 * jnp.mean(jnp.sum((fm - y) ** 2, axis=-1))
-        acc_m = jnp.mean(jnp.argmax(fm, axis=-1) == labels)
+        acc_m = jnp.mean(jnp.argmax(fm, axis=-1) == labels, dtype=jnp.float64)
         return f, sq, acc, sq_m, acc_m
 
     f, sq, acc, sq_m, acc_m = evaluate(data["x_train"], data["y_train"], data["labels_train"])
@@ -188,7 +206,7 @@ def _record(setup: _Setup, data: dict, x) -> dict:
         "train_acc": acc,
         "param_dist": jnp.sqrt(_sq_norms(dev)),
         "consensus_dist": jnp.sqrt(_sq_norms(jax.tree.map(
-            lambda a, m: a[:q].astype(jnp.float64) - m.astype(jnp.float64)[None], x, mean))),
+            lambda d, m: d - m[None], *_agent_deviations(x, q)[:2]))),
         "central_dist": jnp.sqrt(_sq_norms(jax.tree.map(
             lambda a: a[:q].astype(jnp.float64) - a[q].astype(jnp.float64)[None], x))),
         "mean_model_train_loss": sq_m,
@@ -280,47 +298,6 @@ def _initial_params(arch, dim, params0, seed, dtype, q, independent):
                                    init_params(arch, dim, seed + a)) for a in range(1, q)]
     draws.append(base)
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *draws)
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _fingerprint(description: dict, parts: Partition, theta0) -> str:
-    h = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
-    ds = parts.dataset
-    for arr in (ds.x_train, ds.y_train, ds.x_test, ds.y_test, parts.agent,
-                *jax.tree.leaves(theta0)):
-        h.update(np.ascontiguousarray(np.asarray(arr)).tobytes())
-    return h.hexdigest()
-
-
-def _save_checkpoint(path: Path, fingerprint: str, carry, pieces: list[dict], done: int,
-                     steps_done: int) -> None:
-    x, t, diverged, div_at = carry
-    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(x))}
-    arrays.update(t=np.asarray(t), diverged=np.asarray(diverged), div_at=np.asarray(div_at),
-                  records_done=np.asarray(done), steps_done=np.asarray(steps_done),
-                  fingerprint=np.asarray(fingerprint),
-                  version=np.asarray(CHECKPOINT_VERSION))
-    if pieces:
-        for key in pieces[0]:
-            arrays[f"rec_{key}"] = np.concatenate([p[key] for p in pieces])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, fingerprint: str, x_template):
-    with np.load(path, allow_pickle=False) as ck:
-        if int(ck["version"]) != CHECKPOINT_VERSION or str(ck["fingerprint"]) != fingerprint:
-            raise ValueError(
-                f"checkpoint: {path} was written by a different run (other configuration, "
-                "data, initialisation or version); delete it or choose another path")
-        treedef = jax.tree.structure(x_template)
-        leaves = [jnp.asarray(ck[f"state_{i}"]) for i in range(treedef.num_leaves)]
-        carry = (jax.tree.unflatten(treedef, leaves), jnp.asarray(ck["t"]),
-                 jnp.asarray(ck["diverged"]), jnp.asarray(ck["div_at"]))
-        records = {k[4:]: ck[k] for k in ck.files if k.startswith("rec_")}
-        return carry, records, int(ck["records_done"]), int(ck["steps_done"])
 
 
 # --------------------------------------------------------------------------- entry point

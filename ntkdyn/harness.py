@@ -1,0 +1,357 @@
+"""The validation harness: predicted against observed peer-to-peer training.
+
+:func:`validate` takes a configuration (TOML path or :class:`~ntkdyn.config.Config`)
+and, for every width asked for,
+
+1. trains the real nonlinear network, ``Q`` copies peer to peer
+   (:func:`ntkdyn.train.train`, the configuration's topology, mixing matrix,
+   algorithm, learning rate and partition);
+2. trains the linearised network the same way;
+3. predicts the same trajectory in closed form with the analytic and/or the
+   empirical NTK (:func:`ntkdyn.predict`), from the *same* initialisation: the
+   prediction starts from the network's own outputs at ``theta_0``
+   (``f0 = "network"``) so that only the dynamics are compared;
+4. measures agreement (:mod:`ntkdyn.agreement`) and, with ``out``, writes every
+   trajectory (``.npz``), ``agreement.json`` / ``agreement.txt`` and overlay
+   figures (:mod:`ntkdyn.overlay`); a width sweep adds ``width_sweep.png``.
+
+The empirical kernel is the full one (``(N K) x (N K)``, exact for the
+linearised network) when it takes at most ``FULL_KERNEL_MAX_BYTES``, else the
+traced one (``Theta (x) I_K``); the layout used is recorded.
+
+``training.continuous`` is ignored: networks are trained, and predicted, by the
+discrete iteration.
+
+Long runs: training checkpoints go to ``out/checkpoints/`` as chunks finish;
+``resume=True`` continues from them (and reuses finished trainings); they are
+removed when the whole validation has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import agreement, spectrum
+from .config import Config, load_config
+from .experiment import build_arch, from_config
+from .pipeline import _describe, build_problem, init_params
+from .predict import run_problem
+from .train import train
+from .trajectory import Trajectory
+
+KERNEL_CHOICES = ("analytic", "empirical")
+FULL_KERNEL_MAX_BYTES = 256 * 2**20
+CHECKPOINT_INTERVAL_S = 30.0  # seconds between checkpoint writes of a training
+_OUTPUT_PATTERNS = ("observed.npz", "linearised.npz", "predicted_*.npz", "overlay_*.png",
+                    "overlay_*.pdf", "agreement.json", "agreement.txt")
+
+
+@dataclass(frozen=True)
+class WidthResult:
+    """Everything measured at one width."""
+
+    width: int
+    observed: Trajectory
+    linearised: Trajectory | None
+    predicted: dict[str, Trajectory]
+    agreement: dict[str, dict]
+    timings: dict
+
+    def headline(self) -> dict:
+        """``{kernel: {metric: relative error of the network mean}}`` for the nonlinear network."""
+        return {k: {m: self.agreement[f"nonlinear vs {k}"]["metrics"].get(m, {}).get("mean")
+                    for m in agreement.HEADLINE} for k in self.predicted}
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Result of :func:`validate`: one :class:`WidthResult` per width, and the sweep fit."""
+
+    config: Config
+    runs: tuple[WidthResult, ...]
+    sweep: dict = field(default_factory=dict)
+    out: Path | None = None
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(r.width for r in self.runs)
+
+    def run(self, width: int) -> WidthResult:
+        for r in self.runs:
+            if r.width == width:
+                return r
+        raise ValueError(f"width: {width} was not validated (widths: {self.widths})")
+
+    def to_dict(self) -> dict:
+        return {
+            "widths": list(self.widths),
+            "runs": {str(r.width): {"agreement": r.agreement, "headline": r.headline(),
+                                    "timings": r.timings,
+                                    "status": {"observed": r.observed.status,
+                                               "observed_diverged_at": r.observed.diverged_at,
+                                               "linearised": None if r.linearised is None
+                                               else r.linearised.status,
+                                               **{f"predicted_{k}": p.status
+                                                  for k, p in r.predicted.items()}}}
+                     for r in self.runs},
+            "sweep": self.sweep,
+            "config": self.config.to_dict(),
+        }
+
+    def summary(self) -> str:
+        """Headline errors per width (and the fitted slopes)."""
+        lines = [_describe_run(self.config)]
+        for r in self.runs:
+            lines.append(f"width {r.width}: " + agreement.status_line("nonlinear", r.observed)
+                         + (", " + agreement.status_line("linearised", r.linearised)
+                            if r.linearised is not None else ""))
+            for k, errs in r.headline().items():
+                last = r.agreement[f"nonlinear vs {k}"]["last_step_compared"]
+                if last is None:
+                    upto = " (nothing compared)"
+                elif last < float(self.config.steps[-1]):
+                    upto = f" (compared up to step {last:g} only)"
+                else:
+                    upto = ""
+                lines.append(f"  vs {k} NTK: " + ", ".join(
+                    f"{m} {e:.3g}" for m, e in errs.items() if e is not None) + upto)
+        for key, fit in self.sweep.get("slopes", {}).items():
+            lines.append(f"slope of {key} against width: {fit:.3f} (theory about -0.5)")
+        return "\n".join(lines)
+
+
+def _describe_run(cfg: Config, options: bool = True) -> str:
+    t, v = cfg.training, cfg.validation
+    extra = []
+    if v.batch_size:
+        extra.append(f"mini-batch {v.batch_size} (prediction is of the mean)")
+    if v.independent_init:
+        extra.append("independent initialisations (outside the theory)")
+    return (f"{t.algorithm.upper()} on {cfg.topology.name} ({cfg.partition.agents} agents, "
+            f"{cfg.partition.scheme}), lr={t.lr:g}, {t.steps} steps, depth "
+            f"{cfg.architecture.depth}, {v.dtype}"
+            + ("; " + "; ".join(extra) if extra and options else ""))
+
+
+def _as_config(config_or_path) -> Config:
+    if isinstance(config_or_path, Config):
+        return config_or_path
+    if isinstance(config_or_path, str | Path):
+        return load_config(config_or_path)
+    raise ValueError("config: expected a path to a TOML file or an ntkdyn.config.Config, got "
+                     f"{type(config_or_path).__name__}")
+
+
+def _kernels_arg(kernels) -> tuple[str, ...]:
+    if isinstance(kernels, str):
+        kernels = [k for k in kernels.split(",") if k.strip()]
+    kernels = tuple(k.strip() for k in kernels)
+    bad = [k for k in kernels if k not in KERNEL_CHOICES]
+    if not kernels or bad:
+        raise ValueError(f"kernels: expected a non-empty subset of {KERNEL_CHOICES}, got "
+                         f"{kernels!r}")
+    return kernels
+
+
+def _widths_arg(widths, cfg: Config) -> tuple[int, ...]:
+    if widths is None:
+        widths = cfg.validation.widths or [cfg.architecture.width]
+    if isinstance(widths, str):
+        try:
+            widths = [int(w) for w in widths.split(",") if w.strip()]
+        except ValueError:
+            raise ValueError(f"widths: expected comma-separated integers, got {widths!r}") \
+                from None
+    widths = tuple(int(w) for w in widths)
+    if not widths or any(w <= 0 for w in widths):
+        raise ValueError(f"widths: expected positive integers, got {widths!r}")
+    return tuple(sorted(set(widths)))
+
+
+def validate(
+    config_or_path,
+    *,
+    out: str | Path | None = None,
+    widths=None,
+    kernels=KERNEL_CHOICES,
+    resume: bool = False,
+    progress: bool = False,
+    linearised: bool = True,
+) -> ValidationResult:
+    """Train real networks peer to peer and compare them with the predictions.
+
+    Parameters
+    ----------
+    config_or_path : Config or path of a TOML file (see ``examples/default.toml``)
+    out : folder for the outputs (none written when ``None``)
+    widths : widths to validate (default ``[validation] widths`` or ``architecture.width``);
+        an int list or a string ``"256,512"``
+    kernels : "analytic", "empirical" or both (default both), a list or ``"a,b"``
+    resume : continue from the checkpoints in ``out/checkpoints`` (else start afresh)
+    progress : tqdm progress bars
+    linearised : also train the linearised network (default)
+
+    Returns
+    -------
+    ValidationResult
+    """
+    cfg = _as_config(config_or_path)
+    kernels = _kernels_arg(kernels)
+    widths = _widths_arg(widths, cfg)
+    exp = from_config(cfg)
+    out = None if out is None else Path(out)
+    ck_dir = None if out is None else out / "checkpoints"
+    if ck_dir is not None and not resume and ck_dir.exists():
+        shutil.rmtree(ck_dir)
+    runs = []
+    for width in widths:
+        run = _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised)
+        runs.append(run)
+        if out is not None and len(widths) > 1:
+            _write_width(out / f"width_{width}", cfg, run)
+    sweep = _sweep(runs, kernels) if len(widths) > 1 else {}
+    result = ValidationResult(cfg, tuple(runs), sweep, out)
+    if out is not None:
+        _write_all(out, result)
+        if ck_dir is not None and ck_dir.exists():
+            shutil.rmtree(ck_dir)
+    return result
+
+
+def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> WidthResult:
+    v, t = cfg.validation, cfg.training
+    arch = build_arch(cfg, exp.parts.dataset.num_classes, width)
+    dim = exp.parts.dataset.dim
+    # one initialisation for everything: drawn as the prediction draws it, rounded to the
+    # training dtype, and handed back in float64 to the kernels (the same network)
+    dtype = np.float32 if v.dtype == "float32" else np.float64
+    params = jax.tree.map(lambda a: np.asarray(a, dtype).astype(np.float64),
+                          init_params(arch, dim, cfg.seed))
+    steps = cfg.steps
+    common = dict(params0=params, seed=cfg.seed, dtype=v.dtype, batch_size=v.batch_size,
+                  independent_init=v.independent_init, progress=progress)
+    timings = {}
+
+    def run_training(model):
+        ck = None if ck_dir is None else ck_dir / f"{model}_w{width}.npz"
+        tic = time.perf_counter()
+        traj = train(arch, exp.parts, exp.mixing, t.lr, t.algorithm, steps, model=model,
+                     checkpoint=ck, checkpoint_interval=CHECKPOINT_INTERVAL_S, **common)
+        timings[f"train_{model}_s"] = time.perf_counter() - tic
+        timings[f"train_{model}_steps_per_s"] = traj.metadata["training"]["steps_per_second"]
+        return traj
+
+    observed = run_training("nonlinear")
+    lin = run_training("linearised") if linearised else None
+    predicted = {}
+    n, k = exp.parts.dataset.y_train.shape
+    for kernel in kernels:
+        full = kernel == "empirical" and (n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
+        tic = time.perf_counter()
+        problem = build_problem(arch, exp.parts, exp.mixing, kernel=kernel, seed=cfg.seed,
+                                params=params, f0="network", traced=not full)
+        # the exact stability check of a full kernel beyond the dense size runs ARPACK inside
+        # a root search (minutes); there the status reports an observed blow-up only
+        exact = not full or exp.parts.num_agents * n * k <= spectrum.DENSE_MAX
+        meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
+                "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
+                "kernel_layout": "full" if full else "traced", "width": width,
+                "f0": "network outputs at theta_0"}
+        if not exact:
+            meta["stability"] = ("not computed: full kernel too large for the exact check; "
+                                 "status reflects an observed blow-up only")
+        pred = run_problem(problem, t.algorithm, [t.lr], steps, progress=progress,
+                           metadata=meta, check_stability=None if exact else False)[0]
+        timings[f"predict_{kernel}_s"] = time.perf_counter() - tic
+        predicted[kernel] = pred
+    comps = {}
+    for kernel, pred in predicted.items():
+        comps[f"nonlinear vs {kernel}"] = agreement.compare(pred, observed)
+        if lin is not None:
+            comps[f"linearised vs {kernel}"] = agreement.compare(pred, lin)
+    return WidthResult(width, observed, lin, predicted, comps, timings)
+
+
+def _sweep(runs: list[WidthResult], kernels) -> dict:
+    widths = [r.width for r in runs]
+    errors, slopes = {}, {}
+    for kernel in kernels:
+        for m in agreement.HEADLINE:
+            key = f"{m} vs {kernel}"
+            errs = [r.headline()[kernel][m] for r in runs]
+            errors[key] = [float("nan") if e is None else e for e in errs]
+            slopes[key] = agreement.fit_slope(widths, errors[key])[0]
+    return {"widths": widths, "errors": errors, "slopes": slopes}
+
+
+# --------------------------------------------------------------------------- output
+def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None = None) -> None:
+    from .cli import staged_output
+    from .overlay import overlay_figure
+
+    for pattern in _OUTPUT_PATTERNS:  # outputs of an earlier run into the same folder
+        for stale in folder.glob(pattern):
+            stale.unlink()
+    with staged_output(folder) as tmp:
+        cfg_dict = cfg.to_dict()
+        _with_config(run.observed, cfg_dict).save(tmp / "observed.npz")
+        if run.linearised is not None:
+            _with_config(run.linearised, cfg_dict).save(tmp / "linearised.npz")
+        for k, pred in run.predicted.items():
+            _with_config(pred, cfg_dict).save(tmp / f"predicted_{k}.npz")
+        header = [_describe_run(cfg), f"width {run.width}",
+                  agreement.status_line("nonlinear network", run.observed)]
+        if run.linearised is not None:
+            header.append(agreement.status_line("linearised network", run.linearised))
+        header += [agreement.status_line(f"prediction ({k} NTK)", p)
+                   for k, p in run.predicted.items()]
+        header.append("relative trajectory error: max_t |pred - obs| / max_t |obs|")
+        (tmp / "agreement.txt").write_text(agreement.report_text(run.agreement, header))
+        (tmp / "agreement.json").write_text(json.dumps(
+            {"width": run.width, "agreement": run.agreement, "headline": run.headline(),
+             "timings": run.timings, "status_lines": header[2:-1], **(extra or {})},
+            indent=2, default=str))
+        base = _describe_run(cfg, options=False) + f", width {run.width}"  # options: notes
+        for k, pred in run.predicted.items():
+            overlay_figure(pred, run.observed, tmp / f"overlay_{k}",
+                           f"{base}: {k} NTK (dashed) vs nonlinear network (solid)",
+                           predicted_label=f"{k} NTK prediction",
+                           observed_label="nonlinear network")
+        if run.linearised is not None:
+            k = "empirical" if "empirical" in run.predicted else next(iter(run.predicted))
+            overlay_figure(run.predicted[k], run.linearised, tmp / "overlay_linearised",
+                           f"{base}: {k} NTK (dashed) vs linearised network (solid)",
+                           predicted_label=f"{k} NTK prediction",
+                           observed_label="linearised network")
+
+
+def _write_all(out: Path, result: ValidationResult) -> None:
+    from .cli import staged_output
+    from .overlay import width_sweep_figure
+
+    if len(result.runs) == 1:
+        _write_width(out, result.config, result.runs[0], extra=result.to_dict())
+        return
+    with staged_output(out) as tmp:
+        (tmp / "agreement.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        lines = [result.summary(), ""]
+        for r in result.runs:
+            lines.append(f"--- width {r.width} (details in width_{r.width}/agreement.txt)")
+            lines.append(agreement.report_text(r.agreement))
+        (tmp / "agreement.txt").write_text("\n".join(lines))
+        width_sweep_figure(result.sweep, tmp / "width_sweep", _describe_run(result.config))
+
+
+def _with_config(traj: Trajectory, cfg_dict: dict) -> Trajectory:
+    return dataclasses.replace(traj, metadata=dict(traj.metadata, config=cfg_dict))
+
+
+__all__ = ["validate", "ValidationResult", "WidthResult", "KERNEL_CHOICES"]

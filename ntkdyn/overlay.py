@@ -1,0 +1,119 @@
+"""Figures of the validation harness (matplotlib is imported on use only).
+
+* :func:`overlay_figure`: every metric panel of :func:`ntkdyn.plotting.plot_trajectory`
+  with the prediction dashed and the observed trajectory solid (thin coloured
+  lines per agent, thick black the network mean); a divergence is written in
+  the title and marked by a red vertical line at its step.
+* :func:`width_sweep_figure`: relative trajectory error against width,
+  log-log, with the least-squares slope and the theory's ``-1/2`` for reference.
+
+Both write ``<stem>.png`` and ``<stem>.pdf``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from .agreement import HEADLINE, fit_slope
+from .plotting import _pyplot, plot_trajectory
+from .trajectory import Trajectory
+
+_LABELS = {"test_loss": "test loss (network mean)",
+           "param_dist": r"$\|\theta_q-\theta_0\|$ (network mean)"}
+
+
+def _status(name: str, traj: Trajectory) -> str | None:
+    if traj.status == "diverged":
+        return f"{name} diverged at step {traj.diverged_at}"
+    if traj.status == "unstable":
+        return f"{name}: linearised dynamics unstable (prediction does not apply)"
+    return None
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    plt = _pyplot()
+    stem = Path(stem)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def overlay_figure(pred: Trajectory, obs: Trajectory, stem: str | Path | None, title: str,
+                   predicted_label: str = "prediction", observed_label: str = "observed"):
+    """Predicted (dashed) against observed (solid), one panel per metric.
+
+    Returns the figure when ``stem`` is ``None``, else the written paths.
+    """
+    lines = [title, f"dashed: {predicted_label}    solid: {observed_label}    "
+             "thin coloured: agents, thick black: network mean"]
+    notes = list(obs.metadata.get("notes", []))
+    events = [s for s in (_status(observed_label, obs), _status(predicted_label, pred)) if s]
+    if events:
+        lines.append("  |  ".join(events))
+    if notes:
+        lines.append("; ".join(notes))
+    wrapped = [part for line in lines for part in textwrap.wrap(line, 120)]
+    fig = plot_trajectory(pred, None, title="\n".join(wrapped), observed=obs)
+    marks = [(t.diverged_at, lab) for t, lab in ((obs, observed_label), (pred, predicted_label))
+             if t.diverged]
+    for ax in fig.axes:
+        if not ax.has_data():
+            continue
+        for line in ax.get_lines():
+            if len(line.get_xdata()) <= 3:  # a run that stopped early: show its points
+                line.set_marker("o")
+                line.set_markersize(4)
+        if marks:
+            ax.set_xlim(left=0, right=max(max(s for s, _ in marks) * 1.05,
+                                          ax.get_xlim()[1]))
+        for step, lab in marks:
+            ax.axvline(step, color="red", lw=1.2, alpha=0.8)
+            ax.annotate(f"{lab}\ndiverged at step {step}", (step, 0.5),
+                        xycoords=("data", "axes fraction"), color="red", fontsize=7,
+                        ha="right", va="center", rotation=90)
+    if stem is None:
+        return fig
+    return _save(fig, Path(stem))
+
+
+def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = ""):
+    """Relative trajectory error of the network mean against width (log-log), with slopes."""
+    plt = _pyplot()
+    widths = np.asarray(sweep["widths"], float)
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(11, 4.4), constrained_layout=True)
+    kernels = sorted({key.split(" vs ")[1] for key in sweep["errors"]})
+    colours = {"analytic": "tab:blue", "empirical": "tab:orange"}
+    for ax, metric in zip(np.atleast_1d(axes), HEADLINE, strict=True):
+        for kernel in kernels:
+            errs = np.asarray(sweep["errors"][f"{metric} vs {kernel}"], float)
+            slope, coef = fit_slope(widths, errs)
+            colour = colours.get(kernel)
+            ax.plot(widths, errs, "o-", color=colour,
+                    label=f"{kernel} NTK (fitted slope {slope:.2f})")
+            if np.isfinite(slope):
+                ax.plot(widths, coef * widths**slope, "--", color=colour, lw=1, alpha=0.7)
+        ok = [np.asarray(sweep["errors"][f"{metric} vs {k}"], float) for k in kernels]
+        first = np.nanmax([e[0] for e in ok]) if ok else np.nan
+        if np.isfinite(first) and first > 0:
+            ax.plot(widths, first * (widths / widths[0]) ** -0.5, ":", color="0.4",
+                    label="slope -1/2 (theory)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(widths, [str(int(w)) for w in widths])
+        ax.set_xlabel("width")
+        ax.set_ylabel(f"max relative error: {_LABELS.get(metric, metric)}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("Predicted vs observed (nonlinear network) against width"
+                 + (f"\n{subtitle}" if subtitle else ""))
+    if stem is None:
+        return fig
+    return _save(fig, Path(stem))
+
+
+__all__ = ["overlay_figure", "width_sweep_figure"]

@@ -1,0 +1,162 @@
+"""``ntkdyn validate`` and ``ntkdyn.validate``: outputs, resume, divergence, width sweep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn.cli import main
+
+TINY = """
+seed = 0
+[data]
+source = "digits"
+classes = [0, 1, 2]
+n_train = 60
+n_test = 30
+[partition]
+agents = 3
+[topology]
+name = "path"
+[architecture]
+depth = 1
+width = 256
+[training]
+algorithm = "atc"
+lr = 0.5
+steps = 60
+record_every = 10
+"""
+
+
+def _config(tmp_path, text=TINY, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _finite(path) -> bool:
+    with np.load(path) as d:
+        return all(np.all(np.isfinite(d[k])) for k in d.files if d[k].dtype.kind == "f")
+
+
+def test_validate_writes_trajectories_report_and_overlays(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["validate", str(_config(tmp_path)), "--out", str(out), "--quiet"]) == 0
+    for name in ("observed.npz", "linearised.npz", "predicted_analytic.npz",
+                 "predicted_empirical.npz", "agreement.json", "agreement.txt"):
+        assert (out / name).is_file(), name
+    for stem in ("overlay_analytic", "overlay_empirical", "overlay_linearised"):
+        assert (out / f"{stem}.png").stat().st_size > 20_000
+        assert (out / f"{stem}.pdf").is_file()
+    assert not (out / "checkpoints").exists()  # removed once the run completed
+    obs = nd.Trajectory.load(out / "observed.npz")
+    pred = nd.Trajectory.load(out / "predicted_empirical.npz")
+    np.testing.assert_array_equal(obs.steps, pred.steps)  # same records as the prediction
+    assert obs.train_loss.shape == pred.train_loss.shape == (7, 3)
+    report = json.loads((out / "agreement.json").read_text())
+    agree = report["agreement"]
+    # float32 linearised training vs the (full) empirical-kernel prediction: round-off only
+    assert agree["linearised vs empirical"]["metrics"]["test_loss"]["mean"] < 1e-4
+    # the nonlinear network at width 256: within a few per cent
+    assert agree["nonlinear vs empirical"]["metrics"]["test_loss"]["mean"] < 0.05
+    assert agree["nonlinear vs analytic"]["metrics"]["param_dist"]["mean"] < 0.1
+    assert pred.metadata["kernel_layout"] == "full"
+    text = (out / "agreement.txt").read_text()
+    assert "nonlinear vs analytic" in text and "network mean" in text
+    assert "vs empirical NTK" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    """Test 4: --resume continues from the checkpoint; final result bit for bit the same."""
+    import ntkdyn.harness
+    import ntkdyn.train as train_mod
+
+    cfg = _config(tmp_path, TINY.replace("steps = 60", "steps = 120"))
+    args = ["validate", str(cfg), "--quiet", "--kernels", "analytic", "--no-linearised"]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+
+    monkeypatch.setattr(ntkdyn.harness, "CHECKPOINT_INTERVAL_S", 0.0)
+    real, calls = train_mod._save_checkpoint, []
+
+    def interrupted(*a, **k):
+        real(*a, **k)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as if Ctrl-C after the first finished chunk
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--out", str(out)])
+    assert (out / "checkpoints" / "nonlinear_w256.npz").is_file()
+    assert not (out / "observed.npz").exists()
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    resumed = nd.Trajectory.load(out / "observed.npz")
+    full = nd.Trajectory.load(tmp_path / "full" / "observed.npz")
+    assert resumed.metadata["training"]["resumed_from_step"] == 90  # chunk of 10 records
+    for name in ("train_loss", "test_loss", "test_acc", "param_dist", "consensus_dist",
+                 "central_dist", "central_train_loss"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name), name)
+
+
+def test_unstable_configuration_reports_divergence(tmp_path, capsys):
+    """Test 5: "diverged at step k" in the report and the plot; no NaNs, no crash."""
+    out = tmp_path / "out"
+    cfg = _config(tmp_path, TINY.replace("lr = 0.5", "lr = 60.0").replace(
+        'algorithm = "atc"', 'algorithm = "dgd"'))
+    assert main(["validate", str(cfg), "--out", str(out), "--quiet", "--kernels",
+                 "analytic"]) == 0
+    obs = nd.Trajectory.load(out / "observed.npz")
+    assert obs.status == "diverged" and obs.diverged_at > 0
+    line = f"diverged at step {obs.diverged_at}"
+    assert line in (out / "agreement.txt").read_text()
+    assert line in capsys.readouterr().out
+    report = json.loads((out / "agreement.json").read_text())
+    assert report["runs"]["256"]["status"]["observed_diverged_at"] == obs.diverged_at
+    for f in out.glob("*.npz"):
+        assert _finite(f), f
+    assert (out / "overlay_analytic.png").stat().st_size > 20_000
+    from ntkdyn.overlay import overlay_figure
+
+    pred = nd.Trajectory.load(out / "predicted_analytic.npz")
+    fig = overlay_figure(pred, obs, None, "t", observed_label="nonlinear network")
+    assert line in fig._suptitle.get_text()
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(line in t.replace("\n", " ") for t in texts)
+
+
+def test_width_sweep_python_api(tmp_path):
+    cfg = nd.config.load_config(_config(tmp_path))
+    out = tmp_path / "sweep"
+    result = nd.validate(cfg, out=out, widths=[64, 256, 1024], kernels="empirical",
+                         linearised=False)
+    assert result.widths == (64, 256, 1024)
+    # error of the nonlinear network against its own linearisation falls with width
+    # (measured here: slope about -1; the analytic kernel adds its own O(width^-1/2)
+    # fluctuations, too noisy for one seed and three widths to pin a slope)
+    for metric in ("test_loss", "param_dist"):
+        slope = result.sweep["slopes"][f"{metric} vs empirical"]
+        assert -2.0 < slope < -0.4, (metric, slope)
+    assert (out / "width_sweep.png").stat().st_size > 20_000
+    assert (out / "width_sweep.pdf").is_file()
+    for w in (64, 256, 1024):
+        assert (out / f"width_{w}" / "overlay_empirical.png").is_file()
+        assert (out / f"width_{w}" / "agreement.json").is_file()
+    summary = json.loads((out / "agreement.json").read_text())
+    assert summary["sweep"]["widths"] == [64, 256, 1024]
+    assert "slope" in result.summary()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--kernels", "exact"], "kernels: expected"),
+    (["--widths", "64,abc"], "widths: expected comma-separated integers"),
+])
+def test_bad_options_exit_2(tmp_path, capsys, extra, needle):
+    out = tmp_path / "out"
+    assert main(["validate", str(_config(tmp_path)), "--out", str(out), "--quiet"] + extra) == 2
+    assert needle in capsys.readouterr().err
+    assert not (out / "agreement.json").exists()

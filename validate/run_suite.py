@@ -1,0 +1,100 @@
+"""Run the validation suite and print the README's agreement table (markdown).
+
+Usage::
+
+    python validate/run_suite.py [--suites validate/suites] [--out out/validate_suite]
+                                 [--widths 64,256,1024] [--linearised] [--json FILE]
+
+For every ``*.toml`` in the suite folder (topology x algorithm), runs
+:func:`ntkdyn.validate` over the configuration's widths (full outputs, overlay
+figures included, in ``OUT/<name>/``) and prints, per configuration and width,
+the relative trajectory error of the network-mean test loss and parameter
+distance of the nonlinear network against the analytic and the empirical NTK
+predictions (``max_t |pred - obs| / max_t |obs|``), the fitted slope against
+width, and the wall time.  ``--linearised`` also trains the linearised networks
+(about three times the cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}%"
+
+
+def table(rows: list[dict], widths: list[int]) -> str:
+    """Markdown: one row per (topology, algorithm), columns width x (analytic / empirical)."""
+    out = []
+    for metric, label in (("test_loss", "test loss"), ("param_dist", "||theta - theta_0||")):
+        head = "| topology | algorithm | " + " | ".join(f"width {w}" for w in widths) + \
+               " | slope (analytic / empirical) |"
+        out += [f"Relative trajectory error of the network-mean {label} "
+                "(analytic NTK / empirical NTK):", "", head,
+                "|" + "---|" * (len(widths) + 3)]
+        for r in rows:
+            cells = []
+            for w in widths:
+                h = r["headline"].get(str(w), {})
+                cells.append(" / ".join(_fmt(h.get(k, {}).get(metric))
+                                        for k in ("analytic", "empirical")))
+            slopes = " / ".join(f"{r['slopes'].get(f'{metric} vs {k}', float('nan')):.2f}"
+                                for k in ("analytic", "empirical"))
+            out.append(f"| {r['topology']} | {r['algorithm'].upper()} | " + " | ".join(cells)
+                       + f" | {slopes} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", default=str(HERE / "suites"))
+    parser.add_argument("--out", default="out/validate_suite")
+    parser.add_argument("--widths", default=None, help="override the configs' widths")
+    parser.add_argument("--linearised", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+
+    import ntkdyn as nd
+
+    files = sorted(Path(args.suites).glob("*.toml"))
+    if not files:
+        print(f"no *.toml in {args.suites}", file=sys.stderr)
+        return 2
+    rows, widths, start = [], None, time.perf_counter()
+    for f in files:
+        cfg = nd.config.load_config(f)
+        tic = time.perf_counter()
+        res = nd.validate(cfg, out=Path(args.out) / f.stem, widths=args.widths,
+                          linearised=args.linearised)
+        wall = time.perf_counter() - tic
+        widths = list(res.widths)
+        rows.append({"name": f.stem, "topology": cfg.topology.name,
+                     "algorithm": cfg.training.algorithm,
+                     "headline": {str(r.width): r.headline() for r in res.runs},
+                     "status": {str(r.width): r.observed.status for r in res.runs},
+                     "slopes": res.sweep.get("slopes", {}), "wall_s": wall,
+                     "steps_per_s": {str(r.width): r.timings.get("train_nonlinear_steps_per_s")
+                                     for r in res.runs}})
+        print(f"{f.stem}: {wall:.0f} s", file=sys.stderr, flush=True)
+    total = time.perf_counter() - start
+    order = {"ring": 0, "torus": 1, "complete": 2}
+    rows.sort(key=lambda r: (order.get(r["topology"], 9), r["topology"], r["algorithm"]))
+    print(table(rows, widths))
+    print(f"Suite wall time: {total / 60:.1f} min for {len(rows)} configurations.")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "total_s": total}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
