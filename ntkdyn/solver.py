@@ -46,6 +46,8 @@ import numpy as np
 from .algorithms import Algorithm, Operators
 from .problem import KernelProblem
 
+#: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
+EXACT = jax.lax.Precision.HIGHEST
 TAYLOR_THETA = 3.0
 TAYLOR_TERMS = 30
 DIVERGENCE_FACTOR = 1e8
@@ -76,9 +78,9 @@ def kernel_times(blocks, flat):
     low = _blocks_dtype(blocks)
     f = flat.astype(low)
     if isinstance(blocks, tuple):
-        out = jnp.concatenate([b @ f for b in blocks], axis=0)
+        out = jnp.concatenate([jnp.matmul(b, f, precision=EXACT) for b in blocks], axis=0)
     else:
-        out = jnp.einsum("qnr,rm->qnm", blocks, f).reshape(-1, flat.shape[1])
+        out = jnp.einsum("qnr,rm->qnm", blocks, f, precision=EXACT).reshape(-1, flat.shape[1])
     return out.astype(flat.dtype)
 
 
@@ -118,7 +120,8 @@ def kernel_operators(
         rhs = x[:q_count]
         if central:
             rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
-        prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs.astype(blocks.dtype)).astype(x.dtype)
+        prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs.astype(blocks.dtype),
+                          precision=EXACT).astype(x.dtype)
         res = jnp.broadcast_to(residual, (rows, c)).reshape(q_count, n, c)
         r_agents = (res + prod[..., :c]) / counts[0]
         eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
@@ -134,7 +137,8 @@ def kernel_operators(
         for q in range(q_count):
             s, e = offsets[q] * rps, offsets[q + 1] * rps
             rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if central else x[q]
-            prod = (blocks[q] @ rhs.astype(blocks[q].dtype)).astype(x.dtype)
+            prod = jnp.matmul(blocks[q], rhs.astype(blocks[q].dtype),
+                              precision=EXACT).astype(x.dtype)
             r_q = residual[s:e] + prod[:, :c]
             g_agents.append(jnp.pad(r_q / counts[q], ((s, rows - e), (0, 0))))
             if central:
@@ -210,7 +214,7 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
         rec["train_outputs"] = out
     if has_test:
         kt, f0t, yt, lt = data["kernel_test"], data["f0_test"], data["y_test"], data["labels_test"]
-        prod_t = (kt @ flat.astype(kt.dtype)).astype(flat.dtype)
+        prod_t = jnp.matmul(kt, flat.astype(kt.dtype), precision=EXACT).astype(flat.dtype)
         ut = _to_samples(prod_t.reshape(-1, a, c), yt.shape[0], k, n_rates, traced)
         out_t = f0t + ut
         sqt, acct = _loss_acc(out_t, yt, lt)
