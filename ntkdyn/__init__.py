@@ -26,6 +26,7 @@ from . import (
     train,  # the module: ntkdyn.train.train
 )
 from .algorithms import Algorithm
+from .check import CheckReport, check
 from .harness import ValidationResult, validate
 from .pipeline import build_problem, fixed_point, init_params, predict, predict_sweep, stability
 from .predict import predict_from_kernels, sweep_from_kernels
@@ -37,8 +38,8 @@ from .trajectory import Trajectory
 __version__ = "0.1.0"
 
 __all__ = [
-    "Algorithm", "FixedPoint", "KernelProblem", "StabilityReport", "Trajectory",
-    "activations", "algorithms", "build_problem", "data", "fixed_point", "graphs",
+    "Algorithm", "CheckReport", "FixedPoint", "KernelProblem", "StabilityReport", "Trajectory",
+    "activations", "algorithms", "build_problem", "check", "data", "fixed_point", "graphs",
     "init_params", "kernels", "make_problem", "models", "predict", "predict_from_kernels",
     "predict_sweep", "stability", "sweep_from_kernels", "train", "validate", "ValidationResult",
 ]
