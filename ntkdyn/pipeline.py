@@ -170,6 +170,7 @@ def predict(
     progress: bool = False,
     reference: bool = True,
     kernel_dtype: str = "float64",
+    devices=None,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
@@ -194,7 +195,7 @@ def predict(
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
-                       reference=reference, kernel_dtype=kernel_dtype)[0]
+                       reference=reference, kernel_dtype=kernel_dtype, devices=devices)[0]
 
 
 def predict_sweep(

@@ -35,6 +35,34 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _mesh(devices):
+    if devices is None:
+        return None
+    from jax.sharding import Mesh
+
+    from .sharding import make_mesh
+
+    return devices if isinstance(devices, Mesh) else make_mesh(devices)
+
+
+def _check_device_memory(problem: KernelProblem, n_rates: int, mesh, kernel_dtype: str):
+    """Print the per-device estimate; refuse (with what would fit) before allocating."""
+    import sys
+
+    from . import sharding
+
+    d = mesh.devices.size
+    n_test = 0 if problem.y_test is None else problem.y_test.shape[0]
+    est = sharding.per_device_bytes(problem.num_train, n_test, problem.num_outputs,
+                                    problem.num_agents, d, traced=problem.traced,
+                                    rates=n_rates, kernel_dtype=kernel_dtype)
+    print(f"ntkdyn: memory estimate {sharding.describe_estimate(est, d)}", file=sys.stderr)
+    avail = sharding.device_memory_bytes(mesh.devices.flat[0])
+    if est["total"] > avail:
+        raise memory.ProblemTooLargeError(
+            "this sharded prediction " + sharding.fits_hint(est, d, avail))
+
+
 def _check_memory(problem: KernelProblem, n_rates: int, n_records: int, record_outputs: bool):
     n_test = 0 if problem.y_test is None else problem.y_test.shape[0]
     need = memory.prediction_bytes(
@@ -60,6 +88,7 @@ def run_problem(
     check_stability: bool | None = None,
     reference: bool = True,
     kernel_dtype: str = "float64",
+    devices=None,
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
@@ -71,15 +100,21 @@ def run_problem(
     centralised reference (``central_*`` fields ``None``), about 1.6x faster.
     ``kernel_dtype="float32"`` stores the kernels in float32 (half the memory and
     bandwidth; the state stays float64; see the README for the error this costs).
+    ``devices`` (a list of ``jax.Device`` or a ``jax.sharding.Mesh``) shards the
+    kernels and the state over several devices (:mod:`ntkdyn.sharding`).
     """
     algo = get_algorithm(algorithm)
     q_count = problem.num_agents
     rate_rows = np.stack([learning_rates(lr, q_count) for lr in lrs])
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
-    _check_memory(problem, len(rate_rows), len(steps), record_outputs)
+    mesh = _mesh(devices)
+    if mesh is None:
+        _check_memory(problem, len(rate_rows), len(steps), record_outputs)
+    else:
+        _check_device_memory(problem, len(rate_rows), mesh, kernel_dtype)
     raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,
                         record_outputs=record_outputs, progress=progress, central=reference,
-                        kernel_dtype=kernel_dtype)
+                        kernel_dtype=kernel_dtype, mesh=mesh)
     base_meta = {
         "algorithm": algo.name,
         "num_agents": q_count,
@@ -187,6 +222,7 @@ def predict_from_kernels(
     progress: bool = False,
     reference: bool = True,
     kernel_dtype: str = "float64",
+    devices=None,
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -228,6 +264,8 @@ def predict_from_kernels(
         about 1.6x faster where the solver is compute bound.
     kernel_dtype : "float64" (default) or "float32"
         Kernel storage; float32 halves memory and bandwidth, the state stays float64.
+    devices : list of jax devices or a Mesh, optional
+        Shard kernels and state over these devices (same answer as one device).
 
     Returns
     -------
@@ -249,7 +287,7 @@ def predict_from_kernels(
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user"}, reference=reference,
-                       kernel_dtype=kernel_dtype)[0]
+                       kernel_dtype=kernel_dtype, devices=devices)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,

@@ -104,6 +104,27 @@ def sharded_columns(
     return jax.make_array_from_callback(shape, column_sharding(mesh, len(shape)), slab)
 
 
+def analytic_kernel_sharded(arch, x_rows: np.ndarray, x_cols: np.ndarray, mesh: Mesh, *,
+                            dtype=np.float64) -> jax.Array:
+    """Analytic NTK ``(len(x_rows), padded(len(x_cols)))`` built slab by slab, column-sharded.
+
+    Diagonal entries (the same sample in rows and columns) are taken from the
+    symmetric computation, so the result equals ``arch.kernel(x_rows, x_cols)`` of a
+    one-shot call to round-off.
+    """
+    same = x_rows is x_cols
+
+    def entries(r, c):
+        blk = arch.kernel(x_rows[r], x_cols[c])
+        if same:
+            common, ir, ic = np.intersect1d(r, c, return_indices=True)
+            if common.size:
+                blk[ir, ic] = np.diag(arch.kernel(x_rows[common]))
+        return blk
+
+    return sharded_columns(len(x_rows), len(x_cols), entries, mesh, dtype=dtype)
+
+
 def per_device_bytes(
     n_train: int,
     n_test: int,
@@ -162,5 +183,6 @@ def fits_hint(est: dict[str, int], n_devices: int, device_bytes: int) -> str:
             f"training samples")
 
 
-__all__ = ["AXIS", "GB", "describe_estimate", "device_memory_bytes", "fits_hint", "make_mesh",
-           "padded", "per_device_bytes", "replicated", "sharded_columns", "state_sharding"]
+__all__ = ["AXIS", "GB", "analytic_kernel_sharded", "describe_estimate", "device_memory_bytes",
+           "fits_hint", "make_mesh", "padded", "per_device_bytes", "replicated",
+           "sharded_columns", "state_sharding"]

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import sharding
 from .algorithms import Algorithm, Operators
 from .problem import KernelProblem
 
@@ -55,22 +56,33 @@ DIVERGENCE_FACTOR = 1e8
 
 # --------------------------------------------------------------------------- operators
 def row_blocks(kernel: np.ndarray, offsets: tuple[int, ...], rows_per_sample: int,
-               dtype=jnp.float64):
+               dtype=jnp.float64, mesh=None):
     """Agents' row blocks ``Theta[S_q, :]``, split once (slicing inside a jitted loop copies).
 
     Equal shards give one ``(Q, n, R)`` array (one batched product per step);
     unequal shards a tuple of ``(n_q, R)`` arrays.  ``dtype=float32`` halves the
     memory and the bytes read per step; products are then formed in float32 and
-    added to the float64 state.
+    added to the float64 state.  With a ``mesh`` each block's columns are
+    zero-padded to a multiple of the device count and sharded.
     """
     counts = np.diff(offsets)
     bounds = [(offsets[q] * rows_per_sample, offsets[q + 1] * rows_per_sample)
               for q in range(len(counts))]
     if np.all(counts == counts[0]):
         n = counts[0] * rows_per_sample
-        return jnp.asarray(np.asarray(kernel).reshape(len(counts), n, kernel.shape[1]),
-                           dtype=dtype)
-    return tuple(jnp.asarray(kernel[s:e], dtype=dtype) for s, e in bounds)
+        return _place_columns(np.asarray(kernel).reshape(len(counts), n, kernel.shape[1]),
+                              dtype, mesh)
+    return tuple(_place_columns(kernel[s:e], dtype, mesh) for s, e in bounds)
+
+
+def _place_columns(arr: np.ndarray, dtype, mesh):
+    """On the default device, or column-sharded (zero-padded) over ``mesh``."""
+    if mesh is None:
+        return jnp.asarray(arr, dtype=dtype)
+    cols = arr.shape[-1]
+    return sharding.sharded_columns(
+        arr.shape[-2], cols, lambda r, c: arr[..., r[0]:r[-1] + 1, c[0]:c[-1] + 1], mesh,
+        dtype=np.dtype(dtype), lead=arr.shape[:-2])
 
 
 def kernel_times(blocks, flat):
@@ -126,10 +138,10 @@ def kernel_operators(
         r_agents = (res + prod[..., :c]) / counts[0]
         eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
         g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
-        if not central:
-            return g
-        g_c = ((res + prod[..., c:]) / (q_count * counts[0])).reshape(1, rows, c)
-        return jnp.concatenate([g, g_c], axis=0)
+        if central:
+            g_c = ((res + prod[..., c:]) / (q_count * counts[0])).reshape(1, rows, c)
+            g = jnp.concatenate([g, g_c], axis=0)
+        return _pad_rows(g, x.shape[1])
 
     def grad_blocks(x):
         c = x.shape[-1]
@@ -145,7 +157,7 @@ def kernel_operators(
                 g_central.append((residual[s:e] + prod[:, c:]) / (q_count * counts[q]))
         if central:
             g_agents.append(jnp.concatenate(g_central, axis=0))
-        return jnp.stack(g_agents)
+        return _pad_rows(jnp.stack(g_agents), x.shape[1])
 
     def scale(g):
         return lr_cols * g
@@ -179,11 +191,19 @@ def _loss_acc(out, y, labels):
     return sq, acc
 
 
+def _pad_rows(g, rows_state):
+    """Zero rows for the padding of a sharded contraction axis (no-op unsharded)."""
+    extra = rows_state - g.shape[1]
+    return g if extra == 0 else jnp.pad(g, ((0, 0), (0, extra), (0, 0)))
+
+
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True):
     f0, y, labels, shard_w = data["f0"], data["y"], data["labels"], data["shard_weights"]
-    a, rows, c = x.shape
+    a, rows_state, c = x.shape
     n, k = y.shape
-    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows, a * c)
+    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
+    rows = n * (1 if traced else k)
+    x = x[:, :rows]  # drop the padding of a sharded contraction axis
     u = kernel_times(data["blocks"], flat).reshape(rows, a, c)
     xs = _to_samples(x.transpose(1, 0, 2), n, k, n_rates, traced)
     us = _to_samples(u, n, k, n_rates, traced)
@@ -316,7 +336,9 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
 
 
 def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
-                 central: bool = True, kernel_dtype: str = "float64") -> dict:
+                 central: bool = True, kernel_dtype: str = "float64", mesh=None) -> dict:
+    """Arrays on the device(s); with a ``mesh`` the kernels' columns (the contraction
+    axis) are sharded and padded to a multiple of the device count."""
     n_rates = lrs.shape[0]
     k = problem.num_outputs
     c0 = k if problem.traced else 1
@@ -330,7 +352,7 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
     res_max = max(float(np.max(np.abs(problem.residual0))), 1e-300)
     data = {
         "blocks": row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample,
-                             dtype=jnp.dtype(kernel_dtype)),
+                             dtype=jnp.dtype(kernel_dtype), mesh=mesh),
         "residual": jnp.asarray(residual),
         "mixing": jnp.asarray(problem.mixing),
         "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=central)),
@@ -340,7 +362,7 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
         data.update(f0=jnp.asarray(problem.f0_train), y=jnp.asarray(problem.y_train),
                     labels=jnp.asarray(problem.labels_train), shard_weights=jnp.asarray(shard_w))
         if problem.has_test:
-            data.update(kernel_test=jnp.asarray(problem.kernel_test, dtype=kernel_dtype),
+            data.update(kernel_test=_place_columns(problem.kernel_test, kernel_dtype, mesh),
                         f0_test=jnp.asarray(problem.f0_test), y_test=jnp.asarray(problem.y_test),
                         labels_test=jnp.asarray(problem.labels_test))
     return data
@@ -358,6 +380,7 @@ def evolve(
     progress: bool = False,
     central: bool = True,
     kernel_dtype: str = "float64",
+    mesh=None,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -375,6 +398,9 @@ def evolve(
     kernel_dtype : "float64" or "float32"
         Storage of the kernels; float32 halves memory and bandwidth (the state and
         its accumulation stay float64; the products are formed in float32).
+    mesh : jax.sharding.Mesh, optional
+        Shard the kernels and the state over the mesh's devices
+        (:mod:`ntkdyn.sharding`); the answer is the same as on one device.
 
     Returns
     -------
@@ -391,7 +417,7 @@ def evolve(
     c0 = k if problem.traced else 1
     if kernel_dtype not in ("float64", "float32"):
         raise ValueError(f"kernel_dtype: expected 'float64' or 'float32', got {kernel_dtype!r}")
-    data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype)
+    data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh)
     steps = np.asarray(steps)
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
     if continuous:
@@ -401,8 +427,12 @@ def evolve(
         h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
     else:
         n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
-    shape = (problem.num_agents + int(central), problem.kernel.shape[0], n_rates * c0)
-    carry = (jnp.zeros(shape), jnp.asarray(0.0), jnp.zeros(n_rates, bool),
+    rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
+                                                                         mesh)
+    shape = (problem.num_agents + int(central), rows, n_rates * c0)
+    x0 = jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
+                                                              sharding.state_sharding(mesh))
+    carry = (x0, jnp.asarray(0.0), jnp.zeros(n_rates, bool),
              jnp.full(n_rates, -1.0))
     static = dict(step_fn=algorithm.step, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
