@@ -23,6 +23,7 @@ from . import (
     graphs,
     kernels,
     models,
+    sharding,
     train,  # the module: ntkdyn.train.train
 )
 from .algorithms import Algorithm
@@ -41,5 +42,6 @@ __all__ = [
     "Algorithm", "CheckReport", "FixedPoint", "KernelProblem", "StabilityReport", "Trajectory",
     "activations", "algorithms", "build_problem", "check", "data", "fixed_point", "graphs",
     "init_params", "kernels", "make_problem", "models", "predict", "predict_from_kernels",
-    "predict_sweep", "stability", "sweep_from_kernels", "train", "validate", "ValidationResult",
+    "predict_sweep", "sharding", "stability", "sweep_from_kernels", "train", "validate",
+    "ValidationResult",
 ]
