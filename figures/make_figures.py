@@ -44,6 +44,8 @@ FAST = {"data": {"n_train": 48, "n_test": 24, "classes": [0, 1, 2]},
 FAST_EXPERIMENT = {"widths": [64, 256], "edge_steps": 40, "edge_bisections": 1,
                    "topologies": ["ring", "complete"], "alphas": [0.1, 100.0]}
 
+#: bump when what a run computes changes (the cache key includes it)
+CACHE_VERSION = 2
 PRED, NONLIN, LIN = "predicted", "nonlinear", "linearised"
 STYLE = {PRED: dict(ls="--", color="black", lw=1.8), NONLIN: dict(ls="-", color="tab:blue", lw=1.6),
          LIN: dict(ls="-", color="tab:orange", lw=1.0, alpha=0.8)}
@@ -71,7 +73,8 @@ class Runner:
         self.hits = self.misses = 0
 
     def _path(self, kind: str, raw: dict, extra: dict) -> Path:
-        blob = json.dumps({"kind": kind, "raw": raw, "extra": extra, "v": nd.__version__},
+        blob = json.dumps({"kind": kind, "raw": raw, "extra": extra, "v": nd.__version__,
+                           "cache": CACHE_VERSION},
                           sort_keys=True, default=str)
         return self.cache / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npz"
 
@@ -86,9 +89,11 @@ class Runner:
         t = cfg.training
         lr = extra.get("lr", t.lr)
         if kind == PRED:
+            # the full empirical kernel (with its output blocks) makes the prediction exact
+            # for the linearised network; the analytic kernel is traced by construction
             traj = nd.predict(exp.arch, exp.parts, exp.mixing, lr, t.algorithm, cfg.steps,
                               kernel=extra.get("kernel", "empirical"), seed=cfg.seed,
-                              f0="network")
+                              f0="network", traced=False)
         else:
             traj = train(exp.arch, exp.parts, exp.mixing, lr, t.algorithm, cfg.steps,
                          seed=cfg.seed, model="linearised" if kind == LIN else "nonlinear",
@@ -111,8 +116,14 @@ def lr_star_of(raw: dict, algorithm: str = "dgd") -> float:
     cfg = config_from_dict(raw)
     exp = from_config(cfg)
     problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel="empirical",
-                               seed=cfg.seed, f0="network")
+                               seed=cfg.seed, f0="network", traced=False)
     return spectrum.max_stable_lr(problem, algorithm)[0]
+
+
+def _pos(y):
+    """Values for a log axis: non-positive ones (e.g. consensus 0 at step 0) are not drawn."""
+    y = np.asarray(y, float)
+    return np.where(y > 0, y, np.nan)
 
 
 def _with(raw: dict, **sections) -> dict:
@@ -161,11 +172,13 @@ def run_dynamics(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
             for kind in (NONLIN, LIN, PRED):
                 tr = runs[kind]
                 arr = getattr(tr, m)
+                log = m in ("train_loss", "test_loss", "consensus_dist")
                 if m in ("train_loss", "test_loss", "test_acc") and kind != LIN:
                     for q in range(arr.shape[1]):
-                        ax.plot(tr.steps, arr[:, q], ls=STYLE[kind]["ls"], color=colours(q),
-                                lw=0.6, alpha=0.6)
-                ax.plot(tr.steps, arr.mean(axis=1), **STYLE[kind],
+                        ax.plot(tr.steps, _pos(arr[:, q]) if log else arr[:, q],
+                                ls=STYLE[kind]["ls"], color=colours(q), lw=0.6, alpha=0.6)
+                mean = arr.mean(axis=1)
+                ax.plot(tr.steps, _pos(mean) if log else mean, **STYLE[kind],
                         label=LABEL[kind] + " (mean)")
             if m in ("train_loss", "test_loss", "consensus_dist"):
                 ax.set_yscale("log")
@@ -235,7 +248,7 @@ def run_stability_map(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
             cfg = config_from_dict(r)
             exp = from_config(cfg)
             problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel="empirical",
-                                       seed=cfg.seed, f0="network")
+                                       seed=cfg.seed, f0="network", traced=False)
             dgd, atc = spectrum.max_stable_lr(problem, "dgd")[0], \
                 spectrum.max_stable_lr(problem, "atc")[0]
             edge = measure_edge(exp, dgd, steps=spec["edge_steps"],
