@@ -145,7 +145,7 @@ def _save(fig, out: Path, name: str) -> list[str]:
     for ext in ("png", "pdf"):
         p = out / f"{name}.{ext}"
         fig.savefig(p, dpi=150)
-        paths.append(str(p.relative_to(ROOT)))
+        paths.append(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p))
     _pyplot().close(fig)
     return paths
 
@@ -259,30 +259,36 @@ def run_stability_map(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
                     "edge_converged": edge["converged_lr"], "edge_diverged": edge["diverged_lr"]}
 
         rows.append(runner.json("stability", r, compute, steps=spec["edge_steps"]))
-    rows.sort(key=lambda x: x["lambda_min"])
+    rows.sort(key=lambda x: (x["lambda_min"], x["dgd_lr_star"]))
     lam = np.array([x["lambda_min"] for x in rows])
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    ax.plot(lam, [x["dgd_lr_star"] for x in rows], "o-", color="tab:blue",
+    fig, ax = plt.subplots(figsize=(5.0, 3.9))
+    ax.plot(lam, [x["dgd_lr_star"] for x in rows], "o", color="tab:blue",
             label="DGD lr* (exact, linearised)")
-    ax.plot(lam, [x["dgd_bound"] for x in rows], "v:", color="tab:blue",
+    ax.plot(lam, [x["dgd_bound"] for x in rows], "v", color="tab:blue", mfc="none",
             label="DGD sufficient bound")
-    ax.plot(lam, [x["atc_lr_star"] for x in rows], "s-", color="tab:green",
+    ax.plot(lam, [x["atc_lr_star"] for x in rows], "s", color="tab:green",
             label="ATC/CTA lr* (exact, linearised)")
     conv = np.array([np.nan if x["edge_converged"] is None else x["edge_converged"] for x in rows])
     div = np.array([np.nan if x["edge_diverged"] is None else x["edge_diverged"] for x in rows])
-    ax.vlines(lam, conv, div, color="tab:red", lw=3, alpha=0.6)
-    ax.plot(lam, conv, "^", color="tab:red", ms=4,
-            label="DGD real network: converged (bottom) / failed (top)")
-    ax.plot(lam, div, "x", color="tab:red", ms=5)
+    ax.vlines(lam, conv, div, color="tab:red", lw=4, alpha=0.35)
+    ax.plot(lam, conv, "^", color="tab:red", ms=5,
+            label="DGD real network: last rate that converged")
+    ax.plot(lam, div, "x", color="tab:red", ms=6, label="DGD real network: first that failed")
+    seen: dict[float, int] = {}
     for x in rows:
-        ax.annotate(x["topology"], (x["lambda_min"], x["dgd_lr_star"]), fontsize=6,
-                    textcoords="offset points", xytext=(2, -8))
+        k = seen.setdefault(round(x["lambda_min"], 6), 0)
+        seen[round(x["lambda_min"], 6)] += 1
+        ax.annotate(x["topology"].replace("_", "-"), (x["lambda_min"], x["dgd_lr_star"]),
+                    fontsize=6, textcoords="offset points", xytext=(4, -9 - 8 * k))
     ax.set_yscale("log")
+    ax.set_xlim(lam.min() - 0.08, lam.max() + 0.12)
     ax.set_xlabel(r"$\lambda_{\min}(W)$ (Metropolis weights)")
     ax.set_ylabel("learning rate")
-    ax.set_title(spec["title"])
+    ax.set_title(spec["title"] + f" ({raw['partition']['agents']} agents, width "
+                 f"{raw['architecture']['width']})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2,
+              frameon=False)
     fig.tight_layout()
     return {"files": _save(fig, out, spec["figure"]), "rows": rows}
 
