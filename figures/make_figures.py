@@ -43,7 +43,8 @@ FAST = {"data": {"n_train": 48, "n_test": 24, "classes": [0, 1, 2]},
         "partition": {"agents": 4}, "architecture": {"width": 64, "depth": 1},
         "training": {"steps": 40, "record_every": 10}}
 FAST_EXPERIMENT = {"widths": [64, 256], "edge_steps": 40, "edge_bisections": 1,
-                   "topologies": ["ring", "complete"], "alphas": [0.1, 100.0]}
+                   "topologies": ["ring", "complete"], "alphas": [0.1, 100.0],
+                   "local_steps": [1, 4]}
 
 #: bump when what a run computes changes (the cache key includes it)
 CACHE_VERSION = 3
@@ -363,8 +364,112 @@ def run_noniid(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
     return {"files": _save(fig, out, spec["figure"]), **summary}
 
 
+def _cached_run(runner: Runner, kind: str, raw: dict, lr: float) -> nd.Trajectory:
+    """One prediction (empirical NTK) or real-network training of ``raw``'s algorithm with
+    its options (``algorithm_of``), cached like :meth:`Runner.trajectory`."""
+    path = runner._path(kind, raw, {"lr": lr, "schedule": "options"})
+    if path.is_file():
+        runner.hits += 1
+        return nd.Trajectory.load(path)
+    runner.misses += 1
+    cfg = config_from_dict(raw)
+    exp = from_config(cfg)
+    if kind == PRED:
+        traj = nd.predict(exp.arch, exp.parts, exp.mixing, lr, exp.algorithm, cfg.steps,
+                          kernel="empirical", seed=cfg.seed, f0="network", traced=False)
+    else:
+        traj = train(exp.arch, exp.parts, exp.mixing, lr, exp.algorithm, cfg.steps,
+                     seed=cfg.seed, model="nonlinear", dtype="float32")
+    traj.save(path)
+    return traj
+
+
+def oscillation_amplitude(traj: nd.Trajectory) -> float:
+    """How far the record after the local phase leaves the consensus trend: the mean over
+    the last half of the rounds of |l_local(k) - (l_cons(k-1) + l_cons(k)) / 2|, l the
+    network-mean test loss (positive excursions: the local phase drifts away)."""
+    local = traj.at_phase("local").network_mean("test_loss")
+    cons = traj.at_phase("consensus").network_mean("test_loss")
+    excursion = local[1:] - 0.5 * (cons[:-1] + cons[1:])
+    half = len(excursion) // 2
+    return float(np.mean(np.abs(excursion[half:])))
+
+
+def run_p2pl(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    plt = _pyplot()
+    alphas, locals_ = spec["alphas"], spec["local_steps"]
+    colours = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, len(alphas)))
+    amp = {PRED: {}, NONLIN: {}}
+    runs = {}
+    lrs = {}
+    bases = {alpha: _with(raw, partition={"scheme": "dirichlet", "alpha": alpha})
+             for alpha in alphas}
+
+    def bound(r):
+        cfg = config_from_dict(r)
+        exp = from_config(cfg)
+        problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel="empirical",
+                                   seed=cfg.seed, f0="network", traced=False)
+        return {"v": spectrum.sufficient_bound(problem, "atc")}
+
+    # 2 / max_q lambda_max(Theta_qq)/N_q: every local step is non-expansive and so is W, so
+    # every P2PL(L, C) is stable below it (ATC's lr* can be larger, P2PL(L > 1)'s not); one
+    # rate for all partitions, so that the amplitudes compare
+    lr = spec["lr_fraction"] * min(runner.json("localbound", b, lambda b=b: bound(b))["v"]
+                                   for b in bases.values())
+    for alpha in alphas:
+        base = bases[alpha]
+        lrs[str(alpha)] = lr
+        for steps in locals_:
+            r = _with(base, training={"local_steps": steps})
+            for kind in (PRED, NONLIN):
+                tr = _cached_run(runner, kind, r, lr)
+                runs[(alpha, steps, kind)] = tr
+                amp[kind][(alpha, steps)] = oscillation_amplitude(tr)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(7.6, 3.6),
+                                  gridspec_kw={"width_ratios": [1, 1.25]})
+    for c, alpha in zip(colours, alphas, strict=True):
+        obs = [amp[NONLIN][(alpha, s)] for s in locals_]
+        pred = [amp[PRED][(alpha, s)] for s in locals_]
+        ax.plot(locals_, obs, "o-", color=c, lw=1.6, label=rf"$\alpha$={alpha:g}: real network")
+        ax.plot(locals_, pred, "s--", color=c, lw=1.2, mfc="none",
+                label=rf"$\alpha$={alpha:g}: predicted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(locals_, [str(s) for s in locals_])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
+    ax.set_xlabel("local steps per round")
+    ax.set_ylabel("oscillation amplitude of the test loss")
+    ax.set_title("excursion of the after-local record\nfrom the consensus trend", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    handles, labels = ax.get_legend_handles_labels()
+    alpha, steps = alphas[0], locals_[-1]
+    first = int(spec.get("zoom_from", 10))  # late rounds: the zig-zag, not the initial drop
+    for kind in (NONLIN, PRED):
+        tr = runs[(alpha, steps, kind)]
+        t = tr.steps + np.where(tr.phase == 0, -0.5, 0.0)  # local record mid-round
+        keep = t >= first - 0.5
+        ax2.plot(t[keep], tr.network_mean("test_loss")[keep], **STYLE[kind],
+                 marker="o" if kind == NONLIN else None, ms=2.5, label=LABEL[kind])
+    ax2.set_xlabel("round (after local phase at k - 1/2, after consensus at k)")
+    ax2.set_ylabel("test loss (network mean)")
+    ax2.set_title(rf"$\alpha$={alpha:g}, {steps} local steps per round, rounds $\geq${first}")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=6)
+    fig.legend(handles, labels, loc="lower left", ncol=3, fontsize=6, frameon=False,
+               bbox_to_anchor=(0.02, 0.0))
+    fig.suptitle(spec["title"] + " - width {}, {} agents, ring".format(
+        raw["architecture"]["width"], raw["partition"]["agents"]))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.93))
+    table = {f"alpha={a:g}/L={s}": {"predicted": amp[PRED][(a, s)],
+                                     "observed": amp[NONLIN][(a, s)]}
+             for a in alphas for s in locals_}
+    return {"files": _save(fig, out, spec["figure"]), "lr": lrs, "amplitude": table}
+
+
 KINDS = {"dynamics": run_dynamics, "algorithms": run_algorithms,
-         "stability_map": run_stability_map, "width": run_width, "noniid": run_noniid}
+         "stability_map": run_stability_map, "width": run_width, "noniid": run_noniid,
+         "p2pl": run_p2pl}
 
 
 def main(argv=None) -> int:

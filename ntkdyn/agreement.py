@@ -30,9 +30,15 @@ DIST_FLOOR = 1e-6
 
 
 def _common_steps(pred: Trajectory, obs: Trajectory) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into ``pred`` and ``obs`` of the steps both recorded."""
-    common, ip, io = np.intersect1d(np.asarray(pred.steps, float), np.asarray(obs.steps, float),
-                                    return_indices=True)
+    """Indices into ``pred`` and ``obs`` of the records both took (same step and, for a
+    schedule recorded after each phase, same phase)."""
+    if pred.phase is not None and obs.phase is not None:
+        per = int(max(pred.phase.max(initial=0), obs.phase.max(initial=0))) + 1
+        kp = np.asarray(pred.steps, float) * per + pred.phase
+        ko = np.asarray(obs.steps, float) * per + obs.phase
+    else:
+        kp, ko = np.asarray(pred.steps, float), np.asarray(obs.steps, float)
+    common, ip, io = np.intersect1d(kp, ko, return_indices=True)
     return ip, io
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import graphs, spectrum
+from . import gossip, graphs, spectrum
 from .config import Config, load_config
 from .experiment import Experiment, from_config
 from .pipeline import build_problem
@@ -50,6 +50,7 @@ class AlgorithmVerdict:
     inside: bool
     method: str
     verdict: str
+    operator: str = "one step"
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _json_default(obj):
 
 
 def _verdict(report: spectrum.StabilityReport, topology: str) -> str:
-    a = report.algorithm.upper()
+    a = report.algorithm.upper().replace("_", " ")
     if report.stable:
         return (f"{a} at lr={report.lr:.4g} on this {topology} is inside the NTK regime: the "
                 f"linearised dynamics converge (lr*={report.lr_star:.4g}, margin "
@@ -135,17 +136,28 @@ def _summarise(traj, target: float) -> dict:
 
 def _analyse(exp: Experiment, problem, cfg: Config) -> tuple[list[AlgorithmVerdict], dict]:
     """Stability of DGD, ATC, CTA at the chosen rate (ATC and CTA share a spectrum)."""
-    name = exp.config.topology.name
+    name = _topology_name(exp.config)
     out, cache = [], {}
     for algo in ALGORITHMS:
         key = "atc" if algo == "cta" else algo  # W(I - eta H) and (I - eta H)W: same spectrum
         if key not in cache:
             cache[key] = spectrum.stability(problem, key, cfg.training.lr)
         rep = dataclasses.replace(cache[key], algorithm=algo)
-        out.append(AlgorithmVerdict(algo, rep.lr, rep.spectral_radius, rep.lr_star,
-                                    rep.lr_bound, rep.margin, rep.stable, rep.method,
-                                    _verdict(rep, name)))
+        out.append(_as_verdict(rep, name))
     return out, cache
+
+
+def _as_verdict(rep: spectrum.StabilityReport, topology: str) -> AlgorithmVerdict:
+    return AlgorithmVerdict(rep.algorithm, rep.lr, rep.spectral_radius, rep.lr_star,
+                            rep.lr_bound, rep.margin, rep.stable, rep.method,
+                            _verdict(rep, topology), rep.operator)
+
+
+def _topology_name(cfg: Config) -> str:
+    t = cfg.topology
+    if t.sequence:
+        return "periodic sequence " + "+".join(t.sequence)
+    return t.name + (f" with random gossip ({t.gossip})" if t.gossip else "")
 
 
 def _recommend(sweep: list[dict], lr_star: float) -> dict | None:
@@ -198,30 +210,33 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                             seed=cfg.seed, rates=len(SWEEP_FRACTIONS) + 1)
     t_kernel = time.perf_counter()
     verdicts, cache = _analyse(exp, problem, cfg)
+    algo = exp.algorithm
     chosen = next(v for v in verdicts if v.algorithm == cfg.training.algorithm) \
         if cfg.training.algorithm in ALGORITHMS else None
-    if chosen is None:  # "gd": no communication
-        rep = spectrum.stability(problem, cfg.training.algorithm, cfg.training.lr)
-        chosen = AlgorithmVerdict(rep.algorithm, rep.lr, rep.spectral_radius, rep.lr_star,
-                                  rep.lr_bound, rep.margin, rep.stable, rep.method,
-                                  _verdict(rep, cfg.topology.name))
+    if chosen is None:  # gd, p2pl, gradient tracking, EXTRA, momentum: their own operator
+        rep = spectrum.stability(problem, algo, cfg.training.lr)
+        chosen = _as_verdict(rep, _topology_name(cfg))
         verdicts.append(chosen)
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
     rates = [float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
     if chosen.inside:
         rates.append(cfg.training.lr)
-    trajs = run_problem(problem, cfg.training.algorithm, rates, cfg.steps, progress=progress,
-                        check_stability=False, reference=False)
+    trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
+                        check_stability=False, reference=False, samples=exp.samples)
     sweep = [_summarise(t, target) for t in trajs[: len(SWEEP_FRACTIONS)]]
     prediction = None
     if chosen.inside:
         prediction = _summarise(trajs[-1], target)
-        fp = fixed_point(problem, cfg.training.algorithm, cfg.training.lr)
-        prediction.update(steady_state_consensus_gap=fp.consensus_gap,
-                          steady_state_distance_to_centralised=fp.central_gap,
-                          steady_state_test_loss=float(np.mean(fp.test_loss))
-                          if fp.test_loss is not None else None)
+        try:
+            fp = fixed_point(problem, algo, cfg.training.lr)
+        except ValueError:  # a periodic sequence ends on a periodic orbit, not a fixed point
+            fp = None
+        prediction.update(
+            steady_state_consensus_gap=None if fp is None else fp.consensus_gap,
+            steady_state_distance_to_centralised=None if fp is None else fp.central_gap,
+            steady_state_test_loss=float(np.mean(fp.test_loss))
+            if fp is not None and fp.test_loss is not None else None)
     t_pred = time.perf_counter()
     comparison = [_topology_row(exp, name, cfg) for name in (topologies or [])]
     edge = None
@@ -233,7 +248,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     t_end = time.perf_counter()
     return CheckReport(
         config=cfg.to_dict(), kernel=cfg.prediction.kernel, width=cfg.architecture.width,
-        topology=cfg.topology.name, algorithm=cfg.training.algorithm, lr=cfg.training.lr,
+        topology=_topology_name(cfg), algorithm=cfg.training.algorithm, lr=cfg.training.lr,
         target_loss=target, horizon=int(cfg.training.steps), stability=verdicts,
         inside=chosen.inside, prediction=prediction, sweep=sweep,
         recommended=_recommend(sweep, chosen.lr_star), topologies=comparison, edge=edge,
@@ -248,14 +263,16 @@ def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     other = exp.with_topology(name)
     problem = build_problem(other.arch, other.parts, other.mixing,
                             kernel=cfg.prediction.kernel, seed=cfg.seed)
-    row = {"topology": name, "lambda_min": graphs.lambda_min(other.mixing)
-           if graphs.is_symmetric(other.mixing) else None,
-           "spectral_gap": graphs.spectral_gap(other.mixing)}
-    rep = spectrum.stability(problem, cfg.training.algorithm, cfg.training.lr)
+    # random gossip: the expected matrix's spectrum (the mean-state dynamics)
+    w = other.mixing.expected() if gossip.is_process(other.mixing) else other.mixing
+    row = {"topology": name, "lambda_min": graphs.lambda_min(w)
+           if graphs.is_symmetric(w) else None,
+           "spectral_gap": graphs.spectral_gap(w)}
+    rep = spectrum.stability(problem, other.algorithm, cfg.training.lr)
     row.update(lr_star=rep.lr_star, lr_bound=rep.lr_bound, inside=rep.stable)
     if rep.stable:
-        traj = run_problem(problem, cfg.training.algorithm, [cfg.training.lr], cfg.steps,
-                           check_stability=False, reference=False)[0]
+        traj = run_problem(problem, other.algorithm, [cfg.training.lr], cfg.steps,
+                           check_stability=False, reference=False, samples=other.samples)[0]
         s = _summarise(traj, cfg.prediction.target_loss)
         row.update(final_test_loss=s["final_test_loss"], final_test_acc=s["final_test_acc"],
                    steps_to_target=s["steps_to_target"])
@@ -273,14 +290,18 @@ def _render(r: CheckReport) -> str:
              f"{r.config['partition']['agents']} agents, width {r.width}, {r.kernel} NTK, "
              f"{r.horizon} steps", ""]
     lines.append("Stability of the linearised dynamics (NTK regime):")
-    lines.append("  algo  spectral radius   lr* (exact)   sufficient bound   margin   regime")
+    width = max(5, *(len(v.algorithm) for v in r.stability))
+    lines.append(f"  {'algo':<{width}} spectral radius   lr* (exact)   sufficient bound   margin"
+                 "   regime")
     for v in r.stability:
-        lines.append(f"  {v.algorithm:<5} {v.spectral_radius:>15.6f} {v.lr_star:>13.5g} "
+        lines.append(f"  {v.algorithm:<{width}} {v.spectral_radius:>15.6f} {v.lr_star:>13.5g} "
                      f"{v.lr_bound:>18.5g} {v.margin:>+8.0%}   "
                      f"{'inside' if v.inside else 'OUTSIDE'}")
     lines.append("")
     for v in r.stability:
         lines.append("  " + v.verdict)
+        if v.operator != "one step":
+            lines.append(f"    (operator: {v.operator})")
     lines.append("")
     if r.prediction is not None:
         p = r.prediction
@@ -289,10 +310,14 @@ def _render(r: CheckReport) -> str:
         lines += [f"Prediction at step {r.horizon} (network mean, linearised dynamics):",
                   f"  train loss {p['final_train_loss']:.4g}, test loss {p['final_test_loss']:.4g}"
                   f", train acc {p['final_train_acc']:.3f}, test acc {p['final_test_acc']:.3f}",
-                  f"  target test loss {r.target_loss:g}: {reached}",
-                  f"  steady state: consensus gap {p['steady_state_consensus_gap']:.3g}, "
-                  f"distance to the centralised solution "
-                  f"{p['steady_state_distance_to_centralised']:.3g}"]
+                  f"  target test loss {r.target_loss:g}: {reached}"]
+        if p["steady_state_consensus_gap"] is None:
+            lines.append("  steady state: none (a periodic mixing sequence ends on a periodic "
+                         "orbit)")
+        else:
+            lines.append(f"  steady state: consensus gap {p['steady_state_consensus_gap']:.3g}"
+                         f", distance to the centralised solution "
+                         f"{p['steady_state_distance_to_centralised']:.3g}")
     else:
         lines.append(f"Predictions withheld: {r.algorithm.upper()} at lr={r.lr:g} is outside the "
                      "NTK regime (see above).")

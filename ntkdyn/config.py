@@ -60,6 +60,10 @@ class TopologyConfig:
     rule: str = "metropolis"  # metropolis | max_degree | uniform
     lazy: bool = False
     params: dict[str, float] = field(default_factory=dict)  # e.g. {p = 0.3}
+    sequence: list[str] = field(default_factory=list)  # periodic: topology names, cycled
+    gossip: str = ""  # "" (static) | edges (each edge on w.p. gossip_p) | one_edge
+    gossip_p: float = 0.5  # gossip = "edges": probability an edge is active at an event
+    gossip_samples: int = 64  # sampled mixing sequences of a random-gossip prediction
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,15 @@ class ArchitectureConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    algorithm: str = "dgd"  # dgd | atc | cta | gd
+    algorithm: str = "dgd"  # dgd | atc | cta | gd | p2pl | gradient_tracking | diging |
+    #                         extra | momentum
     lr: float = 0.5
-    steps: int = 2000
+    steps: int = 2000  # steps of the algorithm (rounds for p2pl)
     record_every: int = 20
     continuous: bool = False
+    local_steps: int = 5  # p2pl: local gradient steps per round
+    consensus_steps: int = 1  # p2pl: combine steps per round
+    momentum: float = 0.9  # momentum: heavy-ball beta in [0, 1)
 
 
 @dataclass(frozen=True)
@@ -120,14 +128,17 @@ CHOICES = {
     "data.source": ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10"),
     "partition.scheme": ("iid", "shards", "dirichlet"),
     "topology.rule": ("metropolis", "max_degree", "uniform"),
-    "training.algorithm": ("dgd", "atc", "cta", "gd"),
+    "training.algorithm": ("dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "diging",
+                           "extra", "momentum"),
+    "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
     "validation.dtype": ("float32", "float64"),
 }
 POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "architecture.depth", "architecture.width", "architecture.W_std", "training.lr",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
-            "data.dim")
+            "data.dim", "training.local_steps", "training.consensus_steps",
+            "topology.gossip_samples", "topology.gossip_p")
 NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -210,6 +221,50 @@ def _validate(cfg: Config) -> None:
                           "'file'")
     if any(w <= 0 for w in cfg.validation.widths):
         raise ConfigError("config: validation.widths: expected positive integers")
+    if cfg.topology.gossip_p > 1:
+        raise ConfigError(f"config: topology.gossip_p: expected a probability in (0, 1], got "
+                          f"{cfg.topology.gossip_p!r}")
+    if not 0 <= cfg.training.momentum < 1:
+        raise ConfigError(f"config: training.momentum: expected a value in [0, 1), got "
+                          f"{cfg.training.momentum!r}")
+
+
+#: keys that only mean something with another key's value: key -> (owner, allowed values)
+_ONLY_WITH = {
+    "training.local_steps": ("training.algorithm", ("p2pl",)),
+    "training.consensus_steps": ("training.algorithm", ("p2pl",)),
+    "training.momentum": ("training.algorithm", ("momentum",)),
+    "topology.gossip_p": ("topology.gossip", ("edges",)),
+    "topology.gossip_samples": ("topology.gossip", ("edges", "one_edge")),
+}
+
+
+def _validate_combinations(cfg: Config, raw: dict) -> None:
+    """Reject keys given without the setting they belong to, and settings that exclude
+    each other (the error names the key)."""
+    given = {f"{sec}.{k}" for sec, table in raw.items() if isinstance(table, dict)
+             for k in table}
+    t, topo = cfg.training, cfg.topology
+    values = {"training.algorithm": t.algorithm, "topology.gossip": topo.gossip}
+    for key, (owner, allowed) in _ONLY_WITH.items():
+        if key in given and values[owner] not in allowed:
+            raise ConfigError(f"config: {key}: only used with {owner} = "
+                              + " or ".join(repr(a) for a in allowed)
+                              + f", got {owner} = {values[owner]!r}")
+    if topo.sequence:
+        for key in ("topology.name", "topology.gossip", "topology.mixing_file",
+                    "topology.adjacency_file"):
+            if key in given:
+                raise ConfigError(f"config: topology.sequence: a periodic sequence of named "
+                                  f"topologies cannot be combined with {key}")
+    if topo.gossip and ("topology.mixing_file" in given):
+        raise ConfigError("config: topology.gossip: random gossip needs a graph (topology.name "
+                          "or adjacency_file), not topology.mixing_file")
+    time_varying = bool(topo.sequence or topo.gossip)
+    if t.continuous and (time_varying or t.algorithm == "p2pl"):
+        what = "a time-varying mixing sequence" if time_varying else "training.algorithm = 'p2pl'"
+        raise ConfigError(f"config: training.continuous: the gradient flow is not defined for "
+                          f"{what}")
 
 
 def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> Config:
@@ -219,6 +274,7 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> Config:
     """
     cfg = _build(Config, raw, "")
     _validate(cfg)
+    _validate_combinations(cfg, raw)
     if base_dir is not None:
         base = Path(base_dir)
 

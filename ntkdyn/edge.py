@@ -43,7 +43,7 @@ def trial(exp: Experiment, lr: float, steps: int, cache_dir: str | Path | None =
         return json.loads(cache.read_text())
     cfg = exp.config
     rec = np.unique(np.linspace(0, steps, 11).astype(int))
-    traj = train(exp.arch, exp.parts, exp.mixing, lr, cfg.training.algorithm, rec,
+    traj = train(exp.arch, exp.parts, exp.mixing, lr, exp.algorithm, rec,
                  seed=cfg.seed, dtype=cfg.validation.dtype, progress=progress)
     loss = traj.network_mean("train_loss")
     final = float(loss[-1]) if len(loss) else float("inf")

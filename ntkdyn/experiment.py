@@ -8,28 +8,43 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
+from . import algorithms, gossip, graphs
 from . import data as data_mod
-from . import graphs
+from .algorithms import Algorithm
 from .config import Config, ConfigError
 from .models import MLP
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """Everything a configuration describes, built and checked."""
+    """Everything a configuration describes, built and checked.
+
+    ``mixing`` is a ``(Q, Q)`` matrix, or a time-varying / random sequence
+    (:mod:`ntkdyn.gossip`) when ``[topology]`` has ``sequence`` or ``gossip``.
+    """
 
     config: Config
     parts: data_mod.Partition
     graph: nx.Graph | None
-    mixing: np.ndarray
+    mixing: np.ndarray | gossip.MixingProcess
     arch: MLP
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The configured algorithm with its options (:func:`algorithm_of`)."""
+        return algorithm_of(self.config)
+
+    @property
+    def samples(self) -> int | None:
+        """Sampled mixing sequences for a random-gossip prediction (else ``None``)."""
+        return samples_of(self.config)
 
     def with_topology(self, name: str) -> Experiment:
         """The same experiment on another named topology (same size and mixing rule)."""
         import dataclasses
 
         topo = dataclasses.replace(self.config.topology, name=name, adjacency_file="",
-                                   mixing_file="", params={})
+                                   mixing_file="", params={}, sequence=[])
         cfg = dataclasses.replace(self.config, topology=topo)
         graph, w = build_mixing(cfg)
         return Experiment(cfg, self.parts, graph, w, self.arch)
@@ -51,7 +66,49 @@ def build_data(cfg: Config) -> data_mod.Dataset:
                   **common)
 
 
-def build_mixing(cfg: Config) -> tuple[nx.Graph | None, np.ndarray]:
+def algorithm_of(cfg: Config) -> Algorithm:
+    """``training.algorithm`` with its options (``local_steps``, ``consensus_steps``,
+    ``momentum``) as an :class:`~ntkdyn.algorithms.Algorithm`."""
+    t = cfg.training
+    if t.algorithm == "p2pl":
+        return algorithms.p2pl(t.local_steps, t.consensus_steps)
+    if t.algorithm == "momentum":
+        return algorithms.momentum(t.momentum)
+    return algorithms.get_algorithm(t.algorithm)
+
+
+def samples_of(cfg: Config) -> int | None:
+    """``topology.gossip_samples`` for random gossip, ``None`` otherwise."""
+    return cfg.topology.gossip_samples if cfg.topology.gossip else None
+
+
+def build_mixing(cfg: Config) -> tuple[nx.Graph | None, np.ndarray | gossip.MixingProcess]:
+    """The graph and its mixing matrix, or a periodic / random mixing sequence."""
+    t = cfg.topology
+    q = cfg.partition.agents
+    if t.sequence:
+        mats = []
+        for i, name in enumerate(t.sequence):
+            try:
+                g = graphs.topology(name, q, seed=cfg.seed)
+            except ValueError as exc:
+                raise ConfigError(f"config: topology.sequence[{i}]: {exc}") from exc
+            mats.append(graphs.mixing(g, t.rule, lazy=t.lazy))
+        try:
+            return None, graphs.periodic(mats, names=tuple(t.sequence))
+        except ValueError as exc:
+            raise ConfigError(f"config: topology.sequence: {exc}") from exc
+    graph, w = _static_mixing(cfg)
+    if t.gossip:
+        if graph is None:
+            raise ConfigError("config: topology.gossip: needs a graph, not a mixing file")
+        if t.gossip == "edges":
+            return graph, graphs.random_edges(graph, t.gossip_p, seed=cfg.seed)
+        return graph, graphs.one_random_edge(graph, seed=cfg.seed)
+    return graph, w
+
+
+def _static_mixing(cfg: Config) -> tuple[nx.Graph | None, np.ndarray]:
     t = cfg.topology
     q = cfg.partition.agents
     if t.mixing_file:

@@ -33,7 +33,7 @@ from scipy.sparse.csgraph import connected_components
 __all__ = [
     "MIXING_RULES", "TOPOLOGIES", "as_graph", "check_mixing", "eigenvalues",
     "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "mixing",
-    "spectral_gap", "topology",
+    "one_random_edge", "periodic", "random_edges", "spectral_gap", "topology",
 ]
 
 TOPOLOGIES: tuple[str, ...] = (
@@ -454,3 +454,28 @@ def lambda_min(W: Any) -> float:
         asym = float(np.max(np.abs(w - w.T)))
         raise ValueError(f"lambda_min needs a symmetric W; max |W - W^T| = {asym:.3g}")
     return float(np.linalg.eigvalsh(0.5 * (w + w.T))[0])
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+def periodic(matrices, names=()):
+    """A periodic sequence of mixing matrices (:func:`ntkdyn.gossip.periodic`)."""
+    from .gossip import periodic as _periodic
+
+    return _periodic(matrices, names)
+
+
+def random_edges(graph: Any, p: float, seed: int = 0):
+    """Random gossip, each edge active with probability ``p``
+    (:func:`ntkdyn.gossip.random_edges`)."""
+    from .gossip import random_edges as _random_edges
+
+    return _random_edges(graph, p, seed)
+
+
+def one_random_edge(graph: Any, seed: int = 0):
+    """One random edge per event (:func:`ntkdyn.gossip.one_random_edge`)."""
+    from .gossip import one_random_edge as _one
+
+    return _one(graph, seed)

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import agreement, spectrum
 from .config import Config, load_config
-from .experiment import build_arch, from_config
+from .experiment import algorithm_of, build_arch, from_config
 from .pipeline import _describe, build_problem, init_params
 from .predict import run_problem
 from .train import train
@@ -135,7 +135,16 @@ def _describe_run(cfg: Config, options: bool = True) -> str:
         extra.append(f"mini-batch {v.batch_size} (prediction is of the mean)")
     if v.independent_init:
         extra.append("independent initialisations (outside the theory)")
-    return (f"{t.algorithm.upper()} on {cfg.topology.name} ({cfg.partition.agents} agents, "
+    label = algorithm_of(cfg).label().upper().replace("_", " ")
+    topo = cfg.topology
+    if topo.sequence:
+        where = "+".join(topo.sequence) + " (periodic)"
+    elif topo.gossip:
+        p = f", p={topo.gossip_p:g}" if topo.gossip == "edges" else ""
+        where = f"{topo.name}, random gossip ({topo.gossip}{p}, sequence 0)"
+    else:
+        where = topo.name
+    return (f"{label} on {where} ({cfg.partition.agents} agents, "
             f"{cfg.partition.scheme}), lr={t.lr:g}, {t.steps} steps, depth "
             f"{cfg.architecture.depth}, {v.dtype}"
             + ("; " + "; ".join(extra) if extra and options else ""))
@@ -239,11 +248,15 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
     common = dict(params0=params, seed=cfg.seed, dtype=v.dtype, batch_size=v.batch_size,
                   independent_init=v.independent_init, progress=progress)
     timings = {}
+    algo = exp.algorithm
+    # random gossip: training runs sampled sequence 0; the prediction of that same sequence
+    # (samples=1) is what it is compared with
+    samples = 1 if exp.samples else None
 
     def run_training(model):
         ck = None if ck_dir is None else ck_dir / f"{model}_w{width}.npz"
         tic = time.perf_counter()
-        traj = train(arch, exp.parts, exp.mixing, t.lr, t.algorithm, steps, model=model,
+        traj = train(arch, exp.parts, exp.mixing, t.lr, algo, steps, model=model,
                      checkpoint=ck, checkpoint_interval=CHECKPOINT_INTERVAL_S, **common)
         timings[f"train_{model}_s"] = time.perf_counter() - tic
         timings[f"train_{model}_steps_per_s"] = traj.metadata["training"]["steps_per_second"]
@@ -260,7 +273,8 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
                                 params=params, f0="network", traced=not full)
         # the exact stability check of a full kernel beyond the dense size runs ARPACK inside
         # a root search (minutes); there the status reports an observed blow-up only
-        exact = not full or exp.parts.num_agents * n * k <= spectrum.DENSE_MAX
+        blocks = spectrum.state_structure(algo)[1]
+        exact = not full or blocks * exp.parts.num_agents * n * k <= spectrum.DENSE_MAX
         meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
                 "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
                 "kernel_layout": "full" if full else "traced", "width": width,
@@ -268,8 +282,9 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
         if not exact:
             meta["stability"] = ("not computed: full kernel too large for the exact check; "
                                  "status reflects an observed blow-up only")
-        pred = run_problem(problem, t.algorithm, [t.lr], steps, progress=progress,
-                           metadata=meta, check_stability=None if exact else False)[0]
+        pred = run_problem(problem, algo, [t.lr], steps, progress=progress,
+                           metadata=meta, check_stability=None if exact else False,
+                           samples=samples)[0]
         timings[f"predict_{kernel}_s"] = time.perf_counter() - tic
         predicted[kernel] = pred
     comps = {}

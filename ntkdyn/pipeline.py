@@ -100,8 +100,9 @@ def build_problem(
     arch : MLP or neural-tangents stax triple
     parts : Partition
         Training data split across agents (from :func:`ntkdyn.data.partition`).
-    mixing : (Q, Q) array
-        Mixing matrix (e.g. ``graphs.mixing(graphs.topology("ring", Q))``).
+    mixing : (Q, Q) array or MixingProcess
+        Mixing matrix (e.g. ``graphs.mixing(graphs.topology("ring", Q))``), or a
+        time-varying / random sequence (:mod:`ntkdyn.gossip`).
     kernel : "analytic" or "empirical"
         Infinite-width NTK, or ``J J^T`` of the finite network at ``params``
         (default: initialised with ``seed``).
@@ -123,8 +124,16 @@ def build_problem(
         raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
     data = parts.dataset
     n, k = data.y_train.shape
-    mixing = np.asarray(mixing, dtype=float)
-    if mixing.ndim != 2 or mixing.shape[0] != parts.num_agents:
+    from .gossip import is_process
+
+    q_mix = mixing.num_agents if is_process(mixing) else None
+    if q_mix is not None:
+        if q_mix != parts.num_agents:
+            raise ValueError(f"mixing: a sequence for {q_mix} agents, the partition has "
+                             f"{parts.num_agents}")
+    else:
+        mixing = np.asarray(mixing, dtype=float)
+    if q_mix is None and (mixing.ndim != 2 or mixing.shape[0] != parts.num_agents):
         raise ValueError(
             f"mixing: expected a ({parts.num_agents}, {parts.num_agents}) matrix for "
             f"{parts.num_agents} agents, got shape {mixing.shape}")
@@ -171,12 +180,14 @@ def predict(
     reference: bool = True,
     kernel_dtype: str = "float64",
     devices=None,
+    samples: int | None = None,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
     See :func:`build_problem` for ``kernel``, ``seed``, ``params``, ``f0``,
     ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest (``reference``:
-    also run the centralised reference).
+    also run the centralised reference; ``mixing`` may be a time-varying or random
+    sequence, ``samples`` the number of sampled sequences for a random one).
 
     Examples
     --------
@@ -188,6 +199,15 @@ def predict(
     >>> traj = nd.predict(arch, parts, W, lr=0.5, steps=range(0, 201, 50))
     >>> traj.test_loss.shape
     (5, 4)
+    >>> p2pl = nd.algorithms.p2pl(local_steps=5, consensus_steps=2)
+    >>> traj = nd.predict(arch, parts, W, lr=0.3, algorithm=p2pl, steps=range(0, 21, 10))
+    >>> traj.at_phase("local").test_loss.shape       # recorded after each phase
+    (3, 4)
+    >>> G = nd.graphs.topology("ring", 4)
+    >>> traj = nd.predict(arch, parts, nd.graphs.random_edges(G, p=0.5, seed=0), lr=0.3,
+    ...                   steps=range(0, 101, 50), samples=16)
+    >>> traj.quantiles["test_loss"].shape            # 5 levels, T records, Q agents
+    (5, 3, 4)
     """
     problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
                             f0=f0, traced=traced)
@@ -195,7 +215,8 @@ def predict(
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
-                       reference=reference, kernel_dtype=kernel_dtype, devices=devices)[0]
+                       reference=reference, kernel_dtype=kernel_dtype, devices=devices,
+                       samples=samples)[0]
 
 
 def predict_sweep(
@@ -212,6 +233,7 @@ def predict_sweep(
     f0: str | None = None,
     progress: bool = False,
     reference: bool = True,
+    samples: int | None = None,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel."""
     problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
@@ -219,7 +241,7 @@ def predict_sweep(
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
-                       reference=reference)
+                       reference=reference, samples=samples)
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:

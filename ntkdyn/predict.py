@@ -20,7 +20,7 @@ import numpy as np
 from . import memory, solver, spectrum
 from .algorithms import Algorithm, get_algorithm
 from .problem import KernelProblem, make_problem
-from .trajectory import Trajectory
+from .trajectory import GossipTrajectory, Trajectory
 from .validation import learning_rates, steps_array
 
 
@@ -75,6 +75,10 @@ def _check_memory(problem: KernelProblem, n_rates: int, n_records: int, record_o
         "rates per sweep, or record_outputs=False")
 
 
+DEFAULT_SAMPLES = 64  # sampled mixing sequences for a random mixing process
+QUANTILE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
 def run_problem(
     problem: KernelProblem,
     algorithm: str | Algorithm,
@@ -89,6 +93,7 @@ def run_problem(
     reference: bool = True,
     kernel_dtype: str = "float64",
     devices=None,
+    samples: int | None = None,
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
@@ -102,19 +107,36 @@ def run_problem(
     bandwidth; the state stays float64; see the README for the error this costs).
     ``devices`` (a list of ``jax.Device`` or a ``jax.sharding.Mesh``) shards the
     kernels and the state over several devices (:mod:`ntkdyn.sharding`).
+
+    With a random mixing sequence (``problem.process``, :mod:`ntkdyn.gossip`) each
+    trajectory is a :class:`~ntkdyn.trajectory.GossipTrajectory` over ``samples``
+    sampled sequences (default 64; sequence ``s`` is the one
+    :func:`ntkdyn.train.train` runs with ``gossip_sample=s``), all sharing every
+    kernel pass, plus the exact mean-state trajectory (``.expected``).
     """
     algo = get_algorithm(algorithm)
     q_count = problem.num_agents
     rate_rows = np.stack([learning_rates(lr, q_count) for lr in lrs])
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
+    process = problem.process
+    if process is not None and process.random:
+        samples = DEFAULT_SAMPLES if samples is None else samples
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) \
+                or samples < 1:
+            raise ValueError(f"samples: expected an integer >= 1, got {samples!r}")
+    elif samples is not None:
+        raise ValueError("samples: only for a random mixing sequence (ntkdyn.graphs."
+                         "random_edges / one_random_edge), got a deterministic mixing")
+    groups, with_expected = solver.mixing_groups(problem, samples)
     if mesh is None:
-        _check_memory(problem, len(rate_rows), len(steps), record_outputs)
+        _check_memory(problem, len(rate_rows) * groups, len(steps) * algo.records_per_step,
+                      record_outputs)
     else:
-        _check_device_memory(problem, len(rate_rows), mesh, kernel_dtype)
+        _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
     raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,
                         record_outputs=record_outputs, progress=progress, central=reference,
-                        kernel_dtype=kernel_dtype, mesh=mesh)
+                        kernel_dtype=kernel_dtype, mesh=mesh, samples=samples)
     base_meta = {
         "algorithm": algo.name,
         "num_agents": q_count,
@@ -126,8 +148,25 @@ def run_problem(
         "versions": versions(),
         **(metadata or {}),
     }
-    trajs = [_trajectory(raw, r, problem, steps, rate_rows[r], continuous, base_meta)
-             for r in range(len(rate_rows))]
+    if algo.options:
+        base_meta["algorithm_options"] = algo.settings
+    if algo.records_per_step > 1:
+        base_meta["phases"] = list(algo.phase_names)
+    if process is not None:
+        base_meta["mixing_process"] = process.describe()
+        base_meta["mixing_note"] = ("'mixing' is the expected matrix" if process.random else
+                                    "'mixing' is the average over the period")
+    n_rates = len(rate_rows)
+    rec_steps, phase = _record_layout(steps, algo.records_per_step)
+    trajs = []
+    for r in range(n_rates):
+        def one(g, r=r):
+            return _trajectory(raw, g * n_rates + r, problem, rec_steps, rate_rows[r],
+                               continuous, base_meta, phase)
+        if not with_expected:
+            trajs.append(one(0))
+        else:
+            trajs.append(_aggregate([one(g) for g in range(groups - 1)], one(groups - 1)))
     if check_stability is False or (continuous and check_stability is None):
         # the discrete-time spectrum says nothing about the flow (e.g. DGD's flow converges
         # at every rate); a flow that blew up is still reported as "diverged"
@@ -135,6 +174,21 @@ def run_problem(
     bound = spectrum.sufficient_bound(problem, algo) if check_stability is None else 0.0
     out = []
     for traj, lr in zip(trajs, rate_rows, strict=True):
+        if check_stability is None and not traj.diverged and not np.isfinite(bound):
+            # no cheap bound (gradient tracking, EXTRA, ...): one dense spectral radius
+            # decides whether the exact report (lr*, a root search) is needed; beyond the
+            # dense size the status reflects an observed blow-up only (nd.stability gives lr*)
+            op = spectrum.StepOperator(problem, algo, lr / lr.max())
+            if op.dim > spectrum.DENSE_MAX:
+                meta = dict(traj.metadata, stability=(
+                    "not computed: no sufficient bound for this schedule and the operator "
+                    f"({op.dim} dimensions) is beyond the dense size; status reflects an "
+                    "observed blow-up only; ntkdyn.stability(problem, algorithm, lr) gives lr*"))
+                out.append(dataclasses.replace(traj, metadata=meta))
+                continue
+            if op.spectral_radius(float(lr.max())) <= 1 + spectrum.RHO_TOL:
+                out.append(traj)
+                continue
         if check_stability or traj.diverged or not np.isfinite(bound) or lr.max() >= bound:
             report = spectrum.stability(problem, algo, lr)
             status = traj.status if (report.stable or traj.diverged) else "unstable"
@@ -146,11 +200,47 @@ def run_problem(
     return out
 
 
-def _trajectory(raw, r, problem, steps, lr, continuous, meta) -> Trajectory:
+def _record_layout(steps: np.ndarray, per_step: int):
+    """Steps and phase index of every record (``per_step`` records per recorded step)."""
+    if per_step == 1:
+        return steps, None
+    return np.repeat(steps, per_step), np.tile(np.arange(per_step), len(steps))
+
+
+def _aggregate(samples: list[Trajectory], expected: Trajectory) -> GossipTrajectory:
+    """Mean over sampled sequences of every metric, quantile bands, and the E[W] run."""
+    keep = min(len(t.steps) for t in samples)
+    diverged = [t.diverged_at for t in samples if t.status == "diverged"]
+    levels = np.asarray(QUANTILE_LEVELS)
+    arrays, quantiles = {}, {}
+    first = samples[0]
+    for f in dataclasses.fields(Trajectory):
+        v = getattr(first, f.name)
+        if not isinstance(v, np.ndarray) or f.name in ("steps", "lr", "phase"):
+            continue
+        stack = np.stack([getattr(t, f.name)[:keep] for t in samples])
+        arrays[f.name] = stack.mean(axis=0)
+        if not f.name.endswith("_outputs"):
+            quantiles[f.name] = np.quantile(stack, levels, axis=0)
+    meta = dict(first.metadata, samples=len(samples),
+                note="fields: mean over sampled mixing sequences of each metric (mean of the "
+                     "loss); .expected: exact mean-state trajectory with E[W] (loss of the "
+                     "mean); quantiles: bands over the samples")
+    return GossipTrajectory(
+        steps=first.steps[:keep], phase=None if first.phase is None else first.phase[:keep],
+        status="diverged" if diverged else "ok",
+        diverged_at=min(diverged) if diverged else None, continuous=first.continuous,
+        lr=first.lr, metadata=meta, samples=len(samples), quantile_levels=levels,
+        quantiles=quantiles, expected=expected, **arrays)
+
+
+def _trajectory(raw, r, problem, steps, lr, continuous, meta, phase=None) -> Trajectory:
     q = problem.num_agents
     flags = raw["diverged"][:, r]
     n_rec = raw["train_loss"].shape[0]
     keep = int(np.argmax(flags)) if flags.any() else n_rec
+    if phase is not None and flags.any():  # drop the whole step
+        keep -= keep % int(phase.max() + 1)
     status = "diverged" if flags.any() or raw["diverged_at"][r] >= 0 else "ok"
     div_at = int(raw["diverged_at"][r]) if status == "diverged" else None
     inverse = np.argsort(problem.order)
@@ -196,6 +286,7 @@ def _trajectory(raw, r, problem, steps, lr, continuous, meta) -> Trajectory:
         mean_model_test_acc=mean_model("mean_model_test_acc"),
         train_outputs=outputs("train_outputs", True),
         test_outputs=outputs("test_outputs", False),
+        phase=None if phase is None else phase[:keep],
         status=status,
         diverged_at=div_at,
         continuous=continuous,
@@ -223,6 +314,7 @@ def predict_from_kernels(
     reference: bool = True,
     kernel_dtype: str = "float64",
     devices=None,
+    samples: int | None = None,
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -240,14 +332,18 @@ def predict_from_kernels(
         Targets (e.g. one-hot).
     agent : (N,) int
         Agent owning each training sample (any order).
-    mixing : (Q, Q)
-        Row-stochastic mixing matrix of a connected graph.
+    mixing : (Q, Q) or MixingProcess
+        Row-stochastic mixing matrix of a connected graph, or a time-varying / random
+        sequence of them (:func:`ntkdyn.graphs.periodic`, :func:`ntkdyn.graphs.random_edges`,
+        :func:`ntkdyn.graphs.one_random_edge`).
     lr : float or (Q,)
         Learning rate (per agent if an array), > 0.
     steps : int, range or sequence
         Iterations at which to record (``int n`` means ``0..n``); with
         ``continuous=True``, times (in steps) of the gradient flow.
-    algorithm : "dgd", "atc", "cta", "gd" or an :class:`~ntkdyn.algorithms.Algorithm`
+    algorithm : "dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "extra",
+        "momentum" or an :class:`~ntkdyn.algorithms.Algorithm` (e.g.
+        ``ntkdyn.algorithms.p2pl(local_steps=5, consensus_steps=2)``)
     f0_train, f0_test : (N, K), (M, K), optional
         Outputs at initialisation (default zero: the mean prediction of the
         infinite-width network).
@@ -266,6 +362,10 @@ def predict_from_kernels(
         Kernel storage; float32 halves memory and bandwidth, the state stays float64.
     devices : list of jax devices or a Mesh, optional
         Shard kernels and state over these devices (same answer as one device).
+    samples : int, optional
+        Random mixing only: sampled sequences (default 64); the result is then a
+        :class:`~ntkdyn.trajectory.GossipTrajectory` (means, quantile bands and the
+        exact mean-state trajectory ``.expected``).
 
     Returns
     -------
@@ -287,7 +387,7 @@ def predict_from_kernels(
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user"}, reference=reference,
-                       kernel_dtype=kernel_dtype, devices=devices)[0]
+                       kernel_dtype=kernel_dtype, devices=devices, samples=samples)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,

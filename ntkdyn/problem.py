@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import graphs
+from .gossip import is_process
 from .validation import as_float_array, check_shape
 
 
@@ -38,12 +39,17 @@ class KernelProblem:
     offsets : tuple of Q + 1 ints
         Sample offsets of the agents.
     mixing : (Q, Q) float64
+        The mixing matrix (the expected one for a random or periodic ``process``).
     traced : bool
         ``True`` for ``Theta_scalar (x) I_K`` (rows = samples).
     kernel_test, y_test, f0_test, labels_test :
         Test-train kernel ``(R_test, R)`` and test targets, or ``None``.
     order : (N,) int
         ``order[i]`` is the caller's index of sorted sample ``i``.
+    process : MixingProcess or None
+        A time-varying or random mixing sequence (:mod:`ntkdyn.gossip`); ``mixing``
+        then holds its expected matrix (the period average for a periodic one).
+        ``None``: the static ``mixing``.
     """
 
     kernel: np.ndarray
@@ -59,6 +65,7 @@ class KernelProblem:
     f0_test: np.ndarray | None
     labels_test: np.ndarray | None
     order: np.ndarray
+    process: object | None = None
 
     @property
     def num_agents(self) -> int:
@@ -149,7 +156,12 @@ def make_problem(
         if not np.all(np.mod(agent, 1) == 0):
             raise ValueError("agent: expected integer agent indices")
         agent = agent.astype(np.int64)
-    mixing = graphs.check_mixing(mixing, name="mixing")
+    process = None
+    if is_process(mixing):
+        process = mixing
+        mixing = graphs.check_mixing(process.expected(), name="mixing (expected matrix)")
+    else:
+        mixing = graphs.check_mixing(mixing, name="mixing")
     q_count = mixing.shape[0]
     if agent.min() < 0 or agent.max() >= q_count:
         raise ValueError(
@@ -210,4 +222,5 @@ def make_problem(
         f0_test=ft,
         labels_test=lt,
         order=order,
+        process=process,
     )

@@ -27,6 +27,16 @@ State layout: ``x`` has shape ``(A, R, C)``: ``A = Q + 1`` slots (agents then
 the centralised reference), ``R`` rows (samples, or sample-output pairs for
 a full kernel), ``C = n_rates * C0`` columns (``C0 = K`` for a traced kernel,
 ``1`` for a full one).  Several learning rates share every kernel read.
+Schedules with memory (gradient tracking, EXTRA, momentum;
+:mod:`ntkdyn.algorithms`) carry a tuple of such arrays (``Algorithm.init`` /
+``params``); every component is a parameter-space vector in the row span of
+``J`` and lives in the same kernel coordinates (``theory/algorithms.md``).
+Multi-phase schedules (P2PL) are recorded after each phase of the last step
+before a record.  A time-varying or random mixing sequence
+(:mod:`ntkdyn.gossip`) is sampled inside the loop, event by event; ``S``
+sampled sequences (and one group running the mean-state recursion with
+``E[W]``) are further column groups, ``C = (S + 1) * n_rates * C0``, so they
+too share every kernel read.
 
 Continuous time (gradient flow): ``dx/dt = step(x) - x`` (time in steps), with
 state-transition matrix ``Phi(t, t0) = exp((A - I)(t - t0))``.  It is applied
@@ -40,6 +50,7 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -115,15 +126,26 @@ def kernel_operators(
     ``blocks`` are the agents' kernel rows (:func:`row_blocks`), ``residual``
     is ``(f_0 - Y)`` in row layout tiled over the columns (``(R, C)``; zero for
     the purely linear part), ``lr_cols`` the learning rate of every slot and
-    column (``(A, 1, C)``).
+    column (``(A, 1, C)``).  ``mixing`` is the ``(Q, Q)`` matrix, or for a
+    time-varying or random sequence a function ``j -> (G, Q, Q)`` giving the
+    ``j``-th matrix of the current step for each of ``G`` equal groups of columns
+    (sampled sequences side by side; :mod:`ntkdyn.gossip`).
     """
     q_count = len(offsets) - 1
     rps = rows_per_sample
     rows = offsets[-1] * rps
     counts = np.diff(offsets)
 
-    def mix(x):
-        agents = jnp.tensordot(mixing, x[:q_count], axes=1)
+    def mix(x, j=0):
+        if callable(mixing):  # time-varying / random: (G, Q, Q), one matrix per column group
+            w = mixing(j)
+            g = w.shape[0]
+            xa = x[:q_count]
+            q, r, c = xa.shape
+            agents = jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, g, c // g),
+                                precision=EXACT).reshape(q, r, c)
+        else:
+            agents = jnp.tensordot(mixing, x[:q_count], axes=1)
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     def grad_stacked(x):
@@ -255,61 +277,147 @@ def _divergence_check(x, diverged, div_at, step_no, limit_per_step, c0):
     return diverged | bad, div_at
 
 
-@partial(jax.jit, static_argnames=("step_fn", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs", "central"))
-def _run_chunk(carry, schedule, data, *, step_fn, offsets, traced, n_rates, continuous,
-               has_test, record_outputs, central):
-    """Advance through a chunk of records; returns the new carry and the records."""
+def _as_algorithm(algorithm) -> Algorithm:
+    """An :class:`Algorithm`, or a bare ``step(x, ops)`` function wrapped in one."""
+    return algorithm if isinstance(algorithm, Algorithm) else Algorithm("custom", algorithm)
+
+
+def _mixing_at(data, t, *, sampler, mixes_per_step):
+    """The mixing argument of :func:`kernel_operators` for the step starting at time ``t``."""
+    if sampler is None:
+        return data["mixing"]
+    k = jnp.round(t).astype(jnp.int64)
+    arrays, keys = data["mix_arrays"], data["mix_keys"]
+
+    def at(j):
+        event = k * mixes_per_step + j
+        w = jax.vmap(lambda key: sampler(arrays, event, key))(keys)
+        if "mix_expected" in data:  # the exact mean-state recursion rides along
+            w = jnp.concatenate([w, data["mix_expected"][None]], axis=0)
+        return w
+
+    return at
+
+
+@partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
+                                   "has_test", "record_outputs", "central", "sampler"))
+def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, has_test,
+                record_outputs, central, sampler=None):
+    """The algorithm's initial (augmented) state from the parameters ``x0`` (``alpha = 0``)."""
+    rps = 1 if traced else data["y"].shape[1]
+    ops = kernel_operators(data["blocks"], data["residual"],
+                           _mixing_at(data, jnp.asarray(0.0), sampler=sampler,
+                                      mixes_per_step=algorithm.mixes_per_step),
+                           data["lr_cols"], offsets=offsets, rows_per_sample=rps,
+                           central=central)
+    return algorithm.initial_state(x0, ops)
+
+
+@partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
+                                   "has_test", "record_outputs", "central", "sampler"))
+def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, continuous,
+               has_test, record_outputs, central, sampler=None):
+    """Advance through a chunk of records; returns the new carry and the records.
+
+    ``carry = (state, t, diverged, diverged_at)``; ``state`` is the algorithm's
+    (augmented) state, a pytree of ``(A, R, C)`` arrays.  A schedule with several
+    phases is recorded after each phase of the last step before a record (records
+    ``(P, ...)`` per entry of ``schedule``).
+    """
     q_count = len(offsets) - 1
     y = data["y"]
     k = y.shape[1]
     rps = 1 if traced else k
     c0 = k if traced else 1
     common = dict(offsets=offsets, rows_per_sample=rps, central=central)
-    ops = kernel_operators(data["blocks"], data["residual"], data["mixing"], data["lr_cols"],
-                           **common)
-    ops_lin = kernel_operators(data["blocks"], jnp.zeros_like(data["residual"]),
-                               data["mixing"], data["lr_cols"], **common)
+    mixes = algorithm.mixes_per_step
+
+    def operators(t, linear=False):
+        residual = jnp.zeros_like(data["residual"]) if linear else data["residual"]
+        return kernel_operators(data["blocks"], residual,
+                                _mixing_at(data, t, sampler=sampler, mixes_per_step=mixes),
+                                data["lr_cols"], **common)
+
     cols_rate = jnp.arange(n_rates * c0) // c0
     limit = data["limit_per_step"]
+    params = algorithm.parameters
 
     def guarded(x, new, diverged):
-        return jnp.where(diverged[cols_rate], x, new)
+        keep = diverged[cols_rate]
+        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), x, new)
+
+    def checked(st, new, t_new):
+        x, _, diverged, div_at = st
+        diverged, div_at = _divergence_check(params(new), diverged, div_at, t_new, limit, c0)
+        return guarded(x, new, diverged), t_new, diverged, div_at
 
     def advance(state, n_sub, h):
         def body(i, st):
-            x, t, diverged, div_at = st
+            x, t = st[0], st[1]
             if continuous:
+                ops, ops_lin = operators(t), operators(t, linear=True)
+
                 def taylor(j, ta):
                     term, acc = ta
-                    term = (h / j) * (step_fn(term, ops_lin) - term)
-                    return term, acc + term
+                    term = jax.tree.map(lambda u, v: (h / j) * (u - v),
+                                        algorithm.step(term, ops_lin), term)
+                    return term, jax.tree.map(jnp.add, acc, term)
 
-                term = h * (step_fn(x, ops) - x)
-                _, new = jax.lax.fori_loop(2, TAYLOR_TERMS + 1, taylor, (term, x + term))
+                term = jax.tree.map(lambda u, v: h * (u - v), algorithm.step(x, ops), x)
+                _, new = jax.lax.fori_loop(2, TAYLOR_TERMS + 1, taylor,
+                                           (term, jax.tree.map(jnp.add, x, term)))
                 t_new = t + h
             else:
-                new, t_new = step_fn(x, ops), t + 1.0
-            diverged, div_at = _divergence_check(new, diverged, div_at, t_new, limit, c0)
-            return guarded(x, new, diverged), t_new, diverged, div_at
+                new, t_new = algorithm.step(x, operators(t)), t + 1.0
+            return checked(st, new, t_new)
 
         return jax.lax.fori_loop(0, n_sub, body, state)
+
+    def record(x, diverged):
+        rec = _record(params(x), data, q_count=q_count, n_rates=n_rates, traced=traced,
+                      has_test=has_test, record_outputs=record_outputs, central=central)
+        rec["diverged"] = diverged
+        return rec
 
     def per_record(state, sched):
         n_sub, h = sched
         state = advance(state, n_sub, h)
-        x, t, diverged, div_at = state
-        rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
-                      has_test=has_test, record_outputs=record_outputs, central=central)
-        rec["diverged"] = diverged
-        return state, rec
+        return state, record(state[0], state[2])
 
-    return jax.lax.scan(per_record, carry, schedule)
+    phases = algorithm.phases
+
+    def per_record_phases(state, sched):
+        n_sub, h = sched
+        state = advance(state, jnp.maximum(n_sub - 1, 0), h)
+
+        def last_step(st):
+            x, t = st[0], st[1]
+            ops = operators(t)
+            stages = []
+            for phase in phases:
+                x = phase(x, ops)
+                stages.append(x)
+            st = checked(st, x, t + 1.0)
+            recs = [record(v, st[2]) for v in stages]
+            return st, jax.tree.map(lambda *r: jnp.stack(r), *recs)
+
+        def no_step(st):
+            rec = record(st[0], st[2])
+            return st, jax.tree.map(lambda r: jnp.stack([r] * len(phases)), rec)
+
+        return jax.lax.cond(n_sub > 0, last_step, no_step, state)
+
+    return jax.lax.scan(per_record_phases if len(phases) > 1 else per_record, carry, schedule)
 
 
 def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
                            iterations: int = 40, seed: int = 0) -> float:
-    """Estimate ``||A - I||_2`` of the linear part of one step (power iteration on ``M^T M``)."""
+    """Estimate ``||A - I||_2`` of the linear part of one step (power iteration on ``M^T M``).
+
+    ``step_fn`` is an :class:`~ntkdyn.algorithms.Algorithm` or a bare ``step(x, ops)``;
+    an augmented state is handled as one vector.
+    """
+    algorithm = _as_algorithm(step_fn)
     data = _device_data(problem, lrs, for_records=False)
     k = problem.num_outputs
     c0 = k if problem.traced else 1
@@ -317,11 +425,16 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
                            data["lr_cols"], offsets=problem.offsets,
                            rows_per_sample=problem.rows_per_sample, central=True)
     shape = (problem.num_agents + 1, problem.kernel.shape[0], lrs.shape[0] * c0)
+    template = jax.eval_shape(lambda: algorithm.initial_state(jnp.zeros(shape), ops))
+    flat0, unravel = jax.flatten_util.ravel_pytree(
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template))
 
     def m(v):
-        return step_fn(v, ops) - v
+        x = unravel(v)
+        return jax.flatten_util.ravel_pytree(
+            jax.tree.map(jnp.subtract, algorithm.step(x, ops), x))[0]
 
-    v0 = jax.random.normal(jax.random.PRNGKey(seed), shape)
+    v0 = jax.random.normal(jax.random.PRNGKey(seed), flat0.shape)
     mt = jax.linear_transpose(m, v0)
 
     @jax.jit
@@ -368,6 +481,32 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
     return data
 
 
+def mixing_groups(problem: KernelProblem, samples: int | None) -> tuple[int, bool]:
+    """``(G, expected)``: column groups the mixing sequence needs, and whether the last
+    group is the exact mean-state (``E[W]``) recursion.
+
+    Static mixing: ``(1, False)``; periodic: ``(1, False)``; random: ``samples``
+    sampled sequences plus the ``E[W]`` one.
+    """
+    process = problem.process
+    if process is None or not process.random:
+        return 1, False
+    return int(samples) + 1, True
+
+
+def _add_mixing(data: dict, problem: KernelProblem, samples: int | None):
+    """Put the mixing sequence's arrays into ``data``; returns the (static) sampler."""
+    process = problem.process
+    if process is None:
+        return None
+    data["mix_arrays"] = process.device_arrays()
+    n = int(samples) if process.random else 1
+    data["mix_keys"] = jnp.stack([process.key(s) for s in range(n)])
+    if process.random:
+        data["mix_expected"] = jnp.asarray(process.expected())
+    return process.sampler
+
+
 def evolve(
     problem: KernelProblem,
     algorithm: Algorithm,
@@ -381,6 +520,7 @@ def evolve(
     central: bool = True,
     kernel_dtype: str = "float64",
     mesh=None,
+    samples: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -401,42 +541,57 @@ def evolve(
     mesh : jax.sharding.Mesh, optional
         Shard the kernels and the state over the mesh's devices
         (:mod:`ntkdyn.sharding`); the answer is the same as on one device.
+    samples : int, optional
+        For a random mixing sequence (``problem.process``): the number of sampled
+        sequences, run side by side as column groups sharing every kernel pass, plus
+        one group running the exact mean-state recursion with ``E[W]``.
 
     Returns
     -------
     dict
-        Arrays of shape ``(T, A, n_rates)`` (``A = Q + 1`` slots, the last being
-        the centralised reference, or ``Q`` without it) or ``(T, n_rates)`` for
-        ``mean_model_*``;
-        ``diverged`` ``(T, n_rates)`` flags and ``diverged_at`` ``(n_rates,)``
+        Arrays of shape ``(T', A, G n_rates)`` (``A = Q + 1`` slots, the last being
+        the centralised reference, or ``Q`` without it; column group ``g`` of rate
+        ``r`` at index ``g n_rates + r``, ``G`` from :func:`mixing_groups`) or
+        ``(T', G n_rates)`` for ``mean_model_*``; ``T' = T P`` for a schedule
+        recorded after each of its ``P`` phases (rows ``t P + p``);
+        ``diverged`` ``(T', G n_rates)`` flags and ``diverged_at`` ``(G n_rates,)``
         (``-1`` when the run stayed bounded).
     """
+    algorithm = _as_algorithm(algorithm)
     lrs = np.atleast_2d(np.asarray(lrs, dtype=np.float64))
+    groups, _ = mixing_groups(problem, samples)
+    if problem.process is not None and problem.process.random and not samples:
+        raise ValueError("samples: a random mixing sequence needs samples >= 1")
+    lrs = np.tile(lrs, (groups, 1))
     n_rates = lrs.shape[0]
-    k = problem.num_outputs
-    c0 = k if problem.traced else 1
     if kernel_dtype not in ("float64", "float32"):
         raise ValueError(f"kernel_dtype: expected 'float64' or 'float32', got {kernel_dtype!r}")
+    if continuous and (algorithm.records_per_step > 1 or problem.process is not None):
+        raise ValueError("continuous: the gradient flow is defined for single-phase schedules "
+                         "with a static mixing matrix")
     data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh)
+    sampler = _add_mixing(data, problem, samples)
     steps = np.asarray(steps)
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
     if continuous:
-        beta = operator_norm_estimate(problem, algorithm.step, lrs) * 1.25 + 1e-12
+        beta = operator_norm_estimate(problem, algorithm, lrs) * 1.25 + 1e-12
         n_sub = np.maximum(1, np.ceil(beta * deltas / TAYLOR_THETA)).astype(np.int64)
         n_sub[deltas == 0] = 0
         h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
     else:
         n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
+    k = problem.num_outputs
+    c0 = k if problem.traced else 1
     rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
                                                                          mesh)
     shape = (problem.num_agents + int(central), rows, n_rates * c0)
     x0 = jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
                                                               sharding.state_sharding(mesh))
-    carry = (x0, jnp.asarray(0.0), jnp.zeros(n_rates, bool),
-             jnp.full(n_rates, -1.0))
-    static = dict(step_fn=algorithm.step, offsets=problem.offsets, traced=problem.traced,
+    static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
-                  record_outputs=record_outputs, central=central)
+                  record_outputs=record_outputs, central=central, sampler=sampler)
+    state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
+    carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
     total = len(steps)
     chunk = max(1, min(chunk, total))
     pieces = []
@@ -462,6 +617,7 @@ def evolve(
     if bar is not None:
         bar.close()
     out = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+    if algorithm.records_per_step > 1:  # (T, P, ...) -> (T P, ...)
+        out = {key: v.reshape((-1,) + v.shape[2:]) for key, v in out.items()}
     out["diverged_at"] = np.asarray(carry[3])
     return out
-

@@ -20,10 +20,17 @@ the null space of ``Theta`` change no output and are ignored: the test is
 * **Sufficient bounds** (DESIGN.md): DGD, symmetric doubly stochastic ``W``:
   ``lr max_q lambda_max(Theta_qq)/N_q < 1 + lambda_min(W)``; ATC and CTA:
   ``lr max_q lambda_max(Theta_qq)/N_q < 2`` whatever the graph.
+* **Any schedule** (``theory/algorithms.md``): the operator acts on the full
+  (augmented) state, restricted by ``Algorithm.project`` to the invariant subspace of
+  a schedule with conserved quantities (gradient tracking, EXTRA); one round for
+  P2PL; the steps of one period of a periodic mixing sequence (per-step rate
+  ``rho^(1/n)``); the mean-state operator with ``E[W]`` for random gossip.  Its
+  ``lr*`` is bracketed (no sufficient bound applies).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -35,7 +42,7 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from . import graphs
-from .algorithms import Algorithm, get_algorithm
+from .algorithms import Algorithm, Operators, get_algorithm
 from .problem import KernelProblem
 from .solver import kernel_operators, row_blocks
 
@@ -61,6 +68,7 @@ class StabilityReport:
     stable: bool
     margin: float
     method: str
+    operator: str = "one step"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,58 +81,160 @@ class StabilityReport:
                 f"{self.margin:+.1%}")
 
 
+def dense_eigvals(matrix: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a dense non-symmetric matrix, with BLAS limited to one thread.
+
+    For the sizes solved densely here (``<= DENSE_MAX``) the Hessenberg QR gains little
+    from threads, and threaded BLAS waiting on busy cores made it 3-10x slower on a loaded
+    2-core machine (measured); threadpoolctl comes with scikit-learn.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return np.linalg.eigvals(matrix)
+    with threadpool_limits(1, user_api="blas"):
+        return np.linalg.eigvals(matrix)
+
+
 # --------------------------------------------------------------------------- operators
-@partial(jax.jit, static_argnames=("step_fn", "offsets", "rps"))
-def _apply_linear(x, s, blocks, mixing, profile, *, step_fn, offsets, rps):
-    """``A(s) x`` for states ``(Q, R, C)``: one step without its affine part."""
+def state_structure(algorithm: Algorithm):
+    """``(treedef, B)``: structure of the algorithm's (augmented) state and its number of
+    leaves (each shaped like the parameters)."""
+    dummy = Operators(mix=lambda x, j=0: x, grad=lambda x: x, scale=lambda x: x)
+    shapes = jax.eval_shape(lambda: algorithm.initial_state(jnp.zeros((1, 1, 1)), dummy))
+    leaves, treedef = jax.tree.flatten(shapes)
+    if any(tuple(leaf.shape) != (1, 1, 1) for leaf in leaves):
+        raise ValueError(f"algorithm: the state of {algorithm.name!r} must be a pytree of "
+                         "arrays shaped like the parameters")
+    return treedef, len(leaves)
+
+
+@partial(jax.jit, static_argnames=("algorithm", "offsets", "rps", "treedef", "project"))
+def _apply_linear(x, s, blocks, mixings, profile, pi, *, algorithm, offsets, rps, treedef,
+                  project):
+    """``A(s) x`` for stacked states ``(B, Q, R, C)``: the steps of one period without their
+    affine part, after the projection onto the schedule's invariant subspace."""
     zeros = jnp.zeros((offsets[-1] * rps, 1), x.dtype)
-    ops = kernel_operators(blocks, zeros, mixing, s * profile[:, None, None], offsets=offsets,
-                           rows_per_sample=rps, central=False)
-    return step_fn(x, ops)
+    lr = s * profile[:, None, None]
+    state = jax.tree.unflatten(treedef, [x[b] for b in range(x.shape[0])])
+    if project and algorithm.project is not None:
+        state = algorithm.project(state, pi)
+    common = dict(offsets=offsets, rows_per_sample=rps, central=False)
+    if mixings.ndim == 2:
+        state = algorithm.step(state, kernel_operators(blocks, zeros, mixings, lr, **common))
+    else:  # a periodic sequence: (n, m, Q, Q), n steps of m mixing events
+        for i in range(mixings.shape[0]):
+            ops = kernel_operators(blocks, zeros, lambda j, i=i: mixings[i, j][None], lr,
+                                   **common)
+            state = algorithm.step(state, ops)
+    return jnp.stack(jax.tree.leaves(state))
 
 
-def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarray):
-    """``(x, s) -> A(s) x`` on states ``(Q, R, C)`` (compiled once per shape and algorithm)."""
+def _step_mixings(problem: KernelProblem, algorithm: Algorithm) -> tuple[np.ndarray, int]:
+    """Mixing for the stability analysis and the number of steps it spans.
+
+    Static ``W``: ``(W, 1)``.  Random sequence: ``(E[W], 1)`` -- the mean-state
+    dynamics.  Periodic sequence of ``P`` matrices with ``m`` mixes per step: the
+    ``n = P / gcd(P, m)`` steps after which the events repeat, ``(n, m, Q, Q)``.
+    """
+    process = problem.process
+    if process is None or process.random:
+        return problem.mixing, 1
+    period, m = process.period, algorithm.mixes_per_step
+    n = period // math.gcd(period, m)
+    events = np.arange(n * m).reshape(n, m)
+    return process.matrices[events % period], n
+
+
+def perron_vector(w: np.ndarray) -> np.ndarray:
+    """Left Perron vector ``pi`` of a stochastic ``W`` (``pi^T W = pi^T``, sum 1)."""
+    if graphs.is_doubly_stochastic(w):
+        return np.full(w.shape[0], 1.0 / w.shape[0])
+    vals, vecs = np.linalg.eig(w.T)
+    v = np.real(vecs[:, np.argmin(np.abs(vals - 1.0))])
+    return v / v.sum()
+
+
+def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarray,
+                 project: bool = True):
+    """``(x, s) -> A(s) x`` (compiled once per shape and algorithm) on states ``(Q, R, C)``
+    for single-state schedules, stacked ``(B, Q, R, C)`` for augmented ones."""
     blocks = row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample)
-    mixing = jnp.asarray(problem.mixing)
+    mixings, _ = _step_mixings(problem, algorithm)
+    mixings = jnp.asarray(mixings)
     prof = jnp.asarray(profile, dtype=jnp.float64)
-    static = dict(step_fn=algorithm.step, offsets=problem.offsets, rps=problem.rows_per_sample)
+    pi = jnp.asarray(perron_vector(problem.mixing))
+    treedef, count = state_structure(algorithm)
+    static = dict(algorithm=algorithm, offsets=problem.offsets, rps=problem.rows_per_sample,
+                  treedef=treedef, project=project)
 
     def apply(x, s):
-        return _apply_linear(x, s, blocks, mixing, prof, **static)
+        if count == 1:
+            return _apply_linear(x[None], s, blocks, mixings, prof, pi, **static)[0]
+        return _apply_linear(x, s, blocks, mixings, prof, pi, **static)
 
     return apply
 
 
 class StepOperator:
-    """The linear part ``A(s)`` of one step, jitted once, applied many times."""
+    """The linear part ``A(s)`` of one step, jitted once, applied many times.
+
+    The state is the algorithm's full (augmented) state: ``B`` blocks of ``Q x R``
+    (``B = 1`` for DGD/ATC/CTA/GD/P2PL, 3 for gradient tracking, 2 for EXTRA and
+    momentum), ``dim = B Q R``.  For a schedule with conserved quantities the operator
+    is restricted to the invariant subspace holding the initial state (``A Pi``,
+    ``Pi`` = :attr:`Algorithm.project`: its eigenvalue-1 modes are never excited).
+    For a periodic mixing sequence the operator spans ``period_steps`` steps and
+    :meth:`spectral_radius` returns the per-step rate ``rho^(1/period_steps)``; for a
+    random one it is the mean-state operator with ``E[W]``.
+    """
 
     def __init__(self, problem: KernelProblem, algorithm, profile=None):
         self.algorithm = get_algorithm(algorithm)
         self.q, self.r = problem.num_agents, problem.kernel.shape[0]
-        self.dim = self.q * self.r
+        _, self.blocks = state_structure(self.algorithm)
+        self.dim = self.blocks * self.q * self.r
+        self.period_steps = _step_mixings(problem, self.algorithm)[1]
         profile = np.ones(self.q) if profile is None else np.asarray(profile, float)
         self._apply = _linear_step(problem, self.algorithm, profile)
 
+    def _shape(self, m: int) -> tuple:
+        base = (self.q, self.r, m)
+        return base if self.blocks == 1 else (self.blocks,) + base
+
     def dense(self, s: float) -> np.ndarray:
-        """The ``(Q R) x (Q R)`` matrix at rate ``s``."""
-        eye = jnp.eye(self.dim).reshape(self.q, self.r, self.dim)
+        """The ``dim x dim`` matrix at rate ``s`` (of one period for a periodic sequence)."""
+        eye = jnp.eye(self.dim).reshape(self._shape(self.dim))
         return np.asarray(self._apply(eye, s)).reshape(self.dim, self.dim)
 
     def matvec(self, v: np.ndarray, s: float) -> np.ndarray:
-        x = jnp.asarray(v.reshape(self.q, self.r, -1))
+        m = 1 if v.ndim == 1 else v.shape[1]
+        x = jnp.asarray(v.reshape(self._shape(m)))
         return np.asarray(self._apply(x, s)).reshape(v.shape)
 
     def spectral_radius(self, s: float, method: str = "auto") -> float:
         if method == "dense" or (method == "auto" and self.dim <= DENSE_MAX):
-            return float(np.max(np.abs(np.linalg.eigvals(self.dense(s)))))
-        op = spla.LinearOperator((self.dim, self.dim), matvec=lambda v: self.matvec(v, s),
-                                 dtype=np.float64)
-        # The modes the kernel barely sees cluster just inside +1, so 'LM' alone converges
-        # slowly to them; an unstable mode usually leaves through -1, which 'SR' (the
-        # leftmost eigenvalues) finds in a few hundred products. Take the larger.
-        found = [_arpack(op, "SR", 4, self.dim), _arpack(op, "LM", 6, self.dim)]
-        return float(max(np.max(np.abs(v)) for v in found))
+            rho = float(np.max(np.abs(dense_eigvals(self.dense(s)))))
+        else:
+            op = spla.LinearOperator((self.dim, self.dim), matvec=lambda v: self.matvec(v, s),
+                                     dtype=np.float64)
+            # The modes the kernel barely sees cluster just inside +1, so 'LM' alone
+            # converges slowly to them; an unstable mode usually leaves through -1, which
+            # 'SR' (the leftmost eigenvalues) finds in a few hundred products. Take the larger.
+            found = [_arpack(op, "SR", 4, self.dim), _arpack(op, "LM", 6, self.dim)]
+            rho = float(max(np.max(np.abs(v)) for v in found))
+        return rho ** (1.0 / self.period_steps)
+
+    def describe(self) -> str:
+        """What one application of the operator is, in words (for reports)."""
+        a = self.algorithm
+        what = "one round" if a.records_per_step > 1 else "one step"
+        if self.blocks > 1:
+            what += f" on the augmented state ({self.blocks} blocks"
+            what += ", restricted to the invariant subspace)" if a.project else ")"
+        if self.period_steps > 1:
+            what += f"; per-step rate over a period of {self.period_steps} steps"
+        return what
 
 
 def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
@@ -163,20 +273,58 @@ def agent_curvatures(problem: KernelProblem) -> np.ndarray:
     return out
 
 
+def _analysed_matrices(problem: KernelProblem) -> list[np.ndarray]:
+    """The mixing matrices the stability analysis sees: ``W``, every matrix of a periodic
+    sequence, or ``E[W]`` of a random one."""
+    process = problem.process
+    if process is not None and not process.random:
+        return list(process.matrices)
+    return [problem.mixing]
+
+
 def sufficient_bound(problem: KernelProblem, algorithm, profile=None) -> float:
-    """Sufficient bound on the largest rate (``nan`` if none applies)."""
+    """Sufficient bound on the largest rate (``nan`` if none applies).
+
+    With symmetric doubly stochastic mixing (every matrix of a periodic sequence; ``E[W]``
+    for random gossip), in the coordinates ``Theta^{1/2} alpha`` each local step
+    ``I - eta D H`` is symmetric and non-expansive when ``eta curv <= 2`` and so is ``W``:
+    ATC, CTA, GD and P2PL (any number of local and combine steps) are stable below
+    ``2 / curv``; DGD's ``W - eta D H`` is non-expansive below ``(1 + lambda_min(W)) /
+    curv`` (the smallest over a periodic sequence); heavy-ball momentum on DGD with a static
+    ``W`` (or ``E[W]``) below ``(1 + 2 beta + lambda_min(W)) / curv`` (each eigenvalue ``mu``
+    of ``W - eta D H`` gives a stable 2x2 block iff ``-1 - 2 beta <= mu <= 1``).
+    ``curv = max_q profile_q lambda_max(Theta_qq) / N_q``.
+    """
     algo = get_algorithm(algorithm)
     profile = np.ones(problem.num_agents) if profile is None else np.asarray(profile, float)
     curv = float(np.max(profile * agent_curvatures(problem)))
-    w = problem.mixing
-    symmetric = graphs.is_symmetric(w) and graphs.is_doubly_stochastic(w)
-    if algo.name == "dgd" and symmetric:
-        return (1.0 + graphs.lambda_min(w)) / curv
-    if algo.name in ("atc", "cta") and symmetric:
-        return 2.0 / curv
+    mats = _analysed_matrices(problem)
+    symmetric = all(graphs.is_symmetric(w) and graphs.is_doubly_stochastic(w) for w in mats)
+    known = _is_builtin(algo)
+    lam = min(graphs.lambda_min(w) for w in mats) if symmetric else float("nan")
+    if known and symmetric:
+        if algo.name == "dgd":
+            return (1.0 + lam) / curv
+        if algo.name in ("atc", "cta", "p2pl"):
+            return 2.0 / curv
+        if algo.name == "momentum" and algo.settings.get("base") == "dgd" and len(mats) == 1:
+            return (1.0 + 2.0 * algo.settings["beta"] + lam) / curv
     if algo.name == "gd" or problem.num_agents == 1:
         return 2.0 / curv
     return float("nan")
+
+
+def _is_builtin(algo: Algorithm) -> bool:
+    """Whether ``algo`` is one of ntkdyn's own schedules (not a user schedule that
+    happens to share a name): only those get the closed-form bounds and crossings."""
+    from . import algorithms as _alg
+
+    try:
+        if algo.name in ("p2pl", "momentum"):
+            return algo is getattr(_alg, algo.name)(**algo.settings)
+        return algo is get_algorithm(algo.name)
+    except (ValueError, TypeError):
+        return False
 
 
 def _minus_one_crossing(problem: KernelProblem, algorithm: Algorithm, profile) -> float:
@@ -205,7 +353,7 @@ def _minus_one_crossing(problem: KernelProblem, algorithm: Algorithm, profile) -
     dim = q * r
     if dim <= DENSE_MAX:
         hx = np.asarray(dh(jnp.eye(dim).reshape(q, r, dim))).reshape(q, r * dim)
-        lam = float(np.max(np.linalg.eigvals((g @ hx).reshape(dim, dim)).real))
+        lam = float(np.max(dense_eigvals((g @ hx).reshape(dim, dim)).real))
     else:
         def matvec(v):
             return (g @ np.asarray(dh(jnp.asarray(v.reshape(q, r, 1)))).reshape(q, r)).ravel()
@@ -232,6 +380,7 @@ def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float =
     op = StepOperator(problem, algo, profile)
     uniform = np.allclose(profile, 1.0)
     if (algo.name in ("dgd", "atc", "cta", "gd") and graphs.is_symmetric(w)
+            and _is_builtin(algo) and problem.process is None
             and graphs.lambda_min(w) > -1 + 1e-10):
         s_c = _minus_one_crossing(problem, algo, profile)
         proven = uniform and (algo.name in ("dgd", "gd") or graphs.lambda_min(w) >= -1e-12)
@@ -261,7 +410,13 @@ def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float =
 
 
 def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
-    """Full stability report for ``algorithm`` at learning rate(s) ``lr``."""
+    """Full stability report for ``algorithm`` at learning rate(s) ``lr``.
+
+    Any schedule: the spectral radius is that of :class:`StepOperator` (the augmented
+    operator for schedules with memory, one round for P2PL, per step over a period for
+    a periodic mixing sequence, the mean-state operator with ``E[W]`` for random gossip;
+    ``operator`` says which).
+    """
     from .validation import learning_rates
 
     algo = get_algorithm(algorithm)
@@ -273,4 +428,13 @@ def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
     return StabilityReport(
         algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star,
         lr_bound=sufficient_bound(problem, algo, profile), stable=bool(rho <= 1 + RHO_TOL),
-        margin=1.0 - s / lr_star, method=method)
+        margin=1.0 - s / lr_star, method=method, operator=_operator_words(problem, algo))
+
+
+def _operator_words(problem: KernelProblem, algo: Algorithm) -> str:
+    words = StepOperator(problem, algo).describe() if problem.process is not None or \
+        algo.init is not None or algo.records_per_step > 1 else "one step"
+    if problem.process is not None and problem.process.random:
+        words += ("; expected mixing matrix E[W]: stability of the mean state (the "
+                  "mean trajectory converges), not of every sampled sequence")
+    return words

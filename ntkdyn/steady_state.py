@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
@@ -29,7 +30,7 @@ import scipy.sparse.linalg as spla
 from . import solver
 from .algorithms import get_algorithm
 from .problem import KernelProblem
-from .spectrum import DENSE_MAX, StepOperator
+from .spectrum import DENSE_MAX, StepOperator, state_structure
 from .validation import learning_rates
 
 
@@ -90,41 +91,53 @@ def _range_basis(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     """Steady state of ``algorithm`` at learning rate(s) ``lr``, and the centralised solution.
 
+    Any schedule: the fixed point of its full (augmented) state, ``s = A Pi s + c``
+    (``Pi`` the projection onto the invariant subspace of a schedule with conserved
+    quantities, which holds ``c``; ``theory/algorithms.md``); for P2PL the state after a
+    round's consensus phase; for random gossip the fixed point of the mean state (E[W]).
+
     The system is solved in the coordinates ``u_q = Lambda_r^{1/2} V_r^T alpha_q`` of
     ``range(Theta)`` (the parameter-space coordinates of ``theta_q - theta_0``), where
     it is well posed even when ``Theta`` is singular: directions of ``alpha`` in the null
     space of ``Theta`` change no output and are dropped.
     """
     algo = get_algorithm(algorithm)
+    if problem.process is not None and not problem.process.random:
+        raise ValueError("algorithm: with a periodic mixing sequence the iteration ends on a "
+                         "periodic orbit, not a fixed point; predict a long trajectory instead")
     lrs = learning_rates(lr, problem.num_agents)
     s = float(lrs.max())
     op = StepOperator(problem, algo, lrs / s)
     q, r = problem.num_agents, problem.kernel.shape[0]
     c0 = problem.residual0.shape[1]
+    treedef, blocks = state_structure(algo)
     vr, lam = _range_basis(problem.kernel)
     rank = len(lam)
     to_alpha = vr / np.sqrt(lam)  # (R, r): u -> alpha
     to_u = vr.T * np.sqrt(lam)[:, None]  # (r, R): alpha -> u
-    # affine part: one full step from alpha = 0 (central slot dropped)
+    # affine part: one full step from the zero state (central slot dropped); for a random
+    # mixing sequence W is E[W]: the fixed point of the mean state
     data = solver._device_data(problem, lrs[None, :], for_records=False)
     ops = solver.kernel_operators(data["blocks"], data["residual"], data["mixing"],
                                   data["lr_cols"][:q], offsets=problem.offsets,
                                   rows_per_sample=problem.rows_per_sample, central=False)
-    c = np.asarray(algo.step(jnp.zeros((q, r, c0)), ops))  # (Q, R, C0)
-    c_u = np.einsum("ir,qrc->qic", to_u, c).reshape(q * rank, c0)
+    zero = jax.tree.unflatten(treedef, [jnp.zeros((q, r, c0))] * blocks)
+    c = np.stack([np.asarray(v) for v in jax.tree.leaves(algo.step(zero, ops))])  # (B,Q,R,C0)
+    c_u = np.einsum("ir,bqrc->bqic", to_u, c).reshape(blocks * q * rank, c0)
 
-    def a_u(u):  # (Q r, m) -> (Q r, m)
+    def a_u(u):  # (B Q r, m) -> (B Q r, m); A restricted to the invariant subspace
         m = u.shape[1]
-        alpha = np.einsum("Ri,qim->qRm", to_alpha, u.reshape(q, rank, m))
-        out = op.matvec(alpha.reshape(q * r, m), s).reshape(q, r, m)
-        return np.einsum("iR,qRm->qim", to_u, out).reshape(q * rank, m)
+        alpha = np.einsum("Ri,bqim->bqRm", to_alpha, u.reshape(blocks, q, rank, m))
+        out = op.matvec(alpha.reshape(blocks * q * r, m), s).reshape(blocks, q, r, m)
+        return np.einsum("iR,bqRm->bqim", to_u, out).reshape(blocks * q * rank, m)
 
-    dim = q * rank
+    dim = blocks * q * rank
     if dim <= DENSE_MAX * 4:
         u = _solve(None, np.eye(dim) - a_u(np.eye(dim)), c_u, dim)
     else:
         u = _solve(lambda v: v - a_u(v[:, None])[:, 0], None, c_u, dim)
-    alpha = np.einsum("Ri,qic->qRc", to_alpha, u.reshape(q, rank, c0))
+    state = np.einsum("Ri,bqic->bqRc", to_alpha, u.reshape(blocks, q, rank, c0))
+    alpha = np.asarray(algo.parameters(jax.tree.unflatten(treedef, list(state))))
     # centralised solution: weighted least squares on the global objective, min-norm in u
     row_w = np.repeat(1.0 / (q * problem.counts), problem.counts * problem.rows_per_sample)
     sw = np.sqrt(row_w)[:, None]

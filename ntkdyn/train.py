@@ -1,9 +1,11 @@
 r"""Real peer-to-peer training of Q networks, simulated in one process (validation).
 
 The harness trains what :mod:`ntkdyn.solver` predicts, with the *same*
-update rules: one iteration is ``get_algorithm(name).step(x, ops)`` where
-``ops = Operators(mix, grad, scale)`` acts on parameter pytrees stacked on a
-leading *slot* axis.  Nothing here re-implements DGD, ATC or CTA.
+update rules: one iteration is ``algorithm.step(state, ops)`` (state from
+``algorithm.init``, parameters read by ``algorithm.params``, records after each
+of ``algorithm.phases`` for P2PL) where ``ops = Operators(mix, grad, scale)``
+acts on parameter pytrees stacked on a leading *slot* axis.  Nothing here
+re-implements DGD, ATC, CTA, P2PL, gradient tracking, EXTRA or momentum.
 
 Slots: ``A = Q + 1``.  Slots ``0..Q-1`` are the agents; slot ``Q`` is the
 centralised reference, exactly as in the solver: the mixing matrix is
@@ -11,7 +13,10 @@ extended by a 1 on the diagonal, ``W_ext = blockdiag(W, 1)``, the slot's
 gradient is that of the global objective ``L = (1/Q) sum_q L_q`` and its
 learning rate the mean of the agents'.
 
-* **mix**: ``x <- W_ext x``, one contraction (``tensordot``) per leaf;
+* **mix**: ``x <- W_ext x``, one contraction (``tensordot``) per leaf; with a
+  time-varying or random mixing sequence (:mod:`ntkdyn.gossip`) ``W`` is that of
+  the current communication event, sampled exactly as the prediction samples
+  sequence ``gossip_sample``;
 * **grad**: ``jax.vmap`` of one agent's gradient over the agent axis (and one
   more call for the centralised slot);
 * **scale**: multiply slot ``a``'s block by its rate.
@@ -62,6 +67,7 @@ from .checkpoint import fingerprint as _fingerprint
 from .checkpoint import load as _load_checkpoint
 from .checkpoint import save as _save_checkpoint
 from .data import Partition
+from .gossip import is_process
 from .models import MLP
 from .pipeline import _describe, init_params
 from .trajectory import Trajectory
@@ -77,13 +83,14 @@ class _Setup:
     """Static (hashable) description of the jitted computation."""
 
     apply: Any
-    step: Any
+    algorithm: Algorithm
     q: int
     linearised: bool
     batch: int
     independent: bool
     has_test: bool
     record_outputs: bool
+    sampler: Any = None
 
 
 # --------------------------------------------------------------------------- model and loss
@@ -109,15 +116,25 @@ def _init_of(setup: _Setup, data: dict, sl):
     return _slots(data["theta0"], sl) if setup.independent else data["theta0"]
 
 
-def _operators(setup: _Setup, data: dict, weights) -> Operators:
+def _mixing_at(setup: _Setup, data: dict, t, j):
+    """``W_ext`` of event ``t * mixes_per_step + j`` (the static matrix without a sequence)."""
+    if setup.sampler is None:
+        return data["mixing"]
+    event = t * setup.algorithm.mixes_per_step + j
+    w = setup.sampler(data["mix_arrays"], event, data["mix_key"]).astype(data["mixing"].dtype)
+    return data["mixing"].at[: setup.q, : setup.q].set(w)
+
+
+def _operators(setup: _Setup, data: dict, weights, t=0) -> Operators:
     q = setup.q
     axis0 = 0 if setup.independent else None
     grad_fn = jax.grad(partial(_weighted_loss, setup))
     x_all = data["x_pad"].reshape(-1, data["x_pad"].shape[-1])
     y_all = data["y_pad"].reshape(-1, data["y_pad"].shape[-1])
 
-    def mix(x):
-        return jax.tree.map(lambda leaf: jnp.tensordot(data["mixing"], leaf, axes=1), x)
+    def mix(x, j=0):
+        w = _mixing_at(setup, data, t, j)
+        return jax.tree.map(lambda leaf: jnp.tensordot(w, leaf, axes=1), x)
 
     def grad(x):
         g = jax.vmap(grad_fn, in_axes=(0, axis0, 0, 0, 0))(
@@ -225,16 +242,34 @@ def _record(setup: _Setup, data: dict, x) -> dict:
 
 
 # --------------------------------------------------------------------------- evolution
+@partial(jax.jit, static_argnames=("setup",))
+def _init_state(x0, data, *, setup: _Setup):
+    """The algorithm's (augmented) state at step 0 (gradient tracking: ``y_0 = grad(x_0)``)."""
+    return setup.algorithm.initial_state(x0, _operators(setup, data, data["w_pad"]))
+
+
 @partial(jax.jit, static_argnames=("setup",), donate_argnums=(0,))
 def _run_chunk(carry, n_steps, data, *, setup: _Setup):
-    """Advance through ``len(n_steps)`` records (``n_steps[r]`` iterations before each)."""
+    """Advance through ``len(n_steps)`` records (``n_steps[r]`` iterations before each).
 
-    def advance(x, t):
+    The carry's state is the algorithm's (augmented) state; records read its parameters.
+    A schedule with several phases records after each phase of the last step before a
+    record (``(P, ...)`` per record).
+    """
+    algo = setup.algorithm
+    params = algo.parameters
+
+    def ops_at(t):
         w = data["w_pad"] if setup.batch == 0 else _batch_weights(data, t, setup.batch)
-        new = setup.step(x, _operators(setup, data, w))
-        dev2 = _sq_norms(_deviation(setup, data, new))
+        return _operators(setup, data, w, t)
+
+    def check(x, new):
+        dev2 = _sq_norms(_deviation(setup, data, params(new)))
         bad = jnp.any(~jnp.isfinite(dev2) | (dev2 > data["limit2"]))
         return jax.tree.map(lambda a, b: jnp.where(bad, a, b), x, new), bad
+
+    def advance(x, t):
+        return check(x, algo.step(x, ops_at(t)))
 
     def body(_, state):
         x, t, diverged, div_at = state
@@ -242,16 +277,48 @@ def _run_chunk(carry, n_steps, data, *, setup: _Setup):
         div_at = jnp.where(bad & ~diverged, t + 1, div_at)
         return x, t + 1, diverged | bad, div_at
 
-    def per_record(state, n):
-        x, t, diverged, div_at = jax.lax.fori_loop(0, n, body, state)
-        rec = _record(setup, data, x)
+    def finish(state, rec):
+        x, t, diverged, div_at = state
         bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in rec.values()]))
         div_at = jnp.where(bad & ~diverged, t, div_at)
         diverged = diverged | bad
         rec["diverged"] = diverged
         return (x, t, diverged, div_at), rec
 
-    return jax.lax.scan(per_record, carry, n_steps)
+    def per_record(state, n):
+        state = jax.lax.fori_loop(0, n, body, state)
+        return finish(state, _record(setup, data, params(state[0])))
+
+    phases = algo.phases
+
+    def per_record_phases(state, n):
+        state = jax.lax.fori_loop(0, jnp.maximum(n - 1, 0), body, state)
+
+        def last_step(st):
+            x, t, diverged, div_at = st
+            ops = ops_at(t)
+            stages, cur = [], x
+            for phase in phases:
+                cur = phase(cur, ops)
+                stages.append(cur)
+            new, bad = check(x, cur)
+            new = jax.tree.map(lambda a, b: jnp.where(diverged, a, b), x, new)
+            bad = bad & ~diverged
+            div_at = jnp.where(bad, t + 1, div_at)
+            recs = [_record(setup, data, params(v)) for v in stages]
+            return (new, t + 1, diverged | bad, div_at), recs
+
+        def no_step(st):
+            rec = _record(setup, data, params(st[0]))
+            return st, [rec] * len(phases)
+
+        state, recs = jax.lax.cond(n > 0, last_step, no_step, state)
+        out = [finish(state, r) for r in recs]
+        state = out[-1][0]
+        recs = [r for _, r in out]
+        return state, jax.tree.map(lambda *r: jnp.stack(r), *recs)
+
+    return jax.lax.scan(per_record_phases if len(phases) > 1 else per_record, carry, n_steps)
 
 
 def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed) -> dict:
@@ -320,6 +387,7 @@ def train(
     progress: bool = False,
     checkpoint: str | Path | None = None,
     checkpoint_interval: float = 30.0,
+    gossip_sample: int = 0,
 ) -> Trajectory:
     """Train ``Q`` copies of ``arch`` peer to peer and record what the prediction records.
 
@@ -330,11 +398,15 @@ def train(
         ``seed`` as :func:`ntkdyn.init_params` draws them, then cast to ``dtype``).
     parts : Partition
         Training data split across the ``Q`` agents (test data, if any, is evaluated).
-    mixing : (Q, Q) array
-        Row-stochastic mixing matrix.
+    mixing : (Q, Q) array or MixingProcess
+        Row-stochastic mixing matrix, or a time-varying / random sequence
+        (:mod:`ntkdyn.gossip`; a random one runs its sequence ``gossip_sample``, the
+        same matrices as sample ``gossip_sample`` of the prediction).
     lr : float or (Q,)
         Learning rate(s); the centralised reference uses their mean.
-    algorithm : "dgd", "atc", "cta", "gd" or an :class:`~ntkdyn.algorithms.Algorithm`
+    algorithm : a name of :func:`ntkdyn.algorithms.get_algorithm` or an
+        :class:`~ntkdyn.algorithms.Algorithm` (``p2pl(...)``, ``momentum(...)``); one
+        *step* is one of its steps (a round for P2PL, recorded after each phase)
     steps : int or non-decreasing sequence of iteration numbers to record
     model : "nonlinear" or "linearised"
     dtype : "float32" (default) or "float64"
@@ -391,6 +463,15 @@ def train(
                          f"apply_fn, kernel_fn) triple, got {type(arch).__name__}")
     algo = get_algorithm(algorithm)
     q = parts.num_agents
+    process = mixing if is_process(mixing) else None
+    if process is not None:
+        if process.num_agents != q:
+            raise ValueError(f"mixing: a sequence for {process.num_agents} agents, the "
+                             f"partition has {q}")
+        if isinstance(gossip_sample, bool) or not isinstance(gossip_sample, int | np.integer) \
+                or gossip_sample < 0:
+            raise ValueError(f"gossip_sample: expected an integer >= 0, got {gossip_sample!r}")
+        mixing = process.expected()
     mixing = graphs.check_mixing(mixing, name="mixing")
     if mixing.shape[0] != q:
         raise ValueError(f"mixing: expected a ({q}, {q}) matrix for {q} agents, got shape "
@@ -401,18 +482,29 @@ def train(
     theta0 = _initial_params(arch, parts.dataset.dim, params0, seed, jdtype, q,
                              independent_init)
     batch = int(min(batch_size, parts.counts.max())) if batch_size else 0
-    setup = _Setup(apply=apply, step=algo.step, q=q, linearised=model == "linearised",
+    setup = _Setup(apply=apply, algorithm=algo, q=q, linearised=model == "linearised",
                    batch=batch, independent=bool(independent_init),
-                   has_test=parts.dataset.num_test > 0, record_outputs=record_outputs)
+                   has_test=parts.dataset.num_test > 0, record_outputs=record_outputs,
+                   sampler=None if process is None else process.sampler)
     data = _device_data(parts, mixing, lrs, theta0, setup.independent, jdtype, seed)
+    if process is not None:
+        data["mix_arrays"] = process.device_arrays()
+        data["mix_key"] = process.key(int(gossip_sample))
 
     settings = {"model": model, "dtype": dtype, "batch_size": int(batch_size),
                 "independent_init": bool(independent_init), "chunk": int(chunk), "seed": seed}
     description = {"algorithm": algo.name, "architecture": _describe(arch), "lr": lrs.tolist(),
                    "mixing": mixing.tolist(), "steps": steps.tolist(), **settings,
                    "record_outputs": record_outputs}
+    if algo.options:
+        description["algorithm_options"] = algo.settings
+    if process is not None:
+        description["mixing_process"] = process.describe()
+        description["gossip_sample"] = int(gossip_sample)
     x0 = jax.tree.map(jnp.copy, theta0) if independent_init else jax.tree.map(
         lambda a: jnp.repeat(a[None], q + 1, axis=0), theta0)
+    if algo.init is not None:
+        x0 = _init_state(x0, data, setup=setup)
     carry = (x0, jnp.asarray(0, jnp.int64), jnp.asarray(False), jnp.asarray(-1, jnp.int64))
     pieces: list[dict] = []
     done = steps_done = 0
@@ -442,6 +534,8 @@ def train(
         n_run = np.concatenate([ns, np.zeros(pad, np.int64)]) if pad else ns
         carry, recs = _run_chunk(carry, jnp.asarray(n_run), data, setup=setup)
         recs = {k: np.asarray(v)[: len(ns)] for k, v in recs.items()}
+        if algo.records_per_step > 1:  # (n, P, ...) -> (n P, ...)
+            recs = {k: v.reshape((-1,) + v.shape[2:]) for k, v in recs.items()}
         pieces.append(recs)
         done += len(ns)
         steps_done += int(ns.sum())
@@ -476,12 +570,24 @@ def train(
             "architecture": _describe(arch), "training": settings, "notes": notes,
             "data": parts.dataset.name, "partition": parts.scheme, "kernel": "none (trained)",
             "source": f"trained ({model})"}
-    return _trajectory(raw, steps, lrs, q, diverged_at, meta)
+    if algo.options:
+        meta["algorithm_options"] = algo.settings
+    if process is not None:
+        meta.update(mixing_process=process.describe(), gossip_sample=int(gossip_sample))
+    phase = None
+    if algo.records_per_step > 1:
+        meta["phases"] = list(algo.phase_names)
+        per = algo.records_per_step
+        steps, phase = np.repeat(steps, per), np.tile(np.arange(per), len(steps))
+    return _trajectory(raw, steps, lrs, q, diverged_at, meta, phase)
 
 
-def _trajectory(raw: dict, steps, lrs, q: int, diverged_at, meta: dict) -> Trajectory:
+def _trajectory(raw: dict, steps, lrs, q: int, diverged_at, meta: dict,
+                phase=None) -> Trajectory:
     flags = raw.pop("diverged")
     keep = int(np.argmax(flags)) if flags.any() else len(flags)
+    if phase is not None and flags.any():  # drop the whole step
+        keep -= keep % int(phase.max() + 1)
     status = "diverged" if diverged_at is not None else "ok"
     if status == "diverged":
         meta = dict(meta, divergence=f"diverged at step {diverged_at} (training stopped; "
@@ -508,7 +614,8 @@ def _trajectory(raw: dict, steps, lrs, q: int, diverged_at, meta: dict) -> Traje
         mean_model_test_acc=cut("mean_model_test_acc"),
         train_outputs=cut("train_outputs", slice(0, q)),
         test_outputs=cut("test_outputs", slice(0, q)),
-        status=status, diverged_at=diverged_at, lr=np.asarray(lrs), metadata=meta)
+        phase=None if phase is None else phase[:keep], status=status,
+        diverged_at=diverged_at, lr=np.asarray(lrs), metadata=meta)
 
 
 __all__ = ["train", "MODELS", "DTYPES"]

@@ -18,7 +18,18 @@ training harness):
 * ``central_*`` arrays (``(T,)``) describe that centralised reference and
   ``mean_model_*`` the network-averaged model ``mean_q theta_q``;
 * time is counted in steps (iterations); for a gradient-flow prediction
-  ``steps`` holds the (real) times, in the same unit.
+  ``steps`` holds the (real) times, in the same unit.  What a step is depends
+  on the algorithm (:mod:`ntkdyn.algorithms`): one round for P2PL;
+* a schedule recorded after each of its phases (P2PL: ``"local"`` then
+  ``"consensus"``) has ``P`` rows per recorded step, ``phase[i]`` the index of
+  row ``i``'s phase in ``metadata["phases"]``; :meth:`Trajectory.at_phase`
+  keeps one phase.  At step 0 every phase row holds the initial state;
+* random gossip (:mod:`ntkdyn.gossip`): :class:`GossipTrajectory`, whose fields
+  are the means over the sampled mixing sequences of each metric (mean of the
+  loss), with quantile bands, and ``expected``, the exact trajectory of the
+  mean state (recursion with ``E[W]``: loss of the mean output).  The two differ
+  by the variance the randomness adds: outputs agree in expectation, losses and
+  distances do not.
 
 A divergent run is reported, not returned as NaNs: ``status`` is
 ``"diverged"``, ``diverged_at`` the first step at which the state left every
@@ -30,6 +41,7 @@ exact largest stable rate ``lr_star``, margin) in ``metadata["stability"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -77,6 +89,7 @@ class Trajectory:
     mean_model_test_acc: np.ndarray | None = None
     train_outputs: np.ndarray | None = None
     test_outputs: np.ndarray | None = None
+    phase: np.ndarray | None = None
     status: str = "ok"
     diverged_at: int | None = None
     continuous: bool = False
@@ -101,6 +114,27 @@ class Trajectory:
             raise ValueError(f"metric: {metric!r} is not a per-agent metric")
         return arr.mean(axis=1)
 
+    @property
+    def phases(self) -> list[str]:
+        """Names of the phases recorded per step (``[]`` for single-phase schedules)."""
+        return list(self.metadata.get("phases", [])) if self.phase is not None else []
+
+    def at_phase(self, phase: str | int) -> Trajectory:
+        """The records taken after one phase (``"local"``, ``"consensus"``, or its index)."""
+        if self.phase is None:
+            raise ValueError("phase: this trajectory has one record per step (no phases)")
+        names = self.phases
+        idx = names.index(phase) if isinstance(phase, str) and phase in names else phase
+        if not isinstance(idx, int | np.integer) or not 0 <= idx < max(len(names), 1):
+            raise ValueError(f"phase: expected one of {names} or an index, got {phase!r}")
+        keep = np.flatnonzero(self.phase == idx)
+        arrays = {f.name: getattr(self, f.name)[keep] for f in fields(self)
+                  if isinstance(getattr(self, f.name), np.ndarray) and f.name not in
+                  ("lr", "quantile_levels", "phase") and getattr(self, f.name).ndim >= 1
+                  and getattr(self, f.name).shape[0] == len(self.phase)}
+        meta = dict(self.metadata, phase_kept=names[idx] if names else int(idx))
+        return dataclasses.replace(self, **arrays, phase=None, metadata=meta)
+
     def final(self, metric: str) -> np.ndarray:
         """Last recorded value of ``metric`` (``(Q,)`` or scalar)."""
         return getattr(self, metric)[-1]
@@ -110,6 +144,12 @@ class Trajectory:
         t = self.steps[-1]
         unit = "time" if self.continuous else "step"
         lines = [f"{self.num_agents} agents, last record at {unit} {t:g}, status: {self.status}"]
+        if self.phase is not None:
+            lines.append("records after each phase per step: " + ", ".join(self.phases)
+                         + f" (last: {self.phases[int(self.phase[-1])]})")
+        if isinstance(self, GossipTrajectory):
+            lines.append(f"random gossip: means over {self.samples} sampled mixing sequences; "
+                         "'.expected' is the exact mean-state (E[W]) trajectory")
         if self.diverged:
             lines.append(f"diverged at step {self.diverged_at}")
         if "divergence" in self.metadata:
@@ -130,11 +170,7 @@ class Trajectory:
         return f"Trajectory(T={len(self.steps)}, Q={self.num_agents}, status={self.status!r})"
 
     # -------------------------------------------------------------------- I/O
-    def save(self, path: str | Path) -> Path:
-        """Write to ``path`` (``.npz``) atomically; metadata as JSON inside."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
+    def _payload(self) -> tuple[dict, dict]:
         arrays = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -147,6 +183,14 @@ class Trajectory:
             "continuous": self.continuous,
             "metadata": self.metadata,
         }
+        return arrays, meta
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` (``.npz``) atomically; metadata as JSON inside."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        arrays, meta = self._payload()
         arrays["__meta__"] = np.array(json.dumps(meta, default=_json_default))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial.npz")
@@ -163,8 +207,75 @@ class Trajectory:
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"path: {path} was written by a newer ntkdyn (format "
                              f"{meta['format_version']})")
-        return cls(status=meta["status"], diverged_at=meta["diverged_at"],
-                   continuous=meta["continuous"], metadata=meta["metadata"], **kwargs)
+        return _from_payload(kwargs, meta)
+
+
+def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
+    plain = {k: v for k, v in kwargs.items() if "/" not in k}
+    common = dict(status=meta["status"], diverged_at=meta["diverged_at"],
+                  continuous=meta["continuous"], metadata=meta["metadata"])
+    if meta.get("kind") != "gossip":
+        return Trajectory(**common, **plain)
+    quantiles = {k.split("/", 1)[1]: v for k, v in kwargs.items() if k.startswith("quantiles/")}
+    expected = None
+    if "expected_meta" in meta:
+        expected = _from_payload({k.split("/", 1)[1]: v for k, v in kwargs.items()
+                                  if k.startswith("expected/")}, meta["expected_meta"])
+    return GossipTrajectory(**common, **plain, samples=meta["samples"], quantiles=quantiles,
+                            expected=expected)
+
+
+@dataclass(frozen=True)
+class GossipTrajectory(Trajectory):
+    """Prediction for a random mixing sequence: a distribution over sampled sequences.
+
+    Every metric field holds the **mean over the ``samples`` sampled sequences** of
+    that metric (for losses: the mean of the loss); ``quantiles[metric]`` has shape
+    ``(L, ...)`` for the levels ``quantile_levels`` (default 5, 25, 50, 75, 95 %);
+    ``expected`` is the exact trajectory of the **mean state** (the recursion with
+    ``E[W]``, :mod:`ntkdyn.gossip`): its outputs are the exact mean outputs, its losses
+    the loss of the mean output, which is below the mean loss by the outputs'
+    variance.  ``sample(s)`` is not kept; predict with ``samples=1`` and another seed to
+    see single sequences.
+    """
+
+    samples: int = 0
+    quantile_levels: np.ndarray | None = None
+    quantiles: dict | None = None
+    expected: Trajectory | None = None
+
+    def band(self, metric: str, low: float = 0.05, high: float = 0.95) -> tuple:
+        """``(low, high)`` quantile curves of ``metric`` (levels among ``quantile_levels``)."""
+        levels = list(np.round(np.asarray(self.quantile_levels), 12))
+        try:
+            i, j = levels.index(round(low, 12)), levels.index(round(high, 12))
+        except ValueError:
+            raise ValueError(f"low/high: expected levels among {levels}") from None
+        q = self.quantiles[metric]
+        return q[i], q[j]
+
+    def at_phase(self, phase: str | int) -> GossipTrajectory:
+        out = super().at_phase(phase)
+        keep = np.flatnonzero(self.phase == self.phases.index(phase)) if isinstance(phase, str) \
+            else np.flatnonzero(self.phase == phase)
+        quantiles = {k: v[:, keep] for k, v in (self.quantiles or {}).items()}
+        expected = None if self.expected is None else self.expected.at_phase(phase)
+        return dataclasses.replace(out, quantiles=quantiles, expected=expected)
+
+    def _payload(self) -> tuple[dict, dict]:
+        arrays, meta = super()._payload()
+        meta.update(kind="gossip", samples=self.samples)
+        for k, v in (self.quantiles or {}).items():
+            arrays[f"quantiles/{k}"] = v
+        if self.expected is not None:
+            ea, em = self.expected._payload()
+            arrays.update({f"expected/{k}": v for k, v in ea.items()})
+            meta["expected_meta"] = em
+        return arrays, meta
+
+    def __repr__(self) -> str:
+        return (f"GossipTrajectory(T={len(self.steps)}, Q={self.num_agents}, "
+                f"samples={self.samples}, status={self.status!r})")
 
 
 def _json_default(obj):

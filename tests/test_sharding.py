@@ -29,7 +29,7 @@ w = nd.graphs.mixing(nd.graphs.topology("path", q))
 f0 = 0.1 * rng.normal(size=y.shape)
 for agent_kind, agent in (("equal", np.arange(n) % q),
                           ("unequal", np.minimum(np.arange(n) // 12, q - 1))):
-    for algo in ("dgd", "atc", "cta"):
+    for algo in ("dgd", "atc", "cta", "p2pl", "gradient_tracking"):  # and augmented states
         common = dict(algorithm=algo, f0_train=f0, kernel_test_train=ktt, y_test=yt,
                       record_outputs=True)
         one = predict_from_kernels(kern, y, agent, w, 0.4, range(0, 31, 5), **common)
@@ -65,7 +65,7 @@ def results():
 
 
 @pytest.mark.parametrize("case", [f"{a}/{b}" for a in ("equal", "unequal")
-                                  for b in ("dgd", "atc", "cta")])
+                                  for b in ("dgd", "atc", "cta", "p2pl", "gradient_tracking")])
 def test_four_devices_equal_one_device(results, case):
     for metric, err in results[case].items():
         assert err <= 1e-12, (case, metric, err)

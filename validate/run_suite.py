@@ -32,6 +32,26 @@ def _fmt(x) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}%"
 
 
+def _topology_label(cfg) -> str:
+    t = cfg.topology
+    if t.sequence:
+        return "+".join(t.sequence) + " (periodic)"
+    if t.gossip == "edges":
+        return f"{t.name}, gossip p={t.gossip_p:g}"
+    if t.gossip:
+        return f"{t.name}, one-edge gossip"
+    return t.name
+
+
+def _algorithm_label(cfg) -> str:
+    t = cfg.training
+    if t.algorithm == "p2pl":
+        return f"p2pl ({t.local_steps} local + {t.consensus_steps} combine)"
+    if t.algorithm == "momentum":
+        return f"momentum (beta {t.momentum:g})"
+    return t.algorithm
+
+
 def table(rows: list[dict], widths: list[int]) -> str:
     """Markdown: one row per (topology, algorithm), columns width x (analytic / empirical)."""
     out = []
@@ -49,7 +69,9 @@ def table(rows: list[dict], widths: list[int]) -> str:
                                         for k in ("analytic", "empirical")))
             slopes = " / ".join(f"{r['slopes'].get(f'{metric} vs {k}', float('nan')):.2f}"
                                 for k in ("analytic", "empirical"))
-            out.append(f"| {r['topology']} | {r['algorithm'].upper()} | " + " | ".join(cells)
+            head, _, tail = r["algorithm"].partition(" (")
+            name = head.upper().replace("_", " ") + (f" ({tail}" if tail else "")
+            out.append(f"| {r['topology']} | {name} | " + " | ".join(cells)
                        + f" | {slopes} |")
         out.append("")
     return "\n".join(out)
@@ -62,11 +84,14 @@ def main(argv=None) -> int:
     parser.add_argument("--widths", default=None, help="override the configs' widths")
     parser.add_argument("--linearised", action="store_true")
     parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument("--only", default="", help="comma-separated config-name prefixes")
     args = parser.parse_args(argv)
 
     import ntkdyn as nd
 
     files = sorted(Path(args.suites).glob("*.toml"))
+    if args.only:
+        files = [f for f in files if any(f.name.startswith(p) for p in args.only.split(","))]
     if not files:
         print(f"no *.toml in {args.suites}", file=sys.stderr)
         return 2
@@ -78,8 +103,8 @@ def main(argv=None) -> int:
                           linearised=args.linearised)
         wall = time.perf_counter() - tic
         widths = list(res.widths)
-        rows.append({"name": f.stem, "topology": cfg.topology.name,
-                     "algorithm": cfg.training.algorithm,
+        rows.append({"name": f.stem, "topology": _topology_label(cfg),
+                     "algorithm": _algorithm_label(cfg),
                      "headline": {str(r.width): r.headline() for r in res.runs},
                      "status": {str(r.width): r.observed.status for r in res.runs},
                      "slopes": res.sweep.get("slopes", {}), "wall_s": wall,
@@ -88,7 +113,8 @@ def main(argv=None) -> int:
         print(f"{f.stem}: {wall:.0f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - start
     order = {"ring": 0, "torus": 1, "complete": 2}
-    rows.sort(key=lambda r: (order.get(r["topology"], 9), r["topology"], r["algorithm"]))
+    rows.sort(key=lambda r: (order.get(r["topology"], 9), r["topology"].startswith("ring,"),
+                             r["topology"], r["algorithm"]))
     print(table(rows, widths))
     print(f"Suite wall time: {total / 60:.1f} min for {len(rows)} configurations.")
     if args.json:

@@ -26,10 +26,11 @@ def run(args) -> int:
     cfg = load_config(args.config)
     exp = from_config(cfg)
     t = cfg.training
-    traj = pipeline.predict(exp.arch, exp.parts, exp.mixing, t.lr, t.algorithm,
+    traj = pipeline.predict(exp.arch, exp.parts, exp.mixing, t.lr, exp.algorithm,
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
-                            continuous=t.continuous, progress=not args.quiet)
+                            continuous=t.continuous, progress=not args.quiet,
+                            samples=exp.samples)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:
         traj.save(tmp / "trajectory.npz")
@@ -42,17 +43,28 @@ def run(args) -> int:
             "final_test_acc_mean": _last_mean(traj.test_acc),
             "final_consensus_dist_mean": _last_mean(traj.consensus_dist),
             "stability": traj.metadata.get("stability"),
+            "phases": traj.phases or None,
+            "gossip_samples": getattr(traj, "samples", None),
+            "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
+            if getattr(traj, "expected", None) is not None else None,
             "config": cfg.to_dict(),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (tmp / "summary.txt").write_text(traj.summary() + "\n")
-        title = (f"{t.algorithm.upper()} on {cfg.topology.name} ({cfg.partition.agents} agents, "
-                 f"{cfg.partition.scheme}), {cfg.prediction.kernel} NTK, lr={t.lr:g}")
+        title = (f"{exp.algorithm.label().upper()} on {_where(cfg)} ({cfg.partition.agents} "
+                 f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK, lr={t.lr:g}")
         plot_trajectory(traj, tmp / "trajectory.png", title=title)
     print(traj.summary())
     print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
           "trajectory.png")
     return 0
+
+
+def _where(cfg) -> str:
+    topo = cfg.topology
+    if topo.sequence:
+        return "+".join(topo.sequence)
+    return topo.name + (f" ({topo.gossip} gossip)" if topo.gossip else "")
 
 
 def _last_mean(arr):

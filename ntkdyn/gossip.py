@@ -1,0 +1,293 @@
+r"""Time-varying and random mixing: sequences of mixing matrices.
+
+A :class:`MixingProcess` gives one mixing matrix ``W_e`` per communication
+event ``e = 0, 1, 2, ...`` (step ``k`` of an algorithm with ``m`` mixes per
+step uses events ``k m, ..., k m + m - 1``; :mod:`ntkdyn.algorithms`).
+
+* :class:`Periodic` -- a fixed cycle ``W_0, ..., W_{P-1}`` (``W_e = W_{e mod P}``);
+  each matrix may be disconnected as long as their union is connected.
+* :class:`RandomEdges` -- each edge of a graph ``G`` is active with probability
+  ``p`` at each event, independently; ``W_e`` has Metropolis weights on the active
+  subgraph (``1 / (1 + max(d_i, d_j))`` on active edges, degrees counted in the
+  active subgraph; the rest on the diagonal).  ``p = 1`` is the static graph.
+* :class:`OneRandomEdge` -- one edge ``(i, j)`` of ``G``, uniformly at random,
+  averages its two endpoints: ``W_e = I - (e_i - e_j)(e_i - e_j)^T / 2``
+  (randomised pairwise gossip, Boyd et al. 2006).
+
+Random processes are reproducible: sequence (sample) ``s`` draws event ``e``
+from ``fold_in(fold_in(PRNGKey(seed), s), e)``, in the solver and in the
+training harness alike (:meth:`MixingProcess.matrix` gives the same matrices
+in numpy), so a prediction of sequence ``s`` and a training on sequence ``s``
+see the same graphs.
+
+Expected matrix.  The events are independent of the state they act on, so
+the *mean* state of any of the schedules (each affine in the state and
+linear in each event's ``W``, no event used twice in one product) follows the
+same recursion with ``E[W]`` (:meth:`MixingProcess.expected`, exact:
+binomial sums over the active degrees for :class:`RandomEdges`,
+``I - L / (2 |E|)`` for :class:`OneRandomEdge`).  Outputs are linear in the
+state, so their mean is exact too; losses and distances are not (mean of the
+loss = loss of the mean output + its variance), which is why the prediction
+for random gossip is a distribution over sampled sequences
+(:func:`ntkdyn.predict.run_problem` with ``samples``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+
+from . import graphs
+
+
+class MixingProcess:
+    """A sequence of mixing matrices, one per communication event (see module doc).
+
+    Subclasses define ``num_agents``, ``random``, ``period`` (events; ``None`` for
+    random processes), :meth:`device_arrays`, the jittable ``sampler(arrays, event,
+    key) -> (Q, Q)`` (a module-level function, used as a static argument) and
+    :meth:`expected`.
+    """
+
+    num_agents: int
+    random: bool = False
+    period: int | None = None
+    seed: int = 0
+
+    def device_arrays(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def sampler(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def expected(self) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def key(self, sample: int = 0):
+        """PRNG key of sequence ``sample``."""
+        return jax.random.fold_in(jax.random.PRNGKey(self.seed), sample)
+
+    def matrix(self, event: int, sample: int = 0) -> np.ndarray:
+        """``W_event`` of sequence ``sample`` (numpy; the matrices the solver uses)."""
+        arrays = self.device_arrays()
+        return np.asarray(self.sampler(arrays, jnp.asarray(event), self.key(sample)))
+
+    def matrices(self, events, sample: int = 0) -> np.ndarray:
+        """``(len(events), Q, Q)``: :meth:`matrix` for several events."""
+        arrays = self.device_arrays()
+        key = self.key(sample)
+        fn = jax.jit(jax.vmap(lambda e: self.sampler(arrays, e, key)))
+        return np.asarray(fn(jnp.asarray(np.asarray(events))))
+
+
+# --------------------------------------------------------------------------- periodic
+def _periodic_sampler(arrays, event, key):
+    mats = arrays["matrices"]
+    return mats[event % mats.shape[0]]
+
+
+@dataclass(frozen=True, eq=False)
+class Periodic(MixingProcess):
+    """``W_e = matrices[e mod P]``: a deterministic cycle of mixing matrices."""
+
+    matrices: np.ndarray = field(repr=False)
+    names: tuple = ()
+
+    random = False
+
+    @property
+    def num_agents(self) -> int:
+        return int(self.matrices.shape[1])
+
+    @property
+    def period(self) -> int:
+        return int(self.matrices.shape[0])
+
+    def device_arrays(self) -> dict:
+        return {"matrices": jnp.asarray(self.matrices)}
+
+    @property
+    def sampler(self):
+        return _periodic_sampler
+
+    def expected(self) -> np.ndarray:
+        """The average over one period (connected when the union of the graphs is)."""
+        return self.matrices.mean(axis=0)
+
+    def describe(self) -> dict:
+        return {"kind": "periodic", "period": self.period, "names": list(self.names)}
+
+
+def periodic(matrices, names=()) -> Periodic:
+    """A periodic sequence ``W_0, W_1, ..., W_{P-1}, W_0, ...`` of mixing matrices.
+
+    Each matrix must be row stochastic with non-negative entries and all of the
+    same size; their union must be connected (each alone need not be).
+    """
+    mats = [np.asarray(m, dtype=np.float64) for m in matrices]
+    if not mats:
+        raise ValueError("matrices: expected at least one mixing matrix")
+    q = mats[0].shape
+    for i, m in enumerate(mats):
+        if m.shape != q:
+            raise ValueError(f"matrices[{i}]: expected shape {q} like matrices[0], got {m.shape}")
+    stack = np.stack(mats)
+    for i, m in enumerate(stack):
+        _check_stochastic(m, f"matrices[{i}]")
+    graphs.check_mixing(stack.mean(axis=0), name="matrices (union over the period)")
+    return Periodic(stack, tuple(names))
+
+
+def _check_stochastic(m: np.ndarray, name: str) -> None:
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.all(np.isfinite(m)):
+        raise ValueError(f"{name}: expected a finite square matrix, got shape {m.shape}")
+    if np.any(m < -1e-10):
+        raise ValueError(f"{name}: expected non-negative entries, min {m.min():.3g}")
+    worst = float(np.max(np.abs(m.sum(axis=1) - 1.0)))
+    if worst > 1e-10:
+        raise ValueError(f"{name}: expected a row-stochastic matrix, worst row sum off by "
+                         f"{worst:.3g}")
+
+
+# --------------------------------------------------------------------------- random
+def _edges(graph) -> tuple[int, np.ndarray]:
+    g = graphs.as_graph(graph)
+    edges = np.array(sorted((min(a, b), max(a, b)) for a, b in g.edges()), dtype=np.int64)
+    if len(edges) == 0:
+        raise ValueError("graph: expected at least one edge for gossip")
+    graphs.check_mixing(graphs.mixing(g), name="graph")  # connected
+    return g.number_of_nodes(), edges.reshape(-1, 2)
+
+
+def _random_edges_sampler(arrays, event, key):
+    i, j, eye = arrays["i"], arrays["j"], arrays["eye"]
+    u = jax.random.uniform(jax.random.fold_in(key, event), i.shape, dtype=eye.dtype)
+    on = (u < arrays["p"]).astype(eye.dtype)
+    adj = jnp.zeros_like(eye).at[i, j].add(on).at[j, i].add(on)
+    deg = adj.sum(axis=1)
+    w = adj / (1.0 + jnp.maximum(deg[:, None], deg[None, :]))
+    return w + jnp.diag(1.0 - w.sum(axis=1))
+
+
+@dataclass(frozen=True, eq=False)
+class RandomEdges(MixingProcess):
+    """Each edge active with probability ``p`` per event; Metropolis weights on the
+    active subgraph."""
+
+    q: int
+    edges: np.ndarray = field(repr=False)
+    p: float
+    seed: int = 0
+
+    random = True
+    period = None
+
+    @property
+    def num_agents(self) -> int:
+        return self.q
+
+    def device_arrays(self) -> dict:
+        return {"i": jnp.asarray(self.edges[:, 0]), "j": jnp.asarray(self.edges[:, 1]),
+                "eye": jnp.eye(self.q), "p": jnp.asarray(self.p)}
+
+    @property
+    def sampler(self):
+        return _random_edges_sampler
+
+    def expected(self) -> np.ndarray:
+        """Exact ``E[W]``: for an edge ``(i, j)``, ``p E[1 / (1 + max(1 + B_i, 1 + B_j))]``
+        with independent ``B_i ~ Bin(deg_i - 1, p)``, ``B_j ~ Bin(deg_j - 1, p)`` (the
+        other edges at ``i`` and at ``j`` are distinct)."""
+        deg = np.bincount(self.edges.ravel(), minlength=self.q)
+        w = np.zeros((self.q, self.q))
+        for a, b in self.edges:
+            ma, mb = np.arange(deg[a]), np.arange(deg[b])
+            pa = scipy.stats.binom.pmf(ma, deg[a] - 1, self.p)
+            pb = scipy.stats.binom.pmf(mb, deg[b] - 1, self.p)
+            inv = 1.0 / (2.0 + np.maximum(ma[:, None], mb[None, :]))
+            w[a, b] = w[b, a] = self.p * float(pa @ inv @ pb)
+        np.fill_diagonal(w, 1.0 - w.sum(axis=1))
+        return w
+
+    def describe(self) -> dict:
+        return {"kind": "random_edges", "p": self.p, "seed": self.seed,
+                "edges": int(len(self.edges))}
+
+
+def _one_edge_sampler(arrays, event, key):
+    i, j, eye = arrays["i"], arrays["j"], arrays["eye"]
+    pick = jax.random.randint(jax.random.fold_in(key, event), (), 0, i.shape[0])
+    d = eye[i[pick]] - eye[j[pick]]
+    return eye - 0.5 * jnp.outer(d, d)
+
+
+@dataclass(frozen=True, eq=False)
+class OneRandomEdge(MixingProcess):
+    """One uniformly random edge per event averages its endpoints (weight 1/2)."""
+
+    q: int
+    edges: np.ndarray = field(repr=False)
+    seed: int = 0
+
+    random = True
+    period = None
+
+    @property
+    def num_agents(self) -> int:
+        return self.q
+
+    def device_arrays(self) -> dict:
+        return {"i": jnp.asarray(self.edges[:, 0]), "j": jnp.asarray(self.edges[:, 1]),
+                "eye": jnp.eye(self.q)}
+
+    @property
+    def sampler(self):
+        return _one_edge_sampler
+
+    def expected(self) -> np.ndarray:
+        """``E[W] = I - L / (2 |E|)``, ``L`` the graph Laplacian."""
+        lap = np.zeros((self.q, self.q))
+        for a, b in self.edges:
+            lap[a, a] += 1
+            lap[b, b] += 1
+            lap[a, b] -= 1
+            lap[b, a] -= 1
+        return np.eye(self.q) - lap / (2.0 * len(self.edges))
+
+    def describe(self) -> dict:
+        return {"kind": "one_edge", "seed": self.seed, "edges": int(len(self.edges))}
+
+
+def random_edges(graph, p: float, seed: int = 0) -> RandomEdges:
+    """Random gossip: each edge of ``graph`` active with probability ``p`` per event,
+    Metropolis weights on the active subgraph (``p = 1``: the static Metropolis matrix)."""
+    try:
+        pf = float(p)
+    except (TypeError, ValueError):
+        pf = float("nan")
+    if not 0.0 < pf <= 1.0:
+        raise ValueError(f"p: expected a probability in (0, 1], got {p!r}")
+    q, edges = _edges(graph)
+    return RandomEdges(q, edges, pf, int(seed))
+
+
+def one_random_edge(graph, seed: int = 0) -> OneRandomEdge:
+    """Randomised pairwise gossip: one uniformly random edge per event, weights 1/2."""
+    q, edges = _edges(graph)
+    return OneRandomEdge(q, edges, int(seed))
+
+
+def is_process(mixing) -> bool:
+    return isinstance(mixing, MixingProcess)
+
+
+__all__ = ["MixingProcess", "Periodic", "RandomEdges", "OneRandomEdge", "periodic",
+           "random_edges", "one_random_edge", "is_process"]
