@@ -501,7 +501,10 @@ def main(argv=None) -> int:
               f"{', '.join(results[path.stem]['files'])}", flush=True)
     results["total_seconds"] = time.perf_counter() - t0
     results["cache"] = {"hits": runner.hits, "misses": runner.misses}
-    (out / "summary.json").write_text(json.dumps(results, indent=2, default=float))
+    summary_file = out / "summary.json"
+    if args.only and summary_file.exists():  # keep the other experiments' entries
+        results = {**json.loads(summary_file.read_text()), **results}
+    summary_file.write_text(json.dumps(results, indent=2, default=float))
     print(f"total {results['total_seconds']:.1f} s (cache hits {runner.hits}, "
           f"misses {runner.misses})")
     return 0
