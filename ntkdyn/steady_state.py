@@ -30,8 +30,11 @@ import scipy.sparse.linalg as spla
 from . import solver
 from .algorithms import get_algorithm
 from .problem import KernelProblem
-from .spectrum import DENSE_MAX, StepOperator, state_structure
+from .spectrum import StepOperator, state_structure
 from .validation import learning_rates
+
+#: largest system (unknowns) solved densely (LU); GMRES above (the matrix is dim^2 doubles)
+DENSE_SOLVE_MAX = 8192
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     treedef, blocks = state_structure(algo)
     vr, lam = _range_basis(problem.kernel)
     rank = len(lam)
+    full_rank = rank == r  # then alpha itself is a fine coordinate system: no change of basis
     to_alpha = vr / np.sqrt(lam)  # (R, r): u -> alpha
     to_u = vr.T * np.sqrt(lam)[:, None]  # (r, R): alpha -> u
     # affine part: one full step from the zero state (central slot dropped); for a random
@@ -123,20 +127,25 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
                                   rows_per_sample=problem.rows_per_sample, central=False)
     zero = jax.tree.unflatten(treedef, [jnp.zeros((q, r, c0))] * blocks)
     c = np.stack([np.asarray(v) for v in jax.tree.leaves(algo.step(zero, ops))])  # (B,Q,R,C0)
-    c_u = np.einsum("ir,bqrc->bqic", to_u, c).reshape(blocks * q * rank, c0)
+
+    def change(mat, x):  # (a, b) applied to every (B, Q) block of x: (B Q b, m) -> (B Q a, m)
+        m = x.shape[1]
+        out = np.matmul(mat, x.reshape(blocks * q, mat.shape[1], m))  # BLAS, batched
+        return out.reshape(blocks * q * mat.shape[0], m)
+
+    c_u = c.reshape(blocks * q * r, c0) if full_rank else change(to_u, c.reshape(-1, c0))
 
     def a_u(u):  # (B Q r, m) -> (B Q r, m); A restricted to the invariant subspace
-        m = u.shape[1]
-        alpha = np.einsum("Ri,bqim->bqRm", to_alpha, u.reshape(blocks, q, rank, m))
-        out = op.matvec(alpha.reshape(blocks * q * r, m), s).reshape(blocks, q, r, m)
-        return np.einsum("iR,bqRm->bqim", to_u, out).reshape(blocks * q * rank, m)
+        if full_rank:
+            return op.matvec(u, s)
+        return change(to_u, op.matvec(change(to_alpha, u), s))
 
     dim = blocks * q * rank
-    if dim <= DENSE_MAX * 4:
+    if dim <= DENSE_SOLVE_MAX:
         u = _solve(None, np.eye(dim) - a_u(np.eye(dim)), c_u, dim)
     else:
         u = _solve(lambda v: v - a_u(v[:, None])[:, 0], None, c_u, dim)
-    state = np.einsum("Ri,bqic->bqRc", to_alpha, u.reshape(blocks, q, rank, c0))
+    state = (u if full_rank else change(to_alpha, u)).reshape(blocks, q, r, c0)
     alpha = np.asarray(algo.parameters(jax.tree.unflatten(treedef, list(state))))
     # centralised solution: weighted least squares on the global objective, min-norm in u
     row_w = np.repeat(1.0 / (q * problem.counts), problem.counts * problem.rows_per_sample)

@@ -1,0 +1,99 @@
+"""Benchmark ``ntkdyn check`` on a configuration (default: ``examples/default.toml``).
+
+    python benchmarks/check.py [CONFIG.toml] [--repeats 3]
+
+Prints
+
+* the wall time of the command as a user runs it (a fresh process: imports, kernel,
+  stability, sweep and JIT compilation included), best and median of ``--repeats``,
+  with the report's own breakdown (kernel / stability / prediction);
+* in one warm process, the time of one prediction and of the 10-rate sweep that the
+  report runs (same problem, same steps, compiled beforehand), and their ratio.
+
+A timing script, never a test: the figures go into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cold_runs(config: Path, repeats: int) -> list[dict]:
+    """Run ``ntkdyn check CONFIG --json`` in fresh processes; wall time and breakdown."""
+    out = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "ntkdyn.cli", "check", str(config), "--json"],
+                              capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wall = time.perf_counter() - tic
+        if proc.returncode == 2:
+            raise SystemExit(f"check failed:\n{proc.stderr}")
+        report = json.loads(proc.stdout)
+        out.append({"wall_s": wall, "exit": proc.returncode, **report["timings"]})
+    return out
+
+
+def sweep_ratio(config: Path, repeats: int) -> dict:
+    """Warm timings of one prediction and of the report's 10-rate sweep."""
+    sys.path.insert(0, str(ROOT))
+    from ntkdyn.check import SWEEP_FRACTIONS
+    from ntkdyn.config import load_config
+    from ntkdyn.experiment import from_config
+    from ntkdyn.pipeline import build_problem
+    from ntkdyn.predict import run_problem
+
+    cfg = load_config(config)
+    exp = from_config(cfg)
+    problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,
+                            seed=cfg.seed, rates=len(SWEEP_FRACTIONS))
+    lr = cfg.training.lr
+    rates = [lr * f for f in SWEEP_FRACTIONS]
+
+    def timed(lrs):
+        run_problem(problem, exp.algorithm, lrs, cfg.steps, check_stability=False,
+                    reference=False)  # compile
+        best = float("inf")
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            run_problem(problem, exp.algorithm, lrs, cfg.steps, check_stability=False,
+                        reference=False)
+            best = min(best, time.perf_counter() - tic)
+        return best
+
+    one, sweep = timed([lr]), timed(rates)
+    return {"one_prediction_s": one, "sweep_s": sweep, "rates": len(rates),
+            "ratio": sweep / one}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", default=str(ROOT / "examples" / "default.toml"))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    config = Path(args.config)
+    runs = cold_runs(config, args.repeats)
+    walls = [r["wall_s"] for r in runs]
+    print(f"ntkdyn check {config.name}: wall best {min(walls):.2f} s, median "
+          f"{statistics.median(walls):.2f} s over {len(walls)} fresh processes "
+          f"(exit {runs[0]['exit']})")
+    best = min(runs, key=lambda r: r["wall_s"])
+    print("  breakdown of the best run: " + ", ".join(
+        f"{k} {v:.2f} s" for k, v in best.items() if k.endswith("_s") and k != "wall_s"))
+    s = sweep_ratio(config, args.repeats)
+    print(f"warm: one prediction {s['one_prediction_s']:.3f} s, {s['rates']}-rate sweep "
+          f"{s['sweep_s']:.3f} s, ratio {s['ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
