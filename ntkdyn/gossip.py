@@ -178,14 +178,11 @@ def _random_edges_sampler(arrays, event, key):
 
 
 @dataclass(frozen=True, eq=False)
-class RandomEdges(MixingProcess):
-    """Each edge active with probability ``p`` per event; Metropolis weights on the
-    active subgraph."""
+class _EdgeGossip(MixingProcess):
+    """Random gossip on the edges ``(i, j)`` of a fixed connected graph of ``q`` agents."""
 
     q: int
     edges: np.ndarray = field(repr=False)
-    p: float
-    seed: int = 0
 
     random = True
     period = None
@@ -196,7 +193,19 @@ class RandomEdges(MixingProcess):
 
     def device_arrays(self) -> dict:
         return {"i": jnp.asarray(self.edges[:, 0]), "j": jnp.asarray(self.edges[:, 1]),
-                "eye": jnp.eye(self.q), "p": jnp.asarray(self.p)}
+                "eye": jnp.eye(self.q)}
+
+
+@dataclass(frozen=True, eq=False)
+class RandomEdges(_EdgeGossip):
+    """Each edge active with probability ``p`` per event; Metropolis weights on the
+    active subgraph."""
+
+    p: float
+    seed: int = 0
+
+    def device_arrays(self) -> dict:
+        return {**super().device_arrays(), "p": jnp.asarray(self.p)}
 
     @property
     def sampler(self):
@@ -230,23 +239,10 @@ def _one_edge_sampler(arrays, event, key):
 
 
 @dataclass(frozen=True, eq=False)
-class OneRandomEdge(MixingProcess):
+class OneRandomEdge(_EdgeGossip):
     """One uniformly random edge per event averages its endpoints (weight 1/2)."""
 
-    q: int
-    edges: np.ndarray = field(repr=False)
     seed: int = 0
-
-    random = True
-    period = None
-
-    @property
-    def num_agents(self) -> int:
-        return self.q
-
-    def device_arrays(self) -> dict:
-        return {"i": jnp.asarray(self.edges[:, 0]), "j": jnp.asarray(self.edges[:, 1]),
-                "eye": jnp.eye(self.q)}
 
     @property
     def sampler(self):
