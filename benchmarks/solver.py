@@ -23,7 +23,10 @@ samples.  Measured:
   over one warm prediction;
 * dense ratio (size S only): a plain numpy reference that builds the stacked
   ``(Q N) x (Q N)`` DGD operator explicitly and iterates it, over one warm
-  prediction; its recorded train losses are checked against the solver's.
+  prediction; its recorded train losses are checked against the solver's;
+* float32 kernel, no reference: the same prediction with ``kernel_dtype="float32"``
+  and ``reference=False`` (warm), and its largest test-loss difference from the
+  float64 prediction relative to the largest test loss.
 """
 
 from __future__ import annotations
@@ -177,6 +180,17 @@ def run_size(name: str) -> dict:
          f"load average {os.getloadavg()[0]:.1f})")
     res["status"] = traj.status
 
+    # the lean options: float32 kernel (state in float64), no centralised reference slot
+    lean = dict(reference=False, kernel_dtype="float32")
+    run_problem(problem, "dgd", [lr], steps, **lean)  # compile
+    t = time.perf_counter()
+    lean_traj = run_problem(problem, "dgd", [lr], steps, **lean)[0]
+    res["lean_s"] = time.perf_counter() - t
+    res["lean_error"] = float(np.max(np.abs(lean_traj.test_loss - traj.test_loss))
+                              / np.max(np.abs(traj.test_loss)))
+    _log(f"{name}: float32 kernel, no reference: {res['lean_s']:.2f} s (test loss within "
+         f"{res['lean_error']:.1e} of float64)")
+
     rates = list(bound * np.linspace(0.05, 0.95, SWEEP_RATES))
     run_problem(problem, "dgd", rates, np.arange(25))  # compile the 10-rate chunk
     t = time.perf_counter()
@@ -208,8 +222,9 @@ def run_size(name: str) -> dict:
 # --------------------------------------------------------------------------- report
 def table(results: list[dict], bw: dict) -> str:
     head = ("| size | Q | N | K | steps | kernel s | first-call s | warm s | peak RSS GB "
-            "| GB/s achieved | % of measured bandwidth | sweep ratio | dense ratio |")
-    lines = [head, "|" + "---|" * 13]
+            "| GB/s achieved | % of measured bandwidth | sweep ratio | dense ratio "
+            "| float32 kernel, no reference: s (test-loss rel. diff) |")
+    lines = [head, "|" + "---|" * 14]
     for r in results:
         dense = f"{r['dense_ratio']:.1f}" if "dense_ratio" in r else "-"
         lines.append(
@@ -217,7 +232,7 @@ def table(results: list[dict], bw: dict) -> str:
             f"| {r['kernel_s']:.2f} | {r['first_s']:.2f} | {r['warm_s']:.2f} "
             f"| {r['peak_rss_gb']:.2f} | {r['achieved_gbs']:.1f} "
             f"| {100 * r['achieved_gbs'] / bw['reference_gbs']:.0f}% "
-            f"| {r['sweep_ratio']:.2f} | {dense} |")
+            f"| {r['sweep_ratio']:.2f} | {dense} | {r['lean_s']:.2f} ({r['lean_error']:.1e}) |")
     return "\n".join(lines)
 
 
