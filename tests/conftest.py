@@ -130,3 +130,20 @@ def net() -> LinearisedNet:
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def interrupt_after_checkpoints(monkeypatch, count: int):
+    """Make :mod:`ntkdyn.train` raise ``KeyboardInterrupt`` (as Ctrl-C would) right after
+    its ``count``-th checkpoint write; returns a function that removes the interruption."""
+    import ntkdyn.train as train_mod
+
+    real, calls = train_mod._save_checkpoint, []
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == count:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", interrupted)
+    return lambda: monkeypatch.setattr(train_mod, "_save_checkpoint", real)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import interrupt_after_checkpoints
 
 import ntkdyn as nd
 from ntkdyn.agreement import compare
@@ -136,24 +137,14 @@ def test_vmapped_agents_equal_python_loop(algorithm):
 
 def test_resume_from_checkpoint_is_bitwise_identical(parts4, ring4, tmp_path, monkeypatch):
     """An interrupted train(checkpoint=...) resumed gives the uninterrupted result exactly."""
-    import ntkdyn.train as train_mod
-
     arch = nd.models.MLP(hidden=(64,), out=3)
     kw = dict(steps=range(0, 61, 5), chunk=3, checkpoint_interval=0.0)
     full = train(arch, parts4, ring4, 0.5, "cta", **kw)
-    real, calls = train_mod._save_checkpoint, []
-
-    def interrupted(*args, **kwargs):
-        real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", interrupted)
+    restore = interrupt_after_checkpoints(monkeypatch, 2)
     ck = tmp_path / "ck.npz"
     with pytest.raises(KeyboardInterrupt):
         train(arch, parts4, ring4, 0.5, "cta", checkpoint=ck, **kw)
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real)
+    restore()
     resumed = train(arch, parts4, ring4, 0.5, "cta", checkpoint=ck, **kw)
     assert resumed.metadata["training"]["resumed_from_step"] == 25  # two chunks of 3 records
     for m in METRICS[:14]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import interrupt_after_checkpoints
 
 import ntkdyn as nd
 from ntkdyn import agreement, algorithms
@@ -100,25 +101,15 @@ def test_every_gossip_sample_is_a_training_run(setting):
 
 def test_checkpoint_resume_with_augmented_state(setting, tmp_path, monkeypatch):
     """Gradient tracking's state (x, y, g) survives an interrupted, resumed training."""
-    import ntkdyn.train as train_mod
-
     parts, arch, params, ring = setting
     w = nd.graphs.mixing(ring)
     kw = dict(params0=params, steps=range(0, 9, 2), chunk=1, checkpoint_interval=0.0)
     full = train(arch, parts, w, 0.3, "gradient_tracking", **kw)
-    real, calls = train_mod._save_checkpoint, []
-
-    def interrupted(*args, **kwargs):
-        real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", interrupted)
+    restore = interrupt_after_checkpoints(monkeypatch, 2)
     ck = tmp_path / "ck.npz"
     with pytest.raises(KeyboardInterrupt):
         train(arch, parts, w, 0.3, "gradient_tracking", checkpoint=ck, **kw)
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real)
+    restore()
     resumed = train(arch, parts, w, 0.3, "gradient_tracking", checkpoint=ck, **kw)
     assert resumed.metadata["training"]["resumed_from_step"] == 2
     for m in ("train_loss", "test_loss", "param_dist", "consensus_dist"):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import interrupt_after_checkpoints
 
 import ntkdyn as nd
 from ntkdyn.cli import main
@@ -73,22 +74,13 @@ def test_validate_writes_trajectories_report_and_overlays(tmp_path, capsys):
 def test_interrupted_run_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     """Test 4: --resume continues from the checkpoint; final result bit for bit the same."""
     import ntkdyn.harness
-    import ntkdyn.train as train_mod
 
     cfg = _config(tmp_path, TINY.replace("steps = 60", "steps = 120"))
     args = ["validate", str(cfg), "--quiet", "--kernels", "analytic", "--no-linearised"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
 
     monkeypatch.setattr(ntkdyn.harness, "CHECKPOINT_INTERVAL_S", 0.0)
-    real, calls = train_mod._save_checkpoint, []
-
-    def interrupted(*a, **k):
-        real(*a, **k)
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt  # as if Ctrl-C after the first finished chunk
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", interrupted)
+    interrupt_after_checkpoints(monkeypatch, 1)  # Ctrl-C after the first finished chunk
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         main(args + ["--out", str(out)])
