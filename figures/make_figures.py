@@ -80,42 +80,48 @@ class Runner:
                           sort_keys=True, default=str)
         return self.cache / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npz"
 
-    def trajectory(self, kind: str, raw: dict, **extra) -> nd.Trajectory:
-        path = self._path(kind, raw, extra)
+    def cached(self, path: Path, compute, load, save):
+        """``load(path)`` when cached, else ``compute()``, written with ``save(out, path)``."""
         if path.is_file():
             self.hits += 1
-            return nd.Trajectory.load(path)
-        self.misses += 1
-        cfg = config_from_dict(raw)
-        exp = from_config(cfg)
-        t = cfg.training
-        lr = extra.get("lr", t.lr)
-        if kind == PRED:
-            # the full empirical kernel (with its output blocks) makes the prediction exact
-            # for the linearised network; the analytic kernel is traced by construction
-            kernel = extra.get("kernel", "empirical")
-            problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel=kernel,
-                                       seed=cfg.seed, f0="network", traced=False)
-            # stability is reported by the solver when a run blows up; the exact lr* of
-            # every run is not needed here (experiments 3 and 4 compute it)
-            traj = run_problem(problem, t.algorithm, [lr], cfg.steps, check_stability=False,
-                               metadata={"kernel": kernel})[0]
-        else:
-            traj = train(exp.arch, exp.parts, exp.mixing, lr, t.algorithm, cfg.steps,
-                         seed=cfg.seed, model="linearised" if kind == LIN else "nonlinear",
-                         dtype="float64" if kind == LIN else "float32")
-        traj.save(path)
-        return traj
-
-    def json(self, kind: str, raw: dict, compute, **extra) -> dict:
-        path = self._path(kind, raw, extra).with_suffix(".json")
-        if path.is_file():
-            self.hits += 1
-            return json.loads(path.read_text())
+            return load(path)
         self.misses += 1
         out = compute()
-        path.write_text(json.dumps(out, default=float))
+        save(out, path)
         return out
+
+    def cached_trajectory(self, kind: str, raw: dict, extra: dict, compute) -> nd.Trajectory:
+        """A :class:`~ntkdyn.Trajectory` computed by ``compute()``, cached under its inputs."""
+        return self.cached(self._path(kind, raw, extra), compute, nd.Trajectory.load,
+                           lambda traj, path: traj.save(path))
+
+    def trajectory(self, kind: str, raw: dict, **extra) -> nd.Trajectory:
+        def compute():
+            cfg = config_from_dict(raw)
+            exp = from_config(cfg)
+            t = cfg.training
+            lr = extra.get("lr", t.lr)
+            if kind == PRED:
+                # the full empirical kernel (with its output blocks) makes the prediction
+                # exact for the linearised network; the analytic kernel is traced by
+                # construction
+                kernel = extra.get("kernel", "empirical")
+                problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel=kernel,
+                                           seed=cfg.seed, f0="network", traced=False)
+                # stability is reported by the solver when a run blows up; the exact lr*
+                # of every run is not needed here (experiments 3 and 4 compute it)
+                return run_problem(problem, t.algorithm, [lr], cfg.steps,
+                                   check_stability=False, metadata={"kernel": kernel})[0]
+            return train(exp.arch, exp.parts, exp.mixing, lr, t.algorithm, cfg.steps,
+                         seed=cfg.seed, model="linearised" if kind == LIN else "nonlinear",
+                         dtype="float64" if kind == LIN else "float32")
+
+        return self.cached_trajectory(kind, raw, extra, compute)
+
+    def json(self, kind: str, raw: dict, compute, **extra) -> dict:
+        return self.cached(self._path(kind, raw, extra).with_suffix(".json"), compute,
+                           lambda path: json.loads(path.read_text()),
+                           lambda out, path: path.write_text(json.dumps(out, default=float)))
 
 
 def lr_star_of(raw: dict, algorithm: str = "dgd") -> float:
@@ -367,21 +373,16 @@ def run_noniid(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
 def _cached_run(runner: Runner, kind: str, raw: dict, lr: float) -> nd.Trajectory:
     """One prediction (empirical NTK) or real-network training of ``raw``'s algorithm with
     its options (``algorithm_of``), cached like :meth:`Runner.trajectory`."""
-    path = runner._path(kind, raw, {"lr": lr, "schedule": "options"})
-    if path.is_file():
-        runner.hits += 1
-        return nd.Trajectory.load(path)
-    runner.misses += 1
-    cfg = config_from_dict(raw)
-    exp = from_config(cfg)
-    if kind == PRED:
-        traj = nd.predict(exp.arch, exp.parts, exp.mixing, lr, exp.algorithm, cfg.steps,
-                          kernel="empirical", seed=cfg.seed, f0="network", traced=False)
-    else:
-        traj = train(exp.arch, exp.parts, exp.mixing, lr, exp.algorithm, cfg.steps,
+    def compute():
+        cfg = config_from_dict(raw)
+        exp = from_config(cfg)
+        if kind == PRED:
+            return nd.predict(exp.arch, exp.parts, exp.mixing, lr, exp.algorithm, cfg.steps,
+                              kernel="empirical", seed=cfg.seed, f0="network", traced=False)
+        return train(exp.arch, exp.parts, exp.mixing, lr, exp.algorithm, cfg.steps,
                      seed=cfg.seed, model="nonlinear", dtype="float32")
-    traj.save(path)
-    return traj
+
+    return runner.cached_trajectory(kind, raw, {"lr": lr, "schedule": "options"}, compute)
 
 
 def oscillation_amplitude(traj: nd.Trajectory) -> float:
