@@ -42,7 +42,7 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from . import graphs
-from .algorithms import Algorithm, Operators, get_algorithm
+from .algorithms import FACTORIES, Algorithm, Operators, get_algorithm
 from .problem import KernelProblem
 from .solver import kernel_operators, row_blocks
 
@@ -317,13 +317,11 @@ def sufficient_bound(problem: KernelProblem, algorithm, profile=None) -> float:
 def _is_builtin(algo: Algorithm) -> bool:
     """Whether ``algo`` is one of ntkdyn's own schedules (not a user schedule that
     happens to share a name): only those get the closed-form bounds and crossings."""
-    from . import algorithms as _alg
-
     try:
-        if algo.name in ("p2pl", "momentum"):
-            return algo is getattr(_alg, algo.name)(**algo.settings)
+        if algo.settings:  # built by a factory with options, which returns cached objects
+            return algo is FACTORIES[algo.name](**algo.settings)
         return algo is get_algorithm(algo.name)
-    except (ValueError, TypeError):
+    except (KeyError, ValueError, TypeError):
         return False
 
 
