@@ -142,7 +142,8 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
 
     dim = blocks * q * rank
     if dim <= DENSE_SOLVE_MAX:
-        u = _solve(None, np.eye(dim) - a_u(np.eye(dim)), c_u, dim)
+        eye = np.eye(dim)
+        u = _solve(None, eye - a_u(eye), c_u, dim)
     else:
         u = _solve(lambda v: v - a_u(v[:, None])[:, 0], None, c_u, dim)
     state = (u if full_rank else change(to_alpha, u)).reshape(blocks, q, r, c0)
