@@ -282,7 +282,10 @@ def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
 
 
 def _fmt(x, spec=".4g"):
-    return "-" if x is None else format(x, spec)
+    if x is None:
+        return "-"
+    s = format(x, spec)
+    return s[1:] if s.startswith("-") and float(s) == 0 else s  # no "-0.000"
 
 
 def _render(r: CheckReport) -> str:
@@ -335,7 +338,7 @@ def _render(r: CheckReport) -> str:
                   "steps to target"]
         for t in r.topologies:
             lines.append(f"  {t['topology']:<12} {_fmt(t['lambda_min'], '.3f'):>10} "
-                         f"{t['spectral_gap']:>6.3f} {t['lr_star']:>9.4g}   "
+                         f"{_fmt(t['spectral_gap'], '.3f'):>6} {t['lr_star']:>9.4g}   "
                          f"{'inside' if t['inside'] else 'OUTSIDE':<8} "
                          f"{_fmt(t['final_test_loss']):>10}   "
                          f"{_fmt(t['steps_to_target'], 'd') if t['steps_to_target'] else '-'}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import pickle
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,7 +337,8 @@ def _from_splits(name: str, classes: Iterable[int], splits: list[tuple[np.ndarra
             pick = np.arange(keep.size)
         elif n > keep.size:
             raise ValueError(f"n_{split} = {n} exceeds the {keep.size} {split} samples of "
-                             f"{name} with classes {classes}")
+                             f"{name} with classes {classes} (the {split} split holds "
+                             f"{raw.size} samples of all classes)")
         else:
             pick = np.sort(rng.choice(keep.size, int(n), replace=False))
         parts += [x.reshape(x.shape[0], -1)[keep[pick]] / 255.0, labels[pick]]
@@ -353,8 +355,12 @@ def _find(directory: Path, name: str, expected: tuple[str, ...], gz: bool = True
 
 def _read_idx(file: Path) -> np.ndarray:
     """Parse an IDX file: magic ``00 00 <dtype> <ndim>``, ndim big-endian uint32 sizes, data."""
-    with (gzip.open if file.suffix == ".gz" else open)(file, "rb") as f:
-        raw = f.read()
+    try:
+        with (gzip.open if file.suffix == ".gz" else open)(file, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{file}: not a readable gzip file ({exc}); the file is truncated or "
+                         "corrupt, download it again") from None
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{file} is not an IDX file (magic number {raw[:4].hex() or 'missing'})")
     header = 4 + 4 * raw[3]
@@ -371,11 +377,25 @@ def _read_idx(file: Path) -> np.ndarray:
 def _load_idx(name: str, path: str | Path, n_train: int | None, n_test: int | None,
               classes: Iterable[int], seed: int, standardise: bool,
               centre_targets: bool) -> Dataset:
-    arrays = [_read_idx(_find(Path(path), f, _MNIST_FILES)) for f in _MNIST_FILES]
-    for images, labels, file in ((arrays[0], arrays[1], _MNIST_FILES[1]),
-                                 (arrays[2], arrays[3], _MNIST_FILES[3])):
-        if labels.shape != images.shape[:1]:
-            raise ValueError(f"{file}: {labels.shape} labels for {images.shape[0]} images")
+    files = [_find(Path(path), f, _MNIST_FILES) for f in _MNIST_FILES]
+    arrays = [_read_idx(f) for f in files]
+    for images, labels, image_file, label_file in ((arrays[0], arrays[1], *files[:2]),
+                                                   (arrays[2], arrays[3], *files[2:])):
+        if labels.ndim != 1:
+            raise ValueError(f"{label_file}: expected a 1-D array of labels, got shape "
+                             f"{labels.shape}")
+        if images.ndim < 2:
+            raise ValueError(f"{image_file}: expected an array of images (samples first), "
+                             f"got shape {images.shape}")
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{label_file} holds {labels.shape[0]} labels but {image_file.name} "
+                             f"holds {images.shape[0]} images; the two files must describe the "
+                             "same samples")
+        outside = (labels < 0) | (labels > 9)
+        if outside.any():
+            raise ValueError(f"{label_file}: labels must lie in 0..9, found values "
+                             f"{labels.min()}..{labels.max()} ({int(outside.sum())} of "
+                             f"{labels.size} outside); check the file's dtype and byte order")
     splits = [(arrays[0], arrays[1].astype(np.int64)), (arrays[2], arrays[3].astype(np.int64))]
     return _from_splits(name, classes, splits, (n_train, n_test), seed, standardise,
                         centre_targets)
@@ -402,6 +422,26 @@ def load_fashion_mnist(path: str | Path, n_train: int | None = None,
                      centre_targets)
 
 
+def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` and ``labels`` of one CIFAR-10 batch; ``ValueError`` naming ``file`` if the
+    file is not such a pickle (corrupt, truncated, or another format)."""
+    try:
+        with open(file, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError, UnicodeDecodeError, OverflowError) as exc:
+        raise ValueError(f"{file}: not a CIFAR-10 batch (the pickle cannot be read: "
+                         f"{type(exc).__name__}: {exc}); the file is truncated or "
+                         "corrupt") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{file}: not a CIFAR-10 batch (expected a dict with keys b'data' "
+                         f"and b'labels', got {type(batch).__name__})")
+    try:
+        return np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], np.int64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{file}: b'labels' must be integers ({exc})") from None
+
+
 def load_cifar10(path: str | Path, n_train: int | None = None, n_test: int | None = None, *,
                  classes: Iterable[int] = range(10), seed: int = 0, standardise: bool = True,
                  centre_targets: bool = False) -> Dataset:
@@ -417,9 +457,7 @@ def load_cifar10(path: str | Path, n_train: int | None = None, n_test: int | Non
         directory = directory / "cifar-10-batches-py"
     batches = []
     for name in _CIFAR_FILES:
-        with open(_find(directory, name, _CIFAR_FILES, gz=False), "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], np.int64)
+        data, labels = _read_cifar_batch(_find(directory, name, _CIFAR_FILES, gz=False))
         if data.shape != (labels.size, 3072):
             raise ValueError(f"{directory / name}: data has shape {data.shape}, "
                              f"expected ({labels.size}, 3072)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -50,7 +49,33 @@ class Experiment:
         return Experiment(cfg, self.parts, graph, w, self.arch)
 
 
+#: leading words of a data-layer message -> the configuration key it is about
+_DATA_KEYS = ("n_train", "n_test", "classes", "dim", "separation")
+_PARTITION_KEYS = (("agents", "agents"), ("cannot give", "agents"), ("alpha", "alpha"),
+                   ("shards_per_agent", "shards_per_agent"), ("scheme 'shards'", "agents"),
+                   ("scheme 'dirichlet'", "alpha"))
+
+
+def _data_error(cfg: Config, exc: Exception) -> ConfigError:
+    """A data-layer error with the configuration key path it is about."""
+    msg = str(exc)
+    key = next((k for k in _DATA_KEYS if msg.startswith(k)), None)
+    if key is None:
+        key = "path" if cfg.data.source in ("mnist", "fashion_mnist", "cifar10") else "source"
+    return ConfigError(f"config: data.{key}: {msg}")
+
+
 def build_data(cfg: Config) -> data_mod.Dataset:
+    """The configured data set; an error names its key (``config: data.path: ...``)."""
+    try:
+        return _load_data(cfg)
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise _data_error(cfg, exc) from exc
+
+
+def _load_data(cfg: Config) -> data_mod.Dataset:
     d = cfg.data
     common = dict(standardise=d.standardise, centre_targets=d.centre_targets)
     if d.source == "digits":
@@ -112,19 +137,19 @@ def _static_mixing(cfg: Config) -> tuple[nx.Graph | None, np.ndarray]:
     t = cfg.topology
     q = cfg.partition.agents
     if t.mixing_file:
-        path = Path(t.mixing_file)
-        if not path.is_file():
-            raise ConfigError(f"config: topology.mixing_file: file not found: {path}")
-        w = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=None
-                                                                    if path.suffix != ".csv"
-                                                                    else ",")
-        w = graphs.check_mixing(np.atleast_2d(w), name="topology.mixing_file")
+        try:
+            w = graphs.load_mixing(t.mixing_file)
+        except ValueError as exc:
+            raise ConfigError(f"config: topology.mixing_file: {exc}") from exc
         if w.shape[0] != q:
             raise ConfigError(f"config: topology.mixing_file: a {w.shape[0]}x{w.shape[0]} "
                               f"matrix for partition.agents = {q}")
         return None, w
     if t.name == "file":
-        graph = graphs.load_adjacency(t.adjacency_file)
+        try:
+            graph = graphs.load_adjacency(t.adjacency_file)
+        except ValueError as exc:
+            raise ConfigError(f"config: topology.adjacency_file: {exc}") from exc
         if graph.number_of_nodes() != q:
             raise ConfigError(f"config: topology.adjacency_file: {graph.number_of_nodes()} "
                               f"nodes for partition.agents = {q}")
@@ -148,7 +173,11 @@ def from_config(cfg: Config) -> Experiment:
     """Build (and validate) the data, partition, graph, mixing matrix and model."""
     dataset = build_data(cfg)
     p = cfg.partition
-    parts = data_mod.partition(dataset, p.agents, p.scheme, alpha=p.alpha,
-                               shards_per_agent=p.shards_per_agent, seed=cfg.seed)
+    try:
+        parts = data_mod.partition(dataset, p.agents, p.scheme, alpha=p.alpha,
+                                   shards_per_agent=p.shards_per_agent, seed=cfg.seed)
+    except ValueError as exc:
+        key = next((k for lead, k in _PARTITION_KEYS if str(exc).startswith(lead)), "scheme")
+        raise ConfigError(f"config: partition.{key}: {exc}") from exc
     graph, w = build_mixing(cfg)
     return Experiment(cfg, parts, graph, w, build_arch(cfg, dataset.num_classes))

@@ -32,8 +32,8 @@ from scipy.sparse.csgraph import connected_components
 
 __all__ = [
     "MIXING_RULES", "TOPOLOGIES", "as_graph", "check_mixing", "eigenvalues",
-    "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "mixing",
-    "one_random_edge", "periodic", "random_edges", "spectral_gap", "topology",
+    "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "load_mixing",
+    "mixing", "one_random_edge", "periodic", "random_edges", "spectral_gap", "topology",
 ]
 
 TOPOLOGIES: tuple[str, ...] = (
@@ -257,23 +257,61 @@ def as_graph(graph_or_adjacency: Any) -> nx.Graph:
     return g
 
 
+def _read_matrix(path: str | Path, what: str) -> np.ndarray:
+    """A float64 array from ``.npy`` or a text file; ``ValueError`` naming ``path`` if the
+    file is missing, unreadable, or not numbers (binary data in a text file, a pickle...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} file not found")
+    try:
+        if path.suffix == ".npy":
+            a = np.load(path, allow_pickle=False)
+        else:
+            text = path.read_text(encoding="utf-8").replace(",", " ")
+            a = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
+    except (ValueError, OSError, EOFError) as err:  # UnicodeDecodeError is a ValueError
+        expected = ("a NumPy .npy array" if path.suffix == ".npy" else
+                    "text: one matrix row per line, numbers separated by spaces or commas, "
+                    "# starts a comment")
+        detail = " ".join(str(err).split())[:160]
+        raise ValueError(f"{path}: cannot read a {what} (expected {expected}): "
+                         f"{type(err).__name__}: {detail}") from None
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: a {what} must hold numbers; got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
 def load_adjacency(path: str | Path) -> nx.Graph:
-    """Read a square adjacency matrix from ``.npy`` or a text file and return its graph.
+    """Read a square 0/1 adjacency matrix from ``.npy`` or a text file and return its graph.
 
     Text files (``.txt``, ``.csv``, anything else) hold one row per line with
     entries separated by whitespace and/or commas; ``#`` starts a comment.
-    Entries are 0/1 (any nonzero counts as an edge, as in :func:`as_graph`).
+    Entries must be 0 or 1 (1: an edge; the diagonal is ignored) and the matrix
+    symmetric.  Every error (unreadable file, other entries, wrong shape)
+    raises ``ValueError`` naming the file.
     """
-    path = Path(path)
-    if path.suffix == ".npy":
-        a = np.load(path, allow_pickle=False)
-    else:
-        text = path.read_text().replace(",", " ")
-        try:
-            a = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
-        except ValueError as err:
-            raise ValueError(f"cannot read an adjacency matrix from {path}: {err}") from None
-    return as_graph(a)
+    a = _read_matrix(path, "adjacency matrix")
+    bad = ~np.isin(a, (0.0, 1.0))
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: an adjacency matrix holds 0/1 entries (1 = an edge); found "
+                         f"{a[i, j]:g} at ({i}, {j}), {int(bad.sum())} entries not 0 or 1 in "
+                         "all (a weighted matrix belongs in topology.mixing_file)")
+    try:
+        return as_graph(a)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def load_mixing(path: str | Path) -> np.ndarray:
+    """Read a mixing matrix from ``.npy`` or a text file (as :func:`load_adjacency`) and
+    check it (:func:`check_mixing`); ``ValueError`` naming the file otherwise."""
+    w = _read_matrix(path, "mixing matrix")
+    try:
+        return check_mixing(w, name="mixing matrix")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 # --------------------------------------------------------------------------- mixing matrices

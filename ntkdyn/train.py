@@ -527,31 +527,39 @@ def train(
     last_write = start
     warm_time = warm_steps = 0.0
     first = True
-    while done < total and not bool(carry[2]):
-        t_chunk = time.perf_counter()
-        ns = deltas[done:done + chunk]
-        pad = chunk - len(ns)
-        n_run = np.concatenate([ns, np.zeros(pad, np.int64)]) if pad else ns
-        carry, recs = _run_chunk(carry, jnp.asarray(n_run), data, setup=setup)
-        recs = {k: np.asarray(v)[: len(ns)] for k, v in recs.items()}
-        if algo.records_per_step > 1:  # (n, P, ...) -> (n P, ...)
-            recs = {k: v.reshape((-1,) + v.shape[2:]) for k, v in recs.items()}
-        pieces.append(recs)
-        done += len(ns)
-        steps_done += int(ns.sum())
-        elapsed = time.perf_counter() - t_chunk
-        if not first:  # the first chunk includes compilation
-            warm_time += elapsed
-            warm_steps += float(ns.sum())
-        first = False
-        if bar is not None:
-            bar.update(int(ns.sum()))
-        now = time.perf_counter()
-        finished = done >= total or bool(carry[2])
-        if ck_path is not None and (finished or now - last_write >= checkpoint_interval):
-            _save_checkpoint(ck_path, fingerprint, carry, pieces, done, steps_done)
-            pieces = [{k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}]
-            last_write = now
+    saved = (carry, list(pieces), done, steps_done)  # last consistent state (for Ctrl-C)
+    written = done  # records in the checkpoint file
+    try:
+        while done < total and not bool(carry[2]):
+            t_chunk = time.perf_counter()
+            ns = deltas[done:done + chunk]
+            pad = chunk - len(ns)
+            n_run = np.concatenate([ns, np.zeros(pad, np.int64)]) if pad else ns
+            carry, recs = _run_chunk(carry, jnp.asarray(n_run), data, setup=setup)
+            recs = {k: np.asarray(v)[: len(ns)] for k, v in recs.items()}
+            if algo.records_per_step > 1:  # (n, P, ...) -> (n P, ...)
+                recs = {k: v.reshape((-1,) + v.shape[2:]) for k, v in recs.items()}
+            pieces.append(recs)
+            done += len(ns)
+            steps_done += int(ns.sum())
+            elapsed = time.perf_counter() - t_chunk
+            if not first:  # the first chunk includes compilation
+                warm_time += elapsed
+                warm_steps += float(ns.sum())
+            first = False
+            if bar is not None:
+                bar.update(int(ns.sum()))
+            now = time.perf_counter()
+            finished = done >= total or bool(carry[2])
+            if ck_path is not None and (finished or now - last_write >= checkpoint_interval):
+                _save_checkpoint(ck_path, fingerprint, carry, pieces, done, steps_done)
+                pieces = [{k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}]
+                last_write, written = now, done
+            saved = (carry, list(pieces), done, steps_done)
+    except KeyboardInterrupt:  # Ctrl-C: keep the last finished chunk, then stop
+        if ck_path is not None and saved[2] > written:
+            _save_checkpoint(ck_path, fingerprint, *saved)
+        raise
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - start

@@ -313,3 +313,49 @@ def test_cifar10_loader(tmp_path, nested):
     sub = load_cifar10(tmp_path, 5, 2, centre_targets=True)
     assert sub.num_train == 5 and sub.num_test == 2
     np.testing.assert_allclose(sub.y_train.sum(axis=1), 0.0, atol=1e-15)
+
+
+# ------------------------------------------------------- corrupt loader files (issue 12)
+def test_truncated_gz_names_the_file(tmp_path):
+    _write_mnist(tmp_path, gz=True)
+    f = tmp_path / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:40])  # EOFError from gzip today
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: not a readable gzip"):
+        load_mnist(tmp_path)
+
+
+def test_gz_that_is_not_gzip_names_the_file(tmp_path):
+    _write_mnist(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"plain text, not gzip")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz: not a readable gzip"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"garbage\x00\x01", b"", pickle.dumps([1, 2, 3])])
+def test_garbage_cifar_batch_names_the_file(tmp_path, content):
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=r"data_batch_1: not a CIFAR-10 batch"):
+        load_cifar10(tmp_path)
+
+
+def test_mnist_labels_out_of_range_name_the_file(tmp_path):
+    """Labels written little-endian under the big-endian int32 code: today every label
+    falls outside the classes and the message says 'exceeds the 0 train samples'."""
+    _write_mnist(tmp_path, gz=False, n_train=200)
+    labels = np.arange(200) % 10
+    header = bytes([0, 0, 0x0C, 1]) + np.array([200], ">u4").tobytes()
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(header + labels.astype("<i4").tobytes())
+    with pytest.raises(ValueError) as err:
+        load_mnist(tmp_path, n_train=100)
+    msg = str(err.value)
+    assert "train-labels-idx1-ubyte: labels must lie in 0..9" in msg and "byte order" in msg
+    assert "0 train samples" not in msg
+
+
+def test_mnist_labels_and_images_disagree(tmp_path):
+    _write_mnist(tmp_path, gz=False, n_train=300)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(200) % 10))
+    with pytest.raises(ValueError, match="holds 200 labels but train-images-idx3-ubyte holds "
+                                         "300 images"):
+        load_mnist(tmp_path)

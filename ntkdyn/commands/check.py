@@ -22,12 +22,23 @@ def register(sub) -> None:
     p.add_argument("--edge-steps", type=int, default=300, help="steps per edge trial")
     p.add_argument("--cache", default=".cache/ntkdyn-edge", help="cache folder for edge trials")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=interrupted)
+
+
+def interrupted(args) -> str:
+    """What a Ctrl-C leaves behind: at most the finished edge trials, in the cache."""
+    if args.measure_edge:
+        return (f"edge trials finished so far are cached in {args.cache} and reused by the "
+                "next run")
+    return "nothing was written"
 
 
 def run(args) -> int:
     from ..check import check
+    from ..cli import check_output
 
+    if args.measure_edge and args.cache:
+        check_output(args.cache, "--cache")
     topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
     report = check(args.config, topologies=topologies, measure_edge=args.measure_edge,
                    edge_steps=args.edge_steps, cache_dir=args.cache,

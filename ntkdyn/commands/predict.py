@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..cli import staged_output
+from ..cli import check_output, staged_output
 
 
 def register(sub) -> None:
@@ -14,7 +14,12 @@ def register(sub) -> None:
     p.add_argument("config", help="TOML configuration (see examples/default.toml)")
     p.add_argument("--out", default="out/predict", help="output folder (default out/predict)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=interrupted)
+
+
+def interrupted(args) -> str:
+    """What a Ctrl-C leaves behind (nothing: outputs move into --out only when complete)."""
+    return f"nothing was written to {args.out} (outputs are moved there only when complete)"
 
 
 def run(args) -> int:
@@ -24,6 +29,7 @@ def run(args) -> int:
     from ..plotting import plot_trajectory
 
     cfg = load_config(args.config)
+    check_output(args.out)
     exp = from_config(cfg)
     t = cfg.training
     traj = pipeline.predict(exp.arch, exp.parts, exp.mixing, t.lr, exp.algorithm,

@@ -18,6 +18,8 @@ Training checkpoints persist in ``DIR/checkpoints/`` until the run completes;
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def register(sub) -> None:
     p = sub.add_parser("validate", help="train real networks peer to peer and compare them "
@@ -34,13 +36,45 @@ def register(sub) -> None:
     p.add_argument("--no-linearised", action="store_true",
                    help="do not train the linearised network")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=interrupted)
+
+
+def interrupted(args) -> str:
+    """What a Ctrl-C leaves behind: the training checkpoints (written at the interrupt too)
+    and the finished width folders; ``--resume`` continues from them."""
+    import numpy as np
+
+    out = Path(args.out)
+    kept = []
+    for ck in sorted((out / "checkpoints").glob("*.npz")):
+        if ck.name.endswith(".partial.npz"):
+            continue
+        try:
+            with np.load(ck, allow_pickle=False) as data:
+                kept.append(f"{ck.stem} at step {int(data['steps_done'])}")
+        except (OSError, KeyError, ValueError):
+            kept.append(ck.stem)
+    widths = sorted(p.name for p in out.glob("width_*") if p.is_dir())
+    if not kept and not widths:
+        return (f"nothing was kept in {out} (no training chunk had finished); run the same "
+                "command again to start afresh")
+    parts = []
+    if kept:
+        parts.append(f"training checkpoints kept in {out / 'checkpoints'} ("
+                     + ", ".join(kept) + ")")
+    if widths:
+        parts.append(f"finished width folders kept in {out} ({', '.join(widths)})")
+    return "; ".join(parts) + "; add --resume to the same command to continue from them"
 
 
 def run(args) -> int:
+    from ..cli import check_output
+    from ..config import load_config
     from ..harness import validate
 
-    result = validate(args.config, out=args.out, widths=args.widths, kernels=args.kernels,
+    cfg = load_config(args.config)
+    check_output(args.out)
+    result = validate(cfg, out=args.out, widths=args.widths, kernels=args.kernels,
                       resume=args.resume, progress=not args.quiet,
                       linearised=not args.no_linearised)
     print(result.summary())

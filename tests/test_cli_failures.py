@@ -1,0 +1,212 @@
+"""Command-line failures are clear (issue 12): exit 2 with one line naming the file or key
+and nothing written; Ctrl-C exits 130 saying what was kept; ``--version``."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from ntkdyn.cli import main
+
+TINY = """
+seed = 1
+[data]
+source = "digits"
+classes = [0, 1, 2]
+n_train = 60
+n_test = 30
+[partition]
+agents = 3
+[topology]
+name = "path"
+[architecture]
+depth = 1
+width = 64
+[training]
+algorithm = "atc"
+lr = 0.3
+steps = 40
+record_every = 10
+"""
+
+
+def _config(tmp_path, text=TINY):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_version(capsys):
+    import ntkdyn
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ntkdyn {ntkdyn.__version__}"
+
+
+# ----------------------------------------------------------------- output location
+@pytest.mark.parametrize("command", ["predict", "validate"])
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_out_that_cannot_be_a_folder_is_refused_before_computing(tmp_path, capsys,
+                                                                 monkeypatch, command, where):
+    import ntkdyn.experiment
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("computed before checking --out")
+
+    monkeypatch.setattr(ntkdyn.experiment, "build_data", no_compute)
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    out = blocker if where == "file" else blocker / "sub" / "out"
+    cfg = _config(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([command, str(cfg), "--out", str(out), "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "--out" in line and str(blocker) in line
+    assert blocker.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_out_in_an_unwritable_place_is_refused(tmp_path, capsys):
+    assert main(["predict", str(_config(tmp_path)), "--out", "/proc/ntkdyn-out", "--quiet"]) == 2
+    assert "--out: cannot write to /proc" in _error_line(capsys)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="permissions do not bind root")
+def test_out_in_a_read_only_folder_is_refused(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["validate", str(_config(tmp_path)), "--out", str(ro / "o"),
+                     "--quiet"]) == 2
+        assert f"--out: cannot write to {ro}" in _error_line(capsys)
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_check_edge_cache_under_a_file_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    assert main(["check", str(_config(tmp_path)), "--measure-edge", "--cache",
+                 str(blocker / "cache"), "--quiet"]) == 2
+    assert "--cache" in _error_line(capsys)
+
+
+# ----------------------------------------------------------------- corrupt data files
+def _mnist_config(tmp_path):
+    return _config(tmp_path, TINY.replace('source = "digits"',
+                                          'source = "mnist"\npath = "mnist"'))
+
+
+def _write_mnist(directory):
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for name, arr in (("train-images-idx3-ubyte", rng.integers(0, 256, (90, 3, 4))),
+                      ("train-labels-idx1-ubyte", np.arange(90) % 10),
+                      ("t10k-images-idx3-ubyte", rng.integers(0, 256, (40, 3, 4))),
+                      ("t10k-labels-idx1-ubyte", np.arange(40) % 10)):
+        raw = bytes([0, 0, 8, arr.ndim]) + np.array(arr.shape, ">u4").tobytes()
+        (directory / f"{name}.gz").write_bytes(gzip.compress(raw + arr.astype(np.uint8)
+                                                             .tobytes()))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_gzip"])
+def test_corrupt_mnist_file_exit_2_names_the_file(tmp_path, capsys, damage):
+    _write_mnist(tmp_path / "mnist")
+    f = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:50] if damage == "truncated" else b"not gzip at all")
+    out = tmp_path / "out"
+    assert main(["predict", str(_mnist_config(tmp_path)), "--out", str(out), "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "train-images-idx3-ubyte.gz" in line and "config: data.path" in line
+    assert not out.exists()
+
+
+def test_garbage_cifar_batch_exit_2_names_the_file(tmp_path, capsys):
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(b"\x80\x04garbage")
+    cfg = _config(tmp_path, TINY.replace('source = "digits"', 'source = "cifar10"\npath = '
+                                                              '"cifar"'))
+    assert main(["validate", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "data_batch_1: not a CIFAR-10 batch" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_in_predict_exit_130_without_traceback(tmp_path, capsys, monkeypatch):
+    import ntkdyn.pipeline
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ntkdyn.pipeline, "predict", interrupt)
+    out = tmp_path / "out"
+    assert main(["predict", str(_config(tmp_path)), "--out", str(out), "--quiet"]) == 130
+    line = _error_line(capsys)
+    assert "interrupted" in line and f"nothing was written to {out}" in line
+    assert not out.exists()
+
+
+def test_ctrl_c_in_check_exit_130(tmp_path, capsys, monkeypatch):
+    check_module = importlib.import_module("ntkdyn.check")  # ntkdyn.check is the function
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check_module, "check", interrupt)
+    assert main(["check", str(_config(tmp_path)), "--quiet"]) == 130
+    assert "interrupted" in _error_line(capsys)
+
+
+def test_ctrl_c_in_validate_checkpoints_and_says_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C inside the second training chunk (long before the 30 s checkpoint interval):
+    the first chunk is checkpointed at the interrupt and --resume continues from it, to the
+    same result as an uninterrupted run."""
+    import ntkdyn as nd
+    import ntkdyn.train as train_mod
+
+    cfg = _config(tmp_path, TINY.replace("steps = 40", "steps = 120"))
+    args = ["validate", str(cfg), "--quiet", "--kernels", "analytic", "--no-linearised"]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+    real, calls = train_mod._run_chunk, []
+
+    def interrupted_chunk(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "_run_chunk", interrupted_chunk)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(args + ["--out", str(out)]) == 130
+    line = _error_line(capsys)
+    assert "interrupted" in line and "--resume" in line
+    assert "nonlinear_w64 at step 90" in line  # the first chunk: 10 records of 10 steps
+    assert (out / "checkpoints" / "nonlinear_w64.npz").is_file()
+    monkeypatch.setattr(train_mod, "_run_chunk", real)
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    resumed = nd.Trajectory.load(out / "observed.npz")
+    full = nd.Trajectory.load(tmp_path / "full" / "observed.npz")
+    assert resumed.metadata["training"]["resumed_from_step"] == 90
+    np.testing.assert_array_equal(resumed.test_loss, full.test_loss)
