@@ -203,6 +203,14 @@ def _validate(cfg: Config) -> None:
                 flat[f"{section.name}.{f.name}"] = getattr(val, f.name)
         else:
             flat[section.name] = val
+    for path, value in flat.items():
+        values = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in values:
+            if isinstance(v, float) and not np.isfinite(v):
+                kind = ("a finite positive number" if path in POSITIVE else
+                        "a finite number >= 0" if path in NON_NEGATIVE else "a finite number")
+                where = path if sub is None else f"{path}.{sub}"
+                raise ConfigError(f"config: {where}: expected {kind}, got {v!r}")
     for path, choices in CHOICES.items():
         if flat[path] not in choices:
             raise ConfigError(f"config: {path}: expected one of {list(choices)}, got "
@@ -296,7 +304,14 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {path} is not a TOML text file (not UTF-8: byte "
+                          f"0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
     return config_from_dict(raw, base_dir=path.parent)

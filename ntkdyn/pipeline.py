@@ -117,6 +117,11 @@ def build_problem(
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
+        raise ValueError(
+            "arch: expected an ntkdyn.models.MLP (e.g. nd.models.MLP(hidden=(512, 512), "
+            "out=10)) or a neural-tangents stax (init_fn, apply_fn, kernel_fn) triple, got "
+            f"{type(arch).__name__} {arch!r}"[:300])
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
     f0 = f0 or ("zero" if kernel == "analytic" else "network")
@@ -236,6 +241,9 @@ def predict_sweep(
     samples: int | None = None,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel."""
+    if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
+        raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
+                         f"{type(lrs).__name__} {lrs!r}"[:200])
     problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
                             f0=f0, rates=len(lrs))
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),

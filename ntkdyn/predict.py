@@ -116,7 +116,7 @@ def run_problem(
     """
     algo = get_algorithm(algorithm)
     q_count = problem.num_agents
-    rate_rows = np.stack([learning_rates(lr, q_count) for lr in lrs])
+    rate_rows = learning_rates(lrs, q_count, rows=True)
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
     process = problem.process

@@ -139,6 +139,12 @@ def make_problem(
     elif kernel.shape == (n * k, n * k):
         traced = False
     else:
+        rows = np.shape(agent)[0] if np.ndim(agent) == 1 else None
+        if rows not in (None, n) and kernel.shape in ((rows, rows), (rows * k, rows * k)):
+            # kernel_train and agent agree on N: the targets are the odd one out
+            raise ValueError(
+                f"y_train: expected {rows} rows (one target row per training sample, as "
+                f"kernel_train {kernel.shape} and agent ({rows},) say), got {n} rows")
         raise ValueError(
             f"kernel_train: expected shape ({n}, {n}) (traced, Theta (x) I_K) or "
             f"({n * k}, {n * k}) (full, sample-major with K={k} outputs) for N={n} training "

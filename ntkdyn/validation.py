@@ -51,25 +51,46 @@ def check_shape(name: str, arr: np.ndarray, expected: tuple, hint: str = "") -> 
         raise ValueError(f"{name}: expected shape {shown}{extra}, got {arr.shape}")
 
 
-def learning_rates(lr, num_agents: int, name: str = "lr") -> np.ndarray:
+def learning_rates(lr, num_agents: int, name: str = "lr", *, rows: bool = False) -> np.ndarray:
     """Return per-agent learning rates as a ``(Q,)`` float64 array.
 
     ``lr`` is a positive number (the same rate for every agent) or a ``(Q,)``
-    array of positive numbers.
+    array of positive numbers.  With ``rows=True``, ``lr`` is a non-empty
+    sequence of such rates (a sweep, named ``lrs``) and the result is ``(R, Q)``.
     """
-    arr = np.asarray(lr, dtype=np.float64) if not isinstance(lr, np.ndarray) else lr.astype(float)
+    if rows:
+        name = "lrs" if name == "lr" else name
+        if isinstance(lr, str | bytes) or not hasattr(lr, "__len__"):
+            raise ValueError(f"{name}: expected a non-empty sequence of learning rates, got "
+                             f"{type(lr).__name__} {lr!r}")
+        if len(lr) == 0:
+            raise ValueError(f"{name}: expected a non-empty sequence of learning rates, got "
+                             "an empty one")
+        # one rate is what predict / predict_from_kernels pass on: it is the user's `lr`
+        names = ["lr"] if len(lr) == 1 else [f"{name}[{i}]" for i in range(len(lr))]
+        return np.stack([learning_rates(r, num_agents, n) for r, n in zip(lr, names, strict=True)])
+    wanted = f"a positive number or an array of {num_agents} per-agent rates"
+    if lr is None or isinstance(lr, str | bytes):
+        raise ValueError(f"{name}: expected {wanted}, got {type(lr).__name__} {lr!r}")
+    try:
+        arr = np.asarray(lr, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected {wanted}, got {type(lr).__name__} "
+                         f"{_short(lr)} ({exc})") from None
     if arr.ndim == 0:
         arr = np.full(num_agents, float(arr))
     if arr.ndim != 1 or arr.shape[0] != num_agents:
-        raise ValueError(
-            f"{name}: expected a positive number or an array of {num_agents} per-agent rates, "
-            f"got shape {np.shape(lr)}"
-        )
+        raise ValueError(f"{name}: expected {wanted}, got shape {np.shape(lr)}")
     check_finite(name, arr)
     if np.any(arr <= 0):
         q = int(np.argmax(arr <= 0))
         raise ValueError(f"{name}: learning rates must be > 0, got {arr[q]!r} (agent {q})")
     return arr
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:

@@ -88,3 +88,59 @@ def test_mixing_file_must_be_stochastic_and_connected(tmp_path, capsys):
     np.savetxt(bad, np.array([[0.5, 0.6, 0], [0.5, 0.5, 0], [0, 0.5, 0.5]]))
     assert main(["predict", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "row" in capsys.readouterr().err
+
+
+# ------------------------------------------------- errors name the key or file (issue 12)
+@pytest.mark.parametrize("raw, needle", [
+    ({"training": {"lr": float("inf")}},
+     "config: training.lr: expected a finite positive number, got inf"),
+    ({"training": {"lr": float("nan")}}, "config: training.lr: expected a finite positive"),
+    ({"architecture": {"W_std": float("inf")}}, "config: architecture.W_std: expected a finite"),
+    ({"topology": {"name": "erdos_renyi", "params": {"p": float("nan")}}},
+     "config: topology.params.p: expected a finite number"),
+])
+def test_non_finite_numbers_name_the_key(raw, needle):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert needle in str(err.value)
+
+
+def test_binary_config_names_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ConfigError, match=rf"config: {path} is not a TOML text file"):
+        load_config(path)
+
+
+def _run_cli(tmp_path, capsys, text):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    out = tmp_path / "out"
+    code = main(["predict", str(cfg), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists(), err
+    return err
+
+
+@pytest.mark.parametrize("change, needle", [
+    (("n_train = 60", "n_train = 5000"), "config: data.n_train: n_train + n_test"),
+    (("agents = 3", "agents = 80"), "config: partition.agents: cannot give 80 agents"),
+])
+def test_data_layer_errors_carry_the_key_path(tmp_path, capsys, change, needle):
+    assert needle in _run_cli(tmp_path, capsys, TINY.replace(*change))
+
+
+def test_adjacency_file_with_other_entries_is_refused_naming_it(tmp_path, capsys):
+    (tmp_path / "A.txt").write_text("0 2 -1\n2 0 1\n-1 1 0\n")
+    err = _run_cli(tmp_path, capsys, TINY.replace('name = "ring"', 'name = "file"\n'
+                                                  'adjacency_file = "A.txt"'))
+    assert "config: topology.adjacency_file" in err and str(tmp_path / "A.txt") in err
+    assert "0/1 entries" in err
+
+
+@pytest.mark.parametrize("key", ["adjacency_file", "mixing_file"])
+def test_text_adjacency_or_mixing_file_names_the_file(tmp_path, capsys, key):
+    (tmp_path / "M.txt").write_text("a b c\nd e f\n")
+    name = 'name = "file"\n' if key == "adjacency_file" else 'name = "ring"\n'
+    err = _run_cli(tmp_path, capsys, TINY.replace('name = "ring"', f'{name}{key} = "M.txt"'))
+    assert f"config: topology.{key}: {tmp_path / 'M.txt'}: cannot read" in err

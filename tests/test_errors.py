@@ -136,3 +136,69 @@ def test_architecture_outputs_do_not_match_classes():
     with pytest.raises(ValueError, match="arch.out"):
         nd.build_problem(nd.models.MLP(hidden=(32,), out=10), parts,
                          nd.graphs.mixing(nd.graphs.topology("ring", 3)))
+
+
+# ------------------------------------------------- messages that name the culprit (issue 12)
+def test_targets_with_wrong_rows_blame_y_train_not_the_kernel():
+    msg = _raises(ValueError, "y_train: expected 12 rows", y_train=np.eye(2)[np.arange(11) % 2])
+    assert "kernel_train: expected" not in msg and "got 11 rows" in msg
+
+
+@pytest.mark.parametrize("lr", ["fast", None, [0.1, "x", 0.2]])
+def test_learning_rate_of_the_wrong_type_names_lr(lr):
+    msg = _raises(ValueError, "lr: expected a positive number or an array of 3 per-agent rates",
+                  lr=lr)
+    assert "could not convert" not in msg.split("(")[0]
+
+
+def _small_problem():
+    data = nd.data.digits(classes=[0, 1, 2], n_train=30, n_test=9, seed=0)
+    return nd.data.partition(data, agents=3, seed=0), nd.graphs.mixing(
+        nd.graphs.topology("ring", 3))
+
+
+def test_architecture_given_as_a_string_names_arch():
+    parts, w = _small_problem()
+    with pytest.raises(ValueError, match=r"arch: expected an ntkdyn\.models\.MLP .* got str "
+                                         r"'mlp'"):
+        nd.predict("mlp", parts, w, 0.1, steps=5)
+
+
+def test_empty_sweep_names_lrs():
+    parts, w = _small_problem()
+    with pytest.raises(ValueError, match="lrs: expected a non-empty sequence"):
+        nd.predict_sweep(nd.models.MLP(hidden=(16,), out=3), parts, w, [], steps=5)
+    args = _args()
+    del args["lr"]
+    with pytest.raises(ValueError, match="lrs: expected a non-empty sequence"):
+        nd.sweep_from_kernels(lrs=[], **args)
+    with pytest.raises(ValueError, match=r"lrs\[1\]: learning rates must be > 0"):
+        nd.sweep_from_kernels(lrs=[0.1, -0.2], **args)
+
+
+def test_adjacency_entries_must_be_zero_or_one(tmp_path):
+    path = tmp_path / "adj.txt"
+    path.write_text("0 2 1\n2 0 -1\n1 -1 0\n")  # today: silently three edges
+    with pytest.raises(ValueError) as err:
+        nd.graphs.load_adjacency(path)
+    msg = str(err.value)
+    assert str(path) in msg and "0/1 entries" in msg and "found 2 at (0, 1)" in msg
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".npy"])
+@pytest.mark.parametrize("content", [b"hello world\nthis is text\n", b"\x89PNG\r\n\x1a\n\xff\xfe"])
+def test_unreadable_adjacency_and_mixing_files_name_the_file(tmp_path, suffix, content):
+    path = tmp_path / f"matrix{suffix}"
+    path.write_bytes(content)
+    for loader, what in ((nd.graphs.load_adjacency, "adjacency matrix"),
+                         (nd.graphs.load_mixing, "mixing matrix")):
+        with pytest.raises(ValueError) as err:
+            loader(path)
+        assert str(err.value).startswith(f"{path}: cannot read a {what}"), str(err.value)
+
+
+def test_mixing_file_defect_names_the_file(tmp_path):
+    path = tmp_path / "W.csv"
+    path.write_text("0.5,0.6\n0.5,0.5\n")
+    with pytest.raises(ValueError, match=rf"^{path}: mixing matrix must be row stochastic"):
+        nd.graphs.load_mixing(path)
