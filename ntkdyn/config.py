@@ -275,6 +275,47 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
                           f"{what}")
 
 
+def applicable(cfg: Config, command: str = "predict") -> dict:
+    """``cfg.to_dict()`` without the settings that play no part in this run.
+
+    Dropped: keys of another algorithm or gossip mode (:data:`_ONLY_WITH`, e.g. no
+    ``local_steps`` for DGD, no ``gossip_p`` for a static graph), synthetic-only or
+    file-only data keys for other sources, the partition key of another scheme, the
+    topology keys a ``sequence`` or ``mixing_file`` overrides, empty optional values,
+    ``prediction.target_loss`` outside ``check`` and ``[validation]`` outside ``validate``.
+    """
+    out = cfg.to_dict()
+    d, p, topo = out["data"], out["partition"], out["topology"]
+    values = {"training.algorithm": cfg.training.algorithm, "topology.gossip": cfg.topology.gossip}
+    for key, (owner, allowed) in _ONLY_WITH.items():
+        if values[owner] not in allowed:
+            section, name = key.split(".")
+            out[section].pop(name)
+    if cfg.data.source != "synthetic":
+        d.pop("dim")
+        d.pop("separation")
+    if cfg.data.source not in ("mnist", "fashion_mnist", "cifar10"):
+        d.pop("path")
+    if cfg.partition.scheme != "dirichlet":
+        p.pop("alpha")
+    if cfg.partition.scheme != "shards":
+        p.pop("shards_per_agent")
+    if cfg.topology.sequence:
+        drop = ("name", "adjacency_file", "mixing_file", "params", "gossip")
+    elif cfg.topology.mixing_file:
+        drop = ("name", "adjacency_file", "params", "rule", "lazy", "sequence")
+    else:
+        drop = ("mixing_file", "sequence") + (() if cfg.topology.name == "file" else
+                                              ("adjacency_file",))
+    for key in drop + tuple(k for k in ("params", "gossip") if not topo.get(k)):
+        topo.pop(key, None)
+    if command != "check":
+        out["prediction"].pop("target_loss")
+    if command != "validate":
+        out.pop("validation")
+    return out
+
+
 def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> Config:
     """Build and validate a :class:`Config` from a (TOML-like) dict.
 

@@ -3,7 +3,10 @@
 Conventions: one colour per agent (``tab10``/``tab20``, the same in every
 figure), thin lines per agent, a thick black line for the network mean; the
 centralised reference is grey and dotted; predicted curves are dashed and
-observed ones solid when both are shown.
+observed ones solid when both are shown.  A random-gossip prediction
+(:class:`~ntkdyn.trajectory.GossipTrajectory`) adds, per agent, the 5-95 % band
+over the sampled mixing sequences (shaded in the agent's colour) and the exact
+network mean of the mean state (the ``E[W]`` recursion, black dash-dot).
 """
 
 from __future__ import annotations
@@ -43,6 +46,20 @@ def _positive(y):
     return np.where(y > 0, y, np.nan)
 
 
+def _has_levels(traj) -> bool:
+    levels = np.round(np.asarray(traj.quantile_levels, dtype=float), 12)
+    return 0.05 in levels and 0.95 in levels
+
+
+def _band_label(traj) -> str:
+    if _has_levels(traj):
+        lo, hi = 5, 95
+    else:
+        lo, hi = (round(100 * float(v)) for v in (traj.quantile_levels[0],
+                                                  traj.quantile_levels[-1]))
+    return f"{lo}-{hi} % over {traj.samples} sampled sequences (each agent)"
+
+
 def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str = "",
                     observed: Trajectory | None = None):
     """Six panels (losses, accuracy, distances) per agent and network mean.
@@ -53,6 +70,9 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     """
     plt = _pyplot()
     panels = [p for p in PANELS if getattr(traj, p[0]) is not None]
+    quantiles = getattr(traj, "quantiles", None) or {}
+    expected = getattr(traj, "expected", None)
+    samples = getattr(traj, "samples", 0)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), constrained_layout=True)
     colours = agent_colours(traj.num_agents)
     unit = "time (steps)" if traj.continuous else "step"
@@ -67,9 +87,26 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
                 ax.plot(source.steps, _positive(arr[:, q]) if log else arr[:, q], style,
                         color=colours[q], lw=0.8, alpha=0.7)
             mean = arr.mean(axis=1)
+            if observed is not None:
+                mean_label = f"network mean ({tag})"
+            elif samples:
+                mean_label = f"network mean, average over {samples} sampled sequences"
+            else:
+                mean_label = "network mean"
             ax.plot(source.steps, _positive(mean) if log else mean, style, color="black",
-                    lw=2.0, label=f"network mean ({tag})" if observed is not None else
-                    "network mean")
+                    lw=2.0, label=mean_label)
+        if name in quantiles and quantiles[name].shape[0] > 1:
+            low, high = traj.band(name) if _has_levels(traj) else (quantiles[name][0],
+                                                                  quantiles[name][-1])
+            for q in range(low.shape[1]):
+                ax.fill_between(traj.steps, _positive(low[:, q]) if log else low[:, q],
+                                _positive(high[:, q]) if log else high[:, q],
+                                color=colours[q], alpha=0.15, lw=0,
+                                label=_band_label(traj) if q == 0 else None)
+        if expected is not None and getattr(expected, name, None) is not None:
+            exact = getattr(expected, name).mean(axis=1)
+            ax.plot(expected.steps, _positive(exact) if log else exact, "-.", color="black",
+                    lw=1.4, label="network mean of the mean state (E[W] recursion, exact)")
         if central is not None and getattr(traj, central) is not None:
             ax.plot(traj.steps, getattr(traj, central), ":", color="0.45", lw=1.5,
                     label="centralised reference")
@@ -83,7 +120,8 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     handles, labels = axes.flat[0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color=colours[0], lw=0.8))
     labels.append(f"agents 1..{traj.num_agents} (one colour each)")
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=3 if quantiles else 4,
+               frameon=False)
     status = "" if traj.status == "ok" else f" [{traj.status}]"
     algo = traj.metadata.get("algorithm", "").upper()
     lr = traj.metadata.get("lr")

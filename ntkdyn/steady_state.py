@@ -64,6 +64,22 @@ class FixedPoint:
     train_outputs: np.ndarray
     test_outputs: np.ndarray | None
 
+    def __repr__(self) -> str:
+        """Headline numbers and array shapes only (the arrays can be N x K each)."""
+        lr = np.asarray(self.lr, dtype=float)
+        same = np.all(lr == lr.flat[0])
+        rate = f"{lr.flat[0]:.4g}" if same else f"{lr.min():.4g}..{lr.max():.4g}"
+        parts = [repr(self.algorithm), f"Q={np.shape(self.train_loss)[0]}", f"lr={rate}",
+                 f"train_loss_mean={float(np.mean(self.train_loss)):.4g}"]
+        if self.test_loss is not None:
+            parts.append(f"test_loss_mean={float(np.mean(self.test_loss)):.4g}")
+        parts += [f"consensus_gap={self.consensus_gap:.4g}", f"central_gap={self.central_gap:.4g}",
+                  f"central_train_loss={self.central_train_loss:.4g}",
+                  f"train_outputs.shape={tuple(np.shape(self.train_outputs))}"]
+        if self.test_outputs is not None:
+            parts.append(f"test_outputs.shape={tuple(np.shape(self.test_outputs))}")
+        return f"FixedPoint({', '.join(parts)})"
+
 
 def _solve(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
     if dense_matrix is not None:

@@ -24,7 +24,7 @@ def interrupted(args) -> str:
 
 def run(args) -> int:
     from .. import pipeline
-    from ..config import load_config
+    from ..config import applicable, load_config
     from ..experiment import from_config
     from ..plotting import plot_trajectory
 
@@ -53,8 +53,11 @@ def run(args) -> int:
             "gossip_samples": getattr(traj, "samples", None),
             "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
             if getattr(traj, "expected", None) is not None else None,
-            "config": cfg.to_dict(),
+            "config": applicable(cfg, "predict"),
         }
+        for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state"):
+            if summary[key] is None:  # list only what applies to this run
+                del summary[key]
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (tmp / "summary.txt").write_text(traj.summary() + "\n")
         title = (f"{exp.algorithm.label().upper()} on {_where(cfg)} ({cfg.partition.agents} "

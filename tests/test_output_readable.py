@@ -1,0 +1,119 @@
+"""What a reader sees (issue 12): no ``-0.000``, a summary of the settings that apply,
+a short ``FixedPoint`` repr, the random-gossip band and mean-state line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn.cli import main
+from ntkdyn.config import applicable, config_from_dict
+from ntkdyn.plotting import plot_trajectory
+
+TINY = """
+seed = 1
+[data]
+source = "digits"
+classes = [0, 1, 2]
+n_train = 60
+n_test = 30
+[partition]
+agents = 3
+[topology]
+name = "ring"
+[architecture]
+depth = 1
+width = 64
+[training]
+lr = 0.3
+steps = 40
+record_every = 10
+"""
+
+
+@pytest.mark.parametrize("value, spec, shown", [
+    (-1e-17, ".3f", "0.000"), (-0.0, ".3f", "0.000"), (-0.0, ".4g", "0"),
+    (-0.0004, ".3f", "0.000"), (-0.0006, ".3f", "-0.001"), (0.25, ".3f", "0.250"),
+    (None, ".3f", "-"), (12, "d", "12"),
+])
+def test_check_tables_never_print_negative_zero(value, spec, shown):
+    """lambda_min of the complete graph's mixing matrix is -1e-17: it printed -0.000."""
+    check_module = importlib.import_module("ntkdyn.check")
+    assert check_module._fmt(value, spec) == shown
+
+
+def test_summary_lists_only_settings_that_apply(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    c = summary["config"]
+    assert c["training"]["algorithm"] == "dgd" and c["training"]["lr"] == 0.3
+    for section, key in (("training", "local_steps"), ("training", "consensus_steps"),
+                         ("training", "momentum"), ("topology", "gossip_p"),
+                         ("topology", "gossip_samples"), ("topology", "gossip"),
+                         ("topology", "adjacency_file"), ("topology", "mixing_file"),
+                         ("topology", "sequence"), ("data", "dim"), ("data", "separation"),
+                         ("data", "path"), ("partition", "alpha"),
+                         ("partition", "shards_per_agent"), ("prediction", "target_loss")):
+        assert key not in c[section], f"{section}.{key}"
+    assert "validation" not in c
+    for key in ("gossip_samples", "final_test_loss_mean_of_mean_state", "phases"):
+        assert key not in summary
+    # the full configuration stays in the trajectory's metadata (reproducibility)
+    traj = nd.Trajectory.load(out / "trajectory.npz")
+    assert traj.metadata["config"]["training"]["local_steps"] == 5
+
+
+def test_applicable_keeps_the_settings_of_the_chosen_modes():
+    cfg = config_from_dict({"training": {"algorithm": "p2pl", "local_steps": 3},
+                            "topology": {"gossip": "edges", "gossip_p": 0.3},
+                            "partition": {"scheme": "dirichlet", "alpha": 0.5}})
+    c = applicable(cfg)
+    assert c["training"]["local_steps"] == 3 and "consensus_steps" in c["training"]
+    assert "momentum" not in c["training"]
+    assert c["topology"]["gossip_p"] == 0.3 and c["topology"]["gossip_samples"] == 64
+    assert c["partition"]["alpha"] == 0.5 and "shards_per_agent" not in c["partition"]
+    assert "validation" in applicable(cfg, "validate")
+    assert "target_loss" in applicable(cfg, "check")["prediction"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    data = nd.data.digits(classes=[0, 1, 2], n_train=60, n_test=30, seed=0)
+    parts = nd.data.partition(data, agents=4, seed=0)
+    return nd.models.MLP(hidden=(64,), out=3), parts
+
+
+def test_fixed_point_repr_is_short(small):
+    arch, parts = small
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    fp = nd.fixed_point(nd.build_problem(arch, parts, w), "dgd", 0.3)
+    text = repr(fp)
+    assert len(text) < 400 and "array(" not in text and "\n" not in text, text
+    assert text.startswith("FixedPoint('dgd', Q=4, lr=0.3, train_loss_mean=")
+    assert "consensus_gap=" in text and "train_outputs.shape=(4, 60, 3)" in text
+    assert str(fp) == text
+
+
+def test_random_gossip_plot_shows_band_and_mean_state(small, tmp_path):
+    arch, parts = small
+    g = nd.graphs.topology("ring", 4)
+    traj = nd.predict(arch, parts, nd.graphs.random_edges(g, p=0.5, seed=0), lr=0.3,
+                      steps=range(0, 41, 10), samples=8)
+    fig = plot_trajectory(traj)
+    ax = fig.axes[4]  # consensus distance: the panel where sequences differ most
+    bands = [c for c in ax.collections if "5-95 % over 8 sampled" in str(c.get_label())]
+    assert len(bands) == 1 and len(ax.collections) >= 4  # one band per agent
+    exact = [ln for ln in ax.lines if "mean state" in ln.get_label()]
+    assert len(exact) == 1 and exact[0].get_linestyle() == "-."
+    want = traj.expected.consensus_dist.mean(axis=1)
+    np.testing.assert_allclose(exact[0].get_ydata()[1:], want[1:], rtol=1e-12)  # log: 0 -> nan
+    low, high = traj.band("consensus_dist")
+    assert np.all(low <= high)
+    fig.savefig(tmp_path / "gossip.png", dpi=60)
