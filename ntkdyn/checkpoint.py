@@ -7,6 +7,10 @@ description (algorithm, architecture, rates, mixing, steps, settings) and of
 its data and initial parameters.  Resuming from a checkpoint whose fingerprint
 differs is refused.  Writes are atomic (temporary file, then ``os.replace``):
 an interrupted write leaves the previous checkpoint intact.
+
+Ctrl-C during a checkpointed run (:class:`InterruptGuard`): the first press lets the
+running chunk finish, writes a checkpoint and then raises ``KeyboardInterrupt``; a second
+press stops at once (the last checkpoint written stays valid).
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -65,3 +72,40 @@ def load(path: Path, digest: str, x_template):
                  jnp.asarray(ck["diverged"]), jnp.asarray(ck["div_at"]))
         records = {k[4:]: ck[k] for k in ck.files if k.startswith("rec_")}
         return carry, records, int(ck["records_done"]), int(ck["steps_done"])
+
+
+class InterruptGuard:
+    """Defer Ctrl-C (SIGINT) to the end of the running chunk, so that it can be checkpointed.
+
+    Active only in the main thread and only while SIGINT has Python's default handler
+    (otherwise a no-op).  The first Ctrl-C sets :attr:`requested` (the caller checks it at
+    a safe point and raises ``KeyboardInterrupt`` there); a second one raises at once.
+    :meth:`release` restores the previous handler.  The state a chunk starts from is
+    donated to it (``jax.jit`` buffer donation), so an interrupt inside a chunk cannot be
+    checkpointed without this deferral.
+    """
+
+    def __init__(self, active: bool = True) -> None:
+        self.requested = False
+        self._previous = None
+        if (active and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write("\nCtrl-C: stopping after the running chunk of training to write a "
+                         "checkpoint (press Ctrl-C again to stop at once)\n")
+
+    def release(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def alive(carry) -> bool:
+    """False when a buffer of ``carry`` has been donated to a later chunk (deleted)."""
+    return not any(getattr(leaf, "is_deleted", lambda: False)()
+                   for leaf in jax.tree.leaves(carry))

@@ -63,6 +63,8 @@ import numpy as np
 
 from . import graphs
 from .algorithms import Algorithm, Operators, get_algorithm
+from .checkpoint import InterruptGuard as _InterruptGuard
+from .checkpoint import alive as _alive
 from .checkpoint import fingerprint as _fingerprint
 from .checkpoint import load as _load_checkpoint
 from .checkpoint import save as _save_checkpoint
@@ -529,6 +531,7 @@ def train(
     first = True
     saved = (carry, list(pieces), done, steps_done)  # last consistent state (for Ctrl-C)
     written = done  # records in the checkpoint file
+    guard = _InterruptGuard(active=ck_path is not None)
     try:
         while done < total and not bool(carry[2]):
             t_chunk = time.perf_counter()
@@ -556,10 +559,14 @@ def train(
                 pieces = [{k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}]
                 last_write, written = now, done
             saved = (carry, list(pieces), done, steps_done)
+            if guard.requested:  # Ctrl-C during this chunk: checkpoint it below, then stop
+                raise KeyboardInterrupt
     except KeyboardInterrupt:  # Ctrl-C: keep the last finished chunk, then stop
-        if ck_path is not None and saved[2] > written:
+        if ck_path is not None and saved[2] > written and _alive(saved[0]):
             _save_checkpoint(ck_path, fingerprint, *saved)
         raise
+    finally:
+        guard.release()
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - start

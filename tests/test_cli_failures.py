@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import os
+import signal
 import sys
 
 import numpy as np
@@ -210,3 +211,42 @@ def test_ctrl_c_in_validate_checkpoints_and_says_resume(tmp_path, capsys, monkey
     full = nd.Trajectory.load(tmp_path / "full" / "observed.npz")
     assert resumed.metadata["training"]["resumed_from_step"] == 90
     np.testing.assert_array_equal(resumed.test_loss, full.test_loss)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signal")
+def test_real_ctrl_c_in_validate_finishes_the_chunk_and_checkpoints_it(tmp_path, capsys,
+                                                                      monkeypatch):
+    """A real SIGINT during the second chunk: the chunk's buffers are donated to jit, so the
+    run finishes that chunk, checkpoints it (step 190, not the 30 s schedule) and stops;
+    --resume then gives the uninterrupted result bit for bit."""
+    import ntkdyn as nd
+    import ntkdyn.train as train_mod
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT handler replaced by the test runner")
+    cfg = _config(tmp_path, TINY.replace("steps = 40", "steps = 250"))
+    args = ["validate", str(cfg), "--quiet", "--kernels", "analytic", "--no-linearised"]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+    real, calls = train_mod._run_chunk, []
+
+    def signalled_chunk(*a, **kw):
+        out = real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the terminal
+        return out
+
+    monkeypatch.setattr(train_mod, "_run_chunk", signalled_chunk)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(args + ["--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "nonlinear_w64 at step 190" in err and "--resume" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    monkeypatch.setattr(train_mod, "_run_chunk", real)
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    resumed = nd.Trajectory.load(out / "observed.npz")
+    full = nd.Trajectory.load(tmp_path / "full" / "observed.npz")
+    assert resumed.metadata["training"]["resumed_from_step"] == 190
+    np.testing.assert_array_equal(resumed.test_loss, full.test_loss)
+    np.testing.assert_array_equal(resumed.param_dist, full.param_dist)
