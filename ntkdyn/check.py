@@ -51,6 +51,8 @@ class AlgorithmVerdict:
     method: str
     verdict: str
     operator: str = "one step"
+    stable_rates: tuple = ()
+    stable_set: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,10 @@ def _verdict(report: spectrum.StabilityReport, topology: str) -> str:
         return (f"{a} at lr={report.lr:.4g} on this {topology} is inside the NTK regime: the "
                 f"linearised dynamics converge (lr*={report.lr_star:.4g}, margin "
                 f"{report.margin:.0%}); the predictions apply.")
+    where = (f"above lr*={report.lr_star:.4g}" if len(report.stable_rates) == 1
+             and report.stable_rates[0][0] == 0 else f"here ({report.stable_set})")
     return (f"{a} at lr={report.lr:.4g} on this {topology} is outside the NTK regime: the "
-            f"linearised dynamics diverge above lr*={report.lr_star:.4g}, so the predictions "
+            f"linearised dynamics diverge {where}, so the predictions "
             "do not apply; real networks may still train (they can shrink their kernel and "
             "'catapult'): run `ntkdyn validate` or `ntkdyn check --measure-edge` to see.")
 
@@ -150,7 +154,8 @@ def _analyse(exp: Experiment, problem, cfg: Config) -> tuple[list[AlgorithmVerdi
 def _as_verdict(rep: spectrum.StabilityReport, topology: str) -> AlgorithmVerdict:
     return AlgorithmVerdict(rep.algorithm, rep.lr, rep.spectral_radius, rep.lr_star,
                             rep.lr_bound, rep.margin, rep.stable, rep.method,
-                            _verdict(rep, topology), rep.operator)
+                            _verdict(rep, topology), rep.operator, rep.stable_rates,
+                            rep.stable_set)
 
 
 def _topology_name(cfg: Config) -> str:
@@ -160,8 +165,17 @@ def _topology_name(cfg: Config) -> str:
     return t.name + (f" with random gossip ({t.gossip})" if t.gossip else "")
 
 
-def _recommend(sweep: list[dict], lr_star: float) -> dict | None:
-    safe = [s for s in sweep if s["lr"] <= SAFETY * lr_star and s["status"] == "ok"]
+def _in_stable_set(lr: float, stable_rates) -> bool:
+    """``lr`` lies in an interval ``[lo, hi]`` of the stable set with ``SAFETY`` to spare:
+    ``lo / SAFETY <= lr <= SAFETY * hi``."""
+    return any(lo / SAFETY <= lr <= SAFETY * hi for lo, hi in stable_rates)
+
+
+def _recommend(sweep: list[dict], stable_rates) -> dict | None:
+    """The best rate of the sweep among those whose own verdict is stable (inside the stable
+    set, ``SAFETY`` from its ends) and whose prediction is ``ok``; ``None`` when the stable
+    set is empty."""
+    safe = [s for s in sweep if _in_stable_set(s["lr"], stable_rates) and s["status"] == "ok"]
     if not safe:
         return None
     reached = [s for s in safe if s["steps_to_target"] is not None]
@@ -219,12 +233,15 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         verdicts.append(chosen)
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
-    rates = [float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
+    # fractions of lr*; none when no rate is stable (lr* = 0) or every rate is (lr* = inf)
+    rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
+             if 0 < chosen.lr_star < np.inf else [])
     if chosen.inside:
         rates.append(cfg.training.lr)
     trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
-                        check_stability=False, reference=False, samples=exp.samples)
-    sweep = [_summarise(t, target) for t in trajs[: len(SWEEP_FRACTIONS)]]
+                        check_stability=False, reference=False,
+                        samples=exp.samples) if rates else []
+    sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
     prediction = None
     if chosen.inside:
         prediction = _summarise(trajs[-1], target)
@@ -251,7 +268,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         topology=_topology_name(cfg), algorithm=cfg.training.algorithm, lr=cfg.training.lr,
         target_loss=target, horizon=int(cfg.training.steps), stability=verdicts,
         inside=chosen.inside, prediction=prediction, sweep=sweep,
-        recommended=_recommend(sweep, chosen.lr_star), topologies=comparison, edge=edge,
+        recommended=_recommend(sweep, chosen.stable_rates), topologies=comparison, edge=edge,
         caveat=_caveat(cfg.prediction.kernel, cfg.architecture.width),
         timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
                  "prediction_s": t_pred - t_stab, "topologies_and_edge_s": t_end - t_pred,

@@ -151,3 +151,23 @@ def test_sufficient_bounds_of_new_schedules_never_exceed_lr_star(topology):
         assert np.isfinite(bound)
         assert bound <= stab.max_stable_lr(problem, algo)[0] * (1 + 1e-8), (topology, algo)
     assert np.isnan(stab.sufficient_bound(prob, "gradient_tracking"))
+
+
+def test_check_recommends_only_rates_inside_the_stable_set():
+    """Issue 16: `check` sweeps fractions of lr*; where the stable set does not start at 0
+    (momentum on the 3-cycle: about [1.85, 6.62]) the rates below it are unstable even when
+    their (short) prediction looks "ok", and with no stable rate nothing is recommended."""
+    from ntkdyn.check import SAFETY, SWEEP_FRACTIONS, _recommend
+
+    prob = make_problem(np.eye(6), np.ones((6, 1)), np.arange(6) % 3,
+                        np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]]))
+    rep = stab.stability(prob, algorithms.momentum(0.9), 0.5)
+    (lo, hi), = rep.stable_rates
+    # smaller rates reach the target sooner in this made-up sweep: the old rule (<= 0.9 lr*)
+    # would pick the smallest, unstable rate
+    sweep = [{"lr": f * rep.lr_star, "status": "ok", "steps_to_target": int(100 * f),
+              "final_test_loss": f} for f in SWEEP_FRACTIONS]
+    best = _recommend(sweep, rep.stable_rates)
+    assert lo / SAFETY <= best["lr"] <= SAFETY * hi
+    assert stab.stability(prob, algorithms.momentum(0.9), best["lr"]).stable
+    assert _recommend(sweep, ()) is None
