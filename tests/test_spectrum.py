@@ -283,3 +283,49 @@ def test_stable_set_matches_the_dense_spectral_radius(case):
     rep = stab.stability(prob, algo, s)
     assert rep.stable == (dense(s) <= 1 + stab.RHO_TOL)
     assert (rep.margin > 0) == rep.stable or rep.margin == 0
+
+
+# ------------------------------------------------------------ issue 12 item 4: non-PSD kernels
+def _with_eigenvalues(vals, seed=0):
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(len(vals), len(vals))))
+    return (basis * vals) @ basis.T
+
+
+@pytest.mark.parametrize("n", [8, 600])  # exact eigenvalues; Lanczos above PSD_DENSE_MAX rows
+def test_indefinite_training_kernel_is_refused_with_its_smallest_eigenvalue(n):
+    """Issue 12: an indefinite kernel used to give status "ok" while the train loss grew
+    from 0.5 to 1e14."""
+    vals = np.linspace(0.5, 2.0, n)
+    vals[0] = -0.3
+    kern = _with_eigenvalues(vals)
+    kern = 0.5 * (kern + kern.T)
+    y, agent, w = np.eye(2)[np.arange(n) % 2], np.arange(n) % 2, SWAP * 0.5 + 0.25
+    with pytest.raises(ValueError, match=r"kernel_train: .*indefinite.*smallest eigenvalue "
+                                         r"-0\.3\d* .*= -0\.15 x the largest"):
+        make_problem(kern, y, agent, w)
+    with pytest.raises(ValueError, match="kernel_train: .*indefinite"):
+        predict_from_kernels(kern, y, agent, w, 0.1, [0, 10])
+
+
+def test_negative_definite_training_kernel_is_refused():
+    kern = -_kernel(n=8)[0]
+    with pytest.raises(ValueError, match="kernel_train: .*a negative definite one"):
+        make_problem(kern, np.ones((8, 1)), np.arange(8) % 2, SWAP * 0.5 + 0.25)
+
+
+def test_psd_tolerance_is_relative_to_the_largest_eigenvalue():
+    """Rank-deficient Gram matrices (rounding ~1e-16 relative) pass, at every scale; a
+    float32 Gram matrix passes with the float32 tolerance (100 eps = 1.2e-5); -1e-6 x the
+    largest is refused in float64."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 3))
+    y, agent, w = np.ones((40, 1)), np.arange(40) % 2, SWAP * 0.5 + 0.25
+    for scale in (1e-6, 1.0, 1e6):
+        make_problem(scale * x @ x.T, y, agent, w)  # rank 3 of 40: accepted
+    x32 = x.astype(np.float32)
+    make_problem(x32 @ x32.T, y, agent, w)
+    vals = np.linspace(0.0, 1.0, 40)
+    vals[0] = -1e-6
+    with pytest.raises(ValueError, match="kernel_train"):
+        make_problem(_with_eigenvalues(vals), y, agent, w)
