@@ -249,7 +249,7 @@ def small_problems(draw):
     return prob, algo
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(case=small_problems())
 def test_stable_set_matches_the_dense_spectral_radius(case):
     """Property (issue 16): on random small problems the stable set agrees with the
