@@ -37,6 +37,15 @@ SWEEP_FRACTIONS = np.linspace(0.1, 0.95, 10)
 #: Measured agreement between predicted and observed test loss (max relative gap over
 #: time, network mean; DESIGN.md section 6 and README "Validation"): width -> gap.
 MEASURED_AGREEMENT = {64: 0.15, 128: 0.07, 512: 0.04, 2048: 0.01}
+#: ``kernel = "empirical"``: the verdict, sweep and prediction use the full empirical kernel
+#: (``(N K) x (N K)``, as ``ntkdyn validate`` does) when it takes at most
+#: ``harness.FULL_KERNEL_MAX_BYTES`` and the operator has at most this many dimensions
+#: (``Q N K``: the stability analysis and the dense fixed point stay affordable); otherwise
+#: the traced one, and the report says so.
+FULL_CHECK_MAX_DIM = 6400
+#: Measured on the issue-12 configuration (width 64): the traced kernel's lr* exceeded the
+#: full kernel's by this factor (0.463 vs 0.337).
+TRACED_OVER_FULL_MEASURED = 0.463 / 0.337
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class AlgorithmVerdict:
     method: str
     verdict: str
     operator: str = "one step"
+    stable_rates: tuple = ()
+    stable_set: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class CheckReport:
     edge: dict | None = None
     caveat: str = ""
     timings: dict = field(default_factory=dict)
+    kernel_layout: str = "traced"
     versions: dict = field(default_factory=dict)
 
     @property
@@ -110,8 +122,10 @@ def _verdict(report: spectrum.StabilityReport, topology: str) -> str:
         return (f"{a} at lr={report.lr:.4g} on this {topology} is inside the NTK regime: the "
                 f"linearised dynamics converge (lr*={report.lr_star:.4g}, margin "
                 f"{report.margin:.0%}); the predictions apply.")
+    where = (f"above lr*={report.lr_star:.4g}" if len(report.stable_rates) == 1
+             and report.stable_rates[0][0] == 0 else f"here ({report.stable_set})")
     return (f"{a} at lr={report.lr:.4g} on this {topology} is outside the NTK regime: the "
-            f"linearised dynamics diverge above lr*={report.lr_star:.4g}, so the predictions "
+            f"linearised dynamics diverge {where}, so the predictions "
             "do not apply; real networks may still train (they can shrink their kernel and "
             "'catapult'): run `ntkdyn validate` or `ntkdyn check --measure-edge` to see.")
 
@@ -150,7 +164,8 @@ def _analyse(exp: Experiment, problem, cfg: Config) -> tuple[list[AlgorithmVerdi
 def _as_verdict(rep: spectrum.StabilityReport, topology: str) -> AlgorithmVerdict:
     return AlgorithmVerdict(rep.algorithm, rep.lr, rep.spectral_radius, rep.lr_star,
                             rep.lr_bound, rep.margin, rep.stable, rep.method,
-                            _verdict(rep, topology), rep.operator)
+                            _verdict(rep, topology), rep.operator, rep.stable_rates,
+                            rep.stable_set)
 
 
 def _topology_name(cfg: Config) -> str:
@@ -160,8 +175,17 @@ def _topology_name(cfg: Config) -> str:
     return t.name + (f" with random gossip ({t.gossip})" if t.gossip else "")
 
 
-def _recommend(sweep: list[dict], lr_star: float) -> dict | None:
-    safe = [s for s in sweep if s["lr"] <= SAFETY * lr_star and s["status"] == "ok"]
+def _in_stable_set(lr: float, stable_rates) -> bool:
+    """``lr`` lies in an interval ``[lo, hi]`` of the stable set with ``SAFETY`` to spare:
+    ``lo / SAFETY <= lr <= SAFETY * hi``."""
+    return any(lo / SAFETY <= lr <= SAFETY * hi for lo, hi in stable_rates)
+
+
+def _recommend(sweep: list[dict], stable_rates) -> dict | None:
+    """The best rate of the sweep among those whose own verdict is stable (inside the stable
+    set, ``SAFETY`` from its ends) and whose prediction is ``ok``; ``None`` when the stable
+    set is empty."""
+    safe = [s for s in sweep if _in_stable_set(s["lr"], stable_rates) and s["status"] == "ok"]
     if not safe:
         return None
     reached = [s for s in safe if s["steps_to_target"] is not None]
@@ -176,13 +200,32 @@ def _recommend(sweep: list[dict], lr_star: float) -> dict | None:
             "final_test_loss": best["final_test_loss"]}
 
 
-def _caveat(kernel: str, width: int) -> str:
+def _full_empirical(cfg: Config, exp: Experiment) -> bool:
+    """Whether ``check`` uses the full empirical kernel (see ``FULL_CHECK_MAX_DIM``)."""
+    from .harness import FULL_KERNEL_MAX_BYTES
+
+    if cfg.prediction.kernel != "empirical":
+        return False
+    n, k = exp.parts.dataset.y_train.shape
+    return ((n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
+            and exp.parts.num_agents * n * k <= FULL_CHECK_MAX_DIM)
+
+
+def _caveat(kernel: str, width: int, full: bool = False) -> str:
     widths = np.array(sorted(MEASURED_AGREEMENT))
     nearest = int(widths[np.argmin(np.abs(np.log(widths) - np.log(width)))])
     gap = MEASURED_AGREEMENT[nearest]
-    what = ("the analytic (infinite-width) NTK: no forward pass over the data beyond the "
-            "kernel" if kernel == "analytic" else "the empirical NTK of the network at its "
-            "initialisation")
+    if kernel == "analytic":
+        what = "the analytic (infinite-width) NTK: no forward pass over the data beyond the kernel"
+    elif full:
+        what = ("the empirical NTK of the network at its initialisation, full (N K) x (N K) "
+                "kernel as `ntkdyn validate` uses (verdict, sweep and prediction)")
+    else:
+        what = ("the empirical NTK of the network at its initialisation in its traced form "
+                "Theta (x) I_K (the full kernel is too large to check here): the traced "
+                "kernel's lr* can exceed that of the full kernel, which the linearised network "
+                f"follows (measured {TRACED_OVER_FULL_MEASURED:.2f}x at width 64), so a rate "
+                "close to lr* may still diverge")
     return (f"Predictions use {what}. Measured agreement with real networks (max relative "
             f"gap in test loss over time): about {gap:.0%} at width {nearest}, shrinking like "
             f"width^-1/2; this configuration's width is {width}. Run `ntkdyn validate` to "
@@ -206,8 +249,9 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     t0 = time.perf_counter()
     cfg = load_config(config) if not isinstance(config, Config) else config
     exp = from_config(cfg)
+    full = _full_empirical(cfg, exp)
     problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,
-                            seed=cfg.seed, rates=len(SWEEP_FRACTIONS) + 1)
+                            seed=cfg.seed, rates=len(SWEEP_FRACTIONS) + 1, traced=not full)
     t_kernel = time.perf_counter()
     verdicts, cache = _analyse(exp, problem, cfg)
     algo = exp.algorithm
@@ -219,12 +263,15 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         verdicts.append(chosen)
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
-    rates = [float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
+    # fractions of lr*; none when no rate is stable (lr* = 0) or every rate is (lr* = inf)
+    rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
+             if 0 < chosen.lr_star < np.inf else [])
     if chosen.inside:
         rates.append(cfg.training.lr)
     trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
-                        check_stability=False, reference=False, samples=exp.samples)
-    sweep = [_summarise(t, target) for t in trajs[: len(SWEEP_FRACTIONS)]]
+                        check_stability=False, reference=False,
+                        samples=exp.samples) if rates else []
+    sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
     prediction = None
     if chosen.inside:
         prediction = _summarise(trajs[-1], target)
@@ -251,8 +298,9 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         topology=_topology_name(cfg), algorithm=cfg.training.algorithm, lr=cfg.training.lr,
         target_loss=target, horizon=int(cfg.training.steps), stability=verdicts,
         inside=chosen.inside, prediction=prediction, sweep=sweep,
-        recommended=_recommend(sweep, chosen.lr_star), topologies=comparison, edge=edge,
-        caveat=_caveat(cfg.prediction.kernel, cfg.architecture.width),
+        recommended=_recommend(sweep, chosen.stable_rates), topologies=comparison, edge=edge,
+        caveat=_caveat(cfg.prediction.kernel, cfg.architecture.width, full),
+        kernel_layout="full" if full or cfg.prediction.kernel == "analytic" else "traced",
         timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
                  "prediction_s": t_pred - t_stab, "topologies_and_edge_s": t_end - t_pred,
                  "total_s": t_end - t0},

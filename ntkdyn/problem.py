@@ -108,6 +108,75 @@ def _asymmetry(kernel: np.ndarray, block: int = 1024) -> tuple[float, float]:
     return asym, scale
 
 
+#: A training kernel is refused when ``lambda_min < -PSD_RTOL * |lambda|_max`` (float64 input;
+#: ``100 eps`` of the input's precision for lower-precision input, 1.2e-5 for float32).
+PSD_RTOL = 1e-8
+PSD_DENSE_MAX = 512  # rows up to which the eigenvalues are computed exactly (eigvalsh)
+PSD_LANCZOS_STEPS = 80
+
+
+def _extreme_eigenvalues(kernel: np.ndarray) -> tuple[float, float, bool]:
+    """``(lambda_min, lambda_max, exact)`` of a symmetric matrix.
+
+    Up to :data:`PSD_DENSE_MAX` rows: exact (``eigvalsh``).  Above: the extreme Ritz values
+    of :data:`PSD_LANCZOS_STEPS` Lanczos steps (full reorthogonalisation, fixed start) --
+    ``theta_min >= lambda_min`` and ``theta_max <= lambda_max``, so a negative
+    ``theta_min`` is a certain upper bound on ``lambda_min``; the cost is that many
+    products with the matrix (one read of it each).
+    """
+    n = kernel.shape[0]
+    if n <= PSD_DENSE_MAX:
+        vals = np.linalg.eigvalsh(kernel)
+        return float(vals[0]), float(vals[-1]), True
+    import scipy.linalg
+
+    m = min(PSD_LANCZOS_STEPS, n)
+    basis = np.empty((m, n))
+    alpha, beta = np.empty(m), np.empty(m)
+    v = np.random.default_rng(0).standard_normal(n)
+    basis[0] = v / np.linalg.norm(v)
+    steps = m
+    for j in range(m):
+        w = kernel @ basis[j]
+        alpha[j] = basis[j] @ w
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta[j] = np.linalg.norm(w)
+        if j + 1 == m or beta[j] <= 1e-12 * max(abs(alpha[: j + 1]).max(), 1e-300):
+            steps = j + 1
+            break
+        basis[j + 1] = w / beta[j]
+    theta = scipy.linalg.eigvalsh_tridiagonal(alpha[:steps], beta[: steps - 1])
+    return float(theta[0]), float(theta[-1]), steps == n
+
+
+def check_psd(kernel: np.ndarray, name: str = "kernel_train", rtol: float = PSD_RTOL) -> None:
+    """Refuse a symmetric ``kernel`` that is not positive semi-definite.
+
+    An NTK is a Gram matrix ``J J^T``: its eigenvalues are >= 0.  Refused (``ValueError``
+    naming ``name`` and the smallest eigenvalue relative to the largest in modulus) when
+    ``lambda_min < -rtol * max |lambda|`` (``rtol = 1e-8`` by default: rounding of a
+    float64 Gram matrix is ~1e-16 relative), which covers indefinite and negative-definite
+    kernels; with such a kernel gradient descent runs uphill along the negative directions
+    at every rate.  Exact up to :data:`PSD_DENSE_MAX` rows; above, Lanczos
+    (:func:`_extreme_eigenvalues`): every refusal is certain, and negative eigenvalues
+    separated from the rest of the spectrum by less than about ``1e-4 lambda_max`` may
+    go unnoticed (measured cost: README, "Non-PSD kernels").
+    """
+    lam_min, lam_max, exact = _extreme_eigenvalues(kernel)
+    scale = max(abs(lam_min), abs(lam_max))
+    if lam_min < -rtol * scale:
+        what = "negative definite" if lam_max < 0 else (
+            "negative semi-definite" if lam_max <= rtol * scale else "indefinite")
+        bound = "" if exact else " (at most; Lanczos estimate)"
+        article = "an" if what == "indefinite" else "a"
+        raise ValueError(
+            f"{name}: expected a positive semi-definite kernel (an NTK is J J^T), got "
+            f"{article} {what} one: smallest eigenvalue {lam_min:.6g}{bound} = "
+            f"{lam_min / scale:.3g} "
+            f"x the largest in modulus ({scale:.6g}); tolerance -{rtol:.3g} x the largest")
+
+
 def _labels(y: np.ndarray) -> np.ndarray:
     return np.argmax(y, axis=1).astype(np.int64)
 
@@ -127,7 +196,9 @@ def make_problem(
 
     Raises ``ValueError`` naming the offending argument for: wrong shapes,
     non-finite values, a non-stochastic or disconnected ``mixing``, an agent
-    index out of range or an agent without samples, a non-symmetric kernel.
+    index out of range or an agent without samples, a non-symmetric kernel, a kernel that
+    is not positive semi-definite (:func:`check_psd`: ``lambda_min < -1e-8 max |lambda|``
+    for float64 input, ``-100 eps`` of a lower input precision).
     """
     y_train = as_float_array("y_train", y_train, ndim=2)
     n, k = y_train.shape
@@ -156,6 +227,9 @@ def make_problem(
             f"kernel_train: expected a symmetric matrix, max |K - K^T| = {asym:.3g} "
             f"(relative {asym / scale:.3g})"
         )
+    given = getattr(kernel_train, "dtype", np.dtype(np.float64))
+    low = np.issubdtype(given, np.floating) and np.finfo(given).eps > np.finfo(np.float64).eps
+    check_psd(kernel, "kernel_train", 100 * float(np.finfo(given).eps) if low else PSD_RTOL)
     agent = np.asarray(agent)
     check_shape("agent", agent, (n,), "one agent index per training sample")
     if not np.issubdtype(agent.dtype, np.integer):

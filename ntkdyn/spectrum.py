@@ -56,8 +56,13 @@ class StabilityReport:
 
     ``lr`` and ``lr_star`` are the largest per-agent rate (``max_q lr_q``);
     with per-agent rates the ratios between agents are kept fixed.
-    ``margin = 1 - lr / lr_star`` (> 0: stable).  ``lr_bound`` is the
-    sufficient bound of DESIGN.md (``nan`` where no such bound applies).
+    ``stable_rates``: the stable set as closed intervals ``(lo, hi)`` (empty: unstable
+    at every rate, ``lr_star = 0``; ``(0, inf)``: stable at every rate, ``lr_star = inf``),
+    ``stable_set`` says it in words.  ``lr_star`` is the upper end of the interval holding
+    ``lr`` (the nearest one if ``lr`` is unstable) and ``margin = min(1 - lr/hi, 1 - lo/lr)``
+    for that interval ``[lo, hi]`` (``1 - lr / lr_star`` when it starts at 0): > 0 exactly
+    when ``stable``, ``-inf`` when no rate is stable.  ``lr_bound`` is the sufficient bound
+    of DESIGN.md (``nan`` where no such bound applies).
     """
 
     algorithm: str
@@ -69,16 +74,18 @@ class StabilityReport:
     margin: float
     method: str
     operator: str = "one step"
+    stable_rates: tuple[tuple[float, float], ...] = ()
+    stable_set: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         word = "converge" if self.stable else "diverge"
+        where = self.stable_set or f"exact largest stable rate lr*={self.lr_star:.6g}"
         return (f"{self.algorithm.upper()} at lr={self.lr:.4g}: linearised dynamics {word} "
-                f"(spectral radius {self.spectral_radius:.6f}); exact largest stable rate "
-                f"lr*={self.lr_star:.6g}, sufficient bound {self.lr_bound:.6g}, margin "
-                f"{self.margin:+.1%}")
+                f"(spectral radius {self.spectral_radius:.6f}); {where}; sufficient bound "
+                f"{self.lr_bound:.6g}, margin {self.margin:+.1%}")
 
 
 def dense_eigvals(matrix: np.ndarray) -> np.ndarray:
@@ -361,15 +368,114 @@ def _minus_one_crossing(problem: KernelProblem, algorithm: Algorithm, profile) -
     return 1.0 / lam if lam > 0 else float("inf")
 
 
-def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e-9) -> tuple:
-    """Exact largest stable (max per-agent) learning rate, and the method used.
+class StabilityUndecided(RuntimeError):
+    """The bounded search for the stable set could not decide (the message says what)."""
 
-    With symmetric ``W`` and DGD, ATC, CTA or GD the boundary is the ``-1`` crossing of
-    :func:`_minus_one_crossing` -- a theorem for DGD with one rate for all agents and
-    for ATC/CTA with ``W`` positive semi-definite; otherwise (complex eigenvalues may leave
-    the unit disc first) the crossing is verified by the spectral radius just below it,
-    and if that fails, or for any other algorithm or graph, the boundary is bracketed
-    (Brent) on ``rho(A(s)) - 1``.
+
+#: Rates examined by the general search, in units of ``1 / curv``
+#: (``curv = max_q profile_q lambda_max(Theta_qq) / N_q``): coarse far below the natural
+#: scale, ratio ``2^(1/4)`` over ``[1/8, 8]`` where the boundaries of every built-in
+#: schedule lie, coarse above; ``SCAN_UP`` extends the scan when the top rate is stable.
+SCAN_GRID = tuple(2.0 ** e for e in (-20, -16, -12, -9, -7, -5, -4, -3.5)) + tuple(
+    2.0 ** (k / 4) for k in range(-12, 13)) + tuple(2.0 ** e for e in (3.5, 4, 5, 6))
+SCAN_UP = tuple(2.0 ** e for e in (8, 11, 14, 17, 20))
+BRENT_MAXITER = 200
+
+
+@dataclass(frozen=True)
+class StableSet:
+    """The set of (max per-agent) rates ``s > 0`` at which ``rho(A(s)) <= 1 + RHO_TOL``.
+
+    ``intervals``: disjoint closed intervals ``(lo, hi)`` in increasing order (``hi`` may be
+    ``inf``, ``lo`` may be 0); empty: unstable at every rate.  ``searched``: the rates the
+    search examined (``(0, inf)`` where the answer is a theorem); below the lowest rate
+    examined the set is continued with the verdict there (at rates ``< 1e-6 / curv`` the
+    spectral radius differs from 1 by less than the tolerance for first-order effects
+    anyway).  ``lr_star`` is the upper end of the first interval (0 when empty).
+    """
+
+    intervals: tuple[tuple[float, float], ...]
+    method: str
+    searched: tuple[float, float] = (0.0, float("inf"))
+
+    @property
+    def empty(self) -> bool:
+        return not self.intervals
+
+    @property
+    def lr_star(self) -> float:
+        return self.intervals[0][1] if self.intervals else 0.0
+
+    def interval_of(self, s: float, rtol: float = 1e-7) -> tuple[float, float] | None:
+        """The interval holding ``s`` (ends widened by ``rtol``), else ``None``."""
+        for lo, hi in self.intervals:
+            if lo * (1 - rtol) <= s <= hi * (1 + rtol):
+                return lo, hi
+        return None
+
+    def contains(self, s: float) -> bool:
+        return self.interval_of(s) is not None
+
+    def margin(self, s: float) -> tuple[float, float]:
+        """``(margin, lr_star)`` at rate ``s`` for the nearest interval ``[lo, hi]``.
+
+        ``margin = min(1 - s/hi, 1 - lo/s)``: the relative change of ``s`` that reaches the
+        nearer end (``1 - s / lr*`` for an interval starting at 0); > 0 inside, < 0
+        outside, ``-inf`` when the set is empty.  ``lr_star`` is that interval's ``hi``.
+        """
+        if not self.intervals:
+            return float("-inf"), 0.0
+        best = max(self.intervals, key=lambda iv: _margin(s, *iv))
+        return _margin(s, *best), best[1]
+
+    def describe(self) -> str:
+        if not self.intervals:
+            return "unstable at every rate (lr*=0)"
+        if self.intervals == ((0.0, float("inf")),):
+            return "stable at every rate (lr*=inf)"
+        if len(self.intervals) == 1 and self.intervals[0][0] == 0.0:
+            return f"stable for every rate up to lr*={self.intervals[0][1]:.6g}"
+        parts = " and ".join(f"[{lo:.6g}, {hi:.6g}]" for lo, hi in self.intervals)
+        below = " (unstable at small rates too)" if self.intervals[0][0] > 0 else ""
+        return f"stable only for rates in {parts}{below}"
+
+
+def _margin(s: float, lo: float, hi: float) -> float:
+    return min(1.0 - s / hi, 1.0 - lo / s)
+
+
+def _dgd_unstable_at_every_rate(problem: KernelProblem) -> bool:
+    """DGD with symmetric ``W``, ``lambda_min(W) = -1``: unstable at every rate > 0.
+
+    In the coordinates ``Theta^{1/2} alpha`` the operator is ``W (x) I - s D H``, stable
+    iff ``s D H <= (I + W) (x) I``; for ``z = v (x) u`` with ``(I + W) v = 0``,
+    ``z^T D H z = sum_q d_q v_q^2 |Theta^{1/2} P_q u|^2 / N_q > 0`` for some ``u`` as soon as
+    an agent with ``v_q != 0`` has a non-zero kernel block: then no ``s > 0`` is stable.
+    """
+    vals, vecs = np.linalg.eigh(problem.mixing)
+    null = vecs[:, vals <= -1 + 1e-10]
+    weight = np.sum(null**2, axis=1)  # per agent, over the null space of I + W
+    return bool(np.any((weight > 1e-12) & (agent_curvatures(problem) > 0)))
+
+
+def stable_set(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e-9,
+               extra=(), cache: dict | None = None) -> StableSet:
+    """The set of stable (max per-agent) learning rates, found in bounded work.
+
+    * **Theorems** (symmetric ``W``, DGD/GD, and ATC/CTA with ``W >= 0``, one rate for all
+      agents): the set is ``[0, s_c]`` with ``s_c`` the ``-1`` crossing of
+      :func:`_minus_one_crossing`; DGD with ``lambda_min(W) = -1`` is unstable at every
+      rate (:func:`_dgd_unstable_at_every_rate`).  ATC/CTA with indefinite ``W`` or
+      per-agent rates: ``[0, s_c]`` if the radius just below ``s_c`` is <= 1 (verified).
+    * **Otherwise** ``f(s) = rho(A(s)) - 1 - RHO_TOL`` is evaluated on :data:`SCAN_GRID`
+      (x ``1/curv``, plus the rates in ``extra`` and the sufficient bound), every sign
+      change is refined by Brent (``rtol``, at most :data:`BRENT_MAXITER` evaluations),
+      and a stable top rate extends the scan over :data:`SCAN_UP`; stable at ``2^20 /
+      curv`` too: "stable at every rate" if the operator does not depend on the rate
+      (kernel-free), else :class:`StabilityUndecided`.  Windows narrower than the grid
+      spacing (``2^(1/4)`` near the natural scale) can be missed.
+
+    ``cache`` (optional dict) receives ``{s: rho(A(s))}`` for every rate evaluated.
     """
     algo = get_algorithm(algorithm)
     q = problem.num_agents
@@ -377,34 +483,99 @@ def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float =
     w = problem.mixing
     op = StepOperator(problem, algo, profile)
     uniform = np.allclose(profile, 1.0)
+    cache = {} if cache is None else cache
+
+    def rho(s):
+        if s not in cache:
+            cache[s] = op.spectral_radius(s)
+        return cache[s]
+
+    hint = []
     if (algo.name in ("dgd", "atc", "cta", "gd") and graphs.is_symmetric(w)
-            and _is_builtin(algo) and problem.process is None
-            and graphs.lambda_min(w) > -1 + 1e-10):
-        s_c = _minus_one_crossing(problem, algo, profile)
-        proven = uniform and (algo.name in ("dgd", "gd") or graphs.lambda_min(w) >= -1e-12)
-        if proven and np.isfinite(s_c):
-            return s_c, "minus-one-crossing (exact)"
-        if np.isfinite(s_c) and op.spectral_radius(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
-            return s_c, "minus-one-crossing (verified)"
-        # otherwise a complex pair leaves the unit disc first: bracket it
+            and _is_builtin(algo) and problem.process is None):
+        lam = graphs.lambda_min(w)
+        if lam <= -1 + 1e-10 and algo.name == "dgd" and _dgd_unstable_at_every_rate(problem):
+            return StableSet((), "lambda_min(W) = -1 (exact): unstable at every rate")
+        if lam > -1 + 1e-10:
+            s_c = _minus_one_crossing(problem, algo, profile)
+            proven = uniform and (algo.name in ("dgd", "gd") or lam >= -1e-12)
+            if proven:
+                return StableSet(((0.0, s_c),), "minus-one-crossing (exact)")
+            if np.isfinite(s_c) and rho(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
+                return StableSet(((0.0, s_c),), "minus-one-crossing (verified)",
+                                 (s_c * (1 - 1e-7), s_c * (1 - 1e-7)))
+            if np.isfinite(s_c):
+                hint.append(s_c)
+        # otherwise a complex pair leaves the unit disc first: scan
+    kind = "dense" if op.dim <= DENSE_MAX else "arpack"
+    curv = float(np.max(profile * agent_curvatures(problem)))
+    if curv <= 0:  # the kernel sees nothing: A(s) = A(0) at every rate
+        stable = rho(1.0) <= 1 + RHO_TOL
+        return StableSet(((0.0, float("inf")),) if stable else (),
+                         f"kernel-free operator ({kind} spectral radius)")
 
     def f(s):
-        return op.spectral_radius(s) - (1.0 + RHO_TOL)
+        return rho(s) - (1.0 + RHO_TOL)
 
-    lo = sufficient_bound(problem, algo, profile)
-    if not np.isfinite(lo) or f(lo) > 0:
-        lo = 1.0 / np.max(profile * agent_curvatures(problem))
-        while f(lo) > 0 and lo > 1e-12:
-            lo /= 2.0
-    # scan upwards in steps of 25% so that the *first* crossing is bracketed
-    hi = lo * 1.25
-    while f(hi) <= 0:
-        lo, hi = hi, hi * 1.25
-        if hi > 1e6 * lo:
-            return float("inf"), "scan"
-    s_star = scipy.optimize.brentq(f, lo, hi, rtol=rtol, xtol=1e-12 * lo)
-    kind = "dense" if op.dim <= DENSE_MAX else "arpack"
-    return float(s_star), f"brent-{kind}"
+    bound = sufficient_bound(problem, algo, profile)
+    pts = {g / curv for g in SCAN_GRID} | {float(x) for x in hint}
+    pts |= {float(x) for x in np.atleast_1d(extra) if np.isfinite(x) and x > 0}
+    if np.isfinite(bound) and bound > 0:
+        pts.add(float(bound))
+    grid = sorted(pts)
+    signs = [f(s) <= 0 for s in grid]
+    if signs[-1]:  # stable at the top: look further up
+        for g in SCAN_UP:
+            grid.append(g / curv)
+            signs.append(f(grid[-1]) <= 0)
+            if not signs[-1]:
+                break
+        else:
+            if _depends_on_rate(op, grid[-1]):
+                raise StabilityUndecided(
+                    f"stable_set: {algo.name} is stable at every rate tried up to "
+                    f"{grid[-1]:.3g} (2^20 / curv) and its operator depends on the rate: "
+                    "could not decide whether larger rates are stable")
+    intervals, start = [], (0.0 if signs[0] else None)
+    for i in range(1, len(grid)):
+        if signs[i] == signs[i - 1]:
+            continue
+        a, b = grid[i - 1], grid[i]
+        try:
+            edge = scipy.optimize.brentq(f, a, b, rtol=rtol, xtol=1e-15 * a,
+                                         maxiter=BRENT_MAXITER)
+        except RuntimeError as exc:  # no convergence within BRENT_MAXITER
+            raise StabilityUndecided(
+                f"stable_set: could not locate the stability boundary of {algo.name} "
+                f"between rates {a:.6g} and {b:.6g} in {BRENT_MAXITER} evaluations") from exc
+        if signs[i]:
+            start = edge
+        else:
+            intervals.append((start, edge))
+            start = None
+    if start is not None:
+        intervals.append((start, float("inf")))
+    return StableSet(tuple((float(lo), float(hi)) for lo, hi in intervals),
+                     f"brent-{kind}", (grid[0], grid[-1]))
+
+
+def _depends_on_rate(op: StepOperator, s: float) -> bool:
+    """Whether ``A(s) != A(0)`` (on random vectors, to rounding)."""
+    v = np.random.default_rng(1).standard_normal((op.dim, 2))
+    a, b = op.matvec(v, s), op.matvec(v, 0.0)
+    return bool(np.max(np.abs(a - b)) > 1e-12 * max(np.max(np.abs(b)), 1e-300))
+
+
+def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e-9) -> tuple:
+    """Exact largest stable (max per-agent) learning rate ``lr*``, and the method used.
+
+    ``lr*`` is the upper end of the first interval of :func:`stable_set` (0: unstable at
+    every rate; ``inf``: stable at every rate).  Where the set does not start at 0 (it
+    can, e.g. heavy-ball momentum on a non-symmetric ``W``), rates below ``lr*`` need
+    not be stable: :func:`stable_set` gives the whole set.
+    """
+    found = stable_set(problem, algorithm, profile, rtol)
+    return found.lr_star, found.method
 
 
 def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
@@ -413,7 +584,10 @@ def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
     Any schedule: the spectral radius is that of :class:`StepOperator` (the augmented
     operator for schedules with memory, one round for P2PL, per step over a period for
     a periodic mixing sequence, the mean-state operator with ``E[W]`` for random gossip;
-    ``operator`` says which).
+    ``operator`` says which).  ``stable_rates`` is the whole stable set
+    (:func:`stable_set`, which examines ``lr`` itself); ``lr_star`` and ``margin`` refer
+    to the interval holding ``lr`` (the nearest one when ``lr`` is unstable), and the
+    sign of ``margin`` always agrees with ``stable`` (``-inf``: no stable rate).
     """
     from .validation import learning_rates
 
@@ -421,12 +595,18 @@ def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
     lrs = learning_rates(lr, problem.num_agents)
     s = float(np.max(lrs))
     profile = lrs / s
-    lr_star, method = max_stable_lr(problem, algo, profile)
-    rho = spectral_radius(problem, algo, s, profile)
+    cache: dict = {}
+    found = stable_set(problem, algo, profile, extra=(s,), cache=cache)
+    rho = cache[s] if s in cache else spectral_radius(problem, algo, s, profile)
+    stable = bool(rho <= 1 + RHO_TOL)
+    margin, lr_star = found.margin(s)
+    # at a boundary (within the root finder's tolerance) the radius decides: clamp the sign
+    margin = max(margin, 0.0) if stable else min(margin, -0.0)
     return StabilityReport(
         algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star,
-        lr_bound=sufficient_bound(problem, algo, profile), stable=bool(rho <= 1 + RHO_TOL),
-        margin=1.0 - s / lr_star, method=method, operator=_operator_words(problem, algo))
+        lr_bound=sufficient_bound(problem, algo, profile), stable=stable,
+        margin=margin, method=found.method, operator=_operator_words(problem, algo),
+        stable_rates=found.intervals, stable_set=found.describe())
 
 
 def _operator_words(problem: KernelProblem, algo: Algorithm) -> str:

@@ -151,3 +151,52 @@ def test_sufficient_bounds_of_new_schedules_never_exceed_lr_star(topology):
         assert np.isfinite(bound)
         assert bound <= stab.max_stable_lr(problem, algo)[0] * (1 + 1e-8), (topology, algo)
     assert np.isnan(stab.sufficient_bound(prob, "gradient_tracking"))
+
+
+def test_check_recommends_only_rates_inside_the_stable_set():
+    """Issue 16: `check` sweeps fractions of lr*; where the stable set does not start at 0
+    (momentum on the 3-cycle: about [1.85, 6.62]) the rates below it are unstable even when
+    their (short) prediction looks "ok", and with no stable rate nothing is recommended."""
+    from ntkdyn.check import SAFETY, SWEEP_FRACTIONS, _recommend
+
+    prob = make_problem(np.eye(6), np.ones((6, 1)), np.arange(6) % 3,
+                        np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]]))
+    rep = stab.stability(prob, algorithms.momentum(0.9), 0.5)
+    (lo, hi), = rep.stable_rates
+    # smaller rates reach the target sooner in this made-up sweep: the old rule (<= 0.9 lr*)
+    # would pick the smallest, unstable rate
+    sweep = [{"lr": f * rep.lr_star, "status": "ok", "steps_to_target": int(100 * f),
+              "final_test_loss": f} for f in SWEEP_FRACTIONS]
+    best = _recommend(sweep, rep.stable_rates)
+    assert lo / SAFETY <= best["lr"] <= SAFETY * hi
+    assert stab.stability(prob, algorithms.momentum(0.9), best["lr"]).stable
+    assert _recommend(sweep, ()) is None
+
+
+def test_check_with_the_empirical_kernel_judges_with_the_full_kernel():
+    """Issue 12 item 3: with kernel = "empirical" the verdict used the traced kernel, whose
+    lr* exceeds the full kernel's (the one the linearised network follows): 0.810 vs 0.728
+    here at width 64.  The report's lr* is now the full kernel's (rel 1e-8)."""
+    from ntkdyn.check import check
+    from ntkdyn.config import config_from_dict
+    from ntkdyn.experiment import from_config
+    from ntkdyn.pipeline import build_problem
+
+    cfg = config_from_dict({
+        "seed": 1, "data": {"source": "digits", "classes": [0, 1, 2], "n_train": 48,
+                            "n_test": 24},
+        "partition": {"agents": 4}, "topology": {"name": "ring"},
+        "architecture": {"depth": 1, "width": 64},
+        "training": {"algorithm": "dgd", "lr": 0.1, "steps": 100, "record_every": 20},
+        "prediction": {"target_loss": 0.2, "kernel": "empirical"}})
+    exp = from_config(cfg)
+    stars = {}
+    for traced in (True, False):
+        prob = build_problem(exp.arch, exp.parts, exp.mixing, kernel="empirical",
+                             seed=cfg.seed, traced=traced)
+        stars[traced] = stab.max_stable_lr(prob, "dgd")[0]
+    assert stars[True] > 1.05 * stars[False]  # the traced kernel overstates lr*
+    rep = check(cfg)
+    assert rep.kernel_layout == "full" and "full (N K) x (N K)" in rep.caveat
+    assert rep.stability[0].lr_star == pytest.approx(stars[False], rel=1e-8)
+    assert all(s["lr"] < stars[False] for s in rep.sweep)

@@ -128,3 +128,204 @@ def test_complex_pair_leaving_the_disc_is_bracketed():
         eig = np.linalg.eigvals(stab.dense_operator(prob, algorithm, 1.01 * lr_star))
         leaving = eig[np.abs(eig) > 1]
         assert leaving.size and np.all(np.abs(leaving.imag) > 0.1)  # complex, not -1
+
+
+# ------------------------------------------------------------------ issue 16: the stable set
+SWAP = np.array([[0.0, 1.0], [1.0, 0.0]])
+W3 = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]])
+
+
+def _swap_problem():
+    return make_problem(np.eye(4), np.ones((4, 1)), [0, 1, 0, 1], SWAP)
+
+
+def _dense_rho(prob, algorithm, s):
+    op = stab.StepOperator(prob, algorithm)
+    return float(np.max(np.abs(np.linalg.eigvals(op.dense(s)))) ** (1.0 / op.period_steps))
+
+
+def test_dgd_on_the_swap_matrix_is_unstable_at_every_rate_and_returns():
+    """Issue 16, case 1: lambda_min(W) = -1, DGD used to hang (bracket [0, 1.25 * 0])."""
+    prob = _swap_problem()
+    rep = stab.stability(prob, "dgd", 0.1)
+    assert not rep.stable and rep.stable_rates == () and rep.lr_star == 0.0
+    assert rep.margin == -np.inf and "unstable at every rate" in rep.describe()
+    assert stab.max_stable_lr(prob, "dgd")[0] == 0.0
+    for s in (1e-4, 0.1, 1.0, 10.0):  # dense check: every rate leaves through -1
+        assert _dense_rho(prob, "dgd", s) > 1 + 1e-9
+    traj = predict_from_kernels(np.eye(4), np.ones((4, 1)), [0, 1, 0, 1], SWAP, 0.1, [0, 10])
+    assert traj.status == "unstable"
+
+
+def test_gradient_tracking_on_the_swap_matrix_returns_unstable_at_every_rate():
+    """Issue 16, case 2: used to end in scipy's 'f(a) and f(b) must have different signs'."""
+    prob = _swap_problem()
+    for name in ("gradient_tracking", "diging"):
+        rep = stab.stability(prob, name, 0.1)
+        assert not rep.stable and rep.stable_rates == () and rep.lr_star == 0.0
+        assert "unstable at every rate" in rep.describe()
+        for s in (1e-3, 0.1, 1.0, 4.0):
+            assert _dense_rho(prob, name, s) > 1 + 1e-9
+    traj = predict_from_kernels(np.eye(4), np.ones((4, 1)), [0, 1, 0, 1], SWAP, 0.1, [0, 10],
+                                algorithm="gradient_tracking")
+    assert traj.status == "unstable"
+
+
+def test_momentum_on_the_three_cycle_has_a_stable_set_away_from_zero():
+    """Issue 16, case 3: the stable set is about [1.85, 6.62]; at lr 0.5 the report used to
+    say "diverge" beside "margin +92.5%"."""
+    from ntkdyn import algorithms
+
+    prob = make_problem(np.eye(6), np.ones((6, 1)), np.arange(6) % 3, W3)
+    mom = algorithms.momentum(0.9)
+    rep = stab.stability(prob, mom, 0.5)
+    assert not rep.stable and rep.margin < 0
+    ((lo, hi),) = rep.stable_rates
+    assert 1.8 < lo < 1.9 and hi == pytest.approx(6.62296, rel=1e-5)
+    assert rep.lr_star == hi and "unstable at small rates" in rep.describe()
+    for s, inside in ((0.99 * lo, False), (1.01 * lo, True), (0.99 * hi, True),
+                      (1.01 * hi, False), (0.5, False), (1e-3, False)):
+        assert (_dense_rho(prob, mom, s) <= 1 + 1e-9) == inside, s
+    inside = stab.stability(prob, mom, 3.0)
+    assert inside.stable and 0 < inside.margin == pytest.approx(min(1 - 3 / hi, 1 - lo / 3))
+    above = stab.stability(prob, mom, 7.0)
+    assert not above.stable and above.margin == pytest.approx(1 - 7 / hi)
+
+
+def test_kernel_free_operator_is_stable_at_every_rate():
+    prob = make_problem(np.zeros((4, 4)), np.ones((4, 1)), [0, 1, 0, 1],
+                        graphs.mixing(graphs.topology("complete", 2)))
+    rep = stab.stability(prob, "gradient_tracking", 0.3)
+    assert rep.stable and rep.stable_rates == ((0.0, np.inf),) and rep.lr_star == np.inf
+    assert "stable at every rate" in rep.describe()
+
+
+def test_undecided_search_raises_a_clear_error(monkeypatch):
+    """A schedule stable up to 2^20 / curv whose operator depends on the rate: the search
+    stops and says what it could not decide."""
+    prob, *_ = _problem(n=8)
+    monkeypatch.setattr(stab.StepOperator, "spectral_radius", lambda self, s, method="auto": 0.5)
+    with pytest.raises(stab.StabilityUndecided, match="could not decide whether larger"):
+        stab.stable_set(prob, "extra")
+
+
+def _random_mixing(q, seed, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "zero_diagonal_ring":  # even ring without self-loops: lambda_min = -1
+        w = np.zeros((q, q))
+        for i in range(q):
+            w[i, (i + 1) % q] += 0.5
+            w[i, (i - 1) % q] += 0.5
+        return w
+    if kind == "symmetric":
+        g = graphs.topology("erdos_renyi", q, p=0.7, seed=seed)
+        return graphs.mixing(g, rng.choice(["metropolis", "max_degree"]),
+                             lazy=bool(rng.integers(2)))
+    mask = rng.random((q, q)) < 0.6  # non-symmetric row-stochastic, a cycle keeps it connected
+    mask[np.arange(q), (np.arange(q) + 1) % q] = True
+    w = mask * rng.random((q, q))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+@st.composite
+def small_problems(draw):
+    from ntkdyn import algorithms
+
+    q = draw(st.integers(2, 4))
+    m = draw(st.integers(1, 3))  # samples per agent
+    seed = draw(st.integers(0, 10_000))
+    kinds = ["symmetric", "nonsymmetric"] + ["zero_diagonal_ring"] * (q % 2 == 0)
+    kind = draw(st.sampled_from(kinds))
+    rng = np.random.default_rng(seed)
+    n, d = q * m, draw(st.integers(1, 4))
+    x = rng.normal(size=(n, d))
+    kern = x @ x.T / d + draw(st.sampled_from([0.0, 0.1])) * np.eye(n)
+    w = _random_mixing(q, seed, kind)
+    algo = draw(st.sampled_from(["dgd", "atc", "cta", "gradient_tracking", "diging", "extra",
+                                 "momentum"]))
+    if algo == "momentum":
+        algo = algorithms.momentum(draw(st.sampled_from([0.5, 0.9])))
+    prob = make_problem(kern, np.eye(2)[rng.integers(0, 2, n)], np.arange(n) % q, w)
+    return prob, algo
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=small_problems())
+def test_stable_set_matches_the_dense_spectral_radius(case):
+    """Property (issue 16): on random small problems the stable set agrees with the
+    eigenvalues of the dense operator on a fine grid of rates (80 rates, ratio 1.09, over
+    [0.01, 10] / curv): every rate farther than 1e-6 (relative) from a reported end has the
+    verdict of the dense radius (rates where the dense radius is within 1e-7 of 1 are
+    marginal and skipped); every finite end > 0 is a crossing of the dense radius (1e-6
+    either side); the report at a random rate agrees with the dense radius there."""
+    prob, algo = case
+    found = stab.stable_set(prob, algo)
+    op = stab.StepOperator(prob, algo)
+    curv = float(np.max(stab.agent_curvatures(prob)))
+
+    def dense(s):
+        return float(np.max(np.abs(np.linalg.eigvals(op.dense(s)))))
+
+    ends = [e for iv in found.intervals for e in iv if 0 < e < np.inf]
+    for s in np.geomspace(0.01, 10.0, 80) / curv:
+        if any(abs(s - e) <= 1e-6 * e for e in ends):
+            continue
+        rho = dense(s)
+        if abs(rho - 1) < 1e-7:
+            continue
+        assert found.contains(s) == (rho <= 1 + stab.RHO_TOL), (s, rho, found)
+    for lo, hi in found.intervals:
+        if lo > 0:
+            assert dense(lo * (1 - 1e-6)) > 1 + stab.RHO_TOL >= dense(lo * (1 + 1e-6)), (lo, found)
+        if np.isfinite(hi):
+            assert dense(hi * (1 - 1e-6)) <= 1 + stab.RHO_TOL < dense(hi * (1 + 1e-6)), (hi, found)
+    s = 0.37 / curv
+    rep = stab.stability(prob, algo, s)
+    assert rep.stable == (dense(s) <= 1 + stab.RHO_TOL)
+    assert (rep.margin > 0) == rep.stable or rep.margin == 0
+
+
+# ------------------------------------------------------------ issue 12 item 4: non-PSD kernels
+def _with_eigenvalues(vals, seed=0):
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(len(vals), len(vals))))
+    return (basis * vals) @ basis.T
+
+
+@pytest.mark.parametrize("n", [8, 600])  # exact eigenvalues; Lanczos above PSD_DENSE_MAX rows
+def test_indefinite_training_kernel_is_refused_with_its_smallest_eigenvalue(n):
+    """Issue 12: an indefinite kernel used to give status "ok" while the train loss grew
+    from 0.5 to 1e14."""
+    vals = np.linspace(0.5, 2.0, n)
+    vals[0] = -0.3
+    kern = _with_eigenvalues(vals)
+    kern = 0.5 * (kern + kern.T)
+    y, agent, w = np.eye(2)[np.arange(n) % 2], np.arange(n) % 2, SWAP * 0.5 + 0.25
+    with pytest.raises(ValueError, match=r"kernel_train: .*indefinite.*smallest eigenvalue "
+                                         r"-0\.3\d* .*= -0\.15 x the largest"):
+        make_problem(kern, y, agent, w)
+    with pytest.raises(ValueError, match="kernel_train: .*indefinite"):
+        predict_from_kernels(kern, y, agent, w, 0.1, [0, 10])
+
+
+def test_negative_definite_training_kernel_is_refused():
+    kern = -_kernel(n=8)[0]
+    with pytest.raises(ValueError, match="kernel_train: .*a negative definite one"):
+        make_problem(kern, np.ones((8, 1)), np.arange(8) % 2, SWAP * 0.5 + 0.25)
+
+
+def test_psd_tolerance_is_relative_to_the_largest_eigenvalue():
+    """Rank-deficient Gram matrices (rounding ~1e-16 relative) pass, at every scale; a
+    float32 Gram matrix passes with the float32 tolerance (100 eps = 1.2e-5); -1e-6 x the
+    largest is refused in float64."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 3))
+    y, agent, w = np.ones((40, 1)), np.arange(40) % 2, SWAP * 0.5 + 0.25
+    for scale in (1e-6, 1.0, 1e6):
+        make_problem(scale * x @ x.T, y, agent, w)  # rank 3 of 40: accepted
+    x32 = x.astype(np.float32)
+    make_problem(x32 @ x32.T, y, agent, w)
+    vals = np.linspace(0.0, 1.0, 40)
+    vals[0] = -1e-6
+    with pytest.raises(ValueError, match="kernel_train"):
+        make_problem(_with_eigenvalues(vals), y, agent, w)
