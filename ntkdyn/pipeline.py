@@ -14,6 +14,7 @@ never imported by ntkdyn itself).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -173,7 +174,9 @@ def build_problem(
     ----------
     arch : MLP or neural-tangents stax triple
     parts : Partition
-        Training data split across agents (from :func:`ntkdyn.data.partition`).
+        Training data split across agents (from :func:`ntkdyn.data.partition`), in any
+        order; the problem is sorted by agent and its ``order`` maps back to
+        ``parts.dataset``'s order (``train_outputs`` come back in that order).
     mixing : (Q, Q) array or MixingProcess
         Mixing matrix (e.g. ``graphs.mixing(graphs.topology("ring", Q))``), or a
         time-varying / random sequence (:mod:`ntkdyn.gossip`).
@@ -196,6 +199,11 @@ def build_problem(
     f0 = f0 or ("zero" if kernel == "analytic" else "network")
     if f0 not in ("zero", "network"):
         raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
+    # kernels are computed in the agent-sorted layout (no reordering copy of the kernel in
+    # make_problem; the same arrays, hence the same numbers, as before partitions kept the
+    # caller's order); ``order`` maps outputs back to the caller's order
+    user_order = parts.order
+    parts = parts.sorted()
     data = parts.dataset
     n, k = data.y_train.shape
     from .gossip import is_process
@@ -227,10 +235,11 @@ def build_problem(
         f0_train = _apply(arch, params, data.x_train)
         f0_test = _apply(arch, params, data.x_test) if data.num_test else None
     has_test = data.num_test > 0
-    return make_problem(
+    problem = make_problem(
         kt, data.y_train, parts.agent, mixing, f0_train=f0_train,
         kernel_test_train=ktt if has_test else None, y_test=data.y_test if has_test else None,
         f0_test=f0_test if has_test else None)
+    return dataclasses.replace(problem, order=user_order)
 
 
 def predict(
