@@ -35,6 +35,7 @@ VERSION = 1
 def fingerprint(description: dict, parts: Partition, theta0) -> str:
     """SHA-256 of the run's description, its data and its initial parameters."""
     h = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
+    parts = parts.sorted()  # the agent-sorted layout: digests of earlier versions still match
     ds = parts.dataset
     for arr in (ds.x_train, ds.y_train, ds.x_test, ds.y_test, parts.agent,
                 *jax.tree.leaves(theta0)):

@@ -16,14 +16,18 @@ Conventions shared by every loader
 
 Partitions
 ----------
-A :class:`Partition` reorders the training samples so that agent ``q`` holds the block
-``offsets[q]:offsets[q+1]`` (agent 0 first; within an agent, data-set order), the layout in
-which a solver step is one batched matmul. Schemes are described in :func:`partition`.
+A :class:`Partition` keeps the caller's sample order: ``parts.dataset`` is the data set
+passed in and ``parts.agent[i]`` is the agent of ``parts.dataset.x_train[i]``, so a kernel
+computed on ``data.x_train`` lines up with ``parts.agent``. The agent-sorted layout in
+which a solver step is one batched matmul (agent ``q`` holds the block
+``offsets[q]:offsets[q+1]`` of ``order``; within an agent, data-set order) is
+:meth:`Partition.sorted`, used internally. Schemes are described in :func:`partition`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import pickle
 import zlib
@@ -124,9 +128,11 @@ class Dataset:
 class Partition:
     """Training samples of ``dataset`` split across ``num_agents = Q >= 1`` agents.
 
-    ``dataset`` has its training samples reordered so that each agent's are contiguous;
-    ``agent`` ``(N,)`` int64 is non-decreasing, the agent of each training sample; every
-    agent holds at least one sample. ``scheme`` is one of :data:`SCHEMES`.
+    ``agent`` ``(N,)`` int64 is the agent of each training sample *in the order of*
+    ``dataset`` (any order: ``agent[i]`` owns ``dataset.x_train[i]``); every agent holds
+    at least one sample. ``scheme`` is one of :data:`SCHEMES`. ``order`` (a stable
+    argsort of ``agent``) and ``offsets`` describe the agent-sorted layout that
+    :meth:`sorted` returns: agent ``q`` owns ``order[offsets[q]:offsets[q+1]]``.
     """
 
     dataset: Dataset
@@ -148,11 +154,6 @@ class Partition:
             raise ValueError(f"agent has shape {agent.shape}, expected (N,) = ({n},)")
         if agent.min() < 0 or agent.max() >= q:
             raise ValueError(f"agent must lie in [0, {q}), got values {agent.min()}..{agent.max()}")
-        down = np.flatnonzero(np.diff(agent) < 0)
-        if down.size:
-            i = int(down[0])
-            raise ValueError(f"agent must be non-decreasing (samples sorted by agent), but "
-                             f"agent[{i + 1}] = {agent[i + 1]} < agent[{i}] = {agent[i]}")
         empty = np.flatnonzero(np.bincount(agent, minlength=q) == 0)
         if empty.size:
             raise ValueError(f"agent {empty[0]} has an empty shard ({empty.size} of {q} agents "
@@ -165,15 +166,41 @@ class Partition:
 
     @property
     def offsets(self) -> np.ndarray:
-        """``(Q + 1,)`` start of each agent's block; ``offsets[-1] = N``."""
+        """``(Q + 1,)`` start of each agent's block in ``order``; ``offsets[-1] = N``."""
         return np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
 
+    @functools.cached_property
+    def order(self) -> np.ndarray:
+        """``(N,)`` int64: sample indices sorted stably by agent (agent 0's first)."""
+        return np.argsort(self.agent, kind="stable").astype(np.int64)
+
+    @property
+    def is_sorted(self) -> bool:
+        """Whether ``agent`` is non-decreasing (each agent's samples contiguous)."""
+        return bool(np.all(np.diff(self.agent) >= 0))
+
+    def sorted(self) -> Partition:
+        """The same partition with the training samples reordered by agent (``order``):
+        ``agent`` non-decreasing, agent ``q``'s samples at ``offsets[q]:offsets[q+1]``
+        in data-set order. ``self`` if already sorted."""
+        if self.is_sorted:
+            return self
+        cached = self.__dict__.get("_sorted")
+        if cached is None:
+            o, ds = self.order, self.dataset
+            cached = Partition(dataclasses.replace(ds, x_train=ds.x_train[o],
+                                                   y_train=ds.y_train[o],
+                                                   labels_train=ds.labels_train[o]),
+                               self.agent[o], self.num_agents, self.scheme)
+            self.__dict__["_sorted"] = cached
+        return cached
+
     def shard(self, q: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs ``(N_q, d)`` and targets ``(N_q, K)`` of agent ``q``."""
+        """Inputs ``(N_q, d)`` and targets ``(N_q, K)`` of agent ``q`` (data-set order)."""
         if not 0 <= q < self.num_agents:
             raise ValueError(f"agent index q must lie in [0, {self.num_agents}), got {q}")
-        lo, hi = self.offsets[q], self.offsets[q + 1]
-        return self.dataset.x_train[lo:hi], self.dataset.y_train[lo:hi]
+        idx = self.order[self.offsets[q]:self.offsets[q + 1]]
+        return self.dataset.x_train[idx], self.dataset.y_train[idx]
 
     def label_histogram(self) -> np.ndarray:
         """``(Q, K)`` int64: how many samples of each class each agent holds."""
@@ -521,7 +548,8 @@ def partition(data: Dataset, agents: int, scheme: str = "iid", *, alpha: float =
     Returns
     -------
     Partition
-        Training samples sorted stably by agent.
+        ``dataset`` is ``data`` itself (sample order kept) and ``agent[i]`` the agent of
+        ``data.x_train[i]``: a kernel computed on ``data.x_train`` goes with ``agent``.
     """
     if isinstance(agents, bool) or not isinstance(agents, (int, np.integer)) or agents < 1:
         raise ValueError(f"agents must be an integer >= 1, got {agents!r}")
@@ -556,8 +584,4 @@ def partition(data: Dataset, agents: int, scheme: str = "iid", *, alpha: float =
         owner = _as_labels("agent", agent)
         if owner.shape != (n,):
             raise ValueError(f"agent has shape {owner.shape}, expected (N,) = ({n},)")
-    order = np.argsort(owner, kind="stable")
-    reordered = dataclasses.replace(data, x_train=data.x_train[order],
-                                    y_train=data.y_train[order],
-                                    labels_train=data.labels_train[order])
-    return Partition(reordered, owner[order], q, scheme)
+    return Partition(data, owner, q, scheme)

@@ -216,6 +216,7 @@ def validate(
     kernels = _kernels_arg(kernels)
     widths = _widths_arg(widths, cfg)
     exp = from_config(cfg)
+    _ensure_fits(exp, widths, kernels)  # before any training (issue 12, item 5)
     out = None if out is None else Path(out)
     ck_dir = None if out is None else out / "checkpoints"
     if ck_dir is not None and not resume and ck_dir.exists():
@@ -233,6 +234,22 @@ def validate(
         if ck_dir is not None and ck_dir.exists():
             shutil.rmtree(ck_dir)
     return result
+
+
+def _ensure_fits(exp, widths, kernels) -> None:
+    """Refuse (``ProblemTooLargeError``, with what would fit) before training when a
+    prediction of the run would not fit in memory (the largest width's estimate)."""
+    from .pipeline import ensure_prediction_fits
+
+    ds = exp.parts.dataset
+    n, k = ds.y_train.shape
+    for width in sorted(widths, reverse=True)[:1]:
+        arch = build_arch(exp.config, k, width)
+        for kernel in kernels:
+            full = kernel == "empirical" and (n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
+            ensure_prediction_fits(arch, n, ds.num_test, ds.dim, k, exp.parts.num_agents,
+                                   what=f"validate's {kernel}-kernel prediction (width {width})",
+                                   kernel=kernel, traced=not full, f0_network=True)
 
 
 def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> WidthResult:

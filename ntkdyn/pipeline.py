@@ -14,6 +14,7 @@ never imported by ntkdyn itself).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,80 @@ def _kernels(arch, kernel: str, params, x: np.ndarray, xt: np.ndarray, traced: b
     return fn(x), (fn(xt, x) if len(xt) else None)
 
 
+def prediction_estimate(
+    arch: Any,
+    n_train: int,
+    n_test: int,
+    dim: int,
+    outputs: int,
+    agents: int,
+    *,
+    kernel: str = "analytic",
+    traced: bool = True,
+    rates: int = 1,
+    f0_network: bool | None = None,
+    n_params: int | None = None,
+    records: int = 100,
+    record_outputs: bool = False,
+) -> int:
+    """Estimated peak growth of resident memory of :func:`predict` (bytes; see
+    :func:`ntkdyn.memory.prediction_bytes` for what is counted, and which baseline).
+
+    Adds to the solver's phases the building of the kernels on the path ``kernel`` takes:
+    analytic (``3 N^2`` then ``N^2 + 2 M N``), the MLP's Gram-matrix empirical kernel
+    or the generic Jacobian one (result, feature batches, block products; ``n_params``
+    is needed for a neural-tangents triple), and the forward pass giving ``f_0``.
+    """
+    from .kernels.empirical import generic_batch_plan, mlp_batch_plan
+
+    layout_traced = traced or kernel == "analytic"
+    if kernel == "analytic":
+        build = (memory.analytic_build_bytes(n_train, n_train, True),
+                 memory.analytic_build_bytes(n_test, n_train, False) if n_test else 0)
+    else:
+        n_max = max(n_train, n_test)
+        if isinstance(arch, MLP):
+            per, batch = mlp_batch_plan(arch, dim, n_max, layout_traced)
+        else:
+            per, batch = generic_batch_plan(outputs, n_params or 1, n_max, layout_traced)
+        build = (memory.empirical_build_bytes(n_train, n_train, outputs, layout_traced,
+                                              per, batch),
+                 memory.empirical_build_bytes(n_test, n_train, outputs, layout_traced, per,
+                                              batch) if n_test else 0)
+    if f0_network is None:
+        f0_network = kernel == "empirical"
+    if f0_network and isinstance(arch, MLP):  # pre-activations and activations of each layer
+        forward = 8 * 2 * (n_train + n_test) * sum(arch.hidden)
+        build = (build[0] + forward, build[1])
+    return memory.prediction_bytes(n_train, n_test, outputs, agents, traced=layout_traced,
+                                   rates=rates, records=records,
+                                   record_outputs=record_outputs, build=build)
+
+
+def ensure_prediction_fits(arch: Any, n_train: int, n_test: int, dim: int, outputs: int,
+                           agents: int, *, what: str = "a prediction",
+                           limit: int | None = None, **kw) -> int:
+    """Raise :class:`~ntkdyn.memory.ProblemTooLargeError` (naming the largest number of
+    training samples that would fit) when :func:`prediction_estimate` exceeds the memory
+    available; else return the estimate."""
+    need = prediction_estimate(arch, n_train, n_test, dim, outputs, agents, **kw)
+    avail = memory.available_memory_bytes() if limit is None else int(limit)
+    if need <= avail:
+        return need
+    fit = memory.largest_fitting(
+        lambda m: prediction_estimate(arch, m, n_test, dim, outputs, agents, **kw), avail,
+        n_train)
+    layout = "" if kw.get("traced", True) or kw.get("kernel") == "analytic" else \
+        " and a full kernel"
+    hint = (f"at most about {fit} training samples would fit with {n_test} test samples"
+            if fit >= agents else "not even one sample per agent would fit")
+    memory.ensure_fits(
+        need, f"{what} with N={n_train} training and {n_test} test samples, {agents} agents"
+        + layout, hint + "; use fewer training samples (n_train), a traced kernel, or fewer "
+        "rates per sweep", limit=avail)
+    return need  # pragma: no cover - ensure_fits raised
+
+
 def build_problem(
     arch: Any,
     parts: Partition,
@@ -99,7 +174,9 @@ def build_problem(
     ----------
     arch : MLP or neural-tangents stax triple
     parts : Partition
-        Training data split across agents (from :func:`ntkdyn.data.partition`).
+        Training data split across agents (from :func:`ntkdyn.data.partition`), in any
+        order; the problem is sorted by agent and its ``order`` maps back to
+        ``parts.dataset``'s order (``train_outputs`` come back in that order).
     mixing : (Q, Q) array or MixingProcess
         Mixing matrix (e.g. ``graphs.mixing(graphs.topology("ring", Q))``), or a
         time-varying / random sequence (:mod:`ntkdyn.gossip`).
@@ -127,6 +204,11 @@ def build_problem(
     f0 = f0 or ("zero" if kernel == "analytic" else "network")
     if f0 not in ("zero", "network"):
         raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
+    # kernels are computed in the agent-sorted layout (no reordering copy of the kernel in
+    # make_problem; the same arrays, hence the same numbers, as before partitions kept the
+    # caller's order); ``order`` maps outputs back to the caller's order
+    user_order = parts.order
+    parts = parts.sorted()
     data = parts.dataset
     n, k = data.y_train.shape
     from .gossip import is_process
@@ -146,24 +228,23 @@ def build_problem(
         raise ValueError(f"arch.out: the data have K={k} outputs (classes), the MLP has "
                          f"out={arch.out}")
     layout_traced = traced or kernel == "analytic"
-    need = memory.prediction_bytes(n, data.num_test, k, parts.num_agents,
-                                   traced=layout_traced, rates=rates)
-    memory.ensure_fits(
-        need, f"a prediction with N={n} training and {data.num_test} test samples, "
-        f"{parts.num_agents} agents" + ("" if layout_traced else " and a full kernel"),
-        "use fewer training samples (n_train), a traced kernel, or fewer rates per sweep")
     if params is None and (kernel == "empirical" or f0 == "network"):
         params = init_params(arch, data.dim, seed)
+    n_params = None if params is None else sum(int(np.size(a)) for a in jax.tree.leaves(params))
+    ensure_prediction_fits(arch, n, data.num_test, data.dim, k, parts.num_agents,
+                           kernel=kernel, traced=layout_traced, rates=rates,
+                           f0_network=f0 == "network", n_params=n_params)
     kt, ktt = _kernels(arch, kernel, params, data.x_train, data.x_test, layout_traced)
     f0_train = f0_test = None
     if f0 == "network":
         f0_train = _apply(arch, params, data.x_train)
         f0_test = _apply(arch, params, data.x_test) if data.num_test else None
     has_test = data.num_test > 0
-    return make_problem(
+    problem = make_problem(
         kt, data.y_train, parts.agent, mixing, f0_train=f0_train,
         kernel_test_train=ktt if has_test else None, y_test=data.y_test if has_test else None,
         f0_test=f0_test if has_test else None)
+    return dataclasses.replace(problem, order=user_order)
 
 
 def predict(

@@ -51,6 +51,7 @@ from it and gives the same result bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -444,6 +445,10 @@ def train(
     """
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    # agents' shards contiguous (the layout of the padded shards); the same samples in the
+    # same order within each shard as the caller's partition; outputs unsorted at the end
+    user_order = parts.order
+    parts = parts.sorted()
     if model not in MODELS:
         raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
     if dtype not in DTYPES:
@@ -594,7 +599,11 @@ def train(
         meta["phases"] = list(algo.phase_names)
         per = algo.records_per_step
         steps, phase = np.repeat(steps, per), np.tile(np.arange(per), len(steps))
-    return _trajectory(raw, steps, lrs, q, diverged_at, meta, phase)
+    traj = _trajectory(raw, steps, lrs, q, diverged_at, meta, phase)
+    if traj.train_outputs is not None:  # back to the caller's sample order
+        traj = dataclasses.replace(traj, train_outputs=traj.train_outputs[
+            :, :, np.argsort(user_order)])
+    return traj
 
 
 def _trajectory(raw: dict, steps, lrs, q: int, diverged_at, meta: dict,

@@ -122,14 +122,18 @@ def test_iid_partition_balanced_and_contiguous():
     p = partition(d, 5, "iid", seed=1)
     assert p.counts.max() - p.counts.min() <= 1 and p.counts.sum() == 103
     np.testing.assert_array_equal(p.offsets, np.concatenate(([0], np.cumsum(p.counts))))
-    assert np.all(np.diff(p.agent) >= 0) and p.scheme == "iid"
+    assert p.scheme == "iid" and p.dataset is d  # the caller's order is kept (issue 12)
+    s = p.sorted()  # the agent-sorted layout: agent q at offsets[q]:offsets[q+1]
+    assert np.all(np.diff(s.agent) >= 0)
     x2, y2 = p.shard(2)
-    np.testing.assert_array_equal(x2, p.dataset.x_train[p.offsets[2]:p.offsets[3]])
+    np.testing.assert_array_equal(x2, s.dataset.x_train[p.offsets[2]:p.offsets[3]])
+    np.testing.assert_array_equal(x2, d.x_train[p.agent == 2])  # data-set order in a shard
     assert y2.shape == (p.counts[2], 4)
     assert p.label_histogram().shape == (5, 4) and p.label_histogram().sum() == 103
     np.testing.assert_array_equal(p.agent, partition(d, 5, "iid", seed=1).agent)
     np.testing.assert_array_equal(p.dataset.x_test, d.x_test)
-    assert not np.array_equal(p.dataset.x_train, partition(d, 5, seed=2).dataset.x_train)
+    assert not np.array_equal(p.agent, partition(d, 5, seed=2).agent)
+    assert not np.array_equal(s.dataset.x_train, partition(d, 5, seed=2).sorted().dataset.x_train)
 
 
 def test_shards_partition_limits_labels_per_agent():
@@ -158,12 +162,22 @@ def test_dirichlet_gives_up_with_explanation():
         partition(d, 3, "dirichlet", alpha=0.001)
 
 
-def test_given_partition_sorts_stably():
+def test_given_partition_keeps_order_and_sorts_stably():
+    # issue 12 item 6: parts.agent[i] is the agent of data.x_train[i] (it used to line up
+    # with a reordered parts.dataset); the sorted layout is parts.sorted()
     d = _small(6, 2)
-    p = partition(d, 3, "given", agent=np.array([2, 0, 1, 0, 2, 1]))
-    np.testing.assert_array_equal(p.agent, [0, 0, 1, 1, 2, 2])
-    np.testing.assert_array_equal(p.dataset.x_train[:, 0], [1, 3, 2, 5, 0, 4])
-    np.testing.assert_array_equal(p.dataset.labels_train, [1, 1, 0, 1, 0, 0])
+    given = np.array([2, 0, 1, 0, 2, 1])
+    p = partition(d, 3, "given", agent=given)
+    np.testing.assert_array_equal(p.agent, given)
+    assert p.dataset is d and not p.is_sorted
+    np.testing.assert_array_equal(p.order, [1, 3, 2, 5, 0, 4])
+    s = p.sorted()
+    assert s.is_sorted and s.sorted() is s and p.sorted() is s
+    np.testing.assert_array_equal(s.agent, [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(s.dataset.x_train[:, 0], [1, 3, 2, 5, 0, 4])
+    np.testing.assert_array_equal(s.dataset.labels_train, [1, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(p.shard(0)[0][:, 0], [1, 3])
+    np.testing.assert_array_equal(p.label_histogram(), s.label_histogram())
 
 
 @settings(max_examples=40, deadline=None)

@@ -51,7 +51,8 @@ from ..validation import as_float_array
 if TYPE_CHECKING:  # runtime import would be circular (models imports kernels)
     from ..models import MLP
 
-__all__ = ["empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes"]
+__all__ = ["empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes", "mlp_batch_plan",
+           "generic_batch_plan"]
 
 #: Bytes allowed for one batch of Jacobians / per-layer features.
 BATCH_BUDGET_BYTES = 256 * 2**20
@@ -60,6 +61,22 @@ BATCH_BUDGET_BYTES = 256 * 2**20
 def ntk_memory_bytes(n1: int, n2: int, out: int, traced: bool, dtype=np.float64) -> int:
     """Bytes of an empirical NTK: ``n1 n2 (1 if traced else out^2) itemsize``."""
     return int(n1) * int(n2) * (1 if traced else int(out) ** 2) * np.dtype(dtype).itemsize
+
+
+def mlp_batch_plan(model: MLP, in_dim: int, n_max: int, traced: bool,
+                   batch_size: int | None = None) -> tuple[int, int]:
+    """``(bytes per sample of a feature batch, samples per batch)`` of
+    :func:`mlp_empirical_ntk`."""
+    fan_ins = list(model.widths(in_dim)[:-1])
+    per_sample = 8 * (sum(fan_ins) + model.out * sum(fan_ins[1:]))
+    return per_sample, _batch_size(batch_size, per_sample, n_max, model.out, traced)
+
+
+def generic_batch_plan(outputs: int, n_params: int, n_max: int, traced: bool,
+                       batch_size: int | None = None) -> tuple[int, int]:
+    """``(bytes per sample of one Jacobian batch, samples per batch)`` of :func:`empirical_ntk`."""
+    per_sample = 8 * int(outputs) * max(int(n_params), 1)
+    return per_sample, _batch_size(batch_size, per_sample, n_max, int(outputs), traced)
 
 
 # --------------------------------------------------------------------- generic
@@ -112,8 +129,8 @@ def empirical_ntk(
         raise ValueError(f"apply_fn: expected outputs of shape (B, K), got {out.shape} for B = 1")
     k_out = int(out.shape[1])
     n_params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
-    per_sample = 8 * k_out * max(n_params, 1)
-    batch = _batch_size(batch_size, per_sample, max(x1.shape[0], x2s.shape[0]), k_out, traced)
+    _, batch = generic_batch_plan(k_out, n_params, max(x1.shape[0], x2s.shape[0]), traced,
+                                  batch_size)
 
     try:
         hash(apply_fn)
@@ -201,9 +218,8 @@ def mlp_empirical_ntk(
     x1, x2s, symmetric = _check_pair(x1, x2, ndim=2)
     params = _check_mlp_params(model, params, x1.shape[1])
     k_out = model.out
-    fan_ins = [W.shape[0] for W, _ in params]
-    per_sample = 8 * (sum(fan_ins) + k_out * sum(fan_ins[1:]))
-    batch = _batch_size(batch_size, per_sample, max(x1.shape[0], x2s.shape[0]), k_out, traced)
+    _, batch = mlp_batch_plan(model, x1.shape[1], max(x1.shape[0], x2s.shape[0]), traced,
+                              batch_size)
     contract = partial(_mlp_contract, model=model, traced=traced)
     return _assemble(
         lambda xb: _mlp_features(model, params, xb), contract, x1, x2s, symmetric, batch,
