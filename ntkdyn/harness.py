@@ -11,9 +11,11 @@ and, for every width asked for,
    empirical NTK (:func:`ntkdyn.predict`), from the *same* initialisation: the
    prediction starts from the network's own outputs at ``theta_0``
    (``f0 = "network"``) so that only the dynamics are compared;
-4. measures agreement (:mod:`ntkdyn.agreement`) and, with ``out``, writes every
-   trajectory (``.npz``), ``agreement.json`` / ``agreement.txt`` and overlay
-   figures (:mod:`ntkdyn.overlay`); a width sweep adds ``width_sweep.png``.
+4. measures agreement (:mod:`ntkdyn.agreement`: the pointwise relative error
+   ``max_t |pred_t - obs_t| / |obs_t|`` and the error at the horizon) and, with
+   ``out``, writes every trajectory (``.npz``), ``agreement.json`` /
+   ``agreement.txt`` and overlay figures (:mod:`ntkdyn.overlay`); a width sweep
+   adds ``width_sweep.png``.
 
 The empirical kernel is the full one (``(N K) x (N K)``, exact for the
 linearised network) when it takes at most ``FULL_KERNEL_MAX_BYTES``, else the
@@ -50,6 +52,7 @@ from .trajectory import Trajectory
 KERNEL_CHOICES = ("analytic", "empirical")
 FULL_KERNEL_MAX_BYTES = 256 * 2**20
 CHECKPOINT_INTERVAL_S = 30.0  # seconds between checkpoint writes of a training
+HEADLINE_FIGURES = ("mean", "mean_at_horizon", "mean_max_gap_over_max_obs")
 _OUTPUT_PATTERNS = ("observed.npz", "linearised.npz", "predicted_*.npz", "overlay_*.png",
                     "overlay_*.pdf", "agreement.json", "agreement.txt")
 
@@ -65,9 +68,16 @@ class WidthResult:
     agreement: dict[str, dict]
     timings: dict
 
-    def headline(self) -> dict:
-        """``{kernel: {metric: relative error of the network mean}}`` for the nonlinear network."""
-        return {k: {m: self.agreement[f"nonlinear vs {k}"]["metrics"].get(m, {}).get("mean")
+    def headline(self, figure: str = "mean") -> dict:
+        """``{kernel: {metric: error of the network mean}}`` for the nonlinear network.
+
+        ``figure``: ``"mean"`` (default: the pointwise relative error, maximum over the
+        records), ``"mean_at_horizon"`` (at the last common record) or
+        ``"mean_max_gap_over_max_obs"`` (the lenient figure); see :mod:`ntkdyn.agreement`.
+        """
+        if figure not in HEADLINE_FIGURES:
+            raise ValueError(f"figure: expected one of {HEADLINE_FIGURES}, got {figure!r}")
+        return {k: {m: self.agreement[f"nonlinear vs {k}"]["metrics"].get(m, {}).get(figure)
                     for m in agreement.HEADLINE} for k in self.predicted}
 
 
@@ -93,7 +103,9 @@ class ValidationResult:
     def to_dict(self) -> dict:
         return {
             "widths": list(self.widths),
+            "metric": agreement.DEFINITION,
             "runs": {str(r.width): {"agreement": r.agreement, "headline": r.headline(),
+                                    "headline_at_horizon": r.headline("mean_at_horizon"),
                                     "timings": r.timings,
                                     "status": {"observed": r.observed.status,
                                                "observed_diverged_at": r.observed.diverged_at,
@@ -113,6 +125,7 @@ class ValidationResult:
             lines.append(f"width {r.width}: " + agreement.status_line("nonlinear", r.observed)
                          + (", " + agreement.status_line("linearised", r.linearised)
                             if r.linearised is not None else ""))
+            horizon = r.headline("mean_at_horizon")
             for k, errs in r.headline().items():
                 last = r.agreement[f"nonlinear vs {k}"]["last_step_compared"]
                 if last is None:
@@ -122,10 +135,18 @@ class ValidationResult:
                 else:
                     upto = ""
                 lines.append(f"  vs {k} NTK: " + ", ".join(
-                    f"{m} {e:.3g}" for m, e in errs.items() if e is not None) + upto)
+                    f"{m} within {_pct(e)} (at the horizon {_pct(horizon[k][m])})"
+                    for m, e in errs.items() if e is not None) + upto)
+        if self.runs:
+            lines.append("(network mean; max_t |pred - obs| / |obs| over the records, and at "
+                         "the last one)")
         for key, fit in self.sweep.get("slopes", {}).items():
             lines.append(f"slope of {key} against width: {fit:.3f} (theory about -0.5)")
         return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.3g}%"
 
 
 def _describe_run(cfg: Config, options: bool = True) -> str:
@@ -296,15 +317,24 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
 
 
 def _sweep(runs: list[WidthResult], kernels) -> dict:
+    """Headline errors against width and their fitted slopes.
+
+    ``errors``: the pointwise relative error (max over the records) of the network mean,
+    ``errors_at_horizon``: the same at the last common record; ``slopes`` are fitted to
+    ``errors``.
+    """
     widths = [r.width for r in runs]
-    errors, slopes = {}, {}
+    errors, horizon, slopes = {}, {}, {}
     for kernel in kernels:
         for m in agreement.HEADLINE:
             key = f"{m} vs {kernel}"
             errs = [r.headline()[kernel][m] for r in runs]
             errors[key] = [float("nan") if e is None else e for e in errs]
+            errs = [r.headline("mean_at_horizon")[kernel][m] for r in runs]
+            horizon[key] = [float("nan") if e is None else e for e in errs]
             slopes[key] = agreement.fit_slope(widths, errors[key])[0]
-    return {"widths": widths, "errors": errors, "slopes": slopes}
+    return {"widths": widths, "metric": agreement.DEFINITION, "errors": errors,
+            "errors_at_horizon": horizon, "slopes": slopes}
 
 
 # --------------------------------------------------------------------------- output
@@ -328,10 +358,11 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
             header.append(agreement.status_line("linearised network", run.linearised))
         header += [agreement.status_line(f"prediction ({k} NTK)", p)
                    for k, p in run.predicted.items()]
-        header.append("relative trajectory error: max_t |pred - obs| / max_t |obs|")
+        header.append("error: " + agreement.DEFINITION)
         (tmp / "agreement.txt").write_text(agreement.report_text(run.agreement, header))
         (tmp / "agreement.json").write_text(json.dumps(
-            {"width": run.width, "agreement": run.agreement, "headline": run.headline(),
+            {"width": run.width, "metric": agreement.DEFINITION, "agreement": run.agreement,
+             "headline": run.headline(), "headline_at_horizon": run.headline("mean_at_horizon"),
              "timings": run.timings, "status_lines": header[2:-1], **(extra or {})},
             indent=2, default=str))
         base = _describe_run(cfg, options=False) + f", width {run.width}"  # options: notes

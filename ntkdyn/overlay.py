@@ -4,8 +4,10 @@
   with the prediction dashed and the observed trajectory solid (thin coloured
   lines per agent, thick black the network mean); a divergence is written in
   the title and marked by a red vertical line at its step.
-* :func:`width_sweep_figure`: relative trajectory error against width,
-  log-log, with the least-squares slope and the theory's ``-1/2`` for reference.
+* :func:`width_sweep_figure`: pointwise relative error (``max_t |pred_t - obs_t| /
+  |obs_t|``, :mod:`ntkdyn.agreement`) against width, log-log, with the least-squares
+  slope, the error at the horizon (hollow markers) and the theory's ``-1/2`` for
+  reference.
 
 Both write ``<stem>.png`` and ``<stem>.pdf``.
 """
@@ -82,7 +84,7 @@ def overlay_figure(pred: Trajectory, obs: Trajectory, stem: str | Path | None, t
 
 
 def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = ""):
-    """Relative trajectory error of the network mean against width (log-log), with slopes."""
+    """Pointwise relative error of the network mean against width (log-log), with slopes."""
     plt = _pyplot()
     widths = np.asarray(sweep["widths"], float)
     fig, axes = plt.subplots(1, len(HEADLINE), figsize=(11, 4.4), constrained_layout=True)
@@ -94,7 +96,11 @@ def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = "")
             slope, coef = fit_slope(widths, errs)
             colour = colours.get(kernel)
             ax.plot(widths, errs, "o-", color=colour,
-                    label=f"{kernel} NTK (fitted slope {slope:.2f})")
+                    label=f"{kernel} NTK, max over t (fitted slope {slope:.2f})")
+            at_end = sweep.get("errors_at_horizon", {}).get(f"{metric} vs {kernel}")
+            if at_end is not None:
+                ax.plot(widths, np.asarray(at_end, float), "o", mfc="none", color=colour,
+                        label=f"{kernel} NTK, at the horizon")
             if np.isfinite(slope):
                 ax.plot(widths, coef * widths**slope, "--", color=colour, lw=1, alpha=0.7)
         ok = [np.asarray(sweep["errors"][f"{metric} vs {k}"], float) for k in kernels]
@@ -106,7 +112,8 @@ def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = "")
         ax.set_yscale("log")
         ax.set_xticks(widths, [str(int(w)) for w in widths])
         ax.set_xlabel("width")
-        ax.set_ylabel(f"max relative error: {_LABELS.get(metric, metric)}")
+        ax.set_ylabel(r"$\max_t\,|\mathrm{pred}_t-\mathrm{obs}_t|\,/\,|\mathrm{obs}_t|$")
+        ax.set_title(_LABELS.get(metric, metric), fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("Predicted vs observed (nonlinear network) against width"

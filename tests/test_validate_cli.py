@@ -152,3 +152,51 @@ def test_bad_options_exit_2(tmp_path, capsys, extra, needle):
     assert main(["validate", str(_config(tmp_path)), "--out", str(out), "--quiet"] + extra) == 2
     assert needle in capsys.readouterr().err
     assert not (out / "agreement.json").exists()
+
+
+# --------------------------------------------------------------------------- agreement metric
+def _traj(steps, test_loss, param_dist=None, status="ok", diverged_at=None, agents=2):
+    """A Trajectory with the given network-mean test loss (every agent the same)."""
+    steps = np.asarray(steps, float)
+    t = len(steps)
+    col = np.asarray(test_loss, float)[:, None] * np.ones((1, agents))
+    dist = (np.linspace(0.0, 1.0, t) if param_dist is None
+            else np.asarray(param_dist, float))[:, None] * np.ones((1, agents))
+    ones = np.ones((t, agents))
+    return nd.Trajectory(steps=steps, train_loss=col, local_loss=col, objective=col,
+                         train_acc=0.5 * ones, param_dist=dist, consensus_dist=0 * ones,
+                         mean_model_train_loss=col[:, 0], mean_model_train_acc=0.5 * ones[:, 0],
+                         test_loss=col, test_acc=0.5 * ones, status=status,
+                         diverged_at=diverged_at)
+
+
+def test_agreement_is_pointwise_and_reports_the_horizon():
+    """Issue 12 item 1: curves that end 41 % apart (1.333 vs 0.944) read 4 % under the old
+    max|pred-obs|/max|obs| (the initial loss, 10, is the denominator); the headline is now
+    the pointwise error (~41 %) and the error at the horizon is reported."""
+    steps = np.arange(0, 201, 20)
+    decay = (np.exp(-steps / 30) - np.exp(-200 / 30)) / (1 - np.exp(-200 / 30))  # 1 -> 0
+    obs, pred = 0.944 + (10 - 0.944) * decay, 1.333 + (10 - 1.333) * decay
+    comp = nd.agreement.compare(_traj(steps, pred), _traj(steps, obs))
+    m = comp["metrics"]["test_loss"]
+    assert m["mean_max_gap_over_max_obs"] == pytest.approx(0.389 / 10, rel=5e-3)  # 3.9 %
+    assert m["mean_at_horizon"] == pytest.approx(0.389 / 0.944, rel=1e-9)          # 41.2 %
+    assert m["mean"] == pytest.approx(m["mean_at_horizon"])  # worst at the end here
+    assert m["mean_worst_step"] == 200
+    assert m["max_agent"] == pytest.approx(m["mean"]) and m["max_agent_at_horizon"] > 0.41
+    text = nd.agreement.report_text({"nonlinear vs analytic": comp})
+    assert "41.2%" in text and "3.89%" in text and "at horizon" in text
+    assert "max_t |pred_t - obs_t| / max(|obs_t|, floor)" in comp["definition"]
+
+
+def test_agreement_floor_only_where_the_observed_value_is_about_zero():
+    steps = np.arange(5.0)
+    obs = np.array([1.0, 0.5, 0.1, 1e-5, 0.0])
+    pred = np.array([1.0, 0.5, 0.11, 2e-5, 1e-5])
+    m = nd.agreement.compare(_traj(steps, pred), _traj(steps, obs))["metrics"]["test_loss"]
+    assert m["floor"] == pytest.approx(1e-3)       # VALUE_FLOOR x max |obs|
+    assert m["mean"] == pytest.approx(0.1)         # 0.01 / 0.1 at step 2; 1e-5 / 1e-3 below
+    assert m["mean_at_horizon"] == pytest.approx(1e-2)
+    # distances: zero at step 0 in both (0 / floor = 0, not nan)
+    d = nd.agreement.compare(_traj(steps, obs), _traj(steps, obs))["metrics"]["param_dist"]
+    assert d["mean"] == 0.0 and d["floor"] == pytest.approx(1e-6)
