@@ -28,12 +28,25 @@ The lenient figure used before, ``max_t |hat m(t) - m(t)| / max_t |m(t)|``
 is kept as ``max_gap_over_max_obs``: it can read a few per cent where the curves
 end 40 % apart.
 
+Statuses from the trajectory itself (:func:`growth`, :func:`with_growth_status`):
+a loss (train or test; network mean or any agent) that *ends* more than
+``GROWTH_FACTOR`` times above its smallest value over the run (floored at
+``LOSS_FLOOR`` times its first value) and is still growing at the last record, or
+a parameter distance that ends more than ``GROWTH_FACTOR`` times above its value
+at half the run's steps and is still growing, is a blow-up whatever its size.
+Stable dynamics give falling or saturating curves (a loss that falls, a distance
+that grows at most linearly: a factor of about 2 from half the run to its end),
+while an unstable mode grows like ``rho^t``, so these ratios grow with the run
+instead of waiting for a fixed bound (the solver's ``1e8``).
+
 Width dependence: for the nonlinear network the error should fall like
 ``width^(-1/2)`` (DESIGN.md section 6); :func:`fit_slope` fits ``log e``
 against ``log width`` by least squares.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -44,6 +57,10 @@ METRICS = ("train_loss", "test_loss", "train_acc", "test_acc", "local_loss", "ob
 HEADLINE = ("test_loss", "param_dist")
 VALUE_FLOOR = 1e-3
 DIST_FLOOR = 1e-6
+GROWTH_FACTOR = 10.0
+LOSS_FLOOR = 1e-3
+GROWTH_LOSSES = ("train_loss", "test_loss")
+GROWTH_DISTANCES = ("param_dist",)
 DEFINITION = ("pointwise relative error max_t |pred_t - obs_t| / max(|obs_t|, floor); "
               f"floor = {VALUE_FLOOR:g} x max_t |obs| for losses and accuracies, "
               f"{DIST_FLOOR:g} x max_t param_dist for distances; 'at horizon': the same at "
@@ -53,7 +70,7 @@ DEFINITION = ("pointwise relative error max_t |pred_t - obs_t| / max(|obs_t|, fl
 
 def _common_steps(pred: Trajectory, obs: Trajectory) -> tuple[np.ndarray, np.ndarray]:
     """Indices into ``pred`` and ``obs`` of the records both took (same step and, for a
-    schedule recorded after each phase, same phase)."""
+    schedule recorded after each phase, same phase), up to a blow-up either detected."""
     if pred.phase is not None and obs.phase is not None:
         per = int(max(pred.phase.max(initial=0), obs.phase.max(initial=0))) + 1
         kp = np.asarray(pred.steps, float) * per + pred.phase
@@ -61,6 +78,10 @@ def _common_steps(pred: Trajectory, obs: Trajectory) -> tuple[np.ndarray, np.nda
     else:
         kp, ko = np.asarray(pred.steps, float), np.asarray(obs.steps, float)
     common, ip, io = np.intersect1d(kp, ko, return_indices=True)
+    ends = [t.diverged_at for t in (pred, obs) if t.diverged and t.diverged_at is not None]
+    if ends:  # compare up to the blow-up (arrays of a stopped run end there anyway)
+        keep = np.asarray(obs.steps, float)[io] <= min(ends)
+        ip, io = ip[keep], io[keep]
     return ip, io
 
 
@@ -120,7 +141,8 @@ def compare(pred: Trajectory, obs: Trajectory, metrics=METRICS) -> dict:
         (the lenient figure), ``per_agent`` / ``max_agent`` (pointwise, each agent's own
         curves), ``max_agent_at_horizon``, ``max_agent_max_gap_over_max_obs`` and ``floor``
         (of the network mean).  Errors are over the recorded steps both trajectories
-        share (a diverged trajectory ends early, so the comparison stops there).
+        share, up to a blow-up (a diverged trajectory ends early, so the comparison
+        stops there).
     """
     ip, io = _common_steps(pred, obs)
     steps = np.asarray(obs.steps, float)[io]
@@ -160,6 +182,93 @@ def compare(pred: Trajectory, obs: Trajectory, metrics=METRICS) -> dict:
     return out
 
 
+def _loss_blow_up(steps: np.ndarray, x: np.ndarray, factor: float) -> tuple | None:
+    """``(record of the start, base)`` if the loss ``x`` ends above ``factor`` times its
+    smallest earlier value (at least ``LOSS_FLOOR * x[0]``) and is still growing."""
+    if len(x) < 3 or not np.all(np.isfinite(x)):
+        return None
+    low = int(np.argmin(x[:-1]))
+    base = max(float(x[low]), LOSS_FLOOR * abs(float(x[0])), 1e-300)
+    if not (x[-1] > factor * base and x[-1] > x[-2]):
+        return None
+    above = x > factor * base
+    start = len(x) - 1
+    while start - 1 > low and above[start - 1]:
+        start -= 1
+    return start, base
+
+
+def _distance_blow_up(steps: np.ndarray, x: np.ndarray, factor: float) -> tuple | None:
+    """``(record of the start, base)`` if the distance ``x`` ends above ``factor`` times its
+    value at half the steps of the run (a positive one) and is still growing."""
+    if len(x) < 3 or not np.all(np.isfinite(x)):
+        return None
+    half = int(np.searchsorted(steps, steps[-1] / 2.0, side="right")) - 1
+    if half < 0 or half >= len(x) - 1 or not x[half] > 0:
+        return None
+    base = float(x[half])
+    if not (x[-1] > factor * base and x[-1] > x[-2]):
+        return None
+    start = len(x) - 1
+    while start - 1 > half and x[start - 1] > factor * base:
+        start -= 1
+    return start, base
+
+
+def growth(traj: Trajectory, factor: float = GROWTH_FACTOR) -> dict | None:
+    """A blow-up seen in the trajectory itself (module docstring), or ``None``.
+
+    Looks at the train and test losses and ``||theta_q - theta_0||``, of the network mean
+    and of every agent.  Returns ``{"metric", "who", "step" (first record of the final
+    rise above the threshold), "base", "last", "last_step", "words"}`` for the earliest
+    such rise.
+    """
+    steps = np.asarray(traj.steps, float)
+    if traj.phase is not None:  # one record per step: the last phase of each
+        keep = np.r_[steps[1:] != steps[:-1], True]
+        steps = steps[keep]
+    else:
+        keep = slice(None)
+    found = []
+    for names, test, what in ((GROWTH_LOSSES, _loss_blow_up, "its smallest value"),
+                              (GROWTH_DISTANCES, _distance_blow_up,
+                               "its value at half the steps")):
+        for m in names:
+            arr = getattr(traj, m, None)
+            if arr is None:
+                continue
+            arr = np.asarray(arr, float)[keep]
+            for who, x in [("network mean", arr.mean(axis=1))] + \
+                    [(f"agent {q}", arr[:, q]) for q in range(arr.shape[1])]:
+                hit = test(steps, x, factor)
+                if hit is not None:
+                    start, base = hit
+                    found.append({"metric": m, "who": who, "step": int(steps[start]),
+                                  "base": base, "last": float(x[-1]),
+                                  "last_step": int(steps[-1]), "compared_to": what})
+    if not found:
+        return None
+    first = min(found, key=lambda f: (f["step"], f["who"] != "network mean"))
+    first["words"] = (f"{first['metric']} ({first['who']}) grew to {first['last']:.3g} at "
+                      f"step {first['last_step']}, {first['last'] / first['base']:.3g} x "
+                      f"{first['compared_to']} ({first['base']:.3g}), and still growing")
+    return first
+
+
+def with_growth_status(traj: Trajectory, factor: float = GROWTH_FACTOR) -> Trajectory:
+    """``traj`` with ``status = "diverged"`` (``diverged_at``: the step the final rise
+    started) when :func:`growth` sees a blow-up; unchanged otherwise or when already
+    diverged.  The arrays are kept; ``metadata["blow_up"]`` says what grew."""
+    if traj.diverged:
+        return traj
+    hit = growth(traj, factor)
+    if hit is None:
+        return traj
+    meta = dict(traj.metadata, blow_up=hit["words"] + " (detected from the trajectory)",
+                divergence=f"blow-up detected from the trajectory: {hit['words']}")
+    return dataclasses.replace(traj, status="diverged", diverged_at=hit["step"], metadata=meta)
+
+
 def fit_slope(widths, errors) -> tuple[float, float]:
     """Least-squares ``log e = slope * log width + c``; returns ``(slope, exp(c))``.
 
@@ -176,7 +285,8 @@ def fit_slope(widths, errors) -> tuple[float, float]:
 def status_line(name: str, traj: Trajectory) -> str:
     """``"<name>: ok"`` or ``"<name>: diverged at step k"`` (plus the regime note if any)."""
     if traj.status == "diverged":
-        return f"{name}: diverged at step {traj.diverged_at}"
+        how = traj.metadata.get("blow_up")
+        return f"{name}: diverged at step {traj.diverged_at}" + (f" ({how})" if how else "")
     if traj.status == "unstable":
         return f"{name}: unstable (linearised dynamics diverge; not yet blown up by the horizon)"
     return f"{name}: {traj.status}"
@@ -211,6 +321,6 @@ def report_text(comparisons: dict[str, dict], header: list[str] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["METRICS", "HEADLINE", "DEFINITION", "compare", "fit_slope", "floor_for",
+__all__ = ["METRICS", "HEADLINE", "DEFINITION", "compare", "fit_slope", "floor_for", "growth",
            "horizon_error", "max_gap_over_max_obs", "pointwise_error", "pointwise_errors",
-           "report_text", "status_line"]
+           "report_text", "status_line", "with_growth_status"]

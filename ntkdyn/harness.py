@@ -141,7 +141,13 @@ class ValidationResult:
             lines.append("(network mean; max_t |pred - obs| / |obs| over the records, and at "
                          "the last one)")
         for key, fit in self.sweep.get("slopes", {}).items():
-            lines.append(f"slope of {key} against width: {fit:.3f} (theory about -0.5)")
+            used = self.sweep.get("fitted_widths", {}).get(key, self.widths)
+            out = self.sweep.get("left_out", {}).get(key, {})
+            lines.append(f"slope of {key} against width: {fit:.3f} (theory about -0.5; "
+                         f"fitted over widths {', '.join(map(str, used)) or 'none'}"
+                         + ("; fewer than two: no slope" if len(used) < 2 else "") + ")")
+            for w, why in out.items():
+                lines.append(f"  left out: width {w}: {why}")
         return "\n".join(lines)
 
 
@@ -292,28 +298,109 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
         tic = time.perf_counter()
         problem = build_problem(arch, exp.parts, exp.mixing, kernel=kernel, seed=cfg.seed,
                                 params=params, f0="network", traced=not full)
-        # the exact stability check of a full kernel beyond the dense size runs ARPACK inside
-        # a root search (minutes); there the status reports an observed blow-up only
-        blocks = spectrum.state_structure(algo)[1]
-        exact = not full or blocks * exp.parts.num_agents * n * k <= spectrum.DENSE_MAX
         meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
                 "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
                 "kernel_layout": "full" if full else "traced", "width": width,
                 "f0": "network outputs at theta_0"}
-        if not exact:
-            meta["stability"] = ("not computed: full kernel too large for the exact check; "
-                                 "status reflects an observed blow-up only")
         pred = run_problem(problem, algo, [t.lr], steps, progress=progress,
-                           metadata=meta, check_stability=None if exact else False,
-                           samples=samples)[0]
+                           metadata=meta, check_stability=False, samples=samples)[0]
         timings[f"predict_{kernel}_s"] = time.perf_counter() - tic
-        predicted[kernel] = pred
+        tic = time.perf_counter()
+        verdict = stability_verdict(problem, algo, t.lr)
+        timings[f"stability_{kernel}_s"] = time.perf_counter() - tic
+        pred = _with_verdict(pred, verdict)
+        if full and lin is not None:  # the full kernel's dynamics are the linearised network's
+            lin = _with_verdict(lin, verdict, "(from the full empirical kernel, whose "
+                                "dynamics are exactly the linearised network's)")
+        predicted[kernel] = agreement.with_growth_status(pred)
+    observed = agreement.with_growth_status(observed)
+    if lin is not None:
+        lin = agreement.with_growth_status(lin)
     comps = {}
     for kernel, pred in predicted.items():
         comps[f"nonlinear vs {kernel}"] = agreement.compare(pred, observed)
         if lin is not None:
             comps[f"linearised vs {kernel}"] = agreement.compare(pred, lin)
     return WidthResult(width, observed, lin, predicted, comps, timings)
+
+
+def stability_verdict(problem, algo, lr: float) -> dict:
+    """Whether the linearised dynamics of ``problem`` are stable at rate ``lr``, at a cost
+    that scales to full kernels.
+
+    * ``lr`` below the sufficient bound (:func:`ntkdyn.spectrum.sufficient_bound`):
+      stable, proven, nothing else computed;
+    * an operator of at most ``spectrum.DENSE_MAX`` dimensions: the exact report
+      (:func:`ntkdyn.spectrum.stability`: ``lr*`` and the spectral radius);
+    * larger, DGD / GD (ATC / CTA with ``W >= 0``) on a symmetric static ``W``: the exact
+      ``lr*`` (:func:`ntkdyn.spectrum.max_stable_lr`: the ``-1`` crossing, one extreme
+      eigenvalue by ARPACK);
+    * larger, any other schedule: the spectral radius at ``lr`` by ARPACK
+      (:func:`ntkdyn.spectrum.spectral_radius`, one extreme-eigenvalue computation, no
+      root search for ``lr*``).
+
+    Returns ``{"stable" (True, False, or None when the eigensolver failed),
+    "spectral_radius", "lr", "lr_star", "lr_bound", "method", "words"}``.
+    """
+    bound = float(spectrum.sufficient_bound(problem, algo))
+    base = {"lr": float(lr), "lr_bound": bound, "spectral_radius": None, "lr_star": None}
+    if np.isfinite(bound) and lr < bound:
+        return {**base, "stable": True, "method": "sufficient bound",
+                "words": f"stable: lr={lr:g} is below the sufficient bound {bound:.4g}"}
+    dim = spectrum.StepOperator(problem, algo).dim
+    if dim > spectrum.DENSE_MAX and _crossing_is_exact(problem, algo):
+        # DGD (ATC, CTA with W >= 0), symmetric W, one rate: lr* is where the smallest
+        # eigenvalue reaches -1, one extreme eigenvalue by ARPACK (spectrum.max_stable_lr)
+        lr_star, how = spectrum.max_stable_lr(problem, algo)
+        stable = bool(lr < lr_star)
+        return {**base, "stable": stable, "lr_star": float(lr_star),
+                "method": f"{how}, ARPACK on {dim} dimensions",
+                "words": f"linearised dynamics {'converge' if stable else 'diverge'} at "
+                         f"lr={lr:g}: exact largest stable rate lr*={lr_star:.4g} "
+                         f"({how}; margin {1 - lr / lr_star:+.1%})"}
+    if dim <= spectrum.DENSE_MAX:
+        rep = spectrum.stability(problem, algo, lr)
+        return {**base, "stable": bool(rep.stable), "spectral_radius": rep.spectral_radius,
+                "lr_star": rep.lr_star, "method": f"exact ({rep.method})",
+                "words": rep.describe()}
+    try:
+        rho = float(spectrum.spectral_radius(problem, algo, lr))
+    except RuntimeError as exc:  # ARPACK did not converge: say so, do not guess
+        return {**base, "stable": None, "method": "arpack (failed)",
+                "words": f"stability not decided: {exc}"}
+    stable = rho <= 1 + spectrum.RHO_TOL
+    return {**base, "stable": stable, "spectral_radius": rho,
+            "method": f"spectral radius at lr by ARPACK ({dim} dimensions; lr* not computed)",
+            "words": f"linearised dynamics {'converge' if stable else 'diverge'} at lr={lr:g} "
+                     f"(spectral radius {rho:.6f}, ARPACK on {dim} dimensions; lr* not "
+                     "computed: ntkdyn.stability gives it)"}
+
+
+def _crossing_is_exact(problem, algo) -> bool:
+    """Whether :func:`ntkdyn.spectrum.max_stable_lr` is one ``-1`` crossing (a theorem):
+    DGD or GD, or ATC / CTA with positive semi-definite ``W``; symmetric static ``W``."""
+    from . import graphs
+
+    if algo.name not in ("dgd", "gd", "atc", "cta") or algo.options or \
+            problem.process is not None:
+        return False
+    w = problem.mixing
+    if not graphs.is_symmetric(w):
+        return False
+    lam = graphs.lambda_min(w)
+    return lam > -1 + 1e-10 and (algo.name in ("dgd", "gd") or lam >= -1e-12)
+
+
+def _with_verdict(traj: Trajectory, verdict: dict, source: str = "") -> Trajectory:
+    """``traj`` with the stability verdict in its metadata, and ``status = "unstable"``
+    when the dynamics diverge and it has not blown up (yet)."""
+    meta = dict(traj.metadata, stability=dict(verdict, source=source) if source else verdict)
+    status = traj.status
+    if verdict["stable"] is False:
+        meta["divergence"] = verdict["words"] + (f" {source}" if source else "")
+        if not traj.diverged:
+            status = "unstable"
+    return dataclasses.replace(traj, status=status, metadata=meta)
 
 
 def _sweep(runs: list[WidthResult], kernels) -> dict:
@@ -324,17 +411,34 @@ def _sweep(runs: list[WidthResult], kernels) -> dict:
     ``errors``.
     """
     widths = [r.width for r in runs]
-    errors, horizon, slopes = {}, {}, {}
+    errors, horizon, slopes, fitted, left_out = {}, {}, {}, {}, {}
     for kernel in kernels:
+        # a slope means something only over runs where both sides are ok (no blow-up,
+        # stable linearised dynamics); the others are listed with the reason
+        why = {r.width: _not_ok(r, kernel) for r in runs}
+        use = [r.width for r in runs if not why[r.width]]
         for m in agreement.HEADLINE:
             key = f"{m} vs {kernel}"
             errs = [r.headline()[kernel][m] for r in runs]
             errors[key] = [float("nan") if e is None else e for e in errs]
             errs = [r.headline("mean_at_horizon")[kernel][m] for r in runs]
             horizon[key] = [float("nan") if e is None else e for e in errs]
-            slopes[key] = agreement.fit_slope(widths, errors[key])[0]
+            keep = [w in use for w in widths]
+            slopes[key] = agreement.fit_slope(np.asarray(widths)[keep],
+                                              np.asarray(errors[key])[keep])[0]
+            fitted[key] = use
+            left_out[key] = {str(w): why[w] for w in widths if why[w]}
     return {"widths": widths, "metric": agreement.DEFINITION, "errors": errors,
-            "errors_at_horizon": horizon, "slopes": slopes}
+            "errors_at_horizon": horizon, "slopes": slopes, "fitted_widths": fitted,
+            "left_out": left_out}
+
+
+def _not_ok(run: WidthResult, kernel: str) -> str:
+    """Why ``run`` is left out of the slope against ``kernel`` ('' when it is not)."""
+    why = [agreement.status_line(name, traj) for name, traj in
+           (("nonlinear network", run.observed),
+            (f"prediction ({kernel} NTK)", run.predicted[kernel])) if traj.status != "ok"]
+    return "; ".join(why)
 
 
 # --------------------------------------------------------------------------- output

@@ -91,23 +91,44 @@ def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = "")
     kernels = sorted({key.split(" vs ")[1] for key in sweep["errors"]})
     colours = {"analytic": "tab:blue", "empirical": "tab:orange"}
     for ax, metric in zip(np.atleast_1d(axes), HEADLINE, strict=True):
+        notes = []
         for kernel in kernels:
-            errs = np.asarray(sweep["errors"][f"{metric} vs {kernel}"], float)
-            slope, coef = fit_slope(widths, errs)
+            key = f"{metric} vs {kernel}"
+            errs = np.asarray(sweep["errors"][key], float)
+            used = np.isin(widths, sweep.get("fitted_widths", {}).get(key, widths))
+            slope, coef = fit_slope(widths[used], errs[used])
             colour = colours.get(kernel)
-            ax.plot(widths, errs, "o-", color=colour,
+            ax.plot(widths[used], errs[used], "o-", color=colour,
                     label=f"{kernel} NTK, max over t (fitted slope {slope:.2f})")
-            at_end = sweep.get("errors_at_horizon", {}).get(f"{metric} vs {kernel}")
+            at_end = sweep.get("errors_at_horizon", {}).get(key)
             if at_end is not None:
-                ax.plot(widths, np.asarray(at_end, float), "o", mfc="none", color=colour,
-                        label=f"{kernel} NTK, at the horizon")
+                ax.plot(widths[used], np.asarray(at_end, float)[used], "o", mfc="none",
+                        color=colour, label=f"{kernel} NTK, at the horizon")
+            if (~used).any():
+                shown = np.where(np.isfinite(errs) & (errs > 0), errs, np.nan)[~used]
+                ax.plot(widths[~used], shown, "x", color=colour, ms=9, mew=2,
+                        label=f"{kernel} NTK, left out of the fit (status not ok)")
+                notes += [f"{kernel}, width {w}: {why}"
+                          for w, why in sweep.get("left_out", {}).get(key, {}).items()]
             if np.isfinite(slope):
                 ax.plot(widths, coef * widths**slope, "--", color=colour, lw=1, alpha=0.7)
-        ok = [np.asarray(sweep["errors"][f"{metric} vs {k}"], float) for k in kernels]
-        first = np.nanmax([e[0] for e in ok]) if ok else np.nan
-        if np.isfinite(first) and first > 0:
-            ax.plot(widths, first * (widths / widths[0]) ** -0.5, ":", color="0.4",
-                    label="slope -1/2 (theory)")
+        if notes:
+            ax.text(0.01, 0.01, "left out:\n" + "\n".join(
+                    textwrap.shorten(n, 70, placeholder="...") for n in notes),
+                    transform=ax.transAxes, fontsize=6, va="bottom", color="0.3")
+        firsts = []
+        for k in kernels:
+            key = f"{metric} vs {k}"
+            e = np.asarray(sweep["errors"][key], float)
+            used = np.flatnonzero(np.isin(widths, sweep.get("fitted_widths", {}).get(key,
+                                                                                     widths)))
+            if used.size:
+                firsts.append((widths[used[0]], e[used[0]]))
+        if firsts:
+            w0, first = max(firsts, key=lambda p: (-p[0], p[1]))
+            if np.isfinite(first) and first > 0:
+                ax.plot(widths, first * (widths / w0) ** -0.5, ":", color="0.4",
+                        label="slope -1/2 (theory)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(widths, [str(int(w)) for w in widths])
