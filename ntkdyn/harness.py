@@ -162,7 +162,9 @@ def _describe_run(cfg: Config, options: bool = True) -> str:
         extra.append(f"mini-batch {v.batch_size} (prediction is of the mean)")
     if v.independent_init:
         extra.append("independent initialisations (outside the theory)")
-    label = algorithm_of(cfg).label().upper().replace("_", " ")
+    from .overlay import algorithm_title
+
+    label = algorithm_title(algorithm_of(cfg))
     topo = cfg.topology
     if topo.sequence:
         where = "+".join(topo.sequence) + " (periodic)"
@@ -472,13 +474,13 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
         base = _describe_run(cfg, options=False) + f", width {run.width}"  # options: notes
         for k, pred in run.predicted.items():
             overlay_figure(pred, run.observed, tmp / f"overlay_{k}",
-                           f"{base}: {k} NTK (dashed) vs nonlinear network (solid)",
+                           f"{base}: {k} NTK prediction vs nonlinear network",
                            predicted_label=f"{k} NTK prediction",
                            observed_label="nonlinear network")
         if run.linearised is not None:
             k = "empirical" if "empirical" in run.predicted else next(iter(run.predicted))
             overlay_figure(run.predicted[k], run.linearised, tmp / "overlay_linearised",
-                           f"{base}: {k} NTK (dashed) vs linearised network (solid)",
+                           f"{base}: {k} NTK prediction vs linearised network",
                            predicted_label=f"{k} NTK prediction",
                            observed_label="linearised network")
 

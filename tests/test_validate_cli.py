@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -279,3 +280,60 @@ def test_blow_up_is_not_ok_and_left_out_of_the_width_fit(tmp_path):
     assert "64" in report["sweep"]["left_out"][key]
     assert report["runs"]["64"]["status"]["predicted_empirical"] != "ok"
     assert (out / "width_sweep.png").stat().st_size > 20_000
+
+
+# --------------------------------------------------------------------------- overlay figures
+def test_algorithm_titles_are_readable():
+    from ntkdyn import algorithms
+    from ntkdyn.overlay import algorithm_title
+
+    assert algorithm_title(algorithms.p2pl(5, 2)) == "P2PL (5 local steps, 2 combines)"
+    assert algorithm_title(algorithms.p2pl(5, 1)) == "P2PL (5 local steps, 1 combine)"
+    assert algorithm_title(algorithms.momentum(0.5)) == "heavy-ball momentum (beta 0.5, on DGD)"
+    assert algorithm_title(algorithms.get_algorithm("gradient_tracking")) == "gradient tracking"
+    cfg = nd.config.load_config(_config(tmp_path=_tmp_dir(), text=TINY.replace(
+        'algorithm = "atc"', 'algorithm = "p2pl"\nlocal_steps = 5\nconsensus_steps = 2')))
+    from ntkdyn.harness import _describe_run
+
+    assert _describe_run(cfg).startswith("P2PL (5 local steps, 2 combines) on path")
+
+
+def _tmp_dir():
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp())
+
+
+def test_overlay_title_fits_says_which_reference_and_has_no_offset_panels():
+    """Issue 12 (plots): one line per item, not wrapped, inside the figure; the centralised
+    reference says whether it is predicted or observed; on an unstable run no linear panel
+    has an offset (x1e7) and the distance panel goes to a log scale."""
+    from ntkdyn.overlay import overlay_figure
+
+    steps = np.arange(0, 101, 10)
+    grow = np.where(steps <= 40, 16 * np.exp(-steps / 17.4), 1.6 * 1.3 ** (steps - 40.0))
+    pred = _traj(steps, grow, param_dist=np.sqrt(grow) + 1e7 * (steps > 80))
+    obs = _traj(steps, 16 * np.exp(-steps / 20) + 1, param_dist=1 - np.exp(-steps / 30))
+    pred = dataclasses.replace(nd.agreement.with_growth_status(pred),
+                               central_param_dist=np.linspace(0, 1, len(steps)))
+    obs = dataclasses.replace(obs, central_param_dist=np.linspace(0, 0.9, len(steps)))
+    title = ("P2PL (5 local steps, 2 combines) on ring, random gossip (edges, p=0.5, "
+             "sequence 0) (8 agents, iid), lr=0.15, 200 steps, depth 2, float32, width 1024: "
+             "analytic NTK prediction vs nonlinear network")
+    fig = overlay_figure(pred, obs, None, title, predicted_label="analytic NTK prediction",
+                         observed_label="nonlinear network")
+    fig.canvas.draw()
+    sup = fig._suptitle
+    assert sup.get_text().split("\n")[0] == title  # not wrapped
+    box = sup.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert "centralised run (analytic NTK prediction)" in labels
+    assert "centralised run (nonlinear network)" in labels
+    assert "network mean (analytic NTK prediction)" in labels
+    for ax in fig.axes:
+        if ax.has_data():
+            assert ax.yaxis.get_offset_text().get_text() == "", ax.get_ylabel()
+    dist = next(ax for ax in fig.axes if "theta_0" in ax.get_ylabel())
+    assert dist.get_yscale() == "log"
