@@ -52,6 +52,7 @@ from .trajectory import Trajectory
 KERNEL_CHOICES = ("analytic", "empirical")
 FULL_KERNEL_MAX_BYTES = 256 * 2**20
 CHECKPOINT_INTERVAL_S = 30.0  # seconds between checkpoint writes of a training
+ARPACK_MAX_DIM = 10_000  # beyond: no spectral radius for schedules without a crossing
 HEADLINE_FIGURES = ("mean", "mean_at_horizon", "mean_max_gap_over_max_obs")
 _OUTPUT_PATTERNS = ("observed.npz", "linearised.npz", "predicted_*.npz", "overlay_*.png",
                     "overlay_*.pdf", "agreement.json", "agreement.txt")
@@ -339,11 +340,16 @@ def stability_verdict(problem, algo, lr: float) -> dict:
       eigenvalue by ARPACK);
     * larger, any other schedule: the spectral radius at ``lr`` by ARPACK
       (:func:`ntkdyn.spectrum.spectral_radius`, one extreme-eigenvalue computation, no
-      root search for ``lr*``).
+      root search for ``lr*``) up to ``ARPACK_MAX_DIM`` dimensions; beyond, not
+      computed (``stable: None``; the status then comes from the trajectory, see
+      :func:`ntkdyn.agreement.growth`).
 
     Returns ``{"stable" (True, False, or None when the eigensolver failed),
     "spectral_radius", "lr", "lr_star", "lr_bound", "method", "words"}``.
     """
+    from .algorithms import get_algorithm
+
+    algo = get_algorithm(algo)
     bound = float(spectrum.sufficient_bound(problem, algo))
     base = {"lr": float(lr), "lr_bound": bound, "spectral_radius": None, "lr_star": None}
     if np.isfinite(bound) and lr < bound:
@@ -365,6 +371,13 @@ def stability_verdict(problem, algo, lr: float) -> dict:
         return {**base, "stable": bool(rep.stable), "spectral_radius": rep.spectral_radius,
                 "lr_star": rep.lr_star, "method": f"exact ({rep.method})",
                 "words": rep.describe()}
+    if dim > ARPACK_MAX_DIM:
+        return {**base, "stable": None, "method": "not computed",
+                "words": f"stability not computed: no closed-form bound or -1 crossing for "
+                         f"this schedule and the operator has {dim} dimensions (> "
+                         f"{ARPACK_MAX_DIM}: one ARPACK spectral radius took over 6 minutes "
+                         "at 25,600); the status comes from the trajectory only; "
+                         "ntkdyn.stability(problem, algorithm, lr) computes it"}
     try:
         rho = float(spectrum.spectral_radius(problem, algo, lr))
     except RuntimeError as exc:  # ARPACK did not converge: say so, do not guess

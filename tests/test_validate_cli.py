@@ -337,3 +337,28 @@ def test_overlay_title_fits_says_which_reference_and_has_no_offset_panels():
             assert ax.yaxis.get_offset_text().get_text() == "", ax.get_ylabel()
     dist = next(ax for ax in fig.axes if "theta_0" in ax.get_ylabel())
     assert dist.get_yscale() == "log"
+
+
+def test_stability_verdict_paths(monkeypatch):
+    """The harness's verdict: exact (dense) where it fits, the ARPACK spectral radius up to
+    ARPACK_MAX_DIM for schedules without a crossing, and an explicit "not computed"
+    (stable None; the status then comes from the trajectory) beyond."""
+    from test_spectrum import _problem
+
+    import ntkdyn.harness as harness
+    from ntkdyn import algorithms
+
+    prob = _problem("ring", n=24)[0]
+    lr_star, _ = nd.spectrum.max_stable_lr(prob, algorithms.EXTRA)
+    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    assert v["stable"] is False and v["lr_star"] == pytest.approx(lr_star)
+    monkeypatch.setattr(nd.spectrum, "DENSE_MAX", 0)  # force the large-operator paths
+    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    assert v["stable"] is False and "ARPACK" in v["method"]
+    v = harness.stability_verdict(prob, "dgd", 1.02 * nd.spectrum.max_stable_lr(prob, "dgd")[0])
+    assert v["stable"] is False and "crossing" in v["method"]
+    monkeypatch.setattr(harness, "ARPACK_MAX_DIM", 0)
+    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    assert v["stable"] is None and "not computed" in v["words"]
+    traj = harness._with_verdict(_traj(np.arange(3.0), [3.0, 2.0, 1.0]), v)
+    assert traj.status == "ok" and traj.metadata["stability"]["stable"] is None
