@@ -11,9 +11,11 @@ and, for every width asked for,
    empirical NTK (:func:`ntkdyn.predict`), from the *same* initialisation: the
    prediction starts from the network's own outputs at ``theta_0``
    (``f0 = "network"``) so that only the dynamics are compared;
-4. measures agreement (:mod:`ntkdyn.agreement`) and, with ``out``, writes every
-   trajectory (``.npz``), ``agreement.json`` / ``agreement.txt`` and overlay
-   figures (:mod:`ntkdyn.overlay`); a width sweep adds ``width_sweep.png``.
+4. measures agreement (:mod:`ntkdyn.agreement`: the pointwise relative error
+   ``max_t |pred_t - obs_t| / |obs_t|`` and the error at the horizon) and, with
+   ``out``, writes every trajectory (``.npz``), ``agreement.json`` /
+   ``agreement.txt`` and overlay figures (:mod:`ntkdyn.overlay`); a width sweep
+   adds ``width_sweep.png``.
 
 The empirical kernel is the full one (``(N K) x (N K)``, exact for the
 linearised network) when it takes at most ``FULL_KERNEL_MAX_BYTES``, else the
@@ -50,6 +52,8 @@ from .trajectory import Trajectory
 KERNEL_CHOICES = ("analytic", "empirical")
 FULL_KERNEL_MAX_BYTES = 256 * 2**20
 CHECKPOINT_INTERVAL_S = 30.0  # seconds between checkpoint writes of a training
+ARPACK_MAX_DIM = 10_000  # beyond: no spectral radius for schedules without a crossing
+HEADLINE_FIGURES = ("mean", "mean_at_horizon", "mean_max_gap_over_max_obs")
 _OUTPUT_PATTERNS = ("observed.npz", "linearised.npz", "predicted_*.npz", "overlay_*.png",
                     "overlay_*.pdf", "agreement.json", "agreement.txt")
 
@@ -65,9 +69,16 @@ class WidthResult:
     agreement: dict[str, dict]
     timings: dict
 
-    def headline(self) -> dict:
-        """``{kernel: {metric: relative error of the network mean}}`` for the nonlinear network."""
-        return {k: {m: self.agreement[f"nonlinear vs {k}"]["metrics"].get(m, {}).get("mean")
+    def headline(self, figure: str = "mean") -> dict:
+        """``{kernel: {metric: error of the network mean}}`` for the nonlinear network.
+
+        ``figure``: ``"mean"`` (default: the pointwise relative error, maximum over the
+        records), ``"mean_at_horizon"`` (at the last common record) or
+        ``"mean_max_gap_over_max_obs"`` (the lenient figure); see :mod:`ntkdyn.agreement`.
+        """
+        if figure not in HEADLINE_FIGURES:
+            raise ValueError(f"figure: expected one of {HEADLINE_FIGURES}, got {figure!r}")
+        return {k: {m: self.agreement[f"nonlinear vs {k}"]["metrics"].get(m, {}).get(figure)
                     for m in agreement.HEADLINE} for k in self.predicted}
 
 
@@ -93,7 +104,9 @@ class ValidationResult:
     def to_dict(self) -> dict:
         return {
             "widths": list(self.widths),
+            "metric": agreement.DEFINITION,
             "runs": {str(r.width): {"agreement": r.agreement, "headline": r.headline(),
+                                    "headline_at_horizon": r.headline("mean_at_horizon"),
                                     "timings": r.timings,
                                     "status": {"observed": r.observed.status,
                                                "observed_diverged_at": r.observed.diverged_at,
@@ -113,6 +126,7 @@ class ValidationResult:
             lines.append(f"width {r.width}: " + agreement.status_line("nonlinear", r.observed)
                          + (", " + agreement.status_line("linearised", r.linearised)
                             if r.linearised is not None else ""))
+            horizon = r.headline("mean_at_horizon")
             for k, errs in r.headline().items():
                 last = r.agreement[f"nonlinear vs {k}"]["last_step_compared"]
                 if last is None:
@@ -122,10 +136,24 @@ class ValidationResult:
                 else:
                     upto = ""
                 lines.append(f"  vs {k} NTK: " + ", ".join(
-                    f"{m} {e:.3g}" for m, e in errs.items() if e is not None) + upto)
+                    f"{m} within {_pct(e)} (at the horizon {_pct(horizon[k][m])})"
+                    for m, e in errs.items() if e is not None) + upto)
+        if self.runs:
+            lines.append("(network mean; max_t |pred - obs| / |obs| over the records, and at "
+                         "the last one)")
         for key, fit in self.sweep.get("slopes", {}).items():
-            lines.append(f"slope of {key} against width: {fit:.3f} (theory about -0.5)")
+            used = self.sweep.get("fitted_widths", {}).get(key, self.widths)
+            out = self.sweep.get("left_out", {}).get(key, {})
+            lines.append(f"slope of {key} against width: {fit:.3f} (theory about -0.5; "
+                         f"fitted over widths {', '.join(map(str, used)) or 'none'}"
+                         + ("; fewer than two: no slope" if len(used) < 2 else "") + ")")
+            for w, why in out.items():
+                lines.append(f"  left out: width {w}: {why}")
         return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.3g}%"
 
 
 def _describe_run(cfg: Config, options: bool = True) -> str:
@@ -135,7 +163,9 @@ def _describe_run(cfg: Config, options: bool = True) -> str:
         extra.append(f"mini-batch {v.batch_size} (prediction is of the mean)")
     if v.independent_init:
         extra.append("independent initialisations (outside the theory)")
-    label = algorithm_of(cfg).label().upper().replace("_", " ")
+    from .overlay import algorithm_title
+
+    label = algorithm_title(algorithm_of(cfg))
     topo = cfg.topology
     if topo.sequence:
         where = "+".join(topo.sequence) + " (periodic)"
@@ -288,22 +318,24 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
         tic = time.perf_counter()
         problem = build_problem(arch, exp.parts, exp.mixing, kernel=kernel, seed=cfg.seed,
                                 params=params, f0="network", traced=not full)
-        # the exact stability check of a full kernel beyond the dense size runs ARPACK inside
-        # a root search (minutes); there the status reports an observed blow-up only
-        blocks = spectrum.state_structure(algo)[1]
-        exact = not full or blocks * exp.parts.num_agents * n * k <= spectrum.DENSE_MAX
         meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
                 "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
                 "kernel_layout": "full" if full else "traced", "width": width,
                 "f0": "network outputs at theta_0"}
-        if not exact:
-            meta["stability"] = ("not computed: full kernel too large for the exact check; "
-                                 "status reflects an observed blow-up only")
         pred = run_problem(problem, algo, [t.lr], steps, progress=progress,
-                           metadata=meta, check_stability=None if exact else False,
-                           samples=samples)[0]
+                           metadata=meta, check_stability=False, samples=samples)[0]
         timings[f"predict_{kernel}_s"] = time.perf_counter() - tic
-        predicted[kernel] = pred
+        tic = time.perf_counter()
+        verdict = stability_verdict(problem, algo, t.lr)
+        timings[f"stability_{kernel}_s"] = time.perf_counter() - tic
+        pred = _with_verdict(pred, verdict)
+        if full and lin is not None:  # the full kernel's dynamics are the linearised network's
+            lin = _with_verdict(lin, verdict, "(from the full empirical kernel, whose "
+                                "dynamics are exactly the linearised network's)")
+        predicted[kernel] = agreement.with_growth_status(pred)
+    observed = agreement.with_growth_status(observed)
+    if lin is not None:
+        lin = agreement.with_growth_status(lin)
     comps = {}
     for kernel, pred in predicted.items():
         comps[f"nonlinear vs {kernel}"] = agreement.compare(pred, observed)
@@ -312,16 +344,133 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
     return WidthResult(width, observed, lin, predicted, comps, timings)
 
 
+def stability_verdict(problem, algo, lr: float) -> dict:
+    """Whether the linearised dynamics of ``problem`` are stable at rate ``lr``, at a cost
+    that scales to full kernels.
+
+    * ``lr`` below the sufficient bound (:func:`ntkdyn.spectrum.sufficient_bound`):
+      stable, proven, nothing else computed;
+    * an operator of at most ``spectrum.DENSE_MAX`` dimensions: the exact report
+      (:func:`ntkdyn.spectrum.stability`: ``lr*`` and the spectral radius);
+    * larger, DGD / GD (ATC / CTA with ``W >= 0``) on a symmetric static ``W``: the exact
+      ``lr*`` (:func:`ntkdyn.spectrum.max_stable_lr`: the ``-1`` crossing, one extreme
+      eigenvalue by ARPACK);
+    * larger, any other schedule: the spectral radius at ``lr`` by ARPACK
+      (:func:`ntkdyn.spectrum.spectral_radius`, one extreme-eigenvalue computation, no
+      root search for ``lr*``) up to ``ARPACK_MAX_DIM`` dimensions; beyond, not
+      computed (``stable: None``; the status then comes from the trajectory, see
+      :func:`ntkdyn.agreement.growth`).
+
+    Returns ``{"stable" (True, False, or None when the eigensolver failed),
+    "spectral_radius", "lr", "lr_star", "lr_bound", "method", "words"}``.
+    """
+    from .algorithms import get_algorithm
+
+    algo = get_algorithm(algo)
+    bound = float(spectrum.sufficient_bound(problem, algo))
+    base = {"lr": float(lr), "lr_bound": bound, "spectral_radius": None, "lr_star": None}
+    if np.isfinite(bound) and lr < bound:
+        return {**base, "stable": True, "method": "sufficient bound",
+                "words": f"stable: lr={lr:g} is below the sufficient bound {bound:.4g}"}
+    dim = spectrum.StepOperator(problem, algo).dim
+    if dim > spectrum.DENSE_MAX and _crossing_is_exact(problem, algo):
+        # DGD (ATC, CTA with W >= 0), symmetric W, one rate: lr* is where the smallest
+        # eigenvalue reaches -1, one extreme eigenvalue by ARPACK (spectrum.max_stable_lr)
+        lr_star, how = spectrum.max_stable_lr(problem, algo)
+        stable = bool(lr < lr_star)
+        return {**base, "stable": stable, "lr_star": float(lr_star),
+                "method": f"{how}, ARPACK on {dim} dimensions",
+                "words": f"linearised dynamics {'converge' if stable else 'diverge'} at "
+                         f"lr={lr:g}: exact largest stable rate lr*={lr_star:.4g} "
+                         f"({how}; margin {1 - lr / lr_star:+.1%})"}
+    if dim <= spectrum.DENSE_MAX:
+        rep = spectrum.stability(problem, algo, lr)
+        return {**base, "stable": bool(rep.stable), "spectral_radius": rep.spectral_radius,
+                "lr_star": rep.lr_star, "method": f"exact ({rep.method})",
+                "words": rep.describe()}
+    if dim > ARPACK_MAX_DIM:
+        return {**base, "stable": None, "method": "not computed",
+                "words": f"stability not computed: no closed-form bound or -1 crossing for "
+                         f"this schedule and the operator has {dim} dimensions (> "
+                         f"{ARPACK_MAX_DIM}: one ARPACK spectral radius took over 6 minutes "
+                         "at 25,600); the status comes from the trajectory only; "
+                         "ntkdyn.stability(problem, algorithm, lr) computes it"}
+    try:
+        rho = float(spectrum.spectral_radius(problem, algo, lr))
+    except RuntimeError as exc:  # ARPACK did not converge: say so, do not guess
+        return {**base, "stable": None, "method": "arpack (failed)",
+                "words": f"stability not decided: {exc}"}
+    stable = rho <= 1 + spectrum.RHO_TOL
+    return {**base, "stable": stable, "spectral_radius": rho,
+            "method": f"spectral radius at lr by ARPACK ({dim} dimensions; lr* not computed)",
+            "words": f"linearised dynamics {'converge' if stable else 'diverge'} at lr={lr:g} "
+                     f"(spectral radius {rho:.6f}, ARPACK on {dim} dimensions; lr* not "
+                     "computed: ntkdyn.stability gives it)"}
+
+
+def _crossing_is_exact(problem, algo) -> bool:
+    """Whether :func:`ntkdyn.spectrum.max_stable_lr` is one ``-1`` crossing (a theorem):
+    DGD or GD, or ATC / CTA with positive semi-definite ``W``; symmetric static ``W``."""
+    from . import graphs
+
+    if algo.name not in ("dgd", "gd", "atc", "cta") or algo.options or \
+            problem.process is not None:
+        return False
+    w = problem.mixing
+    if not graphs.is_symmetric(w):
+        return False
+    lam = graphs.lambda_min(w)
+    return lam > -1 + 1e-10 and (algo.name in ("dgd", "gd") or lam >= -1e-12)
+
+
+def _with_verdict(traj: Trajectory, verdict: dict, source: str = "") -> Trajectory:
+    """``traj`` with the stability verdict in its metadata, and ``status = "unstable"``
+    when the dynamics diverge and it has not blown up (yet)."""
+    meta = dict(traj.metadata, stability=dict(verdict, source=source) if source else verdict)
+    status = traj.status
+    if verdict["stable"] is False:
+        meta["divergence"] = verdict["words"] + (f" {source}" if source else "")
+        if not traj.diverged:
+            status = "unstable"
+    return dataclasses.replace(traj, status=status, metadata=meta)
+
+
 def _sweep(runs: list[WidthResult], kernels) -> dict:
+    """Headline errors against width and their fitted slopes.
+
+    ``errors``: the pointwise relative error (max over the records) of the network mean,
+    ``errors_at_horizon``: the same at the last common record; ``slopes`` are fitted to
+    ``errors``.
+    """
     widths = [r.width for r in runs]
-    errors, slopes = {}, {}
+    errors, horizon, slopes, fitted, left_out = {}, {}, {}, {}, {}
     for kernel in kernels:
+        # a slope means something only over runs where both sides are ok (no blow-up,
+        # stable linearised dynamics); the others are listed with the reason
+        why = {r.width: _not_ok(r, kernel) for r in runs}
+        use = [r.width for r in runs if not why[r.width]]
         for m in agreement.HEADLINE:
             key = f"{m} vs {kernel}"
             errs = [r.headline()[kernel][m] for r in runs]
             errors[key] = [float("nan") if e is None else e for e in errs]
-            slopes[key] = agreement.fit_slope(widths, errors[key])[0]
-    return {"widths": widths, "errors": errors, "slopes": slopes}
+            errs = [r.headline("mean_at_horizon")[kernel][m] for r in runs]
+            horizon[key] = [float("nan") if e is None else e for e in errs]
+            keep = [w in use for w in widths]
+            slopes[key] = agreement.fit_slope(np.asarray(widths)[keep],
+                                              np.asarray(errors[key])[keep])[0]
+            fitted[key] = use
+            left_out[key] = {str(w): why[w] for w in widths if why[w]}
+    return {"widths": widths, "metric": agreement.DEFINITION, "errors": errors,
+            "errors_at_horizon": horizon, "slopes": slopes, "fitted_widths": fitted,
+            "left_out": left_out}
+
+
+def _not_ok(run: WidthResult, kernel: str) -> str:
+    """Why ``run`` is left out of the slope against ``kernel`` ('' when it is not)."""
+    why = [agreement.status_line(name, traj) for name, traj in
+           (("nonlinear network", run.observed),
+            (f"prediction ({kernel} NTK)", run.predicted[kernel])) if traj.status != "ok"]
+    return "; ".join(why)
 
 
 # --------------------------------------------------------------------------- output
@@ -345,22 +494,23 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
             header.append(agreement.status_line("linearised network", run.linearised))
         header += [agreement.status_line(f"prediction ({k} NTK)", p)
                    for k, p in run.predicted.items()]
-        header.append("relative trajectory error: max_t |pred - obs| / max_t |obs|")
+        header.append("error: " + agreement.DEFINITION)
         (tmp / "agreement.txt").write_text(agreement.report_text(run.agreement, header))
         (tmp / "agreement.json").write_text(json.dumps(
-            {"width": run.width, "agreement": run.agreement, "headline": run.headline(),
+            {"width": run.width, "metric": agreement.DEFINITION, "agreement": run.agreement,
+             "headline": run.headline(), "headline_at_horizon": run.headline("mean_at_horizon"),
              "timings": run.timings, "status_lines": header[2:-1], **(extra or {})},
             indent=2, default=str))
         base = _describe_run(cfg, options=False) + f", width {run.width}"  # options: notes
         for k, pred in run.predicted.items():
             overlay_figure(pred, run.observed, tmp / f"overlay_{k}",
-                           f"{base}: {k} NTK (dashed) vs nonlinear network (solid)",
+                           f"{base}: {k} NTK prediction vs nonlinear network",
                            predicted_label=f"{k} NTK prediction",
                            observed_label="nonlinear network")
         if run.linearised is not None:
             k = "empirical" if "empirical" in run.predicted else next(iter(run.predicted))
             overlay_figure(run.predicted[k], run.linearised, tmp / "overlay_linearised",
-                           f"{base}: {k} NTK (dashed) vs linearised network (solid)",
+                           f"{base}: {k} NTK prediction vs linearised network",
                            predicted_label=f"{k} NTK prediction",
                            observed_label="linearised network")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -151,3 +152,212 @@ def test_bad_options_exit_2(tmp_path, capsys, extra, needle):
     assert main(["validate", str(_config(tmp_path)), "--out", str(out), "--quiet"] + extra) == 2
     assert needle in capsys.readouterr().err
     assert not (out / "agreement.json").exists()
+
+
+# --------------------------------------------------------------------------- agreement metric
+def _traj(steps, test_loss, param_dist=None, status="ok", diverged_at=None, agents=2):
+    """A Trajectory with the given network-mean test loss (every agent the same)."""
+    steps = np.asarray(steps, float)
+    t = len(steps)
+    col = np.asarray(test_loss, float)[:, None] * np.ones((1, agents))
+    dist = (np.linspace(0.0, 1.0, t) if param_dist is None
+            else np.asarray(param_dist, float))[:, None] * np.ones((1, agents))
+    ones = np.ones((t, agents))
+    return nd.Trajectory(steps=steps, train_loss=col, local_loss=col, objective=col,
+                         train_acc=0.5 * ones, param_dist=dist, consensus_dist=0 * ones,
+                         mean_model_train_loss=col[:, 0], mean_model_train_acc=0.5 * ones[:, 0],
+                         test_loss=col, test_acc=0.5 * ones, status=status,
+                         diverged_at=diverged_at)
+
+
+def test_agreement_is_pointwise_and_reports_the_horizon():
+    """Issue 12 item 1: curves that end 41 % apart (1.333 vs 0.944) read 4 % under the old
+    max|pred-obs|/max|obs| (the initial loss, 10, is the denominator); the headline is now
+    the pointwise error (~41 %) and the error at the horizon is reported."""
+    steps = np.arange(0, 201, 20)
+    decay = (np.exp(-steps / 30) - np.exp(-200 / 30)) / (1 - np.exp(-200 / 30))  # 1 -> 0
+    obs, pred = 0.944 + (10 - 0.944) * decay, 1.333 + (10 - 1.333) * decay
+    comp = nd.agreement.compare(_traj(steps, pred), _traj(steps, obs))
+    m = comp["metrics"]["test_loss"]
+    assert m["mean_max_gap_over_max_obs"] == pytest.approx(0.389 / 10, rel=5e-3)  # 3.9 %
+    assert m["mean_at_horizon"] == pytest.approx(0.389 / 0.944, rel=1e-9)          # 41.2 %
+    assert m["mean"] == pytest.approx(m["mean_at_horizon"])  # worst at the end here
+    assert m["mean_worst_step"] == 200
+    assert m["max_agent"] == pytest.approx(m["mean"]) and m["max_agent_at_horizon"] > 0.41
+    text = nd.agreement.report_text({"nonlinear vs analytic": comp})
+    assert "41.2%" in text and "3.89%" in text and "at horizon" in text
+    assert "max_t |pred_t - obs_t| / max(|obs_t|, floor)" in comp["definition"]
+
+
+def test_agreement_floor_only_where_the_observed_value_is_about_zero():
+    steps = np.arange(5.0)
+    obs = np.array([1.0, 0.5, 0.1, 1e-5, 0.0])
+    pred = np.array([1.0, 0.5, 0.11, 2e-5, 1e-5])
+    m = nd.agreement.compare(_traj(steps, pred), _traj(steps, obs))["metrics"]["test_loss"]
+    assert m["floor"] == pytest.approx(1e-3)       # VALUE_FLOOR x max |obs|
+    assert m["mean"] == pytest.approx(0.1)         # 0.01 / 0.1 at step 2; 1e-5 / 1e-3 below
+    assert m["mean_at_horizon"] == pytest.approx(1e-2)
+    # distances: zero at step 0 in both (0 / floor = 0, not nan)
+    d = nd.agreement.compare(_traj(steps, obs), _traj(steps, obs))["metrics"]["param_dist"]
+    assert d["mean"] == 0.0 and d["floor"] == pytest.approx(1e-6)
+
+
+# --------------------------------------------------------------------------- honest statuses
+def test_growth_flags_a_blow_up_whatever_its_size():
+    """Issue 12 item 2 (b): test loss 16 -> 9e7 in 100 steps (below the solver's 1e8
+    factor) is a blow-up; falling losses and saturating or linearly growing distances
+    are not."""
+    steps = np.arange(0, 101, 10)
+    rho = (9.1e7 / 1.6) ** (1 / 60)  # the issue's linearised run: min 1.6 at step 40
+    blow = np.where(steps <= 40, 16 * np.exp(-steps / 17.4), 1.6 * rho ** (steps - 40))
+    traj = _traj(steps, blow, param_dist=np.sqrt(blow))
+    assert traj.status == "ok"  # what validate reported before
+    hit = nd.agreement.growth(traj)
+    assert hit is not None and hit["metric"] in ("train_loss", "test_loss")
+    flagged = nd.agreement.with_growth_status(traj)
+    assert flagged.status == "diverged" and 40 < flagged.diverged_at <= 70
+    assert "still growing" in flagged.metadata["blow_up"]
+    assert "diverged at step" in nd.agreement.status_line("prediction", flagged)
+    # stable shapes: falling loss that rises a little at the end (overfitting),
+    # saturating distance, linearly growing distance
+    loss = 16 * np.exp(-steps / 20) + 0.9 + 0.002 * steps
+    for dist in (1 - np.exp(-steps / 30), 0.01 * steps):
+        assert nd.agreement.growth(_traj(steps, loss, param_dist=dist)) is None
+    # a distance that grows geometrically while the loss looks fine
+    geo = 1e-3 * 1.2 ** steps.astype(float)
+    hit = nd.agreement.growth(_traj(steps, loss, param_dist=geo))
+    assert hit is not None and hit["metric"] == "param_dist"
+
+
+BLOW_UP = """
+seed = 0
+[data]
+source = "digits"
+n_train = 200
+n_test = 100
+[partition]
+agents = 4
+[topology]
+name = "ring"
+[architecture]
+depth = 2
+width = 64
+[training]
+algorithm = "dgd"
+lr = 0.4
+steps = 100
+record_every = 10
+"""
+
+
+def test_blow_up_is_not_ok_and_left_out_of_the_width_fit(tmp_path):
+    """Issue 12 item 2: the issue's run (200 / 100 digits, ring of 4, lr 0.4, 100 steps):
+    at width 64 the full empirical kernel's linearised dynamics are unstable (lr* 0.337,
+    N K Q = 8000 > spectrum.DENSE_MAX, so the exact check used to be skipped) and the
+    linearised network and the prediction go from test loss 16 to 9e7; both statuses
+    were "ok" and the sweep fitted them.  Now they are not ok, and the slope is fitted
+    over the other widths only, saying which was left out."""
+    cfg = nd.config.load_config(_config(tmp_path, BLOW_UP))
+    out = tmp_path / "sweep"
+    res = nd.validate(cfg, out=out, widths=[64, 128, 256], kernels="empirical")
+    r64 = res.run(64)
+    assert r64.linearised.test_loss.mean(axis=1)[-1] > 1e6  # the blow-up is there
+    for traj in (r64.linearised, r64.predicted["empirical"]):
+        assert traj.status != "ok", traj.status
+    verdict = r64.predicted["empirical"].metadata["stability"]
+    assert verdict["stable"] is False and 0.3 < verdict["lr_star"] < 0.4
+    assert r64.observed.status == "ok"  # the nonlinear network itself did not blow up
+    key = "test_loss vs empirical"
+    assert "64" in res.sweep["left_out"][key]
+    assert 64 not in res.sweep["fitted_widths"][key]
+    for w in res.sweep["fitted_widths"][key]:
+        assert res.run(w).predicted["empirical"].status == "ok"
+    assert "left out: width 64" in res.summary()
+    text = (out / "agreement.txt").read_text()
+    assert "left out: width 64" in text and "diverged at step" in text
+    report = json.loads((out / "agreement.json").read_text())
+    assert "64" in report["sweep"]["left_out"][key]
+    assert report["runs"]["64"]["status"]["predicted_empirical"] != "ok"
+    assert (out / "width_sweep.png").stat().st_size > 20_000
+
+
+# --------------------------------------------------------------------------- overlay figures
+def test_algorithm_titles_are_readable():
+    from ntkdyn import algorithms
+    from ntkdyn.overlay import algorithm_title
+
+    assert algorithm_title(algorithms.p2pl(5, 2)) == "P2PL (5 local steps, 2 combines)"
+    assert algorithm_title(algorithms.p2pl(5, 1)) == "P2PL (5 local steps, 1 combine)"
+    assert algorithm_title(algorithms.momentum(0.5)) == "heavy-ball momentum (beta 0.5, on DGD)"
+    assert algorithm_title(algorithms.get_algorithm("gradient_tracking")) == "gradient tracking"
+    cfg = nd.config.load_config(_config(tmp_path=_tmp_dir(), text=TINY.replace(
+        'algorithm = "atc"', 'algorithm = "p2pl"\nlocal_steps = 5\nconsensus_steps = 2')))
+    from ntkdyn.harness import _describe_run
+
+    assert _describe_run(cfg).startswith("P2PL (5 local steps, 2 combines) on path")
+
+
+def _tmp_dir():
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp())
+
+
+def test_overlay_title_fits_says_which_reference_and_has_no_offset_panels():
+    """Issue 12 (plots): one line per item, not wrapped, inside the figure; the centralised
+    reference says whether it is predicted or observed; on an unstable run no linear panel
+    has an offset (x1e7) and the distance panel goes to a log scale."""
+    from ntkdyn.overlay import overlay_figure
+
+    steps = np.arange(0, 101, 10)
+    grow = np.where(steps <= 40, 16 * np.exp(-steps / 17.4), 1.6 * 1.3 ** (steps - 40.0))
+    pred = _traj(steps, grow, param_dist=np.sqrt(grow) + 1e7 * (steps > 80))
+    obs = _traj(steps, 16 * np.exp(-steps / 20) + 1, param_dist=1 - np.exp(-steps / 30))
+    pred = dataclasses.replace(nd.agreement.with_growth_status(pred),
+                               central_param_dist=np.linspace(0, 1, len(steps)))
+    obs = dataclasses.replace(obs, central_param_dist=np.linspace(0, 0.9, len(steps)))
+    title = ("P2PL (5 local steps, 2 combines) on ring, random gossip (edges, p=0.5, "
+             "sequence 0) (8 agents, iid), lr=0.15, 200 steps, depth 2, float32, width 1024: "
+             "analytic NTK prediction vs nonlinear network")
+    fig = overlay_figure(pred, obs, None, title, predicted_label="analytic NTK prediction",
+                         observed_label="nonlinear network")
+    fig.canvas.draw()
+    sup = fig._suptitle
+    assert sup.get_text().split("\n")[0] == title  # not wrapped
+    box = sup.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert "centralised run (analytic NTK prediction)" in labels
+    assert "centralised run (nonlinear network)" in labels
+    assert "network mean (analytic NTK prediction)" in labels
+    for ax in fig.axes:
+        if ax.has_data():
+            assert ax.yaxis.get_offset_text().get_text() == "", ax.get_ylabel()
+    dist = next(ax for ax in fig.axes if "theta_0" in ax.get_ylabel())
+    assert dist.get_yscale() == "log"
+
+
+def test_stability_verdict_paths(monkeypatch):
+    """The harness's verdict: exact (dense) where it fits, the ARPACK spectral radius up to
+    ARPACK_MAX_DIM for schedules without a crossing, and an explicit "not computed"
+    (stable None; the status then comes from the trajectory) beyond."""
+    from test_spectrum import _problem
+
+    import ntkdyn.harness as harness
+    from ntkdyn import algorithms
+
+    prob = _problem("ring", n=24)[0]
+    lr_star, _ = nd.spectrum.max_stable_lr(prob, algorithms.EXTRA)
+    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    assert v["stable"] is False and v["lr_star"] == pytest.approx(lr_star)
+    monkeypatch.setattr(nd.spectrum, "DENSE_MAX", 0)  # force the large-operator paths
+    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    assert v["stable"] is False and "ARPACK" in v["method"]
+    v = harness.stability_verdict(prob, "dgd", 1.02 * nd.spectrum.max_stable_lr(prob, "dgd")[0])
+    assert v["stable"] is False and "crossing" in v["method"]
+    monkeypatch.setattr(harness, "ARPACK_MAX_DIM", 0)
+    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    assert v["stable"] is None and "not computed" in v["words"]
+    traj = harness._with_verdict(_traj(np.arange(3.0), [3.0, 2.0, 1.0]), v)
+    assert traj.status == "ok" and traj.metadata["stability"]["stable"] is None
