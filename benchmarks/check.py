@@ -10,6 +10,9 @@ Prints
 * in one warm process, the time of one prediction and of the 10-rate sweep that the
   report runs (same problem, same steps, compiled beforehand), and their ratio.
 
+* the import cost: ``import ntkdyn`` against ``import jax, numpy, scipy.linalg``, each
+  timed inside a fresh interpreter (median of 5, interleaved), and their ratio.
+
 A timing script, never a test: the figures go into the README.
 """
 
@@ -25,6 +28,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_times(repeats: int = 5) -> dict:
+    """Median import time of ``ntkdyn`` and of its base (jax, numpy, scipy.linalg),
+    each in a fresh interpreter (interleaved, so both see the same load)."""
+    stmts = {"ntkdyn": "import ntkdyn", "base": "import jax, numpy, scipy.linalg"}
+    times: dict[str, list[float]] = {k: [] for k in stmts}
+    for _ in range(repeats):
+        for key, stmt in stmts.items():
+            code = f"import time; t = time.perf_counter(); {stmt}; print(time.perf_counter() - t)"
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  check=True)
+            times[key].append(float(proc.stdout))
+    out = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+    out["ratio"] = out["ntkdyn_s"] / out["base_s"]
+    return out
 
 
 def cold_runs(config: Path, repeats: int) -> list[dict]:
@@ -81,6 +101,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     config = Path(args.config)
+    imp = import_times()
+    print(f"import ntkdyn {imp['ntkdyn_s']:.2f} s, import jax, numpy, scipy.linalg "
+          f"{imp['base_s']:.2f} s (median of 5 fresh processes): ratio {imp['ratio']:.2f} "
+          "(target <= 1.5)", flush=True)
     runs = cold_runs(config, args.repeats)
     walls = [r["wall_s"] for r in runs]
     print(f"ntkdyn check {config.name}: wall best {min(walls):.2f} s, median "

@@ -173,3 +173,36 @@ def test_float32_kernel_stays_close_to_float64(net):
     assert rel_err(f32.param_dist, f64.param_dist) < 1e-5
     assert 0 < rel_err(f32.train_loss, f64.train_loss) < 1e-5  # not silently float64
     assert f32.metadata["kernel_dtype"] == "float32"
+
+
+def test_import_ntkdyn_defers_heavy_modules():
+    """``import ntkdyn`` loads jax and numpy only; scipy.stats, matplotlib, sklearn, networkx,
+    scipy.optimize and tqdm load when a command needs them (fresh interpreter)."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy.stats", "matplotlib", "sklearn", "networkx", "scipy.optimize", "tqdm")
+    code = ("import sys, ntkdyn; print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+            f"{heavy!r} or m in {heavy!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert not [m for m in out if m in heavy or m.startswith(("scipy.stats", "scipy.optimize"))]
+    # the public names still resolve (lazily), and the functions win over same-named modules
+    import ntkdyn.check
+    import ntkdyn.predict  # noqa: F401
+    assert callable(nd.predict) and callable(nd.check)
+    assert nd.predict.__module__ == "ntkdyn.pipeline" and nd.check.__module__ == "ntkdyn.check"
+    for name in nd.__all__:
+        assert getattr(nd, name) is not None
+
+
+def test_binomial_pmf_matches_scipy():
+    import scipy.stats
+
+    from ntkdyn.gossip import _binom_pmf
+
+    for n in range(12):
+        for p in (0.0, 0.3, 0.5, 1.0):
+            np.testing.assert_allclose(_binom_pmf(n, p),
+                                       scipy.stats.binom.pmf(np.arange(n + 1), n, p),
+                                       rtol=1e-13, atol=1e-300)
