@@ -338,6 +338,11 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
     return rec
 
 
+#: :func:`_record` compiled once per shape (an eager call compiles every operation)
+record_jit = jax.jit(_record, static_argnames=("q_count", "n_rates", "traced", "has_test",
+                                                "record_outputs", "central"))
+
+
 # --------------------------------------------------------------------------- evolution
 def _divergence_check(x, diverged, div_at, step_no, limit_per_step, c0):
     """Flag rates whose state left ``limit_per_step * (step + 1)`` or became non-finite."""
