@@ -172,13 +172,13 @@ def numpy_loop(problem, lr: float, steps: int) -> tuple[float, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- one size
-def run_size(name: str) -> dict:
+def run_size(name: str, steps_override: int | None = None) -> dict:
     import ntkdyn
     from ntkdyn.predict import run_problem
     from ntkdyn.spectrum import sufficient_bound
 
     cfg = SIZES[name]
-    q, n, k, t_max = cfg["q"], cfg["n"], cfg["k"], cfg["steps"]
+    q, n, k, t_max = cfg["q"], cfg["n"], cfg["k"], steps_override or cfg["steps"]
     res = {"size": name, "Q": q, "N": n, "K": k, "steps": t_max, "n_test": n // 4,
            "records": RECORDS, "load_start": os.getloadavg()[0]}
     data = ntkdyn.data.synthetic(n_train=n, n_test=n // 4, dim=64, classes=k, seed=0)
@@ -194,7 +194,9 @@ def run_size(name: str) -> dict:
     bound = sufficient_bound(problem, "dgd")
     lr = 0.5 * bound
     res["lr_bound"], res["lr"] = bound, lr
-    steps = np.linspace(0, t_max, RECORDS + 1).astype(int)
+    records = max(10, RECORDS * t_max // cfg["steps"])  # the same steps per record
+    res["records"] = records
+    steps = np.linspace(0, t_max, records + 1).astype(int)
 
     t = time.perf_counter()
     run_problem(problem, "dgd", [lr], steps)
@@ -309,12 +311,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="S,M", help="comma-separated subset of S,M,L")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--steps", type=int, help="override every size's step count (on a busy "
+                    "machine: the per-step figures and the ratios stay comparable)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one size in a fresh process
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        res = run_size(args.worker)
+        res = run_size(args.worker, args.steps)
         with open(args.worker_out, "w") as fh:
             json.dump(res, fh)
         return 0
@@ -339,7 +343,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "res.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
-                   "--worker-out", out]
+                   "--worker-out", out] + (["--steps", str(args.steps)] if args.steps else [])
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
                 print(f"size {name}: worker failed (exit {proc.returncode})", file=sys.stderr)
