@@ -71,6 +71,9 @@ EXACT = jax.lax.Precision.HIGHEST
 #: largest kernel (rows) whose centralised reference runs in its eigenbasis (one eigh,
 #: O(R^3) once, an (R, R) change of basis kept for the records); carried above
 REFERENCE_EIGH_MAX = 8192
+#: steps between divergence checks (a block that ends outside the bound is replayed with a
+#: check after every step; the check and the freeze are two passes over the state per step)
+CHECK_BLOCK = 16
 TAYLOR_THETA = 3.0
 TAYLOR_TERMS = 30
 DIVERGENCE_FACTOR = 1e8
@@ -443,7 +446,32 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         diverged, div_at = _divergence_check(params(new), diverged, div_at, t_new, limit, c0)
         return guarded(x, new, diverged), t_new, diverged, div_at
 
+    def step_checked(i, st):
+        return checked(st, algorithm.step(st[0], operators(st[1])), st[1] + 1.0)
+
+    def block(i, st):
+        """``CHECK_BLOCK`` steps with one divergence check at the end; a block that ends
+        outside the bound of its first step (or non-finite) is replayed step by step, so
+        ``diverged_at`` and the frozen states are those of a check after every step."""
+        x, t, diverged, div_at = st
+
+        def plain(j, xt):
+            return algorithm.step(xt[0], operators(xt[1])), xt[1] + 1.0
+
+        new, t_new = jax.lax.fori_loop(0, CHECK_BLOCK, plain, (x, t))
+        mag = jnp.max(jnp.abs(params(new)), axis=(0, 1)).reshape(-1, c0).max(axis=1)
+        out = (~jnp.isfinite(mag) | (mag > limit * (t + 1.0))) & ~diverged
+        return jax.lax.cond(
+            jnp.any(out),
+            lambda: jax.lax.fori_loop(0, CHECK_BLOCK, step_checked, st),
+            lambda: (guarded(x, new, diverged), t_new, diverged, div_at))
+
     def advance(state, n_sub, h):
+        if not continuous:  # blocks of CHECK_BLOCK steps, then the remainder step by step
+            blocks = n_sub // CHECK_BLOCK
+            state = jax.lax.fori_loop(0, blocks, block, state)
+            return jax.lax.fori_loop(0, n_sub - blocks * CHECK_BLOCK, step_checked, state)
+
         def body(i, st):
             x, t = st[0], st[1]
             if continuous:

@@ -270,3 +270,25 @@ def test_reference_argument_is_checked(net):
     with pytest.raises(ValueError, match="reference: expected"):
         solver.evolve(problem, nd.algorithms.get_algorithm("dgd"), np.full((1, 4), 0.3),
                       np.arange(3), reference="dense")
+
+
+def test_divergence_checked_in_blocks_equals_checked_every_step(net, monkeypatch):
+    """Checking the bound once per CHECK_BLOCK steps (replaying a block that ends outside it)
+    gives the same records, flags and diverged_at as a check after every step."""
+    from ntkdyn import solver
+
+    problem = _reference_problems(net)["full"]
+    lrs = np.array([[0.3] * 4, [8.0] * 4, [50.0] * 4, [2.0] * 4])  # some rates diverge
+    steps = np.array([0, 3, 17, 40, 41, 90, 200])
+    algo = nd.algorithms.get_algorithm("dgd")
+    runs = []
+    for block in (16, 1):
+        monkeypatch.setattr(solver, "CHECK_BLOCK", block)
+        solver._run_chunk.clear_cache()
+        runs.append(solver.evolve(problem, algo, lrs, steps))
+    solver._run_chunk.clear_cache()
+    blocked, every = runs
+    assert np.all(every["diverged_at"][1:3] > 0) and every["diverged_at"][0] == -1
+    np.testing.assert_array_equal(blocked["diverged_at"], every["diverged_at"])
+    for key in every:
+        np.testing.assert_array_equal(blocked[key], every[key], err_msg=key)
