@@ -10,6 +10,11 @@ Prints
 * in one warm process, the time of one prediction and of the 10-rate sweep that the
   report runs (same problem, same steps, compiled beforehand), and their ratio.
 
+* ``ntkdyn predict`` of the same configuration in fresh processes (same repeats,
+  interleaved with the checks) and the ratio check / predict (medians; target <= 2);
+* the import cost: ``import ntkdyn`` against ``import jax, numpy, scipy.linalg``, each
+  timed inside a fresh interpreter (median of 5, interleaved), and their ratio.
+
 A timing script, never a test: the figures go into the README.
 """
 
@@ -27,6 +32,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def import_times(repeats: int = 5) -> dict:
+    """Median import time of ``ntkdyn`` and of its base (jax, numpy, scipy.linalg),
+    each in a fresh interpreter (interleaved, so both see the same load)."""
+    stmts = {"ntkdyn": "import ntkdyn", "base": "import jax, numpy, scipy.linalg"}
+    times: dict[str, list[float]] = {k: [] for k in stmts}
+    for _ in range(repeats):
+        for key, stmt in stmts.items():
+            code = f"import time; t = time.perf_counter(); {stmt}; print(time.perf_counter() - t)"
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  check=True)
+            times[key].append(float(proc.stdout))
+    out = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+    out["ratio"] = out["ntkdyn_s"] / out["base_s"]
+    return out
+
+
 def cold_runs(config: Path, repeats: int) -> list[dict]:
     """Run ``ntkdyn check CONFIG --json`` in fresh processes; wall time and breakdown."""
     out = []
@@ -40,6 +62,24 @@ def cold_runs(config: Path, repeats: int) -> list[dict]:
             raise SystemExit(f"check failed:\n{proc.stderr}")
         report = json.loads(proc.stdout)
         out.append({"wall_s": wall, "exit": proc.returncode, **report["timings"]})
+    return out
+
+
+def predict_runs(config: Path, repeats: int) -> list[float]:
+    """Wall time of ``ntkdyn predict CONFIG --quiet`` in fresh processes."""
+    import tempfile
+
+    out = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            tic = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "ntkdyn.cli", "predict", str(config),
+                                   "--quiet", "--out", str(Path(tmp) / "p")],
+                                  capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            out.append(time.perf_counter() - tic)
+        if proc.returncode != 0:
+            raise SystemExit(f"predict failed:\n{proc.stderr}")
     return out
 
 
@@ -71,8 +111,18 @@ def sweep_ratio(config: Path, repeats: int) -> dict:
         return best
 
     one, sweep = timed([lr]), timed(rates)
-    return {"one_prediction_s": one, "sweep_s": sweep, "rates": len(rates),
-            "ratio": sweep / one}
+    out = {"one_prediction_s": one, "sweep_s": sweep, "rates": len(rates), "ratio": sweep / one}
+    # the other pieces of the report, in the same process (first call = as check runs them)
+    from ntkdyn import spectrum
+    from ntkdyn.steady_state import fixed_point
+
+    for key, fn in (("fixed_point", lambda: fixed_point(problem, exp.algorithm, lr)),
+                    ("stability_dgd", lambda: spectrum.stability(problem, "dgd", lr)),
+                    ("stability_atc", lambda: spectrum.stability(problem, "atc", lr))):
+        tic = time.perf_counter()
+        fn()
+        out[f"{key}_s"] = time.perf_counter() - tic
+    return out
 
 
 def main(argv=None) -> int:
@@ -81,7 +131,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     config = Path(args.config)
-    runs = cold_runs(config, args.repeats)
+    imp = import_times()
+    print(f"import ntkdyn {imp['ntkdyn_s']:.2f} s, import jax, numpy, scipy.linalg "
+          f"{imp['base_s']:.2f} s (median of 5 fresh processes): ratio {imp['ratio']:.2f} "
+          "(target <= 1.5)", flush=True)
+    runs, predicts = [], []
+    for _ in range(args.repeats):  # interleaved: both see the same load
+        runs += cold_runs(config, 1)
+        predicts += predict_runs(config, 1)
     walls = [r["wall_s"] for r in runs]
     print(f"ntkdyn check {config.name}: wall best {min(walls):.2f} s, median "
           f"{statistics.median(walls):.2f} s over {len(walls)} fresh processes "
@@ -89,9 +146,15 @@ def main(argv=None) -> int:
     best = min(runs, key=lambda r: r["wall_s"])
     print("  breakdown of the best run: " + ", ".join(
         f"{k} {v:.2f} s" for k, v in best.items() if k.endswith("_s") and k != "wall_s"))
+    ratio = statistics.median(walls) / statistics.median(predicts)
+    print(f"ntkdyn predict {config.name}: wall best {min(predicts):.2f} s, median "
+          f"{statistics.median(predicts):.2f} s; check / predict (medians) {ratio:.2f} "
+          "(target <= 2)")
     s = sweep_ratio(config, args.repeats)
     print(f"warm: one prediction {s['one_prediction_s']:.3f} s, {s['rates']}-rate sweep "
           f"{s['sweep_s']:.3f} s, ratio {s['ratio']:.2f}")
+    print(f"same process: fixed point {s['fixed_point_s']:.2f} s, stability of DGD "
+          f"{s['stability_dgd_s']:.2f} s, of ATC/CTA {s['stability_atc_s']:.2f} s")
     return 0
 
 

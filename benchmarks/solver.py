@@ -26,7 +26,13 @@ samples.  Measured:
   prediction; its recorded train losses are checked against the solver's;
 * float32 kernel, no reference: the same prediction with ``kernel_dtype="float32"``
   and ``reference=False`` (warm), and its largest test-loss difference from the
-  float64 prediction relative to the largest test loss.
+  float64 prediction relative to the largest test loss;
+* reference: the default (the centralised reference diagonal in its eigenbasis, one
+  ``eigh`` per problem, timed separately as "eigh s") side by side with the previous
+  method (the reference carried along every kernel pass), both warm through
+  ``ntkdyn.solver.evolve``, and the largest relative difference of the central metrics;
+* numpy loop: a plain numpy DGD loop over agents on the same problem
+  (``NUMPY_STEPS`` steps, extrapolated to ``T``), and its ratio to the warm default.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ SIZES = {  # Q agents, N training samples, K outputs, T steps
 RECORDS = 100
 SWEEP_RATES = 10
 AGREEMENT_TOL = 1e-8
+NUMPY_STEPS = 200
 
 
 # --------------------------------------------------------------------------- machine
@@ -143,14 +150,35 @@ def dense_reference(theta, y, f0, agent, w, lr, steps) -> np.ndarray:
     return np.stack([losses[int(s)] for s in steps])
 
 
+def numpy_loop(problem, lr: float, steps: int) -> tuple[float, np.ndarray]:
+    """Seconds for ``steps`` DGD steps as a plain numpy loop over agents, and the state.
+
+    State ``alpha`` ``(Q, N, K)`` (traced kernel, samples sorted by agent); one step:
+    ``r_q = Theta[S_q, :] alpha_q + (f_0 - Y)[S_q]``, ``alpha <- W alpha``, then
+    ``alpha_q[S_q] -= lr r_q / N_q``.
+    """
+    kern, res, w = problem.kernel, problem.residual0, problem.mixing
+    off = problem.offsets
+    q_count = problem.num_agents
+    rows = [kern[off[q]:off[q + 1]] for q in range(q_count)]
+    alpha = np.zeros((q_count,) + res.shape)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        r = [rows[q] @ alpha[q] + res[off[q]:off[q + 1]] for q in range(q_count)]
+        alpha = np.tensordot(w, alpha, axes=1)
+        for q in range(q_count):
+            alpha[q, off[q]:off[q + 1]] -= lr * r[q] / (off[q + 1] - off[q])
+    return time.perf_counter() - tic, alpha
+
+
 # --------------------------------------------------------------------------- one size
-def run_size(name: str) -> dict:
+def run_size(name: str, steps_override: int | None = None) -> dict:
     import ntkdyn
     from ntkdyn.predict import run_problem
     from ntkdyn.spectrum import sufficient_bound
 
     cfg = SIZES[name]
-    q, n, k, t_max = cfg["q"], cfg["n"], cfg["k"], cfg["steps"]
+    q, n, k, t_max = cfg["q"], cfg["n"], cfg["k"], steps_override or cfg["steps"]
     res = {"size": name, "Q": q, "N": n, "K": k, "steps": t_max, "n_test": n // 4,
            "records": RECORDS, "load_start": os.getloadavg()[0]}
     data = ntkdyn.data.synthetic(n_train=n, n_test=n // 4, dim=64, classes=k, seed=0)
@@ -166,7 +194,9 @@ def run_size(name: str) -> dict:
     bound = sufficient_bound(problem, "dgd")
     lr = 0.5 * bound
     res["lr_bound"], res["lr"] = bound, lr
-    steps = np.linspace(0, t_max, RECORDS + 1).astype(int)
+    records = max(10, RECORDS * t_max // cfg["steps"])  # the same steps per record
+    res["records"] = records
+    steps = np.linspace(0, t_max, records + 1).astype(int)
 
     t = time.perf_counter()
     run_problem(problem, "dgd", [lr], steps)
@@ -190,6 +220,45 @@ def run_size(name: str) -> dict:
                               / np.max(np.abs(traj.test_loss)))
     _log(f"{name}: float32 kernel, no reference: {res['lean_s']:.2f} s (test loss within "
          f"{res['lean_error']:.1e} of float64)")
+
+    # the reference: eigenbasis (default) against the previous method (carried), same run
+    from ntkdyn import solver
+    from ntkdyn.algorithms import get_algorithm
+
+    solver._BASIS_CACHE.clear()
+    t = time.perf_counter()
+    solver.reference_basis(problem)
+    res["eigh_s"] = time.perf_counter() - t
+    dgd, lrs = get_algorithm("dgd"), np.full((1, q), lr)
+    timed_ref = {}
+    for how in ("eigen", "carried"):
+        solver.evolve(problem, dgd, lrs, steps[:2], reference=how)  # compile
+        t = time.perf_counter()
+        timed_ref[how] = solver.evolve(problem, dgd, lrs, steps, reference=how)
+        res[f"reference_{how}_s"] = time.perf_counter() - t
+    res["reference_difference"] = max(
+        float(np.max(np.abs(timed_ref["eigen"][key][:, q] - timed_ref["carried"][key][:, q]))
+              / max(np.max(np.abs(timed_ref["carried"][key][:, q])), 1e-300))
+        for key in ("train_loss", "test_loss", "param_dist"))
+    res["reference_difference"] = max(res["reference_difference"], float(
+        np.max(np.abs(timed_ref["eigen"]["central_dist"] - timed_ref["carried"]["central_dist"]))
+        / np.max(np.abs(timed_ref["carried"]["central_dist"]))))
+    _log(f"{name}: reference in the eigenbasis {res['reference_eigen_s']:.2f} s (+ eigh "
+         f"{res['eigh_s']:.2f} s once), carried {res['reference_carried_s']:.2f} s; central "
+         f"metrics differ by {res['reference_difference']:.1e} (relative)")
+
+    n_np = min(NUMPY_STEPS, t_max)
+    secs, alpha = numpy_loop(problem, lr, n_np)
+    res["numpy_s"] = secs * t_max / n_np
+    res["numpy_ratio"] = res["numpy_s"] / res["warm_s"]
+    check = solver.evolve(problem, dgd, lrs, np.array([n_np]), central=False)
+    out = problem.f0_train + np.einsum("ij,qjk->qik", problem.kernel, alpha)
+    np_loss = 0.5 * np.sum((out - problem.y_train[None]) ** 2, axis=(1, 2)) / n
+    res["numpy_agreement"] = float(np.max(np.abs(np_loss - check["train_loss"][0, :, 0]))
+                                   / np.max(np.abs(np_loss)))
+    _log(f"{name}: numpy loop over agents {secs:.2f} s for {n_np} steps -> "
+         f"{res['numpy_s']:.1f} s for {t_max} (solver default {res['numpy_ratio']:.1f}x "
+         f"faster; train losses agree to {res['numpy_agreement']:.1e})")
 
     rates = list(bound * np.linspace(0.05, 0.95, SWEEP_RATES))
     run_problem(problem, "dgd", rates, np.arange(25))  # compile the 10-rate chunk
@@ -221,17 +290,19 @@ def run_size(name: str) -> dict:
 
 # --------------------------------------------------------------------------- report
 def table(results: list[dict], bw: dict) -> str:
-    head = ("| size | Q | N | K | steps | kernel s | first-call s | warm s | peak RSS GB "
-            "| GB/s achieved | % of measured bandwidth | sweep ratio | dense ratio "
+    head = ("| size | Q | N | K | steps | kernel s | eigh s | first-call s | warm s | peak RSS GB "
+            "| GB/s achieved | % of measured bandwidth | carried reference s | numpy loop s "
+            "(ratio) | sweep ratio | dense ratio "
             "| float32 kernel, no reference: s (test-loss rel. diff) |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 17]
     for r in results:
         dense = f"{r['dense_ratio']:.1f}" if "dense_ratio" in r else "-"
         lines.append(
             f"| {r['size']} | {r['Q']} | {r['N']:,} | {r['K']} | {r['steps']:,} "
-            f"| {r['kernel_s']:.2f} | {r['first_s']:.2f} | {r['warm_s']:.2f} "
+            f"| {r['kernel_s']:.2f} | {r['eigh_s']:.2f} | {r['first_s']:.2f} | {r['warm_s']:.2f} "
             f"| {r['peak_rss_gb']:.2f} | {r['achieved_gbs']:.1f} "
             f"| {100 * r['achieved_gbs'] / bw['reference_gbs']:.0f}% "
+            f"| {r['reference_carried_s']:.2f} | {r['numpy_s']:.1f} ({r['numpy_ratio']:.1f}x) "
             f"| {r['sweep_ratio']:.2f} | {dense} | {r['lean_s']:.2f} ({r['lean_error']:.1e}) |")
     return "\n".join(lines)
 
@@ -240,12 +311,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="S,M", help="comma-separated subset of S,M,L")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--steps", type=int, help="override every size's step count (on a busy "
+                    "machine: the per-step figures and the ratios stay comparable)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one size in a fresh process
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        res = run_size(args.worker)
+        res = run_size(args.worker, args.steps)
         with open(args.worker_out, "w") as fh:
             json.dump(res, fh)
         return 0
@@ -270,7 +343,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "res.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
-                   "--worker-out", out]
+                   "--worker-out", out] + (["--steps", str(args.steps)] if args.steps else [])
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
                 print(f"size {name}: worker failed (exit {proc.returncode})", file=sys.stderr)
@@ -289,7 +362,15 @@ def main(argv=None) -> int:
     print("kernel s: build_problem (analytic train + test kernels); first-call includes JIT "
           "compile; warm = second call; peak RSS = VmHWM of a fresh process per size; GB/s "
           "achieved = steps * N^2 * 8 B / warm s; sweep ratio = warm 10-rate sweep / warm "
-          "single prediction; dense ratio = explicit (QN)x(QN) numpy DGD / warm solver.")
+          "single prediction; dense ratio = explicit (QN)x(QN) numpy DGD / warm solver; eigh s "
+          "= the reference's eigendecomposition (once per problem, cached; in first-call, not "
+          "in warm); carried reference s = the previous method (reference columns in every "
+          "kernel product), same run; numpy loop s = plain numpy DGD loop over agents "
+          f"({NUMPY_STEPS} steps, extrapolated), ratio = numpy / warm solver.")
+    for r in results:
+        print(f"size {r['size']}: central metrics, eigenbasis vs carried reference: "
+              f"{r['reference_difference']:.1e} relative; numpy loop train losses agree to "
+              f"{r['numpy_agreement']:.1e}")
     for r in results:
         if "dense_agreement" in r:
             verdict = "OK" if r["dense_agrees"] else "FAILED"

@@ -19,27 +19,60 @@ train.train                     real peer-to-peer training (vmapped agents, jitt
 validate                        trained vs predicted trajectories, agreement, overlay figures
 """
 
-from . import (
-    _config,  # noqa: F401  (enables float64 in JAX)
-    activations,
-    algorithms,
-    data,
-    gossip,
-    graphs,
-    kernels,
-    models,
-    sharding,
-    train,  # the module: ntkdyn.train.train
-)
-from .algorithms import Algorithm
-from .check import CheckReport, check
-from .harness import ValidationResult, validate
-from .pipeline import build_problem, fixed_point, init_params, predict, predict_sweep, stability
-from .predict import predict_from_kernels, sweep_from_kernels
-from .problem import KernelProblem, make_problem
-from .spectrum import StabilityReport
-from .steady_state import FixedPoint
-from .trajectory import GossipTrajectory, Trajectory
+import importlib as _importlib
+import sys as _sys
+import types as _types
+
+from . import _config  # noqa: F401  (enables float64 in JAX)
+
+#: submodules reachable as attributes (``ntkdyn.graphs``, ...), imported on first use
+_SUBMODULES = ("activations", "algorithms", "data", "gossip", "graphs", "kernels", "models",
+               "sharding", "train")
+#: public names -> defining module, imported on first use (``import ntkdyn`` costs about
+#: ``import jax``: networkx, scipy.sparse / optimize / stats, sklearn, matplotlib and tqdm
+#: load only when a command needs them)
+_LAZY = {
+    "Algorithm": "algorithms", "CheckReport": "check", "check": "check",
+    "ValidationResult": "harness", "validate": "harness",
+    "build_problem": "pipeline", "fixed_point": "pipeline", "init_params": "pipeline",
+    "predict": "pipeline", "predict_sweep": "pipeline", "stability": "pipeline",
+    "predict_from_kernels": "predict", "sweep_from_kernels": "predict",
+    "KernelProblem": "problem", "make_problem": "problem",
+    "StabilityReport": "spectrum", "FixedPoint": "steady_state",
+    "GossipTrajectory": "trajectory", "Trajectory": "trajectory",
+}
+#: public functions that share their name with a submodule: the function wins (importing
+#: ``ntkdyn.predict`` or ``ntkdyn.check`` as a module must not rebind ``ntkdyn.predict``)
+_SHADOWED = frozenset({"predict", "check"})
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        value = _importlib.import_module(f".{name}", __name__)
+    elif name in _LAZY:
+        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(_types.ModuleType):
+    """The package module: keeps ``ntkdyn.predict`` / ``ntkdyn.check`` the functions when
+    the submodules of the same name are imported (the import system binds each loaded
+    submodule as an attribute of its package)."""
+
+    def __setattr__(self, name, value):
+        if name in _SHADOWED and isinstance(value, _types.ModuleType):
+            return  # the module stays reachable through sys.modules["ntkdyn." + name]
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 

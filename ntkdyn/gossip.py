@@ -34,12 +34,12 @@ for random gossip is a distribution over sampled sequences
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 
 from . import graphs
 
@@ -196,6 +196,14 @@ class _EdgeGossip(MixingProcess):
                 "eye": jnp.eye(self.q)}
 
 
+def _binom_pmf(n: int, p: float) -> np.ndarray:
+    """``P(B = m)`` for ``m = 0..n``, ``B ~ Bin(n, p)``: ``C(n, m) p^m (1 - p)^(n - m)``
+    (exact binomial coefficients; degrees are small, so no scipy.stats import)."""
+    m = np.arange(n + 1)
+    coef = np.array([math.comb(int(n), int(k)) for k in m], dtype=np.float64)
+    return coef * p ** m * (1.0 - p) ** (n - m)
+
+
 @dataclass(frozen=True, eq=False)
 class RandomEdges(_EdgeGossip):
     """Each edge active with probability ``p`` per event; Metropolis weights on the
@@ -219,8 +227,7 @@ class RandomEdges(_EdgeGossip):
         w = np.zeros((self.q, self.q))
         for a, b in self.edges:
             ma, mb = np.arange(deg[a]), np.arange(deg[b])
-            pa = scipy.stats.binom.pmf(ma, deg[a] - 1, self.p)
-            pb = scipy.stats.binom.pmf(mb, deg[b] - 1, self.p)
+            pa, pb = _binom_pmf(deg[a] - 1, self.p), _binom_pmf(deg[b] - 1, self.p)
             inv = 1.0 / (2.0 + np.maximum(ma[:, None], mb[None, :]))
             w[a, b] = w[b, a] = self.p * float(pa @ inv @ pb)
         np.fill_diagonal(w, 1.0 - w.sum(axis=1))

@@ -102,7 +102,8 @@ def run_problem(
     ``True`` always; ``False`` never.  A rate whose linearised dynamics are unstable
     gets ``status = "unstable"`` (or ``"diverged"`` once its state left every bound)
     and the report in ``metadata["stability"]``.  ``reference=False`` drops the
-    centralised reference (``central_*`` fields ``None``), about 1.6x faster.
+    centralised reference (``central_*`` fields ``None``); it costs little either way:
+    it runs diagonally in its own eigenbasis after one ``eigh`` (:mod:`ntkdyn.solver`).
     ``kernel_dtype="float32"`` stores the kernels in float32 (half the memory and
     bandwidth; the state stays float64; see the README for the error this costs).
     ``devices`` (a list of ``jax.Device`` or a ``jax.sharding.Mesh``) shards the
@@ -356,8 +357,8 @@ def predict_from_kernels(
     record_outputs : bool
         Also return the outputs of every agent at every record.
     reference : bool
-        Also run the centralised reference (``central_*`` fields); ``False`` is
-        about 1.6x faster where the solver is compute bound.
+        Also run the centralised reference (``central_*`` fields): one ``eigh`` of the
+        kernel, then ``O(N K)`` per step (:mod:`ntkdyn.solver`).
     kernel_dtype : "float64" (default) or "float32"
         Kernel storage; float32 halves memory and bandwidth, the state stays float64.
     devices : list of jax devices or a Mesh, optional

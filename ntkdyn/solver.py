@@ -12,11 +12,19 @@ on ``alpha`` as
 
 so one iteration costs one pass over the kernel: agent ``q`` multiplies its
 own rows ``Theta[S_q, :]`` (contiguous after sorting by agent) by its state.
-The centralised reference is carried as an extra slot ``Q`` of the state:
-the same algorithm with ``W = [[1]]`` on the global objective
-``L = (1/Q) sum_q L_q`` (gradient ``(1/(Q N_q)) E_q r_q`` summed over agents),
-computed from the *same* kernel reads (its columns ride along in each agent's
-product).
+The centralised reference is an extra slot ``Q`` of the state: the same
+algorithm with ``W = [[1]]`` on the global objective ``L = (1/Q) sum_q L_q``
+(gradient ``D (Theta x + f_0 - Y)``, ``D = diag(1/(Q N_q(i)))`` the per-row
+weights).  It is one time-invariant centralised problem, so by default it is
+run in the eigenbasis of the symmetric ``S = D^{1/2} Theta D^{1/2} = V Lambda
+V^T``: with ``x = T w``, ``T = D^{1/2} V``, its gradient is
+``Lambda w + T^T (f_0 - Y)`` (diagonal), so every schedule (GD, heavy-ball GD,
+P2PL's ``L`` GD steps per round, ...) advances it in ``O(R C)`` per step after
+one ``eigh`` (:func:`reference_basis`); ``x = T w`` is formed at record steps
+only.  The exact similarity ``D Theta = T Lambda T^{-1}`` keeps it equal to the
+carried recursion to round-off.  On a device mesh or above
+:data:`REFERENCE_EIGH_MAX` rows the reference instead rides along every kernel
+pass (its columns join each agent's product: ``reference="carried"``).
 
 Recorded quantities are quadratic forms in ``alpha`` (see
 :mod:`ntkdyn.trajectory` for the conventions): outputs
@@ -60,6 +68,12 @@ from .problem import KernelProblem
 
 #: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
 EXACT = jax.lax.Precision.HIGHEST
+#: largest kernel (rows) whose centralised reference runs in its eigenbasis (one eigh,
+#: O(R^3) once, an (R, R) change of basis kept for the records); carried above
+REFERENCE_EIGH_MAX = 8192
+#: steps between divergence checks (a block that ends outside the bound is replayed with a
+#: check after every step; the check and the freeze are two passes over the state per step)
+CHECK_BLOCK = 16
 TAYLOR_THETA = 3.0
 TAYLOR_TERMS = 30
 DIVERGENCE_FACTOR = 1e8
@@ -120,8 +134,14 @@ def kernel_operators(
     offsets: tuple[int, ...],
     rows_per_sample: int,
     central: bool,
+    reference: tuple | None = None,
 ) -> Operators:
     """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
+
+    ``reference = (lam, b)`` (``(R, 1)`` eigenvalues of ``S``, ``(R, C)`` = ``T^T``
+    times the residual; :func:`reference_basis`) puts the centralised slot in the
+    eigenbasis: its gradient is ``lam * w + b`` and it no longer joins the kernel
+    products; ``None`` (with ``central``) carries it in alpha coordinates.
 
     ``blocks`` are the agents' kernel rows (:func:`row_blocks`), ``residual``
     is ``(f_0 - Y)`` in row layout tiled over the columns (``(R, C)``; zero for
@@ -148,11 +168,17 @@ def kernel_operators(
             agents = jnp.tensordot(mixing, x[:q_count], axes=1)
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
+    carried = central and reference is None
+
+    def grad_reference(x):  # the centralised slot in the eigenbasis: diagonal
+        lam, b = reference
+        return (lam * x[q_count] + b)[None]
+
     def grad_stacked(x):
         c = x.shape[-1]
         n = counts[0] * rps
         rhs = x[:q_count]
-        if central:
+        if carried:
             rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
         prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs.astype(blocks.dtype),
                           precision=EXACT).astype(x.dtype)
@@ -160,9 +186,11 @@ def kernel_operators(
         r_agents = (res + prod[..., :c]) / counts[0]
         eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
         g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
-        if central:
+        if carried:
             g_c = ((res + prod[..., c:]) / (q_count * counts[0])).reshape(1, rows, c)
             g = jnp.concatenate([g, g_c], axis=0)
+        elif central:
+            g = jnp.concatenate([g, grad_reference(x)], axis=0)
         return _pad_rows(g, x.shape[1])
 
     def grad_blocks(x):
@@ -170,15 +198,17 @@ def kernel_operators(
         g_agents, g_central = [], []
         for q in range(q_count):
             s, e = offsets[q] * rps, offsets[q + 1] * rps
-            rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if central else x[q]
+            rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if carried else x[q]
             prod = jnp.matmul(blocks[q], rhs.astype(blocks[q].dtype),
                               precision=EXACT).astype(x.dtype)
             r_q = residual[s:e] + prod[:, :c]
             g_agents.append(jnp.pad(r_q / counts[q], ((s, rows - e), (0, 0))))
-            if central:
+            if carried:
                 g_central.append((residual[s:e] + prod[:, c:]) / (q_count * counts[q]))
-        if central:
+        if carried:
             g_agents.append(jnp.concatenate(g_central, axis=0))
+        elif central:
+            g_agents.append(grad_reference(x)[0])
         return _pad_rows(jnp.stack(g_agents), x.shape[1])
 
     def scale(g):
@@ -195,6 +225,49 @@ def lr_columns(lrs: np.ndarray, c0: int, central: bool) -> np.ndarray:
     if central:
         slots = np.concatenate([slots, lrs.mean(axis=1)[None, :]], axis=0)
     return np.repeat(slots, c0, axis=1)[:, None, :]
+
+
+_BASIS_CACHE: dict = {}
+
+
+def reference_basis(problem: KernelProblem) -> tuple[np.ndarray, np.ndarray]:
+    r"""Eigenbasis of the centralised reference: ``(lam, T)``.
+
+    The reference is gradient descent (or the schedule with ``W = [[1]]``) on
+    ``L = (1/Q) sum_q L_q``, whose gradient in alpha coordinates is
+    ``D (Theta x + f_0 - Y)`` with ``D = diag(1/(Q N_q(i)))`` per row.  With
+    ``S = D^{1/2} Theta D^{1/2} = V diag(lam) V^T`` (symmetric) and ``T = D^{1/2} V``,
+    ``x = T w`` turns that gradient into ``lam * w + T^T (f_0 - Y)``: every
+    schedule on the reference is diagonal in ``w`` (``D Theta T = T diag(lam)``).
+    Cached per kernel array (a sweep and its single prediction share one ``eigh``).
+    """
+    kernel = problem.kernel
+    key = (id(kernel), problem.offsets, problem.rows_per_sample)
+    hit = _BASIS_CACHE.get(key)
+    if hit is not None and hit[0]() is kernel:
+        return hit[1]
+    import weakref
+
+    import scipy.linalg
+
+    q = problem.num_agents
+    d_sqrt = np.sqrt(np.repeat(1.0 / (q * problem.counts),
+                               problem.counts * problem.rows_per_sample))
+    s = d_sqrt[:, None] * np.asarray(kernel, dtype=np.float64) * d_sqrt[None, :]
+    lam, vec = scipy.linalg.eigh(s, overwrite_a=True, check_finite=False, driver="evd")
+    out = (lam, d_sqrt[:, None] * vec)
+    try:
+        ref = weakref.ref(kernel)
+    except TypeError:  # pragma: no cover - arrays support weak references
+        return out
+    _BASIS_CACHE.clear()  # one basis at a time (R x R doubles each)
+    _BASIS_CACHE[key] = (ref, out)
+    return out
+
+
+def use_eigen_reference(problem: KernelProblem, mesh=None) -> bool:
+    """Whether the centralised reference runs in its eigenbasis (see the module doc)."""
+    return mesh is None and problem.kernel.shape[0] <= REFERENCE_EIGH_MAX
 
 
 # --------------------------------------------------------------------------- recording
@@ -268,6 +341,11 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
     return rec
 
 
+#: :func:`_record` compiled once per shape (an eager call compiles every operation)
+record_jit = jax.jit(_record, static_argnames=("q_count", "n_rates", "traced", "has_test",
+                                                "record_outputs", "central"))
+
+
 # --------------------------------------------------------------------------- evolution
 def _divergence_check(x, diverged, div_at, step_no, limit_per_step, c0):
     """Flag rates whose state left ``limit_per_step * (step + 1)`` or became non-finite."""
@@ -309,8 +387,24 @@ def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, ha
                            _mixing_at(data, jnp.asarray(0.0), sampler=sampler,
                                       mixes_per_step=algorithm.mixes_per_step),
                            data["lr_cols"], offsets=offsets, rows_per_sample=rps,
-                           central=central)
+                           central=central, reference=_reference_args(data))
     return algorithm.initial_state(x0, ops)
+
+
+def _reference_args(data, linear: bool = False):
+    """``(lam, b)`` of the eigenbasis reference (``b = 0`` for the linear part), or None."""
+    if "ref_lam" not in data:
+        return None
+    b = data["ref_b"]
+    return data["ref_lam"], (jnp.zeros_like(b) if linear else b)
+
+
+def _reference_to_alpha(x, data, q_count):
+    """Slot ``q_count`` of ``x`` from eigenbasis coordinates ``w`` to ``alpha = T w``."""
+    if "ref_basis" not in data:
+        return x
+    alpha = jnp.matmul(data["ref_basis"], x[q_count], precision=EXACT)
+    return jnp.concatenate([x[:q_count], alpha[None]], axis=0)
 
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
@@ -336,7 +430,8 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         residual = jnp.zeros_like(data["residual"]) if linear else data["residual"]
         return kernel_operators(data["blocks"], residual,
                                 _mixing_at(data, t, sampler=sampler, mixes_per_step=mixes),
-                                data["lr_cols"], **common)
+                                data["lr_cols"], reference=_reference_args(data, linear),
+                                **common)
 
     cols_rate = jnp.arange(n_rates * c0) // c0
     limit = data["limit_per_step"]
@@ -351,7 +446,32 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         diverged, div_at = _divergence_check(params(new), diverged, div_at, t_new, limit, c0)
         return guarded(x, new, diverged), t_new, diverged, div_at
 
+    def step_checked(i, st):
+        return checked(st, algorithm.step(st[0], operators(st[1])), st[1] + 1.0)
+
+    def block(i, st):
+        """``CHECK_BLOCK`` steps with one divergence check at the end; a block that ends
+        outside the bound of its first step (or non-finite) is replayed step by step, so
+        ``diverged_at`` and the frozen states are those of a check after every step."""
+        x, t, diverged, div_at = st
+
+        def plain(j, xt):
+            return algorithm.step(xt[0], operators(xt[1])), xt[1] + 1.0
+
+        new, t_new = jax.lax.fori_loop(0, CHECK_BLOCK, plain, (x, t))
+        mag = jnp.max(jnp.abs(params(new)), axis=(0, 1)).reshape(-1, c0).max(axis=1)
+        out = (~jnp.isfinite(mag) | (mag > limit * (t + 1.0))) & ~diverged
+        return jax.lax.cond(
+            jnp.any(out),
+            lambda: jax.lax.fori_loop(0, CHECK_BLOCK, step_checked, st),
+            lambda: (guarded(x, new, diverged), t_new, diverged, div_at))
+
     def advance(state, n_sub, h):
+        if not continuous:  # blocks of CHECK_BLOCK steps, then the remainder step by step
+            blocks = n_sub // CHECK_BLOCK
+            state = jax.lax.fori_loop(0, blocks, block, state)
+            return jax.lax.fori_loop(0, n_sub - blocks * CHECK_BLOCK, step_checked, state)
+
         def body(i, st):
             x, t = st[0], st[1]
             if continuous:
@@ -374,7 +494,10 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         return jax.lax.fori_loop(0, n_sub, body, state)
 
     def record(x, diverged):
-        rec = _record(params(x), data, q_count=q_count, n_rates=n_rates, traced=traced,
+        x = params(x)
+        if central:
+            x = _reference_to_alpha(x, data, q_count)
+        rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
                       has_test=has_test, record_outputs=record_outputs, central=central)
         rec["diverged"] = diverged
         return rec
@@ -449,9 +572,13 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
 
 
 def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
-                 central: bool = True, kernel_dtype: str = "float64", mesh=None) -> dict:
+                 central: bool = True, kernel_dtype: str = "float64", mesh=None,
+                 reference: str = "carried") -> dict:
     """Arrays on the device(s); with a ``mesh`` the kernels' columns (the contraction
-    axis) are sharded and padded to a multiple of the device count."""
+    axis) are sharded and padded to a multiple of the device count.  With
+    ``central`` and ``reference="eigen"`` the eigenbasis of the centralised reference
+    (:func:`reference_basis`): ``ref_lam`` ``(R, 1)``, ``ref_b`` ``(R, C)``,
+    ``ref_basis`` ``T`` ``(R, R)``."""
     n_rates = lrs.shape[0]
     k = problem.num_outputs
     c0 = k if problem.traced else 1
@@ -471,6 +598,10 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
         "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=central)),
         "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_max * res_max / counts.min()),
     }
+    if central and reference == "eigen":
+        lam, basis = reference_basis(problem)
+        data.update(ref_lam=jnp.asarray(lam[:, None]), ref_b=jnp.asarray(basis.T @ residual),
+                    ref_basis=jnp.asarray(basis))
     if for_records:
         data.update(f0=jnp.asarray(problem.f0_train), y=jnp.asarray(problem.y_train),
                     labels=jnp.asarray(problem.labels_train), shard_weights=jnp.asarray(shard_w))
@@ -521,6 +652,7 @@ def evolve(
     kernel_dtype: str = "float64",
     mesh=None,
     samples: int | None = None,
+    reference: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -533,8 +665,11 @@ def evolve(
     steps : (T,) non-decreasing
         Iteration numbers (discrete) or times in steps (``continuous=True``).
     central : bool
-        Carry the centralised reference (one more slot: the per-step product has
-        twice the columns, so about 1.6x the time where the solver is compute bound).
+        Also run the centralised reference (one more slot).
+    reference : "auto", "eigen" or "carried"
+        How the reference runs: in the eigenbasis of its own operator (``O(R C)`` per
+        step after one ``eigh``; the default where :func:`use_eigen_reference`), or
+        carried along each kernel pass (twice the columns in every product).
     kernel_dtype : "float64" or "float32"
         Storage of the kernels; float32 halves memory and bandwidth (the state and
         its accumulation stay float64; the products are formed in float32).
@@ -569,7 +704,14 @@ def evolve(
     if continuous and (algorithm.records_per_step > 1 or problem.process is not None):
         raise ValueError("continuous: the gradient flow is defined for single-phase schedules "
                          "with a static mixing matrix")
-    data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh)
+    if reference not in ("auto", "eigen", "carried"):
+        raise ValueError(f"reference: expected 'auto', 'eigen' or 'carried', got {reference!r}")
+    if reference == "eigen" and mesh is not None:
+        raise ValueError("reference: 'eigen' runs on one device; use 'carried' with a mesh")
+    if reference == "auto":
+        reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
+    data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
+                        reference=reference)
     sampler = _add_mixing(data, problem, samples)
     steps = np.asarray(steps)
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)

@@ -14,6 +14,17 @@ Derivation: ``theory/fixed_point.md``.
 
 The linear system has ``Q R`` unknowns per output column; it is solved
 densely when small and by GMRES with operator applications otherwise.
+
+Shortcut (no ``Q R`` system at all): for DGD, ATC and CTA, whenever the
+interpolation equations are consistent (``f_0 - Y`` in ``range(Theta)``, always
+so for a positive definite kernel) the fixed point is the consensual
+interpolant.  Proof: at a fixed point, multiplying by the left Perron vector
+``pi > 0`` of ``W`` leaves ``sum_q pi_q E_q r_q / N_q = 0`` (DGD; the same for
+ATC and CTA), and the ``E_q`` have disjoint supports, so every ``r_q = 0``; with
+zero gradients the iteration is ``x = (W (x) I) x``, i.e. consensus.  The
+consensual interpolant is the unique such point in ``range(Theta)``
+coordinates, and it is the centralised solution, so one weighted least-squares
+solve (which the report needs anyway) gives both.
 """
 
 from __future__ import annotations
@@ -25,16 +36,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
-import scipy.sparse.linalg as spla
 
 from . import solver
-from .algorithms import get_algorithm
+from .algorithms import ATC, CTA, DGD, get_algorithm
 from .problem import KernelProblem
 from .spectrum import StepOperator, state_structure
 from .validation import learning_rates
 
 #: largest system (unknowns) solved densely (LU); GMRES above (the matrix is dim^2 doubles)
 DENSE_SOLVE_MAX = 8192
+#: relative weighted residual below which the interpolation equations count as consistent
+INTERPOLATION_TOL = 1e-9
+#: schedules whose fixed point is the consensual interpolant when one exists (module doc)
+CONSENSUAL_AT_INTERPOLATION = (DGD, ATC, CTA)
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ def _solve(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
             except (scipy.linalg.LinAlgError, scipy.linalg.LinAlgWarning, ValueError):
                 pass
         return scipy.linalg.lstsq(dense_matrix, rhs)[0]
+    import scipy.sparse.linalg as spla
+
     op = spla.LinearOperator((dim, dim), matvec=matrix_free, dtype=np.float64)
     cols = []
     for j in range(rhs.shape[1]):
@@ -125,12 +141,41 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
         raise ValueError("algorithm: with a periodic mixing sequence the iteration ends on a "
                          "periodic orbit, not a fixed point; predict a long trajectory instead")
     lrs = learning_rates(lr, problem.num_agents)
+    q = problem.num_agents
+    vr, lam = _range_basis(problem.kernel)
+    to_alpha = vr / np.sqrt(lam)  # (R, r): u -> alpha
+    # centralised solution: weighted least squares on the global objective, min-norm in u
+    row_w = np.repeat(1.0 / (q * problem.counts), problem.counts * problem.rows_per_sample)
+    sw = np.sqrt(row_w)[:, None]
+    basis = vr * np.sqrt(lam)  # outputs = basis @ u
+    full_rank = len(lam) == problem.kernel.shape[0]
+    if full_rank:  # square and invertible: the interpolant, whatever the weights
+        u_c, misfit = (vr.T @ -problem.residual0) / np.sqrt(lam)[:, None], 0.0
+    else:
+        u_c, misfit = _weighted_lstsq(sw * basis, -sw * problem.residual0)
+    central = to_alpha @ u_c
+    if algo in CONSENSUAL_AT_INTERPOLATION and misfit <= INTERPOLATION_TOL:
+        alpha = np.broadcast_to(central, (q,) + central.shape)  # consensual interpolant
+    else:
+        alpha = _solve_fixed_point(problem, algo, lrs, vr, lam)
+    x = np.concatenate([alpha, central[None]], axis=0)
+    return _finish(problem, algo, lrs, x)
+
+
+def _weighted_lstsq(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares solution of ``a u = b`` and the relative misfit ``||a u - b|| / ||b||``."""
+    u = scipy.linalg.lstsq(a, b)[0]
+    norm = float(np.linalg.norm(b))
+    return u, float(np.linalg.norm(a @ u - b)) / norm if norm > 0 else 0.0
+
+
+def _solve_fixed_point(problem: KernelProblem, algo, lrs, vr, lam) -> np.ndarray:
+    """Parameters ``alpha`` ``(Q, R, C0)`` of the fixed point from the full linear system."""
     s = float(lrs.max())
     op = StepOperator(problem, algo, lrs / s)
     q, r = problem.num_agents, problem.kernel.shape[0]
     c0 = problem.residual0.shape[1]
     treedef, blocks = state_structure(algo)
-    vr, lam = _range_basis(problem.kernel)
     rank = len(lam)
     full_rank = rank == r  # then alpha itself is a fine coordinate system: no change of basis
     to_alpha = vr / np.sqrt(lam)  # (R, r): u -> alpha
@@ -163,16 +208,14 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     else:
         u = _solve(lambda v: v - a_u(v[:, None])[:, 0], None, c_u, dim)
     state = (u if full_rank else change(to_alpha, u)).reshape(blocks, q, r, c0)
-    alpha = np.asarray(algo.parameters(jax.tree.unflatten(treedef, list(state))))
-    # centralised solution: weighted least squares on the global objective, min-norm in u
-    row_w = np.repeat(1.0 / (q * problem.counts), problem.counts * problem.rows_per_sample)
-    sw = np.sqrt(row_w)[:, None]
-    basis = vr * np.sqrt(lam)  # outputs = basis @ u
-    u_c = scipy.linalg.lstsq(sw * basis, -sw * problem.residual0)[0]
-    central = to_alpha @ u_c
-    x = np.concatenate([alpha, central[None]], axis=0)
+    return np.asarray(algo.parameters(jax.tree.unflatten(treedef, list(state))))
+
+
+def _finish(problem: KernelProblem, algo, lrs, x: np.ndarray) -> FixedPoint:
+    """Record the fixed point ``x`` (agents then the centralised solution, alpha coordinates)."""
+    q = problem.num_agents
     rec_data = solver._device_data(problem, lrs[None, :])
-    rec = solver._record(jnp.asarray(x), rec_data, q_count=q, n_rates=1,
+    rec = solver.record_jit(jnp.asarray(x), rec_data, q_count=q, n_rates=1,
                          traced=problem.traced, has_test=problem.has_test, record_outputs=True)
     rec = {k: np.asarray(v) for k, v in rec.items()}
     inverse = np.argsort(problem.order)

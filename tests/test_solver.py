@@ -173,3 +173,122 @@ def test_float32_kernel_stays_close_to_float64(net):
     assert rel_err(f32.param_dist, f64.param_dist) < 1e-5
     assert 0 < rel_err(f32.train_loss, f64.train_loss) < 1e-5  # not silently float64
     assert f32.metadata["kernel_dtype"] == "float32"
+
+
+def test_import_ntkdyn_defers_heavy_modules():
+    """``import ntkdyn`` loads jax and numpy only; scipy.stats, matplotlib, sklearn, networkx,
+    scipy.optimize and tqdm load when a command needs them (fresh interpreter)."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy.stats", "matplotlib", "sklearn", "networkx", "scipy.optimize", "tqdm")
+    code = ("import sys, ntkdyn; print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+            f"{heavy!r} or m in {heavy!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert not [m for m in out if m in heavy or m.startswith(("scipy.stats", "scipy.optimize"))]
+    # the public names still resolve (lazily), and the functions win over same-named modules
+    import ntkdyn.check
+    import ntkdyn.predict  # noqa: F401
+    assert callable(nd.predict) and callable(nd.check)
+    assert nd.predict.__module__ == "ntkdyn.pipeline" and nd.check.__module__ == "ntkdyn.check"
+    for name in nd.__all__:
+        assert getattr(nd, name) is not None
+
+
+def test_binomial_pmf_matches_scipy():
+    import scipy.stats
+
+    from ntkdyn.gossip import _binom_pmf
+
+    for n in range(12):
+        for p in (0.0, 0.3, 0.5, 1.0):
+            np.testing.assert_allclose(_binom_pmf(n, p),
+                                       scipy.stats.binom.pmf(np.arange(n + 1), n, p),
+                                       rtol=1e-13, atol=1e-300)
+
+
+def _reference_problems(net):
+    """Full kernel (equal shards), traced kernel with unequal shards (per-block products)."""
+    w = graphs.mixing(graphs.topology("ring", 4))
+    full = nd.make_problem(net.kernel_full, net.y, net.agent, w, f0_train=net.f0,
+                           kernel_test_train=net.kernel_test_full, y_test=net.y_test,
+                           f0_test=net.f0_test)
+    rng = np.random.default_rng(1)
+    n = 22
+    a = rng.normal(size=(n, 2 * n))
+    agent = np.repeat(np.arange(4), [4, 6, 5, 7])
+    y = np.eye(3)[rng.integers(0, 3, n)]
+    traced = nd.make_problem(a @ a.T / n, y, agent, w, f0_train=0.1 * rng.normal(size=(n, 3)),
+                             kernel_test_train=rng.normal(size=(5, 2 * n)) @ a.T / n,
+                             y_test=np.eye(3)[rng.integers(0, 3, 5)])
+    return {"full": full, "traced_unequal": traced}
+
+
+@pytest.mark.parametrize("algorithm", [
+    "dgd", "atc", "cta", "gd", "momentum", "gradient_tracking", "diging", "extra",
+    nd.algorithms.p2pl(3, 2), "flow"])
+def test_eigenbasis_reference_equals_carried_reference(net, algorithm):
+    """The centralised reference run diagonally in the eigenbasis of D^1/2 Theta D^1/2 gives
+    every recorded quantity of the carried reference to 1e-10 (relative)."""
+    from ntkdyn import solver
+
+    continuous = algorithm == "flow"
+    algo = nd.algorithms.get_algorithm("dgd" if continuous else algorithm)
+    for name, problem in _reference_problems(net).items():
+        lrs = np.array([[0.3, 0.2, 0.25, 0.35], [0.05, 0.05, 0.05, 0.05]])
+        steps = np.array([0, 1, 2, 5, 13, 40]) if not continuous else np.array([0.0, 0.7, 6.5])
+        kw = dict(continuous=continuous, record_outputs=True)
+        eig = solver.evolve(problem, algo, lrs, steps, reference="eigen", **kw)
+        car = solver.evolve(problem, algo, lrs, steps, reference="carried", **kw)
+        assert set(eig) == set(car)
+        assert "central_dist" in eig
+        for key in car:
+            assert eig[key].shape == car[key].shape, (name, key)
+            assert rel_err(eig[key], car[key]) <= 1e-10, (name, key, rel_err(eig[key], car[key]))
+
+
+def test_eigenbasis_reference_with_random_gossip(net):
+    from ntkdyn import solver
+
+    problem = nd.make_problem(net.kernel_full, net.y, net.agent,
+                              graphs.random_edges(graphs.topology("ring", 4), p=0.5, seed=3),
+                              f0_train=net.f0)
+    kw = dict(samples=2, record_outputs=True)
+    eig = solver.evolve(problem, nd.algorithms.get_algorithm("atc"), np.full((1, 4), 0.3),
+                        np.arange(0, 31, 5), reference="eigen", **kw)
+    car = solver.evolve(problem, nd.algorithms.get_algorithm("atc"), np.full((1, 4), 0.3),
+                        np.arange(0, 31, 5), reference="carried", **kw)
+    for key in car:
+        assert rel_err(eig[key], car[key]) <= 1e-10, key
+
+
+def test_reference_argument_is_checked(net):
+    from ntkdyn import solver
+
+    problem = _reference_problems(net)["full"]
+    with pytest.raises(ValueError, match="reference: expected"):
+        solver.evolve(problem, nd.algorithms.get_algorithm("dgd"), np.full((1, 4), 0.3),
+                      np.arange(3), reference="dense")
+
+
+def test_divergence_checked_in_blocks_equals_checked_every_step(net, monkeypatch):
+    """Checking the bound once per CHECK_BLOCK steps (replaying a block that ends outside it)
+    gives the same records, flags and diverged_at as a check after every step."""
+    from ntkdyn import solver
+
+    problem = _reference_problems(net)["full"]
+    lrs = np.array([[0.3] * 4, [8.0] * 4, [50.0] * 4, [2.0] * 4])  # some rates diverge
+    steps = np.array([0, 3, 17, 40, 41, 90, 200])
+    algo = nd.algorithms.get_algorithm("dgd")
+    runs = []
+    for block in (16, 1):
+        monkeypatch.setattr(solver, "CHECK_BLOCK", block)
+        solver._run_chunk.clear_cache()
+        runs.append(solver.evolve(problem, algo, lrs, steps))
+    solver._run_chunk.clear_cache()
+    blocked, every = runs
+    assert np.all(every["diverged_at"][1:3] > 0) and every["diverged_at"][0] == -1
+    np.testing.assert_array_equal(blocked["diverged_at"], every["diverged_at"])
+    for key in every:
+        np.testing.assert_array_equal(blocked[key], every[key], err_msg=key)

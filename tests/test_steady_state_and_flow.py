@@ -161,3 +161,32 @@ def test_flow_records_times_as_given():
     np.testing.assert_array_equal(traj.steps, [0.0, 0.25, 1.5])
     assert traj.continuous
     json.dumps(traj.metadata)
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta"])
+def test_interpolating_fixed_point_shortcut_equals_the_full_solve(algorithm):
+    """Positive definite kernel: the consensual interpolant (one least-squares solve) is the
+    fixed point the full Q R system gives, to 1e-9; per-agent rates and a random-gossip E[W]
+    change nothing."""
+    from ntkdyn import steady_state
+    from ntkdyn.algorithms import get_algorithm
+
+    kern, y = _data(ridge=0.2)
+    agent = np.arange(len(y)) % 4
+    lr = np.array([0.3, 0.2, 0.25, 0.1])
+    for mixing in (graphs.mixing(graphs.topology("ring", 4)),
+                   graphs.random_edges(graphs.topology("ring", 4), p=0.5, seed=1)):
+        prob = make_problem(kern, y, agent, mixing)
+        fp = fixed_point(prob, algorithm, lr)
+        vr, lam = steady_state._range_basis(prob.kernel)
+        alpha = steady_state._solve_fixed_point(prob, get_algorithm(algorithm),
+                                                lr, vr, lam)
+        out = np.einsum("ij,qjk->qik", prob.kernel, alpha) + prob.f0_train[None]
+        assert rel_err(fp.train_outputs, out[:, np.argsort(prob.order)]) < 1e-9
+        assert fp.consensus_gap == 0.0
+
+
+def test_fixed_point_without_common_minimiser_takes_the_full_solve():
+    kern, y = _data(linear=True)  # rank 5 < 24 rows: no interpolant
+    prob = make_problem(kern, y, np.arange(len(y)) % 4, graphs.mixing(graphs.topology("ring", 4)))
+    assert fixed_point(prob, "dgd", 0.1).consensus_gap > 1e-3
