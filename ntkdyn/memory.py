@@ -71,6 +71,12 @@ def format_bytes(n: float) -> str:
 #: (backend start, LLVM, executables, allocator slack): measured 130-300 MB on CPU with
 #: jax 0.10 at N = 2,000-6,000 (tests/test_memory.py), independent of N.
 RUNTIME_BYTES = 170 * 2**20
+#: Rows up to which the centralised reference runs in its eigenbasis (one dense ``eigh``).
+REFERENCE_EIGH_MAX = 8192
+#: Peak of that ``eigh`` in units of ``8 R^2`` beyond the host kernels, and its fixed
+#: overhead (LAPACK and scipy buffers), both measured (``tests/test_memory.py``).
+EIGH_FACTOR = 4.5
+EIGH_OVERHEAD_BYTES = 150 * 10**6
 #: Rows of the analytic kernel per block (``kernels.analytic._BLOCK_ELEMENTS``) times the
 #: ~6 block-sized temporaries of one layer's dual.
 ANALYTIC_BLOCK_BYTES = 6 * 2**20 * 8
@@ -116,6 +122,7 @@ def prediction_bytes(
     build: tuple[int, int] | None = None,
     reorder: bool = False,
     runtime: bool = True,
+    eigen_reference: bool = False,
 ) -> int:
     """Estimated peak growth of resident memory of one kernel-space prediction.
 
@@ -136,6 +143,13 @@ def prediction_bytes(
       ~6 temporaries ``7 A R C``, the per-record products ``2 A C (R + R_t)``, and the
       recorded outputs if asked; the stability analysis that may follow holds the same
       device copy (the solver's is freed by then) and state-sized vectors;
+    * with ``eigen_reference`` (the centralised reference in its eigenbasis,
+      :func:`ntkdyn.solver.reference_basis`, used up to ``REFERENCE_EIGH_MAX`` rows): the
+      ``eigh`` of the scaled ``R x R`` kernel holds the host kernels plus about
+      ``4.5 x 8 R^2`` (the scaled copy, LAPACK's Fortran-order copy and ``2 R^2``
+      workspace of the divide-and-conquer driver, the eigenvectors) and
+      :data:`EIGH_OVERHEAD_BYTES`; its ``R x R`` basis stays cached while the solver runs
+      (fitted to the measured peak at N = 2,000 and 4,000, ``tests/test_memory.py``);
 
     the peak over the phases plus :data:`RUNTIME_BYTES` (``runtime=False`` leaves it out).
     """
@@ -156,6 +170,9 @@ def prediction_bytes(
     solve += 8 * 2 * (agents + 1) * cols * (rows + rows_test)
     if record_outputs:
         solve += 8 * records * (agents + 1) * rates * (n_train + n_test) * outputs
+    if eigen_reference:
+        phases.append(host + EIGH_FACTOR * 8 * rows * rows + EIGH_OVERHEAD_BYTES)
+        solve += 8 * rows * rows
     phases.append(solve)
     return int(max(phases) + (RUNTIME_BYTES if runtime else 0))
 

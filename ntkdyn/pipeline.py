@@ -97,6 +97,7 @@ def prediction_estimate(
     n_params: int | None = None,
     records: int = 100,
     record_outputs: bool = False,
+    reference: bool = True,
 ) -> int:
     """Estimated peak growth of resident memory of :func:`predict` (bytes; see
     :func:`ntkdyn.memory.prediction_bytes` for what is counted, and which baseline).
@@ -127,9 +128,12 @@ def prediction_estimate(
     if f0_network and isinstance(arch, MLP):  # pre-activations and activations of each layer
         forward = 8 * 2 * (n_train + n_test) * sum(arch.hidden)
         build = (build[0] + forward, build[1])
+    rows = n_train * (1 if layout_traced else outputs)
     return memory.prediction_bytes(n_train, n_test, outputs, agents, traced=layout_traced,
                                    rates=rates, records=records,
-                                   record_outputs=record_outputs, build=build)
+                                   record_outputs=record_outputs, build=build,
+                                   eigen_reference=reference
+                                   and rows <= memory.REFERENCE_EIGH_MAX)
 
 
 def ensure_prediction_fits(arch: Any, n_train: int, n_test: int, dim: int, outputs: int,

@@ -63,11 +63,13 @@ def _check_device_memory(problem: KernelProblem, n_rates: int, mesh, kernel_dtyp
             "this sharded prediction " + sharding.fits_hint(est, d, avail))
 
 
-def _check_memory(problem: KernelProblem, n_rates: int, n_records: int, record_outputs: bool):
+def _check_memory(problem: KernelProblem, n_rates: int, n_records: int, record_outputs: bool,
+                  eigen_reference: bool = False):
     n_test = 0 if problem.y_test is None else problem.y_test.shape[0]
     need = memory.prediction_bytes(
         problem.num_train, n_test, problem.num_outputs, problem.num_agents,
-        traced=problem.traced, rates=n_rates, records=n_records, record_outputs=record_outputs)
+        traced=problem.traced, rates=n_rates, records=n_records, record_outputs=record_outputs,
+        eigen_reference=eigen_reference)
     # the kernel itself is already in memory (numpy); the device copy doubles it on CPU
     memory.ensure_fits(
         need, "this prediction",
@@ -132,7 +134,8 @@ def run_problem(
     groups, with_expected = solver.mixing_groups(problem, samples)
     if mesh is None:
         _check_memory(problem, len(rate_rows) * groups, len(steps) * algo.records_per_step,
-                      record_outputs)
+                      record_outputs, eigen_reference=reference
+                      and solver.use_eigen_reference(problem))
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
     raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,

@@ -62,7 +62,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from . import sharding
+from . import memory, sharding
 from .algorithms import Algorithm, Operators
 from .problem import KernelProblem
 
@@ -70,7 +70,7 @@ from .problem import KernelProblem
 EXACT = jax.lax.Precision.HIGHEST
 #: largest kernel (rows) whose centralised reference runs in its eigenbasis (one eigh,
 #: O(R^3) once, an (R, R) change of basis kept for the records); carried above
-REFERENCE_EIGH_MAX = 8192
+REFERENCE_EIGH_MAX = memory.REFERENCE_EIGH_MAX
 #: steps between divergence checks (a block that ends outside the bound is replayed with a
 #: check after every step; the check and the freeze are two passes over the state per step)
 CHECK_BLOCK = 16
