@@ -49,7 +49,7 @@ def test_periodic_sequence_lr_star_and_per_step_rate():
     seq = graphs.periodic([w, star])
     agent = np.arange(len(y)) % 4
     prob = make_problem(kern, y, agent, seq)
-    op = stab.StepOperator(prob, "dgd")
+    op = stab.StepOperator(prob, algorithms.DGD)
     assert op.period_steps == 2
     s = 0.3
     two = np.linalg.eigvals(op.dense(s))  # operator of a whole period
