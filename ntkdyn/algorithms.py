@@ -15,7 +15,8 @@ The primitives are
 
 and the classical recursions are ways of composing them (Sayed 2014; Nedić &
 Ozdaglar 2009; Yuan, Ling & Yin 2016; Shi, Ling, Wu & Yin 2015; Nedić, Olshevsky
-& Shi 2017; Di Lorenzo & Scutari 2016; Pranav & Moura 2023).  What one *step* means:
+& Shi 2017; Xu, Zhu, Soh & Xie 2015; Di Lorenzo & Scutari 2016; Pranav & Moura 2023).
+Each name means what its source means (``theory/algorithms.md`` §1).  What one *step* means:
 
 ======================  ===========================================================
 ``dgd``                 ``x+ = W x - eta grad(x)``           (one combine, one gradient)
@@ -25,10 +26,14 @@ Ozdaglar 2009; Yuan, Ling & Yin 2016; Shi, Ling, Wu & Yin 2015; Nedić, Olshevsk
 ``p2pl(L, C)``          one *round*: ``L`` adapt steps on the local shard, then ``C``
                         combine steps; recorded after each phase (``"local"``,
                         ``"consensus"``)
-``gradient_tracking``   ATC form (NEXT / ATC-DIGing): ``x+ = W (x - eta y)``,
-                        ``y+ = W (y + grad(x+) - grad(x))``, ``y_0 = grad(x_0)``;
-                        state ``(x, y, grad(x))``; on a complete graph it *is*
-                        centralised GD
+``gradient_tracking``   ATC form (ATC-DIGing, Nedić, Olshevsky, Shi & Uribe 2017; Aug-DGM,
+                        Xu, Zhu, Soh & Xie 2015; also ``"atc_diging"``, ``"aug_dgm"``):
+                        ``x+ = W (x - eta y)``, ``y+ = W (y + grad(x+) - grad(x))``,
+                        ``y_0 = grad(x_0)``; state ``(x, y, grad(x))``; on a complete
+                        graph it *is* centralised GD
+``next``                NEXT / SONATA with a linear surrogate (Di Lorenzo & Scutari 2016):
+                        ``x+ = W (x - eta y)``, ``y+ = W y + grad(x+) - grad(x)``,
+                        ``y_0 = grad(x_0)``; state ``(x, y, grad(x))``
 ``diging``              DIGing: ``x+ = W x - eta y``, ``y+ = W y + grad(x+) - grad(x)``,
                         ``y_0 = grad(x_0)``; state ``(x, y, grad(x))``
 ``extra``               EXTRA: ``x+ = W x - eta grad(x) - z``, ``z+ = z + (x - W x)/2``,
@@ -47,7 +52,7 @@ sequence event ``e = k * mixes_per_step + j`` of step ``k`` uses ``W_e``:
 Schedules with memory carry an *augmented state* (a tuple whose first entry is
 the parameters): :attr:`Algorithm.init` builds it from the parameters,
 :attr:`Algorithm.params` reads the parameters back.  A schedule with a
-conserved quantity (gradient tracking and DIGing keep ``pi^T (y - grad x)`` and EXTRA
+conserved quantity (gradient tracking, NEXT and DIGing keep ``pi^T (y - grad x)`` and EXTRA
 ``pi^T z`` fixed at 0, ``pi`` the left Perron vector of ``W``) names its
 projection onto the invariant subspace in :attr:`Algorithm.project`; the
 stability analysis uses it to leave out the eigenvalue-1 modes the initial
@@ -412,6 +417,14 @@ def _gt_step(state, ops):
     return (x_new, y_new, g_new)
 
 
+def _next_step(state, ops):
+    x, y, g = state
+    x_new = ops.mix(ops.sub(x, ops.scale(y)))
+    g_new = ops.grad(x_new)
+    y_new = ops.add(ops.mix(y), ops.sub(g_new, g))
+    return (x_new, y_new, g_new)
+
+
 def _diging_step(state, ops):
     x, y, g = state
     x_new = ops.sub(ops.mix(x), ops.scale(y))
@@ -434,8 +447,14 @@ def _gt_project(state, pi):
 GRADIENT_TRACKING = Algorithm(
     "gradient_tracking", _gt_step,
     "x+ = W (x - eta y), y+ = W (y + grad L(x+) - grad L(x)), y0 = grad L(x0)  (gradient "
-    "tracking, adapt-then-combine form (NEXT / ATC-DIGing): exact consensus at the "
+    "tracking, adapt-then-combine form (ATC-DIGing / Aug-DGM): exact consensus at the "
     "centralised solution with a constant step)",
+    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
+NEXT = Algorithm(
+    "next", _next_step,
+    "x+ = W (x - eta y), y+ = W y + grad L(x+) - grad L(x), y0 = grad L(x0)  (NEXT / SONATA "
+    "with a linear surrogate, Di Lorenzo & Scutari 2016: exact consensus at the centralised "
+    "solution with a constant step)",
     init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
 DIGING = Algorithm(
     "diging", _diging_step,
@@ -522,13 +541,15 @@ def momentum(beta: float = 0.9, base: str = "dgd") -> Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (DGD, ATC, CTA, GD)}
 #: names that take options; ``get_algorithm`` gives their defaults
 FACTORIES: dict[str, Callable[..., Algorithm]] = {
-    "p2pl": p2pl, "gradient_tracking": lambda: GRADIENT_TRACKING, "diging": lambda: DIGING,
-    "extra": lambda: EXTRA, "momentum": momentum}
+    "p2pl": p2pl, "gradient_tracking": lambda: GRADIENT_TRACKING, "next": lambda: NEXT,
+    "diging": lambda: DIGING, "extra": lambda: EXTRA, "momentum": momentum}
 #: every algorithm name, in the order the documentation lists them: the one list the
 #: configuration schema, ``ntkdyn check`` and the CLI accept
-NAMES: tuple[str, ...] = ("dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "diging",
-                          "extra", "momentum")
-ALIASES = {"gt": "gradient_tracking", "next": "gradient_tracking"}
+NAMES: tuple[str, ...] = ("dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "next",
+                          "diging", "extra", "momentum")
+#: other names of a schedule in the literature
+ALIASES = {"gt": "gradient_tracking", "atc_diging": "gradient_tracking",
+           "aug_dgm": "gradient_tracking"}
 
 
 def names() -> list[str]:

@@ -80,7 +80,7 @@ class ArchitectureConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     algorithm: str = "dgd"  # one of ntkdyn.algorithms.NAMES: dgd | atc | cta | gd | p2pl |
-    #                         gradient_tracking | diging | extra | momentum
+    #                         gradient_tracking | next | diging | extra | momentum
     lr: float = 0.5
     steps: int = 2000  # steps of the algorithm (rounds for p2pl)
     record_every: int = 20
