@@ -156,7 +156,7 @@ def _step_mixings(problem: KernelProblem, algorithm: Algorithm) -> tuple[np.ndar
     period, m = process.period, algorithm.mixes_per_step
     n = period // math.gcd(period, m)
     events = np.arange(n * m).reshape(n, m)
-    return process.matrices[events % period], n
+    return process.cycle[events % period], n
 
 
 def perron_vector(w: np.ndarray) -> np.ndarray:
@@ -307,7 +307,7 @@ def _analysed_matrices(problem: KernelProblem) -> list[np.ndarray]:
     sequence, or ``E[W]`` of a random one."""
     process = problem.process
     if process is not None and not process.random:
-        return list(process.matrices)
+        return list(process.cycle)
     return [problem.mixing]
 
 

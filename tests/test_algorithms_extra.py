@@ -372,3 +372,14 @@ def test_next_and_atc_gradient_tracking_are_different_algorithms(net):
     w = np.full((4, 4), 0.25)
     nxt = _predict(net, w, 0.3, "next", 20)
     assert np.max(nxt.central_dist) < 1e-10 * np.max(nxt.param_dist)
+
+
+def test_periodic_matrices_is_the_inherited_method():
+    """Issue 13 item 4: ``Periodic.matrices`` was a field hiding
+    ``MixingProcess.matrices(events)``; the stack of one period is now ``cycle`` and
+    ``matrices(events)`` gives ``W_e`` for any events, as for random processes."""
+    seq = graphs.periodic([RING, STAR])
+    assert seq.cycle.shape == (2, 4, 4)
+    np.testing.assert_array_equal(seq.matrices([0, 1, 2, 5]), np.stack([RING, STAR, RING, STAR]))
+    np.testing.assert_array_equal(seq.matrix(3), STAR)
+    np.testing.assert_allclose(seq.expected(), (RING + STAR) / 2, rtol=0, atol=1e-15)
