@@ -15,7 +15,8 @@ The primitives are
 
 and the classical recursions are ways of composing them (Sayed 2014; Nedić &
 Ozdaglar 2009; Yuan, Ling & Yin 2016; Shi, Ling, Wu & Yin 2015; Nedić, Olshevsky
-& Shi 2017; Di Lorenzo & Scutari 2016; Pranav & Moura 2023).  What one *step* means:
+& Shi 2017; Xu, Zhu, Soh & Xie 2015; Di Lorenzo & Scutari 2016; Pranav & Moura 2023).
+Each name means what its source means (``theory/algorithms.md`` §1).  What one *step* means:
 
 ======================  ===========================================================
 ``dgd``                 ``x+ = W x - eta grad(x)``           (one combine, one gradient)
@@ -25,10 +26,14 @@ Ozdaglar 2009; Yuan, Ling & Yin 2016; Shi, Ling, Wu & Yin 2015; Nedić, Olshevsk
 ``p2pl(L, C)``          one *round*: ``L`` adapt steps on the local shard, then ``C``
                         combine steps; recorded after each phase (``"local"``,
                         ``"consensus"``)
-``gradient_tracking``   ATC form (NEXT / ATC-DIGing): ``x+ = W (x - eta y)``,
-                        ``y+ = W (y + grad(x+) - grad(x))``, ``y_0 = grad(x_0)``;
-                        state ``(x, y, grad(x))``; on a complete graph it *is*
-                        centralised GD
+``gradient_tracking``   ATC form (ATC-DIGing, Nedić, Olshevsky, Shi & Uribe 2017; Aug-DGM,
+                        Xu, Zhu, Soh & Xie 2015; also ``"atc_diging"``, ``"aug_dgm"``):
+                        ``x+ = W (x - eta y)``, ``y+ = W (y + grad(x+) - grad(x))``,
+                        ``y_0 = grad(x_0)``; state ``(x, y, grad(x))``; on a complete
+                        graph it *is* centralised GD
+``next``                NEXT / SONATA with a linear surrogate (Di Lorenzo & Scutari 2016):
+                        ``x+ = W (x - eta y)``, ``y+ = W y + grad(x+) - grad(x)``,
+                        ``y_0 = grad(x_0)``; state ``(x, y, grad(x))``
 ``diging``              DIGing: ``x+ = W x - eta y``, ``y+ = W y + grad(x+) - grad(x)``,
                         ``y_0 = grad(x_0)``; state ``(x, y, grad(x))``
 ``extra``               EXTRA: ``x+ = W x - eta grad(x) - z``, ``z+ = z + (x - W x)/2``,
@@ -47,7 +52,7 @@ sequence event ``e = k * mixes_per_step + j`` of step ``k`` uses ``W_e``:
 Schedules with memory carry an *augmented state* (a tuple whose first entry is
 the parameters): :attr:`Algorithm.init` builds it from the parameters,
 :attr:`Algorithm.params` reads the parameters back.  A schedule with a
-conserved quantity (gradient tracking and DIGing keep ``pi^T (y - grad x)`` and EXTRA
+conserved quantity (gradient tracking, NEXT and DIGing keep ``pi^T (y - grad x)`` and EXTRA
 ``pi^T z`` fixed at 0, ``pi`` the left Perron vector of ``W``) names its
 projection onto the invariant subspace in :attr:`Algorithm.project`; the
 stability analysis uses it to leave out the eigenvalue-1 modes the initial
@@ -70,6 +75,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 State = Any  # an array or a pytree whose leaves carry a leading agent axis
 UNROLL_MAX = 8  # phases with more repetitions than this run in a fori_loop
@@ -122,6 +128,66 @@ class Operators:
 
 
 @dataclass(frozen=True)
+class MixingFacts:
+    """What a sufficient-bound rule may use about the mixing the stability analysis sees.
+
+    Attributes
+    ----------
+    lambda_min:
+        ``min_k lambda_min(W_k)`` over the analysed matrices (``W``; every matrix of a
+        periodic sequence; ``E[W]`` for random gossip), or ``nan`` unless every one of
+        them is symmetric and doubly stochastic.
+    num_matrices:
+        1 for a static ``W`` (or ``E[W]``), ``P`` for a periodic sequence of ``P``.
+    num_agents:
+        ``Q``.
+    """
+
+    lambda_min: float
+    num_matrices: int
+    num_agents: int
+
+    @property
+    def symmetric(self) -> bool:
+        """Every analysed matrix is symmetric and doubly stochastic."""
+        return not np.isnan(self.lambda_min)
+
+
+#: ``(mixing, curv) -> rate``: a sufficient bound on the largest per-agent rate, ``nan``
+#: where the rule does not apply; ``curv = max_q profile_q lambda_max(Theta_qq) / N_q``.
+BoundRule = Callable[[MixingFacts, float], float]
+
+
+@dataclass(frozen=True)
+class MinusOneCrossing:
+    r"""The closed-form stability boundary of a single-state schedule with symmetric ``W``.
+
+    One step's linear part is similar to a symmetric matrix whose eigenvalues stay
+    ``<= 1`` at every rate, so the boundary is where the smallest reaches ``-1``:
+    ``1 / lr* = lambda_max(g(W) (x) I . D H)`` (``D H`` the local-gradient operator at unit
+    rate, block-diagonal PSD in the coordinates ``Theta^{1/2} alpha``;
+    ``theory/stability.md``).
+
+    Attributes
+    ----------
+    factor:
+        ``W -> g(W)``: ``(I + W)^{-1}`` for DGD (``W - s D H`` has ``-1`` iff
+        ``(I + W) z = s D H z``), ``(I + W)^{-1} W`` for ATC and CTA (``W (I - s D H)``),
+        ``I / 2`` for GD (``I - s D H``).
+    exact_for_indefinite_mixing:
+        The similarity holds for every symmetric ``W`` (DGD, GD); otherwise only for
+        ``W >= 0`` (ATC, CTA: ``W^{1/2}`` must exist) and the crossing is verified.
+    lambda_min_minus_one_unstable:
+        ``lambda_min(W) = -1`` makes the schedule unstable at every rate (DGD: ``I + W``
+        singular) rather than leaving the crossing undefined.
+    """
+
+    factor: Callable[[np.ndarray], np.ndarray]
+    exact_for_indefinite_mixing: bool = False
+    lambda_min_minus_one_unstable: bool = False
+
+
+@dataclass(frozen=True)
 class Algorithm:
     """A peer-to-peer algorithm: a schedule of ``mix`` and ``adapt``.
 
@@ -152,6 +218,21 @@ class Algorithm:
         Used by the stability analysis only; ``None``: nothing conserved.
     options:
         The schedule's parameters as ``((name, value), ...)`` (for metadata).
+    sufficient_bound:
+        :data:`BoundRule`: a sufficient bound on the stable rate from the mixing's smallest
+        eigenvalue and the local curvature (``theory/algorithms.md`` §3); ``None``: no bound
+        is known (a user's schedule, unless it supplies one).
+    minus_one_crossing:
+        :class:`MinusOneCrossing`: the exact boundary for a static symmetric ``W``;
+        ``None``: the boundary is searched (Brent on ``rho(A(s)) - 1``).
+    shares_spectrum_with:
+        Name of a schedule whose one-step operator has the same spectrum at every rate
+        (CTA: ``"atc"``, ``(I - s D H) W`` and ``W (I - s D H)`` being ``BA`` and ``AB``);
+        ``""``: none.
+
+    The facts above are the schedule's own: built-in schedules carry them, a schedule a
+    user writes has none unless given (``dataclasses.replace`` keeps them, so a changed
+    ``step`` must drop facts that no longer hold).
     """
 
     name: str
@@ -164,6 +245,9 @@ class Algorithm:
     mixes_per_step: int = 1
     project: Callable[[State, Any], State] | None = None
     options: tuple = ()
+    sufficient_bound: BoundRule | None = None
+    minus_one_crossing: MinusOneCrossing | None = None
+    shares_spectrum_with: str = ""
 
     def initial_state(self, x: State, ops: Operators) -> State:
         return x if self.init is None else self.init(x, ops)
@@ -212,10 +296,58 @@ def _gd(x: State, ops: Operators) -> State:
     return ops.adapt(x)
 
 
-DGD = Algorithm("dgd", _dgd, "x+ = W x - eta grad L(x)  (decentralised gradient descent)")
-ATC = Algorithm("atc", _atc, "x+ = W (x - eta grad L(x))  (adapt then combine, diffusion)")
-CTA = Algorithm("cta", _cta, "x+ = W x - eta grad L(W x)  (combine then adapt, diffusion)")
-GD = Algorithm("gd", _gd, "x+ = x - eta grad L(x)  (local gradient descent, no communication)")
+# ------------------------------------------------------------------------ per-schedule facts
+# Sufficient bounds (theory/algorithms.md §3): in the coordinates Theta^{1/2} alpha a local
+# step I - eta D H is symmetric with eigenvalues in [1 - eta curv, 1] and a symmetric doubly
+# stochastic W has them in [lambda_min, 1].
+def _one_agent_bound(mixing: MixingFacts, curv: float) -> float:
+    """``Q = 1``: the schedule is centralised GD, stable below ``2 / curv``."""
+    return 2.0 / curv if mixing.num_agents == 1 else float("nan")
+
+
+def _dgd_bound(mixing: MixingFacts, curv: float) -> float:
+    """``W_k - eta D H`` is non-expansive below ``(1 + min_k lambda_min(W_k)) / curv``."""
+    return (1.0 + mixing.lambda_min) / curv
+
+
+def _combine_adapt_bound(mixing: MixingFacts, curv: float) -> float:
+    """A product of non-expansive symmetric maps (``W_k`` and ``I - eta D H``, the latter
+    for ``eta curv <= 2``) is non-expansive: ATC, CTA, P2PL below ``2 / curv``."""
+    return 2.0 / curv if mixing.symmetric else _one_agent_bound(mixing, curv)
+
+
+def _gd_bound(mixing: MixingFacts, curv: float) -> float:
+    """No communication: each agent's GD is stable below ``2 / curv``."""
+    return 2.0 / curv
+
+
+def _inverse_one_plus(w: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(np.eye(w.shape[0]) + w)
+
+
+def _inverse_one_plus_times(w: np.ndarray) -> np.ndarray:
+    return _inverse_one_plus(w) @ w
+
+
+def _half_identity(w: np.ndarray) -> np.ndarray:
+    return np.eye(w.shape[0]) / 2.0
+
+
+DGD = Algorithm(
+    "dgd", _dgd, "x+ = W x - eta grad L(x)  (decentralised gradient descent)",
+    sufficient_bound=_dgd_bound,
+    minus_one_crossing=MinusOneCrossing(_inverse_one_plus, exact_for_indefinite_mixing=True,
+                                        lambda_min_minus_one_unstable=True))
+_ATC_CROSSING = MinusOneCrossing(_inverse_one_plus_times)
+ATC = Algorithm("atc", _atc, "x+ = W (x - eta grad L(x))  (adapt then combine, diffusion)",
+                sufficient_bound=_combine_adapt_bound, minus_one_crossing=_ATC_CROSSING)
+CTA = Algorithm("cta", _cta, "x+ = W x - eta grad L(W x)  (combine then adapt, diffusion)",
+                sufficient_bound=_combine_adapt_bound, minus_one_crossing=_ATC_CROSSING,
+                shares_spectrum_with="atc")
+GD = Algorithm("gd", _gd, "x+ = x - eta grad L(x)  (local gradient descent, no communication)",
+               sufficient_bound=_gd_bound,
+               minus_one_crossing=MinusOneCrossing(_half_identity,
+                                                   exact_for_indefinite_mixing=True))
 
 
 def _repeat(count: int, body: Callable[[int, State], State], x: State) -> State:
@@ -245,7 +377,8 @@ def _p2pl(local_steps: int, consensus_steps: int) -> Algorithm:
         "steps (P2PL, Pranav & Moura); recorded after each phase",
         phases=(local, consensus), phase_names=("local", "consensus"),
         mixes_per_step=consensus_steps,
-        options=(("local_steps", local_steps), ("consensus_steps", consensus_steps)))
+        options=(("local_steps", local_steps), ("consensus_steps", consensus_steps)),
+        sufficient_bound=_combine_adapt_bound)
 
 
 def p2pl(local_steps: int = 5, consensus_steps: int = 1) -> Algorithm:
@@ -266,6 +399,11 @@ def p2pl(local_steps: int = 5, consensus_steps: int = 1) -> Algorithm:
 
 
 # ------------------------------------------------------------------------ gradient tracking
+def _first(state):
+    """The parameters of an augmented state ``(x, ...)``."""
+    return state[0]
+
+
 def _gt_init(x, ops):
     g = ops.grad(x)
     return (x, g, g)
@@ -276,6 +414,14 @@ def _gt_step(state, ops):
     x_new = ops.mix(ops.sub(x, ops.scale(y)))
     g_new = ops.grad(x_new)
     y_new = ops.mix(ops.add(y, ops.sub(g_new, g)))
+    return (x_new, y_new, g_new)
+
+
+def _next_step(state, ops):
+    x, y, g = state
+    x_new = ops.mix(ops.sub(x, ops.scale(y)))
+    g_new = ops.grad(x_new)
+    y_new = ops.add(ops.mix(y), ops.sub(g_new, g))
     return (x_new, y_new, g_new)
 
 
@@ -301,14 +447,20 @@ def _gt_project(state, pi):
 GRADIENT_TRACKING = Algorithm(
     "gradient_tracking", _gt_step,
     "x+ = W (x - eta y), y+ = W (y + grad L(x+) - grad L(x)), y0 = grad L(x0)  (gradient "
-    "tracking, adapt-then-combine form (NEXT / ATC-DIGing): exact consensus at the "
+    "tracking, adapt-then-combine form (ATC-DIGing / Aug-DGM): exact consensus at the "
     "centralised solution with a constant step)",
-    init=_gt_init, params=lambda s: s[0], project=_gt_project)
+    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
+NEXT = Algorithm(
+    "next", _next_step,
+    "x+ = W (x - eta y), y+ = W y + grad L(x+) - grad L(x), y0 = grad L(x0)  (NEXT / SONATA "
+    "with a linear surrogate, Di Lorenzo & Scutari 2016: exact consensus at the centralised "
+    "solution with a constant step)",
+    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
 DIGING = Algorithm(
     "diging", _diging_step,
     "x+ = W x - eta y, y+ = W y + grad L(x+) - grad L(x), y0 = grad L(x0)  (DIGing "
     "gradient tracking: exact consensus at the centralised solution with a constant step)",
-    init=_gt_init, params=lambda s: s[0], project=_gt_project)
+    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
 
 
 # ------------------------------------------------------------------------ EXTRA
@@ -333,7 +485,8 @@ EXTRA = Algorithm(
     "extra", _extra_step,
     "x+ = W x - eta grad L(x) - z, z+ = z + (I - W) x / 2, z0 = 0  (EXTRA with "
     "W~ = (I + W)/2: exact consensus at the centralised solution with a constant step)",
-    init=_extra_init, params=lambda s: s[0], project=_extra_project)
+    init=_extra_init, params=_first, project=_extra_project,
+    sufficient_bound=_one_agent_bound)
 
 
 # ------------------------------------------------------------------------ heavy ball
@@ -341,6 +494,14 @@ EXTRA = Algorithm(
 def _momentum(beta: float, base: str) -> Algorithm:
     def init(x, ops):
         return (x, x)
+
+    def bound(mixing: MixingFacts, curv: float) -> float:
+        """Heavy ball on DGD, one ``W``: each eigenvalue ``mu`` of ``W - eta D H`` gives a
+        stable 2x2 block iff ``-1 - 2 beta <= mu <= 1``: below
+        ``(1 + 2 beta + lambda_min(W)) / curv``."""
+        if base == "dgd" and mixing.symmetric and mixing.num_matrices == 1:
+            return (1.0 + 2.0 * beta + mixing.lambda_min) / curv
+        return _one_agent_bound(mixing, curv)
 
     if base == "dgd":
         def step(state, ops):
@@ -355,8 +516,8 @@ def _momentum(beta: float, base: str) -> Algorithm:
             return (new, x)
         what = "x+ = W (x - eta grad L(x) + beta (x - x-))"
     return Algorithm("momentum", step, f"{what}  (heavy-ball momentum per agent, beta={beta:g})",
-                     init=init, params=lambda s: s[0],
-                     options=(("beta", beta), ("base", base)))
+                     init=init, params=_first,
+                     options=(("beta", beta), ("base", base)), sufficient_bound=bound)
 
 
 def momentum(beta: float = 0.9, base: str = "dgd") -> Algorithm:
@@ -379,39 +540,56 @@ def momentum(beta: float = 0.9, base: str = "dgd") -> Algorithm:
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (DGD, ATC, CTA, GD)}
 #: names that take options; ``get_algorithm`` gives their defaults
-FACTORIES: dict[str, Callable[[], Algorithm]] = {
-    "p2pl": p2pl, "gradient_tracking": lambda: GRADIENT_TRACKING, "diging": lambda: DIGING,
-    "extra": lambda: EXTRA, "momentum": momentum}
-ALIASES = {"gt": "gradient_tracking", "next": "gradient_tracking"}
+FACTORIES: dict[str, Callable[..., Algorithm]] = {
+    "p2pl": p2pl, "gradient_tracking": lambda: GRADIENT_TRACKING, "next": lambda: NEXT,
+    "diging": lambda: DIGING, "extra": lambda: EXTRA, "momentum": momentum}
+#: every algorithm name, in the order the documentation lists them: the one list the
+#: configuration schema, ``ntkdyn check`` and the CLI accept
+NAMES: tuple[str, ...] = ("dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "next",
+                          "diging", "extra", "momentum")
+#: other names of a schedule in the literature
+ALIASES = {"gt": "gradient_tracking", "atc_diging": "gradient_tracking",
+           "aug_dgm": "gradient_tracking"}
 
 
 def names() -> list[str]:
-    """Every algorithm name :func:`get_algorithm` accepts (aliases excluded)."""
-    return sorted(set(ALGORITHMS) | set(FACTORIES))
+    """Every algorithm name :func:`get_algorithm` accepts (aliases excluded), sorted."""
+    return sorted(NAMES)
 
 
-def get_algorithm(algorithm: str | Algorithm) -> Algorithm:
+def get_algorithm(algorithm: str | Algorithm, **options) -> Algorithm:
     """Return the :class:`Algorithm` named ``algorithm`` (or ``algorithm`` itself).
 
-    Names with options give their defaults: ``"p2pl"`` is ``p2pl(5, 1)``,
-    ``"momentum"`` is ``momentum(0.9)``; build others with :func:`p2pl`,
-    :func:`momentum`.
+    This is where a name becomes an :class:`Algorithm`: public entry points call it once
+    and pass the object on.  Names with options give their defaults unless ``options``
+    are given: ``"p2pl"`` is ``p2pl(5, 1)``, ``get_algorithm("p2pl", local_steps=3)`` is
+    ``p2pl(3, 1)``, ``"momentum"`` is ``momentum(0.9)``.
 
     Raises
     ------
     ValueError
-        If the name is unknown; the message lists the valid names.
+        If the name is unknown (the message lists the valid names), or ``options`` are
+        given for an :class:`Algorithm` or a name without options.
     """
-    if isinstance(algorithm, Algorithm):
+    if isinstance(algorithm, Algorithm) and not options:
         return algorithm
     if isinstance(algorithm, str):
         key = algorithm.strip().lower()
         key = ALIASES.get(key, key)
-        if key in ALGORITHMS:
+        if key in ALGORITHMS and not options:
             return ALGORITHMS[key]
         if key in FACTORIES:
-            return FACTORIES[key]()
+            try:
+                return FACTORIES[key](**options)
+            except TypeError as exc:
+                raise ValueError(f"algorithm: {key!r} takes no options {sorted(options)}"
+                                 ) from exc
+        if key in ALGORITHMS:
+            raise ValueError(f"algorithm: {key!r} takes no options, got {sorted(options)}")
+    if isinstance(algorithm, Algorithm):
+        raise ValueError(f"algorithm: options {sorted(options)} are for a name, got the "
+                         f"built {algorithm!r}")
     raise ValueError(
-        f"algorithm: unknown algorithm {algorithm!r}; expected one of {names()} "
+        f"algorithm: unknown algorithm {algorithm!r}; expected one of {list(NAMES)} "
         "or an ntkdyn.algorithms.Algorithm"
     )

@@ -24,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import gossip, graphs, spectrum
+from . import algorithms, gossip, graphs, spectrum
+from .algorithms import Algorithm
 from .config import Config, load_config
 from .experiment import Experiment, from_config
 from .pipeline import build_problem
 from .predict import run_problem, versions
 from .steady_state import fixed_point
 
-ALGORITHMS = ("dgd", "atc", "cta")
+#: the schedules every report compares at the configured rate (the configured one is added)
+COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
 SAFETY = 0.9  # recommended rates stay below SAFETY * lr*
 SWEEP_FRACTIONS = np.linspace(0.1, 0.95, 10)
 #: Measured agreement between predicted and observed test loss: the *pointwise* relative
@@ -151,17 +153,19 @@ def _summarise(traj, target: float) -> dict:
     }
 
 
-def _analyse(exp: Experiment, problem, cfg: Config) -> tuple[list[AlgorithmVerdict], dict]:
-    """Stability of DGD, ATC, CTA at the chosen rate (ATC and CTA share a spectrum)."""
+def _analyse(exp: Experiment, problem, cfg: Config) -> list[AlgorithmVerdict]:
+    """Stability of the :data:`COMPARED` schedules at the chosen rate, once per spectrum
+    (:attr:`~ntkdyn.algorithms.Algorithm.shares_spectrum_with`: CTA's is ATC's)."""
     name = _topology_name(exp.config)
     out, cache = [], {}
-    for algo in ALGORITHMS:
-        key = "atc" if algo == "cta" else algo  # W(I - eta H) and (I - eta H)W: same spectrum
+    by_name = {a.name: a for a in COMPARED}
+    for algo in COMPARED:
+        key = algo.shares_spectrum_with if algo.shares_spectrum_with in by_name else algo.name
         if key not in cache:
-            cache[key] = spectrum.stability(problem, key, cfg.training.lr)
-        rep = dataclasses.replace(cache[key], algorithm=algo)
+            cache[key] = spectrum.stability(problem, by_name[key], cfg.training.lr)
+        rep = dataclasses.replace(cache[key], algorithm=algo.name)
         out.append(_as_verdict(rep, name))
-    return out, cache
+    return out
 
 
 def _as_verdict(rep: spectrum.StabilityReport, topology: str) -> AlgorithmVerdict:
@@ -258,10 +262,9 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,
                             seed=cfg.seed, rates=len(SWEEP_FRACTIONS) + 1, traced=not full)
     t_kernel = time.perf_counter()
-    verdicts, cache = _analyse(exp, problem, cfg)
+    verdicts = _analyse(exp, problem, cfg)
     algo = exp.algorithm
-    chosen = next(v for v in verdicts if v.algorithm == cfg.training.algorithm) \
-        if cfg.training.algorithm in ALGORITHMS else None
+    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
     if chosen is None:  # gd, p2pl, gradient tracking, EXTRA, momentum: their own operator
         rep = spectrum.stability(problem, algo, cfg.training.lr)
         chosen = _as_verdict(rep, _topology_name(cfg))

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .algorithms import NAMES as ALGORITHM_NAMES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -77,8 +79,8 @@ class ArchitectureConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    algorithm: str = "dgd"  # dgd | atc | cta | gd | p2pl | gradient_tracking | diging |
-    #                         extra | momentum
+    algorithm: str = "dgd"  # one of ntkdyn.algorithms.NAMES: dgd | atc | cta | gd | p2pl |
+    #                         gradient_tracking | next | diging | extra | momentum
     lr: float = 0.5
     steps: int = 2000  # steps of the algorithm (rounds for p2pl)
     record_every: int = 20
@@ -128,8 +130,7 @@ CHOICES = {
     "data.source": ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10"),
     "partition.scheme": ("iid", "shards", "dirichlet"),
     "topology.rule": ("metropolis", "max_degree", "uniform"),
-    "training.algorithm": ("dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "diging",
-                           "extra", "momentum"),
+    "training.algorithm": ALGORITHM_NAMES,
     "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
     "validation.dtype": ("float32", "float64"),
@@ -237,11 +238,16 @@ def _validate(cfg: Config) -> None:
                           f"{cfg.training.momentum!r}")
 
 
+#: ``[training]`` keys that are options of one algorithm: key -> (algorithm, keyword of its
+#: factory in :mod:`ntkdyn.algorithms`)
+ALGORITHM_OPTIONS = {
+    "training.local_steps": ("p2pl", "local_steps"),
+    "training.consensus_steps": ("p2pl", "consensus_steps"),
+    "training.momentum": ("momentum", "beta"),
+}
 #: keys that only mean something with another key's value: key -> (owner, allowed values)
 _ONLY_WITH = {
-    "training.local_steps": ("training.algorithm", ("p2pl",)),
-    "training.consensus_steps": ("training.algorithm", ("p2pl",)),
-    "training.momentum": ("training.algorithm", ("momentum",)),
+    **{key: ("training.algorithm", (name,)) for key, (name, _) in ALGORITHM_OPTIONS.items()},
     "topology.gossip_p": ("topology.gossip", ("edges",)),
     "topology.gossip_samples": ("topology.gossip", ("edges", "one_edge")),
 }

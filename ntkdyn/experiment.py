@@ -10,7 +10,7 @@ import numpy as np
 from . import algorithms, gossip, graphs
 from . import data as data_mod
 from .algorithms import Algorithm
-from .config import Config, ConfigError
+from .config import ALGORITHM_OPTIONS, Config, ConfigError
 from .models import MLP
 
 
@@ -92,14 +92,13 @@ def _load_data(cfg: Config) -> data_mod.Dataset:
 
 
 def algorithm_of(cfg: Config) -> Algorithm:
-    """``training.algorithm`` with its options (``local_steps``, ``consensus_steps``,
-    ``momentum``) as an :class:`~ntkdyn.algorithms.Algorithm`."""
+    """``training.algorithm`` with its options (:data:`~ntkdyn.config.ALGORITHM_OPTIONS`:
+    ``local_steps``, ``consensus_steps``, ``momentum``) as an
+    :class:`~ntkdyn.algorithms.Algorithm`: where a configured name becomes an object."""
     t = cfg.training
-    if t.algorithm == "p2pl":
-        return algorithms.p2pl(t.local_steps, t.consensus_steps)
-    if t.algorithm == "momentum":
-        return algorithms.momentum(t.momentum)
-    return algorithms.get_algorithm(t.algorithm)
+    options = {arg: getattr(t, key.split(".")[1])
+               for key, (name, arg) in ALGORITHM_OPTIONS.items() if name == t.algorithm}
+    return algorithms.get_algorithm(t.algorithm, **options)
 
 
 def samples_of(cfg: Config) -> int | None:

@@ -96,23 +96,28 @@ def _periodic_sampler(arrays, event, key):
 
 @dataclass(frozen=True, eq=False)
 class Periodic(MixingProcess):
-    """``W_e = matrices[e mod P]``: a deterministic cycle of mixing matrices."""
+    """``W_e = cycle[e mod P]``: a deterministic cycle of mixing matrices.
 
-    matrices: np.ndarray = field(repr=False)
+    ``cycle`` is the ``(P, Q, Q)`` stack of one period (the field was called ``matrices``
+    until issue 13, which hid the inherited :meth:`MixingProcess.matrices`;
+    ``matrices(events)`` is now that method for every process).
+    """
+
+    cycle: np.ndarray = field(repr=False)
     names: tuple = ()
 
     random = False
 
     @property
     def num_agents(self) -> int:
-        return int(self.matrices.shape[1])
+        return int(self.cycle.shape[1])
 
     @property
     def period(self) -> int:
-        return int(self.matrices.shape[0])
+        return int(self.cycle.shape[0])
 
     def device_arrays(self) -> dict:
-        return {"matrices": jnp.asarray(self.matrices)}
+        return {"matrices": jnp.asarray(self.cycle)}
 
     @property
     def sampler(self):
@@ -120,7 +125,7 @@ class Periodic(MixingProcess):
 
     def expected(self) -> np.ndarray:
         """The average over one period (connected when the union of the graphs is)."""
-        return self.matrices.mean(axis=0)
+        return self.cycle.mean(axis=0)
 
     def describe(self) -> dict:
         return {"kind": "periodic", "period": self.period, "names": list(self.names)}

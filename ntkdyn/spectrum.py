@@ -15,11 +15,17 @@ the null space of ``Theta`` change no output and are ignored: the test is
   where the smallest reaches ``-1``: ``1/lr* = lambda_max((I + W)^{-1} (x) I . H)``
   (one extreme eigenvalue of an operator similar to a PSD one); ATC and CTA
   likewise with ``(I + W)^{-1} W`` (exact for ``W >= 0``, verified otherwise).
+  Which schedules have such a crossing, and with which factor ``g(W)``, is a field of
+  the schedule (:attr:`Algorithm.minus_one_crossing`), never a test of its name.
   Other cases are bracketed (Brent) on ``rho(A(s)) - 1``, ``rho`` computed
   densely for small operators and by ARPACK for large ones.
-* **Sufficient bounds** (DESIGN.md): DGD, symmetric doubly stochastic ``W``:
+* **Sufficient bounds** (DESIGN.md; the schedule's :attr:`Algorithm.sufficient_bound`):
+  DGD, symmetric doubly stochastic ``W``:
   ``lr max_q lambda_max(Theta_qq)/N_q < 1 + lambda_min(W)``; ATC and CTA:
   ``lr max_q lambda_max(Theta_qq)/N_q < 2`` whatever the graph.
+
+Public functions take a name or an :class:`~ntkdyn.algorithms.Algorithm` and resolve it
+once; everything below them (:class:`StepOperator` included) takes the object.
 * **Any schedule** (``theory/algorithms.md``): the operator acts on the full
   (augmented) state, restricted by ``Algorithm.project`` to the invariant subspace of
   a schedule with conserved quantities (gradient tracking, EXTRA); one round for
@@ -42,7 +48,7 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from . import graphs
-from .algorithms import FACTORIES, Algorithm, Operators, get_algorithm
+from .algorithms import GD, Algorithm, MixingFacts, Operators, get_algorithm
 from .problem import KernelProblem
 from .solver import kernel_operators, row_blocks
 
@@ -150,7 +156,7 @@ def _step_mixings(problem: KernelProblem, algorithm: Algorithm) -> tuple[np.ndar
     period, m = process.period, algorithm.mixes_per_step
     n = period // math.gcd(period, m)
     events = np.arange(n * m).reshape(n, m)
-    return process.matrices[events % period], n
+    return process.cycle[events % period], n
 
 
 def perron_vector(w: np.ndarray) -> np.ndarray:
@@ -163,10 +169,10 @@ def perron_vector(w: np.ndarray) -> np.ndarray:
 
 
 def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarray,
-                 project: bool = True):
+                 blocks, project: bool = True):
     """``(x, s) -> A(s) x`` (compiled once per shape and algorithm) on states ``(Q, R, C)``
-    for single-state schedules, stacked ``(B, Q, R, C)`` for augmented ones."""
-    blocks = row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample)
+    for single-state schedules, stacked ``(B, Q, R, C)`` for augmented ones; ``blocks``
+    are the kernel's row blocks on the device (:func:`~ntkdyn.solver.row_blocks`)."""
     mixings, _ = _step_mixings(problem, algorithm)
     mixings = jnp.asarray(mixings)
     prof = jnp.asarray(profile, dtype=jnp.float64)
@@ -196,14 +202,22 @@ class StepOperator:
     random one it is the mean-state operator with ``E[W]``.
     """
 
-    def __init__(self, problem: KernelProblem, algorithm, profile=None):
-        self.algorithm = get_algorithm(algorithm)
+    def __init__(self, problem: KernelProblem, algorithm: Algorithm, profile=None):
+        if not isinstance(algorithm, Algorithm):
+            raise TypeError(f"algorithm: expected an ntkdyn.algorithms.Algorithm (resolve a "
+                            f"name with get_algorithm), got {algorithm!r}")
+        self.algorithm = algorithm
+        self.problem = problem
         self.q, self.r = problem.num_agents, problem.kernel.shape[0]
-        _, self.blocks = state_structure(self.algorithm)
+        _, self.blocks = state_structure(algorithm)
         self.dim = self.blocks * self.q * self.r
-        self.period_steps = _step_mixings(problem, self.algorithm)[1]
-        profile = np.ones(self.q) if profile is None else np.asarray(profile, float)
-        self._apply = _linear_step(problem, self.algorithm, profile)
+        self.period_steps = _step_mixings(problem, algorithm)[1]
+        self.profile = np.ones(self.q) if profile is None else np.asarray(profile, float)
+        # the kernel's row blocks go to the device once, for A(s) and for D H
+        self._kernel_blocks = row_blocks(problem.kernel, problem.offsets,
+                                         problem.rows_per_sample)
+        self._apply = _linear_step(problem, algorithm, self.profile, self._kernel_blocks)
+        self._local = None
 
     def _shape(self, m: int) -> tuple:
         base = (self.q, self.r, m)
@@ -232,6 +246,13 @@ class StepOperator:
             rho = float(max(np.max(np.abs(v)) for v in found))
         return rho ** (1.0 / self.period_steps)
 
+    def local_curvature(self, x):
+        """``D H x`` on single-state arrays ``(Q, R, C)``: the local-gradient part of a step
+        at unit rate (``x - A_GD(1) x``; same device blocks as :meth:`dense`)."""
+        if self._local is None:
+            self._local = _linear_step(self.problem, GD, self.profile, self._kernel_blocks)
+        return x - self._local(x, 1.0)
+
     def describe(self) -> str:
         """What one application of the operator is, in words (for reports)."""
         a = self.algorithm
@@ -256,15 +277,16 @@ def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
         return exc.eigenvalues
 
 
-def dense_operator(problem: KernelProblem, algorithm, s: float, profile=None) -> np.ndarray:
+def dense_operator(problem: KernelProblem, algorithm: str | Algorithm, s: float,
+                   profile=None) -> np.ndarray:
     """The ``(Q R) x (Q R)`` matrix of one step's linear part at rate ``s``."""
-    return StepOperator(problem, algorithm, profile).dense(s)
+    return StepOperator(problem, get_algorithm(algorithm), profile).dense(s)
 
 
-def spectral_radius(problem: KernelProblem, algorithm, s: float, profile=None,
-                    method: str = "auto") -> float:
+def spectral_radius(problem: KernelProblem, algorithm: str | Algorithm, s: float,
+                    profile=None, method: str = "auto") -> float:
     """Spectral radius of one step's linear part at largest rate ``s``."""
-    return StepOperator(problem, algorithm, profile).spectral_radius(s, method)
+    return StepOperator(problem, get_algorithm(algorithm), profile).spectral_radius(s, method)
 
 
 def agent_curvatures(problem: KernelProblem) -> np.ndarray:
@@ -285,85 +307,72 @@ def _analysed_matrices(problem: KernelProblem) -> list[np.ndarray]:
     sequence, or ``E[W]`` of a random one."""
     process = problem.process
     if process is not None and not process.random:
-        return list(process.matrices)
+        return list(process.cycle)
     return [problem.mixing]
 
 
-def sufficient_bound(problem: KernelProblem, algorithm, profile=None) -> float:
-    """Sufficient bound on the largest rate (``nan`` if none applies).
-
-    With symmetric doubly stochastic mixing (every matrix of a periodic sequence; ``E[W]``
-    for random gossip), in the coordinates ``Theta^{1/2} alpha`` each local step
-    ``I - eta D H`` is symmetric and non-expansive when ``eta curv <= 2`` and so is ``W``:
-    ATC, CTA, GD and P2PL (any number of local and combine steps) are stable below
-    ``2 / curv``; DGD's ``W - eta D H`` is non-expansive below ``(1 + lambda_min(W)) /
-    curv`` (the smallest over a periodic sequence); heavy-ball momentum on DGD with a static
-    ``W`` (or ``E[W]``) below ``(1 + 2 beta + lambda_min(W)) / curv`` (each eigenvalue ``mu``
-    of ``W - eta D H`` gives a stable 2x2 block iff ``-1 - 2 beta <= mu <= 1``).
-    ``curv = max_q profile_q lambda_max(Theta_qq) / N_q``.
-    """
-    algo = get_algorithm(algorithm)
-    profile = np.ones(problem.num_agents) if profile is None else np.asarray(profile, float)
-    curv = float(np.max(profile * agent_curvatures(problem)))
+def mixing_facts(problem: KernelProblem) -> MixingFacts:
+    """The facts a sufficient-bound rule uses about the analysed mixing
+    (:func:`_analysed_matrices`)."""
     mats = _analysed_matrices(problem)
     symmetric = all(graphs.is_symmetric(w) and graphs.is_doubly_stochastic(w) for w in mats)
-    known = _is_builtin(algo)
     lam = min(graphs.lambda_min(w) for w in mats) if symmetric else float("nan")
-    if known and symmetric:
-        if algo.name == "dgd":
-            return (1.0 + lam) / curv
-        if algo.name in ("atc", "cta", "p2pl"):
-            return 2.0 / curv
-        if algo.name == "momentum" and algo.settings.get("base") == "dgd" and len(mats) == 1:
-            return (1.0 + 2.0 * algo.settings["beta"] + lam) / curv
-    if algo.name == "gd" or problem.num_agents == 1:
-        return 2.0 / curv
-    return float("nan")
+    return MixingFacts(lambda_min=lam, num_matrices=len(mats),
+                       num_agents=problem.num_agents)
 
 
-def _is_builtin(algo: Algorithm) -> bool:
-    """Whether ``algo`` is one of ntkdyn's own schedules (not a user schedule that
-    happens to share a name): only those get the closed-form bounds and crossings."""
-    try:
-        if algo.settings:  # built by a factory with options, which returns cached objects
-            return algo is FACTORIES[algo.name](**algo.settings)
-        return algo is get_algorithm(algo.name)
-    except (KeyError, ValueError, TypeError):
-        return False
+def sufficient_bound(problem: KernelProblem, algorithm: str | Algorithm,
+                     profile=None) -> float:
+    """Sufficient bound on the largest rate (``nan`` if none applies).
+
+    The schedule's own rule (:attr:`Algorithm.sufficient_bound`, ``theory/algorithms.md``
+    §3) evaluated on the analysed mixing (:func:`mixing_facts`) and the curvature
+    ``curv = max_q profile_q lambda_max(Theta_qq) / N_q``.  With symmetric doubly stochastic
+    mixing (every matrix of a periodic sequence; ``E[W]`` for random gossip), in the
+    coordinates ``Theta^{1/2} alpha`` each local step ``I - eta D H`` is symmetric and
+    non-expansive when ``eta curv <= 2`` and so is ``W``: ATC, CTA, GD and P2PL (any number
+    of local and combine steps) are stable below ``2 / curv``; DGD's ``W - eta D H`` is
+    non-expansive below ``(1 + lambda_min(W)) / curv`` (the smallest over a periodic
+    sequence); heavy-ball momentum on DGD with a static ``W`` (or ``E[W]``) below
+    ``(1 + 2 beta + lambda_min(W)) / curv`` (each eigenvalue ``mu`` of ``W - eta D H`` gives
+    a stable 2x2 block iff ``-1 - 2 beta <= mu <= 1``).  With one agent every built-in
+    schedule is centralised GD (``2 / curv``).
+    """
+    return _sufficient_bound(problem, get_algorithm(algorithm), profile)
 
 
-def _minus_one_crossing(problem: KernelProblem, algorithm: Algorithm, profile) -> float:
+def _sufficient_bound(problem: KernelProblem, algo: Algorithm, profile=None) -> float:
+    if algo.sufficient_bound is None:
+        return float("nan")
+    profile = np.ones(problem.num_agents) if profile is None else np.asarray(profile, float)
+    curv = float(np.max(profile * agent_curvatures(problem)))
+    return float(algo.sufficient_bound(mixing_facts(problem), curv))
+
+
+def _minus_one_crossing(op: StepOperator, factor: np.ndarray) -> float:
     """First rate at which an eigenvalue of ``A(s)`` reaches ``-1`` (symmetric ``W``).
 
-    DGD: ``A = W - s D H`` has eigenvalue ``-1`` iff ``(I + W) z = s D H z``, i.e.
-    ``1/s`` is an eigenvalue of ``(I + W)^{-1} D H``; ATC/CTA: ``A = W (I - s D H)`` (or
+    ``factor`` is ``g(W)`` of :class:`~ntkdyn.algorithms.MinusOneCrossing`.  DGD:
+    ``A = W - s D H`` has eigenvalue ``-1`` iff ``(I + W) z = s D H z``, i.e. ``1/s`` is an
+    eigenvalue of ``(I + W)^{-1} D H``; ATC/CTA: ``A = W (I - s D H)`` (or
     ``(I - s D H) W``, same spectrum) has ``-1`` iff ``1/s`` is an eigenvalue of
-    ``(I + W)^{-1} W D H``.  Both are similar to symmetric matrices (``D H`` is block
-    diagonal PSD in the coordinates ``Theta^{1/2} alpha``; ``(I + W)^{-1}`` and
-    ``(I + W)^{-1} W`` are symmetric), so their spectra are real and the largest
-    eigenvalue gives the crossing.
+    ``(I + W)^{-1} W D H``; GD: ``I - s D H`` iff ``1/s`` is one of ``D H / 2``.  All are
+    similar to symmetric matrices (``D H`` is block diagonal PSD in the coordinates
+    ``Theta^{1/2} alpha``; ``g(W)`` is symmetric), so their spectra are real and the
+    largest eigenvalue gives the crossing.
     """
-    q, r = problem.num_agents, problem.kernel.shape[0]
-    w = problem.mixing
-    g = np.linalg.inv(np.eye(q) + w)
-    if algorithm.name in ("atc", "cta"):
-        g = g @ w
-    elif algorithm.name == "gd":
-        g = np.eye(q) / 2.0
-    apply = _linear_step(problem, get_algorithm("gd"), profile)
-
-    def dh(x):  # D H x: the local-gradient part at unit rate
-        return x - apply(x, 1.0)
-
+    q, r, g = op.q, op.r, factor
     dim = q * r
     if dim <= DENSE_MAX:
-        hx = np.asarray(dh(jnp.eye(dim).reshape(q, r, dim))).reshape(q, r * dim)
+        hx = np.asarray(op.local_curvature(jnp.eye(dim).reshape(q, r, dim))).reshape(
+            q, r * dim)
         lam = float(np.max(dense_eigvals((g @ hx).reshape(dim, dim)).real))
     else:
         def matvec(v):
-            return (g @ np.asarray(dh(jnp.asarray(v.reshape(q, r, 1)))).reshape(q, r)).ravel()
-        op = spla.LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
-        lam = float(spla.eigs(op, k=1, which="LR", tol=1e-12, return_eigenvectors=False,
+            dh = op.local_curvature(jnp.asarray(v.reshape(q, r, 1)))
+            return (g @ np.asarray(dh).reshape(q, r)).ravel()
+        lin = spla.LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
+        lam = float(spla.eigs(lin, k=1, which="LR", tol=1e-12, return_eigenvectors=False,
                               v0=np.random.default_rng(0).standard_normal(dim))[0].real)
     return 1.0 / lam if lam > 0 else float("inf")
 
@@ -458,12 +467,13 @@ def _dgd_unstable_at_every_rate(problem: KernelProblem) -> bool:
     return bool(np.any((weight > 1e-12) & (agent_curvatures(problem) > 0)))
 
 
-def stable_set(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e-9,
-               extra=(), cache: dict | None = None) -> StableSet:
+def stable_set(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
+               rtol: float = 1e-9, extra=(), cache: dict | None = None) -> StableSet:
     """The set of stable (max per-agent) learning rates, found in bounded work.
 
-    * **Theorems** (symmetric ``W``, DGD/GD, and ATC/CTA with ``W >= 0``, one rate for all
-      agents): the set is ``[0, s_c]`` with ``s_c`` the ``-1`` crossing of
+    * **Theorems** (a schedule with a :attr:`Algorithm.minus_one_crossing`, a static
+      symmetric ``W``, one rate for all agents; DGD/GD for every such ``W``, ATC/CTA for
+      ``W >= 0``): the set is ``[0, s_c]`` with ``s_c`` the ``-1`` crossing of
       :func:`_minus_one_crossing`; DGD with ``lambda_min(W) = -1`` is unstable at every
       rate (:func:`_dgd_unstable_at_every_rate`).  ATC/CTA with indefinite ``W`` or
       per-agent rates: ``[0, s_c]`` if the radius just below ``s_c`` is <= 1 (verified).
@@ -480,8 +490,16 @@ def stable_set(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e
     algo = get_algorithm(algorithm)
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
-    w = problem.mixing
     op = StepOperator(problem, algo, profile)
+    return _stable_set(op, _sufficient_bound(problem, algo, profile), rtol, extra, cache)
+
+
+def _stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extra=(),
+                cache: dict | None = None) -> StableSet:
+    """:func:`stable_set` on a built operator (its problem, schedule and rate profile);
+    ``bound`` is the schedule's sufficient bound there (``nan``: none)."""
+    problem, algo, profile = op.problem, op.algorithm, op.profile
+    w = problem.mixing
     uniform = np.allclose(profile, 1.0)
     cache = {} if cache is None else cache
 
@@ -491,14 +509,15 @@ def stable_set(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e
         return cache[s]
 
     hint = []
-    if (algo.name in ("dgd", "atc", "cta", "gd") and graphs.is_symmetric(w)
-            and _is_builtin(algo) and problem.process is None):
+    crossing = algo.minus_one_crossing
+    if crossing is not None and problem.process is None and graphs.is_symmetric(w):
         lam = graphs.lambda_min(w)
-        if lam <= -1 + 1e-10 and algo.name == "dgd" and _dgd_unstable_at_every_rate(problem):
+        if (lam <= -1 + 1e-10 and crossing.lambda_min_minus_one_unstable
+                and _dgd_unstable_at_every_rate(problem)):
             return StableSet((), "lambda_min(W) = -1 (exact): unstable at every rate")
         if lam > -1 + 1e-10:
-            s_c = _minus_one_crossing(problem, algo, profile)
-            proven = uniform and (algo.name in ("dgd", "gd") or lam >= -1e-12)
+            s_c = _minus_one_crossing(op, crossing.factor(w))
+            proven = uniform and (crossing.exact_for_indefinite_mixing or lam >= -1e-12)
             if proven:
                 return StableSet(((0.0, s_c),), "minus-one-crossing (exact)")
             if np.isfinite(s_c) and rho(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
@@ -517,7 +536,6 @@ def stable_set(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e
     def f(s):
         return rho(s) - (1.0 + RHO_TOL)
 
-    bound = sufficient_bound(problem, algo, profile)
     pts = {g / curv for g in SCAN_GRID} | {float(x) for x in hint}
     pts |= {float(x) for x in np.atleast_1d(extra) if np.isfinite(x) and x > 0}
     if np.isfinite(bound) and bound > 0:
@@ -566,7 +584,8 @@ def _depends_on_rate(op: StepOperator, s: float) -> bool:
     return bool(np.max(np.abs(a - b)) > 1e-12 * max(np.max(np.abs(b)), 1e-300))
 
 
-def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float = 1e-9) -> tuple:
+def max_stable_lr(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
+                  rtol: float = 1e-9) -> tuple:
     """Exact largest stable (max per-agent) learning rate ``lr*``, and the method used.
 
     ``lr*`` is the upper end of the first interval of :func:`stable_set` (0: unstable at
@@ -578,7 +597,7 @@ def max_stable_lr(problem: KernelProblem, algorithm, profile=None, rtol: float =
     return found.lr_star, found.method
 
 
-def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
+def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:
     """Full stability report for ``algorithm`` at learning rate(s) ``lr``.
 
     Any schedule: the spectral radius is that of :class:`StepOperator` (the augmented
@@ -587,7 +606,8 @@ def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
     ``operator`` says which).  ``stable_rates`` is the whole stable set
     (:func:`stable_set`, which examines ``lr`` itself); ``lr_star`` and ``margin`` refer
     to the interval holding ``lr`` (the nearest one when ``lr`` is unstable), and the
-    sign of ``margin`` always agrees with ``stable`` (``-inf``: no stable rate).
+    sign of ``margin`` always agrees with ``stable`` (``-inf``: no stable rate).  The name
+    is resolved once and one operator is built for the whole report.
     """
     from .validation import learning_rates
 
@@ -595,22 +615,25 @@ def stability(problem: KernelProblem, algorithm, lr) -> StabilityReport:
     lrs = learning_rates(lr, problem.num_agents)
     s = float(np.max(lrs))
     profile = lrs / s
+    op = StepOperator(problem, algo, profile)
+    bound = _sufficient_bound(problem, algo, profile)
     cache: dict = {}
-    found = stable_set(problem, algo, profile, extra=(s,), cache=cache)
-    rho = cache[s] if s in cache else spectral_radius(problem, algo, s, profile)
+    found = _stable_set(op, bound, extra=(s,), cache=cache)
+    rho = cache[s] if s in cache else op.spectral_radius(s)
     stable = bool(rho <= 1 + RHO_TOL)
     margin, lr_star = found.margin(s)
     # at a boundary (within the root finder's tolerance) the radius decides: clamp the sign
     margin = max(margin, 0.0) if stable else min(margin, -0.0)
     return StabilityReport(
         algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star,
-        lr_bound=sufficient_bound(problem, algo, profile), stable=stable,
-        margin=margin, method=found.method, operator=_operator_words(problem, algo),
-        stable_rates=found.intervals, stable_set=found.describe())
+        lr_bound=bound, stable=stable, margin=margin, method=found.method,
+        operator=_operator_words(op), stable_rates=found.intervals,
+        stable_set=found.describe())
 
 
-def _operator_words(problem: KernelProblem, algo: Algorithm) -> str:
-    words = StepOperator(problem, algo).describe() if problem.process is not None or \
+def _operator_words(op: StepOperator) -> str:
+    problem, algo = op.problem, op.algorithm
+    words = op.describe() if problem.process is not None or \
         algo.init is not None or algo.records_per_step > 1 else "one step"
     if problem.process is not None and problem.process.random:
         words += ("; expected mixing matrix E[W]: stability of the mean state (the "

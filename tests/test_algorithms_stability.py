@@ -23,6 +23,7 @@ from ntkdyn.steady_state import fixed_point
 NEW = {
     "p2pl": algorithms.p2pl(3, 1),
     "gradient_tracking": algorithms.GRADIENT_TRACKING,
+    "next": algorithms.NEXT,
     "diging": algorithms.DIGING,
     "extra": algorithms.EXTRA,
     "momentum": algorithms.momentum(0.5),
@@ -49,7 +50,7 @@ def test_periodic_sequence_lr_star_and_per_step_rate():
     seq = graphs.periodic([w, star])
     agent = np.arange(len(y)) % 4
     prob = make_problem(kern, y, agent, seq)
-    op = stab.StepOperator(prob, "dgd")
+    op = stab.StepOperator(prob, algorithms.DGD)
     assert op.period_steps == 2
     s = 0.3
     two = np.linalg.eigvals(op.dense(s))  # operator of a whole period
@@ -121,7 +122,7 @@ def test_exact_consensus_of_gradient_tracking_and_extra(rank_deficient):
     kern, y, agent, w = rank_deficient
     prob = make_problem(kern, y, agent, w)
     gaps = {}
-    for name in ("dgd", "gradient_tracking", "diging", "extra"):
+    for name in ("dgd", "gradient_tracking", "next", "diging", "extra"):
         lr = 0.5 * stab.max_stable_lr(prob, name)[0]
         fp = fixed_point(prob, name, lr)
         gaps[name] = (fp.consensus_gap, fp.central_gap, float(np.max(fp.param_dist)))
@@ -131,7 +132,7 @@ def test_exact_consensus_of_gradient_tracking_and_extra(rank_deficient):
                                    atol=1e-9 * gaps[name][2])
     dgd_gap, _, scale = gaps["dgd"]
     assert dgd_gap > 1e-2 * scale  # clearly positive
-    for name in ("gradient_tracking", "diging", "extra"):
+    for name in ("gradient_tracking", "next", "diging", "extra"):
         gap, central_gap, _ = gaps[name]
         assert gap < 1e-10, (name, gap)
         assert central_gap < 1e-8 * scale, (name, central_gap)  # at the centralised solution

@@ -147,3 +147,24 @@ def test_validate_p2pl_from_config(tmp_path):
     assert agree["linearised vs empirical"]["metrics"]["test_loss"]["mean"] < 1e-4
     assert agree["nonlinear vs empirical"]["metrics"]["test_loss"]["mean"] < 0.2
     assert lin.status == "ok"
+
+
+def test_one_list_of_algorithm_names():
+    """Issue 13 item 3: the configuration schema, the check report's JSON schema and
+    ``get_algorithm`` accept the same names (``ntkdyn.algorithms.NAMES``), and a configured
+    name with its options becomes the same cached object ``get_algorithm`` gives."""
+    from ntkdyn import algorithms
+    from ntkdyn.config import CHOICES
+    from ntkdyn.experiment import algorithm_of
+
+    assert tuple(CHOICES["training.algorithm"]) == algorithms.NAMES
+    assert SCHEMA["properties"]["algorithm"]["enum"] == \
+        list(algorithms.NAMES)
+    for name in algorithms.NAMES:
+        cfg = config_from_dict({"training": {"algorithm": name}})
+        assert algorithm_of(cfg) is algorithms.get_algorithm(name)
+    cfg = config_from_dict({"training": {"algorithm": "p2pl", "local_steps": 3,
+                                         "consensus_steps": 2}})
+    assert algorithm_of(cfg) is algorithms.p2pl(3, 2)
+    cfg = config_from_dict({"training": {"algorithm": "momentum", "momentum": 0.5}})
+    assert algorithm_of(cfg) is algorithms.momentum(0.5)
