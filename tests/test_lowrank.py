@@ -179,6 +179,11 @@ def test_bad_inputs_name_the_argument():
     factor = lowrank.factorize(src, 3)
     with pytest.raises(ValueError, match="^y_test: "):
         lowrank.predict_lowrank(factor, y, agent, w, 0.3, 10, y_test=yt)
+    with pytest.raises(ValueError, match="^acc_rows: "):
+        lowrank.predict_lowrank(factor, y, agent, w, 0.3, 10, acc_rows=0)
+    with pytest.raises(ValueError, match="^mixing: "):
+        lowrank.predict(src, y, agent, nd.graphs.random_edges(
+            nd.graphs.topology("ring", 4), 0.5), 0.3, 10, rank=3)
     with pytest.raises(ValueError, match="^mixing: "):
         lowrank.predict_lowrank(factor, y, agent, nd.graphs.random_edges(
             nd.graphs.topology("ring", 4), 0.5), 0.3, 10)

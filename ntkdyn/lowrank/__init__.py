@@ -111,6 +111,11 @@ def predict(
     if agent_arr.shape != (n,):
         raise ValueError(f"agent: expected shape ({n},) (one agent index per training sample), "
                          f"got {agent_arr.shape}")
+    from ..gossip import is_process
+
+    if is_process(mixing):
+        raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "
+                         "time-varying and random sequences run on the exact path")
     q_count = np.shape(mixing)[0]
     counts = np.bincount(agent_arr.astype(np.int64), minlength=q_count)
     if np.any(counts == 0):
