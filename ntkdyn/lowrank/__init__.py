@@ -1,0 +1,148 @@
+r"""The low-rank path: predictions at data-set scale with a stated error (issue 17).
+
+``Theta ~ Phi Phi^T`` of rank ``r`` from kernel *column blocks* (never N x N;
+:mod:`ntkdyn.lowrank.factor`), then every schedule of :mod:`ntkdyn.algorithms` on the
+``r`` feature coordinates (:mod:`ntkdyn.lowrank.evolve`): O(N r K) per step, O(N r)
+memory.  Theory, error estimate and measured accuracy: ``theory/low_rank.md``.
+
+Entry point (what ``nd.predict(rank=...)`` is meant to call)::
+
+    source = lowrank.analytic_columns(x_train, x_test, hidden_layers=2)
+    traj = lowrank.predict(source, y_train, agent, W, lr=0.5, steps=range(0, 1001, 20),
+                           y_test=y_test, rank="auto", tol=1e-3)
+    traj.metadata["low_rank"]   # rank, method, error_estimate, discarded_norm_bound, ...
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..algorithms import Algorithm, get_algorithm
+from ..trajectory import Trajectory
+from ..validation import learning_rates, steps_array
+from .evolve import error_estimate, error_scale, evolve_bytes, predict_lowrank
+from .factor import (
+    METHODS,
+    AnalyticColumns,
+    KernelColumns,
+    LowRankFactor,
+    LowRankTooLargeError,
+    MatrixColumns,
+    check_rank,
+    check_tol,
+    factor_bytes,
+    factorize,
+    max_fitting_rank,
+)
+
+__all__ = [
+    "METHODS", "AnalyticColumns", "KernelColumns", "LowRankFactor", "LowRankTooLargeError",
+    "MatrixColumns", "analytic_columns", "error_estimate", "error_scale", "evolve_bytes",
+    "factor_bytes", "factorize", "kernel_columns", "max_fitting_rank", "predict",
+    "predict_lowrank",
+]
+
+DEFAULT_TOL = 1e-3
+
+
+def kernel_columns(kernel_train, kernel_test_train=None) -> MatrixColumns:
+    """Column source for traced kernels already in memory."""
+    return MatrixColumns(kernel_train, kernel_test_train)
+
+
+def analytic_columns(x_train, x_test=None, *, hidden_layers: int, activation="relu",
+                     W_std: float = 1.4, b_std: float = 0.1) -> AnalyticColumns:
+    """Column source for the infinite-width NTK of an MLP (closed-form recursion)."""
+    return AnalyticColumns(x_train, x_test, hidden_layers=hidden_layers, activation=activation,
+                           W_std=W_std, b_std=b_std)
+
+
+def _reserve_per_rank(n: int, n_test: int, agents: int, counts: np.ndarray) -> int:
+    """Bytes per coordinate the evolution needs besides the factor (padded rows, test)."""
+    rows = max(n, agents * int(counts.max())) if len(counts) else n
+    return 8 * (rows + n_test)
+
+
+def predict(
+    source: KernelColumns,
+    y_train,
+    agent,
+    mixing,
+    lr,
+    steps,
+    algorithm: str | Algorithm = "dgd",
+    *,
+    rank: int | str = "auto",
+    tol: float | None = None,
+    method: str = "rpcholesky",
+    max_rank: int | None = None,
+    block: int = 128,
+    seed: int = 0,
+    **kwargs,
+) -> Trajectory:
+    r"""Factor the kernel of ``source`` and predict on the factor.
+
+    ``rank``: an integer ``1..N``, or ``"auto"``: the fewest coordinates whose a-priori
+    error estimate (``theory/low_rank.md``) ``error_scale(lr, N_q, T, algorithm) *
+    ||Theta - Phi Phi^T||``-bound is ``<= tol`` (default ``1e-3``), read from landmark
+    columns until the Nystrom residual trace is ``<= tol / (2 scale)`` -- capped by
+    ``max_rank`` and by the memory available.  When the cap stops it first, the
+    trajectory is computed at the cap, ``metadata["low_rank"]["tol_reached"]`` is
+    ``False`` and a ``RuntimeWarning`` says what estimate was reached.  Other keywords go
+    to :func:`predict_lowrank` (``y_test``, ``f0_train``, ``reference``, ``acc_rows``...).
+
+    Raises ``ValueError`` naming ``rank``, ``tol``, ``max_rank`` or ``method`` for bad
+    values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
+    when even the factor would not fit, with the rank that would.
+    """
+    n = source.n
+    auto = isinstance(rank, str)
+    if auto and rank != "auto":
+        raise ValueError(f"rank: expected a positive integer or 'auto', got {rank!r}")
+    if not auto:
+        rank = check_rank(rank, n)
+    if tol is not None or auto:
+        tol = check_tol(DEFAULT_TOL if tol is None else tol)
+    if max_rank is not None:
+        max_rank = check_rank(max_rank, n, name="max_rank")
+    agent_arr = np.asarray(agent)
+    if agent_arr.shape != (n,):
+        raise ValueError(f"agent: expected shape ({n},) (one agent index per training sample), "
+                         f"got {agent_arr.shape}")
+    from ..gossip import is_process
+
+    if is_process(mixing):
+        raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "
+                         "time-varying and random sequences run on the exact path")
+    q_count = np.shape(mixing)[0]
+    counts = np.bincount(agent_arr.astype(np.int64), minlength=q_count)
+    if np.any(counts == 0):
+        raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard")
+    lr_q = learning_rates(lr, q_count)
+    st = steps_array(steps)
+    algo = get_algorithm(algorithm)
+    scale = error_scale(lr_q, counts, float(st[-1]), algo)
+    reserve = _reserve_per_rank(n, source.n_test, q_count, counts)
+    if auto:
+        target = tol / scale if scale > 0 else np.inf
+        factor = factorize(source, None, target_norm=target, max_rank=max_rank, method=method,
+                           block=block, seed=seed, reserve_per_rank=reserve)
+    else:
+        factor = factorize(source, rank, max_rank=max_rank, method=method, block=block,
+                           seed=seed, reserve_per_rank=reserve)
+    traj = predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed, **kwargs)
+    low = traj.metadata["low_rank"]
+    low.update(requested_rank=rank, tol=tol)
+    if tol is not None:
+        low["tol_reached"] = bool(low["error_estimate"] <= tol)
+        if not low["tol_reached"]:
+            cause = ("max_rank" if max_rank is not None and factor.rank >= max_rank
+                     else "memory or the rank given")
+            warnings.warn(
+                f"low-rank path: the a-priori error estimate at rank {factor.rank} is "
+                f"{low['error_estimate']:.3g} > tol={tol:g} (rank capped by "
+                f"{cause}); the measured error may be much smaller -- compare with the exact path "
+                "on a subset", RuntimeWarning, stacklevel=2)
+    return traj

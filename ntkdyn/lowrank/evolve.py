@@ -1,0 +1,491 @@
+r"""Peer-to-peer training of the linearised model with ``r`` features (the low-rank path).
+
+Mathematics (``theory/low_rank.md``).  With ``Theta ~ Phi Phi^T`` (``Phi`` N x r,
+:mod:`ntkdyn.lowrank.factor`) every kernel-space state ``alpha_q`` enters the dynamics
+only through ``beta_q = Phi^T alpha_q`` (r x K): the model is the linearised network
+with ``r`` features, ``f_q(x) = f_0(x) + phi(x)^T beta_q``, and the two primitives are
+
+* combine: ``beta_q <- sum_p W_qp beta_p``;
+* local gradient: ``grad_q = (1/N_q) Phi_q^T (f_0 - Y + Phi beta_q)[S_q]``,
+
+so DGD is ``beta_q <- sum_p W_qp beta_p - (eta_q / N_q) Phi_q^T (f0_q + Phi_q beta_q - Y_q)``
+and every schedule of :mod:`ntkdyn.algorithms` runs unchanged with these
+:class:`~ntkdyn.algorithms.Operators`.  One step reads ``Phi`` twice (``Phi_q beta_q``,
+then ``Phi_q^T r_q``): ``4 N r K`` flops (twice that with the centralised reference,
+whose columns ride along in the same reads), plus ``2 Q^2 r K`` for the mixing.  For a
+kernel of rank ``<= r`` this *is* the kernel-space recursion of :mod:`ntkdyn.solver`
+(``beta_q = Phi^T alpha_q`` maps one onto the other exactly).
+
+Recorded quantities (same conventions as :mod:`ntkdyn.trajectory`):
+``||theta_q - theta_0|| = ||beta_q||_F`` (``alpha^T Phi Phi^T alpha``), distances
+likewise; losses on the pooled training / test set are quadratic forms with the r x r
+Gram matrices ``Phi^T Phi`` (cost ``Q r^2 K`` per record); the local loss uses each
+agent's own rows; accuracies need the outputs ``f_0 + Phi beta_q`` of every agent
+(``Q N r K`` per record; ``acc_rows`` evaluates them on a subset of the training rows).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import graphs, memory
+from ..algorithms import Algorithm, Operators, get_algorithm
+from ..trajectory import Trajectory
+from ..validation import as_float_array, check_shape, learning_rates, steps_array
+from .factor import LowRankFactor
+
+EXACT = jax.lax.Precision.HIGHEST
+DIVERGENCE_FACTOR = 1e8
+PAD_MAX = 1.25  # stack the agents' rows (zero padded) when padding adds at most 25 %
+
+
+# --------------------------------------------------------------------------- error estimate
+def error_scale(lr: np.ndarray, counts: np.ndarray, horizon: float,
+                algorithm: str | Algorithm = "dgd") -> float:
+    r"""``s = T_eff max_q eta_eff,q / N_q``: the a-priori error estimate is ``s ||E||_2``.
+
+    ``T_eff`` counts gradient steps (``local_steps`` per round for P2PL);
+    ``eta_eff = eta / (1 - beta)`` for heavy-ball momentum.  See ``theory/low_rank.md``.
+    """
+    algo = get_algorithm(algorithm)
+    lr = np.asarray(lr, dtype=np.float64)
+    settings = algo.settings
+    t_eff = float(horizon) * float(settings.get("local_steps", 1))
+    eff = lr / np.asarray(counts, dtype=np.float64)
+    if algo.name == "momentum":
+        eff = eff / (1.0 - float(settings["beta"]))
+    return float(t_eff * eff.max())
+
+
+#: both trajectories' residuals stay within ``||f_0 - Y||`` at stable rates (centralised)
+ERROR_CAP = 2.0
+
+
+def error_estimate(factor: LowRankFactor, scale: float) -> float:
+    """A-priori estimate of ``max_{t,q} ||f_q(t) - f~_q(t)|| / ||f_0 - Y||`` (training
+    outputs): ``min(2, scale * (trace(E) + S_{r+1}))``; a bound for centralised GD and ATC on
+    a complete graph at stable rates, an estimate otherwise (``theory/low_rank.md``)."""
+    return float(min(ERROR_CAP, scale * factor.discarded_norm))
+
+
+# --------------------------------------------------------------------------- memory
+def evolve_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *,
+                 padded_rows: int | None = None, acc_rows: int | None = None,
+                 record_outputs: bool = False, records: int = 50) -> int:
+    """Peak bytes of :func:`predict_lowrank` besides the factor: the device copy of the
+    agents' features (``padded_rows x r``), the test features, three r x r Gram matrices,
+    the state and ~8 temporaries (``9 (Q + 1) r K``) and the outputs of every slot on the
+    accuracy rows and the test set (``2 (Q + 1) (N_acc + M) K``); float64."""
+    rows = n if padded_rows is None else padded_rows
+    acc = n if acc_rows is None else acc_rows
+    a = agents + 1
+    b = rows * rank + n_test * rank + 3 * rank * rank + 9 * a * rank * outputs
+    b += 2 * a * (acc + n_test) * outputs + 4 * rows * outputs
+    if record_outputs:
+        b += records * a * (n + n_test) * outputs
+    return int(8 * b)
+
+
+# --------------------------------------------------------------------------- operators
+def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
+    """The primitives on the feature-space state ``x`` of shape ``(A, r, C)``.
+
+    ``data["phi"]``: the agents' feature rows, ``(Q, n, r)`` (zero padded) or a tuple of
+    ``(N_q, r)``; ``data["res"]`` the matching ``f_0 - Y`` blocks; ``data["inv_n"]``
+    ``1/N_q``; ``data["lr"]`` the rate of every slot ``(A,)``; ``data["mixing"]`` ``W``.
+    The centralised slot (``central``) follows the same schedule with ``W = [[1]]`` on the
+    global objective, gradient ``sum_q Phi_q^T r_q / (Q N_q)``.
+    """
+    phi, res, inv_n, w = data["phi"], data["res"], data["inv_n"], data["mixing"]
+
+    def mix(x, j=0):
+        agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT)
+        return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
+
+    def grad(x):
+        c = x.shape[-1]
+        xa = x[:q_count]
+        rhs = xa if not central else jnp.concatenate(
+            [xa, jnp.broadcast_to(x[q_count], xa.shape)], axis=-1)
+        if isinstance(phi, tuple):
+            back = []
+            for q, (p, rq) in enumerate(zip(phi, res, strict=True)):
+                pred = jnp.matmul(p, rhs[q], precision=EXACT)
+                r = pred + (jnp.concatenate([rq, rq], axis=-1) if central else rq)
+                back.append(jnp.matmul(p.T, r, precision=EXACT))
+            g = jnp.stack(back)
+        else:
+            pred = jnp.einsum("qnr,qrc->qnc", phi, rhs, precision=EXACT)
+            r = pred + (jnp.concatenate([res, res], axis=-1) if central else res)
+            g = jnp.einsum("qnr,qnc->qrc", phi, r, precision=EXACT)
+        g = g * inv_n[:, None, None]
+        ga = g[..., :c]
+        if central:
+            gc = jnp.sum(g[..., c:], axis=0, keepdims=True) / q_count
+            return jnp.concatenate([ga, gc], axis=0)
+        return ga
+
+    def scale(g):
+        return data["lr"][:, None, None] * g
+
+    return Operators(mix=mix, grad=grad, scale=scale)
+
+
+# --------------------------------------------------------------------------- recording
+def _quad_loss(x, gram, lin, const, denom):
+    """``(const + 2 <lin, x> + <x, gram x>) / (2 denom)`` for every slot of ``x`` (A, r, K)."""
+    gx = jnp.einsum("rs,ask->ark", gram, x, precision=EXACT)
+    return (const + 2.0 * jnp.einsum("rk,ark->a", lin, x) + jnp.einsum("ark,ark->a", x, gx)) \
+        / (2.0 * denom)
+
+
+def _acc(out, labels):
+    return jnp.mean((jnp.argmax(out, axis=-1) == labels).astype(out.dtype), axis=-1)
+
+
+def _record(x, data, *, q_count, central, has_test, record_outputs):
+    a = x.shape[0]
+    n = data["n"]
+    sq = data["train"]
+    rec = {
+        "train_loss": _quad_loss(x, sq["gram"], sq["lin"], sq["const"], n),
+        "objective": _quad_loss(x, data["obj"]["gram"], data["obj"]["lin"],
+                                data["obj"]["const"], 1.0),
+    }
+    # local loss: each agent on its own rows
+    phi, res, inv_n = data["phi"], data["res"], data["inv_n"]
+    xa = x[:q_count]
+    if isinstance(phi, tuple):
+        local = jnp.stack([jnp.sum((jnp.matmul(p, xa[q], precision=EXACT) + rq) ** 2)
+                           for q, (p, rq) in enumerate(zip(phi, res, strict=True))])
+    else:
+        local = jnp.sum((jnp.einsum("qnr,qrk->qnk", phi, xa, precision=EXACT) + res) ** 2,
+                        axis=(1, 2))
+    rec["local_loss"] = 0.5 * local * inv_n
+    norm = jnp.sqrt(jnp.sum(x ** 2, axis=(1, 2)))
+    rec["param_dist"] = norm
+    xm = xa.mean(axis=0)
+    rec["consensus_dist"] = jnp.sqrt(jnp.sum((xa - xm) ** 2, axis=(1, 2)))
+    if central:
+        rec["central_dist"] = jnp.sqrt(jnp.sum((xa - x[q_count]) ** 2, axis=(1, 2)))
+    mean_x = jnp.concatenate([x, xm[None]], axis=0)  # slot A: the network-mean model
+    p_acc = data["acc_phi"]
+    out = data["acc_f0"] + jnp.einsum("nr,ark->ank", p_acc, mean_x, precision=EXACT)
+    acc = _acc(out, data["acc_labels"])
+    rec["train_acc"] = acc[:a]
+    rec["mean_model_train_acc"] = acc[a]
+    rec["mean_model_train_loss"] = _quad_loss(xm[None], sq["gram"], sq["lin"], sq["const"],
+                                              n)[0]
+    if record_outputs:
+        rec["train_outputs"] = data["f0"] + jnp.einsum("nr,ark->ank", data["phi_all"], x,
+                                                       precision=EXACT)
+    if has_test:
+        st = data["test"]
+        tl = _quad_loss(mean_x, st["gram"], st["lin"], st["const"], data["m"])
+        out_t = data["f0_test"] + jnp.einsum("nr,ark->ank", data["phi_test"], mean_x,
+                                             precision=EXACT)
+        acc_t = _acc(out_t, data["labels_test"])
+        rec.update(test_loss=tl[:a], test_acc=acc_t[:a], mean_model_test_loss=tl[a],
+                   mean_model_test_acc=acc_t[a])
+        if record_outputs:
+            rec["test_outputs"] = out_t[:a]
+    return rec
+
+
+# --------------------------------------------------------------------------- evolution
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central"))
+def _init(x0, data, *, algorithm, q_count, central):
+    return algorithm.initial_state(x0, lowrank_operators(data, q_count, central))
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
+                                   "record_outputs"))
+def _run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+               record_outputs):
+    """Advance through a chunk of records (``n_steps`` steps before each)."""
+    ops = lowrank_operators(data, q_count, central)
+    params = algorithm.parameters
+    limit = data["limit_per_step"]
+
+    def checked(st, new):
+        x, t, diverged, div_at = st
+        p = params(new)
+        mag = jnp.max(jnp.abs(p))
+        t_new = t + 1.0
+        bad = ~jnp.isfinite(mag) | (mag > limit * t_new)
+        div_at = jnp.where(bad & ~diverged, t_new, div_at)
+        diverged = diverged | bad
+        keep = jax.tree.map(lambda a, b: jnp.where(diverged, a, b), x, new)
+        return keep, t_new, diverged, div_at
+
+    def advance(st, n):
+        return jax.lax.fori_loop(0, n, lambda i, s: checked(s, algorithm.step(s[0], ops)), st)
+
+    def record(x, diverged):
+        rec = _record(params(x), data, q_count=q_count, central=central, has_test=has_test,
+                      record_outputs=record_outputs)
+        rec["diverged"] = diverged
+        return rec
+
+    phases = algorithm.phases
+    if len(phases) <= 1:
+        def body(st, n):
+            st = advance(st, n)
+            return st, record(st[0], st[2])
+    else:
+        def body(st, n):
+            st = advance(st, jnp.maximum(n - 1, 0))
+
+            def last_step(s):
+                x = s[0]
+                stages = []
+                for phase in phases:
+                    x = phase(x, ops)
+                    stages.append(x)
+                s = checked(s, x)
+                recs = [record(v, s[2]) for v in stages]
+                return s, jax.tree.map(lambda *r: jnp.stack(r), *recs)
+
+            def no_step(s):
+                rec = record(s[0], s[2])
+                return s, jax.tree.map(lambda r: jnp.stack([r] * len(phases)), rec)
+
+            return jax.lax.cond(n > 0, last_step, no_step, st)
+
+    return jax.lax.scan(body, carry, n_steps)
+
+
+def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
+    q_count = len(offsets) - 1
+    if stacked:
+        out = np.zeros((q_count, n_max) + arr.shape[1:])
+        for q in range(q_count):
+            out[q, :offsets[q + 1] - offsets[q]] = arr[offsets[q]:offsets[q + 1]]
+        return jnp.asarray(out)
+    return tuple(jnp.asarray(arr[offsets[q]:offsets[q + 1]]) for q in range(q_count))
+
+
+def predict_lowrank(
+    factor: LowRankFactor,
+    y_train,
+    agent,
+    mixing,
+    lr,
+    steps,
+    algorithm: str | Algorithm = "dgd",
+    *,
+    f0_train=None,
+    y_test=None,
+    f0_test=None,
+    reference: bool = True,
+    record_outputs: bool = False,
+    acc_rows: int | None = None,
+    chunk: int = 25,
+    progress: bool = False,
+    seed: int = 0,
+    metadata: dict | None = None,
+) -> Trajectory:
+    r"""Predict peer-to-peer training on the low-rank factor ``Theta ~ Phi Phi^T``.
+
+    Arguments as :func:`ntkdyn.predict_from_kernels` (static mixing matrix, one learning
+    rate or one per agent), the kernels replaced by ``factor`` (its ``phi`` rows in the
+    order of ``y_train`` / ``agent``; ``phi_test`` for the test set).  ``acc_rows``:
+    evaluate training accuracies on that many training rows drawn at random (``seed``;
+    default all) -- the per-record cost of accuracies is ``Q N r K``.  Losses, distances
+    and test metrics are always on the full sets.
+
+    ``metadata["low_rank"]`` holds the rank, the factorisation's facts and the a-priori
+    estimate ``error_estimate = error_scale * ||E||`` bound
+    (:func:`error_scale`, ``theory/low_rank.md``) of
+    ``max_{t, q} ||f_q(t) - f~_q(t)||_2 / ||f_0 - Y||_F`` on the training outputs.
+    """
+    from ..gossip import is_process
+
+    algo = get_algorithm(algorithm)
+    phi = np.asarray(factor.phi, dtype=np.float64)
+    n, r = phi.shape
+    y = as_float_array("y_train", y_train, ndim=2)
+    check_shape("y_train", y, (n, None), f"one row per row of factor.phi ({n})")
+    k = y.shape[1]
+    agent = np.asarray(agent)
+    check_shape("agent", agent, (n,), "one agent index per training sample")
+    if is_process(mixing):
+        raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "
+                         "time-varying and random sequences run on the exact path")
+    w = graphs.check_mixing(mixing, name="mixing")
+    q_count = w.shape[0]
+    if not np.issubdtype(agent.dtype, np.integer):
+        if not np.all(np.mod(agent, 1) == 0):
+            raise ValueError("agent: expected integer agent indices")
+        agent = agent.astype(np.int64)
+    if agent.min() < 0 or agent.max() >= q_count:
+        raise ValueError(f"agent: expected indices in [0, {q_count}) for a {q_count}x{q_count} "
+                         f"mixing matrix, found {int(agent.min())}..{int(agent.max())}")
+    counts = np.bincount(agent, minlength=q_count)
+    if np.any(counts == 0):
+        raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard")
+    lr_q = learning_rates(lr, q_count)
+    steps = steps_array(steps)
+    f0 = np.zeros_like(y) if f0_train is None else as_float_array("f0_train", f0_train, 2)
+    check_shape("f0_train", f0, (n, k), "same as y_train")
+    has_test = y_test is not None
+    if has_test:
+        if factor.phi_test is None:
+            raise ValueError("y_test: the factor has no test features (factorise with test "
+                             "inputs / kernel_test_train)")
+        yt = as_float_array("y_test", y_test, ndim=2)
+        m = factor.phi_test.shape[0]
+        check_shape("y_test", yt, (m, k), "one row per row of factor.phi_test")
+        ft = np.zeros_like(yt) if f0_test is None else as_float_array("f0_test", f0_test, 2)
+        check_shape("f0_test", ft, (m, k), "same as y_test")
+    elif f0_test is not None:
+        raise ValueError("f0_test: given without y_test")
+    if acc_rows is not None and (isinstance(acc_rows, bool) or not isinstance(
+            acc_rows, int | np.integer) or not 1 <= acc_rows <= n):
+        raise ValueError(f"acc_rows: expected an integer in [1, {n}], got {acc_rows!r}")
+
+    order = np.argsort(agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
+    n_max = int(counts.max())
+    stacked = q_count * n_max <= PAD_MAX * n
+    m_test = factor.phi_test.shape[0] if has_test else 0
+    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=q_count * n_max if stacked else n,
+                        acc_rows=acc_rows, record_outputs=record_outputs, records=len(steps))
+    memory.ensure_fits(need, "this low-rank prediction",
+                       "use a smaller rank, acc_rows=..., or record_outputs=False")
+    phi_s = phi[order]
+    res = (f0 - y)[order]
+    a = q_count + int(reference)
+    slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
+    inv_n = 1.0 / counts
+    wts = np.repeat(inv_n / q_count, counts)  # objective weight of every (sorted) row
+    res_max = max(float(np.max(np.abs(res))), 1e-300)
+    data = {
+        "phi": _blocks(phi_s, offsets, stacked, n_max),
+        "res": _blocks(res, offsets, stacked, n_max),
+        "inv_n": jnp.asarray(inv_n),
+        "lr": jnp.asarray(slot_lr),
+        "mixing": jnp.asarray(w),
+        "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_q.max() * res_max
+                                      * np.sqrt(max(factor.eigenvalues.max(initial=1.0), 1.0))
+                                      / counts.min() * np.sqrt(n * k)),
+        "n": float(n),
+        "train": {"gram": jnp.asarray(phi_s.T @ phi_s), "lin": jnp.asarray(phi_s.T @ res),
+                  "const": float(np.sum(res ** 2))},
+        "obj": {"gram": jnp.asarray(phi_s.T @ (phi_s * wts[:, None])),
+                "lin": jnp.asarray(phi_s.T @ (res * wts[:, None])),
+                "const": float(np.sum(res ** 2 * wts[:, None]))},
+    }
+    y_s, f0_s = y[order], f0[order]
+    if acc_rows is None:
+        rows = np.arange(n)
+    else:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
+    data.update(acc_phi=jnp.asarray(phi_s[rows]), acc_f0=jnp.asarray(f0_s[rows][None]),
+                acc_labels=jnp.asarray(np.argmax(y_s[rows], axis=1)))
+    if record_outputs:
+        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
+    if has_test:
+        pt = np.asarray(factor.phi_test, dtype=np.float64)
+        rt = ft - yt
+        data.update(phi_test=jnp.asarray(pt), f0_test=jnp.asarray(ft[None]),
+                    labels_test=jnp.asarray(np.argmax(yt, axis=1)), m=float(m_test),
+                    test={"gram": jnp.asarray(pt.T @ pt), "lin": jnp.asarray(pt.T @ rt),
+                          "const": float(np.sum(rt ** 2))})
+
+    static = dict(algorithm=algo, q_count=q_count, central=reference)
+    x0 = jnp.zeros((a, r, k))
+    state = x0 if algo.init is None else _init(x0, data, **static)
+    carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
+    deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
+    total = len(steps)
+    chunk = max(1, min(chunk, total))
+    pieces = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=int(deltas.sum()), unit="step", desc=f"low-rank {algo.name}")
+    for start in range(0, total, chunk):
+        ns = deltas[start:start + chunk]
+        pad = chunk - len(ns)
+        if pad:
+            ns = np.concatenate([ns, np.zeros(pad, np.int64)])
+        carry, recs = _run_chunk(carry, jnp.asarray(ns), data, has_test=has_test,
+                                 record_outputs=record_outputs, **static)
+        recs = jax.tree.map(np.asarray, recs)
+        pieces.append(jax.tree.map(lambda v, p=pad: v[: len(v) - p] if p else v, recs))
+        if bar is not None:
+            bar.update(int(deltas[start:start + chunk].sum()))
+        if bool(carry[2]):
+            break
+    if bar is not None:
+        bar.close()
+    raw = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+    per = algo.records_per_step
+    if per > 1:
+        raw = {key: v.reshape((-1,) + v.shape[2:]) for key, v in raw.items()}
+        rec_steps, phase = np.repeat(steps, per), np.tile(np.arange(per), len(steps))
+    else:
+        rec_steps, phase = steps, None
+    scale = error_scale(lr_q, counts, float(steps[-1]), algo)
+    low = dict(factor.describe(), error_estimate=error_estimate(factor, scale),
+               error_scale=scale, padded=bool(stacked and q_count * n_max > n),
+               acc_rows=n if acc_rows is None else int(acc_rows),
+               estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
+                           "on the training inputs (theory/low_rank.md)")
+    meta = {
+        "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
+        "kernel_layout": "traced", "path": "low_rank", "low_rank": low,
+        "quantity": ("mean network (f0 = 0): the expected outputs of the infinite-width "
+                     "network" if f0_train is None else "the network with the given f0"),
+        "mixing": w.tolist(), **(metadata or {}),
+    }
+    if algo.options:
+        meta["algorithm_options"] = algo.settings
+    if per > 1:
+        meta["phases"] = list(algo.phase_names)
+    return _trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
+                       float(carry[3]))
+
+
+def _trajectory(raw, q, central, steps, phase, lr, meta, order, div_at) -> Trajectory:
+    flags = raw["diverged"]
+    n_rec = raw["train_loss"].shape[0]
+    keep = int(np.argmax(flags)) if flags.any() else n_rec
+    if phase is not None and flags.any():
+        keep -= keep % int(phase.max() + 1)
+    status = "diverged" if flags.any() else "ok"
+    inverse = np.argsort(order)
+
+    def agents(key):
+        return None if key not in raw else raw[key][:keep, :q]
+
+    def cen(key):
+        return raw[key][:keep, q] if (central and key in raw) else None
+
+    def mm(key):
+        return None if key not in raw else raw[key][:keep]
+
+    outs = None if "train_outputs" not in raw else raw["train_outputs"][:keep, :q][:, :, inverse]
+    return Trajectory(
+        steps=np.asarray(steps)[:keep], train_loss=agents("train_loss"),
+        local_loss=raw["local_loss"][:keep], objective=agents("objective"),
+        train_acc=agents("train_acc"), param_dist=agents("param_dist"),
+        consensus_dist=raw["consensus_dist"][:keep],
+        central_dist=mm("central_dist"),
+        central_train_loss=cen("train_loss"), central_objective=cen("objective"),
+        central_train_acc=cen("train_acc"), central_param_dist=cen("param_dist"),
+        mean_model_train_loss=mm("mean_model_train_loss"),
+        mean_model_train_acc=mm("mean_model_train_acc"),
+        test_loss=agents("test_loss"), test_acc=agents("test_acc"),
+        central_test_loss=cen("test_loss"), central_test_acc=cen("test_acc"),
+        mean_model_test_loss=mm("mean_model_test_loss"),
+        mean_model_test_acc=mm("mean_model_test_acc"),
+        train_outputs=outs, test_outputs=agents("test_outputs"),
+        phase=None if phase is None else phase[:keep], status=status,
+        diverged_at=int(div_at) if status == "diverged" else None, continuous=False,
+        lr=lr, metadata=dict(meta, lr=lr.tolist()))

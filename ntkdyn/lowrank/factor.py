@@ -1,0 +1,475 @@
+r"""Low-rank factor ``Theta ~ U Lambda U^T`` of a training kernel, from column blocks.
+
+Mathematics (derivation and error statements in ``theory/low_rank.md``).
+
+**Nystrom on landmarks, built block by block.**  For a PSD kernel ``Theta`` (N x N) and
+landmark rows ``S`` the Nystrom approximation is ``Theta_S = C Theta_SS^+ C^T`` with
+``C = Theta[:, S]``.  It is computed as a *block partial Cholesky* that never forms
+N x N: with the current factor ``F`` (N x k, ``Theta ~ F F^T``) and a new block ``B``
+of ``b`` landmarks,
+
+* ``G = Theta[:, B] - F F[B]^T``  (N x b; the residual kernel's columns; one block of
+  kernel columns, e.g. :func:`ntkdyn.kernels.analytic_kernels` ``(x, x[B])``);
+* ``H = G[B] = V D V^T`` (b x b, the residual on the block), keep ``D_i > eps_rel *
+  max diag(Theta)``;
+* ``F <- [F, G V D^(-1/2)]``, so ``F F^T`` gains ``G H^+ G^T``; the residual
+  ``E = Theta - F F^T`` stays PSD, and its diagonal ``d = diag(Theta) - rowsum(F^2)``
+  is updated in O(N b).
+
+After all blocks ``F F^T`` equals the Nystrom approximation on the union of the
+landmarks (block Gram-Schmidt in the feature space).  Test points ``T`` get
+``F_T <- [F_T, (Theta[T, B] - F_T F[B]^T) V D^(-1/2)]``: then ``F_T F^T`` is the
+Nystrom cross kernel ``Theta[T, S] Theta_SS^+ Theta[S, :]``.
+
+Landmarks (``method``): ``"uniform"`` (uniformly at random without replacement: plain
+Nystrom), ``"greedy"`` (largest residual diagonal: pivoted Cholesky) or
+``"rpcholesky"`` (default; sampled with probability proportional to the residual
+diagonal, Chen, Epperly, Tropp & Webber 2023, "Randomly pivoted Cholesky"; near-optimal
+in expectation and robust to outliers that fool the greedy rule).
+
+**Eigen-coordinates.**  ``F^T F = V S V^T`` (m x m), ``Phi = F V`` (N x m, orthogonal
+columns, ``||Phi_i||^2 = S_i``): ``Phi Phi^T = F F^T = U Lambda U^T`` with
+``Lambda = S`` and ``U = Phi Lambda^(-1/2)``.  Truncating to the first ``r`` columns
+keeps the best rank-r approximation of ``F F^T``; the features are ``Phi_r = U_r
+Lambda_r^(1/2)`` and the test features ``Phi_{T,r} = F_T V_r``.
+
+**What is discarded.**  ``Theta - Phi_r Phi_r^T = E + sum_{i > r} S_i u_i u_i^T``, both
+terms PSD, so ``||Theta - Phi_r Phi_r^T||_2 <= trace(E) + S_{r+1}`` with
+``trace(E) = trace(Theta) - ||F||_F^2`` known exactly (the kernel's diagonal is cheap).
+:attr:`LowRankFactor.discarded_norm` is that bound.
+
+Memory: ``F`` and ``F_T`` (``(N + M) m`` floats), one block of columns and the
+rotation's copy: ``O((N + M) m)``, checked before allocating
+(:func:`factor_bytes`, :func:`ensure_factor_fits`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
+
+import numpy as np
+
+from .. import memory
+from ..validation import as_float_array
+
+METHODS = ("rpcholesky", "greedy", "uniform")
+#: a residual direction is kept when its pivot exceeds this times the largest diagonal entry
+PIVOT_RTOL = 1e-12
+DEFAULT_BLOCK = 128
+
+
+class LowRankTooLargeError(memory.ProblemTooLargeError, ValueError):
+    """Even the low-rank factor would not fit in memory (raised before allocating)."""
+
+
+# --------------------------------------------------------------------------- column sources
+class KernelColumns(Protocol):
+    """Where kernel columns come from.  ``n``: training samples; ``n_test``: test samples
+    (0 without); ``diagonal()``: ``diag(Theta)`` (N,); ``columns(idx)``:
+    ``Theta[:, idx]`` (N, b); ``test_columns(idx)``: ``Theta[T, idx]`` (M, b)."""
+
+    n: int
+    n_test: int
+
+    def diagonal(self) -> np.ndarray: ...
+
+    def columns(self, idx: np.ndarray) -> np.ndarray: ...
+
+    def test_columns(self, idx: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class MatrixColumns:
+    """Columns of kernels already in memory (traced, ``(N, N)`` and ``(M, N)``)."""
+
+    kernel: np.ndarray
+    kernel_test: np.ndarray | None = None
+
+    def __post_init__(self):
+        k = as_float_array("kernel_train", self.kernel, ndim=2)
+        if k.shape[0] != k.shape[1]:
+            raise ValueError(f"kernel_train: expected a square (N, N) kernel, got {k.shape}")
+        object.__setattr__(self, "kernel", k)
+        if self.kernel_test is not None:
+            kt = as_float_array("kernel_test_train", self.kernel_test, ndim=2)
+            if kt.shape[1] != k.shape[0]:
+                raise ValueError(f"kernel_test_train: expected shape (M, {k.shape[0]}), "
+                                 f"got {kt.shape}")
+            object.__setattr__(self, "kernel_test", kt)
+
+    @property
+    def n(self) -> int:
+        return self.kernel.shape[0]
+
+    @property
+    def n_test(self) -> int:
+        return 0 if self.kernel_test is None else self.kernel_test.shape[0]
+
+    def diagonal(self) -> np.ndarray:
+        return np.diag(self.kernel).copy()
+
+    def columns(self, idx):
+        return self.kernel[:, idx]
+
+    def test_columns(self, idx):
+        return self.kernel_test[:, idx]
+
+
+@dataclass(frozen=True)
+class AnalyticColumns:
+    """Columns of the infinite-width NTK of an MLP (:func:`ntkdyn.kernels.analytic_kernels`),
+    computed for a block of landmarks at a time: ``analytic_kernels(x, x[idx])`` costs
+    O(N b d) and holds O(N b) (the rows are themselves blocked inside)."""
+
+    x: np.ndarray
+    x_test: np.ndarray | None = None
+    hidden_layers: int = 1
+    activation: object = "relu"
+    W_std: float = 1.4
+    b_std: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "x", as_float_array("x_train", self.x, ndim=2))
+        if self.x_test is not None:
+            object.__setattr__(self, "x_test", as_float_array("x_test", self.x_test, ndim=2))
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_test(self) -> int:
+        return 0 if self.x_test is None else self.x_test.shape[0]
+
+    def _kw(self):
+        return dict(hidden_layers=self.hidden_layers, activation=self.activation,
+                    W_std=self.W_std, b_std=self.b_std)
+
+    def diagonal(self) -> np.ndarray:
+        return self._diagonal.copy()
+
+    @cached_property
+    def _diagonal(self) -> np.ndarray:
+        r"""``Theta(x, x)`` by the recursion on the variances alone, O(N d):
+        ``Theta^0 = K^0``, ``Theta^l = K^l + W_std^2 E[phi'(u)^2] Theta^(l-1)``."""
+        from ..activations import dual
+        from ..kernels.analytic import _resolve_activation
+
+        act = _resolve_activation(self.activation)
+        w2, b2 = float(self.W_std) ** 2, float(self.b_std) ** 2
+        k = w2 * np.einsum("ij,ij->i", self.x, self.x) / self.x.shape[1] + b2
+        theta = k
+        for _ in range(self.hidden_layers):
+            e_phi, e_dphi = dual(act, k, k, k)
+            k_new = w2 * np.asarray(e_phi) + b2
+            theta = k_new + w2 * np.asarray(e_dphi) * theta
+            k = k_new
+        return np.asarray(theta, dtype=np.float64)
+
+    def columns(self, idx):
+        """``Theta[:, idx]``; the entries ``(idx_j, j)`` are set to :meth:`diagonal`, as
+        :func:`~ntkdyn.kernels.analytic_kernels` does for a symmetric kernel (the arc-cosine
+        angle is ill-conditioned at correlation 1: ~1e-8 otherwise)."""
+        from ..kernels.analytic import analytic_ntk
+
+        idx = np.asarray(idx)
+        cols = analytic_ntk(self.x, self.x[idx], **self._kw())
+        cols[idx, np.arange(idx.size)] = self._diagonal[idx]
+        return cols
+
+    def test_columns(self, idx):
+        from ..kernels.analytic import analytic_ntk
+
+        return analytic_ntk(self.x_test, self.x[idx], **self._kw())
+
+
+# --------------------------------------------------------------------------- the factor
+@dataclass(frozen=True)
+class LowRankFactor:
+    """``Theta ~ Phi Phi^T``, ``Phi = U Lambda^(1/2)`` (eigen-coordinates, descending).
+
+    Attributes
+    ----------
+    phi : (N, r)
+        Training features in the caller's sample order; ``phi^T phi = diag(eigenvalues)``.
+    phi_test : (M, r) or None
+        Test features: ``phi_test @ phi.T`` is the Nystrom test-train kernel.
+    eigenvalues : (r,)
+        ``Lambda``, descending.
+    landmarks : (m,)
+        Training indices whose columns were read.
+    method : str
+    trace : float
+        ``trace(Theta)``.
+    residual_trace : float
+        ``trace(Theta - F F^T)`` of the Nystrom factor before truncation to ``r``.
+    next_eigenvalue : float
+        The largest eigenvalue of ``F F^T`` dropped by the truncation (0 if none).
+    info : dict
+        Other facts (landmarks read, blocks, timings).
+    """
+
+    phi: np.ndarray
+    phi_test: np.ndarray | None
+    eigenvalues: np.ndarray
+    landmarks: np.ndarray
+    method: str
+    trace: float
+    residual_trace: float
+    next_eigenvalue: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return int(self.phi.shape[1])
+
+    @property
+    def discarded_norm(self) -> float:
+        """Upper bound on ``||Theta - phi phi^T||_2``: ``trace(E) + S_{r+1}``."""
+        return float(max(self.residual_trace, 0.0) + self.next_eigenvalue)
+
+    def truncate(self, rank: int) -> LowRankFactor:
+        """The first ``rank`` eigen-coordinates (``rank <= self.rank``)."""
+        rank = check_rank(rank, self.rank, name="rank")
+        nxt = float(self.eigenvalues[rank]) if rank < self.rank else self.next_eigenvalue
+        return LowRankFactor(
+            phi=self.phi[:, :rank], phi_test=None if self.phi_test is None
+            else self.phi_test[:, :rank], eigenvalues=self.eigenvalues[:rank],
+            landmarks=self.landmarks, method=self.method, trace=self.trace,
+            residual_trace=self.residual_trace, next_eigenvalue=max(nxt, 0.0),
+            info=dict(self.info))
+
+    def describe(self) -> dict:
+        return {"rank": self.rank, "method": self.method, "landmarks": int(len(self.landmarks)),
+                "trace": self.trace, "residual_trace": self.residual_trace,
+                "smallest_kept_eigenvalue": float(self.eigenvalues[-1]) if self.rank else 0.0,
+                "next_eigenvalue": self.next_eigenvalue,
+                "discarded_norm_bound": self.discarded_norm, **self.info}
+
+
+def check_rank(rank, n: int, name: str = "rank") -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+        raise ValueError(f"{name}: expected a positive integer or 'auto', got {rank!r}")
+    if rank <= 0:
+        raise ValueError(f"{name}: expected a positive integer (1..{n}), got {rank}")
+    if rank > n:
+        raise ValueError(f"{name}: expected at most {n} (the number of training samples / "
+                         f"available coordinates), got {rank}")
+    return int(rank)
+
+
+def check_tol(tol) -> float:
+    try:
+        t = float(tol)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if isinstance(tol, bool) or not np.isfinite(t) or t <= 0:
+        raise ValueError(f"tol: expected a positive number (relative error of the training "
+                         f"outputs, e.g. 1e-3), got {tol!r}")
+    return t
+
+
+# --------------------------------------------------------------------------- memory
+def factor_bytes(n: int, n_test: int, m: int, block: int = DEFAULT_BLOCK) -> int:
+    """Peak bytes of :func:`factorize` at ``m`` landmarks: ``F`` and ``F_T`` twice (the
+    eigen-rotation writes a copy), one block of columns with its residual (``3 (N + M) b``),
+    and the m x m Gram matrix with its eigenvectors (``3 m^2``); float64."""
+    return int(8 * (2 * (n + n_test) * m + 3 * (n + n_test) * block + 3 * m * m + 4 * n))
+
+
+def max_fitting_rank(n: int, n_test: int, available: int, block: int = DEFAULT_BLOCK,
+                     reserve: int = 0) -> int:
+    """Largest ``m`` with ``factor_bytes(n, n_test, m) + reserve(m) <= available`` (0 if none);
+    ``reserve`` is bytes per unit of rank needed afterwards (e.g. by the evolution)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if factor_bytes(n, n_test, mid, block) + reserve * mid <= available:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def ensure_factor_fits(n: int, n_test: int, m: int, block: int = DEFAULT_BLOCK,
+                       reserve: int = 0, what: str = "the low-rank factor") -> None:
+    """Refuse (:class:`LowRankTooLargeError`, a ``ValueError``) before allocating."""
+    need = factor_bytes(n, n_test, m, block) + reserve * m
+    avail = memory.available_memory_bytes()
+    if need > avail:
+        fit = max_fitting_rank(n, n_test, avail, block, reserve)
+        hint = (f"rank <= {fit} would fit" if fit > 0 else
+                "no rank fits: use fewer training / test samples")
+        raise LowRankTooLargeError(
+            f"rank: {what} of rank {m} for N={n} training and M={n_test} test samples needs "
+            f"about {memory.format_bytes(need)} but only {memory.format_bytes(avail)} is "
+            f"available (set NTKDYN_MEMORY_LIMIT to override); {hint}")
+
+
+def _ensure(n, n_test, m, block, reserve, oversample):
+    need = factor_bytes(n, n_test, m, block) + reserve * m
+    avail = memory.available_memory_bytes()
+    if need > avail:
+        fit = int(max_fitting_rank(n, n_test, avail, block, reserve) // oversample)
+        hint = (f"rank <= {fit} would fit (with {oversample:g}x oversampled landmarks)"
+                if fit > 0 else "no rank fits: use fewer training / test samples")
+        raise LowRankTooLargeError(
+            f"rank: the low-rank factor ({m} landmark columns) for N={n} training and "
+            f"M={n_test} test samples needs about {memory.format_bytes(need)} but only "
+            f"{memory.format_bytes(avail)} is available (set NTKDYN_MEMORY_LIMIT to "
+            f"override); {hint}")
+
+
+# --------------------------------------------------------------------------- factorisation
+def _pick(method: str, d: np.ndarray, chosen: np.ndarray, b: int, rng, perm) -> np.ndarray:
+    free = ~chosen
+    if method == "uniform":
+        return perm[:b]
+    if method == "greedy":
+        dd = np.where(free, d, -np.inf)
+        idx = np.argpartition(-dd, min(b, dd.size - 1))[:b]
+        return idx[np.isfinite(dd[idx]) & (dd[idx] > 0)]
+    p = np.where(free, np.maximum(d, 0.0), 0.0)
+    total = p.sum()
+    if total <= 0:
+        return np.zeros(0, dtype=np.int64)
+    b = min(b, int(np.count_nonzero(p)))
+    return rng.choice(d.size, size=b, replace=False, p=p / total)
+
+
+def factorize(
+    source: KernelColumns,
+    rank: int | None = None,
+    *,
+    target_norm: float | None = None,
+    max_rank: int | None = None,
+    method: str = "rpcholesky",
+    block: int = DEFAULT_BLOCK,
+    seed: int = 0,
+    reserve_per_rank: int = 0,
+    oversample: float = 2.0,
+    progress: bool = False,
+) -> LowRankFactor:
+    """Factor the training kernel of ``source`` (see the module docstring).
+
+    Give either ``rank`` (that many eigen-coordinates, the leading ones of a Nystrom factor
+    on ``min(N, ceil(oversample * rank))`` landmarks: oversampling makes the discarded part
+    close to the optimal tail, ``trace(E) + S_{r+1}`` instead of ``trace(E_r)``) or
+    ``target_norm`` (read landmarks until ``trace(E) <= target_norm / 2``, then keep the
+    fewest coordinates with ``trace(E) + S_{r+1} <= target_norm``), both capped by
+    ``max_rank``.  The memory of the factor at the largest rank it may reach is checked first
+    (:class:`LowRankTooLargeError`); ``reserve_per_rank`` adds bytes per coordinate needed
+    afterwards.
+    """
+    import time
+
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    if isinstance(block, bool) or not isinstance(block, int | np.integer) or block < 1:
+        raise ValueError(f"block: expected a positive integer, got {block!r}")
+    n, n_test = source.n, source.n_test
+    if rank is None and target_norm is None:
+        raise ValueError("rank: give a rank or a target_norm")
+    if rank is not None:
+        rank = check_rank(rank, n)
+    r_cap = n if max_rank is None else check_rank(max_rank, n, name="max_rank")
+    if rank is not None:
+        r_cap = min(r_cap, rank)
+    if isinstance(oversample, bool) or not (np.isfinite(oversample) and oversample >= 1):
+        raise ValueError(f"oversample: expected a number >= 1, got {oversample!r}")
+    m_cap = min(n, int(np.ceil(oversample * r_cap)))
+    _ensure(n, n_test, m_cap if rank is not None else min(m_cap, block), block,
+            reserve_per_rank, oversample)
+    if rank is None:  # auto: read no more landmarks than fit
+        fit = max_fitting_rank(n, n_test, memory.available_memory_bytes(), block,
+                               reserve_per_rank)
+        m_cap = min(m_cap, fit)
+    t0 = time.perf_counter()
+    diag = np.asarray(source.diagonal(), dtype=np.float64)
+    trace = float(diag.sum())
+    scale = float(diag.max()) if n else 1.0
+    d = diag.copy()
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    pos = 0
+    f = np.zeros((n, m_cap))
+    ft = np.zeros((n_test, m_cap)) if n_test else None
+    chosen = np.zeros(n, dtype=bool)
+    landmarks: list[np.ndarray] = []
+    k, blocks, reads = 0, 0, 0
+    half = None if target_norm is None else 0.5 * target_norm
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=m_cap, unit="col", desc="low-rank factor")
+    while k < m_cap:
+        if half is not None and max(float(d.sum()), 0.0) <= half:
+            break
+        b = min(block, m_cap - k)
+        if method == "uniform":
+            idx = perm[pos:pos + b]
+            pos += b
+        else:
+            idx = _pick(method, d, chosen, b, rng, perm)
+        if idx.size == 0:
+            break
+        chosen[idx] = True
+        landmarks.append(idx)
+        reads += idx.size
+        blocks += 1
+        g = source.columns(idx) - f[:, :k] @ f[idx, :k].T
+        h = (g[idx] + g[idx].T) / 2
+        lam, vec = np.linalg.eigh(h)
+        keep = lam > PIVOT_RTOL * scale
+        if keep.any():
+            lam, vec = lam[keep][::-1], vec[:, keep][:, ::-1]
+            take = min(lam.size, m_cap - k)
+            proj = vec[:, :take] / np.sqrt(lam[:take])
+            f[:, k:k + take] = g @ proj
+            if ft is not None:
+                gt = source.test_columns(idx) - ft[:, :k] @ f[idx, :k].T
+                ft[:, k:k + take] = gt @ proj
+            d -= np.einsum("ij,ij->i", f[:, k:k + take], f[:, k:k + take])
+            k += take
+            if bar is not None:
+                bar.update(take)
+        np.maximum(d, 0.0, out=d)
+        d[idx] = 0.0  # landmarks are interpolated exactly (up to the dropped pivots)
+        if method == "uniform" and pos >= n:
+            break
+        if float(d.max(initial=0.0)) <= PIVOT_RTOL * scale:
+            break  # the kernel's numerical rank is reached
+    if bar is not None:
+        bar.close()
+    t_cols = time.perf_counter() - t0
+    f = f[:, :k]
+    ft = None if ft is None else ft[:, :k]
+    residual_trace = max(trace - float(np.einsum("ij,ij->", f, f)), 0.0)
+    # eigen-coordinates: F^T F = V S V^T, Phi = F V
+    gram = f.T @ f
+    s, v = np.linalg.eigh((gram + gram.T) / 2)
+    s, v = np.maximum(s[::-1], 0.0), v[:, ::-1]
+    phi = f @ v
+    phi_test = None if ft is None else ft @ v
+    del f, ft
+    t_total = time.perf_counter() - t0
+    if rank is not None:
+        r = min(rank, k)
+    else:
+        budget = target_norm - residual_trace
+        # fewest r with S_{r+1} <= budget (S descending); all k if none
+        over = np.flatnonzero(s > budget) if budget > 0 else np.arange(k)
+        r = k if (budget <= 0 or over.size == k) else (int(over[-1]) + 1 if over.size else 1)
+        r = min(max(r, 1), r_cap) if k else 0
+    nxt = float(s[r]) if r < k else 0.0
+    info = {"landmarks_read": int(reads), "blocks": int(blocks), "block": int(block),
+            "seconds_columns": round(t_cols, 3), "seconds_total": round(t_total, 3),
+            "reached_numerical_rank": bool(float(d.max(initial=0.0)) <= PIVOT_RTOL * scale)}
+    return LowRankFactor(
+        phi=np.ascontiguousarray(phi[:, :r]),
+        phi_test=None if phi_test is None else np.ascontiguousarray(phi_test[:, :r]),
+        eigenvalues=s[:r].copy(), landmarks=np.concatenate(landmarks) if landmarks
+        else np.zeros(0, np.int64), method=method, trace=trace,
+        residual_trace=residual_trace, next_eigenvalue=nxt, info=info)
