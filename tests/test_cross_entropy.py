@@ -280,3 +280,17 @@ def test_invalid_inputs(cenet):
     with pytest.raises(ValueError, match="reference: 'eigen' is for loss='mse' only"):
         solver.evolve(p, algorithms.get_algorithm("dgd"), np.full((1, 4), 0.3), np.arange(3),
                       reference="eigen")
+
+
+def test_pipeline_passes_the_loss_through():
+    data = nd.data.synthetic(n_train=16, n_test=8, dim=4, classes=3, seed=0)
+    parts = nd.data.partition(data, agents=4, scheme="iid", seed=0)
+    arch = nd.models.MLP(hidden=(64,), out=3)
+    traj = nd.predict(arch, parts, RING, lr=0.5, steps=range(0, 11, 5), loss="cross_entropy")
+    assert traj.metadata["loss"] == "cross_entropy"
+    assert np.allclose(traj.train_loss[0], np.log(3.0))  # f0 = 0: uniform softmax
+    p = nd.build_problem(arch, parts, RING, loss="cross_entropy")
+    same = nd.predict_from_kernels(p.kernel, p.y_train, np.repeat(np.arange(4), p.counts),
+                                   RING, 0.5, range(0, 11, 5), kernel_test_train=p.kernel_test,
+                                   y_test=p.y_test, loss="cross_entropy")
+    assert rel_err(same.test_loss, traj.test_loss) < 1e-12
