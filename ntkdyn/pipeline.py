@@ -171,6 +171,8 @@ def build_problem(
     f0: str | None = None,
     traced: bool = True,
     rates: int = 1,
+    loss: str = "mse",
+    logit_scale: float = 1.0,
 ) -> KernelProblem:
     """Compute the kernels of ``arch`` on ``parts`` and assemble the problem.
 
@@ -195,6 +197,8 @@ def build_problem(
         Empirical kernel layout: traced (``Theta_s (x) I_K``, default) or full.
     rates : int
         Learning rates that will share the kernel (for the memory estimate).
+    loss, logit_scale :
+        The trained loss (see :func:`ntkdyn.predict_from_kernels`).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
@@ -247,7 +251,7 @@ def build_problem(
     problem = make_problem(
         kt, data.y_train, parts.agent, mixing, f0_train=f0_train,
         kernel_test_train=ktt if has_test else None, y_test=data.y_test if has_test else None,
-        f0_test=f0_test if has_test else None)
+        f0_test=f0_test if has_test else None, loss=loss, logit_scale=logit_scale)
     return dataclasses.replace(problem, order=user_order)
 
 
@@ -271,13 +275,16 @@ def predict(
     kernel_dtype: str = "float64",
     devices=None,
     samples: int | None = None,
+    loss: str = "mse",
+    logit_scale: float = 1.0,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
     See :func:`build_problem` for ``kernel``, ``seed``, ``params``, ``f0``,
     ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest (``reference``:
     also run the centralised reference; ``mixing`` may be a time-varying or random
-    sequence, ``samples`` the number of sampled sequences for a random one).
+    sequence, ``samples`` the number of sampled sequences for a random one; ``loss``:
+    ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its inverse temperature).
 
     Examples
     --------
@@ -300,7 +307,7 @@ def predict(
     (5, 3, 4)
     """
     problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
-                            f0=f0, traced=traced)
+                            f0=f0, traced=traced, loss=loss, logit_scale=logit_scale)
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
@@ -324,13 +331,15 @@ def predict_sweep(
     progress: bool = False,
     reference: bool = True,
     samples: int | None = None,
+    loss: str = "mse",
+    logit_scale: float = 1.0,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])
     problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
-                            f0=f0, rates=len(lrs))
+                            f0=f0, rates=len(lrs), loss=loss, logit_scale=logit_scale)
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
@@ -338,7 +347,17 @@ def predict_sweep(
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:
-    """Stability report (spectral radius, exact lr*, sufficient bound, margin)."""
+    """Stability report (spectral radius, exact lr*, sufficient bound, margin).
+
+    Squared loss only: with ``problem.loss == "cross_entropy"`` a ``ValueError`` naming
+    ``loss`` states the sufficient bound from the largest softmax curvature instead
+    (:func:`ntkdyn.predict.cross_entropy_bound`).
+    """
+    if problem.loss != "mse":
+        from .predict import cross_entropy_bound
+
+        raise ValueError("loss: the exact stability report is for loss='mse' only; "
+                         + cross_entropy_bound(problem, algorithm))
     return _stability(problem, algorithm, lr)
 
 

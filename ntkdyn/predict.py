@@ -116,6 +116,12 @@ def run_problem(
     sampled sequences (default 64; sequence ``s`` is the one
     :func:`ntkdyn.train.train` runs with ``gossip_sample=s``), all sharing every
     kernel pass, plus the exact mean-state trajectory (``.expected``).
+
+    With ``problem.loss == "cross_entropy"`` the dynamics are not affine: the exact
+    (linearised) stability analysis is for the squared loss, so ``metadata["stability"]``
+    states the sufficient bound from the largest softmax curvature instead
+    (:func:`cross_entropy_bound`), ``status`` reflects an observed blow-up only, and the
+    centralised reference is carried along every kernel pass (no eigenbasis).
     """
     algo = get_algorithm(algorithm)
     q_count = problem.num_agents
@@ -148,6 +154,7 @@ def run_problem(
         "num_outputs": problem.num_outputs,
         "kernel_layout": "traced" if problem.traced else "full",
         "kernel_dtype": kernel_dtype,
+        "loss": problem.loss,
         "mixing": problem.mixing.tolist(),
         "versions": versions(),
         **(metadata or {}),
@@ -171,6 +178,14 @@ def run_problem(
             trajs.append(one(0))
         else:
             trajs.append(_aggregate([one(g) for g in range(groups - 1)], one(groups - 1)))
+    if problem.loss != "mse":
+        if problem.logit_scale != 1.0:
+            base_meta["logit_scale"] = problem.logit_scale
+        if check_stability is False:
+            return trajs
+        note = cross_entropy_bound(problem, algo)
+        return [dataclasses.replace(t, metadata=dict(t.metadata, stability=note))
+                for t in trajs]
     if check_stability is False or (continuous and check_stability is None):
         # the discrete-time spectrum says nothing about the flow (e.g. DGD's flow converges
         # at every rate); a flow that blew up is still reported as "diverged"
@@ -202,6 +217,24 @@ def run_problem(
             traj = dataclasses.replace(traj, status=status, metadata=meta)
         out.append(traj)
     return out
+
+
+def cross_entropy_bound(problem: KernelProblem, algorithm) -> str:
+    r"""The sufficient stability bound for cross-entropy, in words (with its value).
+
+    The Hessian of ``CE(softmax(s f), y)`` in ``f`` is ``s^2 (diag(p) - p p^T)``, whose
+    largest eigenvalue is at most ``s^2 / 2`` for every ``f``: the squared loss's
+    sufficient bound (:func:`ntkdyn.spectrum.sufficient_bound`, curvature 1) scaled by
+    ``2 / s^2`` keeps every local step non-expansive along the whole trajectory.  It is
+    sufficient only; the exact linearised analysis at ``f_0`` is not computed.
+    """
+    bound = spectrum.sufficient_bound(problem, algorithm) * 2.0 / problem.logit_scale ** 2
+    value = (f"lr < {bound:.6g}" if np.isfinite(bound) else
+             "none known for this schedule and mixing")
+    return ("loss='cross_entropy': the dynamics are not affine, exact stability is not "
+            "computed; sufficient bound from the largest softmax curvature (s^2/2, "
+            f"s = logit_scale = {problem.logit_scale:g}): {value}; status reflects an "
+            "observed blow-up only")
 
 
 def _record_layout(steps: np.ndarray, per_step: int):
@@ -319,10 +352,14 @@ def predict_from_kernels(
     kernel_dtype: str = "float64",
     devices=None,
     samples: int | None = None,
+    loss: str = "mse",
+    logit_scale: float = 1.0,
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
-    Agent ``q`` minimises ``L_q = 1/(2 N_q) sum_{i in q} ||f(x_i) - y_i||^2``;
+    Agent ``q`` minimises ``L_q = 1/(2 N_q) sum_{i in q} ||f(x_i) - y_i||^2``
+    (``loss="mse"``) or ``L_q = (1/N_q) sum_{i in q} CE(softmax(s f(x_i)), y_i)``
+    (``loss="cross_entropy"``, ``s = logit_scale``);
     the network is ``f = f_0 + J (theta - theta_0)`` with NTK
     ``Theta = J J^T``.  The prediction is exact for that model (to float64
     round-off) and is computed in kernel space (:mod:`ntkdyn.solver`).
@@ -332,8 +369,9 @@ def predict_from_kernels(
     kernel_train : (N, N) or (N*K, N*K)
         Training NTK: traced (``Theta_scalar``, the true kernel being
         ``Theta_scalar (x) I_K``) or full (sample-major, row ``i*K + k``).
-    y_train : (N, K)
-        Targets (e.g. one-hot).
+    y_train : (N, K) or (N,)
+        Targets (e.g. one-hot); with ``loss="cross_entropy"`` one-hot rows or integer
+        class labels.
     agent : (N,) int
         Agent owning each training sample (any order).
     mixing : (Q, Q) or MixingProcess
@@ -370,6 +408,12 @@ def predict_from_kernels(
         Random mixing only: sampled sequences (default 64); the result is then a
         :class:`~ntkdyn.trajectory.GossipTrajectory` (means, quantile bands and the
         exact mean-state trajectory ``.expected``).
+    loss : "mse" (default) or "cross_entropy"
+        The trained loss; the ``*_loss`` and ``objective`` fields report it.  Cross-entropy
+        runs discrete steps only (``continuous=True`` is refused), its centralised
+        reference is carried along the kernel passes (``theory/cross_entropy.md``).
+    logit_scale : float
+        Cross-entropy only: the logits are ``s f`` (inverse temperature), default 1.
 
     Returns
     -------
@@ -387,7 +431,8 @@ def predict_from_kernels(
     (11, 4)
     """
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
-                           kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test)
+                           kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
+                           loss=loss, logit_scale=logit_scale)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user"}, reference=reference,
@@ -401,8 +446,8 @@ def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, step
     All rates share each pass over the kernel; the result is one
     :class:`Trajectory` per entry of ``lrs``.
     """
-    prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test")
-               if k in kwargs}
+    prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
+                                          "loss", "logit_scale") if k in kwargs}
     problem = make_problem(kernel_train, y_train, agent, mixing, **prob_kw)
     return run_problem(problem, algorithm, list(lrs), steps, metadata={"kernel": "user"},
                        **kwargs)

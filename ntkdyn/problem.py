@@ -50,6 +50,12 @@ class KernelProblem:
         A time-varying or random mixing sequence (:mod:`ntkdyn.gossip`); ``mixing``
         then holds its expected matrix (the period average for a periodic one).
         ``None``: the static ``mixing``.
+    loss : "mse" or "cross_entropy"
+        The local loss: ``L_q = 1/(2 N_q) sum_{i in q} ||f_i - y_i||^2`` (default), or
+        softmax cross-entropy ``L_q = (1/N_q) sum_{i in q} CE(softmax(s f_i), y_i)`` with
+        one-hot ``y`` (``theory/cross_entropy.md``).
+    logit_scale : float
+        ``s`` above (inverse temperature; cross-entropy only, 1 by default).
     """
 
     kernel: np.ndarray
@@ -66,6 +72,8 @@ class KernelProblem:
     labels_test: np.ndarray | None
     order: np.ndarray
     process: object | None = None
+    loss: str = "mse"
+    logit_scale: float = 1.0
 
     @property
     def num_agents(self) -> int:
@@ -181,6 +189,56 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return np.argmax(y, axis=1).astype(np.int64)
 
 
+#: the losses of the kernel-space prediction (``theory/cross_entropy.md``)
+LOSSES = ("mse", "cross_entropy")
+
+
+def check_loss(loss) -> str:
+    """``loss`` if it is one of :data:`LOSSES`, else ``ValueError`` naming ``loss``."""
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    return loss
+
+
+def check_logit_scale(logit_scale) -> float:
+    """A finite ``logit_scale > 0``, else ``ValueError`` naming it."""
+    try:
+        s = float(logit_scale)
+    except (TypeError, ValueError):
+        s = float("nan")
+    if isinstance(logit_scale, bool) or not np.isfinite(s) or s <= 0:
+        raise ValueError(f"logit_scale: expected a finite number > 0, got {logit_scale!r}")
+    return s
+
+
+def class_targets(name: str, y, k: int | None = None) -> np.ndarray:
+    """Cross-entropy targets as one-hot ``(N, K)`` float64 rows.
+
+    ``y`` is either one-hot ``(N, K)`` (every row has one entry 1 and the rest 0) or
+    integer labels ``(N,)`` in ``[0, K)`` (``K`` given, else ``max + 1``).  Anything else
+    (soft or regression targets) is a ``ValueError`` naming ``name``.
+    """
+    arr = np.asarray(y)
+    if arr.ndim == 1:
+        if arr.size == 0 or not np.issubdtype(arr.dtype, np.number) or \
+                not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0) or arr.min() < 0:
+            raise ValueError(f"{name}: loss='cross_entropy' expects one-hot rows (N, K) or "
+                             "integer class labels (N,) >= 0")
+        labels = arr.astype(np.int64)
+        k = int(labels.max()) + 1 if k is None else int(k)
+        if labels.max() >= k:
+            raise ValueError(f"{name}: labels must lie in [0, {k}) for K={k} outputs, found "
+                             f"{int(labels.max())}")
+        return np.eye(k)[labels]
+    arr = as_float_array(name, arr, ndim=2)
+    ok = np.all((arr == 0) | (arr == 1)) and np.all(arr.sum(axis=1) == 1)
+    if not ok:
+        raise ValueError(f"{name}: loss='cross_entropy' expects one-hot rows (each row one 1 "
+                         "and the rest 0) or integer class labels (N,); got targets that are "
+                         "neither (soft or regression targets)")
+    return arr
+
+
 def make_problem(
     kernel_train,
     y_train,
@@ -191,8 +249,13 @@ def make_problem(
     kernel_test_train=None,
     y_test=None,
     f0_test=None,
+    loss: str = "mse",
+    logit_scale: float = 1.0,
 ) -> KernelProblem:
     """Validate the arrays of :func:`ntkdyn.predict_from_kernels` and sort by agent.
+
+    ``loss="cross_entropy"`` takes one-hot or integer-label targets
+    (:func:`class_targets`; ``K`` from ``f0_train``, a full kernel, or the largest label).
 
     Raises ``ValueError`` naming the offending argument for: wrong shapes,
     non-finite values, a non-stochastic or disconnected ``mixing``, an agent
@@ -200,6 +263,20 @@ def make_problem(
     is not positive semi-definite (:func:`check_psd`: ``lambda_min < -1e-8 max |lambda|``
     for float64 input, ``-100 eps`` of a lower input precision).
     """
+    loss = check_loss(loss)
+    logit_scale = check_logit_scale(logit_scale)
+    if loss == "cross_entropy":
+        k_hint = None
+        if np.ndim(y_train) == 1:
+            n_lab = np.shape(y_train)[0]
+            if f0_train is not None and np.ndim(f0_train) == 2:
+                k_hint = np.shape(f0_train)[1]
+            elif n_lab and np.ndim(kernel_train) == 2 and np.shape(kernel_train)[0] % n_lab == 0 \
+                    and np.shape(kernel_train)[0] > n_lab:
+                k_hint = np.shape(kernel_train)[0] // n_lab
+        y_train = class_targets("y_train", y_train, k_hint)
+        if y_test is not None:
+            y_test = class_targets("y_test", y_test, y_train.shape[1])
     y_train = as_float_array("y_train", y_train, ndim=2)
     n, k = y_train.shape
     if n == 0:
@@ -303,4 +380,6 @@ def make_problem(
         labels_test=lt,
         order=order,
         process=process,
+        loss=loss,
+        logit_scale=logit_scale,
     )

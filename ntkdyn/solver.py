@@ -135,6 +135,7 @@ def kernel_operators(
     rows_per_sample: int,
     central: bool,
     reference: tuple | None = None,
+    loss: tuple | None = None,
 ) -> Operators:
     """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
 
@@ -150,6 +151,12 @@ def kernel_operators(
     time-varying or random sequence a function ``j -> (G, Q, Q)`` giving the
     ``j``-th matrix of the current step for each of ``G`` equal groups of columns
     (sampled sequences side by side; :mod:`ntkdyn.gossip`).
+
+    ``loss = (targets, scale, K)`` (``targets`` the one-hot ``Y`` in the layout of
+    ``residual``) switches the output-space gradient from the squared loss's
+    ``r = f - Y`` to softmax cross-entropy's ``s (softmax(s f) - Y)`` with
+    ``f = f_0 + Theta alpha`` (:func:`cross_entropy_vector`); ``None``: squared loss.
+    The cross-entropy gradient is not affine, so ``reference`` must be ``None``.
     """
     q_count = len(offsets) - 1
     rps = rows_per_sample
@@ -169,6 +176,15 @@ def kernel_operators(
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     carried = central and reference is None
+    if loss is not None and reference is not None:
+        raise ValueError("reference: the eigenbasis reference is for the squared loss only")
+
+    def out_vec(z, lo, hi):
+        """Output-space gradient from ``z = residual + Theta alpha`` on rows ``lo:hi``."""
+        if loss is None:
+            return z
+        targets, scale, k = loss
+        return cross_entropy_vector(z, targets[lo:hi], scale, k, rps)
 
     def grad_reference(x):  # the centralised slot in the eigenbasis: diagonal
         lam, b = reference
@@ -183,11 +199,13 @@ def kernel_operators(
         prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs.astype(blocks.dtype),
                           precision=EXACT).astype(x.dtype)
         res = jnp.broadcast_to(residual, (rows, c)).reshape(q_count, n, c)
-        r_agents = (res + prod[..., :c]) / counts[0]
+        r_agents = out_vec((res + prod[..., :c]).reshape(rows, c), 0, rows).reshape(
+            q_count, n, c) / counts[0]
         eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
         g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
         if carried:
-            g_c = ((res + prod[..., c:]) / (q_count * counts[0])).reshape(1, rows, c)
+            g_c = out_vec((res + prod[..., c:]).reshape(rows, c), 0, rows)
+            g_c = (g_c / (q_count * counts[0])).reshape(1, rows, c)
             g = jnp.concatenate([g, g_c], axis=0)
         elif central:
             g = jnp.concatenate([g, grad_reference(x)], axis=0)
@@ -201,10 +219,11 @@ def kernel_operators(
             rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if carried else x[q]
             prod = jnp.matmul(blocks[q], rhs.astype(blocks[q].dtype),
                               precision=EXACT).astype(x.dtype)
-            r_q = residual[s:e] + prod[:, :c]
+            r_q = out_vec(residual[s:e] + prod[:, :c], s, e)
             g_agents.append(jnp.pad(r_q / counts[q], ((s, rows - e), (0, 0))))
             if carried:
-                g_central.append((residual[s:e] + prod[:, c:]) / (q_count * counts[q]))
+                g_central.append(out_vec(residual[s:e] + prod[:, c:], s, e)
+                                 / (q_count * counts[q]))
         if carried:
             g_agents.append(jnp.concatenate(g_central, axis=0))
         elif central:
@@ -216,6 +235,27 @@ def kernel_operators(
 
     grad = grad_blocks if isinstance(blocks, tuple) else grad_stacked
     return Operators(mix=mix, grad=grad, scale=scale)
+
+
+def cross_entropy_vector(z, targets, scale, k: int, rows_per_sample: int):
+    r"""Softmax cross-entropy's output-space gradient ``s (softmax(s f) - Y)``.
+
+    ``z = f - Y`` (``(rows, C)``, the residual plus ``Theta alpha``) and ``targets = Y``
+    are in row layout: a traced kernel (``rows_per_sample = 1``) has the ``K`` outputs of a
+    sample in ``K`` consecutive columns (one group per rate and sequence), a full kernel
+    in ``K`` consecutive rows.  The softmax runs over those ``K`` outputs.  With
+    ``CE(f, y) = logsumexp(s f) - s y^T f`` the gradient in ``f`` is
+    ``s (softmax(s f) - y)``, so the parameter gradient of ``L_q`` is
+    ``(1/N_q) J_q^T s (softmax(s f_q) - Y_q)``: still ``J^T`` times an output vector.
+    """
+    t = jnp.broadcast_to(targets, z.shape)
+    logits = scale * (z + t)
+    rows, c = z.shape
+    if rows_per_sample == 1:
+        p = jax.nn.softmax(logits.reshape(rows, c // k, k), axis=-1).reshape(rows, c)
+    else:
+        p = jax.nn.softmax(logits.reshape(rows // k, k, c), axis=1).reshape(rows, c)
+    return scale * (p - t)
 
 
 def lr_columns(lrs: np.ndarray, c0: int, central: bool) -> np.ndarray:
@@ -279,9 +319,16 @@ def _to_samples(u, n, k, n_rates, traced):
     return u.reshape(n, k, a, n_rates).transpose(2, 3, 0, 1)
 
 
-def _loss_acc(out, y, labels):
-    """``out`` (A, n_rates, M, K) -> per-sample half squared error and accuracy."""
-    sq = 0.5 * jnp.sum((out - y) ** 2, axis=-1)
+def _loss_acc(out, y, labels, loss="mse", scale=1.0):
+    """``out`` (A, n_rates, M, K) -> per-sample loss and accuracy.
+
+    ``"mse"``: half squared error ``||f - y||^2 / 2``; ``"cross_entropy"``:
+    ``logsumexp(s f) - s y^T f`` (one-hot ``y``)."""
+    if loss == "cross_entropy":
+        z = scale * out
+        sq = jax.nn.logsumexp(z, axis=-1) - jnp.sum(y * z, axis=-1)
+    else:
+        sq = 0.5 * jnp.sum((out - y) ** 2, axis=-1)
     acc = jnp.mean((jnp.argmax(out, axis=-1) == labels).astype(out.dtype), axis=-1)
     return sq, acc
 
@@ -292,8 +339,14 @@ def _pad_rows(g, rows_state):
     return g if extra == 0 else jnp.pad(g, ((0, 0), (0, extra), (0, 0)))
 
 
-def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True):
+def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True,
+            loss="mse"):
     f0, y, labels, shard_w = data["f0"], data["y"], data["labels"], data["shard_weights"]
+    scale = data.get("logit_scale", 1.0)
+
+    def _loss_acc(out, y, labels):
+        return _loss_acc_any(out, y, labels, loss, scale)
+
     a, rows_state, c = x.shape
     n, k = y.shape
     flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
@@ -341,9 +394,11 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
     return rec
 
 
+_loss_acc_any = _loss_acc
+
 #: :func:`_record` compiled once per shape (an eager call compiles every operation)
 record_jit = jax.jit(_record, static_argnames=("q_count", "n_rates", "traced", "has_test",
-                                                "record_outputs", "central"))
+                                                "record_outputs", "central", "loss"))
 
 
 # --------------------------------------------------------------------------- evolution
@@ -378,17 +433,25 @@ def _mixing_at(data, t, *, sampler, mixes_per_step):
 
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs", "central", "sampler"))
+                                   "has_test", "record_outputs", "central", "sampler", "loss"))
 def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, has_test,
-                record_outputs, central, sampler=None):
+                record_outputs, central, sampler=None, loss="mse"):
     """The algorithm's initial (augmented) state from the parameters ``x0`` (``alpha = 0``)."""
     rps = 1 if traced else data["y"].shape[1]
     ops = kernel_operators(data["blocks"], data["residual"],
                            _mixing_at(data, jnp.asarray(0.0), sampler=sampler,
                                       mixes_per_step=algorithm.mixes_per_step),
                            data["lr_cols"], offsets=offsets, rows_per_sample=rps,
-                           central=central, reference=_reference_args(data))
+                           central=central, reference=_reference_args(data),
+                           loss=_loss_args(data, loss))
     return algorithm.initial_state(x0, ops)
+
+
+def _loss_args(data, loss: str):
+    """The ``loss`` argument of :func:`kernel_operators` (``None`` for the squared loss)."""
+    if loss == "mse":
+        return None
+    return data["targets"], data["logit_scale"], data["y"].shape[1]
 
 
 def _reference_args(data, linear: bool = False):
@@ -408,9 +471,9 @@ def _reference_to_alpha(x, data, q_count):
 
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs", "central", "sampler"))
+                                   "has_test", "record_outputs", "central", "sampler", "loss"))
 def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, continuous,
-               has_test, record_outputs, central, sampler=None):
+               has_test, record_outputs, central, sampler=None, loss="mse"):
     """Advance through a chunk of records; returns the new carry and the records.
 
     ``carry = (state, t, diverged, diverged_at)``; ``state`` is the algorithm's
@@ -431,7 +494,7 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         return kernel_operators(data["blocks"], residual,
                                 _mixing_at(data, t, sampler=sampler, mixes_per_step=mixes),
                                 data["lr_cols"], reference=_reference_args(data, linear),
-                                **common)
+                                loss=None if linear else _loss_args(data, loss), **common)
 
     cols_rate = jnp.arange(n_rates * c0) // c0
     limit = data["limit_per_step"]
@@ -498,7 +561,8 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         if central:
             x = _reference_to_alpha(x, data, q_count)
         rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
-                      has_test=has_test, record_outputs=record_outputs, central=central)
+                      has_test=has_test, record_outputs=record_outputs, central=central,
+                      loss=loss)
         rec["diverged"] = diverged
         return rec
 
@@ -590,6 +654,8 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
         shard_w[problem.offsets[q]:problem.offsets[q + 1], q] = 1.0 / counts[q]
     lr_max = lrs.max(axis=1)
     res_max = max(float(np.max(np.abs(problem.residual0))), 1e-300)
+    if problem.loss == "cross_entropy":  # |s (softmax(s f) - y)| <= s
+        res_max = problem.logit_scale
     data = {
         "blocks": row_blocks(problem.kernel, problem.offsets, problem.rows_per_sample,
                              dtype=jnp.dtype(kernel_dtype), mesh=mesh),
@@ -598,12 +664,21 @@ def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tr
         "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=central)),
         "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_max * res_max / counts.min()),
     }
+    if problem.loss == "cross_entropy":
+        rows = problem.kernel.shape[0]
+        y_rows = problem.y_train.reshape(rows, -1)
+        data.update(targets=jnp.asarray(np.tile(y_rows, (1, n_rates))),
+                    logit_scale=jnp.asarray(problem.logit_scale))
     if central and reference == "eigen":
+        if problem.loss != "mse":
+            raise ValueError("reference: the eigenbasis reference is for loss='mse' only; use "
+                             "reference='carried'")
         lam, basis = reference_basis(problem)
         data.update(ref_lam=jnp.asarray(lam[:, None]), ref_b=jnp.asarray(basis.T @ residual),
                     ref_basis=jnp.asarray(basis))
     if for_records:
         data.update(f0=jnp.asarray(problem.f0_train), y=jnp.asarray(problem.y_train),
+                    logit_scale=jnp.asarray(problem.logit_scale),
                     labels=jnp.asarray(problem.labels_train), shard_weights=jnp.asarray(shard_w))
         if problem.has_test:
             data.update(kernel_test=_place_columns(problem.kernel_test, kernel_dtype, mesh),
@@ -708,6 +783,14 @@ def evolve(
         raise ValueError(f"reference: expected 'auto', 'eigen' or 'carried', got {reference!r}")
     if reference == "eigen" and mesh is not None:
         raise ValueError("reference: 'eigen' runs on one device; use 'carried' with a mesh")
+    if problem.loss != "mse":
+        if continuous:
+            raise ValueError(f"continuous: the gradient flow is implemented for loss='mse' "
+                             f"only, got loss={problem.loss!r} (use the discrete steps)")
+        if reference == "eigen":
+            raise ValueError("reference: 'eigen' is for loss='mse' only (the cross-entropy "
+                             "reference is not affine); use 'carried' or 'auto'")
+        reference = "carried"
     if reference == "auto":
         reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
     data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
@@ -731,7 +814,8 @@ def evolve(
                                                               sharding.state_sharding(mesh))
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
-                  record_outputs=record_outputs, central=central, sampler=sampler)
+                  record_outputs=record_outputs, central=central, sampler=sampler,
+                  loss=problem.loss)
     state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
     total = len(steps)

@@ -131,11 +131,19 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     quantities, which holds ``c``; ``theory/algorithms.md``); for P2PL the state after a
     round's consensus phase; for random gossip the fixed point of the mean state (E[W]).
 
+    Squared loss only (``ValueError`` naming ``loss`` for cross-entropy).
+
     The system is solved in the coordinates ``u_q = Lambda_r^{1/2} V_r^T alpha_q`` of
     ``range(Theta)`` (the parameter-space coordinates of ``theta_q - theta_0``), where
     it is well posed even when ``Theta`` is singular: directions of ``alpha`` in the null
     space of ``Theta`` change no output and are dropped.
     """
+    if problem.loss != "mse":
+        raise ValueError(
+            f"loss: the fixed point is defined for loss='mse' only, got loss={problem.loss!r}: "
+            "cross-entropy dynamics are not affine (no closed form), and on separable data "
+            "they have no finite fixed point (the margin grows like log t); predict a long "
+            "trajectory instead")
     algo = get_algorithm(algorithm)
     if problem.process is not None and not problem.process.random:
         raise ValueError("algorithm: with a periodic mixing sequence the iteration ends on a "
