@@ -94,6 +94,8 @@ class TrainingConfig:
 class PredictionConfig:
     kernel: str = "analytic"  # analytic | empirical
     target_loss: float = 0.05  # test loss target for `check` (steps-to-target)
+    rank: int | str | None = None  # absent: exact path; "auto" or an integer: low-rank path
+    tol: float = 1e-3  # rank = "auto": a-priori error estimate to meet (theory/low_rank.md)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "architecture.depth", "architecture.width", "architecture.W_std", "training.lr",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
             "data.dim", "training.local_steps", "training.consensus_steps",
-            "topology.gossip_samples", "topology.gossip_p")
+            "topology.gossip_samples", "topology.gossip_p", "prediction.tol")
 NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -173,6 +175,18 @@ def _check_value(path: str, value, hint):
     return value
 
 
+def _check_union(path: str, value, hint):
+    """A value of one of the (non-``None``) types of ``hint`` (TOML has no null)."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    for item in options:
+        try:
+            return _check_value(path, value, item)
+        except ConfigError:
+            pass
+    names = " or ".join(_TYPE_NAMES.get(a, str(a)) for a in options)
+    raise ConfigError(f"config: {path}: expected {names}, got {type(value).__name__} {value!r}")
+
+
 def _build(cls, raw: dict, prefix: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"config: {prefix or 'top level'}: expected a table, got "
@@ -189,8 +203,9 @@ def _build(cls, raw: dict, prefix: str):
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{path}.")
         else:
-            if isinstance(hint, types.UnionType):  # pragma: no cover - not used yet
-                hint = typing.get_args(hint)[0]
+            if isinstance(hint, types.UnionType):  # e.g. prediction.rank: int | str | None
+                kwargs[key] = _check_union(path, value, hint)
+                continue
             kwargs[key] = _check_value(path, value, hint)
     return cls(**kwargs)
 
@@ -233,6 +248,13 @@ def _validate(cfg: Config) -> None:
     if cfg.topology.gossip_p > 1:
         raise ConfigError(f"config: topology.gossip_p: expected a probability in (0, 1], got "
                           f"{cfg.topology.gossip_p!r}")
+    rank = cfg.prediction.rank
+    if rank is not None and not (rank == "auto" or (isinstance(rank, int) and rank > 0)):
+        raise ConfigError(f"config: prediction.rank: expected \"auto\" or a positive integer "
+                          f"(absent: the exact path), got {rank!r}")
+    if isinstance(rank, int) and rank > cfg.data.n_train:
+        raise ConfigError(f"config: prediction.rank: expected at most data.n_train = "
+                          f"{cfg.data.n_train}, got {rank}")
     if not 0 <= cfg.training.momentum < 1:
         raise ConfigError(f"config: training.momentum: expected a value in [0, 1), got "
                           f"{cfg.training.momentum!r}")
@@ -250,6 +272,7 @@ _ONLY_WITH = {
     **{key: ("training.algorithm", (name,)) for key, (name, _) in ALGORITHM_OPTIONS.items()},
     "topology.gossip_p": ("topology.gossip", ("edges",)),
     "topology.gossip_samples": ("topology.gossip", ("edges", "one_edge")),
+    "prediction.tol": ("prediction.rank", ("auto",)),
 }
 
 
@@ -259,7 +282,8 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
     given = {f"{sec}.{k}" for sec, table in raw.items() if isinstance(table, dict)
              for k in table}
     t, topo = cfg.training, cfg.topology
-    values = {"training.algorithm": t.algorithm, "topology.gossip": topo.gossip}
+    values = {"training.algorithm": t.algorithm, "topology.gossip": topo.gossip,
+              "prediction.rank": cfg.prediction.rank}
     for key, (owner, allowed) in _ONLY_WITH.items():
         if key in given and values[owner] not in allowed:
             raise ConfigError(f"config: {key}: only used with {owner} = "
@@ -275,6 +299,16 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
         raise ConfigError("config: topology.gossip: random gossip needs a graph (topology.name "
                           "or adjacency_file), not topology.mixing_file")
     time_varying = bool(topo.sequence or topo.gossip)
+    if cfg.prediction.rank is not None:
+        why = ("prediction.kernel = 'empirical' (the low-rank path supports the analytic kernel "
+               "for now)" if cfg.prediction.kernel != "analytic" else
+               "a time-varying or random mixing sequence (the low-rank path takes a static "
+               "mixing matrix)" if time_varying else
+               "training.continuous = true (the low-rank path runs discrete steps)"
+               if t.continuous else None)
+        if why:
+            raise ConfigError(f"config: prediction.rank: cannot be combined with {why}; remove "
+                              "prediction.rank for the exact path")
     if t.continuous and (time_varying or t.algorithm == "p2pl"):
         what = "a time-varying mixing sequence" if time_varying else "training.algorithm = 'p2pl'"
         raise ConfigError(f"config: training.continuous: the gradient flow is not defined for "
@@ -292,7 +326,8 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
     """
     out = cfg.to_dict()
     d, p, topo = out["data"], out["partition"], out["topology"]
-    values = {"training.algorithm": cfg.training.algorithm, "topology.gossip": cfg.topology.gossip}
+    values = {"training.algorithm": cfg.training.algorithm, "topology.gossip": cfg.topology.gossip,
+              "prediction.rank": cfg.prediction.rank}
     for key, (owner, allowed) in _ONLY_WITH.items():
         if values[owner] not in allowed:
             section, name = key.split(".")
@@ -315,6 +350,8 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
                                               ("adjacency_file",))
     for key in drop + tuple(k for k in ("params", "gossip") if not topo.get(k)):
         topo.pop(key, None)
+    if cfg.prediction.rank is None:
+        out["prediction"].pop("rank")
     if command != "check":
         out["prediction"].pop("target_loss")
     if command != "validate":

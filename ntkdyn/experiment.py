@@ -38,6 +38,11 @@ class Experiment:
         """Sampled mixing sequences for a random-gossip prediction (else ``None``)."""
         return samples_of(self.config)
 
+    @property
+    def low_rank(self) -> dict:
+        """Keywords of :func:`ntkdyn.predict` for the low-rank path (:func:`low_rank_of`)."""
+        return low_rank_of(self.config)
+
     def with_topology(self, name: str) -> Experiment:
         """The same experiment on another named topology (same size and mixing rule)."""
         import dataclasses
@@ -99,6 +104,15 @@ def algorithm_of(cfg: Config) -> Algorithm:
     options = {arg: getattr(t, key.split(".")[1])
                for key, (name, arg) in ALGORITHM_OPTIONS.items() if name == t.algorithm}
     return algorithms.get_algorithm(t.algorithm, **options)
+
+
+def low_rank_of(cfg: Config) -> dict:
+    """``[prediction] rank`` / ``tol`` as keywords of :func:`ntkdyn.predict`: ``{}`` for the
+    exact path (no rank), ``{"rank": r}`` or ``{"rank": "auto", "tol": tol}``."""
+    p = cfg.prediction
+    if p.rank is None:
+        return {}
+    return {"rank": p.rank, "tol": p.tol} if p.rank == "auto" else {"rank": p.rank}
 
 
 def samples_of(cfg: Config) -> int | None:

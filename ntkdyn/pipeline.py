@@ -136,6 +136,31 @@ def prediction_estimate(
                                    and rows <= memory.REFERENCE_EIGH_MAX)
 
 
+def lowrank_rank_that_fits(n_train: int, n_test: int, available: int) -> int:
+    """Largest rank of the low-rank path whose factor (read on ``2 r`` landmarks) and
+    feature rows fit in ``available`` bytes (:func:`ntkdyn.lowrank.max_fitting_rank`);
+    0 when none does."""
+    from .lowrank import max_fitting_rank
+
+    reserve = 8 * (n_train + n_test)  # the evolution's copy of the features, per coordinate
+    return int(max_fitting_rank(n_train, n_test, available, reserve=reserve) // 2)
+
+
+def lowrank_hint(arch: Any, n_train: int, n_test: int, available: int, kernel: str) -> str:
+    """The part of a too-large refusal that proposes the low-rank path (empty when it
+    does not apply or even rank 1 would not fit)."""
+    fit = min(lowrank_rank_that_fits(n_train, n_test, available), n_train)
+    if fit < 1:
+        return ""
+    if kernel != "analytic" or not isinstance(arch, MLP):
+        return (f"; the low-rank path (rank=..., up to rank {fit} would fit) supports the "
+                "analytic kernel of an nd.models.MLP for now")
+    return (f"; or use the low-rank path: nd.predict(..., rank=\"auto\", tol=1e-3) / "
+            f"[prediction] rank = \"auto\" (rank chosen from tol within the memory "
+            f"available), or a fixed rank <= {fit}, e.g. rank={min(fit, 512)} "
+            "(theory/low_rank.md)")
+
+
 def ensure_prediction_fits(arch: Any, n_train: int, n_test: int, dim: int, outputs: int,
                            agents: int, *, what: str = "a prediction",
                            limit: int | None = None, **kw) -> int:
@@ -156,7 +181,9 @@ def ensure_prediction_fits(arch: Any, n_train: int, n_test: int, dim: int, outpu
     memory.ensure_fits(
         need, f"{what} with N={n_train} training and {n_test} test samples, {agents} agents"
         + layout, hint + "; use fewer training samples (n_train), a traced kernel, or fewer "
-        "rates per sweep", limit=avail)
+        "rates per sweep" + lowrank_hint(arch, n_train, n_test, avail, kw.get("kernel",
+                                                                            "analytic")),
+        limit=avail)
     return need  # pragma: no cover - ensure_fits raised
 
 
@@ -277,6 +304,9 @@ def predict(
     samples: int | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
+    rank: int | str | None = None,
+    tol: float | None = None,
+    max_rank: int | None = None,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
@@ -285,6 +315,18 @@ def predict(
     also run the centralised reference; ``mixing`` may be a time-varying or random
     sequence, ``samples`` the number of sampled sequences for a random one; ``loss``:
     ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its inverse temperature).
+
+    ``rank``: ``None`` (default) runs the exact path on the N x N kernel.  An integer
+    ``r`` or ``"auto"`` runs the low-rank path (:mod:`ntkdyn.lowrank`,
+    ``theory/low_rank.md``): ``Theta ~ Phi Phi^T`` of rank ``r`` from column blocks of the
+    analytic NTK of an :class:`~ntkdyn.models.MLP` (never N x N), then the same schedule
+    on the ``r`` feature coordinates, O(N r K) per step.  With ``"auto"`` the rank is the
+    smallest whose a-priori error estimate
+    ``T_eff max_q(eta_q / N_q) (trace(E) + S_{r+1})`` of the training outputs (relative
+    to ``||f_0 - Y||``) is ``<= tol`` (default ``1e-3``), capped by ``max_rank`` and the
+    memory available.  ``metadata["low_rank"]`` holds the rank, the method, the error
+    estimate and the factor's facts.  The low-rank path takes a static mixing matrix,
+    the squared loss, discrete steps and float64, with the analytic kernel.
 
     Examples
     --------
@@ -306,14 +348,96 @@ def predict(
     >>> traj.quantiles["test_loss"].shape            # 5 levels, T records, Q agents
     (5, 3, 4)
     """
-    problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
-                            f0=f0, traced=traced, loss=loss, logit_scale=logit_scale)
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
+    if rank is not None or tol is not None or max_rank is not None:
+        _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
+                            continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
+                            samples=samples, loss=loss)
+        return _predict_lowrank(arch, parts, mixing, lr, algorithm, steps, rank=rank, tol=tol,
+                                max_rank=max_rank, seed=seed, params=params, f0=f0,
+                                record_outputs=record_outputs, progress=progress,
+                                reference=reference, metadata=meta)
+    problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
+                            f0=f0, traced=traced, loss=loss, logit_scale=logit_scale)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
                        samples=samples)[0]
+
+
+def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
+                        devices, samples, loss) -> None:
+    """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take."""
+    from .gossip import is_process
+
+    if rank is None:
+        raise ValueError(f"tol / max_rank: only used with the low-rank path (rank='auto' or an "
+                         f"integer), got rank=None and tol={tol!r}")
+    if isinstance(rank, str) and rank != "auto":
+        raise ValueError(f"rank: expected None (exact path), 'auto' or a positive integer, got "
+                         f"{rank!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    why = None
+    if kernel != "analytic":
+        why = f"the low-rank path supports the analytic kernel for now, got kernel={kernel!r}"
+    elif not isinstance(arch, MLP):
+        why = ("the low-rank path needs the analytic kernel of an ntkdyn.models.MLP for now, "
+               f"got {type(arch).__name__}")
+    elif is_process(mixing):
+        why = ("the low-rank path takes a static (Q, Q) mixing matrix; time-varying and random "
+               "mixing sequences run on the exact path (rank=None)")
+    elif samples is not None:
+        why = "samples is for random mixing sequences, which run on the exact path (rank=None)"
+    elif continuous:
+        why = "the low-rank path runs discrete steps; the gradient flow runs on the exact path"
+    elif loss != "mse":
+        why = f"the low-rank path is for loss='mse', got loss={loss!r}"
+    elif kernel_dtype != "float64":
+        why = f"the low-rank path runs in float64, got kernel_dtype={kernel_dtype!r}"
+    elif devices is not None:
+        why = "the low-rank path runs on one device; devices= is for the sharded exact path"
+    if why is not None:
+        raise ValueError(f"rank: {why}")
+    if not isinstance(parts, Partition):
+        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    q = parts.num_agents
+    if np.ndim(mixing) != 2 or np.shape(mixing) != (q, q):
+        raise ValueError(f"mixing: expected a ({q}, {q}) matrix for {q} agents, got shape "
+                         f"{np.shape(mixing)}")
+    if isinstance(arch, MLP) and arch.out != parts.dataset.num_classes:
+        raise ValueError(f"arch.out: the data have K={parts.dataset.y_train.shape[1]} outputs "
+                         f"(classes), the MLP has out={arch.out}")
+
+
+def _predict_lowrank(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,
+                     max_rank, seed, params, f0, record_outputs, progress, reference,
+                     metadata) -> Trajectory:
+    """:func:`predict` on the low-rank path: the analytic-kernel column source of ``arch``
+    (same depth, activation, ``W_std``, ``b_std`` as :meth:`MLP.kernel`) and
+    :func:`ntkdyn.lowrank.predict`, in the caller's sample order."""
+    from . import lowrank
+
+    data = parts.dataset
+    f0 = f0 or "zero"
+    if f0 not in ("zero", "network"):
+        raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
+    has_test = data.num_test > 0
+    source = lowrank.analytic_columns(
+        data.x_train, data.x_test if has_test else None, hidden_layers=arch.depth,
+        activation=arch.act, W_std=arch.W_std, b_std=arch.b_std)
+    f0_train = f0_test = None
+    if f0 == "network":
+        if params is None:
+            params = init_params(arch, data.dim, seed)
+        f0_train = _apply(arch, params, data.x_train)
+        f0_test = _apply(arch, params, data.x_test) if has_test else None
+    return lowrank.predict(
+        source, data.y_train, parts.agent, np.asarray(mixing, dtype=float), lr, steps,
+        algorithm, rank=rank, tol=tol, max_rank=max_rank, seed=seed, f0_train=f0_train,
+        y_test=data.y_test if has_test else None, f0_test=f0_test, reference=reference,
+        record_outputs=record_outputs, progress=progress, metadata=metadata)
 
 
 def predict_sweep(

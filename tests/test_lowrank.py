@@ -187,3 +187,192 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="^mixing: "):
         lowrank.predict_lowrank(factor, y, agent, nd.graphs.random_edges(
             nd.graphs.topology("ring", 4), 0.5), 0.3, 10)
+
+
+# ------------------------------------------------------------------ public API (nd.predict)
+@pytest.fixture(scope="module")
+def digits_problem():
+    data = nd.data.digits(classes=[0, 1, 2, 3], n_train=60, n_test=30, seed=0)
+    parts = nd.data.partition(data, agents=4, scheme="dirichlet", alpha=1.0, seed=0)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    arch = nd.models.MLP(hidden=(64, 64), out=4, activation="erf", W_std=1.2, b_std=0.3)
+    return data, parts, w, arch
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking"])
+def test_nd_predict_full_rank_equals_exact_path(digits_problem, algorithm):
+    """rank = N: the analytic factor is exact up to round-off, so the trajectories agree
+    (measured ~4e-15; asserted 1e-8), per-agent rates, outputs in the caller's order; the
+    non-default activation / W_std / b_std reach the column source."""
+    data, parts, w, arch = digits_problem
+    call = dict(lr=[0.3, 0.4, 0.5, 0.35], algorithm=algorithm, steps=range(0, 61, 10),
+                record_outputs=True)
+    exact = nd.predict(arch, parts, w, **call)
+    low = nd.predict(arch, parts, w, rank=data.num_train, **call)
+    for f in FIELDS:
+        a, b = getattr(exact, f), getattr(low, f)
+        if a is None or b is None:
+            continue
+        assert a.shape == b.shape, f
+        assert np.max(np.abs(a - b)) <= 1e-8, (f, np.max(np.abs(a - b)))
+    meta = low.metadata["low_rank"]
+    assert meta["rank"] == data.num_train and meta["error_estimate"] <= 1e-8
+    assert low.metadata["path"] == "low_rank" and low.metadata["kernel"] == "analytic"
+    assert low.metadata["architecture"]["activation"] == "erf"
+
+
+def test_nd_predict_auto_rank_metadata_and_f0_network(digits_problem):
+    data, parts, w, arch = digits_problem
+    traj = nd.predict(arch, parts, w, lr=0.3, steps=range(0, 41, 10), rank="auto", tol=1e-2)
+    meta = traj.metadata["low_rank"]
+    for key in ("rank", "method", "error_estimate", "tol", "tol_reached"):
+        assert key in meta, key
+    assert meta["method"] == "rpcholesky" and meta["tol"] == 1e-2 and meta["tol_reached"]
+    assert 1 <= meta["rank"] <= data.num_train and meta["error_estimate"] <= 1e-2
+    # f0 = "network": same initial outputs as the exact path (empirical f0, analytic kernel)
+    exact = nd.predict(arch, parts, w, lr=0.3, steps=[0, 20], f0="network",
+                       record_outputs=True)
+    low = nd.predict(arch, parts, w, lr=0.3, steps=[0, 20], f0="network",
+                     record_outputs=True, rank=data.num_train)
+    assert np.max(np.abs(exact.train_outputs - low.train_outputs)) <= 1e-8
+
+
+def test_nd_predict_rank_refuses_what_the_low_rank_path_does_not_take(digits_problem):
+    data, parts, w, arch = digits_problem
+    call = dict(lr=0.3, steps=range(0, 21, 10))
+    with pytest.raises(ValueError, match="^rank: the low-rank path supports the analytic"):
+        nd.predict(arch, parts, w, kernel="empirical", rank=8, **call)
+    gossip = nd.graphs.random_edges(nd.graphs.topology("ring", 4), 0.5, seed=0)
+    with pytest.raises(ValueError, match="^rank: .*static"):
+        nd.predict(arch, parts, gossip, rank=8, samples=4, **call)
+    with pytest.raises(ValueError, match="^rank: .*discrete"):
+        nd.predict(arch, parts, w, rank=8, continuous=True, **call)
+    with pytest.raises(ValueError, match="^rank: .*loss='mse'"):
+        nd.predict(arch, parts, w, rank=8, loss="cross_entropy", **call)
+    with pytest.raises(ValueError, match="^rank: expected None"):
+        nd.predict(arch, parts, w, rank="fast", **call)
+    with pytest.raises(ValueError, match="^rank: "):
+        nd.predict(arch, parts, w, rank=0, **call)
+    with pytest.raises(ValueError, match="^tol: "):
+        nd.predict(arch, parts, w, rank="auto", tol=0.0, **call)
+    with pytest.raises(ValueError, match="^tol / max_rank: only used with the low-rank"):
+        nd.predict(arch, parts, w, tol=1e-3, **call)
+
+
+def test_too_large_exact_path_proposes_a_rank_that_fits(monkeypatch):
+    """The exact path's refusal names the low-rank path and a rank; that rank then runs
+    under the same memory limit."""
+    import re
+
+    from ntkdyn import pipeline
+
+    data = nd.data.digits(n_train=600, n_test=200, seed=0)
+    parts = nd.data.partition(data, agents=4, seed=0)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    arch = nd.models.MLP(hidden=(64,), out=10)
+    need = pipeline.prediction_estimate(arch, 600, 200, data.dim, 10, 4)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: need // 3)
+    with pytest.raises(memory.ProblemTooLargeError) as err:
+        nd.predict(arch, parts, w, lr=0.3, steps=range(0, 21, 10))
+    msg = str(err.value)
+    assert 'rank="auto"' in msg and '[prediction] rank = "auto"' in msg
+    fit = int(re.search(r"fixed rank <= (\d+)", msg).group(1))
+    assert 0 < fit <= 600
+    traj = nd.predict(arch, parts, w, lr=0.3, steps=range(0, 21, 10), rank=fit)
+    assert traj.metadata["low_rank"]["rank"] == fit and traj.status == "ok"
+    # the empirical kernel: the message says the low-rank path is analytic-only for now
+    with pytest.raises(memory.ProblemTooLargeError, match="supports the analytic kernel"):
+        nd.build_problem(arch, parts, w, kernel="empirical")
+
+
+# --------------------------------------------------------------------------- TOML and CLI
+TINY_TOML = """
+seed = 1
+[data]
+source = "digits"
+classes = [0, 1, 2]
+n_train = 60
+n_test = 30
+[partition]
+agents = 3
+[topology]
+name = "ring"
+[architecture]
+depth = 1
+width = 64
+[training]
+lr = 0.3
+steps = 40
+record_every = 10
+"""
+
+
+@pytest.mark.parametrize("prediction, needle", [
+    ({"rank": 0}, "prediction.rank: expected \"auto\" or a positive integer"),
+    ({"rank": -2}, "prediction.rank: expected \"auto\" or a positive integer"),
+    ({"rank": "fast"}, "prediction.rank: expected \"auto\" or a positive integer"),
+    ({"rank": 1.5}, "prediction.rank: expected an integer or a string"),
+    ({"rank": True}, "prediction.rank: expected an integer or a string"),
+    ({"rank": "auto", "tol": 0.0}, "prediction.tol: expected a value > 0"),
+    ({"rank": "auto", "tol": -1e-3}, "prediction.tol: expected a value > 0"),
+    ({"tol": 1e-3}, "prediction.tol: only used with prediction.rank = 'auto'"),
+    ({"rank": 8, "tol": 1e-3}, "prediction.tol: only used with prediction.rank = 'auto'"),
+    ({"rank": 8, "kernel": "empirical"}, "prediction.rank: cannot be combined with "
+                                         "prediction.kernel = 'empirical'"),
+    ({"rank": 10_000}, "prediction.rank: expected at most data.n_train"),
+])
+def test_config_rank_errors_name_the_key(prediction, needle):
+    from ntkdyn.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"prediction": prediction})
+    assert needle in str(err.value)
+
+
+def test_config_rank_with_gossip_or_flow_is_refused():
+    from ntkdyn.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="prediction.rank: .*static mixing"):
+        config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    with pytest.raises(ConfigError, match="prediction.rank: .*discrete steps"):
+        config_from_dict({"prediction": {"rank": 4}, "training": {"continuous": True}})
+    cfg = config_from_dict({"prediction": {"rank": "auto", "tol": 1e-2}})
+    assert cfg.prediction.rank == "auto" and cfg.prediction.tol == 1e-2
+    assert config_from_dict({}).prediction.rank is None
+
+
+def test_predict_command_with_rank(tmp_path):
+    import json
+
+    from ntkdyn import Trajectory
+    from ntkdyn.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML + "[prediction]\nrank = 32\n")
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert traj.train_loss.shape == (5, 3) and traj.metadata["low_rank"]["rank"] == 32
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["low_rank"]["rank"] == 32 and "error_estimate" in summary["low_rank"]
+    assert summary["config"]["prediction"]["rank"] == 32
+    assert "tol" not in summary["config"]["prediction"]
+    # the exact path on the same settings: close at rank 32 of N = 60 (measured 1.3e-2)
+    exact_cfg = tmp_path / "e.toml"
+    exact_cfg.write_text(TINY_TOML)
+    assert main(["predict", str(exact_cfg), "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    exact = Trajectory.load(tmp_path / "e" / "trajectory.npz")
+    assert "rank" not in json.loads((tmp_path / "e" / "summary.json").read_text())["config"][
+        "prediction"]
+    rel = np.max(np.abs(exact.test_loss - traj.test_loss) / exact.test_loss)
+    assert rel <= 5e-2, rel
+
+
+def test_check_command_with_rank_is_exit_2(tmp_path, capsys):
+    from ntkdyn.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML + "[prediction]\nrank = \"auto\"\n")
+    assert main(["check", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "prediction.rank" in err and "check uses the exact path" in err

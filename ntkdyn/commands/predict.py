@@ -36,7 +36,7 @@ def run(args) -> int:
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
                             continuous=t.continuous, progress=not args.quiet,
-                            samples=exp.samples)
+                            samples=exp.samples, **exp.low_rank)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:
         traj.save(tmp / "trajectory.npz")
@@ -53,15 +53,19 @@ def run(args) -> int:
             "gossip_samples": getattr(traj, "samples", None),
             "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
             if getattr(traj, "expected", None) is not None else None,
+            "low_rank": _low_rank_summary(traj),
             "config": applicable(cfg, "predict"),
         }
-        for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state"):
+        for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
+                    "low_rank"):
             if summary[key] is None:  # list only what applies to this run
                 del summary[key]
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (tmp / "summary.txt").write_text(traj.summary() + "\n")
+        low = summary.get("low_rank")
         title = (f"{exp.algorithm.label().upper()} on {_where(cfg)} ({cfg.partition.agents} "
-                 f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK, lr={t.lr:g}")
+                 f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK"
+                 + (f" rank {low['rank']}" if low else "") + f", lr={t.lr:g}")
         plot_trajectory(traj, tmp / "trajectory.png", title=title)
     print(traj.summary())
     print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
@@ -74,6 +78,16 @@ def _where(cfg) -> str:
     if topo.sequence:
         return "+".join(topo.sequence)
     return topo.name + (f" ({topo.gossip} gossip)" if topo.gossip else "")
+
+
+def _low_rank_summary(traj):
+    """The low-rank path's facts for summary.json (``None`` on the exact path)."""
+    low = traj.metadata.get("low_rank")
+    if low is None:
+        return None
+    keys = ("rank", "requested_rank", "method", "landmarks", "error_estimate", "tol",
+            "tol_reached", "discarded_norm_bound", "residual_trace", "seconds_total")
+    return {k: low[k] for k in keys if k in low}
 
 
 def _last_mean(arr):
