@@ -26,7 +26,7 @@ import numpy as np
 
 from . import algorithms, gossip, graphs, spectrum
 from .algorithms import Algorithm
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .experiment import Experiment, from_config
 from .pipeline import build_problem
 from .predict import run_problem, versions
@@ -257,6 +257,11 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     """
     t0 = time.perf_counter()
     cfg = load_config(config) if not isinstance(config, Config) else config
+    if cfg.training.loss != "mse":
+        raise ConfigError(f"config: training.loss: check supports the squared loss only for "
+                          f"now: the stability analysis is exact for it (got "
+                          f"{cfg.training.loss!r}; ntkdyn predict and validate take "
+                          "cross-entropy)")
     exp = from_config(cfg)
     full = _full_empirical(cfg, exp)
     problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,

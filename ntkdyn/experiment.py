@@ -34,6 +34,12 @@ class Experiment:
         return algorithm_of(self.config)
 
     @property
+    def loss(self) -> dict:
+        """``{"loss": ..., "logit_scale": ...}`` for the prediction and training
+        (:func:`loss_of`)."""
+        return loss_of(self.config)
+
+    @property
     def samples(self) -> int | None:
         """Sampled mixing sequences for a random-gossip prediction (else ``None``)."""
         return samples_of(self.config)
@@ -99,6 +105,16 @@ def algorithm_of(cfg: Config) -> Algorithm:
     options = {arg: getattr(t, key.split(".")[1])
                for key, (name, arg) in ALGORITHM_OPTIONS.items() if name == t.algorithm}
     return algorithms.get_algorithm(t.algorithm, **options)
+
+
+def loss_of(cfg: Config) -> dict:
+    """``training.loss`` and, for cross-entropy, ``training.logit_scale``, as the keyword
+    arguments of :func:`ntkdyn.predict`, :func:`ntkdyn.pipeline.build_problem` and
+    :func:`ntkdyn.train.train` (``{"loss": "mse"}`` for the squared loss)."""
+    t = cfg.training
+    if t.loss == "cross_entropy":
+        return {"loss": t.loss, "logit_scale": t.logit_scale}
+    return {"loss": t.loss}
 
 
 def samples_of(cfg: Config) -> int | None:
