@@ -262,6 +262,11 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                           f"and the fixed point of the full kernel), got prediction.rank = "
                           f"{cfg.prediction.rank!r}; remove prediction.rank (and tol) to check "
                           "this configuration, on a subset (data.n_train) if it is too large")
+    if cfg.training.loss != "mse":
+        raise ConfigError(f"config: training.loss: check supports the squared loss only for "
+                          f"now: the stability analysis is exact for it (got "
+                          f"{cfg.training.loss!r}; ntkdyn predict and validate take "
+                          "cross-entropy)")
     exp = from_config(cfg)
     full = _full_empirical(cfg, exp)
     problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,

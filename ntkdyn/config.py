@@ -88,6 +88,8 @@ class TrainingConfig:
     local_steps: int = 5  # p2pl: local gradient steps per round
     consensus_steps: int = 1  # p2pl: combine steps per round
     momentum: float = 0.9  # momentum: heavy-ball beta in [0, 1)
+    loss: str = "mse"  # mse | cross_entropy (softmax over the K outputs, one-hot targets)
+    logit_scale: float = 1.0  # cross_entropy: inverse temperature s of softmax(s f)
 
 
 @dataclass(frozen=True)
@@ -136,12 +138,14 @@ CHOICES = {
     "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
     "validation.dtype": ("float32", "float64"),
+    "training.loss": ("mse", "cross_entropy"),
 }
 POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "architecture.depth", "architecture.width", "architecture.W_std", "training.lr",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
             "data.dim", "training.local_steps", "training.consensus_steps",
-            "topology.gossip_samples", "topology.gossip_p", "prediction.tol")
+            "topology.gossip_samples", "topology.gossip_p", "prediction.tol",
+            "training.logit_scale")
 NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -273,6 +277,7 @@ _ONLY_WITH = {
     "topology.gossip_p": ("topology.gossip", ("edges",)),
     "topology.gossip_samples": ("topology.gossip", ("edges", "one_edge")),
     "prediction.tol": ("prediction.rank", ("auto",)),
+    "training.logit_scale": ("training.loss", ("cross_entropy",)),
 }
 
 
@@ -283,7 +288,8 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
              for k in table}
     t, topo = cfg.training, cfg.topology
     values = {"training.algorithm": t.algorithm, "topology.gossip": topo.gossip,
-              "prediction.rank": cfg.prediction.rank}
+              "prediction.rank": cfg.prediction.rank,
+              "training.loss": t.loss}
     for key, (owner, allowed) in _ONLY_WITH.items():
         if key in given and values[owner] not in allowed:
             raise ConfigError(f"config: {key}: only used with {owner} = "
@@ -313,6 +319,15 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
         what = "a time-varying mixing sequence" if time_varying else "training.algorithm = 'p2pl'"
         raise ConfigError(f"config: training.continuous: the gradient flow is not defined for "
                           f"{what}")
+    if t.loss == "cross_entropy":
+        if t.continuous:
+            raise ConfigError("config: training.continuous: the gradient flow is implemented "
+                              "for training.loss = 'mse' only (cross-entropy has no closed "
+                              "form; use the discrete steps)")
+        if cfg.data.centre_targets:
+            raise ConfigError("config: data.centre_targets: training.loss = 'cross_entropy' "
+                              "needs one-hot targets (centred targets are not class "
+                              "probabilities)")
 
 
 def applicable(cfg: Config, command: str = "predict") -> dict:
@@ -327,7 +342,8 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
     out = cfg.to_dict()
     d, p, topo = out["data"], out["partition"], out["topology"]
     values = {"training.algorithm": cfg.training.algorithm, "topology.gossip": cfg.topology.gossip,
-              "prediction.rank": cfg.prediction.rank}
+              "prediction.rank": cfg.prediction.rank,
+              "training.loss": cfg.training.loss}
     for key, (owner, allowed) in _ONLY_WITH.items():
         if values[owner] not in allowed:
             section, name = key.split(".")

@@ -34,6 +34,12 @@ class Experiment:
         return algorithm_of(self.config)
 
     @property
+    def loss(self) -> dict:
+        """``{"loss": ..., "logit_scale": ...}`` for the prediction and training
+        (:func:`loss_of`)."""
+        return loss_of(self.config)
+
+    @property
     def samples(self) -> int | None:
         """Sampled mixing sequences for a random-gossip prediction (else ``None``)."""
         return samples_of(self.config)
@@ -113,6 +119,16 @@ def low_rank_of(cfg: Config) -> dict:
     if p.rank is None:
         return {}
     return {"rank": p.rank, "tol": p.tol} if p.rank == "auto" else {"rank": p.rank}
+
+
+def loss_of(cfg: Config) -> dict:
+    """``training.loss`` and, for cross-entropy, ``training.logit_scale``, as the keyword
+    arguments of :func:`ntkdyn.predict`, :func:`ntkdyn.pipeline.build_problem` and
+    :func:`ntkdyn.train.train` (``{"loss": "mse"}`` for the squared loss)."""
+    t = cfg.training
+    if t.loss == "cross_entropy":
+        return {"loss": t.loss, "logit_scale": t.logit_scale}
+    return {"loss": t.loss}
 
 
 def samples_of(cfg: Config) -> int | None:

@@ -141,6 +141,9 @@ class ValidationResult:
         if self.runs:
             lines.append("(network mean; max_t |pred - obs| / |obs| over the records, and at "
                          "the last one)")
+        if self.config.training.loss != "mse" and self.runs and self.runs[0].predicted:
+            verdict = next(iter(self.runs[0].predicted.values())).metadata.get("stability", {})
+            lines.append(verdict.get("words", ""))
         for key, fit in self.sweep.get("slopes", {}).items():
             used = self.sweep.get("fitted_widths", {}).get(key, self.widths)
             out = self.sweep.get("left_out", {}).get(key, {})
@@ -177,6 +180,8 @@ def _describe_run(cfg: Config, options: bool = True) -> str:
     return (f"{label} on {where} ({cfg.partition.agents} agents, "
             f"{cfg.partition.scheme}), lr={t.lr:g}, {t.steps} steps, depth "
             f"{cfg.architecture.depth}, {v.dtype}"
+            + (f", cross-entropy (logit scale {t.logit_scale:g})"
+               if t.loss == "cross_entropy" else "")
             + ("; " + "; ".join(extra) if extra and options else ""))
 
 
@@ -293,7 +298,7 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
                           init_params(arch, dim, cfg.seed))
     steps = cfg.steps
     common = dict(params0=params, seed=cfg.seed, dtype=v.dtype, batch_size=v.batch_size,
-                  independent_init=v.independent_init, progress=progress)
+                  independent_init=v.independent_init, progress=progress, **exp.loss)
     timings = {}
     algo = exp.algorithm
     # random gossip: training runs sampled sequence 0; the prediction of that same sequence
@@ -317,7 +322,7 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
         full = kernel == "empirical" and (n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
         tic = time.perf_counter()
         problem = build_problem(arch, exp.parts, exp.mixing, kernel=kernel, seed=cfg.seed,
-                                params=params, f0="network", traced=not full)
+                                params=params, f0="network", traced=not full, **exp.loss)
         meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
                 "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
                 "kernel_layout": "full" if full else "traced", "width": width,
@@ -361,12 +366,25 @@ def stability_verdict(problem, algo, lr: float) -> dict:
       computed (``stable: None``; the status then comes from the trajectory, see
       :func:`ntkdyn.agreement.growth`).
 
-    Returns ``{"stable" (True, False, or None when the eigensolver failed),
-    "spectral_radius", "lr", "lr_star", "lr_bound", "method", "words"}``.
+    With ``problem.loss == "cross_entropy"`` the dynamics are not affine and none of the
+    above is exact: ``stable: None``, the status comes from the trajectory only, and the
+    words state the sufficient bound from the largest softmax curvature
+    (:func:`ntkdyn.predict.cross_entropy_bound`).
+
+    Returns ``{"stable" (True, False, or None when the eigensolver failed or the loss is
+    cross-entropy), "spectral_radius", "lr", "lr_star", "lr_bound", "method", "words"}``.
     """
     from .algorithms import get_algorithm
 
     algo = get_algorithm(algo)
+    if problem.loss != "mse":
+        from .predict import cross_entropy_bound
+
+        bound = float(spectrum.sufficient_bound(problem, algo)) * 2.0 / problem.logit_scale**2
+        return {"lr": float(lr), "lr_bound": bound, "spectral_radius": None, "lr_star": None,
+                "stable": None, "method": "not computed (cross-entropy: not affine)",
+                "words": "stability from the trajectory only: "
+                         + cross_entropy_bound(problem, algo)}
     bound = float(spectrum.sufficient_bound(problem, algo))
     base = {"lr": float(lr), "lr_bound": bound, "spectral_radius": None, "lr_star": None}
     if np.isfinite(bound) and lr < bound:
@@ -494,6 +512,9 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
             header.append(agreement.status_line("linearised network", run.linearised))
         header += [agreement.status_line(f"prediction ({k} NTK)", p)
                    for k, p in run.predicted.items()]
+        if cfg.training.loss != "mse":
+            verdict = next(iter(run.predicted.values())).metadata.get("stability", {})
+            header.append(f"stability ({cfg.training.loss}): " + verdict.get("words", ""))
         header.append("error: " + agreement.DEFINITION)
         (tmp / "agreement.txt").write_text(agreement.report_text(run.agreement, header))
         (tmp / "agreement.json").write_text(json.dumps(

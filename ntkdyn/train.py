@@ -24,7 +24,10 @@ learning rate the mean of the agents'.
 Loss (the core's convention, :mod:`ntkdyn.trajectory`):
 ``L_q(theta) = sum_i w_qi * 1/2 ||f(x_i; theta) - y_i||^2`` over agent ``q``'s
 shard padded to the largest shard, with ``w_qi = 1/N_q`` on its samples and 0
-on the padding.  Mini-batch SGD (``batch_size = B > 0``): each step every agent
+on the padding.  With ``loss="cross_entropy"`` the per-sample loss is
+``CE(f, y) = logsumexp(s f) - s y^T f`` (softmax cross-entropy with logit scale
+``s``, one-hot ``y``; ``theory/cross_entropy.md``), the same definition the
+kernel-space prediction records.  Mini-batch SGD (``batch_size = B > 0``): each step every agent
 draws ``min(B, N_q)`` of its samples without replacement (weights ``1/B``), an
 unbiased estimate of ``grad L_q``; the centralised slot uses the agents'
 batches with weights divided by ``Q``.  A prediction is then one of the mean.
@@ -73,6 +76,7 @@ from .data import Partition
 from .gossip import is_process
 from .models import MLP
 from .pipeline import _describe, init_params
+from .problem import LOSSES, check_logit_scale, class_targets
 from .trajectory import Trajectory
 from .validation import learning_rates, steps_array
 
@@ -94,6 +98,8 @@ class _Setup:
     has_test: bool
     record_outputs: bool
     sampler: Any = None
+    loss: str = "mse"
+    logit_scale: float = 1.0
 
 
 # --------------------------------------------------------------------------- model and loss
@@ -105,9 +111,18 @@ def _model_out(setup: _Setup, theta, theta0, x):
     return f0 + df
 
 
+def _sample_loss(setup: _Setup, f, y):
+    """Per-sample loss over the last axis: ``||f - y||^2 / 2`` or, for cross-entropy,
+    ``logsumexp(s f) - s y^T f`` (:func:`ntkdyn.solver._loss_acc`'s definitions)."""
+    if setup.loss == "cross_entropy":
+        z = setup.logit_scale * f
+        return jax.nn.logsumexp(z, axis=-1) - jnp.sum(y * z, axis=-1)
+    return 0.5 * jnp.sum((f - y) ** 2, axis=-1)
+
+
 def _weighted_loss(setup: _Setup, theta, theta0, x, y, w):
     f = _model_out(setup, theta, theta0, x)
-    return 0.5 * jnp.sum(w * jnp.sum((f - y) ** 2, axis=-1))
+    return jnp.sum(w * _sample_loss(setup, f, y))
 
 
 def _slots(tree, sl):
@@ -210,9 +225,9 @@ def _record(setup: _Setup, data: dict, x) -> dict:
     def evaluate(xs, y, labels):
         f = outputs(x, data["theta0"], xs)  # (A, M, K)
         fm = _model_out(setup, mean, theta0_mean, xs)
-        sq = 0.5 * jnp.sum((f - y) ** 2, axis=-1)
+        sq = _sample_loss(setup, f, y)
         acc = jnp.mean(jnp.argmax(f, axis=-1) == labels, axis=-1, dtype=jnp.float64)
-        sq_m = 0.5 * jnp.mean(jnp.sum((fm - y) ** 2, axis=-1))
+        sq_m = jnp.mean(_sample_loss(setup, fm, y))
         acc_m = jnp.mean(jnp.argmax(fm, axis=-1) == labels, dtype=jnp.float64)
         return f, sq, acc, sq_m, acc_m
 
@@ -324,8 +339,12 @@ def _run_chunk(carry, n_steps, data, *, setup: _Setup):
     return jax.lax.scan(per_record_phases if len(phases) > 1 else per_record, carry, n_steps)
 
 
-def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed) -> dict:
+def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed,
+                 targets=None) -> dict:
+    """Device arrays; ``targets = (y_train, y_test)`` replaces the dataset's targets (the
+    one-hot rows of cross-entropy)."""
     ds = parts.dataset
+    y_train_all, y_test_all = (ds.y_train, ds.y_test) if targets is None else targets
     q, offsets, counts = parts.num_agents, parts.offsets, parts.counts
     n_max = int(counts.max())
     d, k = ds.dim, ds.num_classes
@@ -333,7 +352,7 @@ def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed
     w_pad, shard_w = np.zeros((q, n_max)), np.zeros((ds.num_train, q))
     for a in range(q):
         s, e = offsets[a], offsets[a + 1]
-        x_pad[a, : e - s], y_pad[a, : e - s] = ds.x_train[s:e], ds.y_train[s:e]
+        x_pad[a, : e - s], y_pad[a, : e - s] = ds.x_train[s:e], y_train_all[s:e]
         w_pad[a, : e - s] = 1.0 / counts[a]
         shard_w[s:e, a] = 1.0 / counts[a]
     w_ext = np.zeros((q + 1, q + 1))
@@ -347,9 +366,9 @@ def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed
         "x_pad": cast(x_pad), "y_pad": cast(y_pad), "w_pad": cast(w_pad),
         "valid": jnp.asarray(w_pad > 0), "mixing": cast(w_ext),
         "lr": cast(np.append(lrs, lrs.mean())),
-        "x_train": cast(ds.x_train), "y_train": cast(ds.y_train),
+        "x_train": cast(ds.x_train), "y_train": cast(y_train_all),
         "labels_train": jnp.asarray(ds.labels_train), "shard_w": cast(shard_w),
-        "x_test": cast(ds.x_test), "y_test": cast(ds.y_test),
+        "x_test": cast(ds.x_test), "y_test": cast(y_test_all),
         "labels_test": jnp.asarray(ds.labels_test),
         "limit2": jnp.asarray(DIVERGENCE_FACTOR**2 * np.maximum(init_sq, 1.0)),
         "sgd_key": jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED),
@@ -391,6 +410,8 @@ def train(
     checkpoint: str | Path | None = None,
     checkpoint_interval: float = 30.0,
     gossip_sample: int = 0,
+    loss: str = "mse",
+    logit_scale: float = 1.0,
 ) -> Trajectory:
     """Train ``Q`` copies of ``arch`` peer to peer and record what the prediction records.
 
@@ -423,6 +444,11 @@ def train(
     checkpoint : path of an ``.npz`` checkpoint: resumed from when it exists (it
         must come from the same arguments), written as chunks finish
     checkpoint_interval : seconds between checkpoint writes (0: after every chunk)
+    loss : "mse" (default, ``||f - y||^2 / 2``) or "cross_entropy"
+        (``logsumexp(s f) - s y^T f`` per sample, one-hot targets; the local loss is
+        its mean over the agent's shard), as :func:`ntkdyn.predict` with ``loss=``
+    logit_scale : float
+        ``s > 0``, the inverse temperature of cross-entropy (default 1)
 
     Returns
     -------
@@ -458,6 +484,19 @@ def train(
         raise ValueError(f"batch_size: expected an integer >= 0, got {batch_size!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    logit_scale = check_logit_scale(logit_scale)
+    if loss != "cross_entropy" and logit_scale != 1.0:
+        raise ValueError("logit_scale: only for loss='cross_entropy', got "
+                         f"logit_scale={logit_scale!r} with loss={loss!r}")
+    targets = None
+    if loss == "cross_entropy":
+        ds = parts.dataset
+        y_tr = class_targets("parts.dataset.y_train", ds.y_train, ds.num_classes)
+        y_te = (class_targets("parts.dataset.y_test", ds.y_test, ds.num_classes)
+                if ds.num_test > 0 else ds.y_test)
+        targets = (y_tr, y_te)
     if isinstance(arch, MLP):
         apply = arch.apply
         if arch.out != parts.dataset.num_classes:
@@ -492,14 +531,18 @@ def train(
     setup = _Setup(apply=apply, algorithm=algo, q=q, linearised=model == "linearised",
                    batch=batch, independent=bool(independent_init),
                    has_test=parts.dataset.num_test > 0, record_outputs=record_outputs,
-                   sampler=None if process is None else process.sampler)
-    data = _device_data(parts, mixing, lrs, theta0, setup.independent, jdtype, seed)
+                   sampler=None if process is None else process.sampler, loss=loss,
+                   logit_scale=logit_scale)
+    data = _device_data(parts, mixing, lrs, theta0, setup.independent, jdtype, seed, targets)
     if process is not None:
         data["mix_arrays"] = process.device_arrays()
         data["mix_key"] = process.key(int(gossip_sample))
 
     settings = {"model": model, "dtype": dtype, "batch_size": int(batch_size),
-                "independent_init": bool(independent_init), "chunk": int(chunk), "seed": seed}
+                "independent_init": bool(independent_init), "chunk": int(chunk), "seed": seed,
+                "loss": loss}
+    if loss == "cross_entropy":
+        settings["logit_scale"] = logit_scale
     description = {"algorithm": algo.name, "architecture": _describe(arch), "lr": lrs.tolist(),
                    "mixing": mixing.tolist(), "steps": steps.tolist(), **settings,
                    "record_outputs": record_outputs}
@@ -589,6 +632,7 @@ def train(
             "num_outputs": parts.dataset.num_classes, "mixing": mixing.tolist(),
             "architecture": _describe(arch), "training": settings, "notes": notes,
             "data": parts.dataset.name, "partition": parts.scheme, "kernel": "none (trained)",
+            "loss": loss,
             "source": f"trained ({model})"}
     if algo.options:
         meta["algorithm_options"] = algo.settings

@@ -61,6 +61,49 @@ def test_linearised_training_equals_full_empirical_kernel_prediction(parts4, rin
     assert obs.param_dist[-1].min() > 0.1  # it did move
 
 
+@pytest.mark.parametrize("algorithm", ["dgd", "atc"])
+def test_linearised_cross_entropy_training_equals_full_empirical_kernel_prediction(
+        parts4, ring4, algorithm):
+    """Cross-entropy (logit scale 2): float64 linearised training == kernel-space prediction
+    (full empirical kernel) for every metric, <= 1e-8 relative."""
+    arch = nd.models.MLP(hidden=(48, 48), out=3)
+    params = nd.init_params(arch, parts4.dataset.dim, seed=0)
+    steps = range(0, 41, 5)
+    obs = train(arch, parts4, ring4, 0.5, algorithm, steps, params0=params, model="linearised",
+                dtype="float64", record_outputs=True, loss="cross_entropy", logit_scale=2.0)
+    pred = nd.predict(arch, parts4, ring4, 0.5, algorithm, steps, kernel="empirical",
+                      traced=False, params=params, f0="network", record_outputs=True,
+                      loss="cross_entropy", logit_scale=2.0)
+    assert obs.status == pred.status == "ok"
+    assert obs.metadata["loss"] == pred.metadata["loss"] == "cross_entropy"
+    assert obs.metadata["training"]["logit_scale"] == 2.0
+    np.testing.assert_array_equal(obs.steps, pred.steps)
+    dist_scale = np.max(pred.param_dist)
+    for m in METRICS:
+        scale = dist_scale if m.endswith("_dist") else None
+        assert _rel(getattr(obs, m), getattr(pred, m), scale) <= 1e-8, m
+    assert obs.param_dist[-1].min() > 0.1  # it did move
+    # it is the cross-entropy, not the squared loss: log K at f = 0, decreasing
+    assert obs.train_loss[-1].max() < obs.train_loss[0].min()
+    mse = train(arch, parts4, ring4, 0.5, algorithm, steps, params0=params, model="linearised",
+                dtype="float64")
+    assert _rel(mse.train_loss, obs.train_loss) > 1e-2
+
+
+def test_train_loss_arguments_are_checked(parts4, ring4):
+    arch = nd.models.MLP(hidden=(16,), out=3)
+    with pytest.raises(ValueError, match="^loss: expected one of"):
+        train(arch, parts4, ring4, 0.5, "dgd", 2, loss="hinge")
+    with pytest.raises(ValueError, match="^logit_scale: expected a finite number > 0"):
+        train(arch, parts4, ring4, 0.5, "dgd", 2, loss="cross_entropy", logit_scale=0.0)
+    with pytest.raises(ValueError, match="^logit_scale: only for loss='cross_entropy'"):
+        train(arch, parts4, ring4, 0.5, "dgd", 2, logit_scale=2.0)
+    centred = nd.data.partition(nd.data.digits(classes=range(3), n_train=20, n_test=0,
+                                               centre_targets=True), agents=4)
+    with pytest.raises(ValueError, match="^parts.dataset.y_train: loss='cross_entropy'"):
+        train(arch, centred, ring4, 0.5, "dgd", 2, loss="cross_entropy")
+
+
 def test_nonlinear_agreement_improves_with_width(parts4, ring4):
     """Test 2: relative trajectory error at width 2048 is >= 3x smaller than at width 128."""
     steps = range(0, 101, 10)

@@ -361,3 +361,27 @@ def test_stability_verdict_paths(monkeypatch):
     assert v["stable"] is None and "not computed" in v["words"]
     traj = harness._with_verdict(_traj(np.arange(3.0), [3.0, 2.0, 1.0]), v)
     assert traj.status == "ok" and traj.metadata["stability"]["stable"] is None
+
+
+def test_validate_writes_cross_entropy_run(tmp_path, capsys):
+    """``training.loss = "cross_entropy"`` reaches training and prediction; the stability
+    status comes from the trajectory and the report says so."""
+    text = TINY.replace("steps = 60", 'steps = 30\nloss = "cross_entropy"').replace(
+        "width = 256", "width = 128")
+    out = tmp_path / "out"
+    assert main(["validate", str(_config(tmp_path, text)), "--out", str(out), "--quiet",
+                 "--kernels", "empirical"]) == 0
+    obs = nd.Trajectory.load(out / "observed.npz")
+    lin = nd.Trajectory.load(out / "linearised.npz")
+    pred = nd.Trajectory.load(out / "predicted_empirical.npz")
+    assert obs.metadata["loss"] == lin.metadata["loss"] == pred.metadata["loss"] \
+        == "cross_entropy"
+    assert pred.metadata["stability"]["stable"] is None
+    assert obs.status == pred.status == "ok"
+    agree = json.loads((out / "agreement.json").read_text())["agreement"]
+    # float32 linearised training vs the (full) empirical-kernel CE prediction: round-off
+    assert agree["linearised vs empirical"]["metrics"]["test_loss"]["mean"] < 1e-4
+    text = (out / "agreement.txt").read_text()
+    assert "cross-entropy" in text
+    assert "stability (cross_entropy): stability from the trajectory only" in text
+    assert "softmax curvature" in capsys.readouterr().out

@@ -47,6 +47,8 @@ def _topology_label(cfg) -> str:
 
 def _algorithm_label(cfg) -> str:
     t = cfg.training
+    if t.loss == "cross_entropy":
+        return f"{t.algorithm}, cross-entropy"
     if t.algorithm == "p2pl":
         return f"p2pl ({t.local_steps} local + {t.consensus_steps} combine)"
     if t.algorithm == "momentum":

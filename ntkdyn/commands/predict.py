@@ -36,7 +36,7 @@ def run(args) -> int:
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
                             continuous=t.continuous, progress=not args.quiet,
-                            samples=exp.samples, **exp.low_rank)
+                            samples=exp.samples, **exp.low_rank, **exp.loss)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:
         traj.save(tmp / "trajectory.npz")
@@ -44,6 +44,7 @@ def run(args) -> int:
             "status": traj.status,
             "diverged_at": traj.diverged_at,
             "final_step": float(traj.steps[-1]) if len(traj.steps) else None,
+            "loss": t.loss,
             "final_train_loss_mean": _last_mean(traj.train_loss),
             "final_test_loss_mean": _last_mean(traj.test_loss),
             "final_test_acc_mean": _last_mean(traj.test_acc),
@@ -65,7 +66,8 @@ def run(args) -> int:
         low = summary.get("low_rank")
         title = (f"{exp.algorithm.label().upper()} on {_where(cfg)} ({cfg.partition.agents} "
                  f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK"
-                 + (f" rank {low['rank']}" if low else "") + f", lr={t.lr:g}")
+                 + (f" rank {low['rank']}" if low else "") + f", lr={t.lr:g}"
+                 + (", cross-entropy" if t.loss == "cross_entropy" else ""))
         plot_trajectory(traj, tmp / "trajectory.png", title=title)
     print(traj.summary())
     print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
