@@ -3,9 +3,9 @@
 The graphs and their mixing matrices are built in :mod:`ntkdyn.topologies`
 (:func:`topology`, :func:`mixing`, spectral quantities); the sequences of mixing
 matrices (periodic schedules, random gossip) in :mod:`ntkdyn.gossip`, which builds
-on them.  This module re-exports both so that ``nd.graphs.ring``-style use needs one
-name; inside ntkdyn, import from the defining module (``gossip`` imports
-``topologies``, never ``graphs``: no cycle).
+on them.  This module re-exports both (``nd.graphs.topology``, ``nd.graphs.mixing``,
+``nd.graphs.random_edges``, ...); inside ntkdyn, import from the defining module
+(``gossip`` imports ``topologies``, never ``graphs``: no cycle).
 """
 
 from __future__ import annotations
