@@ -34,7 +34,7 @@ _SUBMODULES = ("activations", "algorithms", "data", "gossip", "graphs", "kernels
 _LAZY = {
     "Algorithm": "algorithms", "CheckReport": "check", "check": "check",
     "ValidationResult": "harness", "validate": "harness",
-    "build_problem": "pipeline", "fixed_point": "pipeline", "init_params": "pipeline",
+    "build_problem": "pipeline", "fixed_point": "pipeline", "init_params": "models",
     "predict": "pipeline", "predict_sweep": "pipeline", "stability": "pipeline",
     "predict_from_kernels": "predict", "sweep_from_kernels": "predict",
     "KernelProblem": "problem", "make_problem": "problem",

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import graphs
+from .topologies import as_graph, check_mixing, mixing
 
 
 class MixingProcess:
@@ -147,7 +147,7 @@ def periodic(matrices, names=()) -> Periodic:
     stack = np.stack(mats)
     for i, m in enumerate(stack):
         _check_stochastic(m, f"matrices[{i}]")
-    graphs.check_mixing(stack.mean(axis=0), name="matrices (union over the period)")
+    check_mixing(stack.mean(axis=0), name="matrices (union over the period)")
     return Periodic(stack, tuple(names))
 
 
@@ -164,11 +164,11 @@ def _check_stochastic(m: np.ndarray, name: str) -> None:
 
 # --------------------------------------------------------------------------- random
 def _edges(graph) -> tuple[int, np.ndarray]:
-    g = graphs.as_graph(graph)
+    g = as_graph(graph)
     edges = np.array(sorted((min(a, b), max(a, b)) for a, b in g.edges()), dtype=np.int64)
     if len(edges) == 0:
         raise ValueError("graph: expected at least one edge for gossip")
-    graphs.check_mixing(graphs.mixing(g), name="graph")  # connected
+    check_mixing(mixing(g), name="graph")  # connected
     return g.number_of_nodes(), edges.reshape(-1, 2)
 
 

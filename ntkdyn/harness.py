@@ -44,7 +44,9 @@ import numpy as np
 from . import agreement, spectrum
 from .config import Config, load_config
 from .experiment import algorithm_of, build_arch, from_config
-from .pipeline import _describe, build_problem, init_params
+from .models import describe as _describe
+from .models import init_params
+from .pipeline import build_problem
 from .predict import run_problem
 from .train import train
 from .trajectory import Trajectory
@@ -493,7 +495,7 @@ def _not_ok(run: WidthResult, kernel: str) -> str:
 
 # --------------------------------------------------------------------------- output
 def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None = None) -> None:
-    from .cli import staged_output
+    from ._utils.io import staged_output
     from .overlay import overlay_figure
 
     for pattern in _OUTPUT_PATTERNS:  # outputs of an earlier run into the same folder
@@ -537,7 +539,7 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
 
 
 def _write_all(out: Path, result: ValidationResult) -> None:
-    from .cli import staged_output
+    from ._utils.io import staged_output
     from .overlay import width_sweep_figure
 
     if len(result.runs) == 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import numpy as np
 from .activations import ACTIVATION_NAMES, Activation, get_activation
 from .kernels.analytic import analytic_kernels
 
-__all__ = ["MLP", "MLPParams"]
+__all__ = ["MLP", "MLPParams", "describe", "init_params", "is_stax_triple"]
 
 MLPParams = tuple[tuple[jax.Array, jax.Array], ...]
 
@@ -223,6 +224,31 @@ class MLP:
                 raise ValueError(f"nt_params: layer {layer} fan_in {W.shape[0]} does not chain")
             out.append((W, b.reshape(fan_out)))
         return tuple(out)
+
+
+def is_stax_triple(arch: Any) -> bool:
+    """Whether ``arch`` is a neural-tangents ``stax`` triple ``(init_fn, apply_fn, kernel_fn)``."""
+    return isinstance(arch, tuple) and len(arch) == 3 and all(callable(f) for f in arch)
+
+
+def describe(arch: Any) -> dict:
+    """The architecture as a JSON-ready dict (written into ``meta`` of every trajectory)."""
+    if isinstance(arch, MLP):
+        return {"type": "MLP", "hidden": list(arch.hidden), "out": arch.out,
+                "activation": arch.activation, "W_std": arch.W_std, "b_std": arch.b_std}
+    return {"type": "neural-tangents stax"}
+
+
+def init_params(arch: Any, in_dim: int, seed: int = 0):
+    """Parameters of ``arch`` at initialisation, drawn with ``jax.random.PRNGKey(seed)``."""
+    key = jax.random.PRNGKey(seed)
+    if isinstance(arch, MLP):
+        return arch.init(key, in_dim, dtype=np.float64)
+    if is_stax_triple(arch):
+        return arch[0](key, (-1, in_dim))[1]
+    raise ValueError(
+        "arch: expected an ntkdyn.models.MLP or a neural-tangents (init_fn, apply_fn, "
+        f"kernel_fn) triple, got {type(arch).__name__}")
 
 
 def _is_real(value) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .agreement import HEADLINE, fit_slope
-from .plotting import _pyplot, plot_trajectory
+from .plotting import plot_trajectory, pyplot
 from .trajectory import Trajectory
 
 _LABELS = {"test_loss": "test loss (network mean)",
@@ -69,7 +69,7 @@ def _central_labels(fig, pred: Trajectory, obs: Trajectory, predicted_label: str
     observed one (the training harness runs it too) solid grey; rebuild the legend."""
     from .plotting import PANELS
 
-    plt = _pyplot()
+    plt = pyplot()
     by_label = {ax.get_ylabel(): ax for ax in fig.axes if ax.has_data()}
     names = {"network mean (predicted)": f"network mean ({predicted_label})",
              "network mean (observed)": f"network mean ({observed_label})"}
@@ -124,7 +124,7 @@ def _scales(fig, unstable: bool) -> None:
 
 
 def _save(fig, stem: Path) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     stem = Path(stem)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.savefig(paths[0], dpi=130)
@@ -181,7 +181,7 @@ def overlay_figure(pred: Trajectory, obs: Trajectory, stem: str | Path | None, t
 
 def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = ""):
     """Pointwise relative error of the network mean against width (log-log), with slopes."""
-    plt = _pyplot()
+    plt = pyplot()
     widths = np.asarray(sweep["widths"], float)
     fig, axes = plt.subplots(1, len(HEADLINE), figsize=(11, 4.4), constrained_layout=True)
     kernels = sorted({key.split(" vs ")[1] for key in sweep["errors"]})

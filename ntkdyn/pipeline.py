@@ -25,7 +25,9 @@ from . import memory
 from .algorithms import Algorithm
 from .data import Partition
 from .kernels.empirical import empirical_ntk, mlp_empirical_ntk
-from .models import MLP
+from .models import MLP, init_params
+from .models import describe as _describe
+from .models import is_stax_triple as _is_stax_triple
 from .predict import run_problem
 from .problem import KernelProblem, make_problem
 from .spectrum import StabilityReport
@@ -35,29 +37,6 @@ from .steady_state import fixed_point as _fixed_point
 from .trajectory import Trajectory
 
 KERNELS = ("analytic", "empirical")
-
-
-def _is_stax_triple(arch: Any) -> bool:
-    return isinstance(arch, tuple) and len(arch) == 3 and all(callable(f) for f in arch)
-
-
-def _describe(arch: Any) -> dict:
-    if isinstance(arch, MLP):
-        return {"type": "MLP", "hidden": list(arch.hidden), "out": arch.out,
-                "activation": arch.activation, "W_std": arch.W_std, "b_std": arch.b_std}
-    return {"type": "neural-tangents stax"}
-
-
-def init_params(arch: Any, in_dim: int, seed: int = 0):
-    """Parameters of ``arch`` at initialisation, drawn with ``jax.random.PRNGKey(seed)``."""
-    key = jax.random.PRNGKey(seed)
-    if isinstance(arch, MLP):
-        return arch.init(key, in_dim, dtype=np.float64)
-    if _is_stax_triple(arch):
-        return arch[0](key, (-1, in_dim))[1]
-    raise ValueError(
-        "arch: expected an ntkdyn.models.MLP or a neural-tangents (init_fn, apply_fn, "
-        f"kernel_fn) triple, got {type(arch).__name__}")
 
 
 def _apply(arch: Any, params, x: np.ndarray) -> np.ndarray:

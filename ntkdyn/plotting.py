@@ -27,7 +27,8 @@ PANELS = (
 )
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +38,7 @@ def _pyplot():
 
 
 def agent_colours(q: int):
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if q <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(q)]
 
@@ -68,7 +69,7 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     (the prediction) dashed.  Saves to ``path`` (PNG or PDF) when given and
     returns the figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     panels = [p for p in PANELS if getattr(traj, p[0]) is not None]
     quantiles = getattr(traj, "quantiles", None) or {}
     expected = getattr(traj, "expected", None)

@@ -605,7 +605,7 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
     an augmented state is handled as one vector.
     """
     algorithm = _as_algorithm(step_fn)
-    data = _device_data(problem, lrs, for_records=False)
+    data = device_data(problem, lrs, for_records=False)
     k = problem.num_outputs
     c0 = k if problem.traced else 1
     ops = kernel_operators(data["blocks"], jnp.zeros_like(data["residual"]), data["mixing"],
@@ -635,9 +635,9 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
     return float(power(v0))
 
 
-def _device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
-                 central: bool = True, kernel_dtype: str = "float64", mesh=None,
-                 reference: str = "carried") -> dict:
+def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
+                central: bool = True, kernel_dtype: str = "float64", mesh=None,
+                reference: str = "carried") -> dict:
     """Arrays on the device(s); with a ``mesh`` the kernels' columns (the contraction
     axis) are sharded and padded to a multiple of the device count.  With
     ``central`` and ``reference="eigen"`` the eigenbasis of the centralised reference
@@ -793,7 +793,7 @@ def evolve(
         reference = "carried"
     if reference == "auto":
         reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
-    data = _device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
+    data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
                         reference=reference)
     sampler = _add_mixing(data, problem, samples)
     steps = np.asarray(steps)

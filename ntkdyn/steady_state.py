@@ -190,7 +190,7 @@ def _solve_fixed_point(problem: KernelProblem, algo, lrs, vr, lam) -> np.ndarray
     to_u = vr.T * np.sqrt(lam)[:, None]  # (r, R): alpha -> u
     # affine part: one full step from the zero state (central slot dropped); for a random
     # mixing sequence W is E[W]: the fixed point of the mean state
-    data = solver._device_data(problem, lrs[None, :], for_records=False)
+    data = solver.device_data(problem, lrs[None, :], for_records=False)
     ops = solver.kernel_operators(data["blocks"], data["residual"], data["mixing"],
                                   data["lr_cols"][:q], offsets=problem.offsets,
                                   rows_per_sample=problem.rows_per_sample, central=False)
@@ -222,7 +222,7 @@ def _solve_fixed_point(problem: KernelProblem, algo, lrs, vr, lam) -> np.ndarray
 def _finish(problem: KernelProblem, algo, lrs, x: np.ndarray) -> FixedPoint:
     """Record the fixed point ``x`` (agents then the centralised solution, alpha coordinates)."""
     q = problem.num_agents
-    rec_data = solver._device_data(problem, lrs[None, :])
+    rec_data = solver.device_data(problem, lrs[None, :])
     rec = solver.record_jit(jnp.asarray(x), rec_data, q_count=q, n_rates=1,
                          traced=problem.traced, has_test=problem.has_test, record_outputs=True)
     rec = {k: np.asarray(v) for k, v in rec.items()}

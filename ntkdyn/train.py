@@ -74,8 +74,8 @@ from .checkpoint import load as _load_checkpoint
 from .checkpoint import save as _save_checkpoint
 from .data import Partition
 from .gossip import is_process
-from .models import MLP
-from .pipeline import _describe, init_params
+from .models import MLP, init_params
+from .models import describe as _describe
 from .problem import LOSSES, check_logit_scale, class_targets
 from .trajectory import Trajectory
 from .validation import learning_rates, steps_array

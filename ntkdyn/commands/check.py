@@ -34,8 +34,8 @@ def interrupted(args) -> str:
 
 
 def run(args) -> int:
+    from .._utils.io import check_output
     from ..check import check
-    from ..cli import check_output
 
     if args.measure_edge and args.cache:
         check_output(args.cache, "--cache")

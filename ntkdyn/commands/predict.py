@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..cli import check_output, staged_output
+from .._utils.io import check_output, staged_output
 
 
 def register(sub) -> None:

@@ -68,7 +68,7 @@ def interrupted(args) -> str:
 
 
 def run(args) -> int:
-    from ..cli import check_output
+    from .._utils.io import check_output
     from ..config import load_config
     from ..harness import validate
 

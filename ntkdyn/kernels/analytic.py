@@ -107,7 +107,7 @@ def analytic_kernels(
         raise ValueError(f"W_std: expected a finite value > 0, got {W_std!r}")
     if not (_is_real(b_std) and math.isfinite(b_std) and b_std >= 0):
         raise ValueError(f"b_std: expected a finite value >= 0, got {b_std!r}")
-    act = _resolve_activation(activation)
+    act = resolve_activation(activation)
     n1, n2 = x1.shape[0], x2s.shape[0]
     if block_size is None:
         block_size = max(1, _BLOCK_ELEMENTS // max(n2, 1))
@@ -184,7 +184,9 @@ def analytic_nngp(
     )[0]  # fmt: skip
 
 
-def _resolve_activation(activation: str | Activation) -> Activation:
+def resolve_activation(activation: str | Activation) -> Activation:
+    """An :class:`~ntkdyn.activations.Activation` from itself or its name (``ValueError``
+    naming ``activation`` otherwise)."""
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, str):

@@ -48,8 +48,12 @@ import numpy as np
 from ..memory import ensure_fits
 from ..validation import as_float_array
 
-if TYPE_CHECKING:  # runtime import would be circular (models imports kernels)
+if TYPE_CHECKING:  # annotations only: models sits above kernels (MLP.kernel uses them)
     from ..models import MLP
+
+#: what :func:`mlp_empirical_ntk` reads of an :class:`~ntkdyn.models.MLP` (checked by
+#: attribute, so that this module need not import the models above it)
+_MLP_FIELDS = ("hidden", "out", "act", "W_std", "b_std", "init", "apply")
 
 __all__ = ["empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes", "mlp_batch_plan",
            "generic_batch_plan"]
@@ -211,9 +215,7 @@ def mlp_empirical_ntk(
     numpy.ndarray (float64)
         ``(N1, N2)`` traced (mean over outputs) or ``(N1 K, N2 K)`` full.
     """
-    from ..models import MLP  # deferred: ntkdyn.models imports ntkdyn.kernels
-
-    if not isinstance(model, MLP):
+    if isinstance(model, type) or not all(hasattr(model, f) for f in _MLP_FIELDS):
         raise ValueError(f"model: expected an ntkdyn.models.MLP, got {type(model).__name__}")
     x1, x2s, symmetric = _check_pair(x1, x2, ndim=2)
     params = _check_mlp_params(model, params, x1.shape[1])

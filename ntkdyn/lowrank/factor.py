@@ -155,9 +155,9 @@ class AnalyticColumns:
         r"""``Theta(x, x)`` by the recursion on the variances alone, O(N d):
         ``Theta^0 = K^0``, ``Theta^l = K^l + W_std^2 E[phi'(u)^2] Theta^(l-1)``."""
         from ..activations import dual
-        from ..kernels.analytic import _resolve_activation
+        from ..kernels.analytic import resolve_activation
 
-        act = _resolve_activation(self.activation)
+        act = resolve_activation(self.activation)
         w2, b2 = float(self.W_std) ** 2, float(self.b_std) ** 2
         k = w2 * np.einsum("ij,ij->i", self.x, self.x) / self.x.shape[1] + b2
         theta = k
