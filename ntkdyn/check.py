@@ -36,6 +36,9 @@ from .steady_state import fixed_point
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
 SAFETY = 0.9  # recommended rates stay below SAFETY * lr*
 SWEEP_FRACTIONS = np.linspace(0.1, 0.95, 10)
+#: Kernel dtype of the check's batched prediction (sweep and chosen rate); the state and
+#: the records stay float64.  ``"float64"`` reproduces ``ntkdyn predict`` to round-off.
+SWEEP_DTYPE = "float32"
 #: Measured agreement between predicted and observed test loss: the *pointwise* relative
 #: error ``max_t |pred_t - obs_t| / |obs_t|`` of the network mean, largest over the 15
 #: configurations of ``validate/run_suite.py`` (README "Measured agreement", digits,
@@ -286,8 +289,11 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
              if 0 < chosen.lr_star < np.inf else [])
     if chosen.inside:
         rates.append(cfg.training.lr)
+    # One batched pass for the sweep and the chosen rate, with float32 kernel products
+    # (float64 state): within 1e-5 relative of float64 on the default configuration
+    # (measured 8.4e-6 on the losses, accuracies identical), twice as fast (SWEEP_DTYPE).
     trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
-                        check_stability=False, reference=False,
+                        check_stability=False, reference=False, kernel_dtype=SWEEP_DTYPE,
                         samples=exp.samples) if rates else []
     sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
     prediction = None

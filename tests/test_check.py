@@ -97,6 +97,25 @@ def test_sweep_shares_the_kernel_passes(lr_stars):
     assert np.all(np.isfinite(losses))
 
 
+def test_float32_sweep_agrees_with_the_float64_prediction(lr_stars, monkeypatch):
+    """The check's batched pass multiplies by a float32 kernel (``SWEEP_DTYPE``); its
+    numbers stay within 1e-5 relative of the float64 prediction (``ntkdyn predict``)."""
+    import sys
+
+    check_mod = sys.modules["ntkdyn.check"]  # ``ntkdyn.check`` is the function (issue 13)
+    cfg = _cfg(training={"lr": 0.5 * lr_stars["dgd"]})
+    assert check_mod.SWEEP_DTYPE == "float32"
+    fast = check(cfg)
+    monkeypatch.setattr(check_mod, "SWEEP_DTYPE", "float64")
+    exact = check(cfg)
+    for key in ("final_train_loss", "final_test_loss", "final_consensus_dist"):
+        a, b = fast.prediction[key], exact.prediction[key]
+        assert abs(a - b) <= 1e-5 * abs(b), (key, a, b)
+        for s32, s64 in zip(fast.sweep, exact.sweep, strict=True):
+            assert abs(s32[key] - s64[key]) <= 1e-5 * abs(s64[key]), (key, s32, s64)
+    assert fast.prediction["steps_to_target"] == exact.prediction["steps_to_target"]
+
+
 def _toml(**sections) -> str:
     raw = json.loads(json.dumps(BASE))
     for sec, vals in sections.items():
