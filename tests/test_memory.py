@@ -84,7 +84,8 @@ def test_build_problem_refuses_with_what_fits(monkeypatch):
     parts = nd.data.partition(data, 4, seed=0)
     W = nd.graphs.mixing(nd.graphs.topology("ring", 4))
     arch = nd.models.MLP(hidden=(32,), out=4)
-    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "300MB")
+    # above the fixed costs (XLA runtime and the reference's eigh buffers, 320 MB)
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "600MB")
     with pytest.raises(memory.ProblemTooLargeError, match=r"at most about \d+ training"):
         pipeline.build_problem(arch, parts, W)
     msg = ""
@@ -93,7 +94,7 @@ def test_build_problem_refuses_with_what_fits(monkeypatch):
     except memory.ProblemTooLargeError as exc:
         msg = str(exc)
     fit = int(msg.split("at most about ")[1].split()[0])
-    limit = memory.parse_bytes("300MB")
+    limit = memory.parse_bytes("600MB")
     assert pipeline.prediction_estimate(arch, fit, 100, 8, 4, 4) <= limit
     assert pipeline.prediction_estimate(arch, fit + 1, 100, 8, 4, 4) > limit
     assert 0 < fit < 3000
