@@ -12,11 +12,14 @@ build_problem, make_problem     the kernel-space problem, for stability / fixed_
 stability, fixed_point          exact lr*, sufficient bound, spectral radius; steady state
 Trajectory                      per-agent metrics, save / load (.npz)
 GossipTrajectory                random gossip: means over sampled sequences, bands, E[W] run
-algorithms                      dgd, atc, cta, gd, p2pl(L, C), gradient_tracking, diging,
-                                extra, momentum(beta): schedules of mix and adapt
+algorithms                      dgd, atc, cta, gd, p2pl(L, C), gradient_tracking (ATC-DIGing),
+                                next, diging, extra, momentum(beta): schedules of mix and adapt
 graphs, gossip                  topologies, mixing matrices; periodic and random sequences
 train.train                     real peer-to-peer training (vmapped agents, jitted steps)
 validate                        trained vs predicted trajectories, agreement, overlay figures
+initialisation                  outputs over random initialisations (mean network vs one
+                                random network), exact for small problems
+lowrank                         low-rank kernel path for data-set scale (nd.predict(rank=...))
 """
 
 import importlib as _importlib
@@ -26,8 +29,8 @@ import types as _types
 from . import _config  # noqa: F401  (enables float64 in JAX)
 
 #: submodules reachable as attributes (``ntkdyn.graphs``, ...), imported on first use
-_SUBMODULES = ("activations", "algorithms", "data", "gossip", "graphs", "kernels", "models",
-               "sharding", "train")
+_SUBMODULES = ("activations", "algorithms", "data", "gossip", "graphs", "initialisation",
+               "kernels", "lowrank", "models", "sharding", "train")
 #: public names -> defining module, imported on first use (``import ntkdyn`` costs about
 #: ``import jax``: networkx, scipy.sparse / optimize / stats, sklearn, matplotlib and tqdm
 #: load only when a command needs them)
@@ -79,8 +82,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Algorithm", "CheckReport", "FixedPoint", "GossipTrajectory", "KernelProblem",
     "StabilityReport", "Trajectory", "activations", "algorithms", "build_problem", "check",
-    "data", "fixed_point", "gossip", "graphs",
-    "init_params", "kernels", "make_problem", "models", "predict", "predict_from_kernels",
+    "data", "fixed_point", "gossip", "graphs", "initialisation",
+    "init_params", "kernels", "lowrank", "make_problem", "models", "predict",
+    "predict_from_kernels",
     "predict_sweep", "sharding", "stability", "sweep_from_kernels", "train", "validate",
     "ValidationResult",
 ]
