@@ -147,3 +147,26 @@ def interrupt_after_checkpoints(monkeypatch, count: int):
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", interrupted)
     return lambda: monkeypatch.setattr(train_mod, "_save_checkpoint", real)
+
+
+#: A tiny ``ntkdyn`` TOML (3 digits classes, 60 / 30 samples, 3 agents on a ring, depth-1
+#: width-64 MLP, 40 steps): the command-line tests append or edit sections of it.
+TINY_TOML = """
+seed = 1
+[data]
+source = "digits"
+classes = [0, 1, 2]
+n_train = 60
+n_test = 30
+[partition]
+agents = 3
+[topology]
+name = "ring"
+[architecture]
+depth = 1
+width = 64
+[training]
+lr = 0.3
+steps = 40
+record_every = 10
+"""

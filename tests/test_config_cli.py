@@ -4,30 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_TOML as TINY
 
 from ntkdyn import Trajectory
 from ntkdyn.cli import main
 from ntkdyn.config import ConfigError, config_from_dict, load_config
-
-TINY = """
-seed = 1
-[data]
-source = "digits"
-classes = [0, 1, 2]
-n_train = 60
-n_test = 30
-[partition]
-agents = 3
-[topology]
-name = "ring"
-[architecture]
-depth = 1
-width = 64
-[training]
-lr = 0.3
-steps = 40
-record_every = 10
-"""
 
 
 def test_default_example_parses():

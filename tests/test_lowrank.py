@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import TINY_TOML
 
 import ntkdyn as nd
 from ntkdyn import lowrank, memory
@@ -286,25 +287,6 @@ def test_too_large_exact_path_proposes_a_rank_that_fits(monkeypatch):
 
 
 # --------------------------------------------------------------------------- TOML and CLI
-TINY_TOML = """
-seed = 1
-[data]
-source = "digits"
-classes = [0, 1, 2]
-n_train = 60
-n_test = 30
-[partition]
-agents = 3
-[topology]
-name = "ring"
-[architecture]
-depth = 1
-width = 64
-[training]
-lr = 0.3
-steps = 40
-record_every = 10
-"""
 
 
 @pytest.mark.parametrize("prediction, needle", [

@@ -8,31 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_TOML as TINY
 
 import ntkdyn as nd
 from ntkdyn.cli import main
 from ntkdyn.config import applicable, config_from_dict
 from ntkdyn.plotting import plot_trajectory
-
-TINY = """
-seed = 1
-[data]
-source = "digits"
-classes = [0, 1, 2]
-n_train = 60
-n_test = 30
-[partition]
-agents = 3
-[topology]
-name = "ring"
-[architecture]
-depth = 1
-width = 64
-[training]
-lr = 0.3
-steps = 40
-record_every = 10
-"""
 
 
 @pytest.mark.parametrize("value, spec, shown", [
