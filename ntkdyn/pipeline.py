@@ -34,7 +34,7 @@ from .spectrum import StabilityReport
 from .spectrum import stability as _stability
 from .steady_state import FixedPoint
 from .steady_state import fixed_point as _fixed_point
-from .trajectory import Trajectory
+from .trajectory import Trajectory, quantity_words
 
 KERNELS = ("analytic", "empirical")
 
@@ -329,6 +329,8 @@ def predict(
     """
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
+    resolved_f0 = f0 or ("zero" if kernel == "analytic" else "network")  # as build_problem
+    meta["quantity"] = quantity_words(resolved_f0 == "zero", params is not None, seed)
     if rank is not None or tol is not None or max_rank is not None:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,

@@ -20,7 +20,7 @@ import numpy as np
 from . import memory, solver, spectrum
 from .algorithms import Algorithm, get_algorithm
 from .problem import KernelProblem, make_problem
-from .trajectory import GossipTrajectory, Trajectory
+from .trajectory import GossipTrajectory, Trajectory, quantity_words
 from .validation import learning_rates, steps_array
 
 
@@ -332,6 +332,11 @@ def _trajectory(raw, r, problem, steps, lr, continuous, meta, phase=None) -> Tra
     )
 
 
+def _user_quantity(f0_train) -> str:
+    """``metadata["quantity"]`` of a prediction from the user's kernels."""
+    return quantity_words(f0_train is None)
+
+
 def predict_from_kernels(
     kernel_train,
     y_train,
@@ -435,8 +440,9 @@ def predict_from_kernels(
                            loss=loss, logit_scale=logit_scale)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
-                       metadata={"kernel": "user"}, reference=reference,
-                       kernel_dtype=kernel_dtype, devices=devices, samples=samples)[0]
+                       metadata={"kernel": "user", "quantity": _user_quantity(f0_train)},
+                       reference=reference, kernel_dtype=kernel_dtype, devices=devices,
+                       samples=samples)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,
@@ -449,8 +455,8 @@ def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, step
     prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
                                           "loss", "logit_scale") if k in kwargs}
     problem = make_problem(kernel_train, y_train, agent, mixing, **prob_kw)
-    return run_problem(problem, algorithm, list(lrs), steps, metadata={"kernel": "user"},
-                       **kwargs)
+    meta = {"kernel": "user", "quantity": _user_quantity(prob_kw.get("f0_train"))}
+    return run_problem(problem, algorithm, list(lrs), steps, metadata=meta, **kwargs)
 
 
 __all__ = ["predict_from_kernels", "sweep_from_kernels", "run_problem", "versions"]

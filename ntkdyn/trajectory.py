@@ -144,6 +144,8 @@ class Trajectory:
         t = self.steps[-1]
         unit = "time" if self.continuous else "step"
         lines = [f"{self.num_agents} agents, last record at {unit} {t:g}, status: {self.status}"]
+        if "quantity" in self.metadata:
+            lines.append(f"describes: {self.metadata['quantity']}")
         if self.phase is not None:
             lines.append("records after each phase per step: " + ", ".join(self.phases)
                          + f" (last: {self.phases[int(self.phase[-1])]})")
@@ -277,6 +279,24 @@ class GossipTrajectory(Trajectory):
         return (f"GossipTrajectory(T={len(self.steps)}, Q={self.num_agents}, "
                 f"samples={self.samples}, status={self.status!r})")
 
+
+
+def quantity_words(mean: bool, given: bool = False, seed: int | None = None) -> str:
+    """What a prediction describes, in words (``metadata["quantity"]``; DESIGN.md section 8).
+
+    ``mean``: started from ``f_0 = 0``, the *mean network* over random initialisations
+    (infinite width): its loss is not the expected loss of one random network, which is
+    larger by the outputs' variance (``ntkdyn.initialisation``).  Otherwise the network
+    whose ``f_0`` was used: the given ``params``, or the one initialised with ``seed``.
+    """
+    if mean:
+        return ("mean network over random initialisations (f0 = 0): the loss of the mean "
+                "output, not the expected loss of one random network (larger; "
+                "ntkdyn.initialisation)")
+    if given:
+        return "the given network (params): its own f0, linearised dynamics"
+    return (f"one network, initialised with seed {seed}: its own f0, linearised dynamics"
+            if seed is not None else "the network whose f0 was given: linearised dynamics")
 
 def _json_default(obj):
     if isinstance(obj, np.ndarray):

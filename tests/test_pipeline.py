@@ -97,3 +97,24 @@ def test_jax_prng_seed_changes_empirical_kernel(setup):
     b = nd.predict(arch, parts, w, 0.3, "dgd", [0, 20], kernel="empirical", seed=1)
     assert np.max(np.abs(a.test_loss - b.test_loss)) > 1e-6
     assert jax.config.jax_enable_x64
+
+
+def test_every_prediction_says_which_network_it_describes(setup):
+    """metadata["quantity"] and the summary name the mean network (f0 = 0) or the one
+    network whose f0 was used (DESIGN.md section 8)."""
+    _, parts, w, arch = setup
+    steps = range(0, 11, 5)
+    mean = nd.predict(arch, parts, w, lr=0.1, steps=steps)
+    assert mean.metadata["quantity"].startswith("mean network over random initialisations")
+    assert "describes: mean network" in mean.summary()
+    own = nd.predict(arch, parts, w, lr=0.1, steps=steps, kernel="empirical", seed=3)
+    assert own.metadata["quantity"].startswith("one network, initialised with seed 3")
+    params = nd.init_params(arch, parts.dataset.dim, 5)
+    given = nd.predict(arch, parts, w, lr=0.1, steps=steps, kernel="empirical", params=params)
+    assert given.metadata["quantity"].startswith("the given network (params)")
+    k, y = np.eye(8), np.ones((8, 1))
+    user = nd.predict_from_kernels(k, y, np.arange(8) % 4, w, 0.1, [0, 5])
+    assert user.metadata["quantity"].startswith("mean network")
+    user_f0 = nd.predict_from_kernels(k, y, np.arange(8) % 4, w, 0.1, [0, 5],
+                                      f0_train=np.ones((8, 1)))
+    assert user_f0.metadata["quantity"].startswith("the network whose f0 was given")

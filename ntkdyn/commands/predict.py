@@ -43,6 +43,7 @@ def run(args) -> int:
         summary = {
             "status": traj.status,
             "diverged_at": traj.diverged_at,
+            "describes": traj.metadata.get("quantity"),
             "final_step": float(traj.steps[-1]) if len(traj.steps) else None,
             "loss": t.loss,
             "final_train_loss_mean": _last_mean(traj.train_loss),
@@ -67,7 +68,8 @@ def run(args) -> int:
         title = (f"{exp.algorithm.label().upper()} on {_where(cfg)} ({cfg.partition.agents} "
                  f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK"
                  + (f" rank {low['rank']}" if low else "") + f", lr={t.lr:g}"
-                 + (", cross-entropy" if t.loss == "cross_entropy" else ""))
+                 + (", cross-entropy" if t.loss == "cross_entropy" else "")
+                 + "\n" + _short_quantity(traj.metadata.get("quantity", "")))
         plot_trajectory(traj, tmp / "trajectory.png", title=title)
     print(traj.summary())
     print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
@@ -94,6 +96,13 @@ def _low_rank_summary(traj):
 
 def _last_mean(arr):
     return None if arr is None or len(arr) == 0 else float(arr[-1].mean())
+
+
+def _short_quantity(words: str) -> str:
+    """The plot title's line saying which network the curves describe."""
+    if words.startswith("mean network"):
+        return "mean network over random initialisations (f0 = 0), not one random network"
+    return words.split(":")[0]
 
 
 def _with_config(traj, cfg):
