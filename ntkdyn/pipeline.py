@@ -166,6 +166,15 @@ def ensure_prediction_fits(arch: Any, n_train: int, n_test: int, dim: int, outpu
     return need  # pragma: no cover - ensure_fits raised
 
 
+def _resolve_f0(f0: str | None, kernel: str) -> str:
+    """``f0`` with its default (``"zero"`` for the analytic kernel, ``"network"`` for the
+    empirical one), checked."""
+    f0 = f0 or ("zero" if kernel == "analytic" else "network")
+    if f0 not in ("zero", "network"):
+        raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
+    return f0
+
+
 def build_problem(
     arch: Any,
     parts: Partition,
@@ -215,9 +224,7 @@ def build_problem(
             f"{type(arch).__name__} {arch!r}"[:300])
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
-    f0 = f0 or ("zero" if kernel == "analytic" else "network")
-    if f0 not in ("zero", "network"):
-        raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
+    f0 = _resolve_f0(f0, kernel)
     # kernels are computed in the agent-sorted layout (no reordering copy of the kernel in
     # make_problem; the same arrays, hence the same numbers, as before partitions kept the
     # caller's order); ``order`` maps outputs back to the caller's order
@@ -329,8 +336,8 @@ def predict(
     """
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
-    resolved_f0 = f0 or ("zero" if kernel == "analytic" else "network")  # as build_problem
-    meta["quantity"] = quantity_words(resolved_f0 == "zero", params is not None, seed)
+    meta["quantity"] = quantity_words(_resolve_f0(f0, kernel) == "zero", params is not None,
+                                      seed)
     if rank is not None or tol is not None or max_rank is not None:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
@@ -401,9 +408,7 @@ def _predict_lowrank(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, 
     from . import lowrank
 
     data = parts.dataset
-    f0 = f0 or "zero"
-    if f0 not in ("zero", "network"):
-        raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
+    f0 = _resolve_f0(f0, "analytic")  # the low-rank path takes the analytic kernel only
     has_test = data.num_test > 0
     source = lowrank.analytic_columns(
         data.x_train, data.x_test if has_test else None, hidden_layers=arch.depth,

@@ -332,11 +332,6 @@ def _trajectory(raw, r, problem, steps, lr, continuous, meta, phase=None) -> Tra
     )
 
 
-def _user_quantity(f0_train) -> str:
-    """``metadata["quantity"]`` of a prediction from the user's kernels."""
-    return quantity_words(f0_train is None)
-
-
 def predict_from_kernels(
     kernel_train,
     y_train,
@@ -440,7 +435,7 @@ def predict_from_kernels(
                            loss=loss, logit_scale=logit_scale)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
-                       metadata={"kernel": "user", "quantity": _user_quantity(f0_train)},
+                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
                        samples=samples)[0]
 
@@ -455,7 +450,7 @@ def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, step
     prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
                                           "loss", "logit_scale") if k in kwargs}
     problem = make_problem(kernel_train, y_train, agent, mixing, **prob_kw)
-    meta = {"kernel": "user", "quantity": _user_quantity(prob_kw.get("f0_train"))}
+    meta = {"kernel": "user", "quantity": quantity_words(prob_kw.get("f0_train") is None)}
     return run_problem(problem, algorithm, list(lrs), steps, metadata=meta, **kwargs)
 
 
