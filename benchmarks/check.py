@@ -86,11 +86,11 @@ def predict_runs(config: Path, repeats: int) -> list[float]:
 def sweep_ratio(config: Path, repeats: int) -> dict:
     """Warm timings of one prediction and of the report's 10-rate sweep."""
     sys.path.insert(0, str(ROOT))
-    from ntkdyn.check import SWEEP_FRACTIONS
-    from ntkdyn.config import load_config
-    from ntkdyn.experiment import from_config
-    from ntkdyn.pipeline import build_problem
-    from ntkdyn.predict import run_problem
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.config.schema import load_config
+    from ntkdyn.dynamics.run import run_problem
+    from ntkdyn.prediction import build_problem
+    from ntkdyn.preflight import SWEEP_FRACTIONS
 
     cfg = load_config(config)
     exp = from_config(cfg)
@@ -113,8 +113,8 @@ def sweep_ratio(config: Path, repeats: int) -> dict:
     one, sweep = timed([lr]), timed(rates)
     out = {"one_prediction_s": one, "sweep_s": sweep, "rates": len(rates), "ratio": sweep / one}
     # the other pieces of the report, in the same process (first call = as check runs them)
-    from ntkdyn import spectrum
-    from ntkdyn.steady_state import fixed_point
+    from ntkdyn.dynamics import stability as spectrum
+    from ntkdyn.dynamics.steady_state import fixed_point
 
     for key, fn in (("fixed_point", lambda: fixed_point(problem, exp.algorithm, lr)),
                     ("stability_dgd", lambda: spectrum.stability(problem, "dgd", lr)),

@@ -39,8 +39,8 @@ def main(argv=None) -> int:
     import jax
 
     import ntkdyn as nd
-    from ntkdyn.predict import run_problem
-    from ntkdyn.spectrum import sufficient_bound
+    from ntkdyn.dynamics.run import run_problem
+    from ntkdyn.dynamics.stability import sufficient_bound
 
     dev = jax.devices()[0]
     name = getattr(dev, "device_kind", str(dev))

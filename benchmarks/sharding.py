@@ -25,13 +25,13 @@ import json, sys, time
 import numpy as np, jax
 sys.path.insert(0, {root!r})
 import ntkdyn as nd
-from ntkdyn.predict import run_problem
+from ntkdyn.dynamics.run import run_problem
 n, q, steps = {n}, {q}, {steps}
 data = nd.data.synthetic(n_train=n, n_test=n // 4, dim=64, classes=10, seed=0)
 parts = nd.data.partition(data, agents=q, seed=0)
 w = nd.graphs.mixing(nd.graphs.topology("ring", q))
 problem = nd.build_problem(nd.models.MLP(hidden=(512, 512), out=10), parts, w)
-lr = 0.5 * nd.spectrum.sufficient_bound(problem, "dgd")
+lr = 0.5 * nd.dynamics.stability.sufficient_bound(problem, "dgd")
 rec = np.linspace(0, steps, 11).astype(int)
 devs = jax.devices() if len(jax.devices()) > 1 else None
 run_problem(problem, "dgd", [lr], rec[:2], devices=devs, check_stability=False)

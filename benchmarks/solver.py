@@ -11,7 +11,7 @@ bound, ``steps = linspace(0, T, 101)`` (100 recorded intervals), ``N/4`` test
 samples.  Measured:
 
 * kernel s: ``ntkdyn.build_problem`` (analytic kernels, train and test);
-* first-call s / warm s: ``ntkdyn.predict.run_problem`` (the first call in a
+* first-call s / warm s: ``ntkdyn.dynamics.run.run_problem`` (the first call in a
   fresh process includes JIT compilation; the second is warm);
 * peak RSS: ``VmHWM`` of the process (each size runs in its own subprocess, so
   the figure is that size's own peak, taken before the dense reference);
@@ -30,7 +30,7 @@ samples.  Measured:
 * reference: the default (the centralised reference diagonal in its eigenbasis, one
   ``eigh`` per problem, timed separately as "eigh s") side by side with the previous
   method (the reference carried along every kernel pass), both warm through
-  ``ntkdyn.solver.evolve``, and the largest relative difference of the central metrics;
+  ``ntkdyn.dynamics.solver.evolve``, and the largest relative difference of the central metrics;
 * numpy loop: a plain numpy DGD loop over agents on the same problem
   (``NUMPY_STEPS`` steps, extrapolated to ``T``), and its ratio to the warm default.
 """
@@ -174,8 +174,8 @@ def numpy_loop(problem, lr: float, steps: int) -> tuple[float, np.ndarray]:
 # --------------------------------------------------------------------------- one size
 def run_size(name: str, steps_override: int | None = None) -> dict:
     import ntkdyn
-    from ntkdyn.predict import run_problem
-    from ntkdyn.spectrum import sufficient_bound
+    from ntkdyn.dynamics.run import run_problem
+    from ntkdyn.dynamics.stability import sufficient_bound
 
     cfg = SIZES[name]
     q, n, k, t_max = cfg["q"], cfg["n"], cfg["k"], steps_override or cfg["steps"]
@@ -222,8 +222,8 @@ def run_size(name: str, steps_override: int | None = None) -> dict:
          f"{res['lean_error']:.1e} of float64)")
 
     # the reference: eigenbasis (default) against the previous method (carried), same run
-    from ntkdyn import solver
     from ntkdyn.algorithms import get_algorithm
+    from ntkdyn.dynamics import solver
 
     solver._BASIS_CACHE.clear()
     t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Benchmark of the training harness (ntkdyn.train) against the prediction.
+"""Benchmark of the training harness (ntkdyn.training.trainer) against the prediction.
 
 Usage::
 
@@ -9,13 +9,13 @@ Setup: the bundled digits (10 classes, 800 train / 400 test, iid), ``Q`` agents
 on a ring with Metropolis weights, DGD at lr 0.4 (``examples/default.toml``),
 ``MLP(hidden=(width,) * depth)``.  Measured, each in this process:
 
-* **train steps/s** (nonlinear and linearised network): :func:`ntkdyn.train.train`
+* **train steps/s** (nonlinear and linearised network): :func:`ntkdyn.training.trainer.train`
   over ``steps`` iterations with a record every ``record_every`` (the records are
   part of the cost: every agent, the centralised reference and the averaged model
   on all train and test samples); the first chunk of records, which includes JIT
   compilation, is excluded; the linearised network runs ``steps // 4`` steps;
 * **prediction wall time** for the same trajectory (same steps and records):
-  :func:`ntkdyn.predict` end to end, kernels included, with the analytic NTK and
+  :func:`ntkdyn.dynamics.run` end to end, kernels included, with the analytic NTK and
   with the (traced) empirical NTK of the network at its initialisation; first
   call (compilation included), then a second, warm one;
 * **factor**: training wall time for the trajectory (compilation excluded:
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     import jax
 
     import ntkdyn as nd
-    from ntkdyn.agreement import compare
-    from ntkdyn.train import train
+    from ntkdyn.training.trainer import train
+    from ntkdyn.validation.agreement import compare
 
     data = nd.data.digits(n_train=800, n_test=400, seed=0)
     parts = nd.data.partition(data, agents=args.agents, scheme="iid", seed=0)

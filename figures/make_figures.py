@@ -27,12 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ntkdyn as nd  # noqa: E402
-from ntkdyn import agreement, graphs, spectrum  # noqa: E402
-from ntkdyn.config import config_from_dict  # noqa: E402
-from ntkdyn.edge import measure_edge  # noqa: E402
-from ntkdyn.experiment import from_config  # noqa: E402
-from ntkdyn.predict import run_problem  # noqa: E402
-from ntkdyn.train import train  # noqa: E402
+from ntkdyn import graphs  # noqa: E402
+from ntkdyn.config.experiment import from_config  # noqa: E402
+from ntkdyn.config.schema import config_from_dict  # noqa: E402
+from ntkdyn.dynamics import stability as spectrum  # noqa: E402
+from ntkdyn.dynamics.run import run_problem  # noqa: E402
+from ntkdyn.training.trainer import train  # noqa: E402
+from ntkdyn.validation import agreement  # noqa: E402
+from ntkdyn.validation.edge import measure_edge  # noqa: E402
 
 try:  # Python >= 3.11
     import tomllib
@@ -164,8 +166,8 @@ def _save(fig, out: Path, name: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ experiments
 def _errors(pred, obs, metric: str) -> dict:
-    """Agreement of the network mean of ``metric`` (:mod:`ntkdyn.agreement`): the pointwise
-    relative error (max over the records), the same at the horizon, and the lenient
+    """Agreement of the network mean of ``metric`` (:mod:`ntkdyn.validation.agreement`): the
+    pointwise relative error (max over the records), the same at the horizon, and the lenient
     ``max |pred - obs| / max |obs|``."""
     m = agreement.compare(pred, obs, metrics=(metric,))["metrics"][metric]
     return {"pointwise": m["mean"], "at_horizon": m["mean_at_horizon"],

@@ -3,9 +3,9 @@ r"""Peer-to-peer algorithms as schedules of two linear primitives.
 Every algorithm here is written once, in terms of an :class:`Operators`
 bundle, and runs unchanged on any representation of the agents' state:
 
-* the kernel-space state of the solver (``alpha``, see :mod:`ntkdyn.solver`),
+* the kernel-space state of the solver (``alpha``, see :mod:`ntkdyn.dynamics.solver`),
 * the parameters of real networks stacked on an agent axis (the validation
-  harness, :mod:`ntkdyn.train`).
+  harness, :mod:`ntkdyn.training.trainer`).
 
 The primitives are
 

@@ -21,7 +21,7 @@ At infinite width ``f_0`` is a centred Gaussian process with the NNGP kernel
 with
 
 * mean ``mu_q(t) = -[Theta; Theta*] B_q(t) Y`` (the recursion from ``f_0 = 0``:
-  the **mean network**, what ``ntkdyn.predict`` returns from zero outputs);
+  the **mean network**, what ``ntkdyn.dynamics.run`` returns from zero outputs);
 * covariance ``C_q(t) = M_q(t) K M_q(t)^T``, identical for every output;
 * expected squared loss of **one random network** on an input set ``S``
 
@@ -39,7 +39,7 @@ This module is a *dense reference*: it runs the recursion in numpy on
 ``N + K`` right-hand sides at once (the responses to ``f_0 = e_j`` and to
 ``-Y``), costing ``O(Q N^2 (N + K))`` per step and storing ``(T, Q, N+M, N+M)``
 covariances. Use it for ``N + M`` up to a few hundred; it is independent of
-:mod:`ntkdyn.solver`, which it serves to check.
+:mod:`ntkdyn.dynamics.solver`, which it serves to check.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .activations import ACTIVATION_NAMES, Activation, get_activation
-from .kernels.analytic import analytic_kernels
+from ntkdyn.activations import ACTIVATION_NAMES, Activation, get_activation
+from ntkdyn.kernels.analytic import analytic_kernels
 
 __all__ = ["MLP", "MLPParams", "describe", "init_params", "is_stax_triple"]
 

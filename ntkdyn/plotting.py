@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .trajectory import Trajectory
+from ntkdyn.trajectory import Trajectory
 
 PANELS = (
     ("train_loss", "train loss", "central_train_loss", True),

@@ -24,7 +24,7 @@ training harness):
   ``"consensus"``) has ``P`` rows per recorded step, ``phase[i]`` the index of
   row ``i``'s phase in ``metadata["phases"]``; :meth:`Trajectory.at_phase`
   keeps one phase.  At step 0 every phase row holds the initial state;
-* random gossip (:mod:`ntkdyn.gossip`): :class:`GossipTrajectory`, whose fields
+* random gossip (:mod:`ntkdyn.graphs.sequences`): :class:`GossipTrajectory`, whose fields
   are the means over the sampled mixing sequences of each metric (mean of the
   loss), with quantile bands, and ``expected``, the exact trajectory of the
   mean state (recursion with ``E[W]``: loss of the mean output).  The two differ
@@ -212,6 +212,14 @@ class Trajectory:
         return _from_payload(kwargs, meta)
 
 
+#: every recorded metric of a :class:`Trajectory`, defined once (the dataclass fields): the
+#: kernel-space solver and real-network training both fill each one (tested); a new metric
+#: is a new field here plus its record in both engines
+METRICS = tuple(f.name for f in fields(Trajectory) if f.name not in (
+    "steps", "phase", "status", "diverged_at", "continuous", "lr", "metadata",
+    "train_outputs", "test_outputs"))
+
+
 def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
     plain = {k: v for k, v in kwargs.items() if "/" not in k}
     common = dict(status=meta["status"], diverged_at=meta["diverged_at"],
@@ -235,7 +243,7 @@ class GossipTrajectory(Trajectory):
     that metric (for losses: the mean of the loss); ``quantiles[metric]`` has shape
     ``(L, ...)`` for the levels ``quantile_levels`` (default 5, 25, 50, 75, 95 %);
     ``expected`` is the exact trajectory of the **mean state** (the recursion with
-    ``E[W]``, :mod:`ntkdyn.gossip`): its outputs are the exact mean outputs, its losses
+    ``E[W]``, :mod:`ntkdyn.graphs.sequences`): its outputs are the exact mean outputs, its losses
     the loss of the mean output, which is below the mean loss by the outputs'
     variance.  ``sample(s)`` is not kept; predict with ``samples=1`` and another seed to
     see single sequences.

@@ -133,9 +133,9 @@ def rel_err(a, b) -> float:
 
 
 def interrupt_after_checkpoints(monkeypatch, count: int):
-    """Make :mod:`ntkdyn.train` raise ``KeyboardInterrupt`` (as Ctrl-C would) right after
+    """Make :mod:`ntkdyn.training.trainer` raise ``KeyboardInterrupt`` (as Ctrl-C would) right after
     its ``count``-th checkpoint write; returns a function that removes the interruption."""
-    import ntkdyn.train as train_mod
+    import ntkdyn.training.trainer as train_mod
 
     real, calls = train_mod._save_checkpoint, []
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import rel_err
 
 from ntkdyn import algorithms, graphs
-from ntkdyn.predict import predict_from_kernels
+from ntkdyn.prediction import predict_from_kernels
 
 TOL = 1e-8
 

@@ -15,10 +15,10 @@ import pytest
 from test_spectrum import _growth, _problem
 
 from ntkdyn import algorithms, graphs
-from ntkdyn import spectrum as stab
-from ntkdyn.predict import predict_from_kernels
-from ntkdyn.problem import make_problem
-from ntkdyn.steady_state import fixed_point
+from ntkdyn.dynamics import stability as stab
+from ntkdyn.dynamics.problem import make_problem
+from ntkdyn.dynamics.steady_state import fixed_point
+from ntkdyn.prediction import predict_from_kernels
 
 NEW = {
     "p2pl": algorithms.p2pl(3, 1),
@@ -158,7 +158,7 @@ def test_check_recommends_only_rates_inside_the_stable_set():
     """Issue 16: `check` sweeps fractions of lr*; where the stable set does not start at 0
     (momentum on the 3-cycle: about [1.85, 6.62]) the rates below it are unstable even when
     their (short) prediction looks "ok", and with no stable rate nothing is recommended."""
-    from ntkdyn.check import SAFETY, SWEEP_FRACTIONS, _recommend
+    from ntkdyn.preflight import SAFETY, SWEEP_FRACTIONS, _recommend
 
     prob = make_problem(np.eye(6), np.ones((6, 1)), np.arange(6) % 3,
                         np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]]))
@@ -178,10 +178,10 @@ def test_check_with_the_empirical_kernel_judges_with_the_full_kernel():
     """Issue 12 item 3: with kernel = "empirical" the verdict used the traced kernel, whose
     lr* exceeds the full kernel's (the one the linearised network follows): 0.810 vs 0.728
     here at width 64.  The report's lr* is now the full kernel's (rel 1e-8)."""
-    from ntkdyn.check import check
-    from ntkdyn.config import config_from_dict
-    from ntkdyn.experiment import from_config
-    from ntkdyn.pipeline import build_problem
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.config.schema import config_from_dict
+    from ntkdyn.prediction import build_problem
+    from ntkdyn.preflight import check
 
     cfg = config_from_dict({
         "seed": 1, "data": {"source": "digits", "classes": [0, 1, 2], "n_train": 48,

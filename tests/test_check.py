@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import ntkdyn
-from ntkdyn.check import check
 from ntkdyn.cli import main
-from ntkdyn.config import config_from_dict
+from ntkdyn.config.schema import config_from_dict
+from ntkdyn.preflight import check
 
 SCHEMA = json.loads((Path(ntkdyn.__file__).parent / "schemas" / "check.schema.json").read_text())
 
@@ -102,7 +102,7 @@ def test_float32_sweep_agrees_with_the_float64_prediction(lr_stars, monkeypatch)
     numbers stay within 1e-5 relative of the float64 prediction (``ntkdyn predict``)."""
     import sys
 
-    check_mod = sys.modules["ntkdyn.check"]  # ``ntkdyn.check`` is the function (issue 13)
+    check_mod = sys.modules["ntkdyn.preflight"]  # ``ntkdyn.preflight`` is the function (issue 13)
     cfg = _cfg(training={"lr": 0.5 * lr_stars["dgd"]})
     assert check_mod.SWEEP_DTYPE == "float32"
     fast = check(cfg)
@@ -177,8 +177,8 @@ def test_memory_estimate_beyond_machine_exit_2(tmp_path, capsys, monkeypatch):
 
 def test_measure_edge_bracket_is_confirmed_by_rerun(lr_stars, tmp_path):
     """--measure-edge: a converged and a non-converged rate; re-running both agrees."""
-    from ntkdyn.edge import trial
-    from ntkdyn.experiment import from_config
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.validation.edge import trial
 
     cfg = _cfg(training={"lr": 0.5 * (lr_stars["dgd"] + lr_stars["atc"])})
     rep = check(cfg, measure_edge=True, edge_steps=150, edge_bisections=2,

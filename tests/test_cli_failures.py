@@ -64,12 +64,12 @@ def test_version(capsys):
 @pytest.mark.parametrize("where", ["file", "under_file"])
 def test_out_that_cannot_be_a_folder_is_refused_before_computing(tmp_path, capsys,
                                                                  monkeypatch, command, where):
-    import ntkdyn.experiment
+    import ntkdyn.config.experiment
 
     def no_compute(*args, **kwargs):
         raise AssertionError("computed before checking --out")
 
-    monkeypatch.setattr(ntkdyn.experiment, "build_data", no_compute)
+    monkeypatch.setattr(ntkdyn.config.experiment, "build_data", no_compute)
     blocker = tmp_path / "taken"
     blocker.write_text("keep me")
     out = blocker if where == "file" else blocker / "sub" / "out"
@@ -155,12 +155,12 @@ def test_garbage_cifar_batch_exit_2_names_the_file(tmp_path, capsys):
 
 # ----------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_in_predict_exit_130_without_traceback(tmp_path, capsys, monkeypatch):
-    import ntkdyn.pipeline
+    import ntkdyn.prediction
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ntkdyn.pipeline, "predict", interrupt)
+    monkeypatch.setattr(ntkdyn.prediction, "predict", interrupt)
     out = tmp_path / "out"
     assert main(["predict", str(_config(tmp_path)), "--out", str(out), "--quiet"]) == 130
     line = _error_line(capsys)
@@ -169,7 +169,7 @@ def test_ctrl_c_in_predict_exit_130_without_traceback(tmp_path, capsys, monkeypa
 
 
 def test_ctrl_c_in_check_exit_130(tmp_path, capsys, monkeypatch):
-    check_module = importlib.import_module("ntkdyn.check")  # ntkdyn.check is the function
+    check_module = importlib.import_module("ntkdyn.preflight")  # ntkdyn.preflight is the function
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -184,7 +184,7 @@ def test_ctrl_c_in_validate_checkpoints_and_says_resume(tmp_path, capsys, monkey
     the first chunk is checkpointed at the interrupt and --resume continues from it, to the
     same result as an uninterrupted run."""
     import ntkdyn as nd
-    import ntkdyn.train as train_mod
+    import ntkdyn.training.trainer as train_mod
 
     cfg = _config(tmp_path, TINY.replace("steps = 40", "steps = 120"))
     args = ["validate", str(cfg), "--quiet", "--kernels", "analytic", "--no-linearised"]
@@ -220,7 +220,7 @@ def test_real_ctrl_c_in_validate_finishes_the_chunk_and_checkpoints_it(tmp_path,
     run finishes that chunk, checkpoints it (step 190, not the 30 s schedule) and stops;
     --resume then gives the uninterrupted result bit for bit."""
     import ntkdyn as nd
-    import ntkdyn.train as train_mod
+    import ntkdyn.training.trainer as train_mod
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT handler replaced by the test runner")

@@ -13,9 +13,9 @@ import pytest
 
 import ntkdyn
 from ntkdyn import Trajectory
-from ntkdyn.check import check
 from ntkdyn.cli import main
-from ntkdyn.config import ConfigError, config_from_dict
+from ntkdyn.config.schema import ConfigError, config_from_dict
+from ntkdyn.preflight import check
 from ntkdyn.trajectory import GossipTrajectory
 
 SCHEMA = json.loads((Path(ntkdyn.__file__).parent / "schemas" / "check.schema.json").read_text())
@@ -154,8 +154,8 @@ def test_one_list_of_algorithm_names():
     ``get_algorithm`` accept the same names (``ntkdyn.algorithms.NAMES``), and a configured
     name with its options becomes the same cached object ``get_algorithm`` gives."""
     from ntkdyn import algorithms
-    from ntkdyn.config import CHOICES
-    from ntkdyn.experiment import algorithm_of
+    from ntkdyn.config.experiment import algorithm_of
+    from ntkdyn.config.schema import CHOICES
 
     assert tuple(CHOICES["training.algorithm"]) == algorithms.NAMES
     assert SCHEMA["properties"]["algorithm"]["enum"] == \

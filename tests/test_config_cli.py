@@ -8,7 +8,7 @@ from conftest import TINY_TOML as TINY
 
 from ntkdyn import Trajectory
 from ntkdyn.cli import main
-from ntkdyn.config import ConfigError, config_from_dict, load_config
+from ntkdyn.config.schema import ConfigError, config_from_dict, load_config
 
 
 def test_default_example_parses():
@@ -157,8 +157,8 @@ def test_cross_entropy_with_centred_targets_is_refused_naming_the_key():
 
 
 def test_loss_keys_parse_and_logit_scale_is_listed_only_with_cross_entropy():
-    from ntkdyn.config import applicable
-    from ntkdyn.experiment import loss_of
+    from ntkdyn.config.experiment import loss_of
+    from ntkdyn.config.schema import applicable
 
     mse = config_from_dict({})
     assert mse.training.loss == "mse" and loss_of(mse) == {"loss": "mse"}

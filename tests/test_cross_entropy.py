@@ -20,9 +20,11 @@ from conftest import make_linearised_net, rel_err
 from test_nt_golden_dynamics import GOLDEN, _ce_inputs, _ce_steps
 
 import ntkdyn as nd
-from ntkdyn import algorithms, graphs, spectrum
-from ntkdyn.predict import cross_entropy_bound, predict_from_kernels
-from ntkdyn.problem import make_problem
+from ntkdyn import algorithms, graphs
+from ntkdyn.dynamics import stability as spectrum
+from ntkdyn.dynamics.problem import make_problem
+from ntkdyn.dynamics.run import cross_entropy_bound
+from ntkdyn.prediction import predict_from_kernels
 
 TOL = 1e-8
 RING = graphs.mixing(graphs.topology("ring", 4))
@@ -276,7 +278,7 @@ def test_invalid_inputs(cenet):
         nd.fixed_point(p, "dgd", 0.3)
     with pytest.raises(ValueError, match="loss: the exact stability report is for loss='mse'"):
         nd.stability(p, "dgd", 0.3)
-    from ntkdyn import solver
+    from ntkdyn.dynamics import solver
     with pytest.raises(ValueError, match="reference: 'eigen' is for loss='mse' only"):
         solver.evolve(p, algorithms.get_algorithm("dgd"), np.full((1, 4), 0.3), np.arange(3),
                       reference="eigen")

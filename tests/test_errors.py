@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ntkdyn as nd
-from ntkdyn.memory import ProblemTooLargeError
+from ntkdyn._utils.memory import ProblemTooLargeError
 
 
 def _args(n=12, q=3, k=2):

@@ -14,7 +14,7 @@ from conftest import rel_err
 from ntkdyn import graphs
 from ntkdyn.initialisation import expected_squared_loss, output_distribution
 from ntkdyn.kernels.analytic import analytic_kernels
-from ntkdyn.predict import predict_from_kernels
+from ntkdyn.prediction import predict_from_kernels
 
 GOLDEN = Path(__file__).parent / "data" / "nt_golden_dynamics.npz"
 

@@ -144,7 +144,7 @@ def test_ntk_memory_bytes():
 
 
 def test_output_larger_than_memory_is_refused(monkeypatch):
-    from ntkdyn.memory import ProblemTooLargeError
+    from ntkdyn._utils.memory import ProblemTooLargeError
 
     monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "1KB")
     params = NT_MODEL.init(jax.random.PRNGKey(0), 5)

@@ -7,7 +7,8 @@ import pytest
 from conftest import TINY_TOML
 
 import ntkdyn as nd
-from ntkdyn import lowrank, memory
+from ntkdyn import lowrank
+from ntkdyn._utils import memory
 from ntkdyn.kernels import analytic_ntk
 
 FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist", "consensus_dist",
@@ -265,7 +266,7 @@ def test_too_large_exact_path_proposes_a_rank_that_fits(monkeypatch):
     under the same memory limit."""
     import re
 
-    from ntkdyn import pipeline
+    from ntkdyn import prediction as pipeline
 
     data = nd.data.digits(n_train=600, n_test=200, seed=0)
     parts = nd.data.partition(data, agents=4, seed=0)
@@ -304,7 +305,7 @@ def test_too_large_exact_path_proposes_a_rank_that_fits(monkeypatch):
     ({"rank": 10_000}, "prediction.rank: expected at most data.n_train"),
 ])
 def test_config_rank_errors_name_the_key(prediction, needle):
-    from ntkdyn.config import ConfigError, config_from_dict
+    from ntkdyn.config.schema import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError) as err:
         config_from_dict({"prediction": prediction})
@@ -312,7 +313,7 @@ def test_config_rank_errors_name_the_key(prediction, needle):
 
 
 def test_config_rank_with_gossip_or_flow_is_refused():
-    from ntkdyn.config import ConfigError, config_from_dict
+    from ntkdyn.config.schema import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match="prediction.rank: .*static mixing"):
         config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})

@@ -1,8 +1,8 @@
 """Memory estimates against the measured peak of a fresh process (issue 12, item 5).
 
-The estimate (:func:`ntkdyn.pipeline.prediction_estimate`) is of the *growth* of the
+The estimate (:func:`ntkdyn.prediction.prediction_estimate`) is of the *growth* of the
 resident set: ``VmHWM`` at the end minus ``VmRSS`` just before ``nd.predict`` (the
-interpreter, jax and the data are subtracted, as :func:`ntkdyn.memory.ensure_fits`
+interpreter, jax and the data are subtracted, as :func:`ntkdyn._utils.memory.ensure_fits`
 compares with ``MemAvailable``, which excludes them).
 """
 
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import ntkdyn as nd
-from ntkdyn import memory, pipeline
+from ntkdyn import prediction as pipeline
+from ntkdyn._utils import memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ import json, re, sys
 def st(key):
     return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
 import ntkdyn as nd
-from ntkdyn import pipeline
+from ntkdyn import prediction as pipeline
 n, kernel, width = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 m, q, k, d = 200, 4, 10, 16
 data = nd.data.synthetic(n_train=n, n_test=m, dim=d, classes=k, seed=0)
@@ -128,7 +129,7 @@ record_every = 5
 
 def test_validate_refuses_before_training(tmp_path, monkeypatch, capsys):
     """200,000 samples: ``validate`` refuses with what would fit, without training."""
-    import ntkdyn.harness as harness
+    import ntkdyn.validation.harness as harness
     from ntkdyn.cli import main
 
     def no_training(*a, **k):  # pragma: no cover - reached only if the check is missing

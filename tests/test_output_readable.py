@@ -12,7 +12,7 @@ from conftest import TINY_TOML as TINY
 
 import ntkdyn as nd
 from ntkdyn.cli import main
-from ntkdyn.config import applicable, config_from_dict
+from ntkdyn.config.schema import applicable, config_from_dict
 from ntkdyn.plotting import plot_trajectory
 
 
@@ -23,7 +23,7 @@ from ntkdyn.plotting import plot_trajectory
 ])
 def test_check_tables_never_print_negative_zero(value, spec, shown):
     """lambda_min of the complete graph's mixing matrix is -1e-17: it printed -0.000."""
-    check_module = importlib.import_module("ntkdyn.check")
+    check_module = importlib.import_module("ntkdyn.preflight")
     assert check_module._fmt(value, spec) == shown
 
 

@@ -14,8 +14,8 @@ SCRIPT = textwrap.dedent(r'''
 import json, sys
 import numpy as np, jax
 import ntkdyn as nd
-from ntkdyn import sharding
-from ntkdyn.predict import predict_from_kernels
+from ntkdyn.dynamics import sharding
+from ntkdyn.prediction import predict_from_kernels
 
 assert len(jax.devices()) == 4, jax.devices()
 out = {}
@@ -85,7 +85,7 @@ def test_too_large_for_the_devices_says_what_would_fit(monkeypatch):
     import numpy as np
 
     import ntkdyn as nd
-    from ntkdyn.memory import ProblemTooLargeError
+    from ntkdyn._utils.memory import ProblemTooLargeError
 
     monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "100KB")
     rng = np.random.default_rng(0)

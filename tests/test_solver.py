@@ -1,12 +1,14 @@
 """Kernel-space solver against brute-force training of the linearised network."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import brute_force, make_linearised_net, rel_err
 
 import ntkdyn as nd
 from ntkdyn import graphs
-from ntkdyn.predict import predict_from_kernels, sweep_from_kernels
+from ntkdyn.prediction import predict_from_kernels, sweep_from_kernels
 
 TOL = 1e-8  # the issue's bound; observed agreement is ~1e-14
 
@@ -187,11 +189,17 @@ def test_import_ntkdyn_defers_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert not [m for m in out if m in heavy or m.startswith(("scipy.stats", "scipy.optimize"))]
-    # the public names still resolve (lazily), and the functions win over same-named modules
-    import ntkdyn.check
-    import ntkdyn.predict  # noqa: F401
+    # the public names still resolve (lazily); no public function shares its name with a
+    # module, so importing the defining modules cannot rebind nd.predict / nd.check
+    import ntkdyn.prediction  # noqa: F401
+    import ntkdyn.preflight  # noqa: F401
     assert callable(nd.predict) and callable(nd.check)
-    assert nd.predict.__module__ == "ntkdyn.pipeline" and nd.check.__module__ == "ntkdyn.check"
+    root = Path(nd.__file__).parent
+    for name in nd.__all__:
+        if callable(getattr(nd, name)) and not isinstance(getattr(nd, name), type):
+            assert not (root / f"{name}.py").exists() and not (root / name).is_dir(), name
+    assert nd.predict.__module__ == "ntkdyn.prediction"
+    assert nd.check.__module__ == "ntkdyn.preflight"
     for name in nd.__all__:
         assert getattr(nd, name) is not None
 
@@ -199,7 +207,7 @@ def test_import_ntkdyn_defers_heavy_modules():
 def test_binomial_pmf_matches_scipy():
     import scipy.stats
 
-    from ntkdyn.gossip import _binom_pmf
+    from ntkdyn.graphs.sequences import _binom_pmf
 
     for n in range(12):
         for p in (0.0, 0.3, 0.5, 1.0):
@@ -231,7 +239,7 @@ def _reference_problems(net):
 def test_eigenbasis_reference_equals_carried_reference(net, algorithm):
     """The centralised reference run diagonally in the eigenbasis of D^1/2 Theta D^1/2 gives
     every recorded quantity of the carried reference to 1e-10 (relative)."""
-    from ntkdyn import solver
+    from ntkdyn.dynamics import solver
 
     continuous = algorithm == "flow"
     algo = nd.algorithms.get_algorithm("dgd" if continuous else algorithm)
@@ -249,7 +257,7 @@ def test_eigenbasis_reference_equals_carried_reference(net, algorithm):
 
 
 def test_eigenbasis_reference_with_random_gossip(net):
-    from ntkdyn import solver
+    from ntkdyn.dynamics import solver
 
     problem = nd.make_problem(net.kernel_full, net.y, net.agent,
                               graphs.random_edges(graphs.topology("ring", 4), p=0.5, seed=3),
@@ -264,7 +272,7 @@ def test_eigenbasis_reference_with_random_gossip(net):
 
 
 def test_reference_argument_is_checked(net):
-    from ntkdyn import solver
+    from ntkdyn.dynamics import solver
 
     problem = _reference_problems(net)["full"]
     with pytest.raises(ValueError, match="reference: expected"):
@@ -275,7 +283,7 @@ def test_reference_argument_is_checked(net):
 def test_divergence_checked_in_blocks_equals_checked_every_step(net, monkeypatch):
     """Checking the bound once per CHECK_BLOCK steps (replaying a block that ends outside it)
     gives the same records, flags and diverged_at as a check after every step."""
-    from ntkdyn import solver
+    from ntkdyn.dynamics import solver
 
     problem = _reference_problems(net)["full"]
     lrs = np.array([[0.3] * 4, [8.0] * 4, [50.0] * 4, [2.0] * 4])  # some rates diverge

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntkdyn import algorithms, graphs
-from ntkdyn import spectrum as stab
-from ntkdyn.predict import predict_from_kernels
-from ntkdyn.problem import make_problem
+from ntkdyn.dynamics import stability as stab
+from ntkdyn.dynamics.problem import make_problem
+from ntkdyn.prediction import predict_from_kernels
 
 
 def _kernel(n=32, d=5, seed=1, scale=1.0):

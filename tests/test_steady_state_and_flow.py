@@ -8,9 +8,9 @@ import pytest
 from conftest import rel_err
 
 from ntkdyn import graphs
-from ntkdyn.predict import predict_from_kernels
-from ntkdyn.problem import make_problem
-from ntkdyn.steady_state import fixed_point
+from ntkdyn.dynamics.problem import make_problem
+from ntkdyn.dynamics.steady_state import fixed_point
+from ntkdyn.prediction import predict_from_kernels
 
 GOLDEN = Path(__file__).parent / "data" / "nt_golden.npz"
 
@@ -168,8 +168,8 @@ def test_interpolating_fixed_point_shortcut_equals_the_full_solve(algorithm):
     """Positive definite kernel: the consensual interpolant (one least-squares solve) is the
     fixed point the full Q R system gives, to 1e-9; per-agent rates and a random-gossip E[W]
     change nothing."""
-    from ntkdyn import steady_state
     from ntkdyn.algorithms import get_algorithm
+    from ntkdyn.dynamics import steady_state
 
     kern, y = _data(ridge=0.2)
     agent = np.arange(len(y)) % 4

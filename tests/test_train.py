@@ -1,4 +1,4 @@
-"""The training harness (ntkdyn.train) against the core's predictions and a plain loop.
+"""The training harness (ntkdyn.training.trainer) against the core's predictions and a plain loop.
 
 Tolerances: float64 exactness checks (linearised training vs full empirical
 kernel; vmapped vs loop) at relative 1e-8 / 1e-10 of each metric's largest
@@ -15,13 +15,11 @@ import pytest
 from conftest import interrupt_after_checkpoints
 
 import ntkdyn as nd
-from ntkdyn.agreement import compare
-from ntkdyn.train import train
+from ntkdyn.training.trainer import train
+from ntkdyn.validation.agreement import compare
 
-METRICS = ("train_loss", "test_loss", "local_loss", "objective", "train_acc", "test_acc",
-           "param_dist", "consensus_dist", "central_dist", "central_train_loss",
-           "central_test_loss", "central_param_dist", "mean_model_train_loss",
-           "mean_model_test_loss", "train_outputs", "test_outputs")
+#: every metric a Trajectory defines (one place: ``ntkdyn.trajectory.METRICS``) and the outputs
+METRICS = nd.trajectory.METRICS + ("train_outputs", "test_outputs")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,8 @@ def test_linearised_training_equals_full_empirical_kernel_prediction(parts4, rin
     assert obs.status == pred.status == "ok"
     np.testing.assert_array_equal(obs.steps, pred.steps)
     dist_scale = np.max(pred.param_dist)
-    for m in METRICS:
+    for m in METRICS:  # every metric is recorded by both engines, and they agree
+        assert getattr(obs, m) is not None and getattr(pred, m) is not None, m
         scale = dist_scale if m.endswith("_dist") else None  # distances that are ~0 (ATC)
         assert _rel(getattr(obs, m), getattr(pred, m), scale) <= 1e-8, m
     assert obs.param_dist[-1].min() > 0.1  # it did move

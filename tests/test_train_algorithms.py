@@ -14,8 +14,9 @@ import pytest
 from conftest import interrupt_after_checkpoints
 
 import ntkdyn as nd
-from ntkdyn import agreement, algorithms
-from ntkdyn.train import train
+from ntkdyn import algorithms
+from ntkdyn.training.trainer import train
+from ntkdyn.validation import agreement
 
 METRICS = ("train_loss", "test_loss", "local_loss", "objective", "train_acc", "test_acc",
            "param_dist", "consensus_dist", "central_dist", "central_train_loss",

@@ -11,6 +11,8 @@ from conftest import interrupt_after_checkpoints
 
 import ntkdyn as nd
 from ntkdyn.cli import main
+from ntkdyn.dynamics import stability
+from ntkdyn.validation import agreement
 
 TINY = """
 seed = 0
@@ -74,13 +76,13 @@ def test_validate_writes_trajectories_report_and_overlays(tmp_path, capsys):
 
 def test_interrupted_run_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     """Test 4: --resume continues from the checkpoint; final result bit for bit the same."""
-    import ntkdyn.harness
+    import ntkdyn.validation.harness
 
     cfg = _config(tmp_path, TINY.replace("steps = 60", "steps = 120"))
     args = ["validate", str(cfg), "--quiet", "--kernels", "analytic", "--no-linearised"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
 
-    monkeypatch.setattr(ntkdyn.harness, "CHECKPOINT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(ntkdyn.validation.harness, "CHECKPOINT_INTERVAL_S", 0.0)
     interrupt_after_checkpoints(monkeypatch, 1)  # Ctrl-C after the first finished chunk
     out = tmp_path / "resumed"
     assert main(args + ["--out", str(out)]) == 130  # Ctrl-C: exit 130, no traceback
@@ -112,7 +114,7 @@ def test_unstable_configuration_reports_divergence(tmp_path, capsys):
     for f in out.glob("*.npz"):
         assert _finite(f), f
     assert (out / "overlay_analytic.png").stat().st_size > 20_000
-    from ntkdyn.overlay import overlay_figure
+    from ntkdyn.validation.overlay import overlay_figure
 
     pred = nd.Trajectory.load(out / "predicted_analytic.npz")
     fig = overlay_figure(pred, obs, None, "t", observed_label="nonlinear network")
@@ -177,14 +179,14 @@ def test_agreement_is_pointwise_and_reports_the_horizon():
     steps = np.arange(0, 201, 20)
     decay = (np.exp(-steps / 30) - np.exp(-200 / 30)) / (1 - np.exp(-200 / 30))  # 1 -> 0
     obs, pred = 0.944 + (10 - 0.944) * decay, 1.333 + (10 - 1.333) * decay
-    comp = nd.agreement.compare(_traj(steps, pred), _traj(steps, obs))
+    comp = agreement.compare(_traj(steps, pred), _traj(steps, obs))
     m = comp["metrics"]["test_loss"]
     assert m["mean_max_gap_over_max_obs"] == pytest.approx(0.389 / 10, rel=5e-3)  # 3.9 %
     assert m["mean_at_horizon"] == pytest.approx(0.389 / 0.944, rel=1e-9)          # 41.2 %
     assert m["mean"] == pytest.approx(m["mean_at_horizon"])  # worst at the end here
     assert m["mean_worst_step"] == 200
     assert m["max_agent"] == pytest.approx(m["mean"]) and m["max_agent_at_horizon"] > 0.41
-    text = nd.agreement.report_text({"nonlinear vs analytic": comp})
+    text = agreement.report_text({"nonlinear vs analytic": comp})
     assert "41.2%" in text and "3.89%" in text and "at horizon" in text
     assert "max_t |pred_t - obs_t| / max(|obs_t|, floor)" in comp["definition"]
 
@@ -193,12 +195,12 @@ def test_agreement_floor_only_where_the_observed_value_is_about_zero():
     steps = np.arange(5.0)
     obs = np.array([1.0, 0.5, 0.1, 1e-5, 0.0])
     pred = np.array([1.0, 0.5, 0.11, 2e-5, 1e-5])
-    m = nd.agreement.compare(_traj(steps, pred), _traj(steps, obs))["metrics"]["test_loss"]
+    m = agreement.compare(_traj(steps, pred), _traj(steps, obs))["metrics"]["test_loss"]
     assert m["floor"] == pytest.approx(1e-3)       # VALUE_FLOOR x max |obs|
     assert m["mean"] == pytest.approx(0.1)         # 0.01 / 0.1 at step 2; 1e-5 / 1e-3 below
     assert m["mean_at_horizon"] == pytest.approx(1e-2)
     # distances: zero at step 0 in both (0 / floor = 0, not nan)
-    d = nd.agreement.compare(_traj(steps, obs), _traj(steps, obs))["metrics"]["param_dist"]
+    d = agreement.compare(_traj(steps, obs), _traj(steps, obs))["metrics"]["param_dist"]
     assert d["mean"] == 0.0 and d["floor"] == pytest.approx(1e-6)
 
 
@@ -212,20 +214,20 @@ def test_growth_flags_a_blow_up_whatever_its_size():
     blow = np.where(steps <= 40, 16 * np.exp(-steps / 17.4), 1.6 * rho ** (steps - 40))
     traj = _traj(steps, blow, param_dist=np.sqrt(blow))
     assert traj.status == "ok"  # what validate reported before
-    hit = nd.agreement.growth(traj)
+    hit = agreement.growth(traj)
     assert hit is not None and hit["metric"] in ("train_loss", "test_loss")
-    flagged = nd.agreement.with_growth_status(traj)
+    flagged = agreement.with_growth_status(traj)
     assert flagged.status == "diverged" and 40 < flagged.diverged_at <= 70
     assert "still growing" in flagged.metadata["blow_up"]
-    assert "diverged at step" in nd.agreement.status_line("prediction", flagged)
+    assert "diverged at step" in agreement.status_line("prediction", flagged)
     # stable shapes: falling loss that rises a little at the end (overfitting),
     # saturating distance, linearly growing distance
     loss = 16 * np.exp(-steps / 20) + 0.9 + 0.002 * steps
     for dist in (1 - np.exp(-steps / 30), 0.01 * steps):
-        assert nd.agreement.growth(_traj(steps, loss, param_dist=dist)) is None
+        assert agreement.growth(_traj(steps, loss, param_dist=dist)) is None
     # a distance that grows geometrically while the loss looks fine
     geo = 1e-3 * 1.2 ** steps.astype(float)
-    hit = nd.agreement.growth(_traj(steps, loss, param_dist=geo))
+    hit = agreement.growth(_traj(steps, loss, param_dist=geo))
     assert hit is not None and hit["metric"] == "param_dist"
 
 
@@ -284,7 +286,7 @@ def test_blow_up_is_not_ok_and_left_out_of_the_width_fit(tmp_path):
 # --------------------------------------------------------------------------- overlay figures
 def test_algorithm_titles_are_readable():
     from ntkdyn import algorithms
-    from ntkdyn.overlay import algorithm_title
+    from ntkdyn.validation.overlay import algorithm_title
 
     assert algorithm_title(algorithms.p2pl(5, 2)) == "P2PL (5 local steps, 2 combines)"
     assert algorithm_title(algorithms.p2pl(5, 1)) == "P2PL (5 local steps, 1 combine)"
@@ -292,7 +294,7 @@ def test_algorithm_titles_are_readable():
     assert algorithm_title(algorithms.get_algorithm("gradient_tracking")) == "gradient tracking"
     cfg = nd.config.load_config(_config(tmp_path=_tmp_dir(), text=TINY.replace(
         'algorithm = "atc"', 'algorithm = "p2pl"\nlocal_steps = 5\nconsensus_steps = 2')))
-    from ntkdyn.harness import _describe_run
+    from ntkdyn.validation.harness import _describe_run
 
     assert _describe_run(cfg).startswith("P2PL (5 local steps, 2 combines) on path")
 
@@ -308,13 +310,13 @@ def test_overlay_title_fits_says_which_reference_and_has_no_offset_panels():
     """Issue 12 (plots): one line per item, not wrapped, inside the figure; the centralised
     reference says whether it is predicted or observed; on an unstable run no linear panel
     has an offset (x1e7) and the distance panel goes to a log scale."""
-    from ntkdyn.overlay import overlay_figure
+    from ntkdyn.validation.overlay import overlay_figure
 
     steps = np.arange(0, 101, 10)
     grow = np.where(steps <= 40, 16 * np.exp(-steps / 17.4), 1.6 * 1.3 ** (steps - 40.0))
     pred = _traj(steps, grow, param_dist=np.sqrt(grow) + 1e7 * (steps > 80))
     obs = _traj(steps, 16 * np.exp(-steps / 20) + 1, param_dist=1 - np.exp(-steps / 30))
-    pred = dataclasses.replace(nd.agreement.with_growth_status(pred),
+    pred = dataclasses.replace(agreement.with_growth_status(pred),
                                central_param_dist=np.linspace(0, 1, len(steps)))
     obs = dataclasses.replace(obs, central_param_dist=np.linspace(0, 0.9, len(steps)))
     title = ("P2PL (5 local steps, 2 combines) on ring, random gossip (edges, p=0.5, "
@@ -344,17 +346,17 @@ def test_stability_verdict_paths(monkeypatch):
     (stable None; the status then comes from the trajectory) beyond."""
     from test_spectrum import _problem
 
-    import ntkdyn.harness as harness
+    import ntkdyn.validation.harness as harness
     from ntkdyn import algorithms
 
     prob = _problem("ring", n=24)[0]
-    lr_star, _ = nd.spectrum.max_stable_lr(prob, algorithms.EXTRA)
+    lr_star, _ = stability.max_stable_lr(prob, algorithms.EXTRA)
     v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
     assert v["stable"] is False and v["lr_star"] == pytest.approx(lr_star)
     monkeypatch.setattr(nd.spectrum, "DENSE_MAX", 0)  # force the large-operator paths
     v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
     assert v["stable"] is False and "ARPACK" in v["method"]
-    v = harness.stability_verdict(prob, "dgd", 1.02 * nd.spectrum.max_stable_lr(prob, "dgd")[0])
+    v = harness.stability_verdict(prob, "dgd", 1.02 * stability.max_stable_lr(prob, "dgd")[0])
     assert v["stable"] is False and "crossing" in v["method"]
     monkeypatch.setattr(harness, "ARPACK_MAX_DIM", 0)
     v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)

@@ -10,7 +10,7 @@ For every ``*.toml`` in the suite folder (topology x algorithm), runs
 figures included, in ``OUT/<name>/``) and prints, per configuration and width,
 the pointwise relative error of the network-mean test loss and parameter
 distance of the nonlinear network against the analytic and the empirical NTK
-predictions (``max_t |pred_t - obs_t| / |obs_t|``, :mod:`ntkdyn.agreement`) with
+predictions (``max_t |pred_t - obs_t| / |obs_t|``, :mod:`ntkdyn.validation.agreement`) with
 the fitted slope against width (over the widths whose statuses are ok; the others
 are listed), then the same error at the horizon and the lenient
 ``max_t |pred - obs| / max_t |obs|`` reported before, and the wall time.

@@ -1,7 +1,7 @@
 """Output folders: check one is writable before computing, write into it atomically.
 
 Used by the command line (``ntkdyn predict | check | validate --out``) and by
-:func:`ntkdyn.harness.validate` when it writes its report.
+:func:`ntkdyn.validation.harness.validate` when it writes its report.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ full kernel of a wide network is approximately ``traced (x) I_K``); a *full*
 kernel is ``(N1 K, N2 K)`` with row index ``i K + k``.
 """
 
-from .analytic import analytic_kernels, analytic_nngp, analytic_ntk
-from .empirical import empirical_ntk, mlp_empirical_ntk, ntk_memory_bytes
+from ntkdyn.kernels.analytic import analytic_kernels, analytic_nngp, analytic_ntk
+from ntkdyn.kernels.empirical import empirical_ntk, mlp_empirical_ntk, ntk_memory_bytes
 
 __all__ = [
     "analytic_kernels",

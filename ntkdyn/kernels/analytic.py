@@ -34,8 +34,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from ..activations import Activation, dual, get_activation
-from ..validation import as_float_array
+from ntkdyn._utils.checks import as_float_array
+from ntkdyn.activations import Activation, dual, get_activation
 
 __all__ = ["analytic_kernels", "analytic_ntk", "analytic_nngp"]
 

@@ -32,7 +32,7 @@ two Gram matrices per layer, no Jacobian.
 
 Both compute in float64 whatever the dtype of ``params``, in blocks of
 ``batch_size`` samples, and check the output's size against the available
-memory (:func:`ntkdyn.memory.ensure_fits`) before allocating it.
+memory (:func:`ntkdyn._utils.memory.ensure_fits`) before allocating it.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..memory import ensure_fits
-from ..validation import as_float_array
+from ntkdyn._utils.checks import as_float_array
+from ntkdyn._utils.memory import ensure_fits
 
 if TYPE_CHECKING:  # annotations only: models sits above kernels (MLP.kernel uses them)
-    from ..models import MLP
+    from ntkdyn.models import MLP
 
 #: what :func:`mlp_empirical_ntk` reads of an :class:`~ntkdyn.models.MLP` (checked by
 #: attribute, so that this module need not import the models above it)

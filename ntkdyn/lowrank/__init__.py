@@ -19,11 +19,10 @@ import warnings
 
 import numpy as np
 
-from ..algorithms import Algorithm, get_algorithm
-from ..trajectory import Trajectory
-from ..validation import learning_rates, steps_array
-from .evolve import error_estimate, error_scale, evolve_bytes, predict_lowrank
-from .factor import (
+from ntkdyn._utils.checks import learning_rates, steps_array
+from ntkdyn.algorithms import Algorithm, get_algorithm
+from ntkdyn.lowrank.evolve import error_estimate, error_scale, evolve_bytes, predict_lowrank
+from ntkdyn.lowrank.factor import (
     METHODS,
     AnalyticColumns,
     KernelColumns,
@@ -36,6 +35,7 @@ from .factor import (
     factorize,
     max_fitting_rank,
 )
+from ntkdyn.trajectory import Trajectory
 
 __all__ = [
     "METHODS", "AnalyticColumns", "KernelColumns", "LowRankFactor", "LowRankTooLargeError",
@@ -111,7 +111,7 @@ def predict(
     if agent_arr.shape != (n,):
         raise ValueError(f"agent: expected shape ({n},) (one agent index per training sample), "
                          f"got {agent_arr.shape}")
-    from ..gossip import is_process
+    from ntkdyn.graphs.sequences import is_process
 
     if is_process(mixing):
         raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "

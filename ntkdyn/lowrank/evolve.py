@@ -13,7 +13,7 @@ and every schedule of :mod:`ntkdyn.algorithms` runs unchanged with these
 :class:`~ntkdyn.algorithms.Operators`.  One step reads ``Phi`` twice (``Phi_q beta_q``,
 then ``Phi_q^T r_q``): ``4 N r K`` flops (twice that with the centralised reference,
 whose columns ride along in the same reads), plus ``2 Q^2 r K`` for the mixing.  For a
-kernel of rank ``<= r`` this *is* the kernel-space recursion of :mod:`ntkdyn.solver`
+kernel of rank ``<= r`` this *is* the kernel-space recursion of :mod:`ntkdyn.dynamics.solver`
 (``beta_q = Phi^T alpha_q`` maps one onto the other exactly).
 
 Recorded quantities (same conventions as :mod:`ntkdyn.trajectory`):
@@ -32,11 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import graphs, memory
-from ..algorithms import Algorithm, Operators, get_algorithm
-from ..trajectory import Trajectory
-from ..validation import as_float_array, check_shape, learning_rates, steps_array
-from .factor import LowRankFactor
+from ntkdyn import graphs
+from ntkdyn._utils import memory
+from ntkdyn._utils.checks import as_float_array, check_shape, learning_rates, steps_array
+from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
+from ntkdyn.lowrank.factor import LowRankFactor
+from ntkdyn.trajectory import Trajectory
 
 EXACT = jax.lax.Precision.HIGHEST
 DIVERGENCE_FACTOR = 1e8
@@ -303,7 +304,7 @@ def predict_lowrank(
     (:func:`error_scale`, ``theory/low_rank.md``) of
     ``max_{t, q} ||f_q(t) - f~_q(t)||_2 / ||f_0 - Y||_F`` on the training outputs.
     """
-    from ..gossip import is_process
+    from ntkdyn.graphs.sequences import is_process
 
     algo = get_algorithm(algorithm)
     phi = np.asarray(factor.phi, dtype=np.float64)

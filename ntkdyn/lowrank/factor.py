@@ -51,8 +51,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .. import memory
-from ..validation import as_float_array
+from ntkdyn._utils import memory
+from ntkdyn._utils.checks import as_float_array
 
 METHODS = ("rpcholesky", "greedy", "uniform")
 #: a residual direction is kept when its pivot exceeds this times the largest diagonal entry
@@ -154,8 +154,8 @@ class AnalyticColumns:
     def _diagonal(self) -> np.ndarray:
         r"""``Theta(x, x)`` by the recursion on the variances alone, O(N d):
         ``Theta^0 = K^0``, ``Theta^l = K^l + W_std^2 E[phi'(u)^2] Theta^(l-1)``."""
-        from ..activations import dual
-        from ..kernels.analytic import resolve_activation
+        from ntkdyn.activations import dual
+        from ntkdyn.kernels.analytic import resolve_activation
 
         act = resolve_activation(self.activation)
         w2, b2 = float(self.W_std) ** 2, float(self.b_std) ** 2
@@ -172,7 +172,7 @@ class AnalyticColumns:
         """``Theta[:, idx]``; the entries ``(idx_j, j)`` are set to :meth:`diagonal`, as
         :func:`~ntkdyn.kernels.analytic_kernels` does for a symmetric kernel (the arc-cosine
         angle is ill-conditioned at correlation 1: ~1e-8 otherwise)."""
-        from ..kernels.analytic import analytic_ntk
+        from ntkdyn.kernels.analytic import analytic_ntk
 
         idx = np.asarray(idx)
         cols = analytic_ntk(self.x, self.x[idx], **self._kw())
@@ -180,7 +180,7 @@ class AnalyticColumns:
         return cols
 
     def test_columns(self, idx):
-        from ..kernels.analytic import analytic_ntk
+        from ntkdyn.kernels.analytic import analytic_ntk
 
         return analytic_ntk(self.x_test, self.x[idx], **self._kw())
 

@@ -29,7 +29,7 @@ binomial sums over the active degrees for :class:`RandomEdges`,
 state, so their mean is exact too; losses and distances are not (mean of the
 loss = loss of the mean output + its variance), which is why the prediction
 for random gossip is a distribution over sampled sequences
-(:func:`ntkdyn.predict.run_problem` with ``samples``).
+(:func:`ntkdyn.dynamics.run.run_problem` with ``samples``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .topologies import as_graph, check_mixing, mixing
+from ntkdyn.graphs.topology import as_graph, check_mixing, mixing
 
 
 class MixingProcess:

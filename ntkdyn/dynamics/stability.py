@@ -47,10 +47,10 @@ import scipy.linalg
 import scipy.optimize
 import scipy.sparse.linalg as spla
 
-from . import graphs
-from .algorithms import GD, Algorithm, MixingFacts, Operators, get_algorithm
-from .problem import KernelProblem
-from .solver import kernel_operators, row_blocks
+from ntkdyn import graphs
+from ntkdyn.algorithms import GD, Algorithm, MixingFacts, Operators, get_algorithm
+from ntkdyn.dynamics.problem import KernelProblem
+from ntkdyn.dynamics.solver import kernel_operators, row_blocks
 
 RHO_TOL = 1e-9
 DENSE_MAX = 1500
@@ -172,7 +172,7 @@ def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarr
                  blocks, project: bool = True):
     """``(x, s) -> A(s) x`` (compiled once per shape and algorithm) on states ``(Q, R, C)``
     for single-state schedules, stacked ``(B, Q, R, C)`` for augmented ones; ``blocks``
-    are the kernel's row blocks on the device (:func:`~ntkdyn.solver.row_blocks`)."""
+    are the kernel's row blocks on the device (:func:`~ntkdyn.dynamics.solver.row_blocks`)."""
     mixings, _ = _step_mixings(problem, algorithm)
     mixings = jnp.asarray(mixings)
     prof = jnp.asarray(profile, dtype=jnp.float64)
@@ -609,7 +609,7 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> Stabili
     sign of ``margin`` always agrees with ``stable`` (``-inf``: no stable rate).  The name
     is resolved once and one operator is built for the whole report.
     """
-    from .validation import learning_rates
+    from ntkdyn._utils.checks import learning_rates
 
     algo = get_algorithm(algorithm)
     lrs = learning_rates(lr, problem.num_agents)

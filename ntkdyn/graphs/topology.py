@@ -16,7 +16,7 @@ eta * max_q lambda_max(Theta_qq) / N_q < 1 + lambda_min(W).
 All matrices are float64 numpy arrays; node i of a graph is row i of W.
 
 The sequences of mixing matrices built on these graphs (periodic, random gossip)
-live one layer up in :mod:`ntkdyn.gossip`; :mod:`ntkdyn.graphs` offers both.
+live one layer up in :mod:`ntkdyn.graphs.sequences`; :mod:`ntkdyn.graphs` offers both.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .._utils.io import check_output, staged_output
+from ntkdyn._utils.io import check_output, staged_output
 
 
 def register(sub) -> None:
@@ -23,10 +23,10 @@ def interrupted(args) -> str:
 
 
 def run(args) -> int:
-    from .. import pipeline
-    from ..config import applicable, load_config
-    from ..experiment import from_config
-    from ..plotting import plot_trajectory
+    from ntkdyn import prediction as pipeline
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.config.schema import applicable, load_config
+    from ntkdyn.plotting import plot_trajectory
 
     cfg = load_config(args.config)
     check_output(args.out)

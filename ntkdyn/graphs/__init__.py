@@ -1,8 +1,8 @@
 """Communication topologies, mixing matrices and mixing sequences: the public face.
 
-The graphs and their mixing matrices are built in :mod:`ntkdyn.topologies`
+The graphs and their mixing matrices are built in :mod:`ntkdyn.graphs.topology`
 (:func:`topology`, :func:`mixing`, spectral quantities); the sequences of mixing
-matrices (periodic schedules, random gossip) in :mod:`ntkdyn.gossip`, which builds
+matrices (periodic schedules, random gossip) in :mod:`ntkdyn.graphs.sequences`, which builds
 on them.  This module re-exports both (``nd.graphs.topology``, ``nd.graphs.mixing``,
 ``nd.graphs.random_edges``, ...); inside ntkdyn, import from the defining module
 (``gossip`` imports ``topologies``, never ``graphs``: no cycle).
@@ -10,8 +10,8 @@ on them.  This module re-exports both (``nd.graphs.topology``, ``nd.graphs.mixin
 
 from __future__ import annotations
 
-from .gossip import one_random_edge, periodic, random_edges
-from .topologies import (
+from ntkdyn.graphs.sequences import one_random_edge, periodic, random_edges
+from ntkdyn.graphs.topology import (
     MIXING_RULES,
     TOPOLOGIES,
     as_graph,

@@ -1,8 +1,16 @@
-"""High-level entry points: architecture + partitioned data + mixing -> prediction.
+"""Every prediction entry point, in one module.
+
+* :func:`predict`, :func:`predict_sweep` — architecture + partitioned data + mixing; the
+  kernel (analytic or empirical) is computed for you.
+* :func:`predict_from_kernels`, :func:`sweep_from_kernels` — arrays in (kernels you
+  computed yourself, e.g. with neural-tangents), :class:`~ntkdyn.trajectory.Trajectory` out.
+* ``*_sweep`` variants — several learning rates sharing every pass over the kernel.
+* :func:`build_problem`, :func:`stability`, :func:`fixed_point` — the kernel-space problem
+  and its analysis.
 
 :func:`build_problem` computes the kernels (analytic infinite-width NTK, or
 the empirical NTK of the finite network at its initialisation) and returns a
-:class:`~ntkdyn.problem.KernelProblem`; :func:`predict` and
+:class:`~ntkdyn.dynamics.problem.KernelProblem`; :func:`predict` and
 :func:`predict_sweep` run it; :func:`stability` and :func:`fixed_point`
 analyse it.  Sizes are checked against the memory available *before* any
 kernel is computed.
@@ -21,20 +29,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import memory
-from .algorithms import Algorithm
-from .data import Partition
-from .kernels.empirical import empirical_ntk, mlp_empirical_ntk
-from .models import MLP, init_params
-from .models import describe as _describe
-from .models import is_stax_triple as _is_stax_triple
-from .predict import run_problem
-from .problem import KernelProblem, make_problem
-from .spectrum import StabilityReport
-from .spectrum import stability as _stability
-from .steady_state import FixedPoint
-from .steady_state import fixed_point as _fixed_point
-from .trajectory import Trajectory, quantity_words
+from ntkdyn._utils import memory
+from ntkdyn.algorithms import Algorithm
+from ntkdyn.data import Partition
+from ntkdyn.dynamics.problem import KernelProblem, make_problem
+from ntkdyn.dynamics.run import run_problem
+from ntkdyn.dynamics.stability import StabilityReport
+from ntkdyn.dynamics.stability import stability as _stability
+from ntkdyn.dynamics.steady_state import FixedPoint
+from ntkdyn.dynamics.steady_state import fixed_point as _fixed_point
+from ntkdyn.kernels.empirical import empirical_ntk, mlp_empirical_ntk
+from ntkdyn.models import MLP, init_params
+from ntkdyn.models import describe as _describe
+from ntkdyn.models import is_stax_triple as _is_stax_triple
+from ntkdyn.trajectory import Trajectory, quantity_words
 
 KERNELS = ("analytic", "empirical")
 
@@ -79,14 +87,14 @@ def prediction_estimate(
     reference: bool = True,
 ) -> int:
     """Estimated peak growth of resident memory of :func:`predict` (bytes; see
-    :func:`ntkdyn.memory.prediction_bytes` for what is counted, and which baseline).
+    :func:`ntkdyn._utils.memory.prediction_bytes` for what is counted, and which baseline).
 
     Adds to the solver's phases the building of the kernels on the path ``kernel`` takes:
     analytic (``3 N^2`` then ``N^2 + 2 M N``), the MLP's Gram-matrix empirical kernel
     or the generic Jacobian one (result, feature batches, block products; ``n_params``
     is needed for a neural-tangents triple), and the forward pass giving ``f_0``.
     """
-    from .kernels.empirical import generic_batch_plan, mlp_batch_plan
+    from ntkdyn.kernels.empirical import generic_batch_plan, mlp_batch_plan
 
     layout_traced = traced or kernel == "analytic"
     if kernel == "analytic":
@@ -119,7 +127,7 @@ def lowrank_rank_that_fits(n_train: int, n_test: int, available: int) -> int:
     """Largest rank of the low-rank path whose factor (read on ``2 r`` landmarks) and
     feature rows fit in ``available`` bytes (:func:`ntkdyn.lowrank.max_fitting_rank`);
     0 when none does."""
-    from .lowrank import max_fitting_rank
+    from ntkdyn.lowrank import max_fitting_rank
 
     reserve = 8 * (n_train + n_test)  # the evolution's copy of the features, per coordinate
     return int(max_fitting_rank(n_train, n_test, available, reserve=reserve) // 2)
@@ -143,7 +151,7 @@ def lowrank_hint(arch: Any, n_train: int, n_test: int, available: int, kernel: s
 def ensure_prediction_fits(arch: Any, n_train: int, n_test: int, dim: int, outputs: int,
                            agents: int, *, what: str = "a prediction",
                            limit: int | None = None, **kw) -> int:
-    """Raise :class:`~ntkdyn.memory.ProblemTooLargeError` (naming the largest number of
+    """Raise :class:`~ntkdyn._utils.memory.ProblemTooLargeError` (naming the largest number of
     training samples that would fit) when :func:`prediction_estimate` exceeds the memory
     available; else return the estimate."""
     need = prediction_estimate(arch, n_train, n_test, dim, outputs, agents, **kw)
@@ -175,6 +183,128 @@ def _resolve_f0(f0: str | None, kernel: str) -> str:
     return f0
 
 
+def predict_from_kernels(
+    kernel_train,
+    y_train,
+    agent,
+    mixing,
+    lr,
+    steps,
+    algorithm: str | Algorithm = "dgd",
+    f0_train=None,
+    kernel_test_train=None,
+    y_test=None,
+    f0_test=None,
+    continuous: bool = False,
+    *,
+    record_outputs: bool = False,
+    progress: bool = False,
+    reference: bool = True,
+    kernel_dtype: str = "float64",
+    devices=None,
+    samples: int | None = None,
+    loss: str = "mse",
+    logit_scale: float = 1.0,
+) -> Trajectory:
+    r"""Predict peer-to-peer training of a linearised network from its kernels.
+
+    Agent ``q`` minimises ``L_q = 1/(2 N_q) sum_{i in q} ||f(x_i) - y_i||^2``
+    (``loss="mse"``) or ``L_q = (1/N_q) sum_{i in q} CE(softmax(s f(x_i)), y_i)``
+    (``loss="cross_entropy"``, ``s = logit_scale``);
+    the network is ``f = f_0 + J (theta - theta_0)`` with NTK
+    ``Theta = J J^T``.  The prediction is exact for that model (to float64
+    round-off) and is computed in kernel space (:mod:`ntkdyn.dynamics.solver`).
+
+    Parameters
+    ----------
+    kernel_train : (N, N) or (N*K, N*K)
+        Training NTK: traced (``Theta_scalar``, the true kernel being
+        ``Theta_scalar (x) I_K``) or full (sample-major, row ``i*K + k``).
+    y_train : (N, K) or (N,)
+        Targets (e.g. one-hot); with ``loss="cross_entropy"`` one-hot rows or integer
+        class labels.
+    agent : (N,) int
+        Agent owning each training sample (any order).
+    mixing : (Q, Q) or MixingProcess
+        Row-stochastic mixing matrix of a connected graph, or a time-varying / random
+        sequence of them (:func:`ntkdyn.graphs.periodic`, :func:`ntkdyn.graphs.random_edges`,
+        :func:`ntkdyn.graphs.one_random_edge`).
+    lr : float or (Q,)
+        Learning rate (per agent if an array), > 0.
+    steps : int, range or sequence
+        Iterations at which to record (``int n`` means ``0..n``); with
+        ``continuous=True``, times (in steps) of the gradient flow.
+    algorithm : "dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "extra",
+        "momentum" or an :class:`~ntkdyn.algorithms.Algorithm` (e.g.
+        ``ntkdyn.algorithms.p2pl(local_steps=5, consensus_steps=2)``)
+    f0_train, f0_test : (N, K), (M, K), optional
+        Outputs at initialisation (default zero: the mean prediction of the
+        infinite-width network).
+    kernel_test_train : (M, N) or (M*K, N*K), optional
+        Test-train kernel, same layout as ``kernel_train``.
+    y_test : (M, K), optional
+    continuous : bool
+        Predict the gradient flow ``d alpha/dt = step(alpha) - alpha``
+        instead of the iteration.
+    record_outputs : bool
+        Also return the outputs of every agent at every record.
+    reference : bool
+        Also run the centralised reference (``central_*`` fields): one ``eigh`` of the
+        kernel, then ``O(N K)`` per step (:mod:`ntkdyn.dynamics.solver`).
+    kernel_dtype : "float64" (default) or "float32"
+        Kernel storage; float32 halves memory and bandwidth, the state stays float64.
+    devices : list of jax devices or a Mesh, optional
+        Shard kernels and state over these devices (same answer as one device).
+    samples : int, optional
+        Random mixing only: sampled sequences (default 64); the result is then a
+        :class:`~ntkdyn.trajectory.GossipTrajectory` (means, quantile bands and the
+        exact mean-state trajectory ``.expected``).
+    loss : "mse" (default) or "cross_entropy"
+        The trained loss; the ``*_loss`` and ``objective`` fields report it.  Cross-entropy
+        runs discrete steps only (``continuous=True`` is refused), its centralised
+        reference is carried along the kernel passes (``theory/cross_entropy.md``).
+    logit_scale : float
+        Cross-entropy only: the logits are ``s f`` (inverse temperature), default 1.
+
+    Returns
+    -------
+    Trajectory
+
+    Examples
+    --------
+    >>> import numpy as np, ntkdyn as nd
+    >>> x = np.random.default_rng(0).normal(size=(8, 3))
+    >>> K = x @ x.T / 3 + 0.1
+    >>> y = np.eye(2)[[0, 1] * 4]
+    >>> W = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    >>> traj = nd.predict_from_kernels(K, y, np.arange(8) % 4, W, lr=0.5, steps=range(0, 101, 10))
+    >>> traj.train_loss.shape
+    (11, 4)
+    """
+    problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
+                           kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
+                           loss=loss, logit_scale=logit_scale)
+    return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
+                       record_outputs=record_outputs, progress=progress,
+                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
+                       reference=reference, kernel_dtype=kernel_dtype, devices=devices,
+                       samples=samples)[0]
+
+
+def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,
+                       algorithm: str | Algorithm = "dgd", **kwargs) -> list[Trajectory]:
+    """Like :func:`predict_from_kernels` for several learning rates at once.
+
+    All rates share each pass over the kernel; the result is one
+    :class:`Trajectory` per entry of ``lrs``.
+    """
+    prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
+                                          "loss", "logit_scale") if k in kwargs}
+    problem = make_problem(kernel_train, y_train, agent, mixing, **prob_kw)
+    meta = {"kernel": "user", "quantity": quantity_words(prob_kw.get("f0_train") is None)}
+    return run_problem(problem, algorithm, list(lrs), steps, metadata=meta, **kwargs)
+
+
 def build_problem(
     arch: Any,
     parts: Partition,
@@ -200,7 +330,7 @@ def build_problem(
         ``parts.dataset``'s order (``train_outputs`` come back in that order).
     mixing : (Q, Q) array or MixingProcess
         Mixing matrix (e.g. ``graphs.mixing(graphs.topology("ring", Q))``), or a
-        time-varying / random sequence (:mod:`ntkdyn.gossip`).
+        time-varying / random sequence (:mod:`ntkdyn.graphs.sequences`).
     kernel : "analytic" or "empirical"
         Infinite-width NTK, or ``J J^T`` of the finite network at ``params``
         (default: initialised with ``seed``).
@@ -232,7 +362,7 @@ def build_problem(
     parts = parts.sorted()
     data = parts.dataset
     n, k = data.y_train.shape
-    from .gossip import is_process
+    from ntkdyn.graphs.sequences import is_process
 
     q_mix = mixing.num_agents if is_process(mixing) else None
     if q_mix is not None:
@@ -357,7 +487,7 @@ def predict(
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
                         devices, samples, loss) -> None:
     """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take."""
-    from .gossip import is_process
+    from ntkdyn.graphs.sequences import is_process
 
     if rank is None:
         raise ValueError(f"tol / max_rank: only used with the low-rank path (rank='auto' or an "
@@ -405,7 +535,7 @@ def _predict_lowrank(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, 
     """:func:`predict` on the low-rank path: the analytic-kernel column source of ``arch``
     (same depth, activation, ``W_std``, ``b_std`` as :meth:`MLP.kernel`) and
     :func:`ntkdyn.lowrank.predict`, in the caller's sample order."""
-    from . import lowrank
+    from ntkdyn import lowrank
 
     data = parts.dataset
     f0 = _resolve_f0(f0, "analytic")  # the low-rank path takes the analytic kernel only
@@ -461,10 +591,10 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> Stabili
 
     Squared loss only: with ``problem.loss == "cross_entropy"`` a ``ValueError`` naming
     ``loss`` states the sufficient bound from the largest softmax curvature instead
-    (:func:`ntkdyn.predict.cross_entropy_bound`).
+    (:func:`ntkdyn.dynamics.run.cross_entropy_bound`).
     """
     if problem.loss != "mse":
-        from .predict import cross_entropy_bound
+        from ntkdyn.dynamics.run import cross_entropy_bound
 
         raise ValueError("loss: the exact stability report is for loss='mse' only; "
                          + cross_entropy_bound(problem, algorithm))

@@ -15,8 +15,8 @@ import argparse
 import importlib
 import sys
 
-from ._utils.io import OutputError, check_output, staged_output
-from .memory import ProblemTooLargeError
+from ntkdyn._utils.io import OutputError, check_output, staged_output
+from ntkdyn._utils.memory import ProblemTooLargeError
 
 __all__ = ["COMMANDS", "OutputError", "build_parser", "check_output", "main", "staged_output"]
 
@@ -29,7 +29,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ntkdyn import __version__
 
     parser = argparse.ArgumentParser(
         prog="ntkdyn",
@@ -37,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ntkdyn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        importlib.import_module(f".commands.{name}", __package__).register(sub)
+        importlib.import_module(f".{name}", __package__).register(sub)
     return parser
 
 
-#: One module per subcommand in ``ntkdyn/commands/``, each with ``register(subparsers)``.
+#: One module per subcommand in ``ntkdyn/cli/``, each with ``register(subparsers)``.
 COMMANDS = ("predict", "check", "validate")
 
 

@@ -37,11 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from . import solver
-from .algorithms import ATC, CTA, DGD, get_algorithm
-from .problem import KernelProblem
-from .spectrum import StepOperator, state_structure
-from .validation import learning_rates
+from ntkdyn._utils.checks import learning_rates
+from ntkdyn.algorithms import ATC, CTA, DGD, get_algorithm
+from ntkdyn.dynamics import solver
+from ntkdyn.dynamics.problem import KernelProblem
+from ntkdyn.dynamics.stability import StepOperator, state_structure
 
 #: largest system (unknowns) solved densely (LU); GMRES above (the matrix is dim^2 doubles)
 DENSE_SOLVE_MAX = 8192

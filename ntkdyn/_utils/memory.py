@@ -144,7 +144,7 @@ def prediction_bytes(
       recorded outputs if asked; the stability analysis that may follow holds the same
       device copy (the solver's is freed by then) and state-sized vectors;
     * with ``eigen_reference`` (the centralised reference in its eigenbasis,
-      :func:`ntkdyn.solver.reference_basis`, used up to ``REFERENCE_EIGH_MAX`` rows): the
+      :func:`ntkdyn.dynamics.solver.reference_basis`, used up to ``REFERENCE_EIGH_MAX`` rows): the
       ``eigh`` of the scaled ``R x R`` kernel holds the host kernels plus about
       ``4.5 x 8 R^2`` (the scaled copy, LAPACK's Fortran-order copy and ``2 R^2``
       workspace of the divide-and-conquer driver, the eigenvectors) and

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .algorithms import NAMES as ALGORITHM_NAMES
+from ntkdyn.algorithms import NAMES as ALGORITHM_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,11 +1,12 @@
-"""Prediction entry points.
+"""Run a kernel-space problem: memory checks, the solver, records -> trajectories.
 
-* :func:`predict_from_kernels` — arrays in (kernels you computed yourself,
-  e.g. with neural-tangents), :class:`~ntkdyn.trajectory.Trajectory` out.
-* :func:`predict` — architecture + partitioned data + mixing matrix; the
-  kernel (analytic or empirical) is computed for you.
-* ``*_sweep`` variants — several learning rates sharing every pass over the
-  kernel (a 10-rate sweep costs little more than one prediction).
+:func:`run_problem` is the one driver behind every prediction entry point
+(:mod:`ntkdyn.prediction`), the preflight check and the validation harness: it takes a
+:class:`~ntkdyn.dynamics.problem.KernelProblem` and an algorithm, checks that the run
+fits in memory, runs :func:`ntkdyn.dynamics.solver.evolve` for one or several learning
+rates (a sweep shares every pass over the kernel) and turns the raw records into
+:class:`~ntkdyn.trajectory.Trajectory` objects (random mixing: sampled sequences,
+quantile bands and the exact mean-state run in a ``GossipTrajectory``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from importlib import metadata as _importlib_metadata
 import jax
 import numpy as np
 
-from . import memory, solver, spectrum
-from .algorithms import Algorithm, get_algorithm
-from .problem import KernelProblem, make_problem
-from .trajectory import GossipTrajectory, Trajectory, quantity_words
-from .validation import learning_rates, steps_array
+from ntkdyn._utils import memory
+from ntkdyn._utils.checks import learning_rates, steps_array
+from ntkdyn.algorithms import Algorithm, get_algorithm
+from ntkdyn.dynamics import solver
+from ntkdyn.dynamics import stability as spectrum
+from ntkdyn.dynamics.problem import KernelProblem
+from ntkdyn.trajectory import GossipTrajectory, Trajectory
 
 
 def versions() -> dict[str, str]:
@@ -40,7 +43,7 @@ def _mesh(devices):
         return None
     from jax.sharding import Mesh
 
-    from .sharding import make_mesh
+    from ntkdyn.dynamics.sharding import make_mesh
 
     return devices if isinstance(devices, Mesh) else make_mesh(devices)
 
@@ -49,7 +52,7 @@ def _check_device_memory(problem: KernelProblem, n_rates: int, mesh, kernel_dtyp
     """Print the per-device estimate; refuse (with what would fit) before allocating."""
     import sys
 
-    from . import sharding
+    from ntkdyn.dynamics import sharding
 
     d = mesh.devices.size
     n_test = 0 if problem.y_test is None else problem.y_test.shape[0]
@@ -100,21 +103,21 @@ def run_problem(
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
     ``check_stability``: ``None`` (default) computes the exact stability report
-    (:func:`ntkdyn.spectrum.stability`) only for rates above the cheap sufficient bound;
+    (:func:`ntkdyn.dynamics.stability.stability`) only for rates above the cheap sufficient bound;
     ``True`` always; ``False`` never.  A rate whose linearised dynamics are unstable
     gets ``status = "unstable"`` (or ``"diverged"`` once its state left every bound)
     and the report in ``metadata["stability"]``.  ``reference=False`` drops the
     centralised reference (``central_*`` fields ``None``); it costs little either way:
-    it runs diagonally in its own eigenbasis after one ``eigh`` (:mod:`ntkdyn.solver`).
+    it runs diagonally in its own eigenbasis after one ``eigh`` (:mod:`ntkdyn.dynamics.solver`).
     ``kernel_dtype="float32"`` stores the kernels in float32 (half the memory and
     bandwidth; the state stays float64; see the README for the error this costs).
     ``devices`` (a list of ``jax.Device`` or a ``jax.sharding.Mesh``) shards the
-    kernels and the state over several devices (:mod:`ntkdyn.sharding`).
+    kernels and the state over several devices (:mod:`ntkdyn.dynamics.sharding`).
 
-    With a random mixing sequence (``problem.process``, :mod:`ntkdyn.gossip`) each
+    With a random mixing sequence (``problem.process``, :mod:`ntkdyn.graphs.sequences`) each
     trajectory is a :class:`~ntkdyn.trajectory.GossipTrajectory` over ``samples``
     sampled sequences (default 64; sequence ``s`` is the one
-    :func:`ntkdyn.train.train` runs with ``gossip_sample=s``), all sharing every
+    :func:`ntkdyn.training.trainer.train` runs with ``gossip_sample=s``), all sharing every
     kernel pass, plus the exact mean-state trajectory (``.expected``).
 
     With ``problem.loss == "cross_entropy"`` the dynamics are not affine: the exact
@@ -224,7 +227,7 @@ def cross_entropy_bound(problem: KernelProblem, algorithm) -> str:
 
     The Hessian of ``CE(softmax(s f), y)`` in ``f`` is ``s^2 (diag(p) - p p^T)``, whose
     largest eigenvalue is at most ``s^2 / 2`` for every ``f``: the squared loss's
-    sufficient bound (:func:`ntkdyn.spectrum.sufficient_bound`, curvature 1) scaled by
+    sufficient bound (:func:`ntkdyn.dynamics.stability.sufficient_bound`, curvature 1) scaled by
     ``2 / s^2`` keeps every local step non-expansive along the whole trajectory.  It is
     sufficient only; the exact linearised analysis at ``f_0`` is not computed.
     """
@@ -332,127 +335,6 @@ def _trajectory(raw, r, problem, steps, lr, continuous, meta, phase=None) -> Tra
     )
 
 
-def predict_from_kernels(
-    kernel_train,
-    y_train,
-    agent,
-    mixing,
-    lr,
-    steps,
-    algorithm: str | Algorithm = "dgd",
-    f0_train=None,
-    kernel_test_train=None,
-    y_test=None,
-    f0_test=None,
-    continuous: bool = False,
-    *,
-    record_outputs: bool = False,
-    progress: bool = False,
-    reference: bool = True,
-    kernel_dtype: str = "float64",
-    devices=None,
-    samples: int | None = None,
-    loss: str = "mse",
-    logit_scale: float = 1.0,
-) -> Trajectory:
-    r"""Predict peer-to-peer training of a linearised network from its kernels.
+_ = jax  # jax is imported for its x64 side effect via ntkdyn._utils.precision
 
-    Agent ``q`` minimises ``L_q = 1/(2 N_q) sum_{i in q} ||f(x_i) - y_i||^2``
-    (``loss="mse"``) or ``L_q = (1/N_q) sum_{i in q} CE(softmax(s f(x_i)), y_i)``
-    (``loss="cross_entropy"``, ``s = logit_scale``);
-    the network is ``f = f_0 + J (theta - theta_0)`` with NTK
-    ``Theta = J J^T``.  The prediction is exact for that model (to float64
-    round-off) and is computed in kernel space (:mod:`ntkdyn.solver`).
-
-    Parameters
-    ----------
-    kernel_train : (N, N) or (N*K, N*K)
-        Training NTK: traced (``Theta_scalar``, the true kernel being
-        ``Theta_scalar (x) I_K``) or full (sample-major, row ``i*K + k``).
-    y_train : (N, K) or (N,)
-        Targets (e.g. one-hot); with ``loss="cross_entropy"`` one-hot rows or integer
-        class labels.
-    agent : (N,) int
-        Agent owning each training sample (any order).
-    mixing : (Q, Q) or MixingProcess
-        Row-stochastic mixing matrix of a connected graph, or a time-varying / random
-        sequence of them (:func:`ntkdyn.graphs.periodic`, :func:`ntkdyn.graphs.random_edges`,
-        :func:`ntkdyn.graphs.one_random_edge`).
-    lr : float or (Q,)
-        Learning rate (per agent if an array), > 0.
-    steps : int, range or sequence
-        Iterations at which to record (``int n`` means ``0..n``); with
-        ``continuous=True``, times (in steps) of the gradient flow.
-    algorithm : "dgd", "atc", "cta", "gd", "p2pl", "gradient_tracking", "extra",
-        "momentum" or an :class:`~ntkdyn.algorithms.Algorithm` (e.g.
-        ``ntkdyn.algorithms.p2pl(local_steps=5, consensus_steps=2)``)
-    f0_train, f0_test : (N, K), (M, K), optional
-        Outputs at initialisation (default zero: the mean prediction of the
-        infinite-width network).
-    kernel_test_train : (M, N) or (M*K, N*K), optional
-        Test-train kernel, same layout as ``kernel_train``.
-    y_test : (M, K), optional
-    continuous : bool
-        Predict the gradient flow ``d alpha/dt = step(alpha) - alpha``
-        instead of the iteration.
-    record_outputs : bool
-        Also return the outputs of every agent at every record.
-    reference : bool
-        Also run the centralised reference (``central_*`` fields): one ``eigh`` of the
-        kernel, then ``O(N K)`` per step (:mod:`ntkdyn.solver`).
-    kernel_dtype : "float64" (default) or "float32"
-        Kernel storage; float32 halves memory and bandwidth, the state stays float64.
-    devices : list of jax devices or a Mesh, optional
-        Shard kernels and state over these devices (same answer as one device).
-    samples : int, optional
-        Random mixing only: sampled sequences (default 64); the result is then a
-        :class:`~ntkdyn.trajectory.GossipTrajectory` (means, quantile bands and the
-        exact mean-state trajectory ``.expected``).
-    loss : "mse" (default) or "cross_entropy"
-        The trained loss; the ``*_loss`` and ``objective`` fields report it.  Cross-entropy
-        runs discrete steps only (``continuous=True`` is refused), its centralised
-        reference is carried along the kernel passes (``theory/cross_entropy.md``).
-    logit_scale : float
-        Cross-entropy only: the logits are ``s f`` (inverse temperature), default 1.
-
-    Returns
-    -------
-    Trajectory
-
-    Examples
-    --------
-    >>> import numpy as np, ntkdyn as nd
-    >>> x = np.random.default_rng(0).normal(size=(8, 3))
-    >>> K = x @ x.T / 3 + 0.1
-    >>> y = np.eye(2)[[0, 1] * 4]
-    >>> W = nd.graphs.mixing(nd.graphs.topology("ring", 4))
-    >>> traj = nd.predict_from_kernels(K, y, np.arange(8) % 4, W, lr=0.5, steps=range(0, 101, 10))
-    >>> traj.train_loss.shape
-    (11, 4)
-    """
-    problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
-                           kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
-                           loss=loss, logit_scale=logit_scale)
-    return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
-                       record_outputs=record_outputs, progress=progress,
-                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
-                       reference=reference, kernel_dtype=kernel_dtype, devices=devices,
-                       samples=samples)[0]
-
-
-def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,
-                       algorithm: str | Algorithm = "dgd", **kwargs) -> list[Trajectory]:
-    """Like :func:`predict_from_kernels` for several learning rates at once.
-
-    All rates share each pass over the kernel; the result is one
-    :class:`Trajectory` per entry of ``lrs``.
-    """
-    prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
-                                          "loss", "logit_scale") if k in kwargs}
-    problem = make_problem(kernel_train, y_train, agent, mixing, **prob_kw)
-    meta = {"kernel": "user", "quantity": quantity_words(prob_kw.get("f0_train") is None)}
-    return run_problem(problem, algorithm, list(lrs), steps, metadata=meta, **kwargs)
-
-
-__all__ = ["predict_from_kernels", "sweep_from_kernels", "run_problem", "versions"]
-_ = jax  # jax is imported for its x64 side effect via ntkdyn._config
+__all__ = ["run_problem", "versions"]

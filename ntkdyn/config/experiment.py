@@ -1,4 +1,4 @@
-"""Turn a :class:`~ntkdyn.config.Config` into data, partition, graph, mixing and model."""
+"""Turn a :class:`~ntkdyn.config.schema.Config` into data, partition, graph, mixing and model."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from . import algorithms, gossip, graphs
-from . import data as data_mod
-from .algorithms import Algorithm
-from .config import ALGORITHM_OPTIONS, Config, ConfigError
-from .models import MLP
+from ntkdyn import algorithms, graphs
+from ntkdyn import data as data_mod
+from ntkdyn.algorithms import Algorithm
+from ntkdyn.config.schema import ALGORITHM_OPTIONS, Config, ConfigError
+from ntkdyn.graphs import sequences as gossip
+from ntkdyn.models import MLP
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Experiment:
     """Everything a configuration describes, built and checked.
 
     ``mixing`` is a ``(Q, Q)`` matrix, or a time-varying / random sequence
-    (:mod:`ntkdyn.gossip`) when ``[topology]`` has ``sequence`` or ``gossip``.
+    (:mod:`ntkdyn.graphs.sequences`) when ``[topology]`` has ``sequence`` or ``gossip``.
     """
 
     config: Config
@@ -46,7 +47,7 @@ class Experiment:
 
     @property
     def low_rank(self) -> dict:
-        """Keywords of :func:`ntkdyn.predict` for the low-rank path (:func:`low_rank_of`)."""
+        """Keywords of :func:`ntkdyn.dynamics.run` for the low-rank path (:func:`low_rank_of`)."""
         return low_rank_of(self.config)
 
     def with_topology(self, name: str) -> Experiment:
@@ -103,7 +104,7 @@ def _load_data(cfg: Config) -> data_mod.Dataset:
 
 
 def algorithm_of(cfg: Config) -> Algorithm:
-    """``training.algorithm`` with its options (:data:`~ntkdyn.config.ALGORITHM_OPTIONS`:
+    """``training.algorithm`` with its options (:data:`~ntkdyn.config.schema.ALGORITHM_OPTIONS`:
     ``local_steps``, ``consensus_steps``, ``momentum``) as an
     :class:`~ntkdyn.algorithms.Algorithm`: where a configured name becomes an object."""
     t = cfg.training
@@ -113,7 +114,7 @@ def algorithm_of(cfg: Config) -> Algorithm:
 
 
 def low_rank_of(cfg: Config) -> dict:
-    """``[prediction] rank`` / ``tol`` as keywords of :func:`ntkdyn.predict`: ``{}`` for the
+    """``[prediction] rank`` / ``tol`` as keywords of :func:`ntkdyn.dynamics.run`: ``{}`` for the
     exact path (no rank), ``{"rank": r}`` or ``{"rank": "auto", "tol": tol}``."""
     p = cfg.prediction
     if p.rank is None:
@@ -123,8 +124,8 @@ def low_rank_of(cfg: Config) -> dict:
 
 def loss_of(cfg: Config) -> dict:
     """``training.loss`` and, for cross-entropy, ``training.logit_scale``, as the keyword
-    arguments of :func:`ntkdyn.predict`, :func:`ntkdyn.pipeline.build_problem` and
-    :func:`ntkdyn.train.train` (``{"loss": "mse"}`` for the squared loss)."""
+    arguments of :func:`ntkdyn.dynamics.run`, :func:`ntkdyn.prediction.build_problem` and
+    :func:`ntkdyn.training.trainer.train` (``{"loss": "mse"}`` for the squared loss)."""
     t = cfg.training
     if t.loss == "cross_entropy":
         return {"loss": t.loss, "logit_scale": t.logit_scale}

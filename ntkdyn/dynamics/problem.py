@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import graphs
-from .gossip import is_process
-from .validation import as_float_array, check_shape
+from ntkdyn import graphs
+from ntkdyn._utils.checks import as_float_array, check_shape
+from ntkdyn.graphs.sequences import is_process
+from ntkdyn.losses import check_logit_scale, check_loss, class_targets
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class KernelProblem:
     order : (N,) int
         ``order[i]`` is the caller's index of sorted sample ``i``.
     process : MixingProcess or None
-        A time-varying or random mixing sequence (:mod:`ntkdyn.gossip`); ``mixing``
+        A time-varying or random mixing sequence (:mod:`ntkdyn.graphs.sequences`); ``mixing``
         then holds its expected matrix (the period average for a periodic one).
         ``None``: the static ``mixing``.
     loss : "mse" or "cross_entropy"
@@ -187,56 +188,6 @@ def check_psd(kernel: np.ndarray, name: str = "kernel_train", rtol: float = PSD_
 
 def _labels(y: np.ndarray) -> np.ndarray:
     return np.argmax(y, axis=1).astype(np.int64)
-
-
-#: the losses of the kernel-space prediction (``theory/cross_entropy.md``)
-LOSSES = ("mse", "cross_entropy")
-
-
-def check_loss(loss) -> str:
-    """``loss`` if it is one of :data:`LOSSES`, else ``ValueError`` naming ``loss``."""
-    if not isinstance(loss, str) or loss not in LOSSES:
-        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
-    return loss
-
-
-def check_logit_scale(logit_scale) -> float:
-    """A finite ``logit_scale > 0``, else ``ValueError`` naming it."""
-    try:
-        s = float(logit_scale)
-    except (TypeError, ValueError):
-        s = float("nan")
-    if isinstance(logit_scale, bool) or not np.isfinite(s) or s <= 0:
-        raise ValueError(f"logit_scale: expected a finite number > 0, got {logit_scale!r}")
-    return s
-
-
-def class_targets(name: str, y, k: int | None = None) -> np.ndarray:
-    """Cross-entropy targets as one-hot ``(N, K)`` float64 rows.
-
-    ``y`` is either one-hot ``(N, K)`` (every row has one entry 1 and the rest 0) or
-    integer labels ``(N,)`` in ``[0, K)`` (``K`` given, else ``max + 1``).  Anything else
-    (soft or regression targets) is a ``ValueError`` naming ``name``.
-    """
-    arr = np.asarray(y)
-    if arr.ndim == 1:
-        if arr.size == 0 or not np.issubdtype(arr.dtype, np.number) or \
-                not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0) or arr.min() < 0:
-            raise ValueError(f"{name}: loss='cross_entropy' expects one-hot rows (N, K) or "
-                             "integer class labels (N,) >= 0")
-        labels = arr.astype(np.int64)
-        k = int(labels.max()) + 1 if k is None else int(k)
-        if labels.max() >= k:
-            raise ValueError(f"{name}: labels must lie in [0, {k}) for K={k} outputs, found "
-                             f"{int(labels.max())}")
-        return np.eye(k)[labels]
-    arr = as_float_array(name, arr, ndim=2)
-    ok = np.all((arr == 0) | (arr == 1)) and np.all(arr.sum(axis=1) == 1)
-    if not ok:
-        raise ValueError(f"{name}: loss='cross_entropy' expects one-hot rows (each row one 1 "
-                         "and the rest 0) or integer class labels (N,); got targets that are "
-                         "neither (soft or regression targets)")
-    return arr
 
 
 def make_problem(

@@ -1,20 +1,20 @@
 """The validation harness: predicted against observed peer-to-peer training.
 
-:func:`validate` takes a configuration (TOML path or :class:`~ntkdyn.config.Config`)
+:func:`validate` takes a configuration (TOML path or :class:`~ntkdyn.config.schema.Config`)
 and, for every width asked for,
 
 1. trains the real nonlinear network, ``Q`` copies peer to peer
-   (:func:`ntkdyn.train.train`, the configuration's topology, mixing matrix,
+   (:func:`ntkdyn.training.trainer.train`, the configuration's topology, mixing matrix,
    algorithm, learning rate and partition);
 2. trains the linearised network the same way;
 3. predicts the same trajectory in closed form with the analytic and/or the
-   empirical NTK (:func:`ntkdyn.predict`), from the *same* initialisation: the
+   empirical NTK (:func:`ntkdyn.dynamics.run`), from the *same* initialisation: the
    prediction starts from the network's own outputs at ``theta_0``
    (``f0 = "network"``) so that only the dynamics are compared;
-4. measures agreement (:mod:`ntkdyn.agreement`: the pointwise relative error
+4. measures agreement (:mod:`ntkdyn.validation.agreement`: the pointwise relative error
    ``max_t |pred_t - obs_t| / |obs_t|`` and the error at the horizon) and, with
    ``out``, writes every trajectory (``.npz``), ``agreement.json`` /
-   ``agreement.txt`` and overlay figures (:mod:`ntkdyn.overlay`); a width sweep
+   ``agreement.txt`` and overlay figures (:mod:`ntkdyn.validation.overlay`); a width sweep
    adds ``width_sweep.png``.
 
 The empirical kernel is the full one (``(N K) x (N K)``, exact for the
@@ -41,15 +41,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import agreement, spectrum
-from .config import Config, load_config
-from .experiment import algorithm_of, build_arch, from_config
-from .models import describe as _describe
-from .models import init_params
-from .pipeline import build_problem
-from .predict import run_problem
-from .train import train
-from .trajectory import Trajectory
+from ntkdyn.config.experiment import algorithm_of, build_arch, from_config
+from ntkdyn.config.schema import Config, load_config
+from ntkdyn.dynamics import stability as spectrum
+from ntkdyn.dynamics.run import run_problem
+from ntkdyn.models import describe as _describe
+from ntkdyn.models import init_params
+from ntkdyn.prediction import build_problem
+from ntkdyn.training.trainer import train
+from ntkdyn.trajectory import Trajectory
+from ntkdyn.validation import agreement
 
 KERNEL_CHOICES = ("analytic", "empirical")
 FULL_KERNEL_MAX_BYTES = 256 * 2**20
@@ -76,7 +77,8 @@ class WidthResult:
 
         ``figure``: ``"mean"`` (default: the pointwise relative error, maximum over the
         records), ``"mean_at_horizon"`` (at the last common record) or
-        ``"mean_max_gap_over_max_obs"`` (the lenient figure); see :mod:`ntkdyn.agreement`.
+        ``"mean_max_gap_over_max_obs"`` (the lenient figure);
+        see :mod:`ntkdyn.validation.agreement`.
         """
         if figure not in HEADLINE_FIGURES:
             raise ValueError(f"figure: expected one of {HEADLINE_FIGURES}, got {figure!r}")
@@ -168,7 +170,7 @@ def _describe_run(cfg: Config, options: bool = True) -> str:
         extra.append(f"mini-batch {v.batch_size} (prediction is of the mean)")
     if v.independent_init:
         extra.append("independent initialisations (outside the theory)")
-    from .overlay import algorithm_title
+    from ntkdyn.validation.overlay import algorithm_title
 
     label = algorithm_title(algorithm_of(cfg))
     topo = cfg.topology
@@ -276,7 +278,7 @@ def validate(
 def _ensure_fits(exp, widths, kernels) -> None:
     """Refuse (``ProblemTooLargeError``, with what would fit) before training when a
     prediction of the run would not fit in memory (the largest width's estimate)."""
-    from .pipeline import ensure_prediction_fits
+    from ntkdyn.prediction import ensure_prediction_fits
 
     ds = exp.parts.dataset
     n, k = ds.y_train.shape
@@ -355,32 +357,32 @@ def stability_verdict(problem, algo, lr: float) -> dict:
     """Whether the linearised dynamics of ``problem`` are stable at rate ``lr``, at a cost
     that scales to full kernels.
 
-    * ``lr`` below the sufficient bound (:func:`ntkdyn.spectrum.sufficient_bound`):
+    * ``lr`` below the sufficient bound (:func:`ntkdyn.dynamics.stability.sufficient_bound`):
       stable, proven, nothing else computed;
     * an operator of at most ``spectrum.DENSE_MAX`` dimensions: the exact report
-      (:func:`ntkdyn.spectrum.stability`: ``lr*`` and the spectral radius);
+      (:func:`ntkdyn.dynamics.stability.stability`: ``lr*`` and the spectral radius);
     * larger, DGD / GD (ATC / CTA with ``W >= 0``) on a symmetric static ``W``: the exact
-      ``lr*`` (:func:`ntkdyn.spectrum.max_stable_lr`: the ``-1`` crossing, one extreme
+      ``lr*`` (:func:`ntkdyn.dynamics.stability.max_stable_lr`: the ``-1`` crossing, one extreme
       eigenvalue by ARPACK);
     * larger, any other schedule: the spectral radius at ``lr`` by ARPACK
-      (:func:`ntkdyn.spectrum.spectral_radius`, one extreme-eigenvalue computation, no
+      (:func:`ntkdyn.dynamics.stability.spectral_radius`, one extreme-eigenvalue computation, no
       root search for ``lr*``) up to ``ARPACK_MAX_DIM`` dimensions; beyond, not
       computed (``stable: None``; the status then comes from the trajectory, see
-      :func:`ntkdyn.agreement.growth`).
+      :func:`ntkdyn.validation.agreement.growth`).
 
     With ``problem.loss == "cross_entropy"`` the dynamics are not affine and none of the
     above is exact: ``stable: None``, the status comes from the trajectory only, and the
     words state the sufficient bound from the largest softmax curvature
-    (:func:`ntkdyn.predict.cross_entropy_bound`).
+    (:func:`ntkdyn.dynamics.run.cross_entropy_bound`).
 
     Returns ``{"stable" (True, False, or None when the eigensolver failed or the loss is
     cross-entropy), "spectral_radius", "lr", "lr_star", "lr_bound", "method", "words"}``.
     """
-    from .algorithms import get_algorithm
+    from ntkdyn.algorithms import get_algorithm
 
     algo = get_algorithm(algo)
     if problem.loss != "mse":
-        from .predict import cross_entropy_bound
+        from ntkdyn.dynamics.run import cross_entropy_bound
 
         bound = float(spectrum.sufficient_bound(problem, algo)) * 2.0 / problem.logit_scale**2
         return {"lr": float(lr), "lr_bound": bound, "spectral_radius": None, "lr_star": None,
@@ -429,9 +431,9 @@ def stability_verdict(problem, algo, lr: float) -> dict:
 
 
 def _crossing_is_exact(problem, algo) -> bool:
-    """Whether :func:`ntkdyn.spectrum.max_stable_lr` is one ``-1`` crossing (a theorem):
+    """Whether :func:`ntkdyn.dynamics.stability.max_stable_lr` is one ``-1`` crossing (a theorem):
     DGD or GD, or ATC / CTA with positive semi-definite ``W``; symmetric static ``W``."""
-    from . import graphs
+    from ntkdyn import graphs
 
     if algo.name not in ("dgd", "gd", "atc", "cta") or algo.options or \
             problem.process is not None:
@@ -495,8 +497,8 @@ def _not_ok(run: WidthResult, kernel: str) -> str:
 
 # --------------------------------------------------------------------------- output
 def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None = None) -> None:
-    from ._utils.io import staged_output
-    from .overlay import overlay_figure
+    from ntkdyn._utils.io import staged_output
+    from ntkdyn.validation.overlay import overlay_figure
 
     for pattern in _OUTPUT_PATTERNS:  # outputs of an earlier run into the same folder
         for stale in folder.glob(pattern):
@@ -539,8 +541,8 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
 
 
 def _write_all(out: Path, result: ValidationResult) -> None:
-    from ._utils.io import staged_output
-    from .overlay import width_sweep_figure
+    from ntkdyn._utils.io import staged_output
+    from ntkdyn.validation.overlay import width_sweep_figure
 
     if len(result.runs) == 1:
         _write_width(out, result.config, result.runs[0], extra=result.to_dict())

@@ -5,7 +5,7 @@
   lines per agent, thick black the network mean); a divergence is written in
   the title and marked by a red vertical line at its step.
 * :func:`width_sweep_figure`: pointwise relative error (``max_t |pred_t - obs_t| /
-  |obs_t|``, :mod:`ntkdyn.agreement`) against width, log-log, with the least-squares
+  |obs_t|``, :mod:`ntkdyn.validation.agreement`) against width, log-log, with the least-squares
   slope, the error at the horizon (hollow markers) and the theory's ``-1/2`` for
   reference.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .agreement import HEADLINE, fit_slope
-from .plotting import plot_trajectory, pyplot
-from .trajectory import Trajectory
+from ntkdyn.plotting import plot_trajectory, pyplot
+from ntkdyn.trajectory import Trajectory
+from ntkdyn.validation.agreement import HEADLINE, fit_slope
 
 _LABELS = {"test_loss": "test loss (network mean)",
            "param_dist": r"$\|\theta_q-\theta_0\|$ (network mean)"}
@@ -67,7 +67,7 @@ def _central_labels(fig, pred: Trajectory, obs: Trajectory, predicted_label: str
                     observed_label: str) -> None:
     """Say which centralised reference is drawn: the prediction's (dotted grey), and the
     observed one (the training harness runs it too) solid grey; rebuild the legend."""
-    from .plotting import PANELS
+    from ntkdyn.plotting import PANELS
 
     plt = pyplot()
     by_label = {ax.get_ylabel(): ax for ax in fig.axes if ax.has_data()}

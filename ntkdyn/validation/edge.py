@@ -4,7 +4,7 @@ Above the linearised boundary ``lr*`` the NTK predictions do not apply, but
 wide networks often still train: they leave the lazy regime, their kernel
 shrinks and they "catapult" (Lewkowycz et al. 2020; DESIGN.md section 7).
 This module measures the observed edge by training the real network (the
-validation harness, :func:`ntkdyn.train.train`) for a few hundred steps at
+validation harness, :func:`ntkdyn.training.trainer.train`) for a few hundred steps at
 rates above ``lr*``: doubling until training fails, then bisecting (in log
 scale) between the last rate that converged and the first that did not.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiment import Experiment
+from ntkdyn.config.experiment import Experiment
 
 MAX_FACTOR = 64.0
 
@@ -36,7 +36,7 @@ def _key(exp: Experiment, lr: float, steps: int) -> str:
 def trial(exp: Experiment, lr: float, steps: int, cache_dir: str | Path | None = None,
           progress: bool = False) -> dict:
     """Train the real network at ``lr`` for ``steps`` steps; return the outcome (cached)."""
-    from .train import train
+    from ntkdyn.training.trainer import train
 
     cache = Path(cache_dir) / f"{_key(exp, lr, steps)}.json" if cache_dir else None
     if cache is not None and cache.is_file():

@@ -1,4 +1,4 @@
-"""Checkpoints of a training run (:func:`ntkdyn.train.train`): write, check, resume.
+"""Checkpoints of a training run (:func:`ntkdyn.training.trainer.train`): write, check, resume.
 
 A checkpoint is one ``.npz`` file holding the carried state (the stacked
 parameters, the step counter, the divergence flags), the records so far, the
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data import Partition
+from ntkdyn.data import Partition
 
 VERSION = 1
 

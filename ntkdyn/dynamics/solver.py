@@ -41,7 +41,7 @@ Schedules with memory (gradient tracking, EXTRA, momentum;
 ``J`` and lives in the same kernel coordinates (``theory/algorithms.md``).
 Multi-phase schedules (P2PL) are recorded after each phase of the last step
 before a record.  A time-varying or random mixing sequence
-(:mod:`ntkdyn.gossip`) is sampled inside the loop, event by event; ``S``
+(:mod:`ntkdyn.graphs.sequences`) is sampled inside the loop, event by event; ``S``
 sampled sequences (and one group running the mean-state recursion with
 ``E[W]``) are further column groups, ``C = (S + 1) * n_rates * C0``, so they
 too share every kernel read.
@@ -62,9 +62,11 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from . import memory, sharding
-from .algorithms import Algorithm, Operators
-from .problem import KernelProblem
+from ntkdyn._utils import memory
+from ntkdyn.algorithms import Algorithm, Operators
+from ntkdyn.dynamics import sharding
+from ntkdyn.dynamics.problem import KernelProblem
+from ntkdyn.losses import accuracy, sample_loss
 
 #: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
 EXACT = jax.lax.Precision.HIGHEST
@@ -150,7 +152,7 @@ def kernel_operators(
     column (``(A, 1, C)``).  ``mixing`` is the ``(Q, Q)`` matrix, or for a
     time-varying or random sequence a function ``j -> (G, Q, Q)`` giving the
     ``j``-th matrix of the current step for each of ``G`` equal groups of columns
-    (sampled sequences side by side; :mod:`ntkdyn.gossip`).
+    (sampled sequences side by side; :mod:`ntkdyn.graphs.sequences`).
 
     ``loss = (targets, scale, K)`` (``targets`` the one-hot ``Y`` in the layout of
     ``residual``) switches the output-space gradient from the squared loss's
@@ -320,17 +322,9 @@ def _to_samples(u, n, k, n_rates, traced):
 
 
 def _loss_acc(out, y, labels, loss="mse", scale=1.0):
-    """``out`` (A, n_rates, M, K) -> per-sample loss and accuracy.
-
-    ``"mse"``: half squared error ``||f - y||^2 / 2``; ``"cross_entropy"``:
-    ``logsumexp(s f) - s y^T f`` (one-hot ``y``)."""
-    if loss == "cross_entropy":
-        z = scale * out
-        sq = jax.nn.logsumexp(z, axis=-1) - jnp.sum(y * z, axis=-1)
-    else:
-        sq = 0.5 * jnp.sum((out - y) ** 2, axis=-1)
-    acc = jnp.mean((jnp.argmax(out, axis=-1) == labels).astype(out.dtype), axis=-1)
-    return sq, acc
+    """``out`` (A, n_rates, M, K) -> per-sample loss and accuracy
+    (:func:`ntkdyn.losses.sample_loss`, :func:`ntkdyn.losses.accuracy`)."""
+    return sample_loss(out, y, loss, scale), accuracy(out, labels)
 
 
 def _pad_rows(g, rows_state):
@@ -344,8 +338,8 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
     f0, y, labels, shard_w = data["f0"], data["y"], data["labels"], data["shard_weights"]
     scale = data.get("logit_scale", 1.0)
 
-    def _loss_acc(out, y, labels):
-        return _loss_acc_any(out, y, labels, loss, scale)
+    def loss_acc(out, y, labels):
+        return _loss_acc(out, y, labels, loss, scale)
 
     a, rows_state, c = x.shape
     n, k = y.shape
@@ -356,7 +350,7 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
     xs = _to_samples(x.transpose(1, 0, 2), n, k, n_rates, traced)
     us = _to_samples(u, n, k, n_rates, traced)
     out = f0 + us
-    sq, acc = _loss_acc(out, y, labels)
+    sq, acc = loss_acc(out, y, labels)
     local = sq @ shard_w  # (A, n_rates, Q)
     xa, ua = xs[:q_count], us[:q_count]
     xm, um = xa.mean(axis=0), ua.mean(axis=0)
@@ -365,7 +359,7 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
         return jnp.sqrt(jnp.maximum(jnp.sum(dx * du, axis=(-2, -1)), 0.0))
 
     out_mean = out[:q_count].mean(axis=0, keepdims=True)
-    sq_m, acc_m = _loss_acc(out_mean, y, labels)
+    sq_m, acc_m = loss_acc(out_mean, y, labels)
     rec = {
         "train_loss": sq.mean(axis=-1),
         "objective": local.mean(axis=-1),
@@ -385,16 +379,14 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
         prod_t = jnp.matmul(kt, flat.astype(kt.dtype), precision=EXACT).astype(flat.dtype)
         ut = _to_samples(prod_t.reshape(-1, a, c), yt.shape[0], k, n_rates, traced)
         out_t = f0t + ut
-        sqt, acct = _loss_acc(out_t, yt, lt)
-        sqt_m, acct_m = _loss_acc(out_t[:q_count].mean(axis=0, keepdims=True), yt, lt)
+        sqt, acct = loss_acc(out_t, yt, lt)
+        sqt_m, acct_m = loss_acc(out_t[:q_count].mean(axis=0, keepdims=True), yt, lt)
         rec.update(test_loss=sqt.mean(axis=-1), test_acc=acct,
                    mean_model_test_loss=sqt_m.mean(axis=-1)[0], mean_model_test_acc=acct_m[0])
         if record_outputs:
             rec["test_outputs"] = out_t
     return rec
 
-
-_loss_acc_any = _loss_acc
 
 #: :func:`_record` compiled once per shape (an eager call compiles every operation)
 record_jit = jax.jit(_record, static_argnames=("q_count", "n_rates", "traced", "has_test",
@@ -750,7 +742,7 @@ def evolve(
         its accumulation stay float64; the products are formed in float32).
     mesh : jax.sharding.Mesh, optional
         Shard the kernels and the state over the mesh's devices
-        (:mod:`ntkdyn.sharding`); the answer is the same as on one device.
+        (:mod:`ntkdyn.dynamics.sharding`); the answer is the same as on one device.
     samples : int, optional
         For a random mixing sequence (``problem.process``): the number of sampled
         sequences, run side by side as column groups sharing every kernel pass, plus

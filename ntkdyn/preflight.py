@@ -24,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import algorithms, gossip, graphs, spectrum
-from .algorithms import Algorithm
-from .config import Config, ConfigError, load_config
-from .experiment import Experiment, from_config
-from .pipeline import build_problem
-from .predict import run_problem, versions
-from .steady_state import fixed_point
+from ntkdyn import algorithms, graphs
+from ntkdyn.algorithms import Algorithm
+from ntkdyn.config.experiment import Experiment, from_config
+from ntkdyn.config.schema import Config, ConfigError, load_config
+from ntkdyn.dynamics import stability as spectrum
+from ntkdyn.dynamics.run import run_problem, versions
+from ntkdyn.dynamics.steady_state import fixed_point
+from ntkdyn.graphs import sequences as gossip
+from ntkdyn.prediction import build_problem
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -212,7 +214,7 @@ def _recommend(sweep: list[dict], stable_rates) -> dict | None:
 
 def _full_empirical(cfg: Config, exp: Experiment) -> bool:
     """Whether ``check`` uses the full empirical kernel (see ``FULL_CHECK_MAX_DIM``)."""
-    from .harness import FULL_KERNEL_MAX_BYTES
+    from ntkdyn.validation.harness import FULL_KERNEL_MAX_BYTES
 
     if cfg.prediction.kernel != "empirical":
         return False
@@ -312,7 +314,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     comparison = [_topology_row(exp, name, cfg) for name in (topologies or [])]
     edge = None
     if measure_edge:
-        from .edge import measure_edge as _measure_edge
+        from ntkdyn.validation.edge import measure_edge as _measure_edge
 
         edge = _measure_edge(exp, chosen.lr_star, steps=edge_steps, bisections=edge_bisections,
                              cache_dir=cache_dir, progress=progress)

@@ -1,6 +1,6 @@
 r"""Real peer-to-peer training of Q networks, simulated in one process (validation).
 
-The harness trains what :mod:`ntkdyn.solver` predicts, with the *same*
+The harness trains what :mod:`ntkdyn.dynamics.solver` predicts, with the *same*
 update rules: one iteration is ``algorithm.step(state, ops)`` (state from
 ``algorithm.init``, parameters read by ``algorithm.params``, records after each
 of ``algorithm.phases`` for P2PL) where ``ops = Operators(mix, grad, scale)``
@@ -14,7 +14,7 @@ gradient is that of the global objective ``L = (1/Q) sum_q L_q`` and its
 learning rate the mean of the agents'.
 
 * **mix**: ``x <- W_ext x``, one contraction (``tensordot``) per leaf; with a
-  time-varying or random mixing sequence (:mod:`ntkdyn.gossip`) ``W`` is that of
+  time-varying or random mixing sequence (:mod:`ntkdyn.graphs.sequences`) ``W`` is that of
   the current communication event, sampled exactly as the prediction samples
   sequence ``gossip_sample``;
 * **grad**: ``jax.vmap`` of one agent's gradient over the agent axis (and one
@@ -65,20 +65,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import graphs
-from .algorithms import Algorithm, Operators, get_algorithm
-from .checkpoint import InterruptGuard as _InterruptGuard
-from .checkpoint import alive as _alive
-from .checkpoint import fingerprint as _fingerprint
-from .checkpoint import load as _load_checkpoint
-from .checkpoint import save as _save_checkpoint
-from .data import Partition
-from .gossip import is_process
-from .models import MLP, init_params
-from .models import describe as _describe
-from .problem import LOSSES, check_logit_scale, class_targets
-from .trajectory import Trajectory
-from .validation import learning_rates, steps_array
+from ntkdyn import graphs
+from ntkdyn._utils.checks import learning_rates, steps_array
+from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
+from ntkdyn.data import Partition
+from ntkdyn.graphs.sequences import is_process
+from ntkdyn.losses import LOSSES, accuracy, check_logit_scale, class_targets, sample_loss
+from ntkdyn.models import MLP, init_params
+from ntkdyn.models import describe as _describe
+from ntkdyn.training.checkpoint import InterruptGuard as _InterruptGuard
+from ntkdyn.training.checkpoint import alive as _alive
+from ntkdyn.training.checkpoint import fingerprint as _fingerprint
+from ntkdyn.training.checkpoint import load as _load_checkpoint
+from ntkdyn.training.checkpoint import save as _save_checkpoint
+from ntkdyn.trajectory import Trajectory
 
 MODELS = ("nonlinear", "linearised")
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
@@ -112,12 +112,8 @@ def _model_out(setup: _Setup, theta, theta0, x):
 
 
 def _sample_loss(setup: _Setup, f, y):
-    """Per-sample loss over the last axis: ``||f - y||^2 / 2`` or, for cross-entropy,
-    ``logsumexp(s f) - s y^T f`` (:func:`ntkdyn.solver._loss_acc`'s definitions)."""
-    if setup.loss == "cross_entropy":
-        z = setup.logit_scale * f
-        return jax.nn.logsumexp(z, axis=-1) - jnp.sum(y * z, axis=-1)
-    return 0.5 * jnp.sum((f - y) ** 2, axis=-1)
+    """Per-sample loss over the last axis (:func:`ntkdyn.losses.sample_loss`)."""
+    return sample_loss(f, y, setup.loss, setup.logit_scale)
 
 
 def _weighted_loss(setup: _Setup, theta, theta0, x, y, w):
@@ -226,9 +222,9 @@ def _record(setup: _Setup, data: dict, x) -> dict:
         f = outputs(x, data["theta0"], xs)  # (A, M, K)
         fm = _model_out(setup, mean, theta0_mean, xs)
         sq = _sample_loss(setup, f, y)
-        acc = jnp.mean(jnp.argmax(f, axis=-1) == labels, axis=-1, dtype=jnp.float64)
+        acc = accuracy(f.astype(jnp.float64), labels)
         sq_m = jnp.mean(_sample_loss(setup, fm, y))
-        acc_m = jnp.mean(jnp.argmax(fm, axis=-1) == labels, dtype=jnp.float64)
+        acc_m = accuracy(fm.astype(jnp.float64), labels)
         return f, sq, acc, sq_m, acc_m
 
     f, sq, acc, sq_m, acc_m = evaluate(data["x_train"], data["y_train"], data["labels_train"])
@@ -424,7 +420,7 @@ def train(
         Training data split across the ``Q`` agents (test data, if any, is evaluated).
     mixing : (Q, Q) array or MixingProcess
         Row-stochastic mixing matrix, or a time-varying / random sequence
-        (:mod:`ntkdyn.gossip`; a random one runs its sequence ``gossip_sample``, the
+        (:mod:`ntkdyn.graphs.sequences`; a random one runs its sequence ``gossip_sample``, the
         same matrices as sample ``gossip_sample`` of the prediction).
     lr : float or (Q,)
         Learning rate(s); the centralised reference uses their mean.
@@ -446,7 +442,7 @@ def train(
     checkpoint_interval : seconds between checkpoint writes (0: after every chunk)
     loss : "mse" (default, ``||f - y||^2 / 2``) or "cross_entropy"
         (``logsumexp(s f) - s y^T f`` per sample, one-hot targets; the local loss is
-        its mean over the agent's shard), as :func:`ntkdyn.predict` with ``loss=``
+        its mean over the agent's shard), as :func:`ntkdyn.dynamics.run` with ``loss=``
     logit_scale : float
         ``s > 0``, the inverse temperature of cross-entropy (default 1)
 
@@ -460,7 +456,7 @@ def train(
     Examples
     --------
     >>> import ntkdyn as nd
-    >>> from ntkdyn.train import train
+    >>> from ntkdyn.training.trainer import train
     >>> data = nd.data.digits(classes=range(3), n_train=60, n_test=30)
     >>> parts = nd.data.partition(data, agents=3)
     >>> W = nd.graphs.mixing(nd.graphs.topology("ring", 3))

@@ -34,8 +34,8 @@ def interrupted(args) -> str:
 
 
 def run(args) -> int:
-    from .._utils.io import check_output
-    from ..check import check
+    from ntkdyn._utils.io import check_output
+    from ntkdyn.preflight import check
 
     if args.measure_edge and args.cache:
         check_output(args.cache, "--cache")

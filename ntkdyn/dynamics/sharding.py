@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .memory import GB, available_memory_bytes, format_bytes
+from ntkdyn._utils.memory import GB, available_memory_bytes, format_bytes
 
 AXIS = "cols"
 

@@ -50,7 +50,7 @@ import dataclasses
 
 import numpy as np
 
-from .trajectory import Trajectory
+from ntkdyn.trajectory import Trajectory
 
 METRICS = ("train_loss", "test_loss", "train_acc", "test_acc", "local_loss", "objective",
            "param_dist", "consensus_dist", "central_dist")

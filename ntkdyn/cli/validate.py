@@ -2,7 +2,7 @@
 
 Trains the real nonlinear network and its linearisation peer to peer for the
 configuration, predicts the same run with the analytic and/or empirical NTK,
-and writes (see :mod:`ntkdyn.harness`):
+and writes (see :mod:`ntkdyn.validation.harness`):
 
 * ``observed.npz``, ``linearised.npz``, ``predicted_<kernel>.npz`` (Trajectory files);
 * ``agreement.json`` and ``agreement.txt`` (relative trajectory errors, statuses,
@@ -68,9 +68,9 @@ def interrupted(args) -> str:
 
 
 def run(args) -> int:
-    from .._utils.io import check_output
-    from ..config import load_config
-    from ..harness import validate
+    from ntkdyn._utils.io import check_output
+    from ntkdyn.config.schema import load_config
+    from ntkdyn.validation.harness import validate
 
     cfg = load_config(args.config)
     check_output(args.out)

@@ -1,1 +1,0 @@
-"""Subcommands of the ``ntkdyn`` command line (one module each)."""
