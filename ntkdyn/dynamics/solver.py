@@ -66,6 +66,7 @@ from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, Operators
 from ntkdyn.dynamics import sharding
 from ntkdyn.dynamics.problem import KernelProblem
+from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
 from ntkdyn.losses import accuracy, sample_loss
 
 #: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
@@ -468,8 +469,11 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
                has_test, record_outputs, central, sampler=None, loss="mse"):
     """Advance through a chunk of records; returns the new carry and the records.
 
-    ``carry = (state, t, diverged, diverged_at)``; ``state`` is the algorithm's
-    (augmented) state, a pytree of ``(A, R, C)`` arrays.  A schedule with several
+    The kernel-space instance of :func:`ntkdyn.engine.scan_records` (the loop real
+    training runs too): ``carry = (state, t, diverged, diverged_at)``; ``state`` is the
+    algorithm's (augmented) state, a pytree of ``(A, R, C)`` arrays; flags per rate.
+    Steps are checked for divergence in blocks of :data:`CHECK_BLOCK` (replayed step by
+    step when a block fails) and flows advance by a Taylor series.  A schedule with several
     phases is recorded after each phase of the last step before a record (records
     ``(P, ...)`` per entry of ``schedule``).
     """
@@ -521,7 +525,8 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
             lambda: jax.lax.fori_loop(0, CHECK_BLOCK, step_checked, st),
             lambda: (guarded(x, new, diverged), t_new, diverged, div_at))
 
-    def advance(state, n_sub, h):
+    def advance(state, n_sub, entry):
+        h = entry[1]
         if not continuous:  # blocks of CHECK_BLOCK steps, then the remainder step by step
             blocks = n_sub // CHECK_BLOCK
             state = jax.lax.fori_loop(0, blocks, block, state)
@@ -548,45 +553,19 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
 
         return jax.lax.fori_loop(0, n_sub, body, state)
 
-    def record(x, diverged):
+    def record(st, x):
         x = params(x)
         if central:
             x = _reference_to_alpha(x, data, q_count)
         rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
                       has_test=has_test, record_outputs=record_outputs, central=central,
                       loss=loss)
-        rec["diverged"] = diverged
-        return rec
+        rec["diverged"] = st[2]
+        return st, rec
 
-    def per_record(state, sched):
-        n_sub, h = sched
-        state = advance(state, n_sub, h)
-        return state, record(state[0], state[2])
-
-    phases = algorithm.phases
-
-    def per_record_phases(state, sched):
-        n_sub, h = sched
-        state = advance(state, jnp.maximum(n_sub - 1, 0), h)
-
-        def last_step(st):
-            x, t = st[0], st[1]
-            ops = operators(t)
-            stages = []
-            for phase in phases:
-                x = phase(x, ops)
-                stages.append(x)
-            st = checked(st, x, t + 1.0)
-            recs = [record(v, st[2]) for v in stages]
-            return st, jax.tree.map(lambda *r: jnp.stack(r), *recs)
-
-        def no_step(st):
-            rec = record(st[0], st[2])
-            return st, jax.tree.map(lambda r: jnp.stack([r] * len(phases)), rec)
-
-        return jax.lax.cond(n_sub > 0, last_step, no_step, state)
-
-    return jax.lax.scan(per_record_phases if len(phases) > 1 else per_record, carry, schedule)
+    return scan_records(carry, schedule, algorithm=algorithm, operators=operators,
+                        check=checked, record=record, count=lambda entry: entry[0],
+                        advance=advance)
 
 
 def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
@@ -810,32 +789,22 @@ def evolve(
                   loss=problem.loss)
     state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
-    total = len(steps)
-    chunk = max(1, min(chunk, total))
+    chunk = max(1, min(chunk, len(steps)))
     pieces = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=int(np.sum(deltas)), unit="step" if not continuous else "t",
                    desc=f"predict {algorithm.name}")
-    for start in range(0, total, chunk):
-        sl = slice(start, start + chunk)
-        ns, hs = n_sub[sl], h[sl]
-        pad = chunk - len(ns)
-        if pad:
-            ns, hs = np.concatenate([ns, np.zeros(pad, np.int64)]), np.concatenate(
-                [hs, np.zeros(pad)])
-        carry, recs = _run_chunk(carry, (jnp.asarray(ns), jnp.asarray(hs)), data, **static)
-        recs = jax.tree.map(np.asarray, recs)
-        pieces.append(jax.tree.map(lambda a, p=pad: a[: len(a) - p] if p else a, recs))
+    for sl, sched, pad in padded_chunks((n_sub, h), chunk):
+        carry, recs = _run_chunk(carry, sched, data, **static)
+        pieces.append(trim(recs, pad, algorithm.records_per_step))
         if bar is not None:
             bar.update(int(np.sum(deltas[sl])))
         if bool(np.all(np.asarray(carry[2]))):
             break  # every rate diverged: nothing left to compute
     if bar is not None:
         bar.close()
-    out = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
-    if algorithm.records_per_step > 1:  # (T, P, ...) -> (T P, ...)
-        out = {key: v.reshape((-1,) + v.shape[2:]) for key, v in out.items()}
+    out = concatenate(pieces)
     out["diverged_at"] = np.asarray(carry[3])
     return out

@@ -36,6 +36,7 @@ from ntkdyn import graphs
 from ntkdyn._utils import memory
 from ntkdyn._utils.checks import as_float_array, check_shape, learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
+from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
 from ntkdyn.lowrank.factor import LowRankFactor
 from ntkdyn.trajectory import Trajectory
 
@@ -207,57 +208,29 @@ def _init(x0, data, *, algorithm, q_count, central):
                                    "record_outputs"))
 def _run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
                record_outputs):
-    """Advance through a chunk of records (``n_steps`` steps before each)."""
+    """Advance through a chunk of records (``n_steps`` steps before each): the low-rank
+    instance of :func:`ntkdyn.engine.scan_records` (state: feature-space coordinates)."""
     ops = lowrank_operators(data, q_count, central)
     params = algorithm.parameters
     limit = data["limit_per_step"]
 
-    def checked(st, new):
+    def checked(st, new, t_new):
         x, t, diverged, div_at = st
-        p = params(new)
-        mag = jnp.max(jnp.abs(p))
-        t_new = t + 1.0
+        mag = jnp.max(jnp.abs(params(new)))
         bad = ~jnp.isfinite(mag) | (mag > limit * t_new)
         div_at = jnp.where(bad & ~diverged, t_new, div_at)
         diverged = diverged | bad
         keep = jax.tree.map(lambda a, b: jnp.where(diverged, a, b), x, new)
         return keep, t_new, diverged, div_at
 
-    def advance(st, n):
-        return jax.lax.fori_loop(0, n, lambda i, s: checked(s, algorithm.step(s[0], ops)), st)
-
-    def record(x, diverged):
+    def record(st, x):
         rec = _record(params(x), data, q_count=q_count, central=central, has_test=has_test,
                       record_outputs=record_outputs)
-        rec["diverged"] = diverged
-        return rec
+        rec["diverged"] = st[2]
+        return st, rec
 
-    phases = algorithm.phases
-    if len(phases) <= 1:
-        def body(st, n):
-            st = advance(st, n)
-            return st, record(st[0], st[2])
-    else:
-        def body(st, n):
-            st = advance(st, jnp.maximum(n - 1, 0))
-
-            def last_step(s):
-                x = s[0]
-                stages = []
-                for phase in phases:
-                    x = phase(x, ops)
-                    stages.append(x)
-                s = checked(s, x)
-                recs = [record(v, s[2]) for v in stages]
-                return s, jax.tree.map(lambda *r: jnp.stack(r), *recs)
-
-            def no_step(s):
-                rec = record(s[0], s[2])
-                return s, jax.tree.map(lambda r: jnp.stack([r] * len(phases)), rec)
-
-            return jax.lax.cond(n > 0, last_step, no_step, st)
-
-    return jax.lax.scan(body, carry, n_steps)
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=lambda t: ops,
+                        check=checked, record=record)
 
 
 def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
@@ -403,29 +376,23 @@ def predict_lowrank(
     state = x0 if algo.init is None else _init(x0, data, **static)
     carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
-    total = len(steps)
-    chunk = max(1, min(chunk, total))
+    chunk = max(1, min(chunk, len(steps)))
     pieces = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=int(deltas.sum()), unit="step", desc=f"low-rank {algo.name}")
-    for start in range(0, total, chunk):
-        ns = deltas[start:start + chunk]
-        pad = chunk - len(ns)
-        if pad:
-            ns = np.concatenate([ns, np.zeros(pad, np.int64)])
-        carry, recs = _run_chunk(carry, jnp.asarray(ns), data, has_test=has_test,
+    for sl, sched, pad in padded_chunks((deltas,), chunk):
+        carry, recs = _run_chunk(carry, sched[0], data, has_test=has_test,
                                  record_outputs=record_outputs, **static)
-        recs = jax.tree.map(np.asarray, recs)
-        pieces.append(jax.tree.map(lambda v, p=pad: v[: len(v) - p] if p else v, recs))
+        pieces.append(trim(recs, pad, 1))
         if bar is not None:
-            bar.update(int(deltas[start:start + chunk].sum()))
+            bar.update(int(deltas[sl].sum()))
         if bool(carry[2]):
             break
     if bar is not None:
         bar.close()
-    raw = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+    raw = concatenate(pieces)
     per = algo.records_per_step
     if per > 1:
         raw = {key: v.reshape((-1,) + v.shape[2:]) for key, v in raw.items()}

@@ -69,6 +69,7 @@ from ntkdyn import graphs
 from ntkdyn._utils.checks import learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.data import Partition
+from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
 from ntkdyn.graphs.sequences import is_process
 from ntkdyn.losses import LOSSES, accuracy, check_logit_scale, class_targets, sample_loss
 from ntkdyn.models import MLP, init_params
@@ -266,9 +267,11 @@ def _init_state(x0, data, *, setup: _Setup):
 def _run_chunk(carry, n_steps, data, *, setup: _Setup):
     """Advance through ``len(n_steps)`` records (``n_steps[r]`` iterations before each).
 
-    The carry's state is the algorithm's (augmented) state; records read its parameters.
-    A schedule with several phases records after each phase of the last step before a
-    record (``(P, ...)`` per record).
+    The parameter-space instance of :func:`ntkdyn.engine.scan_records` (the loop the
+    kernel-space solver runs too).  The carry's state is the algorithm's (augmented)
+    state; records read its parameters.  A step is rejected (the run frozen, its step
+    recorded in ``diverged_at``) when ``||theta - theta_0||^2`` leaves ``data["limit2"]``
+    or a record is not finite.
     """
     algo = setup.algorithm
     params = algo.parameters
@@ -277,62 +280,24 @@ def _run_chunk(carry, n_steps, data, *, setup: _Setup):
         w = data["w_pad"] if setup.batch == 0 else _batch_weights(data, t, setup.batch)
         return _operators(setup, data, w, t)
 
-    def check(x, new):
+    def check(st, new, t_new):
+        x, _, diverged, div_at = st
         dev2 = _sq_norms(_deviation(setup, data, params(new)))
-        bad = jnp.any(~jnp.isfinite(dev2) | (dev2 > data["limit2"]))
-        return jax.tree.map(lambda a, b: jnp.where(bad, a, b), x, new), bad
+        bad = jnp.any(~jnp.isfinite(dev2) | (dev2 > data["limit2"])) & ~diverged
+        x = jax.tree.map(lambda a, b: jnp.where(diverged | bad, a, b), x, new)
+        return x, t_new, diverged | bad, jnp.where(bad, t_new, div_at)
 
-    def advance(x, t):
-        return check(x, algo.step(x, ops_at(t)))
-
-    def body(_, state):
-        x, t, diverged, div_at = state
-        x, bad = jax.lax.cond(diverged, lambda x, t: (x, jnp.asarray(False)), advance, x, t)
-        div_at = jnp.where(bad & ~diverged, t + 1, div_at)
-        return x, t + 1, diverged | bad, div_at
-
-    def finish(state, rec):
-        x, t, diverged, div_at = state
-        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in rec.values()]))
-        div_at = jnp.where(bad & ~diverged, t, div_at)
+    def record(st, x):
+        rec = _record(setup, data, params(x))
+        state, t, diverged, div_at = st
+        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in rec.values()])) & ~diverged
+        div_at = jnp.where(bad, t, div_at)
         diverged = diverged | bad
         rec["diverged"] = diverged
-        return (x, t, diverged, div_at), rec
+        return (state, t, diverged, div_at), rec
 
-    def per_record(state, n):
-        state = jax.lax.fori_loop(0, n, body, state)
-        return finish(state, _record(setup, data, params(state[0])))
-
-    phases = algo.phases
-
-    def per_record_phases(state, n):
-        state = jax.lax.fori_loop(0, jnp.maximum(n - 1, 0), body, state)
-
-        def last_step(st):
-            x, t, diverged, div_at = st
-            ops = ops_at(t)
-            stages, cur = [], x
-            for phase in phases:
-                cur = phase(cur, ops)
-                stages.append(cur)
-            new, bad = check(x, cur)
-            new = jax.tree.map(lambda a, b: jnp.where(diverged, a, b), x, new)
-            bad = bad & ~diverged
-            div_at = jnp.where(bad, t + 1, div_at)
-            recs = [_record(setup, data, params(v)) for v in stages]
-            return (new, t + 1, diverged | bad, div_at), recs
-
-        def no_step(st):
-            rec = _record(setup, data, params(st[0]))
-            return st, [rec] * len(phases)
-
-        state, recs = jax.lax.cond(n > 0, last_step, no_step, state)
-        out = [finish(state, r) for r in recs]
-        state = out[-1][0]
-        recs = [r for _, r in out]
-        return state, jax.tree.map(lambda *r: jnp.stack(r), *recs)
-
-    return jax.lax.scan(per_record_phases if len(phases) > 1 else per_record, carry, n_steps)
+    return scan_records(carry, n_steps, algorithm=algo, operators=ops_at, check=check,
+                        record=record)
 
 
 def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed,
@@ -577,15 +542,13 @@ def train(
     written = done  # records in the checkpoint file
     guard = _InterruptGuard(active=ck_path is not None)
     try:
-        while done < total and not bool(carry[2]):
+        for sl, sched, pad in padded_chunks((deltas,), chunk, start=done):
+            if bool(carry[2]):
+                break
             t_chunk = time.perf_counter()
-            ns = deltas[done:done + chunk]
-            pad = chunk - len(ns)
-            n_run = np.concatenate([ns, np.zeros(pad, np.int64)]) if pad else ns
-            carry, recs = _run_chunk(carry, jnp.asarray(n_run), data, setup=setup)
-            recs = {k: np.asarray(v)[: len(ns)] for k, v in recs.items()}
-            if algo.records_per_step > 1:  # (n, P, ...) -> (n P, ...)
-                recs = {k: v.reshape((-1,) + v.shape[2:]) for k, v in recs.items()}
+            ns = deltas[sl]
+            carry, recs = _run_chunk(carry, sched[0], data, setup=setup)
+            recs = trim(recs, pad, algo.records_per_step)
             pieces.append(recs)
             done += len(ns)
             steps_done += int(ns.sum())
@@ -600,7 +563,7 @@ def train(
             finished = done >= total or bool(carry[2])
             if ck_path is not None and (finished or now - last_write >= checkpoint_interval):
                 _save_checkpoint(ck_path, fingerprint, carry, pieces, done, steps_done)
-                pieces = [{k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}]
+                pieces = [concatenate(pieces)]
                 last_write, written = now, done
             saved = (carry, list(pieces), done, steps_done)
             if guard.requested:  # Ctrl-C during this chunk: checkpoint it below, then stop
@@ -614,7 +577,7 @@ def train(
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - start
-    raw = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    raw = concatenate(pieces)
     diverged_at = int(carry[3]) if bool(carry[2]) else None
     settings.update(wall_time_s=wall, resumed_from_step=resumed_from,
                     steps_per_second=(warm_steps / warm_time if warm_time > 0 else None))
