@@ -38,6 +38,7 @@ from ntkdyn.dynamics.stability import StabilityReport
 from ntkdyn.dynamics.stability import stability as _stability
 from ntkdyn.dynamics.steady_state import FixedPoint
 from ntkdyn.dynamics.steady_state import fixed_point as _fixed_point
+from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.kernels.empirical import empirical_ntk, mlp_empirical_ntk
 from ntkdyn.models import MLP, init_params
 from ntkdyn.models import describe as _describe
@@ -362,19 +363,8 @@ def build_problem(
     parts = parts.sorted()
     data = parts.dataset
     n, k = data.y_train.shape
-    from ntkdyn.graphs.sequences import is_process
-
-    q_mix = mixing.num_agents if is_process(mixing) else None
-    if q_mix is not None:
-        if q_mix != parts.num_agents:
-            raise ValueError(f"mixing: a sequence for {q_mix} agents, the partition has "
-                             f"{parts.num_agents}")
-    else:
-        mixing = np.asarray(mixing, dtype=float)
-    if q_mix is None and (mixing.ndim != 2 or mixing.shape[0] != parts.num_agents):
-        raise ValueError(
-            f"mixing: expected a ({parts.num_agents}, {parts.num_agents}) matrix for "
-            f"{parts.num_agents} agents, got shape {mixing.shape}")
+    w, process = resolve_mixing(mixing, parts.num_agents)  # checked before any kernel
+    mixing = w if process is None else process
     if isinstance(arch, MLP) and arch.out != k:
         raise ValueError(f"arch.out: the data have K={k} outputs (classes), the MLP has "
                          f"out={arch.out}")

@@ -338,7 +338,7 @@ def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     problem = build_problem(other.arch, other.parts, other.mixing,
                             kernel=cfg.prediction.kernel, seed=cfg.seed)
     # random gossip: the expected matrix's spectrum (the mean-state dynamics)
-    w = other.mixing.expected() if gossip.is_process(other.mixing) else other.mixing
+    w, _ = gossip.resolve_mixing(other.mixing)
     row = {"topology": name, "lambda_min": graphs.lambda_min(w)
            if graphs.is_symmetric(w) else None,
            "spectral_gap": graphs.spectral_gap(w)}

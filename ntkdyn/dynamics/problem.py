@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ntkdyn import graphs
 from ntkdyn._utils.checks import as_float_array, check_shape
-from ntkdyn.graphs.sequences import is_process
+from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
 from ntkdyn.losses import check_logit_scale, check_loss, class_targets
 
 
@@ -72,7 +71,7 @@ class KernelProblem:
     f0_test: np.ndarray | None
     labels_test: np.ndarray | None
     order: np.ndarray
-    process: object | None = None
+    process: MixingProcess | None = None
     loss: str = "mse"
     logit_scale: float = 1.0
 
@@ -264,12 +263,7 @@ def make_problem(
         if not np.all(np.mod(agent, 1) == 0):
             raise ValueError("agent: expected integer agent indices")
         agent = agent.astype(np.int64)
-    process = None
-    if is_process(mixing):
-        process = mixing
-        mixing = graphs.check_mixing(process.expected(), name="mixing (expected matrix)")
-    else:
-        mixing = graphs.check_mixing(mixing, name="mixing")
+    mixing, process = resolve_mixing(mixing)
     q_count = mixing.shape[0]
     if agent.min() < 0 or agent.max() >= q_count:
         raise ValueError(

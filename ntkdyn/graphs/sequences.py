@@ -297,5 +297,31 @@ def is_process(mixing) -> bool:
     return isinstance(mixing, MixingProcess)
 
 
+def resolve_mixing(mixing, num_agents: int | None = None,
+                   name: str = "mixing") -> tuple[np.ndarray, MixingProcess | None]:
+    """The one normalisation of a mixing argument, made at the boundary.
+
+    ``mixing`` is a ``(Q, Q)`` row-stochastic matrix (anything array-like) or a
+    :class:`MixingProcess` (periodic or random sequence).  Returns ``(W, process)``:
+    ``W`` the checked matrix (for a process its expected matrix ``E[W]``, which the
+    mean-state recursion and the stability analysis use) and ``process`` (``None`` for
+    a static matrix).  With ``num_agents`` the number of agents must match; every
+    failure is a ``ValueError`` naming ``name``.  Inside ntkdyn only the pair is passed
+    on: no function below the boundary asks "matrix or process?" again.
+    """
+    process = mixing if is_process(mixing) else None
+    if process is not None:
+        if num_agents is not None and process.num_agents != num_agents:
+            raise ValueError(f"{name}: a sequence for {process.num_agents} agents, the "
+                             f"partition has {num_agents}")
+        w = check_mixing(process.expected(), name=f"{name} (expected matrix)")
+    else:
+        w = check_mixing(mixing, name=name)
+    if num_agents is not None and w.shape[0] != num_agents:
+        raise ValueError(f"{name}: expected a ({num_agents}, {num_agents}) matrix for "
+                         f"{num_agents} agents, got shape {w.shape}")
+    return w, process
+
+
 __all__ = ["MixingProcess", "Periodic", "RandomEdges", "OneRandomEdge", "periodic",
-           "random_edges", "one_random_edge", "is_process"]
+           "random_edges", "one_random_edge", "is_process", "resolve_mixing"]

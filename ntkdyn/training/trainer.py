@@ -65,12 +65,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn import graphs
 from ntkdyn._utils.checks import learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.data import Partition
 from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
-from ntkdyn.graphs.sequences import is_process
+from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.losses import LOSSES, accuracy, check_logit_scale, class_targets, sample_loss
 from ntkdyn.models import MLP, init_params
 from ntkdyn.models import describe as _describe
@@ -470,19 +469,10 @@ def train(
                          f"apply_fn, kernel_fn) triple, got {type(arch).__name__}")
     algo = get_algorithm(algorithm)
     q = parts.num_agents
-    process = mixing if is_process(mixing) else None
-    if process is not None:
-        if process.num_agents != q:
-            raise ValueError(f"mixing: a sequence for {process.num_agents} agents, the "
-                             f"partition has {q}")
-        if isinstance(gossip_sample, bool) or not isinstance(gossip_sample, int | np.integer) \
-                or gossip_sample < 0:
-            raise ValueError(f"gossip_sample: expected an integer >= 0, got {gossip_sample!r}")
-        mixing = process.expected()
-    mixing = graphs.check_mixing(mixing, name="mixing")
-    if mixing.shape[0] != q:
-        raise ValueError(f"mixing: expected a ({q}, {q}) matrix for {q} agents, got shape "
-                         f"{mixing.shape}")
+    mixing, process = resolve_mixing(mixing, q)
+    if process is not None and (isinstance(gossip_sample, bool) or not isinstance(
+            gossip_sample, int | np.integer) or gossip_sample < 0):
+        raise ValueError(f"gossip_sample: expected an integer >= 0, got {gossip_sample!r}")
     lrs = learning_rates(lr, q)
     steps = steps_array(steps)
     jdtype = DTYPES[dtype]
