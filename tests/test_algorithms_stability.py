@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_spectrum import _growth, _problem
+from test_stability import _growth, _problem
 
 from ntkdyn import algorithms, graphs
 from ntkdyn.dynamics import stability as stab

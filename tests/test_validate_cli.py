@@ -344,7 +344,7 @@ def test_stability_verdict_paths(monkeypatch):
     """The harness's verdict: exact (dense) where it fits, the ARPACK spectral radius up to
     ARPACK_MAX_DIM for schedules without a crossing, and an explicit "not computed"
     (stable None; the status then comes from the trajectory) beyond."""
-    from test_spectrum import _problem
+    from test_stability import _problem
 
     import ntkdyn.validation.harness as harness
     from ntkdyn import algorithms
