@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import ntkdyn as nd
+    from ntkdyn.config import load_config
 
     files = sorted(Path(args.suites).glob("*.toml"))
     if args.only:
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         return 2
     rows, widths, start = [], None, time.perf_counter()
     for f in files:
-        cfg = nd.config.load_config(f)
+        cfg = load_config(f)
         tic = time.perf_counter()
         res = nd.validate(cfg, out=Path(args.out) / f.stem, widths=args.widths,
                           linearised=args.linearised)
