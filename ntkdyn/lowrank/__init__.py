@@ -11,6 +11,9 @@ Entry point (what ``nd.predict(rank=...)`` is meant to call)::
     traj = lowrank.predict(source, y_train, agent, W, lr=0.5, steps=range(0, 1001, 20),
                            y_test=y_test, rank="auto", tol=1e-3)
     traj.metadata["low_rank"]   # rank, method, error_estimate, discarded_norm_bound, ...
+
+The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
+linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from .factor import (
     factorize,
     max_fitting_rank,
 )
+from .primal import jacobian_features, predict_primal, primal_bytes
 
 __all__ = [
     "METHODS", "AnalyticColumns", "KernelColumns", "LowRankFactor", "LowRankTooLargeError",
     "MatrixColumns", "analytic_columns", "error_estimate", "error_scale", "evolve_bytes",
-    "factor_bytes", "factorize", "kernel_columns", "max_fitting_rank", "predict",
-    "predict_lowrank",
+    "factor_bytes", "factorize", "jacobian_features", "kernel_columns", "max_fitting_rank",
+    "predict", "predict_lowrank", "predict_primal", "primal_bytes",
 ]
 
 DEFAULT_TOL = 1e-3

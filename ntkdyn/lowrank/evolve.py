@@ -147,6 +147,15 @@ def _acc(out, labels):
     return jnp.mean((jnp.argmax(out, axis=-1) == labels).astype(out.dtype), axis=-1)
 
 
+def _per_sample(out, data):
+    """Outputs ``(A, rows, C)`` as ``(A, samples, K)``: a no-op for the feature path (one row
+    per sample); the primal path (:mod:`ntkdyn.lowrank.primal`) has ``K`` rows per sample
+    and one column, and marks ``K`` by the shape of ``data["outputs"]``."""
+    if "outputs" not in data:
+        return out
+    return out.reshape(out.shape[0], -1, data["outputs"].shape[0])
+
+
 def _record(x, data, *, q_count, central, has_test, record_outputs):
     a = x.shape[0]
     n = data["n"]
@@ -174,20 +183,21 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
         rec["central_dist"] = jnp.sqrt(jnp.sum((xa - x[q_count]) ** 2, axis=(1, 2)))
     mean_x = jnp.concatenate([x, xm[None]], axis=0)  # slot A: the network-mean model
     p_acc = data["acc_phi"]
-    out = data["acc_f0"] + jnp.einsum("nr,ark->ank", p_acc, mean_x, precision=EXACT)
+    out = _per_sample(data["acc_f0"] + jnp.einsum("nr,ark->ank", p_acc, mean_x,
+                                                  precision=EXACT), data)
     acc = _acc(out, data["acc_labels"])
     rec["train_acc"] = acc[:a]
     rec["mean_model_train_acc"] = acc[a]
     rec["mean_model_train_loss"] = _quad_loss(xm[None], sq["gram"], sq["lin"], sq["const"],
                                               n)[0]
     if record_outputs:
-        rec["train_outputs"] = data["f0"] + jnp.einsum("nr,ark->ank", data["phi_all"], x,
-                                                       precision=EXACT)
+        rec["train_outputs"] = _per_sample(data["f0"] + jnp.einsum(
+            "nr,ark->ank", data["phi_all"], x, precision=EXACT), data)
     if has_test:
         st = data["test"]
         tl = _quad_loss(mean_x, st["gram"], st["lin"], st["const"], data["m"])
-        out_t = data["f0_test"] + jnp.einsum("nr,ark->ank", data["phi_test"], mean_x,
-                                             precision=EXACT)
+        out_t = _per_sample(data["f0_test"] + jnp.einsum("nr,ark->ank", data["phi_test"],
+                                                         mean_x, precision=EXACT), data)
         acc_t = _acc(out_t, data["labels_test"])
         rec.update(test_loss=tl[:a], test_acc=acc_t[:a], mean_model_test_loss=tl[a],
                    mean_model_test_acc=acc_t[a])
