@@ -40,12 +40,14 @@ from .factor import (
     max_fitting_rank,
 )
 from .primal import jacobian_features, predict_primal, primal_bytes
+from .stability import lowrank_stability, lowrank_stable_set
 
 __all__ = [
     "METHODS", "AnalyticColumns", "KernelColumns", "LowRankFactor", "LowRankTooLargeError",
     "MatrixColumns", "analytic_columns", "error_estimate", "error_scale", "evolve_bytes",
     "factor_bytes", "factorize", "jacobian_features", "kernel_columns", "max_fitting_rank",
-    "predict", "predict_lowrank", "predict_primal", "primal_bytes",
+    "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
+    "primal_bytes",
 ]
 
 DEFAULT_TOL = 1e-3
