@@ -47,6 +47,29 @@ def test_exact_rank_kernel_matches_exact_path(algorithm, equal):
     assert "mean network" in low.metadata["quantity"]
 
 
+@pytest.mark.parametrize("algorithm", ["dgd", "gradient_tracking", "p2pl"])
+def test_gram_form_equals_feature_form(algorithm):
+    """The Gram form (r x r matrices per agent) and the feature form (the agents' rows) are
+    the same recursion: every recorded quantity within 1e-12 (unequal shards, per-agent
+    rates, centralised reference, a truncated factor)."""
+    kern, y, agent, w, lr = _spectrum_problem("slow")
+    factor = lowrank.factorize(lowrank.kernel_columns(kern), 12)
+    algo = nd.algorithms.p2pl(3, 2) if algorithm == "p2pl" else algorithm
+    lrs = lr * np.array([1.0, 0.8, 0.9, 0.7])
+    runs = {form: lowrank.predict_lowrank(factor, y, agent, w, lrs, range(0, 41, 10), algo,
+                                          record_outputs=True, form=form)
+            for form in ("gram", "features")}
+    assert runs["gram"].metadata["low_rank"]["form"] == "gram"
+    assert runs["features"].metadata["low_rank"]["form"] == "features"
+    for f in FIELDS:
+        a, b = getattr(runs["gram"], f), getattr(runs["features"], f)
+        if a is None:
+            continue
+        assert np.max(np.abs(a - b)) <= 1e-12 * max(1.0, np.abs(b).max()), f
+    with pytest.raises(ValueError, match="^form: "):
+        lowrank.predict_lowrank(factor, y, agent, w, lr, 10, form="dense")
+
+
 def test_per_agent_rates_and_phases_match_exact_path():
     kern, kern_t, y, yt, agent, w, r = _exact_rank_problem(False, seed=3)
     lr = np.array([0.2, 0.4, 0.3, 0.5])

@@ -51,12 +51,14 @@ def test_primal_equals_kernel_path(small_mlp, algorithm):
     exact = nd.predict_from_kernels(kern, y, agent, w, lr, steps, algorithm, f0_train=f0,
                                     f0_test=f0t, kernel_test_train=kern_t, y_test=yt,
                                     record_outputs=True)
-    primal = predict_primal(arch.apply, params, x, y, agent, w, lr, steps, algorithm,
-                            x_test=xt, y_test=yt, record_outputs=True)
-    for f in FIELDS:
-        a, b = getattr(exact, f), getattr(primal, f)
-        assert a is not None and a.shape == b.shape, f
-        assert np.max(np.abs(a - b)) <= 1e-10, (f, np.max(np.abs(a - b)))
+    for form in ("gram", "features"):  # P x P Gram matrices or the Jacobian rows per step
+        primal = predict_primal(arch.apply, params, x, y, agent, w, lr, steps, algorithm,
+                                x_test=xt, y_test=yt, record_outputs=True, form=form)
+        assert primal.metadata["primal"]["form"] == form
+        for f in FIELDS:
+            a, b = getattr(exact, f), getattr(primal, f)
+            assert a is not None and a.shape == b.shape, f
+            assert np.max(np.abs(a - b)) <= 1e-10, (form, f, np.max(np.abs(a - b)))
     assert primal.metadata["path"] == "primal"
     assert primal.metadata["primal"]["num_params"] == 57
     assert primal.metadata["kernel_layout"] == "full"

@@ -100,11 +100,25 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
     The centralised slot (``central``) follows the same schedule with ``W = [[1]]`` on the
     global objective, gradient ``sum_q Phi_q^T r_q / (Q N_q)``.
     """
-    phi, res, inv_n, w = data["phi"], data["res"], data["inv_n"], data["mixing"]
+    inv_n, w = data["inv_n"], data["mixing"]
 
     def mix(x, j=0):
         agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT)
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
+
+    if "grams" in data:  # the Gram form: (1/N_q) (G_q x_q + Phi_q^T r_q)
+        grams, lins = data["grams"], data["lins"]
+
+        def grad_gram(x):
+            g = (jnp.einsum("qrs,qsc->qrc", grams, x[:q_count], precision=EXACT) + lins) \
+                * inv_n[:, None, None]
+            if central:
+                gc = jnp.matmul(data["gram_c"], x[q_count], precision=EXACT) + data["lin_c"]
+                return jnp.concatenate([g, gc[None]], axis=0)
+            return g
+
+        return Operators(mix=mix, grad=grad_gram, scale=lambda g: data["lr"][:, None, None] * g)
+    phi, res = data["phi"], data["res"]
 
     def grad(x):
         c = x.shape[-1]
@@ -166,12 +180,18 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
                                 data["obj"]["const"], 1.0),
     }
     # local loss: each agent on its own rows
-    phi, res, inv_n = data["phi"], data["res"], data["inv_n"]
+    inv_n = data["inv_n"]
     xa = x[:q_count]
-    if isinstance(phi, tuple):
+    if "grams" in data:
+        gx = jnp.einsum("qrs,qsk->qrk", data["grams"], xa, precision=EXACT)
+        local = data["consts"] + 2.0 * jnp.einsum("qrk,qrk->q", data["lins"], xa) \
+            + jnp.einsum("qrk,qrk->q", xa, gx)
+    elif isinstance(data["phi"], tuple):
+        phi, res = data["phi"], data["res"]
         local = jnp.stack([jnp.sum((jnp.matmul(p, xa[q], precision=EXACT) + rq) ** 2)
                            for q, (p, rq) in enumerate(zip(phi, res, strict=True))])
     else:
+        phi, res = data["phi"], data["res"]
         local = jnp.sum((jnp.einsum("qnr,qrk->qnk", phi, xa, precision=EXACT) + res) ** 2,
                         axis=(1, 2))
     rec["local_loss"] = 0.5 * local * inv_n
@@ -269,6 +289,41 @@ def _run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
     return jax.lax.scan(body, carry, n_steps)
 
 
+FORMS = ("auto", "gram", "features")
+
+
+def use_gram(form: str, rows: int, rank: int, agents: int) -> bool:
+    """Per step the Gram form reads ``Q r^2`` numbers (``2 (Q + 1) r^2 K`` flops with the
+    centralised reference), the feature form ``2 N r`` (``8 N r K`` flops); with ``K``
+    columns the step is bandwidth-bound, so ``"auto"`` takes the Gram form when
+    ``Q r <= 2 N`` (fewer numbers read, and fewer flops)."""
+    if form not in FORMS:
+        raise ValueError(f"form: expected one of {list(FORMS)}, got {form!r}")
+    return form == "gram" or (form == "auto" and agents * rank <= 2 * rows)
+
+
+def step_data(phi_s: np.ndarray, res: np.ndarray, offsets, inv_n: np.ndarray, gram: bool,
+              stacked: bool, n_max: int) -> dict:
+    """What one step reads.  Feature form: the agents' rows ``Phi_q`` and residuals
+    (``(Q, n_max, r)`` zero padded when ``stacked``, else a tuple).  Gram form:
+    ``G_q = Phi_q^T Phi_q``, ``Phi_q^T r_q``, ``|r_q|^2`` and, for the centralised slot,
+    ``G_c = sum_q G_q / (Q N_q)``, ``lin_c`` likewise (``O(N r^2)`` once)."""
+    q_count = len(offsets) - 1
+    if not gram:
+        return {"phi": _blocks(phi_s, offsets, stacked, n_max),
+                "res": _blocks(res, offsets, stacked, n_max)}
+    r, k = phi_s.shape[1], res.shape[1]
+    grams, lins, consts = np.empty((q_count, r, r)), np.empty((q_count, r, k)), np.empty(q_count)
+    for q in range(q_count):
+        p, rq = phi_s[offsets[q]:offsets[q + 1]], res[offsets[q]:offsets[q + 1]]
+        grams[q], lins[q], consts[q] = p.T @ p, p.T @ rq, np.sum(rq ** 2)
+    wq = inv_n / q_count
+    return {"grams": jnp.asarray(grams), "lins": jnp.asarray(lins),
+            "consts": jnp.asarray(consts),
+            "gram_c": jnp.asarray(np.tensordot(wq, grams, axes=1)),
+            "lin_c": jnp.asarray(np.tensordot(wq, lins, axes=1))}
+
+
 def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
     q_count = len(offsets) - 1
     if stacked:
@@ -298,6 +353,7 @@ def predict_lowrank(
     progress: bool = False,
     seed: int = 0,
     metadata: dict | None = None,
+    form: str = "auto",
 ) -> Trajectory:
     r"""Predict peer-to-peer training on the low-rank factor ``Theta ~ Phi Phi^T``.
 
@@ -307,6 +363,12 @@ def predict_lowrank(
     evaluate training accuracies on that many training rows drawn at random (``seed``;
     default all) -- the per-record cost of accuracies is ``Q N r K``.  Losses, distances
     and test metrics are always on the full sets.
+
+    ``form``: ``"features"`` (each step reads the agents' rows ``Phi_q``, ``4 N r K``
+    flops, twice that with the centralised reference), ``"gram"`` (each step multiplies by
+    the ``r x r`` Gram matrices ``Phi_q^T Phi_q``, ``2 (Q + 1) r^2 K`` flops) or ``"auto"``
+    (the Gram form when ``Q r <= 2 N``: fewer numbers read per step, and the step is
+    bandwidth-bound); the same trajectory to round-off.
 
     ``metadata["low_rank"]`` holds the rank, the factorisation's facts and the a-priori
     estimate ``error_estimate = error_scale * ||E||`` bound
@@ -362,8 +424,10 @@ def predict_lowrank(
     offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
     n_max = int(counts.max())
     stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n, r, q_count)
     m_test = factor.phi_test.shape[0] if has_test else 0
-    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=q_count * n_max if stacked else n,
+    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
+    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=rows,
                         acc_rows=acc_rows, record_outputs=record_outputs, records=len(steps))
     memory.ensure_fits(need, "this low-rank prediction",
                        "use a smaller rank, acc_rows=..., or record_outputs=False")
@@ -375,8 +439,7 @@ def predict_lowrank(
     wts = np.repeat(inv_n / q_count, counts)  # objective weight of every (sorted) row
     res_max = max(float(np.max(np.abs(res))), 1e-300)
     data = {
-        "phi": _blocks(phi_s, offsets, stacked, n_max),
-        "res": _blocks(res, offsets, stacked, n_max),
+        **step_data(phi_s, res, offsets, inv_n, gram, stacked, n_max),
         "inv_n": jnp.asarray(inv_n),
         "lr": jnp.asarray(slot_lr),
         "mixing": jnp.asarray(w),
@@ -443,7 +506,8 @@ def predict_lowrank(
         rec_steps, phase = steps, None
     scale = error_scale(lr_q, counts, float(steps[-1]), algo)
     low = dict(factor.describe(), error_estimate=error_estimate(factor, scale),
-               error_scale=scale, padded=bool(stacked and q_count * n_max > n),
+               error_scale=scale, padded=bool(not gram and stacked and q_count * n_max > n),
+               form="gram" if gram else "features",
                acc_rows=n if acc_rows is None else int(acc_rows),
                estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
                            "on the training inputs (theory/low_rank.md)")

@@ -38,7 +38,15 @@ from .. import graphs, memory
 from ..algorithms import Algorithm, get_algorithm
 from ..trajectory import Trajectory
 from ..validation import as_float_array, check_shape, learning_rates, steps_array
-from .evolve import DIVERGENCE_FACTOR, PAD_MAX, _blocks, _init, _run_chunk, _trajectory
+from .evolve import (
+    DIVERGENCE_FACTOR,
+    PAD_MAX,
+    _init,
+    _run_chunk,
+    _trajectory,
+    step_data,
+    use_gram,
+)
 
 __all__ = ["jacobian_features", "predict_primal", "primal_bytes"]
 
@@ -105,6 +113,7 @@ def predict_primal(
     progress: bool = False,
     batch_size: int | None = None,
     metadata: dict | None = None,
+    form: str = "auto",
 ) -> Trajectory:
     r"""Predict peer-to-peer training of the linearised network in parameter space.
 
@@ -114,7 +123,9 @@ def predict_primal(
     (module docstring).  ``f0``: ``"network"`` (the network's outputs at ``params``: the
     exact linearisation) or ``"zero"``.  Other arguments as
     :func:`ntkdyn.predict_from_kernels` (static mixing matrix, one rate or one per agent,
-    squared loss, discrete steps).  ``metadata["primal"]`` holds ``P``, ``N K`` and the
+    squared loss, discrete steps).  ``form`` as :func:`~ntkdyn.lowrank.predict_lowrank`
+    (the Gram form multiplies by ``P x P`` matrices ``J_q^T J_q``, chosen by ``"auto"`` when
+    cheaper).  ``metadata["primal"]`` holds ``P``, ``N K``, the form and the
     bytes of the Jacobians.
     """
     from ..gossip import is_process
@@ -159,6 +170,7 @@ def predict_primal(
     n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
     n_max = int(counts.max())
     stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n * k, n_params, q_count)
     need = primal_bytes(n, m, k, n_params, q_count,
                         padded_rows=q_count * n_max if stacked else n,
                         record_outputs=record_outputs, records=len(steps))
@@ -186,19 +198,18 @@ def predict_primal(
     slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
     inv_n = 1.0 / counts
     wts = np.repeat(np.repeat(inv_n / q_count, counts), k)  # objective weight of every row
-    gram = phi.T @ phi
+    gram_all = phi.T @ phi
     res_max = max(float(np.max(np.abs(res))), 1e-300)
     data = {
-        "phi": _blocks(phi, offsets, stacked, n_max * k),
-        "res": _blocks(res, offsets, stacked, n_max * k),
+        **step_data(phi, res, offsets, inv_n, gram, stacked, n_max * k),
         "inv_n": jnp.asarray(inv_n),
         "lr": jnp.asarray(slot_lr),
         "mixing": jnp.asarray(w),
         "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_q.max() * res_max
-                                      * np.sqrt(max(float(np.trace(gram)), 1.0))
+                                      * np.sqrt(max(float(np.trace(gram_all)), 1.0))
                                       / counts.min() * np.sqrt(n * k)),
         "n": float(n),
-        "train": {"gram": jnp.asarray(gram), "lin": jnp.asarray(phi.T @ res),
+        "train": {"gram": jnp.asarray(gram_all), "lin": jnp.asarray(phi.T @ res),
                   "const": float(np.sum(res ** 2))},
         "obj": {"gram": jnp.asarray(phi.T @ (phi * wts[:, None])),
                 "lin": jnp.asarray(phi.T @ (res * wts[:, None])),
@@ -256,8 +267,10 @@ def predict_primal(
         "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
         "kernel_layout": "full", "path": "primal",
         "primal": {"num_params": n_params, "rows": n * k, "jacobian_bytes": 8 * n * k * n_params,
-                   "padded": bool(stacked and q_count * n_max > n),
-                   "cost_per_step_flops": (8 if reference else 4) * n * k * n_params},
+                   "padded": bool(not gram and stacked and q_count * n_max > n),
+                   "form": "gram" if gram else "features",
+                   "cost_per_step_flops": 2 * a * n_params ** 2 if gram
+                   else (8 if reference else 4) * n * k * n_params},
         "quantity": ("the linearised network at the given parameters" if f0 == "network"
                      else "the linearised network with f0 = 0"),
         "mixing": w.tolist(), **(metadata or {}),
