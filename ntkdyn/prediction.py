@@ -413,6 +413,7 @@ def predict(
     rank: int | str | None = None,
     tol: float | None = None,
     max_rank: int | None = None,
+    path: str = "kernel",
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
@@ -433,6 +434,16 @@ def predict(
     memory available.  ``metadata["low_rank"]`` holds the rank, the method, the error
     estimate and the factor's facts.  The low-rank path takes a static mixing matrix,
     the squared loss, discrete steps and float64, with the analytic kernel.
+
+    ``path``: ``"kernel"`` (default; the exact kernel-space path, or the low-rank one with
+    ``rank``) or ``"primal"``: the linearised finite network evolved in parameter space
+    (:mod:`ntkdyn.lowrank.primal`; one ``P``-vector per agent, ``O(N K P)`` per step and
+    ``N K P`` memory instead of ``(N K)^2``), exact and equal to ``kernel="empirical",
+    traced=False`` to round-off; the better path when the network has fewer parameters
+    ``P`` than samples.  It needs ``kernel="empirical"`` (it *is* the finite network; the
+    full layout whatever ``traced`` says), a static mixing matrix, the squared loss,
+    discrete steps, float64 and one device; ``metadata["primal"]`` holds ``P`` and the
+    cost.
 
     Examples
     --------
@@ -458,6 +469,15 @@ def predict(
             "data": parts.dataset.name, "partition": parts.scheme}
     meta["quantity"] = quantity_words(_resolve_f0(f0, kernel) == "zero", params is not None,
                                       seed)
+    if path != "kernel":
+        _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
+                           max_rank=max_rank, continuous=continuous,
+                           kernel_dtype=kernel_dtype, devices=devices, samples=samples,
+                           loss=loss)
+        return _predict_primal(arch, parts, mixing, lr, algorithm, steps, seed=seed,
+                               params=params, f0=_resolve_f0(f0, kernel),
+                               record_outputs=record_outputs, progress=progress,
+                               reference=reference, metadata=meta)
     if rank is not None or tol is not None or max_rank is not None:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
@@ -517,6 +537,66 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     if isinstance(arch, MLP) and arch.out != parts.dataset.num_classes:
         raise ValueError(f"arch.out: the data have K={parts.dataset.y_train.shape[1]} outputs "
                          f"(classes), the MLP has out={arch.out}")
+
+
+PATHS = ("kernel", "primal")
+
+
+def _check_primal_call(arch, parts, mixing, *, path, kernel, rank, tol, max_rank, continuous,
+                       kernel_dtype, devices, samples, loss) -> None:
+    """``ValueError`` naming ``path`` for what the primal path does not take."""
+    from ntkdyn.graphs.sequences import is_process
+
+    if path not in PATHS:
+        raise ValueError(f"path: expected one of {PATHS}, got {path!r}")
+    why = None
+    if kernel != "empirical":
+        why = ("the primal path evolves the finite network's parameters: use "
+               f"kernel='empirical', got kernel={kernel!r}")
+    elif rank is not None or tol is not None or max_rank is not None:
+        why = ("the primal path is exact; rank / tol / max_rank are for the low-rank kernel "
+               "path (path='kernel')")
+    elif is_process(mixing):
+        why = ("the primal path takes a static (Q, Q) mixing matrix; time-varying and random "
+               "mixing sequences run on the kernel path")
+    elif samples is not None:
+        why = "samples is for random mixing sequences, which run on the kernel path"
+    elif continuous:
+        why = "the primal path runs discrete steps; the gradient flow runs on the kernel path"
+    elif loss != "mse":
+        why = f"the primal path is for loss='mse', got loss={loss!r}"
+    elif kernel_dtype != "float64":
+        why = f"the primal path runs in float64, got kernel_dtype={kernel_dtype!r}"
+    elif devices is not None:
+        why = "the primal path runs on one device; devices= is for the sharded kernel path"
+    if why is not None:
+        raise ValueError(f"path: {why}")
+    if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
+        raise ValueError("arch: expected an ntkdyn.models.MLP or a neural-tangents stax "
+                         f"triple, got {type(arch).__name__}")
+    if not isinstance(parts, Partition):
+        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    if isinstance(arch, MLP) and arch.out != parts.dataset.y_train.shape[1]:
+        raise ValueError(f"arch.out: the data have K={parts.dataset.y_train.shape[1]} outputs "
+                         f"(classes), the MLP has out={arch.out}")
+
+
+def _predict_primal(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *, seed,
+                    params, f0, record_outputs, progress, reference, metadata) -> Trajectory:
+    """:func:`predict` on the primal path (:func:`ntkdyn.lowrank.primal.predict_primal`)."""
+    from ntkdyn.lowrank.primal import predict_primal
+
+    data = parts.dataset
+    if params is None:
+        params = init_params(arch, data.dim, seed)
+    has_test = data.num_test > 0
+    apply_fn = arch.apply if isinstance(arch, MLP) else arch[1]
+    return predict_primal(
+        apply_fn, params, data.x_train, data.y_train, parts.agent,
+        np.asarray(mixing, dtype=float), lr, steps, algorithm,
+        x_test=data.x_test if has_test else None, y_test=data.y_test if has_test else None,
+        f0=f0, reference=reference, record_outputs=record_outputs, progress=progress,
+        metadata=dict(metadata, kernel="empirical"))
 
 
 def _predict_lowrank(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,

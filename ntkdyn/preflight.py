@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ntkdyn import algorithms, graphs
+from ntkdyn._utils.checks import learning_rates
 from ntkdyn.algorithms import Algorithm
 from ntkdyn.config.experiment import Experiment, from_config
 from ntkdyn.config.schema import Config, ConfigError, load_config
@@ -97,6 +98,8 @@ class CheckReport:
     timings: dict = field(default_factory=dict)
     kernel_layout: str = "traced"
     versions: dict = field(default_factory=dict)
+    #: ``[prediction] rank``: the factor's facts; the verdicts are of the truncated operator
+    low_rank: dict | None = None
 
     @property
     def target_reached(self) -> bool:
@@ -262,16 +265,16 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     """
     t0 = time.perf_counter()
     cfg = load_config(config) if not isinstance(config, Config) else config
-    if cfg.prediction.rank is not None:
-        raise ConfigError(f"config: prediction.rank: check uses the exact path (stability, lr* "
-                          f"and the fixed point of the full kernel), got prediction.rank = "
-                          f"{cfg.prediction.rank!r}; remove prediction.rank (and tol) to check "
-                          "this configuration, on a subset (data.n_train) if it is too large")
     if cfg.training.loss != "mse":
         raise ConfigError(f"config: training.loss: check supports the squared loss only for "
                           f"now: the stability analysis is exact for it (got "
                           f"{cfg.training.loss!r}; ntkdyn predict and validate take "
                           "cross-entropy)")
+    if cfg.prediction.rank is not None:
+        if topologies or measure_edge:
+            raise ConfigError("config: prediction.rank: --topologies and --measure-edge run on "
+                              "the exact path; remove prediction.rank (and tol) for them")
+        return _check_lowrank(cfg, t0)
     exp = from_config(cfg)
     full = _full_empirical(cfg, exp)
     problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,
@@ -333,6 +336,70 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         versions=versions())
 
 
+LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full kernel's for "
+                  "DGD/ATC/CTA with a symmetric W (theory/low_rank.md section 6)")
+
+
+def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
+    """:func:`check` with ``[prediction] rank``: the factor of the low-rank path, the exact
+    stability of the truncated operator on its coordinates
+    (:func:`ntkdyn.lowrank.lowrank_stability`) and the low-rank prediction at the chosen
+    rate; no sweep, fixed point, topology comparison or edge (exact-path features)."""
+    from ntkdyn import lowrank
+
+    exp = from_config(cfg)
+    data, arch = exp.parts.dataset, exp.arch
+    has_test = data.num_test > 0
+    source = lowrank.analytic_columns(
+        data.x_train, data.x_test if has_test else None, hidden_layers=arch.depth,
+        activation=arch.act, W_std=arch.W_std, b_std=arch.b_std)
+    agent, w, lr = exp.parts.agent, np.asarray(exp.mixing, dtype=float), cfg.training.lr
+    kw = exp.low_rank
+    factor, tol, algo, steps = lowrank.choose_factor(source, agent, w, lr, cfg.steps,
+                                                     exp.algorithm, rank=kw["rank"],
+                                                     tol=kw.get("tol"), seed=cfg.seed)
+    t_kernel = time.perf_counter()
+    name = _topology_name(cfg)
+    verdicts = [_as_verdict(lowrank.lowrank_stability(factor, agent, w, a, lr), name)
+                for a in COMPARED]
+    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
+    if chosen is None:
+        chosen = _as_verdict(lowrank.lowrank_stability(factor, agent, w, algo, lr), name)
+        verdicts.append(chosen)
+    t_stab = time.perf_counter()
+    target = cfg.prediction.target_loss
+    prediction = None
+    scale = lowrank.error_scale(learning_rates(lr, w.shape[0]),
+                                np.bincount(agent, minlength=w.shape[0]), float(steps[-1]),
+                                algo)
+    low = dict(factor.describe(), error_estimate=lowrank.error_estimate(factor, scale),
+               tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
+    if chosen.inside:
+        traj = lowrank.predict_lowrank(factor, data.y_train, agent, w, lr, steps, algo,
+                                       y_test=data.y_test if has_test else None,
+                                       reference=False, seed=cfg.seed)
+        prediction = _summarise(traj, target)
+        prediction.update(steady_state_consensus_gap=None,
+                          steady_state_distance_to_centralised=None,
+                          steady_state_test_loss=None)
+    t_end = time.perf_counter()
+    caveat = (f"Low-rank path (rank {factor.rank}, a-priori error estimate "
+              f"{low['error_estimate']:.3g} of the training outputs): stability and prediction "
+              f"are those of the truncated kernel; {LOW_RANK_WORDS}, so a rate inside it can "
+              "still be outside for the full kernel. " + _caveat(cfg.prediction.kernel,
+                                                                 cfg.architecture.width))
+    return CheckReport(
+        config=cfg.to_dict(), kernel=cfg.prediction.kernel, width=cfg.architecture.width,
+        topology=name, algorithm=cfg.training.algorithm, lr=lr, target_loss=target,
+        horizon=int(cfg.training.steps), stability=verdicts, inside=chosen.inside,
+        prediction=prediction, sweep=[], recommended=None, caveat=caveat,
+        kernel_layout="full",
+        timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
+                 "prediction_s": t_end - t_stab, "topologies_and_edge_s": 0.0,
+                 "total_s": t_end - t0},
+        versions=versions(), low_rank=low)
+
+
 def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     other = exp.with_topology(name)
     problem = build_problem(other.arch, other.parts, other.mixing,
@@ -366,7 +433,12 @@ def _render(r: CheckReport) -> str:
     lines = [f"ntkdyn check: {r.algorithm.upper()} at lr={r.lr:g} on a {r.topology} of "
              f"{r.config['partition']['agents']} agents, width {r.width}, {r.kernel} NTK, "
              f"{r.horizon} steps", ""]
-    lines.append("Stability of the linearised dynamics (NTK regime):")
+    if r.low_rank is None:
+        lines.append("Stability of the linearised dynamics (NTK regime):")
+    else:
+        lines += [f"Stability of the linearised dynamics (NTK regime) on the rank-"
+                  f"{r.low_rank['rank']} coordinates of the low-rank path (LOW-RANK verdict:",
+                  f"  {LOW_RANK_WORDS}):"]
     width = max(5, *(len(v.algorithm) for v in r.stability))
     lines.append(f"  {'algo':<{width}} spectral radius   lr* (exact)   sufficient bound   margin"
                  "   regime")
@@ -388,7 +460,9 @@ def _render(r: CheckReport) -> str:
                   f"  train loss {p['final_train_loss']:.4g}, test loss {p['final_test_loss']:.4g}"
                   f", train acc {p['final_train_acc']:.3f}, test acc {p['final_test_acc']:.3f}",
                   f"  target test loss {r.target_loss:g}: {reached}"]
-        if p["steady_state_consensus_gap"] is None:
+        if r.low_rank is not None:
+            lines.append("  steady state: not computed on the low-rank path")
+        elif p["steady_state_consensus_gap"] is None:
             lines.append("  steady state: none (a periodic mixing sequence ends on a periodic "
                          "orbit)")
         else:
@@ -398,8 +472,13 @@ def _render(r: CheckReport) -> str:
     else:
         lines.append(f"Predictions withheld: {r.algorithm.upper()} at lr={r.lr:g} is outside the "
                      "NTK regime (see above).")
-    lines += ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, one batched "
-              "prediction):", "  lr          final test loss   test acc   steps to target"]
+    if r.low_rank is not None:
+        lines += ["", "Learning-rate sweep: not run on the low-rank path (remove "
+                  "prediction.rank for it)"]
+    else:
+        lines += ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, one "
+                  "batched prediction):", "  lr          final test loss   test acc   steps "
+                  "to target"]
     for s in r.sweep:
         hit = s["steps_to_target"]
         lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "

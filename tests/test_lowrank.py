@@ -48,6 +48,29 @@ def test_exact_rank_kernel_matches_exact_path(algorithm, equal):
     assert "mean network" in low.metadata["quantity"]
 
 
+@pytest.mark.parametrize("algorithm", ["dgd", "gradient_tracking", "p2pl"])
+def test_gram_form_equals_feature_form(algorithm):
+    """The Gram form (r x r matrices per agent) and the feature form (the agents' rows) are
+    the same recursion: every recorded quantity within 1e-12 (unequal shards, per-agent
+    rates, centralised reference, a truncated factor)."""
+    kern, y, agent, w, lr = _spectrum_problem("slow")
+    factor = lowrank.factorize(lowrank.kernel_columns(kern), 12)
+    algo = nd.algorithms.p2pl(3, 2) if algorithm == "p2pl" else algorithm
+    lrs = lr * np.array([1.0, 0.8, 0.9, 0.7])
+    runs = {form: lowrank.predict_lowrank(factor, y, agent, w, lrs, range(0, 41, 10), algo,
+                                          record_outputs=True, form=form)
+            for form in ("gram", "features")}
+    assert runs["gram"].metadata["low_rank"]["form"] == "gram"
+    assert runs["features"].metadata["low_rank"]["form"] == "features"
+    for f in FIELDS:
+        a, b = getattr(runs["gram"], f), getattr(runs["features"], f)
+        if a is None:
+            continue
+        assert np.max(np.abs(a - b)) <= 1e-12 * max(1.0, np.abs(b).max()), f
+    with pytest.raises(ValueError, match="^form: "):
+        lowrank.predict_lowrank(factor, y, agent, w, lr, 10, form="dense")
+
+
 def test_per_agent_rates_and_phases_match_exact_path():
     kern, kern_t, y, yt, agent, w, r = _exact_rank_problem(False, seed=3)
     lr = np.array([0.2, 0.4, 0.3, 0.5])
@@ -351,11 +374,38 @@ def test_predict_command_with_rank(tmp_path):
     assert rel <= 5e-2, rel
 
 
-def test_check_command_with_rank_is_exit_2(tmp_path, capsys):
-    from ntkdyn.cli import main
+def test_check_with_rank_reports_the_low_rank_verdict(tmp_path, capsys):
+    """``ntkdyn check`` with ``[prediction] rank`` no longer refuses (it exited 2 before the
+    low-rank stability existed): it reports the truncated operator's verdicts, labelled
+    low-rank; at full rank they are the exact check's lr*, truncated they bound it above."""
+    import json
 
+    from ntkdyn.cli import main
+    from ntkdyn.config import ConfigError
+    from ntkdyn.preflight import check
+
+    exact_cfg = tmp_path / "e.toml"
+    exact_cfg.write_text(TINY_TOML)
+    exact = check(str(exact_cfg))
+    lr_exact = {v.algorithm: v.lr_star for v in exact.stability}
+    full_cfg = tmp_path / "f.toml"
+    full_cfg.write_text(TINY_TOML + "[prediction]\nrank = 60\n")
+    full = check(str(full_cfg))
+    assert full.low_rank["rank"] == 60 and full.sweep == []
+    for v in full.stability:
+        assert abs(v.lr_star - lr_exact[v.algorithm]) <= 1e-6 * lr_exact[v.algorithm], v
+        assert "low-rank (rank 60)" in v.method
+    assert abs(full.prediction["final_test_loss"] - exact.prediction["final_test_loss"]) \
+        <= 1e-6 * exact.prediction["final_test_loss"]
     cfg = tmp_path / "c.toml"
-    cfg.write_text(TINY_TOML + "[prediction]\nrank = \"auto\"\n")
-    assert main(["check", str(cfg), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "prediction.rank" in err and "check uses the exact path" in err
+    cfg.write_text(TINY_TOML + "[prediction]\nrank = 8\n")
+    assert main(["check", str(cfg), "--quiet"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "LOW-RANK verdict" in out and "upper bound" in out and "rank-8 coordinates" in out
+    assert main(["check", str(cfg), "--json"]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert report["low_rank"]["rank"] == 8
+    for v in report["stability"]:
+        assert v["lr_star"] >= lr_exact[v["algorithm"]] * (1 - 1e-9), v
+    with pytest.raises(ConfigError, match="prediction.rank: --topologies"):
+        check(str(cfg), topologies=["complete"])

@@ -11,6 +11,9 @@ Entry point (what ``nd.predict(rank=...)`` is meant to call)::
     traj = lowrank.predict(source, y_train, agent, W, lr=0.5, steps=range(0, 1001, 20),
                            y_test=y_test, rank="auto", tol=1e-3)
     traj.metadata["low_rank"]   # rank, method, error_estimate, discarded_norm_bound, ...
+
+The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
+linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """
 
 from __future__ import annotations
@@ -35,13 +38,17 @@ from ntkdyn.lowrank.factor import (
     factorize,
     max_fitting_rank,
 )
+from ntkdyn.lowrank.primal import jacobian_features, predict_primal, primal_bytes
+from ntkdyn.lowrank.stability import lowrank_stability, lowrank_stable_set
 from ntkdyn.trajectory import Trajectory
 
 __all__ = [
     "METHODS", "AnalyticColumns", "KernelColumns", "LowRankFactor", "LowRankTooLargeError",
-    "MatrixColumns", "analytic_columns", "error_estimate", "error_scale", "evolve_bytes",
-    "factor_bytes", "factorize", "kernel_columns", "max_fitting_rank", "predict",
-    "predict_lowrank",
+    "MatrixColumns", "analytic_columns", "choose_factor", "error_estimate", "error_scale",
+    "evolve_bytes",
+    "factor_bytes", "factorize", "jacobian_features", "kernel_columns", "max_fitting_rank",
+    "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
+    "primal_bytes",
 ]
 
 DEFAULT_TOL = 1e-3
@@ -97,6 +104,33 @@ def predict(
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
     when even the factor would not fit, with the rank that would.
     """
+    factor, tol, algo, st = choose_factor(source, agent, mixing, lr, steps, algorithm,
+                                          rank=rank, tol=tol, method=method,
+                                          max_rank=max_rank, block=block, seed=seed)
+    traj = predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed, **kwargs)
+    low = traj.metadata["low_rank"]
+    low.update(requested_rank=rank, tol=tol)
+    if tol is not None:
+        low["tol_reached"] = bool(low["error_estimate"] <= tol)
+        if not low["tol_reached"]:
+            cause = ("max_rank" if max_rank is not None and factor.rank >= max_rank
+                     else "memory or the rank given")
+            warnings.warn(
+                f"low-rank path: the a-priori error estimate at rank {factor.rank} is "
+                f"{low['error_estimate']:.3g} > tol={tol:g} (rank capped by "
+                f"{cause}); the measured error may be much smaller -- compare with the exact path "
+                "on a subset", RuntimeWarning, stacklevel=2)
+    return traj
+
+
+def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
+                  algorithm: str | Algorithm = "dgd", *, rank: int | str = "auto",
+                  tol: float | None = None, method: str = "rpcholesky",
+                  max_rank: int | None = None, block: int = 128, seed: int = 0):
+    """The factor :func:`predict` runs on (same arguments, same validation), as
+    ``(factor, tol, algorithm, steps)`` with ``tol`` resolved (``None`` for a fixed rank
+    without ``tol``); shared with ``ntkdyn check``, whose stability verdict is then on the
+    coordinates the prediction uses."""
     n = source.n
     auto = isinstance(rank, str)
     if auto and rank != "auto":
@@ -132,17 +166,4 @@ def predict(
     else:
         factor = factorize(source, rank, max_rank=max_rank, method=method, block=block,
                            seed=seed, reserve_per_rank=reserve)
-    traj = predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed, **kwargs)
-    low = traj.metadata["low_rank"]
-    low.update(requested_rank=rank, tol=tol)
-    if tol is not None:
-        low["tol_reached"] = bool(low["error_estimate"] <= tol)
-        if not low["tol_reached"]:
-            cause = ("max_rank" if max_rank is not None and factor.rank >= max_rank
-                     else "memory or the rank given")
-            warnings.warn(
-                f"low-rank path: the a-priori error estimate at rank {factor.rank} is "
-                f"{low['error_estimate']:.3g} > tol={tol:g} (rank capped by "
-                f"{cause}); the measured error may be much smaller -- compare with the exact path "
-                "on a subset", RuntimeWarning, stacklevel=2)
-    return traj
+    return factor, tol, algo, st

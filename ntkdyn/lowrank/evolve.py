@@ -102,11 +102,25 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
     The centralised slot (``central``) follows the same schedule with ``W = [[1]]`` on the
     global objective, gradient ``sum_q Phi_q^T r_q / (Q N_q)``.
     """
-    phi, res, inv_n, w = data["phi"], data["res"], data["inv_n"], data["mixing"]
+    inv_n, w = data["inv_n"], data["mixing"]
 
     def mix(x, j=0):
         agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT)
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
+
+    if "grams" in data:  # the Gram form: (1/N_q) (G_q x_q + Phi_q^T r_q)
+        grams, lins = data["grams"], data["lins"]
+
+        def grad_gram(x):
+            g = (jnp.einsum("qrs,qsc->qrc", grams, x[:q_count], precision=EXACT) + lins) \
+                * inv_n[:, None, None]
+            if central:
+                gc = jnp.matmul(data["gram_c"], x[q_count], precision=EXACT) + data["lin_c"]
+                return jnp.concatenate([g, gc[None]], axis=0)
+            return g
+
+        return Operators(mix=mix, grad=grad_gram, scale=lambda g: data["lr"][:, None, None] * g)
+    phi, res = data["phi"], data["res"]
 
     def grad(x):
         c = x.shape[-1]
@@ -149,6 +163,15 @@ def _acc(out, labels):
     return jnp.mean((jnp.argmax(out, axis=-1) == labels).astype(out.dtype), axis=-1)
 
 
+def _per_sample(out, data):
+    """Outputs ``(A, rows, C)`` as ``(A, samples, K)``: a no-op for the feature path (one row
+    per sample); the primal path (:mod:`ntkdyn.lowrank.primal`) has ``K`` rows per sample
+    and one column, and marks ``K`` by the shape of ``data["outputs"]``."""
+    if "outputs" not in data:
+        return out
+    return out.reshape(out.shape[0], -1, data["outputs"].shape[0])
+
+
 def _record(x, data, *, q_count, central, has_test, record_outputs):
     a = x.shape[0]
     n = data["n"]
@@ -159,12 +182,18 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
                                 data["obj"]["const"], 1.0),
     }
     # local loss: each agent on its own rows
-    phi, res, inv_n = data["phi"], data["res"], data["inv_n"]
+    inv_n = data["inv_n"]
     xa = x[:q_count]
-    if isinstance(phi, tuple):
+    if "grams" in data:
+        gx = jnp.einsum("qrs,qsk->qrk", data["grams"], xa, precision=EXACT)
+        local = data["consts"] + 2.0 * jnp.einsum("qrk,qrk->q", data["lins"], xa) \
+            + jnp.einsum("qrk,qrk->q", xa, gx)
+    elif isinstance(data["phi"], tuple):
+        phi, res = data["phi"], data["res"]
         local = jnp.stack([jnp.sum((jnp.matmul(p, xa[q], precision=EXACT) + rq) ** 2)
                            for q, (p, rq) in enumerate(zip(phi, res, strict=True))])
     else:
+        phi, res = data["phi"], data["res"]
         local = jnp.sum((jnp.einsum("qnr,qrk->qnk", phi, xa, precision=EXACT) + res) ** 2,
                         axis=(1, 2))
     rec["local_loss"] = 0.5 * local * inv_n
@@ -176,20 +205,21 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
         rec["central_dist"] = jnp.sqrt(jnp.sum((xa - x[q_count]) ** 2, axis=(1, 2)))
     mean_x = jnp.concatenate([x, xm[None]], axis=0)  # slot A: the network-mean model
     p_acc = data["acc_phi"]
-    out = data["acc_f0"] + jnp.einsum("nr,ark->ank", p_acc, mean_x, precision=EXACT)
+    out = _per_sample(data["acc_f0"] + jnp.einsum("nr,ark->ank", p_acc, mean_x,
+                                                  precision=EXACT), data)
     acc = _acc(out, data["acc_labels"])
     rec["train_acc"] = acc[:a]
     rec["mean_model_train_acc"] = acc[a]
     rec["mean_model_train_loss"] = _quad_loss(xm[None], sq["gram"], sq["lin"], sq["const"],
                                               n)[0]
     if record_outputs:
-        rec["train_outputs"] = data["f0"] + jnp.einsum("nr,ark->ank", data["phi_all"], x,
-                                                       precision=EXACT)
+        rec["train_outputs"] = _per_sample(data["f0"] + jnp.einsum(
+            "nr,ark->ank", data["phi_all"], x, precision=EXACT), data)
     if has_test:
         st = data["test"]
         tl = _quad_loss(mean_x, st["gram"], st["lin"], st["const"], data["m"])
-        out_t = data["f0_test"] + jnp.einsum("nr,ark->ank", data["phi_test"], mean_x,
-                                             precision=EXACT)
+        out_t = _per_sample(data["f0_test"] + jnp.einsum("nr,ark->ank", data["phi_test"],
+                                                         mean_x, precision=EXACT), data)
         acc_t = _acc(out_t, data["labels_test"])
         rec.update(test_loss=tl[:a], test_acc=acc_t[:a], mean_model_test_loss=tl[a],
                    mean_model_test_acc=acc_t[a])
@@ -233,6 +263,41 @@ def _run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
                         check=checked, record=record)
 
 
+FORMS = ("auto", "gram", "features")
+
+
+def use_gram(form: str, rows: int, rank: int, agents: int) -> bool:
+    """Per step the Gram form reads ``Q r^2`` numbers (``2 (Q + 1) r^2 K`` flops with the
+    centralised reference), the feature form ``2 N r`` (``8 N r K`` flops); with ``K``
+    columns the step is bandwidth-bound, so ``"auto"`` takes the Gram form when
+    ``Q r <= 2 N`` (fewer numbers read, and fewer flops)."""
+    if form not in FORMS:
+        raise ValueError(f"form: expected one of {list(FORMS)}, got {form!r}")
+    return form == "gram" or (form == "auto" and agents * rank <= 2 * rows)
+
+
+def step_data(phi_s: np.ndarray, res: np.ndarray, offsets, inv_n: np.ndarray, gram: bool,
+              stacked: bool, n_max: int) -> dict:
+    """What one step reads.  Feature form: the agents' rows ``Phi_q`` and residuals
+    (``(Q, n_max, r)`` zero padded when ``stacked``, else a tuple).  Gram form:
+    ``G_q = Phi_q^T Phi_q``, ``Phi_q^T r_q``, ``|r_q|^2`` and, for the centralised slot,
+    ``G_c = sum_q G_q / (Q N_q)``, ``lin_c`` likewise (``O(N r^2)`` once)."""
+    q_count = len(offsets) - 1
+    if not gram:
+        return {"phi": _blocks(phi_s, offsets, stacked, n_max),
+                "res": _blocks(res, offsets, stacked, n_max)}
+    r, k = phi_s.shape[1], res.shape[1]
+    grams, lins, consts = np.empty((q_count, r, r)), np.empty((q_count, r, k)), np.empty(q_count)
+    for q in range(q_count):
+        p, rq = phi_s[offsets[q]:offsets[q + 1]], res[offsets[q]:offsets[q + 1]]
+        grams[q], lins[q], consts[q] = p.T @ p, p.T @ rq, np.sum(rq ** 2)
+    wq = inv_n / q_count
+    return {"grams": jnp.asarray(grams), "lins": jnp.asarray(lins),
+            "consts": jnp.asarray(consts),
+            "gram_c": jnp.asarray(np.tensordot(wq, grams, axes=1)),
+            "lin_c": jnp.asarray(np.tensordot(wq, lins, axes=1))}
+
+
 def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
     q_count = len(offsets) - 1
     if stacked:
@@ -241,6 +306,45 @@ def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
             out[q, :offsets[q + 1] - offsets[q]] = arr[offsets[q]:offsets[q + 1]]
         return jnp.asarray(out)
     return tuple(jnp.asarray(arr[offsets[q]:offsets[q + 1]]) for q in range(q_count))
+
+
+def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count: int,
+                 central: bool, has_test: bool, record_outputs: bool, chunk: int,
+                 progress: bool, desc: str):
+    """Run the feature-space dynamics from parameters ``x0`` (``(A, r, C)``) on the engine.
+
+    Shared by the low-rank path and the primal path (:mod:`ntkdyn.lowrank.primal`):
+    the algorithm's initial state, :func:`ntkdyn.engine.scan_records` over the schedule in
+    chunks, the records joined.  Returns ``(raw, record_steps, phase, carry)``: raw records
+    one row per record (``T P`` rows for ``P`` phases), the step of each row, its phase
+    index (``None`` for single-phase schedules) and the final carry (``carry[3]``: the
+    first divergent step or -1).
+    """
+    static = dict(algorithm=algo, q_count=q_count, central=central)
+    state = x0 if algo.init is None else _init(x0, data, **static)
+    carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
+    deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
+    chunk = max(1, min(chunk, len(steps)))
+    per = algo.records_per_step
+    pieces = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=int(deltas.sum()), unit="step", desc=desc)
+    for sl, sched, pad in padded_chunks((deltas,), chunk):
+        carry, recs = _run_chunk(carry, sched[0], data, has_test=has_test,
+                                 record_outputs=record_outputs, **static)
+        pieces.append(trim(recs, pad, per))
+        if bar is not None:
+            bar.update(int(deltas[sl].sum()))
+        if bool(carry[2]):
+            break
+    if bar is not None:
+        bar.close()
+    if per > 1:
+        return (concatenate(pieces), np.repeat(steps, per), np.tile(np.arange(per), len(steps)),
+                carry)
+    return concatenate(pieces), steps, None, carry
 
 
 def predict_lowrank(
@@ -262,6 +366,7 @@ def predict_lowrank(
     progress: bool = False,
     seed: int = 0,
     metadata: dict | None = None,
+    form: str = "auto",
 ) -> Trajectory:
     r"""Predict peer-to-peer training on the low-rank factor ``Theta ~ Phi Phi^T``.
 
@@ -271,6 +376,12 @@ def predict_lowrank(
     evaluate training accuracies on that many training rows drawn at random (``seed``;
     default all) -- the per-record cost of accuracies is ``Q N r K``.  Losses, distances
     and test metrics are always on the full sets.
+
+    ``form``: ``"features"`` (each step reads the agents' rows ``Phi_q``, ``4 N r K``
+    flops, twice that with the centralised reference), ``"gram"`` (each step multiplies by
+    the ``r x r`` Gram matrices ``Phi_q^T Phi_q``, ``2 (Q + 1) r^2 K`` flops) or ``"auto"``
+    (the Gram form when ``Q r <= 2 N``: fewer numbers read per step, and the step is
+    bandwidth-bound); the same trajectory to round-off.
 
     ``metadata["low_rank"]`` holds the rank, the factorisation's facts and the a-priori
     estimate ``error_estimate = error_scale * ||E||`` bound
@@ -326,8 +437,10 @@ def predict_lowrank(
     offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
     n_max = int(counts.max())
     stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n, r, q_count)
     m_test = factor.phi_test.shape[0] if has_test else 0
-    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=q_count * n_max if stacked else n,
+    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
+    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=rows,
                         acc_rows=acc_rows, record_outputs=record_outputs, records=len(steps))
     memory.ensure_fits(need, "this low-rank prediction",
                        "use a smaller rank, acc_rows=..., or record_outputs=False")
@@ -339,8 +452,7 @@ def predict_lowrank(
     wts = np.repeat(inv_n / q_count, counts)  # objective weight of every (sorted) row
     res_max = max(float(np.max(np.abs(res))), 1e-300)
     data = {
-        "phi": _blocks(phi_s, offsets, stacked, n_max),
-        "res": _blocks(res, offsets, stacked, n_max),
+        **step_data(phi_s, res, offsets, inv_n, gram, stacked, n_max),
         "inv_n": jnp.asarray(inv_n),
         "lr": jnp.asarray(slot_lr),
         "mixing": jnp.asarray(w),
@@ -371,37 +483,14 @@ def predict_lowrank(
                     test={"gram": jnp.asarray(pt.T @ pt), "lin": jnp.asarray(pt.T @ rt),
                           "const": float(np.sum(rt ** 2))})
 
-    static = dict(algorithm=algo, q_count=q_count, central=reference)
-    x0 = jnp.zeros((a, r, k))
-    state = x0 if algo.init is None else _init(x0, data, **static)
-    carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
-    deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
-    chunk = max(1, min(chunk, len(steps)))
-    pieces = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=int(deltas.sum()), unit="step", desc=f"low-rank {algo.name}")
-    for sl, sched, pad in padded_chunks((deltas,), chunk):
-        carry, recs = _run_chunk(carry, sched[0], data, has_test=has_test,
-                                 record_outputs=record_outputs, **static)
-        pieces.append(trim(recs, pad, 1))
-        if bar is not None:
-            bar.update(int(deltas[sl].sum()))
-        if bool(carry[2]):
-            break
-    if bar is not None:
-        bar.close()
-    raw = concatenate(pieces)
-    per = algo.records_per_step
-    if per > 1:
-        raw = {key: v.reshape((-1,) + v.shape[2:]) for key, v in raw.items()}
-        rec_steps, phase = np.repeat(steps, per), np.tile(np.arange(per), len(steps))
-    else:
-        rec_steps, phase = steps, None
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((a, r, k)), data, algo, steps, q_count=q_count, central=reference,
+        has_test=has_test, record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank {algo.name}")
     scale = error_scale(lr_q, counts, float(steps[-1]), algo)
     low = dict(factor.describe(), error_estimate=error_estimate(factor, scale),
-               error_scale=scale, padded=bool(stacked and q_count * n_max > n),
+               error_scale=scale, padded=bool(not gram and stacked and q_count * n_max > n),
+               form="gram" if gram else "features",
                acc_rows=n if acc_rows is None else int(acc_rows),
                estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
                            "on the training inputs (theory/low_rank.md)")
@@ -414,13 +503,14 @@ def predict_lowrank(
     }
     if algo.options:
         meta["algorithm_options"] = algo.settings
-    if per > 1:
+    if algo.records_per_step > 1:
         meta["phases"] = list(algo.phase_names)
-    return _trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
-                       float(carry[3]))
+    return records_trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
+                              float(carry[3]))
 
 
-def _trajectory(raw, q, central, steps, phase, lr, meta, order, div_at) -> Trajectory:
+def records_trajectory(raw, q, central, steps, phase, lr, meta, order,
+                       div_at) -> Trajectory:
     flags = raw["diverged"]
     n_rec = raw["train_loss"].shape[0]
     keep = int(np.argmax(flags)) if flags.any() else n_rec

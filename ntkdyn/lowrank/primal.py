@@ -1,0 +1,253 @@
+r"""The primal path: the linearised network evolved in parameter space (issue 17, item 3).
+
+Mathematics (``theory/low_rank.md`` section 6).  The linearised network at parameters
+``theta_0`` is ``f(x; theta) = f_0(x) + J(x) (theta - theta_0)`` with the Jacobian
+``J(x)`` of shape ``(K, P)``; its empirical NTK in the full layout is
+``Theta[(x, k), (x', k')] = J_k(x) . J_k'(x')``, i.e. ``Theta = J J^T`` with ``J`` the
+``(N K, P)`` matrix of rows ``(x, k)`` (row ``x K + k``, as :mod:`ntkdyn.kernels.empirical`).
+Peer-to-peer training of the linearised network on the squared loss keeps one parameter
+vector per agent, ``d_q = theta_q - theta_0`` (``P`` numbers), with the primitives
+
+* combine: ``d_q <- sum_p W_qp d_p``;
+* local gradient: ``g_q = (1/N_q) J_q^T (f_0 - Y + J_q d_q)`` (rows of agent ``q``),
+
+so DGD is ``d_q <- sum_p W_qp d_p - (eta_q / N_q) J_q^T (f0_q + J_q d_q - Y_q)``.  Applying
+``J^T`` to the kernel-space state (``d_q = J^T alpha_q``) maps the kernel-space recursion
+of :mod:`ntkdyn.dynamics.solver` with the full empirical kernel onto this one exactly, for every
+static-mixing schedule of :mod:`ntkdyn.algorithms` (they are compositions of the two affine
+primitives); so the two paths give the same trajectory to round-off.  This is the feature
+recursion of :mod:`ntkdyn.lowrank.evolve` with ``Phi = J`` (``N K`` rows, ``P`` columns, one
+output column) -- the same operators and recorded quantities, the outputs read back as
+``(N, K)``.
+
+Cost: one step reads ``J`` twice, ``4 N K P`` flops (``8 N K P`` with the centralised
+reference) against ``2 (N K)^2`` for the kernel path in the full layout, and ``N K P``
+floats of memory against ``(N K)^2``: the better path when ``P < N K`` (and always when
+``P < N``).  ``||theta_q - theta_0|| = ||d_q||`` exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkdyn import graphs
+from ntkdyn._utils import memory
+from ntkdyn._utils.checks import as_float_array, check_shape, learning_rates, steps_array
+from ntkdyn.algorithms import Algorithm, get_algorithm
+from ntkdyn.lowrank.evolve import (
+    DIVERGENCE_FACTOR,
+    PAD_MAX,
+    records_trajectory,
+    run_features,
+    step_data,
+    use_gram,
+)
+from ntkdyn.trajectory import Trajectory
+
+__all__ = ["jacobian_features", "predict_primal", "primal_bytes"]
+
+
+def jacobian_features(apply_fn, params: Any, x, *, batch_size: int | None = None) -> np.ndarray:
+    """``J(x)`` of shape ``(N, K, P)`` (float64), parameters in the order of
+    ``jax.tree.leaves(params)``, computed ``batch_size`` samples at a time with the
+    per-sample reverse-mode Jacobians of :func:`ntkdyn.kernels.empirical_ntk`."""
+    from ntkdyn.kernels.empirical import _jacobian_leaves, _to_float64, generic_batch_plan
+
+    x = as_float_array("x", x)
+    params = _to_float64(params)
+    n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    k_out = int(jax.eval_shape(apply_fn, params, jnp.asarray(x[:1])).shape[1])
+    memory.ensure_fits(8 * x.shape[0] * k_out * n_params, "the Jacobian of the network",
+                       "use the kernel path (fewer parameters than samples favour the primal "
+                       "path, more favour the kernel path)")
+    _, batch = generic_batch_plan(k_out, n_params, x.shape[0], True, batch_size)
+    out = np.empty((x.shape[0], k_out, n_params))
+    for s in range(0, x.shape[0], batch):
+        xb = x[s:s + batch]
+        pad = batch - xb.shape[0]
+        if pad:  # one compiled shape
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+        leaves = _jacobian_leaves(apply_fn, params, jnp.asarray(xb))
+        out[s:s + batch] = np.concatenate([np.asarray(v) for v in leaves],
+                                          axis=-1)[:batch - pad]
+    return out
+
+
+def primal_bytes(n: int, n_test: int, outputs: int, n_params: int, agents: int, *,
+                 padded_rows: int | None = None, record_outputs: bool = False,
+                 records: int = 50) -> int:
+    """Peak bytes of :func:`predict_primal`: the Jacobians (training ``N K P``, twice: host
+    and device, the latter zero padded to ``padded_rows``; test ``M K P``), three ``P x P``
+    Gram matrices, the state and ~8 temporaries ``9 (Q + 1) P`` and the outputs of every
+    slot ``2 (Q + 1) (N + M) K``; float64."""
+    rows = n if padded_rows is None else padded_rows
+    a = agents + 1
+    b = (n + rows + 2 * n_test) * outputs * n_params + 3 * n_params ** 2 + 9 * a * n_params
+    b += 2 * a * (n + n_test) * outputs + 4 * rows * outputs
+    if record_outputs:
+        b += records * a * (n + n_test) * outputs
+    return int(8 * b)
+
+
+def predict_primal(
+    apply_fn,
+    params: Any,
+    x_train,
+    y_train,
+    agent,
+    mixing,
+    lr,
+    steps,
+    algorithm: str | Algorithm = "dgd",
+    *,
+    x_test=None,
+    y_test=None,
+    f0: str = "network",
+    reference: bool = True,
+    record_outputs: bool = False,
+    chunk: int = 25,
+    progress: bool = False,
+    batch_size: int | None = None,
+    metadata: dict | None = None,
+    form: str = "auto",
+) -> Trajectory:
+    r"""Predict peer-to-peer training of the linearised network in parameter space.
+
+    ``apply_fn(params, x) -> (B, K)`` and ``params`` define the network and the point of
+    linearisation; the trajectory equals that of :func:`ntkdyn.predict_from_kernels` with
+    the full-layout empirical kernel ``J J^T`` (``traced=False``) to round-off
+    (module docstring).  ``f0``: ``"network"`` (the network's outputs at ``params``: the
+    exact linearisation) or ``"zero"``.  Other arguments as
+    :func:`ntkdyn.predict_from_kernels` (static mixing matrix, one rate or one per agent,
+    squared loss, discrete steps).  ``form`` as :func:`~ntkdyn.lowrank.predict_lowrank`
+    (the Gram form multiplies by ``P x P`` matrices ``J_q^T J_q``, chosen by ``"auto"`` when
+    cheaper).  ``metadata["primal"]`` holds ``P``, ``N K``, the form and the
+    bytes of the Jacobians.
+    """
+    from ntkdyn.graphs.sequences import is_process
+
+    algo = get_algorithm(algorithm)
+    x = as_float_array("x_train", x_train)
+    y = as_float_array("y_train", y_train, ndim=2)
+    n, k = y.shape
+    check_shape("x_train", x, (n,) + x.shape[1:], f"one row per row of y_train ({n})")
+    agent = np.asarray(agent)
+    check_shape("agent", agent, (n,), "one agent index per training sample")
+    if is_process(mixing):
+        raise ValueError("mixing: the primal path takes a static (Q, Q) mixing matrix; "
+                         "time-varying and random sequences run on the kernel path")
+    if f0 not in ("network", "zero"):
+        raise ValueError(f"f0: expected 'network' or 'zero', got {f0!r}")
+    w = graphs.check_mixing(mixing, name="mixing")
+    q_count = w.shape[0]
+    if not np.issubdtype(agent.dtype, np.integer):
+        if not np.all(np.mod(agent, 1) == 0):
+            raise ValueError("agent: expected integer agent indices")
+        agent = agent.astype(np.int64)
+    if agent.min() < 0 or agent.max() >= q_count:
+        raise ValueError(f"agent: expected indices in [0, {q_count}) for a {q_count}x{q_count} "
+                         f"mixing matrix, found {int(agent.min())}..{int(agent.max())}")
+    counts = np.bincount(agent, minlength=q_count)
+    if np.any(counts == 0):
+        raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard")
+    has_test = y_test is not None
+    if has_test:
+        if x_test is None:
+            raise ValueError("x_test: needed with y_test")
+        xt = as_float_array("x_test", x_test)
+        yt = as_float_array("y_test", y_test, ndim=2)
+        m = yt.shape[0]
+        check_shape("y_test", yt, (xt.shape[0], k), "one row per test input, K columns")
+    elif x_test is not None:
+        raise ValueError("x_test: given without y_test")
+    lr_q = learning_rates(lr, q_count)
+    steps = steps_array(steps)
+    m = yt.shape[0] if has_test else 0
+    n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    n_max = int(counts.max())
+    stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n * k, n_params, q_count)
+    need = primal_bytes(n, m, k, n_params, q_count,
+                        padded_rows=q_count * n_max if stacked else n,
+                        record_outputs=record_outputs, records=len(steps))
+    memory.ensure_fits(need, "this primal prediction",
+                       f"the network has P = {n_params} parameters for N = {n} samples and "
+                       f"K = {k} outputs; use the kernel path, or record_outputs=False")
+
+    order = np.argsort(agent, kind="stable")
+    jac = jacobian_features(apply_fn, params, x[order], batch_size=batch_size)
+    if f0 == "network":
+        from ntkdyn.kernels.empirical import _to_float64
+
+        p64 = _to_float64(params)
+        f0_s = np.asarray(apply_fn(p64, jnp.asarray(x[order])), np.float64)
+        f0_t = np.asarray(apply_fn(p64, jnp.asarray(xt)), np.float64) if has_test else None
+    else:
+        f0_s = np.zeros((n, k))
+        f0_t = np.zeros((m, k)) if has_test else None
+    check_shape("apply_fn", f0_s, (n, k), "outputs (N, K) matching y_train")
+    y_s = y[order]
+    phi = jac.reshape(n * k, n_params)  # rows (x, k): x K + k
+    res = (f0_s - y_s).reshape(n * k, 1)
+    offsets = tuple(int(v) * k for v in np.concatenate([[0], np.cumsum(counts)]))
+    a = q_count + int(reference)
+    slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
+    inv_n = 1.0 / counts
+    wts = np.repeat(np.repeat(inv_n / q_count, counts), k)  # objective weight of every row
+    gram_all = phi.T @ phi
+    res_max = max(float(np.max(np.abs(res))), 1e-300)
+    data = {
+        **step_data(phi, res, offsets, inv_n, gram, stacked, n_max * k),
+        "inv_n": jnp.asarray(inv_n),
+        "lr": jnp.asarray(slot_lr),
+        "mixing": jnp.asarray(w),
+        "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_q.max() * res_max
+                                      * np.sqrt(max(float(np.trace(gram_all)), 1.0))
+                                      / counts.min() * np.sqrt(n * k)),
+        "n": float(n),
+        "train": {"gram": jnp.asarray(gram_all), "lin": jnp.asarray(phi.T @ res),
+                  "const": float(np.sum(res ** 2))},
+        "obj": {"gram": jnp.asarray(phi.T @ (phi * wts[:, None])),
+                "lin": jnp.asarray(phi.T @ (res * wts[:, None])),
+                "const": float(np.sum(res ** 2 * wts[:, None]))},
+        "outputs": jnp.zeros(k),  # marks K rows per sample (evolve._per_sample)
+        "acc_phi": jnp.asarray(phi), "acc_f0": jnp.asarray(f0_s.reshape(1, n * k, 1)),
+        "acc_labels": jnp.asarray(np.argmax(y_s, axis=1)),
+    }
+    if record_outputs:
+        data.update(phi_all=jnp.asarray(phi), f0=jnp.asarray(f0_s.reshape(1, n * k, 1)))
+    if has_test:
+        jt = jacobian_features(apply_fn, params, xt, batch_size=batch_size).reshape(
+            m * k, n_params)
+        rt = (f0_t - yt).reshape(m * k, 1)
+        data.update(phi_test=jnp.asarray(jt), f0_test=jnp.asarray(f0_t.reshape(1, m * k, 1)),
+                    labels_test=jnp.asarray(np.argmax(yt, axis=1)), m=float(m),
+                    test={"gram": jnp.asarray(jt.T @ jt), "lin": jnp.asarray(jt.T @ rt),
+                          "const": float(np.sum(rt ** 2))})
+
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((a, n_params, 1)), data, algo, steps, q_count=q_count, central=reference,
+        has_test=has_test, record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"primal {algo.name}")
+    meta = {
+        "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
+        "kernel_layout": "full", "path": "primal",
+        "primal": {"num_params": n_params, "rows": n * k, "jacobian_bytes": 8 * n * k * n_params,
+                   "padded": bool(not gram and stacked and q_count * n_max > n),
+                   "form": "gram" if gram else "features",
+                   "cost_per_step_flops": 2 * a * n_params ** 2 if gram
+                   else (8 if reference else 4) * n * k * n_params},
+        "quantity": ("the linearised network at the given parameters" if f0 == "network"
+                     else "the linearised network with f0 = 0"),
+        "mixing": w.tolist(), **(metadata or {}),
+    }
+    if algo.options:
+        meta["algorithm_options"] = algo.settings
+    if algo.records_per_step > 1:
+        meta["phases"] = list(algo.phase_names)
+    return records_trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
+                              float(carry[3]))

@@ -1,0 +1,178 @@
+r"""Stability on the low-rank coordinates: the exact ``lr*`` of the truncated operator.
+
+Mathematics (``theory/low_rank.md`` section 6).  With ``Theta~ = Phi Phi^T`` (``Phi`` N x r
+of full column rank, :class:`~ntkdyn.lowrank.factor.LowRankFactor`) the kernel-space step
+``alpha <- A(s) alpha + c`` and the feature-space step ``beta <- B(s) beta + c'`` of
+:mod:`ntkdyn.lowrank.evolve` are intertwined by ``M = I (x) Phi^T`` (``beta = M alpha``,
+every state component): ``M A = B M``.  ``M`` is onto, so ``ker M`` is ``A``-invariant,
+the spectrum of ``A`` is that of ``B`` together with that of ``A`` on ``ker M``; there
+``Theta~ alpha_q = 0``, the gradient vanishes and ``A`` only mixes -- the directions the
+kernel does not see, which the stability test of :mod:`ntkdyn.dynamics.stability` ignores.  So the
+stable set of the truncated kernel-space dynamics is that of ``B``, an operator on
+``Q r`` numbers per state component, with the local curvature of agent ``q`` given by the
+``r x r`` Gram matrix ``G_q = Phi_q^T Phi_q`` (``lambda_max(Theta~_qq) = lambda_max(G_q)``).
+The machinery of :mod:`ntkdyn.dynamics.stability` (the ``-1`` crossing theorems, the dense or ARPACK
+radius, the Brent search) runs on ``B`` unchanged: :func:`lowrank_stability`.
+
+**Relation to the full operator.**  ``Theta - Theta~`` is PSD (the Nystrom residual and the
+discarded eigen-directions), so ``Theta = Psi Psi^T`` with ``Psi = [Phi, Psi_rest]``, and
+the feature operator of ``Theta`` restricted to ``Psi_rest``-coordinates equal to 0 is
+``B``.  Where ``lr*`` is a generalised Rayleigh quotient (DGD with a symmetric ``W``;
+ATC / CTA with a symmetric ``W >= 0``; GD; one rate for all agents:
+``1/lr* = max_z z^T D H z / z^T g(W)^{-1} z``) the maximum over the larger space is at
+least that over the subspace: **the truncated ``lr*`` is >= the full ``lr*``, an upper
+bound on it** (equal at full rank).  The sufficient bounds use
+``lambda_max(G_q) <= lambda_max(Theta_qq)`` and are likewise >= the full ones.  For other
+schedules and mixings no ordering is proven: the value is the exact ``lr*`` of the
+truncated dynamics.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkdyn import graphs
+from ntkdyn._utils.checks import learning_rates
+from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
+from ntkdyn.dynamics.stability import (
+    RHO_TOL,
+    StabilityReport,
+    StableSet,
+    StepOperator,
+    _operator_words,
+    _stable_set,
+    _sufficient_bound,
+    perron_vector,
+    state_structure,
+)
+from ntkdyn.lowrank.factor import LowRankFactor
+
+__all__ = ["FeatureProblem", "FeatureStepOperator", "lowrank_stability", "lowrank_stable_set"]
+
+EXACT = jax.lax.Precision.HIGHEST
+
+
+class FeatureProblem:
+    """What :mod:`ntkdyn.dynamics.stability` reads of a problem, for the feature-space operator:
+    ``mixing``, ``process`` (None: static), ``num_agents``, ``counts`` (``N_q``) and
+    ``agent_block(q)`` (``G_q``, whose largest eigenvalue is ``lambda_max(Theta~_qq)``)."""
+
+    process = None
+
+    def __init__(self, factor: LowRankFactor, agent, mixing):
+        phi = np.asarray(factor.phi, dtype=np.float64)
+        agent = np.asarray(agent)
+        if agent.shape != (phi.shape[0],):
+            raise ValueError(f"agent: expected shape ({phi.shape[0]},) (one agent index per "
+                             f"training sample), got {agent.shape}")
+        self.mixing = graphs.check_mixing(mixing, name="mixing")
+        self.num_agents = self.mixing.shape[0]
+        if agent.min() < 0 or agent.max() >= self.num_agents:
+            raise ValueError(f"agent: expected indices in [0, {self.num_agents})")
+        self.counts = np.bincount(agent.astype(np.int64), minlength=self.num_agents)
+        if np.any(self.counts == 0):
+            raise ValueError(f"agent: agent {int(np.argmin(self.counts))} has an empty shard")
+        self.rank = phi.shape[1]
+        self.grams = np.stack([phi[agent == q].T @ phi[agent == q]
+                               for q in range(self.num_agents)])
+
+    def agent_block(self, q: int) -> np.ndarray:
+        return self.grams[q]
+
+
+@partial(jax.jit, static_argnames=("algorithm", "treedef", "project"))
+def _feature_linear(x, s, grams, w, profile, inv_n, pi, *, algorithm, treedef, project):
+    """``B(s) x`` for stacked states ``(B, Q, r, C)``: one step without its affine part."""
+    lr = s * profile[:, None, None]
+
+    def grad(v):
+        return jnp.einsum("qrs,qsc->qrc", grams, v, precision=EXACT) * inv_n[:, None, None]
+
+    ops = Operators(mix=lambda v, j=0: jnp.tensordot(w, v, axes=1, precision=EXACT),
+                    grad=grad, scale=lambda g: lr * g)
+    state = jax.tree.unflatten(treedef, [x[b] for b in range(x.shape[0])])
+    if project and algorithm.project is not None:
+        state = algorithm.project(state, pi)
+    state = algorithm.step(state, ops)
+    return jnp.stack(jax.tree.leaves(state))
+
+
+class FeatureStepOperator(StepOperator):
+    """:class:`~ntkdyn.dynamics.stability.StepOperator` of the feature-space dynamics: the state is
+    ``B`` blocks of ``Q x r`` (``dim = B Q r``); dense below ``spectrum.DENSE_MAX``
+    dimensions, ARPACK above (the inherited :meth:`spectral_radius`)."""
+
+    def __init__(self, problem: FeatureProblem, algorithm: Algorithm, profile=None):
+        if not isinstance(algorithm, Algorithm):
+            raise TypeError(f"algorithm: expected an ntkdyn.algorithms.Algorithm, got "
+                            f"{algorithm!r}")
+        self.algorithm = algorithm
+        self.problem = problem
+        self.q, self.r = problem.num_agents, problem.rank
+        treedef, self.blocks = state_structure(algorithm)
+        self.dim = self.blocks * self.q * self.r
+        self.period_steps = 1
+        self.profile = np.ones(self.q) if profile is None else np.asarray(profile, float)
+        args = (jnp.asarray(problem.grams), jnp.asarray(problem.mixing),
+                jnp.asarray(self.profile), jnp.asarray(1.0 / problem.counts),
+                jnp.asarray(perron_vector(problem.mixing)))
+        single = self.blocks == 1
+
+        def apply(x, s):
+            out = _feature_linear(x[None] if single else x, s, *args, algorithm=algorithm,
+                                  treedef=treedef, project=True)
+            return out[0] if single else out
+
+        self._apply = apply
+        self._grams, self._inv_n = args[0], args[3]
+
+    def local_curvature(self, x):
+        """``D H x``: ``profile_q G_q x_q / N_q`` on ``(Q, r, C)``."""
+        prof = jnp.asarray(self.profile)[:, None, None]
+        return prof * self._inv_n[:, None, None] * jnp.einsum(
+            "qrs,qsc->qrc", self._grams, jnp.asarray(x), precision=EXACT)
+
+
+def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
+                       algorithm: str | Algorithm = "dgd", profile=None,
+                       rtol: float = 1e-9) -> StableSet:
+    """The stable set of the truncated dynamics (module docstring): ``.lr_star`` is the
+    exact ``lr*`` of the operator with kernel ``phi phi^T`` -- an upper bound on the full
+    kernel's ``lr*`` for DGD, ATC and CTA with a symmetric ``W`` (``W >= 0`` for ATC/CTA)
+    and one rate for all agents."""
+    algo = get_algorithm(algorithm)
+    problem = FeatureProblem(factor, agent, mixing)
+    q = problem.num_agents
+    profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
+    op = FeatureStepOperator(problem, algo, profile)
+    return _stable_set(op, _sufficient_bound(problem, algo, profile), rtol)
+
+
+def lowrank_stability(factor: LowRankFactor, agent, mixing,
+                      algorithm: str | Algorithm = "dgd", lr=None) -> StabilityReport:
+    """:func:`ntkdyn.dynamics.stability.stability` on the low-rank coordinates: the report of the
+    truncated operator at rate(s) ``lr``; ``method`` and ``operator`` say "low-rank"."""
+    algo = get_algorithm(algorithm)
+    problem = FeatureProblem(factor, agent, mixing)
+    lrs = learning_rates(lr, problem.num_agents)
+    s = float(np.max(lrs))
+    profile = lrs / s
+    op = FeatureStepOperator(problem, algo, profile)
+    bound = _sufficient_bound(problem, algo, profile)
+    cache: dict = {}
+    found = _stable_set(op, bound, extra=(s,), cache=cache)
+    rho = cache[s] if s in cache else op.spectral_radius(s)
+    stable = bool(rho <= 1 + RHO_TOL)
+    margin, lr_star = found.margin(s)
+    margin = max(margin, 0.0) if stable else min(margin, -0.0)
+    words = _operator_words(op)
+    return StabilityReport(
+        algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star, lr_bound=bound,
+        stable=stable, margin=margin, method=f"low-rank (rank {problem.rank}), {found.method}",
+        operator=f"{words} on the rank-{problem.rank} coordinates (truncated kernel; its lr* "
+                 "is an upper bound on the full kernel's for DGD/ATC/CTA)",
+        stable_rates=found.intervals, stable_set=found.describe())

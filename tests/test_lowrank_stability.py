@@ -1,0 +1,85 @@
+"""Stability on the low-rank coordinates (issue 17): the exact lr* of the truncated
+operator, computed on Q r feature coordinates."""
+
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn import lowrank
+from ntkdyn.dynamics import stability as spectrum
+from ntkdyn.dynamics.problem import make_problem
+from ntkdyn.kernels import analytic_ntk
+from ntkdyn.lowrank.stability import lowrank_stability, lowrank_stable_set
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(0)
+    n, q, k = 40, 4, 2
+    x = rng.normal(size=(n, 5))
+    kern = analytic_ntk(x, hidden_layers=2)
+    y = np.eye(k)[rng.integers(0, k, n)]
+    agent = rng.choice(q, size=n, p=[0.4, 0.2, 0.2, 0.2])
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    full = lowrank.factorize(lowrank.kernel_columns(kern), n)
+    return kern, y, agent, w, full
+
+
+def _exact_lr_star(kern, y, agent, w, algorithm, lr=None):
+    problem = make_problem(kern, y, agent, w)
+    if lr is None:
+        return spectrum.max_stable_lr(problem, algorithm)[0]
+    return spectrum.stability(problem, algorithm, lr).lr_star
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta", "gradient_tracking"])
+def test_full_rank_lr_star_equals_exact(small, algorithm):
+    kern, y, agent, w, full = small
+    assert np.max(np.abs(full.phi @ full.phi.T - kern)) <= 1e-9
+    exact = _exact_lr_star(kern, y, agent, w, algorithm)
+    low = lowrank_stable_set(full, agent, w, algorithm).lr_star
+    assert abs(low - exact) <= 1e-8 * exact, (low, exact)
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta"])
+@pytest.mark.parametrize("rank", [3, 10, 25])
+def test_truncated_lr_star_is_exact_for_the_truncated_kernel_and_bounds_the_full(small,
+                                                                               algorithm,
+                                                                               rank):
+    kern, y, agent, w, full = small
+    factor = full.truncate(rank)
+    low = lowrank_stable_set(factor, agent, w, algorithm).lr_star
+    # the exact lr* of the kernel-space operator with the N x N truncated kernel
+    truncated = _exact_lr_star(factor.phi @ factor.phi.T, y, agent, w, algorithm)
+    assert abs(low - truncated) <= 1e-8 * truncated, (low, truncated)
+    # truncation removes curvature: an upper bound on the full lr* (theory/low_rank.md)
+    assert low >= _exact_lr_star(kern, y, agent, w, algorithm) * (1 - 1e-10)
+
+
+def test_report_with_per_agent_rates_and_labels(small):
+    kern, y, agent, w, full = small
+    lr = np.array([0.2, 0.3, 0.25, 0.3]) * 40
+    factor = full.truncate(10)
+    rep = lowrank_stability(factor, agent, w, "dgd", lr)
+    ref = spectrum.stability(make_problem(factor.phi @ factor.phi.T, y, agent, w), "dgd", lr)
+    assert rep.stable == ref.stable
+    assert abs(rep.spectral_radius - ref.spectral_radius) <= 1e-9
+    assert abs(rep.lr_star - ref.lr_star) <= 1e-8 * ref.lr_star
+    assert "low-rank (rank 10)" in rep.method and "upper bound" in rep.operator
+
+
+def test_large_operator_uses_arpack(small):
+    """Q r above spectrum.DENSE_MAX: the same lr* by the matrix-free path."""
+    rng = np.random.default_rng(2)
+    n, q, r = 1600, 40, 40
+    phi = rng.normal(size=(n, r)) / np.sqrt(r)
+    factor = lowrank.factorize(lowrank.kernel_columns(phi @ phi.T), r)
+    agent = np.arange(n) % q
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    found = lowrank_stable_set(factor, agent, w, "dgd")
+    assert q * r > spectrum.DENSE_MAX and found.method == "minus-one-crossing (exact)"
+    s = found.lr_star
+    op = lowrank.stability.FeatureStepOperator(
+        lowrank.stability.FeatureProblem(factor, agent, w), nd.algorithms.get_algorithm("dgd"))
+    assert op.spectral_radius(0.99 * s, method="dense") <= 1 + 1e-9
+    assert op.spectral_radius(1.01 * s, method="dense") > 1 + 1e-6

@@ -1,0 +1,127 @@
+"""The primal path (issue 17 item 3): the linearised network in parameter space equals the
+kernel-space path with the full empirical kernel, on a network with fewer parameters than
+samples."""
+
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn._utils import memory
+from ntkdyn.kernels.empirical import mlp_empirical_ntk
+from ntkdyn.lowrank import jacobian_features, predict_primal
+
+FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist", "consensus_dist",
+          "central_dist", "central_train_loss", "central_param_dist", "mean_model_train_loss",
+          "mean_model_train_acc", "test_loss", "test_acc", "mean_model_test_loss",
+          "train_outputs", "test_outputs")
+
+
+@pytest.fixture(scope="module")
+def small_mlp():
+    rng = np.random.default_rng(0)
+    n, m, d, k, q = 200, 40, 5, 3, 4
+    x, xt = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+    y, yt = np.eye(k)[rng.integers(0, k, n)], np.eye(k)[rng.integers(0, k, m)]
+    arch = nd.models.MLP(hidden=(6,), out=k)
+    params = nd.models.init_params(arch, d, 0)
+    agent = rng.choice(q, size=n, p=[0.4, 0.2, 0.2, 0.2])  # unequal shards
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    return arch, params, x, xt, y, yt, agent, w
+
+
+def test_jacobian_features_give_the_empirical_kernel(small_mlp):
+    arch, params, x, xt, *_ = small_mlp
+    jac = jacobian_features(arch.apply, params, x, batch_size=64)  # 200 = 3 x 64 + 8: padding
+    n, k, p = jac.shape
+    assert (n, k, p) == (200, 3, 5 * 6 + 6 + 6 * 3 + 3) and p < n
+    full = mlp_empirical_ntk(arch, params, x, traced=False)
+    flat = jac.reshape(n * k, p)
+    assert np.max(np.abs(flat @ flat.T - full)) <= 1e-12 * np.abs(full).max()
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta"])
+def test_primal_equals_kernel_path(small_mlp, algorithm):
+    """P = 57 < N = 200: every recorded quantity within 1e-10 (measured <= 9e-15)."""
+    arch, params, x, xt, y, yt, agent, w = small_mlp
+    kern = mlp_empirical_ntk(arch, params, x, traced=False)
+    kern_t = mlp_empirical_ntk(arch, params, xt, x, traced=False)
+    f0, f0t = np.asarray(arch.apply(params, x)), np.asarray(arch.apply(params, xt))
+    lr = [0.3, 0.4, 0.35, 0.25]
+    steps = range(0, 61, 10)
+    exact = nd.predict_from_kernels(kern, y, agent, w, lr, steps, algorithm, f0_train=f0,
+                                    f0_test=f0t, kernel_test_train=kern_t, y_test=yt,
+                                    record_outputs=True)
+    for form in ("gram", "features"):  # P x P Gram matrices or the Jacobian rows per step
+        primal = predict_primal(arch.apply, params, x, y, agent, w, lr, steps, algorithm,
+                                x_test=xt, y_test=yt, record_outputs=True, form=form)
+        assert primal.metadata["primal"]["form"] == form
+        for f in FIELDS:
+            a, b = getattr(exact, f), getattr(primal, f)
+            assert a is not None and a.shape == b.shape, f
+            assert np.max(np.abs(a - b)) <= 1e-10, (form, f, np.max(np.abs(a - b)))
+    assert primal.metadata["path"] == "primal"
+    assert primal.metadata["primal"]["num_params"] == 57
+    assert primal.metadata["kernel_layout"] == "full"
+
+
+def test_primal_p2pl_phases_equal_kernel_path(small_mlp):
+    arch, params, x, _, y, _, agent, w = small_mlp
+    kern = mlp_empirical_ntk(arch, params, x, traced=False)
+    f0 = np.asarray(arch.apply(params, x))
+    algo = nd.algorithms.p2pl(3, 2)
+    exact = nd.predict_from_kernels(kern, y, agent, w, 0.3, [0, 4, 9], algo, f0_train=f0)
+    primal = predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 4, 9], algo)
+    assert primal.phases == ["local", "consensus"]
+    for f in ("train_loss", "local_loss", "param_dist", "consensus_dist", "central_dist"):
+        assert np.max(np.abs(getattr(exact, f) - getattr(primal, f))) <= 1e-10, f
+
+
+@pytest.fixture(scope="module")
+def digits_problem():
+    data = nd.data.digits(classes=[0, 1], n_train=150, n_test=40, seed=0)
+    parts = nd.data.partition(data, agents=4, scheme="dirichlet", alpha=1.0, seed=0)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    arch = nd.models.MLP(hidden=(2,), out=2)  # P = 64*2 + 2 + 2*2 + 2 = 136 < N = 150
+    return data, parts, w, arch
+
+
+def test_nd_predict_path_primal_equals_full_empirical_kernel(digits_problem):
+    data, parts, w, arch = digits_problem
+    call = dict(lr=0.5, algorithm="atc", steps=range(0, 41, 10), kernel="empirical",
+                record_outputs=True, seed=3)
+    exact = nd.predict(arch, parts, w, traced=False, **call)
+    primal = nd.predict(arch, parts, w, path="primal", **call)
+    assert primal.metadata["primal"]["num_params"] == 136 < data.num_train
+    assert primal.metadata["kernel"] == "empirical" and primal.metadata["path"] == "primal"
+    for f in FIELDS:
+        a, b = getattr(exact, f), getattr(primal, f)
+        if a is None:
+            continue
+        assert a.shape == b.shape, f
+        assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.abs(a).max()), f
+
+
+def test_path_errors_name_the_argument(digits_problem):
+    data, parts, w, arch = digits_problem
+    call = dict(lr=0.3, steps=range(0, 21, 10))
+    with pytest.raises(ValueError, match="^path: expected one of"):
+        nd.predict(arch, parts, w, path="dual", kernel="empirical", **call)
+    with pytest.raises(ValueError, match="^path: .*kernel='empirical'"):
+        nd.predict(arch, parts, w, path="primal", **call)
+    with pytest.raises(ValueError, match="^path: .*exact; rank"):
+        nd.predict(arch, parts, w, path="primal", kernel="empirical", rank=8, **call)
+    gossip = nd.graphs.random_edges(nd.graphs.topology("ring", 4), 0.5, seed=0)
+    with pytest.raises(ValueError, match="^path: .*static"):
+        nd.predict(arch, parts, gossip, path="primal", kernel="empirical", **call)
+    with pytest.raises(ValueError, match="^path: .*loss='mse'"):
+        nd.predict(arch, parts, w, path="primal", kernel="empirical", loss="cross_entropy",
+                   **call)
+    with pytest.raises(ValueError, match="^path: .*discrete"):
+        nd.predict(arch, parts, w, path="primal", kernel="empirical", continuous=True, **call)
+
+
+def test_primal_refused_before_allocating_when_too_large(small_mlp, monkeypatch):
+    arch, params, x, _, y, _, agent, w = small_mlp
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10_000)
+    with pytest.raises(memory.ProblemTooLargeError, match="P = 57 parameters for N = 200"):
+        predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 10])
