@@ -338,10 +338,13 @@ def sufficient_bound(problem: KernelProblem, algorithm: str | Algorithm,
     a stable 2x2 block iff ``-1 - 2 beta <= mu <= 1``).  With one agent every built-in
     schedule is centralised GD (``2 / curv``).
     """
-    return _sufficient_bound(problem, get_algorithm(algorithm), profile)
+    return schedule_sufficient_bound(problem, get_algorithm(algorithm), profile)
 
 
-def _sufficient_bound(problem: KernelProblem, algo: Algorithm, profile=None) -> float:
+def schedule_sufficient_bound(problem: KernelProblem, algo: Algorithm,
+                              profile=None) -> float:
+    """:func:`sufficient_bound` for a resolved :class:`Algorithm` (its ``sufficient_bound``
+    rule on the mixing's smallest eigenvalue and the agents' curvatures; ``nan`` if none)."""
     if algo.sufficient_bound is None:
         return float("nan")
     profile = np.ones(problem.num_agents) if profile is None else np.asarray(profile, float)
@@ -491,10 +494,11 @@ def stable_set(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
     op = StepOperator(problem, algo, profile)
-    return _stable_set(op, _sufficient_bound(problem, algo, profile), rtol, extra, cache)
+    return operator_stable_set(op, schedule_sufficient_bound(problem, algo, profile), rtol,
+                               extra, cache)
 
 
-def _stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extra=(),
+def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extra=(),
                 cache: dict | None = None) -> StableSet:
     """:func:`stable_set` on a built operator (its problem, schedule and rate profile);
     ``bound`` is the schedule's sufficient bound there (``nan``: none)."""
@@ -616,9 +620,9 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> Stabili
     s = float(np.max(lrs))
     profile = lrs / s
     op = StepOperator(problem, algo, profile)
-    bound = _sufficient_bound(problem, algo, profile)
+    bound = schedule_sufficient_bound(problem, algo, profile)
     cache: dict = {}
-    found = _stable_set(op, bound, extra=(s,), cache=cache)
+    found = operator_stable_set(op, bound, extra=(s,), cache=cache)
     rho = cache[s] if s in cache else op.spectral_radius(s)
     stable = bool(rho <= 1 + RHO_TOL)
     margin, lr_star = found.margin(s)
@@ -627,11 +631,13 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> Stabili
     return StabilityReport(
         algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star,
         lr_bound=bound, stable=stable, margin=margin, method=found.method,
-        operator=_operator_words(op), stable_rates=found.intervals,
+        operator=operator_words(op), stable_rates=found.intervals,
         stable_set=found.describe())
 
 
-def _operator_words(op: StepOperator) -> str:
+def operator_words(op: StepOperator) -> str:
+    """How a report names the operator: ``"one step"`` for a static single-phase schedule,
+    else the operator's own description (a period, a round, an augmented state)."""
     problem, algo = op.problem, op.algorithm
     words = op.describe() if problem.process is not None or \
         algo.init is not None or algo.records_per_step > 1 else "one step"

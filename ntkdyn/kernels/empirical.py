@@ -127,7 +127,7 @@ def empirical_ntk(
     if not callable(apply_fn):
         raise ValueError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
     x1, x2s, symmetric = _check_pair(x1, x2, ndim=None)
-    params = _to_float64(params)
+    params = to_float64(params)
     out = jax.eval_shape(apply_fn, params, jnp.asarray(x1[:1]))
     if len(out.shape) != 2 or out.shape[0] != 1:
         raise ValueError(f"apply_fn: expected outputs of shape (B, K), got {out.shape} for B = 1")
@@ -138,7 +138,7 @@ def empirical_ntk(
 
     try:
         hash(apply_fn)
-        jacobian = partial(_jacobian_leaves, apply_fn)  # compiled once per apply_fn and shape
+        jacobian = partial(jacobian_leaves, apply_fn)  # compiled once per apply_fn and shape
     except TypeError:  # unhashable callable: compile for this call only
         jacobian = jax.jit(partial(_jacobian_leaves_impl, apply_fn))
     contract = partial(_contract_jacobians, traced=traced, k_out=k_out)
@@ -162,7 +162,8 @@ def _jacobian_leaves_impl(apply_fn, params, xb):
     return [leaf.reshape(leaf.shape[0], leaf.shape[1], -1) for leaf in jax.tree.leaves(jac)]
 
 
-_jacobian_leaves = jax.jit(_jacobian_leaves_impl, static_argnums=0)
+#: per-leaf Jacobians of a batch (B, K, leaf size), compiled once per ``apply_fn``
+jacobian_leaves = jax.jit(_jacobian_leaves_impl, static_argnums=0)
 
 
 @partial(jax.jit, static_argnames=("traced", "k_out"))
@@ -340,7 +341,7 @@ def _check_pair(x1, x2, ndim: int | None) -> tuple[np.ndarray, np.ndarray, bool]
     return x1, x2, False
 
 
-def _to_float64(params: Any) -> Any:
+def to_float64(params: Any) -> Any:
     def cast(leaf):
         leaf = jnp.asarray(leaf)
         return leaf.astype(jnp.float64) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
@@ -363,4 +364,4 @@ def _check_mlp_params(model: MLP, params: Any, in_dim: int) -> tuple:
                 f"params: layer {layer} has W {W.shape}, b {b.shape}; "
                 f"expected ({fan_in}, {fan_out}) and ({fan_out},)"
             )
-    return _to_float64(pairs)
+    return to_float64(pairs)

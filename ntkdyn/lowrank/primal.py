@@ -55,10 +55,10 @@ def jacobian_features(apply_fn, params: Any, x, *, batch_size: int | None = None
     """``J(x)`` of shape ``(N, K, P)`` (float64), parameters in the order of
     ``jax.tree.leaves(params)``, computed ``batch_size`` samples at a time with the
     per-sample reverse-mode Jacobians of :func:`ntkdyn.kernels.empirical_ntk`."""
-    from ntkdyn.kernels.empirical import _jacobian_leaves, _to_float64, generic_batch_plan
+    from ntkdyn.kernels.empirical import generic_batch_plan, jacobian_leaves, to_float64
 
     x = as_float_array("x", x)
-    params = _to_float64(params)
+    params = to_float64(params)
     n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
     k_out = int(jax.eval_shape(apply_fn, params, jnp.asarray(x[:1])).shape[1])
     memory.ensure_fits(8 * x.shape[0] * k_out * n_params, "the Jacobian of the network",
@@ -71,7 +71,7 @@ def jacobian_features(apply_fn, params: Any, x, *, batch_size: int | None = None
         pad = batch - xb.shape[0]
         if pad:  # one compiled shape
             xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-        leaves = _jacobian_leaves(apply_fn, params, jnp.asarray(xb))
+        leaves = jacobian_leaves(apply_fn, params, jnp.asarray(xb))
         out[s:s + batch] = np.concatenate([np.asarray(v) for v in leaves],
                                           axis=-1)[:batch - pad]
     return out
@@ -181,9 +181,9 @@ def predict_primal(
     order = np.argsort(agent, kind="stable")
     jac = jacobian_features(apply_fn, params, x[order], batch_size=batch_size)
     if f0 == "network":
-        from ntkdyn.kernels.empirical import _to_float64
+        from ntkdyn.kernels.empirical import to_float64
 
-        p64 = _to_float64(params)
+        p64 = to_float64(params)
         f0_s = np.asarray(apply_fn(p64, jnp.asarray(x[order])), np.float64)
         f0_t = np.asarray(apply_fn(p64, jnp.asarray(xt)), np.float64) if has_test else None
     else:
