@@ -293,14 +293,22 @@ def predict(
     rank: int | str | None = None,
     tol: float | None = None,
     max_rank: int | None = None,
+    batch_size: int = 0,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
     See :func:`build_problem` for ``kernel``, ``seed``, ``params``, ``f0``,
     ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest (``reference``:
     also run the centralised reference; ``mixing`` may be a time-varying or random
-    sequence, ``samples`` the number of sampled sequences for a random one; ``loss``:
-    ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its inverse temperature).
+    sequence, ``samples`` the number of sampled sequences for a random one or for
+    mini-batch SGD; ``loss``: ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its
+    inverse temperature).
+
+    ``batch_size``: ``0`` (default) full batch; ``B > 0`` mini-batch SGD, ``samples``
+    (default 64) batch sequences seeded by ``seed`` (the same ``seed`` as
+    :func:`ntkdyn.train.train`'s, so its run is sequence 0), with mean, bands
+    (``traj.band("test_loss", 0.05, 0.95)``) and, for the squared loss, the exact
+    expected trajectory ``traj.expected`` (= full batch; :mod:`ntkdyn.minibatch`).
 
     ``rank``: ``None`` (default) runs the exact path on the N x N kernel.  An integer
     ``r`` or ``"auto"`` runs the low-rank path (:mod:`ntkdyn.lowrank`,
@@ -338,6 +346,9 @@ def predict(
             "data": parts.dataset.name, "partition": parts.scheme}
     meta["quantity"] = quantity_words(_resolve_f0(f0, kernel) == "zero", params is not None,
                                       seed)
+    if (rank is not None or tol is not None or max_rank is not None) and batch_size:
+        raise ValueError("rank: the low-rank path takes full-batch gradients; batch_size "
+                         "runs on the exact path (rank=None)")
     if rank is not None or tol is not None or max_rank is not None:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
@@ -351,7 +362,7 @@ def predict(
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
-                       samples=samples)[0]
+                       samples=samples, batch_size=batch_size, seed=seed)[0]
 
 
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
@@ -443,6 +454,7 @@ def predict_sweep(
     samples: int | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
+    batch_size: int = 0,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
@@ -453,7 +465,7 @@ def predict_sweep(
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
-                       reference=reference, samples=samples)
+                       reference=reference, samples=samples, batch_size=batch_size, seed=seed)
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:
