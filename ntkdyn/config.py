@@ -93,6 +93,7 @@ class TrainingConfig:
     batch_size: int = 0  # 0 / absent: full batch; B > 0: mini-batch SGD (<= smallest shard),
     #                      for the prediction and the real training alike
     samples: int = 64  # batch_size > 0: sampled batch sequences of the prediction
+    batch_sampling: str = "epoch"  # epoch (without replacement per epoch) | independent
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ CHOICES = {
     "prediction.kernel": ("analytic", "empirical"),
     "validation.dtype": ("float32", "float64"),
     "training.loss": ("mse", "cross_entropy"),
+    "training.batch_sampling": ("epoch", "independent"),
 }
 POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "architecture.depth", "architecture.width", "architecture.W_std", "training.lr",
@@ -327,9 +329,10 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
         raise ConfigError("config: validation.batch_size: replaced by training.batch_size (the "
                           "prediction and the real training now use the same mini-batches); "
                           f"move batch_size = {cfg.validation.batch_size} to [training]")
-    if "training.samples" in given and not t.batch_size:
-        raise ConfigError(f"config: training.samples: only used with training.batch_size > 0 "
-                          f"(mini-batch SGD), got training.batch_size = {t.batch_size}")
+    for key in ("training.samples", "training.batch_sampling"):
+        if key in given and not t.batch_size:
+            raise ConfigError(f"config: {key}: only used with training.batch_size > 0 "
+                              f"(mini-batch SGD), got training.batch_size = {t.batch_size}")
     if t.batch_size:
         if t.continuous:
             raise ConfigError("config: training.batch_size: mini-batch SGD runs discrete "
@@ -396,6 +399,7 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
         out["prediction"].pop("target_loss")
     if not cfg.training.batch_size:
         out["training"].pop("samples")
+        out["training"].pop("batch_sampling")
     if command != "validate":
         out.pop("validation")
     else:

@@ -47,10 +47,11 @@ class Experiment:
 
     @property
     def minibatch(self) -> dict:
-        """``{"batch_size": B}`` (mini-batch SGD) or ``{}`` (full batch): keywords of
-        :func:`ntkdyn.predict` and :func:`ntkdyn.train.train`."""
-        b = self.config.training.batch_size
-        return {"batch_size": b} if b else {}
+        """``{"batch_size": B, "batch_sampling": ...}`` (mini-batch SGD) or ``{}`` (full
+        batch): keywords of :func:`ntkdyn.predict` and :func:`ntkdyn.train.train`."""
+        t = self.config.training
+        return {"batch_size": t.batch_size, "batch_sampling": t.batch_sampling} \
+            if t.batch_size else {}
 
     @property
     def low_rank(self) -> dict:

@@ -300,8 +300,9 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
     params = jax.tree.map(lambda a: np.asarray(a, dtype).astype(np.float64),
                           init_params(arch, dim, cfg.seed))
     steps = cfg.steps
-    common = dict(params0=params, seed=cfg.seed, dtype=v.dtype, batch_size=t.batch_size,
-                  independent_init=v.independent_init, progress=progress, **exp.loss)
+    common = dict(params0=params, seed=cfg.seed, dtype=v.dtype,
+                  independent_init=v.independent_init, progress=progress, **exp.loss,
+                  **exp.minibatch)
     timings = {}
     algo = exp.algorithm
     # random gossip / mini-batch SGD: training runs sampled sequence 0 (seed cfg.seed); the

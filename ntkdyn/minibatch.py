@@ -1,11 +1,16 @@
 r"""Mini-batch SGD: the batches every agent draws, shared by the prediction and the trainer.
 
-Sampling (``theory/minibatch_sgd.md``).  Agent ``q`` holds ``N_q`` samples and draws
-batches of ``B`` of them **without replacement within each epoch**: an epoch of agent
-``q`` is ``m_q = floor(N_q / B)`` draws, the first ``m_q B`` entries of a random
-permutation of its shard cut into consecutive batches (the last ``N_q - m_q B`` entries
-of the permutation are left out of that epoch, a fresh permutation starts the next one).
-Draw ``d`` of agent ``q`` belongs to epoch ``e = d // m_q`` at position ``j = d mod m_q``.
+Sampling (``theory/minibatch_sgd.md``), ``sampling=``:
+
+* ``"epoch"`` (default; random reshuffling, what data loaders do): agent ``q`` holding
+  ``N_q`` samples draws batches of ``B`` of them **without replacement within each
+  epoch**: an epoch of agent ``q`` is ``m_q = floor(N_q / B)`` draws, the first
+  ``m_q B`` entries of a random permutation of its shard cut into consecutive batches
+  (the last ``N_q - m_q B`` entries of the permutation are left out of that epoch, a
+  fresh permutation starts the next one).  Draw ``d`` belongs to epoch ``e = d // m_q``
+  at position ``j = d mod m_q``.
+* ``"independent"``: every draw is a fresh uniform ``B``-subset of the shard (without
+  replacement within the batch, independent across draws): an epoch of one draw.
 
 Draws and steps.  Step ``t`` of an algorithm that evaluates ``g`` local gradients per step
 (``Algorithm.grads_per_step``: ``local_steps`` for P2PL, 1 otherwise) uses draws
@@ -23,7 +28,10 @@ sequence ``s`` of a prediction and a training run on sequence ``s`` see the same
 Unbiased: by symmetry of a uniform permutation, each position of an epoch is a uniform
 ``B``-subset of the shard, so the batch gradient ``(1/B) sum_{i in batch} grad l_i`` has
 expectation ``(1/N_q) sum_{i in q} grad l_i = grad L_q`` (the full-batch local gradient,
-whose normalisation is the per-agent mean over ``N_q`` samples).
+whose normalisation is the per-agent mean over ``N_q`` samples).  With
+``"independent"`` draws the expected state of the linearised model under the squared
+loss is exactly full-batch training; with ``"epoch"`` draws (dependent within an
+epoch) it is so to first order in the rate (``theory/minibatch_sgd.md`` section 3).
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: the ways of drawing batches (see the module doc)
+SAMPLINGS = ("epoch", "independent")
 #: folded into the seed so that batches and random gossip (same seed) are independent
 SALT = 0x5BA7C4
 
@@ -56,6 +66,13 @@ def check_batch_size(batch_size, counts=None, name: str = "batch_size") -> int:
     return int(batch_size)
 
 
+def check_sampling(sampling, name: str = "batch_sampling") -> str:
+    """``sampling`` if it is one of :data:`SAMPLINGS`, else ``ValueError`` naming ``name``."""
+    if not isinstance(sampling, str) or sampling not in SAMPLINGS:
+        raise ValueError(f"{name}: expected one of {SAMPLINGS}, got {sampling!r}")
+    return sampling
+
+
 def check_samples(samples, name: str = "samples") -> int:
     """``samples`` as an int ``>= 1``, else ``ValueError`` naming ``name``."""
     if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
@@ -74,9 +91,11 @@ class BatchSequence:
     counts: tuple[int, ...]
     batch_size: int
     seed: int = 0
+    sampling: str = "epoch"
 
     def __post_init__(self):
         check_batch_size(self.batch_size, self.counts)
+        check_sampling(self.sampling)
         if self.batch_size < 1:
             raise ValueError("batch_size: a BatchSequence needs batch_size >= 1")
 
@@ -86,7 +105,10 @@ class BatchSequence:
 
     @property
     def epoch_draws(self) -> np.ndarray:
-        """``m_q = floor(N_q / B)``: draws per epoch of each agent."""
+        """``m_q = floor(N_q / B)`` (``"epoch"``) or 1 (``"independent"``): draws per
+        epoch of each agent."""
+        if self.sampling == "independent":
+            return np.ones(len(self.counts), dtype=np.int64)
         return np.asarray(self.counts) // self.batch_size
 
     def key(self, sample: int = 0):
@@ -97,7 +119,7 @@ class BatchSequence:
     def draw(self, key, d):
         """``(Q, B)`` shard-local indices of draw ``d`` of the sequence with ``key``
         (jittable; ``d`` may be traced)."""
-        return _draw(key, d, self.counts, self.batch_size)
+        return _draw(key, d, self.counts, self.batch_size, self.sampling == "independent")
 
     def weights(self, key, d):
         """``(Q, n_max)`` weights ``1/B`` on the batch of draw ``d`` (0 elsewhere and on
@@ -119,17 +141,16 @@ class BatchSequence:
                 j: int = 0) -> list[np.ndarray]:
         """Agent ``q``'s batch (indices into its own shard, in its order) at draw
         ``step * grads_per_step + j`` of sequence ``sample``: one array per agent."""
-        idx = np.asarray(jax.jit(self.draw)(self.key(sample),
-                                            jnp.asarray(step * grads_per_step + j)))
+        idx = np.asarray(self.draw(self.key(sample), step * grads_per_step + j))
         return [idx[q] for q in range(self.num_agents)]
 
 
-@partial(jax.jit, static_argnames=("counts", "batch"))
-def _draw(key, d, counts: tuple[int, ...], batch: int):
+@partial(jax.jit, static_argnames=("counts", "batch", "independent"))
+def _draw(key, d, counts: tuple[int, ...], batch: int, independent: bool = False):
     q = len(counts)
     n_max = max(counts)
     n = jnp.asarray(counts)
-    m = n // batch
+    m = jnp.ones_like(n) if independent else n // batch
     d = jnp.asarray(d, dtype=jnp.int64)
     epoch, pos = d // m, d % m
 
@@ -143,4 +164,5 @@ def _draw(key, d, counts: tuple[int, ...], batch: int):
     return jax.vmap(one)(jnp.arange(q), n, epoch, pos)
 
 
-__all__ = ["BatchSequence", "check_batch_size", "check_samples", "SALT"]
+__all__ = ["BatchSequence", "check_batch_size", "check_samples", "check_sampling", "SALT",
+           "SAMPLINGS"]

@@ -294,6 +294,7 @@ def predict(
     tol: float | None = None,
     max_rank: int | None = None,
     batch_size: int = 0,
+    batch_sampling: str = "epoch",
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
@@ -307,8 +308,10 @@ def predict(
     ``batch_size``: ``0`` (default) full batch; ``B > 0`` mini-batch SGD, ``samples``
     (default 64) batch sequences seeded by ``seed`` (the same ``seed`` as
     :func:`ntkdyn.train.train`'s, so its run is sequence 0), with mean, bands
-    (``traj.band("test_loss", 0.05, 0.95)``) and, for the squared loss, the exact
-    expected trajectory ``traj.expected`` (= full batch; :mod:`ntkdyn.minibatch`).
+    (``traj.band("test_loss", 0.05, 0.95)``) and, for the squared loss, the expected
+    trajectory ``traj.expected`` (= full batch: exact with ``batch_sampling=
+    "independent"``, to first order in the rate with the default ``"epoch"``;
+    :mod:`ntkdyn.minibatch`).
 
     ``rank``: ``None`` (default) runs the exact path on the N x N kernel.  An integer
     ``r`` or ``"auto"`` runs the low-rank path (:mod:`ntkdyn.lowrank`,
@@ -362,7 +365,8 @@ def predict(
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
-                       samples=samples, batch_size=batch_size, seed=seed)[0]
+                       samples=samples, batch_size=batch_size, seed=seed,
+                       batch_sampling=batch_sampling)[0]
 
 
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
@@ -455,6 +459,7 @@ def predict_sweep(
     loss: str = "mse",
     logit_scale: float = 1.0,
     batch_size: int = 0,
+    batch_sampling: str = "epoch",
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
@@ -465,7 +470,8 @@ def predict_sweep(
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
-                       reference=reference, samples=samples, batch_size=batch_size, seed=seed)
+                       reference=reference, samples=samples, batch_size=batch_size, seed=seed,
+                       batch_sampling=batch_sampling)
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:

@@ -98,6 +98,7 @@ def run_problem(
     samples: int | None = None,
     batch_size: int = 0,
     seed: int = 0,
+    batch_sampling: str = "epoch",
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
@@ -121,14 +122,17 @@ def run_problem(
 
     Mini-batch SGD (``batch_size = B > 0``, at most the smallest shard): every agent
     draws ``B`` of its samples per gradient, without replacement within each epoch
-    (:mod:`ntkdyn.minibatch`); ``samples`` (default 64) sampled batch sequences, seeded by
+    (``batch_sampling="epoch"``) or a fresh subset per draw (``"independent"``;
+    :mod:`ntkdyn.minibatch`); ``samples`` (default 64) sampled batch sequences, seeded by
     ``seed`` (sequence ``s`` is the one :func:`ntkdyn.train.train` runs with the same
     ``seed`` and ``batch_sample=s``), run side by side sharing every kernel pass, and the
     result is a :class:`~ntkdyn.trajectory.GossipTrajectory` (means over the sequences,
     quantile bands, ``band(metric, lo, hi)``).  For the squared loss ``.expected`` is the
-    exact expected trajectory of the linearised model's state and outputs: full-batch
-    training with the same rate (the batch gradient is unbiased and the dynamics affine
-    in the state, ``theory/minibatch_sgd.md``); with a random mixing sequence too,
+    full-batch training with the same rate: the exact expected trajectory of the
+    linearised model's state and outputs for ``"independent"`` draws (the batch gradient
+    is unbiased, independent of the state, and the dynamics affine in the state), the
+    expectation to first order in the rate for ``"epoch"`` draws, whose draws within an
+    epoch depend on each other (``theory/minibatch_sgd.md``); with a random mixing sequence too,
     sequence ``s`` draws mixing sequence ``s`` and ``.expected`` uses ``E[W]``.
 
     With ``problem.loss == "cross_entropy"`` the dynamics are not affine: the exact
@@ -143,9 +147,10 @@ def run_problem(
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
     process = problem.process
-    from .minibatch import check_batch_size, check_samples
+    from .minibatch import check_batch_size, check_samples, check_sampling
 
     batch_size = check_batch_size(batch_size, problem.counts)
+    batch_sampling = check_sampling(batch_sampling)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ValueError(f"seed: expected an integer, got {seed!r}")
     if (process is not None and process.random) or batch_size:
@@ -169,7 +174,7 @@ def run_problem(
     raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,
                         record_outputs=record_outputs, progress=progress, central=reference,
                         kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
-                        batch_size=batch_size, seed=int(seed))
+                        batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling)
     base_meta = {
         "algorithm": algo.name,
         "num_agents": q_count,
@@ -189,9 +194,15 @@ def run_problem(
     if batch_size:
         base_meta["minibatch"] = {
             "batch_size": batch_size, "samples": samples, "seed": int(seed),
-            "sampling": "without replacement within each epoch, per agent (ntkdyn.minibatch)",
-            "expected": ("full-batch training (exact expected state and outputs for the "
-                         "squared loss)" if with_expected else None)}
+            "sampling": batch_sampling,
+            "sampling_words": ("without replacement within each epoch, per agent"
+                               if batch_sampling == "epoch" else
+                               "a fresh uniform subset of the shard per draw, per agent"),
+            "expected": None if not with_expected else (
+                "full-batch training: the exact expected state and outputs (squared loss, "
+                "independent draws)" if batch_sampling == "independent" else
+                "full-batch training: the expected state and outputs to first order in the "
+                "rate (squared loss; draws within an epoch are dependent)")}
     if process is not None:
         base_meta["mixing_process"] = process.describe()
         base_meta["mixing_note"] = ("'mixing' is the expected matrix" if process.random else
@@ -399,6 +410,7 @@ def predict_from_kernels(
     logit_scale: float = 1.0,
     batch_size: int = 0,
     seed: int = 0,
+    batch_sampling: str = "epoch",
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -458,8 +470,12 @@ def predict_from_kernels(
         ``0`` (default): full-batch gradient descent.  ``B > 0`` (at most the smallest
         shard): mini-batch SGD, every agent's gradient the mean over ``B`` of its samples
         drawn without replacement within each epoch (:mod:`ntkdyn.minibatch`); for the
-        squared loss ``.expected`` is the exact expected trajectory (= full batch,
-        ``theory/minibatch_sgd.md``).
+        squared loss ``.expected`` is full-batch training, the expected trajectory
+        (exactly with ``batch_sampling="independent"``, to first order in the rate with
+        ``"epoch"``; ``theory/minibatch_sgd.md``).
+    batch_sampling : "epoch" (default) or "independent"
+        Batches without replacement within each epoch (random reshuffling), or a fresh
+        uniform subset of the shard per draw.
     seed : int
         Seed of the mini-batch sequences (sequence ``s`` is the one
         :func:`ntkdyn.train.train` draws with the same ``seed`` and ``batch_sample=s``).
@@ -492,7 +508,8 @@ def predict_from_kernels(
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
-                       samples=samples, batch_size=batch_size, seed=seed)[0]
+                       samples=samples, batch_size=batch_size, seed=seed,
+                       batch_sampling=batch_sampling)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,

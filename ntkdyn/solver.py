@@ -756,18 +756,21 @@ def mixing_groups(problem: KernelProblem, samples: int | None,
 
 
 def _add_batches(data: dict, problem: KernelProblem, samples: int | None, batch_size: int,
-                 seed: int, expected: bool):
+                 seed: int, expected: bool, sampling: str = "epoch"):
     """Put the mini-batch sequences' keys (and the expected group's full-batch weights)
     into ``data``; returns the (static) :class:`~ntkdyn.minibatch.BatchSequence`."""
     if not batch_size:
         return None
     from .minibatch import BatchSequence
 
-    batcher = BatchSequence(tuple(int(c) for c in problem.counts), int(batch_size), int(seed))
+    batcher = BatchSequence(tuple(int(c) for c in problem.counts), int(batch_size), int(seed),
+                            sampling)
     data["batch_keys"] = jnp.stack([batcher.key(s) for s in range(int(samples))])
     if expected:
         data["batch_full"] = jnp.asarray(np.repeat(1.0 / problem.counts, problem.counts))
-    return batcher
+    import dataclasses
+
+    return dataclasses.replace(batcher, seed=0)  # static: the seed lives in the keys
 
 
 def _add_mixing(data: dict, problem: KernelProblem, samples: int | None):
@@ -800,6 +803,7 @@ def evolve(
     reference: str = "auto",
     batch_size: int = 0,
     seed: int = 0,
+    batch_sampling: str = "epoch",
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -830,7 +834,8 @@ def evolve(
         ``batch_size``: the number of sampled mini-batch sequences.
     batch_size : int
         ``0`` (default): full-batch gradients; ``B > 0``: mini-batch SGD
-        (:mod:`ntkdyn.minibatch`, sequences seeded by ``seed``), ``samples`` sequences as
+        (:mod:`ntkdyn.minibatch`, sequences seeded by ``seed``, drawn as
+        ``batch_sampling`` says: ``"epoch"`` or ``"independent"``), ``samples`` sequences as
         column groups plus the full-batch expected group (:func:`mixing_groups`); the
         centralised reference is then carried (it uses the union of the agents' batches).
 
@@ -888,7 +893,8 @@ def evolve(
     if batch_size:  # a batch weight 1/B > 1/N_q: the bound per step grows with it
         data["limit_per_step"] = data["limit_per_step"] * float(problem.counts.min()) / batch_size
     sampler = _add_mixing(data, problem, samples)
-    batcher = _add_batches(data, problem, samples, batch_size, seed, with_expected)
+    batcher = _add_batches(data, problem, samples, batch_size, seed, with_expected,
+                           batch_sampling)
     steps = np.asarray(steps)
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
     if continuous:

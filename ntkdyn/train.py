@@ -76,7 +76,7 @@ from .checkpoint import load as _load_checkpoint
 from .checkpoint import save as _save_checkpoint
 from .data import Partition
 from .gossip import is_process
-from .minibatch import BatchSequence, check_batch_size
+from .minibatch import BatchSequence, check_batch_size, check_sampling
 from .models import MLP, init_params
 from .models import describe as _describe
 from .problem import LOSSES, check_logit_scale, class_targets
@@ -428,6 +428,7 @@ def train(
     loss: str = "mse",
     logit_scale: float = 1.0,
     batch_sample: int = 0,
+    batch_sampling: str = "epoch",
 ) -> Trajectory:
     """Train ``Q`` copies of ``arch`` peer to peer and record what the prediction records.
 
@@ -454,7 +455,10 @@ def train(
         smallest shard; batches drawn without replacement within each epoch,
         :mod:`ntkdyn.minibatch`, seeded by ``seed``)
     batch_sample : the mini-batch sequence to run (default 0): the batches of sequence
-        ``batch_sample`` of the prediction with the same ``batch_size`` and ``seed``
+        ``batch_sample`` of the prediction with the same ``batch_size``, ``seed`` and
+        ``batch_sampling``
+    batch_sampling : "epoch" (default: without replacement within each epoch) or
+        "independent" (a fresh subset per draw), :mod:`ntkdyn.minibatch`
     independent_init : bool
         Agent ``q > 0`` starts from its own draw (seed ``seed + q``): outside the
         theory, which assumes a common ``theta_0``.
@@ -551,7 +555,8 @@ def train(
     batch = batch_size
     batcher = None
     if batch:
-        batcher = BatchSequence(tuple(int(c) for c in parts.counts), batch, int(seed))
+        batcher = BatchSequence(tuple(int(c) for c in parts.counts), batch, int(seed),
+                                check_sampling(batch_sampling))
     setup = _Setup(apply=apply, algorithm=algo, q=q, linearised=model == "linearised",
                    batch=batch, independent=bool(independent_init),
                    has_test=parts.dataset.num_test > 0, record_outputs=record_outputs,
@@ -560,6 +565,8 @@ def train(
     data = _device_data(parts, mixing, lrs, theta0, setup.independent, jdtype, seed, targets)
     if batcher is not None:
         data["batch_key"] = batcher.key(int(batch_sample))
+        # static part without the seed (it lives in the key): one compilation per shape
+        setup = dataclasses.replace(setup, batcher=dataclasses.replace(batcher, seed=0))
     if process is not None:
         data["mix_arrays"] = process.device_arrays()
         data["mix_key"] = process.key(int(gossip_sample))
@@ -579,6 +586,7 @@ def train(
         description["gossip_sample"] = int(gossip_sample)
     if batch:
         description["batch_sample"] = int(batch_sample)
+        description["batch_sampling"] = batch_sampling
     x0 = jax.tree.map(jnp.copy, theta0) if independent_init else jax.tree.map(
         lambda a: jnp.repeat(a[None], q + 1, axis=0), theta0)
     if algo.init is not None:

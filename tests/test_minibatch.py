@@ -6,8 +6,11 @@
    batches in parameter space, to <= 1e-8 relative (observed ~1e-14): a plain numpy
    loop (DGD, ATC; squared loss and cross-entropy) and :func:`ntkdyn.train.train`
    (``model="linearised"``, float64; DGD, ATC, gradient tracking, P2PL).
-3. Squared loss: ``.expected`` is full-batch training (to 1e-12), and the sample mean of
-   the outputs approaches it like ``samples^-1/2`` (fitted slope in [-0.75, -0.3]).
+3. Squared loss: ``.expected`` is full-batch training (to 1e-12); with independent draws
+   (``batch_sampling="independent"``) the sample mean of the outputs approaches it like
+   ``samples^-1/2`` (fitted slope in [-0.75, -0.3]); with epoch draws (without
+   replacement within an epoch) it does not: a bias of order ``lr^2`` remains
+   (``theory/minibatch_sgd.md`` section 3).
 4. Invalid inputs are ``ValueError`` / ``ConfigError`` naming the field.
 """
 
@@ -157,6 +160,8 @@ def test_sequence_equals_linearised_training_on_the_same_batches(parts4, algorit
 
 # --------------------------------------------------------------------------- 3. expectation
 def test_expected_is_full_batch_and_the_sample_mean_approaches_it(net):
+    """Independent draws: the mean state is full-batch training (exact), so the sample mean
+    of the outputs converges to it at the Monte-Carlo rate."""
     kw = dict(f0_train=net.f0, kernel_test_train=net.kernel_test_full, y_test=net.y_test,
               f0_test=net.f0_test, record_outputs=True)
     steps = range(0, 21, 4)
@@ -168,7 +173,8 @@ def test_expected_is_full_batch_and_the_sample_mean_approaches_it(net):
         e = []
         for seed in range(4):
             pred = predict_from_kernels(net.kernel_full, net.y, net.agent, RING, 0.3, steps,
-                                        "atc", batch_size=2, samples=samples, seed=seed, **kw)
+                                        "atc", batch_size=2, samples=samples, seed=seed,
+                                        batch_sampling="independent", **kw)
             if samples == sizes[0] and seed == 0:
                 for m in ("train_outputs", "test_outputs", "param_dist", "central_dist",
                           "test_loss"):
@@ -210,6 +216,7 @@ def test_band_sequence_and_save_roundtrip(net, tmp_path):
     (dict(samples=4), "samples: only for a random mixing sequence .* or mini-batch SGD"),
     (dict(batch_size=2, continuous=True), "continuous: the gradient flow is for full-batch"),
     (dict(batch_size=2, seed=1.5), "seed: expected an integer"),
+    (dict(batch_size=2, batch_sampling="shuffle"), "batch_sampling: expected one of"),
 ])
 def test_invalid_inputs_name_the_field(net, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -239,6 +246,8 @@ def _raw(extra_training: str = "", extra: str = "") -> dict:
     ("batch_size = 2.0", "", "training.batch_size: expected an integer"),
     ("batch_size = 4\nsamples = 0", "", "training.samples: expected a value > 0"),
     ("samples = 8", "", "training.samples: only used with training.batch_size > 0"),
+    ('batch_sampling = "independent"', "", "training.batch_sampling: only used with"),
+    ('batch_size = 4\nbatch_sampling = "x"', "", "training.batch_sampling: expected one of"),
     ("batch_size = 4\ncontinuous = true", "", "training.batch_size: mini-batch SGD runs "
                                                "discrete steps"),
     ("", "[validation]\nbatch_size = 8\n", "validation.batch_size: replaced by "
