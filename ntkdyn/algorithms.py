@@ -98,11 +98,16 @@ class Operators:
     scale:
         ``(g) -> [eta_q g_q]_q``: multiply each agent's block by its learning
         rate.
+    grad_at:
+        ``(x, j) -> grad`` with the ``j``-th mini-batch draw of the current step
+        (:mod:`ntkdyn.minibatch`; ``j < Algorithm.grads_per_step``); ``None``: ``grad``
+        (full batch, or one draw per step).
     """
 
     mix: Callable[..., State]
     grad: Callable[[State], State]
     scale: Callable[[State], State]
+    grad_at: Callable[[State, Any], State] | None = None
 
     # --- algebra on states (arrays or pytrees) ---------------------------
     @staticmethod
@@ -122,9 +127,11 @@ class Operators:
     def zeros_like(a: State) -> State:
         return jax.tree.map(jnp.zeros_like, a)
 
-    def adapt(self, x: State) -> State:
-        """Local gradient step ``x_q - eta_q grad L_q(x_q)``."""
-        return self.sub(x, self.scale(self.grad(x)))
+    def adapt(self, x: State, j=0) -> State:
+        """Local gradient step ``x_q - eta_q grad L_q(x_q)`` (``j``: the step's ``j``-th
+        mini-batch draw when the gradient is stochastic, see ``grad_at``)."""
+        g = self.grad(x) if self.grad_at is None else self.grad_at(x, j)
+        return self.sub(x, self.scale(g))
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,9 @@ class Algorithm:
         composition is ``step``, with ``phase_names``; a record is taken after each.
     mixes_per_step:
         Communication events (mixing matrices) one step uses.
+    grads_per_step:
+        Local-gradient draws one step uses (mini-batch SGD, :mod:`ntkdyn.minibatch`):
+        ``local_steps`` for P2PL (a fresh batch per local step), 1 otherwise.
     project:
         ``(state, pi) -> state``: projection onto the invariant subspace that holds
         the initial state (removes conserved quantities; ``pi`` is the left Perron
@@ -243,6 +253,7 @@ class Algorithm:
     phases: tuple = ()
     phase_names: tuple = ()
     mixes_per_step: int = 1
+    grads_per_step: int = 1
     project: Callable[[State, Any], State] | None = None
     options: tuple = ()
     sufficient_bound: BoundRule | None = None
@@ -363,7 +374,7 @@ def _repeat(count: int, body: Callable[[int, State], State], x: State) -> State:
 @cache
 def _p2pl(local_steps: int, consensus_steps: int) -> Algorithm:
     def local(x, ops):
-        return _repeat(local_steps, lambda j, v: ops.adapt(v), x)
+        return _repeat(local_steps, lambda j, v: ops.adapt(v, j), x)
 
     def consensus(x, ops):
         return _repeat(consensus_steps, lambda j, v: ops.mix(v, j), x)
@@ -376,7 +387,7 @@ def _p2pl(local_steps: int, consensus_steps: int) -> Algorithm:
         f"one round: {local_steps} local gradient steps, then {consensus_steps} combine "
         "steps (P2PL, Pranav & Moura); recorded after each phase",
         phases=(local, consensus), phase_names=("local", "consensus"),
-        mixes_per_step=consensus_steps,
+        mixes_per_step=consensus_steps, grads_per_step=local_steps,
         options=(("local_steps", local_steps), ("consensus_steps", consensus_steps)),
         sufficient_bound=_combine_adapt_bound)
 

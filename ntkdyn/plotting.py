@@ -58,7 +58,8 @@ def _band_label(traj) -> str:
     else:
         lo, hi = (round(100 * float(v)) for v in (traj.quantile_levels[0],
                                                   traj.quantile_levels[-1]))
-    return f"{lo}-{hi} % over {traj.samples} sampled sequences (each agent)"
+    what = "mini-batch " if traj.metadata.get("sampled") == "mini-batch" else ""
+    return f"{lo}-{hi} % over {traj.samples} sampled {what}sequences (each agent)"
 
 
 def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str = "",
@@ -106,8 +107,11 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
                                 label=_band_label(traj) if q == 0 else None)
         if expected is not None and getattr(expected, name, None) is not None:
             exact = getattr(expected, name).mean(axis=1)
+            words = ("network mean of full-batch training (exact expected state)"
+                     if traj.metadata.get("sampled") == "mini-batch" else
+                     "network mean of the mean state (E[W] recursion, exact)")
             ax.plot(expected.steps, _positive(exact) if log else exact, "-.", color="black",
-                    lw=1.4, label="network mean of the mean state (E[W] recursion, exact)")
+                    lw=1.4, label=words)
         if central is not None and getattr(traj, central) is not None:
             ax.plot(traj.steps, getattr(traj, central), ":", color="0.45", lw=1.5,
                     label="centralised reference")

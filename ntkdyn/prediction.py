@@ -206,6 +206,9 @@ def predict_from_kernels(
     samples: int | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
+    batch_size: int = 0,
+    seed: int = 0,
+    batch_sampling: str = "epoch",
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -257,9 +260,23 @@ def predict_from_kernels(
     devices : list of jax devices or a Mesh, optional
         Shard kernels and state over these devices (same answer as one device).
     samples : int, optional
-        Random mixing only: sampled sequences (default 64); the result is then a
-        :class:`~ntkdyn.trajectory.GossipTrajectory` (means, quantile bands and the
-        exact mean-state trajectory ``.expected``).
+        Random mixing or mini-batch SGD: sampled sequences (default 64); the result is
+        then a :class:`~ntkdyn.trajectory.GossipTrajectory` (means, quantile bands
+        ``band(metric, lo, hi)``, every sequence ``sequence(s)``, and the exact mean-state
+        trajectory ``.expected``).
+    batch_size : int
+        ``0`` (default): full-batch gradient descent.  ``B > 0`` (at most the smallest
+        shard): mini-batch SGD, every agent's gradient the mean over ``B`` of its samples
+        drawn without replacement within each epoch (:mod:`ntkdyn.minibatch`); for the
+        squared loss ``.expected`` is full-batch training, the expected trajectory
+        (exactly with ``batch_sampling="independent"``, to first order in the rate with
+        ``"epoch"``; ``theory/minibatch_sgd.md``).
+    batch_sampling : "epoch" (default) or "independent"
+        Batches without replacement within each epoch (random reshuffling), or a fresh
+        uniform subset of the shard per draw.
+    seed : int
+        Seed of the mini-batch sequences (sequence ``s`` is the one
+        :func:`ntkdyn.train.train` draws with the same ``seed`` and ``batch_sample=s``).
     loss : "mse" (default) or "cross_entropy"
         The trained loss; the ``*_loss`` and ``objective`` fields report it.  Cross-entropy
         runs discrete steps only (``continuous=True`` is refused), its centralised
@@ -289,7 +306,8 @@ def predict_from_kernels(
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
-                       samples=samples)[0]
+                       samples=samples, batch_size=batch_size, seed=seed,
+                       batch_sampling=batch_sampling)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,
@@ -414,14 +432,25 @@ def predict(
     tol: float | None = None,
     max_rank: int | None = None,
     path: str = "kernel",
+    batch_size: int = 0,
+    batch_sampling: str = "epoch",
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
     See :func:`build_problem` for ``kernel``, ``seed``, ``params``, ``f0``,
     ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest (``reference``:
     also run the centralised reference; ``mixing`` may be a time-varying or random
-    sequence, ``samples`` the number of sampled sequences for a random one; ``loss``:
-    ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its inverse temperature).
+    sequence, ``samples`` the number of sampled sequences for a random one or for
+    mini-batch SGD; ``loss``: ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its
+    inverse temperature).
+
+    ``batch_size``: ``0`` (default) full batch; ``B > 0`` mini-batch SGD, ``samples``
+    (default 64) batch sequences seeded by ``seed`` (the same ``seed`` as
+    :func:`ntkdyn.train.train`'s, so its run is sequence 0), with mean, bands
+    (``traj.band("test_loss", 0.05, 0.95)``) and, for the squared loss, the expected
+    trajectory ``traj.expected`` (= full batch: exact with ``batch_sampling=
+    "independent"``, to first order in the rate with the default ``"epoch"``;
+    :mod:`ntkdyn.minibatch`).
 
     ``rank``: ``None`` (default) runs the exact path on the N x N kernel.  An integer
     ``r`` or ``"auto"`` runs the low-rank path (:mod:`ntkdyn.lowrank`,
@@ -469,6 +498,9 @@ def predict(
             "data": parts.dataset.name, "partition": parts.scheme}
     meta["quantity"] = quantity_words(_resolve_f0(f0, kernel) == "zero", params is not None,
                                       seed)
+    if (rank is not None or tol is not None or max_rank is not None) and batch_size:
+        raise ValueError("rank: the low-rank path takes full-batch gradients; batch_size "
+                         "runs on the exact path (rank=None)")
     if path != "kernel":
         _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
                            max_rank=max_rank, continuous=continuous,
@@ -491,7 +523,8 @@ def predict(
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
-                       samples=samples)[0]
+                       samples=samples, batch_size=batch_size, seed=seed,
+                       batch_sampling=batch_sampling)[0]
 
 
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
@@ -643,6 +676,8 @@ def predict_sweep(
     samples: int | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
+    batch_size: int = 0,
+    batch_sampling: str = "epoch",
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
@@ -653,7 +688,8 @@ def predict_sweep(
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme}
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
-                       reference=reference, samples=samples)
+                       reference=reference, samples=samples, batch_size=batch_size, seed=seed,
+                       batch_sampling=batch_sampling)
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:

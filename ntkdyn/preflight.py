@@ -270,6 +270,13 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                           f"now: the stability analysis is exact for it (got "
                           f"{cfg.training.loss!r}; ntkdyn predict and validate take "
                           "cross-entropy)")
+    if cfg.training.batch_size:
+        raise ConfigError(f"config: training.batch_size: check supports full-batch training "
+                          f"only for now: its stability analysis, lr* and fixed point are "
+                          f"those of full-batch gradients (got training.batch_size = "
+                          f"{cfg.training.batch_size}; ntkdyn predict and validate take "
+                          "mini-batch SGD; remove training.batch_size to check the full-batch "
+                          "dynamics, which are the expected SGD dynamics for the squared loss)")
     if cfg.prediction.rank is not None:
         if topologies or measure_edge:
             raise ConfigError("config: prediction.rank: --topologies and --measure-edge run on "

@@ -149,7 +149,14 @@ class Trajectory:
         if self.phase is not None:
             lines.append("records after each phase per step: " + ", ".join(self.phases)
                          + f" (last: {self.phases[int(self.phase[-1])]})")
-        if isinstance(self, GossipTrajectory):
+        if isinstance(self, GossipTrajectory) and self.metadata.get("sampled") == "mini-batch":
+            mb = self.metadata.get("minibatch", {})
+            lines.append(f"mini-batch SGD (batch {mb.get('batch_size')}): means over "
+                         f"{self.samples} sampled batch sequences (seed {mb.get('seed')}); "
+                         + ("'.expected' is full-batch training (the exact mean for the "
+                            "squared loss)" if self.expected is not None else
+                            "no closed-form expectation (cross-entropy)"))
+        elif isinstance(self, GossipTrajectory):
             lines.append(f"random gossip: means over {self.samples} sampled mixing sequences; "
                          "'.expected' is the exact mean-state (E[W]) trajectory")
         if self.diverged:
@@ -231,13 +238,15 @@ def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
     if "expected_meta" in meta:
         expected = _from_payload({k.split("/", 1)[1]: v for k, v in kwargs.items()
                                   if k.startswith("expected/")}, meta["expected_meta"])
+    per_sample = {k.split("/", 1)[1]: v for k, v in kwargs.items()
+                  if k.startswith("per_sample/")} or None
     return GossipTrajectory(**common, **plain, samples=meta["samples"], quantiles=quantiles,
-                            expected=expected)
+                            expected=expected, per_sample=per_sample)
 
 
 @dataclass(frozen=True)
 class GossipTrajectory(Trajectory):
-    """Prediction for a random mixing sequence: a distribution over sampled sequences.
+    """Prediction over sampled sequences (random mixing, mini-batches): a distribution.
 
     Every metric field holds the **mean over the ``samples`` sampled sequences** of
     that metric (for losses: the mean of the loss); ``quantiles[metric]`` has shape
@@ -245,14 +254,32 @@ class GossipTrajectory(Trajectory):
     ``expected`` is the exact trajectory of the **mean state** (the recursion with
     ``E[W]``, :mod:`ntkdyn.graphs.sequences`): its outputs are the exact mean outputs, its losses
     the loss of the mean output, which is below the mean loss by the outputs'
-    variance.  ``sample(s)`` is not kept; predict with ``samples=1`` and another seed to
-    see single sequences.
+    variance.  Mini-batch SGD (``metadata["sampled"] == "mini-batch"``): sampled batch
+    sequences; ``expected`` is full-batch training, the exact mean state for the squared
+    loss (``None`` for cross-entropy).  ``per_sample[metric]`` holds every sequence's
+    values ``(S, ...)``; :meth:`sequence` gives sequence ``s`` as a :class:`Trajectory`.
     """
 
     samples: int = 0
     quantile_levels: np.ndarray | None = None
     quantiles: dict | None = None
     expected: Trajectory | None = None
+    per_sample: dict | None = None
+
+    def sequence(self, s: int) -> Trajectory:
+        """Sampled sequence ``s`` alone (the one ``ntkdyn.train.train`` runs with
+        ``gossip_sample=s`` / ``batch_sample=s``)."""
+        if not self.per_sample:
+            raise ValueError("s: this trajectory keeps no per-sequence values")
+        if isinstance(s, bool) or not isinstance(s, int | np.integer) or \
+                not 0 <= s < self.samples:
+            raise ValueError(f"s: expected a sequence index in [0, {self.samples}), got {s!r}")
+        arrays = {k: v[s] for k, v in self.per_sample.items()}
+        plain = {f.name: getattr(self, f.name) for f in fields(Trajectory)
+                 if f.name not in arrays and f.name not in ("metadata",)}
+        for k in arrays:
+            plain.pop(k, None)
+        return Trajectory(**plain, **arrays, metadata=dict(self.metadata, sequence=int(s)))
 
     def band(self, metric: str, low: float = 0.05, high: float = 0.95) -> tuple:
         """``(low, high)`` quantile curves of ``metric`` (levels among ``quantile_levels``)."""
@@ -269,14 +296,18 @@ class GossipTrajectory(Trajectory):
         keep = np.flatnonzero(self.phase == self.phases.index(phase)) if isinstance(phase, str) \
             else np.flatnonzero(self.phase == phase)
         quantiles = {k: v[:, keep] for k, v in (self.quantiles or {}).items()}
+        per_sample = {k: v[:, keep] for k, v in (self.per_sample or {}).items()} or None
         expected = None if self.expected is None else self.expected.at_phase(phase)
-        return dataclasses.replace(out, quantiles=quantiles, expected=expected)
+        return dataclasses.replace(out, quantiles=quantiles, expected=expected,
+                                   per_sample=per_sample)
 
     def _payload(self) -> tuple[dict, dict]:
         arrays, meta = super()._payload()
         meta.update(kind="gossip", samples=self.samples)
         for k, v in (self.quantiles or {}).items():
             arrays[f"quantiles/{k}"] = v
+        for k, v in (self.per_sample or {}).items():
+            arrays[f"per_sample/{k}"] = v
         if self.expected is not None:
             ea, em = self.expected._payload()
             arrays.update({f"expected/{k}": v for k, v in ea.items()})

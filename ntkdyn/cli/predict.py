@@ -36,7 +36,8 @@ def run(args) -> int:
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
                             continuous=t.continuous, progress=not args.quiet,
-                            samples=exp.samples, **exp.low_rank, **exp.loss)
+                            samples=exp.samples, **exp.low_rank, **exp.loss,
+                            **exp.minibatch)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:
         traj.save(tmp / "trajectory.npz")
@@ -52,14 +53,16 @@ def run(args) -> int:
             "final_consensus_dist_mean": _last_mean(traj.consensus_dist),
             "stability": traj.metadata.get("stability"),
             "phases": traj.phases or None,
-            "gossip_samples": getattr(traj, "samples", None),
+            "gossip_samples": getattr(traj, "samples", None) if cfg.topology.gossip
+            and not t.batch_size else None,
+            "minibatch": _minibatch_summary(traj),
             "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
             if getattr(traj, "expected", None) is not None else None,
             "low_rank": _low_rank_summary(traj),
             "config": applicable(cfg, "predict"),
         }
         for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
-                    "low_rank"):
+                    "low_rank", "minibatch"):
             if summary[key] is None:  # list only what applies to this run
                 del summary[key]
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -69,6 +72,8 @@ def run(args) -> int:
                  f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK"
                  + (f" rank {low['rank']}" if low else "") + f", lr={t.lr:g}"
                  + (", cross-entropy" if t.loss == "cross_entropy" else "")
+                 + (f", mini-batch {t.batch_size} ({traj.samples} sequences)"
+                    if t.batch_size else "")
                  + "\n" + _short_quantity(traj.metadata.get("quantity", "")))
         plot_trajectory(traj, tmp / "trajectory.png", title=title)
     print(traj.summary())
@@ -82,6 +87,20 @@ def _where(cfg) -> str:
     if topo.sequence:
         return "+".join(topo.sequence)
     return topo.name + (f" ({topo.gossip} gossip)" if topo.gossip else "")
+
+
+def _minibatch_summary(traj):
+    """Mini-batch SGD facts and the final 5-95 % band of the test loss (``None`` when
+    full batch)."""
+    mb = traj.metadata.get("minibatch")
+    if mb is None:
+        return None
+    out = dict(mb)
+    if traj.test_loss is not None and len(traj.steps):
+        lo, hi = traj.band("test_loss", 0.05, 0.95)
+        out["final_test_loss_band_5_95_network_mean"] = [float(lo[-1].mean()),
+                                                         float(hi[-1].mean())]
+    return out
 
 
 def _low_rank_summary(traj):

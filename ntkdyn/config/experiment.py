@@ -42,8 +42,17 @@ class Experiment:
 
     @property
     def samples(self) -> int | None:
-        """Sampled mixing sequences for a random-gossip prediction (else ``None``)."""
+        """Sampled sequences (mini-batch SGD or random gossip) of a prediction (else
+        ``None``)."""
         return samples_of(self.config)
+
+    @property
+    def minibatch(self) -> dict:
+        """``{"batch_size": B, "batch_sampling": ...}`` (mini-batch SGD) or ``{}`` (full
+        batch): keywords of :func:`ntkdyn.predict` and :func:`ntkdyn.train.train`."""
+        t = self.config.training
+        return {"batch_size": t.batch_size, "batch_sampling": t.batch_sampling} \
+            if t.batch_size else {}
 
     @property
     def low_rank(self) -> dict:
@@ -133,7 +142,11 @@ def loss_of(cfg: Config) -> dict:
 
 
 def samples_of(cfg: Config) -> int | None:
-    """``topology.gossip_samples`` for random gossip, ``None`` otherwise."""
+    """``training.samples`` for mini-batch SGD (sequence ``s`` samples the batches and, with
+    random gossip, the mixing), else ``topology.gossip_samples`` for random gossip, else
+    ``None``."""
+    if cfg.training.batch_size:
+        return cfg.training.samples
     return cfg.topology.gossip_samples if cfg.topology.gossip else None
 
 
@@ -209,5 +222,12 @@ def from_config(cfg: Config) -> Experiment:
     except ValueError as exc:
         key = next((k for lead, k in _PARTITION_KEYS if str(exc).startswith(lead)), "scheme")
         raise ConfigError(f"config: partition.{key}: {exc}") from exc
+    if cfg.training.batch_size:
+        from ntkdyn.minibatch import check_batch_size
+
+        try:
+            check_batch_size(cfg.training.batch_size, parts.counts)
+        except ValueError as exc:
+            raise ConfigError(f"config: training.{exc}") from exc
     graph, w = build_mixing(cfg)
     return Experiment(cfg, parts, graph, w, build_arch(cfg, dataset.num_classes))

@@ -90,6 +90,10 @@ class TrainingConfig:
     momentum: float = 0.9  # momentum: heavy-ball beta in [0, 1)
     loss: str = "mse"  # mse | cross_entropy (softmax over the K outputs, one-hot targets)
     logit_scale: float = 1.0  # cross_entropy: inverse temperature s of softmax(s f)
+    batch_size: int = 0  # 0 / absent: full batch; B > 0: mini-batch SGD (<= smallest shard),
+    #                      for the prediction and the real training alike
+    samples: int = 64  # batch_size > 0: sampled batch sequences of the prediction
+    batch_sampling: str = "epoch"  # epoch (without replacement per epoch) | independent
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class PredictionConfig:
 class ValidationConfig:
     widths: list[int] = field(default_factory=list)  # width sweep (empty: architecture.width)
     dtype: str = "float32"  # float32 | float64 for real-network training
-    batch_size: int = 0  # 0: full batch; > 0: mini-batch SGD
+    batch_size: int = 0  # superseded by training.batch_size (only 0 is accepted)
     independent_init: bool = False
 
 
@@ -139,14 +143,16 @@ CHOICES = {
     "prediction.kernel": ("analytic", "empirical"),
     "validation.dtype": ("float32", "float64"),
     "training.loss": ("mse", "cross_entropy"),
+    "training.batch_sampling": ("epoch", "independent"),
 }
 POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "architecture.depth", "architecture.width", "architecture.W_std", "training.lr",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
             "data.dim", "training.local_steps", "training.consensus_steps",
             "topology.gossip_samples", "topology.gossip_p", "prediction.tol",
-            "training.logit_scale")
-NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed")
+            "training.logit_scale", "training.samples")
+NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed",
+                "training.batch_size")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -319,6 +325,27 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
         what = "a time-varying mixing sequence" if time_varying else "training.algorithm = 'p2pl'"
         raise ConfigError(f"config: training.continuous: the gradient flow is not defined for "
                           f"{what}")
+    if cfg.validation.batch_size:
+        raise ConfigError("config: validation.batch_size: replaced by training.batch_size (the "
+                          "prediction and the real training now use the same mini-batches); "
+                          f"move batch_size = {cfg.validation.batch_size} to [training]")
+    for key in ("training.samples", "training.batch_sampling"):
+        if key in given and not t.batch_size:
+            raise ConfigError(f"config: {key}: only used with training.batch_size > 0 "
+                              f"(mini-batch SGD), got training.batch_size = {t.batch_size}")
+    if t.batch_size:
+        if t.continuous:
+            raise ConfigError("config: training.batch_size: mini-batch SGD runs discrete "
+                              "steps; the gradient flow (training.continuous = true) is for "
+                              "full batch")
+        if cfg.prediction.rank is not None:
+            raise ConfigError("config: training.batch_size: the low-rank path "
+                              "(prediction.rank) takes full-batch gradients; remove "
+                              "prediction.rank for mini-batch SGD")
+        if topo.gossip and "topology.gossip_samples" in given:
+            raise ConfigError("config: topology.gossip_samples: with training.batch_size > 0 "
+                              "sequence s samples both the gossip and the batches; set "
+                              "training.samples only")
     if t.loss == "cross_entropy":
         if t.continuous:
             raise ConfigError("config: training.continuous: the gradient flow is implemented "
@@ -370,8 +397,13 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
         out["prediction"].pop("rank")
     if command != "check":
         out["prediction"].pop("target_loss")
+    if not cfg.training.batch_size:
+        out["training"].pop("samples")
+        out["training"].pop("batch_sampling")
     if command != "validate":
         out.pop("validation")
+    else:
+        out["validation"].pop("batch_size")  # superseded by training.batch_size
     return out
 
 

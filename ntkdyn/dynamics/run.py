@@ -99,6 +99,9 @@ def run_problem(
     kernel_dtype: str = "float64",
     devices=None,
     samples: int | None = None,
+    batch_size: int = 0,
+    seed: int = 0,
+    batch_sampling: str = "epoch",
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
@@ -120,6 +123,21 @@ def run_problem(
     :func:`ntkdyn.training.trainer.train` runs with ``gossip_sample=s``), all sharing every
     kernel pass, plus the exact mean-state trajectory (``.expected``).
 
+    Mini-batch SGD (``batch_size = B > 0``, at most the smallest shard): every agent
+    draws ``B`` of its samples per gradient, without replacement within each epoch
+    (``batch_sampling="epoch"``) or a fresh subset per draw (``"independent"``;
+    :mod:`ntkdyn.minibatch`); ``samples`` (default 64) sampled batch sequences, seeded by
+    ``seed`` (sequence ``s`` is the one :func:`ntkdyn.train.train` runs with the same
+    ``seed`` and ``batch_sample=s``), run side by side sharing every kernel pass, and the
+    result is a :class:`~ntkdyn.trajectory.GossipTrajectory` (means over the sequences,
+    quantile bands, ``band(metric, lo, hi)``).  For the squared loss ``.expected`` is the
+    full-batch training with the same rate: the exact expected trajectory of the
+    linearised model's state and outputs for ``"independent"`` draws (the batch gradient
+    is unbiased, independent of the state, and the dynamics affine in the state), the
+    expectation to first order in the rate for ``"epoch"`` draws, whose draws within an
+    epoch depend on each other (``theory/minibatch_sgd.md``); with a random mixing sequence too,
+    sequence ``s`` draws mixing sequence ``s`` and ``.expected`` uses ``E[W]``.
+
     With ``problem.loss == "cross_entropy"`` the dynamics are not affine: the exact
     (linearised) stability analysis is for the squared loss, so ``metadata["stability"]``
     states the sufficient bound from the largest softmax curvature instead
@@ -132,15 +150,24 @@ def run_problem(
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
     process = problem.process
-    if process is not None and process.random:
-        samples = DEFAULT_SAMPLES if samples is None else samples
-        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) \
-                or samples < 1:
-            raise ValueError(f"samples: expected an integer >= 1, got {samples!r}")
+    from ntkdyn.minibatch import check_batch_size, check_samples, check_sampling
+
+    batch_size = check_batch_size(batch_size, problem.counts)
+    batch_sampling = check_sampling(batch_sampling)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    if (process is not None and process.random) or batch_size:
+        samples = check_samples(DEFAULT_SAMPLES if samples is None else samples)
     elif samples is not None:
         raise ValueError("samples: only for a random mixing sequence (ntkdyn.graphs."
-                         "random_edges / one_random_edge), got a deterministic mixing")
-    groups, with_expected = solver.mixing_groups(problem, samples)
+                         "random_edges / one_random_edge) or mini-batch SGD (batch_size > 0), "
+                         "got a deterministic mixing and full batch")
+    if batch_size and continuous:
+        raise ValueError("continuous: the gradient flow is for full-batch gradients; "
+                         "mini-batch SGD (batch_size > 0) runs discrete steps")
+    if batch_size and devices is not None:
+        raise ValueError("devices: mini-batch SGD runs on one device for now")
+    groups, with_expected = solver.mixing_groups(problem, samples, batch_size)
     if mesh is None:
         _check_memory(problem, len(rate_rows) * groups, len(steps) * algo.records_per_step,
                       record_outputs, eigen_reference=reference
@@ -149,7 +176,8 @@ def run_problem(
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
     raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,
                         record_outputs=record_outputs, progress=progress, central=reference,
-                        kernel_dtype=kernel_dtype, mesh=mesh, samples=samples)
+                        kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
+                        batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling)
     base_meta = {
         "algorithm": algo.name,
         "num_agents": q_count,
@@ -166,6 +194,18 @@ def run_problem(
         base_meta["algorithm_options"] = algo.settings
     if algo.records_per_step > 1:
         base_meta["phases"] = list(algo.phase_names)
+    if batch_size:
+        base_meta["minibatch"] = {
+            "batch_size": batch_size, "samples": samples, "seed": int(seed),
+            "sampling": batch_sampling,
+            "sampling_words": ("without replacement within each epoch, per agent"
+                               if batch_sampling == "epoch" else
+                               "a fresh uniform subset of the shard per draw, per agent"),
+            "expected": None if not with_expected else (
+                "full-batch training: the exact expected state and outputs (squared loss, "
+                "independent draws)" if batch_sampling == "independent" else
+                "full-batch training: the expected state and outputs to first order in the "
+                "rate (squared loss; draws within an epoch are dependent)")}
     if process is not None:
         base_meta["mixing_process"] = process.describe()
         base_meta["mixing_note"] = ("'mixing' is the expected matrix" if process.random else
@@ -173,14 +213,17 @@ def run_problem(
     n_rates = len(rate_rows)
     rec_steps, phase = _record_layout(steps, algo.records_per_step)
     trajs = []
+    sampled = groups - int(with_expected)
     for r in range(n_rates):
         def one(g, r=r):
             return _trajectory(raw, g * n_rates + r, problem, rec_steps, rate_rows[r],
                                continuous, base_meta, phase)
-        if not with_expected:
+        if groups == 1 and not batch_size:
             trajs.append(one(0))
         else:
-            trajs.append(_aggregate([one(g) for g in range(groups - 1)], one(groups - 1)))
+            trajs.append(_aggregate([one(g) for g in range(sampled)],
+                                    one(groups - 1) if with_expected else None,
+                                    what="mini-batch" if batch_size else "mixing"))
     if problem.loss != "mse":
         if problem.logit_scale != 1.0:
             base_meta["logit_scale"] = problem.logit_scale
@@ -247,12 +290,14 @@ def _record_layout(steps: np.ndarray, per_step: int):
     return np.repeat(steps, per_step), np.tile(np.arange(per_step), len(steps))
 
 
-def _aggregate(samples: list[Trajectory], expected: Trajectory) -> GossipTrajectory:
-    """Mean over sampled sequences of every metric, quantile bands, and the E[W] run."""
+def _aggregate(samples: list[Trajectory], expected: Trajectory | None,
+               what: str = "mixing") -> GossipTrajectory:
+    """Mean over sampled sequences of every metric, quantile bands, and the expected run
+    (``E[W]`` / full batch; ``None`` when there is none)."""
     keep = min(len(t.steps) for t in samples)
     diverged = [t.diverged_at for t in samples if t.status == "diverged"]
     levels = np.asarray(QUANTILE_LEVELS)
-    arrays, quantiles = {}, {}
+    arrays, quantiles, per_sample = {}, {}, {}
     first = samples[0]
     for f in dataclasses.fields(Trajectory):
         v = getattr(first, f.name)
@@ -260,18 +305,27 @@ def _aggregate(samples: list[Trajectory], expected: Trajectory) -> GossipTraject
             continue
         stack = np.stack([getattr(t, f.name)[:keep] for t in samples])
         arrays[f.name] = stack.mean(axis=0)
+        per_sample[f.name] = stack
         if not f.name.endswith("_outputs"):
             quantiles[f.name] = np.quantile(stack, levels, axis=0)
-    meta = dict(first.metadata, samples=len(samples),
-                note="fields: mean over sampled mixing sequences of each metric (mean of the "
-                     "loss); .expected: exact mean-state trajectory with E[W] (loss of the "
-                     "mean); quantiles: bands over the samples")
+    if what == "mixing":
+        note = ("fields: mean over sampled mixing sequences of each metric (mean of the "
+                "loss); .expected: exact mean-state trajectory with E[W] (loss of the "
+                "mean); quantiles: bands over the samples")
+    else:
+        note = ("fields: mean over sampled mini-batch sequences of each metric (mean of the "
+                "loss); .expected: "
+                + ("full-batch training, the exact mean state and outputs for the squared "
+                   "loss (loss of the mean)" if expected is not None else
+                   "none (cross-entropy: no closed-form expectation)")
+                + "; quantiles: bands over the samples")
+    meta = dict(first.metadata, samples=len(samples), sampled=what, note=note)
     return GossipTrajectory(
         steps=first.steps[:keep], phase=None if first.phase is None else first.phase[:keep],
         status="diverged" if diverged else "ok",
         diverged_at=min(diverged) if diverged else None, continuous=first.continuous,
         lr=first.lr, metadata=meta, samples=len(samples), quantile_levels=levels,
-        quantiles=quantiles, expected=expected, **arrays)
+        quantiles=quantiles, expected=expected, per_sample=per_sample, **arrays)
 
 
 def _trajectory(raw, r, problem, steps, lr, continuous, meta, phase=None) -> Trajectory:

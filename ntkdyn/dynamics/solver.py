@@ -139,6 +139,7 @@ def kernel_operators(
     central: bool,
     reference: tuple | None = None,
     loss: tuple | None = None,
+    batch=None,
 ) -> Operators:
     """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
 
@@ -160,6 +161,13 @@ def kernel_operators(
     ``r = f - Y`` to softmax cross-entropy's ``s (softmax(s f) - Y)`` with
     ``f = f_0 + Theta alpha`` (:func:`cross_entropy_vector`); ``None``: squared loss.
     The cross-entropy gradient is not affine, so ``reference`` must be ``None``.
+
+    ``batch`` (mini-batch SGD, :mod:`ntkdyn.minibatch`): a function ``j -> (R, C)`` of
+    per-row weights for the step's ``j``-th draw, ``1/B`` on the rows of each column
+    group's batch and 0 elsewhere; it replaces the full batch's ``1/N_q``, so agent ``q``'s
+    gradient is ``(1/B) E_{B_q} r_q`` (the output-space vector masked to its batch) and
+    the carried centralised slot's is ``(1/(Q B)) sum_q E_{B_q} r_q`` (the union of the
+    agents' batches).  ``None``: full batch.  Needs ``reference=None``.
     """
     q_count = len(offsets) - 1
     rps = rows_per_sample
@@ -181,6 +189,8 @@ def kernel_operators(
     carried = central and reference is None
     if loss is not None and reference is not None:
         raise ValueError("reference: the eigenbasis reference is for the squared loss only")
+    if batch is not None and reference is not None:
+        raise ValueError("reference: the eigenbasis reference is for full-batch gradients only")
 
     def out_vec(z, lo, hi):
         """Output-space gradient from ``z = residual + Theta alpha`` on rows ``lo:hi``."""
@@ -193,7 +203,7 @@ def kernel_operators(
         lam, b = reference
         return (lam * x[q_count] + b)[None]
 
-    def grad_stacked(x):
+    def grad_stacked(x, j=0):
         c = x.shape[-1]
         n = counts[0] * rps
         rhs = x[:q_count]
@@ -202,31 +212,36 @@ def kernel_operators(
         prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs.astype(blocks.dtype),
                           precision=EXACT).astype(x.dtype)
         res = jnp.broadcast_to(residual, (rows, c)).reshape(q_count, n, c)
-        r_agents = out_vec((res + prod[..., :c]).reshape(rows, c), 0, rows).reshape(
-            q_count, n, c) / counts[0]
+        bw = None if batch is None else batch(j)
+        z = out_vec((res + prod[..., :c]).reshape(rows, c), 0, rows)
+        r_agents = (z / counts[0] if bw is None else z * bw).reshape(q_count, n, c)
         eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
         g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
         if carried:
             g_c = out_vec((res + prod[..., c:]).reshape(rows, c), 0, rows)
-            g_c = (g_c / (q_count * counts[0])).reshape(1, rows, c)
+            g_c = (g_c / (q_count * counts[0]) if bw is None else
+                   g_c * (bw / q_count)).reshape(1, rows, c)
             g = jnp.concatenate([g, g_c], axis=0)
         elif central:
             g = jnp.concatenate([g, grad_reference(x)], axis=0)
         return _pad_rows(g, x.shape[1])
 
-    def grad_blocks(x):
+    def grad_blocks(x, j=0):
         c = x.shape[-1]
         g_agents, g_central = [], []
+        bw = None if batch is None else batch(j)
         for q in range(q_count):
             s, e = offsets[q] * rps, offsets[q + 1] * rps
             rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if carried else x[q]
             prod = jnp.matmul(blocks[q], rhs.astype(blocks[q].dtype),
                               precision=EXACT).astype(x.dtype)
             r_q = out_vec(residual[s:e] + prod[:, :c], s, e)
-            g_agents.append(jnp.pad(r_q / counts[q], ((s, rows - e), (0, 0))))
+            g_agents.append(jnp.pad(r_q / counts[q] if bw is None else r_q * bw[s:e],
+                                    ((s, rows - e), (0, 0))))
             if carried:
-                g_central.append(out_vec(residual[s:e] + prod[:, c:], s, e)
-                                 / (q_count * counts[q]))
+                z_c = out_vec(residual[s:e] + prod[:, c:], s, e)
+                g_central.append(z_c / (q_count * counts[q]) if bw is None else
+                                 z_c * (bw[s:e] / q_count))
         if carried:
             g_agents.append(jnp.concatenate(g_central, axis=0))
         elif central:
@@ -237,7 +252,8 @@ def kernel_operators(
         return lr_cols * g
 
     grad = grad_blocks if isinstance(blocks, tuple) else grad_stacked
-    return Operators(mix=mix, grad=grad, scale=scale)
+    return Operators(mix=mix, grad=grad, scale=scale,
+                     grad_at=None if batch is None else grad)
 
 
 def cross_entropy_vector(z, targets, scale, k: int, rows_per_sample: int):
@@ -425,18 +441,44 @@ def _mixing_at(data, t, *, sampler, mixes_per_step):
     return at
 
 
+def _batch_at(data, t, *, batcher, grads_per_step, rows_per_sample, columns):
+    """The ``batch`` argument of :func:`kernel_operators` for the step starting at ``t``:
+    ``j -> (R, C)`` weights of draw ``t grads_per_step + j`` of every sampled sequence (one
+    column group each), then the full batch's ``1/N_q`` for the expected group if any."""
+    if batcher is None:
+        return None
+    k = jnp.round(t).astype(jnp.int64)
+    keys = data["batch_keys"]
+
+    def at(j):
+        d = k * grads_per_step + j
+        w = jax.vmap(lambda key: batcher.row_weights(key, d))(keys)  # (S, N)
+        if "batch_full" in data:
+            w = jnp.concatenate([w, data["batch_full"][None]], axis=0)
+        w = jnp.repeat(w.T, rows_per_sample, axis=0)  # (R, G)
+        return jnp.repeat(w, columns // w.shape[1], axis=1)
+
+    return at
+
+
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs", "central", "sampler", "loss"))
+                                   "has_test", "record_outputs", "central", "sampler", "loss",
+                                   "batcher"))
 def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, has_test,
-                record_outputs, central, sampler=None, loss="mse"):
-    """The algorithm's initial (augmented) state from the parameters ``x0`` (``alpha = 0``)."""
+                record_outputs, central, sampler=None, loss="mse", batcher=None):
+    """The algorithm's initial (augmented) state from the parameters ``x0`` (``alpha = 0``;
+    mini-batch draws of step 0)."""
     rps = 1 if traced else data["y"].shape[1]
+    t0 = jnp.asarray(0.0)
     ops = kernel_operators(data["blocks"], data["residual"],
-                           _mixing_at(data, jnp.asarray(0.0), sampler=sampler,
+                           _mixing_at(data, t0, sampler=sampler,
                                       mixes_per_step=algorithm.mixes_per_step),
                            data["lr_cols"], offsets=offsets, rows_per_sample=rps,
                            central=central, reference=_reference_args(data),
-                           loss=_loss_args(data, loss))
+                           loss=_loss_args(data, loss),
+                           batch=_batch_at(data, t0, batcher=batcher,
+                                           grads_per_step=algorithm.grads_per_step,
+                                           rows_per_sample=rps, columns=x0.shape[-1]))
     return algorithm.initial_state(x0, ops)
 
 
@@ -464,9 +506,10 @@ def _reference_to_alpha(x, data, q_count):
 
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs", "central", "sampler", "loss"))
+                                   "has_test", "record_outputs", "central", "sampler", "loss",
+                                   "batcher"))
 def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, continuous,
-               has_test, record_outputs, central, sampler=None, loss="mse"):
+               has_test, record_outputs, central, sampler=None, loss="mse", batcher=None):
     """Advance through a chunk of records; returns the new carry and the records.
 
     The kernel-space instance of :func:`ntkdyn.engine.scan_records` (the loop real
@@ -487,10 +530,13 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
 
     def operators(t, linear=False):
         residual = jnp.zeros_like(data["residual"]) if linear else data["residual"]
+        batch = _batch_at(data, t, batcher=batcher, grads_per_step=algorithm.grads_per_step,
+                          rows_per_sample=rps, columns=n_rates * c0)
         return kernel_operators(data["blocks"], residual,
                                 _mixing_at(data, t, sampler=sampler, mixes_per_step=mixes),
                                 data["lr_cols"], reference=_reference_args(data, linear),
-                                loss=None if linear else _loss_args(data, loss), **common)
+                                loss=None if linear else _loss_args(data, loss), batch=batch,
+                                **common)
 
     cols_rate = jnp.arange(n_rates * c0) // c0
     limit = data["limit_per_step"]
@@ -658,17 +704,44 @@ def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tru
     return data
 
 
-def mixing_groups(problem: KernelProblem, samples: int | None) -> tuple[int, bool]:
-    """``(G, expected)``: column groups the mixing sequence needs, and whether the last
-    group is the exact mean-state (``E[W]``) recursion.
+def mixing_groups(problem: KernelProblem, samples: int | None,
+                  batch_size: int = 0) -> tuple[int, bool]:
+    """``(G, expected)``: column groups the sampled sequences need, and whether the last
+    group is the exact mean-state recursion.
 
     Static mixing: ``(1, False)``; periodic: ``(1, False)``; random: ``samples``
-    sampled sequences plus the ``E[W]`` one.
+    sampled sequences plus the ``E[W]`` one.  Mini-batch SGD (``batch_size > 0``):
+    ``samples`` sampled batch sequences (sequence ``s`` also draws mixing sequence ``s``
+    when the mixing is random), plus, for the squared loss (or random mixing), the
+    expected group: full batch (and ``E[W]``), exact for the mean state of the squared
+    loss (``theory/minibatch_sgd.md``).
     """
     process = problem.process
-    if process is None or not process.random:
+    random_mixing = process is not None and process.random
+    if batch_size:
+        expected = random_mixing or problem.loss == "mse"
+        return int(samples) + int(expected), expected
+    if not random_mixing:
         return 1, False
     return int(samples) + 1, True
+
+
+def _add_batches(data: dict, problem: KernelProblem, samples: int | None, batch_size: int,
+                 seed: int, expected: bool, sampling: str = "epoch"):
+    """Put the mini-batch sequences' keys (and the expected group's full-batch weights)
+    into ``data``; returns the (static) :class:`~ntkdyn.minibatch.BatchSequence`."""
+    if not batch_size:
+        return None
+    from ntkdyn.minibatch import BatchSequence
+
+    batcher = BatchSequence(tuple(int(c) for c in problem.counts), int(batch_size), int(seed),
+                            sampling)
+    data["batch_keys"] = jnp.stack([batcher.key(s) for s in range(int(samples))])
+    if expected:
+        data["batch_full"] = jnp.asarray(np.repeat(1.0 / problem.counts, problem.counts))
+    import dataclasses
+
+    return dataclasses.replace(batcher, seed=0)  # static: the seed lives in the keys
 
 
 def _add_mixing(data: dict, problem: KernelProblem, samples: int | None):
@@ -699,6 +772,9 @@ def evolve(
     mesh=None,
     samples: int | None = None,
     reference: str = "auto",
+    batch_size: int = 0,
+    seed: int = 0,
+    batch_sampling: str = "epoch",
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -725,7 +801,14 @@ def evolve(
     samples : int, optional
         For a random mixing sequence (``problem.process``): the number of sampled
         sequences, run side by side as column groups sharing every kernel pass, plus
-        one group running the exact mean-state recursion with ``E[W]``.
+        one group running the exact mean-state recursion with ``E[W]``.  With
+        ``batch_size``: the number of sampled mini-batch sequences.
+    batch_size : int
+        ``0`` (default): full-batch gradients; ``B > 0``: mini-batch SGD
+        (:mod:`ntkdyn.minibatch`, sequences seeded by ``seed``, drawn as
+        ``batch_sampling`` says: ``"epoch"`` or ``"independent"``), ``samples`` sequences as
+        column groups plus the full-batch expected group (:func:`mixing_groups`); the
+        centralised reference is then carried (it uses the union of the agents' batches).
 
     Returns
     -------
@@ -740,9 +823,21 @@ def evolve(
     """
     algorithm = _as_algorithm(algorithm)
     lrs = np.atleast_2d(np.asarray(lrs, dtype=np.float64))
-    groups, _ = mixing_groups(problem, samples)
+    groups, with_expected = mixing_groups(problem, samples, batch_size)
     if problem.process is not None and problem.process.random and not samples:
         raise ValueError("samples: a random mixing sequence needs samples >= 1")
+    if batch_size and not samples:
+        raise ValueError("samples: mini-batch SGD needs samples >= 1")
+    if batch_size:
+        if continuous:
+            raise ValueError("continuous: the gradient flow is for full-batch gradients; "
+                             "mini-batch SGD (batch_size > 0) runs discrete steps")
+        if reference == "eigen":
+            raise ValueError("reference: 'eigen' is for full-batch gradients; mini-batch SGD "
+                             "carries the reference")
+        if mesh is not None:
+            raise ValueError("mesh: mini-batch SGD runs on one device for now")
+        reference = "carried"
     lrs = np.tile(lrs, (groups, 1))
     n_rates = lrs.shape[0]
     if kernel_dtype not in ("float64", "float32"):
@@ -766,7 +861,11 @@ def evolve(
         reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
     data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
                         reference=reference)
+    if batch_size:  # a batch weight 1/B > 1/N_q: the bound per step grows with it
+        data["limit_per_step"] = data["limit_per_step"] * float(problem.counts.min()) / batch_size
     sampler = _add_mixing(data, problem, samples)
+    batcher = _add_batches(data, problem, samples, batch_size, seed, with_expected,
+                           batch_sampling)
     steps = np.asarray(steps)
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
     if continuous:
@@ -786,7 +885,7 @@ def evolve(
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
                   record_outputs=record_outputs, central=central, sampler=sampler,
-                  loss=problem.loss)
+                  loss=problem.loss, batcher=batcher)
     state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
     chunk = max(1, min(chunk, len(steps)))

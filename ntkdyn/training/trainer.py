@@ -27,10 +27,12 @@ shard padded to the largest shard, with ``w_qi = 1/N_q`` on its samples and 0
 on the padding.  With ``loss="cross_entropy"`` the per-sample loss is
 ``CE(f, y) = logsumexp(s f) - s y^T f`` (softmax cross-entropy with logit scale
 ``s``, one-hot ``y``; ``theory/cross_entropy.md``), the same definition the
-kernel-space prediction records.  Mini-batch SGD (``batch_size = B > 0``): each step every agent
-draws ``min(B, N_q)`` of its samples without replacement (weights ``1/B``), an
-unbiased estimate of ``grad L_q``; the centralised slot uses the agents'
-batches with weights divided by ``Q``.  A prediction is then one of the mean.
+kernel-space prediction records.  Mini-batch SGD (``batch_size = B > 0``, at most the
+smallest shard): every local gradient of agent ``q`` is the mean over ``B`` of its
+samples (weights ``1/B``), drawn without replacement within each epoch by
+:class:`ntkdyn.minibatch.BatchSequence` (seed ``seed``, sequence ``batch_sample``): the
+same batches as sequence ``batch_sample`` of the prediction with ``batch_size`` and
+``seed``; the centralised slot uses the agents' batches with weights divided by ``Q``.
 
 Models: ``"nonlinear"``, ``f(x; theta) = apply(theta, x)``; ``"linearised"``,
 ``f(x; theta) = f(x; theta_0) + d/de f(x; theta_0 + e (theta - theta_0))|_{e=0}``
@@ -71,6 +73,7 @@ from ntkdyn.data import Partition
 from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.losses import LOSSES, accuracy, check_logit_scale, class_targets, sample_loss
+from ntkdyn.minibatch import BatchSequence, check_batch_size, check_sampling
 from ntkdyn.models import MLP, init_params
 from ntkdyn.models import describe as _describe
 from ntkdyn.training.checkpoint import InterruptGuard as _InterruptGuard
@@ -100,6 +103,7 @@ class _Setup:
     sampler: Any = None
     loss: str = "mse"
     logit_scale: float = 1.0
+    batcher: Any = None  # a minibatch.BatchSequence when batch > 0
 
 
 # --------------------------------------------------------------------------- model and loss
@@ -139,7 +143,9 @@ def _mixing_at(setup: _Setup, data: dict, t, j):
     return data["mixing"].at[: setup.q, : setup.q].set(w)
 
 
-def _operators(setup: _Setup, data: dict, weights, t=0) -> Operators:
+def _operators(setup: _Setup, data: dict, weights, t=0, batch_weights=None) -> Operators:
+    """``weights``: ``(Q, n_max)`` per-sample weights of the local losses (``1/N_q``);
+    ``batch_weights``: ``j -> weights`` of the step's ``j``-th mini-batch draw (SGD)."""
     q = setup.q
     axis0 = 0 if setup.independent else None
     grad_fn = jax.grad(partial(_weighted_loss, setup))
@@ -150,29 +156,40 @@ def _operators(setup: _Setup, data: dict, weights, t=0) -> Operators:
         w = _mixing_at(setup, data, t, j)
         return jax.tree.map(lambda leaf: jnp.tensordot(w, leaf, axes=1), x)
 
-    def grad(x):
+    def grad_with(x, w):
         g = jax.vmap(grad_fn, in_axes=(0, axis0, 0, 0, 0))(
             _slots(x, slice(0, q)), _init_of(setup, data, slice(0, q)),
-            data["x_pad"], data["y_pad"], weights)
+            data["x_pad"], data["y_pad"], w)
         gc = grad_fn(_slots(x, q), _init_of(setup, data, q), x_all, y_all,
-                     weights.reshape(-1) / q)
+                     w.reshape(-1) / q)
         return jax.tree.map(lambda a, c: jnp.concatenate([a, c[None]]), g, gc)
+
+    def grad(x):
+        return grad_with(x, weights)
+
+    def grad_at(x, j):
+        return grad_with(x, batch_weights(j))
 
     def scale(g):
         return jax.tree.map(lambda leaf: data["lr"].reshape((-1,) + (1,) * (leaf.ndim - 1))
                             * leaf, g)
 
-    return Operators(mix=mix, grad=grad, scale=scale)
+    return Operators(mix=mix, grad=grad, scale=scale,
+                     grad_at=None if batch_weights is None else grad_at)
 
 
-def _batch_weights(data: dict, t, batch: int):
-    """Per-agent weights ``1/B`` on ``min(B, N_q)`` samples drawn without replacement."""
-    valid = data["valid"]
-    scores = jax.random.uniform(jax.random.fold_in(data["sgd_key"], t), valid.shape)
-    _, idx = jax.lax.top_k(jnp.where(valid, scores, -1.0), batch)
-    chosen = jnp.zeros(valid.shape, data["w_pad"].dtype)
-    chosen = chosen.at[jnp.arange(valid.shape[0])[:, None], idx].set(1.0) * valid
-    return chosen / jnp.sum(chosen, axis=1, keepdims=True)
+def _ops_at(setup: _Setup, data: dict, t) -> Operators:
+    """The operators of step ``t``: full batch, or the mini-batch draws
+    ``t g, ..., t g + g - 1`` (``g = algorithm.grads_per_step``; :mod:`ntkdyn.minibatch`)."""
+    if setup.batch == 0:
+        return _operators(setup, data, data["w_pad"], t)
+    gps = setup.algorithm.grads_per_step
+    dtype = data["w_pad"].dtype
+
+    def batch_weights(j):
+        return setup.batcher.weights(data["batch_key"], t * gps + j).astype(dtype)
+
+    return _operators(setup, data, batch_weights(0), t, batch_weights)
 
 
 # --------------------------------------------------------------------------- records
@@ -259,7 +276,7 @@ def _record(setup: _Setup, data: dict, x) -> dict:
 @partial(jax.jit, static_argnames=("setup",))
 def _init_state(x0, data, *, setup: _Setup):
     """The algorithm's (augmented) state at step 0 (gradient tracking: ``y_0 = grad(x_0)``)."""
-    return setup.algorithm.initial_state(x0, _operators(setup, data, data["w_pad"]))
+    return setup.algorithm.initial_state(x0, _ops_at(setup, data, jnp.asarray(0, jnp.int64)))
 
 
 @partial(jax.jit, static_argnames=("setup",), donate_argnums=(0,))
@@ -276,8 +293,7 @@ def _run_chunk(carry, n_steps, data, *, setup: _Setup):
     params = algo.parameters
 
     def ops_at(t):
-        w = data["w_pad"] if setup.batch == 0 else _batch_weights(data, t, setup.batch)
-        return _operators(setup, data, w, t)
+        return _ops_at(setup, data, t)
 
     def check(st, new, t_new):
         x, _, diverged, div_at = st
@@ -331,7 +347,6 @@ def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed
         "x_test": cast(ds.x_test), "y_test": cast(y_test_all),
         "labels_test": jnp.asarray(ds.labels_test),
         "limit2": jnp.asarray(DIVERGENCE_FACTOR**2 * np.maximum(init_sq, 1.0)),
-        "sgd_key": jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED),
         "theta0": theta0,
     }
 
@@ -372,6 +387,8 @@ def train(
     gossip_sample: int = 0,
     loss: str = "mse",
     logit_scale: float = 1.0,
+    batch_sample: int = 0,
+    batch_sampling: str = "epoch",
 ) -> Trajectory:
     """Train ``Q`` copies of ``arch`` peer to peer and record what the prediction records.
 
@@ -394,7 +411,14 @@ def train(
     steps : int or non-decreasing sequence of iteration numbers to record
     model : "nonlinear" or "linearised"
     dtype : "float32" (default) or "float64"
-    batch_size : 0 for full batch (default), ``B > 0`` for mini-batch SGD
+    batch_size : 0 for full batch (default), ``B > 0`` for mini-batch SGD (at most the
+        smallest shard; batches drawn without replacement within each epoch,
+        :mod:`ntkdyn.minibatch`, seeded by ``seed``)
+    batch_sample : the mini-batch sequence to run (default 0): the batches of sequence
+        ``batch_sample`` of the prediction with the same ``batch_size``, ``seed`` and
+        ``batch_sampling``
+    batch_sampling : "epoch" (default: without replacement within each epoch) or
+        "independent" (a fresh subset per draw), :mod:`ntkdyn.minibatch`
     independent_init : bool
         Agent ``q > 0`` starts from its own draw (seed ``seed + q``): outside the
         theory, which assumes a common ``theta_0``.
@@ -439,9 +463,10 @@ def train(
         raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
-            or batch_size < 0:
-        raise ValueError(f"batch_size: expected an integer >= 0, got {batch_size!r}")
+    batch_size = check_batch_size(batch_size, parts.counts)
+    if isinstance(batch_sample, bool) or not isinstance(batch_sample, int | np.integer) \
+            or batch_sample < 0:
+        raise ValueError(f"batch_sample: expected an integer >= 0, got {batch_sample!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
     if loss not in LOSSES:
@@ -478,13 +503,21 @@ def train(
     jdtype = DTYPES[dtype]
     theta0 = _initial_params(arch, parts.dataset.dim, params0, seed, jdtype, q,
                              independent_init)
-    batch = int(min(batch_size, parts.counts.max())) if batch_size else 0
+    batch = batch_size
+    batcher = None
+    if batch:
+        batcher = BatchSequence(tuple(int(c) for c in parts.counts), batch, int(seed),
+                                check_sampling(batch_sampling))
     setup = _Setup(apply=apply, algorithm=algo, q=q, linearised=model == "linearised",
                    batch=batch, independent=bool(independent_init),
                    has_test=parts.dataset.num_test > 0, record_outputs=record_outputs,
                    sampler=None if process is None else process.sampler, loss=loss,
-                   logit_scale=logit_scale)
+                   logit_scale=logit_scale, batcher=batcher)
     data = _device_data(parts, mixing, lrs, theta0, setup.independent, jdtype, seed, targets)
+    if batcher is not None:
+        data["batch_key"] = batcher.key(int(batch_sample))
+        # static part without the seed (it lives in the key): one compilation per shape
+        setup = dataclasses.replace(setup, batcher=dataclasses.replace(batcher, seed=0))
     if process is not None:
         data["mix_arrays"] = process.device_arrays()
         data["mix_key"] = process.key(int(gossip_sample))
@@ -502,6 +535,9 @@ def train(
     if process is not None:
         description["mixing_process"] = process.describe()
         description["gossip_sample"] = int(gossip_sample)
+    if batch:
+        description["batch_sample"] = int(batch_sample)
+        description["batch_sampling"] = batch_sampling
     x0 = jax.tree.map(jnp.copy, theta0) if independent_init else jax.tree.map(
         lambda a: jnp.repeat(a[None], q + 1, axis=0), theta0)
     if algo.init is not None:
@@ -576,7 +612,10 @@ def train(
         notes.append("independent initialisations: outside the theory (it assumes a common "
                      "theta_0)")
     if batch:
-        notes.append(f"mini-batch SGD (batch {batch}): a prediction is of the mean trajectory")
+        notes.append(f"mini-batch SGD (batch {batch}, sequence {int(batch_sample)} of seed "
+                     f"{seed}): the same batches as sequence {int(batch_sample)} of the "
+                     "prediction with batch_size and seed; the prediction's mean and band "
+                     "describe the distribution over sequences")
     meta = {"algorithm": algo.name, "num_agents": q, "num_train": parts.dataset.num_train,
             "num_outputs": parts.dataset.num_classes, "mixing": mixing.tolist(),
             "architecture": _describe(arch), "training": settings, "notes": notes,

@@ -166,8 +166,9 @@ def _pct(x) -> str:
 def _describe_run(cfg: Config, options: bool = True) -> str:
     t, v = cfg.training, cfg.validation
     extra = []
-    if v.batch_size:
-        extra.append(f"mini-batch {v.batch_size} (prediction is of the mean)")
+    if t.batch_size:
+        extra.append(f"mini-batch SGD, batch {t.batch_size} (sequence 0 of seed {cfg.seed}: "
+                     "the same batches in training and prediction)")
     if v.independent_init:
         extra.append("independent initialisations (outside the theory)")
     from ntkdyn.validation.overlay import algorithm_title
@@ -301,12 +302,13 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
     params = jax.tree.map(lambda a: np.asarray(a, dtype).astype(np.float64),
                           init_params(arch, dim, cfg.seed))
     steps = cfg.steps
-    common = dict(params0=params, seed=cfg.seed, dtype=v.dtype, batch_size=v.batch_size,
-                  independent_init=v.independent_init, progress=progress, **exp.loss)
+    common = dict(params0=params, seed=cfg.seed, dtype=v.dtype,
+                  independent_init=v.independent_init, progress=progress, **exp.loss,
+                  **exp.minibatch)
     timings = {}
     algo = exp.algorithm
-    # random gossip: training runs sampled sequence 0; the prediction of that same sequence
-    # (samples=1) is what it is compared with
+    # random gossip / mini-batch SGD: training runs sampled sequence 0 (seed cfg.seed); the
+    # prediction of that same sequence (samples=1) is what it is compared with
     samples = 1 if exp.samples else None
 
     def run_training(model):
@@ -332,7 +334,8 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
                 "kernel_layout": "full" if full else "traced", "width": width,
                 "f0": "network outputs at theta_0"}
         pred = run_problem(problem, algo, [t.lr], steps, progress=progress,
-                           metadata=meta, check_stability=False, samples=samples)[0]
+                           metadata=meta, check_stability=False, samples=samples,
+                           seed=cfg.seed, **exp.minibatch)[0]
         timings[f"predict_{kernel}_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
         verdict = stability_verdict(problem, algo, t.lr)
