@@ -27,8 +27,8 @@ from ntkdyn import graphs
 from ntkdyn.cli import main
 from ntkdyn.config.experiment import from_config
 from ntkdyn.config.schema import ConfigError, config_from_dict, load_config
-from ntkdyn.dynamics.run import predict_from_kernels
 from ntkdyn.minibatch import BatchSequence
+from ntkdyn.prediction import predict_from_kernels
 from ntkdyn.training.trainer import train
 
 TOL = 1e-8
