@@ -41,7 +41,7 @@ def problem():
     return kern, ktt, y, yt, w, f0, agents
 
 def run(kind, algo, devices=None):
-    from ntkdyn.dynamics.run import predict_from_kernels
+    from ntkdyn.prediction import predict_from_kernels
     kern, ktt, y, yt, w, f0, agents = problem()
     return predict_from_kernels(kern, y, agents[kind], w, 0.4, range(0, 31, 5), algorithm=algo,
                                 f0_train=f0, kernel_test_train=ktt, y_test=yt,
