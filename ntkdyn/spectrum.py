@@ -639,3 +639,16 @@ def _operator_words(op: StepOperator) -> str:
         words += ("; expected mixing matrix E[W]: stability of the mean state (the "
                   "mean trajectory converges), not of every sampled sequence")
     return words
+
+
+def stable_set_on(op: StepOperator, bound: float, rtol: float = 1e-9, extra=(),
+                  cache: dict | None = None) -> StableSet:
+    """:func:`stable_set` on an operator built elsewhere (any object with
+    :class:`StepOperator`'s interface, e.g. the low-rank coordinates' operator of
+    :mod:`ntkdyn.lowrank.stability`); ``bound`` is the sufficient bound (``nan``: none)."""
+    return _stable_set(op, bound, rtol, extra, cache)
+
+
+def operator_words(op: StepOperator) -> str:
+    """What the analysed operator is, in words (the ``operator`` field of a report)."""
+    return _operator_words(op)

@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # annotations only: models sits above kernels (MLP.kernel use
 _MLP_FIELDS = ("hidden", "out", "act", "W_std", "b_std", "init", "apply")
 
 __all__ = ["empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes", "mlp_batch_plan",
-           "generic_batch_plan"]
+           "generic_batch_plan", "as_float64", "jacobian_batch"]
 
 #: Bytes allowed for one batch of Jacobians / per-layer features.
 BATCH_BUDGET_BYTES = 256 * 2**20
@@ -364,3 +364,16 @@ def _check_mlp_params(model: MLP, params: Any, in_dim: int) -> tuple:
                 f"expected ({fan_in}, {fan_out}) and ({fan_out},)"
             )
     return _to_float64(pairs)
+
+
+def as_float64(params: Any) -> Any:
+    """``params`` with every floating leaf cast to float64 (the dtype of every kernel here)."""
+    return _to_float64(params)
+
+
+def jacobian_batch(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any,
+                   xb: jax.Array) -> list:
+    """Per-leaf Jacobians of a batch, each ``(B, K, leaf size)`` in the order of
+    ``jax.tree.leaves(params)`` (per-sample reverse mode, vmapped; compiled once per
+    ``apply_fn`` and shape): the blocks :func:`empirical_ntk` contracts."""
+    return _jacobian_leaves(apply_fn, params, xb)

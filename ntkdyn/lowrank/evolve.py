@@ -228,13 +228,13 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
 
 # --------------------------------------------------------------------------- evolution
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central"))
-def _init(x0, data, *, algorithm, q_count, central):
+def init_state(x0, data, *, algorithm, q_count, central):
     return algorithm.initial_state(x0, lowrank_operators(data, q_count, central))
 
 
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
                                    "record_outputs"))
-def _run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+def run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
                record_outputs):
     """Advance through a chunk of records (``n_steps`` steps before each)."""
     ops = lowrank_operators(data, q_count, central)
@@ -472,7 +472,7 @@ def predict_lowrank(
 
     static = dict(algorithm=algo, q_count=q_count, central=reference)
     x0 = jnp.zeros((a, r, k))
-    state = x0 if algo.init is None else _init(x0, data, **static)
+    state = x0 if algo.init is None else init_state(x0, data, **static)
     carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
     total = len(steps)
@@ -487,7 +487,7 @@ def predict_lowrank(
         pad = chunk - len(ns)
         if pad:
             ns = np.concatenate([ns, np.zeros(pad, np.int64)])
-        carry, recs = _run_chunk(carry, jnp.asarray(ns), data, has_test=has_test,
+        carry, recs = run_chunk(carry, jnp.asarray(ns), data, has_test=has_test,
                                  record_outputs=record_outputs, **static)
         recs = jax.tree.map(np.asarray, recs)
         pieces.append(jax.tree.map(lambda v, p=pad: v[: len(v) - p] if p else v, recs))
@@ -522,11 +522,11 @@ def predict_lowrank(
         meta["algorithm_options"] = algo.settings
     if per > 1:
         meta["phases"] = list(algo.phase_names)
-    return _trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
+    return to_trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
                        float(carry[3]))
 
 
-def _trajectory(raw, q, central, steps, phase, lr, meta, order, div_at) -> Trajectory:
+def to_trajectory(raw, q, central, steps, phase, lr, meta, order, div_at) -> Trajectory:
     flags = raw["diverged"]
     n_rec = raw["train_loss"].shape[0]
     keep = int(np.argmax(flags)) if flags.any() else n_rec

@@ -41,10 +41,10 @@ from ..validation import as_float_array, check_shape, learning_rates, steps_arra
 from .evolve import (
     DIVERGENCE_FACTOR,
     PAD_MAX,
-    _init,
-    _run_chunk,
-    _trajectory,
+    init_state,
+    run_chunk,
     step_data,
+    to_trajectory,
     use_gram,
 )
 
@@ -55,10 +55,10 @@ def jacobian_features(apply_fn, params: Any, x, *, batch_size: int | None = None
     """``J(x)`` of shape ``(N, K, P)`` (float64), parameters in the order of
     ``jax.tree.leaves(params)``, computed ``batch_size`` samples at a time with the
     per-sample reverse-mode Jacobians of :func:`ntkdyn.kernels.empirical_ntk`."""
-    from ..kernels.empirical import _jacobian_leaves, _to_float64, generic_batch_plan
+    from ..kernels.empirical import as_float64, generic_batch_plan, jacobian_batch
 
     x = as_float_array("x", x)
-    params = _to_float64(params)
+    params = as_float64(params)
     n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
     k_out = int(jax.eval_shape(apply_fn, params, jnp.asarray(x[:1])).shape[1])
     memory.ensure_fits(8 * x.shape[0] * k_out * n_params, "the Jacobian of the network",
@@ -71,7 +71,7 @@ def jacobian_features(apply_fn, params: Any, x, *, batch_size: int | None = None
         pad = batch - xb.shape[0]
         if pad:  # one compiled shape
             xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-        leaves = _jacobian_leaves(apply_fn, params, jnp.asarray(xb))
+        leaves = jacobian_batch(apply_fn, params, jnp.asarray(xb))
         out[s:s + batch] = np.concatenate([np.asarray(v) for v in leaves],
                                           axis=-1)[:batch - pad]
     return out
@@ -181,9 +181,9 @@ def predict_primal(
     order = np.argsort(agent, kind="stable")
     jac = jacobian_features(apply_fn, params, x[order], batch_size=batch_size)
     if f0 == "network":
-        from ..kernels.empirical import _to_float64
+        from ..kernels.empirical import as_float64
 
-        p64 = _to_float64(params)
+        p64 = as_float64(params)
         f0_s = np.asarray(apply_fn(p64, jnp.asarray(x[order])), np.float64)
         f0_t = np.asarray(apply_fn(p64, jnp.asarray(xt)), np.float64) if has_test else None
     else:
@@ -231,7 +231,7 @@ def predict_primal(
 
     static = dict(algorithm=algo, q_count=q_count, central=reference)
     x0 = jnp.zeros((a, n_params, 1))
-    state = x0 if algo.init is None else _init(x0, data, **static)
+    state = x0 if algo.init is None else init_state(x0, data, **static)
     carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
     total = len(steps)
@@ -246,7 +246,7 @@ def predict_primal(
         pad = chunk - len(ns)
         if pad:
             ns = np.concatenate([ns, np.zeros(pad, np.int64)])
-        carry, recs = _run_chunk(carry, jnp.asarray(ns), data, has_test=has_test,
+        carry, recs = run_chunk(carry, jnp.asarray(ns), data, has_test=has_test,
                                  record_outputs=record_outputs, **static)
         recs = jax.tree.map(np.asarray, recs)
         pieces.append(jax.tree.map(lambda v, p=pad: v[: len(v) - p] if p else v, recs))
@@ -279,5 +279,5 @@ def predict_primal(
         meta["algorithm_options"] = algo.settings
     if per > 1:
         meta["phases"] = list(algo.phase_names)
-    return _trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
+    return to_trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
                        float(carry[3]))

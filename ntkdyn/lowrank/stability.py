@@ -42,11 +42,11 @@ from ..spectrum import (
     StabilityReport,
     StableSet,
     StepOperator,
-    _operator_words,
-    _stable_set,
-    _sufficient_bound,
+    operator_words,
     perron_vector,
+    stable_set_on,
     state_structure,
+    sufficient_bound,
 )
 from ..validation import learning_rates
 from .factor import LowRankFactor
@@ -149,7 +149,7 @@ def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
     op = FeatureStepOperator(problem, algo, profile)
-    return _stable_set(op, _sufficient_bound(problem, algo, profile), rtol)
+    return stable_set_on(op, sufficient_bound(problem, algo, profile), rtol)
 
 
 def lowrank_stability(factor: LowRankFactor, agent, mixing,
@@ -162,14 +162,14 @@ def lowrank_stability(factor: LowRankFactor, agent, mixing,
     s = float(np.max(lrs))
     profile = lrs / s
     op = FeatureStepOperator(problem, algo, profile)
-    bound = _sufficient_bound(problem, algo, profile)
+    bound = sufficient_bound(problem, algo, profile)
     cache: dict = {}
-    found = _stable_set(op, bound, extra=(s,), cache=cache)
+    found = stable_set_on(op, bound, extra=(s,), cache=cache)
     rho = cache[s] if s in cache else op.spectral_radius(s)
     stable = bool(rho <= 1 + RHO_TOL)
     margin, lr_star = found.margin(s)
     margin = max(margin, 0.0) if stable else min(margin, -0.0)
-    words = _operator_words(op)
+    words = operator_words(op)
     return StabilityReport(
         algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star, lr_bound=bound,
         stable=stable, margin=margin, method=f"low-rank (rank {problem.rank}), {found.method}",
