@@ -16,8 +16,10 @@ DGD at ``--lr`` 0.5, 1,000 steps, 50 records, rank chosen by ``tol=1e-3``
 * factorisation s (landmark columns of the analytic kernel, eigen-rotation), rank, the
   a-priori error estimate and whether ``tol`` was reached;
 * prediction s (all steps and records) and the time per step, against the floor of the low
-  rank step on this machine: per step ``8 N r K`` flops (two passes over the features, the
-  centralised reference riding along) and ``2 N r 8`` bytes read; the machine's gemm
+  rank step on this machine: per step, feature form, ``8 N r K`` flops (two passes over the
+  features, the centralised reference riding along) and ``2 N r 8`` bytes read; Gram form
+  (``Q r <= 2 N``, the XL default) ``2 (Q + 1) r^2 K + 2 Q^2 r K`` flops and ``Q r^2 8``
+  bytes; the machine's gemm
   GFLOP/s and read GB/s are measured here (``np.matmul`` 2048^3, ``np.sum`` over 512 MiB);
 * peak RSS (``ru_maxrss``);
 * accuracy against the exact path on the first ``--exact-n`` training samples (and a
@@ -139,11 +141,16 @@ def main(argv=None) -> int:
                                 acc_rows=args.acc_rows)
         per_step = (time.perf_counter() - t0 - t_rec) / s
         r = factor.rank
-        flops, nbytes = 8 * n * r * kk, 2 * n * r * 8
+        form = low.get("form", "features")
+        if form == "gram":  # (Q + 1) r x r Gram products and the mixing; Q r^2 numbers read
+            flops, nbytes = 2 * (q + 1) * r * r * kk + 2 * q * q * r * kk, q * r * r * 8
+        else:  # two passes over the features, the centralised reference riding along
+            flops, nbytes = 8 * n * r * kk, 2 * n * r * 8
         floor = max(flops / (result["machine"]["gemm_gflops"] * 1e9),
                     nbytes / (result["machine"]["read_gbs"] * 1e9))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        xl = {"n_train": n, "n_test": m, "rank": r, "landmarks": int(len(factor.landmarks)),
+        xl = {"n_train": n, "n_test": m, "rank": r, "form": form,
+              "landmarks": int(len(factor.landmarks)),
               "factor_s": round(t_factor, 1), "predict_s": round(t_pred, 1),
               "total_s": round(t_factor + t_pred, 1), "per_step_ms": round(1e3 * per_step, 2),
               "floor_ms": round(1e3 * floor, 2), "peak_rss_gb": round(rss, 2),

@@ -85,7 +85,7 @@ def processes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multiprocess")
     script = tmp / "worker.py"
     script.write_text(f"CASES = {CASES!r}\nMETRICS = {METRICS!r}\n" + WORKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).parents[1]),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, str(script), str(i), str(NUM_PROCESSES),

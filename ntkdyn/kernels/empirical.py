@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # annotations only: models sits above kernels (MLP.kernel use
 _MLP_FIELDS = ("hidden", "out", "act", "W_std", "b_std", "init", "apply")
 
 __all__ = ["empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes", "mlp_batch_plan",
-           "generic_batch_plan"]
+           "generic_batch_plan", "jacobian_leaves", "to_float64"]
 
 #: Bytes allowed for one batch of Jacobians / per-layer features.
 BATCH_BUDGET_BYTES = 256 * 2**20

@@ -230,13 +230,13 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
 
 # --------------------------------------------------------------------------- evolution
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central"))
-def _init(x0, data, *, algorithm, q_count, central):
+def init_state(x0, data, *, algorithm, q_count, central):
     return algorithm.initial_state(x0, lowrank_operators(data, q_count, central))
 
 
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
                                    "record_outputs"))
-def _run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+def run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
                record_outputs):
     """Advance through a chunk of records (``n_steps`` steps before each): the low-rank
     instance of :func:`ntkdyn.engine.scan_records` (state: feature-space coordinates)."""
@@ -321,7 +321,7 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
     first divergent step or -1).
     """
     static = dict(algorithm=algo, q_count=q_count, central=central)
-    state = x0 if algo.init is None else _init(x0, data, **static)
+    state = x0 if algo.init is None else init_state(x0, data, **static)
     carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
     chunk = max(1, min(chunk, len(steps)))
@@ -332,7 +332,7 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
         from tqdm.auto import tqdm
         bar = tqdm(total=int(deltas.sum()), unit="step", desc=desc)
     for sl, sched, pad in padded_chunks((deltas,), chunk):
-        carry, recs = _run_chunk(carry, sched[0], data, has_test=has_test,
+        carry, recs = run_chunk(carry, sched[0], data, has_test=has_test,
                                  record_outputs=record_outputs, **static)
         pieces.append(trim(recs, pad, per))
         if bar is not None:

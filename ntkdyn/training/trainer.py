@@ -365,6 +365,137 @@ def _initial_params(arch, dim, params0, seed, dtype, q, independent):
 
 
 # --------------------------------------------------------------------------- entry point
+def _check_options(*, model, dtype, batch_sample, chunk) -> None:
+    """``ValueError`` naming the first of ``train``'s scalar options that is not valid."""
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
+    for name, value, low in (("batch_sample", batch_sample, 0), ("chunk", chunk, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+
+
+def _check_loss(loss, logit_scale) -> float:
+    """The checked ``logit_scale`` for ``loss`` (``ValueError`` naming the argument)."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    logit_scale = check_logit_scale(logit_scale)
+    if loss != "cross_entropy" and logit_scale != 1.0:
+        raise ValueError("logit_scale: only for loss='cross_entropy', got "
+                         f"logit_scale={logit_scale!r} with loss={loss!r}")
+    return logit_scale
+
+
+def _class_targets(parts: Partition) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot ``(y_train, y_test)`` for cross-entropy (``ValueError`` for other targets)."""
+    ds = parts.dataset
+    y_tr = class_targets("parts.dataset.y_train", ds.y_train, ds.num_classes)
+    y_te = (class_targets("parts.dataset.y_test", ds.y_test, ds.num_classes)
+            if ds.num_test > 0 else ds.y_test)
+    return y_tr, y_te
+
+
+def _apply_fn(arch, parts: Partition):
+    """``apply(params, x)`` of an :class:`MLP` or a stax triple, checked against the data."""
+    if isinstance(arch, MLP):
+        if arch.out != parts.dataset.num_classes:
+            raise ValueError(f"arch.out: the data have K={parts.dataset.num_classes} outputs, "
+                             f"the MLP has out={arch.out}")
+        return arch.apply
+    if isinstance(arch, tuple) and len(arch) == 3 and all(callable(f) for f in arch):
+        return arch[1]
+    raise ValueError("arch: expected an ntkdyn.models.MLP or a neural-tangents (init_fn, "
+                     f"apply_fn, kernel_fn) triple, got {type(arch).__name__}")
+
+
+def _run_chunks(carry, x0, deltas: np.ndarray, data: dict, setup: _Setup, *, chunk: int,
+                progress: str | None, checkpoint: Path | None, fingerprint: str,
+                checkpoint_interval: float) -> tuple[tuple, dict, dict]:
+    """The engine's chunks with checkpoints: resume from ``checkpoint`` when it exists,
+    write it every ``checkpoint_interval`` seconds and at the end, and on Ctrl-C keep the
+    last finished chunk before re-raising.  Returns ``(carry, records, timing)``."""
+    pieces: list[dict] = []
+    done = steps_done = 0
+    resumed_from = None
+    if checkpoint is not None and checkpoint.is_file():
+        carry, records, done, steps_done = _load_checkpoint(checkpoint, fingerprint, x0)
+        pieces = [records] if records else []
+        resumed_from = steps_done
+    total, per = len(deltas), setup.algorithm.records_per_step
+    bar = None
+    if progress is not None:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=int(deltas.sum()), initial=steps_done, unit="step", desc=progress)
+    start = last_write = time.perf_counter()
+    warm_time = warm_steps = 0.0
+    first = True
+    saved = (carry, list(pieces), done, steps_done)  # last consistent state (for Ctrl-C)
+    written = done  # records in the checkpoint file
+    guard = _InterruptGuard(active=checkpoint is not None)
+    try:
+        for sl, sched, pad in padded_chunks((deltas,), chunk, start=done):
+            if bool(carry[2]):
+                break
+            t_chunk = time.perf_counter()
+            ns = deltas[sl]
+            carry, recs = _run_chunk(carry, sched[0], data, setup=setup)
+            pieces.append(trim(recs, pad, per))
+            done += len(ns)
+            steps_done += int(ns.sum())
+            if not first:  # the first chunk includes compilation
+                warm_time += time.perf_counter() - t_chunk
+                warm_steps += float(ns.sum())
+            first = False
+            if bar is not None:
+                bar.update(int(ns.sum()))
+            now = time.perf_counter()
+            finished = done >= total or bool(carry[2])
+            if checkpoint is not None and (finished or now - last_write >= checkpoint_interval):
+                _save_checkpoint(checkpoint, fingerprint, carry, pieces, done, steps_done)
+                pieces = [concatenate(pieces)]
+                last_write, written = now, done
+            saved = (carry, list(pieces), done, steps_done)
+            if guard.requested:  # Ctrl-C during this chunk: checkpoint it below, then stop
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:  # Ctrl-C: keep the last finished chunk, then stop
+        if checkpoint is not None and saved[2] > written and _alive(saved[0]):
+            _save_checkpoint(checkpoint, fingerprint, *saved)
+        raise
+    finally:
+        guard.release()
+    if bar is not None:
+        bar.close()
+    timing = {"wall_time_s": time.perf_counter() - start, "resumed_from_step": resumed_from,
+              "steps_per_second": warm_steps / warm_time if warm_time > 0 else None}
+    return carry, concatenate(pieces), timing
+
+
+def _metadata(algo: Algorithm, arch, parts: Partition, mixing: np.ndarray, settings: dict, *,
+              process, gossip_sample: int, batch_sample: int) -> dict:
+    """``Trajectory.metadata`` of a training run (settings, notes on what it describes)."""
+    notes = []
+    if settings["independent_init"]:
+        notes.append("independent initialisations: outside the theory (it assumes a common "
+                     "theta_0)")
+    if settings["batch_size"]:
+        notes.append(f"mini-batch SGD (batch {settings['batch_size']}, sequence "
+                     f"{int(batch_sample)} of seed {settings['seed']}): the same batches as "
+                     f"sequence {int(batch_sample)} of the prediction with batch_size and seed; "
+                     "the prediction's mean and band describe the distribution over sequences")
+    meta = {"algorithm": algo.name, "num_agents": parts.num_agents,
+            "num_train": parts.dataset.num_train, "num_outputs": parts.dataset.num_classes,
+            "mixing": mixing.tolist(), "architecture": _describe(arch), "training": settings,
+            "notes": notes, "data": parts.dataset.name, "partition": parts.scheme,
+            "kernel": "none (trained)", "loss": settings["loss"],
+            "source": f"trained ({settings['model']})"}
+    if algo.options:
+        meta["algorithm_options"] = algo.settings
+    if process is not None:
+        meta.update(mixing_process=process.describe(), gossip_sample=int(gossip_sample))
+    return meta
+
+
 def train(
     arch: Any,
     parts: Partition,
@@ -459,39 +590,11 @@ def train(
     # same order within each shard as the caller's partition; outputs unsorted at the end
     user_order = parts.order
     parts = parts.sorted()
-    if model not in MODELS:
-        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
+    _check_options(model=model, dtype=dtype, batch_sample=batch_sample, chunk=chunk)
     batch_size = check_batch_size(batch_size, parts.counts)
-    if isinstance(batch_sample, bool) or not isinstance(batch_sample, int | np.integer) \
-            or batch_sample < 0:
-        raise ValueError(f"batch_sample: expected an integer >= 0, got {batch_sample!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
-        raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
-    logit_scale = check_logit_scale(logit_scale)
-    if loss != "cross_entropy" and logit_scale != 1.0:
-        raise ValueError("logit_scale: only for loss='cross_entropy', got "
-                         f"logit_scale={logit_scale!r} with loss={loss!r}")
-    targets = None
-    if loss == "cross_entropy":
-        ds = parts.dataset
-        y_tr = class_targets("parts.dataset.y_train", ds.y_train, ds.num_classes)
-        y_te = (class_targets("parts.dataset.y_test", ds.y_test, ds.num_classes)
-                if ds.num_test > 0 else ds.y_test)
-        targets = (y_tr, y_te)
-    if isinstance(arch, MLP):
-        apply = arch.apply
-        if arch.out != parts.dataset.num_classes:
-            raise ValueError(f"arch.out: the data have K={parts.dataset.num_classes} outputs, "
-                             f"the MLP has out={arch.out}")
-    elif isinstance(arch, tuple) and len(arch) == 3 and all(callable(f) for f in arch):
-        apply = arch[1]
-    else:
-        raise ValueError("arch: expected an ntkdyn.models.MLP or a neural-tangents (init_fn, "
-                         f"apply_fn, kernel_fn) triple, got {type(arch).__name__}")
+    logit_scale = _check_loss(loss, logit_scale)
+    targets = _class_targets(parts) if loss == "cross_entropy" else None
+    apply = _apply_fn(arch, parts)
     algo = get_algorithm(algorithm)
     q = parts.num_agents
     mixing, process = resolve_mixing(mixing, q)
@@ -543,89 +646,16 @@ def train(
     if algo.init is not None:
         x0 = _init_state(x0, data, setup=setup)
     carry = (x0, jnp.asarray(0, jnp.int64), jnp.asarray(False), jnp.asarray(-1, jnp.int64))
-    pieces: list[dict] = []
-    done = steps_done = 0
     ck_path = None if checkpoint is None else Path(checkpoint)
     fingerprint = _fingerprint(description, parts, theta0) if ck_path is not None else ""
-    resumed_from = None
-    if ck_path is not None and ck_path.is_file():
-        carry, records, done, steps_done = _load_checkpoint(ck_path, fingerprint, x0)
-        pieces = [records] if records else []
-        resumed_from = steps_done
-
-    deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
-    total = len(steps)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=int(steps[-1]), initial=steps_done, unit="step",
-                   desc=f"train {model} {algo.name}")
-    start = time.perf_counter()
-    last_write = start
-    warm_time = warm_steps = 0.0
-    first = True
-    saved = (carry, list(pieces), done, steps_done)  # last consistent state (for Ctrl-C)
-    written = done  # records in the checkpoint file
-    guard = _InterruptGuard(active=ck_path is not None)
-    try:
-        for sl, sched, pad in padded_chunks((deltas,), chunk, start=done):
-            if bool(carry[2]):
-                break
-            t_chunk = time.perf_counter()
-            ns = deltas[sl]
-            carry, recs = _run_chunk(carry, sched[0], data, setup=setup)
-            recs = trim(recs, pad, algo.records_per_step)
-            pieces.append(recs)
-            done += len(ns)
-            steps_done += int(ns.sum())
-            elapsed = time.perf_counter() - t_chunk
-            if not first:  # the first chunk includes compilation
-                warm_time += elapsed
-                warm_steps += float(ns.sum())
-            first = False
-            if bar is not None:
-                bar.update(int(ns.sum()))
-            now = time.perf_counter()
-            finished = done >= total or bool(carry[2])
-            if ck_path is not None and (finished or now - last_write >= checkpoint_interval):
-                _save_checkpoint(ck_path, fingerprint, carry, pieces, done, steps_done)
-                pieces = [concatenate(pieces)]
-                last_write, written = now, done
-            saved = (carry, list(pieces), done, steps_done)
-            if guard.requested:  # Ctrl-C during this chunk: checkpoint it below, then stop
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:  # Ctrl-C: keep the last finished chunk, then stop
-        if ck_path is not None and saved[2] > written and _alive(saved[0]):
-            _save_checkpoint(ck_path, fingerprint, *saved)
-        raise
-    finally:
-        guard.release()
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - start
-    raw = concatenate(pieces)
+    carry, raw, timing = _run_chunks(
+        carry, x0, np.diff(np.concatenate([[0], steps])).astype(np.int64), data, setup,
+        chunk=chunk, progress=f"train {model} {algo.name}" if progress else None,
+        checkpoint=ck_path, fingerprint=fingerprint, checkpoint_interval=checkpoint_interval)
     diverged_at = int(carry[3]) if bool(carry[2]) else None
-    settings.update(wall_time_s=wall, resumed_from_step=resumed_from,
-                    steps_per_second=(warm_steps / warm_time if warm_time > 0 else None))
-    notes = []
-    if independent_init:
-        notes.append("independent initialisations: outside the theory (it assumes a common "
-                     "theta_0)")
-    if batch:
-        notes.append(f"mini-batch SGD (batch {batch}, sequence {int(batch_sample)} of seed "
-                     f"{seed}): the same batches as sequence {int(batch_sample)} of the "
-                     "prediction with batch_size and seed; the prediction's mean and band "
-                     "describe the distribution over sequences")
-    meta = {"algorithm": algo.name, "num_agents": q, "num_train": parts.dataset.num_train,
-            "num_outputs": parts.dataset.num_classes, "mixing": mixing.tolist(),
-            "architecture": _describe(arch), "training": settings, "notes": notes,
-            "data": parts.dataset.name, "partition": parts.scheme, "kernel": "none (trained)",
-            "loss": loss,
-            "source": f"trained ({model})"}
-    if algo.options:
-        meta["algorithm_options"] = algo.settings
-    if process is not None:
-        meta.update(mixing_process=process.describe(), gossip_sample=int(gossip_sample))
+    settings.update(timing)
+    meta = _metadata(algo, arch, parts, mixing, settings, process=process,
+                     gossip_sample=gossip_sample, batch_sample=batch_sample)
     phase = None
     if algo.records_per_step > 1:
         meta["phases"] = list(algo.phase_names)
