@@ -96,8 +96,15 @@ def run_problem(
     kernel_dtype: str = "float64",
     devices=None,
     samples: int | None = None,
+    init=None,
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
+
+    ``init`` (:class:`ntkdyn.random_init.InitDraws`): sampled initial outputs; each
+    trajectory is then a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` over that
+    many random networks (their responses share every kernel pass with the mean network,
+    ``.mean_network``), with the exact expected losses where affordable.  Squared loss,
+    traced kernel, static or periodic mixing; not with ``record_outputs`` or a mesh.
 
     ``check_stability``: ``None`` (default) computes the exact stability report
     (:func:`ntkdyn.spectrum.stability`) only for rates above the cheap sufficient bound;
@@ -138,15 +145,25 @@ def run_problem(
         raise ValueError("samples: only for a random mixing sequence (ntkdyn.graphs."
                          "random_edges / one_random_edge), got a deterministic mixing")
     groups, with_expected = solver.mixing_groups(problem, samples)
+    run = problem
+    if init is not None:
+        if with_expected or mesh is not None or record_outputs:
+            raise ValueError("f0: sampled random networks (f0='random') run with a static or "
+                             "periodic mixing, on one device, without record_outputs; use "
+                             "f0='mean' (or 'network') for this prediction")
+        from . import random_init
+
+        run = random_init.augment(problem, init)
     if mesh is None:
-        _check_memory(problem, len(rate_rows) * groups, len(steps) * algo.records_per_step,
+        _check_memory(run, len(rate_rows) * groups, len(steps) * algo.records_per_step,
                       record_outputs, eigen_reference=reference
                       and solver.use_eigen_reference(problem))
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
-    raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,
+    raw = solver.evolve(run, algo, rate_rows, steps, continuous=continuous,
                         record_outputs=record_outputs, progress=progress, central=reference,
-                        kernel_dtype=kernel_dtype, mesh=mesh, samples=samples)
+                        kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
+                        networks=0 if init is None else init.samples)
     base_meta = {
         "algorithm": algo.name,
         "num_agents": q_count,
@@ -170,11 +187,24 @@ def run_problem(
     n_rates = len(rate_rows)
     rec_steps, phase = _record_layout(steps, algo.records_per_step)
     trajs = []
+    if init is not None:
+        p = init.samples
+        raw_nets = {key.split("/", 1)[1]: v for key, v in raw.items()
+                    if key.startswith("networks/")}
+        raw_nets["diverged"] = np.repeat(raw["diverged"], p, axis=1)
+        raw_nets["diverged_at"] = np.repeat(raw["diverged_at"], p)
+        raw = {key: v for key, v in raw.items() if not key.startswith("networks/")}
     for r in range(n_rates):
         def one(g, r=r):
             return _trajectory(raw, g * n_rates + r, problem, rec_steps, rate_rows[r],
                                continuous, base_meta, phase)
-        if not with_expected:
+        if init is not None:
+            nets = [_trajectory(raw_nets, r * p + s, problem, rec_steps, rate_rows[r],
+                                continuous, base_meta, phase) for s in range(p)]
+            exact = random_init.exact_expected_losses(problem, algo, rate_rows[r], rec_steps,
+                                                      continuous, init.nngp)
+            trajs.append(random_init.assemble(one(0), nets, init, exact))
+        elif not with_expected:
             trajs.append(one(0))
         else:
             trajs.append(_aggregate([one(g) for g in range(groups - 1)], one(groups - 1)))
@@ -354,6 +384,8 @@ def predict_from_kernels(
     samples: int | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
+    nngp=None,
+    seed: int = 0,
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -414,6 +446,16 @@ def predict_from_kernels(
         reference is carried along the kernel passes (``theory/cross_entropy.md``).
     logit_scale : float
         Cross-entropy only: the logits are ``s f`` (inverse temperature), default 1.
+    nngp : (N+M, N+M), optional
+        NNGP kernel on the training inputs (caller's order) then the test inputs: predict
+        **one random network** (infinite width) instead of the mean network.  ``samples``
+        initial outputs (default :data:`ntkdyn.random_init.DEFAULT_NETWORKS`) are drawn
+        from ``N(0, nngp)`` with ``jax.random.PRNGKey(seed)`` and run as extra columns
+        (:mod:`ntkdyn.random_init`); the result is a
+        :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` (expected losses, bands,
+        ``.mean_network``).  Squared loss, traced kernel, no ``f0_train``/``f0_test``.
+    seed : int
+        Seed of the sampled initial outputs (with ``nngp``).
 
     Returns
     -------
@@ -433,11 +475,22 @@ def predict_from_kernels(
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
                            loss=loss, logit_scale=logit_scale)
+    init = None
+    if nngp is not None:
+        from . import random_init
+
+        if f0_train is not None or f0_test is not None:
+            raise ValueError("nngp: samples random initial outputs; it cannot be combined "
+                             "with f0_train / f0_test")
+        init = random_init.draw(random_init.sorted_nngp(problem, nngp), problem.num_train,
+                                random_init.DEFAULT_NETWORKS if samples is None else samples,
+                                seed)
+        samples = None
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
-                       samples=samples)[0]
+                       samples=samples, init=init)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,

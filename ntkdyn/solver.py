@@ -339,20 +339,42 @@ def _pad_rows(g, rows_state):
     return g if extra == 0 else jnp.pad(g, ((0, 0), (0, extra), (0, 0)))
 
 
+def _products(x, data, *, traced, has_test):
+    """``x`` without sharding padding, ``Theta x`` in row layout ``(rows, A, C)`` and the
+    test products ``Theta* x`` (``(M rps, A, C)``, or ``None``)."""
+    n, k = data["y"].shape
+    a, rows_state, c = x.shape
+    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
+    rows = n * (1 if traced else k)
+    u = kernel_times(data["blocks"], flat).reshape(rows, a, c)
+    prod_t = None
+    if has_test:
+        kt = data["kernel_test"]
+        prod_t = jnp.matmul(kt, flat.astype(kt.dtype), precision=EXACT).astype(flat.dtype)
+        prod_t = prod_t.reshape(-1, a, c)
+    return x[:, :rows], u, prod_t
+
+
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True,
             loss="mse"):
-    f0, y, labels, shard_w = data["f0"], data["y"], data["labels"], data["shard_weights"]
+    x, u, prod_t = _products(x, data, traced=traced, has_test=has_test)
+    return _metrics(x, u, prod_t, data, data["f0"], data["y"], data.get("f0_test"),
+                    data.get("y_test"), q_count=q_count, n_rates=n_rates, traced=traced,
+                    record_outputs=record_outputs, central=central, loss=loss)
+
+
+def _metrics(x, u, prod_t, data, f0, y, f0t, yt, *, q_count, n_rates, traced, record_outputs,
+             central=True, loss="mse"):
+    """Recorded quantities from the state ``x`` ``(A, rows, C)``, ``u = Theta x`` and the
+    test products (row layout ``(rows, A, C)``); ``f0``, ``f0t`` are ``(N, K)`` or, one per
+    column group, ``(n_rates, N, K)``."""
+    labels, shard_w = data["labels"], data["shard_weights"]
     scale = data.get("logit_scale", 1.0)
 
     def _loss_acc(out, y, labels):
         return _loss_acc_any(out, y, labels, loss, scale)
 
-    a, rows_state, c = x.shape
     n, k = y.shape
-    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
-    rows = n * (1 if traced else k)
-    x = x[:, :rows]  # drop the padding of a sharded contraction axis
-    u = kernel_times(data["blocks"], flat).reshape(rows, a, c)
     xs = _to_samples(x.transpose(1, 0, 2), n, k, n_rates, traced)
     us = _to_samples(u, n, k, n_rates, traced)
     out = f0 + us
@@ -380,10 +402,9 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
         rec["central_dist"] = quad(xa - xs[q_count], ua - us[q_count])
     if record_outputs:
         rec["train_outputs"] = out
-    if has_test:
-        kt, f0t, yt, lt = data["kernel_test"], data["f0_test"], data["y_test"], data["labels_test"]
-        prod_t = jnp.matmul(kt, flat.astype(kt.dtype), precision=EXACT).astype(flat.dtype)
-        ut = _to_samples(prod_t.reshape(-1, a, c), yt.shape[0], k, n_rates, traced)
+    if prod_t is not None:
+        lt = data["labels_test"]
+        ut = _to_samples(prod_t, yt.shape[0], k, n_rates, traced)
         out_t = f0t + ut
         sqt, acct = _loss_acc(out_t, yt, lt)
         sqt_m, acct_m = _loss_acc(out_t[:q_count].mean(axis=0, keepdims=True), yt, lt)
@@ -391,6 +412,58 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
                    mean_model_test_loss=sqt_m.mean(axis=-1)[0], mean_model_test_acc=acct_m[0])
         if record_outputs:
             rec["test_outputs"] = out_t
+    return rec
+
+
+def network_columns(k: int, networks: int) -> np.ndarray:
+    """``(P, K)`` response column of output ``k`` of sampled network ``s``: ``(s + k) mod P``.
+
+    Every network uses ``K`` distinct columns (``P >= K``), so each is exactly one draw of
+    a random network; networks less than ``K`` apart share columns
+    (:mod:`ntkdyn.random_init`)."""
+    return (np.arange(networks)[:, None] + np.arange(k)[None, :]) % networks
+
+
+def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks):
+    """Records of the mean network and of ``P = networks`` sampled random networks.
+
+    Each rate's ``K + P`` columns hold the mean network (``K`` columns, residual ``-Y``)
+    and ``P`` responses to sampled initial outputs (residual ``f_0 = g_j``, target 0).
+    Network ``s``'s output ``k`` is the mean's column ``k`` plus response column
+    ``(s + k) mod P`` (:func:`network_columns`): the dynamics are affine in ``f_0``, so
+    its state, ``Theta x`` and outputs are these sums (traced kernels only).  Returns the
+    mean network's records (``n_rates`` groups) and, under ``"networks/..."``, the
+    networks' (``n_rates P`` groups, index ``r P + s``).
+    """
+    y_aug = data["y"]
+    k = y_aug.shape[1] - networks
+    x, u, prod_t = _products(x, data, traced=True, has_test=has_test)
+    idx = jnp.asarray(network_columns(k, networks))
+
+    def split(v):  # (..., n_rates (K + P)) -> mean (..., n_rates K), networks (..., n_rates P K)
+        v = v.reshape(v.shape[:-1] + (n_rates, k + networks))
+        mean, resp = v[..., :k], v[..., k:]
+        nets = mean[..., None, :] + resp[..., idx]  # (..., n_rates, P, K)
+        return (mean.reshape(v.shape[:-2] + (n_rates * k,)),
+                nets.reshape(v.shape[:-2] + (n_rates * networks * k,)))
+
+    def groups(f):  # (rows, n_rates G K) -> (n_rates G, rows, K)
+        return f.reshape(f.shape[0], -1, k).transpose(1, 0, 2)
+
+    x_m, x_n = split(x)
+    u_m, u_n = split(u)
+    f0_m, f0_n = split(jnp.tile(data["f0"], (1, n_rates)))
+    y = y_aug[:, :k]
+    kw = dict(q_count=q_count, traced=True, record_outputs=False, central=central)
+    t_m = t_n = f0t_m = f0t_n = yt = None
+    if has_test:
+        t_m, t_n = split(prod_t)
+        f0t_m, f0t_n = split(jnp.tile(data["f0_test"], (1, n_rates)))
+        f0t_m, f0t_n, yt = groups(f0t_m), groups(f0t_n), data["y_test"][:, :k]
+    rec = _metrics(x_m, u_m, t_m, data, groups(f0_m), y, f0t_m, yt, n_rates=n_rates, **kw)
+    nets = _metrics(x_n, u_n, t_n, data, groups(f0_n), y, f0t_n, yt,
+                    n_rates=n_rates * networks, **kw)
+    rec.update({f"networks/{key}": v for key, v in nets.items()})
     return rec
 
 
@@ -433,9 +506,10 @@ def _mixing_at(data, t, *, sampler, mixes_per_step):
 
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs", "central", "sampler", "loss"))
+                                   "has_test", "record_outputs", "central", "sampler", "loss",
+                                   "networks"))
 def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, has_test,
-                record_outputs, central, sampler=None, loss="mse"):
+                record_outputs, central, sampler=None, loss="mse", networks=0):
     """The algorithm's initial (augmented) state from the parameters ``x0`` (``alpha = 0``)."""
     rps = 1 if traced else data["y"].shape[1]
     ops = kernel_operators(data["blocks"], data["residual"],
@@ -471,9 +545,10 @@ def _reference_to_alpha(x, data, q_count):
 
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
-                                   "has_test", "record_outputs", "central", "sampler", "loss"))
+                                   "has_test", "record_outputs", "central", "sampler", "loss",
+                                   "networks"))
 def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, continuous,
-               has_test, record_outputs, central, sampler=None, loss="mse"):
+               has_test, record_outputs, central, sampler=None, loss="mse", networks=0):
     """Advance through a chunk of records; returns the new carry and the records.
 
     ``carry = (state, t, diverged, diverged_at)``; ``state`` is the algorithm's
@@ -560,9 +635,13 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         x = params(x)
         if central:
             x = _reference_to_alpha(x, data, q_count)
-        rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
-                      has_test=has_test, record_outputs=record_outputs, central=central,
-                      loss=loss)
+        if networks:
+            rec = _record_networks(x, data, q_count=q_count, n_rates=n_rates,
+                                   has_test=has_test, central=central, networks=networks)
+        else:
+            rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
+                          has_test=has_test, record_outputs=record_outputs, central=central,
+                          loss=loss)
         rec["diverged"] = diverged
         return rec
 
@@ -728,6 +807,7 @@ def evolve(
     mesh=None,
     samples: int | None = None,
     reference: str = "auto",
+    networks: int = 0,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -755,6 +835,12 @@ def evolve(
         For a random mixing sequence (``problem.process``): the number of sampled
         sequences, run side by side as column groups sharing every kernel pass, plus
         one group running the exact mean-state recursion with ``E[W]``.
+    networks : int
+        ``P > 0``: the problem's last ``P`` output columns are responses to sampled initial
+        outputs (target 0) and its first ``K`` the mean network; the records are the mean
+        network's and, under ``"networks/<metric>"`` with ``n_rates P`` columns, those of
+        ``P`` sampled random networks (:func:`_record_networks`, :mod:`ntkdyn.random_init`).
+        Squared loss, traced kernel, static or periodic mixing; no ``record_outputs``.
 
     Returns
     -------
@@ -791,6 +877,10 @@ def evolve(
             raise ValueError("reference: 'eigen' is for loss='mse' only (the cross-entropy "
                              "reference is not affine); use 'carried' or 'auto'")
         reference = "carried"
+    if networks and (problem.loss != "mse" or not problem.traced or record_outputs
+                     or (problem.process is not None and problem.process.random)):
+        raise ValueError("networks: sampled random networks need the squared loss, a traced "
+                         "kernel, a static or periodic mixing and record_outputs=False")
     if reference == "auto":
         reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
     data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
@@ -815,7 +905,7 @@ def evolve(
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
                   record_outputs=record_outputs, central=central, sampler=sampler,
-                  loss=problem.loss)
+                  loss=problem.loss, networks=int(networks))
     state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
     total = len(steps)
