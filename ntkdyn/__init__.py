@@ -12,6 +12,8 @@ build_problem, make_problem     the kernel-space problem, for stability / fixed_
 stability, fixed_point          exact lr*, sufficient bound, spectral radius; steady state
 Trajectory                      per-agent metrics, save / load (.npz)
 GossipTrajectory                random gossip: means over sampled sequences, bands, E[W] run
+RandomNetworkTrajectory         one random network (predict's default, analytic kernel):
+                                expected losses and bands over sampled initialisations
 algorithms                      dgd, atc, cta, gd, p2pl(L, C), gradient_tracking (ATC-DIGing),
                                 next, diging, extra, momentum(beta): schedules of mix and adapt
 graphs, gossip                  topologies, mixing matrices; periodic and random sequences
@@ -30,7 +32,7 @@ from . import _config  # noqa: F401  (enables float64 in JAX)
 
 #: submodules reachable as attributes (``ntkdyn.graphs``, ...), imported on first use
 _SUBMODULES = ("activations", "algorithms", "data", "gossip", "graphs", "initialisation",
-               "kernels", "lowrank", "models", "sharding", "train")
+               "kernels", "lowrank", "models", "random_init", "sharding", "train")
 #: public names -> defining module, imported on first use (``import ntkdyn`` costs about
 #: ``import jax``: networkx, scipy.sparse / optimize / stats, sklearn, matplotlib and tqdm
 #: load only when a command needs them)
@@ -43,6 +45,7 @@ _LAZY = {
     "KernelProblem": "problem", "make_problem": "problem",
     "StabilityReport": "spectrum", "FixedPoint": "steady_state",
     "GossipTrajectory": "trajectory", "Trajectory": "trajectory",
+    "RandomNetworkTrajectory": "trajectory",
 }
 #: public functions that share their name with a submodule: the function wins (importing
 #: ``ntkdyn.predict`` or ``ntkdyn.check`` as a module must not rebind ``ntkdyn.predict``)
@@ -81,6 +84,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm", "CheckReport", "FixedPoint", "GossipTrajectory", "KernelProblem",
+    "RandomNetworkTrajectory", "random_init",
     "StabilityReport", "Trajectory", "activations", "algorithms", "build_problem", "check",
     "data", "fixed_point", "gossip", "graphs", "initialisation",
     "init_params", "kernels", "lowrank", "make_problem", "models", "predict",

@@ -104,7 +104,8 @@ def run_problem(
     trajectory is then a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` over that
     many random networks (their responses share every kernel pass with the mean network,
     ``.mean_network``), with the exact expected losses where affordable.  Squared loss,
-    traced kernel, static or periodic mixing; not with ``record_outputs`` or a mesh.
+    traced kernel, static or periodic mixing, one device; ``record_outputs`` records the
+    mean network's outputs (``.mean_network.train_outputs``), not the sampled networks'.
 
     ``check_stability``: ``None`` (default) computes the exact stability report
     (:func:`ntkdyn.spectrum.stability`) only for rates above the cheap sufficient bound;
@@ -147,10 +148,10 @@ def run_problem(
     groups, with_expected = solver.mixing_groups(problem, samples)
     run = problem
     if init is not None:
-        if with_expected or mesh is not None or record_outputs:
+        if with_expected or mesh is not None:
             raise ValueError("f0: sampled random networks (f0='random') run with a static or "
-                             "periodic mixing, on one device, without record_outputs; use "
-                             "f0='mean' (or 'network') for this prediction")
+                             "periodic mixing, on one device; use f0='mean' (or 'network') "
+                             "for this prediction")
         from . import random_init
 
         run = random_init.augment(problem, init)

@@ -50,6 +50,8 @@ MAX_JITTER = 1e-4
 #: flops (``steps Q N^2 (N + K)``) and this many bytes of covariances
 EXACT_MAX_FLOPS = 2e9
 EXACT_MAX_BYTES = 256 * 1024**2
+#: largest pooled size ``N + M`` whose NNGP the draws keep (for the exact losses)
+KEEP_NNGP_MAX = 1000
 #: draws metrics kept per sampled network (``RandomNetworkTrajectory.draws``)
 DRAW_METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
 QUANTILE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -88,14 +90,19 @@ def cholesky_with_jitter(nngp: np.ndarray) -> tuple[np.ndarray, float]:
     """``(L, jitter)`` with ``L L^T = nngp + jitter I``: ``jitter = 1e-10 * mean(diag)``,
     multiplied by 10 until the factorisation succeeds (at most ``1e-4 * mean(diag)``;
     ``ValueError`` naming ``nngp`` beyond)."""
+    import scipy.linalg
+
     k = np.asarray(nngp, dtype=np.float64)
     if k.ndim != 2 or k.shape[0] != k.shape[1] or not np.all(np.isfinite(k)):
         raise ValueError(f"nngp: expected a finite square matrix, got shape {k.shape}")
     scale = max(float(np.mean(np.diag(k))), 1e-300)
     rel = JITTER
     while rel <= MAX_JITTER * (1 + 1e-9):
+        a = k.copy()  # one copy, factorised in place
+        a.flat[:: len(k) + 1] += rel * scale
         try:
-            return np.linalg.cholesky(k + rel * scale * np.eye(len(k))), rel * scale
+            return scipy.linalg.cholesky(a, lower=True, overwrite_a=True,
+                                         check_finite=False), rel * scale
         except np.linalg.LinAlgError:
             rel *= 10
     raise ValueError(f"nngp: not positive semi-definite (Cholesky failed with a jitter of "
@@ -113,8 +120,11 @@ def draw(nngp: np.ndarray, n_train: int, samples: int, seed: int) -> InitDraws:
     z = np.asarray(jax.random.normal(jax.random.PRNGKey(int(seed)), (len(chol), int(samples)),
                                      dtype=np.float64))
     g = chol @ z
-    return InitDraws(train=g[:n_train], test=g[n_train:] if len(chol) > n_train else None,
-                     seed=int(seed), jitter=jitter, nngp=np.asarray(nngp, dtype=np.float64))
+    del chol
+    small = len(g) <= KEEP_NNGP_MAX  # the exact expected losses are for small problems only
+    return InitDraws(train=g[:n_train], test=g[n_train:] if len(g) > n_train else None,
+                     seed=int(seed), jitter=jitter,
+                     nngp=np.asarray(nngp, dtype=np.float64) if small else None)
 
 
 def sorted_nngp(problem: KernelProblem, nngp) -> np.ndarray:

@@ -424,7 +424,8 @@ def network_columns(k: int, networks: int) -> np.ndarray:
     return (np.arange(networks)[:, None] + np.arange(k)[None, :]) % networks
 
 
-def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks):
+def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
+                     record_outputs=False):
     """Records of the mean network and of ``P = networks`` sampled random networks.
 
     Each rate's ``K + P`` columns hold the mean network (``K`` columns, residual ``-Y``)
@@ -432,8 +433,8 @@ def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks):
     Network ``s``'s output ``k`` is the mean's column ``k`` plus response column
     ``(s + k) mod P`` (:func:`network_columns`): the dynamics are affine in ``f_0``, so
     its state, ``Theta x`` and outputs are these sums (traced kernels only).  Returns the
-    mean network's records (``n_rates`` groups) and, under ``"networks/..."``, the
-    networks' (``n_rates P`` groups, index ``r P + s``).
+    mean network's records (``n_rates`` groups; with ``record_outputs`` its outputs) and,
+    under ``"networks/..."``, the networks' (``n_rates P`` groups, index ``r P + s``).
     """
     y_aug = data["y"]
     k = y_aug.shape[1] - networks
@@ -454,15 +455,16 @@ def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks):
     u_m, u_n = split(u)
     f0_m, f0_n = split(jnp.tile(data["f0"], (1, n_rates)))
     y = y_aug[:, :k]
-    kw = dict(q_count=q_count, traced=True, record_outputs=False, central=central)
+    kw = dict(q_count=q_count, traced=True, central=central)
     t_m = t_n = f0t_m = f0t_n = yt = None
     if has_test:
         t_m, t_n = split(prod_t)
         f0t_m, f0t_n = split(jnp.tile(data["f0_test"], (1, n_rates)))
         f0t_m, f0t_n, yt = groups(f0t_m), groups(f0t_n), data["y_test"][:, :k]
-    rec = _metrics(x_m, u_m, t_m, data, groups(f0_m), y, f0t_m, yt, n_rates=n_rates, **kw)
+    rec = _metrics(x_m, u_m, t_m, data, groups(f0_m), y, f0t_m, yt, n_rates=n_rates,
+                   record_outputs=record_outputs, **kw)
     nets = _metrics(x_n, u_n, t_n, data, groups(f0_n), y, f0t_n, yt,
-                    n_rates=n_rates * networks, **kw)
+                    n_rates=n_rates * networks, record_outputs=False, **kw)
     rec.update({f"networks/{key}": v for key, v in nets.items()})
     return rec
 
@@ -637,7 +639,8 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
             x = _reference_to_alpha(x, data, q_count)
         if networks:
             rec = _record_networks(x, data, q_count=q_count, n_rates=n_rates,
-                                   has_test=has_test, central=central, networks=networks)
+                                   has_test=has_test, central=central, networks=networks,
+                                   record_outputs=record_outputs)
         else:
             rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
                           has_test=has_test, record_outputs=record_outputs, central=central,
@@ -840,7 +843,8 @@ def evolve(
         outputs (target 0) and its first ``K`` the mean network; the records are the mean
         network's and, under ``"networks/<metric>"`` with ``n_rates P`` columns, those of
         ``P`` sampled random networks (:func:`_record_networks`, :mod:`ntkdyn.random_init`).
-        Squared loss, traced kernel, static or periodic mixing; no ``record_outputs``.
+        Squared loss, traced kernel, static or periodic mixing; ``record_outputs`` records
+        the mean network's outputs only.
 
     Returns
     -------
@@ -877,10 +881,10 @@ def evolve(
             raise ValueError("reference: 'eigen' is for loss='mse' only (the cross-entropy "
                              "reference is not affine); use 'carried' or 'auto'")
         reference = "carried"
-    if networks and (problem.loss != "mse" or not problem.traced or record_outputs
+    if networks and (problem.loss != "mse" or not problem.traced
                      or (problem.process is not None and problem.process.random)):
         raise ValueError("networks: sampled random networks need the squared loss, a traced "
-                         "kernel, a static or periodic mixing and record_outputs=False")
+                         "kernel and a static or periodic mixing")
     if reference == "auto":
         reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
     data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,

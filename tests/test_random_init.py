@@ -124,10 +124,13 @@ def test_each_sampled_network_is_the_prediction_from_its_own_f0(golden, algorith
 
 
 def test_mean_network_is_the_prediction_from_zero_outputs(golden):
-    traj = _predict(golden, 0.15, [0, 5, 60], nngp=golden["nngp"], samples=8)
-    plain = _predict(golden, 0.15, [0, 5, 60])
-    for metric in ("train_loss", "test_loss", "test_acc", "param_dist", "central_test_loss"):
+    traj = _predict(golden, 0.15, [0, 5, 60], nngp=golden["nngp"], samples=8,
+                    record_outputs=True)
+    plain = _predict(golden, 0.15, [0, 5, 60], record_outputs=True)
+    for metric in ("train_loss", "test_loss", "test_acc", "param_dist", "central_test_loss",
+                   "train_outputs", "test_outputs"):
         assert rel_err(getattr(traj.mean_network, metric), getattr(plain, metric)) < 1e-12
+    assert traj.train_outputs is None  # outputs are recorded for the mean network only
     assert traj.mean_network.metadata["quantity"].startswith("mean network")
     assert traj.metadata["quantity"].startswith("one random network")
     assert "one random network" in traj.summary() and "mean network (f0 = 0)" in traj.summary()
