@@ -431,40 +431,111 @@ def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
     Each rate's ``K + P`` columns hold the mean network (``K`` columns, residual ``-Y``)
     and ``P`` responses to sampled initial outputs (residual ``f_0 = g_j``, target 0).
     Network ``s``'s output ``k`` is the mean's column ``k`` plus response column
-    ``(s + k) mod P`` (:func:`network_columns`): the dynamics are affine in ``f_0``, so
-    its state, ``Theta x`` and outputs are these sums (traced kernels only).  Returns the
-    mean network's records (``n_rates`` groups; with ``record_outputs`` its outputs) and,
-    under ``"networks/..."``, the networks' (``n_rates P`` groups, index ``r P + s``).
+    ``j = (s + k) mod P`` (:func:`network_columns`): the dynamics are affine in ``f_0``,
+    so its state, ``Theta x`` and outputs are these sums (traced kernels only).  Every
+    recorded quadratic form of a network (losses, distances) is then
+    ``sum_k (a_k + b_j)^T W (c_k + d_j)``: a ``K x P`` table of inner products gathered
+    along the cyclic index, never the ``P K`` columns of all networks; only the accuracy
+    (an argmax over each network's ``K`` outputs) reads ``(rows, P, K)``.  Returns the mean
+    network's records (``n_rates`` groups; with ``record_outputs`` its outputs) and, under
+    ``"networks/..."``, the networks' (``n_rates P`` groups, index ``r P + s``), as
+    :func:`_metrics` would give for the expanded columns.
     """
     y_aug = data["y"]
     k = y_aug.shape[1] - networks
     x, u, prod_t = _products(x, data, traced=True, has_test=has_test)
     idx = jnp.asarray(network_columns(k, networks))
+    kk = jnp.arange(k)[None, :]
+    a = x.shape[0]
 
-    def split(v):  # (..., n_rates (K + P)) -> mean (..., n_rates K), networks (..., n_rates P K)
-        v = v.reshape(v.shape[:-1] + (n_rates, k + networks))
-        mean, resp = v[..., :k], v[..., k:]
-        nets = mean[..., None, :] + resp[..., idx]  # (..., n_rates, P, K)
-        return (mean.reshape(v.shape[:-2] + (n_rates * k,)),
-                nets.reshape(v.shape[:-2] + (n_rates * networks * k,)))
+    def split(v):  # (A, rows, n (K + P)) -> (A, rows, n, K), (A, rows, n, P)
+        v = v.reshape(v.shape[:2] + (n_rates, k + networks))
+        return v[..., :k], v[..., k:]
 
-    def groups(f):  # (rows, n_rates G K) -> (n_rates G, rows, K)
-        return f.reshape(f.shape[0], -1, k).transpose(1, 0, 2)
+    def gathered(t1, t3, t0):
+        """``t0 + sum_k t1[.., k, (s+k)] + sum_k t3[.., (s+k)]`` -> (..., P)."""
+        return t0[..., None] + t1[..., kk, idx].sum(-1) + t3[..., idx].sum(-1)
 
-    x_m, x_n = split(x)
-    u_m, u_n = split(u)
-    f0_m, f0_n = split(jnp.tile(data["f0"], (1, n_rates)))
+    def bilinear(xm, xr, um, ur, w):
+        """``sum_rows w_rg sum_k (xm_k + xr_j)(um_k + ur_j)`` -> (A, G, n, P)."""
+        t0 = jnp.einsum("arnk,arnk,rg->agn", xm, um, w, precision=EXACT)
+        t1 = (jnp.einsum("arnk,arnj,rg->agnkj", xm, ur, w, precision=EXACT)
+              + jnp.einsum("arnj,arnk,rg->agnkj", xr, um, w, precision=EXACT))
+        t3 = jnp.einsum("arnj,arnj,rg->agnj", xr, ur, w, precision=EXACT)
+        return gathered(t1, t3, t0)
+
+    def accuracy(dm, er, labels):  # outputs (.., rows, n, P, K): argmax vs labels
+        out = dm[..., None, :] + er[..., idx]
+        hit = jnp.argmax(out, axis=-1) == labels[None, :, None, None]
+        return jnp.mean(hit.astype(x.dtype), axis=1)  # (A, n, P)
+
+    def flat(v):  # (..., n, P) -> (..., n P)
+        return v.reshape(v.shape[:-2] + (n_rates * networks,))
+
+    xm, xr = split(x)
+    um, ur = split(jnp.transpose(u, (1, 0, 2)))
+    ones = jnp.ones((x.shape[1], 1), x.dtype)
+    nets = {"param_dist": flat(jnp.sqrt(jnp.maximum(bilinear(xm, xr, um, ur, ones)[:, 0],
+                                                    0.0)))}
+
+    def centred(v, w):
+        return v[:q_count] - w
+
+    def dist(ref_m, ref_r):  # ||theta_q - ref|| for the first Q slots
+        dxm, dxr = centred(xm, ref_m[0]), centred(xr, ref_r[0])
+        dum, dur = centred(um, ref_m[1]), centred(ur, ref_r[1])
+        return flat(jnp.sqrt(jnp.maximum(bilinear(dxm, dxr, dum, dur, ones)[:, 0], 0.0)))
+
+    agents_mean = lambda v: v[:q_count].mean(axis=0)  # noqa: E731
+    nets["consensus_dist"] = dist((agents_mean(xm), agents_mean(um)),
+                                  (agents_mean(xr), agents_mean(ur)))
+    if central:
+        nets["central_dist"] = dist((xm[q_count], um[q_count]), (xr[q_count], ur[q_count]))
+
+    def outputs_of(f0, y, ym, yr):  # residual of the mean part d = f0 + u - y; responses e
+        f0 = jnp.tile(f0, (1, n_rates)).reshape(f0.shape[0], n_rates, k + networks)
+        dm = f0[None, ..., :k] + ym - y[None, :, None, :]
+        er = f0[None, ..., k:] + yr
+        return dm, er
+
+    def losses(dm, er, w):
+        return 0.5 * bilinear(dm, er, dm, er, w)
+
     y = y_aug[:, :k]
-    kw = dict(q_count=q_count, traced=True, central=central)
-    t_m = t_n = f0t_m = f0t_n = yt = None
+    dm, er = outputs_of(data["f0"], y, um, ur)
+    n_train = y.shape[0]
+    local = losses(dm, er, data["shard_weights"])  # (A, Q, n, P)
+    nets["train_loss"] = flat(losses(dm, er, ones / n_train)[:, 0])
+    nets["objective"] = flat(local.mean(axis=1))
+    nets["local_loss"] = flat(jnp.stack([local[q, q] for q in range(q_count)]))
+    nets["train_acc"] = flat(accuracy(dm + y[None, :, None, :], er, data["labels"]))
+    mm_d, mm_e = dm[:q_count].mean(axis=0)[None], er[:q_count].mean(axis=0)[None]
+    nets["mean_model_train_loss"] = flat(losses(mm_d, mm_e, ones / n_train)[0, 0])
+    nets["mean_model_train_acc"] = flat(accuracy(mm_d + y[None, :, None, :], mm_e,
+                                                 data["labels"])[0])
+    f0t_m = yt = None
+    t_m = None
     if has_test:
-        t_m, t_n = split(prod_t)
-        f0t_m, f0t_n = split(jnp.tile(data["f0_test"], (1, n_rates)))
-        f0t_m, f0t_n, yt = groups(f0t_m), groups(f0t_n), data["y_test"][:, :k]
-    rec = _metrics(x_m, u_m, t_m, data, groups(f0_m), y, f0t_m, yt, n_rates=n_rates,
-                   record_outputs=record_outputs, **kw)
-    nets = _metrics(x_n, u_n, t_n, data, groups(f0_n), y, f0t_n, yt,
-                    n_rates=n_rates * networks, record_outputs=False, **kw)
+        yt = data["y_test"][:, :k]
+        tm, tr = split(jnp.transpose(prod_t, (1, 0, 2)))
+        dmt, ert = outputs_of(data["f0_test"], yt, tm, tr)
+        ones_t = jnp.ones((yt.shape[0], 1), x.dtype) / yt.shape[0]
+        nets["test_loss"] = flat(losses(dmt, ert, ones_t)[:, 0])
+        nets["test_acc"] = flat(accuracy(dmt + yt[None, :, None, :], ert,
+                                         data["labels_test"]))
+        mt_d, mt_e = dmt[:q_count].mean(axis=0)[None], ert[:q_count].mean(axis=0)[None]
+        nets["mean_model_test_loss"] = flat(losses(mt_d, mt_e, ones_t)[0, 0])
+        nets["mean_model_test_acc"] = flat(accuracy(mt_d + yt[None, :, None, :], mt_e,
+                                                    data["labels_test"])[0])
+        t_m = tm.reshape(a, -1, n_rates * k).transpose(1, 0, 2)
+        f0t_m = jnp.tile(data["f0_test"], (1, n_rates)).reshape(-1, n_rates, k + networks)
+        f0t_m = f0t_m[..., :k].transpose(1, 0, 2)
+    # the mean network: the K first columns of each rate, through the plain metrics
+    f0_m = jnp.tile(data["f0"], (1, n_rates)).reshape(-1, n_rates, k + networks)
+    rec = _metrics(xm.reshape(a, -1, n_rates * k), um.reshape(a, -1, n_rates * k)
+                   .transpose(1, 0, 2), t_m, data, f0_m[..., :k].transpose(1, 0, 2), y,
+                   f0t_m, yt, q_count=q_count, n_rates=n_rates, traced=True,
+                   record_outputs=record_outputs, central=central)
     rec.update({f"networks/{key}": v for key, v in nets.items()})
     return rec
 
