@@ -192,3 +192,24 @@ def test_cholesky_jitter_grows_until_it_factorises():
     assert jitter > 0 and rel_err(chol @ chol.T, a) < 1e-4
     with pytest.raises(ValueError, match="nngp"):
         random_init.cholesky_with_jitter(-np.eye(3))
+
+
+def test_check_prints_expected_test_loss_and_accuracy_with_band(tmp_path):
+    """ntkdyn check: one random network's final test loss / accuracy as 'expected (5-95 %)'
+    with the band from the samples, beside the mean network's; f0 = "mean" drops it."""
+    from conftest import TINY_TOML
+
+    import ntkdyn as nd
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_TOML + "[prediction]\ntarget_loss = 0.2\nsamples = 8\n")
+    report = nd.check(str(path))
+    one = report.prediction["one_random_network"]
+    assert one["samples"] == 8
+    lo, hi = one["final_test_loss_band"]
+    assert lo <= one["final_test_loss_expected"] <= hi
+    assert one["final_test_loss_expected"] > report.prediction["final_test_loss"]
+    text = report.text()
+    assert "test loss " in text and "expected (5-95 %: " in text and "mean network (f0 = 0)" in text
+    path.write_text(TINY_TOML + "[prediction]\ntarget_loss = 0.2\nf0 = \"mean\"\n")
+    assert nd.check(str(path)).prediction["one_random_network"] is None
