@@ -38,7 +38,7 @@ from .trajectory import Trajectory, quantity_words
 
 KERNELS = ("analytic", "empirical")
 #: arrays of the sampled networks' record shape ``(A, N + M, P K)`` alive at once (fitted)
-NETWORK_RECORD_ARRAYS = 12
+NETWORK_RECORD_ARRAYS = 6
 
 
 def _apply(arch: Any, params, x: np.ndarray) -> np.ndarray:
@@ -129,7 +129,7 @@ def prediction_estimate(
                      8 * (2 * pooled**2 + n_train**2 + n_test * n_train)), 0)
         draw = 8 * (n_train**2 + n_test * n_train + 2 * pooled**2) + memory.RUNTIME_BYTES
         cols = outputs + DEFAULT_NETWORKS
-        # each record expands the networks' columns, (A, N + M, P K) per array: about 12
+        # each record holds networks-sized arrays, (A, N + M, P K) each: about 6
         # such arrays live at once (fitted to the measured peak at N = 2,000, tests/
         # test_memory.py)
         records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * \
