@@ -12,6 +12,8 @@ build_problem, make_problem     the kernel-space problem, for stability / fixed_
 stability, fixed_point          exact lr*, sufficient bound, spectral radius; steady state
 Trajectory                      per-agent metrics, save / load (.npz)
 GossipTrajectory                random gossip: means over sampled sequences, bands, E[W] run
+RandomNetworkTrajectory         one random network (predict's default, analytic kernel):
+                                expected losses and bands over sampled initialisations
 algorithms                      dgd, atc, cta, gd, p2pl(L, C), gradient_tracking (ATC-DIGing),
                                 next, diging, extra, momentum(beta): schedules of mix and adapt
 graphs                          topologies, mixing matrices; periodic and random sequences
@@ -47,6 +49,7 @@ _LAZY = {
     "KernelProblem": "dynamics.problem", "make_problem": "dynamics.problem",
     "StabilityReport": "dynamics.stability", "FixedPoint": "dynamics.steady_state",
     "GossipTrajectory": "trajectory", "Trajectory": "trajectory",
+    "RandomNetworkTrajectory": "trajectory",
 }
 
 
@@ -69,7 +72,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm", "CheckReport", "FixedPoint", "GossipTrajectory", "KernelProblem",
-    "StabilityReport", "Trajectory", "ValidationResult", "activations", "algorithms",
+    "RandomNetworkTrajectory", "StabilityReport", "Trajectory", "ValidationResult",
+    "activations", "algorithms",
     "build_problem", "check", "config", "data", "dynamics", "fixed_point", "graphs",
     "init_params", "initialisation", "kernels", "lowrank", "make_problem", "models",
     "plotting", "predict", "predict_from_kernels", "predict_sweep", "stability",

@@ -6,7 +6,10 @@ centralised reference is grey and dotted; predicted curves are dashed and
 observed ones solid when both are shown.  A random-gossip prediction
 (:class:`~ntkdyn.trajectory.GossipTrajectory`) adds, per agent, the 5-95 % band
 over the sampled mixing sequences (shaded in the agent's colour) and the exact
-network mean of the mean state (the ``E[W]`` recursion, black dash-dot).
+network mean of the mean state (the ``E[W]`` recursion, black dash-dot).  A one-random-
+network prediction (:class:`~ntkdyn.trajectory.RandomNetworkTrajectory`) likewise adds
+the 5-95 % band over sampled initialisations and the mean network (``f_0 = 0``, grey
+dash-dot).
 """
 
 from __future__ import annotations
@@ -58,8 +61,17 @@ def _band_label(traj) -> str:
     else:
         lo, hi = (round(100 * float(v)) for v in (traj.quantile_levels[0],
                                                   traj.quantile_levels[-1]))
-    what = "mini-batch " if traj.metadata.get("sampled") == "mini-batch" else ""
-    return f"{lo}-{hi} % over {traj.samples} sampled {what}sequences (each agent)"
+    return f"{lo}-{hi} % over {traj.samples} {_what_sampled(traj)} (each agent)"
+
+
+def _what_sampled(traj) -> str:
+    from ntkdyn.trajectory import RandomNetworkTrajectory
+
+    if isinstance(traj, RandomNetworkTrajectory):
+        return "sampled initialisations"
+    if traj.metadata.get("sampled") == "mini-batch":
+        return "sampled mini-batch sequences"
+    return "sampled sequences"
 
 
 def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str = "",
@@ -74,6 +86,7 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     panels = [p for p in PANELS if getattr(traj, p[0]) is not None]
     quantiles = getattr(traj, "quantiles", None) or {}
     expected = getattr(traj, "expected", None)
+    mean_network = getattr(traj, "mean_network", None)
     samples = getattr(traj, "samples", 0)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), constrained_layout=True)
     colours = agent_colours(traj.num_agents)
@@ -92,7 +105,8 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
             if observed is not None:
                 mean_label = f"network mean ({tag})"
             elif samples:
-                mean_label = f"network mean, average over {samples} sampled sequences"
+                mean_label = (f"network mean, average over {samples} "
+                              f"{_what_sampled(traj)}")
             else:
                 mean_label = "network mean"
             ax.plot(source.steps, _positive(mean) if log else mean, style, color="black",
@@ -112,6 +126,10 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
                      "network mean of the mean state (E[W] recursion, exact)")
             ax.plot(expected.steps, _positive(exact) if log else exact, "-.", color="black",
                     lw=1.4, label=words)
+        if mean_network is not None and getattr(mean_network, name, None) is not None:
+            arr = getattr(mean_network, name).mean(axis=1)
+            ax.plot(mean_network.steps, _positive(arr) if log else arr, "-.", color="0.25",
+                    lw=1.4, label="mean network (f0 = 0; not one network)")
         if central is not None and getattr(traj, central) is not None:
             ax.plot(traj.steps, getattr(traj, central), ":", color="0.45", lw=1.5,
                     label="centralised reference")

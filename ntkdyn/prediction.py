@@ -46,6 +46,8 @@ from ntkdyn.models import is_stax_triple as _is_stax_triple
 from ntkdyn.trajectory import Trajectory, quantity_words
 
 KERNELS = ("analytic", "empirical")
+#: arrays of the sampled networks' record shape ``(A, N + M, P K)`` alive at once (fitted)
+NETWORK_RECORD_ARRAYS = 6
 
 
 def _apply(arch: Any, params, x: np.ndarray) -> np.ndarray:
@@ -86,9 +88,17 @@ def prediction_estimate(
     records: int = 100,
     record_outputs: bool = False,
     reference: bool = True,
+    f0_random: bool | None = None,
 ) -> int:
     """Estimated peak growth of resident memory of :func:`predict` (bytes; see
     :func:`ntkdyn._utils.memory.prediction_bytes` for what is counted, and which baseline).
+
+    ``f0_random`` (default: the analytic kernel, :func:`predict`'s default ``f0``): the
+    kernels are built on the pooled ``N + M`` inputs (NNGP and NTK ``(N+M)^2`` each, then
+    the training and test blocks copied out), the NNGP's Cholesky factor is formed in a
+    copy (``2 (N+M)^2`` beside the host kernels), the state has ``K + 32`` columns, and each
+    record expands the 32 networks' outputs (:data:`NETWORK_RECORD_ARRAYS` arrays of
+    ``8 (Q + 1) (N + M) 32 K`` bytes).
 
     Adds to the solver's phases the building of the kernels on the path ``kernel`` takes:
     analytic (``3 N^2`` then ``N^2 + 2 M N``), the MLP's Gram-matrix empirical kernel
@@ -116,12 +126,30 @@ def prediction_estimate(
     if f0_network and isinstance(arch, MLP):  # pre-activations and activations of each layer
         forward = 8 * 2 * (n_train + n_test) * sum(arch.hidden)
         build = (build[0] + forward, build[1])
+    if f0_random is None:
+        f0_random = kernel == "analytic" and not f0_network
+    draw = records_extra = 0
+    cols = outputs
+    if f0_random:
+        from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
+
+        pooled = n_train + n_test
+        build = (max(memory.analytic_build_bytes(pooled, pooled, True),
+                     8 * (2 * pooled**2 + n_train**2 + n_test * n_train)), 0)
+        draw = 8 * (n_train**2 + n_test * n_train + 2 * pooled**2) + memory.RUNTIME_BYTES
+        cols = outputs + DEFAULT_NETWORKS
+        # each record holds networks-sized arrays, (A, N + M, P K) each: about 6
+        # such arrays live at once (fitted to the measured peak at N = 2,000, tests/
+        # test_memory.py)
+        records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * \
+            DEFAULT_NETWORKS * outputs
     rows = n_train * (1 if layout_traced else outputs)
-    return memory.prediction_bytes(n_train, n_test, outputs, agents, traced=layout_traced,
-                                   rates=rates, records=records,
-                                   record_outputs=record_outputs, build=build,
-                                   eigen_reference=reference
-                                   and rows <= memory.REFERENCE_EIGH_MAX)
+    return max(draw, memory.prediction_bytes(n_train, n_test, cols, agents,
+                                             traced=layout_traced, rates=rates,
+                                             records=records, record_outputs=record_outputs,
+                                             build=build, eigen_reference=reference
+                                             and rows <= memory.REFERENCE_EIGH_MAX)
+               + records_extra)
 
 
 def lowrank_rank_that_fits(n_train: int, n_test: int, available: int) -> int:
@@ -175,13 +203,46 @@ def ensure_prediction_fits(arch: Any, n_train: int, n_test: int, dim: int, outpu
     return need  # pragma: no cover - ensure_fits raised
 
 
-def _resolve_f0(f0: str | None, kernel: str) -> str:
-    """``f0`` with its default (``"zero"`` for the analytic kernel, ``"network"`` for the
-    empirical one), checked."""
-    f0 = f0 or ("zero" if kernel == "analytic" else "network")
-    if f0 not in ("zero", "network"):
-        raise ValueError(f"f0: expected 'zero' or 'network', got {f0!r}")
-    return f0
+#: values of ``f0`` (``"zero"`` is the older name of ``"mean"``, still accepted)
+F0_CHOICES = ("random", "mean", "zero", "network")
+
+
+def resolve_f0(f0: str | None, kernel: str, *, params: Any = None, loss: str = "mse",
+                mixing=None, low_rank: bool = False, batch_size: int = 0) -> str:
+    """``f0`` checked, with its default, as ``"random"``, ``"zero"`` (the mean network) or
+    ``"network"``.
+
+    Default: ``"network"`` with ``params`` or the empirical kernel (the exact
+    linearisation of that network); otherwise (analytic kernel) ``"random"``, one random
+    network over initialisations, except where sampled initialisations are not supported
+    yet and the mean network (``"zero"``) is predicted instead, as the trajectory's
+    ``metadata["quantity"]`` says: cross-entropy, a random mixing sequence, the low-rank
+    path.  An explicit ``"random"`` there is a ``ValueError`` naming ``f0``.
+    """
+    from ntkdyn.graphs.sequences import is_process
+
+    if f0 is not None and f0 not in F0_CHOICES:
+        raise ValueError(f"f0: expected one of {F0_CHOICES} ('random': one random network, "
+                         "'mean' (or 'zero'): the mean network over initialisations, "
+                         f"'network': the network initialised with seed or params), got {f0!r}")
+    why = None
+    if kernel != "analytic":
+        why = "the empirical kernel describes one given network (use f0='network')"
+    elif loss != "mse":
+        why = f"sampled initialisations are implemented for loss='mse', got loss={loss!r}"
+    elif is_process(mixing) and mixing.random:
+        why = "sampled initialisations are not combined with random mixing sequences yet"
+    elif low_rank:
+        why = "the low-rank path predicts from one f0 (use f0='mean' or 'network')"
+    elif batch_size:
+        why = "sampled initialisations are not combined with mini-batch SGD yet"
+    if f0 is None:
+        if params is not None or kernel != "analytic":
+            return "network"
+        return "zero" if why is not None else "random"
+    if f0 == "random" and why is not None:
+        raise ValueError(f"f0: 'random' (one random network) is not available here: {why}")
+    return "zero" if f0 == "mean" else f0
 
 
 def predict_from_kernels(
@@ -209,6 +270,7 @@ def predict_from_kernels(
     batch_size: int = 0,
     seed: int = 0,
     batch_sampling: str = "epoch",
+    nngp=None,
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -276,7 +338,17 @@ def predict_from_kernels(
         uniform subset of the shard per draw.
     seed : int
         Seed of the mini-batch sequences (sequence ``s`` is the one
-        :func:`ntkdyn.train.train` draws with the same ``seed`` and ``batch_sample=s``).
+        :func:`ntkdyn.train.train` draws with the same ``seed`` and ``batch_sample=s``) and
+        of the sampled initial outputs (with ``nngp``).
+    nngp : (N+M, N+M), optional
+        NNGP kernel on the training inputs (caller's order) then the test inputs: predict
+        **one random network** (infinite width) instead of the mean network.  ``samples``
+        initial outputs (default :data:`ntkdyn.dynamics.random_init.DEFAULT_NETWORKS`) are
+        drawn from ``N(0, nngp)`` with ``jax.random.PRNGKey(seed)`` and run as extra columns
+        (:mod:`ntkdyn.dynamics.random_init`); the result is a
+        :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` (expected losses, bands,
+        ``.mean_network``).  Squared loss, traced kernel, full batch, no
+        ``f0_train``/``f0_test``.
     loss : "mse" (default) or "cross_entropy"
         The trained loss; the ``*_loss`` and ``objective`` fields report it.  Cross-entropy
         runs discrete steps only (``continuous=True`` is refused), its centralised
@@ -302,12 +374,26 @@ def predict_from_kernels(
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
                            loss=loss, logit_scale=logit_scale)
+    init = None
+    if nngp is not None:
+        from ntkdyn.dynamics import random_init
+
+        if f0_train is not None or f0_test is not None:
+            raise ValueError("nngp: samples random initial outputs; it cannot be combined "
+                             "with f0_train / f0_test")
+        if batch_size:
+            raise ValueError("nngp: sampled initialisations are not combined with mini-batch "
+                             "SGD (batch_size > 0) yet")
+        init = random_init.draw(random_init.sorted_nngp(problem, nngp), problem.num_train,
+                                random_init.DEFAULT_NETWORKS if samples is None else samples,
+                                seed)
+        samples = None
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
                        samples=samples, batch_size=batch_size, seed=seed,
-                       batch_sampling=batch_sampling)[0]
+                       batch_sampling=batch_sampling, init=init)[0]
 
 
 def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,
@@ -353,10 +439,11 @@ def build_problem(
     kernel : "analytic" or "empirical"
         Infinite-width NTK, or ``J J^T`` of the finite network at ``params``
         (default: initialised with ``seed``).
-    f0 : "zero" or "network", optional
-        Outputs at initialisation. Default: ``"zero"`` for the analytic kernel
-        (the mean prediction over random initialisations, no forward pass) and
-        ``"network"`` for the empirical one (the exact linearisation).
+    f0 : "random", "mean" (or "zero"), or "network", optional
+        Outputs at initialisation (:func:`_resolve_f0` gives the default).  The problem
+        holds ``f_0 = 0`` for ``"mean"`` and ``"random"`` (whose sampled initial outputs
+        :func:`predict` adds as extra columns) and the network's outputs for
+        ``"network"`` (the network initialised with ``seed``, or ``params``).
     traced : bool
         Empirical kernel layout: traced (``Theta_s (x) I_K``, default) or full.
     rates : int
@@ -364,6 +451,17 @@ def build_problem(
     loss, logit_scale :
         The trained loss (see :func:`ntkdyn.predict_from_kernels`).
     """
+    return build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
+                                  f0=f0,
+                  traced=traced, rates=rates, loss=loss, logit_scale=logit_scale)[0]
+
+
+def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, seed: int,
+                           params: Any,
+           f0: str | None, traced: bool, rates: int, loss: str, logit_scale: float,
+           want_nngp: bool = False) -> tuple[KernelProblem, np.ndarray | None]:
+    """:func:`build_problem`, and with ``want_nngp`` the analytic NNGP on the pooled
+    ``[training (agent-sorted); test]`` inputs (from the same kernel pass for an MLP)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
@@ -373,7 +471,10 @@ def build_problem(
             f"{type(arch).__name__} {arch!r}"[:300])
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
-    f0 = _resolve_f0(f0, kernel)
+    f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing)
+    random = f0 == "random"
+    if random:
+        f0 = "zero"  # the mean network's columns; the draws are added by the caller
     # kernels are computed in the agent-sorted layout (no reordering copy of the kernel in
     # make_problem; the same arrays, hence the same numbers, as before partitions kept the
     # caller's order); ``order`` maps outputs back to the caller's order
@@ -392,8 +493,19 @@ def build_problem(
     n_params = None if params is None else sum(int(np.size(a)) for a in jax.tree.leaves(params))
     ensure_prediction_fits(arch, n, data.num_test, data.dim, k, parts.num_agents,
                            kernel=kernel, traced=layout_traced, rates=rates,
-                           f0_network=f0 == "network", n_params=n_params)
-    kt, ktt = _kernels(arch, kernel, params, data.x_train, data.x_test, layout_traced)
+                           f0_network=f0 == "network", n_params=n_params, f0_random=random)
+    nngp = None
+    if want_nngp and kernel == "analytic" and isinstance(arch, MLP):
+        pooled = np.concatenate([data.x_train, data.x_test])
+        nngp, ntk = arch._analytic(pooled, None)
+        kt = np.ascontiguousarray(ntk[:n, :n])
+        ktt = np.ascontiguousarray(ntk[n:, :n]) if data.num_test else None
+        del ntk
+    else:
+        kt, ktt = _kernels(arch, kernel, params, data.x_train, data.x_test, layout_traced)
+        if want_nngp:
+            pooled = np.concatenate([data.x_train, data.x_test])
+            nngp = np.asarray(arch[2](pooled, None, "nngp"), np.float64)
     f0_train = f0_test = None
     if f0 == "network":
         f0_train = _apply(arch, params, data.x_train)
@@ -403,7 +515,9 @@ def build_problem(
         kt, data.y_train, parts.agent, mixing, f0_train=f0_train,
         kernel_test_train=ktt if has_test else None, y_test=data.y_test if has_test else None,
         f0_test=f0_test if has_test else None, loss=loss, logit_scale=logit_scale)
-    return dataclasses.replace(problem, order=user_order)
+    if not np.array_equal(problem.order, np.arange(n)):  # pragma: no cover - sorted input
+        raise AssertionError("build_problem: the agent-sorted partition was reordered")
+    return dataclasses.replace(problem, order=user_order), nngp
 
 
 def predict(
@@ -437,12 +551,30 @@ def predict(
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
-    See :func:`build_problem` for ``kernel``, ``seed``, ``params``, ``f0``,
-    ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest (``reference``:
-    also run the centralised reference; ``mixing`` may be a time-varying or random
-    sequence, ``samples`` the number of sampled sequences for a random one or for
-    mini-batch SGD; ``loss``: ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its
-    inverse temperature).
+    **Which network** (``f0``; ``metadata["quantity"]`` and ``metadata["f0"]`` say it):
+
+    * ``"random"`` (default with the analytic kernel): **one random network** of
+      infinite width, its initial outputs drawn from the NNGP.  ``samples`` networks
+      (default 32) run as extra columns sharing every kernel read
+      (:mod:`ntkdyn.dynamics.random_init`); the result is a
+      :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`: ``traj.test_loss`` is the
+      expected loss over initialisations (mean of the loss),
+      ``traj.band("test_loss", 0.05, 0.95)`` the 5-95 % band, ``traj.mean_network`` the
+      mean network, and ``traj.exact_test_loss`` the exact expectation on small problems.
+      Not yet with cross-entropy, random mixing sequences or the low-rank path, where the
+      default is the mean network (an explicit ``"random"`` is a ``ValueError``).
+    * ``"mean"`` (``"zero"``, the default before): the **mean network** over
+      initialisations (``f_0 = 0``): the loss of the mean output, below the expected loss
+      of one network by the outputs' variance (``theory/initialisation.md``).
+    * ``"network"`` (default with ``params`` or the empirical kernel): **a given
+      network**, the one initialised with ``seed`` or ``params``: its own ``f_0``.
+
+    ``seed`` also seeds the sampled initialisations.  See :func:`build_problem` for
+    ``kernel``, ``params``, ``traced`` and :func:`ntkdyn.predict_from_kernels` for the rest
+    (``reference``: also run the centralised reference; ``mixing`` may be a time-varying
+    or random sequence, ``samples`` the number of sampled sequences for a random one or for
+    mini-batch SGD;
+    ``loss``: ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its inverse temperature).
 
     ``batch_size``: ``0`` (default) full batch; ``B > 0`` mini-batch SGD, ``samples``
     (default 64) batch sequences seeded by ``seed`` (the same ``seed`` as
@@ -450,7 +582,8 @@ def predict(
     (``traj.band("test_loss", 0.05, 0.95)``) and, for the squared loss, the expected
     trajectory ``traj.expected`` (= full batch: exact with ``batch_sampling=
     "independent"``, to first order in the rate with the default ``"epoch"``;
-    :mod:`ntkdyn.minibatch`).
+    :mod:`ntkdyn.minibatch`).  Mini-batch SGD predicts the mean network (sampled
+    initialisations and sampled batches are not combined yet).
 
     ``rank``: ``None`` (default) runs the exact path on the N x N kernel.  An integer
     ``r`` or ``"auto"`` runs the low-rank path (:mod:`ntkdyn.lowrank`,
@@ -482,7 +615,10 @@ def predict(
     >>> W = nd.graphs.mixing(nd.graphs.topology("ring", 4))
     >>> arch = nd.models.MLP(hidden=(512, 512), out=10)
     >>> traj = nd.predict(arch, parts, W, lr=0.5, steps=range(0, 201, 50))
-    >>> traj.test_loss.shape
+    >>> traj.test_loss.shape                         # expected over initialisations
+    (5, 4)
+    >>> low, high = traj.band("test_loss", 0.05, 0.95)   # over 32 sampled networks
+    >>> traj.mean_network.test_loss.shape            # the mean network (f0 = 0)
     (5, 4)
     >>> p2pl = nd.algorithms.p2pl(local_steps=5, consensus_steps=2)
     >>> traj = nd.predict(arch, parts, W, lr=0.3, algorithm=p2pl, steps=range(0, 21, 10))
@@ -494,11 +630,14 @@ def predict(
     >>> traj.quantiles["test_loss"].shape            # 5 levels, T records, Q agents
     (5, 3, 4)
     """
+    low_rank = rank is not None or tol is not None or max_rank is not None
+    f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, low_rank=low_rank,
+                    batch_size=batch_size)
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
-            "data": parts.dataset.name, "partition": parts.scheme}
-    meta["quantity"] = quantity_words(_resolve_f0(f0, kernel) == "zero", params is not None,
-                                      seed)
-    if (rank is not None or tol is not None or max_rank is not None) and batch_size:
+            "data": parts.dataset.name, "partition": parts.scheme,
+            "f0": "mean" if f0 == "zero" else f0}
+    meta["quantity"] = quantity_words(f0 == "zero", params is not None, seed)
+    if low_rank and batch_size:
         raise ValueError("rank: the low-rank path takes full-batch gradients; batch_size "
                          "runs on the exact path (rank=None)")
     if path != "kernel":
@@ -507,10 +646,9 @@ def predict(
                            kernel_dtype=kernel_dtype, devices=devices, samples=samples,
                            loss=loss)
         return _predict_primal(arch, parts, mixing, lr, algorithm, steps, seed=seed,
-                               params=params, f0=_resolve_f0(f0, kernel),
-                               record_outputs=record_outputs, progress=progress,
-                               reference=reference, metadata=meta)
-    if rank is not None or tol is not None or max_rank is not None:
+                               params=params, f0=f0, record_outputs=record_outputs,
+                               progress=progress, reference=reference, metadata=meta)
+    if low_rank:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
                             samples=samples, loss=loss)
@@ -518,13 +656,29 @@ def predict(
                                 max_rank=max_rank, seed=seed, params=params, f0=f0,
                                 record_outputs=record_outputs, progress=progress,
                                 reference=reference, metadata=meta)
-    problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
-                            f0=f0, traced=traced, loss=loss, logit_scale=logit_scale)
+    problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
+                                           params=params,
+                           f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
+                           want_nngp=f0 == "random")
+    init, samples = _init_draws(problem, nngp, f0, samples, seed)
+    del nngp  # the draws keep it only when small (for the exact expected losses)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
                        samples=samples, batch_size=batch_size, seed=seed,
-                       batch_sampling=batch_sampling)[0]
+                       batch_sampling=batch_sampling, init=init)[0]
+
+
+def _init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int):
+    """``(InitDraws or None, samples left for the mixing sequence)``: with ``f0="random"``
+    ``samples`` counts sampled networks (default
+    :data:`ntkdyn.dynamics.random_init.DEFAULT_NETWORKS`)."""
+    if f0 != "random":
+        return None, samples
+    from ntkdyn.dynamics import random_init
+
+    count = random_init.DEFAULT_NETWORKS if samples is None else samples
+    return random_init.draw(nngp, problem.num_train, count, seed), None
 
 
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
@@ -641,7 +795,7 @@ def _predict_lowrank(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, 
     from ntkdyn import lowrank
 
     data = parts.dataset
-    f0 = _resolve_f0(f0, "analytic")  # the low-rank path takes the analytic kernel only
+    f0 = resolve_f0(f0, "analytic")  # the low-rank path takes the analytic kernel only
     has_test = data.num_test > 0
     source = lowrank.analytic_columns(
         data.x_train, data.x_test if has_test else None, hidden_layers=arch.depth,
@@ -683,13 +837,20 @@ def predict_sweep(
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])
-    problem = build_problem(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
-                            f0=f0, rates=len(lrs), loss=loss, logit_scale=logit_scale)
+    f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, batch_size=batch_size)
+    problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
+                                           params=params,
+                           f0=f0, traced=True, rates=len(lrs), loss=loss,
+                           logit_scale=logit_scale, want_nngp=f0 == "random")
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
-            "data": parts.dataset.name, "partition": parts.scheme}
+            "data": parts.dataset.name, "partition": parts.scheme,
+            "f0": "mean" if f0 == "zero" else f0,
+            "quantity": quantity_words(f0 == "zero", params is not None, seed)}
+    init, samples = _init_draws(problem, nngp, f0, samples, seed)
+    del nngp
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
                        reference=reference, samples=samples, batch_size=batch_size, seed=seed,
-                       batch_sampling=batch_sampling)
+                       batch_sampling=batch_sampling, init=init)
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:

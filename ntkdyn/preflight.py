@@ -33,7 +33,7 @@ from ntkdyn.dynamics import stability as spectrum
 from ntkdyn.dynamics.run import run_problem, versions
 from ntkdyn.dynamics.steady_state import fixed_point
 from ntkdyn.graphs import sequences as gossip
-from ntkdyn.prediction import build_problem
+from ntkdyn.prediction import build_problem, build_problem_and_nngp, resolve_f0
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -161,6 +161,26 @@ def _summarise(traj, target: float) -> dict:
     }
 
 
+def _random_network(problem, nngp, algo, cfg: Config, target: float) -> dict | None:
+    """The chosen rate's prediction for one random network: expected final losses and
+    accuracies with their 5-95 % bands over ``prediction.samples`` sampled initialisations
+    (one run, ``K + samples`` columns, float32 kernel products); ``None`` when ``f0`` is
+    not ``"random"``."""
+    if nngp is None:
+        return None
+    from ntkdyn.dynamics.random_init import draw
+
+    init = draw(nngp, problem.num_train, cfg.prediction.samples, cfg.seed)
+    traj = run_problem(problem, algo, [cfg.training.lr], cfg.steps, check_stability=False,
+                       reference=False, kernel_dtype=SWEEP_DTYPE, init=init)[0]
+    out = {"samples": traj.samples, "status": traj.status,
+           "steps_to_target_expected": _steps_to_target(traj, target)}
+    for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        out[f"final_{metric}_expected"] = float(traj.network_mean(metric)[-1])
+        out[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
+    return out
+
+
 def _analyse(exp: Experiment, problem, cfg: Config) -> list[AlgorithmVerdict]:
     """Stability of the :data:`COMPARED` schedules at the chosen rate, once per spectrum
     (:attr:`~ntkdyn.algorithms.Algorithm.shares_spectrum_with`: CTA's is ATC's)."""
@@ -284,8 +304,13 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         return _check_lowrank(cfg, t0)
     exp = from_config(cfg)
     full = _full_empirical(cfg, exp)
-    problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,
-                            seed=cfg.seed, rates=len(SWEEP_FRACTIONS) + 1, traced=not full)
+    f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, mixing=exp.mixing)
+    # f0 = "random": the sweep and verdicts use the mean network's problem (f0 = 0); the NNGP
+    # comes from the same kernel pass, for the chosen rate's band over initialisations
+    problem, nngp = build_problem_and_nngp(
+        exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel, seed=cfg.seed,
+        params=None, f0=f0, traced=not full, rates=len(SWEEP_FRACTIONS) + 1, loss="mse",
+        logit_scale=1.0, want_nngp=f0 == "random")
     t_kernel = time.perf_counter()
     verdicts = _analyse(exp, problem, cfg)
     algo = exp.algorithm
@@ -316,6 +341,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         except ValueError:  # a periodic sequence ends on a periodic orbit, not a fixed point
             fp = None
         prediction.update(
+            one_random_network=_random_network(problem, nngp, algo, cfg, target),
             steady_state_consensus_gap=None if fp is None else fp.consensus_gap,
             steady_state_distance_to_centralised=None if fp is None else fp.central_gap,
             steady_state_test_loss=float(np.mean(fp.test_loss))
@@ -463,10 +489,27 @@ def _render(r: CheckReport) -> str:
         p = r.prediction
         reached = (f"reached at step {p['steps_to_target']}" if p["steps_to_target"] is not None
                    else "not reached")
-        lines += [f"Prediction at step {r.horizon} (network mean, linearised dynamics):",
-                  f"  train loss {p['final_train_loss']:.4g}, test loss {p['final_test_loss']:.4g}"
-                  f", train acc {p['final_train_acc']:.3f}, test acc {p['final_test_acc']:.3f}",
-                  f"  target test loss {r.target_loss:g}: {reached}"]
+        one = p.get("one_random_network")
+        lines.append(f"Prediction at step {r.horizon} (network mean over agents, linearised "
+                     "dynamics):")
+        if one is not None:
+            def exp_band(metric, fmt):
+                lo, hi = one[f"final_{metric}_band"]
+                return (f"{one[f'final_{metric}_expected']:{fmt}} expected (5-95 %: "
+                        f"{lo:{fmt}}-{hi:{fmt}})")
+            hit = one["steps_to_target_expected"]
+            lines += [f"  one random network (over {one['samples']} sampled initialisations):",
+                      f"    test loss {exp_band('test_loss', '.4g')}",
+                      f"    test acc  {exp_band('test_acc', '.3f')}",
+                      f"    train loss {exp_band('train_loss', '.4g')}"]
+        label = "  mean network (f0 = 0): " if one is not None else "  "
+        lines += [f"{label}train loss {p['final_train_loss']:.4g}, test loss "
+                  f"{p['final_test_loss']:.4g}, train acc {p['final_train_acc']:.3f}, test acc "
+                  f"{p['final_test_acc']:.3f}",
+                  f"  target test loss {r.target_loss:g}: {reached}"
+                  + (" (mean network); expected loss of one random network: "
+                     + (f"reached at step {hit}" if hit is not None else "not reached")
+                     if one is not None else "")]
         if r.low_rank is not None:
             lines.append("  steady state: not computed on the low-rank path")
         elif p["steady_state_consensus_gap"] is None:

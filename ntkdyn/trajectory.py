@@ -95,8 +95,31 @@ class Trajectory:
     continuous: bool = False
     lr: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
+    quantile_levels: np.ndarray | None = None
+    quantiles: dict | None = None
 
     # ------------------------------------------------------------------ views
+    def band(self, metric: str, low: float = 0.05, high: float = 0.95) -> tuple:
+        """``(low, high)`` quantile curves of ``metric`` over the samples behind this
+        trajectory (sampled mixing sequences of a :class:`GossipTrajectory`, sampled
+        initialisations of a :class:`RandomNetworkTrajectory`); the levels are among
+        ``quantile_levels`` (default 5, 25, 50, 75, 95 %).  A trajectory without samples
+        (one deterministic prediction) has no band: ``ValueError`` naming ``metric``."""
+        if not self.quantiles:
+            raise ValueError(f"metric: this trajectory has no band for {metric!r} (a single "
+                             "deterministic prediction; bands come from sampled mixing "
+                             "sequences or sampled initialisations, f0='random')")
+        if metric not in self.quantiles:
+            raise ValueError(f"metric: expected one of {sorted(self.quantiles)}, got "
+                             f"{metric!r}")
+        levels = list(np.round(np.asarray(self.quantile_levels), 12))
+        try:
+            i, j = levels.index(round(low, 12)), levels.index(round(high, 12))
+        except ValueError:
+            raise ValueError(f"low/high: expected levels among {levels}") from None
+        q = self.quantiles[metric]
+        return q[i], q[j]
+
     @property
     def num_agents(self) -> int:
         return int(self.train_loss.shape[1])
@@ -133,6 +156,8 @@ class Trajectory:
                   ("lr", "quantile_levels", "phase") and getattr(self, f.name).ndim >= 1
                   and getattr(self, f.name).shape[0] == len(self.phase)}
         meta = dict(self.metadata, phase_kept=names[idx] if names else int(idx))
+        if self.quantiles:
+            arrays["quantiles"] = {k: v[:, keep] for k, v in self.quantiles.items()}
         return dataclasses.replace(self, **arrays, phase=None, metadata=meta)
 
     def final(self, metric: str) -> np.ndarray:
@@ -159,6 +184,10 @@ class Trajectory:
         elif isinstance(self, GossipTrajectory):
             lines.append(f"random gossip: means over {self.samples} sampled mixing sequences; "
                          "'.expected' is the exact mean-state (E[W]) trajectory")
+        if isinstance(self, RandomNetworkTrajectory):
+            lines.append(f"one random network: means over {self.samples} sampled "
+                         "initialisations (f0 drawn from the NNGP), bands over them; "
+                         "'.mean_network' is the f0 = 0 trajectory")
         if self.diverged:
             lines.append(f"diverged at step {self.diverged_at}")
         if "divergence" in self.metadata:
@@ -168,9 +197,23 @@ class Trajectory:
         central = ("" if self.central_train_loss is None
                    else f", centralised {self.central_train_loss[-1]:.6g}")
         lines.append(f"train loss (mean over agents) {self.train_loss[-1].mean():.6g}{central}")
-        if self.test_loss is not None:
+        if self.test_loss is not None and self.quantiles and "test_loss" in self.quantiles:
+            lo, hi = (b[-1].mean() for b in self.band("test_loss"))
+            alo, ahi = (b[-1].mean() for b in self.band("test_acc"))
+            lines.append(f"test loss {self.test_loss[-1].mean():.6g} expected (5-95 %: "
+                         f"{lo:.4g}-{hi:.4g}), test accuracy {self.test_acc[-1].mean():.4f} "
+                         f"expected (5-95 %: {alo:.4f}-{ahi:.4f})")
+        elif self.test_loss is not None:
             lines.append(f"test loss {self.test_loss[-1].mean():.6g}, test accuracy "
                          f"{self.test_acc[-1].mean():.4f}")
+        exact = getattr(self, "exact_test_loss", None)
+        if exact is not None and len(exact):
+            lines.append(f"exact expected test loss {exact[-1].mean():.6g} (mean + variance "
+                         "term, ntkdyn.initialisation)")
+        mean_net = getattr(self, "mean_network", None)
+        if mean_net is not None and mean_net.test_loss is not None and len(mean_net.steps):
+            lines.append(f"mean network (f0 = 0): test loss {mean_net.test_loss[-1].mean():.6g},"
+                         f" test accuracy {mean_net.test_acc[-1].mean():.4f}")
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
                      f"{self.consensus_dist[-1].mean():.3g}")
         return "\n".join(lines)
@@ -185,6 +228,8 @@ class Trajectory:
             v = getattr(self, f.name)
             if isinstance(v, np.ndarray):
                 arrays[f.name] = v
+        for k, v in (self.quantiles or {}).items():
+            arrays[f"quantiles/{k}"] = v
         meta = {
             "format_version": FORMAT_VERSION,
             "status": self.status,
@@ -231,17 +276,24 @@ def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
     plain = {k: v for k, v in kwargs.items() if "/" not in k}
     common = dict(status=meta["status"], diverged_at=meta["diverged_at"],
                   continuous=meta["continuous"], metadata=meta["metadata"])
-    if meta.get("kind") != "gossip":
-        return Trajectory(**common, **plain)
-    quantiles = {k.split("/", 1)[1]: v for k, v in kwargs.items() if k.startswith("quantiles/")}
-    expected = None
+
+    def prefixed(prefix):
+        return {k.split("/", 1)[1]: v for k, v in kwargs.items() if k.startswith(prefix + "/")}
+
+    quantiles = prefixed("quantiles") or None
+    kind = meta.get("kind")
+    if kind not in ("gossip", "random_network"):
+        return Trajectory(**common, **plain, quantiles=quantiles)
+    inner = None
     if "expected_meta" in meta:
-        expected = _from_payload({k.split("/", 1)[1]: v for k, v in kwargs.items()
-                                  if k.startswith("expected/")}, meta["expected_meta"])
-    per_sample = {k.split("/", 1)[1]: v for k, v in kwargs.items()
-                  if k.startswith("per_sample/")} or None
-    return GossipTrajectory(**common, **plain, samples=meta["samples"], quantiles=quantiles,
-                            expected=expected, per_sample=per_sample)
+        inner = _from_payload(prefixed("expected"), meta["expected_meta"])
+    if kind == "gossip":
+        return GossipTrajectory(**common, **plain, samples=meta["samples"],
+                                quantiles=quantiles, expected=inner,
+                                per_sample=prefixed("per_sample") or None)
+    return RandomNetworkTrajectory(**common, **plain, samples=meta["samples"],
+                                   quantiles=quantiles, mean_network=inner,
+                                   draws=prefixed("draws") or None)
 
 
 @dataclass(frozen=True)
@@ -261,8 +313,6 @@ class GossipTrajectory(Trajectory):
     """
 
     samples: int = 0
-    quantile_levels: np.ndarray | None = None
-    quantiles: dict | None = None
     expected: Trajectory | None = None
     per_sample: dict | None = None
 
@@ -281,31 +331,17 @@ class GossipTrajectory(Trajectory):
             plain.pop(k, None)
         return Trajectory(**plain, **arrays, metadata=dict(self.metadata, sequence=int(s)))
 
-    def band(self, metric: str, low: float = 0.05, high: float = 0.95) -> tuple:
-        """``(low, high)`` quantile curves of ``metric`` (levels among ``quantile_levels``)."""
-        levels = list(np.round(np.asarray(self.quantile_levels), 12))
-        try:
-            i, j = levels.index(round(low, 12)), levels.index(round(high, 12))
-        except ValueError:
-            raise ValueError(f"low/high: expected levels among {levels}") from None
-        q = self.quantiles[metric]
-        return q[i], q[j]
-
     def at_phase(self, phase: str | int) -> GossipTrajectory:
         out = super().at_phase(phase)
         keep = np.flatnonzero(self.phase == self.phases.index(phase)) if isinstance(phase, str) \
             else np.flatnonzero(self.phase == phase)
-        quantiles = {k: v[:, keep] for k, v in (self.quantiles or {}).items()}
         per_sample = {k: v[:, keep] for k, v in (self.per_sample or {}).items()} or None
         expected = None if self.expected is None else self.expected.at_phase(phase)
-        return dataclasses.replace(out, quantiles=quantiles, expected=expected,
-                                   per_sample=per_sample)
+        return dataclasses.replace(out, expected=expected, per_sample=per_sample)
 
     def _payload(self) -> tuple[dict, dict]:
         arrays, meta = super()._payload()
         meta.update(kind="gossip", samples=self.samples)
-        for k, v in (self.quantiles or {}).items():
-            arrays[f"quantiles/{k}"] = v
         for k, v in (self.per_sample or {}).items():
             arrays[f"per_sample/{k}"] = v
         if self.expected is not None:
@@ -319,15 +355,72 @@ class GossipTrajectory(Trajectory):
                 f"samples={self.samples}, status={self.status!r})")
 
 
+@dataclass(frozen=True)
+class RandomNetworkTrajectory(Trajectory):
+    """Prediction for **one random network** (infinite width): a distribution over
+    initialisations.
 
-def quantity_words(mean: bool, given: bool = False, seed: int | None = None) -> str:
+    The initial outputs ``f_0`` on the training and test inputs are drawn from the NNGP
+    (``samples`` networks, :mod:`ntkdyn.dynamics.random_init`); every metric field holds the
+    **mean over the sampled networks** (for losses the mean of the loss: the expected loss
+    of one random network, a Monte-Carlo estimate), ``quantiles`` / :meth:`band` the
+    spread over them, ``draws[metric]`` ``(samples, T, Q)`` the sampled networks'
+    ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``.  ``mean_network`` is the
+    trajectory started from ``f_0 = 0``: the **mean network** over initialisations, whose
+    loss (loss of the mean output) is below the expected loss by the outputs' variance.
+    ``exact_train_loss`` / ``exact_test_loss`` ``(T, Q)``: the exact expected losses
+    (mean + trace of the covariance, :mod:`ntkdyn.initialisation`) where they were
+    affordable (small problems, DGD/ATC/CTA/GD), else ``None``.
+    """
+
+    samples: int = 0
+    mean_network: Trajectory | None = None
+    draws: dict | None = None
+    exact_train_loss: np.ndarray | None = None
+    exact_test_loss: np.ndarray | None = None
+
+    def at_phase(self, phase: str | int) -> RandomNetworkTrajectory:
+        out = super().at_phase(phase)
+        keep = np.flatnonzero(self.phase == (self.phases.index(phase) if isinstance(phase, str)
+                                             else phase))
+        mean = None if self.mean_network is None else self.mean_network.at_phase(phase)
+        draws = {k: v[:, keep] for k, v in (self.draws or {}).items()} or None
+        return dataclasses.replace(out, mean_network=mean, draws=draws)
+
+    def _payload(self) -> tuple[dict, dict]:
+        arrays, meta = super()._payload()
+        meta.update(kind="random_network", samples=self.samples)
+        for k, v in (self.draws or {}).items():
+            arrays[f"draws/{k}"] = v
+        if self.mean_network is not None:
+            ea, em = self.mean_network._payload()
+            arrays.update({f"expected/{k}": v for k, v in ea.items()})
+            meta["expected_meta"] = em
+        return arrays, meta
+
+    def __repr__(self) -> str:
+        return (f"RandomNetworkTrajectory(T={len(self.steps)}, Q={self.num_agents}, "
+                f"samples={self.samples}, status={self.status!r})")
+
+
+
+def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
+                   samples: int | None = None) -> str:
     """What a prediction describes, in words (``metadata["quantity"]``; DESIGN.md section 8).
+
+    ``samples``: one random network over initialisations, from that many sampled ``f_0``
+    (:class:`RandomNetworkTrajectory`; the other arguments but ``seed`` are ignored).
 
     ``mean``: started from ``f_0 = 0``, the *mean network* over random initialisations
     (infinite width): its loss is not the expected loss of one random network, which is
     larger by the outputs' variance (``ntkdyn.initialisation``).  Otherwise the network
     whose ``f_0`` was used: the given ``params``, or the one initialised with ``seed``.
     """
+    if samples:
+        return (f"one random network over initialisations (infinite width): f0 drawn from the "
+                f"NNGP, {samples} sampled networks (seed {seed}); losses are expected losses "
+                "(mean of the loss), bands over the samples; .mean_network is the mean "
+                "network (f0 = 0)")
     if mean:
         return ("mean network over random initialisations (f0 = 0): the loss of the mean "
                 "output, not the expected loss of one random network (larger; "

@@ -71,8 +71,12 @@ def test_estimate_counts_kernel_build_and_device_copy():
     n, m = 10_000, 0
     arch = nd.models.MLP(hidden=(64, 64), out=10)
     kb = 8 * n * n
-    ana = pipeline.prediction_estimate(arch, n, m, 16, 10, 4, kernel="analytic")
+    ana = pipeline.prediction_estimate(arch, n, m, 16, 10, 4, kernel="analytic",
+                                       f0_random=False)  # the mean network (f0 = 0)
     assert ana - memory.RUNTIME_BYTES == 3 * kb + memory.ANALYTIC_BLOCK_BYTES
+    # predict's default with the analytic kernel (one random network) needs more: the
+    # pooled kernels, the NNGP's Cholesky factor, K + 32 columns
+    assert pipeline.prediction_estimate(arch, n, m, 16, 10, 4, kernel="analytic") > ana
     emp = pipeline.prediction_estimate(arch, n, m, 16, 10, 4, kernel="empirical")
     # batch of 1,000 samples here: result + features + forward pass, above the solver's 2 N^2
     assert emp - memory.RUNTIME_BYTES >= 2 * kb

@@ -27,7 +27,7 @@ def test_partition_lines_up_with_the_callers_data(setup):
     assert parts.dataset is data and not parts.is_sorted
     arch = nd.models.MLP(hidden=(128, 128), out=4)
     steps = range(0, 101, 20)
-    ref = nd.predict(arch, parts, w, 0.3, "dgd", steps, record_outputs=True)
+    ref = nd.predict(arch, parts, w, 0.3, "dgd", steps, record_outputs=True, f0="mean")
     own = nd.predict_from_kernels(
         arch.kernel(data.x_train), data.y_train, parts.agent, w, 0.3, steps,
         kernel_test_train=arch.kernel(data.x_test, data.x_train), y_test=data.y_test,

@@ -49,13 +49,39 @@ def test_empirical_prediction_starts_at_the_network_outputs(setup):
     assert traj.metadata["kernel"] == "empirical"
 
 
-def test_analytic_prediction_defaults_to_zero_initial_outputs(setup):
+def test_analytic_prediction_of_the_mean_network_starts_from_zero_outputs(setup):
     _, parts, w, arch = setup
-    traj = nd.predict(arch, parts, w, 0.3, "dgd", [0, 10], record_outputs=True)
+    traj = nd.predict(arch, parts, w, 0.3, "dgd", [0, 10], record_outputs=True, f0="mean")
     assert np.all(traj.train_outputs[0] == 0.0)
     k = parts.dataset.num_classes
     assert traj.train_loss[0, 0] == pytest.approx(0.5 * 1.0)  # ||0 - onehot||^2 / 2
     assert k == 4
+
+
+def test_analytic_prediction_defaults_to_one_random_network(setup):
+    """Default f0 with the analytic kernel: one random network (32 sampled f0 ~ NNGP);
+    its mean network equals f0="mean" (and the old name "zero") to 1e-12; its expected
+    test loss exceeds the mean network's at every step (the variance term); explicit
+    "random" where it is not available names f0; cross-entropy defaults to the mean."""
+    _, parts, w, arch = setup
+    steps = [0, 10, 40]
+    one = nd.predict(arch, parts, w, 0.3, "dgd", steps)
+    assert isinstance(one, nd.RandomNetworkTrajectory) and one.samples == 32
+    for name in ("mean", "zero"):
+        mean = nd.predict(arch, parts, w, 0.3, "dgd", steps, f0=name)
+        assert type(mean) is nd.Trajectory
+        assert rel_err(one.mean_network.test_loss, mean.test_loss) < 1e-12
+    assert np.all(one.test_loss > one.mean_network.test_loss)
+    lo, hi = one.band("test_loss")
+    assert np.all(lo <= one.quantiles["test_loss"][2]) and np.all(hi > lo)
+    five = nd.predict(arch, parts, w, 0.3, "dgd", steps, samples=5, seed=2)
+    assert five.samples == 5 and five.metadata["init_seed"] == 2
+    with pytest.raises(ValueError, match="f0"):
+        nd.predict(arch, parts, w, 0.3, "dgd", steps, kernel="empirical", f0="random")
+    with pytest.raises(ValueError, match="f0"):
+        nd.predict(arch, parts, w, 0.3, "dgd", steps, f0="ones")
+    ce = nd.predict(arch, parts, w, 0.3, "dgd", steps, loss="cross_entropy")
+    assert ce.metadata["f0"] == "mean" and ce.metadata["quantity"].startswith("mean network")
 
 
 def test_sweep_equals_individual_predictions(setup):
@@ -84,8 +110,9 @@ def test_unstable_rate_is_reported_with_the_margin(setup):
 
 def test_continuous_prediction_through_high_level_api(setup):
     _, parts, w, arch = setup
-    traj = nd.predict(arch, parts, w, 0.3, "dgd", np.array([0.0, 5.0, 10.0]), continuous=True)
-    disc = nd.predict(arch, parts, w, 0.3, "dgd", [0, 5, 10])
+    traj = nd.predict(arch, parts, w, 0.3, "dgd", np.array([0.0, 5.0, 10.0]), continuous=True,
+                      f0="mean")
+    disc = nd.predict(arch, parts, w, 0.3, "dgd", [0, 5, 10], f0="mean")
     assert traj.continuous
     # flow and iteration are close but not equal (first-order difference)
     assert 0 < np.max(np.abs(traj.train_loss - disc.train_loss)) < 0.05
@@ -104,9 +131,14 @@ def test_every_prediction_says_which_network_it_describes(setup):
     network whose f0 was used (DESIGN.md section 8)."""
     _, parts, w, arch = setup
     steps = range(0, 11, 5)
-    mean = nd.predict(arch, parts, w, lr=0.1, steps=steps)
+    mean = nd.predict(arch, parts, w, lr=0.1, steps=steps, f0="mean")
     assert mean.metadata["quantity"].startswith("mean network over random initialisations")
     assert "describes: mean network" in mean.summary()
+    assert mean.metadata["f0"] == "mean"
+    one = nd.predict(arch, parts, w, lr=0.1, steps=steps)  # the default: one random network
+    assert one.metadata["quantity"].startswith("one random network over initialisations")
+    assert "describes: one random network" in one.summary() and one.metadata["f0"] == "random"
+    assert one.mean_network.metadata["quantity"].startswith("mean network")
     own = nd.predict(arch, parts, w, lr=0.1, steps=steps, kernel="empirical", seed=3)
     assert own.metadata["quantity"].startswith("one network, initialised with seed 3")
     params = nd.init_params(arch, parts.dataset.dim, 5)

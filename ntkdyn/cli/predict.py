@@ -32,12 +32,12 @@ def run(args) -> int:
     check_output(args.out)
     exp = from_config(cfg)
     t = cfg.training
+    init = {"samples": exp.samples, **_initialisation(cfg, exp)}
     traj = pipeline.predict(exp.arch, exp.parts, exp.mixing, t.lr, exp.algorithm,
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
                             continuous=t.continuous, progress=not args.quiet,
-                            samples=exp.samples, **exp.low_rank, **exp.loss,
-                            **exp.minibatch)
+                            **init, **exp.low_rank, **exp.loss, **exp.minibatch)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:
         traj.save(tmp / "trajectory.npz")
@@ -56,13 +56,21 @@ def run(args) -> int:
             "gossip_samples": getattr(traj, "samples", None) if cfg.topology.gossip
             and not t.batch_size else None,
             "minibatch": _minibatch_summary(traj),
+            "initialisation_samples": getattr(traj, "samples", None)
+            if getattr(traj, "mean_network", None) is not None else None,
+            "final_test_loss_band_5_95": _last_band(traj, "test_loss"),
+            "final_test_acc_band_5_95": _last_band(traj, "test_acc"),
+            "final_test_loss_mean_network": _last_mean(traj.mean_network.test_loss)
+            if getattr(traj, "mean_network", None) is not None else None,
             "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
             if getattr(traj, "expected", None) is not None else None,
             "low_rank": _low_rank_summary(traj),
             "config": applicable(cfg, "predict"),
         }
         for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
-                    "low_rank", "minibatch"):
+                    "low_rank", "minibatch", "initialisation_samples",
+                    "final_test_loss_band_5_95", "final_test_acc_band_5_95",
+                    "final_test_loss_mean_network"):
             if summary[key] is None:  # list only what applies to this run
                 del summary[key]
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -80,6 +88,21 @@ def run(args) -> int:
     print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
           "trajectory.png")
     return 0
+
+
+def _initialisation(cfg, exp) -> dict:
+    """``f0`` (and ``samples``, sampled networks, when f0 resolves to ``"random"``) for
+    :func:`ntkdyn.predict` from ``[prediction] f0 / samples``."""
+    from ntkdyn.prediction import resolve_f0
+
+    f0 = cfg.prediction.f0 or None
+    out = {} if f0 is None else {"f0": f0}
+    resolved = resolve_f0(f0, cfg.prediction.kernel, loss=exp.loss["loss"],
+                           mixing=exp.mixing, low_rank=bool(exp.low_rank),
+                          batch_size=cfg.training.batch_size)
+    if resolved == "random":
+        out["samples"] = cfg.prediction.samples
+    return out
 
 
 def _where(cfg) -> str:
@@ -117,10 +140,21 @@ def _last_mean(arr):
     return None if arr is None or len(arr) == 0 else float(arr[-1].mean())
 
 
+def _last_band(traj, metric: str):
+    """``[low, high]``: the 5-95 % band of ``metric`` at the last record (mean over agents),
+    ``None`` without a band."""
+    if not traj.quantiles or metric not in traj.quantiles or not len(traj.steps):
+        return None
+    return [float(b[-1].mean()) for b in traj.band(metric, 0.05, 0.95)]
+
+
 def _short_quantity(words: str) -> str:
     """The plot title's line saying which network the curves describe."""
     if words.startswith("mean network"):
         return "mean network over random initialisations (f0 = 0), not one random network"
+    if words.startswith("one random network"):
+        return ("one random network: expected over initialisations, 5-95 % band over "
+                "sampled f0; dash-dot: mean network")
     return words.split(":")[0]
 
 

@@ -102,6 +102,8 @@ class PredictionConfig:
     target_loss: float = 0.05  # test loss target for `check` (steps-to-target)
     rank: int | str | None = None  # absent: exact path; "auto" or an integer: low-rank path
     tol: float = 1e-3  # rank = "auto": a-priori error estimate to meet (theory/low_rank.md)
+    f0: str = ""  # "" (default by kernel) | random | mean | network: which network
+    samples: int = 32  # f0 = "random": sampled initialisations (networks)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ CHOICES = {
     "training.algorithm": ALGORITHM_NAMES,
     "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
+    "prediction.f0": ("", "random", "mean", "network"),
     "validation.dtype": ("float32", "float64"),
     "training.loss": ("mse", "cross_entropy"),
     "training.batch_sampling": ("epoch", "independent"),
@@ -150,7 +153,8 @@ POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
             "data.dim", "training.local_steps", "training.consensus_steps",
             "topology.gossip_samples", "topology.gossip_p", "prediction.tol",
-            "training.logit_scale", "training.samples")
+            "prediction.samples", "training.logit_scale",
+            "training.samples")
 NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed",
                 "training.batch_size")
 
@@ -395,6 +399,10 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
         topo.pop(key, None)
     if cfg.prediction.rank is None:
         out["prediction"].pop("rank")
+    if not cfg.prediction.f0:
+        out["prediction"].pop("f0")
+    if command not in ("predict", "check"):
+        out["prediction"].pop("samples")
     if command != "check":
         out["prediction"].pop("target_loss")
     if not cfg.training.batch_size:

@@ -102,8 +102,16 @@ def run_problem(
     batch_size: int = 0,
     seed: int = 0,
     batch_sampling: str = "epoch",
+    init=None,
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
+
+    ``init`` (:class:`ntkdyn.dynamics.random_init.InitDraws`): sampled initial outputs; each
+    trajectory is then a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` over that
+    many random networks (their responses share every kernel pass with the mean network,
+    ``.mean_network``), with the exact expected losses where affordable.  Squared loss,
+    traced kernel, static or periodic mixing, one device; ``record_outputs`` records the
+    mean network's outputs (``.mean_network.train_outputs``), not the sampled networks'.
 
     ``check_stability``: ``None`` (default) computes the exact stability report
     (:func:`ntkdyn.dynamics.stability.stability`) only for rates above the cheap sufficient bound;
@@ -168,16 +176,26 @@ def run_problem(
     if batch_size and devices is not None:
         raise ValueError("devices: mini-batch SGD runs on one device for now")
     groups, with_expected = solver.mixing_groups(problem, samples, batch_size)
+    run = problem
+    if init is not None:
+        if with_expected or mesh is not None:
+            raise ValueError("f0: sampled random networks (f0='random') run with a static or "
+                             "periodic mixing, full batch, on one device; use f0='mean' (or "
+                             "'network') for this prediction")
+        from ntkdyn.dynamics import random_init
+
+        run = random_init.augment(problem, init)
     if mesh is None:
-        _check_memory(problem, len(rate_rows) * groups, len(steps) * algo.records_per_step,
+        _check_memory(run, len(rate_rows) * groups, len(steps) * algo.records_per_step,
                       record_outputs, eigen_reference=reference
                       and solver.use_eigen_reference(problem))
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
-    raw = solver.evolve(problem, algo, rate_rows, steps, continuous=continuous,
+    raw = solver.evolve(run, algo, rate_rows, steps, continuous=continuous,
                         record_outputs=record_outputs, progress=progress, central=reference,
                         kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
-                        batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling)
+                        batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
+                        networks=0 if init is None else init.samples)
     base_meta = {
         "algorithm": algo.name,
         "num_agents": q_count,
@@ -214,11 +232,24 @@ def run_problem(
     rec_steps, phase = _record_layout(steps, algo.records_per_step)
     trajs = []
     sampled = groups - int(with_expected)
+    if init is not None:
+        p = init.samples
+        raw_nets = {key.split("/", 1)[1]: v for key, v in raw.items()
+                    if key.startswith("networks/")}
+        raw_nets["diverged"] = np.repeat(raw["diverged"], p, axis=1)
+        raw_nets["diverged_at"] = np.repeat(raw["diverged_at"], p)
+        raw = {key: v for key, v in raw.items() if not key.startswith("networks/")}
     for r in range(n_rates):
         def one(g, r=r):
             return _trajectory(raw, g * n_rates + r, problem, rec_steps, rate_rows[r],
                                continuous, base_meta, phase)
-        if groups == 1 and not batch_size:
+        if init is not None:
+            nets = [_trajectory(raw_nets, r * p + s, problem, rec_steps, rate_rows[r],
+                                continuous, base_meta, phase) for s in range(p)]
+            exact = random_init.exact_expected_losses(problem, algo, rate_rows[r], rec_steps,
+                                                      continuous, init.nngp)
+            trajs.append(random_init.assemble(one(0), nets, init, exact))
+        elif groups == 1 and not batch_size:
             trajs.append(one(0))
         else:
             trajs.append(_aggregate([one(g) for g in range(sampled)],

@@ -350,20 +350,42 @@ def _pad_rows(g, rows_state):
     return g if extra == 0 else jnp.pad(g, ((0, 0), (0, extra), (0, 0)))
 
 
+def _products(x, data, *, traced, has_test):
+    """``x`` without sharding padding, ``Theta x`` in row layout ``(rows, A, C)`` and the
+    test products ``Theta* x`` (``(M rps, A, C)``, or ``None``)."""
+    n, k = data["y"].shape
+    a, rows_state, c = x.shape
+    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
+    rows = n * (1 if traced else k)
+    u = kernel_times(data["blocks"], flat).reshape(rows, a, c)
+    prod_t = None
+    if has_test:
+        kt = data["kernel_test"]
+        prod_t = jnp.matmul(kt, flat.astype(kt.dtype), precision=EXACT).astype(flat.dtype)
+        prod_t = prod_t.reshape(-1, a, c)
+    return x[:, :rows], u, prod_t
+
+
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True,
             loss="mse"):
-    f0, y, labels, shard_w = data["f0"], data["y"], data["labels"], data["shard_weights"]
+    x, u, prod_t = _products(x, data, traced=traced, has_test=has_test)
+    return _metrics(x, u, prod_t, data, data["f0"], data["y"], data.get("f0_test"),
+                    data.get("y_test"), q_count=q_count, n_rates=n_rates, traced=traced,
+                    record_outputs=record_outputs, central=central, loss=loss)
+
+
+def _metrics(x, u, prod_t, data, f0, y, f0t, yt, *, q_count, n_rates, traced, record_outputs,
+             central=True, loss="mse"):
+    """Recorded quantities from the state ``x`` ``(A, rows, C)``, ``u = Theta x`` and the
+    test products (row layout ``(rows, A, C)``); ``f0``, ``f0t`` are ``(N, K)`` or, one per
+    column group, ``(n_rates, N, K)``."""
+    labels, shard_w = data["labels"], data["shard_weights"]
     scale = data.get("logit_scale", 1.0)
 
     def loss_acc(out, y, labels):
         return _loss_acc(out, y, labels, loss, scale)
 
-    a, rows_state, c = x.shape
     n, k = y.shape
-    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
-    rows = n * (1 if traced else k)
-    x = x[:, :rows]  # drop the padding of a sharded contraction axis
-    u = kernel_times(data["blocks"], flat).reshape(rows, a, c)
     xs = _to_samples(x.transpose(1, 0, 2), n, k, n_rates, traced)
     us = _to_samples(u, n, k, n_rates, traced)
     out = f0 + us
@@ -391,10 +413,9 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
         rec["central_dist"] = quad(xa - xs[q_count], ua - us[q_count])
     if record_outputs:
         rec["train_outputs"] = out
-    if has_test:
-        kt, f0t, yt, lt = data["kernel_test"], data["f0_test"], data["y_test"], data["labels_test"]
-        prod_t = jnp.matmul(kt, flat.astype(kt.dtype), precision=EXACT).astype(flat.dtype)
-        ut = _to_samples(prod_t.reshape(-1, a, c), yt.shape[0], k, n_rates, traced)
+    if prod_t is not None:
+        lt = data["labels_test"]
+        ut = _to_samples(prod_t, yt.shape[0], k, n_rates, traced)
         out_t = f0t + ut
         sqt, acct = loss_acc(out_t, yt, lt)
         sqt_m, acct_m = loss_acc(out_t[:q_count].mean(axis=0, keepdims=True), yt, lt)
@@ -402,6 +423,131 @@ def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, cent
                    mean_model_test_loss=sqt_m.mean(axis=-1)[0], mean_model_test_acc=acct_m[0])
         if record_outputs:
             rec["test_outputs"] = out_t
+    return rec
+
+
+def network_columns(k: int, networks: int) -> np.ndarray:
+    """``(P, K)`` response column of output ``k`` of sampled network ``s``: ``(s + k) mod P``.
+
+    Every network uses ``K`` distinct columns (``P >= K``), so each is exactly one draw of
+    a random network; networks less than ``K`` apart share columns
+    (:mod:`ntkdyn.dynamics.random_init`)."""
+    return (np.arange(networks)[:, None] + np.arange(k)[None, :]) % networks
+
+
+def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
+                     record_outputs=False):
+    """Records of the mean network and of ``P = networks`` sampled random networks.
+
+    Each rate's ``K + P`` columns hold the mean network (``K`` columns, residual ``-Y``)
+    and ``P`` responses to sampled initial outputs (residual ``f_0 = g_j``, target 0).
+    Network ``s``'s output ``k`` is the mean's column ``k`` plus response column
+    ``j = (s + k) mod P`` (:func:`network_columns`): the dynamics are affine in ``f_0``,
+    so its state, ``Theta x`` and outputs are these sums (traced kernels only).  Every
+    recorded quadratic form of a network (losses, distances) is then
+    ``sum_k (a_k + b_j)^T W (c_k + d_j)``: a ``K x P`` table of inner products gathered
+    along the cyclic index, never the ``P K`` columns of all networks; only the accuracy
+    (an argmax over each network's ``K`` outputs) reads ``(rows, P, K)``.  Returns the mean
+    network's records (``n_rates`` groups; with ``record_outputs`` its outputs) and, under
+    ``"networks/..."``, the networks' (``n_rates P`` groups, index ``r P + s``), as
+    :func:`_metrics` would give for the expanded columns.
+    """
+    y_aug = data["y"]
+    k = y_aug.shape[1] - networks
+    x, u, prod_t = _products(x, data, traced=True, has_test=has_test)
+    idx = jnp.asarray(network_columns(k, networks))
+    kk = jnp.arange(k)[None, :]
+    a = x.shape[0]
+
+    def split(v):  # (A, rows, n (K + P)) -> (A, rows, n, K), (A, rows, n, P)
+        v = v.reshape(v.shape[:2] + (n_rates, k + networks))
+        return v[..., :k], v[..., k:]
+
+    def gathered(t1, t3, t0):
+        """``t0 + sum_k t1[.., k, (s+k)] + sum_k t3[.., (s+k)]`` -> (..., P)."""
+        return t0[..., None] + t1[..., kk, idx].sum(-1) + t3[..., idx].sum(-1)
+
+    def bilinear(xm, xr, um, ur, w):
+        """``sum_rows w_rg sum_k (xm_k + xr_j)(um_k + ur_j)`` -> (A, G, n, P)."""
+        t0 = jnp.einsum("arnk,arnk,rg->agn", xm, um, w, precision=EXACT)
+        t1 = (jnp.einsum("arnk,arnj,rg->agnkj", xm, ur, w, precision=EXACT)
+              + jnp.einsum("arnj,arnk,rg->agnkj", xr, um, w, precision=EXACT))
+        t3 = jnp.einsum("arnj,arnj,rg->agnj", xr, ur, w, precision=EXACT)
+        return gathered(t1, t3, t0)
+
+    def accuracy(dm, er, labels):  # outputs (.., rows, n, P, K): argmax vs labels
+        out = dm[..., None, :] + er[..., idx]
+        hit = jnp.argmax(out, axis=-1) == labels[None, :, None, None]
+        return jnp.mean(hit.astype(x.dtype), axis=1)  # (A, n, P)
+
+    def flat(v):  # (..., n, P) -> (..., n P)
+        return v.reshape(v.shape[:-2] + (n_rates * networks,))
+
+    xm, xr = split(x)
+    um, ur = split(jnp.transpose(u, (1, 0, 2)))
+    ones = jnp.ones((x.shape[1], 1), x.dtype)
+    nets = {"param_dist": flat(jnp.sqrt(jnp.maximum(bilinear(xm, xr, um, ur, ones)[:, 0],
+                                                    0.0)))}
+
+    def centred(v, w):
+        return v[:q_count] - w
+
+    def dist(ref_m, ref_r):  # ||theta_q - ref|| for the first Q slots
+        dxm, dxr = centred(xm, ref_m[0]), centred(xr, ref_r[0])
+        dum, dur = centred(um, ref_m[1]), centred(ur, ref_r[1])
+        return flat(jnp.sqrt(jnp.maximum(bilinear(dxm, dxr, dum, dur, ones)[:, 0], 0.0)))
+
+    agents_mean = lambda v: v[:q_count].mean(axis=0)  # noqa: E731
+    nets["consensus_dist"] = dist((agents_mean(xm), agents_mean(um)),
+                                  (agents_mean(xr), agents_mean(ur)))
+    if central:
+        nets["central_dist"] = dist((xm[q_count], um[q_count]), (xr[q_count], ur[q_count]))
+
+    def outputs_of(f0, y, ym, yr):  # residual of the mean part d = f0 + u - y; responses e
+        f0 = jnp.tile(f0, (1, n_rates)).reshape(f0.shape[0], n_rates, k + networks)
+        dm = f0[None, ..., :k] + ym - y[None, :, None, :]
+        er = f0[None, ..., k:] + yr
+        return dm, er
+
+    def losses(dm, er, w):
+        return 0.5 * bilinear(dm, er, dm, er, w)
+
+    y = y_aug[:, :k]
+    dm, er = outputs_of(data["f0"], y, um, ur)
+    n_train = y.shape[0]
+    local = losses(dm, er, data["shard_weights"])  # (A, Q, n, P)
+    nets["train_loss"] = flat(losses(dm, er, ones / n_train)[:, 0])
+    nets["objective"] = flat(local.mean(axis=1))
+    nets["local_loss"] = flat(jnp.stack([local[q, q] for q in range(q_count)]))
+    nets["train_acc"] = flat(accuracy(dm + y[None, :, None, :], er, data["labels"]))
+    mm_d, mm_e = dm[:q_count].mean(axis=0)[None], er[:q_count].mean(axis=0)[None]
+    nets["mean_model_train_loss"] = flat(losses(mm_d, mm_e, ones / n_train)[0, 0])
+    nets["mean_model_train_acc"] = flat(accuracy(mm_d + y[None, :, None, :], mm_e,
+                                                 data["labels"])[0])
+    f0t_m = yt = None
+    t_m = None
+    if has_test:
+        yt = data["y_test"][:, :k]
+        tm, tr = split(jnp.transpose(prod_t, (1, 0, 2)))
+        dmt, ert = outputs_of(data["f0_test"], yt, tm, tr)
+        ones_t = jnp.ones((yt.shape[0], 1), x.dtype) / yt.shape[0]
+        nets["test_loss"] = flat(losses(dmt, ert, ones_t)[:, 0])
+        nets["test_acc"] = flat(accuracy(dmt + yt[None, :, None, :], ert,
+                                         data["labels_test"]))
+        mt_d, mt_e = dmt[:q_count].mean(axis=0)[None], ert[:q_count].mean(axis=0)[None]
+        nets["mean_model_test_loss"] = flat(losses(mt_d, mt_e, ones_t)[0, 0])
+        nets["mean_model_test_acc"] = flat(accuracy(mt_d + yt[None, :, None, :], mt_e,
+                                                    data["labels_test"])[0])
+        t_m = tm.reshape(a, -1, n_rates * k).transpose(1, 0, 2)
+        f0t_m = jnp.tile(data["f0_test"], (1, n_rates)).reshape(-1, n_rates, k + networks)
+        f0t_m = f0t_m[..., :k].transpose(1, 0, 2)
+    # the mean network: the K first columns of each rate, through the plain metrics
+    f0_m = jnp.tile(data["f0"], (1, n_rates)).reshape(-1, n_rates, k + networks)
+    rec = _metrics(xm.reshape(a, -1, n_rates * k), um.reshape(a, -1, n_rates * k)
+                   .transpose(1, 0, 2), t_m, data, f0_m[..., :k].transpose(1, 0, 2), y,
+                   f0t_m, yt, q_count=q_count, n_rates=n_rates, traced=True,
+                   record_outputs=record_outputs, central=central)
+    rec.update({f"networks/{key}": v for key, v in nets.items()})
     return rec
 
 
@@ -463,9 +609,9 @@ def _batch_at(data, t, *, batcher, grads_per_step, rows_per_sample, columns):
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
                                    "has_test", "record_outputs", "central", "sampler", "loss",
-                                   "batcher"))
+                                   "batcher", "networks"))
 def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, has_test,
-                record_outputs, central, sampler=None, loss="mse", batcher=None):
+                record_outputs, central, sampler=None, loss="mse", batcher=None, networks=0):
     """The algorithm's initial (augmented) state from the parameters ``x0`` (``alpha = 0``;
     mini-batch draws of step 0)."""
     rps = 1 if traced else data["y"].shape[1]
@@ -507,9 +653,10 @@ def _reference_to_alpha(x, data, q_count):
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
                                    "has_test", "record_outputs", "central", "sampler", "loss",
-                                   "batcher"))
+                                   "batcher", "networks"))
 def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, continuous,
-               has_test, record_outputs, central, sampler=None, loss="mse", batcher=None):
+               has_test, record_outputs, central, sampler=None, loss="mse", batcher=None,
+               networks=0):
     """Advance through a chunk of records; returns the new carry and the records.
 
     The kernel-space instance of :func:`ntkdyn.engine.scan_records` (the loop real
@@ -603,9 +750,14 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
         x = params(x)
         if central:
             x = _reference_to_alpha(x, data, q_count)
-        rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
-                      has_test=has_test, record_outputs=record_outputs, central=central,
-                      loss=loss)
+        if networks:
+            rec = _record_networks(x, data, q_count=q_count, n_rates=n_rates,
+                                   has_test=has_test, central=central, networks=networks,
+                                   record_outputs=record_outputs)
+        else:
+            rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
+                          has_test=has_test, record_outputs=record_outputs, central=central,
+                          loss=loss)
         rec["diverged"] = st[2]
         return st, rec
 
@@ -775,6 +927,7 @@ def evolve(
     batch_size: int = 0,
     seed: int = 0,
     batch_sampling: str = "epoch",
+    networks: int = 0,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -809,6 +962,14 @@ def evolve(
         ``batch_sampling`` says: ``"epoch"`` or ``"independent"``), ``samples`` sequences as
         column groups plus the full-batch expected group (:func:`mixing_groups`); the
         centralised reference is then carried (it uses the union of the agents' batches).
+    networks : int
+        ``P > 0``: the problem's last ``P`` output columns are responses to sampled initial
+        outputs (target 0) and its first ``K`` the mean network; the records are the mean
+        network's and, under ``"networks/<metric>"`` with ``n_rates P`` columns, those of
+        ``P`` sampled random networks (:func:`_record_networks`,
+        :mod:`ntkdyn.dynamics.random_init`).
+        Squared loss, traced kernel, static or periodic mixing; ``record_outputs`` records
+        the mean network's outputs only.
 
     Returns
     -------
@@ -857,6 +1018,10 @@ def evolve(
             raise ValueError("reference: 'eigen' is for loss='mse' only (the cross-entropy "
                              "reference is not affine); use 'carried' or 'auto'")
         reference = "carried"
+    if networks and (problem.loss != "mse" or not problem.traced
+                     or (problem.process is not None and problem.process.random)):
+        raise ValueError("networks: sampled random networks need the squared loss, a traced "
+                         "kernel and a static or periodic mixing")
     if reference == "auto":
         reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
     data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
@@ -885,7 +1050,7 @@ def evolve(
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
                   record_outputs=record_outputs, central=central, sampler=sampler,
-                  loss=problem.loss, batcher=batcher)
+                  loss=problem.loss, batcher=batcher, networks=int(networks))
     state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
     chunk = max(1, min(chunk, len(steps)))
