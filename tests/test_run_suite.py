@@ -35,6 +35,7 @@ def test_run_suite_tiny(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "| width 16 | width 32 |" in text
+    assert "at the horizon (step 4)" in text  # was hard-coded "step 200"
     rows = json.loads(out.read_text())["rows"]
     assert [r["name"] for r in rows] == ["tiny_dgd"]
     assert set(rows[0]["headline"]) == {"16", "32"}

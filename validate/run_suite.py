@@ -56,14 +56,17 @@ def _algorithm_label(cfg) -> str:
     return t.algorithm
 
 
-def table(rows: list[dict], widths: list[int], figure: str = "headline") -> str:
+def table(rows: list[dict], widths: list[int], figure: str = "headline",
+          horizon: int | None = None) -> str:
     """Markdown: one row per (topology, algorithm), columns width x (analytic / empirical).
 
     ``figure``: ``"headline"`` (pointwise relative error, max over the records),
-    ``"at_horizon"`` (the same at the last record) or ``"max_gap_over_max_obs"``.
+    ``"at_horizon"`` (the same at the last record) or ``"max_gap_over_max_obs"``;
+    ``horizon``: the last recorded step, named in the title when the rows share it.
     """
     words = {"headline": "Pointwise relative error (max over t of |pred - obs| / |obs|)",
-             "at_horizon": "Relative error at the horizon (step 200)",
+             "at_horizon": "Relative error at the horizon ("
+                           + (f"step {horizon})" if horizon is not None else "last record)"),
              "max_gap_over_max_obs": "Lenient max |pred - obs| / max |obs|"}[figure]
     out = []
     for metric, label in (("test_loss", "test loss"), ("param_dist", "||theta - theta_0||")):
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
                                           for r in res.runs},
                      "slopes": res.sweep.get("slopes", {}),
                      "left_out": res.sweep.get("left_out", {}), "wall_s": wall,
+                     "horizon": int(res.runs[0].observed.steps[-1]),
                      "steps_per_s": {str(r.width): r.timings.get("train_nonlinear_steps_per_s")
                                      for r in res.runs}})
         print(f"{f.stem}: {wall:.0f} s", file=sys.stderr, flush=True)
@@ -135,8 +139,10 @@ def main(argv=None) -> int:
     order = {"ring": 0, "torus": 1, "complete": 2}
     rows.sort(key=lambda r: (order.get(r["topology"], 9), r["topology"].startswith("ring,"),
                              r["topology"], r["algorithm"]))
+    horizons = {r["horizon"] for r in rows}
+    horizon = horizons.pop() if len(horizons) == 1 else None
     for figure in ("headline", "at_horizon", "max_gap_over_max_obs"):
-        print(table(rows, widths, figure))
+        print(table(rows, widths, figure, horizon))
     for r in rows:
         for key, why in r["left_out"].items():
             for w, reason in why.items():
