@@ -15,8 +15,8 @@ from conftest import rel_err
 from ntkdyn import algorithms, graphs
 from ntkdyn.dynamics import random_init
 from ntkdyn.dynamics.problem import make_problem
-from ntkdyn.dynamics.run import predict_from_kernels
 from ntkdyn.kernels.analytic import analytic_kernels
+from ntkdyn.prediction import predict_from_kernels
 from ntkdyn.trajectory import RandomNetworkTrajectory, Trajectory
 
 GOLDEN = Path(__file__).parent / "data" / "nt_golden_dynamics.npz"
