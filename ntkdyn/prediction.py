@@ -681,10 +681,31 @@ def _init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int):
     return random_init.draw(nngp, problem.num_train, count, seed), None
 
 
+def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous, loss,
+                         kernel_dtype, devices) -> str | None:
+    """Why the low-rank or primal path (``label``) cannot run this call, or ``None``: both take
+    a static mixing matrix, discrete steps, the squared loss, float64 and one device."""
+    from ntkdyn.graphs.sequences import is_process
+
+    if is_process(mixing):
+        return (f"{label} takes a static (Q, Q) mixing matrix; time-varying and random "
+                f"mixing sequences run on {other}")
+    if samples is not None:
+        return f"samples is for random mixing sequences, which run on {other}"
+    if continuous:
+        return f"{label} runs discrete steps; the gradient flow runs on {other}"
+    if loss != "mse":
+        return f"{label} is for loss='mse', got loss={loss!r}"
+    if kernel_dtype != "float64":
+        return f"{label} runs in float64, got kernel_dtype={kernel_dtype!r}"
+    if devices is not None:
+        return f"{label} runs on one device; devices= (sharding) is for {other}"
+    return None
+
+
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
                         devices, samples, loss) -> None:
     """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take."""
-    from ntkdyn.graphs.sequences import is_process
 
     if rank is None:
         raise ValueError(f"tol / max_rank: only used with the low-rank path (rank='auto' or an "
@@ -700,19 +721,10 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     elif not isinstance(arch, MLP):
         why = ("the low-rank path needs the analytic kernel of an ntkdyn.models.MLP for now, "
                f"got {type(arch).__name__}")
-    elif is_process(mixing):
-        why = ("the low-rank path takes a static (Q, Q) mixing matrix; time-varying and random "
-               "mixing sequences run on the exact path (rank=None)")
-    elif samples is not None:
-        why = "samples is for random mixing sequences, which run on the exact path (rank=None)"
-    elif continuous:
-        why = "the low-rank path runs discrete steps; the gradient flow runs on the exact path"
-    elif loss != "mse":
-        why = f"the low-rank path is for loss='mse', got loss={loss!r}"
-    elif kernel_dtype != "float64":
-        why = f"the low-rank path runs in float64, got kernel_dtype={kernel_dtype!r}"
-    elif devices is not None:
-        why = "the low-rank path runs on one device; devices= is for the sharded exact path"
+    else:
+        why = _feature_path_limits("the low-rank path", "the exact path (rank=None)",
+                                   mixing=mixing, samples=samples, continuous=continuous,
+                                   loss=loss, kernel_dtype=kernel_dtype, devices=devices)
     if why is not None:
         raise ValueError(f"rank: {why}")
     if not isinstance(parts, Partition):
@@ -732,7 +744,6 @@ PATHS = ("kernel", "primal")
 def _check_primal_call(arch, parts, mixing, *, path, kernel, rank, tol, max_rank, continuous,
                        kernel_dtype, devices, samples, loss) -> None:
     """``ValueError`` naming ``path`` for what the primal path does not take."""
-    from ntkdyn.graphs.sequences import is_process
 
     if path not in PATHS:
         raise ValueError(f"path: expected one of {PATHS}, got {path!r}")
@@ -743,19 +754,10 @@ def _check_primal_call(arch, parts, mixing, *, path, kernel, rank, tol, max_rank
     elif rank is not None or tol is not None or max_rank is not None:
         why = ("the primal path is exact; rank / tol / max_rank are for the low-rank kernel "
                "path (path='kernel')")
-    elif is_process(mixing):
-        why = ("the primal path takes a static (Q, Q) mixing matrix; time-varying and random "
-               "mixing sequences run on the kernel path")
-    elif samples is not None:
-        why = "samples is for random mixing sequences, which run on the kernel path"
-    elif continuous:
-        why = "the primal path runs discrete steps; the gradient flow runs on the kernel path"
-    elif loss != "mse":
-        why = f"the primal path is for loss='mse', got loss={loss!r}"
-    elif kernel_dtype != "float64":
-        why = f"the primal path runs in float64, got kernel_dtype={kernel_dtype!r}"
-    elif devices is not None:
-        why = "the primal path runs on one device; devices= is for the sharded kernel path"
+    else:
+        why = _feature_path_limits("the primal path", "the kernel path", mixing=mixing,
+                                   samples=samples, continuous=continuous, loss=loss,
+                                   kernel_dtype=kernel_dtype, devices=devices)
     if why is not None:
         raise ValueError(f"path: {why}")
     if not (isinstance(arch, MLP) or _is_stax_triple(arch)):

@@ -269,7 +269,7 @@ class Trajectory:
 #: is a new field here plus its record in both engines
 METRICS = tuple(f.name for f in fields(Trajectory) if f.name not in (
     "steps", "phase", "status", "diverged_at", "continuous", "lr", "metadata",
-    "train_outputs", "test_outputs"))
+    "train_outputs", "test_outputs", "quantile_levels", "quantiles"))
 
 
 def _from_payload(kwargs: dict, meta: dict) -> Trajectory:

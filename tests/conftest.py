@@ -170,3 +170,11 @@ lr = 0.3
 steps = 40
 record_every = 10
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module: the suite compiles several
+    thousand programs in one process, and keeping them all grows its memory without bound."""
+    yield
+    jax.clear_caches()

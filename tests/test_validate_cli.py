@@ -353,7 +353,7 @@ def test_stability_verdict_paths(monkeypatch):
     lr_star, _ = stability.max_stable_lr(prob, algorithms.EXTRA)
     v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
     assert v["stable"] is False and v["lr_star"] == pytest.approx(lr_star)
-    monkeypatch.setattr(nd.spectrum, "DENSE_MAX", 0)  # force the large-operator paths
+    monkeypatch.setattr(stability, "DENSE_MAX", 0)  # force the large-operator paths
     v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
     assert v["stable"] is False and "ARPACK" in v["method"]
     v = harness.stability_verdict(prob, "dgd", 1.02 * stability.max_stable_lr(prob, "dgd")[0])
