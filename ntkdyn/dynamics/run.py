@@ -153,28 +153,12 @@ def run_problem(
     centralised reference is carried along every kernel pass (no eigenbasis).
     """
     algo = get_algorithm(algorithm)
-    q_count = problem.num_agents
-    rate_rows = learning_rates(lrs, q_count, rows=True)
+    rate_rows = learning_rates(lrs, problem.num_agents, rows=True)
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
-    process = problem.process
-    from ntkdyn.minibatch import check_batch_size, check_samples, check_sampling
-
-    batch_size = check_batch_size(batch_size, problem.counts)
-    batch_sampling = check_sampling(batch_sampling)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
-    if (process is not None and process.random) or batch_size:
-        samples = check_samples(DEFAULT_SAMPLES if samples is None else samples)
-    elif samples is not None:
-        raise ValueError("samples: only for a random mixing sequence (ntkdyn.graphs."
-                         "random_edges / one_random_edge) or mini-batch SGD (batch_size > 0), "
-                         "got a deterministic mixing and full batch")
-    if batch_size and continuous:
-        raise ValueError("continuous: the gradient flow is for full-batch gradients; "
-                         "mini-batch SGD (batch_size > 0) runs discrete steps")
-    if batch_size and devices is not None:
-        raise ValueError("devices: mini-batch SGD runs on one device for now")
+    samples, batch_size, batch_sampling = _check_sampling(
+        problem, samples=samples, batch_size=batch_size, batch_sampling=batch_sampling,
+        seed=seed, continuous=continuous, devices=devices)
     groups, with_expected = solver.mixing_groups(problem, samples, batch_size)
     run = problem
     if init is not None:
@@ -196,9 +180,48 @@ def run_problem(
                         kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
                         batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
                         networks=0 if init is None else init.samples)
-    base_meta = {
+    base_meta = _base_metadata(problem, algo, kernel_dtype, metadata)
+    if batch_size:
+        base_meta["minibatch"] = _minibatch_metadata(batch_size, samples, seed, batch_sampling,
+                                                     with_expected)
+    trajs = _assemble(raw, problem, algo, rate_rows, steps, continuous, base_meta,
+                      groups=groups, with_expected=with_expected, minibatch=bool(batch_size),
+                      init=init)
+    return _with_stability(trajs, problem, algo, rate_rows, continuous, check_stability)
+
+
+def _check_sampling(problem: KernelProblem, *, samples, batch_size, batch_sampling, seed,
+                    continuous, devices):
+    """``(samples, batch_size, batch_sampling)`` checked: ``samples`` (default
+    :data:`DEFAULT_SAMPLES`) only with a random mixing sequence or mini-batch SGD, which
+    runs discrete steps on one device; ``ValueError`` naming the argument otherwise."""
+    from ntkdyn.minibatch import check_batch_size, check_samples, check_sampling
+
+    process = problem.process
+    batch_size = check_batch_size(batch_size, problem.counts)
+    batch_sampling = check_sampling(batch_sampling)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    if (process is not None and process.random) or batch_size:
+        samples = check_samples(DEFAULT_SAMPLES if samples is None else samples)
+    elif samples is not None:
+        raise ValueError("samples: only for a random mixing sequence (ntkdyn.graphs."
+                         "random_edges / one_random_edge) or mini-batch SGD (batch_size > 0), "
+                         "got a deterministic mixing and full batch")
+    if batch_size and continuous:
+        raise ValueError("continuous: the gradient flow is for full-batch gradients; "
+                         "mini-batch SGD (batch_size > 0) runs discrete steps")
+    if batch_size and devices is not None:
+        raise ValueError("devices: mini-batch SGD runs on one device for now")
+    return samples, batch_size, batch_sampling
+
+
+def _base_metadata(problem: KernelProblem, algo: Algorithm, kernel_dtype: str,
+                   metadata: dict | None) -> dict:
+    """What every trajectory of a run says about its problem, schedule and versions."""
+    meta = {
         "algorithm": algo.name,
-        "num_agents": q_count,
+        "num_agents": problem.num_agents,
         "num_train": problem.num_train,
         "num_outputs": problem.num_outputs,
         "kernel_layout": "traced" if problem.traced else "full",
@@ -209,36 +232,50 @@ def run_problem(
         **(metadata or {}),
     }
     if algo.options:
-        base_meta["algorithm_options"] = algo.settings
+        meta["algorithm_options"] = algo.settings
     if algo.records_per_step > 1:
-        base_meta["phases"] = list(algo.phase_names)
-    if batch_size:
-        base_meta["minibatch"] = {
-            "batch_size": batch_size, "samples": samples, "seed": int(seed),
-            "sampling": batch_sampling,
-            "sampling_words": ("without replacement within each epoch, per agent"
-                               if batch_sampling == "epoch" else
-                               "a fresh uniform subset of the shard per draw, per agent"),
-            "expected": None if not with_expected else (
-                "full-batch training: the exact expected state and outputs (squared loss, "
-                "independent draws)" if batch_sampling == "independent" else
-                "full-batch training: the expected state and outputs to first order in the "
-                "rate (squared loss; draws within an epoch are dependent)")}
-    if process is not None:
-        base_meta["mixing_process"] = process.describe()
-        base_meta["mixing_note"] = ("'mixing' is the expected matrix" if process.random else
-                                    "'mixing' is the average over the period")
+        meta["phases"] = list(algo.phase_names)
+    if problem.process is not None:
+        meta["mixing_process"] = problem.process.describe()
+        meta["mixing_note"] = ("'mixing' is the expected matrix" if problem.process.random
+                               else "'mixing' is the average over the period")
+    return meta
+
+
+def _minibatch_metadata(batch_size: int, samples: int, seed: int, batch_sampling: str,
+                        with_expected: bool) -> dict:
+    """``metadata["minibatch"]``: the batches and what ``.expected`` is."""
+    return {
+        "batch_size": batch_size, "samples": samples, "seed": int(seed),
+        "sampling": batch_sampling,
+        "sampling_words": ("without replacement within each epoch, per agent"
+                           if batch_sampling == "epoch" else
+                           "a fresh uniform subset of the shard per draw, per agent"),
+        "expected": None if not with_expected else (
+            "full-batch training: the exact expected state and outputs (squared loss, "
+            "independent draws)" if batch_sampling == "independent" else
+            "full-batch training: the expected state and outputs to first order in the "
+            "rate (squared loss; draws within an epoch are dependent)")}
+
+
+def _assemble(raw: dict, problem: KernelProblem, algo: Algorithm, rate_rows, steps, continuous,
+              base_meta: dict, *, groups: int, with_expected: bool, minibatch: bool,
+              init) -> list[Trajectory]:
+    """Raw solver records -> one trajectory per rate: plain, a distribution over sampled
+    sequences (random mixing, mini-batches) or over sampled initialisations."""
     n_rates = len(rate_rows)
     rec_steps, phase = _record_layout(steps, algo.records_per_step)
-    trajs = []
     sampled = groups - int(with_expected)
     if init is not None:
+        from ntkdyn.dynamics import random_init
+
         p = init.samples
         raw_nets = {key.split("/", 1)[1]: v for key, v in raw.items()
                     if key.startswith("networks/")}
         raw_nets["diverged"] = np.repeat(raw["diverged"], p, axis=1)
         raw_nets["diverged_at"] = np.repeat(raw["diverged_at"], p)
         raw = {key: v for key, v in raw.items() if not key.startswith("networks/")}
+    trajs = []
     for r in range(n_rates):
         def one(g, r=r):
             return _trajectory(raw, g * n_rates + r, problem, rec_steps, rate_rows[r],
@@ -249,15 +286,25 @@ def run_problem(
             exact = random_init.exact_expected_losses(problem, algo, rate_rows[r], rec_steps,
                                                       continuous, init.nngp)
             trajs.append(random_init.assemble(one(0), nets, init, exact))
-        elif groups == 1 and not batch_size:
+        elif groups == 1 and not minibatch:
             trajs.append(one(0))
         else:
             trajs.append(_aggregate([one(g) for g in range(sampled)],
                                     one(groups - 1) if with_expected else None,
-                                    what="mini-batch" if batch_size else "mixing"))
+                                    what="mini-batch" if minibatch else "mixing"))
+    return trajs
+
+
+def _with_stability(trajs: list[Trajectory], problem: KernelProblem, algo: Algorithm,
+                    rate_rows, continuous: bool, check_stability) -> list[Trajectory]:
+    """Each trajectory with its stability verdict in the metadata (and status "unstable"
+    where the linearised operator diverges): the sufficient bound first, the exact report
+    where the bound does not decide; cross-entropy gets its sufficient bound in words."""
     if problem.loss != "mse":
         if problem.logit_scale != 1.0:
-            base_meta["logit_scale"] = problem.logit_scale
+            trajs = [dataclasses.replace(t, metadata=dict(t.metadata,
+                                                          logit_scale=problem.logit_scale))
+                     for t in trajs]
         if check_stability is False:
             return trajs
         note = cross_entropy_bound(problem, algo)
@@ -294,6 +341,8 @@ def run_problem(
             traj = dataclasses.replace(traj, status=status, metadata=meta)
         out.append(traj)
     return out
+
+
 
 
 def cross_entropy_bound(problem: KernelProblem, algorithm) -> str:
