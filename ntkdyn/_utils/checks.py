@@ -88,6 +88,26 @@ def learning_rates(lr, num_agents: int, name: str = "lr", *, rows: bool = False)
     return arr
 
 
+def agent_indices(agent: np.ndarray, num_agents: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(agent as int64, samples per agent)`` for indices into ``num_agents`` agents;
+    ``ValueError`` naming ``agent`` for non-integer or out-of-range indices or an agent
+    without samples."""
+    agent = np.asarray(agent)
+    if not np.issubdtype(agent.dtype, np.integer):
+        if not np.all(np.mod(agent, 1) == 0):
+            raise ValueError("agent: expected integer agent indices")
+    agent = agent.astype(np.int64)
+    if agent.min() < 0 or agent.max() >= num_agents:
+        raise ValueError(f"agent: expected indices in [0, {num_agents}) for a {num_agents}x"
+                         f"{num_agents} mixing matrix, found {int(agent.min())}.."
+                         f"{int(agent.max())}")
+    counts = np.bincount(agent, minlength=num_agents)
+    if np.any(counts == 0):
+        raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard (no "
+                         "training samples)")
+    return agent, counts
+
+
 def _short(value, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ntkdyn._utils.checks import as_float_array, check_shape
+from ntkdyn._utils.checks import agent_indices, as_float_array, check_shape
 from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
 from ntkdyn.losses import check_logit_scale, check_loss, class_targets
 
@@ -259,21 +259,9 @@ def make_problem(
     check_psd(kernel, "kernel_train", 100 * float(np.finfo(given).eps) if low else PSD_RTOL)
     agent = np.asarray(agent)
     check_shape("agent", agent, (n,), "one agent index per training sample")
-    if not np.issubdtype(agent.dtype, np.integer):
-        if not np.all(np.mod(agent, 1) == 0):
-            raise ValueError("agent: expected integer agent indices")
-        agent = agent.astype(np.int64)
     mixing, process = resolve_mixing(mixing)
     q_count = mixing.shape[0]
-    if agent.min() < 0 or agent.max() >= q_count:
-        raise ValueError(
-            f"agent: expected indices in [0, {q_count}) for a {q_count}x{q_count} mixing "
-            f"matrix, found {int(agent.min())}..{int(agent.max())}"
-        )
-    counts = np.bincount(agent, minlength=q_count)
-    if np.any(counts == 0):
-        q = int(np.argmin(counts))
-        raise ValueError(f"agent: agent {q} has an empty shard (no training samples)")
+    agent, counts = agent_indices(agent, q_count)
 
     f0_train = (
         np.zeros_like(y_train) if f0_train is None else as_float_array("f0_train", f0_train, 2)

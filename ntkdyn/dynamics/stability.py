@@ -617,10 +617,18 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> Stabili
 
     algo = get_algorithm(algorithm)
     lrs = learning_rates(lr, problem.num_agents)
+    profile = lrs / np.max(lrs)
+    return operator_report(StepOperator(problem, algo, profile), lrs)
+
+
+def operator_report(op: StepOperator, lrs: np.ndarray) -> StabilityReport:
+    """:func:`stability` on a built operator (its problem, schedule and rate profile) at the
+    per-agent rates ``lrs``: the stable set, the spectral radius at ``max(lrs)`` and the
+    margin to the interval holding it.  Any object with :class:`StepOperator`'s interface
+    serves (the low-rank coordinates' operator of :mod:`ntkdyn.lowrank.stability`)."""
+    problem, algo = op.problem, op.algorithm
     s = float(np.max(lrs))
-    profile = lrs / s
-    op = StepOperator(problem, algo, profile)
-    bound = schedule_sufficient_bound(problem, algo, profile)
+    bound = schedule_sufficient_bound(problem, algo, lrs / s)
     cache: dict = {}
     found = operator_stable_set(op, bound, extra=(s,), cache=cache)
     rho = cache[s] if s in cache else op.spectral_radius(s)

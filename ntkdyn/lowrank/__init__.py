@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from ntkdyn._utils.checks import learning_rates, steps_array
+from ntkdyn._utils.checks import agent_indices, learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.lowrank.evolve import error_estimate, error_scale, evolve_bytes, predict_lowrank
 from ntkdyn.lowrank.factor import (
@@ -151,9 +151,7 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
         raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "
                          "time-varying and random sequences run on the exact path")
     q_count = np.shape(mixing)[0]
-    counts = np.bincount(agent_arr.astype(np.int64), minlength=q_count)
-    if np.any(counts == 0):
-        raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard")
+    _, counts = agent_indices(agent_arr, q_count)
     lr_q = learning_rates(lr, q_count)
     st = steps_array(steps)
     algo = get_algorithm(algorithm)

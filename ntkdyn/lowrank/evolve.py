@@ -34,7 +34,13 @@ import numpy as np
 
 from ntkdyn import graphs
 from ntkdyn._utils import memory
-from ntkdyn._utils.checks import as_float_array, check_shape, learning_rates, steps_array
+from ntkdyn._utils.checks import (
+    agent_indices,
+    as_float_array,
+    check_shape,
+    learning_rates,
+    steps_array,
+)
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
 from ntkdyn.lowrank.factor import LowRankFactor
@@ -403,16 +409,7 @@ def predict_lowrank(
                          "time-varying and random sequences run on the exact path")
     w = graphs.check_mixing(mixing, name="mixing")
     q_count = w.shape[0]
-    if not np.issubdtype(agent.dtype, np.integer):
-        if not np.all(np.mod(agent, 1) == 0):
-            raise ValueError("agent: expected integer agent indices")
-        agent = agent.astype(np.int64)
-    if agent.min() < 0 or agent.max() >= q_count:
-        raise ValueError(f"agent: expected indices in [0, {q_count}) for a {q_count}x{q_count} "
-                         f"mixing matrix, found {int(agent.min())}..{int(agent.max())}")
-    counts = np.bincount(agent, minlength=q_count)
-    if np.any(counts == 0):
-        raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard")
+    agent, counts = agent_indices(agent, q_count)
     lr_q = learning_rates(lr, q_count)
     steps = steps_array(steps)
     f0 = np.zeros_like(y) if f0_train is None else as_float_array("f0_train", f0_train, 2)

@@ -36,7 +36,13 @@ import numpy as np
 
 from ntkdyn import graphs
 from ntkdyn._utils import memory
-from ntkdyn._utils.checks import as_float_array, check_shape, learning_rates, steps_array
+from ntkdyn._utils.checks import (
+    agent_indices,
+    as_float_array,
+    check_shape,
+    learning_rates,
+    steps_array,
+)
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.lowrank.evolve import (
     DIVERGENCE_FACTOR,
@@ -144,16 +150,7 @@ def predict_primal(
         raise ValueError(f"f0: expected 'network' or 'zero', got {f0!r}")
     w = graphs.check_mixing(mixing, name="mixing")
     q_count = w.shape[0]
-    if not np.issubdtype(agent.dtype, np.integer):
-        if not np.all(np.mod(agent, 1) == 0):
-            raise ValueError("agent: expected integer agent indices")
-        agent = agent.astype(np.int64)
-    if agent.min() < 0 or agent.max() >= q_count:
-        raise ValueError(f"agent: expected indices in [0, {q_count}) for a {q_count}x{q_count} "
-                         f"mixing matrix, found {int(agent.min())}..{int(agent.max())}")
-    counts = np.bincount(agent, minlength=q_count)
-    if np.any(counts == 0):
-        raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard")
+    agent, counts = agent_indices(agent, q_count)
     has_test = y_test is not None
     if has_test:
         if x_test is None:

@@ -29,6 +29,7 @@ truncated dynamics.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -36,15 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkdyn import graphs
-from ntkdyn._utils.checks import learning_rates
+from ntkdyn._utils.checks import agent_indices, learning_rates
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.dynamics.stability import (
-    RHO_TOL,
     StabilityReport,
     StableSet,
     StepOperator,
+    operator_report,
     operator_stable_set,
-    operator_words,
     perron_vector,
     schedule_sufficient_bound,
     state_structure,
@@ -71,11 +71,7 @@ class FeatureProblem:
                              f"training sample), got {agent.shape}")
         self.mixing = graphs.check_mixing(mixing, name="mixing")
         self.num_agents = self.mixing.shape[0]
-        if agent.min() < 0 or agent.max() >= self.num_agents:
-            raise ValueError(f"agent: expected indices in [0, {self.num_agents})")
-        self.counts = np.bincount(agent.astype(np.int64), minlength=self.num_agents)
-        if np.any(self.counts == 0):
-            raise ValueError(f"agent: agent {int(np.argmin(self.counts))} has an empty shard")
+        agent, self.counts = agent_indices(agent, self.num_agents)
         self.rank = phi.shape[1]
         self.grams = np.stack([phi[agent == q].T @ phi[agent == q]
                                for q in range(self.num_agents)])
@@ -103,7 +99,7 @@ def _feature_linear(x, s, grams, w, profile, inv_n, pi, *, algorithm, treedef, p
 
 class FeatureStepOperator(StepOperator):
     """:class:`~ntkdyn.dynamics.stability.StepOperator` of the feature-space dynamics: the state is
-    ``B`` blocks of ``Q x r`` (``dim = B Q r``); dense below ``spectrum.DENSE_MAX``
+    ``B`` blocks of ``Q x r`` (``dim = B Q r``); dense below ``DENSE_MAX``
     dimensions, ARPACK above (the inherited :meth:`spectral_radius`)."""
 
     def __init__(self, problem: FeatureProblem, algorithm: Algorithm, profile=None):
@@ -159,20 +155,8 @@ def lowrank_stability(factor: LowRankFactor, agent, mixing,
     algo = get_algorithm(algorithm)
     problem = FeatureProblem(factor, agent, mixing)
     lrs = learning_rates(lr, problem.num_agents)
-    s = float(np.max(lrs))
-    profile = lrs / s
-    op = FeatureStepOperator(problem, algo, profile)
-    bound = schedule_sufficient_bound(problem, algo, profile)
-    cache: dict = {}
-    found = operator_stable_set(op, bound, extra=(s,), cache=cache)
-    rho = cache[s] if s in cache else op.spectral_radius(s)
-    stable = bool(rho <= 1 + RHO_TOL)
-    margin, lr_star = found.margin(s)
-    margin = max(margin, 0.0) if stable else min(margin, -0.0)
-    words = operator_words(op)
-    return StabilityReport(
-        algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star, lr_bound=bound,
-        stable=stable, margin=margin, method=f"low-rank (rank {problem.rank}), {found.method}",
-        operator=f"{words} on the rank-{problem.rank} coordinates (truncated kernel; its lr* "
-                 "is an upper bound on the full kernel's for DGD/ATC/CTA)",
-        stable_rates=found.intervals, stable_set=found.describe())
+    report = operator_report(FeatureStepOperator(problem, algo, lrs / np.max(lrs)), lrs)
+    return dataclasses.replace(
+        report, method=f"low-rank (rank {problem.rank}), {report.method}",
+        operator=f"{report.operator} on the rank-{problem.rank} coordinates (truncated "
+                 "kernel; its lr* is an upper bound on the full kernel's for DGD/ATC/CTA)")
