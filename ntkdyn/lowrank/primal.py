@@ -28,6 +28,7 @@ floats of memory against ``(N K)^2``: the better path when ``P < N K`` (and alwa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -134,9 +135,83 @@ def predict_primal(
     cheaper).  ``metadata["primal"]`` holds ``P``, ``N K``, the form and the
     bytes of the Jacobians.
     """
+    algo = get_algorithm(algorithm)
+    inp = _primal_inputs(x_train, y_train, agent, mixing, lr, steps, x_test, y_test, f0)
+    n, k, m, q_count = inp.n, inp.k, inp.m, inp.q_count
+    n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    n_max = int(inp.counts.max())
+    stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n * k, n_params, q_count)
+    need = primal_bytes(n, m, k, n_params, q_count,
+                        padded_rows=q_count * n_max if stacked else n,
+                        record_outputs=record_outputs, records=len(inp.steps))
+    memory.ensure_fits(need, "this primal prediction",
+                       f"the network has P = {n_params} parameters for N = {n} samples and "
+                       f"K = {k} outputs; use the kernel path, or record_outputs=False")
+
+    order = np.argsort(inp.agent, kind="stable")
+    phi = jacobian_features(apply_fn, params, inp.x[order], batch_size=batch_size).reshape(
+        n * k, n_params)  # rows (x, k): x K + k
+    f0_s, f0_t = _initial_outputs(apply_fn, params, inp, order, f0)
+    data = _train_data(phi, f0_s, inp.y[order], inp.counts, inp.lr_q, inp.w, gram, stacked,
+                       n_max, reference, record_outputs)
+    if inp.has_test:
+        jt = jacobian_features(apply_fn, params, inp.xt, batch_size=batch_size).reshape(
+            m * k, n_params)
+        data.update(_test_data(jt, f0_t, inp.yt))
+
+    a = q_count + int(reference)
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((a, n_params, 1)), data, algo, inp.steps, q_count=q_count,
+        central=reference, has_test=inp.has_test, record_outputs=record_outputs, chunk=chunk,
+        progress=progress, desc=f"primal {algo.name}")
+    meta = _primal_metadata(algo, inp, n_params, gram, stacked and q_count * n_max > n,
+                            reference, f0, metadata)
+    return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta, order,
+                              float(carry[3]))
+
+
+@dataclass(frozen=True)
+class _PrimalInputs:
+    """The checked arguments of :func:`predict_primal` (float64 arrays)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    agent: np.ndarray
+    counts: np.ndarray
+    w: np.ndarray
+    lr_q: np.ndarray
+    steps: np.ndarray
+    xt: np.ndarray | None
+    yt: np.ndarray | None
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def m(self) -> int:
+        return 0 if self.yt is None else self.yt.shape[0]
+
+    @property
+    def q_count(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def has_test(self) -> bool:
+        return self.yt is not None
+
+
+def _primal_inputs(x_train, y_train, agent, mixing, lr, steps, x_test, y_test,
+                   f0: str) -> _PrimalInputs:
+    """Check every argument of :func:`predict_primal` before anything is computed; a
+    ``ValueError`` names the argument and what was expected."""
     from ntkdyn.graphs.sequences import is_process
 
-    algo = get_algorithm(algorithm)
     x = as_float_array("x_train", x_train)
     y = as_float_array("y_train", y_train, ndim=2)
     n, k = y.shape
@@ -149,49 +224,49 @@ def predict_primal(
     if f0 not in ("network", "zero"):
         raise ValueError(f"f0: expected 'network' or 'zero', got {f0!r}")
     w = graphs.check_mixing(mixing, name="mixing")
-    q_count = w.shape[0]
-    agent, counts = agent_indices(agent, q_count)
-    has_test = y_test is not None
-    if has_test:
+    agent, counts = agent_indices(agent, w.shape[0])
+    xt = yt = None
+    if y_test is not None:
         if x_test is None:
             raise ValueError("x_test: needed with y_test")
         xt = as_float_array("x_test", x_test)
         yt = as_float_array("y_test", y_test, ndim=2)
-        m = yt.shape[0]
         check_shape("y_test", yt, (xt.shape[0], k), "one row per test input, K columns")
     elif x_test is not None:
         raise ValueError("x_test: given without y_test")
-    lr_q = learning_rates(lr, q_count)
-    steps = steps_array(steps)
-    m = yt.shape[0] if has_test else 0
-    n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
-    n_max = int(counts.max())
-    stacked = q_count * n_max <= PAD_MAX * n
-    gram = use_gram(form, n * k, n_params, q_count)
-    need = primal_bytes(n, m, k, n_params, q_count,
-                        padded_rows=q_count * n_max if stacked else n,
-                        record_outputs=record_outputs, records=len(steps))
-    memory.ensure_fits(need, "this primal prediction",
-                       f"the network has P = {n_params} parameters for N = {n} samples and "
-                       f"K = {k} outputs; use the kernel path, or record_outputs=False")
+    return _PrimalInputs(x, y, agent, counts, w, learning_rates(lr, w.shape[0]),
+                         steps_array(steps), xt, yt)
 
-    order = np.argsort(agent, kind="stable")
-    jac = jacobian_features(apply_fn, params, x[order], batch_size=batch_size)
+
+def _initial_outputs(apply_fn, params, inp: _PrimalInputs, order: np.ndarray,
+                     f0: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``f_0`` on the (agent-sorted) training inputs and on the test inputs: the network's
+    float64 outputs at ``params`` (``f0="network"``) or zeros."""
     if f0 == "network":
         from ntkdyn.kernels.empirical import to_float64
 
         p64 = to_float64(params)
-        f0_s = np.asarray(apply_fn(p64, jnp.asarray(x[order])), np.float64)
-        f0_t = np.asarray(apply_fn(p64, jnp.asarray(xt)), np.float64) if has_test else None
+        f0_s = np.asarray(apply_fn(p64, jnp.asarray(inp.x[order])), np.float64)
+        f0_t = (np.asarray(apply_fn(p64, jnp.asarray(inp.xt)), np.float64)
+                if inp.has_test else None)
     else:
-        f0_s = np.zeros((n, k))
-        f0_t = np.zeros((m, k)) if has_test else None
-    check_shape("apply_fn", f0_s, (n, k), "outputs (N, K) matching y_train")
-    y_s = y[order]
-    phi = jac.reshape(n * k, n_params)  # rows (x, k): x K + k
+        f0_s = np.zeros((inp.n, inp.k))
+        f0_t = np.zeros((inp.m, inp.k)) if inp.has_test else None
+    check_shape("apply_fn", f0_s, (inp.n, inp.k), "outputs (N, K) matching y_train")
+    return f0_s, f0_t
+
+
+def _train_data(phi: np.ndarray, f0_s: np.ndarray, y_s: np.ndarray, counts: np.ndarray,
+                lr_q: np.ndarray, w: np.ndarray, gram: bool, stacked: bool, n_max: int,
+                reference: bool, record_outputs: bool) -> dict:
+    """The device data of the feature recursion with ``Phi = J`` (rows sorted by agent):
+    the step operators, the rates per slot, the divergence limit, and the quadratic forms
+    ``||Phi d + r||^2 = d^T G d + 2 d^T l + c`` of the training loss and of the objective
+    (rows weighted by ``1 / (Q N_q)``)."""
+    n, k = y_s.shape
+    q_count = w.shape[0]
     res = (f0_s - y_s).reshape(n * k, 1)
     offsets = tuple(int(v) * k for v in np.concatenate([[0], np.cumsum(counts)]))
-    a = q_count + int(reference)
     slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
     inv_n = 1.0 / counts
     wts = np.repeat(np.repeat(inv_n / q_count, counts), k)  # objective weight of every row
@@ -217,34 +292,40 @@ def predict_primal(
     }
     if record_outputs:
         data.update(phi_all=jnp.asarray(phi), f0=jnp.asarray(f0_s.reshape(1, n * k, 1)))
-    if has_test:
-        jt = jacobian_features(apply_fn, params, xt, batch_size=batch_size).reshape(
-            m * k, n_params)
-        rt = (f0_t - yt).reshape(m * k, 1)
-        data.update(phi_test=jnp.asarray(jt), f0_test=jnp.asarray(f0_t.reshape(1, m * k, 1)),
-                    labels_test=jnp.asarray(np.argmax(yt, axis=1)), m=float(m),
-                    test={"gram": jnp.asarray(jt.T @ jt), "lin": jnp.asarray(jt.T @ rt),
-                          "const": float(np.sum(rt ** 2))})
+    return data
 
-    raw, rec_steps, phase, carry = run_features(
-        jnp.zeros((a, n_params, 1)), data, algo, steps, q_count=q_count, central=reference,
-        has_test=has_test, record_outputs=record_outputs, chunk=chunk, progress=progress,
-        desc=f"primal {algo.name}")
+
+def _primal_metadata(algo: Algorithm, inp: _PrimalInputs, n_params: int, gram: bool,
+                     padded: bool, reference: bool, f0: str, metadata: dict | None) -> dict:
+    """``Trajectory.metadata`` of a primal prediction: sizes, form, Jacobian bytes, flops
+    per step and which network it is."""
+    n, k, q_count = inp.n, inp.k, inp.q_count
+    a = q_count + int(reference)
     meta = {
         "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
         "kernel_layout": "full", "path": "primal",
         "primal": {"num_params": n_params, "rows": n * k, "jacobian_bytes": 8 * n * k * n_params,
-                   "padded": bool(not gram and stacked and q_count * n_max > n),
+                   "padded": bool(not gram and padded),
                    "form": "gram" if gram else "features",
                    "cost_per_step_flops": 2 * a * n_params ** 2 if gram
                    else (8 if reference else 4) * n * k * n_params},
         "quantity": ("the linearised network at the given parameters" if f0 == "network"
                      else "the linearised network with f0 = 0"),
-        "mixing": w.tolist(), **(metadata or {}),
+        "mixing": inp.w.tolist(), **(metadata or {}),
     }
     if algo.options:
         meta["algorithm_options"] = algo.settings
     if algo.records_per_step > 1:
         meta["phases"] = list(algo.phase_names)
-    return records_trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
-                              float(carry[3]))
+    return meta
+
+
+def _test_data(jt: np.ndarray, f0_t: np.ndarray, yt: np.ndarray) -> dict:
+    """The test-side device data: test Jacobian, outputs at initialisation, labels and the
+    quadratic form of the test loss."""
+    m, k = yt.shape
+    rt = (f0_t - yt).reshape(m * k, 1)
+    return dict(phi_test=jnp.asarray(jt), f0_test=jnp.asarray(f0_t.reshape(1, m * k, 1)),
+                labels_test=jnp.asarray(np.argmax(yt, axis=1)), m=float(m),
+                test={"gram": jnp.asarray(jt.T @ jt), "lin": jnp.asarray(jt.T @ rt),
+                      "const": float(np.sum(rt ** 2))})
