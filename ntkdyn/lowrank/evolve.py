@@ -26,6 +26,7 @@ agent's own rows; accuracies need the outputs ``f_0 + Phi beta_q`` of every agen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -304,6 +305,62 @@ def step_data(phi_s: np.ndarray, res: np.ndarray, offsets, inv_n: np.ndarray, gr
             "lin_c": jnp.asarray(np.tensordot(wq, lins, axes=1))}
 
 
+def feature_data(phi_s: np.ndarray, res: np.ndarray, offsets, counts: np.ndarray,
+                 lr_q: np.ndarray, w: np.ndarray, *, gram: bool, stacked: bool, n_max: int,
+                 reference: bool, curvature: float) -> dict:
+    r"""The device data of the feature recursion ``Theta ~ Phi Phi^T`` (rows of ``phi_s``
+    and ``res = f_0 - Y`` sorted by agent, ``offsets`` their agent boundaries in rows):
+    the step operators (:func:`step_data`), the rate of every slot (the centralised one
+    runs at the mean rate), the mixing matrix, the divergence limit per step
+    ``DIVERGENCE_FACTOR eta_max max|r| sqrt(max(curvature, 1)) sqrt(rows) / min N_q`` and
+    the quadratic forms ``||Phi d + r||^2 = d^T G d + 2 d^T l + c`` of the training loss and
+    of the objective (every row weighted by ``1 / (Q N_q)``).  Used by the low-rank and
+    the primal paths."""
+    q_count = w.shape[0]
+    rows_per_sample = res.shape[0] // int(counts.sum())
+    inv_n = 1.0 / counts
+    wts = np.repeat(np.repeat(inv_n / q_count, counts), rows_per_sample)
+    res_max = max(float(np.max(np.abs(res))), 1e-300)
+    slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
+    limit = (DIVERGENCE_FACTOR * lr_q.max() * res_max * np.sqrt(max(curvature, 1.0))
+             / counts.min() * np.sqrt(res.size))
+    return {
+        **step_data(phi_s, res, offsets, inv_n, gram, stacked, n_max),
+        "inv_n": jnp.asarray(inv_n),
+        "lr": jnp.asarray(slot_lr),
+        "mixing": jnp.asarray(w),
+        "limit_per_step": jnp.asarray(limit),
+        "n": float(counts.sum()),
+        "train": {"gram": jnp.asarray(phi_s.T @ phi_s), "lin": jnp.asarray(phi_s.T @ res),
+                  "const": float(np.sum(res ** 2))},
+        "obj": {"gram": jnp.asarray(phi_s.T @ (phi_s * wts[:, None])),
+                "lin": jnp.asarray(phi_s.T @ (res * wts[:, None])),
+                "const": float(np.sum(res ** 2 * wts[:, None]))},
+    }
+
+
+def held_out_data(phi_t: np.ndarray, f0_t: np.ndarray, y_t: np.ndarray) -> dict:
+    """The test-side device data: features ``Phi_test`` (one row per test row of the
+    recursion), outputs at initialisation ``(1, rows, columns)``, labels and the quadratic
+    form of the test loss."""
+    m = y_t.shape[0]
+    rt = (f0_t - y_t).reshape(phi_t.shape[0], -1)
+    return dict(phi_test=jnp.asarray(phi_t), f0_test=jnp.asarray(f0_t.reshape(1, *rt.shape)),
+                labels_test=jnp.asarray(np.argmax(y_t, axis=1)), m=float(m),
+                test={"gram": jnp.asarray(phi_t.T @ phi_t), "lin": jnp.asarray(phi_t.T @ rt),
+                      "const": float(np.sum(rt ** 2))})
+
+
+def schedule_metadata(algo: Algorithm) -> dict:
+    """The algorithm's entries of ``Trajectory.metadata`` (options, phase names)."""
+    meta = {}
+    if algo.options:
+        meta["algorithm_options"] = algo.settings
+    if algo.records_per_step > 1:
+        meta["phases"] = list(algo.phase_names)
+    return meta
+
+
 def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
     q_count = len(offsets) - 1
     if stacked:
@@ -394,11 +451,96 @@ def predict_lowrank(
     (:func:`error_scale`, ``theory/low_rank.md``) of
     ``max_{t, q} ||f_q(t) - f~_q(t)||_2 / ||f_0 - Y||_F`` on the training outputs.
     """
+    algo = get_algorithm(algorithm)
+    inp = _lowrank_inputs(factor, y_train, agent, mixing, lr, steps, f0_train, y_test,
+                          f0_test, acc_rows)
+    (n, r), k, q_count, counts = inp.phi.shape, inp.y.shape[1], inp.w.shape[0], inp.counts
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
+    n_max = int(counts.max())
+    stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n, r, q_count)
+    m_test = factor.phi_test.shape[0] if inp.yt is not None else 0
+    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
+    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=rows, acc_rows=acc_rows,
+                        record_outputs=record_outputs, records=len(inp.steps))
+    memory.ensure_fits(need, "this low-rank prediction",
+                       "use a smaller rank, acc_rows=..., or record_outputs=False")
+    phi_s, y_s, f0_s = inp.phi[order], inp.y[order], inp.f0[order]
+    data = feature_data(phi_s, f0_s - y_s, offsets, counts, inp.lr_q, inp.w, gram=gram,
+                        stacked=stacked, n_max=n_max, reference=reference,
+                        curvature=float(factor.eigenvalues.max(initial=1.0)))
+    if acc_rows is None:
+        rows = np.arange(n)
+    else:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
+    data.update(acc_phi=jnp.asarray(phi_s[rows]), acc_f0=jnp.asarray(f0_s[rows][None]),
+                acc_labels=jnp.asarray(np.argmax(y_s[rows], axis=1)))
+    if record_outputs:
+        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
+    if inp.yt is not None:
+        data.update(held_out_data(np.asarray(factor.phi_test, dtype=np.float64), inp.ft,
+                                  inp.yt))
+
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, k)), data, algo, inp.steps, q_count=q_count,
+        central=reference, has_test=inp.yt is not None, record_outputs=record_outputs,
+        chunk=chunk, progress=progress, desc=f"low-rank {algo.name}")
+    meta = _lowrank_metadata(factor, algo, inp, padded=not gram and stacked
+                             and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
+                             given_f0=f0_train is not None, metadata=metadata)
+    return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
+                              order, float(carry[3]))
+
+
+def _lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: _LowRankInputs, *,
+                      padded: bool, gram: bool, acc_rows: int | None, given_f0: bool,
+                      metadata: dict | None) -> dict:
+    """``Trajectory.metadata`` of a low-rank prediction: the factor's facts, the a-priori
+    error estimate and its scale, the form, and which network it is."""
+    n, k, q_count = inp.y.shape[0], inp.y.shape[1], inp.w.shape[0]
+    scale = error_scale(inp.lr_q, inp.counts, float(inp.steps[-1]), algo)
+    low = dict(factor.describe(), error_estimate=error_estimate(factor, scale),
+               error_scale=scale, padded=bool(padded),
+               form="gram" if gram else "features",
+               acc_rows=n if acc_rows is None else int(acc_rows),
+               estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
+                           "on the training inputs (theory/low_rank.md)")
+    meta = {
+        "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
+        "kernel_layout": "traced", "path": "low_rank", "low_rank": low,
+        "quantity": ("mean network (f0 = 0): the expected outputs of the infinite-width "
+                     "network" if not given_f0 else "the network with the given f0"),
+        "mixing": inp.w.tolist(), **(metadata or {}), **schedule_metadata(algo),
+    }
+    return meta
+
+
+@dataclass(frozen=True)
+class _LowRankInputs:
+    """The checked arguments of :func:`predict_lowrank` (float64 arrays; ``yt``/``ft``
+    ``None`` without a test set)."""
+
+    phi: np.ndarray
+    y: np.ndarray
+    f0: np.ndarray
+    agent: np.ndarray
+    counts: np.ndarray
+    w: np.ndarray
+    lr_q: np.ndarray
+    steps: np.ndarray
+    yt: np.ndarray | None
+    ft: np.ndarray | None
+
+
+def _lowrank_inputs(factor: LowRankFactor, y_train, agent, mixing, lr, steps, f0_train,
+                    y_test, f0_test, acc_rows) -> _LowRankInputs:
+    """Check every argument of :func:`predict_lowrank` before anything is computed; a
+    ``ValueError`` names the argument and what was expected."""
     from ntkdyn.graphs.sequences import is_process
 
-    algo = get_algorithm(algorithm)
     phi = np.asarray(factor.phi, dtype=np.float64)
-    n, r = phi.shape
+    n = phi.shape[0]
     y = as_float_array("y_train", y_train, ndim=2)
     check_shape("y_train", y, (n, None), f"one row per row of factor.phi ({n})")
     k = y.shape[1]
@@ -408,14 +550,11 @@ def predict_lowrank(
         raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "
                          "time-varying and random sequences run on the exact path")
     w = graphs.check_mixing(mixing, name="mixing")
-    q_count = w.shape[0]
-    agent, counts = agent_indices(agent, q_count)
-    lr_q = learning_rates(lr, q_count)
-    steps = steps_array(steps)
+    agent, counts = agent_indices(agent, w.shape[0])
     f0 = np.zeros_like(y) if f0_train is None else as_float_array("f0_train", f0_train, 2)
     check_shape("f0_train", f0, (n, k), "same as y_train")
-    has_test = y_test is not None
-    if has_test:
+    yt = ft = None
+    if y_test is not None:
         if factor.phi_test is None:
             raise ValueError("y_test: the factor has no test features (factorise with test "
                              "inputs / kernel_test_train)")
@@ -429,81 +568,8 @@ def predict_lowrank(
     if acc_rows is not None and (isinstance(acc_rows, bool) or not isinstance(
             acc_rows, int | np.integer) or not 1 <= acc_rows <= n):
         raise ValueError(f"acc_rows: expected an integer in [1, {n}], got {acc_rows!r}")
-
-    order = np.argsort(agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
-    n_max = int(counts.max())
-    stacked = q_count * n_max <= PAD_MAX * n
-    gram = use_gram(form, n, r, q_count)
-    m_test = factor.phi_test.shape[0] if has_test else 0
-    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
-    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=rows,
-                        acc_rows=acc_rows, record_outputs=record_outputs, records=len(steps))
-    memory.ensure_fits(need, "this low-rank prediction",
-                       "use a smaller rank, acc_rows=..., or record_outputs=False")
-    phi_s = phi[order]
-    res = (f0 - y)[order]
-    a = q_count + int(reference)
-    slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
-    inv_n = 1.0 / counts
-    wts = np.repeat(inv_n / q_count, counts)  # objective weight of every (sorted) row
-    res_max = max(float(np.max(np.abs(res))), 1e-300)
-    data = {
-        **step_data(phi_s, res, offsets, inv_n, gram, stacked, n_max),
-        "inv_n": jnp.asarray(inv_n),
-        "lr": jnp.asarray(slot_lr),
-        "mixing": jnp.asarray(w),
-        "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_q.max() * res_max
-                                      * np.sqrt(max(factor.eigenvalues.max(initial=1.0), 1.0))
-                                      / counts.min() * np.sqrt(n * k)),
-        "n": float(n),
-        "train": {"gram": jnp.asarray(phi_s.T @ phi_s), "lin": jnp.asarray(phi_s.T @ res),
-                  "const": float(np.sum(res ** 2))},
-        "obj": {"gram": jnp.asarray(phi_s.T @ (phi_s * wts[:, None])),
-                "lin": jnp.asarray(phi_s.T @ (res * wts[:, None])),
-                "const": float(np.sum(res ** 2 * wts[:, None]))},
-    }
-    y_s, f0_s = y[order], f0[order]
-    if acc_rows is None:
-        rows = np.arange(n)
-    else:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
-    data.update(acc_phi=jnp.asarray(phi_s[rows]), acc_f0=jnp.asarray(f0_s[rows][None]),
-                acc_labels=jnp.asarray(np.argmax(y_s[rows], axis=1)))
-    if record_outputs:
-        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
-    if has_test:
-        pt = np.asarray(factor.phi_test, dtype=np.float64)
-        rt = ft - yt
-        data.update(phi_test=jnp.asarray(pt), f0_test=jnp.asarray(ft[None]),
-                    labels_test=jnp.asarray(np.argmax(yt, axis=1)), m=float(m_test),
-                    test={"gram": jnp.asarray(pt.T @ pt), "lin": jnp.asarray(pt.T @ rt),
-                          "const": float(np.sum(rt ** 2))})
-
-    raw, rec_steps, phase, carry = run_features(
-        jnp.zeros((a, r, k)), data, algo, steps, q_count=q_count, central=reference,
-        has_test=has_test, record_outputs=record_outputs, chunk=chunk, progress=progress,
-        desc=f"low-rank {algo.name}")
-    scale = error_scale(lr_q, counts, float(steps[-1]), algo)
-    low = dict(factor.describe(), error_estimate=error_estimate(factor, scale),
-               error_scale=scale, padded=bool(not gram and stacked and q_count * n_max > n),
-               form="gram" if gram else "features",
-               acc_rows=n if acc_rows is None else int(acc_rows),
-               estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
-                           "on the training inputs (theory/low_rank.md)")
-    meta = {
-        "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
-        "kernel_layout": "traced", "path": "low_rank", "low_rank": low,
-        "quantity": ("mean network (f0 = 0): the expected outputs of the infinite-width "
-                     "network" if f0_train is None else "the network with the given f0"),
-        "mixing": w.tolist(), **(metadata or {}),
-    }
-    if algo.options:
-        meta["algorithm_options"] = algo.settings
-    if algo.records_per_step > 1:
-        meta["phases"] = list(algo.phase_names)
-    return records_trajectory(raw, q_count, reference, rec_steps, phase, lr_q, meta, order,
-                              float(carry[3]))
+    return _LowRankInputs(phi, y, f0, agent, counts, w, learning_rates(lr, w.shape[0]),
+                          steps_array(steps), yt, ft)
 
 
 def records_trajectory(raw, q, central, steps, phase, lr, meta, order,

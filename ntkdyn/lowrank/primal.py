@@ -46,11 +46,12 @@ from ntkdyn._utils.checks import (
 )
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.lowrank.evolve import (
-    DIVERGENCE_FACTOR,
     PAD_MAX,
+    feature_data,
+    held_out_data,
     records_trajectory,
     run_features,
-    step_data,
+    schedule_metadata,
     use_gram,
 )
 from ntkdyn.trajectory import Trajectory
@@ -158,7 +159,7 @@ def predict_primal(
     if inp.has_test:
         jt = jacobian_features(apply_fn, params, inp.xt, batch_size=batch_size).reshape(
             m * k, n_params)
-        data.update(_test_data(jt, f0_t, inp.yt))
+        data.update(held_out_data(jt, f0_t, inp.yt))
 
     a = q_count + int(reference)
     raw, rec_steps, phase, carry = run_features(
@@ -259,37 +260,17 @@ def _initial_outputs(apply_fn, params, inp: _PrimalInputs, order: np.ndarray,
 def _train_data(phi: np.ndarray, f0_s: np.ndarray, y_s: np.ndarray, counts: np.ndarray,
                 lr_q: np.ndarray, w: np.ndarray, gram: bool, stacked: bool, n_max: int,
                 reference: bool, record_outputs: bool) -> dict:
-    """The device data of the feature recursion with ``Phi = J`` (rows sorted by agent):
-    the step operators, the rates per slot, the divergence limit, and the quadratic forms
-    ``||Phi d + r||^2 = d^T G d + 2 d^T l + c`` of the training loss and of the objective
-    (rows weighted by ``1 / (Q N_q)``)."""
+    """:func:`~ntkdyn.lowrank.evolve.feature_data` with ``Phi = J`` (``K`` rows per sample,
+    sorted by agent; curvature bound ``tr(J^T J)``) and the accuracy rows."""
     n, k = y_s.shape
-    q_count = w.shape[0]
     res = (f0_s - y_s).reshape(n * k, 1)
     offsets = tuple(int(v) * k for v in np.concatenate([[0], np.cumsum(counts)]))
-    slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
-    inv_n = 1.0 / counts
-    wts = np.repeat(np.repeat(inv_n / q_count, counts), k)  # objective weight of every row
-    gram_all = phi.T @ phi
-    res_max = max(float(np.max(np.abs(res))), 1e-300)
-    data = {
-        **step_data(phi, res, offsets, inv_n, gram, stacked, n_max * k),
-        "inv_n": jnp.asarray(inv_n),
-        "lr": jnp.asarray(slot_lr),
-        "mixing": jnp.asarray(w),
-        "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_q.max() * res_max
-                                      * np.sqrt(max(float(np.trace(gram_all)), 1.0))
-                                      / counts.min() * np.sqrt(n * k)),
-        "n": float(n),
-        "train": {"gram": jnp.asarray(gram_all), "lin": jnp.asarray(phi.T @ res),
-                  "const": float(np.sum(res ** 2))},
-        "obj": {"gram": jnp.asarray(phi.T @ (phi * wts[:, None])),
-                "lin": jnp.asarray(phi.T @ (res * wts[:, None])),
-                "const": float(np.sum(res ** 2 * wts[:, None]))},
-        "outputs": jnp.zeros(k),  # marks K rows per sample (evolve._per_sample)
-        "acc_phi": jnp.asarray(phi), "acc_f0": jnp.asarray(f0_s.reshape(1, n * k, 1)),
-        "acc_labels": jnp.asarray(np.argmax(y_s, axis=1)),
-    }
+    data = feature_data(phi, res, offsets, counts, lr_q, w, gram=gram, stacked=stacked,
+                        n_max=n_max * k, reference=reference,
+                        curvature=float(np.einsum("ij,ij->", phi, phi)))
+    data.update(outputs=jnp.zeros(k),  # marks K rows per sample (evolve._per_sample)
+                acc_phi=jnp.asarray(phi), acc_f0=jnp.asarray(f0_s.reshape(1, n * k, 1)),
+                acc_labels=jnp.asarray(np.argmax(y_s, axis=1)))
     if record_outputs:
         data.update(phi_all=jnp.asarray(phi), f0=jnp.asarray(f0_s.reshape(1, n * k, 1)))
     return data
@@ -313,19 +294,4 @@ def _primal_metadata(algo: Algorithm, inp: _PrimalInputs, n_params: int, gram: b
                      else "the linearised network with f0 = 0"),
         "mixing": inp.w.tolist(), **(metadata or {}),
     }
-    if algo.options:
-        meta["algorithm_options"] = algo.settings
-    if algo.records_per_step > 1:
-        meta["phases"] = list(algo.phase_names)
-    return meta
-
-
-def _test_data(jt: np.ndarray, f0_t: np.ndarray, yt: np.ndarray) -> dict:
-    """The test-side device data: test Jacobian, outputs at initialisation, labels and the
-    quadratic form of the test loss."""
-    m, k = yt.shape
-    rt = (f0_t - yt).reshape(m * k, 1)
-    return dict(phi_test=jnp.asarray(jt), f0_test=jnp.asarray(f0_t.reshape(1, m * k, 1)),
-                labels_test=jnp.asarray(np.argmax(yt, axis=1)), m=float(m),
-                test={"gram": jnp.asarray(jt.T @ jt), "lin": jnp.asarray(jt.T @ rt),
-                      "const": float(np.sum(rt ** 2))})
+    return {**meta, **schedule_metadata(algo)}
