@@ -216,21 +216,76 @@ def make_problem(
     loss = check_loss(loss)
     logit_scale = check_logit_scale(logit_scale)
     if loss == "cross_entropy":
-        k_hint = None
-        if np.ndim(y_train) == 1:
-            n_lab = np.shape(y_train)[0]
-            if f0_train is not None and np.ndim(f0_train) == 2:
-                k_hint = np.shape(f0_train)[1]
-            elif n_lab and np.ndim(kernel_train) == 2 and np.shape(kernel_train)[0] % n_lab == 0 \
-                    and np.shape(kernel_train)[0] > n_lab:
-                k_hint = np.shape(kernel_train)[0] // n_lab
-        y_train = class_targets("y_train", y_train, k_hint)
-        if y_test is not None:
-            y_test = class_targets("y_test", y_test, y_train.shape[1])
+        y_train, y_test = _label_targets(y_train, y_test, f0_train, kernel_train)
     y_train = as_float_array("y_train", y_train, ndim=2)
     n, k = y_train.shape
     if n == 0:
         raise ValueError("y_train: expected at least one training sample, got 0")
+    kernel, traced = _checked_kernel(kernel_train, n, k, agent)
+    agent = np.asarray(agent)
+    check_shape("agent", agent, (n,), "one agent index per training sample")
+    mixing, process = resolve_mixing(mixing)
+    q_count = mixing.shape[0]
+    agent, counts = agent_indices(agent, q_count)
+
+    f0_train = (
+        np.zeros_like(y_train) if f0_train is None else as_float_array("f0_train", f0_train, 2)
+    )
+    check_shape("f0_train", f0_train, (n, k), "same as y_train")
+
+    order = np.argsort(agent, kind="stable")
+    identity = bool(np.all(order == np.arange(n)))
+    rps = 1 if traced else k
+    if not identity:
+        rows = (order[:, None] * rps + np.arange(rps)[None, :]).ravel()
+        kernel = kernel[np.ix_(rows, rows)]
+        y_train, f0_train = y_train[order], f0_train[order]
+    residual0 = (f0_train - y_train).reshape(n * rps, k // rps)
+    offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(counts)]))
+    kt, yt, ft, lt = _test_arrays(kernel_test_train, y_test, f0_test, n, k, rps,
+                                  None if identity else order)
+
+    return KernelProblem(
+        kernel=np.ascontiguousarray(kernel),
+        residual0=np.ascontiguousarray(residual0),
+        y_train=y_train,
+        f0_train=f0_train,
+        labels_train=_labels(y_train),
+        offsets=offsets,
+        mixing=mixing,
+        traced=traced,
+        kernel_test=None if kt is None else np.ascontiguousarray(kt),
+        y_test=yt,
+        f0_test=ft,
+        labels_test=lt,
+        order=order,
+        process=process,
+        loss=loss,
+        logit_scale=logit_scale,
+    )
+
+
+def _label_targets(y_train, y_test, f0_train, kernel_train):
+    """Cross-entropy targets as one-hot rows (:func:`class_targets`); integer labels take
+    ``K`` from ``f0_train``, a full kernel, or the largest label."""
+    k_hint = None
+    if np.ndim(y_train) == 1:
+        n_lab = np.shape(y_train)[0]
+        if f0_train is not None and np.ndim(f0_train) == 2:
+            k_hint = np.shape(f0_train)[1]
+        elif n_lab and np.ndim(kernel_train) == 2 and np.shape(kernel_train)[0] % n_lab == 0 \
+                and np.shape(kernel_train)[0] > n_lab:
+            k_hint = np.shape(kernel_train)[0] // n_lab
+    y_train = class_targets("y_train", y_train, k_hint)
+    if y_test is not None:
+        y_test = class_targets("y_test", y_test, y_train.shape[1])
+    return y_train, y_test
+
+
+def _checked_kernel(kernel_train, n: int, k: int, agent) -> tuple[np.ndarray, bool]:
+    """The training kernel as float64 and whether it is traced (``(N, N)``) or full
+    (``(N K, N K)``); checks shape (naming ``y_train`` when kernel and ``agent`` agree),
+    symmetry and positive semi-definiteness (:func:`check_psd`)."""
     kernel = as_float_array("kernel_train", kernel_train, ndim=2)
     if kernel.shape == (n, n):
         traced = True
@@ -257,62 +312,29 @@ def make_problem(
     given = getattr(kernel_train, "dtype", np.dtype(np.float64))
     low = np.issubdtype(given, np.floating) and np.finfo(given).eps > np.finfo(np.float64).eps
     check_psd(kernel, "kernel_train", 100 * float(np.finfo(given).eps) if low else PSD_RTOL)
-    agent = np.asarray(agent)
-    check_shape("agent", agent, (n,), "one agent index per training sample")
-    mixing, process = resolve_mixing(mixing)
-    q_count = mixing.shape[0]
-    agent, counts = agent_indices(agent, q_count)
+    return kernel, traced
 
-    f0_train = (
-        np.zeros_like(y_train) if f0_train is None else as_float_array("f0_train", f0_train, 2)
-    )
-    check_shape("f0_train", f0_train, (n, k), "same as y_train")
 
-    order = np.argsort(agent, kind="stable")
-    identity = bool(np.all(order == np.arange(n)))
-    rps = 1 if traced else k
-    if not identity:
-        rows = (order[:, None] * rps + np.arange(rps)[None, :]).ravel()
-        kernel = kernel[np.ix_(rows, rows)]
-        y_train, f0_train = y_train[order], f0_train[order]
-    residual0 = (f0_train - y_train).reshape(n * rps, k // rps)
-    offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(counts)]))
-
-    kt = yt = ft = lt = None
-    if kernel_test_train is not None or y_test is not None:
-        if kernel_test_train is None or y_test is None:
-            raise ValueError(
-                "kernel_test_train / y_test: give both (test kernel and test targets) or neither"
-            )
-        yt = as_float_array("y_test", y_test, ndim=2)
-        m = yt.shape[0]
-        check_shape("y_test", yt, (None, k), f"K={k} outputs like y_train")
-        kt = as_float_array("kernel_test_train", kernel_test_train, ndim=2)
-        check_shape("kernel_test_train", kt, (m * rps, n * rps),
-                    "rows: test samples (x outputs for a full kernel); columns: training")
-        if not identity:
-            kt = kt[:, (order[:, None] * rps + np.arange(rps)[None, :]).ravel()]
-        ft = np.zeros_like(yt) if f0_test is None else as_float_array("f0_test", f0_test, 2)
-        check_shape("f0_test", ft, (m, k), "same as y_test")
-        lt = _labels(yt)
-    elif f0_test is not None:
-        raise ValueError("f0_test: given without kernel_test_train and y_test")
-
-    return KernelProblem(
-        kernel=np.ascontiguousarray(kernel),
-        residual0=np.ascontiguousarray(residual0),
-        y_train=y_train,
-        f0_train=f0_train,
-        labels_train=_labels(y_train),
-        offsets=offsets,
-        mixing=mixing,
-        traced=traced,
-        kernel_test=None if kt is None else np.ascontiguousarray(kt),
-        y_test=yt,
-        f0_test=ft,
-        labels_test=lt,
-        order=order,
-        process=process,
-        loss=loss,
-        logit_scale=logit_scale,
-    )
+def _test_arrays(kernel_test_train, y_test, f0_test, n: int, k: int, rps: int,
+                 order: np.ndarray | None):
+    """Checked test arrays ``(kernel_test, y_test, f0_test, labels_test)`` (all ``None``
+    without a test set); the kernel's columns follow the training rows' sort ``order``."""
+    if kernel_test_train is None and y_test is None:
+        if f0_test is not None:
+            raise ValueError("f0_test: given without kernel_test_train and y_test")
+        return None, None, None, None
+    if kernel_test_train is None or y_test is None:
+        raise ValueError(
+            "kernel_test_train / y_test: give both (test kernel and test targets) or neither"
+        )
+    yt = as_float_array("y_test", y_test, ndim=2)
+    m = yt.shape[0]
+    check_shape("y_test", yt, (None, k), f"K={k} outputs like y_train")
+    kt = as_float_array("kernel_test_train", kernel_test_train, ndim=2)
+    check_shape("kernel_test_train", kt, (m * rps, n * rps),
+                "rows: test samples (x outputs for a full kernel); columns: training")
+    if order is not None:
+        kt = kt[:, (order[:, None] * rps + np.arange(rps)[None, :]).ravel()]
+    ft = np.zeros_like(yt) if f0_test is None else as_float_array("f0_test", f0_test, 2)
+    check_shape("f0_test", ft, (m, k), "same as y_test")
+    return kt, yt, ft, _labels(yt)
