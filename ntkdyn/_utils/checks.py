@@ -133,3 +133,11 @@ def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
     if np.any(np.diff(arr) < 0):
         raise ValueError(f"{name}: expected a non-decreasing sequence")
     return arr
+
+
+def check_nonnegative_int(name: str, value) -> int:
+    """``value`` as an ``int >= 0`` (numpy integers accepted, booleans refused), else a
+    ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)

@@ -365,6 +365,41 @@ def factorize(
     """
     import time
 
+    m_cap, r_cap = _factor_plan(source, rank, target_norm, max_rank, method, block,
+                                reserve_per_rank, oversample)
+    t0 = time.perf_counter()
+    diag = np.asarray(source.diagonal(), dtype=np.float64)
+    trace = float(diag.sum())
+    scale = float(diag.max()) if source.n else 1.0
+    half = None if target_norm is None else 0.5 * target_norm
+    piv = _pivoted_cholesky(source, diag, m_cap, method, block, scale, half, seed, progress)
+    t_cols = time.perf_counter() - t0
+    residual_trace = max(trace - float(np.einsum("ij,ij->", piv.f, piv.f)), 0.0)
+    # eigen-coordinates: F^T F = V S V^T, Phi = F V
+    gram = piv.f.T @ piv.f
+    s, v = np.linalg.eigh((gram + gram.T) / 2)
+    s, v = np.maximum(s[::-1], 0.0), v[:, ::-1]
+    phi = piv.f @ v
+    phi_test = None if piv.ft is None else piv.ft @ v
+    t_total = time.perf_counter() - t0
+    k = phi.shape[1]
+    r = _chosen_rank(rank, target_norm, residual_trace, s, r_cap)
+    nxt = float(s[r]) if r < k else 0.0
+    info = {"landmarks_read": int(piv.reads), "blocks": int(piv.blocks), "block": int(block),
+            "seconds_columns": round(t_cols, 3), "seconds_total": round(t_total, 3),
+            "reached_numerical_rank": bool(float(piv.d.max(initial=0.0)) <= PIVOT_RTOL * scale)}
+    return LowRankFactor(
+        phi=np.ascontiguousarray(phi[:, :r]),
+        phi_test=None if phi_test is None else np.ascontiguousarray(phi_test[:, :r]),
+        eigenvalues=s[:r].copy(), landmarks=np.concatenate(piv.landmarks) if piv.landmarks
+        else np.zeros(0, np.int64), method=method, trace=trace,
+        residual_trace=residual_trace, next_eigenvalue=nxt, info=info)
+
+
+def _factor_plan(source: KernelColumns, rank, target_norm, max_rank, method: str, block,
+                 reserve_per_rank: int, oversample) -> tuple[int, int]:
+    """Check the arguments of :func:`factorize` and the memory of the factor at the largest
+    rank it may reach; return the most landmarks to read and the largest rank to keep."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if isinstance(block, bool) or not isinstance(block, int | np.integer) or block < 1:
@@ -386,10 +421,31 @@ def factorize(
         fit = max_fitting_rank(n, n_test, memory.available_memory_bytes(), block,
                                reserve_per_rank)
         m_cap = min(m_cap, fit)
-    t0 = time.perf_counter()
-    diag = np.asarray(source.diagonal(), dtype=np.float64)
-    trace = float(diag.sum())
-    scale = float(diag.max()) if n else 1.0
+    return m_cap, r_cap
+
+
+@dataclass
+class _Pivots:
+    """What the block pivoted Cholesky read: the factor ``F`` (``Theta ~ F F^T``) on the
+    training and test rows, the residual diagonal ``d``, the landmark blocks and counts."""
+
+    f: np.ndarray
+    ft: np.ndarray | None
+    d: np.ndarray
+    landmarks: list
+    reads: int
+    blocks: int
+
+
+def _pivoted_cholesky(source: KernelColumns, diag: np.ndarray, m_cap: int, method: str,
+                      block: int, scale: float, half: float | None, seed: int,
+                      progress: bool) -> _Pivots:
+    r"""Block (randomly) pivoted Cholesky: read ``block`` kernel columns at a time (chosen by
+    ``method`` from the residual diagonal ``d``), orthogonalise them against the factor so
+    far, ``G = Theta[:, I] - F F[I]^T``, and append ``G V / sqrt(lambda)`` for the
+    eigenpairs of ``G[I]`` above ``PIVOT_RTOL * scale``.  Stops at ``m_cap`` columns, when
+    ``trace(d) <= half`` (``target_norm / 2``) or at the kernel's numerical rank."""
+    n, n_test = source.n, source.n_test
     d = diag.copy()
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
@@ -399,7 +455,6 @@ def factorize(
     chosen = np.zeros(n, dtype=bool)
     landmarks: list[np.ndarray] = []
     k, blocks, reads = 0, 0, 0
-    half = None if target_norm is None else 0.5 * target_norm
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -443,33 +498,17 @@ def factorize(
             break  # the kernel's numerical rank is reached
     if bar is not None:
         bar.close()
-    t_cols = time.perf_counter() - t0
-    f = f[:, :k]
-    ft = None if ft is None else ft[:, :k]
-    residual_trace = max(trace - float(np.einsum("ij,ij->", f, f)), 0.0)
-    # eigen-coordinates: F^T F = V S V^T, Phi = F V
-    gram = f.T @ f
-    s, v = np.linalg.eigh((gram + gram.T) / 2)
-    s, v = np.maximum(s[::-1], 0.0), v[:, ::-1]
-    phi = f @ v
-    phi_test = None if ft is None else ft @ v
-    del f, ft
-    t_total = time.perf_counter() - t0
+    return _Pivots(f[:, :k], None if ft is None else ft[:, :k], d, landmarks, reads, blocks)
+
+
+def _chosen_rank(rank: int | None, target_norm: float | None, residual_trace: float,
+                 s: np.ndarray, r_cap: int) -> int:
+    """The kept rank: ``min(rank, k)``, or with ``target_norm`` the fewest ``r`` with
+    ``trace(E) + S_{r+1} <= target_norm`` (``S`` descending; all ``k`` if none), capped."""
+    k = s.size
     if rank is not None:
-        r = min(rank, k)
-    else:
-        budget = target_norm - residual_trace
-        # fewest r with S_{r+1} <= budget (S descending); all k if none
-        over = np.flatnonzero(s > budget) if budget > 0 else np.arange(k)
-        r = k if (budget <= 0 or over.size == k) else (int(over[-1]) + 1 if over.size else 1)
-        r = min(max(r, 1), r_cap) if k else 0
-    nxt = float(s[r]) if r < k else 0.0
-    info = {"landmarks_read": int(reads), "blocks": int(blocks), "block": int(block),
-            "seconds_columns": round(t_cols, 3), "seconds_total": round(t_total, 3),
-            "reached_numerical_rank": bool(float(d.max(initial=0.0)) <= PIVOT_RTOL * scale)}
-    return LowRankFactor(
-        phi=np.ascontiguousarray(phi[:, :r]),
-        phi_test=None if phi_test is None else np.ascontiguousarray(phi_test[:, :r]),
-        eigenvalues=s[:r].copy(), landmarks=np.concatenate(landmarks) if landmarks
-        else np.zeros(0, np.int64), method=method, trace=trace,
-        residual_trace=residual_trace, next_eigenvalue=nxt, info=info)
+        return min(rank, k)
+    budget = target_norm - residual_trace
+    over = np.flatnonzero(s > budget) if budget > 0 else np.arange(k)
+    r = k if (budget <= 0 or over.size == k) else (int(over[-1]) + 1 if over.size else 1)
+    return min(max(r, 1), r_cap) if k else 0

@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn._utils.checks import learning_rates, steps_array
+from ntkdyn._utils.checks import check_nonnegative_int, learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.data import Partition
 from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
@@ -598,21 +598,66 @@ def train(
     algo = get_algorithm(algorithm)
     q = parts.num_agents
     mixing, process = resolve_mixing(mixing, q)
-    if process is not None and (isinstance(gossip_sample, bool) or not isinstance(
-            gossip_sample, int | np.integer) or gossip_sample < 0):
-        raise ValueError(f"gossip_sample: expected an integer >= 0, got {gossip_sample!r}")
+    if process is not None:
+        check_nonnegative_int("gossip_sample", gossip_sample)
     lrs = learning_rates(lr, q)
     steps = steps_array(steps)
     jdtype = DTYPES[dtype]
     theta0 = _initial_params(arch, parts.dataset.dim, params0, seed, jdtype, q,
                              independent_init)
-    batch = batch_size
+    setup, data = _prepare(parts, apply, algo, mixing, process, lrs, theta0, targets,
+                           model=model, batch_size=batch_size, batch_sample=batch_sample,
+                           batch_sampling=batch_sampling, gossip_sample=gossip_sample,
+                           independent_init=independent_init, record_outputs=record_outputs,
+                           loss=loss, logit_scale=logit_scale, jdtype=jdtype, seed=seed)
+
+    settings = {"model": model, "dtype": dtype, "batch_size": int(batch_size),
+                "independent_init": bool(independent_init), "chunk": int(chunk), "seed": seed,
+                "loss": loss, **({"logit_scale": logit_scale} if loss == "cross_entropy"
+                                 else {})}
+    x0 = _initial_state(theta0, data, setup)
+    carry = (x0, jnp.asarray(0, jnp.int64), jnp.asarray(False), jnp.asarray(-1, jnp.int64))
+    ck_path = None if checkpoint is None else Path(checkpoint)
+    fingerprint = "" if ck_path is None else _fingerprint(_description(
+        algo, arch, lrs, mixing, steps, settings, record_outputs, process, gossip_sample,
+        batch_sample, batch_sampling, batch_size), parts, theta0)
+    carry, raw, timing = _run_chunks(
+        carry, x0, np.diff(np.concatenate([[0], steps])).astype(np.int64), data, setup,
+        chunk=chunk, progress=f"train {model} {algo.name}" if progress else None,
+        checkpoint=ck_path, fingerprint=fingerprint, checkpoint_interval=checkpoint_interval)
+    settings.update(timing)
+    meta = _metadata(algo, arch, parts, mixing, settings, process=process,
+                     gossip_sample=gossip_sample, batch_sample=batch_sample)
+    return _finish(raw, steps, lrs, q, int(carry[3]) if bool(carry[2]) else None, meta, algo,
+                   user_order)
+
+
+def _initial_state(theta0, data: dict, setup: _Setup):
+    """The stacked state at step 0: ``Q + 1`` copies of ``theta_0`` (the agents and the
+    centralised slot; already stacked with independent initialisations), then the
+    schedule's own initialisation (e.g. the trackers of gradient tracking)."""
+    x0 = jax.tree.map(jnp.copy, theta0) if setup.independent else jax.tree.map(
+        lambda a: jnp.repeat(a[None], setup.q + 1, axis=0), theta0)
+    if setup.algorithm.init is not None:
+        x0 = _init_state(x0, data, setup=setup)
+    return x0
+
+
+def _prepare(parts: Partition, apply, algo: Algorithm, mixing: np.ndarray, process, lrs,
+             theta0, targets, *, model: str, batch_size: int, batch_sample: int,
+             batch_sampling: str, gossip_sample: int, independent_init: bool,
+             record_outputs: bool, loss: str, logit_scale: float, jdtype,
+             seed: int) -> tuple[_Setup, dict]:
+    """The static description of a run (:class:`_Setup`, one compilation per shape) and
+    its device data (shards, mixing, rates, initial parameters, the keys of the sampled
+    mini-batch and gossip sequences)."""
     batcher = None
-    if batch:
-        batcher = BatchSequence(tuple(int(c) for c in parts.counts), batch, int(seed),
+    if batch_size:
+        batcher = BatchSequence(tuple(int(c) for c in parts.counts), batch_size, int(seed),
                                 check_sampling(batch_sampling))
-    setup = _Setup(apply=apply, algorithm=algo, q=q, linearised=model == "linearised",
-                   batch=batch, independent=bool(independent_init),
+    setup = _Setup(apply=apply, algorithm=algo, q=parts.num_agents,
+                   linearised=model == "linearised", batch=batch_size,
+                   independent=bool(independent_init),
                    has_test=parts.dataset.num_test > 0, record_outputs=record_outputs,
                    sampler=None if process is None else process.sampler, loss=loss,
                    logit_scale=logit_scale, batcher=batcher)
@@ -624,12 +669,14 @@ def train(
     if process is not None:
         data["mix_arrays"] = process.device_arrays()
         data["mix_key"] = process.key(int(gossip_sample))
+    return setup, data
 
-    settings = {"model": model, "dtype": dtype, "batch_size": int(batch_size),
-                "independent_init": bool(independent_init), "chunk": int(chunk), "seed": seed,
-                "loss": loss}
-    if loss == "cross_entropy":
-        settings["logit_scale"] = logit_scale
+
+def _description(algo: Algorithm, arch, lrs, mixing, steps, settings: dict,
+                 record_outputs: bool, process, gossip_sample, batch_sample,
+                 batch_sampling: str, batch_size: int) -> dict:
+    """Everything that determines a training run, for the checkpoint's fingerprint (a
+    checkpoint resumes only a run with the same description)."""
     description = {"algorithm": algo.name, "architecture": _describe(arch), "lr": lrs.tolist(),
                    "mixing": mixing.tolist(), "steps": steps.tolist(), **settings,
                    "record_outputs": record_outputs}
@@ -638,24 +685,16 @@ def train(
     if process is not None:
         description["mixing_process"] = process.describe()
         description["gossip_sample"] = int(gossip_sample)
-    if batch:
+    if batch_size:
         description["batch_sample"] = int(batch_sample)
         description["batch_sampling"] = batch_sampling
-    x0 = jax.tree.map(jnp.copy, theta0) if independent_init else jax.tree.map(
-        lambda a: jnp.repeat(a[None], q + 1, axis=0), theta0)
-    if algo.init is not None:
-        x0 = _init_state(x0, data, setup=setup)
-    carry = (x0, jnp.asarray(0, jnp.int64), jnp.asarray(False), jnp.asarray(-1, jnp.int64))
-    ck_path = None if checkpoint is None else Path(checkpoint)
-    fingerprint = _fingerprint(description, parts, theta0) if ck_path is not None else ""
-    carry, raw, timing = _run_chunks(
-        carry, x0, np.diff(np.concatenate([[0], steps])).astype(np.int64), data, setup,
-        chunk=chunk, progress=f"train {model} {algo.name}" if progress else None,
-        checkpoint=ck_path, fingerprint=fingerprint, checkpoint_interval=checkpoint_interval)
-    diverged_at = int(carry[3]) if bool(carry[2]) else None
-    settings.update(timing)
-    meta = _metadata(algo, arch, parts, mixing, settings, process=process,
-                     gossip_sample=gossip_sample, batch_sample=batch_sample)
+    return description
+
+
+def _finish(raw: dict, steps, lrs, q: int, diverged_at, meta: dict, algo: Algorithm,
+            user_order: np.ndarray) -> Trajectory:
+    """The :class:`Trajectory` of a run: one record per phase of a multi-phase schedule,
+    outputs back in the caller's sample order."""
     phase = None
     if algo.records_per_step > 1:
         meta["phases"] = list(algo.phase_names)
