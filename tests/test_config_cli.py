@@ -139,9 +139,6 @@ def test_text_adjacency_or_mixing_file_names_the_file(tmp_path, capsys, key):
     ({"logit_scale": 2.0},
      "config: training.logit_scale: only used with training.loss = 'cross_entropy', got "
      "training.loss = 'mse'"),
-    ({"loss": "cross_entropy", "continuous": True},
-     "config: training.continuous: the gradient flow is implemented for training.loss = "
-     "'mse' only"),
 ])
 def test_loss_config_errors_name_the_key(training, needle):
     with pytest.raises(ConfigError) as err:
@@ -192,6 +189,20 @@ def test_predict_command_with_cross_entropy(tmp_path):
     mse = Trajectory.load(mse_out / "trajectory.npz")
     assert mse.metadata["loss"] == "mse"
     assert np.max(np.abs(mse.train_loss - traj.train_loss)) > 1e-2
+
+
+def test_predict_command_with_cross_entropy_flow(tmp_path):
+    """training.continuous = true with cross-entropy: the adaptive flow, solver in metadata."""
+    cfg = tmp_path / "ce_flow.toml"
+    cfg.write_text(CE_TINY.replace("steps = 40", "steps = 40\ncontinuous = true"))
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert traj.continuous and traj.status == "ok"
+    assert traj.metadata["flow"]["solver"] == "diffrax.Tsit5"
+    assert traj.metadata["flow"]["result"] == "successful"
+    mean = traj.network_mean("train_loss")
+    assert np.all(np.diff(mean) < 0)
 
 
 def test_check_command_refuses_cross_entropy_naming_the_key(tmp_path, capsys):

@@ -270,9 +270,9 @@ def test_invalid_inputs(cenet):
     for bad in (0.0, -1.0, np.inf, "x"):
         with pytest.raises(ValueError, match="logit_scale: expected a finite number > 0"):
             predict_from_kernels(*args, loss="cross_entropy", logit_scale=bad)
-    with pytest.raises(ValueError, match="continuous: the gradient flow is implemented for "
-                                         "loss='mse' only"):
-        predict_from_kernels(*args, loss="cross_entropy", continuous=True)
+    # continuous=True with cross-entropy is now the adaptive flow (test_cross_entropy_flow.py)
+    assert "flow" in predict_from_kernels(*args, loss="cross_entropy",
+                                          continuous=True).metadata
     p = make_problem(cenet.kernel_full, cenet.y, cenet.agent, RING, loss="cross_entropy")
     with pytest.raises(ValueError, match="loss: the fixed point is defined for loss='mse' only"):
         nd.fixed_point(p, "dgd", 0.3)

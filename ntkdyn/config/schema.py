@@ -351,10 +351,6 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
                               "sequence s samples both the gossip and the batches; set "
                               "training.samples only")
     if t.loss == "cross_entropy":
-        if t.continuous:
-            raise ConfigError("config: training.continuous: the gradient flow is implemented "
-                              "for training.loss = 'mse' only (cross-entropy has no closed "
-                              "form; use the discrete steps)")
         if cfg.data.centre_targets:
             raise ConfigError("config: data.centre_targets: training.loss = 'cross_entropy' "
                               "needs one-hot targets (centred targets are not class "

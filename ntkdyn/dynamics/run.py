@@ -175,12 +175,19 @@ def run_problem(
                       and solver.use_eigen_reference(problem))
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
-    raw = solver.evolve(run, algo, rate_rows, steps, continuous=continuous,
-                        record_outputs=record_outputs, progress=progress, central=reference,
-                        kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
-                        batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
-                        networks=0 if init is None else init.samples)
+    if continuous and problem.loss != "mse":
+        raw = _adaptive_flow(run, algo, rate_rows, steps, mesh=mesh,
+                             record_outputs=record_outputs, central=reference,
+                             kernel_dtype=kernel_dtype)
+    else:
+        raw = solver.evolve(run, algo, rate_rows, steps, continuous=continuous,
+                            record_outputs=record_outputs, progress=progress, central=reference,
+                            kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
+                            batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
+                            networks=0 if init is None else init.samples)
     base_meta = _base_metadata(problem, algo, kernel_dtype, metadata)
+    if "flow" in raw:
+        base_meta["flow"] = raw.pop("flow")
     if batch_size:
         base_meta["minibatch"] = _minibatch_metadata(batch_size, samples, seed, batch_sampling,
                                                      with_expected)
@@ -188,6 +195,22 @@ def run_problem(
                       groups=groups, with_expected=with_expected, minibatch=bool(batch_size),
                       init=init)
     return _with_stability(trajs, problem, algo, rate_rows, continuous, check_stability)
+
+
+def _adaptive_flow(problem: KernelProblem, algo: Algorithm, rate_rows, steps, *, mesh,
+                   **kw) -> dict:
+    """The gradient flow of a non-affine loss (cross-entropy): no closed form, integrated
+    adaptively by :func:`ntkdyn.dynamics.flow.evolve` (raw records plus ``"flow"``, the
+    solver, tolerances and step counts for the metadata)."""
+    from ntkdyn.dynamics import flow
+
+    if mesh is not None:
+        raise ValueError("devices: the cross-entropy gradient flow (continuous=True) runs on "
+                         "one device for now; drop devices or use the discrete steps")
+    if algo.records_per_step > 1 or problem.process is not None:
+        raise ValueError("continuous: the gradient flow is defined for single-phase schedules "
+                         "with a static mixing matrix")
+    return flow.evolve(problem, algo, rate_rows, steps, **kw)
 
 
 def _check_sampling(problem: KernelProblem, *, samples, batch_size, batch_sampling, seed,
@@ -307,7 +330,10 @@ def _with_stability(trajs: list[Trajectory], problem: KernelProblem, algo: Algor
                      for t in trajs]
         if check_stability is False:
             return trajs
-        note = cross_entropy_bound(problem, algo)
+        note = (cross_entropy_bound(problem, algo) if not continuous else
+                "loss='cross_entropy', gradient flow: integrated adaptively (metadata['flow']);"
+                " a discrete-step rate bound says nothing about the flow; status reflects an "
+                "observed blow-up only")
         return [dataclasses.replace(t, metadata=dict(t.metadata, stability=note))
                 for t in trajs]
     if check_stability is False or (continuous and check_stability is None):

@@ -1012,8 +1012,9 @@ def evolve(
         raise ValueError("reference: 'eigen' runs on one device; use 'carried' with a mesh")
     if problem.loss != "mse":
         if continuous:
-            raise ValueError(f"continuous: the gradient flow is implemented for loss='mse' "
-                             f"only, got loss={problem.loss!r} (use the discrete steps)")
+            raise ValueError(f"continuous: this closed-form flow is for loss='mse' only, got "
+                             f"loss={problem.loss!r}; the cross-entropy flow is integrated by "
+                             "ntkdyn.dynamics.flow.evolve (run_problem chooses it)")
         if reference == "eigen":
             raise ValueError("reference: 'eigen' is for loss='mse' only (the cross-entropy "
                              "reference is not affine); use 'carried' or 'auto'")
@@ -1072,3 +1073,8 @@ def evolve(
     out = concatenate(pieces)
     out["diverged_at"] = np.asarray(carry[3])
     return out
+
+
+#: public names of two helpers, for the adaptive gradient flow (:mod:`ntkdyn.dynamics.flow`)
+as_algorithm = _as_algorithm
+loss_arguments = _loss_args
