@@ -259,14 +259,23 @@ class WidthEstimate:
     level: float
     samples: int
 
+    @property
+    def law_holds(self) -> bool:
+        """Whether the free log-log slope is within 0.25 of ``-1/2`` (else the measured
+        widths are not yet in the ``n^{-1/2}`` regime and ``width`` is not to be trusted:
+        measure at larger ``widths``)."""
+        return bool(np.isfinite(self.slope) and abs(self.slope + 0.5) <= 0.25)
+
     def __repr__(self) -> str:
+        warn = "" if self.law_holds else (" [the free slope is not -1/2: these widths are "
+                                          "not in the n^-1/2 regime; measure wider]")
         pts = ", ".join(f"{w}: {s:.3g}" for w, s in zip(self.widths, self.spreads,
                                                          strict=True))
         lo, hi = round(50 * (1 - self.level)), round(50 * (1 + self.level))
         return (f"WidthEstimate(width={self.width}: {self.metric} {lo}-{hi} % half-width "
                 f"<= {self.tol:g} at the horizon; fitted {self.constant:.3g} / sqrt(n), "
                 f"free slope {self.slope:.2f}; measured {{{pts}}} over {self.samples} "
-                "kernels each)")
+                f"kernels each){warn}")
 
 
 def width_for(arch: MLP, parts: Partition, mixing, *, lr, steps, algorithm="dgd",

@@ -140,7 +140,7 @@ def test_width_for_meets_its_tolerance_and_is_monotone(small):
     est = nd.width_for(arch, parts, W, tol=0.004, **kw)
     assert isinstance(est, nd.WidthEstimate) and est.widths == (128, 512)
     assert est.width == int(np.ceil((est.constant / 0.004) ** 2))
-    assert abs(est.slope + 0.5) < 0.25
+    assert abs(est.slope + 0.5) < 0.25 and est.law_holds
     assert "WidthEstimate(width=" in repr(est) and "test_loss" in repr(est)
     draws, _ = fw.width_draws(arch, parts, W, 0.3, "dgd", 100, width=est.width, samples=32,
                               seed=1000, f0="mean")
