@@ -22,6 +22,7 @@ validate                        trained vs predicted trajectories, agreement, ov
 initialisation                  outputs over random initialisations (mean network vs one
                                 random network), exact for small problems
 lowrank                         low-rank kernel path for data-set scale (nd.predict(rank=...))
+width_for, finite_width         finite-width band (nd.predict(width=n)); how wide is wide enough
 """
 
 import importlib as _importlib
@@ -32,7 +33,7 @@ from ntkdyn._utils import precision as _precision  # noqa: F401  (enables float6
 #: first use; ``train`` is the training subpackage (``nd.train.train``)
 _SUBMODULES = {
     "activations": "activations", "algorithms": "algorithms", "config": "config",
-    "data": "data", "dynamics": "dynamics", "graphs": "graphs",
+    "data": "data", "dynamics": "dynamics", "finite_width": "finite_width", "graphs": "graphs",
     "initialisation": "initialisation", "kernels": "kernels", "lowrank": "lowrank",
     "models": "models", "plotting": "plotting", "train": "training", "training": "training",
     "trajectory": "trajectory", "validation": "validation",
@@ -50,6 +51,7 @@ _LAZY = {
     "StabilityReport": "dynamics.stability", "FixedPoint": "dynamics.steady_state",
     "GossipTrajectory": "trajectory", "Trajectory": "trajectory",
     "RandomNetworkTrajectory": "trajectory",
+    "WidthEstimate": "finite_width", "width_for": "finite_width",
 }
 
 
@@ -73,8 +75,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Algorithm", "CheckReport", "FixedPoint", "GossipTrajectory", "KernelProblem",
     "RandomNetworkTrajectory", "StabilityReport", "Trajectory", "ValidationResult",
+    "WidthEstimate", "width_for",
     "activations", "algorithms",
-    "build_problem", "check", "config", "data", "dynamics", "fixed_point", "graphs",
+    "build_problem", "check", "config", "data", "dynamics", "finite_width", "fixed_point",
+    "graphs",
     "init_params", "initialisation", "kernels", "lowrank", "make_problem", "models",
     "plotting", "predict", "predict_from_kernels", "predict_sweep", "stability",
     "sweep_from_kernels", "train", "training", "trajectory", "validate", "validation",

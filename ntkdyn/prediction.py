@@ -548,6 +548,8 @@ def predict(
     path: str = "kernel",
     batch_size: int = 0,
     batch_sampling: str = "epoch",
+    width: int | None = None,
+    width_samples: int = 16,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
@@ -607,6 +609,16 @@ def predict(
     discrete steps, float64 and one device; ``metadata["primal"]`` holds ``P`` and the
     cost.
 
+    ``width``: also the **finite-width band** (:mod:`ntkdyn.finite_width`,
+    ``theory/finite_width.md`` section 6): the same prediction with the empirical NTK and
+    NNGP of ``width_samples`` (default 16) networks of hidden width ``width`` (seeds
+    ``seed .. seed + width_samples - 1``), kept in ``traj.width_draws`` and read with
+    ``traj.band("test_loss", 0.05, 0.95, over="width")``, apart from the band over
+    initialisations (``over="init"``); ``metadata["finite_width"]`` says how it was drawn.
+    An :class:`~ntkdyn.models.MLP`, the analytic kernel, ``f0`` ``"random"`` or
+    ``"mean"``, the exact path, full batch, static or periodic mixing.  It costs
+    ``width_samples`` more runs.
+
     Examples
     --------
     >>> import ntkdyn as nd
@@ -640,6 +652,22 @@ def predict(
     if low_rank and batch_size:
         raise ValueError("rank: the low-rank path takes full-batch gradients; batch_size "
                          "runs on the exact path (rank=None)")
+    if width is not None:
+        from ntkdyn import finite_width
+
+        finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
+                                      f0=f0, params=params, loss=loss, batch_size=batch_size,
+                                      mixing=mixing, other_path=low_rank or path != "kernel")
+        traj = predict(arch, parts, mixing, lr, algorithm, steps, kernel=kernel, seed=seed,
+                       f0=f0, traced=traced, continuous=continuous,
+                       record_outputs=record_outputs, progress=progress, reference=reference,
+                       kernel_dtype=kernel_dtype, devices=devices, samples=samples, loss=loss,
+                       logit_scale=logit_scale)
+        draws, info = finite_width.width_draws(
+            arch, parts, mixing, lr, algorithm, steps, width=width, samples=width_samples,
+            seed=seed, f0=f0, init_samples=samples, continuous=continuous, loss=loss,
+            logit_scale=logit_scale)
+        return finite_width.with_width_band(traj, draws, info)
     if path != "kernel":
         _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
                            max_rank=max_rank, continuous=continuous,

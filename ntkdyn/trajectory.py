@@ -97,14 +97,30 @@ class Trajectory:
     metadata: dict = field(default_factory=dict)
     quantile_levels: np.ndarray | None = None
     quantiles: dict | None = None
+    width_draws: dict | None = None
 
     # ------------------------------------------------------------------ views
-    def band(self, metric: str, low: float = 0.05, high: float = 0.95) -> tuple:
+    def band(self, metric: str, low: float = 0.05, high: float = 0.95,
+             over: str | None = None) -> tuple:
         """``(low, high)`` quantile curves of ``metric`` over the samples behind this
         trajectory (sampled mixing sequences of a :class:`GossipTrajectory`, sampled
         initialisations of a :class:`RandomNetworkTrajectory`); the levels are among
         ``quantile_levels`` (default 5, 25, 50, 75, 95 %).  A trajectory without samples
-        (one deterministic prediction) has no band: ``ValueError`` naming ``metric``."""
+        (one deterministic prediction) has no band: ``ValueError`` naming ``metric``.
+
+        ``over``: ``None`` (default) the trajectory's own samples; ``"init"`` the sampled
+        initialisations (a :class:`RandomNetworkTrajectory` only); ``"width"`` the
+        finite-width band, over the empirical kernels of networks of width ``n`` drawn by
+        ``nd.predict(..., width=n)`` (``width_draws``, any levels; :mod:`ntkdyn.finite_width`,
+        ``theory/finite_width.md`` section 6).  The two bands are different quantities and
+        are never combined here."""
+        if over == "width":
+            return _width_band(self.width_draws, metric, low, high)
+        if over not in (None, "init"):
+            raise ValueError(f"over: expected None, 'init' or 'width', got {over!r}")
+        if over == "init" and not isinstance(self, RandomNetworkTrajectory):
+            raise ValueError("over: 'init' needs a prediction over sampled initialisations "
+                             "(f0='random'); this trajectory has none")
         if not self.quantiles:
             raise ValueError(f"metric: this trajectory has no band for {metric!r} (a single "
                              "deterministic prediction; bands come from sampled mixing "
@@ -158,6 +174,8 @@ class Trajectory:
         meta = dict(self.metadata, phase_kept=names[idx] if names else int(idx))
         if self.quantiles:
             arrays["quantiles"] = {k: v[:, keep] for k, v in self.quantiles.items()}
+        if self.width_draws:
+            arrays["width_draws"] = {k: v[:, keep] for k, v in self.width_draws.items()}
         return dataclasses.replace(self, **arrays, phase=None, metadata=meta)
 
     def final(self, metric: str) -> np.ndarray:
@@ -206,6 +224,17 @@ class Trajectory:
         elif self.test_loss is not None:
             lines.append(f"test loss {self.test_loss[-1].mean():.6g}, test accuracy "
                          f"{self.test_acc[-1].mean():.4f}")
+        if self.width_draws and "test_loss" in self.width_draws:
+            fw = self.metadata.get("finite_width", {})
+            lo, hi = (b[-1].mean() for b in self.band("test_loss", over="width"))
+            alo, ahi = (b[-1].mean() for b in self.band("test_acc", over="width"))
+            lines.append(f"finite width {fw.get('width')} (5-95 % over {fw.get('samples')} "
+                         f"empirical kernels): test loss {lo:.4g}-{hi:.4g}, test accuracy "
+                         f"{alo:.4f}-{ahi:.4f}")
+            off = fw.get("samples", 0) - fw.get("statuses", {}).get("ok", 0)
+            if off:
+                lines.append(f"  {off} of those kernels are unstable at this rate (or "
+                             "diverged): the band is not a small-fluctuation band")
         exact = getattr(self, "exact_test_loss", None)
         if exact is not None and len(exact):
             lines.append(f"exact expected test loss {exact[-1].mean():.6g} (mean + variance "
@@ -230,6 +259,8 @@ class Trajectory:
                 arrays[f.name] = v
         for k, v in (self.quantiles or {}).items():
             arrays[f"quantiles/{k}"] = v
+        for k, v in (self.width_draws or {}).items():
+            arrays[f"width_draws/{k}"] = v
         meta = {
             "format_version": FORMAT_VERSION,
             "status": self.status,
@@ -269,7 +300,7 @@ class Trajectory:
 #: is a new field here plus its record in both engines
 METRICS = tuple(f.name for f in fields(Trajectory) if f.name not in (
     "steps", "phase", "status", "diverged_at", "continuous", "lr", "metadata",
-    "train_outputs", "test_outputs", "quantile_levels", "quantiles"))
+    "train_outputs", "test_outputs", "quantile_levels", "quantiles", "width_draws"))
 
 
 def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
@@ -281,6 +312,7 @@ def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
         return {k.split("/", 1)[1]: v for k, v in kwargs.items() if k.startswith(prefix + "/")}
 
     quantiles = prefixed("quantiles") or None
+    common["width_draws"] = prefixed("width_draws") or None
     kind = meta.get("kind")
     if kind not in ("gossip", "random_network"):
         return Trajectory(**common, **plain, quantiles=quantiles)
@@ -429,6 +461,20 @@ def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
         return "the given network (params): its own f0, linearised dynamics"
     return (f"one network, initialised with seed {seed}: its own f0, linearised dynamics"
             if seed is not None else "the network whose f0 was given: linearised dynamics")
+
+def _width_band(width_draws: dict | None, metric: str, low: float, high: float) -> tuple:
+    """``(low, high)`` quantiles over the finite-width kernel samples ``(S, T, ...)``
+    (NaN where a sample diverged before that record)."""
+    if not width_draws:
+        raise ValueError("over: this trajectory has no finite-width band (predict with "
+                         "width=n, ntkdyn.finite_width)")
+    if metric not in width_draws:
+        raise ValueError(f"metric: expected one of {sorted(width_draws)}, got {metric!r}")
+    if not (0 <= low < high <= 1):
+        raise ValueError(f"low/high: expected 0 <= low < high <= 1, got {low!r}, {high!r}")
+    q = np.nanquantile(np.asarray(width_draws[metric], dtype=float), [low, high], axis=0)
+    return q[0], q[1]
+
 
 def _json_default(obj):
     if isinstance(obj, np.ndarray):

@@ -1,0 +1,348 @@
+r"""The finite-width band: the prediction over the empirical kernels of width-``n`` networks.
+
+The analytic kernels are the ``n -> infinity`` limits of the empirical NTK and NNGP of a
+network at initialisation.  At width ``n`` (every hidden layer of width ``n``) they are
+random, ``Theta_n = Theta + O(n^{-1/2})`` entrywise (a mean over ``n`` independent
+neurons per layer; ``theory/finite_width.md`` section 2).  This module draws ``S`` such
+kernels and runs the same kernel-space prediction with each:
+
+* sample ``s`` is the network of width ``n`` initialised with seed ``seed + s``
+  (:func:`ntkdyn.init_params`, the network :func:`ntkdyn.train.train` starts from with that
+  seed), its empirical NTK ``Theta_s`` (:func:`ntkdyn.kernels.empirical.mlp_empirical_ntk`,
+  traced) and its empirical NNGP ``K_s = (W_std^2 / n_L) h_L h_L^T + b_std^2`` (the
+  covariance of the outputs over the readout layer's weights given the hidden layers);
+* with ``f0="random"`` every sample averages over the same standard-normal draws
+  ``z_j`` (``f_0 = L_s z_j``, ``L_s L_s^T = K_s``: common random numbers, so the spread
+  between samples is that of the kernels, not of the draws); with ``f0="mean"`` each
+  sample is the mean network ``f_0 = 0`` under ``Theta_s``;
+* the per-agent metrics of every sample are kept, ``(S, T, Q)``, in
+  :attr:`ntkdyn.trajectory.Trajectory.width_draws`; ``traj.band(metric, lo, hi,
+  over="width")`` gives their quantiles, apart from the band over initialisations
+  (``over="init"``).
+
+What the band is (``theory/finite_width.md`` section 6): the spread, over networks of
+width ``n``, of the *linearised* prediction with each network's kernels at
+initialisation, ``E_{f_0}[loss | Theta_s, K_s]``.  By the law of total variance the
+variance of one network's loss is the mean of the variance over ``f_0`` given the kernels
+(the initialisation band) plus the variance of this conditional mean (the width band),
+up to the dependence of ``Theta`` on the readout weights.  Neither band contains the
+motion of the kernel during training (also ``O(n^{-1/2})``).
+
+:func:`width_for` fits ``spread(n) = c n^{-1/2}`` to the band's half-width at the horizon
+measured at two or three widths, and returns the smallest width within a tolerance.
+
+Costs: ``S`` runs of the kernel-space solver (each as one plain prediction) plus ``S``
+empirical kernels; the data, the mixing, the draws ``z`` and the compiled solver steps
+are shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ntkdyn.data import Partition
+from ntkdyn.models import MLP
+from ntkdyn.trajectory import AGENT_METRICS, Trajectory
+
+#: empirical kernels per finite-width band by default
+DEFAULT_WIDTH_SAMPLES = 16
+#: widths at which :func:`width_for` measures the spread by default
+DEFAULT_WIDTHS = (128, 256, 512)
+#: metrics :func:`width_for` can size a width for
+WIDTH_FOR_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc")
+
+__all__ = ["DEFAULT_WIDTHS", "DEFAULT_WIDTH_SAMPLES", "WidthEstimate", "check_width_call",
+           "empirical_nngp", "half_width", "network_params", "width_arch", "width_draws",
+           "width_for", "with_width_band"]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def check_width_call(arch: Any, *, width, samples, kernel: str = "analytic", f0: str = "random",
+                     params: Any = None, loss: str = "mse", batch_size: int = 0,
+                     mixing=None, other_path: bool = False) -> None:
+    """``ValueError`` naming ``width`` (or ``width_samples``) for what the finite-width band
+    does not take: an :class:`~ntkdyn.models.MLP` with hidden layers, the analytic kernel,
+    ``f0`` ``"random"`` or ``"mean"``, full batch, static or periodic mixing, the exact path."""
+    from ntkdyn.graphs.sequences import is_process
+
+    if not _is_int(width) or width < 1:
+        raise ValueError(f"width: expected a positive integer (the hidden width n), got "
+                         f"{width!r}")
+    if not _is_int(samples) or samples < 2:
+        raise ValueError(f"width_samples: expected an integer >= 2 (empirical kernels "
+                         f"drawn), got {samples!r}")
+    why = None
+    if not isinstance(arch, MLP):
+        why = f"the finite-width band needs an ntkdyn.models.MLP, got {type(arch).__name__}"
+    elif not arch.hidden:
+        why = "the MLP has no hidden layer (a linear model has no finite-width fluctuation)"
+    elif kernel != "analytic":
+        why = (f"the finite-width band is for the analytic kernel, got kernel={kernel!r} "
+               "(the empirical kernel already is one network's)")
+    elif params is not None or f0 == "network":
+        why = "the finite-width band is over networks; params= / f0='network' is one network"
+    elif f0 not in ("random", "zero", "mean"):
+        why = f"f0 must be 'random' or 'mean', got {f0!r}"
+    elif batch_size:
+        why = "mini-batch SGD (batch_size > 0) is not combined with the finite-width band"
+    elif f0 == "random" and loss != "mse":
+        why = f"f0='random' needs loss='mse', got {loss!r}"
+    elif mixing is not None and is_process(mixing) and getattr(mixing, "random", False):
+        why = "random mixing sequences are not combined with the finite-width band"
+    elif other_path:
+        why = "the finite-width band runs on the exact kernel path (rank=None, path='kernel')"
+    if why is not None:
+        raise ValueError(f"width: {why}")
+
+
+def width_arch(arch: MLP, width: int) -> MLP:
+    """``arch`` with every hidden layer of width ``width``."""
+    return dataclasses.replace(arch, hidden=(int(width),) * arch.depth)
+
+
+def network_params(arch: MLP, in_dim: int, seeds: Sequence[int]):
+    """Yield, for each seed, :func:`ntkdyn.init_params` ``(arch, in_dim, seed)`` (one
+    network alive at a time; eager draws: a ``jax.jit`` or ``jax.vmap`` of the draw costs
+    more to compile per width than it saves at these sample counts, measured)."""
+    from ntkdyn.models import init_params
+
+    for s in seeds:
+        yield init_params(arch, int(in_dim), int(s))
+
+
+def empirical_nngp(arch: MLP, params, x: np.ndarray) -> np.ndarray:
+    r"""Empirical NNGP of ``arch`` at ``params`` on ``x``:
+    ``K = (W_std^2 / n_L) h_L(x) h_L(x)^T + b_std^2``, the covariance of each output over
+    the readout weights and bias (``N(0, 1)``) given the hidden layers (``h_0 = x`` for a
+    linear model)."""
+    act = arch.act
+    h = np.asarray(x, np.float64)
+    for w, b in params[:-1]:
+        w = np.asarray(w, np.float64)
+        h = np.asarray(act(arch.W_std / np.sqrt(w.shape[0]) * (h @ w)
+                           + arch.b_std * np.asarray(b, np.float64)), np.float64)
+    return arch.W_std**2 / h.shape[1] * (h @ h.T) + arch.b_std**2
+
+
+def width_draws(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, width: int,
+                samples: int = DEFAULT_WIDTH_SAMPLES, seed: int = 0, f0: str = "random",
+                init_samples: int | None = None, continuous: bool = False,
+                loss: str = "mse", logit_scale: float = 1.0) -> tuple[dict, dict]:
+    """Per-agent metrics ``(S, T, Q)`` of the prediction with the empirical kernels of
+    ``samples`` networks of width ``width`` (seeds ``seed .. seed + S - 1``), and facts
+    about the run (``metadata["finite_width"]``).  Records after a sample diverged are
+    NaN.  ``f0``: ``"random"`` (the mean over ``init_samples`` sampled initial outputs
+    per kernel, the same standard-normal draws for every kernel) or ``"mean"``."""
+    from ntkdyn.dynamics import random_init
+    from ntkdyn.dynamics.problem import make_problem
+    from ntkdyn.dynamics.run import run_problem
+    from ntkdyn.graphs.sequences import resolve_mixing
+    from ntkdyn.kernels.empirical import mlp_empirical_ntk
+
+    check_width_call(arch, width=width, samples=samples, f0=f0, loss=loss, mixing=mixing)
+    if not isinstance(parts, Partition):
+        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    parts = parts.sorted()
+    data = parts.dataset
+    n = data.num_train
+    has_test = data.num_test > 0
+    w, process = resolve_mixing(mixing, parts.num_agents)
+    mixing = w if process is None else process
+    net = width_arch(arch, width)
+    random = f0 == "random"
+    count = random_init.DEFAULT_NETWORKS if init_samples is None else init_samples
+    pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
+    runs, statuses = [], []
+    seeds = [int(seed) + s for s in range(samples)]
+    for params in network_params(net, data.dim, seeds):
+        kt = mlp_empirical_ntk(net, params, data.x_train)
+        ktt = mlp_empirical_ntk(net, params, data.x_test, data.x_train) if has_test else None
+        problem = make_problem(kt, data.y_train, parts.agent, mixing, kernel_test_train=ktt,
+                               y_test=data.y_test if has_test else None, loss=loss,
+                               logit_scale=logit_scale)
+        init = None
+        if random:  # same z for every kernel (same seed); no exact losses (not needed)
+            init = dataclasses.replace(random_init.draw(empirical_nngp(net, params, pooled),
+                                                        n, count, seed), nngp=None)
+        traj = run_problem(problem, algorithm, [lr], steps, continuous=continuous,
+                           reference=False, init=init, seed=seed,
+                           metadata={"kernel": "empirical", "width": int(width)})[0]
+        runs.append(traj)
+        statuses.append(traj.status)
+    rows = max(len(t.steps) for t in runs)
+    draws = {}
+    for name in AGENT_METRICS:
+        if getattr(runs[0], name, None) is None:
+            continue
+        stack = np.full((samples, rows, parts.num_agents), np.nan)
+        for i, t in enumerate(runs):
+            v = getattr(t, name)
+            stack[i, :len(v)] = v
+        draws[name] = stack
+    info = {"width": int(width), "samples": int(samples),
+            "seeds": seeds,
+            "f0": "random" if random else "mean",
+            "init_samples": int(count) if random else 0,
+            "nngp": "empirical (each network's last hidden layer)",
+            "statuses": {st: statuses.count(st) for st in sorted(set(statuses))},
+            "note": "width_draws / band(..., over='width'): the linearised prediction with "
+                    "each width-n network's empirical NTK (and NNGP) at initialisation; "
+                    "the kernel's motion during training is not in it "
+                    "(theory/finite_width.md section 6)"}
+    return draws, info
+
+
+def with_width_band(traj: Trajectory, draws: dict, info: dict) -> Trajectory:
+    """``traj`` with the finite-width draws and ``metadata["finite_width"]`` attached; the
+    band over initialisations (``quantiles``) is left as it was."""
+    rows = len(traj.steps)
+    draws = {k: v[:, :rows] for k, v in draws.items()}
+    return dataclasses.replace(traj, width_draws=draws,
+                               metadata=dict(traj.metadata, finite_width=info))
+
+
+def _normal_quantile(p: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(p))
+
+
+def half_width(draws: np.ndarray, level: float = 0.9) -> np.ndarray:
+    """Half-width of the central ``level`` band at the last record, per agent:
+    ``z_{(1+level)/2} * sd`` over the samples (``draws`` ``(S, T, Q)``; the normal
+    approximation, the kernel fluctuations being a mean over ``n`` neurons; smoother in
+    ``n`` than empirical quantiles of a few samples)."""
+    last = np.asarray(draws, dtype=float)[:, -1]
+    return _normal_quantile((1 + level) / 2) * np.nanstd(last, axis=0, ddof=1)
+
+
+@dataclass(frozen=True)
+class WidthEstimate:
+    """Result of :func:`width_for`.
+
+    Attributes
+    ----------
+    width : int
+        Smallest width ``n`` with ``constant / sqrt(n) <= tol``.
+    constant : float
+        ``c`` of the fitted law ``half_width(n) = c n^{-1/2}`` (slope fixed at ``-1/2``,
+        least squares in log-log).
+    slope : float
+        Slope of a free log-log fit to the measured half-widths (a check of the law;
+        ``nan`` with fewer than two positive spreads).
+    widths, spreads : tuple
+        Widths measured and the band's half-width at the horizon at each (worst agent).
+    metric : str
+    tol : float
+    level : float
+        Central band whose half-width is sized (0.9: 5-95 %).
+    samples : int
+        Empirical kernels per measured width.
+    """
+
+    width: int
+    constant: float
+    slope: float
+    widths: tuple[int, ...]
+    spreads: tuple[float, ...]
+    metric: str
+    tol: float
+    level: float
+    samples: int
+
+    @property
+    def law_holds(self) -> bool:
+        """Whether the free log-log slope is within 0.25 of ``-1/2`` (else the measured
+        widths are not yet in the ``n^{-1/2}`` regime and ``width`` is not to be trusted:
+        measure at larger ``widths``)."""
+        return bool(np.isfinite(self.slope) and abs(self.slope + 0.5) <= 0.25)
+
+    def __repr__(self) -> str:
+        warn = "" if self.law_holds else (" [the free slope is not -1/2: these widths are "
+                                          "not in the n^-1/2 regime; measure wider]")
+        pts = ", ".join(f"{w}: {s:.3g}" for w, s in zip(self.widths, self.spreads,
+                                                         strict=True))
+        lo, hi = round(50 * (1 - self.level)), round(50 * (1 + self.level))
+        return (f"WidthEstimate(width={self.width}: {self.metric} {lo}-{hi} % half-width "
+                f"<= {self.tol:g} at the horizon; fitted {self.constant:.3g} / sqrt(n), "
+                f"free slope {self.slope:.2f}; measured {{{pts}}} over {self.samples} "
+                f"kernels each){warn}")
+
+
+def width_for(arch: MLP, parts: Partition, mixing, *, lr, steps, algorithm="dgd",
+              metric: str = "test_acc", tol: float = 0.01,
+              widths: Sequence[int] = DEFAULT_WIDTHS, samples: int = DEFAULT_WIDTH_SAMPLES,
+              level: float = 0.9, seed: int = 0, f0: str = "random",
+              init_samples: int | None = None, max_width: int = 2**24) -> WidthEstimate:
+    r"""How wide is wide enough: the smallest hidden width whose finite-width band of
+    ``metric`` at the horizon (last of ``steps``) has half-width ``<= tol``.
+
+    At each of ``widths`` the band is measured over ``samples`` empirical kernels
+    (:func:`width_draws`; half-width :func:`half_width`, worst agent); the law
+    ``h(n) = c n^{-1/2}`` is fitted with the slope fixed, ``log c = mean(log h_i +
+    (1/2) log n_i)``, and ``width = ceil((c / tol)^2)`` (at least 1; ``ValueError`` above
+    ``max_width``).  A free slope is reported as a check.  The band is the spread of the
+    linearised prediction over kernels at initialisation (``theory/finite_width.md``
+    section 6), not the whole distance to a trained network.
+
+    Examples
+    --------
+    >>> est = nd.width_for(arch, parts, W, lr=0.4, steps=200, metric="test_loss",
+    ...                    tol=0.005)                                   # doctest: +SKIP
+    >>> est.width, est.constant                                         # doctest: +SKIP
+    """
+    if metric not in WIDTH_FOR_METRICS:
+        raise ValueError(f"metric: expected one of {WIDTH_FOR_METRICS}, got {metric!r}")
+    if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or \
+            not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol: expected a finite number > 0, got {tol!r}")
+    if isinstance(widths, str | bytes) or not isinstance(widths, Sequence) or \
+            len(set(widths)) < 2 or not all(_is_int(w) and w >= 1 for w in widths):
+        raise ValueError(f"widths: expected at least two distinct positive integers, got "
+                         f"{widths!r}")
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+        raise ValueError(f"level: expected a number in (0, 1), e.g. 0.9 for 5-95 %, got "
+                         f"{level!r}")
+    if not isinstance(parts, Partition):
+        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    if metric.startswith("test") and parts.dataset.num_test == 0:
+        raise ValueError(f"metric: {metric!r} needs test data; the data set has none")
+    widths = tuple(sorted(int(w) for w in set(widths)))
+    spreads, bad = [], []
+    for n in widths:
+        draws, info = width_draws(arch, parts, mixing, lr, algorithm, steps, width=n,
+                                  samples=samples, seed=seed, f0=f0,
+                                  init_samples=init_samples)
+        off = samples - info["statuses"].get("ok", 0)
+        if off:
+            bad.append(f"{off} of {samples} kernels at width {n}")
+        spreads.append(float(np.max(half_width(draws[metric], level))))
+    if bad:
+        raise ValueError(f"lr: the linearised dynamics are unstable (or diverged) for "
+                         f"{', '.join(bad)}: the finite-width kernels' largest stable rate "
+                         "fluctuates around the analytic one; use a smaller lr or larger "
+                         "widths")
+    logn, spr = np.log(np.asarray(widths, float)), np.asarray(spreads)
+    pos = spr > 0
+    if not pos.any():
+        constant, slope = 0.0, float("nan")
+    else:
+        constant = float(np.exp(np.mean(np.log(spr[pos]) + 0.5 * logn[pos])))
+        slope = float(np.polyfit(logn[pos], np.log(spr[pos]), 1)[0]) if pos.sum() >= 2 \
+            else float("nan")
+    width = max(1, math.ceil((constant / tol) ** 2 * (1 - 1e-12)))
+    if width > max_width:
+        raise ValueError(f"tol: the fitted law {constant:.3g} / sqrt(n) reaches {tol:g} only "
+                         f"at width {width} > max_width = {max_width}")
+    return WidthEstimate(width=width, constant=constant, slope=slope, widths=widths,
+                         spreads=tuple(spreads), metric=metric, tol=float(tol),
+                         level=float(level), samples=int(samples))

@@ -1,0 +1,153 @@
+"""The finite-width band (``ntkdyn.finite_width``): predictions over the empirical kernels of
+width-n networks, kept apart from the band over initialisations; ``width_for``."""
+
+import jax
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn import finite_width as fw
+
+
+@pytest.fixture(scope="module")
+def small():
+    data = nd.data.digits(n_train=40, n_test=20, seed=0)
+    parts = nd.data.partition(data, agents=4, scheme="iid", seed=0)
+    W = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    return parts, W, nd.models.MLP(hidden=(64,), out=10)
+
+
+def test_band_half_width_falls_like_inverse_sqrt_width(small):
+    """Standard deviation (over 96 kernels) of the final test loss at widths 256, 1024, 4096:
+    fitted log-log slope within 0.1 of -1/2 (measured -0.51 .. -0.55 over three seed sets
+    with five widths; noise of each sd about 7 %)."""
+    parts, W, arch = small
+    widths = (256, 1024, 4096)
+    sd = []
+    for n in widths:
+        draws, info = fw.width_draws(arch, parts, W, 0.3, "dgd", [0, 100], width=n, samples=96,
+                                     seed=0, f0="mean")
+        assert info["statuses"] == {"ok": 96}
+        sd.append(np.std(draws["test_loss"][:, -1].mean(axis=1), ddof=1))
+    slope = np.polyfit(np.log(widths), np.log(sd), 1)[0]
+    assert abs(slope + 0.5) < 0.1, (sd, slope)
+
+
+def test_width_sample_is_the_empirical_kernel_prediction_of_that_network(small):
+    """Width sample s with f0='mean' equals nd.predict(kernel='empirical', f0='mean') of the
+    width-n network initialised with seed + s (1e-10); with f0='random' the initialisation
+    band and the width band stay apart (over='init' / over='width')."""
+    parts, W, arch = small
+    steps = [0, 20, 60]
+    traj = nd.predict(arch, parts, W, lr=0.3, steps=steps, f0="mean", seed=3, width=128,
+                      width_samples=3)
+    assert traj.width_draws["test_loss"].shape == (3, 3, 4)
+    assert traj.metadata["finite_width"]["seeds"] == [3, 4, 5]
+    net = fw.width_arch(arch, 128)
+    for s in range(3):
+        ref = nd.predict(net, parts, W, lr=0.3, steps=steps, kernel="empirical", f0="mean",
+                         seed=3 + s)
+        for m in ("test_loss", "train_loss", "test_acc", "consensus_dist"):
+            np.testing.assert_allclose(traj.width_draws[m][s], getattr(ref, m), rtol=1e-10,
+                                       atol=1e-12)
+    with pytest.raises(ValueError, match="over"):  # a mean network has no band over inits
+        traj.band("test_loss", over="init")
+
+    rnd = nd.predict(arch, parts, W, lr=0.3, steps=steps, width=128, width_samples=4,
+                     samples=8)
+    lo_w, hi_w = rnd.band("test_loss", 0.05, 0.95, over="width")
+    lo_i, hi_i = rnd.band("test_loss", 0.05, 0.95, over="init")
+    np.testing.assert_array_equal(lo_i, rnd.band("test_loss", 0.05, 0.95)[0])
+    assert lo_w.shape == lo_i.shape == (3, 4)
+    assert not np.allclose(lo_w, lo_i) and np.all(hi_w >= lo_w)
+    np.testing.assert_allclose(lo_w, np.quantile(rnd.width_draws["test_loss"], 0.05, axis=0))
+    assert "finite width 128" in rnd.summary()
+
+
+def test_width_band_survives_save_load_and_at_phase(small, tmp_path):
+    parts, W, arch = small
+    p2pl = nd.algorithms.p2pl(local_steps=2, consensus_steps=1)
+    traj = nd.predict(arch, parts, W, lr=0.2, algorithm=p2pl, steps=[0, 4], f0="mean",
+                      width=64, width_samples=2)
+    back = nd.Trajectory.load(traj.save(tmp_path / "t.npz"))
+    for k, v in traj.width_draws.items():
+        np.testing.assert_array_equal(back.width_draws[k], v)
+    assert back.metadata["finite_width"]["width"] == 64
+    local = traj.at_phase("local")
+    assert local.width_draws["test_loss"].shape[1] == len(local.steps)
+
+
+def test_jax_params_are_those_of_init_params():
+    net = nd.models.MLP(hidden=(30, 20), out=3)
+    for s, p in zip((5, 6), fw.network_params(net, 7, [5, 6]), strict=True):
+        q = nd.init_params(net, 7, s)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q),
+                                                         strict=True))
+
+
+def test_empirical_nngp_converges_to_the_analytic_one():
+    x = np.random.default_rng(0).normal(size=(6, 5))
+    arch = nd.models.MLP(hidden=(1, 1), out=2)
+    errs = []
+    for n in (256, 4096):
+        net = fw.width_arch(arch, n)
+        k = fw.empirical_nngp(net, nd.init_params(net, 5, 0), x)
+        errs.append(np.linalg.norm(k - net.nngp(x)) / np.linalg.norm(net.nngp(x)))
+    assert errs[1] < errs[0] / 2.5 and errs[1] < 0.1  # measured 0.19 -> 0.061
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(width=0), "width: expected a positive integer"),
+    (dict(width=64.0), "width: expected a positive integer"),
+    (dict(width=64, width_samples=1), "width_samples"),
+    (dict(width=64, kernel="empirical"), "width: .*analytic"),
+    (dict(width=64, f0="network"), "width: .*over networks"),
+    (dict(width=64, batch_size=2), "width: mini-batch"),
+    (dict(width=64, rank=5), "width: .*exact kernel path"),
+])
+def test_predict_width_errors(small, kw, match):
+    parts, W, arch = small
+    with pytest.raises(ValueError, match=match):
+        nd.predict(arch, parts, W, lr=0.3, steps=[0, 1], **kw)
+
+
+def test_width_needs_an_mlp(small):
+    parts, W, _ = small
+    with pytest.raises(ValueError, match="width: .*has no hidden layer"):
+        nd.predict(nd.models.MLP(hidden=(), out=10), parts, W, lr=0.3, steps=[0, 1], width=8)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(metric="test_lost"), "metric: expected one of"),
+    (dict(tol=0.0), "tol: expected a finite number > 0"),
+    (dict(tol=float("nan")), "tol"),
+    (dict(widths=(128,)), "widths: expected at least two"),
+    (dict(widths=(128, -4)), "widths"),
+    (dict(level=1.5), "level: expected a number in"),
+])
+def test_width_for_errors(small, kw, match):
+    parts, W, arch = small
+    with pytest.raises(ValueError, match=match):
+        nd.width_for(arch, parts, W, lr=0.3, steps=10, **kw)
+
+
+def test_width_for_meets_its_tolerance_and_is_monotone(small):
+    """The returned width's measured 5-95 % half-width is within tol up to the Monte-Carlo
+    error of 32 kernels (sd of an sd: 1/sqrt(2 * 31) = 13 %; allowed 40 %); a tolerance
+    half as large gives about four times the width."""
+    parts, W, arch = small
+    kw = dict(lr=0.3, steps=100, metric="test_loss", widths=(128, 512), samples=32, f0="mean")
+    est = nd.width_for(arch, parts, W, tol=0.004, **kw)
+    assert isinstance(est, nd.WidthEstimate) and est.widths == (128, 512)
+    assert est.width == int(np.ceil((est.constant / 0.004) ** 2))
+    assert abs(est.slope + 0.5) < 0.25 and est.law_holds
+    assert "WidthEstimate(width=" in repr(est) and "test_loss" in repr(est)
+    draws, _ = fw.width_draws(arch, parts, W, 0.3, "dgd", 100, width=est.width, samples=32,
+                              seed=1000, f0="mean")
+    measured = float(np.max(fw.half_width(draws["test_loss"], 0.9)))
+    assert measured <= 1.4 * 0.004, (est, measured)
+    tighter = nd.width_for(arch, parts, W, tol=0.002, **kw)
+    assert tighter.width >= est.width
+    assert tighter.width == pytest.approx(4 * est.width, rel=1e-3)
+    with pytest.raises(ValueError, match="tol: .*max_width"):
+        nd.width_for(arch, parts, W, tol=0.004, max_width=10, **kw)
