@@ -206,6 +206,45 @@ def output_distribution(
     ``O(T (Q N + N + K)^3)`` (continuous).  Infinite width only: the kernels
     are fixed; their finite-width fluctuation and motion are not included.
     """
+    theta, y, theta_t, y_t, prior, agent_idx, counts, w, eta, times = _checked(
+        kernel_train, y_train, kernel_test_train, y_test, nngp, agent, mixing, lr, algorithm,
+        steps, continuous)
+    n, m, q = theta.shape[0], theta_t.shape[0], w.shape[0]
+
+    # scale[q, i] = 1/N_q on agent q's samples, 0 elsewhere: g_q = scale[q] * (r0 + Theta alpha_q)
+    scale = (agent_idx[None, :] == np.arange(q)[:, None]) / counts[:, None]
+    r0 = np.concatenate([np.eye(n), -y], axis=1)  # (N, N + K) right-hand sides
+    step = _step_fn(algorithm, theta, scale, w, eta)
+    alphas = (_flow(step, q, n, r0, times) if continuous else _iterate(step, q, n, r0, times))
+
+    resp, ymap = alphas[..., :n], alphas[..., n:]  # (T, Q, N, N), (T, Q, N, K)
+    train_mean = np.einsum("ij,tqjk->tqik", theta, ymap)
+    test_mean = np.einsum("ij,tqjk->tqik", theta_t, ymap)
+    maps = np.zeros((len(times), q, n + m, n + m))
+    maps[:, :, :n, :n] = np.eye(n) + np.einsum("ij,tqjl->tqil", theta, resp)
+    maps[:, :, n:, :n] = np.einsum("ij,tqjl->tqil", theta_t, resp)
+    maps[:, :, n:, n:] = np.eye(m)
+    cov = maps @ prior @ np.swapaxes(maps, -1, -2)
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    mn_train = _squared_loss(train_mean, y)
+    exp_train = expected_squared_loss(train_mean, cov[..., :n, :n], y)
+    mn_test = exp_test = None
+    if y_t is not None:
+        mn_test = _squared_loss(test_mean, y_t)
+        exp_test = expected_squared_loss(test_mean, cov[..., n:, n:], y_t)
+    return OutputDistribution(
+        steps=times, algorithm=algorithm, lr=eta, continuous=bool(continuous),
+        train_mean=train_mean, test_mean=test_mean, cov=cov,
+        mean_network_train_loss=mn_train, expected_train_loss=exp_train,
+        mean_network_test_loss=mn_test, expected_test_loss=exp_test,
+    )
+
+
+# --------------------------------------------------------------------------- internals
+def _checked(kernel_train, y_train, kernel_test_train, y_test, nngp, agent, mixing, lr,
+             algorithm: str, steps, continuous: bool):
+    """Every argument of :func:`output_distribution` checked (a ``ValueError`` names it)
+    before anything is computed, including the memory of the covariances."""
     theta = _matrix(kernel_train, "kernel_train")
     n = theta.shape[0]
     if theta.shape != (n, n):
@@ -256,37 +295,9 @@ def output_distribution(
     if need > MAX_BYTES:
         raise ValueError(f"kernel_train: covariances need {need / 1e9:.1f} GB (> "
                          f"{MAX_BYTES / 1e9:.1f} GB); this dense reference is for small problems")
-
-    # scale[q, i] = 1/N_q on agent q's samples, 0 elsewhere: g_q = scale[q] * (r0 + Theta alpha_q)
-    scale = (agent_idx[None, :] == np.arange(q)[:, None]) / counts[:, None]
-    r0 = np.concatenate([np.eye(n), -y], axis=1)  # (N, N + K) right-hand sides
-    step = _step_fn(algorithm, theta, scale, w, eta)
-    alphas = (_flow(step, q, n, r0, times) if continuous else _iterate(step, q, n, r0, times))
-
-    resp, ymap = alphas[..., :n], alphas[..., n:]  # (T, Q, N, N), (T, Q, N, K)
-    train_mean = np.einsum("ij,tqjk->tqik", theta, ymap)
-    test_mean = np.einsum("ij,tqjk->tqik", theta_t, ymap)
-    maps = np.zeros((len(times), q, n + m, n + m))
-    maps[:, :, :n, :n] = np.eye(n) + np.einsum("ij,tqjl->tqil", theta, resp)
-    maps[:, :, n:, :n] = np.einsum("ij,tqjl->tqil", theta_t, resp)
-    maps[:, :, n:, n:] = np.eye(m)
-    cov = maps @ prior @ np.swapaxes(maps, -1, -2)
-    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
-    mn_train = _squared_loss(train_mean, y)
-    exp_train = expected_squared_loss(train_mean, cov[..., :n, :n], y)
-    mn_test = exp_test = None
-    if y_t is not None:
-        mn_test = _squared_loss(test_mean, y_t)
-        exp_test = expected_squared_loss(test_mean, cov[..., n:, n:], y_t)
-    return OutputDistribution(
-        steps=times, algorithm=algorithm, lr=eta, continuous=bool(continuous),
-        train_mean=train_mean, test_mean=test_mean, cov=cov,
-        mean_network_train_loss=mn_train, expected_train_loss=exp_train,
-        mean_network_test_loss=mn_test, expected_test_loss=exp_test,
-    )
+    return theta, y, theta_t, y_t, prior, agent_idx, counts, w, eta, times
 
 
-# --------------------------------------------------------------------------- internals
 def _squared_loss(out: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``1/(2|S|) sum_i ||out_i - y_i||^2`` over the last two axes."""
     return 0.5 * np.sum((out - y) ** 2, axis=(-2, -1)) / y.shape[0]
