@@ -653,21 +653,13 @@ def predict(
         raise ValueError("rank: the low-rank path takes full-batch gradients; batch_size "
                          "runs on the exact path (rank=None)")
     if width is not None:
-        from ntkdyn import finite_width
-
-        finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
-                                      f0=f0, params=params, loss=loss, batch_size=batch_size,
-                                      mixing=mixing, other_path=low_rank or path != "kernel")
-        traj = predict(arch, parts, mixing, lr, algorithm, steps, kernel=kernel, seed=seed,
-                       f0=f0, traced=traced, continuous=continuous,
-                       record_outputs=record_outputs, progress=progress, reference=reference,
-                       kernel_dtype=kernel_dtype, devices=devices, samples=samples, loss=loss,
-                       logit_scale=logit_scale)
-        draws, info = finite_width.width_draws(
-            arch, parts, mixing, lr, algorithm, steps, width=width, samples=width_samples,
-            seed=seed, f0=f0, init_samples=samples, continuous=continuous, loss=loss,
-            logit_scale=logit_scale)
-        return finite_width.with_width_band(traj, draws, info)
+        return _predict_with_width(
+            arch, parts, mixing, lr, algorithm, steps, width=width,
+            width_samples=width_samples, kernel=kernel, seed=seed, f0=f0, params=params,
+            traced=traced, continuous=continuous, record_outputs=record_outputs,
+            progress=progress, reference=reference, kernel_dtype=kernel_dtype,
+            devices=devices, samples=samples, loss=loss, logit_scale=logit_scale,
+            batch_size=batch_size, other_path=low_rank or path != "kernel")
     if path != "kernel":
         _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
                            max_rank=max_rank, continuous=continuous,
@@ -707,6 +699,30 @@ def _init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int):
 
     count = random_init.DEFAULT_NETWORKS if samples is None else samples
     return random_init.draw(nngp, problem.num_train, count, seed), None
+
+
+def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, width_samples,
+                        kernel, seed, f0, params, traced, continuous, record_outputs, progress,
+                        reference, kernel_dtype, devices, samples, loss, logit_scale,
+                        batch_size, other_path: bool) -> Trajectory:
+    """:func:`predict` at infinite width plus the width band: the same prediction with the
+    empirical kernels of ``width_samples`` networks of width ``width``
+    (:mod:`ntkdyn.finite_width`)."""
+    from ntkdyn import finite_width
+
+    finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
+                                  f0=f0, params=params, loss=loss, batch_size=batch_size,
+                                  mixing=mixing, other_path=other_path)
+    traj = predict(arch, parts, mixing, lr, algorithm, steps, kernel=kernel, seed=seed,
+                   f0=f0, traced=traced, continuous=continuous,
+                   record_outputs=record_outputs, progress=progress, reference=reference,
+                   kernel_dtype=kernel_dtype, devices=devices, samples=samples, loss=loss,
+                   logit_scale=logit_scale)
+    draws, info = finite_width.width_draws(
+        arch, parts, mixing, lr, algorithm, steps, width=width, samples=width_samples,
+        seed=seed, f0=f0, init_samples=samples, continuous=continuous, loss=loss,
+        logit_scale=logit_scale)
+    return finite_width.with_width_band(traj, draws, info)
 
 
 def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous, loss,

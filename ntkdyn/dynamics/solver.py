@@ -55,7 +55,7 @@ error below ``3^31/31! < 1e-19``), using only operator applications.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.flatten_util
@@ -775,33 +775,44 @@ def operator_norm_estimate(problem: KernelProblem, step_fn, lrs: np.ndarray,
     """
     algorithm = _as_algorithm(step_fn)
     data = device_data(problem, lrs, for_records=False)
-    k = problem.num_outputs
-    c0 = k if problem.traced else 1
-    ops = kernel_operators(data["blocks"], jnp.zeros_like(data["residual"]), data["mixing"],
-                           data["lr_cols"], offsets=problem.offsets,
-                           rows_per_sample=problem.rows_per_sample, central=True)
+    c0 = problem.num_outputs if problem.traced else 1
     shape = (problem.num_agents + 1, problem.kernel.shape[0], lrs.shape[0] * c0)
-    template = jax.eval_shape(lambda: algorithm.initial_state(jnp.zeros(shape), ops))
-    flat0, unravel = jax.flatten_util.ravel_pytree(
-        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template))
+    power = _power_iteration(algorithm, problem.offsets, problem.rows_per_sample, shape,
+                             int(iterations))
+    return float(power(data["blocks"], data["residual"], data["mixing"], data["lr_cols"],
+                       jax.random.PRNGKey(seed)))
 
-    def m(v):
-        x = unravel(v)
-        return jax.flatten_util.ravel_pytree(
-            jax.tree.map(jnp.subtract, algorithm.step(x, ops), x))[0]
 
-    v0 = jax.random.normal(jax.random.PRNGKey(seed), flat0.shape)
-    mt = jax.linear_transpose(m, v0)
+@lru_cache(maxsize=16)
+def _power_iteration(algorithm: Algorithm, offsets: tuple, rps: int, shape: tuple,
+                     iterations: int):
+    """A compiled power iteration on ``M^T M``, ``M = step - I`` (linear part: zero
+    residual), returning ``||M v||`` for the converged unit ``v``; cached per schedule and
+    shape, so repeated estimates (every prediction with a sweep or a stability note)
+    compile once."""
 
-    @jax.jit
-    def power(v):
+    def power(blocks, residual, mixing, lr_cols, key):
+        ops = kernel_operators(blocks, jnp.zeros_like(residual), mixing, lr_cols,
+                               offsets=offsets, rows_per_sample=rps, central=True)
+        template = jax.eval_shape(lambda: algorithm.initial_state(jnp.zeros(shape), ops))
+        flat0, unravel = jax.flatten_util.ravel_pytree(
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template))
+
+        def m(v):
+            x = unravel(v)
+            return jax.flatten_util.ravel_pytree(
+                jax.tree.map(jnp.subtract, algorithm.step(x, ops), x))[0]
+
+        v0 = jax.random.normal(key, flat0.shape, flat0.dtype)
+        mt = jax.linear_transpose(m, v0)
+
         def body(_, v):
             w = mt(m(v))[0]
             return w / jnp.linalg.norm(w)
-        v = jax.lax.fori_loop(0, iterations, body, v / jnp.linalg.norm(v))
+        v = jax.lax.fori_loop(0, iterations, body, v0 / jnp.linalg.norm(v0))
         return jnp.linalg.norm(m(v))
 
-    return float(power(v0))
+    return jax.jit(power)
 
 
 def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
