@@ -651,6 +651,55 @@ def _reference_to_alpha(x, data, q_count):
     return jnp.concatenate([x[:q_count], alpha[None]], axis=0)
 
 
+def taylor_flow(algorithm: Algorithm, x, h, ops: Operators, ops_lin: Operators):
+    r"""One step of length ``h`` of the flow ``dx/dt = step(x) - x`` with the step's
+    operators frozen over it: ``x + sum_{j=1}^{J} (h^j / j!) M^{j-1} (step(x) - x)``,
+    ``M = step_lin - I`` the step's linear part (``ops_lin``: zero residual), ``J =``
+    :data:`TAYLOR_TERMS` (exact for an affine step as ``J -> infinity``)."""
+    term = jax.tree.map(lambda u, v: h * (u - v), algorithm.step(x, ops), x)
+
+    def taylor(j, ta):
+        term, acc = ta
+        term = jax.tree.map(lambda u, v: (h / j) * (u - v), algorithm.step(term, ops_lin), term)
+        return term, jax.tree.map(jnp.add, acc, term)
+
+    _, new = jax.lax.fori_loop(2, TAYLOR_TERMS + 1, taylor,
+                               (term, jax.tree.map(jnp.add, x, term)))
+    return new
+
+
+def _record_state(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central,
+                  loss, networks):
+    """The records of one state: the centralised slot mapped back to ``alpha`` first,
+    then per sampled network (:func:`_record_networks`) or per column group
+    (:func:`_record`)."""
+    if central:
+        x = _reference_to_alpha(x, data, q_count)
+    if networks:
+        return _record_networks(x, data, q_count=q_count, n_rates=n_rates, has_test=has_test,
+                                central=central, networks=networks,
+                                record_outputs=record_outputs)
+    return _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
+                   has_test=has_test, record_outputs=record_outputs, central=central,
+                   loss=loss)
+
+
+def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, columns,
+                  offsets, rows_per_sample, central) -> Operators:
+    """The step's operators at step ``t``: mixing matrices of the sequence, the mini-batch
+    of the step, the loss's output gradient; ``linear=True``: the linear part (zero
+    residual, no reference offset, squared-loss gradient), for the flow's Taylor terms."""
+    residual = jnp.zeros_like(data["residual"]) if linear else data["residual"]
+    batch = _batch_at(data, t, batcher=batcher, grads_per_step=algorithm.grads_per_step,
+                      rows_per_sample=rows_per_sample, columns=columns)
+    return kernel_operators(
+        data["blocks"], residual,
+        _mixing_at(data, t, sampler=sampler, mixes_per_step=algorithm.mixes_per_step),
+        data["lr_cols"], reference=_reference_args(data, linear),
+        loss=None if linear else _loss_args(data, loss), batch=batch, offsets=offsets,
+        rows_per_sample=rows_per_sample, central=central)
+
+
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
                                    "has_test", "record_outputs", "central", "sampler", "loss",
                                    "batcher", "networks"))
@@ -672,19 +721,9 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
     k = y.shape[1]
     rps = 1 if traced else k
     c0 = k if traced else 1
-    common = dict(offsets=offsets, rows_per_sample=rps, central=central)
-    mixes = algorithm.mixes_per_step
-
-    def operators(t, linear=False):
-        residual = jnp.zeros_like(data["residual"]) if linear else data["residual"]
-        batch = _batch_at(data, t, batcher=batcher, grads_per_step=algorithm.grads_per_step,
-                          rows_per_sample=rps, columns=n_rates * c0)
-        return kernel_operators(data["blocks"], residual,
-                                _mixing_at(data, t, sampler=sampler, mixes_per_step=mixes),
-                                data["lr_cols"], reference=_reference_args(data, linear),
-                                loss=None if linear else _loss_args(data, loss), batch=batch,
-                                **common)
-
+    operators = partial(_operators_at, data, algorithm=algorithm, batcher=batcher,
+                        sampler=sampler, loss=loss, columns=n_rates * c0, offsets=offsets,
+                        rows_per_sample=rps, central=central)
     cols_rate = jnp.arange(n_rates * c0) // c0
     limit = data["limit_per_step"]
     params = algorithm.parameters
@@ -719,45 +758,22 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
             lambda: (guarded(x, new, diverged), t_new, diverged, div_at))
 
     def advance(state, n_sub, entry):
-        h = entry[1]
         if not continuous:  # blocks of CHECK_BLOCK steps, then the remainder step by step
             blocks = n_sub // CHECK_BLOCK
             state = jax.lax.fori_loop(0, blocks, block, state)
             return jax.lax.fori_loop(0, n_sub - blocks * CHECK_BLOCK, step_checked, state)
 
         def body(i, st):
-            x, t = st[0], st[1]
-            if continuous:
-                ops, ops_lin = operators(t), operators(t, linear=True)
-
-                def taylor(j, ta):
-                    term, acc = ta
-                    term = jax.tree.map(lambda u, v: (h / j) * (u - v),
-                                        algorithm.step(term, ops_lin), term)
-                    return term, jax.tree.map(jnp.add, acc, term)
-
-                term = jax.tree.map(lambda u, v: h * (u - v), algorithm.step(x, ops), x)
-                _, new = jax.lax.fori_loop(2, TAYLOR_TERMS + 1, taylor,
-                                           (term, jax.tree.map(jnp.add, x, term)))
-                t_new = t + h
-            else:
-                new, t_new = algorithm.step(x, operators(t)), t + 1.0
-            return checked(st, new, t_new)
+            new = taylor_flow(algorithm, st[0], entry[1], operators(st[1]),
+                              operators(st[1], linear=True))
+            return checked(st, new, st[1] + entry[1])
 
         return jax.lax.fori_loop(0, n_sub, body, state)
 
     def record(st, x):
-        x = params(x)
-        if central:
-            x = _reference_to_alpha(x, data, q_count)
-        if networks:
-            rec = _record_networks(x, data, q_count=q_count, n_rates=n_rates,
-                                   has_test=has_test, central=central, networks=networks,
-                                   record_outputs=record_outputs)
-        else:
-            rec = _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
-                          has_test=has_test, record_outputs=record_outputs, central=central,
-                          loss=loss)
+        rec = _record_state(params(x), data, q_count=q_count, n_rates=n_rates, traced=traced,
+                            has_test=has_test, record_outputs=record_outputs,
+                            central=central, loss=loss, networks=networks)
         rec["diverged"] = st[2]
         return st, rec
 
