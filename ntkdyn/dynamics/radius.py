@@ -53,6 +53,7 @@ import scipy.linalg
 import scipy.sparse.linalg as spla
 
 from ntkdyn import graphs
+from ntkdyn._utils.threads import one_blas_thread
 
 #: shift above 1 (and below the lower bound): far below the slow modes' distance from 1
 #: (1.2e-4 on the default configuration) so that shift-invert separates them, far above
@@ -168,10 +169,11 @@ def structured_radius(step: LowRankStep, s: float, curv: float) -> float | None:
     if lo is None:
         return None
     try:
-        top = float(np.max(_nearest(step, s, 1.0 + SHIFT).real))
-        if -lo <= abs(top):
-            return abs(top)
-        bottom = float(np.min(_nearest(step, s, lo - SHIFT * max(1.0, abs(lo))).real))
+        with one_blas_thread():
+            top = float(np.max(_nearest(step, s, 1.0 + SHIFT).real))
+            if -lo <= abs(top):
+                return abs(top)
+            bottom = float(np.min(_nearest(step, s, lo - SHIFT * max(1.0, abs(lo))).real))
     except spla.ArpackNoConvergence:
         return None
     return max(abs(top), abs(bottom))
