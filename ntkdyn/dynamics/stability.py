@@ -248,8 +248,14 @@ class StepOperator:
         elif method in ("auto", "structured"):
             rho = self.structured_radius(s)
         if rho is None:
-            op = spla.LinearOperator((self.dim, self.dim), matvec=lambda v: self.matvec(v, s),
-                                     dtype=np.float64)
+            step = None if self._structure is None else self._structure[0]
+            if step is not None:  # the same operator in numpy: no dispatch per product
+                def matvec(v):
+                    return step.apply(v.reshape(self.q, self.r, 1), s).ravel()
+            else:
+                def matvec(v):
+                    return self.matvec(v, s)
+            op = spla.LinearOperator((self.dim, self.dim), matvec=matvec, dtype=np.float64)
             # The modes the kernel barely sees cluster just inside +1, so 'LM' alone
             # converges slowly to them; an unstable mode usually leaves through -1, which
             # 'SR' (the leftmost eigenvalues) finds in a few hundred products. Take the larger.
