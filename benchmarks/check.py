@@ -13,7 +13,11 @@ Prints
 * ``ntkdyn predict`` of the same configuration in fresh processes (same repeats,
   interleaved with the checks) and the ratio check / predict (medians; target <= 2);
 * the import cost: ``import ntkdyn`` against ``import jax, numpy, scipy.linalg``, each
-  timed inside a fresh interpreter (median of 5, interleaved), and their ratio.
+  timed inside a fresh interpreter (median of 5, interleaved), and their ratio;
+* the spectral radius at the configured rate for DGD and ATC (what the report needs
+  beyond ``lr*``), old (ARPACK on ``A(s)``) against new (shift-invert through the
+  rank-``m`` structure, :mod:`ntkdyn.dynamics.radius`), interleaved, medians, their
+  ratio and the largest difference of the two radii; and the load average.
 
 A timing script, never a test: the figures go into the README.
 """
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "import sys; from ntkdyn.cli import main; sys.exit(main())"]
 
 
 def import_times(repeats: int = 5) -> dict:
@@ -54,7 +59,7 @@ def cold_runs(config: Path, repeats: int) -> list[dict]:
     out = []
     for _ in range(repeats):
         tic = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "ntkdyn.cli", "check", str(config), "--json"],
+        proc = subprocess.run([*CLI, "check", str(config), "--json"],
                               capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         wall = time.perf_counter() - tic
@@ -73,7 +78,7 @@ def predict_runs(config: Path, repeats: int) -> list[float]:
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             tic = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "ntkdyn.cli", "predict", str(config),
+            proc = subprocess.run([*CLI, "predict", str(config),
                                    "--quiet", "--out", str(Path(tmp) / "p")],
                                   capture_output=True, text=True, cwd=ROOT,
                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -125,12 +130,44 @@ def sweep_ratio(config: Path, repeats: int) -> dict:
     return out
 
 
+def radius_times(config: Path, repeats: int) -> dict:
+    """Old (ARPACK) against new (structured) spectral radius at the configured rate, for
+    DGD and ATC, each on a fresh operator (form detection and compilation included),
+    interleaved; medians over ``repeats``."""
+    sys.path.insert(0, str(ROOT))
+    from ntkdyn.algorithms import get_algorithm
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.config.schema import load_config
+    from ntkdyn.dynamics.stability import StepOperator
+    from ntkdyn.prediction import build_problem
+
+    cfg = load_config(config)
+    exp = from_config(cfg)
+    problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel,
+                            seed=cfg.seed)
+    lr = cfg.training.lr
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    diff = 0.0
+    for _ in range(repeats):
+        radii = {}
+        for key, method in (("old", "arpack"), ("new", "auto")):
+            tic = time.perf_counter()
+            radii[key] = [StepOperator(problem, get_algorithm(a)).spectral_radius(lr, method)
+                          for a in ("dgd", "atc")]
+            times[key].append(time.perf_counter() - tic)
+        diff = max(diff, *(abs(a - b) for a, b in zip(radii["old"], radii["new"], strict=True)))
+    out = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+    out.update(ratio=out["old_s"] / out["new_s"], max_diff=diff, radii=radii["new"])
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", default=str(ROOT / "examples" / "default.toml"))
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     config = Path(args.config)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
     imp = import_times()
     print(f"import ntkdyn {imp['ntkdyn_s']:.2f} s, import jax, numpy, scipy.linalg "
           f"{imp['base_s']:.2f} s (median of 5 fresh processes): ratio {imp['ratio']:.2f} "
@@ -155,6 +192,12 @@ def main(argv=None) -> int:
           f"{s['sweep_s']:.3f} s, ratio {s['ratio']:.2f}")
     print(f"same process: fixed point {s['fixed_point_s']:.2f} s, stability of DGD "
           f"{s['stability_dgd_s']:.2f} s, of ATC/CTA {s['stability_atc_s']:.2f} s")
+    r = radius_times(config, args.repeats)
+    print(f"spectral radius at lr (DGD + ATC, fresh operators, median of {args.repeats}): "
+          f"old ARPACK {r['old_s']:.2f} s, new structured {r['new_s']:.2f} s, ratio "
+          f"{r['ratio']:.1f}; radii {r['radii'][0]:.10f}, {r['radii'][1]:.10f}, largest "
+          f"difference {r['max_diff']:.1e}")
+    print(f"load average at end: {os.getloadavg()}")
     return 0
 
 

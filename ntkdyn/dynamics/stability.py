@@ -218,6 +218,7 @@ class StepOperator:
                                          problem.rows_per_sample)
         self._apply = _linear_step(problem, algorithm, self.profile, self._kernel_blocks)
         self._local = None
+        self._structure = None
 
     def _shape(self, m: int) -> tuple:
         base = (self.q, self.r, m)
@@ -234,17 +235,64 @@ class StepOperator:
         return np.asarray(self._apply(x, s)).reshape(v.shape)
 
     def spectral_radius(self, s: float, method: str = "auto") -> float:
+        """``rho(A(s))`` (per step over a period).  ``method``: ``"dense"`` (all
+        eigenvalues), ``"arpack"`` (Krylov on ``A(s)``: thousands of products when the slow
+        modes cluster below 1), ``"structured"`` (:meth:`structured_radius`, else ARPACK);
+        ``"auto"``: dense up to :data:`DENSE_MAX` dimensions, else structured."""
+        if method not in ("auto", "dense", "arpack", "structured"):
+            raise ValueError(f"method: expected 'auto', 'dense', 'arpack' or 'structured', "
+                             f"got {method!r}")
+        rho = None
         if method == "dense" or (method == "auto" and self.dim <= DENSE_MAX):
             rho = float(np.max(np.abs(dense_eigvals(self.dense(s)))))
-        else:
-            op = spla.LinearOperator((self.dim, self.dim), matvec=lambda v: self.matvec(v, s),
-                                     dtype=np.float64)
+        elif method in ("auto", "structured"):
+            rho = self.structured_radius(s)
+        if rho is None:
+            step = None if self._structure is None else self._structure[0]
+            if step is not None:  # the same operator in numpy: no dispatch per product
+                def matvec(v):
+                    return step.apply(v.reshape(self.q, self.r, 1), s).ravel()
+            else:
+                def matvec(v):
+                    return self.matvec(v, s)
+            op = spla.LinearOperator((self.dim, self.dim), matvec=matvec, dtype=np.float64)
             # The modes the kernel barely sees cluster just inside +1, so 'LM' alone
             # converges slowly to them; an unstable mode usually leaves through -1, which
             # 'SR' (the leftmost eigenvalues) finds in a few hundred products. Take the larger.
             found = [_arpack(op, "SR", 4, self.dim), _arpack(op, "LM", 6, self.dim)]
             rho = float(max(np.max(np.abs(v)) for v in found))
         return rho ** (1.0 / self.period_steps)
+
+    def structured_radius(self, s: float) -> float | None:
+        """``rho(A(s))`` by shift-invert through the rank-``m`` structure of DGD/ATC/CTA
+        (:mod:`ntkdyn.dynamics.radius`: exact up to ``~1e-12``); ``None`` where it does not
+        apply (augmented state, mixing sequence, an operator of another form, a spectrum
+        not known to be real: non-symmetric ``W``, ATC/CTA with indefinite ``W`` above
+        ``1 / curv``)."""
+        from ntkdyn.dynamics import radius
+
+        if self.blocks != 1 or self.period_steps != 1 or self.problem.process is not None:
+            return None
+        if self._structure is None:
+            p = self.problem
+            curv = float(np.max(self.profile * agent_curvatures(p)))
+
+            def factory(form):
+                return radius.LowRankStep(p.kernel, p.mixing, p.offsets, p.rows_per_sample,
+                                          self.profile, form)
+
+            probe = 1.0 / curv if curv > 0 else 1.0
+            form = radius.detect_form(factory, lambda x, t: self.matvec_state(x, t),
+                                      self.local_curvature, (self.q, self.r, 2), probe)
+            self._structure = (None if form is None else factory(form), curv)
+        step, curv = self._structure
+        if step is None:
+            return None
+        return radius.structured_radius(step, s, curv)
+
+    def matvec_state(self, x: np.ndarray, s: float) -> np.ndarray:
+        """``A(s) x`` on a block of states ``(Q, R, c)`` (single-state schedules)."""
+        return np.asarray(self._apply(jnp.asarray(x), s))
 
     def local_curvature(self, x):
         """``D H x`` on single-state arrays ``(Q, R, C)``: the local-gradient part of a step

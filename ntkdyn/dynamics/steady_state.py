@@ -38,6 +38,7 @@ import numpy as np
 import scipy.linalg
 
 from ntkdyn._utils.checks import learning_rates
+from ntkdyn._utils.threads import one_blas_thread
 from ntkdyn.algorithms import ATC, CTA, DGD, get_algorithm
 from ntkdyn.dynamics import solver
 from ntkdyn.dynamics.problem import KernelProblem
@@ -117,8 +118,10 @@ def _solve(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _range_basis(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvectors ``V_r`` and eigenvalues ``lambda_r > 0`` spanning ``range(Theta)``."""
-    lam, vec = scipy.linalg.eigh(kernel)
+    """Eigenvectors ``V_r`` and eigenvalues ``lambda_r > 0`` spanning ``range(Theta)``
+    (one BLAS thread: :mod:`ntkdyn._utils.threads`)."""
+    with one_blas_thread():
+        lam, vec = scipy.linalg.eigh(kernel)
     keep = lam > lam[-1] * kernel.shape[0] * np.finfo(float).eps
     return vec[:, keep], lam[keep]
 
