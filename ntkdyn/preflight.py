@@ -349,6 +349,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
             steady_state_distance_to_centralised=None if fp is None else fp.central_gap,
             steady_state_test_loss=float(np.mean(fp.test_loss))
             if fp is not None and fp.test_loss is not None else None)
+    finite = finite_width_report(exp, cfg, f0) if chosen.inside else None
     t_pred = time.perf_counter()
     comparison = [_topology_row(exp, name, cfg) for name in (topologies or [])]
     edge = None
@@ -370,7 +371,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                  "prediction_s": t_pred - t_stab, "topologies_and_edge_s": t_end - t_pred,
                  "total_s": t_end - t0},
         versions=versions(),
-        finite_width=finite_width_report(exp, cfg, f0) if chosen.inside else None)
+        finite_width=finite)
 
 
 LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full kernel's for "

@@ -147,6 +147,7 @@ def test_check_prints_the_width_band_and_the_width_for_a_tolerance(tmp_path, cap
     out = json.loads(capsys.readouterr().out)
     jsonschema.validate(out, SCHEMA)
     rep = out["finite_width"]
+    assert out["timings"]["prediction_s"] >= rep["seconds"] > 0  # counted in the total
     cfg = config_from_dict({**CHECK, "prediction": {**CHECK["prediction"], **pred}})
     exp = from_config(cfg)
     draws, _ = fw.width_draws(exp.arch, exp.parts, exp.mixing, 0.1, exp.algorithm, cfg.steps,
