@@ -59,7 +59,7 @@ WIDTH_FOR_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc")
 
 __all__ = ["DEFAULT_WIDTHS", "DEFAULT_WIDTH_SAMPLES", "WidthEstimate", "check_width_call",
            "empirical_nngp", "half_width", "network_params", "width_arch", "width_draws",
-           "width_for", "with_width_band"]
+           "width_draws_sweep", "width_for", "with_width_band"]
 
 
 def _is_int(v) -> bool:
@@ -142,6 +142,19 @@ def width_draws(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, wi
     about the run (``metadata["finite_width"]``).  Records after a sample diverged are
     NaN.  ``f0``: ``"random"`` (the mean over ``init_samples`` sampled initial outputs
     per kernel, the same standard-normal draws for every kernel) or ``"mean"``."""
+    return width_draws_sweep(arch, parts, mixing, [lr], algorithm, steps, width=width,
+                             samples=samples, seed=seed, f0=f0, init_samples=init_samples,
+                             continuous=continuous, loss=loss, logit_scale=logit_scale)[0]
+
+
+def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algorithm, steps,
+                      *, width: int, samples: int = DEFAULT_WIDTH_SAMPLES, seed: int = 0,
+                      f0: str = "random", init_samples: int | None = None,
+                      continuous: bool = False, loss: str = "mse",
+                      logit_scale: float = 1.0) -> list[tuple[dict, dict]]:
+    """:func:`width_draws` for several learning rates: one ``(draws, info)`` per rate, every
+    rate sharing each network's kernels and kernel reads (one batched run per network, as
+    :func:`ntkdyn.predict_sweep`)."""
     from ntkdyn.dynamics import random_init
     from ntkdyn.dynamics.problem import make_problem
     from ntkdyn.dynamics.run import run_problem
@@ -151,6 +164,7 @@ def width_draws(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, wi
     check_width_call(arch, width=width, samples=samples, f0=f0, loss=loss, mixing=mixing)
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    lrs = list(lrs)
     parts = parts.sorted()
     data = parts.dataset
     n = data.num_train
@@ -161,7 +175,7 @@ def width_draws(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, wi
     random = f0 == "random"
     count = random_init.DEFAULT_NETWORKS if init_samples is None else init_samples
     pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
-    runs, statuses = [], []
+    runs = []  # runs[s][r]: network s at rate r
     seeds = [int(seed) + s for s in range(samples)]
     for params in network_params(net, data.dim, seeds):
         kt = mlp_empirical_ntk(net, params, data.x_train)
@@ -173,17 +187,23 @@ def width_draws(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, wi
         if random:  # same z for every kernel (same seed); no exact losses (not needed)
             init = dataclasses.replace(random_init.draw(empirical_nngp(net, params, pooled),
                                                         n, count, seed), nngp=None)
-        traj = run_problem(problem, algorithm, [lr], steps, continuous=continuous,
-                           reference=False, init=init, seed=seed,
-                           metadata={"kernel": "empirical", "width": int(width)})[0]
-        runs.append(traj)
-        statuses.append(traj.status)
+        runs.append(run_problem(problem, algorithm, lrs, steps, continuous=continuous,
+                                reference=False, init=init, seed=seed,
+                                metadata={"kernel": "empirical", "width": int(width)}))
+    return [_stack([r[i] for r in runs], samples, parts.num_agents, width, seeds, random,
+                   count) for i in range(len(lrs))]
+
+
+def _stack(runs: list, samples: int, agents: int, width: int, seeds: list, random: bool,
+           count: int) -> tuple[dict, dict]:
+    """``(draws, info)`` of one rate from its ``samples`` runs."""
+    statuses = [t.status for t in runs]
     rows = max(len(t.steps) for t in runs)
     draws = {}
     for name in AGENT_METRICS:
         if getattr(runs[0], name, None) is None:
             continue
-        stack = np.full((samples, rows, parts.num_agents), np.nan)
+        stack = np.full((samples, rows, agents), np.nan)
         for i, t in enumerate(runs):
             v = getattr(t, name)
             stack[i, :len(v)] = v

@@ -9,7 +9,10 @@ over the sampled mixing sequences (shaded in the agent's colour) and the exact
 network mean of the mean state (the ``E[W]`` recursion, black dash-dot).  A one-random-
 network prediction (:class:`~ntkdyn.trajectory.RandomNetworkTrajectory`) likewise adds
 the 5-95 % band over sampled initialisations and the mean network (``f_0 = 0``, grey
-dash-dot).
+dash-dot).  A prediction with a finite-width band (``nd.predict(..., width=n)``,
+``traj.width_draws``) adds the 5-95 % band of the *network mean* over the ``S``
+width-``n`` networks' empirical kernels, hatched in black with thin black edges, so that
+it stays apart from the per-agent, colour-shaded band over initialisations.
 """
 
 from __future__ import annotations
@@ -74,6 +77,25 @@ def _what_sampled(traj) -> str:
     return "sampled sequences"
 
 
+def _width_band(ax, traj, name: str, log: bool) -> None:
+    """The finite-width band of ``name``'s network mean (5-95 % over the ``S`` empirical
+    kernels of ``traj.width_draws``), hatched black, when the trajectory has one."""
+    draws = (getattr(traj, "width_draws", None) or {}).get(name)
+    if draws is None or draws.shape[0] < 2:
+        return
+    info = traj.metadata.get("finite_width", {})
+    rows = min(len(traj.steps), draws.shape[1])
+    low, high = np.nanquantile(np.asarray(draws, float)[:, :rows].mean(axis=2), [0.05, 0.95],
+                               axis=0)
+    x = np.asarray(traj.steps)[:rows]
+    low, high = (_positive(low), _positive(high)) if log else (low, high)
+    ax.fill_between(x, low, high, facecolor="none", edgecolor="black", hatch="////", lw=0,
+                    alpha=0.45, label=f"network mean: 5-95 % over {draws.shape[0]} networks "
+                    f"of width {info.get('width', '?')} (empirical kernels at init)")
+    for edge in (low, high):
+        ax.plot(x, edge, "-", color="black", lw=0.6, alpha=0.8)
+
+
 def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str = "",
                     observed: Trajectory | None = None):
     """Six panels (losses, accuracy, distances) per agent and network mean.
@@ -119,6 +141,7 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
                                 _positive(high[:, q]) if log else high[:, q],
                                 color=colours[q], alpha=0.15, lw=0,
                                 label=_band_label(traj) if q == 0 else None)
+        _width_band(ax, traj, name, log)
         if expected is not None and getattr(expected, name, None) is not None:
             exact = getattr(expected, name).mean(axis=1)
             words = ("network mean of full-batch training (exact expected state)"
@@ -143,7 +166,8 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     handles, labels = axes.flat[0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color=colours[0], lw=0.8))
     labels.append(f"agents 1..{traj.num_agents} (one colour each)")
-    fig.legend(handles, labels, loc="outside lower center", ncol=3 if quantiles else 4,
+    fig.legend(handles, labels, loc="outside lower center",
+               ncol=3 if quantiles or getattr(traj, "width_draws", None) else 4,
                frameon=False)
     status = "" if traj.status == "ok" else f" [{traj.status}]"
     algo = traj.metadata.get("algorithm", "").upper()

@@ -878,12 +878,24 @@ def predict_sweep(
     logit_scale: float = 1.0,
     batch_size: int = 0,
     batch_sampling: str = "epoch",
+    width: int | None = None,
+    width_samples: int = 16,
 ) -> list[Trajectory]:
-    """:func:`predict` for several learning rates sharing every pass over the kernel."""
+    """:func:`predict` for several learning rates sharing every pass over the kernel.
+
+    ``width``: also the finite-width band of every rate (as :func:`predict`'s ``width``),
+    all rates sharing each width-``n`` network's kernels
+    (:func:`ntkdyn.finite_width.width_draws_sweep`)."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])
     f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, batch_size=batch_size)
+    if width is not None:
+        return _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel,
+                                 seed=seed, f0=f0, progress=progress, reference=reference,
+                                 samples=samples, loss=loss, logit_scale=logit_scale,
+                                 batch_size=batch_size, width=width,
+                                 width_samples=width_samples)
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=True, rates=len(lrs), loss=loss,
@@ -897,6 +909,25 @@ def predict_sweep(
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
                        reference=reference, samples=samples, batch_size=batch_size, seed=seed,
                        batch_sampling=batch_sampling, init=init)
+
+
+def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, f0,
+                      progress, reference, samples, loss, logit_scale, batch_size, width,
+                      width_samples) -> list[Trajectory]:
+    """:func:`predict_sweep` with the finite-width band of every rate."""
+    from ntkdyn import finite_width
+
+    finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
+                                  f0=f0, loss=loss, batch_size=batch_size, mixing=mixing)
+    trajs = predict_sweep(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel, seed=seed,
+                          f0=f0, progress=progress, reference=reference, samples=samples,
+                          loss=loss, logit_scale=logit_scale)
+    bands = finite_width.width_draws_sweep(arch, parts, mixing, lrs, algorithm, steps,
+                                           width=width, samples=width_samples, seed=seed,
+                                           f0=f0, init_samples=samples, loss=loss,
+                                           logit_scale=logit_scale)
+    return [finite_width.with_width_band(t, d, i) for t, (d, i) in zip(trajs, bands,
+                                                                        strict=True)]
 
 
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:

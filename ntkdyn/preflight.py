@@ -100,6 +100,9 @@ class CheckReport:
     versions: dict = field(default_factory=dict)
     #: ``[prediction] rank``: the factor's facts; the verdicts are of the truncated operator
     low_rank: dict | None = None
+    #: ``[prediction] width`` / ``width_tol``: the finite-width band at the horizon and the
+    #: width within the tolerance (:func:`finite_width_report`); ``None`` when neither is set
+    finite_width: dict | None = None
 
     @property
     def target_reached(self) -> bool:
@@ -346,6 +349,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
             steady_state_distance_to_centralised=None if fp is None else fp.central_gap,
             steady_state_test_loss=float(np.mean(fp.test_loss))
             if fp is not None and fp.test_loss is not None else None)
+    finite = finite_width_report(exp, cfg, f0) if chosen.inside else None
     t_pred = time.perf_counter()
     comparison = [_topology_row(exp, name, cfg) for name in (topologies or [])]
     edge = None
@@ -366,7 +370,8 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
                  "prediction_s": t_pred - t_stab, "topologies_and_edge_s": t_end - t_pred,
                  "total_s": t_end - t0},
-        versions=versions())
+        versions=versions(),
+        finite_width=finite)
 
 
 LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full kernel's for "
@@ -554,5 +559,89 @@ def _render(r: CheckReport) -> str:
                   f"{e['lr_star']:.4g}); rates tried: "
                   + ", ".join(f"{t['lr']:.4g} ({'ok' if t['converged'] else 'diverged'})"
                               for t in e["trials"])]
+    lines += finite_width_lines(r.finite_width)
     lines += ["", r.caveat, f"(total {r.timings['total_s']:.1f} s)"]
     return "\n".join(lines)
+
+
+def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
+    r"""``[prediction] width = n``: the finite-width band at the horizon (5-95 % over
+    ``width_samples`` networks of width ``n``, :func:`ntkdyn.finite_width.width_draws`);
+    ``[prediction] width_tol``: the smallest width whose band of ``width_metric`` has a
+    5-95 % half-width ``<= width_tol`` at the horizon (:func:`ntkdyn.width_for`, the
+    ``c n^{-1/2}`` law fitted at widths 128, 256, 512 with ``width_samples`` kernels each).
+    ``None`` when neither is set.  Both are the spread of the linearised prediction over
+    the networks' kernels *at initialisation* (``theory/finite_width.md`` section 6): the
+    kernel's motion during training is not in them."""
+    from ntkdyn import finite_width as fw
+
+    p = cfg.prediction
+    if not (p.width or p.width_tol):
+        return None
+    t0 = time.perf_counter()
+    out: dict = {"note": "spread of the linearised prediction over width-n networks' "
+                         "empirical kernels at initialisation; the kernel's motion during "
+                         "training is not included (theory/finite_width.md section 6)"}
+    if p.width:
+        draws, info = fw.width_draws(exp.arch, exp.parts, exp.mixing, cfg.training.lr,
+                                     exp.algorithm, cfg.steps, width=p.width,
+                                     samples=p.width_samples, seed=cfg.seed, f0=f0,
+                                     init_samples=p.samples)
+        band = {"width": p.width, "samples": p.width_samples, "f0": info["f0"],
+                "statuses": info["statuses"]}
+        for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
+            if metric in draws:
+                last = draws[metric][:, -1]  # (S, Q)
+                band[f"final_{metric}_band"] = [float(v) for v in
+                                                np.nanquantile(last, [0.05, 0.95],
+                                                               axis=0).mean(axis=1)]
+        out["band"] = band
+    if p.width_tol:
+        try:
+            est = fw.width_for(exp.arch, exp.parts, exp.mixing, lr=cfg.training.lr,
+                               steps=cfg.steps, algorithm=exp.algorithm, metric=p.width_metric,
+                               tol=p.width_tol, samples=p.width_samples, seed=cfg.seed,
+                               f0=f0, init_samples=p.samples)
+            out["width_for"] = {"width": est.width, "metric": est.metric, "tol": est.tol,
+                                "level": est.level, "constant": est.constant,
+                                "slope": est.slope, "law_holds": est.law_holds,
+                                "widths": list(est.widths), "spreads": list(est.spreads),
+                                "samples": est.samples, "error": None}
+        except ValueError as exc:  # unstable kernels at the rate, or beyond max_width
+            out["width_for"] = {"width": None, "metric": p.width_metric, "tol": p.width_tol,
+                                "error": str(exc)}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def finite_width_lines(fw: dict | None) -> list[str]:
+    """Rendered lines of :func:`finite_width_report` (none when it is ``None``)."""
+    if fw is None:
+        return []
+    lines = ["", "Finite width (linearised prediction over networks' empirical kernels at "
+             "initialisation; their motion during training is not included):"]
+    band = fw.get("band")
+    if band is not None:
+        def rng(metric, fmt):
+            lo, hi = band[f"final_{metric}_band"]
+            return f"{lo:{fmt}}-{hi:{fmt}}"
+        bad = sum(v for k, v in band["statuses"].items() if k != "ok")
+        lines.append(f"  width {band['width']} ({band['samples']} networks): test loss 5-95 %: "
+                     f"{rng('test_loss', '.4g')}, test acc 5-95 %: {rng('test_acc', '.3f')}"
+                     + (f" ({bad} of {band['samples']} unstable at this rate)" if bad else ""))
+    est = fw.get("width_for")
+    if est is not None:
+        what = est["metric"].replace("_", " ")
+        if est["width"] is None:
+            lines.append(f"  width for {what} within {est['tol']:g}: not found: {est['error']}")
+        else:
+            pts = ", ".join(f"{w}: {h:.3g}" for w, h in zip(est["widths"], est["spreads"],
+                                                            strict=True))
+            lines.append(f"  width for {what} within {est['tol']:g} (5-95 % half-width at the "
+                         f"horizon): {est['width']} (fitted {est['constant']:.3g} / sqrt(n), "
+                         f"free slope {est['slope']:.2f}; half-widths {pts})")
+            if not est["law_holds"]:
+                lines.append("    NOT in the n^-1/2 regime at these widths (free slope not "
+                             "within 0.25 of -1/2): the width is not to be trusted")
+    lines.append(f"  ({fw['seconds']:.1f} s)")
+    return lines

@@ -151,3 +151,25 @@ def test_width_for_meets_its_tolerance_and_is_monotone(small):
     assert tighter.width == pytest.approx(4 * est.width, rel=1e-3)
     with pytest.raises(ValueError, match="tol: .*max_width"):
         nd.width_for(arch, parts, W, tol=0.004, max_width=10, **kw)
+
+
+def test_predict_sweep_width_band_equals_one_prediction_per_rate(small):
+    """``predict_sweep(..., width=n)``: every rate's width draws (all rates in one batched run
+    per network) equal ``predict(..., width=n)`` at that rate to 1e-9 relative; the same
+    argument checks name ``width``."""
+    parts, W, arch = small
+    steps, lrs = [0, 10, 30], [0.1, 0.3]
+    sweep = nd.predict_sweep(arch, parts, W, lrs, steps=steps, width=64, width_samples=3,
+                             samples=8, reference=False)
+    assert len(sweep) == 2
+    for lr, traj in zip(lrs, sweep, strict=True):
+        one = nd.predict(arch, parts, W, lr=lr, steps=steps, width=64, width_samples=3,
+                         samples=8, reference=False)
+        assert traj.metadata["finite_width"]["seeds"] == [0, 1, 2]
+        for m in ("test_loss", "train_acc"):
+            np.testing.assert_allclose(traj.width_draws[m], one.width_draws[m], rtol=1e-9,
+                                       atol=1e-12)
+            np.testing.assert_allclose(traj.band(m, over="init")[0],
+                                       one.band(m, over="init")[0], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="^width: the finite-width band is for the analytic"):
+        nd.predict_sweep(arch, parts, W, lrs, steps=steps, kernel="empirical", width=64)

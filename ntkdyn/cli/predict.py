@@ -32,7 +32,7 @@ def run(args) -> int:
     check_output(args.out)
     exp = from_config(cfg)
     t = cfg.training
-    init = {"samples": exp.samples, **_initialisation(cfg, exp)}
+    init = {"samples": exp.samples, **_initialisation(cfg, exp), **_width(cfg)}
     traj = pipeline.predict(exp.arch, exp.parts, exp.mixing, t.lr, exp.algorithm,
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
@@ -65,12 +65,13 @@ def run(args) -> int:
             "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
             if getattr(traj, "expected", None) is not None else None,
             "low_rank": _low_rank_summary(traj),
+            "finite_width": _width_summary(traj),
             "config": applicable(cfg, "predict"),
         }
         for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
                     "low_rank", "minibatch", "initialisation_samples",
                     "final_test_loss_band_5_95", "final_test_acc_band_5_95",
-                    "final_test_loss_mean_network"):
+                    "final_test_loss_mean_network", "finite_width"):
             if summary[key] is None:  # list only what applies to this run
                 del summary[key]
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -82,7 +83,9 @@ def run(args) -> int:
                  + (", cross-entropy" if t.loss == "cross_entropy" else "")
                  + (f", mini-batch {t.batch_size} ({traj.samples} sequences)"
                     if t.batch_size else "")
-                 + "\n" + _short_quantity(traj.metadata.get("quantity", "")))
+                 + "\n" + _short_quantity(traj.metadata.get("quantity", ""))
+                 + (f"; hatched: {cfg.prediction.width_samples} networks of width "
+                    f"{cfg.prediction.width}" if cfg.prediction.width else ""))
         plot_trajectory(traj, tmp / "trajectory.png", title=title)
     print(traj.summary())
     print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
@@ -102,6 +105,28 @@ def _initialisation(cfg, exp) -> dict:
                           batch_size=cfg.training.batch_size)
     if resolved == "random":
         out["samples"] = cfg.prediction.samples
+    return out
+
+
+def _width(cfg) -> dict:
+    """``width`` / ``width_samples`` for :func:`ntkdyn.predict` from ``[prediction] width``
+    (the finite-width band; nothing when it is 0)."""
+    p = cfg.prediction
+    return {"width": p.width, "width_samples": p.width_samples} if p.width else {}
+
+
+def _width_summary(traj):
+    """The finite-width band's facts and its final 5-95 % bands (network mean over agents)
+    for summary.json (``None`` without ``[prediction] width``)."""
+    info = traj.metadata.get("finite_width")
+    if info is None or not traj.width_draws:
+        return None
+    out = {k: info[k] for k in ("width", "samples", "seeds", "f0", "statuses", "note")
+           if k in info}
+    for metric in ("test_loss", "test_acc", "train_loss"):
+        if metric in traj.width_draws and len(traj.steps):
+            lo, hi = traj.band(metric, 0.05, 0.95, over="width")
+            out[f"final_{metric}_band_5_95"] = [float(lo[-1].mean()), float(hi[-1].mean())]
     return out
 
 

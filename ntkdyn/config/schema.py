@@ -104,6 +104,10 @@ class PredictionConfig:
     tol: float = 1e-3  # rank = "auto": a-priori error estimate to meet (theory/low_rank.md)
     f0: str = ""  # "" (default by kernel) | random | mean | network: which network
     samples: int = 32  # f0 = "random": sampled initialisations (networks)
+    width: int = 0  # > 0: also the finite-width band over width_samples networks of this width
+    width_samples: int = 16  # empirical kernels per finite-width band (and per width_tol width)
+    width_tol: float = 0.0  # check, > 0: the width whose width band at the horizon is within it
+    width_metric: str = "test_acc"  # check, width_tol: the metric the tolerance is on
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ CHOICES = {
     "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
     "prediction.f0": ("", "random", "mean", "network"),
+    "prediction.width_metric": ("test_acc", "test_loss", "train_loss", "train_acc"),
     "validation.dtype": ("float32", "float64"),
     "training.loss": ("mse", "cross_entropy"),
     "training.batch_sampling": ("epoch", "independent"),
@@ -156,7 +161,7 @@ POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "prediction.samples", "training.logit_scale",
             "training.samples")
 NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed",
-                "training.batch_size")
+                "training.batch_size", "prediction.width", "prediction.width_tol")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -350,11 +355,44 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
             raise ConfigError("config: topology.gossip_samples: with training.batch_size > 0 "
                               "sequence s samples both the gossip and the batches; set "
                               "training.samples only")
+    _validate_width(cfg, given)
     if t.loss == "cross_entropy":
         if cfg.data.centre_targets:
             raise ConfigError("config: data.centre_targets: training.loss = 'cross_entropy' "
                               "needs one-hot targets (centred targets are not class "
                               "probabilities)")
+
+
+def _validate_width(cfg: Config, given: set) -> None:
+    """``[prediction] width / width_samples / width_tol / width_metric`` (the finite-width
+    band, :mod:`ntkdyn.finite_width`): what they need, the error naming the key."""
+    p, t, topo = cfg.prediction, cfg.training, cfg.topology
+    if p.width_samples < 2:
+        raise ConfigError(f"config: prediction.width_samples: expected an integer >= 2 "
+                          f"(empirical kernels per band), got {p.width_samples!r}")
+    if "prediction.width_samples" in given and not (p.width or p.width_tol):
+        raise ConfigError("config: prediction.width_samples: only used with prediction.width "
+                          "> 0 or prediction.width_tol > 0")
+    if "prediction.width_metric" in given and not p.width_tol:
+        raise ConfigError("config: prediction.width_metric: only used with "
+                          "prediction.width_tol > 0")
+    for key, on in (("prediction.width", p.width), ("prediction.width_tol", p.width_tol)):
+        if not on:
+            continue
+        why = ("prediction.kernel = 'empirical' (the band is over width-n networks around the "
+               "analytic kernel; the empirical kernel already is one network's)"
+               if p.kernel != "analytic" else
+               "prediction.f0 = 'network' (one network, not a band over networks)"
+               if p.f0 == "network" else
+               "prediction.rank (the band runs on the exact path)"
+               if p.rank is not None else
+               "training.batch_size > 0 (mini-batch SGD)" if t.batch_size else
+               "random gossip (topology.gossip)" if topo.gossip else
+               "training.loss = 'cross_entropy' with prediction.f0 = 'random'"
+               if t.loss != "mse" and p.f0 == "random" else None)
+        if why:
+            raise ConfigError(f"config: {key}: the finite-width band cannot be combined with "
+                              f"{why}; remove {key}")
 
 
 def applicable(cfg: Config, command: str = "predict") -> dict:
@@ -399,6 +437,14 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
         out["prediction"].pop("f0")
     if command not in ("predict", "check"):
         out["prediction"].pop("samples")
+    if not cfg.prediction.width:
+        out["prediction"].pop("width")
+    if command != "check" or not cfg.prediction.width_tol:
+        out["prediction"].pop("width_tol")
+        out["prediction"].pop("width_metric")
+    if not (cfg.prediction.width or "width_tol" in out["prediction"]) or \
+            command not in ("predict", "check"):
+        out["prediction"].pop("width_samples")
     if command != "check":
         out["prediction"].pop("target_loss")
     if not cfg.training.batch_size:
