@@ -272,22 +272,8 @@ def _caveat(kernel: str, width: int, full: bool = False) -> str:
             "measure it for this configuration.")
 
 
-def check(config: Config | str | Path, *, topologies: list[str] | None = None,
-          measure_edge: bool = False, edge_steps: int = 300, edge_bisections: int = 4,
-          cache_dir: str | Path | None = None, progress: bool = False) -> CheckReport:
-    """Check a configuration's rate, topology and width before deployment.
-
-    Parameters
-    ----------
-    config : Config or path to a TOML file
-    topologies : list of topology names to compare (same size, mixing rule), optional
-    measure_edge : bool
-        Train the real network briefly (``edge_steps`` steps) at rates above ``lr*``
-        (doubling, then ``edge_bisections`` bisections) to find where real training
-        stops converging; results are cached in ``cache_dir``.
-    """
-    t0 = time.perf_counter()
-    cfg = load_config(config) if not isinstance(config, Config) else config
+def _check_supported(cfg: Config) -> None:
+    """What check does not analyse yet is a :class:`ConfigError` naming the key."""
     if cfg.training.loss != "mse":
         raise ConfigError(f"config: training.loss: check supports the squared loss only for "
                           f"now: the stability analysis is exact for it (got "
@@ -300,30 +286,15 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                           f"{cfg.training.batch_size}; ntkdyn predict and validate take "
                           "mini-batch SGD; remove training.batch_size to check the full-batch "
                           "dynamics, which are the expected SGD dynamics for the squared loss)")
-    if cfg.prediction.rank is not None:
-        if topologies or measure_edge:
-            raise ConfigError("config: prediction.rank: --topologies and --measure-edge run on "
-                              "the exact path; remove prediction.rank (and tol) for them")
-        return _check_lowrank(cfg, t0)
-    exp = from_config(cfg)
-    full = _full_empirical(cfg, exp)
-    f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, mixing=exp.mixing)
-    # f0 = "random": the sweep and verdicts use the mean network's problem (f0 = 0); the NNGP
-    # comes from the same kernel pass, for the chosen rate's band over initialisations
-    problem, nngp = build_problem_and_nngp(
-        exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel, seed=cfg.seed,
-        params=None, f0=f0, traced=not full, rates=len(SWEEP_FRACTIONS) + 1, loss="mse",
-        logit_scale=1.0, want_nngp=f0 == "random")
-    t_kernel = time.perf_counter()
-    verdicts = _analyse(exp, problem, cfg)
-    algo = exp.algorithm
-    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
-    if chosen is None:  # gd, p2pl, gradient tracking, EXTRA, momentum: their own operator
-        rep = spectrum.stability(problem, algo, cfg.training.lr)
-        chosen = _as_verdict(rep, _topology_name(cfg))
-        verdicts.append(chosen)
-    t_stab = time.perf_counter()
+
+
+def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
+                          chosen: AlgorithmVerdict, progress: bool):
+    """The learning-rate sweep (fractions of ``lr*``) and, when the chosen rate is inside
+    the NTK regime, its prediction (one batched pass), fixed point and random-network
+    band."""
     target = cfg.prediction.target_loss
+    algo = exp.algorithm
     # fractions of lr*; none when no rate is stable (lr* = 0) or every rate is (lr* = inf)
     rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
              if 0 < chosen.lr_star < np.inf else [])
@@ -349,6 +320,51 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
             steady_state_distance_to_centralised=None if fp is None else fp.central_gap,
             steady_state_test_loss=float(np.mean(fp.test_loss))
             if fp is not None and fp.test_loss is not None else None)
+    return sweep, prediction
+
+
+def check(config: Config | str | Path, *, topologies: list[str] | None = None,
+          measure_edge: bool = False, edge_steps: int = 300, edge_bisections: int = 4,
+          cache_dir: str | Path | None = None, progress: bool = False) -> CheckReport:
+    """Check a configuration's rate, topology and width before deployment.
+
+    Parameters
+    ----------
+    config : Config or path to a TOML file
+    topologies : list of topology names to compare (same size, mixing rule), optional
+    measure_edge : bool
+        Train the real network briefly (``edge_steps`` steps) at rates above ``lr*``
+        (doubling, then ``edge_bisections`` bisections) to find where real training
+        stops converging; results are cached in ``cache_dir``.
+    """
+    t0 = time.perf_counter()
+    cfg = load_config(config) if not isinstance(config, Config) else config
+    _check_supported(cfg)
+    if cfg.prediction.rank is not None:
+        if topologies or measure_edge:
+            raise ConfigError("config: prediction.rank: --topologies and --measure-edge run on "
+                              "the exact path; remove prediction.rank (and tol) for them")
+        return _check_lowrank(cfg, t0)
+    exp = from_config(cfg)
+    full = _full_empirical(cfg, exp)
+    f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, mixing=exp.mixing)
+    # f0 = "random": the sweep and verdicts use the mean network's problem (f0 = 0); the NNGP
+    # comes from the same kernel pass, for the chosen rate's band over initialisations
+    problem, nngp = build_problem_and_nngp(
+        exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel, seed=cfg.seed,
+        params=None, f0=f0, traced=not full, rates=len(SWEEP_FRACTIONS) + 1, loss="mse",
+        logit_scale=1.0, want_nngp=f0 == "random")
+    t_kernel = time.perf_counter()
+    verdicts = _analyse(exp, problem, cfg)
+    algo = exp.algorithm
+    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
+    if chosen is None:  # gd, p2pl, gradient tracking, EXTRA, momentum: their own operator
+        rep = spectrum.stability(problem, algo, cfg.training.lr)
+        chosen = _as_verdict(rep, _topology_name(cfg))
+        verdicts.append(chosen)
+    t_stab = time.perf_counter()
+    target = cfg.prediction.target_loss
+    sweep, prediction = _sweep_and_prediction(problem, nngp, exp, cfg, chosen, progress)
     finite = finite_width_report(exp, cfg, f0) if chosen.inside else None
     t_pred = time.perf_counter()
     comparison = [_topology_row(exp, name, cfg) for name in (topologies or [])]
@@ -468,88 +484,14 @@ def _fmt(x, spec=".4g"):
 
 
 def _render(r: CheckReport) -> str:
+    """The text report of :func:`check`, one section after another."""
     lines = [f"ntkdyn check: {r.algorithm.upper()} at lr={r.lr:g} on a {r.topology} of "
              f"{r.config['partition']['agents']} agents, width {r.width}, {r.kernel} NTK, "
              f"{r.horizon} steps", ""]
-    if r.low_rank is None:
-        lines.append("Stability of the linearised dynamics (NTK regime):")
-    else:
-        lines += [f"Stability of the linearised dynamics (NTK regime) on the rank-"
-                  f"{r.low_rank['rank']} coordinates of the low-rank path (LOW-RANK verdict:",
-                  f"  {LOW_RANK_WORDS}):"]
-    width = max(5, *(len(v.algorithm) for v in r.stability))
-    lines.append(f"  {'algo':<{width}} spectral radius   lr* (exact)   sufficient bound   margin"
-                 "   regime")
-    for v in r.stability:
-        lines.append(f"  {v.algorithm:<{width}} {v.spectral_radius:>15.6f} {v.lr_star:>13.5g} "
-                     f"{v.lr_bound:>18.5g} {v.margin:>+8.0%}   "
-                     f"{'inside' if v.inside else 'OUTSIDE'}")
-    lines.append("")
-    for v in r.stability:
-        lines.append("  " + v.verdict)
-        if v.operator != "one step":
-            lines.append(f"    (operator: {v.operator})")
-    lines.append("")
-    if r.prediction is not None:
-        p = r.prediction
-        reached = (f"reached at step {p['steps_to_target']}" if p["steps_to_target"] is not None
-                   else "not reached")
-        one = p.get("one_random_network")
-        lines.append(f"Prediction at step {r.horizon} (network mean over agents, linearised "
-                     "dynamics):")
-        if one is not None:
-            def exp_band(metric, fmt):
-                lo, hi = one[f"final_{metric}_band"]
-                return (f"{one[f'final_{metric}_expected']:{fmt}} expected (5-95 %: "
-                        f"{lo:{fmt}}-{hi:{fmt}})")
-            hit = one["steps_to_target_expected"]
-            lines += [f"  one random network (over {one['samples']} sampled initialisations):",
-                      f"    test loss {exp_band('test_loss', '.4g')}",
-                      f"    test acc  {exp_band('test_acc', '.3f')}",
-                      f"    train loss {exp_band('train_loss', '.4g')}"]
-        label = "  mean network (f0 = 0): " if one is not None else "  "
-        lines += [f"{label}train loss {p['final_train_loss']:.4g}, test loss "
-                  f"{p['final_test_loss']:.4g}, train acc {p['final_train_acc']:.3f}, test acc "
-                  f"{p['final_test_acc']:.3f}",
-                  f"  target test loss {r.target_loss:g}: {reached}"
-                  + (" (mean network); expected loss of one random network: "
-                     + (f"reached at step {hit}" if hit is not None else "not reached")
-                     if one is not None else "")]
-        if r.low_rank is not None:
-            lines.append("  steady state: not computed on the low-rank path")
-        elif p["steady_state_consensus_gap"] is None:
-            lines.append("  steady state: none (a periodic mixing sequence ends on a periodic "
-                         "orbit)")
-        else:
-            lines.append(f"  steady state: consensus gap {p['steady_state_consensus_gap']:.3g}"
-                         f", distance to the centralised solution "
-                         f"{p['steady_state_distance_to_centralised']:.3g}")
-    else:
-        lines.append(f"Predictions withheld: {r.algorithm.upper()} at lr={r.lr:g} is outside the "
-                     "NTK regime (see above).")
-    if r.low_rank is not None:
-        lines += ["", "Learning-rate sweep: not run on the low-rank path (remove "
-                  "prediction.rank for it)"]
-    else:
-        lines += ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, one "
-                  "batched prediction):", "  lr          final test loss   test acc   steps "
-                  "to target"]
-    for s in r.sweep:
-        hit = s["steps_to_target"]
-        lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "
-                     f"{s['final_test_acc']:>10.3f}   {'not reached' if hit is None else hit}")
-    if r.recommended:
-        lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']})")
-    if r.topologies:
-        lines += ["", "Topology comparison (same agents, mixing rule and rate):",
-                  "  topology      lambda_min   gap      lr*        regime    test loss   "
-                  "steps to target"]
-        for t in r.topologies:
-            lines.append(f"  {t['topology']:<12} {_fmt(t['lambda_min'], '.3f'):>10} "
-                         f"{_fmt(t['spectral_gap'], '.3f'):>6} {t['lr_star']:>9.4g}   "
-                         f"{'inside' if t['inside'] else 'OUTSIDE':<8} "
-                         f"{_fmt(t['final_test_loss']):>10}   "
-                         f"{_fmt(t['steps_to_target'], 'd') if t['steps_to_target'] else '-'}")
+    lines += _stability_lines(r)
+    lines += _prediction_lines(r)
+    lines += _sweep_lines(r)
+    lines += _topology_lines(r)
     if r.edge is not None:
         e = r.edge
         lines += ["", "Observed edge of real training (--measure-edge, real network, "
@@ -562,6 +504,105 @@ def _render(r: CheckReport) -> str:
     lines += finite_width_lines(r.finite_width)
     lines += ["", r.caveat, f"(total {r.timings['total_s']:.1f} s)"]
     return "\n".join(lines)
+
+
+def _stability_lines(r: CheckReport) -> list[str]:
+    """The verdict table (spectral radius, lr*, sufficient bound, margin) and words."""
+    if r.low_rank is None:
+        lines = ["Stability of the linearised dynamics (NTK regime):"]
+    else:
+        lines = [f"Stability of the linearised dynamics (NTK regime) on the rank-"
+                 f"{r.low_rank['rank']} coordinates of the low-rank path (LOW-RANK verdict:",
+                 f"  {LOW_RANK_WORDS}):"]
+    width = max(5, *(len(v.algorithm) for v in r.stability))
+    lines.append(f"  {'algo':<{width}} spectral radius   lr* (exact)   sufficient bound   margin"
+                 "   regime")
+    for v in r.stability:
+        lines.append(f"  {v.algorithm:<{width}} {v.spectral_radius:>15.6f} {v.lr_star:>13.5g} "
+                     f"{v.lr_bound:>18.5g} {v.margin:>+8.0%}   "
+                     f"{'inside' if v.inside else 'OUTSIDE'}")
+    lines.append("")
+    for v in r.stability:
+        lines.append("  " + v.verdict)
+        if v.operator != "one step":
+            lines.append(f"    (operator: {v.operator})")
+    return lines + [""]
+
+
+def _prediction_lines(r: CheckReport) -> list[str]:
+    """The prediction at the horizon: one random network's expected values and band, the
+    mean network, steps to the target loss, the steady state."""
+    if r.prediction is None:
+        return [f"Predictions withheld: {r.algorithm.upper()} at lr={r.lr:g} is outside the "
+                "NTK regime (see above)."]
+    p = r.prediction
+    reached = (f"reached at step {p['steps_to_target']}" if p["steps_to_target"] is not None
+               else "not reached")
+    one = p.get("one_random_network")
+    lines = [f"Prediction at step {r.horizon} (network mean over agents, linearised "
+             "dynamics):"]
+    if one is not None:
+        def exp_band(metric, fmt):
+            lo, hi = one[f"final_{metric}_band"]
+            return (f"{one[f'final_{metric}_expected']:{fmt}} expected (5-95 %: "
+                    f"{lo:{fmt}}-{hi:{fmt}})")
+        hit = one["steps_to_target_expected"]
+        lines += [f"  one random network (over {one['samples']} sampled initialisations):",
+                  f"    test loss {exp_band('test_loss', '.4g')}",
+                  f"    test acc  {exp_band('test_acc', '.3f')}",
+                  f"    train loss {exp_band('train_loss', '.4g')}"]
+    label = "  mean network (f0 = 0): " if one is not None else "  "
+    lines += [f"{label}train loss {p['final_train_loss']:.4g}, test loss "
+              f"{p['final_test_loss']:.4g}, train acc {p['final_train_acc']:.3f}, test acc "
+              f"{p['final_test_acc']:.3f}",
+              f"  target test loss {r.target_loss:g}: {reached}"
+              + (" (mean network); expected loss of one random network: "
+                 + (f"reached at step {hit}" if hit is not None else "not reached")
+                 if one is not None else "")]
+    if r.low_rank is not None:
+        lines.append("  steady state: not computed on the low-rank path")
+    elif p["steady_state_consensus_gap"] is None:
+        lines.append("  steady state: none (a periodic mixing sequence ends on a periodic "
+                     "orbit)")
+    else:
+        lines.append(f"  steady state: consensus gap {p['steady_state_consensus_gap']:.3g}"
+                     f", distance to the centralised solution "
+                     f"{p['steady_state_distance_to_centralised']:.3g}")
+    return lines
+
+
+def _sweep_lines(r: CheckReport) -> list[str]:
+    """The learning-rate sweep table and the recommended rate."""
+    if r.low_rank is not None:
+        lines = ["", "Learning-rate sweep: not run on the low-rank path (remove "
+                 "prediction.rank for it)"]
+    else:
+        lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, one "
+                 "batched prediction):", "  lr          final test loss   test acc   steps "
+                 "to target"]
+    for s in r.sweep:
+        hit = s["steps_to_target"]
+        lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "
+                     f"{s['final_test_acc']:>10.3f}   {'not reached' if hit is None else hit}")
+    if r.recommended:
+        lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']})")
+    return lines
+
+
+def _topology_lines(r: CheckReport) -> list[str]:
+    """The topology comparison table (``--topologies``)."""
+    if not r.topologies:
+        return []
+    lines = ["", "Topology comparison (same agents, mixing rule and rate):",
+             "  topology      lambda_min   gap      lr*        regime    test loss   "
+             "steps to target"]
+    for t in r.topologies:
+        lines.append(f"  {t['topology']:<12} {_fmt(t['lambda_min'], '.3f'):>10} "
+                     f"{_fmt(t['spectral_gap'], '.3f'):>6} {t['lr_star']:>9.4g}   "
+                     f"{'inside' if t['inside'] else 'OUTSIDE':<8} "
+                     f"{_fmt(t['final_test_loss']):>10}   "
+                     f"{_fmt(t['steps_to_target'], 'd') if t['steps_to_target'] else '-'}")
+    return lines
 
 
 def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:

@@ -55,6 +55,7 @@ error below ``3^31/31! < 1e-19``), using only operator applications.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache, partial
 
 import jax
@@ -170,90 +171,122 @@ def kernel_operators(
     agents' batches).  ``None``: full batch.  Needs ``reference=None``.
     """
     q_count = len(offsets) - 1
-    rps = rows_per_sample
-    rows = offsets[-1] * rps
-    counts = np.diff(offsets)
-
-    def mix(x, j=0):
-        if callable(mixing):  # time-varying / random: (G, Q, Q), one matrix per column group
-            w = mixing(j)
-            g = w.shape[0]
-            xa = x[:q_count]
-            q, r, c = xa.shape
-            agents = jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, g, c // g),
-                                precision=EXACT).reshape(q, r, c)
-        else:
-            agents = jnp.tensordot(mixing, x[:q_count], axes=1)
-        return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
-
-    carried = central and reference is None
     if loss is not None and reference is not None:
         raise ValueError("reference: the eigenbasis reference is for the squared loss only")
     if batch is not None and reference is not None:
         raise ValueError("reference: the eigenbasis reference is for full-batch gradients only")
+    layout = _GradLayout(blocks=blocks, residual=residual, offsets=tuple(offsets),
+                         rps=rows_per_sample, central=central, reference=reference,
+                         loss=loss, batch=batch)
+    grad = partial(_grad_blocks if isinstance(blocks, tuple) else _grad_stacked, layout)
+    return Operators(mix=partial(_mix, mixing, q_count=q_count, central=central), grad=grad,
+                     scale=lambda g: lr_cols * g, grad_at=None if batch is None else grad)
 
-    def out_vec(z, lo, hi):
+
+def _mix(mixing, x, j=0, *, q_count: int, central: bool):
+    """Combine: ``x_q <- sum_p W_qp x_p`` for the agents' slots (the centralised slot, if
+    any, unchanged); a callable ``mixing(j) -> (G, Q, Q)`` gives one matrix per column
+    group (time-varying and random sequences)."""
+    if callable(mixing):
+        w = mixing(j)
+        g = w.shape[0]
+        xa = x[:q_count]
+        q, r, c = xa.shape
+        agents = jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, g, c // g),
+                            precision=EXACT).reshape(q, r, c)
+    else:
+        agents = jnp.tensordot(mixing, x[:q_count], axes=1)
+    return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
+
+
+@dataclass(frozen=True, eq=False)
+class _GradLayout:
+    """What the local-gradient primitive closes over (:func:`kernel_operators`)."""
+
+    blocks: object
+    residual: object
+    offsets: tuple
+    rps: int
+    central: bool
+    reference: object
+    loss: object
+    batch: object
+
+    @property
+    def q_count(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def rows(self) -> int:
+        return self.offsets[-1] * self.rps
+
+    @property
+    def carried(self) -> bool:
+        return self.central and self.reference is None
+
+    def out_vec(self, z, lo, hi):
         """Output-space gradient from ``z = residual + Theta alpha`` on rows ``lo:hi``."""
-        if loss is None:
+        if self.loss is None:
             return z
-        targets, scale, k = loss
-        return cross_entropy_vector(z, targets[lo:hi], scale, k, rps)
+        targets, scale, k = self.loss
+        return cross_entropy_vector(z, targets[lo:hi], scale, k, self.rps)
 
-    def grad_reference(x):  # the centralised slot in the eigenbasis: diagonal
-        lam, b = reference
-        return (lam * x[q_count] + b)[None]
+    def grad_reference(self, x):  # the centralised slot in the eigenbasis: diagonal
+        lam, b = self.reference
+        return (lam * x[self.q_count] + b)[None]
 
-    def grad_stacked(x, j=0):
-        c = x.shape[-1]
-        n = counts[0] * rps
-        rhs = x[:q_count]
-        if carried:
-            rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
-        prod = jnp.einsum("qnr,qrc->qnc", blocks, rhs.astype(blocks.dtype),
+
+def _grad_stacked(lay: _GradLayout, x, j=0):
+    """Local gradients with equal shards: one batched product ``(Q, n, R) x (Q, R, C)``
+    (the carried centralised slot rides along as extra columns)."""
+    q_count, rows, counts0 = lay.q_count, lay.rows, lay.offsets[1] - lay.offsets[0]
+    c = x.shape[-1]
+    n = counts0 * lay.rps
+    rhs = x[:q_count]
+    if lay.carried:
+        rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
+    prod = jnp.einsum("qnr,qrc->qnc", lay.blocks, rhs.astype(lay.blocks.dtype),
+                      precision=EXACT).astype(x.dtype)
+    res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(q_count, n, c)
+    bw = None if lay.batch is None else lay.batch(j)
+    z = lay.out_vec((res + prod[..., :c]).reshape(rows, c), 0, rows)
+    r_agents = (z / counts0 if bw is None else z * bw).reshape(q_count, n, c)
+    eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
+    g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
+    if lay.carried:
+        g_c = lay.out_vec((res + prod[..., c:]).reshape(rows, c), 0, rows)
+        g_c = (g_c / (q_count * counts0) if bw is None else
+               g_c * (bw / q_count)).reshape(1, rows, c)
+        g = jnp.concatenate([g, g_c], axis=0)
+    elif lay.central:
+        g = jnp.concatenate([g, lay.grad_reference(x)], axis=0)
+    return _pad_rows(g, x.shape[1])
+
+
+def _grad_blocks(lay: _GradLayout, x, j=0):
+    """Local gradients with unequal shards: one product per agent's row block."""
+    q_count, rows, offsets, rps = lay.q_count, lay.rows, lay.offsets, lay.rps
+    c = x.shape[-1]
+    g_agents, g_central = [], []
+    bw = None if lay.batch is None else lay.batch(j)
+    for q in range(q_count):
+        s, e = offsets[q] * rps, offsets[q + 1] * rps
+        n_q = offsets[q + 1] - offsets[q]
+        rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if lay.carried else x[q]
+        prod = jnp.matmul(lay.blocks[q], rhs.astype(lay.blocks[q].dtype),
                           precision=EXACT).astype(x.dtype)
-        res = jnp.broadcast_to(residual, (rows, c)).reshape(q_count, n, c)
-        bw = None if batch is None else batch(j)
-        z = out_vec((res + prod[..., :c]).reshape(rows, c), 0, rows)
-        r_agents = (z / counts[0] if bw is None else z * bw).reshape(q_count, n, c)
-        eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
-        g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
-        if carried:
-            g_c = out_vec((res + prod[..., c:]).reshape(rows, c), 0, rows)
-            g_c = (g_c / (q_count * counts[0]) if bw is None else
-                   g_c * (bw / q_count)).reshape(1, rows, c)
-            g = jnp.concatenate([g, g_c], axis=0)
-        elif central:
-            g = jnp.concatenate([g, grad_reference(x)], axis=0)
-        return _pad_rows(g, x.shape[1])
-
-    def grad_blocks(x, j=0):
-        c = x.shape[-1]
-        g_agents, g_central = [], []
-        bw = None if batch is None else batch(j)
-        for q in range(q_count):
-            s, e = offsets[q] * rps, offsets[q + 1] * rps
-            rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if carried else x[q]
-            prod = jnp.matmul(blocks[q], rhs.astype(blocks[q].dtype),
-                              precision=EXACT).astype(x.dtype)
-            r_q = out_vec(residual[s:e] + prod[:, :c], s, e)
-            g_agents.append(jnp.pad(r_q / counts[q] if bw is None else r_q * bw[s:e],
-                                    ((s, rows - e), (0, 0))))
-            if carried:
-                z_c = out_vec(residual[s:e] + prod[:, c:], s, e)
-                g_central.append(z_c / (q_count * counts[q]) if bw is None else
-                                 z_c * (bw[s:e] / q_count))
-        if carried:
-            g_agents.append(jnp.concatenate(g_central, axis=0))
-        elif central:
-            g_agents.append(grad_reference(x)[0])
-        return _pad_rows(jnp.stack(g_agents), x.shape[1])
-
-    def scale(g):
-        return lr_cols * g
-
-    grad = grad_blocks if isinstance(blocks, tuple) else grad_stacked
-    return Operators(mix=mix, grad=grad, scale=scale,
-                     grad_at=None if batch is None else grad)
+        r_q = lay.out_vec(lay.residual[s:e] + prod[:, :c], s, e)
+        g_agents.append(jnp.pad(r_q / n_q if bw is None else r_q * bw[s:e],
+                                ((s, rows - e), (0, 0))))
+        if lay.carried:
+            z_c = lay.out_vec(lay.residual[s:e] + prod[:, c:], s, e)
+            g_central.append(z_c / (q_count * n_q) if bw is None else
+                             z_c * (bw[s:e] / q_count))
+    if lay.carried:
+        g_agents.append(jnp.concatenate(g_central, axis=0))
+    elif lay.central:
+        g_agents.append(lay.grad_reference(x)[0])
+    return _pad_rows(jnp.stack(g_agents), x.shape[1])
 
 
 def cross_entropy_vector(z, targets, scale, k: int, rows_per_sample: int):
@@ -452,92 +485,22 @@ def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
     ``"networks/..."``, the networks' (``n_rates P`` groups, index ``r P + s``), as
     :func:`_metrics` would give for the expanded columns.
     """
-    y_aug = data["y"]
-    k = y_aug.shape[1] - networks
+    k = data["y"].shape[1] - networks
     x, u, prod_t = _products(x, data, traced=True, has_test=has_test)
-    idx = jnp.asarray(network_columns(k, networks))
-    kk = jnp.arange(k)[None, :]
+    alg = _NetworkColumns(k, networks, n_rates)
     a = x.shape[0]
-
-    def split(v):  # (A, rows, n (K + P)) -> (A, rows, n, K), (A, rows, n, P)
-        v = v.reshape(v.shape[:2] + (n_rates, k + networks))
-        return v[..., :k], v[..., k:]
-
-    def gathered(t1, t3, t0):
-        """``t0 + sum_k t1[.., k, (s+k)] + sum_k t3[.., (s+k)]`` -> (..., P)."""
-        return t0[..., None] + t1[..., kk, idx].sum(-1) + t3[..., idx].sum(-1)
-
-    def bilinear(xm, xr, um, ur, w):
-        """``sum_rows w_rg sum_k (xm_k + xr_j)(um_k + ur_j)`` -> (A, G, n, P)."""
-        t0 = jnp.einsum("arnk,arnk,rg->agn", xm, um, w, precision=EXACT)
-        t1 = (jnp.einsum("arnk,arnj,rg->agnkj", xm, ur, w, precision=EXACT)
-              + jnp.einsum("arnj,arnk,rg->agnkj", xr, um, w, precision=EXACT))
-        t3 = jnp.einsum("arnj,arnj,rg->agnj", xr, ur, w, precision=EXACT)
-        return gathered(t1, t3, t0)
-
-    def accuracy(dm, er, labels):  # outputs (.., rows, n, P, K): argmax vs labels
-        out = dm[..., None, :] + er[..., idx]
-        hit = jnp.argmax(out, axis=-1) == labels[None, :, None, None]
-        return jnp.mean(hit.astype(x.dtype), axis=1)  # (A, n, P)
-
-    def flat(v):  # (..., n, P) -> (..., n P)
-        return v.reshape(v.shape[:-2] + (n_rates * networks,))
-
-    xm, xr = split(x)
-    um, ur = split(jnp.transpose(u, (1, 0, 2)))
-    ones = jnp.ones((x.shape[1], 1), x.dtype)
-    nets = {"param_dist": flat(jnp.sqrt(jnp.maximum(bilinear(xm, xr, um, ur, ones)[:, 0],
-                                                    0.0)))}
-
-    def centred(v, w):
-        return v[:q_count] - w
-
-    def dist(ref_m, ref_r):  # ||theta_q - ref|| for the first Q slots
-        dxm, dxr = centred(xm, ref_m[0]), centred(xr, ref_r[0])
-        dum, dur = centred(um, ref_m[1]), centred(ur, ref_r[1])
-        return flat(jnp.sqrt(jnp.maximum(bilinear(dxm, dxr, dum, dur, ones)[:, 0], 0.0)))
-
-    agents_mean = lambda v: v[:q_count].mean(axis=0)  # noqa: E731
-    nets["consensus_dist"] = dist((agents_mean(xm), agents_mean(um)),
-                                  (agents_mean(xr), agents_mean(ur)))
-    if central:
-        nets["central_dist"] = dist((xm[q_count], um[q_count]), (xr[q_count], ur[q_count]))
-
-    def outputs_of(f0, y, ym, yr):  # residual of the mean part d = f0 + u - y; responses e
-        f0 = jnp.tile(f0, (1, n_rates)).reshape(f0.shape[0], n_rates, k + networks)
-        dm = f0[None, ..., :k] + ym - y[None, :, None, :]
-        er = f0[None, ..., k:] + yr
-        return dm, er
-
-    def losses(dm, er, w):
-        return 0.5 * bilinear(dm, er, dm, er, w)
-
-    y = y_aug[:, :k]
-    dm, er = outputs_of(data["f0"], y, um, ur)
-    n_train = y.shape[0]
-    local = losses(dm, er, data["shard_weights"])  # (A, Q, n, P)
-    nets["train_loss"] = flat(losses(dm, er, ones / n_train)[:, 0])
-    nets["objective"] = flat(local.mean(axis=1))
-    nets["local_loss"] = flat(jnp.stack([local[q, q] for q in range(q_count)]))
-    nets["train_acc"] = flat(accuracy(dm + y[None, :, None, :], er, data["labels"]))
-    mm_d, mm_e = dm[:q_count].mean(axis=0)[None], er[:q_count].mean(axis=0)[None]
-    nets["mean_model_train_loss"] = flat(losses(mm_d, mm_e, ones / n_train)[0, 0])
-    nets["mean_model_train_acc"] = flat(accuracy(mm_d + y[None, :, None, :], mm_e,
-                                                 data["labels"])[0])
-    f0t_m = yt = None
-    t_m = None
+    xm, xr = alg.split(x)
+    um, ur = alg.split(jnp.transpose(u, (1, 0, 2)))
+    nets = _network_distances(alg, xm, xr, um, ur, q_count=q_count, central=central)
+    y = data["y"][:, :k]
+    nets.update(_network_losses(alg, data["f0"], y, um, ur, data["labels"], q_count,
+                                data["shard_weights"], "train"))
+    f0t_m = yt = t_m = None
     if has_test:
         yt = data["y_test"][:, :k]
-        tm, tr = split(jnp.transpose(prod_t, (1, 0, 2)))
-        dmt, ert = outputs_of(data["f0_test"], yt, tm, tr)
-        ones_t = jnp.ones((yt.shape[0], 1), x.dtype) / yt.shape[0]
-        nets["test_loss"] = flat(losses(dmt, ert, ones_t)[:, 0])
-        nets["test_acc"] = flat(accuracy(dmt + yt[None, :, None, :], ert,
-                                         data["labels_test"]))
-        mt_d, mt_e = dmt[:q_count].mean(axis=0)[None], ert[:q_count].mean(axis=0)[None]
-        nets["mean_model_test_loss"] = flat(losses(mt_d, mt_e, ones_t)[0, 0])
-        nets["mean_model_test_acc"] = flat(accuracy(mt_d + yt[None, :, None, :], mt_e,
-                                                    data["labels_test"])[0])
+        tm, tr = alg.split(jnp.transpose(prod_t, (1, 0, 2)))
+        nets.update(_network_losses(alg, data["f0_test"], yt, tm, tr, data["labels_test"],
+                                    q_count, None, "test"))
         t_m = tm.reshape(a, -1, n_rates * k).transpose(1, 0, 2)
         f0t_m = jnp.tile(data["f0_test"], (1, n_rates)).reshape(-1, n_rates, k + networks)
         f0t_m = f0t_m[..., :k].transpose(1, 0, 2)
@@ -549,6 +512,86 @@ def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
                    record_outputs=record_outputs, central=central)
     rec.update({f"networks/{key}": v for key, v in nets.items()})
     return rec
+
+
+class _NetworkColumns:
+    """The algebra of :func:`_record_networks`: ``n`` rate groups of ``K + P`` columns,
+    network ``s``'s output ``k`` = mean column ``k`` + response column ``(s + k) mod P``."""
+
+    def __init__(self, k: int, networks: int, n_rates: int):
+        self.k, self.p, self.n = k, networks, n_rates
+        self.idx = jnp.asarray(network_columns(k, networks))
+        self.kk = jnp.arange(k)[None, :]
+
+    def split(self, v):  # (A, rows, n (K + P)) -> (A, rows, n, K), (A, rows, n, P)
+        v = v.reshape(v.shape[:2] + (self.n, self.k + self.p))
+        return v[..., :self.k], v[..., self.k:]
+
+    def bilinear(self, xm, xr, um, ur, w):
+        """``sum_rows w_rg sum_k (xm_k + xr_j)(um_k + ur_j)`` -> (A, G, n, P): a ``K x P``
+        table of inner products gathered along the cyclic index ``j = (s + k) mod P``."""
+        t0 = jnp.einsum("arnk,arnk,rg->agn", xm, um, w, precision=EXACT)
+        t1 = (jnp.einsum("arnk,arnj,rg->agnkj", xm, ur, w, precision=EXACT)
+              + jnp.einsum("arnj,arnk,rg->agnkj", xr, um, w, precision=EXACT))
+        t3 = jnp.einsum("arnj,arnj,rg->agnj", xr, ur, w, precision=EXACT)
+        return t0[..., None] + t1[..., self.kk, self.idx].sum(-1) + t3[..., self.idx].sum(-1)
+
+    def accuracy(self, dm, er, labels):  # outputs (.., rows, n, P, K): argmax vs labels
+        out = dm[..., None, :] + er[..., self.idx]
+        hit = jnp.argmax(out, axis=-1) == labels[None, :, None, None]
+        return jnp.mean(hit.astype(dm.dtype), axis=1)  # (A, n, P)
+
+    def flat(self, v):  # (..., n, P) -> (..., n P)
+        return v.reshape(v.shape[:-2] + (self.n * self.p,))
+
+    def outputs(self, f0, y, ym, yr):
+        """Residual of the mean part ``d = f0 + u - y`` and the responses ``e``."""
+        f0 = jnp.tile(f0, (1, self.n)).reshape(f0.shape[0], self.n, self.k + self.p)
+        return f0[None, ..., :self.k] + ym - y[None, :, None, :], f0[None, ..., self.k:] + yr
+
+
+def _network_distances(alg: _NetworkColumns, xm, xr, um, ur, *, q_count: int,
+                       central: bool) -> dict:
+    """Every network's ``||theta_q - theta_0||``, consensus and centralised distances
+    (``theta^T theta = x^T Theta x`` as sums over the cyclic columns)."""
+    ones = jnp.ones((xm.shape[1], 1), xm.dtype)
+
+    def norm(dxm, dxr, dum, dur):
+        return alg.flat(jnp.sqrt(jnp.maximum(alg.bilinear(dxm, dxr, dum, dur, ones)[:, 0],
+                                             0.0)))
+
+    def dist(ref):  # ||theta_q - ref|| for the first Q slots
+        return norm(*(v[:q_count] - r for v, r in zip((xm, xr, um, ur), ref, strict=True)))
+
+    nets = {"param_dist": norm(xm, xr, um, ur),
+            "consensus_dist": dist([v[:q_count].mean(axis=0) for v in (xm, xr, um, ur)])}
+    if central:
+        nets["central_dist"] = dist([v[q_count] for v in (xm, xr, um, ur)])
+    return nets
+
+
+def _network_losses(alg: _NetworkColumns, f0, y, ym, yr, labels, q_count: int,
+                    shard_weights, name: str) -> dict:
+    """Every network's losses and accuracies on one set (``name`` is ``"train"`` or
+    ``"test"``: keys ``{name}_loss``, ``mean_model_{name}_acc``, ...; with
+    ``shard_weights`` also the local losses and the objective)."""
+    dm, er = alg.outputs(f0, y, ym, yr)
+    ones = jnp.ones((y.shape[0], 1), dm.dtype) / y.shape[0]
+
+    def losses(d, e, w):
+        return 0.5 * alg.bilinear(d, e, d, e, w)
+
+    out = {f"{name}_loss": alg.flat(losses(dm, er, ones)[:, 0]),
+           f"{name}_acc": alg.flat(alg.accuracy(dm + y[None, :, None, :], er, labels))}
+    if shard_weights is not None:
+        local = losses(dm, er, shard_weights)  # (A, Q, n, P)
+        out["objective"] = alg.flat(local.mean(axis=1))
+        out["local_loss"] = alg.flat(jnp.stack([local[q, q] for q in range(q_count)]))
+    mm_d, mm_e = dm[:q_count].mean(axis=0)[None], er[:q_count].mean(axis=0)[None]
+    out[f"mean_model_{name}_loss"] = alg.flat(losses(mm_d, mm_e, ones)[0, 0])
+    out[f"mean_model_{name}_acc"] = alg.flat(alg.accuracy(mm_d + y[None, :, None, :], mm_e,
+                                                        labels)[0])
+    return out
 
 
 #: :func:`_record` compiled once per shape (an eager call compiles every operation)
@@ -1012,6 +1055,48 @@ def evolve(
     algorithm = _as_algorithm(algorithm)
     lrs = np.atleast_2d(np.asarray(lrs, dtype=np.float64))
     groups, with_expected = mixing_groups(problem, samples, batch_size)
+    reference = _checked_reference(problem, algorithm, reference, samples=samples,
+                                   batch_size=batch_size, continuous=continuous, mesh=mesh,
+                                   kernel_dtype=kernel_dtype, networks=networks)
+    lrs = np.tile(lrs, (groups, 1))
+    n_rates = lrs.shape[0]
+    data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
+                       reference=reference)
+    if batch_size:  # a batch weight 1/B > 1/N_q: the bound per step grows with it
+        data["limit_per_step"] = data["limit_per_step"] * float(problem.counts.min()) / batch_size
+    sampler = _add_mixing(data, problem, samples)
+    batcher = _add_batches(data, problem, samples, batch_size, seed, with_expected,
+                           batch_sampling)
+    deltas = np.diff(np.concatenate([[0], np.asarray(steps)])).astype(np.float64)
+    if continuous:
+        beta = operator_norm_estimate(problem, algorithm, lrs) * 1.25 + 1e-12
+        n_sub = np.maximum(1, np.ceil(beta * deltas / TAYLOR_THETA)).astype(np.int64)
+        n_sub[deltas == 0] = 0
+        h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
+    else:
+        n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
+    c0 = problem.num_outputs if problem.traced else 1
+    rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
+                                                                         mesh)
+    shape = (problem.num_agents + int(central), rows, n_rates * c0)
+    x0 = jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
+                                                              sharding.state_sharding(mesh))
+    static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
+                  n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
+                  record_outputs=record_outputs, central=central, sampler=sampler,
+                  loss=problem.loss, batcher=batcher, networks=int(networks))
+    state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
+    carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
+    return _run_chunks(carry, data, static, n_sub, h, deltas, chunk=chunk,
+                       desc=f"predict {algorithm.name}" if progress else None)
+
+
+def _checked_reference(problem: KernelProblem, algorithm: Algorithm, reference: str, *,
+                       samples, batch_size: int, continuous: bool, mesh, kernel_dtype: str,
+                       networks: int) -> str:
+    """Check the options of :func:`evolve` against each other and the problem (a
+    ``ValueError`` names the option) and resolve ``reference="auto"``: the eigenbasis
+    reference where it applies (squared loss, full batch, one device), else carried."""
     if problem.process is not None and problem.process.random and not samples:
         raise ValueError("samples: a random mixing sequence needs samples >= 1")
     if batch_size and not samples:
@@ -1026,8 +1111,6 @@ def evolve(
         if mesh is not None:
             raise ValueError("mesh: mini-batch SGD runs on one device for now")
         reference = "carried"
-    lrs = np.tile(lrs, (groups, 1))
-    n_rates = lrs.shape[0]
     if kernel_dtype not in ("float64", "float32"):
         raise ValueError(f"kernel_dtype: expected 'float64' or 'float32', got {kernel_dtype!r}")
     if continuous and (algorithm.records_per_step > 1 or problem.process is not None):
@@ -1052,42 +1135,21 @@ def evolve(
                          "kernel and a static or periodic mixing")
     if reference == "auto":
         reference = "eigen" if use_eigen_reference(problem, mesh) else "carried"
-    data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
-                        reference=reference)
-    if batch_size:  # a batch weight 1/B > 1/N_q: the bound per step grows with it
-        data["limit_per_step"] = data["limit_per_step"] * float(problem.counts.min()) / batch_size
-    sampler = _add_mixing(data, problem, samples)
-    batcher = _add_batches(data, problem, samples, batch_size, seed, with_expected,
-                           batch_sampling)
-    steps = np.asarray(steps)
-    deltas = np.diff(np.concatenate([[0], steps])).astype(np.float64)
-    if continuous:
-        beta = operator_norm_estimate(problem, algorithm, lrs) * 1.25 + 1e-12
-        n_sub = np.maximum(1, np.ceil(beta * deltas / TAYLOR_THETA)).astype(np.int64)
-        n_sub[deltas == 0] = 0
-        h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
-    else:
-        n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
-    k = problem.num_outputs
-    c0 = k if problem.traced else 1
-    rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
-                                                                         mesh)
-    shape = (problem.num_agents + int(central), rows, n_rates * c0)
-    x0 = jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
-                                                              sharding.state_sharding(mesh))
-    static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
-                  n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
-                  record_outputs=record_outputs, central=central, sampler=sampler,
-                  loss=problem.loss, batcher=batcher, networks=int(networks))
-    state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
-    carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
-    chunk = max(1, min(chunk, len(steps)))
+    return reference
+
+
+def _run_chunks(carry, data: dict, static: dict, n_sub: np.ndarray, h: np.ndarray,
+                deltas: np.ndarray, *, chunk: int, desc: str | None) -> dict:
+    """Run the schedule ``chunk`` records per compiled call (:func:`_run_chunk`), with a
+    progress bar when ``desc`` is given; stops early once every rate has diverged."""
+    algorithm = static["algorithm"]
+    chunk = max(1, min(chunk, len(n_sub)))
     pieces = []
     bar = None
-    if progress:
+    if desc is not None:
         from tqdm.auto import tqdm
-        bar = tqdm(total=int(np.sum(deltas)), unit="step" if not continuous else "t",
-                   desc=f"predict {algorithm.name}")
+        bar = tqdm(total=int(np.sum(deltas)), unit="t" if static["continuous"] else "step",
+                   desc=desc)
     for sl, sched, pad in padded_chunks((n_sub, h), chunk):
         carry, recs = _run_chunk(carry, sched, data, **static)
         pieces.append(trim(recs, pad, algorithm.records_per_step))

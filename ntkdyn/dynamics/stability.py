@@ -551,7 +551,6 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
     """:func:`stable_set` on a built operator (its problem, schedule and rate profile);
     ``bound`` is the schedule's sufficient bound there (``nan``: none)."""
     problem, algo, profile = op.problem, op.algorithm, op.profile
-    w = problem.mixing
     uniform = np.allclose(profile, 1.0)
     cache = {} if cache is None else cache
 
@@ -560,24 +559,10 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
             cache[s] = op.spectral_radius(s)
         return cache[s]
 
-    hint = []
-    crossing = algo.minus_one_crossing
-    if crossing is not None and problem.process is None and graphs.is_symmetric(w):
-        lam = graphs.lambda_min(w)
-        if (lam <= -1 + 1e-10 and crossing.lambda_min_minus_one_unstable
-                and _dgd_unstable_at_every_rate(problem)):
-            return StableSet((), "lambda_min(W) = -1 (exact): unstable at every rate")
-        if lam > -1 + 1e-10:
-            s_c = _minus_one_crossing(op, crossing.factor(w))
-            proven = uniform and (crossing.exact_for_indefinite_mixing or lam >= -1e-12)
-            if proven:
-                return StableSet(((0.0, s_c),), "minus-one-crossing (exact)")
-            if np.isfinite(s_c) and rho(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
-                return StableSet(((0.0, s_c),), "minus-one-crossing (verified)",
-                                 (s_c * (1 - 1e-7), s_c * (1 - 1e-7)))
-            if np.isfinite(s_c):
-                hint.append(s_c)
-        # otherwise a complex pair leaves the unit disc first: scan
+    found = _crossing_shortcut(op, rho, uniform)
+    if isinstance(found, StableSet):
+        return found
+    hint = found
     kind = "dense" if op.dim <= DENSE_MAX else "arpack"
     curv = float(np.max(profile * agent_curvatures(problem)))
     if curv <= 0:  # the kernel sees nothing: A(s) = A(0) at every rate
@@ -606,6 +591,40 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
                     f"stable_set: {algo.name} is stable at every rate tried up to "
                     f"{grid[-1]:.3g} (2^20 / curv) and its operator depends on the rate: "
                     "could not decide whether larger rates are stable")
+    return StableSet(_brent_intervals(f, grid, signs, rtol, algo.name), f"brent-{kind}",
+                     (grid[0], grid[-1]))
+
+
+def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list:
+    """Where a schedule's stability ends when an eigenvalue crosses -1 (its
+    ``minus_one_crossing``, a symmetric static ``W``): the stable set from that crossing
+    alone (exact, or verified by the spectral radius just below it), or the crossing as a
+    hint for the scan (a list, empty when there is none)."""
+    problem, algo = op.problem, op.algorithm
+    w = problem.mixing
+    crossing = algo.minus_one_crossing
+    if crossing is None or problem.process is not None or not graphs.is_symmetric(w):
+        return []
+    lam = graphs.lambda_min(w)
+    if (lam <= -1 + 1e-10 and crossing.lambda_min_minus_one_unstable
+            and _dgd_unstable_at_every_rate(problem)):
+        return StableSet((), "lambda_min(W) = -1 (exact): unstable at every rate")
+    if lam <= -1 + 1e-10:
+        return []
+    s_c = _minus_one_crossing(op, crossing.factor(w))
+    proven = uniform and (crossing.exact_for_indefinite_mixing or lam >= -1e-12)
+    if proven:
+        return StableSet(((0.0, s_c),), "minus-one-crossing (exact)")
+    if np.isfinite(s_c) and rho(s_c * (1 - 1e-7)) <= 1 + RHO_TOL:
+        return StableSet(((0.0, s_c),), "minus-one-crossing (verified)",
+                         (s_c * (1 - 1e-7), s_c * (1 - 1e-7)))
+    # otherwise a complex pair leaves the unit disc first: scan
+    return [s_c] if np.isfinite(s_c) else []
+
+
+def _brent_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tuple:
+    """The stable intervals ``{s : f(s) <= 0}`` from the signs of ``f`` on a sorted grid:
+    each sign change located by Brent's method to ``rtol``."""
     intervals, start = [], (0.0 if signs[0] else None)
     for i in range(1, len(grid)):
         if signs[i] == signs[i - 1]:
@@ -616,7 +635,7 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
                                          maxiter=BRENT_MAXITER)
         except RuntimeError as exc:  # no convergence within BRENT_MAXITER
             raise StabilityUndecided(
-                f"stable_set: could not locate the stability boundary of {algo.name} "
+                f"stable_set: could not locate the stability boundary of {name} "
                 f"between rates {a:.6g} and {b:.6g} in {BRENT_MAXITER} evaluations") from exc
         if signs[i]:
             start = edge
@@ -625,8 +644,7 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
             start = None
     if start is not None:
         intervals.append((start, float("inf")))
-    return StableSet(tuple((float(lo), float(hi)) for lo, hi in intervals),
-                     f"brent-{kind}", (grid[0], grid[-1]))
+    return tuple((float(lo), float(hi)) for lo, hi in intervals)
 
 
 def _depends_on_rate(op: StepOperator, s: float) -> bool:
