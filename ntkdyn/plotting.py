@@ -96,6 +96,65 @@ def _width_band(ax, traj, name: str, log: bool) -> None:
         ax.plot(x, edge, "-", color="black", lw=0.6, alpha=0.8)
 
 
+def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colours,
+           unit: str) -> None:
+    """One metric's panel: every agent (predicted dashed when ``observed`` is drawn too,
+    solid otherwise), the network mean, the bands (per agent over initialisations or
+    sequences, the width band), the exact expectation or the mean network, and the
+    centralised reference."""
+    quantiles = getattr(traj, "quantiles", None) or {}
+    expected = getattr(traj, "expected", None)
+    mean_network = getattr(traj, "mean_network", None)
+    samples = getattr(traj, "samples", 0)
+    pred_style = "--" if observed is not None else "-"
+    for source, style, tag in ((traj, pred_style, "predicted"),
+                               (observed, "-", "observed")):
+        if source is None:
+            continue
+        arr = getattr(source, name)
+        for q in range(arr.shape[1]):
+            ax.plot(source.steps, _positive(arr[:, q]) if log else arr[:, q], style,
+                    color=colours[q], lw=0.8, alpha=0.7)
+        mean = arr.mean(axis=1)
+        if observed is not None:
+            mean_label = f"network mean ({tag})"
+        elif samples:
+            mean_label = (f"network mean, average over {samples} "
+                          f"{_what_sampled(traj)}")
+        else:
+            mean_label = "network mean"
+        ax.plot(source.steps, _positive(mean) if log else mean, style, color="black",
+                lw=2.0, label=mean_label)
+    if name in quantiles and quantiles[name].shape[0] > 1:
+        low, high = traj.band(name) if _has_levels(traj) else (quantiles[name][0],
+                                                              quantiles[name][-1])
+        for q in range(low.shape[1]):
+            ax.fill_between(traj.steps, _positive(low[:, q]) if log else low[:, q],
+                            _positive(high[:, q]) if log else high[:, q],
+                            color=colours[q], alpha=0.15, lw=0,
+                            label=_band_label(traj) if q == 0 else None)
+    _width_band(ax, traj, name, log)
+    if expected is not None and getattr(expected, name, None) is not None:
+        exact = getattr(expected, name).mean(axis=1)
+        words = ("network mean of full-batch training (exact expected state)"
+                 if traj.metadata.get("sampled") == "mini-batch" else
+                 "network mean of the mean state (E[W] recursion, exact)")
+        ax.plot(expected.steps, _positive(exact) if log else exact, "-.", color="black",
+                lw=1.4, label=words)
+    if mean_network is not None and getattr(mean_network, name, None) is not None:
+        arr = getattr(mean_network, name).mean(axis=1)
+        ax.plot(mean_network.steps, _positive(arr) if log else arr, "-.", color="0.25",
+                lw=1.4, label="mean network (f0 = 0; not one network)")
+    if central is not None and getattr(traj, central) is not None:
+        ax.plot(traj.steps, getattr(traj, central), ":", color="0.45", lw=1.5,
+                label="centralised reference")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(unit)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+
+
 def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str = "",
                     observed: Trajectory | None = None):
     """Six panels (losses, accuracy, distances) per agent and network mean.
@@ -107,60 +166,11 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     plt = pyplot()
     panels = [p for p in PANELS if getattr(traj, p[0]) is not None]
     quantiles = getattr(traj, "quantiles", None) or {}
-    expected = getattr(traj, "expected", None)
-    mean_network = getattr(traj, "mean_network", None)
-    samples = getattr(traj, "samples", 0)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), constrained_layout=True)
     colours = agent_colours(traj.num_agents)
     unit = "time (steps)" if traj.continuous else "step"
     for ax, (name, label, central, log) in zip(axes.flat, panels, strict=False):
-        pred_style = "--" if observed is not None else "-"
-        for source, style, tag in ((traj, pred_style, "predicted"),
-                                   (observed, "-", "observed")):
-            if source is None:
-                continue
-            arr = getattr(source, name)
-            for q in range(arr.shape[1]):
-                ax.plot(source.steps, _positive(arr[:, q]) if log else arr[:, q], style,
-                        color=colours[q], lw=0.8, alpha=0.7)
-            mean = arr.mean(axis=1)
-            if observed is not None:
-                mean_label = f"network mean ({tag})"
-            elif samples:
-                mean_label = (f"network mean, average over {samples} "
-                              f"{_what_sampled(traj)}")
-            else:
-                mean_label = "network mean"
-            ax.plot(source.steps, _positive(mean) if log else mean, style, color="black",
-                    lw=2.0, label=mean_label)
-        if name in quantiles and quantiles[name].shape[0] > 1:
-            low, high = traj.band(name) if _has_levels(traj) else (quantiles[name][0],
-                                                                  quantiles[name][-1])
-            for q in range(low.shape[1]):
-                ax.fill_between(traj.steps, _positive(low[:, q]) if log else low[:, q],
-                                _positive(high[:, q]) if log else high[:, q],
-                                color=colours[q], alpha=0.15, lw=0,
-                                label=_band_label(traj) if q == 0 else None)
-        _width_band(ax, traj, name, log)
-        if expected is not None and getattr(expected, name, None) is not None:
-            exact = getattr(expected, name).mean(axis=1)
-            words = ("network mean of full-batch training (exact expected state)"
-                     if traj.metadata.get("sampled") == "mini-batch" else
-                     "network mean of the mean state (E[W] recursion, exact)")
-            ax.plot(expected.steps, _positive(exact) if log else exact, "-.", color="black",
-                    lw=1.4, label=words)
-        if mean_network is not None and getattr(mean_network, name, None) is not None:
-            arr = getattr(mean_network, name).mean(axis=1)
-            ax.plot(mean_network.steps, _positive(arr) if log else arr, "-.", color="0.25",
-                    lw=1.4, label="mean network (f0 = 0; not one network)")
-        if central is not None and getattr(traj, central) is not None:
-            ax.plot(traj.steps, getattr(traj, central), ":", color="0.45", lw=1.5,
-                    label="centralised reference")
-        if log:
-            ax.set_yscale("log")
-        ax.set_xlabel(unit)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+        _panel(ax, traj, observed, name, label, central, log, colours, unit)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()

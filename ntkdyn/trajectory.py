@@ -224,17 +224,7 @@ class Trajectory:
         elif self.test_loss is not None:
             lines.append(f"test loss {self.test_loss[-1].mean():.6g}, test accuracy "
                          f"{self.test_acc[-1].mean():.4f}")
-        if self.width_draws and "test_loss" in self.width_draws:
-            fw = self.metadata.get("finite_width", {})
-            lo, hi = (b[-1].mean() for b in self.band("test_loss", over="width"))
-            alo, ahi = (b[-1].mean() for b in self.band("test_acc", over="width"))
-            lines.append(f"finite width {fw.get('width')} (5-95 % over {fw.get('samples')} "
-                         f"empirical kernels): test loss {lo:.4g}-{hi:.4g}, test accuracy "
-                         f"{alo:.4f}-{ahi:.4f}")
-            off = fw.get("samples", 0) - fw.get("statuses", {}).get("ok", 0)
-            if off:
-                lines.append(f"  {off} of those kernels are unstable at this rate (or "
-                             "diverged): the band is not a small-fluctuation band")
+        lines += self._width_lines()
         exact = getattr(self, "exact_test_loss", None)
         if exact is not None and len(exact):
             lines.append(f"exact expected test loss {exact[-1].mean():.6g} (mean + variance "
@@ -246,6 +236,23 @@ class Trajectory:
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
                      f"{self.consensus_dist[-1].mean():.3g}")
         return "\n".join(lines)
+
+    def _width_lines(self) -> list[str]:
+        """The finite-width band's lines of :meth:`summary` (none without one)."""
+        if not (self.width_draws and "test_loss" in self.width_draws):
+            return []
+        lines = []
+        fw = self.metadata.get("finite_width", {})
+        lo, hi = (b[-1].mean() for b in self.band("test_loss", over="width"))
+        alo, ahi = (b[-1].mean() for b in self.band("test_acc", over="width"))
+        lines.append(f"finite width {fw.get('width')} (5-95 % over {fw.get('samples')} "
+                     f"empirical kernels): test loss {lo:.4g}-{hi:.4g}, test accuracy "
+                     f"{alo:.4f}-{ahi:.4f}")
+        off = fw.get("samples", 0) - fw.get("statuses", {}).get("ok", 0)
+        if off:
+            lines.append(f"  {off} of those kernels are unstable at this rate (or "
+                         "diverged): the band is not a small-fluctuation band")
+        return lines
 
     def __repr__(self) -> str:
         return f"Trajectory(T={len(self.steps)}, Q={self.num_agents}, status={self.status!r})"

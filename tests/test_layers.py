@@ -132,3 +132,43 @@ def test_private_name_check_sees_both_forms(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     assert private_uses() == ["ntkdyn.b:2 imports _x from ntkdyn.a",
                               "ntkdyn.b:4 uses ntkdyn.a._x"]
+
+
+#: the longest function body (statements after the docstring) read in one screen
+UNIT_MAX_LINES = 60
+
+
+def long_units(root: Path = PACKAGE) -> list[str]:
+    """Functions whose body is longer than :data:`UNIT_MAX_LINES` lines, unless a
+    ``# long unit: <why>`` comment sits on the lines just above the definition (or its
+    decorators)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            body = node.body[1:] if ast.get_docstring(node) else node.body
+            if not body:
+                continue
+            length = node.end_lineno - body[0].lineno + 1
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            above = "\n".join(lines[max(0, first - 4):first - 1])
+            if length > UNIT_MAX_LINES and "# long unit:" not in above:
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} "
+                             f"({length} lines)")
+    return found
+
+
+def test_units_fit_one_screen():
+    assert long_units() == []
+
+
+def test_long_unit_check_finds_a_long_function(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(UNIT_MAX_LINES + 1))
+    (pkg / "m.py").write_text(f'def f():\n    """Doc."""\n{body}\n\n\n'
+                              f'# long unit: a reason\ndef g():\n{body}\n')
+    assert [u.split()[1] for u in long_units(pkg)] == ["f"]

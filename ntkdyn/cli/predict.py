@@ -25,7 +25,7 @@ def interrupted(args) -> str:
 def run(args) -> int:
     from ntkdyn import prediction as pipeline
     from ntkdyn.config.experiment import from_config
-    from ntkdyn.config.schema import applicable, load_config
+    from ntkdyn.config.schema import load_config
     from ntkdyn.plotting import plot_trajectory
 
     cfg = load_config(args.config)
@@ -41,56 +41,72 @@ def run(args) -> int:
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:
         traj.save(tmp / "trajectory.npz")
-        summary = {
-            "status": traj.status,
-            "diverged_at": traj.diverged_at,
-            "describes": traj.metadata.get("quantity"),
-            "final_step": float(traj.steps[-1]) if len(traj.steps) else None,
-            "loss": t.loss,
-            "final_train_loss_mean": _last_mean(traj.train_loss),
-            "final_test_loss_mean": _last_mean(traj.test_loss),
-            "final_test_acc_mean": _last_mean(traj.test_acc),
-            "final_consensus_dist_mean": _last_mean(traj.consensus_dist),
-            "stability": traj.metadata.get("stability"),
-            "phases": traj.phases or None,
-            "gossip_samples": getattr(traj, "samples", None) if cfg.topology.gossip
-            and not t.batch_size else None,
-            "minibatch": _minibatch_summary(traj),
-            "initialisation_samples": getattr(traj, "samples", None)
-            if getattr(traj, "mean_network", None) is not None else None,
-            "final_test_loss_band_5_95": _last_band(traj, "test_loss"),
-            "final_test_acc_band_5_95": _last_band(traj, "test_acc"),
-            "final_test_loss_mean_network": _last_mean(traj.mean_network.test_loss)
-            if getattr(traj, "mean_network", None) is not None else None,
-            "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
-            if getattr(traj, "expected", None) is not None else None,
-            "low_rank": _low_rank_summary(traj),
-            "finite_width": _width_summary(traj),
-            "config": applicable(cfg, "predict"),
-        }
-        for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
-                    "low_rank", "minibatch", "initialisation_samples",
-                    "final_test_loss_band_5_95", "final_test_acc_band_5_95",
-                    "final_test_loss_mean_network", "finite_width"):
-            if summary[key] is None:  # list only what applies to this run
-                del summary[key]
+        summary = _summary(traj, cfg)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (tmp / "summary.txt").write_text(traj.summary() + "\n")
-        low = summary.get("low_rank")
-        title = (f"{exp.algorithm.label().upper()} on {_where(cfg)} ({cfg.partition.agents} "
-                 f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK"
-                 + (f" rank {low['rank']}" if low else "") + f", lr={t.lr:g}"
-                 + (", cross-entropy" if t.loss == "cross_entropy" else "")
-                 + (f", mini-batch {t.batch_size} ({traj.samples} sequences)"
-                    if t.batch_size else "")
-                 + "\n" + _short_quantity(traj.metadata.get("quantity", ""))
-                 + (f"; hatched: {cfg.prediction.width_samples} networks of width "
-                    f"{cfg.prediction.width}" if cfg.prediction.width else ""))
+        title = _title(traj, cfg, exp, summary.get("low_rank"))
         plot_trajectory(traj, tmp / "trajectory.png", title=title)
     print(traj.summary())
     print(f"wrote {Path(args.out) / 'trajectory.npz'}, summary.json, summary.txt, "
           "trajectory.png")
     return 0
+
+
+def _summary(traj, cfg) -> dict:
+    """``summary.json``: status, final values, bands and what the run describes; keys that
+    do not apply to this run are left out."""
+    from ntkdyn.config.schema import applicable
+
+    t = cfg.training
+    summary = {
+        "status": traj.status,
+        "diverged_at": traj.diverged_at,
+        "describes": traj.metadata.get("quantity"),
+        "final_step": float(traj.steps[-1]) if len(traj.steps) else None,
+        "loss": t.loss,
+        "final_train_loss_mean": _last_mean(traj.train_loss),
+        "final_test_loss_mean": _last_mean(traj.test_loss),
+        "final_test_acc_mean": _last_mean(traj.test_acc),
+        "final_consensus_dist_mean": _last_mean(traj.consensus_dist),
+        "stability": traj.metadata.get("stability"),
+        "phases": traj.phases or None,
+        "gossip_samples": getattr(traj, "samples", None) if cfg.topology.gossip
+        and not t.batch_size else None,
+        "minibatch": _minibatch_summary(traj),
+        "initialisation_samples": getattr(traj, "samples", None)
+        if getattr(traj, "mean_network", None) is not None else None,
+        "final_test_loss_band_5_95": _last_band(traj, "test_loss"),
+        "final_test_acc_band_5_95": _last_band(traj, "test_acc"),
+        "final_test_loss_mean_network": _last_mean(traj.mean_network.test_loss)
+        if getattr(traj, "mean_network", None) is not None else None,
+        "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
+        if getattr(traj, "expected", None) is not None else None,
+        "low_rank": _low_rank_summary(traj),
+        "finite_width": _width_summary(traj),
+        "config": applicable(cfg, "predict"),
+    }
+    for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
+                "low_rank", "minibatch", "initialisation_samples",
+                "final_test_loss_band_5_95", "final_test_acc_band_5_95",
+                "final_test_loss_mean_network", "finite_width"):
+        if summary[key] is None:  # list only what applies to this run
+            del summary[key]
+    return summary
+
+
+def _title(traj, cfg, exp, low: dict | None) -> str:
+    """The plot's title: schedule, topology, agents, kernel, rate, loss, batches and which
+    network the prediction describes."""
+    t = cfg.training
+    return (f"{exp.algorithm.label().upper()} on {_where(cfg)} ({cfg.partition.agents} "
+            f"agents, {cfg.partition.scheme}), {cfg.prediction.kernel} NTK"
+            + (f" rank {low['rank']}" if low else "") + f", lr={t.lr:g}"
+            + (", cross-entropy" if t.loss == "cross_entropy" else "")
+            + (f", mini-batch {t.batch_size} ({traj.samples} sequences)"
+               if t.batch_size else "")
+            + "\n" + _short_quantity(traj.metadata.get("quantity", ""))
+            + (f"; hatched: {cfg.prediction.width_samples} networks of width "
+               f"{cfg.prediction.width}" if cfg.prediction.width else ""))
 
 
 def _initialisation(cfg, exp) -> dict:

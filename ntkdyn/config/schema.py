@@ -338,6 +338,19 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
         raise ConfigError("config: validation.batch_size: replaced by training.batch_size (the "
                           "prediction and the real training now use the same mini-batches); "
                           f"move batch_size = {cfg.validation.batch_size} to [training]")
+    _validate_minibatch(cfg, given)
+    _validate_width(cfg, given)
+    if t.loss == "cross_entropy":
+        if cfg.data.centre_targets:
+            raise ConfigError("config: data.centre_targets: training.loss = 'cross_entropy' "
+                              "needs one-hot targets (centred targets are not class "
+                              "probabilities)")
+
+
+def _validate_minibatch(cfg: Config, given: set) -> None:
+    """``[training] batch_size / samples / batch_sampling`` (mini-batch SGD): what they need
+    and exclude, the error naming the key."""
+    t, topo = cfg.training, cfg.topology
     for key in ("training.samples", "training.batch_sampling"):
         if key in given and not t.batch_size:
             raise ConfigError(f"config: {key}: only used with training.batch_size > 0 "
@@ -355,12 +368,6 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
             raise ConfigError("config: topology.gossip_samples: with training.batch_size > 0 "
                               "sequence s samples both the gossip and the batches; set "
                               "training.samples only")
-    _validate_width(cfg, given)
-    if t.loss == "cross_entropy":
-        if cfg.data.centre_targets:
-            raise ConfigError("config: data.centre_targets: training.loss = 'cross_entropy' "
-                              "needs one-hot targets (centred targets are not class "
-                              "probabilities)")
 
 
 def _validate_width(cfg: Config, given: set) -> None:

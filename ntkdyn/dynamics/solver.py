@@ -743,6 +743,8 @@ def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, c
         rows_per_sample=rows_per_sample, central=central)
 
 
+# long unit: the compiled body of one chunk; its five inner functions share the step's
+# operators and the divergence state, and as module functions each would take ten arguments
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
                                    "has_test", "record_outputs", "central", "sampler", "loss",
                                    "batcher", "networks"))

@@ -323,23 +323,9 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
     observed = run_training("nonlinear")
     lin = run_training("linearised") if linearised else None
     predicted = {}
-    n, k = exp.parts.dataset.y_train.shape
     for kernel in kernels:
-        full = kernel == "empirical" and (n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
-        tic = time.perf_counter()
-        problem = build_problem(arch, exp.parts, exp.mixing, kernel=kernel, seed=cfg.seed,
-                                params=params, f0="network", traced=not full, **exp.loss)
-        meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
-                "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
-                "kernel_layout": "full" if full else "traced", "width": width,
-                "f0": "network outputs at theta_0"}
-        pred = run_problem(problem, algo, [t.lr], steps, progress=progress,
-                           metadata=meta, check_stability=False, samples=samples,
-                           seed=cfg.seed, **exp.minibatch)[0]
-        timings[f"predict_{kernel}_s"] = time.perf_counter() - tic
-        tic = time.perf_counter()
-        verdict = stability_verdict(problem, algo, t.lr)
-        timings[f"stability_{kernel}_s"] = time.perf_counter() - tic
+        pred, verdict, full = _predicted(cfg, exp, arch, params, kernel, width, samples,
+                                         progress, timings)
         pred = _with_verdict(pred, verdict)
         if full and lin is not None:  # the full kernel's dynamics are the linearised network's
             lin = _with_verdict(lin, verdict, "(from the full empirical kernel, whose "
@@ -354,6 +340,31 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
         if lin is not None:
             comps[f"linearised vs {kernel}"] = agreement.compare(pred, lin)
     return WidthResult(width, observed, lin, predicted, comps, timings)
+
+
+def _predicted(cfg, exp, arch, params, kernel: str, width: int, samples, progress: bool,
+               timings: dict):
+    """The prediction from the trained network's own ``theta_0`` (``f0`` its outputs) with
+    ``kernel`` (the full empirical kernel where it fits), and its stability verdict;
+    returns ``(trajectory, verdict, full)`` and adds the times to ``timings``."""
+    t = cfg.training
+    n, k = exp.parts.dataset.y_train.shape
+    full = kernel == "empirical" and (n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
+    tic = time.perf_counter()
+    problem = build_problem(arch, exp.parts, exp.mixing, kernel=kernel, seed=cfg.seed,
+                            params=params, f0="network", traced=not full, **exp.loss)
+    meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
+            "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
+            "kernel_layout": "full" if full else "traced", "width": width,
+            "f0": "network outputs at theta_0"}
+    pred = run_problem(problem, exp.algorithm, [t.lr], cfg.steps, progress=progress,
+                       metadata=meta, check_stability=False, samples=samples,
+                       seed=cfg.seed, **exp.minibatch)[0]
+    timings[f"predict_{kernel}_s"] = time.perf_counter() - tic
+    tic = time.perf_counter()
+    verdict = stability_verdict(problem, exp.algorithm, t.lr)
+    timings[f"stability_{kernel}_s"] = time.perf_counter() - tic
+    return pred, verdict, full
 
 
 def stability_verdict(problem, algo, lr: float) -> dict:
