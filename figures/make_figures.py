@@ -563,30 +563,37 @@ def run_cross_entropy(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
                       "kernel": "empirical, full",
                       "coverage": "fraction of records after step 0 (where the band has "
                                   "zero width) with the real network inside the 5-95 % band"}
-    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.4), sharex=True)
-    for ax, m in zip(axes, ("test_loss", "test_acc"), strict=True):
+    fig, axes = plt.subplots(2, 2, figsize=(7.6, 5.6), sharex=True)
+    for j, m in enumerate(("test_loss", "test_acc")):
         per = band.per_sample[m].mean(axis=-1)  # (S, T): network mean of every sequence
         lo, hi = np.quantile(per, [0.05, 0.95], axis=0)
-        ax.fill_between(band.steps, lo, hi, color="tab:blue", alpha=0.25, lw=0,
-                        label=f"predicted 5-95 % band ({spec['sgd_samples']} batch sequences)")
-        ax.plot(band.steps, per.mean(axis=0), ls="--", color="tab:blue", lw=1.2,
-                label="predicted mean over sequences")
-        ax.plot(seq0.steps, seq0.network_mean(m), ls=":", color="black", lw=1.4,
-                label="predicted, sequence 0")
-        ax.plot(real.steps, real.network_mean(m), ls="-", color="tab:red", lw=1.4,
-                label="real network on sequence 0's batches")
+        centre = per.mean(axis=0)
         cover = agreement.band_coverage(per, real.network_mean(m))
-        summary["sgd"][m] = {"coverage_5_95": cover, "vs_sequence_0": _errors(seq0, real, m)}
-        ax.set_title(f"network mean; real inside the band at {100 * cover:.0f} % of "
-                     "records")
-        ax.set_ylabel(ylabel[m])
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
+        summary["sgd"][m] = {"coverage_5_95": cover, "vs_sequence_0": _errors(seq0, real, m),
+                             "band_width_at_horizon": float(hi[-1] - lo[-1])}
+        # top: the curves; bottom: the same minus the predicted mean over the sequences
+        for ax, shift in ((axes[0, j], 0.0), (axes[1, j], centre)):
+            ax.fill_between(band.steps, lo - shift, hi - shift, color="tab:blue", alpha=0.3,
+                            lw=0, label=f"predicted 5-95 % band ({spec['sgd_samples']} "
+                                        "batch sequences)")
+            ax.plot(band.steps, centre - shift, ls="--", color="tab:blue", lw=1.2,
+                    label="predicted mean over sequences")
+            ax.plot(seq0.steps, seq0.network_mean(m) - shift, ls=":", color="black", lw=1.4,
+                    label="predicted, sequence 0")
+            ax.plot(real.steps, real.network_mean(m) - shift, ls="-", color="tab:red", lw=1.4,
+                    label="real network on sequence 0's batches")
+            ax.grid(alpha=0.3)
+        name = ylabel[m].split(" (")[0]
+        axes[0, j].set_title(f"network mean; real inside the band at {100 * cover:.0f} % "
+                             "of records", fontsize=8)
+        axes[0, j].set_ylabel(ylabel[m])
+        axes[1, j].set_ylabel(f"{name} minus predicted mean" + (" (nats)" if j == 0 else ""))
+        axes[1, j].set_xlabel("step")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
     fig.suptitle(f"{spec['title']}, mini-batch SGD (batch {spec['batch_size']} per agent): "
                  f"{where}")
-    fig.tight_layout(rect=(0, 0.14, 1, 0.94))
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     files += _save(fig, out, spec["sgd_figure"])
     return {"files": files, "metric": agreement.DEFINITION, "agreement": summary}
 
