@@ -36,3 +36,29 @@ def test_band_coverage_errors_name_the_argument(kwargs, name):
     args = {"samples": np.zeros((3, 4)), "observed": np.zeros(4), **kwargs}
     with pytest.raises(ValueError, match=name):
         band_coverage(**args)
+
+
+@pytest.mark.slow  # about 20 s of CPU (one tiny prediction and training)
+def test_sgd_band_coverage_script_runs(tmp_path, capsys):
+    """``validate/sgd_band_coverage.py`` (the README's coverage table) runs end to end and
+    its figures are fractions; sequence 0 of the prediction lies inside its own band at
+    some record (it is one of the sequences the band is made of)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("cov", root / "validate" /
+                                                  "sgd_band_coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "cov.json"
+    assert module.main(["--widths", "16", "--seeds", "1", "--steps", "6", "--record-every",
+                        "2", "--samples", "8", "--batch", "4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| 16 |" in text
+    row = json.loads(out.read_text())["rows"][0]
+    for key in ("real_mean", "real_agents", "seq0_mean"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["seq0_mean"] > 0.0
+    assert row["real_vs_seq0"] < 0.5  # width 16, 6 steps: the real network is near
