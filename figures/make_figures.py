@@ -46,7 +46,8 @@ FAST = {"data": {"n_train": 48, "n_test": 24, "classes": [0, 1, 2]},
         "training": {"steps": 40, "record_every": 10}}
 FAST_EXPERIMENT = {"widths": [64, 256], "edge_steps": 40, "edge_bisections": 1,
                    "topologies": ["ring", "complete"], "alphas": [0.1, 100.0],
-                   "local_steps": [1, 4]}
+                   "local_steps": [1, 4], "ce_steps": 40, "sgd_samples": 8,
+                   "n_train": 48, "n_test": 24}
 
 #: bump when what a run computes changes (the cache key includes it)
 CACHE_VERSION = 3
@@ -484,9 +485,122 @@ def run_p2pl(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
     return {"files": _save(fig, out, spec["figure"]), "lr": lrs, "amplitude": table}
 
 
+def _init32(exp, cfg):
+    """The initialisation drawn as the prediction draws it, rounded to float32 (the real
+    networks' dtype) and handed back in float64: the same network on both sides (as
+    :func:`ntkdyn.validation.validate` does)."""
+    import jax
+
+    from ntkdyn.models import init_params
+
+    return jax.tree.map(lambda a: np.asarray(a, np.float32).astype(np.float64),
+                        init_params(exp.arch, exp.parts.dataset.dim, cfg.seed))
+
+
+def ce_trajectory(runner: Runner, kind: str, raw: dict, **extra) -> nd.Trajectory:
+    """Prediction (``kind = PRED``; ``extra["traced"]``) or real float32 training
+    (``NONLIN``) with the configuration's loss and mini-batches (training on the batches
+    of sequence 0, the prediction's sampled sequences otherwise), from one initialisation."""
+    def compute():
+        cfg = config_from_dict(raw)
+        exp = from_config(cfg)
+        params = _init32(exp, cfg)
+        if kind == PRED:
+            problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel="empirical",
+                                       seed=cfg.seed, params=params, f0="network",
+                                       traced=extra.get("traced", False), **exp.loss)
+            return run_problem(problem, exp.algorithm, [cfg.training.lr], cfg.steps,
+                               check_stability=False, metadata={"kernel": "empirical"},
+                               samples=exp.samples, seed=cfg.seed, **exp.minibatch)[0]
+        return train(exp.arch, exp.parts, exp.mixing, cfg.training.lr, exp.algorithm,
+                     cfg.steps, params0=params, seed=cfg.seed, dtype="float32",
+                     batch_sample=0, **exp.loss, **exp.minibatch)
+
+    return runner.cached_trajectory(f"ce-{kind}", raw, extra, compute)
+
+
+def run_cross_entropy(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    """Cross-entropy training predicted against real networks (per agent, test loss and
+    accuracy), and the mini-batch SGD band with the real network of sequence 0 inside it."""
+    plt = _pyplot()
+    r = _with(raw, topology={"name": spec["topology"]},
+              data={"n_train": spec["n_train"], "n_test": spec["n_test"]},
+              training={"algorithm": spec["algorithm"], "lr": spec["lr"],
+                        "loss": "cross_entropy", "steps": spec["ce_steps"], "record_every": 10})
+    pred, obs = ce_trajectory(runner, PRED, r), ce_trajectory(runner, NONLIN, r)
+    where = (f"{spec['algorithm'].upper()} on a {spec['topology']} of "
+             f"{raw['partition']['agents']} agents, width {raw['architecture']['width']}, "
+             f"lr {spec['lr']:g}")
+    summary = {"full_batch": {m: _errors(pred, obs, m) for m in ("test_loss", "test_acc")}}
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.4), sharex=True)
+    colours = plt.get_cmap("tab10")
+    ylabel = {"test_loss": "test cross-entropy (nats)", "test_acc": "test accuracy"}
+    for ax, m in zip(axes, ("test_loss", "test_acc"), strict=True):
+        for tr, ls in ((obs, "-"), (pred, "--")):
+            arr = getattr(tr, m)
+            for q in range(arr.shape[1]):
+                ax.plot(tr.steps, arr[:, q], ls=ls, color=colours(q % 10), lw=0.9, alpha=0.8)
+        e = summary["full_batch"][m]["pointwise"]
+        ax.set_title(f"{ylabel[m].split(' (')[0]} per agent (network mean within "
+                     f"{100 * e:.1f} %)")
+        ax.set_ylabel(ylabel[m])
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color="black", ls="-", lw=1.2),
+               plt.Line2D([], [], color="black", ls="--", lw=1.2)]
+    fig.legend(handles, ["real network (float32), one colour per agent",
+                         "predicted (kernel space, empirical NTK)"],
+               loc="lower center", ncol=2, frameon=False)
+    fig.suptitle(f"{spec['title']}, full batch: {where}")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.94))
+    files = _save(fig, out, spec["figure"])
+
+    rb = _with(r, training={"batch_size": spec["batch_size"], "samples": spec["sgd_samples"]})
+    band = ce_trajectory(runner, PRED, rb)
+    real = ce_trajectory(runner, NONLIN, rb)
+    seq0 = band.sequence(0)
+    summary["sgd"] = {"batch_size": spec["batch_size"], "samples": spec["sgd_samples"],
+                      "kernel": "empirical, full",
+                      "coverage": "fraction of records after step 0 (where the band has "
+                                  "zero width) with the real network inside the 5-95 % band"}
+    fig, axes = plt.subplots(2, 2, figsize=(7.6, 5.6), sharex=True)
+    for j, m in enumerate(("test_loss", "test_acc")):
+        per = band.per_sample[m].mean(axis=-1)  # (S, T): network mean of every sequence
+        lo, hi = np.quantile(per, [0.05, 0.95], axis=0)
+        centre = per.mean(axis=0)
+        cover = agreement.band_coverage(per, real.network_mean(m))
+        summary["sgd"][m] = {"coverage_5_95": cover, "vs_sequence_0": _errors(seq0, real, m),
+                             "band_width_at_horizon": float(hi[-1] - lo[-1])}
+        # top: the curves; bottom: the same minus the predicted mean over the sequences
+        for ax, shift in ((axes[0, j], 0.0), (axes[1, j], centre)):
+            ax.fill_between(band.steps, lo - shift, hi - shift, color="tab:blue", alpha=0.3,
+                            lw=0, label=f"predicted 5-95 % band ({spec['sgd_samples']} "
+                                        "batch sequences)")
+            ax.plot(band.steps, centre - shift, ls="--", color="tab:blue", lw=1.2,
+                    label="predicted mean over sequences")
+            ax.plot(seq0.steps, seq0.network_mean(m) - shift, ls=":", color="black", lw=1.4,
+                    label="predicted, sequence 0")
+            ax.plot(real.steps, real.network_mean(m) - shift, ls="-", color="tab:red", lw=1.4,
+                    label="real network on sequence 0's batches")
+            ax.grid(alpha=0.3)
+        name = ylabel[m].split(" (")[0]
+        axes[0, j].set_title(f"network mean; real inside the band at {100 * cover:.0f} % "
+                             "of records", fontsize=8)
+        axes[0, j].set_ylabel(ylabel[m])
+        axes[1, j].set_ylabel(f"{name} minus predicted mean" + (" (nats)" if j == 0 else ""))
+        axes[1, j].set_xlabel("step")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
+    fig.suptitle(f"{spec['title']}, mini-batch SGD (batch {spec['batch_size']} per agent): "
+                 f"{where}")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    files += _save(fig, out, spec["sgd_figure"])
+    return {"files": files, "metric": agreement.DEFINITION, "agreement": summary}
+
+
 KINDS = {"dynamics": run_dynamics, "algorithms": run_algorithms,
          "stability_map": run_stability_map, "width": run_width, "noniid": run_noniid,
-         "p2pl": run_p2pl}
+         "p2pl": run_p2pl, "cross_entropy": run_cross_entropy}
 
 
 def main(argv=None) -> int:

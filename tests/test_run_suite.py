@@ -39,3 +39,34 @@ def test_run_suite_tiny(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["name"] for r in rows] == ["tiny_dgd"]
     assert set(rows[0]["headline"]) == {"16", "32"}
+
+
+def test_table_and_slopes_for_any_metric():
+    """``--metrics``: the cross-entropy suite tabulates the test accuracy; its slope is the
+    least-squares one over the widths the harness fitted (width 64 left out here), and the
+    table has one block per metric asked for (the test loss and the parameter distance
+    were hard-coded)."""
+    rs = _run_suite()
+    widths = [64, 256, 1024]
+    headline = {str(w): {k: {"test_loss": 0.1 * (w / 64) ** -0.5,
+                             "test_acc": 0.02 * (w / 64) ** -1.0 * (10.0 if w == 64 else 1.0)}
+                         for k in ("analytic", "empirical")} for w in widths}
+    slopes = rs.slopes_of(widths, headline, {"analytic": widths, "empirical": [256, 1024]},
+                          ("test_loss", "test_acc"))
+    assert slopes["test_loss vs analytic"] == pytest.approx(-0.5, abs=1e-12)
+    assert slopes["test_acc vs empirical"] == pytest.approx(-1.0, abs=1e-12)  # 64 left out
+    assert slopes["test_acc vs analytic"] < -1.5  # the outlier at 64 is fitted
+    row = {"topology": "ring", "algorithm": "dgd, cross-entropy", "headline": headline,
+           "slopes": slopes}
+    text = rs.table([row], widths, "headline", 200, ("test_loss", "test_acc"))
+    assert "network-mean test accuracy" in text and "network-mean test loss" in text
+    assert "||theta" not in text
+    acc_block = text.split("test accuracy")[1]
+    assert ("| ring | DGD, CROSS-ENTROPY | 20.00% / 20.00% | 0.50% / 0.50% | 0.12% / 0.12% "
+            "| -1.83 / -1.00 |") in acc_block
+
+
+def test_metrics_argument_is_checked(capsys):
+    with pytest.raises(SystemExit):
+        _run_suite().main(["--metrics", "test_accuracy"])
+    assert "--metrics" in capsys.readouterr().err

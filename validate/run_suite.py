@@ -4,6 +4,7 @@ Usage::
 
     python validate/run_suite.py [--suites validate/suites] [--out out/validate_suite]
                                  [--widths 64,256,1024] [--linearised] [--json FILE]
+                                 [--metrics test_loss,param_dist]
 
 For every ``*.toml`` in the suite folder (topology x algorithm), runs
 :func:`ntkdyn.validate` over the configuration's widths (full outputs, overlay
@@ -15,6 +16,13 @@ the fitted slope against width (over the widths whose statuses are ok; the other
 are listed), then the same error at the horizon and the lenient
 ``max_t |pred - obs| / max_t |obs|`` reported before, and the wall time.
 ``--linearised`` also trains the linearised networks (about three times the cost).
+``--metrics`` chooses the tabulated metrics (any of :data:`ntkdyn.validation.agreement.METRICS`;
+default ``test_loss,param_dist``; the cross-entropy suite uses ``test_loss,test_acc``).
+Each metric's slope is fitted over the same widths as the harness's (statuses ok).
+
+The cross-entropy suite (nine configurations, ring / torus / complete x DGD / ATC / CTA)::
+
+    python validate/run_suite.py --suites validate/suites/cross_entropy --metrics test_loss,test_acc
 """
 
 from __future__ import annotations
@@ -56,8 +64,41 @@ def _algorithm_label(cfg) -> str:
     return t.algorithm
 
 
+DEFAULT_METRICS = ("test_loss", "param_dist")
+LABELS = {"test_loss": "test loss", "param_dist": "||theta - theta_0||",
+          "test_acc": "test accuracy", "train_loss": "train loss", "train_acc": "train accuracy"}
+KERNELS = ("analytic", "empirical")
+
+
+def errors_of(run, figure: str, metrics) -> dict:
+    """``{kernel: {metric: error}}`` of the network mean of the nonlinear network against
+    each prediction of ``run`` (a :class:`ntkdyn.validation.harness.WidthResult`), for any
+    recorded ``metrics`` (``WidthResult.headline`` gives the test loss and the parameter
+    distance only); ``figure`` is a key of :func:`ntkdyn.validation.agreement.compare`'s
+    per-metric entries (``"mean"``, ``"mean_at_horizon"``, ...)."""
+    return {k: {m: run.agreement[f"nonlinear vs {k}"]["metrics"].get(m, {}).get(figure)
+                for m in metrics} for k in run.predicted}
+
+
+def slopes_of(widths, headline: dict, fitted: dict, metrics) -> dict:
+    """Least-squares slope of log error against log width per ``"<metric> vs <kernel>"``,
+    over the widths ``fitted[kernel]`` (those whose statuses are ok; all when absent)."""
+    from ntkdyn.validation import agreement
+
+    out = {}
+    for k in KERNELS:
+        use = [w for w in widths if w in fitted.get(k, widths)]
+        for m in metrics:
+            errs = [headline.get(str(w), {}).get(k, {}).get(m) for w in use]
+            if all(e is None for e in errs):
+                continue
+            errs = [float("nan") if e is None else e for e in errs]
+            out[f"{m} vs {k}"] = agreement.fit_slope(use, errs)[0]
+    return out
+
+
 def table(rows: list[dict], widths: list[int], figure: str = "headline",
-          horizon: int | None = None) -> str:
+          horizon: int | None = None, metrics=DEFAULT_METRICS) -> str:
     """Markdown: one row per (topology, algorithm), columns width x (analytic / empirical).
 
     ``figure``: ``"headline"`` (pointwise relative error, max over the records),
@@ -69,7 +110,8 @@ def table(rows: list[dict], widths: list[int], figure: str = "headline",
                            + (f"step {horizon})" if horizon is not None else "last record)"),
              "max_gap_over_max_obs": "Lenient max |pred - obs| / max |obs|"}[figure]
     out = []
-    for metric, label in (("test_loss", "test loss"), ("param_dist", "||theta - theta_0||")):
+    for metric in metrics:
+        label = LABELS.get(metric, metric)
         head = "| topology | algorithm | " + " | ".join(f"width {w}" for w in widths) + \
                (" | slope (analytic / empirical) |" if figure == "headline" else " |")
         out += [f"{words} of the network-mean {label} "
@@ -99,7 +141,15 @@ def main(argv=None) -> int:
     parser.add_argument("--linearised", action="store_true")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--only", default="", help="comma-separated config-name prefixes")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                        help="comma-separated metrics to tabulate (default %(default)s)")
     args = parser.parse_args(argv)
+    from ntkdyn.validation.agreement import METRICS
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    bad = [m for m in metrics if m not in METRICS]
+    if not metrics or bad:
+        parser.error(f"--metrics: expected a non-empty subset of {METRICS}, got {args.metrics!r}")
 
     import ntkdyn as nd
     from ntkdyn.config import load_config
@@ -120,16 +170,21 @@ def main(argv=None) -> int:
         widths = list(res.widths)
         rows.append({"name": f.stem, "topology": _topology_label(cfg),
                      "algorithm": _algorithm_label(cfg),
-                     "headline": {str(r.width): r.headline() for r in res.runs},
-                     "at_horizon": {str(r.width): r.headline("mean_at_horizon")
+                     "headline": {str(r.width): errors_of(r, "mean", metrics)
+                                  for r in res.runs},
+                     "at_horizon": {str(r.width): errors_of(r, "mean_at_horizon", metrics)
                                     for r in res.runs},
-                     "max_gap_over_max_obs": {str(r.width): r.headline(
-                         "mean_max_gap_over_max_obs") for r in res.runs},
+                     "max_gap_over_max_obs": {str(r.width): errors_of(
+                         r, "mean_max_gap_over_max_obs", metrics) for r in res.runs},
                      "status": {str(r.width): r.observed.status for r in res.runs},
                      "status_predicted": {str(r.width): {k: p.status for k, p in
                                                          r.predicted.items()}
                                           for r in res.runs},
-                     "slopes": res.sweep.get("slopes", {}),
+                     "slopes": slopes_of(list(res.widths), {str(r.width): errors_of(
+                         r, "mean", metrics) for r in res.runs}, {
+                         k: res.sweep.get("fitted_widths", {}).get(f"test_loss vs {k}",
+                                                                   list(res.widths))
+                         for k in KERNELS}, metrics),
                      "left_out": res.sweep.get("left_out", {}), "wall_s": wall,
                      "horizon": int(res.runs[0].observed.steps[-1]),
                      "steps_per_s": {str(r.width): r.timings.get("train_nonlinear_steps_per_s")
@@ -142,7 +197,7 @@ def main(argv=None) -> int:
     horizons = {r["horizon"] for r in rows}
     horizon = horizons.pop() if len(horizons) == 1 else None
     for figure in ("headline", "at_horizon", "max_gap_over_max_obs"):
-        print(table(rows, widths, figure, horizon))
+        print(table(rows, widths, figure, horizon, metrics))
     for r in rows:
         for key, why in r["left_out"].items():
             for w, reason in why.items():

@@ -120,6 +120,30 @@ def max_gap_over_max_obs(pred, obs, floor: float = 0.0) -> float:
     return float(np.max(np.abs(pred - obs)) / scale)
 
 
+def band_coverage(samples, observed, low: float = 0.05, high: float = 0.95,
+                  skip: int = 1) -> float:
+    r"""Fraction of the records ``t >= skip`` at which ``observed`` lies inside the predicted
+    band: with ``samples`` ``(S, T)`` (a metric of ``S`` sampled sequences, e.g. mini-batch
+    SGD) and ``q_p(t)`` its ``p``-quantile over the sequences at record ``t``,
+
+    .. math::  c = \frac{1}{T - skip} \sum_{t \ge skip}
+               [\, q_{low}(t) \le obs(t) \le q_{high}(t) \,].
+
+    ``skip = 1`` (default) leaves out the first record, where every sequence starts from
+    the same state and the band has zero width; ``nan`` with nothing left."""
+    samples, observed = np.asarray(samples, float), np.asarray(observed, float)
+    if samples.ndim != 2 or observed.shape != samples.shape[1:]:
+        raise ValueError(f"samples: expected shape (S, T) with T = len(observed) "
+                         f"({observed.shape[0] if observed.ndim else '?'}), got {samples.shape}")
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"low/high: expected 0 <= low < high <= 1, got {low!r}, {high!r}")
+    if not isinstance(skip, int | np.integer) or skip < 0:
+        raise ValueError(f"skip: expected a non-negative integer, got {skip!r}")
+    lo, hi = np.quantile(samples, [low, high], axis=0)
+    inside = ((observed >= lo) & (observed <= hi))[skip:]
+    return float(np.mean(inside)) if inside.size else float("nan")
+
+
 def floor_for(metric: str, obs: np.ndarray, param_dist_scale: float) -> float:
     """The floor ``epsilon_m`` of the module docstring for ``metric`` observed as ``obs``."""
     if metric.endswith("_dist"):
