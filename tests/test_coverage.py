@@ -147,10 +147,11 @@ def test_script_report_on_constructed_results():
     assert "fitted widening factor" in mod.markdown(summary)
 
 
-@pytest.mark.slow  # about 40 s of CPU: 2 configurations, one width, 2 seeds each
+@pytest.mark.slow  # about 40 s of CPU: 2 configurations, one width, 2 seeds each, then a third
 def test_script_runs_a_tiny_configuration(tmp_path):
     """End to end: bands, real networks, the finite-width band, JSON and figure; the
-    coverage in the JSON equals the one recomputed from the saved arrays."""
+    coverage in the JSON equals the one recomputed from the saved arrays; a rerun with more
+    seeds extends the saved ones."""
     mod = _script()
     out = tmp_path / "cov"
     rc = mod.main(["--configs", "ring_dgd,complete_cta", "--widths", "64", "--seeds", "2",
@@ -171,3 +172,11 @@ def test_script_runs_a_tiny_configuration(tmp_path):
     assert row["test_loss"] == pytest.approx(coverage(real["test_loss"], lo, hi), abs=1e-15)
     assert 0.0 <= row["test_loss_with_width"] <= 1.0
     assert (tmp_path / "f.png").stat().st_size > 10_000
+    # a rerun with one more seed trains only seed 2 and keeps the saved ones
+    before = real["test_loss"]
+    assert mod.main(["--configs", "ring_dgd", "--widths", "64", "--seeds", "3",
+                     "--n-train", "40", "--n-test", "20", "--agents", "4", "--steps", "20",
+                     "--every", "10", "--out", str(out)]) == 0
+    after = np.load(out / "ring_dgd_w64.npz")["test_loss"]
+    assert after.shape == (3, 3, 4)
+    np.testing.assert_array_equal(after[:2], before)

@@ -29,8 +29,9 @@ pooled coverage of the test loss at widths >= 256 is 90 %
 reported on the ``held-out`` configurations, which never enter the fit.
 
 Every configuration x width is saved as it finishes (``OUT/<config>_w<width>.npz``, the
-band ``OUT/<config>_band.npz``), so an interrupted run keeps what it did and
-``--report-only`` rebuilds the table, ``OUT/coverage.json`` and the figure from them.
+band ``OUT/<config>_band.npz``), so an interrupted run keeps what it did,
+``--report-only`` rebuilds the table, ``OUT/coverage.json`` and the figure from them, and
+a rerun with more ``--seeds`` trains only the seeds not saved yet.
 """
 
 from __future__ import annotations
@@ -106,19 +107,21 @@ def run_width(args, name: str, width: int, out: Path) -> dict:
     import ntkdyn as nd
 
     path = out / f"{name}_w{width}.npz"
-    if path.exists():
-        return dict(np.load(path))
+    res: dict = dict(np.load(path)) if path.exists() else {}
+    done = int(res["test_loss"].shape[0]) if res else 0
+    if done >= args.seeds:
+        return res
     parts, W, algorithm, lr = problem(args, name)
     arch = arch_of(width)
     steps = steps_of(args)
-    res: dict = {}
     t0 = time.time()
     runs = [nd.train.train(arch, parts, W, lr, algorithm, steps, seed=s, dtype="float32")
-            for s in range(args.seeds)]
+            for s in range(done, args.seeds)]   # a saved run with fewer seeds is extended
     for m in METRICS:
-        res[m] = np.stack([np.asarray(getattr(r, m), dtype=np.float64) for r in runs])
-    res["train_seconds"] = np.float64(time.time() - t0)
-    if args.width_samples:
+        new = np.stack([np.asarray(getattr(r, m), dtype=np.float64) for r in runs])
+        res[m] = np.concatenate([res[m], new]) if done else new
+    res["train_seconds"] = np.float64(time.time() - t0 + float(res.get("train_seconds", 0)))
+    if args.width_samples and "width_test_loss" not in res:
         t0 = time.time()
         traj = nd.predict(arch, parts, W, lr, algorithm, steps, kernel="analytic",
                           f0="random", samples=args.width_band_init_samples, seed=BAND_SEED,
@@ -240,10 +243,12 @@ def figure(rows: list, path: Path, c: float, config: str, width: int, n_show: in
             label="mean network (f_0 = 0), the old prediction")
     for s in range(min(n_show, real.shape[0])):
         ax.plot(steps, real[s].mean(axis=1), color="C3", lw=1.0, alpha=0.85,
-                label=f"real networks, width {width}, seeds 0-{n_show - 1}" if s == 0 else None)
+                label=(f"real networks, width {width}, seeds 0-{min(n_show, real.shape[0]) - 1}"
+                       if s == 0 else None))
     inside = np.mean((real[:, 1:].mean(axis=2) >= lo[1:]) & (real[:, 1:].mean(axis=2) <= hi[1:]))
+    ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("test loss, network mean over agents (squared, per example)")
+    ax.set_ylabel("test loss, mean over agents\n(0.5 |f - y|^2 per test example, log scale)")
     ax.set_title(f"{config.replace('_', ' ')}, lr {row['lr']:g}: band vs real networks\n"
                  f"(all {real.shape[0]} seeds: {100 * inside:.0f} % of network-mean points "
                  "inside the 5-95 % band)", fontsize=10)
@@ -274,7 +279,7 @@ def parse(argv=None):
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--figure", default="", help="PNG path for the band figure (empty: none)")
     p.add_argument("--figure-config", default="ring_dgd")
-    p.add_argument("--figure-width", type=int, default=512)
+    p.add_argument("--figure-width", type=int, default=1024)
     return p.parse_args(argv)
 
 
