@@ -216,44 +216,61 @@ def markdown(summary: dict) -> str:
 
 
 def figure(rows: list, path: Path, c: float, config: str, width: int, n_show: int = 5) -> None:
+    """Network-mean test loss: the predicted band (and widened, and with the finite-width
+    band added) and ``n_show`` real networks; left the whole run (log scale), right the
+    second half (linear)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ntkdyn.validation.coverage import add_width_band
+
     row = next((r for r in rows if r["config"] == config and r["width"] == width), None)
     if row is None:
         print(f"figure: no results for {config} at width {width}", file=sys.stderr)
         return
-    real = row["_real"]["test_loss"]
-    draws = row["_draws"]["test_loss"]
+    real = row["_real"]["test_loss"].mean(axis=2)            # (S, T) network mean
+    net = row["_draws"]["test_loss"].mean(axis=2)            # (P, T) per sampled network
     steps = np.arange(real.shape[1]) * row["every"]
-    net = draws.mean(axis=2)                       # network-mean test loss per sampled network
     lo, mid, hi = np.quantile(net, [0.05, 0.5, 0.95], axis=0)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if np.isfinite(c) and c > 1:
-        wlo, whi = mid - c * (mid - lo), mid + c * (hi - mid)
-        ax.fill_between(steps, wlo, whi, color="C0", alpha=0.12,
-                        label=f"band widened by c = {c:.2f}")
-    ax.fill_between(steps, lo, hi, color="C0", alpha=0.3,
-                    label="predicted 5-95 % over initialisations (infinite width)")
-    ax.plot(steps, mid, color="C0", lw=1.5, ls="--", label="predicted median")
-    mean_net = row["_mean_network"].mean(axis=1)
-    ax.plot(steps, mean_net, color="k", lw=1.2, ls="-.",
-            label="mean network (f_0 = 0), the old prediction")
-    for s in range(min(n_show, real.shape[0])):
-        ax.plot(steps, real[s].mean(axis=1), color="C3", lw=1.0, alpha=0.85,
-                label=(f"real networks, width {width}, seeds 0-{min(n_show, real.shape[0]) - 1}"
-                       if s == 0 else None))
-    inside = np.mean((real[:, 1:].mean(axis=2) >= lo[1:]) & (real[:, 1:].mean(axis=2) <= hi[1:]))
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("test loss, mean over agents\n(0.5 |f - y|^2 per test example, log scale)")
-    ax.set_title(f"{config.replace('_', ' ')}, lr {row['lr']:g}: band vs real networks\n"
-                 f"(all {real.shape[0]} seeds: {100 * inside:.0f} % of network-mean points "
-                 "inside the 5-95 % band)", fontsize=10)
-    ax.legend(fontsize=7.5, loc="upper right")
-    ax.grid(alpha=0.3)
+    inside = np.mean((real[:, 1:] >= lo[1:]) & (real[:, 1:] <= hi[1:]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    half = len(steps) // 2
+    for k, ax in enumerate(axes):
+        sl = slice(0, None) if k == 0 else slice(half, None)
+        if np.isfinite(c) and c > 1:
+            wlo, whi = mid - c * (mid - lo), mid + c * (hi - mid)
+            ax.fill_between(steps[sl], wlo[sl], whi[sl], color="C0", alpha=0.12,
+                            label=f"band widened by c = {c:.2f} (fitted)")
+        ax.fill_between(steps[sl], lo[sl], hi[sl], color="C0", alpha=0.35,
+                        label="predicted 5-95 % over initialisations (infinite width)")
+        ax.plot(steps[sl], mid[sl], color="C0", lw=1.5, ls="--", label="predicted median")
+        if row.get("_width_draws") is not None:
+            blo, _, bhi = add_width_band(net[..., None],
+                                         row["_width_draws"].mean(axis=2)[..., None])
+            ax.plot(steps[sl], blo[sl, 0], color="C2", lw=1.1, ls=":")
+            ax.plot(steps[sl], bhi[sl, 0], color="C2", lw=1.1, ls=":",
+                    label=f"+ finite-width band (width {width}, variances added)")
+        if k == 0:
+            mean_net = row["_mean_network"].mean(axis=1)
+            ax.plot(steps, mean_net, color="k", lw=1.2, ls="-.")
+            ax.annotate("mean network (f_0 = 0): the old prediction", (steps[half], mean_net[half]),
+                        xytext=(0, 14), textcoords="offset points", fontsize=8, ha="center")
+        for s in range(min(n_show, real.shape[0])):
+            ax.plot(steps[sl], real[s, sl], color="C3", lw=1.0, alpha=0.9,
+                    label=(f"real networks, width {width}, seeds 0-"
+                           f"{min(n_show, real.shape[0]) - 1}" if s == 0 else None))
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("test loss, mean over agents\n(0.5 |f - y|^2 per test example)")
+    axes[0].set_title("whole run (log scale)", fontsize=10)
+    axes[1].set_title(f"steps {steps[half]}-{steps[-1]} (linear)", fontsize=10)
+    axes[1].legend(fontsize=7.5, loc="upper right")
+    fig.suptitle(f"{config.replace('_', ' ')}, lr {row['lr']:g}, 8 agents, digits 200/100: "
+                 f"{100 * inside:.0f} % of the network-mean points of all {real.shape[0]} "
+                 "seeds (steps >= 10) inside the 5-95 % band", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -309,6 +326,8 @@ def main(argv=None) -> int:
         row["lr"] = CONFIGS[row["config"]][2]
         row["_draws"] = res[row["config"]]["band"]
         row["_mean_network"] = res[row["config"]]["band"]["mean_network_test_loss"]
+        row["_width_draws"] = res[row["config"]]["widths"][row["width"]].get(
+            "width_test_loss")
     summary["settings"] = {k: v for k, v in vars(args).items()}
     (out / "coverage.json").write_text(json.dumps(summary, indent=1, default=float))
     print(markdown(summary))
