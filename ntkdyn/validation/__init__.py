@@ -7,4 +7,6 @@
 * :mod:`~ntkdyn.validation.overlay` — predicted-vs-observed figures.
 * :mod:`~ntkdyn.validation.edge` — where real training stops converging
   (``ntkdyn check --measure-edge``).
+* :mod:`~ntkdyn.validation.coverage` — the fraction of real networks inside a predicted
+  band, and the one widening factor fitted to it (``validate/coverage.py``).
 """

@@ -1,0 +1,145 @@
+r"""Coverage of a predicted band by real networks, and one widening factor fitted to it.
+
+A band is three curves per record and agent, ``lo <= m <= hi`` (``(T, Q)``: the 5 %, 50 %
+and 95 % quantiles of a metric over sampled initialisations, say).  Real networks give
+``x_{s,t,q}`` (``(S, T, Q)``: seed, record, agent).  The **coverage** is the fraction of
+``(s, t, q)`` (records ``t >= first``) with ``lo_{tq} <= x_{stq} <= hi_{tq}``; a
+calibrated 90 % band covers about 90 %.  The records and agents of one seed are
+strongly dependent, so the Monte-Carlo error of a coverage is about
+``sqrt(c (1 - c) / S)`` (seeds are the independent units), not ``/ sqrt(S T Q)``.
+
+**Widening** (:func:`widen`): ``m - c (m - lo)`` to ``m + c (hi - m)``, the centre (the
+median) kept and each side's half-width scaled by ``c`` (asymmetric bands stay
+asymmetric).  A point is inside the widened band iff its *required factor*
+
+.. math::  r = \frac{m - x}{m - lo} \ (x < m), \qquad r = \frac{x - m}{hi - m} \ (x \ge m)
+
+(:func:`required_factors`; ``r = 0`` at the centre, ``+inf`` off a zero-width side) is at
+most ``c``, so the coverage of the widened band is the empirical distribution function
+of ``r`` at ``c``, and the smallest ``c`` that reaches a target coverage ``p`` is the
+``p``-quantile of the pooled ``r`` (:func:`fit_widening`, exact, no search).
+
+**Adding the finite-width band** (:func:`add_width_band`): the band over initialisations
+(infinite width) and the band over the kernels of width-``n`` networks
+(:mod:`ntkdyn.finite_width`) are two parts of one network's spread; by the law of total
+variance their variances add (``theory/finite_width.md`` section 6), so each side's
+half-width becomes ``sqrt(h_init^2 + h_width^2)`` and the centre moves by the
+finite-width shift of the mean, ``d = mean(width draws) - mean(init draws)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: relative margin on a fitted factor (the edge point stays inside after rounding)
+EDGE = 1e-12
+
+__all__ = ["add_width_band", "band_from_draws", "coverage", "fit_widening",
+           "required_factors", "widen"]
+
+
+def _as_band(lo, mid, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lo, mid, hi = (np.asarray(a, dtype=np.float64) for a in (lo, mid, hi))
+    if not lo.shape == mid.shape == hi.shape:
+        raise ValueError(f"lo/mid/hi: expected equal shapes, got {lo.shape}, {mid.shape}, "
+                         f"{hi.shape}")
+    if np.any(lo > mid) or np.any(mid > hi):
+        raise ValueError("lo/mid/hi: expected lo <= mid <= hi everywhere")
+    return lo, mid, hi
+
+
+def _real(real, band_shape: tuple, first: int) -> np.ndarray:
+    x = np.asarray(real, dtype=np.float64)
+    if x.ndim != len(band_shape) + 1 or x.shape[1:] != band_shape:
+        raise ValueError(f"real: expected shape (S, {', '.join(map(str, band_shape))}), got "
+                         f"{x.shape}")
+    if not (isinstance(first, int | np.integer) and 0 <= first < x.shape[1]):
+        raise ValueError(f"first: expected an integer in [0, {x.shape[1]}), got {first!r}")
+    return x[:, first:]
+
+
+def band_from_draws(draws, low: float = 0.05, high: float = 0.95):
+    """``(lo, median, hi)`` over the first axis of ``draws`` (``(P, T, Q)``), linear
+    interpolation between order statistics (``numpy.quantile``'s default)."""
+    d = np.asarray(draws, dtype=np.float64)
+    if d.ndim < 2 or d.shape[0] < 2:
+        raise ValueError(f"draws: expected (P, ...) with P >= 2, got shape {d.shape}")
+    if not 0.0 <= low < 0.5 < high <= 1.0:
+        raise ValueError(f"low/high: expected 0 <= low < 0.5 < high <= 1, got {low}, {high}")
+    lo, mid, hi = np.quantile(d, [low, 0.5, high], axis=0)
+    return lo, mid, hi
+
+
+def coverage(real, lo, hi, first: int = 1) -> float:
+    """Fraction of ``real[s, t, q]`` (``t >= first``) with ``lo[t, q] <= x <= hi[t, q]``
+    (bounds included; a NaN, e.g. a diverged run, counts as outside)."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    if lo.shape != hi.shape:
+        raise ValueError(f"lo/hi: expected equal shapes, got {lo.shape} and {hi.shape}")
+    x = _real(real, lo.shape, first)
+    inside = (x >= lo[first:]) & (x <= hi[first:])
+    return float(np.mean(inside))
+
+
+def required_factors(real, lo, mid, hi, first: int = 1) -> np.ndarray:
+    """The factor ``r`` by which the band's half-width on ``x``'s side of the median must
+    be scaled for ``x`` to lie inside (module docstring), flat over ``(s, t >= first, q)``;
+    ``+inf`` for a NaN or off a side of zero width."""
+    lo, mid, hi = _as_band(lo, mid, hi)
+    x = _real(real, lo.shape, first)
+    lo, mid, hi = lo[first:], mid[first:], hi[first:]
+    below = x < mid
+    side = np.where(below, mid - lo, hi - mid)
+    gap = np.abs(x - mid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(side > 0, gap / np.where(side > 0, side, 1.0),
+                     np.where(gap == 0, 0.0, np.inf))
+    r = np.where(np.isnan(x), np.inf, r)
+    return r.ravel()
+
+
+def widen(lo, mid, hi, c: float):
+    """The band ``mid -/+ c`` times each side's half-width: ``(mid - c (mid - lo),
+    mid + c (hi - mid))``."""
+    if not (np.isfinite(c) and c > 0):
+        raise ValueError(f"c: expected a positive finite factor, got {c!r}")
+    lo, mid, hi = _as_band(lo, mid, hi)
+    return mid - c * (mid - lo), mid + c * (hi - mid)
+
+
+def fit_widening(factors, target: float = 0.9) -> float:
+    """The smallest ``c`` whose widened band covers at least ``target`` of the points
+    whose :func:`required_factors` are pooled in ``factors`` (a sequence of arrays, e.g.
+    one per configuration and width, concatenated with equal weight per point): the
+    ``target``-quantile of the pooled factors (the order statistic, no interpolation).
+    ``+inf`` if more than ``1 - target`` of the points can never be covered.  The order
+    statistic is returned times ``1 + EDGE`` (``EDGE = 1e-12``) so that the point on the
+    widened band's edge stays inside after the rounding of :func:`widen`."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target: expected a coverage in (0, 1), got {target!r}")
+    r = np.sort(np.concatenate([np.ravel(np.asarray(f, dtype=np.float64)) for f in factors]))
+    if r.size == 0:
+        raise ValueError("factors: expected at least one point")
+    k = int(np.ceil(target * r.size)) - 1
+    return float(r[max(k, 0)] * (1.0 + EDGE))
+
+
+def add_width_band(init_draws, width_draws, low: float = 0.05, high: float = 0.95):
+    """Band over initialisations and finite-width kernels together, variances added:
+    ``(lo, mid, hi)`` with ``mid = m_init + d``, ``lo = mid - sqrt((m_init - lo_init)^2 +
+    h_w^2)``, ``hi = mid + sqrt((hi_init - m_init)^2 + h_w^2)``, where ``h_w`` is half the
+    ``low``-``high`` range of ``width_draws`` and ``d`` the finite-width shift of the mean
+    (``mean(width_draws) - mean(init_draws)``).  ``init_draws``: ``(P, T, Q)``;
+    ``width_draws``: ``(S, T, Q)``."""
+    lo_i, m_i, hi_i = band_from_draws(init_draws, low, high)
+    lo_w, _, hi_w = band_from_draws(width_draws, low, high)
+    init = np.asarray(init_draws, dtype=np.float64)
+    wd = np.asarray(width_draws, dtype=np.float64)
+    if wd.shape[1:] != init.shape[1:]:
+        raise ValueError(f"width_draws: expected shape (S, {init.shape[1:]}), got {wd.shape}")
+    h_w = 0.5 * (hi_w - lo_w)
+    mid = m_i + (wd.mean(axis=0) - init.mean(axis=0))
+    lo = mid - np.sqrt((m_i - lo_i) ** 2 + h_w**2)
+    hi = mid + np.sqrt((hi_i - m_i) ** 2 + h_w**2)
+    return lo, mid, hi

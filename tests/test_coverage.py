@@ -1,0 +1,182 @@
+"""Coverage of a band by real networks (``ntkdyn.validation.coverage``) and the script
+``validate/coverage.py`` that measures it (issue 14, "calibration, honestly")."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ntkdyn.validation.coverage import (
+    add_width_band,
+    band_from_draws,
+    coverage,
+    fit_widening,
+    required_factors,
+    widen,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("coverage_script",
+                                                  ROOT / "validate" / "coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _constructed():
+    """Band [0, 2] with median 1 at every (t, q), T = 3, Q = 2; 2 seeds.  Records t >= 1:
+    8 points, of which 0.0 and 2.0 (the bounds, inside), 1.5 (inside), 2.5 (above), -1.0
+    (below), nan (outside), 1.0, 0.5 (inside): 5 of 8 inside."""
+    lo, mid, hi = np.zeros((3, 2)), np.ones((3, 2)), np.full((3, 2), 2.0)
+    real = np.empty((2, 3, 2))
+    real[:, 0] = 9.0                       # t = 0: outside, counted only with first=0
+    real[0, 1:] = [[0.0, 2.0], [1.5, 2.5]]
+    real[1, 1:] = [[-1.0, np.nan], [1.0, 0.5]]
+    return real, lo, mid, hi
+
+
+def test_coverage_counts_a_constructed_case():
+    """5 of the 8 points at t >= 1 are inside (bounds included, NaN outside); with the
+    t = 0 records (all outside) 5 of 12."""
+    real, lo, mid, hi = _constructed()
+    assert coverage(real, lo, hi) == pytest.approx(5 / 8, abs=1e-15)
+    assert coverage(real, lo, hi, first=0) == pytest.approx(5 / 12, abs=1e-15)
+
+
+def test_required_factors_and_widening_of_the_constructed_case():
+    """Factors |x - 1| / 1: 1, 1, 0.5, 1.5, 2, inf, 0, 0.5; the 5/8-quantile is 1 (the
+    band itself), 7/8 needs c = 2, and the widened band's coverage is the fraction of
+    factors <= c."""
+    real, lo, mid, hi = _constructed()
+    r = required_factors(real, lo, mid, hi)
+    np.testing.assert_array_equal(np.sort(r), [0, 0.5, 0.5, 1, 1, 1.5, 2, np.inf])
+    assert fit_widening([r], 5 / 8) == pytest.approx(1.0, rel=1e-11)
+    assert fit_widening([r[:4], r[4:]], 7 / 8) == pytest.approx(2.0, rel=1e-11)
+    assert fit_widening([r], 0.99) == np.inf
+    for c in (0.5, 1.0, 1.5, 2.0, 3.0):
+        wlo, whi = widen(lo, mid, hi, c)
+        assert coverage(real, wlo, whi) == pytest.approx(np.mean(r <= c), abs=1e-15)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), target=st.floats(0.05, 0.95))
+def test_fitted_factor_is_the_smallest_that_reaches_the_target(seed, target):
+    """On random asymmetric bands and points, the fitted ``c`` covers >= target and any
+    smaller factor (the next lower required factor) covers less."""
+    rng = np.random.default_rng(seed)
+    lo = -rng.uniform(0.1, 1.0, (4, 3))
+    hi = rng.uniform(0.1, 2.0, (4, 3))
+    mid = np.zeros((4, 3))
+    real = rng.normal(0, 1.5, (5, 4, 3))
+    c = fit_widening([required_factors(real, lo, mid, hi)], target)
+    wlo, whi = widen(lo, mid, hi, c)
+    assert coverage(real, wlo, whi) >= target - 1e-12
+    smaller = np.sort(required_factors(real, lo, mid, hi))
+    smaller = smaller[smaller < c / (1 + 1e-9)]           # below the fitted order statistic
+    if smaller.size:
+        wlo, whi = widen(lo, mid, hi, smaller[-1])
+        assert coverage(real, wlo, whi) < target
+
+
+def test_add_width_band_adds_variances_and_shifts_the_centre():
+    """Init draws uniform on a grid (5-95 % half-widths 0.9 and 0.9 about 0); width draws
+    with half-width 1.2 and mean 0.5: band 0.5 -/+ sqrt(0.9^2 + 1.2^2) = 0.5 -/+ 1.5.
+    A zero-spread width band at the init mean leaves the init band unchanged."""
+    init = np.linspace(-1, 1, 101)[:, None, None] * np.ones((1, 2, 3))
+    width = np.linspace(-1, 1, 101)[:, None, None] * (1.2 / 0.9) + 0.5
+    width = width * np.ones((1, 2, 3))
+    lo, mid, hi = add_width_band(init, width)
+    np.testing.assert_allclose(mid, 0.5, atol=1e-12)
+    np.testing.assert_allclose(lo, 0.5 - 1.5, atol=1e-12)
+    np.testing.assert_allclose(hi, 0.5 + 1.5, atol=1e-12)
+    lo, mid, hi = add_width_band(init, np.zeros((4, 2, 3)))
+    ilo, imid, ihi = band_from_draws(init)
+    np.testing.assert_allclose((lo, mid, hi), (ilo, imid, ihi), atol=1e-12)
+
+
+def test_errors_name_the_argument():
+    real, lo, mid, hi = _constructed()
+    with pytest.raises(ValueError, match="real"):
+        coverage(real[:, :2], lo, hi)
+    with pytest.raises(ValueError, match="first"):
+        coverage(real, lo, hi, first=3)
+    with pytest.raises(ValueError, match="lo/mid/hi"):
+        required_factors(real, hi, mid, lo)
+    with pytest.raises(ValueError, match="c:"):
+        widen(lo, mid, hi, 0.0)
+    with pytest.raises(ValueError, match="target"):
+        fit_widening([np.ones(3)], 1.0)
+    with pytest.raises(ValueError, match="draws"):
+        band_from_draws(np.ones((1, 3)))
+
+
+def test_script_report_on_constructed_results():
+    """The script's table: coverage per configuration x width from the band's draws and
+    the real networks; the factor fitted on the calibration configuration at widths >= 256
+    only, then applied to the held-out one."""
+    mod = _script()
+    draws = np.linspace(0, 2, 201)[:, None, None] * np.ones((1, 3, 2))   # band ~[0.1, 1.9]
+    real, *_ = _constructed()
+    real = np.where(np.isnan(real), 1.0, real)     # inside [0.1, 1.9]: 1.5, 1, 1, 0.5
+    wide = np.full_like(real, 1.0) + np.array([3.0, -3.0])[:, None, None]   # all outside
+    band = {"test_loss": draws, "test_acc": draws}
+    res = {"ring_dgd": {"band": band, "widths": {
+               128: {"test_loss": wide, "test_acc": wide},       # below 256: not fitted
+               256: {"test_loss": real, "test_acc": real}}},
+           "complete_cta": {"band": band, "widths": {512: {"test_loss": real,
+                                                           "test_acc": wide}}}}
+    summary, rows = mod.report(res)
+    by = {(r["config"], r["width"]): r for r in summary["rows"]}
+    assert by[("ring_dgd", 128)]["test_loss"] == 0.0
+    assert by[("ring_dgd", 256)]["test_loss"] == pytest.approx(4 / 8)   # 0 and 2: outside
+    assert by[("complete_cta", 512)]["role"] == "held-out"
+    # required factors at 256, |x - 1| / 0.9: 0, 0, 0.5, 0.5, 1, 1, 1.5, 2 (over 0.9); the
+    # 90 % point is the 8th of 8 (ceil(7.2)); width 128 (factors 3 / 0.9) is not fitted
+    assert summary["fitted_c"] == pytest.approx(2 / 0.9, rel=1e-9)
+    assert by[("complete_cta", 512)]["test_loss_widened"] == pytest.approx(1.0)
+    assert by[("complete_cta", 512)]["test_acc_widened"] == 0.0
+    assert "fitted widening factor" in mod.markdown(summary)
+
+
+@pytest.mark.slow  # about 40 s of CPU: 2 configurations, one width, 2 seeds each, then a third
+def test_script_runs_a_tiny_configuration(tmp_path):
+    """End to end: bands, real networks, the finite-width band, JSON and figure; the
+    coverage in the JSON equals the one recomputed from the saved arrays; a rerun with more
+    seeds extends the saved ones."""
+    mod = _script()
+    out = tmp_path / "cov"
+    rc = mod.main(["--configs", "ring_dgd,complete_cta", "--widths", "64", "--seeds", "2",
+                   "--samples", "16", "--width-samples", "2", "--width-band-init-samples",
+                   "4", "--n-train", "40", "--n-test", "20", "--agents", "4", "--steps",
+                   "20", "--every", "10", "--out", str(out), "--figure",
+                   str(tmp_path / "f.png"), "--figure-width", "64"])
+    assert rc == 0
+    summary = json.loads((out / "coverage.json").read_text())
+    assert {(r["config"], r["width"]) for r in summary["rows"]} == {("ring_dgd", 64),
+                                                                   ("complete_cta", 64)}
+    band = np.load(out / "ring_dgd_band.npz")
+    real = np.load(out / "ring_dgd_w64.npz")
+    assert real["test_loss"].shape == (2, 3, 4) and band["test_loss"].shape == (16, 3, 4)
+    assert real["width_test_loss"].shape == (2, 3, 4)
+    lo, _, hi = band_from_draws(band["test_loss"])
+    row = next(r for r in summary["rows"] if r["config"] == "ring_dgd")
+    assert row["test_loss"] == pytest.approx(coverage(real["test_loss"], lo, hi), abs=1e-15)
+    assert 0.0 <= row["test_loss_with_width"] <= 1.0
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    # a rerun with one more seed trains only seed 2 and keeps the saved ones
+    before = real["test_loss"]
+    assert mod.main(["--configs", "ring_dgd", "--widths", "64", "--seeds", "3",
+                     "--n-train", "40", "--n-test", "20", "--agents", "4", "--steps", "20",
+                     "--every", "10", "--out", str(out)]) == 0
+    after = np.load(out / "ring_dgd_w64.npz")["test_loss"]
+    assert after.shape == (3, 3, 4)
+    np.testing.assert_array_equal(after[:2], before)
