@@ -236,6 +236,23 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
 
 
 # --------------------------------------------------------------------------- evolution
+def divergence_check(params, limit):
+    """The engine's ``check`` for a feature-space state: diverged when the largest
+    coordinate of ``params(state)`` is not finite or exceeds ``limit * t`` (the state is
+    then frozen and the first divergent step kept)."""
+
+    def checked(st, new, t_new):
+        x, t, diverged, div_at = st
+        mag = jnp.max(jnp.abs(params(new)))
+        bad = ~jnp.isfinite(mag) | (mag > limit * t_new)
+        div_at = jnp.where(bad & ~diverged, t_new, div_at)
+        diverged = diverged | bad
+        keep = jax.tree.map(lambda a, b: jnp.where(diverged, a, b), x, new)
+        return keep, t_new, diverged, div_at
+
+    return checked
+
+
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central"))
 def init_state(x0, data, *, algorithm, q_count, central):
     return algorithm.initial_state(x0, lowrank_operators(data, q_count, central))
@@ -249,16 +266,7 @@ def run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
     instance of :func:`ntkdyn.engine.scan_records` (state: feature-space coordinates)."""
     ops = lowrank_operators(data, q_count, central)
     params = algorithm.parameters
-    limit = data["limit_per_step"]
-
-    def checked(st, new, t_new):
-        x, t, diverged, div_at = st
-        mag = jnp.max(jnp.abs(params(new)))
-        bad = ~jnp.isfinite(mag) | (mag > limit * t_new)
-        div_at = jnp.where(bad & ~diverged, t_new, div_at)
-        diverged = diverged | bad
-        keep = jax.tree.map(lambda a, b: jnp.where(diverged, a, b), x, new)
-        return keep, t_new, diverged, div_at
+    checked = divergence_check(params, data["limit_per_step"])
 
     def record(st, x):
         rec = _record(params(x), data, q_count=q_count, central=central, has_test=has_test,
@@ -305,6 +313,16 @@ def step_data(phi_s: np.ndarray, res: np.ndarray, offsets, inv_n: np.ndarray, gr
             "lin_c": jnp.asarray(np.tensordot(wq, lins, axes=1))}
 
 
+def divergence_limit(lr_q: np.ndarray, res: np.ndarray, curvature: float,
+                     counts: np.ndarray) -> float:
+    """The divergence limit per step of a feature-space state,
+    ``DIVERGENCE_FACTOR eta_max max|r| sqrt(max(curvature, 1)) sqrt(rows) / min N_q``
+    (``res = f_0 - Y``, ``curvature = tr(Phi^T Phi)``)."""
+    res_max = max(float(np.max(np.abs(res))), 1e-300)
+    return float(DIVERGENCE_FACTOR * lr_q.max() * res_max * np.sqrt(max(curvature, 1.0))
+                 / counts.min() * np.sqrt(res.size))
+
+
 def feature_data(phi_s: np.ndarray, res: np.ndarray, offsets, counts: np.ndarray,
                  lr_q: np.ndarray, w: np.ndarray, *, gram: bool, stacked: bool, n_max: int,
                  reference: bool, curvature: float) -> dict:
@@ -320,10 +338,8 @@ def feature_data(phi_s: np.ndarray, res: np.ndarray, offsets, counts: np.ndarray
     rows_per_sample = res.shape[0] // int(counts.sum())
     inv_n = 1.0 / counts
     wts = np.repeat(np.repeat(inv_n / q_count, counts), rows_per_sample)
-    res_max = max(float(np.max(np.abs(res))), 1e-300)
     slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
-    limit = (DIVERGENCE_FACTOR * lr_q.max() * res_max * np.sqrt(max(curvature, 1.0))
-             / counts.min() * np.sqrt(res.size))
+    limit = divergence_limit(lr_q, res, curvature, counts)
     return {
         **step_data(phi_s, res, offsets, inv_n, gram, stacked, n_max),
         "inv_n": jnp.asarray(inv_n),
@@ -373,7 +389,7 @@ def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
 
 def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count: int,
                  central: bool, has_test: bool, record_outputs: bool, chunk: int,
-                 progress: bool, desc: str):
+                 progress: bool, desc: str, runner=None):
     """Run the feature-space dynamics from parameters ``x0`` (``(A, r, C)``) on the engine.
 
     Shared by the low-rank path and the primal path (:mod:`ntkdyn.lowrank.primal`):
@@ -381,10 +397,13 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
     chunks, the records joined.  Returns ``(raw, record_steps, phase, carry)``: raw records
     one row per record (``T P`` rows for ``P`` phases), the step of each row, its phase
     index (``None`` for single-phase schedules) and the final carry (``carry[3]``: the
-    first divergent step or -1).
+    first divergent step or -1).  ``runner``: ``(init_state, run_chunk)`` with the
+    signatures of :func:`init_state` / :func:`run_chunk` (default: those; the matrix-free
+    primal path passes its own, :func:`ntkdyn.lowrank.matfree.matrix_free_runner`).
     """
+    init_fn, chunk_fn = runner or (init_state, run_chunk)
     static = dict(algorithm=algo, q_count=q_count, central=central)
-    state = x0 if algo.init is None else init_state(x0, data, **static)
+    state = x0 if algo.init is None else init_fn(x0, data, **static)
     carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
     chunk = max(1, min(chunk, len(steps)))
@@ -395,8 +414,8 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
         from tqdm.auto import tqdm
         bar = tqdm(total=int(deltas.sum()), unit="step", desc=desc)
     for sl, sched, pad in padded_chunks((deltas,), chunk):
-        carry, recs = run_chunk(carry, sched[0], data, has_test=has_test,
-                                 record_outputs=record_outputs, **static)
+        carry, recs = chunk_fn(carry, sched[0], data, has_test=has_test,
+                                record_outputs=record_outputs, **static)
         pieces.append(trim(recs, pad, per))
         if bar is not None:
             bar.update(int(deltas[sl].sum()))

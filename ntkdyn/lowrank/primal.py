@@ -47,6 +47,7 @@ from ntkdyn._utils.checks import (
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.lowrank.evolve import (
     PAD_MAX,
+    divergence_limit,
     feature_data,
     held_out_data,
     records_trajectory,
@@ -57,6 +58,8 @@ from ntkdyn.lowrank.evolve import (
 from ntkdyn.trajectory import Trajectory
 
 __all__ = ["jacobian_features", "predict_primal", "primal_bytes"]
+
+PRIMAL_FORMS = ("auto", "gram", "features", "matrix_free")
 
 
 def jacobian_features(apply_fn, params: Any, x, *, batch_size: int | None = None) -> np.ndarray:
@@ -133,19 +136,32 @@ def predict_primal(
     :func:`ntkdyn.predict_from_kernels` (static mixing matrix, one rate or one per agent,
     squared loss, discrete steps).  ``form`` as :func:`~ntkdyn.lowrank.predict_lowrank`
     (the Gram form multiplies by ``P x P`` matrices ``J_q^T J_q``, chosen by ``"auto"`` when
-    cheaper).  ``metadata["primal"]`` holds ``P``, ``N K``, the form and the
-    bytes of the Jacobians.
+    cheaper), or ``"matrix_free"``: ``J`` is never stored; each step applies ``J_q`` and
+    ``J_q^T`` as Jacobian-vector and vector-Jacobian products of ``apply_fn`` at ``params``
+    on batches of ``batch_size`` samples of one agent (:mod:`ntkdyn.lowrank.matfree`:
+    memory ``O(Q P + N K)`` plus one batch's activations; per step about one forward and
+    one backward pass per slot over the ``N`` samples instead of ``4 N K P`` flops).
+    ``"auto"`` takes it when the stored form (:func:`primal_bytes`) does not fit in memory.
+    ``metadata["primal"]`` holds ``P``, ``N K``, the form and the bytes of the Jacobians
+    (and, matrix-free, the batch size and the memory estimate).
     """
+    if form not in PRIMAL_FORMS:
+        raise ValueError(f"form: expected one of {list(PRIMAL_FORMS)}, got {form!r}")
     algo = get_algorithm(algorithm)
     inp = _primal_inputs(x_train, y_train, agent, mixing, lr, steps, x_test, y_test, f0)
     n, k, m, q_count = inp.n, inp.k, inp.m, inp.q_count
     n_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
     n_max = int(inp.counts.max())
     stacked = q_count * n_max <= PAD_MAX * n
-    gram = use_gram(form, n * k, n_params, q_count)
+    gram = use_gram(form, n * k, n_params, q_count) if form != "matrix_free" else False
     need = primal_bytes(n, m, k, n_params, q_count,
                         padded_rows=q_count * n_max if stacked else n,
                         record_outputs=record_outputs, records=len(inp.steps))
+    if form == "matrix_free" or (form == "auto" and need > memory.available_memory_bytes()):
+        return _predict_matrix_free(apply_fn, params, inp, algo, f0, stored_bytes=need,
+                                    reference=reference, record_outputs=record_outputs,
+                                    chunk=chunk, progress=progress, batch_size=batch_size,
+                                    metadata=metadata)
     memory.ensure_fits(need, "this primal prediction",
                        f"the network has P = {n_params} parameters for N = {n} samples and "
                        f"K = {k} outputs; use the kernel path, or record_outputs=False")
@@ -295,3 +311,52 @@ def _primal_metadata(algo: Algorithm, inp: _PrimalInputs, n_params: int, gram: b
         "mixing": inp.w.tolist(), **(metadata or {}),
     }
     return {**meta, **schedule_metadata(algo)}
+
+
+def _predict_matrix_free(apply_fn, params, inp: _PrimalInputs, algo: Algorithm, f0: str, *,
+                         stored_bytes: int, reference: bool, record_outputs: bool, chunk: int,
+                         progress: bool, batch_size: int | None,
+                         metadata: dict | None) -> Trajectory:
+    """:func:`predict_primal` with ``form="matrix_free"`` (:mod:`ntkdyn.lowrank.matfree`):
+    the memory estimate checked first, then the same engine, records and metadata as the
+    stored form, ``J`` never formed."""
+    from jax.flatten_util import ravel_pytree
+
+    from ntkdyn.kernels.empirical import to_float64
+    from ntkdyn.lowrank import matfree
+
+    p64 = to_float64(params)
+    theta0, unravel = ravel_pytree(p64)
+    model = matfree.MatrixFreeModel(apply_fn, unravel)
+    n_params = int(theta0.size)
+    batch, batch_agent = matfree.agent_batches(inp.counts, batch_size)
+    order = np.argsort(inp.agent, kind="stable")
+    x_s = inp.x[order]
+    need = matfree.matrix_free_bytes(
+        inp.n, inp.m, inp.k, n_params, inp.q_count, in_dim=int(np.prod(inp.x.shape[1:])),
+        batch=batch, activation_bytes=matfree.residual_bytes(model, theta0, x_s[:batch]),
+        record_outputs=record_outputs, records=len(inp.steps))
+    memory.ensure_fits(need, "this matrix-free primal prediction",
+                       f"the stored-Jacobian form would need {memory.format_bytes(stored_bytes)};"
+                       " use a smaller batch_size, record_outputs=False, or fewer samples")
+    f0_s, f0_t = _initial_outputs(apply_fn, params, inp, order, f0)
+    y_s = inp.y[order]
+    curvature = matfree.jacobian_sq_norm(apply_fn, p64, x_s, None)
+    limit = divergence_limit(inp.lr_q, f0_s - y_s, curvature, inp.counts)
+    data = matfree.matrix_free_data(
+        np.asarray(theta0), x_s, f0_s, y_s, inp.counts, inp.lr_q, inp.w, batch=batch,
+        batch_agent=batch_agent, reference=reference, limit=limit,
+        test=(inp.xt, f0_t, inp.yt) if inp.has_test else None)
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((inp.q_count + int(reference), n_params, 1)), data, algo, inp.steps,
+        q_count=inp.q_count, central=reference, has_test=inp.has_test,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"primal (matrix-free) {algo.name}", runner=matfree.matrix_free_runner(model))
+    meta = _primal_metadata(algo, inp, n_params, False, False, reference, f0, metadata)
+    meta["primal"].update(form="matrix_free", batch_size=batch, batches=len(batch_agent),
+                          memory_bytes=need, stored_bytes=stored_bytes,
+                          cost_per_step="one linearisation of apply_fn and "
+                          f"{2 if reference else 1} JVP + VJP pairs over the N samples")
+    del meta["primal"]["cost_per_step_flops"]
+    return records_trajectory(raw, inp.q_count, reference, rec_steps, phase, inp.lr_q, meta,
+                              order, float(carry[3]))
