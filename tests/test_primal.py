@@ -125,3 +125,74 @@ def test_primal_refused_before_allocating_when_too_large(small_mlp, monkeypatch)
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10_000)
     with pytest.raises(memory.ProblemTooLargeError, match="P = 57 parameters for N = 200"):
         predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 10])
+
+
+# --------------------------------------------------------------------------- matrix-free form
+MF_FIELDS = FIELDS + ("central_objective", "central_train_acc", "central_test_loss",
+                      "mean_model_test_acc", "local_loss")
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking"])
+def test_matrix_free_equals_stored_jacobian(small_mlp, algorithm):
+    """J never stored (JVP / VJP per agent-aligned batch of 16; unequal shards, so padded
+    batches): every recorded quantity within 1e-10 relative of the stored form (measured
+    <= 3e-14)."""
+    arch, params, x, xt, y, yt, agent, w = small_mlp
+    call = dict(x_test=xt, y_test=yt, record_outputs=True)
+    lr, steps = [0.3, 0.4, 0.35, 0.25], range(0, 61, 10)
+    stored = predict_primal(arch.apply, params, x, y, agent, w, lr, steps, algorithm,
+                            form="features", **call)
+    free = predict_primal(arch.apply, params, x, y, agent, w, lr, steps, algorithm,
+                          form="matrix_free", batch_size=16, **call)
+    assert free.metadata["primal"]["form"] == "matrix_free"
+    assert free.metadata["primal"]["batch_size"] == 16
+    for f in MF_FIELDS:
+        a, b = getattr(stored, f), getattr(free, f)
+        assert a is not None and a.shape == b.shape, f
+        assert np.max(np.abs(a - b)) <= 1e-10 * max(np.abs(a).max(), 1e-300), f
+
+
+def test_matrix_free_p2pl_phases(small_mlp):
+    arch, params, x, _, y, _, agent, w = small_mlp
+    algo = nd.algorithms.p2pl(3, 2)
+    stored = predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 4, 9], algo,
+                            form="gram", reference=False)
+    free = predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 4, 9], algo,
+                          form="matrix_free", reference=False)
+    assert free.phases == ["local", "consensus"] and free.central_dist is None
+    for f in ("train_loss", "local_loss", "param_dist", "consensus_dist", "train_acc"):
+        a, b = getattr(stored, f), getattr(free, f)
+        assert np.max(np.abs(a - b)) <= 1e-10 * np.abs(a).max(), f
+
+
+def test_matrix_free_memory_is_o_p_plus_nk_and_auto_picks_it(small_mlp, monkeypatch):
+    """The estimate has no N K P term: growing N by 10x grows it by < 10 N (d + 2K + 2) x 16
+    bytes, growing P by 10x grows it by the state only; "auto" takes the matrix-free form
+    when the stored Jacobian does not fit, and refuses (naming both) when neither does."""
+    from ntkdyn.lowrank.matfree import matrix_free_bytes
+
+    def est(n, p):
+        return matrix_free_bytes(n, 0, 10, p, 4, in_dim=784, batch=128,
+                                 activation_bytes=128 * 1024 * 8)
+
+    n, p = 60_000, 100_000
+    assert est(10 * n, p) - est(n, p) == 8 * 2 * 9 * n * (784 + 2 * 10 + 2)
+    assert est(n, 10 * p) - est(n, p) == 8 * 12 * 6 * 9 * p
+    assert est(n, p) < 8 * n * 10 * p / 50  # the stored J alone is > 50x larger
+    arch, params, x, _, y, _, agent, w = small_mlp
+    stored_need = predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 5],
+                                 form="matrix_free").metadata["primal"]["stored_bytes"]
+    free_need = predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 5],
+                               form="matrix_free").metadata["primal"]["memory_bytes"]
+    assert free_need < stored_need
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: (free_need + stored_need) // 2)
+    auto = predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 5])
+    assert auto.metadata["primal"]["form"] == "matrix_free"
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: free_need - 1)
+    with pytest.raises(memory.ProblemTooLargeError, match="matrix-free.*stored-Jacobian"):
+        predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 5])
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10**12)
+    assert predict_primal(arch.apply, params, x, y, agent, w, 0.3,
+                          [0, 5]).metadata["primal"]["form"] in ("gram", "features")
+    with pytest.raises(ValueError, match="^form: expected one of"):
+        predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 5], form="jvp")
