@@ -24,6 +24,11 @@ Cost: one step reads ``J`` twice, ``4 N K P`` flops (``8 N K P`` with the centra
 reference) against ``2 (N K)^2`` for the kernel path in the full layout, and ``N K P``
 floats of memory against ``(N K)^2``: the better path when ``P < N K`` (and always when
 ``P < N``).  ``||theta_q - theta_0|| = ||d_q||`` exactly.
+
+Matrix-free form (``form="matrix_free"``, :mod:`ntkdyn.lowrank.matfree`): ``J_q d`` and
+``J_q^T r`` as JVPs / VJPs of ``apply_fn`` at ``theta_0`` on batches of one agent's samples,
+``J`` never stored: memory ``O(Q P + N K)`` plus one batch's activations; ``"auto"`` takes
+it when ``N K P`` does not fit.
 """
 
 from __future__ import annotations
@@ -337,6 +342,7 @@ def _predict_matrix_free(apply_fn, params, inp: _PrimalInputs, algo: Algorithm, 
         batch=batch, activation_bytes=matfree.residual_bytes(model, theta0, x_s[:batch]),
         record_outputs=record_outputs, records=len(inp.steps))
     memory.ensure_fits(need, "this matrix-free primal prediction",
+                       f"the network has P = {n_params} parameters for N = {inp.n} samples; "
                        f"the stored-Jacobian form would need {memory.format_bytes(stored_bytes)};"
                        " use a smaller batch_size, record_outputs=False, or fewer samples")
     f0_s, f0_t = _initial_outputs(apply_fn, params, inp, order, f0)
