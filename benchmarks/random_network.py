@@ -8,7 +8,8 @@ On one configuration (default ``examples/default.toml``: 800 digits, 8 agents, r
 kernel read, the kernels built on the pooled inputs with the NNGP, and its Cholesky
 factor), and ``f0="random"`` with ``kernel_dtype="mixed"`` (the sampled networks'
 response columns through float32 kernel products, the mean network in float64),
-interleaved, after one untimed run of each (JIT compilation); prints the medians, their
+interleaved, after one untimed run of each (JIT compilation); prints the medians (wall and
+process CPU time: on a shared machine the CPU time is the steadier measure), their
 ratios to the plain prediction (target <= 3), the largest difference of the mixed run's
 draws from the float64 ones, the load average, and the final expected test loss /
 accuracy with the 5-95 % band beside the mean network's.  A timing script, never a test.
@@ -48,24 +49,27 @@ def main() -> None:
         kw = {"samples": args.samples} if f0 != "mean" else {}
         if f0 == "mixed":
             f0, kw["kernel_dtype"] = "random", "mixed"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         traj = pipeline.predict(exp.arch, exp.parts, exp.mixing, cfg.training.lr,
                                 exp.algorithm, cfg.steps, kernel=cfg.prediction.kernel,
                                 seed=cfg.seed, f0=f0, **kw)
-        return time.perf_counter() - t0, traj
+        return time.perf_counter() - t0, time.process_time() - c0, traj
 
     variants = ("mean", "random", "mixed")
     for f0 in variants:  # compile
         run(f0)
     load = [os.getloadavg()[0]]
     times: dict[str, list[float]] = {f0: [] for f0 in variants}
+    cpu: dict[str, list[float]] = {f0: [] for f0 in variants}
     trajs = {}
     for _ in range(args.repeats):
         for f0 in variants:
-            dt, trajs[f0] = run(f0)
+            dt, dc, trajs[f0] = run(f0)
             times[f0].append(dt)
+            cpu[f0].append(dc)
     load.append(os.getloadavg()[0])
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     one = trajs["random"]
     mixed_err = max(float(np.max(np.abs(np.asarray(one.draws[m]) -
                                         np.asarray(trajs["mixed"].draws[m]))))
@@ -80,6 +84,9 @@ def main() -> None:
         "median_random_network_mixed_s": med["mixed"],
         "ratio": med["random"] / med["mean"],
         "ratio_mixed": med["mixed"] / med["mean"],
+        "cpu_seconds": cpu, "median_cpu_s": med_cpu,
+        "ratio_cpu": med_cpu["random"] / med_cpu["mean"],
+        "ratio_cpu_mixed": med_cpu["mixed"] / med_cpu["mean"],
         "mixed_max_abs_loss_difference": mixed_err,
         "load_average_1min_start_end": load,
         "final_test_loss_expected": float(one.test_loss[-1].mean()),

@@ -118,9 +118,8 @@ def kernel_times(blocks, flat, low=None):
     """``Theta @ flat`` from the agents' row blocks (result in ``flat``'s dtype); with
     ``low`` the response columns through its float32 blocks (:func:`mixed_product`)."""
     if low is not None:
-        hi, lo, inv = low_columns(flat.shape[-1], *low[1].shape)
-        return jnp.concatenate([kernel_times(blocks, flat[:, hi]),
-                                kernel_times(low[0], flat[:, lo])], axis=-1)[:, inv]
+        hi, lo = split_low(flat, *low[1].shape)
+        return join_low(kernel_times(blocks, hi), kernel_times(low[0], lo), *low[1].shape)
     low = _blocks_dtype(blocks)
     f = flat.astype(low)
     if isinstance(blocks, tuple):
@@ -130,29 +129,36 @@ def kernel_times(blocks, flat, low=None):
     return out.astype(flat.dtype)
 
 
-def low_columns(total: int, c0: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Static ``(hi, lo, inverse)`` column indices for ``kernel_dtype="mixed"``: of
-    ``total`` columns in groups of ``c0 = K + P`` (one group per rate and slot), the last
-    ``p`` of each group (the sampled networks' responses) are ``lo``; ``inverse`` puts
-    ``[hi, lo]`` back in order."""
-    j = np.arange(total)
-    lo = (j % c0) >= c0 - p
-    hi_idx, lo_idx = np.nonzero(~lo)[0], np.nonzero(lo)[0]
-    return hi_idx, lo_idx, np.argsort(np.concatenate([hi_idx, lo_idx]))
+def split_low(rhs, c0: int, p: int):
+    """``(hi, lo)`` columns of ``rhs`` for ``kernel_dtype="mixed"``: of its columns, in
+    groups of ``c0 = K + P`` (one group per rate and slot), the first ``K`` of each group
+    (the mean network) and the last ``p`` (the sampled networks' responses); reshapes and
+    slices, no gather."""
+    lead, g = rhs.shape[:-1], rhs.shape[-1] // c0
+    r = rhs.reshape(*lead, g, c0)
+    return (r[..., :c0 - p].reshape(*lead, g * (c0 - p)),
+            r[..., c0 - p:].reshape(*lead, g * p))
+
+
+def join_low(hi, lo, c0: int, p: int):
+    """Inverse of :func:`split_low`."""
+    lead, g = hi.shape[:-1], hi.shape[-1] // (c0 - p)
+    return jnp.concatenate([hi.reshape(*lead, g, c0 - p), lo.reshape(*lead, g, p)],
+                           axis=-1).reshape(*lead, g * c0)
 
 
 def mixed_product(op, kernel, rhs, low=None):
     """``op(kernel, rhs)`` in ``kernel``'s dtype; with ``low = (kernel_lo, shape)``
     (``kernel_dtype="mixed"``, ``shape.shape = (K + P, P)``) the response columns of
-    ``rhs`` (:func:`low_columns`) go through ``op(kernel_lo, .)`` in float32 and the mean
+    ``rhs`` (:func:`split_low`) go through ``op(kernel_lo, .)`` in float32 and the mean
     network's columns through ``kernel`` in float64.  Result in ``rhs``'s dtype."""
     if low is None:
         return op(kernel, rhs.astype(kernel.dtype)).astype(rhs.dtype)
     kernel_lo, shape = low
-    hi, lo, inv = low_columns(rhs.shape[-1], *shape.shape)
-    out_hi = op(kernel, rhs[..., hi].astype(kernel.dtype)).astype(rhs.dtype)
-    out_lo = op(kernel_lo, rhs[..., lo].astype(kernel_lo.dtype)).astype(rhs.dtype)
-    return jnp.concatenate([out_hi, out_lo], axis=-1)[..., inv]
+    hi, lo = split_low(rhs, *shape.shape)
+    out_hi = op(kernel, hi.astype(kernel.dtype)).astype(rhs.dtype)
+    out_lo = op(kernel_lo, lo.astype(kernel_lo.dtype)).astype(rhs.dtype)
+    return join_low(out_hi, out_lo, *shape.shape)
 
 
 def _blocks_dtype(blocks):
