@@ -317,8 +317,11 @@ def predict_from_kernels(
     reference : bool
         Also run the centralised reference (``central_*`` fields): one ``eigh`` of the
         kernel, then ``O(N K)`` per step (:mod:`ntkdyn.dynamics.solver`).
-    kernel_dtype : "float64" (default) or "float32"
+    kernel_dtype : "float64" (default), "float32" or "mixed"
         Kernel storage; float32 halves memory and bandwidth, the state stays float64.
+        ``"mixed"`` (``f0="random"`` only): the mean network in float64, the sampled
+        networks' response columns with float32 kernel products (faster; error in the
+        README, "One random network").
     devices : list of jax devices or a Mesh, optional
         Shard kernels and state over these devices (same answer as one device).
     samples : int, optional

@@ -169,6 +169,9 @@ def run_problem(
         from ntkdyn.dynamics import random_init
 
         run = random_init.augment(problem, init)
+    if kernel_dtype == "mixed" and init is None:
+        raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
+                         "response columns) needs sampled random networks (f0='random')")
     if mesh is None:
         _check_memory(run, len(rate_rows) * groups, len(steps) * algo.records_per_step,
                       record_outputs, eigen_reference=reference

@@ -114,8 +114,12 @@ def _place_columns(arr: np.ndarray, dtype, mesh):
         dtype=np.dtype(dtype), lead=arr.shape[:-2])
 
 
-def kernel_times(blocks, flat):
-    """``Theta @ flat`` from the agents' row blocks (result in ``flat``'s dtype)."""
+def kernel_times(blocks, flat, low=None):
+    """``Theta @ flat`` from the agents' row blocks (result in ``flat``'s dtype); with
+    ``low`` the response columns through its float32 blocks (:func:`mixed_product`)."""
+    if low is not None:
+        hi, lo = split_low(flat, *low[1].shape)
+        return join_low(kernel_times(blocks, hi), kernel_times(low[0], lo), *low[1].shape)
     low = _blocks_dtype(blocks)
     f = flat.astype(low)
     if isinstance(blocks, tuple):
@@ -123,6 +127,38 @@ def kernel_times(blocks, flat):
     else:
         out = jnp.einsum("qnr,rm->qnm", blocks, f, precision=EXACT).reshape(-1, flat.shape[1])
     return out.astype(flat.dtype)
+
+
+def split_low(rhs, c0: int, p: int):
+    """``(hi, lo)`` columns of ``rhs`` for ``kernel_dtype="mixed"``: of its columns, in
+    groups of ``c0 = K + P`` (one group per rate and slot), the first ``K`` of each group
+    (the mean network) and the last ``p`` (the sampled networks' responses); reshapes and
+    slices, no gather."""
+    lead, g = rhs.shape[:-1], rhs.shape[-1] // c0
+    r = rhs.reshape(*lead, g, c0)
+    return (r[..., :c0 - p].reshape(*lead, g * (c0 - p)),
+            r[..., c0 - p:].reshape(*lead, g * p))
+
+
+def join_low(hi, lo, c0: int, p: int):
+    """Inverse of :func:`split_low`."""
+    lead, g = hi.shape[:-1], hi.shape[-1] // (c0 - p)
+    return jnp.concatenate([hi.reshape(*lead, g, c0 - p), lo.reshape(*lead, g, p)],
+                           axis=-1).reshape(*lead, g * c0)
+
+
+def mixed_product(op, kernel, rhs, low=None):
+    """``op(kernel, rhs)`` in ``kernel``'s dtype; with ``low = (kernel_lo, shape)``
+    (``kernel_dtype="mixed"``, ``shape.shape = (K + P, P)``) the response columns of
+    ``rhs`` (:func:`split_low`) go through ``op(kernel_lo, .)`` in float32 and the mean
+    network's columns through ``kernel`` in float64.  Result in ``rhs``'s dtype."""
+    if low is None:
+        return op(kernel, rhs.astype(kernel.dtype)).astype(rhs.dtype)
+    kernel_lo, shape = low
+    hi, lo = split_low(rhs, *shape.shape)
+    out_hi = op(kernel, hi.astype(kernel.dtype)).astype(rhs.dtype)
+    out_lo = op(kernel_lo, lo.astype(kernel_lo.dtype)).astype(rhs.dtype)
+    return join_low(out_hi, out_lo, *shape.shape)
 
 
 def _blocks_dtype(blocks):
@@ -141,6 +177,7 @@ def kernel_operators(
     reference: tuple | None = None,
     loss: tuple | None = None,
     batch=None,
+    low: tuple | None = None,
 ) -> Operators:
     """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
 
@@ -169,6 +206,9 @@ def kernel_operators(
     gradient is ``(1/B) E_{B_q} r_q`` (the output-space vector masked to its batch) and
     the carried centralised slot's is ``(1/(Q B)) sum_q E_{B_q} r_q`` (the union of the
     agents' batches).  ``None``: full batch.  Needs ``reference=None``.
+
+    ``low = (blocks_lo, shape)`` (``kernel_dtype="mixed"``, :func:`mixed_product`): the
+    sampled networks' response columns are multiplied by float32 copies of the blocks.
     """
     q_count = len(offsets) - 1
     if loss is not None and reference is not None:
@@ -177,7 +217,7 @@ def kernel_operators(
         raise ValueError("reference: the eigenbasis reference is for full-batch gradients only")
     layout = _GradLayout(blocks=blocks, residual=residual, offsets=tuple(offsets),
                          rps=rows_per_sample, central=central, reference=reference,
-                         loss=loss, batch=batch)
+                         loss=loss, batch=batch, low=low)
     grad = partial(_grad_blocks if isinstance(blocks, tuple) else _grad_stacked, layout)
     return Operators(mix=partial(_mix, mixing, q_count=q_count, central=central), grad=grad,
                      scale=lambda g: lr_cols * g, grad_at=None if batch is None else grad)
@@ -211,6 +251,13 @@ class _GradLayout:
     reference: object
     loss: object
     batch: object
+    low: object = None
+
+    def low_at(self, q=None):
+        """``low`` for agent ``q``'s block (unequal shards) or all blocks."""
+        if self.low is None or q is None:
+            return self.low
+        return (self.low[0][q], self.low[1])
 
     @property
     def q_count(self) -> int:
@@ -245,8 +292,8 @@ def _grad_stacked(lay: _GradLayout, x, j=0):
     rhs = x[:q_count]
     if lay.carried:
         rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
-    prod = jnp.einsum("qnr,qrc->qnc", lay.blocks, rhs.astype(lay.blocks.dtype),
-                      precision=EXACT).astype(x.dtype)
+    prod = mixed_product(partial(jnp.einsum, "qnr,qrc->qnc", precision=EXACT), lay.blocks,
+                         rhs.astype(x.dtype), lay.low_at()).astype(x.dtype)
     res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(q_count, n, c)
     bw = None if lay.batch is None else lay.batch(j)
     z = lay.out_vec((res + prod[..., :c]).reshape(rows, c), 0, rows)
@@ -273,8 +320,8 @@ def _grad_blocks(lay: _GradLayout, x, j=0):
         s, e = offsets[q] * rps, offsets[q + 1] * rps
         n_q = offsets[q + 1] - offsets[q]
         rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if lay.carried else x[q]
-        prod = jnp.matmul(lay.blocks[q], rhs.astype(lay.blocks[q].dtype),
-                          precision=EXACT).astype(x.dtype)
+        prod = mixed_product(partial(jnp.matmul, precision=EXACT), lay.blocks[q],
+                             rhs.astype(x.dtype), lay.low_at(q)).astype(x.dtype)
         r_q = lay.out_vec(lay.residual[s:e] + prod[:, :c], s, e)
         g_agents.append(jnp.pad(r_q / n_q if bw is None else r_q * bw[s:e],
                                 ((s, rows - e), (0, 0))))
@@ -383,6 +430,11 @@ def _pad_rows(g, rows_state):
     return g if extra == 0 else jnp.pad(g, ((0, 0), (0, extra), (0, 0)))
 
 
+def _low_args(data) -> tuple | None:
+    """``(blocks_lo, shape)`` of ``kernel_dtype="mixed"`` (:func:`mixed_product`), or None."""
+    return (data["low_blocks"], data["low_shape"]) if "low_blocks" in data else None
+
+
 def _products(x, data, *, traced, has_test):
     """``x`` without sharding padding, ``Theta x`` in row layout ``(rows, A, C)`` and the
     test products ``Theta* x`` (``(M rps, A, C)``, or ``None``)."""
@@ -390,11 +442,13 @@ def _products(x, data, *, traced, has_test):
     a, rows_state, c = x.shape
     flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
     rows = n * (1 if traced else k)
-    u = kernel_times(data["blocks"], flat).reshape(rows, a, c)
+    low = _low_args(data)
+    u = kernel_times(data["blocks"], flat, low).reshape(rows, a, c)
     prod_t = None
     if has_test:
-        kt = data["kernel_test"]
-        prod_t = jnp.matmul(kt, flat.astype(kt.dtype), precision=EXACT).astype(flat.dtype)
+        low_t = None if low is None else (data["low_kernel_test"], low[1])
+        prod_t = mixed_product(partial(jnp.matmul, precision=EXACT), data["kernel_test"], flat,
+                               low_t)
         prod_t = prod_t.reshape(-1, a, c)
     return x[:, :rows], u, prod_t
 
@@ -667,7 +721,8 @@ def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, ha
                            loss=_loss_args(data, loss),
                            batch=_batch_at(data, t0, batcher=batcher,
                                            grads_per_step=algorithm.grads_per_step,
-                                           rows_per_sample=rps, columns=x0.shape[-1]))
+                                           rows_per_sample=rps, columns=x0.shape[-1]),
+                           low=_low_args(data))
     return algorithm.initial_state(x0, ops)
 
 
@@ -740,7 +795,7 @@ def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, c
         _mixing_at(data, t, sampler=sampler, mixes_per_step=algorithm.mixes_per_step),
         data["lr_cols"], reference=_reference_args(data, linear),
         loss=None if linear else _loss_args(data, loss), batch=batch, offsets=offsets,
-        rows_per_sample=rows_per_sample, central=central)
+        rows_per_sample=rows_per_sample, central=central, low=_low_args(data))
 
 
 # long unit: the compiled body of one chunk; its five inner functions share the step's
@@ -878,12 +933,17 @@ def _power_iteration(algorithm: Algorithm, offsets: tuple, rps: int, shape: tupl
 
 def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
                 central: bool = True, kernel_dtype: str = "float64", mesh=None,
-                reference: str = "carried") -> dict:
+                reference: str = "carried", networks: int = 0) -> dict:
     """Arrays on the device(s); with a ``mesh`` the kernels' columns (the contraction
     axis) are sharded and padded to a multiple of the device count.  With
     ``central`` and ``reference="eigen"`` the eigenbasis of the centralised reference
     (:func:`reference_basis`): ``ref_lam`` ``(R, 1)``, ``ref_b`` ``(R, C)``,
-    ``ref_basis`` ``T`` ``(R, R)``."""
+    ``ref_basis`` ``T`` ``(R, R)``.  ``kernel_dtype="mixed"`` (``networks = P > 0``): the
+    kernels in float64 plus float32 copies for the ``P`` response columns of each rate
+    (``low_blocks``, ``low_kernel_test``, ``low_shape`` of shape ``(K + P, P)``)."""
+    mixed = kernel_dtype == "mixed"
+    if mixed:
+        kernel_dtype = "float64"
     n_rates = lrs.shape[0]
     k = problem.num_outputs
     c0 = k if problem.traced else 1
@@ -905,6 +965,12 @@ def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tru
         "lr_cols": jnp.asarray(lr_columns(lrs, c0, central=central)),
         "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_max * res_max / counts.min()),
     }
+    if mixed:
+        data.update(low_blocks=row_blocks(problem.kernel, problem.offsets,
+                                          problem.rows_per_sample, dtype=jnp.float32),
+                    low_shape=jnp.zeros((problem.num_outputs, int(networks))))
+        if for_records and problem.has_test:
+            data["low_kernel_test"] = jnp.asarray(problem.kernel_test, dtype=jnp.float32)
     if problem.loss == "cross_entropy":
         rows = problem.kernel.shape[0]
         y_rows = problem.y_train.reshape(rows, -1)
@@ -1017,9 +1083,11 @@ def evolve(
         How the reference runs: in the eigenbasis of its own operator (``O(R C)`` per
         step after one ``eigh``; the default where :func:`use_eigen_reference`), or
         carried along each kernel pass (twice the columns in every product).
-    kernel_dtype : "float64" or "float32"
+    kernel_dtype : "float64", "float32" or "mixed"
         Storage of the kernels; float32 halves memory and bandwidth (the state and
         its accumulation stay float64; the products are formed in float32).
+        ``"mixed"`` (with ``networks``): the mean network's columns in float64, the
+        sampled networks' response columns through float32 copies of the kernels.
     mesh : jax.sharding.Mesh, optional
         Shard the kernels and the state over the mesh's devices
         (:mod:`ntkdyn.dynamics.sharding`); the answer is the same as on one device.
@@ -1063,7 +1131,7 @@ def evolve(
     lrs = np.tile(lrs, (groups, 1))
     n_rates = lrs.shape[0]
     data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
-                       reference=reference)
+                       reference=reference, networks=networks)
     if batch_size:  # a batch weight 1/B > 1/N_q: the bound per step grows with it
         data["limit_per_step"] = data["limit_per_step"] * float(problem.counts.min()) / batch_size
     sampler = _add_mixing(data, problem, samples)
@@ -1113,8 +1181,13 @@ def _checked_reference(problem: KernelProblem, algorithm: Algorithm, reference: 
         if mesh is not None:
             raise ValueError("mesh: mini-batch SGD runs on one device for now")
         reference = "carried"
-    if kernel_dtype not in ("float64", "float32"):
-        raise ValueError(f"kernel_dtype: expected 'float64' or 'float32', got {kernel_dtype!r}")
+    if kernel_dtype not in ("float64", "float32", "mixed"):
+        raise ValueError(f"kernel_dtype: expected 'float64', 'float32' or 'mixed', got "
+                         f"{kernel_dtype!r}")
+    if kernel_dtype == "mixed" and (not networks or mesh is not None):
+        raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
+                         "response columns) needs sampled random networks (f0='random') on "
+                         "one device")
     if continuous and (algorithm.records_per_step > 1 or problem.process is not None):
         raise ValueError("continuous: the gradient flow is defined for single-phase schedules "
                          "with a static mixing matrix")
