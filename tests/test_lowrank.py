@@ -140,6 +140,40 @@ def test_auto_rank_warns_when_capped():
     assert not low.metadata["low_rank"]["tol_reached"]
 
 
+def _decay_problem(decay: str, n: int = 300, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    i = np.arange(n)
+    lam = {"fast": 30 * 0.8 ** i, "slow": 30 / (1 + i) ** 1.5, "flat": 30 / (1 + i) ** 0.3}
+    kern = (u * lam[decay]) @ u.T
+    y = np.eye(3)[rng.integers(0, 3, n)]
+    lr = 0.9 * (n // 4) / lam[decay][0]
+    return kern, y, np.arange(n) % 4, nd.graphs.mixing(nd.graphs.topology("ring", 4)), lr
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-1])
+@pytest.mark.parametrize("decay", ["fast", "slow", "flat"])
+def test_unreachable_tol_reports_rank_needed(decay, tol):
+    """When max_rank stops rank="auto" short of tol, the warning names tol, the estimate
+    reached (and before its cap of 2) and a range of ranks that would meet tol; the rank
+    rank="auto" picks without the cap lies in that range (N = 300, three spectra)."""
+    kern, y, agent, w, lr = _decay_problem(decay)
+    src = lowrank.kernel_columns(kern)
+    with pytest.warns(RuntimeWarning, match=rf"tol={tol:g} not reached.*would need about "
+                                            r"rank \d+ to \d+ of N = 300"):
+        capped = lowrank.predict(src, y, agent, w, lr, 100, "dgd", rank="auto", tol=tol,
+                                 max_rank=4, block=8)
+    meta = capped.metadata["low_rank"]
+    assert meta["rank"] == 4 and not meta["tol_reached"]
+    assert meta["error_estimate_uncapped"] >= meta["error_estimate"] > tol
+    free = lowrank.predict(src, y, agent, w, lr, 100, "dgd", rank="auto", tol=tol, block=8)
+    assert free.metadata["low_rank"]["tol_reached"]
+    rank = free.metadata["low_rank"]["rank"]
+    assert 4 < meta["rank_needed_low"] <= rank <= meta["rank_needed_high"] <= 300
+    if decay == "flat":  # the flat bulk: no rank much below N meets tol
+        assert meta["rank_needed_low"] >= 270
+
+
 @pytest.mark.parametrize("method", ["rpcholesky", "greedy", "uniform"])
 def test_analytic_columns_full_rank_equal_exact_path(method):
     rng = np.random.default_rng(0)
