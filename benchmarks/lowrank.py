@@ -39,6 +39,10 @@ run is a child process; the data alone are about ``rss_before_gb`` of it)::
 
     python benchmarks/lowrank.py --accuracy --n-train 8192 --n-test 2048 --agents 32 \
         --p 0.2 --steps 300 --records 30 --ranks 64,128,256,512,1024 --tols 0.5,0.1
+
+``--case emp=WIDTH --n-train N --json out.json`` times the rank-``--emp-rank`` factor of
+the *empirical* NTK of a depth-2 width-WIDTH MLP from column blocks
+(``lowrank.empirical_columns``) and reports its peak resident set.
 """
 
 from __future__ import annotations
@@ -140,6 +144,31 @@ def run_case(args, x, y, xt, yt, w) -> dict:
     return out
 
 
+def empirical_case(args, x, xt) -> dict:
+    """``--case emp=WIDTH``: the rank-``--emp-rank`` factor of the traced empirical NTK of a
+    depth-2 width-WIDTH MLP (``lowrank.empirical_columns``: layerwise, no Jacobian) on
+    ``--n-train`` samples and ``--n-test`` test samples; seconds and ``VmHWM``."""
+    import ntkdyn as nd
+    from ntkdyn import lowrank
+
+    width = int(args.case.partition("=")[2])
+    model = nd.models.MLP(hidden=(width, width), out=args.classes)
+    params = nd.models.init_params(model, x.shape[1], seed=0)
+    t0 = time.perf_counter()
+    src = lowrank.empirical_columns(model, params, x, xt)
+    diag = src.diagonal()
+    t_diag = time.perf_counter() - t0
+    fac = lowrank.factorize(src, args.emp_rank)
+    with open("/proc/self/status") as fh:
+        hwm = [ln for ln in fh if ln.startswith("VmHWM")][0]
+    return {"case": args.case, "n_train": len(x), "n_test": len(xt), "width": width,
+            "params": model.num_params(x.shape[1]), "rank": fac.rank,
+            "landmarks": int(len(fac.landmarks)), "diagonal_s": round(t_diag, 1),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "residual_trace_fraction": fac.residual_trace / float(diag.sum()),
+            "peak_rss_gb": round(int(hwm.split()[1]) / 2**20, 2)}
+
+
 def accuracy_study(args, argv) -> dict:
     """Exact path, then the low-rank path at each rank and each ``tol``, each in a child
     process (:func:`run_case`); the pointwise relative errors against the exact path."""
@@ -196,6 +225,8 @@ def main(argv=None) -> int:
                    help="only the accuracy-vs-rank study against the exact path")
     p.add_argument("--tols", default="0.5,0.1", help="--accuracy: tol values of rank='auto'")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--emp-rank", type=int, default=512,
+                   help="--case emp=WIDTH: rank of the empirical-kernel factor")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -217,8 +248,10 @@ def main(argv=None) -> int:
     steps = np.linspace(0, args.steps, args.records + 1).round().astype(int)
     kk = args.classes
     if args.case:
+        run = (empirical_case(args, x, xt) if args.case.startswith("emp=")
+               else run_case(args, x, y, xt, yt, w))
         with open(args.json, "w") as fh:
-            json.dump({"case_result": run_case(args, x, y, xt, yt, w)}, fh, default=float)
+            json.dump({"case_result": run}, fh, default=float)
         return 0
     if args.accuracy:
         child_argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--accuracy"]

@@ -28,6 +28,7 @@ from ntkdyn.lowrank.evolve import error_estimate, error_scale, evolve_bytes, pre
 from ntkdyn.lowrank.factor import (
     METHODS,
     AnalyticColumns,
+    EmpiricalColumns,
     KernelColumns,
     LowRankFactor,
     LowRankTooLargeError,
@@ -43,9 +44,9 @@ from ntkdyn.lowrank.stability import lowrank_stability, lowrank_stable_set
 from ntkdyn.trajectory import Trajectory
 
 __all__ = [
-    "METHODS", "AnalyticColumns", "KernelColumns", "LowRankFactor", "LowRankTooLargeError",
-    "MatrixColumns", "analytic_columns", "choose_factor", "error_estimate", "error_scale",
-    "evolve_bytes",
+    "METHODS", "AnalyticColumns", "EmpiricalColumns", "KernelColumns", "LowRankFactor",
+    "LowRankTooLargeError", "MatrixColumns", "analytic_columns", "choose_factor",
+    "empirical_columns", "error_estimate", "error_scale", "evolve_bytes",
     "factor_bytes", "factorize", "jacobian_features", "kernel_columns", "max_fitting_rank",
     "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
     "primal_bytes", "tol_shortfall",
@@ -64,6 +65,13 @@ def analytic_columns(x_train, x_test=None, *, hidden_layers: int, activation="re
     """Column source for the infinite-width NTK of an MLP (closed-form recursion)."""
     return AnalyticColumns(x_train, x_test, hidden_layers=hidden_layers, activation=activation,
                            W_std=W_std, b_std=b_std)
+
+
+def empirical_columns(model, params, x_train, x_test=None, *,
+                      batch_size: int | None = None) -> EmpiricalColumns:
+    """Column source for the traced empirical NTK of an ``nd.models.MLP`` with ``params``
+    (layerwise, no Jacobian; see :class:`EmpiricalColumns`)."""
+    return EmpiricalColumns(model, params, x_train, x_test, batch_size)
 
 
 def _reserve_per_rank(n: int, n_test: int, agents: int, counts: np.ndarray) -> int:
