@@ -213,9 +213,12 @@ class EmpiricalColumns:
         return 0 if self.x_test is None else self.x_test.shape[0]
 
     def _ntk(self, a, b=None):
+        """Batches of ``len(b)`` rows by default: the kernel pads every batch of ``b`` to the
+        batch size, so a larger batch would multiply the contraction for nothing."""
         from ntkdyn.kernels import mlp_empirical_ntk
 
-        return mlp_empirical_ntk(self.model, self.params, a, b, batch_size=self.batch_size)
+        batch = self.batch_size or (None if b is None else max(len(b), 64))
+        return mlp_empirical_ntk(self.model, self.params, a, b, batch_size=batch)
 
     def diagonal(self) -> np.ndarray:
         return self._diagonal.copy()
