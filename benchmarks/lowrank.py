@@ -25,6 +25,24 @@ DGD at ``--lr`` 0.5, 1,000 steps, 50 records, rank chosen by ``tol=1e-3``
 * accuracy against the exact path on the first ``--exact-n`` training samples (and a
   quarter as many test samples), same agents / graph / rate / steps: relative error of the
   network-mean test loss and of ``param_dist`` over the trajectory, against the rank.
+
+``--accuracy`` runs only the accuracy-vs-rank study at N >= 8,192 (item 1 of issue 17's
+follow-up): ``--n-train`` training and ``--n-test`` test samples of the same synthetic
+data (seed 0), ``--agents`` agents (32) on an Erdos-Renyi graph (``--p``, Metropolis), the
+analytic NTK, DGD; the exact path once, then the low-rank path (factorisation from the
+analytic-kernel columns included) at each of ``--ranks`` and at ``rank="auto"`` for each of
+``--tols`` (``max_rank`` ``--max-rank``).  Per run: the *pointwise* relative error
+(``max_t |low - exact| / |exact|``) of the network-mean train loss, test loss and test
+accuracy, the a-priori ``error_estimate`` of ``metadata["low_rank"]`` (and its value
+before the cap of 2), seconds, and the peak resident set of the run's own process (each
+run is a child process; the data alone are about ``rss_before_gb`` of it)::
+
+    python benchmarks/lowrank.py --accuracy --n-train 8192 --n-test 2048 --agents 32 \
+        --p 0.2 --steps 300 --records 30 --ranks 64,128,256,512,1024 --tols 0.5,0.1
+
+``--case emp=WIDTH --n-train N --json out.json`` times the rank-``--emp-rank`` factor of
+the *empirical* NTK of a depth-2 width-WIDTH MLP from column blocks
+(``lowrank.empirical_columns``) and reports its peak resident set.
 """
 
 from __future__ import annotations
@@ -74,6 +92,117 @@ def machine_floor(threads: int) -> dict:
     return {"gemm_gflops": round(gflops, 1), "read_gbs": round(gbs, 1), "threads": threads}
 
 
+def _pointwise(low, exact) -> float:
+    """``max_t |low - exact| / |exact|`` over the common records."""
+    t = min(len(low), len(exact))
+    return float(np.max(np.abs(low[:t] - exact[:t]) / np.abs(exact[:t])))
+
+
+def run_case(args, x, y, xt, yt, w) -> dict:
+    """One run of the accuracy study (``--case exact``, ``rank=R`` or ``tol=T``), in its
+    own process so that its peak resident set is its own: seconds, ``VmHWM`` and the
+    resident set before the run (data only), the network means, the low-rank metadata."""
+    import ntkdyn as nd
+    from ntkdyn import lowrank
+    from ntkdyn.kernels import analytic_ntk
+
+    n, q = len(x), args.agents
+    agent = np.arange(n) % q
+    steps = np.linspace(0, args.steps, args.records + 1).round().astype(int)
+    with open("/proc/self/statm") as fh:
+        before = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    kind, _, val = args.case.partition("=")
+    out = {"case": args.case}
+    t0 = time.perf_counter()
+    if kind == "exact":
+        kern = analytic_ntk(x, hidden_layers=2)
+        kern_t = analytic_ntk(xt, x, hidden_layers=2)
+        out["kernel_s"] = round(time.perf_counter() - t0, 1)
+        traj = nd.predict_from_kernels(kern, y, agent, w, args.lr, steps, "dgd",
+                                       kernel_test_train=kern_t, y_test=yt, reference=False)
+    else:
+        call = (dict(rank=int(val)) if kind == "rank"
+                else dict(rank="auto", tol=float(val), max_rank=args.max_rank))
+        src = lowrank.analytic_columns(x, xt, hidden_layers=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            traj = lowrank.predict(src, y, agent, w, args.lr, steps, "dgd", y_test=yt,
+                                   reference=False, **call)
+        low = traj.metadata["low_rank"]
+        scale = lowrank.error_scale(np.full(q, args.lr), np.bincount(agent), args.steps, "dgd")
+        out.update(rank=low["rank"], estimate=low["error_estimate"],
+                   estimate_uncapped=float(scale * low["discarded_norm_bound"]),
+                   tol_reached=low.get("tol_reached"),
+                   warning=str(caught[-1].message) if caught else None)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    with open("/proc/self/status") as fh:  # VmHWM: this process's own peak (ru_maxrss is
+        hwm = [ln for ln in fh if ln.startswith("VmHWM")][0]  # kept across exec on Linux)
+    out.update(status=traj.status, rss_before_gb=round(before, 2),
+               peak_rss_gb=round(int(hwm.split()[1]) / 2**20, 2))
+    for k in ("train_loss", "test_loss", "test_acc"):
+        out[k] = traj.network_mean(k).tolist()
+    return out
+
+
+def empirical_case(args, x, xt) -> dict:
+    """``--case emp=WIDTH``: the rank-``--emp-rank`` factor of the traced empirical NTK of a
+    depth-2 width-WIDTH MLP (``lowrank.empirical_columns``: layerwise, no Jacobian) on
+    ``--n-train`` samples and ``--n-test`` test samples; seconds and ``VmHWM``."""
+    import ntkdyn as nd
+    from ntkdyn import lowrank
+
+    width = int(args.case.partition("=")[2])
+    model = nd.models.MLP(hidden=(width, width), out=args.classes)
+    params = nd.models.init_params(model, x.shape[1], seed=0)
+    t0 = time.perf_counter()
+    src = lowrank.empirical_columns(model, params, x, xt)
+    diag = src.diagonal()
+    t_diag = time.perf_counter() - t0
+    fac = lowrank.factorize(src, args.emp_rank)
+    with open("/proc/self/status") as fh:
+        hwm = [ln for ln in fh if ln.startswith("VmHWM")][0]
+    return {"case": args.case, "n_train": len(x), "n_test": len(xt), "width": width,
+            "params": model.num_params(x.shape[1]), "rank": fac.rank,
+            "landmarks": int(len(fac.landmarks)), "diagonal_s": round(t_diag, 1),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "residual_trace_fraction": fac.residual_trace / float(diag.sum()),
+            "peak_rss_gb": round(int(hwm.split()[1]) / 2**20, 2)}
+
+
+def accuracy_study(args, argv) -> dict:
+    """Exact path, then the low-rank path at each rank and each ``tol``, each in a child
+    process (:func:`run_case`); the pointwise relative errors against the exact path."""
+    import subprocess
+    import tempfile
+
+    def child(case: str) -> dict:
+        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+            subprocess.run([sys.executable, __file__, *argv, "--case", case, "--json",
+                            fh.name], check=True)
+            return json.load(open(fh.name))["case_result"]
+
+    exact = child("exact")
+    print(f"exact: kernels {exact['kernel_s']} s, total {exact['seconds']} s, peak RSS "
+          f"{exact['peak_rss_gb']} GB ({exact['status']})", flush=True)
+    cases = [f"rank={v}" for v in args.ranks.split(",") if v and int(v) <= args.n_train]
+    cases += [f"tol={v}" for v in args.tols.split(",") if v]
+    rows = []
+    for case in cases:
+        row = child(case)
+        for k in ("train_loss", "test_loss", "test_acc"):
+            row[k + "_rel"] = _pointwise(np.array(row[k]), np.array(exact[k]))
+        t = min(len(row["test_acc"]), len(exact["test_acc"]))
+        row["test_acc_absdiff"] = float(np.max(np.abs(np.array(row["test_acc"][:t])
+                                                      - np.array(exact["test_acc"][:t]))))
+        for k in ("train_loss", "test_loss", "test_acc"):
+            del row[k]
+        rows.append(row)
+        print(row, flush=True)
+    for k in ("train_loss", "test_loss", "test_acc"):
+        del exact[k]
+    return {"exact": exact, "rows": rows}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n-train", type=int, default=60000)
@@ -92,6 +221,12 @@ def main(argv=None) -> int:
     p.add_argument("--exact-n", type=int, default=4096, help="0: skip the accuracy table")
     p.add_argument("--ranks", default="64,128,256,512,1024")
     p.add_argument("--skip-xl", action="store_true")
+    p.add_argument("--accuracy", action="store_true",
+                   help="only the accuracy-vs-rank study against the exact path")
+    p.add_argument("--tols", default="0.5,0.1", help="--accuracy: tol values of rank='auto'")
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--emp-rank", type=int, default=512,
+                   help="--case emp=WIDTH: rank of the empirical-kernel factor")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -101,15 +236,30 @@ def main(argv=None) -> int:
 
     warnings.simplefilter("ignore", RuntimeWarning)
     threads = os.cpu_count()
-    result = {"args": vars(args), "machine": machine_floor(threads),
-              "load_average": os.getloadavg()}
-    print(f"machine: {result['machine']}, load average {result['load_average']}", flush=True)
+    result = {"args": vars(args), "load_average": os.getloadavg(),  # no floor in a child
+              "machine": {} if args.case else machine_floor(threads)}
+    if not args.case:
+        print(f"machine: {result['machine']}, load average {result['load_average']}",
+              flush=True)
     x, y, xt, yt = make_data(args.n_train, args.n_test, args.dim, args.classes, args.latent)
     q = args.agents
     w = nd.graphs.mixing(nd.graphs.topology("erdos_renyi", q, p=args.p, seed=0),
                          rule="metropolis")
     steps = np.linspace(0, args.steps, args.records + 1).round().astype(int)
     kk = args.classes
+    if args.case:
+        run = (empirical_case(args, x, xt) if args.case.startswith("emp=")
+               else run_case(args, x, y, xt, yt, w))
+        with open(args.json, "w") as fh:
+            json.dump({"case_result": run}, fh, default=float)
+        return 0
+    if args.accuracy:
+        child_argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--accuracy"]
+        if "--json" in child_argv:
+            i = child_argv.index("--json")
+            del child_argv[i:i + 2]
+        result["accuracy_study"] = accuracy_study(args, child_argv)
+        args.skip_xl, args.exact_n = True, 0
 
     if not args.skip_xl:
         n, m = args.n_train, args.n_test

@@ -140,6 +140,61 @@ def test_auto_rank_warns_when_capped():
     assert not low.metadata["low_rank"]["tol_reached"]
 
 
+def _decay_problem(decay: str, n: int = 300, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    i = np.arange(n)
+    lam = {"fast": 30 * 0.8 ** i, "slow": 30 / (1 + i) ** 1.5, "flat": 30 / (1 + i) ** 0.3}
+    kern = (u * lam[decay]) @ u.T
+    y = np.eye(3)[rng.integers(0, 3, n)]
+    lr = 0.9 * (n // 4) / lam[decay][0]
+    return kern, y, np.arange(n) % 4, nd.graphs.mixing(nd.graphs.topology("ring", 4)), lr
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-1])
+@pytest.mark.parametrize("decay", ["fast", "slow", "flat"])
+def test_unreachable_tol_reports_rank_needed(decay, tol):
+    """When max_rank stops rank="auto" short of tol, the warning names tol, the estimate
+    reached (and before its cap of 2) and a range of ranks that would meet tol; the rank
+    rank="auto" picks without the cap lies in that range (N = 300, three spectra)."""
+    kern, y, agent, w, lr = _decay_problem(decay)
+    src = lowrank.kernel_columns(kern)
+    with pytest.warns(RuntimeWarning, match=rf"tol={tol:g} not reached.*would need about "
+                                            r"rank \d+ to \d+ of N = 300"):
+        capped = lowrank.predict(src, y, agent, w, lr, 100, "dgd", rank="auto", tol=tol,
+                                 max_rank=4, block=8)
+    meta = capped.metadata["low_rank"]
+    assert meta["rank"] == 4 and not meta["tol_reached"]
+    assert meta["error_estimate_uncapped"] >= meta["error_estimate"] > tol
+    free = lowrank.predict(src, y, agent, w, lr, 100, "dgd", rank="auto", tol=tol, block=8)
+    assert free.metadata["low_rank"]["tol_reached"]
+    rank = free.metadata["low_rank"]["rank"]
+    assert 4 < meta["rank_needed_low"] <= rank <= meta["rank_needed_high"] <= 300
+    if decay == "flat":  # the flat bulk: no rank much below N meets tol
+        assert meta["rank_needed_low"] >= 270
+
+
+def test_empirical_columns_match_empirical_ntk():
+    """The empirical column source (layerwise, no Jacobian) gives the traced empirical NTK
+    of the network: diagonal, columns and test columns to 1e-12, and the factor at full
+    rank reproduces the kernel to 1e-9 relative (N = 50, width 16, depth 2)."""
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(size=(50, 5)), rng.normal(size=(7, 5))
+    model = nd.models.MLP(hidden=(16, 16), out=3)
+    params = nd.models.init_params(model, 5, seed=0)
+    kern = nd.kernels.empirical_ntk(model.apply, params, x)
+    kern_t = nd.kernels.empirical_ntk(model.apply, params, xt, x)
+    src = lowrank.empirical_columns(model, params, x, xt, batch_size=8)
+    idx = np.array([3, 17, 40])
+    assert np.max(np.abs(src.diagonal() - np.diag(kern))) <= 1e-12
+    assert np.max(np.abs(src.columns(idx) - kern[:, idx])) <= 1e-12
+    assert np.max(np.abs(src.test_columns(idx) - kern_t[:, idx])) <= 1e-12
+    fac = lowrank.factorize(src, 50)
+    scale = np.max(np.abs(kern))
+    assert np.max(np.abs(fac.phi @ fac.phi.T - kern)) <= 1e-9 * scale
+    assert np.max(np.abs(fac.phi_test @ fac.phi.T - kern_t)) <= 1e-9 * scale
+
+
 @pytest.mark.parametrize("method", ["rpcholesky", "greedy", "uniform"])
 def test_analytic_columns_full_rank_equal_exact_path(method):
     rng = np.random.default_rng(0)

@@ -173,7 +173,8 @@ def _low_rank_summary(traj):
     if low is None:
         return None
     keys = ("rank", "requested_rank", "method", "landmarks", "error_estimate", "tol",
-            "tol_reached", "discarded_norm_bound", "residual_trace", "seconds_total")
+            "tol_reached", "discarded_norm_bound", "residual_trace", "seconds_total",
+            "error_estimate_uncapped", "rank_needed_low", "rank_needed_high")
     return {k: low[k] for k in keys if k in low}
 
 

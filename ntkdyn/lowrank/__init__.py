@@ -28,6 +28,7 @@ from ntkdyn.lowrank.evolve import error_estimate, error_scale, evolve_bytes, pre
 from ntkdyn.lowrank.factor import (
     METHODS,
     AnalyticColumns,
+    EmpiricalColumns,
     KernelColumns,
     LowRankFactor,
     LowRankTooLargeError,
@@ -43,12 +44,12 @@ from ntkdyn.lowrank.stability import lowrank_stability, lowrank_stable_set
 from ntkdyn.trajectory import Trajectory
 
 __all__ = [
-    "METHODS", "AnalyticColumns", "KernelColumns", "LowRankFactor", "LowRankTooLargeError",
-    "MatrixColumns", "analytic_columns", "choose_factor", "error_estimate", "error_scale",
-    "evolve_bytes",
+    "METHODS", "AnalyticColumns", "EmpiricalColumns", "KernelColumns", "LowRankFactor",
+    "LowRankTooLargeError", "MatrixColumns", "analytic_columns", "choose_factor",
+    "empirical_columns", "error_estimate", "error_scale", "evolve_bytes",
     "factor_bytes", "factorize", "jacobian_features", "kernel_columns", "max_fitting_rank",
     "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
-    "primal_bytes",
+    "primal_bytes", "tol_shortfall",
 ]
 
 DEFAULT_TOL = 1e-3
@@ -64,6 +65,13 @@ def analytic_columns(x_train, x_test=None, *, hidden_layers: int, activation="re
     """Column source for the infinite-width NTK of an MLP (closed-form recursion)."""
     return AnalyticColumns(x_train, x_test, hidden_layers=hidden_layers, activation=activation,
                            W_std=W_std, b_std=b_std)
+
+
+def empirical_columns(model, params, x_train, x_test=None, *,
+                      batch_size: int | None = None) -> EmpiricalColumns:
+    """Column source for the traced empirical NTK of an ``nd.models.MLP`` with ``params``
+    (layerwise, no Jacobian; see :class:`EmpiricalColumns`)."""
+    return EmpiricalColumns(model, params, x_train, x_test, batch_size)
 
 
 def _reserve_per_rank(n: int, n_test: int, agents: int, counts: np.ndarray) -> int:
@@ -97,8 +105,11 @@ def predict(
     columns until the Nystrom residual trace is ``<= tol / (2 scale)`` -- capped by
     ``max_rank`` and by the memory available.  When the cap stops it first, the
     trajectory is computed at the cap, ``metadata["low_rank"]["tol_reached"]`` is
-    ``False`` and a ``RuntimeWarning`` says what estimate was reached.  Other keywords go
-    to :func:`predict_lowrank` (``y_test``, ``f0_train``, ``reference``, ``acc_rows``...).
+    ``False``, ``metadata["low_rank"]`` gets :func:`tol_shortfall`'s
+    ``error_estimate_uncapped``, ``rank_needed_low`` and ``rank_needed_high``, and a
+    ``RuntimeWarning`` naming ``tol`` says what estimate was reached and about what rank
+    ``tol`` would need.  Other keywords go to :func:`predict_lowrank` (``y_test``,
+    ``f0_train``, ``reference``, ``acc_rows``...).
 
     Raises ``ValueError`` naming ``rank``, ``tol``, ``max_rank`` or ``method`` for bad
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
@@ -113,14 +124,53 @@ def predict(
     if tol is not None:
         low["tol_reached"] = bool(low["error_estimate"] <= tol)
         if not low["tol_reached"]:
-            cause = ("max_rank" if max_rank is not None and factor.rank >= max_rank
+            low.update(tol_shortfall(low, source.n, tol))
+            cause = (f"max_rank={max_rank}" if max_rank is not None and factor.rank >= max_rank
                      else "memory or the rank given")
-            warnings.warn(
-                f"low-rank path: the a-priori error estimate at rank {factor.rank} is "
-                f"{low['error_estimate']:.3g} > tol={tol:g} (rank capped by "
-                f"{cause}); the measured error may be much smaller -- compare with the exact path "
-                "on a subset", RuntimeWarning, stacklevel=2)
+            warnings.warn(_shortfall_message(low, source.n, tol, cause), RuntimeWarning,
+                          stacklevel=2)
     return traj
+
+
+def tol_shortfall(low: dict, n: int, tol: float) -> dict:
+    r"""What ``tol`` would take when the rank ``r`` reached does not meet it, from the
+    ``metadata["low_rank"]`` of that run: ``error_estimate_uncapped``, the estimate before
+    its cap of 2 (``error_scale * discarded_norm_bound``: the smallest ``tol`` this rank
+    meets), and a range ``rank_needed_low .. rank_needed_high`` for the rank at which the
+    residual trace ``t`` (after ``m`` landmarks) would fall to ``tol / (2 scale)``, where
+    ``rank="auto"`` stops reading landmarks:
+
+    .. math::  R_{low} = r + \lceil (t - \text{tol}/(2\,\text{scale})) / S_{r+1} \rceil,
+               \qquad R_{high} = N - (N - m) \frac{\text{tol} / (2\,\text{scale})}{t}.
+
+    ``R_low``: each further coordinate removes at most about ``S_{r+1}`` (the largest
+    discarded eigenvalue) of the trace.  ``R_high``: the ``N - m`` directions not read share
+    ``t`` equally (a flat tail); a decaying tail needs fewer.  Both are clipped to
+    ``r + 1 .. N``.  On the flat bulk of an NTK both are near ``N``: then ``tol`` is out of
+    reach of any rank below ``N`` and the exact path is the cheaper one."""
+    scale, resid = float(low["error_scale"]), float(low["residual_trace"])
+    r, m = int(low["rank"]), int(low["landmarks"])
+    half = tol / (2 * scale) if scale > 0 else np.inf
+    nxt = float(low["next_eigenvalue"])
+    hi = n if m >= n or resid <= 0 else n - (n - m) * min(1.0, half / resid)
+    lo = r + (np.ceil(max(resid - half, 0.0) / nxt) if nxt > 0 else 1)
+    lo, hi = (int(min(n, max(r + 1, np.ceil(v)))) for v in (lo, hi))
+    return {"error_estimate_uncapped": scale * float(low["discarded_norm_bound"]),
+            "rank_needed_low": min(lo, hi), "rank_needed_high": hi}
+
+
+def _shortfall_message(low: dict, n: int, tol: float, cause: str) -> str:
+    """The ``RuntimeWarning`` of :func:`predict` when ``tol`` is not reached."""
+    lo, hi = low["rank_needed_low"], low["rank_needed_high"]
+    where = (" -- close to N, where the exact path (rank=None) is cheaper"
+             if lo >= 0.5 * n else "")
+    return (f"low-rank path: tol={tol:g} not reached: the a-priori error estimate at rank "
+            f"{low['rank']} (capped by {cause}) is {low['error_estimate']:.3g} (before its "
+            f"cap of 2: {low['error_estimate_uncapped']:.3g}) > tol; meeting tol would need "
+            f"about rank {lo} to {hi} of N = {n} (residual trace "
+            f"{low['residual_trace']:.3g}, largest discarded eigenvalue "
+            f"{low['next_eigenvalue']:.3g}){where}.  Raise max_rank or tol, or compare with "
+            "the exact path on a subset: the measured error may be much smaller")
 
 
 def choose_factor(source: KernelColumns, agent, mixing, lr, steps,

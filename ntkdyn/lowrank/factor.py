@@ -185,6 +185,61 @@ class AnalyticColumns:
         return analytic_ntk(self.x_test, self.x[idx], **self._kw())
 
 
+@dataclass(frozen=True)
+class EmpiricalColumns:
+    r"""Columns of the traced empirical NTK of a finite :class:`~ntkdyn.models.MLP`
+    (``(1/K) sum_k J_k(x) . J_k(x')``), a block of landmarks at a time, by the layerwise
+    Gram formula of :func:`ntkdyn.kernels.mlp_empirical_ntk`: no Jacobian is formed, a
+    block costs one forward and backward feature pass over the ``N`` rows
+    (``O(N K sum_l n_l n_{l+1})``) and holds ``O(N b)`` plus one batch of features."""
+
+    model: object
+    params: object
+    x: np.ndarray
+    x_test: np.ndarray | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "x", as_float_array("x_train", self.x, ndim=2))
+        if self.x_test is not None:
+            object.__setattr__(self, "x_test", as_float_array("x_test", self.x_test, ndim=2))
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_test(self) -> int:
+        return 0 if self.x_test is None else self.x_test.shape[0]
+
+    def _ntk(self, a, b=None):
+        """Batches of ``len(b)`` rows by default: the kernel pads every batch of ``b`` to the
+        batch size, so a larger batch would multiply the contraction for nothing."""
+        from ntkdyn.kernels import mlp_empirical_ntk
+
+        batch = self.batch_size or (None if b is None else max(len(b), 64))
+        return mlp_empirical_ntk(self.model, self.params, a, b, batch_size=batch)
+
+    def diagonal(self) -> np.ndarray:
+        return self._diagonal.copy()
+
+    @cached_property
+    def _diagonal(self) -> np.ndarray:
+        """``Theta(x_i, x_i)`` from diagonal blocks of 256 rows."""
+        return np.concatenate([np.diag(self._ntk(self.x[s:s + 256])).copy()
+                               for s in range(0, self.n, 256)])
+
+    def columns(self, idx):
+        """``Theta[:, idx]``, the entries ``(idx_j, j)`` set to :meth:`diagonal`."""
+        idx = np.asarray(idx)
+        cols = self._ntk(self.x, self.x[idx])
+        cols[idx, np.arange(idx.size)] = self._diagonal[idx]
+        return cols
+
+    def test_columns(self, idx):
+        return self._ntk(self.x_test, self.x[np.asarray(idx)])
+
+
 # --------------------------------------------------------------------------- the factor
 @dataclass(frozen=True)
 class LowRankFactor:
