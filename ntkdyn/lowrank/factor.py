@@ -117,18 +117,12 @@ class MatrixColumns:
         return self.kernel_test[:, idx]
 
 
-@dataclass(frozen=True)
-class AnalyticColumns:
-    """Columns of the infinite-width NTK of an MLP (:func:`ntkdyn.kernels.analytic_kernels`),
-    computed for a block of landmarks at a time: ``analytic_kernels(x, x[idx])`` costs
-    O(N b d) and holds O(N b) (the rows are themselves blocked inside)."""
+class _InputRows:
+    """Shared by the column sources built from inputs (fields ``x`` and ``x_test``): the
+    inputs checked as float64 matrices, ``n`` and ``n_test``."""
 
     x: np.ndarray
-    x_test: np.ndarray | None = None
-    hidden_layers: int = 1
-    activation: object = "relu"
-    W_std: float = 1.4
-    b_std: float = 0.1
+    x_test: np.ndarray | None
 
     def __post_init__(self):
         object.__setattr__(self, "x", as_float_array("x_train", self.x, ndim=2))
@@ -142,6 +136,20 @@ class AnalyticColumns:
     @property
     def n_test(self) -> int:
         return 0 if self.x_test is None else self.x_test.shape[0]
+
+
+@dataclass(frozen=True)
+class AnalyticColumns(_InputRows):
+    """Columns of the infinite-width NTK of an MLP (:func:`ntkdyn.kernels.analytic_kernels`),
+    computed for a block of landmarks at a time: ``analytic_kernels(x, x[idx])`` costs
+    O(N b d) and holds O(N b) (the rows are themselves blocked inside)."""
+
+    x: np.ndarray
+    x_test: np.ndarray | None = None
+    hidden_layers: int = 1
+    activation: object = "relu"
+    W_std: float = 1.4
+    b_std: float = 0.1
 
     def _kw(self):
         return dict(hidden_layers=self.hidden_layers, activation=self.activation,
@@ -186,7 +194,7 @@ class AnalyticColumns:
 
 
 @dataclass(frozen=True)
-class EmpiricalColumns:
+class EmpiricalColumns(_InputRows):
     r"""Columns of the traced empirical NTK of a finite :class:`~ntkdyn.models.MLP`
     (``(1/K) sum_k J_k(x) . J_k(x')``), a block of landmarks at a time, by the layerwise
     Gram formula of :func:`ntkdyn.kernels.mlp_empirical_ntk`: no Jacobian is formed, a
@@ -198,19 +206,6 @@ class EmpiricalColumns:
     x: np.ndarray
     x_test: np.ndarray | None = None
     batch_size: int | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "x", as_float_array("x_train", self.x, ndim=2))
-        if self.x_test is not None:
-            object.__setattr__(self, "x_test", as_float_array("x_test", self.x_test, ndim=2))
-
-    @property
-    def n(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def n_test(self) -> int:
-        return 0 if self.x_test is None else self.x_test.shape[0]
 
     def _ntk(self, a, b=None):
         """Batches of ``len(b)`` rows by default: the kernel pads every batch of ``b`` to the
