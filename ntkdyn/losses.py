@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn._utils.checks import as_float_array
+from ntkdyn._utils.checks import as_float_array, check_positive_float
 
 #: the losses of the kernel-space prediction (``theory/cross_entropy.md``)
 LOSSES = ("mse", "cross_entropy")
@@ -30,13 +30,7 @@ def check_loss(loss) -> str:
 
 def check_logit_scale(logit_scale) -> float:
     """A finite ``logit_scale > 0``, else ``ValueError`` naming it."""
-    try:
-        s = float(logit_scale)
-    except (TypeError, ValueError):
-        s = float("nan")
-    if isinstance(logit_scale, bool) or not np.isfinite(s) or s <= 0:
-        raise ValueError(f"logit_scale: expected a finite number > 0, got {logit_scale!r}")
-    return s
+    return check_positive_float("logit_scale", logit_scale)
 
 
 def class_targets(name: str, y, k: int | None = None) -> np.ndarray:

@@ -160,13 +160,8 @@ class Trajectory:
 
     def at_phase(self, phase: str | int) -> Trajectory:
         """The records taken after one phase (``"local"``, ``"consensus"``, or its index)."""
-        if self.phase is None:
-            raise ValueError("phase: this trajectory has one record per step (no phases)")
+        idx, keep = self._phase_records(phase)
         names = self.phases
-        idx = names.index(phase) if isinstance(phase, str) and phase in names else phase
-        if not isinstance(idx, int | np.integer) or not 0 <= idx < max(len(names), 1):
-            raise ValueError(f"phase: expected one of {names} or an index, got {phase!r}")
-        keep = np.flatnonzero(self.phase == idx)
         arrays = {f.name: getattr(self, f.name)[keep] for f in fields(self)
                   if isinstance(getattr(self, f.name), np.ndarray) and f.name not in
                   ("lr", "quantile_levels", "phase") and getattr(self, f.name).ndim >= 1
@@ -177,6 +172,16 @@ class Trajectory:
         if self.width_draws:
             arrays["width_draws"] = {k: v[:, keep] for k, v in self.width_draws.items()}
         return dataclasses.replace(self, **arrays, phase=None, metadata=meta)
+
+    def _phase_records(self, phase: str | int) -> tuple[int, np.ndarray]:
+        """The index of ``phase`` (a name or an index) and the records taken after it."""
+        if self.phase is None:
+            raise ValueError("phase: this trajectory has one record per step (no phases)")
+        names = self.phases
+        idx = names.index(phase) if isinstance(phase, str) and phase in names else phase
+        if not isinstance(idx, int | np.integer) or not 0 <= idx < max(len(names), 1):
+            raise ValueError(f"phase: expected one of {names} or an index, got {phase!r}")
+        return idx, np.flatnonzero(self.phase == idx)
 
     def final(self, metric: str) -> np.ndarray:
         """Last recorded value of ``metric`` (``(Q,)`` or scalar)."""
@@ -372,8 +377,7 @@ class GossipTrajectory(Trajectory):
 
     def at_phase(self, phase: str | int) -> GossipTrajectory:
         out = super().at_phase(phase)
-        keep = np.flatnonzero(self.phase == self.phases.index(phase)) if isinstance(phase, str) \
-            else np.flatnonzero(self.phase == phase)
+        keep = self._phase_records(phase)[1]
         per_sample = {k: v[:, keep] for k, v in (self.per_sample or {}).items()} or None
         expected = None if self.expected is None else self.expected.at_phase(phase)
         return dataclasses.replace(out, expected=expected, per_sample=per_sample)
@@ -420,8 +424,7 @@ class RandomNetworkTrajectory(Trajectory):
 
     def at_phase(self, phase: str | int) -> RandomNetworkTrajectory:
         out = super().at_phase(phase)
-        keep = np.flatnonzero(self.phase == (self.phases.index(phase) if isinstance(phase, str)
-                                             else phase))
+        keep = self._phase_records(phase)[1]
         mean = None if self.mean_network is None else self.mean_network.at_phase(phase)
         draws = {k: v[:, keep] for k, v in (self.draws or {}).items()} or None
         return dataclasses.replace(out, mean_network=mean, draws=draws)

@@ -141,3 +141,15 @@ def check_nonnegative_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
     return int(value)
+
+
+def check_positive_float(name: str, value) -> float:
+    """``value`` as a finite ``float > 0`` (anything ``float()`` accepts, booleans refused),
+    else a ``ValueError`` naming ``name``."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(value, bool) or not np.isfinite(f) or f <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return f

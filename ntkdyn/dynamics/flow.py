@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkdyn._utils.checks import check_positive_float
 from ntkdyn.algorithms import Algorithm
 from ntkdyn.dynamics import solver
 from ntkdyn.dynamics.problem import KernelProblem
@@ -49,21 +50,13 @@ SOLVERS = ("Tsit5", "Dopri5", "Dopri8")
 
 def check_options(rtol, atol, method, max_steps) -> tuple[float, float, str, int]:
     """The integrator's options, or ``ValueError`` naming the one that is wrong."""
-    out = []
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            f = float("nan")
-        if isinstance(v, bool) or not np.isfinite(f) or f <= 0:
-            raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
-        out.append(f)
+    rtol, atol = check_positive_float("rtol", rtol), check_positive_float("atol", atol)
     if method not in SOLVERS:
         raise ValueError(f"method: expected one of {SOLVERS}, got {method!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int | np.integer) \
             or max_steps < 1:
         raise ValueError(f"max_steps: expected an integer >= 1, got {max_steps!r}")
-    return out[0], out[1], method, int(max_steps)
+    return rtol, atol, method, int(max_steps)
 
 
 def evolve(
