@@ -72,6 +72,7 @@ def evolve(
     atol: float = ATOL,
     method: str = "Tsit5",
     max_steps: int = MAX_STEPS,
+    mesh=None,
 ) -> dict:
     """Integrate ``dx/dt = step(x) - x`` and record at the times ``steps``.
 
@@ -79,7 +80,11 @@ def evolve(
     ``(T, A, n_rates)``, ``(T, n_rates)`` for ``mean_model_*``, ``diverged`` and
     ``diverged_at``) plus ``"flow"``: a dict saying which solver, tolerances and how many
     steps (accepted, rejected) were used, and the solver's result.  Single-phase
-    schedules with a static mixing matrix, full batch, one device (the caller checks).
+    schedules with a static mixing matrix, full batch (the caller checks).  With a
+    ``mesh`` (:mod:`ntkdyn.dynamics.sharding`) the kernels' columns and the state's rows
+    are sharded as in the discrete path (rows zero-padded to a multiple of the device
+    count); the vector field is the same compiled function, so the answer equals one
+    device's to round-off (the adaptive step sizes see the same error norms).
     A state that leaves the discrete path's divergence bound (``limit * (t + 1)``) or is
     not finite, or times the solver could not reach within ``max_steps``, are flagged as
     diverged from the first such record time on.
@@ -92,14 +97,12 @@ def evolve(
     n_rates = lrs.shape[0]
     steps = np.asarray(steps, dtype=np.float64)
     data = solver.device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype,
-                              reference="carried")
-    k = problem.num_outputs
-    c0 = k if problem.traced else 1
-    shape = (problem.num_agents + int(central), problem.kernel.shape[0], n_rates * c0)
+                              reference="carried", mesh=mesh)
+    x0 = _initial_state(problem, n_rates, central, mesh)
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   central=central, loss=problem.loss)
     times, where = np.unique(steps, return_inverse=True)
-    xs, stats = _integrate(jnp.zeros(shape), data, jnp.asarray(times),
+    xs, stats = _integrate(x0, data, jnp.asarray(times),
                            method=getattr(diffrax, method), rtol=rtol, atol=atol,
                            max_steps=max_steps, **static)
     recs = _records(xs, data, jnp.asarray(times), n_rates=n_rates, has_test=problem.has_test,
@@ -125,6 +128,19 @@ def evolve(
         "diffrax_version": diffrax.__version__,
     }
     return out
+
+
+def _initial_state(problem: KernelProblem, n_rates: int, central: bool, mesh):
+    """Zeros of the state's shape ``(A, rows, n_rates c0)``: on the default device, or
+    row-sharded over ``mesh`` with the rows padded as :func:`solver.device_data` pads them."""
+    c0 = problem.num_outputs if problem.traced else 1
+    rows = problem.kernel.shape[0]
+    if mesh is None:
+        return jnp.zeros((problem.num_agents + int(central), rows, n_rates * c0))
+    from ntkdyn.dynamics import sharding
+
+    shape = (problem.num_agents + int(central), sharding.padded(rows, mesh), n_rates * c0)
+    return jax.device_put(jnp.zeros(shape), sharding.state_sharding(mesh))
 
 
 def _operators(data, *, offsets, traced, central, loss):

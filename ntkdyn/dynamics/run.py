@@ -207,13 +207,10 @@ def _adaptive_flow(problem: KernelProblem, algo: Algorithm, rate_rows, steps, *,
     solver, tolerances and step counts for the metadata)."""
     from ntkdyn.dynamics import flow
 
-    if mesh is not None:
-        raise ValueError("devices: the cross-entropy gradient flow (continuous=True) runs on "
-                         "one device for now; drop devices or use the discrete steps")
     if algo.records_per_step > 1 or problem.process is not None:
         raise ValueError("continuous: the gradient flow is defined for single-phase schedules "
                          "with a static mixing matrix")
-    return flow.evolve(problem, algo, rate_rows, steps, **kw)
+    return flow.evolve(problem, algo, rate_rows, steps, mesh=mesh, **kw)
 
 
 def _check_sampling(problem: KernelProblem, *, samples, batch_size, batch_sampling, seed,
