@@ -196,3 +196,26 @@ def test_matrix_free_memory_is_o_p_plus_nk_and_auto_picks_it(small_mlp, monkeypa
                           [0, 5]).metadata["primal"]["form"] in ("gram", "features")
     with pytest.raises(ValueError, match="^form: expected one of"):
         predict_primal(arch.apply, params, x, y, agent, w, 0.3, [0, 5], form="jvp")
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_matrix_free_cache_equals_stored_jacobian(small_mlp, cache):
+    """The linearisation cache (pullbacks of every training and test batch kept; the JVP as
+    their transpose) and no cache (linearised at every step) both match the stored
+    Jacobian to 1e-10 relative on every recorded quantity, and the metadata says which."""
+    arch, params, x, xt, y, yt, agent, w = small_mlp
+    call = dict(x_test=xt, y_test=yt, record_outputs=True)
+    lr, steps = [0.3, 0.4, 0.35, 0.25], range(0, 31, 10)
+    stored = predict_primal(arch.apply, params, x, y, agent, w, lr, steps, "atc",
+                            form="features", **call)
+    free = predict_primal(arch.apply, params, x, y, agent, w, lr, steps, "atc",
+                          form="matrix_free", batch_size=16, cache=cache, **call)
+    meta = free.metadata["primal"]
+    assert meta["cached"] == (["train", "test"] if cache else [])
+    assert (meta["cache_bytes"] > 0) == cache
+    for f in MF_FIELDS:
+        a, b = getattr(stored, f), getattr(free, f)
+        assert np.max(np.abs(a - b)) <= 1e-10 * max(np.abs(a).max(), 1e-300), f
+    with pytest.raises(ValueError, match="^cache: expected"):
+        predict_primal(arch.apply, params, x, y, agent, w, lr, steps, form="matrix_free",
+                       cache="yes")
