@@ -354,13 +354,20 @@ def _predict_matrix_free(apply_fn, params, inp: _PrimalInputs, algo: Algorithm, 
                        " use a smaller batch_size, record_outputs=False, or fewer samples")
     f0_s, f0_t = _initial_outputs(apply_fn, params, inp, order, f0)
     y_s = inp.y[order]
-    curvature = matfree.jacobian_sq_norm(apply_fn, p64, x_s, None)
-    limit = divergence_limit(inp.lr_q, f0_s - y_s, curvature, inp.counts)
     data = matfree.matrix_free_data(
         np.asarray(theta0), x_s, f0_s, y_s, inp.counts, inp.lr_q, inp.w, batch=batch,
-        batch_agent=batch_agent, reference=reference, limit=limit,
+        batch_agent=batch_agent, reference=reference, limit=0.0,
         test=(inp.xt, f0_t, inp.yt) if inp.has_test else None)
     cached = matfree.add_cache(model, data, budget)
+    if inp.n * inp.k * n_params <= matfree.EXACT_TRACE_MAX:
+        curvature, trace_how = matfree.jacobian_sq_norm(apply_fn, p64, x_s, None), "exact"
+    else:
+        curvature = float(matfree.jacobian_sq_norm_probes(
+            model, data["theta0"], data["train"], jax.random.PRNGKey(0),
+            matfree.TRACE_PROBES))
+        trace_how = f"Hutchinson, {matfree.TRACE_PROBES} probes"
+    data["limit_per_step"] = jnp.asarray(
+        divergence_limit(inp.lr_q, f0_s - y_s, curvature, inp.counts))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((inp.q_count + int(reference), n_params, 1)), data, algo, inp.steps,
         q_count=inp.q_count, central=reference, has_test=inp.has_test,
@@ -369,6 +376,7 @@ def _predict_matrix_free(apply_fn, params, inp: _PrimalInputs, algo: Algorithm, 
     meta = _primal_metadata(algo, inp, n_params, False, False, reference, f0, metadata)
     meta["primal"].update(form="matrix_free", batch_size=batch, batches=len(batch_agent),
                           memory_bytes=need, stored_bytes=stored_bytes, cache_bytes=cached,
+                          trace_JtJ=trace_how,
                           cached=[k for k in ("train", "test") if "cache" in data.get(k, {})],
                           cost_per_step="one linearisation of apply_fn and "
                           f"{2 if reference else 1} JVP + VJP pairs over the N samples")
