@@ -12,6 +12,12 @@ Entry point (what ``nd.predict(rank=...)`` is meant to call)::
                            y_test=y_test, rank="auto", tol=1e-3)
     traj.metadata["low_rank"]   # rank, method, error_estimate, discarded_norm_bound, ...
 
+Column sources: :func:`analytic_columns` (infinite-width NTK of an MLP),
+:func:`empirical_columns` (the empirical NTK of a given MLP, layerwise formula),
+:func:`jacobian_columns` (the empirical NTK of any ``apply_fn``, Jacobian-vector
+products), :func:`kernel_columns` (kernels in memory); ``nd.predict(kernel=..., rank=...)``
+picks one (:func:`ntkdyn.prediction.lowrank_source`).
+
 The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
 linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """

@@ -57,8 +57,8 @@ from ntkdyn.algorithms import Operators
 from ntkdyn.engine import scan_records
 
 __all__ = ["MatrixFreeModel", "add_cache", "agent_batches", "cache_bytes", "cached_linear",
-           "jacobian_sq_norm", "jacobian_sq_norm_probes", "linearisation_cache", "matrix_free_bytes", "matrix_free_data",
-           "matrix_free_runner", "residual_bytes"]
+           "jacobian_sq_norm", "jacobian_sq_norm_probes", "linearisation_cache",
+           "matrix_free_bytes", "matrix_free_data", "matrix_free_runner", "residual_bytes"]
 
 #: largest padding overhead of agent-aligned batches before the batch size is halved
 PAD_OVERHEAD = 0.25
