@@ -13,8 +13,10 @@ warm call of each as well), and the largest difference over every recorded quant
 one-hidden-layer MLP), each run in a fresh process: time per step
 (``(t(2 S) - t(S)) / S`` after a first, compiling call: the Jacobian and the records
 cancel) and peak
-resident memory (``VmHWM``).  ``--sizes N:d:width,...`` (default: one size where both fit
-and one where only the matrix-free form fits)::
+resident memory (``VmHWM``); the matrix-free form without and with its linearisation
+cache (``cache=False`` / ``True``; ``--one N:d:width:matrix_free:cache`` runs one).
+``--sizes N:d:width,...`` (default: one size where both fit and one where only the
+matrix-free form fits)::
 
     python benchmarks/primal.py --forms [--sizes 2000:64:32,20000:784:256 --steps 4]
 """
@@ -77,8 +79,10 @@ def _one_form(spec: str, agents: int, steps: int) -> int:
     import ntkdyn as nd
     from ntkdyn.lowrank import predict_primal
 
-    n, d, width, form = spec.split(":")
+    n, d, width, form, *rest = spec.split(":")
     n, d, width = int(n), int(d), int(width)
+    cache = {"": None, "cache": True, "nocache": False}[rest[0] if rest else ""]
+    kw = {"cache": cache} if form == "matrix_free" else {}
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, d)) / np.sqrt(d)
     y = np.eye(10)[rng.integers(0, 10, n)]
@@ -89,12 +93,16 @@ def _one_form(spec: str, agents: int, steps: int) -> int:
     times = []
     for s in (steps, steps, 2 * steps):  # the first call compiles
         t0 = time.perf_counter()
-        traj = predict_primal(arch.apply, params, x, y, agent, w, 0.1, [0, s], form=form)
+        traj = predict_primal(arch.apply, params, x, y, agent, w, 0.1, [0, s], form=form,
+                              **kw)
         times.append(time.perf_counter() - t0)
+        print(f"call of {s} steps: {times[-1]:.1f} s", file=sys.stderr, flush=True)
     meta = traj.metadata["primal"]
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
     print(json.dumps({"N": n, "d": d, "width": width, "P": meta["num_params"], "form": form,
+                      "cached": meta.get("cached"), "cache_MB": round(meta.get(
+                          "cache_bytes", 0) / 2**20),
                       "s_per_step": round((times[2] - times[1]) / steps, 4),
                       "first_call_s": round(times[0], 1), "peak_rss_MB": round(hwm / 2**20),
                       "estimate_MB": round(meta.get("memory_bytes", 0) / 2**20),
@@ -112,7 +120,7 @@ def _compare_forms(sizes: str, agents: int, steps: int) -> int:
     for size in sizes.split(","):
         n, d, width = (int(v) for v in size.split(":"))
         n_params = (d + 1) * width + (width + 1) * 10
-        for form in ("features", "matrix_free"):
+        for form in ("features", "matrix_free:nocache", "matrix_free:cache"):
             if form == "features" and 3 * 8 * n * 10 * n_params > available_memory_bytes():
                 print(json.dumps({"size": size, "form": form, "skipped": "J does not fit"}))
                 continue

@@ -168,9 +168,9 @@ def lowrank_hint(arch: Any, n_train: int, n_test: int, available: int, kernel: s
     fit = min(lowrank_rank_that_fits(n_train, n_test, available), n_train)
     if fit < 1:
         return ""
-    if kernel != "analytic" or not isinstance(arch, MLP):
-        return (f"; the low-rank path (rank=..., up to rank {fit} would fit) supports the "
-                "analytic kernel of an nd.models.MLP for now")
+    if kernel == "analytic" and not isinstance(arch, MLP):
+        return (f"; the low-rank path (rank=..., up to rank {fit} would fit) takes the "
+                "analytic kernel of an nd.models.MLP, or kernel='empirical' for a stax triple")
     return (f"; or use the low-rank path: nd.predict(..., rank=\"auto\", tol=1e-3) / "
             f"[prediction] rank = \"auto\" (rank chosen from tol within the memory "
             f"available), or a fixed rank <= {fit}, e.g. rank={min(fit, 512)} "
@@ -600,7 +600,10 @@ def predict(
     to ``||f_0 - Y||``) is ``<= tol`` (default ``1e-3``), capped by ``max_rank`` and the
     memory available.  ``metadata["low_rank"]`` holds the rank, the method, the error
     estimate and the factor's facts.  The low-rank path takes a static mixing matrix,
-    the squared loss, discrete steps and float64, with the analytic kernel.
+    the squared loss, discrete steps and float64.  With ``kernel="empirical"`` it factors
+    the empirical NTK of the given network (``params``, or initialised with ``seed``; its
+    own ``f_0``) from column blocks: the layerwise formula for an MLP, Jacobian-vector
+    products of ``apply_fn`` for a stax triple (:func:`lowrank_source`).
 
     ``path``: ``"kernel"`` (default; the exact kernel-space path, or the low-rank one with
     ``rank``) or ``"primal"``: the linearised finite network evolved in parameter space
@@ -678,7 +681,7 @@ def predict(
         return _predict_lowrank(arch, parts, mixing, lr, algorithm, steps, rank=rank, tol=tol,
                                 max_rank=max_rank, seed=seed, params=params, f0=f0,
                                 record_outputs=record_outputs, progress=progress,
-                                reference=reference, metadata=meta)
+                                reference=reference, metadata=meta, kernel=kernel)
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
@@ -763,11 +766,12 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     why = None
-    if kernel != "analytic":
-        why = f"the low-rank path supports the analytic kernel for now, got kernel={kernel!r}"
-    elif not isinstance(arch, MLP):
-        why = ("the low-rank path needs the analytic kernel of an ntkdyn.models.MLP for now, "
-               f"got {type(arch).__name__}")
+    if kernel == "analytic" and not isinstance(arch, MLP):
+        why = ("the low-rank path needs an ntkdyn.models.MLP for the analytic kernel (a stax "
+               f"triple runs with kernel='empirical'), got {type(arch).__name__}")
+    elif not (isinstance(arch, MLP) or _is_stax_triple(arch)):
+        why = ("the low-rank path needs an ntkdyn.models.MLP or a stax triple, got "
+               f"{type(arch).__name__}")
     else:
         why = _feature_path_limits("the low-rank path", "the exact path (rank=None)",
                                    mixing=mixing, samples=samples, continuous=continuous,
@@ -835,24 +839,43 @@ def _predict_primal(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *
         metadata=dict(metadata, kernel="empirical"))
 
 
-def _predict_lowrank(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,
+def lowrank_source(arch: Any, kernel: str, params: Any, x_train: np.ndarray,
+                   x_test: np.ndarray | None):
+    """The kernel-column source of the low-rank path (:mod:`ntkdyn.lowrank.factor`):
+
+    * ``"analytic"`` (an :class:`~ntkdyn.models.MLP`): the closed-form recursion (same
+      depth, activation, ``W_std``, ``b_std`` as :meth:`MLP.kernel`);
+    * ``"empirical"``, an MLP: the traced empirical NTK of the network at ``params`` by the
+      layerwise Gram formula (:class:`~ntkdyn.lowrank.EmpiricalColumns`, no Jacobian);
+    * ``"empirical"``, a stax triple: the same kernel from Jacobian-vector products of its
+      ``apply_fn`` (:class:`~ntkdyn.lowrank.JacobianColumns`; slower, any network)."""
+    from ntkdyn import lowrank
+
+    if kernel == "analytic":
+        return lowrank.analytic_columns(x_train, x_test, hidden_layers=arch.depth,
+                                        activation=arch.act, W_std=arch.W_std,
+                                        b_std=arch.b_std)
+    if isinstance(arch, MLP):
+        return lowrank.empirical_columns(arch, params, x_train, x_test)
+    return lowrank.jacobian_columns(arch[1], params, x_train, x_test)
+
+
+def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,
                      max_rank, seed, params, f0, record_outputs, progress, reference,
-                     metadata) -> Trajectory:
-    """:func:`predict` on the low-rank path: the analytic-kernel column source of ``arch``
-    (same depth, activation, ``W_std``, ``b_std`` as :meth:`MLP.kernel`) and
-    :func:`ntkdyn.lowrank.predict`, in the caller's sample order."""
+                     metadata, kernel: str = "analytic") -> Trajectory:
+    """:func:`predict` on the low-rank path: the column source of :func:`lowrank_source`
+    and :func:`ntkdyn.lowrank.predict`, in the caller's sample order."""
     from ntkdyn import lowrank
 
     data = parts.dataset
-    f0 = resolve_f0(f0, "analytic")  # the low-rank path takes the analytic kernel only
+    f0 = resolve_f0(f0, kernel, params=params)
     has_test = data.num_test > 0
-    source = lowrank.analytic_columns(
-        data.x_train, data.x_test if has_test else None, hidden_layers=arch.depth,
-        activation=arch.act, W_std=arch.W_std, b_std=arch.b_std)
+    if params is None and (kernel == "empirical" or f0 == "network"):
+        params = init_params(arch, data.dim, seed)
+    source = lowrank_source(arch, kernel, params, data.x_train,
+                            data.x_test if has_test else None)
     f0_train = f0_test = None
     if f0 == "network":
-        if params is None:
-            params = init_params(arch, data.dim, seed)
         f0_train = _apply(arch, params, data.x_train)
         f0_test = _apply(arch, params, data.x_test) if has_test else None
     return lowrank.predict(

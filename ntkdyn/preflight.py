@@ -33,7 +33,8 @@ from ntkdyn.dynamics import stability as spectrum
 from ntkdyn.dynamics.run import run_problem, versions
 from ntkdyn.dynamics.steady_state import fixed_point
 from ntkdyn.graphs import sequences as gossip
-from ntkdyn.prediction import build_problem, build_problem_and_nngp, resolve_f0
+from ntkdyn.models import init_params
+from ntkdyn.prediction import build_problem, build_problem_and_nngp, lowrank_source, resolve_f0
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -404,9 +405,10 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     exp = from_config(cfg)
     data, arch = exp.parts.dataset, exp.arch
     has_test = data.num_test > 0
-    source = lowrank.analytic_columns(
-        data.x_train, data.x_test if has_test else None, hidden_layers=arch.depth,
-        activation=arch.act, W_std=arch.W_std, b_std=arch.b_std)
+    empirical = cfg.prediction.kernel == "empirical"
+    params = init_params(arch, data.dim, cfg.seed) if empirical else None
+    source = lowrank_source(arch, cfg.prediction.kernel, params, data.x_train,
+                            data.x_test if has_test else None)
     agent, w, lr = exp.parts.agent, np.asarray(exp.mixing, dtype=float), cfg.training.lr
     kw = exp.low_rank
     factor, tol, algo, steps = lowrank.choose_factor(source, agent, w, lr, cfg.steps,
@@ -429,9 +431,12 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     low = dict(factor.describe(), error_estimate=lowrank.error_estimate(factor, scale),
                tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
     if chosen.inside:
+        f0 = {} if not empirical else {  # the given network's own f_0
+            "f0_train": np.asarray(arch.apply(params, data.x_train)),
+            "f0_test": np.asarray(arch.apply(params, data.x_test)) if has_test else None}
         traj = lowrank.predict_lowrank(factor, data.y_train, agent, w, lr, steps, algo,
                                        y_test=data.y_test if has_test else None,
-                                       reference=False, seed=cfg.seed)
+                                       reference=False, seed=cfg.seed, **f0)
         prediction = _summarise(traj, target)
         prediction.update(steady_state_consensus_gap=None,
                           steady_state_distance_to_centralised=None,

@@ -321,9 +321,7 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
                           "or adjacency_file), not topology.mixing_file")
     time_varying = bool(topo.sequence or topo.gossip)
     if cfg.prediction.rank is not None:
-        why = ("prediction.kernel = 'empirical' (the low-rank path supports the analytic kernel "
-               "for now)" if cfg.prediction.kernel != "analytic" else
-               "a time-varying or random mixing sequence (the low-rank path takes a static "
+        why = ("a time-varying or random mixing sequence (the low-rank path takes a static "
                "mixing matrix)" if time_varying else
                "training.continuous = true (the low-rank path runs discrete steps)"
                if t.continuous else None)

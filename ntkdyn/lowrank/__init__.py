@@ -12,6 +12,12 @@ Entry point (what ``nd.predict(rank=...)`` is meant to call)::
                            y_test=y_test, rank="auto", tol=1e-3)
     traj.metadata["low_rank"]   # rank, method, error_estimate, discarded_norm_bound, ...
 
+Column sources: :func:`analytic_columns` (infinite-width NTK of an MLP),
+:func:`empirical_columns` (the empirical NTK of a given MLP, layerwise formula),
+:func:`jacobian_columns` (the empirical NTK of any ``apply_fn``, Jacobian-vector
+products), :func:`kernel_columns` (kernels in memory); ``nd.predict(kernel=..., rank=...)``
+picks one (:func:`ntkdyn.prediction.lowrank_source`).
+
 The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
 linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """
@@ -29,6 +35,7 @@ from ntkdyn.lowrank.factor import (
     METHODS,
     AnalyticColumns,
     EmpiricalColumns,
+    JacobianColumns,
     KernelColumns,
     LowRankFactor,
     LowRankTooLargeError,
@@ -44,10 +51,12 @@ from ntkdyn.lowrank.stability import lowrank_stability, lowrank_stable_set
 from ntkdyn.trajectory import Trajectory
 
 __all__ = [
-    "METHODS", "AnalyticColumns", "EmpiricalColumns", "KernelColumns", "LowRankFactor",
+    "METHODS", "AnalyticColumns", "EmpiricalColumns", "JacobianColumns", "KernelColumns",
+    "LowRankFactor",
     "LowRankTooLargeError", "MatrixColumns", "analytic_columns", "choose_factor",
     "empirical_columns", "error_estimate", "error_scale", "evolve_bytes",
-    "factor_bytes", "factorize", "jacobian_features", "kernel_columns", "max_fitting_rank",
+    "factor_bytes", "factorize", "jacobian_columns", "jacobian_features", "kernel_columns",
+    "max_fitting_rank",
     "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
     "primal_bytes", "tol_shortfall",
 ]
@@ -72,6 +81,17 @@ def empirical_columns(model, params, x_train, x_test=None, *,
     """Column source for the traced empirical NTK of an ``nd.models.MLP`` with ``params``
     (layerwise, no Jacobian; see :class:`EmpiricalColumns`)."""
     return EmpiricalColumns(model, params, x_train, x_test, batch_size)
+
+
+def jacobian_columns(apply_fn, params, x_train, x_test=None, *,
+                     row_batch: int = 256) -> JacobianColumns:
+    """Column source for the traced empirical NTK of any ``apply_fn(params, x) -> (B, K)``
+    (Jacobian-vector products in bounded blocks; see :class:`JacobianColumns`)."""
+    if not callable(apply_fn):
+        raise ValueError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
+    if isinstance(row_batch, bool) or not isinstance(row_batch, int) or row_batch < 1:
+        raise ValueError(f"row_batch: expected a positive int, got {row_batch!r}")
+    return JacobianColumns(apply_fn, params, x_train, x_test, row_batch)
 
 
 def _reserve_per_rank(n: int, n_test: int, agents: int, counts: np.ndarray) -> int:

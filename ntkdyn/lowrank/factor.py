@@ -46,7 +46,7 @@ rotation's copy: ``O((N + M) m)``, checked before allocating
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Protocol
 
 import numpy as np
@@ -233,6 +233,138 @@ class EmpiricalColumns(_InputRows):
 
     def test_columns(self, idx):
         return self._ntk(self.x_test, self.x[np.asarray(idx)])
+
+
+#: bytes one landmark sub-block of :class:`JacobianColumns` may hold (its ``J_B^T`` rows
+#: and their JVP outputs)
+JVP_BUDGET_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class JacobianColumns(_InputRows):
+    r"""Columns of the traced empirical NTK of *any* network ``apply_fn(params, x) -> (B, K)``
+    (not only an MLP), from Jacobian-vector products; ``J`` is never formed.
+
+    For a block ``B`` of landmarks, ``Theta[:, B] = (1/K) sum_k J_k J_{B,k}^T``:
+
+    1. ``V = J_B^T`` (``(b K, P)``): one ``jax.vjp`` at ``x_B``, its pullback ``vmap``-ed
+       over the ``b K`` unit cotangents (``e_{(j, k)}``);
+    2. for each chunk ``R`` of ``row_batch`` training rows: one ``jax.linearize`` at
+       ``x_R`` and its JVP ``vmap``-ed over the rows of ``V``, ``U = J_R V^T``
+       (``(b K, |R|, K)``), and ``Theta[R, j] = (1/K) sum_k U[(j, k), :, k]``.
+
+    Cost per block: ``b K`` JVPs over the ``N`` rows (about ``b K`` forward passes), against
+    one feature pass (``~ K`` forward passes) for the layerwise formula of an MLP
+    (:class:`EmpiricalColumns`): slower by about ``b`` times in flops, general in exchange.
+    Memory: the landmarks go ``sub`` at a time, ``sub`` chosen so that ``V`` and the JVP
+    outputs of one chunk (``sub K (P + row_batch (K + 1))`` floats) stay within
+    ``budget_bytes`` (default :data:`JVP_BUDGET_BYTES`).  ``diag(Theta)`` comes from
+    per-sample Jacobians of bounded batches (:func:`ntkdyn.kernels.empirical.jacobian_leaves`).
+    """
+
+    apply_fn: object
+    params: object
+    x: np.ndarray
+    x_test: np.ndarray | None = None
+    row_batch: int = 256
+    budget_bytes: int = JVP_BUDGET_BYTES
+
+    @cached_property
+    def _setup(self) -> dict:
+        """Flat float64 ``theta_0``, its ``unravel``, ``K``, ``P`` and the compiled maps."""
+        import jax
+        from jax.flatten_util import ravel_pytree
+
+        from ntkdyn.kernels.empirical import to_float64
+
+        theta0, unravel = ravel_pytree(to_float64(self.params))
+        k_out = int(jax.eval_shape(self.apply_fn, to_float64(self.params),
+                                   self.x[:1]).shape[1])
+        return {"theta0": theta0, "unravel": unravel, "k": k_out, "p": int(theta0.size),
+                "vt": jax.jit(partial(_jvp_directions, self.apply_fn, unravel)),
+                "block": jax.jit(partial(_jvp_block, self.apply_fn, unravel))}
+
+    def _sub(self) -> int:
+        """Landmarks per sub-block within ``budget_bytes``."""
+        st = self._setup
+        per = 8 * st["k"] * (2 * st["p"] + self.row_batch * (st["k"] + 1))
+        return max(1, int(self.budget_bytes // per))
+
+    def _ntk(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``Theta[rows, x[idx]]`` (``(len(rows), len(idx))``) by the two steps above."""
+        st = self._setup
+        out = np.empty((rows.shape[0], idx.size))
+        sub, rb = self._sub(), self.row_batch
+        for j0 in range(0, idx.size, sub):
+            xb = self.x[idx[j0:j0 + sub]]
+            v = st["vt"](st["theta0"], xb)  # (b K, P)
+            for r0 in range(0, rows.shape[0], rb):
+                xr = rows[r0:r0 + rb]
+                pad = rb - xr.shape[0]
+                if pad:  # one compiled shape per sub-block size
+                    xr = np.concatenate([xr, np.repeat(xr[-1:], pad, axis=0)])
+                blk = np.asarray(st["block"](st["theta0"], xr, v))
+                out[r0:r0 + rb, j0:j0 + sub] = blk[:rb - pad]
+        return out
+
+    def diagonal(self) -> np.ndarray:
+        return self._diagonal.copy()
+
+    @cached_property
+    def _diagonal(self) -> np.ndarray:
+        """``(1/K) ||J(x_i)||_F^2`` from per-sample Jacobians of bounded batches."""
+        import jax.numpy as jnp
+
+        from ntkdyn.kernels.empirical import generic_batch_plan, jacobian_leaves, to_float64
+
+        st = self._setup
+        p64 = to_float64(self.params)
+        _, batch = generic_batch_plan(st["k"], st["p"], self.n, True)
+        out = np.empty(self.n)
+        for s in range(0, self.n, batch):
+            xb = self.x[s:s + batch]
+            pad = batch - xb.shape[0]
+            if pad:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+            leaves = jacobian_leaves(self.apply_fn, p64, jnp.asarray(xb))
+            sq = sum(np.asarray(jnp.sum(v ** 2, axis=(1, 2))) for v in leaves)
+            out[s:s + batch] = sq[:batch - pad] / st["k"]
+        return out
+
+    def columns(self, idx):
+        """``Theta[:, idx]``, the entries ``(idx_j, j)`` set to :meth:`diagonal`."""
+        idx = np.asarray(idx)
+        cols = self._ntk(self.x, idx)
+        cols[idx, np.arange(idx.size)] = self._diagonal[idx]
+        return cols
+
+    def test_columns(self, idx):
+        return self._ntk(self.x_test, np.asarray(idx))
+
+
+def _jvp_directions(apply_fn, unravel, theta0, xb):
+    """``J_B^T`` as ``(b K, P)``: the pullback of ``theta -> apply_fn(theta, x_B)`` applied
+    to the ``b K`` unit cotangents (row ``j K + k``)."""
+    import jax
+    import jax.numpy as jnp
+
+    out, pull = jax.vjp(lambda t: apply_fn(unravel(t), xb), theta0)
+    b, k = out.shape
+    eye = jnp.eye(b * k, dtype=out.dtype).reshape(b * k, b, k)
+    return jax.vmap(lambda e: pull(e)[0])(eye)
+
+
+def _jvp_block(apply_fn, unravel, theta0, xr, v):
+    """``(1/K) sum_k [J(x_R) v_{(j, k)}]_k`` as ``(|R|, b)``: one linearisation at ``x_R``,
+    its JVP over the rows of ``v`` (``(b K, P)``)."""
+    import jax
+    import jax.numpy as jnp
+
+    _, jvp = jax.linearize(lambda t: apply_fn(unravel(t), xr), theta0)
+    u = jax.vmap(jvp)(v)  # (b K, R, K)
+    k = u.shape[-1]
+    u = u.reshape(-1, k, u.shape[1], k)  # (b, K, R, K)
+    return jnp.einsum("jkrk->rj", u) / k
 
 
 # --------------------------------------------------------------------------- the factor

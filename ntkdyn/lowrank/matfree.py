@@ -24,6 +24,16 @@ about ``2 N P`` flops for the forward pass and ``4 N P`` for each JVP / VJP pair
 tangent (``~ 10 N P`` with the reference), independent of ``K``, against ``4 N K P``
 (``8 N K P``) for the stored form, which also reads ``N K P`` floats per step.
 
+**Linearisation cache.**  The forward pass at ``theta_0`` is the same at every step, so
+what the backward pass needs from it (per batch: the activations, the activation
+derivatives' masks and the weights that carry cotangents back, the residuals of
+``jax.vjp``) can be kept: :func:`linearisation_cache` stacks the pullback ``J_b^T`` of
+every batch, and the step applies ``J_b^T`` by that pullback and ``J_b`` by its
+``jax.linear_transpose`` -- no forward pass, the same numbers.  It costs about
+``N (d_in + 2 sum_l n_l) + (batches) P_{>1}`` floats for an MLP (``P_{>1}``: weights after
+the first layer); :func:`add_cache` keeps it for the training, then the test batches,
+within a byte budget (``predict_primal(cache=...)``).
+
 Records (the same as the stored form): the outputs ``f_0 + J d`` of every slot and of the
 network-mean model on every training and test batch (one linearisation and ``Q + 2``
 JVPs per batch: about ``(Q + 2) / 3`` steps' worth per record) give the losses, the
@@ -46,12 +56,15 @@ import numpy as np
 from ntkdyn.algorithms import Operators
 from ntkdyn.engine import scan_records
 
-__all__ = ["MatrixFreeModel", "agent_batches", "jacobian_sq_norm", "matrix_free_bytes",
-           "matrix_free_data", "matrix_free_runner", "residual_bytes"]
+__all__ = ["MatrixFreeModel", "add_cache", "agent_batches", "cache_bytes", "cached_linear",
+           "jacobian_sq_norm", "jacobian_sq_norm_probes", "linearisation_cache",
+           "matrix_free_bytes", "matrix_free_data", "matrix_free_runner", "residual_bytes"]
 
 #: largest padding overhead of agent-aligned batches before the batch size is halved
 PAD_OVERHEAD = 0.25
 DEFAULT_BATCH = 256
+#: share of the memory left beside the estimate that the linearisation cache may take
+CACHE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,35 @@ class MatrixFreeModel:
         _, jvp = jax.linearize(lambda t: self.apply_fn(self.unravel(t), xb), theta0)
         vjp_t = jax.linear_transpose(jvp, theta0)
         return jvp, lambda e: vjp_t(e)[0]
+
+    def pullback(self, theta0: jax.Array, xb: jax.Array):
+        """``jax.vjp`` of ``theta -> apply_fn(theta, x_b)`` at ``theta0``: a pytree whose
+        leaves are the residuals of the forward pass (activations, masks and the weights
+        the backward pass needs), so it can be stacked over batches and kept (the cache)."""
+        return jax.vjp(lambda t: self.apply_fn(self.unravel(t), xb), theta0)[1]
+
+
+def cached_linear(pullback, out_example: jax.Array):
+    """``(jvp, vjp)`` of one batch from its cached :meth:`MatrixFreeModel.pullback`: the
+    VJP is the pullback, the JVP its ``jax.linear_transpose`` (``J_b d = (J_b^T)^T d``);
+    no forward pass.  ``out_example``: an array of the batch's output shape ``(B, K)``."""
+    jvp_t = jax.linear_transpose(pullback, out_example)
+    return (lambda d: jvp_t((d,))[0]), (lambda e: pullback(e)[0])
+
+
+@partial(jax.jit, static_argnames=("model",))
+def linearisation_cache(model: MatrixFreeModel, theta0: jax.Array, xs: jax.Array):
+    """The pullbacks of every batch of ``xs`` (``(n_batches, B, ...)``), stacked on a
+    leading axis: the forward pass at ``theta_0`` done once instead of at every step."""
+    return jax.vmap(model.pullback, in_axes=(None, 0))(theta0, xs)
+
+
+def cache_bytes(model: MatrixFreeModel, theta0, x_batch: np.ndarray, n_batches: int) -> int:
+    """Bytes of :func:`linearisation_cache` for ``n_batches`` batches shaped like
+    ``x_batch``, from shapes only (``jax.eval_shape``)."""
+    shapes = jax.eval_shape(model.pullback, theta0, jnp.asarray(x_batch))
+    per = sum(np.prod(s.shape) * np.dtype(s.dtype).itemsize for s in jax.tree.leaves(shapes))
+    return int(n_batches * per)
 
 
 def agent_batches(counts: np.ndarray, batch_size: int | None) -> tuple[int, np.ndarray]:
@@ -137,6 +179,24 @@ def matrix_free_data(theta0: np.ndarray, x_s, f0_s, y_s, counts, lr_q, w, *, bat
     return data
 
 
+def add_cache(model: MatrixFreeModel, data: dict, budget: int) -> int:
+    """Keep the linearisation of the training batches, then of the test batches, in
+    ``data`` (``data[set]["cache"]``, :func:`linearisation_cache`) while the total stays
+    within ``budget`` bytes; return the bytes kept.  Sets without a cache are linearised
+    again at every step (same numbers: the same operations on the same residuals)."""
+    kept = 0
+    for name in ("train", "test"):
+        s = data.get(name)
+        if s is None:
+            continue
+        need = cache_bytes(model, data["theta0"], s["x"][0], s["x"].shape[0])
+        if kept + need > budget:
+            break
+        s["cache"] = linearisation_cache(model, data["theta0"], s["x"])
+        kept += need
+    return kept
+
+
 def _mix(w, x, q_count: int, central: bool):
     agents = jnp.tensordot(w, x[:q_count], axes=1, precision=jax.lax.Precision.HIGHEST)
     return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
@@ -153,8 +213,8 @@ def matrix_free_operators(model: MatrixFreeModel, data: dict, q_count: int,
         d = x[..., 0]
 
         def body(acc, batch):
-            xb, rb, mb, a = batch
-            jvp, vjp = model.linear(theta0, xb)
+            xb, rb, mb, a, pb = batch
+            jvp, vjp = model.linear(theta0, xb) if pb is None else cached_linear(pb, rb)
             dirs = jnp.stack([d[a], d[q_count]]) if central else d[a][None]
             e = (jax.vmap(jvp)(dirs) + rb) * mb[:, None]
             g = jax.vmap(vjp)(e) * inv_n[a]
@@ -162,7 +222,8 @@ def matrix_free_operators(model: MatrixFreeModel, data: dict, q_count: int,
             return (acc.at[q_count].add(g[1] / q_count) if central else acc), None
 
         acc, _ = jax.lax.scan(body, jnp.zeros_like(d),
-                              (tr["x"], tr["res"], tr["mask"], tr["agent"]))
+                              (tr["x"], tr["res"], tr["mask"], tr["agent"],
+                               tr.get("cache")))
         return acc[..., None]
 
     return Operators(mix=lambda x, j=0: _mix(data["mixing"], x, q_count, central), grad=grad,
@@ -179,8 +240,8 @@ def _sweep(model: MatrixFreeModel, theta0, dirs, s: dict, agent_w, q_count: int,
     agents = s.get("agent", jnp.zeros(s["x"].shape[0], dtype=jnp.int32))
 
     def body(acc, batch):
-        xb, rb, fb, lb, mb, a = batch
-        jvp, _ = model.linear(theta0, xb)
+        xb, rb, fb, lb, mb, a, pb = batch
+        jvp, _ = model.linear(theta0, xb) if pb is None else cached_linear(pb, rb)
         u = jax.vmap(jvp)(dirs)  # (S, B, K)
         sq = jnp.sum((u + rb) ** 2 * mb[None, :, None], axis=(1, 2))
         hit = jnp.sum((jnp.argmax(fb + u, axis=-1) == lb) * mb, axis=1)
@@ -190,7 +251,8 @@ def _sweep(model: MatrixFreeModel, theta0, dirs, s: dict, agent_w, q_count: int,
 
     zeros = jnp.zeros(dirs.shape[0])
     acc, outs = jax.lax.scan(body, (zeros, zeros, zeros, jnp.zeros(q_count)),
-                             (s["x"], s["res"], s["f0"], s["labels"], s["mask"], agents))
+                             (s["x"], s["res"], s["f0"], s["labels"], s["mask"], agents,
+                              s.get("cache")))
     if keep_outputs:  # (nb, S, B, K) -> (S, rows, K) on the real rows
         outs = jnp.swapaxes(outs, 0, 1).reshape(keep_outputs, -1, outs.shape[-1])[:, s["rows"]]
     return acc, outs
@@ -277,6 +339,32 @@ def jacobian_sq_norm(apply_fn, params: Any, x: np.ndarray, batch_size: int | Non
         leaves = jacobian_leaves(apply_fn, params, jnp.asarray(xb))
         total += sum(float(jnp.sum(v[:batch - pad] ** 2)) for v in leaves)
     return total
+
+
+#: ``N K P`` above which :func:`predict_primal`'s matrix-free form estimates ``tr(J^T J)``
+#: (:func:`jacobian_sq_norm_probes`) instead of summing per-sample Jacobians (which reads
+#: all of ``J``: 303 GiB at N = 20,000, P = 203,530)
+EXACT_TRACE_MAX = 2**30
+TRACE_PROBES = 16
+
+
+@partial(jax.jit, static_argnames=("model", "probes"))
+def jacobian_sq_norm_probes(model: MatrixFreeModel, theta0, s: dict, key, probes: int):
+    r"""Hutchinson estimate of ``tr(J^T J) = E_v ||J v||^2`` (``v`` Rademacher in ``R^P``)
+    over ``probes`` probes, ``J v`` by JVPs batch by batch on the sample set ``s`` (its
+    cache when there is one): ``probes`` forward-mode passes, ``J`` never read.  Relative
+    standard deviation ``<= sqrt(2 / probes)`` (``||J^T J||_F <= tr(J^T J)``); it enters
+    only the divergence limit, through a square root."""
+    v = jax.random.rademacher(key, (probes, theta0.size), dtype=theta0.dtype)
+
+    def body(acc, batch):
+        xb, rb, mb, pb = batch
+        jvp, _ = model.linear(theta0, xb) if pb is None else cached_linear(pb, rb)
+        u = jax.vmap(jvp)(v)
+        return acc + jnp.sum(u ** 2 * mb[None, :, None]), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(()), (s["x"], s["res"], s["mask"], s.get("cache")))
+    return total / probes
 
 
 def residual_bytes(model: MatrixFreeModel, theta0, x_batch: np.ndarray) -> int:

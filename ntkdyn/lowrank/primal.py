@@ -130,6 +130,7 @@ def predict_primal(
     batch_size: int | None = None,
     metadata: dict | None = None,
     form: str = "auto",
+    cache: bool | None = None,
 ) -> Trajectory:
     r"""Predict peer-to-peer training of the linearised network in parameter space.
 
@@ -147,6 +148,11 @@ def predict_primal(
     memory ``O(Q P + N K)`` plus one batch's activations; per step about one forward and
     one backward pass per slot over the ``N`` samples instead of ``4 N K P`` flops).
     ``"auto"`` takes it when the stored form (:func:`primal_bytes`) does not fit in memory.
+    ``cache`` (matrix-free only): keep the linearisation of every batch at ``params`` (the
+    forward pass's residuals, :func:`ntkdyn.lowrank.matfree.linearisation_cache`) instead
+    of recomputing it at every step: ``None`` (default) when it fits in
+    :data:`~ntkdyn.lowrank.matfree.CACHE_SHARE` of the memory left after the estimate,
+    ``True`` always (counted in the memory check), ``False`` never.
     ``metadata["primal"]`` holds ``P``, ``N K``, the form and the bytes of the Jacobians
     (and, matrix-free, the batch size and the memory estimate).
     """
@@ -166,7 +172,7 @@ def predict_primal(
         return _predict_matrix_free(apply_fn, params, inp, algo, f0, stored_bytes=need,
                                     reference=reference, record_outputs=record_outputs,
                                     chunk=chunk, progress=progress, batch_size=batch_size,
-                                    metadata=metadata)
+                                    metadata=metadata, cache=cache)
     memory.ensure_fits(need, "this primal prediction",
                        f"the network has P = {n_params} parameters for N = {n} samples and "
                        f"K = {k} outputs; use the kernel path, or record_outputs=False")
@@ -321,7 +327,7 @@ def _primal_metadata(algo: Algorithm, inp: _PrimalInputs, n_params: int, gram: b
 def _predict_matrix_free(apply_fn, params, inp: _PrimalInputs, algo: Algorithm, f0: str, *,
                          stored_bytes: int, reference: bool, record_outputs: bool, chunk: int,
                          progress: bool, batch_size: int | None,
-                         metadata: dict | None) -> Trajectory:
+                         metadata: dict | None, cache: bool | None = None) -> Trajectory:
     """:func:`predict_primal` with ``form="matrix_free"`` (:mod:`ntkdyn.lowrank.matfree`):
     the memory estimate checked first, then the same engine, records and metadata as the
     stored form, ``J`` never formed."""
@@ -341,18 +347,27 @@ def _predict_matrix_free(apply_fn, params, inp: _PrimalInputs, algo: Algorithm, 
         inp.n, inp.m, inp.k, n_params, inp.q_count, in_dim=int(np.prod(inp.x.shape[1:])),
         batch=batch, activation_bytes=matfree.residual_bytes(model, theta0, x_s[:batch]),
         record_outputs=record_outputs, records=len(inp.steps))
-    memory.ensure_fits(need, "this matrix-free primal prediction",
+    budget = _cache_budget(model, theta0, x_s[:batch], len(batch_agent), inp, need, cache)
+    memory.ensure_fits(need + (budget if cache else 0), "this matrix-free primal prediction",
                        f"the network has P = {n_params} parameters for N = {inp.n} samples; "
                        f"the stored-Jacobian form would need {memory.format_bytes(stored_bytes)};"
                        " use a smaller batch_size, record_outputs=False, or fewer samples")
     f0_s, f0_t = _initial_outputs(apply_fn, params, inp, order, f0)
     y_s = inp.y[order]
-    curvature = matfree.jacobian_sq_norm(apply_fn, p64, x_s, None)
-    limit = divergence_limit(inp.lr_q, f0_s - y_s, curvature, inp.counts)
     data = matfree.matrix_free_data(
         np.asarray(theta0), x_s, f0_s, y_s, inp.counts, inp.lr_q, inp.w, batch=batch,
-        batch_agent=batch_agent, reference=reference, limit=limit,
+        batch_agent=batch_agent, reference=reference, limit=0.0,
         test=(inp.xt, f0_t, inp.yt) if inp.has_test else None)
+    cached = matfree.add_cache(model, data, budget)
+    if inp.n * inp.k * n_params <= matfree.EXACT_TRACE_MAX:
+        curvature, trace_how = matfree.jacobian_sq_norm(apply_fn, p64, x_s, None), "exact"
+    else:
+        curvature = float(matfree.jacobian_sq_norm_probes(
+            model, data["theta0"], data["train"], jax.random.PRNGKey(0),
+            matfree.TRACE_PROBES))
+        trace_how = f"Hutchinson, {matfree.TRACE_PROBES} probes"
+    data["limit_per_step"] = jnp.asarray(
+        divergence_limit(inp.lr_q, f0_s - y_s, curvature, inp.counts))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((inp.q_count + int(reference), n_params, 1)), data, algo, inp.steps,
         q_count=inp.q_count, central=reference, has_test=inp.has_test,
@@ -360,9 +375,30 @@ def _predict_matrix_free(apply_fn, params, inp: _PrimalInputs, algo: Algorithm, 
         desc=f"primal (matrix-free) {algo.name}", runner=matfree.matrix_free_runner(model))
     meta = _primal_metadata(algo, inp, n_params, False, False, reference, f0, metadata)
     meta["primal"].update(form="matrix_free", batch_size=batch, batches=len(batch_agent),
-                          memory_bytes=need, stored_bytes=stored_bytes,
+                          memory_bytes=need, stored_bytes=stored_bytes, cache_bytes=cached,
+                          trace_JtJ=trace_how,
+                          cached=[k for k in ("train", "test") if "cache" in data.get(k, {})],
                           cost_per_step="one linearisation of apply_fn and "
                           f"{2 if reference else 1} JVP + VJP pairs over the N samples")
     del meta["primal"]["cost_per_step_flops"]
     return records_trajectory(raw, inp.q_count, reference, rec_steps, phase, inp.lr_q, meta,
                               order, float(carry[3]))
+
+
+def _cache_budget(model, theta0, x_batch, n_batches: int, inp: _PrimalInputs, need: int,
+                  cache: bool | None) -> int:
+    """Bytes the linearisation cache of the matrix-free form may take: 0 with
+    ``cache=False``; all of it (training and test batches) with ``True``; else
+    :data:`~ntkdyn.lowrank.matfree.CACHE_SHARE` of the memory left beside ``need``."""
+    from ntkdyn.lowrank import matfree
+
+    if cache is not None and not isinstance(cache, bool):
+        raise ValueError(f"cache: expected None, True or False, got {cache!r}")
+    if cache is False:
+        return 0
+    full = matfree.cache_bytes(model, theta0, x_batch, n_batches)
+    if inp.has_test:
+        full += matfree.cache_bytes(model, theta0, x_batch, -(-inp.m // x_batch.shape[0]))
+    if cache:
+        return full
+    return int(max(0.0, matfree.CACHE_SHARE * (memory.available_memory_bytes() - need)))
