@@ -72,6 +72,7 @@ def evolve(
     atol: float = ATOL,
     method: str = "Tsit5",
     max_steps: int = MAX_STEPS,
+    group_f0=None,
 ) -> dict:
     """Integrate ``dx/dt = step(x) - x`` and record at the times ``steps``.
 
@@ -82,7 +83,8 @@ def evolve(
     schedules with a static mixing matrix, full batch, one device (the caller checks).
     A state that leaves the discrete path's divergence bound (``limit * (t + 1)``) or is
     not finite, or times the solver could not reach within ``max_steps``, are flagged as
-    diverged from the first such record time on.
+    diverged from the first such record time on.  ``group_f0``: per-column-group initial
+    outputs (independent sampled networks; :func:`ntkdyn.dynamics.solver.device_data`).
     """
     import diffrax
 
@@ -92,7 +94,7 @@ def evolve(
     n_rates = lrs.shape[0]
     steps = np.asarray(steps, dtype=np.float64)
     data = solver.device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype,
-                              reference="carried")
+                              reference="carried", group_f0=group_f0)
     k = problem.num_outputs
     c0 = k if problem.traced else 1
     shape = (problem.num_agents + int(central), problem.kernel.shape[0], n_rates * c0)
