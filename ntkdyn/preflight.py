@@ -33,7 +33,7 @@ from ntkdyn.dynamics import stability as spectrum
 from ntkdyn.dynamics.run import run_problem, versions
 from ntkdyn.dynamics.steady_state import fixed_point
 from ntkdyn.graphs import sequences as gossip
-from ntkdyn.prediction import build_problem, build_problem_and_nngp, resolve_f0
+from ntkdyn.prediction import build_problem, build_problem_and_nngp, init_draws, resolve_f0
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -164,6 +164,13 @@ def _summarise(traj, target: float) -> dict:
     }
 
 
+def _sweep_dtype(cfg: Config) -> str:
+    """Kernel storage of check's sweep: ``[prediction] kernel_dtype``, default
+    :data:`SWEEP_DTYPE`; ``"mixed"`` is float64 there (no sampled networks in the sweep)."""
+    dtype = cfg.prediction.kernel_dtype or SWEEP_DTYPE
+    return "float64" if dtype == "mixed" else dtype
+
+
 def _random_network(problem, nngp, algo, cfg: Config, target: float) -> dict | None:
     """The chosen rate's prediction for one random network: expected final losses and
     accuracies with their 5-95 % bands over ``prediction.samples`` sampled initialisations
@@ -171,11 +178,14 @@ def _random_network(problem, nngp, algo, cfg: Config, target: float) -> dict | N
     not ``"random"``."""
     if nngp is None:
         return None
-    from ntkdyn.dynamics.random_init import draw
+    from ntkdyn.dynamics.random_init import independent_networks
 
-    init = draw(nngp, problem.num_train, cfg.prediction.samples, cfg.seed)
+    init, samples = init_draws(problem, nngp, "random", cfg.prediction.samples, cfg.seed)
+    dtype = cfg.prediction.kernel_dtype or SWEEP_DTYPE
+    if dtype == "mixed" and independent_networks(problem):
+        dtype = SWEEP_DTYPE
     traj = run_problem(problem, algo, [cfg.training.lr], cfg.steps, check_stability=False,
-                       reference=False, kernel_dtype=SWEEP_DTYPE, init=init)[0]
+                       reference=False, kernel_dtype=dtype, init=init, samples=samples)[0]
     out = {"samples": traj.samples, "status": traj.status,
            "steps_to_target_expected": _steps_to_target(traj, target)}
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
@@ -304,8 +314,8 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
     # (float64 state): within 1e-5 relative of float64 on the default configuration
     # (measured 8.4e-6 on the losses, accuracies identical), twice as fast (SWEEP_DTYPE).
     trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
-                        check_stability=False, reference=False, kernel_dtype=SWEEP_DTYPE,
-                        samples=exp.samples) if rates else []
+                        check_stability=False, reference=False,
+                        kernel_dtype=_sweep_dtype(cfg), samples=exp.samples) if rates else []
     sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
     prediction = None
     if chosen.inside:

@@ -166,3 +166,45 @@ def test_predict_defaults_to_one_random_network_everywhere():
         assert traj.metadata["quantity"].startswith("one random network")
     with pytest.raises(ValueError, match="f0"):
         nd.predict(arch, parts, nd.graphs.mixing(ring), 0.3, steps=4, f0="random", rank=8)
+
+
+def test_predict_command_cross_entropy_one_random_network(tmp_path):
+    """`ntkdyn predict` on a small cross-entropy config: one random network by default (its
+    summary says so), kernel_dtype from [prediction]; a finite-width band works with it."""
+    import json
+
+    from conftest import TINY_TOML
+
+    from ntkdyn import Trajectory
+    from ntkdyn.cli import main
+
+    cfg = tmp_path / "ce.toml"
+    cfg.write_text(TINY_TOML.replace("steps = 40", "steps = 20")
+                   + 'loss = "cross_entropy"\n[prediction]\nsamples = 3\n'
+                   'kernel_dtype = "float32"\nwidth = 64\nwidth_samples = 2\n')
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert isinstance(traj, RandomNetworkTrajectory) and traj.samples == 3
+    assert traj.metadata["kernel_dtype"] == "float32" and traj.metadata["loss"] == \
+        "cross_entropy"
+    assert traj.width_draws["test_loss"].shape[0] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["describes"].startswith("one random network")
+
+
+@pytest.mark.parametrize("prediction, training, needle", [
+    ({"kernel_dtype": "float16"}, {}, "prediction.kernel_dtype: expected one of"),
+    ({"kernel_dtype": "mixed"}, {"loss": "cross_entropy"}, "prediction.kernel_dtype: 'mixed'"),
+    ({"kernel_dtype": "mixed", "f0": "mean"}, {}, "prediction.kernel_dtype: 'mixed'"),
+    ({"kernel_dtype": "float32", "rank": 8}, {}, "prediction.kernel_dtype: 'float32'"),
+])
+def test_kernel_dtype_config_errors_name_the_key(prediction, training, needle):
+    from ntkdyn.config.schema import ConfigError, config_from_dict
+
+    raw = {"data": {"source": "digits", "n_train": 60, "n_test": 30},
+           "prediction": prediction, "training": {"lr": 0.3, "steps": 10, **training}}
+    with pytest.raises(ConfigError, match=needle):
+        config_from_dict(raw)
+    ok = dict(prediction, kernel_dtype="float64")
+    assert config_from_dict(dict(raw, prediction=ok)).prediction.kernel_dtype == "float64"
