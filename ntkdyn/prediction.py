@@ -345,8 +345,10 @@ def predict_from_kernels(
         drawn from ``N(0, nngp)`` with ``jax.random.PRNGKey(seed)`` and run as extra columns
         (:mod:`ntkdyn.dynamics.random_init`); the result is a
         :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` (expected losses, bands,
-        ``.mean_network``).  Squared loss, traced kernel, full batch, no
-        ``f0_train``/``f0_test``.
+        ``.mean_network``).  Traced kernel, no ``f0_train``/``f0_test``; with
+        cross-entropy, a random mixing sequence or ``batch_size`` each network has ``K``
+        columns of its own (``samples`` default 16, and with sequences network ``s`` runs
+        sequence ``s``; :func:`init_draws`).
     loss : "mse" (default) or "cross_entropy"
         The trained loss; the ``*_loss`` and ``objective`` fields report it.  Cross-entropy
         runs discrete steps only (``continuous=True`` is refused), its centralised
@@ -556,8 +558,12 @@ def predict(
       expected loss over initialisations (mean of the loss),
       ``traj.band("test_loss", 0.05, 0.95)`` the 5-95 % band, ``traj.mean_network`` the
       mean network, and ``traj.exact_test_loss`` the exact expectation on small problems.
-      Not yet with cross-entropy, random mixing sequences or the low-rank path, where the
-      default is the mean network (an explicit ``"random"`` is a ``ValueError``).
+      With cross-entropy, random gossip or mini-batch SGD each network has ``K`` columns
+      of its own (default 16 networks; with sequences network ``s`` runs sequence ``s``;
+      for cross-entropy ``.mean_network`` is the network from ``f_0 = 0``, not the
+      expected network; :mod:`ntkdyn.dynamics.random_init`).  Not yet on the low-rank
+      path, where the default is the mean network (an explicit ``"random"`` is a
+      ``ValueError``).
     * ``"mean"`` (``"zero"``, the default before): the **mean network** over
       initialisations (``f_0 = 0``): the loss of the mean output, below the expected loss
       of one network by the outputs' variance (``theory/initialisation.md``).
@@ -577,8 +583,12 @@ def predict(
     (``traj.band("test_loss", 0.05, 0.95)``) and, for the squared loss, the expected
     trajectory ``traj.expected`` (= full batch: exact with ``batch_sampling=
     "independent"``, to first order in the rate with the default ``"epoch"``;
-    :mod:`ntkdyn.minibatch`).  Mini-batch SGD predicts the mean network (sampled
-    initialisations and sampled batches are not combined yet).
+    :mod:`ntkdyn.minibatch`).  With ``f0="random"`` (the default) sampled network ``s``
+    draws its own ``f_0`` *and* batch sequence ``s`` (``samples`` counts both, default 16):
+    its band is over both jointly (``metadata["band_over"] == "init+batch"``), the mean
+    network's (``traj.mean_network``, a :class:`~ntkdyn.trajectory.GossipTrajectory`,
+    ``traj.band(m, over="sequence")``) over the batches alone
+    (:mod:`ntkdyn.dynamics.random_init`, "Independent networks").
 
     ``rank``: ``None`` (default) runs the exact path on the N x N kernel.  An integer
     ``r`` or ``"auto"`` runs the low-rank path (:mod:`ntkdyn.lowrank`,

@@ -109,9 +109,13 @@ def run_problem(
     ``init`` (:class:`ntkdyn.dynamics.random_init.InitDraws`): sampled initial outputs; each
     trajectory is then a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` over that
     many random networks (their responses share every kernel pass with the mean network,
-    ``.mean_network``), with the exact expected losses where affordable.  Squared loss,
-    traced kernel, static or periodic mixing, one device; ``record_outputs`` records the
-    mean network's outputs (``.mean_network.train_outputs``), not the sampled networks'.
+    ``.mean_network``), with the exact expected losses where affordable.  Traced kernel,
+    one device; ``record_outputs`` records the mean network's outputs
+    (``.mean_network.train_outputs``), not the sampled networks'.  Squared loss with a
+    static or periodic mixing and full batch: shared cyclic columns (``init.outputs == 1``);
+    cross-entropy, random mixing or mini-batch SGD: independent networks, ``K`` columns
+    each (``init.outputs == K``; with sequences ``samples`` must equal the networks:
+    network ``s`` runs sequence ``s``; :func:`_independent_groups`).
 
     ``check_stability``: ``None`` (default) computes the exact stability report
     (:func:`ntkdyn.dynamics.stability.stability`) only for rates above the cheap sufficient bound;
