@@ -180,7 +180,8 @@ def _random_network(problem, nngp, algo, cfg: Config, target: float) -> dict | N
         return None
     from ntkdyn.dynamics.random_init import independent_networks
 
-    init, samples = init_draws(problem, nngp, "random", cfg.prediction.samples, cfg.seed)
+    init, samples = init_draws(problem, nngp, "random", cfg.prediction.samples or None,
+                               cfg.seed)
     dtype = cfg.prediction.kernel_dtype or SWEEP_DTYPE
     if dtype == "mixed" and independent_networks(problem):
         dtype = SWEEP_DTYPE
@@ -637,7 +638,7 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
         draws, info = fw.width_draws(exp.arch, exp.parts, exp.mixing, cfg.training.lr,
                                      exp.algorithm, cfg.steps, width=p.width,
                                      samples=p.width_samples, seed=cfg.seed, f0=f0,
-                                     init_samples=p.samples)
+                                     init_samples=p.samples or None)
         band = {"width": p.width, "samples": p.width_samples, "f0": info["f0"],
                 "statuses": info["statuses"]}
         for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
@@ -652,7 +653,7 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
             est = fw.width_for(exp.arch, exp.parts, exp.mixing, lr=cfg.training.lr,
                                steps=cfg.steps, algorithm=exp.algorithm, metric=p.width_metric,
                                tol=p.width_tol, samples=p.width_samples, seed=cfg.seed,
-                               f0=f0, init_samples=p.samples)
+                               f0=f0, init_samples=p.samples or None)
             out["width_for"] = {"width": est.width, "metric": est.metric, "tol": est.tol,
                                 "level": est.level, "constant": est.constant,
                                 "slope": est.slope, "law_holds": est.law_holds,

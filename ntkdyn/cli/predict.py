@@ -121,7 +121,7 @@ def _initialisation(cfg, exp) -> dict:
                            mixing=exp.mixing, low_rank=bool(exp.low_rank),
                           batch_size=cfg.training.batch_size)
     if resolved == "random":
-        out["samples"] = cfg.prediction.samples
+        out["samples"] = cfg.prediction.samples or None  # 0: the library's default
     return out
 
 

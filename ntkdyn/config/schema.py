@@ -103,7 +103,9 @@ class PredictionConfig:
     rank: int | str | None = None  # absent: exact path; "auto" or an integer: low-rank path
     tol: float = 1e-3  # rank = "auto": a-priori error estimate to meet (theory/low_rank.md)
     f0: str = ""  # "" (default by kernel) | random | mean | network: which network
-    samples: int = 32  # f0 = "random": sampled initialisations (networks)
+    # f0 = "random": sampled initialisations (networks); 0: the library's default (32 sharing
+    # columns; 16 where each has its own: cross-entropy, random gossip, mini-batch SGD)
+    samples: int = 0
     width: int = 0  # > 0: also the finite-width band over width_samples networks of this width
     width_samples: int = 16  # empirical kernels per finite-width band (and per width_tol width)
     width_tol: float = 0.0  # check, > 0: the width whose width band at the horizon is within it
@@ -162,10 +164,11 @@ POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
             "data.dim", "training.local_steps", "training.consensus_steps",
             "topology.gossip_samples", "topology.gossip_p", "prediction.tol",
-            "prediction.samples", "training.logit_scale",
+            "training.logit_scale",
             "training.samples")
 NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed",
-                "training.batch_size", "prediction.width", "prediction.width_tol")
+                "training.batch_size", "prediction.width", "prediction.width_tol",
+                "prediction.samples")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
