@@ -233,6 +233,12 @@ class Trajectory:
             lines.append(f"one random network: means over {self.samples} sampled "
                          "initialisations (f0 drawn from the NNGP), bands over them; "
                          "'.mean_network' is the f0 = 0 trajectory")
+            mb = self.metadata.get("minibatch")
+            if mb:
+                lines.append(f"mini-batch SGD (batch {mb.get('batch_size')}): network s also "
+                             f"runs batch sequence s (seed {mb.get('seed')})")
+            if self.metadata.get("band_over", "init") != "init":
+                lines.append("band: " + self.metadata.get("band", ""))
         if self.diverged:
             lines.append(f"diverged at step {self.diverged_at}")
         if "divergence" in self.metadata:

@@ -121,7 +121,9 @@ def _initialisation(cfg, exp) -> dict:
                            mixing=exp.mixing, low_rank=bool(exp.low_rank),
                           batch_size=cfg.training.batch_size)
     if resolved == "random":
-        out["samples"] = cfg.prediction.samples or None  # 0: the library's default
+        # 0: with random gossip / mini-batch SGD the sequences' count (network s runs
+        # sequence s: training.samples / topology.gossip_samples), else the library's default
+        out["samples"] = cfg.prediction.samples or exp.samples or None
     return out
 
 
