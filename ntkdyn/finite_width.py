@@ -94,8 +94,6 @@ def check_width_call(arch: Any, *, width, samples, kernel: str = "analytic", f0:
         why = f"f0 must be 'random' or 'mean', got {f0!r}"
     elif batch_size:
         why = "mini-batch SGD (batch_size > 0) is not combined with the finite-width band"
-    elif f0 == "random" and loss != "mse":
-        why = f"f0='random' needs loss='mse', got {loss!r}"
     elif mixing is not None and is_process(mixing) and getattr(mixing, "random", False):
         why = "random mixing sequences are not combined with the finite-width band"
     elif other_path:
@@ -173,7 +171,9 @@ def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algori
     mixing = w if process is None else process
     net = width_arch(arch, width)
     random = f0 == "random"
-    count = random_init.DEFAULT_NETWORKS if init_samples is None else init_samples
+    independent = loss != "mse"  # cross-entropy: K columns per network (random_init)
+    count = ((random_init.DEFAULT_INDEPENDENT_NETWORKS if independent else
+              random_init.DEFAULT_NETWORKS) if init_samples is None else init_samples)
     pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
     runs = []  # runs[s][r]: network s at rate r
     seeds = [int(seed) + s for s in range(samples)]
@@ -185,8 +185,9 @@ def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algori
                                logit_scale=logit_scale)
         init = None
         if random:  # same z for every kernel (same seed); no exact losses (not needed)
-            init = dataclasses.replace(random_init.draw(empirical_nngp(net, params, pooled),
-                                                        n, count, seed), nngp=None)
+            init = dataclasses.replace(random_init.draw(
+                empirical_nngp(net, params, pooled), n, count, seed,
+                outputs=problem.num_outputs if independent else 1), nngp=None)
         runs.append(run_problem(problem, algorithm, lrs, steps, continuous=continuous,
                                 reference=False, init=init, seed=seed,
                                 metadata={"kernel": "empirical", "width": int(width)}))

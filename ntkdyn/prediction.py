@@ -214,12 +214,13 @@ def resolve_f0(f0: str | None, kernel: str, *, params: Any = None, loss: str = "
 
     Default: ``"network"`` with ``params`` or the empirical kernel (the exact
     linearisation of that network); otherwise (analytic kernel) ``"random"``, one random
-    network over initialisations, except where sampled initialisations are not supported
-    yet and the mean network (``"zero"``) is predicted instead, as the trajectory's
-    ``metadata["quantity"]`` says: cross-entropy, a random mixing sequence, the low-rank
-    path.  An explicit ``"random"`` there is a ``ValueError`` naming ``f0``.
+    network over initialisations (squared loss or cross-entropy, static, periodic or random
+    mixing, full batch or mini-batch SGD), except on the low-rank path, where sampled
+    initialisations are not supported yet and the mean network (``"zero"``) is predicted
+    instead, as the trajectory's ``metadata["quantity"]`` says.  An explicit ``"random"``
+    there is a ``ValueError`` naming ``f0``.  (``loss``, ``mixing`` and ``batch_size`` are
+    accepted for the callers; every value of them takes ``"random"``.)
     """
-    from ntkdyn.graphs.sequences import is_process
 
     if f0 is not None and f0 not in F0_CHOICES:
         raise ValueError(f"f0: expected one of {F0_CHOICES} ('random': one random network, "
@@ -228,14 +229,8 @@ def resolve_f0(f0: str | None, kernel: str, *, params: Any = None, loss: str = "
     why = None
     if kernel != "analytic":
         why = "the empirical kernel describes one given network (use f0='network')"
-    elif loss != "mse":
-        why = f"sampled initialisations are implemented for loss='mse', got loss={loss!r}"
-    elif is_process(mixing) and mixing.random:
-        why = "sampled initialisations are not combined with random mixing sequences yet"
     elif low_rank:
         why = "the low-rank path predicts from one f0 (use f0='mean' or 'network')"
-    elif batch_size:
-        why = "sampled initialisations are not combined with mini-batch SGD yet"
     if f0 is None:
         if params is not None or kernel != "analytic":
             return "network"
@@ -350,8 +345,10 @@ def predict_from_kernels(
         drawn from ``N(0, nngp)`` with ``jax.random.PRNGKey(seed)`` and run as extra columns
         (:mod:`ntkdyn.dynamics.random_init`); the result is a
         :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` (expected losses, bands,
-        ``.mean_network``).  Squared loss, traced kernel, full batch, no
-        ``f0_train``/``f0_test``.
+        ``.mean_network``).  Traced kernel, no ``f0_train``/``f0_test``; with
+        cross-entropy, a random mixing sequence or ``batch_size`` each network has ``K``
+        columns of its own (``samples`` default 16, and with sequences network ``s`` runs
+        sequence ``s``; :func:`init_draws`).
     loss : "mse" (default) or "cross_entropy"
         The trained loss; the ``*_loss`` and ``objective`` fields report it.  Cross-entropy
         runs discrete steps only (``continuous=True`` is refused), its centralised
@@ -384,13 +381,8 @@ def predict_from_kernels(
         if f0_train is not None or f0_test is not None:
             raise ValueError("nngp: samples random initial outputs; it cannot be combined "
                              "with f0_train / f0_test")
-        if batch_size:
-            raise ValueError("nngp: sampled initialisations are not combined with mini-batch "
-                             "SGD (batch_size > 0) yet")
-        init = random_init.draw(random_init.sorted_nngp(problem, nngp), problem.num_train,
-                                random_init.DEFAULT_NETWORKS if samples is None else samples,
-                                seed)
-        samples = None
+        init, samples = init_draws(problem, random_init.sorted_nngp(problem, nngp), "random",
+                                   samples, seed, batch_size)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
                        metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
@@ -566,8 +558,12 @@ def predict(
       expected loss over initialisations (mean of the loss),
       ``traj.band("test_loss", 0.05, 0.95)`` the 5-95 % band, ``traj.mean_network`` the
       mean network, and ``traj.exact_test_loss`` the exact expectation on small problems.
-      Not yet with cross-entropy, random mixing sequences or the low-rank path, where the
-      default is the mean network (an explicit ``"random"`` is a ``ValueError``).
+      With cross-entropy, random gossip or mini-batch SGD each network has ``K`` columns
+      of its own (default 16 networks; with sequences network ``s`` runs sequence ``s``;
+      for cross-entropy ``.mean_network`` is the network from ``f_0 = 0``, not the
+      expected network; :mod:`ntkdyn.dynamics.random_init`).  Not yet on the low-rank
+      path, where the default is the mean network (an explicit ``"random"`` is a
+      ``ValueError``).
     * ``"mean"`` (``"zero"``, the default before): the **mean network** over
       initialisations (``f_0 = 0``): the loss of the mean output, below the expected loss
       of one network by the outputs' variance (``theory/initialisation.md``).
@@ -587,8 +583,12 @@ def predict(
     (``traj.band("test_loss", 0.05, 0.95)``) and, for the squared loss, the expected
     trajectory ``traj.expected`` (= full batch: exact with ``batch_sampling=
     "independent"``, to first order in the rate with the default ``"epoch"``;
-    :mod:`ntkdyn.minibatch`).  Mini-batch SGD predicts the mean network (sampled
-    initialisations and sampled batches are not combined yet).
+    :mod:`ntkdyn.minibatch`).  With ``f0="random"`` (the default) sampled network ``s``
+    draws its own ``f_0`` *and* batch sequence ``s`` (``samples`` counts both, default 16):
+    its band is over both jointly (``metadata["band_over"] == "init+batch"``), the mean
+    network's (``traj.mean_network``, a :class:`~ntkdyn.trajectory.GossipTrajectory`,
+    ``traj.band(m, over="sequence")``) over the batches alone
+    (:mod:`ntkdyn.dynamics.random_init`, "Independent networks").
 
     ``rank``: ``None`` (default) runs the exact path on the N x N kernel.  An integer
     ``r`` or ``"auto"`` runs the low-rank path (:mod:`ntkdyn.lowrank`,
@@ -686,7 +686,7 @@ def predict(
                                            params=params,
                            f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
                            want_nngp=f0 == "random")
-    init, samples = _init_draws(problem, nngp, f0, samples, seed)
+    init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp  # the draws keep it only when small (for the exact expected losses)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress, metadata=meta,
@@ -695,16 +695,29 @@ def predict(
                        batch_sampling=batch_sampling, init=init)[0]
 
 
-def _init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int):
-    """``(InitDraws or None, samples left for the mixing sequence)``: with ``f0="random"``
-    ``samples`` counts sampled networks (default
-    :data:`ntkdyn.dynamics.random_init.DEFAULT_NETWORKS`)."""
+def init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int,
+               batch_size: int = 0):
+    """``(InitDraws or None, samples left for the mixing / batch sequences)``: with
+    ``f0="random"`` ``samples`` counts sampled networks.  Sharing cyclic columns (squared
+    loss, static or periodic mixing, full batch): default
+    :data:`ntkdyn.dynamics.random_init.DEFAULT_NETWORKS`, no sequences.  Independent
+    networks (:func:`ntkdyn.dynamics.random_init.independent_networks`): default
+    :data:`~ntkdyn.dynamics.random_init.DEFAULT_INDEPENDENT_NETWORKS`, ``K`` draws each,
+    and with a random mixing sequence or mini-batch SGD as many sequences (network ``s``
+    on sequence ``s``)."""
     if f0 != "random":
         return None, samples
     from ntkdyn.dynamics import random_init
 
-    count = random_init.DEFAULT_NETWORKS if samples is None else samples
-    return random_init.draw(nngp, problem.num_train, count, seed), None
+    if not random_init.independent_networks(problem, batch_size):
+        count = random_init.DEFAULT_NETWORKS if samples is None else samples
+        return random_init.draw(nngp, problem.num_train, count, seed), None
+    count = random_init.DEFAULT_INDEPENDENT_NETWORKS if samples is None else samples
+    init = random_init.draw(nngp, problem.num_train, count, seed,
+                            outputs=problem.num_outputs)
+    process = problem.process
+    sequences = bool(batch_size) or (process is not None and bool(process.random))
+    return init, (count if sequences else None)
 
 
 def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, width_samples,
@@ -930,7 +943,7 @@ def predict_sweep(
             "data": parts.dataset.name, "partition": parts.scheme,
             "f0": "mean" if f0 == "zero" else f0,
             "quantity": quantity_words(f0 == "zero", params is not None, seed)}
-    init, samples = _init_draws(problem, nngp, f0, samples, seed)
+    init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
                        reference=reference, samples=samples, batch_size=batch_size, seed=seed,

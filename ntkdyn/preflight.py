@@ -34,7 +34,13 @@ from ntkdyn.dynamics.run import run_problem, versions
 from ntkdyn.dynamics.steady_state import fixed_point
 from ntkdyn.graphs import sequences as gossip
 from ntkdyn.models import init_params
-from ntkdyn.prediction import build_problem, build_problem_and_nngp, lowrank_source, resolve_f0
+from ntkdyn.prediction import (
+    build_problem,
+    build_problem_and_nngp,
+    init_draws,
+    lowrank_source,
+    resolve_f0,
+)
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -165,6 +171,13 @@ def _summarise(traj, target: float) -> dict:
     }
 
 
+def _sweep_dtype(cfg: Config) -> str:
+    """Kernel storage of check's sweep: ``[prediction] kernel_dtype``, default
+    :data:`SWEEP_DTYPE`; ``"mixed"`` is float64 there (no sampled networks in the sweep)."""
+    dtype = cfg.prediction.kernel_dtype or SWEEP_DTYPE
+    return "float64" if dtype == "mixed" else dtype
+
+
 def _random_network(problem, nngp, algo, cfg: Config, target: float) -> dict | None:
     """The chosen rate's prediction for one random network: expected final losses and
     accuracies with their 5-95 % bands over ``prediction.samples`` sampled initialisations
@@ -172,11 +185,15 @@ def _random_network(problem, nngp, algo, cfg: Config, target: float) -> dict | N
     not ``"random"``."""
     if nngp is None:
         return None
-    from ntkdyn.dynamics.random_init import draw
+    from ntkdyn.dynamics.random_init import independent_networks
 
-    init = draw(nngp, problem.num_train, cfg.prediction.samples, cfg.seed)
+    init, samples = init_draws(problem, nngp, "random", cfg.prediction.samples or None,
+                               cfg.seed)
+    dtype = cfg.prediction.kernel_dtype or SWEEP_DTYPE
+    if dtype == "mixed" and independent_networks(problem):
+        dtype = SWEEP_DTYPE
     traj = run_problem(problem, algo, [cfg.training.lr], cfg.steps, check_stability=False,
-                       reference=False, kernel_dtype=SWEEP_DTYPE, init=init)[0]
+                       reference=False, kernel_dtype=dtype, init=init, samples=samples)[0]
     out = {"samples": traj.samples, "status": traj.status,
            "steps_to_target_expected": _steps_to_target(traj, target)}
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
@@ -305,8 +322,8 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
     # (float64 state): within 1e-5 relative of float64 on the default configuration
     # (measured 8.4e-6 on the losses, accuracies identical), twice as fast (SWEEP_DTYPE).
     trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
-                        check_stability=False, reference=False, kernel_dtype=SWEEP_DTYPE,
-                        samples=exp.samples) if rates else []
+                        check_stability=False, reference=False,
+                        kernel_dtype=_sweep_dtype(cfg), samples=exp.samples) if rates else []
     sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
     prediction = None
     if chosen.inside:
@@ -632,7 +649,7 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
         draws, info = fw.width_draws(exp.arch, exp.parts, exp.mixing, cfg.training.lr,
                                      exp.algorithm, cfg.steps, width=p.width,
                                      samples=p.width_samples, seed=cfg.seed, f0=f0,
-                                     init_samples=p.samples)
+                                     init_samples=p.samples or None)
         band = {"width": p.width, "samples": p.width_samples, "f0": info["f0"],
                 "statuses": info["statuses"]}
         for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
@@ -647,7 +664,7 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
             est = fw.width_for(exp.arch, exp.parts, exp.mixing, lr=cfg.training.lr,
                                steps=cfg.steps, algorithm=exp.algorithm, metric=p.width_metric,
                                tol=p.width_tol, samples=p.width_samples, seed=cfg.seed,
-                               f0=f0, init_samples=p.samples)
+                               f0=f0, init_samples=p.samples or None)
             out["width_for"] = {"width": est.width, "metric": est.metric, "tol": est.tol,
                                 "level": est.level, "constant": est.constant,
                                 "slope": est.slope, "law_holds": est.law_holds,

@@ -113,14 +113,36 @@ class Trajectory:
         finite-width band, over the empirical kernels of networks of width ``n`` drawn by
         ``nd.predict(..., width=n)`` (``width_draws``, any levels; :mod:`ntkdyn.finite_width`,
         ``theory/finite_width.md`` section 6).  The two bands are different quantities and
-        are never combined here."""
+        are never combined here.
+
+        With random gossip or mini-batch SGD a :class:`RandomNetworkTrajectory`'s networks
+        each draw their own ``f_0`` *and* sequence (``metadata["band_over"]`` is
+        ``"init+mixing"`` / ``"init+batch"``): ``over=None`` is that joint band,
+        ``"sequence"`` the band over the sequences alone (of the mean network, ``f_0 = 0``),
+        and ``"init"`` (initialisations alone) is refused."""
         if over == "width":
             return _width_band(self.width_draws, metric, low, high)
-        if over not in (None, "init"):
-            raise ValueError(f"over: expected None, 'init' or 'width', got {over!r}")
+        if over not in (None, "init", "sequence"):
+            raise ValueError(f"over: expected None, 'init', 'sequence' or 'width', got "
+                             f"{over!r}")
         if over == "init" and not isinstance(self, RandomNetworkTrajectory):
             raise ValueError("over: 'init' needs a prediction over sampled initialisations "
                              "(f0='random'); this trajectory has none")
+        joint = self.metadata.get("band_over", "init")
+        if over == "init" and joint != "init":
+            what = ("mixing" if joint == "init+mixing" else "mini-batch") + " sequences"
+            raise ValueError(f"over: this prediction's band is over initialisations and {what}"
+                             " jointly (network s draws f0 s and sequence s); the "
+                             "band over initialisations alone is not available: use over=None"
+                             " for the joint band or over='sequence' for the sequences alone")
+        if over == "sequence":
+            inner = getattr(self, "mean_network", None)
+            if isinstance(self, GossipTrajectory):
+                inner = self
+            if not isinstance(inner, GossipTrajectory):
+                raise ValueError("over: 'sequence' needs sampled mixing or mini-batch "
+                                 "sequences (random gossip, batch_size > 0)")
+            return inner.band(metric, low, high)
         if not self.quantiles:
             raise ValueError(f"metric: this trajectory has no band for {metric!r} (a single "
                              "deterministic prediction; bands come from sampled mixing "
@@ -211,6 +233,12 @@ class Trajectory:
             lines.append(f"one random network: means over {self.samples} sampled "
                          "initialisations (f0 drawn from the NNGP), bands over them; "
                          "'.mean_network' is the f0 = 0 trajectory")
+            mb = self.metadata.get("minibatch")
+            if mb:
+                lines.append(f"mini-batch SGD (batch {mb.get('batch_size')}): network s also "
+                             f"runs batch sequence s (seed {mb.get('seed')})")
+            if self.metadata.get("band_over", "init") != "init":
+                lines.append("band: " + self.metadata.get("band", ""))
         if self.diverged:
             lines.append(f"diverged at step {self.diverged_at}")
         if "divergence" in self.metadata:

@@ -180,9 +180,14 @@ def test_predict_command_with_cross_entropy(tmp_path):
     assert "softmax curvature" in traj.metadata["stability"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["loss"] == "cross_entropy" and summary["status"] == "ok"
-    # the cross-entropy of softmax(2 f) near f = 0 is about log K = log 3, decreasing
-    mean = traj.network_mean("train_loss")
+    # the default is now one random network: its mean network (f0 = 0) starts at the
+    # cross-entropy of softmax(2 f) near f = 0, about log K = log 3, decreasing; the expected
+    # loss over initialisations starts above it (CE is convex in f: Jensen) and decreases
+    assert traj.metadata["quantity"].startswith("one random network")
+    mean = traj.mean_network.network_mean("train_loss")
     assert abs(mean[0] - np.log(3)) < 0.5 and np.all(np.diff(mean) < 0)
+    expected = traj.network_mean("train_loss")
+    assert expected[0] > mean[0] and np.all(np.diff(expected) < 0)
     mse_out = tmp_path / "mse"
     (tmp_path / "mse.toml").write_text(TINY)
     assert main(["predict", str(tmp_path / "mse.toml"), "--out", str(mse_out), "--quiet"]) == 0

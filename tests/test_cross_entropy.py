@@ -288,7 +288,8 @@ def test_pipeline_passes_the_loss_through():
     data = nd.data.synthetic(n_train=16, n_test=8, dim=4, classes=3, seed=0)
     parts = nd.data.partition(data, agents=4, scheme="iid", seed=0)
     arch = nd.models.MLP(hidden=(64,), out=3)
-    traj = nd.predict(arch, parts, RING, lr=0.5, steps=range(0, 11, 5), loss="cross_entropy")
+    traj = nd.predict(arch, parts, RING, lr=0.5, steps=range(0, 11, 5), loss="cross_entropy",
+                      f0="mean")  # f0 = 0 (the default is now one random network)
     assert traj.metadata["loss"] == "cross_entropy"
     assert np.allclose(traj.train_loss[0], np.log(3.0))  # f0 = 0: uniform softmax
     p = nd.build_problem(arch, parts, RING, loss="cross_entropy")

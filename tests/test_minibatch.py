@@ -278,7 +278,10 @@ def test_cli_predict_plots_the_band_and_check_refuses(tmp_path, capsys):
     assert lo <= summary["final_test_loss_mean"] <= hi
     assert summary["config"]["training"]["samples"] == 8
     traj = nd.Trajectory.load(out / "trajectory.npz")
-    assert traj.samples == 8 and traj.expected is not None
+    # the default is now one random network: network s draws f0 s and batch sequence s (8 of
+    # them, training.samples); the mean network (f0 = 0) keeps the full-batch expected run
+    assert traj.samples == 8 and traj.mean_network.expected is not None
+    assert traj.metadata["band_over"] == "init+batch"
     assert (out / "trajectory.png").stat().st_size > 20_000
     assert "mini-batch SGD (batch 5)" in capsys.readouterr().out
     assert main(["check", str(cfg), "--quiet"]) == 2

@@ -62,7 +62,8 @@ def test_analytic_prediction_defaults_to_one_random_network(setup):
     """Default f0 with the analytic kernel: one random network (32 sampled f0 ~ NNGP);
     its mean network equals f0="mean" (and the old name "zero") to 1e-12; its expected
     test loss exceeds the mean network's at every step (the variance term); explicit
-    "random" where it is not available names f0; cross-entropy defaults to the mean."""
+    "random" where it is not available names f0; cross-entropy now defaults to one random
+    network too (each network with K columns of its own, 16 by default)."""
     _, parts, w, arch = setup
     steps = [0, 10, 40]
     one = nd.predict(arch, parts, w, 0.3, "dgd", steps)
@@ -81,7 +82,8 @@ def test_analytic_prediction_defaults_to_one_random_network(setup):
     with pytest.raises(ValueError, match="f0"):
         nd.predict(arch, parts, w, 0.3, "dgd", steps, f0="ones")
     ce = nd.predict(arch, parts, w, 0.3, "dgd", steps, loss="cross_entropy")
-    assert ce.metadata["f0"] == "mean" and ce.metadata["quantity"].startswith("mean network")
+    assert ce.metadata["f0"] == "random" and isinstance(ce, nd.RandomNetworkTrajectory)
+    assert ce.samples == 16 and ce.metadata["quantity"].startswith("one random network")
 
 
 def test_sweep_equals_individual_predictions(setup):

@@ -196,9 +196,9 @@ def test_band_refused_without_samples(golden):
 @pytest.mark.parametrize("change, match", [
     ({"nngp": np.eye(5)}, "nngp"),
     ({"f0_train": np.zeros((12, 3))}, "nngp"),
-    ({"loss": "cross_entropy"}, "f0"),
+    ({"loss": "cross_entropy", "kernel_dtype": "mixed"}, "kernel_dtype"),
     ({"samples": 0}, "samples"),
-    ({"mixing": "random"}, "f0"),
+    ({"mixing": "random", "kernel_dtype": "mixed"}, "kernel_dtype"),
 ])
 def test_invalid_random_network_calls_name_the_argument(golden, change, match):
     kw = {"nngp": golden["nngp"], "samples": 4}

@@ -37,6 +37,7 @@ def run(args) -> int:
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
                             continuous=t.continuous, progress=not args.quiet,
+                            kernel_dtype=cfg.prediction.kernel_dtype or "float64",
                             **init, **exp.low_rank, **exp.loss, **exp.minibatch)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:
@@ -120,7 +121,9 @@ def _initialisation(cfg, exp) -> dict:
                            mixing=exp.mixing, low_rank=bool(exp.low_rank),
                           batch_size=cfg.training.batch_size)
     if resolved == "random":
-        out["samples"] = cfg.prediction.samples
+        # 0: with random gossip / mini-batch SGD the sequences' count (network s runs
+        # sequence s: training.samples / topology.gossip_samples), else the library's default
+        out["samples"] = cfg.prediction.samples or exp.samples or None
     return out
 
 

@@ -103,11 +103,16 @@ class PredictionConfig:
     rank: int | str | None = None  # absent: exact path; "auto" or an integer: low-rank path
     tol: float = 1e-3  # rank = "auto": a-priori error estimate to meet (theory/low_rank.md)
     f0: str = ""  # "" (default by kernel) | random | mean | network: which network
-    samples: int = 32  # f0 = "random": sampled initialisations (networks)
+    # f0 = "random": sampled initialisations (networks); 0: the library's default (32 sharing
+    # columns; 16 where each has its own: cross-entropy, random gossip, mini-batch SGD)
+    samples: int = 0
     width: int = 0  # > 0: also the finite-width band over width_samples networks of this width
     width_samples: int = 16  # empirical kernels per finite-width band (and per width_tol width)
     width_tol: float = 0.0  # check, > 0: the width whose width band at the horizon is within it
     width_metric: str = "test_acc"  # check, width_tol: the metric the tolerance is on
+    # kernel storage: "" (predict: float64; check: float32 products for its sweep) | float64 |
+    # float32 | mixed (f0 = "random", squared loss: the sampled networks' columns in float32)
+    kernel_dtype: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ CHOICES = {
     "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
     "prediction.f0": ("", "random", "mean", "network"),
+    "prediction.kernel_dtype": ("", "float64", "float32", "mixed"),
     "prediction.width_metric": ("test_acc", "test_loss", "train_loss", "train_acc"),
     "validation.dtype": ("float32", "float64"),
     "training.loss": ("mse", "cross_entropy"),
@@ -158,10 +164,11 @@ POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
             "data.dim", "training.local_steps", "training.consensus_steps",
             "topology.gossip_samples", "topology.gossip_p", "prediction.tol",
-            "prediction.samples", "training.logit_scale",
+            "training.logit_scale",
             "training.samples")
 NON_NEGATIVE = ("architecture.b_std", "data.n_test", "validation.batch_size", "seed",
-                "training.batch_size", "prediction.width", "prediction.width_tol")
+                "training.batch_size", "prediction.width", "prediction.width_tol",
+                "prediction.samples")
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -338,6 +345,7 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
                           f"move batch_size = {cfg.validation.batch_size} to [training]")
     _validate_minibatch(cfg, given)
     _validate_width(cfg, given)
+    _validate_kernel_dtype(cfg)
     if t.loss == "cross_entropy":
         if cfg.data.centre_targets:
             raise ConfigError("config: data.centre_targets: training.loss = 'cross_entropy' "
@@ -368,6 +376,27 @@ def _validate_minibatch(cfg: Config, given: set) -> None:
                               "training.samples only")
 
 
+def _validate_kernel_dtype(cfg: Config) -> None:
+    """``[prediction] kernel_dtype``: float32 / mixed products where the path takes them,
+    the error naming the key."""
+    p, t = cfg.prediction, cfg.training
+    dtype = p.kernel_dtype
+    if dtype in ("", "float64"):
+        return
+    why = ("prediction.rank (the low-rank path runs in float64)" if p.rank is not None else
+           None)
+    if dtype == "mixed" and why is None:
+        why = ("prediction.kernel = 'empirical' or prediction.f0 = 'mean' / 'network' "
+               "(mixed puts the sampled random networks' columns in float32; there are none)"
+               if p.kernel != "analytic" or p.f0 in ("mean", "network") else
+               "training.loss = 'cross_entropy', random gossip or training.batch_size > 0 "
+               "(there every sampled network has its own columns; use 'float32')"
+               if t.loss != "mse" or cfg.topology.gossip or t.batch_size else None)
+    if why:
+        raise ConfigError(f"config: prediction.kernel_dtype: {dtype!r} cannot be combined with "
+                          f"{why}; use 'float64' (or remove prediction.kernel_dtype)")
+
+
 def _validate_width(cfg: Config, given: set) -> None:
     """``[prediction] width / width_samples / width_tol / width_metric`` (the finite-width
     band, :mod:`ntkdyn.finite_width`): what they need, the error naming the key."""
@@ -392,9 +421,7 @@ def _validate_width(cfg: Config, given: set) -> None:
                "prediction.rank (the band runs on the exact path)"
                if p.rank is not None else
                "training.batch_size > 0 (mini-batch SGD)" if t.batch_size else
-               "random gossip (topology.gossip)" if topo.gossip else
-               "training.loss = 'cross_entropy' with prediction.f0 = 'random'"
-               if t.loss != "mse" and p.f0 == "random" else None)
+               "random gossip (topology.gossip)" if topo.gossip else None)
         if why:
             raise ConfigError(f"config: {key}: the finite-width band cannot be combined with "
                               f"{why}; remove {key}")

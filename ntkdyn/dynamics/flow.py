@@ -73,6 +73,7 @@ def evolve(
     method: str = "Tsit5",
     max_steps: int = MAX_STEPS,
     mesh=None,
+    group_f0=None,
 ) -> dict:
     """Integrate ``dx/dt = step(x) - x`` and record at the times ``steps``.
 
@@ -87,7 +88,8 @@ def evolve(
     device's to round-off (the adaptive step sizes see the same error norms).
     A state that leaves the discrete path's divergence bound (``limit * (t + 1)``) or is
     not finite, or times the solver could not reach within ``max_steps``, are flagged as
-    diverged from the first such record time on.
+    diverged from the first such record time on.  ``group_f0``: per-column-group initial
+    outputs (independent sampled networks; :func:`ntkdyn.dynamics.solver.device_data`).
     """
     import diffrax
 
@@ -97,7 +99,7 @@ def evolve(
     n_rates = lrs.shape[0]
     steps = np.asarray(steps, dtype=np.float64)
     data = solver.device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype,
-                              reference="carried", mesh=mesh)
+                              reference="carried", mesh=mesh, group_f0=group_f0)
     x0 = _initial_state(problem, n_rates, central, mesh)
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   central=central, loss=problem.loss)

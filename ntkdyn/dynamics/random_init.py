@@ -29,6 +29,28 @@ Quantiles over the ``P`` networks (bands) converge to those of one random networ
 ``P`` grows (a stationary, ``K``-dependent sequence).  For small problems the exact
 expected losses (mean plus trace of the covariance) come from the dense reference
 :func:`ntkdyn.initialisation.output_distribution` (:func:`exact_expected_losses`).
+
+**Independent networks** (:func:`independent_networks`): where the dynamics are not
+affine in ``f_0`` (cross-entropy: the softmax of each network's own ``K`` outputs) or
+each network has its own random sequence (random gossip, mini-batch SGD), the cyclic
+sharing above does not apply.  Then every sampled network ``s`` gets ``K`` columns of its
+own, a *column group* (as sampled gossip / batch sequences are), with ``f_0`` the draws
+``g_{sK} .. g_{sK+K-1}`` (``P K`` draws, :func:`draw` with ``outputs=K``):
+
+* cross-entropy, static or periodic mixing, full batch: ``P + 1`` groups, the ``P``
+  networks and the mean network's group (``f_0 = 0``).  For cross-entropy the mean
+  network is **the network started from** ``f_0 = 0``, which is *not* the expected network
+  (the dynamics are not affine: the mean of the outputs is not the output from the mean
+  ``f_0``); the expected losses are the means over the sampled networks;
+* random gossip / mini-batch SGD (``S = P`` sequences): ``2 S + 1`` groups: network ``s``
+  (``f_0`` draw ``s``, mixing / batch sequence ``s``), then the mean network (``f_0 = 0``)
+  on the same ``S`` sequences, then the mean network's expected group (``E[W]`` / full
+  batch, ``f_0 = 0``).  The networks' band is over initialisations **and** sequences
+  jointly (network ``s`` draws both); the mean network's band (``.mean_network``, a
+  :class:`~ntkdyn.trajectory.GossipTrajectory`, ``band(..., over="sequence")``) is over the
+  sequences alone.  The two are never mixed: ``band(..., over="init")`` is refused there.
+
+The cost is ``(P + 1) K`` (or ``(2 S + 1) K``) columns per rate instead of ``K + P``.
 """
 
 from __future__ import annotations
@@ -43,6 +65,10 @@ from ntkdyn.trajectory import RandomNetworkTrajectory, Trajectory
 
 #: sampled networks by default (``P``): ``K + P`` columns per rate
 DEFAULT_NETWORKS = 32
+#: sampled networks by default where each needs its own ``K`` columns
+#: (:func:`independent_networks`): ``(P + 1) K`` columns (cross-entropy) or
+#: ``(2 P + 1) K`` (random gossip, mini-batch SGD: ``P`` sequences)
+DEFAULT_INDEPENDENT_NETWORKS = 16
 #: first Cholesky jitter, relative to the mean diagonal of the NNGP (times 10 until it works)
 JITTER = 1e-10
 MAX_JITTER = 1e-4
@@ -73,6 +99,10 @@ class InitDraws:
         Absolute jitter added to the NNGP's diagonal before the Cholesky factorisation.
     nngp : (N+M, N+M) or None
         The NNGP on ``[train sorted; test]`` (kept for the exact expected losses).
+    outputs : int
+        Draw columns per sampled network: 1 (shared cyclic columns, the affine squared
+        loss) or ``K`` (independent networks, column ``s K + k`` is output ``k`` of
+        network ``s``).
     """
 
     train: np.ndarray
@@ -80,10 +110,51 @@ class InitDraws:
     seed: int
     jitter: float
     nngp: np.ndarray | None = None
+    outputs: int = 1
 
     @property
     def samples(self) -> int:
-        return int(self.train.shape[1])
+        """Sampled networks ``P``."""
+        return int(self.train.shape[1]) // self.outputs
+
+    def network_f0(self, s: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(train (N, K), test (M, K) or None)`` initial outputs of independent network
+        ``s`` (problem's sorted training order; ``outputs = K`` draws only)."""
+        k = self.outputs
+        cols = slice(s * k, (s + 1) * k)
+        return self.train[:, cols], None if self.test is None else self.test[:, cols]
+
+
+def independent_networks(problem: KernelProblem, batch_size: int = 0) -> bool:
+    """Whether sampled random networks need ``K`` columns each (module doc): cross-entropy,
+    a random mixing sequence or mini-batch SGD; else they share cyclic columns."""
+    process = problem.process
+    return (problem.loss != "mse" or bool(batch_size)
+            or (process is not None and bool(process.random)))
+
+
+def group_initial_outputs(problem: KernelProblem, draws: InitDraws,
+                          copies: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Initial outputs of every column group ``(G, N, K)`` (and test ``(G, M, K)``) of
+    independent networks: the ``P`` networks, then ``(copies - 1) P + 1`` groups of the
+    mean network (``f_0`` of the problem, zero), ``G = copies P + 1``."""
+    p, k, n = draws.samples, problem.num_outputs, problem.num_train
+    if draws.outputs != k or draws.train.shape != (n, p * k):
+        raise ValueError(f"draws: expected ({n}, P K) training draws with K = {k} per "
+                         f"network, got {draws.train.shape}")
+    rest = (copies - 1) * p + 1
+
+    def groups(base, g):
+        nets = base[None] + g.reshape(len(base), p, k).transpose(1, 0, 2)
+        return np.concatenate([nets, np.broadcast_to(base, (rest,) + base.shape)])
+
+    test = None
+    if problem.has_test:
+        m = problem.y_test.shape[0]
+        if draws.test is None or draws.test.shape != (m, p * k):
+            raise ValueError(f"draws: expected ({m}, {p * k}) test draws")
+        test = groups(problem.f0_test, draws.test)
+    return groups(problem.f0_train, draws.train), test
 
 
 def cholesky_with_jitter(nngp: np.ndarray) -> tuple[np.ndarray, float]:
@@ -109,22 +180,26 @@ def cholesky_with_jitter(nngp: np.ndarray) -> tuple[np.ndarray, float]:
                      f"{MAX_JITTER:g} x the mean diagonal)")
 
 
-def draw(nngp: np.ndarray, n_train: int, samples: int, seed: int) -> InitDraws:
-    """``samples`` draws of ``f_0 ~ N(0, nngp)`` on ``[train; test]`` (one output column
-    each), from ``jax.random.normal(jax.random.PRNGKey(seed), ...)``."""
+def draw(nngp: np.ndarray, n_train: int, samples: int, seed: int,
+         outputs: int = 1) -> InitDraws:
+    """``samples`` draws of ``f_0 ~ N(0, nngp)`` on ``[train; test]`` (``outputs`` output
+    columns each: ``samples * outputs`` independent columns), from
+    ``jax.random.normal(jax.random.PRNGKey(seed), ...)``."""
     import jax
 
     if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
         raise ValueError(f"samples: expected an integer >= 1, got {samples!r}")
     chol, jitter = cholesky_with_jitter(nngp)
-    z = np.asarray(jax.random.normal(jax.random.PRNGKey(int(seed)), (len(chol), int(samples)),
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(int(seed)),
+                                     (len(chol), int(samples) * int(outputs)),
                                      dtype=np.float64))
     g = chol @ z
     del chol
     small = len(g) <= KEEP_NNGP_MAX  # the exact expected losses are for small problems only
     return InitDraws(train=g[:n_train], test=g[n_train:] if len(g) > n_train else None,
                      seed=int(seed), jitter=jitter,
-                     nngp=np.asarray(nngp, dtype=np.float64) if small else None)
+                     nngp=np.asarray(nngp, dtype=np.float64) if small else None,
+                     outputs=int(outputs))
 
 
 def sorted_nngp(problem: KernelProblem, nngp) -> np.ndarray:
@@ -191,10 +266,35 @@ def exact_expected_losses(problem: KernelProblem, algorithm, lr: np.ndarray, ste
     return dist.expected_train_loss, dist.expected_test_loss
 
 
+#: what the band of the sampled networks is over (``metadata["band_over"]`` -> words)
+BAND_WORDS = {
+    "init": "over initialisations (f0 drawn from the NNGP)",
+    "init+mixing": ("over initialisations and mixing sequences jointly (network s: f0 draw s "
+                    "and mixing sequence s); .mean_network.band: over the mixing sequences "
+                    "alone (f0 = 0)"),
+    "init+batch": ("over initialisations and mini-batch sequences jointly (network s: f0 "
+                   "draw s and batch sequence s, and mixing sequence s for random gossip); "
+                   ".mean_network.band: over the batch sequences alone (f0 = 0)"),
+}
+CE_MEAN_WORDS = ("cross-entropy: .mean_network is the network started from f0 = 0, not the "
+                 "expected network (the dynamics are not affine in f0); the expected losses "
+                 "are the means over the sampled networks")
+
+
+def band_over(problem: KernelProblem, batch_size: int = 0) -> str:
+    """Key of :data:`BAND_WORDS` for this problem's sampled networks."""
+    if batch_size:
+        return "init+batch"
+    process = problem.process
+    return "init+mixing" if process is not None and process.random else "init"
+
+
 def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
-             exact=None) -> RandomNetworkTrajectory:
+             exact=None, over: str = "init") -> RandomNetworkTrajectory:
     """Mean over the sampled networks of every metric, quantile bands, the draws of
-    :data:`DRAW_METRICS` and the mean network (``mean``, with its own quantity words)."""
+    :data:`DRAW_METRICS` and the mean network (``mean``, with its own quantity words);
+    ``over`` (:data:`BAND_WORDS`) says what the band is over (``metadata["band_over"]``,
+    ``metadata["band"]``)."""
     from ntkdyn.trajectory import quantity_words
 
     keep = min(len(t.steps) for t in networks)
@@ -217,8 +317,15 @@ def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
                 init_seed=draws.seed, nngp_jitter=draws.jitter,
                 note="fields: mean over sampled initialisations (f0 ~ NNGP) of each metric "
                      "(expected loss of one random network); quantiles / band(): over the "
-                     "samples; .mean_network: the f0 = 0 trajectory (loss of the mean output)")
+                     "samples; .mean_network: the f0 = 0 trajectory (loss of the mean output)",
+                band_over=over, band=BAND_WORDS[over])
+    if first.metadata.get("loss", "mse") != "mse":
+        meta["note"] = meta["note"].replace(" (loss of the mean output)", "; " + CE_MEAN_WORDS)
+        meta["mean_network"] = CE_MEAN_WORDS
     mean_meta = dict(mean.metadata, quantity=quantity_words(True), f0="mean")
+    if "mean_network" in meta:
+        mean_meta["quantity"] = ("the network started from f0 = 0 (cross-entropy: not the "
+                                 "expected network over initialisations)")
     exact_train = exact_test = None
     if exact is not None:
         exact_train = exact[0][:keep]
@@ -231,5 +338,6 @@ def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
         exact_train_loss=exact_train, exact_test_loss=exact_test, **arrays)
 
 
-__all__ = ["DEFAULT_NETWORKS", "InitDraws", "assemble", "augment", "cholesky_with_jitter",
-           "draw", "exact_expected_losses", "sorted_nngp"]
+__all__ = ["DEFAULT_INDEPENDENT_NETWORKS", "DEFAULT_NETWORKS", "InitDraws", "assemble",
+           "augment", "band_over", "cholesky_with_jitter", "draw", "exact_expected_losses",
+           "group_initial_outputs", "independent_networks", "sorted_nngp"]

@@ -109,9 +109,13 @@ def run_problem(
     ``init`` (:class:`ntkdyn.dynamics.random_init.InitDraws`): sampled initial outputs; each
     trajectory is then a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` over that
     many random networks (their responses share every kernel pass with the mean network,
-    ``.mean_network``), with the exact expected losses where affordable.  Squared loss,
-    traced kernel, static or periodic mixing, one device; ``record_outputs`` records the
-    mean network's outputs (``.mean_network.train_outputs``), not the sampled networks'.
+    ``.mean_network``), with the exact expected losses where affordable.  Traced kernel,
+    one device; ``record_outputs`` records the mean network's outputs
+    (``.mean_network.train_outputs``), not the sampled networks'.  Squared loss with a
+    static or periodic mixing and full batch: shared cyclic columns (``init.outputs == 1``);
+    cross-entropy, random mixing or mini-batch SGD: independent networks, ``K`` columns
+    each (``init.outputs == K``; with sequences ``samples`` must equal the networks:
+    network ``s`` runs sequence ``s``; :func:`_independent_groups`).
 
     ``check_stability``: ``None`` (default) computes the exact stability report
     (:func:`ntkdyn.dynamics.stability.stability`) only for rates above the cheap sufficient bound;
@@ -161,14 +165,18 @@ def run_problem(
         seed=seed, continuous=continuous, devices=devices)
     groups, with_expected = solver.mixing_groups(problem, samples, batch_size)
     run = problem
+    group_f0, copies = None, 0
     if init is not None:
-        if with_expected or mesh is not None:
-            raise ValueError("f0: sampled random networks (f0='random') run with a static or "
-                             "periodic mixing, full batch, on one device; use f0='mean' (or "
-                             "'network') for this prediction")
+        if mesh is not None:
+            raise ValueError("f0: sampled random networks (f0='random') run on one device; "
+                             "use f0='mean' (or 'network') with devices=")
         from ntkdyn.dynamics import random_init
 
-        run = random_init.augment(problem, init)
+        if random_init.independent_networks(problem, batch_size):
+            groups, copies, group_f0 = _independent_groups(problem, init, samples,
+                                                           batch_size, kernel_dtype)
+        else:
+            run = random_init.augment(problem, init)
     if kernel_dtype == "mixed" and init is None:
         raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
                          "response columns) needs sampled random networks (f0='random')")
@@ -179,25 +187,83 @@ def run_problem(
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
     if continuous and problem.loss != "mse":
-        raw = _adaptive_flow(run, algo, rate_rows, steps, mesh=mesh,
+        raw = _adaptive_flow(run, algo, rate_rows if group_f0 is None else
+                             np.tile(rate_rows, (groups, 1)), steps, mesh=mesh,
                              record_outputs=record_outputs, central=reference,
-                             kernel_dtype=kernel_dtype)
+                             kernel_dtype=kernel_dtype, group_f0=group_f0)
     else:
         raw = solver.evolve(run, algo, rate_rows, steps, continuous=continuous,
                             record_outputs=record_outputs, progress=progress, central=reference,
                             kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
                             batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
-                            networks=0 if init is None else init.samples)
+                            networks=0 if init is None or copies else init.samples,
+                            group_f0=group_f0, copies=max(copies, 1))
     base_meta = _base_metadata(problem, algo, kernel_dtype, metadata)
     if "flow" in raw:
         base_meta["flow"] = raw.pop("flow")
     if batch_size:
         base_meta["minibatch"] = _minibatch_metadata(batch_size, samples, seed, batch_sampling,
                                                      with_expected)
-    trajs = _assemble(raw, problem, algo, rate_rows, steps, continuous, base_meta,
-                      groups=groups, with_expected=with_expected, minibatch=bool(batch_size),
-                      init=init)
+    if copies:
+        trajs = _assemble_independent(raw, problem, algo, rate_rows, steps, continuous,
+                                      base_meta, init=init, copies=copies,
+                                      batch_size=batch_size)
+    else:
+        trajs = _assemble(raw, problem, algo, rate_rows, steps, continuous, base_meta,
+                          groups=groups, with_expected=with_expected,
+                          minibatch=bool(batch_size), init=init)
     return _with_stability(trajs, problem, algo, rate_rows, continuous, check_stability)
+
+
+def _independent_groups(problem: KernelProblem, init, samples, batch_size: int,
+                        kernel_dtype: str) -> tuple[int, int, tuple]:
+    """``(G, copies, group_f0)`` of independent sampled networks
+    (:mod:`ntkdyn.dynamics.random_init`): ``P + 1`` groups (cross-entropy, static or
+    periodic mixing, full batch) or ``2 S + 1`` (random mixing / mini-batch SGD, network
+    ``s`` on sequence ``s``; ``samples`` must equal the number of networks)."""
+    from ntkdyn.dynamics import random_init
+
+    process = problem.process
+    sequences = bool(batch_size) or (process is not None and bool(process.random))
+    if kernel_dtype == "mixed":
+        raise ValueError("kernel_dtype: 'mixed' is for sampled networks sharing cyclic "
+                         "columns (squared loss, static or periodic mixing, full batch); "
+                         "use 'float64' or 'float32' here")
+    if init.outputs != problem.num_outputs:
+        raise ValueError(f"init: independent sampled networks need {problem.num_outputs} "
+                         "draw columns per network (random_init.draw(..., outputs=K))")
+    if sequences and samples != init.samples:
+        raise ValueError(f"samples: with f0='random' network s runs on sequence s: expected "
+                         f"samples = {init.samples} (the sampled networks), got {samples!r}")
+    copies = 2 if sequences else 1
+    group_f0 = random_init.group_initial_outputs(problem, init, copies)
+    return len(group_f0[0]), copies, group_f0
+
+
+def _assemble_independent(raw: dict, problem: KernelProblem, algo: Algorithm, rate_rows,
+                          steps, continuous, base_meta: dict, *, init, copies: int,
+                          batch_size: int) -> list:
+    """Raw records of independent sampled networks -> one
+    :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` per rate: groups ``0..P-1`` the
+    networks; then the mean network (``f_0 = 0``): group ``P``, or (``copies = 2``) a
+    :class:`~ntkdyn.trajectory.GossipTrajectory` over groups ``P..2P-1`` (the same
+    sequences) with the expected group ``2P``."""
+    from ntkdyn.dynamics import random_init
+
+    n_rates, p = len(rate_rows), init.samples
+    rec_steps, phase = _record_layout(steps, algo.records_per_step)
+    over = random_init.band_over(problem, batch_size)
+    trajs = []
+    for r in range(n_rates):
+        def one(g, r=r):
+            return _trajectory(raw, g * n_rates + r, problem, rec_steps, rate_rows[r],
+                               continuous, base_meta, phase)
+        nets = [one(s) for s in range(p)]
+        mean = one(p) if copies == 1 else _aggregate(
+            [one(g) for g in range(p, 2 * p)], one(2 * p),
+            what="mini-batch" if batch_size else "mixing")
+        trajs.append(random_init.assemble(mean, nets, init, None, over=over))
+    return trajs
 
 
 def _adaptive_flow(problem: KernelProblem, algo: Algorithm, rate_rows, steps, *, mesh,

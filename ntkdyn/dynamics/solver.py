@@ -933,14 +933,19 @@ def _power_iteration(algorithm: Algorithm, offsets: tuple, rps: int, shape: tupl
 
 def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = True,
                 central: bool = True, kernel_dtype: str = "float64", mesh=None,
-                reference: str = "carried", networks: int = 0) -> dict:
+                reference: str = "carried", networks: int = 0, group_f0=None) -> dict:
     """Arrays on the device(s); with a ``mesh`` the kernels' columns (the contraction
     axis) are sharded and padded to a multiple of the device count.  With
     ``central`` and ``reference="eigen"`` the eigenbasis of the centralised reference
     (:func:`reference_basis`): ``ref_lam`` ``(R, 1)``, ``ref_b`` ``(R, C)``,
     ``ref_basis`` ``T`` ``(R, R)``.  ``kernel_dtype="mixed"`` (``networks = P > 0``): the
     kernels in float64 plus float32 copies for the ``P`` response columns of each rate
-    (``low_blocks``, ``low_kernel_test``, ``low_shape`` of shape ``(K + P, P)``)."""
+    (``low_blocks``, ``low_kernel_test``, ``low_shape`` of shape ``(K + P, P)``).
+
+    ``group_f0 = (train (G, N, K), test (G, M, K) or None)``: column group ``g`` (rates
+    ``g n + r`` of the ``G n`` rows of ``lrs``) starts from its own initial outputs
+    (independent sampled networks, :mod:`ntkdyn.dynamics.random_init`): the residual and
+    the recorded ``f0`` / ``f0_test`` (``(G n, N, K)``) are per group."""
     mixed = kernel_dtype == "mixed"
     if mixed:
         kernel_dtype = "float64"
@@ -948,13 +953,18 @@ def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tru
     k = problem.num_outputs
     c0 = k if problem.traced else 1
     residual = np.tile(problem.residual0, (1, n_rates))
+    f0_rows = None
+    if group_f0 is not None:
+        f0_rows = tuple(None if g is None else g[np.arange(n_rates) * len(g) // n_rates]
+                        for g in group_f0)  # (n_rates, N, K): rate row i's group's f0
+        residual = np.concatenate(list(f0_rows[0] - problem.y_train), axis=1)
     counts = problem.counts
     q_count = problem.num_agents
     shard_w = np.zeros((problem.num_train, q_count))
     for q in range(q_count):
         shard_w[problem.offsets[q]:problem.offsets[q + 1], q] = 1.0 / counts[q]
     lr_max = lrs.max(axis=1)
-    res_max = max(float(np.max(np.abs(problem.residual0))), 1e-300)
+    res_max = max(float(np.max(np.abs(residual))), 1e-300)
     if problem.loss == "cross_entropy":  # |s (softmax(s f) - y)| <= s
         res_max = problem.logit_scale
     data = {
@@ -984,12 +994,15 @@ def device_data(problem: KernelProblem, lrs: np.ndarray, for_records: bool = Tru
         data.update(ref_lam=jnp.asarray(lam[:, None]), ref_b=jnp.asarray(basis.T @ residual),
                     ref_basis=jnp.asarray(basis))
     if for_records:
-        data.update(f0=jnp.asarray(problem.f0_train), y=jnp.asarray(problem.y_train),
+        data.update(f0=jnp.asarray(problem.f0_train if f0_rows is None else f0_rows[0]),
+                    y=jnp.asarray(problem.y_train),
                     logit_scale=jnp.asarray(problem.logit_scale),
                     labels=jnp.asarray(problem.labels_train), shard_weights=jnp.asarray(shard_w))
         if problem.has_test:
             data.update(kernel_test=_place_columns(problem.kernel_test, kernel_dtype, mesh),
-                        f0_test=jnp.asarray(problem.f0_test), y_test=jnp.asarray(problem.y_test),
+                        f0_test=jnp.asarray(problem.f0_test if f0_rows is None else
+                                            f0_rows[1]),
+                        y_test=jnp.asarray(problem.y_test),
                         labels_test=jnp.asarray(problem.labels_test))
     return data
 
@@ -1017,16 +1030,17 @@ def mixing_groups(problem: KernelProblem, samples: int | None,
 
 
 def _add_batches(data: dict, problem: KernelProblem, samples: int | None, batch_size: int,
-                 seed: int, expected: bool, sampling: str = "epoch"):
+                 seed: int, expected: bool, sampling: str = "epoch", copies: int = 1):
     """Put the mini-batch sequences' keys (and the expected group's full-batch weights)
-    into ``data``; returns the (static) :class:`~ntkdyn.minibatch.BatchSequence`."""
+    into ``data``; returns the (static) :class:`~ntkdyn.minibatch.BatchSequence`.
+    ``copies``: the ``samples`` sequences repeated that many times, side by side."""
     if not batch_size:
         return None
     from ntkdyn.minibatch import BatchSequence
 
     batcher = BatchSequence(tuple(int(c) for c in problem.counts), int(batch_size), int(seed),
                             sampling)
-    data["batch_keys"] = jnp.stack([batcher.key(s) for s in range(int(samples))])
+    data["batch_keys"] = jnp.stack([batcher.key(s) for s in range(int(samples))] * copies)
     if expected:
         data["batch_full"] = jnp.asarray(np.repeat(1.0 / problem.counts, problem.counts))
     import dataclasses
@@ -1034,14 +1048,16 @@ def _add_batches(data: dict, problem: KernelProblem, samples: int | None, batch_
     return dataclasses.replace(batcher, seed=0)  # static: the seed lives in the keys
 
 
-def _add_mixing(data: dict, problem: KernelProblem, samples: int | None):
-    """Put the mixing sequence's arrays into ``data``; returns the (static) sampler."""
+def _add_mixing(data: dict, problem: KernelProblem, samples: int | None, copies: int = 1):
+    """Put the mixing sequence's arrays into ``data``; returns the (static) sampler
+    (``copies``: a random sequence's ``samples`` keys repeated that many times)."""
     process = problem.process
     if process is None:
         return None
     data["mix_arrays"] = process.device_arrays()
     n = int(samples) if process.random else 1
-    data["mix_keys"] = jnp.stack([process.key(s) for s in range(n)])
+    data["mix_keys"] = jnp.stack([process.key(s) for s in range(n)] * (copies if
+                                                                        process.random else 1))
     if process.random:
         data["mix_expected"] = jnp.asarray(process.expected())
     return process.sampler
@@ -1066,6 +1082,8 @@ def evolve(
     seed: int = 0,
     batch_sampling: str = "epoch",
     networks: int = 0,
+    group_f0=None,
+    copies: int = 1,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -1110,6 +1128,13 @@ def evolve(
         :mod:`ntkdyn.dynamics.random_init`).
         Squared loss, traced kernel, static or periodic mixing; ``record_outputs`` records
         the mean network's outputs only.
+    group_f0 : (train (G, N, K), test (G, M, K) or None), optional
+        Independent sampled networks (:mod:`ntkdyn.dynamics.random_init`): ``G`` column
+        groups, each from its own initial outputs (:func:`device_data`); with a random
+        mixing sequence or mini-batch SGD, ``G = copies * samples + 1``: the ``samples``
+        sequences ``copies`` times side by side, then the expected group (``E[W]``, full
+        batch; also for cross-entropy).  Otherwise ``G`` groups of the static or periodic
+        mixing.
 
     Returns
     -------
@@ -1125,18 +1150,24 @@ def evolve(
     algorithm = _as_algorithm(algorithm)
     lrs = np.atleast_2d(np.asarray(lrs, dtype=np.float64))
     groups, with_expected = mixing_groups(problem, samples, batch_size)
+    if group_f0 is not None:
+        groups = len(group_f0[0])
+        with_expected = with_expected or bool(batch_size)
+        if (with_expected and groups != copies * int(samples) + 1) or not problem.traced:
+            raise ValueError(f"group_f0: expected {copies} x {samples} + 1 groups of a traced "
+                             f"kernel, got {groups}")
     reference = _checked_reference(problem, algorithm, reference, samples=samples,
                                    batch_size=batch_size, continuous=continuous, mesh=mesh,
                                    kernel_dtype=kernel_dtype, networks=networks)
     lrs = np.tile(lrs, (groups, 1))
     n_rates = lrs.shape[0]
     data = device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype, mesh=mesh,
-                       reference=reference, networks=networks)
+                       reference=reference, networks=networks, group_f0=group_f0)
     if batch_size:  # a batch weight 1/B > 1/N_q: the bound per step grows with it
         data["limit_per_step"] = data["limit_per_step"] * float(problem.counts.min()) / batch_size
-    sampler = _add_mixing(data, problem, samples)
+    sampler = _add_mixing(data, problem, samples, copies)
     batcher = _add_batches(data, problem, samples, batch_size, seed, with_expected,
-                           batch_sampling)
+                           batch_sampling, copies)
     deltas = np.diff(np.concatenate([[0], np.asarray(steps)])).astype(np.float64)
     if continuous:
         beta = operator_norm_estimate(problem, algorithm, lrs) * 1.25 + 1e-12

@@ -1,0 +1,210 @@
+"""One random network where each sampled network needs columns of its own
+(``ntkdyn.dynamics.random_init``, "Independent networks"): cross-entropy, random gossip,
+mini-batch SGD.
+
+Reference: for every sampled network ``s``, a separate ``predict_from_kernels`` run started
+from that network's own ``f_0`` draw (``K`` draw columns ``s K .. s K + K - 1``) on the same
+sequence ``s`` (``GossipTrajectory.sequence(s)`` of a run with the same ``samples`` and
+``seed``), to 1e-10; the mean network against the plain ``f_0 = 0`` run.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+from ntkdyn import graphs
+from ntkdyn.dynamics import random_init
+from ntkdyn.dynamics.problem import make_problem
+from ntkdyn.kernels.analytic import analytic_kernels
+from ntkdyn.prediction import predict_from_kernels
+from ntkdyn.trajectory import GossipTrajectory, RandomNetworkTrajectory
+
+GOLDEN = Path(__file__).parent / "data" / "nt_golden_dynamics.npz"
+TOL = 1e-10
+STEPS = [0, 3, 12]
+
+
+@pytest.fixture(scope="module")
+def small():
+    """12 train / 6 test, K = 3, 4 agents of 3 samples (sorted by agent, so the problem's
+    order is the caller's), ring mixing, analytic kernels."""
+    with np.load(GOLDEN) as data:
+        g = {k: data[k] for k in data.files}
+    x = np.concatenate([g["inputs/x_train"], g["inputs/x_test"]])
+    w_std, b_std, depth = g["kernels/settings"]
+    nngp, ntk = analytic_kernels(x, hidden_layers=int(depth), W_std=w_std, b_std=b_std)
+    n = g["inputs/x_train"].shape[0]
+    ring = graphs.topology("ring", 4)
+    return {"nngp": nngp, "k": ntk[:n, :n], "kt": ntk[n:, :n], "n": n,
+            "y": g["inputs/y_train"], "y_test": g["inputs/y_test"],
+            "agent": np.repeat(np.arange(4), n // 4), "W": graphs.mixing(ring),
+            "random": graphs.random_edges(ring, p=0.5, seed=2)}
+
+
+def _predict(p, mixing, **kw):
+    return predict_from_kernels(p["k"], p["y"], p["agent"], mixing, 0.3, STEPS, "dgd",
+                                kernel_test_train=p["kt"], y_test=p["y_test"], **kw)
+
+
+CASES = {
+    "cross_entropy": dict(mixing="W", kw={"loss": "cross_entropy"}, over="init"),
+    "random_gossip": dict(mixing="random", kw={}, over="init+mixing"),
+    "random_gossip_ce": dict(mixing="random", kw={"loss": "cross_entropy"},
+                             over="init+mixing"),
+    "sgd": dict(mixing="W", kw={"batch_size": 2}, over="init+batch"),
+    "sgd_ce_random_gossip": dict(mixing="random",
+                                 kw={"batch_size": 2, "loss": "cross_entropy",
+                                     "batch_sampling": "independent"}, over="init+batch"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_network_is_the_prediction_from_its_own_f0_and_sequence(small, case):
+    """Sampled network s = a separate prediction from its f_0 draw on sequence s (1e-10);
+    the mean network = the plain f0 = 0 prediction (on the same sequences) (1e-10)."""
+    spec = CASES[case]
+    mixing, p, seed = small[spec["mixing"]], 3, 5
+    traj = _predict(small, mixing, nngp=small["nngp"], samples=p, seed=seed, **spec["kw"])
+    assert isinstance(traj, RandomNetworkTrajectory) and traj.samples == p
+    assert traj.metadata["band_over"] == spec["over"]
+    assert traj.metadata["band"] == random_init.BAND_WORDS[spec["over"]]
+    problem = make_problem(small["k"], small["y"], small["agent"], mixing,
+                           kernel_test_train=small["kt"], y_test=small["y_test"])
+    draws = random_init.draw(random_init.sorted_nngp(problem, small["nngp"]), small["n"], p,
+                             seed, outputs=3)
+    sequences = spec["over"] != "init"
+    for s in range(p):
+        f0_train, f0_test = draws.network_f0(s)
+        single = _predict(small, mixing, f0_train=f0_train, f0_test=f0_test, seed=seed,
+                          samples=p if sequences else None, **spec["kw"])
+        if sequences:
+            single = single.sequence(s)
+        for metric in random_init.DRAW_METRICS:
+            assert rel_err(traj.draws[metric][s], getattr(single, metric)) < TOL, metric
+    plain = _predict(small, mixing, seed=seed, samples=p if sequences else None,
+                     **spec["kw"])
+    for metric in ("train_loss", "test_loss", "test_acc", "param_dist"):
+        assert rel_err(getattr(traj.mean_network, metric), getattr(plain, metric)) < TOL
+    assert len(set(np.round(traj.draws["test_loss"][:, -1, 0], 8))) == p  # distinct networks
+    # bands: (5 levels, T, Q), the mean inside the outer band
+    assert traj.quantiles["test_loss"].shape == (5, len(STEPS), 4)
+    lo, hi = traj.band("test_loss", 0.05, 0.95)
+    assert np.all(lo <= traj.test_loss + 1e-12) and np.all(traj.test_loss <= hi + 1e-12)
+
+
+@pytest.mark.parametrize("case", ["random_gossip", "sgd"])
+def test_init_and_sequence_bands_are_kept_apart(small, case):
+    """With sequences the networks' band is joint (init and sequence); over='sequence' is
+    the mean network's band over the sequences alone; over='init' is refused."""
+    spec = CASES[case]
+    traj = _predict(small, small[spec["mixing"]], nngp=small["nngp"], samples=4, seed=1,
+                    **spec["kw"])
+    assert isinstance(traj.mean_network, GossipTrajectory)
+    lo, hi = traj.band("test_loss", 0.05, 0.95, over="sequence")
+    mlo, mhi = traj.mean_network.band("test_loss", 0.05, 0.95)
+    assert np.array_equal(lo, mlo) and np.array_equal(hi, mhi)
+    with pytest.raises(ValueError, match="over: .*jointly"):
+        traj.band("test_loss", 0.05, 0.95, over="init")
+    # the expected group of the mean network: E[W] / full batch from f0 = 0
+    assert traj.mean_network.expected is not None
+
+
+def test_cross_entropy_mean_network_is_named_for_what_it_is(small):
+    traj = _predict(small, small["W"], nngp=small["nngp"], samples=3, loss="cross_entropy")
+    assert "not the expected network" in traj.metadata["mean_network"]
+    assert "not the expected network" in traj.mean_network.metadata["quantity"]
+    assert traj.metadata["quantity"].startswith("one random network")
+    assert traj.band("test_loss", 0.05, 0.95, over="init")[0].shape == (len(STEPS), 4)
+
+
+def test_cross_entropy_flow_with_random_networks(small):
+    """The adaptive cross-entropy flow carries the networks' groups too: network s = the
+    flow from its own f_0 (to the flow's tolerance, both runs at rtol 1e-6 differ by
+    their step control only, so 1e-5 relative)."""
+    traj = _predict(small, small["W"], nngp=small["nngp"], samples=2, loss="cross_entropy",
+                    continuous=True, seed=3)
+    problem = make_problem(small["k"], small["y"], small["agent"], small["W"],
+                           kernel_test_train=small["kt"], y_test=small["y_test"])
+    draws = random_init.draw(random_init.sorted_nngp(problem, small["nngp"]), small["n"], 2,
+                             3, outputs=3)
+    f0_train, f0_test = draws.network_f0(1)
+    single = _predict(small, small["W"], f0_train=f0_train, f0_test=f0_test,
+                      loss="cross_entropy", continuous=True)
+    assert rel_err(traj.draws["test_loss"][1], single.test_loss) < 1e-5
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"loss": "cross_entropy", "kernel_dtype": "mixed"}, "kernel_dtype"),
+    ({"batch_size": 2, "devices": "cpu"}, "devices"),
+])
+def test_invalid_independent_network_calls_name_the_argument(small, change, match):
+    import jax
+
+    if change.get("devices") == "cpu":
+        change["devices"] = jax.devices("cpu")[:1]
+    with pytest.raises(ValueError, match=match):
+        _predict(small, small["W"], nngp=small["nngp"], samples=3, **change)
+
+
+def test_predict_defaults_to_one_random_network_everywhere():
+    """nd.predict's default f0 is one random network with cross-entropy, random gossip and
+    mini-batch SGD (the analytic kernel); the low-rank path still refuses it."""
+    import ntkdyn as nd
+
+    data = nd.data.digits(n_train=24, n_test=12, seed=0, classes=[0, 1, 2])
+    parts = nd.data.partition(data, agents=3, scheme="iid", seed=0)
+    ring = nd.graphs.topology("ring", 3)
+    arch = nd.models.MLP(hidden=(32,), out=3)
+    for kw in ({"loss": "cross_entropy"}, {"batch_size": 4, "samples": 3},
+               {"mixing": nd.graphs.random_edges(ring, p=0.5, seed=0), "samples": 3}):
+        mixing = kw.pop("mixing", nd.graphs.mixing(ring))
+        traj = nd.predict(arch, parts, mixing, 0.3, steps=range(0, 9, 4), **kw)
+        assert isinstance(traj, RandomNetworkTrajectory), kw
+        assert traj.metadata["f0"] == "random"
+        assert traj.metadata["quantity"].startswith("one random network")
+    with pytest.raises(ValueError, match="f0"):
+        nd.predict(arch, parts, nd.graphs.mixing(ring), 0.3, steps=4, f0="random", rank=8)
+
+
+def test_predict_command_cross_entropy_one_random_network(tmp_path):
+    """`ntkdyn predict` on a small cross-entropy config: one random network by default (its
+    summary says so), kernel_dtype from [prediction]; a finite-width band works with it."""
+    import json
+
+    from conftest import TINY_TOML
+
+    from ntkdyn import Trajectory
+    from ntkdyn.cli import main
+
+    cfg = tmp_path / "ce.toml"
+    cfg.write_text(TINY_TOML.replace("steps = 40", "steps = 20")
+                   + 'loss = "cross_entropy"\n[prediction]\nsamples = 3\n'
+                   'kernel_dtype = "float32"\nwidth = 64\nwidth_samples = 2\n')
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert isinstance(traj, RandomNetworkTrajectory) and traj.samples == 3
+    assert traj.metadata["kernel_dtype"] == "float32" and traj.metadata["loss"] == \
+        "cross_entropy"
+    assert traj.width_draws["test_loss"].shape[0] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["describes"].startswith("one random network")
+
+
+@pytest.mark.parametrize("prediction, training, needle", [
+    ({"kernel_dtype": "float16"}, {}, "prediction.kernel_dtype: expected one of"),
+    ({"kernel_dtype": "mixed"}, {"loss": "cross_entropy"}, "prediction.kernel_dtype: 'mixed'"),
+    ({"kernel_dtype": "mixed", "f0": "mean"}, {}, "prediction.kernel_dtype: 'mixed'"),
+    ({"kernel_dtype": "float32", "rank": 8}, {}, "prediction.kernel_dtype: 'float32'"),
+])
+def test_kernel_dtype_config_errors_name_the_key(prediction, training, needle):
+    from ntkdyn.config.schema import ConfigError, config_from_dict
+
+    raw = {"data": {"source": "digits", "n_train": 60, "n_test": 30},
+           "prediction": prediction, "training": {"lr": 0.3, "steps": 10, **training}}
+    with pytest.raises(ConfigError, match=needle):
+        config_from_dict(raw)
+    ok = dict(prediction, kernel_dtype="float64")
+    assert config_from_dict(dict(raw, prediction=ok)).prediction.kernel_dtype == "float64"
