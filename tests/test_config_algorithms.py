@@ -85,7 +85,11 @@ def test_predict_p2pl_with_random_gossip(tmp_path):
                  training='algorithm = "p2pl"\nlocal_steps = 3\nconsensus_steps = 2')
     out = tmp_path / "out"
     assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
-    traj = Trajectory.load(out / "trajectory.npz")
+    one = Trajectory.load(out / "trajectory.npz")
+    # the default is one random network (f0 draw s and mixing sequence s); its mean network
+    # (f0 = 0) is the gossip trajectory over the same 8 sequences
+    assert type(one).__name__ == "RandomNetworkTrajectory" and one.samples == 8
+    traj = one.mean_network
     assert isinstance(traj, GossipTrajectory) and traj.samples == 8
     assert traj.phases == ["local", "consensus"] and traj.train_loss.shape == (8, 4)
     assert traj.quantiles["test_loss"].shape == (5, 8, 4)
