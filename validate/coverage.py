@@ -5,6 +5,7 @@ Usage::
     python validate/coverage.py [--configs ring_dgd,torus_atc,...] [--widths 128,256,512]
                                 [--seeds 20] [--samples 512] [--width-samples 16]
                                 [--out out/coverage] [--report-only] [--figure PNG]
+                                [--raw RAW.npz] [--from-raw RAW.npz]
 
 For every configuration (digits, ``--n-train`` / ``--n-test``, ``--agents`` agents, a
 one-hidden-layer ReLU ``MLP``, squared loss, ``--steps`` steps recorded every
@@ -32,6 +33,19 @@ Every configuration x width is saved as it finishes (``OUT/<config>_w<width>.npz
 band ``OUT/<config>_band.npz``), so an interrupted run keeps what it did,
 ``--report-only`` rebuilds the table, ``OUT/coverage.json`` and the figure from them, and
 a rerun with more ``--seeds`` trains only the seeds not saved yet.
+
+``--raw RAW.npz`` writes every raw array behind the table into one file (not committed):
+per configuration the band's draws over initialisations, and per width the real networks'
+per-seed, per-record, per-agent trajectories, the finite-width draws and the plain and
+combined bands (``lo, mid, hi``); ``--from-raw RAW.npz`` rebuilds every table from that
+file alone (:func:`load_raw`), so calibration is post-processing.
+
+Calibration of the **combined** band (the band over initialisations with the finite-width
+band added, :func:`calibrate`): one factor ``c`` and one law ``c(n) = 1 + a n^{-1/2}``,
+both fitted on the calibration configurations' test loss at widths >= 256 over all
+records, then reported on every configuration and width, over all records and at the
+horizon (the last record) apart.  :func:`centre_shift` compares the real networks' mean
+final test loss with the infinite-width expected loss and the width-``n`` band's centre.
 """
 
 from __future__ import annotations
@@ -186,11 +200,132 @@ def report(res: dict, seeds_note: str = "") -> dict:
             if np.isfinite(c_used):
                 lo, hi = widen(*row["_band"][m], c_used)
                 row[f"{m}_widened"] = coverage(row["_real"][m], lo, hi)
+    fits = calibrate(rows, res)
     summary = {"fitted_c": c, "c_used": c_used, "target": TARGET,
-               "fit_from_width": FIT_FROM_WIDTH, "note": seeds_note,
+               "fit_from_width": FIT_FROM_WIDTH, "note": seeds_note, "combined_fit": fits,
+               "centre": centre_shift(res),
                "rows": [{k: v for k, v in row.items() if not k.startswith("_")
                          and not k.endswith("_factors")} for row in rows]}
     return summary, rows
+
+
+def combined_band(r: dict, real: dict, m: str):
+    """The band over initialisations with the finite-width band of ``real``'s width added
+    (``None`` without finite-width draws)."""
+    from ntkdyn.validation.coverage import add_width_band
+
+    if f"width_{m}" not in real:
+        return None
+    return add_width_band(r["band"][m], real[f"width_{m}"])
+
+
+def calibrate(rows: list, res: dict) -> dict:
+    """Fit ONE factor ``c`` and ONE law ``a`` (``c(n) = 1 + a n^{-1/2}``) on the combined
+    band's test loss, calibration configurations, widths >= ``FIT_FROM_WIDTH``; add to
+    every row the coverage (all records, and ``_final``: the horizon) of the plain band,
+    the combined band, and the combined band widened by ``c`` and by ``c(n)``."""
+    from ntkdyn.validation.coverage import (
+        band_from_draws,
+        coverage,
+        final_coverage,
+        fit_widening,
+        fit_widening_law,
+        required_factors,
+        widen,
+        widening_factor,
+    )
+
+    combined, by_width = {}, {}
+    for row in rows:
+        r, real = res[row["config"]], res[row["config"]]["widths"][row["width"]]
+        combined[id(row)] = {m: combined_band(r, real, m) for m in METRICS}
+        band = combined[id(row)]["test_loss"]
+        if band is not None and row["role"] == "calibration" and row["width"] >= FIT_FROM_WIDTH:
+            by_width.setdefault(row["width"], []).append(
+                required_factors(real["test_loss"], *band))
+    if not by_width:
+        return {}
+    c = fit_widening([f for fs in by_width.values() for f in fs], TARGET)
+    a = fit_widening_law(by_width, TARGET)
+    per_width = {int(w): fit_widening(fs, TARGET) for w, fs in by_width.items()}
+    for row in rows:
+        real = res[row["config"]]["widths"][row["width"]]
+        for m in METRICS:
+            plain = band_from_draws(res[row["config"]]["band"][m])
+            bands = {"plain": (plain[0], plain[2])}
+            if combined[id(row)][m] is not None:
+                lo, mid, hi = combined[id(row)][m]
+                bands["combined"] = (lo, hi)
+                if np.isfinite(c):
+                    bands["combined_c"] = widen(lo, mid, hi, c)
+                if np.isfinite(a) and 1 + a * row["width"] ** -0.5 > 0:
+                    bands["combined_law"] = widen(lo, mid, hi,
+                                                  widening_factor(row["width"], a))
+            for k, (lo, hi) in bands.items():
+                row[f"{m}_{k}"] = coverage(real[m], lo, hi)
+                row[f"{m}_{k}_final"] = final_coverage(real[m], lo, hi)
+    return {"c": c, "a": a, "per_width_c": per_width, "target": TARGET,
+            "fit_from_width": FIT_FROM_WIDTH, "metric": "test_loss",
+            "configs": sorted({n for n in res if CONFIGS[n][3] == "calibration"})}
+
+
+def centre_shift(res: dict) -> list:
+    """Per configuration x width: the real networks' final test loss (mean over agents),
+    mean and standard error over seeds, against the infinite-width expected loss (mean of
+    the band's draws) and the width-``n`` band's centre (mean of the finite-width draws)."""
+    out = []
+    for name, r in res.items():
+        inf = float(np.mean(r["band"]["test_loss"][:, -1]))
+        for w, real in sorted(r["widths"].items()):
+            x = real["test_loss"][:, -1].mean(axis=1)
+            wd = real.get("width_test_loss")
+            row = {"config": name, "role": CONFIGS[name][3], "width": int(w),
+                   "real": float(x.mean()), "real_se": float(x.std(ddof=1) / np.sqrt(x.size)),
+                   "infinite": inf,
+                   "width_centre": float(np.mean(wd[:, -1])) if wd is not None else None}
+            if row["width_centre"] is not None and row["width_centre"] != inf:
+                # 0: real networks at the infinite-width value; 1: at the width-n centre
+                row["followed"] = (inf - row["real"]) / (inf - row["width_centre"])
+            out.append(row)
+    return out
+
+
+def save_raw(res: dict, path: Path, every: int) -> None:
+    """Every raw array behind the tables into one ``.npz`` (keys ``config/band/metric``,
+    ``config/w<width>/real/metric``, ``.../width_draws/metric``, ``.../plain/metric`` and
+    ``.../combined/metric`` as ``(3, T, Q)`` ``lo, mid, hi``), readable by :func:`load_raw`."""
+    from ntkdyn.validation.coverage import band_from_draws
+
+    arrays = {"every": np.int64(every), "fit_from_width": np.int64(FIT_FROM_WIDTH)}
+    for name, r in res.items():
+        arrays[f"{name}/role"] = np.array(CONFIGS[name][3])
+        for k, v in r["band"].items():
+            arrays[f"{name}/band/{k}"] = np.asarray(v)
+        for w, real in r["widths"].items():
+            key = f"{name}/w{int(w)}"
+            for m in METRICS:
+                arrays[f"{key}/real/{m}"] = real[m]
+                arrays[f"{key}/plain/{m}"] = np.stack(band_from_draws(r["band"][m]))
+                if f"width_{m}" in real:
+                    arrays[f"{key}/width_draws/{m}"] = real[f"width_{m}"]
+                    arrays[f"{key}/combined/{m}"] = np.stack(combined_band(r, real, m))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def load_raw(path: Path) -> dict:
+    """The results dict of :func:`load_results` from a :func:`save_raw` file."""
+    res: dict = {}
+    with np.load(path) as z:
+        for key in z.files:
+            parts = key.split("/")
+            if len(parts) == 3 and parts[1] == "band":
+                res.setdefault(parts[0], {"band": {}, "widths": {}})["band"][parts[2]] = z[key]
+            elif len(parts) == 4 and parts[2] in ("real", "width_draws"):
+                r = res.setdefault(parts[0], {"band": {}, "widths": {}})
+                w = r["widths"].setdefault(int(parts[1][1:]), {})
+                w[parts[3] if parts[2] == "real" else f"width_{parts[3]}"] = z[key]
+    return res
 
 
 def markdown(summary: dict) -> str:
@@ -212,6 +347,43 @@ def markdown(summary: dict) -> str:
     lines.append(f"fitted widening factor c = {summary['fitted_c']:.3f} (used: "
                  f"{summary['c_used']:.3f}; calibration configurations, test loss, widths >= "
                  f"{summary['fit_from_width']}, target {100 * summary['target']:.0f} %)")
+    return "\n".join(lines)
+
+
+def calibration_markdown(summary: dict) -> str:
+    """Test-loss coverage of the plain, combined and calibrated combined bands (all
+    records / horizon), and the centre shift of the final test loss."""
+    fit = summary.get("combined_fit") or {}
+    if not fit:
+        return ""
+
+    def pct(r, k):
+        x, f = r.get(f"test_loss_{k}"), r.get(f"test_loss_{k}_final")
+        if x is None:
+            return "-"
+        return f"{100 * x:.0f} / {100 * f:.0f} %"
+
+    c, a = fit["c"], fit["a"]
+    lines = ["| configuration | role | width | plain | combined | combined x c = "
+             f"{c:.2f} | combined x c(n) = 1 + {a:.2f} n^-1/2 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['config']} | {r['role']} | {r['width']} | {pct(r, 'plain')} | "
+                     f"{pct(r, 'combined')} | {pct(r, 'combined_c')} | "
+                     f"{pct(r, 'combined_law')} |")
+    lines += ["", "(coverage of the test loss: all records t >= 1 / the horizon alone)",
+              f"combined band: fitted c = {c:.3f}, law a = {a:.3f}; per width "
+              + ", ".join(f"{w}: {v:.3f}" for w, v in sorted(fit["per_width_c"].items()))
+              + f" (calibration configurations {', '.join(fit['configs'])}, widths >= "
+              f"{fit['fit_from_width']})", "",
+              "| configuration | width | real final test loss (+- se) | infinite-width "
+              "expected | width-n centre | followed (0: infinite, 1: width-n) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in summary["centre"]:
+        wc = "-" if r["width_centre"] is None else f"{r['width_centre']:.3f}"
+        fol = f"{r['followed']:.2f}" if "followed" in r else "-"
+        lines.append(f"| {r['config']} | {r['width']} | {r['real']:.3f} +- "
+                     f"{r['real_se']:.3f} | {r['infinite']:.3f} | {wc} | {fol} |")
     return "\n".join(lines)
 
 
@@ -297,6 +469,9 @@ def parse(argv=None):
     p.add_argument("--figure", default="", help="PNG path for the band figure (empty: none)")
     p.add_argument("--figure-config", default="ring_dgd")
     p.add_argument("--figure-width", type=int, default=1024)
+    p.add_argument("--raw", default="", help="write every raw array into this .npz")
+    p.add_argument("--from-raw", default="",
+                   help="rebuild the tables from a --raw file (no training, no --out)")
     return p.parse_args(argv)
 
 
@@ -309,6 +484,8 @@ def main(argv=None) -> int:
     widths = [int(w) for w in args.widths.split(",") if w]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_raw:
+        args.report_only = True
     if not args.report_only:
         for name in names:
             t0 = time.time()
@@ -319,7 +496,12 @@ def main(argv=None) -> int:
                 t0 = time.time()
                 run_width(args, name, w, out)
                 print(f"{name} width {w}: {time.time() - t0:.1f} s", flush=True)
-    res = load_results(out, names, widths)
+    if args.from_raw:
+        res = {n: r for n, r in load_raw(Path(args.from_raw)).items() if n in names}
+    else:
+        res = load_results(out, names, widths)
+    if args.raw:
+        save_raw(res, Path(args.raw), args.every)
     summary, rows = report(res, f"{args.seeds} seeds requested")
     for row in rows:
         row["every"] = args.every
@@ -331,6 +513,7 @@ def main(argv=None) -> int:
     summary["settings"] = {k: v for k, v in vars(args).items()}
     (out / "coverage.json").write_text(json.dumps(summary, indent=1, default=float))
     print(markdown(summary))
+    print(calibration_markdown(summary))
     if args.figure:
         figure(rows, Path(args.figure), summary["c_used"], args.figure_config,
                args.figure_width)

@@ -25,6 +25,14 @@ of ``r`` at ``c``, and the smallest ``c`` that reaches a target coverage ``p`` i
 variance their variances add (``theory/finite_width.md`` section 6), so each side's
 half-width becomes ``sqrt(h_init^2 + h_width^2)`` and the centre moves by the
 finite-width shift of the mean, ``d = mean(width draws) - mean(init draws)``.
+
+**A widening law** (:func:`fit_widening_law`): what neither band contains (the kernel's
+motion during training) is ``O(n^{-1/2})``, so the factor may fall with the width,
+``c(n) = 1 + a n^{-1/2}`` (:func:`widening_factor`).  A point of a width-``n`` network is
+inside iff ``r <= 1 + a n^{-1/2}``, i.e. ``(r - 1) n^{1/2} <= a``: the smallest ``a``
+reaching coverage ``p`` on points pooled over widths is the ``p``-quantile of the pooled
+``(r - 1) n^{1/2}``, exact as for one factor.  :func:`final_coverage` is the coverage at
+the last record alone (the horizon), apart from the coverage over all records.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ import numpy as np
 #: relative margin on a fitted factor (the edge point stays inside after rounding)
 EDGE = 1e-12
 
-__all__ = ["add_width_band", "band_from_draws", "coverage", "fit_widening",
-           "required_factors", "widen"]
+__all__ = ["add_width_band", "band_from_draws", "coverage", "final_coverage", "fit_widening",
+           "fit_widening_law", "required_factors", "widen", "widening_factor"]
 
 
 def _as_band(lo, mid, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,3 +151,55 @@ def add_width_band(init_draws, width_draws, low: float = 0.05, high: float = 0.9
     lo = mid - np.sqrt((m_i - lo_i) ** 2 + h_w**2)
     hi = mid + np.sqrt((hi_i - m_i) ** 2 + h_w**2)
     return lo, mid, hi
+
+
+def final_coverage(real, lo, hi) -> float:
+    """:func:`coverage` at the last record alone (the horizon): the fraction of
+    ``real[s, -1, q]`` with ``lo[-1, q] <= x <= hi[-1, q]``.  Its Monte-Carlo error is
+    about ``sqrt(c (1 - c) / S)`` too (the agents of one seed move together)."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    if lo.shape != hi.shape:
+        raise ValueError(f"lo/hi: expected equal shapes, got {lo.shape} and {hi.shape}")
+    x = _real(real, lo.shape, 0)
+    return coverage(x[:, -1:], lo[-1:], hi[-1:], first=0)
+
+
+def widening_factor(width, a: float, exponent: float = 0.5) -> float:
+    """``c(n) = 1 + a n^{-exponent}`` at hidden width ``n = width`` (``ValueError`` if the
+    factor is not positive)."""
+    if not (isinstance(width, int | np.integer) and width >= 1):
+        raise ValueError(f"width: expected a positive integer, got {width!r}")
+    if not (np.isfinite(a) and np.isfinite(exponent) and exponent > 0):
+        raise ValueError(f"a/exponent: expected finite a and exponent > 0, got {a!r}, "
+                         f"{exponent!r}")
+    c = 1.0 + float(a) * float(width) ** (-float(exponent))
+    if c <= 0:
+        raise ValueError(f"width: c(n) = 1 + a n^-{exponent} = {c:.3g} <= 0 at n = {width}")
+    return c
+
+
+def fit_widening_law(factors_by_width, target: float = 0.9, exponent: float = 0.5) -> float:
+    """The smallest ``a`` such that the bands widened by ``c(n) = 1 + a n^{-exponent}``
+    cover at least ``target`` of the pooled points: the ``target``-quantile (order
+    statistic) of ``(r - 1) n^{exponent}`` over ``factors_by_width``, a mapping ``width ->``
+    sequence of :func:`required_factors` arrays (module docstring).  ``+inf`` if more than
+    ``1 - target`` of the points can never be covered.  May be negative (a band too wide at
+    every width); the margin ``EDGE`` keeps the edge point inside, as in
+    :func:`fit_widening`."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target: expected a coverage in (0, 1), got {target!r}")
+    if not (np.isfinite(exponent) and exponent > 0):
+        raise ValueError(f"exponent: expected a positive float, got {exponent!r}")
+    scaled = []
+    for width, factors in dict(factors_by_width).items():
+        if not (isinstance(width, int | np.integer) and width >= 1):
+            raise ValueError(f"factors_by_width: expected positive integer widths, got "
+                             f"{width!r}")
+        r = np.concatenate([np.ravel(np.asarray(f, dtype=np.float64)) for f in factors])
+        scaled.append((r - 1.0) * float(width) ** float(exponent))
+    s = np.sort(np.concatenate(scaled)) if scaled else np.empty(0)
+    if s.size == 0:
+        raise ValueError("factors_by_width: expected at least one point")
+    a = float(s[max(int(np.ceil(target * s.size)) - 1, 0)])
+    return a + EDGE * max(abs(a), 1.0)
