@@ -106,6 +106,22 @@ def test_add_width_band_adds_variances_and_shifts_the_centre():
     np.testing.assert_allclose((lo, mid, hi), (ilo, imid, ihi), atol=1e-12)
 
 
+def test_add_width_band_measures_the_shift_against_paired_draws():
+    """With ``paired_draws`` (the infinite-width prediction from the width samples' own
+    draws, mean 0.3 here) the centre moves by ``mean(width) - mean(paired)`` = 0.2, not by
+    ``mean(width) - mean(init)`` = 0.5; the half-widths are unchanged; a wrong shape is a
+    ``ValueError`` naming ``paired_draws``."""
+    init = np.linspace(-1, 1, 101)[:, None, None] * np.ones((1, 2, 3))
+    width = np.linspace(-1, 1, 101)[:, None, None] * (1.2 / 0.9) + 0.5
+    width = width * np.ones((1, 2, 3))
+    paired = np.full((4, 2, 3), 0.3)
+    lo, mid, hi = add_width_band(init, width, paired_draws=paired)
+    np.testing.assert_allclose(mid, 0.2, atol=1e-12)
+    np.testing.assert_allclose((lo, hi), (0.2 - 1.5 + 0 * lo, 0.2 + 1.5 + 0 * hi), atol=1e-12)
+    with pytest.raises(ValueError, match="paired_draws"):
+        add_width_band(init, width, paired_draws=np.zeros((4, 3, 3)))
+
+
 def test_errors_name_the_argument():
     real, lo, mid, hi = _constructed()
     with pytest.raises(ValueError, match="real"):
@@ -240,14 +256,17 @@ def test_script_calibrates_the_combined_band_and_round_trips_raw(tmp_path):
     """Constructed results with finite-width draws: the combined band's factor and law are
     fitted on the calibration configuration at widths >= 256, every row gets the coverage
     over all records and at the horizon, the centre table says which centre the real
-    networks follow, and ``save_raw`` -> ``load_raw`` rebuilds the same summary."""
+    networks follow (the shift measured against the paired draws), and ``save_raw`` ->
+    ``load_raw`` rebuilds the same summary."""
     mod = _script()
     rng = np.random.default_rng(3)
     init = rng.standard_normal((400, 4, 2))                      # band about 0 -/+ 1.64
     width = 0.5 + 0.1 * rng.standard_normal((16, 4, 2))         # centre moves to 0.5
+    paired = init[:32] + 0.1                   # the width samples' own draws, mean + 0.1
     res = {}
     for name in ("ring_dgd", "complete_cta"):
-        res[name] = {"band": {"test_loss": init, "test_acc": init}, "widths": {}}
+        res[name] = {"band": {"test_loss": init, "test_acc": init, "paired_test_loss": paired,
+                              "paired_test_acc": paired}, "widths": {}}
         for w in (128, 256, 1024):
             real = 0.5 + 1.3 * rng.standard_normal((30, 4, 2))
             res[name]["widths"][w] = {"test_loss": real, "test_acc": real,
@@ -261,7 +280,8 @@ def test_script_calibrates_the_combined_band_and_round_trips_raw(tmp_path):
             assert 0.0 <= r[f"test_loss_{k}"] <= 1.0
             assert 0.0 <= r[f"test_loss_{k}_final"] <= 1.0
     centre = {(r["config"], r["width"]): r for r in summary["centre"]}
-    assert centre[("ring_dgd", 256)]["width_centre"] == pytest.approx(width[:, -1].mean())
+    assert centre[("ring_dgd", 256)]["width_centre"] == pytest.approx(
+        init[:, -1].mean() + width[:, -1].mean() - paired[:, -1].mean(), abs=1e-12)
     assert centre[("ring_dgd", 256)]["followed"] == pytest.approx(1.0, abs=0.6)
     assert "law a =" in mod.calibration_markdown(summary)
     mod.save_raw(res, tmp_path / "raw.npz", every=10)

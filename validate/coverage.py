@@ -102,16 +102,26 @@ def predict_band(args, name: str, out: Path) -> dict:
     import ntkdyn as nd
 
     path = out / f"{name}_band.npz"
-    if path.exists():
-        return dict(np.load(path))
+    res = dict(np.load(path)) if path.exists() else {}
+    if res and (f"paired_{METRICS[0]}" in res or not args.width_samples):
+        return res
     parts, W, algorithm, lr = problem(args, name)
-    t0 = time.time()
-    traj = nd.predict(arch_of(1024), parts, W, lr, algorithm, steps_of(args),
-                      kernel="analytic", f0="random", samples=args.samples, seed=BAND_SEED)
-    res = {m: np.asarray(traj.draws[m]) for m in METRICS}
-    res.update({f"mean_network_{m}": np.asarray(getattr(traj.mean_network, m))
-                for m in METRICS})
-    res["seconds"] = np.float64(time.time() - t0)
+    if not res:
+        t0 = time.time()
+        traj = nd.predict(arch_of(1024), parts, W, lr, algorithm, steps_of(args),
+                          kernel="analytic", f0="random", samples=args.samples,
+                          seed=BAND_SEED)
+        res = {m: np.asarray(traj.draws[m]) for m in METRICS}
+        res.update({f"mean_network_{m}": np.asarray(getattr(traj.mean_network, m))
+                    for m in METRICS})
+        res["seconds"] = np.float64(time.time() - t0)
+    if args.width_samples:
+        # the same standard-normal draws as every finite-width sample (same seed and count):
+        # the finite-width shift of the mean is measured against these (common random numbers)
+        traj = nd.predict(arch_of(1024), parts, W, lr, algorithm, steps_of(args),
+                          kernel="analytic", f0="random",
+                          samples=args.width_band_init_samples, seed=BAND_SEED)
+        res.update({f"paired_{m}": np.asarray(traj.draws[m]) for m in METRICS})
     np.savez(path, **res)
     return res
 
@@ -164,7 +174,6 @@ def load_results(out: Path, names, widths) -> dict:
 def report(res: dict, seeds_note: str = "") -> dict:
     """Coverage per configuration x width and metric; the fitted widening; markdown."""
     from ntkdyn.validation.coverage import (
-        add_width_band,
         band_from_draws,
         coverage,
         fit_widening,
@@ -186,7 +195,7 @@ def report(res: dict, seeds_note: str = "") -> dict:
                 row[f"{m}_below"] = float(np.mean(real[m][:, 1:] < lo[1:]))
                 row[f"{m}_above"] = float(np.mean(real[m][:, 1:] > hi[1:]))
                 if f"width_{m}" in real:
-                    blo, _, bhi = add_width_band(r["band"][m], real[f"width_{m}"])
+                    blo, _, bhi = combined_band(r, real, m)
                     row[f"{m}_with_width"] = coverage(real[m], blo, bhi)
             row["_band"] = {m: band_from_draws(r["band"][m]) for m in METRICS}
             row["_real"] = {m: real[m] for m in METRICS}
@@ -216,7 +225,8 @@ def combined_band(r: dict, real: dict, m: str):
 
     if f"width_{m}" not in real:
         return None
-    return add_width_band(r["band"][m], real[f"width_{m}"])
+    return add_width_band(r["band"][m], real[f"width_{m}"],
+                          paired_draws=r["band"].get(f"paired_{m}"))
 
 
 def calibrate(rows: list, res: dict) -> dict:
@@ -272,17 +282,24 @@ def calibrate(rows: list, res: dict) -> dict:
 def centre_shift(res: dict) -> list:
     """Per configuration x width: the real networks' final test loss (mean over agents),
     mean and standard error over seeds, against the infinite-width expected loss (mean of
-    the band's draws) and the width-``n`` band's centre (mean of the finite-width draws)."""
+    the band's draws) and the width-``n`` centre: that plus the finite-width shift of the
+    mean (mean of the finite-width draws minus the infinite-width prediction from the same
+    draws of ``f_0``, when the band has them; standard error over the kernels)."""
     out = []
     for name, r in res.items():
         inf = float(np.mean(r["band"]["test_loss"][:, -1]))
+        paired = r["band"].get("paired_test_loss")
+        ref = inf if paired is None else float(np.mean(paired[:, -1]))
         for w, real in sorted(r["widths"].items()):
             x = real["test_loss"][:, -1].mean(axis=1)
             wd = real.get("width_test_loss")
             row = {"config": name, "role": CONFIGS[name][3], "width": int(w),
                    "real": float(x.mean()), "real_se": float(x.std(ddof=1) / np.sqrt(x.size)),
-                   "infinite": inf,
-                   "width_centre": float(np.mean(wd[:, -1])) if wd is not None else None}
+                   "infinite": inf, "width_centre": None, "paired": paired is not None}
+            if wd is not None:
+                k = wd[:, -1].mean(axis=1)
+                row["width_centre"] = inf + float(k.mean()) - ref
+                row["width_centre_se"] = float(k.std(ddof=1) / np.sqrt(k.size))
             if row["width_centre"] is not None and row["width_centre"] != inf:
                 # 0: real networks at the infinite-width value; 1: at the width-n centre
                 row["followed"] = (inf - row["real"]) / (inf - row["width_centre"])
@@ -380,7 +397,8 @@ def calibration_markdown(summary: dict) -> str:
               "expected | width-n centre | followed (0: infinite, 1: width-n) |",
               "|---|---:|---:|---:|---:|---:|"]
     for r in summary["centre"]:
-        wc = "-" if r["width_centre"] is None else f"{r['width_centre']:.3f}"
+        wc = ("-" if r["width_centre"] is None else
+              f"{r['width_centre']:.3f} +- {r['width_centre_se']:.3f}")
         fol = f"{r['followed']:.2f}" if "followed" in r else "-"
         lines.append(f"| {r['config']} | {r['width']} | {r['real']:.3f} +- "
                      f"{r['real_se']:.3f} | {r['infinite']:.3f} | {wc} | {fol} |")
