@@ -13,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntkdyn.validation.coverage import (
+    CALIBRATED_C,
     add_width_band,
     band_from_draws,
+    calibrated_band,
+    calibrated_factor,
     coverage,
     final_coverage,
     fit_widening,
@@ -120,6 +123,24 @@ def test_add_width_band_measures_the_shift_against_paired_draws():
     np.testing.assert_allclose((lo, hi), (0.2 - 1.5 + 0 * lo, 0.2 + 1.5 + 0 * hi), atol=1e-12)
     with pytest.raises(ValueError, match="paired_draws"):
         add_width_band(init, width, paired_draws=np.zeros((4, 3, 3)))
+
+
+def test_calibrated_band_is_the_combined_band_widened_by_the_fitted_factor():
+    """``calibrated_band`` = :func:`add_width_band` (5-95 %, paired draws) widened by
+    ``CALIBRATED_C`` about its centre (exactly, 1e-12); the fitted constant is a sane
+    factor (0.5-2); a bad width is a ``ValueError`` naming ``width``."""
+    rng = np.random.default_rng(4)
+    init = rng.standard_normal((200, 3, 2))
+    width = 0.3 + 0.2 * rng.standard_normal((16, 3, 2))
+    paired = init[:32]
+    lo, mid, hi = calibrated_band(init, width, 256, paired_draws=paired)
+    blo, bmid, bhi = add_width_band(init, width, paired_draws=paired)
+    assert 0.5 < CALIBRATED_C < 2.0 and calibrated_factor(256) == CALIBRATED_C
+    np.testing.assert_allclose(mid, bmid, atol=1e-12)
+    np.testing.assert_allclose(mid - lo, CALIBRATED_C * (bmid - blo), atol=1e-12)
+    np.testing.assert_allclose(hi - mid, CALIBRATED_C * (bhi - bmid), atol=1e-12)
+    with pytest.raises(ValueError, match="width"):
+        calibrated_band(init, width, 0)
 
 
 def test_errors_name_the_argument():

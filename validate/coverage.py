@@ -405,10 +405,12 @@ def calibration_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def figure(rows: list, path: Path, c: float, config: str, width: int, n_show: int = 5) -> None:
-    """Network-mean test loss: the predicted band (and widened, and with the finite-width
-    band added) and ``n_show`` real networks; left the whole run (log scale), right the
-    second half (linear)."""
+def figure(rows: list, path: Path, c: float, config: str, width: int, n_show: int = 5,
+           combined_c: float = float("nan")) -> None:
+    """Network-mean test loss: the predicted band, the band with the finite-width band added
+    (and, with a finite ``combined_c``, that combined band widened by the factor fitted on
+    it; else the plain band widened by ``c``) and ``n_show`` real networks; left
+    the whole run (log scale), right the second half (linear)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -425,22 +427,36 @@ def figure(rows: list, path: Path, c: float, config: str, width: int, n_show: in
     steps = np.arange(real.shape[1]) * row["every"]
     lo, mid, hi = np.quantile(net, [0.05, 0.5, 0.95], axis=0)
     inside = np.mean((real[:, 1:] >= lo[1:]) & (real[:, 1:] <= hi[1:]))
+    comb = None
+    if row.get("_width_draws") is not None:
+        paired = row["_draws"].get("paired_test_loss")
+        comb = [b[:, 0] for b in add_width_band(
+            net[..., None], row["_width_draws"].mean(axis=2)[..., None],
+            paired_draws=None if paired is None else paired.mean(axis=2)[..., None])]
+    note = ""
+    if comb is not None and np.isfinite(combined_c):
+        cn = combined_c
+        clo, chi = comb[1] - cn * (comb[1] - comb[0]), comb[1] + cn * (comb[2] - comb[1])
+        note = (f"; {100 * np.mean((real[:, 1:] >= clo[1:]) & (real[:, 1:] <= chi[1:])):.0f}"
+                " % inside the calibrated combined band")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     half = len(steps) // 2
     for k, ax in enumerate(axes):
         sl = slice(0, None) if k == 0 else slice(half, None)
-        if np.isfinite(c) and c > 1:
+        if note:
+            wlo, whi = clo, chi
+            ax.fill_between(steps[sl], wlo[sl], whi[sl], color="C2", alpha=0.15,
+                            label=f"combined band x {cn:.2f} (calibrated)")
+        elif np.isfinite(c) and c > 1:
             wlo, whi = mid - c * (mid - lo), mid + c * (hi - mid)
             ax.fill_between(steps[sl], wlo[sl], whi[sl], color="C0", alpha=0.12,
                             label=f"band widened by c = {c:.2f} (fitted)")
         ax.fill_between(steps[sl], lo[sl], hi[sl], color="C0", alpha=0.35,
                         label="predicted 5-95 % over initialisations (infinite width)")
         ax.plot(steps[sl], mid[sl], color="C0", lw=1.5, ls="--", label="predicted median")
-        if row.get("_width_draws") is not None:
-            blo, _, bhi = add_width_band(net[..., None],
-                                         row["_width_draws"].mean(axis=2)[..., None])
-            ax.plot(steps[sl], blo[sl, 0], color="C2", lw=1.1, ls=":")
-            ax.plot(steps[sl], bhi[sl, 0], color="C2", lw=1.1, ls=":",
+        if comb is not None:
+            ax.plot(steps[sl], comb[0][sl], color="C2", lw=1.1, ls=":")
+            ax.plot(steps[sl], comb[2][sl], color="C2", lw=1.1, ls=":",
                     label=f"+ finite-width band (width {width}, variances added)")
         if k == 0:
             mean_net = row["_mean_network"].mean(axis=1)
@@ -458,9 +474,10 @@ def figure(rows: list, path: Path, c: float, config: str, width: int, n_show: in
     axes[0].set_title("whole run (log scale)", fontsize=10)
     axes[1].set_title(f"steps {steps[half]}-{steps[-1]} (linear)", fontsize=10)
     axes[1].legend(fontsize=7.5, loc="upper right")
-    fig.suptitle(f"{config.replace('_', ' ')}, lr {row['lr']:g}, 8 agents, digits 200/100: "
+    fig.suptitle(f"{config.replace('_', ' ')}, width {width}, lr {row['lr']:g}, 8 agents, "
+                 "digits 200/100:\n"
                  f"{100 * inside:.0f} % of the network-mean points of all {real.shape[0]} "
-                 "seeds (steps >= 10) inside the 5-95 % band", fontsize=10)
+                 f"seeds (steps >= 10) inside the 5-95 % band{note}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -534,7 +551,8 @@ def main(argv=None) -> int:
     print(calibration_markdown(summary))
     if args.figure:
         figure(rows, Path(args.figure), summary["c_used"], args.figure_config,
-               args.figure_width)
+               args.figure_width,
+               combined_c=summary["combined_fit"].get("c", float("nan")))
         print(f"figure: {args.figure}")
     return 0
 

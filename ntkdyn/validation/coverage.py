@@ -41,8 +41,18 @@ import numpy as np
 
 #: relative margin on a fitted factor (the edge point stays inside after rounding)
 EDGE = 1e-12
+#: The widening factor of the combined 5-95 % band (:func:`calibrated_band`), FITTED by
+#: ``validate/coverage.py`` (:func:`fit_widening`, target 90 %) on the CALIBRATION
+#: configurations only (ring DGD lr 0.4, torus ATC lr 0.8; digits 200 / 100, 8 agents,
+#: depth-1 ReLU MLP, W_std 1.4, squared loss, 200 steps), test loss, widths 256-2048, 40
+#: seeds each, 16 width kernels with paired draws; held out: complete CTA, ring gradient
+#: tracking (README "Coverage").  Valid for that family of problems, not beyond it.  The
+#: factor each width alone would need falls with the width (1.17, 0.99, 0.88, 0.87 at 256,
+#: 512, 1024, 2048): this one constant under-covers slightly at 256 and over at 2048.
+CALIBRATED_C = 0.9429
 
-__all__ = ["add_width_band", "band_from_draws", "coverage", "final_coverage", "fit_widening",
+__all__ = ["CALIBRATED_C", "add_width_band", "band_from_draws", "calibrated_band",
+           "calibrated_factor", "coverage", "final_coverage", "fit_widening",
            "fit_widening_law", "required_factors", "widen", "widening_factor"]
 
 
@@ -214,3 +224,27 @@ def fit_widening_law(factors_by_width, target: float = 0.9, exponent: float = 0.
         raise ValueError("factors_by_width: expected at least one point")
     a = float(s[max(int(np.ceil(target * s.size)) - 1, 0)])
     return a + EDGE * max(abs(a), 1.0)
+
+
+def calibrated_factor(width) -> float:
+    """The factor by which :func:`calibrated_band` scales the combined band's half-widths at
+    hidden width ``width``: ``CALIBRATED_C`` (fitted on the calibration configurations of
+    ``validate/coverage.py``, constant in the width; see its comment)."""
+    if not (isinstance(width, int | np.integer) and width >= 1):
+        raise ValueError(f"width: expected a positive integer, got {width!r}")
+    return CALIBRATED_C
+
+
+def calibrated_band(init_draws, width_draws, width, paired_draws=None):
+    """The calibrated 5-95 % band of a metric of ONE network of hidden width ``width``:
+    the band over initialisations with the finite-width band added
+    (:func:`add_width_band`, ``paired_draws`` recommended), each side's half-width scaled
+    by :func:`calibrated_factor` (:func:`widen`).  ``init_draws``: ``(P, T, Q)`` (e.g.
+    ``traj.draws[metric]`` of ``nd.predict(..., f0="random")``), ``width_draws``:
+    ``(S, T, Q)`` (``traj.width_draws[metric]`` of ``nd.predict(..., width=width)``).
+    Returns ``(lo, mid, hi)``.  Measured coverage: README "Coverage"."""
+    lo, mid, hi = add_width_band(init_draws, width_draws, 0.05, 0.95,
+                                 paired_draws=paired_draws)
+    c = calibrated_factor(width)
+    wlo, whi = widen(lo, mid, hi, c)
+    return wlo, mid, whi
