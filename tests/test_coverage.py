@@ -13,12 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntkdyn.validation.coverage import (
+    CALIBRATED_C,
     add_width_band,
     band_from_draws,
+    calibrated_band,
+    calibrated_factor,
     coverage,
+    final_coverage,
     fit_widening,
+    fit_widening_law,
     required_factors,
     widen,
+    widening_factor,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +109,40 @@ def test_add_width_band_adds_variances_and_shifts_the_centre():
     np.testing.assert_allclose((lo, mid, hi), (ilo, imid, ihi), atol=1e-12)
 
 
+def test_add_width_band_measures_the_shift_against_paired_draws():
+    """With ``paired_draws`` (the infinite-width prediction from the width samples' own
+    draws, mean 0.3 here) the centre moves by ``mean(width) - mean(paired)`` = 0.2, not by
+    ``mean(width) - mean(init)`` = 0.5; the half-widths are unchanged; a wrong shape is a
+    ``ValueError`` naming ``paired_draws``."""
+    init = np.linspace(-1, 1, 101)[:, None, None] * np.ones((1, 2, 3))
+    width = np.linspace(-1, 1, 101)[:, None, None] * (1.2 / 0.9) + 0.5
+    width = width * np.ones((1, 2, 3))
+    paired = np.full((4, 2, 3), 0.3)
+    lo, mid, hi = add_width_band(init, width, paired_draws=paired)
+    np.testing.assert_allclose(mid, 0.2, atol=1e-12)
+    np.testing.assert_allclose((lo, hi), (0.2 - 1.5 + 0 * lo, 0.2 + 1.5 + 0 * hi), atol=1e-12)
+    with pytest.raises(ValueError, match="paired_draws"):
+        add_width_band(init, width, paired_draws=np.zeros((4, 3, 3)))
+
+
+def test_calibrated_band_is_the_combined_band_widened_by_the_fitted_factor():
+    """``calibrated_band`` = :func:`add_width_band` (5-95 %, paired draws) widened by
+    ``CALIBRATED_C`` about its centre (exactly, 1e-12); the fitted constant is a sane
+    factor (0.5-2); a bad width is a ``ValueError`` naming ``width``."""
+    rng = np.random.default_rng(4)
+    init = rng.standard_normal((200, 3, 2))
+    width = 0.3 + 0.2 * rng.standard_normal((16, 3, 2))
+    paired = init[:32]
+    lo, mid, hi = calibrated_band(init, width, 256, paired_draws=paired)
+    blo, bmid, bhi = add_width_band(init, width, paired_draws=paired)
+    assert 0.5 < CALIBRATED_C < 2.0 and calibrated_factor(256) == CALIBRATED_C
+    np.testing.assert_allclose(mid, bmid, atol=1e-12)
+    np.testing.assert_allclose(mid - lo, CALIBRATED_C * (bmid - blo), atol=1e-12)
+    np.testing.assert_allclose(hi - mid, CALIBRATED_C * (bhi - bmid), atol=1e-12)
+    with pytest.raises(ValueError, match="width"):
+        calibrated_band(init, width, 0)
+
+
 def test_errors_name_the_argument():
     real, lo, mid, hi = _constructed()
     with pytest.raises(ValueError, match="real"):
@@ -145,6 +185,132 @@ def test_script_report_on_constructed_results():
     assert by[("complete_cta", 512)]["test_loss_widened"] == pytest.approx(1.0)
     assert by[("complete_cta", 512)]["test_acc_widened"] == 0.0
     assert "fitted widening factor" in mod.markdown(summary)
+
+
+Z90 = 1.6448536269514722   # the 95 % point of N(0, 1): a 5-95 % band is mean -/+ Z90 sd
+
+
+def test_coverage_of_a_known_gaussian_band():
+    """Band from 4000 draws of N(mu_t, sd_t^2) per (t, q); 500 real values from the same
+    law: coverage 0.9 within 0.01 (about 4 sd of the binomial error over the 500 x 6 x 3
+    independent points), at the horizon 0.9 within 0.04 (1500 points); values from a law
+    1.5x wider: coverage P(|z| <= Z90 / 1.5) = 0.730 within 0.015."""
+    rng = np.random.default_rng(0)
+    mu = rng.normal(0, 3, (7, 3))
+    sd = rng.uniform(0.5, 2.0, (7, 3))
+    lo, _, hi = band_from_draws(mu + sd * rng.standard_normal((4000, 7, 3)))
+    real = mu + sd * rng.standard_normal((500, 7, 3))
+    assert coverage(real, lo, hi) == pytest.approx(0.9, abs=0.01)
+    assert final_coverage(real, lo, hi) == pytest.approx(0.9, abs=0.04)
+    wide = mu + 1.5 * sd * rng.standard_normal((500, 7, 3))
+    from scipy.stats import norm
+
+    assert coverage(wide, lo, hi) == pytest.approx(2 * norm.cdf(Z90 / 1.5) - 1, abs=0.015)
+
+
+def test_fitted_factor_recovers_a_known_widening():
+    """Real values 1.5x wider than the exact 5-95 % band of N(0, sd^2): the fitted ``c`` is
+    1.5 within 2 % (the 90 % quantile of 60,000 |z|, relative error about 0.4 %), and the
+    band widened by it covers 0.9 within 0.005."""
+    rng = np.random.default_rng(1)
+    sd = rng.uniform(0.5, 2.0, (6, 2))
+    lo, mid, hi = -Z90 * sd, np.zeros_like(sd), Z90 * sd
+    real = 1.5 * sd * rng.standard_normal((5000, 6, 2))
+    c = fit_widening([required_factors(real, lo, mid, hi)], 0.9)
+    assert c == pytest.approx(1.5, rel=0.02)
+    assert coverage(real, *widen(lo, mid, hi, c)) == pytest.approx(0.9, abs=0.005)
+
+
+def test_fitted_law_recovers_a_known_width_dependence():
+    """At widths 256, 1024, 4096 real values ``1 + 8 n^-1/2`` (1.5, 1.25, 1.125) times
+    wider than the exact band: the fitted law's ``a`` is 8 within 5 %, ``c(n)`` is 1.5 /
+    1.25 / 1.125 within 1 %, and every width's widened band covers 0.9 within 0.01; one
+    constant factor (about 1.30) covers about 0.845 at 256 and 0.942 at 4096."""
+    rng = np.random.default_rng(2)
+    sd = rng.uniform(0.5, 2.0, (5, 2))
+    lo, mid, hi = -Z90 * sd, np.zeros_like(sd), Z90 * sd
+    real = {n: (1 + 8 / np.sqrt(n)) * sd * rng.standard_normal((8000, 5, 2))
+            for n in (256, 1024, 4096)}
+    factors = {n: [required_factors(x, lo, mid, hi)] for n, x in real.items()}
+    a = fit_widening_law(factors, 0.9)
+    assert a == pytest.approx(8.0, rel=0.05)
+    for n, x in real.items():
+        assert widening_factor(n, a) == pytest.approx(1 + 8 / np.sqrt(n), rel=0.01)
+        assert coverage(x, *widen(lo, mid, hi, widening_factor(n, a))) == pytest.approx(
+            0.9, abs=0.01)
+    c = fit_widening([f for fs in factors.values() for f in fs], 0.9)
+    assert coverage(real[256], *widen(lo, mid, hi, c)) < 0.87
+    assert coverage(real[4096], *widen(lo, mid, hi, c)) > 0.93
+
+
+def test_fitted_law_is_the_smallest_that_reaches_the_target():
+    """On the constructed case at two widths, the fitted ``a`` covers >= target pooled and
+    ``a`` just below it covers less; ``final_coverage`` counts the last record only (3 of
+    its 4 points inside)."""
+    real, lo, mid, hi = _constructed()
+    r = required_factors(real, lo, mid, hi)
+    for target in (0.3, 5 / 8, 0.75, 7 / 8):
+        a = fit_widening_law({4: [r], 16: [r]}, target)
+        inside = [coverage(real, *widen(lo, mid, hi, widening_factor(n, a))) for n in (4, 16)]
+        assert np.mean(inside) >= target - 1e-12
+        below = [coverage(real, *widen(lo, mid, hi, widening_factor(n, a - 1e-6)))
+                 for n in (4, 16)]
+        assert np.mean(below) < target
+    assert final_coverage(real, lo, hi) == pytest.approx(3 / 4, abs=1e-15)
+    assert fit_widening_law({4: [r]}, 0.99) == np.inf
+
+
+def test_law_errors_name_the_argument():
+    with pytest.raises(ValueError, match="width"):
+        widening_factor(0, 1.0)
+    with pytest.raises(ValueError, match="width"):
+        widening_factor(4, -2.0)          # c(4) = 1 - 2 / 2 = 0
+    with pytest.raises(ValueError, match="target"):
+        fit_widening_law({4: [np.ones(3)]}, 0.0)
+    with pytest.raises(ValueError, match="factors_by_width"):
+        fit_widening_law({}, 0.9)
+    with pytest.raises(ValueError, match="factors_by_width"):
+        fit_widening_law({0: [np.ones(3)]}, 0.9)
+
+
+def test_script_calibrates_the_combined_band_and_round_trips_raw(tmp_path):
+    """Constructed results with finite-width draws: the combined band's factor and law are
+    fitted on the calibration configuration at widths >= 256, every row gets the coverage
+    over all records and at the horizon, the centre table says which centre the real
+    networks follow (the shift measured against the paired draws), and ``save_raw`` ->
+    ``load_raw`` rebuilds the same summary."""
+    mod = _script()
+    rng = np.random.default_rng(3)
+    init = rng.standard_normal((400, 4, 2))                      # band about 0 -/+ 1.64
+    width = 0.5 + 0.1 * rng.standard_normal((16, 4, 2))         # centre moves to 0.5
+    paired = init[:32] + 0.1                   # the width samples' own draws, mean + 0.1
+    res = {}
+    for name in ("ring_dgd", "complete_cta"):
+        res[name] = {"band": {"test_loss": init, "test_acc": init, "paired_test_loss": paired,
+                              "paired_test_acc": paired}, "widths": {}}
+        for w in (128, 256, 1024):
+            real = 0.5 + 1.3 * rng.standard_normal((30, 4, 2))
+            res[name]["widths"][w] = {"test_loss": real, "test_acc": real,
+                                      "width_test_loss": width, "width_test_acc": width}
+    summary, rows = mod.report(res)
+    fit = summary["combined_fit"]
+    assert fit["configs"] == ["ring_dgd"] and set(fit["per_width_c"]) == {256, 1024}
+    assert 1.0 < fit["c"] < 1.8
+    for r in summary["rows"]:
+        for k in ("plain", "combined", "combined_c", "combined_law"):
+            assert 0.0 <= r[f"test_loss_{k}"] <= 1.0
+            assert 0.0 <= r[f"test_loss_{k}_final"] <= 1.0
+    centre = {(r["config"], r["width"]): r for r in summary["centre"]}
+    assert centre[("ring_dgd", 256)]["width_centre"] == pytest.approx(
+        init[:, -1].mean() + width[:, -1].mean() - paired[:, -1].mean(), abs=1e-12)
+    assert centre[("ring_dgd", 256)]["followed"] == pytest.approx(1.0, abs=0.6)
+    assert "law a =" in mod.calibration_markdown(summary)
+    mod.save_raw(res, tmp_path / "raw.npz", every=10)
+    again, _ = mod.report(mod.load_raw(tmp_path / "raw.npz"))
+    assert json.dumps(again, default=float) == json.dumps(summary, default=float)
+    with np.load(tmp_path / "raw.npz") as z:
+        assert z["ring_dgd/w256/combined/test_loss"].shape == (3, 4, 2)
+        assert z["ring_dgd/w256/real/test_loss"].shape == (30, 4, 2)
 
 
 @pytest.mark.slow  # about 40 s of CPU: 2 configurations, one width, 2 seeds each, then a third

@@ -8,5 +8,6 @@
 * :mod:`~ntkdyn.validation.edge` — where real training stops converging
   (``ntkdyn check --measure-edge``).
 * :mod:`~ntkdyn.validation.coverage` — the fraction of real networks inside a predicted
-  band, and the one widening factor fitted to it (``validate/coverage.py``).
+  band, the widening factor (or law) fitted to it, and the calibrated band
+  (``validate/coverage.py``).
 """
