@@ -20,7 +20,9 @@ samples.  Measured:
   bandwidth measured by ``np.sum`` over a 1 GiB array (best of 1 thread and one
   thread per core);
 * sweep ratio: a 10-rate sweep (warm; compiled beforehand by a 25-step call)
-  over one warm prediction;
+  over one warm prediction (wall and process CPU time), and the same sweep with
+  ``kernel_dtype="float32"`` (float32 kernel products, float64 state) with the largest
+  relative change of any real-valued metric against the float64 sweep;
 * dense ratio (size S only): a plain numpy reference that builds the stacked
   ``(Q N) x (Q N)`` DGD operator explicitly and iterates it, over one warm
   prediction; its recorded train losses are checked against the solver's;
@@ -171,6 +173,25 @@ def numpy_loop(problem, lr: float, steps: int) -> tuple[float, np.ndarray]:
     return time.perf_counter() - tic, alpha
 
 
+def metric_change(trajs, refs) -> tuple[float, int]:
+    """Largest relative change ``max|a - b| / max|b|`` over every real-valued metric of
+    trajectories ``trajs`` against ``refs`` (accuracies excluded), and the number of
+    accuracy entries that differ."""
+    from ntkdyn.trajectory import METRICS
+
+    worst, flips = 0.0, 0
+    for a, b in zip(trajs, refs, strict=True):
+        for m in METRICS:
+            va, vb = getattr(a, m, None), getattr(b, m, None)
+            if m in ("steps", "lr") or not isinstance(vb, np.ndarray) or vb.dtype.kind != "f":
+                continue
+            if m.endswith("_acc"):
+                flips += int(np.sum(va != vb))
+                continue
+            worst = max(worst, float(np.max(np.abs(va - vb)) / max(np.max(np.abs(vb)), 1e-300)))
+    return worst, flips
+
+
 # --------------------------------------------------------------------------- one size
 def run_size(name: str, steps_override: int | None = None) -> dict:
     import ntkdyn
@@ -261,11 +282,21 @@ def run_size(name: str, steps_override: int | None = None) -> dict:
          f"faster; train losses agree to {res['numpy_agreement']:.1e})")
 
     rates = list(bound * np.linspace(0.05, 0.95, SWEEP_RATES))
-    run_problem(problem, "dgd", rates, np.arange(25))  # compile the 10-rate chunk
-    t = time.perf_counter()
-    run_problem(problem, "dgd", rates, steps)
-    res["sweep_s"] = time.perf_counter() - t
-    res["sweep_ratio"] = res["sweep_s"] / res["warm_s"]
+    sweeps = {}
+    for tag, kw in (("", {}), ("_f32", {"kernel_dtype": "float32"})):
+        run_problem(problem, "dgd", rates, np.arange(25), **kw)  # compile the 10-rate chunk
+        t, c = time.perf_counter(), time.process_time()
+        sweeps[tag] = run_problem(problem, "dgd", rates, steps, **kw)
+        res[f"sweep{tag}_s"] = time.perf_counter() - t
+        res[f"sweep{tag}_cpu_s"] = time.process_time() - c
+        res[f"sweep{tag}_ratio"] = res[f"sweep{tag}_s"] / res["warm_s"]
+        res[f"sweep{tag}_cpu_ratio"] = res[f"sweep{tag}_cpu_s"] / res["warm_cpu_s"]
+    res["sweep_f32_change"], res["sweep_f32_acc_changes"] = metric_change(sweeps["_f32"],
+                                                                          sweeps[""])
+    _log(f"{name}: 10-rate sweep, float32 kernel products: {res['sweep_f32_s']:.2f} s "
+         f"(ratio {res['sweep_f32_ratio']:.2f}, CPU-time ratio {res['sweep_f32_cpu_ratio']:.2f}"
+         f"; largest relative change of a metric {res['sweep_f32_change']:.1e}, accuracy "
+         f"entries changed {res['sweep_f32_acc_changes']})")
     res["load_end"] = os.getloadavg()[0]
     _log(f"{name}: 10-rate sweep {res['sweep_s']:.2f} s")
 
@@ -371,6 +402,13 @@ def main(argv=None) -> int:
         print(f"size {r['size']}: central metrics, eigenbasis vs carried reference: "
               f"{r['reference_difference']:.1e} relative; numpy loop train losses agree to "
               f"{r['numpy_agreement']:.1e}")
+    for r in results:
+        print(f"size {r['size']}: 10-rate sweep {r['sweep_s']:.2f} s = {r['sweep_ratio']:.2f}x one "
+              f"prediction (CPU time {r['sweep_cpu_ratio']:.2f}x); with float32 kernel products "
+              f"(float64 state) {r['sweep_f32_s']:.2f} s = {r['sweep_f32_ratio']:.2f}x (CPU time "
+              f"{r['sweep_f32_cpu_ratio']:.2f}x), largest relative change of a metric "
+              f"{r['sweep_f32_change']:.1e}, accuracy entries changed "
+              f"{r['sweep_f32_acc_changes']}")
     for r in results:
         if "dense_agreement" in r:
             verdict = "OK" if r["dense_agrees"] else "FAILED"

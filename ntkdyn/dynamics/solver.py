@@ -234,6 +234,9 @@ def _mix(mixing, x, j=0, *, q_count: int, central: bool):
         q, r, c = xa.shape
         agents = jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, g, c // g),
                             precision=EXACT).reshape(q, r, c)
+    elif central and x.shape[0] == q_count + 1:  # one product, no copy of the state
+        aug = jnp.zeros((q_count + 1,) * 2, mixing.dtype).at[:q_count, :q_count].set(mixing)
+        return jnp.tensordot(aug.at[q_count, q_count].set(1.0), x, axes=1)
     else:
         agents = jnp.tensordot(mixing, x[:q_count], axes=1)
     return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
@@ -285,48 +288,70 @@ class _GradLayout:
 
 def _grad_stacked(lay: _GradLayout, x, j=0):
     """Local gradients with equal shards: one batched product ``(Q, n, R) x (Q, R, C)``
-    (the carried centralised slot rides along as extra columns)."""
+    (the carried centralised slot: one more product ``(Q n, R) x (R, C)`` with the same
+    blocks; joining its columns to the agents' would copy the state on every step, which
+    XLA:CPU does at well under 1 GB/s)."""
     q_count, rows, counts0 = lay.q_count, lay.rows, lay.offsets[1] - lay.offsets[0]
     c = x.shape[-1]
     n = counts0 * lay.rps
-    rhs = x[:q_count]
-    if lay.carried:
-        rhs = jnp.concatenate([rhs, jnp.broadcast_to(x[q_count], rhs.shape)], axis=-1)
     prod = mixed_product(partial(jnp.einsum, "qnr,qrc->qnc", precision=EXACT), lay.blocks,
-                         rhs.astype(x.dtype), lay.low_at()).astype(x.dtype)
+                         x[:q_count], lay.low_at()).astype(x.dtype)
     res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(q_count, n, c)
     bw = None if lay.batch is None else lay.batch(j)
-    z = lay.out_vec((res + prod[..., :c]).reshape(rows, c), 0, rows)
+    z = lay.out_vec((res + prod).reshape(rows, c), 0, rows)
     r_agents = (z / counts0 if bw is None else z * bw).reshape(q_count, n, c)
-    eye = jnp.eye(q_count, dtype=x.dtype)[:, :, None, None]
-    g = (eye * r_agents[None]).reshape(q_count, rows, c)  # agent q's rows only
     if lay.carried:
-        g_c = lay.out_vec((res + prod[..., c:]).reshape(rows, c), 0, rows)
-        g_c = (g_c / (q_count * counts0) if bw is None else
-               g_c * (bw / q_count)).reshape(1, rows, c)
-        g = jnp.concatenate([g, g_c], axis=0)
+        prod_c = mixed_product(partial(jnp.einsum, "qnr,rc->qnc", precision=EXACT),
+                               *_unmerged(lay.blocks, x[q_count]),
+                               lay.low_at()).astype(x.dtype)
+        g_c = lay.out_vec((res + prod_c).reshape(rows, c), 0, rows)
+        g_c = g_c / (q_count * counts0) if bw is None else g_c * (bw / q_count)
     elif lay.central:
-        g = jnp.concatenate([g, lay.grad_reference(x)], axis=0)
-    return _pad_rows(g, x.shape[1])
+        g_c = lay.grad_reference(x)[0]
+    else:
+        g_c = None
+    return _pad_rows(_assemble(r_agents, g_c), x.shape[1])
+
+
+def _assemble(r_agents, g_c):
+    """``(A, rows, C)`` gradient from agent ``q``'s rows ``r_agents[q]`` (``(Q, n, C)``; zero
+    on the other agents' rows) and the centralised slot's ``g_c`` (``(rows, C)`` or None):
+    one elementwise pass (a concatenation of the slots copies the state a second time)."""
+    q_count, n, c = r_agents.shape
+    slots = q_count + (g_c is not None)
+    sel = jnp.eye(slots, q_count, dtype=r_agents.dtype)[:, :, None, None]
+    g = sel * r_agents[None]
+    if g_c is not None:
+        central = (jnp.arange(slots) == q_count).astype(r_agents.dtype)[:, None, None, None]
+        g = g + central * g_c.reshape(1, q_count, n, c)
+    return g.reshape(slots, q_count * n, c)
+
+
+def _unmerged(blocks, rhs):
+    """``(blocks, rhs)`` with ``blocks`` behind an optimisation barrier: XLA merges two
+    products that share ``blocks`` into one over the joined columns (a concatenation of the
+    state, the slowest operation of the step on CPU); the barrier keeps them apart (on the
+    constant operand only, so the step stays linear-transposable in ``rhs``)."""
+    return jax.lax.optimization_barrier(blocks), rhs
 
 
 def _grad_blocks(lay: _GradLayout, x, j=0):
     """Local gradients with unequal shards: one product per agent's row block."""
     q_count, rows, offsets, rps = lay.q_count, lay.rows, lay.offsets, lay.rps
-    c = x.shape[-1]
     g_agents, g_central = [], []
     bw = None if lay.batch is None else lay.batch(j)
     for q in range(q_count):
         s, e = offsets[q] * rps, offsets[q + 1] * rps
         n_q = offsets[q + 1] - offsets[q]
-        rhs = jnp.concatenate([x[q], x[q_count]], axis=1) if lay.carried else x[q]
-        prod = mixed_product(partial(jnp.matmul, precision=EXACT), lay.blocks[q],
-                             rhs.astype(x.dtype), lay.low_at(q)).astype(x.dtype)
-        r_q = lay.out_vec(lay.residual[s:e] + prod[:, :c], s, e)
+        matmul = partial(jnp.matmul, precision=EXACT)
+        prod = mixed_product(matmul, lay.blocks[q], x[q], lay.low_at(q)).astype(x.dtype)
+        r_q = lay.out_vec(lay.residual[s:e] + prod, s, e)
         g_agents.append(jnp.pad(r_q / n_q if bw is None else r_q * bw[s:e],
                                 ((s, rows - e), (0, 0))))
         if lay.carried:
-            z_c = lay.out_vec(lay.residual[s:e] + prod[:, c:], s, e)
+            prod_c = mixed_product(matmul, *_unmerged(lay.blocks[q], x[q_count]),
+                                   lay.low_at(q)).astype(x.dtype)
+            z_c = lay.out_vec(lay.residual[s:e] + prod_c, s, e)
             g_central.append(z_c / (q_count * n_q) if bw is None else
                              z_c * (bw[s:e] / q_count))
     if lay.carried:
@@ -479,12 +504,13 @@ def _metrics(x, u, prod_t, data, f0, y, f0t, yt, *, q_count, n_rates, traced, re
     sq, acc = loss_acc(out, y, labels)
     local = sq @ shard_w  # (A, n_rates, Q)
     xa, ua = xs[:q_count], us[:q_count]
-    xm, um = xa.mean(axis=0), ua.mean(axis=0)
+    xm, um = _agent_mean(xs, q_count), _agent_mean(us, q_count)
 
-    def quad(dx, du):
-        return jnp.sqrt(jnp.maximum(jnp.sum(dx * du, axis=(-2, -1)), 0.0))
+    def quad(dx, du):  # a contraction (XLA:CPU reduces over (N, K) far slower than it dots)
+        return jnp.sqrt(jnp.maximum(jnp.einsum("...nk,...nk->...", dx, du, precision=EXACT),
+                                    0.0))
 
-    out_mean = out[:q_count].mean(axis=0, keepdims=True)
+    out_mean = _agent_mean(out, q_count)[None]
     sq_m, acc_m = loss_acc(out_mean, y, labels)
     rec = {
         "train_loss": sq.mean(axis=-1),
@@ -505,12 +531,19 @@ def _metrics(x, u, prod_t, data, f0, y, f0t, yt, *, q_count, n_rates, traced, re
         ut = _to_samples(prod_t, yt.shape[0], k, n_rates, traced)
         out_t = f0t + ut
         sqt, acct = loss_acc(out_t, yt, lt)
-        sqt_m, acct_m = loss_acc(out_t[:q_count].mean(axis=0, keepdims=True), yt, lt)
+        sqt_m, acct_m = loss_acc(_agent_mean(out_t, q_count)[None], yt, lt)
         rec.update(test_loss=sqt.mean(axis=-1), test_acc=acct,
                    mean_model_test_loss=sqt_m.mean(axis=-1)[0], mean_model_test_acc=acct_m[0])
         if record_outputs:
             rec["test_outputs"] = out_t
     return rec
+
+
+def _agent_mean(v, q_count: int):
+    """Mean of ``v[:q_count]`` over the leading (slot) axis, as a product with the weights
+    ``1/Q`` (a reduction over the slot axis is an order of magnitude slower on XLA:CPU)."""
+    w = jnp.zeros(v.shape[0], v.dtype).at[:q_count].set(1.0 / q_count)
+    return jnp.tensordot(w, v, axes=1, precision=EXACT)
 
 
 def network_columns(k: int, networks: int) -> np.ndarray:
