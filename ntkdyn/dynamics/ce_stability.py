@@ -28,7 +28,9 @@ sufficient bound) applies to it unchanged.
 (I - 1 1^T/K)``: the squared loss's operator on the centred outputs with the rates scaled by
 ``s^2 / K``, and pure mixing on the all-ones direction.  The stable set is the squared
 loss's scaled by ``K / s^2``; computed on the traced kernel ``(s^2/K) Theta`` (no
-``K``-fold larger full kernel).  Any other ``f_0``, or a full kernel, builds ``Theta_f0``
+``K``-fold larger full kernel; its spectral radius leaves out the all-ones direction's
+kernel-free modes, radius <= 1 for stochastic mixing, which the full construction keeps).
+Any other ``f_0``, or a full kernel, builds ``Theta_f0``
 in the full (sample, output) layout (``N K`` rows).
 
 What is exact and what is not: the report is exact for the **linearisation at
