@@ -972,15 +972,15 @@ def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, see
 def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:
     """Stability report (spectral radius, exact lr*, sufficient bound, margin).
 
-    Squared loss only: with ``problem.loss == "cross_entropy"`` a ``ValueError`` naming
-    ``loss`` states the sufficient bound from the largest softmax curvature instead
-    (:func:`ntkdyn.dynamics.run.cross_entropy_bound`).
+    With ``problem.loss == "cross_entropy"`` the report is that of the step linearised at
+    initialisation (the softmax Hessian at ``f_0``; :mod:`ntkdyn.dynamics.ce_stability`):
+    exact for that linearisation, not a guarantee for the non-affine dynamics; ``lr_bound``
+    is then the sufficient bound from the largest softmax curvature and ``note`` says so.
     """
-    if problem.loss != "mse":
-        from ntkdyn.dynamics.run import cross_entropy_bound
+    if problem.loss == "cross_entropy":
+        from ntkdyn.dynamics import ce_stability
 
-        raise ValueError("loss: the exact stability report is for loss='mse' only; "
-                         + cross_entropy_bound(problem, algorithm))
+        return ce_stability.stability(problem, algorithm, lr)
     return _stability(problem, algorithm, lr)
 
 

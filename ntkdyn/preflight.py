@@ -80,6 +80,8 @@ class AlgorithmVerdict:
     operator: str = "one step"
     stable_rates: tuple = ()
     stable_set: str = ""
+    #: cross-entropy: what the verdict is exact for (the linearisation at f_0), else ""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class CheckReport:
     #: ``[prediction] width`` / ``width_tol``: the finite-width band at the horizon and the
     #: width within the tolerance (:func:`finite_width_report`); ``None`` when neither is set
     finite_width: dict | None = None
+    #: ``training.loss`` ("mse" or "cross_entropy": verdicts of the linearisation at f_0)
+    loss: str = "mse"
+    #: ``training.batch_size > 0``: what the report's statements are of (the expected,
+    #: full-batch dynamics) and the chosen rate's band over mini-batch sequences; else None
+    minibatch: dict | None = None
 
     @property
     def target_reached(self) -> bool:
@@ -139,8 +146,22 @@ def _json_default(obj):
     return str(obj)
 
 
+def stability_of(problem, algo, lr) -> spectrum.StabilityReport:
+    """The stability report for ``problem``'s loss: the squared loss's exact one, or for
+    cross-entropy that of the step linearised at ``f_0`` (:mod:`ntkdyn.dynamics.ce_stability`:
+    exact for the linearisation, not a guarantee; ``lr_bound`` from the largest softmax
+    curvature)."""
+    if problem.loss == "cross_entropy":
+        from ntkdyn.dynamics import ce_stability
+
+        return ce_stability.stability(problem, algo, lr)
+    return spectrum.stability(problem, algo, lr)
+
+
 def _verdict(report: spectrum.StabilityReport, topology: str) -> str:
     a = report.algorithm.upper().replace("_", " ")
+    if report.loss == "cross_entropy":
+        a += " (cross-entropy, linearised at initialisation)"
     if report.stable:
         return (f"{a} at lr={report.lr:.4g} on this {topology} is inside the NTK regime: the "
                 f"linearised dynamics converge (lr*={report.lr_star:.4g}, margin "
@@ -211,7 +232,7 @@ def _analyse(exp: Experiment, problem, cfg: Config) -> list[AlgorithmVerdict]:
     for algo in COMPARED:
         key = algo.shares_spectrum_with if algo.shares_spectrum_with in by_name else algo.name
         if key not in cache:
-            cache[key] = spectrum.stability(problem, by_name[key], cfg.training.lr)
+            cache[key] = stability_of(problem, by_name[key], cfg.training.lr)
         rep = dataclasses.replace(cache[key], algorithm=algo.name)
         out.append(_as_verdict(rep, name))
     return out
@@ -221,7 +242,7 @@ def _as_verdict(rep: spectrum.StabilityReport, topology: str) -> AlgorithmVerdic
     return AlgorithmVerdict(rep.algorithm, rep.lr, rep.spectral_radius, rep.lr_star,
                             rep.lr_bound, rep.margin, rep.stable, rep.method,
                             _verdict(rep, topology), rep.operator, rep.stable_rates,
-                            rep.stable_set)
+                            rep.stable_set, rep.note)
 
 
 def _topology_name(cfg: Config) -> str:
@@ -290,20 +311,27 @@ def _caveat(kernel: str, width: int, full: bool = False) -> str:
             "measure it for this configuration.")
 
 
-def _check_supported(cfg: Config) -> None:
-    """What check does not analyse yet is a :class:`ConfigError` naming the key."""
-    if cfg.training.loss != "mse":
-        raise ConfigError(f"config: training.loss: check supports the squared loss only for "
-                          f"now: the stability analysis is exact for it (got "
-                          f"{cfg.training.loss!r}; ntkdyn predict and validate take "
-                          "cross-entropy)")
-    if cfg.training.batch_size:
-        raise ConfigError(f"config: training.batch_size: check supports full-batch training "
-                          f"only for now: its stability analysis, lr* and fixed point are "
-                          f"those of full-batch gradients (got training.batch_size = "
-                          f"{cfg.training.batch_size}; ntkdyn predict and validate take "
-                          "mini-batch SGD; remove training.batch_size to check the full-batch "
-                          "dynamics, which are the expected SGD dynamics for the squared loss)")
+def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
+    """What check does not analyse for cross-entropy or mini-batch SGD is a
+    :class:`ConfigError` naming the key."""
+    t, p = cfg.training, cfg.prediction
+    what = ("training.loss = 'cross_entropy'" if t.loss != "mse" else
+            "training.batch_size > 0" if t.batch_size else None)
+    if what is None:
+        return
+    if p.rank is not None:
+        raise ConfigError(f"config: prediction.rank: the low-rank check is for the squared "
+                          f"loss with full-batch gradients, got {what}; remove prediction.rank")
+    if p.width or p.width_tol:
+        key = "prediction.width" if p.width else "prediction.width_tol"
+        raise ConfigError(f"config: {key}: the finite-width band of check is for the squared "
+                          f"loss with full-batch gradients, got {what}; remove {key}")
+    if measure_edge:
+        key = "training.loss" if t.loss != "mse" else "training.batch_size"
+        raise ConfigError(f"config: {key}: --measure-edge trains the real network with the "
+                          f"squared loss and full batches, got {what}; run without "
+                          "--measure-edge (ntkdyn validate trains with the configured loss "
+                          "and mini-batches)")
 
 
 def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
@@ -321,17 +349,26 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
     # One batched pass for the sweep and the chosen rate, with float32 kernel products
     # (float64 state): within 1e-5 relative of float64 on the default configuration
     # (measured 8.4e-6 on the losses, accuracies identical), twice as fast (SWEEP_DTYPE).
+    # mini-batch SGD: the sweep and the chosen rate's prediction are the full-batch
+    # (expected) dynamics; the band over mini-batch sequences is _minibatch_band's
     trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
                         check_stability=False, reference=False,
-                        kernel_dtype=_sweep_dtype(cfg), samples=exp.samples) if rates else []
+                        kernel_dtype=_sweep_dtype(cfg), samples=_sweep_samples(exp, cfg)
+                        ) if rates else []
     sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
     prediction = None
     if chosen.inside:
         prediction = _summarise(trajs[-1], target)
-        try:
-            fp = fixed_point(problem, algo, cfg.training.lr)
-        except ValueError:  # a periodic sequence ends on a periodic orbit, not a fixed point
-            fp = None
+        fp = None
+        if problem.loss == "cross_entropy":
+            from ntkdyn.dynamics.ce_stability import NO_FIXED_POINT
+
+            prediction["steady_state_note"] = NO_FIXED_POINT
+        else:
+            try:
+                fp = fixed_point(problem, algo, cfg.training.lr)
+            except ValueError:  # a periodic sequence ends on a periodic orbit
+                fp = None
         prediction.update(
             one_random_network=_random_network(problem, nngp, algo, cfg, target),
             steady_state_consensus_gap=None if fp is None else fp.consensus_gap,
@@ -339,6 +376,46 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
             steady_state_test_loss=float(np.mean(fp.test_loss))
             if fp is not None and fp.test_loss is not None else None)
     return sweep, prediction
+
+
+def _sweep_samples(exp: Experiment, cfg: Config) -> int | None:
+    """Sampled sequences of the sweep: random gossip's (the sweep is full batch, so
+    ``training.samples`` of mini-batch SGD is not its), else none."""
+    if not cfg.training.batch_size:
+        return exp.samples
+    return cfg.topology.gossip_samples if cfg.topology.gossip else None
+
+
+#: What check's statements are of with mini-batch SGD, in words.
+MINIBATCH_WORDS = ("stability, lr*, the sweep and the steady state are those of the "
+                   "full-batch dynamics: for the squared loss these are exactly the expected "
+                   "SGD dynamics of the linearised network (its gradient is affine, the "
+                   "expected mini-batch gradient is the full one); for cross-entropy only "
+                   "to first order")
+
+
+def _minibatch_band(problem, exp: Experiment, cfg: Config, inside: bool) -> dict | None:
+    """``training.batch_size > 0``: the chosen rate over ``training.samples`` sampled
+    mini-batch sequences (one batched run, sequence ``s`` reproducible from ``seed``): the
+    final network-mean metrics' mean and 5-95 % band, and the fraction of sequences that
+    diverged; ``None`` for full batch.  Outside the regime only the words are given."""
+    t = cfg.training
+    if not t.batch_size:
+        return None
+    out: dict = {"batch_size": int(t.batch_size), "samples": int(t.samples),
+                 "batch_sampling": t.batch_sampling, "statement": MINIBATCH_WORDS}
+    if not inside:
+        return out
+    traj = run_problem(problem, exp.algorithm, [t.lr], cfg.steps, check_stability=False,
+                       reference=False, kernel_dtype=_sweep_dtype(cfg), samples=t.samples,
+                       batch_size=t.batch_size, batch_sampling=t.batch_sampling,
+                       seed=cfg.seed)[0]
+    out.update(status=traj.status,
+               steps_to_target_mean=_steps_to_target(traj, cfg.prediction.target_loss))
+    for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        out[f"final_{metric}_mean"] = float(traj.network_mean(metric)[-1])
+        out[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
+    return out
 
 
 def check(config: Config | str | Path, *, topologies: list[str] | None = None,
@@ -357,7 +434,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     """
     t0 = time.perf_counter()
     cfg = load_config(config) if not isinstance(config, Config) else config
-    _check_supported(cfg)
+    _check_supported(cfg, measure_edge)
     if cfg.prediction.rank is not None:
         if topologies or measure_edge:
             raise ConfigError("config: prediction.rank: --topologies and --measure-edge run on "
@@ -370,14 +447,15 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
     # comes from the same kernel pass, for the chosen rate's band over initialisations
     problem, nngp = build_problem_and_nngp(
         exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel, seed=cfg.seed,
-        params=None, f0=f0, traced=not full, rates=len(SWEEP_FRACTIONS) + 1, loss="mse",
-        logit_scale=1.0, want_nngp=f0 == "random")
+        params=None, f0=f0, traced=not full, rates=len(SWEEP_FRACTIONS) + 1,
+        want_nngp=f0 == "random", loss=cfg.training.loss,
+        logit_scale=exp.loss.get("logit_scale", 1.0))
     t_kernel = time.perf_counter()
     verdicts = _analyse(exp, problem, cfg)
     algo = exp.algorithm
     chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
     if chosen is None:  # gd, p2pl, gradient tracking, EXTRA, momentum: their own operator
-        rep = spectrum.stability(problem, algo, cfg.training.lr)
+        rep = stability_of(problem, algo, cfg.training.lr)
         chosen = _as_verdict(rep, _topology_name(cfg))
         verdicts.append(chosen)
     t_stab = time.perf_counter()
@@ -405,7 +483,8 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                  "prediction_s": t_pred - t_stab, "topologies_and_edge_s": t_end - t_pred,
                  "total_s": t_end - t0},
         versions=versions(),
-        finite_width=finite)
+        finite_width=finite, loss=cfg.training.loss,
+        minibatch=_minibatch_band(problem, exp, cfg, chosen.inside))
 
 
 LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full kernel's for "
@@ -479,17 +558,18 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
 def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     other = exp.with_topology(name)
     problem = build_problem(other.arch, other.parts, other.mixing,
-                            kernel=cfg.prediction.kernel, seed=cfg.seed)
+                            kernel=cfg.prediction.kernel, seed=cfg.seed, **other.loss)
     # random gossip: the expected matrix's spectrum (the mean-state dynamics)
     w, _ = gossip.resolve_mixing(other.mixing)
     row = {"topology": name, "lambda_min": graphs.lambda_min(w)
            if graphs.is_symmetric(w) else None,
            "spectral_gap": graphs.spectral_gap(w)}
-    rep = spectrum.stability(problem, other.algorithm, cfg.training.lr)
+    rep = stability_of(problem, other.algorithm, cfg.training.lr)
     row.update(lr_star=rep.lr_star, lr_bound=rep.lr_bound, inside=rep.stable)
     if rep.stable:
         traj = run_problem(problem, other.algorithm, [cfg.training.lr], cfg.steps,
-                           check_stability=False, reference=False, samples=other.samples)[0]
+                           check_stability=False, reference=False,
+                           samples=_sweep_samples(other, cfg))[0]
         s = _summarise(traj, cfg.prediction.target_loss)
         row.update(final_test_loss=s["final_test_loss"], final_test_acc=s["final_test_acc"],
                    steps_to_target=s["steps_to_target"])
@@ -512,6 +592,7 @@ def _render(r: CheckReport) -> str:
              f"{r.horizon} steps", ""]
     lines += _stability_lines(r)
     lines += _prediction_lines(r)
+    lines += _minibatch_lines(r.minibatch)
     lines += _sweep_lines(r)
     lines += _topology_lines(r)
     if r.edge is not None:
@@ -548,6 +629,13 @@ def _stability_lines(r: CheckReport) -> list[str]:
         lines.append("  " + v.verdict)
         if v.operator != "one step":
             lines.append(f"    (operator: {v.operator})")
+    notes = {v.note for v in r.stability if v.note}
+    if notes:  # the same words for every schedule: once
+        lines.append("  Cross-entropy: " + next(iter(notes)).split(": ", 1)[-1]
+                     + " (the sufficient bound column).")
+    if r.minibatch is not None:
+        lines.append(f"  Mini-batch SGD (batch size {r.minibatch['batch_size']}): "
+                     f"{r.minibatch['statement']}.")
     return lines + [""]
 
 
@@ -583,6 +671,8 @@ def _prediction_lines(r: CheckReport) -> list[str]:
                  if one is not None else "")]
     if r.low_rank is not None:
         lines.append("  steady state: not computed on the low-rank path")
+    elif p.get("steady_state_note"):
+        lines.append(f"  steady state: none ({p['steady_state_note']})")
     elif p["steady_state_consensus_gap"] is None:
         lines.append("  steady state: none (a periodic mixing sequence ends on a periodic "
                      "orbit)")
@@ -591,6 +681,24 @@ def _prediction_lines(r: CheckReport) -> list[str]:
                      f", distance to the centralised solution "
                      f"{p['steady_state_distance_to_centralised']:.3g}")
     return lines
+
+
+def _minibatch_lines(mb: dict | None) -> list[str]:
+    """The chosen rate over sampled mini-batch sequences (mean and 5-95 % band)."""
+    if mb is None or "final_test_loss_mean" not in mb:
+        return []
+
+    def band(metric, fmt):
+        lo, hi = mb[f"final_{metric}_band"]
+        return f"{mb[f'final_{metric}_mean']:{fmt}} mean (5-95 %: {lo:{fmt}}-{hi:{fmt}})"
+    hit = mb["steps_to_target_mean"]
+    return [f"  mini-batch SGD, batch size {mb['batch_size']} ({mb['batch_sampling']} "
+            f"sampling), over {mb['samples']} sampled batch sequences:",
+            f"    test loss {band('test_loss', '.4g')}",
+            f"    test acc  {band('test_acc', '.3f')}",
+            f"    train loss {band('train_loss', '.4g')}",
+            "    target test loss (mean over sequences): "
+            + (f"reached at step {hit}" if hit is not None else "not reached")]
 
 
 def _sweep_lines(r: CheckReport) -> list[str]:
@@ -605,7 +713,8 @@ def _sweep_lines(r: CheckReport) -> list[str]:
     for s in r.sweep:
         hit = s["steps_to_target"]
         lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "
-                     f"{s['final_test_acc']:>10.3f}   {'not reached' if hit is None else hit}")
+                     f"{s['final_test_acc']:>10.3f}   {'not reached' if hit is None else hit}"
+                     + ("" if s["status"] == "ok" else f"   ({s['status']})"))
     if r.recommended:
         lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']})")
     return lines

@@ -210,10 +210,15 @@ def test_predict_command_with_cross_entropy_flow(tmp_path):
     assert np.all(np.diff(mean) < 0)
 
 
-def test_check_command_refuses_cross_entropy_naming_the_key(tmp_path, capsys):
+def test_check_command_takes_cross_entropy(tmp_path, capsys):
+    """check now analyses cross-entropy (it refused it before issue 15's check part): the
+    verdicts are of the linearisation at f_0; --measure-edge (squared-loss training) is a
+    clear error naming training.loss."""
     cfg = tmp_path / "ce.toml"
     cfg.write_text(CE_TINY)
-    assert main(["check", str(cfg), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "config: training.loss: check supports the squared loss only for now: the " \
-           "stability analysis is exact for it" in err
+    assert main(["check", str(cfg), "--quiet"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "Cross-entropy: linearised at f_0 = 0" in out
+    assert main(["check", str(cfg), "--quiet", "--measure-edge"]) == 2
+    assert "config: training.loss: --measure-edge trains the real network with the squared " \
+           "loss" in capsys.readouterr().err

@@ -444,13 +444,15 @@ def cross_entropy_bound(problem: KernelProblem, algorithm) -> str:
     largest eigenvalue is at most ``s^2 / 2`` for every ``f``: the squared loss's
     sufficient bound (:func:`ntkdyn.dynamics.stability.sufficient_bound`, curvature 1) scaled by
     ``2 / s^2`` keeps every local step non-expansive along the whole trajectory.  It is
-    sufficient only; the exact linearised analysis at ``f_0`` is not computed.
+    sufficient only; the exact stability of the step linearised at ``f_0`` is
+    :func:`ntkdyn.stability` (:mod:`ntkdyn.dynamics.ce_stability`), not computed here.
     """
     bound = spectrum.sufficient_bound(problem, algorithm) * 2.0 / problem.logit_scale ** 2
     value = (f"lr < {bound:.6g}" if np.isfinite(bound) else
              "none known for this schedule and mixing")
     return ("loss='cross_entropy': the dynamics are not affine, exact stability is not "
-            "computed; sufficient bound from the largest softmax curvature (s^2/2, "
+            "computed here (ntkdyn.stability gives the linearisation at f_0); sufficient "
+            "bound from the largest softmax curvature (s^2/2, "
             f"s = logit_scale = {problem.logit_scale:g}): {value}; status reflects an "
             "observed blow-up only")
 

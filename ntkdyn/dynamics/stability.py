@@ -64,7 +64,9 @@ class StabilityReport:
     with per-agent rates the ratios between agents are kept fixed.
     ``stable_rates``: the stable set as closed intervals ``(lo, hi)`` (empty: unstable
     at every rate, ``lr_star = 0``; ``(0, inf)``: stable at every rate, ``lr_star = inf``),
-    ``stable_set`` says it in words.  ``lr_star`` is the upper end of the interval holding
+    ``stable_set`` says it in words.  ``loss``/``note``: for cross-entropy the report is of
+    the linearisation at ``f_0`` (:mod:`ntkdyn.dynamics.ce_stability`), ``note`` says so.
+    ``lr_star`` is the upper end of the interval holding
     ``lr`` (the nearest one if ``lr`` is unstable) and ``margin = min(1 - lr/hi, 1 - lo/lr)``
     for that interval ``[lo, hi]`` (``1 - lr / lr_star`` when it starts at 0): > 0 exactly
     when ``stable``, ``-inf`` when no rate is stable.  ``lr_bound`` is the sufficient bound
@@ -82,6 +84,8 @@ class StabilityReport:
     operator: str = "one step"
     stable_rates: tuple[tuple[float, float], ...] = ()
     stable_set: str = ""
+    loss: str = "mse"
+    note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,9 +93,10 @@ class StabilityReport:
     def describe(self) -> str:
         word = "converge" if self.stable else "diverge"
         where = self.stable_set or f"exact largest stable rate lr*={self.lr_star:.6g}"
-        return (f"{self.algorithm.upper()} at lr={self.lr:.4g}: linearised dynamics {word} "
+        text = (f"{self.algorithm.upper()} at lr={self.lr:.4g}: linearised dynamics {word} "
                 f"(spectral radius {self.spectral_radius:.6f}); {where}; sufficient bound "
                 f"{self.lr_bound:.6g}, margin {self.margin:+.1%}")
+        return text + (f" [{self.note}]" if self.note else "")
 
 
 def dense_eigvals(matrix: np.ndarray) -> np.ndarray:
