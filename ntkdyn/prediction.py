@@ -48,6 +48,11 @@ from ntkdyn.trajectory import Trajectory, quantity_words
 KERNELS = ("analytic", "empirical")
 #: arrays of the sampled networks' record shape ``(A, N + M, P K)`` alive at once (fitted)
 NETWORK_RECORD_ARRAYS = 6
+#: extra arrays of the state's shape over the pooled rows, ``(A, N + M, G K)``, alive while a
+#: random mixing sequence mixes ``G`` column groups (beyond the solver's ``7 A R C``; fitted
+#: to the measured peak of one random network on random gossip, ``2 S + 1 = 33`` groups, at
+#: N = 2,000-4,500: 9.0-10.0, tests/test_memory.py)
+SEQUENCE_STATE_ARRAYS = 9
 
 
 def _apply(arch: Any, params, x: np.ndarray) -> np.ndarray:
@@ -89,6 +94,10 @@ def prediction_estimate(
     record_outputs: bool = False,
     reference: bool = True,
     f0_random: bool | None = None,
+    loss: str = "mse",
+    random_mixing: bool = False,
+    batch_size: int = 0,
+    samples: int | None = None,
 ) -> int:
     """Estimated peak growth of resident memory of :func:`predict` (bytes; see
     :func:`ntkdyn._utils.memory.prediction_bytes` for what is counted, and which baseline).
@@ -99,6 +108,14 @@ def prediction_estimate(
     copy (``2 (N+M)^2`` beside the host kernels), the state has ``K + 32`` columns, and each
     record expands the 32 networks' outputs (:data:`NETWORK_RECORD_ARRAYS` arrays of
     ``8 (Q + 1) (N + M) 32 K`` bytes).
+
+    Column groups (as :func:`ntkdyn.dynamics.solver.mixing_groups` and the solver's own
+    check count them): a random mixing sequence (``random_mixing``) or mini-batch SGD
+    (``batch_size > 0``) runs ``S`` sampled sequences (``samples``, default 64) plus the
+    expected group; with ``f0_random`` and cross-entropy, random mixing or mini-batch SGD
+    every sampled network has ``K`` columns of its own (``P = samples``, default 16):
+    ``P + 1`` groups, or ``2 S + 1`` with sequences (:mod:`ntkdyn.dynamics.random_init`),
+    each group a learning rate's worth of state, per-record products and records.
 
     Adds to the solver's phases the building of the kernels on the path ``kernel`` takes:
     analytic (``3 N^2`` then ``N^2 + 2 M N``), the MLP's Gram-matrix empirical kernel
@@ -130,26 +147,65 @@ def prediction_estimate(
         f0_random = kernel == "analytic" and not f0_network
     draw = records_extra = 0
     cols = outputs
-    if f0_random:
+    groups = column_groups(f0_random, loss=loss, random_mixing=random_mixing,
+                           batch_size=batch_size, samples=samples)
+    if f0_random and groups > 1:  # independent networks: K columns each
+        pooled = n_train + n_test
+        build = (max(memory.analytic_build_bytes(pooled, pooled, True),
+                     8 * (2 * pooled**2 + n_train**2 + n_test * n_train)), 0)
+        draw = 8 * (n_train**2 + n_test * n_train + 2 * pooled**2) + memory.RUNTIME_BYTES
+    elif f0_random:
         from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
 
         pooled = n_train + n_test
         build = (max(memory.analytic_build_bytes(pooled, pooled, True),
                      8 * (2 * pooled**2 + n_train**2 + n_test * n_train)), 0)
         draw = 8 * (n_train**2 + n_test * n_train + 2 * pooled**2) + memory.RUNTIME_BYTES
-        cols = outputs + DEFAULT_NETWORKS
+        nets = DEFAULT_NETWORKS if samples is None else int(samples)
+        cols = outputs + nets
         # each record holds networks-sized arrays, (A, N + M, P K) each: about 6
         # such arrays live at once (fitted to the measured peak at N = 2,000, tests/
         # test_memory.py)
-        records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * \
-            DEFAULT_NETWORKS * outputs
+        records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * nets * outputs
+    if random_mixing and groups > 1:
+        records_extra += 8 * SEQUENCE_STATE_ARRAYS * (agents + 1) * (n_train + n_test) * \
+            groups * rates * (outputs if layout_traced else 1)
     rows = n_train * (1 if layout_traced else outputs)
     return max(draw, memory.prediction_bytes(n_train, n_test, cols, agents,
-                                             traced=layout_traced, rates=rates,
+                                             traced=layout_traced, rates=rates * groups,
                                              records=records, record_outputs=record_outputs,
                                              build=build, eigen_reference=reference
                                              and rows <= memory.REFERENCE_EIGH_MAX)
                + records_extra)
+
+
+def column_groups(f0_random: bool, *, loss: str = "mse", random_mixing: bool = False,
+                  batch_size: int = 0, samples: int | None = None) -> int:
+    """Column groups ``G`` of one learning rate's run (the solver's
+    :func:`~ntkdyn.dynamics.solver.mixing_groups`, and with sampled random networks
+    :func:`~ntkdyn.dynamics.run.run_problem`'s independent groups), before any problem
+    exists.
+
+    Independent random networks (``f0_random`` with cross-entropy, random mixing or
+    ``batch_size > 0``; ``P = samples``, default
+    :data:`~ntkdyn.dynamics.random_init.DEFAULT_INDEPENDENT_NETWORKS`): ``P + 1``, or
+    ``2 P + 1`` with sequences.  Otherwise sequences (default ``S = 64``) give ``S + 1``
+    groups (mini-batch cross-entropy on a static graph: ``S``, no expected group), and
+    static or periodic full-batch mixing one group (the shared cyclic columns of
+    ``f0_random`` with the squared loss are counted as columns, not groups).
+    """
+    sequences = bool(batch_size) or bool(random_mixing)
+    if f0_random and (loss != "mse" or sequences):
+        from ntkdyn.dynamics.random_init import DEFAULT_INDEPENDENT_NETWORKS
+
+        p = DEFAULT_INDEPENDENT_NETWORKS if samples is None else int(samples)
+        return (2 if sequences else 1) * p + 1
+    if not sequences:
+        return 1
+    from ntkdyn.dynamics.run import DEFAULT_SAMPLES
+
+    s = DEFAULT_SAMPLES if samples is None else int(samples)
+    return s + int(bool(random_mixing) or loss == "mse")
 
 
 def lowrank_rank_that_fits(n_train: int, n_test: int, available: int) -> int:
@@ -454,9 +510,12 @@ def build_problem(
 def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, seed: int,
                            params: Any,
            f0: str | None, traced: bool, rates: int, loss: str, logit_scale: float,
-           want_nngp: bool = False) -> tuple[KernelProblem, np.ndarray | None]:
+           want_nngp: bool = False, batch_size: int = 0,
+           samples: int | None = None) -> tuple[KernelProblem, np.ndarray | None]:
     """:func:`build_problem`, and with ``want_nngp`` the analytic NNGP on the pooled
-    ``[training (agent-sorted); test]`` inputs (from the same kernel pass for an MLP)."""
+    ``[training (agent-sorted); test]`` inputs (from the same kernel pass for an MLP);
+    ``batch_size`` and ``samples`` (of the run that follows) size the memory estimate's
+    column groups (:func:`column_groups`)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
@@ -488,7 +547,9 @@ def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, 
     n_params = None if params is None else sum(int(np.size(a)) for a in jax.tree.leaves(params))
     ensure_prediction_fits(arch, n, data.num_test, data.dim, k, parts.num_agents,
                            kernel=kernel, traced=layout_traced, rates=rates,
-                           f0_network=f0 == "network", n_params=n_params, f0_random=random)
+                           f0_network=f0 == "network", n_params=n_params, f0_random=random,
+                           loss=loss, random_mixing=process is not None and bool(process.random),
+                           batch_size=batch_size, samples=samples)
     nngp = None
     if want_nngp and kernel == "analytic" and isinstance(arch, MLP):
         pooled = np.concatenate([data.x_train, data.x_test])
@@ -685,7 +746,7 @@ def predict(
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
-                           want_nngp=f0 == "random")
+                           want_nngp=f0 == "random", batch_size=batch_size, samples=samples)
     init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp  # the draws keep it only when small (for the exact expected losses)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
