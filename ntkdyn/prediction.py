@@ -167,6 +167,8 @@ def prediction_estimate(
         # such arrays live at once (fitted to the measured peak at N = 2,000, tests/
         # test_memory.py)
         records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * nets * outputs
+        # kernel_dtype="mixed" (the default here): float32 copies of both kernels
+        records_extra += 4 * (n_train**2 + n_test * n_train)
     if random_mixing and groups > 1:
         records_extra += 8 * SEQUENCE_STATE_ARRAYS * (agents + 1) * (n_train + n_test) * \
             groups * rates * (outputs if layout_traced else 1)
@@ -296,6 +298,36 @@ def resolve_f0(f0: str | None, kernel: str, *, params: Any = None, loss: str = "
     return "zero" if f0 == "mean" else f0
 
 
+#: values of ``kernel_dtype`` (``None``: :func:`resolve_kernel_dtype`'s default)
+KERNEL_DTYPES = ("float64", "float32", "mixed")
+
+
+def resolve_kernel_dtype(kernel_dtype: str | None, f0: str, *, loss: str = "mse", mixing=None,
+                         batch_size: int = 0, continuous: bool = False, devices=None,
+                         exact: bool = True) -> str:
+    """``kernel_dtype`` of :func:`predict`, with its default.
+
+    Default (``None``): ``"mixed"`` exactly where it applies, i.e. one random network
+    (``f0="random"``) whose sampled networks share cyclic columns: squared loss, static
+    or periodic mixing, full batch, discrete steps, the exact path, one device.  There the
+    mean network's ``K`` columns stay float64 (identical to a float64 run) and the ``P``
+    response columns are multiplied by float32 copies of the kernels; each sampled
+    network's losses move by at most ``1e-5`` relative (``tests/test_random_init.py``;
+    measured 3.2e-6 absolute at digits size, README "One random network"), far inside the
+    band's Monte-Carlo error (about ``2.1 / sqrt(P)`` sd at its 5 % / 95 % edges).
+    Everywhere else ``"float64"``.  An explicit value is returned unchanged (checked
+    where it is used); ``metadata["kernel_dtype"]`` records the one used.
+    """
+    if kernel_dtype is not None:
+        return kernel_dtype
+    from ntkdyn.graphs.sequences import is_process
+
+    random_mixing = is_process(mixing) and bool(getattr(mixing, "random", False))
+    shared = (f0 == "random" and loss == "mse" and not random_mixing and not batch_size
+              and not continuous and devices is None and exact)
+    return "mixed" if shared else "float64"
+
+
 def predict_from_kernels(
     kernel_train,
     y_train,
@@ -313,7 +345,7 @@ def predict_from_kernels(
     record_outputs: bool = False,
     progress: bool = False,
     reference: bool = True,
-    kernel_dtype: str = "float64",
+    kernel_dtype: str | None = None,
     devices=None,
     samples: int | None = None,
     loss: str = "mse",
@@ -368,11 +400,13 @@ def predict_from_kernels(
     reference : bool
         Also run the centralised reference (``central_*`` fields): one ``eigh`` of the
         kernel, then ``O(N K)`` per step (:mod:`ntkdyn.dynamics.solver`).
-    kernel_dtype : "float64" (default), "float32" or "mixed"
+    kernel_dtype : None (default), "float64", "float32" or "mixed"
         Kernel storage; float32 halves memory and bandwidth, the state stays float64.
         ``"mixed"`` (``f0="random"`` only): the mean network in float64, the sampled
         networks' response columns with float32 kernel products (faster; error in the
-        README, "One random network").
+        README, "One random network").  ``None``: ``"mixed"`` where it applies (``nngp``
+        given, squared loss, static or periodic mixing, full batch, discrete steps, one
+        device), else ``"float64"`` (:func:`resolve_kernel_dtype`).
     devices : list of jax devices or a Mesh, optional
         Shard kernels and state over these devices (same answer as one device).
     samples : int, optional
@@ -430,6 +464,10 @@ def predict_from_kernels(
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
                            loss=loss, logit_scale=logit_scale)
+    source = "default" if kernel_dtype is None else "given"
+    kernel_dtype = resolve_kernel_dtype(kernel_dtype, "zero" if nngp is None else "random",
+                                        loss=loss, mixing=mixing, batch_size=batch_size,
+                                        continuous=continuous, devices=devices)
     init = None
     if nngp is not None:
         from ntkdyn.dynamics import random_init
@@ -441,7 +479,8 @@ def predict_from_kernels(
                                    samples, seed, batch_size)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
-                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
+                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None),
+                                 "kernel_dtype_source": source},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
                        samples=samples, batch_size=batch_size, seed=seed,
                        batch_sampling=batch_sampling, init=init)[0]
@@ -593,7 +632,7 @@ def predict(
     record_outputs: bool = False,
     progress: bool = False,
     reference: bool = True,
-    kernel_dtype: str = "float64",
+    kernel_dtype: str | None = None,
     devices=None,
     samples: int | None = None,
     loss: str = "mse",
@@ -637,6 +676,14 @@ def predict(
     or random sequence, ``samples`` the number of sampled sequences for a random one or for
     mini-batch SGD;
     ``loss``: ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its inverse temperature).
+
+    ``kernel_dtype``: ``None`` (default) is ``"mixed"`` where the sampled networks share
+    cyclic columns (``f0="random"``, squared loss, static or periodic mixing, full batch,
+    discrete steps, exact path, one device: the mean network in float64, identical to a
+    float64 run; each sampled network within 1e-5 relative of its float64 run) and
+    ``"float64"`` everywhere else (:func:`resolve_kernel_dtype`); ``metadata["kernel_dtype"]``
+    says which was used and ``metadata["kernel_dtype_source"]`` whether it was the default.
+    Pass ``kernel_dtype="float64"`` for sampled networks exact to float64 round-off.
 
     ``batch_size``: ``0`` (default) full batch; ``B > 0`` mini-batch SGD, ``samples``
     (default 64) batch sequences seeded by ``seed`` (the same ``seed`` as
@@ -727,6 +774,10 @@ def predict(
             progress=progress, reference=reference, kernel_dtype=kernel_dtype,
             devices=devices, samples=samples, loss=loss, logit_scale=logit_scale,
             batch_size=batch_size, other_path=low_rank or path != "kernel")
+    meta["kernel_dtype_source"] = "default" if kernel_dtype is None else "given"
+    kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
+                                        batch_size=batch_size, continuous=continuous,
+                                        devices=devices, exact=not low_rank and path == "kernel")
     if path != "kernel":
         _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
                            max_rank=max_rank, continuous=continuous,
@@ -980,12 +1031,14 @@ def predict_sweep(
     batch_sampling: str = "epoch",
     width: int | None = None,
     width_samples: int = 16,
+    kernel_dtype: str | None = None,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel.
 
     ``width``: also the finite-width band of every rate (as :func:`predict`'s ``width``),
     all rates sharing each width-``n`` network's kernels
-    (:func:`ntkdyn.finite_width.width_draws_sweep`)."""
+    (:func:`ntkdyn.finite_width.width_draws_sweep`).  ``kernel_dtype``: as
+    :func:`predict` (default ``"mixed"`` exactly where it applies, else ``"float64"``)."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])
@@ -995,7 +1048,7 @@ def predict_sweep(
                                  seed=seed, f0=f0, progress=progress, reference=reference,
                                  samples=samples, loss=loss, logit_scale=logit_scale,
                                  batch_size=batch_size, width=width,
-                                 width_samples=width_samples)
+                                 width_samples=width_samples, kernel_dtype=kernel_dtype)
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=True, rates=len(lrs), loss=loss,
@@ -1004,16 +1057,19 @@ def predict_sweep(
             "data": parts.dataset.name, "partition": parts.scheme,
             "f0": "mean" if f0 == "zero" else f0,
             "quantity": quantity_words(f0 == "zero", params is not None, seed)}
+    meta["kernel_dtype_source"] = "default" if kernel_dtype is None else "given"
+    kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
+                                        batch_size=batch_size)
     init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
                        reference=reference, samples=samples, batch_size=batch_size, seed=seed,
-                       batch_sampling=batch_sampling, init=init)
+                       batch_sampling=batch_sampling, init=init, kernel_dtype=kernel_dtype)
 
 
 def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, f0,
                       progress, reference, samples, loss, logit_scale, batch_size, width,
-                      width_samples) -> list[Trajectory]:
+                      width_samples, kernel_dtype=None) -> list[Trajectory]:
     """:func:`predict_sweep` with the finite-width band of every rate."""
     from ntkdyn import finite_width
 
@@ -1021,7 +1077,7 @@ def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, see
                                   f0=f0, loss=loss, batch_size=batch_size, mixing=mixing)
     trajs = predict_sweep(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel, seed=seed,
                           f0=f0, progress=progress, reference=reference, samples=samples,
-                          loss=loss, logit_scale=logit_scale)
+                          loss=loss, logit_scale=logit_scale, kernel_dtype=kernel_dtype)
     bands = finite_width.width_draws_sweep(arch, parts, mixing, lrs, algorithm, steps,
                                            width=width, samples=width_samples, seed=seed,
                                            f0=f0, init_samples=samples, loss=loss,
