@@ -48,6 +48,11 @@ from ntkdyn.trajectory import Trajectory, quantity_words
 KERNELS = ("analytic", "empirical")
 #: arrays of the sampled networks' record shape ``(A, N + M, P K)`` alive at once (fitted)
 NETWORK_RECORD_ARRAYS = 6
+#: extra arrays of the state's shape over the pooled rows, ``(A, N + M, G K)``, alive while a
+#: random mixing sequence mixes ``G`` column groups (beyond the solver's ``7 A R C``; fitted
+#: to the measured peak of one random network on random gossip, ``2 S + 1 = 33`` groups, at
+#: N = 2,000-4,500: 9.0-10.0, tests/test_memory.py)
+SEQUENCE_STATE_ARRAYS = 9
 
 
 def _apply(arch: Any, params, x: np.ndarray) -> np.ndarray:
@@ -89,6 +94,10 @@ def prediction_estimate(
     record_outputs: bool = False,
     reference: bool = True,
     f0_random: bool | None = None,
+    loss: str = "mse",
+    random_mixing: bool = False,
+    batch_size: int = 0,
+    samples: int | None = None,
 ) -> int:
     """Estimated peak growth of resident memory of :func:`predict` (bytes; see
     :func:`ntkdyn._utils.memory.prediction_bytes` for what is counted, and which baseline).
@@ -99,6 +108,14 @@ def prediction_estimate(
     copy (``2 (N+M)^2`` beside the host kernels), the state has ``K + 32`` columns, and each
     record expands the 32 networks' outputs (:data:`NETWORK_RECORD_ARRAYS` arrays of
     ``8 (Q + 1) (N + M) 32 K`` bytes).
+
+    Column groups (as :func:`ntkdyn.dynamics.solver.mixing_groups` and the solver's own
+    check count them): a random mixing sequence (``random_mixing``) or mini-batch SGD
+    (``batch_size > 0``) runs ``S`` sampled sequences (``samples``, default 64) plus the
+    expected group; with ``f0_random`` and cross-entropy, random mixing or mini-batch SGD
+    every sampled network has ``K`` columns of its own (``P = samples``, default 16):
+    ``P + 1`` groups, or ``2 S + 1`` with sequences (:mod:`ntkdyn.dynamics.random_init`),
+    each group a learning rate's worth of state, per-record products and records.
 
     Adds to the solver's phases the building of the kernels on the path ``kernel`` takes:
     analytic (``3 N^2`` then ``N^2 + 2 M N``), the MLP's Gram-matrix empirical kernel
@@ -130,26 +147,67 @@ def prediction_estimate(
         f0_random = kernel == "analytic" and not f0_network
     draw = records_extra = 0
     cols = outputs
-    if f0_random:
+    groups = column_groups(f0_random, loss=loss, random_mixing=random_mixing,
+                           batch_size=batch_size, samples=samples)
+    if f0_random and groups > 1:  # independent networks: K columns each
+        pooled = n_train + n_test
+        build = (max(memory.analytic_build_bytes(pooled, pooled, True),
+                     8 * (2 * pooled**2 + n_train**2 + n_test * n_train)), 0)
+        draw = 8 * (n_train**2 + n_test * n_train + 2 * pooled**2) + memory.RUNTIME_BYTES
+    elif f0_random:
         from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
 
         pooled = n_train + n_test
         build = (max(memory.analytic_build_bytes(pooled, pooled, True),
                      8 * (2 * pooled**2 + n_train**2 + n_test * n_train)), 0)
         draw = 8 * (n_train**2 + n_test * n_train + 2 * pooled**2) + memory.RUNTIME_BYTES
-        cols = outputs + DEFAULT_NETWORKS
+        nets = DEFAULT_NETWORKS if samples is None else int(samples)
+        cols = outputs + nets
         # each record holds networks-sized arrays, (A, N + M, P K) each: about 6
         # such arrays live at once (fitted to the measured peak at N = 2,000, tests/
         # test_memory.py)
-        records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * \
-            DEFAULT_NETWORKS * outputs
+        records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * nets * outputs
+        # kernel_dtype="mixed" (the default here): float32 copies of both kernels
+        records_extra += 4 * (n_train**2 + n_test * n_train)
+    if random_mixing and groups > 1:
+        records_extra += 8 * SEQUENCE_STATE_ARRAYS * (agents + 1) * (n_train + n_test) * \
+            groups * rates * (outputs if layout_traced else 1)
     rows = n_train * (1 if layout_traced else outputs)
     return max(draw, memory.prediction_bytes(n_train, n_test, cols, agents,
-                                             traced=layout_traced, rates=rates,
+                                             traced=layout_traced, rates=rates * groups,
                                              records=records, record_outputs=record_outputs,
                                              build=build, eigen_reference=reference
                                              and rows <= memory.REFERENCE_EIGH_MAX)
                + records_extra)
+
+
+def column_groups(f0_random: bool, *, loss: str = "mse", random_mixing: bool = False,
+                  batch_size: int = 0, samples: int | None = None) -> int:
+    """Column groups ``G`` of one learning rate's run (the solver's
+    :func:`~ntkdyn.dynamics.solver.mixing_groups`, and with sampled random networks
+    :func:`~ntkdyn.dynamics.run.run_problem`'s independent groups), before any problem
+    exists.
+
+    Independent random networks (``f0_random`` with cross-entropy, random mixing or
+    ``batch_size > 0``; ``P = samples``, default
+    :data:`~ntkdyn.dynamics.random_init.DEFAULT_INDEPENDENT_NETWORKS`): ``P + 1``, or
+    ``2 P + 1`` with sequences.  Otherwise sequences (default ``S = 64``) give ``S + 1``
+    groups (mini-batch cross-entropy on a static graph: ``S``, no expected group), and
+    static or periodic full-batch mixing one group (the shared cyclic columns of
+    ``f0_random`` with the squared loss are counted as columns, not groups).
+    """
+    sequences = bool(batch_size) or bool(random_mixing)
+    if f0_random and (loss != "mse" or sequences):
+        from ntkdyn.dynamics.random_init import DEFAULT_INDEPENDENT_NETWORKS
+
+        p = DEFAULT_INDEPENDENT_NETWORKS if samples is None else int(samples)
+        return (2 if sequences else 1) * p + 1
+    if not sequences:
+        return 1
+    from ntkdyn.dynamics.run import DEFAULT_SAMPLES
+
+    s = DEFAULT_SAMPLES if samples is None else int(samples)
+    return s + int(bool(random_mixing) or loss == "mse")
 
 
 def lowrank_rank_that_fits(n_train: int, n_test: int, available: int) -> int:
@@ -240,6 +298,36 @@ def resolve_f0(f0: str | None, kernel: str, *, params: Any = None, loss: str = "
     return "zero" if f0 == "mean" else f0
 
 
+#: values of ``kernel_dtype`` (``None``: :func:`resolve_kernel_dtype`'s default)
+KERNEL_DTYPES = ("float64", "float32", "mixed")
+
+
+def resolve_kernel_dtype(kernel_dtype: str | None, f0: str, *, loss: str = "mse", mixing=None,
+                         batch_size: int = 0, continuous: bool = False, devices=None,
+                         exact: bool = True) -> str:
+    """``kernel_dtype`` of :func:`predict`, with its default.
+
+    Default (``None``): ``"mixed"`` exactly where it applies, i.e. one random network
+    (``f0="random"``) whose sampled networks share cyclic columns: squared loss, static
+    or periodic mixing, full batch, discrete steps, the exact path, one device.  There the
+    mean network's ``K`` columns stay float64 (identical to a float64 run) and the ``P``
+    response columns are multiplied by float32 copies of the kernels; each sampled
+    network's losses move by at most ``1e-5`` relative (``tests/test_random_init.py``;
+    measured 3.2e-6 absolute at digits size, README "One random network"), far inside the
+    band's Monte-Carlo error (about ``2.1 / sqrt(P)`` sd at its 5 % / 95 % edges).
+    Everywhere else ``"float64"``.  An explicit value is returned unchanged (checked
+    where it is used); ``metadata["kernel_dtype"]`` records the one used.
+    """
+    if kernel_dtype is not None:
+        return kernel_dtype
+    from ntkdyn.graphs.sequences import is_process
+
+    random_mixing = is_process(mixing) and bool(getattr(mixing, "random", False))
+    shared = (f0 == "random" and loss == "mse" and not random_mixing and not batch_size
+              and not continuous and devices is None and exact)
+    return "mixed" if shared else "float64"
+
+
 def predict_from_kernels(
     kernel_train,
     y_train,
@@ -257,7 +345,7 @@ def predict_from_kernels(
     record_outputs: bool = False,
     progress: bool = False,
     reference: bool = True,
-    kernel_dtype: str = "float64",
+    kernel_dtype: str | None = None,
     devices=None,
     samples: int | None = None,
     loss: str = "mse",
@@ -312,11 +400,13 @@ def predict_from_kernels(
     reference : bool
         Also run the centralised reference (``central_*`` fields): one ``eigh`` of the
         kernel, then ``O(N K)`` per step (:mod:`ntkdyn.dynamics.solver`).
-    kernel_dtype : "float64" (default), "float32" or "mixed"
+    kernel_dtype : None (default), "float64", "float32" or "mixed"
         Kernel storage; float32 halves memory and bandwidth, the state stays float64.
         ``"mixed"`` (``f0="random"`` only): the mean network in float64, the sampled
         networks' response columns with float32 kernel products (faster; error in the
-        README, "One random network").
+        README, "One random network").  ``None``: ``"mixed"`` where it applies (``nngp``
+        given, squared loss, static or periodic mixing, full batch, discrete steps, one
+        device), else ``"float64"`` (:func:`resolve_kernel_dtype`).
     devices : list of jax devices or a Mesh, optional
         Shard kernels and state over these devices (same answer as one device).
     samples : int, optional
@@ -374,6 +464,10 @@ def predict_from_kernels(
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
                            loss=loss, logit_scale=logit_scale)
+    source = "default" if kernel_dtype is None else "given"
+    kernel_dtype = resolve_kernel_dtype(kernel_dtype, "zero" if nngp is None else "random",
+                                        loss=loss, mixing=mixing, batch_size=batch_size,
+                                        continuous=continuous, devices=devices)
     init = None
     if nngp is not None:
         from ntkdyn.dynamics import random_init
@@ -385,7 +479,8 @@ def predict_from_kernels(
                                    samples, seed, batch_size)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
-                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None)},
+                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None),
+                                 "kernel_dtype_source": source},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
                        samples=samples, batch_size=batch_size, seed=seed,
                        batch_sampling=batch_sampling, init=init)[0]
@@ -454,9 +549,12 @@ def build_problem(
 def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, seed: int,
                            params: Any,
            f0: str | None, traced: bool, rates: int, loss: str, logit_scale: float,
-           want_nngp: bool = False) -> tuple[KernelProblem, np.ndarray | None]:
+           want_nngp: bool = False, batch_size: int = 0,
+           samples: int | None = None) -> tuple[KernelProblem, np.ndarray | None]:
     """:func:`build_problem`, and with ``want_nngp`` the analytic NNGP on the pooled
-    ``[training (agent-sorted); test]`` inputs (from the same kernel pass for an MLP)."""
+    ``[training (agent-sorted); test]`` inputs (from the same kernel pass for an MLP);
+    ``batch_size`` and ``samples`` (of the run that follows) size the memory estimate's
+    column groups (:func:`column_groups`)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
@@ -488,7 +586,9 @@ def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, 
     n_params = None if params is None else sum(int(np.size(a)) for a in jax.tree.leaves(params))
     ensure_prediction_fits(arch, n, data.num_test, data.dim, k, parts.num_agents,
                            kernel=kernel, traced=layout_traced, rates=rates,
-                           f0_network=f0 == "network", n_params=n_params, f0_random=random)
+                           f0_network=f0 == "network", n_params=n_params, f0_random=random,
+                           loss=loss, random_mixing=process is not None and bool(process.random),
+                           batch_size=batch_size, samples=samples)
     nngp = None
     if want_nngp and kernel == "analytic" and isinstance(arch, MLP):
         pooled = np.concatenate([data.x_train, data.x_test])
@@ -532,7 +632,7 @@ def predict(
     record_outputs: bool = False,
     progress: bool = False,
     reference: bool = True,
-    kernel_dtype: str = "float64",
+    kernel_dtype: str | None = None,
     devices=None,
     samples: int | None = None,
     loss: str = "mse",
@@ -576,6 +676,14 @@ def predict(
     or random sequence, ``samples`` the number of sampled sequences for a random one or for
     mini-batch SGD;
     ``loss``: ``"mse"`` or ``"cross_entropy"``, ``logit_scale`` its inverse temperature).
+
+    ``kernel_dtype``: ``None`` (default) is ``"mixed"`` where the sampled networks share
+    cyclic columns (``f0="random"``, squared loss, static or periodic mixing, full batch,
+    discrete steps, exact path, one device: the mean network in float64, identical to a
+    float64 run; each sampled network within 1e-5 relative of its float64 run) and
+    ``"float64"`` everywhere else (:func:`resolve_kernel_dtype`); ``metadata["kernel_dtype"]``
+    says which was used and ``metadata["kernel_dtype_source"]`` whether it was the default.
+    Pass ``kernel_dtype="float64"`` for sampled networks exact to float64 round-off.
 
     ``batch_size``: ``0`` (default) full batch; ``B > 0`` mini-batch SGD, ``samples``
     (default 64) batch sequences seeded by ``seed`` (the same ``seed`` as
@@ -666,6 +774,10 @@ def predict(
             progress=progress, reference=reference, kernel_dtype=kernel_dtype,
             devices=devices, samples=samples, loss=loss, logit_scale=logit_scale,
             batch_size=batch_size, other_path=low_rank or path != "kernel")
+    meta["kernel_dtype_source"] = "default" if kernel_dtype is None else "given"
+    kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
+                                        batch_size=batch_size, continuous=continuous,
+                                        devices=devices, exact=not low_rank and path == "kernel")
     if path != "kernel":
         _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
                            max_rank=max_rank, continuous=continuous,
@@ -685,7 +797,7 @@ def predict(
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
-                           want_nngp=f0 == "random")
+                           want_nngp=f0 == "random", batch_size=batch_size, samples=samples)
     init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp  # the draws keep it only when small (for the exact expected losses)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
@@ -919,12 +1031,14 @@ def predict_sweep(
     batch_sampling: str = "epoch",
     width: int | None = None,
     width_samples: int = 16,
+    kernel_dtype: str | None = None,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel.
 
     ``width``: also the finite-width band of every rate (as :func:`predict`'s ``width``),
     all rates sharing each width-``n`` network's kernels
-    (:func:`ntkdyn.finite_width.width_draws_sweep`)."""
+    (:func:`ntkdyn.finite_width.width_draws_sweep`).  ``kernel_dtype``: as
+    :func:`predict` (default ``"mixed"`` exactly where it applies, else ``"float64"``)."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])
@@ -934,7 +1048,7 @@ def predict_sweep(
                                  seed=seed, f0=f0, progress=progress, reference=reference,
                                  samples=samples, loss=loss, logit_scale=logit_scale,
                                  batch_size=batch_size, width=width,
-                                 width_samples=width_samples)
+                                 width_samples=width_samples, kernel_dtype=kernel_dtype)
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=True, rates=len(lrs), loss=loss,
@@ -943,16 +1057,19 @@ def predict_sweep(
             "data": parts.dataset.name, "partition": parts.scheme,
             "f0": "mean" if f0 == "zero" else f0,
             "quantity": quantity_words(f0 == "zero", params is not None, seed)}
+    meta["kernel_dtype_source"] = "default" if kernel_dtype is None else "given"
+    kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
+                                        batch_size=batch_size)
     init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
                        reference=reference, samples=samples, batch_size=batch_size, seed=seed,
-                       batch_sampling=batch_sampling, init=init)
+                       batch_sampling=batch_sampling, init=init, kernel_dtype=kernel_dtype)
 
 
 def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, f0,
                       progress, reference, samples, loss, logit_scale, batch_size, width,
-                      width_samples) -> list[Trajectory]:
+                      width_samples, kernel_dtype=None) -> list[Trajectory]:
     """:func:`predict_sweep` with the finite-width band of every rate."""
     from ntkdyn import finite_width
 
@@ -960,7 +1077,7 @@ def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, see
                                   f0=f0, loss=loss, batch_size=batch_size, mixing=mixing)
     trajs = predict_sweep(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel, seed=seed,
                           f0=f0, progress=progress, reference=reference, samples=samples,
-                          loss=loss, logit_scale=logit_scale)
+                          loss=loss, logit_scale=logit_scale, kernel_dtype=kernel_dtype)
     bands = finite_width.width_draws_sweep(arch, parts, mixing, lrs, algorithm, steps,
                                            width=width, samples=width_samples, seed=seed,
                                            f0=f0, init_samples=samples, loss=loss,

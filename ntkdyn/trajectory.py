@@ -112,8 +112,12 @@ class Trajectory:
         initialisations (a :class:`RandomNetworkTrajectory` only); ``"width"`` the
         finite-width band, over the empirical kernels of networks of width ``n`` drawn by
         ``nd.predict(..., width=n)`` (``width_draws``, any levels; :mod:`ntkdyn.finite_width`,
-        ``theory/finite_width.md`` section 6).  The two bands are different quantities and
-        are never combined here.
+        ``theory/finite_width.md`` section 6).  The two bands are different quantities;
+        ``"calibrated"`` combines them as :func:`ntkdyn.bands.calibrated_band` does (the
+        init band with the width band's variance added, each side widened by the fitted
+        ``CALIBRATED_C = 0.9429``): the 5-95 % band for ONE network of width ``n``, needing
+        ``nd.predict(..., width=n)`` with ``f0="random"`` (5 and 95 % only; the fit and its
+        held-out coverage: README "Coverage").
 
         With random gossip or mini-batch SGD a :class:`RandomNetworkTrajectory`'s networks
         each draw their own ``f_0`` *and* sequence (``metadata["band_over"]`` is
@@ -122,9 +126,11 @@ class Trajectory:
         and ``"init"`` (initialisations alone) is refused."""
         if over == "width":
             return _width_band(self.width_draws, metric, low, high)
+        if over == "calibrated":
+            return self._calibrated_band(metric, low, high)
         if over not in (None, "init", "sequence"):
-            raise ValueError(f"over: expected None, 'init', 'sequence' or 'width', got "
-                             f"{over!r}")
+            raise ValueError(f"over: expected None, 'init', 'sequence', 'width' or "
+                             f"'calibrated', got {over!r}")
         if over == "init" and not isinstance(self, RandomNetworkTrajectory):
             raise ValueError("over: 'init' needs a prediction over sampled initialisations "
                              "(f0='random'); this trajectory has none")
@@ -157,6 +163,31 @@ class Trajectory:
             raise ValueError(f"low/high: expected levels among {levels}") from None
         q = self.quantiles[metric]
         return q[i], q[j]
+
+    def _calibrated_band(self, metric: str, low: float, high: float) -> tuple:
+        """``band(metric, low, high, over="calibrated")``: ``(lo, hi)`` of
+        :func:`ntkdyn.bands.calibrated_band` on ``draws[metric]`` (initialisations) and
+        ``width_draws[metric]`` at ``metadata["finite_width"]["width"]``.  The init draws
+        are the paired draws themselves: every width sample runs the same standard-normal
+        ``z`` (same ``seed``, same count) as the infinite-width draws, so the finite-width
+        shift of the mean is measured with common random numbers."""
+        from ntkdyn.bands import CALIBRATED_LEVELS, calibrated_band
+
+        if (round(low, 12), round(high, 12)) != CALIBRATED_LEVELS:
+            raise ValueError(f"low/high: the calibrated band is the 5-95 % band (its factor "
+                             f"was fitted for it), expected {CALIBRATED_LEVELS}, got "
+                             f"{low!r}, {high!r}")
+        fw = self.metadata.get("finite_width") or {}
+        init = getattr(self, "draws", None) or {}
+        if not self.width_draws or metric not in init or "width" not in fw:
+            raise ValueError("over: 'calibrated' needs the band over initialisations and the "
+                             "finite-width band: predict with f0='random' (the default) and "
+                             "width=n")
+        if metric not in self.width_draws:
+            raise ValueError(f"metric: expected one of {sorted(set(init) & set(self.width_draws))}"
+                             f", got {metric!r}")
+        lo, _, hi = calibrated_band(init[metric], self.width_draws[metric], int(fw["width"]))
+        return lo, hi
 
     @property
     def num_agents(self) -> int:

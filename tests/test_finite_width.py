@@ -173,3 +173,36 @@ def test_predict_sweep_width_band_equals_one_prediction_per_rate(small):
                                        one.band(m, over="init")[0], rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="^width: the finite-width band is for the analytic"):
         nd.predict_sweep(arch, parts, W, lrs, steps=steps, kernel="empirical", width=64)
+
+
+def test_calibrated_band_from_a_trajectory_equals_the_validation_function(small):
+    """``traj.band(m, 0.05, 0.95, over="calibrated")`` of ``nd.predict(..., width=n)`` equals
+    ``ntkdyn.validation.coverage.calibrated_band(traj.draws[m], traj.width_draws[m], n)`` on
+    the same draws (1e-12; one implementation, ``ntkdyn.bands``), and contains neither
+    plain band's ends in general: it is ``CALIBRATED_C`` times the combined half-widths.
+    Other levels, a trajectory without ``width=`` or without sampled initialisations are
+    ``ValueError``s naming the argument."""
+    from ntkdyn import bands
+    from ntkdyn.validation import coverage
+
+    parts, W, arch = small
+    steps = [0, 5, 20]
+    traj = nd.predict(arch, parts, W, lr=0.3, steps=steps, width=128, width_samples=4,
+                      samples=8)
+    assert coverage.CALIBRATED_C == bands.CALIBRATED_C == 0.9429
+    for m in ("test_loss", "train_loss", "test_acc"):
+        lo, hi = traj.band(m, 0.05, 0.95, over="calibrated")
+        ref_lo, _, ref_hi = coverage.calibrated_band(traj.draws[m], traj.width_draws[m], 128)
+        np.testing.assert_allclose(lo, ref_lo, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(hi, ref_hi, rtol=1e-12, atol=1e-12)
+        clo, cmid, chi = coverage.add_width_band(traj.draws[m], traj.width_draws[m])
+        np.testing.assert_allclose(hi - cmid, bands.CALIBRATED_C * (chi - cmid), atol=1e-12)
+    with pytest.raises(ValueError, match="low/high"):
+        traj.band("test_loss", 0.25, 0.75, over="calibrated")
+    plain = nd.predict(arch, parts, W, lr=0.3, steps=steps, samples=8)
+    with pytest.raises(ValueError, match="over"):
+        plain.band("test_loss", over="calibrated")
+    mean = nd.predict(arch, parts, W, lr=0.3, steps=steps, f0="mean", width=128,
+                      width_samples=4)
+    with pytest.raises(ValueError, match="over"):
+        mean.band("test_loss", over="calibrated")

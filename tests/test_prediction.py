@@ -86,6 +86,43 @@ def test_analytic_prediction_defaults_to_one_random_network(setup):
     assert ce.samples == 16 and ce.metadata["quantity"].startswith("one random network")
 
 
+def test_default_kernel_dtype_is_mixed_exactly_where_it_applies(setup):
+    """Default ``kernel_dtype`` (issue 14, cost of the band): ``"mixed"`` for one random
+    network sharing cyclic columns (squared loss, static mixing, full batch); there the mean
+    network equals the float64 run to 1e-12 and every sampled network's kept metrics
+    are within 1e-5 relative of its float64 run (float32 products of the response
+    columns).  Elsewhere (mean network, cross-entropy, random gossip, mini-batch SGD, the
+    flow) ``"float64"``; the metadata says which and whether it was the default."""
+    from ntkdyn.dynamics.random_init import DRAW_METRICS
+
+    _, parts, w, arch = setup
+    steps = [0, 10, 60]
+    one = nd.predict(arch, parts, w, 0.3, "dgd", steps, samples=8)
+    ref = nd.predict(arch, parts, w, 0.3, "dgd", steps, samples=8, kernel_dtype="float64")
+    assert one.metadata["kernel_dtype"] == "mixed"
+    assert one.metadata["kernel_dtype_source"] == "default"
+    assert ref.metadata["kernel_dtype"] == "float64"
+    assert ref.metadata["kernel_dtype_source"] == "given"
+    for metric in ("train_loss", "test_loss", "test_acc", "param_dist", "central_test_loss"):
+        # not bit-identical: the float64 product runs over K columns instead of K + P,
+        # which changes XLA's blocking (measured 1e-16 relative here)
+        assert rel_err(getattr(one.mean_network, metric),
+                       getattr(ref.mean_network, metric)) <= 1e-12, metric
+    for metric in DRAW_METRICS:
+        assert rel_err(one.draws[metric], ref.draws[metric]) <= 1e-5, metric
+    assert rel_err(one.draws["test_loss"], ref.draws["test_loss"]) > 0  # float32 was used
+    sweep = nd.predict_sweep(arch, parts, w, [0.3], "dgd", steps, samples=8)
+    assert sweep[0].metadata["kernel_dtype"] == "mixed"
+    assert np.array_equal(sweep[0].test_loss, one.test_loss)
+    rnd = nd.graphs.random_edges(nd.graphs.topology("ring", 4), p=0.5, seed=0)
+    for kw in ({"f0": "mean"}, {"loss": "cross_entropy", "samples": 2},
+               {"mixing": rnd, "samples": 2}, {"batch_size": 4, "samples": 2},
+               {"continuous": True, "samples": 2}):
+        mixing = kw.pop("mixing", w)
+        traj = nd.predict(arch, parts, mixing, 0.3, "dgd", [0, 2], **kw)
+        assert traj.metadata["kernel_dtype"] == "float64", kw
+
+
 def test_sweep_equals_individual_predictions(setup):
     _, parts, w, arch = setup
     rates = [0.1, 0.3]

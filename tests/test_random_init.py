@@ -101,8 +101,9 @@ def test_each_sampled_network_is_the_prediction_from_its_own_f0(golden, algorith
     direct prediction from its own f_0, to 1e-10: the four kept metrics per network, and
     the means over networks of every other metric."""
     p, seed, steps = 5, 4, [0, 3, 20]
+    # float64 explicitly: the default with sampled networks is kernel_dtype="mixed"
     traj = _predict(golden, 0.15, steps, algorithm, nngp=golden["nngp"], samples=p,
-                    seed=seed)
+                    seed=seed, kernel_dtype="float64")
     problem = make_problem(golden["k"], golden["y"], golden["agent"], golden["W"],
                            kernel_test_train=golden["kt"], y_test=golden["y_test"])
     draws = random_init.draw(random_init.sorted_nngp(problem, golden["nngp"]), golden["n"],
@@ -151,8 +152,11 @@ def test_mixed_kernel_dtype_keeps_the_mean_network_and_moves_draws_by_float32_er
     product, accumulated over 60 steps; measured about 1e-7 here and 3e-6 absolute at
     digits size).  Without sampled networks ``"mixed"`` is a ValueError naming it."""
     kw = dict(nngp=golden["nngp"], samples=8, seed=2)
-    ref = _predict(golden, 0.15, [0, 5, 60], algorithm, **kw)
+    ref = _predict(golden, 0.15, [0, 5, 60], algorithm, kernel_dtype="float64", **kw)
     mixed = _predict(golden, 0.15, [0, 5, 60], algorithm, kernel_dtype="mixed", **kw)
+    default = _predict(golden, 0.15, [0, 5, 60], algorithm, **kw)  # the default: mixed
+    assert default.metadata["kernel_dtype"] == "mixed"
+    assert np.array_equal(default.test_loss, mixed.test_loss)
     assert mixed.metadata["kernel_dtype"] == "mixed"
     for metric in ("train_loss", "test_loss", "param_dist", "central_test_loss"):
         assert rel_err(getattr(mixed.mean_network, metric),

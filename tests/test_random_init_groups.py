@@ -208,3 +208,22 @@ def test_kernel_dtype_config_errors_name_the_key(prediction, training, needle):
         config_from_dict(raw)
     ok = dict(prediction, kernel_dtype="float64")
     assert config_from_dict(dict(raw, prediction=ok)).prediction.kernel_dtype == "float64"
+
+
+@pytest.mark.parametrize("dtype, expected", [("", "mixed"), ("float64", "float64")])
+def test_predict_command_empty_kernel_dtype_is_the_library_default(tmp_path, dtype, expected):
+    """``[prediction] kernel_dtype = ""`` (or absent) is the library default: ``"mixed"`` for
+    one random network with the squared loss on a static ring; an explicit value is kept."""
+    from conftest import TINY_TOML
+
+    from ntkdyn import Trajectory
+    from ntkdyn.cli import main
+
+    cfg = tmp_path / "mse.toml"
+    cfg.write_text(TINY_TOML.replace("steps = 40", "steps = 10")
+                   + f'[prediction]\nsamples = 4\nkernel_dtype = "{dtype}"\n')
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert isinstance(traj, RandomNetworkTrajectory)
+    assert traj.metadata["kernel_dtype"] == expected

@@ -37,7 +37,7 @@ def run(args) -> int:
                             cfg.steps.astype(float) if t.continuous else cfg.steps,
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
                             continuous=t.continuous, progress=not args.quiet,
-                            kernel_dtype=cfg.prediction.kernel_dtype or "float64",
+                            kernel_dtype=cfg.prediction.kernel_dtype or None,
                             **init, **exp.low_rank, **exp.loss, **exp.minibatch)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:

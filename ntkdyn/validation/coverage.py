@@ -39,17 +39,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ntkdyn.bands import (  # the combination and the fitted factor live below trajectory
+    CALIBRATED_C,
+    add_width_band,
+    band_from_draws,
+    calibrated_band,
+    calibrated_factor,
+    widen,
+)
+
 #: relative margin on a fitted factor (the edge point stays inside after rounding)
 EDGE = 1e-12
-#: The widening factor of the combined 5-95 % band (:func:`calibrated_band`), FITTED by
-#: ``validate/coverage.py`` (:func:`fit_widening`, target 90 %) on the CALIBRATION
-#: configurations only (ring DGD lr 0.4, torus ATC lr 0.8; digits 200 / 100, 8 agents,
-#: depth-1 ReLU MLP, W_std 1.4, squared loss, 200 steps), test loss, widths 256-2048, 40
-#: seeds each, 16 width kernels with paired draws; held out: complete CTA, ring gradient
-#: tracking (README "Coverage").  Valid for that family of problems, not beyond it.  The
-#: factor each width alone would need falls with the width (1.17, 0.99, 0.88, 0.87 at 256,
-#: 512, 1024, 2048): this one constant under-covers slightly at 256 and over at 2048.
-CALIBRATED_C = 0.9429
 
 __all__ = ["CALIBRATED_C", "add_width_band", "band_from_draws", "calibrated_band",
            "calibrated_factor", "coverage", "final_coverage", "fit_widening",
@@ -74,18 +74,6 @@ def _real(real, band_shape: tuple, first: int) -> np.ndarray:
     if not (isinstance(first, int | np.integer) and 0 <= first < x.shape[1]):
         raise ValueError(f"first: expected an integer in [0, {x.shape[1]}), got {first!r}")
     return x[:, first:]
-
-
-def band_from_draws(draws, low: float = 0.05, high: float = 0.95):
-    """``(lo, median, hi)`` over the first axis of ``draws`` (``(P, T, Q)``), linear
-    interpolation between order statistics (``numpy.quantile``'s default)."""
-    d = np.asarray(draws, dtype=np.float64)
-    if d.ndim < 2 or d.shape[0] < 2:
-        raise ValueError(f"draws: expected (P, ...) with P >= 2, got shape {d.shape}")
-    if not 0.0 <= low < 0.5 < high <= 1.0:
-        raise ValueError(f"low/high: expected 0 <= low < 0.5 < high <= 1, got {low}, {high}")
-    lo, mid, hi = np.quantile(d, [low, 0.5, high], axis=0)
-    return lo, mid, hi
 
 
 def coverage(real, lo, hi, first: int = 1) -> float:
@@ -117,15 +105,6 @@ def required_factors(real, lo, mid, hi, first: int = 1) -> np.ndarray:
     return r.ravel()
 
 
-def widen(lo, mid, hi, c: float):
-    """The band ``mid -/+ c`` times each side's half-width: ``(mid - c (mid - lo),
-    mid + c (hi - mid))``."""
-    if not (np.isfinite(c) and c > 0):
-        raise ValueError(f"c: expected a positive finite factor, got {c!r}")
-    lo, mid, hi = _as_band(lo, mid, hi)
-    return mid - c * (mid - lo), mid + c * (hi - mid)
-
-
 def fit_widening(factors, target: float = 0.9) -> float:
     """The smallest ``c`` whose widened band covers at least ``target`` of the points
     whose :func:`required_factors` are pooled in ``factors`` (a sequence of arrays, e.g.
@@ -141,37 +120,6 @@ def fit_widening(factors, target: float = 0.9) -> float:
         raise ValueError("factors: expected at least one point")
     k = int(np.ceil(target * r.size)) - 1
     return float(r[max(k, 0)] * (1.0 + EDGE))
-
-
-def add_width_band(init_draws, width_draws, low: float = 0.05, high: float = 0.95,
-                   paired_draws=None):
-    """Band over initialisations and finite-width kernels together, variances added:
-    ``(lo, mid, hi)`` with ``mid = m_init + d``, ``lo = mid - sqrt((m_init - lo_init)^2 +
-    h_w^2)``, ``hi = mid + sqrt((hi_init - m_init)^2 + h_w^2)``, where ``h_w`` is half the
-    ``low``-``high`` range of ``width_draws`` and ``d`` the finite-width shift of the mean
-    (``mean(width_draws) - mean(init_draws)``).  ``init_draws``: ``(P, T, Q)``;
-    ``width_draws``: ``(S, T, Q)``.
-
-    ``paired_draws`` (``(P', T, Q)``, optional): the infinite-width prediction from the
-    *same* ``P'`` standard-normal draws that every width sample averages over (common
-    random numbers); then ``d = mean(width_draws) - mean(paired_draws)``, free of the
-    Monte-Carlo error of a mean over only ``P'`` draws (0.04-0.08 in test loss with
-    ``P' = 32`` on the digits configurations of ``validate/coverage.py``)."""
-    lo_i, m_i, hi_i = band_from_draws(init_draws, low, high)
-    lo_w, _, hi_w = band_from_draws(width_draws, low, high)
-    init = np.asarray(init_draws, dtype=np.float64)
-    wd = np.asarray(width_draws, dtype=np.float64)
-    if wd.shape[1:] != init.shape[1:]:
-        raise ValueError(f"width_draws: expected shape (S, {init.shape[1:]}), got {wd.shape}")
-    ref = init if paired_draws is None else np.asarray(paired_draws, dtype=np.float64)
-    if ref.shape[1:] != init.shape[1:]:
-        raise ValueError(f"paired_draws: expected shape (P', {init.shape[1:]}), got "
-                         f"{ref.shape}")
-    h_w = 0.5 * (hi_w - lo_w)
-    mid = m_i + (wd.mean(axis=0) - ref.mean(axis=0))
-    lo = mid - np.sqrt((m_i - lo_i) ** 2 + h_w**2)
-    hi = mid + np.sqrt((hi_i - m_i) ** 2 + h_w**2)
-    return lo, mid, hi
 
 
 def final_coverage(real, lo, hi) -> float:
@@ -226,25 +174,3 @@ def fit_widening_law(factors_by_width, target: float = 0.9, exponent: float = 0.
     return a + EDGE * max(abs(a), 1.0)
 
 
-def calibrated_factor(width) -> float:
-    """The factor by which :func:`calibrated_band` scales the combined band's half-widths at
-    hidden width ``width``: ``CALIBRATED_C`` (fitted on the calibration configurations of
-    ``validate/coverage.py``, constant in the width; see its comment)."""
-    if not (isinstance(width, int | np.integer) and width >= 1):
-        raise ValueError(f"width: expected a positive integer, got {width!r}")
-    return CALIBRATED_C
-
-
-def calibrated_band(init_draws, width_draws, width, paired_draws=None):
-    """The calibrated 5-95 % band of a metric of ONE network of hidden width ``width``:
-    the band over initialisations with the finite-width band added
-    (:func:`add_width_band`, ``paired_draws`` recommended), each side's half-width scaled
-    by :func:`calibrated_factor` (:func:`widen`).  ``init_draws``: ``(P, T, Q)`` (e.g.
-    ``traj.draws[metric]`` of ``nd.predict(..., f0="random")``), ``width_draws``:
-    ``(S, T, Q)`` (``traj.width_draws[metric]`` of ``nd.predict(..., width=width)``).
-    Returns ``(lo, mid, hi)``.  Measured coverage: README "Coverage"."""
-    lo, mid, hi = add_width_band(init_draws, width_draws, 0.05, 0.95,
-                                 paired_draws=paired_draws)
-    c = calibrated_factor(width)
-    wlo, whi = widen(lo, mid, hi, c)
-    return wlo, mid, whi
