@@ -31,11 +31,13 @@ CALIBRATED_C = 0.9429
 #: the levels of the calibrated band (the fit is for the 5-95 % band only)
 CALIBRATED_LEVELS = (0.05, 0.95)
 
-__all__ = ["CALIBRATED_C", "CALIBRATED_LEVELS", "add_width_band", "band_from_draws",
+__all__ = ["CALIBRATED_C", "CALIBRATED_LEVELS", "add_width_band", "as_band", "band_from_draws",
            "calibrated_band", "calibrated_factor", "widen"]
 
 
-def _as_band(lo, mid, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def as_band(lo, mid, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, mid, hi)`` as float64 arrays of one shape with ``lo <= mid <= hi``
+    (``ValueError`` naming them otherwise)."""
     lo, mid, hi = (np.asarray(a, dtype=np.float64) for a in (lo, mid, hi))
     if not lo.shape == mid.shape == hi.shape:
         raise ValueError(f"lo/mid/hi: expected equal shapes, got {lo.shape}, {mid.shape}, "
@@ -62,7 +64,7 @@ def widen(lo, mid, hi, c: float):
     mid + c (hi - mid))``."""
     if not (np.isfinite(c) and c > 0):
         raise ValueError(f"c: expected a positive finite factor, got {c!r}")
-    lo, mid, hi = _as_band(lo, mid, hi)
+    lo, mid, hi = as_band(lo, mid, hi)
     return mid - c * (mid - lo), mid + c * (hi - mid)
 
 

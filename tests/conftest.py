@@ -123,6 +123,24 @@ def make_linearised_net(n=18, n_test=6, d=4, k=3, q_count=4, width=12, seed=0) -
 
 
 @pytest.fixture(scope="session")
+def golden_kernels() -> dict:
+    """The neural-tangents golden problem (``tests/data/nt_golden_dynamics.npz``: 12 train /
+    6 test, K = 3) with ntkdyn's analytic NNGP (train and test pooled) and NTK blocks."""
+    from pathlib import Path
+
+    from ntkdyn.kernels.analytic import analytic_kernels
+
+    with np.load(Path(__file__).parent / "data" / "nt_golden_dynamics.npz") as data:
+        g = {k: data[k] for k in data.files}
+    x = np.concatenate([g["inputs/x_train"], g["inputs/x_test"]])
+    w_std, b_std, depth = g["kernels/settings"]
+    nngp, ntk = analytic_kernels(x, hidden_layers=int(depth), W_std=w_std, b_std=b_std)
+    n = g["inputs/x_train"].shape[0]
+    return {"nngp": nngp, "k": ntk[:n, :n], "kt": ntk[n:, :n], "n": n,
+            "y": g["inputs/y_train"], "y_test": g["inputs/y_test"]}
+
+
+@pytest.fixture(scope="session")
 def net() -> LinearisedNet:
     return make_linearised_net()
 

@@ -6,7 +6,6 @@ References: the exact expected losses of the dense reference ``ntkdyn.initialisa
 networks (``P K`` columns) for the coverage of the band.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,25 +14,17 @@ from conftest import rel_err
 from ntkdyn import algorithms, graphs
 from ntkdyn.dynamics import random_init
 from ntkdyn.dynamics.problem import make_problem
-from ntkdyn.kernels.analytic import analytic_kernels
 from ntkdyn.prediction import predict_from_kernels
 from ntkdyn.trajectory import RandomNetworkTrajectory, Trajectory
 
-GOLDEN = Path(__file__).parent / "data" / "nt_golden_dynamics.npz"
-
 
 @pytest.fixture(scope="module")
-def golden():
+def golden(golden_kernels):
     """The golden problem (12 train / 6 test, K = 3) with ntkdyn's analytic kernels, on a
     ring of 4 agents whose samples are interleaved (not sorted by agent)."""
-    with np.load(GOLDEN) as data:
-        g = {k: data[k] for k in data.files}
-    x = np.concatenate([g["inputs/x_train"], g["inputs/x_test"]])
-    w_std, b_std, depth = g["kernels/settings"]
-    nngp, ntk = analytic_kernels(x, hidden_layers=int(depth), W_std=w_std, b_std=b_std)
-    n = g["inputs/x_train"].shape[0]
-    return {"nngp": nngp, "k": ntk[:n, :n], "kt": ntk[n:, :n], "n": n,
-            "y": g["inputs/y_train"], "y_test": g["inputs/y_test"],
+    g = golden_kernels
+    n = g["n"]
+    return {**g,
             "agent": np.arange(n) % 4, "W": graphs.mixing(graphs.topology("ring", 4))}
 
 

@@ -8,7 +8,6 @@ sequence ``s`` (``GossipTrajectory.sequence(s)`` of a run with the same ``sample
 ``seed``), to 1e-10; the mean network against the plain ``f_0 = 0`` run.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,28 +16,21 @@ from conftest import rel_err
 from ntkdyn import graphs
 from ntkdyn.dynamics import random_init
 from ntkdyn.dynamics.problem import make_problem
-from ntkdyn.kernels.analytic import analytic_kernels
 from ntkdyn.prediction import predict_from_kernels
 from ntkdyn.trajectory import GossipTrajectory, RandomNetworkTrajectory
 
-GOLDEN = Path(__file__).parent / "data" / "nt_golden_dynamics.npz"
 TOL = 1e-10
 STEPS = [0, 3, 12]
 
 
 @pytest.fixture(scope="module")
-def small():
+def small(golden_kernels):
     """12 train / 6 test, K = 3, 4 agents of 3 samples (sorted by agent, so the problem's
     order is the caller's), ring mixing, analytic kernels."""
-    with np.load(GOLDEN) as data:
-        g = {k: data[k] for k in data.files}
-    x = np.concatenate([g["inputs/x_train"], g["inputs/x_test"]])
-    w_std, b_std, depth = g["kernels/settings"]
-    nngp, ntk = analytic_kernels(x, hidden_layers=int(depth), W_std=w_std, b_std=b_std)
-    n = g["inputs/x_train"].shape[0]
+    g = golden_kernels
+    n = g["n"]
     ring = graphs.topology("ring", 4)
-    return {"nngp": nngp, "k": ntk[:n, :n], "kt": ntk[n:, :n], "n": n,
-            "y": g["inputs/y_train"], "y_test": g["inputs/y_test"],
+    return {**g,
             "agent": np.repeat(np.arange(4), n // 4), "W": graphs.mixing(ring),
             "random": graphs.random_edges(ring, p=0.5, seed=2)}
 

@@ -42,6 +42,7 @@ import numpy as np
 from ntkdyn.bands import (  # the combination and the fitted factor live below trajectory
     CALIBRATED_C,
     add_width_band,
+    as_band,
     band_from_draws,
     calibrated_band,
     calibrated_factor,
@@ -54,16 +55,6 @@ EDGE = 1e-12
 __all__ = ["CALIBRATED_C", "add_width_band", "band_from_draws", "calibrated_band",
            "calibrated_factor", "coverage", "final_coverage", "fit_widening",
            "fit_widening_law", "required_factors", "widen", "widening_factor"]
-
-
-def _as_band(lo, mid, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lo, mid, hi = (np.asarray(a, dtype=np.float64) for a in (lo, mid, hi))
-    if not lo.shape == mid.shape == hi.shape:
-        raise ValueError(f"lo/mid/hi: expected equal shapes, got {lo.shape}, {mid.shape}, "
-                         f"{hi.shape}")
-    if np.any(lo > mid) or np.any(mid > hi):
-        raise ValueError("lo/mid/hi: expected lo <= mid <= hi everywhere")
-    return lo, mid, hi
 
 
 def _real(real, band_shape: tuple, first: int) -> np.ndarray:
@@ -92,7 +83,7 @@ def required_factors(real, lo, mid, hi, first: int = 1) -> np.ndarray:
     """The factor ``r`` by which the band's half-width on ``x``'s side of the median must
     be scaled for ``x`` to lie inside (module docstring), flat over ``(s, t >= first, q)``;
     ``+inf`` for a NaN or off a side of zero width."""
-    lo, mid, hi = _as_band(lo, mid, hi)
+    lo, mid, hi = as_band(lo, mid, hi)
     x = _real(real, lo.shape, first)
     lo, mid, hi = lo[first:], mid[first:], hi[first:]
     below = x < mid
