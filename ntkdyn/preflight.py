@@ -402,8 +402,11 @@ def _minibatch_band(problem, exp: Experiment, cfg: Config, inside: bool) -> dict
     t = cfg.training
     if not t.batch_size:
         return None
+    start = ("the mean network (f0 = 0): the band is over batch sequences only, not over "
+             "initialisations" if not np.any(problem.f0_train) else "the configured network's f0")
     out: dict = {"batch_size": int(t.batch_size), "samples": int(t.samples),
-                 "batch_sampling": t.batch_sampling, "statement": MINIBATCH_WORDS}
+                 "batch_sampling": t.batch_sampling, "statement": MINIBATCH_WORDS,
+                 "starts_from": start}
     if not inside:
         return out
     traj = run_problem(problem, exp.algorithm, [t.lr], cfg.steps, check_stability=False,
@@ -693,7 +696,8 @@ def _minibatch_lines(mb: dict | None) -> list[str]:
         return f"{mb[f'final_{metric}_mean']:{fmt}} mean (5-95 %: {lo:{fmt}}-{hi:{fmt}})"
     hit = mb["steps_to_target_mean"]
     return [f"  mini-batch SGD, batch size {mb['batch_size']} ({mb['batch_sampling']} "
-            f"sampling), over {mb['samples']} sampled batch sequences:",
+            f"sampling), over {mb['samples']} sampled batch sequences, from "
+            f"{mb.get('starts_from', 'the configured f0')}:",
             f"    test loss {band('test_loss', '.4g')}",
             f"    test acc  {band('test_acc', '.3f')}",
             f"    train loss {band('train_loss', '.4g')}",

@@ -99,7 +99,8 @@ def test_minibatch_check_states_full_batch_and_gives_the_band():
         assert lo <= mb[f"final_{metric}_mean"] <= hi and lo < hi
     text = rep.text()
     assert "Mini-batch SGD (batch size 4): stability, lr*, the sweep" in text
-    assert "over 8 sampled batch sequences" in text
+    assert "over 8 sampled batch sequences, from the mean network (f0 = 0)" in text
+    assert mb["starts_from"].startswith("the mean network (f0 = 0)")
     jsonschema.validate(json.loads(rep.to_json()), SCHEMA)
 
 
