@@ -122,3 +122,19 @@ def test_remaining_refusals_name_the_key(extra, key):
         check(_cfg(training=dict(CE, lr=0.5), **extra))
     with pytest.raises(ConfigError, match="config: training.batch_size: --measure-edge"):
         check(_cfg(training={"lr": 0.3, "batch_size": 4}), measure_edge=True)
+
+
+def test_cross_entropy_topology_comparison_uses_the_linearisation():
+    """--topologies with cross-entropy: each row's lr* is nd.stability of the cross-entropy
+    problem on that topology (linearised at f_0 = 0), and a stable row gets a prediction."""
+    cfg = _cfg(training=dict(CE, lr=0.5), prediction={"f0": "mean"})
+    rep = check(cfg, topologies=["complete"])
+    (row,) = rep.topologies
+    exp = from_config(cfg).with_topology("complete")
+    prob = build_problem(exp.arch, exp.parts, exp.mixing, kernel="analytic", seed=0, f0="zero",
+                         loss="cross_entropy", logit_scale=2.0)
+    direct = nd.stability(prob, exp.algorithm, 0.5)
+    assert row["lr_star"] == pytest.approx(direct.lr_star, rel=1e-9)
+    assert row["inside"] == direct.stable
+    if row["inside"]:
+        assert np.isfinite(row["final_test_loss"])
