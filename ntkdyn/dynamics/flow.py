@@ -100,7 +100,7 @@ def evolve(
     steps = np.asarray(steps, dtype=np.float64)
     data = solver.device_data(problem, lrs, central=central, kernel_dtype=kernel_dtype,
                               reference="carried", mesh=mesh, group_f0=group_f0)
-    x0 = _initial_state(problem, n_rates, central, mesh)
+    x0 = solver.zero_state(problem, n_rates, central, mesh)
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   central=central, loss=problem.loss)
     times, where = np.unique(steps, return_inverse=True)
@@ -130,19 +130,6 @@ def evolve(
         "diffrax_version": diffrax.__version__,
     }
     return out
-
-
-def _initial_state(problem: KernelProblem, n_rates: int, central: bool, mesh):
-    """Zeros of the state's shape ``(A, rows, n_rates c0)``: on the default device, or
-    row-sharded over ``mesh`` with the rows padded as :func:`solver.device_data` pads them."""
-    c0 = problem.num_outputs if problem.traced else 1
-    rows = problem.kernel.shape[0]
-    if mesh is None:
-        return jnp.zeros((problem.num_agents + int(central), rows, n_rates * c0))
-    from ntkdyn.dynamics import sharding
-
-    shape = (problem.num_agents + int(central), sharding.padded(rows, mesh), n_rates * c0)
-    return jax.device_put(jnp.zeros(shape), sharding.state_sharding(mesh))
 
 
 def _operators(data, *, offsets, traced, central, loss):

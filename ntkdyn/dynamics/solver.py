@@ -1209,12 +1209,7 @@ def evolve(
         h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
     else:
         n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
-    c0 = problem.num_outputs if problem.traced else 1
-    rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
-                                                                         mesh)
-    shape = (problem.num_agents + int(central), rows, n_rates * c0)
-    x0 = jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
-                                                              sharding.state_sharding(mesh))
+    x0 = zero_state(problem, n_rates, central, mesh)
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
                   record_outputs=record_outputs, central=central, sampler=sampler,
@@ -1223,6 +1218,18 @@ def evolve(
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
     return _run_chunks(carry, data, static, n_sub, h, deltas, chunk=chunk,
                        desc=f"predict {algorithm.name}" if progress else None)
+
+
+def zero_state(problem: KernelProblem, n_rates: int, central: bool, mesh=None):
+    """Zeros of the state's shape ``(A, rows, n_rates c0)`` (``A = Q + central``,
+    ``c0 = K`` for a traced kernel, else 1): on the default device, or row-sharded over
+    ``mesh`` with the rows zero-padded as :func:`device_data` pads them."""
+    c0 = problem.num_outputs if problem.traced else 1
+    rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
+                                                                         mesh)
+    shape = (problem.num_agents + int(central), rows, n_rates * c0)
+    return jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
+                                                                sharding.state_sharding(mesh))
 
 
 def _checked_reference(problem: KernelProblem, algorithm: Algorithm, reference: str, *,
