@@ -53,6 +53,12 @@ NETWORK_RECORD_ARRAYS = 6
 #: to the measured peak of one random network on random gossip, ``2 S + 1 = 33`` groups, at
 #: N = 2,000-4,500: 9.0-10.0, tests/test_memory.py)
 SEQUENCE_STATE_ARRAYS = 9
+#: mini-batch SGD (``batch_size > 0``): resident growth beyond the counted arrays that does
+#: not grow with N (the compiled batch sampler: a permutation per agent and draw, vmapped over
+#: the sequences), fitted to the measured peak at N = 2,000 and 4,500 (offsets 157-172 MB
+#: with f0 = 0, tests/test_memory.py); the centralised reference is carried there, so no
+#: eigh buffers are counted
+MINIBATCH_RUNTIME_BYTES = 160 * 1024**2
 
 
 def _apply(arch: Any, params, x: np.ndarray) -> np.ndarray:
@@ -115,7 +121,10 @@ def prediction_estimate(
     expected group; with ``f0_random`` and cross-entropy, random mixing or mini-batch SGD
     every sampled network has ``K`` columns of its own (``P = samples``, default 16):
     ``P + 1`` groups, or ``2 S + 1`` with sequences (:mod:`ntkdyn.dynamics.random_init`),
-    each group a learning rate's worth of state, per-record products and records.
+    each group a learning rate's worth of state, per-record products and records; with the
+    squared loss ``3 S + 1`` (the expected dynamics also from each network's ``f_0``: the
+    band over initialisations alone).  Mini-batch SGD adds
+    :data:`MINIBATCH_RUNTIME_BYTES` and counts no eigh buffers (its reference is carried).
 
     Adds to the solver's phases the building of the kernels on the path ``kernel`` takes:
     analytic (``3 N^2`` then ``N^2 + 2 M N``), the MLP's Gram-matrix empirical kernel
@@ -172,12 +181,15 @@ def prediction_estimate(
     if random_mixing and groups > 1:
         records_extra += 8 * SEQUENCE_STATE_ARRAYS * (agents + 1) * (n_train + n_test) * \
             groups * rates * (outputs if layout_traced else 1)
+    if batch_size:
+        records_extra += MINIBATCH_RUNTIME_BYTES
     rows = n_train * (1 if layout_traced else outputs)
     return max(draw, memory.prediction_bytes(n_train, n_test, cols, agents,
                                              traced=layout_traced, rates=rates * groups,
                                              records=records, record_outputs=record_outputs,
                                              build=build, eigen_reference=reference
-                                             and rows <= memory.REFERENCE_EIGH_MAX)
+                                             and rows <= memory.REFERENCE_EIGH_MAX
+                                             and not batch_size)
                + records_extra)
 
 
@@ -191,7 +203,10 @@ def column_groups(f0_random: bool, *, loss: str = "mse", random_mixing: bool = F
     Independent random networks (``f0_random`` with cross-entropy, random mixing or
     ``batch_size > 0``; ``P = samples``, default
     :data:`~ntkdyn.dynamics.random_init.DEFAULT_INDEPENDENT_NETWORKS`): ``P + 1``, or
-    ``2 P + 1`` with sequences.  Otherwise sequences (default ``S = 64``) give ``S + 1``
+    with sequences ``3 P + 1`` for the squared loss (the networks, the mean network on the
+    same sequences, the expected dynamics from each network's ``f_0`` and from ``f_0 = 0``)
+    and ``2 P + 1`` for cross-entropy (no expected dynamics from the draws).  Otherwise
+    sequences (default ``S = 64``) give ``S + 1``
     groups (mini-batch cross-entropy on a static graph: ``S``, no expected group), and
     static or periodic full-batch mixing one group (the shared cyclic columns of
     ``f0_random`` with the squared loss are counted as columns, not groups).
@@ -201,6 +216,8 @@ def column_groups(f0_random: bool, *, loss: str = "mse", random_mixing: bool = F
         from ntkdyn.dynamics.random_init import DEFAULT_INDEPENDENT_NETWORKS
 
         p = DEFAULT_INDEPENDENT_NETWORKS if samples is None else int(samples)
+        if sequences and loss == "mse":  # + the expected dynamics from each f_0 (init band)
+            return 3 * p + 1
         return (2 if sequences else 1) * p + 1
     if not sequences:
         return 1

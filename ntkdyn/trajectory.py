@@ -123,7 +123,12 @@ class Trajectory:
         each draw their own ``f_0`` *and* sequence (``metadata["band_over"]`` is
         ``"init+mixing"`` / ``"init+batch"``): ``over=None`` is that joint band,
         ``"sequence"`` the band over the sequences alone (of the mean network, ``f_0 = 0``),
-        and ``"init"`` (initialisations alone) is refused."""
+        and ``"init"`` the band over initialisations alone, for the squared loss: quantiles
+        over the same ``S`` draws ``f_0^(s)`` of the *expected* dynamics from ``f_0^(s)``
+        (the ``E[W]`` recursion / full-batch training, the mean over sequences of the state
+        and outputs given ``f_0``; ``init_band_run``, ``metadata["init_band"]``,
+        ``theory/initialisation.md`` section 7).  With cross-entropy it is refused (no
+        expected dynamics in closed form)."""
         if over == "width":
             return _width_band(self.width_draws, metric, low, high)
         if over == "calibrated":
@@ -135,12 +140,17 @@ class Trajectory:
             raise ValueError("over: 'init' needs a prediction over sampled initialisations "
                              "(f0='random'); this trajectory has none")
         joint = self.metadata.get("band_over", "init")
+        run = getattr(self, "init_band_run", None)
+        if over == "init" and joint != "init" and run is not None:
+            return run.band(metric, low, high)
         if over == "init" and joint != "init":
             what = ("mixing" if joint == "init+mixing" else "mini-batch") + " sequences"
             raise ValueError(f"over: this prediction's band is over initialisations and {what}"
                              " jointly (network s draws f0 s and sequence s); the "
-                             "band over initialisations alone is not available: use over=None"
-                             " for the joint band or over='sequence' for the sequences alone")
+                             "band over initialisations alone is not available (it needs the "
+                             "squared loss: the expected dynamics from each f0): use "
+                             "over=None for the joint band or over='sequence' for the "
+                             "sequences alone")
         if over == "sequence":
             inner = getattr(self, "mean_network", None)
             if isinstance(self, GossipTrajectory):
@@ -394,9 +404,12 @@ def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
         return GossipTrajectory(**common, **plain, samples=meta["samples"],
                                 quantiles=quantiles, expected=inner,
                                 per_sample=prefixed("per_sample") or None)
+    band_run = None
+    if "init_band_meta" in meta:
+        band_run = _from_payload(prefixed("init_band"), meta["init_band_meta"])
     return RandomNetworkTrajectory(**common, **plain, samples=meta["samples"],
                                    quantiles=quantiles, mean_network=inner,
-                                   draws=prefixed("draws") or None)
+                                   draws=prefixed("draws") or None, init_band_run=band_run)
 
 
 @dataclass(frozen=True)
@@ -472,7 +485,10 @@ class RandomNetworkTrajectory(Trajectory):
     loss (loss of the mean output) is below the expected loss by the outputs' variance.
     ``exact_train_loss`` / ``exact_test_loss`` ``(T, Q)``: the exact expected losses
     (mean + trace of the covariance, :mod:`ntkdyn.initialisation`) where they were
-    affordable (small problems, DGD/ATC/CTA/GD), else ``None``.
+    affordable (small problems, DGD/ATC/CTA/GD), else ``None``.  ``init_band_run``: with
+    random gossip or mini-batch SGD and the squared loss, the expected dynamics (``E[W]`` /
+    full batch) from the same ``S`` draws, a :class:`RandomNetworkTrajectory` whose band is
+    over initialisations alone (``band(m, over="init")``), else ``None``.
     """
 
     samples: int = 0
@@ -480,13 +496,15 @@ class RandomNetworkTrajectory(Trajectory):
     draws: dict | None = None
     exact_train_loss: np.ndarray | None = None
     exact_test_loss: np.ndarray | None = None
+    init_band_run: RandomNetworkTrajectory | None = None
 
     def at_phase(self, phase: str | int) -> RandomNetworkTrajectory:
         out = super().at_phase(phase)
         keep = self._phase_records(phase)[1]
         mean = None if self.mean_network is None else self.mean_network.at_phase(phase)
         draws = {k: v[:, keep] for k, v in (self.draws or {}).items()} or None
-        return dataclasses.replace(out, mean_network=mean, draws=draws)
+        run = None if self.init_band_run is None else self.init_band_run.at_phase(phase)
+        return dataclasses.replace(out, mean_network=mean, draws=draws, init_band_run=run)
 
     def _payload(self) -> tuple[dict, dict]:
         arrays, meta = super()._payload()
@@ -497,6 +515,10 @@ class RandomNetworkTrajectory(Trajectory):
             ea, em = self.mean_network._payload()
             arrays.update({f"expected/{k}": v for k, v in ea.items()})
             meta["expected_meta"] = em
+        if self.init_band_run is not None:
+            ba, bm = self.init_band_run._payload()
+            arrays.update({f"init_band/{k}": v for k, v in ba.items()})
+            meta["init_band_meta"] = bm
         return arrays, meta
 
     def __repr__(self) -> str:

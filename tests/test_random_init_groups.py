@@ -86,10 +86,13 @@ def test_each_network_is_the_prediction_from_its_own_f0_and_sequence(small, case
     assert np.all(lo <= traj.test_loss + 1e-12) and np.all(traj.test_loss <= hi + 1e-12)
 
 
-@pytest.mark.parametrize("case", ["random_gossip", "sgd"])
+@pytest.mark.parametrize("case", ["random_gossip", "sgd", "random_gossip_ce",
+                                  "sgd_ce_random_gossip"])
 def test_init_and_sequence_bands_are_kept_apart(small, case):
     """With sequences the networks' band is joint (init and sequence); over='sequence' is
-    the mean network's band over the sequences alone; over='init' is refused."""
+    the mean network's band over the sequences alone; over='init' is the band over
+    initialisations alone (the expected dynamics from each f0) for the squared loss, and
+    refused for cross-entropy (changed with issue 14: it was refused for every loss)."""
     spec = CASES[case]
     traj = _predict(small, small[spec["mixing"]], nngp=small["nngp"], samples=4, seed=1,
                     **spec["kw"])
@@ -97,10 +100,53 @@ def test_init_and_sequence_bands_are_kept_apart(small, case):
     lo, hi = traj.band("test_loss", 0.05, 0.95, over="sequence")
     mlo, mhi = traj.mean_network.band("test_loss", 0.05, 0.95)
     assert np.array_equal(lo, mlo) and np.array_equal(hi, mhi)
-    with pytest.raises(ValueError, match="over: .*jointly"):
-        traj.band("test_loss", 0.05, 0.95, over="init")
+    if "_ce" in case:
+        assert traj.init_band_run is None and "init_band" not in traj.metadata
+        with pytest.raises(ValueError, match="over: .*jointly.*squared loss"):
+            traj.band("test_loss", 0.05, 0.95, over="init")
+    else:
+        ilo, ihi = traj.band("test_loss", 0.05, 0.95, over="init")
+        rlo, rhi = traj.init_band_run.band("test_loss", 0.05, 0.95)
+        assert np.array_equal(ilo, rlo) and np.array_equal(ihi, rhi)
+        assert not np.allclose(ilo, lo)  # a different band from the sequences'
+        kind = "batch" if "batch_size" in spec["kw"] else "mixing"
+        assert traj.metadata["init_band"] == random_init.INIT_BAND_WORDS[kind]
+        assert traj.init_band_run.metadata["band_over"] == "init"
     # the expected group of the mean network: E[W] / full batch from f0 = 0
     assert traj.mean_network.expected is not None
+
+
+@pytest.mark.parametrize("case", ["random_gossip", "sgd", "sgd_independent"])
+def test_init_band_samples_are_the_expected_dynamics_from_each_f0(small, case, tmp_path):
+    """The band over initialisations alone: its sample s equals a separate full-batch
+    (mini-batch SGD) or E[W] (random gossip) prediction from network s's own f0 draw, to
+    1e-10; its mean network equals the plain f0 = 0 expected run; it survives save/load."""
+    from ntkdyn.trajectory import Trajectory
+
+    kw = {"sgd": {"batch_size": 2}, "random_gossip": {},
+          "sgd_independent": {"batch_size": 2, "batch_sampling": "independent"}}[case]
+    mixing = small["random" if case == "random_gossip" else "W"]
+    p, seed = 3, 5
+    traj = _predict(small, mixing, nngp=small["nngp"], samples=p, seed=seed, **kw)
+    problem = make_problem(small["k"], small["y"], small["agent"], small["W"],
+                           kernel_test_train=small["kt"], y_test=small["y_test"])
+    draws = random_init.draw(random_init.sorted_nngp(problem, small["nngp"]), small["n"], p,
+                             seed, outputs=3)
+    expected_mixing = mixing.expected() if case == "random_gossip" else mixing
+    run = traj.init_band_run
+    assert isinstance(run, RandomNetworkTrajectory) and run.samples == p
+    for s in range(p):
+        f0_train, f0_test = draws.network_f0(s)
+        single = _predict(small, expected_mixing, f0_train=f0_train, f0_test=f0_test)
+        for metric in random_init.DRAW_METRICS:
+            assert rel_err(run.draws[metric][s], getattr(single, metric)) < TOL, metric
+    plain = _predict(small, expected_mixing)
+    assert rel_err(run.mean_network.test_loss, plain.test_loss) < TOL
+    assert rel_err(run.mean_network.test_loss, traj.mean_network.expected.test_loss) < TOL
+    back = Trajectory.load(traj.save(tmp_path / "t.npz"))
+    assert np.array_equal(back.band("test_loss", over="init")[1],
+                          traj.band("test_loss", over="init")[1])
+    assert np.array_equal(back.init_band_run.draws["test_loss"], run.draws["test_loss"])
 
 
 def test_cross_entropy_mean_network_is_named_for_what_it_is(small):

@@ -133,11 +133,13 @@ def independent_networks(problem: KernelProblem, batch_size: int = 0) -> bool:
             or (process is not None and bool(process.random)))
 
 
-def group_initial_outputs(problem: KernelProblem, draws: InitDraws,
-                          copies: int) -> tuple[np.ndarray, np.ndarray | None]:
+def group_initial_outputs(problem: KernelProblem, draws: InitDraws, copies: int,
+                          init_band: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Initial outputs of every column group ``(G, N, K)`` (and test ``(G, M, K)``) of
     independent networks: the ``P`` networks, then ``(copies - 1) P + 1`` groups of the
-    mean network (``f_0`` of the problem, zero), ``G = copies P + 1``."""
+    mean network (``f_0`` of the problem, zero), ``G = copies P + 1``.  ``init_band``:
+    the expected groups (the last ``P + 1``) are the ``P`` networks' ``f_0`` again, then
+    the mean network's: ``G = (copies + 1) P + 1`` (:func:`has_init_band`)."""
     p, k, n = draws.samples, problem.num_outputs, problem.num_train
     if draws.outputs != k or draws.train.shape != (n, p * k):
         raise ValueError(f"draws: expected ({n}, P K) training draws with K = {k} per "
@@ -146,7 +148,10 @@ def group_initial_outputs(problem: KernelProblem, draws: InitDraws,
 
     def groups(base, g):
         nets = base[None] + g.reshape(len(base), p, k).transpose(1, 0, 2)
-        return np.concatenate([nets, np.broadcast_to(base, (rest,) + base.shape)])
+        if not init_band:
+            return np.concatenate([nets, np.broadcast_to(base, (rest,) + base.shape)])
+        seq = np.broadcast_to(base, (rest - 1,) + base.shape)
+        return np.concatenate([nets, seq, nets, base[None]])
 
     test = None
     if problem.has_test:
@@ -155,6 +160,18 @@ def group_initial_outputs(problem: KernelProblem, draws: InitDraws,
             raise ValueError(f"draws: expected ({m}, {p * k}) test draws")
         test = groups(problem.f0_test, draws.test)
     return groups(problem.f0_train, draws.train), test
+
+
+def has_init_band(problem: KernelProblem, batch_size: int = 0) -> bool:
+    """Whether independent sampled networks also run the expected dynamics (the ``E[W]``
+    recursion / full-batch training) from each network's ``f_0``: the band over
+    initialisations alone, beside the joint one (:data:`INIT_BAND_WORDS`).  The squared
+    loss with a random mixing sequence or mini-batch SGD: ``3 S + 1`` groups instead of
+    ``2 S + 1``.  Not for cross-entropy, whose full-batch / ``E[W]`` run is not the
+    expected dynamics (not affine)."""
+    process = problem.process
+    sequences = bool(batch_size) or (process is not None and bool(process.random))
+    return sequences and problem.loss == "mse"
 
 
 def cholesky_with_jitter(nngp: np.ndarray) -> tuple[np.ndarray, float]:
@@ -276,6 +293,20 @@ BAND_WORDS = {
                    "draw s and batch sequence s, and mixing sequence s for random gossip); "
                    ".mean_network.band: over the batch sequences alone (f0 = 0)"),
 }
+#: what the band over initialisations alone is (``metadata["init_band"]``), by sequence kind
+INIT_BAND_WORDS = {
+    "batch": ("over initialisations alone: quantiles over the S sampled f0 (network s's own "
+              "draw) of full-batch training from that f0, the expected mini-batch SGD "
+              "dynamics of the linearised model given f0 (squared loss: the mean over batch "
+              "sequences of the state and outputs, exact for batch_sampling='independent', "
+              "to first order in the rate for 'epoch'); the batch noise is averaged out of "
+              "the outputs, so its losses are those of the expected outputs given f0"),
+    "mixing": ("over initialisations alone: quantiles over the S sampled f0 (network s's own "
+               "draw) of the E[W] recursion from that f0, the exact mean over mixing "
+               "sequences of the state and outputs given f0 (squared loss); the mixing noise "
+               "is averaged out of the outputs, so its losses are those of the expected "
+               "outputs given f0"),
+}
 CE_MEAN_WORDS = ("cross-entropy: .mean_network is the network started from f0 = 0, not the "
                  "expected network (the dynamics are not affine in f0); the expected losses "
                  "are the means over the sampled networks")
@@ -289,12 +320,30 @@ def band_over(problem: KernelProblem, batch_size: int = 0) -> str:
     return "init+mixing" if process is not None and process.random else "init"
 
 
+def init_band_run(expected: Trajectory, runs: list[Trajectory], draws: InitDraws,
+                  batch_size: int = 0) -> RandomNetworkTrajectory:
+    """The expected dynamics (``E[W]`` / full batch) from each sampled network's ``f_0``
+    (``runs``, network ``s``'s draw) and from ``f_0 = 0`` (``expected``), as a
+    :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` whose band is over initialisations
+    alone (:data:`INIT_BAND_WORDS`): ``RandomNetworkTrajectory.init_band_run``."""
+    words = INIT_BAND_WORDS["batch" if batch_size else "mixing"]
+    out = assemble(expected, runs, draws, None, over="init")
+    meta = dict(out.metadata, band=words, init_band=words,
+                quantity="the expected dynamics (" + ("full-batch training" if batch_size
+                                                      else "E[W] recursion") +
+                f") of one random network over initialisations, {len(runs)} sampled f0 "
+                "(the sampled networks' own draws)")
+    return dataclasses.replace(out, metadata=meta)
+
+
 def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
-             exact=None, over: str = "init") -> RandomNetworkTrajectory:
+             exact=None, over: str = "init",
+             init_band: RandomNetworkTrajectory | None = None) -> RandomNetworkTrajectory:
     """Mean over the sampled networks of every metric, quantile bands, the draws of
     :data:`DRAW_METRICS` and the mean network (``mean``, with its own quantity words);
     ``over`` (:data:`BAND_WORDS`) says what the band is over (``metadata["band_over"]``,
-    ``metadata["band"]``)."""
+    ``metadata["band"]``); ``init_band`` (:func:`init_band_run`) the band over
+    initialisations alone where the band is joint (``metadata["init_band"]``)."""
     from ntkdyn.trajectory import quantity_words
 
     keep = min(len(t.steps) for t in networks)
@@ -319,6 +368,8 @@ def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
                      "(expected loss of one random network); quantiles / band(): over the "
                      "samples; .mean_network: the f0 = 0 trajectory (loss of the mean output)",
                 band_over=over, band=BAND_WORDS[over])
+    if init_band is not None:
+        meta["init_band"] = init_band.metadata["init_band"]
     if first.metadata.get("loss", "mse") != "mse":
         meta["note"] = meta["note"].replace(" (loss of the mean output)", "; " + CE_MEAN_WORDS)
         meta["mean_network"] = CE_MEAN_WORDS
@@ -335,9 +386,11 @@ def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
         status=first.status, diverged_at=first.diverged_at, continuous=first.continuous,
         lr=first.lr, metadata=meta, samples=p, quantile_levels=levels, quantiles=quantiles,
         mean_network=dataclasses.replace(mean, metadata=mean_meta), draws=kept,
-        exact_train_loss=exact_train, exact_test_loss=exact_test, **arrays)
+        exact_train_loss=exact_train, exact_test_loss=exact_test, init_band_run=init_band,
+        **arrays)
 
 
 __all__ = ["DEFAULT_INDEPENDENT_NETWORKS", "DEFAULT_NETWORKS", "InitDraws", "assemble",
            "augment", "band_over", "cholesky_with_jitter", "draw", "exact_expected_losses",
-           "group_initial_outputs", "independent_networks", "sorted_nngp"]
+           "group_initial_outputs", "has_init_band", "independent_networks", "init_band_run",
+           "sorted_nngp"]

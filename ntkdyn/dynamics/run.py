@@ -165,7 +165,7 @@ def run_problem(
         seed=seed, continuous=continuous, devices=devices)
     groups, with_expected = solver.mixing_groups(problem, samples, batch_size)
     run = problem
-    group_f0, copies = None, 0
+    group_f0, copies, expected_groups = None, 0, 1
     if init is not None:
         if mesh is not None:
             raise ValueError("f0: sampled random networks (f0='random') run on one device; "
@@ -175,6 +175,8 @@ def run_problem(
         if random_init.independent_networks(problem, batch_size):
             groups, copies, group_f0 = _independent_groups(problem, init, samples,
                                                            batch_size, kernel_dtype)
+            if random_init.has_init_band(problem, batch_size):
+                expected_groups = init.samples + 1
         else:
             run = random_init.augment(problem, init)
     if kernel_dtype == "mixed" and init is None:
@@ -197,7 +199,8 @@ def run_problem(
                             kernel_dtype=kernel_dtype, mesh=mesh, samples=samples,
                             batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
                             networks=0 if init is None or copies else init.samples,
-                            group_f0=group_f0, copies=max(copies, 1))
+                            group_f0=group_f0, copies=max(copies, 1),
+                            expected_groups=expected_groups)
     base_meta = _base_metadata(problem, algo, kernel_dtype, metadata)
     if "flow" in raw:
         base_meta["flow"] = raw.pop("flow")
@@ -219,7 +222,8 @@ def _independent_groups(problem: KernelProblem, init, samples, batch_size: int,
                         kernel_dtype: str) -> tuple[int, int, tuple]:
     """``(G, copies, group_f0)`` of independent sampled networks
     (:mod:`ntkdyn.dynamics.random_init`): ``P + 1`` groups (cross-entropy, static or
-    periodic mixing, full batch) or ``2 S + 1`` (random mixing / mini-batch SGD, network
+    periodic mixing, full batch) or ``2 S + 1`` (``3 S + 1`` for the squared loss, with the
+    expected dynamics from every f_0; random mixing / mini-batch SGD, network
     ``s`` on sequence ``s``; ``samples`` must equal the number of networks)."""
     from ntkdyn.dynamics import random_init
 
@@ -236,7 +240,8 @@ def _independent_groups(problem: KernelProblem, init, samples, batch_size: int,
         raise ValueError(f"samples: with f0='random' network s runs on sequence s: expected "
                          f"samples = {init.samples} (the sampled networks), got {samples!r}")
     copies = 2 if sequences else 1
-    group_f0 = random_init.group_initial_outputs(problem, init, copies)
+    group_f0 = random_init.group_initial_outputs(
+        problem, init, copies, init_band=random_init.has_init_band(problem, batch_size))
     return len(group_f0[0]), copies, group_f0
 
 
@@ -247,22 +252,28 @@ def _assemble_independent(raw: dict, problem: KernelProblem, algo: Algorithm, ra
     :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` per rate: groups ``0..P-1`` the
     networks; then the mean network (``f_0 = 0``): group ``P``, or (``copies = 2``) a
     :class:`~ntkdyn.trajectory.GossipTrajectory` over groups ``P..2P-1`` (the same
-    sequences) with the expected group ``2P``."""
+    sequences) with the expected group (the last); with the band over initialisations
+    (:func:`ntkdyn.dynamics.random_init.has_init_band`) groups ``2P..3P-1`` are the expected
+    dynamics from the networks' ``f_0`` (``.init_band_run``)."""
     from ntkdyn.dynamics import random_init
 
     n_rates, p = len(rate_rows), init.samples
     rec_steps, phase = _record_layout(steps, algo.records_per_step)
     over = random_init.band_over(problem, batch_size)
+    band = copies == 2 and random_init.has_init_band(problem, batch_size)
     trajs = []
     for r in range(n_rates):
         def one(g, r=r):
             return _trajectory(raw, g * n_rates + r, problem, rec_steps, rate_rows[r],
                                continuous, base_meta, phase)
         nets = [one(s) for s in range(p)]
+        last = one(copies * p + (p if band else 0))
         mean = one(p) if copies == 1 else _aggregate(
-            [one(g) for g in range(p, 2 * p)], one(2 * p),
+            [one(g) for g in range(p, 2 * p)], last,
             what="mini-batch" if batch_size else "mixing")
-        trajs.append(random_init.assemble(mean, nets, init, None, over=over))
+        run = None if not band else random_init.init_band_run(
+            last, [one(g) for g in range(2 * p, 3 * p)], init, batch_size)
+        trajs.append(random_init.assemble(mean, nets, init, None, over=over, init_band=run))
     return trajs
 
 

@@ -711,7 +711,7 @@ def _mixing_at(data, t, *, sampler, mixes_per_step):
         event = k * mixes_per_step + j
         w = jax.vmap(lambda key: sampler(arrays, event, key))(keys)
         if "mix_expected" in data:  # the exact mean-state recursion rides along
-            w = jnp.concatenate([w, data["mix_expected"][None]], axis=0)
+            w = jnp.concatenate([w, data["mix_expected"]], axis=0)
         return w
 
     return at
@@ -720,7 +720,7 @@ def _mixing_at(data, t, *, sampler, mixes_per_step):
 def _batch_at(data, t, *, batcher, grads_per_step, rows_per_sample, columns):
     """The ``batch`` argument of :func:`kernel_operators` for the step starting at ``t``:
     ``j -> (R, C)`` weights of draw ``t grads_per_step + j`` of every sampled sequence (one
-    column group each), then the full batch's ``1/N_q`` for the expected group if any."""
+    column group each), then the full batch's ``1/N_q`` for the expected groups if any."""
     if batcher is None:
         return None
     k = jnp.round(t).astype(jnp.int64)
@@ -730,7 +730,7 @@ def _batch_at(data, t, *, batcher, grads_per_step, rows_per_sample, columns):
         d = k * grads_per_step + j
         w = jax.vmap(lambda key: batcher.row_weights(key, d))(keys)  # (S, N)
         if "batch_full" in data:
-            w = jnp.concatenate([w, data["batch_full"][None]], axis=0)
+            w = jnp.concatenate([w, data["batch_full"]], axis=0)
         w = jnp.repeat(w.T, rows_per_sample, axis=0)  # (R, G)
         return jnp.repeat(w, columns // w.shape[1], axis=1)
 
@@ -1063,10 +1063,12 @@ def mixing_groups(problem: KernelProblem, samples: int | None,
 
 
 def _add_batches(data: dict, problem: KernelProblem, samples: int | None, batch_size: int,
-                 seed: int, expected: bool, sampling: str = "epoch", copies: int = 1):
-    """Put the mini-batch sequences' keys (and the expected group's full-batch weights)
-    into ``data``; returns the (static) :class:`~ntkdyn.minibatch.BatchSequence`.
-    ``copies``: the ``samples`` sequences repeated that many times, side by side."""
+                 seed: int, expected: bool, sampling: str = "epoch", copies: int = 1,
+                 expected_groups: int = 1):
+    """Put the mini-batch sequences' keys (and the expected groups' full-batch weights,
+    ``(expected_groups, N)``) into ``data``; returns the (static)
+    :class:`~ntkdyn.minibatch.BatchSequence`.  ``copies``: the ``samples`` sequences
+    repeated that many times, side by side."""
     if not batch_size:
         return None
     from ntkdyn.minibatch import BatchSequence
@@ -1075,15 +1077,18 @@ def _add_batches(data: dict, problem: KernelProblem, samples: int | None, batch_
                             sampling)
     data["batch_keys"] = jnp.stack([batcher.key(s) for s in range(int(samples))] * copies)
     if expected:
-        data["batch_full"] = jnp.asarray(np.repeat(1.0 / problem.counts, problem.counts))
+        full = np.repeat(1.0 / problem.counts, problem.counts)
+        data["batch_full"] = jnp.asarray(np.tile(full, (int(expected_groups), 1)))
     import dataclasses
 
     return dataclasses.replace(batcher, seed=0)  # static: the seed lives in the keys
 
 
-def _add_mixing(data: dict, problem: KernelProblem, samples: int | None, copies: int = 1):
+def _add_mixing(data: dict, problem: KernelProblem, samples: int | None, copies: int = 1,
+                expected_groups: int = 1):
     """Put the mixing sequence's arrays into ``data``; returns the (static) sampler
-    (``copies``: a random sequence's ``samples`` keys repeated that many times)."""
+    (``copies``: a random sequence's ``samples`` keys repeated that many times; the
+    ``E[W]`` recursion ``expected_groups`` times, ``(E, Q, Q)``)."""
     process = problem.process
     if process is None:
         return None
@@ -1092,7 +1097,9 @@ def _add_mixing(data: dict, problem: KernelProblem, samples: int | None, copies:
     data["mix_keys"] = jnp.stack([process.key(s) for s in range(n)] * (copies if
                                                                         process.random else 1))
     if process.random:
-        data["mix_expected"] = jnp.asarray(process.expected())
+        ew = np.asarray(process.expected())
+        data["mix_expected"] = jnp.asarray(np.broadcast_to(ew, (int(expected_groups),)
+                                                           + ew.shape))
     return process.sampler
 
 
@@ -1117,6 +1124,7 @@ def evolve(
     networks: int = 0,
     group_f0=None,
     copies: int = 1,
+    expected_groups: int = 1,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -1165,9 +1173,11 @@ def evolve(
         Independent sampled networks (:mod:`ntkdyn.dynamics.random_init`): ``G`` column
         groups, each from its own initial outputs (:func:`device_data`); with a random
         mixing sequence or mini-batch SGD, ``G = copies * samples + 1``: the ``samples``
-        sequences ``copies`` times side by side, then the expected group (``E[W]``, full
-        batch; also for cross-entropy).  Otherwise ``G`` groups of the static or periodic
-        mixing.
+        sequences ``copies`` times side by side, then ``expected_groups`` expected groups
+        (``E[W]``, full batch; also for cross-entropy; more than one: the expected dynamics
+        from several initial outputs, the band over initialisations of
+        :mod:`ntkdyn.dynamics.random_init`).  Otherwise ``G`` groups of the static or
+        periodic mixing.
 
     Returns
     -------
@@ -1186,9 +1196,10 @@ def evolve(
     if group_f0 is not None:
         groups = len(group_f0[0])
         with_expected = with_expected or bool(batch_size)
-        if (with_expected and groups != copies * int(samples) + 1) or not problem.traced:
-            raise ValueError(f"group_f0: expected {copies} x {samples} + 1 groups of a traced "
-                             f"kernel, got {groups}")
+        if (with_expected and groups != copies * int(samples) + expected_groups) or \
+                not problem.traced:
+            raise ValueError(f"group_f0: expected {copies} x {samples} + {expected_groups} "
+                             f"groups of a traced kernel, got {groups}")
     reference = _checked_reference(problem, algorithm, reference, samples=samples,
                                    batch_size=batch_size, continuous=continuous, mesh=mesh,
                                    kernel_dtype=kernel_dtype, networks=networks)
@@ -1198,9 +1209,9 @@ def evolve(
                        reference=reference, networks=networks, group_f0=group_f0)
     if batch_size:  # a batch weight 1/B > 1/N_q: the bound per step grows with it
         data["limit_per_step"] = data["limit_per_step"] * float(problem.counts.min()) / batch_size
-    sampler = _add_mixing(data, problem, samples, copies)
+    sampler = _add_mixing(data, problem, samples, copies, expected_groups)
     batcher = _add_batches(data, problem, samples, batch_size, seed, with_expected,
-                           batch_sampling, copies)
+                           batch_sampling, copies, expected_groups)
     deltas = np.diff(np.concatenate([[0], np.asarray(steps)])).astype(np.float64)
     if continuous:
         beta = operator_norm_estimate(problem, algorithm, lrs) * 1.25 + 1e-12
