@@ -12,7 +12,11 @@ the 5-95 % band over sampled initialisations and the mean network (``f_0 = 0``, 
 dash-dot).  A prediction with a finite-width band (``nd.predict(..., width=n)``,
 ``traj.width_draws``) adds the 5-95 % band of the *network mean* over the ``S``
 width-``n`` networks' empirical kernels, hatched in black with thin black edges, so that
-it stays apart from the per-agent, colour-shaded band over initialisations.
+it stays apart from the per-agent, colour-shaded band over initialisations.  With random
+gossip or mini-batch SGD a one-random-network prediction's per-agent band is over
+initialisations and sequences jointly (labelled so); the band of the network mean over
+initialisations alone (blue, hatched) and over the sequences alone (orange, dotted hatch) are
+drawn apart.
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ def _what_sampled(traj) -> str:
     from ntkdyn.trajectory import RandomNetworkTrajectory
 
     if isinstance(traj, RandomNetworkTrajectory):
+        joint = traj.metadata.get("band_over", "init")
+        if joint != "init":
+            kind = "mini-batch" if joint == "init+batch" else "mixing"
+            return f"sampled initialisations and {kind} sequences jointly"
         return "sampled initialisations"
     if traj.metadata.get("sampled") == "mini-batch":
         return "sampled mini-batch sequences"
@@ -94,6 +102,34 @@ def _width_band(ax, traj, name: str, log: bool) -> None:
                     f"of width {info.get('width', '?')} (empirical kernels at init)")
     for edge in (low, high):
         ax.plot(x, edge, "-", color="black", lw=0.6, alpha=0.8)
+
+
+def _split_bands(ax, traj, name: str, log: bool) -> None:
+    """With a joint band (initialisations and sequences), the two bands apart, of the network
+    mean: over initialisations alone (the expected dynamics from each ``f_0``,
+    ``init_band_run``; blue, hatched ``\\``) and over the sequences alone (the mean
+    network's sequences; orange, hatched ``..``)."""
+    run = getattr(traj, "init_band_run", None)
+    mean_net = getattr(traj, "mean_network", None)
+    per_seq = getattr(mean_net, "per_sample", None) or {}
+    kind = "mini-batch" if traj.metadata.get("band_over") == "init+batch" else "mixing"
+    parts = []
+    if run is not None and run.draws and name in run.draws:
+        parts.append((run.draws[name], "tab:blue", "\\\\", "network mean: 5-95 % over "
+                      f"{run.samples} initialisations alone (expected dynamics from each f0)"))
+    if traj.metadata.get("band_over", "init") != "init" and name in per_seq:
+        parts.append((per_seq[name], "tab:orange", "..", "network mean: 5-95 % over "
+                      f"{per_seq[name].shape[0]} {kind} sequences alone (f0 = 0)"))
+    for draws, colour, hatch, label in parts:
+        rows = min(len(traj.steps), draws.shape[1])
+        low, high = np.quantile(np.asarray(draws, float)[:, :rows].mean(axis=2), [0.05, 0.95],
+                                axis=0)
+        x = np.asarray(traj.steps)[:rows]
+        low, high = (_positive(low), _positive(high)) if log else (low, high)
+        ax.fill_between(x, low, high, facecolor="none", edgecolor=colour, hatch=hatch, lw=0,
+                        alpha=0.6, label=label)
+        for edge in (low, high):
+            ax.plot(x, edge, "-", color=colour, lw=0.8)
 
 
 def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colours,
@@ -134,6 +170,7 @@ def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colour
                             color=colours[q], alpha=0.15, lw=0,
                             label=_band_label(traj) if q == 0 else None)
     _width_band(ax, traj, name, log)
+    _split_bands(ax, traj, name, log)
     if expected is not None and getattr(expected, name, None) is not None:
         exact = getattr(expected, name).mean(axis=1)
         words = ("network mean of full-batch training (exact expected state)"
@@ -177,7 +214,8 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     handles.append(plt.Line2D([], [], color=colours[0], lw=0.8))
     labels.append(f"agents 1..{traj.num_agents} (one colour each)")
     fig.legend(handles, labels, loc="outside lower center",
-               ncol=3 if quantiles or getattr(traj, "width_draws", None) else 4,
+               ncol=2 if getattr(traj, "init_band_run", None) is not None else
+               3 if quantiles or getattr(traj, "width_draws", None) else 4,
                frameon=False)
     status = "" if traj.status == "ok" else f" [{traj.status}]"
     algo = traj.metadata.get("algorithm", "").upper()

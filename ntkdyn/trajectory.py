@@ -127,7 +127,7 @@ class Trajectory:
         over the same ``S`` draws ``f_0^(s)`` of the *expected* dynamics from ``f_0^(s)``
         (the ``E[W]`` recursion / full-batch training, the mean over sequences of the state
         and outputs given ``f_0``; ``init_band_run``, ``metadata["init_band"]``,
-        ``theory/initialisation.md`` section 7).  With cross-entropy it is refused (no
+        ``theory/initialisation.md`` section 4c).  With cross-entropy it is refused (no
         expected dynamics in closed form)."""
         if over == "width":
             return _width_band(self.width_draws, metric, low, high)
