@@ -265,3 +265,21 @@ def test_predict_command_empty_kernel_dtype_is_the_library_default(tmp_path, dty
     traj = Trajectory.load(out / "trajectory.npz")
     assert isinstance(traj, RandomNetworkTrajectory)
     assert traj.metadata["kernel_dtype"] == expected
+
+
+def test_plot_draws_init_and_sequence_bands_apart(small, tmp_path):
+    """Mini-batch SGD, one random network: the figure labels the per-agent band as joint and
+    draws the network mean's band over initialisations alone and over the sequences alone as
+    two separate, labelled bands."""
+    from ntkdyn.plotting import plot_trajectory, pyplot
+
+    traj = _predict(small, small["W"], nngp=small["nngp"], samples=4, seed=1, batch_size=2)
+    fig = plot_trajectory(traj)
+    labels = fig.legends[0].get_texts()
+    words = [t.get_text() for t in labels]
+    assert any("initialisations and mini-batch sequences jointly" in w for w in words)
+    assert any("over 4 initialisations alone" in w for w in words)
+    assert any("over 4 mini-batch sequences alone" in w for w in words)
+    fig.savefig(tmp_path / "bands.png")
+    pyplot().close(fig)
+    assert (tmp_path / "bands.png").stat().st_size > 0
