@@ -31,6 +31,22 @@ motion of the kernel during training (also ``O(n^{-1/2})``).
 :func:`width_for` fits ``spread(n) = c n^{-1/2}`` to the band's half-width at the horizon
 measured at two or three widths, and returns the smallest width within a tolerance.
 
+Mini-batch SGD (``batch_size > 0``, squared loss only).  The width draws run each
+width-``n`` kernel's **full-batch** dynamics.  For the linearised model with the squared
+loss one SGD step is affine in the state with an unbiased random gradient, so the expected
+state over batch sequences is full-batch training: exactly with independent draws
+(``batch_sampling="independent"``), to first order in the rate with the default
+``"epoch"`` draws (dependent within an epoch; ``theory/minibatch_sgd.md`` section 3).  The
+width draws are then the spread over kernels of the expected trajectory, the batch noise
+being in the joint init+batch band of the infinite-width prediction
+(``metadata["band_over"] == "init+batch"``); ``over="calibrated"`` adds the two as for
+full batch, the finite-width shift of the mean measured against the infinite-width
+*full-batch* prediction from the same standard-normal draws (kept as
+``width_draws["paired/<metric>"]``; against the SGD draws the shift would absorb the
+batch noise's excess loss).  With cross-entropy ``softmax(f)`` is not linear in ``f``, the
+expected SGD trajectory is not full-batch training, and ``width=`` with ``batch_size > 0``
+is refused (``theory/finite_width.md`` section 6).
+
 Costs: ``S`` runs of the kernel-space solver (each as one plain prediction) plus ``S``
 empirical kernels; the data, the mixing, the draws ``z`` and the compiled solver steps
 are shared.
@@ -71,7 +87,8 @@ def check_width_call(arch: Any, *, width, samples, kernel: str = "analytic", f0:
                      mixing=None, other_path: bool = False) -> None:
     """``ValueError`` naming ``width`` (or ``width_samples``) for what the finite-width band
     does not take: an :class:`~ntkdyn.models.MLP` with hidden layers, the analytic kernel,
-    ``f0`` ``"random"`` or ``"mean"``, full batch, static or periodic mixing, the exact path."""
+    ``f0`` ``"random"`` or ``"mean"``, full batch or mini-batch SGD with the squared loss
+    (not with cross-entropy), static or periodic mixing, the exact path."""
     from ntkdyn.graphs.sequences import is_process
 
     if not _is_int(width) or width < 1:
@@ -92,8 +109,12 @@ def check_width_call(arch: Any, *, width, samples, kernel: str = "analytic", f0:
         why = "the finite-width band is over networks; params= / f0='network' is one network"
     elif f0 not in ("random", "zero", "mean"):
         why = f"f0 must be 'random' or 'mean', got {f0!r}"
-    elif batch_size:
-        why = "mini-batch SGD (batch_size > 0) is not combined with the finite-width band"
+    elif batch_size and loss != "mse":
+        why = (f"mini-batch SGD (batch_size > 0) with loss={loss!r} is not combined with the "
+               "finite-width band: its width draws run each kernel's full-batch dynamics, "
+               "the expected SGD trajectory only for the squared loss (softmax(f) is not "
+               "linear in f, so batch noise moves the mean); use loss='mse' or "
+               "batch_size=0")
     elif mixing is not None and is_process(mixing) and getattr(mixing, "random", False):
         why = "random mixing sequences are not combined with the finite-width band"
     elif other_path:

@@ -747,8 +747,12 @@ def predict(
     ``traj.band("test_loss", 0.05, 0.95, over="width")``, apart from the band over
     initialisations (``over="init"``); ``metadata["finite_width"]`` says how it was drawn.
     An :class:`~ntkdyn.models.MLP`, the analytic kernel, ``f0`` ``"random"`` or
-    ``"mean"``, the exact path, full batch, static or periodic mixing.  It costs
-    ``width_samples`` more runs.
+    ``"mean"``, the exact path, static or periodic mixing, full batch or (squared loss
+    only) mini-batch SGD, whose width draws run each kernel's full-batch dynamics, the
+    expected SGD trajectory of the linearised model (exact with
+    ``batch_sampling="independent"``, first order in the rate with ``"epoch"``;
+    :mod:`ntkdyn.finite_width`).  It costs ``width_samples`` more runs (and one full-batch
+    run with mini-batch SGD).
 
     Examples
     --------
@@ -790,7 +794,8 @@ def predict(
             traced=traced, continuous=continuous, record_outputs=record_outputs,
             progress=progress, reference=reference, kernel_dtype=kernel_dtype,
             devices=devices, samples=samples, loss=loss, logit_scale=logit_scale,
-            batch_size=batch_size, other_path=low_rank or path != "kernel")
+            batch_size=batch_size, other_path=low_rank or path != "kernel",
+            batch_sampling=batch_sampling)
     meta["kernel_dtype_source"] = "default" if kernel_dtype is None else "given"
     kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
                                         batch_size=batch_size, continuous=continuous,
@@ -852,10 +857,14 @@ def init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int,
 def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, width_samples,
                         kernel, seed, f0, params, traced, continuous, record_outputs, progress,
                         reference, kernel_dtype, devices, samples, loss, logit_scale,
-                        batch_size, other_path: bool) -> Trajectory:
+                        batch_size, other_path: bool, batch_sampling: str = "epoch"
+                        ) -> Trajectory:
     """:func:`predict` at infinite width plus the width band: the same prediction with the
     empirical kernels of ``width_samples`` networks of width ``width``
-    (:mod:`ntkdyn.finite_width`)."""
+    (:mod:`ntkdyn.finite_width`).  With ``batch_size > 0`` (squared loss) the width draws
+    run each kernel's full-batch dynamics (the expected SGD trajectory) and the
+    infinite-width full-batch draws from the same ``z`` are kept as
+    ``width_draws["paired/<metric>"]`` for ``over="calibrated"``."""
     from ntkdyn import finite_width
 
     finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
@@ -865,11 +874,23 @@ def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, wid
                    f0=f0, traced=traced, continuous=continuous,
                    record_outputs=record_outputs, progress=progress, reference=reference,
                    kernel_dtype=kernel_dtype, devices=devices, samples=samples, loss=loss,
-                   logit_scale=logit_scale)
+                   logit_scale=logit_scale, batch_size=batch_size,
+                   batch_sampling=batch_sampling)
     draws, info = finite_width.width_draws(
         arch, parts, mixing, lr, algorithm, steps, width=width, samples=width_samples,
         seed=seed, f0=f0, init_samples=samples, continuous=continuous, loss=loss,
         logit_scale=logit_scale)
+    if batch_size:
+        info = dict(info, dynamics="full batch: each width-n kernel's expected SGD "
+                    "trajectory (squared loss); the batch noise is in the init+batch band")
+        if f0 == "random":  # the full-batch infinite-width draws from the same z
+            paired = predict(arch, parts, mixing, lr, algorithm, steps, kernel=kernel,
+                             seed=seed, f0=f0, traced=traced, continuous=continuous,
+                             reference=False, kernel_dtype="float64",
+                             samples=info["init_samples"], loss=loss,
+                             logit_scale=logit_scale)
+            draws = dict(draws, **{f"paired/{k}": v for k, v in paired.draws.items()
+                                   if k in draws})
     return finite_width.with_width_band(traj, draws, info)
 
 

@@ -180,7 +180,10 @@ class Trajectory:
         ``width_draws[metric]`` at ``metadata["finite_width"]["width"]``.  The init draws
         are the paired draws themselves: every width sample runs the same standard-normal
         ``z`` (same ``seed``, same count) as the infinite-width draws, so the finite-width
-        shift of the mean is measured with common random numbers."""
+        shift of the mean is measured with common random numbers.  With mini-batch SGD
+        (``band_over == "init+batch"``) the init draws are the joint init+batch band and
+        the shift is measured against ``width_draws["paired/<metric>"]``, the
+        infinite-width full-batch draws from the width samples' ``z``."""
         from ntkdyn.bands import CALIBRATED_LEVELS, calibrated_band
 
         if (round(low, 12), round(high, 12)) != CALIBRATED_LEVELS:
@@ -196,7 +199,14 @@ class Trajectory:
         if metric not in self.width_draws:
             raise ValueError(f"metric: expected one of {sorted(set(init) & set(self.width_draws))}"
                              f", got {metric!r}")
-        lo, _, hi = calibrated_band(init[metric], self.width_draws[metric], int(fw["width"]))
+        paired = self.width_draws.get(f"paired/{metric}")
+        if paired is None and self.metadata.get("band_over", "init") != "init":
+            raise ValueError("over: 'calibrated' with sampled sequences needs the paired "
+                             "full-batch draws (width_draws['paired/<metric>']) that "
+                             "nd.predict(..., batch_size=B, width=n) keeps; this "
+                             "trajectory has none")
+        lo, _, hi = calibrated_band(init[metric], self.width_draws[metric], int(fw["width"]),
+                                    paired_draws=paired)
         return lo, hi
 
     @property
@@ -559,8 +569,9 @@ def _width_band(width_draws: dict | None, metric: str, low: float, high: float) 
     if not width_draws:
         raise ValueError("over: this trajectory has no finite-width band (predict with "
                          "width=n, ntkdyn.finite_width)")
-    if metric not in width_draws:
-        raise ValueError(f"metric: expected one of {sorted(width_draws)}, got {metric!r}")
+    if metric not in width_draws or metric.startswith("paired/"):
+        names = sorted(k for k in width_draws if not k.startswith("paired/"))
+        raise ValueError(f"metric: expected one of {names}, got {metric!r}")
     if not (0 <= low < high <= 1):
         raise ValueError(f"low/high: expected 0 <= low < high <= 1, got {low!r}, {high!r}")
     q = np.nanquantile(np.asarray(width_draws[metric], dtype=float), [low, high], axis=0)

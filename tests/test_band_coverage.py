@@ -62,3 +62,33 @@ def test_sgd_band_coverage_script_runs(tmp_path, capsys):
         assert 0.0 <= row[key] <= 1.0
     assert row["seq0_mean"] > 0.0
     assert row["real_vs_seq0"] < 0.5  # width 16, 6 steps: the real network is near
+
+
+@pytest.mark.slow  # about 30 s of CPU (one tiny prediction with width draws, one training)
+def test_sgd_band_coverage_default_mode_runs(tmp_path, capsys):
+    """``--band default`` (issue 15): the joint init+batch band and the calibrated band of
+    the default prediction against a real network trained with its own seed; the figures
+    are fractions, the calibrated band is that of the default mini-batch prediction with
+    ``width=n``, and the config's data seed is kept (the real network's shards are the
+    prediction's)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("cov2", root / "validate" /
+                                                  "sgd_band_coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "cov.json"
+    assert module.main(["--band", "default", "--widths", "32", "--seeds", "1", "--steps",
+                        "6", "--record-every", "2", "--samples", "4", "--width-samples",
+                        "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| joint init+batch (default) | 32 |" in text
+    assert "| calibrated, width=n | 32 |" in text
+    row = json.loads(out.read_text())["rows"][0]
+    for key in ("joint_agents", "joint_mean", "calibrated_agents", "calibrated_mean"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["calibrated_width_at_horizon"] > 0.0
+    assert row["joint_width_at_horizon"] > 0.0
