@@ -106,7 +106,8 @@ def test_nd_predict_low_rank_random_network_default_and_band():
     assert np.all(lo <= low.test_loss + 1e-12) and np.all(low.test_loss <= hi + 1e-12)
     assert np.all(low.test_loss[-1] > low.mean_network.test_loss[-1])
     exact = nd.predict(arch, parts, w, kernel_dtype="float64", **call)
-    mean_low = nd.predict(arch, parts, w, rank=data.num_train, f0="mean", **call)
+    mean_low = nd.predict(arch, parts, w, rank=data.num_train, f0="mean", lr=0.4,
+                          steps=range(0, 41, 20))
     np.testing.assert_allclose(mean_low.test_loss, low.mean_network.test_loss, atol=1e-10)
     np.testing.assert_allclose(exact.mean_network.test_loss, low.mean_network.test_loss,
                                atol=1e-8)

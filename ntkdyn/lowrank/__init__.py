@@ -152,9 +152,13 @@ def predict(
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
     when even the factor would not fit, with the rank that would.
     """
+    # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
+    # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
+    extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
     factor, tol, algo, st = choose_factor(source, agent, mixing, lr, steps, algorithm,
                                           rank=rank, tol=tol, method=method,
-                                          max_rank=max_rank, block=block, seed=seed)
+                                          max_rank=max_rank, block=block, seed=seed,
+                                          reserve_extra=extra)
     if nngp is not None or init is not None:
         traj = _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, seed=seed,
                                nngp=nngp, init=init, samples=samples, nngp_rank=nngp_rank,
@@ -257,11 +261,13 @@ def _shortfall_message(low: dict, n: int, tol: float, cause: str) -> str:
 def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
                   algorithm: str | Algorithm = "dgd", *, rank: int | str = "auto",
                   tol: float | None = None, method: str = "rpcholesky",
-                  max_rank: int | None = None, block: int = 128, seed: int = 0):
+                  max_rank: int | None = None, block: int = 128, seed: int = 0,
+                  reserve_extra: int = 0):
     """The factor :func:`predict` runs on (same arguments, same validation), as
     ``(factor, tol, algorithm, steps)`` with ``tol`` resolved (``None`` for a fixed rank
     without ``tol``); shared with ``ntkdyn check``, whose stability verdict is then on the
-    coordinates the prediction uses."""
+    coordinates the prediction uses.  ``reserve_extra``: bytes per coordinate needed after
+    the factor besides the evolution's (one random network's NNGP factor)."""
     n = source.n
     auto = isinstance(rank, str)
     if auto and rank != "auto":
@@ -287,7 +293,7 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
     st = steps_array(steps)
     algo = get_algorithm(algorithm)
     scale = error_scale(lr_q, counts, float(st[-1]), algo)
-    reserve = _reserve_per_rank(n, source.n_test, q_count, counts)
+    reserve = _reserve_per_rank(n, source.n_test, q_count, counts) + int(reserve_extra)
     if auto:
         target = tol / scale if scale > 0 else np.inf
         factor = factorize(source, None, target_norm=target, max_rank=max_rank, method=method,
