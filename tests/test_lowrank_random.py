@@ -113,3 +113,30 @@ def test_nd_predict_low_rank_random_network_default_and_band():
                                atol=1e-8)
     se = np.std(low.draws["test_loss"][:, -1], axis=0) * np.sqrt(4 / 64)  # sqrt(K / P)
     assert np.all(np.abs(low.test_loss[-1] - exact.test_loss[-1]) <= 4 * se + 1e-9)
+
+
+def test_memory_of_the_random_network_terms_is_checked_before_allocating(monkeypatch):
+    """With just the memory the mean network's factor needs, one random network (its NNGP
+    factor on N + M rows reserved per coordinate, its P more columns) is refused before any
+    column is read, naming rank and what would fit; f0='mean' runs in the same memory."""
+    from ntkdyn._utils import memory
+
+    data = nd.data.digits(classes=[0, 1, 2, 3], n_train=60, n_test=30, seed=0)
+    parts = nd.data.partition(data, agents=4, scheme="iid", seed=0)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    arch = nd.models.MLP(hidden=(64,), out=4)
+    n, m, r = 60, 30, 8
+    avail = lowrank.factor_bytes(n, m, 2 * r) + 8 * (n + m) * 2 * r + 1
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: avail)
+    mean = nd.predict(arch, parts, w, lr=0.3, steps=[0, 10], rank=r, f0="mean")
+    assert mean.metadata["low_rank"]["rank"] == r
+
+    def no_draws(*a, **k):
+        raise AssertionError("the draws were allocated before the memory check")
+
+    monkeypatch.setattr(networks, "nngp_draws", no_draws)
+    with pytest.raises(lowrank.LowRankTooLargeError, match="^rank: .*would fit"):
+        nd.predict(arch, parts, w, lr=0.3, steps=[0, 10], rank=r)
+    need = networks.networks_bytes(n, m, r, 4, 4, 32, nngp_rank=r)
+    assert need > networks.networks_bytes(n, m, r, 4, 4, 32) > networks.networks_bytes(
+        n, m, r, 4, 4, 8)
