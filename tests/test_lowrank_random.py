@@ -42,9 +42,13 @@ def test_full_rank_random_network_equals_exact_path(algorithm):
     problem = make_problem(kern, y, agent, w, kernel_test_train=kern_t, y_test=yt)
     order = np.asarray(problem.order)
     sorted_draws = InitDraws(train=g[:n][order], test=g[n:], seed=0, jitter=0.0)
-    exact = run_problem(problem, algorithm, [lr], steps, init=sorted_draws)[0]
+    exact = run_problem(problem, algorithm, [lr], steps, init=sorted_draws,
+                        record_outputs=True)[0]
     low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, w, lr, steps,
-                          algorithm, rank=n, y_test=yt, init=draws)
+                          algorithm, rank=n, y_test=yt, init=draws, record_outputs=True)
+    for f in ("train_outputs", "test_outputs"):  # the mean network's outputs
+        a, b = getattr(exact.mean_network, f), getattr(low.mean_network, f)
+        assert a.shape == b.shape and np.max(np.abs(a - b)) <= 1e-8, f
     assert type(low).__name__ == "RandomNetworkTrajectory" and low.samples == p
     for f in NET_FIELDS:
         a, b = getattr(exact, f), getattr(low, f)

@@ -122,14 +122,15 @@ def networks_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int,
     """Bytes of the random-network terms beyond :func:`ntkdyn.lowrank.evolve_bytes` (called
     with ``K + P`` columns): the NNGP factor on ``N + M`` rows with its ``2 s`` landmarks
     (:func:`ntkdyn.lowrank.factor.factor_bytes`), the draws, the column Gram matrices
-    ``(Q + 2) (K + P)^2`` (train, test, objective, local) and the networks' outputs on the
-    accuracy rows and the test set, ``3 (Q + 2) (N_acc + M) P K`` (float64)."""
+    ``(Q + 2) (K + P)^2`` (train, test, objective, local) and one slot's outputs of every
+    network on the accuracy rows and the test set (the slots go one at a time),
+    ``3 (N_acc + M) (K + P + P K)`` (float64)."""
     from ntkdyn.lowrank.factor import factor_bytes
 
     c = outputs + samples
     acc = n if acc_rows is None else acc_rows
-    b = 2 * (n + n_test) * samples + 4 * (agents + 2) * c * c + 3 * (agents + 2) * (
-        acc + n_test) * samples * outputs
+    b = 2 * (n + n_test) * samples + 4 * (agents + 2) * c * c + 3 * (
+        acc + n_test) * (c + samples * outputs)
     extra = factor_bytes(n + n_test, 0, min(n + n_test, 2 * nngp_rank)) if nngp_rank else 0
     return int(8 * b + extra)
 
@@ -151,12 +152,19 @@ def _split(m, k: int, idx):
     return mean, mean[..., None] + 2.0 * cross + diag[..., k + idx].sum(-1)
 
 
-def _accs(out, labels, k: int, idx):
-    """Accuracy of the mean network and of every network from outputs (A, rows, C)."""
-    nets = out[..., None, :k] + out[..., k + idx]  # (A, rows, P, K)
-    acc_m = jnp.mean((jnp.argmax(out[..., :k], -1) == labels).astype(out.dtype), axis=-1)
-    hit = jnp.argmax(nets, -1) == labels[None, :, None]
-    return acc_m, jnp.mean(hit.astype(out.dtype), axis=1)
+def _accs(x, phi, f0, labels, k: int, idx):
+    """Accuracy of the mean network ``(A,)`` and of every network ``(A, P)`` for the slots
+    of ``x`` (A, r, C): outputs ``f0 + phi x_a`` one slot at a time (``lax.map``), so at
+    most ``rows (C + P K)`` numbers are alive, not ``A`` times that."""
+
+    def one(xa):
+        out = f0[0] + jnp.matmul(phi, xa, precision=EXACT)  # (rows, C)
+        nets = out[:, None, :k] + out[:, k + idx]  # (rows, P, K)
+        acc_m = jnp.mean((jnp.argmax(out[:, :k], -1) == labels).astype(out.dtype))
+        hit = jnp.argmax(nets, -1) == labels[:, None]
+        return acc_m, jnp.mean(hit.astype(out.dtype), axis=0)
+
+    return jax.lax.map(one, x)
 
 
 def _local(xa, data):
@@ -209,8 +217,7 @@ def _record_networks(x, data, *, q_count, central, has_test, record_outputs, k, 
     mm, mn = _split(_col_gram(xm[None], tr["gram"], tr["lin"], data["net_train_cc"]), k, idx)
     put("mean_model_train_loss", (mm[0] / (2 * n), mn[0] / (2 * n)))
     mean_x = jnp.concatenate([x, xm[None]], axis=0)
-    out = data["acc_f0"] + jnp.einsum("nr,arc->anc", data["acc_phi"], mean_x, precision=EXACT)
-    acc_m, acc_n = _accs(out, data["acc_labels"], k, idx)
+    acc_m, acc_n = _accs(mean_x, data["acc_phi"], data["acc_f0"], data["acc_labels"], k, idx)
     put("train_acc", (acc_m[:a], acc_n[:a]))
     put("mean_model_train_acc", (acc_m[a], acc_n[a]))
     if record_outputs:
@@ -223,13 +230,13 @@ def _record_networks(x, data, *, q_count, central, has_test, record_outputs, k, 
         m_te, n_te = m_te / (2 * data["m"]), n_te / (2 * data["m"])
         put("test_loss", (m_te[:a], n_te[:a]))
         put("mean_model_test_loss", (m_te[a], n_te[a]))
-        out_t = data["f0_test"] + jnp.einsum("nr,arc->anc", data["phi_test"], mean_x,
-                                             precision=EXACT)
-        acc_m, acc_n = _accs(out_t, data["labels_test"], k, idx)
+        acc_m, acc_n = _accs(mean_x, data["phi_test"], data["f0_test"], data["labels_test"],
+                             k, idx)
         put("test_acc", (acc_m[:a], acc_n[:a]))
         put("mean_model_test_acc", (acc_m[a], acc_n[a]))
         if record_outputs:
-            rec["test_outputs"] = out_t[:a, :, :k]
+            rec["test_outputs"] = data["f0_test"][..., :k] + jnp.einsum(
+                "nr,ark->ank", data["phi_test"], x[..., :k], precision=EXACT)
     rec.update({f"networks/{key}": v for key, v in nets.items()})
     return rec
 
