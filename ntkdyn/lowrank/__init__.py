@@ -18,6 +18,11 @@ Column sources: :func:`analytic_columns` (infinite-width NTK of an MLP),
 products), :func:`kernel_columns` (kernels in memory); ``nd.predict(kernel=..., rank=...)``
 picks one (:func:`ntkdyn.prediction.lowrank_source`).
 
+One random network (:mod:`ntkdyn.lowrank.networks`, ``predict(..., nngp=...)`` or
+``init=...``; the default of ``nd.predict(rank=...)`` with the analytic kernel): ``f_0``
+drawn from a low-rank NNGP factor on ``[train; test]`` plus the residual diagonal (every
+marginal variance exact), run as ``K + P`` columns.
+
 The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
 linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """
