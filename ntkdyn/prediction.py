@@ -290,11 +290,11 @@ def resolve_f0(f0: str | None, kernel: str, *, params: Any = None, loss: str = "
     Default: ``"network"`` with ``params`` or the empirical kernel (the exact
     linearisation of that network); otherwise (analytic kernel) ``"random"``, one random
     network over initialisations (squared loss or cross-entropy, static, periodic or random
-    mixing, full batch or mini-batch SGD), except on the low-rank path, where sampled
-    initialisations are not supported yet and the mean network (``"zero"``) is predicted
-    instead, as the trajectory's ``metadata["quantity"]`` says.  An explicit ``"random"``
-    there is a ``ValueError`` naming ``f0``.  (``loss``, ``mixing`` and ``batch_size`` are
-    accepted for the callers; every value of them takes ``"random"``.)
+    mixing, full batch or mini-batch SGD), on the exact path and on the low-rank path alike
+    (there ``f_0`` is drawn from a low-rank NNGP factor plus the residual diagonal:
+    marginal variances exact, :mod:`ntkdyn.lowrank.networks`).  (``loss``, ``mixing``,
+    ``low_rank`` and ``batch_size`` are accepted for the callers; every value of them takes
+    ``"random"``.)
     """
 
     if f0 is not None and f0 not in F0_CHOICES:
@@ -304,8 +304,6 @@ def resolve_f0(f0: str | None, kernel: str, *, params: Any = None, loss: str = "
     why = None
     if kernel != "analytic":
         why = "the empirical kernel describes one given network (use f0='network')"
-    elif low_rank:
-        why = "the low-rank path predicts from one f0 (use f0='mean' or 'network')"
     if f0 is None:
         if params is not None or kernel != "analytic":
             return "network"
@@ -678,9 +676,12 @@ def predict(
       With cross-entropy, random gossip or mini-batch SGD each network has ``K`` columns
       of its own (default 16 networks; with sequences network ``s`` runs sequence ``s``;
       for cross-entropy ``.mean_network`` is the network from ``f_0 = 0``, not the
-      expected network; :mod:`ntkdyn.dynamics.random_init`).  Not yet on the low-rank
-      path, where the default is the mean network (an explicit ``"random"`` is a
-      ``ValueError``).
+      expected network; :mod:`ntkdyn.dynamics.random_init`).  Also the default on the
+      low-rank path (``rank=...``): ``f_0`` drawn from a low-rank factor of the NNGP on
+      train + test (rank ``r``, as the NTK's) plus an independent residual of variance
+      ``diag(K) - diag(factor)``: every marginal variance exact, the correlations of the
+      discarded NNGP spectrum not (:mod:`ntkdyn.lowrank.networks`,
+      ``metadata["low_rank"]["f0_draws"]``).
     * ``"mean"`` (``"zero"``, the default before): the **mean network** over
       initialisations (``f_0 = 0``): the loss of the mean output, below the expected loss
       of one network by the outputs' variance (``theory/initialisation.md``).
@@ -811,11 +812,12 @@ def predict(
     if low_rank:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
-                            samples=samples, loss=loss)
+                            samples=None if f0 == "random" else samples, loss=loss)
         return _predict_lowrank(arch, parts, mixing, lr, algorithm, steps, rank=rank, tol=tol,
                                 max_rank=max_rank, seed=seed, params=params, f0=f0,
                                 record_outputs=record_outputs, progress=progress,
-                                reference=reference, metadata=meta, kernel=kernel)
+                                reference=reference, metadata=meta, kernel=kernel,
+                                samples=samples)
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
@@ -1025,9 +1027,11 @@ def lowrank_source(arch: Any, kernel: str, params: Any, x_train: np.ndarray,
 
 def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,
                      max_rank, seed, params, f0, record_outputs, progress, reference,
-                     metadata, kernel: str = "analytic") -> Trajectory:
+                     metadata, kernel: str = "analytic", samples=None) -> Trajectory:
     """:func:`predict` on the low-rank path: the column source of :func:`lowrank_source`
-    and :func:`ntkdyn.lowrank.predict`, in the caller's sample order."""
+    and :func:`ntkdyn.lowrank.predict`, in the caller's sample order; ``f0="random"``: the
+    NNGP columns on the pooled inputs (:func:`ntkdyn.lowrank.analytic_columns`,
+    ``kernel="nngp"``) for the draws of :mod:`ntkdyn.lowrank.networks`."""
     from ntkdyn import lowrank
 
     data = parts.dataset
@@ -1041,11 +1045,17 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
     if f0 == "network":
         f0_train = _apply(arch, params, data.x_train)
         f0_test = _apply(arch, params, data.x_test) if has_test else None
+    extra = {}
+    if f0 == "random":
+        pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
+        extra = dict(samples=samples, nngp=lowrank.analytic_columns(
+            pooled, hidden_layers=arch.depth, activation=arch.act, W_std=arch.W_std,
+            b_std=arch.b_std, kernel="nngp"))
     return lowrank.predict(
         source, data.y_train, parts.agent, np.asarray(mixing, dtype=float), lr, steps,
         algorithm, rank=rank, tol=tol, max_rank=max_rank, seed=seed, f0_train=f0_train,
         y_test=data.y_test if has_test else None, f0_test=f0_test, reference=reference,
-        record_outputs=record_outputs, progress=progress, metadata=metadata)
+        record_outputs=record_outputs, progress=progress, metadata=metadata, **extra)
 
 
 def predict_sweep(

@@ -339,8 +339,8 @@ def test_nd_predict_full_rank_equals_exact_path(digits_problem, algorithm):
     data, parts, w, arch = digits_problem
     call = dict(lr=[0.3, 0.4, 0.5, 0.35], algorithm=algorithm, steps=range(0, 61, 10),
                 record_outputs=True)
-    exact = nd.predict(arch, parts, w, f0="mean", **call)  # the low-rank path's f0 = 0
-    low = nd.predict(arch, parts, w, rank=data.num_train, **call)
+    exact = nd.predict(arch, parts, w, f0="mean", **call)
+    low = nd.predict(arch, parts, w, rank=data.num_train, f0="mean", **call)
     for f in FIELDS:
         a, b = getattr(exact, f), getattr(low, f)
         if a is None or b is None:
@@ -535,9 +535,13 @@ def test_predict_command_with_rank(tmp_path):
     assert summary["low_rank"]["rank"] == 32 and "error_estimate" in summary["low_rank"]
     assert summary["config"]["prediction"]["rank"] == 32
     assert "tol" not in summary["config"]["prediction"]
-    # the exact path on the same settings and the same quantity (the low-rank path predicts
-    # the mean network; the exact path's default is one random network): close at rank 32
-    # of N = 60 (measured 1.3e-2)
+    # the default on the low-rank path is one random network, as on the exact path
+    assert traj.metadata["f0"] == "random" and "f0_draws" in traj.metadata["low_rank"]
+    # the exact path on the same settings and the same quantity (the mean network, f0 =
+    # "mean" on both paths): close at rank 32 of N = 60 (measured 1.3e-2)
+    cfg.write_text(TINY_TOML + '[prediction]\nrank = 32\nf0 = "mean"\n')
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
     exact_cfg = tmp_path / "e.toml"
     exact_cfg.write_text(TINY_TOML + '[prediction]\nf0 = "mean"\n')
     assert main(["predict", str(exact_cfg), "--out", str(tmp_path / "e"), "--quiet"]) == 0

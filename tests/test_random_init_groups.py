@@ -188,7 +188,8 @@ def test_invalid_independent_network_calls_name_the_argument(small, change, matc
 
 def test_predict_defaults_to_one_random_network_everywhere():
     """nd.predict's default f0 is one random network with cross-entropy, random gossip and
-    mini-batch SGD (the analytic kernel); the low-rank path still refuses it."""
+    mini-batch SGD (the analytic kernel), and on the low-rank path (f0 drawn from a
+    low-rank NNGP factor, ntkdyn.lowrank.networks)."""
     import ntkdyn as nd
 
     data = nd.data.digits(n_train=24, n_test=12, seed=0, classes=[0, 1, 2])
@@ -202,8 +203,10 @@ def test_predict_defaults_to_one_random_network_everywhere():
         assert isinstance(traj, RandomNetworkTrajectory), kw
         assert traj.metadata["f0"] == "random"
         assert traj.metadata["quantity"].startswith("one random network")
-    with pytest.raises(ValueError, match="f0"):
-        nd.predict(arch, parts, nd.graphs.mixing(ring), 0.3, steps=4, f0="random", rank=8)
+    low = nd.predict(arch, parts, nd.graphs.mixing(ring), 0.3, steps=4, f0="random", rank=8,
+                     samples=4)
+    assert isinstance(low, RandomNetworkTrajectory) and low.samples == 4
+    assert low.metadata["low_rank"]["f0_draws"]["nngp_rank"] == 8
 
 
 def test_predict_command_cross_entropy_one_random_network(tmp_path):

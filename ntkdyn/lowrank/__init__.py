@@ -18,6 +18,11 @@ Column sources: :func:`analytic_columns` (infinite-width NTK of an MLP),
 products), :func:`kernel_columns` (kernels in memory); ``nd.predict(kernel=..., rank=...)``
 picks one (:func:`ntkdyn.prediction.lowrank_source`).
 
+One random network (:mod:`ntkdyn.lowrank.networks`, ``predict(..., nngp=...)`` or
+``init=...``; the default of ``nd.predict(rank=...)`` with the analytic kernel): ``f_0``
+drawn from a low-rank NNGP factor on ``[train; test]`` plus the residual diagonal (every
+marginal variance exact), run as ``K + P`` columns.
+
 The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
 linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """
@@ -70,10 +75,12 @@ def kernel_columns(kernel_train, kernel_test_train=None) -> MatrixColumns:
 
 
 def analytic_columns(x_train, x_test=None, *, hidden_layers: int, activation="relu",
-                     W_std: float = 1.4, b_std: float = 0.1) -> AnalyticColumns:
-    """Column source for the infinite-width NTK of an MLP (closed-form recursion)."""
+                     W_std: float = 1.4, b_std: float = 0.1,
+                     kernel: str = "ntk") -> AnalyticColumns:
+    """Column source for the infinite-width NTK (``kernel="ntk"``) or NNGP (``"nngp"``) of
+    an MLP (closed-form recursion)."""
     return AnalyticColumns(x_train, x_test, hidden_layers=hidden_layers, activation=activation,
-                           W_std=W_std, b_std=b_std)
+                           W_std=W_std, b_std=b_std, kernel=kernel)
 
 
 def empirical_columns(model, params, x_train, x_test=None, *,
@@ -115,9 +122,24 @@ def predict(
     max_rank: int | None = None,
     block: int = 128,
     seed: int = 0,
+    nngp: KernelColumns | None = None,
+    init=None,
+    samples: int | None = None,
+    nngp_rank: int | None = None,
     **kwargs,
 ) -> Trajectory:
     r"""Factor the kernel of ``source`` and predict on the factor.
+
+    **One random network** (:mod:`ntkdyn.lowrank.networks`): with ``nngp``, a column
+    source of the NNGP on the pooled ``[train; test]`` inputs (e.g.
+    ``AnalyticColumns(np.concatenate([x, x_test]), kernel="nngp", ...)``), ``samples``
+    (default 32) initial outputs are drawn from its rank-``nngp_rank`` factor (default: the
+    NTK factor's rank) plus the residual diagonal -- every marginal variance exact, the
+    correlations of the discarded NNGP spectrum not -- and run as ``K + P`` columns; or
+    give the draws themselves, ``init`` (:class:`ntkdyn.dynamics.random_init.InitDraws`,
+    caller's order).  The result is a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`
+    (expected losses, ``band(..., over="init")``, ``.mean_network``);
+    ``metadata["low_rank"]["f0_draws"]`` says what the draws are.
 
     ``rank``: an integer ``1..N``, or ``"auto"``: the fewest coordinates whose a-priori
     error estimate (``theory/low_rank.md``) ``error_scale(lr, N_q, T, algorithm) *
@@ -135,10 +157,20 @@ def predict(
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
     when even the factor would not fit, with the rank that would.
     """
+    # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
+    # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
+    extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
     factor, tol, algo, st = choose_factor(source, agent, mixing, lr, steps, algorithm,
                                           rank=rank, tol=tol, method=method,
-                                          max_rank=max_rank, block=block, seed=seed)
-    traj = predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed, **kwargs)
+                                          max_rank=max_rank, block=block, seed=seed,
+                                          reserve_extra=extra)
+    if nngp is not None or init is not None:
+        traj = _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, seed=seed,
+                               nngp=nngp, init=init, samples=samples, nngp_rank=nngp_rank,
+                               block=block, method=method, **kwargs)
+    else:
+        traj = predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed,
+                               **kwargs)
     low = traj.metadata["low_rank"]
     low.update(requested_rank=rank, tol=tol)
     if tol is not None:
@@ -150,6 +182,44 @@ def predict(
             warnings.warn(_shortfall_message(low, source.n, tol, cause), RuntimeWarning,
                           stacklevel=2)
     return traj
+
+
+def _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, *, seed, nngp, init,
+                    samples, nngp_rank, block, method, **kwargs):
+    """:func:`predict` of one random network: the draws (checked memory first), then
+    :func:`ntkdyn.lowrank.networks.predict_random_lowrank`."""
+    from ntkdyn._utils import memory
+    from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
+    from ntkdyn.lowrank import networks
+
+    if kwargs.get("f0_train") is not None or kwargs.get("f0_test") is not None:
+        raise ValueError("f0_train: one random network draws its f0; it cannot be combined "
+                         "with f0_train / f0_test")
+    kwargs.pop("f0_train", None)
+    kwargs.pop("f0_test", None)
+    n, m = source.n, source.n_test
+    if init is not None:
+        return networks.predict_random_lowrank(
+            factor, init, y_train, agent, mixing, lr, st, algo, seed=seed,
+            draws_info={"source": "given"}, **kwargs)
+    if nngp.n != n + m:
+        raise ValueError(f"nngp: expected a column source on the {n + m} pooled training "
+                         f"and test inputs, got {nngp.n} rows")
+    p = DEFAULT_NETWORKS if samples is None else samples
+    s_rank = min(n + m, factor.rank if nngp_rank is None
+                 else check_rank(nngp_rank, n + m, name="nngp_rank"))
+    k = np.shape(y_train)[1]
+    need = networks.networks_bytes(n, m, factor.rank, np.shape(mixing)[0], k, p,
+                                   acc_rows=kwargs.get("acc_rows"), nngp_rank=s_rank) + \
+        evolve_bytes(n, m, factor.rank, np.shape(mixing)[0], k + p,
+                     acc_rows=kwargs.get("acc_rows"))
+    memory.ensure_fits(need, f"one random network on the low-rank path ({p} networks, NNGP "
+                       f"factor of rank {s_rank})",
+                       "use f0='mean', fewer samples, a smaller rank or nngp_rank")
+    draws, info = networks.nngp_draws(nngp, n, p, seed, rank=s_rank, method=method,
+                                      block=block)
+    return networks.predict_random_lowrank(factor, draws, y_train, agent, mixing, lr, st, algo,
+                                           seed=seed, draws_info=info, **kwargs)
 
 
 def tol_shortfall(low: dict, n: int, tol: float) -> dict:
@@ -196,11 +266,13 @@ def _shortfall_message(low: dict, n: int, tol: float, cause: str) -> str:
 def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
                   algorithm: str | Algorithm = "dgd", *, rank: int | str = "auto",
                   tol: float | None = None, method: str = "rpcholesky",
-                  max_rank: int | None = None, block: int = 128, seed: int = 0):
+                  max_rank: int | None = None, block: int = 128, seed: int = 0,
+                  reserve_extra: int = 0):
     """The factor :func:`predict` runs on (same arguments, same validation), as
     ``(factor, tol, algorithm, steps)`` with ``tol`` resolved (``None`` for a fixed rank
     without ``tol``); shared with ``ntkdyn check``, whose stability verdict is then on the
-    coordinates the prediction uses."""
+    coordinates the prediction uses.  ``reserve_extra``: bytes per coordinate needed after
+    the factor besides the evolution's (one random network's NNGP factor)."""
     n = source.n
     auto = isinstance(rank, str)
     if auto and rank != "auto":
@@ -226,7 +298,7 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
     st = steps_array(steps)
     algo = get_algorithm(algorithm)
     scale = error_scale(lr_q, counts, float(st[-1]), algo)
-    reserve = _reserve_per_rank(n, source.n_test, q_count, counts)
+    reserve = _reserve_per_rank(n, source.n_test, q_count, counts) + int(reserve_extra)
     if auto:
         target = tol / scale if scale > 0 else np.inf
         factor = factorize(source, None, target_norm=target, max_rank=max_rank, method=method,

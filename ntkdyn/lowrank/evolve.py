@@ -471,7 +471,7 @@ def predict_lowrank(
     ``max_{t, q} ||f_q(t) - f~_q(t)||_2 / ||f_0 - Y||_F`` on the training outputs.
     """
     algo = get_algorithm(algorithm)
-    inp = _lowrank_inputs(factor, y_train, agent, mixing, lr, steps, f0_train, y_test,
+    inp = lowrank_inputs(factor, y_train, agent, mixing, lr, steps, f0_train, y_test,
                           f0_test, acc_rows)
     (n, r), k, q_count, counts = inp.phi.shape, inp.y.shape[1], inp.w.shape[0], inp.counts
     order = np.argsort(inp.agent, kind="stable")
@@ -505,14 +505,14 @@ def predict_lowrank(
         jnp.zeros((q_count + int(reference), r, k)), data, algo, inp.steps, q_count=q_count,
         central=reference, has_test=inp.yt is not None, record_outputs=record_outputs,
         chunk=chunk, progress=progress, desc=f"low-rank {algo.name}")
-    meta = _lowrank_metadata(factor, algo, inp, padded=not gram and stacked
+    meta = lowrank_metadata(factor, algo, inp, padded=not gram and stacked
                              and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
                              given_f0=f0_train is not None, metadata=metadata)
     return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
                               order, float(carry[3]))
 
 
-def _lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: _LowRankInputs, *,
+def lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: LowRankInputs, *,
                       padded: bool, gram: bool, acc_rows: int | None, given_f0: bool,
                       metadata: dict | None) -> dict:
     """``Trajectory.metadata`` of a low-rank prediction: the factor's facts, the a-priori
@@ -536,7 +536,7 @@ def _lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: _LowRankInput
 
 
 @dataclass(frozen=True)
-class _LowRankInputs:
+class LowRankInputs:
     """The checked arguments of :func:`predict_lowrank` (float64 arrays; ``yt``/``ft``
     ``None`` without a test set)."""
 
@@ -552,8 +552,8 @@ class _LowRankInputs:
     ft: np.ndarray | None
 
 
-def _lowrank_inputs(factor: LowRankFactor, y_train, agent, mixing, lr, steps, f0_train,
-                    y_test, f0_test, acc_rows) -> _LowRankInputs:
+def lowrank_inputs(factor: LowRankFactor, y_train, agent, mixing, lr, steps, f0_train,
+                    y_test, f0_test, acc_rows) -> LowRankInputs:
     """Check every argument of :func:`predict_lowrank` before anything is computed; a
     ``ValueError`` names the argument and what was expected."""
     from ntkdyn.graphs.sequences import is_process
@@ -587,7 +587,7 @@ def _lowrank_inputs(factor: LowRankFactor, y_train, agent, mixing, lr, steps, f0
     if acc_rows is not None and (isinstance(acc_rows, bool) or not isinstance(
             acc_rows, int | np.integer) or not 1 <= acc_rows <= n):
         raise ValueError(f"acc_rows: expected an integer in [1, {n}], got {acc_rows!r}")
-    return _LowRankInputs(phi, y, f0, agent, counts, w, learning_rates(lr, w.shape[0]),
+    return LowRankInputs(phi, y, f0, agent, counts, w, learning_rates(lr, w.shape[0]),
                           steps_array(steps), yt, ft)
 
 

@@ -142,7 +142,11 @@ class _InputRows:
 class AnalyticColumns(_InputRows):
     """Columns of the infinite-width NTK of an MLP (:func:`ntkdyn.kernels.analytic_kernels`),
     computed for a block of landmarks at a time: ``analytic_kernels(x, x[idx])`` costs
-    O(N b d) and holds O(N b) (the rows are themselves blocked inside)."""
+    O(N b d) and holds O(N b) (the rows are themselves blocked inside).
+
+    ``kernel``: ``"ntk"`` (default, ``Theta``) or ``"nngp"`` (``K``, the covariance of the
+    outputs at initialisation: the low-rank draws of one random network,
+    :mod:`ntkdyn.lowrank.networks`, read it on the pooled ``[train; test]`` inputs)."""
 
     x: np.ndarray
     x_test: np.ndarray | None = None
@@ -150,6 +154,12 @@ class AnalyticColumns(_InputRows):
     activation: object = "relu"
     W_std: float = 1.4
     b_std: float = 0.1
+    kernel: str = "ntk"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kernel not in ("ntk", "nngp"):
+            raise ValueError(f"kernel: expected 'ntk' or 'nngp', got {self.kernel!r}")
 
     def _kw(self):
         return dict(hidden_layers=self.hidden_layers, activation=self.activation,
@@ -174,23 +184,24 @@ class AnalyticColumns(_InputRows):
             k_new = w2 * np.asarray(e_phi) + b2
             theta = k_new + w2 * np.asarray(e_dphi) * theta
             k = k_new
-        return np.asarray(theta, dtype=np.float64)
+        return np.asarray(k if self.kernel == "nngp" else theta, dtype=np.float64)
+
+    def _block(self, a, b):
+        from ntkdyn.kernels.analytic import analytic_kernels
+
+        return analytic_kernels(a, b, **self._kw())[self.kernel == "ntk"]
 
     def columns(self, idx):
         """``Theta[:, idx]``; the entries ``(idx_j, j)`` are set to :meth:`diagonal`, as
         :func:`~ntkdyn.kernels.analytic_kernels` does for a symmetric kernel (the arc-cosine
         angle is ill-conditioned at correlation 1: ~1e-8 otherwise)."""
-        from ntkdyn.kernels.analytic import analytic_ntk
-
         idx = np.asarray(idx)
-        cols = analytic_ntk(self.x, self.x[idx], **self._kw())
+        cols = self._block(self.x, self.x[idx])
         cols[idx, np.arange(idx.size)] = self._diagonal[idx]
         return cols
 
     def test_columns(self, idx):
-        from ntkdyn.kernels.analytic import analytic_ntk
-
-        return analytic_ntk(self.x_test, self.x[idx], **self._kw())
+        return self._block(self.x_test, self.x[idx])
 
 
 @dataclass(frozen=True)

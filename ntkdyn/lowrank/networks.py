@@ -1,0 +1,377 @@
+r"""One random network on the low-rank path: ``f_0`` drawn from a low-rank NNGP factor.
+
+The exact path (:mod:`ntkdyn.dynamics.random_init`) draws ``f_0 = L z`` with
+``L L^T = K_ZZ`` (Cholesky of the NNGP on the pooled inputs ``Z = [X; X*]``, ``N + M``
+rows): impossible at data-set scale (``(N + M)^2`` memory, ``(N + M)^3`` flops).  Here:
+
+**The draws** (:func:`nngp_draws`).  ``K_ZZ ~ Psi Psi^T`` of rank ``s`` from column
+blocks of the NNGP on ``Z`` (the same randomly pivoted Cholesky / Nystrom as the NTK
+factor, :func:`ntkdyn.lowrank.factor.factorize`, landmarks among train *and* test
+inputs), and the residual diagonal ``d = diag(K_ZZ) - rowsum(Psi^2) >= 0`` (the
+Nystrom residual is PSD, so ``d`` is its diagonal).  Each draw is
+
+    g = Psi z_1 + sqrt(d) * z_2,     z_1 ~ N(0, I_s),  z_2 ~ N(0, I_{N+M}) independent,
+
+so ``g ~ N(0, Psi Psi^T + diag(d))``:
+
+* **exact**: every marginal variance, ``Var g_i = K_ZZ[i, i]`` (by construction, to
+  round-off), the mean (0), and the covariance carried by ``Psi`` (``K_ZZ`` itself when
+  ``s`` reaches the numerical rank of ``K_ZZ``: then the draws are exact in law);
+* **approximate**: the correlations ``E = K_ZZ - Psi Psi^T`` off the diagonal (the
+  discarded NNGP spectrum, whose diagonal part is put back as independent noise).
+  ``trace(E) / trace(K_ZZ)`` (``metadata["low_rank"]["f0_draws"]["relative_residual"]``)
+  measures it.  The independent part ``sqrt(d) z_2`` on the training inputs is a
+  high-frequency residual that training on the factor's ``r`` coordinates cannot fit;
+  on the test inputs it is the part of ``f_0`` the training inputs do not predict.
+
+**The dynamics.**  For the squared loss every schedule is affine in ``f_0``, on the
+factor as on the full kernel, so, as on the exact path, one run carries ``K + P``
+columns: the mean network (``f_0 = 0``, target ``Y``) and ``P`` responses (``f_0 = g_j``,
+target 0); sampled network ``s`` has output ``k`` equal to mean column ``k`` plus
+response column ``(s + k) mod P`` (:func:`ntkdyn.dynamics.solver.network_columns`).
+Every recorded quadratic form of network ``s`` (losses, distances) is a sum of entries
+of the ``(K + P) x (K + P)`` column Gram matrix ``(Phi x + R)^T W (Phi x + R)``
+``= x^T G x + x^T L + L^T x + R^T W R`` (``G = Phi^T W Phi``, ``L = Phi^T W R``, both
+once): ``sum_k M_kk + 2 M_{k, K+j} + M_{K+j, K+j}``, cost ``(K + P)^2 r`` per slot and
+record; accuracies read each network's ``K`` outputs, ``(rows, P, K)`` per slot.
+
+Cost: the NNGP factor (as the NTK factor, on ``N + M`` rows) and ``K + P`` columns per
+step instead of ``K``; memory ``(N + M) s`` for ``Psi`` (freed after the draws) and the
+state's columns (:func:`networks_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkdyn._utils import memory
+from ntkdyn.algorithms import Algorithm, get_algorithm
+from ntkdyn.dynamics.random_init import InitDraws, assemble
+from ntkdyn.dynamics.solver import network_columns
+from ntkdyn.engine import scan_records
+from ntkdyn.lowrank.evolve import (
+    PAD_MAX,
+    divergence_check,
+    evolve_bytes,
+    feature_data,
+    held_out_data,
+    init_state,
+    lowrank_inputs,
+    lowrank_metadata,
+    lowrank_operators,
+    records_trajectory,
+    run_features,
+    use_gram,
+)
+from ntkdyn.lowrank.factor import KernelColumns, LowRankFactor, factorize
+from ntkdyn.trajectory import RandomNetworkTrajectory
+
+EXACT = jax.lax.Precision.HIGHEST
+
+#: what ``metadata["low_rank"]["f0_draws"]["exact"]`` / ``["approximate"]`` say
+EXACT_WORDS = ("every marginal variance diag(K_nngp) (and the mean); the whole covariance "
+               "when the NNGP factor reaches its numerical rank")
+APPROX_WORDS = ("the correlations carried by the discarded NNGP spectrum "
+                "(K_nngp - Psi Psi^T off the diagonal; relative_residual = its trace / "
+                "trace(K_nngp))")
+
+
+def draw_variance(psi: np.ndarray, resid: np.ndarray) -> np.ndarray:
+    """Marginal variance of each entry of the draws: ``rowsum(Psi^2) + d``."""
+    return np.einsum("ij,ij->i", psi, psi) + resid
+
+
+def nngp_draws(source: KernelColumns, n_train: int, samples: int, seed: int, *,
+               rank: int, method: str = "rpcholesky", block: int = 128
+               ) -> tuple[InitDraws, dict]:
+    """``samples`` draws of ``f_0`` on the pooled rows of ``source`` (``[train; test]``, the
+    first ``n_train`` training, in the caller's order) from the rank-``rank`` NNGP factor
+    plus the residual diagonal (module doc); ``z_1``, ``z_2`` from
+    ``jax.random.normal`` with ``jax.random.split(PRNGKey(seed))``.  Returns the draws and
+    their facts (rank, residual trace, what is exact and what approximate)."""
+    if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+        raise ValueError(f"samples: expected an integer >= 1, got {samples!r}")
+    rank = int(min(rank, source.n))
+    fac = factorize(source, rank, method=method, block=block, seed=seed)
+    diag = np.asarray(source.diagonal(), dtype=np.float64)
+    psi = fac.phi
+    resid = np.maximum(diag - np.einsum("ij,ij->i", psi, psi), 0.0)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(int(seed)))
+    z1 = np.asarray(jax.random.normal(k1, (psi.shape[1], int(samples)), dtype=np.float64))
+    z2 = np.asarray(jax.random.normal(k2, (len(diag), int(samples)), dtype=np.float64))
+    g = psi @ z1 + np.sqrt(resid)[:, None] * z2
+    var = draw_variance(psi, resid)
+    info = {"nngp_rank": fac.rank, "landmarks": int(len(fac.landmarks)),
+            "method": method, "trace": fac.trace, "residual_trace": float(resid.sum()),
+            "relative_residual": float(resid.sum() / max(fac.trace, 1e-300)),
+            "max_variance_error": float(np.max(np.abs(var - diag) / np.maximum(diag, 1e-300))),
+            "exact": EXACT_WORDS, "approximate": APPROX_WORDS,
+            "seconds": fac.info.get("seconds_total")}
+    draws = InitDraws(train=g[:n_train], test=g[n_train:] if len(g) > n_train else None,
+                      seed=int(seed), jitter=0.0)
+    return draws, info
+
+
+def networks_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int,
+                   samples: int, *, acc_rows: int | None = None, nngp_rank: int = 0) -> int:
+    """Bytes of the random-network terms beyond :func:`ntkdyn.lowrank.evolve_bytes` (called
+    with ``K + P`` columns): the NNGP factor on ``N + M`` rows with its ``2 s`` landmarks
+    (:func:`ntkdyn.lowrank.factor.factor_bytes`), the draws, the column Gram matrices
+    ``(Q + 2) (K + P)^2`` (train, test, objective, local) and one slot's outputs of every
+    network on the accuracy rows and the test set (the slots go one at a time),
+    ``3 (N_acc + M) (K + P + P K)`` (float64)."""
+    from ntkdyn.lowrank.factor import factor_bytes
+
+    c = outputs + samples
+    acc = n if acc_rows is None else acc_rows
+    b = 2 * (n + n_test) * samples + 4 * (agents + 2) * c * c + 3 * (
+        acc + n_test) * (c + samples * outputs)
+    extra = factor_bytes(n + n_test, 0, min(n + n_test, 2 * nngp_rank)) if nngp_rank else 0
+    return int(8 * b + extra)
+
+
+# --------------------------------------------------------------------------- records
+def _col_gram(x, gram, lin, cc):
+    """``(Phi x + R)^T W (Phi x + R)`` for every slot of ``x`` (A, r, C) -> (A, C, C)."""
+    gx = jnp.einsum("rs,asc->arc", gram, x, precision=EXACT)
+    xl = jnp.einsum("arc,rd->acd", x, lin, precision=EXACT)
+    return jnp.einsum("arc,ard->acd", x, gx, precision=EXACT) + xl + \
+        jnp.swapaxes(xl, -1, -2) + cc
+
+
+def _split(m, k: int, idx):
+    """``(mean (...,), networks (..., P))`` sums of a column Gram ``m`` (..., C, C)."""
+    diag = jnp.diagonal(m, axis1=-2, axis2=-1)
+    mean = diag[..., :k].sum(-1)
+    cross = m[..., jnp.arange(k)[None, :], k + idx].sum(-1)
+    return mean, mean[..., None] + 2.0 * cross + diag[..., k + idx].sum(-1)
+
+
+def _accs(x, phi, f0, labels, k: int, idx):
+    """Accuracy of the mean network ``(A,)`` and of every network ``(A, P)`` for the slots
+    of ``x`` (A, r, C): outputs ``f0 + phi x_a`` one slot at a time (``lax.map``), so at
+    most ``rows (C + P K)`` numbers are alive, not ``A`` times that."""
+
+    def one(xa):
+        out = f0[0] + jnp.matmul(phi, xa, precision=EXACT)  # (rows, C)
+        nets = out[:, None, :k] + out[:, k + idx]  # (rows, P, K)
+        acc_m = jnp.mean((jnp.argmax(out[:, :k], -1) == labels).astype(out.dtype))
+        hit = jnp.argmax(nets, -1) == labels[:, None]
+        return acc_m, jnp.mean(hit.astype(out.dtype), axis=0)
+
+    return jax.lax.map(one, x)
+
+
+def _local(xa, data):
+    """Per-agent column Gram matrices of the residual on its own rows (Q, C, C)."""
+    if "grams" in data:
+        g = data["grams"]
+        gx = jnp.einsum("qrs,qsc->qrc", g, xa, precision=EXACT)
+        xl = jnp.einsum("qrc,qrd->qcd", xa, data["lins"], precision=EXACT)
+        return (jnp.einsum("qrc,qrd->qcd", xa, gx, precision=EXACT) + xl
+                + jnp.swapaxes(xl, -1, -2) + data["net_local_cc"])
+    if isinstance(data["phi"], tuple):
+        outs = [jnp.matmul(p, xa[q], precision=EXACT) + rq
+                for q, (p, rq) in enumerate(zip(data["phi"], data["res"], strict=True))]
+        return jnp.stack([o.T @ o for o in outs])
+    o = jnp.einsum("qnr,qrc->qnc", data["phi"], xa, precision=EXACT) + data["res"]
+    return jnp.einsum("qnc,qnd->qcd", o, o, precision=EXACT)
+
+
+def _norms(v, k, idx):
+    m, nets = _split(jnp.einsum("arc,ard->acd", v, v, precision=EXACT), k, idx)
+    return jnp.sqrt(jnp.maximum(m, 0.0)), jnp.sqrt(jnp.maximum(nets, 0.0))
+
+
+# long unit: one record of the mean network and of every sampled network, key by key
+def _record_networks(x, data, *, q_count, central, has_test, record_outputs, k, networks):
+    """Records of the mean network (keys of :func:`ntkdyn.lowrank.evolve` records) and,
+    under ``"networks/<key>"`` with a trailing ``P`` axis, of the ``P`` sampled networks."""
+    idx = jnp.asarray(network_columns(k, networks))
+    n, a = data["n"], x.shape[0]
+    rec, nets = {}, {}
+
+    def put(key, pair):
+        rec[key], nets[key] = pair
+
+    tr = data["train"]
+    m_tr, n_tr = _split(_col_gram(x, tr["gram"], tr["lin"], data["net_train_cc"]), k, idx)
+    put("train_loss", (m_tr / (2 * n), n_tr / (2 * n)))
+    ob = data["obj"]
+    m_ob, n_ob = _split(_col_gram(x, ob["gram"], ob["lin"], data["net_obj_cc"]), k, idx)
+    put("objective", (m_ob / 2, n_ob / 2))
+    xa = x[:q_count]
+    m_lo, n_lo = _split(_local(xa, data), k, idx)
+    inv_n = data["inv_n"]
+    put("local_loss", (0.5 * m_lo * inv_n, 0.5 * n_lo * inv_n[:, None]))
+    put("param_dist", _norms(x, k, idx))
+    xm = xa.mean(axis=0)
+    put("consensus_dist", _norms(xa - xm, k, idx))
+    if central:
+        put("central_dist", _norms(xa - x[q_count], k, idx))
+    mm, mn = _split(_col_gram(xm[None], tr["gram"], tr["lin"], data["net_train_cc"]), k, idx)
+    put("mean_model_train_loss", (mm[0] / (2 * n), mn[0] / (2 * n)))
+    mean_x = jnp.concatenate([x, xm[None]], axis=0)
+    acc_m, acc_n = _accs(mean_x, data["acc_phi"], data["acc_f0"], data["acc_labels"], k, idx)
+    put("train_acc", (acc_m[:a], acc_n[:a]))
+    put("mean_model_train_acc", (acc_m[a], acc_n[a]))
+    if record_outputs:
+        rec["train_outputs"] = (data["f0"] + jnp.einsum(
+            "nr,arc->anc", data["phi_all"], x, precision=EXACT))[..., :k]
+    if has_test:
+        st = data["test"]
+        m_te, n_te = _split(_col_gram(mean_x, st["gram"], st["lin"], data["net_test_cc"]),
+                            k, idx)
+        m_te, n_te = m_te / (2 * data["m"]), n_te / (2 * data["m"])
+        put("test_loss", (m_te[:a], n_te[:a]))
+        put("mean_model_test_loss", (m_te[a], n_te[a]))
+        acc_m, acc_n = _accs(mean_x, data["phi_test"], data["f0_test"], data["labels_test"],
+                             k, idx)
+        put("test_acc", (acc_m[:a], acc_n[:a]))
+        put("mean_model_test_acc", (acc_m[a], acc_n[a]))
+        if record_outputs:
+            rec["test_outputs"] = data["f0_test"][..., :k] + jnp.einsum(
+                "nr,ark->ank", data["phi_test"], x[..., :k], precision=EXACT)
+    rec.update({f"networks/{key}": v for key, v in nets.items()})
+    return rec
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
+                                   "record_outputs", "k", "networks"))
+def run_chunk_networks(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+                       record_outputs, k, networks):
+    """:func:`ntkdyn.lowrank.evolve.run_chunk` recording the mean and sampled networks."""
+    ops = lowrank_operators(data, q_count, central)
+    params = algorithm.parameters
+    checked = divergence_check(params, data["limit_per_step"])
+
+    def record(st, x):
+        rec = _record_networks(params(x), data, q_count=q_count, central=central,
+                               has_test=has_test, record_outputs=record_outputs, k=k,
+                               networks=networks)
+        rec["diverged"] = st[2]
+        return st, rec
+
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=lambda t: ops,
+                        check=checked, record=record)
+
+
+def network_data(data: dict, phi_s: np.ndarray, res: np.ndarray, offsets, counts,
+                 res_test: np.ndarray | None) -> dict:
+    """The column Gram constants ``R^T W R`` the network records need (train, objective,
+    test, per agent for the Gram form), ``res = f_0 - Y`` with ``K + P`` columns, rows
+    sorted by agent."""
+    q_count = len(offsets) - 1
+    wts = np.repeat(1.0 / counts / q_count, counts)
+    out = {"net_train_cc": jnp.asarray(res.T @ res),
+           "net_obj_cc": jnp.asarray(res.T @ (res * wts[:, None]))}
+    if "grams" in data:
+        out["net_local_cc"] = jnp.asarray(np.stack(
+            [res[offsets[q]:offsets[q + 1]].T @ res[offsets[q]:offsets[q + 1]]
+             for q in range(q_count)]))
+    if res_test is not None:
+        out["net_test_cc"] = jnp.asarray(res_test.T @ res_test)
+    return out
+
+
+def assemble_networks(raw: dict, q_count: int, central: bool, steps, phase, lr_q,
+                      meta: dict, order, div_at: float, draws: InitDraws):
+    """Raw records -> :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` (mean network,
+    ``P`` sampled networks; band over initialisations)."""
+    p = draws.samples
+    nets_raw = {key.split("/", 1)[1]: v for key, v in raw.items() if key.startswith("networks/")}
+    mean_raw = {key: v for key, v in raw.items() if not key.startswith("networks/")}
+    mean = records_trajectory(mean_raw, q_count, central, steps, phase, lr_q, meta, order,
+                              div_at)
+    nets = []
+    for s in range(p):
+        one = {key: v[..., s] for key, v in nets_raw.items()}
+        one["diverged"] = raw["diverged"]
+        nets.append(records_trajectory(one, q_count, central, steps, phase, lr_q, meta,
+                                       order, div_at))
+    traj = assemble(mean, nets, draws, None, over="init")
+    return dataclasses.replace(traj, metadata=dict(traj.metadata, path="low_rank"))
+
+
+# long unit: predict_lowrank's steps with K + P columns and the networks' records
+def predict_random_lowrank(
+    factor: LowRankFactor, draws: InitDraws, y_train, agent, mixing, lr, steps,
+    algorithm: str | Algorithm = "dgd", *, y_test=None, reference: bool = True,
+    record_outputs: bool = False, acc_rows: int | None = None, chunk: int = 25,
+    progress: bool = False, seed: int = 0, metadata: dict | None = None,
+    form: str = "auto", draws_info: dict | None = None,
+) -> RandomNetworkTrajectory:
+    """One random network on the low-rank factor (module doc): the mean network and
+    ``P = draws.samples`` sampled networks (``draws.train`` ``(N, P)``, ``draws.test``
+    ``(M, P)``, the caller's order) in one run of ``K + P`` columns; arguments as
+    :func:`ntkdyn.lowrank.predict_lowrank` (``record_outputs``: the mean network's outputs,
+    ``traj.mean_network.train_outputs``).  ``draws_info`` goes to
+    ``metadata["low_rank"]["f0_draws"]``."""
+    algo = get_algorithm(algorithm)
+    y = np.asarray(y_train, dtype=np.float64)
+    n, k, p = factor.phi.shape[0], y.shape[1] if y.ndim == 2 else 0, draws.samples
+    if draws.train.shape != (n, p):
+        raise ValueError(f"draws: expected ({n}, P) training draws, got {draws.train.shape}")
+    yt_aug = ft_aug = None
+    if y_test is not None:
+        yt = np.asarray(y_test, dtype=np.float64)
+        if draws.test is None or draws.test.shape != (yt.shape[0], p):
+            raise ValueError(f"draws: expected ({yt.shape[0]}, {p}) test draws")
+        yt_aug = np.concatenate([yt, np.zeros((yt.shape[0], p))], axis=1)
+        ft_aug = np.concatenate([np.zeros_like(yt), draws.test], axis=1)
+    inp = lowrank_inputs(factor, np.concatenate([y, np.zeros((n, p))], axis=1), agent, mixing,
+                         lr, steps, np.concatenate([np.zeros_like(y), draws.train], axis=1),
+                         yt_aug, ft_aug, acc_rows)
+    r, q_count, counts = factor.rank, inp.w.shape[0], inp.counts
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
+    n_max = int(counts.max())
+    stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n, r, q_count)
+    m_test = 0 if inp.yt is None else inp.yt.shape[0]
+    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
+    need = evolve_bytes(n, m_test, r, q_count, k + p, padded_rows=rows, acc_rows=acc_rows,
+                        record_outputs=record_outputs, records=len(inp.steps)) + \
+        networks_bytes(n, m_test, r, q_count, k, p, acc_rows=acc_rows)
+    memory.ensure_fits(need, "this low-rank prediction of one random network",
+                       "use a smaller rank, fewer samples, acc_rows=..., or f0='mean'")
+    phi_s, y_s, f0_s = inp.phi[order], inp.y[order], inp.f0[order]
+    res = f0_s - y_s
+    data = feature_data(phi_s, res, offsets, counts, inp.lr_q, inp.w, gram=gram,
+                        stacked=stacked, n_max=n_max, reference=reference,
+                        curvature=float(factor.eigenvalues.max(initial=1.0)))
+    acc = np.arange(n) if acc_rows is None else np.sort(
+        np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
+    data.update(acc_phi=jnp.asarray(phi_s[acc]), acc_f0=jnp.asarray(f0_s[acc][None]),
+                acc_labels=jnp.asarray(np.argmax(y_s[acc, :k], axis=1)))
+    if record_outputs:
+        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
+    res_t = None
+    if inp.yt is not None:
+        data.update(held_out_data(np.asarray(factor.phi_test, dtype=np.float64), inp.ft,
+                                  inp.yt))
+        data["labels_test"] = jnp.asarray(np.argmax(inp.yt[:, :k], axis=1))
+        res_t = inp.ft - inp.yt
+    data.update(network_data(data, phi_s, res, offsets, counts, res_t))
+    runner = (init_state, partial(run_chunk_networks, k=k, networks=p))
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, k + p)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=inp.yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank {algo.name}, {p} networks", runner=runner)
+    inp_k = dataclasses.replace(inp, y=inp.y[:, :k])
+    meta = lowrank_metadata(factor, algo, inp_k, padded=not gram and stacked
+                            and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
+                            given_f0=False, metadata=metadata)
+    meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed)
+    return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta, order,
+                             float(carry[3]), draws)
+
+
+__all__ = ["APPROX_WORDS", "EXACT_WORDS", "assemble_networks", "draw_variance", "network_data",
+           "networks_bytes", "nngp_draws", "predict_random_lowrank", "run_chunk_networks"]
