@@ -322,10 +322,10 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
     if p.rank is not None:
         raise ConfigError(f"config: prediction.rank: the low-rank check is for the squared "
                           f"loss with full-batch gradients, got {what}; remove prediction.rank")
-    if p.width or p.width_tol:
-        key = "prediction.width" if p.width else "prediction.width_tol"
+    if (p.width or p.width_tol) and t.loss != "mse":  # mini-batch SGD: the expected
+        key = "prediction.width" if p.width else "prediction.width_tol"  # trajectory (note)
         raise ConfigError(f"config: {key}: the finite-width band of check is for the squared "
-                          f"loss with full-batch gradients, got {what}; remove {key}")
+                          f"loss, got {what}; remove {key}")
     if measure_edge:
         key = "training.loss" if t.loss != "mse" else "training.batch_size"
         raise ConfigError(f"config: {key}: --measure-edge trains the real network with the "
@@ -758,6 +758,8 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
     out: dict = {"note": "spread of the linearised prediction over width-n networks' "
                          "empirical kernels at initialisation; the kernel's motion during "
                          "training is not included (theory/finite_width.md section 6)"}
+    if cfg.training.batch_size:
+        out["minibatch_note"] = minibatch_width_note(cfg.training.batch_sampling)
     if p.width:
         draws, info = fw.width_draws(exp.arch, exp.parts, exp.mixing, cfg.training.lr,
                                      exp.algorithm, cfg.steps, width=p.width,
@@ -790,12 +792,28 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
     return out
 
 
+def minibatch_width_note(batch_sampling: str) -> str:
+    r"""One line for the finite-width section with ``batch_size > 0`` (squared loss): the
+    width draws run each width-``n`` kernel's *full-batch* dynamics, which is the expected
+    mini-batch SGD trajectory of the linearised model, :math:`\mathbb{E}[f_t] =` full-batch
+    :math:`f_t` (``theory/minibatch_sgd.md`` section 3): exactly with
+    ``batch_sampling="independent"``, to first order in the rate with ``"epoch"``; the
+    batch noise is in the mini-batch band, not in this one."""
+    exact = ("exact with batch_sampling='independent'" if batch_sampling == "independent"
+             else f"to first order in the rate with batch_sampling={batch_sampling!r}")
+    return ("mini-batch SGD: the width draws run each kernel's full-batch dynamics, the "
+            f"expected SGD trajectory of the linearised model ({exact}); the batch noise is "
+            "not in this band")
+
+
 def finite_width_lines(fw: dict | None) -> list[str]:
     """Rendered lines of :func:`finite_width_report` (none when it is ``None``)."""
     if fw is None:
         return []
     lines = ["", "Finite width (linearised prediction over networks' empirical kernels at "
              "initialisation; their motion during training is not included):"]
+    if fw.get("minibatch_note"):
+        lines.append(f"  {fw['minibatch_note']}")
     band = fw.get("band")
     if band is not None:
         def rng(metric, fmt):

@@ -34,8 +34,10 @@ SCHEMA = json.loads((Path(ntkdyn.__file__).parent / "schemas" / "check.schema.js
      "cannot be combined with prediction.f0 = 'network'"),
     ({"prediction": {"width": 64, "rank": 10}}, "prediction.width: the finite-width band "
      "cannot be combined with prediction.rank"),
-    ({"prediction": {"width": 64}, "training": {"batch_size": 8}},
-     "prediction.width: the finite-width band cannot be combined with training.batch_size"),
+    ({"prediction": {"width": 64},
+      "training": {"batch_size": 8, "loss": "cross_entropy"}},
+     "prediction.width: the finite-width band cannot be combined with training.batch_size > 0 "
+     "with training.loss = 'cross_entropy'"),
     ({"prediction": {"width": 64}, "topology": {"name": "ring", "gossip": "edges"}},
      "prediction.width: the finite-width band cannot be combined with random gossip"),
     ({"prediction": {"width_tol": 0.01, "kernel": "empirical"}},
@@ -173,3 +175,73 @@ def test_check_without_width_keys_has_no_finite_width_section(tmp_path, capsys):
     main(["check", str(path), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["finite_width"] is None
+
+
+MB_WIDTH = "\n".join(["[prediction]", "width = 32", "width_samples = 3", "samples = 6", ""])
+
+
+def test_predict_command_with_minibatch_sgd_draws_the_width_band(tmp_path, monkeypatch):
+    """``training.batch_size = 5`` with ``[prediction] width``: the run succeeds, summary.json
+    reports the width band and says its draws run full-batch dynamics (the expected SGD
+    trajectory), and the plot's title says the band of the sampled networks is JOINT over
+    initialisations and mini-batch sequences (metadata["band_over"] == "init+batch"), not
+    over sampled f0 alone."""
+    import ntkdyn.plotting
+
+    titles = []
+    real = ntkdyn.plotting.plot_trajectory
+    monkeypatch.setattr(ntkdyn.plotting, "plot_trajectory",
+                        lambda traj, path, title=None: titles.append(title)
+                        or real(traj, path, title=title))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.replace("steps = 40", "steps = 40\nbatch_size = 5") + MB_WIDTH)
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert traj.metadata["band_over"] == "init+batch"
+    assert traj.width_draws["test_loss"].shape == (3, 5, 3)
+    fw = json.loads((out / "summary.json").read_text())["finite_width"]
+    assert fw["width"] == 32 and fw["statuses"] == {"ok": 3}
+    assert fw["dynamics"].startswith("full batch: each width-n kernel's expected SGD")
+    lo, hi = fw["final_test_loss_band_5_95"]
+    assert 0 < lo < hi
+    (title,) = titles
+    assert "5-95 % band over initialisations and mini-batch sequences jointly" in title
+    assert "over sampled f0" not in title
+
+
+def test_check_with_minibatch_sgd_reports_the_width_band_with_a_note(tmp_path, capsys):
+    """``ntkdyn check`` with ``batch_size > 0`` (squared loss) and ``[prediction] width``:
+    the finite-width band is reported (JSON validates) with a one-line note, in the JSON and
+    the text, that its draws are each kernel's full-batch dynamics, the expected SGD
+    trajectory: to first order in the rate with the default epoch sampling, exact with
+    independent draws.  Without batch_size there is no such note."""
+    raw = json.loads(json.dumps(CHECK))
+    raw["training"].update(batch_size=6, samples=4)
+    raw["prediction"].update(width=64, width_samples=3, samples=4)
+    path = tmp_path / "c.toml"
+    lines = [f"seed = {raw.pop('seed')}"]
+    for sec, vals in raw.items():
+        lines += [f"[{sec}]"] + [f"{k} = {json.dumps(v)}" for k, v in vals.items()]
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["check", str(path), "--json"]) in (0, 1)
+    out = json.loads(capsys.readouterr().out)
+    jsonschema.validate(out, SCHEMA)
+    fw = out["finite_width"]
+    lo, hi = fw["band"]["final_test_loss_band"]
+    assert 0 < lo < hi and fw["band"]["statuses"] == {"ok": 3}
+    note = fw["minibatch_note"]
+    assert "full-batch dynamics, the expected SGD trajectory" in note
+    assert "to first order in the rate with batch_sampling='epoch'" in note
+    assert main(["check", str(path)]) in (0, 1)
+    text = capsys.readouterr().out
+    assert "width 64 (3 networks): test loss 5-95 %:" in text
+    assert f"  {note}" in text.splitlines()
+    path.write_text(path.read_text().replace("batch_size = 6",
+                                             'batch_size = 6\nbatch_sampling = "independent"'))
+    assert main(["check", str(path), "--json"]) in (0, 1)
+    assert "(exact with batch_sampling='independent')" in \
+        json.loads(capsys.readouterr().out)["finite_width"]["minibatch_note"]
+    path.write_text(_toml({"width": 64, "width_samples": 3, "samples": 4}))
+    assert main(["check", str(path), "--json"]) in (0, 1)
+    assert "minibatch_note" not in json.loads(capsys.readouterr().out)["finite_width"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from ntkdyn._utils.io import check_output, staged_output
@@ -105,7 +106,8 @@ def _title(traj, cfg, exp, low: dict | None) -> str:
             + (", cross-entropy" if t.loss == "cross_entropy" else "")
             + (f", mini-batch {t.batch_size} ({traj.samples} sequences)"
                if t.batch_size else "")
-            + "\n" + _short_quantity(traj.metadata.get("quantity", ""))
+            + "\n" + _short_quantity(traj.metadata.get("quantity", ""),
+                                      traj.metadata.get("band_over", "init"))
             + (f"; hatched: {cfg.prediction.width_samples} networks of width "
                f"{cfg.prediction.width}" if cfg.prediction.width else ""))
 
@@ -140,7 +142,8 @@ def _width_summary(traj):
     info = traj.metadata.get("finite_width")
     if info is None or not traj.width_draws:
         return None
-    out = {k: info[k] for k in ("width", "samples", "seeds", "f0", "statuses", "note")
+    out = {k: info[k] for k in ("width", "samples", "seeds", "f0", "statuses", "note",
+                                "dynamics")
            if k in info}
     for metric in ("test_loss", "test_acc", "train_loss"):
         if metric in traj.width_draws and len(traj.steps):
@@ -193,14 +196,27 @@ def _last_band(traj, metric: str):
     return [float(b[-1].mean()) for b in traj.band(metric, 0.05, 0.95)]
 
 
-def _short_quantity(words: str) -> str:
-    """The plot title's line saying which network the curves describe."""
+def _short_quantity(words: str, band_over: str = "init") -> str:
+    """The plot title's line saying which network the curves describe and, for one random
+    network, what its 5-95 % band is over (``band_over``, a key of
+    :data:`ntkdyn.dynamics.random_init.BAND_WORDS`: initialisations alone, or jointly with
+    the mixing / mini-batch sequences)."""
     if words.startswith("mean network"):
         return "mean network over random initialisations (f0 = 0), not one random network"
     if words.startswith("one random network"):
-        return ("one random network: expected over initialisations, 5-95 % band over "
-                "sampled f0; dash-dot: mean network")
+        return (f"one random network: expected over initialisations, 5-95 % band "
+                f"{_band_words(band_over)}; dash-dot: mean network")
     return words.split(":")[0]
+
+
+def _band_words(band_over: str) -> str:
+    """Short form of :data:`~ntkdyn.dynamics.random_init.BAND_WORDS` ``[band_over]``: its
+    words before any parenthesis or semicolon (``"over initialisations and mini-batch
+    sequences jointly"``)."""
+    from ntkdyn.dynamics.random_init import BAND_WORDS
+
+    words = BAND_WORDS.get(band_over, BAND_WORDS["init"])
+    return re.split(r" \(|;", words)[0]
 
 
 def _with_config(traj, cfg):

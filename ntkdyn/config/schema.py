@@ -420,7 +420,9 @@ def _validate_width(cfg: Config, given: set) -> None:
                if p.f0 == "network" else
                "prediction.rank (the band runs on the exact path)"
                if p.rank is not None else
-               "training.batch_size > 0 (mini-batch SGD)" if t.batch_size else
+               "training.batch_size > 0 with training.loss = 'cross_entropy' (the width "
+               "draws run full-batch dynamics, the expected SGD trajectory only for the "
+               "squared loss)" if t.batch_size and t.loss != "mse" else
                "random gossip (topology.gossip)" if topo.gossip else None)
         if why:
             raise ConfigError(f"config: {key}: the finite-width band cannot be combined with "
