@@ -530,16 +530,7 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     low = dict(factor.describe(), error_estimate=lowrank.error_estimate(factor, scale),
                tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
     if chosen.inside:
-        f0 = {} if not empirical else {  # the given network's own f_0
-            "f0_train": np.asarray(arch.apply(params, data.x_train)),
-            "f0_test": np.asarray(arch.apply(params, data.x_test)) if has_test else None}
-        traj = lowrank.predict_lowrank(factor, data.y_train, agent, w, lr, steps, algo,
-                                       y_test=data.y_test if has_test else None,
-                                       reference=False, seed=cfg.seed, **f0)
-        prediction = _summarise(traj, target)
-        prediction.update(steady_state_consensus_gap=None,
-                          steady_state_distance_to_centralised=None,
-                          steady_state_test_loss=None)
+        prediction = _lowrank_prediction(factor, exp, cfg, params, steps, algo)
     t_end = time.perf_counter()
     caveat = (f"Low-rank path (rank {factor.rank}, a-priori error estimate "
               f"{low['error_estimate']:.3g} of the training outputs): stability and prediction "
@@ -556,6 +547,53 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
                  "prediction_s": t_end - t_stab, "topologies_and_edge_s": 0.0,
                  "total_s": t_end - t0},
         versions=versions(), low_rank=low)
+
+
+def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, algo) -> dict:
+    """The chosen rate's prediction on the low-rank factor, following
+    :func:`ntkdyn.predict`'s default ``f0`` (:func:`ntkdyn.prediction.resolve_f0`): with
+    the analytic kernel, one random network (``f_0`` drawn from the rank-``r`` NNGP factor
+    of the pooled inputs plus the residual diagonal, :mod:`ntkdyn.lowrank.networks`;
+    ``prediction.samples`` networks, default
+    :data:`~ntkdyn.dynamics.random_init.DEFAULT_NETWORKS`) in ``one_random_network``
+    (expected values and 5-95 % band over initialisations), the ``final_*`` fields being its
+    mean network (``f_0 = 0``); ``f0 = "mean"``: the mean network alone; the empirical
+    kernel: the given network's own ``f_0``."""
+    from ntkdyn import lowrank
+    from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
+    from ntkdyn.lowrank import networks
+
+    data, arch, target = exp.parts.dataset, exp.arch, cfg.prediction.target_loss
+    has_test = data.num_test > 0
+    f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, low_rank=True)
+    args = (data.y_train, exp.parts.agent, np.asarray(exp.mixing, dtype=float),
+            cfg.training.lr, steps, algo)
+    kw = dict(y_test=data.y_test if has_test else None, reference=False, seed=cfg.seed)
+    one = None
+    if f0 == "random":
+        pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
+        nngp = lowrank.analytic_columns(pooled, hidden_layers=arch.depth, activation=arch.act,
+                                        W_std=arch.W_std, b_std=arch.b_std, kernel="nngp")
+        draws, _ = networks.nngp_draws(nngp, data.num_train,
+                                       cfg.prediction.samples or DEFAULT_NETWORKS, cfg.seed,
+                                       rank=factor.rank)
+        traj = networks.predict_random_lowrank(factor, draws, *args, **kw)
+        one = {"samples": traj.samples, "status": traj.status,
+               "steps_to_target_expected": _steps_to_target(traj, target)}
+        for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
+            one[f"final_{metric}_expected"] = float(traj.network_mean(metric)[-1])
+            one[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
+        traj = traj.mean_network
+    else:
+        if f0 == "network":  # the given network's own f_0
+            kw.update(f0_train=np.asarray(arch.apply(params, data.x_train)),
+                      f0_test=np.asarray(arch.apply(params, data.x_test)) if has_test
+                      else None)
+        traj = lowrank.predict_lowrank(factor, *args, **kw)
+    prediction = _summarise(traj, target)
+    prediction.update(one_random_network=one, steady_state_consensus_gap=None,
+                      steady_state_distance_to_centralised=None, steady_state_test_loss=None)
+    return prediction
 
 
 def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:

@@ -587,3 +587,49 @@ def test_check_with_rank_reports_the_low_rank_verdict(tmp_path, capsys):
         assert v["lr_star"] >= lr_exact[v["algorithm"]] * (1 - 1e-9), v
     with pytest.raises(ConfigError, match="prediction.rank: --topologies"):
         check(str(cfg), topologies=["complete"])
+
+
+def test_check_with_rank_follows_predict_default_one_random_network(tmp_path, capsys):
+    """``ntkdyn check`` with ``[prediction] rank`` predicts what ``nd.predict(rank=...)``
+    predicts by default (analytic kernel): one random network.  Its expected final test
+    loss / accuracy and 5-95 % bands equal ``nd.predict``'s with the same rank, seed and
+    samples (same factor, same NNGP draws: 1e-9 relative); the ``final_*`` fields are the
+    mean network (f0 = 0), equal to the check with ``f0 = "mean"`` (1e-9), and the text
+    labels both.  Before, check reported the mean network alone, unlabelled."""
+    import json
+
+    from ntkdyn.cli import main
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.config.schema import load_config
+    from ntkdyn.preflight import check
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML + "[prediction]\nrank = 12\nsamples = 6\n")
+    rep = check(str(cfg))
+    one = rep.prediction["one_random_network"]
+    assert one is not None and one["samples"] == 6
+    mean_cfg = tmp_path / "m.toml"
+    mean_cfg.write_text(TINY_TOML + '[prediction]\nrank = 12\nf0 = "mean"\n')
+    mean = check(str(mean_cfg))
+    assert mean.prediction["one_random_network"] is None
+    for key in ("final_test_loss", "final_train_loss", "final_test_acc"):
+        assert rep.prediction[key] == pytest.approx(mean.prediction[key], rel=1e-9, abs=1e-12)
+    c = load_config(str(cfg))
+    exp = from_config(c)
+    traj = nd.predict(exp.arch, exp.parts, exp.mixing, c.training.lr, exp.algorithm, c.steps,
+                      rank=12, seed=c.seed, samples=6, reference=False)
+    assert traj.metadata["quantity"].startswith("one random network")
+    for metric in ("test_loss", "test_acc", "train_loss"):
+        assert one[f"final_{metric}_expected"] == pytest.approx(
+            float(traj.network_mean(metric)[-1]), rel=1e-9, abs=1e-12)
+        assert one[f"final_{metric}_band"] == pytest.approx(
+            [float(b[-1].mean()) for b in traj.band(metric)], rel=1e-9, abs=1e-12)
+    lo, hi = one["final_test_loss_band"]
+    assert lo < one["final_test_loss_expected"] < hi
+    assert main(["check", str(cfg), "--quiet"]) in (0, 1)
+    text = capsys.readouterr().out
+    assert "one random network (over 6 sampled initialisations):" in text
+    assert "  mean network (f0 = 0): train loss" in text
+    assert main(["check", str(cfg), "--json"]) in (0, 1)
+    out = json.loads(capsys.readouterr().out)
+    assert out["prediction"]["one_random_network"]["samples"] == 6
