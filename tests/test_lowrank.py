@@ -112,7 +112,7 @@ def test_error_falls_with_rank_and_estimate_bounds_it(decay, algorithm):
         err = np.max(np.linalg.norm(diff, axis=-1)) / np.linalg.norm(y)
         est = low.metadata["low_rank"]["error_estimate"]
         assert err <= est + 1e-12, (rank, err, est)  # + round-off
-        if err > 1e-8:  # the probe-row estimate is tight (measured ratio <= RATIO_MEASURED)
+        if err > 1e-8:  # the probe-row estimate is tight (ratio measured <= 8.1)
             assert est <= ESTIMATE_RATIO * err, (rank, err, est)
         errors.append(err)
     assert errors[-1] <= 1e-9  # full rank: exact
@@ -120,9 +120,9 @@ def test_error_falls_with_rank_and_estimate_bounds_it(decay, algorithm):
     assert errors[-2] < errors[0]
 
 
-#: the probe-row estimate over the measured error, at most (errors > 1e-8): see
-#: theory/low_rank.md section 3 for the ratios measured on these cases
-ESTIMATE_RATIO = 25.0
+#: the probe-row estimate over the measured error, at most (errors > 1e-8); measured
+#: 1.8-8.1 (median 2.4) on every case of the three tests here (theory/low_rank.md section 3)
+ESTIMATE_RATIO = 12.0
 
 
 def _max_output_error(exact, low, n_steps, agents, y):

@@ -160,18 +160,20 @@ def trajectory_estimate(factor: LowRankFactor, residual: np.ndarray, agent: np.n
     """What ``metadata["low_rank"]`` reports about the truncation error of the training
     outputs (``theory/low_rank.md`` section 3): ``error_estimate`` (capped at 2),
     ``error_estimate_uncapped``, ``error_estimate_kind`` (``"probe rows"``, or ``"trace"``
-    for a factor without probe columns) and ``error_bound_trace``, the earlier
-    ``min(2, error_scale * (trace(E) + S_{r+1}))``."""
-    trace_bound = error_estimate(factor, error_scale(lr, counts, horizon, algorithm))
+    for a factor without probe columns), ``error_scale`` and ``error_bound_trace``, the
+    earlier ``min(2, error_scale * (trace(E) + S_{r+1}))``."""
+    scale = error_scale(lr, counts, horizon, algorithm)
+    trace_bound = error_estimate(factor, scale)
     if factor.probe_columns is None or factor.rank == 0:
         return {"error_estimate": trace_bound, "error_estimate_kind": "trace",
-                "error_bound_trace": trace_bound}
+                "error_bound_trace": trace_bound, "error_scale": scale}
     rates, per_step = mean_rates(lr, agent, counts, algorithm)
     est = probe_estimator(factor.phi, factor.probe_rows, factor.probe_columns,
                           np.asarray(residual, dtype=np.float64), rates,
                           horizon * per_step)(factor.rank)
     return {"error_estimate": float(min(ERROR_CAP, est)), "error_estimate_uncapped": est,
-            "error_estimate_kind": "probe rows", "error_bound_trace": trace_bound}
+            "error_estimate_kind": "probe rows", "error_bound_trace": trace_bound,
+            "error_scale": scale}
 
 
 def probe_estimator(phi: np.ndarray, probe_rows: np.ndarray, probe_columns: np.ndarray,
@@ -628,11 +630,10 @@ def _lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: _LowRankInput
     """``Trajectory.metadata`` of a low-rank prediction: the factor's facts, the a-priori
     error estimate and its scale, the form, and which network it is."""
     n, k, q_count = inp.y.shape[0], inp.y.shape[1], inp.w.shape[0]
-    scale = error_scale(inp.lr_q, inp.counts, float(inp.steps[-1]), algo)
     low = dict(factor.describe(), **trajectory_estimate(factor, inp.f0 - inp.y, inp.agent,
                                                        inp.lr_q, inp.counts,
                                                        float(inp.steps[-1]), algo),
-               error_scale=scale, padded=bool(padded),
+               padded=bool(padded),
                form="gram" if gram else "features",
                acc_rows=n if acc_rows is None else int(acc_rows),
                estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
