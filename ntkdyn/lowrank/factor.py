@@ -559,9 +559,9 @@ def factorize(
     and kept on the factor for the probe-row error estimate.  With ``estimate`` (a callable
     ``estimate(phi, probe_rows, probe_columns) -> (rank -> float)``, e.g. built on
     :func:`ntkdyn.lowrank.evolve.probe_estimator`) and ``tol`` instead of ``target_norm``,
-    landmarks are read until the estimate of the whole factor is ``<= tol / 2`` (checked
-    whenever the number of columns has doubled), then the fewest coordinates whose
-    estimate is ``<= tol`` are kept (bisection on the rank).
+    landmarks are read until the estimate of the leading half of the factor's coordinates
+    is ``<= tol`` (checked whenever the number of columns has doubled), then the fewest
+    coordinates whose estimate is ``<= tol`` are kept (bisection on the rank).
     """
     import time
 
@@ -627,8 +627,9 @@ def _rotate(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _stop_rule(target_norm, estimate, tol, p_rows, p_cols, block: int):
     """When :func:`_pivoted_cholesky` stops reading landmarks (``None``: at its cap):
-    residual trace ``<= target_norm / 2``, or the probe-row estimate of the whole factor
-    ``<= tol / 2``, evaluated each time the factor's width has doubled (from ``2 block``)."""
+    residual trace ``<= target_norm / 2``, or the probe-row estimate of the factor's
+    ``k // 2`` leading coordinates ``<= tol`` (``k`` columns read: the 2x oversampling of a
+    fixed rank), evaluated each time ``k`` has doubled (from ``2 block``)."""
     if estimate is not None and p_cols is not None:
         state = {"next": 2 * block}
 
@@ -637,7 +638,7 @@ def _stop_rule(target_norm, estimate, tol, p_rows, p_cols, block: int):
             if k < state["next"]:
                 return False
             state["next"] = 2 * k
-            return estimate(_rotate(f)[2], p_rows, p_cols)(k) <= 0.5 * tol
+            return estimate(_rotate(f)[2], p_rows, p_cols)(max(1, k // 2)) <= tol
 
         return done
     if target_norm is None:
