@@ -602,6 +602,8 @@ def test_predict_command_with_rank(tmp_path):
     assert traj.train_loss.shape == (5, 3) and traj.metadata["low_rank"]["rank"] == 32
     summary = json.loads((out / "summary.json").read_text())
     assert summary["low_rank"]["rank"] == 32 and "error_estimate" in summary["low_rank"]
+    assert summary["low_rank"]["error_estimate_kind"] == "probe rows"
+    assert "error_bound_trace" in summary["low_rank"]
     assert summary["config"]["prediction"]["rank"] == 32
     assert "tol" not in summary["config"]["prediction"]
     # the exact path on the same settings and the same quantity (the low-rank path predicts
@@ -652,3 +654,23 @@ def test_check_with_rank_reports_the_low_rank_verdict(tmp_path, capsys):
         assert v["lr_star"] >= lr_exact[v["algorithm"]] * (1 - 1e-9), v
     with pytest.raises(ConfigError, match="prediction.rank: --topologies"):
         check(str(cfg), topologies=["complete"])
+
+
+def test_factor_without_probe_columns_reports_the_trace_estimate():
+    """``probes=0``: no probe columns, ``error_estimate`` falls back to the trace estimate
+    (``error_estimate_kind == "trace"``); a bad ``probes`` is refused naming it."""
+    kern, y, agent, w, lr = _spectrum_problem("fast")
+    src = lowrank.kernel_columns(kern)
+    bare = lowrank.factorize(src, 8, probes=0)
+    assert bare.probe_columns is None and bare.info["probe_columns"] == 0
+    meta = lowrank.predict_lowrank(bare, y, agent, w, lr, 50).metadata["low_rank"]
+    assert meta["error_estimate_kind"] == "trace"
+    assert meta["error_estimate"] == meta["error_bound_trace"]
+    probed = lowrank.factorize(src, 8, probes=16)
+    assert probed.probe_columns.shape == (80, 16)
+    np.testing.assert_array_equal(probed.probe_columns, kern[:, probed.probe_rows])
+    low = lowrank.predict_lowrank(probed, y, agent, w, lr, 50).metadata["low_rank"]
+    assert low["error_estimate_kind"] == "probe rows"
+    assert low["error_estimate"] < low["error_bound_trace"]
+    with pytest.raises(ValueError, match="^probes: "):
+        lowrank.factorize(src, 8, probes=-1)
