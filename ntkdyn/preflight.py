@@ -510,9 +510,12 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
                             data.x_test if has_test else None)
     agent, w, lr = exp.parts.agent, np.asarray(exp.mixing, dtype=float), cfg.training.lr
     kw = exp.low_rank
+    f0_train = np.asarray(arch.apply(params, data.x_train)) if empirical else None
     factor, tol, algo, steps = lowrank.choose_factor(source, agent, w, lr, cfg.steps,
                                                      exp.algorithm, rank=kw["rank"],
-                                                     tol=kw.get("tol"), seed=cfg.seed)
+                                                     tol=kw.get("tol"), seed=cfg.seed,
+                                                     y_train=data.y_train,
+                                                     f0_train=f0_train)
     t_kernel = time.perf_counter()
     name = _topology_name(cfg)
     verdicts = [_as_verdict(lowrank.lowrank_stability(factor, agent, w, a, lr), name)
@@ -524,11 +527,11 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
     prediction = None
-    scale = lowrank.error_scale(learning_rates(lr, w.shape[0]),
-                                np.bincount(agent, minlength=w.shape[0]), float(steps[-1]),
-                                algo)
-    low = dict(factor.describe(), error_estimate=lowrank.error_estimate(factor, scale),
-               tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
+    residual = (0.0 if f0_train is None else f0_train) - np.asarray(data.y_train, dtype=float)
+    low = dict(factor.describe(), **lowrank.trajectory_estimate(
+        factor, residual, agent, learning_rates(lr, w.shape[0]),
+        np.bincount(agent, minlength=w.shape[0]), float(steps[-1]), algo),
+        tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
     if chosen.inside:
         prediction = _lowrank_prediction(factor, exp, cfg, params, steps, algo)
     t_end = time.perf_counter()

@@ -180,7 +180,8 @@ def _low_rank_summary(traj):
         return None
     keys = ("rank", "requested_rank", "method", "landmarks", "error_estimate", "tol",
             "tol_reached", "discarded_norm_bound", "residual_trace", "seconds_total",
-            "error_estimate_uncapped", "rank_needed_low", "rank_needed_high")
+            "error_estimate_uncapped", "error_estimate_kind", "error_bound_trace",
+            "probe_columns", "rank_needed_low", "rank_needed_high")
     return {k: low[k] for k in keys if k in low}
 
 

@@ -30,12 +30,22 @@ linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 
 from ntkdyn._utils.checks import agent_indices, learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, get_algorithm
-from ntkdyn.lowrank.evolve import error_estimate, error_scale, evolve_bytes, predict_lowrank
+from ntkdyn.lowrank.evolve import (
+    ProbeEstimate,
+    error_estimate,
+    error_scale,
+    evolve_bytes,
+    mean_rates,
+    predict_lowrank,
+    probe_estimator,
+    trajectory_estimate,
+)
 from ntkdyn.lowrank.factor import (
     METHODS,
     AnalyticColumns,
@@ -50,6 +60,7 @@ from ntkdyn.lowrank.factor import (
     factor_bytes,
     factorize,
     max_fitting_rank,
+    probe_count,
 )
 from ntkdyn.lowrank.primal import jacobian_features, predict_primal, primal_bytes
 from ntkdyn.lowrank.stability import lowrank_stability, lowrank_stable_set
@@ -57,11 +68,11 @@ from ntkdyn.trajectory import Trajectory
 
 __all__ = [
     "METHODS", "AnalyticColumns", "EmpiricalColumns", "JacobianColumns", "KernelColumns",
-    "LowRankFactor",
+    "LowRankFactor", "ProbeEstimate",
     "LowRankTooLargeError", "MatrixColumns", "analytic_columns", "choose_factor",
     "empirical_columns", "error_estimate", "error_scale", "evolve_bytes",
     "factor_bytes", "factorize", "jacobian_columns", "jacobian_features", "kernel_columns",
-    "max_fitting_rank",
+    "max_fitting_rank", "mean_rates", "probe_count", "probe_estimator", "trajectory_estimate",
     "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
     "primal_bytes", "tol_shortfall",
 ]
@@ -163,7 +174,8 @@ def predict(
     factor, tol, algo, st = choose_factor(source, agent, mixing, lr, steps, algorithm,
                                           rank=rank, tol=tol, method=method,
                                           max_rank=max_rank, block=block, seed=seed,
-                                          reserve_extra=extra)
+                                          reserve_extra=extra, y_train=y_train,
+                                          f0_train=kwargs.get("f0_train"))
     if nngp is not None or init is not None:
         traj = _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, seed=seed,
                                nngp=nngp, init=init, samples=samples, nngp_rank=nngp_rank,
@@ -237,15 +249,24 @@ def tol_shortfall(low: dict, n: int, tol: float) -> dict:
     discarded eigenvalue) of the trace.  ``R_high``: the ``N - m`` directions not read share
     ``t`` equally (a flat tail); a decaying tail needs fewer.  Both are clipped to
     ``r + 1 .. N``.  On the flat bulk of an NTK both are near ``N``: then ``tol`` is out of
-    reach of any rank below ``N`` and the exact path is the cheaper one."""
+    reach of any rank below ``N`` and the exact path is the cheaper one.
+
+    With the probe-row estimate (``error_estimate_kind == "probe rows"``, the default when
+    the factor has probe columns) ``rank="auto"`` stops on that estimate instead, which the
+    trace rule implies but not conversely, so ``R_low`` is only ``r + 1`` (measured: the
+    rank picked fell below the trace rule's ``R_low``); ``R_high`` still holds, since a
+    residual trace ``<= tol / (2 scale)`` meets the probe-row criterion too."""
     scale, resid = float(low["error_scale"]), float(low["residual_trace"])
     r, m = int(low["rank"]), int(low["landmarks"])
     half = tol / (2 * scale) if scale > 0 else np.inf
     nxt = float(low["next_eigenvalue"])
     hi = n if m >= n or resid <= 0 else n - (n - m) * min(1.0, half / resid)
     lo = r + (np.ceil(max(resid - half, 0.0) / nxt) if nxt > 0 else 1)
+    if low.get("error_estimate_kind") == "probe rows":
+        lo = r + 1
     lo, hi = (int(min(n, max(r + 1, np.ceil(v)))) for v in (lo, hi))
-    return {"error_estimate_uncapped": scale * float(low["discarded_norm_bound"]),
+    uncapped = low.get("error_estimate_uncapped", scale * float(low["discarded_norm_bound"]))
+    return {"error_estimate_uncapped": float(uncapped),
             "rank_needed_low": min(lo, hi), "rank_needed_high": hi}
 
 
@@ -267,12 +288,15 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
                   algorithm: str | Algorithm = "dgd", *, rank: int | str = "auto",
                   tol: float | None = None, method: str = "rpcholesky",
                   max_rank: int | None = None, block: int = 128, seed: int = 0,
-                  reserve_extra: int = 0):
+                  reserve_extra: int = 0, y_train=None, f0_train=None):
     """The factor :func:`predict` runs on (same arguments, same validation), as
     ``(factor, tol, algorithm, steps)`` with ``tol`` resolved (``None`` for a fixed rank
     without ``tol``); shared with ``ntkdyn check``, whose stability verdict is then on the
     coordinates the prediction uses.  ``reserve_extra``: bytes per coordinate needed after
-    the factor besides the evolution's (one random network's NNGP factor)."""
+    the factor besides the evolution's (one random network's NNGP factor).  With ``y_train``
+    (and ``f0_train``, default 0), ``rank="auto"`` reads landmarks and keeps coordinates by
+    the probe-row estimate of the trajectory error (:func:`probe_estimator`); without, by
+    the residual trace."""
     n = source.n
     auto = isinstance(rank, str)
     if auto and rank != "auto":
@@ -299,7 +323,17 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
     algo = get_algorithm(algorithm)
     scale = error_scale(lr_q, counts, float(st[-1]), algo)
     reserve = _reserve_per_rank(n, source.n_test, q_count, counts) + int(reserve_extra)
-    if auto:
+    if auto and y_train is not None:
+        res = np.asarray(y_train, dtype=np.float64)
+        res = (0.0 if f0_train is None else np.asarray(f0_train, dtype=np.float64)) - res
+        if res.ndim != 2 or res.shape[0] != n:
+            raise ValueError(f"y_train: expected shape ({n}, K), got {res.shape}")
+        rates, per_step = mean_rates(lr_q, agent_arr, counts, algo)
+        est = partial(probe_estimator, residual=res, rates=rates,
+                      t_eff=float(st[-1]) * per_step)
+        factor = factorize(source, None, estimate=est, tol=tol, max_rank=max_rank,
+                           method=method, block=block, seed=seed, reserve_per_rank=reserve)
+    elif auto:
         target = tol / scale if scale > 0 else np.inf
         factor = factorize(source, None, target_norm=target, max_rank=max_rank, method=method,
                            block=block, seed=seed, reserve_per_rank=reserve)

@@ -81,6 +81,118 @@ def error_estimate(factor: LowRankFactor, scale: float) -> float:
     return float(min(ERROR_CAP, scale * factor.discarded_norm))
 
 
+# --------------------------------------------------------------------------- probe-row estimate
+#: the reported estimate is this times the probe-row sum: room for the agents' deviation from
+#: the network mean (measured <= 5 % in the tests) and for the sampling of the probe rows
+ESTIMATE_MARGIN = 2.0
+#: points of the Riemann sum over the gradient steps (left end of each interval)
+ESTIMATE_POINTS = 500
+
+
+def mean_rates(lr: np.ndarray, agent: np.ndarray, counts: np.ndarray,
+               algorithm: str | Algorithm = "dgd") -> tuple[np.ndarray, float]:
+    r"""Row rates of the network-mean recursion and gradient steps per step of the horizon.
+
+    With a doubly stochastic ``W`` the agents' mean follows gradient descent on the pooled
+    rows with the per-row rate ``D_ii = eta_eff,q(i) / (Q N_q(i))`` (``eta / N`` for equal
+    shards and one rate); ``eta_eff = eta / (1 - beta)`` for heavy-ball momentum and
+    ``local_steps`` gradient steps per round for P2PL (``theory/low_rank.md`` section 3)."""
+    algo = get_algorithm(algorithm)
+    counts = np.asarray(counts, dtype=np.float64)
+    eff = np.asarray(lr, dtype=np.float64) / (counts.size * np.maximum(counts, 1.0))
+    if algo.name == "momentum":
+        eff = eff / (1.0 - float(algo.settings["beta"]))
+    return eff[np.asarray(agent)], float(algo.settings.get("local_steps", 1))
+
+
+@dataclass(frozen=True)
+class ProbeEstimate:
+    r"""The probe-row estimate of the truncation error at every rank ``r <= m`` of a factor
+    ``Phi`` (N x m, eigen-coordinates), for one residual ``r_0`` and row rates ``D``.
+
+    ``r~_s = (I - D Phi_r Phi_r^T)^s r_0 = r_0 - D Phi_r h_s`` with
+    ``h_s = sum_{j<s} (I - C_r)^j a_r``, ``C_r = Phi_r^T D Phi_r``, ``a_r = Phi_r^T r_0``;
+    the estimate is ``margin * sum_{s < T_eff} ||D E_r r~_s|| / ||r_0||`` with
+    ``E_r = Theta - Phi_r Phi_r^T``, each norm from the ``p`` probe rows ``P``
+    (``||v||^2 ~ (N/p) ||v[P]||^2``, unbiased for rows drawn uniformly):
+    ``(E_r r~_s)[P] = Theta[P,:] r_0 - Phi_r[P] a_r - (Theta[P,:] D Phi_r - Phi_r[P] C_r) h_s``.
+    Every rank uses leading blocks of the same products (``theory/low_rank.md`` section 3).
+    """
+
+    theta_r0: np.ndarray     # (p, K)   Theta[P, :] r_0
+    theta_dphi: np.ndarray   # (p, m)   Theta[P, :] D Phi
+    phi_p: np.ndarray        # (p, m)   Phi[P]
+    gram: np.ndarray         # (m, m)   Phi^T D Phi
+    proj: np.ndarray         # (m, K)   Phi^T r_0
+    row_scale: np.ndarray    # (p,)     sqrt(N / p) D_PP
+    norm_r0: float
+    t_eff: float
+    margin: float = ESTIMATE_MARGIN
+
+    def __call__(self, rank: int) -> float:
+        """The estimate (before any cap) with the leading ``rank`` coordinates."""
+        if self.norm_r0 <= 0 or self.t_eff <= 0:
+            return 0.0
+        r = int(rank)
+        c, a, phi_p = self.gram[:r, :r], self.proj[:r], self.phi_p[:, :r]
+        sig, v = np.linalg.eigh((c + c.T) / 2)
+        sig = np.maximum(sig, 0.0)
+        e_r0 = self.theta_r0 - phi_p @ a
+        mv = (self.theta_dphi[:, :r] - phi_p @ c) @ v
+        b = v.T @ a
+        n_pts = int(min(np.ceil(self.t_eff), ESTIMATE_POINTS))
+        width = self.t_eff / n_pts
+        total = 0.0
+        small = sig < 1.0
+        log_q = np.log1p(-np.where(small, sig, 0.0))
+        inv = 1.0 / np.where(sig > 0, sig, 1.0)
+        for s in np.floor(np.arange(n_pts) * width):  # (1 - (1 - sig)^s) / sig, -> s at 0
+            grow = np.where(small, np.where(sig > 0, -np.expm1(s * log_q) * inv, s),
+                            (1.0 - (1.0 - sig) ** s) * inv)
+            total += width * float(np.linalg.norm(self.row_scale[:, None]
+                                                  * (e_r0 - mv @ (grow[:, None] * b))))
+        return float(self.margin * total / self.norm_r0)
+
+
+def trajectory_estimate(factor: LowRankFactor, residual: np.ndarray, agent: np.ndarray,
+                        lr: np.ndarray, counts: np.ndarray, horizon: float,
+                        algorithm: str | Algorithm = "dgd") -> dict:
+    """What ``metadata["low_rank"]`` reports about the truncation error of the training
+    outputs (``theory/low_rank.md`` section 3): ``error_estimate`` (capped at 2),
+    ``error_estimate_uncapped``, ``error_estimate_kind`` (``"probe rows"``, or ``"trace"``
+    for a factor without probe columns), ``error_scale`` and ``error_bound_trace``, the
+    earlier ``min(2, error_scale * (trace(E) + S_{r+1}))``."""
+    scale = error_scale(lr, counts, horizon, algorithm)
+    trace_bound = error_estimate(factor, scale)
+    if factor.probe_columns is None or factor.rank == 0:
+        return {"error_estimate": trace_bound, "error_estimate_kind": "trace",
+                "error_bound_trace": trace_bound, "error_scale": scale}
+    rates, per_step = mean_rates(lr, agent, counts, algorithm)
+    est = probe_estimator(factor.phi, factor.probe_rows, factor.probe_columns,
+                          np.asarray(residual, dtype=np.float64), rates,
+                          horizon * per_step)(factor.rank)
+    return {"error_estimate": float(min(ERROR_CAP, est)), "error_estimate_uncapped": est,
+            "error_estimate_kind": "probe rows", "error_bound_trace": trace_bound,
+            "error_scale": scale}
+
+
+def probe_estimator(phi: np.ndarray, probe_rows: np.ndarray, probe_columns: np.ndarray,
+                    residual: np.ndarray, rates: np.ndarray, t_eff: float,
+                    margin: float = ESTIMATE_MARGIN) -> ProbeEstimate:
+    """:class:`ProbeEstimate` of ``phi`` (N x m) from the probe columns ``Theta[:, P]``
+    (N x p), the residual ``f_0 - Y`` (N x K) and the row rates ``D`` (N,) of
+    :func:`mean_rates`; ``O(N m (m + p + K))`` once, then ``O(m^3 + T p m K)`` per rank."""
+    n = phi.shape[0]
+    rows = np.asarray(probe_rows)
+    d_phi = rates[:, None] * phi
+    cols_t = np.asarray(probe_columns).T
+    return ProbeEstimate(
+        theta_r0=cols_t @ residual, theta_dphi=cols_t @ d_phi, phi_p=phi[rows],
+        gram=phi.T @ d_phi, proj=phi.T @ residual,
+        row_scale=np.sqrt(n / max(rows.size, 1)) * rates[rows],
+        norm_r0=float(np.linalg.norm(residual)), t_eff=float(t_eff), margin=margin)
+
+
 # --------------------------------------------------------------------------- memory
 def evolve_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *,
                  padded_rows: int | None = None, acc_rows: int | None = None,
@@ -518,9 +630,10 @@ def lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: LowRankInputs,
     """``Trajectory.metadata`` of a low-rank prediction: the factor's facts, the a-priori
     error estimate and its scale, the form, and which network it is."""
     n, k, q_count = inp.y.shape[0], inp.y.shape[1], inp.w.shape[0]
-    scale = error_scale(inp.lr_q, inp.counts, float(inp.steps[-1]), algo)
-    low = dict(factor.describe(), error_estimate=error_estimate(factor, scale),
-               error_scale=scale, padded=bool(padded),
+    low = dict(factor.describe(), **trajectory_estimate(factor, inp.f0 - inp.y, inp.agent,
+                                                       inp.lr_q, inp.counts,
+                                                       float(inp.steps[-1]), algo),
+               padded=bool(padded),
                form="gram" if gram else "features",
                acc_rows=n if acc_rows is None else int(acc_rows),
                estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "

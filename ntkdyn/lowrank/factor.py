@@ -402,6 +402,10 @@ class LowRankFactor:
         The largest eigenvalue of ``F F^T`` dropped by the truncation (0 if none).
     info : dict
         Other facts (landmarks read, blocks, timings).
+    probe_rows : (p,) or None
+        Training rows drawn uniformly at random (without replacement) whose kernel columns
+        ``probe_columns = Theta[:, P]`` (N x p) feed the probe-row error estimate
+        (:func:`ntkdyn.lowrank.evolve.probe_estimator`, ``theory/low_rank.md`` section 3).
     """
 
     phi: np.ndarray
@@ -413,6 +417,8 @@ class LowRankFactor:
     residual_trace: float
     next_eigenvalue: float
     info: dict = field(default_factory=dict)
+    probe_rows: np.ndarray | None = None
+    probe_columns: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -432,7 +438,7 @@ class LowRankFactor:
             else self.phi_test[:, :rank], eigenvalues=self.eigenvalues[:rank],
             landmarks=self.landmarks, method=self.method, trace=self.trace,
             residual_trace=self.residual_trace, next_eigenvalue=max(nxt, 0.0),
-            info=dict(self.info))
+            info=dict(self.info), probe_rows=self.probe_rows, probe_columns=self.probe_columns)
 
     def describe(self) -> dict:
         return {"rank": self.rank, "method": self.method, "landmarks": int(len(self.landmarks)),
@@ -544,6 +550,9 @@ def factorize(
     reserve_per_rank: int = 0,
     oversample: float = 2.0,
     progress: bool = False,
+    probes: int | None = None,
+    estimate=None,
+    tol: float | None = None,
 ) -> LowRankFactor:
     """Factor the training kernel of ``source`` (see the module docstring).
 
@@ -555,30 +564,45 @@ def factorize(
     ``max_rank``.  The memory of the factor at the largest rank it may reach is checked first
     (:class:`LowRankTooLargeError`); ``reserve_per_rank`` adds bytes per coordinate needed
     afterwards.
+
+    ``probes`` kernel columns at training rows drawn uniformly at random are read first
+    (default :func:`probe_count`: at most a quarter of the landmarks, 64..256; ``0``: none)
+    and kept on the factor for the probe-row error estimate.  With ``estimate`` (a callable
+    ``estimate(phi, probe_rows, probe_columns) -> (rank -> float)``, e.g. built on
+    :func:`ntkdyn.lowrank.evolve.probe_estimator`) and ``tol`` instead of ``target_norm``,
+    landmarks are read until the estimate of the leading half of the factor's coordinates
+    is ``<= tol`` (checked whenever the number of columns has doubled), then the fewest
+    coordinates whose estimate is ``<= tol`` are kept (bisection on the rank).
     """
     import time
 
-    m_cap, r_cap = _factor_plan(source, rank, target_norm, max_rank, method, block,
-                                reserve_per_rank, oversample)
+    by_estimate = estimate is not None and tol is not None and rank is None
+    m_cap, r_cap = _factor_plan(source, rank, None if by_estimate else target_norm,
+                                max_rank, method, block, reserve_per_rank, oversample,
+                                auto=by_estimate)
     t0 = time.perf_counter()
     diag = np.asarray(source.diagonal(), dtype=np.float64)
     trace = float(diag.sum())
     scale = float(diag.max()) if source.n else 1.0
-    half = None if target_norm is None else 0.5 * target_norm
-    piv = _pivoted_cholesky(source, diag, m_cap, method, block, scale, half, seed, progress)
+    p_rows = np.sort(np.random.default_rng([seed, 1]).choice(
+        source.n, size=probe_count(source.n, m_cap, probes), replace=False))
+    p_cols = np.asarray(source.columns(p_rows), dtype=np.float64) if p_rows.size else None
+    t_probe = time.perf_counter() - t0
+    done = _stop_rule(target_norm, estimate if by_estimate else None, tol, p_rows, p_cols,
+                      block)
+    piv = _pivoted_cholesky(source, diag, m_cap, method, block, scale, done, seed, progress)
     t_cols = time.perf_counter() - t0
     residual_trace = max(trace - float(np.einsum("ij,ij->", piv.f, piv.f)), 0.0)
-    # eigen-coordinates: F^T F = V S V^T, Phi = F V
-    gram = piv.f.T @ piv.f
-    s, v = np.linalg.eigh((gram + gram.T) / 2)
-    s, v = np.maximum(s[::-1], 0.0), v[:, ::-1]
-    phi = piv.f @ v
+    s, v, phi = _rotate(piv.f)
     phi_test = None if piv.ft is None else piv.ft @ v
+    if by_estimate and p_cols is not None:
+        r = _rank_by_estimate(estimate(phi, p_rows, p_cols), phi.shape[1], tol, r_cap)
+    else:
+        r = _chosen_rank(rank, target_norm, residual_trace, s, r_cap)
     t_total = time.perf_counter() - t0
-    k = phi.shape[1]
-    r = _chosen_rank(rank, target_norm, residual_trace, s, r_cap)
-    nxt = float(s[r]) if r < k else 0.0
+    nxt = float(s[r]) if r < phi.shape[1] else 0.0
     info = {"landmarks_read": int(piv.reads), "blocks": int(piv.blocks), "block": int(block),
+            "probe_columns": int(p_rows.size), "seconds_probe": round(t_probe, 3),
             "seconds_columns": round(t_cols, 3), "seconds_total": round(t_total, 3),
             "reached_numerical_rank": bool(float(piv.d.max(initial=0.0)) <= PIVOT_RTOL * scale)}
     return LowRankFactor(
@@ -586,11 +610,74 @@ def factorize(
         phi_test=None if phi_test is None else np.ascontiguousarray(phi_test[:, :r]),
         eigenvalues=s[:r].copy(), landmarks=np.concatenate(piv.landmarks) if piv.landmarks
         else np.zeros(0, np.int64), method=method, trace=trace,
-        residual_trace=residual_trace, next_eigenvalue=nxt, info=info)
+        residual_trace=residual_trace, next_eigenvalue=nxt, info=info,
+        probe_rows=p_rows if p_cols is not None else None, probe_columns=p_cols)
+
+
+#: the probe rows: at most this fraction of the landmarks, within PROBE_MIN..PROBE_MAX
+PROBE_FRACTION, PROBE_MIN, PROBE_MAX = 0.25, 64, 256
+
+
+def probe_count(n: int, landmarks: int, probes: int | None = None) -> int:
+    """Probe rows for ``landmarks`` landmark columns: ``probes`` if given (``0``: none),
+    else ``clip(landmarks / 4, 64, 256)``, at most ``n``."""
+    if probes is None:
+        probes = int(np.clip(np.ceil(PROBE_FRACTION * landmarks), PROBE_MIN, PROBE_MAX))
+    if isinstance(probes, bool) or not isinstance(probes, int | np.integer) or probes < 0:
+        raise ValueError(f"probes: expected a non-negative integer, got {probes!r}")
+    return int(min(n, probes))
+
+
+def _rotate(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigen-coordinates: ``F^T F = V S V^T`` (descending), ``Phi = F V``."""
+    gram = f.T @ f
+    s, v = np.linalg.eigh((gram + gram.T) / 2)
+    s, v = np.maximum(s[::-1], 0.0), v[:, ::-1]
+    return s, v, f @ v
+
+
+def _stop_rule(target_norm, estimate, tol, p_rows, p_cols, block: int):
+    """When :func:`_pivoted_cholesky` stops reading landmarks (``None``: at its cap):
+    residual trace ``<= target_norm / 2``, or the probe-row estimate of the factor's
+    ``k // 2`` leading coordinates ``<= tol`` (``k`` columns read: the 2x oversampling of a
+    fixed rank), evaluated each time ``k`` has doubled (from ``2 block``)."""
+    if estimate is not None and p_cols is not None:
+        state = {"next": 2 * block}
+
+        def done(f, d):
+            k = f.shape[1]
+            if k < state["next"]:
+                return False
+            state["next"] = 2 * k
+            return estimate(_rotate(f)[2], p_rows, p_cols)(max(1, k // 2)) <= tol
+
+        return done
+    if target_norm is None:
+        return None
+    half = 0.5 * target_norm
+    return lambda f, d: max(float(d.sum()), 0.0) <= half
+
+
+def _rank_by_estimate(per_rank, k: int, tol: float, r_cap: int) -> int:
+    """The fewest ``r`` in ``1..min(k, r_cap)`` with ``per_rank(r) <= tol`` (bisection, the
+    estimate falling with the rank), or the cap when none."""
+    hi = min(k, r_cap)
+    if hi <= 0:
+        return 0
+    if per_rank(hi) > tol:
+        return hi
+    lo = 0  # per_rank(lo) > tol or lo == 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if per_rank(mid) <= tol:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _factor_plan(source: KernelColumns, rank, target_norm, max_rank, method: str, block,
-                 reserve_per_rank: int, oversample) -> tuple[int, int]:
+                 reserve_per_rank: int, oversample, auto: bool = False) -> tuple[int, int]:
     """Check the arguments of :func:`factorize` and the memory of the factor at the largest
     rank it may reach; return the most landmarks to read and the largest rank to keep."""
     if method not in METHODS:
@@ -598,7 +685,7 @@ def _factor_plan(source: KernelColumns, rank, target_norm, max_rank, method: str
     if isinstance(block, bool) or not isinstance(block, int | np.integer) or block < 1:
         raise ValueError(f"block: expected a positive integer, got {block!r}")
     n, n_test = source.n, source.n_test
-    if rank is None and target_norm is None:
+    if rank is None and target_norm is None and not auto:
         raise ValueError("rank: give a rank or a target_norm")
     if rank is not None:
         rank = check_rank(rank, n)
@@ -631,13 +718,13 @@ class _Pivots:
 
 
 def _pivoted_cholesky(source: KernelColumns, diag: np.ndarray, m_cap: int, method: str,
-                      block: int, scale: float, half: float | None, seed: int,
+                      block: int, scale: float, done, seed: int,
                       progress: bool) -> _Pivots:
     r"""Block (randomly) pivoted Cholesky: read ``block`` kernel columns at a time (chosen by
     ``method`` from the residual diagonal ``d``), orthogonalise them against the factor so
     far, ``G = Theta[:, I] - F F[I]^T``, and append ``G V / sqrt(lambda)`` for the
     eigenpairs of ``G[I]`` above ``PIVOT_RTOL * scale``.  Stops at ``m_cap`` columns, when
-    ``trace(d) <= half`` (``target_norm / 2``) or at the kernel's numerical rank."""
+    ``done(F, d)`` (:func:`_stop_rule`) or at the kernel's numerical rank."""
     n, n_test = source.n, source.n_test
     d = diag.copy()
     rng = np.random.default_rng(seed)
@@ -653,7 +740,7 @@ def _pivoted_cholesky(source: KernelColumns, diag: np.ndarray, m_cap: int, metho
         from tqdm.auto import tqdm
         bar = tqdm(total=m_cap, unit="col", desc="low-rank factor")
     while k < m_cap:
-        if half is not None and max(float(d.sum()), 0.0) <= half:
+        if done is not None and done(f[:, :k], d):
             break
         b = min(block, m_cap - k)
         if method == "uniform":

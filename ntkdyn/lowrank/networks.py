@@ -364,7 +364,8 @@ def predict_random_lowrank(
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
         desc=f"low-rank {algo.name}, {p} networks", runner=runner)
-    inp_k = dataclasses.replace(inp, y=inp.y[:, :k])
+    # the metadata (and its error estimate) describe the mean network's K columns
+    inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=inp.f0[:, :k])
     meta = lowrank_metadata(factor, algo, inp_k, padded=not gram and stacked
                             and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
                             given_f0=False, metadata=metadata)
