@@ -338,6 +338,21 @@ def test_analytic_columns_full_rank_equal_exact_path(method):
         assert np.max(np.abs(getattr(exact, f) - getattr(low, f))) <= 1e-9, f
 
 
+def test_factor_bytes_counts_the_probe_columns():
+    """The memory estimate of the factor includes the probe columns the error estimate reads
+    (``N p`` float64, ``p = probe_count(N, m)``: 64 at 100 landmarks, 256 at 4,096), and
+    ``probes=0`` removes exactly that term; the probe count is the one factorize uses."""
+    for n, m in ((500, 100), (20_000, 4_096)):
+        p = lowrank.probe_count(n, m)
+        assert p == (64 if m == 100 else 256)
+        assert (lowrank.factor_bytes(n, 0, m) - lowrank.factor_bytes(n, 0, m, probes=0)
+                == 8 * n * p)
+    rng = np.random.default_rng(0)
+    source = lowrank.analytic_columns(rng.normal(size=(300, 4)), hidden_layers=1)
+    factor = lowrank.factorize(source, 40)
+    assert factor.info["probe_columns"] == lowrank.probe_count(300, 80)
+
+
 def test_refusal_when_factor_does_not_fit(monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 4))

@@ -471,11 +471,15 @@ def check_tol(tol) -> float:
 
 
 # --------------------------------------------------------------------------- memory
-def factor_bytes(n: int, n_test: int, m: int, block: int = DEFAULT_BLOCK) -> int:
+def factor_bytes(n: int, n_test: int, m: int, block: int = DEFAULT_BLOCK,
+                 probes: int | None = None) -> int:
     """Peak bytes of :func:`factorize` at ``m`` landmarks: ``F`` and ``F_T`` twice (the
     eigen-rotation writes a copy), one block of columns with its residual (``3 (N + M) b``),
-    and the m x m Gram matrix with its eigenvectors (``3 m^2``); float64."""
-    return int(8 * (2 * (n + n_test) * m + 3 * (n + n_test) * block + 3 * m * m + 4 * n))
+    the m x m Gram matrix with its eigenvectors (``3 m^2``) and the probe columns of the
+    error estimate (``N p``, ``p = probe_count(N, m, probes)``); float64."""
+    p = probe_count(n, m, probes) if n else 0
+    return int(8 * (2 * (n + n_test) * m + 3 * (n + n_test) * block + 3 * m * m + 4 * n
+                    + n * p))
 
 
 def max_fitting_rank(n: int, n_test: int, available: int, block: int = DEFAULT_BLOCK,
