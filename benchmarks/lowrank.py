@@ -40,6 +40,16 @@ run is a child process; the data alone are about ``rss_before_gb`` of it)::
     python benchmarks/lowrank.py --accuracy --n-train 8192 --n-test 2048 --agents 32 \
         --p 0.2 --steps 300 --records 30 --ranks 64,128,256,512,1024 --tols 0.5,0.1
 
+``--f0 mean`` / ``--f0 random`` times the XL configuration as a user runs it today,
+through ``nd.predict(arch, parts, W, ..., kernel="analytic", rank="auto", tol=...,
+max_rank=...)`` (the public entry point; ``f0="random"``, its default, predicts one random
+network from ``--samples`` NNGP draws, ``None``: the default count): factor seconds
+(``metadata["low_rank"]["seconds_total"]``) and the rest of the call, peak RSS, the rank,
+the probe-row ``error_estimate`` and the trace estimate ``error_bound_trace``, the final
+network-mean test loss (and its 5-95 % band over initialisations for ``random``).  Without
+``--f0`` the XL run calls ``lowrank.factorize`` / ``predict_lowrank`` directly (trace stopping
+rule, ``acc_rows``), as the figures measured before the probe-row estimate.
+
 ``--case emp=WIDTH --n-train N --json out.json`` times the rank-``--emp-rank`` factor of
 the *empirical* NTK of a depth-2 width-WIDTH MLP from column blocks
 (``lowrank.empirical_columns``) and reports its peak resident set.
@@ -185,6 +195,51 @@ def empirical_case(args, x, xt) -> dict:
             "peak_rss_gb": round(int(hwm.split()[1]) / 2**20, 2)}
 
 
+def user_case(args, x, y, xt, yt, w) -> dict:
+    """``--f0 mean|random``: the XL configuration through ``nd.predict`` (rank ``"auto"``),
+    agents as the low-level XL run (``permutation(N) % Q``, seed 1); seconds, peak RSS,
+    the low-rank metadata and the final test loss (with its 5-95 % band for ``random``)."""
+    import ntkdyn as nd
+
+    q = args.agents
+    agent = np.random.default_rng(1).permutation(len(x)) % q
+    data = nd.data.from_arrays(x, y.argmax(1), xt, yt.argmax(1), standardise=False)
+    parts = nd.data.partition(data, q, "given", agent=agent)
+    arch = nd.models.MLP(hidden=(1024, 1024), out=args.classes)
+    steps = np.linspace(0, args.steps, args.records + 1).round().astype(int)
+    t0 = time.perf_counter()
+    traj = nd.predict(arch, parts, w, lr=args.lr, steps=steps, kernel="analytic",
+                      rank="auto", tol=args.tol, max_rank=args.max_rank, f0=args.f0,
+                      samples=args.samples if args.f0 == "random" else None,
+                      progress=False)
+    total = time.perf_counter() - t0
+    low = traj.metadata["low_rank"]
+    fac_s = float(low.get("seconds_total", 0.0))
+    draws = low.get("f0_draws") or {}
+    nngp_s = float(draws.get("seconds") or 0.0)
+    out = {"f0": args.f0, "n_train": len(x), "n_test": len(xt), "rank": low["rank"],
+           "landmarks": low.get("landmarks"), "form": low.get("form"),
+           "factor_s": round(fac_s, 1), "nngp_factor_s": round(nngp_s, 1),
+           "predict_s": round(total - fac_s - nngp_s, 1), "total_s": round(total, 1),
+           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+           "error_estimate": low["error_estimate"],
+           "error_estimate_kind": low.get("error_estimate_kind"),
+           "error_bound_trace": low.get("error_bound_trace"),
+           "probe_columns": low.get("probe_columns"), "tol_reached": low.get("tol_reached"),
+           "samples": draws.get("samples"), "status": traj.status,
+           "final_test_loss": float(traj.network_mean("test_loss")[-1]),
+           "final_test_acc": float(traj.network_mean("test_acc")[-1])}
+    if args.f0 == "random":
+        lo, hi = (np.asarray(b) for b in traj.band("test_loss", 0.05, 0.95, over="init"))
+        lo, hi = (b.mean(axis=1) if b.ndim == 2 else b for b in (lo, hi))
+        out["final_test_loss_band"] = [float(lo[-1]), float(hi[-1])]
+        mean_net = getattr(traj, "mean_network", None)
+        if mean_net is not None:
+            out["mean_network_final_test_loss"] = float(
+                mean_net.network_mean("test_loss")[-1])
+    return out
+
+
 def accuracy_study(args, argv) -> dict:
     """Exact path, then the low-rank path at each rank and each ``tol``, each in a child
     process (:func:`run_case`); the pointwise relative errors against the exact path."""
@@ -244,6 +299,10 @@ def main(argv=None) -> int:
     p.add_argument("--emp-rank", type=int, default=512,
                    help="--case emp=WIDTH: rank of the empirical-kernel factor")
     p.add_argument("--json", default=None)
+    p.add_argument("--f0", choices=("mean", "random"), default=None,
+                   help="XL run through nd.predict (rank='auto') with this f0")
+    p.add_argument("--samples", type=int, default=None,
+                   help="--f0 random: sampled networks (None: nd.predict's default)")
     p.add_argument("--outputs-dir", default=None,
                    help="--accuracy: keep the exact training outputs there and report each "
                         "run's output_error, max_{t,q} ||f_q - f~_q|| / ||Y|| (the quantity "
@@ -280,6 +339,11 @@ def main(argv=None) -> int:
             del child_argv[i:i + 2]
         result["accuracy_study"] = accuracy_study(args, child_argv)
         args.skip_xl, args.exact_n = True, 0
+
+    if args.f0 and not args.skip_xl:
+        result["xl_user"] = user_case(args, x, y, xt, yt, w)
+        print(json.dumps(result["xl_user"], indent=1), flush=True)
+        args.skip_xl = True
 
     if not args.skip_xl:
         n, m = args.n_train, args.n_test

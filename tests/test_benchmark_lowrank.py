@@ -1,0 +1,47 @@
+"""``benchmarks/lowrank.py --f0 mean|random`` (the XL configuration through ``nd.predict``)
+runs end to end at tiny sizes and reports the figures the README quotes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--n-train", "240", "--n-test", "60", "--agents", "6", "--p", "0.6", "--steps", "10",
+        "--records", "2", "--max-rank", "32", "--exact-n", "0", "--samples", "4"]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_lowrank",
+                                                  ROOT / "benchmarks" / "lowrank.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # about 10 s of CPU (two tiny low-rank predictions, JAX compilation)
+def test_lowrank_benchmark_f0_flag(tmp_path):
+    """Both runs go through ``nd.predict`` on the low-rank path: probe-row estimate and
+    trace estimate reported, rank <= max_rank; ``random`` reports ``samples`` networks and
+    a 5-95 % band with lower <= upper, and its mean network's final test loss equals the
+    ``mean`` run's (same factor, same seed: relative 1e-9)."""
+    bench, res = _bench(), {}
+    for f0 in ("mean", "random"):
+        out = tmp_path / f"{f0}.json"
+        assert bench.main([*TINY, "--f0", f0, "--json", str(out)]) == 0
+        res[f0] = json.loads(out.read_text())["xl_user"]
+    for row in res.values():
+        assert row["error_estimate_kind"] == "probe rows"
+        assert row["error_bound_trace"] is not None and row["error_estimate"] > 0
+        assert 1 <= row["rank"] <= 32 and row["status"] == "ok"
+        assert row["total_s"] >= row["factor_s"] > 0 and row["peak_rss_gb"] > 0
+    mean, rnd = res["mean"], res["random"]
+    assert mean["samples"] is None and rnd["samples"] == 4 and rnd["f0"] == "random"
+    lo, hi = rnd["final_test_loss_band"]
+    assert lo <= hi and rnd["nngp_factor_s"] > 0
+    assert rnd["rank"] == mean["rank"]
+    assert rnd["mean_network_final_test_loss"] == pytest.approx(mean["final_test_loss"],
+                                                                rel=1e-9)
