@@ -211,7 +211,7 @@ def user_case(args, x, y, xt, yt, w) -> dict:
     traj = nd.predict(arch, parts, w, lr=args.lr, steps=steps, kernel="analytic",
                       rank="auto", tol=args.tol, max_rank=args.max_rank, f0=args.f0,
                       samples=args.samples if args.f0 == "random" else None,
-                      progress=False)
+                      progress=args.progress)
     total = time.perf_counter() - t0
     low = traj.metadata["low_rank"]
     fac_s = float(low.get("seconds_total", 0.0))
@@ -301,6 +301,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--f0", choices=("mean", "random"), default=None,
                    help="XL run through nd.predict (rank='auto') with this f0")
+    p.add_argument("--progress", action="store_true", help="--f0: nd.predict's progress bar")
     p.add_argument("--samples", type=int, default=None,
                    help="--f0 random: sampled networks (None: nd.predict's default)")
     p.add_argument("--outputs-dir", default=None,
