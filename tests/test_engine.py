@@ -91,3 +91,19 @@ def test_chunks_cover_the_schedule_once_and_trim_drops_the_padding(total, chunk)
     np.testing.assert_array_equal(concatenate(pieces)["n"], sched[0])
     phases = trim({"r": np.arange(12).reshape(3, 2, 2)}, 1, 2)["r"]
     assert phases.shape == (4, 2)  # (n, P, ...) -> (n P, ...) after dropping one entry
+
+
+def test_balanced_chunk_pads_fewer_records_with_the_same_calls():
+    """``balanced_chunk`` keeps the number of compiled calls of ``chunk`` and pads fewer
+    records than there are calls (51 records at 25: 17 each, no padding; the old 25 padded
+    24); every length fits ``chunk`` and covers ``total``."""
+    from ntkdyn.engine import balanced_chunk
+
+    assert balanced_chunk(51, 25) == 17 and balanced_chunk(101, 25) == 21
+    assert balanced_chunk(5, 25) == 5 and balanced_chunk(0, 25) == 1
+    for total in range(1, 300):
+        for chunk in (1, 7, 25, 64):
+            c = balanced_chunk(total, chunk)
+            calls = -(-total // chunk)
+            assert 1 <= c <= chunk and -(-total // c) == calls
+            assert calls * c - total < calls

@@ -67,7 +67,7 @@ from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, Operators
 from ntkdyn.dynamics import sharding
 from ntkdyn.dynamics.problem import KernelProblem
-from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
+from ntkdyn.engine import balanced_chunk, concatenate, padded_chunks, scan_records, trim
 from ntkdyn.losses import accuracy, sample_loss
 
 #: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
@@ -1300,7 +1300,7 @@ def _run_chunks(carry, data: dict, static: dict, n_sub: np.ndarray, h: np.ndarra
     """Run the schedule ``chunk`` records per compiled call (:func:`_run_chunk`), with a
     progress bar when ``desc`` is given; stops early once every rate has diverged."""
     algorithm = static["algorithm"]
-    chunk = max(1, min(chunk, len(n_sub)))
+    chunk = balanced_chunk(len(n_sub), chunk)  # fewest padded records
     pieces = []
     bar = None
     if desc is not None:

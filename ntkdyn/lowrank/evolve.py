@@ -43,7 +43,7 @@ from ntkdyn._utils.checks import (
     steps_array,
 )
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
-from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
+from ntkdyn.engine import balanced_chunk, concatenate, padded_chunks, scan_records, trim
 from ntkdyn.lowrank.factor import LowRankFactor
 from ntkdyn.trajectory import Trajectory
 
@@ -518,7 +518,7 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
     state = x0 if algo.init is None else init_fn(x0, data, **static)
     carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
-    chunk = max(1, min(chunk, len(steps)))
+    chunk = balanced_chunk(len(steps), chunk)  # fewest padded records
     per = algo.records_per_step
     pieces = []
     bar = None
