@@ -660,6 +660,7 @@ def predict(
     batch_sampling: str = "epoch",
     width: int | None = None,
     width_samples: int = 16,
+    acc_rows: int | None = None,
 ) -> Trajectory:
     """Predict per-agent training and test dynamics of ``arch`` trained peer to peer.
 
@@ -721,11 +722,17 @@ def predict(
     ``theory/low_rank.md``): ``Theta ~ Phi Phi^T`` of rank ``r`` from column blocks of the
     analytic NTK of an :class:`~ntkdyn.models.MLP` (never N x N), then the same schedule
     on the ``r`` feature coordinates, O(N r K) per step.  With ``"auto"`` the rank is the
-    smallest whose a-priori error estimate
-    ``T_eff max_q(eta_q / N_q) (trace(E) + S_{r+1})`` of the training outputs (relative
-    to ``||f_0 - Y||``) is ``<= tol`` (default ``1e-3``), capped by ``max_rank`` and the
-    memory available.  ``metadata["low_rank"]`` holds the rank, the method, the error
-    estimate and the factor's facts.  The low-rank path takes a static mixing matrix,
+    smallest whose a-priori error estimate of the training outputs (relative to
+    ``||f_0 - Y||``; the probe-row estimate ``2 sum_s ||D E r~_s||`` sampled on a few
+    kernel columns, ``theory/low_rank.md`` section 3; ``metadata["low_rank"]
+    ["error_bound_trace"]`` keeps the looser trace bound) is ``<= tol`` (default ``1e-3``),
+    capped by ``max_rank`` and the memory available.  ``metadata["low_rank"]`` holds the
+    rank, the method, the error estimate and the factor's facts.  ``acc_rows`` (low-rank
+    path only; default ``None``, every training row): score the training accuracies on
+    that many training rows drawn with ``seed`` (a sample estimate; the losses and
+    distances stay exact on the factor), since with one random network the accuracies of
+    every network on every row dominate the cost at data-set scale
+    (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix,
     the squared loss, discrete steps and float64.  With ``kernel="empirical"`` it factors
     the empirical NTK of the given network (``params``, or initialised with ``seed``; its
     own ``f_0``) from column blocks: the layerwise formula for an MLP, Jacobian-vector
@@ -801,6 +808,9 @@ def predict(
     kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
                                         batch_size=batch_size, continuous=continuous,
                                         devices=devices, exact=not low_rank and path == "kernel")
+    if acc_rows is not None and (not low_rank or path != "kernel"):
+        raise ValueError(f"acc_rows: only used with the low-rank path (rank='auto' or an "
+                         f"integer, path='kernel'), got acc_rows={acc_rows!r}")
     if path != "kernel":
         _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
                            max_rank=max_rank, continuous=continuous,
@@ -817,7 +827,7 @@ def predict(
                                 max_rank=max_rank, seed=seed, params=params, f0=f0,
                                 record_outputs=record_outputs, progress=progress,
                                 reference=reference, metadata=meta, kernel=kernel,
-                                samples=samples)
+                                samples=samples, acc_rows=acc_rows)
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
@@ -1027,7 +1037,8 @@ def lowrank_source(arch: Any, kernel: str, params: Any, x_train: np.ndarray,
 
 def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,
                      max_rank, seed, params, f0, record_outputs, progress, reference,
-                     metadata, kernel: str = "analytic", samples=None) -> Trajectory:
+                     metadata, kernel: str = "analytic", samples=None,
+                     acc_rows: int | None = None) -> Trajectory:
     """:func:`predict` on the low-rank path: the column source of :func:`lowrank_source`
     and :func:`ntkdyn.lowrank.predict`, in the caller's sample order; ``f0="random"``: the
     NNGP columns on the pooled inputs (:func:`ntkdyn.lowrank.analytic_columns`,
@@ -1055,7 +1066,8 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
         source, data.y_train, parts.agent, np.asarray(mixing, dtype=float), lr, steps,
         algorithm, rank=rank, tol=tol, max_rank=max_rank, seed=seed, f0_train=f0_train,
         y_test=data.y_test if has_test else None, f0_test=f0_test, reference=reference,
-        record_outputs=record_outputs, progress=progress, metadata=metadata, **extra)
+        record_outputs=record_outputs, progress=progress, metadata=metadata,
+        acc_rows=acc_rows, **extra)
 
 
 def predict_sweep(

@@ -739,3 +739,25 @@ def test_factor_without_probe_columns_reports_the_trace_estimate():
     assert low["error_estimate"] < low["error_bound_trace"]
     with pytest.raises(ValueError, match="^probes: "):
         lowrank.factorize(src, 8, probes=-1)
+
+
+def test_nd_predict_acc_rows_on_the_low_rank_path(digits_problem):
+    """``nd.predict(..., rank=..., acc_rows=m)`` scores the training accuracies on ``m``
+    training rows (``metadata["low_rank"]["acc_rows"] == m``) and leaves every loss and
+    distance unchanged (1e-12); the mean network and one random network alike.  Without
+    the low-rank path ``acc_rows`` is a ValueError naming it."""
+    import ntkdyn as nd
+
+    _, parts, w, arch = digits_problem
+    for f0 in ("mean", "random"):
+        kw = dict(kernel="analytic", rank=20, f0=f0)
+        kw |= {"samples": 4} if f0 == "random" else {}
+        full = nd.predict(arch, parts, w, 0.5, "dgd", [0, 5, 10], **kw)
+        part = nd.predict(arch, parts, w, 0.5, "dgd", [0, 5, 10], acc_rows=17, **kw)
+        assert part.metadata["low_rank"]["acc_rows"] == 17
+        assert full.metadata["low_rank"]["acc_rows"] == parts.dataset.num_train
+        for m in ("train_loss", "test_loss", "param_dist", "consensus_dist", "test_acc"):
+            np.testing.assert_allclose(getattr(part, m), getattr(full, m), rtol=1e-12,
+                                       atol=1e-14, err_msg=f"{f0} {m}")
+    with pytest.raises(ValueError, match="acc_rows"):
+        nd.predict(arch, parts, w, 0.5, "dgd", [0, 5], acc_rows=17)
