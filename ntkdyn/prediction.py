@@ -1014,6 +1014,17 @@ def _predict_primal(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *
         metadata=dict(metadata, kernel="empirical"))
 
 
+def lowrank_nngp_source(arch: Any, x_train: np.ndarray, x_test: np.ndarray | None):
+    """The analytic NNGP columns of ``arch`` on the pooled inputs ``[x_train; x_test]``
+    (:func:`ntkdyn.lowrank.analytic_columns`, ``kernel="nngp"``), from which the low-rank
+    path draws one random network's ``f_0`` (:func:`ntkdyn.lowrank.networks.nngp_draws`)."""
+    from ntkdyn import lowrank
+
+    pooled = x_train if x_test is None else np.concatenate([x_train, x_test])
+    return lowrank.analytic_columns(pooled, hidden_layers=arch.depth, activation=arch.act,
+                                    W_std=arch.W_std, b_std=arch.b_std, kernel="nngp")
+
+
 def lowrank_source(arch: Any, kernel: str, params: Any, x_train: np.ndarray,
                    x_test: np.ndarray | None):
     """The kernel-column source of the low-rank path (:mod:`ntkdyn.lowrank.factor`):
@@ -1058,10 +1069,8 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
         f0_test = _apply(arch, params, data.x_test) if has_test else None
     extra = {}
     if f0 == "random":
-        pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
-        extra = dict(samples=samples, nngp=lowrank.analytic_columns(
-            pooled, hidden_layers=arch.depth, activation=arch.act, W_std=arch.W_std,
-            b_std=arch.b_std, kernel="nngp"))
+        extra = dict(samples=samples, nngp=lowrank_nngp_source(
+            arch, data.x_train, data.x_test if has_test else None))
     return lowrank.predict(
         source, data.y_train, parts.agent, np.asarray(mixing, dtype=float), lr, steps,
         algorithm, rank=rank, tol=tol, max_rank=max_rank, seed=seed, f0_train=f0_train,

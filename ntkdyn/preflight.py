@@ -38,6 +38,7 @@ from ntkdyn.prediction import (
     build_problem,
     build_problem_and_nngp,
     init_draws,
+    lowrank_nngp_source,
     lowrank_source,
     resolve_f0,
 )
@@ -574,9 +575,7 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
     kw = dict(y_test=data.y_test if has_test else None, reference=False, seed=cfg.seed)
     one = None
     if f0 == "random":
-        pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
-        nngp = lowrank.analytic_columns(pooled, hidden_layers=arch.depth, activation=arch.act,
-                                        W_std=arch.W_std, b_std=arch.b_std, kernel="nngp")
+        nngp = lowrank_nngp_source(arch, data.x_train, data.x_test if has_test else None)
         draws, _ = networks.nngp_draws(nngp, data.num_train,
                                        cfg.prediction.samples or DEFAULT_NETWORKS, cfg.seed,
                                        rank=factor.rank)
