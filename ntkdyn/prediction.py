@@ -811,6 +811,11 @@ def predict(
     if acc_rows is not None and (not low_rank or path != "kernel"):
         raise ValueError(f"acc_rows: only used with the low-rank path (rank='auto' or an "
                          f"integer, path='kernel'), got acc_rows={acc_rows!r}")
+    if acc_rows is not None:  # before the factor: the same rule lowrank_inputs applies
+        n = parts.dataset.num_train
+        if isinstance(acc_rows, bool) or not isinstance(acc_rows, int | np.integer) or \
+                not 1 <= acc_rows <= n:
+            raise ValueError(f"acc_rows: expected an integer in [1, {n}], got {acc_rows!r}")
     if path != "kernel":
         _check_primal_call(arch, parts, mixing, path=path, kernel=kernel, rank=rank, tol=tol,
                            max_rank=max_rank, continuous=continuous,

@@ -761,3 +761,15 @@ def test_nd_predict_acc_rows_on_the_low_rank_path(digits_problem):
                                        atol=1e-14, err_msg=f"{f0} {m}")
     with pytest.raises(ValueError, match="acc_rows"):
         nd.predict(arch, parts, w, 0.5, "dgd", [0, 5], acc_rows=17)
+    # a bad value is refused before the factor is read (no kernel column computed)
+    import ntkdyn.lowrank as lr_mod
+
+    def no_factor(*a, **k):
+        raise AssertionError("factorised before checking acc_rows")
+
+    for bad in (0, -3, 2.5, True, parts.dataset.num_train + 1):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(lr_mod, "choose_factor", no_factor)
+            with pytest.raises(ValueError, match=r"acc_rows: expected an integer in \[1, "):
+                nd.predict(arch, parts, w, 0.5, "dgd", [0, 5], rank=20, f0="mean",
+                           acc_rows=bad)
