@@ -43,9 +43,14 @@ being in the joint init+batch band of the infinite-width prediction
 full batch, the finite-width shift of the mean measured against the infinite-width
 *full-batch* prediction from the same standard-normal draws (kept as
 ``width_draws["paired/<metric>"]``; against the SGD draws the shift would absorb the
-batch noise's excess loss).  With cross-entropy ``softmax(f)`` is not linear in ``f``, the
-expected SGD trajectory is not full-batch training, and ``width=`` with ``batch_size > 0``
-is refused (``theory/finite_width.md`` section 6).
+batch noise's excess loss).  With cross-entropy ``softmax(f)`` is not linear in ``f`` and
+the expected SGD trajectory is not full-batch training (no closed form).  The width draws
+then run **mini-batch SGD** on each width-``n`` kernel with the infinite-width prediction's
+own sampled networks: network ``i`` from the same standard-normal draw ``z_i``
+(``f_0 = L_s z_i``) and on the same batch sequence ``i`` (same ``seed``), width draw ``s``
+being their mean; the paired draws are the infinite-width prediction's draws themselves
+(same ``z_i``, same sequences), so the shift of the mean is measured with the init and
+batch noise common to both sides (``theory/finite_width.md`` section 7).
 
 Costs: ``S`` runs of the kernel-space solver (each as one plain prediction) plus ``S``
 empirical kernels; the data, the mixing, the draws ``z`` and the compiled solver steps
@@ -74,8 +79,9 @@ DEFAULT_WIDTHS = (128, 256, 512)
 WIDTH_FOR_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc")
 
 __all__ = ["DEFAULT_WIDTHS", "DEFAULT_WIDTH_SAMPLES", "WidthEstimate", "check_width_call",
-           "empirical_nngp", "half_width", "network_params", "width_arch", "width_draws",
-           "width_draws_sweep", "width_for", "with_width_band"]
+           "empirical_nngp", "half_width", "network_params", "paired_sgd_draws",
+           "sgd_width_words", "width_arch", "width_draws", "width_draws_sweep", "width_for",
+           "with_width_band"]
 
 
 def _is_int(v) -> bool:
@@ -87,8 +93,9 @@ def check_width_call(arch: Any, *, width, samples, kernel: str = "analytic", f0:
                      mixing=None, other_path: bool = False) -> None:
     """``ValueError`` naming ``width`` (or ``width_samples``) for what the finite-width band
     does not take: an :class:`~ntkdyn.models.MLP` with hidden layers, the analytic kernel,
-    ``f0`` ``"random"`` or ``"mean"``, full batch or mini-batch SGD with the squared loss
-    (not with cross-entropy), static or periodic mixing, the exact path."""
+    ``f0`` ``"random"`` or ``"mean"``, full batch or mini-batch SGD (either loss), static or
+    periodic mixing, the exact path.  ``loss`` and ``batch_size`` are accepted for the
+    callers; every value of them is taken."""
     from ntkdyn.graphs.sequences import is_process
 
     if not _is_int(width) or width < 1:
@@ -109,12 +116,6 @@ def check_width_call(arch: Any, *, width, samples, kernel: str = "analytic", f0:
         why = "the finite-width band is over networks; params= / f0='network' is one network"
     elif f0 not in ("random", "zero", "mean"):
         why = f"f0 must be 'random' or 'mean', got {f0!r}"
-    elif batch_size and loss != "mse":
-        why = (f"mini-batch SGD (batch_size > 0) with loss={loss!r} is not combined with the "
-               "finite-width band: its width draws run each kernel's full-batch dynamics, "
-               "the expected SGD trajectory only for the squared loss (softmax(f) is not "
-               "linear in f, so batch noise moves the mean); use loss='mse' or "
-               "batch_size=0")
     elif mixing is not None and is_process(mixing) and getattr(mixing, "random", False):
         why = "random mixing sequences are not combined with the finite-width band"
     elif other_path:
@@ -155,22 +156,32 @@ def empirical_nngp(arch: MLP, params, x: np.ndarray) -> np.ndarray:
 def width_draws(arch: MLP, parts: Partition, mixing, lr, algorithm, steps, *, width: int,
                 samples: int = DEFAULT_WIDTH_SAMPLES, seed: int = 0, f0: str = "random",
                 init_samples: int | None = None, continuous: bool = False,
-                loss: str = "mse", logit_scale: float = 1.0) -> tuple[dict, dict]:
+                loss: str = "mse", logit_scale: float = 1.0, batch_size: int = 0,
+                batch_sampling: str = "epoch") -> tuple[dict, dict]:
     """Per-agent metrics ``(S, T, Q)`` of the prediction with the empirical kernels of
     ``samples`` networks of width ``width`` (seeds ``seed .. seed + S - 1``), and facts
     about the run (``metadata["finite_width"]``).  Records after a sample diverged are
     NaN.  ``f0``: ``"random"`` (the mean over ``init_samples`` sampled initial outputs
-    per kernel, the same standard-normal draws for every kernel) or ``"mean"``."""
+    per kernel, the same standard-normal draws for every kernel) or ``"mean"``.
+
+    ``batch_size > 0``: with the squared loss the draws run full batch (the expected SGD
+    trajectory, module doc); with cross-entropy every kernel runs mini-batch SGD with
+    the sampled batch sequences of the infinite-width prediction (``seed``;
+    ``init_samples`` of them, network ``i`` from ``z_i`` on sequence ``i``, or with
+    ``f0="mean"`` that many sequences from ``f_0 = 0``, default 64), the draw being the
+    mean over them (``info["dynamics"]``; ``theory/finite_width.md`` section 7)."""
     return width_draws_sweep(arch, parts, mixing, [lr], algorithm, steps, width=width,
                              samples=samples, seed=seed, f0=f0, init_samples=init_samples,
-                             continuous=continuous, loss=loss, logit_scale=logit_scale)[0]
+                             continuous=continuous, loss=loss, logit_scale=logit_scale,
+                             batch_size=batch_size, batch_sampling=batch_sampling)[0]
 
 
 def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algorithm, steps,
                       *, width: int, samples: int = DEFAULT_WIDTH_SAMPLES, seed: int = 0,
                       f0: str = "random", init_samples: int | None = None,
                       continuous: bool = False, loss: str = "mse",
-                      logit_scale: float = 1.0) -> list[tuple[dict, dict]]:
+                      logit_scale: float = 1.0, batch_size: int = 0,
+                      batch_sampling: str = "epoch") -> list[tuple[dict, dict]]:
     """:func:`width_draws` for several learning rates: one ``(draws, info)`` per rate, every
     rate sharing each network's kernels and kernel reads (one batched run per network, as
     :func:`ntkdyn.predict_sweep`)."""
@@ -195,6 +206,9 @@ def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algori
     independent = loss != "mse"  # cross-entropy: K columns per network (random_init)
     count = ((random_init.DEFAULT_INDEPENDENT_NETWORKS if independent else
               random_init.DEFAULT_NETWORKS) if init_samples is None else init_samples)
+    sgd = bool(batch_size) and loss != "mse"  # squared loss: full batch = expected SGD
+    sgd_kw = dict(batch_size=int(batch_size), batch_sampling=batch_sampling,
+                  samples=count if random else init_samples) if sgd else {}
     pooled = np.concatenate([data.x_train, data.x_test]) if has_test else data.x_train
     runs = []  # runs[s][r]: network s at rate r
     seeds = [int(seed) + s for s in range(samples)]
@@ -211,9 +225,33 @@ def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algori
                 outputs=problem.num_outputs if independent else 1), nngp=None)
         runs.append(run_problem(problem, algorithm, lrs, steps, continuous=continuous,
                                 reference=False, init=init, seed=seed,
-                                metadata={"kernel": "empirical", "width": int(width)}))
-    return [_stack([r[i] for r in runs], samples, parts.num_agents, width, seeds, random,
-                   count) for i in range(len(lrs))]
+                                metadata={"kernel": "empirical", "width": int(width)},
+                                **sgd_kw))
+    out = [_stack([r[i] for r in runs], samples, parts.num_agents, width, seeds, random,
+                  count) for i in range(len(lrs))]
+    if batch_size:
+        words = sgd_width_words(loss, batch_sampling)
+        extra = {"dynamics": words, "batch_size": int(batch_size),
+                 "batch_sampling": batch_sampling}
+        if sgd:
+            extra["batch_sequences"] = int(runs[0][0].metadata["minibatch"]["samples"])
+        out = [(d, dict(info, **extra)) for d, info in out]
+    return out
+
+
+def sgd_width_words(loss: str, batch_sampling: str = "epoch") -> str:
+    """What the width draws of a mini-batch SGD prediction are, in words
+    (``metadata["finite_width"]["dynamics"]``)."""
+    if loss == "mse":
+        return ("full batch: each width-n kernel's expected SGD trajectory (squared loss); "
+                "the batch noise is in the init+batch band")
+    return ("mini-batch SGD (cross-entropy, no exact expected trajectory): each width-n "
+            "kernel runs the infinite-width prediction's sampled networks, network i from "
+            "the same standard-normal draw z_i and on the same batch sequence i (same seed, "
+            f"batch_sampling={batch_sampling!r}); each width draw is the mean over them, and "
+            "width_draws['paired/<metric>'] are the infinite-width draws with those z_i and "
+            "sequences, so the width shift is measured with init and batch noise common to "
+            "both sides (theory/finite_width.md section 7)")
 
 
 def _stack(runs: list, samples: int, agents: int, width: int, seeds: list, random: bool,
@@ -241,6 +279,24 @@ def _stack(runs: list, samples: int, agents: int, width: int, seeds: list, rando
                     "the kernel's motion during training is not in it "
                     "(theory/finite_width.md section 6)"}
     return draws, info
+
+
+def paired_sgd_draws(traj: Trajectory, draws: dict, info: dict) -> dict:
+    """``{"paired/<metric>": (P, T, Q)}`` for a cross-entropy mini-batch SGD prediction
+    ``traj`` (``f0="random"``) whose width draws ``draws`` ran the same ``P`` standard-normal
+    draws and batch sequences (``info``): ``traj.draws`` themselves, network ``i`` from
+    ``z_i`` on sequence ``i``.  ``ValueError`` naming ``samples`` if the counts differ (the
+    pairing would be broken)."""
+    p = int(getattr(traj, "samples", 0) or 0)
+    mb = traj.metadata.get("minibatch") or {}
+    if p != info.get("init_samples") or mb.get("samples") != info.get("batch_sequences"):
+        raise ValueError(f"samples: the width draws ran {info.get('init_samples')} networks "
+                         f"on {info.get('batch_sequences')} batch sequences, the prediction "
+                         f"{p} on {mb.get('samples')}: not paired")
+    rows = len(traj.steps)
+    return {f"paired/{k}": np.array(v, dtype=np.float64)
+            for k, v in (getattr(traj, "draws", None) or {}).items()
+            if k in draws and not k.startswith("paired/") and v.shape[1] == rows}
 
 
 def with_width_band(traj: Trajectory, draws: dict, info: dict) -> Trajectory:

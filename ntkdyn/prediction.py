@@ -755,12 +755,15 @@ def predict(
     ``traj.band("test_loss", 0.05, 0.95, over="width")``, apart from the band over
     initialisations (``over="init"``); ``metadata["finite_width"]`` says how it was drawn.
     An :class:`~ntkdyn.models.MLP`, the analytic kernel, ``f0`` ``"random"`` or
-    ``"mean"``, the exact path, static or periodic mixing, full batch or (squared loss
-    only) mini-batch SGD, whose width draws run each kernel's full-batch dynamics, the
-    expected SGD trajectory of the linearised model (exact with
-    ``batch_sampling="independent"``, first order in the rate with ``"epoch"``;
-    :mod:`ntkdyn.finite_width`).  It costs ``width_samples`` more runs (and one full-batch
-    run with mini-batch SGD).
+    ``"mean"``, the exact path, static or periodic mixing, full batch or mini-batch SGD.
+    With SGD and the squared loss the width draws run each kernel's full-batch dynamics,
+    the expected SGD trajectory of the linearised model (exact with
+    ``batch_sampling="independent"``, first order in the rate with ``"epoch"``); with
+    cross-entropy (no exact expected trajectory) each kernel runs mini-batch SGD with the
+    prediction's own sampled networks (``z_i``) and batch sequences (``seed``), and the
+    prediction's draws are the paired ones (``width_draws["paired/<metric>"]``,
+    ``metadata["finite_width"]["dynamics"]``; :mod:`ntkdyn.finite_width`).  It costs
+    ``width_samples`` more runs (and one full-batch run with squared-loss SGD).
 
     Examples
     --------
@@ -881,7 +884,9 @@ def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, wid
     (:mod:`ntkdyn.finite_width`).  With ``batch_size > 0`` (squared loss) the width draws
     run each kernel's full-batch dynamics (the expected SGD trajectory) and the
     infinite-width full-batch draws from the same ``z`` are kept as
-    ``width_draws["paired/<metric>"]`` for ``over="calibrated"``."""
+    ``width_draws["paired/<metric>"]`` for ``over="calibrated"``; with cross-entropy they
+    run mini-batch SGD with ``traj``'s own ``z_i`` and batch sequences, whose draws are
+    the paired ones."""
     from ntkdyn import finite_width
 
     finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
@@ -896,18 +901,17 @@ def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, wid
     draws, info = finite_width.width_draws(
         arch, parts, mixing, lr, algorithm, steps, width=width, samples=width_samples,
         seed=seed, f0=f0, init_samples=samples, continuous=continuous, loss=loss,
-        logit_scale=logit_scale)
-    if batch_size:
-        info = dict(info, dynamics="full batch: each width-n kernel's expected SGD "
-                    "trajectory (squared loss); the batch noise is in the init+batch band")
-        if f0 == "random":  # the full-batch infinite-width draws from the same z
-            paired = predict(arch, parts, mixing, lr, algorithm, steps, kernel=kernel,
-                             seed=seed, f0=f0, traced=traced, continuous=continuous,
-                             reference=False, kernel_dtype="float64",
-                             samples=info["init_samples"], loss=loss,
-                             logit_scale=logit_scale)
-            draws = dict(draws, **{f"paired/{k}": v for k, v in paired.draws.items()
-                                   if k in draws})
+        logit_scale=logit_scale, batch_size=batch_size, batch_sampling=batch_sampling)
+    if batch_size and loss != "mse" and f0 == "random":
+        # cross-entropy SGD: the width draws ran traj's own z_i and batch sequences
+        draws = dict(draws, **finite_width.paired_sgd_draws(traj, draws, info))
+    elif batch_size and f0 == "random":  # the full-batch infinite-width draws, same z
+        paired = predict(arch, parts, mixing, lr, algorithm, steps, kernel=kernel,
+                         seed=seed, f0=f0, traced=traced, continuous=continuous,
+                         reference=False, kernel_dtype="float64",
+                         samples=info["init_samples"], loss=loss, logit_scale=logit_scale)
+        draws = dict(draws, **{f"paired/{k}": v for k, v in paired.draws.items()
+                               if k in draws})
     return finite_width.with_width_band(traj, draws, info)
 
 

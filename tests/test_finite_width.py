@@ -102,8 +102,6 @@ def test_empirical_nngp_converges_to_the_analytic_one():
     (dict(width=64, width_samples=1), "width_samples"),
     (dict(width=64, kernel="empirical"), "width: .*analytic"),
     (dict(width=64, f0="network"), "width: .*over networks"),
-    (dict(width=64, batch_size=2, loss="cross_entropy"),
-     "width: mini-batch SGD .*loss='cross_entropy'.* full-batch"),
     (dict(width=64, rank=5), "width: .*exact kernel path"),
 ])
 def test_predict_width_errors(small, kw, match):

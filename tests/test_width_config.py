@@ -34,10 +34,6 @@ SCHEMA = json.loads((Path(ntkdyn.__file__).parent / "schemas" / "check.schema.js
      "cannot be combined with prediction.f0 = 'network'"),
     ({"prediction": {"width": 64, "rank": 10}}, "prediction.width: the finite-width band "
      "cannot be combined with prediction.rank"),
-    ({"prediction": {"width": 64},
-      "training": {"batch_size": 8, "loss": "cross_entropy"}},
-     "prediction.width: the finite-width band cannot be combined with training.batch_size > 0 "
-     "with training.loss = 'cross_entropy'"),
     ({"prediction": {"width": 64}, "topology": {"name": "ring", "gossip": "edges"}},
      "prediction.width: the finite-width band cannot be combined with random gossip"),
     ({"prediction": {"width_tol": 0.01, "kernel": "empirical"}},

@@ -400,7 +400,7 @@ def _validate_kernel_dtype(cfg: Config) -> None:
 def _validate_width(cfg: Config, given: set) -> None:
     """``[prediction] width / width_samples / width_tol / width_metric`` (the finite-width
     band, :mod:`ntkdyn.finite_width`): what they need, the error naming the key."""
-    p, t, topo = cfg.prediction, cfg.training, cfg.topology
+    p, topo = cfg.prediction, cfg.topology
     if p.width_samples < 2:
         raise ConfigError(f"config: prediction.width_samples: expected an integer >= 2 "
                           f"(empirical kernels per band), got {p.width_samples!r}")
@@ -420,9 +420,6 @@ def _validate_width(cfg: Config, given: set) -> None:
                if p.f0 == "network" else
                "prediction.rank (the band runs on the exact path)"
                if p.rank is not None else
-               "training.batch_size > 0 with training.loss = 'cross_entropy' (the width "
-               "draws run full-batch dynamics, the expected SGD trajectory only for the "
-               "squared loss)" if t.batch_size and t.loss != "mse" else
                "random gossip (topology.gossip)" if topo.gossip else None)
         if why:
             raise ConfigError(f"config: {key}: the finite-width band cannot be combined with "
