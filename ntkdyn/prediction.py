@@ -1126,7 +1126,8 @@ def predict_sweep(
                                  seed=seed, f0=f0, progress=progress, reference=reference,
                                  samples=samples, loss=loss, logit_scale=logit_scale,
                                  batch_size=batch_size, width=width,
-                                 width_samples=width_samples, kernel_dtype=kernel_dtype)
+                                 width_samples=width_samples, kernel_dtype=kernel_dtype,
+                                 batch_sampling=batch_sampling)
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=True, rates=len(lrs), loss=loss,
@@ -1147,19 +1148,28 @@ def predict_sweep(
 
 def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, f0,
                       progress, reference, samples, loss, logit_scale, batch_size, width,
-                      width_samples, kernel_dtype=None) -> list[Trajectory]:
-    """:func:`predict_sweep` with the finite-width band of every rate."""
+                      width_samples, kernel_dtype=None, batch_sampling="epoch"
+                      ) -> list[Trajectory]:
+    """:func:`predict_sweep` with the finite-width band of every rate.  Cross-entropy with
+    ``batch_size > 0``: every rate runs mini-batch SGD and its width draws the same
+    sampled networks and batch sequences per kernel (paired, as :func:`predict`)."""
     from ntkdyn import finite_width
 
     finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
                                   f0=f0, loss=loss, batch_size=batch_size, mixing=mixing)
+    sgd = dict(batch_size=batch_size, batch_sampling=batch_sampling) \
+        if batch_size and loss != "mse" else {}
     trajs = predict_sweep(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel, seed=seed,
                           f0=f0, progress=progress, reference=reference, samples=samples,
-                          loss=loss, logit_scale=logit_scale, kernel_dtype=kernel_dtype)
+                          loss=loss, logit_scale=logit_scale, kernel_dtype=kernel_dtype,
+                          **sgd)
     bands = finite_width.width_draws_sweep(arch, parts, mixing, lrs, algorithm, steps,
                                            width=width, samples=width_samples, seed=seed,
                                            f0=f0, init_samples=samples, loss=loss,
-                                           logit_scale=logit_scale)
+                                           logit_scale=logit_scale, **sgd)
+    if sgd and f0 == "random":
+        bands = [(dict(d, **finite_width.paired_sgd_draws(t, d, i)), i)
+                 for t, (d, i) in zip(trajs, bands, strict=True)]
     return [finite_width.with_width_band(t, d, i) for t, (d, i) in zip(trajs, bands,
                                                                         strict=True)]
 

@@ -323,10 +323,10 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
     if p.rank is not None:
         raise ConfigError(f"config: prediction.rank: the low-rank check is for the squared "
                           f"loss with full-batch gradients, got {what}; remove prediction.rank")
-    if (p.width or p.width_tol) and t.loss != "mse":  # mini-batch SGD: the expected
-        key = "prediction.width" if p.width else "prediction.width_tol"  # trajectory (note)
-        raise ConfigError(f"config: {key}: the finite-width band of check is for the squared "
-                          f"loss, got {what}; remove {key}")
+    if p.width_tol and t.loss != "mse":  # prediction.width: the band (minibatch_note)
+        raise ConfigError(f"config: prediction.width_tol: the width for a tolerance of check "
+                          f"is for the squared loss, got {what}; remove prediction.width_tol "
+                          "(prediction.width draws the cross-entropy band)")
     if measure_edge:
         key = "training.loss" if t.loss != "mse" else "training.batch_size"
         raise ConfigError(f"config: {key}: --measure-edge trains the real network with the "
@@ -798,13 +798,15 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
     out: dict = {"note": "spread of the linearised prediction over width-n networks' "
                          "empirical kernels at initialisation; the kernel's motion during "
                          "training is not included (theory/finite_width.md section 6)"}
-    if cfg.training.batch_size:
-        out["minibatch_note"] = minibatch_width_note(cfg.training.batch_sampling)
+    t = cfg.training
+    if t.batch_size:
+        out["minibatch_note"] = minibatch_width_note(t.batch_sampling, t.loss)
     if p.width:
-        draws, info = fw.width_draws(exp.arch, exp.parts, exp.mixing, cfg.training.lr,
-                                     exp.algorithm, cfg.steps, width=p.width,
-                                     samples=p.width_samples, seed=cfg.seed, f0=f0,
-                                     init_samples=p.samples or None)
+        draws, info = fw.width_draws(exp.arch, exp.parts, exp.mixing, t.lr, exp.algorithm,
+                                     cfg.steps, width=p.width, samples=p.width_samples,
+                                     seed=cfg.seed, f0=f0, init_samples=p.samples or None,
+                                     batch_size=t.batch_size, batch_sampling=t.batch_sampling,
+                                     **exp.loss)
         band = {"width": p.width, "samples": p.width_samples, "f0": info["f0"],
                 "statuses": info["statuses"]}
         for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
@@ -832,13 +834,21 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
     return out
 
 
-def minibatch_width_note(batch_sampling: str) -> str:
-    r"""One line for the finite-width section with ``batch_size > 0`` (squared loss): the
+def minibatch_width_note(batch_sampling: str, loss: str = "mse") -> str:
+    r"""One line for the finite-width section with ``batch_size > 0``.  Squared loss: the
     width draws run each width-``n`` kernel's *full-batch* dynamics, which is the expected
     mini-batch SGD trajectory of the linearised model, :math:`\mathbb{E}[f_t] =` full-batch
     :math:`f_t` (``theory/minibatch_sgd.md`` section 3): exactly with
     ``batch_sampling="independent"``, to first order in the rate with ``"epoch"``; the
-    batch noise is in the mini-batch band, not in this one."""
+    batch noise is in the mini-batch band, not in this one.  Cross-entropy (no exact
+    expected trajectory): each kernel runs mini-batch SGD on the prediction's sampled
+    batch sequences (same seed), each draw the mean over them (``theory/finite_width.md``
+    section 7)."""
+    if loss != "mse":
+        return ("mini-batch SGD with cross-entropy (no exact expected trajectory): each "
+                "width-n kernel runs SGD on the same sampled batch sequences (and f_0 "
+                "draws) as the infinite-width prediction, each draw their mean; the batch "
+                "noise common to both is not in this band")
     exact = ("exact with batch_sampling='independent'" if batch_sampling == "independent"
              else f"to first order in the rate with batch_sampling={batch_sampling!r}")
     return ("mini-batch SGD: the width draws run each kernel's full-batch dynamics, the "

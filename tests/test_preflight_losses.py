@@ -114,7 +114,7 @@ def test_minibatch_with_cross_entropy():
 
 
 @pytest.mark.parametrize("extra, key", [
-    ({"prediction": {"width": 128}}, "prediction.width"),
+    ({"prediction": {"width_tol": 0.01}}, "prediction.width_tol"),
     ({"prediction": {"rank": 8}}, "prediction.rank"),
 ])
 def test_remaining_refusals_name_the_key(extra, key):

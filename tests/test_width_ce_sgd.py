@@ -123,3 +123,69 @@ def test_predict_command_with_ce_sgd_and_width(tmp_path):
     assert traj.width_draws["paired/test_loss"].shape[0] == 4
     lo, hi = traj.band("test_loss", 0.05, 0.95, over="calibrated")
     assert np.all(np.isfinite(lo)) and np.all(hi >= lo)
+
+
+def test_ce_sgd_width_sweep_matches_predict(case):
+    """nd.predict_sweep with cross-entropy, batch_size and width: each rate's trajectory and
+    width draws (and paired draws) equal nd.predict's at that rate to 1e-10."""
+    parts, W, arch, kw, traj = case
+    kw = {k: v for k, v in kw.items() if k != "lr"}
+    (t,) = nd.predict_sweep(arch, parts, W, [0.5], width=128, width_samples=3, **kw)
+    assert t.metadata["band_over"] == "init+batch"
+    for m in METRICS:
+        for key in (m, f"paired/{m}"):
+            np.testing.assert_allclose(t.width_draws[key], traj.width_draws[key],
+                                       rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(t.draws[m], traj.draws[m], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [6, 0])
+def test_check_with_ce_sgd_reports_the_width_band_with_its_note(tmp_path, capsys, batch_size):
+    """`ntkdyn check` with cross-entropy, batch_size and [prediction] width: the band is
+    reported (JSON validates) with the cross-entropy note (SGD on the same sampled batch
+    sequences, not the full-batch dynamics), and its final test-loss band equals the
+    per-agent 5-95 % quantiles of fw.width_draws with the same arguments (loss, logit
+    scale, batches) averaged over agents (1e-12); the same for full-batch cross-entropy
+    (no note; formerly refused by check); width_tol with cross-entropy stays an error
+    naming the key."""
+    import jsonschema
+    from test_width_config import CHECK, SCHEMA
+
+    raw = json.loads(json.dumps(CHECK))
+    raw["training"].update(loss="cross_entropy", lr=0.5)
+    if batch_size:
+        raw["training"].update(batch_size=batch_size, samples=4)
+    raw["prediction"].update(width=64, width_samples=3, samples=4)
+    raw["prediction"].pop("target_loss")
+    lines = [f"seed = {raw.pop('seed')}"]
+    for sec, vals in raw.items():
+        lines += [f"[{sec}]"] + [f"{k} = {json.dumps(v)}" for k, v in vals.items()]
+    path = tmp_path / "c.toml"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["check", str(path), "--json"]) in (0, 1)
+    out = json.loads(capsys.readouterr().out)
+    jsonschema.validate(out, SCHEMA)
+    fw_out = out["finite_width"]
+    if batch_size:
+        assert fw_out["minibatch_note"].startswith("mini-batch SGD with cross-entropy")
+    else:
+        assert "minibatch_note" not in fw_out
+    assert fw_out["band"]["statuses"] == {"ok": 3}
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.config.schema import load_config
+
+    cfg = load_config(path)
+    exp = from_config(cfg)
+    draws, info = fw.width_draws(exp.arch, exp.parts, exp.mixing, 0.5, exp.algorithm,
+                                 cfg.steps, width=64, samples=3, seed=0,
+                                 f0=fw_out["band"]["f0"], init_samples=4,
+                                 batch_size=batch_size, loss="cross_entropy",
+                                 logit_scale=cfg.training.logit_scale)
+    assert info.get("dynamics", "mini-batch SGD (cross-entropy").startswith(
+        "mini-batch SGD (cross-entropy")
+    ref = np.quantile(draws["test_loss"][:, -1], [0.05, 0.95], axis=0).mean(axis=1)
+    np.testing.assert_allclose(fw_out["band"]["final_test_loss_band"], ref, rtol=1e-12)
+    path.write_text(path.read_text().replace("width = 64", "width = 64\nwidth_tol = 0.1"))
+    assert main(["check", str(path), "--json"]) != 0
+    assert "config: prediction.width_tol: the width for a tolerance of check is for the " \
+        "squared loss" in capsys.readouterr().err
