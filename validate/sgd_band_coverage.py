@@ -18,7 +18,10 @@ float32 networks, seed ``s`` drawing both the initialisation and the batch seque
 (``train(..., seed=s, batch_sample=0)``, as ``ntkdyn validate``), all on the config's
 data and shards (its ``seed``, unchanged); coverage of their test
 loss (per agent, and network mean) over the records after step 0, mean [min, max] over
-the seeds.
+the seeds.  A cross-entropy config (``training.loss``, e.g.
+``validate/suites/sgd/ring_dgd_ce.toml``) runs the same way: there the width draws run
+mini-batch SGD on the prediction's own ``f_0`` draws and batch sequences, which are the
+paired draws (``theory/finite_width.md`` section 7).
 
 ``--band sequence`` (the old mode, default config ``suites/cross_entropy/ring_atc.toml``):
 for every seed and width: one initialisation (float32-rounded, as
