@@ -1157,8 +1157,7 @@ def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, see
 
     finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
                                   f0=f0, loss=loss, batch_size=batch_size, mixing=mixing)
-    sgd = dict(batch_size=batch_size, batch_sampling=batch_sampling) \
-        if batch_size and loss != "mse" else {}
+    sgd = dict(batch_size=batch_size, batch_sampling=batch_sampling)
     trajs = predict_sweep(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel, seed=seed,
                           f0=f0, progress=progress, reference=reference, samples=samples,
                           loss=loss, logit_scale=logit_scale, kernel_dtype=kernel_dtype,
@@ -1167,9 +1166,16 @@ def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, see
                                            width=width, samples=width_samples, seed=seed,
                                            f0=f0, init_samples=samples, loss=loss,
                                            logit_scale=logit_scale, **sgd)
-    if sgd and f0 == "random":
+    if batch_size and loss != "mse" and f0 == "random":
         bands = [(dict(d, **finite_width.paired_sgd_draws(t, d, i)), i)
                  for t, (d, i) in zip(trajs, bands, strict=True)]
+    elif batch_size and f0 == "random":  # squared loss: full-batch infinite-width draws
+        paired = predict_sweep(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel,
+                               seed=seed, f0=f0, reference=False, kernel_dtype="float64",
+                               samples=bands[0][1]["init_samples"], loss=loss,
+                               logit_scale=logit_scale)
+        bands = [(dict(d, **{f"paired/{k}": v for k, v in p.draws.items() if k in d}), i)
+                 for p, (d, i) in zip(paired, bands, strict=True)]
     return [finite_width.with_width_band(t, d, i) for t, (d, i) in zip(trajs, bands,
                                                                         strict=True)]
 

@@ -246,3 +246,27 @@ def test_width_band_with_minibatch_sgd_is_the_full_batch_width_band(small, tmp_p
                                   sgd.band("test_loss", over="calibrated")[1])
     with pytest.raises(ValueError, match="metric: expected one of"):
         sgd.band("paired/test_loss", over="width")
+
+
+def test_predict_sweep_width_band_with_minibatch_sgd_matches_predict(small):
+    """``predict_sweep(..., width=n, batch_size=B)`` with the squared loss runs every rate's
+    main trajectory as mini-batch SGD (it used to drop ``batch_size`` silently and run full
+    batch) and keeps the paired full-batch draws: trajectory, width draws, paired draws and
+    the calibrated band equal ``predict(..., width=n, batch_size=B)`` at that rate to 1e-9."""
+    parts, W, arch = small
+    steps, lrs = [0, 10, 30], [0.1, 0.3]
+    kw = dict(steps=steps, width=64, width_samples=3, samples=6, reference=False,
+              batch_size=4)
+    sweep = nd.predict_sweep(arch, parts, W, lrs, **kw)
+    full = nd.predict_sweep(arch, parts, W, lrs[:1], **dict(kw, batch_size=0))[0]
+    assert not np.allclose(sweep[0].test_loss, full.test_loss, rtol=1e-6)
+    for lr, traj in zip(lrs, sweep, strict=True):
+        one = nd.predict(arch, parts, W, lr=lr, **kw)
+        for m in ("test_loss", "train_acc"):
+            np.testing.assert_allclose(traj.draws[m], one.draws[m], rtol=1e-9, atol=1e-12)
+            for key in (m, f"paired/{m}"):
+                np.testing.assert_allclose(traj.width_draws[key], one.width_draws[key],
+                                           rtol=1e-9, atol=1e-12)
+            for a, b in zip(traj.band(m, over="calibrated"), one.band(m, over="calibrated"),
+                            strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
