@@ -192,25 +192,52 @@ def run_default(raw: dict, seed: int, width: int, pred: dict) -> dict:
     return row
 
 
+def setting(raw: dict, args) -> str:
+    """The first words of either mode's header: schedule, graph, loss, rate, batches."""
+    t = raw["training"]
+    return (f"{t['algorithm'].upper()} on a {raw['topology']['name']} of "
+            f"{raw['partition']['agents']} agents, {t.get('loss', 'mse')}, lr {t['lr']:g}, "
+            f"batch {args.batch} per agent, {args.steps} steps (records every "
+            f"{args.record_every})")
+
+
+def run_seeds(args, widths, one) -> list[dict]:
+    """``one(seed, width)`` for every width and seed, each row printed as JSON on stderr."""
+    rows = []
+    for width in widths:
+        for seed in range(args.seeds):
+            row = one(seed, width)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def spread(values, fmt) -> str:
+    """``mean [min, max]`` of ``values`` formatted by ``fmt``."""
+    v = np.asarray(values, dtype=float)
+    return f"{fmt(v.mean())} [{fmt(v.min())}, {fmt(v.max())}]"
+
+
+def finish(args, rows, start) -> int:
+    """The wall time line and the optional JSON dump shared by both modes."""
+    print(f"wall time {(time.perf_counter() - start) / 60:.1f} min")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
+    return 0
+
+
 def main_default(args, raw: dict) -> int:
     """``--band default``: the coverage table of the joint init+batch band and the
     calibrated band (issue 15) over ``--seeds`` real networks per width."""
     widths = [int(w) for w in args.widths.split(",")]
-    rows, costs, start = [], {}, time.perf_counter()
+    costs, preds, start = {}, {}, time.perf_counter()
     for width in widths:
-        pred = predict_default(raw, width, args.width_samples)
-        costs[width] = pred["predict_s"]
-        print(f"width {width}: prediction {pred['predict_s']:.1f} s", file=sys.stderr,
-              flush=True)
-        for seed in range(args.seeds):
-            row = run_default(raw, seed, width, pred)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    t = raw["training"]
-    print(f"{t['algorithm'].upper()} on a {raw['topology']['name']} of "
-          f"{raw['partition']['agents']} agents, {t.get('loss', 'mse')}, lr {t['lr']:g}, "
-          f"batch {args.batch} per agent, {args.steps} steps (records every "
-          f"{args.record_every}); prediction: analytic kernel, f0 random, {args.samples} "
+        preds[width] = predict_default(raw, width, args.width_samples)
+        costs[width] = preds[width]["predict_s"]
+        print(f"width {width}: prediction {costs[width]:.1f} s", file=sys.stderr, flush=True)
+    rows = run_seeds(args, widths, lambda seed, width: run_default(raw, seed, width,
+                                                                   preds[width]))
+    print(f"{setting(raw, args)}; prediction: analytic kernel, f0 random, {args.samples} "
           f"sampled networks (own f0 and batch sequence each, seed {PRED_SEED}), "
           f"{args.width_samples} width-n kernels; {args.seeds} real networks (seeds 0.."
           f"{args.seeds - 1}, float32, init and batches from the seed); coverage of the "
@@ -225,18 +252,14 @@ def main_default(args, raw: dict) -> int:
             sel = [r for r in rows if r["width"] == width]
 
             def cell(key, sel=sel):
-                v = np.array([r[key] for r in sel])
-                return f"{100 * v.mean():.0f} % [{100 * v.min():.0f}, {100 * v.max():.0f} %]"
+                return spread([r[key] for r in sel], lambda x: f"{100 * x:.0f} %")
 
             wid = np.mean([r[f"{band}_width_at_horizon"] for r in sel])
             print(f"| {name} | {width} | {cell(band + '_agents')} | {cell(band + '_mean')} "
                   f"| {wid:.3g} |")
     print("prediction cost per width: " + ", ".join(f"{w}: {c:.1f} s" for w, c in
                                                      costs.items()))
-    print(f"wall time {(time.perf_counter() - start) / 60:.1f} min")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
-    return 0
+    return finish(args, rows, start)
 
 
 def main(argv=None) -> int:
@@ -265,17 +288,9 @@ def main(argv=None) -> int:
     if args.band == "default":
         return main_default(args, raw)
     widths = [int(w) for w in args.widths.split(",")]
-    rows, start = [], time.perf_counter()
-    for width in widths:
-        for seed in range(args.seeds):
-            row = run_one(raw, seed, width)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    t = raw["training"]
-    print(f"{t['algorithm'].upper()} on a {raw['topology']['name']} of "
-          f"{raw['partition']['agents']} agents, {t.get('loss', 'mse')}, lr {t['lr']:g}, "
-          f"batch {args.batch} per agent, {args.steps} steps (records every "
-          f"{args.record_every}), {args.samples} sampled sequences, {args.seeds} seeds; "
+    start = time.perf_counter()
+    rows = run_seeds(args, widths, lambda seed, width: run_one(raw, seed, width))
+    print(f"{setting(raw, args)}, {args.samples} sampled sequences, {args.seeds} seeds; "
           "coverage by the 5-95 % band over the records after step 0: mean [min, max]")
     print("| width | real, network mean | real, per agent | predicted seq. 0 (ideal) | "
           "real vs seq. 0 pointwise error | band width at horizon |")
@@ -283,20 +298,13 @@ def main(argv=None) -> int:
     for width in widths:
         sel = [r for r in rows if r["width"] == width]
 
-        def cell(key, pct=True, sel=sel):
-            v = np.array([r[key] for r in sel])
-            f = (lambda x: f"{100 * x:.0f} %") if key != "real_vs_seq0" else \
-                (lambda x: f"{100 * x:.2f} %")
-            if not pct:
-                f = (lambda x: f"{x:.3g}")  # noqa: E731
-            return f"{f(v.mean())} [{f(v.min())}, {f(v.max())}]"
+        def cell(key, fmt=lambda x: f"{100 * x:.0f} %", sel=sel):
+            return spread([r[key] for r in sel], fmt)
 
         print(f"| {width} | {cell('real_mean')} | {cell('real_agents')} | {cell('seq0_mean')} "
-              f"| {cell('real_vs_seq0')} | {cell('band_width_at_horizon', False)} |")
-    print(f"wall time {(time.perf_counter() - start) / 60:.1f} min")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
-    return 0
+              f"| {cell('real_vs_seq0', lambda x: f'{100 * x:.2f} %')} "
+              f"| {cell('band_width_at_horizon', lambda x: f'{x:.3g}')} |")
+    return finish(args, rows, start)
 
 
 if __name__ == "__main__":
