@@ -305,6 +305,8 @@ def test_empirical_columns_match_empirical_ntk():
     assert np.max(np.abs(src.diagonal() - np.diag(kern))) <= 1e-12
     assert np.max(np.abs(src.columns(idx) - kern[:, idx])) <= 1e-12
     assert np.max(np.abs(src.test_columns(idx) - kern_t[:, idx])) <= 1e-12
+    t_idx = np.array([0, 4, 6])  # the test probe columns: Theta[X, X_T[t_idx]]
+    assert np.max(np.abs(src.test_probe_columns(t_idx) - kern_t[t_idx].T)) <= 1e-12
     fac = lowrank.factorize(src, 50)
     scale = np.max(np.abs(kern))
     assert np.max(np.abs(fac.phi @ fac.phi.T - kern)) <= 1e-9 * scale
@@ -348,6 +350,8 @@ def test_jacobian_columns_match_empirical_ntk_on_a_non_mlp():
     assert np.max(np.abs(src.diagonal() - np.diag(kern))) <= 1e-10
     assert np.max(np.abs(src.columns(idx) - kern[:, idx])) <= 1e-10
     assert np.max(np.abs(src.test_columns(idx) - kern_t[:, idx])) <= 1e-10
+    t_idx = np.array([6, 1, 2])  # the test probe columns: Theta[X, X_T[t_idx]]
+    assert np.max(np.abs(src.test_probe_columns(t_idx) - kern_t[t_idx].T)) <= 1e-10
     fac = lowrank.factorize(src, 30, block=8)
     y, yt = np.eye(3)[rng.integers(0, 3, 30)], np.eye(3)[rng.integers(0, 3, 7)]
     agent, w = np.arange(30) % 3, nd.graphs.mixing(nd.graphs.topology("ring", 3))
@@ -377,6 +381,9 @@ def test_analytic_columns_full_rank_equal_exact_path(method):
     assert np.max(np.abs(factor.phi @ factor.phi.T - kern)) <= 1e-9
     assert np.max(np.abs(factor.phi_test @ factor.phi.T
                          - analytic_ntk(xt, x, hidden_layers=2))) <= 1e-9
+    np.testing.assert_allclose(factor.test_probe_columns, analytic_ntk(
+        x, xt[factor.test_probe_rows], hidden_layers=2), rtol=0, atol=1e-12)
+    assert factor.test_probe_rows.size == 12  # all of M = 12 (probe_count: >= 64, <= M)
     exact = nd.predict_from_kernels(kern, y, agent, w, 0.5, 50, "atc",
                                     kernel_test_train=analytic_ntk(xt, x, hidden_layers=2),
                                     y_test=yt)
@@ -708,6 +715,9 @@ def test_predict_command_with_rank(tmp_path):
     assert summary["low_rank"]["rank"] == 32 and "error_estimate" in summary["low_rank"]
     assert summary["low_rank"]["error_estimate_kind"] == "probe rows"
     assert "error_bound_trace" in summary["low_rank"]
+    # the test-output estimate (theory/low_rank.md 3.1) beside the training one
+    assert summary["low_rank"]["error_estimate_test_kind"] == "test probe rows"
+    assert 0 <= summary["low_rank"]["error_estimate_test"] <= 2
     assert summary["config"]["prediction"]["rank"] == 32
     assert "tol" not in summary["config"]["prediction"]
     # the default on the low-rank path is one random network, as on the exact path

@@ -313,13 +313,16 @@ class JacobianColumns(_InputRows):
         per = 8 * st["k"] * (2 * st["p"] + self.row_batch * (st["k"] + 1))
         return max(1, int(self.budget_bytes // per))
 
-    def _ntk(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """``Theta[rows, x[idx]]`` (``(len(rows), len(idx))``) by the two steps above."""
+    def _ntk(self, rows: np.ndarray, idx: np.ndarray, land: np.ndarray | None = None
+             ) -> np.ndarray:
+        """``Theta[rows, land[idx]]`` (``(len(rows), len(idx))``, ``land`` default ``x``)
+        by the two steps above."""
+        land = self.x if land is None else land
         st = self._setup
         out = np.empty((rows.shape[0], idx.size))
         sub, rb = self._sub(), self.row_batch
         for j0 in range(0, idx.size, sub):
-            xb = self.x[idx[j0:j0 + sub]]
+            xb = land[idx[j0:j0 + sub]]
             v = st["vt"](st["theta0"], xb)  # (b K, P)
             for r0 in range(0, rows.shape[0], rb):
                 xr = rows[r0:r0 + rb]
@@ -363,6 +366,9 @@ class JacobianColumns(_InputRows):
 
     def test_columns(self, idx):
         return self._ntk(self.x_test, np.asarray(idx))
+
+    def test_probe_columns(self, idx):
+        return self._ntk(self.x, np.asarray(idx), self.x_test)
 
 
 def _jvp_directions(apply_fn, unravel, theta0, xb):
