@@ -10,7 +10,7 @@ Entry point (what ``nd.predict(rank=...)`` is meant to call)::
     source = lowrank.analytic_columns(x_train, x_test, hidden_layers=2)
     traj = lowrank.predict(source, y_train, agent, W, lr=0.5, steps=range(0, 1001, 20),
                            y_test=y_test, rank="auto", tol=1e-3)
-    traj.metadata["low_rank"]   # rank, method, error_estimate, discarded_norm_bound, ...
+    traj.metadata["low_rank"]   # rank, method, error_estimate, error_estimate_test, ...
 
 Column sources: :func:`analytic_columns` (infinite-width NTK of an MLP),
 :func:`empirical_columns` (the empirical NTK of a given MLP, layerwise formula),
@@ -165,7 +165,10 @@ def predict(
     ``False``, ``metadata["low_rank"]`` gets :func:`tol_shortfall`'s
     ``error_estimate_uncapped``, ``rank_needed_low`` and ``rank_needed_high``, and a
     ``RuntimeWarning`` naming ``tol`` says what estimate was reached and about what rank
-    ``tol`` would need.  Other keywords go to :func:`predict_lowrank` (``y_test``,
+    ``tol`` would need.  With ``y_test`` (a test set) ``tol`` bounds the larger of the
+    training and test-output estimates (``error_estimate``, ``error_estimate_test``;
+    ``theory/low_rank.md`` section 3.1), for the rank chosen and for ``tol_reached``.
+    Other keywords go to :func:`predict_lowrank` (``y_test``,
     ``f0_train``, ``reference``, ``acc_rows``...).
 
     Raises ``ValueError`` naming ``rank``, ``tol``, ``max_rank`` or ``method`` for bad
