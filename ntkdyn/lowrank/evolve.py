@@ -208,7 +208,10 @@ class HeldOutEstimate:
     / ||f_0(X_T) - Y_T||``,   ``b_s = sum_{j<s} ||E D r~_j||``
 
     (the forcing of the test outputs, and the training error ``b_s`` accumulated in the
-    kernel coefficients and read through the test-train residual), each
+    kernel coefficients and read through the test-train residual; the training error
+    carried through the retained part, ``Phi_T Phi^T D sum_s Delta_s``, is omitted -- zero
+    for an exact eigen-truncation at one rate, not for a Nystrom residual -- and left to
+    the margin, ``theory/low_rank.md`` 3.1), each
     norm from probe rows: ``p`` training rows ``P`` (``(E D r~_s)[P]``, scaled
     ``sqrt(N/p)``) and ``p_T`` test rows ``P_T`` (``(E_TX D r~_s)[P_T]`` and
     ``||E_TX[P_T, :]||_2``, scaled ``sqrt(M/p_T)``)."""
