@@ -722,12 +722,16 @@ def predict(
     ``theory/low_rank.md``): ``Theta ~ Phi Phi^T`` of rank ``r`` from column blocks of the
     analytic NTK of an :class:`~ntkdyn.models.MLP` (never N x N), then the same schedule
     on the ``r`` feature coordinates, O(N r K) per step.  With ``"auto"`` the rank is the
-    smallest whose a-priori error estimate of the training outputs (relative to
-    ``||f_0 - Y||``; the probe-row estimate ``2 sum_s ||D E r~_s||`` sampled on a few
-    kernel columns, ``theory/low_rank.md`` section 3; ``metadata["low_rank"]
-    ["error_bound_trace"]`` keeps the looser trace bound) is ``<= tol`` (default ``1e-3``),
-    capped by ``max_rank`` and the memory available.  ``metadata["low_rank"]`` holds the
-    rank, the method, the error estimate and the factor's facts.  ``acc_rows`` (low-rank
+    smallest whose a-priori error estimates are ``<= tol`` (default ``1e-3``), capped by
+    ``max_rank`` and the memory available.  ``metadata["low_rank"]`` holds the rank, the
+    method, the factor's facts and two numbers: ``error_estimate`` estimates
+    ``max_{t,q} ||f_q(X, t) - f~_q(X, t)|| / ||f_0(X) - Y||`` on the *training* outputs (the
+    probe-row estimate ``2 sum_s ||D E r~_s||`` sampled on a few kernel columns,
+    ``theory/low_rank.md`` section 3; ``error_bound_trace`` keeps the looser trace bound);
+    with a test set, ``error_estimate_test`` estimates the same on the *test* outputs,
+    relative to ``||f_0(X_T) - Y_T||`` (forcing by the test-train residual plus the training
+    error carried into the test outputs, sampled on a few test rows; section 3.1).  Both
+    are capped at 2; ``"auto"`` holds ``tol`` against the larger of the two.  ``acc_rows`` (low-rank
     path only; default ``None``, every training row): score the training accuracies on
     that many training rows drawn with ``seed`` (a sample estimate; the losses and
     distances stay exact on the factor), since with one random network the accuracies of

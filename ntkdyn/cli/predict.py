@@ -181,7 +181,8 @@ def _low_rank_summary(traj):
     keys = ("rank", "requested_rank", "method", "landmarks", "error_estimate", "tol",
             "tol_reached", "discarded_norm_bound", "residual_trace", "seconds_total",
             "error_estimate_uncapped", "error_estimate_kind", "error_bound_trace",
-            "probe_columns", "rank_needed_low", "rank_needed_high")
+            "probe_columns", "rank_needed_low", "rank_needed_high", "error_estimate_test",
+            "error_estimate_test_kind", "test_probe_columns")
     return {k: low[k] for k in keys if k in low}
 
 

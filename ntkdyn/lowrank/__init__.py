@@ -10,7 +10,7 @@ Entry point (what ``nd.predict(rank=...)`` is meant to call)::
     source = lowrank.analytic_columns(x_train, x_test, hidden_layers=2)
     traj = lowrank.predict(source, y_train, agent, W, lr=0.5, steps=range(0, 1001, 20),
                            y_test=y_test, rank="auto", tol=1e-3)
-    traj.metadata["low_rank"]   # rank, method, error_estimate, discarded_norm_bound, ...
+    traj.metadata["low_rank"]   # rank, method, error_estimate, error_estimate_test, ...
 
 Column sources: :func:`analytic_columns` (infinite-width NTK of an MLP),
 :func:`empirical_columns` (the empirical NTK of a given MLP, layerwise formula),
@@ -37,10 +37,13 @@ import numpy as np
 from ntkdyn._utils.checks import agent_indices, learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.lowrank.evolve import (
+    HeldOutEstimate,
     ProbeEstimate,
     error_estimate,
     error_scale,
     evolve_bytes,
+    held_out_estimator,
+    held_out_trajectory_estimate,
     mean_rates,
     predict_lowrank,
     probe_estimator,
@@ -68,7 +71,8 @@ from ntkdyn.trajectory import Trajectory
 
 __all__ = [
     "METHODS", "AnalyticColumns", "EmpiricalColumns", "JacobianColumns", "KernelColumns",
-    "LowRankFactor", "ProbeEstimate",
+    "LowRankFactor", "ProbeEstimate", "HeldOutEstimate", "held_out_estimator",
+    "held_out_trajectory_estimate", "governing_estimate",
     "LowRankTooLargeError", "MatrixColumns", "analytic_columns", "choose_factor",
     "empirical_columns", "error_estimate", "error_scale", "evolve_bytes",
     "factor_bytes", "factorize", "jacobian_columns", "jacobian_features", "kernel_columns",
@@ -161,7 +165,10 @@ def predict(
     ``False``, ``metadata["low_rank"]`` gets :func:`tol_shortfall`'s
     ``error_estimate_uncapped``, ``rank_needed_low`` and ``rank_needed_high``, and a
     ``RuntimeWarning`` naming ``tol`` says what estimate was reached and about what rank
-    ``tol`` would need.  Other keywords go to :func:`predict_lowrank` (``y_test``,
+    ``tol`` would need.  With ``y_test`` (a test set) ``tol`` bounds the larger of the
+    training and test-output estimates (``error_estimate``, ``error_estimate_test``;
+    ``theory/low_rank.md`` section 3.1), for the rank chosen and for ``tol_reached``.
+    Other keywords go to :func:`predict_lowrank` (``y_test``,
     ``f0_train``, ``reference``, ``acc_rows``...).
 
     Raises ``ValueError`` naming ``rank``, ``tol``, ``max_rank`` or ``method`` for bad
@@ -175,7 +182,9 @@ def predict(
                                           rank=rank, tol=tol, method=method,
                                           max_rank=max_rank, block=block, seed=seed,
                                           reserve_extra=extra, y_train=y_train,
-                                          f0_train=kwargs.get("f0_train"))
+                                          f0_train=kwargs.get("f0_train"),
+                                          y_test=kwargs.get("y_test"),
+                                          f0_test=kwargs.get("f0_test"))
     if nngp is not None or init is not None:
         traj = _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, seed=seed,
                                nngp=nngp, init=init, samples=samples, nngp_rank=nngp_rank,
@@ -185,8 +194,8 @@ def predict(
                                **kwargs)
     low = traj.metadata["low_rank"]
     low.update(requested_rank=rank, tol=tol)
-    if tol is not None:
-        low["tol_reached"] = bool(low["error_estimate"] <= tol)
+    if tol is not None:  # tol bounds both estimates (theory/low_rank.md section 3.1)
+        low["tol_reached"] = bool(governing_estimate(low) <= tol)
         if not low["tol_reached"]:
             low.update(tol_shortfall(low, source.n, tol))
             cause = (f"max_rank={max_rank}" if max_rank is not None and factor.rank >= max_rank
@@ -194,6 +203,13 @@ def predict(
             warnings.warn(_shortfall_message(low, source.n, tol, cause), RuntimeWarning,
                           stacklevel=2)
     return traj
+
+
+def governing_estimate(low: dict) -> float:
+    """What ``tol`` is held against: ``max(error_estimate, error_estimate_test)`` (the
+    latter when the prediction has a test set and the factor test probe columns)."""
+    test = low.get("error_estimate_test")
+    return float(max(low["error_estimate"], 0.0 if test is None else test))
 
 
 def _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, *, seed, nngp, init,
@@ -280,15 +296,24 @@ def _shortfall_message(low: dict, n: int, tol: float, cause: str) -> str:
             f"cap of 2: {low['error_estimate_uncapped']:.3g}) > tol; meeting tol would need "
             f"about rank {lo} to {hi} of N = {n} (residual trace "
             f"{low['residual_trace']:.3g}, largest discarded eigenvalue "
-            f"{low['next_eigenvalue']:.3g}){where}.  Raise max_rank or tol, or compare with "
+            f"{low['next_eigenvalue']:.3g}){where}{_test_part(low)}.  Raise max_rank or tol, "
+            "or compare with "
             "the exact path on a subset: the measured error may be much smaller")
+
+
+def _test_part(low: dict) -> str:
+    test = low.get("error_estimate_test")
+    if test is None:
+        return ""
+    return f"; the test-output estimate (also held against tol) is {test:.3g}"
 
 
 def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
                   algorithm: str | Algorithm = "dgd", *, rank: int | str = "auto",
                   tol: float | None = None, method: str = "rpcholesky",
                   max_rank: int | None = None, block: int = 128, seed: int = 0,
-                  reserve_extra: int = 0, y_train=None, f0_train=None):
+                  reserve_extra: int = 0, y_train=None, f0_train=None, y_test=None,
+                  f0_test=None):
     """The factor :func:`predict` runs on (same arguments, same validation), as
     ``(factor, tol, algorithm, steps)`` with ``tol`` resolved (``None`` for a fixed rank
     without ``tol``); shared with ``ntkdyn check``, whose stability verdict is then on the
@@ -296,7 +321,9 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
     the factor besides the evolution's (one random network's NNGP factor).  With ``y_train``
     (and ``f0_train``, default 0), ``rank="auto"`` reads landmarks and keeps coordinates by
     the probe-row estimate of the trajectory error (:func:`probe_estimator`); without, by
-    the residual trace."""
+    the residual trace.  With ``y_test`` too (and ``f0_test``), the rank is the fewest
+    whose ``max(train, test)`` probe-row estimate is ``<= tol``
+    (:func:`held_out_estimator`)."""
     n = source.n
     auto = isinstance(rank, str)
     if auto and rank != "auto":
@@ -331,8 +358,10 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
         rates, per_step = mean_rates(lr_q, agent_arr, counts, algo)
         est = partial(probe_estimator, residual=res, rates=rates,
                       t_eff=float(st[-1]) * per_step)
+        est_t = _test_estimate(y_test, f0_test, res, rates, float(st[-1]) * per_step)
         factor = factorize(source, None, estimate=est, tol=tol, max_rank=max_rank,
-                           method=method, block=block, seed=seed, reserve_per_rank=reserve)
+                           method=method, block=block, seed=seed, reserve_per_rank=reserve,
+                           estimate_test=est_t)
     elif auto:
         target = tol / scale if scale > 0 else np.inf
         factor = factorize(source, None, target_norm=target, max_rank=max_rank, method=method,
@@ -341,3 +370,19 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
         factor = factorize(source, rank, max_rank=max_rank, method=method, block=block,
                            seed=seed, reserve_per_rank=reserve)
     return factor, tol, algo, st
+
+
+def _test_estimate(y_test, f0_test, residual: np.ndarray, rates: np.ndarray, t_eff: float):
+    """The ``estimate_test`` of :func:`factorize` for ``rank="auto"``: the test-output
+    estimate (:func:`held_out_estimator`) with the test residual ``f0_test - y_test``, or
+    ``None`` without a test set."""
+    if y_test is None:
+        return None
+    yt = np.asarray(y_test, dtype=np.float64)
+    res_t = (0.0 if f0_test is None else np.asarray(f0_test, dtype=np.float64)) - yt
+
+    def estimate_test(phi, phi_test, p_rows, p_cols, t_rows, t_cols):
+        return held_out_estimator(phi, phi_test, p_rows, p_cols, t_rows, t_cols, residual,
+                                  res_t, rates, t_eff)
+
+    return estimate_test

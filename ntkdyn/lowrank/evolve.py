@@ -193,6 +193,146 @@ def probe_estimator(phi: np.ndarray, probe_rows: np.ndarray, probe_columns: np.n
         norm_r0=float(np.linalg.norm(residual)), t_eff=float(t_eff), margin=margin)
 
 
+# --------------------------------------------------------------------------- test outputs
+@dataclass(frozen=True)
+class HeldOutEstimate:
+    r"""The probe-row estimate of the truncation error of the *test* outputs at every rank
+    ``r <= m`` (``theory/low_rank.md`` section 3.1), for the residual ``r_0`` and row rates
+    ``D`` of the network-mean recursion.
+
+    The low-rank residual is ``r~_s = (I - Phi_r Phi_r^T D)^s r_0 = r_0 - Phi_r h_s``,
+    ``h_s = sum_{j<s} (I - C_r)^j a_r``, ``C_r = Phi_r^T D Phi_r``, ``a_r = Phi_r^T D r_0``.
+    With ``E_TX = Theta_TX - Phi_T Phi^T`` the test-train residual, the estimate is
+
+    ``margin * (sum_s ||E_TX D r~_s|| + ||E_TX||_2 max(D) sum_s min(2 ||r_0||, b_s))
+    / ||f_0(X_T) - Y_T||``,   ``b_s = sum_{j<s} ||E D r~_j||``
+
+    (the forcing of the test outputs, and the training error ``b_s`` accumulated in the
+    kernel coefficients and read through the test-train residual; the training error
+    carried through the retained part, ``Phi_T Phi^T D sum_s Delta_s``, is omitted -- zero
+    for an exact eigen-truncation at one rate, not for a Nystrom residual -- and left to
+    the margin, ``theory/low_rank.md`` 3.1), each
+    norm from probe rows: ``p`` training rows ``P`` (``(E D r~_s)[P]``, scaled
+    ``sqrt(N/p)``) and ``p_T`` test rows ``P_T`` (``(E_TX D r~_s)[P_T]`` and
+    ``||E_TX[P_T, :]||_2``, scaled ``sqrt(M/p_T)``)."""
+
+    tr_r0: np.ndarray     # (p, K)      Theta[P, :] D r_0
+    tr_dphi: np.ndarray   # (p, m)      Theta[P, :] D Phi
+    phi_p: np.ndarray     # (p, m)      Phi[P]
+    te_r0: np.ndarray     # (p_T, K)    Theta[P_T, X] D r_0
+    te_dphi: np.ndarray   # (p_T, m)    Theta[P_T, X] D Phi
+    phit_p: np.ndarray    # (p_T, m)    Phi_T[P_T]
+    te_gram: np.ndarray   # (p_T, p_T)  Theta[P_T, X] Theta[X, P_T]
+    te_phi: np.ndarray    # (p_T, m)    Theta[P_T, X] Phi
+    phi_gram: np.ndarray  # (m, m)      Phi^T Phi
+    gram: np.ndarray      # (m, m)      Phi^T D Phi
+    proj: np.ndarray      # (m, K)      Phi^T D r_0
+    scale_train: float    # sqrt(N / p)
+    scale_test: float     # sqrt(M / p_T)
+    rate_max: float
+    norm_test: float      # ||f_0(X_T) - Y_T||_F
+    norm_train: float     # ||r_0||_F
+    t_eff: float
+    margin: float = ESTIMATE_MARGIN
+
+    def cross_norm(self, rank: int) -> float:
+        """``sqrt(M/p_T) ||E_TX[P_T, :]||_2`` at rank ``r`` (a p_T x p_T eigenproblem)."""
+        r = int(rank)
+        tp, pt = self.te_phi[:, :r], self.phit_p[:, :r]
+        g = self.te_gram - tp @ pt.T - pt @ tp.T + pt @ self.phi_gram[:r, :r] @ pt.T
+        top = float(np.linalg.eigvalsh((g + g.T) / 2)[-1]) if g.size else 0.0
+        return self.scale_test * float(np.sqrt(max(top, 0.0)))
+
+    def parts(self, rank: int) -> tuple[float, float]:
+        """``(forcing, propagated)``: the two sums above, before the margin and the
+        normalisation (a Riemann sum over at most ESTIMATE_POINTS steps)."""
+        r = int(rank)
+        c, a = self.gram[:r, :r], self.proj[:r]
+        sig, v = np.linalg.eigh((c + c.T) / 2)
+        sig = np.maximum(sig, 0.0)
+        b = v.T @ a
+        e_tr = self.tr_r0 - self.phi_p[:, :r] @ a
+        m_tr = (self.tr_dphi[:, :r] - self.phi_p[:, :r] @ c) @ v
+        e_te = self.te_r0 - self.phit_p[:, :r] @ a
+        m_te = (self.te_dphi[:, :r] - self.phit_p[:, :r] @ c) @ v
+        n_pts = int(min(np.ceil(self.t_eff), ESTIMATE_POINTS))
+        width = self.t_eff / n_pts
+        small = sig < 1.0
+        log_q = np.log1p(-np.where(small, sig, 0.0))
+        inv = 1.0 / np.where(sig > 0, sig, 1.0)
+        forcing = accumulated = train_err = 0.0
+        for s in np.floor(np.arange(n_pts) * width):
+            grow = np.where(small, np.where(sig > 0, -np.expm1(s * log_q) * inv, s),
+                            (1.0 - (1.0 - sig) ** s) * inv)
+            gb = grow[:, None] * b
+            forcing += width * self.scale_test * float(np.linalg.norm(e_te - m_te @ gb))
+            accumulated += width * min(train_err, ERROR_CAP * self.norm_train)
+            train_err += width * self.scale_train * float(np.linalg.norm(e_tr - m_tr @ gb))
+        return forcing, self.cross_norm(r) * self.rate_max * accumulated
+
+    def __call__(self, rank: int) -> float:
+        """The estimate with the leading ``rank`` coordinates (relative to ``||f_0 - Y||``
+        on the test set), before the cap of :func:`held_out_trajectory_estimate`."""
+        if self.norm_test <= 0 or self.t_eff <= 0:
+            return 0.0
+        return float(self.margin * sum(self.parts(rank)) / self.norm_test)
+
+
+def held_out_estimator(phi: np.ndarray, phi_test: np.ndarray, probe_rows: np.ndarray,
+                         probe_columns: np.ndarray, test_rows: np.ndarray,
+                         test_columns: np.ndarray, residual: np.ndarray,
+                         test_residual: np.ndarray, rates: np.ndarray, t_eff: float,
+                         margin: float = ESTIMATE_MARGIN) -> HeldOutEstimate:
+    """:class:`HeldOutEstimate` of ``phi`` (N x m) and ``phi_test`` (M x m) from the
+    training probe columns ``Theta[X, P]`` (N x p), the test probe columns
+    ``Theta[X, T[P_T]]`` (N x p_T), the residuals ``f_0 - Y`` on the training (N x K) and
+    test (M x K) sets and the row rates ``D`` (N,) of :func:`mean_rates`;
+    ``O(N m (m + p + p_T + K) + N p_T^2)`` once."""
+    n, n_t = phi.shape[0], phi_test.shape[0]
+    rows, t_rows = np.asarray(probe_rows), np.asarray(test_rows)
+    d_phi, d_r0 = rates[:, None] * phi, rates[:, None] * residual
+    ct, tt = np.asarray(probe_columns).T, np.asarray(test_columns).T
+    return HeldOutEstimate(
+        tr_r0=ct @ d_r0, tr_dphi=ct @ d_phi, phi_p=phi[rows], te_r0=tt @ d_r0,
+        te_dphi=tt @ d_phi, phit_p=phi_test[t_rows], te_gram=tt @ tt.T, te_phi=tt @ phi,
+        phi_gram=phi.T @ phi, gram=phi.T @ d_phi, proj=phi.T @ d_r0,
+        scale_train=float(np.sqrt(n / max(rows.size, 1))),
+        scale_test=float(np.sqrt(n_t / max(t_rows.size, 1))),
+        rate_max=float(np.max(rates, initial=0.0)),
+        norm_test=float(np.linalg.norm(test_residual)),
+        norm_train=float(np.linalg.norm(residual)), t_eff=float(t_eff), margin=margin)
+
+
+def held_out_trajectory_estimate(factor: LowRankFactor, residual: np.ndarray,
+                             test_residual: np.ndarray, agent: np.ndarray, lr: np.ndarray,
+                             counts: np.ndarray, horizon: float,
+                             algorithm: str | Algorithm = "dgd") -> dict:
+    """What ``metadata["low_rank"]`` reports about the test outputs (``theory/low_rank.md``
+    section 3.1): ``error_estimate_test``, the estimate of ``max_{t,q} ||f_q(X_T, t) -
+    f~_q(X_T, t)||_2 / ||f_0(X_T) - Y_T||_F`` (capped at 2: an estimate, not a bound, on
+    the test outputs; ``error_estimate_test_uncapped`` before it), with its two parts
+    ``error_estimate_test_forcing`` and ``error_estimate_test_propagated`` and
+    ``error_estimate_test_kind`` (``"test probe rows"``; ``"unavailable"`` and ``None``
+    for a factor without training and test probe columns)."""
+    if (factor.test_probe_columns is None or factor.probe_columns is None
+            or factor.phi_test is None or factor.rank == 0):
+        return {"error_estimate_test": None, "error_estimate_test_kind": "unavailable"}
+    rates, per_step = mean_rates(lr, agent, counts, algorithm)
+    est = held_out_estimator(factor.phi, factor.phi_test, factor.probe_rows,
+                               factor.probe_columns, factor.test_probe_rows,
+                               factor.test_probe_columns, np.asarray(residual, np.float64),
+                               np.asarray(test_residual, np.float64), rates,
+                               horizon * per_step)
+    forcing, prop = est.parts(factor.rank)
+    norm = est.norm_test if est.norm_test > 0 else 1.0
+    value = est(factor.rank)
+    return {"error_estimate_test": float(min(ERROR_CAP, value)),
+            "error_estimate_test_uncapped": value,
+            "error_estimate_test_forcing": float(est.margin * forcing / norm),
+            "error_estimate_test_propagated": float(est.margin * prop / norm),
+            "error_estimate_test_kind": "test probe rows"}
+
+
 # --------------------------------------------------------------------------- memory
 def evolve_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *,
                  padded_rows: int | None = None, acc_rows: int | None = None,
@@ -578,9 +718,10 @@ def predict_lowrank(
     bandwidth-bound); the same trajectory to round-off.
 
     ``metadata["low_rank"]`` holds the rank, the factorisation's facts and the a-priori
-    estimate ``error_estimate = error_scale * ||E||`` bound
-    (:func:`error_scale`, ``theory/low_rank.md``) of
-    ``max_{t, q} ||f_q(t) - f~_q(t)||_2 / ||f_0 - Y||_F`` on the training outputs.
+    estimate ``error_estimate`` (:func:`trajectory_estimate`, ``theory/low_rank.md``) of
+    ``max_{t, q} ||f_q(t) - f~_q(t)||_2 / ||f_0 - Y||_F`` on the training outputs; with a
+    test set, ``error_estimate_test`` (:func:`held_out_trajectory_estimate`) of the same
+    on the test outputs, relative to ``||f_0(X_T) - Y_T||_F``.
     """
     algo = get_algorithm(algorithm)
     inp = lowrank_inputs(factor, y_train, agent, mixing, lr, steps, f0_train, y_test,
@@ -638,6 +779,12 @@ def lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: LowRankInputs,
                acc_rows=n if acc_rows is None else int(acc_rows),
                estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
                            "on the training inputs (theory/low_rank.md)")
+    if inp.yt is not None:  # the test outputs (theory/low_rank.md section 3.1)
+        low.update(held_out_trajectory_estimate(factor, inp.f0 - inp.y, inp.ft - inp.yt,
+                                                inp.agent, inp.lr_q, inp.counts,
+                                                float(inp.steps[-1]), algo),
+                   estimate_test_of="max over records and agents of ||f_q - f~_q||_2 / "
+                                    "||f_0 - Y||_F on the test inputs (theory/low_rank.md)")
     meta = {
         "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
         "kernel_layout": "traced", "path": "low_rank", "low_rank": low,

@@ -68,7 +68,10 @@ class LowRankTooLargeError(memory.ProblemTooLargeError, ValueError):
 class KernelColumns(Protocol):
     """Where kernel columns come from.  ``n``: training samples; ``n_test``: test samples
     (0 without); ``diagonal()``: ``diag(Theta)`` (N,); ``columns(idx)``:
-    ``Theta[:, idx]`` (N, b); ``test_columns(idx)``: ``Theta[T, idx]`` (M, b)."""
+    ``Theta[:, idx]`` (N, b); ``test_columns(idx)``: ``Theta[T, idx]`` (M, b).  Optional:
+    ``test_probe_columns(idx)``: ``Theta[X, T[idx]]`` (N, b), the training rows of the
+    test-train kernel at test rows ``idx`` (the probe columns of the test-output estimate;
+    a source without it gets no test-output estimate)."""
 
     n: int
     n_test: int
@@ -115,6 +118,9 @@ class MatrixColumns:
 
     def test_columns(self, idx):
         return self.kernel_test[:, idx]
+
+    def test_probe_columns(self, idx):
+        return self.kernel_test[np.asarray(idx)].T
 
 
 class _InputRows:
@@ -203,6 +209,9 @@ class AnalyticColumns(_InputRows):
     def test_columns(self, idx):
         return self._block(self.x_test, self.x[idx])
 
+    def test_probe_columns(self, idx):
+        return self._block(self.x, self.x_test[np.asarray(idx)])
+
 
 @dataclass(frozen=True)
 class EmpiricalColumns(_InputRows):
@@ -244,6 +253,9 @@ class EmpiricalColumns(_InputRows):
 
     def test_columns(self, idx):
         return self._ntk(self.x_test, self.x[np.asarray(idx)])
+
+    def test_probe_columns(self, idx):
+        return self._ntk(self.x, self.x_test[np.asarray(idx)])
 
 
 #: bytes one landmark sub-block of :class:`JacobianColumns` may hold (its ``J_B^T`` rows
@@ -301,13 +313,16 @@ class JacobianColumns(_InputRows):
         per = 8 * st["k"] * (2 * st["p"] + self.row_batch * (st["k"] + 1))
         return max(1, int(self.budget_bytes // per))
 
-    def _ntk(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """``Theta[rows, x[idx]]`` (``(len(rows), len(idx))``) by the two steps above."""
+    def _ntk(self, rows: np.ndarray, idx: np.ndarray, land: np.ndarray | None = None
+             ) -> np.ndarray:
+        """``Theta[rows, land[idx]]`` (``(len(rows), len(idx))``, ``land`` default ``x``)
+        by the two steps above."""
+        land = self.x if land is None else land
         st = self._setup
         out = np.empty((rows.shape[0], idx.size))
         sub, rb = self._sub(), self.row_batch
         for j0 in range(0, idx.size, sub):
-            xb = self.x[idx[j0:j0 + sub]]
+            xb = land[idx[j0:j0 + sub]]
             v = st["vt"](st["theta0"], xb)  # (b K, P)
             for r0 in range(0, rows.shape[0], rb):
                 xr = rows[r0:r0 + rb]
@@ -351,6 +366,9 @@ class JacobianColumns(_InputRows):
 
     def test_columns(self, idx):
         return self._ntk(self.x_test, np.asarray(idx))
+
+    def test_probe_columns(self, idx):
+        return self._ntk(self.x, np.asarray(idx), self.x_test)
 
 
 def _jvp_directions(apply_fn, unravel, theta0, xb):
@@ -406,6 +424,10 @@ class LowRankFactor:
         Training rows drawn uniformly at random (without replacement) whose kernel columns
         ``probe_columns = Theta[:, P]`` (N x p) feed the probe-row error estimate
         (:func:`ntkdyn.lowrank.evolve.probe_estimator`, ``theory/low_rank.md`` section 3).
+    test_probe_rows : (p_T,) or None
+        Test rows drawn uniformly at random whose test-train kernel rows
+        ``test_probe_columns = Theta[T[P_T], X]^T`` (N x p_T) feed the test-output estimate
+        (:func:`ntkdyn.lowrank.evolve.held_out_estimator`, ``theory/low_rank.md`` 3.1).
     """
 
     phi: np.ndarray
@@ -419,6 +441,8 @@ class LowRankFactor:
     info: dict = field(default_factory=dict)
     probe_rows: np.ndarray | None = None
     probe_columns: np.ndarray | None = None
+    test_probe_rows: np.ndarray | None = None
+    test_probe_columns: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -438,7 +462,8 @@ class LowRankFactor:
             else self.phi_test[:, :rank], eigenvalues=self.eigenvalues[:rank],
             landmarks=self.landmarks, method=self.method, trace=self.trace,
             residual_trace=self.residual_trace, next_eigenvalue=max(nxt, 0.0),
-            info=dict(self.info), probe_rows=self.probe_rows, probe_columns=self.probe_columns)
+            info=dict(self.info), probe_rows=self.probe_rows, probe_columns=self.probe_columns,
+            test_probe_rows=self.test_probe_rows, test_probe_columns=self.test_probe_columns)
 
     def describe(self) -> dict:
         return {"rank": self.rank, "method": self.method, "landmarks": int(len(self.landmarks)),
@@ -476,10 +501,12 @@ def factor_bytes(n: int, n_test: int, m: int, block: int = DEFAULT_BLOCK,
     """Peak bytes of :func:`factorize` at ``m`` landmarks: ``F`` and ``F_T`` twice (the
     eigen-rotation writes a copy), one block of columns with its residual (``3 (N + M) b``),
     the m x m Gram matrix with its eigenvectors (``3 m^2``) and the probe columns of the
-    error estimate (``N p``, ``p = probe_count(N, m, probes)``); float64."""
+    error estimates (``N p``, ``p = probe_count(N, m, probes)``, and ``N p_T`` for the test
+    outputs, ``p_T = probe_count(M, m, probes)``); float64."""
     p = probe_count(n, m, probes) if n else 0
+    p_t = probe_count(n_test, m, probes) if n and n_test else 0
     return int(8 * (2 * (n + n_test) * m + 3 * (n + n_test) * block + 3 * m * m + 4 * n
-                    + n * p))
+                    + n * (p + p_t)))
 
 
 def max_fitting_rank(n: int, n_test: int, available: int, block: int = DEFAULT_BLOCK,
@@ -557,6 +584,7 @@ def factorize(
     probes: int | None = None,
     estimate=None,
     tol: float | None = None,
+    estimate_test=None,
 ) -> LowRankFactor:
     """Factor the training kernel of ``source`` (see the module docstring).
 
@@ -577,6 +605,14 @@ def factorize(
     landmarks are read until the estimate of the leading half of the factor's coordinates
     is ``<= tol`` (checked whenever the number of columns has doubled), then the fewest
     coordinates whose estimate is ``<= tol`` are kept (bisection on the rank).
+
+    With test inputs (``source.n_test > 0``) and a source with ``test_probe_columns``, as
+    many test rows as :func:`probe_count` gives for ``M`` are drawn too and their
+    test-train kernel rows kept (``test_probe_rows`` / ``test_probe_columns``) for the
+    test-output estimate.  ``estimate_test`` (``estimate_test(phi, phi_test, probe_rows,
+    probe_columns, test_rows, test_columns) -> (rank -> float)``, e.g. on
+    :func:`ntkdyn.lowrank.evolve.held_out_estimator`)
+    makes ``tol`` apply to ``max(train, test)`` estimates.
     """
     import time
 
@@ -591,22 +627,28 @@ def factorize(
     p_rows = np.sort(np.random.default_rng([seed, 1]).choice(
         source.n, size=probe_count(source.n, m_cap, probes), replace=False))
     p_cols = np.asarray(source.columns(p_rows), dtype=np.float64) if p_rows.size else None
+    t_rows, t_cols_ = _test_probes(source, m_cap, probes, seed)
     t_probe = time.perf_counter() - t0
-    done = _stop_rule(target_norm, estimate if by_estimate else None, tol, p_rows, p_cols,
-                      block)
+    est = None
+    if by_estimate:
+        est = _max_estimate(estimate, None if t_cols_ is None else estimate_test, t_rows,
+                            t_cols_)
+    done = _stop_rule(target_norm, est, tol, p_rows, p_cols, block)
     piv = _pivoted_cholesky(source, diag, m_cap, method, block, scale, done, seed, progress)
     t_cols = time.perf_counter() - t0
     residual_trace = max(trace - float(np.einsum("ij,ij->", piv.f, piv.f)), 0.0)
     s, v, phi = _rotate(piv.f)
     phi_test = None if piv.ft is None else piv.ft @ v
     if by_estimate and p_cols is not None:
-        r = _rank_by_estimate(estimate(phi, p_rows, p_cols), phi.shape[1], tol, r_cap)
+        r = _rank_by_estimate(est(phi, p_rows, p_cols, phi_test), phi.shape[1], tol, r_cap)
     else:
         r = _chosen_rank(rank, target_norm, residual_trace, s, r_cap)
     t_total = time.perf_counter() - t0
     nxt = float(s[r]) if r < phi.shape[1] else 0.0
     info = {"landmarks_read": int(piv.reads), "blocks": int(piv.blocks), "block": int(block),
-            "probe_columns": int(p_rows.size), "seconds_probe": round(t_probe, 3),
+            "probe_columns": int(p_rows.size),
+            "test_probe_columns": 0 if t_rows is None else int(t_rows.size),
+            "seconds_probe": round(t_probe, 3),
             "seconds_columns": round(t_cols, 3), "seconds_total": round(t_total, 3),
             "reached_numerical_rank": bool(float(piv.d.max(initial=0.0)) <= PIVOT_RTOL * scale)}
     return LowRankFactor(
@@ -615,7 +657,34 @@ def factorize(
         eigenvalues=s[:r].copy(), landmarks=np.concatenate(piv.landmarks) if piv.landmarks
         else np.zeros(0, np.int64), method=method, trace=trace,
         residual_trace=residual_trace, next_eigenvalue=nxt, info=info,
-        probe_rows=p_rows if p_cols is not None else None, probe_columns=p_cols)
+        probe_rows=p_rows if p_cols is not None else None, probe_columns=p_cols,
+        test_probe_rows=t_rows, test_probe_columns=t_cols_)
+
+
+def _test_probes(source: KernelColumns, m_cap: int, probes, seed: int):
+    """Test probe rows (uniform, without replacement; ``probe_count(M, m_cap, probes)``) and
+    their test-train kernel rows ``Theta[T[P_T], X]^T`` (N x p_T), or ``(None, None)``
+    without test inputs or a source that cannot give them."""
+    read = getattr(source, "test_probe_columns", None)
+    if not source.n_test or read is None:
+        return None, None
+    rows = np.sort(np.random.default_rng([seed, 2]).choice(
+        source.n_test, size=probe_count(source.n_test, m_cap, probes), replace=False))
+    if not rows.size:
+        return None, None
+    return rows, np.asarray(read(rows), dtype=np.float64)
+
+
+def _max_estimate(estimate, estimate_test, t_rows, t_cols):
+    """The estimate ``rank="auto"`` uses, as ``(phi, rows, columns, phi_test) -> (rank ->
+    float)``: the training one, or ``max(train, test)`` per rank with ``estimate_test``."""
+    def both(phi, p_rows, p_cols, phi_test):
+        train = estimate(phi, p_rows, p_cols)
+        if estimate_test is None or phi_test is None:
+            return train
+        test = estimate_test(phi, phi_test, p_rows, p_cols, t_rows, t_cols)
+        return lambda r: max(train(r), test(r))
+    return both
 
 
 #: the probe rows: at most this fraction of the landmarks, within PROBE_MIN..PROBE_MAX
@@ -648,18 +717,20 @@ def _stop_rule(target_norm, estimate, tol, p_rows, p_cols, block: int):
     if estimate is not None and p_cols is not None:
         state = {"next": 2 * block}
 
-        def done(f, d):
+        def done(f, d, ft=None):
             k = f.shape[1]
             if k < state["next"]:
                 return False
             state["next"] = 2 * k
-            return estimate(_rotate(f)[2], p_rows, p_cols)(max(1, k // 2)) <= tol
+            _, v, phi = _rotate(f)
+            return estimate(phi, p_rows, p_cols, None if ft is None else ft @ v)(
+                max(1, k // 2)) <= tol
 
         return done
     if target_norm is None:
         return None
     half = 0.5 * target_norm
-    return lambda f, d: max(float(d.sum()), 0.0) <= half
+    return lambda f, d, ft=None: max(float(d.sum()), 0.0) <= half
 
 
 def _rank_by_estimate(per_rank, k: int, tol: float, r_cap: int) -> int:
@@ -744,7 +815,7 @@ def _pivoted_cholesky(source: KernelColumns, diag: np.ndarray, m_cap: int, metho
         from tqdm.auto import tqdm
         bar = tqdm(total=m_cap, unit="col", desc="low-rank factor")
     while k < m_cap:
-        if done is not None and done(f[:, :k], d):
+        if done is not None and done(f[:, :k], d, None if ft is None else ft[:, :k]):
             break
         b = min(block, m_cap - k)
         if method == "uniform":
