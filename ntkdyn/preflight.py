@@ -529,18 +529,25 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     target = cfg.prediction.target_loss
     prediction = None
     residual = (0.0 if f0_train is None else f0_train) - np.asarray(data.y_train, dtype=float)
+    rates, counts = learning_rates(lr, w.shape[0]), np.bincount(agent, minlength=w.shape[0])
     low = dict(factor.describe(), **lowrank.trajectory_estimate(
-        factor, residual, agent, learning_rates(lr, w.shape[0]),
-        np.bincount(agent, minlength=w.shape[0]), float(steps[-1]), algo),
+        factor, residual, agent, rates, counts, float(steps[-1]), algo),
         tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
+    if has_test:
+        f0_test = np.asarray(arch.apply(params, data.x_test)) if empirical else 0.0
+        low.update(lowrank.held_out_trajectory_estimate(
+            factor, residual, f0_test - np.asarray(data.y_test, dtype=float), agent, rates,
+            counts, float(steps[-1]), algo))
     if chosen.inside:
         prediction = _lowrank_prediction(factor, exp, cfg, params, steps, algo)
     t_end = time.perf_counter()
+    test_est = low.get("error_estimate_test")
+    on_test = "" if test_est is None else f", {test_est:.3g} of the test outputs"
     caveat = (f"Low-rank path (rank {factor.rank}, a-priori error estimate "
-              f"{low['error_estimate']:.3g} of the training outputs): stability and prediction "
-              f"are those of the truncated kernel; {LOW_RANK_WORDS}, so a rate inside it can "
-              "still be outside for the full kernel. " + _caveat(cfg.prediction.kernel,
-                                                                 cfg.architecture.width))
+              f"{low['error_estimate']:.3g} of the training outputs{on_test}): stability and "
+              f"prediction are those of the truncated kernel; {LOW_RANK_WORDS}, so a rate "
+              "inside it can still be outside for the full kernel. "
+              + _caveat(cfg.prediction.kernel, cfg.architecture.width))
     return CheckReport(
         config=cfg.to_dict(), kernel=cfg.prediction.kernel, width=cfg.architecture.width,
         topology=name, algorithm=cfg.training.algorithm, lr=lr, target_loss=target,

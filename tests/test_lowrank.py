@@ -778,7 +778,8 @@ def test_check_with_rank_follows_predict_default_one_random_network(tmp_path, ca
     """``ntkdyn check`` with ``[prediction] rank`` predicts what ``nd.predict(rank=...)``
     predicts by default (analytic kernel): one random network.  Its expected final test
     loss / accuracy and 5-95 % bands equal ``nd.predict``'s with the same rank, seed and
-    samples (same factor, same NNGP draws: 1e-9 relative); the ``final_*`` fields are the
+    samples (same factor, same NNGP draws: 1e-9 relative), and so are its a-priori error
+    estimates of the training and test outputs; the ``final_*`` fields are the
     mean network (f0 = 0), equal to the check with ``f0 = "mean"`` (1e-9), and the text
     labels both.  Before, check reported the mean network alone, unlabelled."""
     import json
@@ -811,6 +812,11 @@ def test_check_with_rank_follows_predict_default_one_random_network(tmp_path, ca
             [float(b[-1].mean()) for b in traj.band(metric)], rel=1e-9, abs=1e-12)
     lo, hi = one["final_test_loss_band"]
     assert lo < one["final_test_loss_expected"] < hi
+    # the a-priori estimates of the training and the test outputs are nd.predict's
+    for key in ("error_estimate", "error_estimate_test"):
+        assert rep.low_rank[key] is not None and rep.low_rank[key] > 0, key
+        assert rep.low_rank[key] == pytest.approx(traj.metadata["low_rank"][key], rel=1e-9)
+    assert f"{rep.low_rank['error_estimate_test']:.3g} of the test outputs" in rep.caveat
     assert main(["check", str(cfg), "--quiet"]) in (0, 1)
     text = capsys.readouterr().out
     assert "one random network (over 6 sampled initialisations):" in text

@@ -365,7 +365,9 @@ def predict_random_lowrank(
         record_outputs=record_outputs, chunk=chunk, progress=progress,
         desc=f"low-rank {algo.name}, {p} networks", runner=runner)
     # the metadata (and its error estimate) describe the mean network's K columns
-    inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=inp.f0[:, :k])
+    inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=inp.f0[:, :k],
+                                yt=None if inp.yt is None else inp.yt[:, :k],
+                                ft=None if inp.ft is None else inp.ft[:, :k])
     meta = lowrank_metadata(factor, algo, inp_k, padded=not gram and stacked
                             and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
                             given_f0=False, metadata=metadata)
