@@ -254,8 +254,6 @@ def _skewed_problem(decay: str, seed: int = 1):
 
 
 @pytest.mark.parametrize("decay", ["fast", "slow", "flat"])
-@pytest.mark.xfail(reason="issue 17 probe estimate: forcing D E r~_s instead of E D r~_s "
-                          "(fixed in the next commit)", strict=False)
 @pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking"])
 def test_probe_estimate_bounds_error_on_skewed_shards_and_rates(decay, algorithm):
     """Unequal shards (1:8) and per-agent rates, the residual on the smallest shard: the
@@ -278,6 +276,8 @@ def test_probe_estimate_bounds_error_on_skewed_shards_and_rates(decay, algorithm
         meta = low.metadata["low_rank"]
         assert meta["error_estimate_kind"] == "probe rows"
         assert err <= meta["error_estimate"] <= ESTIMATE_RATIO * err, (rank, err, meta)
+        # sqrt(max D / min D), D_ii = eta_q / (Q N_q): agents 0 (1/5) and 3 (0.3/40)
+        assert abs(meta["rate_spread"] - np.sqrt((1.0 / 5) / (0.3 / 40))) <= 1e-12
 
 
 def _dense_forcing_sum(kern, phi, residual, rates, t_eff):
@@ -292,8 +292,6 @@ def _dense_forcing_sum(kern, phi, residual, rates, t_eff):
     return total
 
 
-@pytest.mark.xfail(reason="issue 17 probe estimate: forcing D E r~_s instead of E D r~_s "
-                          "(fixed in the next commit)", strict=True)
 def test_probe_estimator_with_all_rows_is_the_true_forcing_sum():
     """With every row a probe row the estimate is ``margin * sum_s ||E D r~_s|| / ||r_0||``
     computed densely (to 1e-10 relative), for unequal row rates (27x spread) -- the true
