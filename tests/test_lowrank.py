@@ -234,6 +234,92 @@ def test_probe_estimate_tight_where_trace_bound_is_loose(algorithm):
     assert _max_output_error(exact, auto, len(steps), 4, y) <= 0.05
 
 
+def _skewed_problem(decay: str, seed: int = 1):
+    """:func:`_spectrum_problem`'s kernel (same eigenbasis, so :func:`_spectrum_test_rows`
+    fits it) on strongly unequal shards, sizes 5, 10, 25, 40 (1:8), with per-agent rates
+    ``(1, 0.5, 0.8, 0.3) * 0.9 * 5 / lambda_1``: the row rates ``D_ii = eta_q / (Q N_q)``
+    span 27x.  ``f0`` puts the whole residual on the smallest shard (the largest row rate),
+    where ``D E r~`` (the forcing before the fix) and ``E D r~`` (the true one) differ most."""
+    rng = np.random.default_rng(seed)
+    sizes, n = (5, 10, 25, 40), 80
+    u, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    i = np.arange(n)
+    lam = {"fast": 30 * 0.6 ** i, "slow": 30 / (1 + i), "flat": 30 / (1 + i) ** 0.3}[decay]
+    kern = (u * lam) @ u.T
+    y = np.eye(3)[rng.integers(0, 3, n)]
+    agent = rng.permutation(np.repeat(np.arange(4), sizes))
+    f0 = np.where((agent == 0)[:, None], 0.0, y)
+    lr = 0.9 * min(sizes) / lam[0] * np.array([1.0, 0.5, 0.8, 0.3])
+    return kern, y, f0, agent, nd.graphs.mixing(nd.graphs.topology("ring", 4)), lr
+
+
+@pytest.mark.parametrize("decay", ["fast", "slow", "flat"])
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking"])
+def test_probe_estimate_bounds_error_on_skewed_shards_and_rates(decay, algorithm):
+    """Unequal shards (1:8) and per-agent rates, the residual on the smallest shard: the
+    probe-row estimate is >= the measured training-output error and <= ESTIMATE_RATIO times
+    it at ranks 2, 8, 24 (measured 1.8-9.2 after the fix; before it, with the forcing
+    ``D E r~_s`` instead of ``E D r~_s``, the estimate was 0.67-0.97x the error on the fast
+    spectrum at ranks 8 and 24); the test-output estimate bounds the test-output error."""
+    kern, y, f0, agent, w, lr = _skewed_problem(decay)
+    kern_t, yt = _spectrum_test_rows(decay)
+    steps = range(0, 201, 20)
+    exact = nd.predict_from_kernels(kern, y, agent, w, lr, steps, algorithm, f0_train=f0,
+                                    record_outputs=True, kernel_test_train=kern_t, y_test=yt)
+    for rank in (2, 8, 24):
+        low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, w, lr, steps,
+                              algorithm, rank=rank, f0_train=f0, record_outputs=True,
+                              y_test=yt)
+        _check_test_estimate(exact, low, len(steps), yt)
+        diff = (exact.train_outputs - low.train_outputs).reshape(len(steps), 4, -1)
+        err = np.max(np.linalg.norm(diff, axis=-1)) / np.linalg.norm(y - f0)
+        meta = low.metadata["low_rank"]
+        assert meta["error_estimate_kind"] == "probe rows"
+        assert err <= meta["error_estimate"] <= ESTIMATE_RATIO * err, (rank, err, meta)
+        # sqrt(max D / min D), D_ii = eta_q / (Q N_q): agents 0 (1/5) and 3 (0.3/40)
+        assert abs(meta["rate_spread"] - np.sqrt((1.0 / 5) / (0.3 / 40))) <= 1e-12
+
+
+def _dense_forcing_sum(kern, phi, residual, rates, t_eff):
+    """``sum_{s < T} ||E D r~_s||_F`` with all rows, ``r~_s = (I - Phi Phi^T D)^s r_0`` and
+    ``E = Theta - Phi Phi^T``: the sum the probe-row estimate samples (T an integer <= 500,
+    so the Riemann sum is this sum)."""
+    e, lowk = kern - phi @ phi.T, phi @ phi.T
+    r, total = residual.copy(), 0.0
+    for _ in range(int(t_eff)):
+        total += float(np.linalg.norm(e @ (rates[:, None] * r)))
+        r = r - lowk @ (rates[:, None] * r)
+    return total
+
+
+def test_probe_estimator_with_all_rows_is_the_true_forcing_sum():
+    """With every row a probe row the estimate is ``margin * sum_s ||E D r~_s|| / ||r_0||``
+    computed densely (to 1e-10 relative), for unequal row rates (27x spread) -- the true
+    forcing of ``e_{s+1} = (I - Theta D) e_s - E D r~_s``; and for equal shards with one
+    rate (``D = delta I``) the value is the one of the earlier formula ``D E r~_s``,
+    ``r~_s = (I - D Phi Phi^T)^s r_0``, to round-off (1e-12 relative)."""
+    kern, y, f0, agent, _, lr = _skewed_problem("slow")
+    factor = lowrank.factorize(lowrank.kernel_columns(kern), 8)
+    phi, rows, cols = factor.phi, np.arange(80), kern
+    res = f0 - y
+    for agents, rates_lr in ((agent, lr), (np.arange(80) % 4, np.full(4, lr[0]))):
+        counts = np.bincount(agents, minlength=4)
+        rates, _ = lowrank.mean_rates(rates_lr, agents, counts)
+        est = lowrank.probe_estimator(phi, rows, cols, res, rates, 60)
+        dense = _dense_forcing_sum(kern, phi, res, rates, 60)
+        value = est(factor.rank)
+        assert abs(value - 2.0 * dense / np.linalg.norm(res)) <= 1e-10 * value, (value, dense)
+    # equal shards, one rate: the earlier formula D E (I - D Phi Phi^T)^s r_0 gives the same
+    d = rates[0]
+    assert np.all(rates == d)
+    old = lowrank.ProbeEstimate(theta_r0=cols.T @ res, theta_dphi=cols.T @ (d * phi),
+                                phi_p=phi, gram=d * phi.T @ phi, proj=phi.T @ res,
+                                row_scale=np.full(80, d), norm_r0=float(np.linalg.norm(res)),
+                                t_eff=60.0)
+    for rank in (2, 5, 8):
+        assert abs(old(rank) - est(rank)) <= 1e-12 * est(rank), (rank, old(rank), est(rank))
+
+
 def test_auto_rank_meets_tolerance():
     kern, y, agent, w, lr = _spectrum_problem("fast")
     steps = range(0, 101, 10)

@@ -110,21 +110,33 @@ class ProbeEstimate:
     r"""The probe-row estimate of the truncation error at every rank ``r <= m`` of a factor
     ``Phi`` (N x m, eigen-coordinates), for one residual ``r_0`` and row rates ``D``.
 
-    ``r~_s = (I - D Phi_r Phi_r^T)^s r_0 = r_0 - D Phi_r h_s`` with
-    ``h_s = sum_{j<s} (I - C_r)^j a_r``, ``C_r = Phi_r^T D Phi_r``, ``a_r = Phi_r^T r_0``;
-    the estimate is ``margin * sum_{s < T_eff} ||D E_r r~_s|| / ||r_0||`` with
-    ``E_r = Theta - Phi_r Phi_r^T``, each norm from the ``p`` probe rows ``P``
-    (``||v||^2 ~ (N/p) ||v[P]||^2``, unbiased for rows drawn uniformly):
-    ``(E_r r~_s)[P] = Theta[P,:] r_0 - Phi_r[P] a_r - (Theta[P,:] D Phi_r - Phi_r[P] C_r) h_s``.
+    Centralised GD with row rates ``D`` moves the residual by ``r_{s+1} = (I - Theta D) r_s``,
+    the low-rank path by ``r~_{s+1} = (I - Phi_r Phi_r^T D) r~_s``, so the error
+    ``e_s = r_s - r~_s`` obeys ``e_{s+1} = (I - Theta D) e_s - E_r D r~_s`` with
+    ``E_r = Theta - Phi_r Phi_r^T``: the forcing is ``E_r D r~_s``, and
+    ``D r~_s = (I - D Phi_r Phi_r^T)^s D r_0``.  In ``r`` coordinates
+    ``r~_s = r_0 - Phi_r h_s`` with ``h_s = sum_{j<s} (I - C_r)^j a_r``,
+    ``C_r = Phi_r^T D Phi_r``, ``a_r = Phi_r^T D r_0``; the estimate is
+    ``margin * sum_{s < T_eff} ||E_r D r~_s|| / ||r_0||``, each norm from the ``p`` probe
+    rows ``P`` (``||v||^2 ~ (N/p) ||v[P]||^2``, unbiased for rows drawn uniformly):
+    ``(E_r D r~_s)[P] = Theta[P,:] D r_0 - Phi_r[P] a_r - (Theta[P,:] D Phi_r - Phi_r[P] C_r) h_s``.
     Every rank uses leading blocks of the same products (``theory/low_rank.md`` section 3).
+
+    With equal shards and one rate (``D = delta I``) this is the earlier
+    ``D E_r (I - D Phi_r Phi_r^T)^s r_0`` exactly; with unequal row rates the two differ (by
+    up to ``max D / min D``), and only ``E_r D r~_s`` is the forcing.  Rigour: for
+    centralised GD ``||e_T|| <= sqrt(max D / min D) sum_s ||E_r D r~_s||`` at stable rates
+    (``I - Theta D`` is similar, by ``D^(1/2)``, to a symmetric contraction); the factor is
+    *not* included (it is reported as ``rate_spread`` by :func:`trajectory_estimate`), so
+    with unequal row rates the reported value is an estimate, as it is peer to peer.
     """
 
-    theta_r0: np.ndarray     # (p, K)   Theta[P, :] r_0
+    theta_r0: np.ndarray     # (p, K)   Theta[P, :] D r_0
     theta_dphi: np.ndarray   # (p, m)   Theta[P, :] D Phi
     phi_p: np.ndarray        # (p, m)   Phi[P]
     gram: np.ndarray         # (m, m)   Phi^T D Phi
-    proj: np.ndarray         # (m, K)   Phi^T r_0
-    row_scale: np.ndarray    # (p,)     sqrt(N / p) D_PP
+    proj: np.ndarray         # (m, K)   Phi^T D r_0
+    row_scale: np.ndarray    # (p,)     sqrt(N / p)
     norm_r0: float
     t_eff: float
     margin: float = ESTIMATE_MARGIN
@@ -161,7 +173,10 @@ def trajectory_estimate(factor: LowRankFactor, residual: np.ndarray, agent: np.n
     outputs (``theory/low_rank.md`` section 3): ``error_estimate`` (capped at 2),
     ``error_estimate_uncapped``, ``error_estimate_kind`` (``"probe rows"``, or ``"trace"``
     for a factor without probe columns), ``error_scale`` and ``error_bound_trace``, the
-    earlier ``min(2, error_scale * (trace(E) + S_{r+1}))``."""
+    earlier ``min(2, error_scale * (trace(E) + S_{r+1}))``; with probe rows also
+    ``rate_spread = sqrt(max D / min D)`` of the row rates ``D`` (1 for equal shards and one
+    rate): the factor by which centralised GD's error can exceed the forcing sum
+    ``error_estimate_uncapped / 2`` (:class:`ProbeEstimate`), not included in the estimate."""
     scale = error_scale(lr, counts, horizon, algorithm)
     trace_bound = error_estimate(factor, scale)
     if factor.probe_columns is None or factor.rank == 0:
@@ -171,9 +186,11 @@ def trajectory_estimate(factor: LowRankFactor, residual: np.ndarray, agent: np.n
     est = probe_estimator(factor.phi, factor.probe_rows, factor.probe_columns,
                           np.asarray(residual, dtype=np.float64), rates,
                           horizon * per_step)(factor.rank)
+    live = rates[rates > 0]
+    spread = float(np.sqrt(live.max() / live.min())) if live.size else 1.0
     return {"error_estimate": float(min(ERROR_CAP, est)), "error_estimate_uncapped": est,
             "error_estimate_kind": "probe rows", "error_bound_trace": trace_bound,
-            "error_scale": scale}
+            "error_scale": scale, "rate_spread": spread}
 
 
 def probe_estimator(phi: np.ndarray, probe_rows: np.ndarray, probe_columns: np.ndarray,
@@ -181,15 +198,16 @@ def probe_estimator(phi: np.ndarray, probe_rows: np.ndarray, probe_columns: np.n
                     margin: float = ESTIMATE_MARGIN) -> ProbeEstimate:
     """:class:`ProbeEstimate` of ``phi`` (N x m) from the probe columns ``Theta[:, P]``
     (N x p), the residual ``f_0 - Y`` (N x K) and the row rates ``D`` (N,) of
-    :func:`mean_rates`; ``O(N m (m + p + K))`` once, then ``O(m^3 + T p m K)`` per rank."""
+    :func:`mean_rates`: the forcing ``E D r~_s`` of ``e_{s+1} = (I - Theta D) e_s - E D r~_s``;
+    ``O(N m (m + p + K))`` once, then ``O(m^3 + T p m K)`` per rank."""
     n = phi.shape[0]
     rows = np.asarray(probe_rows)
-    d_phi = rates[:, None] * phi
+    d_phi, d_r0 = rates[:, None] * phi, rates[:, None] * residual
     cols_t = np.asarray(probe_columns).T
     return ProbeEstimate(
-        theta_r0=cols_t @ residual, theta_dphi=cols_t @ d_phi, phi_p=phi[rows],
-        gram=phi.T @ d_phi, proj=phi.T @ residual,
-        row_scale=np.sqrt(n / max(rows.size, 1)) * rates[rows],
+        theta_r0=cols_t @ d_r0, theta_dphi=cols_t @ d_phi, phi_p=phi[rows],
+        gram=phi.T @ d_phi, proj=phi.T @ d_r0,
+        row_scale=np.full(rows.size, np.sqrt(n / max(rows.size, 1))),
         norm_r0=float(np.linalg.norm(residual)), t_eff=float(t_eff), margin=margin)
 
 
@@ -214,7 +232,10 @@ class HeldOutEstimate:
     the margin, ``theory/low_rank.md`` 3.1), each
     norm from probe rows: ``p`` training rows ``P`` (``(E D r~_s)[P]``, scaled
     ``sqrt(N/p)``) and ``p_T`` test rows ``P_T`` (``(E_TX D r~_s)[P_T]`` and
-    ``||E_TX[P_T, :]||_2``, scaled ``sqrt(M/p_T)``)."""
+    ``||E_TX[P_T, :]||_2``, scaled ``sqrt(M/p_T)``).  The forcing is ``E_TX D r~_s`` with the
+    low-rank path's own ``r~_s`` (as :class:`ProbeEstimate`'s ``E D r~_s``, the same sums for
+    any row rates ``D``); with unequal rates the training error behind ``b_s`` can exceed it
+    by ``sqrt(max D / min D)`` (section 3), a factor left out here as there."""
 
     tr_r0: np.ndarray     # (p, K)      Theta[P, :] D r_0
     tr_dphi: np.ndarray   # (p, m)      Theta[P, :] D Phi
