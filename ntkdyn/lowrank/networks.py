@@ -49,24 +49,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics.random_init import InitDraws, assemble
 from ntkdyn.dynamics.solver import network_columns
 from ntkdyn.engine import scan_records
 from ntkdyn.lowrank.evolve import (
-    PAD_MAX,
     divergence_check,
-    evolve_bytes,
-    feature_data,
-    held_out_data,
     init_state,
     lowrank_inputs,
     lowrank_metadata,
     lowrank_operators,
+    prepare_features,
     records_trajectory,
     run_features,
-    use_gram,
 )
 from ntkdyn.lowrank.factor import KernelColumns, LowRankFactor, factorize
 from ntkdyn.trajectory import RandomNetworkTrajectory
@@ -327,37 +322,17 @@ def predict_random_lowrank(
     inp = lowrank_inputs(factor, np.concatenate([y, np.zeros((n, p))], axis=1), agent, mixing,
                          lr, steps, np.concatenate([np.zeros_like(y), draws.train], axis=1),
                          yt_aug, ft_aug, acc_rows)
-    r, q_count, counts = factor.rank, inp.w.shape[0], inp.counts
-    order = np.argsort(inp.agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
-    n_max = int(counts.max())
-    stacked = q_count * n_max <= PAD_MAX * n
-    gram = use_gram(form, n, r, q_count)
+    r, q_count = factor.rank, inp.w.shape[0]
     m_test = 0 if inp.yt is None else inp.yt.shape[0]
-    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
-    need = evolve_bytes(n, m_test, r, q_count, k + p, padded_rows=rows, acc_rows=acc_rows,
-                        record_outputs=record_outputs, records=len(inp.steps)) + \
-        networks_bytes(n, m_test, r, q_count, k, p, acc_rows=acc_rows)
-    memory.ensure_fits(need, "this low-rank prediction of one random network",
-                       "use a smaller rank, fewer samples, acc_rows=..., or f0='mean'")
-    phi_s, y_s, f0_s = inp.phi[order], inp.y[order], inp.f0[order]
-    res = f0_s - y_s
-    data = feature_data(phi_s, res, offsets, counts, inp.lr_q, inp.w, gram=gram,
-                        stacked=stacked, n_max=n_max, reference=reference,
-                        curvature=float(factor.eigenvalues.max(initial=1.0)))
-    acc = np.arange(n) if acc_rows is None else np.sort(
-        np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
-    data.update(acc_phi=jnp.asarray(phi_s[acc]), acc_f0=jnp.asarray(f0_s[acc][None]),
-                acc_labels=jnp.asarray(np.argmax(y_s[acc, :k], axis=1)))
-    if record_outputs:
-        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
-    res_t = None
-    if inp.yt is not None:
-        data.update(held_out_data(np.asarray(factor.phi_test, dtype=np.float64), inp.ft,
-                                  inp.yt))
-        data["labels_test"] = jnp.asarray(np.argmax(inp.yt[:, :k], axis=1))
-        res_t = inp.ft - inp.yt
-    data.update(network_data(data, phi_s, res, offsets, counts, res_t))
+    prep = prepare_features(
+        factor, inp, form=form, reference=reference, record_outputs=record_outputs,
+        acc_rows=acc_rows, seed=seed, labels=k,
+        extra_bytes=networks_bytes(n, m_test, r, q_count, k, p, acc_rows=acc_rows),
+        what="this low-rank prediction of one random network",
+        hint="use a smaller rank, fewer samples, acc_rows=..., or f0='mean'")
+    data = prep.data
+    data.update(network_data(data, prep.phi_s, prep.res, prep.offsets, inp.counts,
+                             None if inp.yt is None else inp.ft - inp.yt))
     runner = (init_state, partial(run_chunk_networks, k=k, networks=p))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, k + p)), data, algo, inp.steps,
@@ -366,12 +341,11 @@ def predict_random_lowrank(
         desc=f"low-rank {algo.name}, {p} networks", runner=runner)
     # the metadata (and its error estimate) describe the mean network's K columns
     inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=inp.f0[:, :k])
-    meta = lowrank_metadata(factor, algo, inp_k, padded=not gram and stacked
-                            and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
-                            given_f0=False, metadata=metadata)
+    meta = lowrank_metadata(factor, algo, inp_k, padded=prep.padded, gram=prep.gram,
+                            acc_rows=acc_rows, given_f0=False, metadata=metadata)
     meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed)
-    return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta, order,
-                             float(carry[3]), draws)
+    return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
+                             prep.order, float(carry[3]), draws)
 
 
 __all__ = ["APPROX_WORDS", "EXACT_WORDS", "assemble_networks", "draw_variance", "network_data",
