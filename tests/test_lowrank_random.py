@@ -144,3 +144,28 @@ def test_memory_of_the_random_network_terms_is_checked_before_allocating(monkeyp
     need = networks.networks_bytes(n, m, r, 4, 4, 32, nngp_rank=r)
     assert need > networks.networks_bytes(n, m, r, 4, 4, 32) > networks.networks_bytes(
         n, m, r, 4, 4, 8)
+
+
+@pytest.mark.parametrize(("k", "p"), [(10, 32), (3, 3), (4, 2), (1, 5)])
+def test_network_argmax_equals_argmax_of_the_gathered_outputs(k, p):
+    """networks.network_argmax (a running maximum over static column slices, used for the
+    sampled networks' accuracies) equals jnp.argmax of the gathered (..., P, K) outputs
+    out[..., :K] + out[..., K + network_columns] exactly: many ties (first maximum wins),
+    NaN (the first NaN wins), +-inf and inf - inf."""
+    import jax.numpy as jnp
+
+    from ntkdyn.dynamics.solver import network_columns
+
+    rng = np.random.default_rng(k * 100 + p)
+    out = rng.integers(-2, 3, size=(3, 400, k + p)).astype(np.float64)
+    special = rng.random(out.shape)
+    out[special < 0.02] = np.nan
+    out[(special >= 0.02) & (special < 0.04)] = np.inf
+    out[(special >= 0.04) & (special < 0.06)] = -np.inf
+    idx = network_columns(k, p)
+    with np.errstate(invalid="ignore"):
+        gathered = out[..., None, :k] + out[..., k + idx]
+    want = np.asarray(jnp.argmax(gathered, axis=-1))
+    got = np.asarray(networks.network_argmax(jnp.asarray(out), k))
+    assert got.shape == want.shape == (3, 400, p)
+    assert np.array_equal(got, want)
