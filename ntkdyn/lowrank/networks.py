@@ -33,7 +33,9 @@ Every recorded quadratic form of network ``s`` (losses, distances) is a sum of e
 of the ``(K + P) x (K + P)`` column Gram matrix ``(Phi x + R)^T W (Phi x + R)``
 ``= x^T G x + x^T L + L^T x + R^T W R`` (``G = Phi^T W Phi``, ``L = Phi^T W R``, both
 once): ``sum_k M_kk + 2 M_{k, K+j} + M_{K+j, K+j}``, cost ``(K + P)^2 r`` per slot and
-record; accuracies read each network's ``K`` outputs, ``(rows, P, K)`` per slot.
+record; accuracies read each network's ``K`` outputs (``f_0 + Phi x`` of a group of slots
+in one product, the networks' argmax by :func:`network_argmax` without forming the
+``(rows, P, K)`` outputs).
 
 Cost: the NNGP factor (as the NTK factor, on ``N + M`` rows) and ``K + P`` columns per
 step instead of ``K``; memory ``(N + M) s`` for ``Psi`` (freed after the draws) and the
