@@ -144,3 +144,55 @@ def test_memory_of_the_random_network_terms_is_checked_before_allocating(monkeyp
     need = networks.networks_bytes(n, m, r, 4, 4, 32, nngp_rank=r)
     assert need > networks.networks_bytes(n, m, r, 4, 4, 32) > networks.networks_bytes(
         n, m, r, 4, 4, 8)
+
+
+@pytest.mark.parametrize(("k", "p"), [(10, 32), (3, 3), (4, 2), (1, 5)])
+def test_network_argmax_equals_argmax_of_the_gathered_outputs(k, p):
+    """networks.network_argmax (a running maximum over static column slices, used for the
+    sampled networks' accuracies) equals jnp.argmax of the gathered (..., P, K) outputs
+    out[..., :K] + out[..., K + network_columns] exactly: many ties (first maximum wins),
+    NaN (the first NaN wins), +-inf and inf - inf."""
+    import jax.numpy as jnp
+
+    from ntkdyn.dynamics.solver import network_columns
+
+    rng = np.random.default_rng(k * 100 + p)
+    out = rng.integers(-2, 3, size=(3, 400, k + p)).astype(np.float64)
+    special = rng.random(out.shape)
+    out[special < 0.02] = np.nan
+    out[(special >= 0.02) & (special < 0.04)] = np.inf
+    out[(special >= 0.04) & (special < 0.06)] = -np.inf
+    idx = network_columns(k, p)
+    with np.errstate(invalid="ignore"):
+        gathered = out[..., None, :k] + out[..., k + idx]
+    want = np.asarray(jnp.argmax(gathered, axis=-1))
+    got = np.asarray(networks.network_argmax(jnp.asarray(out), k))
+    assert got.shape == want.shape == (3, 400, p)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("max_group", [1, 3, 4, 16])
+def test_grouped_accuracies_equal_one_slot_at_a_time(monkeypatch, max_group):
+    """networks._accs computes the outputs of G slots in one product (slot_group; the last
+    group padded with zero slots): the mean network's and every sampled network's
+    accuracies equal the per-slot outputs f0 + phi x_a with the gathered argmax, exactly,
+    for 7 slots in groups of 1, 3 (3+3+1, padded), 4 (4+3, padded) and all 7."""
+    import jax.numpy as jnp
+
+    from ntkdyn.dynamics.solver import network_columns
+
+    monkeypatch.setattr(networks, "MAX_GROUP", max_group)
+    rng = np.random.default_rng(3)
+    rows, r, a, k, p = 200, 6, 7, 3, 5
+    phi, x = rng.normal(size=(rows, r)), rng.normal(size=(a, r, k + p))
+    f0, labels = rng.normal(size=(1, rows, k + p)), rng.integers(0, k, rows)
+    acc_m, acc_n = networks._accs(jnp.asarray(x), jnp.asarray(phi), jnp.asarray(f0),
+                                  jnp.asarray(labels), k)
+    idx = network_columns(k, p)
+    for s in range(a):
+        out = f0[0] + phi @ x[s]
+        hits_m = np.sum(np.argmax(out[:, :k], -1) == labels)  # counts: mean = count / rows
+        assert abs(float(acc_m[s]) * rows - hits_m) <= 1e-9
+        nets = out[:, None, :k] + out[:, k + idx]
+        want = np.sum(np.argmax(nets, -1) == labels[:, None], axis=0)
+        assert np.max(np.abs(np.asarray(acc_n[s]) * rows - want)) <= 1e-9, (s, max_group)

@@ -702,6 +702,75 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
     return concatenate(pieces), steps, None, carry
 
 
+@dataclass(frozen=True)
+class FeaturePrep:
+    r"""The prepared inputs of one low-rank run (:func:`prepare_features`): shared by
+    :func:`predict_lowrank` (``K`` columns) and
+    :func:`ntkdyn.lowrank.networks.predict_random_lowrank` (``K + P`` columns).
+
+    ``order``: the rows sorted by agent (stable), ``offsets`` the agents' boundaries in
+    those rows, ``n_max = max_q N_q``; ``gram``: the Gram form (:func:`use_gram`), else the
+    feature form with the agents' rows ``stacked`` (zero padded to ``Q x n_max`` when that
+    adds at most ``PAD_MAX - 1`` of ``N``) or a tuple; ``phi_s``/``res``: ``Phi`` and
+    ``f_0 - Y`` in that order; ``data``: the device data (:func:`feature_data`, the
+    accuracy rows, the outputs' features when recorded, :func:`held_out_data`)."""
+
+    order: np.ndarray
+    offsets: tuple[int, ...]
+    n_max: int
+    stacked: bool
+    gram: bool
+    phi_s: np.ndarray
+    res: np.ndarray
+    data: dict
+
+    @property
+    def padded(self) -> bool:
+        """Whether the step reads zero-padded rows (feature form, stacked, unequal shards)."""
+        return not self.gram and self.stacked and (len(self.offsets) - 1) * self.n_max \
+            > self.phi_s.shape[0]
+
+
+def prepare_features(factor: LowRankFactor, inp: LowRankInputs, *, form: str,
+                     reference: bool, record_outputs: bool, acc_rows: int | None, seed: int,
+                     labels: int | None = None, extra_bytes: int = 0,
+                     what: str = "this low-rank prediction",
+                     hint: str = "use a smaller rank, acc_rows=..., or record_outputs=False"
+                     ) -> FeaturePrep:
+    """The one preparation step of the low-rank runs (:class:`FeaturePrep`): the layout,
+    the memory check (:func:`evolve_bytes` with the columns of ``inp.y``, plus
+    ``extra_bytes``; refused with ``what`` / ``hint`` before anything is allocated), then
+    the device data.  ``labels``: the leading columns of ``inp.y`` / ``inp.yt`` that hold
+    the targets (their argmax labels the accuracies; ``None``: all)."""
+    (n, r), c, q_count, counts = inp.phi.shape, inp.y.shape[1], inp.w.shape[0], inp.counts
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
+    n_max = int(counts.max())
+    stacked = q_count * n_max <= PAD_MAX * n
+    gram = use_gram(form, n, r, q_count)
+    m_test = 0 if inp.yt is None else inp.yt.shape[0]
+    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
+    need = evolve_bytes(n, m_test, r, q_count, c, padded_rows=rows, acc_rows=acc_rows,
+                        record_outputs=record_outputs, records=len(inp.steps)) + extra_bytes
+    memory.ensure_fits(need, what, hint)
+    phi_s, y_s, f0_s = inp.phi[order], inp.y[order], inp.f0[order]
+    res = f0_s - y_s
+    data = feature_data(phi_s, res, offsets, counts, inp.lr_q, inp.w, gram=gram,
+                        stacked=stacked, n_max=n_max, reference=reference,
+                        curvature=float(factor.eigenvalues.max(initial=1.0)))
+    acc = np.arange(n) if acc_rows is None else np.sort(
+        np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
+    data.update(acc_phi=jnp.asarray(phi_s[acc]), acc_f0=jnp.asarray(f0_s[acc][None]),
+                acc_labels=jnp.asarray(np.argmax(y_s[acc, :labels], axis=1)))
+    if record_outputs:
+        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
+    if inp.yt is not None:
+        data.update(held_out_data(np.asarray(factor.phi_test, dtype=np.float64), inp.ft,
+                                  inp.yt))
+        data["labels_test"] = jnp.asarray(np.argmax(inp.yt[:, :labels], axis=1))
+    return FeaturePrep(order, offsets, n_max, stacked, gram, phi_s, res, data)
+
+
 def predict_lowrank(
     factor: LowRankFactor,
     y_train,
@@ -747,43 +816,19 @@ def predict_lowrank(
     algo = get_algorithm(algorithm)
     inp = lowrank_inputs(factor, y_train, agent, mixing, lr, steps, f0_train, y_test,
                           f0_test, acc_rows)
-    (n, r), k, q_count, counts = inp.phi.shape, inp.y.shape[1], inp.w.shape[0], inp.counts
-    order = np.argsort(inp.agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
-    n_max = int(counts.max())
-    stacked = q_count * n_max <= PAD_MAX * n
-    gram = use_gram(form, n, r, q_count)
-    m_test = factor.phi_test.shape[0] if inp.yt is not None else 0
-    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
-    need = evolve_bytes(n, m_test, r, q_count, k, padded_rows=rows, acc_rows=acc_rows,
-                        record_outputs=record_outputs, records=len(inp.steps))
-    memory.ensure_fits(need, "this low-rank prediction",
-                       "use a smaller rank, acc_rows=..., or record_outputs=False")
-    phi_s, y_s, f0_s = inp.phi[order], inp.y[order], inp.f0[order]
-    data = feature_data(phi_s, f0_s - y_s, offsets, counts, inp.lr_q, inp.w, gram=gram,
-                        stacked=stacked, n_max=n_max, reference=reference,
-                        curvature=float(factor.eigenvalues.max(initial=1.0)))
-    if acc_rows is None:
-        rows = np.arange(n)
-    else:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
-    data.update(acc_phi=jnp.asarray(phi_s[rows]), acc_f0=jnp.asarray(f0_s[rows][None]),
-                acc_labels=jnp.asarray(np.argmax(y_s[rows], axis=1)))
-    if record_outputs:
-        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
-    if inp.yt is not None:
-        data.update(held_out_data(np.asarray(factor.phi_test, dtype=np.float64), inp.ft,
-                                  inp.yt))
-
+    r, k, q_count = inp.phi.shape[1], inp.y.shape[1], inp.w.shape[0]
+    prep = prepare_features(factor, inp, form=form, reference=reference,
+                            record_outputs=record_outputs, acc_rows=acc_rows, seed=seed)
     raw, rec_steps, phase, carry = run_features(
-        jnp.zeros((q_count + int(reference), r, k)), data, algo, inp.steps, q_count=q_count,
-        central=reference, has_test=inp.yt is not None, record_outputs=record_outputs,
-        chunk=chunk, progress=progress, desc=f"low-rank {algo.name}")
-    meta = lowrank_metadata(factor, algo, inp, padded=not gram and stacked
-                             and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
-                             given_f0=f0_train is not None, metadata=metadata)
+        jnp.zeros((q_count + int(reference), r, k)), prep.data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=inp.yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank {algo.name}")
+    meta = lowrank_metadata(factor, algo, inp, padded=prep.padded, gram=prep.gram,
+                             acc_rows=acc_rows, given_f0=f0_train is not None,
+                             metadata=metadata)
     return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
-                              order, float(carry[3]))
+                              prep.order, float(carry[3]))
 
 
 def lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: LowRankInputs, *,

@@ -33,7 +33,9 @@ Every recorded quadratic form of network ``s`` (losses, distances) is a sum of e
 of the ``(K + P) x (K + P)`` column Gram matrix ``(Phi x + R)^T W (Phi x + R)``
 ``= x^T G x + x^T L + L^T x + R^T W R`` (``G = Phi^T W Phi``, ``L = Phi^T W R``, both
 once): ``sum_k M_kk + 2 M_{k, K+j} + M_{K+j, K+j}``, cost ``(K + P)^2 r`` per slot and
-record; accuracies read each network's ``K`` outputs, ``(rows, P, K)`` per slot.
+record; accuracies read each network's ``K`` outputs (``f_0 + Phi x`` of a group of slots
+in one product, the networks' argmax by :func:`network_argmax` without forming the
+``(rows, P, K)`` outputs).
 
 Cost: the NNGP factor (as the NTK factor, on ``N + M`` rows) and ``K + P`` columns per
 step instead of ``K``; memory ``(N + M) s`` for ``Psi`` (freed after the draws) and the
@@ -49,24 +51,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics.random_init import InitDraws, assemble
 from ntkdyn.dynamics.solver import network_columns
 from ntkdyn.engine import scan_records
 from ntkdyn.lowrank.evolve import (
-    PAD_MAX,
     divergence_check,
-    evolve_bytes,
-    feature_data,
-    held_out_data,
     init_state,
     lowrank_inputs,
     lowrank_metadata,
     lowrank_operators,
+    prepare_features,
     records_trajectory,
     run_features,
-    use_gram,
 )
 from ntkdyn.lowrank.factor import KernelColumns, LowRankFactor, factorize
 from ntkdyn.trajectory import RandomNetworkTrajectory
@@ -123,8 +120,9 @@ def networks_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int,
     with ``K + P`` columns): the NNGP factor on ``N + M`` rows with its ``2 s`` landmarks
     (:func:`ntkdyn.lowrank.factor.factor_bytes`), the draws, the column Gram matrices
     ``(Q + 2) (K + P)^2`` (train, test, objective, local) and one slot's outputs of every
-    network on the accuracy rows and the test set (the slots go one at a time),
-    ``3 (N_acc + M) (K + P + P K)`` (float64)."""
+    network on the accuracy rows and the test set,
+    ``3 (N_acc + M) (K + P + P K)`` (float64), and the outputs of one group of slots
+    (:func:`slot_group`, at most ``GROUP_BYTES``)."""
     from ntkdyn.lowrank.factor import factor_bytes
 
     c = outputs + samples
@@ -132,7 +130,8 @@ def networks_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int,
     b = 2 * (n + n_test) * samples + 4 * (agents + 2) * c * c + 3 * (
         acc + n_test) * (c + samples * outputs)
     extra = factor_bytes(n + n_test, 0, min(n + n_test, 2 * nngp_rank)) if nngp_rank else 0
-    return int(8 * b + extra)
+    group = min(GROUP_BYTES, 8 * MAX_GROUP * (acc + n_test) * c)  # a group's outputs
+    return int(8 * b + extra + group)
 
 
 # --------------------------------------------------------------------------- records
@@ -152,19 +151,67 @@ def _split(m, k: int, idx):
     return mean, mean[..., None] + 2.0 * cross + diag[..., k + idx].sum(-1)
 
 
-def _accs(x, phi, f0, labels, k: int, idx):
+def network_argmax(out, k: int):
+    r"""``argmax_j (out[..., j] + out[..., K + (s + j) mod P])`` for every sampled network
+    ``s`` (:func:`ntkdyn.dynamics.solver.network_columns`) from the outputs ``out``
+    (..., K + P): ``(..., P)`` indices (as ``out.dtype``), equal to ``jnp.argmax`` of the
+    gathered ``(..., P, K)`` outputs (the first maximum on ties, a NaN counts as the
+    maximum) without forming them: a running maximum over ``j`` of static column slices of
+    ``[R, R, ...]`` (``R`` the P response columns, so ``R[:, (s + j) mod P]`` is column
+    ``s + j`` of the tiling); ``j`` replaces the running maximum ``b`` where
+    ``not (v <= b) and b == b`` (``v > b``, or ``v`` a NaN while ``b`` is not).  About twice
+    as fast as the gather and ``argmax`` on XLA:CPU (all in one elementwise loop)."""
+    p = out.shape[-1] - k
+    resp = out[..., k:]
+    tiled = jnp.concatenate([resp] * (1 + -(-(k - 1) // p)), axis=-1) if k > 1 else resp
+    best = out[..., 0:1] + tiled[..., 0:p]
+    arg = jnp.zeros(best.shape, dtype=out.dtype)
+    for j in range(1, k):
+        v = out[..., j:j + 1] + tiled[..., j:j + p]
+        upd = ~(v <= best) & (best == best)
+        best = jnp.where(upd, v, best)
+        arg = jnp.where(upd, jnp.asarray(j, dtype=out.dtype), arg)
+    return arg
+
+
+#: the slots whose outputs one product computes (:func:`slot_group`): at most this many bytes
+#: of outputs, and at most ``MAX_GROUP`` slots
+GROUP_BYTES = 2**27
+MAX_GROUP = 16
+
+
+def slot_group(rows: int, columns: int, slots: int) -> int:
+    """Slots per product in :func:`_accs`: ``Phi`` (rows x r) is read once per group
+    instead of once per slot (at XL-data, 60,000 rows and 42 columns: 6 slots, the train
+    accuracies' products about 1.5x faster than one slot at a time); the group size is
+    evened out over the groups so that the last is padded by as few zero slots as possible."""
+    most = max(1, min(slots, MAX_GROUP, GROUP_BYTES // max(8 * rows * columns, 1)))
+    groups = -(-slots // most)
+    return int(-(-slots // groups))  # as even as possible: the fewest zero slots padded
+
+
+def _accs(x, phi, f0, labels, k: int):
     """Accuracy of the mean network ``(A,)`` and of every network ``(A, P)`` for the slots
-    of ``x`` (A, r, C): outputs ``f0 + phi x_a`` one slot at a time (``lax.map``), so at
-    most ``rows (C + P K)`` numbers are alive, not ``A`` times that."""
+    of ``x`` (A, r, C): outputs ``f0 + phi [x_a, ..., x_{a+G-1}]`` of ``G`` slots
+    (:func:`slot_group`) in one product, group by group (``lax.map``; zero slots pad the
+    last group), so at most ``G rows C`` outputs are alive, not ``A`` times ``rows C``;
+    the networks' argmax by :func:`network_argmax` (no ``(rows, P, K)`` array)."""
+    a, r, c = x.shape
+    g = slot_group(phi.shape[0], c, a)
+    groups = -(-a // g)
+    xg = jnp.concatenate([x, jnp.zeros((groups * g - a, r, c), x.dtype)]) \
+        .reshape(groups, g, r, c)
 
-    def one(xa):
-        out = f0[0] + jnp.matmul(phi, xa, precision=EXACT)  # (rows, C)
-        nets = out[:, None, :k] + out[:, k + idx]  # (rows, P, K)
-        acc_m = jnp.mean((jnp.argmax(out[:, :k], -1) == labels).astype(out.dtype))
-        hit = jnp.argmax(nets, -1) == labels[:, None]
-        return acc_m, jnp.mean(hit.astype(out.dtype), axis=0)
+    def one(xs):
+        prod = jnp.matmul(phi, jnp.moveaxis(xs, 0, 1).reshape(r, g * c), precision=EXACT)
+        out = f0[0][:, None, :] + prod.reshape(-1, g, c)  # (rows, G, C)
+        hit_m = jnp.argmax(out[..., :k], -1) == labels[:, None]
+        hit = network_argmax(out, k) == labels[:, None, None].astype(out.dtype)
+        return (jnp.mean(hit_m.astype(out.dtype), axis=0),
+                jnp.mean(hit.astype(out.dtype), axis=0))
 
-    return jax.lax.map(one, x)
+    acc_m, acc_n = jax.lax.map(one, xg)
+    return acc_m.reshape(-1)[:a], acc_n.reshape(groups * g, -1)[:a]
 
 
 def _local(xa, data):
@@ -217,7 +264,7 @@ def _record_networks(x, data, *, q_count, central, has_test, record_outputs, k, 
     mm, mn = _split(_col_gram(xm[None], tr["gram"], tr["lin"], data["net_train_cc"]), k, idx)
     put("mean_model_train_loss", (mm[0] / (2 * n), mn[0] / (2 * n)))
     mean_x = jnp.concatenate([x, xm[None]], axis=0)
-    acc_m, acc_n = _accs(mean_x, data["acc_phi"], data["acc_f0"], data["acc_labels"], k, idx)
+    acc_m, acc_n = _accs(mean_x, data["acc_phi"], data["acc_f0"], data["acc_labels"], k)
     put("train_acc", (acc_m[:a], acc_n[:a]))
     put("mean_model_train_acc", (acc_m[a], acc_n[a]))
     if record_outputs:
@@ -231,7 +278,7 @@ def _record_networks(x, data, *, q_count, central, has_test, record_outputs, k, 
         put("test_loss", (m_te[:a], n_te[:a]))
         put("mean_model_test_loss", (m_te[a], n_te[a]))
         acc_m, acc_n = _accs(mean_x, data["phi_test"], data["f0_test"], data["labels_test"],
-                             k, idx)
+                             k)
         put("test_acc", (acc_m[:a], acc_n[:a]))
         put("mean_model_test_acc", (acc_m[a], acc_n[a]))
         if record_outputs:
@@ -327,37 +374,17 @@ def predict_random_lowrank(
     inp = lowrank_inputs(factor, np.concatenate([y, np.zeros((n, p))], axis=1), agent, mixing,
                          lr, steps, np.concatenate([np.zeros_like(y), draws.train], axis=1),
                          yt_aug, ft_aug, acc_rows)
-    r, q_count, counts = factor.rank, inp.w.shape[0], inp.counts
-    order = np.argsort(inp.agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
-    n_max = int(counts.max())
-    stacked = q_count * n_max <= PAD_MAX * n
-    gram = use_gram(form, n, r, q_count)
+    r, q_count = factor.rank, inp.w.shape[0]
     m_test = 0 if inp.yt is None else inp.yt.shape[0]
-    rows = (q_count + 1) * r if gram else (q_count * n_max if stacked else n)
-    need = evolve_bytes(n, m_test, r, q_count, k + p, padded_rows=rows, acc_rows=acc_rows,
-                        record_outputs=record_outputs, records=len(inp.steps)) + \
-        networks_bytes(n, m_test, r, q_count, k, p, acc_rows=acc_rows)
-    memory.ensure_fits(need, "this low-rank prediction of one random network",
-                       "use a smaller rank, fewer samples, acc_rows=..., or f0='mean'")
-    phi_s, y_s, f0_s = inp.phi[order], inp.y[order], inp.f0[order]
-    res = f0_s - y_s
-    data = feature_data(phi_s, res, offsets, counts, inp.lr_q, inp.w, gram=gram,
-                        stacked=stacked, n_max=n_max, reference=reference,
-                        curvature=float(factor.eigenvalues.max(initial=1.0)))
-    acc = np.arange(n) if acc_rows is None else np.sort(
-        np.random.default_rng(seed).choice(n, size=acc_rows, replace=False))
-    data.update(acc_phi=jnp.asarray(phi_s[acc]), acc_f0=jnp.asarray(f0_s[acc][None]),
-                acc_labels=jnp.asarray(np.argmax(y_s[acc, :k], axis=1)))
-    if record_outputs:
-        data.update(phi_all=jnp.asarray(phi_s), f0=jnp.asarray(f0_s[None]))
-    res_t = None
-    if inp.yt is not None:
-        data.update(held_out_data(np.asarray(factor.phi_test, dtype=np.float64), inp.ft,
-                                  inp.yt))
-        data["labels_test"] = jnp.asarray(np.argmax(inp.yt[:, :k], axis=1))
-        res_t = inp.ft - inp.yt
-    data.update(network_data(data, phi_s, res, offsets, counts, res_t))
+    prep = prepare_features(
+        factor, inp, form=form, reference=reference, record_outputs=record_outputs,
+        acc_rows=acc_rows, seed=seed, labels=k,
+        extra_bytes=networks_bytes(n, m_test, r, q_count, k, p, acc_rows=acc_rows),
+        what="this low-rank prediction of one random network",
+        hint="use a smaller rank, fewer samples, acc_rows=..., or f0='mean'")
+    data = prep.data
+    data.update(network_data(data, prep.phi_s, prep.res, prep.offsets, inp.counts,
+                             None if inp.yt is None else inp.ft - inp.yt))
     runner = (init_state, partial(run_chunk_networks, k=k, networks=p))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, k + p)), data, algo, inp.steps,
@@ -368,12 +395,11 @@ def predict_random_lowrank(
     inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=inp.f0[:, :k],
                                 yt=None if inp.yt is None else inp.yt[:, :k],
                                 ft=None if inp.ft is None else inp.ft[:, :k])
-    meta = lowrank_metadata(factor, algo, inp_k, padded=not gram and stacked
-                            and q_count * n_max > n, gram=gram, acc_rows=acc_rows,
-                            given_f0=False, metadata=metadata)
+    meta = lowrank_metadata(factor, algo, inp_k, padded=prep.padded, gram=prep.gram,
+                            acc_rows=acc_rows, given_f0=False, metadata=metadata)
     meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed)
-    return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta, order,
-                             float(carry[3]), draws)
+    return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
+                             prep.order, float(carry[3]), draws)
 
 
 __all__ = ["APPROX_WORDS", "EXACT_WORDS", "assemble_networks", "draw_variance", "network_data",
