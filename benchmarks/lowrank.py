@@ -282,6 +282,8 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--latent", type=int, default=16)
     p.add_argument("--agents", type=int, default=100)
+    p.add_argument("--topology", choices=("erdos_renyi", "ring"), default="erdos_renyi",
+                   help="the agents' graph (Metropolis weights); --p is Erdos-Renyi's")
     p.add_argument("--p", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=0.25)
     p.add_argument("--steps", type=int, default=1000)
@@ -323,8 +325,9 @@ def main(argv=None) -> int:
               flush=True)
     x, y, xt, yt = make_data(args.n_train, args.n_test, args.dim, args.classes, args.latent)
     q = args.agents
-    w = nd.graphs.mixing(nd.graphs.topology("erdos_renyi", q, p=args.p, seed=0),
-                         rule="metropolis")
+    graph = (nd.graphs.topology("ring", q) if args.topology == "ring" else
+             nd.graphs.topology("erdos_renyi", q, p=args.p, seed=0))
+    w = nd.graphs.mixing(graph, rule="metropolis")
     steps = np.linspace(0, args.steps, args.records + 1).round().astype(int)
     kk = args.classes
     if args.case:
