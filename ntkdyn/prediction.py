@@ -726,11 +726,13 @@ def predict(
     ``max_rank`` and the memory available.  ``metadata["low_rank"]`` holds the rank, the
     method, the factor's facts and two numbers: ``error_estimate`` estimates
     ``max_{t,q} ||f_q(X, t) - f~_q(X, t)|| / ||f_0(X) - Y||`` on the *training* outputs (the
-    probe-row estimate ``2 sum_s ||D E r~_s||`` sampled on a few kernel columns,
+    probe-row estimate ``2 sum_s ||E D r~_s||`` sampled on a few kernel columns,
     ``theory/low_rank.md`` section 3; ``error_bound_trace`` keeps the looser trace bound);
     with a test set, ``error_estimate_test`` estimates the same on the *test* outputs,
-    relative to ``||f_0(X_T) - Y_T||`` (forcing by the test-train residual plus the training
-    error carried into the test outputs, sampled on a few test rows; section 3.1).  Both
+    relative to ``||f_0(X_T) - Y_T||`` (forcing by the test-train residual, plus the training
+    error carried into the test outputs through the residual cross kernel and through the
+    retained coordinates, each reported as ``error_estimate_test_forcing`` /
+    ``_propagated`` / ``_retained``; sampled on a few test rows; section 3.1).  Both
     are capped at 2; ``"auto"`` holds ``tol`` against the larger of the two.  ``acc_rows`` (low-rank
     path only; default ``None``, every training row): score the training accuracies on
     that many training rows drawn with ``seed`` (a sample estimate; the losses and

@@ -111,9 +111,14 @@ def _spectrum_test_rows(decay: str, seed: int = 1, m: int = 120):
     return kern_t, np.eye(3)[rt.integers(0, 3, m)]
 
 
-#: the test-output estimate over the measured test-output error, at most (errors > 1e-8);
-#: measured 1.84-10.6 (median 2.35) over the 57 cases of the two tests below
-TEST_ESTIMATE_RATIO = 14.0
+#: the test-output estimate over the measured test-output error, at most (errors > 1e-8).
+#: Measured 1.84-10.6 (median 2.35) with the forcing and propagated terms alone; with the
+#: retained-coordinate term added (theory/low_rank.md 3.1) 1.84-16.5 (median 3.6) over the
+#: 72 cases of the three tests below: the largest, 16.5, is gradient tracking on the 1:8
+#: shards (slow spectrum, rank 24), where the three terms are summed by the triangle
+#: inequality (forcing 0.39, propagated 0.87, retained 0.44 after the margin, error 0.10);
+#: DGD and ATC on the same case are 11.8 and 11.9.  Was 14 before the retained term.
+TEST_ESTIMATE_RATIO = 20.0
 
 
 def _test_output_error(exact, low, n_steps, agents, y_test):
@@ -132,6 +137,8 @@ def _check_test_estimate(exact, low, n_steps, y_test):
     if err > 1e-8:
         assert est <= TEST_ESTIMATE_RATIO * err, (meta["rank"], err, meta)
     assert est == min(2.0, meta["error_estimate_test_uncapped"])
+    parts = sum(meta[f"error_estimate_test_{k}"] for k in ("forcing", "propagated", "retained"))
+    assert abs(parts - meta["error_estimate_test_uncapped"]) <= 1e-10 * max(parts, 1e-300)
 
 
 @pytest.mark.parametrize("decay", ["fast", "slow", "flat"])
@@ -318,6 +325,111 @@ def test_probe_estimator_with_all_rows_is_the_true_forcing_sum():
                                 t_eff=60.0)
     for rank in (2, 5, 8):
         assert abs(old(rank) - est(rank)) <= 1e-12 * est(rank), (rank, old(rank), est(rank))
+
+
+def _landmark_test_rows(decay: str, rank: int):
+    """:func:`_spectrum_problem` with test rows that are copies of the ``rank`` landmarks of
+    a Nystrom factor keeping every coordinate (``oversample=1``): the test-train residual
+    ``E_TX = Theta[S, :] - Phi[S] Phi^T = E[S, :]`` is 0, so the forcing and propagated
+    terms vanish and the whole test-output error is the training error carried through
+    the retained coordinates, ``Phi_T Phi^T D sum_s Delta_s``."""
+    kern, y, agent, w, lr = _spectrum_problem(decay)
+    land = lowrank.factorize(lowrank.kernel_columns(kern), rank, oversample=1.0).landmarks
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern[land]), rank,
+                               oversample=1.0)
+    assert np.array_equal(factor.landmarks, land)
+    return kern, y, agent, w, lr, factor, kern[land], y[land]
+
+
+@pytest.mark.parametrize("decay", ["fast", "slow", "flat"])
+@pytest.mark.parametrize("rank", [4, 8, 16])
+def test_test_estimate_covers_the_retained_coordinates(decay, rank):
+    """Test rows at the landmarks of a Nystrom factor (``E_TX = 0``, measured <= 2e-14):
+    the test-output error (0.004-0.65 relative) is all retained-coordinate term.  The
+    forcing and propagated parts are <= 1e-5 (round-off through ``sqrt`` of the residual
+    cross Gram), so an estimate without the retained term fails ``err <= est`` here; with
+    it the estimate is >= the error and <= TEST_ESTIMATE_RATIO times it (measured 2.4-11.6
+    on these 18 cases, DGD and gradient tracking)."""
+    kern, y, agent, w, lr, factor, kern_t, yt = _landmark_test_rows(decay, rank)
+    assert np.max(np.abs(kern_t - factor.phi_test @ factor.phi.T)) <= 1e-12
+    steps = range(0, 201, 20)
+    for algorithm in ("dgd", "gradient_tracking"):
+        exact = nd.predict_from_kernels(kern, y, agent, w, lr, steps, algorithm,
+                                        record_outputs=True, kernel_test_train=kern_t,
+                                        y_test=yt)
+        low = lowrank.predict_lowrank(factor, y, agent, w, lr, steps, algorithm, y_test=yt,
+                                      record_outputs=True)
+        meta = low.metadata["low_rank"]
+        err = _test_output_error(exact, low, len(steps), 4, yt)
+        old = meta["error_estimate_test_forcing"] + meta["error_estimate_test_propagated"]
+        assert err > 1e-3 and old <= 1e-3 * err, (err, meta)
+        assert meta["error_estimate_test_retained"] >= err, (err, meta)
+        est = meta["error_estimate_test"]
+        assert err <= est <= TEST_ESTIMATE_RATIO * err, (err, meta)
+
+
+def _dense_retained(kern, phi, phi_t, residual, rates, t_eff: int, first_order: bool):
+    """``max_{t <= T} ||Phi_T Phi^T D sum_{s<t} Delta_s||`` with all rows: ``Delta_s`` the
+    true training error ``r_s - r~_s`` (``first_order=False``), or the retained-coordinate
+    recursion ``g_{s+1} = (I - Phi^T D Phi) g_s - Phi^T D E D r~_s`` that the estimate
+    drives (``first_order=True``; ``g_s`` stands for ``Phi^T D Delta_s``)."""
+    d = rates[:, None]
+    e = kern - phi @ phi.T
+    r, rl = residual.copy(), residual.copy()
+    g = np.zeros((phi.shape[1], residual.shape[1]))
+    big_g, best = np.zeros_like(g), 0.0
+    for _ in range(t_eff):
+        big_g = big_g + (g if first_order else phi.T @ (d * (r - rl)))
+        g = g - phi.T @ (d * (phi @ g)) - phi.T @ (d * (e @ (d * rl)))
+        best = max(best, float(np.linalg.norm(phi_t @ big_g)))
+        r, rl = r - kern @ (d * r), rl - phi @ (phi.T @ (d * rl))
+    return best
+
+
+def test_retained_term_with_all_rows_is_the_dense_recursion():
+    """With every training row a probe row, the retained part (before the margin) is the
+    dense retained-coordinate recursion to 1e-10 relative, at T = 60 (one point per step)
+    and at T = 1,500 (500 points, the recursion stepped exactly between them, its forcing
+    held at the left point: within 5 %, measured 0.07 %); unequal row rates (27x).  Against the true
+    retained term (with ``r_s``, not its first-order ``r~_s``) it is within a factor 2
+    (measured 1.31 at T = 60)."""
+    kern, y, f0, agent, _, lr = _skewed_problem("slow")
+    kern_t, yt = _spectrum_test_rows("slow")
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), 8)
+    res = f0 - y
+    rates, _ = lowrank.mean_rates(lr, agent, np.bincount(agent, minlength=4))
+    for t_eff, tol in ((60, 1e-10), (1500, 0.05)):
+        est = lowrank.held_out_estimator(factor.phi, factor.phi_test, np.arange(80), kern,
+                                         np.arange(120), kern_t.T, res, -yt, rates, t_eff)
+        kept = est.parts(8)[2]
+        dense = _dense_retained(kern, factor.phi, factor.phi_test, res, rates, t_eff, True)
+        assert abs(kept - dense) <= tol * dense, (t_eff, kept, dense)
+        if t_eff == 60:
+            true = _dense_retained(kern, factor.phi, factor.phi_test, res, rates, t_eff,
+                                   False)
+            assert 0.5 * kept <= true <= 2.0 * kept, (kept, true)
+
+
+def test_retained_step_is_w_single_steps():
+    """``retained_step(sig, w)`` equals ``w`` single steps of ``g <- (1 - sig) g - u``,
+    ``Gamma <- Gamma + g`` (1e-12), for ``sig`` from 0 through tiny to 1.9 (a negative
+    ratio); and the closed form used above 4,096 steps agrees with the sum (1e-9)."""
+    from ntkdyn.lowrank.evolve import retained_step
+
+    sig = np.array([0.0, 1e-9, 1e-5, 0.01, 0.5, 1.0, 1.9])
+    for w in (1, 2, 7, 40):
+        q_w, h_w, s_w = retained_step(sig, w)
+        g0, u = np.linspace(-1, 1, sig.size), np.linspace(0.5, 2, sig.size)
+        g, big = g0.copy(), np.zeros_like(g0)
+        for _ in range(w):
+            big, g = big + g, (1 - sig) * g - u
+        assert np.allclose(q_w * g0 - h_w * u, g, rtol=1e-12, atol=1e-12), w
+        assert np.allclose(h_w * g0 - s_w * u, big, rtol=1e-12, atol=1e-12), w
+    sig = np.array([0.0, 1e-12, 1e-9, 3e-7, 1e-5, 0.01, 0.5, 1.0, 1.9])
+    summed = retained_step(sig, 4096)[2]
+    # S_4097 = S_4096 + H_4096
+    closed = retained_step(sig, 4097)[2] - retained_step(sig, 4096)[1]
+    assert np.allclose(closed, summed, rtol=1e-9, atol=0), (closed, summed)
 
 
 def test_auto_rank_meets_tolerance():

@@ -222,20 +222,26 @@ class HeldOutEstimate:
     ``h_s = sum_{j<s} (I - C_r)^j a_r``, ``C_r = Phi_r^T D Phi_r``, ``a_r = Phi_r^T D r_0``.
     With ``E_TX = Theta_TX - Phi_T Phi^T`` the test-train residual, the estimate is
 
-    ``margin * (sum_s ||E_TX D r~_s|| + ||E_TX||_2 max(D) sum_s min(2 ||r_0||, b_s))
-    / ||f_0(X_T) - Y_T||``,   ``b_s = sum_{j<s} ||E D r~_j||``
+    ``margin * (sum_s ||E_TX D r~_s|| + ||E_TX||_2 max(D) sum_s min(2 ||r_0||, b_s)
+    + max_t ||Phi_T Gamma_t||) / ||f_0(X_T) - Y_T||``,   ``b_s = sum_{j<s} ||E D r~_j||``
 
-    (the forcing of the test outputs, and the training error ``b_s`` accumulated in the
-    kernel coefficients and read through the test-train residual; the training error
-    carried through the retained part, ``Phi_T Phi^T D sum_s Delta_s``, is omitted -- zero
-    for an exact eigen-truncation at one rate, not for a Nystrom residual -- and left to
-    the margin, ``theory/low_rank.md`` 3.1), each
-    norm from probe rows: ``p`` training rows ``P`` (``(E D r~_s)[P]``, scaled
-    ``sqrt(N/p)``) and ``p_T`` test rows ``P_T`` (``(E_TX D r~_s)[P_T]`` and
-    ``||E_TX[P_T, :]||_2``, scaled ``sqrt(M/p_T)``).  The forcing is ``E_TX D r~_s`` with the
-    low-rank path's own ``r~_s`` (as :class:`ProbeEstimate`'s ``E D r~_s``, the same sums for
-    any row rates ``D``); with unequal rates the training error behind ``b_s`` can exceed it
-    by ``sqrt(max D / min D)`` (section 3), a factor left out here as there."""
+    -- the three terms of the exact test-output error (``theory/low_rank.md`` 3.1): the
+    forcing of the test outputs by the test-train residual; the training error ``b_s``
+    accumulated in the kernel coefficients and read through the test-train residual; and
+    the training error carried through the *retained* coordinates,
+    ``Phi_T Phi^T D sum_{s<t} Delta_s`` (zero for an exact eigen-truncation at one rate, not
+    for a Nystrom residual).  ``Gamma_t = sum_{s<t} g_s`` with ``g_s = Phi^T D Delta_s``,
+    which obeys the retained-coordinate recursion
+    ``g_{s+1} = (I - C_r) g_s - Phi^T D E D r_s``; the estimate drives it to first order in
+    ``E`` with ``r~_s`` for ``r_s`` (the second-order rest, ``Phi^T D E D Delta_s``, is left
+    to the margin).  Each norm or inner product is from probe rows: ``p`` training rows
+    ``P`` (``(E D r~_s)[P]``, scaled ``sqrt(N/p)``; the ``r``-vectors
+    ``Phi^T D E D r~_s ~ (N/p) (D Phi)[P]^T (E D r~_s)[P]``, unbiased) and ``p_T`` test rows
+    ``P_T`` (``(E_TX D r~_s)[P_T]`` and ``||E_TX[P_T, :]||_2``, scaled ``sqrt(M/p_T)``);
+    ``||Phi_T Gamma||_F`` is exact from ``Phi_T^T Phi_T``.  The forcing is ``E_TX D r~_s``
+    with the low-rank path's own ``r~_s`` (as :class:`ProbeEstimate`'s ``E D r~_s``, the
+    same sums for any row rates ``D``); with unequal rates the training error behind ``b_s``
+    can exceed it by ``sqrt(max D / min D)`` (section 3), a factor left out here as there."""
 
     tr_r0: np.ndarray     # (p, K)      Theta[P, :] D r_0
     tr_dphi: np.ndarray   # (p, m)      Theta[P, :] D Phi
@@ -248,6 +254,8 @@ class HeldOutEstimate:
     phi_gram: np.ndarray  # (m, m)      Phi^T Phi
     gram: np.ndarray      # (m, m)      Phi^T D Phi
     proj: np.ndarray      # (m, K)      Phi^T D r_0
+    dphi_p: np.ndarray    # (p, m)      (D Phi)[P]
+    phit_gram: np.ndarray  # (m, m)     Phi_T^T Phi_T
     scale_train: float    # sqrt(N / p)
     scale_test: float     # sqrt(M / p_T)
     rate_max: float
@@ -264,9 +272,10 @@ class HeldOutEstimate:
         top = float(np.linalg.eigvalsh((g + g.T) / 2)[-1]) if g.size else 0.0
         return self.scale_test * float(np.sqrt(max(top, 0.0)))
 
-    def parts(self, rank: int) -> tuple[float, float]:
-        """``(forcing, propagated)``: the two sums above, before the margin and the
-        normalisation (a Riemann sum over at most ESTIMATE_POINTS steps)."""
+    def parts(self, rank: int) -> tuple[float, float, float]:
+        """``(forcing, propagated, retained)``: the three terms above, before the margin and
+        the normalisation (Riemann sums over at most ESTIMATE_POINTS points; the retained
+        recursion is stepped exactly between them, its forcing held at the left point)."""
         r = int(rank)
         c, a = self.gram[:r, :r], self.proj[:r]
         sig, v = np.linalg.eigh((c + c.T) / 2)
@@ -276,20 +285,38 @@ class HeldOutEstimate:
         m_tr = (self.tr_dphi[:, :r] - self.phi_p[:, :r] @ c) @ v
         e_te = self.te_r0 - self.phit_p[:, :r] @ a
         m_te = (self.te_dphi[:, :r] - self.phit_p[:, :r] @ c) @ v
+        # retained coordinates, in the eigenbasis v of C: u_s = v^T Phi^T D E D r~_s sampled
+        dpv = self.scale_train ** 2 * (self.dphi_p[:, :r] @ v)
+        pt_v = v.T @ self.phit_gram[:r, :r] @ v
         n_pts = int(min(np.ceil(self.t_eff), ESTIMATE_POINTS))
         width = self.t_eff / n_pts
+        points = np.floor(np.arange(n_pts + 1) * width)
+        points[-1] = max(points[-2], np.floor(self.t_eff))
         small = sig < 1.0
         log_q = np.log1p(-np.where(small, sig, 0.0))
         inv = 1.0 / np.where(sig > 0, sig, 1.0)
-        forcing = accumulated = train_err = 0.0
-        for s in np.floor(np.arange(n_pts) * width):
+        forcing = accumulated = train_err = retained = 0.0
+        g = np.zeros_like(b)
+        big_g = np.zeros_like(b)
+        steppers: dict[int, tuple] = {}
+        for s, nxt in zip(points[:-1], points[1:], strict=True):
             grow = np.where(small, np.where(sig > 0, -np.expm1(s * log_q) * inv, s),
                             (1.0 - (1.0 - sig) ** s) * inv)
             gb = grow[:, None] * b
             forcing += width * self.scale_test * float(np.linalg.norm(e_te - m_te @ gb))
             accumulated += width * min(train_err, ERROR_CAP * self.norm_train)
-            train_err += width * self.scale_train * float(np.linalg.norm(e_tr - m_tr @ gb))
-        return forcing, self.cross_norm(r) * self.rate_max * accumulated
+            x_tr = e_tr - m_tr @ gb
+            train_err += width * self.scale_train * float(np.linalg.norm(x_tr))
+            w = int(nxt - s)
+            if w not in steppers:
+                steppers[w] = retained_step(sig, w)
+            q_w, h_w, s_w = steppers[w]
+            u = dpv.T @ x_tr
+            big_g = big_g + h_w[:, None] * g - s_w[:, None] * u
+            g = q_w[:, None] * g - h_w[:, None] * u
+            retained = max(retained, float(np.sum(big_g * (pt_v @ big_g))))
+        return (forcing, self.cross_norm(r) * self.rate_max * accumulated,
+                float(np.sqrt(max(retained, 0.0))))
 
     def __call__(self, rank: int) -> float:
         """The estimate with the leading ``rank`` coordinates (relative to ``||f_0 - Y||``
@@ -297,6 +324,33 @@ class HeldOutEstimate:
         if self.norm_test <= 0 or self.t_eff <= 0:
             return 0.0
         return float(self.margin * sum(self.parts(rank)) / self.norm_test)
+
+
+def retained_step(sig: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""``w`` steps of ``g <- (1 - sig) g - u``, ``Gamma <- Gamma + g`` with ``u`` fixed, per
+    eigenvalue ``sig`` of ``C``: ``g_w = q^w g_0 - H_w u`` and
+    ``Gamma_w = Gamma_0 + H_w g_0 - S_w u``, ``q = 1 - sig``,
+    ``H_w = sum_{i<w} q^i = (1 - q^w) / sig`` (``w`` at ``sig = 0``) and
+    ``S_w = sum_{i<w} H_i``: summed term by term for ``w <= 4096`` (exact to round-off),
+    else ``(w - H_w) / sig`` with a three-term series where ``sig w < 1e-3``.
+    Returns ``(q^w, H_w, S_w)``."""
+    sig = np.asarray(sig, dtype=np.float64)
+
+    def powers(i):  # (q^i, H_i) for an integer array i, broadcast against sig
+        small = sig < 1.0
+        ex = np.expm1(i * np.log1p(-np.where(small, sig, 0.0)))
+        q_i = np.where(small, 1.0 + ex, (1.0 - sig) ** i)
+        pos = sig > 0
+        h_i = np.where(pos, np.where(small, -ex, 1.0 - q_i) / np.where(pos, sig, 1.0),
+                       i * np.ones_like(sig))
+        return q_i, h_i
+
+    q_w, h_w = powers(np.float64(w))
+    if w <= 4096:
+        return q_w, h_w, powers(np.arange(w, dtype=np.float64)[:, None])[1].sum(axis=0)
+    x = sig * w
+    series = w * (w - 1) / 2.0 * (1.0 - sig * (w - 2) / 3.0 + sig ** 2 * (w - 2) * (w - 3) / 12.0)
+    return q_w, h_w, np.where(x < 1e-3, series, (w - h_w) / np.where(sig > 0, sig, 1.0))
 
 
 def held_out_estimator(phi: np.ndarray, phi_test: np.ndarray, probe_rows: np.ndarray,
@@ -308,7 +362,8 @@ def held_out_estimator(phi: np.ndarray, phi_test: np.ndarray, probe_rows: np.nda
     training probe columns ``Theta[X, P]`` (N x p), the test probe columns
     ``Theta[X, T[P_T]]`` (N x p_T), the residuals ``f_0 - Y`` on the training (N x K) and
     test (M x K) sets and the row rates ``D`` (N,) of :func:`mean_rates`;
-    ``O(N m (m + p + p_T + K) + N p_T^2)`` once."""
+    ``O(N m (m + p + p_T + K) + N p_T^2 + M m^2)`` once, no kernel reads besides the probe
+    columns; then ``O(m^3 + p_T^3 + T_pts (p + p_T + m) m K)`` per rank."""
     n, n_t = phi.shape[0], phi_test.shape[0]
     rows, t_rows = np.asarray(probe_rows), np.asarray(test_rows)
     d_phi, d_r0 = rates[:, None] * phi, rates[:, None] * residual
@@ -316,8 +371,8 @@ def held_out_estimator(phi: np.ndarray, phi_test: np.ndarray, probe_rows: np.nda
     return HeldOutEstimate(
         tr_r0=ct @ d_r0, tr_dphi=ct @ d_phi, phi_p=phi[rows], te_r0=tt @ d_r0,
         te_dphi=tt @ d_phi, phit_p=phi_test[t_rows], te_gram=tt @ tt.T, te_phi=tt @ phi,
-        phi_gram=phi.T @ phi, gram=phi.T @ d_phi, proj=phi.T @ d_r0,
-        scale_train=float(np.sqrt(n / max(rows.size, 1))),
+        phi_gram=phi.T @ phi, gram=phi.T @ d_phi, proj=phi.T @ d_r0, dphi_p=d_phi[rows],
+        phit_gram=phi_test.T @ phi_test, scale_train=float(np.sqrt(n / max(rows.size, 1))),
         scale_test=float(np.sqrt(n_t / max(t_rows.size, 1))),
         rate_max=float(np.max(rates, initial=0.0)),
         norm_test=float(np.linalg.norm(test_residual)),
@@ -331,8 +386,9 @@ def held_out_trajectory_estimate(factor: LowRankFactor, residual: np.ndarray,
     """What ``metadata["low_rank"]`` reports about the test outputs (``theory/low_rank.md``
     section 3.1): ``error_estimate_test``, the estimate of ``max_{t,q} ||f_q(X_T, t) -
     f~_q(X_T, t)||_2 / ||f_0(X_T) - Y_T||_F`` (capped at 2: an estimate, not a bound, on
-    the test outputs; ``error_estimate_test_uncapped`` before it), with its two parts
-    ``error_estimate_test_forcing`` and ``error_estimate_test_propagated`` and
+    the test outputs; ``error_estimate_test_uncapped`` before it), with its three parts
+    ``error_estimate_test_forcing``, ``error_estimate_test_propagated`` and
+    ``error_estimate_test_retained`` (each after the margin 2) and
     ``error_estimate_test_kind`` (``"test probe rows"``; ``"unavailable"`` and ``None``
     for a factor without training and test probe columns)."""
     if (factor.test_probe_columns is None or factor.probe_columns is None
@@ -344,13 +400,14 @@ def held_out_trajectory_estimate(factor: LowRankFactor, residual: np.ndarray,
                                factor.test_probe_columns, np.asarray(residual, np.float64),
                                np.asarray(test_residual, np.float64), rates,
                                horizon * per_step)
-    forcing, prop = est.parts(factor.rank)
+    forcing, prop, kept = est.parts(factor.rank)
     norm = est.norm_test if est.norm_test > 0 else 1.0
     value = est(factor.rank)
     return {"error_estimate_test": float(min(ERROR_CAP, value)),
             "error_estimate_test_uncapped": value,
             "error_estimate_test_forcing": float(est.margin * forcing / norm),
             "error_estimate_test_propagated": float(est.margin * prop / norm),
+            "error_estimate_test_retained": float(est.margin * kept / norm),
             "error_estimate_test_kind": "test probe rows"}
 
 
