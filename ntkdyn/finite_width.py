@@ -29,7 +29,10 @@ up to the dependence of ``Theta`` on the readout weights.  Neither band contains
 motion of the kernel during training (also ``O(n^{-1/2})``).
 
 :func:`width_for` fits ``spread(n) = c n^{-1/2}`` to the band's half-width at the horizon
-measured at two or three widths, and returns the smallest width within a tolerance.
+measured at two or three widths, and returns the smallest width within a tolerance, for
+either loss and for full batch or mini-batch SGD (the loss, logit scale and batch size go
+to the width draws; with cross-entropy a tolerance on a loss is in nats;
+:func:`width_quantity` says what it bounds).
 
 Mini-batch SGD (``batch_size > 0``, squared loss only).  The width draws run each
 width-``n`` kernel's **full-batch** dynamics.  For the linearised model with the squared
@@ -81,7 +84,7 @@ WIDTH_FOR_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc")
 __all__ = ["DEFAULT_WIDTHS", "DEFAULT_WIDTH_SAMPLES", "WidthEstimate", "check_width_call",
            "empirical_nngp", "half_width", "network_params", "paired_sgd_draws",
            "sgd_width_words", "width_arch", "width_draws", "width_draws_sweep", "width_for",
-           "with_width_band"]
+           "width_quantity", "with_width_band"]
 
 
 def _is_int(v) -> bool:
@@ -345,6 +348,18 @@ class WidthEstimate:
         Central band whose half-width is sized (0.9: 5-95 %).
     samples : int
         Empirical kernels per measured width.
+    loss : str
+        The trained loss of the width draws (``"mse"`` or ``"cross_entropy"``): with
+        cross-entropy ``tol`` on ``test_loss`` / ``train_loss`` is in nats (the mean
+        ``-log softmax(s f)_c`` at logit scale ``logit_scale``), with the squared loss in
+        units of ``||f - y||^2 / 2``; on accuracies it is a fraction.
+    logit_scale : float
+        Cross-entropy logit scale ``s`` of the draws (1.0 for the squared loss).
+    batch_size : int
+        ``0``: full batch.  ``> 0``: mini-batch SGD; the band sized is that of the width
+        draws (:func:`sgd_width_words`: the expected SGD trajectory of each kernel for the
+        squared loss, the mean over the sampled batch sequences for cross-entropy), not
+        the batch noise.
     """
 
     width: int
@@ -356,6 +371,15 @@ class WidthEstimate:
     tol: float
     level: float
     samples: int
+    loss: str = "mse"
+    logit_scale: float = 1.0
+    batch_size: int = 0
+
+    @property
+    def quantity(self) -> str:
+        """What ``tol`` bounds, in words (``check``'s JSON ``width_for.quantity``)."""
+        return width_quantity(self.metric, self.level, self.loss, self.logit_scale,
+                              self.batch_size)
 
     @property
     def law_holds(self) -> bool:
@@ -370,34 +394,46 @@ class WidthEstimate:
         pts = ", ".join(f"{w}: {s:.3g}" for w, s in zip(self.widths, self.spreads,
                                                          strict=True))
         lo, hi = round(50 * (1 - self.level)), round(50 * (1 + self.level))
-        return (f"WidthEstimate(width={self.width}: {self.metric} {lo}-{hi} % half-width "
-                f"<= {self.tol:g} at the horizon; fitted {self.constant:.3g} / sqrt(n), "
+        unit = {"cross_entropy": " nats", "mse": ""}[self.loss] \
+            if self.metric.endswith("loss") else ""
+        how = (f", {self.loss}" if self.loss != "mse" else "") + \
+            (f", batch size {self.batch_size}" if self.batch_size else "")
+        return (f"WidthEstimate(width={self.width}: {self.metric}{how} {lo}-{hi} % "
+                f"half-width <= {self.tol:g}{unit} at the horizon; fitted "
+                f"{self.constant:.3g} / sqrt(n), "
                 f"free slope {self.slope:.2f}; measured {{{pts}}} over {self.samples} "
                 f"kernels each){warn}")
 
 
-def width_for(arch: MLP, parts: Partition, mixing, *, lr, steps, algorithm="dgd",
-              metric: str = "test_acc", tol: float = 0.01,
-              widths: Sequence[int] = DEFAULT_WIDTHS, samples: int = DEFAULT_WIDTH_SAMPLES,
-              level: float = 0.9, seed: int = 0, f0: str = "random",
-              init_samples: int | None = None, max_width: int = 2**24) -> WidthEstimate:
-    r"""How wide is wide enough: the smallest hidden width whose finite-width band of
-    ``metric`` at the horizon (last of ``steps``) has half-width ``<= tol``.
+def width_quantity(metric: str, level: float = 0.9, loss: str = "mse",
+                   logit_scale: float = 1.0, batch_size: int = 0) -> str:
+    """What :func:`width_for`'s ``tol`` bounds, in words: the central ``level`` band's
+    half-width of ``metric`` at the horizon over width-``n`` kernels (worst agent), with its
+    unit (nats for the cross-entropy losses) and the dynamics of the draws."""
+    lo, hi = round(50 * (1 - level)), round(50 * (1 + level))
+    if not metric.endswith("loss"):
+        unit = "as a fraction of samples"
+    elif loss == "cross_entropy":
+        unit = f"in nats (mean cross-entropy -log softmax(s f)_c, s = {logit_scale:g})"
+    else:
+        unit = "in units of the squared loss ||f - y||^2 / 2"
+    trained = ("cross-entropy training" if loss == "cross_entropy" else
+               "squared-loss training")
+    dyn = (f"{trained}, full batch" if not batch_size else
+           f"{trained}, mini-batch SGD, batch size {batch_size}: "
+           + sgd_width_words(loss).split(":")[0]
+           + "; the batch noise itself is not in this band")
+    return (f"{lo}-{hi} % half-width of {metric} {unit} at the horizon, worst agent, over "
+            f"width-n networks' empirical kernels at initialisation ({dyn}; the kernel's "
+            "motion during training is not included)")
 
-    At each of ``widths`` the band is measured over ``samples`` empirical kernels
-    (:func:`width_draws`; half-width :func:`half_width`, worst agent); the law
-    ``h(n) = c n^{-1/2}`` is fitted with the slope fixed, ``log c = mean(log h_i +
-    (1/2) log n_i)``, and ``width = ceil((c / tol)^2)`` (at least 1; ``ValueError`` above
-    ``max_width``).  A free slope is reported as a check.  The band is the spread of the
-    linearised prediction over kernels at initialisation (``theory/finite_width.md``
-    section 6), not the whole distance to a trained network.
 
-    Examples
-    --------
-    >>> est = nd.width_for(arch, parts, W, lr=0.4, steps=200, metric="test_loss",
-    ...                    tol=0.005)                                   # doctest: +SKIP
-    >>> est.width, est.constant                                         # doctest: +SKIP
-    """
+def _check_width_for_args(parts, metric, tol, widths, level, loss, logit_scale,
+                          batch_size, batch_sampling) -> None:
+    """``ValueError`` naming the first bad argument of :func:`width_for`."""
+    from ntkdyn.losses import check_logit_scale, check_loss
+    from ntkdyn.minibatch import check_batch_size, check_sampling
+
     if metric not in WIDTH_FOR_METRICS:
         raise ValueError(f"metric: expected one of {WIDTH_FOR_METRICS}, got {metric!r}")
     if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or \
@@ -410,16 +446,63 @@ def width_for(arch: MLP, parts: Partition, mixing, *, lr, steps, algorithm="dgd"
     if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
         raise ValueError(f"level: expected a number in (0, 1), e.g. 0.9 for 5-95 %, got "
                          f"{level!r}")
+    check_loss(loss)
+    check_logit_scale(logit_scale)
+    check_sampling(batch_sampling)
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    check_batch_size(batch_size, parts.counts)
     if metric.startswith("test") and parts.dataset.num_test == 0:
         raise ValueError(f"metric: {metric!r} needs test data; the data set has none")
+
+
+def width_for(arch: MLP, parts: Partition, mixing, *, lr, steps, algorithm="dgd",
+              metric: str = "test_acc", tol: float = 0.01,
+              widths: Sequence[int] = DEFAULT_WIDTHS, samples: int = DEFAULT_WIDTH_SAMPLES,
+              level: float = 0.9, seed: int = 0, f0: str = "random",
+              init_samples: int | None = None, max_width: int = 2**24,
+              loss: str = "mse", logit_scale: float = 1.0, batch_size: int = 0,
+              batch_sampling: str = "epoch") -> WidthEstimate:
+    r"""How wide is wide enough: the smallest hidden width whose finite-width band of
+    ``metric`` at the horizon (last of ``steps``) has half-width ``<= tol``.
+
+    At each of ``widths`` the band is measured over ``samples`` empirical kernels
+    (:func:`width_draws` with the same ``loss``, ``logit_scale``, ``batch_size`` and
+    ``batch_sampling``; half-width :func:`half_width`, worst agent); the law
+    ``h(n) = c n^{-1/2}`` is fitted with the slope fixed, ``log c = mean(log h_i +
+    (1/2) log n_i)``, and ``width = ceil((c / tol)^2)`` (at least 1; ``ValueError`` above
+    ``max_width``).  A free slope is reported as a check.  The band is the spread of the
+    linearised prediction over kernels at initialisation (``theory/finite_width.md``
+    section 6), not the whole distance to a trained network.
+
+    What ``tol`` is on (:attr:`WidthEstimate.quantity`): with ``loss="cross_entropy"`` a
+    tolerance on ``test_loss`` / ``train_loss`` is in nats, the band of the mean
+    cross-entropy ``-log softmax(s f)_c`` (``s = logit_scale``) of the linearised
+    cross-entropy dynamics; on accuracies it is a fraction of samples.  With
+    ``batch_size > 0`` the sized band is the width draws' (squared loss: each kernel's
+    expected SGD trajectory, i.e. full batch; cross-entropy: each kernel's mean over the
+    prediction's sampled batch sequences, ``init_samples`` of them;
+    ``theory/finite_width.md`` section 7), not the spread over batch sequences.
+
+    Examples
+    --------
+    >>> est = nd.width_for(arch, parts, W, lr=0.4, steps=200, metric="test_loss",
+    ...                    tol=0.005)                                   # doctest: +SKIP
+    >>> est = nd.width_for(arch, parts, W, lr=0.5, steps=200, metric="test_loss",
+    ...                    tol=0.01, loss="cross_entropy", logit_scale=1.0,
+    ...                    batch_size=8)                                # doctest: +SKIP
+    >>> est.width, est.constant, est.quantity                           # doctest: +SKIP
+    """
+    _check_width_for_args(parts, metric, tol, widths, level, loss, logit_scale, batch_size,
+                          batch_sampling)
     widths = tuple(sorted(int(w) for w in set(widths)))
     spreads, bad = [], []
     for n in widths:
         draws, info = width_draws(arch, parts, mixing, lr, algorithm, steps, width=n,
                                   samples=samples, seed=seed, f0=f0,
-                                  init_samples=init_samples)
+                                  init_samples=init_samples, loss=loss,
+                                  logit_scale=logit_scale, batch_size=batch_size,
+                                  batch_sampling=batch_sampling)
         off = samples - info["statuses"].get("ok", 0)
         if off:
             bad.append(f"{off} of {samples} kernels at width {n}")
@@ -443,4 +526,6 @@ def width_for(arch: MLP, parts: Partition, mixing, *, lr, steps, algorithm="dgd"
                          f"at width {width} > max_width = {max_width}")
     return WidthEstimate(width=width, constant=constant, slope=slope, widths=widths,
                          spreads=tuple(spreads), metric=metric, tol=float(tol),
-                         level=float(level), samples=int(samples))
+                         level=float(level), samples=int(samples), loss=loss,
+                         logit_scale=float(logit_scale) if loss != "mse" else 1.0,
+                         batch_size=int(batch_size))

@@ -323,10 +323,6 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
     if p.rank is not None:
         raise ConfigError(f"config: prediction.rank: the low-rank check is for the squared "
                           f"loss with full-batch gradients, got {what}; remove prediction.rank")
-    if p.width_tol and t.loss != "mse":  # prediction.width: the band (minibatch_note)
-        raise ConfigError(f"config: prediction.width_tol: the width for a tolerance of check "
-                          f"is for the squared loss, got {what}; remove prediction.width_tol "
-                          "(prediction.width draws the cross-entropy band)")
     if measure_edge:
         key = "training.loss" if t.loss != "mse" else "training.batch_size"
         raise ConfigError(f"config: {key}: --measure-edge trains the real network with the "
@@ -792,7 +788,9 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
     ``width_samples`` networks of width ``n``, :func:`ntkdyn.finite_width.width_draws`);
     ``[prediction] width_tol``: the smallest width whose band of ``width_metric`` has a
     5-95 % half-width ``<= width_tol`` at the horizon (:func:`ntkdyn.width_for`, the
-    ``c n^{-1/2}`` law fitted at widths 128, 256, 512 with ``width_samples`` kernels each).
+    ``c n^{-1/2}`` law fitted at widths 128, 256, 512 with ``width_samples`` kernels each;
+    the configured loss, logit scale and batch size passed through, so with cross-entropy a
+    tolerance on a loss is in nats; ``width_for.quantity`` says what it bounds).
     ``None`` when neither is set.  Both are the spread of the linearised prediction over
     the networks' kernels *at initialisation* (``theory/finite_width.md`` section 6): the
     kernel's motion during training is not in them."""
@@ -828,15 +826,18 @@ def finite_width_report(exp: Experiment, cfg: Config, f0: str) -> dict | None:
             est = fw.width_for(exp.arch, exp.parts, exp.mixing, lr=cfg.training.lr,
                                steps=cfg.steps, algorithm=exp.algorithm, metric=p.width_metric,
                                tol=p.width_tol, samples=p.width_samples, seed=cfg.seed,
-                               f0=f0, init_samples=p.samples or None)
+                               f0=f0, init_samples=p.samples or None,
+                               batch_size=t.batch_size, batch_sampling=t.batch_sampling,
+                               **exp.loss)
             out["width_for"] = {"width": est.width, "metric": est.metric, "tol": est.tol,
+                                "loss": est.loss, "quantity": est.quantity,
                                 "level": est.level, "constant": est.constant,
                                 "slope": est.slope, "law_holds": est.law_holds,
                                 "widths": list(est.widths), "spreads": list(est.spreads),
                                 "samples": est.samples, "error": None}
         except ValueError as exc:  # unstable kernels at the rate, or beyond max_width
             out["width_for"] = {"width": None, "metric": p.width_metric, "tol": p.width_tol,
-                                "error": str(exc)}
+                                "loss": t.loss, "error": str(exc)}
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -883,12 +884,14 @@ def finite_width_lines(fw: dict | None) -> list[str]:
     est = fw.get("width_for")
     if est is not None:
         what = est["metric"].replace("_", " ")
+        tol = f"{est['tol']:g}" + (" nats" if est.get("loss") == "cross_entropy" and
+                                   est["metric"].endswith("loss") else "")
         if est["width"] is None:
-            lines.append(f"  width for {what} within {est['tol']:g}: not found: {est['error']}")
+            lines.append(f"  width for {what} within {tol}: not found: {est['error']}")
         else:
             pts = ", ".join(f"{w}: {h:.3g}" for w, h in zip(est["widths"], est["spreads"],
                                                             strict=True))
-            lines.append(f"  width for {what} within {est['tol']:g} (5-95 % half-width at the "
+            lines.append(f"  width for {what} within {tol} (5-95 % half-width at the "
                          f"horizon): {est['width']} (fitted {est['constant']:.3g} / sqrt(n), "
                          f"free slope {est['slope']:.2f}; half-widths {pts})")
             if not est["law_holds"]:

@@ -114,7 +114,6 @@ def test_minibatch_with_cross_entropy():
 
 
 @pytest.mark.parametrize("extra, key", [
-    ({"prediction": {"width_tol": 0.01}}, "prediction.width_tol"),
     ({"prediction": {"rank": 8}}, "prediction.rank"),
 ])
 def test_remaining_refusals_name_the_key(extra, key):
@@ -122,6 +121,41 @@ def test_remaining_refusals_name_the_key(extra, key):
         check(_cfg(training=dict(CE, lr=0.5), **extra))
     with pytest.raises(ConfigError, match="config: training.batch_size: --measure-edge"):
         check(_cfg(training={"lr": 0.3, "batch_size": 4}), measure_edge=True)
+
+
+def test_check_width_tol_with_cross_entropy_sgd_on_a_toml(tmp_path, capsys):
+    """`ntkdyn check` on a tiny TOML with training.loss = 'cross_entropy' (logit scale 2),
+    batch_size and [prediction] width_tol (formerly a ConfigError naming the key): the
+    report's width_for equals nd.width_for with the configured loss, logit scale, batch
+    size and seed (width and spreads to 1e-12), says the tolerance is in nats, the JSON
+    validates, and the text prints "within 0.05 nats"."""
+    from test_width_config import _toml
+
+    from ntkdyn.cli import main
+    from ntkdyn.config.schema import load_config
+
+    text = _toml({"width_tol": 0.05, "width_metric": "test_loss", "width_samples": 2,
+                  "samples": 4, "f0": "mean"}).replace(
+        '"steps": 100', '"steps": 20').replace("steps = 100", "steps = 20").replace(
+        "lr = 0.1", 'lr = 0.5\nloss = "cross_entropy"\nlogit_scale = 2.0\nbatch_size = 6')
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert main(["check", str(path), "--json"]) in (0, 1)
+    out = json.loads(capsys.readouterr().out)
+    jsonschema.validate(out, SCHEMA)
+    est = out["finite_width"]["width_for"]
+    assert est["loss"] == "cross_entropy" and est["error"] is None
+    assert "in nats" in est["quantity"] and "mini-batch SGD, batch size 6" in est["quantity"]
+    cfg = load_config(path)
+    assert cfg.training.batch_size == 6 and cfg.training.logit_scale == 2.0
+    exp = from_config(cfg)
+    ref = nd.width_for(exp.arch, exp.parts, exp.mixing, lr=0.5, steps=cfg.steps,
+                       metric="test_loss", tol=0.05, samples=2, seed=0, f0="zero",
+                       init_samples=4, loss="cross_entropy", logit_scale=2.0, batch_size=6)
+    assert est["width"] == ref.width
+    assert est["spreads"] == pytest.approx(list(ref.spreads), rel=1e-12)
+    assert main(["check", str(path)]) in (0, 1)
+    assert "width for test loss within 0.05 nats (5-95 % half-width" in capsys.readouterr().out
 
 
 def test_cross_entropy_topology_comparison_uses_the_linearisation():

@@ -146,8 +146,8 @@ def test_check_with_ce_sgd_reports_the_width_band_with_its_note(tmp_path, capsys
     sequences, not the full-batch dynamics), and its final test-loss band equals the
     per-agent 5-95 % quantiles of fw.width_draws with the same arguments (loss, logit
     scale, batches) averaged over agents (1e-12); the same for full-batch cross-entropy
-    (no note; formerly refused by check); width_tol with cross-entropy stays an error
-    naming the key."""
+    (no note; formerly refused by check); full-batch cross-entropy with width_tol (formerly
+    a ConfigError naming the key) reports a width whose tolerance is in nats."""
     import jsonschema
     from test_width_config import CHECK, SCHEMA
 
@@ -185,7 +185,11 @@ def test_check_with_ce_sgd_reports_the_width_band_with_its_note(tmp_path, capsys
         "mini-batch SGD (cross-entropy")
     ref = np.quantile(draws["test_loss"][:, -1], [0.05, 0.95], axis=0).mean(axis=1)
     np.testing.assert_allclose(fw_out["band"]["final_test_loss_band"], ref, rtol=1e-12)
-    path.write_text(path.read_text().replace("width = 64", "width = 64\nwidth_tol = 0.1"))
-    assert main(["check", str(path), "--json"]) != 0
-    assert "config: prediction.width_tol: the width for a tolerance of check is for the " \
-        "squared loss" in capsys.readouterr().err
+    if batch_size:  # width_tol with cross-entropy SGD: tests/test_preflight_losses.py
+        return
+    tol = 'width = 64\nwidth_tol = 0.1\nwidth_metric = "test_loss"'
+    path.write_text(path.read_text().replace("width = 64", tol))
+    assert main(["check", str(path), "--json"]) in (0, 1)
+    est = json.loads(capsys.readouterr().out)["finite_width"]["width_for"]
+    assert est["loss"] == "cross_entropy" and "in nats" in est["quantity"]
+    assert est["error"] is None and est["width"] >= 1 and len(est["spreads"]) == 3
