@@ -1064,11 +1064,13 @@ def lowrank_source(arch: Any, kernel: str, params: Any, x_train: np.ndarray,
 def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,
                      max_rank, seed, params, f0, record_outputs, progress, reference,
                      metadata, kernel: str = "analytic", samples=None,
-                     acc_rows: int | None = None) -> Trajectory:
+                     acc_rows: int | None = None, sweep: bool = False):
     """:func:`predict` on the low-rank path: the column source of :func:`lowrank_source`
     and :func:`ntkdyn.lowrank.predict`, in the caller's sample order; ``f0="random"``: the
     NNGP columns on the pooled inputs (:func:`ntkdyn.lowrank.analytic_columns`,
-    ``kernel="nngp"``) for the draws of :mod:`ntkdyn.lowrank.networks`."""
+    ``kernel="nngp"``) for the draws of :mod:`ntkdyn.lowrank.networks`.  ``sweep``:
+    ``lr`` is a sequence of rates, run on one factor (:func:`ntkdyn.lowrank.predict_sweep`),
+    and the result a list."""
     from ntkdyn import lowrank
 
     data = parts.dataset
@@ -1086,7 +1088,8 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
     if f0 == "random":
         extra = dict(samples=samples, nngp=lowrank_nngp_source(
             arch, data.x_train, data.x_test if has_test else None))
-    return lowrank.predict(
+    run = lowrank.predict_sweep if sweep else lowrank.predict
+    return run(
         source, data.y_train, parts.agent, np.asarray(mixing, dtype=float), lr, steps,
         algorithm, rank=rank, tol=tol, max_rank=max_rank, seed=seed, f0_train=f0_train,
         y_test=data.y_test if has_test else None, f0_test=f0_test, reference=reference,
@@ -1116,17 +1119,42 @@ def predict_sweep(
     width: int | None = None,
     width_samples: int = 16,
     kernel_dtype: str | None = None,
+    rank: int | str | None = None,
+    tol: float | None = None,
+    max_rank: int | None = None,
+    acc_rows: int | None = None,
+    record_outputs: bool = False,
 ) -> list[Trajectory]:
     """:func:`predict` for several learning rates sharing every pass over the kernel.
 
     ``width``: also the finite-width band of every rate (as :func:`predict`'s ``width``),
     all rates sharing each width-``n`` network's kernels
     (:func:`ntkdyn.finite_width.width_draws_sweep`).  ``kernel_dtype``: as
-    :func:`predict` (default ``"mixed"`` exactly where it applies, else ``"float64"``)."""
+    :func:`predict` (default ``"mixed"`` exactly where it applies, else ``"float64"``).
+
+    ``rank`` / ``tol`` / ``max_rank`` / ``acc_rows``: the low-rank path, as :func:`predict`
+    (same refusals, naming ``rank``), with the factor ``Theta ~ Phi Phi^T`` computed
+    **once** for the whole sweep and every rate run on it (and, for one random network,
+    the same ``f_0`` draws): trajectory ``i`` equals ``predict(..., lr=lrs[i],
+    rank=r)`` with ``r`` the sweep's rank.  ``rank="auto"`` holds ``tol`` against the
+    **maximum over the rates** of the a-priori estimate: the largest of the ranks
+    :func:`predict` chooses at each rate alone, so ``tol`` holds at every rate.  Each
+    trajectory's ``metadata["low_rank"]`` has its own rate's ``error_estimate`` and
+    ``tol_reached`` (:func:`ntkdyn.lowrank.predict_sweep`).  ``record_outputs``: as
+    :func:`predict`."""
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])
-    f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, batch_size=batch_size)
+    low_rank = rank is not None or tol is not None or max_rank is not None
+    f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, batch_size=batch_size,
+                    low_rank=low_rank)
+    if low_rank or acc_rows is not None:
+        return _sweep_lowrank(
+            arch, parts, mixing, lrs, algorithm, steps, kernel=kernel, seed=seed,
+            params=params, f0=f0, progress=progress, reference=reference, samples=samples,
+            loss=loss, batch_size=batch_size, width=width, kernel_dtype=kernel_dtype,
+            rank=rank, tol=tol, max_rank=max_rank, acc_rows=acc_rows,
+            record_outputs=record_outputs)
     if width is not None:
         return _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel,
                                  seed=seed, f0=f0, progress=progress, reference=reference,
@@ -1148,8 +1176,45 @@ def predict_sweep(
     init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp
     return run_problem(problem, algorithm, list(lrs), steps, progress=progress, metadata=meta,
-                       reference=reference, samples=samples, batch_size=batch_size, seed=seed,
+                       reference=reference, record_outputs=record_outputs, samples=samples,
+                       batch_size=batch_size, seed=seed,
                        batch_sampling=batch_sampling, init=init, kernel_dtype=kernel_dtype)
+
+
+def _sweep_lowrank(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, params, f0,
+                   progress, reference, samples, loss, batch_size, width, kernel_dtype, rank,
+                   tol, max_rank, acc_rows, record_outputs) -> list[Trajectory]:
+    """:func:`predict_sweep` on the low-rank path: :func:`predict`'s checks (a
+    ``ValueError`` naming ``rank``), then one factor for every rate
+    (:func:`ntkdyn.lowrank.predict_sweep`)."""
+    if rank is None and tol is None and max_rank is None:
+        raise ValueError(f"acc_rows: only used with the low-rank path (rank='auto' or an "
+                         f"integer), got acc_rows={acc_rows!r}")
+    if batch_size:
+        raise ValueError("rank: the low-rank path takes full-batch gradients; batch_size "
+                         "runs on the exact path (rank=None)")
+    if width is not None:
+        raise ValueError("rank: the finite-width band (width=...) runs on the exact path "
+                         "(rank=None)")
+    n = parts.dataset.num_train if isinstance(parts, Partition) else 0
+    if acc_rows is not None and (isinstance(acc_rows, bool) or not isinstance(
+            acc_rows, int | np.integer) or not 1 <= acc_rows <= n):
+        raise ValueError(f"acc_rows: expected an integer in [1, {n}], got {acc_rows!r}")
+    meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
+            "data": parts.dataset.name, "partition": parts.scheme,
+            "f0": "mean" if f0 == "zero" else f0,
+            "quantity": quantity_words(f0 == "zero", params is not None, seed),
+            "kernel_dtype_source": "default" if kernel_dtype is None else "given"}
+    kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
+                                        exact=False)
+    _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
+                        continuous=False, kernel_dtype=kernel_dtype, devices=None,
+                        samples=None if f0 == "random" else samples, loss=loss)
+    return _predict_lowrank(arch, parts, mixing, list(lrs), algorithm, steps, rank=rank,
+                            tol=tol, max_rank=max_rank, seed=seed, params=params, f0=f0,
+                            record_outputs=record_outputs, progress=progress,
+                            reference=reference, metadata=meta, kernel=kernel,
+                            samples=samples, acc_rows=acc_rows, sweep=True)
 
 
 def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, f0,

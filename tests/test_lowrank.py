@@ -1076,3 +1076,115 @@ def test_nd_predict_acc_rows_on_the_low_rank_path(digits_problem):
             with pytest.raises(ValueError, match=r"acc_rows: expected an integer in \[1, "):
                 nd.predict(arch, parts, w, 0.5, "dgd", [0, 5], rank=20, f0="mean",
                            acc_rows=bad)
+
+
+# ------------------------------------------------------------------ sweeps (nd.predict_sweep)
+SWEEP_LRS = [0.2, 0.5, [0.3, 0.4, 0.5, 0.35]]
+
+
+def _trajectory_fields(traj) -> dict:
+    out = {f: getattr(traj, f) for f in FIELDS if getattr(traj, f, None) is not None}
+    out |= {f"draws/{k}": v for k, v in (getattr(traj, "draws", None) or {}).items()}
+    return out
+
+
+@pytest.mark.parametrize("f0", ["mean", "random"])
+def test_predict_sweep_rank_equals_predict_at_each_rate(digits_problem, f0):
+    """``nd.predict_sweep(..., rank=r)``: trajectory ``i`` equals ``nd.predict(...,
+    lr=lrs[i], rank=r)`` on every recorded quantity (and, for one random network, every
+    sampled network's draws) to 1e-10 -- scalar and per-agent rates -- and carries that
+    rate's own error estimate."""
+    _, parts, w, arch = digits_problem
+    kw = dict(rank=20, steps=[0, 5, 10, 20]) | ({"f0": "mean", "record_outputs": True}
+                                               if f0 == "mean" else {"samples": 4})
+    sweep = nd.predict_sweep(arch, parts, w, SWEEP_LRS, "dgd", **kw)
+    assert len(sweep) == len(SWEEP_LRS)
+    ests = []
+    for lr, got in zip(SWEEP_LRS, sweep, strict=True):
+        ref = nd.predict(arch, parts, w, lr, "dgd", **kw)
+        a, b = _trajectory_fields(ref), _trajectory_fields(got)
+        assert a.keys() == b.keys() and len(a) >= 10
+        for f in a:
+            assert np.max(np.abs(a[f] - b[f])) <= 1e-10, (f, np.max(np.abs(a[f] - b[f])))
+        low, low_ref = got.metadata["low_rank"], ref.metadata["low_rank"]
+        assert low["rank"] == 20 and got.metadata["path"] == "low_rank"
+        assert low["error_estimate"] == pytest.approx(low_ref["error_estimate"], rel=1e-12)
+        assert low["error_estimate_test"] == pytest.approx(low_ref["error_estimate_test"],
+                                                           rel=1e-12)
+        ests.append(low["error_estimate"])
+    assert ests[0] < ests[1]  # its own rate's estimate, not one shared number
+
+
+def test_predict_sweep_computes_the_factor_and_draws_once(digits_problem, monkeypatch):
+    """One factor (``choose_factor``, ``factorize``) and one set of NNGP draws for the
+    whole sweep, however many rates."""
+    import ntkdyn.lowrank as lr_mod
+    from ntkdyn.lowrank import networks
+
+    _, parts, w, arch = digits_problem
+    calls = {"choose_factor": 0, "factorize": 0, "nngp_draws": 0}
+
+    def counted(mod, name):
+        orig = getattr(mod, name)
+
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return orig(*a, **k)
+        monkeypatch.setattr(mod, name, wrapper)
+
+    counted(lr_mod, "choose_factor")
+    counted(lr_mod, "factorize")
+    counted(networks, "nngp_draws")
+    trajs = nd.predict_sweep(arch, parts, w, [0.1, 0.2, 0.3, 0.4], steps=[0, 10], rank=12,
+                             samples=4)
+    assert len(trajs) == 4 and all(t.metadata["low_rank"]["rank"] == 12 for t in trajs)
+    assert calls == {"choose_factor": 1, "factorize": 1, "nngp_draws": 1}
+
+
+def test_predict_sweep_auto_rank_holds_tol_at_every_rate(digits_problem):
+    """``rank="auto"``: the rank is chosen once, holding ``tol`` against the maximum over
+    the rates of the estimate: it is the largest of the ranks ``nd.predict`` chooses at each
+    rate alone (not the rank at the elementwise-largest rate: a spread of per-agent rates
+    needs more), and ``tol`` is reached at every rate."""
+    _, parts, w, arch = digits_problem
+    lrs, tol = [0.1, 0.3, [0.2, 0.5, 0.1, 0.1]], 1e-2
+    call = dict(steps=range(0, 41, 10), rank="auto", tol=tol, f0="mean")
+    sweep = nd.predict_sweep(arch, parts, w, lrs, **call)
+    ranks = {t.metadata["low_rank"]["rank"] for t in sweep}
+    assert len(ranks) == 1
+    alone = [nd.predict(arch, parts, w, lr, **call).metadata["low_rank"]["rank"]
+             for lr in lrs]
+    assert ranks == {max(alone)} and alone[0] < max(alone)
+    for t in sweep:
+        low = t.metadata["low_rank"]
+        assert low["tol_reached"] and lowrank.governing_estimate(low) <= tol
+        assert low["tol"] == tol and low["requested_rank"] == "auto"
+    # the elementwise-largest rate alone would choose fewer coordinates than the sweep
+    # needs (measured 51 < 54): a rule "rank at the largest rate" would miss tol here
+    top = nd.predict(arch, parts, w, [0.3, 0.5, 0.3, 0.3], **call)
+    assert top.metadata["low_rank"]["rank"] < max(alone)
+
+
+def test_predict_sweep_rank_refusals_name_rank(digits_problem):
+    """What the low-rank path does not take is refused by ``predict_sweep`` as by
+    ``predict``, naming ``rank`` (or ``acc_rows`` / ``tol`` for those alone)."""
+    _, parts, w, arch = digits_problem
+    call = dict(steps=[0, 10])
+    gossip = nd.graphs.random_edges(nd.graphs.topology("ring", 4), p=0.5, seed=0)
+    triple = nd.models.stax_triple(arch) if hasattr(nd.models, "stax_triple") else (
+        None, lambda p, x: x, None)
+    for kw, mix in [(dict(loss="cross_entropy"), w), (dict(batch_size=8), w),
+                    (dict(width=64), w), (dict(samples=4), gossip),
+                    (dict(kernel_dtype="float32", f0="mean"), w)]:
+        with pytest.raises(ValueError, match="^rank: "):
+            nd.predict_sweep(arch, parts, mix, [0.1, 0.2], rank=8, **kw, **call)
+    with pytest.raises(ValueError, match="^rank: "):
+        nd.predict_sweep(triple, parts, w, [0.1, 0.2], rank=8, kernel="analytic", **call)
+    with pytest.raises(ValueError, match="^rank: expected"):
+        nd.predict_sweep(arch, parts, w, [0.1, 0.2], rank="fast", **call)
+    with pytest.raises(ValueError, match="^tol / max_rank: "):
+        nd.predict_sweep(arch, parts, w, [0.1, 0.2], tol=1e-3, **call)
+    with pytest.raises(ValueError, match="^acc_rows: "):
+        nd.predict_sweep(arch, parts, w, [0.1, 0.2], acc_rows=5, **call)
+    with pytest.raises(ValueError, match="^lrs: "):
+        nd.predict_sweep(arch, parts, w, [], rank=8, **call)

@@ -78,7 +78,7 @@ __all__ = [
     "factor_bytes", "factorize", "jacobian_columns", "jacobian_features", "kernel_columns",
     "max_fitting_rank", "mean_rates", "probe_count", "probe_estimator", "trajectory_estimate",
     "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
-    "primal_bytes", "tol_shortfall",
+    "predict_sweep", "primal_bytes", "tol_shortfall",
 ]
 
 DEFAULT_TOL = 1e-3
@@ -185,23 +185,107 @@ def predict(
                                           f0_train=kwargs.get("f0_train"),
                                           y_test=kwargs.get("y_test"),
                                           f0_test=kwargs.get("f0_test"))
+    draws = None
     if nngp is not None or init is not None:
-        traj = _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, seed=seed,
-                               nngp=nngp, init=init, samples=samples, nngp_rank=nngp_rank,
-                               block=block, method=method, **kwargs)
-    else:
-        traj = predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed,
+        draws = _random_draws(factor, source, y_train, mixing, seed=seed, nngp=nngp,
+                              init=init, samples=samples, nngp_rank=nngp_rank, block=block,
+                              method=method, kwargs=kwargs)
+    traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
+                          **kwargs)
+    return _finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank)
+
+
+def predict_sweep(
+    source: KernelColumns,
+    y_train,
+    agent,
+    mixing,
+    lrs,
+    steps,
+    algorithm: str | Algorithm = "dgd",
+    *,
+    rank: int | str = "auto",
+    tol: float | None = None,
+    method: str = "rpcholesky",
+    max_rank: int | None = None,
+    block: int = 128,
+    seed: int = 0,
+    nngp: KernelColumns | None = None,
+    init=None,
+    samples: int | None = None,
+    nngp_rank: int | None = None,
+    **kwargs,
+) -> list[Trajectory]:
+    r""":func:`predict` at several learning rates on **one** factor (and, for one random
+    network, one set of ``f_0`` draws): the factor is read once, then each rate of ``lrs``
+    (a scalar or one rate per agent each) runs on it, and trajectory ``i`` equals
+    ``predict(..., lr=lrs[i], rank=factor.rank)`` -- with the same draws -- to round-off.
+
+    ``rank="auto"`` holds ``tol`` against the **maximum over the rates**: the landmarks
+    are read once, and the rank is the fewest whose estimate ``max_i est_i(r)`` (each rate's
+    probe-row estimate, training and test, or the trace rule at the largest
+    ``error_scale``) is ``<= tol`` -- the largest of the ranks :func:`predict` would choose
+    at each rate alone (same landmarks, estimates falling with the rank).  Not simply the
+    largest rate: for scalar rates the estimate grows with the rate, but with per-agent
+    rates it also grows with their spread (measured at N = 60: ``[0.2, 0.5, 0.1, 0.1]``
+    needs rank 54 where the elementwise larger ``[0.3, 0.5, 0.3, 0.3]`` needs 51).  Each
+    trajectory's ``metadata["low_rank"]`` carries its own rate's ``error_estimate`` (and
+    ``error_estimate_test``) and ``tol_reached``."""
+    _check_lrs(lrs)
+    extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
+    factor, tol, algo, st = choose_factor(source, agent, mixing, lrs[0], steps, algorithm,
+                                          rank=rank, tol=tol, method=method,
+                                          max_rank=max_rank, block=block, seed=seed,
+                                          reserve_extra=extra, y_train=y_train,
+                                          f0_train=kwargs.get("f0_train"),
+                                          y_test=kwargs.get("y_test"),
+                                          f0_test=kwargs.get("f0_test"), lrs=lrs)
+    draws = None
+    if nngp is not None or init is not None:
+        draws = _random_draws(factor, source, y_train, mixing, seed=seed, nngp=nngp,
+                              init=init, samples=samples, nngp_rank=nngp_rank, block=block,
+                              method=method, kwargs=kwargs)
+    out = []
+    for lr in lrs:
+        traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
+                              **kwargs)
+        out.append(_finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank))
+    return out
+
+
+def _check_lrs(lrs) -> None:
+    """``ValueError`` naming ``lrs`` unless it is a non-empty sequence of rates."""
+    if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
+        raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
+                         f"{type(lrs).__name__} {lrs!r}"[:200])
+
+
+def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed, **kwargs):
+    """One rate on a chosen factor: :func:`predict_lowrank`, or with ``draws`` (a pair
+    ``(InitDraws, info)`` of :func:`_random_draws`) one random network."""
+    if draws is None:
+        return predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed,
                                **kwargs)
+    from ntkdyn.lowrank import networks
+
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("f0_train", "f0_test")}
+    return networks.predict_random_lowrank(factor, draws[0], y_train, agent, mixing, lr, st,
+                                           algo, seed=seed, draws_info=draws[1], **kwargs)
+
+
+def _finish(traj, factor, n: int, *, rank, tol, max_rank):
+    """``metadata["low_rank"]``'s ``requested_rank``, ``tol`` and ``tol_reached`` (with
+    :func:`tol_shortfall` and a ``RuntimeWarning`` when ``tol`` is missed)."""
     low = traj.metadata["low_rank"]
     low.update(requested_rank=rank, tol=tol)
     if tol is not None:  # tol bounds both estimates (theory/low_rank.md section 3.1)
         low["tol_reached"] = bool(governing_estimate(low) <= tol)
         if not low["tol_reached"]:
-            low.update(tol_shortfall(low, source.n, tol))
+            low.update(tol_shortfall(low, n, tol))
             cause = (f"max_rank={max_rank}" if max_rank is not None and factor.rank >= max_rank
                      else "memory or the rank given")
-            warnings.warn(_shortfall_message(low, source.n, tol, cause), RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(_shortfall_message(low, n, tol, cause), RuntimeWarning,
+                          stacklevel=3)
     return traj
 
 
@@ -212,10 +296,11 @@ def governing_estimate(low: dict) -> float:
     return float(max(low["error_estimate"], 0.0 if test is None else test))
 
 
-def _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, *, seed, nngp, init,
-                    samples, nngp_rank, block, method, **kwargs):
-    """:func:`predict` of one random network: the draws (checked memory first), then
-    :func:`ntkdyn.lowrank.networks.predict_random_lowrank`."""
+def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples, nngp_rank,
+                  block, method, kwargs):
+    """One random network's ``(InitDraws, draws_info)`` for :func:`predict`: the given
+    ``init``, or ``samples`` draws from the NNGP factor of ``nngp`` (memory checked first,
+    for the draws and the ``K + P``-column run)."""
     from ntkdyn._utils import memory
     from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
     from ntkdyn.lowrank import networks
@@ -223,13 +308,9 @@ def _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, *, see
     if kwargs.get("f0_train") is not None or kwargs.get("f0_test") is not None:
         raise ValueError("f0_train: one random network draws its f0; it cannot be combined "
                          "with f0_train / f0_test")
-    kwargs.pop("f0_train", None)
-    kwargs.pop("f0_test", None)
     n, m = source.n, source.n_test
     if init is not None:
-        return networks.predict_random_lowrank(
-            factor, init, y_train, agent, mixing, lr, st, algo, seed=seed,
-            draws_info={"source": "given"}, **kwargs)
+        return init, {"source": "given"}
     if nngp.n != n + m:
         raise ValueError(f"nngp: expected a column source on the {n + m} pooled training "
                          f"and test inputs, got {nngp.n} rows")
@@ -244,10 +325,7 @@ def _predict_random(factor, source, y_train, agent, mixing, lr, st, algo, *, see
     memory.ensure_fits(need, f"one random network on the low-rank path ({p} networks, NNGP "
                        f"factor of rank {s_rank})",
                        "use f0='mean', fewer samples, a smaller rank or nngp_rank")
-    draws, info = networks.nngp_draws(nngp, n, p, seed, rank=s_rank, method=method,
-                                      block=block)
-    return networks.predict_random_lowrank(factor, draws, y_train, agent, mixing, lr, st, algo,
-                                           seed=seed, draws_info=info, **kwargs)
+    return networks.nngp_draws(nngp, n, p, seed, rank=s_rank, method=method, block=block)
 
 
 def tol_shortfall(low: dict, n: int, tol: float) -> dict:
@@ -313,7 +391,7 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
                   tol: float | None = None, method: str = "rpcholesky",
                   max_rank: int | None = None, block: int = 128, seed: int = 0,
                   reserve_extra: int = 0, y_train=None, f0_train=None, y_test=None,
-                  f0_test=None):
+                  f0_test=None, lrs=None):
     """The factor :func:`predict` runs on (same arguments, same validation), as
     ``(factor, tol, algorithm, steps)`` with ``tol`` resolved (``None`` for a fixed rank
     without ``tol``); shared with ``ntkdyn check``, whose stability verdict is then on the
@@ -323,7 +401,8 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
     the probe-row estimate of the trajectory error (:func:`probe_estimator`); without, by
     the residual trace.  With ``y_test`` too (and ``f0_test``), the rank is the fewest
     whose ``max(train, test)`` probe-row estimate is ``<= tol``
-    (:func:`held_out_estimator`)."""
+    (:func:`held_out_estimator`).  ``lrs`` (a sweep's rates; ``lr`` is then unused): every
+    estimate is the maximum over the rates, so the rank chosen holds ``tol`` at each."""
     n = source.n
     auto = isinstance(rank, str)
     if auto and rank != "auto":
@@ -345,20 +424,18 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
                          "time-varying and random sequences run on the exact path")
     q_count = np.shape(mixing)[0]
     _, counts = agent_indices(agent_arr, q_count)
-    lr_q = learning_rates(lr, q_count)
+    lr_qs = [learning_rates(x, q_count) for x in ([lr] if lrs is None else lrs)]
     st = steps_array(steps)
     algo = get_algorithm(algorithm)
-    scale = error_scale(lr_q, counts, float(st[-1]), algo)
+    scale = max(error_scale(x, counts, float(st[-1]), algo) for x in lr_qs)
     reserve = _reserve_per_rank(n, source.n_test, q_count, counts) + int(reserve_extra)
     if auto and y_train is not None:
         res = np.asarray(y_train, dtype=np.float64)
         res = (0.0 if f0_train is None else np.asarray(f0_train, dtype=np.float64)) - res
         if res.ndim != 2 or res.shape[0] != n:
             raise ValueError(f"y_train: expected shape ({n}, K), got {res.shape}")
-        rates, per_step = mean_rates(lr_q, agent_arr, counts, algo)
-        est = partial(probe_estimator, residual=res, rates=rates,
-                      t_eff=float(st[-1]) * per_step)
-        est_t = _test_estimate(y_test, f0_test, res, rates, float(st[-1]) * per_step)
+        est, est_t = _rate_estimators(res, y_test, f0_test, lr_qs, agent_arr, counts, algo,
+                                      float(st[-1]))
         factor = factorize(source, None, estimate=est, tol=tol, max_rank=max_rank,
                            method=method, block=block, seed=seed, reserve_per_rank=reserve,
                            estimate_test=est_t)
@@ -370,6 +447,28 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
         factor = factorize(source, rank, max_rank=max_rank, method=method, block=block,
                            seed=seed, reserve_per_rank=reserve)
     return factor, tol, algo, st
+
+
+def _rate_estimators(res, y_test, f0_test, lr_qs, agent, counts, algo, horizon: float):
+    """``(estimate, estimate_test)`` of :func:`factorize` for ``rank="auto"`` at the rates
+    ``lr_qs`` (one ``(Q,)`` array each): the probe-row estimates of one rate, or their
+    maximum per rank over several (a sweep)."""
+    ests, tests = [], []
+    for lr_q in lr_qs:
+        rates, per_step = mean_rates(lr_q, agent, counts, algo)
+        ests.append(partial(probe_estimator, residual=res, rates=rates,
+                            t_eff=horizon * per_step))
+        tests.append(_test_estimate(y_test, f0_test, res, rates, horizon * per_step))
+    if len(ests) == 1:
+        return ests[0], tests[0]
+
+    def worst(fns):
+        def build(*args):
+            per = [fn(*args) for fn in fns]
+            return lambda r: max(p(r) for p in per)
+        return build
+
+    return worst(ests), None if tests[0] is None else worst(tests)
 
 
 def _test_estimate(y_test, f0_test, residual: np.ndarray, rates: np.ndarray, t_eff: float):
