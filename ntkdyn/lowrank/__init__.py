@@ -175,21 +175,10 @@ def predict(
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
     when even the factor would not fit, with the rank that would.
     """
-    # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
-    # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
-    extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
-    factor, tol, algo, st = choose_factor(source, agent, mixing, lr, steps, algorithm,
-                                          rank=rank, tol=tol, method=method,
-                                          max_rank=max_rank, block=block, seed=seed,
-                                          reserve_extra=extra, y_train=y_train,
-                                          f0_train=kwargs.get("f0_train"),
-                                          y_test=kwargs.get("y_test"),
-                                          f0_test=kwargs.get("f0_test"))
-    draws = None
-    if nngp is not None or init is not None:
-        draws = _random_draws(factor, source, y_train, mixing, seed=seed, nngp=nngp,
-                              init=init, samples=samples, nngp_rank=nngp_rank, block=block,
-                              method=method, kwargs=kwargs)
+    factor, tol, algo, st, draws = _factor_and_draws(
+        source, y_train, agent, mixing, lr, steps, algorithm, None, rank=rank, tol=tol,
+        method=method, max_rank=max_rank, block=block, seed=seed, nngp=nngp, init=init,
+        samples=samples, nngp_rank=nngp_rank, kwargs=kwargs)
     traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
                           **kwargs)
     return _finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank)
@@ -232,8 +221,27 @@ def predict_sweep(
     trajectory's ``metadata["low_rank"]`` carries its own rate's ``error_estimate`` (and
     ``error_estimate_test``) and ``tol_reached``."""
     _check_lrs(lrs)
+    factor, tol, algo, st, draws = _factor_and_draws(
+        source, y_train, agent, mixing, lrs[0], steps, algorithm, lrs, rank=rank, tol=tol,
+        method=method, max_rank=max_rank, block=block, seed=seed, nngp=nngp, init=init,
+        samples=samples, nngp_rank=nngp_rank, kwargs=kwargs)
+    out = []
+    for lr in lrs:
+        traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
+                              **kwargs)
+        out.append(_finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank))
+    return out
+
+
+def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs, *, rank, tol,
+                      method, max_rank, block, seed, nngp, init, samples, nngp_rank, kwargs):
+    """``(factor, tol, algorithm, steps, draws)`` shared by :func:`predict` and
+    :func:`predict_sweep`: :func:`choose_factor` (at ``lr``, or at every rate of ``lrs``),
+    then, for one random network, :func:`_random_draws` (``None`` for the mean network)."""
+    # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
+    # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
     extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
-    factor, tol, algo, st = choose_factor(source, agent, mixing, lrs[0], steps, algorithm,
+    factor, tol, algo, st = choose_factor(source, agent, mixing, lr, steps, algorithm,
                                           rank=rank, tol=tol, method=method,
                                           max_rank=max_rank, block=block, seed=seed,
                                           reserve_extra=extra, y_train=y_train,
@@ -245,12 +253,7 @@ def predict_sweep(
         draws = _random_draws(factor, source, y_train, mixing, seed=seed, nngp=nngp,
                               init=init, samples=samples, nngp_rank=nngp_rank, block=block,
                               method=method, kwargs=kwargs)
-    out = []
-    for lr in lrs:
-        traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
-                              **kwargs)
-        out.append(_finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank))
-    return out
+    return factor, tol, algo, st, draws
 
 
 def _check_lrs(lrs) -> None:
