@@ -525,15 +525,14 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     target = cfg.prediction.target_loss
     prediction = None
     residual = (0.0 if f0_train is None else f0_train) - np.asarray(data.y_train, dtype=float)
-    rates, counts = learning_rates(lr, w.shape[0]), np.bincount(agent, minlength=w.shape[0])
-    low = dict(factor.describe(), **lowrank.trajectory_estimate(
-        factor, residual, agent, rates, counts, float(steps[-1]), algo),
-        tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
+    test_residual = None
     if has_test:
         f0_test = np.asarray(arch.apply(params, data.x_test)) if empirical else 0.0
-        low.update(lowrank.held_out_trajectory_estimate(
-            factor, residual, f0_test - np.asarray(data.y_test, dtype=float), agent, rates,
-            counts, float(steps[-1]), algo))
+        test_residual = f0_test - np.asarray(data.y_test, dtype=float)
+    low = dict(factor.describe(), **lowrank.output_estimates(
+        factor, residual, test_residual, agent, learning_rates(lr, w.shape[0]),
+        np.bincount(agent, minlength=w.shape[0]), float(steps[-1]), algo),
+        tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
     if chosen.inside:
         prediction = _lowrank_prediction(factor, exp, cfg, params, steps, algo)
     t_end = time.perf_counter()

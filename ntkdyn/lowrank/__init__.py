@@ -45,6 +45,7 @@ from ntkdyn.lowrank.evolve import (
     held_out_estimator,
     held_out_trajectory_estimate,
     mean_rates,
+    output_estimates,
     predict_lowrank,
     probe_estimator,
     trajectory_estimate,
@@ -76,7 +77,8 @@ __all__ = [
     "LowRankTooLargeError", "MatrixColumns", "analytic_columns", "choose_factor",
     "empirical_columns", "error_estimate", "error_scale", "evolve_bytes",
     "factor_bytes", "factorize", "jacobian_columns", "jacobian_features", "kernel_columns",
-    "max_fitting_rank", "mean_rates", "probe_count", "probe_estimator", "trajectory_estimate",
+    "max_fitting_rank", "mean_rates", "output_estimates", "probe_count", "probe_estimator",
+    "trajectory_estimate",
     "lowrank_stability", "lowrank_stable_set", "predict", "predict_lowrank", "predict_primal",
     "predict_sweep", "primal_bytes", "tol_shortfall",
 ]

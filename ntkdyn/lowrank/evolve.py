@@ -888,26 +888,40 @@ def predict_lowrank(
                               prep.order, float(carry[3]))
 
 
+def output_estimates(factor: LowRankFactor, residual: np.ndarray,
+                     test_residual: np.ndarray | None, agent: np.ndarray, lr: np.ndarray,
+                     counts: np.ndarray, horizon: float,
+                     algorithm: str | Algorithm = "dgd") -> dict:
+    """The a-priori error estimates of a low-rank prediction, as ``metadata["low_rank"]``
+    reports them: :func:`trajectory_estimate` of the training outputs (residual
+    ``f_0 - Y``) and, with a test set (``test_residual = f_0(X_T) - Y_T``, else ``None``),
+    :func:`held_out_trajectory_estimate` of the test outputs; shared by ``nd.predict`` and
+    ``ntkdyn check``."""
+    low = trajectory_estimate(factor, residual, agent, lr, counts, horizon, algorithm)
+    if test_residual is not None:
+        low.update(held_out_trajectory_estimate(factor, residual, test_residual, agent, lr,
+                                                counts, horizon, algorithm))
+    return low
+
+
 def lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: LowRankInputs, *,
                       padded: bool, gram: bool, acc_rows: int | None, given_f0: bool,
                       metadata: dict | None) -> dict:
     """``Trajectory.metadata`` of a low-rank prediction: the factor's facts, the a-priori
     error estimate and its scale, the form, and which network it is."""
     n, k, q_count = inp.y.shape[0], inp.y.shape[1], inp.w.shape[0]
-    low = dict(factor.describe(), **trajectory_estimate(factor, inp.f0 - inp.y, inp.agent,
-                                                       inp.lr_q, inp.counts,
-                                                       float(inp.steps[-1]), algo),
+    test_res = None if inp.yt is None else inp.ft - inp.yt
+    low = dict(factor.describe(), **output_estimates(factor, inp.f0 - inp.y, test_res,
+                                                     inp.agent, inp.lr_q, inp.counts,
+                                                     float(inp.steps[-1]), algo),
                padded=bool(padded),
                form="gram" if gram else "features",
                acc_rows=n if acc_rows is None else int(acc_rows),
                estimate_of="max over records and agents of ||f_q - f~_q||_2 / ||f_0 - Y||_F "
                            "on the training inputs (theory/low_rank.md)")
-    if inp.yt is not None:  # the test outputs (theory/low_rank.md section 3.1)
-        low.update(held_out_trajectory_estimate(factor, inp.f0 - inp.y, inp.ft - inp.yt,
-                                                inp.agent, inp.lr_q, inp.counts,
-                                                float(inp.steps[-1]), algo),
-                   estimate_test_of="max over records and agents of ||f_q - f~_q||_2 / "
-                                    "||f_0 - Y||_F on the test inputs (theory/low_rank.md)")
+    if test_res is not None:  # the test outputs (theory/low_rank.md section 3.1)
+        low["estimate_test_of"] = ("max over records and agents of ||f_q - f~_q||_2 / "
+                                   "||f_0 - Y||_F on the test inputs (theory/low_rank.md)")
     meta = {
         "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
         "kernel_layout": "traced", "path": "low_rank", "low_rank": low,
