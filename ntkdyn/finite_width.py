@@ -92,13 +92,11 @@ def _is_int(v) -> bool:
 
 
 def check_width_call(arch: Any, *, width, samples, kernel: str = "analytic", f0: str = "random",
-                     params: Any = None, loss: str = "mse", batch_size: int = 0,
-                     mixing=None, other_path: bool = False) -> None:
+                     params: Any = None, mixing=None, other_path: bool = False) -> None:
     """``ValueError`` naming ``width`` (or ``width_samples``) for what the finite-width band
     does not take: an :class:`~ntkdyn.models.MLP` with hidden layers, the analytic kernel,
     ``f0`` ``"random"`` or ``"mean"``, full batch or mini-batch SGD (either loss), static or
-    periodic mixing, the exact path.  ``loss`` and ``batch_size`` are accepted for the
-    callers; every value of them is taken."""
+    periodic mixing, the exact path."""
     from ntkdyn.graphs.sequences import is_process
 
     if not _is_int(width) or width < 1:
@@ -194,7 +192,7 @@ def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algori
     from ntkdyn.graphs.sequences import resolve_mixing
     from ntkdyn.kernels.empirical import mlp_empirical_ntk
 
-    check_width_call(arch, width=width, samples=samples, f0=f0, loss=loss, mixing=mixing)
+    check_width_call(arch, width=width, samples=samples, f0=f0, mixing=mixing)
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
     lrs = list(lrs)

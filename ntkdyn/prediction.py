@@ -896,8 +896,7 @@ def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, wid
     from ntkdyn import finite_width
 
     finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
-                                  f0=f0, params=params, loss=loss, batch_size=batch_size,
-                                  mixing=mixing, other_path=other_path)
+                                  f0=f0, params=params, mixing=mixing, other_path=other_path)
     traj = predict(arch, parts, mixing, lr, algorithm, steps, kernel=kernel, seed=seed,
                    f0=f0, traced=traced, continuous=continuous,
                    record_outputs=record_outputs, progress=progress, reference=reference,
@@ -1227,7 +1226,7 @@ def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, see
     from ntkdyn import finite_width
 
     finite_width.check_width_call(arch, width=width, samples=width_samples, kernel=kernel,
-                                  f0=f0, loss=loss, batch_size=batch_size, mixing=mixing)
+                                  f0=f0, mixing=mixing)
     sgd = dict(batch_size=batch_size, batch_sampling=batch_sampling)
     trajs = predict_sweep(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel, seed=seed,
                           f0=f0, progress=progress, reference=reference, samples=samples,
