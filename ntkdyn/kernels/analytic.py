@@ -30,7 +30,9 @@ besides the output.
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,6 +42,9 @@ from ntkdyn.activations import Activation, dual, get_activation
 __all__ = ["analytic_kernels", "analytic_ntk", "analytic_nngp"]
 
 _BLOCK_ELEMENTS = 2**20  # default rows per block: about this many kernel entries
+#: On an accelerator: larger blocks (a few GB of float64 temporaries), since each block is
+#: one compiled call whose cost is mostly its transfer back to the host.
+_DEVICE_BLOCK_ELEMENTS = 2**25
 
 
 def analytic_kernels(
@@ -108,9 +113,10 @@ def analytic_kernels(
     if not (_is_real(b_std) and math.isfinite(b_std) and b_std >= 0):
         raise ValueError(f"b_std: expected a finite value >= 0, got {b_std!r}")
     act = resolve_activation(activation)
-    n1, n2 = x1.shape[0], x2s.shape[0]
+    n2 = x2s.shape[0]
     if block_size is None:
-        block_size = max(1, _BLOCK_ELEMENTS // max(n2, 1))
+        elements = _BLOCK_ELEMENTS if jax.default_backend() == "cpu" else _DEVICE_BLOCK_ELEMENTS
+        block_size = max(1, elements // max(n2, 1))
     elif isinstance(block_size, bool) or int(block_size) != block_size or block_size < 1:
         raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
     block_size = int(block_size)
@@ -124,8 +130,35 @@ def analytic_kernels(
         else _diagonal_nngps(np.einsum("ij,ij->i", x2s, x2s) / d, act, hidden_layers, w2, b2)
     )
 
-    nngp = np.empty((n1, n2))
-    ntk = np.empty((n1, n2))
+    blocks = _closed_form_blocks if act.dual is not None else _quadrature_blocks
+    nngp, ntk = blocks(act, hidden_layers, x1, x2s, x2 is None, diag1, diag2, block_size,
+                       w2, b2)
+    if x2 is None:  # remove round-off asymmetry of the blockwise evaluation
+        nngp = (nngp + nngp.T) / 2
+        ntk = (ntk + ntk.T) / 2
+    return nngp, ntk
+
+
+def _closed_form_blocks(act, hidden_layers, x1, x2s, same, diag1, diag2, block_size, w2, b2):
+    """Row blocks of both kernels for a closed-form dual: one compiled call per block
+    (:func:`_closed_form_block`), ``x2`` and its diagonals kept on the device."""
+    n1, n2 = x1.shape[0], x2s.shape[0]
+    nngp, ntk = np.empty((n1, n2)), np.empty((n1, n2))
+    x2j, d2 = jnp.asarray(x2s), [jnp.asarray(a) for a in diag2]
+    for start in range(0, n1, block_size):
+        stop = min(start + block_size, n1)
+        k, theta = _closed_form_block(
+            act.dual, hidden_layers, same, jnp.asarray(x1[start:stop]), x2j,
+            [jnp.asarray(a[start:stop]) for a in diag1], d2, start, w2, b2)
+        nngp[start:stop], ntk[start:stop] = np.asarray(k), np.asarray(theta)
+    return nngp, ntk
+
+
+def _quadrature_blocks(act, hidden_layers, x1, x2s, same, diag1, diag2, block_size, w2, b2):
+    """Row blocks of both kernels for an activation without a closed-form dual (the duals by
+    quadrature, :func:`ntkdyn.activations.dual`)."""
+    n1, n2, d = x1.shape[0], x2s.shape[0], x1.shape[1]
+    nngp, ntk = np.empty((n1, n2)), np.empty((n1, n2))
     for start in range(0, n1, block_size):
         stop = min(start + block_size, n1)
         k = w2 * (x1[start:stop] @ x2s.T) / d + b2
@@ -134,7 +167,7 @@ def analytic_kernels(
         for layer in range(hidden_layers):  # phi, then Dense layer + 2
             k11 = diag1[layer][start:stop, None]
             k22 = diag2[layer][None, :]
-            if x2 is None:
+            if same:
                 # Make K(x, x) bitwise equal to the propagated variance: the
                 # arc-cosine angle is ill-conditioned at correlation 1, where a
                 # round-off of 1e-16 would otherwise cost 1e-8 in the angle.
@@ -144,10 +177,35 @@ def analytic_kernels(
             theta = k + w2 * np.asarray(e_dphi) * theta
         nngp[start:stop] = k
         ntk[start:stop] = theta
-    if x2 is None:  # remove round-off asymmetry of the blockwise evaluation
-        nngp = (nngp + nngp.T) / 2
-        ntk = (ntk + ntk.T) / 2
     return nngp, ntk
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _closed_form_block(closed, hidden_layers: int, same: bool, x1b, x2, diag1, diag2, start,
+                       w2, b2):
+    r"""Rows ``start..start+len(x1b)`` of ``(K^L, Theta^L)`` for an activation with a closed-form
+    dual, as one compiled computation (the recursion of the module docstring):
+    ``K^0 = w2 x1b x2^T / d + b2``, ``Theta^0 = K^0``, then per layer
+    ``K^l = w2 E[phi phi] + b2``, ``Theta^l = K^l + w2 E[phi' phi'] Theta^{l-1}``.
+
+    With ``same`` (``x2`` is ``x1``) the block's diagonal entries of each ``K^{l-1}`` are set
+    to the propagated variances ``diag1[l-1]`` before the dual (and of ``Theta^0`` too), so
+    ``K(x, x)`` equals the variance bitwise and the arc-cosine angle sees correlation 1
+    exactly.
+    """
+    d = x1b.shape[1]
+    k = w2 * (x1b @ x2.T) / d + b2
+    rows = jnp.arange(x1b.shape[0])
+    if same and hidden_layers:
+        k = k.at[rows, start + rows].set(diag1[0])
+    theta = k
+    for layer in range(hidden_layers):
+        if same and layer:
+            k = k.at[rows, start + rows].set(diag1[layer])
+        e_phi, e_dphi = closed(diag1[layer][:, None], k, diag2[layer][None, :])
+        k = w2 * e_phi + b2
+        theta = k + w2 * e_dphi * theta
+    return k, theta
 
 
 def analytic_ntk(
