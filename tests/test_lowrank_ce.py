@@ -214,3 +214,21 @@ def test_check_with_rank_and_cross_entropy_says_why(tmp_path):
     with pytest.raises(ConfigError, match="prediction.rank: the low-rank check is for the "
                                           "squared loss.*affine dynamics.*ntkdyn predict"):
         check(str(cfg))
+
+
+def test_memory_checked_before_allocating(monkeypatch):
+    """The cross-entropy run's memory (:func:`ce_bytes`: padded rows, outputs of every slot
+    at each record) is checked before anything is allocated, the refusal saying what."""
+    from ntkdyn._utils import memory
+    from ntkdyn.lowrank.cross_entropy import ce_bytes
+
+    kern, kern_t, y, yt, agent, w, r = _problem(True)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    need = ce_bytes(48, 16, r, 4, 3, padded_rows=48, records=3)
+    assert need > 8 * 3 * 6 * 48  # at least the outputs of the slots on the training rows
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: need // 2)
+    with pytest.raises(memory.ProblemTooLargeError,
+                       match="this low-rank cross-entropy prediction needs about"):
+        predict_lowrank_ce(factor, y, agent, w, 0.3, [0, 5, 10], y_test=yt)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: need + 1)
+    assert predict_lowrank_ce(factor, y, agent, w, 0.3, [0, 5, 10], y_test=yt).status == "ok"

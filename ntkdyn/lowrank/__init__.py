@@ -23,6 +23,10 @@ One random network (:mod:`ntkdyn.lowrank.networks`, ``predict(..., nngp=...)`` o
 drawn from a low-rank NNGP factor on ``[train; test]`` plus the residual diagonal (every
 marginal variance exact), run as ``K + P`` columns.
 
+Softmax cross-entropy (:mod:`ntkdyn.lowrank.cross_entropy`, ``predict(...,
+loss="cross_entropy")``): the same schedules in feature form with the gradient
+``Phi_q^T s (softmax(s f_q) - Y_q) / N_q``; an integer rank, no error estimate.
+
 The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
 linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """
