@@ -739,7 +739,10 @@ def predict(
     distances stay exact on the factor), since with one random network the accuracies of
     every network on every row dominate the cost at data-set scale
     (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix,
-    the squared loss, discrete steps and float64.  With ``kernel="empirical"`` it factors
+    discrete steps and float64; ``loss="cross_entropy"`` runs there with an integer rank
+    (no ``tol``: ``metadata["low_rank"]["error_estimate"]`` is ``None``, the estimate
+    bounds the squared loss only), ``f0="mean"`` or ``"network"`` and no ``acc_rows``
+    (:mod:`ntkdyn.lowrank.cross_entropy`).  With ``kernel="empirical"`` it factors
     the empirical NTK of the given network (``params``, or initialised with ``seed``; its
     own ``f_0``) from column blocks: the layerwise formula for an MLP, Jacobian-vector
     products of ``apply_fn`` for a stax triple (:func:`lowrank_source`).
@@ -841,7 +844,7 @@ def predict(
                                 max_rank=max_rank, seed=seed, params=params, f0=f0,
                                 record_outputs=record_outputs, progress=progress,
                                 reference=reference, metadata=meta, kernel=kernel,
-                                samples=samples, acc_rows=acc_rows)
+                                samples=samples, acc_rows=acc_rows, loss=(loss, logit_scale))
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
                                            params=params,
                            f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
@@ -945,6 +948,9 @@ def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous,
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
                         devices, samples, loss) -> None:
     """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take."""
+    from ntkdyn.losses import check_loss
+
+    check_loss(loss)
 
     if rank is None:
         raise ValueError(f"tol / max_rank: only used with the low-rank path (rank='auto' or an "
@@ -964,7 +970,8 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     else:
         why = _feature_path_limits("the low-rank path", "the exact path (rank=None)",
                                    mixing=mixing, samples=samples, continuous=continuous,
-                                   loss=loss, kernel_dtype=kernel_dtype, devices=devices)
+                                   loss="mse" if loss == "cross_entropy" else loss,
+                                   kernel_dtype=kernel_dtype, devices=devices)
     if why is not None:
         raise ValueError(f"rank: {why}")
     if not isinstance(parts, Partition):
@@ -976,6 +983,18 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     if isinstance(arch, MLP) and arch.out != parts.dataset.num_classes:
         raise ValueError(f"arch.out: the data have K={parts.dataset.y_train.shape[1]} outputs "
                          f"(classes), the MLP has out={arch.out}")
+
+
+def lowrank_loss(loss: str, logit_scale: float, *, rank, tol, f0: str, acc_rows) -> dict:
+    """The loss keywords of :func:`ntkdyn.lowrank.predict` (``{}`` for the squared loss);
+    for cross-entropy what the low-rank path does not take is a ``ValueError`` naming the
+    field (:func:`ntkdyn.lowrank.cross_entropy.check_call`)."""
+    if loss != "cross_entropy":
+        return {}
+    from ntkdyn.lowrank.cross_entropy import check_call
+
+    check_call(rank=rank, tol=tol, f0_random=f0 == "random", acc_rows=acc_rows)
+    return {"loss": loss, "logit_scale": logit_scale}
 
 
 PATHS = ("kernel", "primal")
@@ -1063,17 +1082,19 @@ def lowrank_source(arch: Any, kernel: str, params: Any, x_train: np.ndarray,
 def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, *, rank, tol,
                      max_rank, seed, params, f0, record_outputs, progress, reference,
                      metadata, kernel: str = "analytic", samples=None,
-                     acc_rows: int | None = None, sweep: bool = False):
+                     acc_rows: int | None = None, sweep: bool = False,
+                     loss: tuple[str, float] = ("mse", 1.0)):
     """:func:`predict` on the low-rank path: the column source of :func:`lowrank_source`
     and :func:`ntkdyn.lowrank.predict`, in the caller's sample order; ``f0="random"``: the
     NNGP columns on the pooled inputs (:func:`ntkdyn.lowrank.analytic_columns`,
     ``kernel="nngp"``) for the draws of :mod:`ntkdyn.lowrank.networks`.  ``sweep``:
     ``lr`` is a sequence of rates, run on one factor (:func:`ntkdyn.lowrank.predict_sweep`),
-    and the result a list."""
+    and the result a list.  ``loss``: ``(loss, logit_scale)`` (:func:`lowrank_loss`)."""
     from ntkdyn import lowrank
 
     data = parts.dataset
     f0 = resolve_f0(f0, kernel, params=params)
+    loss_kw = lowrank_loss(*loss, rank=rank, tol=tol, f0=f0, acc_rows=acc_rows)
     has_test = data.num_test > 0
     if params is None and (kernel == "empirical" or f0 == "network"):
         params = init_params(arch, data.dim, seed)
@@ -1093,7 +1114,7 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
         algorithm, rank=rank, tol=tol, max_rank=max_rank, seed=seed, f0_train=f0_train,
         y_test=data.y_test if has_test else None, f0_test=f0_test, reference=reference,
         record_outputs=record_outputs, progress=progress, metadata=metadata,
-        acc_rows=acc_rows, **extra)
+        acc_rows=acc_rows, **extra, **loss_kw)
 
 
 def predict_sweep(
@@ -1153,7 +1174,7 @@ def predict_sweep(
             params=params, f0=f0, progress=progress, reference=reference, samples=samples,
             loss=loss, batch_size=batch_size, width=width, kernel_dtype=kernel_dtype,
             rank=rank, tol=tol, max_rank=max_rank, acc_rows=acc_rows,
-            record_outputs=record_outputs)
+            record_outputs=record_outputs, logit_scale=logit_scale)
     if width is not None:
         return _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, kernel=kernel,
                                  seed=seed, f0=f0, progress=progress, reference=reference,
@@ -1182,7 +1203,8 @@ def predict_sweep(
 
 def _sweep_lowrank(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, params, f0,
                    progress, reference, samples, loss, batch_size, width, kernel_dtype, rank,
-                   tol, max_rank, acc_rows, record_outputs) -> list[Trajectory]:
+                   tol, max_rank, acc_rows, record_outputs,
+                   logit_scale: float = 1.0) -> list[Trajectory]:
     """:func:`predict_sweep` on the low-rank path: :func:`predict`'s checks (a
     ``ValueError`` naming ``rank``), then one factor for every rate
     (:func:`ntkdyn.lowrank.predict_sweep`)."""
@@ -1213,7 +1235,8 @@ def _sweep_lowrank(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, 
                             tol=tol, max_rank=max_rank, seed=seed, params=params, f0=f0,
                             record_outputs=record_outputs, progress=progress,
                             reference=reference, metadata=meta, kernel=kernel,
-                            samples=samples, acc_rows=acc_rows, sweep=True)
+                            samples=samples, acc_rows=acc_rows, sweep=True,
+                            loss=(loss, logit_scale))
 
 
 def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, f0,

@@ -320,6 +320,13 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
             "training.batch_size > 0" if t.batch_size else None)
     if what is None:
         return
+    if p.rank is not None and t.loss != "mse":
+        raise ConfigError("config: prediction.rank: the low-rank check is for the squared "
+                          f"loss, got {what}: its rate sweep, lr* and a-priori error estimate "
+                          "assume affine dynamics (cross-entropy's are not), and the low-rank "
+                          "path has no error estimate for cross-entropy; `ntkdyn predict` runs "
+                          "it (an integer rank, prediction.f0 = 'mean' or 'network'); remove "
+                          "prediction.rank for the exact check")
     if p.rank is not None:
         raise ConfigError(f"config: prediction.rank: the low-rank check is for the squared "
                           f"loss with full-batch gradients, got {what}; remove prediction.rank")

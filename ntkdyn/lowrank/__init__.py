@@ -23,6 +23,10 @@ One random network (:mod:`ntkdyn.lowrank.networks`, ``predict(..., nngp=...)`` o
 drawn from a low-rank NNGP factor on ``[train; test]`` plus the residual diagonal (every
 marginal variance exact), run as ``K + P`` columns.
 
+Softmax cross-entropy (:mod:`ntkdyn.lowrank.cross_entropy`, ``predict(...,
+loss="cross_entropy")``): the same schedules in feature form with the gradient
+``Phi_q^T s (softmax(s f_q) - Y_q) / N_q``; an integer rank, no error estimate.
+
 The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
 linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 """
@@ -173,6 +177,11 @@ def predict(
     Other keywords go to :func:`predict_lowrank` (``y_test``,
     ``f0_train``, ``reference``, ``acc_rows``...).
 
+    ``loss="cross_entropy"`` (with ``logit_scale``, one-hot or integer-label targets):
+    softmax cross-entropy on the factor (:mod:`ntkdyn.lowrank.cross_entropy`): an integer
+    ``rank``, no ``tol`` (``metadata["low_rank"]["error_estimate"]`` is ``None``: the
+    estimate bounds the squared loss only), the mean network or a given ``f0_train``.
+
     Raises ``ValueError`` naming ``rank``, ``tol``, ``max_rank`` or ``method`` for bad
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
     when even the factor would not fit, with the rank that would.
@@ -240,6 +249,7 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
     """``(factor, tol, algorithm, steps, draws)`` shared by :func:`predict` and
     :func:`predict_sweep`: :func:`choose_factor` (at ``lr``, or at every rate of ``lrs``),
     then, for one random network, :func:`_random_draws` (``None`` for the mean network)."""
+    _check_loss(kwargs, rank=rank, tol=tol, f0_random=nngp is not None or init is not None)
     # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
     # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
     extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
@@ -268,6 +278,12 @@ def _check_lrs(lrs) -> None:
 def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed, **kwargs):
     """One rate on a chosen factor: :func:`predict_lowrank`, or with ``draws`` (a pair
     ``(InitDraws, info)`` of :func:`_random_draws`) one random network."""
+    if kwargs.get("loss", "mse") == "cross_entropy":  # (draws is None: _check_loss)
+        from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("loss", "acc_rows", "form")}
+        return predict_lowrank_ce(factor, y_train, agent, mixing, lr, st, algo, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k != "loss"}
     if draws is None:
         return predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed,
                                **kwargs)
@@ -276,6 +292,23 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
     kwargs = {k: v for k, v in kwargs.items() if k not in ("f0_train", "f0_test")}
     return networks.predict_random_lowrank(factor, draws[0], y_train, agent, mixing, lr, st,
                                            algo, seed=seed, draws_info=draws[1], **kwargs)
+
+
+def _check_loss(kwargs: dict, *, rank, tol, f0_random: bool) -> None:
+    """``loss`` (``"mse"``, the default, or ``"cross_entropy"``, :mod:`ntkdyn.lowrank.
+    cross_entropy`) and ``logit_scale`` (cross-entropy only) among the keywords of
+    :func:`predict`; what cross-entropy does not take is a ``ValueError`` naming it."""
+    from ntkdyn.losses import check_loss
+
+    loss = check_loss(kwargs.get("loss", "mse"))
+    if loss == "mse":
+        if "logit_scale" in kwargs:
+            raise ValueError("logit_scale: only used with loss='cross_entropy'")
+        return
+    from ntkdyn.lowrank.cross_entropy import check_call
+
+    check_call(rank=rank, tol=tol, f0_random=f0_random, acc_rows=kwargs.get("acc_rows"),
+               form=kwargs.get("form", "auto"))
 
 
 def _finish(traj, factor, n: int, *, rank, tol, max_rank):

@@ -1,0 +1,331 @@
+r"""Softmax cross-entropy on the low-rank path (issues 15 and 17).
+
+Mathematics (``theory/low_rank.md``, ``theory/cross_entropy.md``).  With
+``Theta ~ Phi Phi^T`` (``Phi`` N x r) agent ``q``'s outputs are ``f_q = f_0 + Phi a_q``,
+``a_q = Phi^T alpha_q`` (r x K), and the cross-entropy gradient of
+``L_q = (1/N_q) sum_{i in q} CE(softmax(s f(x_i)), y_i)`` in these coordinates is
+
+    ``grad_q = (1/N_q) Phi_q^T g_q``,   ``g_q = s (softmax(s f_q[S_q]) - Y_q)``
+
+(``s = logit_scale``), so DGD is ``a_q <- sum_p W_qp a_p - (eta_q/N_q) Phi_q^T g_q`` and every
+schedule of :mod:`ntkdyn.algorithms` runs on these operators unchanged.  The gradient is not
+affine in ``a_q``: the Gram form of :mod:`ntkdyn.lowrank.evolve` (``r x r`` matrices per
+agent) does not apply, and each step reads the agents' rows ``Phi_q`` twice (``Phi_q a_q``,
+then ``Phi_q^T g_q``): ``4 N r K`` flops, ``8 N r K`` with the centralised reference (its
+``K`` columns ride along in the same reads, gradient ``sum_q Phi_q^T g_q(a_c) / (Q N_q)``).
+For a kernel of rank ``<= r`` this is the exact path's cross-entropy recursion
+(:mod:`ntkdyn.dynamics.solver`) mapped by ``a = Phi^T alpha``.
+
+Records (the exact path's conventions): the trained loss (cross-entropy) on the pooled
+training and test sets, the objective, each agent's local loss and the accuracies need the
+outputs ``f_0 + Phi a`` of every slot (``(Q + 2) N r K`` flops per record, all rows: the loss
+is not a quadratic form); the distances are the squared loss's, ``||a_q||_F`` and the like.
+
+Not carried over from the squared loss: the a-priori truncation-error estimate (it bounds
+the squared loss's affine dynamics, not these; ``metadata["low_rank"]["error_estimate"]`` is
+``None`` with the reason), hence ``rank="auto"`` / ``tol``; one random network (its draws
+share columns through the squared loss's linearity); ``acc_rows`` (the loss needs every
+output anyway).  Stability: the exact path's cross-entropy statement, the sufficient bound
+from the largest softmax curvature ``s^2/2``, on the truncated operator
+(:func:`stability_note`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkdyn._utils import memory
+from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
+from ntkdyn.engine import scan_records
+from ntkdyn.losses import accuracy, check_logit_scale, class_targets, sample_loss
+from ntkdyn.lowrank.evolve import (
+    DIVERGENCE_FACTOR,
+    divergence_check,
+    lowrank_inputs,
+    records_trajectory,
+    run_features,
+    schedule_metadata,
+    step_data,
+)
+from ntkdyn.lowrank.factor import LowRankFactor
+from ntkdyn.trajectory import Trajectory
+
+EXACT = jax.lax.Precision.HIGHEST
+
+#: why ``metadata["low_rank"]["error_estimate"]`` is ``None`` with cross-entropy
+NO_ESTIMATE = ("the a-priori truncation-error estimate (theory/low_rank.md section 3) is "
+               "derived for the squared loss's affine dynamics and does not bound "
+               "cross-entropy's; compare with the exact path (rank=None) on a subset, or "
+               "with a larger rank")
+
+
+def _softmax_grad(f, y, scale, k: int):
+    """``s (softmax(s f) - y)`` over groups of ``k`` consecutive columns of ``f``."""
+    shape = f.shape
+    p = jax.nn.softmax(scale * f.reshape(shape[:-1] + (shape[-1] // k, k)), axis=-1)
+    return scale * (p.reshape(shape) - y)
+
+
+def ce_operators(data: dict, q_count: int, central: bool) -> Operators:
+    """The primitives on the feature-space state ``x`` ``(A, r, K)`` with the cross-entropy
+    gradient (module docstring).  ``data["phi"]``, ``data["f0"]``, ``data["y"]``: the
+    agents' rows, initial outputs and one-hot targets, ``(Q, n_max, .)`` zero padded
+    (padded rows have ``Phi = 0`` and add nothing); ``data["inv_n"]`` ``1/N_q``."""
+    phi, f0, y, inv_n, w = data["phi"], data["f0"], data["y"], data["inv_n"], data["mixing"]
+    scale = data["logit_scale"]
+
+    def mix(x, j=0):
+        agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT)
+        return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
+
+    def grad(x):
+        k = x.shape[-1]
+        xa = x[:q_count]
+        rhs = xa if not central else jnp.concatenate(
+            [xa, jnp.broadcast_to(x[q_count], xa.shape)], axis=-1)
+        reps = 2 if central else 1
+        f = jnp.einsum("qnr,qrc->qnc", phi, rhs, precision=EXACT) + jnp.tile(f0, reps)
+        g = _softmax_grad(f, jnp.tile(y, reps), scale, k)
+        back = jnp.einsum("qnr,qnc->qrc", phi, g, precision=EXACT) * inv_n[:, None, None]
+        if central:
+            gc = jnp.sum(back[..., k:], axis=0, keepdims=True) / q_count
+            return jnp.concatenate([back[..., :k], gc], axis=0)
+        return back
+
+    return Operators(mix=mix, grad=grad, scale=lambda g: data["lr"][:, None, None] * g)
+
+
+def _loss_acc(out, y, labels, scale):
+    return sample_loss(out, y, "cross_entropy", scale), accuracy(out, labels)
+
+
+def _ce_record(x, data, *, q_count, central, has_test, record_outputs):
+    """The recorded quantities of slots ``x`` ``(A, r, K)`` (module docstring)."""
+    a, scale = x.shape[0], data["logit_scale"]
+    xa = x[:q_count]
+    xm = xa.mean(axis=0)
+    slots = jnp.concatenate([x, xm[None]], axis=0)  # slot A: the network-mean model
+    out = data["f0_all"] + jnp.einsum("nr,ark->ank", data["phi_all"], slots, precision=EXACT)
+    ce, acc = _loss_acc(out, data["y_all"], data["labels"], scale)
+    local = jnp.matmul(ce[:a], data["shard_weights"], precision=EXACT)  # (A, Q)
+    rec = {"train_loss": ce[:a].mean(axis=-1), "objective": local.mean(axis=-1),
+           "local_loss": jnp.diagonal(local[:q_count]), "train_acc": acc[:a],
+           "mean_model_train_loss": ce[a].mean(), "mean_model_train_acc": acc[a],
+           "param_dist": jnp.sqrt(jnp.sum(x ** 2, axis=(1, 2))),
+           "consensus_dist": jnp.sqrt(jnp.sum((xa - xm) ** 2, axis=(1, 2)))}
+    if central:
+        rec["central_dist"] = jnp.sqrt(jnp.sum((xa - x[q_count]) ** 2, axis=(1, 2)))
+    if record_outputs:
+        rec["train_outputs"] = out[:a]
+    if has_test:
+        out_t = data["f0_test"] + jnp.einsum("nr,ark->ank", data["phi_test"], slots,
+                                             precision=EXACT)
+        ce_t, acc_t = _loss_acc(out_t, data["y_test"], data["labels_test"], scale)
+        rec.update(test_loss=ce_t[:a].mean(axis=-1), test_acc=acc_t[:a],
+                   mean_model_test_loss=ce_t[a].mean(), mean_model_test_acc=acc_t[a])
+        if record_outputs:
+            rec["test_outputs"] = out_t[:a]
+    return rec
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central"))
+def ce_init_state(x0, data, *, algorithm, q_count, central):
+    """The schedule's initial state (memory components) with the cross-entropy gradient."""
+    return algorithm.initial_state(x0, ce_operators(data, q_count, central))
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
+                                   "record_outputs"))
+def ce_run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+                 record_outputs):
+    """:func:`ntkdyn.lowrank.evolve.run_chunk` with the cross-entropy operators/records."""
+    ops = ce_operators(data, q_count, central)
+    params = algorithm.parameters
+    checked = divergence_check(params, data["limit_per_step"])
+
+    def record(st, x):
+        rec = _ce_record(params(x), data, q_count=q_count, central=central,
+                         has_test=has_test, record_outputs=record_outputs)
+        rec["diverged"] = st[2]
+        return st, rec
+
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=lambda t: ops,
+                        check=checked, record=record)
+
+
+def ce_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *, padded_rows: int,
+             record_outputs: bool = False, records: int = 50) -> int:
+    """Peak bytes of :func:`predict_lowrank_ce` besides the factor: the padded agents' rows
+    and the sorted copy for the records (``(padded_rows + N + M) r``), ``f_0`` and ``Y``
+    padded and sorted, the step's outputs and gradients (``4 padded_rows K``, twice with
+    the reference), the records' outputs of every slot (``3 (Q + 2) (N + M) K``) and the
+    state; float64."""
+    a = agents + 2
+    b = (padded_rows + n + n_test) * rank + 12 * padded_rows * outputs + 4 * n * outputs
+    b += 3 * a * (n + n_test) * outputs + 9 * a * rank * outputs
+    if record_outputs:
+        b += records * a * (n + n_test) * outputs
+    return int(8 * b)
+
+
+def _ce_data(factor: LowRankFactor, inp, order, offsets, counts, scale: float,
+             reference: bool) -> tuple[dict, int]:
+    """The device data of :func:`predict_lowrank_ce` (rows sorted by agent) and the padded
+    row count; memory checked first."""
+    n, r = inp.phi.shape
+    k, q_count = inp.y.shape[1], inp.w.shape[0]
+    n_max = int(counts.max())
+    m_test = 0 if inp.yt is None else inp.yt.shape[0]
+    memory.ensure_fits(ce_bytes(n, m_test, r, q_count, k, padded_rows=q_count * n_max,
+                                records=len(inp.steps)),
+                       "this low-rank cross-entropy prediction",
+                       "use a smaller rank, fewer test samples, or record_outputs=False")
+    phi_s, y_s, f0_s = inp.phi[order], inp.y[order], inp.f0[order]
+    blocks = step_data(phi_s, np.concatenate([f0_s, y_s], axis=1), offsets, 1.0 / counts,
+                       gram=False, stacked=True, n_max=n_max)
+    shard_w = np.zeros((n, q_count))
+    for q in range(q_count):
+        shard_w[offsets[q]:offsets[q + 1], q] = 1.0 / counts[q]
+    lr_q = inp.lr_q
+    curv = float(np.sum(phi_s ** 2))  # tr(Phi^T Phi): the divergence limit's scale
+    data = {"phi": blocks["phi"], "f0": blocks["res"][..., :k], "y": blocks["res"][..., k:],
+            "inv_n": jnp.asarray(1.0 / counts), "mixing": jnp.asarray(inp.w),
+            "lr": jnp.asarray(np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q),
+            "logit_scale": jnp.asarray(scale),
+            "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_q.max() * scale
+                                          * np.sqrt(max(curv, 1.0) * n * k) / counts.min()),
+            "phi_all": jnp.asarray(phi_s), "f0_all": jnp.asarray(f0_s[None]),
+            "y_all": jnp.asarray(y_s), "labels": jnp.asarray(np.argmax(y_s, axis=1)),
+            "shard_weights": jnp.asarray(shard_w)}
+    if inp.yt is not None:
+        data.update(phi_test=jnp.asarray(np.asarray(factor.phi_test, dtype=np.float64)),
+                    f0_test=jnp.asarray(inp.ft[None]), y_test=jnp.asarray(inp.yt),
+                    labels_test=jnp.asarray(np.argmax(inp.yt, axis=1)))
+    return data, q_count * n_max
+
+
+def check_call(*, rank, tol=None, f0_random: bool = False, acc_rows=None,
+               form: str = "auto") -> None:
+    """What the low-rank path does not take with ``loss="cross_entropy"``: a ``ValueError``
+    naming the field (``rank="auto"`` and ``tol``: no error estimate to choose the rank
+    from; ``f0``: one random network; ``acc_rows``; ``form="gram"``)."""
+    why = "with loss='cross_entropy' on the low-rank path"
+    if isinstance(rank, str):
+        raise ValueError(f"rank: 'auto' chooses the rank from the squared loss's a-priori "
+                         f"error estimate, which does not bound cross-entropy; give an "
+                         f"integer rank {why}")
+    if tol is not None:
+        raise ValueError(f"tol: there is no a-priori error estimate to hold tol against {why} "
+                         "(it is derived for the squared loss); give an integer rank without tol")
+    if f0_random:
+        raise ValueError(f"f0: one random network ('random', the default with the analytic "
+                         f"kernel) is not available {why} (its draws share columns through "
+                         "the squared loss's linearity); use f0='mean' or f0='network', or the "
+                         "exact path (rank=None)")
+    if acc_rows is not None:
+        raise ValueError(f"acc_rows: {why} every training output is evaluated at each record "
+                         "(the loss needs them all); remove acc_rows")
+    if form not in ("auto", "features"):
+        raise ValueError(f"form: {why} the step reads the agents' rows ('features'; the Gram "
+                         f"form needs an affine gradient), got form={form!r}")
+
+
+def predict_lowrank_ce(
+    factor: LowRankFactor,
+    y_train,
+    agent,
+    mixing,
+    lr,
+    steps,
+    algorithm: str | Algorithm = "dgd",
+    *,
+    logit_scale: float = 1.0,
+    f0_train=None,
+    y_test=None,
+    f0_test=None,
+    reference: bool = True,
+    record_outputs: bool = False,
+    chunk: int = 25,
+    progress: bool = False,
+    metadata: dict | None = None,
+) -> Trajectory:
+    r""":func:`ntkdyn.lowrank.predict_lowrank` with softmax cross-entropy (module docstring):
+    ``y_train`` / ``y_test`` one-hot rows or integer labels (:func:`ntkdyn.losses.class_targets`),
+    ``logit_scale`` the inverse temperature ``s``; static mixing, one rate or one per agent,
+    every schedule.  The ``*_loss`` and ``objective`` fields are cross-entropy;
+    ``metadata["low_rank"]["error_estimate"]`` is ``None`` (``error_estimate_reason`` says
+    why) and ``metadata["stability"]`` the sufficient bound of :func:`stability_note`."""
+    algo = get_algorithm(algorithm)
+    scale = check_logit_scale(logit_scale)
+    k = None if np.ndim(y_train) != 1 else (
+        None if f0_train is None else np.shape(f0_train)[1])
+    y = class_targets("y_train", y_train, k)
+    yt = None if y_test is None else class_targets("y_test", y_test, y.shape[1])
+    inp = lowrank_inputs(factor, y, agent, mixing, lr, steps, f0_train, yt, f0_test, None)
+    q_count, r = inp.w.shape[0], inp.phi.shape[1]
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
+    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, y.shape[1])), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=inp.yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank cross-entropy {algo.name}", runner=(ce_init_state, ce_run_chunk))
+    meta = ce_metadata(factor, algo, inp, scale=scale, padded=rows > inp.phi.shape[0],
+                       given_f0=f0_train is not None, metadata=metadata)
+    return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
+                              order, float(carry[3]))
+
+
+def stability_note(factor: LowRankFactor, agent, mixing, algorithm: str | Algorithm, lr,
+                   logit_scale: float) -> tuple[str, float]:
+    """``(note, bound)``: the exact path's cross-entropy stability statement
+    (:func:`ntkdyn.dynamics.run.cross_entropy_bound`) on the truncated operator: the squared
+    loss's sufficient bound (one profile for all agents, as the exact path's, a bound on the
+    largest rate) with the agents' curvatures ``lambda_max(Phi_q^T Phi_q) / N_q``
+    (:class:`ntkdyn.lowrank.stability.FeatureProblem`) times ``2 / s^2`` (the largest
+    softmax curvature ``s^2 / 2``); ``nan`` where the schedule has none.  It is at least the
+    full kernel's (``lambda_max(G_q) <= lambda_max(Theta_qq)``), equal at a kernel's rank."""
+    from ntkdyn._utils.checks import learning_rates
+    from ntkdyn.dynamics.stability import schedule_sufficient_bound
+    from ntkdyn.lowrank.stability import FeatureProblem
+
+    algo = get_algorithm(algorithm)
+    problem = FeatureProblem(factor, agent, mixing)
+    learning_rates(lr, problem.num_agents)  # checked; the bound is on the largest rate
+    bound = schedule_sufficient_bound(problem, algo) * 2.0 / logit_scale ** 2
+    value = (f"lr < {bound:.6g}" if np.isfinite(bound) else
+             "none known for this schedule and mixing")
+    note = ("loss='cross_entropy': the dynamics are not affine, exact stability is not "
+            "computed here; sufficient bound from the largest softmax curvature (s^2/2, "
+            f"s = logit_scale = {logit_scale:g}) on the rank-{factor.rank} coordinates "
+            f"(at least the full kernel's): {value}; status reflects an observed blow-up only")
+    return note, float(bound)
+
+
+def ce_metadata(factor: LowRankFactor, algo: Algorithm, inp, *, scale: float, padded: bool,
+                given_f0: bool, metadata: dict | None) -> dict:
+    """``Trajectory.metadata`` of a low-rank cross-entropy prediction: the factor's facts,
+    no error estimate (``error_estimate_reason``), the stability note, which network."""
+    n, k, q_count = inp.y.shape[0], inp.y.shape[1], inp.w.shape[0]
+    low = dict(factor.describe(), error_estimate=None, error_estimate_kind="unavailable",
+               error_estimate_reason=NO_ESTIMATE, padded=bool(padded), form="features",
+               acc_rows=n, loss="cross_entropy")
+    if inp.yt is not None:
+        low.update(error_estimate_test=None, error_estimate_test_kind="unavailable")
+    note, bound = stability_note(factor, inp.agent, inp.w, algo, inp.lr_q, scale)
+    meta = {
+        "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
+        "kernel_layout": "traced", "path": "low_rank", "low_rank": low,
+        "loss": "cross_entropy", "stability": note, "stability_bound": bound,
+        "quantity": ("mean network (f0 = 0): the expected outputs of the infinite-width "
+                     "network" if not given_f0 else "the network with the given f0"),
+        "mixing": inp.w.tolist(), **(metadata or {}), **schedule_metadata(algo),
+    }
+    if scale != 1.0:
+        meta["logit_scale"] = scale
+    return meta
