@@ -888,7 +888,8 @@ def test_config_rank_errors_name_the_key(prediction, needle):
 def test_config_rank_with_gossip_or_flow_is_refused():
     from ntkdyn.config.schema import ConfigError, config_from_dict
 
-    with pytest.raises(ConfigError, match="prediction.rank: .*static mixing"):
+    # a sequence runs on the low-rank path for the mean network only (tests/test_lowrank_gossip.py)
+    with pytest.raises(ConfigError, match="prediction.rank: .*sequence with one random network"):
         config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
     with pytest.raises(ConfigError, match="prediction.rank: .*discrete steps"):
         config_from_dict({"prediction": {"rank": 4}, "training": {"continuous": True}})
