@@ -209,3 +209,38 @@ def test_predict_command_with_rank_and_gossip(tmp_path):
     assert main(["predict", str(exact_cfg), "--out", str(tmp_path / "e"), "--quiet"]) == 0
     exact = Trajectory.load(tmp_path / "e" / "trajectory.npz")
     assert np.max(np.abs(exact.test_loss - traj.test_loss)) <= 1e-8
+
+
+def test_check_with_rank_and_gossip_mirrors_the_exact_check(tmp_path):
+    """``ntkdyn check`` with ``[prediction] rank`` and random gossip: the stability of the
+    mean state (E[W]) on the low-rank coordinates -- at full rank the exact check's lr* --
+    and the mean over the sampled sequences; a periodic sequence is refused naming
+    prediction.rank (its one-period operator is built on the exact path only)."""
+    from ntkdyn.config import ConfigError
+    from ntkdyn.preflight import check
+
+    gossip = ('[topology]\nname = "ring"\ngossip = "edges"\ngossip_p = 0.5\n'
+              'gossip_samples = 4\n')
+    base = TINY_TOML.replace('[topology]\nname = "ring"\n', gossip)
+    exact_cfg = tmp_path / "e.toml"
+    exact_cfg.write_text(base + '[prediction]\nf0 = "mean"\n')
+    exact = check(str(exact_cfg))
+    lr_exact = {v.algorithm: v.lr_star for v in exact.stability}
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(base + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    full = check(str(cfg))
+    assert full.low_rank["rank"] == 60
+    for v in full.stability:
+        assert abs(v.lr_star - lr_exact[v.algorithm]) <= 1e-6 * lr_exact[v.algorithm], v
+    # as tests/test_lowrank.py's static check (measured 4.3e-8 relative)
+    assert abs(full.prediction["final_test_loss"] - exact.prediction["final_test_loss"]) \
+        <= 1e-6 * exact.prediction["final_test_loss"]
+    periodic = TINY_TOML.replace('[topology]\nname = "ring"\n',
+                                 '[topology]\nsequence = ["ring", "complete"]\n')
+    cfg.write_text(periodic + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    with pytest.raises(ConfigError, match="prediction.rank: ntkdyn check's low-rank stability"):
+        check(str(cfg))
+    factor = lowrank.factorize(lowrank.kernel_columns(np.eye(8)), 8)
+    with pytest.raises(ValueError, match="^mixing: the low-rank stability takes"):
+        lowrank.lowrank_stability(factor, np.arange(8) % 4, _process("periodic", 4), "dgd",
+                                  0.1)
