@@ -738,11 +738,14 @@ def predict(
     that many training rows drawn with ``seed`` (a sample estimate; the losses and
     distances stay exact on the factor), since with one random network the accuracies of
     every network on every row dominate the cost at data-set scale
-    (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix,
-    the squared loss, discrete steps and float64.  With ``kernel="empirical"`` it factors
-    the empirical NTK of the given network (``params``, or initialised with ``seed``; its
-    own ``f_0``) from column blocks: the layerwise formula for an MLP, Jacobian-vector
-    products of ``apply_fn`` for a stax triple (:func:`lowrank_source`).
+    (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix
+    or, for the mean network and a given ``f_0``, a periodic or random mixing sequence (the
+    exact path's sequences, ``samples`` sampled ones and ``.expected`` for random gossip;
+    :mod:`ntkdyn.lowrank.gossip`), the squared loss, discrete steps and float64.  With
+    ``kernel="empirical"`` it factors the empirical NTK of the given network (``params``,
+    or initialised with ``seed``; its own ``f_0``) from column blocks: the layerwise formula
+    for an MLP, Jacobian-vector products of ``apply_fn`` for a stax triple
+    (:func:`lowrank_source`).
 
     ``path``: ``"kernel"`` (default; the exact kernel-space path, or the low-rank one with
     ``rank``) or ``"primal"``: the linearised finite network evolved in parameter space
