@@ -738,8 +738,11 @@ def predict(
     that many training rows drawn with ``seed`` (a sample estimate; the losses and
     distances stay exact on the factor), since with one random network the accuracies of
     every network on every row dominate the cost at data-set scale
-    (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix,
-    discrete steps and float64; ``loss="cross_entropy"`` runs there with an integer rank
+    (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix
+    or, for the mean network and a given ``f_0`` with the squared loss, a periodic or random
+    mixing sequence (the exact path's sequences, ``samples`` sampled ones and ``.expected``
+    for random gossip; :mod:`ntkdyn.lowrank.gossip`), discrete steps and float64;
+    ``loss="cross_entropy"`` runs there with a static mixing matrix and an integer rank
     (no ``tol``: ``metadata["low_rank"]["error_estimate"]`` is ``None``, the estimate
     bounds the squared loss only), ``f0="mean"`` or ``"network"`` and no ``acc_rows``
     (:mod:`ntkdyn.lowrank.cross_entropy`).  With ``kernel="empirical"`` it factors
@@ -839,7 +842,7 @@ def predict(
     if low_rank:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
-                            samples=None if f0 == "random" else samples, loss=loss)
+                            samples=None if f0 == "random" else samples, loss=loss, f0=f0)
         return _predict_lowrank(arch, parts, mixing, lr, algorithm, steps, rank=rank, tol=tol,
                                 max_rank=max_rank, seed=seed, params=params, f0=f0,
                                 record_outputs=record_outputs, progress=progress,
@@ -945,9 +948,25 @@ def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous,
     return None
 
 
+def _lowrank_process_limits(process, samples, f0: str | None) -> str | None:
+    """Why the low-rank path cannot run this mixing process, or ``None``: periodic and
+    random sequences run on it (:mod:`ntkdyn.lowrank.gossip`) for the mean network and a
+    given ``f_0``; one random network (``f0="random"``) with a sequence does not."""
+    if f0 == "random":
+        return ("one random network (f0='random') on the low-rank path takes a static mixing "
+                "matrix; with a time-varying or random mixing sequence use f0='mean' (or "
+                "'network'), or the exact path (rank=None)")
+    if not process.random and samples is not None:
+        return "samples is for random mixing sequences; a periodic sequence is deterministic"
+    return None
+
+
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
-                        devices, samples, loss) -> None:
-    """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take."""
+                        devices, samples, loss, f0: str | None = None) -> None:
+    """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take
+    (a mixing process: :func:`_lowrank_process_limits`, then the static checks on ``E[W]``;
+    cross-entropy takes a static matrix only)."""
+    from ntkdyn.graphs.sequences import is_process
     from ntkdyn.losses import check_loss
 
     check_loss(loss)
@@ -967,9 +986,17 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     elif not (isinstance(arch, MLP) or _is_stax_triple(arch)):
         why = ("the low-rank path needs an ntkdyn.models.MLP or a stax triple, got "
                f"{type(arch).__name__}")
-    else:
+    elif is_process(mixing) and loss == "cross_entropy":
+        why = ("cross-entropy on the low-rank path takes a static mixing matrix; a periodic "
+               "or random mixing sequence with cross-entropy runs on the exact path "
+               "(rank=None)")
+    elif is_process(mixing):
+        why = _lowrank_process_limits(mixing, samples, f0)
+    static = mixing.expected() if is_process(mixing) else mixing
+    if why is None:
         why = _feature_path_limits("the low-rank path", "the exact path (rank=None)",
-                                   mixing=mixing, samples=samples, continuous=continuous,
+                                   mixing=static, samples=None if is_process(mixing)
+                                   else samples, continuous=continuous,
                                    loss="mse" if loss == "cross_entropy" else loss,
                                    kernel_dtype=kernel_dtype, devices=devices)
     if why is not None:
@@ -977,9 +1004,9 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     if not isinstance(parts, Partition):
         raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
     q = parts.num_agents
-    if np.ndim(mixing) != 2 or np.shape(mixing) != (q, q):
+    if np.ndim(static) != 2 or np.shape(static) != (q, q):
         raise ValueError(f"mixing: expected a ({q}, {q}) matrix for {q} agents, got shape "
-                         f"{np.shape(mixing)}")
+                         f"{np.shape(static)}")
     if isinstance(arch, MLP) and arch.out != parts.dataset.num_classes:
         raise ValueError(f"arch.out: the data have K={parts.dataset.y_train.shape[1]} outputs "
                          f"(classes), the MLP has out={arch.out}")
@@ -1108,9 +1135,14 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
     if f0 == "random":
         extra = dict(samples=samples, nngp=lowrank_nngp_source(
             arch, data.x_train, data.x_test if has_test else None))
+    from ntkdyn.graphs.sequences import is_process
+
+    if is_process(mixing):  # the sampled mixing sequences (lowrank.gossip)
+        extra = dict(samples=samples)
     run = lowrank.predict_sweep if sweep else lowrank.predict
     return run(
-        source, data.y_train, parts.agent, np.asarray(mixing, dtype=float), lr, steps,
+        source, data.y_train, parts.agent,
+        mixing if is_process(mixing) else np.asarray(mixing, dtype=float), lr, steps,
         algorithm, rank=rank, tol=tol, max_rank=max_rank, seed=seed, f0_train=f0_train,
         y_test=data.y_test if has_test else None, f0_test=f0_test, reference=reference,
         record_outputs=record_outputs, progress=progress, metadata=metadata,
@@ -1230,7 +1262,7 @@ def _sweep_lowrank(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, 
                                         exact=False)
     _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                         continuous=False, kernel_dtype=kernel_dtype, devices=None,
-                        samples=None if f0 == "random" else samples, loss=loss)
+                        samples=None if f0 == "random" else samples, loss=loss, f0=f0)
     return _predict_lowrank(arch, parts, mixing, list(lrs), algorithm, steps, rank=rank,
                             tol=tol, max_rank=max_rank, seed=seed, params=params, f0=f0,
                             record_outputs=record_outputs, progress=progress,

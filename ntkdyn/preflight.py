@@ -498,6 +498,21 @@ LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full ke
                   "DGD/ATC/CTA with a symmetric W (theory/low_rank.md section 6)")
 
 
+def _lowrank_mixing(exp: Experiment) -> tuple[np.ndarray, object]:
+    """``(W, mixing)`` of the low-rank check: the static matrix twice, or for random gossip
+    ``E[W]`` (the mean state's stability, as the exact check) and the process (its sampled
+    sequences for the prediction, :mod:`ntkdyn.lowrank.gossip`).  A periodic sequence is a
+    :class:`ConfigError` naming ``prediction.rank``: its one-period operator is not built
+    on the low-rank coordinates."""
+    if gossip.is_process(exp.mixing) and not exp.mixing.random:
+        raise ConfigError("config: prediction.rank: ntkdyn check's low-rank stability takes a "
+                          "static matrix or random gossip (E[W]); a periodic sequence's "
+                          "one-period operator is built on the exact path only: remove "
+                          "prediction.rank for check (ntkdyn predict runs it with rank)")
+    w = gossip.resolve_mixing(exp.mixing)[0]
+    return w, exp.mixing if gossip.is_process(exp.mixing) else w
+
+
 def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     """:func:`check` with ``[prediction] rank``: the factor of the low-rank path, the exact
     stability of the truncated operator on its coordinates
@@ -512,21 +527,22 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     params = init_params(arch, data.dim, cfg.seed) if empirical else None
     source = lowrank_source(arch, cfg.prediction.kernel, params, data.x_train,
                             data.x_test if has_test else None)
-    agent, w, lr = exp.parts.agent, np.asarray(exp.mixing, dtype=float), cfg.training.lr
+    agent, lr = exp.parts.agent, cfg.training.lr
+    w, mixing = _lowrank_mixing(exp)
     kw = exp.low_rank
     f0_train = np.asarray(arch.apply(params, data.x_train)) if empirical else None
-    factor, tol, algo, steps = lowrank.choose_factor(source, agent, w, lr, cfg.steps,
+    factor, tol, algo, steps = lowrank.choose_factor(source, agent, mixing, lr, cfg.steps,
                                                      exp.algorithm, rank=kw["rank"],
                                                      tol=kw.get("tol"), seed=cfg.seed,
                                                      y_train=data.y_train,
                                                      f0_train=f0_train)
     t_kernel = time.perf_counter()
     name = _topology_name(cfg)
-    verdicts = [_as_verdict(lowrank.lowrank_stability(factor, agent, w, a, lr), name)
+    verdicts = [_as_verdict(lowrank.lowrank_stability(factor, agent, mixing, a, lr), name)
                 for a in COMPARED]
     chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
     if chosen is None:
-        chosen = _as_verdict(lowrank.lowrank_stability(factor, agent, w, algo, lr), name)
+        chosen = _as_verdict(lowrank.lowrank_stability(factor, agent, mixing, algo, lr), name)
         verdicts.append(chosen)
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
@@ -579,7 +595,9 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
     data, arch, target = exp.parts.dataset, exp.arch, cfg.prediction.target_loss
     has_test = data.num_test > 0
     f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, low_rank=True)
-    args = (data.y_train, exp.parts.agent, np.asarray(exp.mixing, dtype=float),
+    process = gossip.is_process(exp.mixing)
+    args = (data.y_train, exp.parts.agent,
+            exp.mixing if process else np.asarray(exp.mixing, dtype=float),
             cfg.training.lr, steps, algo)
     kw = dict(y_test=data.y_test if has_test else None, reference=False, seed=cfg.seed)
     one = None
@@ -600,7 +618,12 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
             kw.update(f0_train=np.asarray(arch.apply(params, data.x_train)),
                       f0_test=np.asarray(arch.apply(params, data.x_test)) if has_test
                       else None)
-        traj = lowrank.predict_lowrank(factor, *args, **kw)
+        if process:  # random gossip (lowrank.gossip): mean over the sampled sequences
+            from ntkdyn.lowrank.gossip import predict_lowrank_process
+
+            traj = predict_lowrank_process(factor, *args, samples=exp.samples, **kw)
+        else:
+            traj = lowrank.predict_lowrank(factor, *args, **kw)
     prediction = _summarise(traj, target)
     prediction.update(one_random_network=one, steady_state_consensus_gap=None,
                       steady_state_distance_to_centralised=None, steady_state_test_loss=None)

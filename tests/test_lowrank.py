@@ -691,9 +691,10 @@ def test_bad_inputs_name_the_argument():
         lowrank.predict_lowrank(factor, y, agent, w, 0.3, 10, y_test=yt)
     with pytest.raises(ValueError, match="^acc_rows: "):
         lowrank.predict_lowrank(factor, y, agent, w, 0.3, 10, acc_rows=0)
-    with pytest.raises(ValueError, match="^mixing: "):
-        lowrank.predict(src, y, agent, nd.graphs.random_edges(
-            nd.graphs.topology("ring", 4), 0.5), 0.3, 10, rank=3)
+    # a mixing process now runs on lowrank.predict (tests/test_lowrank_gossip.py);
+    # predict_lowrank itself still takes a static matrix
+    assert lowrank.predict(src, y, agent, nd.graphs.random_edges(
+        nd.graphs.topology("ring", 4), 0.5), 0.3, 10, rank=3, samples=2).samples == 2
     with pytest.raises(ValueError, match="^mixing: "):
         lowrank.predict_lowrank(factor, y, agent, nd.graphs.random_edges(
             nd.graphs.topology("ring", 4), 0.5), 0.3, 10)
@@ -890,7 +891,8 @@ def test_config_rank_errors_name_the_key(prediction, needle):
 def test_config_rank_with_gossip_or_flow_is_refused():
     from ntkdyn.config.schema import ConfigError, config_from_dict
 
-    with pytest.raises(ConfigError, match="prediction.rank: .*static mixing"):
+    # a sequence runs on the low-rank path for the mean network only (tests/test_lowrank_gossip.py)
+    with pytest.raises(ConfigError, match="prediction.rank: .*sequence with one random network"):
         config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
     with pytest.raises(ConfigError, match="prediction.rank: .*discrete steps"):
         config_from_dict({"prediction": {"rank": 4}, "training": {"continuous": True}})

@@ -328,8 +328,13 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
                           "or adjacency_file), not topology.mixing_file")
     time_varying = bool(topo.sequence or topo.gossip)
     if cfg.prediction.rank is not None:
-        why = ("a time-varying or random mixing sequence (the low-rank path takes a static "
-               "mixing matrix)" if time_varying else
+        # a mixing sequence runs on the low-rank path for the mean network or a given f0
+        # (ntkdyn.lowrank.gossip); one random network with a sequence does not
+        random_f0 = cfg.prediction.f0 == "random" or (
+            not cfg.prediction.f0 and cfg.prediction.kernel == "analytic")
+        why = ("a time-varying or random mixing sequence with one random network (the "
+               "low-rank path runs a sequence for prediction.f0 = \"mean\" or \"network\"; "
+               "set one of them)" if time_varying and random_f0 else
                "training.continuous = true (the low-rank path runs discrete steps)"
                if t.continuous else None)
         if why:

@@ -513,6 +513,14 @@ def _aggregate(samples: list[Trajectory], expected: Trajectory | None,
         quantiles=quantiles, expected=expected, per_sample=per_sample, **arrays)
 
 
+def aggregate_sequences(samples: list[Trajectory], expected: Trajectory | None,
+                        what: str = "mixing") -> GossipTrajectory:
+    """The public name of :func:`_aggregate`: one :class:`~ntkdyn.trajectory.GossipTrajectory`
+    from the trajectories of the sampled sequences and the expected run (the low-rank path's
+    random gossip assembles its groups with it, :mod:`ntkdyn.lowrank.gossip`)."""
+    return _aggregate(samples, expected, what)
+
+
 def _trajectory(raw, r, problem, steps, lr, continuous, meta, phase=None) -> Trajectory:
     q = problem.num_agents
     flags = raw["diverged"][:, r]
@@ -576,4 +584,4 @@ def _trajectory(raw, r, problem, steps, lr, continuous, meta, phase=None) -> Tra
 
 _ = jax  # jax is imported for its x64 side effect via ntkdyn._utils.precision
 
-__all__ = ["run_problem", "versions"]
+__all__ = ["aggregate_sequences", "run_problem", "versions"]

@@ -191,7 +191,7 @@ def predict(
         method=method, max_rank=max_rank, block=block, seed=seed, nngp=nngp, init=init,
         samples=samples, nngp_rank=nngp_rank, kwargs=kwargs)
     traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
-                          **kwargs)
+                          samples=samples, **kwargs)
     return _finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank)
 
 
@@ -239,7 +239,7 @@ def predict_sweep(
     out = []
     for lr in lrs:
         traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
-                              **kwargs)
+                              samples=samples, **kwargs)
         out.append(_finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank))
     return out
 
@@ -250,6 +250,16 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
     :func:`predict_sweep`: :func:`choose_factor` (at ``lr``, or at every rate of ``lrs``),
     then, for one random network, :func:`_random_draws` (``None`` for the mean network)."""
     _check_loss(kwargs, rank=rank, tol=tol, f0_random=nngp is not None or init is not None)
+    from ntkdyn.graphs.sequences import is_process
+
+    if is_process(mixing) and (nngp is not None or init is not None):
+        raise ValueError("nngp: one random network on the low-rank path takes a static "
+                         "mixing matrix; with a mixing sequence run the mean network (no "
+                         "nngp / init) or the exact path")
+    if is_process(mixing) and kwargs.get("loss", "mse") == "cross_entropy":
+        raise ValueError("mixing: cross-entropy on the low-rank path takes a static mixing "
+                         "matrix; with a mixing sequence use the squared loss or the exact "
+                         "path (rank=None)")
     # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
     # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
     extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
@@ -275,15 +285,26 @@ def _check_lrs(lrs) -> None:
                          f"{type(lrs).__name__} {lrs!r}"[:200])
 
 
-def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed, **kwargs):
-    """One rate on a chosen factor: :func:`predict_lowrank`, or with ``draws`` (a pair
-    ``(InitDraws, info)`` of :func:`_random_draws`) one random network."""
-    if kwargs.get("loss", "mse") == "cross_entropy":  # (draws is None: _check_loss)
+def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
+                   samples=None, **kwargs):
+    """One rate on a chosen factor: :func:`predict_lowrank`; with cross-entropy
+    :func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`; with a mixing process
+    :func:`ntkdyn.lowrank.gossip.predict_lowrank_process` (``samples``: sampled sequences
+    of a random one); or with ``draws`` (a pair ``(InitDraws, info)`` of
+    :func:`_random_draws`) one random network (static mixing only)."""
+    from ntkdyn.graphs.sequences import is_process
+
+    if kwargs.get("loss", "mse") == "cross_entropy":  # (draws is None, W static: checked)
         from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
 
         kwargs = {k: v for k, v in kwargs.items() if k not in ("loss", "acc_rows", "form")}
         return predict_lowrank_ce(factor, y_train, agent, mixing, lr, st, algo, **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if k != "loss"}
+    if is_process(mixing):
+        from ntkdyn.lowrank.gossip import predict_lowrank_process
+
+        return predict_lowrank_process(factor, y_train, agent, mixing, lr, st, algo,
+                                       seed=seed, samples=samples, **kwargs)
     if draws is None:
         return predict_lowrank(factor, y_train, agent, mixing, lr, st, algo, seed=seed,
                                **kwargs)
@@ -457,10 +478,8 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
                          f"got {agent_arr.shape}")
     from ntkdyn.graphs.sequences import is_process
 
-    if is_process(mixing):
-        raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "
-                         "time-varying and random sequences run on the exact path")
-    q_count = np.shape(mixing)[0]
+    # a mixing process (lowrank.gossip): its agents; the estimates use E[W]'s network mean
+    q_count = mixing.num_agents if is_process(mixing) else np.shape(mixing)[0]
     _, counts = agent_indices(agent_arr, q_count)
     lr_qs = [learning_rates(x, q_count) for x in ([lr] if lrs is None else lrs)]
     st = steps_array(steps)

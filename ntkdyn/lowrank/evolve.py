@@ -565,6 +565,10 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
     return rec
 
 
+#: the records of one state (public name of :func:`_record`, for :mod:`ntkdyn.lowrank.gossip`)
+record_state = _record
+
+
 # --------------------------------------------------------------------------- evolution
 def divergence_check(params, limit):
     """The engine's ``check`` for a feature-space state: diverged when the largest
@@ -963,8 +967,9 @@ def lowrank_inputs(factor: LowRankFactor, y_train, agent, mixing, lr, steps, f0_
     agent = np.asarray(agent)
     check_shape("agent", agent, (n,), "one agent index per training sample")
     if is_process(mixing):
-        raise ValueError("mixing: the low-rank path takes a static (Q, Q) mixing matrix; "
-                         "time-varying and random sequences run on the exact path")
+        raise ValueError("mixing: predict_lowrank takes a static (Q, Q) mixing matrix; "
+                         "time-varying and random sequences run on "
+                         "ntkdyn.lowrank.gossip.predict_lowrank_process (or lowrank.predict)")
     w = graphs.check_mixing(mixing, name="mixing")
     agent, counts = agent_indices(agent, w.shape[0])
     f0 = np.zeros_like(y) if f0_train is None else as_float_array("f0_train", f0_train, 2)

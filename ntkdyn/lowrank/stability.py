@@ -51,7 +51,8 @@ from ntkdyn.dynamics.stability import (
 )
 from ntkdyn.lowrank.factor import LowRankFactor
 
-__all__ = ["FeatureProblem", "FeatureStepOperator", "lowrank_stability", "lowrank_stable_set"]
+__all__ = ["FeatureProblem", "FeatureStepOperator", "lowrank_stability", "lowrank_stable_set",
+           "stability_mixing"]
 
 EXACT = jax.lax.Precision.HIGHEST
 
@@ -133,6 +134,24 @@ class FeatureStepOperator(StepOperator):
             "qrs,qsc->qrc", self._grams, jnp.asarray(x), precision=EXACT)
 
 
+def stability_mixing(mixing) -> tuple[np.ndarray, str]:
+    """``(W, words)``: the matrix whose operator the low-rank stability analyses.  A static
+    ``W`` as given; random gossip (:mod:`ntkdyn.graphs.sequences`) ``E[W]``, the stability
+    of the mean state, as on the exact path (:func:`ntkdyn.dynamics.stability.operator_words`);
+    a periodic sequence is refused (``ValueError`` naming ``mixing``): its one-period operator
+    is not built on the low-rank coordinates."""
+    from ntkdyn.graphs.sequences import is_process
+
+    if not is_process(mixing):
+        return mixing, ""
+    if not mixing.random:
+        raise ValueError("mixing: the low-rank stability takes a static matrix or random "
+                         "gossip (E[W], the mean state); the one-period operator of a periodic "
+                         "sequence is built on the exact path only (nd.stability, rank=None)")
+    return mixing.expected(), ("; expected mixing matrix E[W]: stability of the mean state "
+                               "(the mean trajectory converges), not of every sampled sequence")
+
+
 def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
                        algorithm: str | Algorithm = "dgd", profile=None,
                        rtol: float = 1e-9) -> StableSet:
@@ -141,7 +160,7 @@ def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
     kernel's ``lr*`` for DGD, ATC and CTA with a symmetric ``W`` (``W >= 0`` for ATC/CTA)
     and one rate for all agents."""
     algo = get_algorithm(algorithm)
-    problem = FeatureProblem(factor, agent, mixing)
+    problem = FeatureProblem(factor, agent, stability_mixing(mixing)[0])
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
     op = FeatureStepOperator(problem, algo, profile)
@@ -153,10 +172,12 @@ def lowrank_stability(factor: LowRankFactor, agent, mixing,
     """:func:`ntkdyn.dynamics.stability.stability` on the low-rank coordinates: the report of the
     truncated operator at rate(s) ``lr``; ``method`` and ``operator`` say "low-rank"."""
     algo = get_algorithm(algorithm)
-    problem = FeatureProblem(factor, agent, mixing)
+    w, words = stability_mixing(mixing)
+    problem = FeatureProblem(factor, agent, w)
     lrs = learning_rates(lr, problem.num_agents)
     report = operator_report(FeatureStepOperator(problem, algo, lrs / np.max(lrs)), lrs)
     return dataclasses.replace(
         report, method=f"low-rank (rank {problem.rank}), {report.method}",
         operator=f"{report.operator} on the rank-{problem.rank} coordinates (truncated "
-                 "kernel; its lr* is an upper bound on the full kernel's for DGD/ATC/CTA)")
+                 "kernel; its lr* is an upper bound on the full kernel's for DGD/ATC/CTA)"
+                 + words)

@@ -1,0 +1,260 @@
+r"""Time-varying and random mixing on the low-rank path (issue 17: "the same schedules").
+
+A mixing *process* (:mod:`ntkdyn.graphs.sequences`) gives one matrix ``W_e`` per
+communication event; step ``k`` of an algorithm with ``m`` mixes per step uses events
+``k m .. k m + m - 1``.  The combine acts on the agents' index only, so on the feature
+coordinates ``beta_q = Phi^T alpha_q`` (:mod:`ntkdyn.lowrank.evolve`) it is
+
+    ``beta_q <- sum_p (W_e)_qp beta_p``,
+
+the same ``r x K`` blocks mixed by the same matrix as the ``N x K`` kernel coefficients of
+the exact path: for a kernel of rank ``<= r`` the two recursions map onto each other
+exactly at every step, whatever the sequence.  The gradient, the Gram / feature form and
+the records are those of the static path.
+
+* **Periodic** sequences: one run, ``W_e = cycle[e mod P]`` inside the loop.
+* **Random** gossip: as on the exact path (:func:`ntkdyn.dynamics.solver.mixing_groups`),
+  ``S`` sampled sequences (sequence ``s`` draws event ``e`` from
+  ``fold_in(fold_in(PRNGKey(seed), s), e)``, the matrices the exact path and the training
+  harness use) and one group running the mean-state recursion with ``E[W]``, side by side
+  as ``G = S + 1`` column groups of the state ``(A, r, G K)``: they share every read of
+  ``Phi`` (feature form) or of the Gram matrices.  The result is the same
+  :class:`~ntkdyn.trajectory.GossipTrajectory` (means over the sequences, quantile bands,
+  ``.expected``, ``per_sample``).
+
+Divergence is flagged for the whole state (one flag for every group; the exact path keeps
+one per group): a sequence that diverges stops the others' records too.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
+from ntkdyn.engine import scan_records
+from ntkdyn.lowrank.evolve import (
+    EXACT,
+    divergence_check,
+    evolve_bytes,
+    lowrank_inputs,
+    lowrank_metadata,
+    lowrank_operators,
+    prepare_features,
+    record_state,
+    records_trajectory,
+    run_features,
+)
+from ntkdyn.lowrank.factor import LowRankFactor
+from ntkdyn.trajectory import Trajectory
+
+#: sampled sequences of a random process when ``samples`` is not given (the exact path's)
+DEFAULT_SAMPLES = 64
+
+
+def process_groups(process, samples: int | None) -> tuple[int, int | None]:
+    """``(G, samples)``: column groups and the checked ``samples``.  Periodic: one group and
+    ``samples`` must be ``None``; random: ``samples`` (default :data:`DEFAULT_SAMPLES`)
+    sequences plus the ``E[W]`` group.  ``ValueError`` naming ``samples`` otherwise."""
+    from ntkdyn.minibatch import check_samples
+
+    if not process.random:
+        if samples is not None:
+            raise ValueError("samples: only for a random mixing sequence; a periodic "
+                             f"sequence is deterministic, got samples={samples!r}")
+        return 1, None
+    samples = check_samples(DEFAULT_SAMPLES if samples is None else samples)
+    return samples + 1, samples
+
+
+def process_data(process, samples: int | None) -> dict:
+    """The device arrays of the sequence: ``mix_arrays``, one key per sampled sequence
+    (``mix_keys``; one for a periodic sequence) and, for a random one, ``mix_expected``
+    (``(1, Q, Q)``, ``E[W]``)."""
+    n = int(samples) if process.random else 1
+    out = {"mix_arrays": process.device_arrays(),
+           "mix_keys": jnp.stack([process.key(s) for s in range(n)])}
+    if process.random:
+        out["mix_expected"] = jnp.asarray(np.asarray(process.expected())[None])
+    return out
+
+
+def mixing_at(data: dict, t, *, sampler, mixes_per_step: int):
+    """``j -> (G, Q, Q)``: the ``j``-th matrix of the step starting at time ``t`` for every
+    group (the sampled sequences, then ``E[W]`` for a random process)."""
+    k = jnp.round(t).astype(jnp.int64)
+    arrays, keys = data["mix_arrays"], data["mix_keys"]
+
+    def at(j):
+        event = k * mixes_per_step + j
+        w = jax.vmap(lambda key: sampler(arrays, event, key))(keys)
+        if "mix_expected" in data:
+            w = jnp.concatenate([w, data["mix_expected"]], axis=0)
+        return w
+
+    return at
+
+
+def grouped_data(data: dict, groups: int) -> dict:
+    """``data`` with the residual terms of the gradient tiled over ``G`` column groups
+    (``lins`` / ``lin_c`` in the Gram form, ``res`` in the feature form)."""
+    if groups == 1:
+        return data
+    out = dict(data)
+    if "grams" in data:
+        out["lins"] = jnp.tile(data["lins"], (1, 1, groups))
+        out["lin_c"] = jnp.tile(data["lin_c"], (1, groups))
+    elif isinstance(data["res"], tuple):
+        out["res"] = tuple(jnp.tile(rq, (1, groups)) for rq in data["res"])
+    else:
+        out["res"] = jnp.tile(data["res"], (1, 1, groups))
+    return out
+
+
+def process_operators(data: dict, t, *, q_count: int, central: bool, sampler,
+                      mixes_per_step: int, groups: int) -> Operators:
+    """:func:`ntkdyn.lowrank.evolve.lowrank_operators` on ``G`` column groups with the
+    combine ``x_q <- sum_p (W_e^g)_qp x_p`` of each group's matrix at step ``t``."""
+    base = lowrank_operators(grouped_data(data, groups), q_count, central)
+    w_at = mixing_at(data, t, sampler=sampler, mixes_per_step=mixes_per_step)
+
+    def mix(x, j=0):
+        w = w_at(j)
+        xa = x[:q_count]
+        q, r, c = xa.shape
+        agents = jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, groups, c // groups),
+                            precision=EXACT).reshape(q, r, c)
+        return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
+
+    return Operators(mix=mix, grad=base.grad, scale=base.scale)
+
+
+def group_records(x, data, *, groups: int, **kw) -> dict:
+    """The records of every group: the parameters ``(A, r, G K)`` as ``G`` states
+    ``(A, r, K)``, each recorded as on the static path (leading axis ``G``)."""
+    a, r, c = x.shape
+    xg = jnp.moveaxis(x.reshape(a, r, groups, c // groups), 2, 0)
+    return jax.vmap(lambda one: record_state(one, data, **kw))(xg)
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "sampler", "groups"))
+def init_process_state(x0, data, *, algorithm, q_count, central, sampler, groups):
+    """The algorithm's initial state with the operators of step 0."""
+    ops = process_operators(data, jnp.asarray(0.0), q_count=q_count, central=central,
+                            sampler=sampler, mixes_per_step=algorithm.mixes_per_step,
+                            groups=groups)
+    return algorithm.initial_state(x0, ops)
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
+                                   "record_outputs", "sampler", "groups"))
+def run_process_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+                      record_outputs, sampler, groups):
+    """:func:`ntkdyn.lowrank.evolve.run_chunk` with the step's mixing matrices of the
+    sequence (:func:`process_operators`) and the records of every group."""
+    params = algorithm.parameters
+    checked = divergence_check(params, data["limit_per_step"])
+
+    def operators(t):
+        return process_operators(data, t, q_count=q_count, central=central, sampler=sampler,
+                                 mixes_per_step=algorithm.mixes_per_step, groups=groups)
+
+    def record(st, x):
+        rec = group_records(params(x), data, groups=groups, q_count=q_count,
+                            central=central, has_test=has_test,
+                            record_outputs=record_outputs)
+        rec["diverged"] = jnp.broadcast_to(st[2], (groups,))
+        return st, rec
+
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
+                        check=checked, record=record)
+
+
+# long unit: predict_lowrank's steps for a process: checks, groups, run, assembly
+def predict_lowrank_process(
+    factor: LowRankFactor,
+    y_train,
+    agent,
+    process,
+    lr,
+    steps,
+    algorithm: str | Algorithm = "dgd",
+    *,
+    samples: int | None = None,
+    f0_train=None,
+    y_test=None,
+    f0_test=None,
+    reference: bool = True,
+    record_outputs: bool = False,
+    acc_rows: int | None = None,
+    chunk: int = 25,
+    progress: bool = False,
+    seed: int = 0,
+    metadata: dict | None = None,
+    form: str = "auto",
+) -> Trajectory:
+    r""":func:`ntkdyn.lowrank.predict_lowrank` with a mixing process (module doc): a
+    :class:`~ntkdyn.graphs.sequences.Periodic` sequence gives a
+    :class:`~ntkdyn.trajectory.Trajectory`, a random one a
+    :class:`~ntkdyn.trajectory.GossipTrajectory` over ``samples`` (default 64) sampled
+    sequences plus ``.expected`` (the ``E[W]`` recursion) -- the same construction and
+    seeds as the exact path, ``G = samples + 1`` column groups sharing every read.  The
+    a-priori error estimate is that of the network mean, which follows centralised GD for
+    any doubly stochastic sequence (``theory/low_rank.md`` section 3), computed with
+    ``E[W]``."""
+    from ntkdyn.graphs.sequences import resolve_mixing
+
+    algo = get_algorithm(algorithm)
+    w_exp, process = resolve_mixing(process, name="mixing")
+    if process is None:
+        raise ValueError("mixing: expected a mixing process (ntkdyn.graphs.periodic / "
+                         "random_edges / one_random_edge); a static matrix runs on "
+                         "predict_lowrank")
+    groups, samples = process_groups(process, samples)
+    inp = lowrank_inputs(factor, y_train, agent, w_exp, lr, steps, f0_train, y_test,
+                         f0_test, acc_rows)
+    r, k, q_count = inp.phi.shape[1], inp.y.shape[1], inp.w.shape[0]
+    m_test = 0 if inp.yt is None else inp.yt.shape[0]
+    extra = 0 if groups == 1 else (
+        evolve_bytes(inp.y.shape[0], m_test, r, q_count, groups * k, padded_rows=0,
+                     acc_rows=acc_rows, record_outputs=record_outputs,
+                     records=len(inp.steps))
+        - evolve_bytes(inp.y.shape[0], m_test, r, q_count, k, padded_rows=0,
+                       acc_rows=acc_rows, record_outputs=record_outputs,
+                       records=len(inp.steps)))
+    prep = prepare_features(factor, inp, form=form, reference=reference,
+                            record_outputs=record_outputs, acc_rows=acc_rows, seed=seed,
+                            extra_bytes=extra,
+                            what=f"this low-rank prediction ({groups} mixing groups)",
+                            hint="use fewer samples, a smaller rank, acc_rows=..., or "
+                                 "record_outputs=False")
+    data = dict(prep.data, **process_data(process, samples))
+    runner = (partial(init_process_state, sampler=process.sampler, groups=groups),
+              partial(run_process_chunk, sampler=process.sampler, groups=groups))
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=inp.yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank {algo.name}, {process.describe()['kind']} mixing", runner=runner)
+    meta = lowrank_metadata(factor, algo, inp, padded=prep.padded, gram=prep.gram,
+                            acc_rows=acc_rows, given_f0=f0_train is not None,
+                            metadata=metadata)
+    meta["mixing_process"] = process.describe()
+    meta["mixing_note"] = ("'mixing' is the expected matrix" if process.random else
+                           "'mixing' is the average over the period")
+    trajs = [records_trajectory({key: v[:, g] for key, v in raw.items()}, q_count, reference,
+                                rec_steps, phase, inp.lr_q, meta, prep.order,
+                                float(carry[3])) for g in range(groups)]
+    if not process.random:
+        return trajs[0]
+    from ntkdyn.dynamics.run import aggregate_sequences
+
+    return aggregate_sequences(trajs[:-1], trajs[-1], what="mixing")
+
+
+__all__ = ["DEFAULT_SAMPLES", "group_records", "grouped_data", "init_process_state",
+           "mixing_at", "predict_lowrank_process", "process_data", "process_groups",
+           "process_operators", "run_process_chunk"]

@@ -1,0 +1,261 @@
+"""Time-varying and random mixing on the low-rank path (issue 17, ntkdyn.lowrank.gossip):
+with a rank equal to the kernel's, the low-rank path equals the exact path on every
+recorded quantity, for a periodic sequence and for random gossip (each sampled sequence,
+their mean and the E[W] recursion)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_TOML
+
+import ntkdyn as nd
+from ntkdyn import lowrank
+from ntkdyn.lowrank.gossip import predict_lowrank_process
+from ntkdyn.trajectory import GossipTrajectory
+
+FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist", "consensus_dist",
+          "central_dist", "central_train_loss", "central_objective", "central_param_dist",
+          "mean_model_train_loss", "mean_model_train_acc", "test_loss", "test_acc",
+          "central_test_loss", "mean_model_test_loss", "mean_model_test_acc",
+          "train_outputs", "test_outputs")
+REL = 1e-10  # relative agreement asserted (measured <= 1e-15)
+
+
+def _rank_r_problem(seed: int = 0):
+    """A kernel built from r = 6 features (N = 48, M = 16, K = 3, Q = 4, unequal shards)."""
+    rng = np.random.default_rng(seed)
+    n, m, r, k, q = 48, 16, 6, 3, 4
+    feats, feats_t = rng.normal(size=(n, r)), rng.normal(size=(m, r))
+    kern, kern_t = feats @ feats.T / r, feats_t @ feats.T / r
+    y, yt = np.eye(k)[rng.integers(0, k, n)], np.eye(k)[rng.integers(0, k, m)]
+    agent = rng.choice(q, size=n, p=[0.4, 0.2, 0.2, 0.2])
+    return kern, kern_t, y, yt, agent, r, q
+
+
+def _process(kind: str, q: int):
+    ring = nd.graphs.topology("ring", q)
+    if kind == "periodic":  # two disconnected matchings whose union is the ring
+        a = np.eye(q)
+        b = np.eye(q)
+        for i in range(0, q, 2):
+            a[i, i] = a[i + 1, i + 1] = a[i, i + 1] = a[i + 1, i] = 0.5
+            j = (i + 2) % q
+            b[i + 1, i + 1] = b[j, j] = b[i + 1, j] = b[j, i + 1] = 0.5
+        return nd.graphs.periodic([a, b])
+    if kind == "random_edges":
+        return nd.graphs.random_edges(ring, 0.5, seed=3)
+    return nd.graphs.one_random_edge(ring, seed=5)
+
+
+def _assert_same(exact, low, where: str):
+    for f in FIELDS:
+        a, b = getattr(exact, f), getattr(low, f)
+        if a is None:
+            assert b is None, (where, f)
+            continue
+        assert a.shape == b.shape, (where, f, a.shape, b.shape)
+        scale = max(float(np.max(np.abs(a))), 1e-300)
+        assert np.max(np.abs(a - b)) <= REL * scale, (where, f, np.max(np.abs(a - b)) / scale)
+    assert np.array_equal(exact.steps, low.steps) and exact.status == low.status == "ok"
+
+
+@pytest.mark.parametrize("form", ["gram", "features"])
+@pytest.mark.parametrize("kind", ["periodic", "random_edges", "one_edge"])
+@pytest.mark.parametrize("algorithm", ["dgd", "atc"])
+def test_rank_r_kernel_with_a_mixing_process_matches_exact_path(algorithm, kind, form):
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    proc = _process(kind, q)
+    samples = None if kind == "periodic" else 3
+    steps = range(0, 41, 8)
+    lr = [0.4, 0.3, 0.5, 0.35]
+    exact = nd.predict_from_kernels(kern, y, agent, proc, lr, steps, algorithm,
+                                    kernel_test_train=kern_t, y_test=yt, record_outputs=True,
+                                    samples=samples)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    low = predict_lowrank_process(factor, y, agent, proc, lr, steps, algorithm, y_test=yt,
+                                  record_outputs=True, samples=samples, form=form)
+    assert type(low) is type(exact)
+    assert low.metadata["mixing_process"] == exact.metadata["mixing_process"]
+    assert low.metadata["path"] == "low_rank" and low.metadata["low_rank"]["rank"] == r
+    _assert_same(exact, low, "mean")  # periodic: the run; random: the mean over sequences
+    if kind == "periodic":
+        return
+    assert isinstance(low, GossipTrajectory) and low.samples == 3
+    _assert_same(exact.expected, low.expected, "E[W]")
+    for s in range(3):
+        _assert_same(exact.sequence(s), low.sequence(s), f"sequence {s}")
+    for f, band in exact.quantiles.items():
+        assert np.allclose(band, low.quantiles[f], rtol=REL, atol=1e-300), f
+    # the sampled sequences really differ (the test would not see a shared matrix)
+    assert np.max(np.abs(low.per_sample["param_dist"][0] - low.per_sample["param_dist"][1])) \
+        > 1e-6
+
+
+@pytest.mark.parametrize("algorithm", ["p2pl", "gradient_tracking"])
+def test_multi_mix_and_memory_schedules_on_a_periodic_sequence(algorithm):
+    """P2PL (two consensus mixes per step, two phases) and gradient tracking (memory) draw
+    the sequence's events as the exact path does."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=1)
+    algo = nd.algorithms.p2pl(local_steps=2, consensus_steps=2) if algorithm == "p2pl" \
+        else algorithm
+    proc = _process("periodic", q)
+    steps = range(0, 25, 6)
+    exact = nd.predict_from_kernels(kern, y, agent, proc, 0.3, steps, algo,
+                                    kernel_test_train=kern_t, y_test=yt, record_outputs=True)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    low = predict_lowrank_process(factor, y, agent, proc, 0.3, steps, algo, y_test=yt,
+                                  record_outputs=True)
+    _assert_same(exact, low, algorithm)
+    if algorithm == "p2pl":
+        assert np.array_equal(exact.phase, low.phase)
+
+
+def test_lowrank_predict_dispatches_a_process_with_auto_rank():
+    """``lowrank.predict`` (the factor chosen by ``rank="auto"``) runs a process; at full
+    rank the estimate is ~0 and the trajectory is the exact one."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=2)
+    proc = _process("random_edges", q)
+    steps = range(0, 31, 10)
+    exact = nd.predict_from_kernels(kern, y, agent, proc, 0.4, steps, "dgd",
+                                    kernel_test_train=kern_t, y_test=yt, samples=4)
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, proc, 0.4, steps,
+                          rank=r, y_test=yt, samples=4)
+    _assert_same(exact, low, "lowrank.predict")
+    assert low.metadata["low_rank"]["error_estimate"] <= 1e-8
+    assert low.metadata["mixing"] == exact.metadata["mixing"]  # E[W] on both paths
+
+
+@pytest.fixture(scope="module")
+def digits_problem():
+    data = nd.data.digits(classes=[0, 1, 2, 3], n_train=60, n_test=30, seed=0)
+    parts = nd.data.partition(data, agents=4, scheme="dirichlet", alpha=1.0, seed=0)
+    arch = nd.models.MLP(hidden=(64, 64), out=4, activation="erf", W_std=1.2, b_std=0.3)
+    return data, parts, arch
+
+
+@pytest.mark.parametrize("kind", ["periodic", "random_edges"])
+def test_nd_predict_full_rank_with_a_process_equals_exact_path(digits_problem, kind):
+    """``nd.predict(rank=N, f0="mean")`` with a sequence: the analytic factor is exact to
+    round-off, so the trajectories agree (asserted 1e-8, as tests/test_lowrank.py)."""
+    data, parts, arch = digits_problem
+    proc = _process(kind, 4)
+    call = dict(lr=0.4, algorithm="atc", steps=range(0, 41, 10), f0="mean",
+                samples=None if kind == "periodic" else 4)
+    exact = nd.predict(arch, parts, proc, **call)
+    low = nd.predict(arch, parts, proc, rank=data.num_train, **call)
+    assert type(low) is type(exact) and low.metadata["path"] == "low_rank"
+    for f in ("train_loss", "test_loss", "param_dist", "consensus_dist", "test_acc"):
+        a, b = getattr(exact, f), getattr(low, f)
+        assert np.max(np.abs(a - b)) <= 1e-8, (f, np.max(np.abs(a - b)))
+    if kind != "periodic":
+        assert np.max(np.abs(exact.expected.test_loss - low.expected.test_loss)) <= 1e-8
+
+
+def test_unsupported_combinations_name_the_field(digits_problem):
+    """One random network (f0='random', the analytic kernel's default) with a sequence, and
+    samples with a periodic sequence, are refused naming the field."""
+    data, parts, arch = digits_problem
+    gossip = _process("random_edges", 4)
+    call = dict(lr=0.3, steps=range(0, 21, 10), rank=8)
+    with pytest.raises(ValueError, match=r"^rank: one random network \(f0='random'\).*"
+                                         r"f0='mean'"):
+        nd.predict(arch, parts, gossip, samples=4, **call)
+    with pytest.raises(ValueError, match="^rank: samples is for random mixing sequences"):
+        nd.predict(arch, parts, _process("periodic", 4), f0="mean", samples=4, **call)
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    with pytest.raises(ValueError, match="^samples: only for a random mixing sequence"):
+        predict_lowrank_process(factor, y, agent, _process("periodic", q), 0.3, [0, 5],
+                                samples=2)
+    with pytest.raises(ValueError, match="^mixing: predict_lowrank takes a static"):
+        lowrank.predict_lowrank(factor, y, agent, _process("periodic", q), 0.3, [0, 5])
+    with pytest.raises(ValueError, match="^nngp: one random network on the low-rank path"):
+        lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, _process("periodic", q),
+                        0.3, [0, 5], rank=r, nngp=lowrank.kernel_columns(np.eye(64)))
+
+
+def test_config_rank_with_a_sequence_needs_the_mean_network():
+    from ntkdyn.config.schema import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="prediction.rank: .*one random network"):
+        config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    cfg = config_from_dict({"prediction": {"rank": 8, "f0": "mean"},
+                            "topology": {"gossip": "edges"}})
+    assert cfg.prediction.rank == 8 and cfg.topology.gossip == "edges"
+    cfg = config_from_dict({"prediction": {"rank": 8, "f0": "mean"},
+                            "topology": {"sequence": ["ring", "complete"]}})
+    assert cfg.topology.sequence == ["ring", "complete"]
+
+
+def test_predict_command_with_rank_and_gossip(tmp_path):
+    """``ntkdyn predict`` with ``[prediction] rank`` and random gossip: the low-rank path's
+    distribution over sampled sequences, equal to the exact path's at full rank."""
+    from ntkdyn import Trajectory
+    from ntkdyn.cli import main
+
+    gossip = ('[topology]\nname = "ring"\ngossip = "edges"\ngossip_p = 0.5\n'
+              'gossip_samples = 4\n')
+    base = TINY_TOML.replace('[topology]\nname = "ring"\n', gossip)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(base + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    traj = Trajectory.load(out / "trajectory.npz")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["low_rank"]["rank"] == 60 and summary["gossip_samples"] == 4
+    exact_cfg = tmp_path / "e.toml"
+    exact_cfg.write_text(base + '[prediction]\nf0 = "mean"\n')
+    assert main(["predict", str(exact_cfg), "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    exact = Trajectory.load(tmp_path / "e" / "trajectory.npz")
+    assert np.max(np.abs(exact.test_loss - traj.test_loss)) <= 1e-8
+
+
+def test_check_with_rank_and_gossip_mirrors_the_exact_check(tmp_path):
+    """``ntkdyn check`` with ``[prediction] rank`` and random gossip: the stability of the
+    mean state (E[W]) on the low-rank coordinates -- at full rank the exact check's lr* --
+    and the mean over the sampled sequences; a periodic sequence is refused naming
+    prediction.rank (its one-period operator is built on the exact path only)."""
+    from ntkdyn.config import ConfigError
+    from ntkdyn.preflight import check
+
+    gossip = ('[topology]\nname = "ring"\ngossip = "edges"\ngossip_p = 0.5\n'
+              'gossip_samples = 4\n')
+    base = TINY_TOML.replace('[topology]\nname = "ring"\n', gossip)
+    exact_cfg = tmp_path / "e.toml"
+    exact_cfg.write_text(base + '[prediction]\nf0 = "mean"\n')
+    exact = check(str(exact_cfg))
+    lr_exact = {v.algorithm: v.lr_star for v in exact.stability}
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(base + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    full = check(str(cfg))
+    assert full.low_rank["rank"] == 60
+    for v in full.stability:
+        assert abs(v.lr_star - lr_exact[v.algorithm]) <= 1e-6 * lr_exact[v.algorithm], v
+    # as tests/test_lowrank.py's static check (measured 4.3e-8 relative)
+    assert abs(full.prediction["final_test_loss"] - exact.prediction["final_test_loss"]) \
+        <= 1e-6 * exact.prediction["final_test_loss"]
+    periodic = TINY_TOML.replace('[topology]\nname = "ring"\n',
+                                 '[topology]\nsequence = ["ring", "complete"]\n')
+    cfg.write_text(periodic + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    with pytest.raises(ConfigError, match="prediction.rank: ntkdyn check's low-rank stability"):
+        check(str(cfg))
+    factor = lowrank.factorize(lowrank.kernel_columns(np.eye(8)), 8)
+    with pytest.raises(ValueError, match="^mixing: the low-rank stability takes"):
+        lowrank.lowrank_stability(factor, np.arange(8) % 4, _process("periodic", 4), "dgd",
+                                  0.1)
+
+
+def test_cross_entropy_with_a_sequence_is_refused_naming_the_field(digits_problem):
+    """Cross-entropy runs on the low-rank path with a static W only: with a mixing sequence
+    nd.predict refuses naming ``rank`` before factoring, lowrank.predict naming ``mixing``."""
+    data, parts, arch = digits_problem
+    for kind in ("periodic", "random_edges"):
+        with pytest.raises(ValueError, match="^rank: cross-entropy on the low-rank path takes "
+                                             "a static mixing matrix"):
+            nd.predict(arch, parts, _process(kind, 4), lr=0.3, steps=[0, 5], rank=8,
+                       f0="mean", loss="cross_entropy")
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    with pytest.raises(ValueError, match="^mixing: cross-entropy on the low-rank path"):
+        lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, _process("periodic", q),
+                        0.3, [0, 5], rank=r, loss="cross_entropy")
