@@ -107,6 +107,8 @@ def train_final(arch, parts, W, seeds, *, lr, steps, batch_size, centre=True,
                 model="nonlinear", dtype="float32") -> np.ndarray:
     """Final per-agent test loss ``(S, Q)`` of networks ``seeds`` trained peer to peer
     with cross-entropy (centred with ``centre``; SGD on sequence 0 of seed 0)."""
+    import jax
+
     from ntkdyn import finite_width as fw
     from ntkdyn.training.trainer import train
 
@@ -121,6 +123,7 @@ def train_final(arch, parts, W, seeds, *, lr, steps, batch_size, centre=True,
         if traj.status != "ok":
             raise RuntimeError(f"network {s}: training status {traj.status}")
         out.append(np.asarray(traj.test_loss, float)[-1])
+        jax.clear_caches()  # one compilation per network (its own apply): free them
     return np.stack(out)
 
 
