@@ -83,8 +83,8 @@ WIDTH_FOR_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc")
 
 __all__ = ["DEFAULT_WIDTHS", "DEFAULT_WIDTH_SAMPLES", "WidthEstimate", "check_width_call",
            "empirical_nngp", "half_width", "network_params", "paired_sgd_draws",
-           "sgd_width_words", "width_arch", "width_draws", "width_draws_sweep", "width_for",
-           "width_quantity", "with_width_band"]
+           "sgd_width_words", "tol_unit", "width_arch", "width_draws", "width_draws_sweep",
+           "width_for", "width_quantity", "with_width_band"]
 
 
 def _is_int(v) -> bool:
@@ -350,7 +350,8 @@ class WidthEstimate:
         The trained loss of the width draws (``"mse"`` or ``"cross_entropy"``): with
         cross-entropy ``tol`` on ``test_loss`` / ``train_loss`` is in nats (the mean
         ``-log softmax(s f)_c`` at logit scale ``logit_scale``), with the squared loss in
-        units of ``||f - y||^2 / 2``; on accuracies it is a fraction.
+        units of ``||f - y||^2 / 2``; on accuracies it is a fraction (:func:`tol_unit`, which
+        :attr:`quantity` and the repr both name).
     logit_scale : float
         Cross-entropy logit scale ``s`` of the draws (1.0 for the squared loss).
     batch_size : int
@@ -392,15 +393,30 @@ class WidthEstimate:
         pts = ", ".join(f"{w}: {s:.3g}" for w, s in zip(self.widths, self.spreads,
                                                          strict=True))
         lo, hi = round(50 * (1 - self.level)), round(50 * (1 + self.level))
-        unit = {"cross_entropy": " nats", "mse": ""}[self.loss] \
-            if self.metric.endswith("loss") else ""
+        unit = tol_unit(self.metric, self.loss, self.logit_scale)[0]
         how = (f", {self.loss}" if self.loss != "mse" else "") + \
             (f", batch size {self.batch_size}" if self.batch_size else "")
         return (f"WidthEstimate(width={self.width}: {self.metric}{how} {lo}-{hi} % "
-                f"half-width <= {self.tol:g}{unit} at the horizon; fitted "
+                f"half-width <= {self.tol:g} {unit} at the horizon; fitted "
                 f"{self.constant:.3g} / sqrt(n), "
                 f"free slope {self.slope:.2f}; measured {{{pts}}} over {self.samples} "
                 f"kernels each){warn}")
+
+
+def tol_unit(metric: str, loss: str = "mse", logit_scale: float = 1.0) -> tuple[str, str]:
+    """The unit of :func:`width_for`'s ``tol`` on ``metric``, as ``(name, meaning)``: the one
+    statement of it, used by :func:`width_quantity` and :meth:`WidthEstimate.__repr__`.
+
+    * cross-entropy loss: ``"nats"``, the mean ``-log softmax(s f)_c`` at logit scale
+      ``s = logit_scale``;
+    * squared loss: ``"squared-loss units"``, of ``||f - y||^2 / 2``;
+    * accuracies: ``"fraction of samples"`` (either loss).
+    """
+    if not metric.endswith("loss"):
+        return "fraction of samples", "the accuracy, a fraction of the samples classified"
+    if loss == "cross_entropy":
+        return "nats", f"mean cross-entropy -log softmax(s f)_c, s = {logit_scale:g}"
+    return "squared-loss units", "of the squared loss ||f - y||^2 / 2"
 
 
 def width_quantity(metric: str, level: float = 0.9, loss: str = "mse",
@@ -409,12 +425,8 @@ def width_quantity(metric: str, level: float = 0.9, loss: str = "mse",
     half-width of ``metric`` at the horizon over width-``n`` kernels (worst agent), with its
     unit (nats for the cross-entropy losses) and the dynamics of the draws."""
     lo, hi = round(50 * (1 - level)), round(50 * (1 + level))
-    if not metric.endswith("loss"):
-        unit = "as a fraction of samples"
-    elif loss == "cross_entropy":
-        unit = f"in nats (mean cross-entropy -log softmax(s f)_c, s = {logit_scale:g})"
-    else:
-        unit = "in units of the squared loss ||f - y||^2 / 2"
+    name, meaning = tol_unit(metric, loss, logit_scale)
+    unit = f"in {name} ({meaning})"
     trained = ("cross-entropy training" if loss == "cross_entropy" else
                "squared-loss training")
     dyn = (f"{trained}, full batch" if not batch_size else

@@ -321,3 +321,24 @@ def test_predict_sweep_width_band_with_minibatch_sgd_matches_predict(small):
             for a, b in zip(traj.band(m, over="calibrated"), one.band(m, over="calibrated"),
                             strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric, loss, unit", [
+    ("test_loss", "cross_entropy", "nats"), ("train_loss", "cross_entropy", "nats"),
+    ("test_loss", "mse", "squared-loss units"), ("test_acc", "cross_entropy",
+                                                 "fraction of samples"),
+    ("train_acc", "mse", "fraction of samples")])
+def test_width_estimate_repr_and_quantity_name_one_unit(metric, loss, unit):
+    """The tolerance's unit has one source, fw.tol_unit: the repr prints ``<= tol <unit>``
+    ("<= 0.01 nats" for a cross-entropy loss) and the quantity says ``in <unit>``, the
+    same name; no other loss's unit appears in either."""
+    est = nd.WidthEstimate(width=100, constant=0.1, slope=-0.5, widths=(128, 512),
+                           spreads=(0.0088, 0.0044), metric=metric, tol=0.01, level=0.9,
+                           samples=8, loss=loss, logit_scale=2.0 if loss != "mse" else 1.0)
+    assert fw.tol_unit(metric, loss)[0] == unit
+    assert f"<= 0.01 {unit} at the horizon" in repr(est)
+    assert f" in {unit} (" in est.quantity
+    others = {"nats", "squared-loss units", "fraction of samples"} - {unit}
+    assert not any(o in repr(est) or o in est.quantity for o in others)
+    if unit == "nats":
+        assert "s = 2" in est.quantity
