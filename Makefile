@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ntkdyn predict examples/default.toml --out out/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ntkdyn tests benchmarks validate figures paper_repro
