@@ -204,6 +204,21 @@ def test_predict_command_with_rank_and_cross_entropy(tmp_path):
                                                "param_dist", "consensus_dist"))
 
 
+def test_predict_command_random_network_with_rank_and_cross_entropy(tmp_path):
+    """TOML ``training.loss = "cross_entropy"`` with ``prediction.rank`` and the default
+    ``f0`` (one random network, analytic kernel): ``ntkdyn predict`` runs the low-rank path
+    with ``prediction.samples`` networks (no longer refused) and reports the band."""
+    from ntkdyn.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML.replace('record_every = 10\n', 'record_every = 10\nloss = '
+                                     '"cross_entropy"\n') + "[prediction]\nrank = 30\n"
+                   "samples = 3\n")
+    assert main(["predict", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    text = (tmp_path / "o" / "summary.txt").read_text()
+    assert "3 sampled networks" in text and "expected (5-95 %:" in text
+
+
 def test_check_with_rank_and_cross_entropy_says_why(tmp_path):
     from ntkdyn.config import ConfigError
     from ntkdyn.preflight import check
