@@ -376,3 +376,24 @@ def test_nd_predict_random_network_agrees_in_distribution(digits_problem):
         assert abs(np.mean(hi_l[-1] - lo_l[-1]) - width) <= 0.25 * width, key
     _assert_same(exact.mean_network, low.mean_network, tol=1e-8,
                  fields=("train_loss", "test_loss", "param_dist", "test_acc"))
+
+
+def test_random_network_bad_draws_and_memory_are_refused(monkeypatch):
+    """Draws without ``K`` columns per network are a ``ValueError`` naming ``draws``; the
+    NNGP factor, draws and ``(P + 1) K``-column run are memory-checked before the draws."""
+    from ntkdyn._utils import memory
+    from ntkdyn.dynamics.random_init import InitDraws
+
+    kern, kern_t, y, yt, agent, w, r = _problem(True)
+    source = lowrank.kernel_columns(kern, kern_t)
+    flat = InitDraws(train=np.zeros((48, 6)), test=np.zeros((16, 6)), seed=0, jitter=0.0)
+    with pytest.raises(ValueError, match="^draws: expected \\(48, P K\\) training draws with "
+                                         "K = 3"):
+        lowrank.predict(source, y, agent, w, 0.3, [0, 5], rank=r, y_test=yt, init=flat,
+                        loss="cross_entropy")
+    nngp = lowrank.kernel_columns(np.eye(64))
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10_000_000)
+    with pytest.raises(memory.ProblemTooLargeError,
+                       match="one random network with cross-entropy on the low-rank path"):
+        lowrank.predict(source, y, agent, w, 0.3, [0, 5], rank=r, y_test=yt, nngp=nngp,
+                        samples=2000, loss="cross_entropy")
