@@ -744,11 +744,13 @@ def predict(
     for random gossip; :mod:`ntkdyn.lowrank.gossip`), discrete steps and float64;
     ``loss="cross_entropy"`` runs there with a static mixing matrix and an integer rank
     (no ``tol``: ``metadata["low_rank"]["error_estimate"]`` is ``None``, the estimate
-    bounds the squared loss only), ``f0="mean"`` or ``"network"`` and no ``acc_rows``
-    (:mod:`ntkdyn.lowrank.cross_entropy`).  With ``kernel="empirical"`` it factors
-    the empirical NTK of the given network (``params``, or initialised with ``seed``; its
-    own ``f_0``) from column blocks: the layerwise formula for an MLP, Jacobian-vector
-    products of ``apply_fn`` for a stax triple (:func:`lowrank_source`).
+    bounds the squared loss only) and no ``acc_rows``, for every ``f0``: one random network
+    runs its ``samples`` networks (default 16) as ``P + 1`` groups of ``K`` columns, the
+    draws from the low-rank NNGP factor (:mod:`ntkdyn.lowrank.cross_entropy`).  With
+    ``kernel="empirical"`` it factors the empirical NTK of the given network (``params``,
+    or initialised with ``seed``; its own ``f_0``) from column blocks: the layerwise formula
+    for an MLP, Jacobian-vector products of ``apply_fn`` for a stax triple
+    (:func:`lowrank_source`).
 
     ``path``: ``"kernel"`` (default; the exact kernel-space path, or the low-rank one with
     ``rank``) or ``"primal"``: the linearised finite network evolved in parameter space

@@ -825,10 +825,10 @@ def test_nd_predict_rank_refuses_what_the_low_rank_path_does_not_take(digits_pro
         nd.predict(arch, parts, gossip, rank=8, samples=4, **call)
     with pytest.raises(ValueError, match="^rank: .*discrete"):
         nd.predict(arch, parts, w, rank=8, continuous=True, **call)
-    # cross-entropy runs on the low-rank path (tests/test_lowrank_ce.py), but not with one
-    # random network, the analytic kernel's default f0
-    with pytest.raises(ValueError, match="^f0: one random network .* loss='cross_entropy'"):
-        nd.predict(arch, parts, w, rank=8, loss="cross_entropy", **call)
+    # cross-entropy runs on the low-rank path (tests/test_lowrank_ce.py), also with one
+    # random network, the analytic kernel's default f0 (no longer refused naming f0)
+    ce = nd.predict(arch, parts, w, rank=8, loss="cross_entropy", samples=2, **call)
+    assert ce.samples == 2 and ce.metadata["path"] == "low_rank"
     with pytest.raises(ValueError, match="^rank: expected None"):
         nd.predict(arch, parts, w, rank="fast", **call)
     with pytest.raises(ValueError, match="^rank: "):
@@ -1177,10 +1177,11 @@ def test_predict_sweep_rank_refusals_name_rank(digits_problem):
     gossip = nd.graphs.random_edges(nd.graphs.topology("ring", 4), p=0.5, seed=0)
     triple = nd.models.stax_triple(arch) if hasattr(nd.models, "stax_triple") else (
         None, lambda p, x: x, None)
-    # cross-entropy runs on the low-rank path (tests/test_lowrank_ce.py), but not with one
-    # random network, the analytic kernel's default f0
-    with pytest.raises(ValueError, match="^f0: one random network .* loss='cross_entropy'"):
-        nd.predict_sweep(arch, parts, w, [0.1, 0.2], rank=8, loss="cross_entropy", **call)
+    # cross-entropy runs on the low-rank path (tests/test_lowrank_ce.py), also with one
+    # random network, the analytic kernel's default f0 (no longer refused naming f0)
+    ce = nd.predict_sweep(arch, parts, w, [0.1, 0.2], rank=8, loss="cross_entropy",
+                          samples=2, **call)
+    assert [t.samples for t in ce] == [2, 2]
     for kw, mix in [(dict(batch_size=8), w),
                     (dict(width=64), w), (dict(samples=4), gossip),
                     (dict(kernel_dtype="float32", f0="mean"), w)]:

@@ -154,8 +154,8 @@ def test_unsupported_is_refused_naming_the_field(digits_problem):
         nd.predict(arch, parts, w, rank="auto", f0="mean", **call)
     with pytest.raises(ValueError, match="^tol: there is no a-priori error estimate"):
         nd.predict(arch, parts, w, rank=8, tol=1e-3, f0="mean", **call)
-    with pytest.raises(ValueError, match="^f0: one random network .* not available"):
-        nd.predict(arch, parts, w, rank=8, **call)  # the analytic kernel's default f0
+    # one random network (the analytic kernel's default f0) runs now (tests below)
+    assert nd.predict(arch, parts, w, rank=8, samples=2, **call).samples == 2
     with pytest.raises(ValueError, match="^acc_rows: "):
         nd.predict(arch, parts, w, rank=8, f0="mean", acc_rows=10, **call)
     with pytest.raises(ValueError, match="^rank: 'auto'"):
@@ -204,6 +204,21 @@ def test_predict_command_with_rank_and_cross_entropy(tmp_path):
                                                "param_dist", "consensus_dist"))
 
 
+def test_predict_command_random_network_with_rank_and_cross_entropy(tmp_path):
+    """TOML ``training.loss = "cross_entropy"`` with ``prediction.rank`` and the default
+    ``f0`` (one random network, analytic kernel): ``ntkdyn predict`` runs the low-rank path
+    with ``prediction.samples`` networks (no longer refused) and reports the band."""
+    from ntkdyn.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML.replace('record_every = 10\n', 'record_every = 10\nloss = '
+                                     '"cross_entropy"\n') + "[prediction]\nrank = 30\n"
+                   "samples = 3\n")
+    assert main(["predict", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    text = (tmp_path / "o" / "summary.txt").read_text()
+    assert "3 sampled networks" in text and "expected (5-95 %:" in text
+
+
 def test_check_with_rank_and_cross_entropy_says_why(tmp_path):
     from ntkdyn.config import ConfigError
     from ntkdyn.preflight import check
@@ -232,3 +247,153 @@ def test_memory_checked_before_allocating(monkeypatch):
         predict_lowrank_ce(factor, y, agent, w, 0.3, [0, 5, 10], y_test=yt)
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: need + 1)
     assert predict_lowrank_ce(factor, y, agent, w, 0.3, [0, 5, 10], y_test=yt).status == "ok"
+
+
+# ------------------------------------------------------------- one random network (f0="random")
+RANDOM_FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist",
+                 "consensus_dist", "central_dist", "central_train_loss", "mean_model_train_loss",
+                 "test_loss", "test_acc", "central_test_loss", "mean_model_test_loss",
+                 "train_outputs", "test_outputs")
+
+
+def _draws(n, m, p, k, seed=5):
+    from ntkdyn.dynamics.random_init import InitDraws
+
+    rng = np.random.default_rng(seed)
+    return InitDraws(train=rng.normal(size=(n, p * k)), test=rng.normal(size=(m, p * k)),
+                     seed=seed, jitter=0.0, outputs=k)
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking"])
+def test_random_network_equals_exact_path_with_the_same_draws(algorithm):
+    """One random network with cross-entropy, kernel of rank r and rank r, the **same**
+    draws given to both paths (the low-rank path in the caller's order, the exact path's
+    ``run_problem`` in its agent-sorted order): the expected losses (means over the P
+    networks), every quantile band, each network's draws and the network from f0 = 0
+    (``.mean_network``, outputs included) equal the exact path's to 1e-10 relative
+    (measured ~3e-15); each network equals :func:`predict_lowrank_ce` from its own f0."""
+    from ntkdyn.dynamics.random_init import InitDraws
+    from ntkdyn.prediction import make_problem, run_problem
+    from ntkdyn.trajectory import RandomNetworkTrajectory
+
+    kern, kern_t, y, yt, agent, w, r = _problem(False, seed=3)
+    lr, steps, p, k = [0.4, 0.5, 0.3, 0.45], range(0, 41, 5), 5, y.shape[1]
+    draws = _draws(len(y), len(yt), p, k)
+    call = dict(logit_scale=2.0, record_outputs=True)
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, w, lr, steps,
+                          algorithm, rank=r, y_test=yt, init=draws, loss="cross_entropy",
+                          **call)
+    problem = make_problem(kern, y, agent, w, kernel_test_train=kern_t, y_test=yt,
+                           loss="cross_entropy", logit_scale=2.0)
+    sorted_draws = InitDraws(train=draws.train[problem.order], test=draws.test, seed=5,
+                             jitter=0.0, outputs=k)
+    exact = run_problem(problem, algorithm, [lr], steps, init=sorted_draws,
+                        record_outputs=True, metadata={})[0]
+    assert isinstance(low, RandomNetworkTrajectory) and isinstance(exact,
+                                                                    RandomNetworkTrajectory)
+    assert low.samples == exact.samples == p and low.metadata["samples"] == p
+    _assert_same(exact, low, fields=RANDOM_FIELDS)
+    _assert_same(exact.mean_network, low.mean_network, fields=FIELDS)
+    for key in ("train_loss", "test_loss", "param_dist", "consensus_dist", "test_acc"):
+        for lev in (0.05, 0.5, 0.95):
+            a, b = exact.band(key, lev, lev)[0], low.band(key, lev, lev)[0]
+            assert np.max(np.abs(a - b)) <= TOL * max(np.max(np.abs(a)), 1.0), (key, lev)
+    for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        err = np.max(np.abs(exact.draws[key] - low.draws[key]))
+        assert err <= TOL * max(np.max(np.abs(exact.draws[key])), 1.0), key
+    assert low.metadata["f0"] == "random" and low.metadata["band_over"] == "init"
+    assert "not the expected network" in low.metadata["mean_network"]
+    assert low.metadata["low_rank"]["f0_draws"]["outputs"] == k
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    for s in (0, p - 1):  # network s is one cross-entropy run from its own f0
+        f0, f0t = draws.network_f0(s)
+        one = predict_lowrank_ce(factor, y, agent, w, lr, steps, algorithm, f0_train=f0,
+                                 y_test=yt, f0_test=f0t, logit_scale=2.0)
+        for key in ("train_loss", "test_loss", "test_acc"):
+            a = getattr(one, key)
+            assert np.max(np.abs(a - low.draws[key][s])) <= TOL * np.max(np.abs(a)), (s, key)
+
+
+def test_random_network_draws_from_the_nngp_factor():
+    """``lowrank.predict(nngp=...)`` with cross-entropy draws ``P K`` columns from the
+    low-rank NNGP factor (:func:`ntkdyn.lowrank.networks.nngp_draws`, the squared loss's
+    draws with ``samples = P K``, same seed), ``K`` per network; network ``s`` equals
+    :func:`predict_lowrank_ce` from those draws to 1e-10; a different seed gives other
+    networks; ``samples`` defaults to the exact path's 16 independent networks."""
+    from ntkdyn.lowrank.networks import nngp_draws
+
+    kern, kern_t, y, yt, agent, w, r = _problem(True, seed=6)
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(len(y) + len(yt), 5))
+    nngp = lowrank.kernel_columns(z @ z.T / 5 + 0.05 * np.eye(len(z)))
+    source = lowrank.kernel_columns(kern, kern_t)
+    call = dict(rank=r, y_test=yt, nngp=nngp, loss="cross_entropy", seed=3)
+    p, k, steps = 4, y.shape[1], range(0, 31, 10)
+    traj = lowrank.predict(source, y, agent, w, 0.5, steps, "atc", samples=p, **call)
+    assert traj.samples == p and traj.draws["test_loss"].shape == (p, 4, 4)
+    draws, _ = nngp_draws(nngp, len(y), p * k, 3, rank=r)
+    factor = lowrank.factorize(source, r)
+    for s in range(p):
+        cols = slice(s * k, (s + 1) * k)
+        one = predict_lowrank_ce(factor, y, agent, w, 0.5, steps, "atc", y_test=yt,
+                                 f0_train=draws.train[:, cols], f0_test=draws.test[:, cols])
+        for key in ("train_loss", "test_loss"):
+            a = getattr(one, key)
+            assert np.max(np.abs(a - traj.draws[key][s])) <= TOL * np.max(np.abs(a)), (s, key)
+    info = traj.metadata["low_rank"]["f0_draws"]
+    assert info["samples"] == p and info["seed"] == 3 and info["nngp_rank"] == r
+    other = lowrank.predict(source, y, agent, w, 0.5, steps, "atc", samples=p,
+                            **dict(call, seed=4))
+    assert np.max(np.abs(other.draws["test_loss"] - traj.draws["test_loss"])) > 1e-3
+    default = lowrank.predict(source, y, agent, w, 0.5, [0, 10], "atc", **call)
+    assert default.samples == 16
+
+
+def test_nd_predict_random_network_agrees_in_distribution(digits_problem):
+    """``nd.predict(rank=N, loss="cross_entropy")`` with the default ``f0="random"``
+    (analytic kernel) against the exact path: the exact path draws f0 ~ N(0, NNGP) by
+    Cholesky, the low-rank path from the rank-N NNGP factor of the N + M pooled inputs plus
+    the residual diagonal (every marginal variance exact; relative residual trace 2.1 %
+    here), so the draws differ and the networks do too.  The expected losses (means over
+    P = 48 independent networks) agree within 4 standard errors of their difference at
+    every record (measured <= 0.55 standard errors), and the final 5-95 % band's width
+    within 25 % (measured 6 %).  The network from f0 = 0 (``.mean_network``) is the same
+    on both paths (1e-8)."""
+    data, parts, w, arch = digits_problem
+    call = dict(lr=0.5, algorithm="dgd", steps=range(0, 41, 10), loss="cross_entropy",
+                samples=48, seed=1)
+    exact = nd.predict(arch, parts, w, **call)
+    low = nd.predict(arch, parts, w, rank=data.num_train, **call)
+    assert low.metadata["path"] == "low_rank" and low.samples == exact.samples == 48
+    for key in ("train_loss", "test_loss"):
+        a, b = exact.draws[key].mean(axis=2), low.draws[key].mean(axis=2)  # (P, T)
+        se = np.sqrt(a.var(axis=0, ddof=1) / 48 + b.var(axis=0, ddof=1) / 48)
+        diff = np.abs(a.mean(axis=0) - b.mean(axis=0))
+        assert np.all(diff <= 4 * se), (key, diff, se)
+        lo_e, hi_e = exact.band(key, 0.05, 0.95)
+        lo_l, hi_l = low.band(key, 0.05, 0.95)
+        width = np.mean(hi_e[-1] - lo_e[-1])
+        assert abs(np.mean(hi_l[-1] - lo_l[-1]) - width) <= 0.25 * width, key
+    _assert_same(exact.mean_network, low.mean_network, tol=1e-8,
+                 fields=("train_loss", "test_loss", "param_dist", "test_acc"))
+
+
+def test_random_network_bad_draws_and_memory_are_refused(monkeypatch):
+    """Draws without ``K`` columns per network are a ``ValueError`` naming ``draws``; the
+    NNGP factor, draws and ``(P + 1) K``-column run are memory-checked before the draws."""
+    from ntkdyn._utils import memory
+    from ntkdyn.dynamics.random_init import InitDraws
+
+    kern, kern_t, y, yt, agent, w, r = _problem(True)
+    source = lowrank.kernel_columns(kern, kern_t)
+    flat = InitDraws(train=np.zeros((48, 6)), test=np.zeros((16, 6)), seed=0, jitter=0.0)
+    with pytest.raises(ValueError, match="^draws: expected \\(48, P K\\) training draws with "
+                                         "K = 3"):
+        lowrank.predict(source, y, agent, w, 0.3, [0, 5], rank=r, y_test=yt, init=flat,
+                        loss="cross_entropy")
+    nngp = lowrank.kernel_columns(np.eye(64))
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10_000_000)
+    with pytest.raises(memory.ProblemTooLargeError,
+                       match="one random network with cross-entropy on the low-rank path"):
+        lowrank.predict(source, y, agent, w, 0.3, [0, 5], rank=r, y_test=yt, nngp=nngp,
+                        samples=2000, loss="cross_entropy")

@@ -25,7 +25,8 @@ marginal variance exact), run as ``K + P`` columns.
 
 Softmax cross-entropy (:mod:`ntkdyn.lowrank.cross_entropy`, ``predict(...,
 loss="cross_entropy")``): the same schedules in feature form with the gradient
-``Phi_q^T s (softmax(s f_q) - Y_q) / N_q``; an integer rank, no error estimate.
+``Phi_q^T s (softmax(s f_q) - Y_q) / N_q``; an integer rank, no error estimate; one random
+network as ``P + 1`` groups of ``K`` columns (each network its own ``f_0`` draws).
 
 The primal path (:mod:`ntkdyn.lowrank.primal`, ``nd.predict(..., path="primal")``): the
 linearised finite network in parameter space, exact, ``O(N K P)`` per step.
@@ -180,7 +181,10 @@ def predict(
     ``loss="cross_entropy"`` (with ``logit_scale``, one-hot or integer-label targets):
     softmax cross-entropy on the factor (:mod:`ntkdyn.lowrank.cross_entropy`): an integer
     ``rank``, no ``tol`` (``metadata["low_rank"]["error_estimate"]`` is ``None``: the
-    estimate bounds the squared loss only), the mean network or a given ``f0_train``.
+    estimate bounds the squared loss only), the mean network, a given ``f0_train`` or one
+    random network (``nngp`` / ``init``: ``samples`` networks, default 16, ``K`` draw
+    columns each, run as ``P + 1`` groups of ``K`` columns;
+    :func:`ntkdyn.lowrank.cross_entropy.predict_random_lowrank_ce`).
 
     Raises ``ValueError`` naming ``rank``, ``tol``, ``max_rank`` or ``method`` for bad
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
@@ -294,11 +298,17 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
     :func:`_random_draws`) one random network (static mixing only)."""
     from ntkdyn.graphs.sequences import is_process
 
-    if kwargs.get("loss", "mse") == "cross_entropy":  # (draws is None, W static: checked)
-        from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+    if kwargs.get("loss", "mse") == "cross_entropy":  # (W static: checked)
+        from ntkdyn.lowrank import cross_entropy
 
         kwargs = {k: v for k, v in kwargs.items() if k not in ("loss", "acc_rows", "form")}
-        return predict_lowrank_ce(factor, y_train, agent, mixing, lr, st, algo, **kwargs)
+        if draws is None:
+            return cross_entropy.predict_lowrank_ce(factor, y_train, agent, mixing, lr, st,
+                                                    algo, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("f0_train", "f0_test")}
+        return cross_entropy.predict_random_lowrank_ce(factor, draws[0], y_train, agent,
+                                                       mixing, lr, st, algo,
+                                                       draws_info=draws[1], **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if k != "loss"}
     if is_process(mixing):
         from ntkdyn.lowrank.gossip import predict_lowrank_process
@@ -373,9 +383,12 @@ def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples,
     if nngp.n != n + m:
         raise ValueError(f"nngp: expected a column source on the {n + m} pooled training "
                          f"and test inputs, got {nngp.n} rows")
-    p = DEFAULT_NETWORKS if samples is None else samples
     s_rank = min(n + m, factor.rank if nngp_rank is None
                  else check_rank(nngp_rank, n + m, name="nngp_rank"))
+    if kwargs.get("loss", "mse") == "cross_entropy":
+        return _ce_draws(nngp, n, m, np.shape(mixing)[0], factor.rank, y_train, seed=seed,
+                         samples=samples, s_rank=s_rank, block=block, method=method)
+    p = DEFAULT_NETWORKS if samples is None else samples
     k = np.shape(y_train)[1]
     need = networks.networks_bytes(n, m, factor.rank, np.shape(mixing)[0], k, p,
                                    acc_rows=kwargs.get("acc_rows"), nngp_rank=s_rank) + \
@@ -385,6 +398,34 @@ def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples,
                        f"factor of rank {s_rank})",
                        "use f0='mean', fewer samples, a smaller rank or nngp_rank")
     return networks.nngp_draws(nngp, n, p, seed, rank=s_rank, method=method, block=block)
+
+
+def _ce_draws(nngp, n: int, m: int, agents: int, rank: int, y_train, *, seed, samples,
+              s_rank: int, block: int, method: str):
+    """One random network's draws with cross-entropy: ``samples`` networks (default
+    :data:`~ntkdyn.dynamics.random_init.DEFAULT_INDEPENDENT_NETWORKS`, as the exact path),
+    ``K`` columns each (``P K`` draws of :func:`ntkdyn.lowrank.networks.nngp_draws`, the
+    same seed; ``InitDraws.outputs = K``); memory checked first (the NNGP factor, the draws
+    and the ``(P + 1) K``-column run, :func:`ntkdyn.lowrank.cross_entropy.ce_bytes`)."""
+    import dataclasses
+
+    from ntkdyn._utils import memory
+    from ntkdyn.dynamics.random_init import DEFAULT_INDEPENDENT_NETWORKS
+    from ntkdyn.lowrank import networks
+    from ntkdyn.lowrank.cross_entropy import ce_bytes
+
+    p = DEFAULT_INDEPENDENT_NETWORKS if samples is None else samples
+    if isinstance(p, bool) or not isinstance(p, int | np.integer) or p < 1:
+        raise ValueError(f"samples: expected an integer >= 1, got {p!r}")
+    k = np.shape(y_train)[1] if np.ndim(y_train) == 2 else int(np.max(y_train)) + 1
+    need = factor_bytes(n + m, 0, min(n + m, 2 * s_rank)) + 8 * 2 * (n + m) * p * k + \
+        ce_bytes(n, m, rank, agents, (p + 1) * k, padded_rows=n)
+    memory.ensure_fits(need, f"one random network with cross-entropy on the low-rank path "
+                       f"({p} networks, NNGP factor of rank {s_rank})",
+                       "use f0='mean', fewer samples, a smaller rank or nngp_rank")
+    draws, info = networks.nngp_draws(nngp, n, int(p) * k, seed, rank=s_rank, method=method,
+                                      block=block)
+    return dataclasses.replace(draws, outputs=k), info
 
 
 def tol_shortfall(low: dict, n: int, tol: float) -> dict:

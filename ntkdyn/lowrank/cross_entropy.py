@@ -23,15 +23,22 @@ is not a quadratic form); the distances are the squared loss's, ``||a_q||_F`` an
 
 Not carried over from the squared loss: the a-priori truncation-error estimate (it bounds
 the squared loss's affine dynamics, not these; ``metadata["low_rank"]["error_estimate"]`` is
-``None`` with the reason), hence ``rank="auto"`` / ``tol``; one random network (its draws
-share columns through the squared loss's linearity); ``acc_rows`` (the loss needs every
-output anyway).  Stability: the exact path's cross-entropy statement, the sufficient bound
+``None`` with the reason), hence ``rank="auto"`` / ``tol``; ``acc_rows`` (the loss needs
+every output anyway).
+
+One random network (:func:`predict_random_lowrank_ce`): the squared loss's ``K + P``
+shared columns rest on its linearity in ``f_0``; with cross-entropy each sampled network
+gets ``K`` columns of its own, as on the exact path (:mod:`ntkdyn.dynamics.random_init`,
+"Independent networks"): ``P + 1`` groups (the ``P`` networks, then ``f_0 = 0``), the
+draws those of the squared loss's low-rank path (:mod:`ntkdyn.lowrank.networks`, ``P K``
+columns).  Stability: the exact path's cross-entropy statement, the sufficient bound
 from the largest softmax curvature ``s^2/2``, on the truncated operator
 (:func:`stability_note`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -41,7 +48,7 @@ import numpy as np
 from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
-from ntkdyn.losses import accuracy, check_logit_scale, class_targets, sample_loss
+from ntkdyn.losses import check_logit_scale, class_targets, sample_loss
 from ntkdyn.lowrank.evolve import (
     DIVERGENCE_FACTOR,
     divergence_check,
@@ -70,11 +77,14 @@ def _softmax_grad(f, y, scale, k: int):
     return scale * (p.reshape(shape) - y)
 
 
-def ce_operators(data: dict, q_count: int, central: bool) -> Operators:
-    """The primitives on the feature-space state ``x`` ``(A, r, K)`` with the cross-entropy
+def ce_operators(data: dict, q_count: int, central: bool,
+                 classes: int | None = None) -> Operators:
+    """The primitives on the feature-space state ``x`` ``(A, r, C)`` with the cross-entropy
     gradient (module docstring).  ``data["phi"]``, ``data["f0"]``, ``data["y"]``: the
-    agents' rows, initial outputs and one-hot targets, ``(Q, n_max, .)`` zero padded
-    (padded rows have ``Phi = 0`` and add nothing); ``data["inv_n"]`` ``1/N_q``."""
+    agents' rows, initial outputs and one-hot targets, ``(Q, n_max, C)`` zero padded
+    (padded rows have ``Phi = 0`` and add nothing); ``data["inv_n"]`` ``1/N_q``.  The
+    softmax is over groups of ``classes`` consecutive columns (default ``C``: one network;
+    one random network runs ``C = (P + 1) K`` columns, :func:`predict_random_lowrank_ce`)."""
     phi, f0, y, inv_n, w = data["phi"], data["f0"], data["y"], data["inv_n"], data["mixing"]
     scale = data["logit_scale"]
 
@@ -83,73 +93,104 @@ def ce_operators(data: dict, q_count: int, central: bool) -> Operators:
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     def grad(x):
-        k = x.shape[-1]
+        c = x.shape[-1]
         xa = x[:q_count]
         rhs = xa if not central else jnp.concatenate(
             [xa, jnp.broadcast_to(x[q_count], xa.shape)], axis=-1)
         reps = 2 if central else 1
         f = jnp.einsum("qnr,qrc->qnc", phi, rhs, precision=EXACT) + jnp.tile(f0, reps)
-        g = _softmax_grad(f, jnp.tile(y, reps), scale, k)
+        g = _softmax_grad(f, jnp.tile(y, reps), scale, c if classes is None else classes)
         back = jnp.einsum("qnr,qnc->qrc", phi, g, precision=EXACT) * inv_n[:, None, None]
         if central:
-            gc = jnp.sum(back[..., k:], axis=0, keepdims=True) / q_count
-            return jnp.concatenate([back[..., :k], gc], axis=0)
+            gc = jnp.sum(back[..., c:], axis=0, keepdims=True) / q_count
+            return jnp.concatenate([back[..., :c], gc], axis=0)
         return back
 
     return Operators(mix=mix, grad=grad, scale=lambda g: data["lr"][:, None, None] * g)
 
 
-def _loss_acc(out, y, labels, scale):
-    return sample_loss(out, y, "cross_entropy", scale), accuracy(out, labels)
+def _loss_acc(out, y, labels, scale, k: int):
+    """Per-sample cross-entropy ``(..., n, G)`` and accuracy ``(..., G)`` of the outputs
+    ``out`` ``(..., n, G K)``, the softmax over each group of ``k`` columns."""
+    g = out.shape[-1] // k
+    o = out.reshape(out.shape[:-1] + (g, k))
+    ce = sample_loss(o, y.reshape(y.shape[:-1] + (g, k)), "cross_entropy", scale)
+    hit = (jnp.argmax(o, axis=-1) == labels[:, None]).astype(out.dtype)
+    return ce, jnp.mean(hit, axis=-2)
 
 
-def _ce_record(x, data, *, q_count, central, has_test, record_outputs):
-    """The recorded quantities of slots ``x`` ``(A, r, K)`` (module docstring)."""
-    a, scale = x.shape[0], data["logit_scale"]
+def _by_group(rec: dict, groups: int) -> dict:
+    """Records with a trailing group axis ``G`` -> one network's (``G = 1``), or the mean
+    network's (the last group) and ``"networks/<key>"`` with the ``P = G - 1`` sampled
+    networks on a trailing axis (:func:`ntkdyn.lowrank.networks.assemble_networks`)."""
+    outs = {key: rec.pop(key) for key in ("train_outputs", "test_outputs") if key in rec}
+    out = {key: v[..., -1] for key, v in rec.items()}
+    if groups > 1:
+        out.update({f"networks/{key}": v[..., :-1] for key, v in rec.items()})
+    for key, v in outs.items():  # (A, n, G K) -> the last group; the networks (A, n, K, P)
+        k = v.shape[-1] // groups
+        out[key] = v[..., -k:]
+        if groups > 1:
+            nets = v[..., :-k].reshape(v.shape[:-1] + (groups - 1, k))
+            out[f"networks/{key}"] = jnp.swapaxes(nets, -1, -2)
+    return out
+
+
+def _ce_record(x, data, *, q_count, central, has_test, record_outputs, classes=None):
+    """The recorded quantities of slots ``x`` ``(A, r, C)`` (module docstring), for each
+    group of ``classes`` columns (default ``C``; :func:`_by_group`)."""
+    a, c, scale = x.shape[0], x.shape[-1], data["logit_scale"]
+    k = c if classes is None else classes
+    g = c // k
     xa = x[:q_count]
     xm = xa.mean(axis=0)
+
+    def norm(v):  # (..., r, C) -> (..., G)
+        return jnp.sqrt(jnp.sum(v.reshape(v.shape[:-1] + (g, k)) ** 2, axis=(-3, -1)))
+
     slots = jnp.concatenate([x, xm[None]], axis=0)  # slot A: the network-mean model
-    out = data["f0_all"] + jnp.einsum("nr,ark->ank", data["phi_all"], slots, precision=EXACT)
-    ce, acc = _loss_acc(out, data["y_all"], data["labels"], scale)
-    local = jnp.matmul(ce[:a], data["shard_weights"], precision=EXACT)  # (A, Q)
-    rec = {"train_loss": ce[:a].mean(axis=-1), "objective": local.mean(axis=-1),
-           "local_loss": jnp.diagonal(local[:q_count]), "train_acc": acc[:a],
-           "mean_model_train_loss": ce[a].mean(), "mean_model_train_acc": acc[a],
-           "param_dist": jnp.sqrt(jnp.sum(x ** 2, axis=(1, 2))),
-           "consensus_dist": jnp.sqrt(jnp.sum((xa - xm) ** 2, axis=(1, 2)))}
+    out = data["f0_all"] + jnp.einsum("nr,arc->anc", data["phi_all"], slots, precision=EXACT)
+    ce, acc = _loss_acc(out, data["y_all"], data["labels"], scale, k)
+    local = jnp.einsum("ang,nq->aqg", ce[:a], data["shard_weights"], precision=EXACT)
+    rec = {"train_loss": ce[:a].mean(axis=-2), "objective": local.mean(axis=-2),
+           "local_loss": jnp.moveaxis(jnp.diagonal(local[:q_count], axis1=0, axis2=1), -1, 0),
+           "train_acc": acc[:a], "mean_model_train_loss": ce[a].mean(axis=-2),
+           "mean_model_train_acc": acc[a], "param_dist": norm(x),
+           "consensus_dist": norm(xa - xm)}
     if central:
-        rec["central_dist"] = jnp.sqrt(jnp.sum((xa - x[q_count]) ** 2, axis=(1, 2)))
-    if record_outputs:
+        rec["central_dist"] = norm(xa - x[q_count])
+    if record_outputs:  # every group's (:func:`_by_group`)
         rec["train_outputs"] = out[:a]
     if has_test:
         out_t = data["f0_test"] + jnp.einsum("nr,ark->ank", data["phi_test"], slots,
                                              precision=EXACT)
-        ce_t, acc_t = _loss_acc(out_t, data["y_test"], data["labels_test"], scale)
-        rec.update(test_loss=ce_t[:a].mean(axis=-1), test_acc=acc_t[:a],
-                   mean_model_test_loss=ce_t[a].mean(), mean_model_test_acc=acc_t[a])
+        ce_t, acc_t = _loss_acc(out_t, data["y_test"], data["labels_test"], scale, k)
+        rec.update(test_loss=ce_t[:a].mean(axis=-2), test_acc=acc_t[:a],
+                   mean_model_test_loss=ce_t[a].mean(axis=-2), mean_model_test_acc=acc_t[a])
         if record_outputs:
             rec["test_outputs"] = out_t[:a]
-    return rec
+    return _by_group(rec, g)
 
 
-@partial(jax.jit, static_argnames=("algorithm", "q_count", "central"))
-def ce_init_state(x0, data, *, algorithm, q_count, central):
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "classes"))
+def ce_init_state(x0, data, *, algorithm, q_count, central, classes=None):
     """The schedule's initial state (memory components) with the cross-entropy gradient."""
-    return algorithm.initial_state(x0, ce_operators(data, q_count, central))
+    return algorithm.initial_state(x0, ce_operators(data, q_count, central, classes))
 
 
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
-                                   "record_outputs"))
+                                   "record_outputs", "classes"))
 def ce_run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
-                 record_outputs):
-    """:func:`ntkdyn.lowrank.evolve.run_chunk` with the cross-entropy operators/records."""
-    ops = ce_operators(data, q_count, central)
+                 record_outputs, classes=None):
+    """:func:`ntkdyn.lowrank.evolve.run_chunk` with the cross-entropy operators/records
+    (softmax groups of ``classes`` columns, default all)."""
+    ops = ce_operators(data, q_count, central, classes)
     params = algorithm.parameters
     checked = divergence_check(params, data["limit_per_step"])
 
     def record(st, x):
         rec = _ce_record(params(x), data, q_count=q_count, central=central,
-                         has_test=has_test, record_outputs=record_outputs)
+                         has_test=has_test, record_outputs=record_outputs, classes=classes)
         rec["diverged"] = st[2]
         return st, rec
 
@@ -212,7 +253,9 @@ def check_call(*, rank, tol=None, f0_random: bool = False, acc_rows=None,
                form: str = "auto") -> None:
     """What the low-rank path does not take with ``loss="cross_entropy"``: a ``ValueError``
     naming the field (``rank="auto"`` and ``tol``: no error estimate to choose the rank
-    from; ``f0``: one random network; ``acc_rows``; ``form="gram"``)."""
+    from; ``acc_rows``; ``form="gram"``).  ``f0_random`` (one random network) is accepted:
+    it runs as ``P + 1`` groups of ``K`` columns (:func:`predict_random_lowrank_ce`); the
+    keyword stays for the callers that pass it."""
     why = "with loss='cross_entropy' on the low-rank path"
     if isinstance(rank, str):
         raise ValueError(f"rank: 'auto' chooses the rank from the squared loss's a-priori "
@@ -221,11 +264,6 @@ def check_call(*, rank, tol=None, f0_random: bool = False, acc_rows=None,
     if tol is not None:
         raise ValueError(f"tol: there is no a-priori error estimate to hold tol against {why} "
                          "(it is derived for the squared loss); give an integer rank without tol")
-    if f0_random:
-        raise ValueError(f"f0: one random network ('random', the default with the analytic "
-                         f"kernel) is not available {why} (its draws share columns through "
-                         "the squared loss's linearity); use f0='mean' or f0='network', or the "
-                         "exact path (rank=None)")
     if acc_rows is not None:
         raise ValueError(f"acc_rows: {why} every training output is evaluated at each record "
                          "(the loss needs them all); remove acc_rows")
@@ -279,6 +317,70 @@ def predict_lowrank_ce(
                        given_f0=f0_train is not None, metadata=metadata)
     return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
                               order, float(carry[3]))
+
+
+def predict_random_lowrank_ce(
+    factor: LowRankFactor, draws, y_train, agent, mixing, lr, steps,
+    algorithm: str | Algorithm = "dgd", *, logit_scale: float = 1.0, y_test=None,
+    reference: bool = True, record_outputs: bool = False, chunk: int = 25,
+    progress: bool = False, metadata: dict | None = None, draws_info: dict | None = None,
+):
+    r"""One random network with softmax cross-entropy on the low-rank factor, as the exact
+    path's independent networks (:mod:`ntkdyn.dynamics.random_init`): the
+    ``P = draws.samples`` sampled networks (``draws`` an
+    :class:`~ntkdyn.dynamics.random_init.InitDraws` with ``outputs = K``: network ``s``
+    starts from columns ``s K .. s K + K - 1`` of ``draws.train`` / ``draws.test``, the
+    caller's row order) and the network from ``f_0 = 0`` run as ``P + 1`` groups of ``K``
+    columns of one feature recursion, state ``(A, r, (P + 1) K)``, the softmax over each
+    group (:func:`ce_operators`): every read of ``Phi_q`` is shared, a step costs
+    ``4 N r (P + 1) K`` flops (twice with the reference).  Group ``s`` is exactly
+    :func:`predict_lowrank_ce` with ``f0_train`` / ``f0_test`` network ``s``'s draws.
+
+    Returns a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`: the fields are the means
+    over the sampled networks (expected losses), ``band(..., over="init")`` their
+    quantiles, ``.mean_network`` the network from ``f_0 = 0`` (with cross-entropy not the
+    expected network: the dynamics are not affine in ``f_0``); ``record_outputs``: that
+    network's outputs.  ``draws_info`` goes to ``metadata["low_rank"]["f0_draws"]``."""
+    from ntkdyn.lowrank.networks import assemble_networks
+
+    algo = get_algorithm(algorithm)
+    scale = check_logit_scale(logit_scale)
+    n = np.shape(factor.phi)[0]
+    y = class_targets("y_train", y_train, draws.outputs if np.ndim(y_train) == 1 else None)
+    k, p = y.shape[1], draws.samples
+    if draws.outputs != k or draws.train.shape != (n, p * k):
+        raise ValueError(f"draws: expected ({n}, P K) training draws with K = {k} columns per "
+                         f"network (InitDraws(outputs={k})), got {draws.train.shape} with "
+                         f"outputs={draws.outputs}")
+    groups = p + 1  # the P networks, then f_0 = 0
+    yt = ft = None
+    if y_test is not None:
+        yt = class_targets("y_test", y_test, k)
+        if draws.test is None or draws.test.shape != (yt.shape[0], p * k):
+            raise ValueError(f"draws: expected ({yt.shape[0]}, {p * k}) test draws")
+        ft = np.concatenate([draws.test, np.zeros_like(yt)], axis=1)
+        yt = np.tile(yt, groups)
+    inp = lowrank_inputs(factor, np.tile(y, groups), agent, mixing, lr, steps,
+                         np.concatenate([draws.train, np.zeros_like(y)], axis=1), yt, ft, None)
+    q_count, r = inp.w.shape[0], inp.phi.shape[1]
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
+    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=inp.yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank cross-entropy {algo.name}, {p} networks",
+        runner=(partial(ce_init_state, classes=k), partial(ce_run_chunk, classes=k)))
+    inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=np.zeros((n, k)),
+                                yt=None if yt is None else inp.yt[:, :k],
+                                ft=None if yt is None else np.zeros((len(inp.yt), k)))
+    meta = ce_metadata(factor, algo, inp_k, scale=scale, padded=rows > n, given_f0=False,
+                       metadata=metadata)
+    meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed,
+                                        outputs=k)
+    return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
+                             order, float(carry[3]), draws)
 
 
 def stability_note(factor: LowRankFactor, agent, mixing, algorithm: str | Algorithm, lr,
