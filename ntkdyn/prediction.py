@@ -951,11 +951,13 @@ def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous,
 def _lowrank_process_limits(process, samples, f0: str | None) -> str | None:
     """Why the low-rank path cannot run this mixing process, or ``None``: periodic and
     random sequences run on it (:mod:`ntkdyn.lowrank.gossip`) for the mean network and a
-    given ``f_0``; one random network (``f0="random"``) with a sequence does not."""
-    if f0 == "random":
+    given ``f_0``, and a periodic one for one random network (``f0="random"``, shared
+    cyclic columns as with a static matrix); one random network with a random sequence
+    does not."""
+    if f0 == "random" and process.random:
         return ("one random network (f0='random') on the low-rank path takes a static mixing "
-                "matrix; with a time-varying or random mixing sequence use f0='mean' (or "
-                "'network'), or the exact path (rank=None)")
+                "matrix or a periodic sequence; with a random mixing sequence use f0='mean' "
+                "(or 'network'), or the exact path (rank=None)")
     if not process.random and samples is not None:
         return "samples is for random mixing sequences; a periodic sequence is deterministic"
     return None
@@ -1138,7 +1140,7 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
     from ntkdyn.graphs.sequences import is_process
 
     if is_process(mixing):  # the sampled mixing sequences (lowrank.gossip)
-        extra = dict(samples=samples)
+        extra = dict(extra, samples=samples)
     run = lowrank.predict_sweep if sweep else lowrank.predict
     return run(
         source, data.y_train, parts.agent,

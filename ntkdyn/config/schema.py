@@ -329,12 +329,13 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
     time_varying = bool(topo.sequence or topo.gossip)
     if cfg.prediction.rank is not None:
         # a mixing sequence runs on the low-rank path for the mean network or a given f0
-        # (ntkdyn.lowrank.gossip); one random network with a sequence does not
+        # (ntkdyn.lowrank.gossip), a periodic one for one random network too; one random
+        # network with random gossip does not
         random_f0 = cfg.prediction.f0 == "random" or (
             not cfg.prediction.f0 and cfg.prediction.kernel == "analytic")
-        why = ("a time-varying or random mixing sequence with one random network (the "
-               "low-rank path runs a sequence for prediction.f0 = \"mean\" or \"network\"; "
-               "set one of them)" if time_varying and random_f0 else
+        why = ("a random mixing sequence (topology.gossip) with one random network (the "
+               "low-rank path runs random gossip for prediction.f0 = \"mean\" or "
+               "\"network\"; set one of them)" if topo.gossip and random_f0 else
                "training.continuous = true (the low-rank path runs discrete steps)"
                if t.continuous else None)
         if why:

@@ -252,10 +252,10 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
     _check_loss(kwargs, rank=rank, tol=tol, f0_random=nngp is not None or init is not None)
     from ntkdyn.graphs.sequences import is_process
 
-    if is_process(mixing) and (nngp is not None or init is not None):
+    if is_process(mixing) and mixing.random and (nngp is not None or init is not None):
         raise ValueError("nngp: one random network on the low-rank path takes a static "
-                         "mixing matrix; with a mixing sequence run the mean network (no "
-                         "nngp / init) or the exact path")
+                         "mixing matrix or a periodic sequence; with a random sequence run "
+                         "the mean network (no nngp / init) or the exact path")
     if is_process(mixing) and kwargs.get("loss", "mse") == "cross_entropy":
         raise ValueError("mixing: cross-entropy on the low-rank path takes a static mixing "
                          "matrix; with a mixing sequence use the squared loss or the exact "
@@ -291,7 +291,7 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
     :func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`; with a mixing process
     :func:`ntkdyn.lowrank.gossip.predict_lowrank_process` (``samples``: sampled sequences
     of a random one); or with ``draws`` (a pair ``(InitDraws, info)`` of
-    :func:`_random_draws`) one random network (static mixing only)."""
+    :func:`_random_draws`) one random network (static mixing or a periodic sequence)."""
     from ntkdyn.graphs.sequences import is_process
 
     if kwargs.get("loss", "mse") == "cross_entropy":  # (draws is None, W static: checked)
@@ -300,7 +300,7 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
         kwargs = {k: v for k, v in kwargs.items() if k not in ("loss", "acc_rows", "form")}
         return predict_lowrank_ce(factor, y_train, agent, mixing, lr, st, algo, **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if k != "loss"}
-    if is_process(mixing):
+    if is_process(mixing) and draws is None:
         from ntkdyn.lowrank.gossip import predict_lowrank_process
 
         return predict_lowrank_process(factor, y_train, agent, mixing, lr, st, algo,
@@ -362,6 +362,7 @@ def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples,
     for the draws and the ``K + P``-column run)."""
     from ntkdyn._utils import memory
     from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
+    from ntkdyn.graphs.sequences import is_process
     from ntkdyn.lowrank import networks
 
     if kwargs.get("f0_train") is not None or kwargs.get("f0_test") is not None:
@@ -377,9 +378,10 @@ def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples,
     s_rank = min(n + m, factor.rank if nngp_rank is None
                  else check_rank(nngp_rank, n + m, name="nngp_rank"))
     k = np.shape(y_train)[1]
-    need = networks.networks_bytes(n, m, factor.rank, np.shape(mixing)[0], k, p,
+    q = mixing.num_agents if is_process(mixing) else np.shape(mixing)[0]
+    need = networks.networks_bytes(n, m, factor.rank, q, k, p,
                                    acc_rows=kwargs.get("acc_rows"), nngp_rank=s_rank) + \
-        evolve_bytes(n, m, factor.rank, np.shape(mixing)[0], k + p,
+        evolve_bytes(n, m, factor.rank, q, k + p,
                      acc_rows=kwargs.get("acc_rows"))
     memory.ensure_fits(need, f"one random network on the low-rank path ({p} networks, NNGP "
                        f"factor of rank {s_rank})",
