@@ -950,14 +950,11 @@ def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous,
 
 def _lowrank_process_limits(process, samples, f0: str | None) -> str | None:
     """Why the low-rank path cannot run this mixing process, or ``None``: periodic and
-    random sequences run on it (:mod:`ntkdyn.lowrank.gossip`) for the mean network and a
-    given ``f_0``, and a periodic one for one random network (``f0="random"``, shared
-    cyclic columns as with a static matrix); one random network with a random sequence
-    does not."""
-    if f0 == "random" and process.random:
-        return ("one random network (f0='random') on the low-rank path takes a static mixing "
-                "matrix or a periodic sequence; with a random mixing sequence use f0='mean' "
-                "(or 'network'), or the exact path (rank=None)")
+    random sequences run on it (:mod:`ntkdyn.lowrank.gossip`) for the mean network, a
+    given ``f_0`` and one random network (``f0="random"``: shared cyclic columns on a
+    periodic sequence, independent networks on a random one, network ``s`` on sequence
+    ``s``, whose ``samples`` the caller leaves out here: they count the networks)."""
+    del f0  # every f0 runs a sequence here
     if not process.random and samples is not None:
         return "samples is for random mixing sequences; a periodic sequence is deterministic"
     return None

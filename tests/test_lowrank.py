@@ -891,9 +891,10 @@ def test_config_rank_errors_name_the_key(prediction, needle):
 def test_config_rank_with_gossip_or_flow_is_refused():
     from ntkdyn.config.schema import ConfigError, config_from_dict
 
-    # a sequence runs on the low-rank path for the mean network only (tests/test_lowrank_gossip.py)
-    with pytest.raises(ConfigError, match="prediction.rank: .*sequence with one random network"):
-        config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    # a sequence runs on the low-rank path for every f0, one random network included
+    # (tests/test_lowrank_gossip.py)
+    cfg = config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    assert cfg.prediction.rank == "auto" and cfg.topology.gossip == "edges"
     with pytest.raises(ConfigError, match="prediction.rank: .*discrete steps"):
         config_from_dict({"prediction": {"rank": 4}, "training": {"continuous": True}})
     cfg = config_from_dict({"prediction": {"rank": "auto", "tol": 1e-2}})
