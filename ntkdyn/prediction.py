@@ -739,9 +739,10 @@ def predict(
     distances stay exact on the factor), since with one random network the accuracies of
     every network on every row dominate the cost at data-set scale
     (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix
-    or, for the mean network and a given ``f_0`` with the squared loss, a periodic or random
-    mixing sequence (the exact path's sequences, ``samples`` sampled ones and ``.expected``
-    for random gossip; :mod:`ntkdyn.lowrank.gossip`), discrete steps and float64;
+    or, with the squared loss, a periodic or random mixing sequence (the exact path's
+    sequences, ``samples`` sampled ones and ``.expected`` for random gossip; with
+    ``f0="random"`` on random gossip ``samples`` networks, network ``s`` on sequence ``s``,
+    as the exact path; :mod:`ntkdyn.lowrank.gossip`), discrete steps and float64;
     ``loss="cross_entropy"`` runs there with a static mixing matrix and an integer rank
     (no ``tol``: ``metadata["low_rank"]["error_estimate"]`` is ``None``, the estimate
     bounds the squared loss only), ``f0="mean"`` or ``"network"`` and no ``acc_rows``

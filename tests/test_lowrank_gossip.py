@@ -479,3 +479,32 @@ def test_check_with_rank_gossip_and_one_random_network(tmp_path):
     one = rep.prediction["one_random_network"]
     assert one["samples"] == 3 and one["status"] == "ok"
     assert one["final_test_loss_expected"] > rep.prediction["final_test_loss"]
+
+
+def test_random_network_on_random_gossip_from_low_rank_nngp_draws():
+    """With the draws of a rank-r NNGP factor (lowrank.predict(nngp=...), P K columns drawn
+    by networks.nngp_draws): network s equals sequence s of a low-rank run of the same
+    process from f0 = network s's K draw columns, and its E[W] run that run's expected
+    group, to 1e-10 (relative)."""
+    from ntkdyn.lowrank import networks
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=8)
+    rng = np.random.default_rng(9)
+    feats = rng.normal(size=(len(y) + len(yt), r))
+    nngp = lowrank.kernel_columns(feats @ feats.T / r)
+    proc = _process("random_edges", q)
+    p, k, steps, lr = 3, y.shape[1], range(0, 25, 8), 0.4
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, proc, lr, steps,
+                          "dgd", rank=r, y_test=yt, nngp=nngp, samples=p, seed=1)
+    assert low.samples == p and low.metadata["low_rank"]["f0_draws"]["nngp_rank"] == r
+    g, _ = networks.nngp_draws(nngp, len(y), p * k, 1, rank=r)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    for s in range(p):
+        one = predict_lowrank_process(factor, y, agent, proc, lr, steps, "dgd", y_test=yt,
+                                      samples=p, f0_train=g.train[:, s * k:(s + 1) * k],
+                                      f0_test=g.test[:, s * k:(s + 1) * k])
+        for f in ("train_loss", "test_loss", "train_acc", "test_acc"):
+            for a, b in ((one.sequence(s), low.draws[f][s]),
+                         (one.expected, low.init_band_run.draws[f][s])):
+                a = getattr(a, f)
+                assert np.max(np.abs(a - b)) <= REL * max(np.max(np.abs(a)), 1.0), (s, f)

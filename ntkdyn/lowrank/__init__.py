@@ -161,7 +161,13 @@ def predict(
     give the draws themselves, ``init`` (:class:`ntkdyn.dynamics.random_init.InitDraws`,
     caller's order).  The result is a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`
     (expected losses, ``band(..., over="init")``, ``.mean_network``);
-    ``metadata["low_rank"]["f0_draws"]`` says what the draws are.
+    ``metadata["low_rank"]["f0_draws"]`` says what the draws are.  With a periodic mixing
+    sequence the ``K + P`` columns share it; with a random one (``random_edges``,
+    ``one_random_edge``) the networks are independent, as on the exact path: ``samples``
+    (default 16) networks of ``K`` draw columns each, network ``s`` on sampled sequence
+    ``s`` (:func:`ntkdyn.lowrank.gossip.predict_random_lowrank_gossip`; ``init`` with
+    ``outputs=K``), ``.mean_network`` a :class:`~ntkdyn.trajectory.GossipTrajectory` and
+    ``.init_band_run`` the ``E[W]`` runs.
 
     ``rank``: an integer ``1..N``, or ``"auto"``: the fewest coordinates whose a-priori
     error estimate (``theory/low_rank.md``) ``error_scale(lr, N_q, T, algorithm) *

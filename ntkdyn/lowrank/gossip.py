@@ -22,6 +22,14 @@ the records are those of the static path.
   :class:`~ntkdyn.trajectory.GossipTrajectory` (means over the sequences, quantile bands,
   ``.expected``, ``per_sample``).
 
+* **One random network** (``f0="random"``) on random gossip
+  (:func:`predict_random_lowrank_gossip`): as on the exact path, ``P`` independent
+  networks of ``K`` draw columns, network ``s`` on sequence ``s``, the mean network on
+  the same sequences and the ``E[W]`` recursion from every network's ``f_0`` and from
+  ``f_0 = 0``: ``G = 3 P + 1`` groups whose residuals differ, each group's record terms
+  sliced from the ``G K`` columns (:func:`group_columns`).  (A periodic sequence keeps the
+  ``K + P`` shared cyclic columns: :func:`ntkdyn.lowrank.networks.predict_random_lowrank`.)
+
 Divergence is flagged for the whole state (one flag for every group; the exact path keeps
 one per group): a sequence that diverges stops the others' records too.
 """
