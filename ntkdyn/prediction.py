@@ -739,9 +739,10 @@ def predict(
     distances stay exact on the factor), since with one random network the accuracies of
     every network on every row dominate the cost at data-set scale
     (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix
-    or, for the mean network and a given ``f_0`` with the squared loss, a periodic or random
-    mixing sequence (the exact path's sequences, ``samples`` sampled ones and ``.expected``
-    for random gossip; :mod:`ntkdyn.lowrank.gossip`), discrete steps and float64;
+    or, with the squared loss, a periodic or random mixing sequence (the exact path's
+    sequences, ``samples`` sampled ones and ``.expected`` for random gossip; with
+    ``f0="random"`` on random gossip ``samples`` networks, network ``s`` on sequence ``s``,
+    as the exact path; :mod:`ntkdyn.lowrank.gossip`), discrete steps and float64;
     ``loss="cross_entropy"`` runs there with a static mixing matrix and an integer rank
     (no ``tol``: ``metadata["low_rank"]["error_estimate"]`` is ``None``, the estimate
     bounds the squared loss only) and no ``acc_rows``, for every ``f0``: one random network
@@ -952,12 +953,11 @@ def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous,
 
 def _lowrank_process_limits(process, samples, f0: str | None) -> str | None:
     """Why the low-rank path cannot run this mixing process, or ``None``: periodic and
-    random sequences run on it (:mod:`ntkdyn.lowrank.gossip`) for the mean network and a
-    given ``f_0``; one random network (``f0="random"``) with a sequence does not."""
-    if f0 == "random":
-        return ("one random network (f0='random') on the low-rank path takes a static mixing "
-                "matrix; with a time-varying or random mixing sequence use f0='mean' (or "
-                "'network'), or the exact path (rank=None)")
+    random sequences run on it (:mod:`ntkdyn.lowrank.gossip`) for the mean network, a
+    given ``f_0`` and one random network (``f0="random"``: shared cyclic columns on a
+    periodic sequence, independent networks on a random one, network ``s`` on sequence
+    ``s``, whose ``samples`` the caller leaves out here: they count the networks)."""
+    del f0  # every f0 runs a sequence here
     if not process.random and samples is not None:
         return "samples is for random mixing sequences; a periodic sequence is deterministic"
     return None
@@ -1140,7 +1140,7 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
     from ntkdyn.graphs.sequences import is_process
 
     if is_process(mixing):  # the sampled mixing sequences (lowrank.gossip)
-        extra = dict(samples=samples)
+        extra = dict(extra, samples=samples)
     run = lowrank.predict_sweep if sweep else lowrank.predict
     return run(
         source, data.y_train, parts.agent,

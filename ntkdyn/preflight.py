@@ -603,10 +603,13 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
     one = None
     if f0 == "random":
         nngp = lowrank_nngp_source(arch, data.x_train, data.x_test if has_test else None)
-        draws, _ = networks.nngp_draws(nngp, data.num_train,
-                                       cfg.prediction.samples or DEFAULT_NETWORKS, cfg.seed,
-                                       rank=factor.rank)
-        traj = networks.predict_random_lowrank(factor, draws, *args, **kw)
+        if process and exp.mixing.random:  # independent networks, s on sequence s
+            traj = _random_gossip_networks(factor, nngp, exp, cfg, args, kw)
+        else:
+            draws, _ = networks.nngp_draws(nngp, data.num_train,
+                                           cfg.prediction.samples or DEFAULT_NETWORKS,
+                                           cfg.seed, rank=factor.rank)
+            traj = networks.predict_random_lowrank(factor, draws, *args, **kw)
         one = {"samples": traj.samples, "status": traj.status,
                "steps_to_target_expected": _steps_to_target(traj, target)}
         for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
@@ -628,6 +631,23 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
     prediction.update(one_random_network=one, steady_state_consensus_gap=None,
                       steady_state_distance_to_centralised=None, steady_state_test_loss=None)
     return prediction
+
+
+def _random_gossip_networks(factor, nngp, exp: Experiment, cfg: Config, args, kw):
+    """One random network with random gossip on the low-rank path
+    (:func:`ntkdyn.lowrank.gossip.predict_random_lowrank_gossip`): ``S`` networks of ``K``
+    draw columns each (``S`` the sampled sequences, as the exact path's)."""
+    import dataclasses
+
+    from ntkdyn.dynamics.random_init import DEFAULT_INDEPENDENT_NETWORKS
+    from ntkdyn.lowrank.gossip import predict_random_lowrank_gossip
+    from ntkdyn.lowrank.networks import nngp_draws
+
+    data = exp.parts.dataset
+    p, k = exp.samples or DEFAULT_INDEPENDENT_NETWORKS, data.y_train.shape[1]
+    draws, _ = nngp_draws(nngp, data.num_train, p * k, cfg.seed, rank=factor.rank)
+    return predict_random_lowrank_gossip(factor, dataclasses.replace(draws, outputs=k),
+                                         *args, **kw)
 
 
 def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:

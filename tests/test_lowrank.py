@@ -821,8 +821,11 @@ def test_nd_predict_rank_refuses_what_the_low_rank_path_does_not_take(digits_pro
                                          "for the analytic kernel"):
         nd.predict(triple, parts, w, kernel="analytic", rank=8, **call)
     gossip = nd.graphs.random_edges(nd.graphs.topology("ring", 4), 0.5, seed=0)
+    # a sequence runs for every f0 with the squared loss (tests/test_lowrank_gossip.py);
+    # with cross-entropy it is refused
     with pytest.raises(ValueError, match="^rank: .*static"):
-        nd.predict(arch, parts, gossip, rank=8, samples=4, **call)
+        nd.predict(arch, parts, gossip, rank=8, samples=4, f0="mean", loss="cross_entropy",
+                   **call)
     with pytest.raises(ValueError, match="^rank: .*discrete"):
         nd.predict(arch, parts, w, rank=8, continuous=True, **call)
     # cross-entropy runs on the low-rank path (tests/test_lowrank_ce.py), also with one
@@ -891,9 +894,10 @@ def test_config_rank_errors_name_the_key(prediction, needle):
 def test_config_rank_with_gossip_or_flow_is_refused():
     from ntkdyn.config.schema import ConfigError, config_from_dict
 
-    # a sequence runs on the low-rank path for the mean network only (tests/test_lowrank_gossip.py)
-    with pytest.raises(ConfigError, match="prediction.rank: .*sequence with one random network"):
-        config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    # a sequence runs on the low-rank path for every f0, one random network included
+    # (tests/test_lowrank_gossip.py)
+    cfg = config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    assert cfg.prediction.rank == "auto" and cfg.topology.gossip == "edges"
     with pytest.raises(ConfigError, match="prediction.rank: .*discrete steps"):
         config_from_dict({"prediction": {"rank": 4}, "training": {"continuous": True}})
     cfg = config_from_dict({"prediction": {"rank": "auto", "tol": 1e-2}})
@@ -1183,10 +1187,15 @@ def test_predict_sweep_rank_refusals_name_rank(digits_problem):
                           samples=2, **call)
     assert [t.samples for t in ce] == [2, 2]
     for kw, mix in [(dict(batch_size=8), w),
-                    (dict(width=64), w), (dict(samples=4), gossip),
+                    (dict(width=64), w),
+                    (dict(samples=4, f0="mean", loss="cross_entropy"), gossip),
                     (dict(kernel_dtype="float32", f0="mean"), w)]:
         with pytest.raises(ValueError, match="^rank: "):
             nd.predict_sweep(arch, parts, mix, [0.1, 0.2], rank=8, **kw, **call)
+    # random gossip with one random network (the default f0) now runs on the low-rank path
+    # (tests/test_lowrank_gossip.py): one trajectory per rate, 4 networks on 4 sequences
+    runs = nd.predict_sweep(arch, parts, gossip, [0.1, 0.2], rank=8, samples=4, **call)
+    assert [t.samples for t in runs] == [4, 4] and runs[0].metadata["path"] == "low_rank"
     with pytest.raises(ValueError, match="^rank: "):
         nd.predict_sweep(triple, parts, w, [0.1, 0.2], rank=8, kernel="analytic", **call)
     with pytest.raises(ValueError, match="^rank: expected"):

@@ -153,14 +153,11 @@ def test_nd_predict_full_rank_with_a_process_equals_exact_path(digits_problem, k
 
 
 def test_unsupported_combinations_name_the_field(digits_problem):
-    """One random network (f0='random', the analytic kernel's default) with a sequence, and
-    samples with a periodic sequence, are refused naming the field."""
+    """samples with a periodic sequence (mean network), and draws or samples that do not
+    fit one random network's independent networks on random gossip, are refused naming
+    the field."""
     data, parts, arch = digits_problem
-    gossip = _process("random_edges", 4)
     call = dict(lr=0.3, steps=range(0, 21, 10), rank=8)
-    with pytest.raises(ValueError, match=r"^rank: one random network \(f0='random'\).*"
-                                         r"f0='mean'"):
-        nd.predict(arch, parts, gossip, samples=4, **call)
     with pytest.raises(ValueError, match="^rank: samples is for random mixing sequences"):
         nd.predict(arch, parts, _process("periodic", 4), f0="mean", samples=4, **call)
     kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
@@ -170,22 +167,39 @@ def test_unsupported_combinations_name_the_field(digits_problem):
                                 samples=2)
     with pytest.raises(ValueError, match="^mixing: predict_lowrank takes a static"):
         lowrank.predict_lowrank(factor, y, agent, _process("periodic", q), 0.3, [0, 5])
-    with pytest.raises(ValueError, match="^nngp: one random network on the low-rank path"):
-        lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, _process("periodic", q),
-                        0.3, [0, 5], rank=r, nngp=lowrank.kernel_columns(np.eye(64)))
+    from ntkdyn.dynamics.random_init import InitDraws
+    from ntkdyn.lowrank.gossip import predict_random_lowrank_gossip
+
+    g = np.zeros((64, 6))
+    shared = InitDraws(train=g[:48], test=g[48:], seed=0, jitter=0.0)  # 6 networks, 1 column
+    with pytest.raises(ValueError, match="^draws: independent networks need"):
+        predict_random_lowrank_gossip(factor, shared, y, agent, _process("random_edges", q),
+                                      0.3, [0, 5], y_test=yt)
+    own = InitDraws(train=g[:48], test=g[48:], seed=0, jitter=0.0, outputs=3)  # 2 networks
+    with pytest.raises(ValueError, match="^samples: with f0='random' network s runs on "
+                                         "sequence s"):
+        predict_random_lowrank_gossip(factor, own, y, agent, _process("random_edges", q), 0.3,
+                                      [0, 5], y_test=yt, samples=3)
+    with pytest.raises(ValueError, match="^mixing: expected a random mixing sequence"):
+        predict_random_lowrank_gossip(factor, own, y, agent, _process("periodic", q), 0.3,
+                                      [0, 5], y_test=yt)
 
 
-def test_config_rank_with_a_sequence_needs_the_mean_network():
-    from ntkdyn.config.schema import ConfigError, config_from_dict
+def test_config_rank_with_a_sequence_and_every_f0():
+    from ntkdyn.config.schema import config_from_dict
 
-    with pytest.raises(ConfigError, match="prediction.rank: .*one random network"):
-        config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    cfg = config_from_dict({"prediction": {"rank": "auto"}, "topology": {"gossip": "edges"}})
+    assert cfg.prediction.rank == "auto" and cfg.topology.gossip == "edges"  # f0 = random
     cfg = config_from_dict({"prediction": {"rank": 8, "f0": "mean"},
                             "topology": {"gossip": "edges"}})
     assert cfg.prediction.rank == 8 and cfg.topology.gossip == "edges"
     cfg = config_from_dict({"prediction": {"rank": 8, "f0": "mean"},
                             "topology": {"sequence": ["ring", "complete"]}})
     assert cfg.topology.sequence == ["ring", "complete"]
+    # one random network (the analytic default) runs a periodic sequence on the low-rank path
+    cfg = config_from_dict({"prediction": {"rank": 8},
+                            "topology": {"sequence": ["ring", "complete"]}})
+    assert cfg.prediction.rank == 8 and cfg.topology.sequence == ["ring", "complete"]
 
 
 def test_predict_command_with_rank_and_gossip(tmp_path):
@@ -259,3 +273,238 @@ def test_cross_entropy_with_a_sequence_is_refused_naming_the_field(digits_proble
     with pytest.raises(ValueError, match="^mixing: cross-entropy on the low-rank path"):
         lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, _process("periodic", q),
                         0.3, [0, 5], rank=r, loss="cross_entropy")
+
+
+NET_FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist",
+              "consensus_dist", "central_dist", "mean_model_train_loss",
+              "mean_model_train_acc", "test_loss", "test_acc", "mean_model_test_loss",
+              "mean_model_test_acc")
+
+
+def _sorted_exact(kern, kern_t, y, yt, agent, mixing, lr, steps, algorithm, g, *,
+                  outputs: int = 1, samples=None):
+    """The exact path's one random network from the given draws ``g`` ((N + M, P K), the
+    caller's order; run_problem takes the training rows in the problem's sorted order)."""
+    from ntkdyn.dynamics.problem import make_problem
+    from ntkdyn.dynamics.random_init import InitDraws
+    from ntkdyn.dynamics.run import run_problem
+
+    n = len(y)
+    problem = make_problem(kern, y, agent, mixing, kernel_test_train=kern_t, y_test=yt)
+    order = np.asarray(problem.order)
+    init = InitDraws(train=g[:n][order], test=g[n:], seed=0, jitter=0.0, outputs=outputs)
+    return run_problem(problem, algorithm, [lr], steps, init=init, samples=samples,
+                       record_outputs=True)[0]
+
+
+def _assert_networks(exact, low, where: str, rel: float = REL):
+    assert type(low) is type(exact) and low.samples == exact.samples, where
+    for f in NET_FIELDS:
+        for a, b, what in ((getattr(exact, f), getattr(low, f), "mean over networks"),
+                           (getattr(exact.mean_network, f), getattr(low.mean_network, f),
+                            "mean network")):
+            assert a.shape == b.shape, (where, f, what)
+            scale = max(float(np.max(np.abs(a))), 1e-300)
+            assert np.max(np.abs(a - b)) <= rel * scale, (where, f, what,
+                                                          np.max(np.abs(a - b)) / scale)
+    for f, v in exact.draws.items():
+        scale = max(float(np.max(np.abs(v))), 1e-300)
+        assert np.max(np.abs(v - low.draws[f])) <= rel * scale, (where, "draws", f)
+    for f in ("train_loss", "test_loss"):
+        scale = float(np.max(np.abs(exact.quantiles[f])))
+        assert np.max(np.abs(exact.quantiles[f] - low.quantiles[f])) <= rel * scale, f
+
+
+@pytest.mark.parametrize("form", ["gram", "features"])
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking"])
+def test_random_network_on_a_periodic_sequence_matches_exact_path(algorithm, form):
+    """One random network (f0='random') with a periodic sequence: the K + P shared cyclic
+    columns mixed by the sequence's matrices.  With a rank-r kernel, rank r and the same
+    draws (given to both paths) every metric of the mean over networks, each network's
+    draws, the band and the mean network equal the exact path's to 1e-10 (relative)."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=3)
+    proc = _process("periodic", q)
+    p, steps, lr = 5, range(0, 31, 6), [0.4, 0.3, 0.5, 0.35]
+    g = np.random.default_rng(4).normal(size=(len(y) + len(yt), p))
+    exact = _sorted_exact(kern, kern_t, y, yt, agent, proc, lr, steps, algorithm, g)
+    from ntkdyn.dynamics.random_init import InitDraws
+
+    draws = InitDraws(train=g[:len(y)], test=g[len(y):], seed=0, jitter=0.0)
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, proc, lr, steps,
+                          algorithm, rank=r, y_test=yt, init=draws, record_outputs=True,
+                          form=form)
+    _assert_networks(exact, low, algorithm)
+    assert low.metadata["mixing_process"] == exact.metadata["mixing_process"]
+    assert low.metadata["path"] == "low_rank" and low.metadata["f0"] == "random"
+    for f in ("train_outputs", "test_outputs"):
+        a, b = getattr(exact.mean_network, f), getattr(low.mean_network, f)
+        assert np.max(np.abs(a - b)) <= REL * np.max(np.abs(a)), f
+    # the sequence matters: the same draws under the period's average W differ
+    avg = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent,
+                          proc.expected(), lr, steps, algorithm, rank=r, y_test=yt,
+                          init=draws)
+    assert np.max(np.abs(avg.consensus_dist - low.consensus_dist)) > 1e-6
+
+
+def test_random_network_on_a_periodic_sequence_from_low_rank_nngp_draws():
+    """With the draws of a rank-r NNGP factor (lowrank.predict(nngp=...), drawn by
+    networks.nngp_draws, not the exact path's Cholesky draws): sampled network s equals a
+    low-rank run of the same periodic sequence from f0 = its draws (output k: draw column
+    (s + k) mod P), train and test losses and accuracies, to 1e-10 (relative)."""
+    from ntkdyn.dynamics.solver import network_columns
+    from ntkdyn.lowrank import networks
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=4)
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(len(y) + len(yt), r))
+    nngp = lowrank.kernel_columns(feats @ feats.T / r)
+    proc = _process("periodic", q)
+    p, steps, lr, k = 4, range(0, 25, 8), 0.4, y.shape[1]
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, proc, lr, steps,
+                          "atc", rank=r, y_test=yt, nngp=nngp, samples=p, seed=2)
+    draws = low.metadata["low_rank"]["f0_draws"]
+    assert draws["nngp_rank"] == r and draws["relative_residual"] <= 1e-10
+    g, _ = networks.nngp_draws(nngp, len(y), p, 2, rank=r)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    cols = network_columns(k, p)
+    for s in range(p):
+        one = predict_lowrank_process(factor, y, agent, proc, lr, steps, "atc", y_test=yt,
+                                      f0_train=g.train[:, cols[s]],
+                                      f0_test=g.test[:, cols[s]])
+        for f in ("train_loss", "test_loss", "train_acc", "test_acc"):
+            a, b = getattr(one, f), low.draws[f][s]
+            assert np.max(np.abs(a - b)) <= REL * max(np.max(np.abs(a)), 1.0), (s, f)
+    mean = predict_lowrank_process(factor, y, agent, proc, lr, steps, "atc", y_test=yt)
+    assert np.max(np.abs(mean.test_loss - low.mean_network.test_loss)) <= \
+        REL * np.max(mean.test_loss)
+
+
+def test_nd_predict_random_network_on_a_periodic_sequence(digits_problem):
+    """nd.predict(rank=N) with a periodic sequence and the default f0 (one random network):
+    a RandomNetworkTrajectory whose mean network equals the exact path's (1e-8, the analytic
+    factor exact to round-off) and whose expected test loss is within the Monte-Carlo
+    error of the exact path's (different draws, same law)."""
+    data, parts, arch = digits_problem
+    proc = _process("periodic", 4)
+    call = dict(lr=0.4, algorithm="atc", steps=range(0, 41, 20), samples=64)
+    low = nd.predict(arch, parts, proc, rank=data.num_train, **call)
+    exact = nd.predict(arch, parts, proc, kernel_dtype="float64", **call)
+    assert type(low) is type(exact) and low.metadata["f0"] == "random"
+    assert low.metadata["path"] == "low_rank" and low.samples == 64
+    assert low.metadata["mixing_process"] == exact.metadata["mixing_process"]
+    assert np.max(np.abs(exact.mean_network.test_loss - low.mean_network.test_loss)) <= 1e-8
+    se = np.std(low.draws["test_loss"][:, -1], axis=0) * np.sqrt(4 / 64)  # sqrt(K / P)
+    assert np.all(np.abs(low.test_loss[-1] - exact.test_loss[-1]) <= 4 * se + 1e-9)
+
+
+@pytest.mark.parametrize("form", ["gram", "features"])
+@pytest.mark.parametrize(("kind", "algorithm"), [("random_edges", "dgd"), ("one_edge", "atc"),
+                                                 ("random_edges", "gradient_tracking")])
+def test_random_network_on_random_gossip_matches_exact_path(kind, algorithm, form):
+    """One random network with random gossip: P independent networks (K draw columns
+    each), network s on sampled sequence s, the mean network on the same sequences and
+    the E[W] runs from every f0 -- 3 P + 1 groups.  With a rank-r kernel, rank r and the
+    same draws every metric of the mean over networks, each network's draws, the band,
+    the mean network (over the sequences, and its E[W] run) and the init-only band's run
+    equal the exact path's to 1e-10 (relative)."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=6)
+    proc = _process(kind, q)
+    p, k, steps, lr = 3, y.shape[1], range(0, 31, 6), [0.4, 0.3, 0.5, 0.35]
+    g = np.random.default_rng(7).normal(size=(len(y) + len(yt), p * k))
+    exact = _sorted_exact(kern, kern_t, y, yt, agent, proc, lr, steps, algorithm, g,
+                          outputs=k, samples=p)
+    from ntkdyn.dynamics.random_init import InitDraws
+
+    draws = InitDraws(train=g[:len(y)], test=g[len(y):], seed=0, jitter=0.0, outputs=k)
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, proc, lr, steps,
+                          algorithm, rank=r, y_test=yt, init=draws, form=form)
+    _assert_networks(exact, low, algorithm)
+    assert isinstance(low.mean_network, GossipTrajectory)
+    _assert_same_fields(exact.mean_network.expected, low.mean_network.expected, "E[W]")
+    for s in range(p):
+        _assert_same_fields(exact.mean_network.sequence(s), low.mean_network.sequence(s),
+                            f"mean network, sequence {s}")
+    _assert_networks(exact.init_band_run, low.init_band_run, "init band run")
+    for key in ("band_over", "band", "init_band", "f0"):
+        assert low.metadata[key] == exact.metadata[key], key
+    assert low.metadata["mixing_process"] == exact.metadata["mixing_process"]
+    assert low.metadata["path"] == "low_rank"
+    # the networks really run different sequences (network 0 vs its E[W] run differ)
+    assert np.max(np.abs(low.draws["test_loss"][0] - low.init_band_run.draws["test_loss"][0])) \
+        > 1e-6
+
+
+def _assert_same_fields(exact, low, where: str):
+    for f in NET_FIELDS:
+        a, b = getattr(exact, f), getattr(low, f)
+        scale = max(float(np.max(np.abs(a))), 1e-300)
+        assert a.shape == b.shape and np.max(np.abs(a - b)) <= REL * scale, (where, f)
+
+
+def test_nd_predict_random_network_on_random_gossip(digits_problem):
+    """nd.predict(rank=N) with random gossip and the default f0 (one random network): as on
+    the exact path, samples networks on as many sampled sequences; the mean network (f0 = 0,
+    the same sequences) equals the exact path's (1e-8), the expected test loss is within
+    the Monte-Carlo error of the exact path's (different draws, same law)."""
+    data, parts, arch = digits_problem
+    proc = _process("random_edges", 4)
+    call = dict(lr=0.4, algorithm="atc", steps=range(0, 41, 20), samples=8)
+    low = nd.predict(arch, parts, proc, rank=data.num_train, **call)
+    exact = nd.predict(arch, parts, proc, kernel_dtype="float64", **call)
+    assert type(low) is type(exact) and low.samples == exact.samples == 8
+    assert low.metadata["band_over"] == exact.metadata["band_over"] == "init+mixing"
+    assert low.metadata["path"] == "low_rank" and low.metadata["f0"] == "random"
+    assert isinstance(low.mean_network, GossipTrajectory) and low.mean_network.samples == 8
+    for f in ("test_loss", "param_dist", "consensus_dist"):
+        a, b = getattr(exact.mean_network, f), getattr(low.mean_network, f)
+        assert np.max(np.abs(a - b)) <= 1e-8, f
+    a, b = exact.mean_network.expected.test_loss, low.mean_network.expected.test_loss
+    assert np.max(np.abs(a - b)) <= 1e-8
+    se = np.std(low.draws["test_loss"][:, -1], axis=0) / np.sqrt(8)
+    assert np.all(np.abs(low.test_loss[-1] - exact.test_loss[-1]) <= 4 * se + 1e-9)
+    assert low.init_band_run is not None and low.init_band_run.samples == 8
+
+
+def test_check_with_rank_gossip_and_one_random_network(tmp_path):
+    """``ntkdyn check`` with ``[prediction] rank``, random gossip and the default f0: the
+    one-random-network summary runs the independent networks on the low-rank path."""
+    from ntkdyn.preflight import check
+
+    gossip = ('[topology]\nname = "ring"\ngossip = "edges"\ngossip_p = 0.5\n'
+              'gossip_samples = 3\n')
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(TINY_TOML.replace('[topology]\nname = "ring"\n', gossip)
+                   + '[prediction]\nrank = 60\n')
+    rep = check(str(cfg))
+    one = rep.prediction["one_random_network"]
+    assert one["samples"] == 3 and one["status"] == "ok"
+    assert one["final_test_loss_expected"] > rep.prediction["final_test_loss"]
+
+
+def test_random_network_on_random_gossip_from_low_rank_nngp_draws():
+    """With the draws of a rank-r NNGP factor (lowrank.predict(nngp=...), P K columns drawn
+    by networks.nngp_draws): network s equals sequence s of a low-rank run of the same
+    process from f0 = network s's K draw columns, and its E[W] run that run's expected
+    group, to 1e-10 (relative)."""
+    from ntkdyn.lowrank import networks
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=8)
+    rng = np.random.default_rng(9)
+    feats = rng.normal(size=(len(y) + len(yt), r))
+    nngp = lowrank.kernel_columns(feats @ feats.T / r)
+    proc = _process("random_edges", q)
+    p, k, steps, lr = 3, y.shape[1], range(0, 25, 8), 0.4
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, proc, lr, steps,
+                          "dgd", rank=r, y_test=yt, nngp=nngp, samples=p, seed=1)
+    assert low.samples == p and low.metadata["low_rank"]["f0_draws"]["nngp_rank"] == r
+    g, _ = networks.nngp_draws(nngp, len(y), p * k, 1, rank=r)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    for s in range(p):
+        one = predict_lowrank_process(factor, y, agent, proc, lr, steps, "dgd", y_test=yt,
+                                      samples=p, f0_train=g.train[:, s * k:(s + 1) * k],
+                                      f0_test=g.test[:, s * k:(s + 1) * k])
+        for f in ("train_loss", "test_loss", "train_acc", "test_acc"):
+            for a, b in ((one.sequence(s), low.draws[f][s]),
+                         (one.expected, low.init_band_run.draws[f][s])):
+                a = getattr(a, f)
+                assert np.max(np.abs(a - b)) <= REL * max(np.max(np.abs(a)), 1.0), (s, f)

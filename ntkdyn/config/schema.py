@@ -328,18 +328,13 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
                           "or adjacency_file), not topology.mixing_file")
     time_varying = bool(topo.sequence or topo.gossip)
     if cfg.prediction.rank is not None:
-        # a mixing sequence runs on the low-rank path for the mean network or a given f0
-        # (ntkdyn.lowrank.gossip); one random network with a sequence does not
-        random_f0 = cfg.prediction.f0 == "random" or (
-            not cfg.prediction.f0 and cfg.prediction.kernel == "analytic")
-        why = ("a time-varying or random mixing sequence with one random network (the "
-               "low-rank path runs a sequence for prediction.f0 = \"mean\" or \"network\"; "
-               "set one of them)" if time_varying and random_f0 else
-               "training.continuous = true (the low-rank path runs discrete steps)"
-               if t.continuous else None)
-        if why:
-            raise ConfigError(f"config: prediction.rank: cannot be combined with {why}; remove "
-                              "prediction.rank for the exact path")
+        # a periodic or random mixing sequence runs on the low-rank path for every f0
+        # (ntkdyn.lowrank.gossip; one random network: networks.predict_random_lowrank /
+        # gossip.predict_random_lowrank_gossip)
+        if t.continuous:
+            raise ConfigError("config: prediction.rank: cannot be combined with "
+                              "training.continuous = true (the low-rank path runs discrete "
+                              "steps); remove prediction.rank for the exact path")
     if t.continuous and (time_varying or t.algorithm == "p2pl"):
         what = "a time-varying mixing sequence" if time_varying else "training.algorithm = 'p2pl'"
         raise ConfigError(f"config: training.continuous: the gradient flow is not defined for "

@@ -34,6 +34,7 @@ linearised finite network in parameter space, exact, ``O(N K P)`` per step.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from functools import partial
 
@@ -161,7 +162,13 @@ def predict(
     give the draws themselves, ``init`` (:class:`ntkdyn.dynamics.random_init.InitDraws`,
     caller's order).  The result is a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`
     (expected losses, ``band(..., over="init")``, ``.mean_network``);
-    ``metadata["low_rank"]["f0_draws"]`` says what the draws are.
+    ``metadata["low_rank"]["f0_draws"]`` says what the draws are.  With a periodic mixing
+    sequence the ``K + P`` columns share it; with a random one (``random_edges``,
+    ``one_random_edge``) the networks are independent, as on the exact path: ``samples``
+    (default 16) networks of ``K`` draw columns each, network ``s`` on sampled sequence
+    ``s`` (:func:`ntkdyn.lowrank.gossip.predict_random_lowrank_gossip`; ``init`` with
+    ``outputs=K``), ``.mean_network`` a :class:`~ntkdyn.trajectory.GossipTrajectory` and
+    ``.init_band_run`` the ``E[W]`` runs.
 
     ``rank``: an integer ``1..N``, or ``"auto"``: the fewest coordinates whose a-priori
     error estimate (``theory/low_rank.md``) ``error_scale(lr, N_q, T, algorithm) *
@@ -256,10 +263,6 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
     _check_loss(kwargs, rank=rank, tol=tol, f0_random=nngp is not None or init is not None)
     from ntkdyn.graphs.sequences import is_process
 
-    if is_process(mixing) and (nngp is not None or init is not None):
-        raise ValueError("nngp: one random network on the low-rank path takes a static "
-                         "mixing matrix; with a mixing sequence run the mean network (no "
-                         "nngp / init) or the exact path")
     if is_process(mixing) and kwargs.get("loss", "mse") == "cross_entropy":
         raise ValueError("mixing: cross-entropy on the low-rank path takes a static mixing "
                          "matrix; with a mixing sequence use the squared loss or the exact "
@@ -295,7 +298,9 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
     :func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`; with a mixing process
     :func:`ntkdyn.lowrank.gossip.predict_lowrank_process` (``samples``: sampled sequences
     of a random one); or with ``draws`` (a pair ``(InitDraws, info)`` of
-    :func:`_random_draws`) one random network (static mixing only)."""
+    :func:`_random_draws`) one random network (static mixing or a periodic sequence:
+    shared cyclic columns; a random sequence: independent networks,
+    :func:`ntkdyn.lowrank.gossip.predict_random_lowrank_gossip`)."""
     from ntkdyn.graphs.sequences import is_process
 
     if kwargs.get("loss", "mse") == "cross_entropy":  # (W static: checked)
@@ -310,7 +315,7 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
                                                        mixing, lr, st, algo,
                                                        draws_info=draws[1], **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if k != "loss"}
-    if is_process(mixing):
+    if is_process(mixing) and draws is None:
         from ntkdyn.lowrank.gossip import predict_lowrank_process
 
         return predict_lowrank_process(factor, y_train, agent, mixing, lr, st, algo,
@@ -321,6 +326,12 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
     from ntkdyn.lowrank import networks
 
     kwargs = {k: v for k, v in kwargs.items() if k not in ("f0_train", "f0_test")}
+    if is_process(mixing) and mixing.random:  # independent networks, s on sequence s
+        from ntkdyn.lowrank.gossip import predict_random_lowrank_gossip
+
+        return predict_random_lowrank_gossip(factor, draws[0], y_train, agent, mixing, lr, st,
+                                             algo, seed=seed, samples=samples,
+                                             draws_info=draws[1], **kwargs)
     return networks.predict_random_lowrank(factor, draws[0], y_train, agent, mixing, lr, st,
                                            algo, seed=seed, draws_info=draws[1], **kwargs)
 
@@ -371,7 +382,8 @@ def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples,
     ``init``, or ``samples`` draws from the NNGP factor of ``nngp`` (memory checked first,
     for the draws and the ``K + P``-column run)."""
     from ntkdyn._utils import memory
-    from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
+    from ntkdyn.dynamics.random_init import DEFAULT_INDEPENDENT_NETWORKS, DEFAULT_NETWORKS
+    from ntkdyn.graphs.sequences import is_process
     from ntkdyn.lowrank import networks
 
     if kwargs.get("f0_train") is not None or kwargs.get("f0_test") is not None:
@@ -383,21 +395,29 @@ def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples,
     if nngp.n != n + m:
         raise ValueError(f"nngp: expected a column source on the {n + m} pooled training "
                          f"and test inputs, got {nngp.n} rows")
+    # a random sequence: independent networks of K draw columns each (network s on
+    # sequence s, 3 P + 1 groups of K columns; lowrank.gossip), else shared cyclic columns
+    independent = is_process(mixing) and mixing.random
+    p = (DEFAULT_INDEPENDENT_NETWORKS if independent else DEFAULT_NETWORKS) \
+        if samples is None else samples
     s_rank = min(n + m, factor.rank if nngp_rank is None
                  else check_rank(nngp_rank, n + m, name="nngp_rank"))
     if kwargs.get("loss", "mse") == "cross_entropy":
         return _ce_draws(nngp, n, m, np.shape(mixing)[0], factor.rank, y_train, seed=seed,
                          samples=samples, s_rank=s_rank, block=block, method=method)
-    p = DEFAULT_NETWORKS if samples is None else samples
     k = np.shape(y_train)[1]
-    need = networks.networks_bytes(n, m, factor.rank, np.shape(mixing)[0], k, p,
+    q = mixing.num_agents if is_process(mixing) else np.shape(mixing)[0]
+    draw_cols = p * k if independent else p
+    need = networks.networks_bytes(n, m, factor.rank, q, k, draw_cols,
                                    acc_rows=kwargs.get("acc_rows"), nngp_rank=s_rank) + \
-        evolve_bytes(n, m, factor.rank, np.shape(mixing)[0], k + p,
+        evolve_bytes(n, m, factor.rank, q, (3 * p + 1) * k if independent else k + p,
                      acc_rows=kwargs.get("acc_rows"))
     memory.ensure_fits(need, f"one random network on the low-rank path ({p} networks, NNGP "
                        f"factor of rank {s_rank})",
                        "use f0='mean', fewer samples, a smaller rank or nngp_rank")
-    return networks.nngp_draws(nngp, n, p, seed, rank=s_rank, method=method, block=block)
+    draws, info = networks.nngp_draws(nngp, n, draw_cols, seed, rank=s_rank, method=method,
+                                      block=block)
+    return (dataclasses.replace(draws, outputs=k), info) if independent else (draws, info)
 
 
 def _ce_draws(nngp, n: int, m: int, agents: int, rank: int, y_train, *, seed, samples,

@@ -22,12 +22,21 @@ the records are those of the static path.
   :class:`~ntkdyn.trajectory.GossipTrajectory` (means over the sequences, quantile bands,
   ``.expected``, ``per_sample``).
 
+* **One random network** (``f0="random"``) on random gossip
+  (:func:`predict_random_lowrank_gossip`): as on the exact path, ``P`` independent
+  networks of ``K`` draw columns, network ``s`` on sequence ``s``, the mean network on
+  the same sequences and the ``E[W]`` recursion from every network's ``f_0`` and from
+  ``f_0 = 0``: ``G = 3 P + 1`` groups whose residuals differ, each group's record terms
+  sliced from the ``G K`` columns (:func:`group_columns`).  (A periodic sequence keeps the
+  ``K + P`` shared cyclic columns: :func:`ntkdyn.lowrank.networks.predict_random_lowrank`.)
+
 Divergence is flagged for the whole state (one flag for every group; the exact path keeps
 one per group): a sequence that diverges stops the others' records too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -115,10 +124,13 @@ def grouped_data(data: dict, groups: int) -> dict:
 
 
 def process_operators(data: dict, t, *, q_count: int, central: bool, sampler,
-                      mixes_per_step: int, groups: int) -> Operators:
+                      mixes_per_step: int, groups: int, tile: bool = True) -> Operators:
     """:func:`ntkdyn.lowrank.evolve.lowrank_operators` on ``G`` column groups with the
-    combine ``x_q <- sum_p (W_e^g)_qp x_p`` of each group's matrix at step ``t``."""
-    base = lowrank_operators(grouped_data(data, groups), q_count, central)
+    combine ``x_q <- sum_p (W_e^g)_qp x_p`` of each group's matrix at step ``t``.
+    ``tile``: the residual terms of ``data`` hold ``K`` columns, shared by the groups
+    (:func:`grouped_data`); ``False``: they already hold each group's ``G K`` columns
+    (one random network's independent networks, :func:`predict_random_lowrank_gossip`)."""
+    base = lowrank_operators(grouped_data(data, groups) if tile else data, q_count, central)
     w_at = mixing_at(data, t, sampler=sampler, mixes_per_step=mixes_per_step)
 
     def mix(x, j=0):
@@ -171,6 +183,195 @@ def run_process_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_
 
     return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
                         check=checked, record=record)
+
+
+# ----------------------------------------------------- one random network, random gossip
+def group_columns(prep, res_test, counts, groups: int) -> dict:
+    r"""The column terms of the records for ``G`` groups whose residuals differ (leading
+    axis ``G``, ``K`` columns each), from the prepared data of ``G K`` columns: the linear
+    terms ``Phi^T r`` sliced, the constants ``||r_g||^2`` (train, objective with the
+    weights ``1 / (Q N_q)``, per agent in the Gram form, test) per group, the residual
+    blocks of the feature form and the initial outputs of the accuracies and outputs."""
+    data, res = prep.data, prep.res
+    n, q_count = res.shape[0], len(counts)
+    k = res.shape[1] // groups
+
+    def cols(a):
+        a = jnp.asarray(a)
+        return jnp.moveaxis(a.reshape(*a.shape[:-1], groups, k), -2, 0)
+
+    sq = (res.reshape(n, groups, k) ** 2).sum(axis=2)  # (N, G)
+    wts = np.repeat(1.0 / counts / q_count, counts)
+    out = {"train": {"lin": cols(data["train"]["lin"]), "const": jnp.asarray(sq.sum(0))},
+           "obj": {"lin": cols(data["obj"]["lin"]),
+                   "const": jnp.asarray((sq * wts[:, None]).sum(0))},
+           "acc_f0": cols(data["acc_f0"])}
+    if "grams" in data:
+        off = prep.offsets
+        out["lins"] = cols(data["lins"])
+        out["consts"] = jnp.asarray(np.stack([sq[off[q]:off[q + 1]].sum(0)
+                                              for q in range(q_count)], axis=1))
+    elif isinstance(data["res"], tuple):
+        out["res"] = tuple(cols(rq) for rq in data["res"])
+    else:
+        out["res"] = cols(data["res"])
+    if "f0" in data:
+        out["f0"] = cols(data["f0"])
+    if res_test is not None:
+        out["f0_test"] = cols(data["f0_test"])
+        out["test"] = {"lin": cols(data["test"]["lin"]), "const": jnp.asarray(
+            (res_test.reshape(len(res_test), groups, k) ** 2).sum(axis=(0, 2)))}
+    return out
+
+
+def _with_group(data: dict, one: dict) -> dict:
+    """``data`` with one group's column terms (:func:`group_columns`) in place."""
+    out = dict(data, **{key: v for key, v in one.items()
+                        if key not in ("train", "obj", "test")})
+    for key in ("train", "obj", "test"):
+        if key in one:
+            out[key] = dict(data[key], **one[key])
+    return out
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
+                                   "record_outputs", "sampler", "groups"))
+def run_independent_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+                          record_outputs, sampler, groups):
+    """:func:`run_process_chunk` for groups with their own residuals (``data["groups"]``:
+    :func:`group_columns`): each group recorded with its own column terms."""
+    params = algorithm.parameters
+    checked = divergence_check(params, data["limit_per_step"])
+
+    def operators(t):
+        return process_operators(data, t, q_count=q_count, central=central, sampler=sampler,
+                                 mixes_per_step=algorithm.mixes_per_step, groups=groups,
+                                 tile=False)
+
+    def record(st, x):
+        a, r, c = params(x).shape
+        xg = jnp.moveaxis(params(x).reshape(a, r, groups, c // groups), 2, 0)
+        rec = jax.vmap(lambda one, cols: record_state(
+            one, _with_group(data, cols), q_count=q_count, central=central,
+            has_test=has_test, record_outputs=record_outputs))(xg, data["groups"])
+        rec["diverged"] = jnp.broadcast_to(st[2], (groups,))
+        return st, rec
+
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
+                        check=checked, record=record)
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "sampler", "groups"))
+def init_independent_state(x0, data, *, algorithm, q_count, central, sampler, groups):
+    """The algorithm's initial state with the operators of step 0 (groups' own residuals)."""
+    ops = process_operators(data, jnp.asarray(0.0), q_count=q_count, central=central,
+                            sampler=sampler, mixes_per_step=algorithm.mixes_per_step,
+                            groups=groups, tile=False)
+    return algorithm.initial_state(x0, ops)
+
+
+def independent_outputs(draws, y, yt):
+    """``(Y, f_0, Y_T, f_0T)`` of the ``G = 3 P + 1`` groups side by side (``G K``
+    columns), the exact path's layout (:func:`ntkdyn.dynamics.random_init.
+    group_initial_outputs` with the band over initialisations): the ``P`` networks
+    (``f_0 = g_s``, network ``s``'s ``K`` draw columns), the mean network ``P`` times,
+    the ``P`` networks again (the ``E[W]`` runs), the mean network (``E[W]``)."""
+    p, k = draws.samples, y.shape[1]
+
+    def layout(g, rows):
+        nets = g.reshape(rows, p, k).transpose(1, 0, 2)
+        zero = np.zeros((p, rows, k))
+        groups = np.concatenate([nets, zero, nets, np.zeros((1, rows, k))])
+        return groups.transpose(1, 0, 2).reshape(rows, -1)
+
+    n, g_count = y.shape[0], 3 * p + 1
+    yt_aug = ft_aug = None
+    if yt is not None:
+        yt_aug, ft_aug = np.tile(yt, (1, g_count)), layout(draws.test, yt.shape[0])
+    return np.tile(y, (1, g_count)), layout(draws.train, n), yt_aug, ft_aug
+
+
+# long unit: checks, the 3 P + 1 groups, run, assembly as the exact path's
+def predict_random_lowrank_gossip(
+    factor: LowRankFactor, draws, y_train, agent, process, lr, steps,
+    algorithm: str | Algorithm = "dgd", *, samples: int | None = None, y_test=None,
+    reference: bool = True, record_outputs: bool = False, acc_rows: int | None = None,
+    chunk: int = 25, progress: bool = False, seed: int = 0, metadata: dict | None = None,
+    form: str = "auto", draws_info: dict | None = None,
+):
+    r"""One random network with a random mixing sequence on the low-rank path, as on the
+    exact path (:func:`ntkdyn.dynamics.run.run_problem`): ``P = draws.samples``
+    independent networks (``draws.outputs == K`` draw columns each), network ``s`` on
+    sampled sequence ``s``; the mean network on the same ``P`` sequences; the ``E[W]``
+    recursion from each network's ``f_0`` and from ``f_0 = 0`` -- ``G = 3 P + 1`` groups
+    of ``K`` columns in one state ``(A, r, G K)`` (:func:`independent_outputs`), each
+    group mixed by its own matrix and recorded with its own residual
+    (:func:`group_columns`).  Returns a
+    :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` (band over initialisations and
+    sequences; ``.mean_network`` a :class:`~ntkdyn.trajectory.GossipTrajectory`;
+    ``.init_band_run`` the ``E[W]`` runs).  ``samples``: ``None`` or ``P``."""
+    from ntkdyn.dynamics import random_init
+    from ntkdyn.dynamics.run import aggregate_sequences
+    from ntkdyn.graphs.sequences import resolve_mixing
+
+    algo = get_algorithm(algorithm)
+    w_exp, process = resolve_mixing(process, name="mixing")
+    y = np.asarray(y_train, dtype=np.float64)
+    n, k, p = factor.phi.shape[0], y.shape[1], draws.samples
+    if process is None or not process.random:
+        raise ValueError("mixing: expected a random mixing sequence (random_edges / "
+                         "one_random_edge); static and periodic ones run on "
+                         "networks.predict_random_lowrank")
+    if draws.outputs != k or draws.train.shape != (n, p * k):
+        raise ValueError(f"draws: independent networks need ({n}, P K) training draws with "
+                         f"K = {k} per network (outputs={k}), got {draws.train.shape} with "
+                         f"outputs={draws.outputs}")
+    if samples is not None and samples != p:
+        raise ValueError(f"samples: with f0='random' network s runs on sequence s: expected "
+                         f"samples = {p} (the sampled networks), got {samples!r}")
+    yt = None if y_test is None else np.asarray(y_test, dtype=np.float64)
+    if yt is not None and (draws.test is None or draws.test.shape != (yt.shape[0], p * k)):
+        raise ValueError(f"draws: expected ({yt.shape[0]}, {p * k}) test draws")
+    groups = 3 * p + 1
+    y_aug, f0_aug, yt_aug, ft_aug = independent_outputs(draws, y, yt)
+    inp = lowrank_inputs(factor, y_aug, agent, w_exp, lr, steps, f0_aug, yt_aug, ft_aug,
+                         acc_rows)
+    r, q_count = inp.phi.shape[1], inp.w.shape[0]
+    prep = prepare_features(factor, inp, form=form, reference=reference,
+                            record_outputs=record_outputs, acc_rows=acc_rows, seed=seed,
+                            labels=k, what=f"this low-rank prediction of one random network "
+                            f"({p} networks on {p} mixing sequences, {groups} groups)",
+                            hint="use fewer samples, a smaller rank, acc_rows=..., or "
+                                 "f0='mean'")
+    data = dict(prep.data, **process_data(process, p))
+    data["mix_keys"] = jnp.concatenate([data["mix_keys"]] * 2)  # networks, mean network
+    data["mix_expected"] = jnp.broadcast_to(data["mix_expected"], (p + 1, q_count, q_count))
+    data["groups"] = group_columns(prep, None if yt is None else inp.ft - inp.yt,
+                                   inp.counts, groups)
+    runner = (partial(init_independent_state, sampler=process.sampler, groups=groups),
+              partial(run_independent_chunk, sampler=process.sampler, groups=groups))
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank {algo.name}, {p} networks on random mixing", runner=runner)
+    inp_k = dataclasses.replace(  # the metadata and estimate: the mean network's columns
+        inp, y=inp.y[:, -k:], f0=inp.f0[:, -k:], yt=None if yt is None else inp.yt[:, -k:],
+        ft=None if yt is None else inp.ft[:, -k:])
+    meta = lowrank_metadata(factor, algo, inp_k, padded=prep.padded, gram=prep.gram,
+                            acc_rows=acc_rows, given_f0=False, metadata=metadata)
+    meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed)
+    meta["mixing_process"] = process.describe()
+    meta["mixing_note"] = "'mixing' is the expected matrix"
+    trajs = [records_trajectory({key: v[:, g] for key, v in raw.items()}, q_count, reference,
+                                rec_steps, phase, inp.lr_q, meta, prep.order,
+                                float(carry[3])) for g in range(groups)]
+    last = trajs[-1]
+    mean = aggregate_sequences(trajs[p:2 * p], last, what="mixing")
+    band = random_init.init_band_run(last, trajs[2 * p:3 * p], draws)
+    traj = random_init.assemble(mean, trajs[:p], draws, None, over="init+mixing",
+                                init_band=band)
+    return dataclasses.replace(traj, metadata=dict(traj.metadata, path="low_rank"))
 
 
 # long unit: predict_lowrank's steps for a process: checks, groups, run, assembly
@@ -255,6 +456,8 @@ def predict_lowrank_process(
     return aggregate_sequences(trajs[:-1], trajs[-1], what="mixing")
 
 
-__all__ = ["DEFAULT_SAMPLES", "group_records", "grouped_data", "init_process_state",
-           "mixing_at", "predict_lowrank_process", "process_data", "process_groups",
-           "process_operators", "run_process_chunk"]
+__all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
+           "independent_outputs", "init_independent_state", "init_process_state",
+           "mixing_at", "predict_lowrank_process", "predict_random_lowrank_gossip",
+           "process_data", "process_groups", "process_operators", "run_independent_chunk",
+           "run_process_chunk"]

@@ -345,6 +345,44 @@ def assemble_networks(raw: dict, q_count: int, central: bool, steps, phase, lr_q
     return dataclasses.replace(traj, metadata=dict(traj.metadata, path="low_rank"))
 
 
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
+                                   "record_outputs", "k", "networks", "sampler"))
+def run_process_chunk_networks(carry, n_steps, data, *, algorithm, q_count, central,
+                               has_test, record_outputs, k, networks, sampler):
+    """:func:`run_chunk_networks` with the step's mixing matrix of a periodic sequence
+    (:func:`ntkdyn.lowrank.gossip.process_operators`, one group: the ``K + P`` columns
+    share the sequence, as on the exact path)."""
+    from ntkdyn.lowrank.gossip import process_operators
+
+    params = algorithm.parameters
+    checked = divergence_check(params, data["limit_per_step"])
+
+    def operators(t):
+        return process_operators(data, t, q_count=q_count, central=central, sampler=sampler,
+                                 mixes_per_step=algorithm.mixes_per_step, groups=1)
+
+    def record(st, x):
+        rec = _record_networks(params(x), data, q_count=q_count, central=central,
+                               has_test=has_test, record_outputs=record_outputs, k=k,
+                               networks=networks)
+        rec["diverged"] = st[2]
+        return st, rec
+
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
+                        check=checked, record=record)
+
+
+def _runner(process, k: int, p: int):
+    """``(init_state, run_chunk)`` of :func:`run_features`: static mixing, or a periodic
+    sequence (``process``; :mod:`ntkdyn.lowrank.gossip`)."""
+    if process is None:
+        return init_state, partial(run_chunk_networks, k=k, networks=p)
+    from ntkdyn.lowrank.gossip import init_process_state
+
+    return (partial(init_process_state, sampler=process.sampler, groups=1),
+            partial(run_process_chunk_networks, k=k, networks=p, sampler=process.sampler))
+
+
 # long unit: predict_lowrank's steps with K + P columns and the networks' records
 def predict_random_lowrank(
     factor: LowRankFactor, draws: InitDraws, y_train, agent, mixing, lr, steps,
@@ -358,8 +396,22 @@ def predict_random_lowrank(
     ``(M, P)``, the caller's order) in one run of ``K + P`` columns; arguments as
     :func:`ntkdyn.lowrank.predict_lowrank` (``record_outputs``: the mean network's outputs,
     ``traj.mean_network.train_outputs``).  ``draws_info`` goes to
-    ``metadata["low_rank"]["f0_draws"]``."""
+    ``metadata["low_rank"]["f0_draws"]``.  ``mixing`` may be a periodic sequence
+    (:func:`ntkdyn.graphs.periodic`): the ``K + P`` columns are mixed by ``W_e`` at every
+    event, as the exact path's shared cyclic columns (:mod:`ntkdyn.lowrank.gossip`); a
+    random one (independent networks, network ``s`` on sequence ``s``) is
+    :func:`ntkdyn.lowrank.gossip.predict_random_lowrank_gossip`."""
+    from ntkdyn.graphs.sequences import is_process, resolve_mixing
+
     algo = get_algorithm(algorithm)
+    process = None
+    if is_process(mixing):
+        mixing, process = resolve_mixing(mixing, name="mixing")
+        if process.random:
+            raise ValueError("mixing: a random sequence with one random network runs "
+                             "independent networks (lowrank.gossip.predict_random_lowrank_"
+                             "gossip); predict_random_lowrank takes a static matrix or a "
+                             "periodic sequence")
     y = np.asarray(y_train, dtype=np.float64)
     n, k, p = factor.phi.shape[0], y.shape[1] if y.ndim == 2 else 0, draws.samples
     if draws.train.shape != (n, p):
@@ -385,7 +437,11 @@ def predict_random_lowrank(
     data = prep.data
     data.update(network_data(data, prep.phi_s, prep.res, prep.offsets, inp.counts,
                              None if inp.yt is None else inp.ft - inp.yt))
-    runner = (init_state, partial(run_chunk_networks, k=k, networks=p))
+    if process is not None:
+        from ntkdyn.lowrank.gossip import process_data
+
+        data.update(process_data(process, None))
+    runner = _runner(process, k, p)
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, k + p)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
@@ -398,9 +454,13 @@ def predict_random_lowrank(
     meta = lowrank_metadata(factor, algo, inp_k, padded=prep.padded, gram=prep.gram,
                             acc_rows=acc_rows, given_f0=False, metadata=metadata)
     meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed)
+    if process is not None:
+        meta["mixing_process"] = process.describe()
+        meta["mixing_note"] = "'mixing' is the average over the period"
     return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
                              prep.order, float(carry[3]), draws)
 
 
 __all__ = ["APPROX_WORDS", "EXACT_WORDS", "assemble_networks", "draw_variance", "network_data",
-           "networks_bytes", "nngp_draws", "predict_random_lowrank", "run_chunk_networks"]
+           "networks_bytes", "nngp_draws", "predict_random_lowrank", "run_chunk_networks",
+           "run_process_chunk_networks"]
