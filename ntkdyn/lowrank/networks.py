@@ -289,13 +289,27 @@ def _record_networks(x, data, *, q_count, central, has_test, record_outputs, k, 
 
 
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
-                                   "record_outputs", "k", "networks"))
+                                   "record_outputs", "k", "networks", "sampler"))
 def run_chunk_networks(carry, n_steps, data, *, algorithm, q_count, central, has_test,
-                       record_outputs, k, networks):
-    """:func:`ntkdyn.lowrank.evolve.run_chunk` recording the mean and sampled networks."""
-    ops = lowrank_operators(data, q_count, central)
+                       record_outputs, k, networks, sampler=None):
+    """:func:`ntkdyn.lowrank.evolve.run_chunk` recording the mean and sampled networks; with
+    a periodic sequence's ``sampler`` each step takes that step's mixing matrix
+    (:func:`ntkdyn.lowrank.gossip.process_operators`, one group: the ``K + P`` columns share
+    the sequence, as on the exact path)."""
     params = algorithm.parameters
     checked = divergence_check(params, data["limit_per_step"])
+    if sampler is None:
+        ops = lowrank_operators(data, q_count, central)
+
+        def operators(t):
+            return ops
+    else:
+        from ntkdyn.lowrank.gossip import process_operators
+
+        def operators(t):
+            return process_operators(data, t, q_count=q_count, central=central,
+                                     sampler=sampler, mixes_per_step=algorithm.mixes_per_step,
+                                     groups=1)
 
     def record(st, x):
         rec = _record_networks(params(x), data, q_count=q_count, central=central,
@@ -304,7 +318,7 @@ def run_chunk_networks(carry, n_steps, data, *, algorithm, q_count, central, has
         rec["diverged"] = st[2]
         return st, rec
 
-    return scan_records(carry, n_steps, algorithm=algorithm, operators=lambda t: ops,
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
                         check=checked, record=record)
 
 
@@ -345,33 +359,6 @@ def assemble_networks(raw: dict, q_count: int, central: bool, steps, phase, lr_q
     return dataclasses.replace(traj, metadata=dict(traj.metadata, path="low_rank"))
 
 
-@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
-                                   "record_outputs", "k", "networks", "sampler"))
-def run_process_chunk_networks(carry, n_steps, data, *, algorithm, q_count, central,
-                               has_test, record_outputs, k, networks, sampler):
-    """:func:`run_chunk_networks` with the step's mixing matrix of a periodic sequence
-    (:func:`ntkdyn.lowrank.gossip.process_operators`, one group: the ``K + P`` columns
-    share the sequence, as on the exact path)."""
-    from ntkdyn.lowrank.gossip import process_operators
-
-    params = algorithm.parameters
-    checked = divergence_check(params, data["limit_per_step"])
-
-    def operators(t):
-        return process_operators(data, t, q_count=q_count, central=central, sampler=sampler,
-                                 mixes_per_step=algorithm.mixes_per_step, groups=1)
-
-    def record(st, x):
-        rec = _record_networks(params(x), data, q_count=q_count, central=central,
-                               has_test=has_test, record_outputs=record_outputs, k=k,
-                               networks=networks)
-        rec["diverged"] = st[2]
-        return st, rec
-
-    return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
-                        check=checked, record=record)
-
-
 def _runner(process, k: int, p: int):
     """``(init_state, run_chunk)`` of :func:`run_features`: static mixing, or a periodic
     sequence (``process``; :mod:`ntkdyn.lowrank.gossip`)."""
@@ -380,7 +367,7 @@ def _runner(process, k: int, p: int):
     from ntkdyn.lowrank.gossip import init_process_state
 
     return (partial(init_process_state, sampler=process.sampler, groups=1),
-            partial(run_process_chunk_networks, k=k, networks=p, sampler=process.sampler))
+            partial(run_chunk_networks, k=k, networks=p, sampler=process.sampler))
 
 
 # long unit: predict_lowrank's steps with K + P columns and the networks' records
@@ -462,5 +449,4 @@ def predict_random_lowrank(
 
 
 __all__ = ["APPROX_WORDS", "EXACT_WORDS", "assemble_networks", "draw_variance", "network_data",
-           "networks_bytes", "nngp_draws", "predict_random_lowrank", "run_chunk_networks",
-           "run_process_chunk_networks"]
+           "networks_bytes", "nngp_draws", "predict_random_lowrank", "run_chunk_networks"]
