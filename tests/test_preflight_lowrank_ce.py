@@ -4,10 +4,12 @@ largest softmax curvature, the sweep, the chosen rate's prediction, no fixed poi
 on the truncated operator, labelled low-rank; at rank N they are the exact check's."""
 
 import dataclasses
+import json
 
+import jsonschema
 import numpy as np
 import pytest
-from test_preflight import _cfg
+from test_preflight import SCHEMA, _cfg
 
 from ntkdyn import lowrank
 from ntkdyn.config.experiment import from_config
@@ -59,6 +61,7 @@ def test_full_rank_cross_entropy_check_equals_the_exact_check():
     assert "steady state: none (cross-entropy on separable data" in text
     assert f"every rate on the one rank-{N} factor" in text
     assert "are those of the truncated kernel" in low.caveat
+    jsonschema.validate(json.loads(low.to_json()), SCHEMA)
 
 
 def test_truncated_cross_entropy_verdicts_bound_the_exact_ones_and_random_network():
