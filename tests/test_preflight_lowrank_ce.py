@@ -110,3 +110,27 @@ def test_linearised_stability_at_network_outputs_equals_the_exact_path():
 def test_rank_auto_with_cross_entropy_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match="prediction.rank: 'auto'.*integer prediction.rank"):
         check(_cfg(training=CE, prediction={"rank": "auto"}))
+
+
+def test_feature_operator_above_dense_max_uses_arpack():
+    """Q r > DENSE_MAX (1500): the feature operator's spectral radius went through the
+    inherited structured (shift-invert) path, which reads the kernel's row blocks, and
+    failed with an AttributeError (``_structure``; met by ``check`` at rank 256 with 8
+    agents); it now falls back to ARPACK and agrees with the dense radius to 1e-8."""
+    from ntkdyn import graphs
+    from ntkdyn.algorithms import get_algorithm
+    from ntkdyn.lowrank.factor import LowRankFactor
+    from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
+
+    rng = np.random.default_rng(1)
+    n, r, q = 400, 380, 4
+    phi = rng.normal(size=(n, r)) / np.sqrt(r)
+    factor = LowRankFactor(phi=phi, phi_test=None, eigenvalues=np.ones(r),
+                           landmarks=np.arange(r), method="given", trace=float(np.sum(phi**2)),
+                           residual_trace=0.0, next_eigenvalue=0.0)
+    w = graphs.mixing(graphs.topology("ring", q))
+    op = FeatureStepOperator(FeatureProblem(factor, np.arange(n) % q, w),
+                             get_algorithm("dgd"))
+    assert op.dim > 1500
+    auto, dense = op.spectral_radius(0.3), op.spectral_radius(0.3, method="dense")
+    assert abs(auto - dense) <= 1e-8 * dense
