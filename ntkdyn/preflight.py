@@ -320,14 +320,12 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
             "training.batch_size > 0" if t.batch_size else None)
     if what is None:
         return
-    if p.rank is not None and t.loss != "mse":
-        raise ConfigError("config: prediction.rank: the low-rank check is for the squared "
-                          f"loss, got {what}: its rate sweep, lr* and a-priori error estimate "
-                          "assume affine dynamics (cross-entropy's are not), and the low-rank "
-                          "path has no error estimate for cross-entropy; `ntkdyn predict` runs "
-                          "it (an integer rank, prediction.f0 = 'mean' or 'network'); remove "
-                          "prediction.rank for the exact check")
-    if p.rank is not None:
+    if p.rank == "auto" and t.loss != "mse":
+        raise ConfigError("config: prediction.rank: 'auto' chooses the rank from the squared "
+                          "loss's a-priori error estimate, which does not bound cross-entropy "
+                          "(as in nd.predict); give an integer prediction.rank (and no "
+                          "prediction.tol) for the low-rank cross-entropy check")
+    if p.rank is not None and t.batch_size:
         raise ConfigError(f"config: prediction.rank: the low-rank check is for the squared "
                           f"loss with full-batch gradients, got {what}; remove prediction.rank")
     if measure_edge:
@@ -537,6 +535,8 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
                                                      y_train=data.y_train,
                                                      f0_train=f0_train)
     t_kernel = time.perf_counter()
+    if cfg.training.loss != "mse":
+        return _check_lowrank_ce(cfg, exp, factor, params, steps, algo, (t0, t_kernel))
     name = _topology_name(cfg)
     verdicts = [_as_verdict(lowrank.lowrank_stability(factor, agent, mixing, a, lr), name)
                 for a in COMPARED]
@@ -576,6 +576,142 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
                  "prediction_s": t_end - t_stab, "topologies_and_edge_s": 0.0,
                  "total_s": t_end - t0},
         versions=versions(), low_rank=low)
+
+
+LOW_RANK_CE_WORDS = ("cross-entropy on the low-rank path: the verdicts are the exact path's "
+                     "(the step linearised at f_0, the sufficient bound from the largest "
+                     "softmax curvature) computed on the truncated operator Phi Phi^T; "
+                     + LOW_RANK_WORDS)
+
+
+def _check_lowrank_ce(cfg: Config, exp: Experiment, factor, params, steps, algo,
+                      times: tuple[float, float]) -> CheckReport:
+    """:func:`check` with ``[prediction] rank`` (an integer) and ``training.loss =
+    "cross_entropy"``: what the exact cross-entropy check reports, on the factor's truncated
+    operator ``Phi Phi^T``.  Verdicts: :func:`ntkdyn.lowrank.cross_entropy.
+    lowrank_ce_stability` (the step linearised at ``f_0`` -- the mean network's ``f_0 = 0``
+    for the analytic kernel, the network's own with the empirical one, as the exact check --
+    and the sufficient bound from the largest softmax curvature ``s^2/2``); the sweep of
+    rates (fractions of ``lr*``) and the chosen rate's prediction on the **same** factor
+    (each rate :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`, what
+    ``nd.predict_sweep(..., rank=r, loss="cross_entropy")`` runs per rate on its one
+    factor); no fixed point (:data:`ntkdyn.dynamics.ce_stability.NO_FIXED_POINT`); no
+    a-priori error estimate (it bounds the squared loss only).  A mixing sequence is a
+    :class:`ConfigError` naming ``prediction.rank`` (cross-entropy on the low-rank path
+    takes a static matrix)."""
+    from ntkdyn.dynamics.ce_stability import NO_FIXED_POINT
+    from ntkdyn.lowrank.cross_entropy import NO_ESTIMATE, lowrank_ce_stability
+
+    if gossip.is_process(exp.mixing):
+        raise ConfigError("config: prediction.rank: cross-entropy on the low-rank path takes "
+                          "a static mixing matrix; remove prediction.rank for check with a "
+                          "mixing sequence or random gossip")
+    data, agent, lr = exp.parts.dataset, exp.parts.agent, cfg.training.lr
+    w = np.asarray(exp.mixing, dtype=float)
+    name, scale = _topology_name(cfg), exp.loss.get("logit_scale", 1.0)
+    f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, low_rank=True)
+    outputs = _network_outputs(exp, params) if f0 == "network" else {}
+    kw = dict(num_outputs=data.y_train.shape[1], logit_scale=scale,
+              f0_train=outputs.get("f0_train"))
+    verdicts, cache = [], {}
+    for a in COMPARED:  # CTA's spectrum is ATC's (shares_spectrum_with), as on the exact path
+        key = (a.shares_spectrum_with if a.shares_spectrum_with in {b.name for b in COMPARED}
+               else a.name)
+        if key not in cache:
+            cache[key] = lowrank_ce_stability(factor, agent, w, key, lr, **kw)
+        verdicts.append(_as_verdict(dataclasses.replace(cache[key], algorithm=a.name), name))
+    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
+    if chosen is None:
+        chosen = _as_verdict(lowrank_ce_stability(factor, agent, w, algo, lr, **kw), name)
+        verdicts.append(chosen)
+    t_stab = time.perf_counter()
+    sweep, prediction = _lowrank_ce_sweep(factor, exp, cfg, chosen, steps, algo, outputs)
+    if prediction is not None:
+        prediction.update(steady_state_note=NO_FIXED_POINT, steady_state_consensus_gap=None,
+                          steady_state_distance_to_centralised=None,
+                          steady_state_test_loss=None,
+                          one_random_network=_lowrank_ce_networks(factor, exp, cfg, steps,
+                                                                  algo) if f0 == "random"
+                          else None)
+    t_end = time.perf_counter()
+    low = dict(factor.describe(), error_estimate=None, error_estimate_kind="unavailable",
+               error_estimate_reason=NO_ESTIMATE, tol=None, loss="cross_entropy",
+               verdicts="low-rank: " + LOW_RANK_CE_WORDS)
+    caveat = (f"Low-rank path (rank {factor.rank}, no a-priori error estimate with "
+              f"cross-entropy: {NO_ESTIMATE}): the stability verdicts (linearised at f_0), "
+              "the sweep and the prediction are those of the truncated kernel; "
+              f"{LOW_RANK_WORDS}, so a rate inside it can still be outside for the full "
+              "kernel. " + _caveat(cfg.prediction.kernel, cfg.architecture.width))
+    return CheckReport(
+        config=cfg.to_dict(), kernel=cfg.prediction.kernel, width=cfg.architecture.width,
+        topology=name, algorithm=cfg.training.algorithm, lr=lr,
+        target_loss=cfg.prediction.target_loss, horizon=int(cfg.training.steps),
+        stability=verdicts, inside=chosen.inside, prediction=prediction, sweep=sweep,
+        recommended=_recommend(sweep, chosen.stable_rates), caveat=caveat,
+        kernel_layout="full",
+        timings={"kernel_s": times[1] - times[0], "stability_s": t_stab - times[1],
+                 "prediction_s": t_end - t_stab, "topologies_and_edge_s": 0.0,
+                 "total_s": t_end - times[0]},
+        versions=versions(), low_rank=low, loss=cfg.training.loss)
+
+
+def _network_outputs(exp: Experiment, params) -> dict:
+    """``f0_train`` / ``f0_test`` of the network initialised with ``params``."""
+    data, arch = exp.parts.dataset, exp.arch
+    return {"f0_train": np.asarray(arch.apply(params, data.x_train)),
+            "f0_test": np.asarray(arch.apply(params, data.x_test)) if data.num_test > 0
+            else None}
+
+
+def _lowrank_ce_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdict, steps,
+                      algo, outputs: dict) -> tuple[list[dict], dict | None]:
+    """The exact check's sweep (:data:`SWEEP_FRACTIONS` of ``lr*``) and, inside the regime,
+    the chosen rate's prediction, every rate a cross-entropy run on the one ``factor``
+    (mean network, or the network's own ``f_0`` with ``outputs``)."""
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+
+    data, target = exp.parts.dataset, cfg.prediction.target_loss
+    rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
+             if 0 < chosen.lr_star < np.inf else [])
+    if chosen.inside:
+        rates.append(cfg.training.lr)
+    trajs = [predict_lowrank_ce(factor, data.y_train, exp.parts.agent,
+                                np.asarray(exp.mixing, dtype=float), lr, steps, algo,
+                                y_test=data.y_test if data.num_test > 0 else None,
+                                reference=False, logit_scale=exp.loss["logit_scale"],
+                                **outputs) for lr in rates]
+    sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
+    return sweep, _summarise(trajs[-1], target) if chosen.inside else None
+
+
+def _lowrank_ce_networks(factor, exp: Experiment, cfg: Config, steps, algo) -> dict:
+    """One random network with cross-entropy on the factor (as the exact check's
+    ``one_random_network``): ``prediction.samples`` networks (default
+    :data:`~ntkdyn.dynamics.random_init.DEFAULT_INDEPENDENT_NETWORKS`), ``K`` NNGP draw
+    columns each from the rank-``r`` NNGP factor (:mod:`ntkdyn.lowrank.networks`),
+    :func:`~ntkdyn.lowrank.cross_entropy.predict_random_lowrank_ce`."""
+    from ntkdyn.dynamics.random_init import DEFAULT_INDEPENDENT_NETWORKS
+    from ntkdyn.lowrank import networks
+    from ntkdyn.lowrank.cross_entropy import predict_random_lowrank_ce
+
+    data, target = exp.parts.dataset, cfg.prediction.target_loss
+    has_test, k = data.num_test > 0, data.y_train.shape[1]
+    nngp = lowrank_nngp_source(exp.arch, data.x_train, data.x_test if has_test else None)
+    p = cfg.prediction.samples or DEFAULT_INDEPENDENT_NETWORKS
+    draws, info = networks.nngp_draws(nngp, data.num_train, p * k, cfg.seed,
+                                      rank=factor.rank)
+    traj = predict_random_lowrank_ce(factor, dataclasses.replace(draws, outputs=k),
+                                     data.y_train, exp.parts.agent,
+                                     np.asarray(exp.mixing, dtype=float), cfg.training.lr,
+                                     steps, algo, y_test=data.y_test if has_test else None,
+                                     reference=False, draws_info=info,
+                                     logit_scale=exp.loss["logit_scale"])
+    one = {"samples": traj.samples, "status": traj.status,
+           "steps_to_target_expected": _steps_to_target(traj, target)}
+    for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        one[f"final_{metric}_expected"] = float(traj.network_mean(metric)[-1])
+        one[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
+    return one
 
 
 def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, algo) -> dict:
@@ -764,10 +900,10 @@ def _prediction_lines(r: CheckReport) -> list[str]:
               + (" (mean network); expected loss of one random network: "
                  + (f"reached at step {hit}" if hit is not None else "not reached")
                  if one is not None else "")]
-    if r.low_rank is not None:
-        lines.append("  steady state: not computed on the low-rank path")
-    elif p.get("steady_state_note"):
+    if p.get("steady_state_note"):
         lines.append(f"  steady state: none ({p['steady_state_note']})")
+    elif r.low_rank is not None:
+        lines.append("  steady state: not computed on the low-rank path")
     elif p["steady_state_consensus_gap"] is None:
         lines.append("  steady state: none (a periodic mixing sequence ends on a periodic "
                      "orbit)")
@@ -799,13 +935,14 @@ def _minibatch_lines(mb: dict | None) -> list[str]:
 
 def _sweep_lines(r: CheckReport) -> list[str]:
     """The learning-rate sweep table and the recommended rate."""
-    if r.low_rank is not None:
+    if r.low_rank is not None and r.loss == "mse":
         lines = ["", "Learning-rate sweep: not run on the low-rank path (remove "
                  "prediction.rank for it)"]
     else:
-        lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, one "
-                 "batched prediction):", "  lr          final test loss   test acc   steps "
-                 "to target"]
+        how = ("one batched prediction" if r.low_rank is None else
+               f"every rate on the one rank-{r.low_rank['rank']} factor")
+        lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, {how}):",
+                 "  lr          final test loss   test acc   steps to target"]
     for s in r.sweep:
         hit = s["steps_to_target"]
         lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "

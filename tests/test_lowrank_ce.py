@@ -219,15 +219,18 @@ def test_predict_command_random_network_with_rank_and_cross_entropy(tmp_path):
     assert "3 sampled networks" in text and "expected (5-95 %:" in text
 
 
-def test_check_with_rank_and_cross_entropy_says_why(tmp_path):
+def test_check_with_rank_auto_and_cross_entropy_says_why(tmp_path):
+    """``ntkdyn check`` with an integer rank and cross-entropy now runs
+    (tests/test_preflight_lowrank_ce.py; before, every rank was refused here);
+    ``rank = "auto"`` stays refused, naming the field, as in nd.predict."""
     from ntkdyn.config import ConfigError
     from ntkdyn.preflight import check
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(TINY_TOML.replace('record_every = 10\n', 'record_every = 10\nloss = '
-                                     '"cross_entropy"\n') + "[prediction]\nrank = 8\n")
-    with pytest.raises(ConfigError, match="prediction.rank: the low-rank check is for the "
-                                          "squared loss.*affine dynamics.*ntkdyn predict"):
+                                     '"cross_entropy"\n') + '[prediction]\nrank = "auto"\n')
+    with pytest.raises(ConfigError, match="prediction.rank: 'auto' chooses the rank from the "
+                                          "squared loss's a-priori error estimate.*integer"):
         check(str(cfg))
 
 

@@ -114,7 +114,8 @@ def test_minibatch_with_cross_entropy():
 
 
 @pytest.mark.parametrize("extra, key", [
-    ({"prediction": {"rank": 8}}, "prediction.rank"),
+    # an integer rank with cross-entropy now runs (tests/test_preflight_lowrank_ce.py)
+    ({"prediction": {"rank": "auto"}}, "prediction.rank"),
 ])
 def test_remaining_refusals_name_the_key(extra, key):
     with pytest.raises(ConfigError, match=f"config: {key}: "):

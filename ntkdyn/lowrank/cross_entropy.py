@@ -431,3 +431,93 @@ def ce_metadata(factor: LowRankFactor, algo: Algorithm, inp, *, scale: float, pa
     if scale != 1.0:
         meta["logit_scale"] = scale
     return meta
+
+
+def linearised_factor(factor: LowRankFactor, logit_scale: float = 1.0, f0_train=None,
+                      num_outputs: int | None = None) -> tuple[LowRankFactor, bool]:
+    r"""``(Psi, per_output)``: a factor of the kernel ``Theta~_f0 = G Theta~ G`` whose
+    squared-loss step has the spectrum of the cross-entropy step linearised at ``f_0``
+    (:mod:`ntkdyn.dynamics.ce_stability`, module docstring), ``Theta~ = Phi Phi^T``.
+
+    ``f_0 = 0`` (``f0_train`` ``None`` or all zeros; the exact path's traced shortcut):
+    ``H_i = (I - 1 1^T/K) / K`` for every sample, so ``Theta~_f0 = (s^2/K) Theta~ (x)
+    (I - 1 1^T/K)`` and ``Psi = (s / sqrt K) Phi`` (``N x r``, ``per_output`` False; the
+    all-ones output direction is pure mixing, left out as on the exact path).  Otherwise
+    ``G = s blockdiag_i H_i^{1/2}`` (``p_i = softmax(s f_0(x_i))``) and ``Psi = sqrt(K) G
+    (Phi (x) I_K)``: ``N K x r K``, row ``(i, a)``, column ``(j, b)`` equal to ``sqrt(K)
+    g_i[a, b] Phi[i, j]``, so ``Psi Psi^T = K G (Theta~ (x) I_K) G``; the factor ``K``
+    offsets the ``K``-fold row count of each agent (:class:`~ntkdyn.lowrank.stability.
+    FeatureProblem` divides by the rows of agent ``q``, the exact path by its ``N_q``
+    samples); ``per_output`` True (pass every agent index repeated ``K`` times).  At full
+    rank ``Psi Psi^T`` is the exact path's linearised kernel (times ``K`` in the second
+    case), and ``Theta - Theta~`` PSD gives ``G Theta G - G Theta~ G`` PSD: the truncated
+    ``lr*`` bounds the full one from above where ``lr*`` is a Rayleigh quotient (as for the
+    squared loss, :mod:`ntkdyn.lowrank.stability`)."""
+    from ntkdyn.dynamics.ce_stability import softmax_hessians
+
+    scale = check_logit_scale(logit_scale)
+    phi = np.asarray(factor.phi, dtype=np.float64)
+    if f0_train is None or not np.any(f0_train):
+        k = np.shape(f0_train)[1] if f0_train is not None else num_outputs
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"num_outputs: expected the number of outputs K >= 1 with "
+                             f"f0_train=None, got {num_outputs!r}")
+        return dataclasses.replace(factor, phi=phi * (scale / np.sqrt(k)), phi_test=None), \
+            False
+    f0 = np.asarray(f0_train, dtype=np.float64)
+    if f0.shape[0] != phi.shape[0]:
+        raise ValueError(f"f0_train: expected {phi.shape[0]} rows (one per training sample), "
+                         f"got shape {f0.shape}")
+    n, k, r = phi.shape[0], f0.shape[1], phi.shape[1]
+    vals, vecs = np.linalg.eigh(softmax_hessians(f0, scale))
+    g = scale * np.einsum("nij,nj,nkj->nik", vecs, np.sqrt(np.clip(vals, 0.0, None)), vecs)
+    psi = np.sqrt(k) * np.einsum("iab,ij->iajb", g, phi).reshape(n * k, r * k)
+    return dataclasses.replace(factor, phi=psi, phi_test=None), True
+
+
+def lowrank_ce_stability(factor: LowRankFactor, agent, mixing,
+                         algorithm: str | Algorithm = "dgd", lr=None, *,
+                         logit_scale: float = 1.0, f0_train=None,
+                         num_outputs: int | None = None):
+    r"""The exact path's cross-entropy stability (:func:`ntkdyn.dynamics.ce_stability.
+    stability`) on the truncated operator ``Theta~ = Phi Phi^T``: stable set, spectral
+    radius, ``lr*`` and margin of the step linearised at ``f_0`` (``f0_train``; ``None``:
+    the mean network ``f_0 = 0``, with ``num_outputs = K``), computed on the feature
+    coordinates of :func:`linearised_factor` (``r`` per agent at ``f_0 = 0``, ``r K``
+    otherwise; :class:`~ntkdyn.lowrank.stability.FeatureStepOperator`); ``lr_bound`` the
+    sufficient bound from the largest softmax curvature ``s^2/2`` on the truncated
+    operator (the squared loss's with the agents' ``lambda_max(Phi_q^T Phi_q) / N_q``,
+    times ``2 / s^2``, the rate profile as on the exact path); ``note`` the exact path's
+    words.  At full rank (``Phi Phi^T = Theta``) every number is the exact path's."""
+    from ntkdyn._utils.checks import learning_rates
+    from ntkdyn.dynamics.ce_stability import EXACTNESS
+    from ntkdyn.dynamics.stability import operator_report, schedule_sufficient_bound
+    from ntkdyn.lowrank.stability import (
+        FeatureProblem,
+        FeatureStepOperator,
+        stability_mixing,
+    )
+
+    algo = get_algorithm(algorithm)
+    scale = check_logit_scale(logit_scale)
+    w, words = stability_mixing(mixing)
+    agent = np.asarray(agent)
+    psi, per_output = linearised_factor(factor, scale, f0_train, num_outputs)
+    problem = FeatureProblem(psi, np.repeat(agent, psi.rank // factor.rank)
+                             if per_output else agent, w)
+    lrs = learning_rates(lr, problem.num_agents)
+    profile = lrs / np.max(lrs)
+    report = operator_report(FeatureStepOperator(problem, algo, profile), lrs)
+    bound = schedule_sufficient_bound(FeatureProblem(factor, agent, w), algo, profile) \
+        * 2.0 / scale ** 2
+    at = "f_0 = 0" if not per_output else "the initial outputs f_0"
+    coords = f"rank-{factor.rank}" + (" x K-output" if per_output else "")
+    note = (f"loss='cross_entropy' (logit_scale {scale:g}): linearised at {at} "
+            f"({EXACTNESS}); sufficient bound lr_bound from the largest softmax curvature "
+            "s^2/2 holds along the whole trajectory")
+    return dataclasses.replace(
+        report, lr_bound=float(bound), loss="cross_entropy", note=note,
+        method=f"low-rank (rank {factor.rank}), {report.method}",
+        operator=f"{report.operator} of the cross-entropy step linearised at {at} on the "
+                 f"{coords} coordinates (truncated kernel; its lr* is an upper bound on the "
+                 "full kernel's for DGD/ATC/CTA)" + words)

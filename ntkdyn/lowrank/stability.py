@@ -126,6 +126,13 @@ class FeatureStepOperator(StepOperator):
 
         self._apply = apply
         self._grams, self._inv_n = args[0], args[3]
+        self._structure, self._local = None, None  # read by the inherited ARPACK fallback
+
+    def structured_radius(self, s: float) -> float | None:
+        """``None``: the shift-invert of :mod:`ntkdyn.dynamics.radius` is built on the
+        kernel's row blocks, which the feature operator does not have; above
+        ``DENSE_MAX`` dimensions the inherited :meth:`spectral_radius` uses ARPACK."""
+        return None
 
     def local_curvature(self, x):
         """``D H x``: ``profile_q G_q x_q / N_q`` on ``(Q, r, C)``."""
