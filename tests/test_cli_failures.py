@@ -213,17 +213,29 @@ def test_ctrl_c_in_validate_checkpoints_and_says_resume(tmp_path, capsys, monkey
     np.testing.assert_array_equal(resumed.test_loss, full.test_loss)
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test (a pytest-xdist worker, or an earlier test,
+    may have replaced it), the previous one restored after; skipped where a handler cannot
+    be set (not the main thread)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pytest.skip("signal handlers can only be set in the main thread")
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signal")
 def test_real_ctrl_c_in_validate_finishes_the_chunk_and_checkpoints_it(tmp_path, capsys,
-                                                                      monkeypatch):
+                                                                      monkeypatch,
+                                                                      default_sigint):
     """A real SIGINT during the second chunk: the chunk's buffers are donated to jit, so the
     run finishes that chunk, checkpoints it (step 190, not the 30 s schedule) and stops;
     --resume then gives the uninterrupted result bit for bit."""
     import ntkdyn as nd
     import ntkdyn.training.trainer as train_mod
 
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT handler replaced by the test runner")
     cfg = _config(tmp_path, TINY.replace("steps = 40", "steps = 250"))
     args = ["validate", str(cfg), "--quiet", "--kernels", "analytic", "--no-linearised"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
