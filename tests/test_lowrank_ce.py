@@ -22,6 +22,7 @@ import re
 import numpy as np
 import pytest
 from conftest import TINY_TOML
+from test_lowrank import _exact_rank_problem as _problem  # the same rank-r problem
 
 import ntkdyn as nd
 from ntkdyn import lowrank
@@ -33,17 +34,6 @@ FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist", "c
           "test_acc", "central_test_loss", "central_test_acc", "mean_model_test_loss",
           "mean_model_test_acc", "train_outputs", "test_outputs")
 TOL = 1e-10
-
-
-def _problem(equal: bool, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    n, m, r, k, q = 48, 16, 6, 3, 4
-    feats, feats_t = rng.normal(size=(n, r)), rng.normal(size=(m, r))
-    kern, kern_t = feats @ feats.T / r, feats_t @ feats.T / r
-    y, yt = np.eye(k)[rng.integers(0, k, n)], np.eye(k)[rng.integers(0, k, m)]
-    agent = np.arange(n) % q if equal else rng.choice(q, size=n, p=[0.55, 0.15, 0.15, 0.15])
-    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
-    return kern, kern_t, y, yt, agent, w, r
 
 
 def _assert_same(exact, low, tol=TOL, fields=FIELDS):
