@@ -497,16 +497,11 @@ LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full ke
 
 
 def _lowrank_mixing(exp: Experiment) -> tuple[np.ndarray, object]:
-    """``(W, mixing)`` of the low-rank check: the static matrix twice, or for random gossip
-    ``E[W]`` (the mean state's stability, as the exact check) and the process (its sampled
-    sequences for the prediction, :mod:`ntkdyn.lowrank.gossip`).  A periodic sequence is a
-    :class:`ConfigError` naming ``prediction.rank``: its one-period operator is not built
-    on the low-rank coordinates."""
-    if gossip.is_process(exp.mixing) and not exp.mixing.random:
-        raise ConfigError("config: prediction.rank: ntkdyn check's low-rank stability takes a "
-                          "static matrix or random gossip (E[W]); a periodic sequence's "
-                          "one-period operator is built on the exact path only: remove "
-                          "prediction.rank for check (ntkdyn predict runs it with rank)")
+    """``(W, mixing)`` of the low-rank check: the static matrix twice, or for a sequence
+    ``E[W]`` (sizes and estimates) and the process, whose stability is that of the exact
+    path on the feature coordinates (one period of a periodic sequence; ``E[W]``, the mean
+    state, for random gossip: :mod:`ntkdyn.lowrank.stability`) and whose sampled sequences
+    run the prediction (:mod:`ntkdyn.lowrank.gossip`)."""
     w = gossip.resolve_mixing(exp.mixing)[0]
     return w, exp.mixing if gossip.is_process(exp.mixing) else w
 

@@ -228,36 +228,56 @@ def test_predict_command_with_rank_and_gossip(tmp_path):
 def test_check_with_rank_and_gossip_mirrors_the_exact_check(tmp_path):
     """``ntkdyn check`` with ``[prediction] rank`` and random gossip: the stability of the
     mean state (E[W]) on the low-rank coordinates -- at full rank the exact check's lr* --
-    and the mean over the sampled sequences; a periodic sequence is refused naming
-    prediction.rank (its one-period operator is built on the exact path only)."""
-    from ntkdyn.config import ConfigError
+    and the mean over the sampled sequences; with a periodic sequence the one-period
+    operator on the low-rank coordinates, at full rank the exact check's verdicts."""
     from ntkdyn.preflight import check
 
     gossip = ('[topology]\nname = "ring"\ngossip = "edges"\ngossip_p = 0.5\n'
               'gossip_samples = 4\n')
-    base = TINY_TOML.replace('[topology]\nname = "ring"\n', gossip)
-    exact_cfg = tmp_path / "e.toml"
-    exact_cfg.write_text(base + '[prediction]\nf0 = "mean"\n')
-    exact = check(str(exact_cfg))
-    lr_exact = {v.algorithm: v.lr_star for v in exact.stability}
-    cfg = tmp_path / "f.toml"
-    cfg.write_text(base + '[prediction]\nrank = 60\nf0 = "mean"\n')
-    full = check(str(cfg))
-    assert full.low_rank["rank"] == 60
-    for v in full.stability:
-        assert abs(v.lr_star - lr_exact[v.algorithm]) <= 1e-6 * lr_exact[v.algorithm], v
-    # as tests/test_lowrank.py's static check (measured 4.3e-8 relative)
-    assert abs(full.prediction["final_test_loss"] - exact.prediction["final_test_loss"]) \
-        <= 1e-6 * exact.prediction["final_test_loss"]
-    periodic = TINY_TOML.replace('[topology]\nname = "ring"\n',
-                                 '[topology]\nsequence = ["ring", "complete"]\n')
-    cfg.write_text(periodic + '[prediction]\nrank = 60\nf0 = "mean"\n')
-    with pytest.raises(ConfigError, match="prediction.rank: ntkdyn check's low-rank stability"):
-        check(str(cfg))
-    factor = lowrank.factorize(lowrank.kernel_columns(np.eye(8)), 8)
-    with pytest.raises(ValueError, match="^mixing: the low-rank stability takes"):
-        lowrank.lowrank_stability(factor, np.arange(8) % 4, _process("periodic", 4), "dgd",
-                                  0.1)
+    periodic = '[topology]\nsequence = ["ring", "complete"]\n'
+    for topology in (gossip, periodic):
+        base = TINY_TOML.replace('[topology]\nname = "ring"\n', topology)
+        exact_cfg = tmp_path / "e.toml"
+        exact_cfg.write_text(base + '[prediction]\nf0 = "mean"\n')
+        exact = check(str(exact_cfg))
+        lr_exact = {v.algorithm: v.lr_star for v in exact.stability}
+        cfg = tmp_path / "f.toml"
+        cfg.write_text(base + '[prediction]\nrank = 60\nf0 = "mean"\n')
+        full = check(str(cfg))
+        assert full.low_rank["rank"] == 60
+        for v, e in zip(full.stability, exact.stability, strict=True):
+            assert v.algorithm == e.algorithm and v.inside == e.inside, (v, e)
+            assert abs(v.lr_star - lr_exact[v.algorithm]) <= 1e-6 * lr_exact[v.algorithm], v
+        # as tests/test_lowrank.py's static check (measured 4.3e-8 relative)
+        assert abs(full.prediction["final_test_loss"] - exact.prediction["final_test_loss"]) \
+            <= 1e-6 * exact.prediction["final_test_loss"]
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "gradient_tracking"])
+def test_periodic_stability_on_the_low_rank_coordinates_equals_the_exact_one(algorithm):
+    """A periodic sequence (two matchings): at full rank the one-period operator on
+    the feature coordinates has the exact path's per-step radius (<= 1e-8) and lr*
+    (<= 1e-8 relative): theory/low_rank.md section 6 (the intertwining holds step by
+    step, so over a period)."""
+    from ntkdyn.dynamics import stability as spectrum
+    from ntkdyn.dynamics.problem import make_problem
+
+    _, _, y, _, agent, _, q = _rank_r_problem()
+    n = y.shape[0]  # a full-rank kernel, so that the exact radius has no kernel-free modes
+    feats = np.random.default_rng(1).normal(size=(n, n))
+    kern = feats @ feats.T / n
+    process = _process("periodic", q)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern), n)
+    exact_set = spectrum.max_stable_lr(make_problem(kern, y, agent, process), algorithm)[0]
+    low_set = lowrank.lowrank_stable_set(factor, agent, process, algorithm).lr_star
+    assert abs(low_set - exact_set) <= 1e-8 * exact_set, (low_set, exact_set)
+    for frac in (0.5, 0.99, 1.2):
+        lr = frac * exact_set
+        exact = spectrum.stability(make_problem(kern, y, agent, process), algorithm, lr)
+        low = lowrank.lowrank_stability(factor, agent, process, algorithm, lr)
+        assert low.stable == exact.stable
+        assert abs(low.spectral_radius - exact.spectral_radius) <= 1e-8, (frac, low, exact)
+        assert "per-step rate over a period of 2 steps" in low.operator
 
 
 def test_cross_entropy_with_a_sequence_is_refused_naming_the_field(digits_problem):

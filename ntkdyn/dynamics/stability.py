@@ -148,7 +148,7 @@ def _apply_linear(x, s, blocks, mixings, profile, pi, *, algorithm, offsets, rps
     return jnp.stack(jax.tree.leaves(state))
 
 
-def _step_mixings(problem: KernelProblem, algorithm: Algorithm) -> tuple[np.ndarray, int]:
+def step_mixings(problem: KernelProblem, algorithm: Algorithm) -> tuple[np.ndarray, int]:
     """Mixing for the stability analysis and the number of steps it spans.
 
     Static ``W``: ``(W, 1)``.  Random sequence: ``(E[W], 1)`` -- the mean-state
@@ -178,7 +178,7 @@ def _linear_step(problem: KernelProblem, algorithm: Algorithm, profile: np.ndarr
     """``(x, s) -> A(s) x`` (compiled once per shape and algorithm) on states ``(Q, R, C)``
     for single-state schedules, stacked ``(B, Q, R, C)`` for augmented ones; ``blocks``
     are the kernel's row blocks on the device (:func:`~ntkdyn.dynamics.solver.row_blocks`)."""
-    mixings, _ = _step_mixings(problem, algorithm)
+    mixings, _ = step_mixings(problem, algorithm)
     mixings = jnp.asarray(mixings)
     prof = jnp.asarray(profile, dtype=jnp.float64)
     pi = jnp.asarray(perron_vector(problem.mixing))
@@ -216,7 +216,7 @@ class StepOperator:
         self.q, self.r = problem.num_agents, problem.kernel.shape[0]
         _, self.blocks = state_structure(algorithm)
         self.dim = self.blocks * self.q * self.r
-        self.period_steps = _step_mixings(problem, algorithm)[1]
+        self.period_steps = step_mixings(problem, algorithm)[1]
         self.profile = np.ones(self.q) if profile is None else np.asarray(profile, float)
         # the kernel's row blocks go to the device once, for A(s) and for D H
         self._kernel_blocks = row_blocks(problem.kernel, problem.offsets,

@@ -492,23 +492,18 @@ def lowrank_ce_stability(factor: LowRankFactor, agent, mixing,
     from ntkdyn._utils.checks import learning_rates
     from ntkdyn.dynamics.ce_stability import EXACTNESS
     from ntkdyn.dynamics.stability import operator_report, schedule_sufficient_bound
-    from ntkdyn.lowrank.stability import (
-        FeatureProblem,
-        FeatureStepOperator,
-        stability_mixing,
-    )
+    from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
 
     algo = get_algorithm(algorithm)
     scale = check_logit_scale(logit_scale)
-    w, words = stability_mixing(mixing)
     agent = np.asarray(agent)
     psi, per_output = linearised_factor(factor, scale, f0_train, num_outputs)
     problem = FeatureProblem(psi, np.repeat(agent, psi.rank // factor.rank)
-                             if per_output else agent, w)
+                             if per_output else agent, mixing)
     lrs = learning_rates(lr, problem.num_agents)
     profile = lrs / np.max(lrs)
     report = operator_report(FeatureStepOperator(problem, algo, profile), lrs)
-    bound = schedule_sufficient_bound(FeatureProblem(factor, agent, w), algo, profile) \
+    bound = schedule_sufficient_bound(FeatureProblem(factor, agent, mixing), algo, profile) \
         * 2.0 / scale ** 2
     at = "f_0 = 0" if not per_output else "the initial outputs f_0"
     coords = f"rank-{factor.rank}" + (" x K-output" if per_output else "")
@@ -520,4 +515,4 @@ def lowrank_ce_stability(factor: LowRankFactor, agent, mixing,
         method=f"low-rank (rank {factor.rank}), {report.method}",
         operator=f"{report.operator} of the cross-entropy step linearised at {at} on the "
                  f"{coords} coordinates (truncated kernel; its lr* is an upper bound on the "
-                 "full kernel's for DGD/ATC/CTA)" + words)
+                 "full kernel's for DGD/ATC/CTA)")

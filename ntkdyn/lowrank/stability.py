@@ -25,6 +25,12 @@ bound on it** (equal at full rank).  The sufficient bounds use
 ``lambda_max(G_q) <= lambda_max(Theta_qq)`` and are likewise >= the full ones.  For other
 schedules and mixings no ordering is proven: the value is the exact ``lr*`` of the
 truncated dynamics.
+
+**Mixing sequences.**  The intertwining ``M A = B M`` holds step by step with any mixing
+matrix (``M`` acts on the feature index, ``W_t`` on the agent index), so it holds for a
+product of steps: for a periodic sequence the one-period operator of the feature
+coordinates is analysed, as on the exact path (``n = P / gcd(P, m)`` steps, per-step rate
+``rho^(1/n)``); random gossip analyses ``E[W]`` (the mean state).
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn import graphs
 from ntkdyn._utils.checks import agent_indices, learning_rates
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.dynamics.stability import (
@@ -48,21 +53,21 @@ from ntkdyn.dynamics.stability import (
     perron_vector,
     schedule_sufficient_bound,
     state_structure,
+    step_mixings,
 )
+from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.factor import LowRankFactor
 
-__all__ = ["FeatureProblem", "FeatureStepOperator", "lowrank_stability", "lowrank_stable_set",
-           "stability_mixing"]
+__all__ = ["FeatureProblem", "FeatureStepOperator", "lowrank_stability", "lowrank_stable_set"]
 
 EXACT = jax.lax.Precision.HIGHEST
 
 
 class FeatureProblem:
     """What :mod:`ntkdyn.dynamics.stability` reads of a problem, for the feature-space operator:
-    ``mixing``, ``process`` (None: static), ``num_agents``, ``counts`` (``N_q``) and
-    ``agent_block(q)`` (``G_q``, whose largest eigenvalue is ``lambda_max(Theta~_qq)``)."""
-
-    process = None
+    ``mixing`` (``E[W]`` for a sequence), ``process`` (None: static; else the periodic or
+    random sequence), ``num_agents``, ``counts`` (``N_q``) and ``agent_block(q)`` (``G_q``,
+    whose largest eigenvalue is ``lambda_max(Theta~_qq)``)."""
 
     def __init__(self, factor: LowRankFactor, agent, mixing):
         phi = np.asarray(factor.phi, dtype=np.float64)
@@ -70,7 +75,7 @@ class FeatureProblem:
         if agent.shape != (phi.shape[0],):
             raise ValueError(f"agent: expected shape ({phi.shape[0]},) (one agent index per "
                              f"training sample), got {agent.shape}")
-        self.mixing = graphs.check_mixing(mixing, name="mixing")
+        self.mixing, self.process = resolve_mixing(mixing)
         self.num_agents = self.mixing.shape[0]
         agent, self.counts = agent_indices(agent, self.num_agents)
         self.rank = phi.shape[1]
@@ -83,25 +88,35 @@ class FeatureProblem:
 
 @partial(jax.jit, static_argnames=("algorithm", "treedef", "project"))
 def _feature_linear(x, s, grams, w, profile, inv_n, pi, *, algorithm, treedef, project):
-    """``B(s) x`` for stacked states ``(B, Q, r, C)``: one step without its affine part."""
+    """``B(s) x`` for stacked states ``(B, Q, r, C)``: one step without its affine part
+    (``w`` a ``(Q, Q)`` matrix), or the ``n`` steps of one period of a periodic sequence
+    (``w`` of shape ``(n, m, Q, Q)``: step ``i``'s ``j``-th mixing event is ``w[i, j]``)."""
     lr = s * profile[:, None, None]
 
     def grad(v):
         return jnp.einsum("qrs,qsc->qrc", grams, v, precision=EXACT) * inv_n[:, None, None]
 
-    ops = Operators(mix=lambda v, j=0: jnp.tensordot(w, v, axes=1, precision=EXACT),
-                    grad=grad, scale=lambda g: lr * g)
+    def ops(mix):
+        return Operators(mix=lambda v, j=0: jnp.tensordot(mix(j), v, axes=1, precision=EXACT),
+                         grad=grad, scale=lambda g: lr * g)
+
     state = jax.tree.unflatten(treedef, [x[b] for b in range(x.shape[0])])
     if project and algorithm.project is not None:
         state = algorithm.project(state, pi)
-    state = algorithm.step(state, ops)
+    if w.ndim == 2:
+        state = algorithm.step(state, ops(lambda j: w))
+    else:
+        for i in range(w.shape[0]):
+            state = algorithm.step(state, ops(lambda j, i=i: w[i, j]))
     return jnp.stack(jax.tree.leaves(state))
 
 
 class FeatureStepOperator(StepOperator):
     """:class:`~ntkdyn.dynamics.stability.StepOperator` of the feature-space dynamics: the state is
     ``B`` blocks of ``Q x r`` (``dim = B Q r``); dense below ``DENSE_MAX``
-    dimensions, ARPACK above (the inherited :meth:`spectral_radius`)."""
+    dimensions, ARPACK above (the inherited :meth:`spectral_radius`).  For a periodic
+    mixing sequence it spans one period (``period_steps`` steps) and the radius is per
+    step, as on the exact path."""
 
     def __init__(self, problem: FeatureProblem, algorithm: Algorithm, profile=None):
         if not isinstance(algorithm, Algorithm):
@@ -112,9 +127,9 @@ class FeatureStepOperator(StepOperator):
         self.q, self.r = problem.num_agents, problem.rank
         treedef, self.blocks = state_structure(algorithm)
         self.dim = self.blocks * self.q * self.r
-        self.period_steps = 1
+        mixings, self.period_steps = step_mixings(problem, algorithm)
         self.profile = np.ones(self.q) if profile is None else np.asarray(profile, float)
-        args = (jnp.asarray(problem.grams), jnp.asarray(problem.mixing),
+        args = (jnp.asarray(problem.grams), jnp.asarray(mixings),
                 jnp.asarray(self.profile), jnp.asarray(1.0 / problem.counts),
                 jnp.asarray(perron_vector(problem.mixing)))
         single = self.blocks == 1
@@ -141,24 +156,6 @@ class FeatureStepOperator(StepOperator):
             "qrs,qsc->qrc", self._grams, jnp.asarray(x), precision=EXACT)
 
 
-def stability_mixing(mixing) -> tuple[np.ndarray, str]:
-    """``(W, words)``: the matrix whose operator the low-rank stability analyses.  A static
-    ``W`` as given; random gossip (:mod:`ntkdyn.graphs.sequences`) ``E[W]``, the stability
-    of the mean state, as on the exact path (:func:`ntkdyn.dynamics.stability.operator_words`);
-    a periodic sequence is refused (``ValueError`` naming ``mixing``): its one-period operator
-    is not built on the low-rank coordinates."""
-    from ntkdyn.graphs.sequences import is_process
-
-    if not is_process(mixing):
-        return mixing, ""
-    if not mixing.random:
-        raise ValueError("mixing: the low-rank stability takes a static matrix or random "
-                         "gossip (E[W], the mean state); the one-period operator of a periodic "
-                         "sequence is built on the exact path only (nd.stability, rank=None)")
-    return mixing.expected(), ("; expected mixing matrix E[W]: stability of the mean state "
-                               "(the mean trajectory converges), not of every sampled sequence")
-
-
 def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
                        algorithm: str | Algorithm = "dgd", profile=None,
                        rtol: float = 1e-9) -> StableSet:
@@ -167,7 +164,7 @@ def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
     kernel's ``lr*`` for DGD, ATC and CTA with a symmetric ``W`` (``W >= 0`` for ATC/CTA)
     and one rate for all agents."""
     algo = get_algorithm(algorithm)
-    problem = FeatureProblem(factor, agent, stability_mixing(mixing)[0])
+    problem = FeatureProblem(factor, agent, mixing)
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
     op = FeatureStepOperator(problem, algo, profile)
@@ -179,12 +176,10 @@ def lowrank_stability(factor: LowRankFactor, agent, mixing,
     """:func:`ntkdyn.dynamics.stability.stability` on the low-rank coordinates: the report of the
     truncated operator at rate(s) ``lr``; ``method`` and ``operator`` say "low-rank"."""
     algo = get_algorithm(algorithm)
-    w, words = stability_mixing(mixing)
-    problem = FeatureProblem(factor, agent, w)
+    problem = FeatureProblem(factor, agent, mixing)
     lrs = learning_rates(lr, problem.num_agents)
     report = operator_report(FeatureStepOperator(problem, algo, lrs / np.max(lrs)), lrs)
     return dataclasses.replace(
         report, method=f"low-rank (rank {problem.rank}), {report.method}",
         operator=f"{report.operator} on the rank-{problem.rank} coordinates (truncated "
-                 "kernel; its lr* is an upper bound on the full kernel's for DGD/ATC/CTA)"
-                 + words)
+                 "kernel; its lr* is an upper bound on the full kernel's for DGD/ATC/CTA)")
