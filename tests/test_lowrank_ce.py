@@ -349,9 +349,12 @@ def test_nd_predict_random_network_agrees_in_distribution(digits_problem):
     the residual diagonal (every marginal variance exact; relative residual trace 2.1 %
     here), so the draws differ and the networks do too.  The expected losses (means over
     P = 48 independent networks) agree within 4 standard errors of their difference at
-    every record (measured <= 0.55 standard errors), and the final 5-95 % band's width
-    within 25 % (measured 6 %).  The network from f0 = 0 (``.mean_network``) is the same
-    on both paths (1e-8)."""
+    every record (measured <= 0.55 standard errors), and so do the spreads: the log of the
+    ratio of the final loss's standard deviations over the networks within 4 of its
+    standard errors (``sqrt(2 / (2 (P - 1)))`` = 0.146; measured ratios 0.96-1.34 over
+    seeds 1-3, i.e. <= 2.0 standard errors).  (The 5-95 % band width of 48 draws is too
+    noisy for a fixed bound: its ratio ranged over 0.92-1.34 on the same seeds.)  The
+    network from f0 = 0 (``.mean_network``) is the same on both paths (1e-8)."""
     data, parts, w, arch = digits_problem
     call = dict(lr=0.5, algorithm="dgd", steps=range(0, 41, 10), loss="cross_entropy",
                 samples=48, seed=1)
@@ -363,10 +366,8 @@ def test_nd_predict_random_network_agrees_in_distribution(digits_problem):
         se = np.sqrt(a.var(axis=0, ddof=1) / 48 + b.var(axis=0, ddof=1) / 48)
         diff = np.abs(a.mean(axis=0) - b.mean(axis=0))
         assert np.all(diff <= 4 * se), (key, diff, se)
-        lo_e, hi_e = exact.band(key, 0.05, 0.95)
-        lo_l, hi_l = low.band(key, 0.05, 0.95)
-        width = np.mean(hi_e[-1] - lo_e[-1])
-        assert abs(np.mean(hi_l[-1] - lo_l[-1]) - width) <= 0.25 * width, key
+        log_ratio = np.log(b[:, -1].std(ddof=1) / a[:, -1].std(ddof=1))
+        assert abs(log_ratio) <= 4 * np.sqrt(2 / (2 * 47)), (key, np.exp(log_ratio))
     _assert_same(exact.mean_network, low.mean_network, tol=1e-8,
                  fields=("train_loss", "test_loss", "param_dist", "test_acc"))
 

@@ -66,6 +66,7 @@ print(json.dumps({"estimate": est, "peak": st("VmHWM") - base}))
 
 def _measure(n: int, kernel: str, width: int = 64, mode: str = "plain") -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)  # measure what users run (conftest.py)
     out = subprocess.run([sys.executable, "-c", PROBE, str(n), kernel, str(width), mode],
                          capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

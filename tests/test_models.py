@@ -43,12 +43,15 @@ def test_apply_matches_neural_tangents(golden):
 
 
 def test_init_reproduces_neural_tangents_draws(golden):
-    """Same key-splitting as stax.serial: equal draws under JAX's pre-0.5 PRNG."""
+    """Same key-splitting as stax.serial: equal draws under JAX's pre-0.5 PRNG (the same
+    bits; the normal transform's last bit depends on XLA's fusion: bit-identical with
+    its default optimisations, within 1 ulp in this suite, which compiles without them,
+    tests/conftest.py; asserted to 1e-15 relative)."""
     with jax.threefry_partitionable(False):
         params = NT_MODEL.init(jax.random.PRNGKey(1), 5, dtype=jnp.float64)
     for i, (W, b) in enumerate(params):
-        np.testing.assert_array_equal(W, golden[f"empirical/params/{i}/W"])
-        np.testing.assert_array_equal(b, golden[f"empirical/params/{i}/b"])
+        np.testing.assert_allclose(W, golden[f"empirical/params/{i}/W"], rtol=1e-15, atol=0)
+        np.testing.assert_allclose(b, golden[f"empirical/params/{i}/b"], rtol=1e-15, atol=0)
 
 
 def test_init_shapes_dtypes_and_statistics():
