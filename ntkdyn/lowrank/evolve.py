@@ -570,18 +570,27 @@ record_state = _record
 
 
 # --------------------------------------------------------------------------- evolution
-def divergence_check(params, limit):
+def divergence_check(params, limit, groups: int | None = None):
     """The engine's ``check`` for a feature-space state: diverged when the largest
     coordinate of ``params(state)`` is not finite or exceeds ``limit * t`` (the state is
-    then frozen and the first divergent step kept)."""
+    then frozen and the first divergent step kept).  ``groups``: the last axis holds ``G``
+    equal column groups (sampled mixing sequences, independent networks), each with its
+    own flag and first divergent step (``(G,)`` in the carry): a group that diverges is
+    frozen and the others go on, as on the exact path."""
 
     def checked(st, new, t_new):
         x, t, diverged, div_at = st
-        mag = jnp.max(jnp.abs(params(new)))
+        p = params(new)
+        if groups is None:
+            mag = jnp.max(jnp.abs(p))
+        else:
+            grouped = jnp.abs(p).reshape(*p.shape[:-1], groups, p.shape[-1] // groups)
+            mag = jnp.max(jnp.moveaxis(grouped, -2, 0).reshape(groups, -1), axis=1)
         bad = ~jnp.isfinite(mag) | (mag > limit * t_new)
         div_at = jnp.where(bad & ~diverged, t_new, div_at)
         diverged = diverged | bad
-        keep = jax.tree.map(lambda a, b: jnp.where(diverged, a, b), x, new)
+        frozen = diverged if groups is None else jnp.repeat(diverged, p.shape[-1] // groups)
+        keep = jax.tree.map(lambda a, b: jnp.where(frozen, a, b), x, new)
         return keep, t_new, diverged, div_at
 
     return checked
@@ -723,7 +732,7 @@ def _blocks(arr: np.ndarray, offsets, stacked: bool, n_max: int):
 
 def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count: int,
                  central: bool, has_test: bool, record_outputs: bool, chunk: int,
-                 progress: bool, desc: str, runner=None):
+                 progress: bool, desc: str, runner=None, groups: int | None = None):
     """Run the feature-space dynamics from parameters ``x0`` (``(A, r, C)``) on the engine.
 
     Shared by the low-rank path and the primal path (:mod:`ntkdyn.lowrank.primal`):
@@ -734,11 +743,15 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
     first divergent step or -1).  ``runner``: ``(init_state, run_chunk)`` with the
     signatures of :func:`init_state` / :func:`run_chunk` (default: those; the matrix-free
     primal path passes its own, :func:`ntkdyn.lowrank.matfree.matrix_free_runner`).
+    ``groups``: the runner flags divergence per column group (:func:`divergence_check`):
+    the flags and first divergent steps are ``(G,)`` and the run stops when every group
+    has diverged.
     """
     init_fn, chunk_fn = runner or (init_state, run_chunk)
     static = dict(algorithm=algo, q_count=q_count, central=central)
     state = x0 if algo.init is None else init_fn(x0, data, **static)
-    carry = (state, jnp.asarray(0.0), jnp.asarray(False), jnp.asarray(-1.0))
+    shape = () if groups is None else (groups,)
+    carry = (state, jnp.asarray(0.0), jnp.zeros(shape, bool), jnp.full(shape, -1.0))
     deltas = np.diff(np.concatenate([[0], steps])).astype(np.int64)
     chunk = balanced_chunk(len(steps), chunk)  # fewest padded records
     per = algo.records_per_step
@@ -753,7 +766,7 @@ def run_features(x0, data: dict, algo: Algorithm, steps: np.ndarray, *, q_count:
         pieces.append(trim(recs, pad, per))
         if bar is not None:
             bar.update(int(deltas[sl].sum()))
-        if bool(carry[2]):
+        if bool(jnp.all(carry[2])):
             break
     if bar is not None:
         bar.close()

@@ -30,8 +30,9 @@ the records are those of the static path.
   sliced from the ``G K`` columns (:func:`group_columns`).  (A periodic sequence keeps the
   ``K + P`` shared cyclic columns: :func:`ntkdyn.lowrank.networks.predict_random_lowrank`.)
 
-Divergence is flagged for the whole state (one flag for every group; the exact path keeps
-one per group): a sequence that diverges stops the others' records too.
+Divergence is flagged per group, as on the exact path (:func:`ntkdyn.lowrank.evolve.
+divergence_check` with ``groups``): a sequence that diverges is frozen and its records
+end there, the other sequences and the ``E[W]`` recursion go on.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def run_process_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_
     """:func:`ntkdyn.lowrank.evolve.run_chunk` with the step's mixing matrices of the
     sequence (:func:`process_operators`) and the records of every group."""
     params = algorithm.parameters
-    checked = divergence_check(params, data["limit_per_step"])
+    checked = divergence_check(params, data["limit_per_step"], groups)
 
     def operators(t):
         return process_operators(data, t, q_count=q_count, central=central, sampler=sampler,
@@ -178,7 +179,7 @@ def run_process_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_
         rec = group_records(params(x), data, groups=groups, q_count=q_count,
                             central=central, has_test=has_test,
                             record_outputs=record_outputs)
-        rec["diverged"] = jnp.broadcast_to(st[2], (groups,))
+        rec["diverged"] = st[2]
         return st, rec
 
     return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
@@ -241,7 +242,7 @@ def run_independent_chunk(carry, n_steps, data, *, algorithm, q_count, central, 
     """:func:`run_process_chunk` for groups with their own residuals (``data["groups"]``:
     :func:`group_columns`): each group recorded with its own column terms."""
     params = algorithm.parameters
-    checked = divergence_check(params, data["limit_per_step"])
+    checked = divergence_check(params, data["limit_per_step"], groups)
 
     def operators(t):
         return process_operators(data, t, q_count=q_count, central=central, sampler=sampler,
@@ -254,7 +255,7 @@ def run_independent_chunk(carry, n_steps, data, *, algorithm, q_count, central, 
         rec = jax.vmap(lambda one, cols: record_state(
             one, _with_group(data, cols), q_count=q_count, central=central,
             has_test=has_test, record_outputs=record_outputs))(xg, data["groups"])
-        rec["diverged"] = jnp.broadcast_to(st[2], (groups,))
+        rec["diverged"] = st[2]
         return st, rec
 
     return scan_records(carry, n_steps, algorithm=algorithm, operators=operators,
@@ -354,7 +355,7 @@ def predict_random_lowrank_gossip(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
-        desc=f"low-rank {algo.name}, {p} networks on random mixing", runner=runner)
+        desc=f"low-rank {algo.name}, {p} networks on random mixing", runner=runner, groups=groups)
     inp_k = dataclasses.replace(  # the metadata and estimate: the mean network's columns
         inp, y=inp.y[:, -k:], f0=inp.f0[:, -k:], yt=None if yt is None else inp.yt[:, -k:],
         ft=None if yt is None else inp.ft[:, -k:])
@@ -365,7 +366,7 @@ def predict_random_lowrank_gossip(
     meta["mixing_note"] = "'mixing' is the expected matrix"
     trajs = [records_trajectory({key: v[:, g] for key, v in raw.items()}, q_count, reference,
                                 rec_steps, phase, inp.lr_q, meta, prep.order,
-                                float(carry[3])) for g in range(groups)]
+                                float(carry[3][g])) for g in range(groups)]
     last = trajs[-1]
     mean = aggregate_sequences(trajs[p:2 * p], last, what="mixing")
     band = random_init.init_band_run(last, trajs[2 * p:3 * p], draws)
@@ -439,7 +440,8 @@ def predict_lowrank_process(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
-        desc=f"low-rank {algo.name}, {process.describe()['kind']} mixing", runner=runner)
+        desc=f"low-rank {algo.name}, {process.describe()['kind']} mixing", runner=runner,
+        groups=groups)
     meta = lowrank_metadata(factor, algo, inp, padded=prep.padded, gram=prep.gram,
                             acc_rows=acc_rows, given_f0=f0_train is not None,
                             metadata=metadata)
@@ -448,7 +450,7 @@ def predict_lowrank_process(
                            "'mixing' is the average over the period")
     trajs = [records_trajectory({key: v[:, g] for key, v in raw.items()}, q_count, reference,
                                 rec_steps, phase, inp.lr_q, meta, prep.order,
-                                float(carry[3])) for g in range(groups)]
+                                float(carry[3][g])) for g in range(groups)]
     if not process.random:
         return trajs[0]
     from ntkdyn.dynamics.run import aggregate_sequences
