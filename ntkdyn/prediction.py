@@ -1014,7 +1014,7 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
                          f"(classes), the MLP has out={arch.out}")
 
 
-def lowrank_loss(loss: str, logit_scale: float, *, rank, tol, f0: str, acc_rows) -> dict:
+def lowrank_loss(loss: str, logit_scale: float, *, rank, tol, acc_rows) -> dict:
     """The loss keywords of :func:`ntkdyn.lowrank.predict` (``{}`` for the squared loss);
     for cross-entropy what the low-rank path does not take is a ``ValueError`` naming the
     field (:func:`ntkdyn.lowrank.cross_entropy.check_call`)."""
@@ -1022,7 +1022,7 @@ def lowrank_loss(loss: str, logit_scale: float, *, rank, tol, f0: str, acc_rows)
         return {}
     from ntkdyn.lowrank.cross_entropy import check_call
 
-    check_call(rank=rank, tol=tol, f0_random=f0 == "random", acc_rows=acc_rows)
+    check_call(rank=rank, tol=tol, acc_rows=acc_rows)
     return {"loss": loss, "logit_scale": logit_scale}
 
 
@@ -1123,7 +1123,7 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
 
     data = parts.dataset
     f0 = resolve_f0(f0, kernel, params=params)
-    loss_kw = lowrank_loss(*loss, rank=rank, tol=tol, f0=f0, acc_rows=acc_rows)
+    loss_kw = lowrank_loss(*loss, rank=rank, tol=tol, acc_rows=acc_rows)
     has_test = data.num_test > 0
     if params is None and (kernel == "empirical" or f0 == "network"):
         params = init_params(arch, data.dim, seed)

@@ -260,7 +260,7 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
     """``(factor, tol, algorithm, steps, draws)`` shared by :func:`predict` and
     :func:`predict_sweep`: :func:`choose_factor` (at ``lr``, or at every rate of ``lrs``),
     then, for one random network, :func:`_random_draws` (``None`` for the mean network)."""
-    _check_loss(kwargs, rank=rank, tol=tol, f0_random=nngp is not None or init is not None)
+    _check_loss(kwargs, rank=rank, tol=tol)
     from ntkdyn.graphs.sequences import is_process
 
     if is_process(mixing) and kwargs.get("loss", "mse") == "cross_entropy":
@@ -336,7 +336,7 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
                                            algo, seed=seed, draws_info=draws[1], **kwargs)
 
 
-def _check_loss(kwargs: dict, *, rank, tol, f0_random: bool) -> None:
+def _check_loss(kwargs: dict, *, rank, tol) -> None:
     """``loss`` (``"mse"``, the default, or ``"cross_entropy"``, :mod:`ntkdyn.lowrank.
     cross_entropy`) and ``logit_scale`` (cross-entropy only) among the keywords of
     :func:`predict`; what cross-entropy does not take is a ``ValueError`` naming it."""
@@ -349,7 +349,7 @@ def _check_loss(kwargs: dict, *, rank, tol, f0_random: bool) -> None:
         return
     from ntkdyn.lowrank.cross_entropy import check_call
 
-    check_call(rank=rank, tol=tol, f0_random=f0_random, acc_rows=kwargs.get("acc_rows"),
+    check_call(rank=rank, tol=tol, acc_rows=kwargs.get("acc_rows"),
                form=kwargs.get("form", "auto"))
 
 

@@ -249,13 +249,11 @@ def _ce_data(factor: LowRankFactor, inp, order, offsets, counts, scale: float,
     return data, q_count * n_max
 
 
-def check_call(*, rank, tol=None, f0_random: bool = False, acc_rows=None,
-               form: str = "auto") -> None:
+def check_call(*, rank, tol=None, acc_rows=None, form: str = "auto") -> None:
     """What the low-rank path does not take with ``loss="cross_entropy"``: a ``ValueError``
     naming the field (``rank="auto"`` and ``tol``: no error estimate to choose the rank
-    from; ``acc_rows``; ``form="gram"``).  ``f0_random`` (one random network) is accepted:
-    it runs as ``P + 1`` groups of ``K`` columns (:func:`predict_random_lowrank_ce`); the
-    keyword stays for the callers that pass it."""
+    from; ``acc_rows``; ``form="gram"``).  Every ``f0`` runs (one random network as
+    ``P + 1`` groups of ``K`` columns, :func:`predict_random_lowrank_ce`)."""
     why = "with loss='cross_entropy' on the low-rank path"
     if isinstance(rank, str):
         raise ValueError(f"rank: 'auto' chooses the rank from the squared loss's a-priori "
