@@ -46,8 +46,15 @@ from ntkdyn.models import is_stax_triple as _is_stax_triple
 from ntkdyn.trajectory import Trajectory, quantity_words
 
 KERNELS = ("analytic", "empirical")
-#: arrays of the sampled networks' record shape ``(A, N + M, P K)`` alive at once (fitted)
+#: arrays of the sampled networks' record shape ``(A, N + M, P K)`` alive at once while the
+#: solver records (fitted with :data:`NETWORK_RUNTIME_BYTES`, below)
 NETWORK_RECORD_ARRAYS = 6
+#: one random network (shared cyclic columns): resident growth of the solve phase beyond the
+#: counted arrays that does not grow with N, mostly compiling the chunk that records the
+#: sampled networks (0.385 -> 0.537 GB during that compilation at N = 2,000).  Fitted with
+#: the record arrays counted in the solve phase only (where a VmRSS timeline puts the peak
+#: at N = 2,000 and 4,500: the solver's records, above the eigh phase), tests/test_memory.py
+NETWORK_RUNTIME_BYTES = 120 * 2**20
 #: extra arrays of the state's shape over the pooled rows, ``(A, N + M, G K)``, alive while a
 #: random mixing sequence mixes ``G`` column groups (beyond the solver's ``7 A R C``; fitted
 #: to the measured peak of one random network on random gossip, ``2 S + 1 = 33`` groups, at
@@ -111,9 +118,10 @@ def prediction_estimate(
     ``f0_random`` (default: the analytic kernel, :func:`predict`'s default ``f0``): the
     kernels are built on the pooled ``N + M`` inputs (NNGP and NTK ``(N+M)^2`` each, then
     the training and test blocks copied out), the NNGP's Cholesky factor is formed in a
-    copy (``2 (N+M)^2`` beside the host kernels), the state has ``K + 32`` columns, and each
-    record expands the 32 networks' outputs (:data:`NETWORK_RECORD_ARRAYS` arrays of
-    ``8 (Q + 1) (N + M) 32 K`` bytes).
+    copy (``2 (N+M)^2`` beside the host kernels), the state has ``K + 32`` columns, and
+    during the solve (not the ``eigh`` before it) each record expands the 32 networks'
+    outputs (:data:`NETWORK_RECORD_ARRAYS` arrays of ``8 (Q + 1) (N + M) 32 K`` bytes,
+    plus :data:`NETWORK_RUNTIME_BYTES`).
 
     Column groups (as :func:`ntkdyn.dynamics.solver.mixing_groups` and the solver's own
     check count them): a random mixing sequence (``random_mixing``) or mini-batch SGD
@@ -154,7 +162,7 @@ def prediction_estimate(
         build = (build[0] + forward, build[1])
     if f0_random is None:
         f0_random = kernel == "analytic" and not f0_network
-    draw = records_extra = 0
+    draw = records_extra = solve_extra = 0
     cols = outputs
     groups = column_groups(f0_random, loss=loss, random_mixing=random_mixing,
                            batch_size=batch_size, samples=samples)
@@ -172,12 +180,11 @@ def prediction_estimate(
         draw = 8 * (n_train**2 + n_test * n_train + 2 * pooled**2) + memory.RUNTIME_BYTES
         nets = DEFAULT_NETWORKS if samples is None else int(samples)
         cols = outputs + nets
-        # each record holds networks-sized arrays, (A, N + M, P K) each: about 6
-        # such arrays live at once (fitted to the measured peak at N = 2,000, tests/
-        # test_memory.py)
-        records_extra = 8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * nets * outputs
-        # kernel_dtype="mixed" (the default here): float32 copies of both kernels
-        records_extra += 4 * (n_train**2 + n_test * n_train)
+        # during the solve only: each record holds networks-sized arrays, (A, N + M, P K)
+        # each, NETWORK_RECORD_ARRAYS of them at once, the compiled recording chunk and,
+        # with kernel_dtype="mixed" (the default here), float32 copies of both kernels
+        solve_extra = (8 * NETWORK_RECORD_ARRAYS * (agents + 1) * pooled * nets * outputs
+                       + NETWORK_RUNTIME_BYTES + 4 * (n_train**2 + n_test * n_train))
     if random_mixing and groups > 1:
         records_extra += 8 * SEQUENCE_STATE_ARRAYS * (agents + 1) * (n_train + n_test) * \
             groups * rates * (outputs if layout_traced else 1)
@@ -189,7 +196,7 @@ def prediction_estimate(
                                              records=records, record_outputs=record_outputs,
                                              build=build, eigen_reference=reference
                                              and rows <= memory.REFERENCE_EIGH_MAX
-                                             and not batch_size)
+                                             and not batch_size, solve_extra=solve_extra)
                + records_extra)
 
 

@@ -123,6 +123,7 @@ def prediction_bytes(
     reorder: bool = False,
     runtime: bool = True,
     eigen_reference: bool = False,
+    solve_extra: int = 0,
 ) -> int:
     """Estimated peak growth of resident memory of one kernel-space prediction.
 
@@ -150,6 +151,8 @@ def prediction_bytes(
       workspace of the divide-and-conquer driver, the eigenvectors) and
       :data:`EIGH_OVERHEAD_BYTES`; its ``R x R`` basis stays cached while the solver runs
       (fitted to the measured peak at N = 2,000 and 4,000, ``tests/test_memory.py``);
+    * ``solve_extra``: bytes the caller knows are alive during the solve only (the sampled
+      networks' record arrays of one random network), added to the solving phase;
 
     the peak over the phases plus :data:`RUNTIME_BYTES` (``runtime=False`` leaves it out).
     """
@@ -173,7 +176,7 @@ def prediction_bytes(
     if eigen_reference:
         phases.append(host + EIGH_FACTOR * 8 * rows * rows + EIGH_OVERHEAD_BYTES)
         solve += 8 * rows * rows
-    phases.append(solve)
+    phases.append(solve + int(solve_extra))
     return int(max(phases) + (RUNTIME_BYTES if runtime else 0))
 
 
