@@ -1,0 +1,106 @@
+"""The fixed point on the low-rank coordinates (ntkdyn.lowrank.steady_state, issue 17):
+it is the exact path's fixed point with the truncated kernel Phi Phi^T."""
+
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn import lowrank
+from ntkdyn.dynamics.problem import make_problem
+from ntkdyn.dynamics.steady_state import fixed_point
+from ntkdyn.lowrank.steady_state import lowrank_fixed_point
+
+FIELDS = ("train_loss", "test_loss", "train_acc", "test_acc", "param_dist", "consensus_dist",
+          "central_dist", "train_outputs", "test_outputs")
+REL = 1e-8  # asserted (measured <= 8e-14)
+
+
+def _rank_r_problem(seed: int = 0):
+    """A kernel of rank r = 6 (N = 48, M = 16, K = 3, Q = 4, unequal shards): f_0 - Y is
+    not in its range, so no fixed point interpolates and the Q r system is solved."""
+    rng = np.random.default_rng(seed)
+    n, m, r, k, q = 48, 16, 6, 3, 4
+    feats, feats_t = rng.normal(size=(n, r)), rng.normal(size=(m, r))
+    kern, kern_t = feats @ feats.T / r, feats_t @ feats.T / r
+    y, yt = np.eye(k)[rng.integers(0, k, n)], np.eye(k)[rng.integers(0, k, m)]
+    agent = rng.choice(q, size=n, p=[0.4, 0.2, 0.2, 0.2])
+    return kern, kern_t, y, yt, agent, r, q
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta", "gradient_tracking", "extra"])
+def test_equals_the_exact_fixed_point_of_the_truncated_kernel(algorithm):
+    """Every per-agent quantity and the centralised solution equal the exact path's fixed
+    point with the same kernel to 1e-8 relative (distances relative to the largest
+    parameter distance: gradient tracking and EXTRA end in consensus, 1e-16 on both)."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    lr = [0.5, 0.4, 0.5, 0.45]
+    exact = fixed_point(make_problem(kern, y, agent, w, kernel_test_train=kern_t, y_test=yt),
+                        algorithm, lr)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    low = lowrank_fixed_point(factor, y, agent, w, algorithm, lr, y_test=yt)
+    dist = float(np.max(exact.param_dist))
+    for f in FIELDS:
+        a, b = getattr(exact, f), getattr(low, f)
+        scale = dist if f.endswith("_dist") else max(float(np.max(np.abs(a))), 1e-300)
+        assert np.max(np.abs(a - b)) <= REL * scale, (algorithm, f)
+    for f in ("consensus_gap", "central_gap"):
+        assert abs(getattr(exact, f) - getattr(low, f)) <= REL * dist, f
+    for f in ("central_train_loss", "central_test_loss", "central_param_dist"):
+        assert abs(getattr(exact, f) - getattr(low, f)) <= REL * abs(getattr(exact, f)), f
+
+
+def test_random_gossip_is_the_mean_state_and_a_periodic_sequence_is_refused():
+    """Random gossip: the fixed point of E[W], as on the exact path; a periodic sequence
+    is a ValueError naming mixing (a periodic orbit, no fixed point)."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(1)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    ring = nd.graphs.topology("ring", q)
+    gossip = nd.graphs.random_edges(ring, 0.5, seed=0)
+    low = lowrank_fixed_point(factor, y, agent, gossip, "dgd", 0.4, y_test=yt)
+    mean = lowrank_fixed_point(factor, y, agent, gossip.expected(), "dgd", 0.4, y_test=yt)
+    assert np.max(np.abs(low.test_loss - mean.test_loss)) <= 1e-14 * np.max(mean.test_loss)
+    periodic = nd.graphs.periodic([nd.graphs.mixing(ring), np.full((q, q), 1.0 / q)])
+    with pytest.raises(ValueError, match="^mixing: with a periodic mixing sequence"):
+        lowrank_fixed_point(factor, y, agent, periodic, "dgd", 0.4)
+
+
+def test_check_with_rank_reports_the_steady_state(tmp_path):
+    """``ntkdyn check`` with ``[prediction] rank``: the steady state of the truncated
+    dynamics; at full rank the exact check's (test loss to 1e-6 relative; the kernel is
+    positive definite, so DGD's fixed point is the consensual interpolant and both gaps
+    are round-off, ~1e-16, on both paths: asserted to 1e-10)."""
+    from conftest import TINY_TOML
+
+    from ntkdyn.preflight import _render, check
+
+    exact_cfg = tmp_path / "e.toml"
+    exact_cfg.write_text(TINY_TOML + '[prediction]\nf0 = "mean"\n')
+    exact = check(str(exact_cfg))
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(TINY_TOML + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    full = check(str(cfg))
+    a, b = exact.prediction["steady_state_test_loss"], full.prediction["steady_state_test_loss"]
+    assert a is not None and abs(a - b) <= 1e-6 * a, (a, b)
+    for key in ("steady_state_consensus_gap", "steady_state_distance_to_centralised"):
+        a, b = exact.prediction[key], full.prediction[key]
+        assert a is not None and b is not None and abs(a - b) <= 1e-10, (key, a, b)
+    text = _render(full)
+    assert "steady state: consensus gap" in text and "low-rank coordinates" in text
+
+
+def test_check_skips_a_large_steady_state_with_a_note(tmp_path, monkeypatch):
+    """Above ``LOW_RANK_FIXED_POINT_MAX`` unknowns the check does not solve the steady
+    state (dense in a check); the report says why, and the JSON fields are null."""
+    from conftest import TINY_TOML
+
+    from ntkdyn import preflight
+
+    monkeypatch.setattr(preflight, "LOW_RANK_FIXED_POINT_MAX", 100)  # 3 agents x rank 60
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(TINY_TOML + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    rep = preflight.check(str(cfg))
+    assert rep.prediction["steady_state_consensus_gap"] is None
+    assert "180 unknowns" in rep.prediction["steady_state_note"]
+    assert "steady state: none (not computed on the low-rank coordinates: 180" in \
+        preflight._render(rep)
