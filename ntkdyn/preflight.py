@@ -766,8 +766,9 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
     return prediction
 
 
-#: largest steady-state system (unknowns) ``ntkdyn check`` solves on the low-rank path: dense,
-#: three ``dim x dim`` arrays (0.4 GB) and an LU of about 1 s at 4,096
+#: largest steady-state system (unknowns) ``ntkdyn check`` solves densely on the low-rank
+#: path (four ``dim x dim`` arrays, 0.5 GB, and an LU of about 1 s at 4,096); DGD with a
+#: symmetric W is solved by conjugate gradients at any size
 LOW_RANK_FIXED_POINT_MAX = 4096
 
 
@@ -779,17 +780,18 @@ def _lowrank_steady_state(factor, exp: Experiment, cfg: Config, algo, f0: str,
     fixed point; ``E[W]`` for random gossip); none for a periodic sequence, and a note
     instead above :data:`LOW_RANK_FIXED_POINT_MAX` unknowns."""
     from ntkdyn.dynamics.stability import state_structure
-    from ntkdyn.lowrank.steady_state import lowrank_fixed_point
+    from ntkdyn.lowrank.steady_state import cg_applies, lowrank_fixed_point
 
     none = dict(steady_state_consensus_gap=None, steady_state_distance_to_centralised=None,
                 steady_state_test_loss=None)
     if gossip.is_process(exp.mixing) and not exp.mixing.random:
         return none
     unknowns = state_structure(algo)[1] * exp.parts.num_agents * factor.rank
-    if unknowns > LOW_RANK_FIXED_POINT_MAX:
+    if unknowns > LOW_RANK_FIXED_POINT_MAX and not cg_applies(algo, exp.mixing):
         return dict(none, steady_state_note=(
             f"not computed on the low-rank coordinates: {unknowns:,} unknowns (state blocks x "
-            f"agents x rank) above the {LOW_RANK_FIXED_POINT_MAX:,} solved densely in a check; "
+            f"agents x rank) above the {LOW_RANK_FIXED_POINT_MAX:,} solved densely in a check "
+            "(conjugate gradients take DGD with a symmetric W only); "
             "ntkdyn.lowrank.steady_state.lowrank_fixed_point solves it by GMRES"))
     given = {} if f0 == "random" else {key: kw.get(key) for key in ("f0_train", "f0_test")}
     fp = lowrank_fixed_point(factor, exp.parts.dataset.y_train, exp.parts.agent, exp.mixing,

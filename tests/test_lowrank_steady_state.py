@@ -90,17 +90,41 @@ def test_check_with_rank_reports_the_steady_state(tmp_path):
 
 
 def test_check_skips_a_large_steady_state_with_a_note(tmp_path, monkeypatch):
-    """Above ``LOW_RANK_FIXED_POINT_MAX`` unknowns the check does not solve the steady
-    state (dense in a check); the report says why, and the JSON fields are null."""
+    """Above ``LOW_RANK_FIXED_POINT_MAX`` unknowns the check solves the steady state of DGD
+    with a symmetric W by conjugate gradients, and of other schedules not at all (dense in
+    a check): the report says why, and the JSON fields are null."""
     from conftest import TINY_TOML
 
     from ntkdyn import preflight
 
     monkeypatch.setattr(preflight, "LOW_RANK_FIXED_POINT_MAX", 100)  # 3 agents x rank 60
     cfg = tmp_path / "f.toml"
-    cfg.write_text(TINY_TOML + '[prediction]\nrank = 60\nf0 = "mean"\n')
+    text = TINY_TOML + '[prediction]\nrank = 60\nf0 = "mean"\n'
+    cfg.write_text(text)  # DGD on a ring: conjugate gradients, at any size
+    assert preflight.check(str(cfg)).prediction["steady_state_consensus_gap"] is not None
+    cfg.write_text(text.replace("[training]\n", '[training]\nalgorithm = "atc"\n'))
     rep = preflight.check(str(cfg))
     assert rep.prediction["steady_state_consensus_gap"] is None
     assert "180 unknowns" in rep.prediction["steady_state_note"]
     assert "steady state: none (not computed on the low-rank coordinates: 180" in \
         preflight._render(rep)
+
+
+def test_conjugate_gradients_equal_the_dense_solve_for_dgd():
+    """DGD with a symmetric W: the preconditioned CG solve (any size, no (Q r)^2 matrix)
+    equals the dense LU to 1e-10 (per-agent rates, a non-consensual fixed point); ``"cg"``
+    for another schedule, or an unknown method, is a ValueError naming ``method``."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(2)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    lr = [0.5, 0.3, 0.45, 0.4]
+    dense = lowrank_fixed_point(factor, y, agent, w, "dgd", lr, y_test=yt, method="dense")
+    cg = lowrank_fixed_point(factor, y, agent, w, "dgd", lr, y_test=yt)  # auto: cg
+    assert dense.consensus_gap > 1e-3  # not the consensual interpolant
+    for f in FIELDS:
+        a, b = getattr(dense, f), getattr(cg, f)
+        assert np.max(np.abs(a - b)) <= 1e-10 * max(float(np.max(np.abs(a))), 1.0), f
+    with pytest.raises(ValueError, match="^method: 'cg' solves DGD"):
+        lowrank_fixed_point(factor, y, agent, w, "atc", lr, method="cg")
+    with pytest.raises(ValueError, match="^method: expected one of"):
+        lowrank_fixed_point(factor, y, agent, w, "dgd", lr, method="lu")

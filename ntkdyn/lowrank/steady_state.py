@@ -13,6 +13,19 @@ The centralised solution minimises the global objective
 ``G_c = sum_q G_q / (Q N_q)`` and ``l_c = sum_q Phi_q^T r_q / (Q N_q)`` (``r x r``; ``Phi``
 has full column rank, so ``G_c`` is positive definite).
 
+**DGD with a symmetric ``W``: preconditioned conjugate gradients at any size.**  There
+``x* = W x* - eta D (G x* + l)`` reads ``M x* = -eta D l`` with
+``M = (I - W) (x) I_r + blockdiag(eta_q / N_q G_q)``, symmetric, and positive definite when
+the graph is connected (``(I - W)`` is PSD with kernel the consensus directions, on which
+the gradient term is ``sum_q eta_q / N_q G_q``, positive definite).  CG on the ``K``
+columns at once, each iteration ``O(Q r^2 K + Q^2 r K)``, needs no ``(Q r)^2`` matrix.  The
+preconditioner is two-level (additive): the agents' diagonal blocks
+``(1 - W_qq) I + eta_q / N_q G_q`` (one ``r x r`` Cholesky each) plus the exact solve on
+the consensus directions ``Z = 1_Q (x) I_r / sqrt(Q)``, where ``Z^T M Z = C =
+sum_q eta_q / N_q G_q / Q`` (``(I - W) 1 = 0``): ``P^{-1} = blockdiag^{-1} + Z C^{-1} Z^T``,
+symmetric positive definite.  Without the coarse term the slow directions (consensus,
+small curvature ``eta lambda_r / N_q``) cost thousands of iterations.
+
 The ``beta`` coordinates are the exact path's ``u = Lambda^{1/2} V^T alpha`` coordinates of
 ``range(Theta~)``: the result is the fixed point of the kernel-space dynamics with the
 truncated kernel, equal to :func:`~ntkdyn.dynamics.steady_state.fixed_point` with
@@ -37,14 +50,87 @@ from ntkdyn.dynamics.steady_state import DENSE_SOLVE_MAX, FixedPoint, _solve
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.evolve import lowrank_inputs, lowrank_operators, prepare_features, record_state
 from ntkdyn.lowrank.factor import LowRankFactor
-from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
+from ntkdyn.lowrank.stability import EXACT, FeatureProblem, FeatureStepOperator
 
 __all__ = ["lowrank_fixed_point"]
 
 
+METHODS = ("auto", "dense", "gmres", "cg")
+#: relative residual at which the conjugate gradients stop, and their iteration cap
+CG_RTOL, CG_MAXITER = 1e-12, 20_000
+
+
+def cg_applies(algo: Algorithm, mixing) -> bool:
+    """Whether the steady state is an SPD system solved by :func:`_pcg` (DGD with a static
+    symmetric ``W``; random gossip with a symmetric ``E[W]``)."""
+    from ntkdyn.algorithms import DGD
+    from ntkdyn.graphs.topology import is_symmetric
+
+    w, process = resolve_mixing(mixing, name="mixing")
+    return algo is DGD and (process is None or process.random) and is_symmetric(w)
+
+
+@jax.jit
+def _apply_m(x, w, sg, local, coarse):
+    """``M x = x - (W (x) I) x + blockdiag(eta_q / N_q G_q) x`` on ``(Q, r, K)``."""
+    return x - jnp.tensordot(w, x, axes=1, precision=EXACT) + jnp.matmul(sg, x,
+                                                                          precision=EXACT)
+
+
+@jax.jit
+def _precondition(res, w, sg, local, coarse):
+    """``P^{-1} res``: the agents' inverted diagonal blocks plus the consensus correction
+    ``Z C^{-1} Z^T res`` (``coarse = C^{-1} / Q``)."""
+    return jnp.matmul(local, res, precision=EXACT) + jnp.matmul(
+        coarse, res.sum(axis=0), precision=EXACT)[None]
+
+
+@jax.jit
+def _cg_step(x, res, p, rz, w, sg, local, coarse):
+    """One preconditioned conjugate-gradient step on every column."""
+    ap = _apply_m(p, w, sg, local, coarse)
+    step = rz / jnp.sum(p * ap, axis=(0, 1))
+    x, res = x + step * p, res - step * ap
+    z = _precondition(res, w, sg, local, coarse)
+    rz_new = jnp.sum(res * z, axis=(0, 1))
+    return x, res, z + (rz_new / rz) * p, rz_new
+
+
+def _pcg(problem: FeatureProblem, lr_q: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(x, iterations)``: ``M x = rhs`` (module docstring) for ``rhs`` of shape
+    ``(Q, r, K)`` by two-level preconditioned conjugate gradients, every column at once;
+    ``RuntimeError`` if the relative residual has not reached :data:`CG_RTOL` after
+    :data:`CG_MAXITER` iterations."""
+    w = np.asarray(problem.mixing, dtype=np.float64)
+    scale = (lr_q / problem.counts)[:, None, None]
+    grams = problem.grams
+    q, r = grams.shape[0], grams.shape[1]
+    eye = np.eye(r)
+    # the preconditioner's blocks, inverted once (SPD; Q r^2 numbers, as the Gram matrices)
+    local = np.stack([scipy.linalg.cho_solve(scipy.linalg.cho_factor(
+        (1.0 - w[i, i]) * eye + scale[i] * grams[i]), eye) for i in range(q)])
+    coarse = scipy.linalg.cho_solve(scipy.linalg.cho_factor(
+        np.sum(scale * grams, axis=0) / q), eye) / q
+    args = tuple(jnp.asarray(a) for a in (w, scale * grams, local, coarse))
+    x, res = jnp.zeros(rhs.shape), jnp.asarray(rhs)
+    norm_b = np.sqrt(np.sum(rhs ** 2, axis=(0, 1)))
+    norm_b[norm_b == 0] = 1.0
+    z = _precondition(res, *args)
+    p = z
+    rz = jnp.sum(res * z, axis=(0, 1))
+    for it in range(CG_MAXITER):
+        if np.all(np.sqrt(np.asarray(jnp.sum(res ** 2, axis=(0, 1)))) <= CG_RTOL * norm_b):
+            return np.asarray(x), it
+        x, res, p, rz = _cg_step(x, res, p, rz, *args)
+    worst = float(np.max(np.sqrt(np.asarray(jnp.sum(res ** 2, axis=(0, 1)))) / norm_b))
+    raise RuntimeError(f"lowrank_fixed_point: the conjugate gradients reached a relative "
+                       f"residual of {worst:.3g} (not {CG_RTOL:g}) in {CG_MAXITER} iterations")
+
+
 def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
                         algorithm: str | Algorithm = "dgd", lr=0.1, *, f0_train=None,
-                        y_test=None, f0_test=None) -> FixedPoint:
+                        y_test=None, f0_test=None, method: str = "auto",
+                        info: dict | None = None) -> FixedPoint:
     """The steady state of ``algorithm`` at rate(s) ``lr`` on the rank-``r`` coordinates of
     ``factor`` (module docstring), and the centralised solution, as a
     :class:`~ntkdyn.dynamics.steady_state.FixedPoint` (per-agent losses, accuracies,
@@ -52,10 +138,19 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
 
     ``mixing``: a static ``W`` or random gossip (the mean state's fixed point, ``E[W]``, as
     on the exact path); a periodic sequence is a ``ValueError`` naming ``mixing`` (the
-    iteration ends on a periodic orbit).  The other arguments as
+    iteration ends on a periodic orbit).  ``method``: ``"dense"`` (LU of ``I - B``),
+    ``"gmres"`` (operator applications), ``"cg"`` (DGD with a symmetric ``W`` only,
+    :func:`cg_applies`); ``"auto"``: conjugate gradients where they apply, else dense up
+    to ``DENSE_SOLVE_MAX`` unknowns and GMRES above.  ``info``: a dict that receives the
+    method used, the unknowns per column and, for CG, the iterations.  The other arguments as
     :func:`ntkdyn.lowrank.predict_lowrank`.
     """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     algo = get_algorithm(algorithm)
+    if method == "cg" and not cg_applies(algo, mixing):
+        raise ValueError("method: 'cg' solves DGD with a symmetric mixing matrix (an SPD "
+                         f"system); got algorithm {algo.name!r}: use 'dense' or 'gmres'")
     w, process = resolve_mixing(mixing, name="mixing")
     if process is not None and not process.random:
         raise ValueError("mixing: with a periodic mixing sequence the iteration ends on a "
@@ -79,10 +174,21 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
     ops = lowrank_operators(prep.data, q, central=False)
     c = np.stack([np.asarray(v) for v in jax.tree.leaves(algo.step(zero, ops))])
     s = float(inp.lr_q.max())
-    op = FeatureStepOperator(FeatureProblem(factor, agent, mixing), algo, inp.lr_q / s)
+    problem = FeatureProblem(factor, agent, mixing)
+    op = FeatureStepOperator(problem, algo, inp.lr_q / s)
     dim = blocks * q * r
     rhs = c.reshape(dim, k)
-    if dim <= DENSE_SOLVE_MAX:  # the identity, B, I - B and LAPACK's copy: 4 dim^2
+    if method == "auto":
+        method = ("cg" if cg_applies(algo, mixing) else
+                  "dense" if dim <= DENSE_SOLVE_MAX else "gmres")
+    if info is not None:
+        info.update(method=method, unknowns=dim)
+    if method == "cg":
+        u, iterations = _pcg(problem, inp.lr_q, c[0])
+        u = u.reshape(dim, k)
+        if info is not None:
+            info["iterations"] = iterations
+    elif method == "dense":  # the identity, B, I - B and LAPACK's copy: 4 dim^2
         memory.ensure_fits(4 * 8 * dim * dim, f"this low-rank fixed point ({dim} unknowns, "
                            "solved densely)", "use a smaller rank")
         eye = np.eye(dim)
