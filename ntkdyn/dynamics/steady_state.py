@@ -96,7 +96,11 @@ class FixedPoint:
         return f"FixedPoint({', '.join(parts)})"
 
 
-def _solve(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
+def solve_system(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
+    """``A X = rhs`` (``dim`` unknowns, the columns of ``rhs``): LU of ``dense_matrix`` (least
+    squares if singular or ill-conditioned), else GMRES with ``matrix_free(v) = A v`` per
+    column (``RuntimeError`` if it does not converge).  Shared with the low-rank fixed point
+    (:mod:`ntkdyn.lowrank.steady_state`)."""
     if dense_matrix is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
@@ -215,9 +219,9 @@ def _solve_fixed_point(problem: KernelProblem, algo, lrs, vr, lam) -> np.ndarray
     dim = blocks * q * rank
     if dim <= DENSE_SOLVE_MAX:
         eye = np.eye(dim)
-        u = _solve(None, eye - a_u(eye), c_u, dim)
+        u = solve_system(None, eye - a_u(eye), c_u, dim)
     else:
-        u = _solve(lambda v: v - a_u(v[:, None])[:, 0], None, c_u, dim)
+        u = solve_system(lambda v: v - a_u(v[:, None])[:, 0], None, c_u, dim)
     state = (u if full_rank else change(to_alpha, u)).reshape(blocks, q, r, c0)
     return np.asarray(algo.parameters(jax.tree.unflatten(treedef, list(state))))
 

@@ -46,7 +46,7 @@ import scipy.linalg
 from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics.stability import state_structure
-from ntkdyn.dynamics.steady_state import DENSE_SOLVE_MAX, FixedPoint, _solve
+from ntkdyn.dynamics.steady_state import DENSE_SOLVE_MAX, FixedPoint, solve_system
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.evolve import lowrank_inputs, lowrank_operators, prepare_features, record_state
 from ntkdyn.lowrank.factor import LowRankFactor
@@ -156,7 +156,7 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
         raise ValueError("mixing: with a periodic mixing sequence the iteration ends on a "
                          "periodic orbit, not a fixed point; predict a long trajectory instead")
     inp = lowrank_inputs(factor, y_train, agent, w, lr, [0], f0_train, y_test, f0_test, None)
-    (_, r), k, q = inp.phi.shape, inp.y.shape[1], inp.w.shape[0]
+    q = inp.w.shape[0]
     prep = prepare_features(factor, inp, form="features", reference=False, record_outputs=True,
                             acc_rows=None, seed=0, what="this low-rank fixed point")
     # the centralised solution: weighted least squares on the global objective
@@ -167,18 +167,27 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
         beta_c = -scipy.linalg.solve(gram_c, lin_c, assume_a="pos")
     except (scipy.linalg.LinAlgError, ValueError):
         beta_c = -scipy.linalg.lstsq(gram_c, lin_c)[0]
-    # the affine part c: one step from the zero state; the linear part B: the stability's
-    # operator (restricted to the invariant subspace of a schedule with memory)
+    beta = _agents_fixed_point(FeatureProblem(factor, agent, mixing), algo, inp, prep,
+                               method, info)
+    return _as_fixed_point(np.concatenate([beta, beta_c[None]], axis=0), algo, inp, prep)
+
+
+def _agents_fixed_point(problem: FeatureProblem, algo: Algorithm, inp, prep, method: str,
+                        info: dict | None) -> np.ndarray:
+    """The agents' parameters ``beta`` ``(Q, r, K)`` at the fixed point ``x* = B x* + c``:
+    ``c`` one step from the zero state, ``B`` the stability's operator (restricted to the
+    invariant subspace of a schedule with memory); solved by ``method``."""
+    (_, r), k, q = inp.phi.shape, inp.y.shape[1], inp.w.shape[0]
     treedef, blocks = state_structure(algo)
     zero = jax.tree.unflatten(treedef, [jnp.zeros((q, r, k))] * blocks)
     ops = lowrank_operators(prep.data, q, central=False)
     c = np.stack([np.asarray(v) for v in jax.tree.leaves(algo.step(zero, ops))])
     s = float(inp.lr_q.max())
-    problem = FeatureProblem(factor, agent, mixing)
     op = FeatureStepOperator(problem, algo, inp.lr_q / s)
     dim = blocks * q * r
     rhs = c.reshape(dim, k)
     if method == "auto":
+        mixing = problem.mixing if problem.process is None else problem.process
         method = ("cg" if cg_applies(algo, mixing) else
                   "dense" if dim <= DENSE_SOLVE_MAX else "gmres")
     if info is not None:
@@ -192,12 +201,17 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
         memory.ensure_fits(4 * 8 * dim * dim, f"this low-rank fixed point ({dim} unknowns, "
                            "solved densely)", "use a smaller rank")
         eye = np.eye(dim)
-        u = _solve(None, eye - op.matvec(eye, s), rhs, dim)
+        u = solve_system(None, eye - op.matvec(eye, s), rhs, dim)
     else:
-        u = _solve(lambda v: v - op.matvec(v[:, None], s)[:, 0], None, rhs, dim)
+        u = solve_system(lambda v: v - op.matvec(v[:, None], s)[:, 0], None, rhs, dim)
     state = jax.tree.unflatten(treedef, list(u.reshape(blocks, q, r, k)))
-    x = np.concatenate([np.asarray(algo.parameters(state)), beta_c[None]], axis=0)
-    has_test = inp.yt is not None
+    return np.asarray(algo.parameters(state))
+
+
+def _as_fixed_point(x: np.ndarray, algo: Algorithm, inp, prep) -> FixedPoint:
+    """Record the state ``x`` (the agents, then the centralised solution) as a
+    :class:`~ntkdyn.dynamics.steady_state.FixedPoint`."""
+    q, has_test = inp.w.shape[0], inp.yt is not None
     rec = {key: np.asarray(v) for key, v in record_state(
         jnp.asarray(x), prep.data, q_count=q, central=True, has_test=has_test,
         record_outputs=True).items()}
