@@ -3,6 +3,7 @@ it is the exact path's fixed point with the truncated kernel Phi Phi^T."""
 
 import numpy as np
 import pytest
+from test_lowrank_gossip import _rank_r_problem  # rank 6, N 48: f_0 - Y outside its range
 
 import ntkdyn as nd
 from ntkdyn import lowrank
@@ -13,18 +14,6 @@ from ntkdyn.lowrank.steady_state import lowrank_fixed_point
 FIELDS = ("train_loss", "test_loss", "train_acc", "test_acc", "param_dist", "consensus_dist",
           "central_dist", "train_outputs", "test_outputs")
 REL = 1e-8  # asserted (measured <= 8e-14)
-
-
-def _rank_r_problem(seed: int = 0):
-    """A kernel of rank r = 6 (N = 48, M = 16, K = 3, Q = 4, unequal shards): f_0 - Y is
-    not in its range, so no fixed point interpolates and the Q r system is solved."""
-    rng = np.random.default_rng(seed)
-    n, m, r, k, q = 48, 16, 6, 3, 4
-    feats, feats_t = rng.normal(size=(n, r)), rng.normal(size=(m, r))
-    kern, kern_t = feats @ feats.T / r, feats_t @ feats.T / r
-    y, yt = np.eye(k)[rng.integers(0, k, n)], np.eye(k)[rng.integers(0, k, m)]
-    agent = rng.choice(q, size=n, p=[0.4, 0.2, 0.2, 0.2])
-    return kern, kern_t, y, yt, agent, r, q
 
 
 @pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta", "gradient_tracking", "extra"])
