@@ -156,13 +156,11 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
         raise ValueError("mixing: with a periodic mixing sequence the iteration ends on a "
                          "periodic orbit, not a fixed point; predict a long trajectory instead")
     inp = lowrank_inputs(factor, y_train, agent, w, lr, [0], f0_train, y_test, f0_test, None)
-    q = inp.w.shape[0]
     prep = prepare_features(factor, inp, form="features", reference=False, record_outputs=True,
                             acc_rows=None, seed=0, what="this low-rank fixed point")
-    # the centralised solution: weighted least squares on the global objective
-    wts = np.repeat(1.0 / (q * inp.counts), inp.counts)[:, None]  # rows sorted by agent
-    gram_c = prep.phi_s.T @ (prep.phi_s * wts)
-    lin_c = prep.phi_s.T @ (prep.res * wts)
+    # the centralised solution: weighted least squares on the global objective, whose
+    # quadratic form (rows weighted 1 / (Q N_q)) the records already hold
+    gram_c, lin_c = (np.asarray(prep.data["obj"][key]) for key in ("gram", "lin"))
     try:
         beta_c = -scipy.linalg.solve(gram_c, lin_c, assume_a="pos")
     except (scipy.linalg.LinAlgError, ValueError):
@@ -182,8 +180,6 @@ def _agents_fixed_point(problem: FeatureProblem, algo: Algorithm, inp, prep, met
     zero = jax.tree.unflatten(treedef, [jnp.zeros((q, r, k))] * blocks)
     ops = lowrank_operators(prep.data, q, central=False)
     c = np.stack([np.asarray(v) for v in jax.tree.leaves(algo.step(zero, ops))])
-    s = float(inp.lr_q.max())
-    op = FeatureStepOperator(problem, algo, inp.lr_q / s)
     dim = blocks * q * r
     rhs = c.reshape(dim, k)
     if method == "auto":
@@ -197,13 +193,16 @@ def _agents_fixed_point(problem: FeatureProblem, algo: Algorithm, inp, prep, met
         u = u.reshape(dim, k)
         if info is not None:
             info["iterations"] = iterations
-    elif method == "dense":  # the identity, B, I - B and LAPACK's copy: 4 dim^2
-        memory.ensure_fits(4 * 8 * dim * dim, f"this low-rank fixed point ({dim} unknowns, "
-                           "solved densely)", "use a smaller rank")
-        eye = np.eye(dim)
-        u = solve_system(None, eye - op.matvec(eye, s), rhs, dim)
     else:
-        u = solve_system(lambda v: v - op.matvec(v[:, None], s)[:, 0], None, rhs, dim)
+        s = float(inp.lr_q.max())
+        op = FeatureStepOperator(problem, algo, inp.lr_q / s)
+        if method == "dense":  # the identity, B, I - B and LAPACK's copy: 4 dim^2
+            memory.ensure_fits(4 * 8 * dim * dim, f"this low-rank fixed point ({dim} "
+                               "unknowns, solved densely)", "use a smaller rank")
+            eye = np.eye(dim)
+            u = solve_system(None, eye - op.matvec(eye, s), rhs, dim)
+        else:
+            u = solve_system(lambda v: v - op.matvec(v[:, None], s)[:, 0], None, rhs, dim)
     state = jax.tree.unflatten(treedef, list(u.reshape(blocks, q, r, k)))
     return np.asarray(algo.parameters(state))
 
