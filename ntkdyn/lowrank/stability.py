@@ -48,6 +48,7 @@ from ntkdyn.dynamics.stability import (
     StabilityReport,
     StableSet,
     StepOperator,
+    agent_curvatures,
     operator_report,
     operator_stable_set,
     perron_vector,
@@ -144,10 +145,31 @@ class FeatureStepOperator(StepOperator):
         self._structure, self._local = None, None  # read by the inherited ARPACK fallback
 
     def structured_radius(self, s: float) -> float | None:
-        """``None``: the shift-invert of :mod:`ntkdyn.dynamics.radius` is built on the
-        kernel's row blocks, which the feature operator does not have; above
-        ``DENSE_MAX`` dimensions the inherited :meth:`spectral_radius` uses ARPACK."""
-        return None
+        """``rho(B(s))`` by shift-invert Lanczos with preconditioned conjugate-gradient
+        solves for DGD and GD with a static symmetric ``W`` (:mod:`ntkdyn.lowrank.radius`:
+        exact up to ``~1e-12``); ``None`` elsewhere (ATC, CTA, augmented state, mixing
+        sequence, non-symmetric ``W``), where the inherited :meth:`spectral_radius` uses
+        ARPACK on the numpy operator when the form is one of DGD/ATC/CTA/GD."""
+        from ntkdyn.dynamics import radius
+        from ntkdyn.lowrank.radius import FeatureStep, feature_radius
+
+        if self.blocks != 1 or self.period_steps != 1 or self.problem.process is not None:
+            return None
+        if self._structure is None:
+            p = self.problem
+            curv = float(np.max(self.profile * agent_curvatures(p)))
+
+            def factory(form):
+                return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form)
+
+            probe = 1.0 / curv if curv > 0 else 1.0
+            form = radius.detect_form(factory, lambda x, t: np.asarray(self._apply(
+                jnp.asarray(x), t)), self.local_curvature, (self.q, self.r, 2), probe)
+            self._structure = (None if form is None else factory(form), curv)
+        step, curv = self._structure
+        if step is None:
+            return None
+        return feature_radius(step, s, curv)
 
     def local_curvature(self, x):
         """``D H x``: ``profile_q G_q x_q / N_q`` on ``(Q, r, C)``."""

@@ -50,14 +50,13 @@ from ntkdyn.dynamics.steady_state import DENSE_SOLVE_MAX, FixedPoint, solve_syst
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.evolve import lowrank_inputs, lowrank_operators, prepare_features, record_state
 from ntkdyn.lowrank.factor import LowRankFactor
-from ntkdyn.lowrank.stability import EXACT, FeatureProblem, FeatureStepOperator
+from ntkdyn.lowrank.pcg import TwoLevelPCG
+from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
 
 __all__ = ["lowrank_fixed_point"]
 
 
 METHODS = ("auto", "dense", "gmres", "cg")
-#: relative residual at which the conjugate gradients stop, and their iteration cap
-CG_RTOL, CG_MAXITER = 1e-12, 20_000
 
 
 def cg_applies(algo: Algorithm, mixing) -> bool:
@@ -70,61 +69,14 @@ def cg_applies(algo: Algorithm, mixing) -> bool:
     return algo is DGD and (process is None or process.random) and is_symmetric(w)
 
 
-@jax.jit
-def _apply_m(x, w, sg, local, coarse):
-    """``M x = x - (W (x) I) x + blockdiag(eta_q / N_q G_q) x`` on ``(Q, r, K)``."""
-    return x - jnp.tensordot(w, x, axes=1, precision=EXACT) + jnp.matmul(sg, x,
-                                                                          precision=EXACT)
-
-
-@jax.jit
-def _precondition(res, w, sg, local, coarse):
-    """``P^{-1} res``: the agents' inverted diagonal blocks plus the consensus correction
-    ``Z C^{-1} Z^T res`` (``coarse = C^{-1} / Q``)."""
-    return jnp.matmul(local, res, precision=EXACT) + jnp.matmul(
-        coarse, res.sum(axis=0), precision=EXACT)[None]
-
-
-@jax.jit
-def _cg_step(x, res, p, rz, w, sg, local, coarse):
-    """One preconditioned conjugate-gradient step on every column."""
-    ap = _apply_m(p, w, sg, local, coarse)
-    step = rz / jnp.sum(p * ap, axis=(0, 1))
-    x, res = x + step * p, res - step * ap
-    z = _precondition(res, w, sg, local, coarse)
-    rz_new = jnp.sum(res * z, axis=(0, 1))
-    return x, res, z + (rz_new / rz) * p, rz_new
-
-
 def _pcg(problem: FeatureProblem, lr_q: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int]:
     """``(x, iterations)``: ``M x = rhs`` (module docstring) for ``rhs`` of shape
-    ``(Q, r, K)`` by two-level preconditioned conjugate gradients, every column at once;
-    ``RuntimeError`` if the relative residual has not reached :data:`CG_RTOL` after
-    :data:`CG_MAXITER` iterations."""
-    w = np.asarray(problem.mixing, dtype=np.float64)
+    ``(Q, r, K)`` by two-level preconditioned conjugate gradients
+    (:class:`~ntkdyn.lowrank.pcg.TwoLevelPCG`), every column at once."""
     scale = (lr_q / problem.counts)[:, None, None]
-    grams = problem.grams
-    q, r = grams.shape[0], grams.shape[1]
-    eye = np.eye(r)
-    # the preconditioner's blocks, inverted once (SPD; Q r^2 numbers, as the Gram matrices)
-    local = np.stack([scipy.linalg.cho_solve(scipy.linalg.cho_factor(
-        (1.0 - w[i, i]) * eye + scale[i] * grams[i]), eye) for i in range(q)])
-    coarse = scipy.linalg.cho_solve(scipy.linalg.cho_factor(
-        np.sum(scale * grams, axis=0) / q), eye) / q
-    args = tuple(jnp.asarray(a) for a in (w, scale * grams, local, coarse))
-    x, res = jnp.zeros(rhs.shape), jnp.asarray(rhs)
-    norm_b = np.sqrt(np.sum(rhs ** 2, axis=(0, 1)))
-    norm_b[norm_b == 0] = 1.0
-    z = _precondition(res, *args)
-    p = z
-    rz = jnp.sum(res * z, axis=(0, 1))
-    for it in range(CG_MAXITER):
-        if np.all(np.sqrt(np.asarray(jnp.sum(res ** 2, axis=(0, 1)))) <= CG_RTOL * norm_b):
-            return np.asarray(x), it
-        x, res, p, rz = _cg_step(x, res, p, rz, *args)
-    worst = float(np.max(np.sqrt(np.asarray(jnp.sum(res ** 2, axis=(0, 1)))) / norm_b))
-    raise RuntimeError(f"lowrank_fixed_point: the conjugate gradients reached a relative "
-                       f"residual of {worst:.3g} (not {CG_RTOL:g}) in {CG_MAXITER} iterations")
+    solver = TwoLevelPCG(problem.mixing, scale * problem.grams)
+    x = solver.solve(rhs, "lowrank_fixed_point")
+    return x, solver.iterations
 
 
 def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,

@@ -1,0 +1,153 @@
+r"""Spectral radius of the feature operator of DGD (and GD) without a Krylov solve on the
+slow cluster: the extreme eigenvalues of a symmetric positive definite matrix by
+preconditioned LOBPCG.
+
+On the low-rank coordinates (:mod:`ntkdyn.lowrank.stability`; state ``x = (x_1, ..., x_Q)``,
+``x_q`` of ``r`` feature coordinates) the linear part of one step is
+
+* DGD: ``B(s) = W (x) I_r - s D``;  ATC: ``(W (x) I_r)(I - s D)``;  CTA: ``(I - s D)(W (x) I_r)``;
+  GD (no mixing): DGD's form with ``W = I``,
+
+with ``D = blockdiag(d_q G_q / N_q)``, ``G_q = Phi_q^T Phi_q`` the agents' Gram matrices and
+``d_q`` the rate profile.  Unlike the kernel-space operator (:mod:`ntkdyn.dynamics.radius`)
+the local term has full rank ``Q r``, so there is no small Woodbury capacitance; but ``D``
+is symmetric, so for DGD with a symmetric ``W``, **``B(s)`` is itself symmetric**, and
+
+    B(s) = I - M(s),   M(s) = (I - W) (x) I_r + s D,
+
+with ``M`` positive definite (the steady state's matrix, :mod:`ntkdyn.lowrank.steady_state`;
+``I - W`` is PSD with kernel the consensus directions, on which ``s D`` is positive
+definite).  So ``lambda_max(B) = 1 - mu_min(M)``, ``lambda_min(B) = 1 - mu_max(M)`` and
+``rho(B) = max(1 - mu_min, mu_max - 1)``.
+
+**Top end.**  The slow modes are near-consensus directions of small curvature; their
+eigenvalues ``mu`` differ by parts in ``10^5`` of their distance from 0, so Krylov on ``B``
+needs thousands of products.  LOBPCG on ``M`` (``scipy.sparse.linalg.lobpcg``, a block of
+``LOBPCG_BLOCK`` vectors) with the two-level preconditioner of
+:class:`~ntkdyn.lowrank.pcg.TwoLevelPCG` (block Jacobi plus the exact consensus solve, the
+slow directions' space) converges in tens of iterations, each one product with ``M`` and one
+with the preconditioner.  The residual tolerance ``LOBPCG_TOL`` bounds the eigenvalue's
+error by ``LOBPCG_TOL^2 / gap``; the result is checked by its own residual, and the tests
+compare it with the dense spectrum to ``1e-10``.
+
+**Bottom end.**  Only when it can matter (``1 - mu_max <= lo`` could exceed the top in
+modulus, ``lo = lambda_min(W) - s curv``): ``mu_max(M)`` by the same LOBPCG, largest end.
+
+**GD** (``W = I``): ``B`` is block diagonal, and the radius is
+``max_q max_i |1 - s d_q lambda_i(G_q) / N_q|`` from the Gram matrices' eigenvalues.
+
+ATC and CTA (whose spectra coincide: ``AB`` and ``BA`` have the same characteristic
+polynomial), non-symmetric ``W``, mixing sequences and augmented states return ``None``:
+the caller falls back to ARPACK on ``B``.  The form is read off the operator itself by one
+product with a random block (:func:`ntkdyn.dynamics.radius.detect_form`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg as spla
+
+from ntkdyn import graphs
+from ntkdyn.dynamics.radius import FORMS
+from ntkdyn.lowrank.pcg import TwoLevelPCG
+
+__all__ = ["FeatureStep", "feature_radius"]
+
+#: LOBPCG's block size, residual tolerance and iteration cap
+LOBPCG_BLOCK, LOBPCG_TOL, LOBPCG_MAXITER = 4, 1e-10, 1000
+
+
+class FeatureStep:
+    """``B(s)`` of DGD/ATC/CTA/GD on the feature coordinates, in numpy, on states
+    ``(Q, r, c)``.  ``grams``: ``(Q, r, r)``; ``counts``: ``N_q``; ``profile``: ``d_q``."""
+
+    def __init__(self, grams, mixing, counts, profile, form: str):
+        if form not in FORMS:
+            raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
+        self.grams = np.asarray(grams, dtype=np.float64)
+        self.w = np.asarray(mixing, dtype=np.float64)
+        self.q, self.r = self.grams.shape[0], self.grams.shape[1]
+        if form == "gd":  # centralised steps per agent: DGD's form with W = I
+            self.w, form = np.eye(self.q), "dgd"
+        self.scale = np.asarray(profile, dtype=np.float64) / np.asarray(counts)  # d_q / N_q
+        self.form = form
+
+    def local(self, x: np.ndarray) -> np.ndarray:
+        """``D x``: ``d_q G_q x_q / N_q``."""
+        return self.scale[:, None, None] * np.matmul(self.grams, x)
+
+    def mix(self, x: np.ndarray) -> np.ndarray:
+        return np.tensordot(self.w, x, axes=1)
+
+    def apply(self, x: np.ndarray, s: float) -> np.ndarray:
+        """``B(s) x``."""
+        if self.form == "dgd":
+            return self.mix(x) - s * self.local(x)
+        if self.form == "atc":
+            return self.mix(x - s * self.local(x))
+        y = self.mix(x)
+        return y - s * self.local(y)
+
+
+def _extreme(solver: TwoLevelPCG, shape: tuple, largest: bool) -> float | None:
+    """``mu_min`` (or ``mu_max``) of the SPD ``M`` of ``solver`` by preconditioned LOBPCG;
+    ``None`` if its residual has not reached :data:`LOBPCG_TOL`."""
+    q, r = shape
+    dim = q * r
+    block = min(LOBPCG_BLOCK, max(1, dim // 5))
+
+    def as_op(fn):
+        def apply(x):
+            x = np.asarray(x)
+            cols = 1 if x.ndim == 1 else x.shape[1]
+            return fn(x.reshape(q, r, cols)).reshape(x.shape)
+        return spla.LinearOperator((dim, dim), matvec=apply, matmat=apply, dtype=np.float64)
+
+    a, t = as_op(solver.matvec), as_op(solver.precondition)
+    x0 = np.random.default_rng(0).standard_normal((dim, block))
+    with warnings.catch_warnings():  # non-convergence is judged by the residual below
+        warnings.simplefilter("ignore", UserWarning)
+        vals, vecs = spla.lobpcg(a, x0, M=None if largest else t, largest=largest,
+                                 tol=LOBPCG_TOL,
+                                 maxiter=LOBPCG_MAXITER)
+    i = int(np.argmax(vals) if largest else np.argmin(vals))
+    v = vecs[:, i] / np.linalg.norm(vecs[:, i])
+    residual = float(np.linalg.norm(a.matvec(v) - vals[i] * v))
+    return float(vals[i]) if residual <= 10 * LOBPCG_TOL * max(1.0, abs(vals[i])) else None
+
+
+def _gd_radius(step: FeatureStep, s: float) -> float:
+    """``max_q max_i |1 - s d_q lambda_i(G_q) / N_q|`` (GD: block diagonal ``B``)."""
+    out = 0.0
+    for q in range(step.q):
+        lam = np.linalg.eigvalsh(step.grams[q]) * step.scale[q] * s
+        out = max(out, float(np.max(np.abs(1.0 - lam))))
+    return out
+
+
+def feature_radius(step: FeatureStep, s: float, curv: float) -> float | None:
+    """``rho(B(s))`` (module docstring); ``None`` where the operator is not symmetric (ATC,
+    CTA, a non-symmetric ``W``), ``M`` has a singular preconditioner, or LOBPCG did not
+    reach its tolerance."""
+    if step.form != "dgd" or not graphs.is_symmetric(step.w):
+        return None
+    if np.array_equal(step.w, np.eye(step.q)):
+        return _gd_radius(step, s)
+    lo = float(np.linalg.eigvalsh(0.5 * (step.w + step.w.T))[0]) - s * curv
+    try:
+        solver = TwoLevelPCG(step.w, s * step.scale[:, None, None] * step.grams)
+        mu_min = _extreme(solver, (step.q, step.r), largest=False)
+        if mu_min is None:
+            return None
+        top = 1.0 - mu_min
+        if -lo <= abs(top):
+            return abs(top)
+        mu_max = _extreme(solver, (step.q, step.r), largest=True)
+    except (scipy.linalg.LinAlgError, np.linalg.LinAlgError):
+        return None
+    if mu_max is None:
+        return None
+    return max(abs(top), mu_max - 1.0)

@@ -1,0 +1,101 @@
+"""The spectral radius of the low-rank feature operator without Krylov on the slow
+cluster (ntkdyn/lowrank/radius.py): LOBPCG on M = I - B for DGD, block eigenvalues for GD,
+checked against the dense spectrum."""
+
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn import lowrank
+from ntkdyn.algorithms import get_algorithm
+from ntkdyn.kernels import analytic_ntk
+from ntkdyn.lowrank import radius
+from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
+
+
+def _problem(seed: int, q: int = 6, n: int = 90, rank: int = 24, topology="erdos_renyi"):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5))
+    factor = lowrank.factorize(lowrank.kernel_columns(analytic_ntk(x, hidden_layers=2)), rank)
+    agent = rng.integers(0, q, n)
+    agent[:q] = np.arange(q)
+    graph = (nd.graphs.topology("erdos_renyi", q, p=0.6, seed=seed)
+             if topology == "erdos_renyi" else nd.graphs.topology(topology, q))
+    w = nd.graphs.mixing(graph, rule="metropolis")
+    return FeatureProblem(factor, agent, w), rng.uniform(0.3, 1.0, q)
+
+
+def _dense_radius(op: FeatureStepOperator, s: float) -> float:
+    return op.spectral_radius(s, method="dense")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("topology", ["erdos_renyi", "ring"])
+@pytest.mark.parametrize("algorithm", ["dgd", "gd"])
+def test_structured_radius_equals_dense_spectrum(seed, topology, algorithm):
+    """At rates from far below lr* (the slow end sets rho) to far above (the fast end
+    does), with per-agent rate profiles: equal to the dense eigenvalues to 1e-10."""
+    problem, profile = _problem(seed, topology=topology)
+    op = FeatureStepOperator(problem, get_algorithm(algorithm), profile)
+    curv = float(np.max(profile * np.array([np.linalg.eigvalsh(g)[-1] for g in
+                                            problem.grams]) / problem.counts))
+    for s in np.array([0.01, 0.3, 0.9, 1.5, 4.0]) / curv:
+        got = op.structured_radius(float(s))
+        assert got is not None
+        want = _dense_radius(op, float(s))
+        assert abs(got - want) <= 1e-10 * want, (s, got, want)
+
+
+def test_dgd_structured_radius_at_data_set_shape_equals_arpack():
+    """Above the dense limit (Q r = 1,600): the same radius as ARPACK on B."""
+    problem, _ = _problem(3, q=16, n=1600, rank=100)
+    op = FeatureStepOperator(problem, get_algorithm("dgd"))
+    for s in (0.2, 2.0):
+        got = op.structured_radius(s)
+        want = op.spectral_radius(s, method="arpack")
+        assert got is not None and abs(got - want) <= 1e-9 * want, (s, got, want)
+
+
+@pytest.mark.parametrize("algorithm", ["atc", "cta"])
+def test_atc_cta_are_not_symmetric_and_fall_back(algorithm):
+    """ATC and CTA: None from the structured radius; the fallback (ARPACK on the numpy
+    operator) still equals the dense spectrum."""
+    problem, profile = _problem(0, q=10, n=400, rank=40)  # Q r = 400: above nothing, fine
+    op = FeatureStepOperator(problem, get_algorithm(algorithm), profile)
+    assert op.structured_radius(0.5) is None
+    want = _dense_radius(op, 0.5)
+    assert abs(op.spectral_radius(0.5, method="structured") - want) <= 1e-8 * want
+
+
+def test_non_symmetric_mixing_returns_none():
+    problem, _ = _problem(0)
+    w = problem.mixing.copy()
+    w[0, 1] += 0.05
+    w[0, 0] -= 0.05
+    step = radius.FeatureStep(problem.grams, w, problem.counts, np.ones(6), "dgd")
+    assert radius.feature_radius(step, 0.5, 1.0) is None
+
+
+def test_unconverged_lobpcg_returns_none_and_the_operator_falls_back(monkeypatch):
+    """A LOBPCG that stops short of its tolerance is not reported: None, and the
+    operator's radius comes from ARPACK instead (still the dense value)."""
+    problem, _ = _problem(1)
+    monkeypatch.setattr(radius, "LOBPCG_MAXITER", 1)
+    step = radius.FeatureStep(problem.grams, problem.mixing, problem.counts, np.ones(6),
+                              "dgd")
+    assert radius.feature_radius(step, 0.01, 1.0) is None
+    op = FeatureStepOperator(problem, get_algorithm("dgd"))
+    want = _dense_radius(op, 0.01)
+    assert abs(op.spectral_radius(0.01, method="structured") - want) <= 1e-8 * want
+
+
+def test_feature_step_is_the_operator():
+    """The numpy FeatureStep of each form equals the jitted operator on random states."""
+    problem, profile = _problem(2)
+    x = np.random.default_rng(5).standard_normal((6, problem.rank, 3))
+    for form in ("dgd", "atc", "cta", "gd"):
+        op = FeatureStepOperator(problem, get_algorithm(form), profile)
+        step = radius.FeatureStep(problem.grams, problem.mixing, problem.counts, profile,
+                                  form)
+        np.testing.assert_allclose(step.apply(x, 0.7), op.matvec_state(x, 0.7),
+                                   rtol=1e-12, atol=1e-12)
