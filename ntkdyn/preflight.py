@@ -225,18 +225,32 @@ def _random_network(problem, nngp, algo, cfg: Config, target: float) -> dict | N
 
 
 def _analyse(exp: Experiment, problem, cfg: Config) -> list[AlgorithmVerdict]:
-    """Stability of the :data:`COMPARED` schedules at the chosen rate, once per spectrum
+    """Stability of the :data:`COMPARED` schedules at the chosen rate, once per spectrum."""
+    return _shared_verdicts(lambda algo: stability_of(problem, algo, cfg.training.lr),
+                            _topology_name(exp.config))
+
+
+def _shared_verdicts(report_of, topology: str, chosen: Algorithm | None = None
+                     ) -> list[AlgorithmVerdict]:
+    """The verdicts of the :data:`COMPARED` schedules (and ``chosen`` if it is not one of
+    them, appended last), ``report_of(algorithm)`` called once per spectrum
     (:attr:`~ntkdyn.algorithms.Algorithm.shares_spectrum_with`: CTA's is ATC's)."""
-    name = _topology_name(exp.config)
     out, cache = [], {}
     by_name = {a.name: a for a in COMPARED}
     for algo in COMPARED:
         key = algo.shares_spectrum_with if algo.shares_spectrum_with in by_name else algo.name
         if key not in cache:
-            cache[key] = stability_of(problem, by_name[key], cfg.training.lr)
-        rep = dataclasses.replace(cache[key], algorithm=algo.name)
-        out.append(_as_verdict(rep, name))
+            cache[key] = report_of(by_name[key])
+        out.append(_as_verdict(dataclasses.replace(cache[key], algorithm=algo.name),
+                               topology))
+    if chosen is not None and all(a is not chosen for a in COMPARED):
+        out.append(_as_verdict(report_of(chosen), topology))
     return out
+
+
+def _chosen_verdict(verdicts: list[AlgorithmVerdict], algo: Algorithm) -> AlgorithmVerdict:
+    """The verdict of ``algo`` among those of :func:`_shared_verdicts`."""
+    return next(v for v in verdicts if v.algorithm == algo.name)
 
 
 def _as_verdict(rep: spectrum.StabilityReport, topology: str) -> AlgorithmVerdict:
@@ -535,12 +549,10 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     if cfg.training.loss != "mse":
         return _check_lowrank_ce(cfg, exp, factor, params, steps, algo, (t0, t_kernel))
     name = _topology_name(cfg)
-    verdicts = [_as_verdict(lowrank.lowrank_stability(factor, agent, mixing, a, lr), name)
-                for a in COMPARED]
-    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
-    if chosen is None:
-        chosen = _as_verdict(lowrank.lowrank_stability(factor, agent, mixing, algo, lr), name)
-        verdicts.append(chosen)
+    problem = lowrank.FeatureProblem(factor, agent, mixing)  # Gram matrices once
+    verdicts = _shared_verdicts(lambda a: lowrank.lowrank_stability(
+        factor, agent, mixing, a, lr, problem=problem), name, algo)
+    chosen = _chosen_verdict(verdicts, algo)
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
     prediction = None
@@ -610,17 +622,9 @@ def _check_lowrank_ce(cfg: Config, exp: Experiment, factor, params, steps, algo,
     outputs = _network_outputs(exp, params) if f0 == "network" else {}
     kw = dict(num_outputs=data.y_train.shape[1], logit_scale=scale,
               f0_train=outputs.get("f0_train"))
-    verdicts, cache = [], {}
-    for a in COMPARED:  # CTA's spectrum is ATC's (shares_spectrum_with), as on the exact path
-        key = (a.shares_spectrum_with if a.shares_spectrum_with in {b.name for b in COMPARED}
-               else a.name)
-        if key not in cache:
-            cache[key] = lowrank_ce_stability(factor, agent, w, key, lr, **kw)
-        verdicts.append(_as_verdict(dataclasses.replace(cache[key], algorithm=a.name), name))
-    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
-    if chosen is None:
-        chosen = _as_verdict(lowrank_ce_stability(factor, agent, w, algo, lr, **kw), name)
-        verdicts.append(chosen)
+    verdicts = _shared_verdicts(
+        lambda a: lowrank_ce_stability(factor, agent, w, a, lr, **kw), name, algo)
+    chosen = _chosen_verdict(verdicts, algo)
     t_stab = time.perf_counter()
     sweep, prediction = _lowrank_ce_sweep(factor, exp, cfg, chosen, steps, algo, outputs)
     if prediction is not None:

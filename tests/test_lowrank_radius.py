@@ -13,12 +13,21 @@ from ntkdyn.lowrank import radius
 from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
 
 
+def problem_factor(seed: int, n: int = 90):
+    x = np.random.default_rng(seed).normal(size=(n, 5))
+    return lowrank.kernel_columns(analytic_ntk(x, hidden_layers=2))
+
+
+def problem_agent(seed: int, q: int = 6, n: int = 90) -> np.ndarray:
+    agent = np.random.default_rng(seed + 100).integers(0, q, n)
+    agent[:q] = np.arange(q)
+    return agent
+
+
 def _problem(seed: int, q: int = 6, n: int = 90, rank: int = 24, topology="erdos_renyi"):
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 5))
-    factor = lowrank.factorize(lowrank.kernel_columns(analytic_ntk(x, hidden_layers=2)), rank)
-    agent = rng.integers(0, q, n)
-    agent[:q] = np.arange(q)
+    factor = lowrank.factorize(problem_factor(seed, n), rank)
+    agent = problem_agent(seed, q, n)
     graph = (nd.graphs.topology("erdos_renyi", q, p=0.6, seed=seed)
              if topology == "erdos_renyi" else nd.graphs.topology(topology, q))
     w = nd.graphs.mixing(graph, rule="metropolis")
@@ -29,6 +38,11 @@ def _dense_radius(op: FeatureStepOperator, s: float) -> float:
     return op.spectral_radius(s, method="dense")
 
 
+def _curv(problem, profile) -> float:
+    return float(np.max(profile * np.array([np.linalg.eigvalsh(g)[-1] for g in
+                                            problem.grams]) / problem.counts))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("topology", ["erdos_renyi", "ring"])
 @pytest.mark.parametrize("algorithm", ["dgd", "gd"])
@@ -37,13 +51,41 @@ def test_structured_radius_equals_dense_spectrum(seed, topology, algorithm):
     does), with per-agent rate profiles: equal to the dense eigenvalues to 1e-10."""
     problem, profile = _problem(seed, topology=topology)
     op = FeatureStepOperator(problem, get_algorithm(algorithm), profile)
-    curv = float(np.max(profile * np.array([np.linalg.eigvalsh(g)[-1] for g in
-                                            problem.grams]) / problem.counts))
+    curv = _curv(problem, profile)
     for s in np.array([0.01, 0.3, 0.9, 1.5, 4.0]) / curv:
         got = op.structured_radius(float(s))
         assert got is not None
         want = _dense_radius(op, float(s))
         assert abs(got - want) <= 1e-10 * want, (s, got, want)
+
+
+def _psd_mixing(q: int, seed: int) -> np.ndarray:
+    """A symmetric doubly stochastic W >= 0 (lazy Metropolis: (I + W) / 2)."""
+    w = nd.graphs.mixing(nd.graphs.topology("erdos_renyi", q, p=0.6, seed=seed),
+                         rule="metropolis")
+    return 0.5 * (np.eye(q) + w)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("algorithm", ["atc", "cta"])
+def test_atc_cta_symmetric_forms_equal_dense_spectrum(seed, algorithm):
+    """ATC/CTA: with an indefinite W up to 1 / curv (S >= 0: S^{1/2} W S^{1/2}), and with
+    W >= 0 at every rate (W^{1/2} S W^{1/2}); above 1 / curv with an indefinite W there is
+    no symmetric form (None)."""
+    problem, profile = _problem(seed, topology="ring")  # ring of 6, Metropolis: indefinite
+    assert np.linalg.eigvalsh(problem.mixing)[0] < 0
+    op = FeatureStepOperator(problem, get_algorithm(algorithm), profile)
+    curv = _curv(problem, profile)
+    for s in np.array([0.01, 0.5, 0.99]) / curv:
+        got, want = op.structured_radius(float(s)), _dense_radius(op, float(s))
+        assert got is not None and abs(got - want) <= 1e-10 * want, (s, got, want)
+    assert op.structured_radius(1.5 / curv) is None
+    psd = FeatureProblem(lowrank.factorize(problem_factor(seed), 24), problem_agent(seed),
+                         _psd_mixing(6, seed))
+    op = FeatureStepOperator(psd, get_algorithm(algorithm), profile)
+    for s in np.array([0.01, 0.5, 1.5, 2.5, 5.0]) / _curv(psd, profile):
+        got, want = op.structured_radius(float(s)), _dense_radius(op, float(s))
+        assert got is not None and abs(got - want) <= 1e-10 * want, (s, got, want)
 
 
 def test_dgd_structured_radius_at_data_set_shape_equals_arpack():
@@ -57,14 +99,15 @@ def test_dgd_structured_radius_at_data_set_shape_equals_arpack():
 
 
 @pytest.mark.parametrize("algorithm", ["atc", "cta"])
-def test_atc_cta_are_not_symmetric_and_fall_back(algorithm):
-    """ATC and CTA: None from the structured radius; the fallback (ARPACK on the numpy
-    operator) still equals the dense spectrum."""
-    problem, profile = _problem(0, q=10, n=400, rank=40)  # Q r = 400: above nothing, fine
+def test_atc_cta_without_a_symmetric_form_fall_back_to_arpack(algorithm):
+    """Indefinite W above 1 / curv: None from the structured radius; the fallback (ARPACK
+    on the numpy operator) still equals the dense spectrum."""
+    problem, profile = _problem(0, topology="ring")
     op = FeatureStepOperator(problem, get_algorithm(algorithm), profile)
-    assert op.structured_radius(0.5) is None
-    want = _dense_radius(op, 0.5)
-    assert abs(op.spectral_radius(0.5, method="structured") - want) <= 1e-8 * want
+    s = 1.5 / _curv(problem, profile)
+    assert op.structured_radius(s) is None
+    want = _dense_radius(op, s)
+    assert abs(op.spectral_radius(s, method="structured") - want) <= 1e-8 * want
 
 
 def test_non_symmetric_mixing_returns_none():

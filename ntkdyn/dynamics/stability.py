@@ -343,7 +343,12 @@ def spectral_radius(problem: KernelProblem, algorithm: str | Algorithm, s: float
 
 
 def agent_curvatures(problem: KernelProblem) -> np.ndarray:
-    """``lambda_max(Theta_qq) / N_q`` for every agent (the local step's curvature)."""
+    """``lambda_max(Theta_qq) / N_q`` for every agent (the local step's curvature); a
+    problem with its own ``agent_curvatures()`` (the low-rank coordinates' problem, which
+    computes them once) answers itself."""
+    own = getattr(problem, "agent_curvatures", None)
+    if callable(own):
+        return np.asarray(own(), dtype=np.float64)
     out = np.empty(problem.num_agents)
     for q in range(problem.num_agents):
         block = problem.agent_block(q)

@@ -73,7 +73,7 @@ from ntkdyn.lowrank.factor import (
     probe_count,
 )
 from ntkdyn.lowrank.primal import jacobian_features, predict_primal, primal_bytes
-from ntkdyn.lowrank.stability import lowrank_stability, lowrank_stable_set
+from ntkdyn.lowrank.stability import FeatureProblem, lowrank_stability, lowrank_stable_set
 from ntkdyn.lowrank.steady_state import lowrank_fixed_point
 from ntkdyn.trajectory import Trajectory
 
@@ -86,7 +86,8 @@ __all__ = [
     "factor_bytes", "factorize", "jacobian_columns", "jacobian_features", "kernel_columns",
     "max_fitting_rank", "mean_rates", "output_estimates", "probe_count", "probe_estimator",
     "trajectory_estimate",
-    "lowrank_fixed_point", "lowrank_stability", "lowrank_stable_set", "predict",
+    "FeatureProblem", "lowrank_fixed_point", "lowrank_stability", "lowrank_stable_set",
+    "predict",
     "predict_lowrank", "predict_primal",
     "predict_sweep", "primal_bytes", "tol_shortfall",
 ]

@@ -62,9 +62,12 @@ LOBPCG_BLOCK, LOBPCG_TOL, LOBPCG_MAXITER = 4, 1e-10, 1000
 
 class FeatureStep:
     """``B(s)`` of DGD/ATC/CTA/GD on the feature coordinates, in numpy, on states
-    ``(Q, r, c)``.  ``grams``: ``(Q, r, r)``; ``counts``: ``N_q``; ``profile``: ``d_q``."""
+    ``(Q, r, c)``.  ``grams``: ``(Q, r, r)``; ``counts``: ``N_q``; ``profile``: ``d_q``;
+    ``eigh``: a callable returning the Gram matrices' eigendecompositions (computed once by
+    :meth:`~ntkdyn.lowrank.stability.FeatureProblem.agent_eigh`), needed by GD and by
+    ATC/CTA with an indefinite ``W``."""
 
-    def __init__(self, grams, mixing, counts, profile, form: str):
+    def __init__(self, grams, mixing, counts, profile, form: str, eigh=None):
         if form not in FORMS:
             raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
         self.grams = np.asarray(grams, dtype=np.float64)
@@ -74,6 +77,18 @@ class FeatureStep:
             self.w, form = np.eye(self.q), "dgd"
         self.scale = np.asarray(profile, dtype=np.float64) / np.asarray(counts)  # d_q / N_q
         self.form = form
+        self._eigh = eigh
+        sym = 0.5 * (self.w + self.w.T)
+        self.lam_w, self.vecs_w = np.linalg.eigh(sym)
+
+    def eigh(self) -> tuple[np.ndarray, np.ndarray]:
+        """The eigendecompositions of the Gram matrices, ``(Q, r)`` and ``(Q, r, r)``
+        (from the ``eigh`` callable given, else computed here once)."""
+        if self._eigh is None:
+            pairs = [np.linalg.eigh(g) for g in self.grams]
+            found = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+            self._eigh = lambda: found
+        return self._eigh()
 
     def local(self, x: np.ndarray) -> np.ndarray:
         """``D x``: ``d_q G_q x_q / N_q``."""
@@ -92,8 +107,9 @@ class FeatureStep:
         return y - s * self.local(y)
 
 
-def _extreme(solver: TwoLevelPCG, shape: tuple, largest: bool) -> float | None:
-    """``mu_min`` (or ``mu_max``) of the SPD ``M`` of ``solver`` by preconditioned LOBPCG;
+def _extreme(matvec, precondition, shape: tuple, largest: bool) -> float | None:
+    """``mu_min`` (or ``mu_max``) of a symmetric positive definite operator ``matvec`` on
+    ``(Q, r, c)`` states by LOBPCG (preconditioned by ``precondition`` at the small end);
     ``None`` if its residual has not reached :data:`LOBPCG_TOL`."""
     q, r = shape
     dim = q * r
@@ -103,16 +119,15 @@ def _extreme(solver: TwoLevelPCG, shape: tuple, largest: bool) -> float | None:
         def apply(x):
             x = np.asarray(x)
             cols = 1 if x.ndim == 1 else x.shape[1]
-            return fn(x.reshape(q, r, cols)).reshape(x.shape)
+            return np.asarray(fn(x.reshape(q, r, cols))).reshape(x.shape)
         return spla.LinearOperator((dim, dim), matvec=apply, matmat=apply, dtype=np.float64)
 
-    a, t = as_op(solver.matvec), as_op(solver.precondition)
+    a = as_op(matvec)
     x0 = np.random.default_rng(0).standard_normal((dim, block))
     with warnings.catch_warnings():  # non-convergence is judged by the residual below
         warnings.simplefilter("ignore", UserWarning)
-        vals, vecs = spla.lobpcg(a, x0, M=None if largest else t, largest=largest,
-                                 tol=LOBPCG_TOL,
-                                 maxiter=LOBPCG_MAXITER)
+        vals, vecs = spla.lobpcg(a, x0, M=None if largest else as_op(precondition),
+                                 largest=largest, tol=LOBPCG_TOL, maxiter=LOBPCG_MAXITER)
     i = int(np.argmax(vals) if largest else np.argmin(vals))
     v = vecs[:, i] / np.linalg.norm(vecs[:, i])
     residual = float(np.linalg.norm(a.matvec(v) - vals[i] * v))
@@ -121,31 +136,67 @@ def _extreme(solver: TwoLevelPCG, shape: tuple, largest: bool) -> float | None:
 
 def _gd_radius(step: FeatureStep, s: float) -> float:
     """``max_q max_i |1 - s d_q lambda_i(G_q) / N_q|`` (GD: block diagonal ``B``)."""
-    out = 0.0
-    for q in range(step.q):
-        lam = np.linalg.eigvalsh(step.grams[q]) * step.scale[q] * s
-        out = max(out, float(np.max(np.abs(1.0 - lam))))
-    return out
+    lam = step.eigh()[0] * step.scale[:, None] * s
+    return float(np.max(np.abs(1.0 - lam)))
+
+
+def _symmetric_complement(step: FeatureStep, s: float, curv: float, lam_w: np.ndarray):
+    """``(I - C, lo)``: the matvec of ``I - C`` for a symmetric ``C`` with the spectrum of
+    ``B(s)``, and a lower bound ``lo`` of that spectrum; ``None`` if none is known.
+
+    DGD: ``C = B``.  ATC/CTA (``WS`` and ``SW``, ``S = I - s D``): ``C = W^{1/2} S W^{1/2}``
+    when ``W >= 0`` (``I - C = (I - W) + s W^{1/2} D W^{1/2}``, ``lo = min(0, 1 - s curv)``),
+    else ``C = S^{1/2} W S^{1/2}`` when ``S >= 0`` (``s curv <= 1``;
+    ``I - C = s D + S^{1/2} (I - W) S^{1/2}``, ``lo = min(lambda_min(W), 0)``, ``S^{1/2}``
+    from the Gram matrices' eigendecompositions)."""
+    sd = s * step.scale[:, None, None] * step.grams
+    if step.form == "dgd":
+        return (lambda x: x - step.mix(x) + np.matmul(sd, x)), lam_w[0] - s * curv
+    if lam_w[0] >= -1e-12:
+        root = (step.vecs_w * np.sqrt(np.clip(lam_w, 0.0, None))) @ step.vecs_w.T
+
+        def psd_w(x):
+            h = np.tensordot(root, x, axes=1)
+            return x - step.mix(x) + np.tensordot(root, np.matmul(sd, h), axes=1)
+
+        return psd_w, min(0.0, 1.0 - s * curv)
+    if s * curv > 1.0:
+        return None
+    lam, vecs = step.eigh()
+    sig = np.sqrt(np.clip(1.0 - s * step.scale[:, None] * lam, 0.0, None))[:, :, None]
+
+    def half(x):  # S^{1/2} x, agent by agent in G_q's eigenbasis
+        return np.matmul(vecs, sig * np.matmul(np.swapaxes(vecs, 1, 2), x))
+
+    def psd_s(x):
+        h = half(x)
+        return np.matmul(sd, x) + half(h - step.mix(h))
+
+    return psd_s, min(float(lam_w[0]), 0.0)
 
 
 def feature_radius(step: FeatureStep, s: float, curv: float) -> float | None:
-    """``rho(B(s))`` (module docstring); ``None`` where the operator is not symmetric (ATC,
-    CTA, a non-symmetric ``W``), ``M`` has a singular preconditioner, or LOBPCG did not
-    reach its tolerance."""
-    if step.form != "dgd" or not graphs.is_symmetric(step.w):
+    """``rho(B(s))`` (module docstring); ``None`` where no symmetric form is known (a
+    non-symmetric ``W``; ATC/CTA with an indefinite ``W`` above ``1 / curv``), the
+    preconditioner is singular, or LOBPCG did not reach its tolerance."""
+    if not graphs.is_symmetric(step.w):
         return None
     if np.array_equal(step.w, np.eye(step.q)):
-        return _gd_radius(step, s)
-    lo = float(np.linalg.eigvalsh(0.5 * (step.w + step.w.T))[0]) - s * curv
+        return _gd_radius(step, s)  # GD; ATC/CTA with W = I are GD too
+    found = _symmetric_complement(step, s, curv, step.lam_w)
+    if found is None:
+        return None
+    matvec, lo = found
+    shape = (step.q, step.r)
     try:
         solver = TwoLevelPCG(step.w, s * step.scale[:, None, None] * step.grams)
-        mu_min = _extreme(solver, (step.q, step.r), largest=False)
+        mu_min = _extreme(matvec, solver.precondition, shape, largest=False)
         if mu_min is None:
             return None
         top = 1.0 - mu_min
         if -lo <= abs(top):
             return abs(top)
-        mu_max = _extreme(solver, (step.q, step.r), largest=True)
+        mu_max = _extreme(matvec, solver.precondition, shape, largest=True)
     except (scipy.linalg.LinAlgError, np.linalg.LinAlgError):
         return None
     if mu_max is None:

@@ -41,8 +41,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 from ntkdyn._utils.checks import agent_indices, learning_rates
+from ntkdyn._utils.threads import one_blas_thread
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.dynamics.stability import (
     StabilityReport,
@@ -82,9 +84,34 @@ class FeatureProblem:
         self.rank = phi.shape[1]
         self.grams = np.stack([phi[agent == q].T @ phi[agent == q]
                                for q in range(self.num_agents)])
+        self._eigh, self._curvatures = None, None
 
     def agent_block(self, q: int) -> np.ndarray:
         return self.grams[q]
+
+    def agent_eigh(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lam, vecs)``: the eigendecomposition of every ``G_q`` (``(Q, r)`` ascending,
+        ``(Q, r, r)``), computed once (one ``r x r`` ``eigh`` per agent)."""
+        if self._eigh is None:
+            with one_blas_thread():
+                pairs = [np.linalg.eigh(g) for g in self.grams]
+            self._eigh = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+        return self._eigh
+
+    def agent_curvatures(self) -> np.ndarray:
+        """``lambda_max(G_q) / N_q`` for every agent (read by
+        :func:`ntkdyn.dynamics.stability.agent_curvatures`), computed once (from
+        :meth:`agent_eigh` if it has run, else the largest eigenvalues alone)."""
+        if self._curvatures is None:
+            if self._eigh is not None:
+                top = self._eigh[0][:, -1]
+            else:
+                r = self.rank
+                with one_blas_thread():
+                    top = np.array([scipy.linalg.eigvalsh(g, subset_by_index=[r - 1, r - 1])[0]
+                                    for g in self.grams])
+            self._curvatures = top / self.counts
+        return self._curvatures
 
 
 @partial(jax.jit, static_argnames=("algorithm", "treedef", "project"))
@@ -145,11 +172,12 @@ class FeatureStepOperator(StepOperator):
         self._structure, self._local = None, None  # read by the inherited ARPACK fallback
 
     def structured_radius(self, s: float) -> float | None:
-        """``rho(B(s))`` by shift-invert Lanczos with preconditioned conjugate-gradient
-        solves for DGD and GD with a static symmetric ``W`` (:mod:`ntkdyn.lowrank.radius`:
-        exact up to ``~1e-12``); ``None`` elsewhere (ATC, CTA, augmented state, mixing
-        sequence, non-symmetric ``W``), where the inherited :meth:`spectral_radius` uses
-        ARPACK on the numpy operator when the form is one of DGD/ATC/CTA/GD."""
+        """``rho(B(s))`` from the extreme eigenvalues of a symmetric operator with the same
+        spectrum, by preconditioned LOBPCG (:mod:`ntkdyn.lowrank.radius`), for DGD, GD,
+        ATC and CTA with a static symmetric ``W`` (ATC/CTA: ``W >= 0`` or ``s curv <= 1``);
+        ``None`` elsewhere (augmented state, mixing sequence, non-symmetric ``W``, ATC/CTA
+        with an indefinite ``W`` above ``1 / curv``), where the inherited
+        :meth:`spectral_radius` uses ARPACK (on the numpy operator for the four forms)."""
         from ntkdyn.dynamics import radius
         from ntkdyn.lowrank.radius import FeatureStep, feature_radius
 
@@ -160,7 +188,8 @@ class FeatureStepOperator(StepOperator):
             curv = float(np.max(self.profile * agent_curvatures(p)))
 
             def factory(form):
-                return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form)
+                return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form,
+                                   eigh=p.agent_eigh)
 
             probe = 1.0 / curv if curv > 0 else 1.0
             form = radius.detect_form(factory, lambda x, t: np.asarray(self._apply(
@@ -178,15 +207,28 @@ class FeatureStepOperator(StepOperator):
             "qrs,qsc->qrc", self._grams, jnp.asarray(x), precision=EXACT)
 
 
+def _feature_problem(factor: LowRankFactor, agent, mixing,
+                     problem: FeatureProblem | None) -> FeatureProblem:
+    if problem is None:
+        return FeatureProblem(factor, agent, mixing)
+    if not isinstance(problem, FeatureProblem) or problem.rank != factor.rank:
+        raise ValueError(f"problem: expected the FeatureProblem of this factor (rank "
+                         f"{factor.rank}), agent and mixing, got {problem!r}")
+    return problem
+
+
 def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
                        algorithm: str | Algorithm = "dgd", profile=None,
-                       rtol: float = 1e-9) -> StableSet:
+                       rtol: float = 1e-9, *,
+                       problem: FeatureProblem | None = None) -> StableSet:
     """The stable set of the truncated dynamics (module docstring): ``.lr_star`` is the
     exact ``lr*`` of the operator with kernel ``phi phi^T`` -- an upper bound on the full
     kernel's ``lr*`` for DGD, ATC and CTA with a symmetric ``W`` (``W >= 0`` for ATC/CTA)
-    and one rate for all agents."""
+    and one rate for all agents.  ``problem``: the :class:`FeatureProblem` of these
+    arguments, built once and shared by several calls (its Gram matrices, curvatures and
+    eigendecompositions are computed once)."""
     algo = get_algorithm(algorithm)
-    problem = FeatureProblem(factor, agent, mixing)
+    problem = _feature_problem(factor, agent, mixing, problem)
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
     op = FeatureStepOperator(problem, algo, profile)
@@ -194,11 +236,13 @@ def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
 
 
 def lowrank_stability(factor: LowRankFactor, agent, mixing,
-                      algorithm: str | Algorithm = "dgd", lr=None) -> StabilityReport:
+                      algorithm: str | Algorithm = "dgd", lr=None, *,
+                      problem: FeatureProblem | None = None) -> StabilityReport:
     """:func:`ntkdyn.dynamics.stability.stability` on the low-rank coordinates: the report of the
-    truncated operator at rate(s) ``lr``; ``method`` and ``operator`` say "low-rank"."""
+    truncated operator at rate(s) ``lr``; ``method`` and ``operator`` say "low-rank".
+    ``problem``: as :func:`lowrank_stable_set`."""
     algo = get_algorithm(algorithm)
-    problem = FeatureProblem(factor, agent, mixing)
+    problem = _feature_problem(factor, agent, mixing, problem)
     lrs = learning_rates(lr, problem.num_agents)
     report = operator_report(FeatureStepOperator(problem, algo, lrs / np.max(lrs)), lrs)
     return dataclasses.replace(
