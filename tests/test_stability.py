@@ -384,3 +384,50 @@ def test_schedule_facts_are_fields_not_names():
     assert stab.stable_set(prob, renamed).method == "minus-one-crossing (exact)"
     for algo in (algorithms.get_algorithm(n) for n in algorithms.NAMES):
         assert algo.name in algorithms.NAMES
+
+
+def _large_atc_problem():
+    """ATC on a ring of 8 with Metropolis weights (W indefinite, so the -1 crossing needs
+    verifying) and 1,600 state dimensions: above DENSE_MAX, so the verification is Krylov."""
+    n, q = 200, 8
+    kern, y = _kernel(n=n, seed=3)
+    w = graphs.mixing(graphs.topology("ring", q), "metropolis")
+    assert np.linalg.eigvalsh(w)[0] < 0
+    return make_problem(kern, y, np.arange(n) % q, w)
+
+
+def test_quick_verification_of_the_minus_one_crossing_is_the_boundary():
+    """Above the dense limit the crossing is verified by one Krylov eigenvalue (the one
+    near -1, isolated from the slow cluster): lr* is then the boundary of the dense
+    spectral radius (stable just below, unstable just above), and equal to the lr* found
+    when the full radius verifies it instead."""
+    prob = _large_atc_problem()
+    assert stab.StepOperator(prob, algorithms.ATC).dim > stab.DENSE_MAX
+    cache: dict = {}
+    found = stab.stable_set(prob, "atc", cache=cache)
+    assert found.method == "minus-one-crossing (verified)"
+    assert cache == {}  # verified without the full (six-eigenvalue) radius
+    lr_star = found.lr_star
+    below = stab.spectral_radius(prob, "atc", lr_star * (1 - 1e-6), method="dense")
+    above = stab.spectral_radius(prob, "atc", lr_star * (1 + 1e-6), method="dense")
+    assert below <= 1 + stab.RHO_TOL < above
+
+
+def test_unconverged_quick_verification_falls_back_to_the_full_radius(monkeypatch):
+    """If the one-eigenvalue Krylov check does not converge, the full radius verifies: the
+    same stable set, and the radius at the verified rate was computed (it is cached)."""
+    prob = _large_atc_problem()
+    want = stab.stable_set(prob, "atc")
+
+    def no_convergence(*args, **kwargs):
+        if kwargs.get("k") == 1 and kwargs.get("maxiter") == stab.QUICK_MAXITER:
+            raise stab.spla.ArpackNoConvergence("forced", np.array([]), np.array([]))
+        return eigs(*args, **kwargs)
+
+    eigs = stab.spla.eigs
+    monkeypatch.setattr(stab.spla, "eigs", no_convergence)
+    cache: dict = {}
+    got = stab.stable_set(prob, "atc", cache=cache)
+    np.testing.assert_allclose(np.array(got.intervals), np.array(want.intervals), rtol=1e-12)
+    (below,) = cache  # the full radius at the verified rate, and nothing else
+    assert cache[below] <= 1 + stab.RHO_TOL
