@@ -45,3 +45,21 @@ def test_lowrank_benchmark_f0_flag(tmp_path):
     assert rnd["rank"] == mean["rank"]
     assert rnd["mean_network_final_test_loss"] == pytest.approx(mean["final_test_loss"],
                                                                 rel=1e-9)
+
+
+@pytest.mark.slow  # a fresh `ntkdyn check` process at a tiny size, about 15 s
+def test_lowrank_check_benchmark_runs_the_check_at_tiny_size():
+    """``benchmarks/lowrank_check.py`` runs ``ntkdyn check`` with a rank in a fresh process
+    and reports the breakdown and the three verdicts (CTA's equal to ATC's)."""
+    spec = importlib.util.spec_from_file_location("bench_lowrank_check",
+                                                  ROOT / "benchmarks" / "lowrank_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--n-train", "300", "--n-test", "60", "--agents", "6", "--p", "0.6",
+                      "--rank", "12"])
+    assert out["wall_s"] >= out["timings_s"]["total_s"] > 0
+    names = [v["algorithm"] for v in out["verdicts"]]
+    assert names == ["dgd", "atc", "cta"]
+    atc, cta = out["verdicts"][1], out["verdicts"][2]
+    assert atc["spectral_radius"] == cta["spectral_radius"] and atc["lr_star"] == cta["lr_star"]
+    assert all(v["method"].startswith("low-rank (rank 12)") for v in out["verdicts"])

@@ -1,0 +1,92 @@
+"""``ntkdyn check`` with a rank at data-set scale, as a user runs it (a fresh process).
+
+The default is the XL-data configuration of issue 17: synthetic data with MNIST's shape
+(N 60,000 training / 10,000 test samples, 784 inputs, 10 classes), 100 agents (iid) on an
+Erdos-Renyi graph (p 0.05, Metropolis weights), depth-2 width-1024 analytic NTK, DGD at
+lr 0.25, 1,000 steps recorded every 20, ``rank = 512``, the mean network (``f0 = "mean"``).
+Prints, as JSON: the wall time, the report's own breakdown (factor / stability /
+prediction and steady state), the peak resident set of the child process, the load
+average, and each verdict's spectral radius, ``lr*`` and method.
+
+    python benchmarks/lowrank_check.py [--n-train 60000 --n-test 10000 --rank 512]
+
+A timing script, never a test: the figures go into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "import sys; from ntkdyn.cli import main; sys.exit(main())"]
+
+CONFIG = """seed = 0
+[data]
+source = "synthetic"
+classes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+n_train = {n_train}
+n_test = {n_test}
+dim = 784
+[partition]
+scheme = "iid"
+agents = {agents}
+[topology]
+name = "erdos_renyi"
+params = {{ p = {p} }}
+[architecture]
+depth = 2
+width = 1024
+[training]
+algorithm = "dgd"
+lr = {lr}
+steps = 1000
+record_every = 20
+[prediction]
+kernel = "analytic"
+rank = {rank}
+f0 = "mean"
+target_loss = 0.3
+"""
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-train", type=int, default=60000)
+    p.add_argument("--n-test", type=int, default=10000)
+    p.add_argument("--agents", type=int, default=100)
+    p.add_argument("--p", type=float, default=0.05, help="Erdos-Renyi edge probability")
+    p.add_argument("--rank", type=int, default=512)
+    p.add_argument("--lr", type=float, default=0.25)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "xl.toml"
+        cfg.write_text(CONFIG.format(**vars(args)))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        t0 = time.perf_counter()
+        proc = subprocess.run(CLI + ["check", str(cfg), "--json"], capture_output=True,
+                              text=True, cwd=ROOT, env=env)
+        wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):  # 1: outside the regime or target not reached
+        sys.exit(f"ntkdyn check failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    report = json.loads(proc.stdout)
+    out = {**vars(args), "wall_s": round(wall, 1),
+           "timings_s": {k: round(v, 1) for k, v in report["timings"].items()},
+           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                                / 2**20, 2),
+           "load_average": os.getloadavg(),
+           "verdicts": [{key: v[key] for key in ("algorithm", "spectral_radius", "lr_star",
+                                                  "method")} for v in report["stability"]]}
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
