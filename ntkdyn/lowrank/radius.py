@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
@@ -65,6 +67,7 @@ __all__ = ["FeatureStep", "feature_radius"]
 
 #: LOBPCG's block size, residual tolerance and iteration cap
 LOBPCG_BLOCK, LOBPCG_TOL, LOBPCG_MAXITER = 4, 1e-10, 1000
+EXACT = jax.lax.Precision.HIGHEST
 
 
 class FeatureStep:
@@ -147,6 +150,34 @@ def _gd_radius(step: FeatureStep, s: float) -> float:
     return float(np.max(np.abs(1.0 - lam)))
 
 
+@jax.jit
+def _complement_dgd(x, w, sd):
+    """``(I - B) x = x - (W (x) I) x + s D x`` (DGD) on ``(Q, r, c)``."""
+    return x - jnp.tensordot(w, x, axes=1, precision=EXACT) + jnp.matmul(sd, x,
+                                                                          precision=EXACT)
+
+
+@jax.jit
+def _complement_psd_w(x, w, sd, root):
+    """``(I - W^{1/2} S W^{1/2}) x = x - W x + W^{1/2} s D W^{1/2} x`` (ATC/CTA, ``W >= 0``)."""
+    h = jnp.tensordot(root, x, axes=1, precision=EXACT)
+    return (x - jnp.tensordot(w, x, axes=1, precision=EXACT)
+            + jnp.tensordot(root, jnp.matmul(sd, h, precision=EXACT), axes=1, precision=EXACT))
+
+
+@jax.jit
+def _complement_psd_s(x, w, sd, vecs, sig):
+    """``(I - S^{1/2} W S^{1/2}) x = s D x + S^{1/2} (I - W) S^{1/2} x`` (ATC/CTA,
+    ``S >= 0``); ``S_q^{1/2} = V_q diag(sig_q) V_q^T`` from ``G_q = V_q Lambda_q V_q^T``."""
+    def half(v):
+        return jnp.matmul(vecs, sig * jnp.matmul(jnp.swapaxes(vecs, 1, 2), v,
+                                                 precision=EXACT), precision=EXACT)
+
+    h = half(x)
+    return jnp.matmul(sd, x, precision=EXACT) + half(
+        h - jnp.tensordot(w, h, axes=1, precision=EXACT))
+
+
 def _symmetric_complement(step: FeatureStep, s: float, curv: float, lam_w: np.ndarray):
     """``(I - C, lo)``: the matvec of ``I - C`` for a symmetric ``C`` with the spectrum of
     ``B(s)``, and a lower bound ``lo`` of that spectrum; ``None`` if none is known.
@@ -156,30 +187,19 @@ def _symmetric_complement(step: FeatureStep, s: float, curv: float, lam_w: np.nd
     else ``C = S^{1/2} W S^{1/2}`` when ``S >= 0`` (``s curv <= 1``;
     ``I - C = s D + S^{1/2} (I - W) S^{1/2}``, ``lo = min(lambda_min(W), 0)``, ``S^{1/2}``
     from the Gram matrices' eigendecompositions)."""
-    sd = s * step.scale[:, None, None] * step.grams
+    w = jnp.asarray(step.w)
+    sd = jnp.asarray(s * step.scale[:, None, None] * step.grams)
     if step.form == "dgd":
-        return (lambda x: x - step.mix(x) + np.matmul(sd, x)), lam_w[0] - s * curv
+        return (lambda x: _complement_dgd(x, w, sd)), lam_w[0] - s * curv
     if lam_w[0] >= -1e-12:
-        root = (step.vecs_w * np.sqrt(np.clip(lam_w, 0.0, None))) @ step.vecs_w.T
-
-        def psd_w(x):
-            h = np.tensordot(root, x, axes=1)
-            return x - step.mix(x) + np.tensordot(root, np.matmul(sd, h), axes=1)
-
-        return psd_w, min(0.0, 1.0 - s * curv)
+        root = jnp.asarray((step.vecs_w * np.sqrt(np.clip(lam_w, 0.0, None))) @ step.vecs_w.T)
+        return (lambda x: _complement_psd_w(x, w, sd, root)), min(0.0, 1.0 - s * curv)
     if s * curv > 1.0:
         return None
     lam, vecs = step.eigh()
-    sig = np.sqrt(np.clip(1.0 - s * step.scale[:, None] * lam, 0.0, None))[:, :, None]
-
-    def half(x):  # S^{1/2} x, agent by agent in G_q's eigenbasis
-        return np.matmul(vecs, sig * np.matmul(np.swapaxes(vecs, 1, 2), x))
-
-    def psd_s(x):
-        h = half(x)
-        return np.matmul(sd, x) + half(h - step.mix(h))
-
-    return psd_s, min(float(lam_w[0]), 0.0)
+    sig = jnp.asarray(np.sqrt(np.clip(1.0 - s * step.scale[:, None] * lam, 0.0, None))[:, :, None])
+    vecs = jnp.asarray(vecs)
+    return (lambda x: _complement_psd_s(x, w, sd, vecs, sig)), min(float(lam_w[0]), 0.0)
 
 
 def feature_radius(step: FeatureStep, s: float, curv: float) -> float | None:
