@@ -431,3 +431,27 @@ def test_unconverged_quick_verification_falls_back_to_the_full_radius(monkeypatc
     np.testing.assert_allclose(np.array(got.intervals), np.array(want.intervals), rtol=1e-12)
     (below,) = cache  # the full radius at the verified rate, and nothing else
     assert cache[below] <= 1 + stab.RHO_TOL
+
+
+def test_arpack_discards_ritz_values_that_are_not_eigenvalues():
+    """Heavy-ball momentum on a non-symmetric W at 2.5 / curv: a cluster of 180 eigenvalues
+    of modulus 1.181 in 462 dimensions.  ARPACK with a 48-vector basis reports 'converged'
+    Ritz values of modulus 9.3-11.8 (above the operator's 2-norm, 3.86), whose residuals
+    equal their size; the radius must not be taken from them: it equals the dense radius,
+    and stays below the 2-norm."""
+    from ntkdyn.kernels import analytic_ntk
+
+    rng = np.random.default_rng(3)
+    q, n = int(rng.integers(3, 8)), int(rng.integers(30, 70))
+    x = rng.normal(size=(n, 4))
+    agent = rng.integers(0, q, n)
+    agent[:q] = np.arange(q)
+    w = 0.7 * graphs.mixing(graphs.topology("ring", q), "metropolis") + 0.3 * np.roll(
+        np.eye(q), 1, axis=1)  # doubly stochastic, not symmetric
+    prob = make_problem(analytic_ntk(x, hidden_layers=2), np.ones((n, 1)), agent, w)
+    op = stab.StepOperator(prob, algorithms.get_algorithm("momentum"))
+    s = 2.5 / float(np.max(stab.agent_curvatures(prob)))
+    dense = op.spectral_radius(s, method="dense")
+    arpack = op.spectral_radius(s, method="arpack")
+    assert arpack <= np.linalg.norm(op.dense(s), 2)
+    assert arpack == pytest.approx(dense, rel=1e-6)
