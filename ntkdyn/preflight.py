@@ -249,8 +249,9 @@ def _shared_verdicts(report_of, topology: str, chosen: Algorithm | None = None
 
 
 def _chosen_verdict(verdicts: list[AlgorithmVerdict], algo: Algorithm) -> AlgorithmVerdict:
-    """The verdict of ``algo`` among those of :func:`_shared_verdicts`."""
-    return next(v for v in verdicts if v.algorithm == algo.name)
+    """The verdict of ``algo`` among those of :func:`_shared_verdicts` (the last of that
+    name: ``algo`` itself when it was appended as not one of the compared schedules)."""
+    return [v for v in verdicts if v.algorithm == algo.name][-1]
 
 
 def _as_verdict(rep: spectrum.StabilityReport, topology: str) -> AlgorithmVerdict:

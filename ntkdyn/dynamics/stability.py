@@ -658,7 +658,7 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
 
 
 #: restarts allowed to the quick largest-modulus check of :func:`_isolated_at_most_one`
-QUICK_MAXITER = 300
+QUICK_MAXITER = 20
 
 
 def _stable_at(op: StepOperator, rho, s: float) -> bool:
