@@ -63,7 +63,25 @@ FORM_RTOL = 1e-10
 FORMS = ("dgd", "atc", "cta", "gd")
 
 
-class LowRankStep:
+class FormStep:
+    """``A(s)`` of the adapt/combine forms from a subclass's ``mix`` (``W (x) I``) and
+    ``local`` (the local gradient's linear part at unit rate, ``D H``): DGD ``W - s D H``,
+    ATC ``W (I - s D H)``, CTA ``(I - s D H) W`` (``form``: ``"dgd"``, ``"atc"``, ``"cta"``;
+    GD is DGD with ``W = I``)."""
+
+    form: str
+
+    def apply(self, x: np.ndarray, s: float) -> np.ndarray:
+        """``A(s) x`` on states ``(Q, R, c)``."""
+        if self.form == "dgd":
+            return self.mix(x) - s * self.local(x)
+        if self.form == "atc":
+            return self.mix(x - s * self.local(x))
+        y = self.mix(x)
+        return y - s * self.local(y)
+
+
+class LowRankStep(FormStep):
     """``A(s)`` of DGD/ATC/CTA as ``W (x) I`` plus a rank-``m`` term, in numpy.
 
     ``kernel`` is the problem's ``(R, R)`` kernel (rows in agent order), ``offsets`` the
@@ -103,15 +121,6 @@ class LowRankStep:
     def local(self, x: np.ndarray) -> np.ndarray:
         """``D H x = U V^T x`` (the local gradient's linear part at unit rate)."""
         return self.u(self.vt(x))
-
-    def apply(self, x: np.ndarray, s: float) -> np.ndarray:
-        """``A(s) x`` on states ``(Q, R, c)``."""
-        if self.form == "dgd":
-            return self.mix(x) - s * self.local(x)
-        if self.form == "atc":
-            return self.mix(x - s * self.local(x))
-        y = self.mix(x)
-        return y - s * self.local(y)
 
     # -- the shift-invert solve
     def inverse(self, s: float, sigma: float):

@@ -273,26 +273,33 @@ class StepOperator:
         (:mod:`ntkdyn.dynamics.radius`: exact up to ``~1e-12``); ``None`` where it does not
         apply (augmented state, mixing sequence, an operator of another form, a spectrum
         not known to be real: non-symmetric ``W``, ATC/CTA with indefinite ``W`` above
-        ``1 / curv``)."""
+        ``1 / curv``).  The form is read off the operator once (:meth:`form_step`), then
+        :meth:`form_radius` gives the radius."""
         from ntkdyn.dynamics import radius
 
         if self.blocks != 1 or self.period_steps != 1 or self.problem.process is not None:
             return None
         if self._structure is None:
-            p = self.problem
-            curv = float(np.max(self.profile * agent_curvatures(p)))
-
-            def factory(form):
-                return radius.LowRankStep(p.kernel, p.mixing, p.offsets, p.rows_per_sample,
-                                          self.profile, form)
-
+            curv = float(np.max(self.profile * agent_curvatures(self.problem)))
             probe = 1.0 / curv if curv > 0 else 1.0
-            form = radius.detect_form(factory, lambda x, t: self.matvec_state(x, t),
+            form = radius.detect_form(self.form_step, self.matvec_state,
                                       self.local_curvature, (self.q, self.r, 2), probe)
-            self._structure = (None if form is None else factory(form), curv)
+            self._structure = (None if form is None else self.form_step(form), curv)
         step, curv = self._structure
-        if step is None:
-            return None
+        return None if step is None else self.form_radius(step, s, curv)
+
+    def form_step(self, form: str):
+        """The numpy operator of ``form`` (:class:`~ntkdyn.dynamics.radius.LowRankStep`)."""
+        from ntkdyn.dynamics import radius
+
+        p = self.problem
+        return radius.LowRankStep(p.kernel, p.mixing, p.offsets, p.rows_per_sample,
+                                  self.profile, form)
+
+    def form_radius(self, step, s: float, curv: float) -> float | None:
+        """The radius of :meth:`form_step`'s operator at rate ``s`` (``None``: unknown)."""
+        from ntkdyn.dynamics import radius
+
         return radius.structured_radius(step, s, curv)
 
     def matvec_state(self, x: np.ndarray, s: float) -> np.ndarray:

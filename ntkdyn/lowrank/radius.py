@@ -60,7 +60,7 @@ import scipy.linalg
 import scipy.sparse.linalg as spla
 
 from ntkdyn import graphs
-from ntkdyn.dynamics.radius import FORMS
+from ntkdyn.dynamics.radius import FORMS, FormStep
 from ntkdyn.lowrank.pcg import TwoLevelPCG
 
 __all__ = ["FeatureStep", "feature_radius"]
@@ -70,7 +70,7 @@ LOBPCG_BLOCK, LOBPCG_TOL, LOBPCG_MAXITER = 4, 1e-10, 1000
 EXACT = jax.lax.Precision.HIGHEST
 
 
-class FeatureStep:
+class FeatureStep(FormStep):
     """``B(s)`` of DGD/ATC/CTA/GD on the feature coordinates, in numpy, on states
     ``(Q, r, c)``.  ``grams``: ``(Q, r, r)``; ``counts``: ``N_q``; ``profile``: ``d_q``;
     ``eigh``: a callable returning the Gram matrices' eigendecompositions (computed once by
@@ -107,14 +107,6 @@ class FeatureStep:
     def mix(self, x: np.ndarray) -> np.ndarray:
         return np.tensordot(self.w, x, axes=1)
 
-    def apply(self, x: np.ndarray, s: float) -> np.ndarray:
-        """``B(s) x``."""
-        if self.form == "dgd":
-            return self.mix(x) - s * self.local(x)
-        if self.form == "atc":
-            return self.mix(x - s * self.local(x))
-        y = self.mix(x)
-        return y - s * self.local(y)
 
 
 def _extreme(matvec, precondition, shape: tuple, largest: bool) -> float | None:

@@ -50,7 +50,6 @@ from ntkdyn.dynamics.stability import (
     StabilityReport,
     StableSet,
     StepOperator,
-    agent_curvatures,
     operator_report,
     operator_stable_set,
     perron_vector,
@@ -171,33 +170,24 @@ class FeatureStepOperator(StepOperator):
         self._grams, self._inv_n = args[0], args[3]
         self._structure, self._local = None, None  # read by the inherited ARPACK fallback
 
-    def structured_radius(self, s: float) -> float | None:
+    def form_step(self, form: str):
+        """The numpy feature operator of ``form``
+        (:class:`~ntkdyn.lowrank.radius.FeatureStep`), read by the inherited
+        :meth:`structured_radius` and its ARPACK fallback."""
+        from ntkdyn.lowrank.radius import FeatureStep
+
+        p = self.problem
+        return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form, eigh=p.agent_eigh)
+
+    def form_radius(self, step, s: float, curv: float) -> float | None:
         """``rho(B(s))`` from the extreme eigenvalues of a symmetric operator with the same
         spectrum, by preconditioned LOBPCG (:mod:`ntkdyn.lowrank.radius`), for DGD, GD,
         ATC and CTA with a static symmetric ``W`` (ATC/CTA: ``W >= 0`` or ``s curv <= 1``);
-        ``None`` elsewhere (augmented state, mixing sequence, non-symmetric ``W``, ATC/CTA
-        with an indefinite ``W`` above ``1 / curv``), where the inherited
-        :meth:`spectral_radius` uses ARPACK (on the numpy operator for the four forms)."""
-        from ntkdyn.dynamics import radius
-        from ntkdyn.lowrank.radius import FeatureStep, feature_radius
+        ``None`` elsewhere (non-symmetric ``W``, ATC/CTA with an indefinite ``W`` above
+        ``1 / curv``; augmented states and sequences never get here), where the inherited
+        :meth:`spectral_radius` uses ARPACK on the numpy operator."""
+        from ntkdyn.lowrank.radius import feature_radius
 
-        if self.blocks != 1 or self.period_steps != 1 or self.problem.process is not None:
-            return None
-        if self._structure is None:
-            p = self.problem
-            curv = float(np.max(self.profile * agent_curvatures(p)))
-
-            def factory(form):
-                return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form,
-                                   eigh=p.agent_eigh)
-
-            probe = 1.0 / curv if curv > 0 else 1.0
-            form = radius.detect_form(factory, lambda x, t: np.asarray(self._apply(
-                jnp.asarray(x), t)), self.local_curvature, (self.q, self.r, 2), probe)
-            self._structure = (None if form is None else factory(form), curv)
-        step, curv = self._structure
-        if step is None:
-            return None
         return feature_radius(step, s, curv)
 
     def local_curvature(self, x):
