@@ -11,8 +11,11 @@ kernel does not see, which the stability test of :mod:`ntkdyn.dynamics.stability
 stable set of the truncated kernel-space dynamics is that of ``B``, an operator on
 ``Q r`` numbers per state component, with the local curvature of agent ``q`` given by the
 ``r x r`` Gram matrix ``G_q = Phi_q^T Phi_q`` (``lambda_max(Theta~_qq) = lambda_max(G_q)``).
-The machinery of :mod:`ntkdyn.dynamics.stability` (the ``-1`` crossing theorems, the dense or ARPACK
-radius, the Brent search) runs on ``B`` unchanged: :func:`lowrank_stability`.
+The machinery of :mod:`ntkdyn.dynamics.stability` (the ``-1`` crossing theorems, the dense
+radius, the Brent search) runs on ``B`` unchanged: :func:`lowrank_stability`.  Above the
+dense limit the radius of DGD, GD, ATC and CTA with a symmetric ``W`` comes from a
+symmetric positive definite operator with the same spectrum, by preconditioned LOBPCG
+(:mod:`ntkdyn.lowrank.radius`), and ARPACK on ``B`` otherwise.
 
 **Relation to the full operator.**  ``Theta - Theta~`` is PSD (the Nystrom residual and the
 discarded eigen-directions), so ``Theta = Psi Psi^T`` with ``Psi = [Phi, Psi_rest]``, and
@@ -141,7 +144,8 @@ def _feature_linear(x, s, grams, w, profile, inv_n, pi, *, algorithm, treedef, p
 class FeatureStepOperator(StepOperator):
     """:class:`~ntkdyn.dynamics.stability.StepOperator` of the feature-space dynamics: the state is
     ``B`` blocks of ``Q x r`` (``dim = B Q r``); dense below ``DENSE_MAX``
-    dimensions, ARPACK above (the inherited :meth:`spectral_radius`).  For a periodic
+    dimensions, above it :meth:`form_radius` where it applies and ARPACK otherwise (the
+    inherited :meth:`spectral_radius`).  For a periodic
     mixing sequence it spans one period (``period_steps`` steps) and the radius is per
     step, as on the exact path."""
 
