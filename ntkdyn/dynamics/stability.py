@@ -353,10 +353,10 @@ def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
                 if np.linalg.norm(op.matvec(vecs[:, i].real) + 1j * op.matvec(vecs[:, i].imag)
                                   - vals[i] * vecs[:, i])
                 <= RITZ_RTOL * max(abs(vals[i]), 1.0) * np.linalg.norm(vecs[:, i])]
-        if len(good) == len(vals) > 0 or (good and (ncv == ARPACK_NCV[-1] or
-                                                   ncv >= dim - 1)):
+        last = ncv == ARPACK_NCV[-1] or ncv >= dim - 1
+        if good and (len(good) == len(vals) or last):
             return np.asarray(vals)[good]
-        if ncv >= dim - 1:
+        if last:
             break
     raise RuntimeError("spectral_radius: ARPACK found no eigenvalue that verifies by its "
                        "residual; use method='dense'")
@@ -381,15 +381,16 @@ def agent_curvatures(problem: KernelProblem) -> np.ndarray:
     own = getattr(problem, "agent_curvatures", None)
     if callable(own):
         return np.asarray(own(), dtype=np.float64)
-    out = np.empty(problem.num_agents)
-    for q in range(problem.num_agents):
-        block = problem.agent_block(q)
-        if block.shape[0] <= 3000:
-            lam = scipy.linalg.eigvalsh(block, subset_by_index=[block.shape[0] - 1] * 2)[0]
-        else:
-            lam = spla.eigsh(block, k=1, which="LA", return_eigenvectors=False)[0]
-        out[q] = lam / problem.counts[q]
-    return out
+    tops = [block_lambda_max(problem.agent_block(q)) for q in range(problem.num_agents)]
+    return np.asarray(tops) / problem.counts
+
+
+def block_lambda_max(block: np.ndarray) -> float:
+    """The largest eigenvalue of a symmetric block (LAPACK's subset solver up to 3,000
+    rows, Lanczos above)."""
+    if block.shape[0] <= 3000:
+        return float(scipy.linalg.eigvalsh(block, subset_by_index=[block.shape[0] - 1] * 2)[0])
+    return float(spla.eigsh(block, k=1, which="LA", return_eigenvectors=False)[0])
 
 
 def _analysed_matrices(problem: KernelProblem) -> list[np.ndarray]:
@@ -664,7 +665,7 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
     return [s_c] if np.isfinite(s_c) else []
 
 
-#: restarts allowed to the quick largest-modulus check of :func:`_isolated_at_most_one`
+#: restarts allowed to the quick largest-modulus check of :func:`_stable_at`
 QUICK_MAXITER = 20
 
 

@@ -75,6 +75,7 @@ class TwoLevelPCG:
         coarse = scipy.linalg.cho_solve(scipy.linalg.cho_factor(
             np.sum(blocks, axis=0) / q), eye) / q
         self.args = tuple(jnp.asarray(a) for a in (w, blocks, local, coarse))
+        self.mixing, self.blocks = self.args[0], self.args[1]  # W and the S_q, on device
         self.rtol, self.maxiter = rtol, maxiter
         self.iterations = 0  # of the last solve
 

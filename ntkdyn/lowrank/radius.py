@@ -60,14 +60,23 @@ import scipy.linalg
 import scipy.sparse.linalg as spla
 
 from ntkdyn import graphs
+from ntkdyn._utils.threads import one_blas_thread
 from ntkdyn.dynamics.radius import FORMS, FormStep
 from ntkdyn.lowrank.pcg import TwoLevelPCG
 
-__all__ = ["FeatureStep", "feature_radius"]
+__all__ = ["FeatureStep", "feature_radius", "gram_eigh"]
 
 #: LOBPCG's block size, residual tolerance and iteration cap
 LOBPCG_BLOCK, LOBPCG_TOL, LOBPCG_MAXITER = 4, 1e-10, 1000
 EXACT = jax.lax.Precision.HIGHEST
+
+
+def gram_eigh(grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(lam, vecs)``: the eigendecomposition of every block of ``grams`` ``(Q, r, r)``
+    (``(Q, r)`` ascending, ``(Q, r, r)``), one ``eigh`` per agent on one BLAS thread."""
+    with one_blas_thread():
+        pairs = [np.linalg.eigh(g) for g in grams]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 class FeatureStep(FormStep):
@@ -95,8 +104,7 @@ class FeatureStep(FormStep):
         """The eigendecompositions of the Gram matrices, ``(Q, r)`` and ``(Q, r, r)``
         (from the ``eigh`` callable given, else computed here once)."""
         if self._eigh is None:
-            pairs = [np.linalg.eigh(g) for g in self.grams]
-            found = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+            found = gram_eigh(self.grams)
             self._eigh = lambda: found
         return self._eigh()
 
@@ -143,13 +151,6 @@ def _gd_radius(step: FeatureStep, s: float) -> float:
 
 
 @jax.jit
-def _complement_dgd(x, w, sd):
-    """``(I - B) x = x - (W (x) I) x + s D x`` (DGD) on ``(Q, r, c)``."""
-    return x - jnp.tensordot(w, x, axes=1, precision=EXACT) + jnp.matmul(sd, x,
-                                                                          precision=EXACT)
-
-
-@jax.jit
 def _complement_psd_w(x, w, sd, root):
     """``(I - W^{1/2} S W^{1/2}) x = x - W x + W^{1/2} s D W^{1/2} x`` (ATC/CTA, ``W >= 0``)."""
     h = jnp.tensordot(root, x, axes=1, precision=EXACT)
@@ -170,28 +171,33 @@ def _complement_psd_s(x, w, sd, vecs, sig):
         h - jnp.tensordot(w, h, axes=1, precision=EXACT))
 
 
-def _symmetric_complement(step: FeatureStep, s: float, curv: float, lam_w: np.ndarray):
+def _symmetric_complement(step: FeatureStep, s: float, curv: float, solver: TwoLevelPCG):
     """``(I - C, lo)``: the matvec of ``I - C`` for a symmetric ``C`` with the spectrum of
-    ``B(s)``, and a lower bound ``lo`` of that spectrum; ``None`` if none is known.
+    ``B(s)``, and a lower bound ``lo`` of that spectrum (:func:`has_symmetric_form` holds).
 
-    DGD: ``C = B``.  ATC/CTA (``WS`` and ``SW``, ``S = I - s D``): ``C = W^{1/2} S W^{1/2}``
-    when ``W >= 0`` (``I - C = (I - W) + s W^{1/2} D W^{1/2}``, ``lo = min(0, 1 - s curv)``),
-    else ``C = S^{1/2} W S^{1/2}`` when ``S >= 0`` (``s curv <= 1``;
-    ``I - C = s D + S^{1/2} (I - W) S^{1/2}``, ``lo = min(lambda_min(W), 0)``, ``S^{1/2}``
-    from the Gram matrices' eigendecompositions)."""
-    w = jnp.asarray(step.w)
-    sd = jnp.asarray(s * step.scale[:, None, None] * step.grams)
+    DGD: ``C = B``, ``I - C = M``, the product of ``solver``.  ATC/CTA (``WS`` and ``SW``,
+    ``S = I - s D``): ``C = W^{1/2} S W^{1/2}`` when ``W >= 0``
+    (``I - C = (I - W) + s W^{1/2} D W^{1/2}``, ``lo = min(0, 1 - s curv)``), else
+    ``C = S^{1/2} W S^{1/2}`` (``s curv <= 1``; ``I - C = s D + S^{1/2} (I - W) S^{1/2}``,
+    ``lo = min(lambda_min(W), 0)``, ``S^{1/2}`` from the Gram matrices' eigendecompositions).
+    ``s D`` is the solver's blocks."""
+    lam_w = step.lam_w
     if step.form == "dgd":
-        return (lambda x: _complement_dgd(x, w, sd)), lam_w[0] - s * curv
+        return solver.matvec, lam_w[0] - s * curv
+    w, sd = solver.mixing, solver.blocks
     if lam_w[0] >= -1e-12:
         root = jnp.asarray((step.vecs_w * np.sqrt(np.clip(lam_w, 0.0, None))) @ step.vecs_w.T)
         return (lambda x: _complement_psd_w(x, w, sd, root)), min(0.0, 1.0 - s * curv)
-    if s * curv > 1.0:
-        return None
     lam, vecs = step.eigh()
     sig = jnp.asarray(np.sqrt(np.clip(1.0 - s * step.scale[:, None] * lam, 0.0, None))[:, :, None])
     vecs = jnp.asarray(vecs)
     return (lambda x: _complement_psd_s(x, w, sd, vecs, sig)), min(float(lam_w[0]), 0.0)
+
+
+def has_symmetric_form(step: FeatureStep, s: float, curv: float) -> bool:
+    """Whether ``B(s)`` has a symmetric similar form here: DGD, or ATC/CTA with ``W >= 0``
+    or ``s curv <= 1`` (a symmetric ``W`` assumed)."""
+    return step.form == "dgd" or step.lam_w[0] >= -1e-12 or s * curv <= 1.0
 
 
 def feature_radius(step: FeatureStep, s: float, curv: float) -> float | None:
@@ -202,13 +208,12 @@ def feature_radius(step: FeatureStep, s: float, curv: float) -> float | None:
         return None
     if np.array_equal(step.w, np.eye(step.q)):
         return _gd_radius(step, s)  # GD; ATC/CTA with W = I are GD too
-    found = _symmetric_complement(step, s, curv, step.lam_w)
-    if found is None:
+    if not has_symmetric_form(step, s, curv):
         return None
-    matvec, lo = found
     shape = (step.q, step.r)
     try:
         solver = TwoLevelPCG(step.w, s * step.scale[:, None, None] * step.grams)
+        matvec, lo = _symmetric_complement(step, s, curv, solver)
         mu_min = _extreme(matvec, solver.precondition, shape, largest=False)
         if mu_min is None:
             return None

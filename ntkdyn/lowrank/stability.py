@@ -44,7 +44,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from ntkdyn._utils.checks import agent_indices, learning_rates
 from ntkdyn._utils.threads import one_blas_thread
@@ -53,6 +52,7 @@ from ntkdyn.dynamics.stability import (
     StabilityReport,
     StableSet,
     StepOperator,
+    block_lambda_max,
     operator_report,
     operator_stable_set,
     perron_vector,
@@ -62,6 +62,7 @@ from ntkdyn.dynamics.stability import (
 )
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.factor import LowRankFactor
+from ntkdyn.lowrank.radius import FeatureStep, feature_radius, gram_eigh
 
 __all__ = ["FeatureProblem", "FeatureStepOperator", "lowrank_stability", "lowrank_stable_set"]
 
@@ -95,9 +96,7 @@ class FeatureProblem:
         """``(lam, vecs)``: the eigendecomposition of every ``G_q`` (``(Q, r)`` ascending,
         ``(Q, r, r)``), computed once (one ``r x r`` ``eigh`` per agent)."""
         if self._eigh is None:
-            with one_blas_thread():
-                pairs = [np.linalg.eigh(g) for g in self.grams]
-            self._eigh = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+            self._eigh = gram_eigh(self.grams)
         return self._eigh
 
     def agent_curvatures(self) -> np.ndarray:
@@ -108,10 +107,8 @@ class FeatureProblem:
             if self._eigh is not None:
                 top = self._eigh[0][:, -1]
             else:
-                r = self.rank
                 with one_blas_thread():
-                    top = np.array([scipy.linalg.eigvalsh(g, subset_by_index=[r - 1, r - 1])[0]
-                                    for g in self.grams])
+                    top = np.array([block_lambda_max(g) for g in self.grams])
             self._curvatures = top / self.counts
         return self._curvatures
 
@@ -178,8 +175,6 @@ class FeatureStepOperator(StepOperator):
         """The numpy feature operator of ``form``
         (:class:`~ntkdyn.lowrank.radius.FeatureStep`), read by the inherited
         :meth:`structured_radius` and its ARPACK fallback."""
-        from ntkdyn.lowrank.radius import FeatureStep
-
         p = self.problem
         return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form, eigh=p.agent_eigh)
 
@@ -190,8 +185,6 @@ class FeatureStepOperator(StepOperator):
         ``None`` elsewhere (non-symmetric ``W``, ATC/CTA with an indefinite ``W`` above
         ``1 / curv``; augmented states and sequences never get here), where the inherited
         :meth:`spectral_radius` uses ARPACK on the numpy operator."""
-        from ntkdyn.lowrank.radius import feature_radius
-
         return feature_radius(step, s, curv)
 
     def local_curvature(self, x):
