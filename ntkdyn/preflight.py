@@ -10,8 +10,10 @@ and "catapult", Lewkowycz et al. 2020), unless ``measure_edge`` trained the
 real network and observed it.
 
 ``check`` returns a :class:`CheckReport` (``.text()``, ``.to_json()``; the
-JSON schema is ``ntkdyn/schemas/check.schema.json``).  All learning rates of
-the sweep share every pass over the kernel (one batched prediction).
+JSON schema is ``ntkdyn/schemas/check.schema.json``).  On the exact path all
+learning rates of the sweep share every pass over the kernel (one batched
+prediction); on the low-rank path (``[prediction] rank``) each rate is its own
+run on the one factor.
 """
 
 from __future__ import annotations
@@ -511,23 +513,25 @@ LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full ke
                   "DGD/ATC/CTA with a symmetric W (theory/low_rank.md section 6)")
 
 
-def _lowrank_mixing(exp: Experiment) -> tuple[np.ndarray, object]:
-    """``(W, mixing)`` of the low-rank check: the static matrix twice, or for a sequence
-    ``E[W]`` (sizes and estimates) and the process, whose stability is that of the exact
-    path on the feature coordinates (one period of a periodic sequence; ``E[W]``, the mean
-    state, for random gossip: :mod:`ntkdyn.lowrank.stability`) and whose sampled sequences
-    run the prediction (:mod:`ntkdyn.lowrank.gossip`)."""
-    w = gossip.resolve_mixing(exp.mixing)[0]
-    return w, exp.mixing if gossip.is_process(exp.mixing) else w
+def _lowrank_mixing(exp: Experiment):
+    """The mixing of the low-rank check: the static matrix, or the process, whose
+    stability is that of the exact path on the feature coordinates (one period of a
+    periodic sequence; ``E[W]``, the mean state, for random gossip:
+    :mod:`ntkdyn.lowrank.stability`) and whose sampled sequences run the prediction
+    (:mod:`ntkdyn.lowrank.gossip`)."""
+    if gossip.is_process(exp.mixing):
+        return exp.mixing
+    return gossip.resolve_mixing(exp.mixing)[0]
 
 
 def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     """:func:`check` with ``[prediction] rank``: the factor of the low-rank path, the exact
     stability of the truncated operator on its coordinates
     (:func:`ntkdyn.lowrank.lowrank_stability`), the low-rank prediction at the chosen
-    rate and the steady state of the truncated dynamics
-    (:func:`ntkdyn.lowrank.steady_state.lowrank_fixed_point`); no sweep, topology
-    comparison or edge (exact-path features)."""
+    rate, the sweep of rates (:func:`_lowrank_sweep`, every rate on the same factor) and
+    the recommended rate, and the steady state of the truncated dynamics
+    (:func:`ntkdyn.lowrank.steady_state.lowrank_fixed_point`); no topology comparison or
+    edge (exact-path features)."""
     from ntkdyn import lowrank
 
     exp = from_config(cfg)
@@ -538,7 +542,7 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     source = lowrank_source(arch, cfg.prediction.kernel, params, data.x_train,
                             data.x_test if has_test else None)
     agent, lr = exp.parts.agent, cfg.training.lr
-    w, mixing = _lowrank_mixing(exp)
+    mixing = _lowrank_mixing(exp)
     kw = exp.low_rank
     f0_train = np.asarray(arch.apply(params, data.x_train)) if empirical else None
     factor, tol, algo, steps = lowrank.choose_factor(source, agent, mixing, lr, cfg.steps,
@@ -557,35 +561,51 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
     prediction = None
-    residual = (0.0 if f0_train is None else f0_train) - np.asarray(data.y_train, dtype=float)
-    test_residual = None
-    if has_test:
-        f0_test = np.asarray(arch.apply(params, data.x_test)) if empirical else 0.0
-        test_residual = f0_test - np.asarray(data.y_test, dtype=float)
-    low = dict(factor.describe(), **lowrank.output_estimates(
-        factor, residual, test_residual, agent, learning_rates(lr, w.shape[0]),
-        np.bincount(agent, minlength=w.shape[0]), float(steps[-1]), algo),
-        tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
+    low = dict(_lowrank_estimates(factor, exp, cfg, params, f0_train, float(steps[-1]), algo),
+               tol=tol, verdicts="low-rank: " + LOW_RANK_WORDS)
+    f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, low_rank=True)
+    sweep = _lowrank_sweep(factor, exp, cfg, chosen, steps, algo,
+                           _network_outputs(exp, params) if f0 == "network" else {})
     if chosen.inside:
         prediction = _lowrank_prediction(factor, exp, cfg, params, steps, algo)
     t_end = time.perf_counter()
     test_est = low.get("error_estimate_test")
     on_test = "" if test_est is None else f", {test_est:.3g} of the test outputs"
     caveat = (f"Low-rank path (rank {factor.rank}, a-priori error estimate "
-              f"{low['error_estimate']:.3g} of the training outputs{on_test}): stability and "
-              f"prediction are those of the truncated kernel; {LOW_RANK_WORDS}, so a rate "
+              f"{low['error_estimate']:.3g} of the training outputs{on_test}): stability, "
+              f"sweep and prediction are those of the truncated kernel; {LOW_RANK_WORDS}, so "
+              "a rate "
               "inside it can still be outside for the full kernel. "
               + _caveat(cfg.prediction.kernel, cfg.architecture.width))
     return CheckReport(
         config=cfg.to_dict(), kernel=cfg.prediction.kernel, width=cfg.architecture.width,
         topology=name, algorithm=cfg.training.algorithm, lr=lr, target_loss=target,
         horizon=int(cfg.training.steps), stability=verdicts, inside=chosen.inside,
-        prediction=prediction, sweep=[], recommended=None, caveat=caveat,
+        prediction=prediction, sweep=sweep,
+        recommended=_recommend(sweep, chosen.stable_rates), caveat=caveat,
         kernel_layout="full",
         timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
                  "prediction_s": t_end - t_stab, "topologies_and_edge_s": 0.0,
                  "total_s": t_end - t0},
         versions=versions(), low_rank=low)
+
+
+def _lowrank_estimates(factor, exp: Experiment, cfg: Config, params, f0_train,
+                       horizon: float, algo) -> dict:
+    """The factor's facts and the a-priori error estimates of the training (and test)
+    outputs at the configured rate (:func:`ntkdyn.lowrank.output_estimates`), from the
+    residuals ``f_0 - Y`` of the network whose ``final_*`` fields the check reports."""
+    from ntkdyn import lowrank
+
+    data, agent, q = exp.parts.dataset, exp.parts.agent, exp.parts.num_agents
+    residual = (0.0 if f0_train is None else f0_train) - np.asarray(data.y_train, dtype=float)
+    test_residual = None
+    if data.num_test > 0:
+        f0_test = 0.0 if params is None else np.asarray(exp.arch.apply(params, data.x_test))
+        test_residual = f0_test - np.asarray(data.y_test, dtype=float)
+    return dict(factor.describe(), **lowrank.output_estimates(
+        factor, residual, test_residual, agent, learning_rates(cfg.training.lr, q),
+        np.bincount(agent, minlength=q), horizon, algo))
 
 
 LOW_RANK_CE_WORDS = ("cross-entropy on the low-rank path: the verdicts are the exact path's "
@@ -627,7 +647,8 @@ def _check_lowrank_ce(cfg: Config, exp: Experiment, factor, params, steps, algo,
         lambda a: lowrank_ce_stability(factor, agent, w, a, lr, **kw), name, algo)
     chosen = _chosen_verdict(verdicts, algo)
     t_stab = time.perf_counter()
-    sweep, prediction = _lowrank_ce_sweep(factor, exp, cfg, chosen, steps, algo, outputs)
+    sweep = _lowrank_sweep(factor, exp, cfg, chosen, steps, algo, outputs)
+    prediction = _lowrank_ce_prediction(factor, exp, cfg, chosen, steps, algo, outputs)
     if prediction is not None:
         prediction.update(steady_state_note=NO_FIXED_POINT, steady_state_consensus_gap=None,
                           steady_state_distance_to_centralised=None,
@@ -665,25 +686,68 @@ def _network_outputs(exp: Experiment, params) -> dict:
             else None}
 
 
-def _lowrank_ce_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdict, steps,
-                      algo, outputs: dict) -> tuple[list[dict], dict | None]:
-    """The exact check's sweep (:data:`SWEEP_FRACTIONS` of ``lr*``) and, inside the regime,
-    the chosen rate's prediction, every rate a cross-entropy run on the one ``factor``
-    (mean network, or the network's own ``f_0`` with ``outputs``)."""
-    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+#: training rows on which each rate of the low-rank squared-loss sweep evaluates the agents'
+#: accuracies (all rows up to this many, else a random subset drawn with ``seed``): per record
+#: they cost ``Q n r K`` flops, the rest of a record ``Q r^2 K`` (:mod:`ntkdyn.lowrank.evolve`)
+LOW_RANK_SWEEP_ACC_ROWS = 10_000
 
-    data, target = exp.parts.dataset, cfg.prediction.target_loss
+
+def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdict, steps,
+                   algo, outputs: dict) -> list[dict]:
+    """The exact check's sweep (:data:`SWEEP_FRACTIONS` of ``lr*``, none when no rate or
+    every rate is stable) on the one ``factor``, for the network whose ``final_*`` fields
+    the check reports (the mean network, or with ``outputs`` the given network's ``f_0``).
+
+    Each rate is its own run on the factor, as ``nd.predict_sweep(..., rank=r)`` runs them:
+    squared loss :func:`ntkdyn.lowrank.predict_lowrank` (a mixing sequence
+    :func:`~ntkdyn.lowrank.gossip.predict_lowrank_process`, ``training`` gossip samples),
+    training accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows; cross-entropy
+    :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` (static ``W``, checked)."""
+    from ntkdyn import lowrank
+
+    data, agent, target = exp.parts.dataset, exp.parts.agent, cfg.prediction.target_loss
     rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
              if 0 < chosen.lr_star < np.inf else [])
-    if chosen.inside:
-        rates.append(cfg.training.lr)
-    trajs = [predict_lowrank_ce(factor, data.y_train, exp.parts.agent,
-                                np.asarray(exp.mixing, dtype=float), lr, steps, algo,
-                                y_test=data.y_test if data.num_test > 0 else None,
-                                reference=False, logit_scale=exp.loss["logit_scale"],
-                                **outputs) for lr in rates]
-    sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
-    return sweep, _summarise(trajs[-1], target) if chosen.inside else None
+    kw = dict(y_test=data.y_test if data.num_test > 0 else None, reference=False, **outputs)
+    if cfg.training.loss == "cross_entropy":
+        from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+
+        w = np.asarray(exp.mixing, dtype=float)
+        return [_summarise(predict_lowrank_ce(factor, data.y_train, agent, w, lr, steps, algo,
+                                              logit_scale=exp.loss["logit_scale"], **kw),
+                           target) for lr in rates]
+    n = data.num_train
+    kw.update(seed=cfg.seed, acc_rows=None if n <= LOW_RANK_SWEEP_ACC_ROWS
+              else LOW_RANK_SWEEP_ACC_ROWS)
+    if gossip.is_process(exp.mixing):
+        from ntkdyn.lowrank.gossip import predict_lowrank_process
+
+        def run(lr):
+            return predict_lowrank_process(factor, data.y_train, agent, exp.mixing, lr, steps,
+                                           algo, samples=exp.samples, **kw)
+    else:
+        w = np.asarray(exp.mixing, dtype=float)
+
+        def run(lr):
+            return lowrank.predict_lowrank(factor, data.y_train, agent, w, lr, steps, algo,
+                                           **kw)
+    return [_summarise(run(lr), target) for lr in rates]
+
+
+def _lowrank_ce_prediction(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdict,
+                           steps, algo, outputs: dict) -> dict | None:
+    """Inside the regime, the chosen rate's cross-entropy prediction on the one ``factor``
+    (mean network, or the network's own ``f_0`` with ``outputs``); ``None`` outside."""
+    if not chosen.inside:
+        return None
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+
+    data = exp.parts.dataset
+    traj = predict_lowrank_ce(factor, data.y_train, exp.parts.agent,
+                              np.asarray(exp.mixing, dtype=float), cfg.training.lr, steps,
+                              algo, y_test=data.y_test if data.num_test > 0 else None,
+                              reference=False, logit_scale=exp.loss["logit_scale"], **outputs)
+    return _summarise(traj, cfg.prediction.target_loss)
 
 
 def _lowrank_ce_networks(factor, exp: Experiment, cfg: Config, steps, algo) -> dict:
@@ -973,14 +1037,10 @@ def _minibatch_lines(mb: dict | None) -> list[str]:
 
 def _sweep_lines(r: CheckReport) -> list[str]:
     """The learning-rate sweep table and the recommended rate."""
-    if r.low_rank is not None and r.loss == "mse":
-        lines = ["", "Learning-rate sweep: not run on the low-rank path (remove "
-                 "prediction.rank for it)"]
-    else:
-        how = ("one batched prediction" if r.low_rank is None else
-               f"every rate on the one rank-{r.low_rank['rank']} factor")
-        lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, {how}):",
-                 "  lr          final test loss   test acc   steps to target"]
+    how = ("one batched prediction" if r.low_rank is None else
+           f"every rate on the one rank-{r.low_rank['rank']} factor")
+    lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, {how}):",
+             "  lr          final test loss   test acc   steps to target"]
     for s in r.sweep:
         hit = s["steps_to_target"]
         lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "

@@ -960,7 +960,16 @@ def test_check_with_rank_reports_the_low_rank_verdict(tmp_path, capsys):
     full_cfg = tmp_path / "f.toml"
     full_cfg.write_text(TINY_TOML + "[prediction]\nrank = 60\n")
     full = check(str(full_cfg))
-    assert full.low_rank["rank"] == 60 and full.sweep == []
+    assert full.low_rank["rank"] == 60
+    # the sweep (empty before): the exact check's rates and predictions (its kernel products
+    # are float32, SWEEP_DTYPE: 1e-5), and the same recommended rate
+    assert len(full.sweep) == len(exact.sweep) == 10
+    for low, ex in zip(full.sweep, exact.sweep, strict=True):
+        assert low["lr"] == pytest.approx(ex["lr"], rel=1e-6)
+        assert low["status"] == ex["status"]
+        for key in ("final_test_loss", "final_train_loss", "final_test_acc"):
+            assert low[key] == pytest.approx(ex[key], rel=1e-4, abs=1e-9), key
+    assert full.recommended["lr"] == pytest.approx(exact.recommended["lr"], rel=1e-6)
     for v in full.stability:
         assert abs(v.lr_star - lr_exact[v.algorithm]) <= 1e-6 * lr_exact[v.algorithm], v
         assert "low-rank (rank 60)" in v.method

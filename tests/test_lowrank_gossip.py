@@ -251,6 +251,11 @@ def test_check_with_rank_and_gossip_mirrors_the_exact_check(tmp_path):
         # as tests/test_lowrank.py's static check (measured 4.3e-8 relative)
         assert abs(full.prediction["final_test_loss"] - exact.prediction["final_test_loss"]) \
             <= 1e-6 * exact.prediction["final_test_loss"]
+        # the sweep over the same sampled sequences (empty before on the low-rank path)
+        assert [s["lr"] for s in full.sweep] == pytest.approx([s["lr"] for s in exact.sweep],
+                                                              rel=1e-6)
+        assert [s["final_test_loss"] for s in full.sweep] == pytest.approx(
+            [s["final_test_loss"] for s in exact.sweep], rel=1e-4)
 
 
 @pytest.mark.parametrize("algorithm", ["dgd", "gradient_tracking"])

@@ -68,6 +68,28 @@ def test_report_with_per_agent_rates_and_labels(small):
     assert "low-rank (rank 10)" in rep.method and "upper bound" in rep.operator
 
 
+def test_a_shared_feature_problem_gives_the_same_verdicts_and_a_foreign_one_is_refused(small):
+    """``problem=`` (one FeatureProblem for several verdicts, as ``ntkdyn check`` does)
+    gives the verdicts computed without it; the problem of another factor of the same
+    rank, another partition or another mixing matrix is a ValueError naming ``problem``
+    (before, only the rank was compared, so any problem of equal rank was accepted)."""
+    _, _, agent, w, full = small
+    factor = full.truncate(10)
+    problem = lowrank.FeatureProblem(factor, agent, w)
+    for algorithm in ("dgd", "atc"):
+        shared = lowrank_stability(factor, agent, w, algorithm, 0.3, problem=problem)
+        alone = lowrank_stability(factor, agent, w, algorithm, 0.3)
+        assert shared.lr_star == pytest.approx(alone.lr_star, rel=1e-12)
+        assert shared.spectral_radius == pytest.approx(alone.spectral_radius, rel=1e-12)
+    other = lowrank.FeatureProblem(full.truncate(10), agent, w)  # equal, but not this factor
+    moved = np.roll(agent, 1)
+    complete = nd.graphs.mixing(nd.graphs.topology("complete", 4))
+    for bad, a, mix in [(other, agent, w), ("gram", agent, w), (problem, moved, w),
+                        (problem, agent, complete)]:
+        with pytest.raises(ValueError, match="problem: "):
+            lowrank_stability(factor, a, mix, "dgd", 0.3, problem=bad)
+
+
 def test_large_operator_uses_arpack(small):
     """Q r above spectrum.DENSE_MAX: the same lr* by the matrix-free path."""
     rng = np.random.default_rng(2)

@@ -73,7 +73,8 @@ class FeatureProblem:
     """What :mod:`ntkdyn.dynamics.stability` reads of a problem, for the feature-space operator:
     ``mixing`` (``E[W]`` for a sequence), ``process`` (None: static; else the periodic or
     random sequence), ``num_agents``, ``counts`` (``N_q``) and ``agent_block(q)`` (``G_q``,
-    whose largest eigenvalue is ``lambda_max(Theta~_qq)``)."""
+    whose largest eigenvalue is ``lambda_max(Theta~_qq)``); ``factor`` and ``agent`` are
+    kept, so that a verdict given ``problem=`` can check it is this factor's."""
 
     def __init__(self, factor: LowRankFactor, agent, mixing):
         phi = np.asarray(factor.phi, dtype=np.float64)
@@ -83,8 +84,9 @@ class FeatureProblem:
                              f"training sample), got {agent.shape}")
         self.mixing, self.process = resolve_mixing(mixing)
         self.num_agents = self.mixing.shape[0]
-        agent, self.counts = agent_indices(agent, self.num_agents)
-        self.rank = phi.shape[1]
+        self.agent, self.counts = agent_indices(agent, self.num_agents)
+        agent = self.agent
+        self.factor, self.rank = factor, phi.shape[1]
         self.grams = np.stack([phi[agent == q].T @ phi[agent == q]
                                for q in range(self.num_agents)])
         self._eigh, self._curvatures = None, None
@@ -198,9 +200,16 @@ def _feature_problem(factor: LowRankFactor, agent, mixing,
                      problem: FeatureProblem | None) -> FeatureProblem:
     if problem is None:
         return FeatureProblem(factor, agent, mixing)
-    if not isinstance(problem, FeatureProblem) or problem.rank != factor.rank:
+    if not isinstance(problem, FeatureProblem) or problem.factor is not factor:
         raise ValueError(f"problem: expected the FeatureProblem of this factor (rank "
                          f"{factor.rank}), agent and mixing, got {problem!r}")
+    w = resolve_mixing(mixing)[0]
+    if w.shape != problem.mixing.shape or not np.array_equal(w, problem.mixing) \
+            or not np.array_equal(np.asarray(agent), problem.agent):
+        raise ValueError(f"problem: its mixing matrix ({problem.num_agents} agents) and "
+                         "agent indices are not those given (mixing with "
+                         f"{w.shape[0]} agents, agent): build it as "
+                         "FeatureProblem(factor, agent, mixing)")
     return problem
 
 
