@@ -5,8 +5,9 @@ The default is the XL-data configuration of issue 17: synthetic data with MNIST'
 Erdos-Renyi graph (p 0.05, Metropolis weights), depth-2 width-1024 analytic NTK, DGD at
 lr 0.25, 1,000 steps recorded every 20, ``rank = 512``, the mean network (``f0 = "mean"``).
 Prints, as JSON: the wall time, the report's own breakdown (factor / stability /
-prediction and steady state), the peak resident set of the child process, the load
-average, and each verdict's spectral radius, ``lr*`` and method.
+prediction, sweep and steady state, of which ``sweep_s`` the 10-rate sweep), the peak
+resident set of the child process, the load average, and each verdict's spectral radius,
+``lr*`` and method.
 
     python benchmarks/lowrank_check.py [--n-train 60000 --n-test 10000 --rank 512]
 

@@ -566,6 +566,7 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, low_rank=True)
     sweep = _lowrank_sweep(factor, exp, cfg, chosen, steps, algo,
                            _network_outputs(exp, params) if f0 == "network" else {})
+    t_sweep = time.perf_counter()
     if chosen.inside:
         prediction = _lowrank_prediction(factor, exp, cfg, params, steps, algo)
     t_end = time.perf_counter()
@@ -585,8 +586,8 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
         recommended=_recommend(sweep, chosen.stable_rates), caveat=caveat,
         kernel_layout="full",
         timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
-                 "prediction_s": t_end - t_stab, "topologies_and_edge_s": 0.0,
-                 "total_s": t_end - t0},
+                 "prediction_s": t_end - t_stab, "sweep_s": t_sweep - t_stab,
+                 "topologies_and_edge_s": 0.0, "total_s": t_end - t0},
         versions=versions(), low_rank=low)
 
 
@@ -698,16 +699,20 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     every rate is stable) on the one ``factor``, for the network whose ``final_*`` fields
     the check reports (the mean network, or with ``outputs`` the given network's ``f_0``).
 
-    Each rate is its own run on the factor, as ``nd.predict_sweep(..., rank=r)`` runs them:
-    squared loss :func:`ntkdyn.lowrank.predict_lowrank` (a mixing sequence
-    :func:`~ntkdyn.lowrank.gossip.predict_lowrank_process`, ``training`` gossip samples),
-    training accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows; cross-entropy
-    :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` (static ``W``, checked)."""
+    Squared loss with a static ``W``: one run with the rates as column groups
+    (:func:`ntkdyn.lowrank.predict_lowrank_sweep`, each rate equal to its own
+    ``predict_lowrank``); with a mixing sequence each rate is its own
+    :func:`~ntkdyn.lowrank.gossip.predict_lowrank_process` (the configured gossip samples);
+    training accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
+    each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` (static
+    ``W``, checked)."""
     from ntkdyn import lowrank
 
     data, agent, target = exp.parts.dataset, exp.parts.agent, cfg.prediction.target_loss
     rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
              if 0 < chosen.lr_star < np.inf else [])
+    if not rates:
+        return []
     kw = dict(y_test=data.y_test if data.num_test > 0 else None, reference=False, **outputs)
     if cfg.training.loss == "cross_entropy":
         from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
@@ -722,16 +727,13 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     if gossip.is_process(exp.mixing):
         from ntkdyn.lowrank.gossip import predict_lowrank_process
 
-        def run(lr):
-            return predict_lowrank_process(factor, data.y_train, agent, exp.mixing, lr, steps,
-                                           algo, samples=exp.samples, **kw)
-    else:
-        w = np.asarray(exp.mixing, dtype=float)
-
-        def run(lr):
-            return lowrank.predict_lowrank(factor, data.y_train, agent, w, lr, steps, algo,
-                                           **kw)
-    return [_summarise(run(lr), target) for lr in rates]
+        trajs = [predict_lowrank_process(factor, data.y_train, agent, exp.mixing, lr, steps,
+                                         algo, samples=exp.samples, **kw) for lr in rates]
+    else:  # one run, the rates as column groups (each step reads G_q once for all)
+        trajs = lowrank.predict_lowrank_sweep(factor, data.y_train, agent,
+                                              np.asarray(exp.mixing, dtype=float), rates,
+                                              steps, algo, **kw)
+    return [_summarise(t, target) for t in trajs]
 
 
 def _lowrank_ce_prediction(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdict,

@@ -71,6 +71,39 @@ def test_gram_form_equals_feature_form(algorithm):
         lowrank.predict_lowrank(factor, y, agent, w, lr, 10, form="dense")
 
 
+@pytest.mark.parametrize("algorithm", ["dgd", "gradient_tracking", "p2pl", "momentum"])
+@pytest.mark.parametrize("form", ["gram", "features"])
+def test_rate_sweep_in_one_run_equals_one_run_per_rate(algorithm, form):
+    """predict_lowrank_sweep (the rates as column groups of one run, each step reading the
+    Gram matrices or rows once for all of them) equals predict_lowrank at each rate: every
+    recorded quantity within 1e-12, with per-agent rates, phases (P2PL), a schedule with
+    memory, the centralised reference and a rate that diverges (same status, same step)
+    while the others go on; the metadata is each rate's own."""
+    kern, kern_t, y, yt, agent, w, r = _exact_rank_problem(False, seed=3)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    algo = {"p2pl": nd.algorithms.p2pl(3, 2),
+            "momentum": nd.algorithms.momentum(0.5)}.get(algorithm, algorithm)
+    lrs = [0.1, np.array([0.2, 0.4, 0.3, 0.5]), 40.0]  # the last diverges
+    steps = range(0, 61, 6)
+    kw = dict(y_test=yt, record_outputs=True, form=form)
+    sweep = lowrank.predict_lowrank_sweep(factor, y, agent, w, lrs, steps, algo, **kw)
+    assert [t.status for t in sweep] == ["ok", "ok", "diverged"]
+    for lr, low in zip(lrs, sweep, strict=True):
+        one = lowrank.predict_lowrank(factor, y, agent, w, lr, steps, algo, **kw)
+        assert low.status == one.status and low.diverged_at == one.diverged_at
+        assert np.array_equal(low.steps, one.steps)
+        assert low.metadata["low_rank"]["error_estimate"] == \
+            one.metadata["low_rank"]["error_estimate"]
+        for f in FIELDS:
+            a, b = getattr(low, f), getattr(one, f)
+            if b is None:
+                assert a is None, f
+                continue
+            assert np.max(np.abs(a - b)) <= 1e-12 * max(1.0, np.abs(b).max()), f
+    with pytest.raises(ValueError, match="^lrs: "):
+        lowrank.predict_lowrank_sweep(factor, y, agent, w, [], steps)
+
+
 def test_per_agent_rates_and_phases_match_exact_path():
     kern, kern_t, y, yt, agent, w, r = _exact_rank_problem(False, seed=3)
     lr = np.array([0.2, 0.4, 0.3, 0.5])

@@ -53,6 +53,7 @@ from ntkdyn.lowrank.evolve import (
     mean_rates,
     output_estimates,
     predict_lowrank,
+    predict_lowrank_sweep,
     probe_estimator,
     trajectory_estimate,
 )
@@ -88,7 +89,7 @@ __all__ = [
     "trajectory_estimate",
     "FeatureProblem", "lowrank_fixed_point", "lowrank_stability", "lowrank_stable_set",
     "predict",
-    "predict_lowrank", "predict_primal",
+    "predict_lowrank", "predict_lowrank_sweep", "predict_primal",
     "predict_sweep", "primal_bytes", "tol_shortfall",
 ]
 
@@ -244,18 +245,26 @@ def predict_sweep(
     rates it also grows with their spread (measured at N = 60: ``[0.2, 0.5, 0.1, 0.1]``
     needs rank 54 where the elementwise larger ``[0.3, 0.5, 0.3, 0.3]`` needs 51).  Each
     trajectory's ``metadata["low_rank"]`` carries its own rate's ``error_estimate`` (and
-    ``error_estimate_test``) and ``tol_reached``."""
+    ``error_estimate_test``) and ``tol_reached``.  The mean network (or a given
+    ``f0_train``) with a static ``W`` and the squared loss runs every rate in one pass
+    (:func:`predict_lowrank_sweep`); otherwise each rate is its own run on the factor."""
     _check_lrs(lrs)
     factor, tol, algo, st, draws = _factor_and_draws(
         source, y_train, agent, mixing, lrs[0], steps, algorithm, lrs, rank=rank, tol=tol,
         method=method, max_rank=max_rank, block=block, seed=seed, nngp=nngp, init=init,
         samples=samples, nngp_rank=nngp_rank, kwargs=kwargs)
-    out = []
-    for lr in lrs:
-        traj = _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, seed=seed,
-                              samples=samples, **kwargs)
-        out.append(_finish(traj, factor, source.n, rank=rank, tol=tol, max_rank=max_rank))
-    return out
+    from ntkdyn.graphs.sequences import is_process
+
+    if draws is None and not is_process(mixing) and kwargs.get("loss", "mse") == "mse":
+        # one run, the rates as column groups (each step reads the factor once for all)
+        trajs = predict_lowrank_sweep(factor, y_train, agent, mixing, lrs, st, algo,
+                                      seed=seed, **{k: v for k, v in kwargs.items()
+                                                    if k != "loss"})
+    else:
+        trajs = [_run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo,
+                                seed=seed, samples=samples, **kwargs) for lr in lrs]
+    return [_finish(t, factor, source.n, rank=rank, tol=tol, max_rank=max_rank)
+            for t in trajs]
 
 
 def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs, *, rank, tol,

@@ -905,6 +905,83 @@ def predict_lowrank(
                               prep.order, float(carry[3]))
 
 
+def rate_runner(algo: Algorithm):
+    """``(init_state, run_chunk)`` of :func:`run_features` over a leading axis of ``R``
+    learning rates: ``data["lr"]`` is ``(R, A)`` and ``data["limit_per_step"]`` ``(R,)``,
+    the state ``(R, A, r, C)``; every other array is shared, so each step multiplies the
+    Gram matrices (or the agents' rows) by ``R C`` columns at once, read once for all the
+    rates (``jax.vmap`` of the one-rate functions).  Records come back with the rate axis
+    after the record (and phase) axes, so the engine's :func:`~ntkdyn.engine.trim` and
+    :func:`~ntkdyn.engine.concatenate` join chunks unchanged."""
+    at = 2 if algo.records_per_step > 1 else 1
+
+    def init_fn(x0, data, **static):
+        def one(x, lr, lim):
+            return init_state(x, dict(data, lr=lr, limit_per_step=lim), **static)
+        return jax.vmap(one)(x0, data["lr"], data["limit_per_step"])
+
+    def chunk_fn(carry, n_steps, data, **kw):
+        rates = data["lr"].shape[0]
+        state, *flags = carry
+        carry = (state, *(jnp.broadcast_to(f, (rates,)) for f in flags))
+
+        def one(c, lr, lim):
+            return run_chunk(c, n_steps, dict(data, lr=lr, limit_per_step=lim), **kw)
+        carry, recs = jax.vmap(one)(carry, data["lr"], data["limit_per_step"])
+        return carry, jax.tree.map(lambda a: jnp.moveaxis(a, 0, at), recs)
+
+    return init_fn, chunk_fn
+
+
+def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, steps,
+                          algorithm: str | Algorithm = "dgd", *, f0_train=None, y_test=None,
+                          f0_test=None, reference: bool = True, record_outputs: bool = False,
+                          acc_rows: int | None = None, chunk: int = 25,
+                          progress: bool = False, seed: int = 0,
+                          metadata: dict | None = None,
+                          form: str = "auto") -> list[Trajectory]:
+    r""":func:`predict_lowrank` at every rate of ``lrs`` (each a scalar or one rate per
+    agent) in **one** run: the rates ride along as ``R`` groups of ``K`` columns
+    (:func:`rate_runner`), so each step reads the Gram matrices (or the agents' rows)
+    once for all of them -- the step is bandwidth-bound with ``K`` columns, so ``R`` rates
+    cost far less than ``R`` runs.  Trajectory ``i`` equals
+    ``predict_lowrank(..., lr=lrs[i])`` to round-off (statuses, divergence steps and
+    metadata included); a rate that diverges is frozen, the others go on."""
+    algo = get_algorithm(algorithm)
+    if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
+        raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
+                         f"{lrs!r}"[:200])
+    inps = [lowrank_inputs(factor, y_train, agent, mixing, lr, steps, f0_train, y_test,
+                           f0_test, acc_rows) for lr in lrs]
+    inp, rates = inps[0], len(inps)
+    (n, r), k, q_count = inp.phi.shape, inp.y.shape[1], inp.w.shape[0]
+    m = 0 if inp.yt is None else inp.yt.shape[0]
+    more = evolve_bytes(n, m, r, q_count, k * rates, acc_rows=acc_rows) \
+        - evolve_bytes(n, m, r, q_count, k, acc_rows=acc_rows)
+    prep = prepare_features(factor, inp, form=form, reference=reference,
+                            record_outputs=record_outputs, acc_rows=acc_rows, seed=seed,
+                            extra_bytes=more, what=f"this {rates}-rate low-rank sweep")
+    curvature = float(factor.eigenvalues.max(initial=1.0))
+    slot = [np.concatenate([i.lr_q, [i.lr_q.mean()]]) if reference else i.lr_q for i in inps]
+    limits = [divergence_limit(i.lr_q, prep.res, curvature, inp.counts) for i in inps]
+    data = dict(prep.data, lr=jnp.asarray(np.stack(slot)), limit_per_step=jnp.asarray(limits))
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((rates, q_count + int(reference), r, k)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=inp.yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank {algo.name}, {rates} rates", runner=rate_runner(algo))
+    div_at = np.asarray(carry[3])
+    out = []
+    for i, one in enumerate(inps):
+        meta = lowrank_metadata(factor, algo, one, padded=prep.padded, gram=prep.gram,
+                                acc_rows=acc_rows, given_f0=f0_train is not None,
+                                metadata=metadata)
+        out.append(records_trajectory({key: v[:, i] for key, v in raw.items()}, q_count,
+                                      reference, rec_steps, phase, one.lr_q, meta, prep.order,
+                                      float(div_at[i])))
+    return out
+
+
 def output_estimates(factor: LowRankFactor, residual: np.ndarray,
                      test_residual: np.ndarray | None, agent: np.ndarray, lr: np.ndarray,
                      counts: np.ndarray, horizon: float,
