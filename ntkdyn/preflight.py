@@ -701,7 +701,8 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
 
     Squared loss with a static ``W``: one run with the rates as column groups
     (:func:`ntkdyn.lowrank.predict_lowrank_sweep`, each rate equal to its own
-    ``predict_lowrank``); with a mixing sequence each rate is its own
+    ``predict_lowrank``; accuracies at the last record only, which is all the sweep
+    reports of them); with a mixing sequence each rate is its own
     :func:`~ntkdyn.lowrank.gossip.predict_lowrank_process` (the configured gossip samples);
     training accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
     each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` (static
@@ -732,7 +733,7 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     else:  # one run, the rates as column groups (each step reads G_q once for all)
         trajs = lowrank.predict_lowrank_sweep(factor, data.y_train, agent,
                                               np.asarray(exp.mixing, dtype=float), rates,
-                                              steps, algo, **kw)
+                                              steps, algo, accuracies="final", **kw)
     return [_summarise(t, target) for t in trajs]
 
 

@@ -102,6 +102,21 @@ def test_rate_sweep_in_one_run_equals_one_run_per_rate(algorithm, form):
             assert np.max(np.abs(a - b)) <= 1e-12 * max(1.0, np.abs(b).max()), f
     with pytest.raises(ValueError, match="^lrs: "):
         lowrank.predict_lowrank_sweep(factor, y, agent, w, [], steps)
+    # accuracies="final": the losses at every record, the accuracies at the last one only
+    kw["record_outputs"] = False
+    final = lowrank.predict_lowrank_sweep(factor, y, agent, w, lrs[:2], steps, algo,
+                                          accuracies="final", **kw)
+    for low, ref in zip(final, sweep[:2], strict=True):
+        for f in ("train_loss", "test_loss", "consensus_dist", "central_test_loss"):
+            assert np.max(np.abs(getattr(low, f) - getattr(ref, f))) <= 1e-12, f
+        for f in ("train_acc", "test_acc", "central_train_acc", "mean_model_test_acc"):
+            a, b = getattr(low, f), getattr(ref, f)
+            assert np.all(np.isnan(a[:-1])), f
+            assert np.array_equal(a[-1], b[-1]), f
+    for bad, match in [(dict(accuracies="every"), "^accuracies: "),
+                       (dict(accuracies="final", record_outputs=True), "^accuracies: ")]:
+        with pytest.raises(ValueError, match=match):
+            lowrank.predict_lowrank_sweep(factor, y, agent, w, [0.1], steps, **bad)
 
 
 def test_per_agent_rates_and_phases_match_exact_path():

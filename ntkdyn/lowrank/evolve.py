@@ -541,14 +541,16 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
     if central:
         rec["central_dist"] = jnp.sqrt(jnp.sum((xa - x[q_count]) ** 2, axis=(1, 2)))
     mean_x = jnp.concatenate([x, xm[None]], axis=0)  # slot A: the network-mean model
+    rec["mean_model_train_loss"] = _quad_loss(xm[None], sq["gram"], sq["lin"], sq["const"],
+                                              n)[0]
+    if "final_accuracy_only" in data:  # (a key: static) filled in after the run
+        return _record_losses_only(rec, mean_x, data, a, has_test)
     p_acc = data["acc_phi"]
     out = _per_sample(data["acc_f0"] + jnp.einsum("nr,ark->ank", p_acc, mean_x,
                                                   precision=EXACT), data)
     acc = _acc(out, data["acc_labels"])
     rec["train_acc"] = acc[:a]
     rec["mean_model_train_acc"] = acc[a]
-    rec["mean_model_train_loss"] = _quad_loss(xm[None], sq["gram"], sq["lin"], sq["const"],
-                                              n)[0]
     if record_outputs:
         rec["train_outputs"] = _per_sample(data["f0"] + jnp.einsum(
             "nr,ark->ank", data["phi_all"], x, precision=EXACT), data)
@@ -562,6 +564,19 @@ def _record(x, data, *, q_count, central, has_test, record_outputs):
                    mean_model_test_acc=acc_t[a])
         if record_outputs:
             rec["test_outputs"] = out_t[:a]
+    return rec
+
+
+def _record_losses_only(rec: dict, mean_x, data: dict, a: int, has_test: bool) -> dict:
+    """The records without accuracies (``NaN``; they cost ``(A + 1) (N_acc + M) r K`` per
+    record, the rest ``A r^2 K``): the test losses from their quadratic forms only."""
+    nan = jnp.full((a + 1,), jnp.nan, dtype=mean_x.dtype)
+    rec.update(train_acc=nan[:a], mean_model_train_acc=nan[a])
+    if has_test:
+        st = data["test"]
+        tl = _quad_loss(mean_x, st["gram"], st["lin"], st["const"], data["m"])
+        rec.update(test_loss=tl[:a], mean_model_test_loss=tl[a], test_acc=nan[:a],
+                   mean_model_test_acc=nan[a])
     return rec
 
 
@@ -938,16 +953,28 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
                           f0_test=None, reference: bool = True, record_outputs: bool = False,
                           acc_rows: int | None = None, chunk: int = 25,
                           progress: bool = False, seed: int = 0,
-                          metadata: dict | None = None,
-                          form: str = "auto") -> list[Trajectory]:
+                          metadata: dict | None = None, form: str = "auto",
+                          accuracies: str = "all") -> list[Trajectory]:
     r""":func:`predict_lowrank` at every rate of ``lrs`` (each a scalar or one rate per
     agent) in **one** run: the rates ride along as ``R`` groups of ``K`` columns
     (:func:`rate_runner`), so each step reads the Gram matrices (or the agents' rows)
     once for all of them -- the step is bandwidth-bound with ``K`` columns, so ``R`` rates
     cost far less than ``R`` runs.  Trajectory ``i`` equals
     ``predict_lowrank(..., lr=lrs[i])`` to round-off (statuses, divergence steps and
-    metadata included); a rate that diverges is frozen, the others go on."""
+    metadata included); a rate that diverges is frozen, the others go on.
+
+    ``accuracies="final"``: the accuracies (training, test, centralised and mean-model) only
+    at the last record, ``NaN`` at the others -- the records' accuracies cost
+    ``(Q + 1) (N_acc + M) r K`` flops each, the rest ``(Q + 1) r^2 K`` (a sweep that needs
+    the final accuracies and the losses at every record, as ``ntkdyn check``'s).  For a
+    rate that diverged, the last record's accuracies are those of the state it was frozen
+    in (the last before divergence was detected)."""
     algo = get_algorithm(algorithm)
+    if accuracies not in ("all", "final"):
+        raise ValueError(f"accuracies: expected 'all' or 'final', got {accuracies!r}")
+    if accuracies == "final" and record_outputs:
+        raise ValueError("accuracies: 'final' records no outputs; give record_outputs=False "
+                         "or accuracies='all'")
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{lrs!r}"[:200])
@@ -965,21 +992,53 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
     slot = [np.concatenate([i.lr_q, [i.lr_q.mean()]]) if reference else i.lr_q for i in inps]
     limits = [divergence_limit(i.lr_q, prep.res, curvature, inp.counts) for i in inps]
     data = dict(prep.data, lr=jnp.asarray(np.stack(slot)), limit_per_step=jnp.asarray(limits))
+    if accuracies == "final":
+        data["final_accuracy_only"] = jnp.zeros(())
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((rates, q_count + int(reference), r, k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
         desc=f"low-rank {algo.name}, {rates} rates", runner=rate_runner(algo))
     div_at = np.asarray(carry[3])
+    finals = None if accuracies == "all" else final_accuracies(
+        carry[0], prep.data, algo, q_count, reference, inp.yt is not None)
     out = []
     for i, one in enumerate(inps):
         meta = lowrank_metadata(factor, algo, one, padded=prep.padded, gram=prep.gram,
                                 acc_rows=acc_rows, given_f0=f0_train is not None,
                                 metadata=metadata)
-        out.append(records_trajectory({key: v[:, i] for key, v in raw.items()}, q_count,
-                                      reference, rec_steps, phase, one.lr_q, meta, prep.order,
-                                      float(div_at[i])))
+        traj = records_trajectory({key: v[:, i] for key, v in raw.items()}, q_count,
+                                  reference, rec_steps, phase, one.lr_q, meta, prep.order,
+                                  float(div_at[i]))
+        if finals is not None and len(traj.steps):
+            _set_last_accuracies(traj, {key: v[i] for key, v in finals.items()}, q_count)
+        out.append(traj)
     return out
+
+
+def final_accuracies(state, data: dict, algo: Algorithm, q_count: int, central: bool,
+                     has_test: bool) -> dict[str, np.ndarray]:
+    """The accuracy records (``train_acc`` ``(R, A)``, ``mean_model_train_acc`` ``(R,)``,
+    and the test ones) of the final states of a run over ``R`` rates (:func:`rate_runner`'s
+    carry, ``(R, ...)``), as :func:`_record` computes them."""
+    def one(st):
+        return _record(algo.parameters(st), data, q_count=q_count, central=central,
+                       has_test=has_test, record_outputs=False)
+    rec = jax.jit(jax.vmap(one))(state)
+    keys = ("train_acc", "mean_model_train_acc") + (
+        ("test_acc", "mean_model_test_acc") if has_test else ())
+    return {key: np.asarray(rec[key]) for key in keys}
+
+
+def _set_last_accuracies(traj: Trajectory, rec: dict, q: int) -> None:
+    """Write one rate's final accuracy records into the last record of ``traj``."""
+    for key in ("train_acc", "test_acc"):
+        if key in rec:
+            getattr(traj, key)[-1] = rec[key][:q]
+            central = getattr(traj, f"central_{key}")
+            if central is not None:
+                central[-1] = rec[key][q]
+            getattr(traj, f"mean_model_{key}")[-1] = rec[f"mean_model_{key}"]
 
 
 def output_estimates(factor: LowRankFactor, residual: np.ndarray,
