@@ -83,9 +83,11 @@ def test_estimate_within_30_percent_of_measured_peak(kernel):
     peak (above the eigh phase), with NETWORK_RUNTIME_BYTES for compiling the recording
     chunk: measured 1.035-1.041 at N = 2,000 / 3,000 / 4,500 (2026-11-30). Counted on top
     of every phase before, they gave 1.26-1.36 at N = 4,500 and the upper bound had been
-    loosened to 1.4."""
+    loosened to 1.4.  Two sizes since 2026-11-30 (stop 27, for the suite's time: 38 -> 17 s
+    per kernel on the idle machine), measured there: analytic 0.967 / 1.029, empirical
+    1.080 / 1.155 at N = 1,500 / 3,000."""
     ratios = {}  # measured (loaded 2-core machine): see the README, "Memory"
-    for n in (2000, 3000, 4500):
+    for n in (1500, 3000):
         r = _measure(n, kernel)
         ratios[n] = r["estimate"] / r["peak"]
     assert all(0.7 <= v <= 1.3 for v in ratios.values()), ratios
@@ -98,9 +100,10 @@ def test_random_network_groups_estimate_within_30_percent(mode):
     """One random network where every sampled network runs its own column group
     (cross-entropy: P + 1 = 17 groups; random gossip: 3 S + 1 = 49): the estimate is within
     +-30 % of the measured peak growth (measured 0.93-1.15 on the loaded 2-core machine;
-    before the groups were counted, gossip was 0.64-0.69)."""
+    before the groups were counted, gossip was 0.64-0.69; at N = 1,500 / 3,000, the sizes
+    since stop 27, ce 0.994 / 1.017 and gossip 1.114 / 1.077 on the idle machine)."""
     ratios = {}
-    for n in (2000, 4500):
+    for n in (1500, 3000):
         r = _measure(n, "analytic", mode=mode)
         ratios[n] = r["estimate"] / r["peak"]
     assert all(0.7 <= v <= 1.3 for v in ratios.values()), ratios
@@ -115,9 +118,10 @@ def test_minibatch_estimate_within_30_percent(mode):
     network (``mean-sgd``, S + 1 groups) are within +-30 % of the measured peak growth at
     two sizes (measured on the loaded 2-core machine, N = 2,000 / 4,500: sgd 0.92 / 0.89,
     mean-sgd 1.04 / 1.00; before MINIBATCH_RUNTIME_BYTES and without the eigh buffers the
-    mean network was 0.67 / 0.81)."""
+    mean network was 0.67 / 0.81; at N = 1,500 / 3,000, the sizes since stop 27, sgd
+    1.033 / 0.902 and mean-sgd 1.19 / 1.023 on the idle machine)."""
     ratios = {}
-    for n in (2000, 4500):
+    for n in (1500, 3000):
         r = _measure(n, "analytic", mode=mode)
         ratios[n] = r["estimate"] / r["peak"]
     assert all(0.7 <= v <= 1.3 for v in ratios.values()), ratios
