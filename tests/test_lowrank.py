@@ -86,8 +86,11 @@ def test_rate_sweep_in_one_run_equals_one_run_per_rate(algorithm, form):
     lrs = [0.1, np.array([0.2, 0.4, 0.3, 0.5]), 40.0]  # the last diverges
     steps = range(0, 61, 6)
     kw = dict(y_test=yt, record_outputs=True, form=form)
-    sweep = lowrank.predict_lowrank_sweep(factor, y, agent, w, lrs, steps, algo, **kw)
+    with warnings.catch_warnings():  # the diverging rate's estimates: capped, no overflow
+        warnings.simplefilter("error", RuntimeWarning)  # warnings (P2PL had them before)
+        sweep = lowrank.predict_lowrank_sweep(factor, y, agent, w, lrs, steps, algo, **kw)
     assert [t.status for t in sweep] == ["ok", "ok", "diverged"]
+    assert sweep[2].metadata["low_rank"]["error_estimate"] <= 2.0
     for lr, low in zip(lrs, sweep, strict=True):
         one = lowrank.predict_lowrank(factor, y, agent, w, lr, steps, algo, **kw)
         assert low.status == one.status and low.diverged_at == one.diverged_at

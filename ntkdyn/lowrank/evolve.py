@@ -1049,11 +1049,13 @@ def output_estimates(factor: LowRankFactor, residual: np.ndarray,
     reports them: :func:`trajectory_estimate` of the training outputs (residual
     ``f_0 - Y``) and, with a test set (``test_residual = f_0(X_T) - Y_T``, else ``None``),
     :func:`held_out_trajectory_estimate` of the test outputs; shared by ``nd.predict`` and
-    ``ntkdyn check``."""
-    low = trajectory_estimate(factor, residual, agent, lr, counts, horizon, algorithm)
-    if test_residual is not None:
-        low.update(held_out_trajectory_estimate(factor, residual, test_residual, agent, lr,
-                                                counts, horizon, algorithm))
+    ``ntkdyn check``.  At a rate where the truncated dynamics diverge the estimates'
+    growth factors overflow: they are then the cap 2, without numpy's overflow warnings."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        low = trajectory_estimate(factor, residual, agent, lr, counts, horizon, algorithm)
+        if test_residual is not None:
+            low.update(held_out_trajectory_estimate(factor, residual, test_residual, agent,
+                                                    lr, counts, horizon, algorithm))
     return low
 
 
