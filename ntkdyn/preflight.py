@@ -627,18 +627,18 @@ def _check_lowrank_ce(cfg: Config, exp: Experiment, factor, params, steps, algo,
     (each rate :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`, what
     ``nd.predict_sweep(..., rank=r, loss="cross_entropy")`` runs per rate on its one
     factor); no fixed point (:data:`ntkdyn.dynamics.ce_stability.NO_FIXED_POINT`); no
-    a-priori error estimate (it bounds the squared loss only).  A mixing sequence is a
-    :class:`ConfigError` naming ``prediction.rank`` (cross-entropy on the low-rank path
-    takes a static matrix)."""
+    a-priori error estimate (it bounds the squared loss only).  A static ``W`` or a
+    periodic sequence; random gossip is a :class:`ConfigError` naming ``prediction.rank``
+    (cross-entropy on the low-rank path takes no random sequence)."""
     from ntkdyn.dynamics.ce_stability import NO_FIXED_POINT
     from ntkdyn.lowrank.cross_entropy import NO_ESTIMATE, lowrank_ce_stability
 
-    if gossip.is_process(exp.mixing):
+    if gossip.is_process(exp.mixing) and exp.mixing.random:
         raise ConfigError("config: prediction.rank: cross-entropy on the low-rank path takes "
-                          "a static mixing matrix; remove prediction.rank for check with a "
-                          "mixing sequence or random gossip")
+                          "a static mixing matrix or a periodic sequence; remove "
+                          "prediction.rank for check with random gossip")
     data, agent, lr = exp.parts.dataset, exp.parts.agent, cfg.training.lr
-    w = np.asarray(exp.mixing, dtype=float)
+    w = _lowrank_mixing(exp)
     name, scale = _topology_name(cfg), exp.loss.get("logit_scale", 1.0)
     f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, low_rank=True)
     outputs = _network_outputs(exp, params) if f0 == "network" else {}
@@ -718,7 +718,7 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     if cfg.training.loss == "cross_entropy":
         from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
 
-        w = np.asarray(exp.mixing, dtype=float)
+        w = _lowrank_mixing(exp)
         return [_summarise(predict_lowrank_ce(factor, data.y_train, agent, w, lr, steps, algo,
                                               logit_scale=exp.loss["logit_scale"], **kw),
                            target) for lr in rates]
@@ -747,7 +747,7 @@ def _lowrank_ce_prediction(factor, exp: Experiment, cfg: Config, chosen: Algorit
 
     data = exp.parts.dataset
     traj = predict_lowrank_ce(factor, data.y_train, exp.parts.agent,
-                              np.asarray(exp.mixing, dtype=float), cfg.training.lr, steps,
+                              _lowrank_mixing(exp), cfg.training.lr, steps,
                               algo, y_test=data.y_test if data.num_test > 0 else None,
                               reference=False, logit_scale=exp.loss["logit_scale"], **outputs)
     return _summarise(traj, cfg.prediction.target_loss)
@@ -771,7 +771,7 @@ def _lowrank_ce_networks(factor, exp: Experiment, cfg: Config, steps, algo) -> d
                                       rank=factor.rank)
     traj = predict_random_lowrank_ce(factor, dataclasses.replace(draws, outputs=k),
                                      data.y_train, exp.parts.agent,
-                                     np.asarray(exp.mixing, dtype=float), cfg.training.lr,
+                                     _lowrank_mixing(exp), cfg.training.lr,
                                      steps, algo, y_test=data.y_test if has_test else None,
                                      reference=False, draws_info=info,
                                      logit_scale=exp.loss["logit_scale"])

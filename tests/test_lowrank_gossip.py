@@ -294,19 +294,65 @@ def test_periodic_stability_on_the_low_rank_coordinates_equals_the_exact_one(alg
     assert "per-step rate over a period of 2 steps" in low.operator
 
 
-def test_cross_entropy_with_a_sequence_is_refused_naming_the_field(digits_problem):
-    """Cross-entropy runs on the low-rank path with a static W only: with a mixing sequence
-    nd.predict refuses naming ``rank`` before factoring, lowrank.predict naming ``mixing``."""
+def test_cross_entropy_with_random_gossip_is_refused_naming_the_field(digits_problem):
+    """Cross-entropy runs on the low-rank path with a static W or a periodic sequence:
+    with random gossip nd.predict refuses naming ``rank`` before factoring,
+    lowrank.predict and predict_lowrank_ce naming ``mixing`` (before, a periodic sequence
+    was refused too)."""
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+
     data, parts, arch = digits_problem
-    for kind in ("periodic", "random_edges"):
+    for kind in ("random_edges", "one_random_edge"):
         with pytest.raises(ValueError, match="^rank: cross-entropy on the low-rank path takes "
-                                             "a static mixing matrix"):
+                                             "a static mixing matrix or a periodic"):
             nd.predict(arch, parts, _process(kind, 4), lr=0.3, steps=[0, 5], rank=8,
                        f0="mean", loss="cross_entropy")
     kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
     with pytest.raises(ValueError, match="^mixing: cross-entropy on the low-rank path"):
-        lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, _process("periodic", q),
-                        0.3, [0, 5], rank=r, loss="cross_entropy")
+        lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent,
+                        _process("random_edges", q), 0.3, [0, 5], rank=r,
+                        loss="cross_entropy")
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    with pytest.raises(ValueError, match="^mixing: cross-entropy on the low-rank path"):
+        predict_lowrank_ce(factor, y, agent, _process("random_edges", q), 0.3, [0, 5])
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking", "p2pl"])
+def test_cross_entropy_with_a_periodic_sequence_equals_the_exact_path(algorithm):
+    """A periodic sequence (two matchings) with cross-entropy on a kernel of rank r: the
+    low-rank path equals the exact path's cross-entropy run on the same sequence
+    (<= 1e-10, every recorded quantity; the step's matrices read inside the loop), for
+    the mean network and for one random network from the same draws."""
+    from ntkdyn.dynamics.random_init import InitDraws
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce, predict_random_lowrank_ce
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    process = _process("periodic", q)
+    algo = nd.algorithms.p2pl(2, 2) if algorithm == "p2pl" else algorithm
+    steps = range(0, 31, 5)
+    exact = nd.predict_from_kernels(kern, y, agent, process, 0.8, steps, algo,
+                                    kernel_test_train=kern_t, y_test=yt,
+                                    loss="cross_entropy")
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    low = predict_lowrank_ce(factor, y, agent, process, 0.8, steps, algo, y_test=yt)
+    assert low.metadata["mixing_process"]["kind"] == "periodic"
+    for f in FIELDS:
+        a, b = getattr(exact, f), getattr(low, f)
+        if a is None:
+            continue
+        assert a.shape == b.shape, f
+        assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.abs(a).max()), f
+    # one random network (P + 1 groups sharing the sequence): group s is the mean-network
+    # run from network s's f_0
+    rng = np.random.default_rng(2)
+    n, m, k = y.shape[0], yt.shape[0], y.shape[1]
+    draws = InitDraws(train=rng.normal(size=(n, 2 * k)), test=rng.normal(size=(m, 2 * k)),
+                      seed=0, jitter=0.0, outputs=k)
+    rnd = predict_random_lowrank_ce(factor, draws, y, agent, process, 0.8, steps, algo,
+                                    y_test=yt)
+    one = predict_lowrank_ce(factor, y, agent, process, 0.8, steps, algo, y_test=yt,
+                             f0_train=draws.train[:, :k], f0_test=draws.test[:, :k])
+    assert np.max(np.abs(rnd.draws["test_loss"][0] - one.test_loss)) <= 1e-10
 
 
 NET_FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist",

@@ -275,10 +275,10 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
     _check_loss(kwargs, rank=rank, tol=tol)
     from ntkdyn.graphs.sequences import is_process
 
-    if is_process(mixing) and kwargs.get("loss", "mse") == "cross_entropy":
+    if is_process(mixing) and mixing.random and kwargs.get("loss", "mse") == "cross_entropy":
         raise ValueError("mixing: cross-entropy on the low-rank path takes a static mixing "
-                         "matrix; with a mixing sequence use the squared loss or the exact "
-                         "path (rank=None)")
+                         "matrix or a periodic sequence; with random gossip use the squared "
+                         "loss or the exact path (rank=None)")
     # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
     # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
     extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
@@ -315,7 +315,7 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
     :func:`ntkdyn.lowrank.gossip.predict_random_lowrank_gossip`)."""
     from ntkdyn.graphs.sequences import is_process
 
-    if kwargs.get("loss", "mse") == "cross_entropy":  # (W static: checked)
+    if kwargs.get("loss", "mse") == "cross_entropy":  # (W static or periodic: checked)
         from ntkdyn.lowrank import cross_entropy
 
         kwargs = {k: v for k, v in kwargs.items() if k not in ("loss", "acc_rows", "form")}

@@ -34,6 +34,12 @@ draws those of the squared loss's low-rank path (:mod:`ntkdyn.lowrank.networks`,
 columns).  Stability: the exact path's cross-entropy statement, the sufficient bound
 from the largest softmax curvature ``s^2/2``, on the truncated operator
 (:func:`stability_note`).
+
+Mixing: a static ``W`` or a **periodic** sequence (:func:`ntkdyn.graphs.periodic`; the
+combine of step ``k`` uses the cycle's matrices of events ``k m .. k m + m - 1`` inside the
+loop, :func:`ntkdyn.lowrank.gossip.mixing_at`, one group: every column shares the
+sequence).  Random gossip is refused naming ``mixing``: each sampled sequence would need
+its own nonlinear run (the exact path runs it).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from ntkdyn.lowrank.evolve import (
     step_data,
 )
 from ntkdyn.lowrank.factor import LowRankFactor
+from ntkdyn.lowrank.gossip import mixing_at, process_data
 from ntkdyn.trajectory import Trajectory
 
 EXACT = jax.lax.Precision.HIGHEST
@@ -78,18 +85,21 @@ def _softmax_grad(f, y, scale, k: int):
 
 
 def ce_operators(data: dict, q_count: int, central: bool,
-                 classes: int | None = None) -> Operators:
+                 classes: int | None = None, w_at=None) -> Operators:
     """The primitives on the feature-space state ``x`` ``(A, r, C)`` with the cross-entropy
     gradient (module docstring).  ``data["phi"]``, ``data["f0"]``, ``data["y"]``: the
     agents' rows, initial outputs and one-hot targets, ``(Q, n_max, C)`` zero padded
     (padded rows have ``Phi = 0`` and add nothing); ``data["inv_n"]`` ``1/N_q``.  The
     softmax is over groups of ``classes`` consecutive columns (default ``C``: one network;
-    one random network runs ``C = (P + 1) K`` columns, :func:`predict_random_lowrank_ce`)."""
+    one random network runs ``C = (P + 1) K`` columns, :func:`predict_random_lowrank_ce`).
+    ``w_at``: ``j -> (1, Q, Q)``, the step's ``j``-th matrix of a periodic sequence
+    (:func:`~ntkdyn.lowrank.gossip.mixing_at`); default the static ``data["mixing"]``."""
     phi, f0, y, inv_n, w = data["phi"], data["f0"], data["y"], data["inv_n"], data["mixing"]
     scale = data["logit_scale"]
 
     def mix(x, j=0):
-        agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT)
+        w_j = w if w_at is None else w_at(j)[0]
+        agents = jnp.tensordot(w_j, x[:q_count], axes=1, precision=EXACT)
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     def grad(x):
@@ -172,19 +182,28 @@ def _ce_record(x, data, *, q_count, central, has_test, record_outputs, classes=N
     return _by_group(rec, g)
 
 
-@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "classes"))
-def ce_init_state(x0, data, *, algorithm, q_count, central, classes=None):
+def _step_operators(data, t, algorithm, q_count, central, classes, sampler) -> Operators:
+    """:func:`ce_operators` at step ``t``: with a periodic sequence (``sampler``, its
+    arrays in ``data``) the step's matrices, else the static ``W``."""
+    w_at = None if sampler is None else mixing_at(
+        data, t, sampler=sampler, mixes_per_step=algorithm.mixes_per_step)
+    return ce_operators(data, q_count, central, classes, w_at)
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "classes", "sampler"))
+def ce_init_state(x0, data, *, algorithm, q_count, central, classes=None, sampler=None):
     """The schedule's initial state (memory components) with the cross-entropy gradient."""
-    return algorithm.initial_state(x0, ce_operators(data, q_count, central, classes))
+    return algorithm.initial_state(x0, _step_operators(
+        data, jnp.asarray(0.0), algorithm, q_count, central, classes, sampler))
 
 
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
-                                   "record_outputs", "classes"))
+                                   "record_outputs", "classes", "sampler"))
 def ce_run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
-                 record_outputs, classes=None):
+                 record_outputs, classes=None, sampler=None):
     """:func:`ntkdyn.lowrank.evolve.run_chunk` with the cross-entropy operators/records
-    (softmax groups of ``classes`` columns, default all)."""
-    ops = ce_operators(data, q_count, central, classes)
+    (softmax groups of ``classes`` columns, default all; ``sampler``: a periodic
+    sequence's, the step's matrices read inside the loop)."""
     params = algorithm.parameters
     checked = divergence_check(params, data["limit_per_step"])
 
@@ -194,8 +213,40 @@ def ce_run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
         rec["diverged"] = st[2]
         return st, rec
 
-    return scan_records(carry, n_steps, algorithm=algorithm, operators=lambda t: ops,
+    return scan_records(carry, n_steps, algorithm=algorithm,
+                        operators=lambda t: _step_operators(data, t, algorithm, q_count,
+                                                            central, classes, sampler),
                         check=checked, record=record)
+
+
+def ce_mixing(mixing) -> tuple[np.ndarray, object]:
+    """``(W, process)``: a static matrix (``process`` ``None``) or a periodic sequence
+    (``W`` the average over its period, for the inputs' checks and the metadata); random
+    gossip is a ``ValueError`` naming ``mixing``."""
+    from ntkdyn.graphs.sequences import resolve_mixing
+
+    w, process = resolve_mixing(mixing, name="mixing")
+    if process is not None and process.random:
+        raise ValueError("mixing: cross-entropy on the low-rank path takes a static matrix "
+                         "or a periodic sequence; with random gossip each sampled sequence "
+                         "needs its own nonlinear run: use the exact path (rank=None) or the "
+                         "squared loss")
+    return w, process
+
+
+def _runner(process, classes: int | None = None) -> tuple:
+    """``(init_state, run_chunk)`` of :func:`run_features` for a static ``W`` or a
+    periodic sequence."""
+    sampler = None if process is None else process.sampler
+    return (partial(ce_init_state, classes=classes, sampler=sampler),
+            partial(ce_run_chunk, classes=classes, sampler=sampler))
+
+
+def _with_process(meta: dict, process) -> dict:
+    if process is not None:
+        meta.update(mixing_process=process.describe(),
+                    mixing_note="'mixing' is the average over the period")
+    return meta
 
 
 def ce_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *, padded_rows: int,
@@ -291,8 +342,9 @@ def predict_lowrank_ce(
 ) -> Trajectory:
     r""":func:`ntkdyn.lowrank.predict_lowrank` with softmax cross-entropy (module docstring):
     ``y_train`` / ``y_test`` one-hot rows or integer labels (:func:`ntkdyn.losses.class_targets`),
-    ``logit_scale`` the inverse temperature ``s``; static mixing, one rate or one per agent,
-    every schedule.  The ``*_loss`` and ``objective`` fields are cross-entropy;
+    ``logit_scale`` the inverse temperature ``s``; a static mixing matrix or a periodic
+    sequence, one rate or one per agent, every schedule.  The ``*_loss`` and
+    ``objective`` fields are cross-entropy;
     ``metadata["low_rank"]["error_estimate"]`` is ``None`` (``error_estimate_reason`` says
     why) and ``metadata["stability"]`` the sufficient bound of :func:`stability_note`."""
     algo = get_algorithm(algorithm)
@@ -301,18 +353,23 @@ def predict_lowrank_ce(
         None if f0_train is None else np.shape(f0_train)[1])
     y = class_targets("y_train", y_train, k)
     yt = None if y_test is None else class_targets("y_test", y_test, y.shape[1])
-    inp = lowrank_inputs(factor, y, agent, mixing, lr, steps, f0_train, yt, f0_test, None)
+    w, process = ce_mixing(mixing)
+    inp = lowrank_inputs(factor, y, agent, w, lr, steps, f0_train, yt, f0_test, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
     order = np.argsort(inp.agent, kind="stable")
     offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
     data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    if process is not None:
+        data.update(process_data(process, None))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, y.shape[1])), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
-        desc=f"low-rank cross-entropy {algo.name}", runner=(ce_init_state, ce_run_chunk))
-    meta = ce_metadata(factor, algo, inp, scale=scale, padded=rows > inp.phi.shape[0],
-                       given_f0=f0_train is not None, metadata=metadata)
+        desc=f"low-rank cross-entropy {algo.name}", runner=_runner(process))
+    meta = _with_process(ce_metadata(factor, algo, inp, scale=scale,
+                                     padded=rows > inp.phi.shape[0],
+                                     given_f0=f0_train is not None, metadata=metadata),
+                         process)
     return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
                               order, float(carry[3]))
 
@@ -358,23 +415,26 @@ def predict_random_lowrank_ce(
             raise ValueError(f"draws: expected ({yt.shape[0]}, {p * k}) test draws")
         ft = np.concatenate([draws.test, np.zeros_like(yt)], axis=1)
         yt = np.tile(yt, groups)
-    inp = lowrank_inputs(factor, np.tile(y, groups), agent, mixing, lr, steps,
+    w, process = ce_mixing(mixing)
+    inp = lowrank_inputs(factor, np.tile(y, groups), agent, w, lr, steps,
                          np.concatenate([draws.train, np.zeros_like(y)], axis=1), yt, ft, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
     order = np.argsort(inp.agent, kind="stable")
     offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
     data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    if process is not None:
+        data.update(process_data(process, None))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
         desc=f"low-rank cross-entropy {algo.name}, {p} networks",
-        runner=(partial(ce_init_state, classes=k), partial(ce_run_chunk, classes=k)))
+        runner=_runner(process, k))
     inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=np.zeros((n, k)),
                                 yt=None if yt is None else inp.yt[:, :k],
                                 ft=None if yt is None else np.zeros((len(inp.yt), k)))
-    meta = ce_metadata(factor, algo, inp_k, scale=scale, padded=rows > n, given_f0=False,
-                       metadata=metadata)
+    meta = _with_process(ce_metadata(factor, algo, inp_k, scale=scale, padded=rows > n,
+                                     given_f0=False, metadata=metadata), process)
     meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed,
                                         outputs=k)
     return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
