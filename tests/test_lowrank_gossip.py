@@ -317,6 +317,22 @@ def test_cross_entropy_with_random_gossip_is_refused_naming_the_field(digits_pro
         predict_lowrank_ce(factor, y, agent, _process("random_edges", q), 0.3, [0, 5])
 
 
+def test_nd_predict_cross_entropy_with_a_periodic_sequence_at_full_rank(digits_problem):
+    """nd.predict(rank=N, loss="cross_entropy") with a periodic sequence (refused before)
+    equals the exact path's nd.predict (mean network, <= 1e-8: the rank-N analytic factor
+    reproduces the kernel to round-off), and says which sequence it ran."""
+    _, parts, arch = digits_problem
+    process = _process("periodic", 4)
+    kw = dict(lr=0.5, steps=[0, 10, 20], f0="mean", loss="cross_entropy")
+    exact = nd.predict(arch, parts, process, **kw)
+    low = nd.predict(arch, parts, process, rank=60, **kw)
+    assert low.metadata["path"] == "low_rank"
+    assert low.metadata["mixing_process"]["kind"] == "periodic"
+    for f in ("train_loss", "test_loss", "test_acc", "consensus_dist"):
+        a, b = getattr(exact, f), getattr(low, f)
+        assert np.max(np.abs(a - b)) <= 1e-8 * max(1.0, np.abs(a).max()), f
+
+
 @pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking", "p2pl"])
 def test_cross_entropy_with_a_periodic_sequence_equals_the_exact_path(algorithm):
     """A periodic sequence (two matchings) with cross-entropy on a kernel of rank r: the
