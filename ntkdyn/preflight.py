@@ -12,8 +12,8 @@ real network and observed it.
 ``check`` returns a :class:`CheckReport` (``.text()``, ``.to_json()``; the
 JSON schema is ``ntkdyn/schemas/check.schema.json``).  On the exact path all
 learning rates of the sweep share every pass over the kernel (one batched
-prediction); on the low-rank path (``[prediction] rank``) each rate is its own
-run on the one factor.
+prediction); on the low-rank path (``[prediction] rank``) every rate runs on the
+one factor (in one pass for the squared loss with a static ``W``).
 """
 
 from __future__ import annotations
