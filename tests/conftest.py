@@ -153,6 +153,17 @@ def net() -> LinearisedNet:
     return make_linearised_net()
 
 
+def assert_fields_close(expected, got, fields, tol: float = 1e-10) -> None:
+    """Every field of ``fields`` that ``expected`` records has the same shape in ``got`` and
+    agrees to ``tol`` relative to ``max(1, max|expected|)``."""
+    for f in fields:
+        a, b = getattr(expected, f), getattr(got, f)
+        if a is None:
+            continue
+        assert a.shape == b.shape, f
+        assert np.max(np.abs(a - b)) <= tol * max(1.0, np.abs(a).max()), f
+
+
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))

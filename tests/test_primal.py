@@ -4,6 +4,7 @@ samples."""
 
 import numpy as np
 import pytest
+from conftest import assert_fields_close
 
 import ntkdyn as nd
 from ntkdyn._utils import memory
@@ -93,12 +94,7 @@ def test_nd_predict_path_primal_equals_full_empirical_kernel(digits_problem):
     primal = nd.predict(arch, parts, w, path="primal", **call)
     assert primal.metadata["primal"]["num_params"] == 136 < data.num_train
     assert primal.metadata["kernel"] == "empirical" and primal.metadata["path"] == "primal"
-    for f in FIELDS:
-        a, b = getattr(exact, f), getattr(primal, f)
-        if a is None:
-            continue
-        assert a.shape == b.shape, f
-        assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.abs(a).max()), f
+    assert_fields_close(exact, primal, FIELDS, 1e-10)
 
 
 def test_path_errors_name_the_argument(digits_problem):
