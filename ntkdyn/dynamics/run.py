@@ -24,6 +24,7 @@ from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics import solver
 from ntkdyn.dynamics import stability as spectrum
 from ntkdyn.dynamics.problem import KernelProblem
+from ntkdyn.graphs.sequences import process_metadata
 from ntkdyn.trajectory import GossipTrajectory, Trajectory
 
 
@@ -335,10 +336,7 @@ def _base_metadata(problem: KernelProblem, algo: Algorithm, kernel_dtype: str,
         meta["algorithm_options"] = algo.settings
     if algo.records_per_step > 1:
         meta["phases"] = list(algo.phase_names)
-    if problem.process is not None:
-        meta["mixing_process"] = problem.process.describe()
-        meta["mixing_note"] = ("'mixing' is the expected matrix" if problem.process.random
-                               else "'mixing' is the average over the period")
+    meta.update(process_metadata(problem.process))
     return meta
 
 

@@ -323,5 +323,18 @@ def resolve_mixing(mixing, num_agents: int | None = None,
     return w, process
 
 
+def process_metadata(process: MixingProcess | None) -> dict:
+    """The entries a trajectory's metadata gets for a mixing sequence (none for a static
+    matrix): ``mixing_process`` (its description) and ``mixing_note``, what the recorded
+    ``mixing`` matrix then is (the expected matrix of a random sequence, the average over
+    the period of a periodic one)."""
+    if process is None:
+        return {}
+    return {"mixing_process": process.describe(),
+            "mixing_note": "'mixing' is the expected matrix" if process.random
+            else "'mixing' is the average over the period"}
+
+
 __all__ = ["MixingProcess", "Periodic", "RandomEdges", "OneRandomEdge", "periodic",
-           "random_edges", "one_random_edge", "is_process", "resolve_mixing"]
+           "random_edges", "one_random_edge", "is_process", "process_metadata",
+           "resolve_mixing"]

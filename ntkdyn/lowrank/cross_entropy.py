@@ -54,6 +54,7 @@ import numpy as np
 from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
+from ntkdyn.graphs.sequences import process_metadata
 from ntkdyn.losses import check_logit_scale, class_targets, sample_loss
 from ntkdyn.lowrank.evolve import (
     DIVERGENCE_FACTOR,
@@ -242,13 +243,6 @@ def _runner(process, classes: int | None = None) -> tuple:
             partial(ce_run_chunk, classes=classes, sampler=sampler))
 
 
-def _with_process(meta: dict, process) -> dict:
-    if process is not None:
-        meta.update(mixing_process=process.describe(),
-                    mixing_note="'mixing' is the average over the period")
-    return meta
-
-
 def ce_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *, padded_rows: int,
              record_outputs: bool = False, records: int = 50) -> int:
     """Peak bytes of :func:`predict_lowrank_ce` besides the factor: the padded agents' rows
@@ -366,10 +360,9 @@ def predict_lowrank_ce(
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
         desc=f"low-rank cross-entropy {algo.name}", runner=_runner(process))
-    meta = _with_process(ce_metadata(factor, algo, inp, scale=scale,
-                                     padded=rows > inp.phi.shape[0],
-                                     given_f0=f0_train is not None, metadata=metadata),
-                         process)
+    meta = ce_metadata(factor, algo, inp, scale=scale, padded=rows > inp.phi.shape[0],
+                       given_f0=f0_train is not None, metadata=metadata)
+    meta.update(process_metadata(process))
     return records_trajectory(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
                               order, float(carry[3]))
 
@@ -433,8 +426,9 @@ def predict_random_lowrank_ce(
     inp_k = dataclasses.replace(inp, y=inp.y[:, :k], f0=np.zeros((n, k)),
                                 yt=None if yt is None else inp.yt[:, :k],
                                 ft=None if yt is None else np.zeros((len(inp.yt), k)))
-    meta = _with_process(ce_metadata(factor, algo, inp_k, scale=scale, padded=rows > n,
-                                     given_f0=False, metadata=metadata), process)
+    meta = ce_metadata(factor, algo, inp_k, scale=scale, padded=rows > n, given_f0=False,
+                       metadata=metadata)
+    meta.update(process_metadata(process))
     meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed,
                                         outputs=k)
     return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,

@@ -46,6 +46,7 @@ import numpy as np
 
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
+from ntkdyn.graphs.sequences import process_metadata
 from ntkdyn.lowrank.evolve import (
     EXACT,
     divergence_check,
@@ -362,8 +363,7 @@ def predict_random_lowrank_gossip(
     meta = lowrank_metadata(factor, algo, inp_k, padded=prep.padded, gram=prep.gram,
                             acc_rows=acc_rows, given_f0=False, metadata=metadata)
     meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed)
-    meta["mixing_process"] = process.describe()
-    meta["mixing_note"] = "'mixing' is the expected matrix"
+    meta.update(process_metadata(process))
     trajs = [records_trajectory({key: v[:, g] for key, v in raw.items()}, q_count, reference,
                                 rec_steps, phase, inp.lr_q, meta, prep.order,
                                 float(carry[3][g])) for g in range(groups)]
@@ -445,9 +445,7 @@ def predict_lowrank_process(
     meta = lowrank_metadata(factor, algo, inp, padded=prep.padded, gram=prep.gram,
                             acc_rows=acc_rows, given_f0=f0_train is not None,
                             metadata=metadata)
-    meta["mixing_process"] = process.describe()
-    meta["mixing_note"] = ("'mixing' is the expected matrix" if process.random else
-                           "'mixing' is the average over the period")
+    meta.update(process_metadata(process))
     trajs = [records_trajectory({key: v[:, g] for key, v in raw.items()}, q_count, reference,
                                 rec_steps, phase, inp.lr_q, meta, prep.order,
                                 float(carry[3][g])) for g in range(groups)]

@@ -55,6 +55,7 @@ from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics.random_init import InitDraws, assemble
 from ntkdyn.dynamics.solver import network_columns
 from ntkdyn.engine import scan_records
+from ntkdyn.graphs.sequences import process_metadata
 from ntkdyn.lowrank.evolve import (
     divergence_check,
     init_state,
@@ -441,9 +442,7 @@ def predict_random_lowrank(
     meta = lowrank_metadata(factor, algo, inp_k, padded=prep.padded, gram=prep.gram,
                             acc_rows=acc_rows, given_f0=False, metadata=metadata)
     meta["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p, seed=draws.seed)
-    if process is not None:
-        meta["mixing_process"] = process.describe()
-        meta["mixing_note"] = "'mixing' is the average over the period"
+    meta.update(process_metadata(process))
     return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
                              prep.order, float(carry[3]), draws)
 
