@@ -45,6 +45,7 @@ from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.lowrank.evolve import (
     HeldOutEstimate,
     ProbeEstimate,
+    check_lrs,
     error_estimate,
     error_scale,
     evolve_bytes,
@@ -248,7 +249,7 @@ def predict_sweep(
     ``error_estimate_test``) and ``tol_reached``.  The mean network (or a given
     ``f0_train``) with a static ``W`` and the squared loss runs every rate in one pass
     (:func:`predict_lowrank_sweep`); otherwise each rate is its own run on the factor."""
-    _check_lrs(lrs)
+    check_lrs(lrs)
     factor, tol, algo, st, draws = _factor_and_draws(
         source, y_train, agent, mixing, lrs[0], steps, algorithm, lrs, rank=rank, tol=tol,
         method=method, max_rank=max_rank, block=block, seed=seed, nngp=nngp, init=init,
@@ -295,13 +296,6 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
                               init=init, samples=samples, nngp_rank=nngp_rank, block=block,
                               method=method, kwargs=kwargs)
     return factor, tol, algo, st, draws
-
-
-def _check_lrs(lrs) -> None:
-    """``ValueError`` naming ``lrs`` unless it is a non-empty sequence of rates."""
-    if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
-        raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
-                         f"{type(lrs).__name__} {lrs!r}"[:200])
 
 
 def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,

@@ -977,9 +977,7 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
     if accuracies == "final" and record_outputs:
         raise ValueError("accuracies: 'final' records no outputs; give record_outputs=False "
                          "or accuracies='all'")
-    if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
-        raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
-                         f"{lrs!r}"[:200])
+    check_lrs(lrs)
     inps = [lowrank_inputs(factor, y_train, agent, mixing, lr, steps, f0_train, y_test,
                            f0_test, acc_rows) for lr in lrs]
     inp, rates = inps[0], len(inps)
@@ -1016,6 +1014,13 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
             _set_last_accuracies(traj, {key: v[i] for key, v in finals.items()}, q_count)
         out.append(traj)
     return out
+
+
+def check_lrs(lrs) -> None:
+    """``ValueError`` naming ``lrs`` unless it is a non-empty sequence of rates."""
+    if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
+        raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
+                         f"{type(lrs).__name__} {lrs!r}"[:200])
 
 
 def final_accuracies(state, data: dict, algo: Algorithm, q_count: int, central: bool,
