@@ -746,12 +746,11 @@ def predict(
     distances stay exact on the factor), since with one random network the accuracies of
     every network on every row dominate the cost at data-set scale
     (``metadata["low_rank"]["acc_rows"]``).  The low-rank path takes a static mixing matrix
-    or, with the squared loss, a periodic or random mixing sequence (the exact path's
+    or a periodic or random mixing sequence (the exact path's
     sequences, ``samples`` sampled ones and ``.expected`` for random gossip; with
     ``f0="random"`` on random gossip ``samples`` networks, network ``s`` on sequence ``s``,
     as the exact path; :mod:`ntkdyn.lowrank.gossip`), discrete steps and float64;
-    ``loss="cross_entropy"`` runs there with a static mixing matrix or a periodic
-    sequence and an integer rank
+    ``loss="cross_entropy"`` runs there with any of these mixings and an integer rank
     (no ``tol``: ``metadata["low_rank"]["error_estimate"]`` is ``None``, the estimate
     bounds the squared loss only) and no ``acc_rows``, for every ``f0``: one random network
     runs its ``samples`` networks (default 16) as ``P + 1`` groups of ``K`` columns, the
@@ -974,8 +973,8 @@ def _lowrank_process_limits(process, samples, f0: str | None) -> str | None:
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
                         devices, samples, loss, f0: str | None = None) -> None:
     """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take
-    (a mixing process: :func:`_lowrank_process_limits`, then the static checks on ``E[W]``;
-    cross-entropy takes a static matrix or a periodic sequence)."""
+    (a mixing process: :func:`_lowrank_process_limits`, then the static checks on
+    ``E[W]``)."""
     from ntkdyn.graphs.sequences import is_process
     from ntkdyn.losses import check_loss
 
@@ -996,10 +995,6 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     elif not (isinstance(arch, MLP) or _is_stax_triple(arch)):
         why = ("the low-rank path needs an ntkdyn.models.MLP or a stax triple, got "
                f"{type(arch).__name__}")
-    elif is_process(mixing) and loss == "cross_entropy" and mixing.random:
-        why = ("cross-entropy on the low-rank path takes a static mixing matrix or a periodic "
-               "sequence; random gossip with cross-entropy runs on the exact path "
-               "(rank=None)")
     elif is_process(mixing):
         why = _lowrank_process_limits(mixing, samples, f0)
     static = mixing.expected() if is_process(mixing) else mixing

@@ -627,16 +627,12 @@ def _check_lowrank_ce(cfg: Config, exp: Experiment, factor, params, steps, algo,
     (each rate :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`, what
     ``nd.predict_sweep(..., rank=r, loss="cross_entropy")`` runs per rate on its one
     factor); no fixed point (:data:`ntkdyn.dynamics.ce_stability.NO_FIXED_POINT`); no
-    a-priori error estimate (it bounds the squared loss only).  A static ``W`` or a
-    periodic sequence; random gossip is a :class:`ConfigError` naming ``prediction.rank``
-    (cross-entropy on the low-rank path takes no random sequence)."""
+    a-priori error estimate (it bounds the squared loss only).  A static ``W``, a periodic
+    sequence or random gossip (verdicts with ``E[W]``, as the exact check; the sweep and
+    prediction over ``topology.gossip_samples`` sequences, their means reported)."""
     from ntkdyn.dynamics.ce_stability import NO_FIXED_POINT
     from ntkdyn.lowrank.cross_entropy import NO_ESTIMATE, lowrank_ce_stability
 
-    if gossip.is_process(exp.mixing) and exp.mixing.random:
-        raise ConfigError("config: prediction.rank: cross-entropy on the low-rank path takes "
-                          "a static mixing matrix or a periodic sequence; remove "
-                          "prediction.rank for check with random gossip")
     data, agent, lr = exp.parts.dataset, exp.parts.agent, cfg.training.lr
     w = _lowrank_mixing(exp)
     name, scale = _topology_name(cfg), exp.loss.get("logit_scale", 1.0)
@@ -705,8 +701,8 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     reports of them); with a mixing sequence each rate is its own
     :func:`~ntkdyn.lowrank.gossip.predict_lowrank_process` (the configured gossip samples);
     training accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
-    each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` (static
-    ``W``, checked)."""
+    each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` (any
+    mixing; random gossip over the configured samples)."""
     from ntkdyn import lowrank
 
     data, agent, target = exp.parts.dataset, exp.parts.agent, cfg.prediction.target_loss
@@ -720,7 +716,8 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
 
         w = _lowrank_mixing(exp)
         return [_summarise(predict_lowrank_ce(factor, data.y_train, agent, w, lr, steps, algo,
-                                              logit_scale=exp.loss["logit_scale"], **kw),
+                                              logit_scale=exp.loss["logit_scale"],
+                                              samples=exp.samples, **kw),
                            target) for lr in rates]
     n = data.num_train
     kw.update(seed=cfg.seed, acc_rows=None if n <= LOW_RANK_SWEEP_ACC_ROWS
@@ -749,7 +746,8 @@ def _lowrank_ce_prediction(factor, exp: Experiment, cfg: Config, chosen: Algorit
     traj = predict_lowrank_ce(factor, data.y_train, exp.parts.agent,
                               _lowrank_mixing(exp), cfg.training.lr, steps,
                               algo, y_test=data.y_test if data.num_test > 0 else None,
-                              reference=False, logit_scale=exp.loss["logit_scale"], **outputs)
+                              reference=False, logit_scale=exp.loss["logit_scale"],
+                              samples=exp.samples, **outputs)
     return _summarise(traj, cfg.prediction.target_loss)
 
 

@@ -150,9 +150,6 @@ def test_unsupported_is_refused_naming_the_field(digits_problem):
         nd.predict(arch, parts, w, rank=8, f0="mean", acc_rows=10, **call)
     with pytest.raises(ValueError, match="^rank: 'auto'"):
         nd.predict_sweep(arch, parts, w, [0.3], rank="auto", f0="mean", loss="cross_entropy")
-    gossip = nd.graphs.random_edges(nd.graphs.topology("ring", 4), 0.5, seed=0)
-    with pytest.raises(ValueError, match="^rank: .*static"):
-        nd.predict(arch, parts, gossip, rank=8, f0="mean", samples=4, **call)
     with pytest.raises(ValueError, match="^loss: expected one of"):
         nd.predict(arch, parts, w, rank=8, f0="mean", lr=0.3, steps=[0, 10], loss="hinge")
     kern, kern_t, y, yt, agent, w4, r = _problem(True)

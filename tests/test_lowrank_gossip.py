@@ -294,27 +294,20 @@ def test_periodic_stability_on_the_low_rank_coordinates_equals_the_exact_one(alg
     assert "per-step rate over a period of 2 steps" in low.operator
 
 
-def test_cross_entropy_with_random_gossip_is_refused_naming_the_field(digits_problem):
-    """Cross-entropy runs on the low-rank path with a static W or a periodic sequence:
-    with random gossip nd.predict refuses naming ``rank`` before factoring,
-    lowrank.predict and predict_lowrank_ce naming ``mixing`` (before, a periodic sequence
-    was refused too)."""
-    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
-
-    data, parts, arch = digits_problem
+def test_nd_predict_cross_entropy_with_random_gossip_at_full_rank(digits_problem):
+    """nd.predict(rank=N, loss="cross_entropy") with random gossip (refused before, naming
+    ``rank``) equals the exact path's nd.predict (mean network and one random network,
+    <= 1e-8: the rank-N analytic factor reproduces the kernel to round-off)."""
+    _, parts, arch = digits_problem
     for kind in ("random_edges", "one_random_edge"):
-        with pytest.raises(ValueError, match="^rank: cross-entropy on the low-rank path takes "
-                                             "a static mixing matrix or a periodic"):
-            nd.predict(arch, parts, _process(kind, 4), lr=0.3, steps=[0, 5], rank=8,
-                       f0="mean", loss="cross_entropy")
-    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
-    with pytest.raises(ValueError, match="^mixing: cross-entropy on the low-rank path"):
-        lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent,
-                        _process("random_edges", q), 0.3, [0, 5], rank=r,
-                        loss="cross_entropy")
-    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
-    with pytest.raises(ValueError, match="^mixing: cross-entropy on the low-rank path"):
-        predict_lowrank_ce(factor, y, agent, _process("random_edges", q), 0.3, [0, 5])
+        kw = dict(lr=0.5, steps=[0, 10, 20], f0="mean", loss="cross_entropy", samples=2)
+        exact = nd.predict(arch, parts, _process(kind, 4), **kw)
+        low = nd.predict(arch, parts, _process(kind, 4), rank=60, **kw)
+        assert isinstance(low, GossipTrajectory) and low.metadata["path"] == "low_rank"
+        for f in ("train_loss", "test_loss", "test_acc", "consensus_dist"):
+            for a, b in ((getattr(exact, f), getattr(low, f)),
+                         (getattr(exact.expected, f), getattr(low.expected, f))):
+                assert np.max(np.abs(a - b)) <= 1e-8 * max(1.0, np.abs(a).max()), (kind, f)
 
 
 def test_nd_predict_cross_entropy_with_a_periodic_sequence_at_full_rank(digits_problem):
@@ -364,6 +357,101 @@ def test_cross_entropy_with_a_periodic_sequence_equals_the_exact_path(algorithm)
     one = predict_lowrank_ce(factor, y, agent, process, 0.8, steps, algo, y_test=yt,
                              f0_train=draws.train[:, :k], f0_test=draws.test[:, :k])
     assert np.max(np.abs(rnd.draws["test_loss"][0] - one.test_loss)) <= 1e-10
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking", "p2pl"])
+def test_cross_entropy_with_random_gossip_equals_the_exact_path(algorithm):
+    """Random gossip with cross-entropy on a kernel of rank r (refused before): the
+    sampled sequences and the E[W] run as column groups, the softmax over each group's
+    K columns.  Every sequence, their mean, the quantile bands and ``.expected`` equal the
+    exact path's to 1e-10 (every recorded quantity, outputs included), from f0 = 0 and
+    from a given f0; ``.expected`` is called the run with E[W], not the expected
+    trajectory; a sequence that diverges is flagged alone."""
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=1)
+    process = _process("random_edges", q)
+    algo = nd.algorithms.p2pl(2, 2) if algorithm == "p2pl" else algorithm
+    steps, lr = range(0, 31, 5), [0.8, 0.6, 0.9, 0.7]
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    rng = np.random.default_rng(6)
+    f0, f0t = 0.5 * rng.normal(size=y.shape), 0.5 * rng.normal(size=yt.shape)
+    for given in ({}, {"f0_train": f0, "f0_test": f0t}):
+        call = dict(kernel_test_train=kern_t, y_test=yt, loss="cross_entropy",
+                    record_outputs=True, samples=3, **given)
+        exact = nd.predict_from_kernels(kern, y, agent, process, lr, steps, algo, **call)
+        low = predict_lowrank_ce(factor, y, agent, process, lr, steps, algo, y_test=yt,
+                                 record_outputs=True, samples=3, **given)
+        assert isinstance(low, GossipTrajectory) and low.samples == 3
+        assert low.metadata["mixing_process"] == exact.metadata["mixing_process"]
+        assert "not the expected trajectory" in low.metadata["note"]
+        assert "not the expected trajectory" in exact.metadata["note"]
+        _assert_same(exact, low, "mean")
+        _assert_same(exact.expected, low.expected, "E[W]")
+        for s in range(3):
+            _assert_same(exact.sequence(s), low.sequence(s), f"sequence {s}")
+        for f, band in exact.quantiles.items():
+            assert np.allclose(band, low.quantiles[f], rtol=REL, atol=1e-300), f
+        assert np.max(np.abs(low.per_sample["test_loss"][0]
+                             - low.per_sample["test_loss"][1])) > 1e-6
+
+
+def test_cross_entropy_random_gossip_library_entry_points_and_divergence():
+    """``lowrank.predict(loss="cross_entropy")`` with random gossip runs (it was refused
+    naming ``mixing``), default 64 sequences; ``samples`` with a static W is refused
+    naming ``samples``; at a rate where the sequences blow up each is flagged on its own
+    (status, ``diverged_at``) as on the exact path."""
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=2)
+    process = _process("one_edge", q)
+    source = lowrank.kernel_columns(kern, kern_t)
+    low = lowrank.predict(source, y, agent, process, 0.5, [0, 5, 10], "atc", rank=r,
+                          y_test=yt, loss="cross_entropy", samples=2)
+    assert isinstance(low, GossipTrajectory) and low.samples == 2
+    assert low.metadata["path"] == "low_rank" and low.metadata["loss"] == "cross_entropy"
+    factor = lowrank.factorize(source, r)
+    with pytest.raises(ValueError, match="^samples: only for a random mixing sequence"):
+        predict_lowrank_ce(factor, y, agent, process.expected(), 0.5, [0, 5], samples=2)
+    steps = range(0, 201, 20)
+    exact = nd.predict_from_kernels(kern, y, agent, process, 60.0, steps, "dgd",
+                                    loss="cross_entropy", samples=2)
+    big = predict_lowrank_ce(factor, y, agent, process, 60.0, steps, "dgd", samples=2)
+    assert big.status == exact.status
+    for s in range(2):
+        a, b = exact.sequence(s), big.sequence(s)
+        assert (a.status, a.diverged_at, len(a.steps)) == (b.status, b.diverged_at,
+                                                          len(b.steps)), s
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc"])
+def test_random_network_with_cross_entropy_and_random_gossip_matches_exact_path(algorithm):
+    """One random network, cross-entropy and random gossip (refused before): network s
+    from its own draws on sequence s, the f0 = 0 network on the same sequences and E[W]
+    (2 P + 1 groups).  With a rank-r kernel, rank r and the same draws, the means over
+    networks, their draws and bands and the mean network (a GossipTrajectory) equal the
+    exact path's to 1e-10."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=3)
+    process = _process("random_edges", q)
+    p, k, steps, lr = 3, y.shape[1], range(0, 31, 6), [0.8, 0.6, 0.9, 0.7]
+    g = np.random.default_rng(7).normal(size=(len(y) + len(yt), p * k))
+    from ntkdyn.dynamics.problem import make_problem
+    from ntkdyn.dynamics.random_init import InitDraws
+    from ntkdyn.dynamics.run import run_problem
+
+    problem = make_problem(kern, y, agent, process, kernel_test_train=kern_t, y_test=yt,
+                           loss="cross_entropy")
+    order = np.asarray(problem.order)
+    init = InitDraws(train=g[:len(y)][order], test=g[len(y):], seed=0, jitter=0.0, outputs=k)
+    exact = run_problem(problem, algorithm, [lr], steps, init=init, samples=p)[0]
+    draws = InitDraws(train=g[:len(y)], test=g[len(y):], seed=0, jitter=0.0, outputs=k)
+    low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, process, lr, steps,
+                          algorithm, rank=r, y_test=yt, init=draws, loss="cross_entropy",
+                          samples=p)
+    _assert_networks(exact, low, algorithm)
+    assert isinstance(low.mean_network, GossipTrajectory)
+    assert low.metadata["band_over"] == exact.metadata["band_over"]
+    assert low.metadata["low_rank"]["f0_draws"]["outputs"] == k
 
 
 NET_FIELDS = ("train_loss", "local_loss", "objective", "train_acc", "param_dist",

@@ -491,7 +491,11 @@ def _aggregate(samples: list[Trajectory], expected: Trajectory | None,
         per_sample[f.name] = stack
         if not f.name.endswith("_outputs"):
             quantiles[f.name] = np.quantile(stack, levels, axis=0)
-    if what == "mixing":
+    if what == "mixing" and first.metadata.get("loss") == "cross_entropy":
+        note = ("fields: mean over sampled mixing sequences of each metric (mean of the "
+                "loss); .expected: the run with E[W] (cross-entropy: not the expected "
+                "trajectory, the dynamics are not affine); quantiles: bands over the samples")
+    elif what == "mixing":
         note = ("fields: mean over sampled mixing sequences of each metric (mean of the "
                 "loss); .expected: exact mean-state trajectory with E[W] (loss of the "
                 "mean); quantiles: bands over the samples")

@@ -196,7 +196,10 @@ def predict(
     estimate bounds the squared loss only), the mean network, a given ``f0_train`` or one
     random network (``nngp`` / ``init``: ``samples`` networks, default 16, ``K`` draw
     columns each, run as ``P + 1`` groups of ``K`` columns;
-    :func:`ntkdyn.lowrank.cross_entropy.predict_random_lowrank_ce`).
+    :func:`ntkdyn.lowrank.cross_entropy.predict_random_lowrank_ce`); any mixing (random
+    gossip: ``samples`` sequences and the ``E[W]`` run as column groups,
+    :func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce_gossip`; one random network:
+    network ``s`` on sequence ``s``, ``2 P + 1`` groups).
 
     Raises ``ValueError`` naming ``rank``, ``tol``, ``max_rank`` or ``method`` for bad
     values, and :class:`LowRankTooLargeError` (a ``ValueError`` and a ``MemoryError``)
@@ -274,12 +277,6 @@ def _factor_and_draws(source, y_train, agent, mixing, lr, steps, algorithm, lrs,
     :func:`predict_sweep`: :func:`choose_factor` (at ``lr``, or at every rate of ``lrs``),
     then, for one random network, :func:`_random_draws` (``None`` for the mean network)."""
     _check_loss(kwargs, rank=rank, tol=tol)
-    from ntkdyn.graphs.sequences import is_process
-
-    if is_process(mixing) and mixing.random and kwargs.get("loss", "mse") == "cross_entropy":
-        raise ValueError("mixing: cross-entropy on the low-rank path takes a static mixing "
-                         "matrix or a periodic sequence; with random gossip use the squared "
-                         "loss or the exact path (rank=None)")
     # one random network: the NNGP factor on N + M rows (2 r landmarks, F and its rotated
     # copy, nngp_rank = r by default) and P more state columns, reserved per coordinate
     extra = 0 if nngp is None else 8 * 4 * (source.n + source.n_test)
@@ -313,12 +310,14 @@ def _run_on_factor(factor, draws, y_train, agent, mixing, lr, st, algo, *, seed,
         from ntkdyn.lowrank import cross_entropy
 
         kwargs = {k: v for k, v in kwargs.items() if k not in ("loss", "acc_rows", "form")}
+        if not (is_process(mixing) and mixing.random):
+            samples = None  # sampled networks (draws), not sequences
         if draws is None:
             return cross_entropy.predict_lowrank_ce(factor, y_train, agent, mixing, lr, st,
-                                                    algo, **kwargs)
+                                                    algo, samples=samples, **kwargs)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("f0_train", "f0_test")}
         return cross_entropy.predict_random_lowrank_ce(factor, draws[0], y_train, agent,
-                                                       mixing, lr, st, algo,
+                                                       mixing, lr, st, algo, samples=samples,
                                                        draws_info=draws[1], **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if k != "loss"}
     if is_process(mixing) and draws is None:

@@ -38,8 +38,14 @@ from the largest softmax curvature ``s^2/2``, on the truncated operator
 Mixing: a static ``W`` or a **periodic** sequence (:func:`ntkdyn.graphs.periodic`; the
 combine of step ``k`` uses the cycle's matrices of events ``k m .. k m + m - 1`` inside the
 loop, :func:`ntkdyn.lowrank.gossip.mixing_at`, one group: every column shares the
-sequence).  Random gossip is refused naming ``mixing``: each sampled sequence would need
-its own nonlinear run (the exact path runs it).
+sequence).  **Random** gossip (:func:`predict_lowrank_ce_gossip`): the ``S`` sampled
+sequences and the ``E[W]`` run side by side as ``G = S + 1`` groups of ``K`` columns, each
+group mixed by its own matrix (:func:`ntkdyn.lowrank.gossip.mix_groups`), the softmax over
+each group's columns: every group is its own nonlinear run, sharing the reads of ``Phi_q``
+(``4 N r G K`` flops per step).  ``.expected`` is the run with ``E[W]``: with cross-entropy
+not the expected trajectory (the dynamics are not affine in ``W``).  One random network on
+random gossip: ``2 P + 1`` groups, network ``s`` on sequence ``s``
+(:func:`_random_networks_gossip`).
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from ntkdyn.lowrank.evolve import (
     step_data,
 )
 from ntkdyn.lowrank.factor import LowRankFactor
-from ntkdyn.lowrank.gossip import mixing_at, process_data
+from ntkdyn.lowrank.gossip import mix_groups, mixing_at, process_data, process_groups
 from ntkdyn.trajectory import Trajectory
 
 EXACT = jax.lax.Precision.HIGHEST
@@ -93,14 +99,16 @@ def ce_operators(data: dict, q_count: int, central: bool,
     (padded rows have ``Phi = 0`` and add nothing); ``data["inv_n"]`` ``1/N_q``.  The
     softmax is over groups of ``classes`` consecutive columns (default ``C``: one network;
     one random network runs ``C = (P + 1) K`` columns, :func:`predict_random_lowrank_ce`).
-    ``w_at``: ``j -> (1, Q, Q)``, the step's ``j``-th matrix of a periodic sequence
-    (:func:`~ntkdyn.lowrank.gossip.mixing_at`); default the static ``data["mixing"]``."""
+    ``w_at``: ``j -> (G, Q, Q)``, the step's ``j``-th matrix of a mixing sequence for
+    each of ``G`` column groups (:func:`~ntkdyn.lowrank.gossip.mixing_at`; ``G = 1`` for
+    a periodic one, the sampled sequences and ``E[W]`` for a random one, each group of
+    ``classes`` columns); default the static ``data["mixing"]``."""
     phi, f0, y, inv_n, w = data["phi"], data["f0"], data["y"], data["inv_n"], data["mixing"]
     scale = data["logit_scale"]
 
     def mix(x, j=0):
-        w_j = w if w_at is None else w_at(j)[0]
-        agents = jnp.tensordot(w_j, x[:q_count], axes=1, precision=EXACT)
+        agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT) if w_at is None \
+            else mix_groups(w_at(j), x[:q_count])
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     def grad(x):
@@ -147,9 +155,12 @@ def _by_group(rec: dict, groups: int) -> dict:
     return out
 
 
-def _ce_record(x, data, *, q_count, central, has_test, record_outputs, classes=None):
+def _ce_record(x, data, *, q_count, central, has_test, record_outputs, classes=None,
+               split=True):
     """The recorded quantities of slots ``x`` ``(A, r, C)`` (module docstring), for each
-    group of ``classes`` columns (default ``C``; :func:`_by_group`)."""
+    group of ``classes`` columns (default ``C``): ``split`` as :func:`_by_group` (one
+    network, or the last group and ``"networks/<key>"``), else every record with a
+    trailing group axis ``G`` (the outputs ``(A, n, G K)``; :func:`group_raw`)."""
     a, c, scale = x.shape[0], x.shape[-1], data["logit_scale"]
     k = c if classes is None else classes
     g = c // k
@@ -180,7 +191,20 @@ def _ce_record(x, data, *, q_count, central, has_test, record_outputs, classes=N
                    mean_model_test_loss=ce_t[a].mean(axis=-2), mean_model_test_acc=acc_t[a])
         if record_outputs:
             rec["test_outputs"] = out_t[:a]
-    return _by_group(rec, g)
+    return _by_group(rec, g) if split else rec
+
+
+def group_raw(raw: dict, g: int, groups: int) -> dict:
+    """Group ``g`` of the unsplit records (:func:`_ce_record` with ``split=False``): the
+    trailing group axis indexed, the outputs' ``K`` columns of group ``g`` sliced."""
+    out = {}
+    for key, v in raw.items():
+        if key.endswith("_outputs"):
+            k = v.shape[-1] // groups
+            out[key] = v[..., g * k:(g + 1) * k]
+        else:
+            out[key] = v[..., g]
+    return out
 
 
 def _step_operators(data, t, algorithm, q_count, central, classes, sampler) -> Operators:
@@ -199,18 +223,21 @@ def ce_init_state(x0, data, *, algorithm, q_count, central, classes=None, sample
 
 
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
-                                   "record_outputs", "classes", "sampler"))
+                                   "record_outputs", "classes", "sampler", "groups"))
 def ce_run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
-                 record_outputs, classes=None, sampler=None):
+                 record_outputs, classes=None, sampler=None, groups=None):
     """:func:`ntkdyn.lowrank.evolve.run_chunk` with the cross-entropy operators/records
-    (softmax groups of ``classes`` columns, default all; ``sampler``: a periodic
-    sequence's, the step's matrices read inside the loop)."""
+    (softmax groups of ``classes`` columns, default all; ``sampler``: a mixing sequence's,
+    the step's matrices read inside the loop).  ``groups``: the ``G`` column groups of a
+    random sequence, each flagged for divergence on its own and recorded unsplit
+    (:func:`group_raw`)."""
     params = algorithm.parameters
-    checked = divergence_check(params, data["limit_per_step"])
+    checked = divergence_check(params, data["limit_per_step"], groups)
 
     def record(st, x):
         rec = _ce_record(params(x), data, q_count=q_count, central=central,
-                         has_test=has_test, record_outputs=record_outputs, classes=classes)
+                         has_test=has_test, record_outputs=record_outputs, classes=classes,
+                         split=groups is None)
         rec["diverged"] = st[2]
         return st, rec
 
@@ -221,26 +248,20 @@ def ce_run_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
 
 
 def ce_mixing(mixing) -> tuple[np.ndarray, object]:
-    """``(W, process)``: a static matrix (``process`` ``None``) or a periodic sequence
-    (``W`` the average over its period, for the inputs' checks and the metadata); random
-    gossip is a ``ValueError`` naming ``mixing``."""
+    """``(W, process)``: a static matrix (``process`` ``None``) or a mixing sequence
+    (``W`` the average over its period or ``E[W]``, for the inputs' checks and the
+    metadata)."""
     from ntkdyn.graphs.sequences import resolve_mixing
 
-    w, process = resolve_mixing(mixing, name="mixing")
-    if process is not None and process.random:
-        raise ValueError("mixing: cross-entropy on the low-rank path takes a static matrix "
-                         "or a periodic sequence; with random gossip each sampled sequence "
-                         "needs its own nonlinear run: use the exact path (rank=None) or the "
-                         "squared loss")
-    return w, process
+    return resolve_mixing(mixing, name="mixing")
 
 
-def _runner(process, classes: int | None = None) -> tuple:
+def _runner(process, classes: int | None = None, groups: int | None = None) -> tuple:
     """``(init_state, run_chunk)`` of :func:`run_features` for a static ``W`` or a
-    periodic sequence."""
+    mixing sequence (``groups``: a random one's column groups, :func:`ce_run_chunk`)."""
     sampler = None if process is None else process.sampler
     return (partial(ce_init_state, classes=classes, sampler=sampler),
-            partial(ce_run_chunk, classes=classes, sampler=sampler))
+            partial(ce_run_chunk, classes=classes, sampler=sampler, groups=groups))
 
 
 def ce_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *, padded_rows: int,
@@ -333,11 +354,13 @@ def predict_lowrank_ce(
     chunk: int = 25,
     progress: bool = False,
     metadata: dict | None = None,
+    samples: int | None = None,
 ) -> Trajectory:
     r""":func:`ntkdyn.lowrank.predict_lowrank` with softmax cross-entropy (module docstring):
     ``y_train`` / ``y_test`` one-hot rows or integer labels (:func:`ntkdyn.losses.class_targets`),
-    ``logit_scale`` the inverse temperature ``s``; a static mixing matrix or a periodic
-    sequence, one rate or one per agent, every schedule.  The ``*_loss`` and
+    ``logit_scale`` the inverse temperature ``s``; a static mixing matrix, a periodic
+    sequence or random gossip (``samples`` sequences, :func:`predict_lowrank_ce_gossip`),
+    one rate or one per agent, every schedule.  The ``*_loss`` and
     ``objective`` fields are cross-entropy;
     ``metadata["low_rank"]["error_estimate"]`` is ``None`` (``error_estimate_reason`` says
     why) and ``metadata["stability"]`` the sufficient bound of :func:`stability_note`."""
@@ -348,6 +371,14 @@ def predict_lowrank_ce(
     y = class_targets("y_train", y_train, k)
     yt = None if y_test is None else class_targets("y_test", y_test, y.shape[1])
     w, process = ce_mixing(mixing)
+    if process is not None and process.random:
+        return predict_lowrank_ce_gossip(
+            factor, y, agent, process, lr, steps, algo, logit_scale=scale, samples=samples,
+            f0_train=f0_train, y_test=yt, f0_test=f0_test, reference=reference,
+            record_outputs=record_outputs, chunk=chunk, progress=progress, metadata=metadata)
+    if samples is not None:
+        raise ValueError("samples: only for a random mixing sequence; got "
+                         f"samples={samples!r} with a static or periodic mixing")
     inp = lowrank_inputs(factor, y, agent, w, lr, steps, f0_train, yt, f0_test, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
     order = np.argsort(inp.agent, kind="stable")
@@ -367,11 +398,92 @@ def predict_lowrank_ce(
                               order, float(carry[3]))
 
 
+def _sequence_groups(factor: LowRankFactor, y, agent, process, lr, steps, algo: Algorithm, *,
+                     f0, yt, ft, keys, scale: float, reference: bool, record_outputs: bool,
+                     chunk: int, progress: bool, desc: str, given_f0: bool,
+                     metadata: dict | None) -> list[Trajectory]:
+    r"""Cross-entropy with a random mixing sequence: ``G = len(keys) + 1`` groups of ``K``
+    columns side by side in one state ``(A, r, G K)``, group ``g < G - 1`` mixed by the
+    sampled sequence of ``keys[g]``, the last by ``E[W]`` (:func:`mixing_at`), the softmax
+    over each group's ``K`` columns (:func:`ce_operators`), every read of ``Phi_q`` shared.
+    ``y`` / ``yt``: the ``K`` target columns of every group; ``f0`` / ``ft``: each group's
+    own initial outputs ``(N, G K)`` / ``(M, G K)``.  One trajectory per group; a group
+    that diverges is frozen, the others go on (:func:`ce_run_chunk` with ``groups``)."""
+    groups, k = len(keys) + 1, y.shape[1]
+    w = np.asarray(process.expected(), dtype=np.float64)
+    inp = lowrank_inputs(factor, np.tile(y, groups), agent, w, lr, steps, f0,
+                         None if yt is None else np.tile(yt, groups), ft, None)
+    q_count, r = inp.w.shape[0], inp.phi.shape[1]
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
+    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    data.update(process_data(process, 1), mix_keys=keys)
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=yt is not None,
+        record_outputs=record_outputs, chunk=chunk, progress=progress, desc=desc,
+        runner=_runner(process, k, groups), groups=groups)
+    last = slice((groups - 1) * k, groups * k)  # the metadata: the E[W] group's columns
+    inp_k = dataclasses.replace(inp, y=y, f0=inp.f0[:, last], yt=yt,
+                                ft=None if yt is None else inp.ft[:, last])
+    meta = ce_metadata(factor, algo, inp_k, scale=scale, padded=rows > inp.phi.shape[0],
+                       given_f0=given_f0, metadata=metadata)
+    meta.update(process_metadata(process))
+    return [records_trajectory(group_raw(raw, g, groups), q_count, reference, rec_steps,
+                               phase, inp.lr_q, meta, order, float(carry[3][g]))
+            for g in range(groups)]
+
+
+def predict_lowrank_ce_gossip(
+    factor: LowRankFactor, y_train, agent, process, lr, steps,
+    algorithm: str | Algorithm = "dgd", *, logit_scale: float = 1.0,
+    samples: int | None = None, f0_train=None, y_test=None, f0_test=None,
+    reference: bool = True, record_outputs: bool = False, chunk: int = 25,
+    progress: bool = False, metadata: dict | None = None,
+):
+    r""":func:`predict_lowrank_ce` with random gossip, as on the exact path: ``samples``
+    (default 64) sampled mixing sequences (sequence ``s`` the one the exact path and the
+    training harness draw with ``gossip_sample=s``) and the run with ``E[W]``, ``G =
+    samples + 1`` groups from the same ``f_0`` (:func:`_sequence_groups`).  Returns a
+    :class:`~ntkdyn.trajectory.GossipTrajectory`: the means over the sequences, quantile
+    bands, ``per_sample`` and ``.expected``, the run with ``E[W]`` -- with cross-entropy
+    *not* the expected trajectory (the dynamics are not affine in ``W``)."""
+    from ntkdyn.dynamics.run import aggregate_sequences
+    from ntkdyn.graphs.sequences import resolve_mixing
+
+    algo = get_algorithm(algorithm)
+    scale = check_logit_scale(logit_scale)
+    _, process = resolve_mixing(process, name="mixing")
+    if process is None or not process.random:
+        raise ValueError("mixing: expected a random mixing sequence (random_edges / "
+                         "one_random_edge); static and periodic ones run on predict_lowrank_ce")
+    groups, samples = process_groups(process, samples)
+    y = class_targets("y_train", y_train, None if f0_train is None else np.shape(f0_train)[1])
+    k = y.shape[1]
+    yt = None if y_test is None else class_targets("y_test", y_test, k)
+    f0 = np.zeros_like(y) if f0_train is None else np.asarray(f0_train, dtype=np.float64)
+    ft = None if yt is None else (np.zeros_like(yt) if f0_test is None
+                                  else np.asarray(f0_test, dtype=np.float64))
+    if f0.shape != y.shape:
+        raise ValueError(f"f0_train: expected shape {y.shape}, got {f0.shape}")
+    if ft is not None and ft.shape != yt.shape:
+        raise ValueError(f"f0_test: expected shape {yt.shape}, got {ft.shape}")
+    keys = process_data(process, samples)["mix_keys"]
+    trajs = _sequence_groups(
+        factor, y, agent, process, lr, steps, algo, f0=np.tile(f0, groups),
+        yt=yt, ft=None if ft is None else np.tile(ft, groups), keys=keys, scale=scale,
+        reference=reference, record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank cross-entropy {algo.name}, random mixing", given_f0=f0_train is not None,
+        metadata=metadata)
+    return aggregate_sequences(trajs[:-1], trajs[-1], what="mixing")
+
+
 def predict_random_lowrank_ce(
     factor: LowRankFactor, draws, y_train, agent, mixing, lr, steps,
     algorithm: str | Algorithm = "dgd", *, logit_scale: float = 1.0, y_test=None,
     reference: bool = True, record_outputs: bool = False, chunk: int = 25,
     progress: bool = False, metadata: dict | None = None, draws_info: dict | None = None,
+    samples: int | None = None,
 ):
     r"""One random network with softmax cross-entropy on the low-rank factor, as the exact
     path's independent networks (:mod:`ntkdyn.dynamics.random_init`): the
@@ -388,7 +500,10 @@ def predict_random_lowrank_ce(
     over the sampled networks (expected losses), ``band(..., over="init")`` their
     quantiles, ``.mean_network`` the network from ``f_0 = 0`` (with cross-entropy not the
     expected network: the dynamics are not affine in ``f_0``); ``record_outputs``: that
-    network's outputs.  ``draws_info`` goes to ``metadata["low_rank"]["f0_draws"]``."""
+    network's outputs.  ``draws_info`` goes to ``metadata["low_rank"]["f0_draws"]``.
+
+    With random gossip (``samples``: ``None`` or ``P``) network ``s`` runs on sampled
+    sequence ``s``, as on the exact path: ``2 P + 1`` groups (:func:`_random_networks_gossip`)."""
     from ntkdyn.lowrank.networks import assemble_networks
 
     algo = get_algorithm(algorithm)
@@ -400,6 +515,16 @@ def predict_random_lowrank_ce(
         raise ValueError(f"draws: expected ({n}, P K) training draws with K = {k} columns per "
                          f"network (InitDraws(outputs={k})), got {draws.train.shape} with "
                          f"outputs={draws.outputs}")
+    w, process = ce_mixing(mixing)
+    if process is not None and process.random:
+        return _random_networks_gossip(factor, draws, y, agent, process, lr, steps, algo,
+                                       scale=scale, samples=samples, y_test=y_test,
+                                       reference=reference, record_outputs=record_outputs,
+                                       chunk=chunk, progress=progress, metadata=metadata,
+                                       draws_info=draws_info)
+    if samples is not None:
+        raise ValueError("samples: only for a random mixing sequence; got "
+                         f"samples={samples!r} with a static or periodic mixing")
     groups = p + 1  # the P networks, then f_0 = 0
     yt = ft = None
     if y_test is not None:
@@ -408,7 +533,6 @@ def predict_random_lowrank_ce(
             raise ValueError(f"draws: expected ({yt.shape[0]}, {p * k}) test draws")
         ft = np.concatenate([draws.test, np.zeros_like(yt)], axis=1)
         yt = np.tile(yt, groups)
-    w, process = ce_mixing(mixing)
     inp = lowrank_inputs(factor, np.tile(y, groups), agent, w, lr, steps,
                          np.concatenate([draws.train, np.zeros_like(y)], axis=1), yt, ft, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
@@ -433,6 +557,48 @@ def predict_random_lowrank_ce(
                                         outputs=k)
     return assemble_networks(raw, q_count, reference, rec_steps, phase, inp.lr_q, meta,
                              order, float(carry[3]), draws)
+
+
+def _random_networks_gossip(factor: LowRankFactor, draws, y, agent, process, lr, steps,
+                            algo: Algorithm, *, scale: float, samples, y_test, reference: bool,
+                            record_outputs: bool, chunk: int, progress: bool,
+                            metadata: dict | None, draws_info: dict | None):
+    r"""One random network with cross-entropy and random gossip, the exact path's
+    independent networks (:mod:`ntkdyn.dynamics.random_init`): ``G = 2 P + 1`` groups
+    (:func:`_sequence_groups`): network ``s`` (``f_0`` its draws) on sampled sequence
+    ``s``, the network from ``f_0 = 0`` on the same ``P`` sequences, then from ``f_0 = 0``
+    with ``E[W]``.  A :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` whose band is
+    over initialisations and sequences jointly; ``.mean_network`` a
+    :class:`~ntkdyn.trajectory.GossipTrajectory` (the ``f_0 = 0`` network, band over the
+    sequences)."""
+    from ntkdyn.dynamics import random_init
+    from ntkdyn.dynamics.run import aggregate_sequences
+
+    n, k, p = y.shape[0], y.shape[1], draws.samples
+    if samples is not None and samples != p:
+        raise ValueError(f"samples: with f0='random' network s runs on sequence s: expected "
+                         f"samples = {p} (the sampled networks), got {samples!r}")
+    yt = ft = None
+    zeros = np.zeros((n, (p + 1) * k))
+    if y_test is not None:
+        yt = class_targets("y_test", y_test, k)
+        if draws.test is None or draws.test.shape != (yt.shape[0], p * k):
+            raise ValueError(f"draws: expected ({yt.shape[0]}, {p * k}) test draws")
+        ft = np.concatenate([draws.test, np.zeros((yt.shape[0], (p + 1) * k))], axis=1)
+    keys = process_data(process, p)["mix_keys"]
+    trajs = _sequence_groups(
+        factor, y, agent, process, lr, steps, algo,
+        f0=np.concatenate([draws.train, zeros], axis=1), yt=yt, ft=ft,
+        keys=jnp.concatenate([keys, keys]), scale=scale, reference=reference,
+        record_outputs=record_outputs, chunk=chunk, progress=progress,
+        desc=f"low-rank cross-entropy {algo.name}, {p} networks on random mixing",
+        given_f0=False, metadata=metadata)
+    for t in trajs:
+        t.metadata["low_rank"]["f0_draws"] = dict(draws_info or {}, samples=p,
+                                                  seed=draws.seed, outputs=k)
+    mean = aggregate_sequences(trajs[p:2 * p], trajs[-1], what="mixing")
+    traj = random_init.assemble(mean, trajs[:p], draws, None, over="init+mixing")
+    return dataclasses.replace(traj, metadata=dict(traj.metadata, path="low_rank"))
 
 
 def stability_note(factor: LowRankFactor, agent, mixing, algorithm: str | Algorithm, lr,

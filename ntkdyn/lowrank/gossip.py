@@ -109,6 +109,18 @@ def mixing_at(data: dict, t, *, sampler, mixes_per_step: int):
     return at
 
 
+def mix_groups(w, xa):
+    """``x_q <- sum_p (W^g)_qp x_p`` for each of the ``G`` column groups of the agents'
+    state ``xa`` ``(Q, r, G K)`` with its own matrix ``w[g]`` (``w``: ``(G, Q, Q)``; one
+    matrix, ``G = 1``, mixes every column)."""
+    if w.shape[0] == 1:
+        return jnp.tensordot(w[0], xa, axes=1, precision=EXACT)
+    q, r, c = xa.shape
+    g = w.shape[0]
+    return jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, g, c // g),
+                      precision=EXACT).reshape(q, r, c)
+
+
 def grouped_data(data: dict, groups: int) -> dict:
     """``data`` with the residual terms of the gradient tiled over ``G`` column groups
     (``lins`` / ``lin_c`` in the Gram form, ``res`` in the feature form)."""
@@ -136,11 +148,7 @@ def process_operators(data: dict, t, *, q_count: int, central: bool, sampler,
     w_at = mixing_at(data, t, sampler=sampler, mixes_per_step=mixes_per_step)
 
     def mix(x, j=0):
-        w = w_at(j)
-        xa = x[:q_count]
-        q, r, c = xa.shape
-        agents = jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, groups, c // groups),
-                            precision=EXACT).reshape(q, r, c)
+        agents = mix_groups(w_at(j), x[:q_count])
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     return Operators(mix=mix, grad=base.grad, scale=base.scale)
@@ -458,6 +466,6 @@ def predict_lowrank_process(
 
 __all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
            "independent_outputs", "init_independent_state", "init_process_state",
-           "mixing_at", "predict_lowrank_process", "predict_random_lowrank_gossip",
+           "mix_groups", "mixing_at", "predict_lowrank_process", "predict_random_lowrank_gossip",
            "process_data", "process_groups", "process_operators", "run_independent_chunk",
            "run_process_chunk"]
