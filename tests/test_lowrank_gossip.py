@@ -296,8 +296,9 @@ def test_periodic_stability_on_the_low_rank_coordinates_equals_the_exact_one(alg
 
 def test_nd_predict_cross_entropy_with_random_gossip_at_full_rank(digits_problem):
     """nd.predict(rank=N, loss="cross_entropy") with random gossip (refused before, naming
-    ``rank``) equals the exact path's nd.predict (mean network and one random network,
-    <= 1e-8: the rank-N analytic factor reproduces the kernel to round-off)."""
+    ``rank``) equals the exact path's nd.predict (the mean network over the sequences and
+    the E[W] run, <= 1e-8: the rank-N analytic factor reproduces the kernel to round-off),
+    for both random processes."""
     _, parts, arch = digits_problem
     for kind in ("random_edges", "one_random_edge"):
         kw = dict(lr=0.5, steps=[0, 10, 20], f0="mean", loss="cross_entropy", samples=2)
