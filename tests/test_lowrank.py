@@ -872,11 +872,11 @@ def test_nd_predict_rank_refuses_what_the_low_rank_path_does_not_take(digits_pro
                                          "for the analytic kernel"):
         nd.predict(triple, parts, w, kernel="analytic", rank=8, **call)
     gossip = nd.graphs.random_edges(nd.graphs.topology("ring", 4), 0.5, seed=0)
-    # a sequence runs for every f0 with the squared loss (tests/test_lowrank_gossip.py);
-    # with cross-entropy it is refused
-    with pytest.raises(ValueError, match="^rank: .*static"):
-        nd.predict(arch, parts, gossip, rank=8, samples=4, f0="mean", loss="cross_entropy",
-                   **call)
+    # a sequence runs for every f0 and both losses (tests/test_lowrank_gossip.py); cross-
+    # entropy with random gossip was refused before stop 28
+    ce_gossip = nd.predict(arch, parts, gossip, rank=8, samples=4, f0="mean",
+                           loss="cross_entropy", **call)
+    assert ce_gossip.samples == 4 and ce_gossip.metadata["path"] == "low_rank"
     with pytest.raises(ValueError, match="^rank: .*discrete"):
         nd.predict(arch, parts, w, rank=8, continuous=True, **call)
     # cross-entropy runs on the low-rank path (tests/test_lowrank_ce.py), also with one
@@ -1248,10 +1248,13 @@ def test_predict_sweep_rank_refusals_name_rank(digits_problem):
     assert [t.samples for t in ce] == [2, 2]
     for kw, mix in [(dict(batch_size=8), w),
                     (dict(width=64), w),
-                    (dict(samples=4, f0="mean", loss="cross_entropy"), gossip),
                     (dict(kernel_dtype="float32", f0="mean"), w)]:
         with pytest.raises(ValueError, match="^rank: "):
             nd.predict_sweep(arch, parts, mix, [0.1, 0.2], rank=8, **kw, **call)
+    # cross-entropy with random gossip runs too (since stop 28): per rate, 4 sequences
+    ce_gossip = nd.predict_sweep(arch, parts, gossip, [0.1, 0.2], rank=8, samples=4,
+                                 f0="mean", loss="cross_entropy", **call)
+    assert [t.samples for t in ce_gossip] == [4, 4]
     # random gossip with one random network (the default f0) now runs on the low-rank path
     # (tests/test_lowrank_gossip.py): one trajectory per rate, 4 networks on 4 sequences
     runs = nd.predict_sweep(arch, parts, gossip, [0.1, 0.2], rank=8, samples=4, **call)

@@ -456,7 +456,7 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
                 return jnp.concatenate([g, gc[None]], axis=0)
             return g
 
-        return Operators(mix=mix, grad=grad_gram, scale=lambda g: data["lr"][:, None, None] * g)
+        return Operators(mix=mix, grad=grad_gram, scale=partial(_scale, data["lr"]))
     phi, res = data["phi"], data["res"]
 
     def grad(x):
@@ -482,10 +482,41 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
             return jnp.concatenate([ga, gc], axis=0)
         return ga
 
-    def scale(g):
-        return data["lr"][:, None, None] * g
+    return Operators(mix=mix, grad=grad, scale=partial(_scale, data["lr"]))
 
-    return Operators(mix=mix, grad=grad, scale=scale)
+
+def _scale(lr, g):
+    """``eta g`` with one rate per slot (``lr`` ``(A,)``) or per slot and column (``(A, C)``:
+    the rates of a sweep as column groups, :func:`rate_columns`)."""
+    return (lr[:, None, None] if lr.ndim == 1 else lr[:, None, :]) * g
+
+
+def grouped_data(data: dict, groups: int) -> dict:
+    """``data`` with the residual terms of the gradient tiled over ``G`` column groups
+    (``lins`` / ``lin_c`` in the Gram form, ``res`` in the feature form)."""
+    if groups == 1:
+        return data
+    out = dict(data)
+    if "grams" in data:
+        out["lins"] = jnp.tile(data["lins"], (1, 1, groups))
+        out["lin_c"] = jnp.tile(data["lin_c"], (1, groups))
+    elif isinstance(data["res"], tuple):
+        out["res"] = tuple(jnp.tile(rq, (1, groups)) for rq in data["res"])
+    else:
+        out["res"] = jnp.tile(data["res"], (1, 1, groups))
+    return out
+
+
+def split_groups(x, groups: int):
+    """``(A, r, G K)`` -> ``(G, A, r, K)``: the ``G`` column groups of a state."""
+    a, r, c = x.shape
+    return jnp.moveaxis(x.reshape(a, r, groups, c // groups), 2, 0)
+
+
+def group_records(x, data, *, groups: int, **kw) -> dict:
+    """The records of every group: the parameters ``(A, r, G K)`` as ``G`` states
+    ``(A, r, K)``, each recorded as on the static path (leading axis ``G``)."""
+    return jax.vmap(lambda one: record_state(one, data, **kw))(split_groups(x, groups))
 
 
 # --------------------------------------------------------------------------- recording
@@ -920,32 +951,50 @@ def predict_lowrank(
                               prep.order, float(carry[3]))
 
 
-def rate_runner(algo: Algorithm):
-    """``(init_state, run_chunk)`` of :func:`run_features` over a leading axis of ``R``
-    learning rates: ``data["lr"]`` is ``(R, A)`` and ``data["limit_per_step"]`` ``(R,)``,
-    the state ``(R, A, r, C)``; every other array is shared, so each step multiplies the
-    Gram matrices (or the agents' rows) by ``R C`` columns at once, read once for all the
-    rates (``jax.vmap`` of the one-rate functions).  Records come back with the rate axis
-    after the record (and phase) axes, so the engine's :func:`~ntkdyn.engine.trim` and
-    :func:`~ntkdyn.engine.concatenate` join chunks unchanged."""
-    at = 2 if algo.records_per_step > 1 else 1
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "groups"))
+def init_rates_state(x0, data, *, algorithm, q_count, central, groups):
+    """The schedule's initial state for the rates as column groups (:func:`rate_columns`)."""
+    del groups
+    return algorithm.initial_state(x0, lowrank_operators(data["step"], q_count, central))
 
-    def init_fn(x0, data, **static):
-        def one(x, lr, lim):
-            return init_state(x, dict(data, lr=lr, limit_per_step=lim), **static)
-        return jax.vmap(one)(x0, data["lr"], data["limit_per_step"])
 
-    def chunk_fn(carry, n_steps, data, **kw):
-        rates = data["lr"].shape[0]
-        state, *flags = carry
-        carry = (state, *(jnp.broadcast_to(f, (rates,)) for f in flags))
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "has_test",
+                                   "record_outputs", "groups"))
+def run_rates_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_test,
+                    record_outputs, groups):
+    """:func:`run_chunk` with ``G`` learning rates as column groups of one state
+    ``(A, r, G K)`` (:func:`rate_columns`): the step's operators from ``data["step"]``
+    (residual terms tiled, one rate per slot and column), each group flagged for
+    divergence against its own limit and recorded as a one-rate state."""
+    ops = lowrank_operators(data["step"], q_count, central)
+    params = algorithm.parameters
+    checked = divergence_check(params, data["limit_per_step"], groups)
 
-        def one(c, lr, lim):
-            return run_chunk(c, n_steps, dict(data, lr=lr, limit_per_step=lim), **kw)
-        carry, recs = jax.vmap(one)(carry, data["lr"], data["limit_per_step"])
-        return carry, jax.tree.map(lambda a: jnp.moveaxis(a, 0, at), recs)
+    def record(st, x):
+        rec = group_records(params(x), data, groups=groups, q_count=q_count, central=central,
+                            has_test=has_test, record_outputs=record_outputs)
+        rec["diverged"] = st[2]
+        return st, rec
 
-    return init_fn, chunk_fn
+    return scan_records(carry, n_steps, algorithm=algorithm, operators=lambda t: ops,
+                        check=checked, record=record)
+
+
+def rate_columns(data: dict, slot_lr: np.ndarray, limits, k: int) -> tuple[dict, tuple]:
+    r"""``(data, runner)`` of :func:`run_features` for ``R`` learning rates as ``R`` column
+    groups of ``K`` in one state ``(A, r, R K)``: the step multiplies the Gram matrices (or
+    the agents' rows) by ``R K`` columns at once, in the layout of one run with ``R K``
+    outputs (no transposes between the rate axis and the product's), so it reads them once
+    for all the rates.  ``slot_lr``: ``(R, A)`` rates of every slot; ``limits``: ``(R,)``
+    divergence limits per step; ``data["step"]``: the step's data with the residual
+    terms tiled (:func:`grouped_data`) and the rate of every slot and column ``(A, R K)``.
+    The records are each group's, from the untiled ``data`` (:func:`group_records`)."""
+    rates = len(slot_lr)
+    step = dict(grouped_data(data, rates),
+                lr=jnp.asarray(np.repeat(np.asarray(slot_lr).T, k, axis=1)))
+    out = dict(data, step=step, limit_per_step=jnp.asarray(limits))
+    return out, (partial(init_rates_state, groups=rates),
+                 partial(run_rates_chunk, groups=rates))
 
 
 def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, steps,
@@ -957,7 +1006,7 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
                           accuracies: str = "all") -> list[Trajectory]:
     r""":func:`predict_lowrank` at every rate of ``lrs`` (each a scalar or one rate per
     agent) in **one** run: the rates ride along as ``R`` groups of ``K`` columns
-    (:func:`rate_runner`), so each step reads the Gram matrices (or the agents' rows)
+    (:func:`rate_columns`), so each step reads the Gram matrices (or the agents' rows)
     once for all of them.  That saves the repeated reads where the step is
     bandwidth-bound; the flops stay ``R`` times one run's (at XL-data, rank 512, ten
     rates: 394 s in one pass against 400 s for ten runs, both dominated by the records'
@@ -991,17 +1040,18 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
     curvature = float(factor.eigenvalues.max(initial=1.0))
     slot = [np.concatenate([i.lr_q, [i.lr_q.mean()]]) if reference else i.lr_q for i in inps]
     limits = [divergence_limit(i.lr_q, prep.res, curvature, inp.counts) for i in inps]
-    data = dict(prep.data, lr=jnp.asarray(np.stack(slot)), limit_per_step=jnp.asarray(limits))
+    data, runner = rate_columns(prep.data, np.stack(slot), limits, k)
     if accuracies == "final":
         data["final_accuracy_only"] = jnp.zeros(())
     raw, rec_steps, phase, carry = run_features(
-        jnp.zeros((rates, q_count + int(reference), r, k)), data, algo, inp.steps,
+        jnp.zeros((q_count + int(reference), r, rates * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=record_outputs, chunk=chunk, progress=progress,
-        desc=f"low-rank {algo.name}, {rates} rates", runner=rate_runner(algo))
+        desc=f"low-rank {algo.name}, {rates} rates", runner=runner, groups=rates)
     div_at = np.asarray(carry[3])
     finals = None if accuracies == "all" else final_accuracies(
-        carry[0], prep.data, algo, q_count, reference, inp.yt is not None)
+        split_groups(algo.parameters(carry[0]), rates), prep.data, q_count, reference,
+        inp.yt is not None)
     out = []
     for i, one in enumerate(inps):
         meta = lowrank_metadata(factor, algo, one, padded=prep.padded, gram=prep.gram,
@@ -1023,15 +1073,15 @@ def check_lrs(lrs) -> None:
                          f"{type(lrs).__name__} {lrs!r}"[:200])
 
 
-def final_accuracies(state, data: dict, algo: Algorithm, q_count: int, central: bool,
+def final_accuracies(params, data: dict, q_count: int, central: bool,
                      has_test: bool) -> dict[str, np.ndarray]:
     """The accuracy records (``train_acc`` ``(R, A)``, ``mean_model_train_acc`` ``(R,)``,
-    and the test ones) of the final states of a run over ``R`` rates (:func:`rate_runner`'s
-    carry, ``(R, ...)``), as :func:`_record` computes them."""
-    def one(st):
-        return _record(algo.parameters(st), data, q_count=q_count, central=central,
-                       has_test=has_test, record_outputs=False)
-    rec = jax.jit(jax.vmap(one))(state)
+    and the test ones) of the final parameters of a run over ``R`` rates (``(R, A, r, K)``,
+    :func:`split_groups` of the final state's), as :func:`_record` computes them."""
+    def one(x):
+        return _record(x, data, q_count=q_count, central=central, has_test=has_test,
+                       record_outputs=False)
+    rec = jax.jit(jax.vmap(one))(params)
     keys = ("train_acc", "mean_model_train_acc") + (
         ("test_acc", "mean_model_test_acc") if has_test else ())
     return {key: np.asarray(rec[key]) for key in keys}

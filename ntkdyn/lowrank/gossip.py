@@ -51,6 +51,8 @@ from ntkdyn.lowrank.evolve import (
     EXACT,
     divergence_check,
     evolve_bytes,
+    group_records,
+    grouped_data,
     lowrank_inputs,
     lowrank_metadata,
     lowrank_operators,
@@ -121,22 +123,6 @@ def mix_groups(w, xa):
                       precision=EXACT).reshape(q, r, c)
 
 
-def grouped_data(data: dict, groups: int) -> dict:
-    """``data`` with the residual terms of the gradient tiled over ``G`` column groups
-    (``lins`` / ``lin_c`` in the Gram form, ``res`` in the feature form)."""
-    if groups == 1:
-        return data
-    out = dict(data)
-    if "grams" in data:
-        out["lins"] = jnp.tile(data["lins"], (1, 1, groups))
-        out["lin_c"] = jnp.tile(data["lin_c"], (1, groups))
-    elif isinstance(data["res"], tuple):
-        out["res"] = tuple(jnp.tile(rq, (1, groups)) for rq in data["res"])
-    else:
-        out["res"] = jnp.tile(data["res"], (1, 1, groups))
-    return out
-
-
 def process_operators(data: dict, t, *, q_count: int, central: bool, sampler,
                       mixes_per_step: int, groups: int, tile: bool = True) -> Operators:
     """:func:`ntkdyn.lowrank.evolve.lowrank_operators` on ``G`` column groups with the
@@ -152,14 +138,6 @@ def process_operators(data: dict, t, *, q_count: int, central: bool, sampler,
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     return Operators(mix=mix, grad=base.grad, scale=base.scale)
-
-
-def group_records(x, data, *, groups: int, **kw) -> dict:
-    """The records of every group: the parameters ``(A, r, G K)`` as ``G`` states
-    ``(A, r, K)``, each recorded as on the static path (leading axis ``G``)."""
-    a, r, c = x.shape
-    xg = jnp.moveaxis(x.reshape(a, r, groups, c // groups), 2, 0)
-    return jax.vmap(lambda one: record_state(one, data, **kw))(xg)
 
 
 @partial(jax.jit, static_argnames=("algorithm", "q_count", "central", "sampler", "groups"))
