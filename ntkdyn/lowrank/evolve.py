@@ -449,10 +449,9 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
         grams, lins = data["grams"], data["lins"]
 
         def grad_gram(x):
-            g = (jnp.einsum("qrs,qsc->qrc", grams, x[:q_count], precision=EXACT) + lins) \
-                * inv_n[:, None, None]
+            g = (_product("qrs,qsc->qrc", grams, x[:q_count]) + lins) * inv_n[:, None, None]
             if central:
-                gc = jnp.matmul(data["gram_c"], x[q_count], precision=EXACT) + data["lin_c"]
+                gc = _product("rs,sc->rc", data["gram_c"], x[q_count]) + data["lin_c"]
                 return jnp.concatenate([g, gc[None]], axis=0)
             return g
 
@@ -467,14 +466,14 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
         if isinstance(phi, tuple):
             back = []
             for q, (p, rq) in enumerate(zip(phi, res, strict=True)):
-                pred = jnp.matmul(p, rhs[q], precision=EXACT)
+                pred = _product("nr,rc->nc", p, rhs[q])
                 r = pred + (jnp.concatenate([rq, rq], axis=-1) if central else rq)
-                back.append(jnp.matmul(p.T, r, precision=EXACT))
+                back.append(_product("nr,nc->rc", p, r))
             g = jnp.stack(back)
         else:
-            pred = jnp.einsum("qnr,qrc->qnc", phi, rhs, precision=EXACT)
+            pred = _product("qnr,qrc->qnc", phi, rhs)
             r = pred + (jnp.concatenate([res, res], axis=-1) if central else res)
-            g = jnp.einsum("qnr,qnc->qrc", phi, r, precision=EXACT)
+            g = _product("qnr,qnc->qrc", phi, r)
         g = g * inv_n[:, None, None]
         ga = g[..., :c]
         if central:
@@ -483,6 +482,14 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
         return ga
 
     return Operators(mix=mix, grad=grad, scale=partial(_scale, data["lr"]))
+
+
+def _product(spec: str, operand, x):
+    """``einsum(spec, operand, x)`` in the operand's dtype, returned in ``x``'s: the step's
+    products run in float32 where the sweep stores its operand so (:func:`rate_columns`,
+    ``products="float32"``), the state and everything else staying float64."""
+    out = jnp.einsum(spec, operand, x.astype(operand.dtype), precision=EXACT)
+    return out.astype(x.dtype)
 
 
 def _scale(lr, g):
@@ -980,7 +987,11 @@ def run_rates_chunk(carry, n_steps, data, *, algorithm, q_count, central, has_te
                         check=checked, record=record)
 
 
-def rate_columns(data: dict, slot_lr: np.ndarray, limits, k: int) -> tuple[dict, tuple]:
+PRODUCTS = ("float64", "float32")
+
+
+def rate_columns(data: dict, slot_lr: np.ndarray, limits, k: int,
+                 products: str = "float64") -> tuple[dict, tuple]:
     r"""``(data, runner)`` of :func:`run_features` for ``R`` learning rates as ``R`` column
     groups of ``K`` in one state ``(A, r, R K)``: the step multiplies the Gram matrices (or
     the agents' rows) by ``R K`` columns at once, in the layout of one run with ``R K``
@@ -988,10 +999,21 @@ def rate_columns(data: dict, slot_lr: np.ndarray, limits, k: int) -> tuple[dict,
     for all the rates.  ``slot_lr``: ``(R, A)`` rates of every slot; ``limits``: ``(R,)``
     divergence limits per step; ``data["step"]``: the step's data with the residual
     terms tiled (:func:`grouped_data`) and the rate of every slot and column ``(A, R K)``.
-    The records are each group's, from the untiled ``data`` (:func:`group_records`)."""
+    The records are each group's, from the untiled ``data`` (:func:`group_records`).
+    ``products="float32"``: in the Gram form the step's Gram matrices are stored in float32
+    and multiply a float32 copy of the state (:func:`_product`); the state, the residual
+    terms, the mixing and the records stay float64.  The feature form stays float64 (its
+    two products per step would need four conversions of the state-sized intermediates,
+    which cost about what the float32 products save: measured 10.6 s against 11.6 s)."""
+    if products not in PRODUCTS:
+        raise ValueError(f"products: expected one of {list(PRODUCTS)}, got {products!r}")
     rates = len(slot_lr)
     step = dict(grouped_data(data, rates),
                 lr=jnp.asarray(np.repeat(np.asarray(slot_lr).T, k, axis=1)))
+    if products == "float32":
+        for key in ("grams", "gram_c"):
+            if key in step:
+                step[key] = jnp.asarray(step[key], jnp.float32)
     out = dict(data, step=step, limit_per_step=jnp.asarray(limits))
     return out, (partial(init_rates_state, groups=rates),
                  partial(run_rates_chunk, groups=rates))
@@ -1003,7 +1025,8 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
                           acc_rows: int | None = None, chunk: int = 25,
                           progress: bool = False, seed: int = 0,
                           metadata: dict | None = None, form: str = "auto",
-                          accuracies: str = "all") -> list[Trajectory]:
+                          accuracies: str = "all",
+                          products: str = "float64") -> list[Trajectory]:
     r""":func:`predict_lowrank` at every rate of ``lrs`` (each a scalar or one rate per
     agent) in **one** run: the rates ride along as ``R`` groups of ``K`` columns
     (:func:`rate_columns`), so each step reads the Gram matrices (or the agents' rows)
@@ -1040,7 +1063,7 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
     curvature = float(factor.eigenvalues.max(initial=1.0))
     slot = [np.concatenate([i.lr_q, [i.lr_q.mean()]]) if reference else i.lr_q for i in inps]
     limits = [divergence_limit(i.lr_q, prep.res, curvature, inp.counts) for i in inps]
-    data, runner = rate_columns(prep.data, np.stack(slot), limits, k)
+    data, runner = rate_columns(prep.data, np.stack(slot), limits, k, products)
     if accuracies == "final":
         data["final_accuracy_only"] = jnp.zeros(())
     raw, rec_steps, phase, carry = run_features(
