@@ -1033,7 +1033,8 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
     once for all of them.  That saves the repeated reads where the step is
     bandwidth-bound; the flops stay ``R`` times one run's (at XL-data, rank 512, ten
     rates: 394 s in one pass against 400 s for ten runs, both dominated by the records'
-    accuracies; 239 s with ``accuracies="final"``, README).  Trajectory ``i`` equals
+    accuracies; 239 s with ``accuracies="final"``, 180 s with ``products="float32"`` as
+    well, README).  Trajectory ``i`` equals
     ``predict_lowrank(..., lr=lrs[i])`` to round-off (statuses, divergence steps and
     metadata included); a rate that diverges is frozen, the others go on.
 
@@ -1042,7 +1043,10 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
     ``(Q + 1) (N_acc + M) r K`` flops each, the rest ``(Q + 1) r^2 K`` (a sweep that needs
     the final accuracies and the losses at every record, as ``ntkdyn check``'s).  For a
     rate that diverged, the last record's accuracies are those of the state it was frozen
-    in (the last before divergence was detected)."""
+    in (the last before divergence was detected).
+
+    ``products="float32"``: the Gram form's products in float32, the state float64
+    (:func:`rate_columns`; ``ntkdyn check``'s sweep); the feature form ignores it."""
     algo = get_algorithm(algorithm)
     if accuracies not in ("all", "final"):
         raise ValueError(f"accuracies: expected 'all' or 'final', got {accuracies!r}")
