@@ -623,13 +623,13 @@ def _check_lowrank_ce(cfg: Config, exp: Experiment, factor, params, steps, algo,
     lowrank_ce_stability` (the step linearised at ``f_0`` -- the mean network's ``f_0 = 0``
     for the analytic kernel, the network's own with the empirical one, as the exact check --
     and the sufficient bound from the largest softmax curvature ``s^2/2``); the sweep of
-    rates (fractions of ``lr*``) and the chosen rate's prediction on the **same** factor
-    (each rate :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`, what
-    ``nd.predict_sweep(..., rank=r, loss="cross_entropy")`` runs per rate on its one
-    factor); no fixed point (:data:`ntkdyn.dynamics.ce_stability.NO_FIXED_POINT`); no
-    a-priori error estimate (it bounds the squared loss only).  A static ``W``, a periodic
-    sequence or random gossip (verdicts with ``E[W]``, as the exact check; the sweep and
-    prediction over ``topology.gossip_samples`` sequences, their means reported)."""
+    rates (fractions of ``lr*``, :func:`_lowrank_sweep`: one run with the rates as column
+    groups, each equal to its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce`)
+    and the chosen rate's prediction on the **same** factor; no fixed point
+    (:data:`ntkdyn.dynamics.ce_stability.NO_FIXED_POINT`); no a-priori error estimate (it
+    bounds the squared loss only).  A static ``W``, a periodic sequence or random gossip
+    (verdicts with ``E[W]``, as the exact check; the sweep and prediction over
+    ``topology.gossip_samples`` sequences, their means reported)."""
     from ntkdyn.dynamics.ce_stability import NO_FIXED_POINT
     from ntkdyn.lowrank.cross_entropy import NO_ESTIMATE, lowrank_ce_stability
 
@@ -702,8 +702,10 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     state float64, as the exact check's float32 kernel); with a mixing sequence each rate is its own
     :func:`~ntkdyn.lowrank.gossip.predict_lowrank_process` (the configured gossip samples);
     training accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
-    each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` (any
-    mixing; random gossip over the configured samples)."""
+    one run with the rates as column groups (:func:`~ntkdyn.lowrank.cross_entropy.
+    predict_lowrank_ce_sweep`, static ``W`` or a periodic sequence), with random gossip
+    each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` over the
+    configured samples."""
     from ntkdyn import lowrank
 
     data, agent, target = exp.parts.dataset, exp.parts.agent, cfg.prediction.target_loss
@@ -713,13 +715,17 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
         return []
     kw = dict(y_test=data.y_test if data.num_test > 0 else None, reference=False, **outputs)
     if cfg.training.loss == "cross_entropy":
-        from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+        from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce, predict_lowrank_ce_sweep
 
-        w = _lowrank_mixing(exp)
-        return [_summarise(predict_lowrank_ce(factor, data.y_train, agent, w, lr, steps, algo,
-                                              logit_scale=exp.loss["logit_scale"],
-                                              samples=exp.samples, **kw),
-                           target) for lr in rates]
+        w, scale = _lowrank_mixing(exp), exp.loss["logit_scale"]
+        if gossip.is_process(w) and w.random:  # each rate over the sampled sequences
+            trajs = [predict_lowrank_ce(factor, data.y_train, agent, w, lr, steps, algo,
+                                        logit_scale=scale, samples=exp.samples, **kw)
+                     for lr in rates]
+        else:  # one run, the rates as column groups sharing every read of Phi_q
+            trajs = predict_lowrank_ce_sweep(factor, data.y_train, agent, w, rates, steps,
+                                             algo, logit_scale=scale, **kw)
+        return [_summarise(t, target) for t in trajs]
     n = data.num_train
     kw.update(seed=cfg.seed, acc_rows=None if n <= LOW_RANK_SWEEP_ACC_ROWS
               else LOW_RANK_SWEEP_ACC_ROWS)

@@ -64,6 +64,44 @@ def test_kernel_rank_equals_exact_path(algorithm, equal):
     assert low.metadata["logit_scale"] == 2.0 and low.metadata["path"] == "low_rank"
 
 
+@pytest.mark.parametrize("algorithm", ["dgd", "gradient_tracking", "p2pl"])
+def test_rate_sweep_in_one_run_equals_one_run_per_rate(algorithm):
+    """predict_lowrank_ce_sweep (the rates as column groups of one state, the softmax per
+    group, divergence per rate) equals predict_lowrank_ce at each rate to 1e-12 on every
+    recorded quantity: scalar and per-agent rates, a given f_0, phases (P2PL), memory
+    (gradient tracking), the centralised reference, a large rate (5.0; at 40 the run is
+    chaotic and the products' round-off, summed in another order over R K columns, grows
+    to 3e-7), and with a periodic sequence."""
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce_sweep
+
+    kern, kern_t, y, yt, agent, w, r = _problem(False, seed=4)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    algo = nd.algorithms.p2pl(3, 2) if algorithm == "p2pl" else algorithm
+    rng = np.random.default_rng(2)
+    f0, f0t = 0.3 * rng.normal(size=y.shape), 0.3 * rng.normal(size=yt.shape)
+    lrs = [0.2, np.array([0.3, 0.5, 0.4, 0.6]), 5.0]
+    steps = range(0, 61, 6)
+    kw = dict(f0_train=f0, y_test=yt, f0_test=f0t, logit_scale=2.0)
+    fields = tuple(f for f in FIELDS if not f.endswith("_outputs"))
+    sweep = predict_lowrank_ce_sweep(factor, y, agent, w, lrs, steps, algo, **kw)
+    for lr, low in zip(lrs, sweep, strict=True):
+        one = predict_lowrank_ce(factor, y, agent, w, lr, steps, algo, **kw)
+        assert (low.status, low.diverged_at) == (one.status, one.diverged_at)
+        assert np.array_equal(low.steps, one.steps) and np.array_equal(low.lr, one.lr)
+        _assert_same(one, low, tol=1e-12, fields=fields)
+    ring = nd.graphs.topology("ring", 4)
+    process = nd.graphs.periodic([nd.graphs.mixing(ring), np.full((4, 4), 0.25)])
+    per = predict_lowrank_ce_sweep(factor, y, agent, process, lrs[:2], steps, algo, **kw)
+    for lr, low in zip(lrs[:2], per, strict=True):
+        _assert_same(predict_lowrank_ce(factor, y, agent, process, lr, steps, algo, **kw),
+                     low, tol=1e-12, fields=fields)
+    gossip = nd.graphs.random_edges(ring, 0.5, seed=0)
+    with pytest.raises(ValueError, match="^mixing: the one-pass sweep"):
+        predict_lowrank_ce_sweep(factor, y, agent, gossip, lrs[:1], steps)
+    with pytest.raises(ValueError, match="^lrs: "):
+        predict_lowrank_ce_sweep(factor, y, agent, w, [], steps)
+
+
 def test_integer_labels_and_the_library_entry_point():
     """``lowrank.predict(loss="cross_entropy")`` on a column source equals
     :func:`predict_lowrank_ce` on its factor; integer labels equal one-hot targets."""

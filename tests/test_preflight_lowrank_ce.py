@@ -136,39 +136,15 @@ def test_feature_operator_above_dense_max_uses_arpack():
     assert abs(auto - dense) <= 1e-8 * dense
 
 
-def test_full_rank_cross_entropy_check_with_a_periodic_sequence_equals_the_exact_check():
-    """A periodic mixing sequence (ring, complete): the low-rank cross-entropy check runs
-    (it was refused, naming prediction.rank) and at rank N its verdicts (one period's
-    operator, per step), sweep and prediction are the exact check's to 1e-8."""
-    from test_preflight import BASE
-
-    from ntkdyn.config.schema import config_from_dict
-
-    def cfg(topology, prediction):
-        raw = json.loads(json.dumps(BASE))
-        raw["topology"] = topology
-        raw["training"].update(CE)
-        raw["prediction"].update(prediction)
-        return config_from_dict(raw)
-
-    periodic = {"sequence": ["ring", "complete"]}
-    exact = check(cfg(periodic, {"f0": "mean", "kernel_dtype": "float64"}))
-    low = check(cfg(periodic, {"f0": "mean", "rank": N}))
-    for e, v in zip(exact.stability, low.stability, strict=True):
-        for key in ("lr_star", "spectral_radius"):
-            assert _rel(getattr(v, key), getattr(e, key)) <= TOL, (v.algorithm, key)
-        assert v.inside == e.inside
-    assert len(low.sweep) == len(exact.sweep) == 10
-    for e, v in zip(exact.sweep, low.sweep, strict=True):
-        for key in ("lr", "final_test_loss", "final_test_acc"):
-            assert _rel(v[key], e[key]) <= TOL, key
-    for key in ("final_train_loss", "final_test_loss", "final_consensus_dist"):
-        assert _rel(low.prediction[key], exact.prediction[key]) <= TOL, key
-
-
-def test_full_rank_cross_entropy_check_with_random_gossip_equals_the_exact_check():
-    """Random gossip (refused before, naming prediction.rank): at rank N the low-rank
-    cross-entropy check's verdicts (E[W]), sweep and prediction (means over the
+@pytest.mark.parametrize("topology", [
+    {"sequence": ["ring", "complete"]},
+    {"name": "ring", "gossip": "edges", "gossip_p": 0.5, "gossip_samples": 2},
+], ids=["periodic", "random-gossip"])
+def test_full_rank_cross_entropy_check_with_a_mixing_sequence_equals_the_exact_check(topology):
+    """A periodic mixing sequence (ring, complete) and random gossip: the low-rank
+    cross-entropy check runs (both were refused, naming prediction.rank; the periodic one
+    until stop 27, random gossip until stop 28) and at rank N its verdicts (one period's
+    operator per step; E[W]), sweep and prediction (random gossip: means over the
     configured sequences) are the exact check's to 1e-8."""
     from test_preflight import BASE
 
@@ -176,8 +152,7 @@ def test_full_rank_cross_entropy_check_with_random_gossip_equals_the_exact_check
 
     def cfg(prediction):
         raw = json.loads(json.dumps(BASE))
-        raw["topology"] = {"name": "ring", "gossip": "edges", "gossip_p": 0.5,
-                           "gossip_samples": 2}
+        raw["topology"] = topology
         raw["training"].update(CE)
         raw["prediction"].update(prediction)
         return config_from_dict(raw)
@@ -187,6 +162,7 @@ def test_full_rank_cross_entropy_check_with_random_gossip_equals_the_exact_check
     for e, v in zip(exact.stability, low.stability, strict=True):
         for key in ("lr_star", "spectral_radius"):
             assert _rel(getattr(v, key), getattr(e, key)) <= TOL, (v.algorithm, key)
+        assert v.inside == e.inside
     assert len(low.sweep) == len(exact.sweep) == 10
     for e, v in zip(exact.sweep, low.sweep, strict=True):
         for key in ("lr", "final_test_loss", "final_test_acc"):

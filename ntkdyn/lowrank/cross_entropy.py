@@ -68,6 +68,7 @@ from ntkdyn.lowrank.evolve import (
     lowrank_inputs,
     records_trajectory,
     run_features,
+    scale_rates,
     schedule_metadata,
     step_data,
 )
@@ -125,7 +126,7 @@ def ce_operators(data: dict, q_count: int, central: bool,
             return jnp.concatenate([back[..., :c], gc], axis=0)
         return back
 
-    return Operators(mix=mix, grad=grad, scale=lambda g: data["lr"][:, None, None] * g)
+    return Operators(mix=mix, grad=grad, scale=partial(scale_rates, data["lr"]))
 
 
 def _loss_acc(out, y, labels, scale, k: int):
@@ -298,13 +299,11 @@ def _ce_data(factor: LowRankFactor, inp, order, offsets, counts, scale: float,
     for q in range(q_count):
         shard_w[offsets[q]:offsets[q + 1], q] = 1.0 / counts[q]
     lr_q = inp.lr_q
-    curv = float(np.sum(phi_s ** 2))  # tr(Phi^T Phi): the divergence limit's scale
     data = {"phi": blocks["phi"], "f0": blocks["res"][..., :k], "y": blocks["res"][..., k:],
             "inv_n": jnp.asarray(1.0 / counts), "mixing": jnp.asarray(inp.w),
             "lr": jnp.asarray(np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q),
             "logit_scale": jnp.asarray(scale),
-            "limit_per_step": jnp.asarray(DIVERGENCE_FACTOR * lr_q.max() * scale
-                                          * np.sqrt(max(curv, 1.0) * n * k) / counts.min()),
+            "limit_per_step": jnp.asarray(ce_limit(lr_q, phi_s, scale, k, counts)),
             "phi_all": jnp.asarray(phi_s), "f0_all": jnp.asarray(f0_s[None]),
             "y_all": jnp.asarray(y_s), "labels": jnp.asarray(np.argmax(y_s, axis=1)),
             "shard_weights": jnp.asarray(shard_w)}
@@ -313,6 +312,74 @@ def _ce_data(factor: LowRankFactor, inp, order, offsets, counts, scale: float,
                     f0_test=jnp.asarray(inp.ft[None]), y_test=jnp.asarray(inp.yt),
                     labels_test=jnp.asarray(np.argmax(inp.yt, axis=1)))
     return data, q_count * n_max
+
+
+def ce_limit(lr_q: np.ndarray, phi: np.ndarray, scale: float, k: int,
+             counts: np.ndarray) -> float:
+    """The divergence limit per step of :func:`predict_lowrank_ce`'s state,
+    ``DIVERGENCE_FACTOR eta_max s sqrt(max(tr(Phi^T Phi), 1) N K) / min N_q``."""
+    curv = float(np.sum(phi ** 2))  # tr(Phi^T Phi): the divergence limit's scale
+    return float(DIVERGENCE_FACTOR * lr_q.max() * scale
+                 * np.sqrt(max(curv, 1.0) * phi.shape[0] * k) / counts.min())
+
+
+def predict_lowrank_ce_sweep(
+    factor: LowRankFactor, y_train, agent, mixing, lrs, steps,
+    algorithm: str | Algorithm = "dgd", *, logit_scale: float = 1.0, f0_train=None,
+    y_test=None, f0_test=None, reference: bool = True, chunk: int = 25,
+    progress: bool = False, metadata: dict | None = None,
+) -> list[Trajectory]:
+    r""":func:`predict_lowrank_ce` at every rate of ``lrs`` (each a scalar or one rate per
+    agent) in **one** run, a static ``W`` or a periodic sequence: the rates are ``R``
+    column groups of ``K`` in one state ``(A, r, R K)``, each with its own rate per slot and
+    column (:func:`ntkdyn.lowrank.evolve.scale_rates`), the softmax over each group's
+    columns, divergence flagged per rate: every read of ``Phi_q`` is shared by the rates
+    (``4 N r R K`` flops per step, against ``R`` reads of ``Phi`` for ``R`` runs).
+    Trajectory ``i`` equals ``predict_lowrank_ce(..., lr=lrs[i])`` to round-off (status
+    and divergence step included); ``ntkdyn check``'s cross-entropy sweep on the factor."""
+    from ntkdyn.lowrank.evolve import check_lrs
+
+    algo = get_algorithm(algorithm)
+    scale = check_logit_scale(logit_scale)
+    check_lrs(lrs)
+    y = class_targets("y_train", y_train, None if f0_train is None else np.shape(f0_train)[1])
+    k, rates = y.shape[1], len(lrs)
+    yt = None if y_test is None else class_targets("y_test", y_test, k)
+    w, process = ce_mixing(mixing)
+    if process is not None and process.random:
+        raise ValueError("mixing: the one-pass sweep takes a static matrix or a periodic "
+                         "sequence; with random gossip run predict_lowrank_ce per rate")
+    inps = [lowrank_inputs(factor, y, agent, w, lr, steps, f0_train, yt, f0_test, None)
+            for lr in lrs]
+    one = inps[0]
+    inp = dataclasses.replace(one, y=np.tile(one.y, rates), f0=np.tile(one.f0, rates),
+                              yt=None if yt is None else np.tile(one.yt, rates),
+                              ft=None if yt is None else np.tile(one.ft, rates))
+    q_count, r = inp.w.shape[0], inp.phi.shape[1]
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
+    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    slot = np.stack([np.concatenate([i.lr_q, [i.lr_q.mean()]]) if reference else i.lr_q
+                     for i in inps])
+    phi_s = inp.phi[order]
+    data.update(lr=jnp.asarray(np.repeat(slot.T, k, axis=1)), limit_per_step=jnp.asarray(
+        [ce_limit(i.lr_q, phi_s, scale, k, inp.counts) for i in inps]))
+    if process is not None:
+        data.update(process_data(process, None))
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, rates * k)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=yt is not None, record_outputs=False,
+        chunk=chunk, progress=progress, desc=f"low-rank cross-entropy {algo.name}, "
+        f"{rates} rates", runner=_runner(process, k, rates), groups=rates)
+    out = []
+    for g, i in enumerate(inps):
+        meta = ce_metadata(factor, algo, i, scale=scale, padded=rows > inp.phi.shape[0],
+                           given_f0=f0_train is not None, metadata=metadata)
+        meta.update(process_metadata(process))
+        out.append(records_trajectory(group_raw(raw, g, rates), q_count, reference,
+                                      rec_steps, phase, i.lr_q, meta, order,
+                                      float(carry[3][g])))
+    return out
 
 
 def check_call(*, rank, tol=None, acc_rows=None, form: str = "auto") -> None:

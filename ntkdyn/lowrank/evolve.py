@@ -455,7 +455,7 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
                 return jnp.concatenate([g, gc[None]], axis=0)
             return g
 
-        return Operators(mix=mix, grad=grad_gram, scale=partial(_scale, data["lr"]))
+        return Operators(mix=mix, grad=grad_gram, scale=partial(scale_rates, data["lr"]))
     phi, res = data["phi"], data["res"]
 
     def grad(x):
@@ -481,7 +481,7 @@ def lowrank_operators(data: dict, q_count: int, central: bool) -> Operators:
             return jnp.concatenate([ga, gc], axis=0)
         return ga
 
-    return Operators(mix=mix, grad=grad, scale=partial(_scale, data["lr"]))
+    return Operators(mix=mix, grad=grad, scale=partial(scale_rates, data["lr"]))
 
 
 def _product(spec: str, operand, x):
@@ -492,7 +492,7 @@ def _product(spec: str, operand, x):
     return out.astype(x.dtype)
 
 
-def _scale(lr, g):
+def scale_rates(lr, g):
     """``eta g`` with one rate per slot (``lr`` ``(A,)``) or per slot and column (``(A, C)``:
     the rates of a sweep as column groups, :func:`rate_columns`)."""
     return (lr[:, None, None] if lr.ndim == 1 else lr[:, None, :]) * g
