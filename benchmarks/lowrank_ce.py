@@ -15,6 +15,10 @@ record; the squared loss takes its default form (the Gram form when ``Q r <= 2 N
 (> 0): also one random network with cross-entropy, ``P`` networks (``P K`` draw columns
 from the rank-``--rank`` NNGP factor on train + test, time printed) run as ``P + 1`` groups
 of ``K`` columns (:func:`ntkdyn.lowrank.cross_entropy.predict_random_lowrank_ce`), twice.
+``--sweep R`` (> 0): also ``R`` rates (0.1 .. 0.95 x 0.5) without the reference, as
+``ntkdyn check`` runs them: one pass with the rates as column groups
+(:func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce_sweep`) against one run per rate,
+each twice, the ratio and the largest difference of the final test losses printed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ import numpy as np
 
 import ntkdyn as nd
 from ntkdyn import lowrank
-from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce, predict_random_lowrank_ce
+from ntkdyn.lowrank.cross_entropy import (
+    predict_lowrank_ce,
+    predict_lowrank_ce_sweep,
+    predict_random_lowrank_ce,
+)
 
 
 def main() -> None:
@@ -39,6 +47,9 @@ def main() -> None:
     ap.add_argument("--form", default="auto", choices=("auto", "features"))
     ap.add_argument("--p", type=float, default=0.05)
     ap.add_argument("--networks", type=int, default=0)
+    ap.add_argument("--sweep", type=int, default=0)
+    ap.add_argument("--skip-single", action="store_true",
+                    help="skip the one-rate runs (with --sweep)")
     args = ap.parse_args()
     data = nd.data.synthetic(n_train=args.n, n_test=args.test, dim=64, classes=10, seed=0)
     parts = nd.data.partition(data, agents=args.agents, scheme="iid", seed=0)
@@ -57,6 +68,8 @@ def main() -> None:
     if args.networks:
         runs["cross_entropy, one random network"] = _random_run(args, data, parts, w, steps,
                                                                 factor)
+    if args.skip_single:
+        runs = {}
     for name, run in runs.items():
         times = []
         for _ in range(2):
@@ -73,6 +86,31 @@ def main() -> None:
               f" second {times[1]:6.1f} s ({1e3 * times[1] / args.steps:.1f} ms/step incl. "
               f"records); final test loss {np.mean(traj.test_loss[-1]):.4f}, test acc "
               f"{np.mean(traj.test_acc[-1]):.3f}", flush=True)
+    if args.sweep:
+        _sweep(args, data, parts, w, steps, factor)
+
+
+def _sweep(args, data, parts, w, steps, factor) -> None:
+    """``--sweep R`` rates: one pass against one run per rate (each timed twice)."""
+    rates = list(0.5 * np.linspace(0.1, 0.95, args.sweep))
+    kw = dict(y_test=data.y_test, reference=False)
+    times = {}
+    for name, run in (("one pass", lambda: predict_lowrank_ce_sweep(
+            factor, data.y_train, parts.agent, w, rates, steps, **kw)),
+            ("one run per rate", lambda: [predict_lowrank_ce(
+                factor, data.y_train, parts.agent, w, lr, steps, **kw) for lr in rates])):
+        for rep in range(2):
+            t0 = time.perf_counter()
+            trajs = run()
+            times[name, rep] = time.perf_counter() - t0
+        times[name] = trajs
+        print(f"cross-entropy {args.sweep}-rate sweep, {name}: first "
+              f"{times[name, 0]:.1f} s, second {times[name, 1]:.1f} s", flush=True)
+    diff = max(float(np.max(np.abs(a.test_loss - b.test_loss)))
+               for a, b in zip(times["one pass"], times["one run per rate"], strict=True))
+    ratio = times["one run per rate", 1] / times["one pass", 1]
+    print(f"  one run per rate / one pass: {ratio:.2f}x (second calls); largest test-loss "
+          f"difference {diff:.1e}", flush=True)
 
 
 def _random_run(args, data, parts, w, steps, factor):
