@@ -501,7 +501,8 @@ def predict_from_kernels(
                                    samples, seed, batch_size)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
                        record_outputs=record_outputs, progress=progress,
-                       metadata={"kernel": "user", "quantity": quantity_words(f0_train is None),
+                       metadata={"kernel": "user",
+                                 "quantity": quantity_words(f0_train is None, loss=loss),
                                  "kernel_dtype_source": source},
                        reference=reference, kernel_dtype=kernel_dtype, devices=devices,
                        samples=samples, batch_size=batch_size, seed=seed,
@@ -518,7 +519,8 @@ def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, step
     prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
                                           "loss", "logit_scale") if k in kwargs}
     problem = make_problem(kernel_train, y_train, agent, mixing, **prob_kw)
-    meta = {"kernel": "user", "quantity": quantity_words(prob_kw.get("f0_train") is None)}
+    meta = {"kernel": "user", "quantity": quantity_words(prob_kw.get("f0_train") is None,
+                                                         loss=prob_kw.get("loss", "mse"))}
     return run_problem(problem, algorithm, list(lrs), steps, metadata=meta, **kwargs)
 
 
@@ -816,7 +818,7 @@ def predict(
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme,
             "f0": "mean" if f0 == "zero" else f0}
-    meta["quantity"] = quantity_words(f0 == "zero", params is not None, seed)
+    meta["quantity"] = quantity_words(f0 == "zero", params is not None, seed, loss=loss)
     if low_rank and batch_size:
         raise ValueError("rank: the low-rank path takes full-batch gradients; batch_size "
                          "runs on the exact path (rank=None)")
@@ -1226,7 +1228,7 @@ def predict_sweep(
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme,
             "f0": "mean" if f0 == "zero" else f0,
-            "quantity": quantity_words(f0 == "zero", params is not None, seed)}
+            "quantity": quantity_words(f0 == "zero", params is not None, seed, loss=loss)}
     meta["kernel_dtype_source"] = "default" if kernel_dtype is None else "given"
     kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
                                         batch_size=batch_size)
@@ -1261,7 +1263,7 @@ def _sweep_lowrank(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, 
     meta = {"kernel": kernel, "seed": seed, "architecture": _describe(arch),
             "data": parts.dataset.name, "partition": parts.scheme,
             "f0": "mean" if f0 == "zero" else f0,
-            "quantity": quantity_words(f0 == "zero", params is not None, seed),
+            "quantity": quantity_words(f0 == "zero", params is not None, seed, loss=loss),
             "kernel_dtype_source": "default" if kernel_dtype is None else "given"}
     kernel_dtype = resolve_kernel_dtype(kernel_dtype, f0, loss=loss, mixing=mixing,
                                         exact=False)

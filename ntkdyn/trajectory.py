@@ -537,8 +537,14 @@ class RandomNetworkTrajectory(Trajectory):
 
 
 
+#: ``metadata["quantity"]`` of the ``f_0 = 0`` run with cross-entropy (:func:`quantity_words`)
+CE_ZERO_WORDS = ("the network started from f0 = 0 (cross-entropy: not the mean network over "
+                 "random initialisations, the dynamics are not affine in f0; f0='random' "
+                 "gives the expected losses of one random network)")
+
+
 def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
-                   samples: int | None = None) -> str:
+                   samples: int | None = None, loss: str = "mse") -> str:
     """What a prediction describes, in words (``metadata["quantity"]``; DESIGN.md section 8).
 
     ``samples``: one random network over initialisations, from that many sampled ``f_0``
@@ -548,12 +554,16 @@ def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
     (infinite width): its loss is not the expected loss of one random network, which is
     larger by the outputs' variance (``ntkdyn.initialisation``).  Otherwise the network
     whose ``f_0`` was used: the given ``params``, or the one initialised with ``seed``.
+    With ``loss="cross_entropy"`` the ``f_0 = 0`` run is *not* the mean network (the
+    dynamics are not affine in ``f_0``): :data:`CE_ZERO_WORDS`.
     """
     if samples:
         return (f"one random network over initialisations (infinite width): f0 drawn from the "
                 f"NNGP, {samples} sampled networks (seed {seed}); losses are expected losses "
                 "(mean of the loss), bands over the samples; .mean_network is the mean "
                 "network (f0 = 0)")
+    if mean and loss == "cross_entropy":
+        return CE_ZERO_WORDS
     if mean:
         return ("mean network over random initialisations (f0 = 0): the loss of the mean "
                 "output, not the expected loss of one random network (larger; "

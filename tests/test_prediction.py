@@ -189,3 +189,14 @@ def test_every_prediction_says_which_network_it_describes(setup):
     user_f0 = nd.predict_from_kernels(k, y, np.arange(8) % 4, w, 0.1, [0, 5],
                                       f0_train=np.ones((8, 1)))
     assert user_f0.metadata["quantity"].startswith("the network whose f0 was given")
+    # cross-entropy: the f0 = 0 run is not the mean network (the dynamics are not affine
+    # in f0), on every path that runs it
+    ce_words = "the network started from f0 = 0 (cross-entropy: not the mean network"
+    ce = dict(lr=0.1, steps=steps, f0="mean", loss="cross_entropy")
+    runs = [nd.predict(arch, parts, w, **ce), nd.predict(arch, parts, w, rank=8, **ce),
+            nd.predict_sweep(arch, parts, w, [0.1], f0="mean", loss="cross_entropy",
+                             steps=steps)[0],
+            nd.predict_from_kernels(k, np.eye(2)[np.arange(8) % 2], np.arange(8) % 4, w,
+                                    0.1, [0, 5], loss="cross_entropy")]
+    for traj in runs:
+        assert traj.metadata["quantity"].startswith(ce_words), traj.metadata["quantity"]

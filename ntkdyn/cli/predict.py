@@ -205,6 +205,8 @@ def _short_quantity(words: str, band_over: str = "init") -> str:
     the mixing / mini-batch sequences)."""
     if words.startswith("mean network"):
         return "mean network over random initialisations (f0 = 0), not one random network"
+    if words.startswith("the network started from f0 = 0"):  # cross-entropy
+        return "the network started from f0 = 0 (cross-entropy: not the mean network)"
     if words.startswith("one random network"):
         return (f"one random network: expected over initialisations, 5-95 % band "
                 f"{_band_words(band_over)}; dash-dot: mean network")

@@ -74,7 +74,7 @@ from ntkdyn.lowrank.evolve import (
 )
 from ntkdyn.lowrank.factor import LowRankFactor
 from ntkdyn.lowrank.gossip import mix_groups, mixing_at, process_data, process_groups
-from ntkdyn.trajectory import Trajectory
+from ntkdyn.trajectory import CE_ZERO_WORDS, Trajectory
 
 EXACT = jax.lax.Precision.HIGHEST
 
@@ -709,8 +709,7 @@ def ce_metadata(factor: LowRankFactor, algo: Algorithm, inp, *, scale: float, pa
         "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
         "kernel_layout": "traced", "path": "low_rank", "low_rank": low,
         "loss": "cross_entropy", "stability": note, "stability_bound": bound,
-        "quantity": ("mean network (f0 = 0): the expected outputs of the infinite-width "
-                     "network" if not given_f0 else "the network with the given f0"),
+        "quantity": CE_ZERO_WORDS if not given_f0 else "the network with the given f0",
         "mixing": inp.w.tolist(), **(metadata or {}), **schedule_metadata(algo),
     }
     if scale != 1.0:
