@@ -1005,12 +1005,16 @@ def _prediction_lines(r: CheckReport) -> list[str]:
                   f"    test loss {exp_band('test_loss', '.4g')}",
                   f"    test acc  {exp_band('test_acc', '.3f')}",
                   f"    train loss {exp_band('train_loss', '.4g')}"]
-    label = "  mean network (f0 = 0): " if one is not None else "  "
+    # cross-entropy: the f0 = 0 run is not the mean network (not affine in f0)
+    ce = r.loss == "cross_entropy"
+    name = "network from f0 = 0" if ce else "mean network"
+    label = "  " if one is None else ("  network from f0 = 0 (cross-entropy: not the mean "
+                                      "network): " if ce else "  mean network (f0 = 0): ")
     lines += [f"{label}train loss {p['final_train_loss']:.4g}, test loss "
               f"{p['final_test_loss']:.4g}, train acc {p['final_train_acc']:.3f}, test acc "
               f"{p['final_test_acc']:.3f}",
               f"  target test loss {r.target_loss:g}: {reached}"
-              + (" (mean network); expected loss of one random network: "
+              + (f" ({name}); expected loss of one random network: "
                  + (f"reached at step {hit}" if hit is not None else "not reached")
                  if one is not None else "")]
     if p.get("steady_state_note"):

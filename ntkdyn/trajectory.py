@@ -315,7 +315,9 @@ class Trajectory:
                          "term, ntkdyn.initialisation)")
         mean_net = getattr(self, "mean_network", None)
         if mean_net is not None and mean_net.test_loss is not None and len(mean_net.steps):
-            lines.append(f"mean network (f0 = 0): test loss {mean_net.test_loss[-1].mean():.6g},"
+            name = ("network from f0 = 0 (cross-entropy: not the mean network)"
+                    if self.metadata.get("loss") == "cross_entropy" else "mean network (f0 = 0)")
+            lines.append(f"{name}: test loss {mean_net.test_loss[-1].mean():.6g},"
                          f" test accuracy {mean_net.test_acc[-1].mean():.4f}")
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
                      f"{self.consensus_dist[-1].mean():.3g}")

@@ -200,3 +200,6 @@ def test_every_prediction_says_which_network_it_describes(setup):
                                     0.1, [0, 5], loss="cross_entropy")]
     for traj in runs:
         assert traj.metadata["quantity"].startswith(ce_words), traj.metadata["quantity"]
+    one_ce = nd.predict(arch, parts, w, lr=0.1, steps=steps, loss="cross_entropy", samples=2)
+    assert "network from f0 = 0 (cross-entropy: not the mean network): test loss" \
+        in one_ce.summary()
