@@ -279,7 +279,10 @@ class Trajectory:
                             "no closed-form expectation (cross-entropy)"))
         elif isinstance(self, GossipTrajectory):
             lines.append(f"random gossip: means over {self.samples} sampled mixing sequences; "
-                         "'.expected' is the exact mean-state (E[W]) trajectory")
+                         + ("'.expected' is the run with E[W] (cross-entropy: not the "
+                            "expected trajectory)" if self.metadata.get("loss")
+                            == "cross_entropy" else
+                            "'.expected' is the exact mean-state (E[W]) trajectory"))
         if isinstance(self, RandomNetworkTrajectory):
             lines.append(f"one random network: means over {self.samples} sampled "
                          "initialisations (f0 drawn from the NNGP), bands over them; "
@@ -434,7 +437,9 @@ class GossipTrajectory(Trajectory):
     ``expected`` is the exact trajectory of the **mean state** (the recursion with
     ``E[W]``, :mod:`ntkdyn.graphs.sequences`): its outputs are the exact mean outputs, its losses
     the loss of the mean output, which is below the mean loss by the outputs'
-    variance.  Mini-batch SGD (``metadata["sampled"] == "mini-batch"``): sampled batch
+    variance; with cross-entropy the run with ``E[W]``, *not* the expected trajectory (the
+    dynamics are not affine in ``W``).  Mini-batch SGD (``metadata["sampled"] ==
+    "mini-batch"``): sampled batch
     sequences; ``expected`` is full-batch training, the exact mean state for the squared
     loss (``None`` for cross-entropy).  ``per_sample[metric]`` holds every sequence's
     values ``(S, ...)``; :meth:`sequence` gives sequence ``s`` as a :class:`Trajectory`.

@@ -385,8 +385,10 @@ def test_cross_entropy_with_random_gossip_equals_the_exact_path(algorithm):
                                  record_outputs=True, samples=3, **given)
         assert isinstance(low, GossipTrajectory) and low.samples == 3
         assert low.metadata["mixing_process"] == exact.metadata["mixing_process"]
-        assert "not the expected trajectory" in low.metadata["note"]
-        assert "not the expected trajectory" in exact.metadata["note"]
+        for traj in (low, exact):
+            assert "not the expected trajectory" in traj.metadata["note"]
+            assert "'.expected' is the run with E[W] (cross-entropy: not the expected " \
+                "trajectory)" in traj.summary()
         _assert_same(exact, low, "mean")
         _assert_same(exact.expected, low.expected, "E[W]")
         for s in range(3):
