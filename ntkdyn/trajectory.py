@@ -270,19 +270,7 @@ class Trajectory:
         if self.phase is not None:
             lines.append("records after each phase per step: " + ", ".join(self.phases)
                          + f" (last: {self.phases[int(self.phase[-1])]})")
-        if isinstance(self, GossipTrajectory) and self.metadata.get("sampled") == "mini-batch":
-            mb = self.metadata.get("minibatch", {})
-            lines.append(f"mini-batch SGD (batch {mb.get('batch_size')}): means over "
-                         f"{self.samples} sampled batch sequences (seed {mb.get('seed')}); "
-                         + ("'.expected' is full-batch training (the exact mean for the "
-                            "squared loss)" if self.expected is not None else
-                            "no closed-form expectation (cross-entropy)"))
-        elif isinstance(self, GossipTrajectory):
-            lines.append(f"random gossip: means over {self.samples} sampled mixing sequences; "
-                         + ("'.expected' is the run with E[W] (cross-entropy: not the "
-                            "expected trajectory)" if self.metadata.get("loss")
-                            == "cross_entropy" else
-                            "'.expected' is the exact mean-state (E[W]) trajectory"))
+        lines += self._sequence_lines()
         if isinstance(self, RandomNetworkTrajectory):
             lines.append(f"one random network: means over {self.samples} sampled "
                          "initialisations (f0 drawn from the NNGP), bands over them; "
@@ -325,6 +313,24 @@ class Trajectory:
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
                      f"{self.consensus_dist[-1].mean():.3g}")
         return "\n".join(lines)
+
+    def _sequence_lines(self) -> list[str]:
+        """The sampled sequences' line of :meth:`summary` (none for one deterministic run):
+        what the fields average over and what ``.expected`` is."""
+        if not isinstance(self, GossipTrajectory):
+            return []
+        if self.metadata.get("sampled") == "mini-batch":
+            mb = self.metadata.get("minibatch", {})
+            return [f"mini-batch SGD (batch {mb.get('batch_size')}): means over "
+                    f"{self.samples} sampled batch sequences (seed {mb.get('seed')}); "
+                    + ("'.expected' is full-batch training (the exact mean for the squared "
+                       "loss)" if self.expected is not None else
+                       "no closed-form expectation (cross-entropy)")]
+        expected = ("'.expected' is the run with E[W] (cross-entropy: not the expected "
+                    "trajectory)" if self.metadata.get("loss") == "cross_entropy" else
+                    "'.expected' is the exact mean-state (E[W]) trajectory")
+        return [f"random gossip: means over {self.samples} sampled mixing sequences; "
+                + expected]
 
     def _width_lines(self) -> list[str]:
         """The finite-width band's lines of :meth:`summary` (none without one)."""
