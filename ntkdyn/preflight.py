@@ -13,7 +13,8 @@ real network and observed it.
 JSON schema is ``ntkdyn/schemas/check.schema.json``).  On the exact path all
 learning rates of the sweep share every pass over the kernel (one batched
 prediction); on the low-rank path (``[prediction] rank``) every rate runs on the
-one factor (in one pass for the squared loss with a static ``W``).
+one factor, in one pass with the rates as column groups (a static ``W``; with
+cross-entropy also a periodic sequence), else one run per rate.
 """
 
 from __future__ import annotations

@@ -64,12 +64,15 @@ from ntkdyn.graphs.sequences import process_metadata
 from ntkdyn.losses import check_logit_scale, class_targets, sample_loss
 from ntkdyn.lowrank.evolve import (
     DIVERGENCE_FACTOR,
+    check_lrs,
+    column_rates,
     divergence_check,
     lowrank_inputs,
     records_trajectory,
     run_features,
     scale_rates,
     schedule_metadata,
+    slot_rates,
     step_data,
 )
 from ntkdyn.lowrank.factor import LowRankFactor
@@ -280,10 +283,13 @@ def ce_bytes(n: int, n_test: int, rank: int, agents: int, outputs: int, *, padde
     return int(8 * b)
 
 
-def _ce_data(factor: LowRankFactor, inp, order, offsets, counts, scale: float,
-             reference: bool) -> tuple[dict, int]:
-    """The device data of :func:`predict_lowrank_ce` (rows sorted by agent) and the padded
-    row count; memory checked first."""
+def _ce_data(factor: LowRankFactor, inp, scale: float,
+             reference: bool) -> tuple[dict, int, np.ndarray]:
+    """The device data of :func:`predict_lowrank_ce` (rows sorted by agent, stably), the
+    padded row count and that sort order; memory checked first."""
+    counts = inp.counts
+    order = np.argsort(inp.agent, kind="stable")
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)]))
     n, r = inp.phi.shape
     k, q_count = inp.y.shape[1], inp.w.shape[0]
     n_max = int(counts.max())
@@ -301,7 +307,7 @@ def _ce_data(factor: LowRankFactor, inp, order, offsets, counts, scale: float,
     lr_q = inp.lr_q
     data = {"phi": blocks["phi"], "f0": blocks["res"][..., :k], "y": blocks["res"][..., k:],
             "inv_n": jnp.asarray(1.0 / counts), "mixing": jnp.asarray(inp.w),
-            "lr": jnp.asarray(np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q),
+            "lr": jnp.asarray(slot_rates(lr_q, reference)),
             "logit_scale": jnp.asarray(scale),
             "limit_per_step": jnp.asarray(ce_limit(lr_q, phi_s, scale, k, counts)),
             "phi_all": jnp.asarray(phi_s), "f0_all": jnp.asarray(f0_s[None]),
@@ -311,7 +317,7 @@ def _ce_data(factor: LowRankFactor, inp, order, offsets, counts, scale: float,
         data.update(phi_test=jnp.asarray(np.asarray(factor.phi_test, dtype=np.float64)),
                     f0_test=jnp.asarray(inp.ft[None]), y_test=jnp.asarray(inp.yt),
                     labels_test=jnp.asarray(np.argmax(inp.yt, axis=1)))
-    return data, q_count * n_max
+    return data, q_count * n_max, order
 
 
 def ce_limit(lr_q: np.ndarray, phi: np.ndarray, scale: float, k: int,
@@ -337,8 +343,6 @@ def predict_lowrank_ce_sweep(
     (``4 N r R K`` flops per step, against ``R`` reads of ``Phi`` for ``R`` runs).
     Trajectory ``i`` equals ``predict_lowrank_ce(..., lr=lrs[i])`` to round-off (status
     and divergence step included); ``ntkdyn check``'s cross-entropy sweep on the factor."""
-    from ntkdyn.lowrank.evolve import check_lrs
-
     algo = get_algorithm(algorithm)
     scale = check_logit_scale(logit_scale)
     check_lrs(lrs)
@@ -356,14 +360,11 @@ def predict_lowrank_ce_sweep(
                               yt=None if yt is None else np.tile(one.yt, rates),
                               ft=None if yt is None else np.tile(one.ft, rates))
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
-    order = np.argsort(inp.agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
-    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
-    slot = np.stack([np.concatenate([i.lr_q, [i.lr_q.mean()]]) if reference else i.lr_q
-                     for i in inps])
+    data, rows, order = _ce_data(factor, inp, scale, reference)
     phi_s = inp.phi[order]
-    data.update(lr=jnp.asarray(np.repeat(slot.T, k, axis=1)), limit_per_step=jnp.asarray(
-        [ce_limit(i.lr_q, phi_s, scale, k, inp.counts) for i in inps]))
+    data.update(lr=jnp.asarray(column_rates([slot_rates(i.lr_q, reference) for i in inps], k)),
+                limit_per_step=jnp.asarray([ce_limit(i.lr_q, phi_s, scale, k, inp.counts)
+                                            for i in inps]))
     if process is not None:
         data.update(process_data(process, None))
     raw, rec_steps, phase, carry = run_features(
@@ -448,9 +449,7 @@ def predict_lowrank_ce(
                          f"samples={samples!r} with a static or periodic mixing")
     inp = lowrank_inputs(factor, y, agent, w, lr, steps, f0_train, yt, f0_test, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
-    order = np.argsort(inp.agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
-    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    data, rows, order = _ce_data(factor, inp, scale, reference)
     if process is not None:
         data.update(process_data(process, None))
     raw, rec_steps, phase, carry = run_features(
@@ -481,9 +480,7 @@ def _sequence_groups(factor: LowRankFactor, y, agent, process, lr, steps, algo: 
     inp = lowrank_inputs(factor, np.tile(y, groups), agent, w, lr, steps, f0,
                          None if yt is None else np.tile(yt, groups), ft, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
-    order = np.argsort(inp.agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
-    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    data, rows, order = _ce_data(factor, inp, scale, reference)
     data.update(process_data(process, 1), mix_keys=keys)
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
@@ -603,9 +600,7 @@ def predict_random_lowrank_ce(
     inp = lowrank_inputs(factor, np.tile(y, groups), agent, w, lr, steps,
                          np.concatenate([draws.train, np.zeros_like(y)], axis=1), yt, ft, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
-    order = np.argsort(inp.agent, kind="stable")
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(inp.counts)]))
-    data, rows = _ce_data(factor, inp, order, offsets, inp.counts, scale, reference)
+    data, rows, order = _ce_data(factor, inp, scale, reference)
     if process is not None:
         data.update(process_data(process, None))
     raw, rec_steps, phase, carry = run_features(

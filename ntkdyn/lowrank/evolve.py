@@ -492,6 +492,18 @@ def _product(spec: str, operand, x):
     return out.astype(x.dtype)
 
 
+def slot_rates(lr_q: np.ndarray, reference: bool) -> np.ndarray:
+    """The rate of every slot ``(A,)``: the agents' ``lr_q``, then (``reference``) the
+    centralised slot at their mean rate."""
+    return np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
+
+
+def column_rates(slots: np.ndarray, k: int) -> np.ndarray:
+    """``(R, A)`` slot rates of ``R`` rates -> ``(A, R K)``: the rate of every slot and
+    column when the rates are column groups of ``K`` (:func:`scale_rates`)."""
+    return np.repeat(np.asarray(slots).T, k, axis=1)
+
+
 def scale_rates(lr, g):
     """``eta g`` with one rate per slot (``lr`` ``(A,)``) or per slot and column (``(A, C)``:
     the rates of a sweep as column groups, :func:`rate_columns`)."""
@@ -734,7 +746,7 @@ def feature_data(phi_s: np.ndarray, res: np.ndarray, offsets, counts: np.ndarray
     rows_per_sample = res.shape[0] // int(counts.sum())
     inv_n = 1.0 / counts
     wts = np.repeat(np.repeat(inv_n / q_count, counts), rows_per_sample)
-    slot_lr = np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q
+    slot_lr = slot_rates(lr_q, reference)
     limit = divergence_limit(lr_q, res, curvature, counts)
     return {
         **step_data(phi_s, res, offsets, inv_n, gram, stacked, n_max),
@@ -1004,12 +1016,10 @@ def rate_columns(data: dict, slot_lr: np.ndarray, limits, k: int,
     and multiply a float32 copy of the state (:func:`_product`); the state, the residual
     terms, the mixing and the records stay float64.  The feature form stays float64 (its
     two products per step would need four conversions of the state-sized intermediates,
-    which cost about what the float32 products save: measured 10.6 s against 11.6 s)."""
-    if products not in PRODUCTS:
-        raise ValueError(f"products: expected one of {list(PRODUCTS)}, got {products!r}")
+    which cost about what the float32 products save: measured 10.6 s against 11.6 s).
+    ``products`` is checked by the caller (:func:`predict_lowrank_sweep`)."""
     rates = len(slot_lr)
-    step = dict(grouped_data(data, rates),
-                lr=jnp.asarray(np.repeat(np.asarray(slot_lr).T, k, axis=1)))
+    step = dict(grouped_data(data, rates), lr=jnp.asarray(column_rates(slot_lr, k)))
     if products == "float32":
         for key in ("grams", "gram_c"):
             if key in step:
@@ -1050,6 +1060,8 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
     algo = get_algorithm(algorithm)
     if accuracies not in ("all", "final"):
         raise ValueError(f"accuracies: expected 'all' or 'final', got {accuracies!r}")
+    if products not in PRODUCTS:  # before the Gram matrices are built
+        raise ValueError(f"products: expected one of {list(PRODUCTS)}, got {products!r}")
     if accuracies == "final" and record_outputs:
         raise ValueError("accuracies: 'final' records no outputs; give record_outputs=False "
                          "or accuracies='all'")
@@ -1065,7 +1077,7 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
                             record_outputs=record_outputs, acc_rows=acc_rows, seed=seed,
                             extra_bytes=more, what=f"this {rates}-rate low-rank sweep")
     curvature = float(factor.eigenvalues.max(initial=1.0))
-    slot = [np.concatenate([i.lr_q, [i.lr_q.mean()]]) if reference else i.lr_q for i in inps]
+    slot = [slot_rates(i.lr_q, reference) for i in inps]
     limits = [divergence_limit(i.lr_q, prep.res, curvature, inp.counts) for i in inps]
     data, runner = rate_columns(prep.data, np.stack(slot), limits, k, products)
     if accuracies == "final":

@@ -164,12 +164,14 @@ def matrix_free_data(theta0: np.ndarray, x_s, f0_s, y_s, counts, lr_q, w, *, bat
     :func:`agent_batches`), the test set ``(x_t, f0_t, y_t)`` in batches of the same size,
     ``1/N_q``, the rate of every slot (the centralised one at the mean rate), ``W`` and the
     divergence limit per step (as :func:`ntkdyn.lowrank.evolve.feature_data`)."""
+    from ntkdyn.lowrank.evolve import slot_rates
+
     counts = np.asarray(counts)
     train = _set(x_s, f0_s, y_s, counts, batch)
     train["agent"] = jnp.asarray(batch_agent)
     data = {"theta0": jnp.asarray(theta0), "train": train,
             "inv_n": jnp.asarray(1.0 / counts),
-            "lr": jnp.asarray(np.concatenate([lr_q, [lr_q.mean()]]) if reference else lr_q),
+            "lr": jnp.asarray(slot_rates(lr_q, reference)),
             "mixing": jnp.asarray(w), "limit_per_step": jnp.asarray(limit),
             "n": float(counts.sum())}
     if test is not None:
