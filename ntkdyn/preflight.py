@@ -422,8 +422,10 @@ def _minibatch_band(problem, exp: Experiment, cfg: Config, inside: bool) -> dict
     t = cfg.training
     if not t.batch_size:
         return None
-    start = ("the mean network (f0 = 0): the band is over batch sequences only, not over "
-             "initialisations" if not np.any(problem.f0_train) else "the configured network's f0")
+    zero = ("the network from f0 = 0 (cross-entropy: not the mean network)"
+            if t.loss == "cross_entropy" else "the mean network (f0 = 0)")
+    start = (f"{zero}: the band is over batch sequences only, not over initialisations"
+             if not np.any(problem.f0_train) else "the configured network's f0")
     out: dict = {"batch_size": int(t.batch_size), "samples": int(t.samples),
                  "batch_sampling": t.batch_sampling, "statement": MINIBATCH_WORDS,
                  "starts_from": start}

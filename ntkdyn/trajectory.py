@@ -561,7 +561,8 @@ def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
     """What a prediction describes, in words (``metadata["quantity"]``; DESIGN.md section 8).
 
     ``samples``: one random network over initialisations, from that many sampled ``f_0``
-    (:class:`RandomNetworkTrajectory`; the other arguments but ``seed`` are ignored).
+    (:class:`RandomNetworkTrajectory`; the other arguments but ``seed`` and ``loss`` are
+    ignored).
 
     ``mean``: started from ``f_0 = 0``, the *mean network* over random initialisations
     (infinite width): its loss is not the expected loss of one random network, which is
@@ -571,10 +572,11 @@ def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
     dynamics are not affine in ``f_0``): :data:`CE_ZERO_WORDS`.
     """
     if samples:
+        zero = ("the network from f0 = 0 (cross-entropy: not the mean network)"
+                if loss == "cross_entropy" else "the mean network (f0 = 0)")
         return (f"one random network over initialisations (infinite width): f0 drawn from the "
                 f"NNGP, {samples} sampled networks (seed {seed}); losses are expected losses "
-                "(mean of the loss), bands over the samples; .mean_network is the mean "
-                "network (f0 = 0)")
+                f"(mean of the loss), bands over the samples; .mean_network is {zero}")
     if mean and loss == "cross_entropy":
         return CE_ZERO_WORDS
     if mean:

@@ -110,6 +110,10 @@ def test_minibatch_with_cross_entropy():
     assert rep.loss == "cross_entropy" and rep.minibatch["samples"] == 4
     assert "to first order" in rep.minibatch["statement"]
     assert rep.prediction["steady_state_note"] == ce_stability.NO_FIXED_POINT
+    # the f0 = 0 run is not the mean network with cross-entropy, and the band says so
+    assert rep.minibatch["starts_from"].startswith(
+        "the network from f0 = 0 (cross-entropy: not the mean network)")
+    assert "the mean network (f0 = 0)" not in rep.text()
     jsonschema.validate(json.loads(rep.to_json()), SCHEMA)
 
 

@@ -154,6 +154,8 @@ def test_cross_entropy_mean_network_is_named_for_what_it_is(small):
     assert "not the expected network" in traj.metadata["mean_network"]
     assert "not the expected network" in traj.mean_network.metadata["quantity"]
     assert traj.metadata["quantity"].startswith("one random network")
+    assert traj.metadata["quantity"].endswith(
+        ".mean_network is the network from f0 = 0 (cross-entropy: not the mean network)")
     assert traj.band("test_loss", 0.05, 0.95, over="init")[0].shape == (len(STEPS), 4)
 
 

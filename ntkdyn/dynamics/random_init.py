@@ -361,7 +361,8 @@ def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
         if f.name in DRAW_METRICS:
             kept[f.name] = stack
     p = len(networks)
-    words = quantity_words(False, seed=draws.seed, samples=p)
+    words = quantity_words(False, seed=draws.seed, samples=p,
+                           loss=first.metadata.get("loss", "mse"))
     meta = dict(first.metadata, quantity=words, samples=p, f0="random",
                 init_seed=draws.seed, nngp_jitter=draws.jitter,
                 note="fields: mean over sampled initialisations (f0 ~ NNGP) of each metric "
