@@ -16,6 +16,15 @@ from dataclasses import dataclass
 # tests start (sharded meshes, scripts) inherit it; tests/test_memory.py removes it from
 # its probes' environment, which measure the default compilation's memory.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# XLA:CPU's fusion emitters (its default code generator for fused loops) spend about twice
+# as long compiling the tests' programs as the older loop emitters, and compiling is most of
+# the suite's time (tests/test_lowrank_random.py on one core, jax 0.10: 211 programs,
+# 30.2 s -> 16.1 s of backend compilation, 42 -> 25 s in all; tests/test_lowrank_gossip.py
+# under -n 2: 124 -> 88 s; measured 2026-11-30).  For the tests only, and their
+# subprocesses; test_memory's probes remove it with the flag above.
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", "")] + ["--xla_cpu_use_fusion_emitters=false"]
+    * ("xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""))).strip()
 
 import jax  # noqa: E402
 import jax.flatten_util
@@ -24,6 +33,8 @@ import numpy as np
 import pytest
 
 import ntkdyn  # noqa: F401  (float64)
+
+TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"  # set above, before jax is imported
 
 
 def _mlp_apply(params, x, w_std=1.4, b_std=0.1):

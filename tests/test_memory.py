@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 import ntkdyn as nd
 from ntkdyn import prediction as pipeline
@@ -67,6 +68,7 @@ print(json.dumps({"estimate": est, "peak": st("VmHWM") - base}))
 def _measure(n: int, kernel: str, width: int = 64, mode: str = "plain") -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)  # measure what users run (conftest.py)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(TEST_XLA_FLAGS, "").strip()
     out = subprocess.run([sys.executable, "-c", PROBE, str(n), kernel, str(width), mode],
                          capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -101,12 +103,11 @@ def test_random_network_groups_estimate_within_30_percent(mode):
     (cross-entropy: P + 1 = 17 groups; random gossip: 3 S + 1 = 49): the estimate is within
     +-30 % of the measured peak growth (measured 0.93-1.15 on the loaded 2-core machine;
     before the groups were counted, gossip was 0.64-0.69; at N = 1,500 / 3,000, the sizes
-    since stop 27, ce 0.994 / 1.017 and gossip 1.114 / 1.077 on the idle machine)."""
-    ratios = {}
-    for n in (1500, 3000):
-        r = _measure(n, "analytic", mode=mode)
-        ratios[n] = r["estimate"] / r["peak"]
-    assert all(0.7 <= v <= 1.3 for v in ratios.values()), ratios
+    since stop 27, ce 0.994 / 1.017 and gossip 1.114 / 1.077 on the idle machine).  One
+    size since 2026-11-30, the larger (the suite's time; the scaling with N is the plain
+    estimate's, tested at two sizes above)."""
+    r = _measure(3000, "analytic", mode=mode)
+    assert 0.7 <= r["estimate"] / r["peak"] <= 1.3, r
 
 
 @pytest.mark.slow
@@ -119,12 +120,10 @@ def test_minibatch_estimate_within_30_percent(mode):
     two sizes (measured on the loaded 2-core machine, N = 2,000 / 4,500: sgd 0.92 / 0.89,
     mean-sgd 1.04 / 1.00; before MINIBATCH_RUNTIME_BYTES and without the eigh buffers the
     mean network was 0.67 / 0.81; at N = 1,500 / 3,000, the sizes since stop 27, sgd
-    1.033 / 0.902 and mean-sgd 1.19 / 1.023 on the idle machine)."""
-    ratios = {}
-    for n in (1500, 3000):
-        r = _measure(n, "analytic", mode=mode)
-        ratios[n] = r["estimate"] / r["peak"]
-    assert all(0.7 <= v <= 1.3 for v in ratios.values()), ratios
+    1.033 / 0.902 and mean-sgd 1.19 / 1.023 on the idle machine).  One size since
+    2026-11-30, the larger, as the test above."""
+    r = _measure(3000, "analytic", mode=mode)
+    assert 0.7 <= r["estimate"] / r["peak"] <= 1.3, r
 
 
 @pytest.mark.parametrize("kw, groups", [

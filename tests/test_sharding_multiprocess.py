@@ -86,7 +86,8 @@ def processes(tmp_path_factory):
     script = tmp / "worker.py"
     script.write_text(f"CASES = {CASES!r}\nMETRICS = {METRICS!r}\n" + WORKER)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).parents[1]),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                         f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, str(script), str(i), str(NUM_PROCESSES),
                                str(port), str(tmp / f"out{i}.npz")],
