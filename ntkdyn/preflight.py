@@ -45,6 +45,7 @@ from ntkdyn.prediction import (
     lowrank_source,
     resolve_f0,
 )
+from ntkdyn.trajectory import zero_run_name
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -422,10 +423,8 @@ def _minibatch_band(problem, exp: Experiment, cfg: Config, inside: bool) -> dict
     t = cfg.training
     if not t.batch_size:
         return None
-    zero = ("the network from f0 = 0 (cross-entropy: not the mean network)"
-            if t.loss == "cross_entropy" else "the mean network (f0 = 0)")
-    start = (f"{zero}: the band is over batch sequences only, not over initialisations"
-             if not np.any(problem.f0_train) else "the configured network's f0")
+    start = (f"the {zero_run_name(t.loss)}: the band is over batch sequences only, not over "
+             "initialisations" if not np.any(problem.f0_train) else "the configured network's f0")
     out: dict = {"batch_size": int(t.batch_size), "samples": int(t.samples),
                  "batch_sampling": t.batch_sampling, "statement": MINIBATCH_WORDS,
                  "starts_from": start}
@@ -1011,8 +1010,7 @@ def _prediction_lines(r: CheckReport) -> list[str]:
     # cross-entropy: the f0 = 0 run is not the mean network (not affine in f0)
     ce = r.loss == "cross_entropy"
     name = "network from f0 = 0" if ce else "mean network"
-    label = "  " if one is None else ("  network from f0 = 0 (cross-entropy: not the mean "
-                                      "network): " if ce else "  mean network (f0 = 0): ")
+    label = "  " if one is None else f"  {zero_run_name(r.loss)}: "
     lines += [f"{label}train loss {p['final_train_loss']:.4g}, test loss "
               f"{p['final_test_loss']:.4g}, train acc {p['final_train_acc']:.3f}, test acc "
               f"{p['final_test_acc']:.3f}",

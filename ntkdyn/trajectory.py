@@ -306,8 +306,7 @@ class Trajectory:
                          "term, ntkdyn.initialisation)")
         mean_net = getattr(self, "mean_network", None)
         if mean_net is not None and mean_net.test_loss is not None and len(mean_net.steps):
-            name = ("network from f0 = 0 (cross-entropy: not the mean network)"
-                    if self.metadata.get("loss") == "cross_entropy" else "mean network (f0 = 0)")
+            name = zero_run_name(self.metadata.get("loss", "mse"))
             lines.append(f"{name}: test loss {mean_net.test_loss[-1].mean():.6g},"
                          f" test accuracy {mean_net.test_acc[-1].mean():.4f}")
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
@@ -556,6 +555,13 @@ CE_ZERO_WORDS = ("the network started from f0 = 0 (cross-entropy: not the mean n
                  "gives the expected losses of one random network)")
 
 
+def zero_run_name(loss: str) -> str:
+    """The short name of the run from ``f_0 = 0``: the mean network for the squared loss,
+    not for cross-entropy (the dynamics are not affine in ``f_0``; :data:`CE_ZERO_WORDS`)."""
+    return ("network from f0 = 0 (cross-entropy: not the mean network)"
+            if loss == "cross_entropy" else "mean network (f0 = 0)")
+
+
 def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
                    samples: int | None = None, loss: str = "mse") -> str:
     """What a prediction describes, in words (``metadata["quantity"]``; DESIGN.md section 8).
@@ -572,11 +578,10 @@ def quantity_words(mean: bool, given: bool = False, seed: int | None = None,
     dynamics are not affine in ``f_0``): :data:`CE_ZERO_WORDS`.
     """
     if samples:
-        zero = ("the network from f0 = 0 (cross-entropy: not the mean network)"
-                if loss == "cross_entropy" else "the mean network (f0 = 0)")
         return (f"one random network over initialisations (infinite width): f0 drawn from the "
                 f"NNGP, {samples} sampled networks (seed {seed}); losses are expected losses "
-                f"(mean of the loss), bands over the samples; .mean_network is {zero}")
+                f"(mean of the loss), bands over the samples; .mean_network is the "
+                f"{zero_run_name(loss)}")
     if mean and loss == "cross_entropy":
         return CE_ZERO_WORDS
     if mean:

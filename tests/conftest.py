@@ -5,6 +5,7 @@ library: plain numpy over an explicit Jacobian, written from the update rules
 in DESIGN.md, so that agreement with the kernel-space solver is evidence.
 """
 
+# ruff: noqa: E402  (the environment below is set before jax is imported)
 from __future__ import annotations
 
 import os
@@ -22,19 +23,17 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # 30.2 s -> 16.1 s of backend compilation, 42 -> 25 s in all; tests/test_lowrank_gossip.py
 # under -n 2: 124 -> 88 s; measured 2026-11-30).  For the tests only, and their
 # subprocesses; test_memory's probes remove it with the flag above.
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", "")] + ["--xla_cpu_use_fusion_emitters=false"]
-    * ("xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""))).strip()
+TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
-import jax  # noqa: E402
+import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ntkdyn  # noqa: F401  (float64)
-
-TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"  # set above, before jax is imported
 
 
 def _mlp_apply(params, x, w_std=1.4, b_std=0.1):

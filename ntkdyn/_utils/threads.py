@@ -18,7 +18,7 @@ import sys
 
 
 @functools.cache
-def _controller(scipy_loaded: bool):  # noqa: ARG001 (the cache key)
+def _controller(scipy_loaded: bool):  # the argument is only the cache key
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover
