@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-c", "import sys; from ntkdyn.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-m", "ntkdyn"]
 
 
 def import_times(repeats: int = 5) -> dict:

@@ -122,19 +122,39 @@ class CheckReport:
     #: ``training.batch_size > 0``: what the report's statements are of (the expected,
     #: full-batch dynamics) and the chosen rate's band over mini-batch sequences; else None
     minibatch: dict | None = None
+    #: the network whose ``prediction["final_*"]`` fields, ``steps_to_target`` and sweep
+    #: these are (:func:`_network_name`: the mean network, the network from ``f0 = 0`` with
+    #: cross-entropy, or the network initialised with the seed)
+    network: str = "mean network (f0 = 0)"
+
+    @property
+    def target_of(self) -> str:
+        """What :attr:`target_reached` is about: the headline quantity of the report, the
+        expected test loss of one random network where it was predicted (the network a
+        user trains from a random initialisation), else :attr:`network`."""
+        if self.prediction and self.prediction.get("one_random_network") is not None:
+            return "the expected test loss of one random network"
+        return f"the test loss of the {self.network}"
 
     @property
     def target_reached(self) -> bool:
-        return bool(self.prediction and self.prediction["steps_to_target"] is not None)
+        """Whether :attr:`target_of` reaches ``target_loss`` within the horizon."""
+        if not self.prediction:
+            return False
+        one = self.prediction.get("one_random_network")
+        if one is not None:
+            return one.get("steps_to_target_expected") is not None
+        return self.prediction["steps_to_target"] is not None
 
     @property
     def exit_code(self) -> int:
-        """0: inside the NTK regime and target reached; 1 otherwise."""
+        """0: inside the NTK regime and target reached (by :attr:`target_of`); 1 otherwise."""
         return 0 if self.inside and self.target_reached else 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"exit_code": self.exit_code,
-                                           "target_reached": self.target_reached}
+                                           "target_reached": self.target_reached,
+                                           "target_of": self.target_of}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=_json_default)
@@ -195,6 +215,16 @@ def _summarise(traj, target: float) -> dict:
         "final_consensus_dist": float(traj.network_mean("consensus_dist")[-1]),
         "steps_to_target": _steps_to_target(traj, target),
     }
+
+
+def _network_name(f0: str, cfg: Config) -> str:
+    """The network whose ``final_*`` fields and sweep the check reports, for ``f0``
+    resolved (:func:`~ntkdyn.prediction.resolve_f0`): ``"network"``, the one initialised
+    with the config's seed; otherwise the run from ``f0 = 0`` (the mean network for the
+    squared loss, :func:`~ntkdyn.trajectory.zero_run_name`)."""
+    if f0 == "network":
+        return f"network initialised with seed {cfg.seed}"
+    return zero_run_name(cfg.training.loss)
 
 
 def _sweep_dtype(cfg: Config) -> str:
@@ -508,7 +538,8 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                  "total_s": t_end - t0},
         versions=versions(),
         finite_width=finite, loss=cfg.training.loss,
-        minibatch=_minibatch_band(problem, exp, cfg, chosen.inside))
+        minibatch=_minibatch_band(problem, exp, cfg, chosen.inside),
+        network=_network_name(f0, cfg))
 
 
 LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full kernel's for "
@@ -590,7 +621,7 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
         timings={"kernel_s": t_kernel - t0, "stability_s": t_stab - t_kernel,
                  "prediction_s": t_end - t_stab, "sweep_s": t_sweep - t_stab,
                  "topologies_and_edge_s": 0.0, "total_s": t_end - t0},
-        versions=versions(), low_rank=low)
+        versions=versions(), low_rank=low, network=_network_name(f0, cfg))
 
 
 def _lowrank_estimates(factor, exp: Experiment, cfg: Config, params, f0_train,
@@ -674,7 +705,8 @@ def _check_lowrank_ce(cfg: Config, exp: Experiment, factor, params, steps, algo,
         timings={"kernel_s": times[1] - times[0], "stability_s": t_stab - times[1],
                  "prediction_s": t_end - t_stab, "topologies_and_edge_s": 0.0,
                  "total_s": t_end - times[0]},
-        versions=versions(), low_rank=low, loss=cfg.training.loss)
+        versions=versions(), low_rank=low, loss=cfg.training.loss,
+        network=_network_name(f0, cfg))
 
 
 def _network_outputs(exp: Experiment, params) -> dict:
@@ -951,8 +983,19 @@ def _render(r: CheckReport) -> str:
                   + ", ".join(f"{t['lr']:.4g} ({'ok' if t['converged'] else 'diverged'})"
                               for t in e["trials"])]
     lines += finite_width_lines(r.finite_width)
-    lines += ["", r.caveat, f"(total {r.timings['total_s']:.1f} s)"]
+    lines += ["", r.caveat, _exit_line(r), f"(total {r.timings['total_s']:.1f} s)"]
     return "\n".join(lines)
+
+
+def _exit_line(r: CheckReport) -> str:
+    """What the exit status says, and of which quantity (:attr:`CheckReport.target_of`)."""
+    if not r.inside:
+        return f"Exit status 1: {r.algorithm.upper()} at lr={r.lr:g} is outside the NTK regime."
+    if r.target_reached:
+        return (f"Exit status 0: inside the NTK regime, and {r.target_of} reaches the target "
+                f"{r.target_loss:g}.")
+    return (f"Exit status 1: inside the NTK regime, but {r.target_of} does not reach the "
+            f"target {r.target_loss:g} within {r.horizon} steps.")
 
 
 def _stability_lines(r: CheckReport) -> list[str]:
@@ -1007,10 +1050,10 @@ def _prediction_lines(r: CheckReport) -> list[str]:
                   f"    test loss {exp_band('test_loss', '.4g')}",
                   f"    test acc  {exp_band('test_acc', '.3f')}",
                   f"    train loss {exp_band('train_loss', '.4g')}"]
-    # cross-entropy: the f0 = 0 run is not the mean network (not affine in f0)
-    ce = r.loss == "cross_entropy"
-    name = "network from f0 = 0" if ce else "mean network"
-    label = "  " if one is None else f"  {zero_run_name(r.loss)}: "
+    # which network the final_* fields are (with cross-entropy the f0 = 0 run is not the
+    # mean network: not affine in f0)
+    name = r.network.split(" (")[0]
+    label = f"  {r.network}: "
     lines += [f"{label}train loss {p['final_train_loss']:.4g}, test loss "
               f"{p['final_test_loss']:.4g}, train acc {p['final_train_acc']:.3f}, test acc "
               f"{p['final_test_acc']:.3f}",
@@ -1055,7 +1098,8 @@ def _sweep_lines(r: CheckReport) -> list[str]:
     """The learning-rate sweep table and the recommended rate."""
     how = ("one batched prediction" if r.low_rank is None else
            f"every rate on the one rank-{r.low_rank['rank']} factor")
-    lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, rates up to lr*, {how}):",
+    lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, the {r.network}, rates up to "
+             f"lr*, {how}):",
              "  lr          final test loss   test acc   steps to target"]
     for s in r.sweep:
         hit = s["steps_to_target"]
@@ -1063,7 +1107,8 @@ def _sweep_lines(r: CheckReport) -> list[str]:
                      f"{s['final_test_acc']:>10.3f}   {'not reached' if hit is None else hit}"
                      + ("" if s["status"] == "ok" else f"   ({s['status']})"))
     if r.recommended:
-        lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']})")
+        lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']}; "
+                     f"the {r.network})")
     return lines
 
 

@@ -262,3 +262,72 @@ def test_real_ctrl_c_in_validate_finishes_the_chunk_and_checkpoints_it(tmp_path,
     assert resumed.metadata["training"]["resumed_from_step"] == 190
     np.testing.assert_array_equal(resumed.test_loss, full.test_loss)
     np.testing.assert_array_equal(resumed.param_dist, full.param_dist)
+
+
+# ------------------------------------------------- the command itself (a real process)
+def _python(code: str, *args: str, **kw):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, timeout=120, **kw)
+
+
+def test_console_skips_the_teardown_after_ctrl_c_only():
+    """``ntkdyn`` (``cli.console``): status 130 ends the process with ``os._exit`` once the
+    streams are flushed (an interpreter teardown under XLA's compile threads segfaulted,
+    exit 139), so an ``atexit`` hook does not run; any other status exits normally."""
+    code = ("import atexit, sys; import ntkdyn.cli as cli\n"
+            "atexit.register(lambda: print('TEARDOWN', file=sys.stderr))\n"
+            "status = int(sys.argv[1])\n"
+            "def fake(argv=None):\n"
+            "    print('said before exit', end='')\n"
+            "    return status\n"
+            "cli.main = fake\n"
+            "cli.console([])\n")
+    interrupted = _python(code, "130")
+    assert interrupted.returncode == 130
+    assert interrupted.stdout == "said before exit"  # flushed before os._exit
+    assert "TEARDOWN" not in interrupted.stderr
+    normal = _python(code, "2")
+    assert normal.returncode == 2 and "TEARDOWN" in normal.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signal")
+def test_real_ctrl_c_of_the_command_exits_130_and_writes_nothing(tmp_path):
+    """The command (``cli.console``) running ``predict``, a real SIGINT once the progress
+    bar shows: exit 130 (not 139), the "interrupted" line last, no traceback, no output
+    folder."""
+    import subprocess
+    import time
+
+    cfg = _config(tmp_path, TINY.replace("steps = 40", "steps = 200000")
+                  .replace("record_every = 10", "record_every = 1000"))
+    out = tmp_path / "out"
+    # Python's own SIGINT handler in the child (a test runner may have SIGINT ignored,
+    # which the child would inherit); no preexec_fn, which would fork a threaded process
+    start = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from ntkdyn.cli import console; console()")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", start, "predict", str(cfg), "--out", str(out)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen, t0 = "", time.monotonic()
+    try:
+        while "step/s" not in seen and "/200000" not in seen and time.monotonic() - t0 < 90:
+            seen += proc.stderr.read(1)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    err = (seen + rest).replace("\r", "\n")
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("ntkdyn predict: interrupted (Ctrl-C)")
+    assert not out.exists()
+
+
+def test_python_dash_m_ntkdyn():
+    """``python -m ntkdyn`` is the command (``ntkdyn/__main__.py``)."""
+    import ntkdyn
+
+    run = _python("import runpy; runpy.run_module('ntkdyn', run_name='__main__')", "--version")
+    assert run.returncode == 0 and run.stdout.strip() == f"ntkdyn {ntkdyn.__version__}"

@@ -40,7 +40,7 @@ def lr_stars():
 
 def test_inside_the_regime_shows_predictions(lr_stars):
     lr = 0.5 * lr_stars["dgd"]
-    rep = check(_cfg(training={"lr": lr}))
+    rep = check(_cfg(training={"lr": lr}, prediction={"target_loss": 0.2, "f0": "mean"}))
     assert rep.inside and rep.prediction is not None
     assert "inside the NTK regime" in rep.stability[0].verdict
     text = rep.text()
@@ -71,6 +71,34 @@ def test_outside_the_regime_withholds_predictions_and_says_linearised(lr_stars):
     assert rep.edge is None
 
 
+def test_exit_status_is_of_the_headline_network(lr_stars):
+    """The default (analytic kernel) reports one random network first: the exit status and
+    ``target_reached`` follow its expected test loss, not the mean network's, and the text
+    says so; the sweep and the recommended rate name the network they are of."""
+    lr = 0.5 * lr_stars["dgd"]
+    rep = check(_cfg(training={"lr": lr}))
+    one = rep.prediction["one_random_network"]
+    assert rep.prediction["steps_to_target"] is not None  # the mean network reaches 0.2
+    assert one["steps_to_target_expected"] is None  # one random network does not
+    assert rep.target_of == "the expected test loss of one random network"
+    assert not rep.target_reached and rep.exit_code == 1
+    text = rep.text()
+    assert ("Exit status 1: inside the NTK regime, but the expected test loss of one random "
+            "network does not reach the target 0.2 within 200 steps.") in text
+    assert "Learning-rate sweep (DGD, the mean network (f0 = 0), rates up to lr*" in text
+    assert "of lr*; the mean network (f0 = 0))" in text  # the recommended rate's line
+    assert rep.to_dict()["target_of"] == rep.target_of
+    # a target the expected loss does reach: exit 0
+    loose = one["final_test_loss_expected"] * 1.01
+    rep = check(_cfg(training={"lr": lr}, prediction={"target_loss": loose}))
+    assert rep.target_reached and rep.exit_code == 0 and "Exit status 0" in rep.text()
+    # f0 = "mean": the mean network is the headline, and its target decides
+    rep = check(_cfg(training={"lr": lr}, prediction={"target_loss": 0.2, "f0": "mean"}))
+    assert rep.prediction["one_random_network"] is None
+    assert rep.target_of == "the test loss of the mean network (f0 = 0)"
+    assert rep.exit_code == 0
+
+
 def test_target_missed_exit_1(lr_stars):
     rep = check(_cfg(training={"lr": 0.5 * lr_stars["dgd"]}, prediction={"target_loss": 1e-6}))
     assert rep.inside and not rep.target_reached and rep.exit_code == 1
@@ -80,11 +108,12 @@ def test_target_missed_exit_1(lr_stars):
 def test_json_output_validates_against_schema(lr_stars, tmp_path, capsys):
     path = tmp_path / "c.toml"
     lr = 0.5 * lr_stars["dgd"]
-    path.write_text(_toml(training={"lr": lr}))
+    path.write_text(_toml(training={"lr": lr}, prediction={"target_loss": 0.2, "f0": "mean"}))
     code = main(["check", str(path), "--json", "--topologies", "ring,complete"])
     out = json.loads(capsys.readouterr().out)
     jsonschema.validate(out, SCHEMA)
     assert code == out["exit_code"] == 0
+    assert out["network"] == "mean network (f0 = 0)"
     assert [t["topology"] for t in out["topologies"]] == ["ring", "complete"]
     complete = out["topologies"][1]
     assert complete["spectral_gap"] == pytest.approx(1.0)

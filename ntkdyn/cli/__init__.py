@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ntkdyn._utils.io import OutputError, check_output, staged_output
 from ntkdyn._utils.memory import ProblemTooLargeError
 
-__all__ = ["COMMANDS", "OutputError", "build_parser", "check_output", "main", "staged_output"]
+__all__ = ["COMMANDS", "OutputError", "build_parser", "check_output", "console", "main",
+           "staged_output"]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -51,13 +53,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        kept = args.interrupted(args) if hasattr(args, "interrupted") else "nothing was kept"
-        print(f"\nntkdyn {args.command}: interrupted (Ctrl-C); {kept}", file=sys.stderr)
-        return 130
+        pass  # said below, once the interrupted frames (and their progress bars) are gone
     except (ValueError, OSError, ProblemTooLargeError) as exc:
         print(f"ntkdyn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    kept = args.interrupted(args) if hasattr(args, "interrupted") else "nothing was kept"
+    print(f"\nntkdyn {args.command}: interrupted (Ctrl-C); {kept}", file=sys.stderr)
+    return 130
+
+
+def console(argv: list[str] | None = None) -> None:
+    """The ``ntkdyn`` command (and ``python -m ntkdyn``): :func:`main`, then exit with its
+    status.  After Ctrl-C (status 130) the process ends with :func:`os._exit` once the
+    output streams are flushed, skipping the interpreter's teardown: an interrupt that
+    lands while XLA compiles leaves its compile threads running, and tearing the
+    interpreter down under them crashed with a segmentation fault (exit 139, 3 of 3 tries
+    at 4-5 s into ``ntkdyn predict examples/default.toml``) after the "interrupted" line
+    had been printed.  The staging folder is already removed by then (:func:`main`
+    returns only after its ``finally`` blocks), so nothing is left half-written."""
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # before a command's own handler (parsing, imports)
+        print("\nntkdyn: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
+        code = 130
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed or broken pipe: nothing more to say
+                pass
+        os._exit(130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

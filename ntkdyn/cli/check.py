@@ -2,6 +2,9 @@
 
 Exit status: 0 when the chosen rate is inside the NTK regime and the target
 is reached, 1 when it is outside or the target is missed, 2 for invalid input.
+The target is that of the report's headline quantity (``CheckReport.target_of``):
+the expected test loss of one random network where it is predicted (the analytic
+kernel's default), else the test loss of the network the report names.
 """
 
 from __future__ import annotations
