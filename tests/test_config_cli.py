@@ -27,11 +27,25 @@ def test_default_example_parses():
     ({"training": {"algorithm": "sgd"}}, "training.algorithm: expected one of"),
     ({"data": {"source": "mnist"}}, "data.path: required"),
     ({"data": {"standardise": 1}}, "data.standardise: expected true or false"),
+    ({"topology": {"name": "hexagon"}}, "topology.name: expected one of ['ring', 'path'"),
+    ({"topology": {"sequence": ["ring", "hexagon"]}},
+     "topology.sequence[1]: expected one of ['ring'"),
+    ({"architecture": {"activation": "relux"}},
+     "architecture.activation: expected one of ['relu', 'leaky_relu'"),
+    ({"training": {"steps": 2000, "record_every": 5000}},
+     "training.record_every: expected at most training.steps = 2000"),
 ])
 def test_bad_config_names_the_key(raw, needle):
     with pytest.raises(ConfigError) as err:
         config_from_dict(raw)
     assert needle in str(err.value)
+
+
+def test_default_record_every_above_few_steps_is_not_an_error():
+    """``record_every`` is checked against ``steps`` only when given: the default (20) with
+    10 steps records steps 0 and 10."""
+    cfg = config_from_dict({"training": {"steps": 10}})
+    assert list(cfg.steps) == [0, 10]
 
 
 def test_predict_command_writes_outputs(tmp_path):
@@ -44,6 +58,13 @@ def test_predict_command_writes_outputs(tmp_path):
     assert np.all(np.diff(traj.network_mean("train_loss")) < 0)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["config"]["seed"] == 1
+    # the default run is one random network: its mean network's test loss and accuracy
+    assert summary["final_test_acc_mean_network"] == pytest.approx(
+        traj.mean_network.network_mean("test_acc")[-1], abs=1e-12)
+    assert summary["final_test_loss_mean_network"] == pytest.approx(
+        traj.mean_network.network_mean("test_loss")[-1], rel=1e-12)
+    # a stable run without an exact analysis says so instead of null
+    assert summary["stability"].startswith("not computed for this run")
     assert (out / "trajectory.png").stat().st_size > 10_000
     assert traj.metadata["config"]["training"]["lr"] == 0.3
 
@@ -222,3 +243,10 @@ def test_check_command_takes_cross_entropy(tmp_path, capsys):
     assert main(["check", str(cfg), "--quiet", "--measure-edge"]) == 2
     assert "config: training.loss: --measure-edge trains the real network with the squared " \
            "loss" in capsys.readouterr().err
+
+
+def test_config_path_that_is_missing_or_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match="config: file not found: "):
+        load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="is a directory; expected a TOML file"):
+        load_config(tmp_path)

@@ -114,8 +114,12 @@ def _short(value, limit: int = 60) -> str:
 
 
 def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
-    """Validate recorded steps (or times): non-empty, non-negative, non-decreasing."""
-    if isinstance(steps, int | np.integer):
+    """Validate recorded steps (or times): non-empty, non-negative, strictly increasing
+    (a repeated step would be recorded twice).  An integer ``T`` means ``0, 1, ..., T``."""
+    if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
+        if steps < 0:
+            raise ValueError(f"{name}: expected a horizon >= 0 (an integer T records steps "
+                             f"0..T) or a sequence of steps, got {int(steps)}")
         steps = range(0, int(steps) + 1)
     arr = np.asarray(list(steps) if isinstance(steps, range) else steps)
     if arr.ndim != 1 or arr.size == 0:
@@ -130,8 +134,10 @@ def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
         check_finite(name, arr)
     if np.any(arr < 0):
         raise ValueError(f"{name}: expected values >= 0, got {arr.min()}")
-    if np.any(np.diff(arr) < 0):
-        raise ValueError(f"{name}: expected a non-decreasing sequence")
+    if np.any(np.diff(arr) <= 0):
+        i = int(np.argmax(np.diff(arr) <= 0))
+        raise ValueError(f"{name}: expected a strictly increasing sequence, got {arr[i]} "
+                         f"then {arr[i + 1]} (positions {i}, {i + 1})")
     return arr
 
 

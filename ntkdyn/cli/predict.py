@@ -54,6 +54,13 @@ def run(args) -> int:
     return 0
 
 
+#: ``summary.json``'s ``stability`` when the run carries no report: the exact analysis runs
+#: only where a rate could be unstable (above the schedule's sufficient bound, or no bound)
+NO_STABILITY_REPORT = ("not computed for this run (the rate needed no exact analysis, or "
+                       "this path runs none); status comes from the trajectory; ntkdyn "
+                       "check gives lr* and the margin")
+
+
 def _summary(traj, cfg) -> dict:
     """``summary.json``: status, final values, bands and what the run describes; keys that
     do not apply to this run are left out."""
@@ -70,7 +77,7 @@ def _summary(traj, cfg) -> dict:
         "final_test_loss_mean": _last_mean(traj.test_loss),
         "final_test_acc_mean": _last_mean(traj.test_acc),
         "final_consensus_dist_mean": _last_mean(traj.consensus_dist),
-        "stability": traj.metadata.get("stability"),
+        "stability": traj.metadata.get("stability") or NO_STABILITY_REPORT,
         "phases": traj.phases or None,
         "gossip_samples": getattr(traj, "samples", None) if cfg.topology.gossip
         and not t.batch_size else None,
@@ -81,6 +88,8 @@ def _summary(traj, cfg) -> dict:
         "final_test_acc_band_5_95": _last_band(traj, "test_acc"),
         "final_test_loss_mean_network": _last_mean(traj.mean_network.test_loss)
         if getattr(traj, "mean_network", None) is not None else None,
+        "final_test_acc_mean_network": _last_mean(traj.mean_network.test_acc)
+        if getattr(traj, "mean_network", None) is not None else None,
         "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
         if getattr(traj, "expected", None) is not None else None,
         "low_rank": _low_rank_summary(traj),
@@ -90,7 +99,8 @@ def _summary(traj, cfg) -> dict:
     for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
                 "low_rank", "minibatch", "initialisation_samples",
                 "final_test_loss_band_5_95", "final_test_acc_band_5_95",
-                "final_test_loss_mean_network", "finite_width"):
+                "final_test_loss_mean_network", "final_test_acc_mean_network",
+                "finite_width"):
         if summary[key] is None:  # list only what applies to this run
             del summary[key]
     return summary

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ntkdyn.activations import ACTIVATION_NAMES
 from ntkdyn.algorithms import NAMES as ALGORITHM_NAMES
+from ntkdyn.graphs.topology import TOPOLOGIES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,7 +150,9 @@ class Config:
 CHOICES = {
     "data.source": ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10"),
     "partition.scheme": ("iid", "shards", "dirichlet"),
+    "topology.name": (*TOPOLOGIES, "file"),
     "topology.rule": ("metropolis", "max_degree", "uniform"),
+    "architecture.activation": ACTIVATION_NAMES,
     "training.algorithm": ALGORITHM_NAMES,
     "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
@@ -257,6 +261,10 @@ def _validate(cfg: Config) -> None:
         if flat[path] not in choices:
             raise ConfigError(f"config: {path}: expected one of {list(choices)}, got "
                               f"{flat[path]!r}")
+    for i, name in enumerate(cfg.topology.sequence):
+        if name not in TOPOLOGIES:
+            raise ConfigError(f"config: topology.sequence[{i}]: expected one of "
+                              f"{list(TOPOLOGIES)}, got {name!r}")
     for path in POSITIVE:
         if not flat[path] > 0:
             raise ConfigError(f"config: {path}: expected a value > 0, got {flat[path]!r}")
@@ -312,6 +320,11 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
     values = {"training.algorithm": t.algorithm, "topology.gossip": topo.gossip,
               "prediction.rank": cfg.prediction.rank,
               "training.loss": t.loss}
+    if "training.record_every" in given and t.record_every > t.steps:
+        # (the default, 20, with fewer steps records the first and last steps: no error)
+        raise ConfigError(f"config: training.record_every: expected at most training.steps = "
+                          f"{t.steps} (steps between records; only step 0 and the last "
+                          f"would be recorded), got {t.record_every}")
     for key, (owner, allowed) in _ONLY_WITH.items():
         if key in given and values[owner] not in allowed:
             raise ConfigError(f"config: {key}: only used with {owner} = "
@@ -514,6 +527,9 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> Config:
 def load_config(path: str | Path) -> Config:
     """Read a TOML configuration file (see ``examples/default.toml``)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config: {path} is a directory; expected a TOML file (e.g. "
+                          "examples/default.toml)")
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:

@@ -539,7 +539,7 @@ def train(
     algorithm : a name of :func:`ntkdyn.algorithms.get_algorithm` or an
         :class:`~ntkdyn.algorithms.Algorithm` (``p2pl(...)``, ``momentum(...)``); one
         *step* is one of its steps (a round for P2PL, recorded after each phase)
-    steps : int or non-decreasing sequence of iteration numbers to record
+    steps : int or strictly increasing sequence of iteration numbers to record
     model : "nonlinear" or "linearised"
     dtype : "float32" (default) or "float64"
     batch_size : 0 for full batch (default), ``B > 0`` for mini-batch SGD (at most the
