@@ -96,10 +96,8 @@ def test_non_symmetric_kernel():
 
 
 def test_bad_steps():
-    _raises(ValueError, "steps: expected a strictly increasing sequence, got 5 then 3",
+    _raises(ValueError, "steps: expected a non-decreasing sequence, got 5 then 3",
             steps=[0, 5, 3])
-    _raises(ValueError, "steps: expected a strictly increasing sequence, got 5 then 5",
-            steps=[0, 5, 5])  # a repeated step would be recorded twice
     _raises(ValueError, "steps: expected a horizon >= 0 (an integer T records steps 0..T)",
             steps=-5)
     _raises(ValueError, "steps: expected values >= 0", steps=[-1, 2])

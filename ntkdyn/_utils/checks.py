@@ -114,8 +114,8 @@ def _short(value, limit: int = 60) -> str:
 
 
 def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
-    """Validate recorded steps (or times): non-empty, non-negative, strictly increasing
-    (a repeated step would be recorded twice).  An integer ``T`` means ``0, 1, ..., T``."""
+    """Validate recorded steps (or times): non-empty, non-negative, non-decreasing (a
+    repeated step is recorded again, tested).  An integer ``T`` means ``0, 1, ..., T``."""
     if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
         if steps < 0:
             raise ValueError(f"{name}: expected a horizon >= 0 (an integer T records steps "
@@ -134,10 +134,10 @@ def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
         check_finite(name, arr)
     if np.any(arr < 0):
         raise ValueError(f"{name}: expected values >= 0, got {arr.min()}")
-    if np.any(np.diff(arr) <= 0):
-        i = int(np.argmax(np.diff(arr) <= 0))
-        raise ValueError(f"{name}: expected a strictly increasing sequence, got {arr[i]} "
-                         f"then {arr[i + 1]} (positions {i}, {i + 1})")
+    if np.any(np.diff(arr) < 0):
+        i = int(np.argmax(np.diff(arr) < 0))
+        raise ValueError(f"{name}: expected a non-decreasing sequence, got {arr[i]} then "
+                         f"{arr[i + 1]} (positions {i}, {i + 1})")
     return arr
 
 

@@ -1134,7 +1134,7 @@ def evolve(
     algorithm : Algorithm
     lrs : (n_rates, Q) array
         One row of per-agent learning rates per prediction sharing the kernel.
-    steps : (T,) strictly increasing
+    steps : (T,) non-decreasing
         Iteration numbers (discrete) or times in steps (``continuous=True``).
     central : bool
         Also run the centralised reference (one more slot).

@@ -481,8 +481,9 @@ def _metadata(algo: Algorithm, arch, parts: Partition, mixing: np.ndarray, setti
     if settings["batch_size"]:
         notes.append(f"mini-batch SGD (batch {settings['batch_size']}, sequence "
                      f"{int(batch_sample)} of seed {settings['seed']}): the same batches as "
-                     f"sequence {int(batch_sample)} of the prediction with batch_size and seed; "
-                     "the prediction's mean and band describe the distribution over sequences")
+                     f"sequence {int(batch_sample)} of the prediction with batch_size and seed "
+                     "(a prediction over several sequences describes their distribution; "
+                     "ntkdyn validate compares with its sequence 0 alone)")
     meta = {"algorithm": algo.name, "num_agents": parts.num_agents,
             "num_train": parts.dataset.num_train, "num_outputs": parts.dataset.num_classes,
             "mixing": mixing.tolist(), "architecture": _describe(arch), "training": settings,
@@ -539,7 +540,7 @@ def train(
     algorithm : a name of :func:`ntkdyn.algorithms.get_algorithm` or an
         :class:`~ntkdyn.algorithms.Algorithm` (``p2pl(...)``, ``momentum(...)``); one
         *step* is one of its steps (a round for P2PL, recorded after each phase)
-    steps : int or strictly increasing sequence of iteration numbers to record
+    steps : int or non-decreasing sequence of iteration numbers to record
     model : "nonlinear" or "linearised"
     dtype : "float32" (default) or "float64"
     batch_size : 0 for full batch (default), ``B > 0`` for mini-batch SGD (at most the
