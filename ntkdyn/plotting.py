@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntkdyn.trajectory import Trajectory
+from ntkdyn.trajectory import Trajectory, zero_run_name
 
 PANELS = (
     ("train_loss", "train loss", "central_train_loss", True),
@@ -161,7 +161,8 @@ def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colour
             mean_label = "network mean"
         ax.plot(source.steps, _positive(mean) if log else mean, style, color="black",
                 lw=2.0, label=mean_label)
-    if name in quantiles and quantiles[name].shape[0] > 1:
+    if name in quantiles and quantiles[name].shape[0] > 1 and samples != 1:
+        # (one sampled sequence, e.g. validate's sequence 0, has no band)
         low, high = traj.band(name) if _has_levels(traj) else (quantiles[name][0],
                                                               quantiles[name][-1])
         for q in range(low.shape[1]):
@@ -180,8 +181,10 @@ def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colour
                 lw=1.4, label=words)
     if mean_network is not None and getattr(mean_network, name, None) is not None:
         arr = getattr(mean_network, name).mean(axis=1)
+        ce = traj.metadata.get("loss") == "cross_entropy"  # f0 = 0 is not the mean network
         ax.plot(mean_network.steps, _positive(arr) if log else arr, "-.", color="0.25",
-                lw=1.4, label="mean network (f0 = 0; not one network)")
+                lw=1.4, label=zero_run_name("cross_entropy") if ce else
+                "mean network (f0 = 0; not one network)")
     if central is not None and getattr(traj, central) is not None:
         ax.plot(traj.steps, getattr(traj, central), ":", color="0.45", lw=1.5,
                 label="centralised reference")
@@ -190,6 +193,25 @@ def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colour
     ax.set_xlabel(unit)
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
+
+
+#: characters of legend text across the six-panel figure (13 in at the default font size;
+#: measured: three columns of 85-character labels ran past both edges)
+LEGEND_CHARS = 170
+#: longest legend line before it is wrapped
+LEGEND_WRAP = 62
+
+
+def legend_layout(labels: list[str], chars: int = LEGEND_CHARS,
+                  wrap: int = LEGEND_WRAP) -> tuple[list[str], int]:
+    """``(labels, ncol)`` for a figure-wide legend: labels longer than ``wrap`` characters
+    wrapped onto several lines, and as many columns (at most 4) as fit ``chars`` characters
+    of the longest line plus its marker, so that no entry runs past the figure's edges."""
+    import textwrap
+
+    wrapped = [textwrap.fill(lab, wrap) for lab in labels]
+    longest = max((len(line) for lab in wrapped for line in lab.splitlines()), default=1)
+    return wrapped, max(1, min(4, len(labels), chars // (longest + 8)))
 
 
 def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str = "",
@@ -202,7 +224,6 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     """
     plt = pyplot()
     panels = [p for p in PANELS if getattr(traj, p[0]) is not None]
-    quantiles = getattr(traj, "quantiles", None) or {}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), constrained_layout=True)
     colours = agent_colours(traj.num_agents)
     unit = "time (steps)" if traj.continuous else "step"
@@ -213,10 +234,8 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     handles, labels = axes.flat[0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color=colours[0], lw=0.8))
     labels.append(f"agents 1..{traj.num_agents} (one colour each)")
-    fig.legend(handles, labels, loc="outside lower center",
-               ncol=2 if getattr(traj, "init_band_run", None) is not None else
-               3 if quantiles or getattr(traj, "width_draws", None) else 4,
-               frameon=False)
+    labels, ncol = legend_layout(labels)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
     status = "" if traj.status == "ok" else f" [{traj.status}]"
     algo = traj.metadata.get("algorithm", "").upper()
     lr = traj.metadata.get("lr")

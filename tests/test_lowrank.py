@@ -1123,10 +1123,10 @@ def test_check_with_rank_follows_predict_default_one_random_network(tmp_path, ca
     for key in ("error_estimate", "error_estimate_test"):
         assert rep.low_rank[key] is not None and rep.low_rank[key] > 0, key
         assert rep.low_rank[key] == pytest.approx(traj.metadata["low_rank"][key], rel=1e-9)
-    assert f"{rep.low_rank['error_estimate_test']:.3g} of the test outputs" in rep.caveat
+    assert f", test {rep.low_rank['error_estimate_test']:.3g}" in rep.caveat
     assert main(["check", str(cfg), "--quiet"]) in (0, 1)
     text = capsys.readouterr().out
-    assert "one random network (over 6 sampled initialisations):" in text
+    assert "one random network (over 6 sampled initialisations, as ntkdyn predict):" in text
     assert "  mean network (f0 = 0): train loss" in text
     assert main(["check", str(cfg), "--json"]) in (0, 1)
     out = json.loads(capsys.readouterr().out)

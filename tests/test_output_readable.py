@@ -98,3 +98,31 @@ def test_random_gossip_plot_shows_band_and_mean_state(small, tmp_path):
     low, high = traj.band("consensus_dist")
     assert np.all(low <= high)
     fig.savefig(tmp_path / "gossip.png", dpi=60)
+
+
+def test_figure_legend_stays_inside_the_figure():
+    """The six-panel figure's legend (one random network with cross-entropy and mini-batches
+    has labels of 85 characters: three columns of them ran past both edges): long labels
+    are wrapped and the columns chosen so that every entry is inside the figure."""
+    from ntkdyn.plotting import legend_layout, pyplot
+
+    long = ["network mean, average over 8 sampled initialisations and mini-batch sequences "
+            "jointly", "5-95 % over 8 sampled initialisations and mini-batch sequences jointly "
+            "(each agent)", "network mean: 5-95 % over 8 mini-batch sequences alone (f0 = 0)",
+            "network from f0 = 0 (cross-entropy: not the mean network)",
+            "centralised reference", "agents 1..4 (one colour each)"]
+    short = ["network mean", "mean network (f0 = 0; not one network)",
+             "centralised reference", "agents 1..8 (one colour each)"]
+    plt = pyplot()
+    for labels in (long, short):
+        wrapped, ncol = legend_layout(labels)
+        assert all(len(line) <= 62 for lab in wrapped for line in lab.splitlines())
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), constrained_layout=True)
+        handles = [axes.flat[0].plot([0, 1], [0, 1])[0] for _ in labels]
+        legend = fig.legend(handles, wrapped, loc="outside lower center", ncol=ncol,
+                            frameon=False)
+        fig.canvas.draw()
+        box, frame = legend.get_window_extent(), fig.bbox
+        assert box.x0 >= frame.x0 and box.x1 <= frame.x1, (ncol, box, frame)
+        plt.close(fig)
+    assert legend_layout(short)[1] == 3 and legend_layout(long)[1] == 2

@@ -80,7 +80,7 @@ def test_truncated_cross_entropy_verdicts_bound_the_exact_ones_and_random_networ
     lo, hi = one["final_test_loss_band"]
     assert lo <= hi and np.isfinite(one["final_test_loss_expected"])
     assert "truncated operator" in low.low_rank["verdicts"]
-    assert "one random network (over 3 sampled initialisations)" in low.text()
+    assert "one random network (over 3 sampled initialisations, as ntkdyn predict)" in low.text()
     # the f0 = 0 run beside it is not called the mean network with cross-entropy
     assert "network from f0 = 0 (cross-entropy: not the mean network): train loss" \
         in low.text() and "mean network (f0 = 0)" not in low.text()

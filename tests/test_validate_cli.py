@@ -117,6 +117,10 @@ def test_unstable_configuration_reports_divergence(tmp_path, capsys):
     from ntkdyn.validation.overlay import overlay_figure
 
     pred = nd.Trajectory.load(out / "predicted_analytic.npz")
+    # which network the prediction is of: the trained one (its own f0), said in the report
+    assert pred.metadata["f0"] == "network"
+    assert pred.metadata["quantity"].startswith("the network trained here: its own f0")
+    assert "predictions: the network trained here" in (out / "agreement.txt").read_text()
     fig = overlay_figure(pred, obs, None, "t", observed_label="nonlinear network")
     assert line in fig._suptitle.get_text()
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
@@ -154,6 +158,35 @@ def test_bad_options_exit_2(tmp_path, capsys, extra, needle):
     assert main(["validate", str(_config(tmp_path)), "--out", str(out), "--quiet"] + extra) == 2
     assert needle in capsys.readouterr().err
     assert not (out / "agreement.json").exists()
+
+
+def test_kernels_both_and_resume_without_checkpoints(tmp_path, capsys, monkeypatch):
+    """``--kernels both`` (the documented default) means both kernels; ``--resume`` where
+    there are no checkpoints (a finished run removes them) says it starts afresh."""
+    import ntkdyn.validation.harness as harness
+
+    seen = {}
+
+    class Done:
+        runs = (1,)
+
+        def summary(self):
+            return "summary"
+
+    def fake_validate(cfg, **kw):
+        seen.update(kw)
+        return Done()
+
+    monkeypatch.setattr(harness, "validate", fake_validate)
+    out = tmp_path / "out"
+    cfg = _config(tmp_path)
+    assert main(["validate", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert seen["kernels"] == "analytic,empirical" and not seen["resume"]
+    assert main(["validate", str(cfg), "--out", str(out), "--quiet", "--kernels", "both",
+                 "--resume"]) == 0
+    assert seen["kernels"] == "analytic,empirical" and seen["resume"]
+    err = capsys.readouterr().err
+    assert f"--resume: no checkpoints in {out / 'checkpoints'}" in err and "afresh" in err
 
 
 # --------------------------------------------------------------------------- agreement metric

@@ -22,8 +22,10 @@ def register(sub) -> None:
     p.add_argument("--measure-edge", action="store_true",
                    help="train the real network briefly above lr* to find where it stops "
                         "converging")
-    p.add_argument("--edge-steps", type=int, default=300, help="steps per edge trial")
-    p.add_argument("--cache", default=".cache/ntkdyn-edge", help="cache folder for edge trials")
+    p.add_argument("--edge-steps", type=int, default=300,
+                   help="steps per edge trial (default 300)")
+    p.add_argument("--cache", default=".cache/ntkdyn-edge",
+                   help="cache folder for edge trials (default .cache/ntkdyn-edge)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run, interrupted=interrupted)
 

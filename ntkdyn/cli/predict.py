@@ -117,7 +117,7 @@ def _title(traj, cfg, exp, low: dict | None) -> str:
             + (f", mini-batch {t.batch_size} ({traj.samples} sequences)"
                if t.batch_size else "")
             + "\n" + _short_quantity(traj.metadata.get("quantity", ""),
-                                      traj.metadata.get("band_over", "init"))
+                                      traj.metadata.get("band_over", "init"), cfg.training.loss)
             + (f"; hatched: {cfg.prediction.width_samples} networks of width "
                f"{cfg.prediction.width}" if cfg.prediction.width else ""))
 
@@ -208,18 +208,20 @@ def _last_band(traj, metric: str):
     return [float(b[-1].mean()) for b in traj.band(metric, 0.05, 0.95)]
 
 
-def _short_quantity(words: str, band_over: str = "init") -> str:
+def _short_quantity(words: str, band_over: str = "init", loss: str = "mse") -> str:
     """The plot title's line saying which network the curves describe and, for one random
     network, what its 5-95 % band is over (``band_over``, a key of
     :data:`ntkdyn.dynamics.random_init.BAND_WORDS`: initialisations alone, or jointly with
-    the mixing / mini-batch sequences)."""
+    the mixing / mini-batch sequences) and what the dash-dot curve is (the run from
+    ``f0 = 0``: not the mean network with cross-entropy, ``loss``)."""
     if words.startswith("mean network"):
         return "mean network over random initialisations (f0 = 0), not one random network"
     if words.startswith("the network started from f0 = 0"):  # cross-entropy
         return "the network started from f0 = 0 (cross-entropy: not the mean network)"
     if words.startswith("one random network"):
         return (f"one random network: expected over initialisations, 5-95 % band "
-                f"{_band_words(band_over)}; dash-dot: mean network")
+                f"{_band_words(band_over)}; dash-dot: "
+                + ("network from f0 = 0" if loss == "cross_entropy" else "mean network"))
     return words.split(":")[0]
 
 

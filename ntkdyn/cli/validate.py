@@ -18,6 +18,7 @@ Training checkpoints persist in ``DIR/checkpoints/`` until the run completes;
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -29,10 +30,12 @@ def register(sub) -> None:
     p.add_argument("--widths", default=None,
                    help="comma-separated widths for a width sweep, e.g. 256,512,1024 "
                         "(default: [validation] widths, else architecture.width)")
-    p.add_argument("--kernels", default="analytic,empirical",
-                   help="predictions to compare: analytic, empirical or both (default both)")
+    p.add_argument("--kernels", default="both",
+                   help="predictions to compare: analytic, empirical, or both (default; also "
+                        "written analytic,empirical)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from DIR/checkpoints")
+                   help="continue an interrupted run from the checkpoints in OUT/checkpoints "
+                        "(OUT: --out); a finished run has none and starts afresh")
     p.add_argument("--no-linearised", action="store_true",
                    help="do not train the linearised network")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -74,9 +77,18 @@ def run(args) -> int:
 
     cfg = load_config(args.config)
     check_output(args.out)
-    result = validate(cfg, out=args.out, widths=args.widths, kernels=args.kernels,
+    kernels = "analytic,empirical" if args.kernels.strip() == "both" else args.kernels
+    ck_dir = Path(args.out) / "checkpoints"
+    if args.resume and not any(not c.name.endswith(".partial.npz")
+                               for c in ck_dir.glob("*.npz")):
+        print(f"ntkdyn validate: --resume: no checkpoints in {ck_dir} (a finished run removes "
+              "them); starting afresh", file=sys.stderr)
+    result = validate(cfg, out=args.out, widths=args.widths, kernels=kernels,
                       resume=args.resume, progress=not args.quiet,
                       linearised=not args.no_linearised)
     print(result.summary())
-    print(f"wrote {args.out}/agreement.json, agreement.txt and overlay figures")
+    sweep = len(result.runs) > 1
+    print(f"wrote {args.out}/agreement.json, agreement.txt"
+          + (", width_sweep.png and per-width folders width_*/ with their overlay figures"
+             if sweep else " and overlay figures"))
     return 0

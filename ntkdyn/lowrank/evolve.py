@@ -45,7 +45,7 @@ from ntkdyn._utils.checks import (
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import balanced_chunk, concatenate, padded_chunks, scan_records, trim
 from ntkdyn.lowrank.factor import LowRankFactor
-from ntkdyn.trajectory import Trajectory
+from ntkdyn.trajectory import LOW_RANK_ESTIMATE_CAP, Trajectory
 
 EXACT = jax.lax.Precision.HIGHEST
 DIVERGENCE_FACTOR = 1e8
@@ -70,8 +70,9 @@ def error_scale(lr: np.ndarray, counts: np.ndarray, horizon: float,
     return float(t_eff * eff.max())
 
 
-#: both trajectories' residuals stay within ``||f_0 - Y||`` at stable rates (centralised)
-ERROR_CAP = 2.0
+#: both trajectories' residuals stay within ``||f_0 - Y||`` at stable rates (centralised);
+#: defined beside the summary that reports an estimate at the cap
+ERROR_CAP = LOW_RANK_ESTIMATE_CAP
 
 
 def error_estimate(factor: LowRankFactor, scale: float) -> float:

@@ -125,7 +125,7 @@ class ValidationResult:
 
     def summary(self) -> str:
         """Headline errors per width (and the fitted slopes)."""
-        lines = [_describe_run(self.config)]
+        lines = [_describe_run(self.config), f"predictions: {TRAINED_NETWORK_WORDS}"]
         for r in self.runs:
             lines.append(f"width {r.width}: " + agreement.status_line("nonlinear", r.observed)
                          + (", " + agreement.status_line("linearised", r.linearised)
@@ -342,6 +342,12 @@ def _validate_width(cfg, exp, width, kernels, ck_dir, progress, linearised) -> W
     return WidthResult(width, observed, lin, predicted, comps, timings)
 
 
+#: which network validate's predictions describe (``metadata["quantity"]``, the summary)
+TRAINED_NETWORK_WORDS = ("the network trained here: its own f0 (outputs at theta_0, drawn "
+                         "with seed) and kernel, linearised dynamics; a given network, not an "
+                         "average over initialisations")
+
+
 def _predicted(cfg, exp, arch, params, kernel: str, width: int, samples, progress: bool,
                timings: dict):
     """The prediction from the trained network's own ``theta_0`` (``f0`` its outputs) with
@@ -356,7 +362,7 @@ def _predicted(cfg, exp, arch, params, kernel: str, width: int, samples, progres
     meta = {"kernel": kernel, "seed": cfg.seed, "architecture": _describe(arch),
             "data": exp.parts.dataset.name, "partition": exp.parts.scheme,
             "kernel_layout": "full" if full else "traced", "width": width,
-            "f0": "network outputs at theta_0"}
+            "f0": "network", "quantity": TRAINED_NETWORK_WORDS}
     pred = run_problem(problem, exp.algorithm, [t.lr], cfg.steps, progress=progress,
                        metadata=meta, check_stability=False, samples=samples,
                        seed=cfg.seed, **exp.minibatch)[0]
@@ -524,8 +530,8 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
             _with_config(run.linearised, cfg_dict).save(tmp / "linearised.npz")
         for k, pred in run.predicted.items():
             _with_config(pred, cfg_dict).save(tmp / f"predicted_{k}.npz")
-        header = [_describe_run(cfg), f"width {run.width}",
-                  agreement.status_line("nonlinear network", run.observed)]
+        header = [_describe_run(cfg), f"predictions: {TRAINED_NETWORK_WORDS}",
+                  f"width {run.width}", agreement.status_line("nonlinear network", run.observed)]
         if run.linearised is not None:
             header.append(agreement.status_line("linearised network", run.linearised))
         header += [agreement.status_line(f"prediction ({k} NTK)", p)
