@@ -70,7 +70,10 @@ from typing import Any
 
 import numpy as np
 
+from ntkdyn._utils.types import ArrayLike, Rates, Steps
+from ntkdyn.algorithms import Algorithm
 from ntkdyn.data import Partition
+from ntkdyn.graphs.sequences import MixingProcess
 from ntkdyn.models import MLP
 from ntkdyn.trajectory import AGENT_METRICS, Trajectory
 
@@ -466,7 +469,8 @@ def _check_width_for_args(parts, metric, tol, widths, level, loss, logit_scale,
         raise ValueError(f"metric: {metric!r} needs test data; the data set has none")
 
 
-def width_for(arch: MLP, parts: Partition, mixing, *, lr, steps, algorithm="dgd",
+def width_for(arch: MLP, parts: Partition, mixing: ArrayLike | MixingProcess, *,
+              lr: Rates, steps: Steps, algorithm: str | Algorithm = "dgd",
               metric: str = "test_acc", tol: float = 0.01,
               widths: Sequence[int] = DEFAULT_WIDTHS, samples: int = DEFAULT_WIDTH_SAMPLES,
               level: float = 0.9, seed: int = 0, f0: str = "random",

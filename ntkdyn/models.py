@@ -239,8 +239,12 @@ def describe(arch: Any) -> dict:
     return {"type": "neural-tangents stax"}
 
 
-def init_params(arch: Any, in_dim: int, seed: int = 0):
-    """Parameters of ``arch`` at initialisation, drawn with ``jax.random.PRNGKey(seed)``."""
+def init_params(arch: Any, in_dim: int, seed: int = 0) -> Any:
+    """Parameters of ``arch`` at initialisation, drawn with ``jax.random.PRNGKey(seed)``:
+    for an :class:`MLP` its ``((W_1, b_1), ..., (W_{L+1}, b_{L+1}))`` in float64, for a
+    stax ``(init_fn, apply_fn, kernel_fn)`` triple what ``init_fn`` returns (a pytree).
+
+    ``in_dim``: the input dimension; ``seed``: the PRNG seed."""
     key = jax.random.PRNGKey(seed)
     if isinstance(arch, MLP):
         return arch.init(key, in_dim, dtype=np.float64)

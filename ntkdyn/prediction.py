@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from ntkdyn._utils import memory
+from ntkdyn._utils.types import ArrayLike, Rates, Steps
 from ntkdyn.algorithms import Algorithm
 from ntkdyn.data import Partition
 from ntkdyn.dynamics.problem import KernelProblem, make_problem
@@ -38,7 +39,7 @@ from ntkdyn.dynamics.stability import StabilityReport
 from ntkdyn.dynamics.stability import stability as _stability
 from ntkdyn.dynamics.steady_state import FixedPoint
 from ntkdyn.dynamics.steady_state import fixed_point as _fixed_point
-from ntkdyn.graphs.sequences import resolve_mixing
+from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
 from ntkdyn.kernels.empirical import empirical_ntk, mlp_empirical_ntk
 from ntkdyn.models import MLP, init_params
 from ntkdyn.models import describe as _describe
@@ -351,31 +352,31 @@ def resolve_kernel_dtype(kernel_dtype: str | None, f0: str, *, loss: str = "mse"
 
 
 def predict_from_kernels(
-    kernel_train,
-    y_train,
-    agent,
-    mixing,
-    lr,
-    steps,
+    kernel_train: ArrayLike,
+    y_train: ArrayLike,
+    agent: ArrayLike,
+    mixing: ArrayLike | MixingProcess,
+    lr: Rates,
+    steps: Steps,
     algorithm: str | Algorithm = "dgd",
-    f0_train=None,
-    kernel_test_train=None,
-    y_test=None,
-    f0_test=None,
+    f0_train: ArrayLike | None = None,
+    kernel_test_train: ArrayLike | None = None,
+    y_test: ArrayLike | None = None,
+    f0_test: ArrayLike | None = None,
     continuous: bool = False,
     *,
     record_outputs: bool = False,
     progress: bool = False,
     reference: bool = True,
     kernel_dtype: str | None = None,
-    devices=None,
+    devices: Any = None,
     samples: int | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
     batch_size: int = 0,
     seed: int = 0,
     batch_sampling: str = "epoch",
-    nngp=None,
+    nngp: ArrayLike | None = None,
 ) -> Trajectory:
     r"""Predict peer-to-peer training of a linearised network from its kernels.
 
@@ -419,6 +420,8 @@ def predict_from_kernels(
         instead of the iteration.
     record_outputs : bool
         Also return the outputs of every agent at every record.
+    progress : bool
+        A progress bar over the steps.
     reference : bool
         Also run the centralised reference (``central_*`` fields): one ``eigh`` of the
         kernel, then ``O(N K)`` per step (:mod:`ntkdyn.dynamics.solver`).
@@ -509,7 +512,8 @@ def predict_from_kernels(
                        batch_sampling=batch_sampling, init=init)[0]
 
 
-def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, steps,
+def sweep_from_kernels(kernel_train: ArrayLike, y_train: ArrayLike, agent: ArrayLike,
+                       mixing: ArrayLike | MixingProcess, lrs: Sequence[Rates], steps: Steps,
                        algorithm: str | Algorithm = "dgd", **kwargs) -> list[Trajectory]:
     """Like :func:`predict_from_kernels` for several learning rates at once.
 
@@ -527,7 +531,7 @@ def sweep_from_kernels(kernel_train, y_train, agent, mixing, lrs: Sequence, step
 def build_problem(
     arch: Any,
     parts: Partition,
-    mixing,
+    mixing: ArrayLike | MixingProcess,
     *,
     kernel: str = "analytic",
     seed: int = 0,
@@ -553,8 +557,12 @@ def build_problem(
     kernel : "analytic" or "empirical"
         Infinite-width NTK, or ``J J^T`` of the finite network at ``params``
         (default: initialised with ``seed``).
+    seed : int
+        Seed of the network's initialisation (empirical kernel, ``f0="network"``).
+    params : pytree, optional
+        The network's parameters instead of those initialised with ``seed``.
     f0 : "random", "mean" (or "zero"), or "network", optional
-        Outputs at initialisation (:func:`_resolve_f0` gives the default).  The problem
+        Outputs at initialisation (:func:`resolve_f0` gives the default).  The problem
         holds ``f_0 = 0`` for ``"mean"`` and ``"random"`` (whose sampled initial outputs
         :func:`predict` adds as extra columns) and the network's outputs for
         ``"network"`` (the network initialised with ``seed``, or ``params``).
@@ -566,8 +574,8 @@ def build_problem(
         The trained loss (see :func:`ntkdyn.predict_from_kernels`).
     """
     return build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed, params=params,
-                                  f0=f0,
-                  traced=traced, rates=rates, loss=loss, logit_scale=logit_scale)[0]
+                                  f0=f0, traced=traced, rates=rates, loss=loss,
+                                  logit_scale=logit_scale)[0]
 
 
 def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, seed: int,
@@ -642,10 +650,10 @@ def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, 
 def predict(
     arch: Any,
     parts: Partition,
-    mixing,
-    lr,
+    mixing: ArrayLike | MixingProcess,
+    lr: Rates,
     algorithm: str | Algorithm = "dgd",
-    steps=range(0, 1001, 10),
+    steps: Steps = range(0, 1001, 10),
     *,
     kernel: str = "analytic",
     seed: int = 0,
@@ -657,7 +665,7 @@ def predict(
     progress: bool = False,
     reference: bool = True,
     kernel_dtype: str | None = None,
-    devices=None,
+    devices: Any = None,
     samples: int | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
@@ -1159,10 +1167,10 @@ def _predict_lowrank(arch: Any, parts: Partition, mixing, lr, algorithm, steps, 
 def predict_sweep(
     arch: Any,
     parts: Partition,
-    mixing,
-    lrs: Sequence,
+    mixing: ArrayLike | MixingProcess,
+    lrs: Sequence[Rates],
     algorithm: str | Algorithm = "dgd",
-    steps=range(0, 1001, 10),
+    steps: Steps = range(0, 1001, 10),
     *,
     kernel: str = "analytic",
     seed: int = 0,
@@ -1312,7 +1320,8 @@ def _sweep_with_width(arch, parts, mixing, lrs, algorithm, steps, *, kernel, see
                                                                         strict=True)]
 
 
-def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> StabilityReport:
+def stability(problem: KernelProblem, algorithm: str | Algorithm,
+              lr: Rates) -> StabilityReport:
     """Stability report (spectral radius, exact lr*, sufficient bound, margin).
 
     With ``problem.loss == "cross_entropy"`` the report is that of the step linearised at
@@ -1327,6 +1336,6 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> Stabili
     return _stability(problem, algorithm, lr)
 
 
-def fixed_point(problem: KernelProblem, algorithm: str | Algorithm, lr) -> FixedPoint:
+def fixed_point(problem: KernelProblem, algorithm: str | Algorithm, lr: Rates) -> FixedPoint:
     """Steady state and consensus gap (see :mod:`ntkdyn.fixed_point`)."""
     return _fixed_point(problem, algorithm, lr)

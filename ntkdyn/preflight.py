@@ -508,6 +508,21 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         Train the real network briefly (``edge_steps`` steps) at rates above ``lr*``
         (doubling, then ``edge_bisections`` bisections) to find where real training
         stops converging; results are cached in ``cache_dir``.
+    edge_steps : int
+        Training steps per edge trial (default 300).
+    edge_bisections : int
+        Bisections between the last converging and the first diverging rate (default 4).
+    cache_dir : str or Path, optional
+        Folder of the cached edge trials (``ntkdyn check``: ``.cache/ntkdyn-edge``).
+    progress : bool
+        Progress bars of the long steps.
+
+    Returns
+    -------
+    CheckReport
+        ``text()`` the report, ``to_json()`` the machine-readable one
+        (``ntkdyn/schemas/check.schema.json``), ``exit_code`` 0 inside the regime with the
+        target reached by :attr:`CheckReport.target_of`, else 1.
     """
     t0 = time.perf_counter()
     cfg = load_config(config) if not isinstance(config, Config) else config

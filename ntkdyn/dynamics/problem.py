@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ntkdyn._utils.checks import agent_indices, as_float_array, check_shape
+from ntkdyn._utils.types import ArrayLike
 from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
 from ntkdyn.losses import check_logit_scale, check_loss, class_targets
 
@@ -190,15 +191,15 @@ def _labels(y: np.ndarray) -> np.ndarray:
 
 
 def make_problem(
-    kernel_train,
-    y_train,
-    agent,
-    mixing,
+    kernel_train: ArrayLike,
+    y_train: ArrayLike,
+    agent: ArrayLike,
+    mixing: ArrayLike | MixingProcess,
     *,
-    f0_train=None,
-    kernel_test_train=None,
-    y_test=None,
-    f0_test=None,
+    f0_train: ArrayLike | None = None,
+    kernel_test_train: ArrayLike | None = None,
+    y_test: ArrayLike | None = None,
+    f0_test: ArrayLike | None = None,
     loss: str = "mse",
     logit_scale: float = 1.0,
 ) -> KernelProblem:

@@ -35,6 +35,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,11 +227,11 @@ def _widths_arg(widths, cfg: Config) -> tuple[int, ...]:
 
 
 def validate(
-    config_or_path,
+    config_or_path: Config | str | Path,
     *,
     out: str | Path | None = None,
-    widths=None,
-    kernels=KERNEL_CHOICES,
+    widths: Sequence[int] | str | None = None,
+    kernels: Sequence[str] | str = KERNEL_CHOICES,
     resume: bool = False,
     progress: bool = False,
     linearised: bool = True,
