@@ -63,6 +63,7 @@ def test_predict_command_writes_outputs(tmp_path):
         traj.mean_network.network_mean("test_acc")[-1], abs=1e-12)
     assert summary["final_test_loss_mean_network"] == pytest.approx(
         traj.mean_network.network_mean("test_loss")[-1], rel=1e-12)
+    assert summary["mean_network_is"] == "mean network (f0 = 0)"
     # a stable run without an exact analysis says so instead of null
     assert summary["stability"].startswith("not computed for this run")
     assert (out / "trajectory.png").stat().st_size > 10_000
@@ -201,6 +202,8 @@ def test_predict_command_with_cross_entropy(tmp_path):
     assert "softmax curvature" in traj.metadata["stability"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["loss"] == "cross_entropy" and summary["status"] == "ok"
+    assert summary["mean_network_is"] == ("network from f0 = 0 (cross-entropy: not the mean "
+                                          "network)")
     # the default is now one random network: its mean network (f0 = 0) starts at the
     # cross-entropy of softmax(2 f) near f = 0, about log K = log 3, decreasing; the expected
     # loss over initialisations starts above it (CE is convex in f: Jensen) and decreases

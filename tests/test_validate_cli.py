@@ -152,6 +152,7 @@ def test_width_sweep_python_api(tmp_path):
 @pytest.mark.parametrize("extra, needle", [
     (["--kernels", "exact"], "kernels: expected"),
     (["--widths", "64,abc"], "widths: expected comma-separated integers"),
+    (["--widths", "128,128"], "widths: expected distinct widths, got (128, 128)"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, extra, needle):
     out = tmp_path / "out"

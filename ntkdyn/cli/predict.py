@@ -65,6 +65,7 @@ def _summary(traj, cfg) -> dict:
     """``summary.json``: status, final values, bands and what the run describes; keys that
     do not apply to this run are left out."""
     from ntkdyn.config.schema import applicable
+    from ntkdyn.trajectory import zero_run_name
 
     t = cfg.training
     summary = {
@@ -90,6 +91,9 @@ def _summary(traj, cfg) -> dict:
         if getattr(traj, "mean_network", None) is not None else None,
         "final_test_acc_mean_network": _last_mean(traj.mean_network.test_acc)
         if getattr(traj, "mean_network", None) is not None else None,
+        # what the *_mean_network keys are (with cross-entropy: not the mean network)
+        "mean_network_is": zero_run_name(t.loss)
+        if getattr(traj, "mean_network", None) is not None else None,
         "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
         if getattr(traj, "expected", None) is not None else None,
         "low_rank": _low_rank_summary(traj),
@@ -100,7 +104,7 @@ def _summary(traj, cfg) -> dict:
                 "low_rank", "minibatch", "initialisation_samples",
                 "final_test_loss_band_5_95", "final_test_acc_band_5_95",
                 "final_test_loss_mean_network", "final_test_acc_mean_network",
-                "finite_width"):
+                "mean_network_is", "finite_width"):
         if summary[key] is None:  # list only what applies to this run
             del summary[key]
     return summary

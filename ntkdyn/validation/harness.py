@@ -223,7 +223,9 @@ def _widths_arg(widths, cfg: Config) -> tuple[int, ...]:
     widths = tuple(int(w) for w in widths)
     if not widths or any(w <= 0 for w in widths):
         raise ValueError(f"widths: expected positive integers, got {widths!r}")
-    return tuple(sorted(set(widths)))
+    if len(set(widths)) < len(widths):  # a repeated width would train the same networks
+        raise ValueError(f"widths: expected distinct widths, got {widths!r}")
+    return tuple(sorted(widths))
 
 
 def validate(

@@ -198,8 +198,10 @@ def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = "")
                     label=f"{kernel} NTK, max over t (fitted slope {slope:.2f})")
             at_end = sweep.get("errors_at_horizon", {}).get(key)
             if at_end is not None:
+                # larger open rings drawn on top: visible where they equal the maximum
                 ax.plot(widths[used], np.asarray(at_end, float)[used], "o", mfc="none",
-                        color=colour, label=f"{kernel} NTK, at the horizon")
+                        ms=11, mew=1.5, zorder=4, color=colour,
+                        label=f"{kernel} NTK, at the horizon")
             if (~used).any():
                 shown = np.where(np.isfinite(errs) & (errs > 0), errs, np.nan)[~used]
                 ax.plot(widths[~used], shown, "x", color=colour, ms=9, mew=2,
