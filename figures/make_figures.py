@@ -55,7 +55,7 @@ PRED, NONLIN, LIN = "predicted", "nonlinear", "linearised"
 STYLE = {PRED: dict(ls="--", color="black", lw=1.8), NONLIN: dict(ls="-", color="tab:blue", lw=1.6),
          LIN: dict(ls="-", color="tab:orange", lw=1.0, alpha=0.8)}
 LABEL = {PRED: "predicted (kernel space)", NONLIN: "observed: real network",
-         LIN: "observed: linearised network"}
+         LIN: "observed: linearised network (under the prediction: exact for it)"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -111,15 +111,19 @@ class Runner:
                 kernel = extra.get("kernel", "empirical")
                 problem = nd.build_problem(exp.arch, exp.parts, exp.mixing, kernel=kernel,
                                            seed=cfg.seed, f0="network", traced=False)
-                # stability is reported by the solver when a run blows up; the exact lr*
-                # of every run is not needed here (experiments 3 and 4 compute it)
+                # the exact lr* of every run is not needed here (experiments 3 and 4
+                # compute it); the status comes from the trajectory (below)
                 return run_problem(problem, t.algorithm, [lr], cfg.steps,
                                    check_stability=False, metadata={"kernel": kernel})[0]
             return train(exp.arch, exp.parts, exp.mixing, lr, t.algorithm, cfg.steps,
                          seed=cfg.seed, model="linearised" if kind == LIN else "nonlinear",
                          dtype="float64" if kind == LIN else "float32")
 
-        return self.cached_trajectory(kind, raw, extra, compute)
+        traj = self.cached_trajectory(kind, raw, extra, compute)
+        # a blow-up seen in the trajectory itself is a divergence, as ntkdyn validate says
+        # (the solver's own bound is 1e8 x the first step: a prediction at 1.8 lr* had
+        # grown to a test loss of 1e16 within 40 steps and still read "ok")
+        return agreement.with_growth_status(traj) if kind == PRED else traj
 
     def json(self, kind: str, raw: dict, compute, **extra) -> dict:
         return self.cached(self._path(kind, raw, extra).with_suffix(".json"), compute,
@@ -139,6 +143,19 @@ def _pos(y):
     """Values for a log axis: non-positive ones (e.g. consensus 0 at step 0) are not drawn."""
     y = np.asarray(y, float)
     return np.where(y > 0, y, np.nan)
+
+
+def _log_y(ax) -> None:
+    """A log y axis labelled with plain numbers (0.3, 2, 10) instead of 3 x 10^-1; the
+    minor ticks labelled only when no power of ten lies inside the axis (else they crowd
+    the major labels)."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    no_decade = np.floor(np.log10(lo)) == np.floor(np.log10(hi))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if no_decade else NullFormatter())
 
 
 def _with(raw: dict, **sections) -> dict:
@@ -204,7 +221,7 @@ def run_dynamics(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
                 ax.plot(tr.steps, _pos(mean) if log else mean, **STYLE[kind],
                         label=LABEL[kind] + " (mean)")
             if m in ("train_loss", "test_loss", "consensus_dist"):
-                ax.set_yscale("log")
+                _log_y(ax)
             if i == 0:
                 ax.set_title(f"{top}")
             if j == 0:
@@ -214,9 +231,13 @@ def run_dynamics(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
             ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if len(metrics) and metrics[0] in ("train_loss", "test_loss", "test_acc"):
-        handles.append(plt.Line2D([], [], color="tab:red", lw=0.6))
-        labels.append("thin: individual agents (dashed predicted, solid observed)")
-    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
+        handles.append(plt.Line2D([], [], color="0.5", lw=0.6))
+        labels.append("thin: individual agents, one colour each (dashed predicted, solid "
+                      "observed)")
+    import textwrap
+
+    fig.legend(handles, [textwrap.fill(lab, 48) for lab in labels], loc="lower center",
+               ncol=2, frameon=False)
     fig.suptitle(spec["title"] + " - width {}, {} agents".format(
         raw["architecture"]["width"], raw["partition"]["agents"]))
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
@@ -237,17 +258,23 @@ def run_algorithms(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
         for j, algo in enumerate(spec["algorithms"]):
             ra = _with(r, training={"algorithm": algo})
             ax = axes[i, j]
+            tops = []  # the largest test loss of the runs that stayed ok
             for kind in (NONLIN, LIN, PRED):
                 tr = runner.trajectory(kind, ra, lr=lr)
                 summary["status"][f"{tag}/{algo}/{kind}"] = tr.status
                 y = tr.network_mean("test_loss")
                 ax.plot(tr.steps, y, **STYLE[kind], label=LABEL[kind])
-                if tr.status != "ok":
+                if tr.status == "ok" and len(y):
+                    tops.append(float(np.nanmax(y)))
+                if tr.status != "ok":  # top right, boxed: off the curves at the bottom
                     ax.annotate(f"{kind}: {tr.status}" + (f" at step {tr.diverged_at}"
                                                         if tr.diverged_at else ""),
-                                xy=(0.02, 0.04 + 0.1 * (kind == LIN)), xycoords="axes fraction",
-                                fontsize=6, color=STYLE[kind]["color"])
+                                xy=(0.97, 0.95 - 0.1 * (kind == LIN)), xycoords="axes fraction",
+                                ha="right", va="top", fontsize=6, color=STYLE[kind]["color"],
+                                bbox=dict(fc="white", ec="none", alpha=0.85, pad=1))
             ax.set_yscale("log")
+            if tops and len(tops) < 3:  # a diverging run leaves the top, not squashing the rest
+                ax.set_ylim(top=max(ax.get_ylim()[0] * 10, 100 * max(tops)))
             ax.set_title(f"{algo.upper()}, lr={lr:.3g} ({lr / stars[algo]:.2f} lr*)")
             ax.grid(alpha=0.3)
             if j == 0:
@@ -298,13 +325,16 @@ def run_stability_map(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
     ax.plot(lam, conv, "^", color="tab:red", ms=5,
             label="DGD real network: last rate that converged")
     ax.plot(lam, div, "x", color="tab:red", ms=6, label="DGD real network: first that failed")
-    seen: dict[float, int] = {}
+    # one label per drawn point, beside it; topologies whose points coincide (the hypercube
+    # and the 2 x 4 torus of 8 agents are the same graph) share it
+    points: dict[tuple, list[str]] = {}
     for x in rows:
-        k = seen.setdefault(round(x["lambda_min"], 6), 0)
-        seen[round(x["lambda_min"], 6)] += 1
-        ax.annotate(x["topology"].replace("_", "-"), (x["lambda_min"], x["dgd_lr_star"]),
-                    fontsize=6, textcoords="offset points", xytext=(4, -9 - 8 * k))
-    ax.set_yscale("log")
+        key = (round(x["lambda_min"], 6), round(float(np.log10(x["dgd_lr_star"])), 2))
+        points.setdefault(key, []).append(x["topology"].replace("_", "-"))
+    for (lam_x, log_lr), names in points.items():
+        ax.annotate(" = ".join(names), (lam_x, 10 ** log_lr), fontsize=6,
+                    textcoords="offset points", xytext=(6, -2), va="center")
+    _log_y(ax)
     ax.set_xlim(lam.min() - 0.08, lam.max() + 0.12)
     ax.set_xlabel(r"$\lambda_{\min}(W)$ (Metropolis weights)")
     ax.set_ylabel("learning rate")
@@ -318,6 +348,8 @@ def run_stability_map(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
 
 
 def run_width(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
+    from matplotlib.ticker import NullLocator
+
     plt = _pyplot()
     widths = spec["widths"]
     r0 = _with(raw, architecture={"width": widths[-1]})
@@ -344,6 +376,8 @@ def run_width(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
         ref = np.array(errs[("empirical", m)])[0] * (np.array(widths) / widths[0]) ** -0.5
         ax.loglog(widths, ref, ":", color="0.5", label=r"$\propto$ width$^{-1/2}$")
         ax.set_xlabel("width")
+        ax.set_xticks(widths, [str(w) for w in widths])  # the widths used, not decades
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_ylabel(r"$\max_t |\mathrm{pred}_t-\mathrm{obs}_t| / |\mathrm{obs}_t|$")
         ax.set_title("network-mean " + ("test loss" if m == "test_loss" else
                                         r"$\|\theta-\theta_0\|$"))
@@ -376,13 +410,13 @@ def run_noniid(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
                                "final_test_error_observed": (1 - obs.test_acc[-1]).tolist()}
         ax.set_title(rf"Dirichlet $\alpha$={alpha:g}")
         ax.set_xlabel("step")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("test error (per agent)")
     handles = [plt.Line2D([], [], color="k", ls="-"), plt.Line2D([], [], color="k", ls="--")]
     fig.legend(handles, ["observed (real network)", "predicted"], loc="lower center", ncol=2,
                frameon=False)
-    fig.suptitle(spec["title"] + " - one colour per agent")
+    fig.suptitle(spec["title"] + f"\nwidth {raw['architecture']['width']}, "
+                 f"{raw['partition']['agents']} agents, one colour per agent")
     fig.tight_layout(rect=(0, 0.08, 1, 0.93))
     return {"files": _save(fig, out, spec["figure"]), **summary}
 
@@ -539,18 +573,19 @@ def run_cross_entropy(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
         for tr, ls in ((obs, "-"), (pred, "--")):
             arr = getattr(tr, m)
             for q in range(arr.shape[1]):
-                ax.plot(tr.steps, arr[:, q], ls=ls, color=colours(q % 10), lw=0.9, alpha=0.8)
+                ax.plot(tr.steps, arr[:, q], ls=ls, color=colours(q % 10), lw=0.7, alpha=0.5)
+            ax.plot(tr.steps, arr.mean(axis=1), ls=ls, color="black", lw=2.0)  # network mean
         e = summary["full_batch"][m]["pointwise"]
         ax.set_title(f"{ylabel[m].split(' (')[0]} per agent (network mean within "
                      f"{100 * e:.1f} %)")
         ax.set_ylabel(ylabel[m])
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color="black", ls="-", lw=1.2),
-               plt.Line2D([], [], color="black", ls="--", lw=1.2)]
-    fig.legend(handles, ["real network (float32), one colour per agent",
-                         "predicted (kernel space, empirical NTK)"],
-               loc="lower center", ncol=2, frameon=False)
+    handles = [plt.Line2D([], [], color="black", ls="-", lw=2.0),
+               plt.Line2D([], [], color="black", ls="--", lw=2.0)]
+    fig.legend(handles, ["real network (float32): thick network mean, thin one colour "
+                         "per agent", "predicted (kernel space, empirical NTK), same"],
+               loc="lower center", ncol=2, frameon=False, fontsize=7)
     fig.suptitle(f"{spec['title']}, full batch: {where}")
     fig.tight_layout(rect=(0, 0.08, 1, 0.94))
     files = _save(fig, out, spec["figure"])
@@ -575,7 +610,7 @@ def run_cross_entropy(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
         for ax, shift in ((axes[0, j], 0.0), (axes[1, j], centre)):
             ax.fill_between(band.steps, lo - shift, hi - shift, color="tab:blue", alpha=0.3,
                             lw=0, label=f"predicted 5-95 % band ({spec['sgd_samples']} "
-                                        "batch sequences)")
+                                        "batch sequences; narrow: see the lower row)")
             ax.plot(band.steps, centre - shift, ls="--", color="tab:blue", lw=1.2,
                     label="predicted mean over sequences")
             ax.plot(seq0.steps, seq0.network_mean(m) - shift, ls=":", color="black", lw=1.4,
@@ -583,11 +618,10 @@ def run_cross_entropy(runner: Runner, raw: dict, spec: dict, out: Path) -> dict:
             ax.plot(real.steps, real.network_mean(m) - shift, ls="-", color="tab:red", lw=1.4,
                     label="real network on sequence 0's batches")
             ax.grid(alpha=0.3)
-        name = ylabel[m].split(" (")[0]
         axes[0, j].set_title(f"network mean; real inside the band at {100 * cover:.0f} % "
                              "of records", fontsize=8)
         axes[0, j].set_ylabel(ylabel[m])
-        axes[1, j].set_ylabel(f"{name} minus predicted mean" + (" (nats)" if j == 0 else ""))
+        axes[1, j].set_ylabel("minus predicted mean" + (" (nats)" if j == 0 else ""))
         axes[1, j].set_xlabel("step")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)

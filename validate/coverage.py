@@ -473,12 +473,16 @@ def figure(rows: list, path: Path, c: float, config: str, width: int, n_show: in
     axes[0].set_ylabel("test loss, mean over agents\n(0.5 |f - y|^2 per test example)")
     axes[0].set_title("whole run (log scale)", fontsize=10)
     axes[1].set_title(f"steps {steps[half]}-{steps[-1]} (linear)", fontsize=10)
-    axes[1].legend(fontsize=7.5, loc="upper right")
-    fig.suptitle(f"{config.replace('_', ' ')}, width {width}, lr {row['lr']:g}, 8 agents, "
+    axes[1].set_ylabel("test loss, mean over agents")
+    # below the panels: inside the right panel it covered the band's top and a real network
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7.5, loc="lower center", ncol=2, frameon=False)
+    topo, algo = (config.split("_", 1) + [""])[:2]
+    fig.suptitle(f"{algo.upper()} on a {topo}, width {width}, lr {row['lr']:g}, 8 agents, "
                  "digits 200/100:\n"
                  f"{100 * inside:.0f} % of the network-mean points of all {real.shape[0]} "
                  f"seeds (steps >= 10) inside the 5-95 % band{note}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))  # room for the legend below
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -183,7 +183,7 @@ def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = "")
     """Pointwise relative error of the network mean against width (log-log), with slopes."""
     plt = pyplot()
     widths = np.asarray(sweep["widths"], float)
-    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(11, 4.4), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(11, 5.4), constrained_layout=True)
     kernels = sorted({key.split(" vs ")[1] for key in sweep["errors"]})
     colours = {"analytic": "tab:blue", "empirical": "tab:orange"}
     for ax, metric in zip(np.atleast_1d(axes), HEADLINE, strict=True):
@@ -234,7 +234,10 @@ def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = "")
         ax.set_ylabel(r"$\max_t\,|\mathrm{pred}_t-\mathrm{obs}_t|\,/\,|\mathrm{obs}_t|$")
         ax.set_title(_LABELS.get(metric, metric), fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.plot([], [], "--", color="0.5", lw=1, label="fitted power law (thin dashed)")
+        # below the panel (constrained layout makes room): inside, it covered markers
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+                  frameon=False)
     fig.suptitle("Predicted vs observed (nonlinear network) against width"
                  + (f"\n{subtitle}" if subtitle else ""))
     if stem is None:
