@@ -281,7 +281,7 @@ def test_plot_draws_init_and_sequence_bands_apart(small, tmp_path):
     traj = _predict(small, small["W"], nngp=small["nngp"], samples=4, seed=1, batch_size=2)
     fig = plot_trajectory(traj)
     labels = fig.legends[0].get_texts()
-    words = [t.get_text() for t in labels]
+    words = [" ".join(t.get_text().split()) for t in labels]  # labels may be wrapped
     assert any("initialisations and mini-batch sequences jointly" in w for w in words)
     assert any("over 4 initialisations alone" in w for w in words)
     assert any("over 4 mini-batch sequences alone" in w for w in words)

@@ -99,7 +99,7 @@ def test_width_band_plot_is_labelled_apart_from_the_init_band():
                           steps=[0, 10, 20], width=32, width_samples=3, samples=8)
     fig = plot_trajectory(traj)
     labels = fig.legends[0].get_texts()
-    words = [t.get_text() for t in labels]
+    words = [" ".join(t.get_text().split()) for t in labels]  # labels may be wrapped
     assert any("over 3 networks of width 32" in s for s in words), words
     assert any("sampled initialisations" in s for s in words), words
     import matplotlib.pyplot as plt

@@ -482,7 +482,7 @@ def _metadata(algo: Algorithm, arch, parts: Partition, mixing: np.ndarray, setti
         notes.append(f"mini-batch SGD (batch {settings['batch_size']}, sequence "
                      f"{int(batch_sample)} of seed {settings['seed']}): the same batches as "
                      f"sequence {int(batch_sample)} of the prediction with batch_size and seed "
-                     "(a prediction over several sequences describes their distribution; "
+                     "(a prediction over several sequences gives their mean and band; "
                      "ntkdyn validate compares with its sequence 0 alone)")
     meta = {"algorithm": algo.name, "num_agents": parts.num_agents,
             "num_train": parts.dataset.num_train, "num_outputs": parts.dataset.num_classes,
