@@ -168,8 +168,9 @@ def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colour
         for q in range(low.shape[1]):
             ax.fill_between(traj.steps, _positive(low[:, q]) if log else low[:, q],
                             _positive(high[:, q]) if log else high[:, q],
-                            color=colours[q], alpha=0.15, lw=0,
-                            label=_band_label(traj) if q == 0 else None)
+                            color=colours[q], alpha=0.15, lw=0)
+        # the legend's swatch in a neutral shade: the agents' bands overlap in every colour
+        ax.fill_between([], [], [], color="0.55", alpha=0.35, lw=0, label=_band_label(traj))
     _width_band(ax, traj, name, log)
     _split_bands(ax, traj, name, log)
     if expected is not None and getattr(expected, name, None) is not None:
@@ -232,7 +233,7 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    handles.append(plt.Line2D([], [], color=colours[0], lw=0.8))
+    handles.append(plt.Line2D([], [], color="0.5", lw=0.8))
     labels.append(f"agents 1..{traj.num_agents} (one colour each)")
     labels, ncol = legend_layout(labels)
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
