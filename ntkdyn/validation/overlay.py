@@ -227,22 +227,27 @@ def width_sweep_figure(sweep: dict, stem: str | Path | None, subtitle: str = "")
             if np.isfinite(first) and first > 0:
                 ax.plot(widths, first * (widths / w0) ** -0.5, ":", color="0.4",
                         label="slope -1/2 (theory)")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(widths, [str(int(w)) for w in widths])
-        ax.set_xlabel("width")
-        ax.set_ylabel(r"$\max_t\,|\mathrm{pred}_t-\mathrm{obs}_t|\,/\,|\mathrm{obs}_t|$")
-        ax.set_title(_LABELS.get(metric, metric), fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        ax.plot([], [], "--", color="0.5", lw=1, label="fitted power law (thin dashed)")
-        # below the panel (constrained layout makes room): inside, it covered markers
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
-                  frameon=False)
+        _finish_sweep_axis(ax, widths, metric)
     fig.suptitle("Predicted vs observed (nonlinear network) against width"
                  + (f"\n{subtitle}" if subtitle else ""))
     if stem is None:
         return fig
     return _save(fig, Path(stem))
+
+
+def _finish_sweep_axis(ax, widths: np.ndarray, metric: str) -> None:
+    """Scales, ticks at the widths, labels and the legend of one width-sweep panel."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(widths, [str(int(w)) for w in widths])
+    ax.set_xlabel("width")
+    ax.set_ylabel(r"$\max_t\,|\mathrm{pred}_t-\mathrm{obs}_t|\,/\,|\mathrm{obs}_t|$")
+    ax.set_title(_LABELS.get(metric, metric), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.plot([], [], "--", color="0.5", lw=1, label="fitted power law (thin dashed)")
+    # below the panel (constrained layout makes room): inside, it covered markers
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+              frameon=False)
 
 
 __all__ = ["algorithm_title", "overlay_figure", "width_sweep_figure"]
