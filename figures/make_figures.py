@@ -147,15 +147,21 @@ def _pos(y):
 
 def _log_y(ax) -> None:
     """A log y axis labelled with plain numbers (0.3, 2, 10) instead of 3 x 10^-1; the
-    minor ticks labelled only when no power of ten lies inside the axis (else they crowd
-    the major labels)."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    minor ticks all labelled when no power of ten lies inside the axis, else those at 2 and
+    5 only (all of them crowd the major labels)."""
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
     no_decade = np.floor(np.log10(lo)) == np.floor(np.log10(hi))
+
+    def two_and_five(v, _pos):  # with a decade inside, the minor ticks at 2 and 5 only
+        mantissa = round(v / 10 ** np.floor(np.log10(v)))
+        return f"{v:g}" if mantissa in (2, 5) else ""
+
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if no_decade else NullFormatter())
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if no_decade
+                                 else FuncFormatter(two_and_five))
 
 
 def _with(raw: dict, **sections) -> dict:
