@@ -68,6 +68,7 @@ def _summary(traj, cfg) -> dict:
     from ntkdyn.trajectory import zero_run_name
 
     t = cfg.training
+    mean_net = getattr(traj, "mean_network", None)
     summary = {
         "status": traj.status,
         "diverged_at": traj.diverged_at,
@@ -84,16 +85,15 @@ def _summary(traj, cfg) -> dict:
         and not t.batch_size else None,
         "minibatch": _minibatch_summary(traj),
         "initialisation_samples": getattr(traj, "samples", None)
-        if getattr(traj, "mean_network", None) is not None else None,
+        if mean_net is not None else None,
         "final_test_loss_band_5_95": _last_band(traj, "test_loss"),
         "final_test_acc_band_5_95": _last_band(traj, "test_acc"),
-        "final_test_loss_mean_network": _last_mean(traj.mean_network.test_loss)
-        if getattr(traj, "mean_network", None) is not None else None,
-        "final_test_acc_mean_network": _last_mean(traj.mean_network.test_acc)
-        if getattr(traj, "mean_network", None) is not None else None,
+        "final_test_loss_mean_network": None if mean_net is None
+        else _last_mean(mean_net.test_loss),
+        "final_test_acc_mean_network": None if mean_net is None
+        else _last_mean(mean_net.test_acc),
         # what the *_mean_network keys are (with cross-entropy: not the mean network)
-        "mean_network_is": zero_run_name(t.loss)
-        if getattr(traj, "mean_network", None) is not None else None,
+        "mean_network_is": None if mean_net is None else zero_run_name(t.loss),
         "final_test_loss_mean_of_mean_state": _last_mean(traj.expected.test_loss)
         if getattr(traj, "expected", None) is not None else None,
         "low_rank": _low_rank_summary(traj),
@@ -218,14 +218,15 @@ def _short_quantity(words: str, band_over: str = "init", loss: str = "mse") -> s
     :data:`ntkdyn.dynamics.random_init.BAND_WORDS`: initialisations alone, or jointly with
     the mixing / mini-batch sequences) and what the dash-dot curve is (the run from
     ``f0 = 0``: not the mean network with cross-entropy, ``loss``)."""
+    from ntkdyn.trajectory import zero_run_name
+
     if words.startswith("mean network"):
         return "mean network over random initialisations (f0 = 0), not one random network"
     if words.startswith("the network started from f0 = 0"):  # cross-entropy
         return "the network started from f0 = 0 (cross-entropy: not the mean network)"
     if words.startswith("one random network"):
         return (f"one random network: expected over initialisations, 5-95 % band "
-                f"{_band_words(band_over)}; dash-dot: "
-                + ("network from f0 = 0" if loss == "cross_entropy" else "mean network"))
+                f"{_band_words(band_over)}; dash-dot: {zero_run_name(loss).split(' (')[0]}")
     return words.split(":")[0]
 
 

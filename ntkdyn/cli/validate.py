@@ -49,9 +49,7 @@ def interrupted(args) -> str:
 
     out = Path(args.out)
     kept = []
-    for ck in sorted((out / "checkpoints").glob("*.npz")):
-        if ck.name.endswith(".partial.npz"):
-            continue
+    for ck in _finished_checkpoints(out):
         try:
             with np.load(ck, allow_pickle=False) as data:
                 kept.append(f"{ck.stem} at step {int(data['steps_done'])}")
@@ -70,6 +68,13 @@ def interrupted(args) -> str:
     return "; ".join(parts) + "; add --resume to the same command to continue from them"
 
 
+def _finished_checkpoints(out: Path) -> list[Path]:
+    """The training checkpoints in ``out/checkpoints`` (not the ``.partial.npz`` files a
+    write in progress leaves)."""
+    return [ck for ck in sorted((out / "checkpoints").glob("*.npz"))
+            if not ck.name.endswith(".partial.npz")]
+
+
 def run(args) -> int:
     from ntkdyn._utils.io import check_output
     from ntkdyn.config.schema import load_config
@@ -77,13 +82,10 @@ def run(args) -> int:
 
     cfg = load_config(args.config)
     check_output(args.out)
-    kernels = "analytic,empirical" if args.kernels.strip() == "both" else args.kernels
-    ck_dir = Path(args.out) / "checkpoints"
-    if args.resume and not any(not c.name.endswith(".partial.npz")
-                               for c in ck_dir.glob("*.npz")):
-        print(f"ntkdyn validate: --resume: no checkpoints in {ck_dir} (a finished run removes "
-              "them); starting afresh", file=sys.stderr)
-    result = validate(cfg, out=args.out, widths=args.widths, kernels=kernels,
+    if args.resume and not _finished_checkpoints(Path(args.out)):
+        print(f"ntkdyn validate: --resume: no checkpoints in {Path(args.out) / 'checkpoints'} "
+              "(a finished run removes them); starting afresh", file=sys.stderr)
+    result = validate(cfg, out=args.out, widths=args.widths, kernels=args.kernels,
                       resume=args.resume, progress=not args.quiet,
                       linearised=not args.no_linearised)
     print(result.summary())

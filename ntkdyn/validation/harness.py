@@ -201,6 +201,10 @@ def _as_config(config_or_path) -> Config:
 
 
 def _kernels_arg(kernels) -> tuple[str, ...]:
+    """``kernels`` as a tuple of :data:`KERNEL_CHOICES`: a sequence, ``"a,b"``, or
+    ``"both"`` (every choice, the default of ``ntkdyn validate --kernels``)."""
+    if isinstance(kernels, str) and kernels.strip() == "both":
+        return KERNEL_CHOICES
     if isinstance(kernels, str):
         kernels = [k for k in kernels.split(",") if k.strip()]
     kernels = tuple(k.strip() for k in kernels)
