@@ -769,9 +769,11 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     (:func:`ntkdyn.lowrank.predict_lowrank_sweep`, each rate equal to its own
     ``predict_lowrank``; accuracies at the last record only, which is all the sweep
     reports of them; in the Gram form float32 Gram products, :data:`SWEEP_DTYPE`, the
-    state float64, as the exact check's float32 kernel); with a mixing sequence each rate is its own
-    :func:`~ntkdyn.lowrank.gossip.predict_lowrank_process` (the configured gossip samples);
-    training accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
+    state float64, as the exact check's float32 kernel); with a mixing sequence one run
+    too, the rates times the mixing groups (the configured gossip samples and ``E[W]``) as
+    column groups (:func:`~ntkdyn.lowrank.gossip.predict_lowrank_process_sweep`, each rate
+    equal to its own ``predict_lowrank_process``, in blocks of rates that fit); training
+    accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
     one run with the rates as column groups (:func:`~ntkdyn.lowrank.cross_entropy.
     predict_lowrank_ce_sweep`, static ``W`` or a periodic sequence), with random gossip
     each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` over the
@@ -799,11 +801,12 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     n = data.num_train
     kw.update(seed=cfg.seed, acc_rows=None if n <= LOW_RANK_SWEEP_ACC_ROWS
               else LOW_RANK_SWEEP_ACC_ROWS)
-    if gossip.is_process(exp.mixing):
-        from ntkdyn.lowrank.gossip import predict_lowrank_process
+    if gossip.is_process(exp.mixing):  # one pass: rates x mixing groups as column groups
+        from ntkdyn.lowrank.gossip import predict_lowrank_process_sweep
 
-        trajs = [predict_lowrank_process(factor, data.y_train, agent, exp.mixing, lr, steps,
-                                         algo, samples=exp.samples, **kw) for lr in rates]
+        trajs = predict_lowrank_process_sweep(factor, data.y_train, agent, exp.mixing, rates,
+                                              steps, algo, samples=exp.samples,
+                                              accuracies="final", **kw)
     else:  # one run, the rates as column groups (each step reads G_q once for all), with
         # float32 Gram products as the exact check's float32 kernel (measured on digits,
         # rank 128 / 400, 2,000 steps: losses within 2.4e-7, accuracies and statuses equal)

@@ -728,3 +728,88 @@ def test_divergence_is_flagged_per_sequence_as_on_the_exact_path():
         for f in ("train_loss", "param_dist", "consensus_dist"):
             x, z = getattr(a, f)[:m], getattr(b, f)[:m]
             assert np.max(np.abs(x - z)) <= REL * np.max(np.abs(x)), f
+
+
+@pytest.mark.parametrize("form", ["gram", "features"])
+@pytest.mark.parametrize("kind", ["periodic", "random_edges"])
+def test_process_sweep_in_one_pass_equals_one_run_per_rate(kind, form):
+    """``predict_lowrank_process_sweep``: ``G`` mixing groups x ``R`` rates in one state.
+    Each rate equals its own ``predict_lowrank_process`` (mean over the sequences, every
+    sequence, ``E[W]``, bands) to round-off, per-agent rates included; a rate above the
+    mean state's ``lr*`` diverges on its own (its status and step are its own run's) while
+    the others go on; ``accuracies="final"`` fills the last record only."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=2)
+    proc = _process(kind, q)
+    samples = None if kind == "periodic" else 3
+    steps = range(0, 41, 8)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    lrs = [0.3, [0.4, 0.3, 0.5, 0.35], 40.0]
+    sweep = lowrank.gossip.predict_lowrank_process_sweep(
+        factor, y, agent, proc, lrs, steps, "atc", samples=samples, y_test=yt, form=form)
+    assert len(sweep) == 3
+    for lr, got in zip(lrs, sweep, strict=True):
+        one = predict_lowrank_process(factor, y, agent, proc, lr, steps, "atc", y_test=yt,
+                                      samples=samples, form=form)
+        assert type(got) is type(one) and got.status == one.status
+        assert got.diverged_at == one.diverged_at and np.array_equal(got.steps, one.steps)
+        assert got.metadata == one.metadata
+        if one.status == "diverged":
+            continue
+        _assert_same(one, got, f"lr {lr}")
+        if kind == "random_edges":
+            _assert_same(one.expected, got.expected, f"lr {lr} E[W]")
+            for s in range(3):
+                _assert_same(one.sequence(s), got.sequence(s), f"lr {lr} sequence {s}")
+    assert [t.status for t in sweep] == ["ok", "ok", "diverged"]
+    final = lowrank.gossip.predict_lowrank_process_sweep(
+        factor, y, agent, proc, lrs[:2], steps, "atc", samples=samples, y_test=yt,
+        form=form, accuracies="final")
+    for a, b in zip(sweep[:2], final, strict=True):
+        assert np.isnan(b.test_acc[0]).all() and np.isnan(b.train_acc[:-1]).all()
+        assert np.allclose(a.test_acc[-1], b.test_acc[-1], rtol=0, atol=1e-12)
+        assert np.allclose(a.train_acc[-1], b.train_acc[-1], rtol=0, atol=1e-12)
+        assert np.allclose(a.test_loss, b.test_loss, rtol=REL, atol=0)
+
+
+def test_process_sweep_errors_name_the_field():
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    sweep = lowrank.gossip.predict_lowrank_process_sweep
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    with pytest.raises(ValueError, match="mixing: expected a mixing process"):
+        sweep(factor, y, agent, w, [0.1], [0, 4])
+    with pytest.raises(ValueError, match="lrs: expected a non-empty"):
+        sweep(factor, y, agent, _process("random_edges", q), [], [0, 4])
+    with pytest.raises(ValueError, match="accuracies: expected"):
+        sweep(factor, y, agent, _process("random_edges", q), [0.1], [0, 4], accuracies="x")
+    with pytest.raises(ValueError, match="samples: only for a random"):
+        sweep(factor, y, agent, _process("periodic", q), [0.1], [0, 4], samples=2)
+
+
+def test_process_sweep_runs_blocks_of_rates_that_fit(monkeypatch):
+    """Blocks of rates (given, or as many as fit under ``NTKDYN_MEMORY_LIMIT``) give the
+    same trajectories as one pass; ``sweep_rate_block`` shrinks with the limit."""
+    from ntkdyn.lowrank.gossip import predict_lowrank_process_sweep, sweep_rate_block
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=3)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    proc, lrs, steps = _process("one_edge", q), [0.1, 0.2, 0.3, 0.4, 0.5], range(0, 21, 5)
+    one = predict_lowrank_process_sweep(factor, y, agent, proc, lrs, steps, y_test=yt,
+                                        samples=2)
+    blocks = predict_lowrank_process_sweep(factor, y, agent, proc, lrs, steps, y_test=yt,
+                                           samples=2, rate_block=2)
+    for a, b in zip(one, blocks, strict=True):
+        _assert_same(a, b, "blocks of 2")
+    kw = dict(records=5)
+    assert sweep_rate_block(48, 16, r, q, 9, 5, **kw) == 5
+    from ntkdyn.lowrank.evolve import evolve_bytes
+
+    rows = max(48, (q + 1) * r) * r * 8
+    two = evolve_bytes(48, 16, r, q, 2 * 9, padded_rows=0, **kw) + rows
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", str(two))
+    assert sweep_rate_block(48, 16, r, q, 9, 5, **kw) == 2
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "1")
+    assert sweep_rate_block(48, 16, r, q, 9, 5, **kw) == 1  # one rate; refused later
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="rate_block: expected a positive integer"):
+            predict_lowrank_process_sweep(factor, y, agent, proc, lrs, steps, rate_block=bad)

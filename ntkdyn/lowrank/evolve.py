@@ -1101,7 +1101,7 @@ def predict_lowrank_sweep(factor: LowRankFactor, y_train, agent, mixing, lrs, st
                                   reference, rec_steps, phase, one.lr_q, meta, prep.order,
                                   float(div_at[i]))
         if finals is not None and len(traj.steps):
-            _set_last_accuracies(traj, {key: v[i] for key, v in finals.items()}, q_count)
+            set_last_accuracies(traj, {key: v[i] for key, v in finals.items()}, q_count)
         out.append(traj)
     return out
 
@@ -1127,7 +1127,7 @@ def final_accuracies(params, data: dict, q_count: int, central: bool,
     return {key: np.asarray(rec[key]) for key in keys}
 
 
-def _set_last_accuracies(traj: Trajectory, rec: dict, q: int) -> None:
+def set_last_accuracies(traj: Trajectory, rec: dict, q: int) -> None:
     """Write one rate's final accuracy records into the last record of ``traj``."""
     for key in ("train_acc", "test_acc"):
         if key in rec:

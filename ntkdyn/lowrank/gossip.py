@@ -49,8 +49,12 @@ from ntkdyn.engine import scan_records
 from ntkdyn.graphs.sequences import process_metadata
 from ntkdyn.lowrank.evolve import (
     EXACT,
+    check_lrs,
+    column_rates,
     divergence_check,
+    divergence_limit,
     evolve_bytes,
+    final_accuracies,
     group_records,
     grouped_data,
     lowrank_inputs,
@@ -60,6 +64,9 @@ from ntkdyn.lowrank.evolve import (
     record_state,
     records_trajectory,
     run_features,
+    set_last_accuracies,
+    slot_rates,
+    split_groups,
 )
 from ntkdyn.lowrank.factor import LowRankFactor
 from ntkdyn.trajectory import Trajectory
@@ -442,8 +449,155 @@ def predict_lowrank_process(
     return aggregate_sequences(trajs[:-1], trajs[-1], what="mixing")
 
 
+# ------------------------------------------------------------ a sweep of rates, one pass
+def sweep_columns(data: dict, slots: np.ndarray, limits, k: int, groups: int) -> dict:
+    r"""``data`` of one run over ``R`` rates and ``G`` mixing groups as ``G R`` column
+    groups of ``K``, mixing group outer (``g R + i`` is group ``g`` at rate ``i``, so
+    :func:`mix_groups` mixes each mixing group's ``R K`` columns by its own matrix): the
+    rate of every slot and column ``(A, G R K)`` (:func:`~ntkdyn.lowrank.evolve.
+    column_rates` tiled over the mixing groups) and the divergence limit of every column
+    group ``(G R,)``.  ``slots``: ``(R, A)`` slot rates, ``limits``: ``(R,)``."""
+    lr = np.tile(column_rates(slots, k), (1, groups))
+    return dict(data, lr=jnp.asarray(lr),
+                limit_per_step=jnp.asarray(np.tile(np.asarray(limits, float), groups)))
+
+
+def sweep_rate_block(n: int, n_test: int, rank: int, agents: int, columns: int, rates: int,
+                     **kw) -> int:
+    """The most rates (at least 1, at most ``rates``) whose columns (``columns`` per rate:
+    ``K`` times the mixing groups) fit in one pass of :func:`predict_lowrank_process_sweep`
+    in the memory available: :func:`~ntkdyn.lowrank.evolve.evolve_bytes` with the larger
+    of the two forms' step data (``max(N, (Q + 1) r)`` rows of ``r``), an upper bound of
+    what :func:`~ntkdyn.lowrank.evolve.prepare_features` then checks.  ``kw``: the
+    records' arguments of ``evolve_bytes``."""
+    from ntkdyn._utils import memory
+
+    rows = max(n, (agents + 1) * rank)
+    kw = dict(kw, padded_rows=0)
+
+    def need(b):
+        return evolve_bytes(n, n_test, rank, agents, b * columns, **kw) + 8 * rows * rank
+
+    return max(1, memory.largest_fitting(need, memory.available_memory_bytes(), rates))
+
+
+def _sweep_trajectories(raw, carry, finals, inps, rates: int, groups: int, random: bool,
+                        traj_of) -> list[Trajectory]:
+    """Rate ``i``'s trajectory from its ``G`` column groups ``g R + i`` (the sampled
+    sequences then ``E[W]`` for a random process: aggregated as
+    :func:`predict_lowrank_process` does), the final accuracies written in when they were
+    computed after the run (``finals``)."""
+    from ntkdyn.dynamics.run import aggregate_sequences
+
+    out = []
+    for i, one in enumerate(inps):
+        trajs = []
+        for g in range(groups):
+            col = g * rates + i
+            traj = traj_of({key: v[:, col] for key, v in raw.items()}, one,
+                           float(carry[3][col]))
+            if finals is not None and len(traj.steps):
+                set_last_accuracies(traj, {key: v[col] for key, v in finals.items()},
+                                    len(one.counts))
+            trajs.append(traj)
+        out.append(aggregate_sequences(trajs[:-1], trajs[-1], what="mixing") if random
+                   else trajs[0])
+    return out
+
+
+# long unit: predict_lowrank_process's steps over R rates: checks, columns, run, assembly
+def predict_lowrank_process_sweep(
+    factor: LowRankFactor, y_train, agent, process, lrs, steps,
+    algorithm: str | Algorithm = "dgd", *, samples: int | None = None, y_test=None,
+    reference: bool = True, acc_rows: int | None = None, chunk: int = 25,
+    progress: bool = False, seed: int = 0, metadata: dict | None = None,
+    form: str = "auto", accuracies: str = "all", f0_train=None, f0_test=None,
+    rate_block: int | None = None,
+) -> list[Trajectory]:
+    r""":func:`predict_lowrank_process` at every rate of ``lrs`` (each a scalar or one rate
+    per agent) in **one** run: the ``G`` mixing groups (one for a periodic sequence;
+    ``samples`` sampled sequences and ``E[W]`` for a random one) times the ``R`` rates are
+    ``G R`` column groups of ``K`` in one state ``(A, r, G R K)`` (:func:`sweep_columns`),
+    each group flagged for divergence on its own, so every read of the Gram matrices (or
+    of the agents' rows) is shared by all of them.  Trajectory ``i`` equals
+    ``predict_lowrank_process(..., lr=lrs[i])`` to round-off (same sequences, statuses and
+    divergence steps).  ``accuracies="final"``: the accuracies only at the last record
+    (:func:`~ntkdyn.lowrank.evolve.predict_lowrank_sweep`), which is what ``ntkdyn
+    check``'s sweep reports.  ``rate_block``: at most this many rates per pass (default:
+    as many as fit in the memory available, :func:`sweep_rate_block`); the results do not
+    depend on it."""
+    from ntkdyn.graphs.sequences import resolve_mixing
+
+    algo = get_algorithm(algorithm)
+    if accuracies not in ("all", "final"):
+        raise ValueError(f"accuracies: expected 'all' or 'final', got {accuracies!r}")
+    check_lrs(lrs)
+    if rate_block is not None and (isinstance(rate_block, bool) or
+                                   not isinstance(rate_block, int | np.integer)
+                                   or rate_block < 1):
+        raise ValueError(f"rate_block: expected a positive integer or None, got {rate_block!r}")
+    w_exp, process = resolve_mixing(process, name="mixing")
+    if process is None:
+        raise ValueError("mixing: expected a mixing process (ntkdyn.graphs.periodic / "
+                         "random_edges / one_random_edge); a static matrix runs on "
+                         "predict_lowrank_sweep")
+    groups, samples = process_groups(process, samples)
+    inps = [lowrank_inputs(factor, y_train, agent, w_exp, lr, steps, f0_train, y_test,
+                           f0_test, acc_rows) for lr in lrs]
+    inp, rates = inps[0], len(inps)
+    (n, r), k, q_count = inp.phi.shape, inp.y.shape[1], inp.w.shape[0]
+    m_test = 0 if inp.yt is None else inp.yt.shape[0]
+    kw = dict(padded_rows=0, acc_rows=acc_rows, records=len(inp.steps))
+    block = rate_block or sweep_rate_block(n, m_test, r, q_count, k * groups, rates, **kw)
+    if block < rates:  # one pass per block of rates, each as below
+        call = partial(predict_lowrank_process_sweep, factor, y_train, agent, process,
+                       steps=steps, algorithm=algo, samples=samples, y_test=y_test,
+                       reference=reference, acc_rows=acc_rows, chunk=chunk,
+                       progress=progress, seed=seed, metadata=metadata, form=form,
+                       accuracies=accuracies, f0_train=f0_train, f0_test=f0_test,
+                       rate_block=block)
+        return [t for i in range(0, rates, block) for t in call(lrs=list(lrs[i:i + block]))]
+    prep = prepare_features(
+        factor, inp, form=form, reference=reference, record_outputs=False, acc_rows=acc_rows,
+        seed=seed, extra_bytes=evolve_bytes(n, m_test, r, q_count, groups * rates * k, **kw)
+        - evolve_bytes(n, m_test, r, q_count, k, **kw),
+        what=f"this {rates}-rate low-rank sweep ({groups} mixing groups)",
+        hint="use fewer rates or samples, a smaller rank, or acc_rows=...")
+    curvature = float(factor.eigenvalues.max(initial=1.0))
+    data = sweep_columns(dict(prep.data, **process_data(process, samples)),
+                         np.stack([slot_rates(i.lr_q, reference) for i in inps]),
+                         [divergence_limit(i.lr_q, prep.res, curvature, inp.counts)
+                          for i in inps], k, groups)
+    if accuracies == "final":
+        data["final_accuracy_only"] = jnp.zeros(())
+    cols = groups * rates
+    raw, rec_steps, phase, carry = run_features(
+        jnp.zeros((q_count + int(reference), r, cols * k)), data, algo, inp.steps,
+        q_count=q_count, central=reference, has_test=inp.yt is not None,
+        record_outputs=False, chunk=chunk, progress=progress,
+        desc=f"low-rank {algo.name}, {rates} rates, {process.describe()['kind']} mixing",
+        runner=(partial(init_process_state, sampler=process.sampler, groups=cols),
+                partial(run_process_chunk, sampler=process.sampler, groups=cols)),
+        groups=cols)
+    finals = None if accuracies == "all" else final_accuracies(
+        split_groups(algo.parameters(carry[0]), cols), prep.data, q_count, reference,
+        inp.yt is not None)
+
+    def traj_of(rec, one, div_at):
+        meta = lowrank_metadata(factor, algo, one, padded=prep.padded, gram=prep.gram,
+                                acc_rows=acc_rows, given_f0=f0_train is not None,
+                                metadata=metadata)
+        meta.update(process_metadata(process))
+        return records_trajectory(rec, q_count, reference, rec_steps, phase, one.lr_q, meta,
+                                  prep.order, div_at)
+
+    return _sweep_trajectories(raw, carry, finals, inps, rates, groups, process.random,
+                               traj_of)
+
+
 __all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
            "independent_outputs", "init_independent_state", "init_process_state",
-           "mix_groups", "mixing_at", "predict_lowrank_process", "predict_random_lowrank_gossip",
+           "mix_groups", "mixing_at", "predict_lowrank_process",
+           "predict_lowrank_process_sweep", "predict_random_lowrank_gossip",
            "process_data", "process_groups", "process_operators", "run_independent_chunk",
-           "run_process_chunk"]
+           "run_process_chunk", "sweep_columns", "sweep_rate_block"]
