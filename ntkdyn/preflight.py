@@ -775,9 +775,9 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     equal to its own ``predict_lowrank_process``, in blocks of rates that fit); training
     accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
     one run with the rates as column groups (:func:`~ntkdyn.lowrank.cross_entropy.
-    predict_lowrank_ce_sweep`, static ``W`` or a periodic sequence), with random gossip
-    each rate its own :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce` over the
-    configured samples."""
+    predict_lowrank_ce_sweep`; with random gossip one rate per pass, each over the
+    configured sampled sequences and ``E[W]``: all rates in one pass was slower on CPU,
+    README)."""
     from ntkdyn import lowrank
 
     data, agent, target = exp.parts.dataset, exp.parts.agent, cfg.prediction.target_loss
@@ -787,16 +787,17 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
         return []
     kw = dict(y_test=data.y_test if data.num_test > 0 else None, reference=False, **outputs)
     if cfg.training.loss == "cross_entropy":
-        from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce, predict_lowrank_ce_sweep
+        from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce_sweep
 
         w, scale = _lowrank_mixing(exp), exp.loss["logit_scale"]
-        if gossip.is_process(w) and w.random:  # each rate over the sampled sequences
-            trajs = [predict_lowrank_ce(factor, data.y_train, agent, w, lr, steps, algo,
-                                        logit_scale=scale, samples=exp.samples, **kw)
-                     for lr in rates]
-        else:  # one run, the rates as column groups sharing every read of Phi_q
-            trajs = predict_lowrank_ce_sweep(factor, data.y_train, agent, w, rates, steps,
-                                             algo, logit_scale=scale, **kw)
+        random = gossip.is_process(w) and w.random
+        # one run, the rates as column groups; with random gossip one rate per pass (its
+        # sequences and E[W] as column groups): all rates in one pass measured 0.82x as
+        # fast on 2 CPU cores (benchmarks/lowrank_process_sweep.py --loss cross_entropy)
+        trajs = predict_lowrank_ce_sweep(factor, data.y_train, agent, w, rates, steps, algo,
+                                         logit_scale=scale,
+                                         samples=exp.samples if random else None,
+                                         rate_block=1 if random else None, **kw)
         return [_summarise(t, target) for t in trajs]
     n = data.num_train
     kw.update(seed=cfg.seed, acc_rows=None if n <= LOW_RANK_SWEEP_ACC_ROWS

@@ -813,3 +813,47 @@ def test_process_sweep_runs_blocks_of_rates_that_fit(monkeypatch):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="rate_block: expected a positive integer"):
             predict_lowrank_process_sweep(factor, y, agent, proc, lrs, steps, rate_block=bad)
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc"])
+def test_cross_entropy_sweep_with_random_gossip_equals_one_run_per_rate(algorithm):
+    """``predict_lowrank_ce_sweep`` with random gossip (refused before, naming ``mixing``):
+    the sampled sequences and ``E[W]`` times the rates as column groups.  Each rate equals
+    its own ``predict_lowrank_ce(..., samples=3)`` (mean, every sequence, ``E[W]``, bands)
+    to 1e-10, per-agent rates included (statuses and divergence steps equal: with the
+    softmax's bounded gradient a large rate grows the state linearly, below the divergence
+    limit, so no rate here diverges; the squared-loss test covers a diverging group);
+    blocks of one rate give the same; ``samples`` with a static ``W`` is refused naming
+    ``samples``."""
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce, predict_lowrank_ce_sweep
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(seed=4)
+    process = _process("random_edges", q)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    steps, lrs = range(0, 31, 5), [0.5, [0.8, 0.6, 0.9, 0.7], 3.0]
+    sweep = predict_lowrank_ce_sweep(factor, y, agent, process, lrs, steps, algorithm,
+                                     y_test=yt, samples=3)
+    blocks = predict_lowrank_ce_sweep(factor, y, agent, process, lrs, steps, algorithm,
+                                      y_test=yt, samples=3, rate_block=1)
+    for lr, got, blk in zip(lrs, sweep, blocks, strict=True):
+        one = predict_lowrank_ce(factor, y, agent, process, lr, steps, algorithm, y_test=yt,
+                                 samples=3)
+        assert isinstance(got, GossipTrajectory) and got.samples == 3
+        assert got.metadata == one.metadata
+        for s in range(3):
+            a, b = one.sequence(s), got.sequence(s)
+            assert (a.status, a.diverged_at, len(a.steps)) == (b.status, b.diverged_at,
+                                                              len(b.steps)), (lr, s)
+        for traj in (got, blk):
+            _assert_same(one, traj, f"lr {lr}")
+            _assert_same(one.expected, traj.expected, f"lr {lr} E[W]")
+            for s in range(3):
+                _assert_same(one.sequence(s), traj.sequence(s), f"lr {lr} sequence {s}")
+            for f, band in one.quantiles.items():
+                assert np.allclose(band, traj.quantiles[f], rtol=REL, atol=1e-300), f
+    assert [t.status for t in sweep] == ["ok", "ok", "ok"]
+    with pytest.raises(ValueError, match="^samples: only for a random mixing sequence"):
+        predict_lowrank_ce_sweep(factor, y, agent, process.expected(), [0.5], steps,
+                                 samples=2)
+    with pytest.raises(ValueError, match="rate_block: expected a positive integer"):
+        predict_lowrank_ce_sweep(factor, y, agent, process, [0.5], steps, rate_block=0)

@@ -1113,6 +1113,15 @@ def check_lrs(lrs) -> None:
                          f"{type(lrs).__name__} {lrs!r}"[:200])
 
 
+def check_rate_block(rate_block) -> None:
+    """``ValueError`` naming ``rate_block`` unless it is ``None`` or a positive integer (the
+    most rates per pass of a one-pass sweep run in blocks)."""
+    if rate_block is not None and (isinstance(rate_block, bool) or
+                                   not isinstance(rate_block, int | np.integer)
+                                   or rate_block < 1):
+        raise ValueError(f"rate_block: expected a positive integer or None, got {rate_block!r}")
+
+
 def final_accuracies(params, data: dict, q_count: int, central: bool,
                      has_test: bool) -> dict[str, np.ndarray]:
     """The accuracy records (``train_acc`` ``(R, A)``, ``mean_model_train_acc`` ``(R,)``,

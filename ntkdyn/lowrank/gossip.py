@@ -50,6 +50,7 @@ from ntkdyn.graphs.sequences import process_metadata
 from ntkdyn.lowrank.evolve import (
     EXACT,
     check_lrs,
+    check_rate_block,
     column_rates,
     divergence_check,
     divergence_limit,
@@ -532,10 +533,7 @@ def predict_lowrank_process_sweep(
     if accuracies not in ("all", "final"):
         raise ValueError(f"accuracies: expected 'all' or 'final', got {accuracies!r}")
     check_lrs(lrs)
-    if rate_block is not None and (isinstance(rate_block, bool) or
-                                   not isinstance(rate_block, int | np.integer)
-                                   or rate_block < 1):
-        raise ValueError(f"rate_block: expected a positive integer or None, got {rate_block!r}")
+    check_rate_block(rate_block)
     w_exp, process = resolve_mixing(process, name="mixing")
     if process is None:
         raise ValueError("mixing: expected a mixing process (ntkdyn.graphs.periodic / "
