@@ -17,8 +17,9 @@ from the rank-``--rank`` NNGP factor on train + test, time printed) run as ``P +
 of ``K`` columns (:func:`ntkdyn.lowrank.cross_entropy.predict_random_lowrank_ce`), twice.
 ``--sweep R`` (> 0): also ``R`` rates (0.1 .. 0.95 x 0.5) without the reference, as
 ``ntkdyn check`` runs them: one pass with the rates as column groups
-(:func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce_sweep`) against one run per rate,
-each twice, the ratio and the largest difference of the final test losses printed.
+(:func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce_sweep`, also with
+``train_records="final"`` as the check runs it) against one run per rate, each twice, the
+ratios and the largest difference of the final test losses printed.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def _sweep(args, data, parts, w, steps, factor) -> None:
     times = {}
     for name, run in (("one pass", lambda: predict_lowrank_ce_sweep(
             factor, data.y_train, parts.agent, w, rates, steps, **kw)),
+            ("one pass, training records at the last record (ntkdyn check)",
+             lambda: predict_lowrank_ce_sweep(factor, data.y_train, parts.agent, w, rates,
+                                              steps, train_records="final", **kw)),
             ("one run per rate", lambda: [predict_lowrank_ce(
                 factor, data.y_train, parts.agent, w, lr, steps, **kw) for lr in rates])):
         for rep in range(2):
@@ -109,7 +113,10 @@ def _sweep(args, data, parts, w, steps, factor) -> None:
     diff = max(float(np.max(np.abs(a.test_loss - b.test_loss)))
                for a, b in zip(times["one pass"], times["one run per rate"], strict=True))
     ratio = times["one run per rate", 1] / times["one pass", 1]
-    print(f"  one run per rate / one pass: {ratio:.2f}x (second calls); largest test-loss "
+    final = times["one run per rate", 1] / times[
+        "one pass, training records at the last record (ntkdyn check)", 1]
+    print(f"  one run per rate / one pass: {ratio:.2f}x, / one pass with the training "
+          f"records at the last record: {final:.2f}x (second calls); largest test-loss "
           f"difference {diff:.1e}", flush=True)
 
 

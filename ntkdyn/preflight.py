@@ -777,7 +777,8 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     one run with the rates as column groups (:func:`~ntkdyn.lowrank.cross_entropy.
     predict_lowrank_ce_sweep`; with random gossip one rate per pass, each over the
     configured sampled sequences and ``E[W]``: all rates in one pass was slower on CPU,
-    README)."""
+    README), the records from the training outputs at the last record only (the sweep
+    reports the final training loss and accuracy, and the test loss at every record)."""
     from ntkdyn import lowrank
 
     data, agent, target = exp.parts.dataset, exp.parts.agent, cfg.prediction.target_loss
@@ -797,7 +798,8 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
         trajs = predict_lowrank_ce_sweep(factor, data.y_train, agent, w, rates, steps, algo,
                                          logit_scale=scale,
                                          samples=exp.samples if random else None,
-                                         rate_block=1 if random else None, **kw)
+                                         rate_block=1 if random else None,
+                                         train_records="final", **kw)
         return [_summarise(t, target) for t in trajs]
     n = data.num_train
     kw.update(seed=cfg.seed, acc_rows=None if n <= LOW_RANK_SWEEP_ACC_ROWS

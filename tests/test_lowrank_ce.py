@@ -426,3 +426,39 @@ def test_random_network_bad_draws_and_memory_are_refused(monkeypatch):
                        match="one random network with cross-entropy on the low-rank path"):
         lowrank.predict(source, y, agent, w, 0.3, [0, 5], rank=r, y_test=yt, nngp=nngp,
                         samples=2000, loss="cross_entropy")
+
+
+@pytest.mark.parametrize("mixing", ["static", "random"])
+def test_sweep_with_final_training_records(mixing):
+    """``train_records="final"``: the records from the training outputs (training loss,
+    objective, local losses, training accuracy, the centralised reference's and the mean
+    model's) are ``NaN`` before the last record and equal the full records there (1e-12);
+    every other record (test losses and accuracies, distances) equals the full run at every
+    record.  With random gossip, per sequence and for ``E[W]``; the check's sweep uses it.
+    ``train_records`` other than 'all' / 'final' is refused naming the field."""
+    from ntkdyn.lowrank.cross_entropy import TRAIN_RECORDS, predict_lowrank_ce_sweep
+
+    kern, kern_t, y, yt, agent, w, r = _problem(False, seed=5)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    if mixing == "random":
+        w = nd.graphs.random_edges(nd.graphs.topology("ring", 4), 0.5, seed=1)
+    kw = dict(y_test=yt, logit_scale=2.0, samples=2 if mixing == "random" else None)
+    lrs, steps = [0.2, np.array([0.3, 0.5, 0.4, 0.6])], range(0, 31, 6)
+    full = predict_lowrank_ce_sweep(factor, y, agent, w, lrs, steps, "atc", **kw)
+    last = predict_lowrank_ce_sweep(factor, y, agent, w, lrs, steps, "atc",
+                                    train_records="final", **kw)
+    train = {f for f in FIELDS if any(f.endswith(t.replace("mean_model_", ""))
+                                      for t in TRAIN_RECORDS) and "test" not in f}
+    assert {"train_loss", "central_objective", "local_loss", "mean_model_train_acc"} <= train
+    for a, b in zip(full, last, strict=True):
+        runs = [(a, b)] if mixing == "static" else \
+            [(a.sequence(s), b.sequence(s)) for s in range(2)] + [(a.expected, b.expected)]
+        for one, fin in runs:
+            _assert_same(one, fin, tol=1e-12,
+                         fields=[f for f in FIELDS if f not in train and "outputs" not in f])
+            for f in sorted(train):
+                x, z = getattr(one, f), getattr(fin, f)
+                assert np.isnan(z[:-1]).all() and not np.isnan(z[-1]).any(), f
+                assert np.max(np.abs(x[-1] - z[-1])) <= 1e-12 * np.max(np.abs(x[-1])), f
+    with pytest.raises(ValueError, match="^train_records: expected 'all' or 'final'"):
+        predict_lowrank_ce_sweep(factor, y, agent, w, lrs, steps, train_records="last", **kw)

@@ -176,14 +176,11 @@ def _ce_record(x, data, *, q_count, central, has_test, record_outputs, classes=N
         return jnp.sqrt(jnp.sum(v.reshape(v.shape[:-1] + (g, k)) ** 2, axis=(-3, -1)))
 
     slots = jnp.concatenate([x, xm[None]], axis=0)  # slot A: the network-mean model
-    out = data["f0_all"] + jnp.einsum("nr,arc->anc", data["phi_all"], slots, precision=EXACT)
-    ce, acc = _loss_acc(out, data["y_all"], data["labels"], scale, k)
-    local = jnp.einsum("ang,nq->aqg", ce[:a], data["shard_weights"], precision=EXACT)
-    rec = {"train_loss": ce[:a].mean(axis=-2), "objective": local.mean(axis=-2),
-           "local_loss": jnp.moveaxis(jnp.diagonal(local[:q_count], axis1=0, axis2=1), -1, 0),
-           "train_acc": acc[:a], "mean_model_train_loss": ce[a].mean(axis=-2),
-           "mean_model_train_acc": acc[a], "param_dist": norm(x),
-           "consensus_dist": norm(xa - xm)}
+    if "final_train_only" in data:  # (a key: static) filled in after the run
+        rec, out = _nan_train_records(a, q_count, g, x.dtype), None
+    else:
+        rec, out = _train_records(slots, data, a, q_count, scale, k)
+    rec.update(param_dist=norm(x), consensus_dist=norm(xa - xm))
     if central:
         rec["central_dist"] = norm(xa - x[q_count])
     if record_outputs:  # every group's (:func:`_by_group`)
@@ -197,6 +194,57 @@ def _ce_record(x, data, *, q_count, central, has_test, record_outputs, classes=N
         if record_outputs:
             rec["test_outputs"] = out_t[:a]
     return _by_group(rec, g) if split else rec
+
+
+#: the records computed from the training outputs (the costly part of a record:
+#: ``2 (A + 1) N r C`` flops), filled in after the run with ``train_records="final"``
+TRAIN_RECORDS = ("train_loss", "objective", "local_loss", "train_acc",
+                 "mean_model_train_loss", "mean_model_train_acc")
+
+
+def _train_records(slots, data, a: int, q_count: int, scale, k: int) -> dict:
+    """``(records, outputs)``: the records of :data:`TRAIN_RECORDS` from the training
+    outputs of ``slots`` (``(A + 1, r, C)``: the slots and the network-mean model),
+    trailing group axis, and those outputs ``(A + 1, N, C)``."""
+    out = data["f0_all"] + jnp.einsum("nr,arc->anc", data["phi_all"], slots, precision=EXACT)
+    ce, acc = _loss_acc(out, data["y_all"], data["labels"], scale, k)
+    local = jnp.einsum("ang,nq->aqg", ce[:a], data["shard_weights"], precision=EXACT)
+    return {"train_loss": ce[:a].mean(axis=-2), "objective": local.mean(axis=-2),
+            "local_loss": jnp.moveaxis(jnp.diagonal(local[:q_count], axis1=0, axis2=1),
+                                       -1, 0),
+            "train_acc": acc[:a], "mean_model_train_loss": ce[a].mean(axis=-2),
+            "mean_model_train_acc": acc[a]}, out
+
+
+def _nan_train_records(a: int, q_count: int, g: int, dtype) -> dict:
+    """:data:`TRAIN_RECORDS` as ``NaN`` (``train_records="final"`` before the last)."""
+    nan = jnp.full((a + 1, g), jnp.nan, dtype)
+    return {"train_loss": nan[:a], "objective": nan[:a], "local_loss": nan[:q_count],
+            "train_acc": nan[:a], "mean_model_train_loss": nan[a],
+            "mean_model_train_acc": nan[a]}
+
+
+def final_train_records(params, data: dict, q_count: int, classes: int) -> dict:
+    """:data:`TRAIN_RECORDS` of the final slots ``params`` ``(A, r, G K)``, trailing group
+    axis ``G`` (as :func:`_ce_record` with ``split=False``), as numpy arrays."""
+    def one(x):
+        xm = x[:q_count].mean(axis=0)
+        return _train_records(jnp.concatenate([x, xm[None]], axis=0), data, x.shape[0],
+                              q_count, data["logit_scale"], classes)[0]
+    return {key: np.asarray(v) for key, v in jax.jit(one)(params).items()}
+
+
+def set_last_train_records(traj: Trajectory, rec: dict, q: int) -> None:
+    """Write one group's final :data:`TRAIN_RECORDS` (``rec``: that group's slice of
+    :func:`final_train_records`) into the last record of ``traj``."""
+    for key in ("train_loss", "objective", "train_acc"):
+        getattr(traj, key)[-1] = rec[key][:q]
+        central = getattr(traj, f"central_{key}")
+        if central is not None:
+            central[-1] = rec[key][q]
+    traj.local_loss[-1] = rec["local_loss"]
+    traj.mean_model_train_loss[-1] = rec["mean_model_train_loss"]
+    traj.mean_model_train_acc[-1] = rec["mean_model_train_acc"]
 
 
 def group_raw(raw: dict, g: int, groups: int) -> dict:
@@ -344,16 +392,24 @@ def _ce_rate_block(inp, rates: int, groups: int, records: int) -> int:
     return max(1, memory.largest_fitting(need, memory.available_memory_bytes(), rates))
 
 
-def _ce_sweep_groups(raw, carry, inps, rates: int, groups: int, traj_of) -> list:
+def _ce_sweep_groups(raw, carry, inps, rates: int, groups: int, traj_of,
+                     finals: dict | None) -> list:
     """Rate ``i``'s trajectory from its column groups ``g R + i`` (``G = 1``: the run;
     random gossip: the sampled sequences then ``E[W]``, aggregated as
-    :func:`predict_lowrank_ce_gossip` does)."""
+    :func:`predict_lowrank_ce_gossip` does), the final training records written in when
+    they were computed after the run (``finals``, :func:`final_train_records`)."""
     from ntkdyn.dynamics.run import aggregate_sequences
 
     out, cols = [], rates * groups
     for i, one in enumerate(inps):
-        trajs = [traj_of(group_raw(raw, g * rates + i, cols), one,
-                         float(carry[3][g * rates + i])) for g in range(groups)]
+        trajs = []
+        for g in range(groups):
+            col = g * rates + i
+            traj = traj_of(group_raw(raw, col, cols), one, float(carry[3][col]))
+            if finals is not None and len(traj.steps):
+                set_last_train_records(traj, {key: v[..., col] for key, v in finals.items()},
+                                       len(one.counts))
+            trajs.append(traj)
         out.append(trajs[0] if groups == 1
                    else aggregate_sequences(trajs[:-1], trajs[-1], what="mixing"))
     return out
@@ -365,7 +421,7 @@ def predict_lowrank_ce_sweep(
     algorithm: str | Algorithm = "dgd", *, logit_scale: float = 1.0, f0_train=None,
     y_test=None, f0_test=None, reference: bool = True, chunk: int = 25,
     progress: bool = False, metadata: dict | None = None, samples: int | None = None,
-    rate_block: int | None = None,
+    rate_block: int | None = None, train_records: str = "all",
 ) -> list[Trajectory]:
     r""":func:`predict_lowrank_ce` at every rate of ``lrs`` (each a scalar or one rate per
     agent) in **one** run: the rates are ``R`` column groups of ``K`` in one state
@@ -380,7 +436,14 @@ def predict_lowrank_ce_sweep(
     and divergence step included; random gossip: the same
     :class:`~ntkdyn.trajectory.GossipTrajectory`); ``ntkdyn check``'s cross-entropy sweep
     on the factor.  ``rate_block``: at most this many rates per pass (default: as many as
-    fit in the memory available); the results do not depend on it.  Cost with random
+    fit in the memory available); the results do not depend on it.
+    ``train_records="final"``: the records computed from the training outputs
+    (:data:`TRAIN_RECORDS`: training loss, objective, local losses, training accuracy,
+    the mean model's) only at the last record, ``NaN`` at the others; they cost
+    ``2 (A + 1) N r R K`` flops per record against ``2 (A + 1) M r R K`` for the test
+    records (``ntkdyn check``'s sweep, which reports the final training loss and the test
+    loss at every record).  For a group that diverged, the last record's training
+    records are those of the state it was frozen in.  Cost with random
     gossip (README): the records evaluate every output of every slot and column group,
     ``(A + 1) (N + M) G R K`` numbers per record, and on 2 CPU cores the pass over 10
     rates x 5 groups was 0.82x as fast as one pass per rate (``rate_block=1``, what
@@ -389,6 +452,8 @@ def predict_lowrank_ce_sweep(
     scale = check_logit_scale(logit_scale)
     check_lrs(lrs)
     check_rate_block(rate_block)
+    if train_records not in ("all", "final"):
+        raise ValueError(f"train_records: expected 'all' or 'final', got {train_records!r}")
     y = class_targets("y_train", y_train, None if f0_train is None else np.shape(f0_train)[1])
     k, rates = y.shape[1], len(lrs)
     yt = None if y_test is None else class_targets("y_test", y_test, k)
@@ -407,7 +472,7 @@ def predict_lowrank_ce_sweep(
                        steps=steps, algorithm=algo, logit_scale=scale, f0_train=f0_train,
                        y_test=y_test, f0_test=f0_test, reference=reference, chunk=chunk,
                        progress=progress, metadata=metadata, samples=samples,
-                       rate_block=block)
+                       rate_block=block, train_records=train_records)
         return [t for i in range(0, rates, block) for t in call(lrs=list(lrs[i:i + block]))]
     cols = rates * groups
     inp = dataclasses.replace(one, y=np.tile(one.y, cols), f0=np.tile(one.f0, cols),
@@ -422,6 +487,8 @@ def predict_lowrank_ce_sweep(
                 limit_per_step=jnp.asarray(np.tile(limits, groups)))
     if process is not None:
         data.update(process_data(process, samples))
+    if train_records == "final":
+        data["final_train_only"] = jnp.zeros(())
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, cols * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=yt is not None, record_outputs=False,
@@ -436,7 +503,9 @@ def predict_lowrank_ce_sweep(
         return records_trajectory(rec, q_count, reference, rec_steps, phase, i.lr_q, meta,
                                   order, div_at)
 
-    return _ce_sweep_groups(raw, carry, inps, rates, groups, traj_of)
+    finals = None if train_records == "all" else final_train_records(
+        algo.parameters(carry[0]), data, q_count, k)
+    return _ce_sweep_groups(raw, carry, inps, rates, groups, traj_of, finals)
 
 
 def check_call(*, rank, tol=None, acc_rows=None, form: str = "auto") -> None:
