@@ -876,7 +876,8 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
     :data:`~ntkdyn.dynamics.random_init.DEFAULT_NETWORKS`) in ``one_random_network``
     (expected values and 5-95 % band over initialisations), the ``final_*`` fields being its
     mean network (``f_0 = 0``); ``f0 = "mean"``: the mean network alone; the empirical
-    kernel: the given network's own ``f_0``."""
+    kernel: the given network's own ``f_0``.  Those two run as a one-rate sweep with the
+    accuracies at the last record only (all the report reads of them)."""
     from ntkdyn import lowrank
     from ntkdyn.dynamics.random_init import DEFAULT_NETWORKS
     from ntkdyn.lowrank import networks
@@ -910,12 +911,18 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
             kw.update(f0_train=np.asarray(arch.apply(params, data.x_train)),
                       f0_test=np.asarray(arch.apply(params, data.x_test)) if has_test
                       else None)
+        # the report reads the accuracies at the last record only: computed there alone
+        # (the one-rate sweep equals predict_lowrank / predict_lowrank_process to round-off;
+        # per record the accuracies cost (Q + 1) (N + M) r K flops, the rest (Q + 1) r^2 K)
+        one_rate = (*args[:3], [args[3]], *args[4:])
         if process:  # random gossip (lowrank.gossip): mean over the sampled sequences
-            from ntkdyn.lowrank.gossip import predict_lowrank_process
+            from ntkdyn.lowrank.gossip import predict_lowrank_process_sweep
 
-            traj = predict_lowrank_process(factor, *args, samples=exp.samples, **kw)
+            (traj,) = predict_lowrank_process_sweep(factor, *one_rate, samples=exp.samples,
+                                                    accuracies="final", **kw)
         else:
-            traj = lowrank.predict_lowrank(factor, *args, **kw)
+            (traj,) = lowrank.predict_lowrank_sweep(factor, *one_rate, accuracies="final",
+                                                    **kw)
     prediction = _summarise(traj, target)
     prediction.update(one_random_network=one, **_lowrank_steady_state(factor, exp, cfg, algo,
                                                                       f0, kw))
