@@ -823,17 +823,20 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
 def _lowrank_ce_prediction(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdict,
                            steps, algo, outputs: dict) -> dict | None:
     """Inside the regime, the chosen rate's cross-entropy prediction on the one ``factor``
-    (mean network, or the network's own ``f_0`` with ``outputs``); ``None`` outside."""
+    (mean network, or the network's own ``f_0`` with ``outputs``); ``None`` outside.  A
+    one-rate :func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce_sweep` (equal to
+    ``predict_lowrank_ce``) with the training records at the last record only, all the
+    report reads of them."""
     if not chosen.inside:
         return None
-    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce
+    from ntkdyn.lowrank.cross_entropy import predict_lowrank_ce_sweep
 
     data = exp.parts.dataset
-    traj = predict_lowrank_ce(factor, data.y_train, exp.parts.agent,
-                              _lowrank_mixing(exp), cfg.training.lr, steps,
-                              algo, y_test=data.y_test if data.num_test > 0 else None,
-                              reference=False, logit_scale=exp.loss["logit_scale"],
-                              samples=exp.samples, **outputs)
+    (traj,) = predict_lowrank_ce_sweep(
+        factor, data.y_train, exp.parts.agent, _lowrank_mixing(exp), [cfg.training.lr],
+        steps, algo, y_test=data.y_test if data.num_test > 0 else None, reference=False,
+        logit_scale=exp.loss["logit_scale"], samples=exp.samples, train_records="final",
+        **outputs)
     return _summarise(traj, cfg.prediction.target_loss)
 
 
