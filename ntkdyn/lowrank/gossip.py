@@ -91,6 +91,19 @@ def process_groups(process, samples: int | None) -> tuple[int, int | None]:
     return samples + 1, samples
 
 
+def require_process(mixing, static_entry: str) -> tuple[np.ndarray, object]:
+    """``(W, process)`` of a mixing process (``W``: its period's average or ``E[W]``);
+    ``ValueError`` naming ``mixing`` for a static matrix, which runs on ``static_entry``."""
+    from ntkdyn.graphs.sequences import resolve_mixing
+
+    w_exp, process = resolve_mixing(mixing, name="mixing")
+    if process is None:
+        raise ValueError("mixing: expected a mixing process (ntkdyn.graphs.periodic / "
+                         "random_edges / one_random_edge); a static matrix runs on "
+                         f"{static_entry}")
+    return w_exp, process
+
+
 def process_data(process, samples: int | None) -> dict:
     """The device arrays of the sequence: ``mix_arrays``, one key per sampled sequence
     (``mix_keys``; one for a periodic sequence) and, for a random one, ``mix_expected``
@@ -401,14 +414,8 @@ def predict_lowrank_process(
     a-priori error estimate is that of the network mean, which follows centralised GD for
     any doubly stochastic sequence (``theory/low_rank.md`` section 3), computed with
     ``E[W]``."""
-    from ntkdyn.graphs.sequences import resolve_mixing
-
     algo = get_algorithm(algorithm)
-    w_exp, process = resolve_mixing(process, name="mixing")
-    if process is None:
-        raise ValueError("mixing: expected a mixing process (ntkdyn.graphs.periodic / "
-                         "random_edges / one_random_edge); a static matrix runs on "
-                         "predict_lowrank")
+    w_exp, process = require_process(process, "predict_lowrank")
     groups, samples = process_groups(process, samples)
     inp = lowrank_inputs(factor, y_train, agent, w_exp, lr, steps, f0_train, y_test,
                          f0_test, acc_rows)
@@ -527,18 +534,12 @@ def predict_lowrank_process_sweep(
     check``'s sweep reports.  ``rate_block``: at most this many rates per pass (default:
     as many as fit in the memory available, :func:`sweep_rate_block`); the results do not
     depend on it."""
-    from ntkdyn.graphs.sequences import resolve_mixing
-
     algo = get_algorithm(algorithm)
     if accuracies not in ("all", "final"):
         raise ValueError(f"accuracies: expected 'all' or 'final', got {accuracies!r}")
     check_lrs(lrs)
     check_rate_block(rate_block)
-    w_exp, process = resolve_mixing(process, name="mixing")
-    if process is None:
-        raise ValueError("mixing: expected a mixing process (ntkdyn.graphs.periodic / "
-                         "random_edges / one_random_edge); a static matrix runs on "
-                         "predict_lowrank_sweep")
+    w_exp, process = require_process(process, "predict_lowrank_sweep")
     groups, samples = process_groups(process, samples)
     inps = [lowrank_inputs(factor, y_train, agent, w_exp, lr, steps, f0_train, y_test,
                            f0_test, acc_rows) for lr in lrs]
@@ -597,5 +598,6 @@ __all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
            "independent_outputs", "init_independent_state", "init_process_state",
            "mix_groups", "mixing_at", "predict_lowrank_process",
            "predict_lowrank_process_sweep", "predict_random_lowrank_gossip",
-           "process_data", "process_groups", "process_operators", "run_independent_chunk",
+           "process_data", "process_groups", "process_operators", "require_process",
+           "run_independent_chunk",
            "run_process_chunk", "sweep_columns", "sweep_rate_block"]
