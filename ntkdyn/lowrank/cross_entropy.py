@@ -66,7 +66,6 @@ from ntkdyn.lowrank.evolve import (
     DIVERGENCE_FACTOR,
     check_lrs,
     check_rate_block,
-    column_rates,
     divergence_check,
     lowrank_inputs,
     records_trajectory,
@@ -77,7 +76,14 @@ from ntkdyn.lowrank.evolve import (
     step_data,
 )
 from ntkdyn.lowrank.factor import LowRankFactor
-from ntkdyn.lowrank.gossip import mix_groups, mixing_at, process_data, process_groups
+from ntkdyn.lowrank.gossip import (
+    mix_groups,
+    mixing_at,
+    process_data,
+    process_groups,
+    sweep_columns,
+    sweep_trajectories,
+)
 from ntkdyn.trajectory import CE_ZERO_WORDS, Trajectory
 
 EXACT = jax.lax.Precision.HIGHEST
@@ -392,29 +398,6 @@ def _ce_rate_block(inp, rates: int, groups: int, records: int) -> int:
     return max(1, memory.largest_fitting(need, memory.available_memory_bytes(), rates))
 
 
-def _ce_sweep_groups(raw, carry, inps, rates: int, groups: int, traj_of,
-                     finals: dict | None) -> list:
-    """Rate ``i``'s trajectory from its column groups ``g R + i`` (``G = 1``: the run;
-    random gossip: the sampled sequences then ``E[W]``, aggregated as
-    :func:`predict_lowrank_ce_gossip` does), the final training records written in when
-    they were computed after the run (``finals``, :func:`final_train_records`)."""
-    from ntkdyn.dynamics.run import aggregate_sequences
-
-    out, cols = [], rates * groups
-    for i, one in enumerate(inps):
-        trajs = []
-        for g in range(groups):
-            col = g * rates + i
-            traj = traj_of(group_raw(raw, col, cols), one, float(carry[3][col]))
-            if finals is not None and len(traj.steps):
-                set_last_train_records(traj, {key: v[..., col] for key, v in finals.items()},
-                                       len(one.counts))
-            trajs.append(traj)
-        out.append(trajs[0] if groups == 1
-                   else aggregate_sequences(trajs[:-1], trajs[-1], what="mixing"))
-    return out
-
-
 # long unit: checks, blocks of rates, the R G column groups, run, assembly
 def predict_lowrank_ce_sweep(
     factor: LowRankFactor, y_train, agent, mixing, lrs, steps,
@@ -481,10 +464,9 @@ def predict_lowrank_ce_sweep(
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
     data, rows, order = _ce_data(factor, inp, scale, reference)
     phi_s = inp.phi[order]
-    lr_cols = column_rates([slot_rates(i.lr_q, reference) for i in inps], k)
-    limits = [ce_limit(i.lr_q, phi_s, scale, k, inp.counts) for i in inps]
-    data.update(lr=jnp.asarray(np.tile(lr_cols, (1, groups))),
-                limit_per_step=jnp.asarray(np.tile(limits, groups)))
+    data = sweep_columns(data, np.stack([slot_rates(i.lr_q, reference) for i in inps]),
+                         [ce_limit(i.lr_q, phi_s, scale, k, inp.counts) for i in inps], k,
+                         groups)
     if process is not None:
         data.update(process_data(process, samples))
     if train_records == "final":
@@ -496,16 +478,21 @@ def predict_lowrank_ce_sweep(
         f"{rates} rates" + (f", {groups} mixing groups" if random else ""),
         runner=_runner(process, k, cols), groups=cols)
 
-    def traj_of(rec, i, div_at):
-        meta = ce_metadata(factor, algo, i, scale=scale, padded=rows > inp.phi.shape[0],
-                           given_f0=f0_train is not None, metadata=metadata)
-        meta.update(process_metadata(process))
-        return records_trajectory(rec, q_count, reference, rec_steps, phase, i.lr_q, meta,
-                                  order, div_at)
-
     finals = None if train_records == "all" else final_train_records(
         algo.parameters(carry[0]), data, q_count, k)
-    return _ce_sweep_groups(raw, carry, inps, rates, groups, traj_of, finals)
+
+    def group_traj(one, col):
+        meta = ce_metadata(factor, algo, one, scale=scale, padded=rows > inp.phi.shape[0],
+                           given_f0=f0_train is not None, metadata=metadata)
+        meta.update(process_metadata(process))
+        traj = records_trajectory(group_raw(raw, col, cols), q_count, reference, rec_steps,
+                                  phase, one.lr_q, meta, order, float(carry[3][col]))
+        if finals is not None and len(traj.steps):
+            set_last_train_records(traj, {key: v[..., col] for key, v in finals.items()},
+                                   q_count)
+        return traj
+
+    return sweep_trajectories(inps, rates, groups, random, group_traj)
 
 
 def check_call(*, rank, tol=None, acc_rows=None, form: str = "auto") -> None:

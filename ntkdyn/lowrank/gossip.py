@@ -489,25 +489,19 @@ def sweep_rate_block(n: int, n_test: int, rank: int, agents: int, columns: int, 
     return max(1, memory.largest_fitting(need, memory.available_memory_bytes(), rates))
 
 
-def _sweep_trajectories(raw, carry, finals, inps, rates: int, groups: int, random: bool,
-                        traj_of) -> list[Trajectory]:
-    """Rate ``i``'s trajectory from its ``G`` column groups ``g R + i`` (the sampled
-    sequences then ``E[W]`` for a random process: aggregated as
-    :func:`predict_lowrank_process` does), the final accuracies written in when they were
-    computed after the run (``finals``)."""
+def sweep_trajectories(inps, rates: int, groups: int, random: bool,
+                       group_traj) -> list[Trajectory]:
+    """Rate ``i``'s trajectory of a sweep whose columns are :func:`sweep_columns`'s
+    (``G R`` groups, group ``g R + i`` mixing group ``g`` at rate ``i``):
+    ``group_traj(inputs_i, column_group)`` builds each group's trajectory; with a random
+    process the sampled sequences then ``E[W]`` are aggregated as
+    :func:`predict_lowrank_process` does.  Shared by :func:`predict_lowrank_process_sweep`
+    and :func:`ntkdyn.lowrank.cross_entropy.predict_lowrank_ce_sweep`."""
     from ntkdyn.dynamics.run import aggregate_sequences
 
     out = []
     for i, one in enumerate(inps):
-        trajs = []
-        for g in range(groups):
-            col = g * rates + i
-            traj = traj_of({key: v[:, col] for key, v in raw.items()}, one,
-                           float(carry[3][col]))
-            if finals is not None and len(traj.steps):
-                set_last_accuracies(traj, {key: v[col] for key, v in finals.items()},
-                                    len(one.counts))
-            trajs.append(traj)
+        trajs = [group_traj(one, g * rates + i) for g in range(groups)]
         out.append(aggregate_sequences(trajs[:-1], trajs[-1], what="mixing") if random
                    else trajs[0])
     return out
@@ -582,16 +576,19 @@ def predict_lowrank_process_sweep(
         split_groups(algo.parameters(carry[0]), cols), prep.data, q_count, reference,
         inp.yt is not None)
 
-    def traj_of(rec, one, div_at):
+    def group_traj(one, col):
         meta = lowrank_metadata(factor, algo, one, padded=prep.padded, gram=prep.gram,
                                 acc_rows=acc_rows, given_f0=f0_train is not None,
                                 metadata=metadata)
         meta.update(process_metadata(process))
-        return records_trajectory(rec, q_count, reference, rec_steps, phase, one.lr_q, meta,
-                                  prep.order, div_at)
+        traj = records_trajectory({key: v[:, col] for key, v in raw.items()}, q_count,
+                                  reference, rec_steps, phase, one.lr_q, meta, prep.order,
+                                  float(carry[3][col]))
+        if finals is not None and len(traj.steps):
+            set_last_accuracies(traj, {key: v[col] for key, v in finals.items()}, q_count)
+        return traj
 
-    return _sweep_trajectories(raw, carry, finals, inps, rates, groups, process.random,
-                               traj_of)
+    return sweep_trajectories(inps, rates, groups, process.random, group_traj)
 
 
 __all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
@@ -600,4 +597,4 @@ __all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
            "predict_lowrank_process_sweep", "predict_random_lowrank_gossip",
            "process_data", "process_groups", "process_operators", "require_process",
            "run_independent_chunk",
-           "run_process_chunk", "sweep_columns", "sweep_rate_block"]
+           "run_process_chunk", "sweep_columns", "sweep_rate_block", "sweep_trajectories"]
