@@ -239,3 +239,27 @@ def test_validate_refuses_before_training(tmp_path, monkeypatch, capsys):
     fit = int(err.split("at most about ")[1].split()[0])
     assert 10_000 < fit < 40_000  # 16 GB: a few 8 N^2 arrays
     assert not (tmp_path / "out").exists()
+
+
+def test_carried_outputs_are_counted_where_the_solver_carries_them(monkeypatch):
+    """The solver's state with carried outputs (``solver.carries_outputs``) is twice the
+    plain one: ``prediction_bytes`` adds ``8 x 7 A R C``, and ``run_problem`` passes the
+    solver's own choice to it (many records and agents: carried; few records: not)."""
+    from ntkdyn.dynamics import run as run_mod
+
+    n, m, k, q = 400, 50, 10, 8
+    kw = dict(records=3, rates=40)  # the solving phase is the peak
+    plain = memory.prediction_bytes(n, m, k, q, **kw)
+    assert memory.prediction_bytes(n, m, k, q, carried_outputs=True, **kw) - plain == \
+        8 * 7 * (q + 1) * n * k * 40
+    seen = []
+    real = memory.prediction_bytes
+    monkeypatch.setattr(memory, "prediction_bytes",
+                        lambda *a, **kw: seen.append(kw["carried_outputs"]) or real(*a, **kw))
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(n, 5))
+    problem = nd.make_problem(feats @ feats.T, np.eye(k)[rng.integers(0, k, n)],
+                              np.arange(n) % q, nd.graphs.mixing(nd.graphs.topology("ring", q)))
+    for steps, carried in ((np.arange(0, 8), True), (np.array([0, 200]), False)):
+        run_mod.run_problem(problem, "dgd", [0.01], steps)
+        assert seen[-1] is carried

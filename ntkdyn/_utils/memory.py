@@ -124,6 +124,7 @@ def prediction_bytes(
     runtime: bool = True,
     eigen_reference: bool = False,
     solve_extra: int = 0,
+    carried_outputs: bool = False,
 ) -> int:
     """Estimated peak growth of resident memory of one kernel-space prediction.
 
@@ -153,6 +154,9 @@ def prediction_bytes(
       (fitted to the measured peak at N = 2,000 and 4,000, ``tests/test_memory.py``);
     * ``solve_extra``: bytes the caller knows are alive during the solve only (the sampled
       networks' record arrays of one random network), added to the solving phase;
+    * ``carried_outputs``: the state also carries the agents' training outputs
+      (:func:`ntkdyn.dynamics.solver.carries_outputs`): state and temporaries twice,
+      ``14 A R C``;
 
     the peak over the phases plus :data:`RUNTIME_BYTES` (``runtime=False`` leaves it out).
     """
@@ -169,7 +173,7 @@ def prediction_bytes(
         problem += host
     phases.append(problem)
     solve = host + itemsize * (rows * rows + rows_test * rows)
-    solve += 8 * 7 * (agents + 1) * rows * cols
+    solve += 8 * 7 * (agents + 1) * rows * cols * (2 if carried_outputs else 1)
     solve += 8 * 2 * (agents + 1) * cols * (rows + rows_test)
     if record_outputs:
         solve += 8 * records * (agents + 1) * rates * (n_train + n_test) * outputs

@@ -67,13 +67,22 @@ def _check_device_memory(problem: KernelProblem, n_rates: int, mesh, kernel_dtyp
             "this sharded prediction " + sharding.fits_hint(est, d, avail))
 
 
-def _check_memory(problem: KernelProblem, n_rates: int, n_records: int, record_outputs: bool,
-                  eigen_reference: bool = False):
+def _check_memory(problem: KernelProblem, n_rates: int, algo: Algorithm, steps: np.ndarray,
+                  record_outputs: bool, *, central: bool, continuous: bool, kernel_dtype: str,
+                  networks: int):
+    """Refuse (with what would fit) before allocating; the estimate counts the outputs the
+    solver's state carries where :func:`ntkdyn.dynamics.solver.carries_outputs` says so."""
     n_test = 0 if problem.y_test is None else problem.y_test.shape[0]
+    n_records = len(steps) * algo.records_per_step
+    carried_outputs = not (continuous and problem.loss != "mse") and solver.carries_outputs(
+        problem, n_records, int(steps[-1]) if len(steps) else 0,
+        mixes_per_step=algo.mixes_per_step, central=central, continuous=continuous,
+        kernel_dtype=kernel_dtype, networks=networks)
     need = memory.prediction_bytes(
         problem.num_train, n_test, problem.num_outputs, problem.num_agents,
         traced=problem.traced, rates=n_rates, records=n_records, record_outputs=record_outputs,
-        eigen_reference=eigen_reference)
+        eigen_reference=central and solver.use_eigen_reference(problem),
+        carried_outputs=carried_outputs)
     # the kernel itself is already in memory (numpy); the device copy doubles it on CPU
     memory.ensure_fits(
         need, "this prediction",
@@ -184,9 +193,9 @@ def run_problem(
         raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
                          "response columns) needs sampled random networks (f0='random')")
     if mesh is None:
-        _check_memory(run, len(rate_rows) * groups, len(steps) * algo.records_per_step,
-                      record_outputs, eigen_reference=reference
-                      and solver.use_eigen_reference(problem))
+        _check_memory(run, len(rate_rows) * groups, algo, steps, record_outputs,
+                      central=reference, continuous=continuous, kernel_dtype=kernel_dtype,
+                      networks=0 if init is None or copies else init.samples)
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
     if continuous and problem.loss != "mse":

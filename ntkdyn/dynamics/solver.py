@@ -178,6 +178,7 @@ def kernel_operators(
     loss: tuple | None = None,
     batch=None,
     low: tuple | None = None,
+    lifted: bool = False,
 ) -> Operators:
     """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
 
@@ -209,8 +210,14 @@ def kernel_operators(
 
     ``low = (blocks_lo, shape)`` (``kernel_dtype="mixed"``, :func:`mixed_product`): the
     sampled networks' response columns are multiplied by float32 copies of the blocks.
+
+    ``lifted``: the state carries the agents' training outputs, ``(A, 2R, C)`` with rows
+    ``[alpha; Theta alpha]`` (:func:`_grad_lifted`; equal shards, one device, no ``low``).
     """
     q_count = len(offsets) - 1
+    if lifted and (isinstance(blocks, tuple) or low is not None):
+        raise ValueError("carry_outputs: the carried outputs need equal shards and no "
+                         "kernel_dtype='mixed'")
     if loss is not None and reference is not None:
         raise ValueError("reference: the eigenbasis reference is for the squared loss only")
     if batch is not None and reference is not None:
@@ -218,7 +225,8 @@ def kernel_operators(
     layout = _GradLayout(blocks=blocks, residual=residual, offsets=tuple(offsets),
                          rps=rows_per_sample, central=central, reference=reference,
                          loss=loss, batch=batch, low=low)
-    grad = partial(_grad_blocks if isinstance(blocks, tuple) else _grad_stacked, layout)
+    grad = partial(_grad_lifted if lifted else
+                   _grad_blocks if isinstance(blocks, tuple) else _grad_stacked, layout)
     return Operators(mix=partial(_mix, mixing, q_count=q_count, central=central), grad=grad,
                      scale=lambda g: lr_cols * g, grad_at=None if batch is None else grad)
 
@@ -311,6 +319,51 @@ def _grad_stacked(lay: _GradLayout, x, j=0):
     else:
         g_c = None
     return _pad_rows(_assemble(r_agents, g_c), x.shape[1])
+
+
+def _grad_lifted(lay: _GradLayout, x, j=0):
+    r"""Local gradients on the lifted state ``[alpha; u]`` (``(A, 2R, C)``, equal shards),
+    where ``u_q = Theta alpha_q`` for the agents' slots (the centralised slot's ``u`` rows
+    are not carried: zero).
+
+    The lift is exact for every schedule built from the two primitives: the combine acts
+    on the slot axis and ``Theta`` on the row axis, so ``W`` commutes with ``Theta``, and
+    each gradient ``g_q`` (agent ``q``'s rows) enters with its image ``Theta[:, S_q] g_q``
+    (``Theta`` symmetric: the agent's row block transposed), so every linear combination a
+    schedule forms keeps ``u = Theta alpha``.  The residual reads ``u_q[S_q]`` instead of
+    multiplying ``Theta[S_q, :] alpha_q``; the one product per step, ``(Q, n, R)^T x
+    (Q, n, C)``, has the same ``2 R^2 C`` flops, and the records need no training-set
+    product (``2 R^2 A C`` flops each otherwise): what pays with many agents and records."""
+    q_count, rows, counts0 = lay.q_count, lay.rows, lay.offsets[1] - lay.offsets[0]
+    c = x.shape[-1]
+    n = counts0 * lay.rps
+    alpha, u = x[:, :rows], x[:q_count, rows:]
+    own = jnp.moveaxis(jnp.diagonal(u.reshape(q_count, q_count, n, c), axis1=0, axis2=1),
+                       -1, 0)  # (Q, n, C): agent q's outputs on its own rows
+    res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(q_count, n, c)
+    bw = None if lay.batch is None else lay.batch(j)
+    z = lay.out_vec((res + own).reshape(rows, c), 0, rows)
+    r_agents = (z / counts0 if bw is None else z * bw).reshape(q_count, n, c)
+    if lay.carried:
+        prod_c = mixed_product(partial(jnp.einsum, "qnr,rc->qnc", precision=EXACT),
+                               *_unmerged(lay.blocks, alpha[q_count]), None).astype(x.dtype)
+        g_c = lay.out_vec((res + prod_c).reshape(rows, c), 0, rows)
+        g_c = g_c / (q_count * counts0) if bw is None else g_c * (bw / q_count)
+    elif lay.central:
+        g_c = lay.grad_reference(alpha)[0]
+    else:
+        g_c = None
+    g_u = jnp.swapaxes(mixed_product(_rows_times_blocks, *_unmerged(lay.blocks, r_agents)),
+                       1, 2)  # (Q, R, C): Theta[:, S_q] r_q
+    if g_c is not None:
+        g_u = jnp.concatenate([g_u, jnp.zeros((1, rows, c), g_u.dtype)], axis=0)
+    return jnp.concatenate([_assemble(r_agents, g_c), g_u], axis=1)
+
+
+def _rows_times_blocks(blocks, r):
+    """``(Q, C, R)`` products ``r_q^T Theta[S_q, :]``: XLA:CPU runs this layout at GEMM
+    speed, the ``(Q, R, C)`` one (``Theta[S_q, :]^T r_q``) about 6x slower (measured)."""
+    return jax.lax.dot_general(r, blocks, (((1,), (1,)), ((0,), (0,))), precision=EXACT)
 
 
 def _assemble(r_agents, g_c):
@@ -460,15 +513,25 @@ def _low_args(data) -> tuple | None:
     return (data["low_blocks"], data["low_shape"]) if "low_blocks" in data else None
 
 
-def _products(x, data, *, traced, has_test):
+def _products(x, data, *, traced, has_test, carried=None):
     """``x`` without sharding padding, ``Theta x`` in row layout ``(rows, A, C)`` and the
-    test products ``Theta* x`` (``(M rps, A, C)``, or ``None``)."""
+    test products ``Theta* x`` (``(M rps, A, C)``, or ``None``).  ``carried``: the agents'
+    ``Theta alpha_q`` ``(Q, R, C)`` from a lifted state (:func:`_grad_lifted`); only the
+    slots after them (the centralised reference) are multiplied."""
     n, k = data["y"].shape
     a, rows_state, c = x.shape
     flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
     rows = n * (1 if traced else k)
     low = _low_args(data)
-    u = kernel_times(data["blocks"], flat, low).reshape(rows, a, c)
+    if carried is None:
+        u = kernel_times(data["blocks"], flat, low).reshape(rows, a, c)
+    else:
+        q = carried.shape[0]
+        u = jnp.transpose(carried, (1, 0, 2))
+        if a > q:
+            rest = jnp.transpose(x[q:], (1, 0, 2)).reshape(rows_state, (a - q) * c)
+            u = jnp.concatenate([u, kernel_times(data["blocks"], rest, low).reshape(
+                rows, a - q, c)], axis=1)
     prod_t = None
     if has_test:
         low_t = None if low is None else (data["low_kernel_test"], low[1])
@@ -479,8 +542,8 @@ def _products(x, data, *, traced, has_test):
 
 
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True,
-            loss="mse"):
-    x, u, prod_t = _products(x, data, traced=traced, has_test=has_test)
+            loss="mse", carried=None):
+    x, u, prod_t = _products(x, data, traced=traced, has_test=has_test, carried=carried)
     return _metrics(x, u, prod_t, data, data["f0"], data["y"], data.get("f0_test"),
                     data.get("y_test"), q_count=q_count, n_rates=n_rates, traced=traced,
                     record_outputs=record_outputs, central=central, loss=loss)
@@ -739,9 +802,10 @@ def _batch_at(data, t, *, batcher, grads_per_step, rows_per_sample, columns):
 
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
                                    "has_test", "record_outputs", "central", "sampler", "loss",
-                                   "batcher", "networks"))
+                                   "batcher", "networks", "lifted"))
 def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, has_test,
-                record_outputs, central, sampler=None, loss="mse", batcher=None, networks=0):
+                record_outputs, central, sampler=None, loss="mse", batcher=None, networks=0,
+                lifted=False):
     """The algorithm's initial (augmented) state from the parameters ``x0`` (``alpha = 0``;
     mini-batch draws of step 0)."""
     rps = 1 if traced else data["y"].shape[1]
@@ -755,7 +819,7 @@ def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, ha
                            batch=_batch_at(data, t0, batcher=batcher,
                                            grads_per_step=algorithm.grads_per_step,
                                            rows_per_sample=rps, columns=x0.shape[-1]),
-                           low=_low_args(data))
+                           low=_low_args(data), lifted=lifted)
     return algorithm.initial_state(x0, ops)
 
 
@@ -800,10 +864,14 @@ def taylor_flow(algorithm: Algorithm, x, h, ops: Operators, ops_lin: Operators):
 
 
 def _record_state(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central,
-                  loss, networks):
+                  loss, networks, lifted=False):
     """The records of one state: the centralised slot mapped back to ``alpha`` first,
     then per sampled network (:func:`_record_networks`) or per column group
-    (:func:`_record`)."""
+    (:func:`_record`); a lifted state gives the agents' ``Theta alpha`` it carries."""
+    carried = None
+    if lifted:
+        rows = x.shape[1] // 2
+        x, carried = x[:, :rows], x[:q_count, rows:]
     if central:
         x = _reference_to_alpha(x, data, q_count)
     if networks:
@@ -812,11 +880,11 @@ def _record_state(x, data, *, q_count, n_rates, traced, has_test, record_outputs
                                 record_outputs=record_outputs)
     return _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
                    has_test=has_test, record_outputs=record_outputs, central=central,
-                   loss=loss)
+                   loss=loss, carried=carried)
 
 
 def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, columns,
-                  offsets, rows_per_sample, central) -> Operators:
+                  offsets, rows_per_sample, central, lifted=False) -> Operators:
     """The step's operators at step ``t``: mixing matrices of the sequence, the mini-batch
     of the step, the loss's output gradient; ``linear=True``: the linear part (zero
     residual, no reference offset, squared-loss gradient), for the flow's Taylor terms."""
@@ -828,17 +896,18 @@ def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, c
         _mixing_at(data, t, sampler=sampler, mixes_per_step=algorithm.mixes_per_step),
         data["lr_cols"], reference=_reference_args(data, linear),
         loss=None if linear else _loss_args(data, loss), batch=batch, offsets=offsets,
-        rows_per_sample=rows_per_sample, central=central, low=_low_args(data))
+        rows_per_sample=rows_per_sample, central=central, low=_low_args(data),
+        lifted=lifted)
 
 
 # long unit: the compiled body of one chunk; its five inner functions share the step's
 # operators and the divergence state, and as module functions each would take ten arguments
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
                                    "has_test", "record_outputs", "central", "sampler", "loss",
-                                   "batcher", "networks"))
+                                   "batcher", "networks", "lifted"))
 def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, continuous,
                has_test, record_outputs, central, sampler=None, loss="mse", batcher=None,
-               networks=0):
+               networks=0, lifted=False):
     """Advance through a chunk of records; returns the new carry and the records.
 
     The kernel-space instance of :func:`ntkdyn.engine.scan_records` (the loop real
@@ -856,10 +925,13 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
     c0 = k if traced else 1
     operators = partial(_operators_at, data, algorithm=algorithm, batcher=batcher,
                         sampler=sampler, loss=loss, columns=n_rates * c0, offsets=offsets,
-                        rows_per_sample=rps, central=central)
+                        rows_per_sample=rps, central=central, lifted=lifted)
     cols_rate = jnp.arange(n_rates * c0) // c0
     limit = data["limit_per_step"]
     params = algorithm.parameters
+
+    def alpha(x):  # the divergence bound is on alpha, not on the carried outputs
+        return x[:, :x.shape[1] // 2] if lifted else x
 
     def guarded(x, new, diverged):
         keep = diverged[cols_rate]
@@ -867,7 +939,8 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
 
     def checked(st, new, t_new):
         x, _, diverged, div_at = st
-        diverged, div_at = _divergence_check(params(new), diverged, div_at, t_new, limit, c0)
+        diverged, div_at = _divergence_check(alpha(params(new)), diverged, div_at, t_new,
+                                             limit, c0)
         return guarded(x, new, diverged), t_new, diverged, div_at
 
     def step_checked(i, st):
@@ -883,7 +956,7 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
             return algorithm.step(xt[0], operators(xt[1])), xt[1] + 1.0
 
         new, t_new = jax.lax.fori_loop(0, CHECK_BLOCK, plain, (x, t))
-        mag = jnp.max(jnp.abs(params(new)), axis=(0, 1)).reshape(-1, c0).max(axis=1)
+        mag = jnp.max(jnp.abs(alpha(params(new))), axis=(0, 1)).reshape(-1, c0).max(axis=1)
         out = (~jnp.isfinite(mag) | (mag > limit * (t + 1.0))) & ~diverged
         return jax.lax.cond(
             jnp.any(out),
@@ -906,7 +979,7 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
     def record(st, x):
         rec = _record_state(params(x), data, q_count=q_count, n_rates=n_rates, traced=traced,
                             has_test=has_test, record_outputs=record_outputs,
-                            central=central, loss=loss, networks=networks)
+                            central=central, loss=loss, networks=networks, lifted=lifted)
         rec["diverged"] = st[2]
         return st, rec
 
@@ -1125,6 +1198,7 @@ def evolve(
     group_f0=None,
     copies: int = 1,
     expected_groups: int = 1,
+    carry_outputs: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -1178,6 +1252,11 @@ def evolve(
         from several initial outputs, the band over initialisations of
         :mod:`ntkdyn.dynamics.random_init`).  Otherwise ``G`` groups of the static or
         periodic mixing.
+    carry_outputs : bool, optional
+        Carry the agents' training outputs ``Theta alpha_q`` in the state
+        (:func:`_grad_lifted`: the same flops per step, twice the state, and records
+        without a training-set product); ``None`` (default): where
+        :func:`carries_outputs` says it saves work.  Same results to round-off.
 
     Returns
     -------
@@ -1220,24 +1299,70 @@ def evolve(
         h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
     else:
         n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)
-    x0 = zero_state(problem, n_rates, central, mesh)
+    lifted = carries_outputs(problem, len(steps) * algorithm.records_per_step,
+                             int(np.sum(n_sub)), mixes_per_step=algorithm.mixes_per_step,
+                             central=central, continuous=continuous, mesh=mesh,
+                             kernel_dtype=kernel_dtype, networks=int(networks),
+                             choice=carry_outputs)
+    x0 = zero_state(problem, n_rates, central, mesh, lifted=lifted)
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
                   record_outputs=record_outputs, central=central, sampler=sampler,
-                  loss=problem.loss, batcher=batcher, networks=int(networks))
+                  loss=problem.loss, batcher=batcher, networks=int(networks), lifted=lifted)
     state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
     return _run_chunks(carry, data, static, n_sub, h, deltas, chunk=chunk,
                        desc=f"predict {algorithm.name}" if progress else None)
 
 
-def zero_state(problem: KernelProblem, n_rates: int, central: bool, mesh=None):
+#: cost of the state-sized passes a lifted step adds (the transposed product's output, the
+#: assembly, the combine's extra rows: about 6 passes of 16 bytes per entry) in flops per
+#: entry at ~7 flops per byte read (gemm rate / bandwidth on the 2-core CPUs measured);
+#: :func:`carries_outputs`
+LIFT_PASSES = 336
+
+
+def carries_outputs(problem: KernelProblem, n_records: int, n_steps: int, *,
+                    mixes_per_step: int = 1, central: bool = True, continuous: bool = False,
+                    mesh=None, kernel_dtype: str = "float64", networks: int = 0,
+                    choice: bool | None = None) -> bool:
+    r"""Whether :func:`evolve` carries the agents' training outputs in its state.
+
+    Without them every record multiplies the kernel by all ``A`` slots (``2 R^2 A C``
+    flops); with them (:func:`_grad_lifted`) a step costs one more combine of the state
+    (``2 Q^2 R C`` per mixing with a dense ``W``) and a few more passes over it.  So
+    ``None`` (auto) carries them where ``n_records R A > n_steps (m Q^2 + LIFT_PASSES A)``
+    (``m`` mixings per step) -- many agents and records -- on one device, for discrete
+    steps, equal shards, and not for ``kernel_dtype="mixed"`` or sampled networks
+    (``networks``); ``True`` / ``False`` force the choice (``True`` where it does not
+    apply is a ``ValueError`` naming ``carry_outputs``)."""
+    counts = np.asarray(problem.counts)
+    eligible = (mesh is None and not continuous and kernel_dtype != "mixed" and not networks
+                and bool(np.all(counts == counts[0])))
+    if choice is not None:
+        if choice and not eligible:
+            raise ValueError("carry_outputs: carried outputs need one device, discrete steps, "
+                             "equal shards, kernel_dtype 'float64' or 'float32' and no sampled "
+                             "networks; use carry_outputs=None or False")
+        return bool(choice)
+    if not eligible:
+        return False
+    q = problem.num_agents
+    a = q + int(central)
+    return n_records * problem.kernel.shape[0] * a > n_steps * (mixes_per_step * q * q
+                                                                 + LIFT_PASSES * a)
+
+
+def zero_state(problem: KernelProblem, n_rates: int, central: bool, mesh=None,
+               lifted: bool = False):
     """Zeros of the state's shape ``(A, rows, n_rates c0)`` (``A = Q + central``,
     ``c0 = K`` for a traced kernel, else 1): on the default device, or row-sharded over
-    ``mesh`` with the rows zero-padded as :func:`device_data` pads them."""
+    ``mesh`` with the rows zero-padded as :func:`device_data` pads them; ``lifted``:
+    ``2 rows`` (``[alpha; Theta alpha]``, :func:`_grad_lifted`)."""
     c0 = problem.num_outputs if problem.traced else 1
     rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
                                                                          mesh)
+    rows *= 1 + int(lifted)
     shape = (problem.num_agents + int(central), rows, n_rates * c0)
     return jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
                                                                 sharding.state_sharding(mesh))
