@@ -338,17 +338,18 @@ def _assert_same_records(a, b, tol, what):
 @pytest.mark.parametrize("algorithm", [
     "dgd", "atc", "cta", "gd", "momentum", "gradient_tracking", "diging", "extra",
     nd.algorithms.p2pl(3, 2)])
-def test_carried_outputs_equal_recomputed_outputs(algorithm):
-    """The lifted state [alpha; Theta alpha] (solver._grad_lifted) gives every record of the
-    plain state to 1e-12 (relative, float64): squared loss with the eigenbasis and the
-    carried reference, cross-entropy, a full kernel; two rates, one of them diverging (same
-    flags and diverged_at)."""
+def test_carried_outputs_equal_recomputed_outputs(net, algorithm):
+    """The lifted state [alpha; Theta alpha] (solver._grad_lifted, _grad_blocks_lifted) gives
+    every record of the plain state to 1e-12 (relative, float64): squared loss with the
+    eigenbasis and the carried reference, cross-entropy, a full kernel, unequal shards; two
+    rates, one of them diverging (same flags and diverged_at)."""
     from ntkdyn.dynamics import solver
 
     algo = nd.algorithms.get_algorithm(algorithm)
     lrs = np.array([[0.3, 0.2, 0.25, 0.35], [40.0] * 4])
     steps = np.array([0, 1, 2, 5, 13, 40, 90])
-    for name, problem in _carried_problems().items():
+    problems = dict(_carried_problems(), unequal=_reference_problems(net)["traced_unequal"])
+    for name, problem in problems.items():
         for ref in ("eigen", "carried") if name != "cross_entropy" else ("carried",):
             kw = dict(reference=ref, record_outputs=True)
             plain = solver.evolve(problem, algo, lrs, steps, carry_outputs=False, **kw)
@@ -358,7 +359,7 @@ def test_carried_outputs_equal_recomputed_outputs(algorithm):
             _assert_same_records(plain, lifted, 1e-12, (name, ref))
 
 
-def test_carried_outputs_with_mixing_sequences_and_minibatches():
+def test_carried_outputs_with_mixing_sequences_and_minibatches(net):
     """Periodic and random mixing, mini-batch SGD (sampled batch sequences and the expected
     group), with and without a centralised reference: the same records to 1e-12."""
     from ntkdyn.dynamics import solver
@@ -373,6 +374,8 @@ def test_carried_outputs_with_mixing_sequences_and_minibatches():
         "minibatch": (base, dict(samples=3, batch_size=2, seed=5)),
         "minibatch_ce": (_carried_problems()["cross_entropy"],
                          dict(samples=2, batch_size=3, seed=1)),
+        "minibatch_unequal": (_reference_problems(net)["traced_unequal"],
+                              dict(samples=2, batch_size=2, seed=3)),
     }
     algo = nd.algorithms.get_algorithm("atc")
     for name, (problem, kw) in cases.items():
@@ -384,7 +387,7 @@ def test_carried_outputs_with_mixing_sequences_and_minibatches():
 
 def test_carried_outputs_choice_and_errors(net):
     """Auto: carried where records times slots outweigh the steps' extra passes; True where
-    it does not apply (unequal shards, the flow) is a ValueError naming carry_outputs."""
+    it does not apply (the flow) is a ValueError naming carry_outputs."""
     from ntkdyn.dynamics import solver
 
     problem = _carried_problems()["mse"]  # R = 24 rows, Q = 4
@@ -394,11 +397,7 @@ def test_carried_outputs_choice_and_errors(net):
     assert not solver.carries_outputs(problem, 1000, 70, continuous=True)
     assert not solver.carries_outputs(problem, 1000, 70, kernel_dtype="mixed")
     assert solver.carries_outputs(problem, 2, 1000, choice=True)
-    unequal = _reference_problems(net)["traced_unequal"]
-    assert not solver.carries_outputs(unequal, 1000, 10)
     algo = nd.algorithms.get_algorithm("dgd")
-    with pytest.raises(ValueError, match="carry_outputs"):
-        solver.evolve(unequal, algo, np.full((1, 4), 0.3), np.arange(3), carry_outputs=True)
     with pytest.raises(ValueError, match="carry_outputs"):
         solver.evolve(problem, algo, np.full((1, 4), 0.3), np.array([0.0, 1.5]),
                       continuous=True, carry_outputs=True)

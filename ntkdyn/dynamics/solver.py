@@ -212,12 +212,13 @@ def kernel_operators(
     sampled networks' response columns are multiplied by float32 copies of the blocks.
 
     ``lifted``: the state carries the agents' training outputs, ``(A, 2R, C)`` with rows
-    ``[alpha; Theta alpha]`` (:func:`_grad_lifted`; equal shards, one device, no ``low``).
+    ``[alpha; Theta alpha]`` (:func:`_grad_lifted`, :func:`_grad_blocks_lifted`; one
+    device, no ``low``).
     """
     q_count = len(offsets) - 1
-    if lifted and (isinstance(blocks, tuple) or low is not None):
-        raise ValueError("carry_outputs: the carried outputs need equal shards and no "
-                         "kernel_dtype='mixed'")
+    if lifted and low is not None:
+        raise ValueError("carry_outputs: the carried outputs need kernel_dtype 'float64' or "
+                         "'float32', not 'mixed'")
     if loss is not None and reference is not None:
         raise ValueError("reference: the eigenbasis reference is for the squared loss only")
     if batch is not None and reference is not None:
@@ -225,8 +226,9 @@ def kernel_operators(
     layout = _GradLayout(blocks=blocks, residual=residual, offsets=tuple(offsets),
                          rps=rows_per_sample, central=central, reference=reference,
                          loss=loss, batch=batch, low=low)
-    grad = partial(_grad_lifted if lifted else
-                   _grad_blocks if isinstance(blocks, tuple) else _grad_stacked, layout)
+    unequal = isinstance(blocks, tuple)
+    grad = partial((_grad_blocks_lifted if unequal else _grad_lifted) if lifted else
+                   _grad_blocks if unequal else _grad_stacked, layout)
     return Operators(mix=partial(_mix, mixing, q_count=q_count, central=central), grad=grad,
                      scale=lambda g: lr_cols * g, grad_at=None if batch is None else grad)
 
@@ -412,6 +414,35 @@ def _grad_blocks(lay: _GradLayout, x, j=0):
     elif lay.central:
         g_agents.append(lay.grad_reference(x)[0])
     return _pad_rows(jnp.stack(g_agents), x.shape[1])
+
+
+def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
+    """:func:`_grad_lifted` with unequal shards: agent ``q``'s residual from its carried
+    outputs on its own rows, and ``Theta[:, S_q] r_q`` from its row block, one per agent."""
+    q_count, rows, offsets, rps = lay.q_count, lay.rows, lay.offsets, lay.rps
+    alpha, u = x[:, :rows], x[:, rows:]
+    g_agents, g_out, g_central = [], [], []
+    bw = None if lay.batch is None else lay.batch(j)
+    for q in range(q_count):
+        s, e = offsets[q] * rps, offsets[q + 1] * rps
+        n_q = offsets[q + 1] - offsets[q]
+        r_q = lay.out_vec(lay.residual[s:e] + u[q, s:e], s, e)
+        r_q = r_q / n_q if bw is None else r_q * bw[s:e]
+        g_agents.append(jnp.pad(r_q, ((s, rows - e), (0, 0))))
+        g_out.append(mixed_product(_rows_times_blocks, lay.blocks[q][None], r_q[None])[0].T)
+        if lay.carried:
+            prod_c = mixed_product(partial(jnp.matmul, precision=EXACT),
+                                   *_unmerged(lay.blocks[q], alpha[q_count])).astype(x.dtype)
+            z_c = lay.out_vec(lay.residual[s:e] + prod_c, s, e)
+            g_central.append(z_c / (q_count * n_q) if bw is None else
+                             z_c * (bw[s:e] / q_count))
+    if lay.carried:
+        g_agents.append(jnp.concatenate(g_central, axis=0))
+    elif lay.central:
+        g_agents.append(lay.grad_reference(alpha)[0])
+    if lay.central:
+        g_out.append(jnp.zeros((rows, x.shape[-1]), x.dtype))
+    return jnp.concatenate([jnp.stack(g_agents), jnp.stack(g_out)], axis=1)
 
 
 def cross_entropy_vector(z, targets, scale, k: int, rows_per_sample: int):
@@ -1333,17 +1364,15 @@ def carries_outputs(problem: KernelProblem, n_records: int, n_steps: int, *,
     (``2 Q^2 R C`` per mixing with a dense ``W``) and a few more passes over it.  So
     ``None`` (auto) carries them where ``n_records R A > n_steps (m Q^2 + LIFT_PASSES A)``
     (``m`` mixings per step) -- many agents and records -- on one device, for discrete
-    steps, equal shards, and not for ``kernel_dtype="mixed"`` or sampled networks
+    steps, and not for ``kernel_dtype="mixed"`` or sampled networks
     (``networks``); ``True`` / ``False`` force the choice (``True`` where it does not
     apply is a ``ValueError`` naming ``carry_outputs``)."""
-    counts = np.asarray(problem.counts)
-    eligible = (mesh is None and not continuous and kernel_dtype != "mixed" and not networks
-                and bool(np.all(counts == counts[0])))
+    eligible = mesh is None and not continuous and kernel_dtype != "mixed" and not networks
     if choice is not None:
         if choice and not eligible:
             raise ValueError("carry_outputs: carried outputs need one device, discrete steps, "
-                             "equal shards, kernel_dtype 'float64' or 'float32' and no sampled "
-                             "networks; use carry_outputs=None or False")
+                             "kernel_dtype 'float64' or 'float32' and no sampled networks; use "
+                             "carry_outputs=None or False")
         return bool(choice)
     if not eligible:
         return False
