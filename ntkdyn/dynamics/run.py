@@ -68,16 +68,14 @@ def _check_device_memory(problem: KernelProblem, n_rates: int, mesh, kernel_dtyp
 
 
 def _check_memory(problem: KernelProblem, n_rates: int, algo: Algorithm, steps: np.ndarray,
-                  record_outputs: bool, *, central: bool, continuous: bool, kernel_dtype: str,
-                  networks: int):
+                  record_outputs: bool, *, central: bool, continuous: bool):
     """Refuse (with what would fit) before allocating; the estimate counts the outputs the
     solver's state carries where :func:`ntkdyn.dynamics.solver.carries_outputs` says so."""
     n_test = 0 if problem.y_test is None else problem.y_test.shape[0]
     n_records = len(steps) * algo.records_per_step
     carried_outputs = not (continuous and problem.loss != "mse") and solver.carries_outputs(
         problem, n_records, int(steps[-1]) if len(steps) else 0,
-        mixes_per_step=algo.mixes_per_step, central=central, continuous=continuous,
-        kernel_dtype=kernel_dtype, networks=networks)
+        mixes_per_step=algo.mixes_per_step, central=central, continuous=continuous)
     need = memory.prediction_bytes(
         problem.num_train, n_test, problem.num_outputs, problem.num_agents,
         traced=problem.traced, rates=n_rates, records=n_records, record_outputs=record_outputs,
@@ -194,8 +192,7 @@ def run_problem(
                          "response columns) needs sampled random networks (f0='random')")
     if mesh is None:
         _check_memory(run, len(rate_rows) * groups, algo, steps, record_outputs,
-                      central=reference, continuous=continuous, kernel_dtype=kernel_dtype,
-                      networks=0 if init is None or copies else init.samples)
+                      central=reference, continuous=continuous)
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
     if continuous and problem.loss != "mse":

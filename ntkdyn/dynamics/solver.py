@@ -213,12 +213,9 @@ def kernel_operators(
 
     ``lifted``: the state carries the agents' training outputs, ``(A, 2R, C)`` with rows
     ``[alpha; Theta alpha]`` (:func:`_grad_lifted`, :func:`_grad_blocks_lifted`; one
-    device, no ``low``).
+    device).
     """
     q_count = len(offsets) - 1
-    if lifted and low is not None:
-        raise ValueError("carry_outputs: the carried outputs need kernel_dtype 'float64' or "
-                         "'float32', not 'mixed'")
     if loss is not None and reference is not None:
         raise ValueError("reference: the eigenbasis reference is for the squared loss only")
     if batch is not None and reference is not None:
@@ -355,11 +352,23 @@ def _grad_lifted(lay: _GradLayout, x, j=0):
         g_c = lay.grad_reference(alpha)[0]
     else:
         g_c = None
-    g_u = jnp.swapaxes(mixed_product(_rows_times_blocks, *_unmerged(lay.blocks, r_agents)),
-                       1, 2)  # (Q, R, C): Theta[:, S_q] r_q
+    g_u = _blocks_transposed_times(lay.blocks, r_agents, lay.low_at())  # Theta[:, S_q] r_q
     if g_c is not None:
         g_u = jnp.concatenate([g_u, jnp.zeros((1, rows, c), g_u.dtype)], axis=0)
     return jnp.concatenate([_assemble(r_agents, g_c), g_u], axis=1)
+
+
+def _blocks_transposed_times(blocks, r, low=None):
+    """``(Q, R, C)``: ``Theta[S_q, :]^T r_q`` for each agent's row block (``(Q, n, R)``) and
+    rows ``r`` (``(Q, n, C)``); with ``low`` (``kernel_dtype="mixed"``) the response columns
+    through the float32 blocks (:func:`mixed_product`).  Formed as ``(Q, C, R)``
+    (:func:`_rows_times_blocks`) and transposed."""
+    if low is not None:
+        hi, lo = split_low(r, *low[1].shape)
+        return join_low(_blocks_transposed_times(blocks, hi),
+                        _blocks_transposed_times(low[0], lo), *low[1].shape)
+    return jnp.swapaxes(mixed_product(_rows_times_blocks, *_unmerged(blocks, r)),
+                        1, 2).astype(r.dtype)
 
 
 def _rows_times_blocks(blocks, r):
@@ -429,7 +438,10 @@ def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
         r_q = lay.out_vec(lay.residual[s:e] + u[q, s:e], s, e)
         r_q = r_q / n_q if bw is None else r_q * bw[s:e]
         g_agents.append(jnp.pad(r_q, ((s, rows - e), (0, 0))))
-        g_out.append(mixed_product(_rows_times_blocks, lay.blocks[q][None], r_q[None])[0].T)
+        low = lay.low_at(q)
+        g_out.append(_blocks_transposed_times(
+            lay.blocks[q][None], r_q[None],
+            None if low is None else (low[0][None], low[1]))[0])
         if lay.carried:
             prod_c = mixed_product(partial(jnp.matmul, precision=EXACT),
                                    *_unmerged(lay.blocks[q], alpha[q_count])).astype(x.dtype)
@@ -650,7 +662,7 @@ def network_columns(k: int, networks: int) -> np.ndarray:
 
 
 def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
-                     record_outputs=False):
+                     record_outputs=False, carried=None):
     """Records of the mean network and of ``P = networks`` sampled random networks.
 
     Each rate's ``K + P`` columns hold the mean network (``K`` columns, residual ``-Y``)
@@ -667,7 +679,7 @@ def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
     :func:`_metrics` would give for the expanded columns.
     """
     k = data["y"].shape[1] - networks
-    x, u, prod_t = _products(x, data, traced=True, has_test=has_test)
+    x, u, prod_t = _products(x, data, traced=True, has_test=has_test, carried=carried)
     alg = _NetworkColumns(k, networks, n_rates)
     a = x.shape[0]
     xm, xr = alg.split(x)
@@ -908,7 +920,7 @@ def _record_state(x, data, *, q_count, n_rates, traced, has_test, record_outputs
     if networks:
         return _record_networks(x, data, q_count=q_count, n_rates=n_rates, has_test=has_test,
                                 central=central, networks=networks,
-                                record_outputs=record_outputs)
+                                record_outputs=record_outputs, carried=carried)
     return _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
                    has_test=has_test, record_outputs=record_outputs, central=central,
                    loss=loss, carried=carried)
@@ -1333,7 +1345,6 @@ def evolve(
     lifted = carries_outputs(problem, len(steps) * algorithm.records_per_step,
                              int(np.sum(n_sub)), mixes_per_step=algorithm.mixes_per_step,
                              central=central, continuous=continuous, mesh=mesh,
-                             kernel_dtype=kernel_dtype, networks=int(networks),
                              choice=carry_outputs)
     x0 = zero_state(problem, n_rates, central, mesh, lifted=lifted)
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
@@ -1355,8 +1366,7 @@ LIFT_PASSES = 336
 
 def carries_outputs(problem: KernelProblem, n_records: int, n_steps: int, *,
                     mixes_per_step: int = 1, central: bool = True, continuous: bool = False,
-                    mesh=None, kernel_dtype: str = "float64", networks: int = 0,
-                    choice: bool | None = None) -> bool:
+                    mesh=None, choice: bool | None = None) -> bool:
     r"""Whether :func:`evolve` carries the agents' training outputs in its state.
 
     Without them every record multiplies the kernel by all ``A`` slots (``2 R^2 A C``
@@ -1364,15 +1374,13 @@ def carries_outputs(problem: KernelProblem, n_records: int, n_steps: int, *,
     (``2 Q^2 R C`` per mixing with a dense ``W``) and a few more passes over it.  So
     ``None`` (auto) carries them where ``n_records R A > n_steps (m Q^2 + LIFT_PASSES A)``
     (``m`` mixings per step) -- many agents and records -- on one device, for discrete
-    steps, and not for ``kernel_dtype="mixed"`` or sampled networks
-    (``networks``); ``True`` / ``False`` force the choice (``True`` where it does not
-    apply is a ``ValueError`` naming ``carry_outputs``)."""
-    eligible = mesh is None and not continuous and kernel_dtype != "mixed" and not networks
+    steps; ``True`` / ``False`` force the choice (``True`` where it does not apply is a
+    ``ValueError`` naming ``carry_outputs``)."""
+    eligible = mesh is None and not continuous
     if choice is not None:
         if choice and not eligible:
-            raise ValueError("carry_outputs: carried outputs need one device, discrete steps, "
-                             "kernel_dtype 'float64' or 'float32' and no sampled networks; use "
-                             "carry_outputs=None or False")
+            raise ValueError("carry_outputs: carried outputs need one device and discrete "
+                             "steps; use carry_outputs=None or False")
         return bool(choice)
     if not eligible:
         return False
