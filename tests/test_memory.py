@@ -242,8 +242,9 @@ def test_validate_refuses_before_training(tmp_path, monkeypatch, capsys):
 
 
 def test_carried_outputs_are_counted_where_the_solver_carries_them(monkeypatch):
-    """The solver's state with carried outputs (``solver.carries_outputs``) is twice the
-    plain one: ``prediction_bytes`` adds ``8 x 7 A R C``, and ``run_problem`` passes the
+    """The solver's state with carried outputs (``solver.carries_outputs``) has the training
+    and test outputs besides alpha: ``prediction_bytes`` adds ``8 x 7 A (R + R_t) C`` and
+    the transposed test kernel's blocks ``8 R_t R``, and ``run_problem`` passes the
     solver's own choice to it (many records and agents: carried; few records: not)."""
     from ntkdyn.dynamics import run as run_mod
 
@@ -251,7 +252,7 @@ def test_carried_outputs_are_counted_where_the_solver_carries_them(monkeypatch):
     kw = dict(records=3, rates=40)  # the solving phase is the peak
     plain = memory.prediction_bytes(n, m, k, q, **kw)
     assert memory.prediction_bytes(n, m, k, q, carried_outputs=True, **kw) - plain == \
-        8 * 7 * (q + 1) * n * k * 40
+        8 * 7 * (q + 1) * (n + m) * k * 40 + 8 * m * n
     seen = []
     real = memory.prediction_bytes
     monkeypatch.setattr(memory, "prediction_bytes",

@@ -154,9 +154,10 @@ def prediction_bytes(
       (fitted to the measured peak at N = 2,000 and 4,000, ``tests/test_memory.py``);
     * ``solve_extra``: bytes the caller knows are alive during the solve only (the sampled
       networks' record arrays of one random network), added to the solving phase;
-    * ``carried_outputs``: the state also carries the agents' training outputs
-      (:func:`ntkdyn.dynamics.solver.carries_outputs`): state and temporaries twice,
-      ``14 A R C``;
+    * ``carried_outputs``: the state also carries the agents' training and test outputs
+      (:func:`ntkdyn.dynamics.solver.carries_outputs`): state and temporaries
+      ``7 A (2 R + R_t) C`` instead of ``7 A R C``, and the agents' blocks of the
+      transposed test kernel, ``itemsize R_t R``;
 
     the peak over the phases plus :data:`RUNTIME_BYTES` (``runtime=False`` leaves it out).
     """
@@ -173,7 +174,9 @@ def prediction_bytes(
         problem += host
     phases.append(problem)
     solve = host + itemsize * (rows * rows + rows_test * rows)
-    solve += 8 * 7 * (agents + 1) * rows * cols * (2 if carried_outputs else 1)
+    solve += 8 * 7 * (agents + 1) * rows * cols
+    if carried_outputs:
+        solve += 8 * 7 * (agents + 1) * (rows + rows_test) * cols + itemsize * rows_test * rows
     solve += 8 * 2 * (agents + 1) * cols * (rows + rows_test)
     if record_outputs:
         solve += 8 * records * (agents + 1) * rates * (n_train + n_test) * outputs

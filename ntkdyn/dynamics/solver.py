@@ -179,6 +179,7 @@ def kernel_operators(
     batch=None,
     low: tuple | None = None,
     lifted: bool = False,
+    test_blocks=None,
 ) -> Operators:
     """The primitives on the kernel-space state ``x`` of shape ``(A, R, C)``.
 
@@ -213,7 +214,9 @@ def kernel_operators(
 
     ``lifted``: the state carries the agents' training outputs, ``(A, 2R, C)`` with rows
     ``[alpha; Theta alpha]`` (:func:`_grad_lifted`, :func:`_grad_blocks_lifted`; one
-    device).
+    device); with ``test_blocks`` (the agents' blocks of ``Theta*^T``, :func:`row_blocks`
+    of the transposed test kernel) also the test outputs, ``(A, 2R + M, C)`` with rows
+    ``[alpha; Theta alpha; Theta* alpha]``.
     """
     q_count = len(offsets) - 1
     if loss is not None and reference is not None:
@@ -222,7 +225,8 @@ def kernel_operators(
         raise ValueError("reference: the eigenbasis reference is for full-batch gradients only")
     layout = _GradLayout(blocks=blocks, residual=residual, offsets=tuple(offsets),
                          rps=rows_per_sample, central=central, reference=reference,
-                         loss=loss, batch=batch, low=low)
+                         loss=loss, batch=batch, low=low,
+                         test_blocks=test_blocks if lifted else None)
     unequal = isinstance(blocks, tuple)
     grad = partial((_grad_blocks_lifted if unequal else _grad_lifted) if lifted else
                    _grad_blocks if unequal else _grad_stacked, layout)
@@ -262,6 +266,7 @@ class _GradLayout:
     loss: object
     batch: object
     low: object = None
+    test_blocks: object = None
 
     def low_at(self, q=None):
         """``low`` for agent ``q``'s block (unequal shards) or all blocks."""
@@ -336,7 +341,7 @@ def _grad_lifted(lay: _GradLayout, x, j=0):
     q_count, rows, counts0 = lay.q_count, lay.rows, lay.offsets[1] - lay.offsets[0]
     c = x.shape[-1]
     n = counts0 * lay.rps
-    alpha, u = x[:, :rows], x[:q_count, rows:]
+    alpha, u = x[:, :rows], x[:q_count, rows:2 * rows]
     own = jnp.moveaxis(jnp.diagonal(u.reshape(q_count, q_count, n, c), axis1=0, axis2=1),
                        -1, 0)  # (Q, n, C): agent q's outputs on its own rows
     res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(q_count, n, c)
@@ -353,8 +358,11 @@ def _grad_lifted(lay: _GradLayout, x, j=0):
     else:
         g_c = None
     g_u = _blocks_transposed_times(lay.blocks, r_agents, lay.low_at())  # Theta[:, S_q] r_q
+    if lay.test_blocks is not None:  # Theta*[:, S_q] r_q
+        g_u = jnp.concatenate([g_u, _blocks_transposed_times(lay.test_blocks, r_agents)],
+                              axis=1)
     if g_c is not None:
-        g_u = jnp.concatenate([g_u, jnp.zeros((1, rows, c), g_u.dtype)], axis=0)
+        g_u = jnp.concatenate([g_u, jnp.zeros((1,) + g_u.shape[1:], g_u.dtype)], axis=0)
     return jnp.concatenate([_assemble(r_agents, g_c), g_u], axis=1)
 
 
@@ -429,7 +437,7 @@ def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
     """:func:`_grad_lifted` with unequal shards: agent ``q``'s residual from its carried
     outputs on its own rows, and ``Theta[:, S_q] r_q`` from its row block, one per agent."""
     q_count, rows, offsets, rps = lay.q_count, lay.rows, lay.offsets, lay.rps
-    alpha, u = x[:, :rows], x[:, rows:]
+    alpha, u = x[:, :rows], x[:, rows:2 * rows]
     g_agents, g_out, g_central = [], [], []
     bw = None if lay.batch is None else lay.batch(j)
     for q in range(q_count):
@@ -439,9 +447,12 @@ def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
         r_q = r_q / n_q if bw is None else r_q * bw[s:e]
         g_agents.append(jnp.pad(r_q, ((s, rows - e), (0, 0))))
         low = lay.low_at(q)
-        g_out.append(_blocks_transposed_times(
-            lay.blocks[q][None], r_q[None],
-            None if low is None else (low[0][None], low[1]))[0])
+        g_q = _blocks_transposed_times(lay.blocks[q][None], r_q[None],
+                                       None if low is None else (low[0][None], low[1]))[0]
+        if lay.test_blocks is not None:
+            g_q = jnp.concatenate([g_q, _blocks_transposed_times(lay.test_blocks[q][None],
+                                                                 r_q[None])[0]], axis=0)
+        g_out.append(g_q)
         if lay.carried:
             prod_c = mixed_product(partial(jnp.matmul, precision=EXACT),
                                    *_unmerged(lay.blocks[q], alpha[q_count])).astype(x.dtype)
@@ -453,7 +464,7 @@ def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
     elif lay.central:
         g_agents.append(lay.grad_reference(alpha)[0])
     if lay.central:
-        g_out.append(jnp.zeros((rows, x.shape[-1]), x.dtype))
+        g_out.append(jnp.zeros_like(g_out[0]))
     return jnp.concatenate([jnp.stack(g_agents), jnp.stack(g_out)], axis=1)
 
 
@@ -556,11 +567,12 @@ def _low_args(data) -> tuple | None:
     return (data["low_blocks"], data["low_shape"]) if "low_blocks" in data else None
 
 
-def _products(x, data, *, traced, has_test, carried=None):
+def _products(x, data, *, traced, has_test, carried=None, carried_test=None):
     """``x`` without sharding padding, ``Theta x`` in row layout ``(rows, A, C)`` and the
     test products ``Theta* x`` (``(M rps, A, C)``, or ``None``).  ``carried``: the agents'
     ``Theta alpha_q`` ``(Q, R, C)`` from a lifted state (:func:`_grad_lifted`); only the
-    slots after them (the centralised reference) are multiplied."""
+    slots after them (the centralised reference) are multiplied; ``carried_test`` likewise
+    the agents' ``Theta* alpha_q`` ``(Q, M rps, C)``."""
     n, k = data["y"].shape
     a, rows_state, c = x.shape
     flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
@@ -576,7 +588,16 @@ def _products(x, data, *, traced, has_test, carried=None):
             u = jnp.concatenate([u, kernel_times(data["blocks"], rest, low).reshape(
                 rows, a - q, c)], axis=1)
     prod_t = None
-    if has_test:
+    if has_test and carried_test is not None:
+        q = carried_test.shape[0]
+        prod_t = jnp.transpose(carried_test, (1, 0, 2))
+        if a > q:
+            rest = jnp.transpose(x[q:], (1, 0, 2)).reshape(rows_state, (a - q) * c)
+            prod_t = jnp.concatenate([prod_t, mixed_product(
+                partial(jnp.matmul, precision=EXACT), data["kernel_test"], rest,
+                None if low is None else (data["low_kernel_test"], low[1])).reshape(
+                    -1, a - q, c)], axis=1)
+    elif has_test:
         low_t = None if low is None else (data["low_kernel_test"], low[1])
         prod_t = mixed_product(partial(jnp.matmul, precision=EXACT), data["kernel_test"], flat,
                                low_t)
@@ -585,8 +606,9 @@ def _products(x, data, *, traced, has_test, carried=None):
 
 
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True,
-            loss="mse", carried=None):
-    x, u, prod_t = _products(x, data, traced=traced, has_test=has_test, carried=carried)
+            loss="mse", carried=None, carried_test=None):
+    x, u, prod_t = _products(x, data, traced=traced, has_test=has_test, carried=carried,
+                             carried_test=carried_test)
     return _metrics(x, u, prod_t, data, data["f0"], data["y"], data.get("f0_test"),
                     data.get("y_test"), q_count=q_count, n_rates=n_rates, traced=traced,
                     record_outputs=record_outputs, central=central, loss=loss)
@@ -662,7 +684,7 @@ def network_columns(k: int, networks: int) -> np.ndarray:
 
 
 def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
-                     record_outputs=False, carried=None):
+                     record_outputs=False, carried=None, carried_test=None):
     """Records of the mean network and of ``P = networks`` sampled random networks.
 
     Each rate's ``K + P`` columns hold the mean network (``K`` columns, residual ``-Y``)
@@ -679,7 +701,8 @@ def _record_networks(x, data, *, q_count, n_rates, has_test, central, networks,
     :func:`_metrics` would give for the expanded columns.
     """
     k = data["y"].shape[1] - networks
-    x, u, prod_t = _products(x, data, traced=True, has_test=has_test, carried=carried)
+    x, u, prod_t = _products(x, data, traced=True, has_test=has_test, carried=carried,
+                             carried_test=carried_test)
     alg = _NetworkColumns(k, networks, n_rates)
     a = x.shape[0]
     xm, xr = alg.split(x)
@@ -862,7 +885,8 @@ def _init_state(x0, data, *, algorithm, offsets, traced, n_rates, continuous, ha
                            batch=_batch_at(data, t0, batcher=batcher,
                                            grads_per_step=algorithm.grads_per_step,
                                            rows_per_sample=rps, columns=x0.shape[-1]),
-                           low=_low_args(data), lifted=lifted)
+                           low=_low_args(data), lifted=lifted,
+                           test_blocks=data.get("test_blocks"))
     return algorithm.initial_state(x0, ops)
 
 
@@ -911,19 +935,21 @@ def _record_state(x, data, *, q_count, n_rates, traced, has_test, record_outputs
     """The records of one state: the centralised slot mapped back to ``alpha`` first,
     then per sampled network (:func:`_record_networks`) or per column group
     (:func:`_record`); a lifted state gives the agents' ``Theta alpha`` it carries."""
-    carried = None
+    carried = carried_test = None
     if lifted:
-        rows = x.shape[1] // 2
-        x, carried = x[:, :rows], x[:q_count, rows:]
+        rows = data["residual"].shape[0]
+        x, carried, carried_test = (x[:, :rows], x[:q_count, rows:2 * rows],
+                                    x[:q_count, 2 * rows:] if "test_blocks" in data else None)
     if central:
         x = _reference_to_alpha(x, data, q_count)
     if networks:
         return _record_networks(x, data, q_count=q_count, n_rates=n_rates, has_test=has_test,
                                 central=central, networks=networks,
-                                record_outputs=record_outputs, carried=carried)
+                                record_outputs=record_outputs, carried=carried,
+                                carried_test=carried_test)
     return _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
                    has_test=has_test, record_outputs=record_outputs, central=central,
-                   loss=loss, carried=carried)
+                   loss=loss, carried=carried, carried_test=carried_test)
 
 
 def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, columns,
@@ -940,7 +966,7 @@ def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, c
         data["lr_cols"], reference=_reference_args(data, linear),
         loss=None if linear else _loss_args(data, loss), batch=batch, offsets=offsets,
         rows_per_sample=rows_per_sample, central=central, low=_low_args(data),
-        lifted=lifted)
+        lifted=lifted, test_blocks=data.get("test_blocks"))
 
 
 # long unit: the compiled body of one chunk; its five inner functions share the step's
@@ -974,7 +1000,7 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
     params = algorithm.parameters
 
     def alpha(x):  # the divergence bound is on alpha, not on the carried outputs
-        return x[:, :x.shape[1] // 2] if lifted else x
+        return x[:, :data["residual"].shape[0]] if lifted else x
 
     def guarded(x, new, diverged):
         keep = diverged[cols_rate]
@@ -1346,7 +1372,12 @@ def evolve(
                              int(np.sum(n_sub)), mixes_per_step=algorithm.mixes_per_step,
                              central=central, continuous=continuous, mesh=mesh,
                              choice=carry_outputs)
-    x0 = zero_state(problem, n_rates, central, mesh, lifted=lifted)
+    if lifted and problem.has_test and kernel_dtype != "mixed":  # carry the test outputs too
+        data["test_blocks"] = row_blocks(np.asarray(problem.kernel_test).T, problem.offsets,
+                                         problem.rows_per_sample, dtype=_blocks_dtype(
+                                             data["blocks"]))
+    x0 = zero_state(problem, n_rates, central, mesh, lifted=lifted,
+                    test_rows="test_blocks" in data)
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
                   record_outputs=record_outputs, central=central, sampler=sampler,
@@ -1391,15 +1422,16 @@ def carries_outputs(problem: KernelProblem, n_records: int, n_steps: int, *,
 
 
 def zero_state(problem: KernelProblem, n_rates: int, central: bool, mesh=None,
-               lifted: bool = False):
+               lifted: bool = False, test_rows: bool = False):
     """Zeros of the state's shape ``(A, rows, n_rates c0)`` (``A = Q + central``,
     ``c0 = K`` for a traced kernel, else 1): on the default device, or row-sharded over
     ``mesh`` with the rows zero-padded as :func:`device_data` pads them; ``lifted``:
-    ``2 rows`` (``[alpha; Theta alpha]``, :func:`_grad_lifted`)."""
+    ``2 rows`` (``[alpha; Theta alpha]``, :func:`_grad_lifted`), and with ``test_rows``
+    the test rows after them (``Theta* alpha``)."""
     c0 = problem.num_outputs if problem.traced else 1
     rows = problem.kernel.shape[0] if mesh is None else sharding.padded(problem.kernel.shape[0],
                                                                          mesh)
-    rows *= 1 + int(lifted)
+    rows = rows * (1 + int(lifted)) + (problem.kernel_test.shape[0] if test_rows else 0)
     shape = (problem.num_agents + int(central), rows, n_rates * c0)
     return jnp.zeros(shape) if mesh is None else jax.device_put(jnp.zeros(shape),
                                                                 sharding.state_sharding(mesh))
