@@ -320,7 +320,8 @@ def _carried_problems(mixing=None):
         "mse": nd.make_problem(kern[:n, :n], y, agent, w, **common),
         "cross_entropy": nd.make_problem(kern[:n, :n], y, agent, w, loss="cross_entropy",
                                          **common),
-        "full": nd.make_problem(full, y, agent, w, f0_train=common["f0_train"]),
+        "full": nd.make_problem(full, y, agent, w, f0_train=common["f0_train"],
+                                kernel_test_train=np.kron(kern[n:, :n], np.eye(k)), y_test=yt),
     }
 
 
