@@ -312,17 +312,24 @@ def _grad_stacked(lay: _GradLayout, x, j=0):
     bw = None if lay.batch is None else lay.batch(j)
     z = lay.out_vec((res + prod).reshape(rows, c), 0, rows)
     r_agents = (z / counts0 if bw is None else z * bw).reshape(q_count, n, c)
+    return _pad_rows(_assemble(r_agents, _central_stacked(lay, x, res, bw)), x.shape[1])
+
+
+def _central_stacked(lay: _GradLayout, alpha, res, bw):
+    """The centralised slot's gradient ``(rows, C)`` with equal shards (``alpha`` the slots'
+    coefficients, ``res`` the residual ``(Q, n, C)``): the carried reference's own product
+    ``(Q n, R) x (R, C)``, the eigenbasis reference's diagonal step, or None."""
+    q_count, rows, counts0 = lay.q_count, lay.rows, lay.offsets[1] - lay.offsets[0]
+    c = alpha.shape[-1]
     if lay.carried:
         prod_c = mixed_product(partial(jnp.einsum, "qnr,rc->qnc", precision=EXACT),
-                               *_unmerged(lay.blocks, x[q_count]),
-                               lay.low_at()).astype(x.dtype)
+                               *_unmerged(lay.blocks, alpha[q_count]),
+                               lay.low_at()).astype(alpha.dtype)
         g_c = lay.out_vec((res + prod_c).reshape(rows, c), 0, rows)
-        g_c = g_c / (q_count * counts0) if bw is None else g_c * (bw / q_count)
-    elif lay.central:
-        g_c = lay.grad_reference(x)[0]
-    else:
-        g_c = None
-    return _pad_rows(_assemble(r_agents, g_c), x.shape[1])
+        return g_c / (q_count * counts0) if bw is None else g_c * (bw / q_count)
+    if lay.central:
+        return lay.grad_reference(alpha)[0]
+    return None
 
 
 def _grad_lifted(lay: _GradLayout, x, j=0):
@@ -348,15 +355,7 @@ def _grad_lifted(lay: _GradLayout, x, j=0):
     bw = None if lay.batch is None else lay.batch(j)
     z = lay.out_vec((res + own).reshape(rows, c), 0, rows)
     r_agents = (z / counts0 if bw is None else z * bw).reshape(q_count, n, c)
-    if lay.carried:
-        prod_c = mixed_product(partial(jnp.einsum, "qnr,rc->qnc", precision=EXACT),
-                               *_unmerged(lay.blocks, alpha[q_count]), None).astype(x.dtype)
-        g_c = lay.out_vec((res + prod_c).reshape(rows, c), 0, rows)
-        g_c = g_c / (q_count * counts0) if bw is None else g_c * (bw / q_count)
-    elif lay.central:
-        g_c = lay.grad_reference(alpha)[0]
-    else:
-        g_c = None
+    g_c = _central_stacked(lay, alpha, res, bw)
     g_u = _blocks_transposed_times(lay.blocks, r_agents, lay.low_at())  # Theta[:, S_q] r_q
     if lay.test_blocks is not None:  # Theta*[:, S_q] r_q
         g_u = jnp.concatenate([g_u, _blocks_transposed_times(lay.test_blocks, r_agents)],
@@ -410,27 +409,37 @@ def _unmerged(blocks, rhs):
 def _grad_blocks(lay: _GradLayout, x, j=0):
     """Local gradients with unequal shards: one product per agent's row block."""
     q_count, rows, offsets, rps = lay.q_count, lay.rows, lay.offsets, lay.rps
-    g_agents, g_central = [], []
+    g_agents = []
     bw = None if lay.batch is None else lay.batch(j)
     for q in range(q_count):
         s, e = offsets[q] * rps, offsets[q + 1] * rps
         n_q = offsets[q + 1] - offsets[q]
-        matmul = partial(jnp.matmul, precision=EXACT)
-        prod = mixed_product(matmul, lay.blocks[q], x[q], lay.low_at(q)).astype(x.dtype)
+        prod = mixed_product(partial(jnp.matmul, precision=EXACT), lay.blocks[q], x[q],
+                             lay.low_at(q)).astype(x.dtype)
         r_q = lay.out_vec(lay.residual[s:e] + prod, s, e)
         g_agents.append(jnp.pad(r_q / n_q if bw is None else r_q * bw[s:e],
                                 ((s, rows - e), (0, 0))))
-        if lay.carried:
-            prod_c = mixed_product(matmul, *_unmerged(lay.blocks[q], x[q_count]),
-                                   lay.low_at(q)).astype(x.dtype)
+    return _pad_rows(jnp.stack(g_agents + _central_blocks(lay, x, bw)), x.shape[1])
+
+
+def _central_blocks(lay: _GradLayout, alpha, bw) -> list:
+    """The centralised slot's gradient ``[(rows, C)]`` with unequal shards: the carried
+    reference's product block by block, the eigenbasis reference's diagonal step, or
+    ``[]`` without a reference."""
+    q_count, offsets, rps = lay.q_count, lay.offsets, lay.rps
+    if lay.carried:
+        g_central = []
+        for q in range(q_count):
+            s, e = offsets[q] * rps, offsets[q + 1] * rps
+            prod_c = mixed_product(partial(jnp.matmul, precision=EXACT),
+                                   *_unmerged(lay.blocks[q], alpha[q_count]),
+                                   lay.low_at(q)).astype(alpha.dtype)
             z_c = lay.out_vec(lay.residual[s:e] + prod_c, s, e)
+            n_q = offsets[q + 1] - offsets[q]
             g_central.append(z_c / (q_count * n_q) if bw is None else
                              z_c * (bw[s:e] / q_count))
-    if lay.carried:
-        g_agents.append(jnp.concatenate(g_central, axis=0))
-    elif lay.central:
-        g_agents.append(lay.grad_reference(x)[0])
-    return _pad_rows(jnp.stack(g_agents), x.shape[1])
+        return [jnp.concatenate(g_central, axis=0)]
+    return [lay.grad_reference(alpha)[0]] if lay.central else []
 
 
 def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
@@ -438,7 +447,7 @@ def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
     outputs on its own rows, and ``Theta[:, S_q] r_q`` from its row block, one per agent."""
     q_count, rows, offsets, rps = lay.q_count, lay.rows, lay.offsets, lay.rps
     alpha, u = x[:, :rows], x[:, rows:2 * rows]
-    g_agents, g_out, g_central = [], [], []
+    g_agents, g_out = [], []
     bw = None if lay.batch is None else lay.batch(j)
     for q in range(q_count):
         s, e = offsets[q] * rps, offsets[q + 1] * rps
@@ -453,16 +462,7 @@ def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
             g_q = jnp.concatenate([g_q, _blocks_transposed_times(lay.test_blocks[q][None],
                                                                  r_q[None])[0]], axis=0)
         g_out.append(g_q)
-        if lay.carried:
-            prod_c = mixed_product(partial(jnp.matmul, precision=EXACT),
-                                   *_unmerged(lay.blocks[q], alpha[q_count])).astype(x.dtype)
-            z_c = lay.out_vec(lay.residual[s:e] + prod_c, s, e)
-            g_central.append(z_c / (q_count * n_q) if bw is None else
-                             z_c * (bw[s:e] / q_count))
-    if lay.carried:
-        g_agents.append(jnp.concatenate(g_central, axis=0))
-    elif lay.central:
-        g_agents.append(lay.grad_reference(alpha)[0])
+    g_agents += _central_blocks(lay, alpha, bw)
     if lay.central:
         g_out.append(jnp.zeros_like(g_out[0]))
     return jnp.concatenate([jnp.stack(g_agents), jnp.stack(g_out)], axis=1)
