@@ -459,3 +459,49 @@ def test_carried_outputs_with_sampled_random_networks(monkeypatch, kernel_dtype)
         assert rel_err(getattr(carried, key), getattr(plain, key)) <= tol, key
         assert rel_err(getattr(carried.mean_network, key),
                        getattr(plain.mean_network, key)) <= tol, key
+
+
+# --------------------------------------------------------------------------- sparse combine
+def test_sparse_mixing_holds_the_matrix():
+    """``sparse_mixing``: each row's nonzeros (padded with weight 0), the centralised slot
+    kept (weight 1 on itself); None when a row has more than half of Q nonzeros."""
+    from ntkdyn.dynamics import solver
+
+    w = graphs.mixing(graphs.topology("erdos_renyi", 20, p=0.2, seed=1), rule="metropolis")
+    nbr, wts = solver.sparse_mixing(w)
+    assert nbr.shape == wts.shape == (21, int((w != 0).sum(axis=1).max()))
+    back = np.zeros((21, 21))
+    for i in range(21):
+        np.add.at(back[i], nbr[i], wts[i])
+    np.testing.assert_array_equal(back[:20, :20], w)
+    assert back[20, 20] == 1.0 and back[20, :20].sum() == 0 and back[:20, 20].sum() == 0
+    assert solver.sparse_mixing(graphs.mixing(graphs.topology("complete", 20))) is None
+    assert solver.sparse_mixing(graphs.mixing(graphs.topology("ring", 4))) is None
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta", "gradient_tracking", "extra",
+                                       nd.algorithms.p2pl(2, 3)])
+def test_sparse_combine_equals_dense_product(monkeypatch, algorithm):
+    """A ring of 16 (3 nonzeros per row) is combined as a sum over neighbours: every record
+    equals the dense product's to 1e-13, with and without the centralised slot, with the
+    plain and the carried-outputs state."""
+    from ntkdyn.dynamics import solver
+
+    rng = np.random.default_rng(0)
+    q, n, k = 16, 64, 3
+    feats = rng.normal(size=(n + 8, 6))
+    kern = feats @ feats.T / 6 + 0.3 * np.eye(n + 8)
+    problem = nd.make_problem(kern[:n, :n], np.eye(k)[rng.integers(0, k, n)],
+                              np.arange(n) % q, graphs.mixing(graphs.topology("ring", q)),
+                              kernel_test_train=kern[n:, :n],
+                              y_test=np.eye(k)[rng.integers(0, k, 8)])
+    assert "mixing_sparse" in solver.device_data(problem, np.full((1, q), 0.3))
+    algo = nd.algorithms.get_algorithm(algorithm)
+    for central, carried in ((True, False), (False, False), (True, True)):
+        kw = dict(central=central, carry_outputs=carried)
+        sparse = solver.evolve(problem, algo, np.full((1, q), 0.3), np.arange(0, 41, 5), **kw)
+        with monkeypatch.context() as m:
+            m.setattr(solver, "_sparse_entry", lambda problem: {})
+            dense = solver.evolve(problem, algo, np.full((1, q), 0.3), np.arange(0, 41, 5),
+                                  **kw)
+        _assert_same_records(sparse, dense, 1e-13, (central, carried))
