@@ -79,9 +79,10 @@ REFERENCE_EIGH_MAX = memory.REFERENCE_EIGH_MAX
 #: check after every step; the check and the freeze are two passes over the state per step)
 CHECK_BLOCK = 16
 #: a static ``W`` with at most this fraction of ``Q`` nonzeros per row is combined sparsely
-#: (:func:`sparse_mixing`; measured on the 2-core CPU, Q = 32-128 agents on Erdos-Renyi
-#: graphs with D = 12-13 nonzeros per row: 1.5-4x faster than the dense product)
-SPARSE_MIX_FRACTION = 0.5
+#: (:func:`sparse_mixing`).  Measured end to end on the 2-core CPU (README): ring of 8
+#: (D = 3) 0.88x, so dense there; ring of 16 (D = 3) 1.08x; Erdos-Renyi Q = 100-128
+#: (D = 12-13) 1.2-1.4x faster than the dense product
+SPARSE_MIX_FRACTION = 0.25
 TAYLOR_THETA = 3.0
 TAYLOR_TERMS = 30
 DIVERGENCE_FACTOR = 1e8
