@@ -367,9 +367,10 @@ def _central_stacked(lay: _GradLayout, alpha, res, bw):
 
 
 def _grad_lifted(lay: _GradLayout, x, j=0):
-    r"""Local gradients on the lifted state ``[alpha; u]`` (``(A, 2R, C)``, equal shards),
-    where ``u_q = Theta alpha_q`` for the agents' slots (the centralised slot's ``u`` rows
-    are not carried: zero).
+    r"""Local gradients on the lifted state ``[alpha; u; u*]`` (``(A, 2R + M, C)``, equal
+    shards; ``u*`` only with ``test_blocks``), where ``u_q = Theta alpha_q`` and
+    ``u*_q = Theta* alpha_q`` for the agents' slots (the centralised slot's are not
+    carried: zero; its records multiply it).
 
     The lift is exact for every schedule built from the two primitives: the combine acts
     on the slot axis and ``Theta`` on the row axis, so ``W`` commutes with ``Theta``, and
@@ -378,7 +379,8 @@ def _grad_lifted(lay: _GradLayout, x, j=0):
     schedule forms keeps ``u = Theta alpha``.  The residual reads ``u_q[S_q]`` instead of
     multiplying ``Theta[S_q, :] alpha_q``; the one product per step, ``(Q, n, R)^T x
     (Q, n, C)``, has the same ``2 R^2 C`` flops, and the records need no training-set
-    product (``2 R^2 A C`` flops each otherwise): what pays with many agents and records."""
+    product (``2 R^2 A C`` flops each otherwise): what pays with many agents and records.
+    The test rows get ``Theta*[:, S_q] r_q`` likewise (``2 M R C`` flops per step)."""
     q_count, rows, counts0 = lay.q_count, lay.rows, lay.offsets[1] - lay.offsets[0]
     c = x.shape[-1]
     n = counts0 * lay.rps
