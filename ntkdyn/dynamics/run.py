@@ -68,12 +68,13 @@ def _check_device_memory(problem: KernelProblem, n_rates: int, mesh, kernel_dtyp
 
 
 def _check_memory(problem: KernelProblem, n_rates: int, algo: Algorithm, steps: np.ndarray,
-                  record_outputs: bool, *, central: bool, continuous: bool):
+                  record_outputs: bool, *, central: bool, continuous: bool) -> bool:
     """Refuse (with what would fit) before allocating; the estimate counts the outputs the
-    solver's state carries where :func:`ntkdyn.dynamics.solver.carries_outputs` says so."""
+    solver's state carries where :func:`ntkdyn.dynamics.solver.carries_outputs` says so.
+    Returns that choice, which the solver is then given."""
     n_test = 0 if problem.y_test is None else problem.y_test.shape[0]
     n_records = len(steps) * algo.records_per_step
-    carried_outputs = not (continuous and problem.loss != "mse") and solver.carries_outputs(
+    carried_outputs = solver.carries_outputs(
         problem, n_records, int(steps[-1]) if len(steps) else 0,
         mixes_per_step=algo.mixes_per_step, central=central, continuous=continuous)
     need = memory.prediction_bytes(
@@ -86,6 +87,7 @@ def _check_memory(problem: KernelProblem, n_rates: int, algo: Algorithm, steps: 
         need, "this prediction",
         "use fewer training samples, a traced kernel instead of the full one, fewer learning "
         "rates per sweep, or record_outputs=False")
+    return carried_outputs
 
 
 DEFAULT_SAMPLES = 64  # sampled mixing sequences for a random mixing process
@@ -190,9 +192,10 @@ def run_problem(
     if kernel_dtype == "mixed" and init is None:
         raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
                          "response columns) needs sampled random networks (f0='random')")
+    carried = None  # with a mesh: the solver's own choice (never carried)
     if mesh is None:
-        _check_memory(run, len(rate_rows) * groups, algo, steps, record_outputs,
-                      central=reference, continuous=continuous)
+        carried = _check_memory(run, len(rate_rows) * groups, algo, steps, record_outputs,
+                                central=reference, continuous=continuous)
     else:
         _check_device_memory(problem, len(rate_rows) * groups, mesh, kernel_dtype)
     if continuous and problem.loss != "mse":
@@ -207,7 +210,7 @@ def run_problem(
                             batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
                             networks=0 if init is None or copies else init.samples,
                             group_f0=group_f0, copies=max(copies, 1),
-                            expected_groups=expected_groups)
+                            expected_groups=expected_groups, carry_outputs=carried)
     base_meta = _base_metadata(problem, algo, kernel_dtype, metadata)
     if "flow" in raw:
         base_meta["flow"] = raw.pop("flow")

@@ -337,16 +337,24 @@ def _grad_stacked(lay: _GradLayout, x, j=0):
     (the carried centralised slot: one more product ``(Q n, R) x (R, C)`` with the same
     blocks; joining its columns to the agents' would copy the state on every step, which
     XLA:CPU does at well under 1 GB/s)."""
-    q_count, rows, counts0 = lay.q_count, lay.rows, lay.offsets[1] - lay.offsets[0]
-    c = x.shape[-1]
-    n = counts0 * lay.rps
+    q_count = lay.q_count
     prod = mixed_product(partial(jnp.einsum, "qnr,qrc->qnc", precision=EXACT), lay.blocks,
                          x[:q_count], lay.low_at()).astype(x.dtype)
-    res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(q_count, n, c)
-    bw = None if lay.batch is None else lay.batch(j)
-    z = lay.out_vec((res + prod).reshape(rows, c), 0, rows)
-    r_agents = (z / counts0 if bw is None else z * bw).reshape(q_count, n, c)
+    r_agents, res, bw = _stacked_residuals(lay, prod, j)
     return _pad_rows(_assemble(r_agents, _central_stacked(lay, x, res, bw)), x.shape[1])
+
+
+def _stacked_residuals(lay: _GradLayout, outputs, j):
+    """Equal shards: agent ``q``'s output-space gradient on its own rows, ``(Q, n, C)``,
+    weighted by ``1/N_q`` (or the step's batch weights), from its outputs there
+    (``Theta[S_q, :] alpha_q``, ``(Q, n, C)``); also the residual ``(Q, n, C)`` and the
+    batch weights (None: full batch) for the centralised slot."""
+    rows, counts0 = lay.rows, lay.offsets[1] - lay.offsets[0]
+    c = outputs.shape[-1]
+    res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(outputs.shape)
+    bw = None if lay.batch is None else lay.batch(j)
+    z = lay.out_vec((res + outputs).reshape(rows, c), 0, rows)
+    return (z / counts0 if bw is None else z * bw).reshape(outputs.shape), res, bw
 
 
 def _central_stacked(lay: _GradLayout, alpha, res, bw):
@@ -387,10 +395,7 @@ def _grad_lifted(lay: _GradLayout, x, j=0):
     alpha, u = x[:, :rows], x[:q_count, rows:2 * rows]
     own = jnp.moveaxis(jnp.diagonal(u.reshape(q_count, q_count, n, c), axis1=0, axis2=1),
                        -1, 0)  # (Q, n, C): agent q's outputs on its own rows
-    res = jnp.broadcast_to(lay.residual, (rows, c)).reshape(q_count, n, c)
-    bw = None if lay.batch is None else lay.batch(j)
-    z = lay.out_vec((res + own).reshape(rows, c), 0, rows)
-    r_agents = (z / counts0 if bw is None else z * bw).reshape(q_count, n, c)
+    r_agents, res, bw = _stacked_residuals(lay, own, j)
     g_c = _central_stacked(lay, alpha, res, bw)
     g_u = _blocks_transposed_times(lay.blocks, r_agents, lay.low_at())  # Theta[:, S_q] r_q
     if lay.test_blocks is not None:  # Theta*[:, S_q] r_q
@@ -449,12 +454,9 @@ def _grad_blocks(lay: _GradLayout, x, j=0):
     bw = None if lay.batch is None else lay.batch(j)
     for q in range(q_count):
         s, e = offsets[q] * rps, offsets[q + 1] * rps
-        n_q = offsets[q + 1] - offsets[q]
         prod = mixed_product(partial(jnp.matmul, precision=EXACT), lay.blocks[q], x[q],
                              lay.low_at(q)).astype(x.dtype)
-        r_q = lay.out_vec(lay.residual[s:e] + prod, s, e)
-        g_agents.append(jnp.pad(r_q / n_q if bw is None else r_q * bw[s:e],
-                                ((s, rows - e), (0, 0))))
+        g_agents.append(jnp.pad(_block_residual(lay, q, prod, bw), ((s, rows - e), (0, 0))))
     return _pad_rows(jnp.stack(g_agents + _central_blocks(lay, x, bw)), x.shape[1])
 
 
@@ -478,6 +480,14 @@ def _central_blocks(lay: _GradLayout, alpha, bw) -> list:
     return [lay.grad_reference(alpha)[0]] if lay.central else []
 
 
+def _block_residual(lay: _GradLayout, q: int, outputs, bw):
+    """Unequal shards: agent ``q``'s output-space gradient on its own rows, weighted by
+    ``1/N_q`` (or the step's batch weights ``bw``), from its outputs there."""
+    s, e = lay.offsets[q] * lay.rps, lay.offsets[q + 1] * lay.rps
+    r_q = lay.out_vec(lay.residual[s:e] + outputs, s, e)
+    return r_q / (lay.offsets[q + 1] - lay.offsets[q]) if bw is None else r_q * bw[s:e]
+
+
 def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
     """:func:`_grad_lifted` with unequal shards: agent ``q``'s residual from its carried
     outputs on its own rows, and ``Theta[:, S_q] r_q`` from its row block, one per agent."""
@@ -487,9 +497,7 @@ def _grad_blocks_lifted(lay: _GradLayout, x, j=0):
     bw = None if lay.batch is None else lay.batch(j)
     for q in range(q_count):
         s, e = offsets[q] * rps, offsets[q + 1] * rps
-        n_q = offsets[q + 1] - offsets[q]
-        r_q = lay.out_vec(lay.residual[s:e] + u[q, s:e], s, e)
-        r_q = r_q / n_q if bw is None else r_q * bw[s:e]
+        r_q = _block_residual(lay, q, u[q, s:e], bw)
         g_agents.append(jnp.pad(r_q, ((s, rows - e), (0, 0))))
         low = lay.low_at(q)
         g_q = _blocks_transposed_times(lay.blocks[q][None], r_q[None],
@@ -610,35 +618,28 @@ def _products(x, data, *, traced, has_test, carried=None, carried_test=None):
     slots after them (the centralised reference) are multiplied; ``carried_test`` likewise
     the agents' ``Theta* alpha_q`` ``(Q, M rps, C)``."""
     n, k = data["y"].shape
-    a, rows_state, c = x.shape
-    flat = jnp.transpose(x, (1, 0, 2)).reshape(rows_state, a * c)
     rows = n * (1 if traced else k)
     low = _low_args(data)
-    if carried is None:
-        u = kernel_times(data["blocks"], flat, low).reshape(rows, a, c)
-    else:
-        q = carried.shape[0]
-        u = jnp.transpose(carried, (1, 0, 2))
-        if a > q:
-            rest = jnp.transpose(x[q:], (1, 0, 2)).reshape(rows_state, (a - q) * c)
-            u = jnp.concatenate([u, kernel_times(data["blocks"], rest, low).reshape(
-                rows, a - q, c)], axis=1)
+    u = _slot_products(x, lambda f: kernel_times(data["blocks"], f, low), carried)
     prod_t = None
-    if has_test and carried_test is not None:
-        q = carried_test.shape[0]
-        prod_t = jnp.transpose(carried_test, (1, 0, 2))
-        if a > q:
-            rest = jnp.transpose(x[q:], (1, 0, 2)).reshape(rows_state, (a - q) * c)
-            prod_t = jnp.concatenate([prod_t, mixed_product(
-                partial(jnp.matmul, precision=EXACT), data["kernel_test"], rest,
-                None if low is None else (data["low_kernel_test"], low[1])).reshape(
-                    -1, a - q, c)], axis=1)
-    elif has_test:
+    if has_test:
         low_t = None if low is None else (data["low_kernel_test"], low[1])
-        prod_t = mixed_product(partial(jnp.matmul, precision=EXACT), data["kernel_test"], flat,
-                               low_t)
-        prod_t = prod_t.reshape(-1, a, c)
+        prod_t = _slot_products(x, lambda f: mixed_product(
+            partial(jnp.matmul, precision=EXACT), data["kernel_test"], f, low_t), carried_test)
     return x[:, :rows], u, prod_t
+
+
+def _slot_products(x, product, carried=None):
+    """``product`` (a kernel times ``(rows, S C)`` columns) of the slots of ``x``, in row
+    layout ``(rows', A, C)``; with ``carried`` (``(Q, rows', C)``, a lifted state's) the
+    first ``Q`` slots are those values and only the slots after them are multiplied."""
+    a, rows_state, c = x.shape
+    q = 0 if carried is None else carried.shape[0]
+    parts = [] if carried is None else [jnp.transpose(carried, (1, 0, 2))]
+    if a > q:
+        rest = jnp.transpose(x[q:], (1, 0, 2)).reshape(rows_state, (a - q) * c)
+        parts.append(product(rest).reshape(-1, a - q, c))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True,

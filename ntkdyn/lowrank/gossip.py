@@ -596,5 +596,5 @@ __all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
            "mix_groups", "mixing_at", "predict_lowrank_process",
            "predict_lowrank_process_sweep", "predict_random_lowrank_gossip",
            "process_data", "process_groups", "process_operators", "require_process",
-           "run_independent_chunk",
-           "run_process_chunk", "sweep_columns", "sweep_rate_block", "sweep_trajectories"]
+           "run_independent_chunk", "run_process_chunk", "sweep_columns", "sweep_rate_block",
+           "sweep_trajectories"]
