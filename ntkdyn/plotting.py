@@ -57,6 +57,17 @@ def _positive(y):
     return np.where(y > 0, y, np.nan)
 
 
+def _any_positive(arrays) -> bool:
+    """Whether any of ``arrays`` has a finite value > 0: a log-scaled panel needs one (a run
+    that diverged before its second record has only step 0, where the distances are 0;
+    matplotlib raises on a log axis with no positive value)."""
+    for arr in arrays:
+        a = np.asarray(arr, dtype=float)
+        if np.any(np.isfinite(a) & (a > 0)):
+            return True
+    return False
+
+
 def _has_levels(traj) -> bool:
     levels = np.round(np.asarray(traj.quantile_levels, dtype=float), 12)
     return 0.05 in levels and 0.95 in levels
@@ -138,6 +149,9 @@ def _panel(ax, traj, observed, name: str, label: str, central, log: bool, colour
     solid otherwise), the network mean, the bands (per agent over initialisations or
     sequences, the width band), the exact expectation or the mean network, and the
     centralised reference."""
+    if log and not _any_positive(getattr(src, name) for src in (traj, observed)
+                                 if src is not None):
+        log = False  # nothing a log axis can show (e.g. zero distances at step 0 only)
     quantiles = getattr(traj, "quantiles", None) or {}
     expected = getattr(traj, "expected", None)
     mean_network = getattr(traj, "mean_network", None)
@@ -215,6 +229,22 @@ def legend_layout(labels: list[str], chars: int = LEGEND_CHARS,
     return wrapped, max(1, min(4, len(labels), chars // (longest + 8)))
 
 
+def _mark_divergence(axes, traj) -> None:
+    """Where the run diverged, a vertical line at that step in every panel, and markers on
+    every curve when a single record is left (a run that diverged before its second record:
+    a one-point line is not drawn)."""
+    div = traj.diverged_at
+    single = len(traj.steps) == 1
+    for i, ax in enumerate(axes):
+        if single:
+            for line in ax.get_lines():
+                line.set_marker("o")
+        if div is not None and div > 0:
+            ax.axvline(div, color="tab:red", ls=":", lw=1.2,
+                       label=f"diverged at step {div} (later records dropped)" if i == 0
+                       else None)
+
+
 def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str = "",
                     observed: Trajectory | None = None):
     """Six panels (losses, accuracy, distances) per agent and network mean.
@@ -232,12 +262,15 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
         _panel(ax, traj, observed, name, label, central, log, colours, unit)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
+    _mark_divergence(list(axes.flat)[:len(panels)], traj)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="0.5", lw=0.8))
     labels.append(f"agents 1..{traj.num_agents} (one colour each)")
     labels, ncol = legend_layout(labels)
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
     status = "" if traj.status == "ok" else f" [{traj.status}]"
+    if traj.diverged_at is not None and traj.diverged_at > 0:
+        status = f" [{traj.status} at step {traj.diverged_at}]"
     algo = traj.metadata.get("algorithm", "").upper()
     lr = traj.metadata.get("lr")
     lr_txt = f", lr={np.max(lr):.3g}" if lr is not None else ""

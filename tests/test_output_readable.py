@@ -126,3 +126,30 @@ def test_figure_legend_stays_inside_the_figure():
         assert box.x0 >= frame.x0 and box.x1 <= frame.x1, (ncol, box, frame)
         plt.close(fig)
     assert legend_layout(short)[1] == 3 and legend_layout(long)[1] == 2
+
+
+def test_run_diverged_before_its_second_record_is_plotted(tmp_path):
+    """A rate far above lr* diverges before the first record after step 0: the trajectory
+    holds step 0 only, where the distances are all 0, and matplotlib refused the log axis
+    of those panels ("Data cannot be log-scaled", exit 2 with no output; found with 100
+    agents at lr 0.4, lr* 0.077).  Now the run is written and plotted, the status says
+    diverged, and a panel with nothing positive keeps a linear axis."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.replace("lr = 0.3", "lr = 80.0"))
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    traj = nd.Trajectory.load(out / "trajectory.npz")
+    assert list(traj.steps) == [0]
+    assert (out / "trajectory.png").stat().st_size > 20_000
+    fig = plot_trajectory(traj)
+    scales = {ax.get_ylabel(): ax.get_yscale() for ax in fig.axes if ax.has_data()}
+    assert scales["train loss"] == "log"  # positive at step 0: still a log axis
+    assert scales[r"$\|\theta_q-\bar\theta\|$ (consensus)"] == "linear"
+    # the one record is drawn (markers), the divergence is marked and in the title
+    assert all(line.get_marker() == "o" for line in fig.axes[0].get_lines()
+               if len(line.get_xdata()) == 1)
+    div = traj.diverged_at
+    assert 0 < div < 10 and f"[diverged at step {div}]" in fig._suptitle.get_text()
+    assert any(f"diverged at step {div}" in line.get_label() for line in fig.axes[0].get_lines())
