@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkdyn._utils.compiled import bound_compiled_code
 from ntkdyn.algorithms import Algorithm, Operators
 
 #: ``check(carry, new_state, t_new) -> carry``: accept ``new_state`` at time ``t_new``
@@ -128,7 +129,12 @@ def padded_chunks(schedule: tuple[np.ndarray, ...], chunk: int,
     Yields ``(slice, padded, pad)``: the entries covered, the chunk as device arrays
     padded to ``chunk`` entries with zeros (zero steps: the padding records repeat the
     last state and are dropped by :func:`trim`), and the number of padded entries.
+
+    Every run compiles its chunk function after this starts, so this is where the process's
+    compiled code is kept under the kernel's mapping limit
+    (:func:`ntkdyn._utils.compiled.bound_compiled_code`: past it LLVM aborts the process).
     """
+    bound_compiled_code()
     total = len(schedule[0])
     for lo in range(start, total, chunk):
         sl = slice(lo, min(lo + chunk, total))
