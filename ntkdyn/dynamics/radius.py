@@ -142,7 +142,7 @@ class LowRankStep(FormStep):
         return solve
 
 
-def _nearest(step: LowRankStep, s: float, sigma: float, k: int = 3) -> np.ndarray:
+def nearest(step: LowRankStep, s: float, sigma: float, k: int = 3) -> np.ndarray:
     """The ``k`` eigenvalues of ``A(s)`` nearest ``sigma`` (shift-invert Arnoldi)."""
     dim = step.q * step.r
     solve = step.inverse(s, sigma)
@@ -179,10 +179,10 @@ def structured_radius(step: LowRankStep, s: float, curv: float) -> float | None:
         return None
     try:
         with one_blas_thread():
-            top = float(np.max(_nearest(step, s, 1.0 + SHIFT).real))
+            top = float(np.max(nearest(step, s, 1.0 + SHIFT).real))
             if -lo <= abs(top):
                 return abs(top)
-            bottom = float(np.min(_nearest(step, s, lo - SHIFT * max(1.0, abs(lo))).real))
+            bottom = float(np.min(nearest(step, s, lo - SHIFT * max(1.0, abs(lo))).real))
     except spla.ArpackNoConvergence:
         return None
     return max(abs(top), abs(bottom))

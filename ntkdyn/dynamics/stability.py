@@ -239,11 +239,23 @@ class StepOperator:
         x = jnp.asarray(v.reshape(self._shape(m)))
         return np.asarray(self._apply(x, s)).reshape(v.shape)
 
-    def spectral_radius(self, s: float, method: str = "auto") -> float:
+    def spectral_radius(self, s: float, method: str = "auto", inside: bool = False) -> float:
         """``rho(A(s))`` (per step over a period).  ``method``: ``"dense"`` (all
         eigenvalues), ``"arpack"`` (Krylov on ``A(s)``: thousands of products when the slow
         modes cluster below 1), ``"structured"`` (:meth:`structured_radius`, else ARPACK);
-        ``"auto"``: dense up to :data:`DENSE_MAX` dimensions, else structured."""
+        ``"auto"``: dense up to :data:`DENSE_MAX` dimensions, else structured.
+
+        Krylov (no dense or structured radius): first the one eigenvalue of largest modulus
+        alone (:func:`_quick_largest`: converged within :data:`QUICK_MAXITER` restarts where
+        it is isolated, e.g. an unstable mode leaving through ``-1``).  Where it is not
+        isolated and ``inside`` (``s`` lies in the stable set, which bounds every modulus by
+        ``1``) and the operator has a low-rank form (DGD/ATC/CTA, e.g. ATC with an indefinite
+        ``W`` above ``1 / curv``), the radius is the modulus of the eigenvalue nearest
+        ``1``, the slow cluster's top, by shift-invert (:func:`radius.nearest`, tens of
+        solves).  Otherwise six eigenvalues of largest modulus and four leftmost (the larger
+        of the two).  Measured on 100 agents of 14 samples (Erdos-Renyi, ATC, 140,000
+        dimensions): at an unstable rate 2 s instead of 135 s (the same radius), at a stable
+        one seconds instead of more than 10 minutes."""
         if method not in ("auto", "dense", "arpack", "structured"):
             raise ValueError(f"method: expected 'auto', 'dense', 'arpack' or 'structured', "
                              f"got {method!r}")
@@ -261,11 +273,20 @@ class StepOperator:
                 def matvec(v):
                     return self.matvec(v, s)
             op = spla.LinearOperator((self.dim, self.dim), matvec=matvec, dtype=np.float64)
-            # The modes the kernel barely sees cluster just inside +1, so 'LM' alone
-            # converges slowly to them; an unstable mode usually leaves through -1, which
-            # 'SR' (the leftmost eigenvalues) finds in a few hundred products. Take the larger.
-            found = [_arpack(op, "SR", 4, self.dim), _arpack(op, "LM", 6, self.dim)]
-            rho = float(max(np.max(np.abs(v)) for v in found))
+            rho = _quick_largest(op, self.dim)
+            if rho is None and inside and step is not None:
+                from ntkdyn.dynamics import radius
+
+                try:
+                    rho = float(np.max(np.abs(radius.nearest(step, s, 1.0 + radius.SHIFT))))
+                except spla.ArpackNoConvergence:
+                    rho = None
+            if rho is None:
+                # The modes the kernel barely sees cluster just inside +1, so 'LM' alone
+                # converges slowly to them; an unstable mode usually leaves through -1, which
+                # 'SR' (the leftmost eigenvalues) finds in a few hundred products. The larger.
+                found = [_arpack(op, "SR", 4, self.dim), _arpack(op, "LM", 6, self.dim)]
+                rho = float(max(np.max(np.abs(v)) for v in found))
         return rho ** (1.0 / self.period_steps)
 
     def structured_radius(self, s: float) -> float | None:
@@ -669,29 +690,42 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
 QUICK_MAXITER = 20
 
 
+def _quick_largest(lin, dim: int) -> float | None:
+    """``|lambda|`` of the eigenvalue of largest modulus of ``lin`` where ARPACK, asked for
+    that one alone (``which="LM"``, ``k=1``), converges within :data:`QUICK_MAXITER`
+    restarts and the pair's relative residual is below :data:`RITZ_RTOL` (an isolated
+    eigenvalue: tens of products); ``None`` otherwise (the largest moduli cluster)."""
+    try:
+        vals, vecs = spla.eigs(lin, k=1, which="LM", tol=1e-10, ncv=min(dim - 1, 48),
+                               v0=np.random.default_rng(0).standard_normal(dim),
+                               maxiter=QUICK_MAXITER)
+    except spla.ArpackNoConvergence:
+        return None
+    v, lam = vecs[:, 0], complex(vals[0])
+    res = np.linalg.norm(lin.matvec(v.real) + 1j * lin.matvec(v.imag) - lam * v)
+    if res > RITZ_RTOL * max(abs(lam), 1.0) * np.linalg.norm(v):
+        return None
+    return abs(lam)
+
+
 def _stable_at(op: StepOperator, rho, s: float) -> bool:
     """``rho(A(s)) <= 1 + RHO_TOL`` (just below a ``-1`` crossing).  Above the dense limit
     without a structured radius, one Krylov eigenvalue decides first where that is cheap:
     there the largest eigenvalue in modulus sits near ``-1``, isolated in the plane from
     the slow modes that cluster just below ``+1``, so ARPACK asked for that one eigenvalue
-    alone (``which="LM"``, ``k=1``) converges in a few restarts, where asking for six (as
-    :meth:`StepOperator.spectral_radius` does) waits for the cluster to resolve.  If it
-    has not converged within :data:`QUICK_MAXITER` restarts, or the eigenvalue found
-    exceeds ``1 + RHO_TOL``, the full radius ``rho(s)`` decides."""
+    alone (:func:`_quick_largest`) converges in a few restarts, where asking for six waits
+    for the cluster to resolve.  If it has not converged within :data:`QUICK_MAXITER`
+    restarts, or the eigenvalue found exceeds ``1 + RHO_TOL``, the full radius ``rho(s)``
+    decides."""
     if op.dim > DENSE_MAX:
         structured = op.structured_radius(s)
         if structured is not None:
             return structured <= 1 + RHO_TOL
         lin = spla.LinearOperator((op.dim, op.dim), matvec=lambda v: op.matvec(v, s),
                                   dtype=np.float64)
-        try:
-            theta = spla.eigs(lin, k=1, which="LM", tol=1e-10, ncv=min(op.dim - 1, 48),
-                              v0=np.random.default_rng(0).standard_normal(op.dim),
-                              maxiter=QUICK_MAXITER, return_eigenvectors=False)
-            if np.max(np.abs(theta)) ** (1.0 / op.period_steps) <= 1 + RHO_TOL:
-                return True
-        except spla.ArpackNoConvergence:
-            pass
+        top = _quick_largest(lin, op.dim)
+        if top is not None and top ** (1.0 / op.period_steps) <= 1 + RHO_TOL:
+            return True
     return rho(s) <= 1 + RHO_TOL
 
 
@@ -770,7 +804,7 @@ def operator_report(op: StepOperator, lrs: np.ndarray) -> StabilityReport:
     bound = schedule_sufficient_bound(problem, algo, lrs / s)
     cache: dict = {}
     found = operator_stable_set(op, bound, extra=(s,), cache=cache)
-    rho = cache[s] if s in cache else op.spectral_radius(s)
+    rho = cache[s] if s in cache else op.spectral_radius(s, inside=found.contains(s))
     stable = bool(rho <= 1 + RHO_TOL)
     margin, lr_star = found.margin(s)
     # at a boundary (within the root finder's tolerance) the radius decides: clamp the sign
