@@ -142,3 +142,19 @@ def test_feature_step_is_the_operator():
                                   form)
         np.testing.assert_allclose(step.apply(x, 0.7), op.matvec_state(x, 0.7),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_krylov_radius_inside_the_stable_set_on_feature_coordinates(monkeypatch):
+    """ATC above 1 / curv with an indefinite W on the low-rank coordinates, where the
+    largest-modulus search alone gives up at a rate inside the stable set: the feature
+    operator has no Woodbury solve (the kernel-space shift-invert raised AttributeError on
+    it), so the six-eigenvalue search runs: equal to the dense spectrum."""
+    from ntkdyn.dynamics import stability as stab
+
+    problem, profile = _problem(0, topology="ring")
+    op = FeatureStepOperator(problem, get_algorithm("atc"), profile)
+    s = 1.5 / _curv(problem, profile)
+    assert op.structured_radius(s) is None
+    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim: None)
+    got, want = op.spectral_radius(s, method="arpack", inside=True), _dense_radius(op, s)
+    assert abs(got - want) <= 1e-8 * want
