@@ -262,7 +262,8 @@ def plot_trajectory(traj: Trajectory, path: str | Path | None = None, title: str
         _panel(ax, traj, observed, name, label, central, log, colours, unit)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    _mark_divergence(list(axes.flat)[:len(panels)], traj)
+    if observed is None:  # an overlay marks both runs' divergence itself (validation.overlay)
+        _mark_divergence(list(axes.flat)[:len(panels)], traj)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="0.5", lw=0.8))
     labels.append(f"agents 1..{traj.num_agents} (one colour each)")

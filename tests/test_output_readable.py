@@ -153,3 +153,7 @@ def test_run_diverged_before_its_second_record_is_plotted(tmp_path):
     div = traj.diverged_at
     assert 0 < div < 10 and f"[diverged at step {div}]" in fig._suptitle.get_text()
     assert any(f"diverged at step {div}" in line.get_label() for line in fig.axes[0].get_lines())
+    # an overlay (observed given) marks both runs itself (validation.overlay): no second line
+    over = plot_trajectory(traj, observed=traj)
+    assert not any("later records dropped" in line.get_label()
+                   for ax in over.axes for line in ax.get_lines())

@@ -688,7 +688,8 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
     return [s_c] if np.isfinite(s_c) else []
 
 
-#: restarts allowed to the quick largest-modulus check of :func:`_stable_at`
+#: restarts allowed to the quick largest-modulus search (:func:`_quick_largest`: the
+#: verification of :func:`_stable_at` and the first try of the Krylov radius)
 QUICK_MAXITER = 20
 
 
