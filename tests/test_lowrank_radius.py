@@ -158,3 +158,43 @@ def test_krylov_radius_inside_the_stable_set_on_feature_coordinates(monkeypatch)
     monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim: None)
     got, want = op.spectral_radius(s, method="arpack", inside=True), _dense_radius(op, s)
     assert abs(got - want) <= 1e-8 * want
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc"])
+def test_consensus_start_saves_products_and_keeps_the_radius(monkeypatch, algorithm):
+    """LOBPCG's small end starts from the consensus lifts of the coarse matrix's smallest
+    eigenvectors (S^{1/2} times them for ATC's S^{1/2} W S^{1/2}, indefinite W): on a
+    ring of 16 agents at 0.5 / curv, fewer products of M than from a random block (the
+    counts, measured: DGD 222 against 295, ATC 217 against 294), the same radius to
+    1e-12 and equal to the dense spectrum."""
+    problem, profile = _problem(1, q=16, n=800, rank=40, topology="ring")
+    assert np.linalg.eigvalsh(problem.mixing)[0] < 0
+    step = radius.FeatureStep(problem.grams, problem.mixing, problem.counts, profile,
+                              algorithm, eigh=problem.agent_eigh)
+    curv = _curv(problem, profile)
+    s = 0.5 / curv
+    x0 = radius.consensus_start(step, s)
+    assert x0.shape == (16 * problem.rank, radius.block_size(16 * problem.rank))
+    if algorithm == "dgd":  # the same vector on every agent
+        blocks = x0.reshape(16, problem.rank, -1)
+        np.testing.assert_array_equal(blocks, np.broadcast_to(blocks[:1], blocks.shape))
+    extreme, counts = radius._extreme, []
+
+    def counted(matvec, precondition, shape, largest, x0=None):
+        seen = []
+
+        def mv(x):
+            seen.append(x.shape[-1])
+            return matvec(x)
+        out = extreme(mv, precondition, shape, largest, x0)
+        counts.append(sum(seen))
+        return out
+
+    monkeypatch.setattr(radius, "_extreme", counted)
+    got = radius.feature_radius(step, s, curv)
+    monkeypatch.setattr(radius, "consensus_start", lambda step, s: None)
+    plain = radius.feature_radius(step, s, curv)
+    assert counts[0] < 0.85 * counts[1], counts
+    assert abs(got - plain) <= 1e-12
+    want = _dense_radius(FeatureStepOperator(problem, get_algorithm(algorithm), profile), s)
+    assert abs(got - want) <= 1e-10 * want
