@@ -32,7 +32,7 @@ CALIBRATED_C = 0.9429
 CALIBRATED_LEVELS = (0.05, 0.95)
 
 __all__ = ["CALIBRATED_C", "CALIBRATED_LEVELS", "add_width_band", "as_band", "band_from_draws",
-           "calibrated_band", "calibrated_factor", "widen"]
+           "calibrated_band", "calibrated_factor", "monte_carlo_error", "widen"]
 
 
 def as_band(lo, mid, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,3 +121,34 @@ def calibrated_band(init_draws, width_draws, width, paired_draws=None):
     c = calibrated_factor(width)
     wlo, whi = widen(lo, mid, hi, c)
     return wlo, mid, whi
+
+
+def monte_carlo_error(draws, shared: int = 1) -> np.ndarray:
+    r"""Standard error of the mean over the first axis of ``draws`` (``(P, ...)``), the
+    Monte-Carlo error of an expected value estimated from ``P`` sampled networks or
+    sequences.
+
+    Independent samples (``shared = 1``): ``sd / sqrt(P)`` (``sd`` with ``ddof = 1``).
+
+    Sampled random networks of the squared loss share draw columns cyclically: network
+    ``s`` has output ``k`` from column ``(s + k) mod P``
+    (:func:`ntkdyn.dynamics.solver.network_columns`, ``shared = K`` outputs), so networks
+    less than ``K`` apart are dependent.  With ``L_s`` network ``s``'s value and equal
+    variances, ``Var(mean) = P^-2 sum_{s, s'} Cov(L_s, L_s')``; ``L_s`` and ``L_s'`` are
+    independent unless their cyclic distance is below ``K`` (at most ``min(2 K - 1, P)``
+    partners ``s'`` per ``s``, itself included), and ``|Cov| <= Var(L)``, so
+
+        SE <= sd * sqrt(min(2 K - 1, P) / P),
+
+    a bound for every metric (losses and accuracies alike), with ``sd`` estimated from the
+    draws.  For a loss that is a sum over outputs the tighter ``sd sqrt(K / P)`` holds
+    (README "One random network"), not used here.  Returns the bound (or the standard
+    error), shape ``draws.shape[1:]``."""
+    d = np.asarray(draws, dtype=np.float64)
+    if d.ndim < 1 or d.shape[0] < 2:
+        raise ValueError(f"draws: expected (P, ...) with P >= 2, got shape {d.shape}")
+    if isinstance(shared, bool) or not isinstance(shared, int | np.integer) or shared < 1:
+        raise ValueError(f"shared: expected an integer >= 1, got {shared!r}")
+    p = d.shape[0]
+    partners = min(2 * int(shared) - 1, p)
+    return np.std(d, axis=0, ddof=1) * np.sqrt(partners / p)

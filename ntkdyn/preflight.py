@@ -45,7 +45,7 @@ from ntkdyn.prediction import (
     lowrank_source,
     resolve_f0,
 )
-from ntkdyn.trajectory import low_rank_lines, zero_run_name
+from ntkdyn.trajectory import low_rank_lines, shared_draw_columns, zero_run_name
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -255,11 +255,21 @@ def _random_network(problem, nngp, algo, exp: Experiment, target: float) -> dict
     traj = run_problem(problem, algo, [t.lr], cfg.steps, check_stability=False,
                        reference=False, kernel_dtype=dtype, init=init, samples=samples,
                        seed=cfg.seed, **exp.minibatch)[0]
+    return _one_network_fields(traj, target)
+
+
+def _one_network_fields(traj, target: float) -> dict:
+    """``one_random_network`` of the report from a
+    :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`: samples, status, steps to the
+    target, and per metric the final expected value, 5-95 % band and Monte-Carlo standard
+    error (``mc_error_is_bound``: a bound, the networks sharing draw columns)."""
     out = {"samples": traj.samples, "status": traj.status,
-           "steps_to_target_expected": _steps_to_target(traj, target)}
+           "steps_to_target_expected": _steps_to_target(traj, target),
+           "mc_error_is_bound": shared_draw_columns(traj.metadata) > 1}
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
         out[f"final_{metric}_expected"] = float(traj.network_mean(metric)[-1])
         out[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
+        out[f"final_{metric}_mc_error"] = float(traj.monte_carlo_error(metric)[-1])
     return out
 
 
@@ -492,6 +502,7 @@ def _minibatch_band(problem, exp: Experiment, cfg: Config, inside: bool) -> dict
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
         out[f"final_{metric}_mean"] = float(traj.network_mean(metric)[-1])
         out[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
+        out[f"final_{metric}_mc_error"] = float(traj.monte_carlo_error(metric)[-1])
     return out
 
 
@@ -862,12 +873,7 @@ def _lowrank_ce_networks(factor, exp: Experiment, cfg: Config, steps, algo) -> d
                                      steps, algo, y_test=data.y_test if has_test else None,
                                      reference=False, draws_info=info,
                                      logit_scale=exp.loss["logit_scale"])
-    one = {"samples": traj.samples, "status": traj.status,
-           "steps_to_target_expected": _steps_to_target(traj, target)}
-    for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
-        one[f"final_{metric}_expected"] = float(traj.network_mean(metric)[-1])
-        one[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
-    return one
+    return _one_network_fields(traj, target)
 
 
 def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, algo) -> dict:
@@ -903,11 +909,7 @@ def _lowrank_prediction(factor, exp: Experiment, cfg: Config, params, steps, alg
                                            cfg.prediction.samples or DEFAULT_NETWORKS,
                                            cfg.seed, rank=factor.rank)
             traj = networks.predict_random_lowrank(factor, draws, *args, **kw)
-        one = {"samples": traj.samples, "status": traj.status,
-               "steps_to_target_expected": _steps_to_target(traj, target)}
-        for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
-            one[f"final_{metric}_expected"] = float(traj.network_mean(metric)[-1])
-            one[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
+        one = _one_network_fields(traj, target)
         traj = traj.mean_network
     else:
         if f0 == "network":  # the given network's own f_0
@@ -1107,6 +1109,12 @@ def _prediction_lines(r: CheckReport) -> list[str]:
                   f"    test loss {exp_band('test_loss', '.4g')}",
                   f"    test acc  {exp_band('test_acc', '.3f')}",
                   f"    train loss {exp_band('train_loss', '.4g')}"]
+        if "final_test_loss_mc_error" in one:
+            bound = " (a bound: the networks share draw columns)" \
+                if one.get("mc_error_is_bound") else ""
+            lines.append(f"    Monte-Carlo standard error of those expected values{bound}: "
+                         f"test loss {one['final_test_loss_mc_error']:.2g}, test acc "
+                         f"{one['final_test_acc_mc_error']:.2g}")
     # which network the final_* fields are (with cross-entropy the f0 = 0 run is not the
     # mean network: not affine in f0)
     name = r.network.split(" (")[0]
@@ -1147,6 +1155,8 @@ def _minibatch_lines(mb: dict | None) -> list[str]:
             f"    test loss {band('test_loss', '.4g')}",
             f"    test acc  {band('test_acc', '.3f')}",
             f"    train loss {band('train_loss', '.4g')}",
+            f"    Monte-Carlo standard error of those means: test loss "
+            f"{mb['final_test_loss_mc_error']:.2g}, test acc {mb['final_test_acc_mc_error']:.2g}",
             "    target test loss (mean over sequences): "
             + (f"reached at step {hit}" if hit is not None else "not reached")]
 

@@ -296,6 +296,7 @@ class Trajectory:
             lines.append(f"test loss {self.test_loss[-1].mean():.6g} expected (5-95 %: "
                          f"{lo:.4g}-{hi:.4g}), test accuracy {self.test_acc[-1].mean():.4f} "
                          f"expected (5-95 %: {alo:.4f}-{ahi:.4f})")
+            lines += self._mc_lines()
         elif self.test_loss is not None:
             lines.append(f"test loss {self.test_loss[-1].mean():.6g}, test accuracy "
                          f"{self.test_acc[-1].mean():.4f}")
@@ -312,6 +313,22 @@ class Trajectory:
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
                      f"{self.consensus_dist[-1].mean():.3g}")
         return "\n".join(lines)
+
+    def _mc_lines(self) -> list[str]:
+        """The Monte-Carlo error line of :meth:`summary` for a mean over sampled networks or
+        sequences (none where no sampled values are kept)."""
+        error = getattr(self, "monte_carlo_error", None)
+        try:
+            loss, acc = (float(error(m)[-1]) for m in ("test_loss", "test_acc"))
+        except (TypeError, ValueError):  # no sampled values (error is None, or not kept)
+            return []
+        bound = isinstance(self, RandomNetworkTrajectory) and \
+            shared_draw_columns(self.metadata) > 1
+        what = ("a bound: the networks share draw columns" if bound else
+                "the samples are independent")
+        return [f"Monte-Carlo standard error of those expected values over the "
+                f"{self.samples} samples ({what}): test loss {loss:.2g}, test accuracy "
+                f"{acc:.2g}"]
 
     def _sequence_lines(self) -> list[str]:
         """The sampled sequences' line of :meth:`summary` (none for one deterministic run):
@@ -469,6 +486,11 @@ class GossipTrajectory(Trajectory):
             plain.pop(k, None)
         return Trajectory(**plain, **arrays, metadata=dict(self.metadata, sequence=int(s)))
 
+    def monte_carlo_error(self, metric: str) -> np.ndarray:
+        """Standard error ``(T,)`` of :meth:`network_mean` of ``metric``, the mean over the
+        ``samples`` independent sequences (:func:`ntkdyn.bands.monte_carlo_error`)."""
+        return _network_mc_error(self.per_sample, metric, 1)
+
     def at_phase(self, phase: str | int) -> GossipTrajectory:
         out = super().at_phase(phase)
         keep = self._phase_records(phase)[1]
@@ -520,6 +542,16 @@ class RandomNetworkTrajectory(Trajectory):
     exact_test_loss: np.ndarray | None = None
     init_band_run: RandomNetworkTrajectory | None = None
 
+    def monte_carlo_error(self, metric: str) -> np.ndarray:
+        """Bound ``(T,)`` on the Monte-Carlo standard error of :meth:`network_mean` of
+        ``metric`` (the expected value over ``samples`` sampled networks): ``sd sqrt(min(2 K
+        - 1, P) / P)`` where the squared loss's networks share their ``K`` draw columns
+        cyclically, ``sd / sqrt(P)`` where each network has its own (cross-entropy, random
+        gossip, mini-batch SGD); ``sd`` is the spread of the networks' values
+        (:func:`ntkdyn.bands.monte_carlo_error`).  Metrics: ``train_loss``, ``test_loss``,
+        ``train_acc``, ``test_acc``."""
+        return _network_mc_error(self.draws, metric, shared_draw_columns(self.metadata))
+
     def at_phase(self, phase: str | int) -> RandomNetworkTrajectory:
         out = super().at_phase(phase)
         keep = self._phase_records(phase)[1]
@@ -547,6 +579,29 @@ class RandomNetworkTrajectory(Trajectory):
         return (f"RandomNetworkTrajectory(T={len(self.steps)}, Q={self.num_agents}, "
                 f"samples={self.samples}, status={self.status!r})")
 
+
+
+def shared_draw_columns(metadata: dict) -> int:
+    """How many sampled networks share each draw column: ``K`` (the outputs) for the
+    squared loss's cyclic columns, 1 where every network has its own ``K`` columns
+    (cross-entropy, mini-batch SGD, random gossip;
+    :func:`ntkdyn.dynamics.random_init.independent_networks`)."""
+    process = metadata.get("mixing_process") or {}
+    independent = (metadata.get("loss", "mse") != "mse" or "minibatch" in metadata
+                   or process.get("kind", "periodic") != "periodic")
+    return 1 if independent else int(metadata.get("num_outputs", 1))
+
+
+def _network_mc_error(draws: dict | None, metric: str, shared: int) -> np.ndarray:
+    """:func:`ntkdyn.bands.monte_carlo_error` of the networks' (or sequences') means over
+    agents of ``metric``."""
+    from ntkdyn.bands import monte_carlo_error
+
+    if not draws or metric not in draws:
+        kept = sorted(draws or {})
+        raise ValueError(f"metric: expected one of {kept} (the sampled values kept), got "
+                         f"{metric!r}")
+    return monte_carlo_error(np.asarray(draws[metric]).mean(axis=-1), shared)
 
 
 #: ``metadata["quantity"]`` of the ``f_0 = 0`` run with cross-entropy (:func:`quantity_words`)

@@ -82,6 +82,8 @@ def test_exit_status_is_of_the_headline_network(lr_stars):
     assert one["steps_to_target_expected"] is None  # one random network does not
     assert rep.target_of == "the expected test loss of one random network"
     assert not rep.target_reached and rep.exit_code == 1
+    # the squared loss's networks share draw columns: the Monte-Carlo error is a bound
+    assert one["mc_error_is_bound"] and one["final_test_loss_mc_error"] > 0
     text = rep.text()
     assert ("Exit status 1: inside the NTK regime, but the expected test loss of one random "
             "network does not reach the target 0.2 within 200 steps.") in text
@@ -245,3 +247,8 @@ def test_one_random_network_with_minibatches_is_the_predict_commands(tmp_path, c
                                                             rel=1e-5)
     assert one["final_test_loss_band"] == pytest.approx(summary["final_test_loss_band_5_95"],
                                                         rel=1e-5)
+    # independent networks (each on its batch sequence): the standard error, not a bound
+    assert not one["mc_error_is_bound"]
+    assert one["final_test_loss_mc_error"] == pytest.approx(
+        summary["final_test_loss_mc_error"], rel=1e-4)
+    assert "Monte-Carlo standard error of those expected values: test loss" in rep.text()

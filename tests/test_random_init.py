@@ -233,3 +233,24 @@ def test_check_prints_expected_test_loss_and_accuracy_with_band(tmp_path):
     assert "test loss " in text and "expected (5-95 %: " in text and "mean network (f0 = 0)" in text
     path.write_text(TINY_TOML + "[prediction]\ntarget_loss = 0.2\nf0 = \"mean\"\n")
     assert nd.check(str(path)).prediction["one_random_network"] is None
+
+
+def test_monte_carlo_error_of_the_expected_values(golden):
+    """The squared loss's networks share their K = 3 draw columns cyclically: the
+    error is the bound sd sqrt(min(2K - 1, P) / P) of the networks' agent-means; with
+    cross-entropy each network has its own columns: sd / sqrt(P).  The summary states it."""
+    from ntkdyn.bands import monte_carlo_error
+
+    traj = _predict(golden, 0.15, [0, 5, 20], nngp=golden["nngp"], samples=8)
+    for metric in ("test_loss", "test_acc", "train_loss"):
+        sd = np.std(traj.draws[metric].mean(axis=-1), axis=0, ddof=1)
+        np.testing.assert_allclose(traj.monte_carlo_error(metric), sd * np.sqrt(5 / 8),
+                                   rtol=1e-14)
+    assert "(a bound: the networks share draw columns)" in traj.summary()
+    ce = _predict(golden, 0.15, [0, 5], nngp=golden["nngp"], samples=4, loss="cross_entropy")
+    np.testing.assert_allclose(ce.monte_carlo_error("test_loss"),
+                               monte_carlo_error(ce.draws["test_loss"].mean(axis=-1)),
+                               rtol=1e-14)
+    assert "(the samples are independent)" in ce.summary()
+    with pytest.raises(ValueError, match="metric"):
+        traj.monte_carlo_error("param_dist")

@@ -88,6 +88,8 @@ def _summary(traj, cfg) -> dict:
         if mean_net is not None else None,
         "final_test_loss_band_5_95": _last_band(traj, "test_loss"),
         "final_test_acc_band_5_95": _last_band(traj, "test_acc"),
+        "final_test_loss_mc_error": _last_mc_error(traj, "test_loss"),
+        "final_test_acc_mc_error": _last_mc_error(traj, "test_acc"),
         "final_test_loss_mean_network": None if mean_net is None
         else _last_mean(mean_net.test_loss),
         "final_test_acc_mean_network": None if mean_net is None
@@ -103,6 +105,7 @@ def _summary(traj, cfg) -> dict:
     for key in ("phases", "gossip_samples", "final_test_loss_mean_of_mean_state",
                 "low_rank", "minibatch", "initialisation_samples",
                 "final_test_loss_band_5_95", "final_test_acc_band_5_95",
+                "final_test_loss_mc_error", "final_test_acc_mc_error",
                 "final_test_loss_mean_network", "final_test_acc_mean_network",
                 "mean_network_is", "finite_width"):
         if summary[key] is None:  # list only what applies to this run
@@ -171,6 +174,19 @@ def _where(cfg) -> str:
     if topo.sequence:
         return "+".join(topo.sequence)
     return topo.name + (f" ({topo.gossip} gossip)" if topo.gossip else "")
+
+
+def _last_mc_error(traj, metric: str) -> float | None:
+    """The Monte-Carlo standard error (a bound where sampled networks share draw columns)
+    of the final expected ``metric``, mean over agents (``None`` without sampled values:
+    one deterministic run, or no test set)."""
+    error = getattr(traj, "monte_carlo_error", None)
+    if error is None or not len(traj.steps):
+        return None
+    try:
+        return float(error(metric)[-1])
+    except ValueError:  # this metric's sampled values are not kept
+        return None
 
 
 def _minibatch_summary(traj):
