@@ -244,7 +244,7 @@ def test_predict_command_random_network_with_rank_and_cross_entropy(tmp_path):
     assert "3 sampled networks" in text and "expected (5-95 %:" in text
 
 
-def test_check_with_rank_auto_and_cross_entropy_says_why(tmp_path):
+def test_check_with_rank_auto_and_cross_entropy_says_why(tmp_path, capsys):
     """``ntkdyn check`` with an integer rank and cross-entropy now runs
     (tests/test_preflight_lowrank_ce.py; before, every rank was refused here);
     ``rank = "auto"`` stays refused, naming the field, as in nd.predict."""
@@ -257,6 +257,14 @@ def test_check_with_rank_auto_and_cross_entropy_says_why(tmp_path):
     with pytest.raises(ConfigError, match="prediction.rank: 'auto' chooses the rank from the "
                                           "squared loss's a-priori error estimate.*integer"):
         check(str(cfg))
+    # ntkdyn predict refuses it at the configuration too, naming the key (it said "rank:",
+    # the library's argument, from inside the prediction)
+    from ntkdyn.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "config: prediction.rank: 'auto' chooses" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_memory_checked_before_allocating(monkeypatch):

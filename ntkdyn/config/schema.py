@@ -348,6 +348,11 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
             raise ConfigError("config: prediction.rank: cannot be combined with "
                               "training.continuous = true (the low-rank path runs discrete "
                               "steps); remove prediction.rank for the exact path")
+        if cfg.prediction.rank == "auto" and t.loss != "mse":
+            raise ConfigError("config: prediction.rank: 'auto' chooses the rank from the "
+                              "squared loss's a-priori error estimate, which does not bound "
+                              "cross-entropy (training.loss = 'cross_entropy'); give an "
+                              "integer prediction.rank (and no prediction.tol)")
     if t.continuous and (time_varying or t.algorithm == "p2pl"):
         what = "a time-varying mixing sequence" if time_varying else "training.algorithm = 'p2pl'"
         raise ConfigError(f"config: training.continuous: the gradient flow is not defined for "
