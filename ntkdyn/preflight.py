@@ -45,7 +45,12 @@ from ntkdyn.prediction import (
     lowrank_source,
     resolve_f0,
 )
-from ntkdyn.trajectory import low_rank_lines, shared_draw_columns, zero_run_name
+from ntkdyn.trajectory import (
+    last_mc_error,
+    low_rank_lines,
+    shared_draw_columns,
+    zero_run_name,
+)
 
 #: the schedules every report compares at the configured rate (the configured one is added)
 COMPARED: tuple[Algorithm, ...] = (algorithms.DGD, algorithms.ATC, algorithms.CTA)
@@ -269,7 +274,7 @@ def _one_network_fields(traj, target: float) -> dict:
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
         out[f"final_{metric}_expected"] = float(traj.network_mean(metric)[-1])
         out[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
-        out[f"final_{metric}_mc_error"] = float(traj.monte_carlo_error(metric)[-1])
+        out[f"final_{metric}_mc_error"] = last_mc_error(traj, metric)
     return out
 
 
@@ -506,7 +511,7 @@ def _minibatch_band(problem, exp: Experiment, cfg: Config, inside: bool) -> dict
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
         out[f"final_{metric}_mean"] = float(traj.network_mean(metric)[-1])
         out[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
-        out[f"final_{metric}_mc_error"] = float(traj.monte_carlo_error(metric)[-1])
+        out[f"final_{metric}_mc_error"] = last_mc_error(traj, metric)
     return out
 
 
@@ -1113,7 +1118,7 @@ def _prediction_lines(r: CheckReport) -> list[str]:
                   f"    test loss {exp_band('test_loss', '.4g')}",
                   f"    test acc  {exp_band('test_acc', '.3f')}",
                   f"    train loss {exp_band('train_loss', '.4g')}"]
-        if "final_test_loss_mc_error" in one:
+        if one.get("final_test_loss_mc_error") is not None:
             bound = " (a bound: the networks share draw columns)" \
                 if one.get("mc_error_is_bound") else ""
             lines.append(f"    Monte-Carlo standard error of those expected values{bound}: "
@@ -1158,9 +1163,10 @@ def _minibatch_lines(mb: dict | None) -> list[str]:
             f"{mb.get('starts_from', 'the configured f0')}:",
             f"    test loss {band('test_loss', '.4g')}",
             f"    test acc  {band('test_acc', '.3f')}",
-            f"    train loss {band('train_loss', '.4g')}",
+            f"    train loss {band('train_loss', '.4g')}"] + ([
             f"    Monte-Carlo standard error of those means: test loss "
-            f"{mb['final_test_loss_mc_error']:.2g}, test acc {mb['final_test_acc_mc_error']:.2g}",
+            f"{mb['final_test_loss_mc_error']:.2g}, test acc {mb['final_test_acc_mc_error']:.2g}"]
+        if mb.get("final_test_loss_mc_error") is not None else []) + [
             "    target test loss (mean over sequences): "
             + (f"reached at step {hit}" if hit is not None else "not reached")]
 

@@ -317,10 +317,8 @@ class Trajectory:
     def _mc_lines(self) -> list[str]:
         """The Monte-Carlo error line of :meth:`summary` for a mean over sampled networks or
         sequences (none where no sampled values are kept)."""
-        error = getattr(self, "monte_carlo_error", None)
-        try:
-            loss, acc = (float(error(m)[-1]) for m in ("test_loss", "test_acc"))
-        except (TypeError, ValueError):  # no sampled values (error is None, or not kept)
+        loss, acc = (last_mc_error(self, m) for m in ("test_loss", "test_acc"))
+        if loss is None or acc is None:
             return []
         bound = isinstance(self, RandomNetworkTrajectory) and \
             shared_draw_columns(self.metadata) > 1
@@ -488,7 +486,8 @@ class GossipTrajectory(Trajectory):
 
     def monte_carlo_error(self, metric: str) -> np.ndarray:
         """Standard error ``(T,)`` of :meth:`network_mean` of ``metric``, the mean over the
-        ``samples`` independent sequences (:func:`ntkdyn.bands.monte_carlo_error`)."""
+        ``samples`` independent sequences (:func:`ntkdyn.bands.monte_carlo_error`); NaN with
+        one sequence."""
         return _network_mc_error(self.per_sample, metric, 1)
 
     def at_phase(self, phase: str | int) -> GossipTrajectory:
@@ -601,7 +600,24 @@ def _network_mc_error(draws: dict | None, metric: str, shared: int) -> np.ndarra
         kept = sorted(draws or {})
         raise ValueError(f"metric: expected one of {kept} (the sampled values kept), got "
                          f"{metric!r}")
-    return monte_carlo_error(np.asarray(draws[metric]).mean(axis=-1), shared)
+    values = np.asarray(draws[metric]).mean(axis=-1)
+    if values.shape[0] < 2:  # one sample: no spread to estimate the error from
+        return np.full(values.shape[1:], np.nan)
+    return monte_carlo_error(values, shared)
+
+
+def last_mc_error(traj: Trajectory, metric: str) -> float | None:
+    """The Monte-Carlo standard error of ``metric``'s expected value at the last record
+    (``monte_carlo_error``), or ``None`` where there is none: one deterministic run, no
+    record, ``metric`` not kept, or a single sample."""
+    error = getattr(traj, "monte_carlo_error", None)
+    if error is None or not len(traj.steps):
+        return None
+    try:
+        value = float(error(metric)[-1])
+    except ValueError:  # this metric's sampled values are not kept
+        return None
+    return value if np.isfinite(value) else None
 
 
 #: ``metadata["quantity"]`` of the ``f_0 = 0`` run with cross-entropy (:func:`quantity_words`)

@@ -252,3 +252,15 @@ def test_one_random_network_with_minibatches_is_the_predict_commands(tmp_path, c
     assert one["final_test_loss_mc_error"] == pytest.approx(
         summary["final_test_loss_mc_error"], rel=1e-4)
     assert "Monte-Carlo standard error of those expected values: test loss" in rep.text()
+
+
+def test_one_sampled_network_has_no_monte_carlo_error():
+    """``prediction.samples = 1`` (and one batch sequence): no spread to estimate the
+    Monte-Carlo error from, so none is reported (the check had raised "draws: expected (P,
+    ...) with P >= 2" from the report's error field)."""
+    rep = check(_cfg(training={"steps": 40, "batch_size": 4, "samples": 1},
+                     prediction={"samples": 1, "target_loss": 0.2}))
+    one = rep.prediction["one_random_network"]
+    assert one["samples"] == 1 and one["final_test_loss_mc_error"] is None
+    assert rep.minibatch["final_test_loss_mc_error"] is None
+    assert "Monte-Carlo" not in rep.text()

@@ -65,7 +65,7 @@ def _summary(traj, cfg) -> dict:
     """``summary.json``: status, final values, bands and what the run describes; keys that
     do not apply to this run are left out."""
     from ntkdyn.config.schema import applicable
-    from ntkdyn.trajectory import zero_run_name
+    from ntkdyn.trajectory import last_mc_error, zero_run_name
 
     t = cfg.training
     mean_net = getattr(traj, "mean_network", None)
@@ -88,8 +88,8 @@ def _summary(traj, cfg) -> dict:
         if mean_net is not None else None,
         "final_test_loss_band_5_95": _last_band(traj, "test_loss"),
         "final_test_acc_band_5_95": _last_band(traj, "test_acc"),
-        "final_test_loss_mc_error": _last_mc_error(traj, "test_loss"),
-        "final_test_acc_mc_error": _last_mc_error(traj, "test_acc"),
+        "final_test_loss_mc_error": last_mc_error(traj, "test_loss"),
+        "final_test_acc_mc_error": last_mc_error(traj, "test_acc"),
         "final_test_loss_mean_network": None if mean_net is None
         else _last_mean(mean_net.test_loss),
         "final_test_acc_mean_network": None if mean_net is None
@@ -174,19 +174,6 @@ def _where(cfg) -> str:
     if topo.sequence:
         return "+".join(topo.sequence)
     return topo.name + (f" ({topo.gossip} gossip)" if topo.gossip else "")
-
-
-def _last_mc_error(traj, metric: str) -> float | None:
-    """The Monte-Carlo standard error (a bound where sampled networks share draw columns)
-    of the final expected ``metric``, mean over agents (``None`` without sampled values:
-    one deterministic run, or no test set)."""
-    error = getattr(traj, "monte_carlo_error", None)
-    if error is None or not len(traj.steps):
-        return None
-    try:
-        return float(error(metric)[-1])
-    except ValueError:  # this metric's sampled values are not kept
-        return None
 
 
 def _minibatch_summary(traj):
