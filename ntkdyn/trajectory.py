@@ -579,7 +579,6 @@ class RandomNetworkTrajectory(Trajectory):
                 f"samples={self.samples}, status={self.status!r})")
 
 
-
 def shared_draw_columns(metadata: dict) -> int:
     """How many sampled networks share each draw column: ``K`` (the outputs) for the
     squared loss's cyclic columns, 1 where every network has its own ``K`` columns
