@@ -501,6 +501,17 @@ EXTRA = Algorithm(
 
 
 # ------------------------------------------------------------------------ heavy ball
+@dataclass(frozen=True)
+class _InverseShifted:
+    """``W -> (c I + W)^{-1}``: the crossing factor of heavy-ball momentum on DGD
+    (``c = 1 + 2 beta``; ``c = 1`` is DGD's ``(I + W)^{-1}``)."""
+
+    c: float
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        return np.linalg.inv(self.c * np.eye(w.shape[0]) + w)
+
+
 @cache
 def _momentum(beta: float, base: str) -> Algorithm:
     def init(x, ops):
@@ -526,9 +537,20 @@ def _momentum(beta: float, base: str) -> Algorithm:
             new = ops.mix(ops.add(ops.adapt(x), ops.times(beta, ops.sub(x, xp))))
             return (new, x)
         what = "x+ = W (x - eta grad L(x) + beta (x - x-))"
+    # On DGD the augmented step is [[A + beta I, -beta I], [I, 0]] with A = W - s D H: a
+    # polynomial in A, so each eigenvalue lam of A gives the two roots of
+    # mu^2 - (lam + beta) mu + beta = 0, both inside the unit disc iff
+    # -1 - 2 beta < lam < 1 (Schur-Cohn).  A's eigenvalues are real, <= 1 and
+    # non-increasing in s (symmetric W), so the stable set is [0, s_c) with s_c where
+    # lam_min(A) reaches -(1 + 2 beta), i.e. where a root reaches -1:
+    # ((1 + 2 beta) I + W) z = s D H z, the crossing with g(W) = ((1 + 2 beta) I + W)^{-1}
+    # (theory/stability.md).  On ATC the blocks do not commute: no closed form.
+    crossing = (MinusOneCrossing(_InverseShifted(1.0 + 2.0 * beta),
+                                 exact_for_indefinite_mixing=True) if base == "dgd" else None)
     return Algorithm("momentum", step, f"{what}  (heavy-ball momentum per agent, beta={beta:g})",
                      init=init, params=_first,
-                     options=(("beta", beta), ("base", base)), sufficient_bound=bound)
+                     options=(("beta", beta), ("base", base)), sufficient_bound=bound,
+                     minus_one_crossing=crossing)
 
 
 def momentum(beta: float = 0.9, base: str = "dgd") -> Algorithm:

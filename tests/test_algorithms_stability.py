@@ -35,7 +35,9 @@ def test_lr_star_separates_converging_from_diverging(name):
     algo = NEW[name]
     prob, kern, y, w = _problem("ring", n=24)
     lr_star, method = stab.max_stable_lr(prob, algo)
-    assert method.startswith("brent") and np.isfinite(lr_star)
+    # heavy ball on DGD with symmetric W has the shifted -1 crossing; the others are scanned
+    assert method.startswith("minus-one-crossing" if name == "momentum" else "brent")
+    assert np.isfinite(lr_star)
     agent = np.arange(len(y)) % 4
     assert _growth(kern, y, agent, w, 0.98 * lr_star, algo, steps=3000) < 1.0
     assert _growth(kern, y, agent, w, 1.02 * lr_star, algo, steps=3000) > 1e3
