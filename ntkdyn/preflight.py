@@ -407,15 +407,7 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
             "training.batch_size > 0" if t.batch_size else None)
     if what is None:
         return
-        if t.continuous:
-            raise ConfigError("config: prediction.rank: cannot be combined with "
-                              "training.continuous = true (the low-rank path runs discrete "
-                              "steps); remove prediction.rank for the exact path")
-        if cfg.prediction.rank == "auto" and t.loss != "mse":
-            raise ConfigError("config: prediction.rank: 'auto' chooses the rank from the "
-                              "squared loss's a-priori error estimate, which does not bound "
-                              "cross-entropy (training.loss = 'cross_entropy'); give an "
-                              "integer prediction.rank (and no prediction.tol)")
+    # (rank = "auto" with cross-entropy is refused when the configuration is read)
     if p.rank is not None and t.batch_size:
         raise ConfigError(f"config: prediction.rank: the low-rank check is for the squared "
                           f"loss with full-batch gradients, got {what}; remove prediction.rank")
