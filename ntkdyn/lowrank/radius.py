@@ -42,7 +42,8 @@ starts from the consensus lifts of ``C``'s ``LOBPCG_BLOCK`` smallest eigenvector
 block (:func:`consensus_start`).  On XL-data (100 agents, rank 512, lr 0.25) the start's
 Rayleigh quotient is within 0.2 % of ``mu_min``, and the products of ``M`` (columns) fell
 from 725 to 335 for DGD (15.0 s to 6.7 s) and from 672 to 317 for ATC's
-``S^{1/2} W S^{1/2}`` (33.3 s to 15.4 s), the radii unchanged to the last digit.  The
+``S^{1/2} W S^{1/2}`` (33.3 s to 15.4 s), the radii unchanged to the last digit (338 and
+321 products with the start's random component, :data:`START_NOISE`).  The
 largest end keeps a random start (its eigenvector is local, not consensus).
 
 **Bottom end.**  Only when it can matter (``1 - mu_max <= lo`` could exceed the top in
