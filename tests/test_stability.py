@@ -506,3 +506,26 @@ def test_momentum_on_dgd_stable_set_is_the_shifted_crossing(beta, topology):
     assert _dense_rho(prob, mom, hi * (1 - 1e-6)) <= 1 + 1e-9 < _dense_rho(prob, mom,
                                                                            hi * (1 + 1e-6))
     assert algorithms.momentum(beta, base="atc").minus_one_crossing is None
+
+
+def test_scan_takes_rates_below_the_sufficient_bound_as_stable():
+    """The general scan (P2PL: no crossing) evaluates no spectral radius below the
+    schedule's sufficient bound, a theorem there, and finds the same stable set as the full
+    scan (on 1,920 dimensions the full scan had not finished in 10 minutes; 134 s now)."""
+    prob, *_ = _problem("ring", q=4, n=24)
+    algo = algorithms.p2pl(3, 1)
+    bound = stab.schedule_sufficient_bound(prob, algo)
+    assert np.isfinite(bound) and bound > 0
+    op = stab.StepOperator(prob, algo)
+    asked, radius = [], op.spectral_radius
+
+    def counted(s, *args, **kwargs):
+        asked.append(s)
+        return radius(s, *args, **kwargs)
+
+    op.spectral_radius = counted
+    found = stab.operator_stable_set(op, bound)
+    assert asked and min(asked) >= bound
+    full = stab.operator_stable_set(stab.StepOperator(prob, algo), float("nan"))
+    np.testing.assert_allclose(found.intervals, full.intervals, rtol=1e-12)
+    assert found.lr_star > bound

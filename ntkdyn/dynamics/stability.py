@@ -644,7 +644,10 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
     if np.isfinite(bound) and bound > 0:
         pts.add(float(bound))
     grid = sorted(pts)
-    signs = [f(s) <= 0 for s in grid]
+    # below the sufficient bound (a theorem: theory/stability.md section 3) a rate is
+    # stable without its spectral radius; the bound itself is evaluated
+    known = bound if np.isfinite(bound) and bound > 0 else 0.0
+    signs = [s < known or f(s) <= 0 for s in grid]
     if signs[-1]:  # stable at the top: look further up
         for g in SCAN_UP:
             grid.append(g / curv)
