@@ -239,6 +239,11 @@ class Algorithm:
         Name of a schedule whose one-step operator has the same spectrum at every rate
         (CTA: ``"atc"``, ``(I - s D H) W`` and ``W (I - s D H)`` being ``BA`` and ``AB``);
         ``""``: none.
+    heavy_ball:
+        ``beta`` when one step is heavy-ball momentum on DGD, ``[[A + beta I, -beta I],
+        [I, 0]]`` with DGD's ``A(s)``: its eigenvalues are the roots of
+        ``mu^2 - (lam + beta) mu + beta`` over DGD's eigenvalues ``lam``, so its spectral
+        radius follows from DGD's two extreme eigenvalues; ``None``: not such a step.
 
     The facts above are the schedule's own: built-in schedules carry them, a schedule a
     user writes has none unless given (``dataclasses.replace`` keeps them, so a changed
@@ -259,6 +264,7 @@ class Algorithm:
     sufficient_bound: BoundRule | None = None
     minus_one_crossing: MinusOneCrossing | None = None
     shares_spectrum_with: str = ""
+    heavy_ball: float | None = None
 
     def initial_state(self, x: State, ops: Operators) -> State:
         return x if self.init is None else self.init(x, ops)
@@ -550,7 +556,7 @@ def _momentum(beta: float, base: str) -> Algorithm:
     return Algorithm("momentum", step, f"{what}  (heavy-ball momentum per agent, beta={beta:g})",
                      init=init, params=_first,
                      options=(("beta", beta), ("base", base)), sufficient_bound=bound,
-                     minus_one_crossing=crossing)
+                     minus_one_crossing=crossing, heavy_ball=beta if base == "dgd" else None)
 
 
 def momentum(beta: float = 0.9, base: str = "dgd") -> Algorithm:

@@ -168,6 +168,36 @@ def real_spectrum_bounds(w: np.ndarray, form: str, s: float, curv: float):
     return None
 
 
+def heavy_ball_modulus(lam: float, beta: float) -> float:
+    """The larger modulus of the roots of ``mu^2 - (lam + beta) mu + beta`` (real ``lam``):
+    ``sqrt(beta)`` for a complex pair, else ``(|lam + beta| + sqrt(disc)) / 2``."""
+    b = lam + beta
+    disc = b * b - 4.0 * beta
+    return float(np.sqrt(beta)) if disc < 0 else 0.5 * (abs(b) + float(np.sqrt(disc)))
+
+
+def heavy_ball_radius(step: LowRankStep, s: float, curv: float, beta: float) -> float | None:
+    """``rho`` of heavy-ball momentum on DGD (``step``: DGD's form) from DGD's extreme
+    eigenvalues: every eigenvalue ``lam`` of ``A(s)`` (real, in ``[lo, 1]``, module doc)
+    gives the roots of ``mu^2 - (lam + beta) mu + beta``, whose larger modulus
+    (:func:`heavy_ball_modulus`) grows with ``|lam + beta|`` outside the complex band, so
+    the radius is the larger of its values at ``lambda_max`` and ``lambda_min`` (the latter
+    computed only when its bound ``lo`` could exceed the former).  ``None`` where the
+    spectrum is not known to be real or the eigensolver did not converge."""
+    if step.form != "dgd" or not graphs.is_symmetric(step.w):
+        return None
+    lo = real_spectrum_bounds(step.w, "dgd", s, curv)
+    try:
+        with one_blas_thread():
+            top = heavy_ball_modulus(float(np.max(nearest(step, s, 1.0 + SHIFT).real)), beta)
+            if heavy_ball_modulus(lo, beta) <= top:
+                return top
+            bottom = float(np.min(nearest(step, s, lo - SHIFT * max(1.0, abs(lo))).real))
+    except spla.ArpackNoConvergence:
+        return None
+    return max(top, heavy_ball_modulus(bottom, beta))
+
+
 def structured_radius(step: LowRankStep, s: float, curv: float) -> float | None:
     """``rho(A(s))`` by shift-invert at both ends of the real spectrum (module doc);
     ``None`` where the spectrum is not known to be real (non-symmetric ``W``, ATC/CTA with

@@ -264,6 +264,8 @@ class StepOperator:
             rho = float(np.max(np.abs(dense_eigvals(self.dense(s)))))
         elif method in ("auto", "structured"):
             rho = self.structured_radius(s)
+            if rho is None and self.algorithm.heavy_ball is not None:
+                rho = self.heavy_ball_radius(s)
         if rho is None:
             step = None if self._structure is None else self._structure[0]
             if step is not None:  # the same operator in numpy: no dispatch per product
@@ -310,6 +312,21 @@ class StepOperator:
             self._structure = (None if form is None else self.form_step(form), curv)
         step, curv = self._structure
         return None if step is None else self.form_radius(step, s, curv)
+
+    def heavy_ball_radius(self, s: float) -> float | None:
+        """``rho(A(s))`` of heavy-ball momentum on DGD (``algorithm.heavy_ball``) from DGD's
+        two extreme eigenvalues by shift-invert (:func:`radius.heavy_ball_radius`);
+        ``None`` for a mixing sequence, a non-symmetric ``W``, or an operator without the
+        kernel-space Woodbury form (the low-rank coordinates')."""
+        from ntkdyn.dynamics import radius
+
+        if self.period_steps != 1 or self.problem.process is not None:
+            return None
+        step = self.form_step("dgd")
+        if not isinstance(step, radius.LowRankStep):
+            return None
+        curv = float(np.max(self.profile * agent_curvatures(self.problem)))
+        return radius.heavy_ball_radius(step, s, curv, self.algorithm.heavy_ball)
 
     def form_step(self, form: str):
         """The numpy operator of ``form`` (:class:`~ntkdyn.dynamics.radius.LowRankStep`)."""
