@@ -338,8 +338,18 @@ def _gd_bound(mixing: MixingFacts, curv: float) -> float:
     return 2.0 / curv
 
 
-def _inverse_one_plus(w: np.ndarray) -> np.ndarray:
-    return np.linalg.inv(np.eye(w.shape[0]) + w)
+@dataclass(frozen=True)
+class _InverseShifted:
+    """``W -> (c I + W)^{-1}``: the crossing factor of DGD (``c = 1``) and of heavy-ball
+    momentum on DGD (``c = 1 + 2 beta``)."""
+
+    c: float
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        return np.linalg.inv(self.c * np.eye(w.shape[0]) + w)
+
+
+_inverse_one_plus = _InverseShifted(1.0)
 
 
 def _inverse_one_plus_times(w: np.ndarray) -> np.ndarray:
@@ -507,17 +517,6 @@ EXTRA = Algorithm(
 
 
 # ------------------------------------------------------------------------ heavy ball
-@dataclass(frozen=True)
-class _InverseShifted:
-    """``W -> (c I + W)^{-1}``: the crossing factor of heavy-ball momentum on DGD
-    (``c = 1 + 2 beta``; ``c = 1`` is DGD's ``(I + W)^{-1}``)."""
-
-    c: float
-
-    def __call__(self, w: np.ndarray) -> np.ndarray:
-        return np.linalg.inv(self.c * np.eye(w.shape[0]) + w)
-
-
 @cache
 def _momentum(beta: float, base: str) -> Algorithm:
     def init(x, ops):

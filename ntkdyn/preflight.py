@@ -1150,17 +1150,18 @@ def _minibatch_lines(mb: dict | None) -> list[str]:
         lo, hi = mb[f"final_{metric}_band"]
         return f"{mb[f'final_{metric}_mean']:{fmt}} mean (5-95 %: {lo:{fmt}}-{hi:{fmt}})"
     hit = mb["steps_to_target_mean"]
-    return [f"  mini-batch SGD, batch size {mb['batch_size']} ({mb['batch_sampling']} "
-            f"sampling), over {mb['samples']} sampled batch sequences, from "
-            f"{mb.get('starts_from', 'the configured f0')}:",
-            f"    test loss {band('test_loss', '.4g')}",
-            f"    test acc  {band('test_acc', '.3f')}",
-            f"    train loss {band('train_loss', '.4g')}"] + ([
-            f"    Monte-Carlo standard error of those means: test loss "
-            f"{mb['final_test_loss_mc_error']:.2g}, test acc {mb['final_test_acc_mc_error']:.2g}"]
-        if mb.get("final_test_loss_mc_error") is not None else []) + [
-            "    target test loss (mean over sequences): "
-            + (f"reached at step {hit}" if hit is not None else "not reached")]
+    lines = [f"  mini-batch SGD, batch size {mb['batch_size']} ({mb['batch_sampling']} "
+             f"sampling), over {mb['samples']} sampled batch sequences, from "
+             f"{mb.get('starts_from', 'the configured f0')}:",
+             f"    test loss {band('test_loss', '.4g')}",
+             f"    test acc  {band('test_acc', '.3f')}",
+             f"    train loss {band('train_loss', '.4g')}"]
+    if mb.get("final_test_loss_mc_error") is not None:
+        lines.append(f"    Monte-Carlo standard error of those means: test loss "
+                     f"{mb['final_test_loss_mc_error']:.2g}, test acc "
+                     f"{mb['final_test_acc_mc_error']:.2g}")
+    return lines + ["    target test loss (mean over sequences): "
+                    + (f"reached at step {hit}" if hit is not None else "not reached")]
 
 
 def _sweep_lines(r: CheckReport) -> list[str]:

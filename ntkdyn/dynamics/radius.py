@@ -187,15 +187,9 @@ def heavy_ball_radius(step: LowRankStep, s: float, curv: float, beta: float) -> 
     if step.form != "dgd" or not graphs.is_symmetric(step.w):
         return None
     lo = real_spectrum_bounds(step.w, "dgd", s, curv)
-    try:
-        with one_blas_thread():
-            top = heavy_ball_modulus(float(np.max(nearest(step, s, 1.0 + SHIFT).real)), beta)
-            if heavy_ball_modulus(lo, beta) <= top:
-                return top
-            bottom = float(np.min(nearest(step, s, lo - SHIFT * max(1.0, abs(lo))).real))
-    except spla.ArpackNoConvergence:
-        return None
-    return max(top, heavy_ball_modulus(bottom, beta))
+    ends = _extreme_eigenvalues(step, s, lo, lambda top: heavy_ball_modulus(lo, beta) >
+                                heavy_ball_modulus(top, beta))
+    return None if ends is None else max(heavy_ball_modulus(e, beta) for e in ends)
 
 
 def structured_radius(step: LowRankStep, s: float, curv: float) -> float | None:
@@ -207,15 +201,24 @@ def structured_radius(step: LowRankStep, s: float, curv: float) -> float | None:
     lo = real_spectrum_bounds(step.w, step.form, s, curv)
     if lo is None:
         return None
+    ends = _extreme_eigenvalues(step, s, lo, lambda top: -lo > abs(top))
+    return None if ends is None else max(abs(e) for e in ends)
+
+
+def _extreme_eigenvalues(step: LowRankStep, s: float, lo: float, bottom_matters
+                         ) -> tuple[float, ...] | None:
+    """``(lambda_max,)`` of a real spectrum in ``[lo, 1]`` by shift-invert at ``1 + SHIFT``,
+    and ``lambda_min`` (at ``lo`` minus the shift) too where ``bottom_matters(lambda_max)``;
+    ``None`` if the eigensolver did not converge."""
     try:
         with one_blas_thread():
             top = float(np.max(nearest(step, s, 1.0 + SHIFT).real))
-            if -lo <= abs(top):
-                return abs(top)
+            if not bottom_matters(top):
+                return (top,)
             bottom = float(np.min(nearest(step, s, lo - SHIFT * max(1.0, abs(lo))).real))
     except spla.ArpackNoConvergence:
         return None
-    return max(abs(top), abs(bottom))
+    return top, bottom
 
 
 def detect_form(step_factory, apply, local, dim_shape: tuple, s: float) -> str | None:

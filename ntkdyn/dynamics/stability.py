@@ -658,12 +658,13 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
 
     pts = {g / curv for g in SCAN_GRID} | {float(x) for x in hint}
     pts |= {float(x) for x in np.atleast_1d(extra) if np.isfinite(x) and x > 0}
-    if np.isfinite(bound) and bound > 0:
-        pts.add(float(bound))
-    grid = sorted(pts)
     # below the sufficient bound (a theorem: theory/stability.md section 3) a rate is
     # stable without its spectral radius; the bound itself is evaluated
-    known = bound if np.isfinite(bound) and bound > 0 else 0.0
+    known = 0.0
+    if np.isfinite(bound) and bound > 0:
+        pts.add(float(bound))
+        known = float(bound)
+    grid = sorted(pts)
     signs = [s < known or f(s) <= 0 for s in grid]
     if signs[-1]:  # stable at the top: look further up
         for g in SCAN_UP:
