@@ -252,6 +252,9 @@ def test_one_random_network_with_minibatches_is_the_predict_commands(tmp_path, c
     assert one["final_test_loss_mc_error"] == pytest.approx(
         summary["final_test_loss_mc_error"], rel=1e-4)
     assert "Monte-Carlo standard error of those expected values: test loss" in rep.text()
+    # the band over batch sequences from f0 = 0 states its own (independent sequences)
+    assert rep.minibatch["final_test_loss_mc_error"] > 0
+    assert "Monte-Carlo standard error of those means: test loss" in rep.text()
 
 
 def test_one_sampled_network_has_no_monte_carlo_error():
