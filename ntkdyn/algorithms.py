@@ -180,18 +180,30 @@ class MinusOneCrossing:
     factor:
         ``W -> g(W)``: ``(I + W)^{-1}`` for DGD (``W - s D H`` has ``-1`` iff
         ``(I + W) z = s D H z``), ``(I + W)^{-1} W`` for ATC and CTA (``W (I - s D H)``),
-        ``I / 2`` for GD (``I - s D H``).
+        ``I / 2`` for GD (``I - s D H``).  Schedules with memory (two states) have a
+        quadratic eigenproblem whose Cayley transform has symmetric coefficients and a
+        PSD middle one, so no eigenvalue crosses the unit circle except at ``+-1``
+        (``theory/stability.md`` section 5a): ``2 W^2 (I + W)^{-2}`` for gradient tracking
+        (``(mu I - W)^2 + s (mu - 1) W^2 D H``), ``2 W (I + W)^{-2}`` for NEXT,
+        ``2 (I + W)^{-2}`` for DIGing and ``4 (5 I + 3 W)^{-1}`` for EXTRA.
     exact_for_indefinite_mixing:
-        The similarity holds for every symmetric ``W`` (DGD, GD); otherwise only for
-        ``W >= 0`` (ATC, CTA: ``W^{1/2}`` must exist) and the crossing is verified.
+        The similarity holds for every symmetric ``W`` (DGD, GD, gradient tracking,
+        DIGing, EXTRA); otherwise only for ``W >= 0`` (ATC, CTA, NEXT: ``W^{1/2}`` must
+        exist) and the crossing is verified.
     lambda_min_minus_one_unstable:
         ``lambda_min(W) = -1`` makes the schedule unstable at every rate (DGD: ``I + W``
         singular) rather than leaving the crossing undefined.
+    equal_rates_only:
+        The argument needs one rate for all agents (the tracking schedules scale the
+        tracked gradient ``y``, whose recursion does not commute with per-agent rates):
+        with per-agent rates the stable set is searched.  Gradient tracking on a ring of 4
+        with rates ``1 : 0.3 : 0.6 : 0.2`` is stable up to 6.43 where the crossing is 4.00.
     """
 
     factor: Callable[[np.ndarray], np.ndarray]
     exact_for_indefinite_mixing: bool = False
     lambda_min_minus_one_unstable: bool = False
+    equal_rates_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -360,6 +372,32 @@ def _half_identity(w: np.ndarray) -> np.ndarray:
     return np.eye(w.shape[0]) / 2.0
 
 
+def _spectral(w: np.ndarray, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``f(W) = V f(Lambda) V^T`` for a symmetric ``W`` (``lambda_min(W) > -1``)."""
+    vals, vecs = np.linalg.eigh((w + w.T) / 2.0)
+    return (vecs * f(vals)) @ vecs.T
+
+
+def _tracking_factor(w: np.ndarray) -> np.ndarray:
+    """Gradient tracking (ATC form): ``2 W^2 (I + W)^{-2}``."""
+    return _spectral(w, lambda v: 2.0 * v**2 / (1.0 + v) ** 2)
+
+
+def _next_factor(w: np.ndarray) -> np.ndarray:
+    """NEXT: ``2 W (I + W)^{-2}``."""
+    return _spectral(w, lambda v: 2.0 * v / (1.0 + v) ** 2)
+
+
+def _diging_factor(w: np.ndarray) -> np.ndarray:
+    """DIGing: ``2 (I + W)^{-2}``."""
+    return _spectral(w, lambda v: 2.0 / (1.0 + v) ** 2)
+
+
+def _extra_factor(w: np.ndarray) -> np.ndarray:
+    """EXTRA with ``W~ = (I + W) / 2``: ``4 (5 I + 3 W)^{-1}``."""
+    return _spectral(w, lambda v: 4.0 / (5.0 + 3.0 * v))
+
+
 DGD = Algorithm(
     "dgd", _dgd, "x+ = W x - eta grad L(x)  (decentralised gradient descent)",
     sufficient_bound=_dgd_bound,
@@ -476,18 +514,23 @@ GRADIENT_TRACKING = Algorithm(
     "x+ = W (x - eta y), y+ = W (y + grad L(x+) - grad L(x)), y0 = grad L(x0)  (gradient "
     "tracking, adapt-then-combine form (ATC-DIGing / Aug-DGM): exact consensus at the "
     "centralised solution with a constant step)",
-    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
+    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound,
+    minus_one_crossing=MinusOneCrossing(_tracking_factor, exact_for_indefinite_mixing=True,
+                                        equal_rates_only=True))
 NEXT = Algorithm(
     "next", _next_step,
     "x+ = W (x - eta y), y+ = W y + grad L(x+) - grad L(x), y0 = grad L(x0)  (NEXT / SONATA "
     "with a linear surrogate, Di Lorenzo & Scutari 2016: exact consensus at the centralised "
     "solution with a constant step)",
-    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
+    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound,
+    minus_one_crossing=MinusOneCrossing(_next_factor, equal_rates_only=True))
 DIGING = Algorithm(
     "diging", _diging_step,
     "x+ = W x - eta y, y+ = W y + grad L(x+) - grad L(x), y0 = grad L(x0)  (DIGing "
     "gradient tracking: exact consensus at the centralised solution with a constant step)",
-    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound)
+    init=_gt_init, params=_first, project=_gt_project, sufficient_bound=_one_agent_bound,
+    minus_one_crossing=MinusOneCrossing(_diging_factor, exact_for_indefinite_mixing=True,
+                                        equal_rates_only=True))
 
 
 # ------------------------------------------------------------------------ EXTRA
@@ -513,7 +556,9 @@ EXTRA = Algorithm(
     "x+ = W x - eta grad L(x) - z, z+ = z + (I - W) x / 2, z0 = 0  (EXTRA with "
     "W~ = (I + W)/2: exact consensus at the centralised solution with a constant step)",
     init=_extra_init, params=_first, project=_extra_project,
-    sufficient_bound=_one_agent_bound)
+    sufficient_bound=_one_agent_bound,
+    minus_one_crossing=MinusOneCrossing(_extra_factor, exact_for_indefinite_mixing=True,
+                                        equal_rates_only=True))
 
 
 # ------------------------------------------------------------------------ heavy ball

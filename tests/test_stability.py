@@ -206,7 +206,7 @@ def test_undecided_search_raises_a_clear_error(monkeypatch):
     prob, *_ = _problem(n=8)
     monkeypatch.setattr(stab.StepOperator, "spectral_radius", lambda self, s, method="auto": 0.5)
     with pytest.raises(stab.StabilityUndecided, match="could not decide whether larger"):
-        stab.stable_set(prob, "extra")
+        stab.stable_set(prob, algorithms.p2pl(2, 1))
 
 
 def _random_mixing(q, seed, kind):
@@ -241,8 +241,8 @@ def small_problems(draw):
     x = rng.normal(size=(n, d))
     kern = x @ x.T / d + draw(st.sampled_from([0.0, 0.1])) * np.eye(n)
     w = _random_mixing(q, seed, kind)
-    algo = draw(st.sampled_from(["dgd", "atc", "cta", "gradient_tracking", "diging", "extra",
-                                 "momentum"]))
+    algo = draw(st.sampled_from(["dgd", "atc", "cta", "gradient_tracking", "next", "diging",
+                                 "extra", "momentum"]))
     if algo == "momentum":
         algo = algorithms.momentum(draw(st.sampled_from([0.5, 0.9])))
     prob = make_problem(kern, np.eye(2)[rng.integers(0, 2, n)], np.arange(n) % q, w)
@@ -549,3 +549,57 @@ def test_momentum_radius_from_dgd_extremes_equals_the_dense_spectrum(beta, topol
         assert op.spectral_radius(s, method="structured") == got
     assert stab.StepOperator(prob, algorithms.momentum(beta, base="atc")).algorithm \
         .heavy_ball is None
+
+
+MEMORY = {"gradient_tracking": algorithms.GRADIENT_TRACKING, "next": algorithms.NEXT,
+          "diging": algorithms.DIGING, "extra": algorithms.EXTRA}
+
+
+@pytest.mark.parametrize("topology", ["ring", "complete"])
+@pytest.mark.parametrize("name", list(MEMORY))
+def test_schedules_with_memory_stable_set_is_the_minus_one_crossing(name, topology):
+    """Gradient tracking, NEXT, DIGing and EXTRA with a symmetric W and one rate: the
+    Cayley transform of their quadratic eigenproblem has symmetric coefficients and a PSD
+    middle one, so eigenvalues leave the unit disc only through -1 (theory/stability.md
+    section 5a; `ntkdyn check` with gradient tracking on 7,200 dimensions: 172.6 -> 31.4 s).
+    Equal to the scan without the crossing to 1e-8 (relative; the scan's own tolerance is
+    1e-9), and the dense radius crosses 1 there.  The Metropolis ring of 4 has
+    lambda_min(W) = -1/3: exact for all but NEXT, whose crossing is verified there."""
+    import dataclasses
+
+    prob, *_ = _problem(topology, q=4, n=16)
+    algo = MEMORY[name]
+    found = stab.stable_set(prob, algo)
+    indefinite = graphs.lambda_min(prob.mixing) < -1e-12
+    expected = "verified" if (indefinite and name == "next") else "exact"
+    assert found.method == f"minus-one-crossing ({expected})"
+    scan = stab.stable_set(prob, dataclasses.replace(algo, minus_one_crossing=None))
+    assert scan.method.startswith("brent")
+    ((lo, hi),), ((lo_s, hi_s),) = found.intervals, scan.intervals
+    assert lo == 0 and lo_s == 0 and hi == pytest.approx(hi_s, rel=1e-8)
+    assert _dense_rho(prob, algo, hi * (1 - 1e-6)) <= 1 + 1e-9 < _dense_rho(prob, algo,
+                                                                            hi * (1 + 1e-6))
+
+
+def test_schedules_with_memory_and_per_agent_rates_are_scanned():
+    """Per-agent rates scale the tracked gradient, which does not commute with the
+    tracking recursion: the crossing is not the boundary (gradient tracking on a ring of 4
+    with rates 1 : 0.3 : 0.6 : 0.2 is stable up to 6.43, its crossing is 4.00; verifying
+    the radius just below the crossing would have accepted 4.00).  Those cases are scanned
+    and the boundary is where the dense radius crosses 1."""
+    prob, *_ = _problem("ring", q=4, n=16)
+    profile = np.array([1.0, 0.3, 0.6, 0.2])
+    algo = algorithms.GRADIENT_TRACKING
+    found = stab.stable_set(prob, algo, profile=profile)
+    assert found.method.startswith("brent")
+    op = stab.StepOperator(prob, algo, profile)
+    crossing = stab._minus_one_crossing(op, algo.minus_one_crossing.factor(prob.mixing))
+    hi = found.lr_star
+
+    def dense(s):
+        return float(np.max(np.abs(np.linalg.eigvals(op.dense(s)))))
+
+    assert dense(hi * (1 - 1e-6)) <= 1 + 1e-9 < dense(hi * (1 + 1e-6))
+    assert hi > 1.2 * crossing
+    for name, other in MEMORY.items():
+        assert stab.stable_set(prob, other, profile=profile).method.startswith("brent"), name

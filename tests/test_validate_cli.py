@@ -392,16 +392,21 @@ def test_stability_verdict_paths(monkeypatch):
     from ntkdyn import algorithms
 
     prob = _problem("ring", n=24)[0]
-    lr_star, _ = stability.max_stable_lr(prob, algorithms.EXTRA)
-    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    p2pl = algorithms.p2pl(2, 1)  # no -1 crossing
+    lr_star, _ = stability.max_stable_lr(prob, p2pl)
+    v = harness.stability_verdict(prob, p2pl, 1.02 * lr_star)
     assert v["stable"] is False and v["lr_star"] == pytest.approx(lr_star)
     monkeypatch.setattr(stability, "DENSE_MAX", 0)  # force the large-operator paths
-    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
-    assert v["stable"] is False and "ARPACK" in v["method"]
-    v = harness.stability_verdict(prob, "dgd", 1.02 * stability.max_stable_lr(prob, "dgd")[0])
-    assert v["stable"] is False and "crossing" in v["method"]
+    v = harness.stability_verdict(prob, p2pl, 1.02 * lr_star)
+    assert v["stable"] is False and "ARPACK" in v["method"] and v["lr_star"] is None
+    for algo in ("dgd", algorithms.GRADIENT_TRACKING, algorithms.EXTRA):
+        # schedules with a crossing that is a theorem here: the exact lr*, no radius
+        star = stability.max_stable_lr(prob, algo)[0]
+        v = harness.stability_verdict(prob, algo, 1.02 * star)
+        assert v["stable"] is False and "crossing (exact)" in v["method"], algo
+        assert v["lr_star"] == pytest.approx(star, rel=1e-12)
     monkeypatch.setattr(harness, "ARPACK_MAX_DIM", 0)
-    v = harness.stability_verdict(prob, algorithms.EXTRA, 1.02 * lr_star)
+    v = harness.stability_verdict(prob, p2pl, 1.02 * lr_star)
     assert v["stable"] is None and "not computed" in v["words"]
     traj = harness._with_verdict(_traj(np.arange(3.0), [3.0, 2.0, 1.0]), v)
     assert traj.status == "ok" and traj.metadata["stability"]["stable"] is None

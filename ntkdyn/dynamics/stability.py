@@ -490,7 +490,8 @@ def _minus_one_crossing(op: StepOperator, factor: np.ndarray) -> float:
     ``A = W - s D H`` has eigenvalue ``-1`` iff ``(I + W) z = s D H z``, i.e. ``1/s`` is an
     eigenvalue of ``(I + W)^{-1} D H``; ATC/CTA: ``A = W (I - s D H)`` (or
     ``(I - s D H) W``, same spectrum) has ``-1`` iff ``1/s`` is an eigenvalue of
-    ``(I + W)^{-1} W D H``; GD: ``I - s D H`` iff ``1/s`` is one of ``D H / 2``.  All are
+    ``(I + W)^{-1} W D H``; GD: ``I - s D H`` iff ``1/s`` is one of ``D H / 2``; the
+    schedules with memory likewise (gradient tracking: ``2 W^2 (I + W)^{-2} D H``).  All are
     similar to symmetric matrices (``D H`` is block diagonal PSD in the coordinates
     ``Theta^{1/2} alpha``; ``g(W)`` is symmetric), so their spectra are real and the
     largest eigenvalue gives the crossing.
@@ -606,11 +607,14 @@ def stable_set(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
     """The set of stable (max per-agent) learning rates, found in bounded work.
 
     * **Theorems** (a schedule with a :attr:`Algorithm.minus_one_crossing`, a static
-      symmetric ``W``, one rate for all agents; DGD/GD for every such ``W``, ATC/CTA for
-      ``W >= 0``): the set is ``[0, s_c]`` with ``s_c`` the ``-1`` crossing of
-      :func:`_minus_one_crossing`; DGD with ``lambda_min(W) = -1`` is unstable at every
-      rate (:func:`_dgd_unstable_at_every_rate`).  ATC/CTA with indefinite ``W`` or
-      per-agent rates: ``[0, s_c]`` if the radius just below ``s_c`` is <= 1 (verified).
+      symmetric ``W``, one rate for all agents; DGD, GD, gradient tracking, DIGing and
+      EXTRA for every such ``W``, ATC, CTA and NEXT for ``W >= 0``): the set is
+      ``[0, s_c]`` with ``s_c`` the ``-1`` crossing of :func:`_minus_one_crossing`; DGD
+      with ``lambda_min(W) = -1`` is unstable at every rate
+      (:func:`_dgd_unstable_at_every_rate`).  ATC/CTA/NEXT with indefinite ``W``,
+      or per-agent rates on a schedule without memory: ``[0, s_c]`` if the radius just
+      below ``s_c`` is <= 1 (verified); the schedules with memory and per-agent rates are
+      scanned (:attr:`~ntkdyn.algorithms.MinusOneCrossing.equal_rates_only`).
     * **Otherwise** ``f(s) = rho(A(s)) - 1 - RHO_TOL`` is evaluated on :data:`SCAN_GRID`
       (x ``1/curv``, plus the rates in ``extra`` and the sufficient bound), every sign
       change is refined by Brent (``rtol``, at most :data:`BRENT_MAXITER` evaluations),
@@ -696,7 +700,7 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
     if (lam <= -1 + 1e-10 and crossing.lambda_min_minus_one_unstable
             and _dgd_unstable_at_every_rate(problem)):
         return StableSet((), "lambda_min(W) = -1 (exact): unstable at every rate")
-    if lam <= -1 + 1e-10:
+    if lam <= -1 + 1e-10 or (crossing.equal_rates_only and not uniform):
         return []
     s_c = _minus_one_crossing(op, crossing.factor(w))
     proven = uniform and (crossing.exact_for_indefinite_mixing or lam >= -1e-12)

@@ -388,7 +388,8 @@ def stability_verdict(problem, algo, lr: float) -> dict:
       stable, proven, nothing else computed;
     * an operator of at most ``spectrum.DENSE_MAX`` dimensions: the exact report
       (:func:`ntkdyn.dynamics.stability.stability`: ``lr*`` and the spectral radius);
-    * larger, DGD / GD (ATC / CTA with ``W >= 0``) on a symmetric static ``W``: the exact
+    * larger, a schedule with a ``-1`` crossing (DGD, GD, gradient tracking, DIGing, EXTRA,
+      momentum on DGD; ATC, CTA, NEXT with ``W >= 0``) on a symmetric static ``W``: the exact
       ``lr*`` (:func:`ntkdyn.dynamics.stability.max_stable_lr`: the ``-1`` crossing, one extreme
       eigenvalue by ARPACK);
     * larger, any other schedule: the spectral radius at ``lr`` by ARPACK
@@ -423,8 +424,8 @@ def stability_verdict(problem, algo, lr: float) -> dict:
                 "words": f"stable: lr={lr:g} is below the sufficient bound {bound:.4g}"}
     dim = spectrum.StepOperator(problem, algo).dim
     if dim > spectrum.DENSE_MAX and _crossing_is_exact(problem, algo):
-        # DGD (ATC, CTA with W >= 0), symmetric W, one rate: lr* is where the smallest
-        # eigenvalue reaches -1, one extreme eigenvalue by ARPACK (spectrum.max_stable_lr)
+        # a -1 crossing that is a theorem here (symmetric W, one rate): lr* is one extreme
+        # eigenvalue by ARPACK (spectrum.max_stable_lr)
         lr_star, how = spectrum.max_stable_lr(problem, algo)
         stable = bool(lr < lr_star)
         return {**base, "stable": stable, "lr_star": float(lr_star),
@@ -459,17 +460,19 @@ def stability_verdict(problem, algo, lr: float) -> dict:
 
 def _crossing_is_exact(problem, algo) -> bool:
     """Whether :func:`ntkdyn.dynamics.stability.max_stable_lr` is one ``-1`` crossing (a theorem):
-    DGD or GD, or ATC / CTA with positive semi-definite ``W``; symmetric static ``W``."""
+    the schedule has a :attr:`~ntkdyn.algorithms.Algorithm.minus_one_crossing` that holds
+    for this symmetric static ``W`` (every such ``W``, or ``W >= 0`` where it needs that);
+    one rate for all agents."""
     from ntkdyn import graphs
 
-    if algo.name not in ("dgd", "gd", "atc", "cta") or algo.options or \
-            problem.process is not None:
+    crossing = algo.minus_one_crossing
+    if crossing is None or problem.process is not None:
         return False
     w = problem.mixing
     if not graphs.is_symmetric(w):
         return False
     lam = graphs.lambda_min(w)
-    return lam > -1 + 1e-10 and (algo.name in ("dgd", "gd") or lam >= -1e-12)
+    return lam > -1 + 1e-10 and (crossing.exact_for_indefinite_mixing or lam >= -1e-12)
 
 
 def _with_verdict(traj: Trajectory, verdict: dict, source: str = "") -> Trajectory:
