@@ -256,6 +256,10 @@ class Algorithm:
         [I, 0]]`` with DGD's ``A(s)``: its eigenvalues are the roots of
         ``mu^2 - (lam + beta) mu + beta`` over DGD's eigenvalues ``lam``, so its spectral
         radius follows from DGD's two extreme eigenvalues; ``None``: not such a step.
+    same_fixed_points_as:
+        Name of a schedule with the same fixed points at every rate (heavy-ball momentum:
+        its base, since ``x = x-`` there), whose smaller system
+        :func:`ntkdyn.dynamics.steady_state.fixed_point` solves instead; ``""``: none.
 
     The facts above are the schedule's own: built-in schedules carry them, a schedule a
     user writes has none unless given (``dataclasses.replace`` keeps them, so a changed
@@ -277,6 +281,7 @@ class Algorithm:
     minus_one_crossing: MinusOneCrossing | None = None
     shares_spectrum_with: str = ""
     heavy_ball: float | None = None
+    same_fixed_points_as: str = ""
 
     def initial_state(self, x: State, ops: Operators) -> State:
         return x if self.init is None else self.init(x, ops)
@@ -600,7 +605,8 @@ def _momentum(beta: float, base: str) -> Algorithm:
     return Algorithm("momentum", step, f"{what}  (heavy-ball momentum per agent, beta={beta:g})",
                      init=init, params=_first,
                      options=(("beta", beta), ("base", base)), sufficient_bound=bound,
-                     minus_one_crossing=crossing, heavy_ball=beta if base == "dgd" else None)
+                     minus_one_crossing=crossing, heavy_ball=beta if base == "dgd" else None,
+                     same_fixed_points_as=base)
 
 
 def momentum(beta: float = 0.9, base: str = "dgd") -> Algorithm:

@@ -190,3 +190,53 @@ def test_fixed_point_without_common_minimiser_takes_the_full_solve():
     kern, y = _data(linear=True)  # rank 5 < 24 rows: no interpolant
     prob = make_problem(kern, y, np.arange(len(y)) % 4, graphs.mixing(graphs.topology("ring", 4)))
     assert fixed_point(prob, "dgd", 0.1).consensus_gap > 1e-3
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_tracking_and_momentum_fixed_points_without_the_full_solve(linear, monkeypatch):
+    """Gradient tracking, NEXT, DIGing (any positive rates) and EXTRA (equal rates) on a
+    doubly stochastic W (static or E[W]) sit at the consensual centralised solution, with
+    or without an interpolant (theory/fixed_point.md section 4a): the shortcut equals the
+    full 2-3 Q R system to 1e-9 and solves none.  EXTRA with per-agent rates is not
+    centralised and takes the system.  Momentum has its base's fixed point and solves the
+    base's (Q R) system, equal to the 2 Q R one to 1e-9."""
+    from ntkdyn import algorithms
+    from ntkdyn.dynamics import steady_state
+
+    kern, y = _data(linear=linear, ridge=0.2)
+    agent = np.arange(len(y)) % 4
+    equal, per_agent = 0.2, np.array([0.3, 0.2, 0.25, 0.1])
+    full = steady_state._solve_fixed_point
+
+    def solve(prob, algo, lr):
+        vr, lam = steady_state._range_basis(prob.kernel)
+        alpha = full(prob, algo, steady_state.learning_rates(lr, 4), vr, lam)
+        out = np.einsum("ij,qjk->qik", prob.kernel, alpha) + prob.f0_train[None]
+        return out[:, np.argsort(prob.order)]
+
+    calls = []
+    monkeypatch.setattr(steady_state, "_solve_fixed_point",
+                        lambda prob, algo, *a: calls.append(algo.name) or full(prob, algo, *a))
+    for mixing in (graphs.mixing(graphs.topology("ring", 4)),
+                   graphs.random_edges(graphs.topology("ring", 4), p=0.5, seed=1)):
+        prob = make_problem(kern, y, agent, mixing)
+        for algo in (algorithms.GRADIENT_TRACKING, algorithms.NEXT, algorithms.DIGING,
+                     algorithms.EXTRA):
+            for lr in (equal, per_agent):
+                fp = fixed_point(prob, algo, lr)
+                if algo is algorithms.EXTRA and lr is per_agent:
+                    # consensual, at sum_q lr_q grad L_q = 0: not the centralised solution
+                    assert calls.pop() == "extra" and fp.consensus_gap < 1e-9
+                    assert fp.central_gap > 1e-3 or not linear
+                    continue
+                assert not calls, (algo.name, calls)
+                assert fp.consensus_gap == 0.0
+                assert rel_err(fp.train_outputs, solve(prob, algo, lr)) < 1e-9, algo.name
+        mom = algorithms.momentum(0.5)
+        fp = fixed_point(prob, mom, per_agent)
+        # the base's system without an interpolant; with one, DGD's own shortcut
+        assert calls == (["dgd"] if linear else [])
+        assert rel_err(fp.train_outputs, solve(prob, mom, per_agent)) < 1e-9
+        assert rel_err(fp.train_outputs, fixed_point(prob, "dgd", per_agent).train_outputs) \
+            < 1e-12
+        calls.clear()

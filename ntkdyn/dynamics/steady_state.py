@@ -25,6 +25,16 @@ zero gradients the iteration is ``x = (W (x) I) x``, i.e. consensus.  The
 consensual interpolant is the unique such point in ``range(Theta)``
 coordinates, and it is the centralised solution, so one weighted least-squares
 solve (which the report needs anyway) gives both.
+
+Second shortcut: gradient tracking, NEXT and DIGing (any positive rates) and EXTRA (one
+rate for all agents) with a doubly stochastic ``W`` (static, or ``E[W]`` of random
+gossip) have the consensual centralised solution as their fixed point, with or without
+an interpolant: at a fixed point ``y = W y`` (resp. ``z`` fixed) forces consensus of the
+tracked quantity, the conserved sum ``1^T (y - g) = 0`` (``1^T z = 0``) and the mixing
+step make its mean, hence every ``y_q``, zero and ``x`` consensual, and the mean gradient
+at the consensus is zero: the centralised solution (``theory/fixed_point.md`` section
+4a).  Heavy-ball momentum has its base schedule's fixed points (``x = x-`` there), whose
+system is half the size (:attr:`~ntkdyn.algorithms.Algorithm.same_fixed_points_as`).
 """
 
 from __future__ import annotations
@@ -37,9 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from ntkdyn import graphs
 from ntkdyn._utils.checks import learning_rates
 from ntkdyn._utils.threads import one_blas_thread
-from ntkdyn.algorithms import ATC, CTA, DGD, get_algorithm
+from ntkdyn.algorithms import ATC, CTA, DGD, DIGING, EXTRA, GRADIENT_TRACKING, NEXT, get_algorithm
 from ntkdyn.dynamics import solver
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.dynamics.stability import StepOperator, state_structure
@@ -50,6 +61,12 @@ DENSE_SOLVE_MAX = 8192
 INTERPOLATION_TOL = 1e-9
 #: schedules whose fixed point is the consensual interpolant when one exists (module doc)
 CONSENSUAL_AT_INTERPOLATION = (DGD, ATC, CTA)
+#: schedules whose fixed point is the consensual centralised solution whenever ``W`` is
+#: doubly stochastic, with any positive rates (module doc)
+CONSENSUAL_ALWAYS = (GRADIENT_TRACKING, NEXT, DIGING)
+#: the same, with one rate for all agents (EXTRA: per-agent rates give a rate-weighted
+#: stationarity condition, ``sum_q lr_q grad L_q = 0``)
+CONSENSUAL_ALWAYS_EQUAL_RATES = (EXTRA,)
 
 
 @dataclass(frozen=True)
@@ -169,12 +186,30 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     else:
         u_c, misfit = _weighted_lstsq(sw * basis, -sw * problem.residual0)
     central = to_alpha @ u_c
-    if algo in CONSENSUAL_AT_INTERPOLATION and misfit <= INTERPOLATION_TOL:
-        alpha = np.broadcast_to(central, (q,) + central.shape)  # consensual interpolant
+    system = _fixed_point_schedule(algo)
+    if (system in CONSENSUAL_AT_INTERPOLATION and misfit <= INTERPOLATION_TOL) or \
+            _consensual_always(problem, system, lrs):
+        alpha = np.broadcast_to(central, (q,) + central.shape)  # consensual, centralised
     else:
-        alpha = _solve_fixed_point(problem, algo, lrs, vr, lam)
+        alpha = _solve_fixed_point(problem, system, lrs, vr, lam)
     x = np.concatenate([alpha, central[None]], axis=0)
     return _finish(problem, algo, lrs, x)
+
+
+def _fixed_point_schedule(algo):
+    """The schedule whose fixed-point system is solved for ``algo``: its
+    ``same_fixed_points_as`` (momentum: the base, half the unknowns), else itself."""
+    return get_algorithm(algo.same_fixed_points_as) if algo.same_fixed_points_as else algo
+
+
+def _consensual_always(problem: KernelProblem, algo, lrs: np.ndarray) -> bool:
+    """Whether the fixed point is the consensual centralised solution without a system
+    (module doc): a tracking schedule or EXTRA (equal rates) on a doubly stochastic ``W``."""
+    if algo not in CONSENSUAL_ALWAYS + CONSENSUAL_ALWAYS_EQUAL_RATES:
+        return False
+    if algo in CONSENSUAL_ALWAYS_EQUAL_RATES and not np.all(lrs == lrs[0]):
+        return False
+    return bool(np.all(lrs > 0)) and graphs.is_doubly_stochastic(problem.mixing)
 
 
 def _weighted_lstsq(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
