@@ -20,7 +20,6 @@ cross-entropy also a periodic sequence), else one run per rate.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from ntkdyn import algorithms, graphs
 from ntkdyn._utils.checks import learning_rates
+from ntkdyn._utils.io import json_text
 from ntkdyn.algorithms import Algorithm
 from ntkdyn.config.experiment import Experiment, from_config
 from ntkdyn.config.schema import Config, ConfigError, load_config
@@ -162,18 +162,12 @@ class CheckReport:
                                            "target_of": self.target_of}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+        """Standard JSON (:func:`ntkdyn._utils.io.json_text`: no sufficient bound is
+        ``null``, a margin with no stable rate ``"-inf"``)."""
+        return json_text(self.to_dict())
 
     def text(self) -> str:
         return _render(self)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def stability_of(problem, algo, lr) -> spectrum.StabilityReport:
@@ -1053,6 +1047,12 @@ def _exit_line(r: CheckReport) -> str:
             f"target {r.target_loss:g} within {r.horizon} steps.")
 
 
+def _bound_text(bound: float) -> str:
+    """The sufficient bound for the table: ``"none"`` where no bound applies (``nan``:
+    e.g. gradient tracking with more than one agent)."""
+    return "none" if np.isnan(bound) else f"{bound:.5g}"
+
+
 def _stability_lines(r: CheckReport) -> list[str]:
     """The verdict table (spectral radius, lr*, sufficient bound, margin) and words."""
     if r.low_rank is None:
@@ -1066,7 +1066,7 @@ def _stability_lines(r: CheckReport) -> list[str]:
                  "   regime")
     for v in r.stability:
         lines.append(f"  {v.algorithm:<{width}} {v.spectral_radius:>15.6f} {v.lr_star:>13.5g} "
-                     f"{v.lr_bound:>18.5g} {v.margin:>+8.0%}   "
+                     f"{_bound_text(v.lr_bound):>18} {v.margin:>+8.0%}   "
                      f"{'inside' if v.inside else 'OUTSIDE'}")
     lines.append("")
     for v in r.stability:

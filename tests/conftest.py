@@ -36,6 +36,18 @@ import pytest
 import ntkdyn  # noqa: F401  (float64)
 
 
+def strict_json(text: str):
+    """``json.loads`` that refuses what standard JSON (RFC 8259) does not have: bare
+    ``NaN``, ``Infinity`` and ``-Infinity``, which Python writes and reads by default but
+    ``jq`` and most other parsers reject."""
+    import json
+
+    def refuse(name):
+        raise ValueError(f"not standard JSON: bare {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def _mlp_apply(params, x, w_std=1.4, b_std=0.1):
     h = x
     for i, (w, b) in enumerate(params):

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+from conftest import strict_json
 import numpy as np
 import pytest
 
@@ -119,14 +120,21 @@ def test_check_reports_the_new_schedule_on_a_periodic_sequence(tmp_path):
     assert rep.prediction is not None and rep.prediction["steady_state_consensus_gap"] is None
     text = rep.text()
     assert "GRADIENT TRACKING at lr=0.2" in text and "periodic sequence ring+star" in text
-    jsonschema.validate(json.loads(rep.to_json()), SCHEMA)
+    # no sufficient bound for gradient tracking with Q > 1: "none" in the table, null in
+    # standard JSON (it was a bare NaN that jq refuses, and "nan" in the table)
+    assert np.isnan(gt.lr_bound)
+    row = next(line for line in text.splitlines() if line.strip().startswith("gradient_tr"))
+    assert " none " in row and "nan" not in row
+    report = strict_json(rep.to_json())
+    jsonschema.validate(report, SCHEMA)
+    assert report["stability"][-1]["lr_bound"] is None
 
 
 def test_check_momentum_with_random_gossip_json(tmp_path, capsys):
     cfg = _write(tmp_path, topology='name = "ring"\ngossip = "one_edge"\ngossip_samples = 4',
                  training='algorithm = "momentum"\nmomentum = 0.5')
     code = main(["check", str(cfg), "--json", "--quiet", "--topologies", "complete"])
-    report = json.loads(capsys.readouterr().out)
+    report = strict_json(capsys.readouterr().out)
     jsonschema.validate(report, SCHEMA)
     assert code == report["exit_code"]
     row = report["topologies"][0]  # the same gossip on the complete graph, E[W] spectrum
@@ -145,7 +153,7 @@ def test_validate_p2pl_from_config(tmp_path):
     lin = Trajectory.load(out / "linearised.npz")
     pred = Trajectory.load(out / "predicted_empirical.npz")
     assert obs.phases == pred.phases == ["local", "consensus"]
-    agree = json.loads((out / "agreement.json").read_text())["agreement"]
+    agree = strict_json((out / "agreement.json").read_text())["agreement"]
     assert agree["linearised vs empirical"]["steps_compared"] == 8
     # float32 linearised training vs the full empirical kernel (width 64): ~1e-5
     assert agree["linearised vs empirical"]["metrics"]["test_loss"]["mean"] < 1e-4

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from conftest import TINY_TOML as TINY
+from conftest import strict_json
 
 import ntkdyn as nd
 from ntkdyn.cli import main
@@ -138,7 +139,7 @@ def test_run_diverged_before_its_second_record_is_plotted(tmp_path):
     cfg.write_text(TINY.replace("lr = 0.3", "lr = 80.0"))
     out = tmp_path / "out"
     assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = strict_json((out / "summary.json").read_text())  # no bare NaN / Infinity
     assert summary["status"] == "diverged"
     traj = nd.Trajectory.load(out / "trajectory.npz")
     assert list(traj.steps) == [0]
@@ -157,3 +158,24 @@ def test_run_diverged_before_its_second_record_is_plotted(tmp_path):
     over = plot_trajectory(traj, observed=traj)
     assert not any("later records dropped" in line.get_label()
                    for ax in over.axes for line in ax.get_lines())
+
+
+def test_json_outputs_are_standard_json():
+    """check --json, summary.json and agreement.json are standard JSON (RFC 8259): a value
+    that does not exist (nan) is null, +-inf the strings "inf" / "-inf", numpy numbers
+    plain numbers.  json.dumps wrote bare NaN / -Infinity, which jq refuses (found in
+    gradient tracking's check report: no sufficient bound)."""
+    from ntkdyn._utils.io import json_text
+
+    report = {"lr_bound": float("nan"), "margin": -np.inf, "lr_star": np.float64(np.inf),
+              "rates": np.array([0.5, np.nan]), "count": np.int64(3), "ok": np.bool_(True),
+              (1, 2): (np.float32(0.25), None), "path": nd}
+    with pytest.raises(ValueError, match="Out of range float"):
+        json.dumps(report | {"path": "x", "key": 1}, allow_nan=False, default=str)
+    back = strict_json(json_text(report))
+    assert back == {"lr_bound": None, "margin": "-inf", "lr_star": "inf",
+                    "rates": [0.5, None], "count": 3, "ok": True, "(1, 2)": [0.25, None],
+                    "path": str(nd)}
+    assert strict_json(json_text([1.5, "a"], indent=None)) == [1.5, "a"]
+    with pytest.raises(ValueError, match="bare NaN"):
+        strict_json(json.dumps({"x": float("nan")}))

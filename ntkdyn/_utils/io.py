@@ -1,4 +1,5 @@
-"""Output folders: check one is writable before computing, write into it atomically.
+"""Output folders: check one is writable before computing, write into it atomically;
+the JSON text every report file uses.
 
 Used by the command line (``ntkdyn predict | check | validate --out``) and by
 :func:`ntkdyn.validation.harness.validate` when it writes its report.
@@ -7,11 +8,46 @@ Used by the command line (``ntkdyn predict | check | validate --out``) and by
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["OutputError", "check_output", "staged_output"]
+import numpy as np
+
+__all__ = ["OutputError", "check_output", "json_text", "staged_output"]
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy values as Python ones, ``nan`` as ``None``, ``+-inf`` as the
+    strings ``"inf"`` / ``"-inf"`` and anything else unknown as its ``str``."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _plain(obj.item())
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if obj is None or isinstance(obj, (str, int)):  # bool is an int
+        return obj
+    return str(obj)
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Standard JSON (RFC 8259) for a report: ``NaN`` (a value that does not exist, e.g.
+    no sufficient bound) becomes ``null``, ``+-inf`` (stable at every rate, no stable
+    rate) the strings ``"inf"`` / ``"-inf"``, numpy numbers plain numbers.  ``json.dumps``
+    alone writes bare ``NaN`` / ``Infinity``, which ``jq`` and most parsers refuse."""
+    return json.dumps(_plain(obj), indent=indent, allow_nan=False)
 
 
 @contextlib.contextmanager

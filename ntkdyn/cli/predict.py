@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
-from ntkdyn._utils.io import check_output, staged_output
+from ntkdyn._utils.io import check_output, json_text, staged_output
 
 
 def register(sub) -> None:
@@ -44,7 +43,7 @@ def run(args) -> int:
     with staged_output(args.out) as tmp:
         traj.save(tmp / "trajectory.npz")
         summary = _summary(traj, cfg)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "summary.json").write_text(json_text(summary))
         (tmp / "summary.txt").write_text(traj.summary() + "\n")
         title = _title(traj, cfg, exp, summary.get("low_rank"))
         plot_trajectory(traj, tmp / "trajectory.png", title=title)

@@ -32,7 +32,6 @@ removed when the whole validation has finished.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ntkdyn._utils.io import json_text
 from ntkdyn.config.experiment import algorithm_of, build_arch, from_config
 from ntkdyn.config.schema import Config, load_config
 from ntkdyn.dynamics import stability as spectrum
@@ -551,11 +551,10 @@ def _write_width(folder: Path, cfg: Config, run: WidthResult, extra: dict | None
             header.append(f"stability ({cfg.training.loss}): " + verdict.get("words", ""))
         header.append("error: " + agreement.DEFINITION)
         (tmp / "agreement.txt").write_text(agreement.report_text(run.agreement, header))
-        (tmp / "agreement.json").write_text(json.dumps(
+        (tmp / "agreement.json").write_text(json_text(
             {"width": run.width, "metric": agreement.DEFINITION, "agreement": run.agreement,
              "headline": run.headline(), "headline_at_horizon": run.headline("mean_at_horizon"),
-             "timings": run.timings, "status_lines": header[2:-1], **(extra or {})},
-            indent=2, default=str))
+             "timings": run.timings, "status_lines": header[2:-1], **(extra or {})}))
         base = _describe_run(cfg, options=False) + f", width {run.width}"  # options: notes
         for k, pred in run.predicted.items():
             overlay_figure(pred, run.observed, tmp / f"overlay_{k}",
@@ -578,7 +577,7 @@ def _write_all(out: Path, result: ValidationResult) -> None:
         _write_width(out, result.config, result.runs[0], extra=result.to_dict())
         return
     with staged_output(out) as tmp:
-        (tmp / "agreement.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        (tmp / "agreement.json").write_text(json_text(result.to_dict()))
         lines = [result.summary(), ""]
         for r in result.runs:
             lines.append(f"--- width {r.width} (details in width_{r.width}/agreement.txt)")
