@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import jsonschema
-from conftest import strict_json
 import numpy as np
 import pytest
+from conftest import strict_json
 
 import ntkdyn
 from ntkdyn import Trajectory
