@@ -603,3 +603,34 @@ def test_schedules_with_memory_and_per_agent_rates_are_scanned():
     assert hi > 1.2 * crossing
     for name, other in MEMORY.items():
         assert stab.stable_set(prob, other, profile=profile).method.startswith("brent"), name
+
+
+def test_krylov_radius_inside_the_stable_set_skips_the_leftmost_search(monkeypatch):
+    """Inside the stable set every modulus is <= 1, so the Krylov radius asks for the
+    largest moduli only: NEXT on a Metropolis ring of 8 (7,200 dimensions, W indefinite)
+    spent 12 minutes of `ntkdyn check` in the leftmost search, in the defective pairs
+    mu = lambda(W) < 0 the kernel does not see, and failed with a traceback; 'LM' gives
+    the radius in 4 s.  Here (forced above the dense limit): equal to the dense radius to
+    1e-8, and 'SR' never asked; outside the set both searches still run."""
+    prob, *_ = _problem("ring", q=8, n=24)
+    algo = algorithms.NEXT
+    found = stab.stable_set(prob, algo)
+    assert graphs.lambda_min(prob.mixing) < 0 and found.method.endswith("(verified)")
+    s = 0.5 * found.lr_star
+    dense = _dense_rho(prob, algo, s)
+    asked, arpack = [], stab._arpack
+
+    def spy(op, which, k, dim):
+        asked.append(which)
+        return arpack(op, which, k, dim)
+
+    monkeypatch.setattr(stab, "_arpack", spy)
+    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim: None)
+    op = stab.StepOperator(prob, algo)
+    assert abs(op.spectral_radius(s, method="arpack", inside=True) - dense) <= 1e-8
+    assert asked == ["LM"]
+    asked.clear()
+    out = 1.05 * found.lr_star
+    assert op.spectral_radius(out, method="arpack") == pytest.approx(_dense_rho(prob, algo, out),
+                                                                     rel=1e-8)
+    assert sorted(asked) == ["LM", "SR"]

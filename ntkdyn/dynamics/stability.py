@@ -252,9 +252,12 @@ class StepOperator:
         ``1``) and the kernel-space operator has a low-rank form (DGD/ATC/CTA, e.g. ATC with
         an indefinite ``W`` above ``1 / curv``), the radius is the modulus of the eigenvalue
         nearest ``1``, the slow cluster's top, by shift-invert (:func:`radius.nearest`, tens
-        of solves).  Otherwise six eigenvalues of largest modulus and four leftmost (the larger
-        of the two).  Measured on 100 agents of 14 samples (Erdos-Renyi, ATC, 140,000
-        dimensions): at an unstable rate 2 s instead of 135 s (the same radius), at a stable
+        of solves); without that form, the six eigenvalues of largest modulus (no search
+        through ``-1``: NEXT on a Metropolis ring of 8, 7,200 dimensions, 'LM' 4 s, where
+        the leftmost search, in the defective pairs ``mu = lambda(W) < 0`` the kernel does
+        not see, ran 12 minutes and failed).  Otherwise six eigenvalues of largest modulus
+        and four leftmost (the larger of the two).  Measured on 100 agents of 14 samples
+        (Erdos-Renyi, ATC, 140,000 dimensions): at an unstable rate 2 s instead of 135 s (the same radius), at a stable
         one seconds instead of more than 10 minutes."""
         if method not in ("auto", "dense", "arpack", "structured"):
             raise ValueError(f"method: expected 'auto', 'dense', 'arpack' or 'structured', "
@@ -285,6 +288,9 @@ class StepOperator:
                     rho = float(np.max(np.abs(radius.nearest(step, s, 1.0 + radius.SHIFT))))
                 except spla.ArpackNoConvergence:
                     rho = None
+            if rho is None and inside:
+                # every modulus is <= 1 here: no mode leaving through -1 to look for
+                rho = float(np.max(np.abs(_arpack(op, "LM", 6, self.dim))))
             if rho is None:
                 # The modes the kernel barely sees cluster just inside +1, so 'LM' alone
                 # converges slowly to them; an unstable mode usually leaves through -1, which
