@@ -257,8 +257,8 @@ class StepOperator:
         the leftmost search, in the defective pairs ``mu = lambda(W) < 0`` the kernel does
         not see, ran 12 minutes and failed).  Otherwise six eigenvalues of largest modulus
         and four leftmost (the larger of the two).  Measured on 100 agents of 14 samples
-        (Erdos-Renyi, ATC, 140,000 dimensions): at an unstable rate 2 s instead of 135 s (the same radius), at a stable
-        one seconds instead of more than 10 minutes."""
+        (Erdos-Renyi, ATC, 140,000 dimensions): at an unstable rate 2 s instead of 135 s
+        (the same radius), at a stable one seconds instead of more than 10 minutes."""
         if method not in ("auto", "dense", "arpack", "structured"):
             raise ValueError(f"method: expected 'auto', 'dense', 'arpack' or 'structured', "
                              f"got {method!r}")
