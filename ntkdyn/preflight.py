@@ -1065,7 +1065,8 @@ def _stability_lines(r: CheckReport) -> list[str]:
     lines.append(f"  {'algo':<{width}} spectral radius   lr* (exact)   sufficient bound   margin"
                  "   regime")
     for v in r.stability:
-        lines.append(f"  {v.algorithm:<{width}} {v.spectral_radius:>15.6f} {v.lr_star:>13.5g} "
+        radius = "n/a" if np.isnan(v.spectral_radius) else f"{v.spectral_radius:.6f}"
+        lines.append(f"  {v.algorithm:<{width}} {radius:>15} {v.lr_star:>13.5g} "
                      f"{_bound_text(v.lr_bound):>18} {v.margin:>+8.0%}   "
                      f"{'inside' if v.inside else 'OUTSIDE'}")
     lines.append("")

@@ -634,3 +634,20 @@ def test_krylov_radius_inside_the_stable_set_skips_the_leftmost_search(monkeypat
     assert op.spectral_radius(out, method="arpack") == pytest.approx(_dense_rho(prob, algo, out),
                                                                      rel=1e-8)
     assert sorted(asked) == ["LM", "SR"]
+
+
+def test_report_takes_the_stable_set_verdict_when_the_radius_fails(monkeypatch):
+    """No verified Krylov eigenvalue at the rate: the report says so and keeps the stable
+    set's verdict, at a stable and at an unstable rate (instead of a RuntimeError)."""
+    prob, *_ = _problem()
+    lr_star, _ = stab.max_stable_lr(prob, "dgd")
+
+    def failing(self, s, method="auto", inside=None):
+        raise RuntimeError("spectral_radius: ARPACK found no eigenvalue that verifies")
+
+    monkeypatch.setattr(stab.StepOperator, "spectral_radius", failing)
+    for lr, stable in ((0.5 * lr_star, True), (1.5 * lr_star, False)):
+        rep = stab.stability(prob, "dgd", lr)
+        assert rep.stable is stable and np.isnan(rep.spectral_radius)
+        assert (rep.margin > 0) == stable and rep.lr_star == pytest.approx(lr_star)
+        assert "not computed" in rep.method and "spectral radius not computed" in rep.describe()

@@ -70,7 +70,9 @@ class StabilityReport:
     ``lr`` (the nearest one if ``lr`` is unstable) and ``margin = min(1 - lr/hi, 1 - lo/lr)``
     for that interval ``[lo, hi]`` (``1 - lr / lr_star`` when it starts at 0): > 0 exactly
     when ``stable``, ``-inf`` when no rate is stable.  ``lr_bound`` is the sufficient bound
-    of DESIGN.md (``nan`` where no such bound applies).
+    of DESIGN.md (``nan`` where no such bound applies).  ``spectral_radius`` is ``nan`` when
+    the Krylov eigensolver could not verify one (``method`` says so); ``stable`` is then the
+    stable set's verdict at ``lr``.
     """
 
     algorithm: str
@@ -93,9 +95,11 @@ class StabilityReport:
     def describe(self) -> str:
         word = "converge" if self.stable else "diverge"
         where = self.stable_set or f"exact largest stable rate lr*={self.lr_star:.6g}"
+        radius = ("spectral radius not computed" if np.isnan(self.spectral_radius)
+                  else f"spectral radius {self.spectral_radius:.6f}")
+        bound = "none" if np.isnan(self.lr_bound) else f"{self.lr_bound:.6g}"
         text = (f"{self.algorithm.upper()} at lr={self.lr:.4g}: linearised dynamics {word} "
-                f"(spectral radius {self.spectral_radius:.6f}); {where}; sufficient bound "
-                f"{self.lr_bound:.6g}, margin {self.margin:+.1%}")
+                f"({radius}); {where}; sufficient bound {bound}, margin {self.margin:+.1%}")
         return text + (f" [{self.note}]" if self.note else "")
 
 
@@ -838,14 +842,19 @@ def operator_report(op: StepOperator, lrs: np.ndarray) -> StabilityReport:
     bound = schedule_sufficient_bound(problem, algo, lrs / s)
     cache: dict = {}
     found = operator_stable_set(op, bound, extra=(s,), cache=cache)
-    rho = cache[s] if s in cache else op.spectral_radius(s, inside=found.contains(s))
-    stable = bool(rho <= 1 + RHO_TOL)
+    method = found.method
+    try:
+        rho = cache[s] if s in cache else op.spectral_radius(s, inside=found.contains(s))
+        stable = bool(rho <= 1 + RHO_TOL)
+    except RuntimeError as exc:  # no Krylov eigenvalue verified: the stable set decides
+        rho, stable = float("nan"), found.contains(s)
+        method += f"; spectral radius at lr not computed ({exc})"
     margin, lr_star = found.margin(s)
     # at a boundary (within the root finder's tolerance) the radius decides: clamp the sign
     margin = max(margin, 0.0) if stable else min(margin, -0.0)
     return StabilityReport(
         algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star,
-        lr_bound=bound, stable=stable, margin=margin, method=found.method,
+        lr_bound=bound, stable=stable, margin=margin, method=method,
         operator=operator_words(op), stable_rates=found.intervals,
         stable_set=found.describe())
 
