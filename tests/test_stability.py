@@ -583,10 +583,10 @@ def test_schedules_with_memory_stable_set_is_the_minus_one_crossing(name, topolo
 
 def test_schedules_with_memory_and_per_agent_rates_are_scanned():
     """Per-agent rates scale the tracked gradient, which does not commute with the
-    tracking recursion: the crossing is not the boundary (gradient tracking on a ring of 4
-    with rates 1 : 0.3 : 0.6 : 0.2 is stable up to 6.43, its crossing is 4.00; verifying
-    the radius just below the crossing would have accepted 4.00).  Those cases are scanned
-    and the boundary is where the dense radius crosses 1."""
+    tracking recursion: the crossing is not the boundary for the three tracking schedules
+    (gradient tracking on a ring of 4 with rates 1 : 0.3 : 0.6 : 0.2 is stable up to 6.43,
+    its crossing is 4.00; verifying the radius just below the crossing would have accepted
+    4.00).  Those cases are scanned and the boundary is where the dense radius crosses 1."""
     prob, *_ = _problem("ring", q=4, n=16)
     profile = np.array([1.0, 0.3, 0.6, 0.2])
     algo = algorithms.GRADIENT_TRACKING
@@ -601,8 +601,23 @@ def test_schedules_with_memory_and_per_agent_rates_are_scanned():
 
     assert dense(hi * (1 - 1e-6)) <= 1 + 1e-9 < dense(hi * (1 + 1e-6))
     assert hi > 1.2 * crossing
-    for name, other in MEMORY.items():
-        assert stab.stable_set(prob, other, profile=profile).method.startswith("brent"), name
+    for name in ("next", "diging"):
+        found = stab.stable_set(prob, MEMORY[name], profile=profile)
+        assert found.method.startswith("brent"), name
+
+
+def test_extra_crossing_is_exact_with_per_agent_rates():
+    """EXTRA scales the gradient itself (D H stays symmetric PSD), so its crossing is the
+    boundary for any rate profile: equal to the scan without the crossing to 1e-8."""
+    import dataclasses
+
+    prob, *_ = _problem("ring", q=4, n=16)
+    profile = np.array([1.0, 0.3, 0.6, 0.2])
+    found = stab.stable_set(prob, algorithms.EXTRA, profile=profile)
+    assert found.method.startswith("minus-one-crossing")  # (per-agent rates: verified)
+    scan = stab.stable_set(prob, dataclasses.replace(algorithms.EXTRA, minus_one_crossing=None),
+                           profile=profile)
+    assert found.lr_star == pytest.approx(scan.lr_star, rel=1e-8)
 
 
 def test_krylov_radius_inside_the_stable_set_skips_the_leftmost_search(monkeypatch):
