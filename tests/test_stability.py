@@ -246,21 +246,26 @@ def small_problems(draw):
     if algo == "momentum":
         algo = algorithms.momentum(draw(st.sampled_from([0.5, 0.9])))
     prob = make_problem(kern, np.eye(2)[rng.integers(0, 2, n)], np.arange(n) % q, w)
-    return prob, algo
+    profile = None
+    if draw(st.booleans()):  # per-agent rates (max 1): the crossings' equal_rates_only
+        profile = rng.uniform(0.2, 1.0, q)
+        profile /= profile.max()
+    return prob, algo, profile
 
 
 @settings(max_examples=15, deadline=None)
 @given(case=small_problems())
 def test_stable_set_matches_the_dense_spectral_radius(case):
-    """Property (issue 16): on random small problems the stable set agrees with the
-    eigenvalues of the dense operator on a fine grid of rates (80 rates, ratio 1.09, over
-    [0.01, 10] / curv): every rate farther than 1e-6 (relative) from a reported end has the
-    verdict of the dense radius (rates where the dense radius is within 1e-7 of 1 are
-    marginal and skipped); every finite end > 0 is a crossing of the dense radius (1e-6
-    either side); the report at a random rate agrees with the dense radius there."""
-    prob, algo = case
-    found = stab.stable_set(prob, algo)
-    op = stab.StepOperator(prob, algorithms.get_algorithm(algo))
+    """Property (issue 16): on random small problems, with one rate or per-agent rates,
+    the stable set agrees with the eigenvalues of the dense operator on a fine grid of
+    rates (80 rates, ratio 1.09, over [0.01, 10] / curv): every rate farther than 1e-6
+    (relative) from a reported end has the verdict of the dense radius (rates where the
+    dense radius is within 1e-7 of 1 are marginal and skipped); every finite end > 0 is a
+    crossing of the dense radius (1e-6 either side); the report at a random rate agrees
+    with the dense radius there."""
+    prob, algo, profile = case
+    found = stab.stable_set(prob, algo, profile=profile)
+    op = stab.StepOperator(prob, algorithms.get_algorithm(algo), profile)
     curv = float(np.max(stab.agent_curvatures(prob)))
 
     def dense(s):
@@ -280,7 +285,7 @@ def test_stable_set_matches_the_dense_spectral_radius(case):
         if np.isfinite(hi):
             assert dense(hi * (1 - 1e-6)) <= 1 + stab.RHO_TOL < dense(hi * (1 + 1e-6)), (hi, found)
     s = 0.37 / curv
-    rep = stab.stability(prob, algo, s)
+    rep = stab.stability(prob, algo, s if profile is None else s * profile)
     assert rep.stable == (dense(s) <= 1 + stab.RHO_TOL)
     assert (rep.margin > 0) == rep.stable or rep.margin == 0
 
