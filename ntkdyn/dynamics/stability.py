@@ -617,15 +617,15 @@ def stable_set(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
     """The set of stable (max per-agent) learning rates, found in bounded work.
 
     * **Theorems** (a schedule with a :attr:`Algorithm.minus_one_crossing`, a static
-      symmetric ``W``, one rate for all agents (DGD, GD and EXTRA: any rates); DGD, GD,
-      gradient tracking, DIGing and EXTRA for every such ``W``, ATC, CTA and NEXT for
-      ``W >= 0``): the set is
+      symmetric ``W``, one rate for all agents; DGD, GD, gradient tracking, DIGing and
+      EXTRA for every such ``W``, ATC, CTA and NEXT for ``W >= 0``): the set is
       ``[0, s_c]`` with ``s_c`` the ``-1`` crossing of :func:`_minus_one_crossing`; DGD
       with ``lambda_min(W) = -1`` is unstable at every rate
-      (:func:`_dgd_unstable_at_every_rate`).  ATC/CTA/NEXT with indefinite ``W``,
-      or per-agent rates on a schedule without memory: ``[0, s_c]`` if the radius just
-      below ``s_c`` is <= 1 (verified); the tracking schedules with per-agent rates are
-      scanned (:attr:`~ntkdyn.algorithms.MinusOneCrossing.equal_rates_only`).
+      (:func:`_dgd_unstable_at_every_rate`).  ATC/CTA/NEXT with indefinite ``W``, or
+      per-agent rates (DGD, GD and EXTRA: still a theorem, taken as verified):
+      ``[0, s_c]`` if the radius just below ``s_c`` is <= 1 (verified); the tracking
+      schedules with per-agent rates are scanned
+      (:attr:`~ntkdyn.algorithms.MinusOneCrossing.equal_rates_only`).
     * **Otherwise** ``f(s) = rho(A(s)) - 1 - RHO_TOL`` is evaluated on :data:`SCAN_GRID`
       (x ``1/curv``, plus the rates in ``extra`` and the sufficient bound), every sign
       change is refined by Brent (``rtol``, at most :data:`BRENT_MAXITER` evaluations),
