@@ -117,3 +117,47 @@ def test_conjugate_gradients_equal_the_dense_solve_for_dgd():
         lowrank_fixed_point(factor, y, agent, w, "atc", lr, method="cg")
     with pytest.raises(ValueError, match="^method: expected one of"):
         lowrank_fixed_point(factor, y, agent, w, "dgd", lr, method="lu")
+
+
+def test_known_fixed_points_need_no_system():
+    """Gradient tracking, NEXT, DIGing (per-agent rates) and EXTRA (one rate) on a doubly
+    stochastic W: "auto" returns the centralised solution at every agent without a system
+    (theory/fixed_point.md section 4a), equal to the dense solve to 1e-10; momentum on DGD
+    solves its base's system by conjugate gradients, equal to its own dense solve."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(2)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    cases = [(nd.algorithms.GRADIENT_TRACKING, [0.5, 0.3, 0.45, 0.4], "consensual"),
+             (nd.algorithms.NEXT, [0.5, 0.3, 0.45, 0.4], "consensual"),
+             (nd.algorithms.DIGING, [0.2, 0.1, 0.15, 0.2], "consensual"),
+             (nd.algorithms.EXTRA, 0.4, "consensual"),
+             (nd.algorithms.EXTRA, [0.5, 0.3, 0.45, 0.4], "dense"),
+             (nd.algorithms.momentum(0.5), [0.3, 0.2, 0.25, 0.3], "cg")]
+    for algo, lr, expected in cases:
+        info = {}
+        auto = lowrank_fixed_point(factor, y, agent, w, algo, lr, y_test=yt, info=info)
+        assert info["method"] == expected, (algo.name, info)
+        dense = lowrank_fixed_point(factor, y, agent, w, algo, lr, y_test=yt, method="dense")
+        for f in FIELDS:
+            a, b = getattr(dense, f), getattr(auto, f)
+            assert np.max(np.abs(a - b)) <= 1e-10 * max(float(np.max(np.abs(a))), 1.0), \
+                (algo.name, f)
+        assert auto.algorithm == algo.name
+
+
+def test_check_reports_gradient_tracking_steady_state_above_the_dense_limit(tmp_path,
+                                                                           monkeypatch):
+    """Above LOW_RANK_FIXED_POINT_MAX unknowns a check reports gradient tracking's steady
+    state (consensus at the centralised solution, no system); it was "not computed"."""
+    from conftest import TINY_TOML
+
+    from ntkdyn import preflight
+
+    monkeypatch.setattr(preflight, "LOW_RANK_FIXED_POINT_MAX", 100)  # 3 x 3 agents x rank 60
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(TINY_TOML.replace("[training]\n", '[training]\nalgorithm = '
+                                     '"gradient_tracking"\n') + '[prediction]\nrank = 60\n'
+                   'f0 = "mean"\n')
+    rep = preflight.check(str(cfg))
+    gap = rep.prediction["steady_state_consensus_gap"]
+    assert gap is not None and gap < 1e-12 and "steady_state_note" not in rep.prediction

@@ -50,7 +50,17 @@ import scipy.linalg
 from ntkdyn import graphs
 from ntkdyn._utils.checks import learning_rates
 from ntkdyn._utils.threads import one_blas_thread
-from ntkdyn.algorithms import ATC, CTA, DGD, DIGING, EXTRA, GRADIENT_TRACKING, NEXT, get_algorithm
+from ntkdyn.algorithms import (
+    ATC,
+    CTA,
+    DGD,
+    DIGING,
+    EXTRA,
+    GRADIENT_TRACKING,
+    NEXT,
+    Algorithm,
+    get_algorithm,
+)
 from ntkdyn.dynamics import solver
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.dynamics.stability import StepOperator, state_structure
@@ -186,9 +196,9 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     else:
         u_c, misfit = _weighted_lstsq(sw * basis, -sw * problem.residual0)
     central = to_alpha @ u_c
-    system = _fixed_point_schedule(algo)
+    system = fixed_point_schedule(algo)
     if (system in CONSENSUAL_AT_INTERPOLATION and misfit <= INTERPOLATION_TOL) or \
-            _consensual_always(problem, system, lrs):
+            consensual_always(problem.mixing, system, lrs):
         alpha = np.broadcast_to(central, (q,) + central.shape)  # consensual, centralised
     else:
         alpha = _solve_fixed_point(problem, system, lrs, vr, lam)
@@ -196,20 +206,24 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
     return _finish(problem, algo, lrs, x)
 
 
-def _fixed_point_schedule(algo):
+def fixed_point_schedule(algo: Algorithm) -> Algorithm:
     """The schedule whose fixed-point system is solved for ``algo``: its
-    ``same_fixed_points_as`` (momentum: the base, half the unknowns), else itself."""
+    ``same_fixed_points_as`` (momentum: the base, half the unknowns), else itself.  Shared
+    with the low-rank fixed point (:mod:`ntkdyn.lowrank.steady_state`)."""
     return get_algorithm(algo.same_fixed_points_as) if algo.same_fixed_points_as else algo
 
 
-def _consensual_always(problem: KernelProblem, algo, lrs: np.ndarray) -> bool:
+def consensual_always(mixing: np.ndarray, algo: Algorithm, lrs: np.ndarray) -> bool:
     """Whether the fixed point is the consensual centralised solution without a system
-    (module doc): a tracking schedule or EXTRA (equal rates) on a doubly stochastic ``W``."""
+    (module doc): a tracking schedule, or EXTRA with equal rates, on a doubly stochastic
+    ``mixing`` (``W``, or ``E[W]`` of random gossip; connected, as every mixing the library
+    accepts).  Shared with the low-rank fixed point."""
     if algo not in CONSENSUAL_ALWAYS + CONSENSUAL_ALWAYS_EQUAL_RATES:
         return False
-    if algo in CONSENSUAL_ALWAYS_EQUAL_RATES and not np.all(lrs == lrs[0]):
+    lrs = np.asarray(lrs, dtype=float)
+    if algo in CONSENSUAL_ALWAYS_EQUAL_RATES and not np.all(lrs == lrs.flat[0]):
         return False
-    return bool(np.all(lrs > 0)) and graphs.is_doubly_stochastic(problem.mixing)
+    return bool(np.all(lrs > 0)) and graphs.is_doubly_stochastic(mixing)
 
 
 def _weighted_lstsq(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:

@@ -46,7 +46,13 @@ import scipy.linalg
 from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics.stability import state_structure
-from ntkdyn.dynamics.steady_state import DENSE_SOLVE_MAX, FixedPoint, solve_system
+from ntkdyn.dynamics.steady_state import (
+    DENSE_SOLVE_MAX,
+    FixedPoint,
+    consensual_always,
+    fixed_point_schedule,
+    solve_system,
+)
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.evolve import lowrank_inputs, lowrank_operators, prepare_features, record_state
 from ntkdyn.lowrank.factor import LowRankFactor
@@ -93,8 +99,13 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
     iteration ends on a periodic orbit).  ``method``: ``"dense"`` (LU of ``I - B``),
     ``"gmres"`` (operator applications), ``"cg"`` (DGD with a symmetric ``W`` only,
     :func:`cg_applies`); ``"auto"``: conjugate gradients where they apply, else dense up
-    to ``DENSE_SOLVE_MAX`` unknowns and GMRES above.  ``info``: a dict that receives the
-    method used, the unknowns per column and, for CG, the iterations.  The other arguments as
+    to ``DENSE_SOLVE_MAX`` unknowns and GMRES above; and no system at all where the fixed
+    point is known: ``"consensual"`` for gradient tracking, NEXT, DIGing (and EXTRA with
+    one rate) on a doubly stochastic ``W``, the centralised solution at every agent
+    (:func:`~ntkdyn.dynamics.steady_state.consensual_always`), and heavy-ball momentum
+    solves its base's system (CG for momentum on DGD with a symmetric ``W``).  ``info``: a
+    dict that receives the method used, the unknowns per column and, for CG, the
+    iterations.  The other arguments as
     :func:`ntkdyn.lowrank.predict_lowrank`.
     """
     if method not in METHODS:
@@ -117,8 +128,15 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
         beta_c = -scipy.linalg.solve(gram_c, lin_c, assume_a="pos")
     except (scipy.linalg.LinAlgError, ValueError):
         beta_c = -scipy.linalg.lstsq(gram_c, lin_c)[0]
-    beta = _agents_fixed_point(FeatureProblem(factor, agent, mixing), algo, inp, prep,
-                               method, info)
+    system = fixed_point_schedule(algo) if method == "auto" else algo
+    if method == "auto" and consensual_always(inp.w, system, inp.lr_q):
+        # consensus at the centralised solution (theory/fixed_point.md section 4a)
+        beta = np.broadcast_to(beta_c, (inp.w.shape[0],) + beta_c.shape)
+        if info is not None:
+            info.update(method="consensual", unknowns=0)
+    else:
+        beta = _agents_fixed_point(FeatureProblem(factor, agent, mixing), system, inp, prep,
+                                   method, info)
     return _as_fixed_point(np.concatenate([beta, beta_c[None]], axis=0), algo, inp, prep)
 
 
