@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_stability import _growth, _problem
@@ -68,9 +70,18 @@ def test_random_gossip_stability_is_that_of_the_mean_state():
     agent = np.arange(len(y)) % 4
     gossip = graphs.random_edges(graphs.topology("ring", 4), p=0.5, seed=0)
     prob = make_problem(kern, y, agent, gossip)
-    lr_star, _ = stab.max_stable_lr(prob, "dgd")
+    lr_star, method = stab.max_stable_lr(prob, "dgd")
     static = make_problem(kern, y, agent, gossip.expected())
     assert lr_star == pytest.approx(stab.max_stable_lr(static, "dgd")[0], rel=1e-6)
+    # the mean state is the static iteration with the symmetric E[W]: its crossing holds,
+    # for DGD and for the schedules with memory (equal to the scan to 1e-8)
+    assert method == "minus-one-crossing (exact)"
+    for algo in ("dgd", algorithms.GRADIENT_TRACKING, algorithms.EXTRA):
+        algo = algorithms.get_algorithm(algo)
+        found = stab.stable_set(prob, algo)
+        assert found.method == "minus-one-crossing (exact)", algo.name
+        scan = stab.stable_set(prob, dataclasses.replace(algo, minus_one_crossing=None))
+        assert found.lr_star == pytest.approx(scan.lr_star, rel=1e-8), algo.name
     assert "E[W]" in stab.stability(prob, "dgd", 0.5 * lr_star).operator
     for f, bounded in ((0.98, True), (1.02, False)):
         traj = predict_from_kernels(kern, y, agent, gossip, f * lr_star, [0, 1500, 3000],

@@ -699,13 +699,16 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
 
 def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list:
     """Where a schedule's stability ends when an eigenvalue crosses -1 (its
-    ``minus_one_crossing``, a symmetric static ``W``): the stable set from that crossing
-    alone (exact, or verified by the spectral radius just below it), or the crossing as a
-    hint for the scan (a list, empty when there is none)."""
+    ``minus_one_crossing``, a symmetric static ``W`` or the symmetric ``E[W]`` of random
+    gossip, whose mean state is the static iteration with ``E[W]``): the stable set from
+    that crossing alone (exact, or verified by the spectral radius just below it), or the
+    crossing as a hint for the scan (a list, empty when there is none)."""
     problem, algo = op.problem, op.algorithm
     w = problem.mixing
     crossing = algo.minus_one_crossing
-    if crossing is None or problem.process is not None or not graphs.is_symmetric(w):
+    process = problem.process  # random gossip: the mean state's operator, W = E[W]
+    if crossing is None or (process is not None and not process.random) or \
+            not graphs.is_symmetric(w):
         return []
     lam = graphs.lambda_min(w)
     if (lam <= -1 + 1e-10 and crossing.lambda_min_minus_one_unstable

@@ -461,12 +461,13 @@ def stability_verdict(problem, algo, lr: float) -> dict:
 def _crossing_is_exact(problem, algo) -> bool:
     """Whether :func:`ntkdyn.dynamics.stability.max_stable_lr` is one ``-1`` crossing (a theorem):
     the schedule has a :attr:`~ntkdyn.algorithms.Algorithm.minus_one_crossing` that holds
-    for this symmetric static ``W`` (every such ``W``, or ``W >= 0`` where it needs that);
-    one rate for all agents."""
+    for this symmetric static ``W`` or random gossip's ``E[W]`` (every such ``W``, or
+    ``W >= 0`` where it needs that); one rate for all agents."""
     from ntkdyn import graphs
 
     crossing = algo.minus_one_crossing
-    if crossing is None or problem.process is not None:
+    process = problem.process  # random gossip: the mean state, the static W = E[W]
+    if crossing is None or (process is not None and not process.random):
         return False
     w = problem.mixing
     if not graphs.is_symmetric(w):
