@@ -943,19 +943,17 @@ def _lowrank_steady_state(factor, exp: Experiment, cfg: Config, algo, f0: str,
     fixed point; ``E[W]`` for random gossip); none for a periodic sequence, and a note
     instead above :data:`LOW_RANK_FIXED_POINT_MAX` unknowns."""
     from ntkdyn.dynamics.stability import state_structure
-    from ntkdyn.dynamics.steady_state import consensual_always, fixed_point_schedule
-    from ntkdyn.lowrank.steady_state import cg_applies, lowrank_fixed_point
+    from ntkdyn.lowrank.steady_state import cg_applies, lowrank_fixed_point, solved_schedule
 
     none = dict(steady_state_consensus_gap=None, steady_state_distance_to_centralised=None,
                 steady_state_test_loss=None)
     if gossip.is_process(exp.mixing) and not exp.mixing.random:
         return none
-    system = fixed_point_schedule(algo)  # what lowrank_fixed_point solves
     w = gossip.resolve_mixing(exp.mixing, name="topology")[0]  # W, or E[W] of random gossip
-    lrs = learning_rates(cfg.training.lr, exp.parts.num_agents)
-    unknowns = state_structure(system)[1] * exp.parts.num_agents * factor.rank
-    if unknowns > LOW_RANK_FIXED_POINT_MAX and not cg_applies(system, exp.mixing) and \
-            not consensual_always(w, system, lrs):
+    system = solved_schedule(algo, w, learning_rates(cfg.training.lr, exp.parts.num_agents))
+    unknowns = 0 if system is None else \
+        state_structure(system)[1] * exp.parts.num_agents * factor.rank
+    if unknowns > LOW_RANK_FIXED_POINT_MAX and not cg_applies(system, exp.mixing):
         return dict(none, steady_state_note=(
             f"not computed on the low-rank coordinates: {unknowns:,} unknowns (state blocks x "
             f"agents x rank) above the {LOW_RANK_FIXED_POINT_MAX:,} solved densely in a check "

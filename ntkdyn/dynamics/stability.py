@@ -697,6 +697,35 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
                      (grid[0], grid[-1]))
 
 
+def _crossing_lambda_min(problem: KernelProblem, crossing) -> float | None:
+    """``lambda_min`` of the ``W`` a ``-1`` crossing is about: a symmetric static ``W`` or
+    the symmetric ``E[W]`` of random gossip (whose mean state is the static iteration with
+    ``E[W]``); ``None`` where no crossing applies (none, a periodic sequence, a
+    non-symmetric ``W``)."""
+    process = problem.process
+    if crossing is None or (process is not None and not process.random) or \
+            not graphs.is_symmetric(problem.mixing):
+        return None
+    return graphs.lambda_min(problem.mixing)
+
+
+def _crossing_proven(crossing, lam: float, uniform: bool) -> bool:
+    """The crossing is the boundary by a theorem: one rate for all agents,
+    ``lambda_min(W) > -1``, and ``W >= 0`` unless the schedule's argument holds for every
+    symmetric ``W``."""
+    return uniform and lam > -1 + 1e-10 and (crossing.exact_for_indefinite_mixing
+                                             or lam >= -1e-12)
+
+
+def crossing_is_theorem(problem: KernelProblem, algorithm: Algorithm) -> bool:
+    """Whether :func:`max_stable_lr` (one rate for all agents) is the schedule's ``-1``
+    crossing by a theorem, one extreme eigenvalue with no radius (the validation harness's
+    verdict on large operators)."""
+    crossing = algorithm.minus_one_crossing
+    lam = _crossing_lambda_min(problem, crossing)
+    return lam is not None and _crossing_proven(crossing, lam, uniform=True)
+
+
 def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list:
     """Where a schedule's stability ends when an eigenvalue crosses -1 (its
     ``minus_one_crossing``, a symmetric static ``W`` or the symmetric ``E[W]`` of random
@@ -704,21 +733,17 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
     that crossing alone (exact, or verified by the spectral radius just below it), or the
     crossing as a hint for the scan (a list, empty when there is none)."""
     problem, algo = op.problem, op.algorithm
-    w = problem.mixing
     crossing = algo.minus_one_crossing
-    process = problem.process  # random gossip: the mean state's operator, W = E[W]
-    if crossing is None or (process is not None and not process.random) or \
-            not graphs.is_symmetric(w):
+    lam = _crossing_lambda_min(problem, crossing)
+    if lam is None:
         return []
-    lam = graphs.lambda_min(w)
     if (lam <= -1 + 1e-10 and crossing.lambda_min_minus_one_unstable
             and _dgd_unstable_at_every_rate(problem)):
         return StableSet((), "lambda_min(W) = -1 (exact): unstable at every rate")
     if lam <= -1 + 1e-10 or (crossing.equal_rates_only and not uniform):
         return []
-    s_c = _minus_one_crossing(op, crossing.factor(w))
-    proven = uniform and (crossing.exact_for_indefinite_mixing or lam >= -1e-12)
-    if proven:
+    s_c = _minus_one_crossing(op, crossing.factor(problem.mixing))
+    if _crossing_proven(crossing, lam, uniform):
         return StableSet(((0.0, s_c),), "minus-one-crossing (exact)")
     below = s_c * (1 - 1e-7)
     if np.isfinite(s_c) and _stable_at(op, rho, below):

@@ -75,6 +75,15 @@ def cg_applies(algo: Algorithm, mixing) -> bool:
     return algo is DGD and (process is None or process.random) and is_symmetric(w)
 
 
+def solved_schedule(algo: Algorithm, w: np.ndarray, lrs: np.ndarray) -> Algorithm | None:
+    """The schedule whose fixed-point system ``method="auto"`` solves for ``algo``:
+    ``None`` where the fixed point is known without one (the centralised solution,
+    :func:`~ntkdyn.dynamics.steady_state.consensual_always`), else ``algo``'s
+    (:func:`~ntkdyn.dynamics.steady_state.fixed_point_schedule`: momentum's base)."""
+    system = fixed_point_schedule(algo)
+    return None if consensual_always(w, system, lrs) else system
+
+
 def _pcg(problem: FeatureProblem, lr_q: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int]:
     """``(x, iterations)``: ``M x = rhs`` (module docstring) for ``rhs`` of shape
     ``(Q, r, K)`` by two-level preconditioned conjugate gradients
@@ -128,8 +137,8 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
         beta_c = -scipy.linalg.solve(gram_c, lin_c, assume_a="pos")
     except (scipy.linalg.LinAlgError, ValueError):
         beta_c = -scipy.linalg.lstsq(gram_c, lin_c)[0]
-    system = fixed_point_schedule(algo) if method == "auto" else algo
-    if method == "auto" and consensual_always(inp.w, system, inp.lr_q):
+    system = solved_schedule(algo, inp.w, inp.lr_q) if method == "auto" else algo
+    if system is None:
         # consensus at the centralised solution (theory/fixed_point.md section 4a)
         beta = np.broadcast_to(beta_c, (inp.w.shape[0],) + beta_c.shape)
         if info is not None:

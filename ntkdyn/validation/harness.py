@@ -423,7 +423,7 @@ def stability_verdict(problem, algo, lr: float) -> dict:
         return {**base, "stable": True, "method": "sufficient bound",
                 "words": f"stable: lr={lr:g} is below the sufficient bound {bound:.4g}"}
     dim = spectrum.StepOperator(problem, algo).dim
-    if dim > spectrum.DENSE_MAX and _crossing_is_exact(problem, algo):
+    if dim > spectrum.DENSE_MAX and spectrum.crossing_is_theorem(problem, algo):
         # a -1 crossing that is a theorem here (symmetric W, one rate): lr* is one extreme
         # eigenvalue by ARPACK (spectrum.max_stable_lr)
         lr_star, how = spectrum.max_stable_lr(problem, algo)
@@ -456,24 +456,6 @@ def stability_verdict(problem, algo, lr: float) -> dict:
             "words": f"linearised dynamics {'converge' if stable else 'diverge'} at lr={lr:g} "
                      f"(spectral radius {rho:.6f}, ARPACK on {dim} dimensions; lr* not "
                      "computed: ntkdyn.stability gives it)"}
-
-
-def _crossing_is_exact(problem, algo) -> bool:
-    """Whether :func:`ntkdyn.dynamics.stability.max_stable_lr` is one ``-1`` crossing (a theorem):
-    the schedule has a :attr:`~ntkdyn.algorithms.Algorithm.minus_one_crossing` that holds
-    for this symmetric static ``W`` or random gossip's ``E[W]`` (every such ``W``, or
-    ``W >= 0`` where it needs that); one rate for all agents."""
-    from ntkdyn import graphs
-
-    crossing = algo.minus_one_crossing
-    process = problem.process  # random gossip: the mean state, the static W = E[W]
-    if crossing is None or (process is not None and not process.random):
-        return False
-    w = problem.mixing
-    if not graphs.is_symmetric(w):
-        return False
-    lam = graphs.lambda_min(w)
-    return lam > -1 + 1e-10 and (crossing.exact_for_indefinite_mixing or lam >= -1e-12)
 
 
 def _with_verdict(traj: Trajectory, verdict: dict, source: str = "") -> Trajectory:
