@@ -46,6 +46,7 @@ from ntkdyn.prediction import (
     resolve_f0,
 )
 from ntkdyn.trajectory import (
+    GossipTrajectory,
     last_mc_error,
     low_rank_lines,
     shared_draw_columns,
@@ -59,6 +60,13 @@ SWEEP_FRACTIONS = np.linspace(0.1, 0.95, 10)
 #: Kernel dtype of the check's batched prediction (sweep and chosen rate); the state and
 #: the records stay float64.  ``"float64"`` reproduces ``ntkdyn predict`` to round-off.
 SWEEP_DTYPE = "float32"
+#: Random gossip: sampled mixing sequences per rate of the sweep and of the topology
+#: comparison (at most; the configured count when smaller), the same sequences for every
+#: rate (sequence ``s`` of the prediction), each row with its Monte-Carlo standard error.
+#: The chosen rate's prediction keeps the configured count.  A sampled sequence costs a
+#: column group of every kernel product: with 64 the default configuration's sweep took
+#: 18.6 min of a 20 min check (README "Random gossip in ntkdyn check").
+SWEEP_SEQUENCES = 8
 #: Measured agreement between predicted and observed test loss: the *pointwise* relative
 #: error ``max_t |pred_t - obs_t| / |obs_t|`` of the network mean, largest over the 15
 #: configurations of ``validate/run_suite.py`` (README "Measured agreement", digits,
@@ -204,7 +212,10 @@ def _steps_to_target(traj, target: float) -> int | None:
 
 
 def _summarise(traj, target: float) -> dict:
-    return {
+    """A sweep row: the final network-mean metrics and steps to ``target``; over sampled
+    sequences (random gossip) also ``sequences`` and the final test loss and accuracy's
+    Monte-Carlo standard errors (``None`` with one sequence)."""
+    row = {
         "lr": float(np.max(traj.lr)),
         "status": traj.status,
         "final_train_loss": float(traj.network_mean("train_loss")[-1]),
@@ -214,6 +225,11 @@ def _summarise(traj, target: float) -> dict:
         "final_consensus_dist": float(traj.network_mean("consensus_dist")[-1]),
         "steps_to_target": _steps_to_target(traj, target),
     }
+    if isinstance(traj, GossipTrajectory):
+        row.update(sequences=int(traj.samples),
+                   final_test_loss_mc_error=last_mc_error(traj, "test_loss"),
+                   final_test_acc_mc_error=last_mc_error(traj, "test_acc"))
+    return row
 
 
 def _network_name(f0: str, cfg: Config) -> str:
@@ -233,13 +249,12 @@ def _sweep_dtype(cfg: Config) -> str:
     return "float64" if dtype == "mixed" else dtype
 
 
-def _random_network(problem, nngp, algo, exp: Experiment, target: float) -> dict | None:
+def _random_network(problem, nngp, algo, exp: Experiment):
     """The chosen rate's prediction for one random network, as ``ntkdyn predict`` makes it
-    from the same configuration: expected final losses and accuracies with their 5-95 %
-    bands over the same sampled initialisations (``prediction.samples``, else with random
-    gossip or mini-batch SGD the sequences' count, network ``s`` on sequence ``s`` with the
-    configured batches), float32 kernel products; ``None`` when ``f0`` is not
-    ``"random"``."""
+    from the same configuration (a :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`):
+    the same sampled initialisations (``prediction.samples``, else with random gossip or
+    mini-batch SGD the sequences' count, network ``s`` on sequence ``s`` with the configured
+    batches), float32 kernel products; ``None`` when ``f0`` is not ``"random"``."""
     if nngp is None:
         return None
     from ntkdyn.dynamics.random_init import independent_networks
@@ -251,17 +266,21 @@ def _random_network(problem, nngp, algo, exp: Experiment, target: float) -> dict
     dtype = cfg.prediction.kernel_dtype or SWEEP_DTYPE
     if dtype == "mixed" and independent_networks(problem, t.batch_size):
         dtype = SWEEP_DTYPE
-    traj = run_problem(problem, algo, [t.lr], cfg.steps, check_stability=False,
+    # init_band=False: the report gives the joint band only (S fewer column groups with
+    # random gossip or mini-batches and the squared loss; the same numbers)
+    return run_problem(problem, algo, [t.lr], cfg.steps, check_stability=False,
                        reference=False, kernel_dtype=dtype, init=init, samples=samples,
-                       seed=cfg.seed, **exp.minibatch)[0]
-    return _one_network_fields(traj, target)
+                       seed=cfg.seed, init_band=False, **exp.minibatch)[0]
 
 
-def _one_network_fields(traj, target: float) -> dict:
+def _one_network_fields(traj, target: float) -> dict | None:
     """``one_random_network`` of the report from a
     :class:`~ntkdyn.trajectory.RandomNetworkTrajectory`: samples, status, steps to the
     target, and per metric the final expected value, 5-95 % band and Monte-Carlo standard
-    error (``mc_error_is_bound``: a bound, the networks sharing draw columns)."""
+    error (``mc_error_is_bound``: a bound, the networks sharing draw columns); ``None``
+    without a trajectory."""
+    if traj is None:
+        return None
     out = {"samples": traj.samples, "status": traj.status,
            "steps_to_target_expected": _steps_to_target(traj, target),
            "mc_error_is_bound": shared_draw_columns(traj.metadata) > 1}
@@ -416,27 +435,39 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
 def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
                           chosen: AlgorithmVerdict, progress: bool):
     """The learning-rate sweep (fractions of ``lr*``) and, when the chosen rate is inside
-    the NTK regime, its prediction (one batched pass), fixed point and random-network
-    band."""
+    the NTK regime, its prediction (one batched pass with the sweep), fixed point and
+    random-network band.  With random gossip the sweep runs :func:`_sweep_sequences`
+    sequences per rate and the chosen rate all of them: its mean network is the one
+    random network's ``f_0 = 0`` run over the same sequences where that ran
+    (:func:`_same_sequences_mean`), else a second pass."""
     target = cfg.prediction.target_loss
     algo = exp.algorithm
     # fractions of lr*; none when no rate is stable (lr* = 0) or every rate is (lr* = inf)
     rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
              if 0 < chosen.lr_star < np.inf else [])
-    if chosen.inside:
-        rates.append(cfg.training.lr)
     # One batched pass for the sweep and the chosen rate, with float32 kernel products
     # (float64 state): within 1e-5 relative of float64 on the default configuration
     # (measured 8.4e-6 on the losses, accuracies identical), twice as fast (SWEEP_DTYPE).
     # mini-batch SGD: the sweep and the chosen rate's prediction are the full-batch
-    # (expected) dynamics; the band over mini-batch sequences is _minibatch_band's
-    trajs = run_problem(problem, algo, rates, cfg.steps, progress=progress,
-                        check_stability=False, reference=False,
-                        kernel_dtype=_sweep_dtype(cfg), samples=_sweep_samples(exp, cfg)
-                        ) if rates else []
-    sweep = [_summarise(t, target) for t in trajs[: len(rates) - chosen.inside]]
+    # (expected) dynamics; the band over mini-batch sequences is _minibatch_band's.
+    # Random gossip: the sweep runs SWEEP_SEQUENCES sequences, the chosen rate all the
+    # configured ones, so the chosen rate is not in the sweep's pass (unless the counts
+    # are equal).
+    samples, sequences = _sweep_samples(exp, cfg), _sweep_sequences(exp, cfg)
+    together = samples == sequences
+    run = dict(progress=progress, check_stability=False, reference=False,
+               kernel_dtype=_sweep_dtype(cfg))
+    first = rates + [cfg.training.lr] * (together and chosen.inside)
+    trajs = run_problem(problem, algo, first, cfg.steps, samples=sequences,
+                        **run) if first else []
+    sweep = [_summarise(t, target) for t in trajs[: len(rates)]]
     prediction = None
     if chosen.inside:
+        one = _random_network(problem, nngp, algo, exp)
+        if not together:  # random gossip: the chosen rate over all sequences
+            mean = _same_sequences_mean(one, samples, cfg)
+            trajs = [mean] if mean is not None else run_problem(
+                problem, algo, [cfg.training.lr], cfg.steps, samples=samples, **run)
         prediction = _summarise(trajs[-1], target)
         fp = None
         if problem.loss == "cross_entropy":
@@ -449,7 +480,7 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
             except ValueError:  # a periodic sequence ends on a periodic orbit
                 fp = None
         prediction.update(
-            one_random_network=_random_network(problem, nngp, algo, exp, target),
+            one_random_network=_one_network_fields(one, target),
             steady_state_consensus_gap=None if fp is None else fp.consensus_gap,
             steady_state_distance_to_centralised=None if fp is None else fp.central_gap,
             steady_state_test_loss=float(np.mean(fp.test_loss))
@@ -457,12 +488,32 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
     return sweep, prediction
 
 
+def _same_sequences_mean(one, samples: int, cfg: Config):
+    """The mean network over ``samples`` full-batch mixing sequences that the one random
+    network's run ``one`` already made (with random gossip its networks run sequences
+    ``0..S-1``, and so does its ``f_0 = 0`` run: ``one.mean_network``), else ``None``."""
+    mean = None if one is None else one.mean_network
+    if (cfg.training.batch_size or not isinstance(mean, GossipTrajectory)
+            or mean.samples != samples):
+        return None
+    return mean
+
+
 def _sweep_samples(exp: Experiment, cfg: Config) -> int | None:
-    """Sampled sequences of the sweep: random gossip's (the sweep is full batch, so
-    ``training.samples`` of mini-batch SGD is not its), else none."""
+    """Sampled sequences of the chosen rate's full-batch prediction: random gossip's (the
+    sweep is full batch, so ``training.samples`` of mini-batch SGD is not its), else
+    none."""
     if not cfg.training.batch_size:
         return exp.samples
     return cfg.topology.gossip_samples if cfg.topology.gossip else None
+
+
+def _sweep_sequences(exp: Experiment, cfg: Config) -> int | None:
+    """Sampled sequences per rate of the sweep and the topology comparison: at most
+    :data:`SWEEP_SEQUENCES` of :func:`_sweep_samples` (the first ones, the same for every
+    rate), else none."""
+    samples = _sweep_samples(exp, cfg)
+    return None if samples is None else min(samples, SWEEP_SEQUENCES)
 
 
 #: What check's statements are of with mini-batch SGD, in words.
@@ -776,14 +827,15 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     ``predict_lowrank``; accuracies at the last record only, which is all the sweep
     reports of them; in the Gram form float32 Gram products, :data:`SWEEP_DTYPE`, the
     state float64, as the exact check's float32 kernel); with a mixing sequence one run
-    too, the rates times the mixing groups (the configured gossip samples and ``E[W]``) as
+    too, the rates times the mixing groups (:func:`_sweep_sequences` sampled sequences and
+    ``E[W]``) as
     column groups (:func:`~ntkdyn.lowrank.gossip.predict_lowrank_process_sweep`, each rate
     equal to its own ``predict_lowrank_process``, in blocks of rates that fit); training
     accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
     one run with the rates as column groups (:func:`~ntkdyn.lowrank.cross_entropy.
-    predict_lowrank_ce_sweep`; with random gossip one rate per pass, each over the
-    configured sampled sequences and ``E[W]``: all rates in one pass was slower on CPU,
-    README), the records from the training outputs at the last record only (the sweep
+    predict_lowrank_ce_sweep`; with random gossip one rate per pass, each over
+    :func:`_sweep_sequences` sampled sequences and ``E[W]``: all rates in one pass was
+    slower on CPU, README), the records from the training outputs at the last record only (the sweep
     reports the final training loss and accuracy, and the test loss at every record)."""
     from ntkdyn import lowrank
 
@@ -803,7 +855,8 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
         # fast on 2 CPU cores (benchmarks/lowrank_process_sweep.py --loss cross_entropy)
         trajs = predict_lowrank_ce_sweep(factor, data.y_train, agent, w, rates, steps, algo,
                                          logit_scale=scale,
-                                         samples=exp.samples if random else None,
+                                         samples=_sweep_sequences(exp, cfg) if random
+                                         else None,
                                          rate_block=1 if random else None,
                                          train_records="final", **kw)
         return [_summarise(t, target) for t in trajs]
@@ -814,7 +867,8 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
         from ntkdyn.lowrank.gossip import predict_lowrank_process_sweep
 
         trajs = predict_lowrank_process_sweep(factor, data.y_train, agent, exp.mixing, rates,
-                                              steps, algo, samples=exp.samples,
+                                              steps, algo,
+                                              samples=_sweep_sequences(exp, cfg),
                                               accuracies="final", **kw)
     else:  # one run, the rates as column groups (each step reads G_q once for all), with
         # float32 Gram products as the exact check's float32 kernel (measured on digits,
@@ -999,7 +1053,7 @@ def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     if rep.stable:
         traj = run_problem(problem, other.algorithm, [cfg.training.lr], cfg.steps,
                            check_stability=False, reference=False,
-                           samples=_sweep_samples(other, cfg))[0]
+                           samples=_sweep_sequences(other, cfg))[0]
         s = _summarise(traj, cfg.prediction.target_loss)
         row.update(final_test_loss=s["final_test_loss"], final_test_acc=s["final_test_acc"],
                    steps_to_target=s["steps_to_target"])
@@ -1173,12 +1227,24 @@ def _sweep_lines(r: CheckReport) -> list[str]:
     how = ("one batched prediction" if r.low_rank is None else
            f"every rate on the one rank-{r.low_rank['rank']} factor")
     lines = ["", f"Learning-rate sweep ({r.algorithm.upper()}, the {r.network}, rates up to "
-             f"lr*, {how}):",
-             "  lr          final test loss   test acc   steps to target"]
+             f"lr*, {how}):"]
+    sampled = [s for s in r.sweep if "sequences" in s]
+    if sampled:
+        lines.append(f"  (random gossip: the mean over {sampled[0]['sequences']} sampled mixing "
+                     "sequences per rate, the same for every rate; +- one Monte-Carlo "
+                     "standard error)")
+    lw, aw = (22, 15) if sampled else (15, 10)
+    lines.append(f"  {'lr':<11} {'final test loss':>{lw}} {'test acc':>{aw}}   steps to target")
+
+    def err(value, fmt):
+        return "" if value is None else f" +- {value:{fmt}}"
+
     for s in r.sweep:
         hit = s["steps_to_target"]
-        lines.append(f"  {s['lr']:<11.4g} {s['final_test_loss']:>15.4g} "
-                     f"{s['final_test_acc']:>10.3f}   {'not reached' if hit is None else hit}"
+        loss = f"{s['final_test_loss']:.4g}{err(s.get('final_test_loss_mc_error'), '.2g')}"
+        acc = f"{s['final_test_acc']:.3f}{err(s.get('final_test_acc_mc_error'), '.3f')}"
+        lines.append(f"  {s['lr']:<11.4g} {loss:>{lw}} {acc:>{aw}}   "
+                     f"{'not reached' if hit is None else hit}"
                      + ("" if s["status"] == "ok" else f"   ({s['status']})"))
     if r.recommended:
         lines.append(f"  recommended lr = {r.recommended['lr']:.4g} ({r.recommended['reason']}; "

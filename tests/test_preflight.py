@@ -267,3 +267,91 @@ def test_one_sampled_network_has_no_monte_carlo_error():
     assert one["samples"] == 1 and one["final_test_loss_mc_error"] is None
     assert rep.minibatch["final_test_loss_mc_error"] is None
     assert "Monte-Carlo" not in rep.text()
+
+
+def test_random_gossip_sweep_runs_fewer_sequences_with_their_error(monkeypatch):
+    """Random gossip: each rate of the sweep and of the topology comparison runs
+    ``SWEEP_SEQUENCES`` sampled mixing sequences (the first of the prediction's, the same for
+    every rate) and reports their mean with its Monte-Carlo standard error; the chosen rate's
+    prediction keeps the configured count.  Each row equals ``run_problem`` over that many
+    sequences at its rate (float64 products here, to 1e-10 relative)."""
+    import sys
+
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.dynamics.run import run_problem
+    from ntkdyn.prediction import build_problem
+
+    mod = sys.modules["ntkdyn.preflight"]
+    monkeypatch.setattr(mod, "SWEEP_SEQUENCES", 3)
+    monkeypatch.setattr(mod, "SWEEP_DTYPE", "float64")
+    cfg = _cfg(topology={"gossip": "edges", "gossip_p": 0.5, "gossip_samples": 5},
+               training={"steps": 60, "lr": 0.05}, prediction={"f0": "mean"})
+    rep = check(cfg, topologies=["complete"])
+    assert rep.inside and len(rep.sweep) == 10
+    assert {s["sequences"] for s in rep.sweep} == {3} and rep.prediction["sequences"] == 5
+    exp = from_config(cfg)
+    problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel="analytic", seed=0)
+    rates = [s["lr"] for s in rep.sweep[::3]]
+    trajs = run_problem(problem, "dgd", rates, cfg.steps, samples=3, reference=False,
+                        check_stability=False)
+    for s, t in zip(rep.sweep[::3], trajs, strict=True):
+        final = t.per_sample["test_loss"][:, -1].mean(axis=-1)
+        assert s["final_test_loss"] == pytest.approx(final.mean(), rel=1e-10)
+        assert s["final_test_loss_mc_error"] == pytest.approx(
+            final.std(ddof=1) / np.sqrt(3), rel=1e-8)
+    # sequence s of the sweep is sequence s of the prediction (first 3 of 5)
+    five = run_problem(problem, "dgd", rates[:1], cfg.steps, samples=5, reference=False,
+                       check_stability=False)[0]
+    np.testing.assert_allclose(five.per_sample["test_loss"][:3],
+                               trajs[0].per_sample["test_loss"], rtol=1e-12)
+    # the chosen rate over all 5 sequences
+    one = run_problem(problem, "dgd", [0.05], cfg.steps, samples=5, reference=False,
+                      check_stability=False)[0]
+    assert rep.prediction["final_test_loss"] == pytest.approx(
+        float(one.network_mean("test_loss")[-1]), rel=1e-10)
+    # the comparison row over 3 sequences on the complete graph
+    other = exp.with_topology("complete")
+    row = run_problem(build_problem(other.arch, other.parts, other.mixing, kernel="analytic",
+                                    seed=0), "dgd", [0.05], cfg.steps, samples=3,
+                      reference=False, check_stability=False)[0]
+    assert rep.topologies[0]["final_test_loss"] == pytest.approx(
+        float(row.network_mean("test_loss")[-1]), rel=1e-10)
+    text = rep.text()
+    assert "the mean over 3 sampled mixing sequences per rate" in text
+    first = f"  {rep.sweep[0]['lr']:.4g}"
+    sweep_rows = [line for line in text.splitlines() if line.startswith(first)]
+    assert sweep_rows and " +- " in sweep_rows[0]
+    jsonschema.validate(json.loads(rep.to_json()), SCHEMA)
+
+
+def test_random_gossip_prediction_reuses_the_random_networks_mean(monkeypatch):
+    """With the default ``f0 = "random"`` and random gossip, the chosen rate's mean network
+    over the configured sequences is the one random network's ``f_0 = 0`` run over the same
+    sequences (no second pass); it equals ``run_problem`` over those sequences (float64,
+    1e-10)."""
+    import sys
+
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.dynamics.run import run_problem
+    from ntkdyn.prediction import build_problem
+
+    mod = sys.modules["ntkdyn.preflight"]
+    monkeypatch.setattr(mod, "SWEEP_SEQUENCES", 2)
+    monkeypatch.setattr(mod, "SWEEP_DTYPE", "float64")
+    calls = []
+    real = mod.run_problem
+    monkeypatch.setattr(mod, "run_problem", lambda *a, **k: calls.append(k) or real(*a, **k))
+    cfg = _cfg(topology={"gossip": "one_edge", "gossip_samples": 4},
+               training={"steps": 40, "lr": 0.05})
+    rep = check(cfg)
+    assert rep.prediction["sequences"] == 4 and rep.sweep[0]["sequences"] == 2
+    assert [k["samples"] for k in calls] == [2, 4]  # the sweep, the random networks
+    assert "init" in calls[1] and rep.prediction["one_random_network"]["samples"] == 4
+    exp = from_config(cfg)
+    problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel="analytic", seed=0)
+    one = run_problem(problem, "dgd", [0.05], cfg.steps, samples=4, reference=False,
+                      check_stability=False)[0]
+    for key, metric in (("final_test_loss", "test_loss"), ("final_train_loss", "train_loss"),
+                        ("final_consensus_dist", "consensus_dist")):
+        assert rep.prediction[key] == pytest.approx(float(one.network_mean(metric)[-1]),
+                                                    rel=1e-10), key

@@ -288,3 +288,30 @@ def test_plot_draws_init_and_sequence_bands_apart(small, tmp_path):
     fig.savefig(tmp_path / "bands.png")
     pyplot().close(fig)
     assert (tmp_path / "bands.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("case", ["random_gossip", "sgd"])
+def test_without_the_init_band_the_rest_is_unchanged(small, case):
+    """``run_problem(..., init_band=False)`` (what ``ntkdyn check`` runs: it reports the
+    joint band only) leaves out the ``S`` expected runs from each network's ``f_0``: no
+    ``.init_band_run``, and every other number equal to the full run's to 1e-12."""
+    from ntkdyn.dynamics.run import run_problem
+
+    kw = {"sgd": {"batch_size": 2}, "random_gossip": {}}[case]
+    mixing = small["random" if case == "random_gossip" else "W"]
+    problem = make_problem(small["k"], small["y"], small["agent"], mixing,
+                           kernel_test_train=small["kt"], y_test=small["y_test"])
+    init = random_init.draw(random_init.sorted_nngp(problem, small["nngp"]), small["n"], 3, 5,
+                            outputs=3)
+    full, lean = (run_problem(problem, "dgd", [0.3], STEPS, init=init, samples=3, seed=5,
+                              init_band=band, **kw)[0] for band in (True, False))
+    assert full.init_band_run is not None and lean.init_band_run is None
+    assert "init_band" not in lean.metadata
+    for metric in random_init.DRAW_METRICS:
+        assert rel_err(lean.draws[metric], full.draws[metric]) < 1e-12, metric
+        assert rel_err(getattr(lean.mean_network, metric),
+                       getattr(full.mean_network, metric)) < 1e-12, metric
+        assert np.array_equal(lean.band(metric)[1], full.band(metric)[1]) or \
+            rel_err(lean.band(metric)[1], full.band(metric)[1]) < 1e-12
+    with pytest.raises(ValueError, match="over"):
+        lean.band("test_loss", over="init")

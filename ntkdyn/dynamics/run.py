@@ -113,6 +113,7 @@ def run_problem(
     seed: int = 0,
     batch_sampling: str = "epoch",
     init=None,
+    init_band: bool = True,
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
@@ -125,7 +126,10 @@ def run_problem(
     static or periodic mixing and full batch: shared cyclic columns (``init.outputs == 1``);
     cross-entropy, random mixing or mini-batch SGD: independent networks, ``K`` columns
     each (``init.outputs == K``; with sequences ``samples`` must equal the networks:
-    network ``s`` runs sequence ``s``; :func:`_independent_groups`).
+    network ``s`` runs sequence ``s``; :func:`_independent_groups`).  There, for the squared
+    loss, the expected dynamics from each network's ``f_0`` also run (``S`` more column
+    groups, ``.init_band_run``: the band over initialisations alone); ``init_band=False``
+    leaves them out (``ntkdyn check`` reports the joint band only).
 
     ``check_stability``: ``None`` (default) computes the exact stability report
     (:func:`ntkdyn.dynamics.stability.stability`) only for rates above the cheap sufficient bound;
@@ -183,9 +187,10 @@ def run_problem(
         from ntkdyn.dynamics import random_init
 
         if random_init.independent_networks(problem, batch_size):
+            init_band = init_band and random_init.has_init_band(problem, batch_size)
             groups, copies, group_f0 = _independent_groups(problem, init, samples,
-                                                           batch_size, kernel_dtype)
-            if random_init.has_init_band(problem, batch_size):
+                                                           batch_size, kernel_dtype, init_band)
+            if init_band:
                 expected_groups = init.samples + 1
         else:
             run = random_init.augment(problem, init)
@@ -220,7 +225,7 @@ def run_problem(
     if copies:
         trajs = _assemble_independent(raw, problem, algo, rate_rows, steps, continuous,
                                       base_meta, init=init, copies=copies,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, init_band=init_band)
     else:
         trajs = _assemble(raw, problem, algo, rate_rows, steps, continuous, base_meta,
                           groups=groups, with_expected=with_expected,
@@ -229,12 +234,12 @@ def run_problem(
 
 
 def _independent_groups(problem: KernelProblem, init, samples, batch_size: int,
-                        kernel_dtype: str) -> tuple[int, int, tuple]:
+                        kernel_dtype: str, init_band: bool) -> tuple[int, int, tuple]:
     """``(G, copies, group_f0)`` of independent sampled networks
     (:mod:`ntkdyn.dynamics.random_init`): ``P + 1`` groups (cross-entropy, static or
     periodic mixing, full batch) or ``2 S + 1`` (``3 S + 1`` for the squared loss, with the
-    expected dynamics from every f_0; random mixing / mini-batch SGD, network
-    ``s`` on sequence ``s``; ``samples`` must equal the number of networks)."""
+    expected dynamics from every f_0 where ``init_band``; random mixing / mini-batch SGD,
+    network ``s`` on sequence ``s``; ``samples`` must equal the number of networks)."""
     from ntkdyn.dynamics import random_init
 
     process = problem.process
@@ -251,26 +256,27 @@ def _independent_groups(problem: KernelProblem, init, samples, batch_size: int,
                          f"samples = {init.samples} (the sampled networks), got {samples!r}")
     copies = 2 if sequences else 1
     group_f0 = random_init.group_initial_outputs(
-        problem, init, copies, init_band=random_init.has_init_band(problem, batch_size))
+        problem, init, copies, init_band=init_band)
     return len(group_f0[0]), copies, group_f0
 
 
 def _assemble_independent(raw: dict, problem: KernelProblem, algo: Algorithm, rate_rows,
                           steps, continuous, base_meta: dict, *, init, copies: int,
-                          batch_size: int) -> list:
+                          batch_size: int, init_band: bool) -> list:
     """Raw records of independent sampled networks -> one
     :class:`~ntkdyn.trajectory.RandomNetworkTrajectory` per rate: groups ``0..P-1`` the
     networks; then the mean network (``f_0 = 0``): group ``P``, or (``copies = 2``) a
     :class:`~ntkdyn.trajectory.GossipTrajectory` over groups ``P..2P-1`` (the same
     sequences) with the expected group (the last); with the band over initialisations
-    (:func:`ntkdyn.dynamics.random_init.has_init_band`) groups ``2P..3P-1`` are the expected
+    (``init_band``, where :func:`ntkdyn.dynamics.random_init.has_init_band`) groups
+    ``2P..3P-1`` are the expected
     dynamics from the networks' ``f_0`` (``.init_band_run``)."""
     from ntkdyn.dynamics import random_init
 
     n_rates, p = len(rate_rows), init.samples
     rec_steps, phase = _record_layout(steps, algo.records_per_step)
     over = random_init.band_over(problem, batch_size)
-    band = copies == 2 and random_init.has_init_band(problem, batch_size)
+    band = copies == 2 and init_band
     trajs = []
     for r in range(n_rates):
         def one(g, r=r):
