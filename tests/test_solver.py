@@ -506,3 +506,27 @@ def test_sparse_combine_equals_dense_product(monkeypatch, algorithm):
             dense = solver.evolve(problem, algo, np.full((1, q), 0.3), np.arange(0, 41, 5),
                                   **kw)
         _assert_same_records(sparse, dense, 1e-13, (central, carried))
+
+
+@pytest.mark.parametrize("q", [3, 16, 17])
+def test_mixing_per_column_group_both_forms(q):
+    """The combine with one matrix per column group (time-varying and random mixing):
+    ``x_p <- sum_q W[g]_pq x_q`` on group ``g``'s columns, as a sum of broadcast products
+    (``Q <= UNROLLED_MIX_MAX``) or one einsum (above), equal to an explicit loop over the
+    groups to 1e-14 relative; the centralised slot is left unchanged."""
+    import jax.numpy as jnp
+
+    from ntkdyn.dynamics import solver
+
+    assert solver.UNROLLED_MIX_MAX == 16
+    rng = np.random.default_rng(q)
+    g, r, k = 3, 5, 2
+    w = rng.random((g, q, q))
+    x = rng.normal(size=(q + 1, r, g * k))
+    out = np.asarray(solver._mix(lambda j: jnp.asarray(w), jnp.asarray(x), q_count=q,
+                                 central=True))
+    ref = x.copy()
+    for grp in range(g):
+        cols = slice(grp * k, (grp + 1) * k)
+        ref[:q, :, cols] = np.einsum("pq,qrc->prc", w[grp], x[:q, :, cols])
+    assert np.max(np.abs(out - ref)) <= 1e-14 * np.max(np.abs(ref))

@@ -259,6 +259,14 @@ def sparse_mixing(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return nbr, wts
 
 
+#: One matrix per column group (time-varying and random mixing): up to this many agents the
+#: combine is a sum of ``Q`` broadcast products (one fused pass over the state), above it one
+#: einsum.  Measured on 2 CPU cores, float64, state ``(Q, R, G K)``: Q 4 / 8 / 16 the sum
+#: 4.3x / 2.4x / 2.0x faster than the einsum (Q 8, R 800, 65 groups: 24.2 -> 5.9 ms); Q 32
+#: and 100 it was 1.4x and 5.7x slower.
+UNROLLED_MIX_MAX = 16
+
+
 def _mix(mixing, x, j=0, *, q_count: int, central: bool):
     """Combine: ``x_q <- sum_p W_qp x_p`` for the agents' slots (the centralised slot, if
     any, unchanged); a callable ``mixing(j) -> (G, Q, Q)`` gives one matrix per column
@@ -277,8 +285,12 @@ def _mix(mixing, x, j=0, *, q_count: int, central: bool):
         g = w.shape[0]
         xa = x[:q_count]
         q, r, c = xa.shape
-        agents = jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, g, c // g),
-                            precision=EXACT).reshape(q, r, c)
+        xg = xa.reshape(q, r, g, c // g)
+        if q <= UNROLLED_MIX_MAX:  # sum_q W[:, :, q] x_q: one fused elementwise pass
+            agents = sum(jnp.swapaxes(w[:, :, p], 0, 1)[:, None, :, None].astype(x.dtype)
+                         * xg[p][None] for p in range(q)).reshape(q, r, c)
+        else:
+            agents = jnp.einsum("gpq,qrgc->prgc", w, xg, precision=EXACT).reshape(q, r, c)
     elif central and x.shape[0] == q_count + 1:  # one product, no copy of the state
         aug = jnp.zeros((q_count + 1,) * 2, mixing.dtype).at[:q_count, :q_count].set(mixing)
         return jnp.tensordot(aug.at[q_count, q_count].set(1.0), x, axes=1)
