@@ -65,7 +65,7 @@ SWEEP_DTYPE = "float32"
 #: rate (sequence ``s`` of the prediction), each row with its Monte-Carlo standard error.
 #: The chosen rate's prediction keeps the configured count.  A sampled sequence costs a
 #: column group of every kernel product: with 64 the default configuration's sweep took
-#: 18.6 min of a 20 min check (README "Random gossip in ntkdyn check").
+#: 18.6 min of a 24.2 min check (README, "Sanity check before deploying", Random gossip).
 SWEEP_SEQUENCES = 8
 #: Measured agreement between predicted and observed test loss: the *pointwise* relative
 #: error ``max_t |pred_t - obs_t| / |obs_t|`` of the network mean, largest over the 15
