@@ -226,12 +226,17 @@ def test_predict_command_with_rank_and_gossip(tmp_path):
     assert np.max(np.abs(exact.test_loss - traj.test_loss)) <= 1e-8
 
 
-def test_check_with_rank_and_gossip_mirrors_the_exact_check(tmp_path):
+def test_check_with_rank_and_gossip_mirrors_the_exact_check(tmp_path, monkeypatch):
     """``ntkdyn check`` with ``[prediction] rank`` and random gossip: the stability of the
     mean state (E[W]) on the low-rank coordinates -- at full rank the exact check's lr* --
-    and the mean over the sampled sequences; with a periodic sequence the one-period
+    and the mean over the sampled sequences (the sweep over the first
+    ``SWEEP_SEQUENCES``, as the exact check's); with a periodic sequence the one-period
     operator on the low-rank coordinates, at full rank the exact check's verdicts."""
+    import sys
+
     from ntkdyn.preflight import check
+
+    monkeypatch.setattr(sys.modules["ntkdyn.preflight"], "SWEEP_SEQUENCES", 2)
 
     gossip = ('[topology]\nname = "ring"\ngossip = "edges"\ngossip_p = 0.5\n'
               'gossip_samples = 4\n')
@@ -257,6 +262,11 @@ def test_check_with_rank_and_gossip_mirrors_the_exact_check(tmp_path):
                                                               rel=1e-6)
         assert [s["final_test_loss"] for s in full.sweep] == pytest.approx(
             [s["final_test_loss"] for s in exact.sweep], rel=1e-4)
+        if topology == gossip:  # 2 of the 4 sequences per rate, all 4 at the chosen rate
+            assert {s["sequences"] for s in full.sweep + exact.sweep} == {2}
+            assert full.prediction["sequences"] == exact.prediction["sequences"] == 4
+            assert full.prediction["final_test_loss"] == pytest.approx(
+                exact.prediction["final_test_loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("algorithm", ["dgd", "gradient_tracking"])
