@@ -190,8 +190,7 @@ def run_problem(
             init_band = init_band and random_init.has_init_band(problem, batch_size)
             groups, copies, group_f0 = _independent_groups(problem, init, samples,
                                                            batch_size, kernel_dtype, init_band)
-            if init_band:
-                expected_groups = init.samples + 1
+            expected_groups = init.samples + 1 if init_band else 1
         else:
             run = random_init.augment(problem, init)
     if kernel_dtype == "mixed" and init is None:
