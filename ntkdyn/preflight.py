@@ -828,15 +828,15 @@ def _lowrank_sweep(factor, exp: Experiment, cfg: Config, chosen: AlgorithmVerdic
     reports of them; in the Gram form float32 Gram products, :data:`SWEEP_DTYPE`, the
     state float64, as the exact check's float32 kernel); with a mixing sequence one run
     too, the rates times the mixing groups (:func:`_sweep_sequences` sampled sequences and
-    ``E[W]``) as
-    column groups (:func:`~ntkdyn.lowrank.gossip.predict_lowrank_process_sweep`, each rate
-    equal to its own ``predict_lowrank_process``, in blocks of rates that fit); training
-    accuracies on at most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy:
-    one run with the rates as column groups (:func:`~ntkdyn.lowrank.cross_entropy.
-    predict_lowrank_ce_sweep`; with random gossip one rate per pass, each over
-    :func:`_sweep_sequences` sampled sequences and ``E[W]``: all rates in one pass was
-    slower on CPU, README), the records from the training outputs at the last record only (the sweep
-    reports the final training loss and accuracy, and the test loss at every record)."""
+    ``E[W]``) as column groups (:func:`~ntkdyn.lowrank.gossip.
+    predict_lowrank_process_sweep`, each rate equal to its own
+    ``predict_lowrank_process``, in blocks of rates that fit); training accuracies on at
+    most :data:`LOW_RANK_SWEEP_ACC_ROWS` rows.  Cross-entropy: one run with the rates as
+    column groups (:func:`~ntkdyn.lowrank.cross_entropy.predict_lowrank_ce_sweep`; with
+    random gossip one rate per pass, each over :func:`_sweep_sequences` sampled sequences
+    and ``E[W]``: all rates in one pass was slower on CPU, README), the records from the
+    training outputs at the last record only (the sweep reports the final training loss
+    and accuracy, and the test loss at every record)."""
     from ntkdyn import lowrank
 
     data, agent, target = exp.parts.dataset, exp.parts.agent, cfg.prediction.target_loss
