@@ -260,6 +260,21 @@ def _check_size(field: str, n: int | None) -> None:
         raise ValueError(f"{field} must be a non-negative integer or None, got {n!r}")
 
 
+def _check_stratifiable(n_train: int, n_test: int, available: int, n_classes: int,
+                        given_test: bool) -> None:
+    """A split stratified by class puts at least one sample of each class on each side it
+    samples (scikit-learn's ``train_test_split``): say so, naming the size, before it does."""
+    if n_train < n_classes and n_train < available:
+        raise ValueError(f"n_train = {n_train}: the split is stratified by class, so it needs "
+                         f"at least one sample per class: at least {n_classes} for "
+                         f"{n_classes} classes")
+    if 0 < n_test < n_classes:
+        what = "" if given_test else " (the default: what n_train leaves)"
+        raise ValueError(f"n_test = {n_test}{what}: the split is stratified by class, so it "
+                         f"needs at least one sample per class: 0 or at least {n_classes} "
+                         f"for {n_classes} classes")
+
+
 def digits(classes: Iterable[int] = range(10), n_train: int | None = None,
            n_test: int | None = None, *, seed: int = 0, standardise: bool = True,
            centre_targets: bool = False) -> Dataset:
@@ -279,6 +294,7 @@ def digits(classes: Iterable[int] = range(10), n_train: int | None = None,
     _check_size("n_train", n_train)
     _check_size("n_test", n_test)
     n_train = int(0.8 * available) if n_train is None else int(n_train)
+    given_test = n_test is not None
     if n_test is None:
         n_test = min(available - int(0.8 * available), max(available - n_train, 0))
     if n_train < 1:
@@ -286,6 +302,7 @@ def digits(classes: Iterable[int] = range(10), n_train: int | None = None,
     if n_train + n_test > available:
         raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {available} "
                          f"digits available for classes {classes}")
+    _check_stratifiable(n_train, n_test, available, len(classes), given_test)
     idx = np.arange(available)
     if n_test == 0:
         train = (np.random.default_rng(seed).permutation(idx) if n_train == available else

@@ -128,6 +128,9 @@ def _run_cli(tmp_path, capsys, text):
 @pytest.mark.parametrize("change, needle", [
     (("n_train = 60", "n_train = 5000"), "config: data.n_train: n_train + n_test"),
     (("agents = 3", "agents = 80"), "config: partition.agents: cannot give 80 agents"),
+    # digits' split is stratified: fewer samples than classes was scikit-learn's message
+    # under "data.source"
+    (("n_test = 30", "n_test = 2"), "config: data.n_test: n_test = 2: the split is stratified"),
 ])
 def test_data_layer_errors_carry_the_key_path(tmp_path, capsys, change, needle):
     assert needle in _run_cli(tmp_path, capsys, TINY.replace(*change))

@@ -70,6 +70,17 @@ def test_digits_sizes_errors():
     assert digits(n_train=1500).num_test == 297
     with pytest.raises(ValueError, match="classes must be distinct"):
         digits(classes=(1, 11))
+    # the split is stratified by class: fewer samples than classes on a side it samples is
+    # refused naming the size (it was scikit-learn's "train_size = 5 should be greater or
+    # equal to the number of classes"), the defaulted test size said to be a default
+    with pytest.raises(ValueError, match=r"^n_train = 5: .* at least 10 for 10 classes"):
+        digits(n_train=5)
+    with pytest.raises(ValueError, match=r"^n_test = 5: .* 0 or at least 10"):
+        digits(n_train=800, n_test=5)
+    with pytest.raises(ValueError, match=r"^n_test = 7 \(the default: what n_train leaves\)"):
+        digits(n_train=1790)
+    assert digits(classes=(0, 1), n_train=2, n_test=2).num_train == 2
+    assert digits(n_train=1797, n_test=0).num_test == 0
 
 
 def test_synthetic_balanced_deterministic_and_separated():
