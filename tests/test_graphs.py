@@ -269,3 +269,20 @@ def test_small_world_parameters():
         topology("small_world", 10, k=3)
     with pytest.raises(ValueError, match="'p' must lie in"):
         topology("small_world", 10, p="lots")
+
+
+def test_resolve_mixing_names_a_wrong_size_before_checking_the_matrix():
+    """A square matrix for another number of agents is refused as such, whatever else is
+    wrong with it (np.eye(4) for 3 agents was 'must be connected ... 4 components')."""
+    from ntkdyn.graphs.sequences import resolve_mixing
+
+    for w in (np.eye(4), np.full((4, 4), 0.25)):
+        with pytest.raises(ValueError, match=r"^mixing: expected a \(3, 3\) matrix for 3 "
+                                             r"agents, got shape \(4, 4\)$"):
+            resolve_mixing(w, 3)
+    with pytest.raises(ValueError, match="connected"):  # the right size: checked as before
+        resolve_mixing(np.eye(3), 3)
+    with pytest.raises(ValueError, match="square"):
+        resolve_mixing(np.ones((3, 4)) / 4, 3)
+    w, process = resolve_mixing(np.full((3, 3), 1 / 3), 3)
+    assert process is None and w.shape == (3, 3)

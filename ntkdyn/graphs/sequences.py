@@ -316,6 +316,11 @@ def resolve_mixing(mixing, num_agents: int | None = None,
                              f"partition has {num_agents}")
         w = check_mixing(process.expected(), name=f"{name} (expected matrix)")
     else:
+        shape = np.shape(mixing)
+        if (num_agents is not None and len(shape) == 2 and shape[0] == shape[1]
+                and shape[0] != num_agents):  # before the checks a wrong size would fail
+            raise ValueError(f"{name}: expected a ({num_agents}, {num_agents}) matrix for "
+                             f"{num_agents} agents, got shape {shape}")
         w = check_mixing(mixing, name=name)
     if num_agents is not None and w.shape[0] != num_agents:
         raise ValueError(f"{name}: expected a ({num_agents}, {num_agents}) matrix for "
