@@ -25,7 +25,7 @@ def _kernel(n, d=5, seed=1, rank=None):
 
 def _problem(w, n=36, seed=1, agent=None, rank=None):
     kern, y = _kernel(n, seed=seed, rank=rank)
-    q = w.shape[0]
+    q = w.num_agents if hasattr(w, "num_agents") else w.shape[0]
     agent = np.arange(n) % q if agent is None else agent
     return make_problem(kern, y, agent, w)
 
@@ -136,3 +136,31 @@ def test_method_argument_is_checked():
     op = stab.StepOperator(_problem(MIXINGS["ring"], n=12), algorithms.DGD)
     with pytest.raises(ValueError, match="method"):
         op.spectral_radius(0.1, "lanczos")
+
+
+@pytest.mark.parametrize("gossip", ["edges", "one_edge"])
+def test_random_gossip_mean_state_has_the_structured_radius(gossip):
+    """Random gossip's operator is the mean-state step with ``E[W]`` (a static step), so the
+    structured radii apply to it: equal to the dense radius of that operator and of the
+    static problem with ``W = E[W]`` (DGD, ATC, CTA; heavy-ball momentum from DGD's
+    eigenvalues).  Before, they were refused for any mixing sequence and the report fell
+    back to ARPACK (100 agents on an Erdos-Renyi graph, 800 samples: 46 s of a 53 s
+    prediction).  A periodic sequence still has none."""
+    graph = graphs.topology("ring", 6)
+    process = (graphs.random_edges(graph, 0.5, seed=2) if gossip == "edges"
+               else graphs.one_random_edge(graph, seed=2))
+    problem = _problem(process, n=36)
+    static = _problem(process.expected(), n=36)
+    for name in ("dgd", "atc", "cta", "momentum"):
+        algo = (algorithms.momentum(0.5) if name == "momentum"
+                else algorithms.get_algorithm(name))
+        op, op_static = stab.StepOperator(problem, algo), stab.StepOperator(static, algo)
+        for s in _scales(problem)[:3]:
+            fast = (op.heavy_ball_radius(s) if name == "momentum"
+                    else op.structured_radius(s))
+            assert fast is not None, (name, s)
+            assert abs(fast - _dense_radius(op, s)) <= TOL, (name, s)
+            assert abs(fast - _dense_radius(op_static, s)) <= TOL, (name, s)
+    mats = [graphs.mixing(graphs.topology(n, 6)) for n in ("ring", "star")]
+    periodic = stab.StepOperator(_problem(graphs.periodic(mats), n=36), algorithms.DGD)
+    assert periodic.structured_radius(_scales(problem)[1]) is None

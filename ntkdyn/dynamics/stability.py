@@ -303,16 +303,24 @@ class StepOperator:
                 rho = float(max(np.max(np.abs(v)) for v in found))
         return rho ** (1.0 / self.period_steps)
 
+    def _periodic(self) -> bool:
+        """A periodic mixing sequence: the operator is not one static step.  (A random one's
+        is: the mean-state step with ``E[W]``, :func:`step_mixings`, so the structured
+        radii below apply to it as to a static ``W``.)"""
+        process = self.problem.process
+        return process is not None and not process.random
+
     def structured_radius(self, s: float) -> float | None:
         """``rho(A(s))`` by shift-invert through the rank-``m`` structure of DGD/ATC/CTA
-        (:mod:`ntkdyn.dynamics.radius`: exact up to ``~1e-12``); ``None`` where it does not
-        apply (augmented state, mixing sequence, an operator of another form, a spectrum
+        (:mod:`ntkdyn.dynamics.radius`: exact up to ``~1e-12``; a random mixing sequence's
+        mean-state step with ``E[W]`` too); ``None`` where it does not
+        apply (augmented state, periodic mixing sequence, an operator of another form, a spectrum
         not known to be real: non-symmetric ``W``, ATC/CTA with indefinite ``W`` above
         ``1 / curv``).  The form is read off the operator once (:meth:`form_step`), then
         :meth:`form_radius` gives the radius."""
         from ntkdyn.dynamics import radius
 
-        if self.blocks != 1 or self.period_steps != 1 or self.problem.process is not None:
+        if self.blocks != 1 or self.period_steps != 1 or self._periodic():
             return None
         if self._structure is None:
             curv = float(np.max(self.profile * agent_curvatures(self.problem)))
@@ -326,11 +334,11 @@ class StepOperator:
     def heavy_ball_radius(self, s: float) -> float | None:
         """``rho(A(s))`` of heavy-ball momentum on DGD (``algorithm.heavy_ball``) from DGD's
         two extreme eigenvalues by shift-invert (:func:`radius.heavy_ball_radius`);
-        ``None`` for a mixing sequence, a non-symmetric ``W``, or an operator without the
+        ``None`` for a periodic mixing sequence, a non-symmetric ``W``, or an operator without the
         kernel-space Woodbury form (the low-rank coordinates')."""
         from ntkdyn.dynamics import radius
 
-        if self.period_steps != 1 or self.problem.process is not None:
+        if self.period_steps != 1 or self._periodic():
             return None
         step = self.form_step("dgd")
         if not isinstance(step, radius.LowRankStep):
