@@ -530,3 +530,51 @@ def test_mixing_per_column_group_both_forms(q):
         cols = slice(grp * k, (grp + 1) * k)
         ref[:q, :, cols] = np.einsum("pq,qrc->prc", w[grp], x[:q, :, cols])
     assert np.max(np.abs(out - ref)) <= 1e-14 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("kind", ["ring8", "ring24", "periodic", "one_edge", "complete"])
+def test_mixing_per_column_group_over_the_support(kind):
+    """With the support every draw shares (:class:`solver.SupportedSampler`: the nonzeros of
+    ``E[W]`` and the diagonal), the per-group combine sums over each row's neighbours only;
+    it equals the explicit loop over the groups to 1e-14 relative on draws of the process
+    itself (ring of 8 and of 24 agents, a periodic sequence whose matrices differ in
+    support, one random edge), and a complete graph (``D = Q``) keeps the full sum."""
+    import jax
+    import jax.numpy as jnp
+    import networkx as nx
+
+    from ntkdyn import graphs
+    from ntkdyn.dynamics import solver
+
+    if kind == "periodic":
+        mats = [graphs.mixing(graphs.topology(n, 6)) for n in ("ring", "star", "path")]
+        process = graphs.periodic(mats)
+    else:
+        q = {"ring8": 8, "ring24": 24}.get(kind, 6)
+        graph = nx.complete_graph(q) if kind == "complete" else nx.cycle_graph(q)
+        process = (graphs.one_random_edge(graph, seed=1) if kind == "one_edge"
+                   else graphs.random_edges(graph, 0.5, seed=1))
+    sampler = solver.SupportedSampler.of(process)
+    q, g, r, k = process.num_agents, 5, 4, 3
+    assert all(p in nb for p, nb in enumerate(sampler.neighbours))
+    assert max(map(len, sampler.neighbours)) == (q if kind == "complete" else
+                                                 6 if kind == "periodic" else 3)
+    arrays = process.device_arrays()
+    w = np.stack([np.asarray(sampler(arrays, jnp.asarray(e), process.key(e % 2)))
+                  for e in range(g)])
+    outside = np.ones((q, q), bool)
+    for p, nb in enumerate(sampler.neighbours):
+        outside[p, list(nb)] = False
+    assert np.all(w[:, outside] == 0) and np.count_nonzero(w) > 0
+    x = np.random.default_rng(0).normal(size=(q + 1, r, g * k))
+
+    def at(j):
+        return jnp.asarray(w)
+
+    at.neighbours = sampler.neighbours
+    out = np.asarray(jax.jit(lambda x: solver._mix(at, x, q_count=q, central=True))(x))
+    ref = x.copy()
+    for grp in range(g):
+        cols = slice(grp * k, (grp + 1) * k)
+        ref[:q, :, cols] = np.einsum("pq,qrc->prc", w[grp], x[:q, :, cols])
+    assert np.max(np.abs(out - ref)) <= 1e-14 * np.max(np.abs(ref))
