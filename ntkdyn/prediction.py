@@ -582,11 +582,14 @@ def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, 
                            params: Any,
            f0: str | None, traced: bool, rates: int, loss: str, logit_scale: float,
            want_nngp: bool = False, batch_size: int = 0,
-           samples: int | None = None) -> tuple[KernelProblem, np.ndarray | None]:
+           samples: int | None = None,
+           runs: list[dict] | None = None) -> tuple[KernelProblem, np.ndarray | None]:
     """:func:`build_problem`, and with ``want_nngp`` the analytic NNGP on the pooled
     ``[training (agent-sorted); test]`` inputs (from the same kernel pass for an MLP);
     ``batch_size`` and ``samples`` (of the run that follows) size the memory estimate's
-    column groups (:func:`column_groups`)."""
+    column groups (:func:`column_groups`).  ``runs``: instead, the runs that follow, one
+    after the other, as keywords of :func:`prediction_estimate` (``rates``, ``samples``,
+    ``batch_size``, ``f0_random``), each checked to fit before any kernel is built."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
@@ -616,11 +619,13 @@ def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, 
     if params is None and (kernel == "empirical" or f0 == "network"):
         params = init_params(arch, data.dim, seed)
     n_params = None if params is None else sum(int(np.size(a)) for a in jax.tree.leaves(params))
-    ensure_prediction_fits(arch, n, data.num_test, data.dim, k, parts.num_agents,
-                           kernel=kernel, traced=layout_traced, rates=rates,
-                           f0_network=f0 == "network", n_params=n_params, f0_random=random,
-                           loss=loss, random_mixing=process is not None and bool(process.random),
-                           batch_size=batch_size, samples=samples)
+    for run in runs or [dict(rates=rates, f0_random=random, batch_size=batch_size,
+                             samples=samples)]:
+        ensure_prediction_fits(arch, n, data.num_test, data.dim, k, parts.num_agents,
+                               kernel=kernel, traced=layout_traced, f0_network=f0 == "network",
+                               n_params=n_params, loss=loss,
+                               random_mixing=process is not None and bool(process.random),
+                               **run)
     nngp = None
     if want_nngp and kernel == "analytic" and isinstance(arch, MLP):
         pooled = np.concatenate([data.x_train, data.x_test])

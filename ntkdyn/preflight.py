@@ -508,6 +508,29 @@ def _sweep_samples(exp: Experiment, cfg: Config) -> int | None:
     return cfg.topology.gossip_samples if cfg.topology.gossip else None
 
 
+def _sequence_runs(exp: Experiment, cfg: Config, f0: str) -> list[dict] | None:
+    """The runs :func:`check` makes one after the other with sampled sequences (random gossip
+    or mini-batch SGD), as keywords of :func:`ntkdyn.prediction.prediction_estimate`, for the
+    memory check before the kernels are built; ``None`` without sequences (one batched
+    pass: the sweep's rates and the chosen one).  The sweep (full batch, the first
+    :func:`_sweep_sequences` sequences), the chosen rate's mean network over all of them,
+    its one random network and its mini-batch band each count their own column groups, not
+    the product of the sweep's rates and the configured sequences."""
+    t = cfg.training
+    samples = _sweep_samples(exp, cfg)
+    if samples is None and not t.batch_size:
+        return None
+    runs = [dict(rates=len(SWEEP_FRACTIONS) + 1, samples=_sweep_sequences(exp, cfg),
+                 f0_random=False, batch_size=0),
+            dict(rates=1, samples=samples, f0_random=False, batch_size=0)]
+    if f0 == "random":
+        runs.append(dict(rates=1, samples=cfg.prediction.samples or exp.samples or None,
+                         f0_random=True, batch_size=t.batch_size))
+    if t.batch_size:
+        runs.append(dict(rates=1, samples=t.samples, f0_random=False, batch_size=t.batch_size))
+    return runs
+
+
 def _sweep_sequences(exp: Experiment, cfg: Config) -> int | None:
     """Sampled sequences per rate of the sweep and the topology comparison: at most
     :data:`SWEEP_SEQUENCES` of :func:`_sweep_samples` (the first ones, the same for every
@@ -598,7 +621,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         exp.arch, exp.parts, exp.mixing, kernel=cfg.prediction.kernel, seed=cfg.seed,
         params=None, f0=f0, traced=not full, rates=len(SWEEP_FRACTIONS) + 1,
         want_nngp=f0 == "random", loss=cfg.training.loss,
-        logit_scale=exp.loss.get("logit_scale", 1.0))
+        logit_scale=exp.loss.get("logit_scale", 1.0), runs=_sequence_runs(exp, cfg, f0))
     t_kernel = time.perf_counter()
     verdicts = _analyse(exp, problem, cfg)
     algo = exp.algorithm

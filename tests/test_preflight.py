@@ -355,3 +355,47 @@ def test_random_gossip_prediction_reuses_the_random_networks_mean(monkeypatch):
                         ("final_consensus_dist", "consensus_dist")):
         assert rep.prediction[key] == pytest.approx(float(one.network_mean(metric)[-1]),
                                                     rel=1e-10), key
+
+
+def test_memory_check_with_sequences_counts_each_run(monkeypatch):
+    """With random gossip (or mini-batch SGD) the check's runs come one after the other: the
+    sweep over SWEEP_SEQUENCES sequences per rate, the chosen rate's mean network over all
+    configured sequences, its one random network (network s on sequence s), the mini-batch
+    band; the memory check before the kernels are built counts each run's own column
+    groups.  It counted the sweep's 11 rates times the default sequences (64, or 3 x 16 +
+    1 groups for f0 = "random"): 100 agents on an Erdos-Renyi graph, 800 digits, was
+    refused as needing 76-101 GB.  Here a limit between the two estimates lets it run."""
+    from ntkdyn import prediction
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.preflight import SWEEP_FRACTIONS, SWEEP_SEQUENCES, _sequence_runs
+
+    # gossip and mini-batches: the full-batch runs over gossip_samples (default 64)
+    # sequences, the mini-batch ones over training.samples (sequence s: gossip and batches)
+    cfg = _cfg(topology={"gossip": "edges", "gossip_p": 0.5},
+               training={"batch_size": 4, "samples": 6})
+    exp = from_config(cfg)
+    rates = len(SWEEP_FRACTIONS) + 1
+    assert _sequence_runs(exp, cfg, "random") == [
+        dict(rates=rates, samples=SWEEP_SEQUENCES, f0_random=False, batch_size=0),
+        dict(rates=1, samples=64, f0_random=False, batch_size=0),
+        dict(rates=1, samples=6, f0_random=True, batch_size=4),
+        dict(rates=1, samples=6, f0_random=False, batch_size=4)]
+    assert _sequence_runs(from_config(_cfg()), _cfg(), "random") is None  # one batched pass
+
+    cfg = _cfg(topology={"gossip": "edges", "gossip_p": 0.5, "gossip_samples": 12})
+    exp = from_config(cfg)
+    data, q = exp.parts.dataset, exp.parts.num_agents
+    shape = (exp.arch, data.num_train, data.num_test, data.dim, data.y_train.shape[1], q)
+    seen = []
+    real = prediction.ensure_prediction_fits
+    monkeypatch.setattr(prediction, "ensure_prediction_fits",
+                        lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    runs = _sequence_runs(exp, cfg, "random")
+    common = dict(kernel="analytic", traced=True, loss="mse", random_mixing=True)
+    new = max(prediction.prediction_estimate(*shape, **common, **run) for run in runs)
+    old = prediction.prediction_estimate(*shape, **common, rates=rates, f0_random=True)
+    assert new < old
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", str((new + old) // 2))
+    rep = check(cfg)
+    assert rep.prediction is not None and len(rep.sweep) == len(SWEEP_FRACTIONS)
+    assert [{k: s[k] for k in runs[0]} for s in seen] == runs
