@@ -129,8 +129,8 @@ class Trajectory:
         and outputs given ``f_0``; ``init_band_run``, ``metadata["init_band"]``,
         ``theory/initialisation.md`` section 4c).  With cross-entropy it is refused (no
         expected dynamics in closed form)."""
-        if not low < high:  # one check for every band (reversed levels gave reversed curves)
-            raise ValueError(f"low/high: expected low < high, got {low!r}, {high!r}")
+        if low > high:  # one check for every band (reversed levels gave reversed curves)
+            raise ValueError(f"low/high: expected low <= high, got {low!r}, {high!r}")
         if over == "width":
             return _width_band(self.width_draws, metric, low, high)
         if over == "calibrated":

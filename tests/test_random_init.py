@@ -187,11 +187,13 @@ def test_band_refused_without_samples(golden):
     with pytest.raises(ValueError, match="low/high"):
         traj.band("test_loss", 0.1, 0.9)
     # reversed levels are refused (they returned the two curves swapped)
-    with pytest.raises(ValueError, match="low/high: expected low < high, got 0.95, 0.05"):
+    with pytest.raises(ValueError, match="low/high: expected low <= high, got 0.95, 0.05"):
         traj.band("test_loss", 0.95, 0.05)
     for over in ("init", "width"):
-        with pytest.raises(ValueError, match="low/high: expected low < high"):
-            traj.band("test_loss", 0.5, 0.5, over=over)
+        with pytest.raises(ValueError, match="low/high: expected low <= high"):
+            traj.band("test_loss", 0.95, 0.5, over=over)
+    lo, hi = traj.band("test_loss", 0.5, 0.5)  # one level: its quantile twice
+    np.testing.assert_array_equal(lo, hi)
 
 
 @pytest.mark.parametrize("change, match", [
