@@ -874,3 +874,27 @@ def test_cross_entropy_sweep_with_random_gossip_equals_one_run_per_rate(algorith
                                  samples=2)
     with pytest.raises(ValueError, match="rate_block: expected a positive integer"):
         predict_lowrank_ce_sweep(factor, y, agent, process, [0.5], steps, rate_block=0)
+
+
+def test_mix_groups_over_the_support_equals_the_einsum():
+    """The low-rank combine with the support of the draws (a ring of 12 agents: D = 3 < Q)
+    sums over each agent's neighbours; equal to the einsum over all agents to 1e-14; one
+    matrix for every column (G = 1) and no support keep their forms."""
+    import jax.numpy as jnp
+    import networkx as nx
+
+    from ntkdyn import graphs
+    from ntkdyn.graphs.sequences import supported_sampler
+    from ntkdyn.lowrank.gossip import mix_groups
+
+    process = graphs.random_edges(nx.cycle_graph(12), 0.5, seed=3)
+    sampler = supported_sampler(process)
+    arrays = process.device_arrays()
+    g, r, k = 4, 5, 3
+    w = jnp.stack([sampler(arrays, jnp.asarray(e), process.key(e)) for e in range(g)])
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(12, r, g * k)))
+    full = np.einsum("gpq,qrgc->prgc", np.asarray(w), np.asarray(x).reshape(12, r, g, k))
+    for nbrs in (sampler.neighbours, None):
+        out = np.asarray(mix_groups(w, x, nbrs)).reshape(12, r, g, k)
+        assert np.max(np.abs(out - full)) <= 1e-14 * np.max(np.abs(full))
+    assert max(map(len, sampler.neighbours)) == 3

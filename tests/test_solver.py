@@ -554,7 +554,7 @@ def test_mixing_per_column_group_over_the_support(kind):
         graph = nx.complete_graph(q) if kind == "complete" else nx.cycle_graph(q)
         process = (graphs.one_random_edge(graph, seed=1) if kind == "one_edge"
                    else graphs.random_edges(graph, 0.5, seed=1))
-    sampler = solver.SupportedSampler.of(process)
+    sampler = solver.supported_sampler(process)
     q, g, r, k = process.num_agents, 5, 4, 3
     assert all(p in nb for p, nb in enumerate(sampler.neighbours))
     assert max(map(len, sampler.neighbours)) == (q if kind == "complete" else

@@ -55,7 +55,6 @@ error below ``3^31/31! < 1e-19``), using only operator applications.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
@@ -69,6 +68,7 @@ from ntkdyn.algorithms import Algorithm, Operators
 from ntkdyn.dynamics import sharding
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.engine import balanced_chunk, concatenate, padded_chunks, scan_records, trim
+from ntkdyn.graphs.sequences import mix_over_neighbours, supported_sampler
 from ntkdyn.losses import accuracy, sample_loss
 
 #: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
@@ -268,39 +268,6 @@ def sparse_mixing(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 UNROLLED_MIX_MAX = 16
 
 
-@dataclass(frozen=True)
-class SupportedSampler:
-    """A mixing process's sampler (static under ``jit``) with the support its matrices share:
-    row ``p`` of every draw is zero outside ``neighbours[p]``, the nonzeros of ``E[W]`` and
-    the diagonal (the draws are non-negative, so an entry that is ever positive is positive
-    in their mean).  :func:`_mix` then sums over the ``D`` neighbours only."""
-
-    draw: Callable
-    neighbours: tuple[tuple[int, ...], ...]
-
-    def __call__(self, arrays, event, key):
-        return self.draw(arrays, event, key)
-
-    @classmethod
-    def of(cls, process) -> SupportedSampler:
-        support = (np.asarray(process.expected()) != 0) | np.eye(process.num_agents, dtype=bool)
-        return cls(process.sampler, tuple(tuple(int(i) for i in np.nonzero(row)[0])
-                                          for row in support))
-
-
-def _mix_neighbours(w, xg, neighbours):
-    """``sum_p W[g]_qp x_p`` over each row's ``D`` neighbours (padded with the row's own slot
-    at weight 0): ``D`` reads of the agents' state where the full sum makes ``Q`` (8 agents on
-    a ring, 193 groups: 27 -> 17 ms per combine; 32 on a ring 24 -> 4 ms; 100 on an
-    Erdos-Renyi graph with D = 12, 28 -> 10 ms against the einsum)."""
-    q, d = len(neighbours), max(len(n) for n in neighbours)
-    nbr = np.array([list(n) + [i] * (d - len(n)) for i, n in enumerate(neighbours)])
-    valid = np.array([[k < len(n) for k in range(d)] for n in neighbours])
-    wd = w[:, np.arange(q)[:, None], nbr] * valid  # (G, Q, D)
-    return sum(jnp.swapaxes(wd[:, :, k], 0, 1)[:, None, :, None].astype(xg.dtype)
-               * xg[nbr[:, k]] for k in range(d))
-
-
 def _mix(mixing, x, j=0, *, q_count: int, central: bool):
     """Combine: ``x_q <- sum_p W_qp x_p`` for the agents' slots (the centralised slot, if
     any, unchanged); a callable ``mixing(j) -> (G, Q, Q)`` gives one matrix per column
@@ -323,7 +290,7 @@ def _mix(mixing, x, j=0, *, q_count: int, central: bool):
         xg = xa.reshape(q, r, g, c // g)
         nbrs = getattr(mixing, "neighbours", None)
         if nbrs is not None and max(map(len, nbrs)) < min(q, UNROLLED_MIX_MAX + 1):
-            agents = _mix_neighbours(w, xg, nbrs).reshape(q, r, c)
+            agents = mix_over_neighbours(w, xg, nbrs).reshape(q, r, c)
         elif q <= UNROLLED_MIX_MAX:  # sum_q W[:, :, q] x_q: one fused elementwise pass
             agents = sum(jnp.swapaxes(w[:, :, p], 0, 1)[:, None, :, None].astype(x.dtype)
                          * xg[p][None] for p in range(q)).reshape(q, r, c)
@@ -1340,7 +1307,7 @@ def _add_mixing(data: dict, problem: KernelProblem, samples: int | None, copies:
         ew = np.asarray(process.expected())
         data["mix_expected"] = jnp.asarray(np.broadcast_to(ew, (int(expected_groups),)
                                                            + ew.shape))
-    return SupportedSampler.of(process)
+    return supported_sampler(process)
 
 
 def evolve(

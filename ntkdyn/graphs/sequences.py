@@ -35,6 +35,7 @@ for random gossip is a distribution over sampled sequences
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax
@@ -291,6 +292,43 @@ def one_random_edge(graph, seed: int = 0) -> OneRandomEdge:
     """Randomised pairwise gossip: one uniformly random edge per event, weights 1/2."""
     q, edges = _edges(graph)
     return OneRandomEdge(q, edges, int(seed))
+
+
+@dataclass(frozen=True)
+class SupportedSampler:
+    """A mixing process's sampler (static under ``jit``) with the support its matrices share:
+    row ``p`` of every draw is zero outside ``neighbours[p]``, the nonzeros of ``E[W]`` and
+    the diagonal (the draws are non-negative, so an entry that is ever positive is positive
+    in their mean).  The combines (:func:`ntkdyn.dynamics.solver._mix`,
+    :func:`ntkdyn.lowrank.gossip.mix_groups`) then sum over the ``D`` neighbours only."""
+
+    draw: Callable
+    neighbours: tuple[tuple[int, ...], ...]
+
+    def __call__(self, arrays, event, key):
+        return self.draw(arrays, event, key)
+
+
+
+def supported_sampler(process: MixingProcess) -> SupportedSampler:
+    """``process.sampler`` with the support of its draws (:class:`SupportedSampler`)."""
+    support = (np.asarray(process.expected()) != 0) | np.eye(process.num_agents, dtype=bool)
+    return SupportedSampler(process.sampler, tuple(tuple(int(i) for i in np.nonzero(row)[0])
+                                                   for row in support))
+
+
+def mix_over_neighbours(w, xg, neighbours):
+    """``sum_p W[g]_qp x_p`` for every group ``g`` of the state ``xg`` ``(Q, R, G, C)``
+    over each row's ``D`` neighbours (padded with the row's own slot
+    at weight 0): ``D`` reads of the agents' state where the full sum makes ``Q`` (8 agents on
+    a ring, 193 groups: 27 -> 17 ms per combine; 32 on a ring 24 -> 4 ms; 100 on an
+    Erdos-Renyi graph with D = 12, 28 -> 10 ms against the einsum)."""
+    q, d = len(neighbours), max(len(n) for n in neighbours)
+    nbr = np.array([list(n) + [i] * (d - len(n)) for i, n in enumerate(neighbours)])
+    valid = np.array([[k < len(n) for k in range(d)] for n in neighbours])
+    wd = w[:, np.arange(q)[:, None], nbr] * valid  # (G, Q, D)
+    return sum(jnp.swapaxes(wd[:, :, k], 0, 1)[:, None, :, None].astype(xg.dtype)
+               * xg[nbr[:, k]] for k in range(d))
 
 
 def is_process(mixing) -> bool:

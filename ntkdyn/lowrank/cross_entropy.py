@@ -60,7 +60,7 @@ import numpy as np
 from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
-from ntkdyn.graphs.sequences import process_metadata
+from ntkdyn.graphs.sequences import process_metadata, supported_sampler
 from ntkdyn.losses import check_logit_scale, class_targets, sample_loss
 from ntkdyn.lowrank.evolve import (
     DIVERGENCE_FACTOR,
@@ -119,7 +119,7 @@ def ce_operators(data: dict, q_count: int, central: bool,
 
     def mix(x, j=0):
         agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT) if w_at is None \
-            else mix_groups(w_at(j), x[:q_count])
+            else mix_groups(w_at(j), x[:q_count], getattr(w_at, "neighbours", None))
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     def grad(x):
@@ -318,7 +318,7 @@ def ce_mixing(mixing) -> tuple[np.ndarray, object]:
 def _runner(process, classes: int | None = None, groups: int | None = None) -> tuple:
     """``(init_state, run_chunk)`` of :func:`run_features` for a static ``W`` or a
     mixing sequence (``groups``: a random one's column groups, :func:`ce_run_chunk`)."""
-    sampler = None if process is None else process.sampler
+    sampler = None if process is None else supported_sampler(process)
     return (partial(ce_init_state, classes=classes, sampler=sampler),
             partial(ce_run_chunk, classes=classes, sampler=sampler, groups=groups))
 

@@ -55,7 +55,7 @@ from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics.random_init import InitDraws, assemble
 from ntkdyn.dynamics.solver import network_columns
 from ntkdyn.engine import scan_records
-from ntkdyn.graphs.sequences import process_metadata
+from ntkdyn.graphs.sequences import process_metadata, supported_sampler
 from ntkdyn.lowrank.evolve import (
     divergence_check,
     init_state,
@@ -367,8 +367,8 @@ def _runner(process, k: int, p: int):
         return init_state, partial(run_chunk_networks, k=k, networks=p)
     from ntkdyn.lowrank.gossip import init_process_state
 
-    return (partial(init_process_state, sampler=process.sampler, groups=1),
-            partial(run_chunk_networks, k=k, networks=p, sampler=process.sampler))
+    return (partial(init_process_state, sampler=supported_sampler(process), groups=1),
+            partial(run_chunk_networks, k=k, networks=p, sampler=supported_sampler(process)))
 
 
 # long unit: predict_lowrank's steps with K + P columns and the networks' records
