@@ -68,7 +68,7 @@ from ntkdyn.algorithms import Algorithm, Operators
 from ntkdyn.dynamics import sharding
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.engine import balanced_chunk, concatenate, padded_chunks, scan_records, trim
-from ntkdyn.graphs.sequences import mix_over_neighbours, supported_sampler
+from ntkdyn.graphs.sequences import mix_over_neighbours, sums_over_neighbours, supported_sampler
 from ntkdyn.losses import accuracy, sample_loss
 
 #: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
@@ -272,10 +272,10 @@ def _mix(mixing, x, j=0, *, q_count: int, central: bool):
     """Combine: ``x_q <- sum_p W_qp x_p`` for the agents' slots (the centralised slot, if
     any, unchanged); a callable ``mixing(j) -> (G, Q, Q)`` gives one matrix per column
     group (time-varying and random sequences), summed over each row's neighbours where it
-    carries them (``.neighbours``, :class:`SupportedSampler`); a tuple ``(neighbours, weights)``
-    (:func:`sparse_mixing`) sums over each slot's ``D`` neighbours: ``D`` gathers of whole
-    slots, ``D`` reads of the state, where the product reads it once but makes ``2 Q``
-    flops per entry."""
+    carries them (``.neighbours``, :class:`~ntkdyn.graphs.sequences.SupportedSampler`); a
+    tuple ``(neighbours, weights)`` (:func:`sparse_mixing`) sums over each slot's ``D``
+    neighbours: ``D`` gathers of whole slots, ``D`` reads of the state, where the product
+    reads it once but makes ``2 Q`` flops per entry."""
     if isinstance(mixing, tuple):
         nbr, wts = mixing[0][:x.shape[0]], mixing[1][:x.shape[0]].astype(x.dtype)
         out = wts[:, 0, None, None] * x[nbr[:, 0]]
@@ -289,7 +289,7 @@ def _mix(mixing, x, j=0, *, q_count: int, central: bool):
         q, r, c = xa.shape
         xg = xa.reshape(q, r, g, c // g)
         nbrs = getattr(mixing, "neighbours", None)
-        if nbrs is not None and max(map(len, nbrs)) < min(q, UNROLLED_MIX_MAX + 1):
+        if sums_over_neighbours(nbrs, q):
             agents = mix_over_neighbours(w, xg, nbrs).reshape(q, r, c)
         elif q <= UNROLLED_MIX_MAX:  # sum_q W[:, :, q] x_q: one fused elementwise pass
             agents = sum(jnp.swapaxes(w[:, :, p], 0, 1)[:, None, :, None].astype(x.dtype)

@@ -309,7 +309,6 @@ class SupportedSampler:
         return self.draw(arrays, event, key)
 
 
-
 def supported_sampler(process: MixingProcess) -> SupportedSampler:
     """``process.sampler`` with the support of its draws (:class:`SupportedSampler`)."""
     support = (np.asarray(process.expected()) != 0) | np.eye(process.num_agents, dtype=bool)
@@ -317,12 +316,24 @@ def supported_sampler(process: MixingProcess) -> SupportedSampler:
                                                    for row in support))
 
 
+#: The combines sum over the neighbours where the widest row has ``D <= NEIGHBOUR_SUM_MAX``
+#: entries and ``D < Q`` (a complete graph keeps its own form).
+NEIGHBOUR_SUM_MAX = 16
+
+
+def sums_over_neighbours(neighbours: tuple[tuple[int, ...], ...] | None, q: int) -> bool:
+    """Whether a combine over ``q`` agents takes :func:`mix_over_neighbours`: a support is
+    known (:class:`SupportedSampler`) and its widest row has ``D < min(Q, 17)`` entries."""
+    return neighbours is not None and max(map(len, neighbours)) < min(
+        q, NEIGHBOUR_SUM_MAX + 1)
+
+
 def mix_over_neighbours(w, xg, neighbours):
-    """``sum_p W[g]_qp x_p`` for every group ``g`` of the state ``xg`` ``(Q, R, G, C)``
-    over each row's ``D`` neighbours (padded with the row's own slot
-    at weight 0): ``D`` reads of the agents' state where the full sum makes ``Q`` (8 agents on
-    a ring, 193 groups: 27 -> 17 ms per combine; 32 on a ring 24 -> 4 ms; 100 on an
-    Erdos-Renyi graph with D = 12, 28 -> 10 ms against the einsum)."""
+    """``sum_p W[g]_qp x_p`` for every group ``g`` of the state ``xg`` ``(Q, R, G, C)`` over
+    each row's ``D`` neighbours (padded with the row's own slot at weight 0): ``D`` reads of
+    the agents' state where the full sum makes ``Q`` (8 agents on a ring, 193 groups:
+    27 -> 17 ms per combine; 32 on a ring 24 -> 4 ms; 100 on an Erdos-Renyi graph with
+    D = 12, 28 -> 10 ms against the einsum)."""
     q, d = len(neighbours), max(len(n) for n in neighbours)
     nbr = np.array([list(n) + [i] * (d - len(n)) for i, n in enumerate(neighbours)])
     valid = np.array([[k < len(n) for k in range(d)] for n in neighbours])
@@ -354,15 +365,14 @@ def resolve_mixing(mixing, num_agents: int | None = None,
                              f"partition has {num_agents}")
         w = check_mixing(process.expected(), name=f"{name} (expected matrix)")
     else:
+        # the size first: a square matrix for other agents would fail the checks for it
+        # (check_mixing refuses a matrix that is not square; a process's E[W] is Q x Q)
         shape = np.shape(mixing)
         if (num_agents is not None and len(shape) == 2 and shape[0] == shape[1]
-                and shape[0] != num_agents):  # before the checks a wrong size would fail
+                and shape[0] != num_agents):
             raise ValueError(f"{name}: expected a ({num_agents}, {num_agents}) matrix for "
                              f"{num_agents} agents, got shape {shape}")
         w = check_mixing(mixing, name=name)
-    if num_agents is not None and w.shape[0] != num_agents:
-        raise ValueError(f"{name}: expected a ({num_agents}, {num_agents}) matrix for "
-                         f"{num_agents} agents, got shape {w.shape}")
     return w, process
 
 

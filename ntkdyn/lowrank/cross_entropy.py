@@ -119,7 +119,7 @@ def ce_operators(data: dict, q_count: int, central: bool,
 
     def mix(x, j=0):
         agents = jnp.tensordot(w, x[:q_count], axes=1, precision=EXACT) if w_at is None \
-            else mix_groups(w_at(j), x[:q_count], getattr(w_at, "neighbours", None))
+            else mix_groups(w_at(j), x[:q_count], w_at.neighbours)
         return jnp.concatenate([agents, x[q_count:]], axis=0) if central else agents
 
     def grad(x):

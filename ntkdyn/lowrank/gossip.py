@@ -46,7 +46,12 @@ import numpy as np
 
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
-from ntkdyn.graphs.sequences import mix_over_neighbours, process_metadata, supported_sampler
+from ntkdyn.graphs.sequences import (
+    mix_over_neighbours,
+    process_metadata,
+    sums_over_neighbours,
+    supported_sampler,
+)
 from ntkdyn.lowrank.evolve import (
     EXACT,
     check_lrs,
@@ -137,14 +142,14 @@ def mix_groups(w, xa, neighbours=None):
     """``x_q <- sum_p (W^g)_qp x_p`` for each of the ``G`` column groups of the agents'
     state ``xa`` ``(Q, r, G K)`` with its own matrix ``w[g]`` (``w``: ``(G, Q, Q)``; one
     matrix, ``G = 1``, mixes every column).  With the support of the draws
-    (``neighbours``, :class:`~ntkdyn.graphs.sequences.SupportedSampler`) whose widest row
-    has ``D <= 16 < Q`` entries, a sum over the neighbours (``D`` reads of the state),
-    else one einsum."""
+    (``neighbours``, :class:`~ntkdyn.graphs.sequences.SupportedSampler`) where
+    :func:`~ntkdyn.graphs.sequences.sums_over_neighbours`, a sum over the neighbours
+    (``D`` reads of the state), else one einsum."""
     if w.shape[0] == 1:
         return jnp.tensordot(w[0], xa, axes=1, precision=EXACT)
     q, r, c = xa.shape
     g = w.shape[0]
-    if neighbours is not None and max(map(len, neighbours)) < min(q, 17):
+    if sums_over_neighbours(neighbours, q):
         return mix_over_neighbours(w, xa.reshape(q, r, g, c // g), neighbours).reshape(q, r, c)
     return jnp.einsum("gpq,qrgc->prgc", w, xa.reshape(q, r, g, c // g),
                       precision=EXACT).reshape(q, r, c)
@@ -363,8 +368,9 @@ def predict_random_lowrank_gossip(
     data["mix_expected"] = jnp.broadcast_to(data["mix_expected"], (p + 1, q_count, q_count))
     data["groups"] = group_columns(prep, None if yt is None else inp.ft - inp.yt,
                                    inp.counts, groups)
-    runner = (partial(init_independent_state, sampler=supported_sampler(process), groups=groups),
-              partial(run_independent_chunk, sampler=supported_sampler(process), groups=groups))
+    sampler = supported_sampler(process)
+    runner = (partial(init_independent_state, sampler=sampler, groups=groups),
+              partial(run_independent_chunk, sampler=sampler, groups=groups))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=yt is not None,
@@ -441,8 +447,9 @@ def predict_lowrank_process(
                             hint="use fewer samples, a smaller rank, acc_rows=..., or "
                                  "record_outputs=False")
     data = dict(prep.data, **process_data(process, samples))
-    runner = (partial(init_process_state, sampler=supported_sampler(process), groups=groups),
-              partial(run_process_chunk, sampler=supported_sampler(process), groups=groups))
+    sampler = supported_sampler(process)
+    runner = (partial(init_process_state, sampler=sampler, groups=groups),
+              partial(run_process_chunk, sampler=sampler, groups=groups))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
@@ -569,14 +576,14 @@ def predict_lowrank_process_sweep(
                           for i in inps], k, groups)
     if accuracies == "final":
         data["final_accuracy_only"] = jnp.zeros(())
-    cols = groups * rates
+    cols, sampler = groups * rates, supported_sampler(process)
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, cols * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
         record_outputs=False, chunk=chunk, progress=progress,
         desc=f"low-rank {algo.name}, {rates} rates, {process.describe()['kind']} mixing",
-        runner=(partial(init_process_state, sampler=supported_sampler(process), groups=cols),
-                partial(run_process_chunk, sampler=supported_sampler(process), groups=cols)),
+        runner=(partial(init_process_state, sampler=sampler, groups=cols),
+                partial(run_process_chunk, sampler=sampler, groups=cols)),
         groups=cols)
     finals = None if accuracies == "all" else final_accuracies(
         split_groups(algo.parameters(carry[0]), cols), prep.data, q_count, reference,

@@ -367,8 +367,9 @@ def _runner(process, k: int, p: int):
         return init_state, partial(run_chunk_networks, k=k, networks=p)
     from ntkdyn.lowrank.gossip import init_process_state
 
-    return (partial(init_process_state, sampler=supported_sampler(process), groups=1),
-            partial(run_chunk_networks, k=k, networks=p, sampler=supported_sampler(process)))
+    sampler = supported_sampler(process)
+    return (partial(init_process_state, sampler=sampler, groups=1),
+            partial(run_chunk_networks, k=k, networks=p, sampler=sampler))
 
 
 # long unit: predict_lowrank's steps with K + P columns and the networks' records
