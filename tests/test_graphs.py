@@ -286,3 +286,43 @@ def test_resolve_mixing_names_a_wrong_size_before_checking_the_matrix():
         resolve_mixing(np.ones((3, 4)) / 4, 3)
     w, process = resolve_mixing(np.full((3, 3), 1 / 3), 3)
     assert process is None and w.shape == (3, 3)
+
+
+def test_groups_mixing_at_draws_each_sequence_then_the_expected_matrix():
+    """The one place both solvers draw a step's matrices: group ``s`` is sequence ``s``'s
+    draw of event ``round(t) m + j`` (repeated ``copies`` times), then ``E[W]``
+    ``expected_groups`` times; a periodic sequence is ``cycle[e mod P]``."""
+    import jax.numpy as jnp
+
+    from ntkdyn.graphs.sequences import (
+        groups_mixing_at,
+        periodic,
+        process_arrays,
+        random_edges,
+        supported_sampler,
+    )
+
+    ring = topology("ring", 6)
+    proc = random_edges(ring, 0.5, seed=3)
+    sampler = supported_sampler(proc)
+    data = process_arrays(proc, 3, copies=2, expected_groups=2)
+    at = groups_mixing_at(data, jnp.asarray(4.0), sampler=sampler, mixes_per_step=2)
+    assert at.neighbours == sampler.neighbours
+    w = np.asarray(at(1))
+    assert w.shape == (8, 6, 6)
+    for s in range(3):
+        draw = np.asarray(proc.sampler(proc.device_arrays(), 9, proc.key(s)))
+        np.testing.assert_array_equal(w[s], draw)
+        np.testing.assert_array_equal(w[s + 3], draw)
+    assert not np.array_equal(w[0], w[1])  # the sequences differ (p = 0.5, 6 edges)
+    for g in (6, 7):
+        np.testing.assert_allclose(w[g], np.asarray(proc.expected()), atol=1e-15)
+
+    cycle = [mixing(ring), mixing(topology("star", 6))]
+    per = periodic(cycle)
+    data = process_arrays(per, None, copies=5, expected_groups=4)
+    assert set(data) == {"mix_arrays", "mix_keys"} and data["mix_keys"].shape[0] == 1
+    at = groups_mixing_at(data, jnp.asarray(2.0), sampler=supported_sampler(per),
+                          mixes_per_step=1)
+    np.testing.assert_allclose(np.asarray(at(1))[0], cycle[1], atol=1e-15)  # event 3
+    np.testing.assert_allclose(np.asarray(at(0))[0], cycle[0], atol=1e-15)  # event 2

@@ -68,7 +68,13 @@ from ntkdyn.algorithms import Algorithm, Operators
 from ntkdyn.dynamics import sharding
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.engine import balanced_chunk, concatenate, padded_chunks, scan_records, trim
-from ntkdyn.graphs.sequences import mix_over_neighbours, sums_over_neighbours, supported_sampler
+from ntkdyn.graphs.sequences import (
+    groups_mixing_at,
+    mix_over_neighbours,
+    process_arrays,
+    sums_over_neighbours,
+    supported_sampler,
+)
 from ntkdyn.losses import accuracy, sample_loss
 
 #: full-precision products (no TF32 / bf16 passes on GPUs for float32 kernels)
@@ -884,21 +890,11 @@ def _as_algorithm(algorithm) -> Algorithm:
 
 
 def _mixing_at(data, t, *, sampler, mixes_per_step):
-    """The mixing argument of :func:`kernel_operators` for the step starting at time ``t``."""
+    """The mixing argument of :func:`kernel_operators` for the step starting at time ``t``:
+    the static matrix, or :func:`~ntkdyn.graphs.sequences.groups_mixing_at` of a sequence."""
     if sampler is None:
         return data.get("mixing_sparse", data["mixing"])
-    k = jnp.round(t).astype(jnp.int64)
-    arrays, keys = data["mix_arrays"], data["mix_keys"]
-
-    def at(j):
-        event = k * mixes_per_step + j
-        w = jax.vmap(lambda key: sampler(arrays, event, key))(keys)
-        if "mix_expected" in data:  # the exact mean-state recursion rides along
-            w = jnp.concatenate([w, data["mix_expected"]], axis=0)
-        return w
-
-    at.neighbours = getattr(sampler, "neighbours", None)
-    return at
+    return groups_mixing_at(data, t, sampler=sampler, mixes_per_step=mixes_per_step)
 
 
 def _batch_at(data, t, *, batcher, grads_per_step, rows_per_sample, columns):
@@ -1293,21 +1289,12 @@ def _add_batches(data: dict, problem: KernelProblem, samples: int | None, batch_
 
 def _add_mixing(data: dict, problem: KernelProblem, samples: int | None, copies: int = 1,
                 expected_groups: int = 1):
-    """Put the mixing sequence's arrays into ``data``; returns the (static) sampler
-    (``copies``: a random sequence's ``samples`` keys repeated that many times; the
-    ``E[W]`` recursion ``expected_groups`` times, ``(E, Q, Q)``)."""
-    process = problem.process
-    if process is None:
+    """Put the mixing sequence's arrays into ``data``
+    (:func:`~ntkdyn.graphs.sequences.process_arrays`); returns the (static) sampler."""
+    if problem.process is None:
         return None
-    data["mix_arrays"] = process.device_arrays()
-    n = int(samples) if process.random else 1
-    data["mix_keys"] = jnp.stack([process.key(s) for s in range(n)] * (copies if
-                                                                        process.random else 1))
-    if process.random:
-        ew = np.asarray(process.expected())
-        data["mix_expected"] = jnp.asarray(np.broadcast_to(ew, (int(expected_groups),)
-                                                           + ew.shape))
-    return supported_sampler(process)
+    data.update(process_arrays(problem.process, samples, copies, expected_groups))
+    return supported_sampler(problem.process)
 
 
 def evolve(

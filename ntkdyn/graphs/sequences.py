@@ -342,6 +342,45 @@ def mix_over_neighbours(w, xg, neighbours):
                * xg[nbr[:, k]] for k in range(d))
 
 
+def process_arrays(process: MixingProcess, samples: int | None, copies: int = 1,
+                   expected_groups: int = 1) -> dict:
+    """The device arrays of a sequence that :func:`groups_mixing_at` reads: ``mix_arrays``
+    (the process's), ``mix_keys`` (one key per sampled sequence ``0 .. samples - 1``, the
+    list repeated ``copies`` times; one key for a periodic sequence) and, for a random
+    process, ``mix_expected`` (``E[W]`` ``expected_groups`` times, ``(E, Q, Q)``: groups
+    running the exact mean-state recursion)."""
+    n = int(samples) if process.random else 1
+    out = {"mix_arrays": process.device_arrays(),
+           "mix_keys": jnp.stack([process.key(s) for s in range(n)]
+                                 * (int(copies) if process.random else 1))}
+    if process.random:
+        ew = np.asarray(process.expected())
+        out["mix_expected"] = jnp.asarray(np.broadcast_to(ew, (int(expected_groups),)
+                                                          + ew.shape))
+    return out
+
+
+def groups_mixing_at(data: dict, t, *, sampler: SupportedSampler, mixes_per_step: int):
+    """``j -> (G, Q, Q)``: the ``j``-th matrix of the step starting at time ``t`` for every
+    column group, event ``e = round(t) * mixes_per_step + j`` drawn with each key of
+    ``data["mix_keys"]`` (the sampled sequences), then ``data["mix_expected"]`` if present
+    (:func:`process_arrays`).  The function carries the draws' support as ``.neighbours``
+    for the combines (:func:`mix_over_neighbours`).  Used by the exact solver and the
+    low-rank path alike, so both draw the same matrices."""
+    k = jnp.round(t).astype(jnp.int64)
+    arrays, keys = data["mix_arrays"], data["mix_keys"]
+
+    def at(j):
+        event = k * mixes_per_step + j
+        w = jax.vmap(lambda key: sampler(arrays, event, key))(keys)
+        if "mix_expected" in data:  # the exact mean-state recursion rides along
+            w = jnp.concatenate([w, data["mix_expected"]], axis=0)
+        return w
+
+    at.neighbours = getattr(sampler, "neighbours", None)
+    return at
+
+
 def is_process(mixing) -> bool:
     return isinstance(mixing, MixingProcess)
 

@@ -37,7 +37,7 @@ from the largest softmax curvature ``s^2/2``, on the truncated operator
 
 Mixing: a static ``W`` or a **periodic** sequence (:func:`ntkdyn.graphs.periodic`; the
 combine of step ``k`` uses the cycle's matrices of events ``k m .. k m + m - 1`` inside the
-loop, :func:`ntkdyn.lowrank.gossip.mixing_at`, one group: every column shares the
+loop, :func:`ntkdyn.graphs.sequences.groups_mixing_at`, one group: every column shares the
 sequence).  **Random** gossip (:func:`predict_lowrank_ce_gossip`): the ``S`` sampled
 sequences and the ``E[W]`` run side by side as ``G = S + 1`` groups of ``K`` columns, each
 group mixed by its own matrix (:func:`ntkdyn.lowrank.gossip.mix_groups`), the softmax over
@@ -60,7 +60,12 @@ import numpy as np
 from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
-from ntkdyn.graphs.sequences import process_metadata, supported_sampler
+from ntkdyn.graphs.sequences import (
+    groups_mixing_at,
+    process_arrays,
+    process_metadata,
+    supported_sampler,
+)
 from ntkdyn.losses import check_logit_scale, class_targets, sample_loss
 from ntkdyn.lowrank.evolve import (
     DIVERGENCE_FACTOR,
@@ -78,8 +83,6 @@ from ntkdyn.lowrank.evolve import (
 from ntkdyn.lowrank.factor import LowRankFactor
 from ntkdyn.lowrank.gossip import (
     mix_groups,
-    mixing_at,
-    process_data,
     process_groups,
     sweep_columns,
     sweep_trajectories,
@@ -111,7 +114,7 @@ def ce_operators(data: dict, q_count: int, central: bool,
     softmax is over groups of ``classes`` consecutive columns (default ``C``: one network;
     one random network runs ``C = (P + 1) K`` columns, :func:`predict_random_lowrank_ce`).
     ``w_at``: ``j -> (G, Q, Q)``, the step's ``j``-th matrix of a mixing sequence for
-    each of ``G`` column groups (:func:`~ntkdyn.lowrank.gossip.mixing_at`; ``G = 1`` for
+    each of ``G`` column groups (:func:`~ntkdyn.graphs.sequences.groups_mixing_at`; ``G = 1`` for
     a periodic one, the sampled sequences and ``E[W]`` for a random one, each group of
     ``classes`` columns); default the static ``data["mixing"]``."""
     phi, f0, y, inv_n, w = data["phi"], data["f0"], data["y"], data["inv_n"], data["mixing"]
@@ -269,7 +272,7 @@ def group_raw(raw: dict, g: int, groups: int) -> dict:
 def _step_operators(data, t, algorithm, q_count, central, classes, sampler) -> Operators:
     """:func:`ce_operators` at step ``t``: with a periodic sequence (``sampler``, its
     arrays in ``data``) the step's matrices, else the static ``W``."""
-    w_at = None if sampler is None else mixing_at(
+    w_at = None if sampler is None else groups_mixing_at(
         data, t, sampler=sampler, mixes_per_step=algorithm.mixes_per_step)
     return ce_operators(data, q_count, central, classes, w_at)
 
@@ -468,7 +471,7 @@ def predict_lowrank_ce_sweep(
                          [ce_limit(i.lr_q, phi_s, scale, k, inp.counts) for i in inps], k,
                          groups)
     if process is not None:
-        data.update(process_data(process, samples))
+        data.update(process_arrays(process, samples))
     if train_records == "final":
         data["final_train_only"] = jnp.zeros(())
     raw, rec_steps, phase, carry = run_features(
@@ -563,7 +566,7 @@ def predict_lowrank_ce(
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
     data, rows, order = _ce_data(factor, inp, scale, reference)
     if process is not None:
-        data.update(process_data(process, None))
+        data.update(process_arrays(process, None))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, y.shape[1])), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
@@ -582,8 +585,9 @@ def _sequence_groups(factor: LowRankFactor, y, agent, process, lr, steps, algo: 
                      metadata: dict | None) -> list[Trajectory]:
     r"""Cross-entropy with a random mixing sequence: ``G = len(keys) + 1`` groups of ``K``
     columns side by side in one state ``(A, r, G K)``, group ``g < G - 1`` mixed by the
-    sampled sequence of ``keys[g]``, the last by ``E[W]`` (:func:`mixing_at`), the softmax
-    over each group's ``K`` columns (:func:`ce_operators`), every read of ``Phi_q`` shared.
+    sampled sequence of ``keys[g]``, the last by ``E[W]``
+    (:func:`~ntkdyn.graphs.sequences.groups_mixing_at`), the softmax over each group's
+    ``K`` columns (:func:`ce_operators`), every read of ``Phi_q`` shared.
     ``y`` / ``yt``: the ``K`` target columns of every group; ``f0`` / ``ft``: each group's
     own initial outputs ``(N, G K)`` / ``(M, G K)``.  One trajectory per group; a group
     that diverges is frozen, the others go on (:func:`ce_run_chunk` with ``groups``)."""
@@ -593,7 +597,7 @@ def _sequence_groups(factor: LowRankFactor, y, agent, process, lr, steps, algo: 
                          None if yt is None else np.tile(yt, groups), ft, None)
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
     data, rows, order = _ce_data(factor, inp, scale, reference)
-    data.update(process_data(process, 1), mix_keys=keys)
+    data.update(process_arrays(process, 1), mix_keys=keys)
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=yt is not None,
@@ -644,7 +648,7 @@ def predict_lowrank_ce_gossip(
         raise ValueError(f"f0_train: expected shape {y.shape}, got {f0.shape}")
     if ft is not None and ft.shape != yt.shape:
         raise ValueError(f"f0_test: expected shape {yt.shape}, got {ft.shape}")
-    keys = process_data(process, samples)["mix_keys"]
+    keys = process_arrays(process, samples)["mix_keys"]
     trajs = _sequence_groups(
         factor, y, agent, process, lr, steps, algo, f0=np.tile(f0, groups),
         yt=yt, ft=None if ft is None else np.tile(ft, groups), keys=keys, scale=scale,
@@ -714,7 +718,7 @@ def predict_random_lowrank_ce(
     q_count, r = inp.w.shape[0], inp.phi.shape[1]
     data, rows, order = _ce_data(factor, inp, scale, reference)
     if process is not None:
-        data.update(process_data(process, None))
+        data.update(process_arrays(process, None))
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, groups * k)), data, algo, inp.steps,
         q_count=q_count, central=reference, has_test=inp.yt is not None,
@@ -759,7 +763,7 @@ def _random_networks_gossip(factor: LowRankFactor, draws, y, agent, process, lr,
         if draws.test is None or draws.test.shape != (yt.shape[0], p * k):
             raise ValueError(f"draws: expected ({yt.shape[0]}, {p * k}) test draws")
         ft = np.concatenate([draws.test, np.zeros((yt.shape[0], (p + 1) * k))], axis=1)
-    keys = process_data(process, p)["mix_keys"]
+    keys = process_arrays(process, p)["mix_keys"]
     trajs = _sequence_groups(
         factor, y, agent, process, lr, steps, algo,
         f0=np.concatenate([draws.train, zeros], axis=1), yt=yt, ft=ft,

@@ -47,7 +47,9 @@ import numpy as np
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
 from ntkdyn.graphs.sequences import (
+    groups_mixing_at,
     mix_over_neighbours,
+    process_arrays,
     process_metadata,
     sums_over_neighbours,
     supported_sampler,
@@ -109,35 +111,6 @@ def require_process(mixing, static_entry: str) -> tuple[np.ndarray, object]:
     return w_exp, process
 
 
-def process_data(process, samples: int | None) -> dict:
-    """The device arrays of the sequence: ``mix_arrays``, one key per sampled sequence
-    (``mix_keys``; one for a periodic sequence) and, for a random one, ``mix_expected``
-    (``(1, Q, Q)``, ``E[W]``)."""
-    n = int(samples) if process.random else 1
-    out = {"mix_arrays": process.device_arrays(),
-           "mix_keys": jnp.stack([process.key(s) for s in range(n)])}
-    if process.random:
-        out["mix_expected"] = jnp.asarray(np.asarray(process.expected())[None])
-    return out
-
-
-def mixing_at(data: dict, t, *, sampler, mixes_per_step: int):
-    """``j -> (G, Q, Q)``: the ``j``-th matrix of the step starting at time ``t`` for every
-    group (the sampled sequences, then ``E[W]`` for a random process)."""
-    k = jnp.round(t).astype(jnp.int64)
-    arrays, keys = data["mix_arrays"], data["mix_keys"]
-
-    def at(j):
-        event = k * mixes_per_step + j
-        w = jax.vmap(lambda key: sampler(arrays, event, key))(keys)
-        if "mix_expected" in data:
-            w = jnp.concatenate([w, data["mix_expected"]], axis=0)
-        return w
-
-    at.neighbours = getattr(sampler, "neighbours", None)
-    return at
-
-
 def mix_groups(w, xa, neighbours=None):
     """``x_q <- sum_p (W^g)_qp x_p`` for each of the ``G`` column groups of the agents'
     state ``xa`` ``(Q, r, G K)`` with its own matrix ``w[g]`` (``w``: ``(G, Q, Q)``; one
@@ -163,7 +136,7 @@ def process_operators(data: dict, t, *, q_count: int, central: bool, sampler,
     (:func:`grouped_data`); ``False``: they already hold each group's ``G K`` columns
     (one random network's independent networks, :func:`predict_random_lowrank_gossip`)."""
     base = lowrank_operators(grouped_data(data, groups) if tile else data, q_count, central)
-    w_at = mixing_at(data, t, sampler=sampler, mixes_per_step=mixes_per_step)
+    w_at = groups_mixing_at(data, t, sampler=sampler, mixes_per_step=mixes_per_step)
 
     def mix(x, j=0):
         agents = mix_groups(w_at(j), x[:q_count], w_at.neighbours)
@@ -363,7 +336,7 @@ def predict_random_lowrank_gossip(
                             f"({p} networks on {p} mixing sequences, {groups} groups)",
                             hint="use fewer samples, a smaller rank, acc_rows=..., or "
                                  "f0='mean'")
-    data = dict(prep.data, **process_data(process, p))
+    data = dict(prep.data, **process_arrays(process, p))
     data["mix_keys"] = jnp.concatenate([data["mix_keys"]] * 2)  # networks, mean network
     data["mix_expected"] = jnp.broadcast_to(data["mix_expected"], (p + 1, q_count, q_count))
     data["groups"] = group_columns(prep, None if yt is None else inp.ft - inp.yt,
@@ -446,7 +419,7 @@ def predict_lowrank_process(
                             what=f"this low-rank prediction ({groups} mixing groups)",
                             hint="use fewer samples, a smaller rank, acc_rows=..., or "
                                  "record_outputs=False")
-    data = dict(prep.data, **process_data(process, samples))
+    data = dict(prep.data, **process_arrays(process, samples))
     sampler = supported_sampler(process)
     runner = (partial(init_process_state, sampler=sampler, groups=groups),
               partial(run_process_chunk, sampler=sampler, groups=groups))
@@ -570,7 +543,7 @@ def predict_lowrank_process_sweep(
         what=f"this {rates}-rate low-rank sweep ({groups} mixing groups)",
         hint="use fewer rates or samples, a smaller rank, or acc_rows=...")
     curvature = float(factor.eigenvalues.max(initial=1.0))
-    data = sweep_columns(dict(prep.data, **process_data(process, samples)),
+    data = sweep_columns(dict(prep.data, **process_arrays(process, samples)),
                          np.stack([slot_rates(i.lr_q, reference) for i in inps]),
                          [divergence_limit(i.lr_q, prep.res, curvature, inp.counts)
                           for i in inps], k, groups)
@@ -606,8 +579,8 @@ def predict_lowrank_process_sweep(
 
 __all__ = ["DEFAULT_SAMPLES", "group_columns", "group_records", "grouped_data",
            "independent_outputs", "init_independent_state", "init_process_state",
-           "mix_groups", "mixing_at", "predict_lowrank_process",
+           "mix_groups", "predict_lowrank_process",
            "predict_lowrank_process_sweep", "predict_random_lowrank_gossip",
-           "process_data", "process_groups", "process_operators", "require_process",
+           "process_groups", "process_operators", "require_process",
            "run_independent_chunk", "run_process_chunk", "sweep_columns", "sweep_rate_block",
            "sweep_trajectories"]

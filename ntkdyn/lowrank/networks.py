@@ -55,7 +55,7 @@ from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics.random_init import InitDraws, assemble
 from ntkdyn.dynamics.solver import network_columns
 from ntkdyn.engine import scan_records
-from ntkdyn.graphs.sequences import process_metadata, supported_sampler
+from ntkdyn.graphs.sequences import process_arrays, process_metadata, supported_sampler
 from ntkdyn.lowrank.evolve import (
     divergence_check,
     init_state,
@@ -427,9 +427,7 @@ def predict_random_lowrank(
     data.update(network_data(data, prep.phi_s, prep.res, prep.offsets, inp.counts,
                              None if inp.yt is None else inp.ft - inp.yt))
     if process is not None:
-        from ntkdyn.lowrank.gossip import process_data
-
-        data.update(process_data(process, None))
+        data.update(process_arrays(process, None))
     runner = _runner(process, k, p)
     raw, rec_steps, phase, carry = run_features(
         jnp.zeros((q_count + int(reference), r, k + p)), data, algo, inp.steps,
