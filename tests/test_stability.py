@@ -676,3 +676,73 @@ def test_report_takes_the_stable_set_verdict_when_the_radius_fails(monkeypatch):
         assert rep.stable is stable and np.isnan(rep.spectral_radius)
         assert (rep.margin > 0) == stable and rep.lr_star == pytest.approx(lr_star)
         assert "not computed" in rep.method and "spectral radius not computed" in rep.describe()
+
+
+def _kinked(edge: float, calls: list):
+    """``f`` as a Krylov radius sees it: flat just below 0 on the stable side (the slow
+    cluster's top), the leaving eigenvalue's smooth modulus on the unstable side (above
+    ``edge``, or below it with ``mirror``); every call is logged with its side."""
+    def f(s):
+        calls.append(s)
+        grow = (s - edge) * (1.0 + 3.0 * (s - edge))
+        return max(grow, -1e-4)
+    return f
+
+
+def test_locate_edge_evaluates_the_stable_side_at_most_twice():
+    """The edge to ``rtol``, returned as a verified stable rate, with at most two
+    evaluations on the (expensive) stable side; Brent on the same function makes more."""
+    import scipy.optimize
+
+    edge = 0.7850886982
+    calls: list = []
+    found = stab._locate_edge(_kinked(edge, calls), 0.71874, 0.85473, True, 1e-9, "dgd",
+                              far=1.0165)
+    assert edge * (1 - 1e-9) <= found <= edge
+    stable_side = [s for s in calls if s <= edge]
+    assert len(stable_side) <= 2 and len(calls) <= 40
+    brent: list = []
+    scipy.optimize.brentq(_kinked(edge, brent), 0.71874, 0.85473, rtol=1e-9)
+    assert len([s for s in brent if s <= edge]) > len(stable_side)
+    # without a second unstable rate it starts by bisecting, and still converges
+    found = stab._locate_edge(_kinked(edge, []), 0.71874, 0.85473, True, 1e-9, "dgd")
+    assert edge * (1 - 1e-9) <= found <= edge
+
+
+def test_locate_edge_of_a_window_that_starts_above_zero():
+    """The lower end of a stable window (unstable below it): the same, mirrored."""
+    edge = 1.85
+
+    def f(s):
+        return max((edge - s) * (2.0 + s), -1e-4)
+
+    found = stab._locate_edge(f, 1.5, 2.2, False, 1e-9, "momentum", far=1.2)
+    assert edge <= found <= edge * (1 + 1e-9)
+    with pytest.raises(stab.StabilityUndecided, match="between rates 1.5 and 2.2"):
+        stab._locate_edge(lambda s: 1.0 if s < 2.2 else -1.0, 1.5, 2.2, False, 1e-300,
+                          "momentum")
+
+
+def test_krylov_stable_set_equals_the_dense_one(monkeypatch):
+    """With the dense limit lowered, the Krylov search (secant on the unstable side)
+    finds the stable set of the dense search to 1e-8: DGD and ATC on a periodic
+    sequence (no theorem, no structured radius), and momentum's window away from 0."""
+    from ntkdyn.graphs.sequences import periodic
+
+    kern, y = _kernel(n=48, seed=5)
+    cycle = periodic([graphs.mixing(graphs.topology("ring", 4)),
+                      graphs.mixing(graphs.topology("star", 4))])
+    cases = [(make_problem(kern, y, np.arange(48) % 4, cycle), a) for a in ("dgd", "atc")]
+    cases.append((make_problem(np.eye(6), np.ones((6, 1)), np.arange(6) % 3, W3),
+                  algorithms.momentum(0.9)))
+    dense = [stab.stable_set(p, a) for p, a in cases]
+    assert all(d.method == "brent-dense" for d in dense)
+    monkeypatch.setattr(stab, "DENSE_MAX", 10)
+    for (p, a), want in zip(cases, dense, strict=True):
+        got = stab.stable_set(p, a)
+        assert got.method == "secant-arpack"
+        assert len(got.intervals) == len(want.intervals) >= 1
+        for (lo, hi), (wlo, whi) in zip(got.intervals, want.intervals, strict=True):
+            assert lo == pytest.approx(wlo, rel=1e-8, abs=0) and hi == pytest.approx(
+                whi, rel=1e-8)
+            assert _dense_rho(p, a, hi) <= 1 + stab.RHO_TOL  # the end is a stable rate
