@@ -842,21 +842,14 @@ def _stable_at(op: StepOperator, rho, s: float) -> bool:
     return rho(s) <= 1 + RHO_TOL
 
 
-def _brent_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tuple:
-    """The stable intervals ``{s : f(s) <= 0}`` from the signs of ``f`` on a sorted grid:
-    each sign change located by Brent's method to ``rtol``."""
+def _sign_intervals(grid: list, signs: list, locate) -> tuple:
+    """The stable intervals from the signs of ``f`` on a sorted grid (``True``: stable),
+    ``locate(i)`` giving the edge between ``grid[i - 1]`` and ``grid[i]``."""
     intervals, start = [], (0.0 if signs[0] else None)
     for i in range(1, len(grid)):
         if signs[i] == signs[i - 1]:
             continue
-        a, b = grid[i - 1], grid[i]
-        try:
-            edge = scipy.optimize.brentq(f, a, b, rtol=rtol, xtol=1e-15 * a,
-                                         maxiter=BRENT_MAXITER)
-        except RuntimeError as exc:  # no convergence within BRENT_MAXITER
-            raise StabilityUndecided(
-                f"stable_set: could not locate the stability boundary of {name} "
-                f"between rates {a:.6g} and {b:.6g} in {BRENT_MAXITER} evaluations") from exc
+        edge = locate(i)
         if signs[i]:
             start = edge
         else:
@@ -865,6 +858,22 @@ def _brent_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tupl
     if start is not None:
         intervals.append((start, float("inf")))
     return tuple((float(lo), float(hi)) for lo, hi in intervals)
+
+
+def _brent_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tuple:
+    """The stable intervals ``{s : f(s) <= 0}`` from the signs of ``f`` on a sorted grid:
+    each sign change located by Brent's method to ``rtol``."""
+    def locate(i):
+        a, b = grid[i - 1], grid[i]
+        try:
+            return scipy.optimize.brentq(f, a, b, rtol=rtol, xtol=1e-15 * a,
+                                         maxiter=BRENT_MAXITER)
+        except RuntimeError as exc:  # no convergence within BRENT_MAXITER
+            raise StabilityUndecided(
+                f"stable_set: could not locate the stability boundary of {name} "
+                f"between rates {a:.6g} and {b:.6g} in {BRENT_MAXITER} evaluations") from exc
+
+    return _sign_intervals(grid, signs, locate)
 
 
 def _secant_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tuple:
@@ -872,22 +881,13 @@ def _secant_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tup
     :func:`_locate_edge`, which evaluates ``f`` on the unstable side of the edge, where it
     is cheap, instead of Brent's steps on the stable side, where it is not.  Each interval
     end is a rate verified stable, within ``rtol`` of a rate verified unstable."""
-    intervals, start = [], (0.0 if signs[0] else None)
-    for i in range(1, len(grid)):
-        if signs[i] == signs[i - 1]:
-            continue
+    def locate(i):
         # a second unstable rate beyond the unstable end, from the grid (already evaluated)
         far = i + 1 if signs[i - 1] else i - 2
         far = grid[far] if 0 <= far < len(grid) and not signs[far] else None
-        edge = _locate_edge(f, grid[i - 1], grid[i], signs[i - 1], rtol, name, far)
-        if signs[i]:
-            start = edge
-        else:
-            intervals.append((start, edge))
-            start = None
-    if start is not None:
-        intervals.append((start, float("inf")))
-    return tuple((float(lo), float(hi)) for lo, hi in intervals)
+        return _locate_edge(f, grid[i - 1], grid[i], signs[i - 1], rtol, name, far)
+
+    return _sign_intervals(grid, signs, locate)
 
 
 #: :func:`_locate_edge` aims this fraction of the secant step short of its estimate, on
