@@ -746,28 +746,3 @@ def test_krylov_stable_set_equals_the_dense_one(monkeypatch):
             assert lo == pytest.approx(wlo, rel=1e-8, abs=0) and hi == pytest.approx(
                 whi, rel=1e-8)
             assert _dense_rho(p, a, hi) <= 1 + stab.RHO_TOL  # the end is a stable rate
-
-
-def test_period_step_is_the_operator_over_one_period():
-    """A periodic sequence's numpy period (the Krylov products without a dispatch each)
-    equals the operator's dense matrix for DGD, ATC and CTA, and the radius through it
-    equals the dense one; schedules with memory or several mixes per step get none."""
-    from ntkdyn.graphs.sequences import periodic
-
-    kern, y = _kernel(n=24, seed=7)
-    cycle = periodic([graphs.mixing(graphs.topology("ring", 4)),
-                      graphs.mixing(graphs.topology("star", 4)),
-                      graphs.mixing(graphs.topology("path", 4))])
-    prob = make_problem(kern, y, np.arange(24) % 4, cycle)
-    for name in ("dgd", "atc", "cta"):
-        op = stab.StepOperator(prob, algorithms.get_algorithm(name))
-        step = op.period_step()
-        assert step is not None and len(step.steps) == 3
-        eye = np.eye(op.dim).reshape(op.q, op.r, op.dim)
-        for s in (0.3, 2.0):
-            np.testing.assert_allclose(step.apply(eye, s).reshape(op.dim, op.dim),
-                                       op.dense(s), rtol=0, atol=1e-12)
-        assert stab.StepOperator(prob, algorithms.get_algorithm(name)).spectral_radius(
-            0.3, method="arpack") == pytest.approx(_dense_rho(prob, name, 0.3), rel=1e-8)
-    for name in ("gradient_tracking", "p2pl"):
-        assert stab.StepOperator(prob, algorithms.get_algorithm(name)).period_step() is None

@@ -142,27 +142,6 @@ class LowRankStep(FormStep):
         return solve
 
 
-class PeriodStep:
-    """One period of a periodic mixing sequence, ``A_P(s) ... A_1(s)``, as the composition
-    of the steps' :class:`LowRankStep` (``steps[i]``: the form on the ``i``-th matrix of the
-    period), in numpy: a Krylov solve's products without a dispatch each (no shift-invert:
-    the product of the steps has no known real spectrum)."""
-
-    def __init__(self, steps: list):
-        self.steps = list(steps)
-        self.q, self.r = self.steps[0].q, self.steps[0].r
-
-    def apply(self, x: np.ndarray, s: float) -> np.ndarray:
-        """``A_P(s) ... A_1(s) x`` on states ``(Q, R, c)``."""
-        for step in self.steps:
-            x = step.apply(x, s)
-        return x
-
-    def local(self, x: np.ndarray) -> np.ndarray:
-        """``D H x`` (the same for every step of the period)."""
-        return self.steps[0].local(x)
-
-
 def nearest(step: LowRankStep, s: float, sigma: float, k: int = 3) -> np.ndarray:
     """The ``k`` eigenvalues of ``A(s)`` nearest ``sigma`` (shift-invert Arnoldi)."""
     dim = step.q * step.r

@@ -228,7 +228,6 @@ class StepOperator:
         self._apply = _linear_step(problem, algorithm, self.profile, self._kernel_blocks)
         self._local = None
         self._structure = None
-        self._period = None
 
     def _shape(self, m: int) -> tuple:
         base = (self.q, self.r, m)
@@ -276,8 +275,6 @@ class StepOperator:
                 rho = self.heavy_ball_radius(s)
         if rho is None:
             step = None if self._structure is None else self._structure[0]
-            if step is None and self._periodic():
-                step = self.period_step()
             if step is not None:  # the same operator in numpy: no dispatch per product
                 def matvec(v):
                     return step.apply(v.reshape(self.q, self.r, 1), s).ravel()
@@ -312,38 +309,6 @@ class StepOperator:
         radii below apply to it as to a static ``W``.)"""
         process = self.problem.process
         return process is not None and not process.random
-
-    def period_step(self):
-        """A periodic sequence's operator over one period as numpy steps
-        (:class:`~ntkdyn.dynamics.radius.PeriodStep`: DGD/ATC/CTA/GD, one mix per step),
-        its form read off the operator once (the composition must equal the operator on a
-        random block); ``None`` for any other schedule.  A product costs 0.48 ms instead of
-        1.58 ms through the compiled operator on a ring+star of 8 agents (0.81 / 2.08 ms on
-        100 agents, 400 samples): the same arithmetic, without a dispatch each."""
-        from ntkdyn.dynamics import radius
-
-        if self._period is None:
-            mixings, _ = step_mixings(self.problem, self.algorithm)
-            p = self.problem
-            found = None
-            if self.blocks == 1 and mixings.shape[1] == 1:
-                def factory(form):
-                    return radius.PeriodStep([
-                        radius.LowRankStep(p.kernel, w[0], p.offsets, p.rows_per_sample,
-                                           self.profile, form) for w in mixings])
-                # equal to the operator on a Gaussian block: equal as linear maps, a.s.
-                curv = float(np.max(self.profile * agent_curvatures(p)))
-                probe = 1.0 / curv if curv > 0 else 1.0
-                x = np.random.default_rng(2).standard_normal((self.q, self.r, 2))
-                got = np.asarray(self.matvec_state(x, probe))
-                scale = max(float(np.max(np.abs(got))), 1e-300)
-                for form in radius.FORMS:
-                    cand = factory(form)
-                    if np.max(np.abs(cand.apply(x, probe) - got)) <= radius.FORM_RTOL * scale:
-                        found = cand
-                        break
-            self._period = (found,)
-        return self._period[0]
 
     def structured_radius(self, s: float) -> float | None:
         """``rho(A(s))`` by shift-invert through the rank-``m`` structure of DGD/ATC/CTA
