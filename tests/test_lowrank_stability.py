@@ -105,3 +105,20 @@ def test_large_operator_uses_arpack(small):
         lowrank.stability.FeatureProblem(factor, agent, w), nd.algorithms.get_algorithm("dgd"))
     assert op.spectral_radius(0.99 * s, method="dense") <= 1 + 1e-9
     assert op.spectral_radius(1.01 * s, method="dense") > 1 + 1e-6
+
+
+def test_periodic_sequence_by_krylov_equals_dense(small, monkeypatch):
+    """A periodic sequence on the low-rank coordinates above the dense limit (lowered
+    here): the Krylov search (``secant-arpack``) runs on the feature operator, which has
+    no structured form, and finds the dense stable set to 1e-8."""
+    from ntkdyn.graphs.sequences import periodic
+
+    kern, y, agent, w, full = small
+    cycle = periodic([w, nd.graphs.mixing(nd.graphs.topology("star", 4))])
+    factor = full.truncate(10)
+    dense = lowrank_stable_set(factor, agent, cycle, "dgd")
+    assert dense.method == "brent-dense"
+    monkeypatch.setattr(spectrum, "DENSE_MAX", 10)
+    krylov = lowrank_stable_set(factor, agent, cycle, "dgd")
+    assert krylov.method == "secant-arpack"
+    assert krylov.lr_star == pytest.approx(dense.lr_star, rel=1e-8)
