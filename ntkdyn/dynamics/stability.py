@@ -17,8 +17,9 @@ the null space of ``Theta`` change no output and are ignored: the test is
   likewise with ``(I + W)^{-1} W`` (exact for ``W >= 0``, verified otherwise).
   Which schedules have such a crossing, and with which factor ``g(W)``, is a field of
   the schedule (:attr:`Algorithm.minus_one_crossing`), never a test of its name.
-  Other cases are bracketed (Brent) on ``rho(A(s)) - 1``, ``rho`` computed
-  densely for small operators and by ARPACK for large ones.
+  Other cases are bracketed on ``rho(A(s)) - 1``: ``rho`` computed densely for small
+  operators (each edge refined by Brent) and by ARPACK for large ones (each edge
+  approached from its unstable side, :func:`_locate_edge`).
 * **Sufficient bounds** (DESIGN.md; the schedule's :attr:`Algorithm.sufficient_bound`):
   DGD, symmetric doubly stochastic ``W``:
   ``lr max_q lambda_max(Theta_qq)/N_q < 1 + lambda_min(W)``; ATC and CTA:
@@ -636,7 +637,8 @@ def stable_set(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
       (:attr:`~ntkdyn.algorithms.MinusOneCrossing.equal_rates_only`).
     * **Otherwise** ``f(s) = rho(A(s)) - 1 - RHO_TOL`` is evaluated on :data:`SCAN_GRID`
       (x ``1/curv``, plus the rates in ``extra`` and the sufficient bound), every sign
-      change is refined by Brent (``rtol``, at most :data:`BRENT_MAXITER` evaluations),
+      change is refined to ``rtol`` in at most :data:`BRENT_MAXITER` evaluations (Brent
+      on dense radii, :func:`_locate_edge` on Krylov ones),
       and a stable top rate extends the scan over :data:`SCAN_UP`; stable at ``2^20 /
       curv`` too: "stable at every rate" if the operator does not depend on the rate
       (kernel-free), else :class:`StabilityUndecided`.  Windows narrower than the grid

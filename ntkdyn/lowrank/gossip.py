@@ -336,9 +336,8 @@ def predict_random_lowrank_gossip(
                             f"({p} networks on {p} mixing sequences, {groups} groups)",
                             hint="use fewer samples, a smaller rank, acc_rows=..., or "
                                  "f0='mean'")
-    data = dict(prep.data, **process_arrays(process, p))
-    data["mix_keys"] = jnp.concatenate([data["mix_keys"]] * 2)  # networks, mean network
-    data["mix_expected"] = jnp.broadcast_to(data["mix_expected"], (p + 1, q_count, q_count))
+    # sequences 0 .. p-1 for the networks and again for the mean network; E[W] p + 1 times
+    data = dict(prep.data, **process_arrays(process, p, copies=2, expected_groups=p + 1))
     data["groups"] = group_columns(prep, None if yt is None else inp.ft - inp.yt,
                                    inp.counts, groups)
     sampler = supported_sampler(process)
