@@ -122,3 +122,32 @@ def test_periodic_sequence_by_krylov_equals_dense(small, monkeypatch):
     krylov = lowrank_stable_set(factor, agent, cycle, "dgd")
     assert krylov.method == "secant-arpack"
     assert krylov.lr_star == pytest.approx(dense.lr_star, rel=1e-8)
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "gradient_tracking"])
+def test_feature_rows_form_equals_gram_form(small, algorithm, monkeypatch):
+    """Where ``Q r > 2 N`` the operator's products read the agents' rows ``Phi_q``
+    (``G_q v = Phi_q^T (Phi_q v)``) instead of ``G_q``: the same operator, on one step and
+    on a period of a sequence, and the same local curvature, to 1e-13."""
+    from ntkdyn.graphs.sequences import periodic
+    from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
+
+    kern, y, agent, w, full = small
+    factor = full.truncate(30)  # Q r = 120 > 2 N = 80: the rows form
+    cycle = periodic([w, nd.graphs.mixing(nd.graphs.topology("star", 4))])
+    algo = nd.algorithms.get_algorithm(algorithm)
+    for mixing in (w, cycle):
+        problem = FeatureProblem(factor, agent, mixing)
+        assert not problem.gram_form
+        rows = FeatureStepOperator(problem, algo, [1.0, 0.5, 0.7, 0.9])
+        x = np.random.default_rng(3).normal(size=(4, 30, 2))
+        rows_h = np.asarray(rows.local_curvature(x))
+        rows_a = rows.dense(0.3)
+        monkeypatch.setattr(FeatureProblem, "gram_form", property(lambda self: True))
+        gram = FeatureStepOperator(problem, algo, [1.0, 0.5, 0.7, 0.9])
+        monkeypatch.undo()
+        scale = np.max(np.abs(rows_a))
+        assert np.max(np.abs(rows_a - gram.dense(0.3))) <= 1e-13 * scale
+        expected = np.einsum("qrs,qsc->qrc", problem.grams, x) \
+            * (np.array([1.0, 0.5, 0.7, 0.9]) / problem.counts)[:, None, None]
+        np.testing.assert_allclose(rows_h, expected, rtol=1e-12, atol=1e-14)
