@@ -11,6 +11,13 @@ resident set of the child process, the load average, and each verdict's spectral
 
     python benchmarks/lowrank_check.py [--n-train 60000 --n-test 10000 --rank 512]
 
+``--sequence erdos_renyi,ring`` replaces the static graph by a periodic sequence of named
+topologies (the feature operator then has no structured radius: every rate of the
+stable-set search is a Krylov solve), e.g. the stop-40 figure of the README:
+
+    python benchmarks/lowrank_check.py --source digits --n-train 1400 --n-test 390 \
+        --p 0.08 --rank 200 --lr 0.05 --steps 200 --sequence erdos_renyi,ring
+
 A timing script, never a test: the figures go into the README.
 """
 
@@ -31,16 +38,16 @@ CLI = [sys.executable, "-m", "ntkdyn"]
 
 CONFIG = """seed = 0
 [data]
-source = "synthetic"
+source = "{source}"
 classes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 n_train = {n_train}
 n_test = {n_test}
-dim = 784
+{dim}
 [partition]
 scheme = "iid"
 agents = {agents}
 [topology]
-name = "erdos_renyi"
+{topology}
 params = {{ p = {p} }}
 [architecture]
 depth = 2
@@ -48,7 +55,7 @@ width = 1024
 [training]
 algorithm = "dgd"
 lr = {lr}
-steps = 1000
+steps = {steps}
 record_every = 20
 [prediction]
 kernel = "analytic"
@@ -66,10 +73,20 @@ def main(argv=None) -> dict:
     p.add_argument("--p", type=float, default=0.05, help="Erdos-Renyi edge probability")
     p.add_argument("--rank", type=int, default=512)
     p.add_argument("--lr", type=float, default=0.25)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--source", choices=("synthetic", "digits"), default="synthetic",
+                   help="synthetic data with MNIST's shape, or the bundled digits (at most "
+                        "1,797 samples in all)")
+    p.add_argument("--sequence", default="",
+                   help="comma-separated topologies of a periodic sequence (default: a "
+                        "static Erdos-Renyi graph)")
     args = p.parse_args(argv)
+    names = [n.strip() for n in args.sequence.split(",") if n.strip()]
+    topology = (f"sequence = {json.dumps(names)}" if names else 'name = "erdos_renyi"')
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "xl.toml"
-        cfg.write_text(CONFIG.format(**vars(args)))
+        dim = "dim = 784" if args.source == "synthetic" else ""
+        cfg.write_text(CONFIG.format(**vars(args), topology=topology, dim=dim))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         t0 = time.perf_counter()
         proc = subprocess.run(CLI + ["check", str(cfg), "--json"], capture_output=True,

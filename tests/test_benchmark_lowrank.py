@@ -63,3 +63,16 @@ def test_lowrank_check_benchmark_runs_the_check_at_tiny_size():
     atc, cta = out["verdicts"][1], out["verdicts"][2]
     assert atc["spectral_radius"] == cta["spectral_radius"] and atc["lr_star"] == cta["lr_star"]
     assert all(v["method"].startswith("low-rank (rank 12)") for v in out["verdicts"])
+
+
+def test_lowrank_check_benchmark_with_a_periodic_sequence():
+    """``--sequence ring,star``: the check runs on a periodic sequence, which has no -1
+    crossing shortcut, so every verdict comes from the stable-set search (dense here)."""
+    spec = importlib.util.spec_from_file_location("bench_lowrank_check",
+                                                  ROOT / "benchmarks" / "lowrank_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--n-train", "120", "--n-test", "30", "--agents", "4", "--rank", "8",
+                      "--steps", "40", "--sequence", "ring,star"])
+    assert out["sequence"] == "ring,star" and out["steps"] == 40
+    assert all(v["method"].endswith("brent-dense") for v in out["verdicts"]), out["verdicts"]

@@ -128,7 +128,8 @@ def test_periodic_sequence_by_krylov_equals_dense(small, monkeypatch):
 def test_feature_rows_form_equals_gram_form(small, algorithm, monkeypatch):
     """Where ``Q r > 2 N`` the operator's products read the agents' rows ``Phi_q``
     (``G_q v = Phi_q^T (Phi_q v)``) instead of ``G_q``: the same operator, on one step and
-    on a period of a sequence, and the same local curvature, to 1e-13."""
+    on a period of a sequence, the same local curvature and the same numpy step (the
+    Krylov fallback of a static ``W``), to 1e-13."""
     from ntkdyn.graphs.sequences import periodic
     from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
 
@@ -143,11 +144,17 @@ def test_feature_rows_form_equals_gram_form(small, algorithm, monkeypatch):
         x = np.random.default_rng(3).normal(size=(4, 30, 2))
         rows_h = np.asarray(rows.local_curvature(x))
         rows_a = rows.dense(0.3)
+        rows_step = rows.form_step("atc")  # the numpy step of the Krylov fallback
+        assert rows_step.rows is not None
         monkeypatch.setattr(FeatureProblem, "gram_form", property(lambda self: True))
         gram = FeatureStepOperator(problem, algo, [1.0, 0.5, 0.7, 0.9])
+        gram_step = gram.form_step("atc")
         monkeypatch.undo()
+        assert gram_step.rows is None
         scale = np.max(np.abs(rows_a))
         assert np.max(np.abs(rows_a - gram.dense(0.3))) <= 1e-13 * scale
+        np.testing.assert_allclose(rows_step.apply(x, 0.3), gram_step.apply(x, 0.3),
+                                   rtol=1e-12, atol=1e-13 * np.max(np.abs(x)))
         expected = np.einsum("qrs,qsc->qrc", problem.grams, x) \
             * (np.array([1.0, 0.5, 0.7, 0.9]) / problem.counts)[:, None, None]
         np.testing.assert_allclose(rows_h, expected, rtol=1e-12, atol=1e-14)

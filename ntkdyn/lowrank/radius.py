@@ -102,9 +102,12 @@ class FeatureStep(FormStep):
     ``(Q, r, c)``.  ``grams``: ``(Q, r, r)``; ``counts``: ``N_q``; ``profile``: ``d_q``;
     ``eigh``: a callable returning the Gram matrices' eigendecompositions (computed once by
     :meth:`~ntkdyn.lowrank.stability.FeatureProblem.agent_eigh`), needed by GD and by
-    ATC/CTA with an indefinite ``W``."""
+    ATC/CTA with an indefinite ``W``; ``rows``: the agents' zero padded feature rows
+    ``Phi_q`` ``(Q, n, r)``, given where they are fewer numbers than the Gram matrices
+    (:attr:`~ntkdyn.lowrank.stability.FeatureProblem.gram_form`), so that a product
+    reads them, ``G_q x = Phi_q^T (Phi_q x)``."""
 
-    def __init__(self, grams, mixing, counts, profile, form: str, eigh=None):
+    def __init__(self, grams, mixing, counts, profile, form: str, eigh=None, rows=None):
         if form not in FORMS:
             raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
         self.grams = np.asarray(grams, dtype=np.float64)
@@ -115,6 +118,7 @@ class FeatureStep(FormStep):
         self.scale = np.asarray(profile, dtype=np.float64) / np.asarray(counts)  # d_q / N_q
         self.form = form
         self._eigh = eigh
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.float64)
         sym = 0.5 * (self.w + self.w.T)
         self.lam_w, self.vecs_w = np.linalg.eigh(sym)
 
@@ -128,6 +132,9 @@ class FeatureStep(FormStep):
 
     def local(self, x: np.ndarray) -> np.ndarray:
         """``D x``: ``d_q G_q x_q / N_q``."""
+        if self.rows is not None:
+            gx = np.matmul(self.rows.transpose(0, 2, 1), np.matmul(self.rows, x))
+            return self.scale[:, None, None] * gx
         return self.scale[:, None, None] * np.matmul(self.grams, x)
 
     def mix(self, x: np.ndarray) -> np.ndarray:

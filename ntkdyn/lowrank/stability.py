@@ -219,7 +219,8 @@ class FeatureStepOperator(StepOperator):
         (:class:`~ntkdyn.lowrank.radius.FeatureStep`), read by the inherited
         :meth:`structured_radius` and its ARPACK fallback."""
         p = self.problem
-        return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form, eigh=p.agent_eigh)
+        return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form, eigh=p.agent_eigh,
+                           rows=None if p.gram_form else p.agent_rows())
 
     def form_radius(self, step, s: float, curv: float) -> float | None:
         """``rho(B(s))`` from the extreme eigenvalues of a symmetric operator with the same
