@@ -326,3 +326,28 @@ def test_groups_mixing_at_draws_each_sequence_then_the_expected_matrix():
                           mixes_per_step=1)
     np.testing.assert_allclose(np.asarray(at(1))[0], cycle[1], atol=1e-15)  # event 3
     np.testing.assert_allclose(np.asarray(at(0))[0], cycle[0], atol=1e-15)  # event 2
+
+
+def test_symmetrised_uniform_rule_is_symmetric_with_the_same_spectrum():
+    """``symmetrised``: the "uniform" rule on an irregular graph is reversible
+    (``pi`` proportional to degree + 1): ``Pi^{1/2} W Pi^{-1/2}`` is symmetric with W's
+    eigenvalues (1e-12); a symmetric W is returned as it is; a non-reversible
+    row-stochastic W (a directed 3-cycle with self-loops) and a non-stochastic one give
+    None."""
+    from ntkdyn import graphs
+
+    w = graphs.mixing(graphs.topology("erdos_renyi", 12, p=0.3, seed=4), "uniform")
+    assert not graphs.is_symmetric(w)
+    sym = graphs.symmetrised(w)
+    assert graphs.is_symmetric(sym, atol=1e-14)
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(sym)),
+                               np.sort(np.linalg.eigvals(w).real), atol=1e-12)
+    deg = np.count_nonzero(w, axis=1)
+    pi = deg / deg.sum()
+    np.testing.assert_allclose(sym, np.sqrt(pi)[:, None] * w / np.sqrt(pi)[None, :],
+                               atol=1e-14)
+    m = graphs.mixing(graphs.topology("star", 5))
+    assert graphs.symmetrised(m) is m
+    cycle = 0.5 * np.eye(3) + 0.5 * np.roll(np.eye(3), 1, axis=1)
+    assert graphs.symmetrised(cycle) is None
+    assert graphs.symmetrised(2.0 * w) is None

@@ -158,3 +158,26 @@ def test_feature_rows_form_equals_gram_form(small, algorithm, monkeypatch):
         expected = np.einsum("qrs,qsc->qrc", problem.grams, x) \
             * (np.array([1.0, 0.5, 0.7, 0.9]) / problem.counts)[:, None, None]
         np.testing.assert_allclose(rows_h, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_structured_radius_of_a_reversible_mixing_on_the_feature_coordinates(small):
+    """The feature operator with a reversible non-symmetric ``W`` (uniform rule on a path
+    of 4): LOBPCG on the similar step with ``Pi^{1/2} W Pi^{-1/2}`` gives the dense radius
+    of the step with ``W`` (1e-8), and the stable set is the symmetrised matrix's
+    ``-1`` crossing, equal to the dense scan (1e-8)."""
+    from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
+
+    kern, y, agent, w, full = small
+    w = nd.graphs.mixing(nd.graphs.topology("path", 4), "uniform")
+    assert not nd.graphs.is_symmetric(w)
+    factor = full.truncate(10)
+    op = FeatureStepOperator(FeatureProblem(factor, agent, w),
+                             nd.algorithms.get_algorithm("dgd"))
+    found = lowrank_stable_set(factor, agent, w, "dgd")
+    assert found.method == "minus-one-crossing (exact)"
+    for s in (0.5 * found.lr_star, 1.1 * found.lr_star):
+        fast = op.structured_radius(s)
+        assert fast is not None
+        assert fast == pytest.approx(op.spectral_radius(s, method="dense"), rel=1e-8)
+    assert op.spectral_radius(found.lr_star * (1 - 1e-7), method="dense") <= 1 + 1e-9
+    assert op.spectral_radius(found.lr_star * (1 + 1e-6), method="dense") > 1 + 1e-9

@@ -746,3 +746,44 @@ def test_krylov_stable_set_equals_the_dense_one(monkeypatch):
             assert lo == pytest.approx(wlo, rel=1e-8, abs=0) and hi == pytest.approx(
                 whi, rel=1e-8)
             assert _dense_rho(p, a, hi) <= 1 + stab.RHO_TOL  # the end is a stable rate
+
+
+@pytest.mark.parametrize("name", ["dgd", "atc", "cta", "gd", "gradient_tracking", "diging",
+                                  "extra", "next", algorithms.momentum(0.5)])
+@pytest.mark.parametrize("topology", ["star", "path"])
+def test_reversible_mixing_takes_the_crossing_of_its_symmetrised_matrix(name, topology,
+                                                                        monkeypatch):
+    """The "uniform" rule on an irregular graph gives a reversible, non-symmetric ``W``:
+    the step is similar to the step with ``Pi^{1/2} W Pi^{-1/2}``, so the ``-1`` crossing
+    of that symmetric matrix is the boundary, and it equals the dense search on ``W``
+    itself (the shortcut switched off) to 1e-8."""
+    kern, y = _kernel(n=30)
+    w = graphs.mixing(graphs.topology(topology, 5), "uniform")
+    assert not graphs.is_symmetric(w) and graphs.symmetrised(w) is not None
+    prob = make_problem(kern, y, np.arange(30) % 5, w)
+    found = stab.stable_set(prob, name)
+    assert found.method.startswith("minus-one-crossing"), found.method
+    monkeypatch.setattr(stab, "_crossing_mixing", lambda problem, crossing: None)
+    scanned = stab.stable_set(prob, name)
+    assert scanned.method == "brent-dense"
+    assert found.lr_star == pytest.approx(scanned.lr_star, rel=1e-8)
+
+
+@pytest.mark.parametrize("name", ["dgd", "atc", "cta", algorithms.momentum(0.5)])
+def test_structured_radius_of_a_reversible_mixing_equals_the_dense_one(name):
+    """A reversible non-symmetric ``W`` (lazy uniform rule on a star of 5: positive
+    semi-definite, as ATC/CTA's radius above ``1 / curv`` needs): the structured radius
+    (shift-invert) runs on the similar step with ``Pi^{1/2} W Pi^{-1/2}`` and equals the
+    dense radius of the step with ``W`` to 1e-8, at stable and unstable rates."""
+    kern, y = _kernel(n=30)
+    w = graphs.mixing(graphs.topology("star", 5), "uniform", lazy=True)
+    assert not graphs.is_symmetric(w)
+    prob = make_problem(kern, y, np.arange(30) % 5, w)
+    algo = algorithms.get_algorithm(name)
+    op = stab.StepOperator(prob, algo)
+    lr_star = stab.stable_set(prob, algo).lr_star
+    for s in (0.3 * lr_star, 0.9 * lr_star, 1.2 * lr_star):
+        fast = op.heavy_ball_radius(s) if algo.heavy_ball else op.structured_radius(s)
+        assert fast is not None
+        want = stab.spectral_radius(prob, algo, s, method="dense")
+        assert fast == pytest.approx(want, rel=1e-8), (s, fast, want)

@@ -316,9 +316,10 @@ class StepOperator:
         (:mod:`ntkdyn.dynamics.radius`: exact up to ``~1e-12``; a random mixing sequence's
         mean-state step with ``E[W]`` too); ``None`` where it does not
         apply (augmented state, periodic mixing sequence, an operator of another form, a spectrum
-        not known to be real: non-symmetric ``W``, ATC/CTA with indefinite ``W`` above
-        ``1 / curv``).  The form is read off the operator once (:meth:`form_step`), then
-        :meth:`form_radius` gives the radius."""
+        not known to be real: a ``W`` neither symmetric nor reversible, ATC/CTA with
+        indefinite ``W`` above ``1 / curv``).  The form is read off the operator once
+        (:meth:`form_step`), then :meth:`form_radius` gives the radius, on the similar step
+        with ``Pi^{1/2} W Pi^{-1/2}`` for a reversible ``W`` (:meth:`_similar_mixing`)."""
         from ntkdyn.dynamics import radius
 
         if self.blocks != 1 or self.period_steps != 1 or self._periodic():
@@ -328,7 +329,9 @@ class StepOperator:
             probe = 1.0 / curv if curv > 0 else 1.0
             form = radius.detect_form(self.form_step, self.matvec_state,
                                       self.local_curvature, (self.q, self.r, 2), probe)
-            self._structure = (None if form is None else self.form_step(form), curv)
+            # a reversible W: the step with Pi^{1/2} W Pi^{-1/2}, similar (same spectrum)
+            self._structure = (None if form is None else
+                               self.form_step(form, mixing=self._similar_mixing()), curv)
         step, curv = self._structure
         return None if step is None else self.form_radius(step, s, curv)
 
@@ -341,19 +344,29 @@ class StepOperator:
 
         if self.period_steps != 1 or self._periodic():
             return None
-        step = self.form_step("dgd")
+        step = self.form_step("dgd", mixing=self._similar_mixing())
         if not isinstance(step, radius.LowRankStep):
             return None
         curv = float(np.max(self.profile * agent_curvatures(self.problem)))
         return radius.heavy_ball_radius(step, s, curv, self.algorithm.heavy_ball)
 
-    def form_step(self, form: str):
-        """The numpy operator of ``form`` (:class:`~ntkdyn.dynamics.radius.LowRankStep`)."""
+    def _similar_mixing(self) -> np.ndarray:
+        """The mixing matrix of the structured radii: ``W`` (``E[W]`` for random gossip), or
+        for a reversible non-symmetric one the symmetric ``Pi^{1/2} W Pi^{-1/2}``
+        (:func:`ntkdyn.graphs.symmetrised`), whose step is similar to ``W``'s
+        (``theory/stability.md`` section 2): the radii that need a symmetric ``W`` apply."""
+        sym = graphs.symmetrised(self.problem.mixing)
+        return self.problem.mixing if sym is None else sym
+
+    def form_step(self, form: str, mixing: np.ndarray | None = None):
+        """The numpy operator of ``form`` (:class:`~ntkdyn.dynamics.radius.LowRankStep`);
+        ``mixing``: another matrix in place of the problem's (a similar step)."""
         from ntkdyn.dynamics import radius
 
         p = self.problem
-        return radius.LowRankStep(p.kernel, p.mixing, p.offsets, p.rows_per_sample,
-                                  self.profile, form)
+        w = p.mixing if mixing is None else mixing
+        return radius.LowRankStep(p.kernel, w, p.offsets, p.rows_per_sample, self.profile,
+                                  form)
 
     def form_radius(self, step, s: float, curv: float) -> float | None:
         """The radius of :meth:`form_step`'s operator at rate ``s`` (``None``: unknown)."""
@@ -607,15 +620,18 @@ def _margin(s: float, lo: float, hi: float) -> float:
     return min(1.0 - s / hi, 1.0 - lo / s)
 
 
-def _dgd_unstable_at_every_rate(problem: KernelProblem) -> bool:
+def _dgd_unstable_at_every_rate(problem: KernelProblem, sym: np.ndarray | None = None
+                                ) -> bool:
     """DGD with symmetric ``W``, ``lambda_min(W) = -1``: unstable at every rate > 0.
 
     In the coordinates ``Theta^{1/2} alpha`` the operator is ``W (x) I - s D H``, stable
     iff ``s D H <= (I + W) (x) I``; for ``z = v (x) u`` with ``(I + W) v = 0``,
     ``z^T D H z = sum_q d_q v_q^2 |Theta^{1/2} P_q u|^2 / N_q > 0`` for some ``u`` as soon as
     an agent with ``v_q != 0`` has a non-zero kernel block: then no ``s > 0`` is stable.
+    ``sym``: the symmetric matrix similar to ``W`` (:func:`_crossing_mixing`; default
+    ``W``), whose null vectors of ``I + W`` have the same support.
     """
-    vals, vecs = np.linalg.eigh(problem.mixing)
+    vals, vecs = np.linalg.eigh(problem.mixing if sym is None else sym)
     null = vecs[:, vals <= -1 + 1e-10]
     weight = np.sum(null**2, axis=1)  # per agent, over the null space of I + W
     return bool(np.any((weight > 1e-12) & (agent_curvatures(problem) > 0)))
@@ -710,16 +726,25 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
                      (grid[0], grid[-1]))
 
 
-def _crossing_lambda_min(problem: KernelProblem, crossing) -> float | None:
-    """``lambda_min`` of the ``W`` a ``-1`` crossing is about: a symmetric static ``W`` or
-    the symmetric ``E[W]`` of random gossip (whose mean state is the static iteration with
-    ``E[W]``); ``None`` where no crossing applies (none, a periodic sequence, a
-    non-symmetric ``W``)."""
+def _crossing_mixing(problem: KernelProblem, crossing) -> np.ndarray | None:
+    """The symmetric matrix a ``-1`` crossing is about: a symmetric static ``W`` or the
+    symmetric ``E[W]`` of random gossip (whose mean state is the static iteration with
+    ``E[W]``), or, for a reversible one (:func:`ntkdyn.graphs.symmetrised`, e.g. the
+    ``"uniform"`` rule on an irregular graph), ``Pi^{1/2} W Pi^{-1/2}``: the step with it
+    is similar to the step with ``W`` (``Pi^{1/2} (x) I`` commutes with the agents' own
+    operators), so the theorems hold for it and give ``W``'s stable set
+    (``theory/stability.md`` section 2).  ``None`` where no crossing applies (none, a
+    periodic sequence, a non-reversible ``W``)."""
     process = problem.process
-    if crossing is None or (process is not None and not process.random) or \
-            not graphs.is_symmetric(problem.mixing):
+    if crossing is None or (process is not None and not process.random):
         return None
-    return graphs.lambda_min(problem.mixing)
+    return graphs.symmetrised(problem.mixing)
+
+
+def _crossing_lambda_min(problem: KernelProblem, crossing) -> float | None:
+    """``lambda_min`` of :func:`_crossing_mixing`'s matrix (``None`` where there is none)."""
+    sym = _crossing_mixing(problem, crossing)
+    return None if sym is None else graphs.lambda_min(sym)
 
 
 def _crossing_proven(crossing, lam: float, uniform: bool) -> bool:
@@ -747,15 +772,16 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
     crossing as a hint for the scan (a list, empty when there is none)."""
     problem, algo = op.problem, op.algorithm
     crossing = algo.minus_one_crossing
-    lam = _crossing_lambda_min(problem, crossing)
-    if lam is None:
+    sym = _crossing_mixing(problem, crossing)
+    if sym is None:
         return []
+    lam = graphs.lambda_min(sym)
     if (lam <= -1 + 1e-10 and crossing.lambda_min_minus_one_unstable
-            and _dgd_unstable_at_every_rate(problem)):
+            and _dgd_unstable_at_every_rate(problem, sym)):
         return StableSet((), "lambda_min(W) = -1 (exact): unstable at every rate")
     if lam <= -1 + 1e-10 or (crossing.equal_rates_only and not uniform):
         return []
-    s_c = _minus_one_crossing(op, crossing.factor(problem.mixing))
+    s_c = _minus_one_crossing(op, crossing.factor(sym))
     if _crossing_proven(crossing, lam, uniform):
         return StableSet(((0.0, s_c),), "minus-one-crossing (exact)")
     below = s_c * (1 - 1e-7)

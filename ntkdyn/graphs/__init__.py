@@ -24,11 +24,13 @@ from ntkdyn.graphs.topology import (
     load_mixing,
     mixing,
     spectral_gap,
+    symmetrised,
     topology,
 )
 
 __all__ = [
     "MIXING_RULES", "TOPOLOGIES", "as_graph", "check_mixing", "eigenvalues",
     "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "load_mixing",
-    "mixing", "one_random_edge", "periodic", "random_edges", "spectral_gap", "topology",
+    "mixing", "one_random_edge", "periodic", "random_edges", "spectral_gap", "symmetrised",
+    "topology",
 ]

@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 __all__ = [
     "MIXING_RULES", "TOPOLOGIES", "as_graph", "check_mixing", "eigenvalues",
     "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "load_mixing",
-    "mixing", "spectral_gap", "topology",
+    "mixing", "spectral_gap", "symmetrised", "topology",
 ]
 
 TOPOLOGIES: tuple[str, ...] = (
@@ -486,6 +486,38 @@ def spectral_gap(W: Any) -> float:
         return 1.0
     rest = np.delete(ev, np.argmin(np.abs(ev - 1.0)))
     return float(1.0 - np.max(np.abs(rest)))
+
+
+def symmetrised(W: Any, rtol: float = 1e-10) -> np.ndarray | None:
+    r"""``Pi^{1/2} W Pi^{-1/2}`` for a reversible stochastic ``W``, else ``None``.
+
+    ``W`` is reversible when its left Perron vector ``pi`` (``pi^T W = pi^T``, positive,
+    sum 1) satisfies detailed balance, ``pi_i W_ij = pi_j W_ji``: the ``"uniform"`` rule
+    ``W = (D + I)^{-1} (A + I)`` on any connected graph (``pi`` proportional to degree + 1),
+    and every symmetric ``W`` (returned as it is).  Then ``Pi^{1/2} W Pi^{-1/2}`` is
+    symmetric with ``W``'s eigenvalues, and since ``Pi^{1/2} (x) I`` commutes with
+    everything an agent does on its own block, a decentralised step built from
+    ``W (x) I`` and per-agent operators is similar to the same step with the symmetric
+    matrix (``theory/stability.md`` section 2).  ``rtol``: detailed balance to within
+    ``rtol`` of the largest ``pi_i W_ij``.
+    """
+    w = _square(W, "W")
+    if is_symmetric(w):
+        return w
+    if not np.all(w >= 0) or not np.allclose(w.sum(1), 1.0, rtol=0, atol=1e-10):
+        return None
+    vals, vecs = np.linalg.eig(w.T)
+    i = int(np.argmin(np.abs(vals - 1.0)))
+    pi = np.real(vecs[:, i])
+    pi = pi / pi.sum()
+    if abs(vals[i] - 1.0) > 1e-10 or not np.all(pi > 0):
+        return None
+    flow = pi[:, None] * w
+    if np.max(np.abs(flow - flow.T)) > rtol * np.max(flow):
+        return None
+    root = np.sqrt(pi)
+    sym = root[:, None] * w / root[None, :]
+    return 0.5 * (sym + sym.T)
 
 
 def lambda_min(W: Any) -> float:

@@ -214,12 +214,14 @@ class FeatureStepOperator(StepOperator):
         self._curvature, self._gram, self._inv_n = args[0], gram, args[3]
         self._structure, self._local = None, None  # read by the inherited ARPACK fallback
 
-    def form_step(self, form: str):
+    def form_step(self, form: str, mixing: np.ndarray | None = None):
         """The numpy feature operator of ``form``
         (:class:`~ntkdyn.lowrank.radius.FeatureStep`), read by the inherited
-        :meth:`structured_radius` and its ARPACK fallback."""
+        :meth:`structured_radius` and its ARPACK fallback; ``mixing``: another matrix in
+        place of the problem's (a similar step)."""
         p = self.problem
-        return FeatureStep(p.grams, p.mixing, p.counts, self.profile, form, eigh=p.agent_eigh,
+        w = p.mixing if mixing is None else mixing
+        return FeatureStep(p.grams, w, p.counts, self.profile, form, eigh=p.agent_eigh,
                            rows=None if p.gram_form else p.agent_rows())
 
     def form_radius(self, step, s: float, curv: float) -> float | None:
