@@ -661,7 +661,8 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
 
 
 LOW_RANK_WORDS = ("the truncated operator's lr* is an upper bound on the full kernel's for "
-                  "DGD/ATC/CTA with a symmetric W (theory/low_rank.md section 6)")
+                  "DGD/ATC/CTA with a symmetric or reversible W (theory/low_rank.md "
+                  "section 6)")
 
 
 def _lowrank_mixing(exp: Experiment):
@@ -1034,7 +1035,7 @@ def _lowrank_steady_state(factor, exp: Experiment, cfg: Config, algo, f0: str,
         return dict(none, steady_state_note=(
             f"not computed on the low-rank coordinates: {unknowns:,} unknowns (state blocks x "
             f"agents x rank) above the {LOW_RANK_FIXED_POINT_MAX:,} solved densely in a check "
-            "(conjugate gradients take DGD with a symmetric W only); "
+            "(conjugate gradients take DGD with a symmetric or reversible W only); "
             "ntkdyn.lowrank.steady_state.lowrank_fixed_point solves it by GMRES"))
     given = {} if f0 == "random" else {key: kw.get(key) for key in ("f0_train", "f0_test")}
     fp = lowrank_fixed_point(factor, exp.parts.dataset.y_train, exp.parts.agent, exp.mixing,

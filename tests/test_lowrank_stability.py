@@ -56,6 +56,24 @@ def test_truncated_lr_star_is_exact_for_the_truncated_kernel_and_bounds_the_full
     assert low >= _exact_lr_star(kern, y, agent, w, algorithm) * (1 - 1e-10)
 
 
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "cta"])
+def test_truncated_lr_star_bounds_the_full_for_a_reversible_mixing(small, algorithm):
+    """The uniform rule on a star (row-stochastic, not symmetric, reversible): its step is
+    similar to the step with the symmetric Pi^{1/2} W Pi^{-1/2}, so the Rayleigh-quotient
+    argument of theory/low_rank.md section 6 holds and the truncated lr* bounds the full
+    one from above, as for a symmetric W; and it is the exact lr* of the truncated
+    kernel-space operator (1e-8)."""
+    kern, y, agent, _, full = small
+    w = nd.graphs.mixing(nd.graphs.topology("star", 4), rule="uniform")
+    assert not nd.graphs.is_symmetric(w) and nd.graphs.symmetrised(w) is not None
+    for rank in (3, 10, 25):
+        factor = full.truncate(rank)
+        low = lowrank_stable_set(factor, agent, w, algorithm).lr_star
+        truncated = _exact_lr_star(factor.phi @ factor.phi.T, y, agent, w, algorithm)
+        assert abs(low - truncated) <= 1e-8 * truncated, (rank, low, truncated)
+        assert low >= _exact_lr_star(kern, y, agent, w, algorithm) * (1 - 1e-10), rank
+
+
 def test_report_with_per_agent_rates_and_labels(small):
     kern, y, agent, w, full = small
     lr = np.array([0.2, 0.3, 0.25, 0.3]) * 40

@@ -119,6 +119,27 @@ def test_conjugate_gradients_equal_the_dense_solve_for_dgd():
         lowrank_fixed_point(factor, y, agent, w, "dgd", lr, method="lu")
 
 
+@pytest.mark.parametrize("topology", ["star", "path"])
+def test_conjugate_gradients_solve_a_reversible_mixing_in_its_similar_coordinates(topology):
+    """DGD with the uniform rule on a star / path (row-stochastic, not symmetric, reversible):
+    "auto" takes conjugate gradients on Pi^{1/2} M Pi^{-1/2} and equals the dense LU of the
+    non-symmetric system to 1e-10 (per-agent rates).  A mutation that omits the Pi^{1/2}
+    scaling fails (checked by hand: error 2.6e-3)."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem(2)
+    w = nd.graphs.mixing(nd.graphs.topology(topology, q), rule="uniform")
+    assert not nd.graphs.is_symmetric(w)
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    lr = [0.5, 0.3, 0.45, 0.4]
+    info = {}
+    cg = lowrank_fixed_point(factor, y, agent, w, "dgd", lr, y_test=yt, info=info)
+    assert info["method"] == "cg" and info["iterations"] < 200, info
+    dense = lowrank_fixed_point(factor, y, agent, w, "dgd", lr, y_test=yt, method="dense")
+    assert dense.consensus_gap > 1e-3
+    for f in FIELDS:
+        a, b = getattr(dense, f), getattr(cg, f)
+        assert np.max(np.abs(a - b)) <= 1e-10 * max(float(np.max(np.abs(a))), 1.0), f
+
+
 def test_known_fixed_points_need_no_system():
     """Gradient tracking, NEXT, DIGing (per-agent rates) and EXTRA (one rate) on a doubly
     stochastic W: "auto" returns the centralised solution at every agent without a system

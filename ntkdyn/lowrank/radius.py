@@ -77,7 +77,7 @@ import scipy.sparse.linalg as spla
 from ntkdyn import graphs
 from ntkdyn._utils.threads import one_blas_thread
 from ntkdyn.dynamics.radius import FORMS, FormStep
-from ntkdyn.lowrank.pcg import TwoLevelPCG
+from ntkdyn.lowrank.pcg import TwoLevelPCG, consensus_vector
 
 __all__ = ["FeatureStep", "feature_radius", "gram_eigh"]
 
@@ -149,18 +149,21 @@ def block_size(dim: int) -> int:
 
 def consensus_start(step: FeatureStep, s: float) -> np.ndarray:
     """The starting block of the small end (module docstring), ``(Q r, block)``: the
-    consensus lifts ``1_Q (x) z_i`` of the smallest eigenvectors of
-    ``C = s mean_q(d_q G_q / N_q)``, times ``S^{1/2}`` for ATC/CTA's ``S^{1/2} W S^{1/2}``
-    form (indefinite ``W``); columns beyond ``r`` are random, and every column gets a
-    random component of relative size :data:`START_NOISE`."""
+    consensus lifts ``c (x) z_i`` of the smallest eigenvectors of
+    ``C = s sum_q c_q^2 d_q G_q / N_q`` (``c``: ``W``'s unit eigenvector of eigenvalue 1,
+    :func:`~ntkdyn.lowrank.pcg.consensus_vector`; ``1 / sqrt(Q)`` for a doubly stochastic
+    ``W``, ``sqrt(pi)`` for a symmetrised reversible one), times ``S^{1/2}`` for ATC/CTA's
+    ``S^{1/2} W S^{1/2}`` form (indefinite ``W``); columns beyond ``r`` are random, and every
+    column gets a random component of relative size :data:`START_NOISE`."""
     q, r = step.q, step.r
     block = block_size(q * r)
-    coarse = s * np.mean(step.scale[:, None, None] * step.grams, axis=0)
+    c = consensus_vector(step.w)
+    coarse = s * np.tensordot(c ** 2, step.scale[:, None, None] * step.grams, axes=1)
     z = np.linalg.eigh(coarse)[1][:, :min(block, r)]
     if z.shape[1] < block:
         extra = np.random.default_rng(0).standard_normal((r, block - z.shape[1]))
         z = np.concatenate([z, extra], axis=1)
-    x0 = np.broadcast_to(z[None], (q, r, block))
+    x0 = c[:, None, None] * z[None]
     if step.form != "dgd" and step.lam_w[0] < -1e-12:  # S^{1/2} W S^{1/2}
         lam, vecs = step.eigh()
         sig = np.sqrt(np.clip(1.0 - s * step.scale[:, None] * lam, 0.0, None))[:, :, None]

@@ -263,8 +263,8 @@ def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
                        problem: FeatureProblem | None = None) -> StableSet:
     """The stable set of the truncated dynamics (module docstring): ``.lr_star`` is the
     exact ``lr*`` of the operator with kernel ``phi phi^T`` -- an upper bound on the full
-    kernel's ``lr*`` for DGD, ATC and CTA with a symmetric ``W`` (``W >= 0`` for ATC/CTA)
-    and one rate for all agents.  ``problem``: the :class:`FeatureProblem` of these
+    kernel's ``lr*`` for DGD, ATC and CTA with a symmetric or reversible ``W`` (``W >= 0``
+    for ATC/CTA) and one rate for all agents.  ``problem``: the :class:`FeatureProblem` of these
     arguments, built once and shared by several calls (its Gram matrices, curvatures and
     eigendecompositions are computed once)."""
     algo = get_algorithm(algorithm)

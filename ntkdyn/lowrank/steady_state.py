@@ -13,7 +13,8 @@ The centralised solution minimises the global objective
 ``G_c = sum_q G_q / (Q N_q)`` and ``l_c = sum_q Phi_q^T r_q / (Q N_q)`` (``r x r``; ``Phi``
 has full column rank, so ``G_c`` is positive definite).
 
-**DGD with a symmetric ``W``: preconditioned conjugate gradients at any size.**  There
+**DGD with a symmetric (or reversible) ``W``: preconditioned conjugate gradients at any
+size.**  There
 ``x* = W x* - eta D (G x* + l)`` reads ``M x* = -eta D l`` with
 ``M = (I - W) (x) I_r + blockdiag(eta_q / N_q G_q)``, symmetric, and positive definite when
 the graph is connected (``(I - W)`` is PSD with kernel the consensus directions, on which
@@ -24,7 +25,11 @@ preconditioner is two-level (additive): the agents' diagonal blocks
 the consensus directions ``Z = 1_Q (x) I_r / sqrt(Q)``, where ``Z^T M Z = C =
 sum_q eta_q / N_q G_q / Q`` (``(I - W) 1 = 0``): ``P^{-1} = blockdiag^{-1} + Z C^{-1} Z^T``,
 symmetric positive definite.  Without the coarse term the slow directions (consensus,
-small curvature ``eta lambda_r / N_q``) cost thousands of iterations.
+small curvature ``eta lambda_r / N_q``) cost thousands of iterations.  A reversible ``W``
+(detailed balance with its Perron vector ``pi``, e.g. the ``"uniform"`` rule) is solved
+in the coordinates ``Pi^{1/2} x``, where ``M`` becomes the same matrix with the symmetric
+``S = Pi^{1/2} W Pi^{-1/2}`` and the consensus directions ``sqrt(pi) (x) I_r``
+(:func:`_pcg`).
 
 The ``beta`` coordinates are the exact path's ``u = Lambda^{1/2} V^T alpha`` coordinates of
 ``range(Theta~)``: the result is the fixed point of the kernel-space dynamics with the
@@ -56,7 +61,7 @@ from ntkdyn.dynamics.steady_state import (
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.evolve import lowrank_inputs, lowrank_operators, prepare_features, record_state
 from ntkdyn.lowrank.factor import LowRankFactor
-from ntkdyn.lowrank.pcg import TwoLevelPCG
+from ntkdyn.lowrank.pcg import TwoLevelPCG, consensus_vector
 from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
 
 __all__ = ["lowrank_fixed_point"]
@@ -67,12 +72,13 @@ METHODS = ("auto", "dense", "gmres", "cg")
 
 def cg_applies(algo: Algorithm, mixing) -> bool:
     """Whether the steady state is an SPD system solved by :func:`_pcg` (DGD with a static
-    symmetric ``W``; random gossip with a symmetric ``E[W]``)."""
+    symmetric or reversible ``W``; random gossip with such an ``E[W]``)."""
     from ntkdyn.algorithms import DGD
-    from ntkdyn.graphs.topology import is_symmetric
+    from ntkdyn.graphs.topology import symmetrised
 
     w, process = resolve_mixing(mixing, name="mixing")
-    return algo is DGD and (process is None or process.random) and is_symmetric(w)
+    return algo is DGD and (process is None or process.random) and \
+        symmetrised(w) is not None
 
 
 def solved_schedule(algo: Algorithm, w: np.ndarray, lrs: np.ndarray) -> Algorithm | None:
@@ -87,11 +93,19 @@ def solved_schedule(algo: Algorithm, w: np.ndarray, lrs: np.ndarray) -> Algorith
 def _pcg(problem: FeatureProblem, lr_q: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, int]:
     """``(x, iterations)``: ``M x = rhs`` (module docstring) for ``rhs`` of shape
     ``(Q, r, K)`` by two-level preconditioned conjugate gradients
-    (:class:`~ntkdyn.lowrank.pcg.TwoLevelPCG`), every column at once."""
+    (:class:`~ntkdyn.lowrank.pcg.TwoLevelPCG`), every column at once.  A reversible
+    ``W`` is solved in the similar coordinates ``y = (Pi^{1/2} (x) I) x``:
+    ``Pi^{1/2} M Pi^{-1/2} = (I - S) (x) I + blockdiag(eta_q G_q / N_q)`` with the
+    symmetric ``S = Pi^{1/2} W Pi^{-1/2}`` (:func:`ntkdyn.graphs.symmetrised`; the
+    blocks commute with the per-agent scaling), positive definite as ``M`` is."""
+    from ntkdyn.graphs.topology import symmetrised
+
+    sym = symmetrised(problem.mixing)
+    root = consensus_vector(sym)[:, None, None]  # sqrt(pi); 1 / sqrt(Q) for symmetric W
     scale = (lr_q / problem.counts)[:, None, None]
-    solver = TwoLevelPCG(problem.mixing, scale * problem.grams)
-    x = solver.solve(rhs, "lowrank_fixed_point")
-    return x, solver.iterations
+    solver = TwoLevelPCG(sym, scale * problem.grams)
+    y = solver.solve(root * np.asarray(rhs), "lowrank_fixed_point")
+    return y / root, solver.iterations
 
 
 def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
@@ -106,7 +120,7 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
     ``mixing``: a static ``W`` or random gossip (the mean state's fixed point, ``E[W]``, as
     on the exact path); a periodic sequence is a ``ValueError`` naming ``mixing`` (the
     iteration ends on a periodic orbit).  ``method``: ``"dense"`` (LU of ``I - B``),
-    ``"gmres"`` (operator applications), ``"cg"`` (DGD with a symmetric ``W`` only,
+    ``"gmres"`` (operator applications), ``"cg"`` (DGD with a symmetric or reversible ``W``,
     :func:`cg_applies`); ``"auto"``: conjugate gradients where they apply, else dense up
     to ``DENSE_SOLVE_MAX`` unknowns and GMRES above; and no system at all where the fixed
     point is known: ``"consensual"`` for gradient tracking, NEXT, DIGing (and EXTRA with
@@ -121,7 +135,8 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     algo = get_algorithm(algorithm)
     if method == "cg" and not cg_applies(algo, mixing):
-        raise ValueError("method: 'cg' solves DGD with a symmetric mixing matrix (an SPD "
+        raise ValueError("method: 'cg' solves DGD with a symmetric or reversible mixing "
+                         "matrix (an SPD "
                          f"system); got algorithm {algo.name!r}: use 'dense' or 'gmres'")
     w, process = resolve_mixing(mixing, name="mixing")
     if process is not None and not process.random:
