@@ -143,7 +143,8 @@ class MixingFacts:
     lambda_min:
         ``min_k lambda_min(W_k)`` over the analysed matrices (``W``; every matrix of a
         periodic sequence; ``E[W]`` for random gossip), or ``nan`` unless every one of
-        them is symmetric and doubly stochastic.
+        them is symmetric and doubly stochastic, or the one matrix is reversible (then
+        its symmetrised matrix's, the same spectrum).
     num_matrices:
         1 for a static ``W`` (or ``E[W]``), ``P`` for a periodic sequence of ``P``.
     num_agents:

@@ -787,3 +787,22 @@ def test_structured_radius_of_a_reversible_mixing_equals_the_dense_one(name):
         assert fast is not None
         want = stab.spectral_radius(prob, algo, s, method="dense")
         assert fast == pytest.approx(want, rel=1e-8), (s, fast, want)
+
+
+@pytest.mark.parametrize("topology", ["star", "path"])
+def test_sufficient_bound_of_a_reversible_mixing_is_below_lr_star(topology):
+    """The uniform rule (reversible, not symmetric): the sufficient bounds come from its
+    symmetrised matrix (before: none, nan) and stay <= the exact lr* for DGD, ATC, CTA,
+    P2PL and heavy-ball momentum, and the radius just below the bound is <= 1 (dense)."""
+    w = graphs.mixing(graphs.topology(topology, 5), rule="uniform")
+    assert not graphs.is_symmetric(w)
+    kern, y = _kernel(n=20, seed=3)
+    prob = make_problem(kern, y, np.arange(20) % 5, w)
+    facts = stab.mixing_facts(prob)
+    assert facts.lambda_min == pytest.approx(float(np.min(np.linalg.eigvals(w).real)),
+                                             abs=1e-12)
+    for algo in ("dgd", "atc", "cta", algorithms.p2pl(3, 2), algorithms.momentum(0.5)):
+        bound = stab.sufficient_bound(prob, algo)
+        assert np.isfinite(bound), algo
+        assert bound <= stab.max_stable_lr(prob, algo)[0] * (1 + 1e-8), algo
+        assert stab.spectral_radius(prob, algo, 0.999 * bound, method="dense") <= 1 + 1e-9

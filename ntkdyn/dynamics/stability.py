@@ -476,8 +476,18 @@ def _analysed_matrices(problem: KernelProblem) -> list[np.ndarray]:
 
 def mixing_facts(problem: KernelProblem) -> MixingFacts:
     """The facts a sufficient-bound rule uses about the analysed mixing
-    (:func:`_analysed_matrices`)."""
+    (:func:`_analysed_matrices`).  One reversible non-symmetric matrix (a static ``W`` or
+    ``E[W]``, e.g. the ``"uniform"`` rule) counts as its symmetrised
+    ``Pi^{1/2} W Pi^{-1/2}`` (:func:`ntkdyn.graphs.symmetrised`): the step is similar to
+    the step with it, so every rule's non-expansiveness argument holds in the coordinates
+    ``Pi^{1/2} (x) I`` (``theory/stability.md`` section 2); not for a periodic sequence,
+    whose matrices have different ``pi``."""
     mats = _analysed_matrices(problem)
+    if len(mats) == 1 and not graphs.is_symmetric(mats[0]):
+        sym = graphs.symmetrised(mats[0])
+        if sym is not None:
+            return MixingFacts(lambda_min=graphs.lambda_min(sym), num_matrices=1,
+                               num_agents=problem.num_agents)
     symmetric = all(graphs.is_symmetric(w) and graphs.is_doubly_stochastic(w) for w in mats)
     lam = min(graphs.lambda_min(w) for w in mats) if symmetric else float("nan")
     return MixingFacts(lambda_min=lam, num_matrices=len(mats),
