@@ -630,18 +630,17 @@ def _margin(s: float, lo: float, hi: float) -> float:
     return min(1.0 - s / hi, 1.0 - lo / s)
 
 
-def _dgd_unstable_at_every_rate(problem: KernelProblem, sym: np.ndarray | None = None
-                                ) -> bool:
+def _dgd_unstable_at_every_rate(problem: KernelProblem, sym: np.ndarray) -> bool:
     """DGD with symmetric ``W``, ``lambda_min(W) = -1``: unstable at every rate > 0.
 
     In the coordinates ``Theta^{1/2} alpha`` the operator is ``W (x) I - s D H``, stable
     iff ``s D H <= (I + W) (x) I``; for ``z = v (x) u`` with ``(I + W) v = 0``,
     ``z^T D H z = sum_q d_q v_q^2 |Theta^{1/2} P_q u|^2 / N_q > 0`` for some ``u`` as soon as
     an agent with ``v_q != 0`` has a non-zero kernel block: then no ``s > 0`` is stable.
-    ``sym``: the symmetric matrix similar to ``W`` (:func:`_crossing_mixing`; default
-    ``W``), whose null vectors of ``I + W`` have the same support.
+    ``sym``: the symmetric matrix similar to ``W`` (:func:`_crossing_mixing`: ``W`` itself
+    when symmetric), whose null vectors of ``I + W`` have the same support.
     """
-    vals, vecs = np.linalg.eigh(problem.mixing if sym is None else sym)
+    vals, vecs = np.linalg.eigh(sym)
     null = vecs[:, vals <= -1 + 1e-10]
     weight = np.sum(null**2, axis=1)  # per agent, over the null space of I + W
     return bool(np.any((weight > 1e-12) & (agent_curvatures(problem) > 0)))

@@ -100,6 +100,7 @@ class TwoLevelPCG:
             np.tensordot(z ** 2, blocks, axes=1)), eye)
         self.args = tuple(jnp.asarray(a) for a in (w, blocks, local, coarse, z))
         self.mixing, self.blocks = self.args[0], self.args[1]  # W and the S_q, on device
+        self.consensus = z  # W's unit eigenvector of eigenvalue 1 (consensus_vector)
         self.rtol, self.maxiter = rtol, maxiter
         self.iterations = 0  # of the last solve
 

@@ -61,7 +61,7 @@ from ntkdyn.dynamics.steady_state import (
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.lowrank.evolve import lowrank_inputs, lowrank_operators, prepare_features, record_state
 from ntkdyn.lowrank.factor import LowRankFactor
-from ntkdyn.lowrank.pcg import TwoLevelPCG, consensus_vector
+from ntkdyn.lowrank.pcg import TwoLevelPCG
 from ntkdyn.lowrank.stability import FeatureProblem, FeatureStepOperator
 
 __all__ = ["lowrank_fixed_point"]
@@ -100,10 +100,9 @@ def _pcg(problem: FeatureProblem, lr_q: np.ndarray, rhs: np.ndarray) -> tuple[np
     blocks commute with the per-agent scaling), positive definite as ``M`` is."""
     from ntkdyn.graphs.topology import symmetrised
 
-    sym = symmetrised(problem.mixing)
-    root = consensus_vector(sym)[:, None, None]  # sqrt(pi); 1 / sqrt(Q) for symmetric W
     scale = (lr_q / problem.counts)[:, None, None]
-    solver = TwoLevelPCG(sym, scale * problem.grams)
+    solver = TwoLevelPCG(symmetrised(problem.mixing), scale * problem.grams)
+    root = solver.consensus[:, None, None]  # sqrt(pi); 1 / sqrt(Q) for a symmetric W
     y = solver.solve(root * np.asarray(rhs), "lowrank_fixed_point")
     return y / root, solver.iterations
 
