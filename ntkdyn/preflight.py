@@ -1067,10 +1067,11 @@ def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     other = exp.with_topology(name)
     problem = build_problem(other.arch, other.parts, other.mixing,
                             kernel=cfg.prediction.kernel, seed=cfg.seed, **other.loss)
-    # random gossip: the expected matrix's spectrum (the mean-state dynamics)
+    # random gossip: the expected matrix's spectrum (the mean-state dynamics); a reversible
+    # W (the uniform rule) has the real spectrum of its symmetrised Pi^{1/2} W Pi^{-1/2}
     w, _ = gossip.resolve_mixing(other.mixing)
-    row = {"topology": name, "lambda_min": graphs.lambda_min(w)
-           if graphs.is_symmetric(w) else None,
+    sym = graphs.symmetrised(w)
+    row = {"topology": name, "lambda_min": None if sym is None else graphs.lambda_min(sym),
            "spectral_gap": graphs.spectral_gap(w)}
     rep = stability_of(problem, other.algorithm, cfg.training.lr)
     row.update(lr_star=rep.lr_star, lr_bound=rep.lr_bound, inside=rep.stable)

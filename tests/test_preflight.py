@@ -399,3 +399,21 @@ def test_memory_check_with_sequences_counts_each_run(monkeypatch):
     rep = check(cfg)
     assert rep.prediction is not None and len(rep.sweep) == len(SWEEP_FRACTIONS)
     assert [{k: s[k] for k in runs[0]} for s in seen] == runs
+
+
+def test_topology_row_reports_lambda_min_of_a_reversible_mixing_matrix():
+    """The comparison table's ``lambda_min`` for the uniform rule on a star (row-stochastic,
+    not symmetric, reversible) is W's smallest eigenvalue (real: W is similar to the
+    symmetric ``Pi^{1/2} W Pi^{-1/2}``), not "-"; a symmetric rule keeps ``eigvalsh``."""
+    from ntkdyn import graphs
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.preflight import _topology_row
+
+    for rule in ("uniform", "metropolis"):
+        cfg = _cfg(topology={"name": "ring", "rule": rule}, training={"steps": 20})
+        exp = from_config(cfg)
+        row = _topology_row(exp, "star", cfg)
+        w = graphs.mixing(graphs.topology("star", 4), rule=rule)
+        assert graphs.is_symmetric(w) == (rule == "metropolis")
+        assert row["lambda_min"] == pytest.approx(np.linalg.eigvals(w).real.min(), abs=1e-12)
+        assert row["lambda_min"] < 0.5
