@@ -937,8 +937,10 @@ def _locate_edge(f, a: float, b: float, a_stable: bool, rtol: float, name: str,
     smooth through the edge; on the stable side it is the cluster's top, flat, so Brent's
     interpolation with it lands on the expensive side step after step.  Here the secant
     through the two nearest unstable rates (``far``: a second one from the grid) estimates
-    the edge, and the next rate is aimed :data:`SECANT_SHORT` of the step short of the
-    estimate, so that it is most likely unstable; once the step is below ``rtol`` the rate
+    the edge, and the next rate is aimed short of the estimate, so that it is most likely
+    unstable: by :data:`SECANT_SHORT` of the step at first, then by twice the difference
+    of the last two estimates (at least :data:`SECANT_MIN_SHORT` of the step: fewer
+    evaluations once the secant converges); once the step is below ``rtol`` the rate
     just past the estimate closes the bracket (stable, and cheap: so near the edge the
     leaving eigenvalue is the largest).  Bisection where the secant does not apply (its
     estimate outside the bracket, ``f`` not falling on the unstable side, or not by half in
