@@ -201,12 +201,20 @@ class MinusOneCrossing:
         with rates ``1 : 0.3 : 0.6 : 0.2`` is stable up to 6.43 where the crossing is 4.00;
         DIGing's crossing was off by up to 3 %, in both directions.  EXTRA scales the
         gradient itself, ``D H`` stays symmetric, and its crossing is exact for any rates.
+    symmetric_step:
+        One step's linear part is itself symmetric in parameter space, for any rates
+        (DGD: ``W (x) I - s (D (x) I) J^T J``, block-diagonal ``J^T J``), so its 2-norm
+        is its spectral radius, ``<= 1`` up to the crossing.  A periodic sequence of such
+        steps with symmetric ``W_i`` is then stable below the smallest of the matrices' own
+        crossings (the norm of a product is at most the product of the norms;
+        ``theory/stability.md`` section 3): :func:`ntkdyn.dynamics.stability.operator_bound`.
     """
 
     factor: Callable[[np.ndarray], np.ndarray]
     exact_for_indefinite_mixing: bool = False
     lambda_min_minus_one_unstable: bool = False
     equal_rates_only: bool = False
+    symmetric_step: bool = False
 
 
 @dataclass(frozen=True)
@@ -410,7 +418,8 @@ DGD = Algorithm(
     "dgd", _dgd, "x+ = W x - eta grad L(x)  (decentralised gradient descent)",
     sufficient_bound=_dgd_bound,
     minus_one_crossing=MinusOneCrossing(_inverse_one_plus, exact_for_indefinite_mixing=True,
-                                        lambda_min_minus_one_unstable=True))
+                                        lambda_min_minus_one_unstable=True,
+                                        symmetric_step=True))
 _ATC_CROSSING = MinusOneCrossing(_inverse_one_plus_times)
 ATC = Algorithm("atc", _atc, "x+ = W (x - eta grad L(x))  (adapt then combine, diffusion)",
                 sufficient_bound=_combine_adapt_bound, minus_one_crossing=_ATC_CROSSING)

@@ -880,3 +880,63 @@ def test_krylov_stable_verdict_looks_for_a_mode_leaving_through_minus_one(monkey
     monkeypatch.setattr(stab, "_quick_largest", lm_misses_it)
     assert op.spectral_radius(s, method="arpack") == pytest.approx(
         _dense_rho(prob, "dgd", s), rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_periodic_dgd_bound_is_the_smallest_own_crossing(seed):
+    """DGD on a periodic sequence of symmetric W_i: every step is symmetric in the same
+    coordinates, so below the smallest of the matrices' own -1 crossings the period's
+    radius is <= 1 (theory/stability.md section 2, periodic sequences).  On random
+    sequences of 2-3 Metropolis matrices (per-agent rates on odd seeds): the dense radius
+    at the bound is <= 1 + 1e-12, the bound lies between the rule's (1 + min lambda_min) /
+    curv and the period's lr*, the scan evaluates no rate below it, and ATC keeps its
+    rule's bound (its step is not symmetric)."""
+    from ntkdyn.graphs.sequences import periodic
+    from ntkdyn.kernels import analytic_ntk
+
+    rng = np.random.default_rng(seed)
+    q = int(rng.integers(3, 7))
+    n = q * int(rng.integers(3, 8))
+    names = rng.choice(["ring", "star", "complete", "path"], size=int(rng.integers(2, 4)))
+    ws = [graphs.mixing(graphs.topology(str(name), q), "metropolis") for name in names]
+    profile = rng.uniform(0.2, 1.0, q) if seed % 2 else np.ones(q)
+    profile /= profile.max()
+    prob = make_problem(analytic_ntk(rng.normal(size=(n, 4)), hidden_layers=2),
+                        rng.normal(size=(n, 2)), np.arange(n) % q, periodic(ws))
+    dgd = algorithms.get_algorithm("dgd")
+    op = stab.StepOperator(prob, dgd, profile)
+    bound, rule = stab.operator_bound(op), stab.schedule_sufficient_bound(prob, dgd, profile)
+    assert op.spectral_radius(bound, method="dense") <= 1 + 1e-12
+    cache: dict = {}
+    lr_star = stab.stable_set(prob, dgd, profile, cache=cache).lr_star
+    assert rule < bound <= lr_star * (1 + 1e-9)
+    assert min(cache) >= bound  # (Brent may evaluate the bound itself, a bracket end)
+    atc = stab.StepOperator(prob, algorithms.get_algorithm("atc"), profile)
+    assert stab.operator_bound(atc) == stab.sufficient_bound(prob, "atc", profile)
+
+
+def test_periodic_dgd_bound_of_one_repeated_matrix_is_its_lr_star():
+    """A 'sequence' of one matrix repeated: the bound is that matrix's exact lr*."""
+    from ntkdyn.graphs.sequences import periodic
+
+    prob, kern, y, w = _problem("path", q=5, n=30)
+    static = stab.stable_set(prob, "dgd").lr_star
+    rep = make_problem(kern, y, np.arange(30) % 5, periodic([w, w]))
+    assert stab.operator_bound(stab.StepOperator(rep, algorithms.get_algorithm("dgd"))) \
+        == pytest.approx(static, rel=1e-10)
+
+
+def test_local_curvature_of_a_periodic_operator_is_one_step():
+    """``D H x`` of the operator of a periodic sequence is one step's, as a static W's (it
+    read ``x - (I - D H)^2 x`` over the period before, which made each matrix's own -1
+    crossing wrong: 0.797 for the ring of the 8-agent ring+star where the period's lr* is
+    0.785)."""
+    from ntkdyn.graphs.sequences import periodic
+
+    prob, kern, y, w = _problem("ring", q=4, n=48)
+    star = graphs.mixing(graphs.topology("star", 4))
+    per = stab.StepOperator(make_problem(kern, y, np.arange(48) % 4, periodic([w, star])),
+                            algorithms.get_algorithm("dgd"))
+    static = stab.StepOperator(prob, algorithms.get_algorithm("dgd"))
+    x = np.random.default_rng(0).standard_normal((4, static.r, 2))
+    np.testing.assert_allclose(per.local_curvature(x), static.local_curvature(x), atol=1e-13)

@@ -53,10 +53,10 @@ from ntkdyn.dynamics.stability import (
     StableSet,
     StepOperator,
     block_lambda_max,
+    operator_bound,
     operator_report,
     operator_stable_set,
     perron_vector,
-    schedule_sufficient_bound,
     state_structure,
     step_mixings,
 )
@@ -272,7 +272,7 @@ def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
     q = problem.num_agents
     profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
     op = FeatureStepOperator(problem, algo, profile)
-    return operator_stable_set(op, schedule_sufficient_bound(problem, algo, profile), rtol)
+    return operator_stable_set(op, operator_bound(op), rtol)
 
 
 def lowrank_stability(factor: LowRankFactor, agent, mixing,
