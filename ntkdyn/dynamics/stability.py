@@ -537,7 +537,8 @@ def sufficient_bound(problem: KernelProblem, algorithm: str | Algorithm,
     sequence); heavy-ball momentum on DGD with a static ``W`` (or ``E[W]``) below
     ``(1 + 2 beta + lambda_min(W)) / curv`` (each eigenvalue ``mu`` of ``W - eta D H`` gives
     a stable 2x2 block iff ``-1 - 2 beta <= mu <= 1``).  With one agent every built-in
-    schedule is centralised GD (``2 / curv``).
+    schedule is centralised GD (``2 / curv``).  The stable-set search and the reports
+    (``lr_bound``) use :func:`operator_bound`, tighter for DGD on a periodic sequence.
     """
     return schedule_sufficient_bound(problem, get_algorithm(algorithm), profile)
 
