@@ -712,6 +712,39 @@ def test_locate_edge_evaluates_the_stable_side_at_most_twice():
     assert edge * (1 - 1e-9) <= found <= edge
 
 
+def test_locate_edge_where_f_is_concave_aims_by_the_quadratic_error_estimate():
+    """Concave on the unstable side (the secant overshoots): the next rate is aimed short
+    of the secant by twice its distance to the quadratic's root through the three nearest
+    unstable rates, not twice the last two estimates' difference: 10 evaluations instead
+    of 12, at most two on the stable side, the edge to rtol."""
+    edge = 0.7850886982
+    calls: list = []
+
+    def f(s):
+        calls.append(s)
+        d = s - edge
+        return max(d * (1.0 - 2.0 * d), -1e-4)
+
+    found = stab._locate_edge(f, 0.71874, 0.85473, True, 1e-9, "dgd", far=0.9165)
+    assert edge * (1 - 1e-9) <= found <= edge
+    assert len([s for s in calls if s <= edge]) <= 2 and len(calls) <= 10
+
+
+def test_quadratic_root_nearest_the_estimate():
+    """Exact for a quadratic (the root nearest the estimate of its two); linear data give
+    the line's root; no real root: None; fewer than three rates: None."""
+    def pts(fn, us):
+        return [(u, fn(u)) for u in us]
+
+    quad = pts(lambda u: (u - 1.0) * (u - 3.0), [1.5, 1.8, 2.2])  # f < 0 there; roots 1, 3
+    assert stab._quadratic_root(quad, 1.1) == pytest.approx(1.0, rel=1e-12)
+    assert stab._quadratic_root(quad, 2.9) == pytest.approx(3.0, rel=1e-12)
+    assert stab._quadratic_root(pts(lambda u: 2.0 * (u - 0.5), [1, 2, 4]), 0.0) == \
+        pytest.approx(0.5, rel=1e-12)
+    assert stab._quadratic_root(pts(lambda u: u * u + 1.0, [1, 2, 4]), 0.0) is None
+    assert stab._quadratic_root(quad[:2], 1.1) is None
+
+
 def test_convexity_toward_the_edge_from_the_three_nearest_unstable_rates():
     """Slopes falling toward the edge, on either side of it (the upper end of a stable
     interval, or the lower end of a window); fewer than three rates: unknown (False)."""
