@@ -207,7 +207,8 @@ class MinusOneCrossing:
         is its spectral radius, ``<= 1`` up to the crossing.  A periodic sequence of such
         steps with symmetric ``W_i`` is then stable below the smallest of the matrices' own
         crossings (the norm of a product is at most the product of the norms;
-        ``theory/stability.md`` section 3): :func:`ntkdyn.dynamics.stability.operator_bound`.
+        ``theory/stability.md`` section 2, periodic sequences):
+        :func:`ntkdyn.dynamics.stability.operator_bound`.
     """
 
     factor: Callable[[np.ndarray], np.ndarray]

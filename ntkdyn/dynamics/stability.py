@@ -563,9 +563,9 @@ def operator_bound(op: StepOperator) -> float:
     the matrices' own ``-1`` crossings ``s_i`` (:func:`_minus_one_crossing`): below it
     every ``A_i(s)`` has its eigenvalues in ``[-1, 1]`` and so 2-norm ``<= 1``, and the
     period's product ``rho <= ||A_P|| ... ||A_1|| <= 1`` (``theory/stability.md``
-    section 3).  ``(1 + min_i lambda_min(W_i)) / curv`` (the rule's bound) is below every
-    ``s_i``; on the periodic ring+star of 8 agents x 800 samples 0.40 against 0.50 (the
-    period's ``lr*`` is 0.785), one scan rate fewer."""
+    section 2, periodic sequences).  ``(1 + min_i lambda_min(W_i)) / curv`` (the rule's
+    bound) is below every ``s_i``; on the periodic ring+star of 8 agents x 800 samples
+    0.40 against 0.50 (the period's ``lr*`` is 0.785), one scan rate fewer."""
     problem, algo = op.problem, op.algorithm
     bound = schedule_sufficient_bound(problem, algo, op.profile)
     crossing = algo.minus_one_crossing
@@ -1039,6 +1039,8 @@ def _quadratic_root(pts: list, est: float) -> float | None:
     if len(pts) < 3:
         return None
     (u0, f0), (u1, f1), (u2, f2) = pts[:3]
+    if len({u0, u1, u2}) < 3:
+        return None
     d1, d2 = (f1 - f0) / (u1 - u0), (f2 - f1) / (u2 - u1)
     a = (d2 - d1) / (u2 - u0)
     b = d1 - a * (u1 - u0)  # f = f0 + b (u - u0) + a (u - u0)^2
@@ -1057,7 +1059,7 @@ def _convex_toward_edge(pts: list) -> bool:
     stays so up to the edge, the secant through the two nearest lands short of the edge,
     on the unstable side (the ATC edge of a periodic ring+star: 0.0054 per unit rate
     within 0.01 of the edge, 0.19 at 0.1)."""
-    if len(pts) < 3:
+    if len(pts) < 3 or len({u for u, _ in pts[:3]}) < 3:
         return False
     (u0, f0), (u1, f1), (u2, f2) = pts[:3]
     return (f1 - f0) / abs(u1 - u0) <= (f2 - f1) / abs(u2 - u1)
