@@ -572,11 +572,10 @@ def operator_bound(op: StepOperator) -> float:
     process = problem.process
     if crossing is None or not crossing.symmetric_step or process is None or process.random:
         return bound
-    cycle = list(process.cycle)
-    if not all(graphs.is_symmetric(w) and graphs.is_doubly_stochastic(w)
-               and graphs.lambda_min(w) > -1 + 1e-10 for w in cycle):
+    # every matrix symmetric doubly stochastic (else nan) with lambda_min > -1
+    if not mixing_facts(problem).lambda_min > -1 + 1e-10:
         return bound
-    own = min(_minus_one_crossing(op, crossing.factor(w)) for w in cycle)
+    own = min(_minus_one_crossing(op, crossing.factor(w)) for w in _analysed_matrices(problem))
     return float(np.nanmax([bound, own]))
 
 
@@ -1032,17 +1031,27 @@ def _locate_edge(f, a: float, b: float, a_stable: bool, rtol: float, name: str,
         f"{a:.6g} and {b:.6g} in {BRENT_MAXITER} evaluations")
 
 
+def _divided_differences(pts: list) -> tuple[float, float] | None:
+    """``(d1, a)`` of the quadratic ``f0 + d1 (u - u0) + a (u - u0)(u - u1)`` through the
+    three rates of ``pts`` nearest the edge: ``d1`` the first divided difference (the
+    slope between the two nearest), ``a`` the second (half the curvature; ``>= 0``:
+    convex in the rate); ``None`` with fewer than three distinct rates."""
+    if len(pts) < 3 or len({u for u, _ in pts[:3]}) < 3:
+        return None
+    (u0, f0), (u1, f1), (u2, f2) = pts[:3]
+    d1, d2 = (f1 - f0) / (u1 - u0), (f2 - f1) / (u2 - u1)
+    return d1, (d2 - d1) / (u2 - u0)
+
+
 def _quadratic_root(pts: list, est: float) -> float | None:
     """The root nearest ``est`` of the quadratic through the three rates of ``pts`` nearest
     the edge (``None``: fewer rates, or no real root): where ``f`` is smooth, its distance
     to the secant's estimate ``est`` estimates the secant's error."""
-    if len(pts) < 3:
+    dd = _divided_differences(pts)
+    if dd is None:
         return None
-    (u0, f0), (u1, f1), (u2, f2) = pts[:3]
-    if len({u0, u1, u2}) < 3:
-        return None
-    d1, d2 = (f1 - f0) / (u1 - u0), (f2 - f1) / (u2 - u1)
-    a = (d2 - d1) / (u2 - u0)
+    (u0, f0), (u1, _) = pts[:2]
+    d1, a = dd
     b = d1 - a * (u1 - u0)  # f = f0 + b (u - u0) + a (u - u0)^2
     if a == 0:
         return u0 - f0 / b if b != 0 else None
@@ -1055,14 +1064,13 @@ def _quadratic_root(pts: list, est: float) -> float | None:
 
 def _convex_toward_edge(pts: list) -> bool:
     """Whether ``f`` on the unstable side, through its three rates nearest the edge
-    (``pts``, nearest first), has a slope that falls toward the edge (convex): where it
-    stays so up to the edge, the secant through the two nearest lands short of the edge,
-    on the unstable side (the ATC edge of a periodic ring+star: 0.0054 per unit rate
-    within 0.01 of the edge, 0.19 at 0.1)."""
-    if len(pts) < 3 or len({u for u, _ in pts[:3]}) < 3:
-        return False
-    (u0, f0), (u1, f1), (u2, f2) = pts[:3]
-    return (f1 - f0) / abs(u1 - u0) <= (f2 - f1) / abs(u2 - u1)
+    (``pts``, nearest first), is convex in the rate (second divided difference ``>= 0``:
+    on either side of the edge, its slope falls toward the edge): where it stays so up to
+    the edge, the secant through the two nearest lands short of the edge, on the unstable
+    side (the ATC edge of a periodic ring+star: 0.0054 per unit rate within 0.01 of the
+    edge, 0.19 at 0.1)."""
+    dd = _divided_differences(pts)
+    return dd is not None and dd[1] >= 0
 
 
 def _depends_on_rate(op: StepOperator, s: float) -> bool:
