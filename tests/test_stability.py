@@ -490,7 +490,7 @@ def test_krylov_radius_of_atc_with_indefinite_mixing_above_one_over_curv(monkeyp
         dense = _dense_rho(prob, algorithm, s)
         assert abs(op.spectral_radius(s, method="arpack", inside=found.contains(s)) - dense) \
             <= 1e-8 * dense, s
-    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim, maxiter=0: None)
+    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim, maxiter=0, **kw: None)
     dense = _dense_rho(prob, algorithm, inside)
     assert dense < 1
     assert abs(op.spectral_radius(inside, method="arpack", inside=True) - dense) <= 1e-8
@@ -650,7 +650,7 @@ def test_krylov_radius_inside_the_stable_set_skips_the_leftmost_search(monkeypat
         return arpack(op, which, k, dim)
 
     monkeypatch.setattr(stab, "_arpack", spy)
-    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim, maxiter=0: None)
+    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim, maxiter=0, **kw: None)
     op = stab.StepOperator(prob, algo)
     assert abs(op.spectral_radius(s, method="arpack", inside=True) - dense) <= 1e-8
     assert asked == ["LM"]
@@ -882,9 +882,9 @@ def test_krylov_radius_is_one_single_eigenvalue_search(monkeypatch, where):
         asked.append(("arpack", which, k))
         return arpack(op, which, k, dim)
 
-    def spy_quick(lin, dim, maxiter=stab.QUICK_MAXITER, which="LM"):
+    def spy_quick(lin, dim, maxiter=stab.QUICK_MAXITER, which="LM", start=None):
         asked.append((which, maxiter))
-        return quick(lin, dim, maxiter, which)
+        return quick(lin, dim, maxiter, which, start)
 
     monkeypatch.setattr(stab, "_arpack", spy_arpack)
     monkeypatch.setattr(stab, "_quick_largest", spy_quick)
@@ -893,6 +893,68 @@ def test_krylov_radius_is_one_single_eigenvalue_search(monkeypatch, where):
     assert abs(got - dense) <= 1e-8 * dense
     assert asked == [("LM", stab.CLUSTER_MAXITER)] + (
         [("SR", stab.QUICK_MAXITER)] if where == "stable" else [])
+
+
+def _periodic_ring_star(n=48):
+    from ntkdyn.graphs.sequences import periodic
+
+    kern, y = _kernel(n=n, seed=5)
+    cycle = periodic([graphs.mixing(graphs.topology("ring", 4)),
+                      graphs.mixing(graphs.topology("star", 4))])
+    return make_problem(kern, y, np.arange(n) % 4, cycle)
+
+
+def _counted_radius(op, s):
+    """``op``'s Krylov radius at ``s`` and the number of products it took."""
+    count, matvec = [0], op.matvec
+
+    def counting(v, rate):
+        count[0] += 1 if v.ndim == 1 else v.shape[1]
+        return matvec(v, rate)
+
+    op.matvec = counting
+    try:
+        return op.spectral_radius(s, method="arpack"), count[0]
+    finally:
+        del op.matvec
+
+
+def test_krylov_search_starts_from_the_last_eigenvector():
+    """A Krylov radius starts from the unit random vector plus the last converged search's
+    eigenvector (KrylovStart): at a stable rate after a nearby stable one it takes fewer
+    products than from the random vector alone (the top of the slow cluster below +1 moves
+    little between rates), with the same radius (1e-9 relative, and the dense one to
+    1e-8).  Fails if the start ignores the last search."""
+    prob = _periodic_ring_star()
+    lr_star = stab.stable_set(prob, "dgd").lr_star
+    algo = algorithms.get_algorithm("dgd")
+    s1, s2 = 0.85 * lr_star, 0.9 * lr_star
+    cold, cold_n = _counted_radius(stab.StepOperator(prob, algo), s2)
+    op = stab.StepOperator(prob, algo)
+    _counted_radius(op, s1)
+    assert op.krylov_start.last is not None
+    warm, warm_n = _counted_radius(op, s2)
+    assert warm == pytest.approx(cold, rel=1e-9)
+    assert warm == pytest.approx(_dense_rho(prob, "dgd", s2), rel=1e-8)
+    assert warm_n < cold_n
+
+
+def test_krylov_start_after_a_stable_rate_still_finds_a_leaving_mode():
+    """The warm start keeps the random vector's weight: after searches at stable rates
+    (whose eigenvectors are the slow cluster's), the radius at an unstable rate is the
+    leaving mode's, equal to the dense radius to 1e-8, and the start vector's component
+    along the random vector is 1 (never the old eigenvector alone)."""
+    prob = _periodic_ring_star()
+    lr_star = stab.stable_set(prob, "dgd").lr_star
+    op = stab.StepOperator(prob, algorithms.get_algorithm("dgd"))
+    for f in (0.5, 0.9):
+        op.spectral_radius(f * lr_star, method="arpack")
+    start = op.krylov_start
+    assert start.vector() @ start.random == pytest.approx(1.0 + start.last @ start.random)
+    s = 1.05 * lr_star
+    got = op.spectral_radius(s, method="arpack")
+    assert got > 1
+    assert got == pytest.approx(_dense_rho(prob, "dgd", s), rel=1e-8)
 
 
 def test_krylov_stable_verdict_looks_for_a_mode_leaving_through_minus_one(monkeypatch):
@@ -907,8 +969,8 @@ def test_krylov_stable_verdict_looks_for_a_mode_leaving_through_minus_one(monkey
     assert vals[np.argmax(np.abs(vals))].real < -1  # leaves through -1
     quick = stab._quick_largest
 
-    def lm_misses_it(lin, dim, maxiter=stab.QUICK_MAXITER, which="LM"):
-        return 0.5 if which == "LM" else quick(lin, dim, maxiter, which)
+    def lm_misses_it(lin, dim, maxiter=stab.QUICK_MAXITER, which="LM", start=None):
+        return 0.5 if which == "LM" else quick(lin, dim, maxiter, which, start)
 
     monkeypatch.setattr(stab, "_quick_largest", lm_misses_it)
     assert op.spectral_radius(s, method="arpack") == pytest.approx(
