@@ -280,9 +280,9 @@ class StepOperator:
         stable one seconds instead of more than 10 minutes.  On the periodic ring+star of
         8 agents x 800 samples one search instead of two (the first's 20 restarts, about
         530 products, were repeated by the second at every stable rate).  Each
-        largest-modulus search starts from the last one's eigenvector plus the fixed random
-        vector (:attr:`krylov_start`): 11-13 % fewer products over a check's scan, edge
-        and chosen rate."""
+        largest-modulus search starts from the eigenvector found at the nearest rate so far
+        plus the fixed random vector (:attr:`krylov_start`): 11-13 % fewer products over a
+        check's scan, edge and chosen rate."""
         if method not in ("auto", "dense", "arpack", "structured"):
             raise ValueError(f"method: expected 'auto', 'dense', 'arpack' or 'structured', "
                              f"got {method!r}")
@@ -311,12 +311,13 @@ class StepOperator:
             # it is isolated, hundreds where it is the top of the slow cluster.  Only where
             # a shift-invert can take that top instead does it stop at QUICK_MAXITER.
             rho = _quick_largest(op, self.dim, QUICK_MAXITER if woodbury else CLUSTER_MAXITER,
-                                 start=self.krylov_start)
+                                 start=self.krylov_start, rate=s)
             if rho is None and woodbury:
                 try:
                     rho = float(np.max(np.abs(radius.nearest(step, s, 1.0 + radius.SHIFT))))
                 except spla.ArpackNoConvergence:
-                    rho = _quick_largest(op, self.dim, CLUSTER_MAXITER, start=self.krylov_start)
+                    rho = _quick_largest(op, self.dim, CLUSTER_MAXITER,
+                                         start=self.krylov_start, rate=s)
             if rho is not None and not inside and rho ** (1.0 / self.period_steps) <= 1 + RHO_TOL:
                 # a stable verdict outside the known stable set: the leftmost eigenvalue too,
                 # for a mode leaving through -1 beside the cluster that 'LM' converged to
@@ -336,8 +337,8 @@ class StepOperator:
     @property
     def krylov_start(self) -> KrylovStart:
         """The start vectors of this operator's largest-modulus searches
-        (:class:`KrylovStart`: each from the last one's eigenvector and a fixed random
-        vector), created on first use."""
+        (:class:`KrylovStart`: each from the eigenvector found at the nearest rate and a
+        fixed random vector), created on first use."""
         start = getattr(self, "_krylov_start", None)
         if start is None or start.dim != self.dim:
             start = self._krylov_start = KrylovStart(self.dim)
@@ -881,49 +882,59 @@ CLUSTER_MAXITER = 200
 class KrylovStart:
     """Start vectors of one operator's successive largest-modulus searches (at the rates of
     a scan, an edge search, then the chosen rate): the unit random vector of seed 0 plus,
-    after the first converged search, the last converged search's eigenvector (real part,
-    unit norm).
+    once a search has converged, the eigenvector (real part, unit norm) of the converged
+    search at the rate nearest the new one (:data:`KEPT` of them, at the smallest rates: a
+    scan's far end, unstable and far from every later rate, goes first).
 
-    At a nearby rate the eigenvector of largest modulus is close to the last one, so the
-    search starts mostly inside the subspace it converges to: measured on the periodic
+    At a nearby rate the eigenvector of largest modulus is close to the one found there, so
+    the search starts mostly inside the subspace it converges to: measured on the periodic
     ring+star of 8 agents x 800 samples, 20-30 % fewer products at stable rates after a
     stable one (the top of the slow cluster below ``+1``: DGD 1,398 -> 1,062 and 1,133 ->
-    917), 10-15 % on the edge search, 11 % over the whole stability analysis of DGD and
-    ATC (17,477 -> 15,675 products), the same radii to 1e-11.  The random half keeps
-    every eigenvector's weight in the start within a factor of about 1.4 of a cold start's,
-    so a mode that the last search did not see (one leaving the disc at a higher rate) is
-    still found as an isolated eigenvalue is: the start is never an old eigenvector
-    alone."""
+    917), 10-15 % on the edge search, the same radii to 1e-11.  The nearest rate, not the
+    last: the chosen rate, searched after the edge, starts from the nearest scan rate's
+    eigenvector (DGD at 0.4: 1,969 products cold or from the edge's leaving mode, 1,513
+    from the scan rate 0.508's).  The random half keeps every eigenvector's weight in the
+    start within a factor of about 1.4 of a cold start's, so a mode that the earlier
+    search did not see (one leaving the disc at a higher rate) is still found as an
+    isolated eigenvalue is: the start is never an old eigenvector alone."""
+
+    #: converged eigenvectors kept, one per rate (those at the smallest rates)
+    KEPT = 16
 
     def __init__(self, dim: int):
         self.dim = dim
         r = np.random.default_rng(0).standard_normal(dim)
         self.random = r / np.linalg.norm(r)
-        self.last: np.ndarray | None = None
+        self.found: list[tuple[float, np.ndarray]] = []
 
-    def vector(self) -> np.ndarray:
-        """The next search's start vector."""
-        return self.random if self.last is None else self.random + self.last
+    def vector(self, rate: float) -> np.ndarray:
+        """The start vector of a search at ``rate``."""
+        if not self.found:
+            return self.random
+        _, warm = min(self.found, key=lambda pair: abs(pair[0] - rate))
+        return self.random + warm
 
-    def keep(self, vec: np.ndarray) -> None:
-        """Remember a converged search's eigenvector (real part, normalised)."""
+    def keep(self, vec: np.ndarray, rate: float) -> None:
+        """Remember a converged search's eigenvector at ``rate`` (real part, normalised)."""
         re = np.real(vec)
         norm = float(np.linalg.norm(re))
         if norm > 0 and np.isfinite(norm):
-            self.last = re / norm
+            found = sorted([p for p in self.found if p[0] != rate] + [(float(rate), re / norm)],
+                           key=lambda pair: pair[0])
+            self.found = found[: self.KEPT]  # the largest rates go first (a scan's far end)
 
 
-def _quick_largest(lin, dim: int, maxiter: int = QUICK_MAXITER,
-                   which: str = "LM", start: KrylovStart | None = None) -> float | None:
+def _quick_largest(lin, dim: int, maxiter: int = QUICK_MAXITER, which: str = "LM",
+                   start: KrylovStart | None = None, rate: float = 0.0) -> float | None:
     """``|lambda|`` of the eigenvalue of largest modulus of ``lin`` (``which="SR"``: of the
     leftmost) where ARPACK, asked for that one alone (``k=1``), converges within
     ``maxiter`` restarts (default :data:`QUICK_MAXITER`) and the pair's relative residual
     is below :data:`RITZ_RTOL` (an isolated eigenvalue: tens of products); ``None``
     otherwise (the extreme eigenvalues cluster).  ``start``: the operator's
-    :class:`KrylovStart` (the search starts from its vector and leaves its eigenvector
-    there), else the random vector of seed 0."""
+    :class:`KrylovStart` (the search at ``rate`` starts from its vector and leaves its
+    eigenvector there), else the random vector of seed 0."""
     v0 = (np.random.default_rng(0).standard_normal(dim) if start is None
-          else start.vector())
+          else start.vector(rate))
     try:
         vals, vecs = spla.eigs(lin, k=1, which=which, tol=1e-10, ncv=min(dim - 1, 48),
                                v0=v0, maxiter=maxiter)
@@ -934,7 +945,7 @@ def _quick_largest(lin, dim: int, maxiter: int = QUICK_MAXITER,
     if res > RITZ_RTOL * max(abs(lam), 1.0) * np.linalg.norm(v):
         return None
     if start is not None:
-        start.keep(v)
+        start.keep(v, rate)
     return abs(lam)
 
 
@@ -953,7 +964,7 @@ def _stable_at(op: StepOperator, rho, s: float) -> bool:
             return structured <= 1 + RHO_TOL
         lin = spla.LinearOperator((op.dim, op.dim), matvec=lambda v: op.matvec(v, s),
                                   dtype=np.float64)
-        top = _quick_largest(lin, op.dim, start=op.krylov_start)
+        top = _quick_largest(lin, op.dim, start=op.krylov_start, rate=s)
         if top is not None and top ** (1.0 / op.period_steps) <= 1 + RHO_TOL:
             return True
     return rho(s) <= 1 + RHO_TOL
