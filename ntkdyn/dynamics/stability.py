@@ -281,7 +281,7 @@ class StepOperator:
         8 agents x 800 samples one search instead of two (the first's 20 restarts, about
         530 products, were repeated by the second at every stable rate).  Each
         largest-modulus search starts from the eigenvector found at the nearest rate so far
-        plus the fixed random vector (:attr:`krylov_start`): 11-13 % fewer products over a
+        plus the fixed random vector (:attr:`krylov_start`): 13-17 % fewer products over a
         check's scan, edge and chosen rate."""
         if method not in ("auto", "dense", "arpack", "structured"):
             raise ValueError(f"method: expected 'auto', 'dense', 'arpack' or 'structured', "
