@@ -490,7 +490,7 @@ def test_krylov_radius_of_atc_with_indefinite_mixing_above_one_over_curv(monkeyp
         dense = _dense_rho(prob, algorithm, s)
         assert abs(op.spectral_radius(s, method="arpack", inside=found.contains(s)) - dense) \
             <= 1e-8 * dense, s
-    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim, maxiter=0, **kw: None)
+    monkeypatch.setattr(stab, "_one_eigenvalue", lambda lin, dim, maxiter=0, **kw: None)
     dense = _dense_rho(prob, algorithm, inside)
     assert dense < 1
     assert abs(op.spectral_radius(inside, method="arpack", inside=True) - dense) <= 1e-8
@@ -650,7 +650,7 @@ def test_krylov_radius_inside_the_stable_set_skips_the_leftmost_search(monkeypat
         return arpack(op, which, k, dim)
 
     monkeypatch.setattr(stab, "_arpack", spy)
-    monkeypatch.setattr(stab, "_quick_largest", lambda lin, dim, maxiter=0, **kw: None)
+    monkeypatch.setattr(stab, "_one_eigenvalue", lambda lin, dim, maxiter=0, **kw: None)
     op = stab.StepOperator(prob, algo)
     assert abs(op.spectral_radius(s, method="arpack", inside=True) - dense) <= 1e-8
     assert asked == ["LM"]
@@ -876,7 +876,7 @@ def test_krylov_radius_is_one_single_eigenvalue_search(monkeypatch, where):
     found = stab.stable_set(prob, "dgd")
     s = (1.1 if where == "unstable" else 0.9) * found.lr_star
     dense = _dense_rho(prob, "dgd", s)
-    asked, arpack, quick = [], stab._arpack, stab._quick_largest
+    asked, arpack, quick = [], stab._arpack, stab._one_eigenvalue
 
     def spy_arpack(op, which, k, dim):
         asked.append(("arpack", which, k))
@@ -887,7 +887,7 @@ def test_krylov_radius_is_one_single_eigenvalue_search(monkeypatch, where):
         return quick(lin, dim, maxiter, which, start, rate)
 
     monkeypatch.setattr(stab, "_arpack", spy_arpack)
-    monkeypatch.setattr(stab, "_quick_largest", spy_quick)
+    monkeypatch.setattr(stab, "_one_eigenvalue", spy_quick)
     op = stab.StepOperator(prob, algorithms.get_algorithm("dgd"))
     got = op.spectral_radius(s, method="arpack", inside=where == "inside")
     assert abs(got - dense) <= 1e-8 * dense
@@ -988,12 +988,12 @@ def test_krylov_stable_verdict_looks_for_a_mode_leaving_through_minus_one(monkey
     s = 1.2 * stab.stable_set(prob, "dgd").lr_star
     vals = np.linalg.eigvals(op.dense(s))
     assert vals[np.argmax(np.abs(vals))].real < -1  # leaves through -1
-    quick = stab._quick_largest
+    quick = stab._one_eigenvalue
 
     def lm_misses_it(lin, dim, maxiter=stab.QUICK_MAXITER, which="LM", start=None, rate=0.0):
         return 0.5 if which == "LM" else quick(lin, dim, maxiter, which, start, rate)
 
-    monkeypatch.setattr(stab, "_quick_largest", lm_misses_it)
+    monkeypatch.setattr(stab, "_one_eigenvalue", lm_misses_it)
     assert op.spectral_radius(s, method="arpack") == pytest.approx(
         _dense_rho(prob, "dgd", s), rel=1e-8)
 

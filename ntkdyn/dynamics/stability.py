@@ -260,7 +260,7 @@ class StepOperator:
         ``"auto"``: dense up to :data:`DENSE_MAX` dimensions, else structured.
 
         Krylov (no dense or structured radius): the one eigenvalue of largest modulus alone
-        (:func:`_quick_largest` with :data:`CLUSTER_MAXITER` restarts: tens of products
+        (:func:`_one_eigenvalue` with :data:`CLUSTER_MAXITER` restarts: tens of products
         where it is isolated, e.g. an unstable mode leaving the disc, hundreds where it is
         the top of the slow cluster just below ``+1``, as at a periodic sequence's stable
         rates).  Where ``inside`` (``s`` lies in the stable set, which bounds every modulus
@@ -310,19 +310,19 @@ class StepOperator:
             # One eigenvalue alone, with CLUSTER_MAXITER restarts: tens of products where
             # it is isolated, hundreds where it is the top of the slow cluster.  Only where
             # a shift-invert can take that top instead does it stop at QUICK_MAXITER.
-            rho = _quick_largest(op, self.dim, QUICK_MAXITER if woodbury else CLUSTER_MAXITER,
-                                 start=self.krylov_start, rate=s)
+            rho = _one_eigenvalue(op, self.dim, QUICK_MAXITER if woodbury else CLUSTER_MAXITER,
+                                  start=self.krylov_start, rate=s)
             if rho is None and woodbury:
                 try:
                     rho = float(np.max(np.abs(radius.nearest(step, s, 1.0 + radius.SHIFT))))
                 except spla.ArpackNoConvergence:
-                    rho = _quick_largest(op, self.dim, CLUSTER_MAXITER,
-                                         start=self.krylov_start, rate=s)
+                    rho = _one_eigenvalue(op, self.dim, CLUSTER_MAXITER,
+                                          start=self.krylov_start, rate=s)
             if rho is not None and not inside and rho ** (1.0 / self.period_steps) <= 1 + RHO_TOL:
                 # a stable verdict outside the known stable set: the leftmost eigenvalue too,
                 # for a mode leaving through -1 beside the cluster that 'LM' converged to
                 # (isolated, so found within QUICK_MAXITER restarts if there is one)
-                rho = max(rho, _quick_largest(op, self.dim, which="SR") or 0.0)
+                rho = max(rho, _one_eigenvalue(op, self.dim, which="SR") or 0.0)
             if rho is None and inside:
                 # every modulus is <= 1 here: no mode leaving through -1 to look for
                 rho = float(np.max(np.abs(_arpack(op, "LM", 6, self.dim))))
@@ -868,7 +868,7 @@ def _crossing_shortcut(op: StepOperator, rho, uniform: bool) -> StableSet | list
     return [s_c] if np.isfinite(s_c) else []
 
 
-#: restarts allowed to the quick largest-modulus search (:func:`_quick_largest`: the
+#: restarts allowed to the quick largest-modulus search (:func:`_one_eigenvalue`: the
 #: verification of :func:`_stable_at` and the first try of the Krylov radius)
 QUICK_MAXITER = 20
 #: restarts allowed to the second single-eigenvalue search of a Krylov radius, where the
@@ -924,10 +924,11 @@ class KrylovStart:
             self.found = found[: self.KEPT]  # the largest rates go first (a scan's far end)
 
 
-def _quick_largest(lin, dim: int, maxiter: int = QUICK_MAXITER, which: str = "LM",
-                   start: KrylovStart | None = None, rate: float = 0.0) -> float | None:
-    """``|lambda|`` of the eigenvalue of largest modulus of ``lin`` (``which="SR"``: of the
-    leftmost) where ARPACK, asked for that one alone (``k=1``), converges within
+def _one_eigenvalue(lin, dim: int, maxiter: int = QUICK_MAXITER, which: str = "LM",
+                    start: KrylovStart | None = None, rate: float = 0.0) -> float | None:
+    """``|lambda|`` of one eigenvalue of ``lin``, searched for alone: the one of largest
+    modulus (``which="LM"``) or the leftmost (``which="SR"``), where ARPACK, asked for
+    that one alone (``k=1``), converges within
     ``maxiter`` restarts (default :data:`QUICK_MAXITER`) and the pair's relative residual
     is below :data:`RITZ_RTOL` (an isolated eigenvalue: tens of products); ``None``
     otherwise (the extreme eigenvalues cluster).  ``start``: the operator's
@@ -954,7 +955,7 @@ def _stable_at(op: StepOperator, rho, s: float) -> bool:
     without a structured radius, one Krylov eigenvalue decides first where that is cheap:
     there the largest eigenvalue in modulus sits near ``-1``, isolated in the plane from
     the slow modes that cluster just below ``+1``, so ARPACK asked for that one eigenvalue
-    alone (:func:`_quick_largest`) converges in a few restarts, where asking for six waits
+    alone (:func:`_one_eigenvalue`) converges in a few restarts, where asking for six waits
     for the cluster to resolve.  If it has not converged within :data:`QUICK_MAXITER`
     restarts, or the eigenvalue found exceeds ``1 + RHO_TOL``, the full radius ``rho(s)``
     decides."""
@@ -964,7 +965,7 @@ def _stable_at(op: StepOperator, rho, s: float) -> bool:
             return structured <= 1 + RHO_TOL
         lin = spla.LinearOperator((op.dim, op.dim), matvec=lambda v: op.matvec(v, s),
                                   dtype=np.float64)
-        top = _quick_largest(lin, op.dim, start=op.krylov_start, rate=s)
+        top = _one_eigenvalue(lin, op.dim, start=op.krylov_start, rate=s)
         if top is not None and top ** (1.0 / op.period_steps) <= 1 + RHO_TOL:
             return True
     return rho(s) <= 1 + RHO_TOL
