@@ -1056,3 +1056,26 @@ def test_local_curvature_of_a_periodic_operator_is_one_step():
     static = stab.StepOperator(prob, algorithms.get_algorithm("dgd"))
     x = np.random.default_rng(0).standard_normal((4, static.r, 2))
     np.testing.assert_allclose(per.local_curvature(x), static.local_curvature(x), atol=1e-13)
+
+
+def test_arpack_error_on_a_small_operator_falls_back_to_its_dense_spectrum(monkeypatch):
+    """ARPACK can stop with error 3 ("no shifts could be applied") on a tiny operator whose
+    basis is nearly the whole space (momentum on a 3-agent W, 36 dimensions, under a
+    lowered DENSE_MAX: the path varied between processes and failed a CI run).  _arpack
+    then takes the formed operator's dense spectrum: the k eigenvalues selected by
+    'LM' / 'SR', equal to numpy's to 1e-12."""
+    import scipy.sparse.linalg as spla
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((36, 36)) / 6
+    op = spla.aslinearoperator(a)
+
+    def fails(*args, **kwargs):
+        raise spla.ArpackError(3)
+
+    monkeypatch.setattr(stab.spla, "eigs", fails)
+    vals = np.linalg.eigvals(a)
+    lm = stab._arpack(op, "LM", 4, 36)
+    assert np.allclose(np.sort(np.abs(lm)), np.sort(np.abs(vals))[-4:], rtol=1e-12)
+    sr = stab._arpack(op, "SR", 3, 36)
+    assert np.allclose(np.sort(sr.real), np.sort(vals.real)[:3], rtol=1e-12)

@@ -445,6 +445,12 @@ class StepOperator:
 #: discarded (relative to 1 for small ``theta``: the radii that matter are near 1, and the
 #: projected-out null space of a schedule with memory is a defective eigenvalue 0)
 ARPACK_NCV, RITZ_RTOL = (48, 160), 1e-6
+#: dimensions up to which :func:`_arpack`, where ARPACK fails on every basis, forms the
+#: operator and takes its dense spectrum instead (a tiny operator, whose Krylov basis is
+#: nearly the whole space, can stop ARPACK with error 3, "no shifts could be applied",
+#: and which path it takes there varies between processes: measured on momentum with a
+#: 3-agent W, 36 dimensions, in a test that lowers DENSE_MAX)
+ARPACK_DENSE_FALLBACK = 2000
 
 
 def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
@@ -456,7 +462,9 @@ def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
     ``ncv = 160`` it returns the true 1.181).  If any returned pair's relative residual
     exceeds :data:`RITZ_RTOL`, the solve is repeated with the larger basis of
     :data:`ARPACK_NCV`; from the last basis the verified pairs are kept (the unverified
-    discarded), and ``RuntimeError`` if none verifies."""
+    discarded).  If none verifies (or ARPACK stops with an error on every basis): up to
+    :data:`ARPACK_DENSE_FALLBACK` dimensions the ``k`` selected eigenvalues of the formed
+    operator, else ``RuntimeError``."""
     v0 = np.random.default_rng(0).standard_normal(dim)
     for ncv in ARPACK_NCV:
         try:
@@ -464,6 +472,8 @@ def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
                                    ncv=min(dim - 1, ncv), maxiter=5000)
         except spla.ArpackNoConvergence as exc:  # use what converged (and verifies)
             vals, vecs = exc.eigenvalues, exc.eigenvectors
+        except spla.ArpackError:  # e.g. error 3, no shifts applicable: a basis nearly dim
+            vals, vecs = np.empty(0, complex), np.empty((dim, 0), complex)
         good = [i for i in range(len(vals))
                 if np.linalg.norm(op.matvec(vecs[:, i].real) + 1j * op.matvec(vecs[:, i].imag)
                                   - vals[i] * vecs[:, i])
@@ -473,6 +483,10 @@ def _arpack(op, which: str, k: int, dim: int) -> np.ndarray:
             return np.asarray(vals)[good]
         if last:
             break
+    if dim <= ARPACK_DENSE_FALLBACK:  # small enough to form: its dense spectrum
+        vals = dense_eigvals(op.matmat(np.eye(dim)))
+        order = np.argsort(-np.abs(vals) if which == "LM" else vals.real)
+        return vals[order[:k]]
     raise RuntimeError("spectral_radius: ARPACK found no eigenvalue that verifies by its "
                        "residual; use method='dense'")
 
