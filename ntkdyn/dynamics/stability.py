@@ -338,9 +338,10 @@ class StepOperator:
     def krylov_start(self) -> KrylovStart:
         """The start vectors of this operator's largest-modulus searches
         (:class:`KrylovStart`: each from the eigenvector found at the nearest rate and a
-        fixed random vector), created on first use."""
+        fixed random vector), created on first use (the low-rank FeatureStepOperator has its
+        own ``__init__``)."""
         start = getattr(self, "_krylov_start", None)
-        if start is None or start.dim != self.dim:
+        if start is None:
             start = self._krylov_start = KrylovStart(self.dim)
         return start
 
