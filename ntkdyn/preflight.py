@@ -435,17 +435,21 @@ def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
 def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
                           chosen: AlgorithmVerdict, progress: bool):
     """The learning-rate sweep (fractions of ``lr*``) and, when the chosen rate is inside
-    the NTK regime, its prediction (one batched pass with the sweep), fixed point and
-    random-network band.  With random gossip the sweep runs :func:`_sweep_sequences`
-    sequences per rate and the chosen rate all of them: its mean network is the one
-    random network's ``f_0 = 0`` run over the same sequences where that ran
-    (:func:`_same_sequences_mean`), else a second pass."""
+    the NTK regime, its prediction, fixed point and random-network band.  The chosen
+    rate's ``f_0 = 0`` run is the one random network's mean network where that ran the
+    same full-batch dynamics (:func:`_full_batch_mean`), else a column group of the sweep's
+    pass.  The sweep's pass records the training figures at the horizon only
+    (``train_records="final"``; its rows and steps to the target read the test loss at
+    every record, the rest at the horizon).  With random gossip the sweep runs
+    :func:`_sweep_sequences` sequences per rate and the chosen rate all of them: its mean
+    network is the one random network's ``f_0 = 0`` run over the same sequences where that
+    ran (:func:`_same_sequences_mean`), else a second pass."""
     target = cfg.prediction.target_loss
     algo = exp.algorithm
     # fractions of lr*; none when no rate is stable (lr* = 0) or every rate is (lr* = inf)
     rates = ([float(f * chosen.lr_star) for f in SWEEP_FRACTIONS]
              if 0 < chosen.lr_star < np.inf else [])
-    # One batched pass for the sweep and the chosen rate, with float32 kernel products
+    # One batched pass for the sweep (and the chosen rate), with float32 kernel products
     # (float64 state): within 1e-5 relative of float64 on the default configuration
     # (measured 8.4e-6 on the losses, accuracies identical), twice as fast (SWEEP_DTYPE).
     # mini-batch SGD: the sweep and the chosen rate's prediction are the full-batch
@@ -455,16 +459,23 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
     # are equal).
     samples, sequences = _sweep_samples(exp, cfg), _sweep_sequences(exp, cfg)
     together = samples == sequences
+    # the training figures at the horizon only (train_records="final"): no product of the
+    # training kernel with every agent's state at the records before it
     run = dict(progress=progress, check_stability=False, reference=False,
-               kernel_dtype=_sweep_dtype(cfg))
-    first = rates + [cfg.training.lr] * (together and chosen.inside)
+               kernel_dtype=_sweep_dtype(cfg), train_records="final")
+    one = _random_network(problem, nngp, algo, exp) if chosen.inside else None
+    # the chosen rate's f_0 = 0 run is the one random network's mean network where that
+    # ran the same full-batch dynamics: not again in the sweep's pass
+    mean = _full_batch_mean(one, cfg)
+    first = rates + [cfg.training.lr] * (together and chosen.inside and mean is None)
     trajs = run_problem(problem, algo, first, cfg.steps, samples=sequences,
                         **run) if first else []
     sweep = [_summarise(t, target) for t in trajs[: len(rates)]]
     prediction = None
     if chosen.inside:
-        one = _random_network(problem, nngp, algo, exp)
-        if not together:  # random gossip: the chosen rate over all sequences
+        if mean is not None:
+            trajs = [mean]
+        elif not together:  # random gossip: the chosen rate over all sequences
             mean = _same_sequences_mean(one, samples, cfg)
             trajs = [mean] if mean is not None else run_problem(
                 problem, algo, [cfg.training.lr], cfg.steps, samples=samples, **run)
@@ -486,6 +497,20 @@ def _sweep_and_prediction(problem, nngp, exp: Experiment, cfg: Config,
             steady_state_test_loss=float(np.mean(fp.test_loss))
             if fp is not None and fp.test_loss is not None else None)
     return sweep, prediction
+
+
+def _full_batch_mean(one, cfg: Config):
+    """The ``f_0 = 0`` run of the one random network's pass ``one`` (its mean network, at
+    the chosen rate, in the kernel storage of the sweep: ``float32`` products, or ``float64``
+    for its first ``K`` columns with ``"mixed"``) where that is the full-batch dynamics on a
+    static or periodic mixing, which the sweep's pass would otherwise run again as its
+    last column group (measured on the periodic ring+star of 8 agents: one of its 11 groups,
+    about 0.5 s); else ``None``."""
+    mean = None if one is None else one.mean_network
+    if (mean is None or isinstance(mean, GossipTrajectory) or cfg.training.batch_size
+            or cfg.topology.gossip):
+        return None
+    return mean
 
 
 def _same_sequences_mean(one, samples: int, cfg: Config):

@@ -345,8 +345,8 @@ def test_random_gossip_prediction_reuses_the_random_networks_mean(monkeypatch):
                training={"steps": 40, "lr": 0.05})
     rep = check(cfg)
     assert rep.prediction["sequences"] == 4 and rep.sweep[0]["sequences"] == 2
-    assert [k["samples"] for k in calls] == [2, 4]  # the sweep, the random networks
-    assert "init" in calls[1] and rep.prediction["one_random_network"]["samples"] == 4
+    assert [k["samples"] for k in calls] == [4, 2]  # the random networks, the sweep
+    assert "init" in calls[0] and rep.prediction["one_random_network"]["samples"] == 4
     exp = from_config(cfg)
     problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel="analytic", seed=0)
     one = run_problem(problem, "dgd", [0.05], cfg.steps, samples=4, reference=False,
@@ -354,6 +354,42 @@ def test_random_gossip_prediction_reuses_the_random_networks_mean(monkeypatch):
     for key, metric in (("final_test_loss", "test_loss"), ("final_train_loss", "train_loss"),
                         ("final_consensus_dist", "consensus_dist")):
         assert rep.prediction[key] == pytest.approx(float(one.network_mean(metric)[-1]),
+                                                    rel=1e-10), key
+
+
+def test_prediction_is_the_random_networks_mean_not_a_sweep_group(monkeypatch):
+    """With the default ``f0 = "random"`` on a static ``W``, full batch, the chosen rate's
+    mean network is the one random network's ``f_0 = 0`` run: the sweep's pass holds the
+    10 fractions of ``lr*`` only (not an 11th group at the chosen rate), with the training
+    records at the horizon only, and the prediction equals ``run_problem`` at that rate
+    (float64, 1e-10)."""
+    import sys
+
+    from ntkdyn.config.experiment import from_config
+    from ntkdyn.dynamics.run import run_problem
+    from ntkdyn.prediction import build_problem
+
+    mod = sys.modules["ntkdyn.preflight"]
+    monkeypatch.setattr(mod, "SWEEP_DTYPE", "float64")
+    calls = []
+    real = mod.run_problem
+    monkeypatch.setattr(mod, "run_problem",
+                        lambda *a, **k: calls.append((list(a[2]), k)) or real(*a, **k))
+    cfg = _cfg(training={"steps": 60, "lr": 0.1})
+    rep = check(cfg)
+    assert rep.inside and rep.prediction["one_random_network"] is not None
+    assert len(calls) == 2 and "init" in calls[0][1]  # the random networks, the sweep
+    sweep_rates = calls[1][0]
+    assert len(sweep_rates) == 10 and 0.1 not in sweep_rates
+    assert calls[1][1]["train_records"] == "final"  # the training figures at the horizon
+    assert [row["lr"] for row in rep.sweep] == pytest.approx(sweep_rates, rel=1e-15)
+    exp = from_config(cfg)
+    problem = build_problem(exp.arch, exp.parts, exp.mixing, kernel="analytic", seed=0)
+    mean = run_problem(problem, "dgd", [0.1], cfg.steps, reference=False,
+                       check_stability=False)[0]
+    for key, metric in (("final_test_loss", "test_loss"), ("final_train_loss", "train_loss"),
+                        ("final_consensus_dist", "consensus_dist")):
+        assert rep.prediction[key] == pytest.approx(float(mean.network_mean(metric)[-1]),
                                                     rel=1e-10), key
 
 

@@ -578,3 +578,56 @@ def test_mixing_per_column_group_over_the_support(kind):
         cols = slice(grp * k, (grp + 1) * k)
         ref[:q, :, cols] = np.einsum("pq,qrc->prc", w[grp], x[:q, :, cols])
     assert np.max(np.abs(out - ref)) <= 1e-14 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("algorithm", ["dgd", "p2pl", "gradient_tracking"])
+@pytest.mark.parametrize("kind", ["mse", "cross_entropy", "full"])
+def test_train_records_final_equals_all_at_the_horizon(algorithm, kind):
+    """``train_records="final"`` (``ntkdyn check``'s sweep): the training-set records are
+    ``NaN`` before the last record and equal to ``"all"``'s there (1e-12), every test
+    record is ``"all"``'s (1e-12), over two rates; a multi-phase schedule (P2PL) too."""
+    from ntkdyn.dynamics.run import run_problem
+
+    problem = _carried_problems()[kind]
+    steps = [0, 3, 10, 16]
+    train_keys = ("train_loss", "objective", "local_loss", "train_acc", "param_dist",
+                  "consensus_dist", "central_dist", "mean_model_train_loss",
+                  "mean_model_train_acc", "central_train_loss", "central_objective",
+                  "central_train_acc", "central_param_dist", "train_outputs")
+    kw = dict(record_outputs=True)
+    every = run_problem(problem, algorithm, [0.05, 0.2], steps, **kw)
+    final = run_problem(problem, algorithm, [0.05, 0.2], steps, train_records="final", **kw)
+    for a, b in zip(every, final, strict=True):
+        assert a.status == b.status == "ok"
+        seen = 0
+        for name in train_keys:
+            va, vb = getattr(a, name), getattr(b, name)
+            if va is None:
+                assert vb is None, name
+                continue
+            seen += 1
+            assert np.all(np.isnan(vb[:-1])), name
+            assert rel_err(vb[-1], va[-1]) <= 1e-12, name
+        assert seen >= 9
+        for name in ("test_loss", "test_acc", "mean_model_test_loss", "central_test_loss"):
+            assert rel_err(getattr(b, name), getattr(a, name)) <= 1e-12, name
+
+
+def test_train_records_final_is_checked_and_keeps_a_divergence(net):
+    """A bad ``train_records`` is a ``ValueError`` naming it; a diverging rate keeps its
+    status and divergence step with the training records of the horizon."""
+    from ntkdyn.dynamics.run import run_problem
+
+    w = graphs.mixing(graphs.topology("ring", 4))
+    problem = nd.make_problem(net.kernel_full, net.y, net.agent, w, f0_train=net.f0,
+                              kernel_test_train=net.kernel_test_full, y_test=net.y_test,
+                              f0_test=net.f0_test)
+    with pytest.raises(ValueError, match="train_records"):
+        run_problem(problem, "dgd", [0.1], [0, 5], train_records="last")
+    every = run_problem(problem, "dgd", [0.1, 50.0], range(0, 301, 20))
+    final = run_problem(problem, "dgd", [0.1, 50.0], range(0, 301, 20), train_records="final")
+    assert [t.status for t in final] == [t.status for t in every] == ["ok", "diverged"]
+    assert final[1].diverged_at == every[1].diverged_at
+    np.testing.assert_array_equal(final[1].steps, every[1].steps)
+    assert rel_err(final[1].test_loss, every[1].test_loss) <= 1e-12
+    assert rel_err(final[0].train_loss[-1], every[0].train_loss[-1]) <= 1e-12

@@ -114,6 +114,7 @@ def run_problem(
     batch_sampling: str = "epoch",
     init=None,
     init_band: bool = True,
+    train_records: str = "all",
 ) -> list[Trajectory]:
     """Predict one trajectory per row of ``lrs`` (each a scalar or ``(Q,)`` rates).
 
@@ -130,6 +131,15 @@ def run_problem(
     loss, the expected dynamics from each network's ``f_0`` also run (``S`` more column
     groups, ``.init_band_run``: the band over initialisations alone); ``init_band=False``
     leaves them out (``ntkdyn check`` reports the joint band only).
+
+    ``train_records="final"``: the training-set records (training loss and accuracy,
+    parameter, consensus and centralised distances; :data:`ntkdyn.dynamics.solver.
+    TRAIN_KEYS`) are ``NaN`` at every recorded step but the last, which skips a product of
+    the training kernel with every agent's state per record (``ntkdyn check``'s sweep,
+    which reads them at the horizon only); the test records are all there.  Discrete
+    steps and the gradient flow of the squared loss; every record is computed where it
+    costs nothing extra (carried outputs), with sampled random networks (``init``) and on
+    the cross-entropy flow.
 
     ``check_stability``: ``None`` (default) computes the exact stability report
     (:func:`ntkdyn.dynamics.stability.stability`) only for rates above the cheap sufficient bound;
@@ -171,6 +181,8 @@ def run_problem(
     centralised reference is carried along every kernel pass (no eigenbasis).
     """
     algo = get_algorithm(algorithm)
+    if train_records not in ("all", "final"):
+        raise ValueError(f"train_records: expected 'all' or 'final', got {train_records!r}")
     rate_rows = learning_rates(lrs, problem.num_agents, rows=True)
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
@@ -214,7 +226,8 @@ def run_problem(
                             batch_size=batch_size, seed=int(seed), batch_sampling=batch_sampling,
                             networks=0 if init is None or copies else init.samples,
                             group_f0=group_f0, copies=max(copies, 1),
-                            expected_groups=expected_groups, carry_outputs=carried)
+                            expected_groups=expected_groups, carry_outputs=carried,
+                            train_records=train_records)
     base_meta = _base_metadata(problem, algo, kernel_dtype, metadata)
     if "flow" in raw:
         base_meta["flow"] = raw.pop("flow")

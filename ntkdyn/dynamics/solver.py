@@ -665,13 +665,39 @@ def _slot_products(x, product, carried=None):
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
+#: the records computed from the training-set products ``Theta x`` of every slot (``2 R^2 A
+#: C`` flops a record): ``NaN`` at every record but the last with ``train_records="final"``
+#: (:func:`evolve`)
+TRAIN_KEYS = ("train_loss", "objective", "local_loss", "train_acc", "param_dist",
+              "consensus_dist", "central_dist", "mean_model_train_loss",
+              "mean_model_train_acc", "train_outputs")
+
+
 def _record(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central=True,
-            loss="mse", carried=None, carried_test=None):
-    x, u, prod_t = _products(x, data, traced=traced, has_test=has_test, carried=carried,
-                             carried_test=carried_test)
-    return _metrics(x, u, prod_t, data, data["f0"], data["y"], data.get("f0_test"),
-                    data.get("y_test"), q_count=q_count, n_rates=n_rates, traced=traced,
-                    record_outputs=record_outputs, central=central, loss=loss)
+            loss="mse", carried=None, carried_test=None, train=True):
+    """The records of the state ``x``; ``train=False``: without the training-set product,
+    the :data:`TRAIN_KEYS` ``NaN`` (the test records only, same shapes)."""
+    if train:
+        x, u, prod_t = _products(x, data, traced=traced, has_test=has_test, carried=carried,
+                                 carried_test=carried_test)
+    else:  # the test products alone (as _products makes them), no Theta x
+        prod_t = None
+        if has_test:
+            low = _low_args(data)
+            low_t = None if low is None else (data["low_kernel_test"], low[1])
+            prod_t = _slot_products(x, lambda f: mixed_product(
+                partial(jnp.matmul, precision=EXACT), data["kernel_test"], f, low_t),
+                carried_test)
+        n, k = data["y"].shape
+        x = x[:, :n * (1 if traced else k)]
+        u = jnp.zeros((x.shape[1], x.shape[0], x.shape[2]), x.dtype)
+    rec = _metrics(x, u, prod_t, data, data["f0"], data["y"], data.get("f0_test"),
+                   data.get("y_test"), q_count=q_count, n_rates=n_rates, traced=traced,
+                   record_outputs=record_outputs, central=central, loss=loss)
+    if not train:
+        rec = {key: jnp.full_like(v, jnp.nan) if key in TRAIN_KEYS else v
+               for key, v in rec.items()}
+    return rec
 
 
 def _metrics(x, u, prod_t, data, f0, y, f0t, yt, *, q_count, n_rates, traced, record_outputs,
@@ -982,10 +1008,11 @@ def taylor_flow(algorithm: Algorithm, x, h, ops: Operators, ops_lin: Operators):
 
 
 def _record_state(x, data, *, q_count, n_rates, traced, has_test, record_outputs, central,
-                  loss, networks, lifted=False):
+                  loss, networks, lifted=False, train=True):
     """The records of one state: the centralised slot mapped back to ``alpha`` first,
     then per sampled network (:func:`_record_networks`) or per column group
-    (:func:`_record`); a lifted state gives the agents' ``Theta alpha`` it carries."""
+    (:func:`_record`, without the training-set product where not ``train``); a lifted
+    state gives the agents' ``Theta alpha`` it carries."""
     carried = carried_test = None
     if lifted:
         rows = data["residual"].shape[0]
@@ -1000,7 +1027,15 @@ def _record_state(x, data, *, q_count, n_rates, traced, has_test, record_outputs
                                 carried_test=carried_test)
     return _record(x, data, q_count=q_count, n_rates=n_rates, traced=traced,
                    has_test=has_test, record_outputs=record_outputs, central=central,
-                   loss=loss, carried=carried, carried_test=carried_test)
+                   loss=loss, carried=carried, carried_test=carried_test, train=train)
+
+
+@partial(jax.jit, static_argnames=("algorithm", "q_count", "n_rates", "traced", "has_test",
+                                   "record_outputs", "central", "loss"))
+def _final_record(state, data, *, algorithm, **static):
+    """:func:`_record_state` of the algorithm's final state, every record (the training
+    records of ``train_records="final"``)."""
+    return _record_state(algorithm.parameters(state), data, networks=0, **static)
 
 
 def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, columns,
@@ -1024,10 +1059,10 @@ def _operators_at(data, t, linear=False, *, algorithm, batcher, sampler, loss, c
 # operators and the divergence state, and as module functions each would take ten arguments
 @partial(jax.jit, static_argnames=("algorithm", "offsets", "traced", "n_rates", "continuous",
                                    "has_test", "record_outputs", "central", "sampler", "loss",
-                                   "batcher", "networks", "lifted"))
+                                   "batcher", "networks", "lifted", "train"))
 def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, continuous,
                has_test, record_outputs, central, sampler=None, loss="mse", batcher=None,
-               networks=0, lifted=False):
+               networks=0, lifted=False, train=True):
     """Advance through a chunk of records; returns the new carry and the records.
 
     The kernel-space instance of :func:`ntkdyn.engine.scan_records` (the loop real
@@ -1099,7 +1134,8 @@ def _run_chunk(carry, schedule, data, *, algorithm, offsets, traced, n_rates, co
     def record(st, x):
         rec = _record_state(params(x), data, q_count=q_count, n_rates=n_rates, traced=traced,
                             has_test=has_test, record_outputs=record_outputs,
-                            central=central, loss=loss, networks=networks, lifted=lifted)
+                            central=central, loss=loss, networks=networks, lifted=lifted,
+                            train=train)
         rec["diverged"] = st[2]
         return st, rec
 
@@ -1320,6 +1356,7 @@ def evolve(
     copies: int = 1,
     expected_groups: int = 1,
     carry_outputs: bool | None = None,
+    train_records: str = "all",
 ) -> dict[str, np.ndarray]:
     """Run the kernel-space recursion (or flow) and record at ``steps``.
 
@@ -1378,6 +1415,16 @@ def evolve(
         (:func:`_grad_lifted`: the same flops per step, twice the state, and records
         without a training-set product); ``None`` (default): where
         :func:`carries_outputs` says it saves work.  Same results to round-off.
+    train_records : "all" or "final"
+        ``"final"``: the records that need the training-set product ``Theta x`` of every
+        slot (:data:`TRAIN_KEYS`: training loss and accuracy, parameter, consensus and
+        centralised distances; ``2 R^2 A C`` flops a record, about twice a step's) are
+        ``NaN`` at every record but the last, which is computed from the final state
+        after the run; the test records are all there.  For callers that read the
+        training figures at the horizon only (``ntkdyn check``'s sweep); a column group
+        that diverged keeps ``NaN`` (its last record is dropped).  Where the records need
+        no product of their own (carried outputs) or come per sampled network
+        (``networks``), every record is computed as with ``"all"``.
 
     Returns
     -------
@@ -1391,6 +1438,8 @@ def evolve(
         (``-1`` when the run stayed bounded).
     """
     algorithm = _as_algorithm(algorithm)
+    if train_records not in ("all", "final"):
+        raise ValueError(f"train_records: expected 'all' or 'final', got {train_records!r}")
     lrs = np.atleast_2d(np.asarray(lrs, dtype=np.float64))
     groups, with_expected = mixing_groups(problem, samples, batch_size)
     if group_f0 is not None:
@@ -1430,14 +1479,24 @@ def evolve(
                                              data["blocks"]))
     x0 = zero_state(problem, n_rates, central, mesh, lifted=lifted,
                     test_rows="test_blocks" in data)
+    final = train_records == "final" and not networks and not lifted
     static = dict(algorithm=algorithm, offsets=problem.offsets, traced=problem.traced,
                   n_rates=n_rates, continuous=continuous, has_test=problem.has_test,
                   record_outputs=record_outputs, central=central, sampler=sampler,
                   loss=problem.loss, batcher=batcher, networks=int(networks), lifted=lifted)
     state0 = x0 if algorithm.init is None else _init_state(x0, data, **static)
     carry = (state0, jnp.asarray(0.0), jnp.zeros(n_rates, bool), jnp.full(n_rates, -1.0))
-    return _run_chunks(carry, data, static, n_sub, h, deltas, chunk=chunk,
-                       desc=f"predict {algorithm.name}" if progress else None)
+    out, carry = _run_chunks(carry, data, dict(static, train=not final), n_sub, h, deltas,
+                             chunk=chunk, desc=f"predict {algorithm.name}" if progress else None)
+    if final and len(out["diverged"]):  # the training records of the last one
+        last = _final_record(carry[0], data, algorithm=algorithm, q_count=len(problem.offsets)
+                             - 1, n_rates=n_rates, traced=problem.traced,
+                             has_test=problem.has_test, record_outputs=record_outputs,
+                             central=central, loss=problem.loss)
+        for key in TRAIN_KEYS:
+            if key in out:
+                out[key][-1] = np.asarray(last[key])
+    return out
 
 
 #: cost of the state-sized passes a lifted step adds (the transposed product's output, the
@@ -1542,9 +1601,10 @@ def _checked_reference(problem: KernelProblem, algorithm: Algorithm, reference: 
 
 
 def _run_chunks(carry, data: dict, static: dict, n_sub: np.ndarray, h: np.ndarray,
-                deltas: np.ndarray, *, chunk: int, desc: str | None) -> dict:
+                deltas: np.ndarray, *, chunk: int, desc: str | None) -> tuple[dict, tuple]:
     """Run the schedule ``chunk`` records per compiled call (:func:`_run_chunk`), with a
-    progress bar when ``desc`` is given; stops early once every rate has diverged."""
+    progress bar when ``desc`` is given; stops early once every rate has diverged.  Returns
+    the records and the last carry."""
     algorithm = static["algorithm"]
     chunk = balanced_chunk(len(n_sub), chunk)  # fewest padded records
     pieces = []
@@ -1564,7 +1624,7 @@ def _run_chunks(carry, data: dict, static: dict, n_sub: np.ndarray, h: np.ndarra
         bar.close()
     out = concatenate(pieces)
     out["diverged_at"] = np.asarray(carry[3])
-    return out
+    return out, carry
 
 
 #: public names of two helpers, for the adaptive gradient flow (:mod:`ntkdyn.dynamics.flow`)
