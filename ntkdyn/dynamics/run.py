@@ -181,8 +181,7 @@ def run_problem(
     centralised reference is carried along every kernel pass (no eigenbasis).
     """
     algo = get_algorithm(algorithm)
-    if train_records not in ("all", "final"):
-        raise ValueError(f"train_records: expected 'all' or 'final', got {train_records!r}")
+    _check_options(kernel_dtype, init, train_records)
     rate_rows = learning_rates(lrs, problem.num_agents, rows=True)
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
@@ -205,9 +204,6 @@ def run_problem(
             expected_groups = init.samples + 1 if init_band else 1
         else:
             run = random_init.augment(problem, init)
-    if kernel_dtype == "mixed" and init is None:
-        raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
-                         "response columns) needs sampled random networks (f0='random')")
     carried = None  # with a mesh: the solver's own choice (never carried)
     if mesh is None:
         carried = _check_memory(run, len(rate_rows) * groups, algo, steps, record_outputs,
@@ -243,6 +239,16 @@ def run_problem(
                           groups=groups, with_expected=with_expected,
                           minibatch=bool(batch_size), init=init)
     return _with_stability(trajs, problem, algo, rate_rows, continuous, check_stability)
+
+
+def _check_options(kernel_dtype: str, init, train_records: str) -> None:
+    """``ValueError`` naming the option for a ``"mixed"`` kernel storage without sampled
+    random networks or an unknown ``train_records``."""
+    if kernel_dtype == "mixed" and init is None:
+        raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
+                         "response columns) needs sampled random networks (f0='random')")
+    if train_records not in ("all", "final"):
+        raise ValueError(f"train_records: expected 'all' or 'final', got {train_records!r}")
 
 
 def _independent_groups(problem: KernelProblem, init, samples, batch_size: int,
