@@ -439,9 +439,13 @@ def _caveat(kernel: str, width: int, full: bool = False, cfg: Config | None = No
 
 
 def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
-    """What check does not analyse for cross-entropy or mini-batch SGD is a
-    :class:`ConfigError` naming the key."""
+    """What check does not analyse (a configuration without test data: its target is a
+    test loss; for cross-entropy or mini-batch SGD) is a :class:`ConfigError` naming the
+    key."""
     t, p = cfg.training, cfg.prediction
+    if cfg.data.n_test == 0:
+        raise ConfigError("config: data.n_test: ntkdyn check needs test data (its target "
+                          "and sweep are of the test loss); expected data.n_test > 0, got 0")
     what = ("training.loss = 'cross_entropy'" if t.loss != "mse" else
             "training.batch_size > 0" if t.batch_size else None)
     if what is None:
@@ -738,13 +742,17 @@ def _check_lowrank(cfg: Config, t0: float) -> CheckReport:
     data, arch = exp.parts.dataset, exp.arch
     has_test = data.num_test > 0
     empirical = cfg.prediction.kernel == "empirical"
-    params = init_params(arch, data.dim, cfg.seed) if empirical else None
+    # the network initialised with the seed: the empirical kernel's, or f0 = "network"'s
+    # initial outputs with the analytic kernel
+    network = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel,
+                         low_rank=True) == "network"
+    params = init_params(arch, data.dim, cfg.seed) if empirical or network else None
     source = lowrank_source(arch, cfg.prediction.kernel, params, data.x_train,
                             data.x_test if has_test else None)
     agent, lr = exp.parts.agent, cfg.training.lr
     mixing = _lowrank_mixing(exp)
     kw = exp.low_rank
-    f0_train = np.asarray(arch.apply(params, data.x_train)) if empirical else None
+    f0_train = np.asarray(arch.apply(params, data.x_train)) if params is not None else None
     factor, tol, algo, steps = lowrank.choose_factor(source, agent, mixing, lr, cfg.steps,
                                                      exp.algorithm, rank=kw["rank"],
                                                      tol=kw.get("tol"), seed=cfg.seed,

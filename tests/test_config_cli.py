@@ -256,3 +256,48 @@ def test_config_path_that_is_missing_or_a_directory(tmp_path):
         load_config(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="is a directory; expected a TOML file"):
         load_config(tmp_path)
+
+
+def test_whole_number_topology_parameters_stay_integers():
+    """``params = { k = 2 }`` is the integer 2 (it was stored as 2.0 and refused as "not an
+    integer"); a bool is refused naming the key; ``training = 3`` names ``training``."""
+    import networkx as nx
+
+    from ntkdyn import graphs
+    from ntkdyn.config.experiment import build_mixing
+
+    cfg = config_from_dict({"partition": {"agents": 4},
+                            "topology": {"name": "small_world", "params": {"k": 2}}})
+    assert cfg.topology.params == {"k": 2} and isinstance(cfg.topology.params["k"], int)
+    graph, _ = build_mixing(cfg)
+    assert nx.is_isomorphic(graph, graphs.topology("small_world", 4, k=2, seed=0))
+    torus = config_from_dict({"partition": {"agents": 8},
+                              "topology": {"name": "torus", "params": {"rows": 2}}})
+    assert build_mixing(torus)[0].number_of_nodes() == 8
+    with pytest.raises(ConfigError, match=r"topology\.params\.k: expected an integer or a number"):
+        config_from_dict({"topology": {"name": "small_world", "params": {"k": True}}})
+    with pytest.raises(ConfigError, match=r"config: training: expected a table, got int"):
+        config_from_dict({"training": 3})
+
+
+def test_topology_params_reach_the_topologies_of_a_sequence():
+    """With ``topology.sequence`` each topology gets the parameters it takes (they were
+    dropped silently): the Erdos-Renyi matrix of the cycle is the one with the configured
+    ``p``; an invalid value names its place in the sequence, a parameter that no topology
+    of the sequence takes names ``topology.params``."""
+    from ntkdyn import graphs
+    from ntkdyn.config.experiment import build_mixing
+
+    raw = {"partition": {"agents": 12},
+           "topology": {"sequence": ["ring", "erdos_renyi"], "params": {"p": 0.5}}}
+    _, process = build_mixing(config_from_dict(raw))
+    expected = graphs.mixing(graphs.topology("erdos_renyi", 12, p=0.5, seed=0), "metropolis")
+    np.testing.assert_array_equal(process.cycle[1], expected)
+    default = graphs.mixing(graphs.topology("erdos_renyi", 12, seed=0), "metropolis")
+    assert not np.array_equal(process.cycle[1], default)
+    raw["topology"]["params"] = {"p": 5.0}
+    with pytest.raises(ConfigError, match=r"topology\.sequence\[1\]: .*'p' must lie in"):
+        build_mixing(config_from_dict(raw))
+    raw["topology"]["params"] = {"radius": 0.3}
+    with pytest.raises(ConfigError, match=r"topology\.params: 'radius' is a parameter of no"):
+        build_mixing(config_from_dict(raw))

@@ -470,3 +470,24 @@ def test_sweep_with_final_training_records(mixing):
                 assert np.max(np.abs(x[-1] - z[-1])) <= 1e-12 * np.max(np.abs(x[-1])), f
     with pytest.raises(ValueError, match="^train_records: expected 'all' or 'final'"):
         predict_lowrank_ce_sweep(factor, y, agent, w, lrs, steps, train_records="last", **kw)
+
+
+@pytest.mark.parametrize("kind", ["periodic", "gossip"])
+def test_random_network_with_a_mixing_sequence(digits_problem, kind):
+    """One random network (the default ``f0``) with cross-entropy on the low-rank path and a
+    periodic or random mixing sequence (it raised IndexError: the agents were counted from
+    the shape of a static ``W``): its ``f_0 = 0`` run equals ``f0="mean"``'s prediction
+    (1e-10; the same sequences with random gossip)."""
+    data, parts, w, arch = digits_problem
+    star = nd.graphs.mixing(nd.graphs.topology("star", 4))
+    mixing = (nd.graphs.periodic([w, star]) if kind == "periodic" else
+              nd.graphs.one_random_edge(nd.graphs.topology("ring", 4), seed=0))
+    call = dict(lr=0.5, algorithm="dgd", steps=range(0, 21, 10), rank=20,
+                loss="cross_entropy")
+    one = nd.predict(arch, parts, mixing, samples=2, **call)
+    # random gossip: the mean network over the networks' sequences 0 and 1
+    mean = nd.predict(arch, parts, mixing, f0="mean", **call,
+                      **({"samples": 2} if kind == "gossip" else {}))
+    assert one.samples == 2
+    np.testing.assert_allclose(one.mean_network.network_mean("test_loss"),
+                               mean.network_mean("test_loss"), rtol=1e-10)

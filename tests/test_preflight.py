@@ -494,3 +494,33 @@ def test_stability_analyses_run_side_by_side_with_the_sequential_reports(monkeyp
     monkeypatch.setattr(mod.os, "cpu_count", lambda: 2)
     with pytest.raises(mod.spectrum.StabilityUndecided, match="could not decide"):
         check(cfg)
+
+
+def test_check_without_test_data_is_an_error_naming_n_test():
+    """``data.n_test = 0`` is valid for ``predict``; ``check`` (whose target and sweep are
+    of the test loss) refuses it naming the key, before any computation (it raised a
+    message about an unrecorded metric)."""
+    from ntkdyn.config.schema import ConfigError
+
+    cfg = _cfg(data={"source": "digits", "classes": [0, 1, 2], "n_train": 48, "n_test": 0})
+    with pytest.raises(ConfigError, match=r"config: data\.n_test: .* expected data\.n_test > 0"):
+        check(cfg)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_lowrank_check_of_the_seeded_network_with_the_analytic_kernel(loss, tmp_path):
+    """``prediction.rank`` with ``f0 = "network"`` and the analytic kernel: the network
+    initialised with the seed gives the initial outputs (it crashed: no parameters were
+    made without the empirical kernel); the chosen rate's final test loss is that of
+    ``ntkdyn predict``'s low-rank prediction (1e-10)."""
+    from ntkdyn import Trajectory
+
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(training={"steps": 20, "record_every": 10, "lr": 0.1, "loss": loss},
+                          prediction={"target_loss": 0.2, "f0": "network", "rank": 12}))
+    rep = check(path)
+    assert rep.network.startswith("network initialised with seed 0")
+    assert main(["predict", str(path), "--quiet", "--out", str(tmp_path / "out")]) == 0
+    traj = Trajectory.load(tmp_path / "out" / "trajectory.npz")
+    assert rep.prediction["final_test_loss"] == pytest.approx(
+        float(traj.network_mean("test_loss")[-1]), rel=1e-10)

@@ -155,10 +155,19 @@ def build_mixing(cfg: Config) -> tuple[nx.Graph | None, np.ndarray | gossip.Mixi
     t = cfg.topology
     q = cfg.partition.agents
     if t.sequence:
+        from ntkdyn.graphs.topology import TOPOLOGY_PARAMS
+
+        # topology.params go to each topology of the sequence that takes them
+        unused = set(t.params) - {p for name in t.sequence for p in TOPOLOGY_PARAMS[name]}
+        if unused:
+            raise ConfigError(f"config: topology.params: {', '.join(map(repr, sorted(unused)))}"
+                              f" is a parameter of no topology in topology.sequence "
+                              f"{list(t.sequence)}")
         mats = []
         for i, name in enumerate(t.sequence):
+            own = {k: v for k, v in t.params.items() if k in TOPOLOGY_PARAMS[name]}
             try:
-                g = graphs.topology(name, q, seed=cfg.seed)
+                g = graphs.topology(name, q, seed=cfg.seed, **own)
             except ValueError as exc:
                 raise ConfigError(f"config: topology.sequence[{i}]: {exc}") from exc
             mats.append(graphs.mixing(g, t.rule, lazy=t.lazy))

@@ -63,7 +63,7 @@ class TopologyConfig:
     mixing_file: str = ""  # optional: a mixing matrix used as given (checked)
     rule: str = "metropolis"  # metropolis | max_degree | uniform
     lazy: bool = False
-    params: dict[str, float] = field(default_factory=dict)  # e.g. {p = 0.3}
+    params: dict[str, int | float] = field(default_factory=dict)  # e.g. {p = 0.3}, {k = 2}
     sequence: list[str] = field(default_factory=list)  # periodic: topology names, cycled
     gossip: str = ""  # "" (static) | edges (each edge on w.p. gossip_p) | one_edge
     gossip_p: float = 0.5  # gossip = "edges": probability an edge is active at an event
@@ -189,7 +189,8 @@ def _check_value(path: str, value, hint):
         _, item = typing.get_args(hint)
         if not isinstance(value, dict):
             raise ConfigError(f"config: {path}: expected a table, got {type(value).__name__}")
-        return {k: _check_value(f"{path}.{k}", v, item) for k, v in value.items()}
+        check = _check_union if isinstance(item, types.UnionType) else _check_value
+        return {k: check(f"{path}.{k}", v, item) for k, v in value.items()}
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
@@ -219,7 +220,7 @@ def _check_union(path: str, value, hint):
 
 def _build(cls, raw: dict, prefix: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"config: {prefix or 'top level'}: expected a table, got "
+        raise ConfigError(f"config: {prefix.rstrip('.') or 'top level'}: expected a table, got "
                           f"{type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -472,7 +473,7 @@ def applicable(cfg: Config, command: str = "predict") -> dict:
     if cfg.partition.scheme != "shards":
         p.pop("shards_per_agent")
     if cfg.topology.sequence:
-        drop = ("name", "adjacency_file", "mixing_file", "params", "gossip")
+        drop = ("name", "adjacency_file", "mixing_file", "gossip")
     elif cfg.topology.mixing_file:
         drop = ("name", "adjacency_file", "params", "rule", "lazy", "sequence")
     else:

@@ -14,6 +14,7 @@ from ntkdyn.graphs.sequences import one_random_edge, periodic, random_edges
 from ntkdyn.graphs.topology import (
     MIXING_RULES,
     TOPOLOGIES,
+    TOPOLOGY_PARAMS,
     as_graph,
     check_mixing,
     eigenvalues,
@@ -29,7 +30,7 @@ from ntkdyn.graphs.topology import (
 )
 
 __all__ = [
-    "MIXING_RULES", "TOPOLOGIES", "as_graph", "check_mixing", "eigenvalues",
+    "MIXING_RULES", "TOPOLOGIES", "TOPOLOGY_PARAMS", "as_graph", "check_mixing", "eigenvalues",
     "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "load_mixing",
     "mixing", "one_random_edge", "periodic", "random_edges", "spectral_gap", "symmetrised",
     "topology",

@@ -34,7 +34,7 @@ import scipy.sparse
 from scipy.sparse.csgraph import connected_components
 
 __all__ = [
-    "MIXING_RULES", "TOPOLOGIES", "as_graph", "check_mixing", "eigenvalues",
+    "MIXING_RULES", "TOPOLOGIES", "TOPOLOGY_PARAMS", "as_graph", "check_mixing", "eigenvalues",
     "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "load_mixing",
     "mixing", "spectral_gap", "symmetrised", "topology",
 ]
@@ -106,12 +106,13 @@ def _real_param(name: str, param: str, value: Any, lo: float, hi: float, lo_open
     return v
 
 
-# name -> parameters it accepts
-_PARAMS: dict[str, tuple[str, ...]] = {
+#: name -> the parameters :func:`topology` accepts for it
+TOPOLOGY_PARAMS: dict[str, tuple[str, ...]] = {
     "ring": (), "path": (), "star": (), "complete": (), "hypercube": (),
     "torus": ("rows",), "grid": ("rows",), "erdos_renyi": ("p",),
     "geometric": ("radius",), "small_world": ("k", "p"),
 }
+_PARAMS = TOPOLOGY_PARAMS
 
 
 def topology(name: str, n: int, *, seed: int = 0, **params: Any) -> nx.Graph:

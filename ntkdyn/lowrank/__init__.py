@@ -407,11 +407,11 @@ def _random_draws(factor, source, y_train, mixing, *, seed, nngp, init, samples,
         if samples is None else samples
     s_rank = min(n + m, factor.rank if nngp_rank is None
                  else check_rank(nngp_rank, n + m, name="nngp_rank"))
+    q = mixing.num_agents if is_process(mixing) else np.shape(mixing)[0]
     if kwargs.get("loss", "mse") == "cross_entropy":
-        return _ce_draws(nngp, n, m, np.shape(mixing)[0], factor.rank, y_train, seed=seed,
+        return _ce_draws(nngp, n, m, q, factor.rank, y_train, seed=seed,
                          samples=samples, s_rank=s_rank, block=block, method=method)
     k = np.shape(y_train)[1]
-    q = mixing.num_agents if is_process(mixing) else np.shape(mixing)[0]
     draw_cols = p * k if independent else p
     need = networks.networks_bytes(n, m, factor.rank, q, k, draw_cols,
                                    acc_rows=kwargs.get("acc_rows"), nngp_rank=s_rank) + \
