@@ -20,17 +20,14 @@ cross-entropy also a periodic sequence), else one run per rate.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ntkdyn import algorithms, graphs
 from ntkdyn._utils.checks import learning_rates
-from ntkdyn._utils.concurrent import run_concurrently
 from ntkdyn._utils.io import json_text
 from ntkdyn.algorithms import Algorithm
 from ntkdyn.config.experiment import Experiment, from_config
@@ -294,50 +291,27 @@ def _one_network_fields(traj, target: float) -> dict | None:
     return out
 
 
-def _analyse(exp: Experiment, problem, cfg: Config, chosen: Algorithm | None = None
-             ) -> list[AlgorithmVerdict]:
-    """Stability of the :data:`COMPARED` schedules at the chosen rate, once per spectrum,
-    and of ``chosen`` where it is not one of them (appended last); side by side in threads
-    where the kernel is at most :data:`PARALLEL_STABILITY_MAX_BYTES` (each analysis holds
-    its own copy of the kernel's row blocks)."""
-    parallel = np.asarray(problem.kernel).nbytes <= PARALLEL_STABILITY_MAX_BYTES
+def _analyse(exp: Experiment, problem, cfg: Config) -> list[AlgorithmVerdict]:
+    """Stability of the :data:`COMPARED` schedules at the chosen rate, once per spectrum."""
     return _shared_verdicts(lambda algo: stability_of(problem, algo, cfg.training.lr),
-                            _topology_name(exp.config), chosen, parallel=parallel)
+                            _topology_name(exp.config))
 
 
-#: kernels up to which :func:`_analyse` runs the schedules' stability analyses side by side
-#: (each holds the kernel's row blocks: two at once hold it twice)
-PARALLEL_STABILITY_MAX_BYTES = 1 << 30
-
-
-def _shared_verdicts(report_of, topology: str, chosen: Algorithm | None = None, *,
-                     parallel: bool = True) -> list[AlgorithmVerdict]:
+def _shared_verdicts(report_of, topology: str, chosen: Algorithm | None = None
+                     ) -> list[AlgorithmVerdict]:
     """The verdicts of the :data:`COMPARED` schedules (and ``chosen`` if it is not one of
     them, appended last), ``report_of(algorithm)`` called once per spectrum
-    (:attr:`~ntkdyn.algorithms.Algorithm.shares_spectrum_with`: CTA's is ATC's).  The
-    calls run side by side in threads, one per core (:func:`~ntkdyn._utils.concurrent.
-    run_concurrently`), where ``parallel``: above the dense limit each is a sequence of
-    Krylov solves on one core (measured on the periodic ring+star of 8 agents x 800
-    samples, DGD and ATC: 11.0 s one after the other, 6.5 s side by side, the same reports
-    to the last bit); a failure or a Ctrl-C stops the others at their next product."""
+    (:attr:`~ntkdyn.algorithms.Algorithm.shares_spectrum_with`: CTA's is ATC's)."""
+    out, cache = [], {}
     by_name = {a.name: a for a in COMPARED}
-    keys = list(dict.fromkeys(
-        a.shares_spectrum_with if a.shares_spectrum_with in by_name else a.name
-        for a in COMPARED))
-    algos = [by_name[k] for k in keys]
-    extra = chosen is not None and all(a is not chosen for a in COMPARED)
-    if extra:
-        algos.append(chosen)
-    workers = min(len(algos), os.cpu_count() or 1) if parallel else 1
-    reports = run_concurrently([partial(report_of, a) for a in algos], workers)
-    cache = dict(zip(keys, reports, strict=False))
-    out = []
     for algo in COMPARED:
         key = algo.shares_spectrum_with if algo.shares_spectrum_with in by_name else algo.name
+        if key not in cache:
+            cache[key] = report_of(by_name[key])
         out.append(_as_verdict(dataclasses.replace(cache[key], algorithm=algo.name),
                                topology))
-    if extra:
-        out.append(_as_verdict(reports[-1], topology))
+    if chosen is not None and all(a is not chosen for a in COMPARED):
+        out.append(_as_verdict(report_of(chosen), topology))
     return out
 
 
@@ -678,10 +652,13 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
         want_nngp=f0 == "random", loss=cfg.training.loss,
         logit_scale=exp.loss.get("logit_scale", 1.0), runs=_sequence_runs(exp, cfg, f0))
     t_kernel = time.perf_counter()
+    verdicts = _analyse(exp, problem, cfg)
     algo = exp.algorithm
-    # gd, p2pl, gradient tracking, EXTRA, momentum: their own operator, appended last
-    verdicts = _analyse(exp, problem, cfg, algo)
-    chosen = _chosen_verdict(verdicts, algo)
+    chosen = next((v for a, v in zip(COMPARED, verdicts, strict=True) if a is algo), None)
+    if chosen is None:  # gd, p2pl, gradient tracking, EXTRA, momentum: their own operator
+        rep = stability_of(problem, algo, cfg.training.lr)
+        chosen = _as_verdict(rep, _topology_name(cfg))
+        verdicts.append(chosen)
     t_stab = time.perf_counter()
     target = cfg.prediction.target_loss
     sweep, prediction = _sweep_and_prediction(problem, nngp, exp, cfg, chosen, progress)

@@ -455,47 +455,6 @@ def test_topology_row_reports_lambda_min_of_a_reversible_mixing_matrix():
         assert row["lambda_min"] < 0.5
 
 
-def test_stability_analyses_run_side_by_side_with_the_sequential_reports(monkeypatch):
-    """The schedules' stability analyses (DGD, ATC for ATC/CTA, and the configured one,
-    here gradient tracking) run in worker threads where there are cores for them, and
-    report exactly what one after the other in the calling thread reports; an error in one
-    is raised by ``check``."""
-    import sys
-    import threading
-
-    mod = sys.modules["ntkdyn.preflight"]
-    seen = []
-    real = mod.stability_of
-
-    def spy(problem, algo, lr):
-        seen.append((algo.name, threading.current_thread().name))
-        return real(problem, algo, lr)
-
-    monkeypatch.setattr(mod, "stability_of", spy)
-    cfg = _cfg(training={"algorithm": "gradient_tracking", "lr": 0.05, "steps": 40})
-    monkeypatch.setattr(mod.os, "cpu_count", lambda: 2)
-    side = json.loads(check(cfg).to_json())["stability"]
-    assert sorted(name for name, _ in seen) == ["atc", "dgd", "gradient_tracking"]
-    assert all(thread.startswith("ntkdyn-analysis") for _, thread in seen)
-    seen.clear()
-    monkeypatch.setattr(mod.os, "cpu_count", lambda: 1)
-    alone = json.loads(check(cfg).to_json())["stability"]
-    assert [name for name, _ in seen] == ["dgd", "atc", "gradient_tracking"]
-    assert {thread for _, thread in seen} == {threading.current_thread().name}
-    assert side == alone
-    assert [v["algorithm"] for v in side] == ["dgd", "atc", "cta", "gradient_tracking"]
-
-    def failing(problem, algo, lr):
-        if algo.name == "atc":
-            raise mod.spectrum.StabilityUndecided("stable_set: could not decide (test)")
-        return real(problem, algo, lr)
-
-    monkeypatch.setattr(mod, "stability_of", failing)
-    monkeypatch.setattr(mod.os, "cpu_count", lambda: 2)
-    with pytest.raises(mod.spectrum.StabilityUndecided, match="could not decide"):
-        check(cfg)
-
-
 def test_check_without_test_data_is_an_error_naming_n_test():
     """``data.n_test = 0`` is valid for ``predict``; ``check`` (whose target and sweep are
     of the test loss) refuses it naming the key, before any computation (it raised a

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-import threading
 
 
 @functools.cache
@@ -27,33 +26,9 @@ def _controller(scipy_loaded: bool):  # the argument is only the cache key
     return ThreadpoolController()
 
 
-#: the limit in force and how many ``with one_blas_thread()`` blocks are inside it: the
-#: limit is process-wide, so with analyses in several threads
-#: (:func:`ntkdyn._utils.concurrent.run_concurrently`) the first block in sets it and the
-#: last one out restores the original count (each block restoring what it saw on entry
-#: could leave the process on one thread)
-_LOCK = threading.Lock()
-_ACTIVE: list = []  # [limiter, depth] while a block is open
-
-
-@contextlib.contextmanager
 def one_blas_thread():
-    """Context manager limiting BLAS/LAPACK to one thread (a no-op without threadpoolctl);
-    safe to nest and to enter from several threads at once."""
+    """Context manager limiting BLAS/LAPACK to one thread (a no-op without threadpoolctl)."""
     ctl = _controller("scipy.linalg" in sys.modules)
     if ctl is None:  # pragma: no cover
-        yield
-        return
-    with _LOCK:
-        if _ACTIVE:
-            _ACTIVE[1] += 1
-        else:
-            _ACTIVE[:] = [ctl.limit(limits=1, user_api="blas"), 1]
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _ACTIVE[1] -= 1
-            if _ACTIVE[1] == 0:
-                _ACTIVE[0].restore_original_limits()
-                _ACTIVE.clear()
+        return contextlib.nullcontext()
+    return ctl.limit(limits=1, user_api="blas")

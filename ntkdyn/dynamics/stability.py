@@ -50,7 +50,6 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from ntkdyn import graphs
-from ntkdyn._utils.concurrent import stop_point
 from ntkdyn.algorithms import GD, Algorithm, MixingFacts, Operators, get_algorithm
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.dynamics.solver import kernel_operators, row_blocks
@@ -250,7 +249,6 @@ class StepOperator:
         return np.asarray(self._apply(eye, s)).reshape(self.dim, self.dim)
 
     def matvec(self, v: np.ndarray, s: float) -> np.ndarray:
-        stop_point()  # an analysis told to stop (run_concurrently) ends at its next product
         m = 1 if v.ndim == 1 else v.shape[1]
         x = v.reshape(self._shape(m))  # numpy: the compiled call transfers it
         return np.asarray(self._apply(x, s)).reshape(v.shape)
@@ -299,7 +297,6 @@ class StepOperator:
             step = None if self._structure is None else self._structure[0]
             if step is not None:  # the same operator in numpy: no dispatch per product
                 def matvec(v):
-                    stop_point()
                     return step.apply(v.reshape(self.q, self.r, 1), s).ravel()
             else:
                 def matvec(v):
