@@ -48,7 +48,7 @@ scheme = "iid"
 agents = {agents}
 [topology]
 {topology}
-params = {{ p = {p} }}
+{params}
 [architecture]
 depth = 2
 width = 1024
@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
     p.add_argument("--n-train", type=int, default=60000)
     p.add_argument("--n-test", type=int, default=10000)
     p.add_argument("--agents", type=int, default=100)
-    p.add_argument("--p", type=float, default=0.05, help="Erdos-Renyi edge probability")
+    p.add_argument("--p", type=float, default=0.05,
+                   help="Erdos-Renyi edge probability (unused without erdos_renyi)")
     p.add_argument("--rank", type=int, default=512)
     p.add_argument("--lr", type=float, default=0.25)
     p.add_argument("--steps", type=int, default=1000)
@@ -83,10 +84,12 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     names = [n.strip() for n in args.sequence.split(",") if n.strip()]
     topology = (f"sequence = {json.dumps(names)}" if names else 'name = "erdos_renyi"')
+    # --p only where a topology takes it: the check refuses a parameter no topology uses
+    params = (f"params = {{ p = {args.p} }}" if not names or "erdos_renyi" in names else "")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "xl.toml"
         dim = "dim = 784" if args.source == "synthetic" else ""
-        cfg.write_text(CONFIG.format(**vars(args), topology=topology, dim=dim))
+        cfg.write_text(CONFIG.format(**vars(args), topology=topology, params=params, dim=dim))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         t0 = time.perf_counter()
         proc = subprocess.run(CLI + ["check", str(cfg), "--json"], capture_output=True,
