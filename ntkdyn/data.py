@@ -242,8 +242,11 @@ def _assemble(name: str, classes: tuple[int, ...], x_train: np.ndarray,
 
 def _classes_arg(classes: Iterable[int], available: Iterable[int]) -> tuple[int, ...]:
     chosen, available = tuple(int(c) for c in classes), tuple(available)
-    if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(available):
+    if len(set(chosen)) != len(chosen) or not set(chosen) <= set(available):
         raise ValueError(f"classes must be distinct labels from {available}, got {chosen}")
+    if len(chosen) < 2:
+        raise ValueError(f"classes must be at least 2 distinct labels from {available} (with "
+                         f"one class there is nothing to classify), got {chosen}")
     return chosen
 
 
@@ -325,7 +328,7 @@ def synthetic(n_train: int = 512, n_test: int = 256, dim: int = 16, classes: int
     ``separation``. Classes are balanced (counts differ by at most one) in both splits.
     """
     for field, value, low in (("n_train", n_train, 1), ("n_test", n_test, 0),
-                              ("dim", dim, 1), ("classes", classes, 1)):
+                              ("dim", dim, 1), ("classes", classes, 2)):
         if isinstance(value, bool) or int(value) != value or value < low:
             raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
     if not separation >= 0:

@@ -34,6 +34,12 @@ def test_default_example_parses():
      "architecture.activation: expected one of ['relu', 'leaky_relu'"),
     ({"training": {"steps": 2000, "record_every": 5000}},
      "training.record_every: expected at most training.steps = 2000"),
+    ({"data": {"classes": [3]}}, "data.classes: expected at least 2 distinct labels"),
+    ({"data": {"classes": [3, 3], "source": "synthetic"}},
+     "data.classes: expected at least 2 distinct labels"),
+    ({"prediction": {"kernel": "empirical", "f0": "random"}},
+     "config: prediction.f0: 'random' (one random network over initialisations) cannot be "
+     "combined with prediction.kernel = 'empirical'"),
 ])
 def test_bad_config_names_the_key(raw, needle):
     with pytest.raises(ConfigError) as err:

@@ -70,6 +70,10 @@ def test_digits_sizes_errors():
     assert digits(n_train=1500).num_test == 297
     with pytest.raises(ValueError, match="classes must be distinct"):
         digits(classes=(1, 11))
+    with pytest.raises(ValueError, match="classes must be at least 2 distinct labels"):
+        digits(classes=(4,))
+    with pytest.raises(ValueError, match="classes must be an integer >= 2"):
+        synthetic(classes=1)
     # the split is stratified by class: fewer samples than classes on a side it samples is
     # refused naming the size (it was scikit-learn's "train_size = 5 should be greater or
     # equal to the number of classes"), the defaulted test size said to be a default

@@ -283,6 +283,9 @@ def _validate(cfg: Config) -> None:
     if cfg.topology.gossip_p > 1:
         raise ConfigError(f"config: topology.gossip_p: expected a probability in (0, 1], got "
                           f"{cfg.topology.gossip_p!r}")
+    if len(set(cfg.data.classes)) < 2:
+        raise ConfigError(f"config: data.classes: expected at least 2 distinct labels (with one "
+                          f"class there is nothing to classify), got {cfg.data.classes!r}")
     rank = cfg.prediction.rank
     if rank is not None and not (rank == "auto" or (isinstance(rank, int) and rank > 0)):
         raise ConfigError(f"config: prediction.rank: expected \"auto\" or a positive integer "
@@ -362,6 +365,11 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
         raise ConfigError("config: validation.batch_size: replaced by training.batch_size (the "
                           "prediction and the real training now use the same mini-batches); "
                           f"move batch_size = {cfg.validation.batch_size} to [training]")
+    if cfg.prediction.f0 == "random" and cfg.prediction.kernel != "analytic":
+        raise ConfigError("config: prediction.f0: 'random' (one random network over "
+                          "initialisations) cannot be combined with prediction.kernel = "
+                          f"{cfg.prediction.kernel!r}, which describes one given network; use "
+                          "f0 = 'network' (that network, the default) or 'mean'")
     _validate_minibatch(cfg, given)
     _validate_width(cfg, given)
     _validate_kernel_dtype(cfg)
