@@ -414,12 +414,18 @@ def _caveat(kernel: str, width: int, full: bool = False, cfg: Config | None = No
 
 def _check_supported(cfg: Config, measure_edge: bool = False) -> None:
     """What check does not analyse (a configuration without test data: its target is a
-    test loss; for cross-entropy or mini-batch SGD) is a :class:`ConfigError` naming the
-    key."""
+    test loss; the gradient flow: its verdicts are of discrete steps; for cross-entropy or
+    mini-batch SGD) is a :class:`ConfigError` naming the key."""
     t, p = cfg.training, cfg.prediction
     if cfg.data.n_test == 0:
         raise ConfigError("config: data.n_test: ntkdyn check needs test data (its target "
                           "and sweep are of the test loss); expected data.n_test > 0, got 0")
+    if t.continuous:
+        raise ConfigError("config: training.continuous: ntkdyn check analyses discrete steps "
+                          "(whether the rate's steps converge, lr*, a sweep over rates), which "
+                          "say nothing about the gradient flow (DGD's flow converges at every "
+                          "rate); expected training.continuous = false to check the discrete "
+                          "training the flow interpolates (ntkdyn predict runs the flow)")
     what = ("training.loss = 'cross_entropy'" if t.loss != "mse" else
             "training.batch_size > 0" if t.batch_size else None)
     if what is None:

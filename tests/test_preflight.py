@@ -164,6 +164,9 @@ def _toml(**sections) -> str:
     ({"training": {"lr": "high"}}, "training.lr: expected a number"),
     ({"training": {"lr": -1.0}}, "training.lr: expected a value > 0"),
     ({"partition": {"agents": 100}}, "agents"),
+    # the verdicts are of discrete steps; before, the flow's config got them silently
+    ({"training": {"continuous": True}},
+     "config: training.continuous: ntkdyn check analyses discrete steps"),
 ])
 def test_invalid_input_exit_2(edit, needle, tmp_path, capsys):
     path = tmp_path / "c.toml"
