@@ -272,6 +272,9 @@ def _validate(cfg: Config) -> None:
     for path in NON_NEGATIVE:
         if flat[path] < 0:
             raise ConfigError(f"config: {path}: expected a value >= 0, got {flat[path]!r}")
+    if cfg.seed > 2**32 - 1:  # numpy / scikit-learn seeds are 32-bit
+        raise ConfigError(f"config: seed: expected an integer in [0, {2**32 - 1}], got "
+                          f"{cfg.seed!r}")
     if cfg.data.source in ("mnist", "fashion_mnist", "cifar10") and not cfg.data.path:
         raise ConfigError(f"config: data.path: required for data.source = "
                           f"{cfg.data.source!r} (a local directory with the data files)")
