@@ -221,6 +221,10 @@ class StepOperator:
     random one it is the mean-state operator with ``E[W]``.
     """
 
+    #: relative residual of the Ritz value the last :meth:`spectral_radius` returned where
+    #: it came from the loose search (:meth:`_loose_top`), else ``None``
+    radius_residual: float | None = None
+
     def __init__(self, problem: KernelProblem, algorithm: Algorithm, profile=None):
         if not isinstance(algorithm, Algorithm):
             raise TypeError(f"algorithm: expected an ntkdyn.algorithms.Algorithm (resolve a "
@@ -1235,7 +1239,7 @@ def operator_report(op: StepOperator, lrs: np.ndarray) -> StabilityReport:
     try:
         rho = cache[s] if s in cache else op.spectral_radius(s, inside=found.contains(s))
         stable = bool(rho <= 1 + RHO_TOL)
-        res = getattr(op, "radius_residual", None)
+        res = op.radius_residual  # of this call (s not in the cache) only
         if res is not None and s not in cache:
             method += (f"; spectral radius at lr a Ritz value of relative residual {res:.1e} "
                        "(its slow modes cluster at 1 closer than a search to 1e-10 resolves)")
