@@ -8,6 +8,7 @@ numerical core trusts its inputs.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,11 +93,7 @@ def agent_indices(agent: np.ndarray, num_agents: int) -> tuple[np.ndarray, np.nd
     """``(agent as int64, samples per agent)`` for indices into ``num_agents`` agents;
     ``ValueError`` naming ``agent`` for non-integer or out-of-range indices or an agent
     without samples."""
-    agent = np.asarray(agent)
-    if not np.issubdtype(agent.dtype, np.integer):
-        if not np.all(np.mod(agent, 1) == 0):
-            raise ValueError("agent: expected integer agent indices")
-    agent = agent.astype(np.int64)
+    agent = _integer_indices(np.asarray(agent), num_agents)
     if agent.min() < 0 or agent.max() >= num_agents:
         raise ValueError(f"agent: expected indices in [0, {num_agents}) for a {num_agents}x"
                          f"{num_agents} mixing matrix, found {int(agent.min())}.."
@@ -106,6 +103,33 @@ def agent_indices(agent: np.ndarray, num_agents: int) -> tuple[np.ndarray, np.nd
         raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard (no "
                          "training samples)")
     return agent, counts
+
+
+def _integer_indices(agent: np.ndarray, num_agents: int) -> np.ndarray:
+    """``agent`` as int64 if every entry is an integer (an integer dtype, integral floats, or
+    Python / numpy integers in an object array); booleans, strings, ``None``, complex and
+    fractional values are a ``ValueError`` naming ``agent`` and the first offending entry."""
+    wanted = f"agent: expected integer agent indices in [0, {num_agents})"
+    kind = agent.dtype.kind
+    if kind in "iu":
+        return agent.astype(np.int64)
+    flat = agent.ravel()
+    if kind == "f":
+        with np.errstate(invalid="ignore"):  # inf % 1 is nan: refused below
+            bad = ~(np.mod(flat, 1) == 0)
+    elif kind == "O":
+        bad = np.array([isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                        for v in flat], dtype=bool)
+    else:  # booleans, strings, bytes, complex, dates: not agent indices, whatever the value
+        what = {"b": "booleans", "U": "strings", "S": "bytes", "c": "complex numbers"}
+        first = f", first {flat[0].item()!r}" if flat.size else ""
+        raise ValueError(f"{wanted}, got {what.get(kind, 'values')} (dtype {agent.dtype}"
+                         f"{first})")
+    if bad.any():
+        i = int(np.argmax(bad))
+        v = flat[i].item() if isinstance(flat[i], np.generic) else flat[i]
+        raise ValueError(f"{wanted}, got {type(v).__name__} {v!r} at index {i}")
+    return agent.astype(np.int64)
 
 
 def _short(value, limit: int = 60) -> str:
