@@ -37,3 +37,23 @@ def test_integer_valued_agent_indices_are_accepted(agent):
     kernel, y, w = _problem_args()
     problem = nd.make_problem(kernel, y, agent, w)
     assert problem.offsets == (0, 4, 8)
+
+
+@pytest.mark.parametrize("lr", [True, np.True_, np.array([True, True]), [True, 0.5],
+                                np.array(True)])
+def test_boolean_learning_rate_names_lr(lr):
+    """``lr=True`` was taken as 1.0 (bool is an int; numpy bools convert to 1.0)."""
+    kernel, y, w = _problem_args()
+    problem = nd.make_problem(kernel, y, np.arange(8) % 2, w)
+    with pytest.raises(ValueError) as err:
+        nd.stability(problem, "dgd", lr)
+    msg = str(err.value)
+    assert msg.startswith("lr: expected a positive number or an array of 2 per-agent rates"
+                          ", got a boolean"), msg
+
+
+def test_boolean_rate_in_a_sweep_names_its_position():
+    kernel, y, w = _problem_args()
+    with pytest.raises(ValueError, match=r"^lrs\[1\]: expected a positive number .* got a "
+                                         r"boolean"):
+        nd.sweep_from_kernels(kernel, y, np.arange(8) % 2, w, [0.1, True], steps=3)

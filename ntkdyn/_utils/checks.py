@@ -73,6 +73,9 @@ def learning_rates(lr, num_agents: int, name: str = "lr", *, rows: bool = False)
     wanted = f"a positive number or an array of {num_agents} per-agent rates"
     if lr is None or isinstance(lr, str | bytes):
         raise ValueError(f"{name}: expected {wanted}, got {type(lr).__name__} {lr!r}")
+    if _holds_bool(lr):  # bool is an int and numpy bools convert: True would be 1.0
+        raise ValueError(f"{name}: expected {wanted}, got a boolean ({_short(lr)}); "
+                         "True / False are not learning rates")
     try:
         arr = np.asarray(lr, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -87,6 +90,18 @@ def learning_rates(lr, num_agents: int, name: str = "lr", *, rows: bool = False)
         q = int(np.argmax(arr <= 0))
         raise ValueError(f"{name}: learning rates must be > 0, got {arr[q]!r} (agent {q})")
     return arr
+
+
+def _holds_bool(value) -> bool:
+    """Whether ``value`` is a boolean or holds one (a bool array, a list with a bool)."""
+    if isinstance(value, bool | np.bool_):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_bool(v) for v in value)
+    dtype = getattr(value, "dtype", None)  # numpy and jax arrays
+    if dtype == np.dtype(object):
+        return any(_holds_bool(v) for v in np.asarray(value).ravel())
+    return dtype == np.dtype(bool)
 
 
 def agent_indices(agent: np.ndarray, num_agents: int) -> tuple[np.ndarray, np.ndarray]:
