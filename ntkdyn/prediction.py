@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from ntkdyn._utils import memory
+from ntkdyn._utils.checks import check_instance
 from ntkdyn._utils.types import ArrayLike, Rates, Steps
 from ntkdyn.algorithms import Algorithm
 from ntkdyn.data import Partition
@@ -47,6 +48,8 @@ from ntkdyn.models import is_stax_triple as _is_stax_triple
 from ntkdyn.trajectory import Trajectory, quantity_words
 
 KERNELS = ("analytic", "empirical")
+#: what the analyses taking ``problem`` expect (the ``TypeError`` naming ``problem`` says it)
+_PROBLEM_EXPECTED = "a KernelProblem (from nd.make_problem or nd.build_problem)"
 #: arrays of the sampled networks' record shape ``(A, N + M, P K)`` alive at once while the
 #: solver records (fitted with :data:`NETWORK_RUNTIME_BYTES`, below)
 NETWORK_RECORD_ARRAYS = 6
@@ -896,6 +899,7 @@ def init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int,
     :data:`~ntkdyn.dynamics.random_init.DEFAULT_INDEPENDENT_NETWORKS`, ``K`` draws each,
     and with a random mixing sequence or mini-batch SGD as many sequences (network ``s``
     on sequence ``s``)."""
+    check_instance("problem", problem, KernelProblem, _PROBLEM_EXPECTED)
     if f0 != "random":
         return None, samples
     from ntkdyn.dynamics import random_init
@@ -1334,6 +1338,7 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm,
     exact for that linearisation, not a guarantee for the non-affine dynamics; ``lr_bound``
     is then the sufficient bound from the largest softmax curvature and ``note`` says so.
     """
+    check_instance("problem", problem, KernelProblem, _PROBLEM_EXPECTED)
     if problem.loss == "cross_entropy":
         from ntkdyn.dynamics import ce_stability
 
@@ -1343,4 +1348,5 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm,
 
 def fixed_point(problem: KernelProblem, algorithm: str | Algorithm, lr: Rates) -> FixedPoint:
     """Steady state and consensus gap (see :mod:`ntkdyn.fixed_point`)."""
+    check_instance("problem", problem, KernelProblem, _PROBLEM_EXPECTED)
     return _fixed_point(problem, algorithm, lr)

@@ -203,3 +203,19 @@ def test_every_prediction_says_which_network_it_describes(setup):
     one_ce = nd.predict(arch, parts, w, lr=0.1, steps=steps, loss="cross_entropy", samples=2)
     assert "network from f0 = 0 (cross-entropy: not the mean network): test loss" \
         in one_ce.summary()
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: nd.stability(p, "dgd", 0.1),
+    lambda p: nd.fixed_point(p, "dgd", 0.1),
+    lambda p: nd.prediction.init_draws(p, np.eye(8), "random", 4, 0),
+], ids=["stability", "fixed_point", "init_draws"])
+@pytest.mark.parametrize("problem", ["problem", None, {"loss": "mse"}])
+def test_analysis_of_something_that_is_not_a_problem_names_problem(call, problem):
+    """A string (or anything but a KernelProblem) raised AttributeError ('str' object has
+    no attribute 'loss') from inside the analysis."""
+    with pytest.raises(TypeError) as err:
+        call(problem)
+    msg = str(err.value)
+    assert msg.startswith("problem: expected a KernelProblem (from nd.make_problem or "
+                          f"nd.build_problem), got {type(problem).__name__}"), msg

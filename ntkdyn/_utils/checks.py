@@ -2,8 +2,9 @@
 
 Convention (as in scipy/numpy): a bad argument raises ``ValueError`` whose
 message starts with the argument's name and says what was expected and what
-was found.  Checks run at the boundary (config, graph, data, kernels); the
-numerical core trusts its inputs.
+was found (a ``TypeError``, in the same form, for an object of another kind
+altogether: :func:`check_instance`).  Checks run at the boundary (config, graph,
+data, kernels); the numerical core trusts its inputs.
 """
 
 from __future__ import annotations
@@ -198,3 +199,12 @@ def check_positive_float(name: str, value) -> float:
     if isinstance(value, bool) or not np.isfinite(f) or f <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return f
+
+
+def check_instance(name: str, value, cls: type, expected: str):
+    """``value`` if it is a ``cls``, else a ``TypeError`` naming ``name`` and saying what was
+    expected (``expected``, e.g. "a KernelProblem (from nd.make_problem ...)") and found."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} "
+                        f"{_short(value)}")
+    return value
