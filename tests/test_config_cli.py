@@ -307,3 +307,34 @@ def test_topology_params_reach_the_topologies_of_a_sequence():
     raw["topology"]["params"] = {"radius": 0.3}
     with pytest.raises(ConfigError, match=r"topology\.params: 'radius' is a parameter of no"):
         build_mixing(config_from_dict(raw))
+
+
+# ------------------------------------------------- f0 = "zero", the old name of "mean"
+def test_toml_f0_takes_the_names_the_api_takes():
+    """``nd.predict(f0="zero")`` (the documented old name of "mean") was refused in TOML:
+    'expected one of ['', 'random', 'mean', 'network'], got 'zero''."""
+    from ntkdyn.config.schema import CHOICES
+    from ntkdyn.prediction import F0_CHOICES, resolve_f0
+
+    assert set(CHOICES["prediction.f0"]) - {""} == set(F0_CHOICES)
+    assert config_from_dict({"prediction": {"f0": "zero"}}).prediction.f0 == "mean"
+    assert resolve_f0("zero", "analytic") == resolve_f0("mean", "analytic")
+    with pytest.raises(ConfigError) as err:  # "zero" is "mean" for the combined checks too
+        config_from_dict({"prediction": {"f0": "zero", "kernel_dtype": "mixed"}})
+    assert "prediction.f0 = 'mean' / 'network'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"prediction": {"f0": "zeros"}})
+    assert str(err.value).startswith("config: prediction.f0: expected one of ['', 'random', "
+                                     "'mean', 'zero', 'network']"), str(err.value)
+    assert "'zero': old name of 'mean'" in str(err.value)
+
+
+def test_predict_command_with_f0_zero_predicts_the_mean_network(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY + '[prediction]\nf0 = "zero"\n')
+    out = tmp_path / "out"
+    assert main(["predict", str(cfg), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["prediction"]["f0"] == "mean"
+    traj = Trajectory.load(out / "trajectory.npz")
+    assert traj.metadata["f0"] == "mean" and "mean network" in traj.metadata["quantity"]

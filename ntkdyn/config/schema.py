@@ -104,7 +104,8 @@ class PredictionConfig:
     target_loss: float = 0.05  # test loss target for `check` (steps-to-target)
     rank: int | str | None = None  # absent: exact path; "auto" or an integer: low-rank path
     tol: float = 1e-3  # rank = "auto": a-priori error estimate to meet (theory/low_rank.md)
-    f0: str = ""  # "" (default by kernel) | random | mean | network: which network
+    f0: str = ""  # "" (default by kernel) | random | mean | network: which network ("zero",
+    # the old name of "mean" that nd.predict still takes, is read as "mean")
     # f0 = "random": sampled initialisations (networks); 0: the library's default (32 sharing
     # columns; 16 where each has its own: cross-entropy, random gossip, mini-batch SGD)
     samples: int = 0
@@ -156,13 +157,15 @@ CHOICES = {
     "training.algorithm": ALGORITHM_NAMES,
     "topology.gossip": ("", "edges", "one_edge"),
     "prediction.kernel": ("analytic", "empirical"),
-    "prediction.f0": ("", "random", "mean", "network"),
+    "prediction.f0": ("", "random", "mean", "zero", "network"),
     "prediction.kernel_dtype": ("", "float64", "float32", "mixed"),
     "prediction.width_metric": ("test_acc", "test_loss", "train_loss", "train_acc"),
     "validation.dtype": ("float32", "float64"),
     "training.loss": ("mse", "cross_entropy"),
     "training.batch_sampling": ("epoch", "independent"),
 }
+#: what the error for a value outside :data:`CHOICES` adds after the list
+_CHOICE_NOTES = {"prediction.f0": " ('zero': old name of 'mean', as in nd.predict)"}
 POSITIVE = ("partition.agents", "partition.alpha", "partition.shards_per_agent",
             "architecture.depth", "architecture.width", "architecture.W_std", "training.lr",
             "training.steps", "training.record_every", "data.n_train", "prediction.target_loss",
@@ -260,8 +263,8 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"config: {where}: expected {kind}, got {v!r}")
     for path, choices in CHOICES.items():
         if flat[path] not in choices:
-            raise ConfigError(f"config: {path}: expected one of {list(choices)}, got "
-                              f"{flat[path]!r}")
+            raise ConfigError(f"config: {path}: expected one of {list(choices)}"
+                              f"{_CHOICE_NOTES.get(path, '')}, got {flat[path]!r}")
     for i, name in enumerate(cfg.topology.sequence):
         if name not in TOPOLOGIES:
             raise ConfigError(f"config: topology.sequence[{i}]: expected one of "
@@ -525,6 +528,9 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> Config:
     """
     cfg = _build(Config, raw, "")
     _validate(cfg)
+    if cfg.prediction.f0 == "zero":  # the old name, as nd.predict takes it: one name below
+        cfg = dataclasses.replace(cfg, prediction=dataclasses.replace(cfg.prediction,
+                                                                      f0="mean"))
     _validate_combinations(cfg, raw)
     if base_dir is not None:
         base = Path(base_dir)
