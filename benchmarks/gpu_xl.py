@@ -7,7 +7,8 @@ The configuration of ``benchmarks/lowrank.py`` (XL-data): synthetic data with MN
 shape (784 dims, K = 10; ``lowrank.make_data``), Q = 100 agents (``permutation(N) % Q``,
 seed 1), Erdos-Renyi p = 0.05 with Metropolis weights, the analytic NTK of a depth-2 ReLU
 MLP, DGD at lr 0.25, 1,000 steps, 51 records.  Stages, each timed and written to
-``DIR/gpu_xl.json`` as soon as it finishes (a stage that fails is recorded with its error,
+``DIR/gpu_xl.json`` as soon as it finishes (``exact`` also after its kernels and its first
+call, marked ``"unfinished"``; a stage that fails is recorded with its error,
 and the next one still runs):
 
 * ``machine``: the device, JAX's version, the copy bandwidth (``y = 2 x`` over 4 GiB of
@@ -85,7 +86,8 @@ def blocked_kernel(x_rows: np.ndarray, x_cols: np.ndarray, block: int) -> np.nda
     return out
 
 
-def exact(args, prob) -> tuple[dict, object]:
+def exact(args, prob, partial) -> tuple[dict, object]:
+    """The exact stage; ``partial(dict)`` saves what is done so far (kernel, first call)."""
     import ntkdyn as nd
 
     x, y, xt, yt, agent, w, steps = prob
@@ -93,11 +95,15 @@ def exact(args, prob) -> tuple[dict, object]:
     k = blocked_kernel(x, x, args.block)
     kt = blocked_kernel(xt, x, args.block)
     kernel_s = time.perf_counter() - t
+    partial({"kernel_s": round(kernel_s, 1)})
     call = dict(kernel_test_train=kt, y_test=yt, reference=False, kernel_dtype="float32")
     print(f"  kernels built in {kernel_s:.1f} s", flush=True)
     t = time.perf_counter()
     nd.predict_from_kernels(k, y, agent, w, args.lr, steps[:3], "dgd", **call)
     first_s = time.perf_counter() - t
+    partial({"kernel_s": round(kernel_s, 1), "first_s": round(first_s, 1),
+             "first_steps": int(steps[2])})
+    print(f"  first call ({steps[2]} steps, compilation included) {first_s:.1f} s", flush=True)
     t = time.perf_counter()
     traj = nd.predict_from_kernels(k, y, agent, w, args.lr, steps, "dgd", **call)
     predict_s = time.perf_counter() - t
@@ -176,7 +182,11 @@ def main(argv=None) -> int:
             if stage == "machine":
                 res[stage] = machine()
             elif stage == "exact":
-                res[stage], ref = exact(args, prob)
+                def partial(done: dict) -> None:
+                    res["exact"] = {**done, "unfinished": True}
+                    out_path.write_text(json.dumps(res, indent=1, default=float))
+
+                res[stage], ref = exact(args, prob, partial)
             else:
                 res[stage] = lowrank(args, prob, stage.split("_")[1], ref)
         except Exception as exc:  # noqa: BLE001 - record and go on to the next stage
