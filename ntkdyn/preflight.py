@@ -160,9 +160,24 @@ class CheckReport:
         return self.prediction["steps_to_target"] is not None
 
     @property
+    def trajectory_status(self) -> str:
+        """The chosen rate's predicted trajectory's own status (``"ok"``, ``"unstable"``:
+        e.g. sampled gossip sequences that grew while the mean state converges, or
+        ``"diverged"``), the one random network's where it was predicted and is not ok;
+        ``"ok"`` without a prediction (outside the regime: :attr:`inside` says it)."""
+        if not self.prediction:
+            return "ok"
+        one = self.prediction.get("one_random_network") or {}
+        if one.get("status", "ok") != "ok":
+            return one["status"]
+        return self.prediction.get("status", "ok")
+
+    @property
     def exit_code(self) -> int:
-        """0: inside the NTK regime and target reached (by :attr:`target_of`); 1 otherwise."""
-        return 0 if self.inside and self.target_reached else 1
+        """0: inside the NTK regime, the predicted trajectory's own status ``"ok"``
+        (:attr:`trajectory_status`) and target reached (by :attr:`target_of`); 1 otherwise."""
+        ok = self.inside and self.trajectory_status == "ok"
+        return 0 if ok and self.target_reached else 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"exit_code": self.exit_code,
@@ -229,6 +244,8 @@ def _summarise(traj, target: float) -> dict:
         row.update(sequences=int(traj.samples),
                    final_test_loss_mc_error=last_mc_error(traj, "test_loss"),
                    final_test_acc_mc_error=last_mc_error(traj, "test_acc"))
+    if "growing" in traj.metadata:  # status "unstable" from the sampled sequences themselves
+        row["growing"] = traj.metadata["growing"]["words"]
     return row
 
 
@@ -282,6 +299,8 @@ def _one_network_fields(traj, target: float) -> dict | None:
     if traj is None:
         return None
     out = {"samples": traj.samples, "status": traj.status,
+           **({"growing": traj.metadata["growing"]["words"]} if "growing" in traj.metadata
+              else {}),
            "steps_to_target_expected": _steps_to_target(traj, target),
            "mc_error_is_bound": shared_draw_columns(traj.metadata) > 1}
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
@@ -1161,6 +1180,9 @@ def _exit_line(r: CheckReport) -> str:
     """What the exit status says, and of which quantity (:attr:`CheckReport.target_of`)."""
     if not r.inside:
         return f"Exit status 1: {r.algorithm.upper()} at lr={r.lr:g} is outside the NTK regime."
+    if r.trajectory_status != "ok":
+        return (f"Exit status 1: inside the NTK regime by the operator, but the predicted "
+                f"trajectory at lr={r.lr:g} is {r.trajectory_status} (see the prediction).")
     if r.target_reached:
         return (f"Exit status 0: inside the NTK regime, and {r.target_of} reaches the target "
                 f"{r.target_loss:g}.")
@@ -1217,6 +1239,10 @@ def _prediction_lines(r: CheckReport) -> list[str]:
     one = p.get("one_random_network")
     lines = [f"Prediction at step {r.horizon} (network mean over agents, linearised "
              "dynamics):"]
+    for run in (p, one or {}):
+        if run.get("status", "ok") != "ok":
+            lines.append("  " + (run.get("growing") or f"status {run['status']}"))
+            break
     if one is not None:
         def exp_band(metric, fmt):
             lo, hi = one[f"final_{metric}_band"]

@@ -287,6 +287,8 @@ class Trajectory:
             lines.append(f"diverged at step {self.diverged_at}")
         if "divergence" in self.metadata:
             lines.append(self.metadata["divergence"])
+        if "growing" in self.metadata:
+            lines.append(self.metadata["growing"]["words"])
         if not len(self.steps):
             return "\n".join(lines + ["no record before divergence"])
         central = ("" if self.central_train_loss is None
@@ -579,6 +581,52 @@ class RandomNetworkTrajectory(Trajectory):
     def __repr__(self) -> str:
         return (f"RandomNetworkTrajectory(T={len(self.steps)}, Q={self.num_agents}, "
                 f"samples={self.samples}, status={self.status!r})")
+
+
+#: a sampled sequence whose network-mean loss ends above its initial value and more than
+#: this factor above its lowest is reported as growing (:func:`observed_growth`)
+GROWTH_FACTOR = 10.0
+
+
+def observed_growth(traj: Trajectory) -> float | None:
+    r"""The factor ``L_T / min_t L_t`` of a run whose network-mean loss ended above its
+    initial value and more than :data:`GROWTH_FACTOR` above its lowest; else ``None``.
+
+    ``L`` is the training loss where every record has it, else the test loss (check's
+    sweep records the training figures at the horizon only).  A verdict from the
+    trajectory itself, for runs whose operator verdict does not bound them: one sampled
+    gossip or mini-batch sequence, whose mean state (``E[W]``, full batch) can converge
+    while single sequences grow (a random product of step matrices grows at its top
+    Lyapunov exponent, not at the mean's spectral radius).  A run that ends worse than it
+    started and ten times worse than it had been has not trained, whatever its mean state
+    does (``tests/test_algorithms_stability.py``: NEXT with one random edge per step, whose
+    sequences at 0.95 lr* of ``E[W]`` grow by up to 1e6)."""
+    if len(traj.steps) < 3 or traj.status != "ok":
+        return None
+    for metric in ("train_loss", "test_loss"):
+        if getattr(traj, metric) is None:
+            continue
+        series = traj.network_mean(metric)
+        if not np.all(np.isfinite(series)):
+            continue
+        low, last = float(np.min(series)), float(series[-1])
+        grew = last > series[0] and last > GROWTH_FACTOR * low
+        return last / low if grew else None
+    return None
+
+
+def growing_runs(runs: list[Trajectory], noun: str) -> dict | None:
+    """``metadata["growing"]`` of an aggregate of ``runs`` (``noun`` names them in the words,
+    e.g. "sampled mixing sequences"): the indices :func:`observed_growth` flags
+    (``"sequences"``), the largest factor and the words; ``None`` when none grew."""
+    factors = {s: g for s, t in enumerate(runs) if (g := observed_growth(t)) is not None}
+    if not factors:
+        return None
+    top = max(factors.values())
+    return {"sequences": sorted(factors), "factor_max": top, "words": (
+        f"status 'unstable' from the trajectory: {len(factors)} of {len(runs)} {noun} ended "
+        f"above their initial loss and up to {top:.3g}x above their lowest; the mean "
+        "state's verdict (E[W] / full batch) does not bound single sequences")}
 
 
 def shared_draw_columns(metadata: dict) -> int:

@@ -215,3 +215,29 @@ def test_check_with_the_empirical_kernel_judges_with_the_full_kernel():
     assert rep.kernel_layout == "full" and "full (N K) x (N K)" in rep.caveat
     assert rep.stability[0].lr_star == pytest.approx(stars[False], rel=1e-8)
     assert all(s["lr"] < stars[False] for s in rep.sweep)
+
+
+def test_sampled_gossip_sequences_that_grow_make_the_status_unstable():
+    """The E[W] verdict is of the mean state: NEXT with one random edge per step at 0.95
+    lr* of E[W] has sampled sequences whose loss grows by up to 1e6 (fuzz find: such a
+    run was reported ``ok``).  The trajectory's own growth makes it "unstable", naming how
+    many sequences grew; at 0.5 lr* every sequence converges and it stays "ok"."""
+    _, kern, y, _ = _problem("ring", n=24)
+    agent = np.arange(len(y)) % 4
+    gossip = graphs.one_random_edge(graphs.topology("ring", 4), seed=0)
+    prob = make_problem(kern, y, agent, gossip)
+    lr_star, _ = stab.max_stable_lr(prob, algorithms.NEXT)
+    assert stab.stability(prob, algorithms.NEXT, 0.95 * lr_star).stable  # mean state
+    grew = predict_from_kernels(kern, y, agent, gossip, 0.95 * lr_star, range(0, 301, 10),
+                                algorithm="next", samples=8)
+    assert grew.status == "unstable" and not grew.diverged
+    growing = grew.metadata["growing"]
+    assert 1 <= len(growing["sequences"]) <= 8 and growing["factor_max"] > 1e3
+    assert "of 8 sampled mixing sequences" in growing["words"]
+    assert growing["words"] in grew.summary()
+    per = grew.per_sample["train_loss"].mean(axis=-1)  # no test set here: the training loss
+    for s in growing["sequences"]:
+        assert per[s, -1] > 10 * per[s].min() and per[s, -1] > per[s, 0]
+    calm = predict_from_kernels(kern, y, agent, gossip, 0.5 * lr_star, range(0, 301, 10),
+                                algorithm="next", samples=8)
+    assert calm.status == "ok" and "growing" not in calm.metadata

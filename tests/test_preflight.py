@@ -491,3 +491,36 @@ def test_lowrank_check_of_the_seeded_network_with_the_analytic_kernel(loss, tmp_
     traj = Trajectory.load(tmp_path / "out" / "trajectory.npz")
     assert rep.prediction["final_test_loss"] == pytest.approx(
         float(traj.network_mean("test_loss")[-1]), rel=1e-10)
+
+
+@pytest.mark.parametrize("f0", ["mean", "random"])
+def test_sampled_gossip_sequences_that_grow_are_not_inside_or_recommended(f0):
+    """Fuzz find: NEXT with one random edge per step at lr 1.27 (lr* of E[W] 1.336) was
+    "inside", exit 0, with a mean-network train loss of 2.8e5, and the sweep recommended
+    1.143, whose sequences also grow.  The verdict of the mean state stays (it is exact for
+    E[W]); the trajectory's own status makes the exit 1 and keeps growing rates out of
+    the recommendation.  With f0 = "random" the one random network (network s on
+    sequence s) is "unstable" too: its status was network 0's alone."""
+    rep = check(_cfg(topology={"gossip": "one_edge", "gossip_samples": 8},
+                     architecture={"depth": 2, "width": 256},
+                     training={"algorithm": "next", "lr": 1.27, "steps": 300,
+                               "record_every": 10},
+                     prediction={"target_loss": 0.3, "f0": f0}))
+    assert rep.inside  # the mean state converges
+    assert rep.trajectory_status == "unstable" and rep.exit_code == 1
+    assert "sampled mixing sequences ended above their initial loss" in \
+        rep.prediction["growing"]
+    text = rep.text()
+    assert rep.prediction["growing"] in text
+    assert "Exit status 1: inside the NTK regime by the operator, but the predicted " \
+        "trajectory at lr=1.27 is unstable" in text
+    unstable = [s for s in rep.sweep if s["status"] != "ok"]
+    assert unstable and all("growing" in s for s in unstable)
+    assert rep.recommended["lr"] < min(s["lr"] for s in unstable)
+    jsonschema.validate(json.loads(rep.to_json()), SCHEMA)
+    one = rep.prediction["one_random_network"]
+    if f0 == "random":
+        assert one["status"] == "unstable"
+        assert "sampled networks (network s on mixing sequence s)" in one["growing"]
+    else:
+        assert one is None

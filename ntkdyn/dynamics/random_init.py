@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ntkdyn.dynamics.problem import KernelProblem
-from ntkdyn.trajectory import RandomNetworkTrajectory, Trajectory
+from ntkdyn.trajectory import RandomNetworkTrajectory, Trajectory, growing_runs
 
 #: sampled networks by default (``P``): ``K + P`` columns per rate
 DEFAULT_NETWORKS = 32
@@ -382,13 +382,33 @@ def assemble(mean: Trajectory, networks: list[Trajectory], draws: InitDraws,
     if exact is not None:
         exact_train = exact[0][:keep]
         exact_test = None if exact[1] is None else exact[1][:keep]
+    status, diverged_at = _status(networks, over, meta)
     return RandomNetworkTrajectory(
         steps=first.steps[:keep], phase=None if first.phase is None else first.phase[:keep],
-        status=first.status, diverged_at=first.diverged_at, continuous=first.continuous,
+        status=status, diverged_at=diverged_at, continuous=first.continuous,
         lr=first.lr, metadata=meta, samples=p, quantile_levels=levels, quantiles=quantiles,
         mean_network=dataclasses.replace(mean, metadata=mean_meta), draws=kept,
         exact_train_loss=exact_train, exact_test_loss=exact_test, init_band_run=init_band,
         **arrays)
+
+
+def _status(networks: list[Trajectory], over: str, meta: dict) -> tuple[str, int | None]:
+    """Status and ``diverged_at`` of the sampled networks together: ``"diverged"`` at the
+    first step any left the bound; where each runs its own sampled sequence (``over`` not
+    ``"init"``), ``"unstable"`` when some grew (:func:`~ntkdyn.trajectory.growing_runs`, set
+    in ``meta["growing"]``); else the networks' common status."""
+    diverged = [t.diverged_at for t in networks if t.status == "diverged"]
+    if diverged:
+        return "diverged", min(diverged)
+    if over != "init":
+        noun = "sampled networks (network s on " + (
+            "batch" if "batch" in over else "mixing") + " sequence s)"
+        growing = growing_runs(networks, noun)
+        if growing:
+            meta["growing"] = growing
+            return "unstable", None
+    statuses = {t.status for t in networks}
+    return ("unstable" if "unstable" in statuses else "ok"), None
 
 
 __all__ = ["DEFAULT_INDEPENDENT_NETWORKS", "DEFAULT_NETWORKS", "InitDraws", "assemble",

@@ -25,7 +25,7 @@ from ntkdyn.dynamics import solver
 from ntkdyn.dynamics import stability as spectrum
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.graphs.sequences import process_metadata
-from ntkdyn.trajectory import GossipTrajectory, Trajectory
+from ntkdyn.trajectory import GossipTrajectory, Trajectory, growing_runs
 
 
 def versions() -> dict[str, str]:
@@ -509,9 +509,12 @@ def _record_layout(steps: np.ndarray, per_step: int):
 def _aggregate(samples: list[Trajectory], expected: Trajectory | None,
                what: str = "mixing") -> GossipTrajectory:
     """Mean over sampled sequences of every metric, quantile bands, and the expected run
-    (``E[W]`` / full batch; ``None`` when there is none)."""
+    (``E[W]`` / full batch; ``None`` when there is none).  The status is ``"diverged"``
+    when a sequence left the bound, ``"unstable"`` when one grew
+    (:func:`observed_growth`, said in ``metadata["growing"]``), else ``"ok"``."""
     keep = min(len(t.steps) for t in samples)
     diverged = [t.diverged_at for t in samples if t.status == "diverged"]
+    growing = None if diverged else growing_runs(samples, f"sampled {what} sequences")
     levels = np.asarray(QUANTILE_LEVELS)
     arrays, quantiles, per_sample = {}, {}, {}
     first = samples[0]
@@ -540,9 +543,11 @@ def _aggregate(samples: list[Trajectory], expected: Trajectory | None,
                    "none (cross-entropy: no closed-form expectation)")
                 + "; quantiles: bands over the samples")
     meta = dict(first.metadata, samples=len(samples), sampled=what, note=note)
+    if growing:
+        meta["growing"] = growing
     return GossipTrajectory(
         steps=first.steps[:keep], phase=None if first.phase is None else first.phase[:keep],
-        status="diverged" if diverged else "ok",
+        status="diverged" if diverged else "unstable" if growing else "ok",
         diverged_at=min(diverged) if diverged else None, continuous=first.continuous,
         lr=first.lr, metadata=meta, samples=len(samples), quantile_levels=levels,
         quantiles=quantiles, expected=expected, per_sample=per_sample, **arrays)
