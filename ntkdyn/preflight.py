@@ -30,6 +30,7 @@ from ntkdyn import algorithms, graphs
 from ntkdyn._utils.checks import learning_rates
 from ntkdyn._utils.io import json_text
 from ntkdyn.algorithms import Algorithm
+from ntkdyn.config.experiment import FULL_CHECK_MAX_DIM as _FULL_DIM
 from ntkdyn.config.experiment import Experiment, from_config
 from ntkdyn.config.schema import Config, ConfigError, load_config
 from ntkdyn.dynamics import stability as spectrum
@@ -74,11 +75,9 @@ SWEEP_SEQUENCES = 8
 MEASURED_AGREEMENT = {"analytic": {64: 0.58, 256: 0.15, 1024: 0.033},
                       "empirical": {64: 0.105, 256: 0.049, 1024: 0.016}}
 #: ``kernel = "empirical"``: the verdict, sweep and prediction use the full empirical kernel
-#: (``(N K) x (N K)``, as ``ntkdyn validate`` does) when it takes at most
-#: ``harness.FULL_KERNEL_MAX_BYTES`` and the operator has at most this many dimensions
-#: (``Q N K``: the stability analysis and the dense fixed point stay affordable); otherwise
-#: the traced one, and the report says so.
-FULL_CHECK_MAX_DIM = 6400
+#: where :attr:`~ntkdyn.config.experiment.Experiment.full_empirical_kernel` says so (the
+#: same layout as ``ntkdyn predict``); otherwise the traced one, and the report says so.
+FULL_CHECK_MAX_DIM = _FULL_DIM
 #: Measured on the issue-12 configuration (width 64): the traced kernel's lr* exceeded the
 #: full kernel's by this factor (0.463 vs 0.337).
 TRACED_OVER_FULL_MEASURED = 0.463 / 0.337
@@ -379,17 +378,6 @@ def _recommend(sweep: list[dict], stable_rates) -> dict | None:
             "final_test_loss": best["final_test_loss"]}
 
 
-def _full_empirical(cfg: Config, exp: Experiment) -> bool:
-    """Whether ``check`` uses the full empirical kernel (see ``FULL_CHECK_MAX_DIM``)."""
-    from ntkdyn.validation.harness import FULL_KERNEL_MAX_BYTES
-
-    if cfg.prediction.kernel != "empirical":
-        return False
-    n, k = exp.parts.dataset.y_train.shape
-    return ((n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
-            and exp.parts.num_agents * n * k <= FULL_CHECK_MAX_DIM)
-
-
 def _outside_measured(cfg: Config | None) -> list[str]:
     """What in ``cfg`` lies outside the settings :data:`MEASURED_AGREEMENT` was measured on
     (squared loss, full batches, static mixing, the exact path)."""
@@ -667,7 +655,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                               "the exact path; remove prediction.rank (and tol) for them")
         return _check_lowrank(cfg, t0)
     exp = from_config(cfg)
-    full = _full_empirical(cfg, exp)
+    full = exp.full_empirical_kernel  # the layout ntkdyn predict uses
     f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, mixing=exp.mixing)
     # f0 = "random": the sweep and verdicts use the mean network's problem (f0 = 0); the NNGP
     # comes from the same kernel pass, for the chosen rate's band over initialisations

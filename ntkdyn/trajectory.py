@@ -269,6 +269,8 @@ class Trajectory:
         lines = [f"{self.num_agents} agents, last record at {unit} {t:g}, status: {self.status}"]
         if "quantity" in self.metadata:
             lines.append(f"describes: {self.metadata['quantity']}")
+        if self.metadata.get("kernel") == "empirical" and "kernel_layout" in self.metadata:
+            lines.append(EMPIRICAL_LAYOUT_WORDS[self.metadata["kernel_layout"]])
         if self.phase is not None:
             lines.append("records after each phase per step: " + ", ".join(self.phases)
                          + f" (last: {self.phases[int(self.phase[-1])]})")
@@ -449,6 +451,15 @@ def _from_payload(kwargs: dict, meta: dict) -> Trajectory:
     return RandomNetworkTrajectory(**common, **plain, samples=meta["samples"],
                                    quantiles=quantiles, mean_network=inner,
                                    draws=prefixed("draws") or None, init_band_run=band_run)
+
+
+#: the empirical kernel's layout, in words, for :meth:`Trajectory.summary`
+EMPIRICAL_LAYOUT_WORDS = {
+    "full": ("kernel: the empirical NTK at initialisation, full (N K) x (N K) layout (exact "
+             "for the linearised network; ntkdyn check uses the same)"),
+    "traced": ("kernel: the empirical NTK at initialisation, traced layout Theta_s (x) I_K "
+               "(an approximation of the full kernel, whose lr* can be lower)"),
+}
 
 
 @dataclass(frozen=True)

@@ -524,3 +524,24 @@ def test_sampled_gossip_sequences_that_grow_are_not_inside_or_recommended(f0):
         assert "sampled networks (network s on mixing sequence s)" in one["growing"]
     else:
         assert one is None
+
+
+def test_check_and_predict_use_the_same_empirical_kernel_layout(tmp_path):
+    """Fuzz find: with the empirical kernel, check used the full (N K)^2 kernel (lr* 0.4196,
+    DGD at 0.44 outside) and ntkdyn predict the traced one (lr* 0.462, status ok) of the
+    same configuration.  Both now take Experiment.full_empirical_kernel's layout and say
+    which; their lr* agree."""
+    from ntkdyn.config.schema import load_config
+    from ntkdyn.trajectory import Trajectory
+
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(architecture={"depth": 2, "width": 64}, training={"lr": 0.44},
+                          prediction={"kernel": "empirical"}))
+    rep = check(load_config(path))
+    assert rep.kernel_layout == "full" and not rep.inside
+    assert main(["predict", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    traj = Trajectory.load(tmp_path / "out" / "trajectory.npz")
+    assert traj.metadata["kernel_layout"] == "full" and traj.status == "unstable"
+    lr_star = traj.metadata["stability"]["lr_star"]
+    assert lr_star == pytest.approx(rep.stability[0].lr_star, rel=1e-9)
+    assert "full (N K) x (N K) layout" in traj.summary()

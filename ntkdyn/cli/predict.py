@@ -38,6 +38,7 @@ def run(args) -> int:
                             kernel=cfg.prediction.kernel, seed=cfg.seed,
                             continuous=t.continuous, progress=not args.quiet,
                             kernel_dtype=cfg.prediction.kernel_dtype or None,
+                            traced=not exp.full_empirical_kernel,  # check's layout
                             **init, **exp.low_rank, **exp.loss, **exp.minibatch)
     traj = _with_config(traj, cfg)
     with staged_output(args.out) as tmp:

@@ -14,6 +14,14 @@ from ntkdyn.config.schema import ALGORITHM_OPTIONS, Config, ConfigError
 from ntkdyn.graphs import sequences as gossip
 from ntkdyn.models import MLP
 
+#: the full ``(N K) x (N K)`` empirical kernel (exact for the linearised network) is used
+#: when it takes at most this many bytes in float64 (``ntkdyn validate``'s rule) ...
+FULL_KERNEL_MAX_BYTES = 256 * 2**20
+#: ... and, for ``ntkdyn predict`` and ``ntkdyn check``, its step operator has at most
+#: this many dimensions (``Q N K``: the stability analysis and the dense fixed point stay
+#: affordable); otherwise the traced kernel ``Theta_s (x) I_K``, and the outputs say so
+FULL_CHECK_MAX_DIM = 6400
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -53,6 +61,19 @@ class Experiment:
         t = self.config.training
         return {"batch_size": t.batch_size, "batch_sampling": t.batch_sampling} \
             if t.batch_size else {}
+
+    @property
+    def full_empirical_kernel(self) -> bool:
+        """Whether ``ntkdyn predict`` and ``ntkdyn check`` use the full empirical kernel:
+        ``prediction.kernel = "empirical"``, at most :data:`FULL_KERNEL_MAX_BYTES` and
+        ``Q N K <=`` :data:`FULL_CHECK_MAX_DIM` (the same layout in both, so their lr* and
+        verdicts agree; the exact path only: the low-rank path has its own factor)."""
+        if self.config.prediction.kernel != "empirical" or \
+                self.config.prediction.rank is not None:
+            return False
+        n, k = self.parts.dataset.y_train.shape
+        return ((n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
+                and self.parts.num_agents * n * k <= FULL_CHECK_MAX_DIM)
 
     @property
     def low_rank(self) -> dict:

@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from ntkdyn._utils.io import json_text
+from ntkdyn.config.experiment import FULL_KERNEL_MAX_BYTES as _FULL_BYTES
 from ntkdyn.config.experiment import algorithm_of, build_arch, from_config
 from ntkdyn.config.schema import Config, load_config
 from ntkdyn.dynamics import stability as spectrum
@@ -54,7 +55,7 @@ from ntkdyn.trajectory import Trajectory
 from ntkdyn.validation import agreement
 
 KERNEL_CHOICES = ("analytic", "empirical")
-FULL_KERNEL_MAX_BYTES = 256 * 2**20
+FULL_KERNEL_MAX_BYTES = _FULL_BYTES  # one rule, ntkdyn.config.experiment's
 CHECKPOINT_INTERVAL_S = 30.0  # seconds between checkpoint writes of a training
 ARPACK_MAX_DIM = 10_000  # beyond: no spectral radius for schedules without a crossing
 HEADLINE_FIGURES = ("mean", "mean_at_horizon", "mean_max_gap_over_max_obs")
