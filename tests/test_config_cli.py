@@ -37,6 +37,8 @@ def test_default_example_parses():
     ({"data": {"classes": [3]}}, "data.classes: expected at least 2 distinct labels"),
     ({"data": {"classes": [3, 3], "source": "synthetic"}},
      "data.classes: expected at least 2 distinct labels"),
+    # it was scikit-learn's message, blamed on data.source
+    ({"seed": 2**32}, "config: seed: expected an integer in [0, 4294967295], got 4294967296"),
     ({"prediction": {"kernel": "empirical", "f0": "random"}},
      "config: prediction.f0: 'random' (one random network over initialisations) cannot be "
      "combined with prediction.kernel = 'empirical'"),
