@@ -1079,3 +1079,24 @@ def test_arpack_error_on_a_small_operator_falls_back_to_its_dense_spectrum(monke
     assert np.allclose(np.sort(np.abs(lm)), np.sort(np.abs(vals))[-4:], rtol=1e-12)
     sr = stab._arpack(op, "SR", 3, 36)
     assert np.allclose(np.sort(sr.real), np.sort(vals.real)[:3], rtol=1e-12)
+
+
+def test_parallel_dense_scan_equals_the_sequential_one(monkeypatch):
+    """A stable-set scan of a dense operator of >= PARALLEL_DENSE_MIN dimensions evaluates
+    its grid in threads (stability._dense_radii): the same radii, bit for bit, and the
+    same stable set as one after the other (periodic ring+star, DGD, 320 dimensions)."""
+    _, kern, y, w = _problem("ring", n=80)
+    seq = graphs.periodic([w, graphs.mixing(graphs.topology("star", 4))])
+    prob = make_problem(kern, y, np.arange(80) % 4, seq)
+    assert stab.StepOperator(prob, algorithms.DGD).dim >= stab.PARALLEL_DENSE_MIN
+    calls = []
+    threaded = stab._dense_radii
+    monkeypatch.setattr(stab, "_dense_radii", lambda op, rates, cache: (
+        calls.append(len(rates)), threaded(op, rates, cache)))
+    par_cache, seq_cache = {}, {}
+    par = stab.stable_set(prob, "dgd", cache=par_cache)
+    assert calls and calls[0] >= 10  # the grid went through the threads
+    monkeypatch.setattr(stab, "PARALLEL_DENSE_MIN", 10**9)
+    one = stab.stable_set(prob, "dgd", cache=seq_cache)
+    assert par == one and par_cache == seq_cache
+    assert par.method == "brent-dense" and len(calls) == 1
