@@ -1100,3 +1100,26 @@ def test_parallel_dense_scan_equals_the_sequential_one(monkeypatch):
     one = stab.stable_set(prob, "dgd", cache=seq_cache)
     assert par == one and par_cache == seq_cache
     assert par.method == "brent-dense" and len(calls) == 1
+
+
+def test_kernel_round_off_inside_the_stable_set_is_not_an_instability():
+    """A rank-16 kernel of 256 samples rounded to float32 has eigenvalues of about -1e-7
+    where it should have 0: DGD's modes there grow by 1 + 4e-9 a step, so at 0.85 lr*
+    (lr* from the exact -1 crossing) the report said "unstable", margin -0.0.  Inside
+    the stable set a radius within ROUNDOFF_RHO of 1 is reported stable, with the radius
+    and the words; a rate above lr* stays unstable."""
+    rng = np.random.default_rng(0)
+    n, q, r = 256, 8, 16
+    f = rng.normal(size=(n, r))
+    k = (f @ f.T / r).astype(np.float32).astype(np.float64)
+    y = np.eye(4)[rng.integers(0, 4, n)]
+    w = graphs.mixing(graphs.topology("erdos_renyi", q, p=0.3, seed=0), rule="metropolis")
+    prob = make_problem((k + k.T) / 2, y, rng.permutation(n) % q, w)
+    assert stab.StepOperator(prob, algorithms.DGD).dim > stab.DENSE_MAX  # Krylov radius
+    lr_star, _ = stab.max_stable_lr(prob, "dgd")
+    rep = stab.stability(prob, "dgd", 0.85 * lr_star)
+    assert 1 + stab.RHO_TOL < rep.spectral_radius <= 1 + stab.ROUNDOFF_RHO
+    assert rep.stable and rep.margin == pytest.approx(0.15, abs=1e-6)
+    assert "inside the stable set: the modes the kernel barely sees" in rep.method
+    above = stab.stability(prob, "dgd", 1.02 * lr_star)
+    assert not above.stable and above.spectral_radius > 1 + stab.ROUNDOFF_RHO
