@@ -163,12 +163,14 @@ class CheckReport:
         """The chosen rate's predicted trajectory's own status (``"ok"``, ``"unstable"``:
         e.g. sampled gossip sequences that grew while the mean state converges, or
         ``"diverged"``), the one random network's where it was predicted and is not ok;
-        ``"ok"`` without a prediction (outside the regime: :attr:`inside` says it)."""
+        ``"ok"`` without a prediction (outside the regime: :attr:`inside` says it).  With
+        mini-batch SGD the sampled batch sequences' status (:attr:`minibatch`) counts too:
+        the full-batch dynamics can converge while the configured SGD run grows."""
         if not self.prediction:
             return "ok"
-        one = self.prediction.get("one_random_network") or {}
-        if one.get("status", "ok") != "ok":
-            return one["status"]
+        for run in (self.prediction.get("one_random_network") or {}, self.minibatch or {}):
+            if run.get("status", "ok") != "ok":
+                return run["status"]
         return self.prediction.get("status", "ok")
 
     @property
@@ -610,6 +612,8 @@ def _minibatch_band(problem, exp: Experiment, cfg: Config, inside: bool) -> dict
                        seed=cfg.seed)[0]
     out.update(status=traj.status,
                steps_to_target_mean=_steps_to_target(traj, cfg.prediction.target_loss))
+    if "growing" in traj.metadata:
+        out["growing"] = traj.metadata["growing"]["words"]
     for metric in ("train_loss", "test_loss", "train_acc", "test_acc"):
         out[f"final_{metric}_mean"] = float(traj.network_mean(metric)[-1])
         out[f"final_{metric}_band"] = [float(b[-1].mean()) for b in traj.band(metric)]
@@ -1292,6 +1296,8 @@ def _minibatch_lines(mb: dict | None) -> list[str]:
              f"    test loss {band('test_loss', '.4g')}",
              f"    test acc  {band('test_acc', '.3f')}",
              f"    train loss {band('train_loss', '.4g')}"]
+    if mb.get("status", "ok") != "ok":
+        lines.append("    " + (mb.get("growing") or f"status {mb['status']}"))
     if mb.get("final_test_loss_mc_error") is not None:
         lines.append(f"    Monte-Carlo standard error of those means: test loss "
                      f"{mb['final_test_loss_mc_error']:.2g}, test acc "

@@ -540,3 +540,18 @@ def test_check_and_predict_use_the_same_empirical_kernel_layout(tmp_path):
     lr_star = traj.metadata["stability"]["lr_star"]
     assert lr_star == pytest.approx(rep.stability[0].lr_star, rel=1e-9)
     assert "full (N K) x (N K) layout" in traj.summary()
+
+
+def test_minibatch_sequences_that_grow_make_check_exit_1(lr_stars):
+    """ATC at 0.95 lr* with batches of 2: the full-batch dynamics converge, the 8 sampled
+    SGD sequences blow up (train loss ~1e9); check said exit 0.  The mini-batch band's own
+    status now counts: exit 1, and the band says how many sequences grew."""
+    rep = check(_cfg(training={"algorithm": "atc", "lr": 0.95 * lr_stars["atc"],
+                               "batch_size": 2, "samples": 8},
+                     prediction={"target_loss": 0.2, "f0": "mean"}))
+    assert rep.inside and rep.prediction["status"] == "ok"  # full batch
+    assert rep.minibatch["status"] == "unstable" and rep.exit_code == 1
+    assert "sampled mini-batch sequences ended above their initial loss" in \
+        rep.minibatch["growing"]
+    assert rep.minibatch["growing"] in rep.text()
+    jsonschema.validate(json.loads(rep.to_json()), SCHEMA)
