@@ -898,7 +898,10 @@ def test_predict_and_check_commands_with_empirical_rank(tmp_path, capsys):
     exact_cfg.write_text(TINY_TOML + '[prediction]\nkernel = "empirical"\n')
     assert main(["predict", str(exact_cfg), "--out", str(tmp_path / "e"), "--quiet"]) == 0
     exact = Trajectory.load(tmp_path / "e" / "trajectory.npz")
-    assert np.max(np.abs(exact.test_loss - traj.test_loss)) <= 1e-8 * exact.test_loss.max()
+    # the exact CLI path now takes check's layout, the full (N K)^2 kernel here, while the
+    # rank-60 factor is of the traced kernel: equal only to the layouts' gap (1.5 % here)
+    assert exact.metadata["kernel_layout"] == "full"
+    assert np.max(np.abs(exact.test_loss - traj.test_loss)) <= 0.05 * exact.test_loss.max()
     capsys.readouterr()
     assert main(["check", str(cfg), "--json"]) in (0, 1)
     report = json.loads(capsys.readouterr().out)
