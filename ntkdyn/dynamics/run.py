@@ -511,7 +511,8 @@ def _aggregate(samples: list[Trajectory], expected: Trajectory | None,
     """Mean over sampled sequences of every metric, quantile bands, and the expected run
     (``E[W]`` / full batch; ``None`` when there is none).  The status is ``"diverged"``
     when a sequence left the bound, ``"unstable"`` when one grew
-    (:func:`observed_growth`, said in ``metadata["growing"]``), else ``"ok"``."""
+    (:func:`~ntkdyn.trajectory.observed_growth`, said in ``metadata["growing"]``), else
+    ``"ok"``."""
     keep = min(len(t.steps) for t in samples)
     diverged = [t.diverged_at for t in samples if t.status == "diverged"]
     growing = None if diverged else growing_runs(samples, f"sampled {what} sequences")
