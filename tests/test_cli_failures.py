@@ -331,3 +331,23 @@ def test_python_dash_m_ntkdyn():
 
     run = _python("import runpy; runpy.run_module('ntkdyn', run_name='__main__')", "--version")
     assert run.returncode == 0 and run.stdout.strip() == f"ntkdyn {ntkdyn.__version__}"
+
+
+# ----------------------------------------------------------------- horizon
+@pytest.mark.parametrize("command", ["predict", "check"])
+@pytest.mark.parametrize("extra, key", [
+    ("steps = 100000000000\n", "training.steps: expected at most 1,000,000,000"),
+    ("steps = 200000000\nrecord_every = 1\n",
+     "training.record_every: expected at most 10,000,000 recorded steps"),
+])
+def test_horizon_too_long_is_a_config_error_naming_the_key(tmp_path, capsys, command, extra,
+                                                            key):
+    """``training.steps = 1e11`` was a numpy MemoryError traceback (exit 1): the recorded
+    steps were materialised (37 GB) before anything checked them."""
+    text = TINY.replace("steps = 40\nrecord_every = 10\n", extra)
+    out = tmp_path / "out"
+    args = [command, str(_config(tmp_path, text)), "--quiet"]
+    assert main(args + ["--out", str(out)] if command == "predict" else args) == 2
+    line = _error_line(capsys)
+    assert key in line, line
+    assert not out.exists()

@@ -222,6 +222,29 @@ def test_sweep_and_stability_note(cenet):
     assert f"lr < {bound:.6g}" in cross_entropy_bound(p, "atc")
 
 
+def test_a_deterministic_run_whose_loss_grew_is_unstable_from_its_trajectory():
+    """Cross-entropy has no exact operator verdict: at lr = 1e6 the loss ended 1e5 times
+    above its start with status 'ok'.  Now the trajectory decides, as for sampled runs;
+    a run that trains stays 'ok'."""
+    x = np.random.default_rng(3).normal(size=(12, 4))
+    kernel, labels = x @ x.T, np.arange(12) % 3
+    w = np.full((3, 3), 1 / 3)
+    agent = np.arange(12) % 3
+    bad = predict_from_kernels(kernel, labels, agent, w, 1e6, range(0, 41, 4),
+                               loss="cross_entropy")
+    loss = bad.network_mean("train_loss")
+    assert loss[-1] > 10 * loss.min() and loss[-1] > loss[0]
+    assert bad.status == "unstable"
+    assert bad.metadata["growing"]["factor_max"] == pytest.approx(loss[-1] / loss.min())
+    assert "from the trajectory" in bad.metadata["growing"]["words"]
+    good = predict_from_kernels(kernel, labels, agent, w, 0.05, range(0, 41, 4),
+                                loss="cross_entropy")
+    assert good.status == "ok" and "growing" not in good.metadata
+    sw = nd.sweep_from_kernels(kernel, labels, agent, w, [0.05, 1e6], range(0, 41, 4),
+                               loss="cross_entropy")
+    assert [t.status for t in sw] == ["ok", "unstable"]
+
+
 # --------------------------------------------------------------------------- test 2
 @pytest.fixture(scope="module")
 def golden():

@@ -264,3 +264,17 @@ def test_carried_outputs_are_counted_where_the_solver_carries_them(monkeypatch):
     for steps, carried in ((np.arange(0, 8), True), (np.array([0, 200]), False)):
         run_mod.run_problem(problem, "dgd", [0.01], steps)
         assert seen[-1] is carried
+
+
+def test_recorded_steps_are_counted(monkeypatch):
+    """Each record holds RECORD_ARRAYS metrics per slot and rate (device and host): ten
+    million records of 100 agents are 250 GB, refused before the run, naming the steps."""
+    few = memory.prediction_bytes(50, 10, 2, 100, records=10**6, runtime=False)
+    many = memory.prediction_bytes(50, 10, 2, 100, records=10**7, runtime=False)
+    assert many - few == 2 * 8 * memory.RECORD_ARRAYS * (10**7 - 10**6) * 101
+    kernel = np.eye(40)
+    y = np.ones((40, 1))
+    w = np.full((20, 20), 1 / 20)
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "2GB")
+    with pytest.raises(memory.ProblemTooLargeError, match="fewer recorded steps"):
+        nd.predict_from_kernels(kernel, y, np.arange(40) % 20, w, 0.1, range(0, 10**7, 2))

@@ -16,7 +16,11 @@ import numpy as np
 
 
 def as_float_array(name: str, value, ndim: int | Sequence[int] | None = None) -> np.ndarray:
-    """Convert ``value`` to a float64 ndarray, checking dimensionality and finiteness."""
+    """Convert ``value`` to a float64 ndarray, checking dimensionality and finiteness
+    (complex input is refused, not cast to its real part)."""
+    if np.iscomplexobj(value):
+        raise ValueError(f"{name}: expected real values, got complex (dtype "
+                         f"{np.asarray(value).dtype})")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -153,15 +157,44 @@ def _short(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Largest step the step-by-step recursions accept: at a microsecond a step (a tiny
+#: problem) 10^9 steps already take a quarter of an hour, real problems hours to days; the
+#: long-time limit is :func:`ntkdyn.fixed_point` (or the gradient flow, which has no limit).
+MAX_STEP = 10**9
+#: Most recorded steps (or times) of one prediction: beyond any plot, and each costs a
+#: record per agent, rate and metric (:func:`ntkdyn._utils.memory.prediction_bytes`).
+MAX_RECORDS = 10**7
+
+
+def _too_many_records(name: str, count: int) -> ValueError:
+    return ValueError(f"{name}: expected at most {MAX_RECORDS:,} recorded steps, got "
+                      f"{count:,} (record every k-th step: range(0, T + 1, k))")
+
+
+def _beyond_max_step(name: str, step: int):
+    raise ValueError(f"{name}: expected steps at most {MAX_STEP:,}, got {step:,} (the "
+                     "recursion runs step by step; for the long-time limit use "
+                     "nd.fixed_point or the gradient flow, continuous=True)")
+
+
 def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
     """Validate recorded steps (or times): non-empty, non-negative, non-decreasing (a
-    repeated step is recorded again, tested).  An integer ``T`` means ``0, 1, ..., T``."""
+    repeated step is recorded again, tested), at most :data:`MAX_RECORDS` of them and,
+    for steps (``integer``), none beyond :data:`MAX_STEP`.  An integer ``T`` means
+    ``0, 1, ..., T``; both limits are checked before anything is materialised."""
     if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
         if steps < 0:
             raise ValueError(f"{name}: expected a horizon >= 0 (an integer T records steps "
                              f"0..T) or a sequence of steps, got {int(steps)}")
         steps = range(0, int(steps) + 1)
+    if isinstance(steps, range):
+        if integer and len(steps) and max(steps[0], steps[-1]) > MAX_STEP:
+            _beyond_max_step(name, max(steps[0], steps[-1]))
+        if len(steps) > MAX_RECORDS:
+            raise _too_many_records(name, len(steps))
     arr = np.asarray(list(steps) if isinstance(steps, range) else steps)
+    if arr.size > MAX_RECORDS:
+        raise _too_many_records(name, arr.size)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name}: expected a non-empty 1-D sequence, got shape {arr.shape}")
     if integer:
@@ -174,6 +207,8 @@ def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
         check_finite(name, arr)
     if np.any(arr < 0):
         raise ValueError(f"{name}: expected values >= 0, got {arr.min()}")
+    if integer and arr.max() > MAX_STEP:
+        _beyond_max_step(name, int(arr.max()))
     if np.any(np.diff(arr) < 0):
         i = int(np.argmax(np.diff(arr) < 0))
         raise ValueError(f"{name}: expected a non-decreasing sequence, got {arr[i]} then "
@@ -187,6 +222,14 @@ def check_nonnegative_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
     return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a ``bool`` (Python or numpy booleans only), else a ``ValueError``
+    naming ``name`` (``continuous="yes"`` ran as if it were False)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
 
 
 def check_positive_float(name: str, value) -> float:

@@ -71,6 +71,9 @@ def format_bytes(n: float) -> str:
 #: (backend start, LLVM, executables, allocator slack): measured 130-300 MB on CPU with
 #: jax 0.10 at N = 2,000-6,000 (tests/test_memory.py), independent of N.
 RUNTIME_BYTES = 170 * 2**20
+#: Recorded metrics per slot and learning rate and record (losses, accuracies, distances:
+#: 13 in ``ntkdyn.dynamics.solver._metrics``, rounded up).
+RECORD_ARRAYS = 16
 #: Rows up to which the centralised reference runs in its eigenbasis (one dense ``eigh``).
 REFERENCE_EIGH_MAX = 8192
 #: Peak of that ``eigh`` in units of ``8 R^2`` beyond the host kernels, and its fixed
@@ -143,8 +146,10 @@ def prediction_bytes(
     * solving: the host kernels ``8 (R^2 + R_t R)``, their device copies
       ``itemsize (R^2 + R_t R)`` (jax copies numpy arrays, also on CPU), the state and
       ~6 temporaries ``7 A R C``, the per-record products ``2 A C (R + R_t)``, and the
-      recorded outputs if asked; the stability analysis that may follow holds the same
-      device copy (the solver's is freed by then) and state-sized vectors;
+      records (:data:`RECORD_ARRAYS` per slot and rate, on the device and on the host:
+      ``16 RECORD_ARRAYS T A n_rates``), the recorded outputs if asked; the stability
+      analysis that may follow holds the same device copy (the solver's is freed by then)
+      and state-sized vectors;
     * with ``eigen_reference`` (the centralised reference in its eigenbasis,
       :func:`ntkdyn.dynamics.solver.reference_basis`, used up to ``REFERENCE_EIGH_MAX`` rows): the
       ``eigh`` of the scaled ``R x R`` kernel holds the host kernels plus about
@@ -178,6 +183,7 @@ def prediction_bytes(
     if carried_outputs:
         solve += 8 * 7 * (agents + 1) * (rows + rows_test) * cols + itemsize * rows_test * rows
     solve += 8 * 2 * (agents + 1) * cols * (rows + rows_test)
+    solve += 2 * 8 * RECORD_ARRAYS * records * (agents + 1) * rates
     if record_outputs:
         solve += 8 * records * (agents + 1) * rates * (n_train + n_test) * outputs
     if eigen_reference:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ntkdyn._utils.checks import MAX_RECORDS, MAX_STEP
 from ntkdyn.activations import ACTIVATION_NAMES
 from ntkdyn.algorithms import NAMES as ALGORITHM_NAMES
 from ntkdyn.graphs.topology import TOPOLOGIES
@@ -321,6 +322,22 @@ _ONLY_WITH = {
 }
 
 
+def _check_horizon(t: TrainingConfig) -> None:
+    """``training.steps`` within :data:`~ntkdyn._utils.checks.MAX_STEP` and at most
+    :data:`~ntkdyn._utils.checks.MAX_RECORDS` recorded steps, before
+    :attr:`Config.steps` materialises them (``steps = 1e11`` was a 37 GB allocation)."""
+    if t.steps > MAX_STEP:
+        raise ConfigError(f"config: training.steps: expected at most {MAX_STEP:,} (the "
+                          f"recursion runs step by step), got {t.steps:,}")
+    records = -(-t.steps // t.record_every) + 1
+    if records > MAX_RECORDS:
+        least = -(-t.steps // (MAX_RECORDS - 1))
+        raise ConfigError(f"config: training.record_every: expected at most {MAX_RECORDS:,} "
+                          f"recorded steps (record_every >= {least:,} with training.steps = "
+                          f"{t.steps:,}), got record_every = {t.record_every:,} "
+                          f"({records:,} records)")
+
+
 def _validate_combinations(cfg: Config, raw: dict) -> None:
     """Reject keys given without the setting they belong to, and settings that exclude
     each other (the error names the key)."""
@@ -528,6 +545,7 @@ def config_from_dict(raw: dict, base_dir: str | Path | None = None) -> Config:
     """
     cfg = _build(Config, raw, "")
     _validate(cfg)
+    _check_horizon(cfg.training)
     if cfg.prediction.f0 == "zero":  # the old name, as nd.predict takes it: one name below
         cfg = dataclasses.replace(cfg, prediction=dataclasses.replace(cfg.prediction,
                                                                       f0="mean"))

@@ -222,6 +222,8 @@ def make_problem(
     n, k = y_train.shape
     if n == 0:
         raise ValueError("y_train: expected at least one training sample, got 0")
+    if k == 0:
+        raise ValueError(f"y_train: expected at least one output column, got shape {(n, k)}")
     kernel, traced = _checked_kernel(kernel_train, n, k, agent)
     agent = np.asarray(agent)
     check_shape("agent", agent, (n,), "one agent index per training sample")

@@ -19,13 +19,18 @@ import jax
 import numpy as np
 
 from ntkdyn._utils import memory
-from ntkdyn._utils.checks import learning_rates, steps_array
+from ntkdyn._utils.checks import (
+    check_bool,
+    check_nonnegative_int,
+    learning_rates,
+    steps_array,
+)
 from ntkdyn.algorithms import Algorithm, get_algorithm
 from ntkdyn.dynamics import solver
 from ntkdyn.dynamics import stability as spectrum
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.graphs.sequences import process_metadata
-from ntkdyn.trajectory import GossipTrajectory, Trajectory, growing_runs
+from ntkdyn.trajectory import GossipTrajectory, Trajectory, growing_runs, observed_growth
 
 
 def versions() -> dict[str, str]:
@@ -86,7 +91,7 @@ def _check_memory(problem: KernelProblem, n_rates: int, algo: Algorithm, steps: 
     memory.ensure_fits(
         need, "this prediction",
         "use fewer training samples, a traced kernel instead of the full one, fewer learning "
-        "rates per sweep, or record_outputs=False")
+        "rates per sweep, fewer recorded steps, or record_outputs=False")
     return carried_outputs
 
 
@@ -181,7 +186,7 @@ def run_problem(
     centralised reference is carried along every kernel pass (no eigenbasis).
     """
     algo = get_algorithm(algorithm)
-    _check_options(kernel_dtype, init, train_records)
+    _check_options(kernel_dtype, init, train_records, continuous, record_outputs)
     rate_rows = learning_rates(lrs, problem.num_agents, rows=True)
     steps = steps_array(steps, "times" if continuous else "steps", integer=not continuous)
     mesh = _mesh(devices)
@@ -241,9 +246,12 @@ def run_problem(
     return _with_stability(trajs, problem, algo, rate_rows, continuous, check_stability)
 
 
-def _check_options(kernel_dtype: str, init, train_records: str) -> None:
+def _check_options(kernel_dtype: str, init, train_records: str, continuous,
+                   record_outputs) -> None:
     """``ValueError`` naming the option for a ``"mixed"`` kernel storage without sampled
-    random networks or an unknown ``train_records``."""
+    random networks, an unknown ``train_records``, or flags that are not booleans."""
+    check_bool("continuous", continuous)
+    check_bool("record_outputs", record_outputs)
     if kernel_dtype == "mixed" and init is None:
         raise ValueError("kernel_dtype: 'mixed' (float32 products for the sampled networks' "
                          "response columns) needs sampled random networks (f0='random')")
@@ -334,8 +342,7 @@ def _check_sampling(problem: KernelProblem, *, samples, batch_size, batch_sampli
     process = problem.process
     batch_size = check_batch_size(batch_size, problem.counts)
     batch_sampling = check_sampling(batch_sampling)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    check_nonnegative_int("seed", seed)
     if (process is not None and process.random) or batch_size:
         samples = check_samples(DEFAULT_SAMPLES if samples is None else samples)
     elif samples is not None:
@@ -426,6 +433,21 @@ def _assemble(raw: dict, problem: KernelProblem, algo: Algorithm, rate_rows, ste
     return trajs
 
 
+def _growth_status(traj: Trajectory) -> Trajectory:
+    """``traj`` with status ``"unstable"`` and ``metadata["growing"]`` when its loss grew
+    (:func:`~ntkdyn.trajectory.observed_growth`): the verdict of the trajectory itself for
+    cross-entropy, whose operator gives only a sufficient bound (at ``lr = 1e6`` the loss
+    ended 1e5 times above its start with status ``"ok"``)."""
+    factor = observed_growth(traj)
+    if factor is None:
+        return traj
+    words = (f"status 'unstable' from the trajectory: the network-mean loss ended above its "
+             f"initial value and {factor:.3g}x above its lowest (cross-entropy has no exact "
+             "operator verdict, only the sufficient bound)")
+    return dataclasses.replace(traj, status="unstable", metadata=dict(
+        traj.metadata, growing={"factor_max": factor, "words": words}))
+
+
 def _with_stability(trajs: list[Trajectory], problem: KernelProblem, algo: Algorithm,
                     rate_rows, continuous: bool, check_stability) -> list[Trajectory]:
     """Each trajectory with its stability verdict in the metadata (and status "unstable"
@@ -436,6 +458,7 @@ def _with_stability(trajs: list[Trajectory], problem: KernelProblem, algo: Algor
             trajs = [dataclasses.replace(t, metadata=dict(t.metadata,
                                                           logit_scale=problem.logit_scale))
                      for t in trajs]
+        trajs = [_growth_status(t) for t in trajs]
         if check_stability is False:
             return trajs
         note = (cross_entropy_bound(problem, algo) if not continuous else

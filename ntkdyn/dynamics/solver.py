@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkdyn._utils import memory
+from ntkdyn._utils.checks import MAX_STEP
 from ntkdyn.algorithms import Algorithm, Operators
 from ntkdyn.dynamics import sharding
 from ntkdyn.dynamics.problem import KernelProblem
@@ -1333,6 +1334,22 @@ def _add_mixing(data: dict, problem: KernelProblem, samples: int | None, copies:
     return supported_sampler(problem.process)
 
 
+def _flow_substeps(deltas: np.ndarray, times: np.ndarray, beta: float) -> np.ndarray:
+    """Taylor substeps of the flow between records (``beta * delta / TAYLOR_THETA``, at
+    least one, none for a repeated time); refused beyond
+    :data:`ntkdyn._utils.checks.MAX_STEP` in all (they run one by one, as discrete steps:
+    a time of 10^12 ran for ever)."""
+    n_sub = np.maximum(1, np.ceil(beta * deltas / TAYLOR_THETA)).astype(np.int64)
+    n_sub[deltas == 0] = 0
+    total = int(np.sum(n_sub))
+    if total > MAX_STEP:
+        reach = MAX_STEP * TAYLOR_THETA / beta
+        raise ValueError(f"times: the gradient flow to t = {float(times[-1]):.3g} needs "
+                         f"{total:,} Taylor substeps, more than {MAX_STEP:,} (about "
+                         f"t = {reach:.3g} here); for the long-time limit use nd.fixed_point")
+    return n_sub
+
+
 def evolve(
     problem: KernelProblem,
     algorithm: Algorithm,
@@ -1464,8 +1481,7 @@ def evolve(
     deltas = np.diff(np.concatenate([[0], np.asarray(steps)])).astype(np.float64)
     if continuous:
         beta = operator_norm_estimate(problem, algorithm, lrs) * 1.25 + 1e-12
-        n_sub = np.maximum(1, np.ceil(beta * deltas / TAYLOR_THETA)).astype(np.int64)
-        n_sub[deltas == 0] = 0
+        n_sub = _flow_substeps(deltas, steps, beta)
         h = np.where(n_sub > 0, deltas / np.maximum(n_sub, 1), 0.0)
     else:
         n_sub, h = deltas.astype(np.int64), np.ones_like(deltas)

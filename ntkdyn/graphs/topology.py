@@ -240,6 +240,9 @@ def as_graph(graph_or_adjacency: Any) -> nx.Graph:
             g = nx.convert_node_labels_to_integers(g, label_attribute="label")
     else:
         a = graph_or_adjacency
+        if isinstance(a, str):
+            raise ValueError(f"graph: expected a networkx graph or a square adjacency matrix, "
+                             f"got str {a!r} (build one with nd.graphs.topology({a!r}, Q))")
         a = a.toarray() if scipy.sparse.issparse(a) else np.asarray(a, dtype=np.float64)
         if a.ndim != 2 or a.shape[0] != a.shape[1]:
             raise ValueError(f"adjacency must be a square 2-D matrix; got shape {a.shape}")
