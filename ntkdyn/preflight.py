@@ -1209,6 +1209,9 @@ def _stability_lines(r: CheckReport) -> list[str]:
         lines.append("  " + v.verdict)
         if v.operator != "one step":
             lines.append(f"    (operator: {v.operator})")
+        budget = [part for part in v.method.split("; ") if "Krylov products" in part]
+        if budget:  # lr* or a scan verdict short of the exact search (SEARCH_PRODUCTS)
+            lines.append(f"    (search cut short: {'; '.join(budget)})")
     notes = {v.note for v in r.stability if v.note}
     if notes:  # the same words for every schedule: once
         lines.append("  Cross-entropy: " + next(iter(notes)).split(": ", 1)[-1]

@@ -179,6 +179,29 @@ def test_ctrl_c_in_check_exit_130(tmp_path, capsys, monkeypatch):
     assert "interrupted" in _error_line(capsys)
 
 
+def test_undecided_stability_exit_3_with_one_line(tmp_path, capsys, monkeypatch):
+    """The bounded stable-set search giving up is an answer on one line (exit 3), not a
+    traceback; any other RuntimeError is still raised."""
+    from ntkdyn.dynamics.stability import StabilityUndecided
+
+    check_module = importlib.import_module("ntkdyn.preflight")
+
+    def undecided(*args, **kwargs):
+        raise StabilityUndecided("stable_set: dgd is stable at every rate tried up to 1e6")
+
+    monkeypatch.setattr(check_module, "check", undecided)
+    assert main(["check", str(_config(tmp_path)), "--quiet"]) == 3
+    line = _error_line(capsys)
+    assert line.startswith("ntkdyn check: stability undecided: stable_set: dgd is stable")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(check_module, "check", broken)
+    with pytest.raises(RuntimeError, match="a defect"):
+        main(["check", str(_config(tmp_path)), "--quiet"])
+
+
 def test_ctrl_c_in_validate_checkpoints_and_says_resume(tmp_path, capsys, monkeypatch):
     """Ctrl-C inside the second training chunk (long before the 30 s checkpoint interval):
     the first chunk is checkpointed at the interrupt and --resume continues from it, to the

@@ -555,3 +555,19 @@ def test_minibatch_sequences_that_grow_make_check_exit_1(lr_stars):
         rep.minibatch["growing"]
     assert rep.minibatch["growing"] in rep.text()
     jsonschema.validate(json.loads(rep.to_json()), SCHEMA)
+
+
+def test_a_search_cut_short_by_its_product_budget_is_said_in_the_report(monkeypatch):
+    """Where a Krylov radius of the stable-set search exceeds its product budget the report
+    says so under the verdict (and the JSON's ``method``), instead of running for
+    minutes (``dynamics.stability.SEARCH_PRODUCTS``)."""
+    from ntkdyn.dynamics import stability
+
+    monkeypatch.setattr(stability, "DENSE_MAX", 10)
+    monkeypatch.setattr(stability, "SEARCH_PRODUCTS", 150)
+    raw = json.loads(json.dumps(BASE))
+    raw["topology"] = {"sequence": ["ring", "star"]}
+    rep = check(config_from_dict(raw))
+    parts = [p for v in rep.stability for p in v.method.split("; ") if "Krylov products" in p]
+    assert parts and "search cut short: " in rep.text()
+    assert all(p in rep.text() for p in parts)

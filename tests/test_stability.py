@@ -1123,3 +1123,54 @@ def test_kernel_round_off_inside_the_stable_set_is_not_an_instability():
     assert "inside the stable set: the modes the kernel barely sees" in rep.method
     above = stab.stability(prob, "dgd", 1.02 * lr_star)
     assert not above.stable and above.spectral_radius > 1 + stab.ROUNDOFF_RHO
+
+
+def test_locate_edge_stops_at_the_stable_end_when_a_radius_is_too_costly():
+    """An evaluation raising :class:`RadiusTooCostly` ends the search: the stable end of
+    the bracket reached is returned, verified stable, and ``(edge, relative width)`` is
+    recorded; without the list the error propagates."""
+    edge = 0.7850886982
+
+    def f(s):
+        if abs(s - edge) < 1e-4 * edge:  # near the edge the radius would take minutes
+            raise stab.RadiusTooCostly("too many products")
+        return (s - edge) * (1.0 + 3.0 * (s - edge))
+
+    coarse: list = []
+    found = stab._locate_edge(f, 0.71874, 0.85473, True, 1e-9, "dgd", coarse=coarse)
+    assert found < edge and f(found) < 0  # a rate verified stable
+    ((at, width),) = coarse
+    assert at == found and 0 < width and (edge - found) / found <= width
+    with pytest.raises(stab.RadiusTooCostly):
+        stab._locate_edge(f, 0.71874, 0.85473, True, 1e-9, "dgd")
+
+
+def test_krylov_radius_beyond_its_product_budget_raises_and_the_edge_is_coarse(
+        monkeypatch):
+    """``product_budget`` bounds the Krylov products of one radius; the Krylov stable-set
+    search runs under :data:`SEARCH_PRODUCTS`.  With 150 (the scan's two stable rates take
+    365 and 389 products here, the edge's last step 195): those rates are decided by their
+    leftmost eigenvalue and the edge is reported to the precision reached, both said in
+    ``method``, and the upper end is still a rate verified stable near the exact edge."""
+    from ntkdyn.graphs.sequences import periodic
+
+    kern, y = _kernel(n=48, seed=5)
+    cycle = periodic([graphs.mixing(graphs.topology("ring", 4)),
+                      graphs.mixing(graphs.topology("star", 4))])
+    problem = make_problem(kern, y, np.arange(48) % 4, cycle)
+    exact = stab.stable_set(problem, "dgd")
+    monkeypatch.setattr(stab, "DENSE_MAX", 10)
+    op = stab.StepOperator(problem, algorithms.get_algorithm("dgd"))
+    op.product_budget = 3
+    with pytest.raises(stab.RadiusTooCostly, match="more than 3 products"):
+        op.spectral_radius(0.5 * exact.intervals[0][1])
+    assert stab.stable_set(problem, "dgd").method == "secant-arpack"  # default budget
+    monkeypatch.setattr(stab, "SEARCH_PRODUCTS", 150)
+    got = stab.stable_set(problem, "dgd")
+    assert "more than 150 Krylov products (eigenvalues clustered" in got.method
+    import re
+
+    gap = float(re.search(r"located to (\S+) relative only", got.method).group(1))
+    hi, want = got.intervals[0][1], exact.intervals[0][1]
+    assert hi <= want * (1 + 1e-8) and (want - hi) / hi <= gap < 0.1  # the stated precision
+    assert _dense_rho(problem, "dgd", hi) <= 1 + stab.RHO_TOL

@@ -3,7 +3,8 @@
 Exit status: 0 success; 1 a negative answer (``check``: outside the NTK
 regime or target missed); 2 invalid input (bad config, bad or corrupt data
 files, an output folder that cannot be written, a problem that does not fit in
-memory), with a one-line message naming the culprit; 130 interrupted (Ctrl-C),
+memory), with a one-line message naming the culprit; 3 the bounded search for the
+stable set could not decide (one line saying where); 130 interrupted (Ctrl-C),
 with a line saying what was kept.  The output folder is checked before any
 computation; outputs are written to a temporary folder first and moved into
 ``--out`` only when complete: a failed run leaves nothing half-written.
@@ -57,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ProblemTooLargeError) as exc:
         print(f"ntkdyn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from ntkdyn.dynamics.stability import StabilityUndecided
+
+        if not isinstance(exc, StabilityUndecided):
+            raise
+        print(f"ntkdyn {args.command}: stability undecided: {_one_line(exc)}", file=sys.stderr)
+        return 3
     kept = args.interrupted(args) if hasattr(args, "interrupted") else "nothing was kept"
     print(f"\nntkdyn {args.command}: interrupted (Ctrl-C); {kept}", file=sys.stderr)
     return 130

@@ -253,6 +253,10 @@ class StepOperator:
         self._apply = _linear_step(problem, algorithm, self.profile, self._kernel_blocks)
         self._local = None
         self._structure = None
+        #: most products one Krylov :meth:`spectral_radius` may take (``None``: no limit);
+        #: beyond it :class:`RadiusTooCostly` (the Krylov stable-set search sets it to
+        #: :data:`SEARCH_PRODUCTS`)
+        self.product_budget: int | None = None
 
     def _shape(self, m: int) -> tuple:
         base = (self.q, self.r, m)
@@ -311,12 +315,13 @@ class StepOperator:
         if rho is None:
             step = None if self._structure is None else self._structure[0]
             if step is not None:  # the same operator in numpy: no dispatch per product
-                def matvec(v):
+                def product(v):
                     return step.apply(v.reshape(self.q, self.r, 1), s).ravel()
             else:
-                def matvec(v):
+                def product(v):
                     return self.matvec(v, s)
-            op = spla.LinearOperator((self.dim, self.dim), matvec=matvec, dtype=np.float64)
+            op = spla.LinearOperator((self.dim, self.dim), matvec=_budgeted(
+                product, self.product_budget, s), dtype=np.float64)
             from ntkdyn.dynamics import radius
 
             # (a Woodbury solve needs the kernel-space form; the low-rank coordinates'
@@ -677,6 +682,40 @@ class StabilityUndecided(RuntimeError):
     """The bounded search for the stable set could not decide (the message says what)."""
 
 
+class RadiusTooCostly(RuntimeError):
+    """A Krylov spectral radius needed more than :attr:`StepOperator.product_budget`
+    products (raised from inside ARPACK's loop, which it ends)."""
+
+
+#: Products one spectral radius may take in the Krylov stable-set search (its scan and
+#: edge refinement, not the radius at the chosen rate).  Where the largest moduli cluster
+#: at ``1`` ARPACK cannot separate them: measured on P2PL/ATC/DGD on a periodic
+#: star/complete sequence linearised for cross-entropy at one network's outputs (2,700
+#: dimensions, empirical kernel, modes within ``1e-8`` of ``1``), 33,123 products (51 s)
+#: for one stable scan rate and 110 s for one edge step, where unstable rates took
+#: 0.1 s.  Beyond the budget a scan rate is decided by its leftmost eigenvalue and an edge
+#: is reported to the precision reached (both said in :attr:`StableSet.method`).  The
+#: low-rank 100-agent check of the README (about 12,000 products a stable rate) is cut
+#: there too.
+SEARCH_PRODUCTS = 5000
+
+
+def _budgeted(product, budget: int | None, s: float):
+    """``product`` counting its calls; past ``budget`` it raises :class:`RadiusTooCostly`."""
+    if budget is None:
+        return product
+    count = [0]
+
+    def counted(v):
+        count[0] += 1
+        if count[0] > budget:
+            raise RadiusTooCostly(f"spectral radius at rate {s:.6g}: more than {budget:,} "
+                                  "products")
+        return product(v)
+
+    return counted
+
+
 #: Rates examined by the general search, in units of ``1 / curv``
 #: (``curv = max_q profile_q lambda_max(Theta_qq) / N_q``): coarse far below the natural
 #: scale, ratio ``2^(1/4)`` over ``[1/8, 8]`` where the boundaries of every built-in
@@ -786,7 +825,10 @@ def stable_set(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
       and a stable top rate extends the scan over :data:`SCAN_UP`; stable at ``2^20 /
       curv`` too: "stable at every rate" if the operator does not depend on the rate
       (kernel-free), else :class:`StabilityUndecided`.  Windows narrower than the grid
-      spacing (``2^(1/4)`` near the natural scale) can be missed.
+      spacing (``2^(1/4)`` near the natural scale) can be missed.  Each Krylov radius of
+      the scan and the edge refinement may take :data:`SEARCH_PRODUCTS` products; beyond
+      that a scan rate is decided by its leftmost eigenvalue (:func:`_budgeted_scan`) and
+      an edge is left at the precision reached, both stated in ``method``.
 
     ``cache`` (optional dict) receives ``{s: rho(A(s))}`` for every rate evaluated.
     """
@@ -835,11 +877,13 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
     grid = sorted(pts)
     if kind == "dense" and op.dim >= PARALLEL_DENSE_MIN:
         _dense_radii(op, [s for s in grid if s > known], cache)
-    signs = [s <= known or f(s) <= 0 for s in grid]
+    clustered: list = []  # scan rates whose largest modulus was too costly to resolve
+    scan = f if kind == "dense" else _budgeted_scan(op, f, clustered)
+    signs = [s <= known or scan(s) <= 0 for s in grid]
     if signs[-1]:  # stable at the top: look further up
         for g in SCAN_UP:
             grid.append(g / curv)
-            signs.append(f(grid[-1]) <= 0)
+            signs.append(scan(grid[-1]) <= 0)
             if not signs[-1]:
                 break
         else:
@@ -851,8 +895,62 @@ def operator_stable_set(op: StepOperator, bound: float, rtol: float = 1e-9, extr
     if kind == "dense":
         return StableSet(_brent_intervals(f, grid, signs, rtol, algo.name), "brent-dense",
                          (grid[0], grid[-1]))
-    return StableSet(_secant_intervals(f, grid, signs, rtol, algo.name), "secant-arpack",
+    coarse: list = []
+    found = _secant_intervals(_within_budget(op, f), grid, signs, rtol, algo.name, coarse)
+    return StableSet(found, "secant-arpack" + _budget_notes(clustered, coarse),
                      (grid[0], grid[-1]))
+
+
+def _budget_notes(clustered: list, coarse: list) -> str:
+    """What :data:`SEARCH_PRODUCTS` left unresolved, in words (appended to the method)."""
+    text = ""
+    if clustered:
+        text += (f"; at rate(s) {', '.join(f'{s:.4g}' for s in clustered)} the largest "
+                 f"modulus needed more than {SEARCH_PRODUCTS:,} Krylov products (eigenvalues "
+                 "clustered at modulus 1): stable by the leftmost eigenvalue, a mode leaving "
+                 "the disc elsewhere by less than the cluster's spread not excluded")
+    return text + "".join(
+        f"; edge {edge:.6g} located to {gap:.1e} relative only (a spectral radius nearer it "
+        f"needed more than {SEARCH_PRODUCTS:,} Krylov products)" for edge, gap in coarse)
+
+
+def _budgeted_scan(op: StepOperator, f, clustered: list):
+    """``f`` for the Krylov scan: the radius within :data:`SEARCH_PRODUCTS` products; beyond
+    (:class:`RadiusTooCostly`: the largest moduli cluster, measured on cross-entropy's
+    linearisation with an empirical kernel where the modes the kernel barely sees lie
+    within ``1e-8`` of ``1`` and one radius took 40-53 s) the leftmost eigenvalue alone
+    decides -- a mode leaving through ``-1`` is isolated, found within
+    :data:`QUICK_MAXITER` restarts -- and the rate is appended to ``clustered``.  There
+    ``f`` is ``|lambda_leftmost| - 1 - RHO_TOL`` when that exceeds ``0``, else
+    ``-RHO_TOL`` (stable: the cluster's top taken as ``1``, which the all-ones outputs'
+    pure mixing attains exactly for cross-entropy)."""
+    bounded = _within_budget(op, f)
+
+    def g(s):
+        try:
+            return bounded(s)
+        except RadiusTooCostly:
+            clustered.append(s)
+            lin = spla.LinearOperator((op.dim, op.dim), matvec=lambda v: op.matvec(v, s),
+                                      dtype=np.float64)
+            left = _one_eigenvalue(lin, op.dim, which="SR")
+            left = 0.0 if left is None else left ** (1.0 / op.period_steps)
+            return max(left - (1.0 + RHO_TOL), -RHO_TOL)
+
+    return g
+
+
+def _within_budget(op: StepOperator, f):
+    """``f`` with :attr:`StepOperator.product_budget` set to :data:`SEARCH_PRODUCTS` while it
+    runs (its radii raise :class:`RadiusTooCostly` beyond that)."""
+    def g(s):
+        op.product_budget = SEARCH_PRODUCTS
+        try:
+            return f(s)
+        finally:
+            op.product_budget = None
+
+    return g
 
 
 def _dense_radii(op: StepOperator, rates: list[float], cache: dict) -> None:
@@ -1084,16 +1182,19 @@ def _brent_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tupl
     return _sign_intervals(grid, signs, locate)
 
 
-def _secant_intervals(f, grid: list, signs: list, rtol: float, name: str) -> tuple:
+def _secant_intervals(f, grid: list, signs: list, rtol: float, name: str,
+                      coarse: list | None = None) -> tuple:
     """:func:`_brent_intervals` for Krylov radii: each sign change located by
     :func:`_locate_edge`, which evaluates ``f`` on the unstable side of the edge, where it
     is cheap, instead of Brent's steps on the stable side, where it is not.  Each interval
-    end is a rate verified stable, within ``rtol`` of a rate verified unstable."""
+    end is a rate verified stable, within ``rtol`` of a rate verified unstable, or within
+    the precision appended to ``coarse`` where ``f`` became too costly
+    (:class:`RadiusTooCostly`)."""
     def locate(i):
         # a second unstable rate beyond the unstable end, from the grid (already evaluated)
         far = i + 1 if signs[i - 1] else i - 2
         far = grid[far] if 0 <= far < len(grid) and not signs[far] else None
-        return _locate_edge(f, grid[i - 1], grid[i], signs[i - 1], rtol, name, far)
+        return _locate_edge(f, grid[i - 1], grid[i], signs[i - 1], rtol, name, far, coarse)
 
     return _sign_intervals(grid, signs, locate)
 
@@ -1106,7 +1207,7 @@ SECANT_MIN_SHORT = 0.01
 
 
 def _locate_edge(f, a: float, b: float, a_stable: bool, rtol: float, name: str,
-                 far: float | None = None) -> float:
+                 far: float | None = None, coarse: list | None = None) -> float:
     """The stability edge between rates ``a < b`` (``f(s) = rho(A(s)) - 1 - RHO_TOL``
     changes sign there; ``a_stable`` says which end is stable), as a rate verified stable
     within ``rtol`` (relative) of one verified unstable.
@@ -1133,7 +1234,9 @@ def _locate_edge(f, a: float, b: float, a_stable: bool, rtol: float, name: str,
     leaving eigenvalue is the largest).  Bisection where the secant does not apply (its
     estimate outside the bracket, ``f`` not falling on the unstable side, or not by half in
     three steps); :class:`StabilityUndecided` after
-    :data:`BRENT_MAXITER` evaluations."""
+    :data:`BRENT_MAXITER` evaluations.  Where an evaluation raises :class:`RadiusTooCostly`
+    (and ``coarse`` is a list) the search stops: the stable end is returned and
+    ``(edge, relative width of the bracket)`` appended to ``coarse``."""
     st, un = (a, b) if a_stable else (b, a)
     pts = [(un, f(un))] + ([(far, f(far))] if far is not None else [])
     prev = None  # the last secant estimate
@@ -1165,7 +1268,13 @@ def _locate_edge(f, a: float, b: float, a_stable: bool, rtol: float, name: str,
             prev = None
         if cand is None or not min(st, un) < cand < max(st, un):
             cand = 0.5 * (st + un)
-        value = f(cand)
+        try:
+            value = f(cand)
+        except RadiusTooCostly:
+            if coarse is None:
+                raise
+            coarse.append((float(st), abs(un - st) / min(st, un)))
+            return float(st)
         if value > 0:
             un = cand
             pts.insert(0, (cand, value))
