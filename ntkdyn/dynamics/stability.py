@@ -923,7 +923,10 @@ def _budgeted_scan(op: StepOperator, f, clustered: list):
     :data:`QUICK_MAXITER` restarts -- and the rate is appended to ``clustered``.  There
     ``f`` is ``|lambda_leftmost| - 1 - RHO_TOL`` when that exceeds ``0``, else
     ``-RHO_TOL`` (stable: the cluster's top taken as ``1``, which the all-ones outputs'
-    pure mixing attains exactly for cross-entropy)."""
+    pure mixing attains exactly for cross-entropy).  A mode leaving the disc beside the
+    cluster is not seen (measured on the operator above: DGD's leftmost eigenvalue 0.08
+    while the leaving mode is at ``1 + 2e-6`` per step), so such a rate may be unstable by
+    about the cluster's spread; the method says so."""
     bounded = _within_budget(op, f)
 
     def g(s):
