@@ -232,6 +232,10 @@ class StepOperator:
     random one it is the mean-state operator with ``E[W]``.
     """
 
+    #: the class default, for subclasses with their own ``__init__`` (the low-rank
+    #: :class:`~ntkdyn.lowrank.stability.FeatureStepOperator`)
+    product_budget: int | None = None
+
     #: relative residual of the Ritz value the last :meth:`spectral_radius` returned where
     #: it came from the loose search (:meth:`_loose_top`), else ``None``
     radius_residual: float | None = None
