@@ -352,7 +352,10 @@ def _topology_name(cfg: Config) -> str:
     t = cfg.topology
     if t.sequence:
         return "periodic sequence " + "+".join(t.sequence)
-    return t.name + (f" with random gossip ({t.gossip})" if t.gossip else "")
+    if t.mixing_file:  # used as given: the topology name is not what was analysed
+        return f"mixing matrix from {t.mixing_file}"
+    name = f"graph from {t.adjacency_file}" if t.name == "file" else t.name
+    return name + (f" with random gossip ({t.gossip})" if t.gossip else "")
 
 
 def _in_stable_set(lr: float, stable_rates) -> bool:
@@ -659,6 +662,7 @@ def check(config: Config | str | Path, *, topologies: list[str] | None = None,
                               "the exact path; remove prediction.rank (and tol) for them")
         return _check_lowrank(cfg, t0)
     exp = from_config(cfg)
+    _check_topologies(exp, topologies or [])
     full = exp.full_empirical_kernel  # the layout ntkdyn predict uses
     f0 = resolve_f0(cfg.prediction.f0 or None, cfg.prediction.kernel, mixing=exp.mixing)
     # f0 = "random": the sweep and verdicts use the mean network's problem (f0 = 0); the NNGP
@@ -1113,6 +1117,17 @@ def _random_gossip_networks(factor, nngp, exp: Experiment, cfg: Config, args, kw
                                          *args, **kw)
 
 
+def _check_topologies(exp: Experiment, names: list[str]) -> None:
+    """Every compared topology builds for this experiment's agents, before any kernel:
+    a bad ``--topologies`` entry is an error naming it, not a failure after the report."""
+    for name in names:
+        try:
+            exp.with_topology(name)
+        except (ConfigError, ValueError) as err:
+            reason = str(err).removeprefix("config: ").removeprefix("topology: ")
+            raise ConfigError(f"--topologies: {name!r}: {reason}") from None
+
+
 def _topology_row(exp: Experiment, name: str, cfg: Config) -> dict:
     other = exp.with_topology(name)
     problem = build_problem(other.arch, other.parts, other.mixing,
@@ -1320,6 +1335,10 @@ def _sweep_lines(r: CheckReport) -> list[str]:
         lines.append(f"  (random gossip: the mean over {sampled[0]['sequences']} sampled mixing "
                      "sequences per rate, the same for every rate; +- one Monte-Carlo "
                      "standard error)")
+    if not r.sweep:  # the sweep runs fractions of a finite, positive lr*
+        lines.append("  no rate swept: lr* is 0 (unstable at every rate) or unbounded (stable "
+                     "at every rate); no rate is recommended")
+        return lines
     lw, aw = (22, 15) if sampled else (15, 10)
     lines.append(f"  {'lr':<11} {'final test loss':>{lw}} {'test acc':>{aw}}   steps to target")
 

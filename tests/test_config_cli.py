@@ -30,6 +30,7 @@ def test_default_example_parses():
     ({"topology": {"name": "hexagon"}}, "topology.name: expected one of ['ring', 'path'"),
     ({"topology": {"sequence": ["ring", "hexagon"]}},
      "topology.sequence[1]: expected one of ['ring'"),
+    ({"topology": {"sequence": []}}, "topology.sequence: expected at least one topology"),
     ({"architecture": {"activation": "relux"}},
      "architecture.activation: expected one of ['relu', 'leaky_relu'"),
     ({"training": {"steps": 2000, "record_every": 5000}},

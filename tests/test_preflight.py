@@ -183,6 +183,34 @@ def test_mixing_file_not_stochastic_exit_2(tmp_path, capsys):
     assert "topology.mixing_file" in capsys.readouterr().err
 
 
+def test_bad_topologies_argument_exit_2_before_the_kernel(tmp_path, capsys, monkeypatch):
+    """A ``--topologies`` entry that does not build is an error naming the argument, raised
+    before any kernel is computed (it used to come after the whole report)."""
+    import ntkdyn.preflight as pf
+
+    def no_kernel(*a, **k):
+        raise AssertionError("kernel computed before --topologies was checked")
+
+    monkeypatch.setattr(pf, "build_problem_and_nngp", no_kernel)
+    path = tmp_path / "c.toml"
+    path.write_text(_toml())
+    assert main(["check", str(path), "--topologies", "ring,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "--topologies: 'bogus': unknown topology" in err and "Traceback" not in err
+
+
+def test_report_names_the_mixing_file_and_an_empty_sweep(tmp_path, capsys):
+    """A mixing matrix given as a file is named as such (the report said "ring", the default
+    name); a directed cycle (DGD unstable at every rate) says that no rate is swept."""
+    np.savetxt(tmp_path / "W.txt", np.roll(np.eye(4), 1, axis=1))
+    path = tmp_path / "c.toml"
+    path.write_text(_toml(topology={"mixing_file": "W.txt"}, training={"algorithm": "dgd"}))
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "on a mixing matrix from " in out and "ring" not in out.split("\n")[0]
+    assert "no rate swept: lr* is 0" in out and "no rate is recommended" in out
+
+
 def test_mixing_file_disconnected_exit_2(tmp_path, capsys):
     w = np.kron(np.eye(2), np.full((2, 2), 0.5))
     np.savetxt(tmp_path / "W.txt", w)

@@ -357,12 +357,7 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
             raise ConfigError(f"config: {key}: only used with {owner} = "
                               + " or ".join(repr(a) for a in allowed)
                               + f", got {owner} = {values[owner]!r}")
-    if topo.sequence:
-        for key in ("topology.name", "topology.gossip", "topology.mixing_file",
-                    "topology.adjacency_file"):
-            if key in given:
-                raise ConfigError(f"config: topology.sequence: a periodic sequence of named "
-                                  f"topologies cannot be combined with {key}")
+    _validate_sequence(topo, given)
     if topo.gossip and ("topology.mixing_file" in given):
         raise ConfigError("config: topology.gossip: random gossip needs a graph (topology.name "
                           "or adjacency_file), not topology.mixing_file")
@@ -401,6 +396,19 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
             raise ConfigError("config: data.centre_targets: training.loss = 'cross_entropy' "
                               "needs one-hot targets (centred targets are not class "
                               "probabilities)")
+
+
+def _validate_sequence(topo: TopologyConfig, given: set) -> None:
+    """``topology.sequence``: not empty where given, and alone among the topology keys."""
+    if "topology.sequence" in given and not topo.sequence:
+        raise ConfigError("config: topology.sequence: expected at least one topology name "
+                          "(or leave the key out for a static topology), got []")
+    if topo.sequence:
+        for key in ("topology.name", "topology.gossip", "topology.mixing_file",
+                    "topology.adjacency_file"):
+            if key in given:
+                raise ConfigError(f"config: topology.sequence: a periodic sequence of named "
+                                  f"topologies cannot be combined with {key}")
 
 
 def _validate_minibatch(cfg: Config, given: set) -> None:
