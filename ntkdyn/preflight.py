@@ -1256,6 +1256,9 @@ def _prediction_lines(r: CheckReport) -> list[str]:
     if one is not None:
         def exp_band(metric, fmt):
             lo, hi = one[f"final_{metric}_band"]
+            if one["samples"] == 1:  # one draw: not an expectation, no band
+                return (f"{one[f'final_{metric}_expected']:{fmt}} (samples = 1: one draw, "
+                        "not an expected value; no band)")
             return (f"{one[f'final_{metric}_expected']:{fmt}} expected (5-95 %: "
                     f"{lo:{fmt}}-{hi:{fmt}})")
         hit = one["steps_to_target_expected"]

@@ -297,12 +297,7 @@ class Trajectory:
                    else f", centralised {self.central_train_loss[-1]:.6g}")
         lines.append(f"train loss (mean over agents) {self.train_loss[-1].mean():.6g}{central}")
         if self.test_loss is not None and self.quantiles and "test_loss" in self.quantiles:
-            lo, hi = (b[-1].mean() for b in self.band("test_loss"))
-            alo, ahi = (b[-1].mean() for b in self.band("test_acc"))
-            lines.append(f"test loss {self.test_loss[-1].mean():.6g} expected (5-95 %: "
-                         f"{lo:.4g}-{hi:.4g}), test accuracy {self.test_acc[-1].mean():.4f} "
-                         f"expected (5-95 %: {alo:.4f}-{ahi:.4f})")
-            lines += self._mc_lines()
+            lines += [self._expected_line()] + self._mc_lines()
         elif self.test_loss is not None:
             lines.append(f"test loss {self.test_loss[-1].mean():.6g}, test accuracy "
                          f"{self.test_acc[-1].mean():.4f}")
@@ -319,6 +314,18 @@ class Trajectory:
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
                      f"{self.consensus_dist[-1].mean():.3g}")
         return "\n".join(lines)
+
+    def _expected_line(self) -> str:
+        """The summary's line of the expected test loss and accuracy with their 5-95 %
+        bands (one sampled network: its values, called neither expected nor banded)."""
+        loss, acc = self.test_loss[-1].mean(), self.test_acc[-1].mean()
+        if getattr(self, "samples", None) == 1:
+            return (f"test loss {loss:.6g}, test accuracy {acc:.4f} of the one sampled "
+                    "network (samples = 1: a single draw, not an expected value; no band)")
+        lo, hi = (b[-1].mean() for b in self.band("test_loss"))
+        alo, ahi = (b[-1].mean() for b in self.band("test_acc"))
+        return (f"test loss {loss:.6g} expected (5-95 %: {lo:.4g}-{hi:.4g}), test accuracy "
+                f"{acc:.4f} expected (5-95 %: {alo:.4f}-{ahi:.4f})")
 
     def _mc_lines(self) -> list[str]:
         """The Monte-Carlo error line of :meth:`summary` for a mean over sampled networks or

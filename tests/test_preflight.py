@@ -298,6 +298,9 @@ def test_one_sampled_network_has_no_monte_carlo_error():
     assert one["samples"] == 1 and one["final_test_loss_mc_error"] is None
     assert rep.minibatch["final_test_loss_mc_error"] is None
     assert "Monte-Carlo" not in rep.text()
+    # one draw is not called an expected value with a (zero-width) band
+    assert "samples = 1: one draw, not an expected value; no band" in rep.text()
+    assert "expected (5-95 %" not in rep.text()
 
 
 def test_random_gossip_sweep_runs_fewer_sequences_with_their_error(monkeypatch):

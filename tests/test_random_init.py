@@ -262,3 +262,7 @@ def test_monte_carlo_error_of_the_expected_values(golden):
     assert "(the samples are independent)" in ce.summary()
     with pytest.raises(ValueError, match="metric"):
         traj.monte_carlo_error("param_dist")
+    # one sampled network: a single draw, not called an expected value with a band
+    one = _predict(golden, 0.15, [0, 5], nngp=golden["nngp"], samples=1)
+    assert "samples = 1: a single draw, not an expected value" in one.summary()
+    assert "expected (5-95 %" not in one.summary() and "expected (5-95 %" in traj.summary()

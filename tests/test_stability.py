@@ -200,6 +200,21 @@ def test_kernel_free_operator_is_stable_at_every_rate():
     assert "stable at every rate" in rep.describe()
 
 
+@pytest.mark.parametrize("algorithm", ["dgd", "atc", "extra"])
+def test_zero_kernel_gets_a_verdict_not_a_zero_division(algorithm):
+    """The sufficient bounds divide by the largest curvature: the zero kernel was a raw
+    ZeroDivisionError from ``stability`` and ``predict_from_kernels``.  Nothing is learned:
+    the operator alone decides, stable at every rate on the complete graph."""
+    prob = make_problem(np.zeros((4, 4)), np.ones((4, 1)), [0, 1, 0, 1],
+                        graphs.mixing(graphs.topology("complete", 2)))
+    rep = stab.stability(prob, algorithm, 0.3)
+    assert rep.stable and rep.lr_star == np.inf
+    traj = predict_from_kernels(np.zeros((4, 4)), np.ones((4, 1)), [0, 1, 0, 1],
+                                graphs.mixing(graphs.topology("complete", 2)), 0.3, [0, 5],
+                                algorithm=algorithm)
+    np.testing.assert_allclose(traj.train_loss, 0.5, rtol=1e-14)  # f = 0 throughout
+
+
 def test_undecided_search_raises_a_clear_error(monkeypatch):
     """A schedule stable up to 2^20 / curv whose operator depends on the rate: the search
     stops and says what it could not decide."""

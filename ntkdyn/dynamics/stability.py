@@ -620,11 +620,15 @@ def sufficient_bound(problem: KernelProblem, algorithm: str | Algorithm,
 def schedule_sufficient_bound(problem: KernelProblem, algo: Algorithm,
                               profile=None) -> float:
     """:func:`sufficient_bound` for a resolved :class:`Algorithm` (its ``sufficient_bound``
-    rule on the mixing's smallest eigenvalue and the agents' curvatures; ``nan`` if none)."""
+    rule on the mixing's smallest eigenvalue and the agents' curvatures; ``nan`` if none,
+    and where every curvature is 0: a zero kernel's operator does not depend on the rate,
+    and the operator itself decides)."""
     if algo.sufficient_bound is None:
         return float("nan")
     profile = np.ones(problem.num_agents) if profile is None else np.asarray(profile, float)
     curv = float(np.max(profile * agent_curvatures(problem)))
+    if curv == 0:  # the bounds divide by it (a ZeroDivisionError for the zero kernel)
+        return float("nan")
     return float(algo.sufficient_bound(mixing_facts(problem), curv))
 
 
