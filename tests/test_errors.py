@@ -89,6 +89,14 @@ def test_test_kernel_shape_mismatch():
             y_test=np.eye(2)[[0, 1, 0, 1]])
 
 
+def test_test_rows_disagreeing_name_both_arrays():
+    """Rows of the test kernel and of y_test that disagree: it is not known which is wrong,
+    so both are named (the kernel alone was blamed for a short y_test)."""
+    _raises(ValueError, "kernel_test_train / y_test: expected the same test samples, got 4 "
+            "rows of kernel_test_train and 3 rows of y_test",
+            kernel_test_train=np.ones((4, 12)), y_test=np.eye(2)[[0, 1, 0]])
+
+
 def test_non_symmetric_kernel():
     k = _args()["kernel_train"].copy()
     k[0, 1] += 1.0

@@ -334,6 +334,11 @@ def _test_arrays(kernel_test_train, y_test, f0_test, n: int, k: int, rps: int,
     m = yt.shape[0]
     check_shape("y_test", yt, (None, k), f"K={k} outputs like y_train")
     kt = as_float_array("kernel_test_train", kernel_test_train, ndim=2)
+    if kt.shape[1] == n * rps and kt.shape[0] != m * rps:  # which of the two is wrong?
+        raise ValueError(f"kernel_test_train / y_test: expected the same test samples, got "
+                         f"{kt.shape[0]} rows of kernel_test_train"
+                         + ("" if rps == 1 else f" ({rps} per test sample)")
+                         + f" and {m} rows of y_test")
     check_shape("kernel_test_train", kt, (m * rps, n * rps),
                 "rows: test samples (x outputs for a full kernel); columns: training")
     if order is not None:
