@@ -1,5 +1,7 @@
 """Every bad input gets a clear, specific error (one test each)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -206,6 +208,25 @@ def test_unreadable_adjacency_and_mixing_files_name_the_file(tmp_path, suffix, c
         with pytest.raises(ValueError) as err:
             loader(path)
         assert str(err.value).startswith(f"{path}: cannot read a {what}"), str(err.value)
+
+
+@pytest.mark.parametrize("name, content", [("empty.txt", ""), ("comments.csv", "# no rows\n"),
+                                           ("empty.npy", None)])
+def test_empty_adjacency_and_mixing_files_are_one_error_without_numpy_warning(
+        tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        np.save(path, np.zeros((0, 0)))
+    else:
+        path.write_text(content)
+    for loader, what in ((nd.graphs.load_adjacency, "adjacency matrix"),
+                         (nd.graphs.load_mixing, "mixing matrix")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's "input contained no data" was printed
+            with pytest.raises(ValueError) as err:
+                loader(path)
+        assert str(err.value).startswith(f"{path}: the {what} file holds no numbers"), \
+            str(err.value)
 
 
 def test_mixing_file_defect_names_the_file(tmp_path):

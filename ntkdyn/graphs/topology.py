@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import math
 import operator
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,14 @@ def as_graph(graph_or_adjacency: Any) -> nx.Graph:
     return g
 
 
+def _expected_file(path: Path) -> str:
+    """What a matrix file of ``path``'s kind must hold (for error messages)."""
+    if path.suffix == ".npy":
+        return "a NumPy .npy array"
+    return ("text: one matrix row per line, numbers separated by spaces or commas, "
+            "# starts a comment")
+
+
 def _read_matrix(path: str | Path, what: str) -> np.ndarray:
     """A float64 array from ``.npy`` or a text file; ``ValueError`` naming ``path`` if the
     file is missing, unreadable, or not numbers (binary data in a text file, a pickle...)."""
@@ -275,15 +284,16 @@ def _read_matrix(path: str | Path, what: str) -> np.ndarray:
             a = np.load(path, allow_pickle=False)
         else:
             text = path.read_text(encoding="utf-8").replace(",", " ")
-            a = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
+            with warnings.catch_warnings():  # an empty file: our error below, not numpy's
+                warnings.simplefilter("ignore", UserWarning)
+                a = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
     except (ValueError, OSError, EOFError) as err:  # UnicodeDecodeError is a ValueError
-        expected = ("a NumPy .npy array" if path.suffix == ".npy" else
-                    "text: one matrix row per line, numbers separated by spaces or commas, "
-                    "# starts a comment")
-        detail = " ".join(str(err).split())[:160]
-        raise ValueError(f"{path}: cannot read a {what} (expected {expected}): "
-                         f"{type(err).__name__}: {detail}") from None
+        raise ValueError(f"{path}: cannot read a {what} (expected {_expected_file(path)}): "
+                         f"{type(err).__name__}: {' '.join(str(err).split())[:160]}") from None
     a = np.asarray(a)
+    if a.size == 0:
+        raise ValueError(f"{path}: the {what} file holds no numbers "
+                         f"(expected {_expected_file(path)})")
     if a.dtype.kind not in "biuf":
         raise ValueError(f"{path}: a {what} must hold numbers; got dtype {a.dtype}")
     return a.astype(np.float64)
