@@ -38,7 +38,7 @@ from ntkdyn.dynamics.problem import KernelProblem, make_problem
 from ntkdyn.dynamics.run import run_problem
 from ntkdyn.dynamics.stability import StabilityReport
 from ntkdyn.dynamics.stability import stability as _stability
-from ntkdyn.dynamics.steady_state import FixedPoint
+from ntkdyn.dynamics.steady_state import FixedPoint, with_verdict
 from ntkdyn.dynamics.steady_state import fixed_point as _fixed_point
 from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
 from ntkdyn.kernels.empirical import empirical_ntk, mlp_empirical_ntk
@@ -1346,7 +1346,16 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm,
     return _stability(problem, algorithm, lr)
 
 
-def fixed_point(problem: KernelProblem, algorithm: str | Algorithm, lr: Rates) -> FixedPoint:
-    """Steady state and consensus gap (see :mod:`ntkdyn.fixed_point`)."""
+def fixed_point(problem: KernelProblem, algorithm: str | Algorithm, lr: Rates, *,
+                verify: bool = True) -> FixedPoint:
+    """Steady state and consensus gap (see :mod:`ntkdyn.dynamics.steady_state`).
+
+    ``verify`` (default): also decide whether the linearised dynamics converge at ``lr``
+    (the stable set, as :func:`stability` finds it): ``FixedPoint.stable`` and
+    ``stable_set`` say it, and an unstable rate gets a ``UserWarning`` (its affine
+    iteration still has this fixed point, which it never reaches).  ``verify=False``
+    skips that search (``stable`` is ``None``).
+    """
     check_instance("problem", problem, KernelProblem, _PROBLEM_EXPECTED)
-    return _fixed_point(problem, algorithm, lr)
+    fp = _fixed_point(problem, algorithm, lr)
+    return with_verdict(fp, problem, algorithm) if verify else fp

@@ -240,3 +240,28 @@ def test_tracking_and_momentum_fixed_points_without_the_full_solve(linear, monke
         assert rel_err(fp.train_outputs, fixed_point(prob, "dgd", per_agent).train_outputs) \
             < 1e-12
         calls.clear()
+
+
+def test_public_fixed_point_says_whether_the_rate_reaches_it():
+    """``nd.fixed_point`` at an unstable rate returned the affine iteration's fixed point
+    unflagged (found-not-fixed 2 of stop 51): now ``stable`` / ``stable_set`` and a warning."""
+    import ntkdyn as nd
+
+    kern, y = _data(ridge=1.0)
+    prob = make_problem(kern, y, np.arange(24) % 4, graphs.mixing(graphs.topology("ring", 4)))
+    lr_star = nd.stability(prob, "dgd", 0.1).lr_star
+    inside = nd.fixed_point(prob, "dgd", 0.5 * lr_star)
+    assert inside.stable is True and "lr*=" in inside.stable_set
+    with pytest.warns(UserWarning, match=r"diverge at lr=.*does not reach this fixed point"):
+        outside = nd.fixed_point(prob, "dgd", 1.2 * lr_star)
+    assert outside.stable is False and "not reached" in repr(outside)
+    raw = fixed_point(prob, "dgd", 1.2 * lr_star)  # the same point, only flagged
+    np.testing.assert_array_equal(outside.train_outputs, raw.train_outputs)
+    assert nd.fixed_point(prob, "dgd", 1.2 * lr_star, verify=False).stable is None
+    # momentum's own beta decides (issue 16, case 3: stable set about [1.9, 6.62])
+    w3 = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]])
+    p3 = make_problem(np.eye(6), np.ones((6, 1)), np.arange(6) % 3, w3)
+    mom = nd.algorithms.momentum(0.9)
+    assert nd.fixed_point(p3, mom, 3.0).stable is True
+    with pytest.warns(UserWarning):
+        assert nd.fixed_point(p3, mom, 0.5).stable is False

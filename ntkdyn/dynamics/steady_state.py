@@ -39,6 +39,7 @@ system is half the size (:attr:`~ntkdyn.algorithms.Algorithm.same_fixed_points_a
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ from ntkdyn.algorithms import (
 )
 from ntkdyn.dynamics import solver
 from ntkdyn.dynamics.problem import KernelProblem
-from ntkdyn.dynamics.stability import StepOperator, state_structure
+from ntkdyn.dynamics.stability import StepOperator, stable_set, state_structure
 
 #: largest system (unknowns) solved densely (LU); GMRES above (the matrix is dim^2 doubles)
 DENSE_SOLVE_MAX = 8192
@@ -83,10 +84,15 @@ CONSENSUAL_ALWAYS_EQUAL_RATES = (EXTRA,)
 class FixedPoint:
     """The steady state (meaningful when the dynamics are stable).
 
-    Per-agent arrays are ``(Q,)``; ``central_*`` scalars describe the
-    centralised solution; ``consensus_gap`` is the root-mean-square over
-    agents of ``||theta_q* - mean_p theta_p*||`` and ``central_gap`` that of
-    ``||theta_q* - theta_c*||``.
+    ``stable``: whether the linearised dynamics converge at ``lr`` (so reach this point),
+    from the stable set (:func:`~ntkdyn.dynamics.stability.stable_set`), which
+    ``stable_set`` describes in words; ``None`` where it was not checked
+    (``nd.fixed_point(..., verify=False)``).  An unstable rate still has the fixed point of
+    its affine iteration, which it never reaches.
+
+    Per-agent arrays are ``(Q,)``; ``central_*`` scalars describe the centralised
+    solution; ``consensus_gap`` is the root-mean-square over agents of
+    ``||theta_q* - mean_p theta_p*||`` and ``central_gap`` that of ``||theta_q* - theta_c*||``.
     """
 
     algorithm: str
@@ -105,6 +111,8 @@ class FixedPoint:
     central_test_loss: float | None
     train_outputs: np.ndarray
     test_outputs: np.ndarray | None
+    stable: bool | None = None
+    stable_set: str = ""
 
     def __repr__(self) -> str:
         """Headline numbers and array shapes only (the arrays can be N x K each)."""
@@ -120,6 +128,9 @@ class FixedPoint:
                   f"train_outputs.shape={tuple(np.shape(self.train_outputs))}"]
         if self.test_outputs is not None:
             parts.append(f"test_outputs.shape={tuple(np.shape(self.test_outputs))}")
+        if self.stable is not None:
+            parts.append(f"stable={self.stable}" + ("" if self.stable else
+                         f" (not reached: {self.stable_set})"))
         return f"FixedPoint({', '.join(parts)})"
 
 
@@ -204,6 +215,24 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
         alpha = _solve_fixed_point(problem, system, lrs, vr, lam)
     x = np.concatenate([alpha, central[None]], axis=0)
     return _finish(problem, algo, lrs, x)
+
+
+def with_verdict(fp: FixedPoint, problem: KernelProblem,
+                 algorithm: str | Algorithm) -> FixedPoint:
+    """``fp`` (of ``algorithm`` on ``problem``) with :attr:`FixedPoint.stable` and
+    ``stable_set`` from the stable set of that schedule at ``fp``'s rate profile (the
+    rate itself is examined: ``extra``), and a ``UserWarning`` when the dynamics diverge
+    there (the point is not reached)."""
+    lrs = np.asarray(fp.lr, dtype=float)
+    top = float(np.max(lrs))
+    found = stable_set(problem, algorithm, lrs / top, extra=(top,))
+    stable = found.contains(top)
+    if not stable:
+        warnings.warn(
+            f"fixed_point: the linearised {fp.algorithm} dynamics diverge at lr={top:.6g} "
+            f"({found.describe()}): the iteration does not reach this fixed point "
+            "(FixedPoint.stable is False)", UserWarning, stacklevel=3)
+    return dataclasses.replace(fp, stable=stable, stable_set=found.describe())
 
 
 def fixed_point_schedule(algo: Algorithm) -> Algorithm:
