@@ -325,3 +325,24 @@ def test_too_wide_network_is_refused_before_drawing_naming_the_width(monkeypatch
     with pytest.raises(memory.ProblemTooLargeError, match="hidden widths"):
         nd.predict(wide, parts, w, lr=0.1, steps=[0, 1], kernel="empirical")
     nd.models.init_params(nd.models.MLP(hidden=(64, 64), out=3), 16, 0)  # small: drawn
+
+
+def test_validate_refuses_the_widest_network_before_training_any(tmp_path, monkeypatch,
+                                                                 capsys):
+    """Widths [16, 100000]: the widest network's parameters (1e10) are refused before width
+    16 trains (the parameter check ran only when width 100,000 was drawn, after it)."""
+    import ntkdyn.validation.harness as harness
+    from ntkdyn.cli import main
+
+    def no_training(*a, **k):  # pragma: no cover - reached only if the check is missing
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(harness, "train", no_training)
+    monkeypatch.setenv("NTKDYN_MEMORY_LIMIT", "16GB")
+    cfg = tmp_path / "wide.toml"
+    cfg.write_text(BIG.replace("n_train = 200000", "n_train = 64").replace(
+        "n_test = 400", "n_test = 16") + "[validation]\nwidths = [16, 100000]\n")
+    assert main(["validate", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "parameters of the MLP (hidden widths (100000, 100000)" in err, err
+    assert not (tmp_path / "out").exists()

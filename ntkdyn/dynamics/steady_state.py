@@ -226,13 +226,13 @@ def with_verdict(fp: FixedPoint, problem: KernelProblem,
     lrs = np.asarray(fp.lr, dtype=float)
     top = float(np.max(lrs))
     found = stable_set(problem, algorithm, lrs / top, extra=(top,))
-    stable = found.contains(top)
+    stable, words = found.contains(top), found.describe()
     if not stable:
         warnings.warn(
             f"fixed_point: the linearised {fp.algorithm} dynamics diverge at lr={top:.6g} "
-            f"({found.describe()}): the iteration does not reach this fixed point "
+            f"({words}): the iteration does not reach this fixed point "
             "(FixedPoint.stable is False)", UserWarning, stacklevel=3)
-    return dataclasses.replace(fp, stable=stable, stable_set=found.describe())
+    return dataclasses.replace(fp, stable=stable, stable_set=words)
 
 
 def fixed_point_schedule(algo: Algorithm) -> Algorithm:

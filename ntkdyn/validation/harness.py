@@ -48,7 +48,7 @@ from ntkdyn.config.schema import Config, load_config
 from ntkdyn.dynamics import stability as spectrum
 from ntkdyn.dynamics.run import run_problem
 from ntkdyn.models import describe as _describe
-from ntkdyn.models import init_params
+from ntkdyn.models import ensure_params_fit, init_params
 from ntkdyn.prediction import build_problem
 from ntkdyn.training.trainer import train
 from ntkdyn.trajectory import Trajectory
@@ -285,14 +285,17 @@ def validate(
 
 
 def _ensure_fits(exp, widths, kernels) -> None:
-    """Refuse (``ProblemTooLargeError``, with what would fit) before training when a
-    prediction of the run would not fit in memory (the largest width's estimate)."""
+    """Refuse (``ProblemTooLargeError``, with what would fit) before training when the
+    widest network's parameters or a prediction of the run would not fit in memory (the
+    largest width's estimates; else the narrower widths trained first and the widest was
+    refused only when drawn)."""
     from ntkdyn.prediction import ensure_prediction_fits
 
     ds = exp.parts.dataset
     n, k = ds.y_train.shape
     for width in sorted(widths, reverse=True)[:1]:
         arch = build_arch(exp.config, k, width)
+        ensure_params_fit(arch, ds.dim)
         for kernel in kernels:
             full = kernel == "empirical" and (n * k) ** 2 * 8 <= FULL_KERNEL_MAX_BYTES
             ensure_prediction_fits(arch, n, ds.num_test, ds.dim, k, exp.parts.num_agents,
