@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     t1 = time.perf_counter()
     info: dict = {}
     fp = lowrank_fixed_point(factor, y, agent, w, "dgd", args.lr, y_test=yt,
-                             method=args.method, info=info)
+                             method=args.method, info=info, verify=False)  # the solve alone
     t2 = time.perf_counter()
     out = {"n_train": args.n_train, "n_test": args.n_test, "agents": q, "rank": factor.rank,
            "unknowns_per_column": q * factor.rank, **info,

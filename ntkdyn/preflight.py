@@ -1093,7 +1093,8 @@ def _lowrank_steady_state(factor, exp: Experiment, cfg: Config, algo, f0: str,
             "ntkdyn.lowrank.steady_state.lowrank_fixed_point solves it by GMRES"))
     given = {} if f0 == "random" else {key: kw.get(key) for key in ("f0_train", "f0_test")}
     fp = lowrank_fixed_point(factor, exp.parts.dataset.y_train, exp.parts.agent, exp.mixing,
-                             algo, cfg.training.lr, y_test=kw.get("y_test"), **given)
+                             algo, cfg.training.lr, y_test=kw.get("y_test"),
+                             verify=False, **given)  # called inside the stable set
     return dict(steady_state_consensus_gap=fp.consensus_gap,
                 steady_state_distance_to_centralised=fp.central_gap,
                 steady_state_test_loss=None if fp.test_loss is None

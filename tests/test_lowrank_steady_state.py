@@ -182,3 +182,37 @@ def test_check_reports_gradient_tracking_steady_state_above_the_dense_limit(tmp_
     rep = preflight.check(str(cfg))
     gap = rep.prediction["steady_state_consensus_gap"]
     assert gap is not None and gap < 1e-12 and "steady_state_note" not in rep.prediction
+
+
+def test_says_whether_the_rate_reaches_the_fixed_point():
+    """Above the truncated dynamics' lr* the fixed point is returned flagged: stable False,
+    the stable set in words, a UserWarning (it was returned unflagged); below it stable
+    True and no warning; ``verify=False`` skips the search (None).  Momentum(0.9) on
+    issue 16's W3, stable on about [1.9, 6.62] only: 0.5 is flagged, 3.0 is not."""
+    import warnings
+
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    factor = lowrank.factorize(lowrank.kernel_columns(kern, kern_t), r)
+    lr_star = lowrank.lowrank_stable_set(factor, agent, w, "dgd").lr_star
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inside = lowrank_fixed_point(factor, y, agent, w, "dgd", 0.5 * lr_star, y_test=yt)
+    assert inside.stable is True and "stable=True" in repr(inside)
+    with pytest.warns(UserWarning, match="does not reach this fixed point"):
+        outside = lowrank_fixed_point(factor, y, agent, w, "dgd", 1.2 * lr_star, y_test=yt)
+    assert outside.stable is False and outside.stable_set
+    assert "stable=False (not reached: " in repr(outside)
+    quiet = lowrank_fixed_point(factor, y, agent, w, "dgd", 1.2 * lr_star, verify=False)
+    assert quiet.stable is None
+    np.testing.assert_array_equal(quiet.train_outputs, outside.train_outputs)
+
+    w3 = np.array([[.5, .5, 0], [0, .5, .5], [.5, 0, .5]])
+    eye = lowrank.factorize(lowrank.kernel_columns(np.eye(6)), 6)
+    ones, agents3 = np.ones((6, 1)), np.arange(6) % 3
+    momentum = nd.algorithms.momentum(0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lowrank_fixed_point(eye, ones, agents3, w3, momentum, 3.0).stable is True
+    with pytest.warns(UserWarning, match="diverge at lr=0.5"):
+        assert lowrank_fixed_point(eye, ones, agents3, w3, momentum, 0.5).stable is False

@@ -225,13 +225,21 @@ def with_verdict(fp: FixedPoint, problem: KernelProblem,
     there (the point is not reached)."""
     lrs = np.asarray(fp.lr, dtype=float)
     top = float(np.max(lrs))
-    found = stable_set(problem, algorithm, lrs / top, extra=(top,))
+    return marked(fp, stable_set(problem, algorithm, lrs / top, extra=(top,)), stacklevel=4)
+
+
+def marked(fp: FixedPoint, found, *, stacklevel: int = 3) -> FixedPoint:
+    """``fp`` with :attr:`FixedPoint.stable` / ``stable_set`` from ``found`` (the
+    :class:`~ntkdyn.dynamics.stability.StableSet` of its schedule at its rate profile,
+    in units of its largest rate), and a ``UserWarning`` when that rate is outside it
+    (``stacklevel``: the user's frame, counted from here)."""
+    top = float(np.max(np.asarray(fp.lr, dtype=float)))
     stable, words = found.contains(top), found.describe()
     if not stable:
         warnings.warn(
             f"fixed_point: the linearised {fp.algorithm} dynamics diverge at lr={top:.6g} "
             f"({words}): the iteration does not reach this fixed point "
-            "(FixedPoint.stable is False)", UserWarning, stacklevel=3)
+            "(FixedPoint.stable is False)", UserWarning, stacklevel=stacklevel)
     return dataclasses.replace(fp, stable=stable, stable_set=words)
 
 

@@ -50,12 +50,13 @@ import scipy.linalg
 
 from ntkdyn._utils import memory
 from ntkdyn.algorithms import Algorithm, get_algorithm
-from ntkdyn.dynamics.stability import state_structure
+from ntkdyn.dynamics.stability import operator_bound, operator_stable_set, state_structure
 from ntkdyn.dynamics.steady_state import (
     DENSE_SOLVE_MAX,
     FixedPoint,
     consensual_always,
     fixed_point_schedule,
+    marked,
     solve_system,
 )
 from ntkdyn.graphs.sequences import resolve_mixing
@@ -110,7 +111,7 @@ def _pcg(problem: FeatureProblem, lr_q: np.ndarray, rhs: np.ndarray) -> tuple[np
 def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
                         algorithm: str | Algorithm = "dgd", lr=0.1, *, f0_train=None,
                         y_test=None, f0_test=None, method: str = "auto",
-                        info: dict | None = None) -> FixedPoint:
+                        info: dict | None = None, verify: bool = True) -> FixedPoint:
     """The steady state of ``algorithm`` at rate(s) ``lr`` on the rank-``r`` coordinates of
     ``factor`` (module docstring), and the centralised solution, as a
     :class:`~ntkdyn.dynamics.steady_state.FixedPoint` (per-agent losses, accuracies,
@@ -127,8 +128,14 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
     (:func:`~ntkdyn.dynamics.steady_state.consensual_always`), and heavy-ball momentum
     solves its base's system (CG for momentum on DGD with a symmetric ``W``).  ``info``: a
     dict that receives the method used, the unknowns per column and, for CG, the
-    iterations.  The other arguments as
-    :func:`ntkdyn.lowrank.predict_lowrank`.
+    iterations.  ``verify`` (default): also decide whether the truncated dynamics
+    converge at ``lr`` (the stable set of the rank-``r`` operator, as
+    :func:`~ntkdyn.lowrank.stability.lowrank_stable_set` finds it, at this rate profile):
+    ``FixedPoint.stable`` and ``stable_set`` say it, and an unstable rate gets a
+    ``UserWarning`` (its affine iteration still has this fixed point, which it never
+    reaches), as :func:`ntkdyn.fixed_point`; ``verify=False`` skips that search
+    (``stable`` is ``None``; ``ntkdyn check`` solves only inside the stable set it found).
+    The other arguments as :func:`ntkdyn.lowrank.predict_lowrank`.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
@@ -152,15 +159,20 @@ def lowrank_fixed_point(factor: LowRankFactor, y_train, agent, mixing,
     except (scipy.linalg.LinAlgError, ValueError):
         beta_c = -scipy.linalg.lstsq(gram_c, lin_c)[0]
     system = solved_schedule(algo, inp.w, inp.lr_q) if method == "auto" else algo
+    problem = FeatureProblem(factor, agent, mixing) if verify or system is not None else None
     if system is None:
         # consensus at the centralised solution (theory/fixed_point.md section 4a)
         beta = np.broadcast_to(beta_c, (inp.w.shape[0],) + beta_c.shape)
         if info is not None:
             info.update(method="consensual", unknowns=0)
     else:
-        beta = _agents_fixed_point(FeatureProblem(factor, agent, mixing), system, inp, prep,
-                                   method, info)
-    return _as_fixed_point(np.concatenate([beta, beta_c[None]], axis=0), algo, inp, prep)
+        beta = _agents_fixed_point(problem, system, inp, prep, method, info)
+    fp = _as_fixed_point(np.concatenate([beta, beta_c[None]], axis=0), algo, inp, prep)
+    if not verify:
+        return fp
+    top = float(np.max(inp.lr_q))
+    op = FeatureStepOperator(problem, algo, inp.lr_q / top)
+    return marked(fp, operator_stable_set(op, operator_bound(op), extra=(top,)))
 
 
 def _agents_fixed_point(problem: FeatureProblem, algo: Algorithm, inp, prep, method: str,
