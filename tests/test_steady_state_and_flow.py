@@ -265,3 +265,17 @@ def test_public_fixed_point_says_whether_the_rate_reaches_it():
     assert nd.fixed_point(p3, mom, 3.0).stable is True
     with pytest.warns(UserWarning):
         assert nd.fixed_point(p3, mom, 0.5).stable is False
+
+
+def test_fixed_point_with_a_periodic_sequence_names_the_problem():
+    """A periodic mixing sequence ends on a periodic orbit: the error names ``problem`` (its
+    mixing), not ``algorithm``, which was blamed before; random gossip has one (E[W])."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 4))
+    kern, y, agent = x @ x.T / 4 + 0.1 * np.eye(12), rng.normal(size=(12, 1)), np.arange(12) % 3
+    ring = graphs.topology("ring", 3)
+    periodic = graphs.periodic([graphs.mixing(ring), np.full((3, 3), 1 / 3)])
+    with pytest.raises(ValueError, match="^problem: its mixing is a periodic sequence"):
+        fixed_point(make_problem(kern, y, agent, periodic), "dgd", 0.1)
+    gossip = graphs.random_edges(ring, 0.5, seed=0)
+    assert fixed_point(make_problem(kern, y, agent, gossip), "dgd", 0.1).consensus_gap >= 0

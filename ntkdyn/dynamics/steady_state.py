@@ -191,8 +191,9 @@ def fixed_point(problem: KernelProblem, algorithm="dgd", lr=0.1) -> FixedPoint:
             "trajectory instead")
     algo = get_algorithm(algorithm)
     if problem.process is not None and not problem.process.random:
-        raise ValueError("algorithm: with a periodic mixing sequence the iteration ends on a "
-                         "periodic orbit, not a fixed point; predict a long trajectory instead")
+        raise ValueError("problem: its mixing is a periodic sequence, with which the iteration "
+                         "ends on a periodic orbit, not a fixed point; predict a long trajectory "
+                         "instead (a static W or random gossip has a fixed point)")
     lrs = learning_rates(lr, problem.num_agents)
     q = problem.num_agents
     vr, lam = _range_basis(problem.kernel)
