@@ -78,9 +78,16 @@ def test_fixed_point_repr_is_short(small):
     fp = nd.fixed_point(nd.build_problem(arch, parts, w), "dgd", 0.3)
     text = repr(fp)
     assert len(text) < 400 and "array(" not in text and "\n" not in text, text
-    assert text.startswith("FixedPoint('dgd', Q=4, lr=0.3, train_loss_mean=")
+    assert text.startswith("FixedPoint('dgd', Q=4, lr=0.3, network='mean network (f0 = 0)', "
+                           "train_loss_mean=")
     assert "consensus_gap=" in text and "train_outputs.shape=(4, 60, 3)" in text
     assert str(fp) == text
+    # build_problem's default f0="random" holds f0 = 0 too: the numbers are the mean
+    # network's (not one random network's, larger), and the repr says so; a given network
+    # (f0="network": its own outputs) is named as such
+    given = nd.fixed_point(nd.build_problem(arch, parts, w, f0="network"), "dgd", 0.3)
+    assert fp.network == "mean network (f0 = 0)"
+    assert given.network == "the network whose f0 was given"
 
 
 def test_random_gossip_plot_shows_band_and_mean_state(small, tmp_path):

@@ -90,6 +90,13 @@ class FixedPoint:
     (``nd.fixed_point(..., verify=False)``).  An unstable rate still has the fixed point of
     its affine iteration, which it never reaches.
 
+    ``network``: which network the numbers describe (:func:`network_words`): the mean
+    network over random initialisations, ``"mean network (f0 = 0)"`` (the problem's
+    ``f_0`` is zero: :func:`ntkdyn.build_problem` with ``f0="mean"`` or the default
+    ``"random"``, whose sampled networks only :func:`ntkdyn.predict` adds), whose losses are
+    those of the mean output, not the expected losses of one random network (larger;
+    :mod:`ntkdyn.initialisation`); or ``"the network whose f0 was given"``.
+
     Per-agent arrays are ``(Q,)``; ``central_*`` scalars describe the centralised
     solution; ``consensus_gap`` is the root-mean-square over agents of
     ``||theta_q* - mean_p theta_p*||`` and ``central_gap`` that of ``||theta_q* - theta_c*||``.
@@ -113,14 +120,17 @@ class FixedPoint:
     test_outputs: np.ndarray | None
     stable: bool | None = None
     stable_set: str = ""
+    network: str = ""
 
     def __repr__(self) -> str:
         """Headline numbers and array shapes only (the arrays can be N x K each)."""
         lr = np.asarray(self.lr, dtype=float)
         same = np.all(lr == lr.flat[0])
         rate = f"{lr.flat[0]:.4g}" if same else f"{lr.min():.4g}..{lr.max():.4g}"
-        parts = [repr(self.algorithm), f"Q={np.shape(self.train_loss)[0]}", f"lr={rate}",
-                 f"train_loss_mean={float(np.mean(self.train_loss)):.4g}"]
+        parts = [repr(self.algorithm), f"Q={np.shape(self.train_loss)[0]}", f"lr={rate}"]
+        if self.network:
+            parts.append(f"network={self.network!r}")
+        parts.append(f"train_loss_mean={float(np.mean(self.train_loss)):.4g}")
         if self.test_loss is not None:
             parts.append(f"test_loss_mean={float(np.mean(self.test_loss)):.4g}")
         parts += [f"consensus_gap={self.consensus_gap:.4g}", f"central_gap={self.central_gap:.4g}",
@@ -132,6 +142,14 @@ class FixedPoint:
             parts.append(f"stable={self.stable}" + ("" if self.stable else
                          f" (not reached: {self.stable_set})"))
         return f"FixedPoint({', '.join(parts)})"
+
+
+def network_words(f0_train, f0_test=None) -> str:
+    """:attr:`FixedPoint.network`: ``"mean network (f0 = 0)"`` where the initial outputs
+    ``f0_train`` (and ``f0_test``) are all zero, else ``"the network whose f0 was given"``."""
+    zero = not np.any(np.asarray(f0_train)) and (f0_test is None or not np.any(
+        np.asarray(f0_test)))
+    return "mean network (f0 = 0)" if zero else "the network whose f0 was given"
 
 
 def solve_system(matrix_free, dense_matrix, rhs: np.ndarray, dim: int) -> np.ndarray:
@@ -339,4 +357,5 @@ def _finish(problem: KernelProblem, algo, lrs, x: np.ndarray) -> FixedPoint:
         central_test_loss=float(rec["test_loss"][q, 0]) if problem.has_test else None,
         train_outputs=rec["train_outputs"][:q, 0][:, inverse],
         test_outputs=rec["test_outputs"][:q, 0] if problem.has_test else None,
+        network=network_words(problem.f0_train, problem.f0_test),
     )

@@ -57,6 +57,7 @@ from ntkdyn.dynamics.steady_state import (
     consensual_always,
     fixed_point_schedule,
     marked,
+    network_words,
     solve_system,
 )
 from ntkdyn.graphs.sequences import resolve_mixing
@@ -233,4 +234,5 @@ def _as_fixed_point(x: np.ndarray, algo: Algorithm, inp, prep) -> FixedPoint:
         test_acc=rec["test_acc"][:q] if has_test else None,
         central_test_loss=float(rec["test_loss"][q]) if has_test else None,
         train_outputs=rec["train_outputs"][:q][:, inverse],
-        test_outputs=rec["test_outputs"][:q] if has_test else None)
+        test_outputs=rec["test_outputs"][:q] if has_test else None,
+        network=network_words(inp.f0, inp.ft))
