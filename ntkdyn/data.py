@@ -209,6 +209,17 @@ class Partition:
         return np.bincount(flat, minlength=q * k).reshape(q, k)
 
 
+def check_partition(parts) -> Partition:
+    """``parts`` if it is a :class:`Partition`, else ``ValueError`` naming ``parts`` and
+    what was given (a :class:`Dataset`: split it across the agents first)."""
+    if isinstance(parts, Partition):
+        return parts
+    hint = (": split the Dataset across the agents first, nd.data.partition(data, agents=Q)"
+            if isinstance(parts, Dataset) else "")
+    raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition), "
+                     f"got {type(parts).__name__}{hint}")
+
+
 def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     constant = std <= 1e-12 * np.maximum(1.0, np.abs(mean))

@@ -72,7 +72,7 @@ import numpy as np
 
 from ntkdyn._utils.types import ArrayLike, Rates, Steps
 from ntkdyn.algorithms import Algorithm
-from ntkdyn.data import Partition
+from ntkdyn.data import Partition, check_partition
 from ntkdyn.graphs.sequences import MixingProcess
 from ntkdyn.models import MLP
 from ntkdyn.trajectory import AGENT_METRICS, Trajectory
@@ -196,8 +196,7 @@ def width_draws_sweep(arch: MLP, parts: Partition, mixing, lrs: Sequence, algori
     from ntkdyn.kernels.empirical import mlp_empirical_ntk
 
     check_width_call(arch, width=width, samples=samples, f0=f0, mixing=mixing)
-    if not isinstance(parts, Partition):
-        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    check_partition(parts)
     lrs = list(lrs)
     parts = parts.sorted()
     data = parts.dataset
@@ -462,8 +461,7 @@ def _check_width_for_args(parts, metric, tol, widths, level, loss, logit_scale,
     check_loss(loss)
     check_logit_scale(logit_scale)
     check_sampling(batch_sampling)
-    if not isinstance(parts, Partition):
-        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    check_partition(parts)
     check_batch_size(batch_size, parts.counts)
     if metric.startswith("test") and parts.dataset.num_test == 0:
         raise ValueError(f"metric: {metric!r} needs test data; the data set has none")

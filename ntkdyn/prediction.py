@@ -30,10 +30,10 @@ import jax
 import numpy as np
 
 from ntkdyn._utils import memory
-from ntkdyn._utils.checks import check_instance
+from ntkdyn._utils.checks import check_instance, check_nonnegative_int
 from ntkdyn._utils.types import ArrayLike, Rates, Steps
 from ntkdyn.algorithms import Algorithm
-from ntkdyn.data import Partition
+from ntkdyn.data import Partition, check_partition
 from ntkdyn.dynamics.problem import KernelProblem, make_problem
 from ntkdyn.dynamics.run import run_problem
 from ntkdyn.dynamics.stability import StabilityReport
@@ -489,6 +489,7 @@ def predict_from_kernels(
     >>> traj.train_loss.shape
     (11, 4)
     """
+    check_nonnegative_int("seed", seed)
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
                            loss=loss, logit_scale=logit_scale)
@@ -521,14 +522,47 @@ def sweep_from_kernels(kernel_train: ArrayLike, y_train: ArrayLike, agent: Array
     """Like :func:`predict_from_kernels` for several learning rates at once.
 
     All rates share each pass over the kernel; the result is one
-    :class:`Trajectory` per entry of ``lrs``.
+    :class:`Trajectory` per entry of ``lrs`` (a non-empty sequence of scalars or ``(Q,)``
+    rates).  The keywords are :func:`predict_from_kernels`'s, ``nngp`` included (one
+    random network: every rate starts from the same sampled ``f_0``), with its
+    ``kernel_dtype`` default (:func:`resolve_kernel_dtype`).
     """
+    if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
+        raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
+                         f"{type(lrs).__name__} {lrs!r}"[:200])
     prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
                                           "loss", "logit_scale") if k in kwargs}
+    nngp = kwargs.pop("nngp", None)
+    unknown = sorted(set(kwargs) - _RUN_KEYWORDS)
+    if unknown:
+        raise TypeError(f"sweep_from_kernels() got an unexpected keyword argument "
+                        f"{unknown[0]!r} (expected those of predict_from_kernels)")
+    check_nonnegative_int("seed", kwargs.get("seed", 0))
     problem = make_problem(kernel_train, y_train, agent, mixing, **prob_kw)
+    if nngp is not None:
+        from ntkdyn.dynamics import random_init
+
+        if prob_kw.get("f0_train") is not None or prob_kw.get("f0_test") is not None:
+            raise ValueError("nngp: samples random initial outputs; it cannot be combined "
+                             "with f0_train / f0_test")
+        kwargs["init"], kwargs["samples"] = init_draws(
+            problem, random_init.sorted_nngp(problem, nngp), "random", kwargs.get("samples"),
+            kwargs.get("seed", 0), kwargs.get("batch_size", 0))
+    source = "default" if kwargs.get("kernel_dtype") is None else "given"
+    kwargs["kernel_dtype"] = resolve_kernel_dtype(
+        kwargs.get("kernel_dtype"), "zero" if nngp is None else "random",
+        loss=prob_kw.get("loss", "mse"), mixing=mixing, batch_size=kwargs.get("batch_size", 0),
+        continuous=kwargs.get("continuous", False), devices=kwargs.get("devices"))
     meta = {"kernel": "user", "quantity": quantity_words(prob_kw.get("f0_train") is None,
-                                                         loss=prob_kw.get("loss", "mse"))}
+                                                         loss=prob_kw.get("loss", "mse")),
+            "kernel_dtype_source": source}
     return run_problem(problem, algorithm, list(lrs), steps, metadata=meta, **kwargs)
+
+
+#: the keywords :func:`sweep_from_kernels` passes on to :func:`run_problem`
+_RUN_KEYWORDS = frozenset({"continuous", "record_outputs", "progress", "reference",
+                           "kernel_dtype", "devices", "samples", "batch_size", "seed",
+                           "batch_sampling", "check_stability"})
 
 
 def build_problem(
@@ -595,13 +629,13 @@ def build_problem_and_nngp(arch: Any, parts: Partition, mixing, *, kernel: str, 
     ``batch_size``, ``f0_random``), each checked to fit before any kernel is built."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    check_nonnegative_int("seed", seed)
     if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
         raise ValueError(
             "arch: expected an ntkdyn.models.MLP (e.g. nd.models.MLP(hidden=(512, 512), "
             "out=10)) or a neural-tangents stax (init_fn, apply_fn, kernel_fn) triple, got "
             f"{type(arch).__name__} {arch!r}"[:300])
-    if not isinstance(parts, Partition):
-        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    check_partition(parts)
     f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing)
     random = f0 == "random"
     if random:
@@ -828,6 +862,8 @@ def predict(
     >>> traj.quantiles["test_loss"].shape            # 5 levels, T records, Q agents
     (5, 3, 4)
     """
+    check_partition(parts)
+    check_nonnegative_int("seed", seed)
     low_rank = rank is not None or tol is not None or max_rank is not None
     f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, low_rank=low_rank,
                     batch_size=batch_size)
@@ -1025,8 +1061,7 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
                                    kernel_dtype=kernel_dtype, devices=devices)
     if why is not None:
         raise ValueError(f"rank: {why}")
-    if not isinstance(parts, Partition):
-        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    check_partition(parts)
     q = parts.num_agents
     if np.ndim(static) != 2 or np.shape(static) != (q, q):
         raise ValueError(f"mixing: expected a ({q}, {q}) matrix for {q} agents, got shape "
@@ -1073,8 +1108,7 @@ def _check_primal_call(arch, parts, mixing, *, path, kernel, rank, tol, max_rank
     if not (isinstance(arch, MLP) or _is_stax_triple(arch)):
         raise ValueError("arch: expected an ntkdyn.models.MLP or a neural-tangents stax "
                          f"triple, got {type(arch).__name__}")
-    if not isinstance(parts, Partition):
-        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    check_partition(parts)
     if isinstance(arch, MLP) and arch.out != parts.dataset.y_train.shape[1]:
         raise ValueError(f"arch.out: the data have K={parts.dataset.y_train.shape[1]} outputs "
                          f"(classes), the MLP has out={arch.out}")
@@ -1218,6 +1252,8 @@ def predict_sweep(
     trajectory's ``metadata["low_rank"]`` has its own rate's ``error_estimate`` and
     ``tol_reached`` (:func:`ntkdyn.lowrank.predict_sweep`).  ``record_outputs``: as
     :func:`predict`."""
+    check_partition(parts)
+    check_nonnegative_int("seed", seed)
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])

@@ -414,9 +414,26 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: str | Path) -> Trajectory:
-        """Read a trajectory written by :meth:`save`."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
+        """Read a trajectory written by :meth:`save` (``ValueError`` naming ``path`` for a
+        file that is not one)."""
+        not_ours = (f"path: expected a trajectory written by Trajectory.save (an .npz with "
+                    f"its metadata), got {str(path)!r}")
+        try:
+            data = np.load(Path(path), allow_pickle=False)
+        except OSError as err:
+            raise ValueError(f"{not_ours}: {err}") from None
+        except (ValueError, EOFError):  # numpy: not an .npy / .npz ("pickled data")
+            raise ValueError(f"{not_ours}: not an .npz archive") from None
+        if not isinstance(data, np.lib.npyio.NpzFile) or "__meta__" not in data.files:
+            if isinstance(data, np.lib.npyio.NpzFile):
+                data.close()
+            raise ValueError(not_ours + ("" if isinstance(data, np.lib.npyio.NpzFile) else
+                                         ": a single .npy array"))
+        with data:
+            try:
+                meta = json.loads(str(data["__meta__"]))
+            except (ValueError, json.JSONDecodeError) as err:
+                raise ValueError(f"{not_ours}: unreadable metadata ({err})") from None
             kwargs = {k: data[k] for k in data.files if k != "__meta__"}
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"path: {path} was written by a newer ntkdyn (format "

@@ -234,3 +234,125 @@ def test_mixing_file_defect_names_the_file(tmp_path):
     path.write_text("0.5,0.6\n0.5,0.5\n")
     with pytest.raises(ValueError, match=rf"^{path}: mixing matrix must be row stochastic"):
         nd.graphs.load_mixing(path)
+
+
+def test_mixing_for_more_agents_than_indexed_says_so():
+    """A mixing matrix larger than the agents indexed: the error says both sizes (it named
+    only an empty shard)."""
+    msg = _raises(ValueError, "agent 3 has an empty shard",
+                  mixing=nd.graphs.mixing(nd.graphs.topology("ring", 5)))
+    assert "the 5x5 mixing matrix has 5 agents but the agent indices cover 0..2" in msg
+
+
+@pytest.mark.parametrize("given, missing", [("f0_train", "f0_test"), ("f0_test", "f0_train")])
+def test_one_of_f0_train_and_f0_test_is_refused_with_a_test_set(given, missing):
+    """With a test set, f0_train alone (or f0_test alone) took the other as 0 (the mean
+    network's): test loss 5x off, labelled as the given or the mean network.  Now an error
+    naming the missing one; without a test set f0_train alone is one network."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 4))
+    kern = x @ x.T + np.eye(16)
+    f0 = {"f0_train": rng.normal(size=(12, 2)), "f0_test": rng.normal(size=(4, 2))}
+    _raises(ValueError, f"{missing}: expected the same network's outputs as {given}",
+            kernel_train=kern[:12, :12], kernel_test_train=kern[12:, :12],
+            y_test=np.eye(2)[np.arange(4) % 2], **{given: f0[given]})
+    nd.predict_from_kernels(**{**_args(), "kernel_train": kern[:12, :12],
+                               "f0_train": f0["f0_train"]})
+    from ntkdyn import lowrank
+
+    factor = lowrank.factorize(lowrank.kernel_columns(kern[:12, :12], kern[12:, :12]), 6)
+    with pytest.raises(ValueError, match=f"^{missing}: expected the same network's"):
+        lowrank.predict_lowrank(factor, _args()["y_train"], _args()["agent"], _args()["mixing"],
+                                0.1, range(5), y_test=np.eye(2)[np.arange(4) % 2],
+                                **{given: f0[given]})
+
+
+def test_sweep_from_kernels_names_a_scalar_lrs_and_a_wrong_keyword():
+    """A scalar lrs was "TypeError: 'float' object is not iterable"; a misspelt keyword was
+    blamed on run_problem.  Now the error names lrs / the keyword, and nngp (one random
+    network, as predict_from_kernels) is accepted."""
+    args = _args()
+    del args["lr"]
+    with pytest.raises(ValueError, match="^lrs: expected a non-empty sequence"):
+        nd.sweep_from_kernels(lrs=0.1, **args)
+    with pytest.raises(TypeError, match="^sweep_from_kernels\\(\\) got an unexpected keyword "
+                                        "argument 'sample'"):
+        nd.sweep_from_kernels(lrs=[0.1], sample=3, **args)
+
+
+def test_sweep_from_kernels_with_nngp_is_one_random_network_per_rate():
+    """``nngp=`` in a sweep: rate i equals predict_from_kernels(lr=lrs[i], nngp=...) with the
+    same seed and samples (same f_0 draws), expected losses and bands: to 1e-10 in float64;
+    with the default kernel_dtype ("mixed": float32 response columns, grouped differently
+    in a sweep) within its stated 1e-5 (measured 3e-9)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 4))
+    pooled = x @ x.T / 4 + 0.1
+    args = {**_args(), "kernel_train": pooled[:12, :12], "kernel_test_train": pooled[12:, :12],
+            "y_test": np.eye(2)[np.arange(4) % 2], "nngp": pooled, "samples": 6, "seed": 3}
+    del args["lr"]
+    for dtype, rtol in (("float64", 1e-10), (None, 1e-5)):
+        sweep = nd.sweep_from_kernels(lrs=[0.1, 0.3], kernel_dtype=dtype, **args)
+        for lr, traj in zip([0.1, 0.3], sweep, strict=True):
+            one = nd.predict_from_kernels(lr=lr, kernel_dtype=dtype, **args)
+            assert traj.metadata["kernel_dtype"] == one.metadata["kernel_dtype"]
+            for metric in ("train_loss", "test_loss"):
+                np.testing.assert_allclose(getattr(traj, metric), getattr(one, metric),
+                                           rtol=rtol, atol=0)
+                np.testing.assert_allclose(traj.band(metric, 0.05, 0.95),
+                                           one.band(metric, 0.05, 0.95), rtol=rtol, atol=0)
+            assert type(traj) is type(one) and traj.samples == one.samples == 6
+
+
+def test_loading_a_file_that_is_not_a_trajectory_names_path(tmp_path):
+    """Trajectory.load on a foreign .npz was numpy's "KeyError: '__meta__ is not a file in
+    the archive'", on a text file numpy's advice to load pickled data unsafely, on an .npy a
+    TypeError; now one ValueError naming path and what it holds."""
+    np.savez(tmp_path / "foreign.npz", a=np.ones(3))
+    (tmp_path / "notes.txt").write_text("hello\n")
+    np.save(tmp_path / "array.npy", np.ones(3))
+    for name, why in [("foreign.npz", ""), ("notes.txt", ": not an .npz archive"),
+                      ("array.npy", ": a single .npy array"), ("missing.npz", ": [Errno 2]")]:
+        with pytest.raises(ValueError, match="^path: expected a trajectory written by "
+                                             "Trajectory.save") as err:
+            nd.Trajectory.load(tmp_path / name)
+        assert str(err.value).startswith(
+            f"path: expected a trajectory written by Trajectory.save (an .npz with its "
+            f"metadata), got {str(tmp_path / name)!r}{why}"), str(err.value)
+    traj = nd.predict_from_kernels(**_args())
+    traj.save(tmp_path / "run.npz")
+    np.testing.assert_array_equal(nd.Trajectory.load(tmp_path / "run.npz").train_loss,
+                                  traj.train_loss)
+
+
+def test_a_dataset_instead_of_a_partition_names_parts():
+    """nd.predict with an unpartitioned Dataset was "AttributeError: 'Dataset' object has no
+    attribute 'dataset'"; now every entry point names parts and how to split it."""
+    parts, w = _small_problem()
+    arch = nd.models.MLP(hidden=(16,), out=3)
+    for call in (lambda: nd.predict(arch, parts.dataset, w, 0.1, steps=[0, 5]),
+                 lambda: nd.predict_sweep(arch, parts.dataset, w, [0.1], steps=[0, 5]),
+                 lambda: nd.build_problem(arch, parts.dataset, w)):
+        with pytest.raises(ValueError, match=r"^parts: expected an ntkdyn.data.Partition .*"
+                                             r"got Dataset: split the Dataset across the agents "
+                                             r"first, nd.data.partition\(data, agents=Q\)"):
+            call()
+
+
+@pytest.mark.parametrize("seed", [None, "3", 1.5, -1])
+def test_a_seed_that_is_not_a_nonnegative_integer_names_seed(seed):
+    """seed=None was "TypeError: int() argument must be ... not 'NoneType'" from deep in
+    random_init (after the kernel); now a ValueError naming seed before any kernel."""
+    parts, w = _small_problem()
+    arch = nd.models.MLP(hidden=(16,), out=3)
+    args = _args()
+    pooled = np.eye(12) + 0.1
+    for call in (lambda: nd.predict(arch, parts, w, 0.1, steps=[0, 5], seed=seed),
+                 lambda: nd.predict_sweep(arch, parts, w, [0.1], steps=[0, 5], seed=seed),
+                 lambda: nd.build_problem(arch, parts, w, seed=seed),
+                 lambda: nd.predict_from_kernels(**{**args, "kernel_train": pooled},
+                                                 nngp=pooled, seed=seed),
+                 lambda: nd.sweep_from_kernels(**{k: v for k, v in args.items() if k != "lr"},
+                                               lrs=[0.1], seed=seed)):
+        with pytest.raises(ValueError, match="^seed: expected an integer >= 0, got "):
+            call()

@@ -120,8 +120,13 @@ def agent_indices(agent: np.ndarray, num_agents: int) -> tuple[np.ndarray, np.nd
                          f"{int(agent.max())}")
     counts = np.bincount(agent, minlength=num_agents)
     if np.any(counts == 0):
+        top = int(agent.max())
+        hint = "" if top == num_agents - 1 else (
+            f": the {num_agents}x{num_agents} mixing matrix has {num_agents} agents but the "
+            f"agent indices cover 0..{top} only (a mixing matrix for {top + 1} agents, or "
+            "samples for every agent)")
         raise ValueError(f"agent: agent {int(np.argmin(counts))} has an empty shard (no "
-                         "training samples)")
+                         f"training samples){hint}")
     return agent, counts
 
 
@@ -214,6 +219,20 @@ def steps_array(steps, name: str = "steps", integer: bool = True) -> np.ndarray:
         raise ValueError(f"{name}: expected a non-decreasing sequence, got {arr[i]} then "
                          f"{arr[i + 1]} (positions {i}, {i + 1})")
     return arr
+
+
+def check_f0_pair(f0_train, f0_test) -> None:
+    """``ValueError`` naming the missing one where exactly one of ``f0_train`` / ``f0_test``
+    is given with a test set: the other would be taken as 0 (the mean network's), so the
+    training and test metrics would describe two different networks."""
+    if (f0_train is None) == (f0_test is None):
+        return
+    given, missing = ("f0_train", "f0_test") if f0_test is None else ("f0_test", "f0_train")
+    raise ValueError(
+        f"{missing}: expected the same network's outputs as {given}, got None: {given} "
+        f"without {missing} would take {missing} = 0 (the mean network's), so the training "
+        "and test metrics would describe two different networks; give both (a given "
+        "network) or neither (the mean network, f0 = 0)")
 
 
 def check_nonnegative_int(name: str, value) -> int:

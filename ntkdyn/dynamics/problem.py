@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ntkdyn._utils.checks import agent_indices, as_float_array, check_shape
+from ntkdyn._utils.checks import agent_indices, as_float_array, check_f0_pair, check_shape
 from ntkdyn._utils.types import ArrayLike
 from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
 from ntkdyn.losses import check_logit_scale, check_loss, class_targets
@@ -209,13 +209,16 @@ def make_problem(
     (:func:`class_targets`; ``K`` from ``f0_train``, a full kernel, or the largest label).
 
     Raises ``ValueError`` naming the offending argument for: wrong shapes,
-    non-finite values, a non-stochastic or disconnected ``mixing``, an agent
+    non-finite values, one of ``f0_train`` / ``f0_test`` without the other (with a test
+    set: they describe one network), a non-stochastic or disconnected ``mixing``, an agent
     index out of range or an agent without samples, a non-symmetric kernel, a kernel that
     is not positive semi-definite (:func:`check_psd`: ``lambda_min < -1e-8 max |lambda|``
     for float64 input, ``-100 eps`` of a lower input precision).
     """
     loss = check_loss(loss)
     logit_scale = check_logit_scale(logit_scale)
+    if kernel_test_train is not None and y_test is not None:
+        check_f0_pair(f0_train, f0_test)
     if loss == "cross_entropy":
         y_train, y_test = _label_targets(y_train, y_test, f0_train, kernel_train)
     y_train = as_float_array("y_train", y_train, ndim=2)

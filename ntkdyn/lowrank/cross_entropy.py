@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkdyn._utils import memory
+from ntkdyn._utils.checks import check_f0_pair
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
 from ntkdyn.engine import scan_records
 from ntkdyn.graphs.sequences import (
@@ -641,6 +642,8 @@ def predict_lowrank_ce_gossip(
     y = class_targets("y_train", y_train, None if f0_train is None else np.shape(f0_train)[1])
     k = y.shape[1]
     yt = None if y_test is None else class_targets("y_test", y_test, k)
+    if yt is not None:
+        check_f0_pair(f0_train, f0_test)
     f0 = np.zeros_like(y) if f0_train is None else np.asarray(f0_train, dtype=np.float64)
     ft = None if yt is None else (np.zeros_like(yt) if f0_test is None
                                   else np.asarray(f0_test, dtype=np.float64))

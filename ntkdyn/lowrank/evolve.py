@@ -38,6 +38,7 @@ from ntkdyn._utils import memory
 from ntkdyn._utils.checks import (
     agent_indices,
     as_float_array,
+    check_f0_pair,
     check_shape,
     learning_rates,
     steps_array,
@@ -1239,6 +1240,7 @@ def lowrank_inputs(factor: LowRankFactor, y_train, agent, mixing, lr, steps, f0_
         yt = as_float_array("y_test", y_test, ndim=2)
         m = factor.phi_test.shape[0]
         check_shape("y_test", yt, (m, k), "one row per row of factor.phi_test")
+        check_f0_pair(f0_train, f0_test)
         ft = np.zeros_like(yt) if f0_test is None else as_float_array("f0_test", f0_test, 2)
         check_shape("f0_test", ft, (m, k), "same as y_test")
     elif f0_test is not None:

@@ -69,7 +69,7 @@ import numpy as np
 
 from ntkdyn._utils.checks import check_nonnegative_int, learning_rates, steps_array
 from ntkdyn.algorithms import Algorithm, Operators, get_algorithm
-from ntkdyn.data import Partition
+from ntkdyn.data import Partition, check_partition
 from ntkdyn.engine import concatenate, padded_chunks, scan_records, trim
 from ntkdyn.graphs.sequences import resolve_mixing
 from ntkdyn.losses import LOSSES, accuracy, check_logit_scale, class_targets, sample_loss
@@ -585,8 +585,7 @@ def train(
     >>> obs.test_loss.shape
     (11, 3)
     """
-    if not isinstance(parts, Partition):
-        raise ValueError("parts: expected an ntkdyn.data.Partition (see ntkdyn.data.partition)")
+    check_partition(parts)
     # agents' shards contiguous (the layout of the padded shards); the same samples in the
     # same order within each shard as the caller's partition; outputs unsorted at the end
     user_order = parts.order
