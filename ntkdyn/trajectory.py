@@ -48,6 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: the summary's words where the accuracies are not reported (one output)
+ONE_OUTPUT_WORDS = ("no accuracy: with one output (K = 1) the argmax accuracy is 1 by "
+                    "construction")
+
 AGENT_METRICS = (
     "train_loss", "local_loss", "objective", "train_acc", "test_loss", "test_acc",
     "param_dist", "consensus_dist", "central_dist",
@@ -64,7 +68,9 @@ class Trajectory:
     Per-agent arrays have shape ``(T, Q)``; ``central_*`` and ``mean_model_*``
     arrays ``(T,)``; optional outputs ``(T, Q, N, K)`` (training samples in
     the caller's order) and ``(T, Q, M, K)`` (test).  Test metrics are
-    ``None`` when no test data was given.
+    ``None`` when no test data was given.  Accuracies are the fraction of samples whose
+    largest output is the target's; with one output (``K = 1``, regression) that is 1 by
+    construction, so :meth:`summary` does not report them there.
     """
 
     steps: np.ndarray
@@ -299,8 +305,9 @@ class Trajectory:
         if self.test_loss is not None and self.quantiles and "test_loss" in self.quantiles:
             lines += [self._expected_line()] + self._mc_lines()
         elif self.test_loss is not None:
-            lines.append(f"test loss {self.test_loss[-1].mean():.6g}, test accuracy "
-                         f"{self.test_acc[-1].mean():.4f}")
+            lines.append(f"test loss {self.test_loss[-1].mean():.6g}" + (
+                f", test accuracy {self.test_acc[-1].mean():.4f}" if self._has_accuracy
+                else f" ({ONE_OUTPUT_WORDS})"))
         lines += self._width_lines()
         exact = getattr(self, "exact_test_loss", None)
         if exact is not None and len(exact):
@@ -309,8 +316,9 @@ class Trajectory:
         mean_net = getattr(self, "mean_network", None)
         if mean_net is not None and mean_net.test_loss is not None and len(mean_net.steps):
             name = zero_run_name(self.metadata.get("loss", "mse"))
-            lines.append(f"{name}: test loss {mean_net.test_loss[-1].mean():.6g},"
-                         f" test accuracy {mean_net.test_acc[-1].mean():.4f}")
+            lines.append(f"{name}: test loss {mean_net.test_loss[-1].mean():.6g}" + (
+                f", test accuracy {mean_net.test_acc[-1].mean():.4f}" if self._has_accuracy
+                else ""))
         lines.append(f"||theta - theta0|| {self.param_dist[-1].mean():.6g}, consensus distance "
                      f"{self.consensus_dist[-1].mean():.3g}")
         return "\n".join(lines)
@@ -320,12 +328,23 @@ class Trajectory:
         bands (one sampled network: its values, called neither expected nor banded)."""
         loss, acc = self.test_loss[-1].mean(), self.test_acc[-1].mean()
         if getattr(self, "samples", None) == 1:
-            return (f"test loss {loss:.6g}, test accuracy {acc:.4f} of the one sampled "
-                    "network (samples = 1: a single draw, not an expected value; no band)")
+            return (f"test loss {loss:.6g}" + (f", test accuracy {acc:.4f}" if
+                                               self._has_accuracy else "")
+                    + " of the one sampled network (samples = 1: a single draw, not an "
+                    "expected value; no band)" + ("" if self._has_accuracy else
+                                                  f"; {ONE_OUTPUT_WORDS}"))
         lo, hi = (b[-1].mean() for b in self.band("test_loss"))
+        line = f"test loss {loss:.6g} expected (5-95 %: {lo:.4g}-{hi:.4g})"
+        if not self._has_accuracy:
+            return f"{line} ({ONE_OUTPUT_WORDS})"
         alo, ahi = (b[-1].mean() for b in self.band("test_acc"))
-        return (f"test loss {loss:.6g} expected (5-95 %: {lo:.4g}-{hi:.4g}), test accuracy "
-                f"{acc:.4f} expected (5-95 %: {alo:.4f}-{ahi:.4f})")
+        return f"{line}, test accuracy {acc:.4f} expected (5-95 %: {alo:.4f}-{ahi:.4f})"
+
+    @property
+    def _has_accuracy(self) -> bool:
+        """Whether the accuracies mean something: not with one output (``K = 1``), where
+        the argmax over one column is right by construction."""
+        return self.metadata.get("num_outputs") != 1
 
     def _mc_lines(self) -> list[str]:
         """The Monte-Carlo error line of :meth:`summary` for a mean over sampled networks or
@@ -338,8 +357,8 @@ class Trajectory:
         what = ("a bound: the networks share draw columns" if bound else
                 "the samples are independent")
         return [f"Monte-Carlo standard error of those expected values over the "
-                f"{self.samples} samples ({what}): test loss {loss:.2g}, test accuracy "
-                f"{acc:.2g}"]
+                f"{self.samples} samples ({what}): test loss {loss:.2g}"
+                + (f", test accuracy {acc:.2g}" if self._has_accuracy else "")]
 
     def _sequence_lines(self) -> list[str]:
         """The sampled sequences' line of :meth:`summary` (none for one deterministic run):
@@ -368,8 +387,9 @@ class Trajectory:
         lo, hi = (b[-1].mean() for b in self.band("test_loss", over="width"))
         alo, ahi = (b[-1].mean() for b in self.band("test_acc", over="width"))
         lines.append(f"finite width {fw.get('width')} (5-95 % over {fw.get('samples')} "
-                     f"empirical kernels): test loss {lo:.4g}-{hi:.4g}, test accuracy "
-                     f"{alo:.4f}-{ahi:.4f}")
+                     f"empirical kernels): test loss {lo:.4g}-{hi:.4g}" + (
+                         f", test accuracy {alo:.4f}-{ahi:.4f}" if self._has_accuracy
+                         else ""))
         off = fw.get("samples", 0) - fw.get("statuses", {}).get("ok", 0)
         if off:
             lines.append(f"  {off} of those kernels are unstable at this rate (or "

@@ -186,3 +186,21 @@ def test_json_outputs_are_standard_json():
     assert strict_json(json_text([1.5, "a"], indent=None)) == [1.5, "a"]
     with pytest.raises(ValueError, match="bare NaN"):
         strict_json(json.dumps({"x": float("nan")}))
+
+
+def test_summary_reports_no_accuracy_with_one_output():
+    """With one output (K = 1, regression) the argmax accuracy is 1 by construction: the
+    summary printed "test accuracy 1.0000"; now it says why there is none (the mean
+    network's and the band's lines too), and K = 2 still reports it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(34, 5))
+    pooled = x @ x.T / 5 + 0.1
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 4))
+    for k in (1, 2):
+        args = dict(kernel_test_train=pooled[24:, :24], y_test=rng.normal(size=(10, k)))
+        for extra in ({}, {"nngp": pooled, "samples": 8}):
+            traj = nd.predict_from_kernels(pooled[:24, :24], rng.normal(size=(24, k)),
+                                           np.arange(24) % 4, w, 0.5, 20, **args, **extra)
+            text = traj.summary()
+            assert ("test accuracy" in text) == (k == 2), text
+            assert ("no accuracy: with one output (K = 1)" in text) == (k == 1), text
