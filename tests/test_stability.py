@@ -84,6 +84,15 @@ def test_per_agent_rates_stability_matches_iteration():
     agent = np.arange(len(y)) % 4
     assert _growth(kern, y, agent, w, 0.98 * lr_star * profile, "dgd") < 1
     assert _growth(kern, y, agent, w, 1.02 * lr_star * profile, "dgd") > 1e3
+    # the report says the rates differ and which one lr and lr* are (it read "DGD at
+    # lr=0.5: ... lr*=..." as if all agents had rate 0.5); one rate reads as before
+    report = stab.stability(prob, "dgd", 0.5 * profile)
+    assert report.lr_min == 0.15 and report.lr == 0.5
+    assert report.describe().startswith("DGD at per-agent rates 0.15..0.5 (lr=0.5, the "
+                                        "largest; the stable set, lr* and the bound are of "
+                                        "the largest rate, the agents' ratios kept fixed): ")
+    same = stab.stability(prob, "dgd", 0.5)
+    assert same.lr_min is None and same.describe().startswith("DGD at lr=0.5: ")
 
 
 @st.composite

@@ -77,12 +77,15 @@ class StabilityReport:
     with per-agent rates the ratios between agents are kept fixed.
     ``stable_rates``: the stable set as closed intervals ``(lo, hi)`` (empty: unstable
     at every rate, ``lr_star = 0``; ``(0, inf)``: stable at every rate, ``lr_star = inf``),
-    ``stable_set`` says it in words.  ``loss``/``note``: for cross-entropy the report is of
-    the linearisation at ``f_0`` (:mod:`ntkdyn.dynamics.ce_stability`), ``note`` says so.
-    ``lr_star`` is the upper end of the interval holding
-    ``lr`` (the nearest one if ``lr`` is unstable) and ``margin = min(1 - lr/hi, 1 - lo/lr)``
-    for that interval ``[lo, hi]`` (``1 - lr / lr_star`` when it starts at 0): > 0 exactly
-    when ``stable``, ``-inf`` when no rate is stable.  ``lr_bound`` is the sufficient bound
+    ``stable_set`` says it in words.  ``lr_min``: the smallest per-agent rate where the
+    rates differ (``None``: one rate for all agents); :meth:`describe` then names ``lr`` as
+    the largest and ``lr*`` as that of the largest rate.  ``loss``/``note``: for
+    cross-entropy the report is of the linearisation at ``f_0``
+    (:mod:`ntkdyn.dynamics.ce_stability`), ``note`` says so.  ``lr_star`` is the upper end
+    of the interval holding ``lr`` (the nearest one if ``lr`` is unstable) and
+    ``margin = min(1 - lr/hi, 1 - lo/lr)`` for that interval ``[lo, hi]``
+    (``1 - lr / lr_star`` when it starts at 0): > 0 exactly when ``stable``, ``-inf`` when
+    no rate is stable.  ``lr_bound`` is the sufficient bound
     of DESIGN.md (``nan`` where no such bound applies).  ``spectral_radius`` is ``nan`` when
     the Krylov eigensolver could not verify one (``method`` says so); ``stable`` is then the
     stable set's verdict at ``lr``.
@@ -101,6 +104,7 @@ class StabilityReport:
     stable_set: str = ""
     loss: str = "mse"
     note: str = ""
+    lr_min: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +115,11 @@ class StabilityReport:
         radius = ("spectral radius not computed" if np.isnan(self.spectral_radius)
                   else f"spectral radius {self.spectral_radius:.6f}")
         bound = "none" if np.isnan(self.lr_bound) else f"{self.lr_bound:.6g}"
-        text = (f"{self.algorithm.upper()} at lr={self.lr:.4g}: linearised dynamics {word} "
+        rate = f"lr={self.lr:.4g}" if self.lr_min is None else (
+            f"per-agent rates {self.lr_min:.4g}..{self.lr:.4g} (lr={self.lr:.4g}, the largest; "
+            "the stable set, lr* and the bound are of the largest rate, the agents' ratios "
+            "kept fixed)")
+        text = (f"{self.algorithm.upper()} at {rate}: linearised dynamics {word} "
                 f"({radius}); {where}; sufficient bound {bound}, margin {self.margin:+.1%}")
         return text + (f" [{self.note}]" if self.note else "")
 
@@ -1412,7 +1420,8 @@ def operator_report(op: StepOperator, lrs: np.ndarray) -> StabilityReport:
         algorithm=algo.name, lr=s, spectral_radius=rho, lr_star=lr_star,
         lr_bound=bound, stable=stable, margin=margin, method=method,
         operator=operator_words(op), stable_rates=found.intervals,
-        stable_set=found.describe())
+        stable_set=found.describe(),
+        lr_min=None if np.all(lrs == s) else float(np.min(lrs)))
 
 
 def operator_words(op: StepOperator) -> str:
