@@ -178,7 +178,9 @@ class Trajectory:
         try:
             i, j = levels.index(round(low, 12)), levels.index(round(high, 12))
         except ValueError:
-            raise ValueError(f"low/high: expected levels among {levels}") from None
+            raise ValueError(f"low/high: expected levels among "
+                             f"{[float(v) for v in levels]} (the stored quantiles; "
+                             f"over='width' takes any), got {low!r}, {high!r}") from None
         q = self.quantiles[metric]
         return q[i], q[j]
 
@@ -200,13 +202,14 @@ class Trajectory:
                              f"{low!r}, {high!r}")
         fw = self.metadata.get("finite_width") or {}
         init = getattr(self, "draws", None) or {}
-        if not self.width_draws or metric not in init or "width" not in fw:
+        if not self.width_draws or not init or "width" not in fw:
             raise ValueError("over: 'calibrated' needs the band over initialisations and the "
                              "finite-width band: predict with f0='random' (the default) and "
                              "width=n")
-        if metric not in self.width_draws:
-            raise ValueError(f"metric: expected one of {sorted(set(init) & set(self.width_draws))}"
-                             f", got {metric!r}")
+        if metric not in self.width_draws or metric not in init:
+            raise ValueError(f"metric: the calibrated band is for the metrics kept per "
+                             f"sampled network, {sorted(set(init) & set(self.width_draws))}, "
+                             f"got {metric!r}")
         paired = self.width_draws.get(f"paired/{metric}")
         if paired is None and self.metadata.get("band_over", "init") != "init":
             raise ValueError("over: 'calibrated' with sampled sequences needs the paired "
@@ -227,7 +230,7 @@ class Trajectory:
 
     def network_mean(self, metric: str) -> np.ndarray:
         """Mean over agents of a per-agent metric, shape ``(T,)``."""
-        arr = getattr(self, metric)
+        arr = self._metric(metric)
         if arr is None:
             raise ValueError(f"metric: {metric!r} was not recorded (no test data?)")
         if arr.ndim != 2:
@@ -266,7 +269,19 @@ class Trajectory:
 
     def final(self, metric: str) -> np.ndarray:
         """Last recorded value of ``metric`` (``(Q,)`` or scalar)."""
-        return getattr(self, metric)[-1]
+        arr = self._metric(metric)
+        if arr is None:
+            raise ValueError(f"metric: {metric!r} was not recorded (no test data?)")
+        return arr[-1]
+
+    def _metric(self, metric: str):
+        """The array of ``metric`` (a recorded field: :data:`METRICS`, and a subclass's own
+        such as ``exact_test_loss``), else ``ValueError`` naming it and listing them."""
+        names = [f.name for f in fields(self) if f.name in METRICS or (
+            f.name not in _NOT_METRICS and isinstance(getattr(self, f.name), np.ndarray))]
+        if metric not in names:
+            raise ValueError(f"metric: expected one of {names}, got {metric!r}")
+        return getattr(self, metric)
 
     def summary(self) -> str:
         """A few lines describing the trajectory's end point."""
@@ -464,6 +479,9 @@ class Trajectory:
 #: every recorded metric of a :class:`Trajectory`, defined once (the dataclass fields): the
 #: kernel-space solver and real-network training both fill each one (tested); a new metric
 #: is a new field here plus its record in both engines
+#: a trajectory's fields that are not recorded metrics
+_NOT_METRICS = ("steps", "phase", "status", "diverged_at", "continuous", "lr", "metadata",
+                "train_outputs", "test_outputs", "quantile_levels", "quantiles", "width_draws")
 METRICS = tuple(f.name for f in fields(Trajectory) if f.name not in (
     "steps", "phase", "status", "diverged_at", "continuous", "lr", "metadata",
     "train_outputs", "test_outputs", "quantile_levels", "quantiles", "width_draws"))

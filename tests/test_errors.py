@@ -356,3 +356,22 @@ def test_a_seed_that_is_not_a_nonnegative_integer_names_seed(seed):
                                                lrs=[0.1], seed=seed)):
         with pytest.raises(ValueError, match="^seed: expected an integer >= 0, got "):
             call()
+
+
+def test_trajectory_views_name_an_unknown_metric_and_the_levels_given():
+    """network_mean / final of an unknown metric were a bare AttributeError; band at levels
+    that are not stored did not say which were given.  Now ValueErrors naming metric (with
+    the metrics, a subclass's own included) and low/high (with the values)."""
+    args = _args()
+    pooled = np.eye(12) + 0.1
+    traj = nd.predict_from_kernels(**{**args, "kernel_train": pooled}, nngp=pooled, samples=8)
+    for view in (traj.network_mean, traj.final):
+        with pytest.raises(ValueError, match=r"^metric: expected one of \['train_loss', .*"
+                                             r"'exact_train_loss'.*\], got 'foo'"):
+            view("foo")
+        with pytest.raises(ValueError, match="^metric: 'test_loss' was not recorded"):
+            view("test_loss")
+    assert traj.network_mean("exact_train_loss").shape == (5,)
+    with pytest.raises(ValueError, match=r"^low/high: expected levels among \[0.05, 0.25, "
+                                         r"0.5, 0.75, 0.95\] .*got 0.1, 0.9$"):
+        traj.band("train_loss", 0.1, 0.9)

@@ -252,6 +252,11 @@ def test_calibrated_band_from_a_trajectory_equals_the_validation_function(small)
         np.testing.assert_allclose(hi - cmid, bands.CALIBRATED_C * (chi - cmid), atol=1e-12)
     with pytest.raises(ValueError, match="low/high"):
         traj.band("test_loss", 0.25, 0.75, over="calibrated")
+    # a metric without per-network draws: named (it said to predict with f0='random' and
+    # width=n, which this trajectory was)
+    with pytest.raises(ValueError, match="^metric: the calibrated band is for the metrics "
+                                         "kept per sampled network, .*got 'param_dist'"):
+        traj.band("param_dist", over="calibrated")
     plain = nd.predict(arch, parts, W, lr=0.3, steps=steps, samples=8)
     with pytest.raises(ValueError, match="over"):
         plain.band("test_loss", over="calibrated")
