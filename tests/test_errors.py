@@ -375,3 +375,28 @@ def test_trajectory_views_name_an_unknown_metric_and_the_levels_given():
     with pytest.raises(ValueError, match=r"^low/high: expected levels among \[0.05, 0.25, "
                                          r"0.5, 0.75, 0.95\] .*got 0.1, 0.9$"):
         traj.band("train_loss", 0.1, 0.9)
+
+
+def test_nngp_defects_are_named_as_they_are():
+    """An nngp with a NaN said "expected a finite square matrix, got shape (16, 16)" (the
+    shape was right); with a full kernel the error named f0.  Now: the non-finite entry,
+    and kernel_train with the traced and full sizes; a NaN in a periodic sequence's matrix
+    is named as a NaN too."""
+    args = _args()
+    pooled = np.eye(12) + 0.1
+    bad = pooled.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"^nngp: expected finite values, found nan at index "
+                                         r"\(3, 4\)"):
+        nd.predict_from_kernels(**{**args, "kernel_train": pooled}, nngp=bad)
+    with pytest.raises(ValueError, match=r"^kernel_train: one random network \(nngp, "
+                                         r"f0='random'\) with the squared loss needs the traced "
+                                         r"kernel, one \(12, 12\) block shared by the 2 outputs, "
+                                         r"got the full \(24, 24\) kernel"):
+        nd.predict_from_kernels(**{**args, "kernel_train": np.kron(pooled, np.eye(2))},
+                                nngp=pooled)
+    w = nd.graphs.mixing(nd.graphs.topology("ring", 3))
+    w_nan = w.copy()
+    w_nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^matrices\[1\]: expected finite values, found nan"):
+        nd.graphs.periodic([w, w_nan])

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ntkdyn._utils.checks import check_finite
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.trajectory import RandomNetworkTrajectory, Trajectory, growing_runs
 
@@ -181,8 +182,9 @@ def cholesky_with_jitter(nngp: np.ndarray) -> tuple[np.ndarray, float]:
     import scipy.linalg
 
     k = np.asarray(nngp, dtype=np.float64)
-    if k.ndim != 2 or k.shape[0] != k.shape[1] or not np.all(np.isfinite(k)):
-        raise ValueError(f"nngp: expected a finite square matrix, got shape {k.shape}")
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"nngp: expected a square matrix, got shape {k.shape}")
+    check_finite("nngp", k)
     scale = max(float(np.mean(np.diag(k))), 1e-300)
     rel = JITTER
     while rel <= MAX_JITTER * (1 + 1e-9):
@@ -221,13 +223,15 @@ def draw(nngp: np.ndarray, n_train: int, samples: int, seed: int,
 
 def sorted_nngp(problem: KernelProblem, nngp) -> np.ndarray:
     """The NNGP on ``[train; test]`` given in the caller's training order, permuted to the
-    problem's (agent-sorted) order; ``ValueError`` naming ``nngp`` for a wrong shape."""
+    problem's (agent-sorted) order; ``ValueError`` naming ``nngp`` for a wrong shape or a
+    non-finite entry."""
     k = np.asarray(nngp, dtype=np.float64)
     n = problem.num_train
     m = 0 if problem.y_test is None else problem.y_test.shape[0]
     if k.shape != (n + m, n + m):
         raise ValueError(f"nngp: expected the ({n + m}, {n + m}) NNGP kernel on the training "
                          f"then the test inputs, got shape {k.shape}")
+    check_finite("nngp", k)  # indices in the caller's order
     idx = np.concatenate([np.asarray(problem.order), n + np.arange(m)])
     return k[np.ix_(idx, idx)]
 
@@ -235,8 +239,17 @@ def sorted_nngp(problem: KernelProblem, nngp) -> np.ndarray:
 def augment(problem: KernelProblem, draws: InitDraws) -> KernelProblem:
     """The problem with ``K + P`` output columns: the mean network then ``P`` responses
     (``f_0 = g_j``, target 0); ``labels`` stay those of the ``K`` real outputs."""
-    if problem.loss != "mse" or not problem.traced:
-        raise ValueError("f0: sampled random networks need loss='mse' and a traced kernel")
+    if problem.loss != "mse":
+        raise ValueError("f0: sampled random networks as shared response columns need "
+                         "loss='mse' (cross-entropy runs them as independent networks)")
+    if not problem.traced:
+        k = problem.num_outputs
+        raise ValueError(
+            f"kernel_train: one random network (nngp, f0='random') with the squared loss "
+            f"needs the traced kernel, one ({problem.num_train}, {problem.num_train}) block "
+            f"shared by the {k} outputs, got the full ({problem.num_train * k}, "
+            f"{problem.num_train * k}) kernel (its responses share cyclic columns of that "
+            "block)")
     n, p = problem.num_train, draws.samples
     if draws.train.shape != (n, p):
         raise ValueError(f"draws: expected ({n}, P) training draws, got {draws.train.shape}")

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkdyn._utils.checks import check_finite
 from ntkdyn.graphs.topology import as_graph, check_mixing, mixing
 
 
@@ -153,8 +154,9 @@ def periodic(matrices, names=()) -> Periodic:
 
 
 def _check_stochastic(m: np.ndarray, name: str) -> None:
-    if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.all(np.isfinite(m)):
-        raise ValueError(f"{name}: expected a finite square matrix, got shape {m.shape}")
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"{name}: expected a square matrix, got shape {m.shape}")
+    check_finite(name, m)
     if np.any(m < -1e-10):
         raise ValueError(f"{name}: expected non-negative entries, min {m.min():.3g}")
     worst = float(np.max(np.abs(m.sum(axis=1) - 1.0)))
