@@ -33,6 +33,16 @@ def check_logit_scale(logit_scale) -> float:
     return check_positive_float("logit_scale", logit_scale)
 
 
+def target_array(name: str, y) -> np.ndarray:
+    """``np.asarray(y)``, with a ``ValueError`` naming ``name`` for a ragged nested list
+    (numpy's own says only "inhomogeneous shape")."""
+    try:
+        return np.asarray(y)
+    except ValueError as exc:
+        raise ValueError(f"{name}: expected a numeric array, got a ragged "
+                         f"{type(y).__name__} (rows of different lengths)") from exc
+
+
 def class_targets(name: str, y, k: int | None = None) -> np.ndarray:
     """Cross-entropy targets as one-hot ``(N, K)`` float64 rows.
 
@@ -40,7 +50,7 @@ def class_targets(name: str, y, k: int | None = None) -> np.ndarray:
     integer labels ``(N,)`` in ``[0, K)`` (``K`` given, else ``max + 1``).  Anything else
     (soft or regression targets) is a ``ValueError`` naming ``name``.
     """
-    arr = np.asarray(y)
+    arr = target_array(name, y)
     if arr.ndim == 1:
         if arr.size == 0 or not np.issubdtype(arr.dtype, np.number) or \
                 not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0) or arr.min() < 0:

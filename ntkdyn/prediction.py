@@ -395,9 +395,9 @@ def predict_from_kernels(
     kernel_train : (N, N) or (N*K, N*K)
         Training NTK: traced (``Theta_scalar``, the true kernel being
         ``Theta_scalar (x) I_K``) or full (sample-major, row ``i*K + k``).
-    y_train : (N, K) or (N,)
-        Targets (e.g. one-hot); with ``loss="cross_entropy"`` one-hot rows or integer
-        class labels.
+    y_train : (N, K), or (N,) integer labels with ``loss="cross_entropy"``
+        Targets (e.g. one-hot; one regression output is ``(N, 1)``); with
+        ``loss="cross_entropy"`` one-hot rows or integer class labels.
     agent : (N,) int
         Agent owning each training sample (any order).
     mixing : (Q, Q) or MixingProcess

@@ -400,3 +400,15 @@ def test_nngp_defects_are_named_as_they_are():
     w_nan[0, 0] = np.nan
     with pytest.raises(ValueError, match=r"^matrices\[1\]: expected finite values, found nan"):
         nd.graphs.periodic([w, w_nan])
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_ragged_and_one_dimensional_targets_name_y_train(loss):
+    """A ragged list of targets was numpy's 'inhomogeneous shape' error without a name; a
+    1-D y with the squared loss now says how to make the one column."""
+    ragged = [[1.0, 0.0]] * 11 + [[1.0]]
+    _raises(ValueError, "y_train: expected a numeric array, got a ragged list (rows of "
+            "different lengths)", y_train=ragged, loss=loss)
+    if loss == "mse":
+        _raises(ValueError, "y_train: expected a 2-D array, got shape (12,) (one column: "
+                "y_train[:, None])", y_train=np.ones(12), loss=loss)

@@ -18,7 +18,12 @@ import numpy as np
 def as_float_array(name: str, value, ndim: int | Sequence[int] | None = None) -> np.ndarray:
     """Convert ``value`` to a float64 ndarray, checking dimensionality and finiteness
     (complex input is refused, not cast to its real part)."""
-    if np.iscomplexobj(value):
+    try:
+        complex_input = np.iscomplexobj(value)
+    except ValueError as exc:  # a ragged nested list
+        raise ValueError(f"{name}: expected a numeric array, got a ragged "
+                         f"{type(value).__name__} (rows of different lengths)") from exc
+    if complex_input:
         raise ValueError(f"{name}: expected real values, got complex (dtype "
                          f"{np.asarray(value).dtype})")
     try:
@@ -29,7 +34,9 @@ def as_float_array(name: str, value, ndim: int | Sequence[int] | None = None) ->
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
             want = " or ".join(f"{d}-D" for d in allowed)
-            raise ValueError(f"{name}: expected a {want} array, got shape {arr.shape}")
+            hint = (f" (one column: {name}[:, None])" if arr.ndim == 1 and allowed == (2,)
+                    else "")
+            raise ValueError(f"{name}: expected a {want} array, got shape {arr.shape}{hint}")
     check_finite(name, arr)
     return arr
 
