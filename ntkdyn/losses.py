@@ -28,9 +28,15 @@ def check_loss(loss) -> str:
     return loss
 
 
-def check_logit_scale(logit_scale) -> float:
-    """A finite ``logit_scale > 0``, else ``ValueError`` naming it."""
-    return check_positive_float("logit_scale", logit_scale)
+def check_logit_scale(logit_scale, loss: str | None = None) -> float:
+    """A finite ``logit_scale > 0``, else ``ValueError`` naming it; given ``loss``, a scale
+    other than 1 with the squared loss (which has no logits) is refused too, as the TOML
+    refuses ``training.logit_scale`` there (it was ignored)."""
+    scale = check_positive_float("logit_scale", logit_scale)
+    if loss is not None and loss != "cross_entropy" and scale != 1.0:
+        raise ValueError(f"logit_scale: only for loss='cross_entropy' (the logits s f), got "
+                         f"logit_scale={logit_scale!r} with loss={loss!r}")
+    return scale
 
 
 def target_array(name: str, y) -> np.ndarray:

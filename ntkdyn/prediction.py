@@ -42,6 +42,7 @@ from ntkdyn.dynamics.steady_state import FixedPoint, with_verdict
 from ntkdyn.dynamics.steady_state import fixed_point as _fixed_point
 from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
 from ntkdyn.kernels.empirical import empirical_ntk, mlp_empirical_ntk
+from ntkdyn.losses import check_logit_scale, check_loss
 from ntkdyn.models import MLP, init_params
 from ntkdyn.models import describe as _describe
 from ntkdyn.models import is_stax_triple as _is_stax_triple
@@ -864,6 +865,10 @@ def predict(
     """
     check_partition(parts)
     check_nonnegative_int("seed", seed)
+    check_logit_scale(logit_scale, check_loss(loss))
+    if width is None and width_samples != 16:
+        raise ValueError(f"width_samples: only used with width=n (the finite-width band), "
+                         f"got width_samples={width_samples!r} with width=None")
     low_rank = rank is not None or tol is not None or max_rank is not None
     f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, low_rank=low_rank,
                     batch_size=batch_size)
@@ -1031,7 +1036,6 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     (a mixing process: :func:`_lowrank_process_limits`, then the static checks on
     ``E[W]``)."""
     from ntkdyn.graphs.sequences import is_process
-    from ntkdyn.losses import check_loss
 
     check_loss(loss)
 
@@ -1254,6 +1258,10 @@ def predict_sweep(
     :func:`predict`."""
     check_partition(parts)
     check_nonnegative_int("seed", seed)
+    check_logit_scale(logit_scale, check_loss(loss))
+    if width is None and width_samples != 16:
+        raise ValueError(f"width_samples: only used with width=n (the finite-width band), "
+                         f"got width_samples={width_samples!r} with width=None")
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])

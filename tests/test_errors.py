@@ -412,3 +412,23 @@ def test_ragged_and_one_dimensional_targets_name_y_train(loss):
     if loss == "mse":
         _raises(ValueError, "y_train: expected a 2-D array, got shape (12,) (one column: "
                 "y_train[:, None])", y_train=np.ones(12), loss=loss)
+
+
+def test_settings_that_would_be_ignored_are_refused():
+    """logit_scale with the squared loss, batch_sampling without batch_size and
+    width_samples without width were ignored without a word (the TOML refuses the same
+    keys); now each is a ValueError naming it."""
+    _raises(ValueError, "logit_scale: only for loss='cross_entropy' (the logits s f), got "
+            "logit_scale=5 with loss='mse'", logit_scale=5)
+    _raises(ValueError, "batch_sampling: only used with mini-batch SGD (batch_size > 0), got "
+            "batch_sampling='independent' with batch_size=0", batch_sampling="independent")
+    nd.predict_from_kernels(**{**_args(), "y_train": np.arange(12) % 2}, logit_scale=5,
+                            loss="cross_entropy")
+    parts, w = _small_problem()
+    arch = nd.models.MLP(hidden=(16,), out=3)
+    for call in (lambda: nd.predict(arch, parts, w, 0.1, steps=[0, 5], width_samples=4),
+                 lambda: nd.predict_sweep(arch, parts, w, [0.1], steps=[0, 5], width_samples=4)):
+        with pytest.raises(ValueError, match="^width_samples: only used with width=n"):
+            call()
+    with pytest.raises(ValueError, match="^logit_scale: only for loss='cross_entropy'"):
+        nd.predict(arch, parts, w, 0.1, steps=[0, 5], logit_scale=2.0, rank=4)

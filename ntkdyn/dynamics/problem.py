@@ -216,7 +216,7 @@ def make_problem(
     for float64 input, ``-100 eps`` of a lower input precision).
     """
     loss = check_loss(loss)
-    logit_scale = check_logit_scale(logit_scale)
+    logit_scale = check_logit_scale(logit_scale, loss)
     if kernel_test_train is not None and y_test is not None:
         check_f0_pair(f0_train, f0_test)
     if loss == "cross_entropy":

@@ -342,6 +342,9 @@ def _check_sampling(problem: KernelProblem, *, samples, batch_size, batch_sampli
     process = problem.process
     batch_size = check_batch_size(batch_size, problem.counts)
     batch_sampling = check_sampling(batch_sampling)
+    if batch_sampling != "epoch" and not batch_size:
+        raise ValueError(f"batch_sampling: only used with mini-batch SGD (batch_size > 0), "
+                         f"got batch_sampling={batch_sampling!r} with batch_size=0")
     check_nonnegative_int("seed", seed)
     if (process is not None and process.random) or batch_size:
         samples = check_samples(DEFAULT_SAMPLES if samples is None else samples)
