@@ -432,3 +432,20 @@ def test_settings_that_would_be_ignored_are_refused():
             call()
     with pytest.raises(ValueError, match="^logit_scale: only for loss='cross_entropy'"):
         nd.predict(arch, parts, w, 0.1, steps=[0, 5], logit_scale=2.0, rank=4)
+
+
+def test_a_divergent_random_network_prediction_is_a_verdict_without_numpy_warnings():
+    """At lr = 50 one random network's exact expected losses overflowed past the divergence
+    and numpy printed six RuntimeWarnings beside the verdict; now only the verdict, and the
+    records (exact expected losses included) end finite before the divergence."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4))
+    pooled = x @ x.T / 4 + 0.1
+    args = {**_args(), "kernel_train": pooled[:12, :12], "kernel_test_train": pooled[12:, :12],
+            "y_test": np.eye(2)[np.arange(4) % 2], "nngp": pooled, "samples": 8,
+            "lr": 50.0, "steps": range(0, 201, 20)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        traj = nd.predict_from_kernels(**args)
+    assert traj.status == "diverged"
+    assert np.all(np.isfinite(traj.exact_test_loss)) and np.all(np.isfinite(traj.test_loss))
