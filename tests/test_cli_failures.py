@@ -348,6 +348,36 @@ def test_real_ctrl_c_of_the_command_exits_130_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signal")
+def test_ctrl_c_that_python_drops_still_stops_the_command(tmp_path):
+    """A Ctrl-C that lands in a garbage-collection callback (JAX's, while it initialises
+    and compiles) was "Exception ignored" and lost: the command ran on, wrote its outputs
+    and exited 0.  Simulated here by a SIGINT sent from a gc callback once ``console`` has
+    started: exit 130, the "interrupted" line, nothing written, no "Exception ignored"."""
+    cfg, out = _config(tmp_path), tmp_path / "out"
+    code = ("import gc, os, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "import ntkdyn.cli as cli\n"
+            "real = cli.main\n"
+            "def dropped(phase, info):\n"
+            "    gc.callbacks.remove(dropped)\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    for _ in range(100): pass  # the handler runs here, inside the callback\n"
+            "def main(argv=None):\n"
+            "    gc.callbacks.append(dropped)\n"
+            "    gc.collect()\n"
+            "    print('went on after the dropped interrupt', file=sys.stderr)\n"
+            "    return real(argv)\n"
+            "cli.main = main\n"
+            "cli.console()\n")
+    run = _python(code, "predict", str(cfg), "--out", str(out), "--quiet")
+    assert "went on after the dropped interrupt" in run.stderr
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("ntkdyn predict: interrupted")
+    assert not out.exists()
+
+
 def test_python_dash_m_ntkdyn():
     """``python -m ntkdyn`` is the command (``ntkdyn/__main__.py``)."""
     import ntkdyn

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkdyn._utils import interrupt
+
 __all__ = ["OutputError", "check_output", "json_text", "staged_output"]
 
 
@@ -52,12 +54,14 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
 
 @contextlib.contextmanager
 def staged_output(out: str | Path):
-    """Yield a temporary folder whose files are moved into ``out`` on success only."""
+    """Yield a temporary folder whose files are moved into ``out`` on success only (not
+    after a Ctrl-C that Python dropped: :func:`ntkdyn._utils.interrupt.raise_if_seen`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
+        interrupt.raise_if_seen()
         out.mkdir(parents=True, exist_ok=True)
         for item in tmp.iterdir():
             target = out / item.name

@@ -17,6 +17,7 @@ import importlib
 import os
 import sys
 
+from ntkdyn._utils import interrupt
 from ntkdyn._utils.io import OutputError, check_output, staged_output
 from ntkdyn._utils.memory import ProblemTooLargeError
 
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        interrupt.raise_if_seen()  # a Ctrl-C that Python dropped (ntkdyn._utils.interrupt)
+        return code
     except KeyboardInterrupt:
         pass  # said below, once the interrupted frames (and their progress bars) are gone
     except (ValueError, OSError, ProblemTooLargeError) as exc:
@@ -78,7 +81,12 @@ def console(argv: list[str] | None = None) -> None:
     interpreter down under them crashed with a segmentation fault (exit 139, 3 of 3 tries
     at 4-5 s into ``ntkdyn predict examples/default.toml``) after the "interrupted" line
     had been printed.  The staging folder is already removed by then (:func:`main`
-    returns only after its ``finally`` blocks), so nothing is left half-written."""
+    returns only after its ``finally`` blocks), so nothing is left half-written.  Ctrl-C
+    is recorded from here on (:func:`ntkdyn._utils.interrupt.install`), also where Python
+    drops the ``KeyboardInterrupt`` (in JAX's garbage-collection callback); before this,
+    while ``import ntkdyn`` imports JAX (about 1.5 s), Python's own handler prints its
+    traceback."""
+    interrupt.install()
     try:
         code = main(argv)
     except KeyboardInterrupt:  # before a command's own handler (parsing, imports)
