@@ -153,6 +153,34 @@ def test_garbage_cifar_batch_exit_2_names_the_file(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_name_taken_by_a_folder_is_refused_before_computing(tmp_path, capsys,
+                                                                     monkeypatch):
+    """``--out`` holding a folder named like one of predict's files: exit 2 naming --out
+    before any kernel (it computed for 10 s, moved three of the four files in and failed
+    naming the staging folder); staged_output refuses such a clash before moving any."""
+    import ntkdyn.prediction
+    from ntkdyn._utils.io import OutputError, staged_output
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed before refusing the output folder")
+
+    monkeypatch.setattr(ntkdyn.prediction, "predict", never)
+    out = tmp_path / "out"
+    (out / "trajectory.png").mkdir(parents=True)
+    assert main(["predict", str(_config(tmp_path)), "--out", str(out), "--quiet"]) == 2
+    assert _error_line(capsys) == (f"ntkdyn predict: error: --out: {out / 'trajectory.png'} "
+                                   "is a folder where the output file trajectory.png goes; "
+                                   "remove it or choose another folder")
+    assert sorted(p.name for p in out.iterdir()) == ["trajectory.png"]
+    with pytest.raises(OutputError, match="summary.json is a folder where the output file "
+                                          "summary.json goes"):
+        with staged_output(out) as tmp:
+            (out / "summary.json").mkdir()
+            for name in ("a.txt", "summary.json", "z.txt"):
+                (tmp / name).write_text("x")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "trajectory.png"]
+
+
 # ----------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_in_predict_exit_130_without_traceback(tmp_path, capsys, monkeypatch):
     import ntkdyn.prediction

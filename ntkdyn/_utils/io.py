@@ -63,7 +63,15 @@ def staged_output(out: str | Path):
         yield tmp
         interrupt.raise_if_seen()
         out.mkdir(parents=True, exist_ok=True)
-        for item in tmp.iterdir():
+        items = sorted(tmp.iterdir())
+        for item in items:  # all checked before any is moved: nothing half-written
+            target = out / item.name
+            if target.exists() and target.is_dir() != item.is_dir():
+                kind = "folder" if target.is_dir() else "file"
+                raise OutputError(f"--out: {target} is a {kind} where the output "
+                                  f"{'folder' if item.is_dir() else 'file'} {item.name} goes; "
+                                  "remove it or choose another folder (nothing was written)")
+        for item in items:
             target = out / item.name
             if target.is_dir() and item.is_dir():
                 shutil.rmtree(target)
@@ -76,16 +84,21 @@ class OutputError(ValueError):
     """The output folder cannot be written (the message names the path)."""
 
 
-def check_output(out: str | Path, option: str = "--out") -> Path:
+def check_output(out: str | Path, option: str = "--out", files: tuple[str, ...] = ()) -> Path:
     """Check, before anything is computed, that folder ``out`` can be created or written.
 
-    Refuses (``OutputError`` naming the path) an existing file, a path below a file and a
-    folder without write permission; creates nothing (the write test uses a temporary
-    file in the nearest existing folder, removed at once).
+    Refuses (``OutputError`` naming the path) an existing file, a path below a file, a
+    folder without write permission and, for the output ``files`` the command will write
+    there, a folder already in the place of one; creates nothing (the write test uses a
+    temporary file in the nearest existing folder, removed at once).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option}: {out} exists and is not a folder; choose a folder path")
+    for name in files:
+        if (out / name).is_dir():
+            raise OutputError(f"{option}: {out / name} is a folder where the output file "
+                              f"{name} goes; remove it or choose another folder")
     existing = out
     while not existing.exists():
         if existing.is_symlink():

@@ -22,6 +22,10 @@ def interrupted(args) -> str:
     return f"nothing was written to {args.out} (outputs are moved there only when complete)"
 
 
+#: what ``ntkdyn predict`` writes into ``--out``
+OUTPUT_FILES = ("trajectory.npz", "summary.json", "summary.txt", "trajectory.png")
+
+
 def run(args) -> int:
     from ntkdyn import prediction as pipeline
     from ntkdyn.config.experiment import from_config
@@ -29,7 +33,7 @@ def run(args) -> int:
     from ntkdyn.plotting import plot_trajectory
 
     cfg = load_config(args.config)
-    check_output(args.out)
+    check_output(args.out, files=OUTPUT_FILES)
     exp = from_config(cfg)
     t = cfg.training
     init = {"samples": exp.samples, **_initialisation(cfg, exp), **_width(cfg)}
