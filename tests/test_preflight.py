@@ -199,6 +199,32 @@ def test_bad_topologies_argument_exit_2_before_the_kernel(tmp_path, capsys, monk
     assert "--topologies: 'bogus': unknown topology" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--topologies", ""], "--topologies: expected comma-separated topology names, got ''"),
+    (["--topologies", "ring,,star"], "--topologies: expected comma-separated topology names, "
+                                     "got 'ring,,star'"),
+    (["--measure-edge", "--edge-steps", "0"], "--edge-steps: expected an integer >= 1"),
+    (["--measure-edge", "--edge-steps", "-5"], "--edge-steps: expected an integer >= 1"),
+])
+def test_bad_check_options_exit_2_before_the_kernel(tmp_path, capsys, monkeypatch, extra,
+                                                    needle):
+    """An empty --topologies entry was dropped silently ('' gave no table); --edge-steps 0
+    reported real training 'did not converge' at lr*/8 after 0 steps, and -5 was refused
+    after the whole check, naming 'steps'.  Now exit 2 naming the option, before any
+    kernel."""
+    import ntkdyn.preflight as pf
+
+    def no_kernel(*a, **k):
+        raise AssertionError("kernel computed before the options were checked")
+
+    monkeypatch.setattr(pf, "build_problem_and_nngp", no_kernel)
+    path = tmp_path / "c.toml"
+    path.write_text(_toml())
+    assert main(["check", str(path), "--cache", str(tmp_path / "cache")] + extra) == 2
+    err = capsys.readouterr().err
+    assert f"ntkdyn check: error: {needle}" in err and "Traceback" not in err
+
+
 def test_report_names_the_mixing_file_and_an_empty_sweep(tmp_path, capsys):
     """A mixing matrix given as a file is named as such (the report said "ring", the default
     name); a directed cycle (DGD unstable at every rate) says that no rate is swept."""

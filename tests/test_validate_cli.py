@@ -150,14 +150,22 @@ def test_width_sweep_python_api(tmp_path):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--kernels", "exact"], "kernels: expected"),
-    (["--widths", "64,abc"], "widths: expected comma-separated integers"),
-    (["--widths", "128,128"], "widths: expected distinct widths, got (128, 128)"),
+    (["--kernels", "exact"], "--kernels: expected"),
+    (["--widths", "64,abc"], "--widths: expected comma-separated integers"),
+    (["--widths", "128,128"], "--widths: expected distinct widths, got (128, 128)"),
+    (["--widths", "64,-3"], "--widths: expected positive integers, got (64, -3)"),
 ])
-def test_bad_options_exit_2(tmp_path, capsys, extra, needle):
+def test_bad_options_exit_2(tmp_path, capsys, extra, needle, monkeypatch):
+    """A bad option names it as typed (``--widths``; it said ``widths``), before training."""
+    import ntkdyn.validation.harness as harness
+
+    def never(*args, **kwargs):
+        raise AssertionError("validate ran before the options were checked")
+
+    monkeypatch.setattr(harness, "validate", never)
     out = tmp_path / "out"
     assert main(["validate", str(_config(tmp_path)), "--out", str(out), "--quiet"] + extra) == 2
-    assert needle in capsys.readouterr().err
+    assert f"ntkdyn validate: error: {needle}" in capsys.readouterr().err
     assert not (out / "agreement.json").exists()
 
 

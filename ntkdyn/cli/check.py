@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("config", help="TOML configuration (see examples/default.toml)")
     p.add_argument("--json", action="store_true",
                    help="print the machine-readable report (ntkdyn/schemas/check.schema.json)")
-    p.add_argument("--topologies", default="",
+    p.add_argument("--topologies", default=None,
                    help="comma-separated topologies to compare, e.g. ring,torus,complete")
     p.add_argument("--measure-edge", action="store_true",
                    help="train the real network briefly above lr* to find where it stops "
@@ -42,9 +42,16 @@ def run(args) -> int:
     from ntkdyn._utils.io import check_output
     from ntkdyn.preflight import check
 
+    if args.edge_steps < 1:
+        raise ValueError(f"--edge-steps: expected an integer >= 1 (training steps per edge "
+                         f"trial), got {args.edge_steps}")
     if args.measure_edge and args.cache:
         check_output(args.cache, "--cache")
-    topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    topologies = [] if args.topologies is None else \
+        [t.strip() for t in args.topologies.split(",")]
+    if any(not t for t in topologies):
+        raise ValueError(f"--topologies: expected comma-separated topology names, got "
+                         f"{args.topologies!r}")
     report = check(args.config, topologies=topologies, measure_edge=args.measure_edge,
                    edge_steps=args.edge_steps, cache_dir=args.cache,
                    progress=not (args.quiet or args.json))

@@ -75,6 +75,19 @@ def _finished_checkpoints(out: Path) -> list[Path]:
             if not ck.name.endswith(".partial.npz")]
 
 
+def _check_options(args, cfg) -> None:
+    """``--widths`` / ``--kernels`` checked as :func:`ntkdyn.validation.harness.validate`
+    checks its ``widths`` / ``kernels``, the error naming the option (``--widths: ...``)."""
+    from ntkdyn.validation.harness import _kernels_arg, _widths_arg
+
+    for option, check in (("--widths", lambda: args.widths is None or _widths_arg(
+            args.widths, cfg)), ("--kernels", lambda: _kernels_arg(args.kernels))):
+        try:
+            check()
+        except ValueError as exc:
+            raise ValueError(f"{option}: {str(exc).split(': ', 1)[-1]}") from None
+
+
 def run(args) -> int:
     from ntkdyn._utils.io import check_output
     from ntkdyn.config.schema import load_config
@@ -82,6 +95,7 @@ def run(args) -> int:
 
     cfg = load_config(args.config)
     check_output(args.out)
+    _check_options(args, cfg)
     if args.resume and not _finished_checkpoints(Path(args.out)):
         print(f"ntkdyn validate: --resume: no checkpoints in {Path(args.out) / 'checkpoints'} "
               "(a finished run removes them); starting afresh", file=sys.stderr)

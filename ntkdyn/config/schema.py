@@ -286,7 +286,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("config: topology.adjacency_file: required when topology.name = "
                           "'file'")
     if any(w <= 0 for w in cfg.validation.widths):
-        raise ConfigError("config: validation.widths: expected positive integers")
+        raise ConfigError(f"config: validation.widths: expected positive integers, got "
+                          f"{list(cfg.validation.widths)!r}")
     if cfg.topology.gossip_p > 1:
         raise ConfigError(f"config: topology.gossip_p: expected a probability in (0, 1], got "
                           f"{cfg.topology.gossip_p!r}")
