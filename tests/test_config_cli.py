@@ -89,6 +89,22 @@ def test_predict_command_bad_input_exit_2_and_nothing_written(tmp_path, capsys):
     assert not list(tmp_path.glob(".out.partial*"))
 
 
+def test_mixing_file_refuses_the_keys_it_would_ignore(tmp_path, capsys):
+    """lazy = true, another rule or params with a mixing_file were dropped without a word
+    (the same run as the plain file); now one error naming them all, before any kernel.
+    name (overridden: the report names the file) and the default rule stay accepted."""
+    np.savetxt(tmp_path / "W.txt", np.full((3, 3), 1 / 3))
+    cfg = tmp_path / "c.toml"
+    base = TINY.replace('name = "ring"', 'name = "ring"\nmixing_file = "W.txt"')
+    cfg.write_text(base.replace('[topology]', '[topology]\nlazy = true\nrule = "max_degree"'))
+    with pytest.raises(ConfigError, match=r"^config: topology.mixing_file: the matrix is used "
+                                          r"as given, so topology.lazy, topology.rule would "
+                                          r"not apply; remove them"):
+        load_config(cfg)
+    cfg.write_text(base.replace('[topology]', '[topology]\nrule = "metropolis"'))
+    assert load_config(cfg).topology.mixing_file == str(tmp_path / "W.txt")
+
+
 def test_mixing_file_must_be_stochastic_and_connected(tmp_path, capsys):
     bad = tmp_path / "W.txt"
     np.savetxt(bad, np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1.0]]))

@@ -359,6 +359,7 @@ def _validate_combinations(cfg: Config, raw: dict) -> None:
                               + " or ".join(repr(a) for a in allowed)
                               + f", got {owner} = {values[owner]!r}")
     _validate_sequence(topo, given)
+    _validate_mixing_file(topo)
     if topo.gossip and ("topology.mixing_file" in given):
         raise ConfigError("config: topology.gossip: random gossip needs a graph (topology.name "
                           "or adjacency_file), not topology.mixing_file")
@@ -410,6 +411,24 @@ def _validate_sequence(topo: TopologyConfig, given: set) -> None:
             if key in given:
                 raise ConfigError(f"config: topology.sequence: a periodic sequence of named "
                                   f"topologies cannot be combined with {key}")
+
+
+def _validate_mixing_file(topo: TopologyConfig) -> None:
+    """``topology.mixing_file`` is used as given: the keys that would change a matrix built
+    from a graph (``lazy = true``, a ``rule`` other than the default, ``params``, an
+    ``adjacency_file``) are refused with it, all named at once (they were ignored without
+    a word); ``name`` is overridden (the report names the file)."""
+    if not topo.mixing_file:
+        return
+    default = TopologyConfig()
+    unused = [f"topology.{key}" for key, on in (
+        ("lazy", topo.lazy), ("rule", topo.rule != default.rule), ("params", topo.params),
+        ("adjacency_file", topo.adjacency_file)) if on]
+    if unused:
+        raise ConfigError(f"config: topology.mixing_file: the matrix is used as given, so "
+                          f"{', '.join(unused)} would not apply; remove "
+                          f"{'it' if len(unused) == 1 else 'them'} (or apply it to the file's "
+                          "matrix yourself)")
 
 
 def _validate_minibatch(cfg: Config, given: set) -> None:
