@@ -404,6 +404,9 @@ def _from_splits(name: str, classes: Iterable[int], splits: list[tuple[np.ndarra
 
 
 def _find(directory: Path, name: str, expected: tuple[str, ...], gz: bool = True) -> Path:
+    if directory.exists() and not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is a file, not the folder holding "
+                                f"{', '.join(expected)}")
     for candidate in (directory / name, directory / f"{name}.gz") if gz else (directory / name,):
         if candidate.is_file():
             return candidate

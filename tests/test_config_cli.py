@@ -169,6 +169,32 @@ def test_adjacency_file_with_other_entries_is_refused_naming_it(tmp_path, capsys
     assert "0/1 entries" in err
 
 
+def test_topology_and_data_path_defects_name_their_key(tmp_path, capsys):
+    """Each names the key that gave it: a bad params entry (it said 'config: topology:'), a
+    disconnected adjacency_file (no key and no file before), a folder given as the
+    adjacency file (it said 'file not found'), a file given as the data folder."""
+    ring = 'name = "ring"'
+    err = _run_cli(tmp_path, capsys, TINY.replace(ring, ring + "\nparams = { p = 0.4 }"))
+    assert "config: topology.params: topology 'ring' got unknown parameter(s) 'p'" in err
+    err = _run_cli(tmp_path, capsys, TINY.replace(ring, 'name = "erdos_renyi"\n'
+                                                  'params = { p = 1.5 }'))
+    assert "config: topology.params: topology 'erdos_renyi': parameter 'p' must lie" in err
+    np.savetxt(tmp_path / "A.txt", np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]]), fmt="%d")
+    err = _run_cli(tmp_path, capsys, TINY.replace(ring, 'name = "file"\n'
+                                                  'adjacency_file = "A.txt"'))
+    assert f"config: topology.adjacency_file: {tmp_path / 'A.txt'}: topology must be " \
+           "connected" in err
+    (tmp_path / "folder").mkdir()
+    err = _run_cli(tmp_path, capsys, TINY.replace(ring, 'name = "file"\n'
+                                                  'adjacency_file = "folder"'))
+    assert f"{tmp_path / 'folder'}: a folder, not the adjacency matrix file" in err
+    (tmp_path / "notes.txt").write_text("x")
+    err = _run_cli(tmp_path, capsys, TINY.replace('source = "digits"', 'source = "mnist"\n'
+                                                  'path = "notes.txt"'))
+    assert f"config: data.path: {tmp_path / 'notes.txt'} is a file, not the folder " \
+           "holding train-images-idx3-ubyte" in err
+
+
 @pytest.mark.parametrize("key", ["adjacency_file", "mixing_file"])
 def test_text_adjacency_or_mixing_file_names_the_file(tmp_path, capsys, key):
     (tmp_path / "M.txt").write_text("a b c\nd e f\n")

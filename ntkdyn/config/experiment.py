@@ -230,10 +230,21 @@ def _static_mixing(cfg: Config) -> tuple[nx.Graph | None, np.ndarray]:
         try:
             graph = graphs.topology(t.name, q, seed=cfg.seed, **t.params)
         except ValueError as exc:
-            raise ConfigError(f"config: topology: {exc}") from exc
+            raise ConfigError(f"config: {_topology_key(t, exc)}: {exc}") from exc
     w = graphs.mixing(graph, t.rule, lazy=t.lazy)
-    graphs.check_mixing(w, name="topology")
+    try:
+        graphs.check_mixing(w, name="topology")
+    except ValueError as exc:  # a disconnected graph: name the key that gave it
+        key = "topology.adjacency_file" if t.name == "file" else "topology"
+        where = f"{t.adjacency_file}: " if t.name == "file" else ""
+        raise ConfigError(f"config: {key}: {where}{exc}") from exc
     return graph, w
+
+
+def _topology_key(t, exc: ValueError) -> str:
+    """The key a failed ``graphs.topology(name, Q, **params)`` names: ``topology.params``
+    for a parameter it refused (unknown or out of range), else ``topology``."""
+    return "topology.params" if t.params and "parameter" in str(exc) else "topology"
 
 
 def build_arch(cfg: Config, num_classes: int, width: int | None = None) -> MLP:

@@ -277,6 +277,8 @@ def _read_matrix(path: str | Path, what: str) -> np.ndarray:
     """A float64 array from ``.npy`` or a text file; ``ValueError`` naming ``path`` if the
     file is missing, unreadable, or not numbers (binary data in a text file, a pickle...)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not the {what} file")
     if not path.is_file():
         raise ValueError(f"{path}: {what} file not found")
     try:
