@@ -195,7 +195,7 @@ def test_kernels_both_and_resume_without_checkpoints(tmp_path, capsys, monkeypat
                  "--resume"]) == 0
     assert seen["kernels"] == "both" and seen["resume"]
     # "both" is every kernel where kernels are parsed (nd.validate too)
-    assert harness._kernels_arg("both") == harness._kernels_arg("analytic,empirical") == (
+    assert harness.kernels_arg("both") == harness.kernels_arg("analytic,empirical") == (
         "analytic", "empirical")
     err = capsys.readouterr().err
     assert f"--resume: no checkpoints in {out / 'checkpoints'}" in err and "afresh" in err

@@ -78,10 +78,10 @@ def _finished_checkpoints(out: Path) -> list[Path]:
 def _check_options(args, cfg) -> None:
     """``--widths`` / ``--kernels`` checked as :func:`ntkdyn.validation.harness.validate`
     checks its ``widths`` / ``kernels``, the error naming the option (``--widths: ...``)."""
-    from ntkdyn.validation.harness import _kernels_arg, _widths_arg
+    from ntkdyn.validation.harness import kernels_arg, widths_arg
 
-    for option, check in (("--widths", lambda: args.widths is None or _widths_arg(
-            args.widths, cfg)), ("--kernels", lambda: _kernels_arg(args.kernels))):
+    for option, check in (("--widths", lambda: args.widths is None or widths_arg(
+            args.widths, cfg)), ("--kernels", lambda: kernels_arg(args.kernels))):
         try:
             check()
         except ValueError as exc:

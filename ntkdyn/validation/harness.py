@@ -201,7 +201,7 @@ def _as_config(config_or_path) -> Config:
                      f"{type(config_or_path).__name__}")
 
 
-def _kernels_arg(kernels) -> tuple[str, ...]:
+def kernels_arg(kernels) -> tuple[str, ...]:
     """``kernels`` as a tuple of :data:`KERNEL_CHOICES`: a sequence, ``"a,b"``, or
     ``"both"`` (every choice, the default of ``ntkdyn validate --kernels``)."""
     if isinstance(kernels, str) and kernels.strip() == "both":
@@ -216,7 +216,10 @@ def _kernels_arg(kernels) -> tuple[str, ...]:
     return kernels
 
 
-def _widths_arg(widths, cfg: Config) -> tuple[int, ...]:
+def widths_arg(widths, cfg: Config) -> tuple[int, ...]:
+    """``widths`` as sorted distinct positive ints: a sequence, ``"a,b"``, or ``None`` (the
+    config's ``[validation] widths``, else ``architecture.width``); ``ValueError`` naming
+    ``widths`` otherwise (the command line names ``--widths``)."""
     if widths is None:
         widths = cfg.validation.widths or [cfg.architecture.width]
     if isinstance(widths, str):
@@ -261,8 +264,8 @@ def validate(
     ValidationResult
     """
     cfg = _as_config(config_or_path)
-    kernels = _kernels_arg(kernels)
-    widths = _widths_arg(widths, cfg)
+    kernels = kernels_arg(kernels)
+    widths = widths_arg(widths, cfg)
     exp = from_config(cfg)
     _ensure_fits(exp, widths, kernels)  # before any training (issue 12, item 5)
     out = None if out is None else Path(out)
@@ -577,4 +580,5 @@ def _with_config(traj: Trajectory, cfg_dict: dict) -> Trajectory:
     return dataclasses.replace(traj, metadata=dict(traj.metadata, config=cfg_dict))
 
 
-__all__ = ["validate", "ValidationResult", "WidthResult", "KERNEL_CHOICES"]
+__all__ = ["validate", "ValidationResult", "WidthResult", "KERNEL_CHOICES", "kernels_arg",
+           "widths_arg"]
