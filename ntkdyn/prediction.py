@@ -491,6 +491,9 @@ def predict_from_kernels(
     (11, 4)
     """
     check_nonnegative_int("seed", seed)
+    if nngp is not None and (f0_train is not None or f0_test is not None):
+        raise ValueError("nngp: samples random initial outputs; it cannot be combined with "
+                         "f0_train / f0_test")
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
                            loss=loss, logit_scale=logit_scale)
@@ -502,9 +505,6 @@ def predict_from_kernels(
     if nngp is not None:
         from ntkdyn.dynamics import random_init
 
-        if f0_train is not None or f0_test is not None:
-            raise ValueError("nngp: samples random initial outputs; it cannot be combined "
-                             "with f0_train / f0_test")
         init, samples = init_draws(problem, random_init.sorted_nngp(problem, nngp), "random",
                                    samples, seed, batch_size)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
@@ -534,6 +534,10 @@ def sweep_from_kernels(kernel_train: ArrayLike, y_train: ArrayLike, agent: Array
     prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
                                           "loss", "logit_scale") if k in kwargs}
     nngp = kwargs.pop("nngp", None)
+    if nngp is not None and (prob_kw.get("f0_train") is not None
+                             or prob_kw.get("f0_test") is not None):
+        raise ValueError("nngp: samples random initial outputs; it cannot be combined with "
+                         "f0_train / f0_test")
     unknown = sorted(set(kwargs) - _RUN_KEYWORDS)
     if unknown:
         raise TypeError(f"sweep_from_kernels() got an unexpected keyword argument "
@@ -543,9 +547,6 @@ def sweep_from_kernels(kernel_train: ArrayLike, y_train: ArrayLike, agent: Array
     if nngp is not None:
         from ntkdyn.dynamics import random_init
 
-        if prob_kw.get("f0_train") is not None or prob_kw.get("f0_test") is not None:
-            raise ValueError("nngp: samples random initial outputs; it cannot be combined "
-                             "with f0_train / f0_test")
         kwargs["init"], kwargs["samples"] = init_draws(
             problem, random_init.sorted_nngp(problem, nngp), "random", kwargs.get("samples"),
             kwargs.get("seed", 0), kwargs.get("batch_size", 0))
@@ -863,12 +864,7 @@ def predict(
     >>> traj.quantiles["test_loss"].shape            # 5 levels, T records, Q agents
     (5, 3, 4)
     """
-    check_partition(parts)
-    check_nonnegative_int("seed", seed)
-    check_logit_scale(logit_scale, check_loss(loss))
-    if width is None and width_samples != 16:
-        raise ValueError(f"width_samples: only used with width=n (the finite-width band), "
-                         f"got width_samples={width_samples!r} with width=None")
+    _check_call(parts, seed, loss, logit_scale, width, width_samples)
     low_rank = rank is not None or tol is not None or max_rank is not None
     f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, low_rank=low_rank,
                     batch_size=batch_size)
@@ -954,6 +950,19 @@ def init_draws(problem: KernelProblem, nngp, f0: str, samples, seed: int,
     process = problem.process
     sequences = bool(batch_size) or (process is not None and bool(process.random))
     return init, (count if sequences else None)
+
+
+def _check_call(parts, seed, loss: str, logit_scale, width, width_samples) -> None:
+    """The arguments of :func:`predict` and :func:`predict_sweep` checked before any kernel:
+    ``parts`` a :class:`~ntkdyn.data.Partition`, ``seed`` an integer >= 0, ``logit_scale``
+    for cross-entropy only and ``width_samples`` with ``width`` only (``ValueError`` naming
+    the argument; they were ignored, or failed deep inside)."""
+    check_partition(parts)
+    check_nonnegative_int("seed", seed)
+    check_logit_scale(logit_scale, check_loss(loss))
+    if width is None and width_samples != 16:
+        raise ValueError(f"width_samples: only used with width=n (the finite-width band), "
+                         f"got width_samples={width_samples!r} with width=None")
 
 
 def _predict_with_width(arch, parts, mixing, lr, algorithm, steps, *, width, width_samples,
@@ -1256,12 +1265,7 @@ def predict_sweep(
     trajectory's ``metadata["low_rank"]`` has its own rate's ``error_estimate`` and
     ``tol_reached`` (:func:`ntkdyn.lowrank.predict_sweep`).  ``record_outputs``: as
     :func:`predict`."""
-    check_partition(parts)
-    check_nonnegative_int("seed", seed)
-    check_logit_scale(logit_scale, check_loss(loss))
-    if width is None and width_samples != 16:
-        raise ValueError(f"width_samples: only used with width=n (the finite-width band), "
-                         f"got width_samples={width_samples!r} with width=None")
+    _check_call(parts, seed, loss, logit_scale, width, width_samples)
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])

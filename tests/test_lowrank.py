@@ -363,12 +363,14 @@ def test_probe_estimate_bounds_error_on_skewed_shards_and_rates(decay, algorithm
     kern, y, f0, agent, w, lr = _skewed_problem(decay)
     kern_t, yt = _spectrum_test_rows(decay)
     steps = range(0, 201, 20)
+    ft = np.zeros_like(yt)  # the test rows start at 0 (given: both f0 of one network)
     exact = nd.predict_from_kernels(kern, y, agent, w, lr, steps, algorithm, f0_train=f0,
-                                    record_outputs=True, kernel_test_train=kern_t, y_test=yt)
+                                    record_outputs=True, kernel_test_train=kern_t, y_test=yt,
+                                    f0_test=ft)
     for rank in (2, 8, 24):
         low = lowrank.predict(lowrank.kernel_columns(kern, kern_t), y, agent, w, lr, steps,
                               algorithm, rank=rank, f0_train=f0, record_outputs=True,
-                              y_test=yt)
+                              y_test=yt, f0_test=ft)
         _check_test_estimate(exact, low, len(steps), yt)
         diff = (exact.train_outputs - low.train_outputs).reshape(len(steps), 4, -1)
         err = np.max(np.linalg.norm(diff, axis=-1)) / np.linalg.norm(y - f0)

@@ -189,7 +189,8 @@ def test_expected_is_full_batch_and_the_sample_mean_approaches_it(net):
 def test_band_sequence_and_save_roundtrip(net, tmp_path):
     pred = predict_from_kernels(net.kernel_full, net.y, net.agent, RING, 0.3, range(0, 11, 5),
                                 "dgd", f0_train=net.f0, kernel_test_train=net.kernel_test_full,
-                                y_test=net.y_test, batch_size=3, samples=20, seed=1)
+                                y_test=net.y_test, f0_test=net.f0_test, batch_size=3,
+                                samples=20, seed=1)
     lo, hi = pred.band("test_loss", 0.05, 0.95)
     assert lo.shape == hi.shape == pred.test_loss.shape
     assert np.all(lo <= hi) and np.all(hi[1:] - lo[1:] > 0)

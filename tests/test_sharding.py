@@ -36,7 +36,7 @@ for agent_kind, algos in CASES.items():
     agent = partitions[agent_kind]
     for algo in algos:
         common = dict(algorithm=algo, f0_train=f0, kernel_test_train=ktt, y_test=yt,
-                      record_outputs=True)
+                      f0_test=np.zeros_like(yt), record_outputs=True)
         one = predict_from_kernels(kern, y, agent, w, 0.4, range(0, 31, 5), **common)
         four = predict_from_kernels(kern, y, agent, w, 0.4, range(0, 31, 5),
                                     devices=jax.devices(), **common)

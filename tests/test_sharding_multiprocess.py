@@ -45,7 +45,8 @@ def run(kind, algo, devices=None):
     kern, ktt, y, yt, w, f0, agents = problem()
     return predict_from_kernels(kern, y, agents[kind], w, 0.4, range(0, 31, 5), algorithm=algo,
                                 f0_train=f0, kernel_test_train=ktt, y_test=yt,
-                                record_outputs=True, devices=devices)
+                                f0_test=np.zeros_like(yt), record_outputs=True,
+                                devices=devices)
 ''')
 
 WORKER = PROBLEM + textwrap.dedent(r'''

@@ -229,7 +229,7 @@ def _reference_problems(net):
     y = np.eye(3)[rng.integers(0, 3, n)]
     traced = nd.make_problem(a @ a.T / n, y, agent, w, f0_train=0.1 * rng.normal(size=(n, 3)),
                              kernel_test_train=rng.normal(size=(5, 2 * n)) @ a.T / n,
-                             y_test=np.eye(3)[rng.integers(0, 3, 5)])
+                             y_test=np.eye(3)[rng.integers(0, 3, 5)], f0_test=np.zeros((5, 3)))
     return {"full": full, "traced_unequal": traced}
 
 
@@ -314,14 +314,15 @@ def _carried_problems(mixing=None):
     agent = np.arange(n) % q
     w = graphs.mixing(graphs.topology("ring", q)) if mixing is None else mixing
     common = dict(f0_train=0.1 * rng.normal(size=(n, k)), kernel_test_train=kern[n:, :n],
-                  y_test=yt)
+                  y_test=yt, f0_test=np.zeros((m, k)))
     full = np.kron(kern[:n, :n], np.eye(k)) + 0.01 * np.kron(np.ones((n, n)), np.ones((k, k)))
     return {
         "mse": nd.make_problem(kern[:n, :n], y, agent, w, **common),
         "cross_entropy": nd.make_problem(kern[:n, :n], y, agent, w, loss="cross_entropy",
                                          **common),
         "full": nd.make_problem(full, y, agent, w, f0_train=common["f0_train"],
-                                kernel_test_train=np.kron(kern[n:, :n], np.eye(k)), y_test=yt),
+                                kernel_test_train=np.kron(kern[n:, :n], np.eye(k)), y_test=yt,
+                                f0_test=common["f0_test"]),
     }
 
 
