@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from ntkdyn._utils import memory
-from ntkdyn._utils.checks import check_instance, check_nonnegative_int
+from ntkdyn._utils.checks import check_instance, check_nonnegative_int, learning_rates
 from ntkdyn._utils.types import ArrayLike, Rates, Steps
 from ntkdyn.algorithms import Algorithm
 from ntkdyn.data import Partition, check_partition
@@ -907,7 +907,8 @@ def predict(
     if low_rank:
         _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                             continuous=continuous, kernel_dtype=kernel_dtype, devices=devices,
-                            samples=None if f0 == "random" else samples, loss=loss, f0=f0)
+                            samples=None if f0 == "random" else samples, loss=loss, f0=f0,
+                            traced=traced, max_rank=max_rank)
         return _predict_lowrank(arch, parts, mixing, lr, algorithm, steps, rank=rank, tol=tol,
                                 max_rank=max_rank, seed=seed, params=params, f0=f0,
                                 record_outputs=record_outputs, progress=progress,
@@ -1015,7 +1016,9 @@ def _feature_path_limits(label: str, other: str, *, mixing, samples, continuous,
         return (f"{label} takes a static (Q, Q) mixing matrix; time-varying and random "
                 f"mixing sequences run on {other}")
     if samples is not None:
-        return f"samples is for random mixing sequences, which run on {other}"
+        return ("samples counts sampled random networks (f0='random') or sampled random "
+                "mixing / mini-batch sequences, none of which this call has (f0 'mean' or "
+                "'network' with a static mixing matrix)")
     if continuous:
         return f"{label} runs discrete steps; the gradient flow runs on {other}"
     if loss != "mse":
@@ -1040,7 +1043,8 @@ def _lowrank_process_limits(process, samples, f0: str | None) -> str | None:
 
 
 def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, kernel_dtype,
-                        devices, samples, loss, f0: str | None = None) -> None:
+                        devices, samples, loss, f0: str | None = None, traced: bool = True,
+                        max_rank=None) -> None:
     """``ValueError`` naming ``rank`` (or ``tol``) for what the low-rank path does not take
     (a mixing process: :func:`_lowrank_process_limits`, then the static checks on
     ``E[W]``)."""
@@ -1050,7 +1054,7 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
 
     if rank is None:
         raise ValueError(f"tol / max_rank: only used with the low-rank path (rank='auto' or an "
-                         f"integer), got rank=None and tol={tol!r}")
+                         f"integer), got rank=None, tol={tol!r} and max_rank={max_rank!r}")
     if isinstance(rank, str) and rank != "auto":
         raise ValueError(f"rank: expected None (exact path), 'auto' or a positive integer, got "
                          f"{rank!r}")
@@ -1063,6 +1067,9 @@ def _check_lowrank_call(arch, parts, mixing, *, kernel, rank, tol, continuous, k
     elif not (isinstance(arch, MLP) or _is_stax_triple(arch)):
         why = ("the low-rank path needs an ntkdyn.models.MLP or a stax triple, got "
                f"{type(arch).__name__}")
+    elif kernel == "empirical" and not traced:
+        why = ("the low-rank path factorises the traced empirical kernel (Theta_s (x) I_K); "
+               "traced=False (the full N K x N K kernel) runs on the exact path (rank=None)")
     elif is_process(mixing):
         why = _lowrank_process_limits(mixing, samples, f0)
     static = mixing.expected() if is_process(mixing) else mixing
@@ -1269,6 +1276,7 @@ def predict_sweep(
     if isinstance(lrs, str | bytes) or not hasattr(lrs, "__len__") or len(lrs) == 0:
         raise ValueError("lrs: expected a non-empty sequence of learning rates, got "
                          f"{type(lrs).__name__} {lrs!r}"[:200])
+    learning_rates(list(lrs), parts.num_agents, "lrs", rows=True)  # lrs[i] named, any path
     low_rank = rank is not None or tol is not None or max_rank is not None
     f0 = resolve_f0(f0, kernel, params=params, loss=loss, mixing=mixing, batch_size=batch_size,
                     low_rank=low_rank)
@@ -1334,7 +1342,8 @@ def _sweep_lowrank(arch, parts, mixing, lrs, algorithm, steps, *, kernel, seed, 
                                         exact=False)
     _check_lowrank_call(arch, parts, mixing, kernel=kernel, rank=rank, tol=tol,
                         continuous=False, kernel_dtype=kernel_dtype, devices=None,
-                        samples=None if f0 == "random" else samples, loss=loss, f0=f0)
+                        samples=None if f0 == "random" else samples, loss=loss, f0=f0,
+                        max_rank=max_rank)
     return _predict_lowrank(arch, parts, mixing, list(lrs), algorithm, steps, rank=rank,
                             tol=tol, max_rank=max_rank, seed=seed, params=params, f0=f0,
                             record_outputs=record_outputs, progress=progress,

@@ -449,3 +449,24 @@ def test_a_divergent_random_network_prediction_is_a_verdict_without_numpy_warnin
         traj = nd.predict_from_kernels(**args)
     assert traj.status == "diverged"
     assert np.all(np.isfinite(traj.exact_test_loss)) and np.all(np.isfinite(traj.test_loss))
+
+
+def test_low_rank_refusals_say_what_was_given():
+    """traced=False with rank ran the traced kernel silently (0.5 % off the exact full-kernel
+    path at rank = N); samples with f0='mean' blamed random sequences (which run on the
+    low-rank path); a bad sweep rate was 'lr ... (agent 0)'; max_rank without rank did not
+    show max_rank.  Each now names what was given, before any kernel."""
+    parts, w = _small_problem()
+    arch = nd.models.MLP(hidden=(16,), out=3)
+    cases = [
+        (dict(kernel="empirical", traced=False, rank=30), r"^rank: the low-rank path "
+         r"factorises the traced empirical kernel .* traced=False .* runs on the exact path"),
+        (dict(rank=8, f0="mean", samples=4), r"^rank: samples counts sampled random networks "
+         r"\(f0='random'\) or sampled random mixing / mini-batch sequences, none of which"),
+        (dict(max_rank=10), r"^tol / max_rank: .* got rank=None, tol=None and max_rank=10$"),
+    ]
+    for kw, match in cases:
+        with pytest.raises(ValueError, match=match):
+            nd.predict(arch, parts, w, 0.1, steps=[0, 5], **kw)
+    with pytest.raises(ValueError, match=r"^lrs\[1\]: learning rates must be > 0, got -0.2$"):
+        nd.predict_sweep(arch, parts, w, [0.1, -0.2], steps=[0, 5], f0="mean", rank=8)

@@ -93,14 +93,16 @@ def learning_rates(lr, num_agents: int, name: str = "lr", *, rows: bool = False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: expected {wanted}, got {type(lr).__name__} "
                          f"{_short(lr)} ({exc})") from None
-    if arr.ndim == 0:
+    scalar = arr.ndim == 0
+    if scalar:
         arr = np.full(num_agents, float(arr))
     if arr.ndim != 1 or arr.shape[0] != num_agents:
         raise ValueError(f"{name}: expected {wanted}, got shape {np.shape(lr)}")
     check_finite(name, arr)
     if np.any(arr <= 0):
         q = int(np.argmax(arr <= 0))
-        raise ValueError(f"{name}: learning rates must be > 0, got {arr[q]!r} (agent {q})")
+        raise ValueError(f"{name}: learning rates must be > 0, got {float(arr[q])!r}"
+                         + ("" if scalar else f" (agent {q})"))
     return arr
 
 
