@@ -246,3 +246,19 @@ def test_wrong_mixing_and_arch_are_rejected(parts4):
     with pytest.raises(ValueError, match="arch.out"):
         train(nd.models.MLP(hidden=(8,), out=10), parts4,
               nd.graphs.mixing(nd.graphs.topology("ring", 4)), 0.1, "dgd", 5)
+
+
+def test_params0_of_another_architecture_is_refused(parts4, ring4):
+    """params0 drawn for width 16 with an MLP of width 32 (or depth 2) trained the width-16
+    network silently, bitwise equal to training MLP(hidden=(16,)); now a ValueError naming
+    params0, the layer and both shapes, as nd.predict does for params."""
+    p16 = nd.init_params(nd.models.MLP(hidden=(16,), out=3), parts4.dataset.dim, 0)
+    with pytest.raises(ValueError, match=r"^params0: layer 0 has W \(64, 16\), b \(16,\); "
+                                         r"expected \(64, 32\) and \(32,\)$"):
+        train(nd.models.MLP(hidden=(32,), out=3), parts4, ring4, 0.3, "dgd", 5, params0=p16)
+    with pytest.raises(ValueError, match=r"^params0: expected 3 \(W, b\) pairs for "
+                                         r"hidden=\(16, 16\), got 2$"):
+        train(nd.models.MLP(hidden=(16, 16), out=3), parts4, ring4, 0.3, "dgd", 5,
+              params0=p16)
+    assert train(nd.models.MLP(hidden=(16,), out=3), parts4, ring4, 0.3, "dgd", 5,
+                 params0=p16).status == "ok"

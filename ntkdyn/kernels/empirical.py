@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # annotations only: models sits above kernels (MLP.kernel use
 #: attribute, so that this module need not import the models above it)
 _MLP_FIELDS = ("hidden", "out", "act", "W_std", "b_std", "init", "apply")
 
-__all__ = ["empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes", "mlp_batch_plan",
-           "generic_batch_plan", "jacobian_leaves", "to_float64"]
+__all__ = ["check_mlp_params", "empirical_ntk", "mlp_empirical_ntk", "ntk_memory_bytes",
+           "mlp_batch_plan", "generic_batch_plan", "jacobian_leaves", "to_float64"]
 
 #: Bytes allowed for one batch of Jacobians / per-layer features.
 BATCH_BUDGET_BYTES = 256 * 2**20
@@ -219,7 +219,7 @@ def mlp_empirical_ntk(
     if isinstance(model, type) or not all(hasattr(model, f) for f in _MLP_FIELDS):
         raise ValueError(f"model: expected an ntkdyn.models.MLP, got {type(model).__name__}")
     x1, x2s, symmetric = _check_pair(x1, x2, ndim=2)
-    params = _check_mlp_params(model, params, x1.shape[1])
+    params = check_mlp_params(model, params, x1.shape[1])
     k_out = model.out
     _, batch = mlp_batch_plan(model, x1.shape[1], max(x1.shape[0], x2s.shape[0]), traced,
                               batch_size)
@@ -349,19 +349,23 @@ def to_float64(params: Any) -> Any:
     return jax.tree.map(cast, params)
 
 
-def _check_mlp_params(model: MLP, params: Any, in_dim: int) -> tuple:
+def check_mlp_params(model: MLP, params: Any, in_dim: int, name: str = "params") -> tuple:
+    """``params`` as float64 ``(W, b)`` pairs if their shapes are ``model``'s on inputs of
+    dimension ``in_dim``, else ``ValueError`` naming ``name``, the layer and both shapes
+    (the prediction's ``params`` and the trainer's ``params0``)."""
     widths = model.widths(in_dim)
     try:
         pairs = tuple((jnp.asarray(W), jnp.asarray(b)) for W, b in params)
     except (TypeError, ValueError):
-        raise ValueError("params: expected a sequence of (W, b) pairs") from None
+        raise ValueError(f"{name}: expected a sequence of (W, b) pairs") from None
     if len(pairs) != len(widths) - 1:
-        raise ValueError(f"params: expected {len(widths) - 1} (W, b) pairs, got {len(pairs)}")
+        raise ValueError(f"{name}: expected {len(widths) - 1} (W, b) pairs for "
+                         f"hidden={tuple(model.hidden)}, got {len(pairs)}")
     shapes = zip(widths[:-1], widths[1:], strict=True)
     for layer, ((W, b), (fan_in, fan_out)) in enumerate(zip(pairs, shapes, strict=True)):
         if W.shape != (fan_in, fan_out) or b.shape != (fan_out,):
             raise ValueError(
-                f"params: layer {layer} has W {W.shape}, b {b.shape}; "
+                f"{name}: layer {layer} has W {W.shape}, b {b.shape}; "
                 f"expected ({fan_in}, {fan_out}) and ({fan_out},)"
             )
     return to_float64(pairs)

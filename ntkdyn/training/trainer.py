@@ -353,6 +353,10 @@ def _device_data(parts: Partition, mixing, lrs, theta0, independent, dtype, seed
 
 def _initial_params(arch, dim, params0, seed, dtype, q, independent):
     """``theta_0`` (common, unstacked) or ``(A, ...)`` stacked per slot (independent)."""
+    if params0 is not None and isinstance(arch, MLP):  # the network arch describes
+        from ntkdyn.kernels.empirical import check_mlp_params
+
+        check_mlp_params(arch, params0, dim, name="params0")
     base = params0 if params0 is not None else init_params(arch, dim, seed)
     base = jax.tree.map(lambda a: jnp.asarray(a, dtype), base)
     if not independent:
