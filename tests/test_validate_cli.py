@@ -249,6 +249,24 @@ def test_agreement_floor_only_where_the_observed_value_is_about_zero():
     assert d["mean"] == 0.0 and d["floor"] == pytest.approx(1e-6)
 
 
+def test_agreement_refuses_runs_that_cannot_be_one_and_says_what_each_is():
+    """3 observed agents against 4 predicted dropped agent 3 and compared network means of
+    different partitions; no common step gave all-NaN metrics.  Both are ValueErrors naming
+    obs now; the result says what each trajectory describes."""
+    steps = np.arange(0, 50, 10.0)
+    loss = np.linspace(2.0, 1.0, len(steps))
+    with pytest.raises(ValueError, match=r"^obs: expected the agents of pred \(Q = 4\), got "
+                                         r"Q = 3: a different partition or mixing matrix$"):
+        agreement.compare(_traj(steps, loss, agents=4), _traj(steps, loss, agents=3))
+    with pytest.raises(ValueError, match=r"^obs: no recorded step in common with pred "
+                                         r"\(pred records 0..40, obs 5..45\)$"):
+        agreement.compare(_traj(steps, loss), _traj(steps + 5, loss))
+    pred = _traj(steps, loss)
+    pred = dataclasses.replace(pred, metadata={"quantity": "one random network"})
+    comp = agreement.compare(pred, _traj(steps, loss))
+    assert comp["quantity"] == {"predicted": "one random network", "observed": None}
+
+
 # --------------------------------------------------------------------------- honest statuses
 def test_growth_flags_a_blow_up_whatever_its_size():
     """Issue 12 item 2 (b): test loss 16 -> 9e7 in 100 steps (below the solver's 1e8

@@ -159,15 +159,28 @@ def compare(pred: Trajectory, obs: Trajectory, metrics=METRICS) -> dict:
     -------
     dict
         ``{"steps_compared", "last_step_compared", "definition", "metrics": {m: {...}},
-        "status": {"predicted", "observed"}, "diverged_at": {...}}``; per metric:
+        "status": {"predicted", "observed"}, "diverged_at": {...}, "quantity": {...}}``;
+        per metric:
         ``mean`` (pointwise error of the network mean, the headline), ``mean_at_horizon``,
         ``mean_worst_step`` (where the pointwise maximum is), ``mean_max_gap_over_max_obs``
         (the lenient figure), ``per_agent`` / ``max_agent`` (pointwise, each agent's own
         curves), ``max_agent_at_horizon``, ``max_agent_max_gap_over_max_obs`` and ``floor``
         (of the network mean).  Errors are over the recorded steps both trajectories
         share, up to a blow-up (a diverged trajectory ends early, so the comparison
-        stops there).
+        stops there).  ``quantity``: what each trajectory describes (its
+        ``metadata["quantity"]``; ``None`` where it does not say), e.g. one random
+        network's expected losses against one trained network.
+
+    ``ValueError`` naming ``obs`` where the two cannot describe one run: different agent
+    counts, or no recorded step in common.
     """
+    if pred.num_agents != obs.num_agents:
+        raise ValueError(f"obs: expected the agents of pred (Q = {pred.num_agents}), got "
+                         f"Q = {obs.num_agents}: a different partition or mixing matrix")
+    kp, ko = np.asarray(pred.steps, float), np.asarray(obs.steps, float)
+    if len(kp) and len(ko) and not np.intersect1d(kp, ko).size:
+        raise ValueError(f"obs: no recorded step in common with pred (pred records "
+                         f"{kp[0]:g}..{kp[-1]:g}, obs {ko[0]:g}..{ko[-1]:g})")
     ip, io = _common_steps(pred, obs)
     steps = np.asarray(obs.steps, float)[io]
     out = {"steps_compared": int(len(ip)),
@@ -175,6 +188,8 @@ def compare(pred: Trajectory, obs: Trajectory, metrics=METRICS) -> dict:
            "definition": DEFINITION,
            "status": {"predicted": pred.status, "observed": obs.status},
            "diverged_at": {"predicted": pred.diverged_at, "observed": obs.diverged_at},
+           "quantity": {"predicted": pred.metadata.get("quantity"),
+                        "observed": obs.metadata.get("quantity")},
            "metrics": {}}
     dist_scale = float(np.max(np.abs(obs.param_dist[io]))) if len(io) else 0.0
     nan = float("nan")
