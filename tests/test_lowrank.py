@@ -1329,3 +1329,21 @@ def test_predict_sweep_rank_refusals_name_rank(digits_problem):
         nd.predict_sweep(arch, parts, w, [0.1, 0.2], acc_rows=5, **call)
     with pytest.raises(ValueError, match="^lrs: "):
         nd.predict_sweep(arch, parts, w, [], rank=8, **call)
+
+
+def test_quantity_of_a_low_level_run_does_not_claim_the_infinite_width_network():
+    """lowrank.predict from f0 = 0 said "the expected outputs of the infinite-width network"
+    whatever the factor's kernel (a finite network's Jacobian kernel too) and had no
+    metadata["f0"]; it now says what f0 = 0 means for each kernel, and f0 is recorded;
+    nd.predict's own words still take precedence."""
+    from ntkdyn.lowrank.evolve import ZERO_F0_WORDS
+
+    kern, y, agent, w, lr = _spectrum_problem("fast")
+    src = lowrank.kernel_columns(kern)
+    zero = lowrank.predict(src, y, agent, w, lr, range(0, 21, 10), rank=8)
+    assert zero.metadata["quantity"] == ZERO_F0_WORDS and zero.metadata["f0"] == "zero"
+    assert "infinite-width network" not in ZERO_F0_WORDS.split(";")[1]
+    given = lowrank.predict(src, y, agent, w, lr, range(0, 21, 10), rank=8,
+                            f0_train=0.1 * np.ones_like(y))
+    assert given.metadata["quantity"] == "the network with the given f0"
+    assert given.metadata["f0"] == "given"

@@ -1187,11 +1187,19 @@ def lowrank_metadata(factor: LowRankFactor, algo: Algorithm, inp: LowRankInputs,
     meta = {
         "algorithm": algo.name, "num_agents": q_count, "num_train": n, "num_outputs": k,
         "kernel_layout": "traced", "path": "low_rank", "low_rank": low,
-        "quantity": ("mean network (f0 = 0): the expected outputs of the infinite-width "
-                     "network" if not given_f0 else "the network with the given f0"),
+        "quantity": (ZERO_F0_WORDS if not given_f0 else "the network with the given f0"),
+        "f0": "given" if given_f0 else "zero",
         "mixing": inp.w.tolist(), **(metadata or {}), **schedule_metadata(algo),
     }
     return meta
+
+
+#: ``metadata["quantity"]`` of a low-rank run from ``f_0 = 0`` where the caller does not
+#: say (``nd.predict`` does): the factor's kernel may be the analytic or a network's own
+ZERO_F0_WORDS = ("f0 = 0 (none given): with the analytic (infinite-width) kernel the mean "
+                 "network over random initialisations; with a finite network's empirical or "
+                 "Jacobian kernel its linearised dynamics from zero outputs, not from its own "
+                 "f0 (give f0_train / f0_test for that network)")
 
 
 @dataclass(frozen=True)
