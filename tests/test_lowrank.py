@@ -1347,3 +1347,19 @@ def test_quantity_of_a_low_level_run_does_not_claim_the_infinite_width_network()
                             f0_train=0.1 * np.ones_like(y))
     assert given.metadata["quantity"] == "the network with the given f0"
     assert given.metadata["f0"] == "given"
+
+
+def test_max_rank_above_the_samples_is_a_cap_that_binds_nowhere():
+    """max_rank=512 on 80 samples was refused ('expected at most 80'), so the README's
+    snippets failed on small data; a cap above N now equals no cap (same rank and
+    trajectory); 0, a float or a bool are still refused naming max_rank."""
+    kern, y, agent, w, lr = _spectrum_problem("fast")
+    src = lowrank.kernel_columns(kern)
+    args = (src, y, agent, w, lr, range(0, 21, 10))
+    capped = lowrank.predict(*args, rank="auto", tol=1e-3, max_rank=512)
+    free = lowrank.predict(*args, rank="auto", tol=1e-3)
+    assert capped.metadata["low_rank"]["rank"] == free.metadata["low_rank"]["rank"]
+    np.testing.assert_array_equal(capped.train_loss, free.train_loss)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="^max_rank: expected a positive integer"):
+            lowrank.predict(*args, rank="auto", tol=1e-3, max_rank=bad)

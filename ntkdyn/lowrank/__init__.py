@@ -67,6 +67,7 @@ from ntkdyn.lowrank.factor import (
     LowRankFactor,
     LowRankTooLargeError,
     MatrixColumns,
+    check_max_rank,
     check_rank,
     check_tol,
     factor_bytes,
@@ -537,7 +538,7 @@ def choose_factor(source: KernelColumns, agent, mixing, lr, steps,
     if tol is not None or auto:
         tol = check_tol(DEFAULT_TOL if tol is None else tol)
     if max_rank is not None:
-        max_rank = check_rank(max_rank, n, name="max_rank")
+        max_rank = check_max_rank(max_rank, n)
     agent_arr = np.asarray(agent)
     if agent_arr.shape != (n,):
         raise ValueError(f"agent: expected shape ({n},) (one agent index per training sample), "

@@ -484,6 +484,16 @@ def check_rank(rank, n: int, name: str = "rank") -> int:
     return int(rank)
 
 
+def check_max_rank(max_rank, n: int) -> int:
+    """``max_rank``, a cap on the rank: a positive integer, clipped to ``n`` (the training
+    samples; a cap above them binds nowhere, so ``max_rank=512`` serves any data set)."""
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int | np.integer) or \
+            max_rank <= 0:
+        raise ValueError(f"max_rank: expected a positive integer (a cap on the rank), got "
+                         f"{max_rank!r}")
+    return min(int(max_rank), n)
+
+
 def check_tol(tol) -> float:
     try:
         t = float(tol)
@@ -764,7 +774,7 @@ def _factor_plan(source: KernelColumns, rank, target_norm, max_rank, method: str
         raise ValueError("rank: give a rank or a target_norm")
     if rank is not None:
         rank = check_rank(rank, n)
-    r_cap = n if max_rank is None else check_rank(max_rank, n, name="max_rank")
+    r_cap = n if max_rank is None else check_max_rank(max_rank, n)
     if rank is not None:
         r_cap = min(r_cap, rank)
     if isinstance(oversample, bool) or not (np.isfinite(oversample) and oversample >= 1):
