@@ -470,3 +470,23 @@ def test_low_rank_refusals_say_what_was_given():
             nd.predict(arch, parts, w, 0.1, steps=[0, 5], **kw)
     with pytest.raises(ValueError, match=r"^lrs\[1\]: learning rates must be > 0, got -0.2$"):
         nd.predict_sweep(arch, parts, w, [0.1, -0.2], steps=[0, 5], f0="mean", rank=8)
+
+
+def test_a_bad_rate_profile_names_profile():
+    """A profile of the wrong length was numpy's broadcast error, an all-zero one a
+    LinAlgError about infs or NaNs (stable_set and lowrank_stable_set alike)."""
+    from ntkdyn import lowrank
+    from ntkdyn.dynamics.stability import stable_set
+
+    args = _args()
+    problem = nd.make_problem(args["kernel_train"], args["y_train"], args["agent"],
+                              args["mixing"])
+    factor = lowrank.factorize(lowrank.kernel_columns(args["kernel_train"]), 6)
+    for call in (lambda p: stable_set(problem, "dgd", p),
+                 lambda p: lowrank.lowrank_stable_set(factor, args["agent"], args["mixing"],
+                                                      "dgd", profile=p)):
+        with pytest.raises(ValueError, match=r"^profile: expected a positive number or an "
+                                             r"array of 3 per-agent rates, got shape \(2,\)"):
+            call([1, 2])
+        with pytest.raises(ValueError, match="^profile: learning rates must be > 0"):
+            call([0, 0, 0])

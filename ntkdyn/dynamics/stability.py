@@ -50,6 +50,7 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from ntkdyn import graphs
+from ntkdyn._utils.checks import learning_rates
 from ntkdyn.algorithms import GD, Algorithm, MixingFacts, Operators, get_algorithm
 from ntkdyn.dynamics.problem import KernelProblem
 from ntkdyn.dynamics.solver import kernel_operators, row_blocks
@@ -850,8 +851,8 @@ def stable_set(problem: KernelProblem, algorithm: str | Algorithm, profile=None,
     """
     algo = get_algorithm(algorithm)
     q = problem.num_agents
-    profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
-    op = StepOperator(problem, algo, profile)
+    profile = np.ones(q) if profile is None else learning_rates(profile, q, "profile")
+    op = StepOperator(problem, algo, profile / np.max(profile))
     return operator_stable_set(op, operator_bound(op), rtol, extra, cache)
 
 
@@ -1378,8 +1379,6 @@ def stability(problem: KernelProblem, algorithm: str | Algorithm, lr) -> Stabili
     sign of ``margin`` always agrees with ``stable`` (``-inf``: no stable rate).  The name
     is resolved once and one operator is built for the whole report.
     """
-    from ntkdyn._utils.checks import learning_rates
-
     algo = get_algorithm(algorithm)
     lrs = learning_rates(lr, problem.num_agents)
     profile = lrs / np.max(lrs)

@@ -270,7 +270,8 @@ def lowrank_stable_set(factor: LowRankFactor, agent, mixing,
     algo = get_algorithm(algorithm)
     problem = _feature_problem(factor, agent, mixing, problem)
     q = problem.num_agents
-    profile = np.ones(q) if profile is None else np.asarray(profile, float) / np.max(profile)
+    profile = np.ones(q) if profile is None else learning_rates(profile, q, "profile")
+    profile = profile / np.max(profile)
     op = FeatureStepOperator(problem, algo, profile)
     return operator_stable_set(op, operator_bound(op), rtol)
 
