@@ -216,3 +216,15 @@ def test_says_whether_the_rate_reaches_the_fixed_point():
         assert lowrank_fixed_point(eye, ones, agents3, w3, momentum, 3.0).stable is True
     with pytest.warns(UserWarning, match="diverge at lr=0.5"):
         assert lowrank_fixed_point(eye, ones, agents3, w3, momentum, 0.5).stable is False
+
+
+def test_losses_at_an_interpolating_fixed_point_are_not_negative():
+    """At full rank DGD / ATC interpolate: the losses are round-off of the expanded quadratic
+    form, which came out as -1.2e-16 (negative, breaking log plots); now >= 0 and <= 1e-14."""
+    kern, kern_t, y, yt, agent, r, q = _rank_r_problem()
+    w = nd.graphs.mixing(nd.graphs.topology("ring", q))
+    factor = lowrank.factorize(lowrank.kernel_columns(kern + 0.5 * np.eye(len(y)), kern_t),
+                               len(y))
+    for algorithm in ("dgd", "atc"):
+        fp = lowrank_fixed_point(factor, y, agent, w, algorithm, 0.3, verify=False)
+        assert np.all(fp.train_loss >= 0) and np.all(fp.train_loss <= 1e-14), fp.train_loss
