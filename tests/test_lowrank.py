@@ -1363,3 +1363,29 @@ def test_max_rank_above_the_samples_is_a_cap_that_binds_nowhere():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="^max_rank: expected a positive integer"):
             lowrank.predict(*args, rank="auto", tol=1e-3, max_rank=bad)
+
+
+def test_factorize_refuses_stopping_rules_it_would_ignore():
+    """target_norm = -1 silently kept every coordinate, rank with target_norm ignored
+    target_norm, tol without estimate said 'rank: give a rank or a target_norm'."""
+    kern, y, agent, w, lr = _spectrum_problem("fast")
+    src = lowrank.kernel_columns(kern)
+    with pytest.raises(ValueError, match=r"^target_norm: expected a number > 0"):
+        lowrank.factorize(src, None, target_norm=-1.0)
+    with pytest.raises(ValueError, match=r"^target_norm: a stopping rule instead of rank, got "
+                                         r"both rank=8 and target_norm=1.0$"):
+        lowrank.factorize(src, 8, target_norm=1.0)
+    with pytest.raises(ValueError, match=r"^tol: needs estimate="):
+        lowrank.factorize(src, None, tol=1e-3)
+    assert lowrank.factorize(src, None, target_norm=float("inf")).rank == 0  # allowed: all
+
+
+def test_analytic_columns_are_checked_when_built():
+    """hidden_layers = -1 was accepted and the diagonal computed; the error came at the
+    first column read.  Now at construction, as analytic_kernels words it."""
+    x = np.random.default_rng(0).normal(size=(10, 3))
+    for kw, match in ((dict(hidden_layers=-1), "^hidden_layers: expected >= 0, got -1"),
+                      (dict(hidden_layers=1, W_std=0.0), "^W_std: expected a finite value > 0"),
+                      (dict(hidden_layers=1, activation="relux"), "activation")):
+        with pytest.raises(ValueError, match=match):
+            lowrank.analytic_columns(x, **kw)

@@ -39,12 +39,28 @@ import numpy as np
 from ntkdyn._utils.checks import as_float_array
 from ntkdyn.activations import Activation, dual, get_activation
 
-__all__ = ["analytic_kernels", "analytic_ntk", "analytic_nngp"]
+__all__ = ["analytic_kernels", "analytic_ntk", "analytic_nngp", "check_architecture"]
 
 _BLOCK_ELEMENTS = 2**20  # default rows per block: about this many kernel entries
 #: On an accelerator: larger blocks (a few GB of float64 temporaries), since each block is
 #: one compiled call whose cost is mostly its transfer back to the host.
 _DEVICE_BLOCK_ELEMENTS = 2**25
+
+
+def check_architecture(hidden_layers, activation, W_std, b_std):
+    """The resolved activation if ``hidden_layers`` (an int >= 0), ``W_std`` (finite > 0),
+    ``b_std`` (finite >= 0) and ``activation`` are valid, else ``ValueError`` naming the
+    first that is not (shared by :func:`analytic_kernels` and the low-rank path's
+    ``AnalyticColumns``, which checks when it is built, not at its first column)."""
+    if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, (int, np.integer)):
+        raise ValueError(f"hidden_layers: expected an int, got {hidden_layers!r}")
+    if hidden_layers < 0:
+        raise ValueError(f"hidden_layers: expected >= 0, got {hidden_layers}")
+    if not (_is_real(W_std) and math.isfinite(W_std) and W_std > 0):
+        raise ValueError(f"W_std: expected a finite value > 0, got {W_std!r}")
+    if not (_is_real(b_std) and math.isfinite(b_std) and b_std >= 0):
+        raise ValueError(f"b_std: expected a finite value >= 0, got {b_std!r}")
+    return resolve_activation(activation)
 
 
 def analytic_kernels(
@@ -104,15 +120,7 @@ def analytic_kernels(
     x2s = x1 if x2 is None else _check_inputs(x2, "x2")
     if x2s.shape[1] != x1.shape[1]:
         raise ValueError(f"x2: feature dimension {x2s.shape[1]} differs from x1's {x1.shape[1]}")
-    if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, (int, np.integer)):
-        raise ValueError(f"hidden_layers: expected an int, got {hidden_layers!r}")
-    if hidden_layers < 0:
-        raise ValueError(f"hidden_layers: expected >= 0, got {hidden_layers}")
-    if not (_is_real(W_std) and math.isfinite(W_std) and W_std > 0):
-        raise ValueError(f"W_std: expected a finite value > 0, got {W_std!r}")
-    if not (_is_real(b_std) and math.isfinite(b_std) and b_std >= 0):
-        raise ValueError(f"b_std: expected a finite value >= 0, got {b_std!r}")
-    act = resolve_activation(activation)
+    act = check_architecture(hidden_layers, activation, W_std, b_std)
     n2 = x2s.shape[0]
     if block_size is None:
         elements = _BLOCK_ELEMENTS if jax.default_backend() == "cpu" else _DEVICE_BLOCK_ELEMENTS

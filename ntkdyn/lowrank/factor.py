@@ -163,9 +163,12 @@ class AnalyticColumns(_InputRows):
     kernel: str = "ntk"
 
     def __post_init__(self):
+        from ntkdyn.kernels.analytic import check_architecture
+
         super().__post_init__()
         if self.kernel not in ("ntk", "nngp"):
             raise ValueError(f"kernel: expected 'ntk' or 'nngp', got {self.kernel!r}")
+        check_architecture(self.hidden_layers, self.activation, self.W_std, self.b_std)
 
     def _kw(self):
         return dict(hidden_layers=self.hidden_layers, activation=self.activation,
@@ -626,6 +629,17 @@ def factorize(
     """
     import time
 
+    if rank is not None and target_norm is not None:
+        raise ValueError(f"target_norm: a stopping rule instead of rank, got both rank={rank!r} "
+                         f"and target_norm={target_norm!r}")
+    if target_norm is not None and (isinstance(target_norm, bool)
+                                    or not float(target_norm) > 0):
+        raise ValueError(f"target_norm: expected a number > 0 (the discarded trace allowed), "
+                         f"got {target_norm!r}")
+    if tol is not None and estimate is None and rank is None and target_norm is None:
+        raise ValueError("tol: needs estimate= (the probe-row estimator it holds; "
+                         "ntkdyn.lowrank.predict builds it from rank='auto'), or give a rank "
+                         "or a target_norm")
     by_estimate = estimate is not None and tol is not None and rank is None
     m_cap, r_cap = _factor_plan(source, rank, None if by_estimate else target_norm,
                                 max_rank, method, block, reserve_per_rank, oversample,
