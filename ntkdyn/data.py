@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ntkdyn._utils.checks import check_nonnegative_int
+
 SCHEMES = ("iid", "shards", "dirichlet", "given")
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -252,7 +254,13 @@ def _assemble(name: str, classes: tuple[int, ...], x_train: np.ndarray,
 
 
 def _classes_arg(classes: Iterable[int], available: Iterable[int]) -> tuple[int, ...]:
-    chosen, available = tuple(int(c) for c in classes), tuple(available)
+    available = tuple(available)
+    given = tuple(classes)
+    bad = [c for c in given if isinstance(c, bool) or not isinstance(c, int | np.integer)]
+    if bad:
+        raise ValueError(f"classes: expected integer labels from {available}, got {bad[0]!r} "
+                         f"in {list(given)!r}")
+    chosen = tuple(int(c) for c in given)
     if len(set(chosen)) != len(chosen) or not set(chosen) <= set(available):
         raise ValueError(f"classes must be distinct labels from {available}, got {chosen}")
     if len(chosen) < 2:
@@ -270,7 +278,9 @@ def _select(raw: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.n
 
 
 def _check_size(field: str, n: int | None) -> None:
-    if n is not None and (isinstance(n, bool) or int(n) != n or n < 0):
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int | float | np.integer |
+                                                                np.floating)
+                          or not np.isfinite(n) or int(n) != n or n < 0):
         raise ValueError(f"{field} must be a non-negative integer or None, got {n!r}")
 
 
@@ -302,12 +312,16 @@ def digits(classes: Iterable[int] = range(10), n_train: int | None = None,
     from sklearn.model_selection import train_test_split
 
     classes = _classes_arg(classes, range(10))
+    check_nonnegative_int("seed", seed)
     bunch = load_digits()
     keep, labels = _select(bunch.target, classes)
     available = keep.size
     _check_size("n_train", n_train)
     _check_size("n_test", n_test)
-    n_train = int(0.8 * available) if n_train is None else int(n_train)
+    if n_train is None:  # the default shrinks to what the given n_test leaves
+        n_train = int(0.8 * available) if n_test is None else \
+            min(int(0.8 * available), available - int(n_test))
+    n_train = int(n_train)
     given_test = n_test is not None
     if n_test is None:
         n_test = min(available - int(0.8 * available), max(available - n_train, 0))
@@ -495,12 +509,30 @@ def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
                          f"{type(exc).__name__}: {exc}); the file is truncated or "
                          "corrupt") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        found = sorted(map(repr, batch))[:6] if isinstance(batch, dict) else []
         raise ValueError(f"{file}: not a CIFAR-10 batch (expected a dict with keys b'data' "
-                         f"and b'labels', got {type(batch).__name__})")
+                         f"and b'labels', got {type(batch).__name__}"
+                         + (f" with keys {', '.join(found)}" if found else "") + ")")
     try:
-        return np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], np.int64)
+        raw = np.asarray(batch[b"labels"])
+        labels = raw.astype(np.int64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{file}: b'labels' must be integers ({exc})") from None
+    if raw.ndim != 1 or not np.array_equal(labels, raw) or (
+            labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise ValueError(f"{file}: b'labels' must be integer labels in 0..9, found "
+                         f"{_short_values(raw)}")
+    return np.asarray(batch[b"data"]), labels
+
+
+def _short_values(arr: np.ndarray) -> str:
+    """The distinct values of ``arr`` outside the labels 0..9, for an error (at most 5)."""
+    flat = np.asarray(arr).ravel()
+    with np.errstate(invalid="ignore"):
+        bad = [v for v in np.unique(flat) if not (float(v) == int(v) and 0 <= v <= 9)] \
+            if flat.dtype.kind in "iuf" else list(np.unique(flat.astype(str)))
+    return (", ".join(repr(v.item() if hasattr(v, "item") else v) for v in bad[:5])
+            + (" ..." if len(bad) > 5 else "") if bad else f"shape {np.shape(arr)}")
 
 
 def load_cifar10(path: str | Path, n_train: int | None = None, n_test: int | None = None, *,
@@ -589,8 +621,16 @@ def partition(data: Dataset, agents: int, scheme: str = "iid", *, alpha: float =
         raise ValueError(f"agents must be an integer >= 1, got {agents!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
-    if not alpha > 0:
-        raise ValueError(f"alpha (Dirichlet concentration) must be > 0, got {alpha}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.integer | np.floating) \
+            or not (np.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha (Dirichlet concentration) must be a finite number > 0 (large "
+                         f"values approach iid), got {alpha!r}")
+    check_nonnegative_int("seed", seed)
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data: expected an ntkdyn.data.Dataset (e.g. nd.data.digits()), got "
+                         f"{type(data).__name__}"
+                         + (" (already partitioned: its .dataset)" if isinstance(data, Partition)
+                            else ""))
     if (agent is not None) != (scheme == "given"):
         raise ValueError("pass agent= exactly when scheme='given'")
     n, q = data.num_train, int(agents)

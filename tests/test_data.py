@@ -388,3 +388,58 @@ def test_mnist_labels_and_images_disagree(tmp_path):
     with pytest.raises(ValueError, match="holds 200 labels but train-images-idx3-ubyte holds "
                                          "300 images"):
         load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("labels, shown", [([-1] * 4, "-1"), ([12] * 4, "12"),
+                                           ([1.7] * 4, "1.7")])
+def test_cifar_labels_outside_0_to_9_name_the_file(tmp_path, labels, shown):
+    """Labels -1 or 12 were dropped without a word (a whole split could vanish) and 1.7 became
+    class 1; MNIST refused such labels.  Now a ValueError naming the file and the labels."""
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8),
+                 b"labels": labels if name == "test_batch" else [0, 1, 2, 3]}
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f)
+    with pytest.raises(ValueError, match=rf"test_batch: b'labels' must be integer labels in "
+                                         rf"0..9, found {shown}$"):
+        load_cifar10(tmp_path)
+
+
+@pytest.mark.parametrize("classes", [[0.5, 1.7], [True, False], ["3", "4"]])
+def test_classes_that_are_not_integer_labels_are_refused(classes):
+    """[0.5, 1.7] became (0, 1), [True, False] (1, 0), ['3', '4'] (3, 4) silently."""
+    with pytest.raises(ValueError, match="^classes: expected integer labels from"):
+        digits(classes=classes, n_train=20, n_test=10)
+
+
+def test_digits_n_train_default_shrinks_to_what_n_test_leaves():
+    """The docstring says a default shrinks to fit the other size: n_test alone was refused
+    ('n_train + n_test = 1937 exceeds the 1797 digits'); sizes of NaN or inf and seed -1
+    named nothing useful."""
+    d = digits(n_test=500)
+    assert (d.num_train, d.num_test) == (1297, 500)
+    assert (digits().num_train, digits().num_test) == (1437, 360)  # unchanged
+    for kw, match in ((dict(n_train=float("nan")), "^n_train must be a non-negative integer"),
+                      (dict(n_test=float("inf")), "^n_test must be a non-negative integer"),
+                      (dict(seed=-1), "^seed: expected an integer >= 0, got -1")):
+        with pytest.raises(ValueError, match=match):
+            digits(**kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(scheme="dirichlet", seed=None), "^seed: expected an integer >= 0, got None"),
+    (dict(scheme="iid", seed=-1), "^seed: expected an integer >= 0, got -1"),
+    (dict(scheme="dirichlet", alpha=float("inf")), r"^alpha \(Dirichlet concentration\) must "
+                                                  r"be a finite number > 0"),
+    (dict(scheme="dirichlet", alpha="1"), r"^alpha \(Dirichlet concentration\)"),
+])
+def test_partition_seed_and_alpha_are_named(kw, match):
+    """dirichlet with seed=None was a TypeError ('NoneType' + 'int'), alpha=inf numpy's
+    'repeats may not contain negative values', alpha='1' a raw comparison TypeError."""
+    data = digits(classes=[0, 1, 2, 3], n_train=120, n_test=40)
+    with pytest.raises(ValueError, match=match):
+        partition(data, 2, **kw)
+    with pytest.raises(ValueError, match=r"^data: expected an ntkdyn.data.Dataset .* "
+                                         r"\(already partitioned: its .dataset\)"):
+        partition(partition(data, 2), 2)
