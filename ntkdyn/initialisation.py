@@ -271,6 +271,11 @@ def _checked(kernel_train, y_train, kernel_test_train, y_test, nngp, agent, mixi
                          f"got {prior.shape}")
     if not np.allclose(prior, prior.T, rtol=0, atol=1e-10 * max(1.0, np.max(np.abs(prior)))):
         raise ValueError("nngp: expected a symmetric matrix")
+    lam = np.linalg.eigvalsh(prior)  # a covariance (dense: this module's work is O(N^3))
+    if lam[0] < -1e-8 * max(abs(lam[0]), abs(lam[-1])):
+        raise ValueError(f"nngp: expected a positive semi-definite covariance (the outputs' "
+                         f"at initialisation), got smallest eigenvalue {lam[0]:.6g} against "
+                         f"largest {lam[-1]:.6g}; it would give negative expected losses")
     agent_idx = np.asarray(agent)
     if agent_idx.shape != (n,) or not np.issubdtype(agent_idx.dtype, np.integer):
         raise ValueError(f"agent: expected {n} integer agent ids, got shape {agent_idx.shape} "

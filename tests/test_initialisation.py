@@ -199,3 +199,16 @@ def test_invalid_inputs_name_the_argument(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         output_distribution(**args)
+
+
+def test_an_nngp_that_is_not_a_covariance_is_refused():
+    """nngp = -I gave expected squared losses of -0.5; now a ValueError naming nngp and its
+    smallest eigenvalue (a covariance is positive semi-definite)."""
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    y = np.eye(2)[np.arange(6) % 2]
+    args = (x @ x.T, y, np.arange(6) % 2, np.full((2, 2), 0.5), 0.1, 2)
+    with pytest.raises(ValueError, match=r"^nngp: expected a positive semi-definite covariance"
+                                         r".*smallest eigenvalue -1 "):
+        output_distribution(*args, nngp=-np.eye(6))
+    ok = output_distribution(*args, nngp=np.eye(6))
+    assert np.all(ok.expected_train_loss >= 0)
