@@ -68,6 +68,7 @@ the solver and the training harness only call ``init``, ``step`` (or its
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -476,7 +477,7 @@ def p2pl(local_steps: int = 5, consensus_steps: int = 1) -> Algorithm:
     compilation).
     """
     for name, v in (("local_steps", local_steps), ("consensus_steps", consensus_steps)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
     return _p2pl(int(local_steps), int(consensus_steps))
 
@@ -680,11 +681,12 @@ def get_algorithm(algorithm: str | Algorithm, **options) -> Algorithm:
         if key in ALGORITHMS and not options:
             return ALGORITHMS[key]
         if key in FACTORIES:
-            try:
-                return FACTORIES[key](**options)
-            except TypeError as exc:
-                raise ValueError(f"algorithm: {key!r} takes no options {sorted(options)}"
-                                 ) from exc
+            accepted = sorted(inspect.signature(FACTORIES[key]).parameters)
+            unknown = sorted(set(options) - set(accepted))
+            if unknown:
+                raise ValueError(f"algorithm: {key!r} takes the options {accepted}, got "
+                                 f"{unknown}")
+            return FACTORIES[key](**options)
         if key in ALGORITHMS:
             raise ValueError(f"algorithm: {key!r} takes no options, got {sorted(options)}")
     if isinstance(algorithm, Algorithm):

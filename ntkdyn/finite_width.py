@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -505,6 +506,13 @@ def width_for(arch: MLP, parts: Partition, mixing: ArrayLike | MixingProcess, *,
     ...                    batch_size=8)                                # doctest: +SKIP
     >>> est.width, est.constant, est.quantity                           # doctest: +SKIP
     """
+    if isinstance(widths, np.ndarray):
+        widths = widths.tolist()
+    if not _is_int(samples) or samples < 2:
+        raise ValueError(f"samples: expected an integer >= 2 (empirical kernels per width), "
+                         f"got {samples!r}")
+    if not _is_int(max_width) or max_width < 1:
+        raise ValueError(f"max_width: expected a positive integer, got {max_width!r}")
     _check_width_for_args(parts, metric, tol, widths, level, loss, logit_scale, batch_size,
                           batch_sampling)
     widths = tuple(sorted(int(w) for w in set(widths)))
@@ -526,6 +534,14 @@ def width_for(arch: MLP, parts: Partition, mixing: ArrayLike | MixingProcess, *,
                          "widths")
     logn, spr = np.log(np.asarray(widths, float)), np.asarray(spreads)
     pos = spr > 0
+    if not pos.all():
+        zero = [n for n, p in zip(widths, pos, strict=True) if not p]
+        warnings.warn(f"width_for: the {metric} band has zero half-width at width(s) {zero} "
+                      f"(its {samples} samples agree there: a discrete metric such as an "
+                      "accuracy, or too few samples); the fit of c / sqrt(n) uses the other "
+                      "widths only, so the width returned can be far above one that already "
+                      "met tol: see WidthEstimate.spreads, or use more samples",
+                      UserWarning, stacklevel=2)
     if not pos.any():
         constant, slope = 0.0, float("nan")
     else:

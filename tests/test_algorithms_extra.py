@@ -383,3 +383,14 @@ def test_periodic_matrices_is_the_inherited_method():
     np.testing.assert_array_equal(seq.matrices([0, 1, 2, 5]), np.stack([RING, STAR, RING, STAR]))
     np.testing.assert_array_equal(seq.matrix(3), STAR)
     np.testing.assert_allclose(seq.expected(), (RING + STAR) / 2, rtol=0, atol=1e-15)
+
+
+def test_unknown_options_list_the_accepted_ones_and_numpy_integers_count():
+    """get_algorithm('momentum', betta=0.5) said "'momentum' takes no options ['betta']"
+    (momentum takes beta and base); p2pl(np.int64(2)) was refused."""
+    from ntkdyn.algorithms import get_algorithm, p2pl
+
+    with pytest.raises(ValueError, match=r"^algorithm: 'momentum' takes the options "
+                                         r"\['base', 'beta'\], got \['betta'\]$"):
+        get_algorithm("momentum", betta=0.5)
+    assert p2pl(np.int64(2), 1) is p2pl(2, 1)

@@ -350,3 +350,29 @@ def test_width_estimate_repr_and_quantity_name_one_unit(metric, loss, unit):
     assert not any(o in repr(est) or o in est.quantity for o in others)
     if unit == "nats":
         assert "s = 2" in est.quantity
+
+
+def test_width_for_arguments_and_zero_spreads(small, monkeypatch):
+    """samples=1 was blamed on width_samples, an ndarray of widths was refused as not 'two
+    distinct positive integers', max_width=0 blamed tol; a width whose band has zero
+    half-width (a discrete metric) was dropped from the fit without a word."""
+    from ntkdyn import finite_width
+
+    parts, W, arch = small
+    call = dict(lr=0.3, steps=10, metric="test_acc", tol=0.001)
+    with pytest.raises(ValueError, match="^samples: expected an integer >= 2"):
+        nd.width_for(arch, parts, W, samples=1, **call)
+    with pytest.raises(ValueError, match="^max_width: expected a positive integer, got 0"):
+        nd.width_for(arch, parts, W, max_width=0, **call)
+    with pytest.raises(ValueError, match="^level: "):  # the array of widths got through
+        nd.width_for(arch, parts, W, widths=np.array([16, 32]), level=2.0, **call)
+
+    def fake_draws(*args, width, samples, **kw):
+        spread = 0.1 if width == 16 else 0.0  # width 32: every sample agrees
+        last = np.linspace(0.5 - spread, 0.5 + spread, samples)
+        return {"test_acc": np.tile(last[:, None, None], (1, 2, 4))}, {"statuses": {"ok": samples}}
+
+    monkeypatch.setattr(finite_width, "width_draws", fake_draws)
+    with pytest.warns(UserWarning, match=r"zero half-width at width\(s\) \[32\]"):
+        est = nd.width_for(arch, parts, W, widths=(16, 32), samples=3, **call)
+    assert est.spreads[1] == 0.0 and est.width > 32
