@@ -207,7 +207,7 @@ def test_unreadable_adjacency_and_mixing_files_name_the_file(tmp_path, suffix, c
                          (nd.graphs.load_mixing, "mixing matrix")):
         with pytest.raises(ValueError) as err:
             loader(path)
-        assert str(err.value).startswith(f"{path}: cannot read a {what}"), str(err.value)
+        assert str(err.value).startswith(f"{path}: cannot read the {what}"), str(err.value)
 
 
 @pytest.mark.parametrize("name, content", [("empty.txt", ""), ("comments.csv", "# no rows\n"),

@@ -351,3 +351,16 @@ def test_symmetrised_uniform_rule_is_symmetric_with_the_same_spectrum():
     cycle = 0.5 * np.eye(3) + 0.5 * np.roll(np.eye(3), 1, axis=1)
     assert graphs.symmetrised(cycle) is None
     assert graphs.symmetrised(2.0 * w) is None
+
+
+def test_graph_seeds_are_checked():
+    """seed=None was int()'s TypeError and seed=1.7 was truncated to 1 (the same graph)."""
+    import ntkdyn as nd
+
+    ring = nd.graphs.topology("ring", 4)
+    for call in (lambda s: nd.graphs.topology("erdos_renyi", 6, seed=s),
+                 lambda s: nd.graphs.random_edges(ring, 0.5, seed=s),
+                 lambda s: nd.graphs.one_random_edge(ring, seed=s)):
+        for seed in (None, 1.7, -1):
+            with pytest.raises(ValueError, match="^seed: expected an integer >= 0"):
+                call(seed)

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn._utils.checks import check_finite
+from ntkdyn._utils.checks import check_finite, check_nonnegative_int
 from ntkdyn.graphs.topology import as_graph, check_mixing, mixing
 
 
@@ -287,13 +287,13 @@ def random_edges(graph, p: float, seed: int = 0) -> RandomEdges:
     if not 0.0 < pf <= 1.0:
         raise ValueError(f"p: expected a probability in (0, 1], got {p!r}")
     q, edges = _edges(graph)
-    return RandomEdges(q, edges, pf, int(seed))
+    return RandomEdges(q, edges, pf, check_nonnegative_int("seed", seed))
 
 
 def one_random_edge(graph, seed: int = 0) -> OneRandomEdge:
     """Randomised pairwise gossip: one uniformly random edge per event, weights 1/2."""
     q, edges = _edges(graph)
-    return OneRandomEdge(q, edges, int(seed))
+    return OneRandomEdge(q, edges, check_nonnegative_int("seed", seed))
 
 
 @dataclass(frozen=True)

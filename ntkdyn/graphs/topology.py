@@ -34,6 +34,8 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import connected_components
 
+from ntkdyn._utils.checks import check_nonnegative_int
+
 __all__ = [
     "MIXING_RULES", "TOPOLOGIES", "TOPOLOGY_PARAMS", "as_graph", "check_mixing", "eigenvalues",
     "is_doubly_stochastic", "is_symmetric", "lambda_min", "load_adjacency", "load_mixing",
@@ -174,7 +176,7 @@ def topology(name: str, n: int, *, seed: int = 0, **params: Any) -> nx.Graph:
         raise ValueError(
             f"topology {name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
             f"it accepts: {accepted}")
-    seed = int(seed)
+    seed = check_nonnegative_int("seed", seed)  # None / 1.7 were a TypeError / truncated
 
     if name in ("ring", "path", "star", "complete") or n == 1 and name in ("grid", "hypercube"):
         g = {"ring": nx.cycle_graph, "path": nx.path_graph, "star": lambda m: nx.star_graph(m - 1),
@@ -290,14 +292,14 @@ def _read_matrix(path: str | Path, what: str) -> np.ndarray:
                 warnings.simplefilter("ignore", UserWarning)
                 a = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
     except (ValueError, OSError, EOFError) as err:  # UnicodeDecodeError is a ValueError
-        raise ValueError(f"{path}: cannot read a {what} (expected {_expected_file(path)}): "
+        raise ValueError(f"{path}: cannot read the {what} (expected {_expected_file(path)}): "
                          f"{type(err).__name__}: {' '.join(str(err).split())[:160]}") from None
     a = np.asarray(a)
     if a.size == 0:
         raise ValueError(f"{path}: the {what} file holds no numbers "
                          f"(expected {_expected_file(path)})")
     if a.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: a {what} must hold numbers; got dtype {a.dtype}")
+        raise ValueError(f"{path}: the {what} must hold numbers; got dtype {a.dtype}")
     return a.astype(np.float64)
 
 
