@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import math
 import pickle
 import zlib
 from collections.abc import Iterable
@@ -413,7 +414,8 @@ def _from_splits(name: str, classes: Iterable[int], splits: list[tuple[np.ndarra
                              f"{raw.size} samples of all classes)")
         else:
             pick = np.sort(rng.choice(keep.size, int(n), replace=False))
-        parts += [x.reshape(x.shape[0], -1)[keep[pick]] / 255.0, labels[pick]]
+        flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty split
+        parts += [flat[keep[pick]] / 255.0, labels[pick]]
     return _assemble(name, classes, *parts, standardise, centre_targets)
 
 
@@ -443,7 +445,7 @@ def _read_idx(file: Path) -> np.ndarray:
         raise ValueError(f"{file}: truncated IDX header")
     dims = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=raw[3], offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    if len(raw) != header + int(np.prod(dims)) * dtype.itemsize:
+    if len(raw) != header + math.prod(dims) * dtype.itemsize:  # no int64 overflow
         raise ValueError(f"{file}: header announces shape {dims} of {dtype}, "
                          f"but the file holds {len(raw) - header} data bytes")
     return np.frombuffer(raw, dtype, offset=header).reshape(dims)
@@ -471,6 +473,10 @@ def _load_idx(name: str, path: str | Path, n_train: int | None, n_test: int | No
             raise ValueError(f"{label_file}: labels must lie in 0..9, found values "
                              f"{labels.min()}..{labels.max()} ({int(outside.sum())} of "
                              f"{labels.size} outside); check the file's dtype and byte order")
+    if arrays[0].shape[1:] != arrays[2].shape[1:]:
+        raise ValueError(f"{files[2]}: images of shape {arrays[2].shape[1:]}, but "
+                         f"{files[0].name} holds images of shape {arrays[0].shape[1:]}; the "
+                         "training and test images must have the same size")
     splits = [(arrays[0], arrays[1].astype(np.int64)), (arrays[2], arrays[3].astype(np.int64))]
     return _from_splits(name, classes, splits, (n_train, n_test), seed, standardise,
                         centre_targets)
@@ -551,9 +557,13 @@ def load_cifar10(path: str | Path, n_train: int | None = None, n_test: int | Non
     batches = []
     for name in _CIFAR_FILES:
         data, labels = _read_cifar_batch(_find(directory, name, _CIFAR_FILES, gz=False))
-        if data.shape != (labels.size, 3072):
-            raise ValueError(f"{directory / name}: data has shape {data.shape}, "
-                             f"expected ({labels.size}, 3072)")
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"{directory / name}: b'data' has shape {data.shape}, expected "
+                             "(images, 3072): 32 x 32 x 3 bytes per image")
+        if data.shape[0] != labels.size:
+            raise ValueError(f"{directory / name}: {labels.size} labels for "
+                             f"{data.shape[0]} images; b'data' and b'labels' must describe "
+                             "the same images")
         batches.append((data, labels))
     train = (np.concatenate([b[0] for b in batches[:5]]),
              np.concatenate([b[1] for b in batches[:5]]))

@@ -443,3 +443,28 @@ def test_partition_seed_and_alpha_are_named(kw, match):
     with pytest.raises(ValueError, match=r"^data: expected an ntkdyn.data.Dataset .* "
                                          r"\(already partitioned: its .dataset\)"):
         partition(partition(data, 2), 2)
+
+
+def test_idx_images_of_another_size_and_an_empty_test_split(tmp_path):
+    """Test images of another size than the training ones were blamed on y_test's shape;
+    an empty (valid) test split was numpy's 'cannot reshape array of size 0'."""
+    _write_mnist(tmp_path, gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((10, 2, 2), int)))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: images of shape \(2, 2\), "
+                                         r"but train-images-idx3-ubyte holds images of shape "
+                                         r"\(3, 4\)"):
+        load_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((0, 3, 4), int)))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(0, int)))
+    d = load_mnist(tmp_path, standardise=False)
+    assert d.num_train == 30 and d.num_test == 0
+
+
+def test_cifar_batch_with_a_label_count_of_its_own_names_both(tmp_path):
+    """9 labels for 10 images said 'data has shape (10, 3072), expected (9, 3072)'."""
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": np.zeros((10, 3072), np.uint8),
+                         b"labels": list(range(9 if name == "data_batch_2" else 10))}, f)
+    with pytest.raises(ValueError, match=r"data_batch_2: 9 labels for 10 images"):
+        load_cifar10(tmp_path)
