@@ -364,3 +364,19 @@ def test_graph_seeds_are_checked():
         for seed in (None, 1.7, -1):
             with pytest.raises(ValueError, match="^seed: expected an integer >= 0"):
                 call(seed)
+
+
+def test_flags_and_names_that_were_taken_loosely_are_checked():
+    """mixing(..., lazy="no") made W lazy ("no" is truthy); random_edges(p=True) was a
+    probability of 1; periodic with fewer names than matrices kept them."""
+    import ntkdyn as nd
+
+    ring = nd.graphs.topology("ring", 4)
+    with pytest.raises(ValueError, match="^lazy: expected True or False, got 'no'"):
+        nd.graphs.mixing(ring, lazy="no")
+    with pytest.raises(ValueError, match=r"^p: expected a probability in \(0, 1\], got True"):
+        nd.graphs.random_edges(ring, True)
+    w = nd.graphs.mixing(ring)
+    with pytest.raises(ValueError, match=r"^names: expected one name per matrix \(2\), got 1"):
+        nd.graphs.periodic([w, w], names=["a"])
+    assert nd.graphs.periodic([w, w], names=["a", "b"]).names == ("a", "b")

@@ -150,7 +150,11 @@ def periodic(matrices, names=()) -> Periodic:
     for i, m in enumerate(stack):
         _check_stochastic(m, f"matrices[{i}]")
     check_mixing(stack.mean(axis=0), name="matrices (union over the period)")
-    return Periodic(stack, tuple(names))
+    names = tuple(names)
+    if names and len(names) != len(stack):
+        raise ValueError(f"names: expected one name per matrix ({len(stack)}), got "
+                         f"{len(names)}: {list(names)!r}")
+    return Periodic(stack, names)
 
 
 def _check_stochastic(m: np.ndarray, name: str) -> None:
@@ -281,7 +285,7 @@ def random_edges(graph, p: float, seed: int = 0) -> RandomEdges:
     """Random gossip: each edge of ``graph`` active with probability ``p`` per event,
     Metropolis weights on the active subgraph (``p = 1``: the static Metropolis matrix)."""
     try:
-        pf = float(p)
+        pf = float("nan") if isinstance(p, bool | np.bool_) else float(p)
     except (TypeError, ValueError):
         pf = float("nan")
     if not 0.0 < pf <= 1.0:

@@ -370,6 +370,8 @@ def mixing(graph: Any, rule: str = "metropolis", *, lazy: bool = False) -> np.nd
     """
     if rule not in MIXING_RULES:
         raise ValueError(f"unknown mixing rule {rule!r}; expected one of {', '.join(MIXING_RULES)}")
+    if not isinstance(lazy, bool | np.bool_):  # "no" is truthy: it made W lazy
+        raise ValueError(f"lazy: expected True or False, got {lazy!r}")
     g = as_graph(graph)
     q = g.number_of_nodes()
     a = nx.to_numpy_array(g, nodelist=range(q), weight=None, dtype=np.float64)
