@@ -355,10 +355,13 @@ def synthetic(n_train: int = 512, n_test: int = 256, dim: int = 16, classes: int
     """
     for field, value, low in (("n_train", n_train, 1), ("n_test", n_test, 0),
                               ("dim", dim, 1), ("classes", classes, 2)):
-        if isinstance(value, bool) or int(value) != value or value < low:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
-    if not separation >= 0:
-        raise ValueError(f"separation must be >= 0, got {separation}")
+    if isinstance(separation, bool) or not isinstance(
+            separation, int | float | np.integer | np.floating) \
+            or not (np.isfinite(separation) and separation >= 0):
+        raise ValueError(f"separation must be a finite number >= 0, got {separation!r}")
+    check_nonnegative_int("seed", seed)
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((classes, dim))
     means *= separation / np.linalg.norm(means, axis=1, keepdims=True)

@@ -468,3 +468,17 @@ def test_cifar_batch_with_a_label_count_of_its_own_names_both(tmp_path):
                          b"labels": list(range(9 if name == "data_batch_2" else 10))}, f)
     with pytest.raises(ValueError, match=r"data_batch_2: 9 labels for 10 images"):
         load_cifar10(tmp_path)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(classes=2.0), "^classes must be an integer >= 2, got 2.0"),
+    (dict(n_train="a"), "^n_train must be an integer >= 1, got 'a'"),
+    (dict(separation="2"), "^separation must be a finite number >= 0, got '2'"),
+    (dict(separation=float("inf")), "^separation must be a finite number >= 0, got inf"),
+    (dict(seed=-1), "^seed: expected an integer >= 0, got -1"),
+])
+def test_synthetic_arguments_are_named(kw, match):
+    """classes=2.0 passed the check and failed in numpy, 'a' / '2' were raw TypeErrors,
+    separation=inf gave 'x_train has a non-finite value'."""
+    with pytest.raises(ValueError, match=match):
+        synthetic(**kw)
