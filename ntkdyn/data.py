@@ -200,8 +200,10 @@ class Partition:
 
     def shard(self, q: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs ``(N_q, d)`` and targets ``(N_q, K)`` of agent ``q`` (data-set order)."""
-        if not 0 <= q < self.num_agents:
-            raise ValueError(f"agent index q must lie in [0, {self.num_agents}), got {q}")
+        if isinstance(q, bool) or not isinstance(q, int | np.integer) or \
+                not 0 <= q < self.num_agents:
+            raise ValueError(f"agent index q must be an integer in [0, {self.num_agents}), "
+                             f"got {q!r}")
         idx = self.order[self.offsets[q]:self.offsets[q + 1]]
         return self.dataset.x_train[idx], self.dataset.y_train[idx]
 

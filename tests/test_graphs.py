@@ -380,3 +380,17 @@ def test_flags_and_names_that_were_taken_loosely_are_checked():
     with pytest.raises(ValueError, match=r"^names: expected one name per matrix \(2\), got 1"):
         nd.graphs.periodic([w, w], names=["a"])
     assert nd.graphs.periodic([w, w], names=["a", "b"]).names == ("a", "b")
+
+
+def test_process_matrix_and_partition_shard_indices_are_integers():
+    """matrix(1.5) was matrix(1), matrix(0, sample=-1) an OverflowError, shard(1.5) an
+    IndexError."""
+    import ntkdyn as nd
+
+    process = nd.graphs.random_edges(nd.graphs.topology("ring", 4), 0.5, seed=0)
+    for kw, name in ((dict(event=1.5), "event"), (dict(event=0, sample=-1), "sample")):
+        with pytest.raises(ValueError, match=f"^{name}: expected an integer >= 0"):
+            process.matrix(**kw)
+    parts = nd.data.partition(nd.data.digits(classes=[0, 1], n_train=20, n_test=4), 2)
+    with pytest.raises(ValueError, match=r"^agent index q must be an integer in \[0, 2\)"):
+        parts.shard(1.5)

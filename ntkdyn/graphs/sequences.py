@@ -79,6 +79,8 @@ class MixingProcess:
 
     def matrix(self, event: int, sample: int = 0) -> np.ndarray:
         """``W_event`` of sequence ``sample`` (numpy; the matrices the solver uses)."""
+        check_nonnegative_int("event", event)  # 1.5 was truncated, -1 an OverflowError
+        check_nonnegative_int("sample", sample)
         arrays = self.device_arrays()
         return np.asarray(self.sampler(arrays, jnp.asarray(event), self.key(sample)))
 
