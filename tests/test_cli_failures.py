@@ -432,3 +432,24 @@ def test_horizon_too_long_is_a_config_error_naming_the_key(tmp_path, capsys, com
     line = _error_line(capsys)
     assert key in line, line
     assert not out.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signal")
+def test_the_commands_handler_leaves_validate_its_chunk_deferral(default_sigint):
+    """The command's own SIGINT handler (stop 53, ntkdyn/_utils/interrupt.py) must not
+    turn off validate's deferral of Ctrl-C to the end of the running chunk (it was active
+    only over Python's own handler), so the chunk is still checkpointed at Ctrl-C."""
+    from ntkdyn._utils import interrupt
+    from ntkdyn.training.checkpoint import InterruptGuard
+
+    hook = sys.unraisablehook
+    try:
+        interrupt.install()
+        installed = signal.getsignal(signal.SIGINT)
+        assert installed is not signal.default_int_handler
+        guard = InterruptGuard(active=True)
+        assert signal.getsignal(signal.SIGINT) == guard._handle  # deferring
+        guard.release()
+        assert signal.getsignal(signal.SIGINT) is installed
+    finally:
+        sys.unraisablehook = hook

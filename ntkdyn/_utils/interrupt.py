@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import sys
 
-__all__ = ["install", "raise_if_seen", "seen"]
+__all__ = ["install", "raise_if_seen", "replaceable", "seen"]
 
 
 class _Handler:
@@ -51,6 +51,13 @@ def install() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+
+def replaceable(handler) -> bool:
+    """Whether a SIGINT ``handler`` is Python's own or this module's (which raises as
+    Python's does): code that defers Ctrl-C for a while
+    (:class:`ntkdyn.training.checkpoint.InterruptGuard`) may set its own over either."""
+    return handler is signal.default_int_handler or isinstance(handler, _Handler)
 
 
 def seen() -> bool:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkdyn._utils import interrupt
 from ntkdyn.data import Partition
 
 VERSION = 1
@@ -78,9 +79,10 @@ def load(path: Path, digest: str, x_template):
 class InterruptGuard:
     """Defer Ctrl-C (SIGINT) to the end of the running chunk, so that it can be checkpointed.
 
-    Active only in the main thread and only while SIGINT has Python's default handler
-    (otherwise a no-op).  The first Ctrl-C sets :attr:`requested` (the caller checks it at
-    a safe point and raises ``KeyboardInterrupt`` there); a second one raises at once.
+    Active only in the main thread and only while SIGINT has Python's default handler or
+    the command's (:func:`ntkdyn._utils.interrupt.replaceable`; otherwise a no-op).  The
+    first Ctrl-C sets :attr:`requested` (the caller checks it at a safe point and raises
+    ``KeyboardInterrupt`` there); a second one raises at once.
     :meth:`release` restores the previous handler.  The state a chunk starts from is
     donated to it (``jax.jit`` buffer donation), so an interrupt inside a chunk cannot be
     checkpointed without this deferral.
@@ -90,7 +92,7 @@ class InterruptGuard:
         self.requested = False
         self._previous = None
         if (active and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+                and interrupt.replaceable(signal.getsignal(signal.SIGINT))):
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
