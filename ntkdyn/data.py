@@ -473,10 +473,11 @@ def _load_idx(name: str, path: str | Path, n_train: int | None, n_test: int | No
             raise ValueError(f"{label_file} holds {labels.shape[0]} labels but {image_file.name} "
                              f"holds {images.shape[0]} images; the two files must describe the "
                              "same samples")
-        outside = (labels < 0) | (labels > 9)
+        with np.errstate(invalid="ignore"):  # NaN compares False: counted as outside
+            outside = ~((labels >= 0) & (labels <= 9) & (labels == np.round(labels)))
         if outside.any():
-            raise ValueError(f"{label_file}: labels must lie in 0..9, found values "
-                             f"{labels.min()}..{labels.max()} ({int(outside.sum())} of "
+            raise ValueError(f"{label_file}: labels must be integers in 0..9, found "
+                             f"{_short_values(labels)} ({int(outside.sum())} of "
                              f"{labels.size} outside); check the file's dtype and byte order")
     if arrays[0].shape[1:] != arrays[2].shape[1:]:
         raise ValueError(f"{files[2]}: images of shape {arrays[2].shape[1:]}, but "
@@ -540,7 +541,8 @@ def _short_values(arr: np.ndarray) -> str:
     """The distinct values of ``arr`` outside the labels 0..9, for an error (at most 5)."""
     flat = np.asarray(arr).ravel()
     with np.errstate(invalid="ignore"):
-        bad = [v for v in np.unique(flat) if not (float(v) == int(v) and 0 <= v <= 9)] \
+        bad = [v for v in np.unique(flat) if not (np.isfinite(v) and float(v).is_integer()
+                                                  and 0 <= v <= 9)] \
             if flat.dtype.kind in "iuf" else list(np.unique(flat.astype(str)))
     return (", ".join(repr(v.item() if hasattr(v, "item") else v) for v in bad[:5])
             + (" ..." if len(bad) > 5 else "") if bad else f"shape {np.shape(arr)}")

@@ -378,7 +378,7 @@ def test_mnist_labels_out_of_range_name_the_file(tmp_path):
     with pytest.raises(ValueError) as err:
         load_mnist(tmp_path, n_train=100)
     msg = str(err.value)
-    assert "train-labels-idx1-ubyte: labels must lie in 0..9" in msg and "byte order" in msg
+    assert "train-labels-idx1-ubyte: labels must be integers in 0..9" in msg and "byte order" in msg
     assert "0 train samples" not in msg
 
 
@@ -482,3 +482,16 @@ def test_synthetic_arguments_are_named(kw, match):
     separation=inf gave 'x_train has a non-finite value'."""
     with pytest.raises(ValueError, match=match):
         synthetic(**kw)
+
+
+def test_mnist_float_labels_that_are_not_integers_name_the_file(tmp_path):
+    """A NaN (or 2.5) in a float IDX label file compared False with the range check, so the
+    sample was dropped later with only a RuntimeWarning."""
+    _write_mnist(tmp_path, gz=False)
+    labels = (np.arange(10) % 10).astype(float)
+    labels[3] = np.nan
+    header = bytes([0, 0, 0x0E, 1]) + np.array([10], ">u4").tobytes()
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(header + labels.astype(">f8").tobytes())
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: labels must be integers in "
+                                         r"0..9, found nan \(1 of 10 outside\)"):
+        load_mnist(tmp_path)
