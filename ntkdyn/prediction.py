@@ -915,9 +915,8 @@ def predict(
                                 reference=reference, metadata=meta, kernel=kernel,
                                 samples=samples, acc_rows=acc_rows, loss=(loss, logit_scale))
     problem, nngp = build_problem_and_nngp(arch, parts, mixing, kernel=kernel, seed=seed,
-                                           params=params,
-                           f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
-                           want_nngp=f0 == "random", batch_size=batch_size, samples=samples)
+        params=params, f0=f0, traced=traced, rates=1, loss=loss, logit_scale=logit_scale,
+        want_nngp=f0 == "random", batch_size=batch_size, samples=samples)
     init, samples = init_draws(problem, nngp, f0, samples, seed, batch_size)
     del nngp  # the draws keep it only when small (for the exact expected losses)
     return run_problem(problem, algorithm, [lr], steps, continuous=continuous,
