@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntkdyn._utils.checks import check_nonnegative_int
+from ntkdyn._utils.checks import check_nonnegative_int, is_real
 
 SCHEMES = ("iid", "shards", "dirichlet", "given")
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -281,9 +281,7 @@ def _select(raw: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.n
 
 
 def _check_size(field: str, n: int | None) -> None:
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int | float | np.integer |
-                                                                np.floating)
-                          or not np.isfinite(n) or int(n) != n or n < 0):
+    if n is not None and (not is_real(n) or not np.isfinite(n) or int(n) != n or n < 0):
         raise ValueError(f"{field} must be a non-negative integer or None, got {n!r}")
 
 
@@ -359,9 +357,7 @@ def synthetic(n_train: int = 512, n_test: int = 256, dim: int = 16, classes: int
                               ("dim", dim, 1), ("classes", classes, 2)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
-    if isinstance(separation, bool) or not isinstance(
-            separation, int | float | np.integer | np.floating) \
-            or not (np.isfinite(separation) and separation >= 0):
+    if not (is_real(separation) and np.isfinite(separation) and separation >= 0):
         raise ValueError(f"separation must be a finite number >= 0, got {separation!r}")
     check_nonnegative_int("seed", seed)
     rng = np.random.default_rng(seed)
@@ -638,8 +634,7 @@ def partition(data: Dataset, agents: int, scheme: str = "iid", *, alpha: float =
         raise ValueError(f"agents must be an integer >= 1, got {agents!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.integer | np.floating) \
-            or not (np.isfinite(alpha) and alpha > 0):
+    if not (is_real(alpha) and np.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha (Dirichlet concentration) must be a finite number > 0 (large "
                          f"values approach iid), got {alpha!r}")
     check_nonnegative_int("seed", seed)

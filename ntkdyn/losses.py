@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn._utils.checks import as_float_array, check_positive_float
+from ntkdyn._utils.checks import as_array, as_float_array, check_positive_float
 
 #: the losses of the kernel-space prediction (``theory/cross_entropy.md``)
 LOSSES = ("mse", "cross_entropy")
@@ -39,16 +39,6 @@ def check_logit_scale(logit_scale, loss: str | None = None) -> float:
     return scale
 
 
-def target_array(name: str, y) -> np.ndarray:
-    """``np.asarray(y)``, with a ``ValueError`` naming ``name`` for a ragged nested list
-    (numpy's own says only "inhomogeneous shape")."""
-    try:
-        return np.asarray(y)
-    except ValueError as exc:
-        raise ValueError(f"{name}: expected a numeric array, got a ragged "
-                         f"{type(y).__name__} (rows of different lengths)") from exc
-
-
 def class_targets(name: str, y, k: int | None = None) -> np.ndarray:
     """Cross-entropy targets as one-hot ``(N, K)`` float64 rows.
 
@@ -56,7 +46,7 @@ def class_targets(name: str, y, k: int | None = None) -> np.ndarray:
     integer labels ``(N,)`` in ``[0, K)`` (``K`` given, else ``max + 1``).  Anything else
     (soft or regression targets) is a ``ValueError`` naming ``name``.
     """
-    arr = target_array(name, y)
+    arr = as_array(name, y)
     if arr.ndim == 1:
         if arr.size == 0 or not np.issubdtype(arr.dtype, np.number) or \
                 not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0) or arr.min() < 0:

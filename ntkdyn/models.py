@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkdyn._utils import memory
+from ntkdyn._utils.checks import is_real
 from ntkdyn.activations import ACTIVATION_NAMES, Activation, get_activation
 from ntkdyn.kernels.analytic import analytic_kernels
 
@@ -82,9 +83,9 @@ class MLP:
                 f"activation: unknown activation {self.activation!r}; "
                 f"expected one of {ACTIVATION_NAMES}"
             )
-        if not (_is_real(self.W_std) and np.isfinite(self.W_std) and self.W_std > 0):
+        if not (is_real(self.W_std) and np.isfinite(self.W_std) and self.W_std > 0):
             raise ValueError(f"W_std: expected a finite value > 0, got {self.W_std!r}")
-        if not (_is_real(self.b_std) and np.isfinite(self.b_std) and self.b_std >= 0):
+        if not (is_real(self.b_std) and np.isfinite(self.b_std) and self.b_std >= 0):
             raise ValueError(f"b_std: expected a finite value >= 0, got {self.b_std!r}")
         object.__setattr__(self, "W_std", float(self.W_std))
         object.__setattr__(self, "b_std", float(self.b_std))
@@ -281,10 +282,6 @@ def init_params(arch: Any, in_dim: int, seed: int = 0) -> Any:
     raise ValueError(
         "arch: expected an ntkdyn.models.MLP or a neural-tangents (init_fn, apply_fn, "
         f"kernel_fn) triple, got {type(arch).__name__}")
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _is_positive_int(n) -> bool:

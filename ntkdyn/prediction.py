@@ -491,9 +491,7 @@ def predict_from_kernels(
     (11, 4)
     """
     check_nonnegative_int("seed", seed)
-    if nngp is not None and (f0_train is not None or f0_test is not None):
-        raise ValueError("nngp: samples random initial outputs; it cannot be combined with "
-                         "f0_train / f0_test")
+    _check_nngp_alone(nngp, f0_train, f0_test)
     problem = make_problem(kernel_train, y_train, agent, mixing, f0_train=f0_train,
                            kernel_test_train=kernel_test_train, y_test=y_test, f0_test=f0_test,
                            loss=loss, logit_scale=logit_scale)
@@ -534,10 +532,7 @@ def sweep_from_kernels(kernel_train: ArrayLike, y_train: ArrayLike, agent: Array
     prob_kw = {k: kwargs.pop(k) for k in ("f0_train", "kernel_test_train", "y_test", "f0_test",
                                           "loss", "logit_scale") if k in kwargs}
     nngp = kwargs.pop("nngp", None)
-    if nngp is not None and (prob_kw.get("f0_train") is not None
-                             or prob_kw.get("f0_test") is not None):
-        raise ValueError("nngp: samples random initial outputs; it cannot be combined with "
-                         "f0_train / f0_test")
+    _check_nngp_alone(nngp, prob_kw.get("f0_train"), prob_kw.get("f0_test"))
     unknown = sorted(set(kwargs) - _RUN_KEYWORDS)
     if unknown:
         raise TypeError(f"sweep_from_kernels() got an unexpected keyword argument "
@@ -559,6 +554,14 @@ def sweep_from_kernels(kernel_train: ArrayLike, y_train: ArrayLike, agent: Array
                                                          loss=prob_kw.get("loss", "mse")),
             "kernel_dtype_source": source}
     return run_problem(problem, algorithm, list(lrs), steps, metadata=meta, **kwargs)
+
+
+def _check_nngp_alone(nngp, f0_train, f0_test) -> None:
+    """``nngp`` (one random network, ``f_0`` sampled) excludes a given ``f0_train`` /
+    ``f0_test``: ``ValueError`` naming ``nngp``, before the kernel is checked."""
+    if nngp is not None and (f0_train is not None or f0_test is not None):
+        raise ValueError("nngp: samples random initial outputs; it cannot be combined with "
+                         "f0_train / f0_test")
 
 
 #: the keywords :func:`sweep_from_kernels` passes on to :func:`run_problem`

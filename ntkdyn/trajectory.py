@@ -231,8 +231,6 @@ class Trajectory:
     def network_mean(self, metric: str) -> np.ndarray:
         """Mean over agents of a per-agent metric, shape ``(T,)``."""
         arr = self._metric(metric)
-        if arr is None:
-            raise ValueError(f"metric: {metric!r} was not recorded (no test data?)")
         if arr.ndim != 2:
             raise ValueError(f"metric: {metric!r} is not a per-agent metric")
         return arr.mean(axis=1)
@@ -269,19 +267,20 @@ class Trajectory:
 
     def final(self, metric: str) -> np.ndarray:
         """Last recorded value of ``metric`` (``(Q,)`` or scalar)."""
-        arr = self._metric(metric)
-        if arr is None:
-            raise ValueError(f"metric: {metric!r} was not recorded (no test data?)")
-        return arr[-1]
+        return self._metric(metric)[-1]
 
     def _metric(self, metric: str):
         """The array of ``metric`` (a recorded field: :data:`METRICS`, and a subclass's own
-        such as ``exact_test_loss``), else ``ValueError`` naming it and listing them."""
+        such as ``exact_test_loss``), else ``ValueError`` naming it and listing them, or
+        saying it was not recorded."""
         names = [f.name for f in fields(self) if f.name in METRICS or (
             f.name not in _NOT_METRICS and isinstance(getattr(self, f.name), np.ndarray))]
         if metric not in names:
             raise ValueError(f"metric: expected one of {names}, got {metric!r}")
-        return getattr(self, metric)
+        arr = getattr(self, metric)
+        if arr is None:
+            raise ValueError(f"metric: {metric!r} was not recorded (no test data?)")
+        return arr
 
     def summary(self) -> str:
         """A few lines describing the trajectory's end point."""
@@ -482,9 +481,7 @@ class Trajectory:
 #: a trajectory's fields that are not recorded metrics
 _NOT_METRICS = ("steps", "phase", "status", "diverged_at", "continuous", "lr", "metadata",
                 "train_outputs", "test_outputs", "quantile_levels", "quantiles", "width_draws")
-METRICS = tuple(f.name for f in fields(Trajectory) if f.name not in (
-    "steps", "phase", "status", "diverged_at", "continuous", "lr", "metadata",
-    "train_outputs", "test_outputs", "quantile_levels", "quantiles", "width_draws"))
+METRICS = tuple(f.name for f in fields(Trajectory) if f.name not in _NOT_METRICS)
 
 
 def _from_payload(kwargs: dict, meta: dict) -> Trajectory:

@@ -15,19 +15,30 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def is_real(value) -> bool:
+    """Whether ``value`` is a real number (Python or numpy, booleans excluded)."""
+    return isinstance(value, int | float | np.integer | np.floating) and \
+        not isinstance(value, bool)
+
+
+def as_array(name: str, value) -> np.ndarray:
+    """``np.asarray(value)``, with a ``ValueError`` naming ``name`` for a ragged nested list
+    (numpy's own says only "inhomogeneous shape")."""
+    try:
+        return np.asarray(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: expected a numeric array, got a ragged "
+                         f"{type(value).__name__} (rows of different lengths)") from exc
+
+
 def as_float_array(name: str, value, ndim: int | Sequence[int] | None = None) -> np.ndarray:
     """Convert ``value`` to a float64 ndarray, checking dimensionality and finiteness
     (complex input is refused, not cast to its real part)."""
+    raw = as_array(name, value)
+    if np.iscomplexobj(raw):
+        raise ValueError(f"{name}: expected real values, got complex (dtype {raw.dtype})")
     try:
-        complex_input = np.iscomplexobj(value)
-    except ValueError as exc:  # a ragged nested list
-        raise ValueError(f"{name}: expected a numeric array, got a ragged "
-                         f"{type(value).__name__} (rows of different lengths)") from exc
-    if complex_input:
-        raise ValueError(f"{name}: expected real values, got complex (dtype "
-                         f"{np.asarray(value).dtype})")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: expected a numeric array, got {type(value).__name__}") from exc
     if ndim is not None:

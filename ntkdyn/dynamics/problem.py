@@ -17,10 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ntkdyn._utils.checks import agent_indices, as_float_array, check_f0_pair, check_shape
+from ntkdyn._utils.checks import (
+    agent_indices,
+    as_array,
+    as_float_array,
+    check_f0_pair,
+    check_shape,
+)
 from ntkdyn._utils.types import ArrayLike
 from ntkdyn.graphs.sequences import MixingProcess, resolve_mixing
-from ntkdyn.losses import check_logit_scale, check_loss, class_targets, target_array
+from ntkdyn.losses import check_logit_scale, check_loss, class_targets
 
 
 @dataclass(frozen=True)
@@ -275,7 +281,7 @@ def _label_targets(y_train, y_test, f0_train, kernel_train):
     """Cross-entropy targets as one-hot rows (:func:`class_targets`); integer labels take
     ``K`` from ``f0_train``, a full kernel, or the largest label."""
     k_hint = None
-    y_train = target_array("y_train", y_train)
+    y_train = as_array("y_train", y_train)
     if np.ndim(y_train) == 1:
         n_lab = np.shape(y_train)[0]
         if f0_train is not None and np.ndim(f0_train) == 2:

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn._utils.checks import as_float_array
+from ntkdyn._utils.checks import as_float_array, is_real
 from ntkdyn.activations import Activation, dual, get_activation
 
 __all__ = ["analytic_kernels", "analytic_ntk", "analytic_nngp", "check_architecture"]
@@ -56,9 +56,9 @@ def check_architecture(hidden_layers, activation, W_std, b_std):
         raise ValueError(f"hidden_layers: expected an int, got {hidden_layers!r}")
     if hidden_layers < 0:
         raise ValueError(f"hidden_layers: expected >= 0, got {hidden_layers}")
-    if not (_is_real(W_std) and math.isfinite(W_std) and W_std > 0):
+    if not (is_real(W_std) and math.isfinite(W_std) and W_std > 0):
         raise ValueError(f"W_std: expected a finite value > 0, got {W_std!r}")
-    if not (_is_real(b_std) and math.isfinite(b_std) and b_std >= 0):
+    if not (is_real(b_std) and math.isfinite(b_std) and b_std >= 0):
         raise ValueError(f"b_std: expected a finite value >= 0, got {b_std!r}")
     return resolve_activation(activation)
 
@@ -261,10 +261,6 @@ def resolve_activation(activation: str | Activation) -> Activation:
         except ValueError as err:
             raise ValueError(f"activation: {err}") from None
     raise ValueError(f"activation: expected a name or an Activation, got {activation!r}")
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _check_inputs(x, name: str) -> np.ndarray:
